@@ -1,0 +1,103 @@
+"""The contract between sources (twin, live bridge, replay) and the engine.
+
+A sighting is one advertisement received by one gateway. The engine never sees one
+Python object per sighting: sources hand it *columns*, a numpy structured array with
+:data:`SIGHTING_DTYPE`, where gateways and devices are integer codes into id tables
+(:class:`IdTable`) that the source and the engine share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+CONTRACT_VERSION = 1
+
+UNKNOWN = -1  # battery, motion: the advertisement did not carry it
+
+SIGHTING_DTYPE = np.dtype(
+    [
+        ("t", "f8"),  # event time, seconds (twin: since scenario start; live: Unix time)
+        ("gateway", "i4"),  # code into the gateway IdTable
+        ("device", "i4"),  # code into the device IdTable
+        ("rssi", "f4"),  # dBm as reported by the receiver
+        ("channel", "u1"),  # 37, 38, 39; 0 when the receiver does not say
+        ("battery", "i1"),  # percent, or UNKNOWN
+        ("motion", "i1"),  # 1 moving, 0 still, or UNKNOWN
+        ("seq", "i4"),  # advertising-event (frame) counter, or UNKNOWN
+    ]
+)
+
+Sightings = NDArray[np.void]
+
+
+def empty_sightings(n: int = 0) -> Sightings:
+    return np.zeros(n, dtype=SIGHTING_DTYPE)
+
+
+def sightings_from_columns(**columns: NDArray[np.generic] | float | int) -> Sightings:
+    """Build a sighting array from equal-length columns; missing optional ones get defaults."""
+    lengths = {np.size(v) for v in columns.values() if np.ndim(v) > 0}
+    if len(lengths) > 1:
+        raise ValueError(f"columns differ in length: {sorted(lengths)}")
+    n = lengths.pop() if lengths else 1
+    out = empty_sightings(n)
+    out["battery"] = UNKNOWN
+    out["motion"] = UNKNOWN
+    out["seq"] = UNKNOWN
+    for name, values in columns.items():
+        if name not in SIGHTING_DTYPE.names:  # type: ignore[operator]
+            raise ValueError(f"unknown sighting column {name!r}")
+        out[name] = values
+    return out
+
+
+@dataclass
+class IdTable:
+    """A growing, order-preserving map between string ids and integer codes."""
+
+    ids: list[str] = field(default_factory=list)
+    _codes: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._codes = {s: i for i, s in enumerate(self.ids)}
+        if len(self._codes) != len(self.ids):
+            raise ValueError("ids must be unique")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def code(self, ident: str) -> int:
+        """The code of ``ident``, registering it if new."""
+        code = self._codes.get(ident)
+        if code is None:
+            code = len(self.ids)
+            self.ids.append(ident)
+            self._codes[ident] = code
+        return code
+
+    def codes(self, idents: NDArray[np.str_] | list[str], register: bool = True) -> NDArray[np.int32]:
+        """Codes of many ids: one dict look-up per *distinct* id, not per element."""
+        uniq, inverse = np.unique(np.asarray(idents, dtype=str), return_inverse=True)
+        if register:
+            table = np.array([self.code(str(u)) for u in uniq], dtype=np.int32)
+        else:
+            table = np.array([self._codes.get(str(u), UNKNOWN) for u in uniq], dtype=np.int32)
+        return table[inverse.reshape(-1)] if len(uniq) else np.zeros(0, dtype=np.int32)
+
+    def lookup(self, codes: NDArray[np.integer]) -> NDArray[np.str_]:
+        return np.asarray(self.ids, dtype=str)[np.asarray(codes)]
+
+
+@dataclass(frozen=True)
+class GatewayInfo:
+    """What the engine knows of its gateways: ids and positions (metres)."""
+
+    ids: tuple[str, ...]
+    xyz: NDArray[np.float64]
+
+    def __post_init__(self) -> None:
+        if self.xyz.shape != (len(self.ids), 3):
+            raise ValueError(f"gateway positions must be ({len(self.ids)}, 3), got {self.xyz.shape}")

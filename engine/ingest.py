@@ -1,0 +1,106 @@
+"""Ingest: validate sighting columns, drop duplicates, order by event time.
+
+Invalid rows are rejected with a reason and counted; the valid rest goes on. Two kinds
+of duplicate are removed:
+
+* exact re-deliveries (same gateway, device, event counter and channel), as MQTT QoS 1
+  produces after a reconnect;
+* the same advertising event heard on channels 37, 38 and 39: these merge into one
+  sighting whose RSSI is the mean over channels in dB (the per-channel offsets and
+  independent fading then partly cancel), stamped with the earliest time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.contract import UNKNOWN, Sightings
+
+RSSI_MIN_DBM = -130.0
+RSSI_MAX_DBM = 20.0
+VALID_CHANNELS = (0, 37, 38, 39)
+
+
+@dataclass
+class IngestCounters:
+    """Running counts of what ingest accepted, merged and rejected (by reason)."""
+
+    received: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    merged_channels: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "received": self.received,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "merged_channels": self.merged_channels,
+            "rejected": dict(sorted(self.rejected.items())),
+        }
+
+
+def validate(batch: Sightings, n_gateways: int, counters: IngestCounters) -> Sightings:
+    """Keep the rows that make physical sense; count the others by reason."""
+    checks = {
+        "time is not finite": ~np.isfinite(batch["t"]),
+        "rssi outside -130..20 dBm": ~((batch["rssi"] >= RSSI_MIN_DBM) & (batch["rssi"] <= RSSI_MAX_DBM)),
+        "unknown gateway": (batch["gateway"] < 0) | (batch["gateway"] >= n_gateways),
+        "negative device code": batch["device"] < 0,
+        "channel not 37/38/39": ~np.isin(batch["channel"], VALID_CHANNELS),
+    }
+    bad = np.zeros(len(batch), dtype=bool)
+    for reason, mask in checks.items():
+        fresh = mask & ~bad  # one reason per rejected row: the first that applies
+        if fresh.any():
+            counters.rejected[reason] += int(fresh.sum())
+        bad |= mask
+    return batch[~bad]
+
+
+def deduplicate(batch: Sightings, counters: IngestCounters) -> Sightings:
+    """Drop re-deliveries and merge the three channels of one advertising event.
+
+    Rows without an event counter (seq == UNKNOWN) cannot be matched across channels
+    and pass through unchanged (exact duplicates among them are still dropped).
+    """
+    if len(batch) == 0:
+        return batch
+    exact_keys = np.stack(
+        [batch["gateway"].astype(np.int64), batch["device"].astype(np.int64), batch["seq"].astype(np.int64),
+         batch["channel"].astype(np.int64), batch["t"].view(np.int64) * (batch["seq"] == UNKNOWN)],
+        axis=1,
+    )
+    _, first = np.unique(exact_keys, axis=0, return_index=True)
+    first.sort()
+    counters.duplicates += len(batch) - len(first)
+    batch = batch[first]
+
+    has_seq = batch["seq"] != UNKNOWN
+    keyed, loose = batch[has_seq], batch[~has_seq]
+    if len(keyed):
+        keys = np.stack([keyed["gateway"].astype(np.int64), keyed["device"].astype(np.int64),
+                         keyed["seq"].astype(np.int64)], axis=1)
+        uniq, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+        inverse = inverse.reshape(-1)
+        order = np.lexsort((keyed["t"], inverse))  # by group, earliest first
+        starts = np.r_[0, np.cumsum(counts)[:-1]]
+        merged = keyed[order[starts]].copy()
+        merged["rssi"] = (np.bincount(inverse, weights=keyed["rssi"], minlength=len(uniq)) / counts).astype(np.float32)
+        merged["channel"] = np.where(counts > 1, 0, merged["channel"])
+        counters.merged_channels += len(keyed) - len(merged)
+        keyed = merged
+    return np.concatenate([keyed, loose])
+
+
+def ingest(batch: Sightings, n_gateways: int, counters: IngestCounters) -> Sightings:
+    """Validate, deduplicate and sort one batch by event time (stable)."""
+    counters.received += len(batch)
+    clean = deduplicate(validate(batch, n_gateways, counters), counters)
+    clean = clean[np.argsort(clean["t"], kind="stable")]
+    counters.accepted += len(clean)
+    return clean

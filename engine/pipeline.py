@@ -1,0 +1,206 @@
+"""The engine: a sans-IO pipeline from sighting columns to positions, zones and state.
+
+Like h11, it owns no sockets, files or clocks. A source calls :meth:`Engine.ingest`
+with sighting arrays and :meth:`Engine.advance` with its watermark; the engine returns
+:class:`Fixes` (arrays). All state transitions live here:
+
+* windows: fix k summarises sightings with event time in [k*step - window, k*step);
+* a window closes once the watermark (the newest event time ingested) passes its end
+  by ``allowed_lateness_s``; a sighting older than the start of the oldest open window
+  is *late*: it is rejected, counted, and the raw log still holds it for recomputation;
+* last-known state per device is updated from each closed window, in time order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from engine.contract import SIGHTING_DTYPE, UNKNOWN, GatewayInfo, Sightings
+from engine.ingest import IngestCounters, deduplicate, validate
+from engine.localize import Estimates, ObstacleMap, wls_localize
+from engine.zones import NO_ZONE, ZoneIndex
+
+FloatArray = NDArray[np.float64]
+
+FIX_DTYPE = np.dtype(
+    [("t", "f8"), ("device", "i4"), ("x", "f8"), ("y", "f8"), ("r90", "f4"), ("zone", "i4"),
+     ("n_gateways", "i2"), ("method", "i1"), ("battery", "i1"), ("motion", "i1")]
+)
+# Windows localized per batch: bounds memory at (windows x devices x gateways).
+WINDOWS_PER_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    gateways: GatewayInfo
+    zones: ZoneIndex
+    bounds: tuple[float, float, float, float]
+    path_loss_exponent: float = 2.0
+    sigma_db: float = 4.0
+    default_tx_power_1m_dbm: float = -59.0
+    tag_height_m: float = 1.0
+    window_s: float = 4.0
+    step_s: float = 1.0
+    allowed_lateness_s: float = 2.0
+    min_gateways: int = 3
+    obstacle_map: ObstacleMap | None = None  # walls and racks of the site plan, if known
+
+
+@dataclass
+class LastKnown:
+    """Per-device arrays (index = device code) of the newest fix."""
+
+    t: FloatArray = field(default_factory=lambda: np.zeros(0))
+    x: FloatArray = field(default_factory=lambda: np.zeros(0))
+    y: FloatArray = field(default_factory=lambda: np.zeros(0))
+    r90: FloatArray = field(default_factory=lambda: np.zeros(0))
+    zone: NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, np.int32))
+    battery: NDArray[np.int8] = field(default_factory=lambda: np.zeros(0, np.int8))
+
+    def grow(self, n: int) -> None:
+        have = len(self.t)
+        if n <= have:
+            return
+        extra = n - have
+        self.t = np.r_[self.t, np.full(extra, np.nan)]
+        self.x = np.r_[self.x, np.full(extra, np.nan)]
+        self.y = np.r_[self.y, np.full(extra, np.nan)]
+        self.r90 = np.r_[self.r90, np.full(extra, np.nan)]
+        self.zone = np.r_[self.zone, np.full(extra, NO_ZONE, np.int32)]
+        self.battery = np.r_[self.battery, np.full(extra, UNKNOWN, np.int8)]
+
+    def update(self, fixes: NDArray[np.void]) -> None:
+        if len(fixes) == 0:
+            return
+        self.grow(int(fixes["device"].max()) + 1)
+        # Fixes arrive in time order; the last write per device wins.
+        d = fixes["device"]
+        self.t[d], self.x[d], self.y[d] = fixes["t"], fixes["x"], fixes["y"]
+        self.r90[d], self.zone[d] = fixes["r90"], fixes["zone"]
+        known = fixes["battery"] != UNKNOWN
+        self.battery[d[known]] = fixes["battery"][known]
+
+
+class Engine:
+    """Feed it sightings, advance its watermark, get fixes back."""
+
+    def __init__(self, config: EngineConfig, tx_power_1m_dbm: FloatArray | None = None) -> None:
+        self.config = config
+        self.counters = IngestCounters()
+        self.state = LastKnown()
+        self.tx_power = np.asarray(tx_power_1m_dbm if tx_power_1m_dbm is not None else [], dtype=float)
+        self._buffer: list[Sightings] = []
+        self._next_window = 1  # index k of the next window to close (ends at k*step)
+        self.watermark = -np.inf
+
+    # -- input ---------------------------------------------------------------------
+
+    def ingest(self, batch: Sightings) -> None:
+        """Validate and buffer a batch. Late rows are rejected and counted, not lost silently."""
+        if batch.dtype != SIGHTING_DTYPE:
+            raise TypeError("sightings must use engine.contract.SIGHTING_DTYPE")
+        self.counters.received += len(batch)
+        good = validate(batch, len(self.config.gateways.ids), self.counters)
+        oldest_open = self._next_window * self.config.step_s - self.config.window_s
+        late = good["t"] < oldest_open
+        if late.any():
+            self.counters.rejected["late: window already closed"] += int(late.sum())
+            good = good[~late]
+        self.counters.accepted += len(good)
+        if len(good):
+            self._buffer.append(good)
+            self.watermark = max(self.watermark, float(good["t"].max()))
+
+    # -- output --------------------------------------------------------------------
+
+    def advance(self, watermark: float | None = None) -> NDArray[np.void]:
+        """Close every window whose end is at least ``allowed_lateness_s`` behind the
+        watermark (the newest event time seen, or the one given) and return its fixes."""
+        mark = self.watermark if watermark is None else max(self.watermark, watermark)
+        last = int(np.floor((mark - self.config.allowed_lateness_s) / self.config.step_s + 1e-9))
+        return self._close_until(last)
+
+    def flush(self, end_t: float) -> NDArray[np.void]:
+        """Close every window ending at or before ``end_t`` (end of a run or a replay)."""
+        return self._close_until(int(np.floor(end_t / self.config.step_s + 1e-9)))
+
+    def _close_until(self, last_window: int) -> NDArray[np.void]:
+        cfg = self.config
+        if last_window < self._next_window or not self._buffer:
+            self._next_window = max(self._next_window, last_window + 1)
+            return np.zeros(0, FIX_DTYPE)
+        buf = np.concatenate(self._buffer)
+        buf = deduplicate(buf, self.counters)
+        buf = buf[np.argsort(buf["t"], kind="stable")]
+        out = []
+        k = self._next_window
+        while k <= last_window:
+            k_end = min(last_window, k + WINDOWS_PER_CHUNK - 1)
+            lo = np.searchsorted(buf["t"], k * cfg.step_s - cfg.window_s, side="left")
+            hi = np.searchsorted(buf["t"], k_end * cfg.step_s, side="left")
+            out.append(self._localize_windows(buf[lo:hi], k, k_end))
+            k = k_end + 1
+        self._next_window = last_window + 1
+        keep_from = self._next_window * cfg.step_s - cfg.window_s
+        self._buffer = [buf[buf["t"] >= keep_from]]
+        fixes = np.concatenate(out) if out else np.zeros(0, FIX_DTYPE)
+        self.state.update(fixes)
+        return fixes
+
+    def _localize_windows(self, rows: Sightings, k_first: int, k_last: int) -> NDArray[np.void]:
+        """Fixes for windows k_first..k_last from the sightings that fall in them."""
+        cfg = self.config
+        n_gw = len(cfg.gateways.ids)
+        if len(rows) == 0:
+            return np.zeros(0, FIX_DTYPE)
+        per = int(np.ceil(cfg.window_s / cfg.step_s))
+        # Each sighting belongs to up to `per` sliding windows: replicate its index.
+        base = np.floor(rows["t"] / cfg.step_s + 1e-12).astype(np.int64) + 1
+        win = (base[:, None] + np.arange(per)[None, :]).ravel()
+        src = np.repeat(np.arange(len(rows)), per)
+        t_src = rows["t"][src]
+        ok = (win >= k_first) & (win <= k_last) & (t_src >= win * cfg.step_s - cfg.window_s)
+        win, src = win[ok], src[ok]
+        if len(win) == 0:
+            return np.zeros(0, FIX_DTYPE)
+        dev = rows["device"][src].astype(np.int64)
+        gw = rows["gateway"][src].astype(np.int64)
+        n_dev = int(dev.max()) + 1
+        row_key = (win - k_first) * n_dev + dev
+        uniq_rows, row_idx = np.unique(row_key, return_inverse=True)
+        cell = row_idx * n_gw + gw
+        sums = np.bincount(cell, weights=rows["rssi"][src], minlength=len(uniq_rows) * n_gw)
+        counts = np.bincount(cell, minlength=len(uniq_rows) * n_gw)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            matrix = (sums / counts).reshape(len(uniq_rows), n_gw)
+        # Newest battery and motion flag per row (rows are time-sorted, last write wins).
+        battery = np.full(len(uniq_rows), UNKNOWN, np.int8)
+        motion = np.full(len(uniq_rows), UNKNOWN, np.int8)
+        has_b = rows["battery"][src] != UNKNOWN
+        battery[row_idx[has_b]] = rows["battery"][src][has_b]
+        has_m = rows["motion"][src] != UNKNOWN
+        motion[row_idx[has_m]] = rows["motion"][src][has_m]
+
+        row_dev = (uniq_rows % n_dev).astype(np.int32)
+        row_t = ((uniq_rows // n_dev) + k_first) * cfg.step_s
+        est = self._localize(matrix, row_dev)
+        fixes = np.empty(len(uniq_rows), FIX_DTYPE)
+        fixes["t"], fixes["device"] = row_t, row_dev
+        fixes["x"], fixes["y"], fixes["r90"] = est.x, est.y, est.r90
+        fixes["zone"] = cfg.zones.assign(est.x, est.y)
+        fixes["n_gateways"], fixes["method"] = est.n_gateways, est.method
+        fixes["battery"], fixes["motion"] = battery, motion
+        return fixes
+
+    def _localize(self, matrix: FloatArray, device: NDArray[np.int32]) -> Estimates:
+        cfg = self.config
+        tx = np.full(len(device), cfg.default_tx_power_1m_dbm)
+        known = device < len(self.tx_power)
+        tx[known] = self.tx_power[device[known]]
+        return wls_localize(
+            matrix, cfg.gateways.xyz, tx, cfg.path_loss_exponent, cfg.sigma_db, cfg.tag_height_m,
+            cfg.bounds, cfg.min_gateways, obstacle_map=cfg.obstacle_map,
+        )

@@ -1,0 +1,411 @@
+"""The SimPy warehouse: tags advertise, movers carry them, gateways listen.
+
+SimPy runs the *agents* (movers and their trips, one process each) and a single radio
+process that wakes every ``tick_s`` of simulated time and generates every advertisement
+of every tag in that tick as numpy arrays. One SimPy process per tag and one Python call
+per packet would be the obvious design and is roughly a hundred times slower (see
+benchmarks/); here the per-packet work is inlined into array operations on purpose.
+
+Timing is exact in continuous time: a mover plans a whole trip when it starts it (where
+and when it picks items up, the path, where and when it drops them), so the radio tick
+can place a carried tag on its mover's path at the instant of each advertisement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import shapely
+import simpy
+from numpy.typing import NDArray
+
+from engine.contract import SIGHTING_DTYPE, GatewayInfo, Sightings
+from engine.truth import MOVEMENT_DTYPE, SEGMENT_DTYPE, GroundTruth
+from radio_models.environment import ADVERTISING_CHANNELS, Grid, PacketEffects, RadioEnvironment
+from radio_models.pathloss import LogDistance, PathLossModel
+from twin.scenario import Scenario
+from twin.site import Navigator, SiteModel
+
+FloatArray = NDArray[np.float64]
+
+ADV_DELAY_MAX_S = 0.010  # BLE Core spec Vol 6 Part B 4.4.2.2.1: advDelay uniform 0-10 ms
+SECONDS_PER_DAY = 86_400.0
+# Fading upper tail ignored when pruning out-of-range links: a Rayleigh power gain
+# exceeds +10 dB with probability e^-10 = 4.5e-5, so links whose mean RSSI is more than
+# this far below sensitivity are skipped without drawing a packet.
+FADING_MARGIN_DB = 10.0
+
+
+def path_loss_model(scenario: Scenario) -> PathLossModel:
+    """The path-loss family a scenario asks for."""
+    params = scenario.radio.model
+    return LogDistance(exponent=params.exponent, sigma_db=scenario.radio.shadowing_sigma_db)
+
+
+def resolve_gateways(scenario: Scenario, site: SiteModel) -> tuple[GatewayInfo, FloatArray]:
+    """Gateway ids and positions (listed ones first, then the grid), plus per-gateway
+    (scan window s, scan interval s, sensitivity dBm) as an (M, 3) array."""
+    cfg = scenario.gateways
+    d = cfg.defaults
+    ids: list[str] = []
+    rows: list[tuple[float, float, float, float, float, float]] = []
+    for g in cfg.units:
+        rows.append((g.x, g.y, d.z_m if g.z is None else g.z,
+                     (g.scan_window_ms or d.scan_window_ms) / 1000, (g.scan_interval_ms or d.scan_interval_ms) / 1000,
+                     d.sensitivity_dbm if g.sensitivity_dbm is None else g.sensitivity_dbm))
+        ids.append(g.id)
+    if cfg.grid is not None:
+        minx, miny, maxx, maxy = site.outline.bounds
+        m, s = cfg.grid.margin_m, cfg.grid.spacing_m
+        xs = np.arange(minx + m, maxx - m + 1e-9, s)
+        ys = np.arange(miny + m, maxy - m + 1e-9, s)
+        gx, gy = np.meshgrid(xs, ys)
+        inside = shapely.contains_xy(site.outline, gx.ravel(), gy.ravel())
+        for k, (x, y) in enumerate(zip(gx.ravel()[inside], gy.ravel()[inside], strict=True)):
+            ids.append(f"{cfg.grid.prefix}-{k + 1:03d}")
+            rows.append((float(x), float(y), d.z_m, d.scan_window_ms / 1000, d.scan_interval_ms / 1000, d.sensitivity_dbm))
+    arr = np.array(rows, dtype=float).reshape(-1, 6)
+    return GatewayInfo(tuple(ids), arr[:, :3].copy()), arr[:, 3:].copy()
+
+
+@dataclass
+class Fleet:
+    """Per-tag arrays (index = device code)."""
+
+    ids: list[str]
+    group: NDArray[np.int32]
+    xy: FloatArray
+    adv_interval_s: FloatArray
+    tx_power_1m_dbm: FloatArray
+    battery0_pct: FloatArray
+    drain_pct_per_s: FloatArray
+
+    @classmethod
+    def place(cls, scenario: Scenario, site: SiteModel, rng: np.random.Generator) -> Fleet:
+        ids: list[str] = []
+        parts: dict[str, list[FloatArray]] = {k: [] for k in ("group", "xy", "adv", "tx", "bat", "drain")}
+        for gi, g in enumerate(scenario.tags):
+            zone_idx = [site.zones.names.index(z) for z in g.placement.zones]
+            zone_idx += site.zones.indices_with_role(*g.placement.roles)
+            area = shapely.union_all([site.zones.polygons[i] for i in sorted(set(zone_idx))]) if zone_idx else None
+            parts["xy"].append(site.random_free_points(g.count, rng, area))
+            parts["group"].append(np.full(g.count, gi))
+            parts["adv"].append(np.full(g.count, g.adv_interval_ms / 1000))
+            parts["tx"].append(np.full(g.count, g.tx_power_1m_dbm))
+            parts["bat"].append(rng.uniform(*g.battery_pct, size=g.count))
+            parts["drain"].append(np.full(g.count, g.battery_drain_pct_per_day / SECONDS_PER_DAY))
+            ids += [f"{g.name}-{i + 1:05d}" for i in range(g.count)]
+        cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+        return cls(ids, cat["group"].astype(np.int32), cat["xy"].reshape(-1, 2), cat["adv"], cat["tx"], cat["bat"], cat["drain"])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class TwinResult:
+    """Everything one run produced: sightings, ground truth and what it cost."""
+
+    scenario: Scenario
+    gateways: GatewayInfo
+    device_ids: list[str]
+    tx_power_1m_dbm: FloatArray
+    sightings: Sightings
+    truth: GroundTruth
+    site: SiteModel
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Trip:
+    """A planned carry: which tags, along which timed path, dropped where."""
+
+    tags: NDArray[np.int64]
+    path_t: FloatArray
+    path_xy: FloatArray
+    t_pick: float
+    t_drop: float
+    drop_xy: FloatArray
+
+
+class WarehouseTwin:
+    """One scenario, ready to run. All randomness comes from ``scenario.seed``."""
+
+    def __init__(self, scenario: Scenario, site: SiteModel | None = None) -> None:
+        self.scenario = scenario
+        streams = np.random.SeedSequence(scenario.seed).spawn(6)
+        self.rng_place, self.rng_radio_static, self.rng_adv, self.rng_packet, self.rng_movers, self.rng_gw = (
+            np.random.default_rng(s) for s in streams
+        )
+        self.site = site or SiteModel.from_scenario(scenario)
+        self.gateways, scan = resolve_gateways(scenario, self.site)
+        self.scan_window_s, self.scan_interval_s, self.sensitivity_dbm = scan.T
+        self.scan_phase_s = self.rng_gw.uniform(0, self.scan_interval_s)
+        self.fleet = Fleet.place(scenario, self.site, self.rng_place)
+        radio = scenario.radio
+        self.radio = RadioEnvironment(
+            gateway_xyz=self.gateways.xyz,
+            model=path_loss_model(scenario),
+            obstacles=self.site.obstacles(),
+            grid=Grid.covering(self.site.outline.bounds, radio.grid_m),
+            shadowing_sigma_db=radio.shadowing_sigma_db,
+            decorrelation_m=radio.decorrelation_m,
+            effects=PacketEffects(radio.fading, radio.rician_k_db, radio.channel_offset_db),
+            rng=self.rng_radio_static,
+            gateway_bias_db=self.rng_gw.normal(0, radio.gateway_bias_sigma_db, len(self.gateways.ids))
+            if radio.gateway_bias_sigma_db > 0 else np.zeros(0),
+        )
+        self.tag_z = scenario.site.tag_height_m
+        n = len(self.fleet)
+        # Mutable per-tag state.
+        self.xy = self.fleet.xy.copy()
+        self.next_adv = self.rng_adv.uniform(0, self.fleet.adv_interval_s) if n else np.zeros(0)
+        self.seq = np.zeros(n, dtype=np.int32)
+        self.trip_of = np.full(n, -1, dtype=np.int64)  # index into self._trips, -1 at rest
+        self.rest_since = np.zeros(n)
+        self._trips: list[_Trip] = []
+        self._mean_cache = self._mean_rssi_at_rest(np.arange(n))
+        self._segments: list[NDArray[np.void]] = []
+        self._movements: list[NDArray[np.void]] = []
+        self._sightings: list[Sightings] = []
+        self.stats = {"advertising_events": 0, "packets_on_air": 0, "links_evaluated": 0, "sightings": 0}
+        self._navigator: Navigator | None = None
+
+    # -- radio ------------------------------------------------------------------------
+
+    def _mean_rssi_at_rest(self, tags: NDArray[np.int64]) -> NDArray[np.float32]:
+        xyz = np.column_stack([self.xy[tags], np.full(len(tags), self.tag_z)])
+        return self.radio.mean_rssi(xyz, self.fleet.tx_power_1m_dbm[tags]).astype(np.float32)
+
+    def _positions(self, tags: NDArray[np.int64], t: FloatArray) -> tuple[FloatArray, NDArray[np.bool_]]:
+        """Where each tag is at each time, and whether it is being carried then."""
+        xy = self.xy[tags].copy()
+        moving = np.zeros(len(tags), dtype=bool)
+        trip_ids = self.trip_of[tags]
+        for trip_id in np.unique(trip_ids[trip_ids >= 0]):  # loop over active trips, not packets
+            trip = self._trips[trip_id]
+            sel = np.flatnonzero(trip_ids == trip_id)
+            ts = t[sel]
+            carried = (ts >= trip.t_pick) & (ts < trip.t_drop)
+            on = sel[carried]
+            xy[on, 0] = np.interp(ts[carried], trip.path_t, trip.path_xy[:, 0])
+            xy[on, 1] = np.interp(ts[carried], trip.path_t, trip.path_xy[:, 1])
+            moving[on] = True
+            dropped = sel[ts >= trip.t_drop]
+            xy[dropped] = trip.drop_xy[np.searchsorted(trip.tags, tags[dropped])]
+        return xy, moving
+
+    def _radio_tick(self, t0: float, t1: float) -> None:
+        """Every advertisement sent in [t0, t1), heard or not, in a handful of array ops."""
+        ev_tag_parts, ev_t_parts, ev_seq_parts = [], [], []
+        while True:
+            due = np.flatnonzero(self.next_adv < t1)
+            if len(due) == 0:
+                break
+            ev_tag_parts.append(due)
+            ev_t_parts.append(self.next_adv[due].copy())
+            ev_seq_parts.append(self.seq[due].copy())
+            self.seq[due] += 1
+            self.next_adv[due] += self.fleet.adv_interval_s[due] + self.rng_adv.uniform(0, ADV_DELAY_MAX_S, len(due))
+        if not ev_tag_parts:
+            return
+        ev_tag = np.concatenate(ev_tag_parts)
+        ev_t = np.concatenate(ev_t_parts)
+        ev_seq = np.concatenate(ev_seq_parts)
+        self.stats["advertising_events"] += len(ev_tag)
+
+        xy, moving = self._positions(ev_tag, ev_t)
+        mean = self._mean_cache[ev_tag].astype(float)
+        live = np.flatnonzero(self.trip_of[ev_tag] >= 0)
+        if len(live):
+            xyz = np.column_stack([xy[live], np.full(len(live), self.tag_z)])
+            mean[live] = self.radio.mean_rssi(xyz, self.fleet.tx_power_1m_dbm[ev_tag[live]])
+
+        # Prune links that cannot reach sensitivity even with a strong fade.
+        best_offset = max(self.scenario.radio.channel_offset_db)
+        ev_i, gw_i = np.nonzero(mean + best_offset + FADING_MARGIN_DB >= self.sensitivity_dbm[None, :])
+        link_mean = mean[ev_i, gw_i]
+        self.stats["links_evaluated"] += len(ev_i) * len(ADVERTISING_CHANNELS)
+        self.stats["packets_on_air"] += len(ev_tag) * len(ADVERTISING_CHANNELS)
+
+        spacing = self.scenario.radio.channel_spacing_ms / 1000
+        window, interval, phase = self.scan_window_s[gw_i], self.scan_interval_s[gw_i], self.scan_phase_s[gw_i]
+        out = []
+        for k, channel in enumerate(ADVERTISING_CHANNELS):
+            t_pkt = ev_t[ev_i] + k * spacing
+            since = t_pkt - phase
+            cycle = np.floor(since / interval)
+            # A scanner listens on one channel per scan interval, rotating 37 -> 38 -> 39.
+            listening = (since - cycle * interval < window) & ((cycle.astype(np.int64) % 3) == k)
+            rssi = self.radio.packet_rssi(link_mean[:, None], np.full(len(link_mean), channel), self.rng_packet)[:, 0]
+            heard = listening & (rssi >= self.sensitivity_dbm[gw_i])
+            n = int(heard.sum())
+            rows = np.empty(n, dtype=SIGHTING_DTYPE)
+            e = ev_i[heard]
+            tags = ev_tag[e]
+            rows["t"] = t_pkt[heard]
+            rows["gateway"] = gw_i[heard]
+            rows["device"] = tags
+            rows["rssi"] = rssi[heard]
+            rows["channel"] = channel
+            battery = self.fleet.battery0_pct[tags] - self.fleet.drain_pct_per_s[tags] * rows["t"]
+            rows["battery"] = np.clip(np.round(battery), 0, 100)
+            rows["motion"] = moving[e]
+            rows["seq"] = ev_seq[e]
+            out.append(rows)
+        tick = np.concatenate(out)
+        tick = tick[np.lexsort((tick["gateway"], tick["t"]))]
+        self.stats["sightings"] += len(tick)
+        self._sightings.append(tick)
+
+    def _finish_trips(self, now: float) -> None:
+        """Tags whose drop time has passed come to rest at their drop point."""
+        active = np.flatnonzero(self.trip_of >= 0)
+        for trip_id in np.unique(self.trip_of[active]):
+            trip = self._trips[trip_id]
+            if trip.t_drop <= now:
+                self.xy[trip.tags] = trip.drop_xy
+                self.trip_of[trip.tags] = -1
+                self.rest_since[trip.tags] = trip.t_drop
+                self._mean_cache[trip.tags] = self._mean_rssi_at_rest(trip.tags)
+
+    def _radio_process(self, env: simpy.Environment, progress: Callable[[float], None] | None) -> simpy.events.ProcessGenerator:
+        tick = self.scenario.tick_s
+        duration = self.scenario.duration_s
+        t = 0.0
+        while t < duration:
+            t_end = min(t + tick, duration)
+            yield env.timeout(t_end - t)
+            # Runs at the *end* of the tick, so every trip starting inside it is known.
+            self._radio_tick(t, t_end)
+            self._finish_trips(t_end)
+            t = t_end
+            if progress is not None:
+                progress(t)
+
+    # -- movers -----------------------------------------------------------------------
+
+    @property
+    def navigator(self) -> Navigator:
+        if self._navigator is None:
+            self._navigator = Navigator(self.site)
+        return self._navigator
+
+    def _stop_point(self, stop: str, rng: np.random.Generator) -> FloatArray:
+        zones = self.site.zones.resolve(stop)
+        zone = self.site.zones.polygons[zones[int(rng.integers(len(zones)))]]
+        return self.site.random_free_points(1, rng, zone)[0]
+
+    def _timed_path(self, start: FloatArray, goal: FloatArray, t_start: float, speed: float) -> tuple[FloatArray, FloatArray]:
+        pts = self.navigator.path(start, goal)
+        legs = np.hypot(*np.diff(pts, axis=0).T)
+        return t_start + np.r_[0.0, np.cumsum(legs)] / speed, pts
+
+    def _mover_process(self, env: simpy.Environment, mover_id: int, group_idx: int) -> simpy.events.ProcessGenerator:
+        cfg = self.scenario.movers[group_idx]
+        rng = np.random.default_rng(self.rng_movers.integers(2**63))
+        yield env.timeout(cfg.start_s + rng.uniform(0, max(cfg.dwell_s, 1.0)))
+        here = self._stop_point(cfg.route[0], rng)
+        stop_i = 0
+        while True:
+            # Pick items at rest near this stop (in its zone), carry them to the next stop.
+            zones = self.site.zones.resolve(cfg.route[stop_i])
+            nxt = (stop_i + 1) % len(cfg.route)
+            goal = self._stop_point(cfg.route[nxt], rng)
+            t_pick = env.now + cfg.dwell_s / 2
+            path_t, path_xy = self._timed_path(here, goal, t_pick, cfg.speed_mps)
+            t_drop = float(path_t[-1])
+            free = np.flatnonzero(self.trip_of < 0)
+            in_zone = np.isin(self.site.zones.assign(self.xy[free, 0], self.xy[free, 1]), zones)
+            candidates = free[in_zone]
+            k = int(rng.integers(cfg.items_per_trip[0], cfg.items_per_trip[1] + 1))
+            if k and len(candidates):
+                nearest = np.argsort(np.hypot(*(self.xy[candidates] - here).T), kind="stable")[:k]
+                tags = np.sort(candidates[nearest])
+                drop = self.site.random_free_points(len(tags), rng, shapely.Point(goal).buffer(1.5))
+                self._plan_trip(_Trip(tags, path_t, path_xy, t_pick, t_drop, drop), mover_id)
+            if t_drop - env.now > 0:
+                yield env.timeout(t_drop - env.now)
+            here = goal
+            stop_i = nxt
+            yield env.timeout(cfg.dwell_s / 2)
+
+    def _plan_trip(self, trip: _Trip, mover_id: int) -> None:
+        trip_id = len(self._trips)
+        self._trips.append(trip)
+        tags = trip.tags
+        self.trip_of[tags] = trip_id
+        n = len(tags)
+        # Ground truth: rest until pick-up, each path leg, then rest from the drop on.
+        rest = np.empty(n, dtype=SEGMENT_DTYPE)
+        rest["device"], rest["t0"], rest["t1"] = tags, self.rest_since[tags], trip.t_pick
+        rest["x0"], rest["y0"] = self.xy[tags].T
+        rest["x1"], rest["y1"] = self.xy[tags].T
+        k = len(trip.path_t) - 1
+        legs = np.empty(n * k, dtype=SEGMENT_DTYPE)
+        legs["device"] = np.repeat(tags, k)
+        legs["t0"] = np.tile(trip.path_t[:-1], n)
+        legs["t1"] = np.tile(trip.path_t[1:], n)
+        legs["x0"], legs["y0"] = np.tile(trip.path_xy[:-1], (n, 1)).T
+        legs["x1"], legs["y1"] = np.tile(trip.path_xy[1:], (n, 1)).T
+        # The last leg ends at the mover's stop; the item lands at its own drop point.
+        last = np.arange(n) * k + (k - 1)
+        legs["x1"][last], legs["y1"][last] = trip.drop_xy.T
+        self._segments += [rest, legs]
+        self.rest_since[tags] = trip.t_drop
+        mv = np.empty(2 * n, dtype=MOVEMENT_DTYPE)
+        mv["t"] = np.r_[np.full(n, trip.t_pick), np.full(n, trip.t_drop)]
+        mv["device"] = np.r_[tags, tags]
+        mv["mover"] = mover_id
+        mv["kind"] = ["pickup"] * n + ["drop"] * n
+        xy = np.vstack([self.xy[tags], trip.drop_xy])
+        mv["x"], mv["y"] = xy.T
+        mv["zone"] = self.site.zones.assign(xy[:, 0], xy[:, 1])
+        self._movements.append(mv)
+
+    # -- run ----------------------------------------------------------------------------
+
+    def run(self, progress: Callable[[float], None] | None = None) -> TwinResult:
+        env = simpy.Environment()
+        env.process(self._radio_process(env, progress))
+        mover_id = 0
+        for gi, group in enumerate(self.scenario.movers):
+            for _ in range(group.count):
+                env.process(self._mover_process(env, mover_id, gi))
+                mover_id += 1
+        env.run(until=self.scenario.duration_s)
+        return TwinResult(
+            scenario=self.scenario,
+            gateways=self.gateways,
+            device_ids=self.fleet.ids,
+            tx_power_1m_dbm=self.fleet.tx_power_1m_dbm,
+            sightings=np.concatenate(self._sightings) if self._sightings else np.zeros(0, SIGHTING_DTYPE),
+            truth=self._ground_truth(),
+            site=self.site,
+            stats=dict(self.stats),
+        )
+
+    def _ground_truth(self) -> GroundTruth:
+        end = self.scenario.duration_s
+        # Trips still under way at the end: keep their legs, the tags rest afterwards.
+        n = len(self.fleet)
+        final_xy = self.xy.copy()
+        for trip_id in np.unique(self.trip_of[self.trip_of >= 0]):
+            trip = self._trips[trip_id]
+            final_xy[trip.tags] = trip.drop_xy
+        rest = np.empty(n, dtype=SEGMENT_DTYPE)
+        rest["device"] = np.arange(n)
+        rest["t0"] = self.rest_since
+        rest["t1"] = np.maximum(self.rest_since, end)
+        rest["x0"], rest["y0"] = final_xy.T
+        rest["x1"], rest["y1"] = final_xy.T
+        segments = np.concatenate([*self._segments, rest])
+        movements = np.concatenate(self._movements) if self._movements else np.zeros(0, MOVEMENT_DTYPE)
+        return GroundTruth.build(segments, movements)
+
+
+def run_twin(scenario: Scenario, progress: Callable[[float], None] | None = None) -> TwinResult:
+    """Simulate a scenario and return its sightings and ground truth."""
+    return WarehouseTwin(scenario).run(progress)
