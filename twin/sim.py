@@ -165,6 +165,10 @@ class WarehouseTwin:
         self.seq = np.zeros(n, dtype=np.int32)
         self.trip_of = np.full(n, -1, dtype=np.int64)  # index into self._trips, -1 at rest
         self.rest_since = np.zeros(n)
+        # Hooks for incidents and faults: a dead or removed tag stops advertising; a gateway
+        # that is down hears nothing. Agents flip these; the radio tick honours them.
+        self.tag_alive = np.ones(n, dtype=bool)
+        self.gateway_up = np.ones(len(self.gateways.ids), dtype=bool)
         self._trips: list[_Trip] = []
         self._mean_cache = self._mean_rssi_at_rest(np.arange(n))
         self._segments: list[NDArray[np.void]] = []
@@ -214,6 +218,10 @@ class WarehouseTwin:
         ev_tag = np.concatenate(ev_tag_parts)
         ev_t = np.concatenate(ev_t_parts)
         ev_seq = np.concatenate(ev_seq_parts)
+        alive = self.tag_alive[ev_tag]
+        ev_tag, ev_t, ev_seq = ev_tag[alive], ev_t[alive], ev_seq[alive]
+        if len(ev_tag) == 0:
+            return
         self.stats["advertising_events"] += len(ev_tag)
 
         xy, moving = self._positions(ev_tag, ev_t)
@@ -240,7 +248,7 @@ class WarehouseTwin:
             # A scanner listens on one channel per scan interval, rotating 37 -> 38 -> 39.
             listening = (since - cycle * interval < window) & ((cycle.astype(np.int64) % 3) == k)
             rssi = self.radio.packet_rssi(link_mean[:, None], np.full(len(link_mean), channel), self.rng_packet)[:, 0]
-            heard = listening & (rssi >= self.sensitivity_dbm[gw_i])
+            heard = listening & (rssi >= self.sensitivity_dbm[gw_i]) & self.gateway_up[gw_i]
             n = int(heard.sum())
             rows = np.empty(n, dtype=SIGHTING_DTYPE)
             e = ev_i[heard]

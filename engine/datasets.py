@@ -1,0 +1,88 @@
+"""Importers for public BLE datasets with ground truth.
+
+Kolakowski 2021 (Sensors 21(18):6270, CC BY 4.0): six anchors in a furnished flat, a
+4,104-point calibration walk and a 719-row robot test track. Column order in the CSVs
+is ``,ts,x,heading,y,rssi_1..rssi_6``; missing RSSI cells are empty.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+
+SHARED_KOLAKOWSKI = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "kolakowski-flat-2021"
+
+
+class DatasetError(ValueError):
+    """A dataset file that cannot be read, naming the file, row and column."""
+
+
+@dataclass(frozen=True)
+class RssiTrack:
+    """Rows of (time, true x, true y) with an RSSI per anchor (NaN = not heard)."""
+
+    t: FloatArray  # seconds
+    xy: FloatArray  # (rows, 2) metres
+    rssi: FloatArray  # (rows, anchors) dBm
+
+
+@dataclass(frozen=True)
+class KolakowskiFlat:
+    anchor_ids: tuple[str, ...]
+    anchor_xyz: FloatArray
+    outline: FloatArray
+    calibration: RssiTrack
+    test: RssiTrack
+
+
+def _read_track(path: Path, n_anchors: int) -> RssiTrack:
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader)
+            rows = list(reader)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror})") from None
+    except StopIteration:
+        raise DatasetError(f"{path}: empty file") from None
+    want = ["ts", "x", "heading", "y", *(f"rssi_{i + 1}" for i in range(n_anchors))]
+    missing = [c for c in want if c not in header]
+    if missing:
+        raise DatasetError(f"{path}: missing columns {missing}")
+    idx = [header.index(c) for c in want]
+    out = np.full((len(rows), len(want)), np.nan)
+    for r, row in enumerate(rows):
+        for j, col in enumerate(idx):
+            cell = row[col] if col < len(row) else ""
+            if cell == "":
+                if j < 4:
+                    raise DatasetError(f"{path}: row {r + 2}: column {want[j]!r} is empty")
+                continue
+            try:
+                out[r, j] = float(cell)
+            except ValueError:
+                raise DatasetError(f"{path}: row {r + 2}: column {want[j]!r}: not a number: {cell!r}") from None
+    t = (out[:, 0] - out[0, 0]) / 1e9 if len(out) else out[:, 0]
+    return RssiTrack(t=t, xy=out[:, [1, 3]], rssi=out[:, 4:])
+
+
+def load_kolakowski(folder: Path = SHARED_KOLAKOWSKI) -> KolakowskiFlat:
+    """Load anchors, outline, calibration walk and test track from the dataset folder."""
+    folder = Path(folder)
+    anchors = np.genfromtxt(folder / "anchors.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
+    ids = tuple(str(i) for i in anchors["id"])
+    xyz = np.column_stack([anchors["x"], anchors["y"], anchors["z"]]).astype(float)
+    outline = np.genfromtxt(folder / "layout.csv", delimiter=",", skip_header=1, dtype=float)
+    return KolakowskiFlat(
+        anchor_ids=ids,
+        anchor_xyz=xyz,
+        outline=outline,
+        calibration=_read_track(folder / "calibration_df.csv", len(ids)),
+        test=_read_track(folder / "test_robot_df.csv", len(ids)),
+    )
