@@ -104,7 +104,7 @@ def wls_localize(
     def wall_loss(x: FloatArray, y: FloatArray) -> FloatArray | float:
         if obstacle_map is None:
             return 0.0
-        return obstacle_map.loss_db(np.column_stack([x, y]))
+        return obstacle_map.loss_db(np.column_stack([x, y])).astype(float)
 
     def cost_of(x: FloatArray, y: FloatArray) -> FloatArray:
         d2 = (x[:, None] - gx) ** 2 + (y[:, None] - gy) ** 2 + dz2

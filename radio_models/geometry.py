@@ -52,7 +52,7 @@ class Obstacles:
         coords[same, 1, 0] += 1e-9
         lines = shapely.linestrings(coords)
         link_idx, obstacle_idx = self._tree.query(lines, predicate="intersects")
-        return np.bincount(link_idx, weights=self._loss[obstacle_idx], minlength=n_links)
+        return np.bincount(link_idx, weights=self._loss[obstacle_idx], minlength=n_links).astype(float)
 
 
 def crossing_loss_db(obstacles: Obstacles, points_xy: FloatArray, anchors_xy: FloatArray) -> FloatArray:

@@ -15,7 +15,9 @@ from rich.table import Table
 
 from twin.scenario import Scenario, ScenarioError, load_scenario
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="TagTwin: a digital twin for BLE smart-tag tracking.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="TagTwin: a digital twin for BLE smart-tag tracking."
+)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -26,9 +28,10 @@ def _load(path: Path) -> Scenario:
     try:
         return load_scenario(path)
     except ScenarioError as exc:
-        err_console.print(f"[bold red]invalid scenario[/] {exc.path}")
+        err_console.print(f"[bold red]invalid scenario[/] {exc.path}", soft_wrap=True)
         for problem in exc.problems:
-            err_console.print(f"  {exc.path}: {problem}", markup=False, highlight=False)
+            # Plain lines (no wrapping) so editors and CI logs can jump to file and field.
+            print(f"{exc.path}: {problem}", file=sys.stderr)
         raise typer.Exit(2) from None
 
 
@@ -126,7 +129,8 @@ def check(
         report = run_scenario(sc).report()
         for name, bound in sc.expected.items():
             value = _metric(report, name)
-            ok = value is not None and (bound.min is None or value >= bound.min) and (bound.max is None or value <= bound.max)
+            ok = value is not None and (bound.min is None or value >= bound.min)
+            ok = ok and value is not None and (bound.max is None or value <= bound.max)
             failed |= not ok
             text = " ".join(s for s in (f">= {bound.min:g}" if bound.min is not None else "",
                                        f"<= {bound.max:g}" if bound.max is not None else "") if s)

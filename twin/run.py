@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,11 +106,11 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     return SimulationRun(scenario, result, fixes, metrics, engine.counters.as_dict(), timings)
 
 
-def _dictionary(codes: NDArray[np.integer], ids: list[str] | tuple[str, ...]) -> pa.DictionaryArray:
+def _dictionary(codes: NDArray[np.integer], ids: Sequence[str]) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(list(ids), pa.string()))
 
 
-def _table(arr: NDArray[np.void], ids: dict[str, list[str] | tuple[str, ...]] | None = None) -> pa.Table:
+def _table(arr: NDArray[np.void], ids: dict[str, Sequence[str]] | None = None) -> pa.Table:
     cols = {}
     for name in arr.dtype.names or ():
         if ids and name in ids:
@@ -124,7 +124,7 @@ def write_outputs(run: SimulationRun, out_dir: Path) -> dict[str, Path]:
     """Parquet tables, report.json, summary.txt and perf.json (the only non-deterministic file)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     twin = run.twin
-    names = {"device": twin.device_ids, "gateway": twin.gateways.ids}
+    names: dict[str, Sequence[str]] = {"device": twin.device_ids, "gateway": twin.gateways.ids}
     paths = {k: out_dir / f"{k}.parquet" for k in ("sightings", "truth_segments", "movements", "estimates")}
     pq.write_table(_table(twin.sightings, names), paths["sightings"])
     pq.write_table(_table(twin.truth.segments, names), paths["truth_segments"])
