@@ -68,21 +68,24 @@ class PacketEffects:
     rician_k_db: float = 6.0
     channel_offset_db: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
-    def fading_db(self, shape: tuple[int, ...], rng: np.random.Generator) -> FloatArray:
+    def fading_db(
+        self, shape: tuple[int, ...], rng: np.random.Generator, dtype: type[np.floating] = np.float64
+    ) -> NDArray[np.floating]:
+        """Fast-fading power gain in dB; float32 halves the cost on the twin's hot path."""
         if self.fading == "none":
-            return np.zeros(shape)
+            return np.zeros(shape, dtype=dtype)
         if self.fading == "rayleigh":
-            gain = rng.exponential(1.0, size=shape)
+            gain = rng.standard_exponential(size=shape, dtype=dtype)
         elif self.fading == "rician":
             k = 10 ** (self.rician_k_db / 10)
-            los = np.sqrt(k / (k + 1))
-            scatter = np.sqrt(1 / (2 * (k + 1)))
-            re = los + scatter * rng.standard_normal(shape)
-            im = scatter * rng.standard_normal(shape)
+            los = dtype(np.sqrt(k / (k + 1)))
+            scatter = dtype(np.sqrt(1 / (2 * (k + 1))))
+            re = los + scatter * rng.standard_normal(shape, dtype=dtype)
+            im = scatter * rng.standard_normal(shape, dtype=dtype)
             gain = re * re + im * im
         else:  # pragma: no cover - guarded by scenario validation
             raise ValueError(f"unknown fading {self.fading!r}")
-        return np.asarray(10.0 * np.log10(np.maximum(gain, 1e-12)), dtype=float)
+        return np.asarray(10.0 * np.log10(np.maximum(gain, dtype(1e-12))), dtype=dtype)
 
 
 @dataclass
@@ -98,29 +101,47 @@ class RadioEnvironment:
     effects: PacketEffects
     rng: np.random.Generator
     gateway_bias_db: FloatArray = field(default_factory=lambda: np.zeros(0))
+    tag_height_m: float = 1.0
     static_db: FloatArray = field(init=False, repr=False)
+    walls_db: NDArray[np.float32] = field(init=False, repr=False)
+    nlos: NDArray[np.bool_] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         n_gw = len(self.gateway_xyz)
         if self.gateway_bias_db.size == 0:
             self.gateway_bias_db = np.zeros(n_gw)
         centres = self.grid.centres()
+        # COST 231 multi-wall on top of the family: one loss per wall/rack crossed.
         walls = crossing_loss_db(self.obstacles, centres, self.gateway_xyz[:, :2])  # (cells, gw)
-        shadow = np.stack(
-            [
-                correlated_gaussian_field(
-                    (self.grid.ny, self.grid.nx),
-                    self.grid.cell_m,
-                    self.shadowing_sigma_db,
-                    self.decorrelation_m,
-                    self.rng,
-                ).ravel()
-                for _ in range(n_gw)
-            ],
+        shadow = self._fields(self.shadowing_sigma_db, n_gw, len(centres))
+        static = shadow - walls
+        self.nlos = np.zeros(walls.shape, dtype=bool)
+        los_probability = getattr(self.model, "los_probability", None)
+        if los_probability is not None and getattr(self.model, "condition", "") == "mixed" and n_gw:
+            # TR 38.901 7.6.3.3 spatially consistent LoS state: threshold a correlated
+            # uniform field (Gaussian field through its CDF) against P_LoS(d_2D).
+            from scipy.special import ndtr
+
+            uniform = ndtr(self._fields(1.0, n_gw, len(centres)))
+            d2d = np.hypot(*(centres[:, None, :] - self.gateway_xyz[None, :, :2]).transpose(2, 0, 1))
+            self.nlos = uniform > los_probability(d2d)
+            cell_xyz = np.column_stack([centres, np.full(len(centres), self.tag_height_m)])
+            penalty = self.model.nlos_penalty_db(three_d_distance(cell_xyz, self.gateway_xyz))  # type: ignore[attr-defined]
+            static = static - np.where(self.nlos, penalty, 0.0)
+        self.walls_db = walls.astype(np.float32)
+        # (cells, gateways): what the site adds to the family's loss at each cell.
+        self.static_db = static.astype(np.float32)
+
+    def _fields(self, sigma_db: float, n_gw: int, n_cells: int) -> FloatArray:
+        """One independent Gudmundson field per gateway, as (cells, gateways)."""
+        if n_gw == 0:
+            return np.zeros((n_cells, 0))
+        shape = (self.grid.ny, self.grid.nx)
+        return np.stack(
+            [correlated_gaussian_field(shape, self.grid.cell_m, sigma_db, self.decorrelation_m, self.rng).ravel()
+             for _ in range(n_gw)],
             axis=1,
-        ) if n_gw else np.zeros((len(centres), 0))
-        # (cells, gateways): what the site adds to free-space-like loss at each cell.
-        self.static_db = (shadow - walls).astype(np.float32)
+        )
 
     @property
     def n_gateways(self) -> int:
@@ -136,6 +157,14 @@ class RadioEnvironment:
             + self.static_db[cells]
             + self.gateway_bias_db[None, :]
         )
+
+    def mean_rssi_cells(self, tx_power_1m_dbm: float, cells: NDArray[np.intp] | None = None) -> FloatArray:
+        """Mean RSSI at the centres of grid cells (all by default) at tag height, (cells, gw):
+        the coverage map a planner looks at."""
+        centres = self.grid.centres()
+        idx = np.arange(len(centres)) if cells is None else cells
+        xyz = np.column_stack([centres[idx], np.full(len(idx), self.tag_height_m)])
+        return self.mean_rssi(xyz, np.full(len(idx), tx_power_1m_dbm))
 
     def packet_rssi(
         self, mean_rssi: FloatArray, channels: NDArray[np.integer], rng: np.random.Generator
