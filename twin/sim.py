@@ -234,6 +234,7 @@ class WarehouseTwin:
             "sightings": 0,
         }
         self._navigator: Navigator | None = None
+        self._radio_t = 0.0  # the radio has generated every advertisement before this time
 
     # -- radio ------------------------------------------------------------------------
 
@@ -417,16 +418,18 @@ class WarehouseTwin:
     def _radio_process(self, env: simpy.Environment, progress: Callable[[float], None] | None) -> simpy.events.ProcessGenerator:
         tick = self.scenario.tick_s
         duration = self.scenario.duration_s
-        t = 0.0
-        while t < duration:
-            t_end = min(t + tick, duration)
-            yield env.timeout(t_end - t)
-            # Runs at the *end* of the tick, so every trip starting inside it is known.
-            self._radio_tick(t, t_end)
-            self._finish_trips(t_end)
-            t = t_end
-            if progress is not None:
-                progress(t)
+        while self._radio_t < duration:
+            t_end = min(self._radio_t + tick, duration)
+            yield env.timeout(t_end - self._radio_t)
+            self._advance_radio(t_end, progress)
+
+    def _advance_radio(self, t_end: float, progress: Callable[[float], None] | None) -> None:
+        # Runs at the *end* of the tick, so every trip starting inside it is known.
+        self._radio_tick(self._radio_t, t_end)
+        self._finish_trips(t_end)
+        self._radio_t = t_end
+        if progress is not None:
+            progress(t_end)
 
     # -- movers -----------------------------------------------------------------------
 
@@ -521,6 +524,9 @@ class WarehouseTwin:
                 env.process(self._mover_process(env, mover_id, gi))
                 mover_id += 1
         env.run(until=self.scenario.duration_s)
+        # SimPy stops *before* events at ``until``, so the last tick is run here.
+        if self._radio_t < self.scenario.duration_s:
+            self._advance_radio(self.scenario.duration_s, progress)
         return TwinResult(
             scenario=self.scenario,
             gateways=self.gateways,
