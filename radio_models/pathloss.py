@@ -41,6 +41,11 @@ class PathLossModel(ABC):
     def excess_loss_db(self, distance_m: FloatArray) -> FloatArray:
         """Loss in dB relative to the 1 m reference, for any array of distances."""
 
+    def excess_loss_db_sq(self, distance_sq_m2: NDArray[np.floating]) -> NDArray[np.floating]:
+        """Excess loss from squared distances (skips a square root on the hot path);
+        families override it when they can keep the caller's dtype."""
+        return self.excess_loss_db(np.sqrt(distance_sq_m2))
+
     def slope_db_per_decade(self, distance_m: FloatArray) -> FloatArray:
         """d(loss)/d(log10 d); used by localizers and the Cramér-Rao bound."""
         eps = 1e-3
@@ -66,6 +71,13 @@ class LogDistance(PathLossModel):
     def excess_loss_db(self, distance_m: FloatArray) -> FloatArray:
         d = np.maximum(np.asarray(distance_m, dtype=float), MIN_DISTANCE_M)
         return 10.0 * self.exponent * np.log10(d)
+
+    def excess_loss_db_sq(self, distance_sq_m2: NDArray[np.floating]) -> NDArray[np.floating]:
+        # 10 n log10(d) = 5 n log10(d^2), in the caller's dtype (float32 on the hot path).
+        d2 = np.maximum(distance_sq_m2, distance_sq_m2.dtype.type(MIN_DISTANCE_M**2))
+        out = np.log10(d2, out=d2)
+        out *= out.dtype.type(5.0 * self.exponent)
+        return out
 
     def slope_db_per_decade(self, distance_m: FloatArray) -> FloatArray:
         return np.full_like(np.asarray(distance_m, dtype=float), 10.0 * self.exponent)

@@ -186,3 +186,32 @@ def test_results_do_not_depend_on_order_of_tags_or_gateways(seed, n_tags, n_gw):
     # With shadowing on, permuting only the tags keeps every link's value.
     env_s = _env(walls, gw)
     np.testing.assert_allclose(env_s.mean_rssi(tags[pt], tx[pt]), env_s.mean_rssi(tags, tx)[pt], atol=1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_walls=st.integers(0, 4),
+    n_racks=st.integers(0, 4),
+)
+def test_loss_maps_equal_shapely_crossings(seed, n_walls, n_racks):
+    """The numpy orientation test behind the per-gateway maps gives shapely's answer."""
+    from radio_models.geometry import crossing_loss_db
+
+    rng = np.random.default_rng(seed)
+    geoms: list = []
+    loss: list[float] = []
+    for _ in range(n_walls):
+        pts = rng.uniform(0, 30, (int(rng.integers(2, 4)), 2))
+        geoms.append(shapely.LineString(pts))
+        loss.append(float(rng.uniform(1, 20)))
+    for _ in range(n_racks):
+        x, y = rng.uniform(0, 25, 2)
+        geoms.append(shapely.box(x, y, x + rng.uniform(0.5, 5), y + rng.uniform(0.5, 5)))
+        loss.append(float(rng.uniform(1, 20)))
+    obs = Obstacles(tuple(geoms), tuple(loss))
+    points = rng.uniform(0, 30, (300, 2))
+    anchors = rng.uniform(0, 30, (4, 2))
+    fast = crossing_loss_db(obs, points, anchors)
+    slow = obs.link_loss_db(np.repeat(points, 4, axis=0), np.tile(anchors, (300, 1))).reshape(300, 4)
+    np.testing.assert_allclose(fast, slow, atol=1e-9)

@@ -111,3 +111,22 @@ def test_crlb_map_sees_walls_through_the_model():
     # For log-distance the general form equals Patwari's closed form.
     pts = np.column_stack([env(Obstacles()).grid.centres(), np.ones(600)])
     np.testing.assert_allclose(open_map.ravel(), crlb_rmse_slopes(pts, gw, np.full((600, 4), 20.0), 4.0))
+
+
+@pytest.mark.parametrize("fading", ["rayleigh", "rician"])
+def test_fast_fading_distribution(fading):
+    """Rayleigh: power gain Exp(1); Rician with K: |LoS + scatter|^2, unit mean, ncx2
+    (Rappaport ch. 5). Kolmogorov distance to the exact CDF below 0.005."""
+    from scipy.stats import ncx2
+
+    fx = PacketEffects(fading=fading, rician_k_db=6.0)
+    draws = fx.fading_db((200_000,), np.random.default_rng(8), np.float32)
+    gain = np.sort(10 ** (draws.astype(float) / 10))
+    ecdf = (np.arange(len(gain)) + 0.5) / len(gain)
+    if fading == "rayleigh":
+        exact = 1 - np.exp(-gain)
+    else:
+        k = 10 ** 0.6
+        exact = ncx2.cdf(gain * 2 * (k + 1), 2, 2 * k)
+    assert np.max(np.abs(ecdf - exact)) < 0.005
+    assert gain.mean() == pytest.approx(1.0, abs=0.01)
