@@ -31,19 +31,45 @@ from twin.sim import WarehouseTwin
 ROOT = Path(__file__).resolve().parents[1]
 
 SCENARIO = {
-    "name": "small-hall", "duration_s": 300.0, "seed": 5, "tick_s": 10.0,
+    "name": "small-hall",
+    "duration_s": 300.0,
+    "seed": 5,
+    "tick_s": 10.0,
     "site": {
-        "outline": [[0, 0], [40, 0], [40, 25], [0, 25]], "tag_height_m": 1.0,
-        "walls": [{"points": [[20, 0], [20, 15]], "material": "brick"},
-                  {"points": [[28, 18], [40, 18]], "material": "drywall"}],
-        "rack_rows": [{"origin": [3, 3], "count": 4, "length_m": 14, "depth_m": 1.2, "pitch_m": 5.0,
-                       "attenuation_db": 12}],
+        "outline": [[0, 0], [40, 0], [40, 25], [0, 25]],
+        "tag_height_m": 1.0,
+        "walls": [
+            {"points": [[20, 0], [20, 15]], "material": "brick"},
+            {"points": [[28, 18], [40, 18]], "material": "drywall"},
+        ],
+        "rack_rows": [
+            {
+                "origin": [3, 3],
+                "count": 4,
+                "length_m": 14,
+                "depth_m": 1.2,
+                "pitch_m": 5.0,
+                "attenuation_db": 12,
+            }
+        ],
     },
-    "gateways": {"defaults": {"z_m": 3.0, "scan_window_ms": 60, "scan_interval_ms": 100, "sensitivity_dbm": -95},
-                 "grid": {"spacing_m": 12, "margin_m": 4}},
+    "gateways": {
+        "defaults": {
+            "z_m": 3.0,
+            "scan_window_ms": 60,
+            "scan_interval_ms": 100,
+            "sensitivity_dbm": -95,
+        },
+        "grid": {"spacing_m": 12, "margin_m": 4},
+    },
     "tags": [{"name": "t", "count": 200, "adv_interval_ms": 1000}],
-    "radio": {"model": {"kind": "log-distance", "exponent": 2.2}, "shadowing_sigma_db": 0.0,
-              "fading": "rayleigh", "channel_offset_db": [-3.0, -1.0, 4.0], "air": {"collisions": False}},
+    "radio": {
+        "model": {"kind": "log-distance", "exponent": 2.2},
+        "shadowing_sigma_db": 0.0,
+        "fading": "rayleigh",
+        "channel_offset_db": [-3.0, -1.0, 4.0],
+        "air": {"collisions": False},
+    },
 }
 
 
@@ -81,7 +107,10 @@ def naive_run(
                     listening = (t - phases[g]) - cycle * interval < window and cycle % 3 == k
                     if scanner_first and not listening:
                         continue
-                    d = max(math.sqrt((x - gx) ** 2 + (y - gy) ** 2 + (sc.site.tag_height_m - gz) ** 2), 0.1)
+                    d = max(
+                        math.sqrt((x - gx) ** 2 + (y - gy) ** 2 + (sc.site.tag_height_m - gz) ** 2),
+                        0.1,
+                    )
                     loss = 10 * exponent * math.log10(d)
                     link = shapely.LineString([(x, y), (gx, gy)])
                     for geom, db in obstacles:
@@ -99,11 +128,15 @@ def naive_run(
     return out
 
 
-def stats(gateway: np.ndarray, rssi: np.ndarray, n_gw: int, duration: float) -> dict[str, list[float]]:
+def stats(
+    gateway: np.ndarray, rssi: np.ndarray, n_gw: int, duration: float
+) -> dict[str, list[float]]:
     counts = np.bincount(gateway, minlength=n_gw)
     sums = np.bincount(gateway, weights=rssi, minlength=n_gw)
-    return {"per_gateway_per_s": (counts / duration).round(2).tolist(),
-            "mean_rssi_dbm": (sums / np.maximum(counts, 1)).round(2).tolist()}
+    return {
+        "per_gateway_per_s": (counts / duration).round(2).tolist(),
+        "mean_rssi_dbm": (sums / np.maximum(counts, 1)).round(2).tolist(),
+    }
 
 
 def main() -> dict[str, object]:
@@ -120,25 +153,36 @@ def main() -> dict[str, object]:
     t_smart = time.perf_counter() - t2
     n_gw = len(twin.gateways.ids)
     s_arr = np.array([(g, r) for _, g, _, r, _ in slow], dtype=float).reshape(-1, 2)
-    fast_stats = stats(fast.sightings["gateway"], fast.sightings["rssi"].astype(float), n_gw, sc.duration_s)
+    fast_stats = stats(
+        fast.sightings["gateway"], fast.sightings["rssi"].astype(float), n_gw, sc.duration_s
+    )
     slow_stats = stats(s_arr[:, 0].astype(int), s_arr[:, 1], n_gw, sc.duration_s)
     rate_f = np.array(fast_stats["per_gateway_per_s"])
     rate_s = np.array(slow_stats["per_gateway_per_s"])
     rssi_gap = np.abs(np.array(fast_stats["mean_rssi_dbm"]) - np.array(slow_stats["mean_rssi_dbm"]))
     return {
         "benchmark": "baseline_naive",
-        "tags": len(twin.fleet), "gateways": n_gw, "site_time_s": sc.duration_s,
+        "tags": len(twin.fleet),
+        "gateways": n_gw,
+        "site_time_s": sc.duration_s,
         "tagtwin_wall_s": round(t_fast, 3),
         "naive_wall_s": round(t_slow, 2),
         "speedup": round(t_slow / t_fast, 1),
         "target_speedup": 100,
         "naive_scanner_first_wall_s": round(t_smart, 2),
         "speedup_vs_scanner_first": round(t_smart / t_fast, 1),
-        "sightings": {"tagtwin": len(fast.sightings), "naive": len(slow), "naive_scanner_first": len(smart)},
+        "sightings": {
+            "tagtwin": len(fast.sightings),
+            "naive": len(slow),
+            "naive_scanner_first": len(smart),
+        },
         "total_rate_ratio": round(len(fast.sightings) / max(len(slow), 1), 4),
-        "max_gateway_rate_rel_diff": round(float(np.max(np.abs(rate_f - rate_s) / np.maximum(rate_s, 1e-9))), 4),
+        "max_gateway_rate_rel_diff": round(
+            float(np.max(np.abs(rate_f - rate_s) / np.maximum(rate_s, 1e-9))), 4
+        ),
         "max_gateway_mean_rssi_diff_db": round(float(rssi_gap.max()), 3),
-        "tagtwin": fast_stats, "naive": slow_stats,
+        "tagtwin": fast_stats,
+        "naive": slow_stats,
     }
 
 

@@ -13,12 +13,15 @@ import json
 import resource
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.contract import Sightings
 from twin.scenario import load_scenario
 from twin.sim import WarehouseTwin
+
+if TYPE_CHECKING:
+    from engine.contract import Sightings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +44,9 @@ class CountingSink:
 
 
 def main(duration_s: float = 3600.0) -> dict[str, object]:
-    sc = load_scenario(ROOT / "scenarios" / "large.toml").model_copy(update={"duration_s": duration_s})
+    sc = load_scenario(ROOT / "scenarios" / "large.toml").model_copy(
+        update={"duration_s": duration_s}
+    )
     sink = CountingSink()
 
     t0 = time.perf_counter()

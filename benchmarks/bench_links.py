@@ -3,7 +3,8 @@
 One link evaluation = 3-D distance, path-loss family, wall/rack crossings and the
 Gudmundson shadowing field (both through the static per-gateway maps), gateway bias,
 channel offset, a Rayleigh fast-fading draw and integer quantization, for one
-(tag, gateway) pair, in float32 (RSSI needs 0.01 dB, float32 gives 1e-5 dB). Batches of 10,000 tags x 54 gateways run on two threads (numpy
+(tag, gateway) pair, in float32 (RSSI needs 0.01 dB, float32 gives 1e-5 dB). Batches
+of 10,000 tags x 54 gateways run on two threads (numpy
 releases the GIL), the machine's two cores. Prints JSON.
 """
 

@@ -50,11 +50,16 @@ def packet_air_time_s(payload_bytes: int | NDArray[np.integer], phy: str = "1M")
             raise ValueError(f"phy must be one of {PHYS}, got {phy!r}")
 
 
-def aloha_survival(n_advertisers: int | FloatArray, air_time_s: float, period_s: float | FloatArray) -> FloatArray:
+def aloha_survival(
+    n_advertisers: int | FloatArray, air_time_s: float, period_s: float | FloatArray
+) -> FloatArray:
     """Pure-ALOHA probability that a packet overlaps none of N-1 other advertisers with
     event period T: (1 - 2 tau / T)^(N-1) (shared/references section 2)."""
     n = np.asarray(n_advertisers, dtype=float)
-    return np.asarray(np.clip(1 - 2 * air_time_s / np.asarray(period_s, dtype=float), 0, 1) ** (n - 1), dtype=float)
+    return np.asarray(
+        np.clip(1 - 2 * air_time_s / np.asarray(period_s, dtype=float), 0, 1) ** (n - 1),
+        dtype=float,
+    )
 
 
 def next_event_times(t: FloatArray, interval_s: FloatArray, rng: np.random.Generator) -> FloatArray:
@@ -64,11 +69,12 @@ def next_event_times(t: FloatArray, interval_s: FloatArray, rng: np.random.Gener
 
 
 def scanner_listening(
-    t: FloatArray,
+    t: NDArray[np.floating],
     channel_index: int | NDArray[np.integer],
-    phase_s: FloatArray,
-    window_s: FloatArray,
-    interval_s: FloatArray,
+    phase_s: NDArray[np.floating],
+    window_s: NDArray[np.floating],
+    interval_s: NDArray[np.floating],
+    *,
     switch_gap_s: float | FloatArray = 0.0,
 ) -> NDArray[np.bool_]:
     """Whether a scanner hears channel 37 + ``channel_index`` at time t.
@@ -81,7 +87,9 @@ def scanner_listening(
     since = t - phase_s
     cycle = np.floor(since / interval_s)
     into = since - cycle * interval_s
-    return (into >= switch_gap_s) & (into < window_s) & ((cycle.astype(np.int64) % 3) == channel_index)
+    return (
+        (into >= switch_gap_s) & (into < window_s) & ((cycle.astype(np.int64) % 3) == channel_index)
+    )
 
 
 def listened_packets(
@@ -90,6 +98,7 @@ def listened_packets(
     phase_s: NDArray[np.floating],
     window_s: NDArray[np.floating],
     interval_s: NDArray[np.floating],
+    *,
     cycle0: NDArray[np.integer],
     spacing_s: float,
     switch_gap_s: float = 0.0,
@@ -117,8 +126,16 @@ def listened_packets(
     if 2 * (n_channels - 1) * spacing_s >= float(np.min(interval_s, initial=np.inf)):
         # Scan intervals shorter than an advertising event: check every packet exactly.
         parts = [
-            np.flatnonzero(scanner_listening(t + k * spacing_s, (k - cycle0[gw]) % n_channels, phase_s[gw],
-                                             win, iv, switch_gap_s))
+            np.flatnonzero(
+                scanner_listening(
+                    t + k * spacing_s,
+                    (k - cycle0[gw]) % n_channels,
+                    phase_s[gw],
+                    win,
+                    iv,
+                    switch_gap_s=switch_gap_s,
+                )
+            )
             for k in range(n_channels)
         ]
         idx = np.concatenate(parts)
@@ -139,7 +156,10 @@ def wifi_overlaps(ble_channel: int, wifi_channel: int) -> bool:
     overlaps a BLE advertising channel (2 MHz wide): ch 1 hits 37, ch 6 hits 38's edge,
     ch 11 leaves all three clear, ch 12-13 hit 39."""
     centre = 2407.0 + 5.0 * wifi_channel
-    return abs(ADV_CHANNEL_MHZ[ble_channel] - centre) < WIFI_HALF_WIDTH_MHZ + BLE_CHANNEL_HALF_WIDTH_MHZ
+    return (
+        abs(ADV_CHANNEL_MHZ[ble_channel] - centre)
+        < WIFI_HALF_WIDTH_MHZ + BLE_CHANNEL_HALF_WIDTH_MHZ
+    )
 
 
 def interference_mw(
@@ -178,10 +198,13 @@ def interference_mw(
         same = channel[pa] == channel[pb]
         pa, pb = pa[same], pb[same]
     p = np.asarray(power_dbm, dtype=float)
-    return np.bincount(pa, 10.0 ** (p[pb] / 10.0), minlength=n) + np.bincount(pb, 10.0 ** (p[pa] / 10.0), minlength=n)
+    into_a = np.bincount(pa, 10.0 ** (p[pb] / 10.0), minlength=n)
+    return np.asarray(into_a + np.bincount(pb, 10.0 ** (p[pa] / 10.0), minlength=n), dtype=float)
 
 
-def survives(power_dbm: FloatArray, interference: FloatArray, capture_db: float | None) -> NDArray[np.bool_]:
+def survives(
+    power_dbm: FloatArray, interference: FloatArray, capture_db: float | None
+) -> NDArray[np.bool_]:
     """A packet survives a collision when nothing overlaps it, or (with capture) when its
     power exceeds the summed interference by ``capture_db``: the Core spec's co-channel
     C/I is 21 dB, real chips capture at 6-10 dB (shared/references section 2)."""

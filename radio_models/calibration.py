@@ -22,10 +22,13 @@ a fit on censored data underestimates n; fit where links are well above sensitiv
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 from radio_models.pathloss import three_d_distance
 
@@ -52,12 +55,17 @@ class Calibration:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "p0_dbm": round(self.p0_dbm, 2), "p0_se": round(self.p0_se, 2),
-            "exponent": round(self.exponent, 3), "exponent_se": round(self.exponent_se, 3),
-            "sigma_db": round(self.sigma_db, 2), "sigma_se": round(self.sigma_se, 2),
+            "p0_dbm": round(self.p0_dbm, 2),
+            "p0_se": round(self.p0_se, 2),
+            "exponent": round(self.exponent, 3),
+            "exponent_se": round(self.exponent_se, 3),
+            "sigma_db": round(self.sigma_db, 2),
+            "sigma_se": round(self.sigma_se, 2),
             "gateway_offset_db": [round(float(v), 2) for v in self.gateway_offset_db],
             "gateway_offset_se": [round(float(v), 2) for v in self.gateway_offset_se],
-            "n_samples": self.n_samples, "n_clusters": self.n_clusters, "uncertainty": self.method,
+            "n_samples": self.n_samples,
+            "n_clusters": self.n_clusters,
+            "uncertainty": self.method,
             "correlated_fraction": round(self.correlated_fraction, 3),
         }
 
@@ -66,6 +74,7 @@ def fit_log_distance(
     points_xyz: FloatArray,
     gateway_xyz: FloatArray,
     rssi_dbm: FloatArray,
+    *,
     cluster_m: float = 1.0,
     per_gateway_offsets: bool = True,
     decorrelation_m: float | None = None,
@@ -83,7 +92,10 @@ def fit_log_distance(
     gateway_xyz = np.atleast_2d(np.asarray(gateway_xyz, dtype=float))
     rssi = np.asarray(rssi_dbm, dtype=float)
     if rssi.shape != (len(points_xyz), len(gateway_xyz)):
-        raise ValueError(f"rssi must be (points, gateways) = {(len(points_xyz), len(gateway_xyz))}, got {rssi.shape}")
+        raise ValueError(
+            f"rssi must be (points, gateways) = {(len(points_xyz), len(gateway_xyz))}, "
+            f"got {rssi.shape}"
+        )
     pi, gi = np.nonzero(np.isfinite(rssi))
     m = len(gateway_xyz)
     n_params = 2 + (m - 1 if per_gateway_offsets else 0)
@@ -98,7 +110,15 @@ def fit_log_distance(
     if decorrelation_m is not None:
         fraction = _correlated_fraction(points_xyz[pi, :2], gi, resid)
         betas, sigmas = _parametric_bootstrap(
-            points_xyz[:, :2], pi, gi, x, beta, sigma, fraction, decorrelation_m, n_boot, seed, n_params
+            points_xyz[pi, :2],
+            gi,
+            x,
+            beta,
+            sigma=sigma,
+            fraction=fraction,
+            decorrelation_m=decorrelation_m,
+            n_boot=n_boot,
+            seed=seed,
         )
         cov = np.cov(betas, rowvar=False)
         n_clusters = n_boot
@@ -130,14 +150,25 @@ def fit_log_distance(
     else:  # chi-square with the effective number of independent clusters
         sigma_se = sigma / np.sqrt(2 * max(min(n_clusters, dof), 1))
     return Calibration(
-        p0_dbm=float(beta[0]), exponent=float(beta[1]), sigma_db=sigma, gateway_offset_db=offsets,
-        p0_se=float(se[0]), exponent_se=float(se[1]), sigma_se=float(sigma_se),
-        gateway_offset_se=offsets_se, n_samples=len(y), n_clusters=n_clusters, residuals_db=resid,
-        method=method, correlated_fraction=fraction,
+        p0_dbm=float(beta[0]),
+        exponent=float(beta[1]),
+        sigma_db=sigma,
+        gateway_offset_db=offsets,
+        p0_se=float(se[0]),
+        exponent_se=float(se[1]),
+        sigma_se=float(sigma_se),
+        gateway_offset_se=offsets_se,
+        n_samples=len(y),
+        n_clusters=n_clusters,
+        residuals_db=resid,
+        method=method,
+        correlated_fraction=fraction,
     )
 
 
-def _design(logd: FloatArray, gi: NDArray[np.intp], m: int, per_gateway_offsets: bool) -> FloatArray:
+def _design(
+    logd: FloatArray, gi: NDArray[np.intp], m: int, per_gateway_offsets: bool
+) -> FloatArray:
     cols = [np.ones_like(logd), -10.0 * logd]
     if per_gateway_offsets:
         # b_j for j < m-1 free, b_{m-1} = -sum: column j is [g == j] - [g == m-1].
@@ -147,15 +178,19 @@ def _design(logd: FloatArray, gi: NDArray[np.intp], m: int, per_gateway_offsets:
     return np.column_stack(cols)
 
 
-def _solve(x: FloatArray, y: FloatArray, n_params: int) -> tuple[FloatArray, FloatArray, float, FloatArray]:
-    xtx_inv = np.linalg.inv(x.T @ x)
+def _solve(
+    x: FloatArray, y: FloatArray, n_params: int
+) -> tuple[FloatArray, FloatArray, float, FloatArray]:
+    xtx_inv = np.asarray(np.linalg.inv(x.T @ x), dtype=float)
     beta = xtx_inv @ (x.T @ y)
     resid = y - x @ beta
     sigma = float(np.sqrt(resid @ resid / (len(y) - n_params)))
     return beta, resid, sigma, xtx_inv
 
 
-def _correlated_fraction(xy: FloatArray, gi: NDArray[np.intp], resid: FloatArray, radius_m: float = 0.3) -> float:
+def _correlated_fraction(
+    xy: FloatArray, gi: NDArray[np.intp], resid: FloatArray, radius_m: float = 0.3
+) -> float:
     """Share of the residual variance that nearby points of the same gateway share: the
     correlation of residual pairs closer than ``radius_m`` (the variogram's sill minus
     nugget over sill, at a lag much shorter than any decorrelation distance)."""
@@ -169,16 +204,26 @@ def _correlated_fraction(xy: FloatArray, gi: NDArray[np.intp], resid: FloatArray
 
 
 def _parametric_bootstrap(
-    points_xy: FloatArray, pi: NDArray[np.intp], gi: NDArray[np.intp], x: FloatArray, beta: FloatArray,
-    sigma: float, fraction: float, decorrelation_m: float, n_boot: int, seed: int, n_params: int,
+    sample_xy: FloatArray,
+    gi: NDArray[np.intp],
+    x: FloatArray,
+    beta: FloatArray,
+    *,
+    sigma: float,
+    fraction: float,
+    decorrelation_m: float,
+    n_boot: int,
+    seed: int,
 ) -> tuple[FloatArray, FloatArray]:
+    """Refit on samples redrawn from the fitted model: correlated fields per gateway with
+    ``fraction`` of the variance, white noise with the rest."""
     from radio_models.environment import Grid
     from radio_models.shadowing import FieldSampler
 
     rng = np.random.default_rng(seed)
-    lo, hi = points_xy.min(axis=0), points_xy.max(axis=0)
+    lo, hi = sample_xy.min(axis=0), sample_xy.max(axis=0)
     grid = Grid.covering((lo[0], lo[1], hi[0] + 1e-6, hi[1] + 1e-6), max(decorrelation_m / 5, 0.05))
-    cells = grid.cell_index(points_xy)[pi]
+    cells = grid.cell_index(sample_xy)
     m = int(gi.max()) + 1
     mean = x @ beta
     sd_corr, sd_white = sigma * np.sqrt(fraction), sigma * np.sqrt(1 - fraction)
@@ -187,14 +232,17 @@ def _parametric_bootstrap(
     for _ in range(n_boot):
         fields = sampler.sample(rng, m, both_parts=True).reshape(m, -1)
         y = mean + fields[gi, cells] + rng.normal(0.0, sd_white, len(mean))
-        b, _, s, _ = _solve(x, y, n_params)
+        b, _, s, _ = _solve(x, y, x.shape[1])
         betas.append(b)
         sigmas.append(s)
     return np.array(betas), np.array(sigmas)
 
 
 def fit_kolakowski(
-    folder: Path | None = None, tag_height_m: float = 0.3, decorrelation_m: float | None = 2.0, n_boot: int = 200
+    folder: Path | None = None,
+    tag_height_m: float = 0.3,
+    decorrelation_m: float | None = 2.0,
+    n_boot: int = 200,
 ) -> Calibration:
     """Calibrate on the Kolakowski 2021 flat (Sensors 21(18):6270): the robot's
     calibration walk with LiDAR positions. The tag's height on the robot is not given in
@@ -206,4 +254,6 @@ def fit_kolakowski(
     data = load_kolakowski(folder or SHARED_KOLAKOWSKI)
     cal = data.calibration
     xyz = np.column_stack([cal.xy, np.full(len(cal.xy), tag_height_m)])
-    return fit_log_distance(xyz, data.anchor_xyz, cal.rssi, decorrelation_m=decorrelation_m, n_boot=n_boot)
+    return fit_log_distance(
+        xyz, data.anchor_xyz, cal.rssi, decorrelation_m=decorrelation_m, n_boot=n_boot
+    )

@@ -82,4 +82,6 @@ def crlb_map(
     d = three_d_distance(xyz, env.gateway_xyz)
     slope = env.model.slope_db_per_decade(d)
     sigma = env.shadowing_sigma_db if sigma_db is None else sigma_db
-    return crlb_rmse_slopes(xyz, env.gateway_xyz, slope, max(sigma, 1e-3), heard).reshape(env.grid.ny, env.grid.nx)
+    return crlb_rmse_slopes(xyz, env.gateway_xyz, slope, max(sigma, 1e-3), heard).reshape(
+        env.grid.ny, env.grid.nx
+    )

@@ -90,7 +90,10 @@ class PacketEffects:
         return np.asarray(10 * np.log10(gain), dtype=np.float32)
 
     def fading_db(
-        self, shape: tuple[int, ...], rng: np.random.Generator, dtype: type[np.floating] = np.float64
+        self,
+        shape: tuple[int, ...],
+        rng: np.random.Generator,
+        dtype: type[np.floating] = np.float64,
     ) -> NDArray[np.floating]:
         """Fast-fading power gain in dB, one independent draw per element."""
         if self.fading == "none":
@@ -136,7 +139,9 @@ class RadioEnvironment:
             from scipy.special import ndtr
 
             uniform = ndtr(self._fields(1.0, n_gw, len(centres)))
-            d2d = np.hypot(*(centres[:, None, :] - self.gateway_xyz[None, :, :2]).transpose(2, 0, 1))
+            d2d = np.hypot(
+                *(centres[:, None, :] - self.gateway_xyz[None, :, :2]).transpose(2, 0, 1)
+            )
             self.nlos = uniform > los_probability(d2d)
             cell_xyz = np.column_stack([centres, np.full(len(centres), self.tag_height_m)])
             penalty = self.model.nlos_penalty_db(three_d_distance(cell_xyz, self.gateway_xyz))  # type: ignore[attr-defined]
@@ -151,8 +156,12 @@ class RadioEnvironment:
             return np.zeros((n_cells, 0))
         shape = (self.grid.ny, self.grid.nx)
         return np.stack(
-            [correlated_gaussian_field(shape, self.grid.cell_m, sigma_db, self.decorrelation_m, self.rng).ravel()
-             for _ in range(n_gw)],
+            [
+                correlated_gaussian_field(
+                    shape, self.grid.cell_m, sigma_db, self.decorrelation_m, self.rng
+                ).ravel()
+                for _ in range(n_gw)
+            ],
             axis=1,
         )
 
@@ -161,7 +170,10 @@ class RadioEnvironment:
         return len(self.gateway_xyz)
 
     def mean_rssi(
-        self, tag_xyz: FloatArray, tx_power_1m_dbm: FloatArray, dtype: type[np.floating] = np.float64
+        self,
+        tag_xyz: FloatArray,
+        tx_power_1m_dbm: FloatArray,
+        dtype: type[np.floating] = np.float64,
     ) -> NDArray[np.floating]:
         """Mean RSSI (no fading) of every tag at every gateway, shape (tags, gateways).
 
@@ -179,16 +191,21 @@ class RadioEnvironment:
         out += self.gateway_bias_db.astype(dtype)[None, :]
         return out
 
-    def mean_rssi_cells(self, tx_power_1m_dbm: float, cells: NDArray[np.intp] | None = None) -> FloatArray:
+    def mean_rssi_cells(
+        self, tx_power_1m_dbm: float, cells: NDArray[np.intp] | None = None
+    ) -> FloatArray:
         """Mean RSSI at the centres of grid cells (all by default) at tag height, (cells, gw):
         the coverage map a planner looks at."""
         centres = self.grid.centres()
         idx = np.arange(len(centres)) if cells is None else cells
         xyz = np.column_stack([centres[idx], np.full(len(idx), self.tag_height_m)])
-        return self.mean_rssi(xyz, np.full(len(idx), tx_power_1m_dbm))
+        return np.asarray(self.mean_rssi(xyz, np.full(len(idx), tx_power_1m_dbm)), dtype=float)
 
     def packet_rssi(
-        self, mean_rssi: NDArray[np.floating], channels: NDArray[np.integer], rng: np.random.Generator
+        self,
+        mean_rssi: NDArray[np.floating],
+        channels: NDArray[np.integer],
+        rng: np.random.Generator,
     ) -> NDArray[np.floating]:
         """RSSI of individual packets: mean + channel offset + fast fading, quantized to 1 dB
         as receivers report it. ``channels`` holds 37/38/39 per row of ``mean_rssi``; the

@@ -52,10 +52,13 @@ class Obstacles:
         coords[same, 1, 0] += 1e-9
         lines = shapely.linestrings(coords)
         link_idx, obstacle_idx = self._tree.query(lines, predicate="intersects")
-        return np.bincount(link_idx, weights=self._loss[obstacle_idx], minlength=n_links)
+        loss = np.bincount(link_idx, weights=self._loss[obstacle_idx], minlength=n_links)
+        return np.asarray(loss, dtype=float)
 
 
-def crossing_loss_db(obstacles: Obstacles, points_xy: FloatArray, anchors_xy: FloatArray) -> FloatArray:
+def crossing_loss_db(
+    obstacles: Obstacles, points_xy: FloatArray, anchors_xy: FloatArray
+) -> FloatArray:
     """Obstacle loss for every (point, anchor) pair, shape (len(points), len(anchors)).
 
     Builds the per-gateway loss maps, so it is written for many points and few anchors:
@@ -77,7 +80,10 @@ def crossing_loss_db(obstacles: Obstacles, points_xy: FloatArray, anchors_xy: Fl
     owners = owner[starts]
     loss = obstacles._loss[owners]
     polygons = [i for i, g in enumerate(obstacles.geometries) if shapely.get_type_id(g) in (3, 6)]
-    inside = {i: shapely.contains_xy(obstacles.geometries[i], points_xy[:, 0], points_xy[:, 1]) for i in polygons}
+    inside = {
+        i: shapely.contains_xy(obstacles.geometries[i], points_xy[:, 0], points_xy[:, 1])
+        for i in polygons
+    }
     # Coordinates relative to the site's centre keep float32 exact to well under 1 mm.
     centre = points_xy.mean(axis=0)
     seg32 = (seg - np.tile(centre, 2)).astype(np.float32)
@@ -89,11 +95,15 @@ def crossing_loss_db(obstacles: Obstacles, points_xy: FloatArray, anchors_xy: Fl
         gx, gy = np.float32(gx64), np.float32(gy64)
         d3 = ex * (gy - ay) - ey * (gx - ax)  # side of G relative to A-B, (1, k)
         collinear = bool(np.any(d3 == 0))
-        g_inside = {i: bool(shapely.contains_xy(obstacles.geometries[i], gx64 + centre[0], gy64 + centre[1]))
-                    for i in polygons}
+        g_inside = {
+            i: bool(
+                shapely.contains_xy(obstacles.geometries[i], gx64 + centre[0], gy64 + centre[1])
+            )
+            for i in polygons
+        }
         for lo in range(0, n, chunk):
-            px = pts32[lo:lo + chunk, 0:1]
-            py = pts32[lo:lo + chunk, 1:2]
+            px = pts32[lo : lo + chunk, 0:1]
+            py = pts32[lo : lo + chunk, 1:2]
             ux, uy = px - gx, py - gy
             d1 = ux * (ay - gy) - uy * (ax - gx)
             d1 *= ux * (by - gy) - uy * (bx - gx)  # d1 * d2: A and B on opposite sides of G-P
@@ -105,8 +115,8 @@ def crossing_loss_db(obstacles: Obstacles, points_xy: FloatArray, anchors_xy: Fl
             per_owner = np.logical_or.reduceat(hit, starts, axis=1)
             for col, i in enumerate(owners):
                 if i in inside:
-                    per_owner[:, col] |= inside[i][lo:lo + chunk] | g_inside[i]
-            out[lo:lo + chunk, j] = per_owner @ loss
+                    per_owner[:, col] |= inside[i][lo : lo + chunk] | g_inside[i]
+            out[lo : lo + chunk, j] = per_owner @ loss
     return out
 
 
@@ -115,8 +125,14 @@ def _segments(obstacles: Obstacles) -> tuple[FloatArray, NDArray[np.intp]]:
     of the obstacle it belongs to (sorted by obstacle)."""
     rows, owner = [], []
     for i, geom in enumerate(obstacles.geometries):
-        for part in shapely.get_parts(shapely.boundary(geom) if shapely.get_type_id(geom) in (3, 6) else geom):
-            for ring in shapely.get_parts(shapely.line_merge(part)) if shapely.get_type_id(part) == 5 else [part]:
+        for part in shapely.get_parts(
+            shapely.boundary(geom) if shapely.get_type_id(geom) in (3, 6) else geom
+        ):
+            for ring in (
+                shapely.get_parts(shapely.line_merge(part))
+                if shapely.get_type_id(part) == 5
+                else [part]
+            ):
                 xy = shapely.get_coordinates(ring)
                 if len(xy) < 2:
                     continue

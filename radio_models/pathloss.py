@@ -126,7 +126,9 @@ class ItuP1238(PathLossModel):
     def sigma_db(self) -> float:  # type: ignore[override]
         return self.coefficients[3]
 
-    def path_loss_db(self, distance_m: FloatArray, frequency_ghz: float | None = None) -> FloatArray:
+    def path_loss_db(
+        self, distance_m: FloatArray, frequency_ghz: float | None = None
+    ) -> FloatArray:
         alpha, beta, gamma, _ = self.coefficients
         f = self.frequency_ghz if frequency_ghz is None else frequency_ghz
         return 10 * alpha * _log10(distance_m) + beta + 10 * gamma * np.log10(f)
@@ -138,16 +140,24 @@ class ItuP1238(PathLossModel):
 # 3GPP TR 38.901 V17 Table 7.4.1-1 (d = 3-D distance in m, f in GHz) and shadowing sigma.
 TR38901_SCENARIOS = ("inh-office", "inf-sl", "inf-dl", "inf-sh", "inf-dh")
 TR38901_SIGMA_DB: dict[tuple[str, bool], float] = {
-    ("inh-office", True): 3.0, ("inh-office", False): 8.03,
-    ("inf-sl", True): 4.3, ("inf-sl", False): 5.7,
-    ("inf-dl", True): 4.3, ("inf-dl", False): 7.2,
-    ("inf-sh", True): 4.3, ("inf-sh", False): 5.9,
-    ("inf-dh", True): 4.3, ("inf-dh", False): 4.0,
+    ("inh-office", True): 3.0,
+    ("inh-office", False): 8.03,
+    ("inf-sl", True): 4.3,
+    ("inf-sl", False): 5.7,
+    ("inf-dl", True): 4.3,
+    ("inf-dl", False): 7.2,
+    ("inf-sh", True): 4.3,
+    ("inf-sh", False): 5.9,
+    ("inf-dh", True): 4.3,
+    ("inf-dh", False): 4.0,
 }
 # Table 7.4.2-1 InF examples: sparse clutter (SL, SH) d_clutter 10 m, r 0.2; dense (DL,
 # DH) d_clutter 2 m, r 0.6 (shared/references section 1).
 TR38901_CLUTTER: dict[str, tuple[float, float]] = {
-    "inf-sl": (10.0, 0.2), "inf-sh": (10.0, 0.2), "inf-dl": (2.0, 0.6), "inf-dh": (2.0, 0.6),
+    "inf-sl": (10.0, 0.2),
+    "inf-sh": (10.0, 0.2),
+    "inf-dl": (2.0, 0.6),
+    "inf-dh": (2.0, 0.6),
 }
 
 
@@ -180,7 +190,9 @@ class Tr38901(PathLossModel):
 
     def __post_init__(self) -> None:
         if self.scenario not in TR38901_SCENARIOS:
-            raise ValueError(f"TR 38.901 scenario must be one of {TR38901_SCENARIOS}, got {self.scenario!r}")
+            raise ValueError(
+                f"TR 38.901 scenario must be one of {TR38901_SCENARIOS}, got {self.scenario!r}"
+            )
         if self.condition not in ("los", "nlos", "mixed"):
             raise ValueError(f"condition must be los, nlos or mixed, got {self.condition!r}")
 
@@ -195,7 +207,9 @@ class Tr38901(PathLossModel):
             return 32.4 + 17.3 * ld + 20 * lf
         return 31.84 + 21.5 * ld + 19 * lf
 
-    def nlos_loss_db(self, distance_m: FloatArray, frequency_ghz: float | None = None) -> FloatArray:
+    def nlos_loss_db(
+        self, distance_m: FloatArray, frequency_ghz: float | None = None
+    ) -> FloatArray:
         lf = np.log10(self.frequency_ghz if frequency_ghz is None else frequency_ghz)
         ld = _log10(distance_m)
         los = self.los_loss_db(distance_m, frequency_ghz)
@@ -212,7 +226,9 @@ class Tr38901(PathLossModel):
             case _:
                 return np.maximum(los, 33.63 + 21.9 * ld + 20 * lf)
 
-    def path_loss_db(self, distance_m: FloatArray, frequency_ghz: float | None = None) -> FloatArray:
+    def path_loss_db(
+        self, distance_m: FloatArray, frequency_ghz: float | None = None
+    ) -> FloatArray:
         """Absolute loss of the fixed condition ("mixed" gives the LoS value)."""
         if self.condition == "nlos":
             return self.nlos_loss_db(distance_m, frequency_ghz)
@@ -232,7 +248,8 @@ class Tr38901(PathLossModel):
             return np.full(d.shape, 1.0 if self.condition == "los" else 0.0)
         if self.scenario == "inh-office":
             return np.where(
-                d <= 1.2, 1.0,
+                d <= 1.2,
+                1.0,
                 np.where(d < 6.5, np.exp(-(d - 1.2) / 4.7), 0.32 * np.exp(-(d - 6.5) / 32.6)),
             )
         d_clutter, r = TR38901_CLUTTER[self.scenario]
@@ -253,7 +270,9 @@ class ItuP1238Classic(PathLossModel):
     sigma_db: float = 8.0
     name: str = "itu-p1238-classic"
 
-    def path_loss_db(self, distance_m: FloatArray, frequency_mhz: float | None = None) -> FloatArray:
+    def path_loss_db(
+        self, distance_m: FloatArray, frequency_mhz: float | None = None
+    ) -> FloatArray:
         f = self.frequency_mhz if frequency_mhz is None else frequency_mhz
         return 20 * np.log10(f) + self.distance_power_coefficient * _log10(distance_m) - 28.0
 
@@ -266,7 +285,9 @@ def free_space_loss_db(distance_m: FloatArray, frequency_ghz: float) -> FloatArr
     return 20 * _log10(distance_m) + 20 * np.log10(frequency_ghz * 1e9) - 147.55
 
 
-def cost231_floor_loss_db(n_floors: int | FloatArray, floor_loss_db: float = 18.3, b: float = 0.46) -> FloatArray:
+def cost231_floor_loss_db(
+    n_floors: int | FloatArray, floor_loss_db: float = 18.3, b: float = 0.46
+) -> FloatArray:
     """COST 231 multi-wall floor term n_f^((n_f+2)/(n_f+1) - b) L_f (Damosso 1999, ch. 4),
     L_f = 18.3 dB and b = 0.46 at about 1.8 GHz. Floors are not crossed in single-storey
     sites, but a planner may stack gateways on a mezzanine."""

@@ -39,7 +39,9 @@ class FieldSampler:
     """Many fields with the same covariance: the spectrum is computed once, and each
     complex FFT yields two independent fields (its real and imaginary parts)."""
 
-    def __init__(self, shape: tuple[int, int], cell_m: float, sigma_db: float, decorrelation_m: float) -> None:
+    def __init__(
+        self, shape: tuple[int, int], cell_m: float, sigma_db: float, decorrelation_m: float
+    ) -> None:
         ny, nx = shape
         self.shape = shape
         pad = int(np.ceil(3 * decorrelation_m / cell_m))

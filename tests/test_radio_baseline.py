@@ -11,16 +11,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from baseline_naive import SCENARIO, naive_run  # noqa: E402
+from baseline_naive import SCENARIO, naive_run
 
-from twin.scenario import Scenario  # noqa: E402
-from twin.sim import WarehouseTwin  # noqa: E402
+from twin.scenario import Scenario
+from twin.sim import WarehouseTwin
 
 
 def test_naive_and_tagtwin_agree():
     sc = Scenario.model_validate(SCENARIO | {"duration_s": 120.0})
     fast = WarehouseTwin(sc).run().sightings
-    slow = np.array([(g, r) for _, g, _, r, _ in naive_run(sc, WarehouseTwin(sc), scanner_first=True)])
+    slow = np.array(
+        [(g, r) for _, g, _, r, _ in naive_run(sc, WarehouseTwin(sc), scanner_first=True)]
+    )
     n_gw = int(fast["gateway"].max()) + 1
     cf = np.bincount(fast["gateway"], minlength=n_gw)
     cs = np.bincount(slow[:, 0].astype(int), minlength=n_gw)

@@ -18,7 +18,9 @@ SHARED = Path(os.environ.get("TAGTWIN_SHARED", Path(__file__).resolve().parents[
 KOLAKOWSKI = SHARED / "datasets" / "kolakowski-flat-2021"
 
 
-GW = np.array([[2.0, 2.0, 2.5], [28.0, 3.0, 2.5], [15.0, 18.0, 2.5], [3.0, 17.0, 2.5], [27.0, 18.0, 2.5]])
+GW = np.array(
+    [[2.0, 2.0, 2.5], [28.0, 3.0, 2.5], [15.0, 18.0, 2.5], [3.0, 17.0, 2.5], [27.0, 18.0, 2.5]]
+)
 BIAS = np.array([-2.0, 1.5, 0.0, 3.0, -2.5])
 
 
@@ -26,8 +28,17 @@ def synthetic(seed: int, n_pts: int, floor_dbm: float = -110.0):
     """Sightings from the twin's own environment: n = 2.4, P0 = -60 dBm, Gudmundson
     shadowing 4 dB with d_corr 3 m, 2 dB white noise, per-gateway biases."""
     rng = np.random.default_rng(seed)
-    env = RadioEnvironment(GW, LogDistance(2.4), Obstacles(), Grid.covering((0, 0, 30, 20), 0.5), 4.0, 3.0,
-                           PacketEffects(), rng, gateway_bias_db=BIAS)
+    env = RadioEnvironment(
+        GW,
+        LogDistance(2.4),
+        Obstacles(),
+        Grid.covering((0, 0, 30, 20), 0.5),
+        4.0,
+        3.0,
+        PacketEffects(),
+        rng,
+        gateway_bias_db=BIAS,
+    )
     pts = np.column_stack([rng.uniform(0, 30, n_pts), rng.uniform(0, 20, n_pts), np.ones(n_pts)])
     rssi = env.mean_rssi(pts, np.full(n_pts, -60.0)) + rng.normal(0, 2.0, (n_pts, 5))
     rssi[rssi < floor_dbm] = np.nan  # unheard
@@ -40,7 +51,9 @@ def test_fit_recovers_synthetic_truth_within_its_uncertainty():
     assert cal.method == "parametric-bootstrap"
     assert abs(cal.exponent - 2.4) < 3 * cal.exponent_se
     assert abs(cal.p0_dbm + 60.0) < 3 * cal.p0_se
-    np.testing.assert_array_less(np.abs(cal.gateway_offset_db - BIAS), 3 * cal.gateway_offset_se + 0.2)
+    np.testing.assert_array_less(
+        np.abs(cal.gateway_offset_db - BIAS), 3 * cal.gateway_offset_se + 0.2
+    )
     assert cal.sigma_db == pytest.approx(np.hypot(4.0, 2.0), rel=0.15)
     assert cal.gateway_offset_db.sum() == pytest.approx(0.0, abs=1e-9)
     assert 0.5 < cal.correlated_fraction < 0.95  # true share 16 / 20 = 0.8
@@ -71,7 +84,9 @@ def test_fit_rejects_bad_shapes_and_too_few_samples():
         fit_log_distance(np.ones((2, 3)), np.zeros((2, 3)), np.full((2, 2), np.nan))
 
 
-@pytest.mark.skipif(not KOLAKOWSKI.exists(), reason=f"dataset not found at {KOLAKOWSKI} (set TAGTWIN_SHARED)")
+@pytest.mark.skipif(
+    not KOLAKOWSKI.exists(), reason=f"dataset not found at {KOLAKOWSKI} (set TAGTWIN_SHARED)"
+)
 def test_kolakowski_fit_is_plausible_and_uncertain():
     cal = fit_kolakowski(KOLAKOWSKI, n_boot=50)
     assert cal.n_samples > 20_000
@@ -90,6 +105,10 @@ def test_kolakowski_fit_is_plausible_and_uncertain():
     from radio_models.pathloss import three_d_distance
 
     xyz = np.column_stack([test.xy, np.full(len(test.xy), 0.3)])
-    pred = cal.p0_dbm + cal.gateway_offset_db - 10 * cal.exponent * np.log10(three_d_distance(xyz, data.anchor_xyz))
+    pred = (
+        cal.p0_dbm
+        + cal.gateway_offset_db
+        - 10 * cal.exponent * np.log10(three_d_distance(xyz, data.anchor_xyz))
+    )
     err = test.rssi - pred
     assert np.sqrt(np.nanmean(err**2)) < cal.sigma_db + 1.0

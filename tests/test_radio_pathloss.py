@@ -78,13 +78,19 @@ def test_p1238_classic_office():
 
 def test_log_distance_and_free_space():
     model = LogDistance(exponent=2.2)
-    np.testing.assert_allclose(model.excess_loss_db(np.array([1.0, 10.0, 100.0])), [0.0, 22.0, 44.0])
+    np.testing.assert_allclose(
+        model.excess_loss_db(np.array([1.0, 10.0, 100.0])), [0.0, 22.0, 44.0]
+    )
     # Friis at 1 m, 2.4 GHz: 20 log10(4 pi / 0.124914) = 40.05 dB
     assert free_space_loss_db(np.array([1.0]), 2.4)[0] == pytest.approx(40.05, abs=0.01)
 
 
 def test_excess_loss_is_zero_at_one_metre_and_sigma_published():
-    for model in (ItuP1238(), Tr38901(condition="los"), Tr38901(scenario="inf-dl", condition="nlos")):
+    for model in (
+        ItuP1238(),
+        Tr38901(condition="los"),
+        Tr38901(scenario="inf-dl", condition="nlos"),
+    ):
         assert model.excess_loss_db(np.array([1.0]))[0] == pytest.approx(0.0, abs=1e-9)
     assert ItuP1238(environment="industrial", los=False).sigma_db == 9.05
     assert Tr38901(scenario="inf-dl", condition="nlos").sigma_db == 7.2
@@ -96,17 +102,26 @@ def test_inf_los_probability():
     model = Tr38901(scenario="inf-sl", condition="mixed")
     k = -10 / np.log(0.8)
     assert model.los_probability(np.array([20.0]))[0] == pytest.approx(np.exp(-20 / k))
-    assert model.los_probability(np.array([20.0]))[0] == pytest.approx(0.8**2)  # (1 - r)^(d / d_clutter)
+    assert model.los_probability(np.array([20.0]))[0] == pytest.approx(
+        0.8**2
+    )  # (1 - r)^(d / d_clutter)
     dense = Tr38901(scenario="inf-dl", condition="mixed")
-    assert dense.los_probability(np.array([5.0]))[0] == pytest.approx(np.exp(-5 * np.log(1 / 0.4) / 2))
+    assert dense.los_probability(np.array([5.0]))[0] == pytest.approx(
+        np.exp(-5 * np.log(1 / 0.4) / 2)
+    )
     office = Tr38901(scenario="inh-office", condition="mixed")
-    np.testing.assert_allclose(office.los_probability(np.array([1.0, 3.0, 10.0])),
-                               [1.0, np.exp(-1.8 / 4.7), 0.32 * np.exp(-3.5 / 32.6)])
+    np.testing.assert_allclose(
+        office.los_probability(np.array([1.0, 3.0, 10.0])),
+        [1.0, np.exp(-1.8 / 4.7), 0.32 * np.exp(-3.5 / 32.6)],
+    )
 
 
 def test_cost231_floor_term():
-    # one floor: 1^((3/2) - 0.46) * 18.3 = 18.3; two floors: 2^(4/3 - 0.46) * 18.3 = 1.8319 * 18.3 = 33.52
-    np.testing.assert_allclose(cost231_floor_loss_db(np.array([0, 1, 2])), [0.0, 18.3, 33.52], atol=0.01)
+    # one floor: 1^((3/2) - 0.46) * 18.3 = 18.3
+    # two floors: 2^(4/3 - 0.46) * 18.3 = 1.8319 * 18.3 = 33.52
+    np.testing.assert_allclose(
+        cost231_floor_loss_db(np.array([0, 1, 2])), [0.0, 18.3, 33.52], atol=0.01
+    )
 
 
 def test_effective_exponent_of_log_distance_is_its_exponent():
@@ -122,9 +137,16 @@ def test_bad_family_parameters_are_rejected():
 
 
 FAMILIES: list[PathLossModel] = [
-    LogDistance(exponent=1.6), LogDistance(exponent=3.5), ItuP1238(), ItuP1238(environment="office", los=False),
-    ItuP1238Classic(), *(Tr38901(scenario=s, condition=c) for s in ("inh-office", "inf-sl", "inf-dl", "inf-sh",
-                                                                     "inf-dh") for c in ("los", "nlos")),
+    LogDistance(exponent=1.6),
+    LogDistance(exponent=3.5),
+    ItuP1238(),
+    ItuP1238(environment="office", los=False),
+    ItuP1238Classic(),
+    *(
+        Tr38901(scenario=s, condition=c)
+        for s in ("inh-office", "inf-sl", "inf-dl", "inf-sh", "inf-dh")
+        for c in ("los", "nlos")
+    ),
 ]
 
 
@@ -142,11 +164,18 @@ def test_loss_never_decreases_with_distance(d, family):
         assert np.all(nlos_penalty(ds) >= -1e-9)
 
 
-def _env(obstacles: Obstacles, gateways: np.ndarray, seed: int = 3, sigma: float = 4.0) -> RadioEnvironment:
+def _env(
+    obstacles: Obstacles, gateways: np.ndarray, seed: int = 3, sigma: float = 4.0
+) -> RadioEnvironment:
     return RadioEnvironment(
-        gateway_xyz=gateways, model=LogDistance(2.0), obstacles=obstacles,
-        grid=Grid.covering((0, 0, 30, 20), 1.0), shadowing_sigma_db=sigma, decorrelation_m=5.0,
-        effects=PacketEffects(), rng=np.random.default_rng(seed),
+        gateway_xyz=gateways,
+        model=LogDistance(2.0),
+        obstacles=obstacles,
+        grid=Grid.covering((0, 0, 30, 20), 1.0),
+        shadowing_sigma_db=sigma,
+        decorrelation_m=5.0,
+        effects=PacketEffects(),
+        rng=np.random.default_rng(seed),
     )
 
 
@@ -155,15 +184,20 @@ coord = st.tuples(st.floats(0.5, 29.5), st.floats(0.5, 19.5))
 
 @settings(max_examples=30, deadline=None)
 @given(
-    a=coord, b=coord, loss=st.floats(0.0, 30.0),
-    pts=st.lists(coord, min_size=1, max_size=20), gws=st.lists(coord, min_size=1, max_size=5),
+    a=coord,
+    b=coord,
+    loss=st.floats(0.0, 30.0),
+    pts=st.lists(coord, min_size=1, max_size=20),
+    gws=st.lists(coord, min_size=1, max_size=5),
 )
 def test_a_wall_never_raises_rssi_along_a_ray(a, b, loss, pts, gws):
     gw = np.array([[x, y, 3.0] for x, y in gws])
     tags = np.array([[x, y, 1.0] for x, y in pts])
     base = Obstacles((shapely.LineString([(5, 5), (5, 15)]),), (10.0,))
-    more = Obstacles((*base.geometries, shapely.LineString([a, b]) if a != b else shapely.Point(a).buffer(0.1)),
-                     (*base.loss_db, loss))
+    more = Obstacles(
+        (*base.geometries, shapely.LineString([a, b]) if a != b else shapely.Point(a).buffer(0.1)),
+        (*base.loss_db, loss),
+    )
     tx = np.full(len(tags), -59.0)
     without = _env(base, gw).mean_rssi(tags, tx)
     with_wall = _env(more, gw).mean_rssi(tags, tx)
@@ -175,9 +209,13 @@ def test_a_wall_never_raises_rssi_along_a_ray(a, b, loss, pts, gws):
 def test_results_do_not_depend_on_order_of_tags_or_gateways(seed, n_tags, n_gw):
     rng = np.random.default_rng(seed)
     gw = np.column_stack([rng.uniform(0, 30, n_gw), rng.uniform(0, 20, n_gw), np.full(n_gw, 3.0)])
-    tags = np.column_stack([rng.uniform(0, 30, n_tags), rng.uniform(0, 20, n_tags), np.ones(n_tags)])
+    tags = np.column_stack(
+        [rng.uniform(0, 30, n_tags), rng.uniform(0, 20, n_tags), np.ones(n_tags)]
+    )
     tx = rng.uniform(-65, -55, n_tags)
-    walls = Obstacles((shapely.LineString([(10, 0), (10, 12)]), shapely.box(15, 5, 20, 6)), (6.9, 15.0))
+    walls = Obstacles(
+        (shapely.LineString([(10, 0), (10, 12)]), shapely.box(15, 5, 20, 6)), (6.9, 15.0)
+    )
     env = _env(walls, gw, sigma=0.0)  # the shadowing field is drawn per gateway in order
     ref = env.mean_rssi(tags, tx)
     pt, pg = rng.permutation(n_tags), rng.permutation(n_gw)
@@ -185,7 +223,9 @@ def test_results_do_not_depend_on_order_of_tags_or_gateways(seed, n_tags, n_gw):
     np.testing.assert_allclose(permuted, ref[np.ix_(pt, pg)], atol=1e-4)
     # With shadowing on, permuting only the tags keeps every link's value.
     env_s = _env(walls, gw)
-    np.testing.assert_allclose(env_s.mean_rssi(tags[pt], tx[pt]), env_s.mean_rssi(tags, tx)[pt], atol=1e-4)
+    np.testing.assert_allclose(
+        env_s.mean_rssi(tags[pt], tx[pt]), env_s.mean_rssi(tags, tx)[pt], atol=1e-4
+    )
 
 
 @settings(max_examples=25, deadline=None)
@@ -213,5 +253,7 @@ def test_loss_maps_equal_shapely_crossings(seed, n_walls, n_racks):
     points = rng.uniform(0, 30, (300, 2))
     anchors = rng.uniform(0, 30, (4, 2))
     fast = crossing_loss_db(obs, points, anchors)
-    slow = obs.link_loss_db(np.repeat(points, 4, axis=0), np.tile(anchors, (300, 1))).reshape(300, 4)
+    slow = obs.link_loss_db(np.repeat(points, 4, axis=0), np.tile(anchors, (300, 1))).reshape(
+        300, 4
+    )
     np.testing.assert_allclose(fast, slow, atol=1e-9)

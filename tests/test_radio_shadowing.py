@@ -29,7 +29,9 @@ def test_field_correlation_follows_exponential():
         f = f - f.mean()
         var += np.mean(f * f) / n
         for i, lag in enumerate(lags):
-            acc[i] += 0.5 * (np.mean(f[:, lag:] * f[:, :-lag]) + np.mean(f[lag:, :] * f[:-lag, :])) / n
+            acc[i] += (
+                0.5 * (np.mean(f[:, lag:] * f[:, :-lag]) + np.mean(f[lag:, :] * f[:-lag, :])) / n
+            )
     rho = acc / var
     np.testing.assert_allclose(rho, np.exp(-lags * cell / d_corr), atol=CORR_TOL)
     assert np.sqrt(var) == pytest.approx(sigma, rel=0.05)
@@ -40,16 +42,28 @@ def test_rssi_residuals_match_sigma():
     is the configured one; adding Rayleigh fading adds its 5.57 dB spread (Rappaport)."""
     rng = np.random.default_rng(9)
     gw = np.array([[10.0, 10.0, 3.0], [50.0, 30.0, 3.0], [80.0, 60.0, 3.0]])
-    env = RadioEnvironment(gw, LogDistance(2.2), Obstacles(), Grid.covering((0, 0, 100, 80), 1.0), 5.0, 4.0,
-                           PacketEffects(fading="rayleigh"), rng)
-    tags = np.column_stack([rng.uniform(0, 100, 20_000), rng.uniform(0, 80, 20_000), np.ones(20_000)])
+    env = RadioEnvironment(
+        gw,
+        LogDistance(2.2),
+        Obstacles(),
+        Grid.covering((0, 0, 100, 80), 1.0),
+        5.0,
+        4.0,
+        PacketEffects(fading="rayleigh"),
+        rng,
+    )
+    tags = np.column_stack(
+        [rng.uniform(0, 100, 20_000), rng.uniform(0, 80, 20_000), np.ones(20_000)]
+    )
     from radio_models.pathloss import three_d_distance
 
     pred = -59.0 - LogDistance(2.2).excess_loss_db(three_d_distance(tags, gw))
     resid = env.mean_rssi(tags, np.full(len(tags), -59.0)) - pred
     assert resid.std() == pytest.approx(5.0, rel=0.08)
-    pkt = env.packet_rssi(env.mean_rssi(tags, np.full(len(tags), -59.0)), np.full(len(tags), 37), rng)
-    fade = (pkt - env.mean_rssi(tags, np.full(len(tags), -59.0)))
+    pkt = env.packet_rssi(
+        env.mean_rssi(tags, np.full(len(tags), -59.0)), np.full(len(tags), 37), rng
+    )
+    fade = pkt - env.mean_rssi(tags, np.full(len(tags), -59.0))
     # 10 log10 of an Exp(1) variable: sd = 10 / ln 10 * pi / sqrt(6) = 5.57 dB; rounding adds 1/12.
     assert fade.std() == pytest.approx(np.sqrt(5.57**2 + 1 / 12), rel=0.03)
     assert fade.mean() == pytest.approx(-2.51, abs=0.1)  # Euler-Mascheroni: -10 gamma / ln 10
@@ -59,8 +73,9 @@ def test_mixed_los_state_follows_probability():
     rng = np.random.default_rng(2)
     gw = np.column_stack([rng.uniform(10, 50, 40), rng.uniform(10, 50, 40), np.ones(40)])
     model = Tr38901(scenario="inf-dl", condition="mixed")
-    env = RadioEnvironment(gw, model, Obstacles(), Grid.covering((0, 0, 60, 60), 1.0), 0.0, 0.5,
-                           PacketEffects(), rng)
+    env = RadioEnvironment(
+        gw, model, Obstacles(), Grid.covering((0, 0, 60, 60), 1.0), 0.0, 0.5, PacketEffects(), rng
+    )
     d = np.hypot(*(env.grid.centres()[:, None, :] - gw[None, :, :2]).transpose(2, 0, 1))
     for lo, hi in ((0, 2), (2, 4), (4, 8)):
         band = (d >= lo) & (d < hi)
@@ -89,7 +104,9 @@ def test_crlb_reference_table():
     assert np.median(crlb_rmse(pts, gw, 2.2, 6.0)) == pytest.approx(3.9, rel=0.05)
     # Permuting gateways changes nothing.
     perm = np.random.default_rng(0).permutation(len(gw))
-    np.testing.assert_allclose(crlb_rmse(pts[:500], gw[perm], 2.0, 4.0), crlb_rmse(pts[:500], gw, 2.0, 4.0))
+    np.testing.assert_allclose(
+        crlb_rmse(pts[:500], gw[perm], 2.0, 4.0), crlb_rmse(pts[:500], gw, 2.0, 4.0)
+    )
 
 
 def test_crlb_map_sees_walls_through_the_model():
@@ -97,8 +114,16 @@ def test_crlb_map_sees_walls_through_the_model():
     import shapely
 
     def env(obstacles: Obstacles) -> RadioEnvironment:
-        return RadioEnvironment(gw, LogDistance(2.0), obstacles, Grid.covering((0, 0, 30, 20), 1.0), 0.0, 5.0,
-                                PacketEffects(), np.random.default_rng(1))
+        return RadioEnvironment(
+            gw,
+            LogDistance(2.0),
+            obstacles,
+            Grid.covering((0, 0, 30, 20), 1.0),
+            0.0,
+            5.0,
+            PacketEffects(),
+            np.random.default_rng(1),
+        )
 
     open_map = crlb_map(env(Obstacles()), -59.0, -90.0, sigma_db=4.0)
     wall = Obstacles((shapely.LineString([(15, -1), (15, 21)]),), (30.0,))
@@ -110,7 +135,9 @@ def test_crlb_map_sees_walls_through_the_model():
     assert np.median(walled) > np.median(open_map)
     # For log-distance the general form equals Patwari's closed form.
     pts = np.column_stack([env(Obstacles()).grid.centres(), np.ones(600)])
-    np.testing.assert_allclose(open_map.ravel(), crlb_rmse_slopes(pts, gw, np.full((600, 4), 20.0), 4.0))
+    np.testing.assert_allclose(
+        open_map.ravel(), crlb_rmse_slopes(pts, gw, np.full((600, 4), 20.0), 4.0)
+    )
 
 
 @pytest.mark.parametrize("fading", ["rayleigh", "rician"])
@@ -126,7 +153,7 @@ def test_fast_fading_distribution(fading):
     if fading == "rayleigh":
         exact = 1 - np.exp(-gain)
     else:
-        k = 10 ** 0.6
+        k = 10**0.6
         exact = ncx2.cdf(gain * 2 * (k + 1), 2, 2 * k)
     assert np.max(np.abs(ecdf - exact)) < 0.005
     assert gain.mean() == pytest.approx(1.0, abs=0.01)

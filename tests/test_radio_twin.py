@@ -74,13 +74,16 @@ def test_shipped_scenarios_still_load_with_log_distance_default():
     assert parse_scenario(BASE, "x").radio.model.kind == "log-distance"
 
 
-@pytest.mark.parametrize("model", [
-    'model = { kind = "log-distance", exponent = 2.2 }',
-    'model = { kind = "itu-p1238", environment = "industrial", los = false }',
-    'model = { kind = "itu-p1238-classic", distance_power_coefficient = 30 }',
-    'model = { kind = "3gpp-38.901", scenario = "inf-dh", condition = "mixed" }',
-    'model = { kind = "3gpp-38.901", scenario = "inh-office", condition = "nlos" }',
-])
+@pytest.mark.parametrize(
+    "model",
+    [
+        'model = { kind = "log-distance", exponent = 2.2 }',
+        'model = { kind = "itu-p1238", environment = "industrial", los = false }',
+        'model = { kind = "itu-p1238-classic", distance_power_coefficient = 30 }',
+        'model = { kind = "3gpp-38.901", scenario = "inf-dh", condition = "mixed" }',
+        'model = { kind = "3gpp-38.901", scenario = "inh-office", condition = "nlos" }',
+    ],
+)
 def test_every_family_runs_in_the_twin(model):
     sc = scenario(f"[radio]\n{model}\n")
     result = WarehouseTwin(sc).run()
@@ -99,7 +102,7 @@ def test_unknown_family_and_bad_air_settings_are_named():
     with pytest.raises(ScenarioError, match=r"radio\.air\.phy"):
         scenario('[radio]\nair = { phy = "3M" }\n')
     with pytest.raises(ScenarioError, match=r"radio\.air\.wifi\[0\]\.channel"):
-        scenario('[radio]\nair = { wifi = [{ x = 1, y = 1, channel = 14 }] }\n')
+        scenario("[radio]\nair = { wifi = [{ x = 1, y = 1, channel = 14 }] }\n")
     with pytest.raises(ScenarioError, match=r"tags\[0\]\.payload_bytes"):
         parse_scenario(BASE.replace("count = 60", "count = 60\npayload_bytes = 40"), "x")
 
@@ -117,7 +120,7 @@ def test_same_seed_same_sightings_and_hooks_still_work():
 
 
 def test_carried_tags_advertise_faster():
-    result = WarehouseTwin(scenario('[radio]\nair = { collisions = false }\n')).run()
+    result = WarehouseTwin(scenario("[radio]\nair = { collisions = false }\n")).run()
     s = result.sightings
     events = np.unique(s[["device", "seq", "motion"]])
     moving = events[events["motion"] == 1]
@@ -131,8 +134,13 @@ def test_carried_tags_advertise_faster():
             assert np.median(gaps) < 0.2
     # Without the motion interval the same run sends fewer frames; the surplus is about
     # nine extra frames per carried second (10 Hz instead of 1 Hz).
-    still = WarehouseTwin(parse_scenario(BASE.replace("adv_interval_moving_ms = 100\n", "")
-                                         + '[radio]\nair = { collisions = false }\n', "x")).run()
+    still = WarehouseTwin(
+        parse_scenario(
+            BASE.replace("adv_interval_moving_ms = 100\n", "")
+            + "[radio]\nair = { collisions = false }\n",
+            "x",
+        )
+    ).run()
     assert result.stats["advertising_events"] > still.stats["advertising_events"] + 50
 
 

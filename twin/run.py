@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,11 +108,11 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     return SimulationRun(scenario, result, fixes, metrics, engine.counters.as_dict(), timings)
 
 
-def _dictionary(codes: NDArray[np.integer], ids: list[str] | tuple[str, ...]) -> pa.DictionaryArray:
+def _dictionary(codes: NDArray[np.integer], ids: Sequence[str]) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(list(ids), pa.string()))
 
 
-def _table(arr: NDArray[np.void], ids: dict[str, list[str] | tuple[str, ...]] | None = None) -> pa.Table:
+def _table(arr: NDArray[np.void], ids: dict[str, Sequence[str]] | None = None) -> pa.Table:
     cols = {}
     for name in arr.dtype.names or ():
         if ids and name in ids:

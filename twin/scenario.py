@@ -268,12 +268,17 @@ class AirInterfaceParams(Strict):
 
     phy: Literal["1M", "2M", "coded-s2", "coded-s8"] = "1M"
     collisions: bool = Field(True, description="packets overlapping on one channel collide")
-    capture_db: float | None = Field(8.0, ge=0, le=40, description="C/I that still decodes; None: no capture")
+    capture: bool = Field(True, description="false: any overlap destroys both packets")
+    capture_db: float = Field(8.0, ge=0, le=40, description="C/I at which the stronger packet still decodes")
+
+    @property
+    def capture_threshold_db(self) -> float | None:
+        return self.capture_db if self.capture else None
     wifi: list[WifiParams] = []
 
 
 class Radio(Strict):
-    model: PathLossParams = LogDistanceParams()
+    model: PathLossParams = Field(default_factory=LogDistanceParams)
     shadowing_sigma_db: float = Field(4.0, ge=0, le=20)
     decorrelation_m: float = Field(6.0, ge=0, le=100)
     fading: Literal["none", "rayleigh", "rician"] = "rayleigh"
@@ -282,7 +287,7 @@ class Radio(Strict):
     gateway_bias_sigma_db: float = Field(0.0, ge=0, le=10)
     grid_m: float = Field(0.5, gt=0.05, le=5.0, description="resolution of the static loss maps")
     channel_spacing_ms: float = Field(0.4, gt=0, lt=10, description="gap between the 37/38/39 packets")
-    air: AirInterfaceParams = AirInterfaceParams()
+    air: AirInterfaceParams = Field(default_factory=AirInterfaceParams)
 
 
 class EngineSettings(Strict):

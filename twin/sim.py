@@ -336,8 +336,8 @@ class WarehouseTwin:
         cycle0 = np.floor((t0 - self.scan_phase_s) / interval).astype(np.int64) % n_ch
         li, ch = listened_packets(
             link_t, gw_i, ((self.scan_phase_s - t0) % interval).astype(np.float32),
-            self.scan_window_s.astype(np.float32), interval.astype(np.float32), cycle0,
-            spacing, self.switch_gap_s, n_ch,
+            self.scan_window_s.astype(np.float32), interval.astype(np.float32),
+            cycle0=cycle0, spacing_s=spacing, switch_gap_s=self.switch_gap_s, n_channels=n_ch,
         )
         n_pkt = len(li)
         self.stats["packets_listened"] += n_pkt
@@ -357,7 +357,7 @@ class WarehouseTwin:
         air = self.scenario.radio.air
         if air.collisions:
             interf = interference_mw(gw, t_pkt, rssi, self.air_time_s[ev_tag[ev_i[li]]], ch)
-            lost = ok & ~survives(rssi, interf, air.capture_db)
+            lost = ok & ~survives(rssi, interf, air.capture_threshold_db)
             self.stats["lost_to_collisions"] += int(lost.sum())
             ok &= ~lost
         for wifi, wifi_dbm in zip(self.wifi, self._wifi_dbm, strict=True):
@@ -367,8 +367,8 @@ class WarehouseTwin:
             exposed = np.isin(ch, hit_k) & (wifi_dbm[gw] >= self._reach_dbm[gw])
             on_air = self.rng_air.random(n_pkt) < wifi.duty_cycle
             lost = exposed & on_air & ok
-            if air.capture_db is not None:
-                lost &= rssi - wifi_dbm[gw] < air.capture_db
+            if air.capture_threshold_db is not None:
+                lost &= rssi - wifi_dbm[gw] < air.capture_threshold_db
             self.stats["lost_to_wifi"] += int(lost.sum())
             ok &= ~lost
 
