@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -49,11 +50,13 @@ def main(duration_s: float = 3600.0) -> dict[str, object]:
     )
     sink = CountingSink()
 
+    c0 = time.process_time()
     t0 = time.perf_counter()
     twin = WarehouseTwin(sc, sink=sink)
     t1 = time.perf_counter()
     result = twin.run()
     t2 = time.perf_counter()
+    cpu = time.process_time() - c0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     wall = t2 - t0
     return {
@@ -65,6 +68,8 @@ def main(duration_s: float = 3600.0) -> dict[str, object]:
         "run_s": round(t2 - t1, 2),
         "wall_s": round(wall, 2),
         "wall_s_per_site_hour": round((t1 - t0) + (t2 - t1) * 3600 / duration_s, 1),
+        "cpu_s": round(cpu, 1),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "peak_rss_mb": round(peak_mb, 1),
         "target_wall_s_per_hour": 120,
         "target_peak_mb": 4096,

@@ -140,15 +140,18 @@ def listened_packets(
         ]
         idx = np.concatenate(parts)
         ks = np.repeat(np.arange(n_channels, dtype=np.int16), [len(p) for p in parts])
-    else:
-        near = np.flatnonzero(into + (n_channels - 1) * spacing_s >= iv)
-        k_b = (c[near] + 1) % n_channels
-        into_b = into[near] + k_b * spacing_s - iv[near]
-        b = (into_b >= switch_gap_s) & (into_b < win[near])
-        idx = np.concatenate([idx_a, near[b]])
-        ks = np.concatenate([c[idx_a], k_b[b]]).astype(np.int16)
-    order = np.argsort(idx, kind="stable")
-    return idx[order], ks[order]
+        order = np.argsort(idx, kind="stable")
+        return idx[order], ks[order]
+    near = np.flatnonzero(into + (n_channels - 1) * spacing_s >= iv)
+    k_b = (c[near] + 1) % n_channels
+    into_b = into[near] + k_b * spacing_s - iv[near]
+    b = (into_b >= switch_gap_s) & (into_b < win[near])
+    # Merge the few wrapped packets into the sorted main list (after their own event's
+    # first packet, which is earlier in time) instead of sorting everything again.
+    at = np.searchsorted(idx_a, near[b], side="right")
+    idx = np.insert(idx_a, at, near[b])
+    ks = np.insert(c[idx_a].astype(np.int16), at, k_b[b].astype(np.int16))
+    return idx, ks
 
 
 def wifi_overlaps(ble_channel: int, wifi_channel: int) -> bool:
@@ -211,9 +214,10 @@ def survives(
     clear = interference <= 0.0
     if capture_db is None:
         return clear
-    with np.errstate(divide="ignore"):
-        sir = np.asarray(power_dbm, dtype=float) - 10.0 * np.log10(interference)
-    return clear | (sir >= capture_db)
+    hit = np.flatnonzero(~clear)
+    sir = np.asarray(power_dbm, dtype=float)[hit] - 10.0 * np.log10(interference[hit])
+    clear[hit] = sir >= capture_db
+    return clear
 
 
 def first_per_bucket(bucket: NDArray[np.integer], limit: NDArray[np.integer]) -> NDArray[np.bool_]:

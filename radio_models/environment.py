@@ -182,9 +182,12 @@ class RadioEnvironment:
         array: this is the link-evaluation hot path (benchmarks/bench_links.py)."""
         p = np.asarray(tag_xyz, dtype=dtype)
         g = self.gateway_xyz.astype(dtype)
-        d2 = np.square(p[:, 0:1] - g[None, :, 0])
-        d2 += np.square(p[:, 1:2] - g[None, :, 1])
-        d2 += np.square(p[:, 2:3] - g[None, :, 2])
+        d2 = np.subtract.outer(p[:, 0], g[:, 0])
+        d2 *= d2
+        for axis in (1, 2):
+            diff = np.subtract.outer(p[:, axis], g[:, axis])
+            diff *= diff
+            d2 += diff
         out = self.static_db[self.grid.cell_index(p[:, :2])].astype(dtype, copy=False)
         out -= self.model.excess_loss_db_sq(d2).astype(dtype, copy=False)
         out += np.asarray(tx_power_1m_dbm, dtype=dtype)[:, None]

@@ -34,7 +34,13 @@ from radio_models.airinterface import (
 )
 from radio_models.environment import ADVERTISING_CHANNELS, Grid, PacketEffects, RadioEnvironment
 from radio_models.pathloss import ItuP1238, ItuP1238Classic, LogDistance, PathLossModel, Tr38901
-from twin.scenario import ItuP1238ClassicParams, ItuP1238Params, LogDistanceParams, Scenario, Tr38901Params
+from twin.scenario import (
+    ItuP1238ClassicParams,
+    ItuP1238Params,
+    LogDistanceParams,
+    Scenario,
+    Tr38901Params,
+)
 from twin.site import Navigator, SiteModel
 
 FloatArray = NDArray[np.float64]
@@ -194,6 +200,9 @@ class WarehouseTwin:
         self.tag_z = scenario.site.tag_height_m
         air = radio.air
         self.air_time_s = packet_air_time_s(self.fleet.payload_bytes, air.phy)
+        uniform = len(self.air_time_s) and np.all(self.air_time_s == self.air_time_s[0])
+        self._uniform_air_time = np.float32(self.air_time_s[0]) if uniform else None
+        self._sensitivity32 = self.sensitivity_dbm.astype(np.float32)
         gw_defaults = scenario.gateways.defaults
         self.switch_gap_s = gw_defaults.channel_switch_ms / 1000
         self.max_reports_per_s = gw_defaults.max_reports_per_s
@@ -309,7 +318,7 @@ class WarehouseTwin:
         self.stats["packets_on_air"] += len(ev_tag) * n_ch
 
         # 1. Mean RSSI (gateways, events), float32.
-        mean = self._mean_cache[:, ev_tag]
+        mean = np.take(self._mean_cache, ev_tag, axis=1)  # C-contiguous: ravel is a view
         carried = np.flatnonzero(self.trip_of[ev_tag] >= 0)
         moving = np.zeros(len(ev_tag), dtype=bool)
         if len(carried):
@@ -321,7 +330,8 @@ class WarehouseTwin:
         # 2. Prune. Gateway-major order: links come out grouped by gateway, each group in
         # time order, which is what the collision step needs.
         reach = mean >= self._reach_dbm[:, None]
-        reach &= self.gateway_up[:, None]
+        if not self.gateway_up.all():
+            reach &= self.gateway_up[:, None]
         flat = np.flatnonzero(reach)  # 1-D nonzero + divmod: 3x faster than 2-D nonzero
         gw_i, ev_i = np.divmod(flat, len(ev_tag))
         link_mean = mean.ravel()[flat]
@@ -348,7 +358,7 @@ class WarehouseTwin:
         offsets = np.asarray(self.scenario.radio.channel_offset_db, dtype=np.float32)
         rssi = link_mean[li] + offsets[ch] + self.radio.effects.fading_db((n_pkt,), self.rng_packet, np.float32)
         rssi_q = np.round(rssi)  # receivers report integer dBm
-        audible = rssi_q >= self.sensitivity_dbm[gw]
+        audible = rssi_q >= self._sensitivity32[gw]
         self.stats["below_sensitivity"] += int(n_pkt - audible.sum())
         ok = audible
 
@@ -356,7 +366,12 @@ class WarehouseTwin:
         # below sensitivity still interferes, so the interference sum runs over all.
         air = self.scenario.radio.air
         if air.collisions:
-            interf = interference_mw(gw, t_pkt, rssi, self.air_time_s[ev_tag[ev_i[li]]], ch)
+            air_time: NDArray[np.floating]
+            if self._uniform_air_time is not None:  # one payload length for all: no gather
+                air_time = np.broadcast_to(self._uniform_air_time, (n_pkt,))
+            else:
+                air_time = self.air_time_s[ev_tag[ev_i[li]]]
+            interf = interference_mw(gw, t_pkt, rssi, air_time, ch)
             lost = ok & ~survives(rssi, interf, air.capture_threshold_db)
             self.stats["lost_to_collisions"] += int(lost.sum())
             ok &= ~lost
