@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -141,10 +142,15 @@ def stats(
 
 def main() -> dict[str, object]:
     sc = Scenario.model_validate(SCENARIO)
-    t0 = time.perf_counter()
-    twin = WarehouseTwin(sc)
-    fast = twin.run()
-    t_fast = time.perf_counter() - t0
+    times = []
+    for _ in range(
+        4
+    ):  # the first run pays one-off import and cache costs; report the median of the rest
+        t0 = time.perf_counter()
+        twin = WarehouseTwin(sc)
+        fast = twin.run()
+        times.append(time.perf_counter() - t0)
+    t_first, t_fast = times[0], float(np.median(times[1:]))
     t1 = time.perf_counter()
     slow = naive_run(sc, WarehouseTwin(sc))
     t_slow = time.perf_counter() - t1
@@ -165,7 +171,9 @@ def main() -> dict[str, object]:
         "tags": len(twin.fleet),
         "gateways": n_gw,
         "site_time_s": sc.duration_s,
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "tagtwin_wall_s": round(t_fast, 3),
+        "tagtwin_first_run_wall_s": round(t_first, 3),
         "naive_wall_s": round(t_slow, 2),
         "speedup": round(t_slow / t_fast, 1),
         "target_speedup": 100,
