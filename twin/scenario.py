@@ -49,7 +49,9 @@ class Wall(Strict):
 
 class Rack(Strict):
     polygon: list[Point] = Field(description="footprint, metres")
-    attenuation_db: float = Field(DEFAULT_RACK_LOSS_DB, ge=0, le=60, description="loss of a link crossing it")
+    attenuation_db: float = Field(
+        DEFAULT_RACK_LOSS_DB, ge=0, le=60, description="loss of a link crossing it"
+    )
 
     @field_validator("polygon")
     @classmethod
@@ -129,8 +131,12 @@ class GatewayDefaults(Strict):
     scan_window_ms: float = Field(100.0, gt=0)
     scan_interval_ms: float = Field(100.0, gt=0)
     sensitivity_dbm: float = Field(-95.0, le=-40, ge=-130)
-    channel_switch_ms: float = Field(0.0, ge=0, le=50, description="start of each scan window lost to retuning")
-    max_reports_per_s: float | None = Field(None, gt=0, description="reports a gateway can forward; None: no limit")
+    channel_switch_ms: float = Field(
+        0.0, ge=0, le=50, description="start of each scan window lost to retuning"
+    )
+    max_reports_per_s: float | None = Field(
+        None, gt=0, description="reports a gateway can forward per second; default: no limit"
+    )
 
     @model_validator(mode="after")
     def _window(self) -> GatewayDefaults:
@@ -180,9 +186,11 @@ class TagGroup(Strict):
     adv_interval_ms: float = Field(1000.0, ge=20, le=10240, description="BLE advInterval, 20 ms - 10.24 s")
     tx_power_1m_dbm: float = Field(-59.0, ge=-100, le=0, description="RSSI at 1 m")
     adv_interval_moving_ms: float | None = Field(
-        None, ge=20, le=10240, description="advInterval while carried (motion-triggered tags); None: same"
+        None, ge=20, le=10240, description="advInterval while carried (motion-triggered tags)"
     )
-    payload_bytes: int = Field(37, ge=6, le=37, description="legacy PDU payload: AdvA 6 + AdvData 0-31")
+    payload_bytes: int = Field(
+        37, ge=6, le=37, description="legacy PDU payload: AdvA 6 + AdvData 0-31"
+    )
     battery_pct: tuple[float, float] = Field((80.0, 100.0), description="uniform initial range")
     battery_drain_pct_per_day: float = Field(0.1, ge=0)
 
@@ -244,12 +252,15 @@ class Tr38901Params(Strict):
     scenario: Literal["inh-office", "inf-sl", "inf-dl", "inf-sh", "inf-dh"] = "inf-sl"
     condition: Literal["los", "nlos", "mixed"] = "mixed"
     frequency_ghz: float = Field(2.44, gt=0.5, le=100)
-    d_clutter_m: float | None = Field(None, gt=0, description="InF clutter size; default per scenario")
+    d_clutter_m: float | None = Field(
+        None, gt=0, description="InF clutter size; default per scenario"
+    )
     clutter_ratio: float | None = Field(None, gt=0, lt=1, description="InF clutter density r")
 
 
 PathLossParams = Annotated[
-    LogDistanceParams | ItuP1238Params | ItuP1238ClassicParams | Tr38901Params, Field(discriminator="kind")
+    LogDistanceParams | ItuP1238Params | ItuP1238ClassicParams | Tr38901Params,
+    Field(discriminator="kind"),
 ]
 
 
@@ -269,7 +280,9 @@ class AirInterfaceParams(Strict):
     phy: Literal["1M", "2M", "coded-s2", "coded-s8"] = "1M"
     collisions: bool = Field(True, description="packets overlapping on one channel collide")
     capture: bool = Field(True, description="false: any overlap destroys both packets")
-    capture_db: float = Field(8.0, ge=0, le=40, description="C/I at which the stronger packet still decodes")
+    capture_db: float = Field(
+        8.0, ge=0, le=40, description="C/I at which the stronger packet still decodes"
+    )
 
     @property
     def capture_threshold_db(self) -> float | None:

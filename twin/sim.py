@@ -61,11 +61,16 @@ def path_loss_model(scenario: Scenario) -> PathLossModel:
         case ItuP1238Params():
             return ItuP1238(environment=p.environment, los=p.los, frequency_ghz=p.frequency_ghz)
         case ItuP1238ClassicParams():
-            return ItuP1238Classic(distance_power_coefficient=p.distance_power_coefficient,
-                                   frequency_mhz=p.frequency_mhz, sigma_db=scenario.radio.shadowing_sigma_db)
+            return ItuP1238Classic(
+                distance_power_coefficient=p.distance_power_coefficient,
+                frequency_mhz=p.frequency_mhz,
+                sigma_db=scenario.radio.shadowing_sigma_db,
+            )
         case Tr38901Params():
-            return Tr38901(scenario=p.scenario, condition=p.condition, frequency_ghz=p.frequency_ghz,
-                           d_clutter_m=p.d_clutter_m, clutter_ratio=p.clutter_ratio)
+            return Tr38901(
+                scenario=p.scenario, condition=p.condition, frequency_ghz=p.frequency_ghz,
+                d_clutter_m=p.d_clutter_m, clutter_ratio=p.clutter_ratio,
+            )
     raise AssertionError(f"unhandled path-loss model {p!r}")  # pragma: no cover - union is closed
 
 
@@ -125,13 +130,15 @@ class Fleet:
             parts["tx"].append(np.full(g.count, g.tx_power_1m_dbm))
             parts["bat"].append(rng.uniform(*g.battery_pct, size=g.count))
             parts["drain"].append(np.full(g.count, g.battery_drain_pct_per_day / SECONDS_PER_DAY))
-            moving_ms = g.adv_interval_ms if g.adv_interval_moving_ms is None else g.adv_interval_moving_ms
+            moving_ms = g.adv_interval_moving_ms or g.adv_interval_ms
             parts["adv_moving"].append(np.full(g.count, moving_ms / 1000))
             parts["payload"].append(np.full(g.count, g.payload_bytes))
             ids += [f"{g.name}-{i + 1:05d}" for i in range(g.count)]
         cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
-        return cls(ids, cat["group"].astype(np.int32), cat["xy"].reshape(-1, 2), cat["adv"], cat["tx"], cat["bat"],
-                   cat["drain"], cat["adv_moving"], cat["payload"].astype(np.int64))
+        return cls(
+            ids, cat["group"].astype(np.int32), cat["xy"].reshape(-1, 2), cat["adv"], cat["tx"],
+            cat["bat"], cat["drain"], cat["adv_moving"], cat["payload"].astype(np.int64),
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -167,7 +174,10 @@ class WarehouseTwin:
     """One scenario, ready to run. All randomness comes from ``scenario.seed``."""
 
     def __init__(
-        self, scenario: Scenario, site: SiteModel | None = None, sink: Callable[[Sightings], None] | None = None
+        self,
+        scenario: Scenario,
+        site: SiteModel | None = None,
+        sink: Callable[[Sightings], None] | None = None,
     ) -> None:
         """``sink`` receives each tick's sightings instead of the run keeping them all
         (an hour of a large site is more sightings than fit in memory)."""
@@ -209,10 +219,13 @@ class WarehouseTwin:
         self._report_credit = np.zeros(len(self.gateways.ids))
         # Links whose mean RSSI is this far below sensitivity are never drawn (see
         # FADING_MARGIN_DB); float32 to compare against the float32 mean cache.
-        self._reach_dbm = (self.sensitivity_dbm - max(radio.channel_offset_db) - FADING_MARGIN_DB).astype(np.float32)
+        reach = self.sensitivity_dbm - max(radio.channel_offset_db) - FADING_MARGIN_DB
+        self._reach_dbm = reach.astype(np.float32)
         # Wi-Fi: the interferer's mean power at each gateway, through the same walls and
         # path loss as the tags (it is just another transmitter on the floor).
-        self.wifi = [WifiInterferer(w.x, w.y, w.channel, w.power_1m_dbm, w.duty_cycle) for w in air.wifi]
+        self.wifi = [
+            WifiInterferer(w.x, w.y, w.channel, w.power_1m_dbm, w.duty_cycle) for w in air.wifi
+        ]
         self._wifi_dbm = [
             self.radio.mean_rssi(np.array([[w.x, w.y, self.tag_z]]), np.array([w.power_1m_dbm]))[0]
             for w in self.wifi
@@ -238,8 +251,9 @@ class WarehouseTwin:
         self._movements: list[NDArray[np.void]] = []
         self._sightings: list[Sightings] = []
         self.stats = {
-            "advertising_events": 0, "packets_on_air": 0, "links_evaluated": 0, "packets_listened": 0,
-            "below_sensitivity": 0, "lost_to_collisions": 0, "lost_to_wifi": 0, "dropped_by_report_limit": 0,
+            "advertising_events": 0, "packets_on_air": 0, "links_evaluated": 0,
+            "packets_listened": 0, "below_sensitivity": 0, "lost_to_collisions": 0,
+            "lost_to_wifi": 0, "dropped_by_report_limit": 0,
             "sightings": 0,
         }
         self._navigator: Navigator | None = None
@@ -287,7 +301,8 @@ class WarehouseTwin:
             self.seq[due] += 1
             interval = np.where(self._carried(due, t_due), self.fleet.adv_interval_moving_s[due],
                                 self.fleet.adv_interval_s[due])
-            self.next_adv[due] = t_due + interval + self.rng_adv.uniform(0, ADV_DELAY_MAX_S, len(due))
+            delay = self.rng_adv.uniform(0, ADV_DELAY_MAX_S, len(due))
+            self.next_adv[due] = t_due + interval + delay
         if not tag_parts:
             return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int32)
         tags, t, seq = np.concatenate(tag_parts), np.concatenate(t_parts), np.concatenate(seq_parts)
@@ -325,7 +340,8 @@ class WarehouseTwin:
             xy, moving_c = self._positions(ev_tag[carried], ev_t[carried])
             moving[carried] = moving_c
             xyz = np.column_stack([xy, np.full(len(carried), self.tag_z)])
-            mean[:, carried] = self.radio.mean_rssi(xyz, self.fleet.tx_power_1m_dbm[ev_tag[carried]]).T
+            tx = self.fleet.tx_power_1m_dbm[ev_tag[carried]]
+            mean[:, carried] = self.radio.mean_rssi(xyz, tx).T
 
         # 2. Prune. Gateway-major order: links come out grouped by gateway, each group in
         # time order, which is what the collision step needs.
@@ -356,7 +372,8 @@ class WarehouseTwin:
         gw = gw_i[li]
         t_pkt = link_t[li] + ch * np.float32(spacing)
         offsets = np.asarray(self.scenario.radio.channel_offset_db, dtype=np.float32)
-        rssi = link_mean[li] + offsets[ch] + self.radio.effects.fading_db((n_pkt,), self.rng_packet, np.float32)
+        fading = self.radio.effects.fading_db((n_pkt,), self.rng_packet, np.float32)
+        rssi = link_mean[li] + offsets[ch] + fading
         rssi_q = np.round(rssi)  # receivers report integer dBm
         audible = rssi_q >= self._sensitivity32[gw]
         self.stats["below_sensitivity"] += int(n_pkt - audible.sum())
