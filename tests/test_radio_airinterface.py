@@ -87,10 +87,11 @@ def test_interference_sums_only_overlapping_same_group_same_channel():
     np.testing.assert_array_equal(survives(p, mw, None), [False, False, False, True, False, False])
 
 
-def test_listened_packets_agrees_with_per_channel_rule():
+@pytest.mark.parametrize("min_interval", [0.03, 0.005])  # 0.005 s: the exact fallback path
+def test_listened_packets_agrees_with_per_channel_rule(min_interval):
     rng = np.random.default_rng(1)
     n_gw = 7
-    interval = rng.uniform(0.03, 0.3, n_gw)
+    interval = rng.uniform(min_interval, 0.3, n_gw)
     window = interval * rng.uniform(0.1, 1.0, n_gw)
     phase = rng.uniform(0, interval)
     cycle0 = rng.integers(0, 3, n_gw)
