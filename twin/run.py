@@ -22,8 +22,9 @@ from engine.localize import ObstacleMap
 from engine.pipeline import Engine, EngineConfig
 from radio_models.environment import Grid
 from radio_models.geometry import crossing_loss_db
+from radio_models.pathloss import effective_exponent
 from twin.scenario import Scenario
-from twin.sim import TwinResult, WarehouseTwin
+from twin.sim import TwinResult, WarehouseTwin, path_loss_model
 
 FEED_CHUNK_S = 30.0  # sightings are handed to the engine 30 simulated seconds at a time
 
@@ -54,7 +55,8 @@ class SimulationRun:
 
 def engine_config_for(scenario: Scenario, twin: TwinResult) -> EngineConfig:
     eng = scenario.engine
-    exponent = eng.path_loss_exponent or scenario.radio.model.exponent
+    # Any path-loss family maps to the log-distance exponent a localizer assumes.
+    exponent = eng.path_loss_exponent or effective_exponent(path_loss_model(scenario))
     obstacle_map = None
     if eng.use_site_plan:
         grid = Grid.covering(twin.site.outline.bounds, scenario.radio.grid_m)

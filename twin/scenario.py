@@ -12,19 +12,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from radio_models.materials import DEFAULT_MATERIAL_LOSS_DB, DEFAULT_RACK_LOSS_DB
+
 Point = tuple[float, float]
 ZoneRole = Literal["storage", "packing", "checkout", "exit", "receiving", "shipping", "office", "other"]
-
-# Practitioner per-material losses at 2.4 GHz (shared/references section 1, "about
-# +-50 %"): drywall 3, glass 2, wood 4, brick 10, concrete 15, metal 25 dB.
-DEFAULT_MATERIAL_LOSS_DB: dict[str, float] = {
-    "drywall": 3.0,
-    "glass": 2.0,
-    "wood": 4.0,
-    "brick": 10.0,
-    "concrete": 15.0,
-    "metal": 25.0,
-}
 
 
 class ScenarioError(Exception):
@@ -58,7 +49,9 @@ class Wall(Strict):
 
 class Rack(Strict):
     polygon: list[Point] = Field(description="footprint, metres")
-    attenuation_db: float = Field(15.0, ge=0, le=60, description="loss of a link crossing it")
+    attenuation_db: float = Field(
+        DEFAULT_RACK_LOSS_DB, ge=0, le=60, description="loss of a link crossing it"
+    )
 
     @field_validator("polygon")
     @classmethod
@@ -75,7 +68,7 @@ class RackRows(Strict):
     depth_m: float = Field(gt=0)
     pitch_m: float = Field(gt=0, description="distance between the starts of neighbouring racks")
     orientation: Literal["horizontal", "vertical"] = "horizontal"
-    attenuation_db: float = Field(15.0, ge=0, le=60)
+    attenuation_db: float = Field(DEFAULT_RACK_LOSS_DB, ge=0, le=60)
 
     @model_validator(mode="after")
     def _pitch(self) -> RackRows:
@@ -138,11 +131,19 @@ class GatewayDefaults(Strict):
     scan_window_ms: float = Field(100.0, gt=0)
     scan_interval_ms: float = Field(100.0, gt=0)
     sensitivity_dbm: float = Field(-95.0, le=-40, ge=-130)
+    channel_switch_ms: float = Field(
+        0.0, ge=0, le=50, description="start of each scan window lost to retuning"
+    )
+    max_reports_per_s: float | None = Field(
+        None, gt=0, description="reports a gateway can forward per second; default: no limit"
+    )
 
     @model_validator(mode="after")
     def _window(self) -> GatewayDefaults:
         if self.scan_window_ms > self.scan_interval_ms:
             raise ValueError("scan_window_ms cannot exceed scan_interval_ms")
+        if self.channel_switch_ms >= self.scan_window_ms:
+            raise ValueError("channel_switch_ms must be shorter than scan_window_ms")
         return self
 
 
@@ -184,6 +185,12 @@ class TagGroup(Strict):
     placement: Placement = Placement()
     adv_interval_ms: float = Field(1000.0, ge=20, le=10240, description="BLE advInterval, 20 ms - 10.24 s")
     tx_power_1m_dbm: float = Field(-59.0, ge=-100, le=0, description="RSSI at 1 m")
+    adv_interval_moving_ms: float | None = Field(
+        None, ge=20, le=10240, description="advInterval while carried (motion-triggered tags)"
+    )
+    payload_bytes: int = Field(
+        37, ge=6, le=37, description="legacy PDU payload: AdvA 6 + AdvData 0-31"
+    )
     battery_pct: tuple[float, float] = Field((80.0, 100.0), description="uniform initial range")
     battery_drain_pct_per_day: float = Field(0.1, ge=0)
 
@@ -215,12 +222,76 @@ class MoverGroup(Strict):
 
 
 class LogDistanceParams(Strict):
+    """Rappaport eq. 4.68: RSSI = P0 - 10 n log10(d)."""
+
     kind: Literal["log-distance"] = "log-distance"
     exponent: float = Field(2.0, gt=0.5, le=6.0, description="path-loss exponent n")
 
 
+class ItuP1238Params(Strict):
+    """ITU-R P.1238-11 site-general model, Table 2."""
+
+    kind: Literal["itu-p1238"]
+    environment: Literal["office", "corridor", "industrial"] = "industrial"
+    los: bool = True
+    frequency_ghz: float = Field(2.44, gt=0.3, le=100)
+
+
+class ItuP1238ClassicParams(Strict):
+    """ITU-R P.1238 classic form, N = 28 residential, 30 office, 22 commercial."""
+
+    kind: Literal["itu-p1238-classic"]
+    distance_power_coefficient: float = Field(22.0, gt=5, le=60, description="N")
+    frequency_mhz: float = Field(2440.0, gt=300, le=100_000)
+
+
+class Tr38901Params(Strict):
+    """3GPP TR 38.901 Table 7.4.1-1 InH-Office or InF; condition mixed draws LoS per link."""
+
+    kind: Literal["3gpp-38.901"]
+    scenario: Literal["inh-office", "inf-sl", "inf-dl", "inf-sh", "inf-dh"] = "inf-sl"
+    condition: Literal["los", "nlos", "mixed"] = "mixed"
+    frequency_ghz: float = Field(2.44, gt=0.5, le=100)
+    d_clutter_m: float | None = Field(
+        None, gt=0, description="InF clutter size; default per scenario"
+    )
+    clutter_ratio: float | None = Field(None, gt=0, lt=1, description="InF clutter density r")
+
+
+PathLossParams = Annotated[
+    LogDistanceParams | ItuP1238Params | ItuP1238ClassicParams | Tr38901Params,
+    Field(discriminator="kind"),
+]
+
+
+class WifiParams(Strict):
+    """A Wi-Fi access point or client that occupies part of the 2.4 GHz band."""
+
+    x: float
+    y: float
+    channel: int = Field(1, ge=1, le=13)
+    power_1m_dbm: float = Field(-20.0, ge=-80, le=10, description="received power at 1 m")
+    duty_cycle: float = Field(0.3, ge=0, le=1, description="fraction of time on the air")
+
+
+class AirInterfaceParams(Strict):
+    """BLE air interface: PHY, collisions with capture, Wi-Fi interferers."""
+
+    phy: Literal["1M", "2M", "coded-s2", "coded-s8"] = "1M"
+    collisions: bool = Field(True, description="packets overlapping on one channel collide")
+    capture: bool = Field(True, description="false: any overlap destroys both packets")
+    capture_db: float = Field(
+        8.0, ge=0, le=40, description="C/I at which the stronger packet still decodes"
+    )
+
+    @property
+    def capture_threshold_db(self) -> float | None:
+        return self.capture_db if self.capture else None
+    wifi: list[WifiParams] = []
+
+
 class Radio(Strict):
-    model: Annotated[LogDistanceParams, Field(discriminator="kind")] = LogDistanceParams()
+    model: PathLossParams = Field(default_factory=LogDistanceParams)
     shadowing_sigma_db: float = Field(4.0, ge=0, le=20)
     decorrelation_m: float = Field(6.0, ge=0, le=100)
     fading: Literal["none", "rayleigh", "rician"] = "rayleigh"
@@ -229,6 +300,7 @@ class Radio(Strict):
     gateway_bias_sigma_db: float = Field(0.0, ge=0, le=10)
     grid_m: float = Field(0.5, gt=0.05, le=5.0, description="resolution of the static loss maps")
     channel_spacing_ms: float = Field(0.4, gt=0, lt=10, description="gap between the 37/38/39 packets")
+    air: AirInterfaceParams = Field(default_factory=AirInterfaceParams)
 
 
 class EngineSettings(Strict):
