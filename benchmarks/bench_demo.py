@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit  # noqa: E402
+from _common import emit
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,8 @@ def main() -> None:
         for _ in range(args.repeat):
             start = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "twin", "simulate", str(REPO / "scenarios" / "demo.toml"), "--out", tmp, "--quiet"],
+                [sys.executable, "-m", "twin", "simulate", str(REPO / "scenarios" / "demo.toml"),
+                 "--out", tmp, "--quiet"],
                 check=True, capture_output=True,
             )
             walls.append(time.perf_counter() - start)

@@ -74,6 +74,7 @@ def main(duration_s: float = 3600.0) -> dict[str, object]:
         "target_wall_s_per_hour": 120,
         "target_peak_mb": 4096,
         "sightings": sink.count,
+        "sightings_per_wall_s": round(sink.count / max(t2 - t1, 1e-9)),
         "mean_rssi_dbm": round(sink.rssi_sum / max(sink.count, 1), 2),
         "sightings_per_gateway_min_max": [int(sink.per_gateway.min()), int(sink.per_gateway.max())],
         "twin": result.stats,
