@@ -176,6 +176,8 @@ class WarehouseTwin:
         self._sightings: list[Sightings] = []
         self.stats = {"advertising_events": 0, "packets_on_air": 0, "links_evaluated": 0, "sightings": 0}
         self._navigator: Navigator | None = None
+        # Extra SimPy agents (incidents, traffic) that run() starts next to the movers.
+        self.agents: list[Callable[[simpy.Environment], simpy.events.ProcessGenerator]] = []
 
     # -- radio ------------------------------------------------------------------------
 
@@ -383,6 +385,8 @@ class WarehouseTwin:
             for _ in range(group.count):
                 env.process(self._mover_process(env, mover_id, gi))
                 mover_id += 1
+        for agent in self.agents:
+            env.process(agent(env))
         env.run(until=self.scenario.duration_s)
         return TwinResult(
             scenario=self.scenario,
