@@ -223,3 +223,28 @@ def roi_report(inp: RoiInputs, m: MeasuredMetrics) -> dict[str, object]:
 def evaluate_case(inp: RoiInputs, m: MeasuredMetrics) -> RoiCase:
     """The base case alone."""
     return _evaluate(inp, m)
+
+
+def measured_from_report(report: dict[str, object]) -> MeasuredMetrics:
+    """The measured metrics of a twin run's report.json (twin/run.py). A figure the run could
+    not measure (no thefts injected: no theft recall) counts as 0, so it earns nothing."""
+    metrics = report.get("metrics", {})
+    assert isinstance(metrics, dict)
+    rules = metrics.get("rules", {}) or {}
+    exit_scores = rules.get("exit_without_checkout", {}) or {}
+    recall = exit_scores.get("recall")
+    low = high = None
+    if exit_scores.get("incidents"):
+        low, high = wilson_interval(int(exit_scores.get("detected", 0)), int(exit_scores["incidents"]))
+    return MeasuredMetrics(
+        tags=int(report.get("tags", 0)),  # type: ignore[call-overload]
+        gateways=int(report.get("gateways", 0)),  # type: ignore[call-overload]
+        theft_recall=float(recall or 0.0),
+        zone_accuracy=float(metrics.get("zone_accuracy") or 0.0),
+        coverage=float(metrics.get("device_coverage") or 0.0),
+        count_accuracy=float(rules.get("count_accuracy") or 0.0),
+        false_alarms_per_day_per_1000_tags=float(rules.get("false_alarms_per_day_per_1000_tags") or 0.0),
+        reviews_per_day_per_1000_tags=float(rules.get("false_reviews_per_day_per_1000_tags") or 0.0),
+        theft_recall_low=low,
+        theft_recall_high=high,
+    )

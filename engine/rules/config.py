@@ -153,8 +153,8 @@ class MisplacedRule(_Strict):
     default_allowed_roles: list[str] = Field(
         default_factory=lambda: ["storage", "receiving", "packing", "shipping", "checkout", "exit"])
     time_constant_s: float = Field(30.0, gt=0)
-    threshold: float = Field(0.7, gt=0, lt=1)
-    rearm: float = Field(0.3, ge=0, lt=1)
+    threshold: float = Field(0.45, gt=0, lt=1)
+    rearm: float = Field(0.2, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _order(self) -> MisplacedRule:
