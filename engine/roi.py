@@ -22,40 +22,54 @@ class RoiInputs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    horizon_months: int = Field(36, ge=1, le=240)
-    discount_rate_annual: float = Field(0.08, ge=0, le=1)
-    ramp_months: int = Field(2, ge=0, le=60, description="benefits grow linearly to full over this many months")
+    horizon_months: int = Field(default=36, ge=1, le=240)
+    discount_rate_annual: float = Field(default=0.08, ge=0, le=1)
+    ramp_months: int = Field(
+        default=2, ge=0, le=60, description="benefits grow linearly to full over this many months"
+    )
     # Costs
-    tags: int | None = Field(None, ge=0, description="tags deployed; default: the scenario's fleet")
-    tag_cost: float = Field(12.0, ge=0, description="per tag")
-    gateway_cost: float = Field(150.0, ge=0, description="per gateway")
-    install_cost_per_gateway: float = Field(120.0, ge=0)
-    project_fixed_cost: float = Field(5000.0, ge=0, description="integration, survey, commissioning")
-    software_per_device_month: float = Field(0.30, ge=0, description="per tag-month")
-    cloud_per_device_month: float = Field(0.05, ge=0, description="per tag-month")
-    gateway_fee_per_month: float = Field(5.0, ge=0, description="per gateway-month")
-    battery_life_months: float = Field(12.0, gt=0, description="used unless a measured forecast is given")
-    battery_cost: float = Field(0.5, ge=0, description="per cell")
-    battery_swap_minutes: float = Field(2.0, ge=0)
-    labor_rate_per_hour: float = Field(25.0, ge=0)
-    alarm_handling_minutes: float = Field(10.0, ge=0, description="to check one false alarm or review item")
+    tags: int | None = Field(
+        default=None, ge=0, description="tags deployed; default: the scenario's fleet"
+    )
+    tag_cost: float = Field(default=12.0, ge=0, description="per tag")
+    gateway_cost: float = Field(default=150.0, ge=0, description="per gateway")
+    install_cost_per_gateway: float = Field(default=120.0, ge=0)
+    project_fixed_cost: float = Field(
+        default=5000.0, ge=0, description="integration, survey, commissioning"
+    )
+    software_per_device_month: float = Field(default=0.30, ge=0, description="per tag-month")
+    cloud_per_device_month: float = Field(default=0.05, ge=0, description="per tag-month")
+    gateway_fee_per_month: float = Field(default=5.0, ge=0, description="per gateway-month")
+    battery_life_months: float = Field(
+        default=12.0, gt=0, description="used unless a measured forecast is given"
+    )
+    battery_cost: float = Field(default=0.5, ge=0, description="per cell")
+    battery_swap_minutes: float = Field(default=2.0, ge=0)
+    labor_rate_per_hour: float = Field(default=25.0, ge=0)
+    alarm_handling_minutes: float = Field(
+        default=10.0, ge=0, description="to check one false alarm or review item"
+    )
     # Baseline of the site
-    inventory_value: float = Field(500_000.0, ge=0, description="value of the tagged stock")
-    shrink_rate_annual: float = Field(0.016, ge=0, le=1, description="share of inventory value lost per year")
-    theft_share_of_shrink: float = Field(0.65, ge=0, le=1)
-    recovery_rate: float = Field(0.5, ge=0, le=1, description="share of detected thefts stopped or recovered")
-    cycle_count_hours_per_month: float = Field(80.0, ge=0)
-    cycle_count_automatable: float = Field(0.8, ge=0, le=1)
-    picks_per_month: float = Field(20_000.0, ge=0)
-    mis_pick_rate: float = Field(0.01, ge=0, le=1)
-    cost_per_mis_pick: float = Field(25.0, ge=0)
-    mis_pick_reduction_at_full_accuracy: float = Field(0.3, ge=0, le=1)
+    inventory_value: float = Field(default=500_000.0, ge=0, description="value of the tagged stock")
+    shrink_rate_annual: float = Field(
+        default=0.016, ge=0, le=1, description="share of inventory value lost per year"
+    )
+    theft_share_of_shrink: float = Field(default=0.65, ge=0, le=1)
+    recovery_rate: float = Field(
+        default=0.5, ge=0, le=1, description="share of detected thefts stopped or recovered"
+    )
+    cycle_count_hours_per_month: float = Field(default=80.0, ge=0)
+    cycle_count_automatable: float = Field(default=0.8, ge=0, le=1)
+    picks_per_month: float = Field(default=20_000.0, ge=0)
+    mis_pick_rate: float = Field(default=0.01, ge=0, le=1)
+    cost_per_mis_pick: float = Field(default=25.0, ge=0)
+    mis_pick_reduction_at_full_accuracy: float = Field(default=0.3, ge=0, le=1)
     # Best / worst cases and sensitivity
-    best_benefit_factor: float = Field(1.2, gt=0)
-    best_cost_factor: float = Field(0.9, gt=0)
-    worst_benefit_factor: float = Field(0.7, gt=0)
-    worst_cost_factor: float = Field(1.2, gt=0)
-    sensitivity_pct: float = Field(20.0, gt=0, lt=100)
+    best_benefit_factor: float = Field(default=1.2, gt=0)
+    best_cost_factor: float = Field(default=0.9, gt=0)
+    worst_benefit_factor: float = Field(default=0.7, gt=0)
+    worst_cost_factor: float = Field(default=1.2, gt=0)
+    sensitivity_pct: float = Field(default=20.0, gt=0, lt=100)
 
 
 @dataclass(frozen=True)
@@ -101,14 +115,23 @@ class RoiCase:
     cumulative: list[float]
 
 
-def _evaluate(inp: RoiInputs, m: MeasuredMetrics, benefit_factor: float = 1.0, cost_factor: float = 1.0) -> RoiCase:
+def _evaluate(
+    inp: RoiInputs, m: MeasuredMetrics, benefit_factor: float = 1.0, cost_factor: float = 1.0
+) -> RoiCase:
     tags = inp.tags if inp.tags is not None else m.tags
     labor = inp.labor_rate_per_hour
-    capex = (tags * inp.tag_cost + m.gateways * (inp.gateway_cost + inp.install_cost_per_gateway)
-             + inp.project_fixed_cost) * cost_factor
+    capex = (
+        tags * inp.tag_cost
+        + m.gateways * (inp.gateway_cost + inp.install_cost_per_gateway)
+        + inp.project_fixed_cost
+    ) * cost_factor
     life = m.battery_life_months if m.battery_life_months else inp.battery_life_months
-    alarms_per_month = ((m.false_alarms_per_day_per_1000_tags + m.reviews_per_day_per_1000_tags)
-                        * tags / 1000.0 * DAYS_PER_MONTH)
+    alarms_per_month = (
+        (m.false_alarms_per_day_per_1000_tags + m.reviews_per_day_per_1000_tags)
+        * tags
+        / 1000.0
+        * DAYS_PER_MONTH
+    )
     costs = {
         "software": tags * inp.software_per_device_month,
         "cloud": tags * inp.cloud_per_device_month,
@@ -119,11 +142,26 @@ def _evaluate(inp: RoiInputs, m: MeasuredMetrics, benefit_factor: float = 1.0, c
     costs = {k: v * cost_factor for k, v in costs.items()}
     opex = sum(costs.values())
     benefits = {
-        "theft": (inp.inventory_value * inp.shrink_rate_annual / 12.0 * inp.theft_share_of_shrink
-                  * m.theft_recall * inp.recovery_rate * m.coverage),
-        "cycle_counts": inp.cycle_count_hours_per_month * labor * inp.cycle_count_automatable * m.count_accuracy,
-        "mis_picks": (inp.picks_per_month * inp.mis_pick_rate * inp.cost_per_mis_pick
-                      * inp.mis_pick_reduction_at_full_accuracy * m.zone_accuracy),
+        "theft": (
+            inp.inventory_value
+            * inp.shrink_rate_annual
+            / 12.0
+            * inp.theft_share_of_shrink
+            * m.theft_recall
+            * inp.recovery_rate
+            * m.coverage
+        ),
+        "cycle_counts": inp.cycle_count_hours_per_month
+        * labor
+        * inp.cycle_count_automatable
+        * m.count_accuracy,
+        "mis_picks": (
+            inp.picks_per_month
+            * inp.mis_pick_rate
+            * inp.cost_per_mis_pick
+            * inp.mis_pick_reduction_at_full_accuracy
+            * m.zone_accuracy
+        ),
     }
     benefits = {k: v * benefit_factor for k, v in benefits.items()}
     full = sum(benefits.values())
@@ -143,25 +181,63 @@ def _evaluate(inp: RoiInputs, m: MeasuredMetrics, benefit_factor: float = 1.0, c
         if payback is None and cum >= 0 and net > 0:
             payback = month
             exact = month - 1 + (-prev / net if prev < 0 else 0.0)
-    return RoiCase(capex=capex, opex_per_month=opex, benefit_per_month=full, benefits=benefits, costs=costs,
-                   tco=capex + opex * inp.horizon_months, net_per_month=full - opex, payback_month=payback,
-                   payback_months_exact=exact, npv=npv, cumulative=cumulative)
+    return RoiCase(
+        capex=capex,
+        opex_per_month=opex,
+        benefit_per_month=full,
+        benefits=benefits,
+        costs=costs,
+        tco=capex + opex * inp.horizon_months,
+        net_per_month=full - opex,
+        payback_month=payback,
+        payback_months_exact=exact,
+        npv=npv,
+        cumulative=cumulative,
+    )
 
 
 SENSITIVITY_INPUTS = (
-    "tag_cost", "gateway_cost", "install_cost_per_gateway", "project_fixed_cost", "software_per_device_month",
-    "cloud_per_device_month", "battery_life_months", "labor_rate_per_hour", "inventory_value",
-    "shrink_rate_annual", "theft_share_of_shrink", "recovery_rate", "cycle_count_hours_per_month",
-    "picks_per_month", "mis_pick_rate", "cost_per_mis_pick", "mis_pick_reduction_at_full_accuracy",
+    "tag_cost",
+    "gateway_cost",
+    "install_cost_per_gateway",
+    "project_fixed_cost",
+    "software_per_device_month",
+    "cloud_per_device_month",
+    "battery_life_months",
+    "labor_rate_per_hour",
+    "inventory_value",
+    "shrink_rate_annual",
+    "theft_share_of_shrink",
+    "recovery_rate",
+    "cycle_count_hours_per_month",
+    "picks_per_month",
+    "mis_pick_rate",
+    "cost_per_mis_pick",
+    "mis_pick_reduction_at_full_accuracy",
 )
-SHARES = frozenset({"shrink_rate_annual", "theft_share_of_shrink", "recovery_rate", "mis_pick_rate",
-                    "mis_pick_reduction_at_full_accuracy", "cycle_count_automatable"})
-SENSITIVITY_METRICS = ("theft_recall", "zone_accuracy", "coverage", "count_accuracy",
-                       "false_alarms_per_day_per_1000_tags")
+SHARES = frozenset(
+    {
+        "shrink_rate_annual",
+        "theft_share_of_shrink",
+        "recovery_rate",
+        "mis_pick_rate",
+        "mis_pick_reduction_at_full_accuracy",
+        "cycle_count_automatable",
+    }
+)
+SENSITIVITY_METRICS = (
+    "theft_recall",
+    "zone_accuracy",
+    "coverage",
+    "count_accuracy",
+    "false_alarms_per_day_per_1000_tags",
+)
 
 
 def _payback_key(case: RoiCase, horizon: int) -> float:
-    return case.payback_months_exact if case.payback_months_exact is not None else float(horizon + 1)
+    return (
+        case.payback_months_exact if case.payback_months_exact is not None else float(horizon + 1)
+    )
 
 
 def sensitivity(inp: RoiInputs, m: MeasuredMetrics) -> list[dict[str, object]]:
@@ -186,11 +262,18 @@ def sensitivity(inp: RoiInputs, m: MeasuredMetrics) -> list[dict[str, object]]:
                 cases.append(_evaluate(inp, replace(m, **{name: v})))
         lo, hi = cases
         pb_lo, pb_hi = _payback_key(lo, inp.horizon_months), _payback_key(hi, inp.horizon_months)
-        rows.append({"input": name, "kind": "measured" if name in SENSITIVITY_METRICS else "input",
-                     "payback_low": round(pb_lo, 3), "payback_high": round(pb_hi, 3),
-                     "payback_swing": round(abs(pb_hi - pb_lo), 3),
-                     "npv_low": round(lo.npv, 2), "npv_high": round(hi.npv, 2),
-                     "npv_swing": round(abs(hi.npv - lo.npv), 2)})
+        rows.append(
+            {
+                "input": name,
+                "kind": "measured" if name in SENSITIVITY_METRICS else "input",
+                "payback_low": round(pb_lo, 3),
+                "payback_high": round(pb_hi, 3),
+                "payback_swing": round(abs(pb_hi - pb_lo), 3),
+                "npv_low": round(lo.npv, 2),
+                "npv_high": round(hi.npv, 2),
+                "npv_swing": round(abs(hi.npv - lo.npv), 2),
+            }
+        )
     rows.sort(key=lambda r: (-float(r["payback_swing"]), -float(r["npv_swing"]), str(r["input"])))  # type: ignore[arg-type]
     for r in rows:
         r["base_payback"] = round(base_pb, 3)
@@ -200,8 +283,16 @@ def sensitivity(inp: RoiInputs, m: MeasuredMetrics) -> list[dict[str, object]]:
 def _case_dict(case: RoiCase) -> dict[str, object]:
     d = asdict(case)
     d.pop("cumulative")
-    return {k: (round(v, 2) if isinstance(v, float) else
-                {kk: round(vv, 2) for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in d.items()}
+    return {
+        k: (
+            round(v, 2)
+            if isinstance(v, float)
+            else {kk: round(vv, 2) for kk, vv in v.items()}
+            if isinstance(v, dict)
+            else v
+        )
+        for k, v in d.items()
+    }
 
 
 def roi_report(inp: RoiInputs, m: MeasuredMetrics) -> dict[str, object]:
@@ -235,7 +326,9 @@ def measured_from_report(report: dict[str, object]) -> MeasuredMetrics:
     recall = exit_scores.get("recall")
     low = high = None
     if exit_scores.get("incidents"):
-        low, high = wilson_interval(int(exit_scores.get("detected", 0)), int(exit_scores["incidents"]))
+        low, high = wilson_interval(
+            int(exit_scores.get("detected", 0)), int(exit_scores["incidents"])
+        )
     return MeasuredMetrics(
         tags=int(report.get("tags", 0)),  # type: ignore[call-overload]
         gateways=int(report.get("gateways", 0)),  # type: ignore[call-overload]
@@ -243,8 +336,12 @@ def measured_from_report(report: dict[str, object]) -> MeasuredMetrics:
         zone_accuracy=float(metrics.get("zone_accuracy") or 0.0),
         coverage=float(metrics.get("device_coverage") or 0.0),
         count_accuracy=float(rules.get("count_accuracy") or 0.0),
-        false_alarms_per_day_per_1000_tags=float(rules.get("false_alarms_per_day_per_1000_tags") or 0.0),
-        reviews_per_day_per_1000_tags=float(rules.get("false_reviews_per_day_per_1000_tags") or 0.0),
+        false_alarms_per_day_per_1000_tags=float(
+            rules.get("false_alarms_per_day_per_1000_tags") or 0.0
+        ),
+        reviews_per_day_per_1000_tags=float(
+            rules.get("false_reviews_per_day_per_1000_tags") or 0.0
+        ),
         theft_recall_low=low,
         theft_recall_high=high,
     )

@@ -144,8 +144,8 @@ def check(
 
 @app.command()
 def roi(
-    scenario: Annotated[Path, typer.Argument(help="scenario TOML file (its [roi] inputs)")] = DEMO_SCENARIO,
-    report: Annotated[Path | None, typer.Option(help="report.json of a run of it; default: simulate now")] = None,
+    scenario: Annotated[Path, typer.Argument(help="scenario with its [roi]")] = DEMO_SCENARIO,
+    report: Annotated[Path | None, typer.Option(help="a run's report.json; default: run")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the full result as JSON")] = False,
 ) -> None:
     """Payback, NPV and TCO from measured performance: base, best, worst, and what moves payback."""
@@ -169,17 +169,18 @@ def roi(
         table.add_column(col, justify="right")
     for name in ("worst", "base", "best"):
         c = cases[name]
-        table.add_row(name, f"{c['capex']:,.0f}", f"{c['opex_per_month']:,.0f}", f"{c['benefit_per_month']:,.0f}",
-                      str(c["payback_month"] or "never"), f"{c['npv']:,.0f}", f"{c['tco']:,.0f}")
+        table.add_row(name, f"{c['capex']:,.0f}", f"{c['opex_per_month']:,.0f}",
+                      f"{c['benefit_per_month']:,.0f}", str(c["payback_month"] or "never"),
+                      f"{c['npv']:,.0f}", f"{c['tco']:,.0f}")
     console.print(table)
-    sens = Table(title="sensitivity: each input -/+ {:g} %".format(sc.roi.sensitivity_pct))
+    sens = Table(title=f"sensitivity: each input -/+ {sc.roi.sensitivity_pct:g} %")
     for col in ("input", "payback low", "payback high", "NPV low", "NPV high"):
         sens.add_column(col, justify="right")
     rows = result["sensitivity"]
     assert isinstance(rows, list)
     for r in rows[:8]:
-        sens.add_row(r["input"], f"{r['payback_low']:.1f}", f"{r['payback_high']:.1f}", f"{r['npv_low']:,.0f}",
-                     f"{r['npv_high']:,.0f}")
+        sens.add_row(r["input"], f"{r['payback_low']:.1f}", f"{r['payback_high']:.1f}",
+                     f"{r['npv_low']:,.0f}", f"{r['npv_high']:,.0f}")
     console.print(sens)
 
 

@@ -15,20 +15,25 @@ the twin's own six, so adding incidents never changes the rest of a run.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import shapely
-import simpy
-from numpy.typing import NDArray
 
 from engine.rules.events import CHECKOUT_DTYPE
 from engine.rules.scoring import IncidentRecord
-from engine.truth import GroundTruth
-from engine.zones import ZoneIndex
-from twin.scenario import CheckoutTraffic, IncidentSpec, Scenario
 from twin.sim import WarehouseTwin, _Trip
+
+if TYPE_CHECKING:
+    import simpy
+    from numpy.typing import NDArray
+
+    from engine.truth import GroundTruth
+    from engine.zones import ZoneIndex
+    from twin.scenario import CheckoutTraffic, IncidentSpec, Scenario
 
 INCIDENT_STREAM = 1000
 DEFAULT_FROM_ROLES = ("storage", "packing", "shipping", "receiving")
@@ -52,8 +57,11 @@ class IncidentLog:
 
     def gone(self, t: float) -> set[str]:
         """Tags that have left the site by time ``t`` (stolen or legitimately shipped)."""
-        return {r.tag for r in [*self.records, *self.legit_exits]
-                if r.kind in ("theft", "exit") and r.t <= t and r.tag is not None}
+        return {
+            r.tag
+            for r in [*self.records, *self.legit_exits]
+            if r.kind in ("theft", "exit") and r.t <= t and r.tag is not None
+        }
 
 
 class IncidentInjector:
@@ -62,7 +70,9 @@ class IncidentInjector:
     def __init__(self, twin: WarehouseTwin, scenario: Scenario) -> None:
         self.twin = twin
         self.scenario = scenario
-        self.rng = np.random.default_rng(np.random.SeedSequence(scenario.seed, spawn_key=(INCIDENT_STREAM,)))
+        self.rng = np.random.default_rng(
+            np.random.SeedSequence(scenario.seed, spawn_key=(INCIDENT_STREAM,))
+        )
         self.log = IncidentLog()
         self.tick = scenario.tick_s
         self._claimed = np.zeros(len(twin.fleet), dtype=bool)
@@ -70,16 +80,18 @@ class IncidentInjector:
         for spec in scenario.incidents:
             for _ in range(spec.count):
                 t0 = self._start_time(spec.window_s)
-                twin.agents.append(lambda env, s=spec, t=t0: self._incident(env, s, t))
+                twin.agents.append(functools.partial(self._incident, spec=spec, t0=t0))
         traffic = scenario.checkouts
         for _ in range(traffic.count):
             t0 = self._start_time(traffic.window_s)
-            twin.agents.append(lambda env, s=traffic, t=t0: self._legit_exit(env, s, t))
+            twin.agents.append(functools.partial(self._legit_exit, spec=traffic, t0=t0))
 
     # -- helpers --------------------------------------------------------------------------
 
     def _start_time(self, window: tuple[float, float] | None) -> float:
-        lo, hi = window if window is not None else (120.0, max(120.0, self.scenario.duration_s - 120.0))
+        lo, hi = (
+            window if window is not None else (120.0, max(120.0, self.scenario.duration_s - 120.0))
+        )
         return float(self.rng.uniform(lo, hi))
 
     def _boundary(self, t: float) -> float:
@@ -111,7 +123,11 @@ class IncidentInjector:
         if edge.is_empty or edge.length == 0:
             c = poly.centroid
             return np.array([c.x, c.y])
-        door = edge.interpolate(0.5, normalized=True) if hasattr(edge, "interpolate") else edge.centroid
+        door = (
+            edge.interpolate(0.5, normalized=True)
+            if hasattr(edge, "interpolate")
+            else edge.centroid
+        )
         inward = np.array([poly.centroid.x - door.x, poly.centroid.y - door.y])
         inward /= max(float(np.hypot(*inward)), 1e-9)
         return np.array([door.x, door.y]) + DOOR_INSET_M * inward
@@ -122,34 +138,52 @@ class IncidentInjector:
         path_t, path_xy = twin._timed_path(twin.xy[tag].copy(), goal, now, speed)
         t_drop = float(path_t[-1])
         self._actor += 1
-        twin._plan_trip(_Trip(np.array([tag]), path_t, path_xy, now, t_drop, goal[None, :].copy()), -self._actor)
+        twin._plan_trip(
+            _Trip(np.array([tag]), path_t, path_xy, now, t_drop, goal[None, :].copy()), -self._actor
+        )
         return t_drop
 
     def _random_point(self, zone: str) -> NDArray[np.float64]:
         site = self.twin.site
         zi = site.zones.resolve(zone)
         poly = site.zones.polygons[zi[int(self.rng.integers(len(zi)))]]
-        return site.random_free_points(1, self.rng, poly.buffer(-0.5) if poly.buffer(-0.5).area > 0 else poly)[0]
+        return site.random_free_points(
+            1, self.rng, poly.buffer(-0.5) if poly.buffer(-0.5).area > 0 else poly
+        )[0]
 
-    def _kill_at(self, env: simpy.Environment, tag: int, t_eff: float) -> simpy.events.ProcessGenerator:
+    def _kill_at(
+        self, env: simpy.Environment, tag: int, t_eff: float
+    ) -> simpy.events.ProcessGenerator:
         yield env.timeout(max(0.0, t_eff + self.tick / 2 - env.now))
         self.twin.tag_alive[tag] = False
 
     # -- agents ---------------------------------------------------------------------------
 
-    def _incident(self, env: simpy.Environment, spec: IncidentSpec, t0: float) -> simpy.events.ProcessGenerator:
+    def _incident(
+        self, env: simpy.Environment, spec: IncidentSpec, t0: float
+    ) -> simpy.events.ProcessGenerator:
         yield env.timeout(t0)
         twin = self.twin
         ids = twin.fleet.ids
         if spec.kind == "gateway_outage":
-            g = (twin.gateways.ids.index(spec.gateway) if spec.gateway is not None
-                 else int(self.rng.integers(len(twin.gateways.ids))))
+            g = (
+                twin.gateways.ids.index(spec.gateway)
+                if spec.gateway is not None
+                else int(self.rng.integers(len(twin.gateways.ids)))
+            )
             t_eff = self._boundary(env.now)
             yield env.timeout(t_eff + self.tick / 2 - env.now)
             twin.gateway_up[g] = False
-            self.log.records.append(IncidentRecord("gateway_outage", t_eff, t_eff, t_eff + spec.duration_s,
-                                                   gateway=twin.gateways.ids[g],
-                                                   detail={"duration_s": spec.duration_s}))
+            self.log.records.append(
+                IncidentRecord(
+                    "gateway_outage",
+                    t_eff,
+                    t_eff,
+                    t_eff + spec.duration_s,
+                    gateway=twin.gateways.ids[g],
+                    detail={"duration_s": spec.duration_s},
+                )
+            )
             yield env.timeout(spec.duration_s)
             twin.gateway_up[g] = True
             return
@@ -163,14 +197,24 @@ class IncidentInjector:
             drain = level / max(t_eff - now, 1e-9)
             fleet.drain_pct_per_s[tag] = drain
             fleet.battery0_pct[tag] = level + drain * now  # continuous now, 0 % at t_eff
-            self.log.records.append(IncidentRecord("battery_death", t_eff, now, tag=ids[tag],
-                                                   detail={"level_at_start_pct": round(float(level), 2)}))
+            self.log.records.append(
+                IncidentRecord(
+                    "battery_death",
+                    t_eff,
+                    now,
+                    tag=ids[tag],
+                    detail={"level_at_start_pct": round(float(level), 2)},
+                )
+            )
             yield from self._kill_at(env, tag, t_eff)
         elif spec.kind == "theft":
             t_drop = self._carry(tag, self.door_point(spec.exit_zone), env.now, spec.speed_mps)
             t_eff = self._boundary(t_drop)
-            self.log.records.append(IncidentRecord("theft", t_eff, env.now, tag=ids[tag],
-                                                   detail={"exit_zone": spec.exit_zone}))
+            self.log.records.append(
+                IncidentRecord(
+                    "theft", t_eff, env.now, tag=ids[tag], detail={"exit_zone": spec.exit_zone}
+                )
+            )
             yield from self._kill_at(env, tag, t_eff)
         else:  # misplacement, tag_removed: carried into a zone and set down there
             assert spec.to_zone is not None
@@ -179,11 +223,15 @@ class IncidentInjector:
             if spec.kind == "tag_removed":
                 detail["silent"] = spec.silent
             t_rec = self._boundary(t_drop) if spec.silent else t_drop
-            self.log.records.append(IncidentRecord(spec.kind, t_rec, env.now, tag=ids[tag], detail=detail))
+            self.log.records.append(
+                IncidentRecord(spec.kind, t_rec, env.now, tag=ids[tag], detail=detail)
+            )
             if spec.kind == "tag_removed" and spec.silent:
                 yield from self._kill_at(env, tag, t_rec)
 
-    def _legit_exit(self, env: simpy.Environment, spec: CheckoutTraffic, t0: float) -> simpy.events.ProcessGenerator:
+    def _legit_exit(
+        self, env: simpy.Environment, spec: CheckoutTraffic, t0: float
+    ) -> simpy.events.ProcessGenerator:
         yield env.timeout(t0)
         tag = self._pick_tag(spec.from_zones)
         if tag is None:
@@ -193,8 +241,15 @@ class IncidentInjector:
         t_checkout = t_eff - float(self.rng.uniform(*spec.lead_s))
         arrival = t_checkout + float(self.rng.uniform(*spec.feed_delay_s))
         self.log.feed.append((t_checkout, arrival, tag))
-        self.log.legit_exits.append(IncidentRecord("exit", t_eff, env.now, tag=self.twin.fleet.ids[tag],
-                                                   detail={"checkout_t": round(t_checkout, 3)}))
+        self.log.legit_exits.append(
+            IncidentRecord(
+                "exit",
+                t_eff,
+                env.now,
+                tag=self.twin.fleet.ids[tag],
+                detail={"checkout_t": round(t_checkout, 3)},
+            )
+        )
         yield from self._kill_at(env, tag, t_eff)
 
 
@@ -205,8 +260,9 @@ def checkout_rows(feed: NDArray[np.void]) -> NDArray[np.void]:
     return out
 
 
-def true_zone_counts(truth: GroundTruth, zones: ZoneIndex, times: list[float],
-                     gone_at: NDArray[np.float64]) -> dict[tuple[float, int], int]:
+def true_zone_counts(
+    truth: GroundTruth, zones: ZoneIndex, times: list[float], gone_at: NDArray[np.float64]
+) -> dict[tuple[float, int], int]:
     """How many tagged items really were in each zone at each time (items that left excluded)."""
     n_tags, n_zones = len(gone_at), len(zones)
     out: dict[tuple[float, int], int] = {}

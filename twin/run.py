@@ -24,7 +24,13 @@ from engine.rules import CHECKOUT_DTYPE, Event, JsonLinesSink, ListSink, RuleCon
 from engine.rules.scoring import count_accuracy, score_events
 from radio_models.environment import Grid
 from radio_models.geometry import crossing_loss_db
-from twin.incidents import FEED_DTYPE, IncidentInjector, IncidentLog, checkout_rows, true_zone_counts
+from twin.incidents import (
+    FEED_DTYPE,
+    IncidentInjector,
+    IncidentLog,
+    checkout_rows,
+    true_zone_counts,
+)
 from twin.scenario import Scenario
 from twin.sim import TwinResult, WarehouseTwin
 
@@ -106,8 +112,10 @@ def rule_context_for(scenario: Scenario, twin: WarehouseTwin) -> RuleContext:
     )
 
 
-def feed_rules(rules: RuleEngine, sightings: NDArray[np.void], fixes: NDArray[np.void],
-               feed: NDArray[np.void], end_t: float, step_s: float, feed_max_delay_s: float = 0.0) -> None:
+def feed_rules(
+    rules: RuleEngine, sightings: NDArray[np.void], fixes: NDArray[np.void], feed: NDArray[np.void],
+    *, end_t: float, step_s: float, feed_max_delay_s: float = 0.0,
+) -> None:
     """Replay the three sources into the rule engine one engine step at a time, in event
     time, as a live deployment would deliver them: sightings of [now - step, now), fixes
     of windows ending by now, POS records that have *arrived* by now (the feed is complete
@@ -132,11 +140,14 @@ def feed_rules(rules: RuleEngine, sightings: NDArray[np.void], fixes: NDArray[np
     rules.flush(end_t)
 
 
-def rule_metrics(scenario: Scenario, twin: WarehouseTwin, result: TwinResult, rules: RuleEngine,
-                 events: list[Event], log: IncidentLog) -> dict[str, object]:
+def rule_metrics(
+    scenario: Scenario, twin: WarehouseTwin, result: TwinResult, rules: RuleEngine,
+    *, events: list[Event], log: IncidentLog,
+) -> dict[str, object]:
     """Rule scores for the report: per-rule precision/recall/delay, alarm rates, count accuracy."""
     interval = {tag: float(twin.fleet.adv_interval_s[i]) for i, tag in enumerate(twin.fleet.ids)}
-    scores = score_events(events, log.records, len(twin.fleet), scenario.duration_s, interval_s=interval)
+    scores = score_events(events, log.records, len(twin.fleet), scenario.duration_s,
+                          interval_s=interval)
     gone_at = np.full(len(twin.fleet), np.inf)
     code = {tag: i for i, tag in enumerate(twin.fleet.ids)}
     for rec in [*log.records, *log.legit_exits]:
@@ -180,11 +191,12 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     feed = injector.log.checkout_feed()
     max_delay = scenario.checkouts.feed_delay_s[1] if len(feed) else 0.0
     feed_rules(rules, result.sightings, fixes, feed if len(feed) else np.zeros(0, FEED_DTYPE),
-               scenario.duration_s, scenario.engine.step_s, max_delay)
+               end_t=scenario.duration_s, step_s=scenario.engine.step_s, feed_max_delay_s=max_delay)
     timings["rules_s"] = time.perf_counter() - t3
     metrics = evaluate(fixes, result.truth, result.site.zones, len(result.device_ids), scenario.duration_s,
                        len(result.sightings))
-    metrics["rules"] = rule_metrics(scenario, twin, result, rules, sink.events, injector.log)
+    metrics["rules"] = rule_metrics(scenario, twin, result, rules, events=sink.events,
+                                    log=injector.log)
     timings["total_s"] = time.perf_counter() - t0
     return SimulationRun(scenario, result, fixes, metrics, engine.counters.as_dict(), timings,
                          sink.events, injector.log)
@@ -227,11 +239,11 @@ def write_outputs(run: SimulationRun, out_dir: Path) -> dict[str, Path]:
     sink.emit(run.events)
     sink.close()
     paths["incidents"] = out_dir / "incidents.json"
-    paths["incidents"].write_text(json.dumps(
-        {"incidents": [r.to_dict() for r in run.incidents.records],
-         "legit_exits": [r.to_dict() for r in run.incidents.legit_exits],
-         "checkouts": [{"t": round(float(t), 4), "arrival": round(float(a), 4), "tag": twin.device_ids[int(d)]}
-                       for t, a, d in run.incidents.feed]}, indent=2) + "\n")
+    checkouts = [{"t": round(float(t), 4), "arrival": round(float(a), 4), "tag": twin.device_ids[int(d)]}
+                 for t, a, d in run.incidents.feed]
+    incidents = {"incidents": [r.to_dict() for r in run.incidents.records],
+                 "legit_exits": [r.to_dict() for r in run.incidents.legit_exits], "checkouts": checkouts}
+    paths["incidents"].write_text(json.dumps(incidents, indent=2) + "\n")
     paths["report"] = out_dir / "report.json"
     paths["report"].write_text(json.dumps(run.report(), indent=2, sort_keys=True) + "\n")
     paths["summary"] = out_dir / "summary.txt"

@@ -251,18 +251,20 @@ class IncidentSpec(Strict):
     """Ground-truth incidents the twin injects (twin/incidents.py), ``count`` of one kind."""
 
     kind: IncidentKind
-    count: int = Field(1, ge=0, le=100_000)
-    window_s: tuple[float, float] | None = Field(None, description="start times uniform in [a, b]; "
+    count: int = Field(default=1, ge=0, le=100_000)
+    window_s: tuple[float, float] | None = Field(default=None, description="start times uniform in [a, b]; "
                                                  "default: [120 s, duration - 120 s]")
-    from_zones: list[str] = Field(default_factory=list, description="zone names or roles the tag is taken "
-                                  "from; empty: storage, packing, shipping, receiving")
-    to_zone: str | None = Field(None, description="misplacement / tag_removed: where it is set down")
-    exit_zone: str = Field("exit", description="theft: zone name or role the tag leaves through")
-    speed_mps: float = Field(1.3, gt=0, le=10)
-    lead_s: float = Field(120.0, ge=0, description="battery_death: readings fall to 0 over this time")
-    gateway: str | None = Field(None, description="gateway_outage: gateway id; default: drawn at random")
-    duration_s: float = Field(120.0, gt=0, description="gateway_outage: how long it stays down")
-    silent: bool = Field(False, description="tag_removed: the tag is destroyed after it is dumped")
+    from_zones: list[str] = Field(
+        default_factory=list,
+        description="zone names or roles the tag comes from; default: storage, packing, shipping, "
+                    "receiving")
+    to_zone: str | None = Field(default=None, description="misplacement, tag_removed: where it is set down")
+    exit_zone: str = Field(default="exit", description="theft: zone name or role the tag leaves through")
+    speed_mps: float = Field(default=1.3, gt=0, le=10)
+    lead_s: float = Field(default=120.0, ge=0, description="battery_death: readings fall to 0 meanwhile")
+    gateway: str | None = Field(default=None, description="gateway_outage: gateway id; default: random")
+    duration_s: float = Field(default=120.0, gt=0, description="gateway_outage: how long it stays down")
+    silent: bool = Field(default=False, description="tag_removed: the tag is destroyed after it is dumped")
 
     @model_validator(mode="after")
     def _window(self) -> IncidentSpec:
@@ -276,14 +278,13 @@ class IncidentSpec(Strict):
 class CheckoutTraffic(Strict):
     """Legitimate exits: tags carried out through an exit after a checkout (POS) record."""
 
-    count: int = Field(0, ge=0, le=100_000)
+    count: int = Field(default=0, ge=0, le=100_000)
     window_s: tuple[float, float] | None = None
     from_zones: list[str] = Field(default_factory=list)
     exit_zone: str = "exit"
-    speed_mps: float = Field(1.3, gt=0, le=10)
-    lead_s: tuple[float, float] = Field((20.0, 300.0), description="checkout this long before the exit "
-                                        "(negative: scanned after the tag passed)")
-    feed_delay_s: tuple[float, float] = Field((0.0, 5.0), description="POS record reaches the engine this late")
+    speed_mps: float = Field(default=1.3, gt=0, le=10)
+    lead_s: tuple[float, float] = Field(default=(20.0, 300.0), description="checkout this long before the exit (negative: after it)")
+    feed_delay_s: tuple[float, float] = Field(default=(0.0, 5.0), description="POS record reaches the engine this late")
 
     @model_validator(mode="after")
     def _ranges(self) -> CheckoutTraffic:
@@ -315,9 +316,9 @@ class Scenario(Strict):
     radio: Radio = Radio()
     engine: EngineSettings = EngineSettings()
     incidents: list[IncidentSpec] = []
-    checkouts: CheckoutTraffic = CheckoutTraffic()
-    rules: RuleSet = RuleSet()
-    roi: RoiInputs = RoiInputs()
+    checkouts: CheckoutTraffic = Field(default_factory=lambda: CheckoutTraffic.model_validate({}))
+    rules: RuleSet = Field(default_factory=lambda: RuleSet.model_validate({}))
+    roi: RoiInputs = Field(default_factory=lambda: RoiInputs.model_validate({}))
     expected: dict[str, Bound] = Field(default_factory=dict, description="metric name -> bounds")
 
     @model_validator(mode="after")
@@ -344,16 +345,16 @@ class Scenario(Strict):
             for stop in [*inc.from_zones, *([inc.to_zone] if inc.to_zone else []),
                          *([inc.exit_zone] if inc.kind == "theft" else [])]:
                 if stop not in names and stop not in roles:
-                    raise ValueError(f"incidents[{i}]: {stop!r} is neither a zone name nor a role in use")
+                    raise ValueError(f"incidents[{i}]: {stop!r} is not a zone name or role in use")
             if inc.gateway is not None and inc.gateway not in ids:
-                raise ValueError(f"incidents[{i}].gateway: no gateway {inc.gateway!r} in gateways.list")
+                raise ValueError(f"incidents[{i}].gateway: no gateway {inc.gateway!r} in the list")
         if self.checkouts.count:
             for stop in [*self.checkouts.from_zones, self.checkouts.exit_zone]:
                 if stop not in names and stop not in roles:
-                    raise ValueError(f"checkouts: {stop!r} is neither a zone name nor a role in use")
+                    raise ValueError(f"checkouts: {stop!r} is not a zone name or role in use")
         for zone in self.rules.exit.exit_zones:
             if self.incidents and zone not in names and zone not in roles:
-                raise ValueError(f"rules.exit.exit_zones: {zone!r} is neither a zone name nor a role in use")
+                raise ValueError(f"rules.exit.exit_zones: {zone!r} is not a zone or role in use")
         return self
 
 

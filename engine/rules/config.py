@@ -37,7 +37,9 @@ class ZoneTransitionRule(_Strict):
     """zone_enter / zone_exit: a zone change is accepted after ``confirm_fixes`` fixes in a row."""
 
     enabled: bool = True
-    confirm_fixes: int = Field(5, ge=1, le=1000, description="consecutive fixes in the new zone")
+    confirm_fixes: int = Field(
+        default=5, ge=1, le=1000, description="consecutive fixes in the new zone"
+    )
 
 
 class DwellRule(_Strict):
@@ -51,30 +53,57 @@ class DwellRule(_Strict):
     def _positive(cls, v: dict[str, float]) -> dict[str, float]:
         for zone, limit in v.items():
             if not (limit > 0 and math.isfinite(limit)):
-                raise ValueError(f"limit for {zone!r} must be a positive number of seconds, got {limit}")
+                raise ValueError(
+                    f"limit for {zone!r} must be a positive number of seconds, got {limit}"
+                )
         return v
 
 
 class ExitRule(_Strict):
-    """exit_without_checkout: confidence = P(zone) x P(vanished) x P(motion) x battery x checkout."""
+    """exit_without_checkout: confidence = P(zone) P(vanished) P(motion) x battery x checkout."""
 
     enabled: bool = True
-    exit_zones: list[str] = Field(default_factory=lambda: ["exit"], min_length=1,
-                                  description="zone names or roles a tag leaves the site through")
-    candidate_probability: float = Field(0.3, gt=0, le=1, description="P(zone) that makes a vanishing tag an exit case")
-    zone_memory_s: float = Field(15.0, gt=0, description="time constant of the decaying max of P(zone)")
-    motion_window_s: float = Field(30.0, gt=0, description="moving this recently counts as carried")
-    still_factor: float = Field(0.3, ge=0, le=1, description="P(motion) factor for a tag not seen moving")
-    low_battery_pct: float = Field(10.0, ge=0, le=100, description="at or below: silence may be a dying cell")
-    low_battery_factor: float = Field(0.3, ge=0, le=1)
-    checkout_before_s: float = Field(600.0, ge=0, description="a checkout this long before the exit matches")
-    checkout_after_s: float = Field(10.0, ge=0, description="a checkout this long after the exit matches")
-    near_miss_factor: float = Field(0.3, ge=0, le=1,
-                                    description="factor when a checkout lies within twice the window but outside it")
-    exit_gateway_radius_m: float = Field(8.0, gt=0, description="gateways this close to an exit zone cover it")
-    alarm_confidence: float = Field(0.5, gt=0, le=1)
-    review_confidence: float = Field(0.15, ge=0, le=1)
-    max_wait_s: float = Field(120.0, gt=0, description="escalate if the checkout feed is still behind after this")
+    exit_zones: list[str] = Field(
+        default_factory=lambda: ["exit"],
+        min_length=1,
+        description="zone names or roles a tag leaves the site through",
+    )
+    candidate_probability: float = Field(
+        default=0.3, gt=0, le=1, description="P(zone) that makes a vanishing tag an exit case"
+    )
+    zone_memory_s: float = Field(
+        default=15.0, gt=0, description="time constant of the decaying max of P(zone)"
+    )
+    motion_window_s: float = Field(
+        default=30.0, gt=0, description="moving this recently counts as carried"
+    )
+    still_factor: float = Field(
+        default=0.3, ge=0, le=1, description="P(motion) factor for a tag not seen moving"
+    )
+    low_battery_pct: float = Field(
+        default=10.0, ge=0, le=100, description="at or below: silence may be a dying cell"
+    )
+    low_battery_factor: float = Field(default=0.3, ge=0, le=1)
+    checkout_before_s: float = Field(
+        default=600.0, ge=0, description="a checkout this long before the exit matches"
+    )
+    checkout_after_s: float = Field(
+        default=10.0, ge=0, description="a checkout this long after the exit matches"
+    )
+    near_miss_factor: float = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="factor when a checkout lies within twice the window but outside it",
+    )
+    exit_gateway_radius_m: float = Field(
+        default=8.0, gt=0, description="gateways this close to an exit zone cover it"
+    )
+    alarm_confidence: float = Field(default=0.5, gt=0, le=1)
+    review_confidence: float = Field(default=0.15, ge=0, le=1)
+    max_wait_s: float = Field(
+        default=120.0, gt=0, description="escalate if the checkout feed is still behind after this"
+    )
 
     @model_validator(mode="after")
     def _order(self) -> ExitRule:
@@ -87,15 +116,33 @@ class MissingRule(_Strict):
     """missing_tag and cycle_count: silence longer than k advertising intervals (k adaptive)."""
 
     enabled: bool = True
-    false_alarm_risk: float = Field(1e-8, gt=0, lt=1, description="alpha: accepted P(k misses in a row | present)")
-    jitter_s: float = Field(0.010, ge=0, le=1, description="advDelay maximum added per interval")
-    latency_s: float = Field(0.005, ge=0, le=10, description="advertisement to sighting time-stamp slack")
-    min_missed: int = Field(2, ge=1, le=100)
-    max_missed: int = Field(8, ge=1, le=1000)
-    prior_adverts: float = Field(1.0, gt=0, description="Jeffreys-like prior weight of the miss-rate estimate")
-    expected_interval_s: dict[str, float] = Field(default_factory=dict,
-                                                  description="tag class -> advertising interval; else the registry's")
-    cycle_count_every_s: float = Field(300.0, gt=0)
+    false_alarm_risk: float = Field(
+        default=1e-8, gt=0, lt=1, description="alpha: accepted P(k misses in a row | present)"
+    )
+    jitter_s: float = Field(
+        default=0.010, ge=0, le=1, description="advDelay maximum added per interval"
+    )
+    latency_s: float = Field(
+        default=0.005, ge=0, le=10, description="advertisement to sighting time-stamp slack"
+    )
+    min_missed: int = Field(default=2, ge=1, le=100)
+    max_missed: int = Field(default=8, ge=1, le=1000)
+    per_gateway: bool = Field(
+        default=True, description="estimate q from per-gateway reception of tags at rest"
+    )
+    loss_floor: float = Field(
+        default=1e-4, gt=0, lt=1, description="q never below this (losses common to all gateways)"
+    )
+    min_adverts: int = Field(
+        default=20, ge=1, description="frames since the last motion before per-gateway q is used"
+    )
+    prior_adverts: float = Field(
+        default=1.0, gt=0, description="Jeffreys-like prior weight of the miss-rate estimate"
+    )
+    expected_interval_s: dict[str, float] = Field(
+        default_factory=dict, description="tag class -> advertising interval; else the registry's"
+    )
+    cycle_count_every_s: float = Field(default=300.0, gt=0)
 
     @field_validator("expected_interval_s")
     @classmethod
@@ -116,14 +163,21 @@ class BatteryRule(_Strict):
     """battery_low per tag and battery_forecast per cohort (tag class)."""
 
     enabled: bool = True
-    low_pct: float = Field(15.0, ge=0, le=100)
-    rearm_pct: float = Field(25.0, ge=0, le=100, description="above this again (new cell): alert again later")
-    nominal_drain_pct_per_day: dict[str, float] = Field(default_factory=dict,
-                                                        description="tag class -> drain used until a fit is better")
-    default_drain_pct_per_day: float = Field(0.1, gt=0)
-    min_fit_span_s: float = Field(3600.0, gt=0, description="a per-tag slope needs this much history")
-    cohort_fraction: float = Field(0.5, gt=0, le=1, description="a cohort runs out when this share is empty")
-    forecast_every_s: float = Field(3600.0, gt=0)
+    low_pct: float = Field(default=15.0, ge=0, le=100)
+    rearm_pct: float = Field(
+        default=25.0, ge=0, le=100, description="above this again (new cell): alert again later"
+    )
+    nominal_drain_pct_per_day: dict[str, float] = Field(
+        default_factory=dict, description="tag class -> drain used until a fit is better"
+    )
+    default_drain_pct_per_day: float = Field(default=0.1, gt=0)
+    min_fit_span_s: float = Field(
+        default=3600.0, gt=0, description="a per-tag slope needs this much history"
+    )
+    cohort_fraction: float = Field(
+        default=0.5, gt=0, le=1, description="a cohort runs out when this share is empty"
+    )
+    forecast_every_s: float = Field(default=3600.0, gt=0)
 
     @model_validator(mode="after")
     def _order(self) -> BatteryRule:
@@ -136,25 +190,32 @@ class GatewayRule(_Strict):
     """gateway_silent / gateway_degraded / gateway_recovered from each gateway's sighting rate."""
 
     enabled: bool = True
-    silent_s: float = Field(10.0, gt=0)
-    bucket_s: float = Field(10.0, gt=0)
-    degraded_fraction: float = Field(0.25, gt=0, lt=1, description="rate below this share of the baseline")
-    degraded_buckets: int = Field(3, ge=1)
-    baseline_halflife_s: float = Field(300.0, gt=0)
-    warmup_s: float = Field(60.0, ge=0)
-    min_baseline_per_s: float = Field(1.0, ge=0, description="quieter gateways are not judged")
+    silent_s: float = Field(default=10.0, gt=0)
+    bucket_s: float = Field(default=10.0, gt=0)
+    degraded_fraction: float = Field(
+        default=0.25, gt=0, lt=1, description="rate below this share of the baseline"
+    )
+    degraded_buckets: int = Field(default=3, ge=1)
+    baseline_halflife_s: float = Field(default=300.0, gt=0)
+    warmup_s: float = Field(default=60.0, ge=0)
+    min_baseline_per_s: float = Field(
+        default=1.0, ge=0, description="quieter gateways are not judged"
+    )
 
 
 class MisplacedRule(_Strict):
     """misplaced: a still tag keeps showing up in a zone its class does not belong in."""
 
     enabled: bool = True
-    allowed_roles: dict[str, list[str]] = Field(default_factory=dict, description="tag class -> roles")
+    allowed_roles: dict[str, list[str]] = Field(
+        default_factory=dict, description="tag class -> roles"
+    )
     default_allowed_roles: list[str] = Field(
-        default_factory=lambda: ["storage", "receiving", "packing", "shipping", "checkout", "exit"])
-    time_constant_s: float = Field(30.0, gt=0)
-    threshold: float = Field(0.45, gt=0, lt=1)
-    rearm: float = Field(0.2, ge=0, lt=1)
+        default_factory=lambda: ["storage", "receiving", "packing", "shipping", "checkout", "exit"]
+    )
+    time_constant_s: float = Field(default=30.0, gt=0)
+    threshold: float = Field(default=0.45, gt=0, lt=1)
+    rearm: float = Field(default=0.2, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _order(self) -> MisplacedRule:
@@ -169,7 +230,7 @@ class RegistryRule(_Strict):
     enabled: bool = True
     revoked: list[str] = []
     alert_unknown: bool = True
-    cooldown_s: float = Field(3600.0, ge=0)
+    cooldown_s: float = Field(default=3600.0, ge=0)
 
 
 class AfterHoursRule(_Strict):
@@ -177,8 +238,10 @@ class AfterHoursRule(_Strict):
 
     enabled: bool = True
     working_hours: list[tuple[str, str]] = Field(default_factory=lambda: [("00:00", "23:59")])
-    time_offset_s: float = Field(0.0, description="added to event time before taking the time of day")
-    cooldown_s: float = Field(600.0, ge=0)
+    time_offset_s: float = Field(
+        default=0.0, description="added to event time before taking the time of day"
+    )
+    cooldown_s: float = Field(default=600.0, ge=0)
 
     @field_validator("working_hours")
     @classmethod
@@ -200,17 +263,19 @@ class AfterHoursRule(_Strict):
 class RuleSet(_Strict):
     """Every rule's parameters, and the version string events carry."""
 
-    version: str = Field("default-1", min_length=1, max_length=64)
-    schema_version: Literal[1] = RULES_SCHEMA_VERSION
-    zone_transition: ZoneTransitionRule = ZoneTransitionRule()
-    dwell: DwellRule = DwellRule()
-    exit: ExitRule = ExitRule()
-    missing: MissingRule = MissingRule()
-    battery: BatteryRule = BatteryRule()
-    gateway: GatewayRule = GatewayRule()
-    misplaced: MisplacedRule = MisplacedRule()
-    registry: RegistryRule = RegistryRule()
-    after_hours: AfterHoursRule = AfterHoursRule()
+    version: str = Field(default="default-1", min_length=1, max_length=64)
+    schema_version: Literal[1] = 1
+    zone_transition: ZoneTransitionRule = Field(
+        default_factory=lambda: ZoneTransitionRule.model_validate({})
+    )
+    dwell: DwellRule = Field(default_factory=lambda: DwellRule.model_validate({}))
+    exit: ExitRule = Field(default_factory=lambda: ExitRule.model_validate({}))
+    missing: MissingRule = Field(default_factory=lambda: MissingRule.model_validate({}))
+    battery: BatteryRule = Field(default_factory=lambda: BatteryRule.model_validate({}))
+    gateway: GatewayRule = Field(default_factory=lambda: GatewayRule.model_validate({}))
+    misplaced: MisplacedRule = Field(default_factory=lambda: MisplacedRule.model_validate({}))
+    registry: RegistryRule = Field(default_factory=lambda: RegistryRule.model_validate({}))
+    after_hours: AfterHoursRule = Field(default_factory=lambda: AfterHoursRule.model_validate({}))
 
 
 def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:

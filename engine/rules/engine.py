@@ -34,18 +34,21 @@ State transitions, all of them, per tag:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import shapely
 from numpy.typing import NDArray
-from scipy.special import ndtri
 
 from engine.contract import UNKNOWN, Sightings
-from engine.rules.config import RuleSet
 from engine.rules.events import CHECKOUT_DTYPE, Event, EventSink
 from engine.zones import NO_ZONE, ZoneIndex
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from engine.rules.config import RuleSet
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -105,7 +108,9 @@ class _Region:
     def __init__(self, polygons: Sequence[shapely.Polygon]) -> None:
         self.geom = shapely.union_all(list(polygons)) if polygons else shapely.Polygon()
         shapely.prepare(self.geom)
-        self.bounds = self.geom.bounds if not self.geom.is_empty else (np.inf, np.inf, -np.inf, -np.inf)
+        self.bounds = (
+            self.geom.bounds if not self.geom.is_empty else (np.inf, np.inf, -np.inf, -np.inf)
+        )
 
     def probability(self, x: FloatArray, y: FloatArray, r90: FloatArray) -> FloatArray:
         """P(true position inside) for Gaussian estimates with the given 90 % radius.
@@ -118,7 +123,9 @@ class _Region:
         sigma = np.maximum(np.nan_to_num(r90, nan=10.0) / math.sqrt(CHI2_2DOF_90), MIN_SIGMA_M)
         minx, miny, maxx, maxy = self.bounds
         reach = 4.0 * sigma
-        near = np.flatnonzero((x > minx - reach) & (x < maxx + reach) & (y > miny - reach) & (y < maxy + reach))
+        near = np.flatnonzero(
+            (x > minx - reach) & (x < maxx + reach) & (y > miny - reach) & (y < maxy + reach)
+        )
         if len(near) == 0:
             return out
         px = x[near, None] + sigma[near, None] * GAUSS_POINTS[None, :, 0]
@@ -130,19 +137,42 @@ class _Region:
 
 _FILL: dict[str, tuple[object, str]] = {
     # name: (fill value, dtype)
-    "cls": (-1, "i4"), "revoked": (False, "?"),
-    "fix_t": (np.nan, "f8"), "x": (np.nan, "f8"), "y": (np.nan, "f8"), "r90": (np.nan, "f8"),
-    "zone": (NO_ZONE, "i4"), "battery": (UNKNOWN, "i2"), "moving_t": (-np.inf, "f8"),
-    "pz": (0.0, "f8"), "pz_t": (np.nan, "f8"),
-    "cand": (NO_ZONE, "i4"), "cand_n": (0, "i4"), "conf": (NO_ZONE, "i4"), "zone_since": (np.nan, "f8"),
+    "cls": (-1, "i4"),
+    "revoked": (False, "?"),
+    "fix_t": (np.nan, "f8"),
+    "x": (np.nan, "f8"),
+    "y": (np.nan, "f8"),
+    "r90": (np.nan, "f8"),
+    "zone": (NO_ZONE, "i4"),
+    "battery": (UNKNOWN, "i2"),
+    "moving_t": (-np.inf, "f8"),
+    "pz": (0.0, "f8"),
+    "pz_t": (np.nan, "f8"),
+    "cand": (NO_ZONE, "i4"),
+    "cand_n": (0, "i4"),
+    "conf": (NO_ZONE, "i4"),
+    "zone_since": (np.nan, "f8"),
     "dwell_done": (False, "?"),
-    "heard_t": (np.nan, "f8"), "last_seq": (-1, "i8"), "n_heard": (0, "i8"), "n_missed": (0, "i8"),
-    "missing": (False, "?"), "pending": (False, "?"), "exited": (False, "?"),
-    "exit_t": (np.nan, "f8"), "vanish_t": (np.nan, "f8"), "checkout_t": (np.nan, "f8"),
-    "bat_done": (False, "?"), "bat_t0": (np.nan, "f8"), "bat_b0": (np.nan, "f8"),
-    "bat_t1": (np.nan, "f8"), "bat_b1": (np.nan, "f8"),
-    "misp": (0.0, "f8"), "misp_t": (np.nan, "f8"), "misp_done": (False, "?"),
-    "reg_t": (-np.inf, "f8"), "ah_t": (-np.inf, "f8"),
+    "heard_t": (np.nan, "f8"),
+    "last_seq": (-1, "i8"),
+    "n_heard": (0, "i8"),
+    "n_missed": (0, "i8"),
+    "missing": (False, "?"),
+    "pending": (False, "?"),
+    "exited": (False, "?"),
+    "exit_t": (np.nan, "f8"),
+    "vanish_t": (np.nan, "f8"),
+    "checkout_t": (np.nan, "f8"),
+    "bat_done": (False, "?"),
+    "bat_t0": (np.nan, "f8"),
+    "bat_b0": (np.nan, "f8"),
+    "bat_t1": (np.nan, "f8"),
+    "bat_b1": (np.nan, "f8"),
+    "misp": (0.0, "f8"),
+    "misp_t": (np.nan, "f8"),
+    "misp_done": (False, "?"),
+    "reg_t": (-np.inf, "f8"),
+    "ah_t": (-np.inf, "f8"),
 }
 
 
@@ -162,11 +192,13 @@ class _Tags:
         if n > old:
             size = max(n, 2 * old)
             for k, (fill, dt) in _FILL.items():
-                self.a[k] = np.concatenate([self.a[k], np.full(size - len(self.a[k]), fill, dtype=dt)])
+                self.a[k] = np.concatenate(
+                    [self.a[k], np.full(size - len(self.a[k]), fill, dtype=dt)]
+                )
             self.n = n
         return old
 
-    def __getitem__(self, k: str) -> NDArray[np.generic]:
+    def __getitem__(self, k: str) -> NDArray[Any]:
         return self.a[k]
 
 
@@ -183,7 +215,9 @@ class CycleCount:
 class RuleEngine:
     """Feed it sightings, fixes and checkouts, advance its clock, get events back."""
 
-    def __init__(self, rules: RuleSet, context: RuleContext, sinks: Sequence[EventSink] = ()) -> None:
+    def __init__(
+        self, rules: RuleSet, context: RuleContext, sinks: Sequence[EventSink] = ()
+    ) -> None:
         self.rules = rules
         self.ctx = context
         self.sinks = list(sinks)
@@ -194,15 +228,31 @@ class RuleEngine:
         # Misplacement: one forbidden region per class (zones whose role is not allowed).
         self._forbidden: list[_Region] = []
         for name in context.class_names:
-            allowed = set(rules.misplaced.allowed_roles.get(name, rules.misplaced.default_allowed_roles))
-            self._forbidden.append(_Region([p for p, r in zip(zones.polygons, zones.roles, strict=True)
-                                            if r not in allowed]))
+            allowed = set(
+                rules.misplaced.allowed_roles.get(name, rules.misplaced.default_allowed_roles)
+            )
+            self._forbidden.append(
+                _Region(
+                    [
+                        p
+                        for p, r in zip(zones.polygons, zones.roles, strict=True)
+                        if r not in allowed
+                    ]
+                )
+            )
         interval = context.class_interval_s.astype(float).copy()
         for i, name in enumerate(context.class_names):
             interval[i] = rules.missing.expected_interval_s.get(name, interval[i])
         self._class_interval = interval
-        drain = np.array([rules.battery.nominal_drain_pct_per_day.get(n, rules.battery.default_drain_pct_per_day)
-                          for n in context.class_names], dtype=float)
+        drain = np.array(
+            [
+                rules.battery.nominal_drain_pct_per_day.get(
+                    n, rules.battery.default_drain_pct_per_day
+                )
+                for n in context.class_names
+            ],
+            dtype=float,
+        )
         self._class_drain_per_s = drain / SECONDS_PER_DAY
         self._dwell_limit = np.full(len(zones), np.inf)
         for key, limit in rules.dwell.limits_s.items():
@@ -223,11 +273,19 @@ class RuleEngine:
         self._gw_buckets: dict[int, NDArray[np.int64]] = {}
         self._gw_next_bucket = 0
         self.checkout_watermark = -np.inf
+        self.g_heard = np.zeros((0, n_gw), np.int32)  # (tag, gateway) distinct frames heard
+        self.g_sent = np.zeros(0, np.int64)  # frames sent since the tag last moved
         self.now = -np.inf
         self._next_count_t = rules.missing.cycle_count_every_s
         self._next_forecast_t = rules.battery.forecast_every_s
         self.cycle_counts: list[CycleCount] = []
-        self.counters = {"fixes": 0, "sightings": 0, "checkouts": 0, "events": 0, "rejected_rows": 0}
+        self.counters = {
+            "fixes": 0,
+            "sightings": 0,
+            "checkouts": 0,
+            "events": 0,
+            "rejected_rows": 0,
+        }
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -235,6 +293,13 @@ class RuleEngine:
         old = self.tags.grow(n)
         if n <= old:
             return
+        cap = len(self.tags["cls"])
+        if cap > len(self.g_sent):
+            extra = cap - len(self.g_sent)
+            self.g_sent = np.concatenate([self.g_sent, np.zeros(extra, np.int64)])
+            self.g_heard = np.vstack(
+                [self.g_heard, np.zeros((extra, self.g_heard.shape[1]), np.int32)]
+            )
         new = np.arange(old, n)
         known = new < len(self.ctx.device_class)
         self.tags["cls"][new[known]] = self.ctx.device_class[new[known]]
@@ -258,12 +323,28 @@ class RuleEngine:
         return out
 
     def miss_rate(self, d: IntArray) -> FloatArray:
-        """Posterior-mean probability that one advertisement of the tag is heard by no gateway,
-        from its frame counter: (missed + prior/2) / (sent + prior)."""
-        prior = self.rules.missing.prior_adverts
+        """Probability q that one advertisement of the tag is heard by no gateway.
+
+        From the frame counter: the posterior mean (missed + prior/2) / (sent + prior).
+        That needs ~1/q clean adverts to resolve a small q, so for a tag at rest (since its
+        last motion, at least ``min_adverts`` sent) the per-gateway rates are used as well:
+        q = prod_g (1 - h_g) over gateways now up, h_g = (heard by g + 1/2) / (sent + 1),
+        i.e. fading independent across gateways (it is in the twin: one draw per gateway
+        and packet), floored at ``loss_floor`` for losses that hit every gateway at once.
+        """
+        cfg = self.rules.missing
+        prior = cfg.prior_adverts
         missed = self.tags["n_missed"][d].astype(float)
         sent = missed + self.tags["n_heard"][d]
-        return (missed + prior / 2.0) / (sent + prior)
+        q = (missed + prior / 2.0) / (sent + prior)
+        if not cfg.per_gateway or len(d) == 0 or self.g_heard.shape[1] == 0:
+            return q
+        g_sent = self.g_sent[d].astype(float)
+        h = (self.g_heard[d] + 0.5) / (g_sent[:, None] + 1.0)
+        up = (self.gw_state == 0).astype(float)
+        q_gw = np.exp(np.log1p(-np.minimum(h, 1 - 1e-12)) @ up)
+        settled = g_sent >= cfg.min_adverts
+        return np.where(settled, np.maximum(q_gw, cfg.loss_floor), q)
 
     def silence_threshold(self, d: IntArray) -> tuple[FloatArray, FloatArray]:
         """theta = k * (interval + advDelay max) + latency, k the fewest misses in a row with
@@ -280,22 +361,46 @@ class RuleEngine:
         k = np.clip(k, cfg.min_missed, cfg.max_missed)
         return k * (self._interval(d) + cfg.jitter_s) + cfg.latency_s, k
 
-    def _event(self, rule: str, t: float, d: int | None = None, confidence: float = 1.0,
-               gateway: int | None = None, zone: int | None = None, **evidence: object) -> Event:
+    def _event(  # noqa: PLR0917 - rule, time, tag are the event's identity; the rest by keyword
+        self,
+        rule: str,
+        t: float,
+        d: int | None = None,
+        confidence: float = 1.0,
+        gateway: int | None = None,
+        zone: int | None = None,
+        **evidence: object,
+    ) -> Event:
         tg = self.tags
         if d is not None:
             z = int(tg["zone"][d]) if zone is None else zone
-            return Event(rule=rule, t=float(t), ruleset_version=self.rules.version, tag=self._tag_id(d),
-                         x=float(tg["x"][d]), y=float(tg["y"][d]), r90=float(tg["r90"][d]),
-                         zone=self._zone_name(z), confidence=float(confidence), evidence=evidence)
+            return Event(
+                rule=rule,
+                t=float(t),
+                ruleset_version=self.rules.version,
+                tag=self._tag_id(d),
+                x=float(tg["x"][d]),
+                y=float(tg["y"][d]),
+                r90=float(tg["r90"][d]),
+                zone=self._zone_name(z),
+                confidence=float(confidence),
+                evidence=evidence,
+            )
         gx = gy = math.nan
         if gateway is not None:
             gx, gy = (float(v) for v in self.ctx.gateway_xy[gateway])
-        return Event(rule=rule, t=float(t), ruleset_version=self.rules.version,
-                     gateway=self.ctx.gateway_ids[gateway] if gateway is not None else None,
-                     x=gx, y=gy, r90=0.0 if gateway is not None else math.nan,
-                     zone=self._zone_name(zone) if zone is not None else None,
-                     confidence=float(confidence), evidence=evidence)
+        return Event(
+            rule=rule,
+            t=float(t),
+            ruleset_version=self.rules.version,
+            gateway=self.ctx.gateway_ids[gateway] if gateway is not None else None,
+            x=gx,
+            y=gy,
+            r90=0.0 if gateway is not None else math.nan,
+            zone=self._zone_name(zone) if zone is not None else None,
+            confidence=float(confidence),
+            evidence=evidence,
+        )
 
     def _out(self, events: list[Event]) -> list[Event]:
         if events:
@@ -312,7 +417,12 @@ class RuleEngine:
         if len(rows) == 0:
             return []
         n_gw = len(self.ctx.gateway_ids)
-        ok = (rows["device"] >= 0) & (rows["gateway"] >= 0) & (rows["gateway"] < n_gw) & np.isfinite(rows["t"])
+        ok = (
+            (rows["device"] >= 0)
+            & (rows["gateway"] >= 0)
+            & (rows["gateway"] < n_gw)
+            & np.isfinite(rows["t"])
+        )
         self.counters["rejected_rows"] += int((~ok).sum())
         rows = rows[ok]
         if len(rows) == 0:
@@ -336,9 +446,17 @@ class RuleEngine:
             tb = first_t[np.searchsorted(first_dev, back)]
             for d, tt in zip(back.tolist(), tb.tolist(), strict=True):
                 rule = "exit_case_cleared" if tg["pending"][d] else "tag_found"
-                events.append(self._event(rule, tt, d, silent_since=float(tg["heard_t"][d]),
-                                          was="pending exit" if tg["pending"][d] else
-                                          ("exited" if tg["exited"][d] else "missing")))
+                events.append(
+                    self._event(
+                        rule,
+                        tt,
+                        d,
+                        silent_since=float(tg["heard_t"][d]),
+                        was="pending exit"
+                        if tg["pending"][d]
+                        else ("exited" if tg["exited"][d] else "missing"),
+                    )
+                )
             tg["missing"][back] = False
             tg["pending"][back] = False
             tg["exited"][back] = False
@@ -360,6 +478,12 @@ class RuleEngine:
             tg["n_missed"][dd] += gap + span_missed
             tg["n_heard"][dd] += np.where(fresh, count, 0)
             tg["last_seq"][dd] = np.maximum(prev_seq, last)
+            self.g_sent[dd] += gap + np.where(fresh, last - first + 1, 0)
+            # Per (tag, gateway): distinct frames heard (channels of one frame count once).
+            cell = dev[has] * n_gw + rows["gateway"][has].astype(np.int64)
+            uc = np.unique(cell * (1 << 32) + rows["seq"][has].astype(np.int64)) >> 32
+            cells, hits = np.unique(uc, return_counts=True)
+            self.g_heard.ravel()[cells] += hits.astype(np.int32)
 
         # Gateways: newest time and counts per time bucket.
         gw = rows["gateway"].astype(np.int64)
@@ -377,7 +501,9 @@ class RuleEngine:
 
     # -- checkouts ----------------------------------------------------------------------
 
-    def ingest_checkouts(self, rows: NDArray[np.void], watermark: float | None = None) -> list[Event]:
+    def ingest_checkouts(
+        self, rows: NDArray[np.void], watermark: float | None = None
+    ) -> list[Event]:
         """Record checkout (POS) events. ``watermark``: the feed is complete up to this event
         time (default: its newest record)."""
         if rows.dtype != CHECKOUT_DTYPE:
@@ -391,7 +517,9 @@ class RuleEngine:
             self._grow(int(d.max()) + 1)
             order = np.argsort(rows["t"], kind="stable")
             # Newest checkout per device wins (fancy assignment in time order).
-            self.tags["checkout_t"][d[order]] = np.fmax(self.tags["checkout_t"][d[order]], rows["t"][order])
+            self.tags["checkout_t"][d[order]] = np.fmax(
+                self.tags["checkout_t"][d[order]], rows["t"][order]
+            )
             mark = float(rows["t"].max())
             self.checkout_watermark = max(self.checkout_watermark, mark)
         if watermark is not None:
@@ -411,7 +539,7 @@ class RuleEngine:
         bounds = [*starts.tolist(), len(fixes)]
         events: list[Event] = []
         for i, t in enumerate(times.tolist()):  # one iteration per window time, not per row
-            rows = fixes[bounds[i]:bounds[i + 1]]
+            rows = fixes[bounds[i] : bounds[i + 1]]
             d_all = rows["device"].astype(np.int64)
             _, last = np.unique(d_all[::-1], return_index=True)
             rows = rows[::-1][last]  # one fix per device and time: the last given
@@ -427,6 +555,9 @@ class RuleEngine:
         motion = rows["motion"]
         tg["fix_t"][d], tg["x"][d], tg["y"][d], tg["r90"][d], tg["zone"][d] = t, x, y, r90, z
         tg["moving_t"][d[motion == 1]] = t
+        # A moved tag has new gateways: its per-gateway reception history starts again.
+        self.g_heard[d[motion == 1]] = 0
+        self.g_sent[d[motion == 1]] = 0
         cls = tg["cls"][d]
 
         if rules.registry.enabled:
@@ -435,14 +566,21 @@ class RuleEngine:
             due = (unknown | revoked) & (t - tg["reg_t"][d] >= rules.registry.cooldown_s)
             for j in np.flatnonzero(due).tolist():
                 dj = int(d[j])
-                events.append(self._event("revoked_tag" if revoked[j] else "unknown_tag", t, dj,
-                                          device_code=dj))
+                events.append(
+                    self._event(
+                        "revoked_tag" if revoked[j] else "unknown_tag", t, dj, device_code=dj
+                    )
+                )
             tg["reg_t"][d[due]] = t
 
         if rules.exit.enabled:
             p = self.exit_region.probability(x, y, r90)
             prev_t = tg["pz_t"][d]
-            decay = np.where(np.isfinite(prev_t), np.exp(-(t - np.nan_to_num(prev_t)) / rules.exit.zone_memory_s), 0.0)
+            decay = np.where(
+                np.isfinite(prev_t),
+                np.exp(-(t - np.nan_to_num(prev_t)) / rules.exit.zone_memory_s),
+                0.0,
+            )
             tg["pz"][d] = np.maximum(tg["pz"][d] * decay, p)
             tg["pz_t"][d] = t
 
@@ -455,11 +593,26 @@ class RuleEngine:
             for j in np.flatnonzero(change).tolist():
                 dj = int(d[j])
                 if old[j] != NO_ZONE:
-                    events.append(self._event("zone_exit", t, dj, zone=int(old[j]),
-                                              stayed_s=t - float(tg["zone_since"][dj])))
+                    events.append(
+                        self._event(
+                            "zone_exit",
+                            t,
+                            dj,
+                            zone=int(old[j]),
+                            stayed_s=t - float(tg["zone_since"][dj]),
+                        )
+                    )
                 if z[j] != NO_ZONE:
-                    events.append(self._event("zone_enter", t, dj, zone=int(z[j]), fixes_in_zone=int(n[j]),
-                                              previous=self._zone_name(int(old[j]))))
+                    events.append(
+                        self._event(
+                            "zone_enter",
+                            t,
+                            dj,
+                            zone=int(z[j]),
+                            fixes_in_zone=int(n[j]),
+                            previous=self._zone_name(int(old[j])),
+                        )
+                    )
             dc = d[change]
             tg["conf"][dc], tg["zone_since"][dc], tg["dwell_done"][dc] = z[change], t, False
             del cand
@@ -468,17 +621,21 @@ class RuleEngine:
             self._battery(t, d, rows["battery"].astype(np.int64), events)
 
         if rules.misplaced.enabled and len(self._forbidden):
-            self._misplaced(t, d, cls, x, y, r90, motion, events)
+            self._misplaced(t=t, d=d, cls=cls, x=x, y=y, r90=r90, motion=motion, events=events)
 
         if rules.after_hours.enabled:
             cfg = rules.after_hours
             tod = (t + cfg.time_offset_s) % SECONDS_PER_DAY
-            working = any(a <= tod <= b + 59.999 if a <= b else (tod >= a or tod <= b + 59.999)
-                          for a, b in self._hours)
+            working = any(
+                a <= tod <= b + 59.999 if a <= b else (tod >= a or tod <= b + 59.999)
+                for a, b in self._hours
+            )
             if not working:
                 due = (motion == 1) & (t - tg["ah_t"][d] >= cfg.cooldown_s)
-                for j in np.flatnonzero(due).tolist():
-                    events.append(self._event("after_hours_movement", t, int(d[j]), time_of_day_s=tod))
+                events.extend(
+                    self._event("after_hours_movement", t, int(d[j]), time_of_day_s=tod)
+                    for j in np.flatnonzero(due).tolist()
+                )
                 tg["ah_t"][d[due]] = t
 
     def _battery(self, t: float, d: IntArray, b: IntArray, events: list[Event]) -> None:
@@ -498,9 +655,16 @@ class RuleEngine:
             dl = d[low]
             days = self.days_to_empty(dl)
             for j, dj in enumerate(dl.tolist()):
-                events.append(self._event("battery_low", t, dj, battery_pct=float(tg["battery"][dj]),
-                                          days_to_empty=float(days[j]),
-                                          empty_at_t=t + float(days[j]) * SECONDS_PER_DAY))
+                events.append(
+                    self._event(
+                        "battery_low",
+                        t,
+                        dj,
+                        battery_pct=float(tg["battery"][dj]),
+                        days_to_empty=float(days[j]),
+                        empty_at_t=t + float(days[j]) * SECONDS_PER_DAY,
+                    )
+                )
             tg["bat_done"][dl] = True
 
     def drain_per_s(self, d: IntArray) -> FloatArray:
@@ -511,16 +675,29 @@ class RuleEngine:
         with np.errstate(invalid="ignore", divide="ignore"):
             slope = (tg["bat_b0"][d] - tg["bat_b1"][d]) / span
         cls = tg["cls"][d]
-        nominal = np.where(cls >= 0, self._class_drain_per_s[np.maximum(cls, 0)] if len(cls) else 0.0,
-                           cfg.default_drain_pct_per_day / SECONDS_PER_DAY)
+        nominal = np.where(
+            cls >= 0,
+            self._class_drain_per_s[np.maximum(cls, 0)] if len(cls) else 0.0,
+            cfg.default_drain_pct_per_day / SECONDS_PER_DAY,
+        )
         fitted = (span >= cfg.min_fit_span_s) & (slope > 0)
         return np.where(fitted, slope, nominal)
 
     def days_to_empty(self, d: IntArray) -> FloatArray:
         return np.asarray(self.tags["bat_b1"][d] / self.drain_per_s(d) / SECONDS_PER_DAY)
 
-    def _misplaced(self, t: float, d: IntArray, cls: NDArray[np.int32], x: FloatArray, y: FloatArray,
-                   r90: FloatArray, motion: NDArray[np.int8], events: list[Event]) -> None:
+    def _misplaced(
+        self,
+        *,
+        t: float,
+        d: IntArray,
+        cls: NDArray[np.int32],
+        x: FloatArray,
+        y: FloatArray,
+        r90: FloatArray,
+        motion: NDArray[np.int8],
+        events: list[Event],
+    ) -> None:
         cfg, tg = self.rules.misplaced, self.tags
         p = np.zeros(len(d))
         for c in np.unique(cls[cls >= 0]).tolist():
@@ -536,9 +713,17 @@ class RuleEngine:
         fire = (ewma >= cfg.threshold) & ~tg["misp_done"][d] & (cls >= 0)
         for j in np.flatnonzero(fire).tolist():
             dj = int(d[j])
-            events.append(self._event("misplaced", t, dj, confidence=float(ewma[j]),
-                                      p_forbidden_smoothed=float(ewma[j]), p_forbidden_now=float(p[j]),
-                                      tag_class=self.ctx.class_names[int(cls[j])]))
+            events.append(
+                self._event(
+                    "misplaced",
+                    t,
+                    dj,
+                    confidence=float(ewma[j]),
+                    p_forbidden_smoothed=float(ewma[j]),
+                    p_forbidden_now=float(p[j]),
+                    tag_class=self.ctx.class_names[int(cls[j])],
+                )
+            )
         tg["misp_done"][d[fire]] = True
 
     # -- the clock ------------------------------------------------------------------------
@@ -576,7 +761,12 @@ class RuleEngine:
         if n == 0:
             return
         idx = np.arange(n)
-        watch = np.isfinite(tg["heard_t"][:n]) & ~tg["missing"][:n] & ~tg["pending"][:n] & ~tg["exited"][:n]
+        watch = (
+            np.isfinite(tg["heard_t"][:n])
+            & ~tg["missing"][:n]
+            & ~tg["pending"][:n]
+            & ~tg["exited"][:n]
+        )
         d = idx[watch]
         theta, k = self.silence_threshold(d)
         silent = now - tg["heard_t"][d] >= theta
@@ -585,30 +775,50 @@ class RuleEngine:
             t_v = tg["heard_t"][d] + theta
             near_exit = cfg.enabled & (tg["pz"][d] >= cfg.candidate_probability)
             co = tg["checkout_t"][d]
-            checked = (co >= tg["heard_t"][d] - cfg.checkout_before_s) & (co <= tg["heard_t"][d] + cfg.checkout_after_s)
+            checked = (co >= tg["heard_t"][d] - cfg.checkout_before_s) & (
+                co <= tg["heard_t"][d] + cfg.checkout_after_s
+            )
             pend = d[near_exit]
             tg["pending"][pend], tg["vanish_t"][pend] = True, t_v[near_exit]
             tg["exit_t"][pend] = np.fmax(tg["fix_t"][pend], tg["heard_t"][pend])
             gone = ~near_exit & checked
             for dj, tv in zip(d[gone].tolist(), t_v[gone].tolist(), strict=True):
-                events.append(self._event("exit_checked_out", tv, dj, checkout_t=float(tg["checkout_t"][dj]),
-                                          note="checked out, then left out of sight away from an exit"))
+                events.append(
+                    self._event(
+                        "exit_checked_out",
+                        tv,
+                        dj,
+                        checkout_t=float(tg["checkout_t"][dj]),
+                        note="checked out, then left out of sight away from an exit",
+                    )
+                )
             tg["exited"][d[gone]] = True
             lost = ~near_exit & ~checked
             if self.rules.missing.enabled:
                 for j in np.flatnonzero(lost).tolist():
                     dj = int(d[j])
-                    events.append(self._missing_event(dj, float(t_v[j]), float(theta[j]), int(k[j])))
+                    events.append(
+                        self._missing_event(dj, float(t_v[j]), float(theta[j]), int(k[j]))
+                    )
                 tg["missing"][d[lost]] = True
         if cfg.enabled:
             self._pending_exits(now, events)
 
-    def _missing_event(self, d: int, t: float, theta: float, k: int, **extra: object) -> Event:
+    def _missing_event(self, d: int, t: float, theta: float, k: int, **extra: Any) -> Event:
         tg = self.tags
         q = float(self.miss_rate(np.array([d]))[0])
-        return self._event("missing_tag", t, d, confidence=1.0 - q**k, last_heard_t=float(tg["heard_t"][d]),
-                           silence_threshold_s=theta, missed_in_a_row=k, miss_rate=q,
-                           expected_interval_s=float(self._interval(np.array([d]))[0]), **extra)
+        return self._event(
+            "missing_tag",
+            t,
+            d,
+            confidence=1.0 - q**k,
+            last_heard_t=float(tg["heard_t"][d]),
+            silence_threshold_s=theta,
+            missed_in_a_row=k,
+            miss_rate=q,
+            expected_interval_s=float(self._interval(np.array([d]))[0]),
+            **extra,
+        )
 
     def _pending_exits(self, now: float, events: list[Event]) -> None:
         tg, cfg = self.tags, self.rules.exit
@@ -618,15 +828,26 @@ class RuleEngine:
         exit_t, co = tg["exit_t"][d], tg["checkout_t"][d]
         window = cfg.checkout_before_s + cfg.checkout_after_s
         matched = (co >= exit_t - cfg.checkout_before_s) & (co <= exit_t + cfg.checkout_after_s)
-        near = ~matched & (co >= exit_t - cfg.checkout_before_s - window) & (co <= exit_t + cfg.checkout_after_s + window)
+        near = (
+            ~matched
+            & (co >= exit_t - cfg.checkout_before_s - window)
+            & (co <= exit_t + cfg.checkout_after_s + window)
+        )
         ready = self.checkout_watermark >= exit_t + cfg.checkout_after_s
         stalled = ~matched & ~ready & (now - tg["vanish_t"][d] >= cfg.max_wait_s)
         decide_t = np.maximum(tg["vanish_t"][d], exit_t + cfg.checkout_after_s)
         for j in np.flatnonzero(matched).tolist():
             dj = int(d[j])
-            events.append(self._event("exit_checked_out", float(max(tg["vanish_t"][dj], co[j])), dj,
-                                      checkout_t=float(co[j]), exit_t=float(exit_t[j]),
-                                      p_zone=float(tg["pz"][dj])))
+            events.append(
+                self._event(
+                    "exit_checked_out",
+                    float(max(tg["vanish_t"][dj], co[j])),
+                    dj,
+                    checkout_t=float(co[j]),
+                    exit_t=float(exit_t[j]),
+                    p_zone=float(tg["pz"][dj]),
+                )
+            )
         tg["exited"][d[matched]] = True
         scored = ~matched & ready
         if scored.any():
@@ -635,32 +856,60 @@ class RuleEngine:
             theta, k = self.silence_threshold(ds)
             for j, dj in enumerate(ds.tolist()):
                 c = float(conf[j])
-                ev = {name: float(v[j]) for name, v in parts.items()}
-                ev |= {"exit_t": float(tg["exit_t"][dj]), "last_heard_t": float(tg["heard_t"][dj]),
-                       "checkout_t": float(tg["checkout_t"][dj])}
+                ev: dict[str, Any] = {name: float(v[j]) for name, v in parts.items()}
+                ev |= {
+                    "exit_t": float(tg["exit_t"][dj]),
+                    "last_heard_t": float(tg["heard_t"][dj]),
+                    "checkout_t": float(tg["checkout_t"][dj]),
+                }
                 t_dec = float(decide_t[scored][j])
                 if c >= cfg.alarm_confidence:
-                    events.append(self._event("exit_without_checkout", t_dec, dj, confidence=c, **ev))
+                    events.append(
+                        self._event("exit_without_checkout", t_dec, dj, confidence=c, **ev)
+                    )
                     tg["exited"][dj] = True
                 elif c >= cfg.review_confidence:
-                    events.append(self._event("exit_unresolved", t_dec, dj, confidence=c,
-                                              reason="evidence between review and alarm confidence", **ev))
+                    events.append(
+                        self._event(
+                            "exit_unresolved",
+                            t_dec,
+                            dj,
+                            confidence=c,
+                            reason="evidence between review and alarm confidence",
+                            **ev,
+                        )
+                    )
                     tg["exited"][dj] = True
                 else:
                     # Not an exit after all: a tag that fell silent near the door.
-                    events.append(self._missing_event(dj, t_dec, float(theta[j]), int(k[j]), exit_confidence=c))
+                    events.append(
+                        self._missing_event(
+                            dj, t_dec, float(theta[j]), int(k[j]), exit_confidence=c
+                        )
+                    )
                     tg["missing"][dj] = True
         for j in np.flatnonzero(stalled).tolist():
             dj = int(d[j])
             conf, parts = self.exit_confidence(np.array([dj]), near[j : j + 1])
-            events.append(self._event("exit_unresolved", now, dj, confidence=float(conf[0]),
-                                      reason="checkout feed has not caught up",
-                                      checkout_watermark=float(self.checkout_watermark),
-                                      exit_t=float(exit_t[j]), **{k: float(v[0]) for k, v in parts.items()}))
+            factors: dict[str, Any] = {name: float(v[0]) for name, v in parts.items()}
+            events.append(
+                self._event(
+                    "exit_unresolved",
+                    now,
+                    dj,
+                    confidence=float(conf[0]),
+                    reason="checkout feed has not caught up",
+                    checkout_watermark=float(self.checkout_watermark),
+                    exit_t=float(exit_t[j]),
+                    **factors,
+                )
+            )
             tg["exited"][dj] = True
         tg["pending"][d[matched | scored | stalled]] = False
 
-    def exit_confidence(self, d: IntArray, near_checkout: NDArray[np.bool_]) -> tuple[FloatArray, dict[str, FloatArray]]:
+    def exit_confidence(
+        self, d: IntArray, near_checkout: NDArray[np.bool_]
+    ) -> tuple[FloatArray, dict[str, FloatArray]]:
         """Confidence that tag ``d`` left through an exit without checkout, and its factors:
 
         P(zone)    decaying max over recent fixes of P(position inside an exit zone);
@@ -678,19 +927,26 @@ class RuleEngine:
         if len(self._exit_gateways):
             gw_ok = float(np.mean(self.gw_state[self._exit_gateways] == 0))
         p_vanish = (1.0 - q ** np.maximum(missed, 1)) * gw_ok
-        p_motion = np.where(tg["exit_t"][d] - tg["moving_t"][d] <= cfg.motion_window_s, 1.0, cfg.still_factor)
+        p_motion = np.where(
+            tg["exit_t"][d] - tg["moving_t"][d] <= cfg.motion_window_s, 1.0, cfg.still_factor
+        )
         bat = tg["battery"][d]
         p_batt = np.where((bat >= 0) & (bat <= cfg.low_battery_pct), cfg.low_battery_factor, 1.0)
         p_co = np.where(near_checkout, cfg.near_miss_factor, 1.0)
         conf = p_zone * p_vanish * p_motion * p_batt * p_co
-        return conf, {"p_zone": p_zone, "p_vanish": p_vanish, "p_motion": p_motion,
-                      "battery_factor": p_batt, "checkout_factor": p_co}
+        return conf, {
+            "p_zone": p_zone,
+            "p_vanish": p_vanish,
+            "p_motion": p_motion,
+            "battery_factor": p_batt,
+            "checkout_factor": p_co,
+        }
 
     def _gateways(self, now: float, events: list[Event]) -> None:
         cfg = self.rules.gateway
         n_gw = len(self.ctx.gateway_ids)
         half = cfg.baseline_halflife_s
-        last = int(math.floor(now / cfg.bucket_s)) - 1  # newest complete bucket
+        last = math.floor(now / cfg.bucket_s) - 1  # newest complete bucket
         while self._gw_next_bucket <= last:
             b = self._gw_next_bucket
             counts = self._gw_buckets.pop(b, np.zeros(n_gw, np.int64))
@@ -699,40 +955,87 @@ class RuleEngine:
             judged = (t_end > cfg.warmup_s) & (self.gw_baseline >= cfg.min_baseline_per_s)
             low = judged & (rate < cfg.degraded_fraction * self.gw_baseline)
             self.gw_low_streak = np.where(low, self.gw_low_streak + 1, 0)
-            for g in np.flatnonzero((self.gw_low_streak >= cfg.degraded_buckets) & (self.gw_state == 0)).tolist():
-                events.append(self._event("gateway_degraded", t_end, gateway=g, rate_per_s=float(rate[g]),
-                                          baseline_per_s=float(self.gw_baseline[g]),
-                                          buckets_low=int(self.gw_low_streak[g])))
+            for g in np.flatnonzero(
+                (self.gw_low_streak >= cfg.degraded_buckets) & (self.gw_state == 0)
+            ).tolist():
+                events.append(
+                    self._event(
+                        "gateway_degraded",
+                        t_end,
+                        gateway=g,
+                        rate_per_s=float(rate[g]),
+                        baseline_per_s=float(self.gw_baseline[g]),
+                        buckets_low=int(self.gw_low_streak[g]),
+                    )
+                )
                 self.gw_state[g] = 2
             good = ~low
             for g in np.flatnonzero(good & (self.gw_state != 0) & (rate > 0)).tolist():
-                events.append(self._event("gateway_recovered", t_end, gateway=g, rate_per_s=float(rate[g]),
-                                          baseline_per_s=float(self.gw_baseline[g])))
+                events.append(
+                    self._event(
+                        "gateway_recovered",
+                        t_end,
+                        gateway=g,
+                        rate_per_s=float(rate[g]),
+                        baseline_per_s=float(self.gw_baseline[g]),
+                    )
+                )
                 self.gw_state[g] = 0
             # The baseline learns only from healthy buckets, so an outage does not become normal.
             w = 1.0 - 0.5 ** (cfg.bucket_s / half)
             learn = good & (self.gw_state == 0)
-            self.gw_baseline = np.where(learn, np.where(self.gw_baseline > 0, self.gw_baseline + w * (rate - self.gw_baseline), rate),
-                                        self.gw_baseline)
+            self.gw_baseline = np.where(
+                learn,
+                np.where(
+                    self.gw_baseline > 0, self.gw_baseline + w * (rate - self.gw_baseline), rate
+                ),
+                self.gw_baseline,
+            )
             self._gw_next_bucket = b + 1
-        silent = ((self.gw_state == 0) & (now > cfg.warmup_s) & (self.gw_baseline >= cfg.min_baseline_per_s)
-                  & (now - np.nan_to_num(self.gw_heard_t, nan=-np.inf) >= cfg.silent_s))
+        silent = (
+            (self.gw_state == 0)
+            & (now > cfg.warmup_s)
+            & (self.gw_baseline >= cfg.min_baseline_per_s)
+            & (now - np.nan_to_num(self.gw_heard_t, nan=-np.inf) >= cfg.silent_s)
+        )
         for g in np.flatnonzero(silent).tolist():
-            events.append(self._event("gateway_silent", float(self.gw_heard_t[g]) + cfg.silent_s, gateway=g,
-                                      last_heard_t=float(self.gw_heard_t[g]),
-                                      baseline_per_s=float(self.gw_baseline[g])))
+            events.append(
+                self._event(
+                    "gateway_silent",
+                    float(self.gw_heard_t[g]) + cfg.silent_s,
+                    gateway=g,
+                    last_heard_t=float(self.gw_heard_t[g]),
+                    baseline_per_s=float(self.gw_baseline[g]),
+                )
+            )
             self.gw_state[g] = 1
 
     def _dwell(self, now: float, events: list[Event]) -> None:
         tg = self.tags
         n = tg.n
         conf = tg["conf"][:n]
-        limit = np.where(conf >= 0, self._dwell_limit[np.maximum(conf, 0)], np.inf) if n else np.zeros(0)
-        due = np.flatnonzero(~tg["dwell_done"][:n] & (now - tg["zone_since"][:n] >= limit)
-                             & ~tg["missing"][:n] & ~tg["exited"][:n])
-        for dj in due.tolist():
-            events.append(self._event("dwell", float(tg["zone_since"][dj] + limit[dj]), dj, zone=int(conf[dj]),
-                                      limit_s=float(limit[dj]), since_t=float(tg["zone_since"][dj])))
+        limit = (
+            np.where(conf >= 0, self._dwell_limit[np.maximum(conf, 0)], np.inf)
+            if n
+            else np.zeros(0)
+        )
+        due = np.flatnonzero(
+            ~tg["dwell_done"][:n]
+            & (now - tg["zone_since"][:n] >= limit)
+            & ~tg["missing"][:n]
+            & ~tg["exited"][:n]
+        )
+        events.extend(
+            self._event(
+                "dwell",
+                float(tg["zone_since"][dj] + limit[dj]),
+                dj,
+                zone=int(conf[dj]),
+                limit_s=float(limit[dj]),
+                since_t=float(tg["zone_since"][dj]),
+            )
+            for dj in due.tolist()
+        )
         tg["dwell_done"][due] = True
 
     # -- reports --------------------------------------------------------------------------
@@ -752,9 +1055,20 @@ class RuleEngine:
             seen = in_zone & present
             miss = d[in_zone & expected & ~present]
             self.cycle_counts.append(CycleCount(t, zi, exp_n, int(seen.sum())))
-            events.append(Event(rule="cycle_count", t=float(t), ruleset_version=self.rules.version, zone=name,
-                                evidence={"expected": exp_n, "seen": int(seen.sum()), "missing": len(miss),
-                                          "missing_tags": [self._tag_id(int(m)) for m in miss[:MAX_LISTED]]}))
+            events.append(
+                Event(
+                    rule="cycle_count",
+                    t=float(t),
+                    ruleset_version=self.rules.version,
+                    zone=name,
+                    evidence={
+                        "expected": exp_n,
+                        "seen": int(seen.sum()),
+                        "missing": len(miss),
+                        "missing_tags": [self._tag_id(int(m)) for m in miss[:MAX_LISTED]],
+                    },
+                )
+            )
         return events
 
     def battery_forecast(self, t: float) -> list[Event]:
@@ -771,11 +1085,20 @@ class RuleEngine:
             days = self.days_to_empty(sel)
             cohort_days = float(np.quantile(days, cfg.cohort_fraction))
             first = int(np.argmin(days))
-            events.append(Event(rule="battery_forecast", t=float(t), ruleset_version=self.rules.version,
-                                evidence={"tag_class": name, "tags": len(sel),
-                                          "cohort_fraction": cfg.cohort_fraction,
-                                          "cohort_days_to_empty": cohort_days,
-                                          "first_empty_tag": self._tag_id(int(sel[first])),
-                                          "first_empty_days": float(days[first]),
-                                          "low_now": int((tg["bat_b1"][sel] <= cfg.low_pct).sum())}))
+            events.append(
+                Event(
+                    rule="battery_forecast",
+                    t=float(t),
+                    ruleset_version=self.rules.version,
+                    evidence={
+                        "tag_class": name,
+                        "tags": len(sel),
+                        "cohort_fraction": cfg.cohort_fraction,
+                        "cohort_days_to_empty": cohort_days,
+                        "first_empty_tag": self._tag_id(int(sel[first])),
+                        "first_empty_days": float(days[first]),
+                        "low_now": int((tg["bat_b1"][sel] <= cfg.low_pct).sum()),
+                    },
+                )
+            )
         return events

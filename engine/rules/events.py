@@ -83,9 +83,17 @@ class Event:
 
     def to_dict(self) -> dict[str, object]:
         out = {
-            "rule": self.rule, "severity": self.severity, "t": self.t, "tag": self.tag,
-            "x": self.x, "y": self.y, "r90": self.r90, "zone": self.zone, "gateway": self.gateway,
-            "confidence": self.confidence, "ruleset_version": self.ruleset_version,
+            "rule": self.rule,
+            "severity": self.severity,
+            "t": self.t,
+            "tag": self.tag,
+            "x": self.x,
+            "y": self.y,
+            "r90": self.r90,
+            "zone": self.zone,
+            "gateway": self.gateway,
+            "confidence": self.confidence,
+            "ruleset_version": self.ruleset_version,
             "evidence": dict(self.evidence),
         }
         cleaned = _clean(out)
@@ -140,7 +148,9 @@ class MqttSink:
     paho-mqtt, ``lambda topic, payload: client.publish(topic, payload, qos=1)``).
     """
 
-    def __init__(self, publish: Callable[[str, bytes], object], prefix: str = "tagtwin/events") -> None:
+    def __init__(
+        self, publish: Callable[[str, bytes], object], prefix: str = "tagtwin/events"
+    ) -> None:
         self.publish = publish
         self.prefix = prefix.rstrip("/")
 

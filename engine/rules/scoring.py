@@ -15,10 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.rules.events import Event
+if TYPE_CHECKING:
+    from engine.rules.events import Event
 
 SECONDS_PER_DAY = 86_400.0
 INCIDENT_KINDS = ("theft", "misplacement", "battery_death", "gateway_outage", "tag_removed")
@@ -42,9 +44,15 @@ class IncidentRecord:
     detail: Mapping[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
-        return {"kind": self.kind, "t": round(self.t, 4), "t_begin": round(self.t_begin, 4),
-                "t_end": None if math.isnan(self.t_end) else round(self.t_end, 4),
-                "tag": self.tag, "gateway": self.gateway, "detail": dict(self.detail)}
+        return {
+            "kind": self.kind,
+            "t": round(self.t, 4),
+            "t_begin": round(self.t_begin, 4),
+            "t_end": None if math.isnan(self.t_end) else round(self.t_end, 4),
+            "tag": self.tag,
+            "gateway": self.gateway,
+            "detail": dict(self.detail),
+        }
 
 
 Predicate = Callable[[IncidentRecord], bool]
@@ -95,15 +103,23 @@ def _stats(x: Sequence[float]) -> dict[str, float | None]:
     if not x:
         return {"median": None, "p90": None, "max": None}
     a = np.asarray(x, dtype=float)
-    return {"median": round(float(np.median(a)), 3), "p90": round(float(np.quantile(a, 0.9)), 3),
-            "max": round(float(a.max()), 3)}
+    return {
+        "median": round(float(np.median(a)), 3),
+        "p90": round(float(np.quantile(a, 0.9)), 3),
+        "max": round(float(a.max()), 3),
+    }
 
 
 def score_events(
-    events: Sequence[Event], incidents: Sequence[IncidentRecord], n_tags: int, duration_s: float,
-    max_delay_s: float = 600.0, interval_s: Mapping[str, float] | None = None,
+    events: Sequence[Event],
+    incidents: Sequence[IncidentRecord],
+    n_tags: int,
+    duration_s: float,
+    *,
+    max_delay_s: float = 600.0,
+    interval_s: Mapping[str, float] | None = None,
 ) -> dict[str, object]:
-    """Per-rule precision, recall and delay; false alarms and review items per day per 1,000 tags."""
+    """Per-rule precision, recall and delay; false alarms and reviews per day per 1,000 tags."""
     exposure = n_tags / 1000.0 * duration_s / SECONDS_PER_DAY  # thousand-tag-days
     alarms = [e for e in events if e.severity in ("alarm", "review")]
     per_rule: dict[str, dict[str, object]] = {}
@@ -118,8 +134,11 @@ def score_events(
     for rule in sorted(set(by_rule) | set(TARGETS)):
         idx = by_rule.get(rule, [])
         tp = sum(explained[i] for i in idx)
-        entry: dict[str, object] = {"events": len(idx), "true_positives": tp,
-                                    "precision": round(tp / len(idx), 4) if idx else None}
+        entry: dict[str, object] = {
+            "events": len(idx),
+            "true_positives": tp,
+            "precision": round(tp / len(idx), 4) if idx else None,
+        }
         target = TARGETS.get(rule)
         if target is not None:
             recs = [r for r in incidents if target(r)]
@@ -131,16 +150,24 @@ def score_events(
                     detected += 1
                     delay = min(hits) - rec.t
                     delays.append(delay)
-                    if interval_s and rec.tag in interval_s:
-                        delays_iv.append(delay / interval_s[rec.tag])
-            entry |= {"incidents": len(recs), "detected": detected,
-                      "recall": round(detected / len(recs), 4) if recs else None,
-                      "delay_s": _stats(delays)}
+                    iv = interval_s.get(rec.tag or "") if interval_s else None
+                    if rule == "missing_tag" and iv:
+                        delays_iv.append(delay / iv)
+            entry |= {
+                "incidents": len(recs),
+                "detected": detected,
+                "recall": round(detected / len(recs), 4) if recs else None,
+                "delay_s": _stats(delays),
+            }
             if delays_iv:
                 entry["delay_intervals"] = _stats(delays_iv)
         per_rule[rule] = entry
-    false_alarms = sum(1 for i, e in enumerate(alarms) if e.severity == "alarm" and not explained[i])
-    false_reviews = sum(1 for i, e in enumerate(alarms) if e.severity == "review" and not explained[i])
+    false_alarms = sum(
+        1 for i, e in enumerate(alarms) if e.severity == "alarm" and not explained[i]
+    )
+    false_reviews = sum(
+        1 for i, e in enumerate(alarms) if e.severity == "review" and not explained[i]
+    )
     return {
         "per_rule": per_rule,
         "alarms": sum(1 for e in alarms if e.severity == "alarm"),
@@ -148,13 +175,19 @@ def score_events(
         "false_alarms": false_alarms,
         "false_reviews": false_reviews,
         "thousand_tag_days": round(exposure, 6),
-        "false_alarms_per_day_per_1000_tags": round(false_alarms / exposure, 4) if exposure > 0 else None,
-        "false_reviews_per_day_per_1000_tags": round(false_reviews / exposure, 4) if exposure > 0 else None,
+        "false_alarms_per_day_per_1000_tags": round(false_alarms / exposure, 4)
+        if exposure > 0
+        else None,
+        "false_reviews_per_day_per_1000_tags": round(false_reviews / exposure, 4)
+        if exposure > 0
+        else None,
         "incidents": {k: sum(1 for r in incidents if r.kind == k) for k in INCIDENT_KINDS},
     }
 
 
-def count_accuracy(counted: Sequence[tuple[float, int, int]], truth: Mapping[tuple[float, int], int]) -> float | None:
+def count_accuracy(
+    counted: Sequence[tuple[float, int, int]], truth: Mapping[tuple[float, int], int]
+) -> float | None:
     """1 - sum |seen - true| / sum true over (time, zone) cycle counts; None without truth."""
     total = sum(truth.values())
     if total == 0:
