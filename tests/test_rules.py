@@ -367,3 +367,22 @@ def test_threshold_grows_with_miss_rate() -> None:
     theta, k = eng.silence_threshold(np.arange(3))
     assert k[0] <= k[1] < k[2]
     assert math.isclose(theta[2], k[2] * 1.01 + 0.005)
+
+
+def test_per_gateway_miss_rate_for_tags_at_rest() -> None:
+    eng = RuleEngine(rules_with(), context(2))
+    # tag 0 heard by all 3 gateways on every frame for 100 s: q hits the floor, k = 2.
+    eng.observe_sightings(adverts(0, 0.2, 100, 1.0))
+    q = eng.miss_rate(np.array([0]))
+    assert q[0] == pytest.approx(1e-4)
+    _, k = eng.silence_threshold(np.array([0]))
+    assert k[0] == 2
+    # it moves: the per-gateway history restarts and the frame-counter estimate applies
+    eng.process_fixes(fixes(100.0, [0], [5.0], [5.0], motion=1))
+    assert eng.miss_rate(np.array([0]))[0] == pytest.approx(0.5 / 101)
+    # a gateway that went silent no longer vouches for the tag
+    eng2 = RuleEngine(rules_with(), context(2))
+    eng2.observe_sightings(adverts(0, 0.2, 100, 1.0, gateways=(0,)))
+    q_one = eng2.miss_rate(np.array([0]))[0]
+    eng2.gw_state[0] = 1
+    assert eng2.miss_rate(np.array([0]))[0] > q_one

@@ -357,7 +357,7 @@ class RuleEngine:
         """
         cfg = self.rules.missing
         q = np.clip(self.miss_rate(d), 1e-12, 1 - 1e-12)
-        k = np.ceil(np.log(cfg.false_alarm_risk) / np.log(q))
+        k = np.ceil(np.log(cfg.false_alarm_risk) / np.log(q) - 1e-9)  # 2.0000000000000004 is 2
         k = np.clip(k, cfg.min_missed, cfg.max_missed)
         return k * (self._interval(d) + cfg.jitter_s) + cfg.latency_s, k
 
@@ -768,6 +768,8 @@ class RuleEngine:
             & ~tg["exited"][:n]
         )
         d = idx[watch]
+        # Only tags silent for at least the smallest possible theta need their q.
+        d = d[now - tg["heard_t"][d] >= self.rules.missing.min_missed * self._interval(d)]
         theta, k = self.silence_threshold(d)
         silent = now - tg["heard_t"][d] >= theta
         d, theta, k = d[silent], theta[silent], k[silent]
