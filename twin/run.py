@@ -239,10 +239,11 @@ def write_outputs(run: SimulationRun, out_dir: Path) -> dict[str, Path]:
     sink.emit(run.events)
     sink.close()
     paths["incidents"] = out_dir / "incidents.json"
-    checkouts = [{"t": round(float(t), 4), "arrival": round(float(a), 4), "tag": twin.device_ids[int(d)]}
-                 for t, a, d in run.incidents.feed]
+    checkouts = [{"t": round(float(t), 4), "arrival": round(float(a), 4),
+                  "tag": twin.device_ids[int(d)]} for t, a, d in run.incidents.feed]
     incidents = {"incidents": [r.to_dict() for r in run.incidents.records],
-                 "legit_exits": [r.to_dict() for r in run.incidents.legit_exits], "checkouts": checkouts}
+                 "legit_exits": [r.to_dict() for r in run.incidents.legit_exits],
+                 "checkouts": checkouts}
     paths["incidents"].write_text(json.dumps(incidents, indent=2) + "\n")
     paths["report"] = out_dir / "report.json"
     paths["report"].write_text(json.dumps(run.report(), indent=2, sort_keys=True) + "\n")

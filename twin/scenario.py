@@ -252,19 +252,31 @@ class IncidentSpec(Strict):
 
     kind: IncidentKind
     count: int = Field(default=1, ge=0, le=100_000)
-    window_s: tuple[float, float] | None = Field(default=None, description="start times uniform in [a, b]; "
-                                                 "default: [120 s, duration - 120 s]")
+    window_s: tuple[float, float] | None = Field(
+        default=None, description="start times uniform in [a, b]; default: [120, duration - 120] s")
     from_zones: list[str] = Field(
         default_factory=list,
         description="zone names or roles the tag comes from; default: storage, packing, shipping, "
                     "receiving")
-    to_zone: str | None = Field(default=None, description="misplacement, tag_removed: where it is set down")
-    exit_zone: str = Field(default="exit", description="theft: zone name or role the tag leaves through")
+    to_zone: str | None = Field(
+        default=None, description="misplacement, tag_removed: where it is set down",
+    )
+    exit_zone: str = Field(
+        default="exit", description="theft: zone name or role the tag leaves through",
+    )
     speed_mps: float = Field(default=1.3, gt=0, le=10)
-    lead_s: float = Field(default=120.0, ge=0, description="battery_death: readings fall to 0 meanwhile")
-    gateway: str | None = Field(default=None, description="gateway_outage: gateway id; default: random")
-    duration_s: float = Field(default=120.0, gt=0, description="gateway_outage: how long it stays down")
-    silent: bool = Field(default=False, description="tag_removed: the tag is destroyed after it is dumped")
+    lead_s: float = Field(
+        default=120.0, ge=0, description="battery_death: readings fall to 0 meanwhile",
+    )
+    gateway: str | None = Field(
+        default=None, description="gateway_outage: gateway id; default: random",
+    )
+    duration_s: float = Field(
+        default=120.0, gt=0, description="gateway_outage: how long it stays down",
+    )
+    silent: bool = Field(
+        default=False, description="tag_removed: the tag is destroyed after it is dumped",
+    )
 
     @model_validator(mode="after")
     def _window(self) -> IncidentSpec:
@@ -283,8 +295,12 @@ class CheckoutTraffic(Strict):
     from_zones: list[str] = Field(default_factory=list)
     exit_zone: str = "exit"
     speed_mps: float = Field(default=1.3, gt=0, le=10)
-    lead_s: tuple[float, float] = Field(default=(20.0, 300.0), description="checkout this long before the exit (negative: after it)")
-    feed_delay_s: tuple[float, float] = Field(default=(0.0, 5.0), description="POS record reaches the engine this late")
+    lead_s: tuple[float, float] = Field(
+        default=(20.0, 300.0), description="checkout this long before the exit (< 0: after it)",
+    )
+    feed_delay_s: tuple[float, float] = Field(
+        default=(0.0, 5.0), description="POS record reaches the engine this late",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> CheckoutTraffic:
