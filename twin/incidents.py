@@ -55,14 +55,6 @@ class IncidentLog:
         rows = np.array(self.feed, dtype=FEED_DTYPE) if self.feed else np.zeros(0, FEED_DTYPE)
         return rows[np.argsort(rows["arrival"], kind="stable")]
 
-    def gone(self, t: float) -> set[str]:
-        """Tags that have left the site by time ``t`` (stolen or legitimately shipped)."""
-        return {
-            r.tag
-            for r in [*self.records, *self.legit_exits]
-            if r.kind in ("theft", "exit") and r.t <= t and r.tag is not None
-        }
-
 
 class IncidentInjector:
     """Registers one SimPy agent per incident (and per legitimate exit) with a twin."""
