@@ -122,8 +122,9 @@ def test_zone_enter_after_confirm_fixes_and_dwell() -> None:
 
 
 def test_missing_tag_after_k_intervals_not_for_slow_class() -> None:
-    eng = RuleEngine(rules_with(missing={"false_alarm_risk": 1e-3}), context())
+    eng = RuleEngine(rules_with(missing={"false_alarms_per_day_per_1000_tags": 1e5}), context())
     # tag 0 advertises every 1 s until t = 60; tag 1 (10 s class) every 10 s throughout.
+    # (a lax design rate, alpha = 1.2e-3, so that 60 clean adverts give k = 2)
     s = np.concatenate([adverts(0, 0.2, 60, 1.0), adverts(1, 0.5, 120, 10.0)])
     ev = drive(eng, s, [], 120)
     missing = [e for e in ev if e.rule == "missing_tag"]
@@ -324,7 +325,7 @@ def test_rules_file_errors_name_file_and_field(tmp_path) -> None:
 @given(
     confirm=st.integers(-5, 2000),
     low=st.floats(-50, 150, allow_nan=False),
-    risk=st.floats(-1, 2, allow_nan=False),
+    risk=st.floats(-1, 2e6, allow_nan=False),
     hours=st.tuples(st.integers(0, 30), st.integers(0, 70)),
 )
 def test_rule_parameter_parsing(
@@ -334,13 +335,13 @@ def test_rule_parameter_parsing(
     text = (
         f'version = "v"\n[zone_transition]\nconfirm_fixes = {confirm}\n'
         f"[battery]\nlow_pct = {low!r}\n"
-        f"rearm_pct = 100.0\n[missing]\nfalse_alarm_risk = {risk!r}\n"
+        f"rearm_pct = 100.0\n[missing]\nfalse_alarms_per_day_per_1000_tags = {risk!r}\n"
         f'[after_hours]\nworking_hours = [["{hh}", "23:00"]]\n'
     )
     valid = (
         1 <= confirm <= 1000
         and 0 <= low <= 100
-        and 0 < risk < 1
+        and 0 < risk < 1e6
         and hours[0] < 24
         and hours[1] < 60
     )
@@ -374,7 +375,7 @@ def test_per_gateway_miss_rate_for_tags_at_rest() -> None:
     # tag 0 heard by all 3 gateways on every frame for 100 s: q hits the floor, k = 2.
     eng.observe_sightings(adverts(0, 0.2, 100, 1.0))
     q = eng.miss_rate(np.array([0]))
-    assert q[0] == pytest.approx(1e-4)
+    assert q[0] == pytest.approx(5e-5)
     _, k = eng.silence_threshold(np.array([0]))
     assert k[0] == 2
     # it moves: the per-gateway history restarts and the frame-counter estimate applies

@@ -116,8 +116,8 @@ class MissingRule(_Strict):
     """missing_tag and cycle_count: silence longer than k advertising intervals (k adaptive)."""
 
     enabled: bool = True
-    false_alarm_risk: float = Field(
-        default=1e-8, gt=0, lt=1, description="alpha: accepted P(k misses in a row | present)"
+    false_alarms_per_day_per_1000_tags: float = Field(
+        default=0.5, gt=0, lt=1e6, description="design false-alarm rate; sets alpha per advert"
     )
     jitter_s: float = Field(
         default=0.010, ge=0, le=1, description="advDelay maximum added per interval"
@@ -131,7 +131,7 @@ class MissingRule(_Strict):
         default=True, description="estimate q from per-gateway reception of tags at rest"
     )
     loss_floor: float = Field(
-        default=1e-4, gt=0, lt=1, description="q never below this (losses common to all gateways)"
+        default=5e-5, gt=0, lt=1, description="q never below this (losses common to all gateways)"
     )
     min_adverts: int = Field(
         default=20, ge=1, description="frames since the last motion before per-gateway q is used"

@@ -346,6 +346,12 @@ class RuleEngine:
         settled = g_sent >= cfg.min_adverts
         return np.where(settled, np.maximum(q_gw, cfg.loss_floor), q)
 
+    def false_alarm_risk(self, d: IntArray) -> FloatArray:
+        """alpha per advertisement: the design rate R (per day per 1,000 tags) spread over
+        the adverts a tag sends in a day, alpha = R / 1000 x interval / 86,400 s."""
+        rate = self.rules.missing.false_alarms_per_day_per_1000_tags
+        return rate / 1000.0 * self._interval(d) / SECONDS_PER_DAY
+
     def silence_threshold(self, d: IntArray) -> tuple[FloatArray, FloatArray]:
         """theta = k * (interval + advDelay max) + latency, k the fewest misses in a row with
         q^k <= alpha.
@@ -353,11 +359,13 @@ class RuleEngine:
         A present tag stays silent past theta only if its next k advertisements were all
         missed (BLE Core Vol 6 Part B 4.4.2.2.1: events are advInterval + advDelay apart,
         advDelay <= 10 ms), which happens with probability q^k if misses are independent;
-        alpha bounds the false-alarm risk per advertisement (a geometric tail test).
+        with alpha from :meth:`false_alarm_risk` the expected false missing-tag alarms stay
+        below the design rate (a geometric tail test, per tag).
         """
         cfg = self.rules.missing
         q = np.clip(self.miss_rate(d), 1e-12, 1 - 1e-12)
-        k = np.ceil(np.log(cfg.false_alarm_risk) / np.log(q) - 1e-9)  # 2.0000000000000004 is 2
+        alpha = self.false_alarm_risk(d)
+        k = np.ceil(np.log(alpha) / np.log(q) - 1e-9)  # 2.0000000000000004 is 2
         k = np.clip(k, cfg.min_missed, cfg.max_missed)
         return k * (self._interval(d) + cfg.jitter_s) + cfg.latency_s, k
 
