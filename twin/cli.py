@@ -147,6 +147,48 @@ def check(
 
 
 @app.command()
+def roi(
+    scenario: Annotated[Path, typer.Argument(help="scenario with its [roi]")] = DEMO_SCENARIO,
+    report: Annotated[Path | None, typer.Option(help="a run's report.json; default: run")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the full result as JSON")] = False,
+) -> None:
+    """Payback, NPV and TCO from measured performance: base, best, worst, and what moves payback."""
+    from engine.roi import measured_from_report, roi_report
+
+    sc = _load(scenario)
+    if report is not None:
+        rep = json.loads(report.read_text())
+    else:
+        from twin.run import simulate as run_scenario
+
+        rep = run_scenario(sc).report()
+    result = roi_report(sc.roi, measured_from_report(rep))
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    cases = result["cases"]
+    assert isinstance(cases, dict)
+    table = Table(title=f"{sc.name}: return on investment over {sc.roi.horizon_months} months")
+    for col in ("case", "capex", "opex/month", "benefit/month", "payback month", "NPV", "TCO"):
+        table.add_column(col, justify="right")
+    for name in ("worst", "base", "best"):
+        c = cases[name]
+        table.add_row(name, f"{c['capex']:,.0f}", f"{c['opex_per_month']:,.0f}",
+                      f"{c['benefit_per_month']:,.0f}", str(c["payback_month"] or "never"),
+                      f"{c['npv']:,.0f}", f"{c['tco']:,.0f}")
+    console.print(table)
+    sens = Table(title=f"sensitivity: each input -/+ {sc.roi.sensitivity_pct:g} %")
+    for col in ("input", "payback low", "payback high", "NPV low", "NPV high"):
+        sens.add_column(col, justify="right")
+    rows = result["sensitivity"]
+    assert isinstance(rows, list)
+    for r in rows[:8]:
+        sens.add_row(r["input"], f"{r['payback_low']:.1f}", f"{r['payback_high']:.1f}",
+                     f"{r['npv_low']:,.0f}", f"{r['npv_high']:,.0f}")
+    console.print(sens)
+
+
+@app.command()
 def schema(out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None) -> None:
     """Print the JSON Schema of scenario files (generated from the code)."""
     text = json.dumps(Scenario.model_json_schema(by_alias=True), indent=2) + "\n"

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.roi import RoiInputs
+from engine.rules.config import RuleSet
 from radio_models.materials import DEFAULT_MATERIAL_LOSS_DB, DEFAULT_RACK_LOSS_DB
 
 Point = tuple[float, float]
@@ -313,6 +315,75 @@ class EngineSettings(Strict):
     use_site_plan: bool = Field(True, description="model wall and rack losses from the site plan")
 
 
+IncidentKind = Literal["theft", "misplacement", "battery_death", "gateway_outage", "tag_removed"]
+
+
+class IncidentSpec(Strict):
+    """Ground-truth incidents the twin injects (twin/incidents.py), ``count`` of one kind."""
+
+    kind: IncidentKind
+    count: int = Field(default=1, ge=0, le=100_000)
+    window_s: tuple[float, float] | None = Field(
+        default=None, description="start times uniform in [a, b]; default: [120, duration - 120] s")
+    from_zones: list[str] = Field(
+        default_factory=list,
+        description="zone names or roles the tag comes from; default: storage, packing, shipping, "
+                    "receiving")
+    to_zone: str | None = Field(
+        default=None, description="misplacement, tag_removed: where it is set down",
+    )
+    exit_zone: str = Field(
+        default="exit", description="theft: zone name or role the tag leaves through",
+    )
+    speed_mps: float = Field(default=1.3, gt=0, le=10)
+    lead_s: float = Field(
+        default=120.0, ge=0, description="battery_death: readings fall to 0 meanwhile",
+    )
+    gateway: str | None = Field(
+        default=None, description="gateway_outage: gateway id; default: random",
+    )
+    duration_s: float = Field(
+        default=120.0, gt=0, description="gateway_outage: how long it stays down",
+    )
+    silent: bool = Field(
+        default=False, description="tag_removed: the tag is destroyed after it is dumped",
+    )
+
+    @model_validator(mode="after")
+    def _window(self) -> IncidentSpec:
+        if self.window_s is not None and not 0 <= self.window_s[0] <= self.window_s[1]:
+            raise ValueError("window_s must be [a, b] with 0 <= a <= b")
+        if self.kind in ("misplacement", "tag_removed") and self.to_zone is None:
+            raise ValueError(f"{self.kind} needs to_zone")
+        return self
+
+
+class CheckoutTraffic(Strict):
+    """Legitimate exits: tags carried out through an exit after a checkout (POS) record."""
+
+    count: int = Field(default=0, ge=0, le=100_000)
+    window_s: tuple[float, float] | None = None
+    from_zones: list[str] = Field(default_factory=list)
+    exit_zone: str = "exit"
+    speed_mps: float = Field(default=1.3, gt=0, le=10)
+    lead_s: tuple[float, float] = Field(
+        default=(20.0, 300.0), description="checkout this long before the exit (< 0: after it)",
+    )
+    feed_delay_s: tuple[float, float] = Field(
+        default=(0.0, 5.0), description="POS record reaches the engine this late",
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> CheckoutTraffic:
+        for name in ("lead_s", "feed_delay_s"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name} must be [low, high] with low <= high")
+        if self.feed_delay_s[0] < 0:
+            raise ValueError("feed_delay_s cannot be negative")
+        return self
+
+
 class Bound(Strict):
     min: float | None = None
     max: float | None = None
@@ -331,6 +402,10 @@ class Scenario(Strict):
     movers: list[MoverGroup] = []
     radio: Radio = Radio()
     engine: EngineSettings = EngineSettings()
+    incidents: list[IncidentSpec] = []
+    checkouts: CheckoutTraffic = Field(default_factory=lambda: CheckoutTraffic.model_validate({}))
+    rules: RuleSet = Field(default_factory=lambda: RuleSet.model_validate({}))
+    roi: RoiInputs = Field(default_factory=lambda: RoiInputs.model_validate({}))
     expected: dict[str, Bound] = Field(default_factory=dict, description="metric name -> bounds")
 
     @model_validator(mode="after")
@@ -353,6 +428,20 @@ class Scenario(Strict):
         ids = [g.id for g in self.gateways.units]
         if len(set(ids)) != len(ids):
             raise ValueError("gateways.list: gateway ids must be unique")
+        for i, inc in enumerate(self.incidents):
+            for stop in [*inc.from_zones, *([inc.to_zone] if inc.to_zone else []),
+                         *([inc.exit_zone] if inc.kind == "theft" else [])]:
+                if stop not in names and stop not in roles:
+                    raise ValueError(f"incidents[{i}]: {stop!r} is not a zone name or role in use")
+            if inc.gateway is not None and inc.gateway not in ids:
+                raise ValueError(f"incidents[{i}].gateway: no gateway {inc.gateway!r} in the list")
+        if self.checkouts.count:
+            for stop in [*self.checkouts.from_zones, self.checkouts.exit_zone]:
+                if stop not in names and stop not in roles:
+                    raise ValueError(f"checkouts: {stop!r} is not a zone name or role in use")
+        for zone in self.rules.exit.exit_zones:
+            if self.incidents and zone not in names and zone not in roles:
+                raise ValueError(f"rules.exit.exit_zones: {zone!r} is not a zone or role in use")
         return self
 
 

@@ -258,6 +258,8 @@ class WarehouseTwin:
         }
         self._navigator: Navigator | None = None
         self._radio_t = 0.0  # the radio has generated every advertisement before this time
+        # Extra SimPy agents (incidents, traffic) that run() starts next to the movers.
+        self.agents: list[Callable[[simpy.Environment], simpy.events.ProcessGenerator]] = []
 
     # -- radio ------------------------------------------------------------------------
 
@@ -555,6 +557,8 @@ class WarehouseTwin:
             for _ in range(group.count):
                 env.process(self._mover_process(env, mover_id, gi))
                 mover_id += 1
+        for agent in self.agents:
+            env.process(agent(env))
         env.run(until=self.scenario.duration_s)
         # SimPy stops *before* events at ``until``, so the last tick is run here.
         if self._radio_t < self.scenario.duration_s:
