@@ -186,7 +186,7 @@ def gateway(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         gw = await run_gateway(cfg, stop)
-        err_console.print(json.dumps(gw.status_counters(), sort_keys=True), markup=False, highlight=False)
+        sys.stderr.write(json.dumps(gw.status_counters(), sort_keys=True) + "\n")
 
     asyncio.run(main())
 
@@ -238,7 +238,7 @@ def serve(
     if duration is not None:
         threading.Timer(duration, stop.set).start()
     run_server(core, broker, stop)
-    err_console.print(json.dumps(core.status(), sort_keys=True, default=str), markup=False, highlight=False)
+    sys.stderr.write(json.dumps(core.status(), sort_keys=True, default=str) + "\n")
 
 
 @app.command()
