@@ -21,10 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _mosquitto import broker  # noqa: E402
+from _mosquitto import broker
 
-from live_bridge.decoders import build_eddystone_uid, build_ibeacon, build_mibeacon  # noqa: E402
-from live_bridge.gateway import Gateway, GatewayConfig  # noqa: E402
+from live_bridge.decoders import build_eddystone_uid, build_ibeacon, build_mibeacon
+from live_bridge.gateway import Gateway, GatewayConfig
 
 KEY = bytes(range(16))
 
@@ -38,9 +38,21 @@ def adverts(n_devices: int) -> list[tuple[str, dict[int, bytes], dict[str, bytes
         if kind == 19:
             out.append((mac, {0x0006: b"\x01\x02"}, {}))  # not a site tag: filtered out
         elif kind < 10:
-            out.append((mac, {}, {"fe95": build_mibeacon(mac, i % 256, battery=80, bindkey=KEY, ext_counter=i)}))
+            out.append(
+                (
+                    mac,
+                    {},
+                    {"fe95": build_mibeacon(mac, i % 256, battery=80, bindkey=KEY, ext_counter=i)},
+                )
+            )
         elif kind < 15:
-            out.append((mac, {0x004C: build_ibeacon("e5ca1ade-f007-ba11-0000-000000000000", 1, i, -59)}, {}))
+            out.append(
+                (
+                    mac,
+                    {0x004C: build_ibeacon("e5ca1ade-f007-ba11-0000-000000000000", 1, i, -59)},
+                    {},
+                )
+            )
         else:
             out.append((mac, {}, {"feaa": build_eddystone_uid(bytes(10), i.to_bytes(6, "big"))}))
     return out
@@ -48,11 +60,18 @@ def adverts(n_devices: int) -> list[tuple[str, dict[int, bytes], dict[str, bytes
 
 async def run(url: str, n: int, spool: Path) -> dict[str, float]:
     devices = adverts(500)
-    cfg = GatewayConfig.model_validate({
-        "id": "bench", "key_hex": "ab" * 32, "broker": url, "spool": {"path": str(spool)},
-        "batch": {"max_age_s": 0.1, "max_size": 200}, "mqtt": {"max_inflight": 50},
-        "filter": {"service_uuids": ["fe95", "feaa"], "manufacturer_ids": [0x004C]},
-        "bindkeys": {mac: KEY.hex() for mac, _, svc in devices if "fe95" in svc}})
+    cfg = GatewayConfig.model_validate(
+        {
+            "id": "bench",
+            "key_hex": "ab" * 32,
+            "broker": url,
+            "spool": {"path": str(spool)},
+            "batch": {"max_age_s": 0.1, "max_size": 200},
+            "mqtt": {"max_inflight": 50},
+            "filter": {"service_uuids": ["fe95", "feaa"], "manufacturer_ids": [0x004C]},
+            "bindkeys": {mac: KEY.hex() for mac, _, svc in devices if "fe95" in svc},
+        }
+    )
     gw = Gateway(cfg)
     stop = asyncio.Event()
     task = asyncio.create_task(gw.run(stop))
@@ -71,10 +90,17 @@ async def run(url: str, n: int, spool: Path) -> dict[str, float]:
     counters = gw.status_counters()
     stop.set()
     await task
-    return {"adverts": n, "forwarded": counters["forwarded"], "filtered_out": counters.get("filtered_out", 0),
-            "batches": counters["batches"], "published_acked": counters["published"],
-            "handoff_s": round(t_in, 3), "total_s": round(t_all, 3),
-            "adverts_per_s": round(n / t_all), "forwarded_per_s": round(counters["forwarded"] / t_all)}
+    return {
+        "adverts": n,
+        "forwarded": counters["forwarded"],
+        "filtered_out": counters.get("filtered_out", 0),
+        "batches": counters["batches"],
+        "published_acked": counters["published"],
+        "handoff_s": round(t_in, 3),
+        "total_s": round(t_all, 3),
+        "adverts_per_s": round(n / t_all),
+        "forwarded_per_s": round(counters["forwarded"] / t_all),
+    }
 
 
 def main() -> None:

@@ -36,10 +36,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _mosquitto import broker  # noqa: E402
+from _mosquitto import broker
 
-from live_bridge.mqtt import BrokerUrl, make_client  # noqa: E402
-from live_bridge.wire import POSITIONS_TOPIC, SERVER_STATUS_TOPIC, batch_topic, encode_payload  # noqa: E402
+from live_bridge.mqtt import BrokerUrl, make_client
+from live_bridge.wire import POSITIONS_TOPIC, SERVER_STATUS_TOPIC, batch_topic, encode_payload
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "demo.toml"
@@ -60,8 +60,13 @@ class Site:
         self.gw_xyz = cfg.gateways.xyz
         self.rng = np.random.default_rng(seed)
         minx, miny, maxx, maxy = cfg.bounds
-        self.tag_xy = np.column_stack([self.rng.uniform(minx, maxx, N_TAGS), self.rng.uniform(miny, maxy, N_TAGS)])
-        d = np.sqrt(((self.tag_xy[:, None, :] - self.gw_xyz[None, :, :2]) ** 2).sum(-1) + (self.gw_xyz[None, :, 2] - 1) ** 2)
+        self.tag_xy = np.column_stack(
+            [self.rng.uniform(minx, maxx, N_TAGS), self.rng.uniform(miny, maxy, N_TAGS)]
+        )
+        d = np.sqrt(
+            ((self.tag_xy[:, None, :] - self.gw_xyz[None, :, :2]) ** 2).sum(-1)
+            + (self.gw_xyz[None, :, 2] - 1) ** 2
+        )
         self.mean_rssi = -59.0 - 20.0 * np.log10(d)
         self.keys = {g: bytes([i + 1]) * 32 for i, g in enumerate(self.gw_ids)}
         self.seq = dict.fromkeys(self.gw_ids, 0)
@@ -74,9 +79,12 @@ class Site:
         self.frame[tags] += 1
         out = []
         for g, gw in enumerate(self.gw_ids):
-            ads = ",".join(f'{{"t":{ti:.6f},"dev":"tag-{k:04d}","rssi":{r:.1f},"seq":{f}}}'
-                           for ti, k, r, f in zip(t, tags, rssi[:, g], frames, strict=True))
-            payload = f'{{"v":1,"gw":"{gw}","seq":{self.seq[gw]},"sent":{sent:.6f},"ads":[{ads}]}}'.encode()
+            ads = ",".join(
+                f'{{"t":{ti:.6f},"dev":"tag-{k:04d}","rssi":{r:.1f},"seq":{f}}}'
+                for ti, k, r, f in zip(t, tags, rssi[:, g], frames, strict=True)
+            )
+            head = f'{{"v":1,"gw":"{gw}","seq":{self.seq[gw]},"sent":{sent:.6f}'
+            payload = f'{head},"ads":[{ads}]}}'.encode()
             self.seq[gw] += 1
             out.append((batch_topic(gw), encode_payload(payload, self.keys[gw])))
         return out
@@ -92,14 +100,20 @@ class Listener:
         self.target = -1
         self.ready = threading.Event()
         self.status_seen = threading.Event()
-        self.client.on_connect = lambda c, u, f, r, p=None: c.subscribe([(POSITIONS_TOPIC, 0), (SERVER_STATUS_TOPIC, 0)])
-        self.client.on_subscribe = lambda c, u, m, r, p=None: self.ready.set()
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.connect(b.host, b.port)
         self.client.loop_start()
         self.ready.wait(10)
 
-    def _on_message(self, c: object, u: object, msg: object) -> None:
+    def _on_connect(self, c: object, *_: object) -> None:
+        c.subscribe([(POSITIONS_TOPIC, 0), (SERVER_STATUS_TOPIC, 0)])  # type: ignore[attr-defined]
+
+    def _on_subscribe(self, *_: object) -> None:
+        self.ready.set()
+
+    def _on_message(self, _c: object, _u: object, msg: object) -> None:
         now = time.time()
         if msg.topic == POSITIONS_TOPIC:  # type: ignore[attr-defined]
             self.positions.append((now, msg.payload))  # type: ignore[attr-defined]
@@ -124,10 +138,28 @@ def start_server(url: str, keys: dict[str, bytes], tmp: Path) -> subprocess.Pope
     keys_file = tmp / "keys.toml"
     keys_file.write_text("[keys]\n" + "".join(f'"{g}" = "{k.hex()}"\n' for g, k in keys.items()))
     tagtwin = str(Path(sys.executable).parent / "tagtwin")
-    return subprocess.Popen([tagtwin, "serve", "--broker", url, "--scenario", str(SCENARIO), "--keys",
-                             str(keys_file), "--step", str(STEP_S), "--lateness", str(LATENESS_S),
-                             "--events", "none", "--status-every", "0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            tagtwin,
+            "serve",
+            "--broker",
+            url,
+            "--scenario",
+            str(SCENARIO),
+            "--keys",
+            str(keys_file),
+            "--step",
+            str(STEP_S),
+            "--lateness",
+            str(LATENESS_S),
+            "--events",
+            "none",
+            "--status-every",
+            "0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def max_load(site: Site, url: str, listener: Listener, adverts: int) -> dict[str, float]:
@@ -137,7 +169,7 @@ def max_load(site: Site, url: str, listener: Listener, adverts: int) -> dict[str
     t = now + np.sort(site.rng.uniform(0, 4.0, adverts))
     bodies = []
     for lo in range(0, adverts, 40):
-        bodies += site.batches(tags[lo:lo + 40], t[lo:lo + 40], now)
+        bodies += site.batches(tags[lo : lo + 40], t[lo : lo + 40], now)
     client = publisher(url)
     listener.target = listener.sightings + adverts * len(site.gw_ids)
     t0 = time.time()
@@ -151,11 +183,17 @@ def max_load(site: Site, url: str, listener: Listener, adverts: int) -> dict[str
     client.disconnect()  # type: ignore[attr-defined]
     elapsed = (listener.first_full or time.time()) - t0
     n = adverts * len(site.gw_ids)
-    return {"sightings": n, "publish_s": round(t_pub, 3), "ingest_s": round(elapsed, 3),
-            "max_sightings_per_s": round(n / elapsed)}
+    return {
+        "sightings": n,
+        "publish_s": round(t_pub, 3),
+        "ingest_s": round(elapsed, 3),
+        "max_sightings_per_s": round(n / elapsed),
+    }
 
 
-def latency(site: Site, url: str, listener: Listener, rate: float, seconds: float) -> dict[str, float]:
+def latency(
+    site: Site, url: str, listener: Listener, rate: float, seconds: float
+) -> dict[str, float]:
     """Offer ``rate`` sightings/s in real time; latency per advert to its first position."""
     client = publisher(url)
     adverts_per_s = rate / len(site.gw_ids)
@@ -203,16 +241,31 @@ def latency(site: Site, url: str, listener: Listener, rate: float, seconds: floa
     mid = t_start + 1.0 + (seconds - 1.5) / 2
     first, second = lat[steady & (t_ad < mid)], lat[steady & (t_ad >= mid)]
     if len(got) == 0:
-        return {"offered_sightings_per_s": round(rate), "adverts_measured": len(measured), "sustained": False}
-    out = {"offered_sightings_per_s": round(rate), "adverts_per_s": round(adverts_per_s), "seconds": seconds,
-           "adverts_measured": len(measured), "adverts_without_position": int(np.isnan(measured).sum()),
-           "p50_ms": round(float(np.percentile(got, 50)) * 1000, 1),
-           "p90_ms": round(float(np.percentile(got, 90)) * 1000, 1),
-           "p99_ms": round(float(np.percentile(got, 99)) * 1000, 1),
-           "max_ms": round(float(got.max()) * 1000, 1)}
-    growth = float(np.nanpercentile(second, 90) - np.nanpercentile(first, 90)) if len(first) and len(second) else 0
+        return {
+            "offered_sightings_per_s": round(rate),
+            "adverts_measured": len(measured),
+            "sustained": False,
+        }
+    out = {
+        "offered_sightings_per_s": round(rate),
+        "adverts_per_s": round(adverts_per_s),
+        "seconds": seconds,
+        "adverts_measured": len(measured),
+        "adverts_without_position": int(np.isnan(measured).sum()),
+        "p50_ms": round(float(np.percentile(got, 50)) * 1000, 1),
+        "p90_ms": round(float(np.percentile(got, 90)) * 1000, 1),
+        "p99_ms": round(float(np.percentile(got, 99)) * 1000, 1),
+        "max_ms": round(float(got.max()) * 1000, 1),
+    }
+    growth = (
+        float(np.nanpercentile(second, 90) - np.nanpercentile(first, 90))
+        if len(first) and len(second)
+        else 0
+    )
     out["p90_growth_ms"] = round(growth * 1000, 1)
-    out["sustained"] = bool(out["adverts_without_position"] == 0 and growth < 0.1 and out["p99_ms"] < 2000)
+    out["sustained"] = bool(
+        out["adverts_without_position"] == 0 and growth < 0.1 and out["p99_ms"] < 2000
+    )
     return out
 
 
@@ -247,13 +300,38 @@ def main() -> None:
         finally:
             os.kill(server.pid, signal.SIGTERM)
             server.wait(20)
-    print(json.dumps({"engine": {"step_s": STEP_S, "allowed_lateness_s": LATENESS_S, "window_s": 4.0,
-                                 "gateways": len(site.gw_ids), "tags": N_TAGS, "gateway_batch_s": BATCH_EVERY_S},
-                      "flood_reference": flood,
-                      "ramp": [{k: lv.get(k) for k in ("offered_sightings_per_s", "p50_ms", "p99_ms",
-                                                       "p90_growth_ms", "sustained")} for lv in ramp],
-                      "max_sustained_sightings_per_s": best, "at_half_max_load": lat,
-                      "p99_under_250_ms": bool(lat) and lat["p99_ms"] < 250}, indent=2))
+    print(
+        json.dumps(
+            {
+                "engine": {
+                    "step_s": STEP_S,
+                    "allowed_lateness_s": LATENESS_S,
+                    "window_s": 4.0,
+                    "gateways": len(site.gw_ids),
+                    "tags": N_TAGS,
+                    "gateway_batch_s": BATCH_EVERY_S,
+                },
+                "flood_reference": flood,
+                "ramp": [
+                    {
+                        k: lv.get(k)
+                        for k in (
+                            "offered_sightings_per_s",
+                            "p50_ms",
+                            "p99_ms",
+                            "p90_growth_ms",
+                            "sustained",
+                        )
+                    }
+                    for lv in ramp
+                ],
+                "max_sustained_sightings_per_s": best,
+                "at_half_max_load": lat,
+                "p99_under_250_ms": bool(lat) and lat["p99_ms"] < 250,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,12 @@ def parse_theengs(topic: str, body: bytes, now: float) -> tuple[str, list[Advert
     rssi = _rssi(data)
     try:
         svc: dict[str, bytes] = {}
-        if isinstance(data.get("servicedata"), str) and isinstance(data.get("servicedatauuid"), str):
-            svc[str(data["servicedatauuid"]).lower().removeprefix("0x")] = bytes.fromhex(str(data["servicedata"]))
+        if isinstance(data.get("servicedata"), str) and isinstance(
+            data.get("servicedatauuid"), str
+        ):
+            svc[str(data["servicedatauuid"]).lower().removeprefix("0x")] = bytes.fromhex(
+                str(data["servicedata"])
+            )
         mfr: dict[int, bytes] = {}
         if isinstance(data.get("manufacturerdata"), str):
             raw = bytes.fromhex(str(data["manufacturerdata"]))
@@ -66,8 +70,23 @@ def parse_theengs(topic: str, body: bytes, now: float) -> tuple[str, list[Advert
     except (ValueError, DecodeError) as exc:
         raise AdapterError("undecodable advertisement", str(exc)[:200]) from None
     batt = data.get("batt")
-    bat = d.battery if d.battery is not None else (int(batt) if isinstance(batt, int | float) and 0 <= batt <= 100 else None)
-    return parts[1], [Advert(t=now, dev=d.dev, rssi=rssi, fmt="theengs", bat=bat, mot=d.motion, seq=d.seq, tx=d.tx_power)]
+    bat = (
+        d.battery
+        if d.battery is not None
+        else (int(batt) if isinstance(batt, int | float) and 0 <= batt <= 100 else None)
+    )
+    return parts[1], [
+        Advert(
+            t=now,
+            dev=d.dev,
+            rssi=rssi,
+            fmt="theengs",
+            bat=bat,
+            mot=d.motion,
+            seq=d.seq,
+            tx=d.tx_power,
+        )
+    ]
 
 
 def parse_espresense(topic: str, body: bytes, now: float) -> tuple[str, list[Advert]]:

@@ -13,18 +13,28 @@ import base64
 import json
 import threading
 import time
-from pathlib import Path
-
-import paho.mqtt.client as paho
+from typing import TYPE_CHECKING
 
 from live_bridge.mqtt import BrokerUrl, make_client
 from live_bridge.wire import BATCH_SUBSCRIPTION
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import paho.mqtt.client as paho
+
 CAPTURE_VERSION = 1
 
 
-def record(broker_url: str, out: Path, topics: list[str] | None = None, duration_s: float | None = None,
-           stop: threading.Event | None = None, ready: threading.Event | None = None) -> int:
+def record(
+    broker_url: str,
+    out: Path,
+    *,
+    topics: list[str] | None = None,
+    duration_s: float | None = None,
+    stop: threading.Event | None = None,
+    ready: threading.Event | None = None,
+) -> int:
     """Append every message on ``topics`` to ``out`` until stop or duration; returns the count."""
     broker = BrokerUrl.parse(broker_url)
     client = make_client(f"tagtwin-rec-{int(time.time() * 1000) % 10**9}", broker)
@@ -34,15 +44,23 @@ def record(broker_url: str, out: Path, topics: list[str] | None = None, duration
     with out.open("w", encoding="utf-8") as fh:
         fh.write(json.dumps({"capture": CAPTURE_VERSION, "started": time.time()}) + "\n")
 
-        def on_connect(c: paho.Client, u: object, f: object, reason: object, p: object = None) -> None:
+        def on_connect(
+            c: paho.Client, _u: object, _f: object, _reason: object, _p: object = None
+        ) -> None:
             for t in topics or [BATCH_SUBSCRIPTION]:
                 c.subscribe(t, qos=1)
             if ready is not None:
                 ready.set()
 
-        def on_message(c: paho.Client, u: object, msg: paho.MQTTMessage) -> None:
+        def on_message(_c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
             nonlocal count
-            line = json.dumps({"t": time.time(), "topic": msg.topic, "b64": base64.b64encode(msg.payload).decode()})
+            line = json.dumps(
+                {
+                    "t": time.time(),
+                    "topic": msg.topic,
+                    "b64": base64.b64encode(msg.payload).decode(),
+                }
+            )
             with lock:
                 fh.write(line + "\n")
                 count += 1
@@ -67,7 +85,13 @@ def read_capture(path: Path) -> list[tuple[float, str, bytes]]:
         for n, line in enumerate(fh, start=2):
             try:
                 rec = json.loads(line)
-                out.append((float(rec["t"]), str(rec["topic"]), base64.b64decode(rec["b64"], validate=True)))
+                out.append(
+                    (
+                        float(rec["t"]),
+                        str(rec["topic"]),
+                        base64.b64decode(rec["b64"], validate=True),
+                    )
+                )
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path}: line {n}: {exc}") from None
     return out

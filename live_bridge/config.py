@@ -43,13 +43,20 @@ def load_keys(path: Path | str) -> dict[str, bytes]:
 
 def new_keys_toml(gateway_ids: list[str]) -> str:
     """A keys file with a fresh random 32-byte key per gateway."""
-    lines = ["# HMAC-SHA256 keys shared by each gateway and the server; keep this file secret.", "[keys]"]
+    lines = [
+        "# HMAC-SHA256 keys shared by each gateway and the server; keep this file secret.",
+        "[keys]",
+    ]
     lines += [f'"{g}" = "{secrets.token_hex(32)}"' for g in gateway_ids]
     return "\n".join(lines) + "\n"
 
 
-def site_engine_config(scenario: Scenario, step_s: float | None = None, lateness_s: float | None = None,
-                       window_s: float | None = None) -> EngineConfig:
+def site_engine_config(
+    scenario: Scenario,
+    step_s: float | None = None,
+    lateness_s: float | None = None,
+    window_s: float | None = None,
+) -> EngineConfig:
     """The engine configuration a twin run of ``scenario`` would use, without running it."""
     from dataclasses import replace
 
@@ -59,7 +66,12 @@ def site_engine_config(scenario: Scenario, step_s: float | None = None, lateness
 
     site = SiteModel.from_scenario(scenario)
     gateways, _ = resolve_gateways(scenario, site)
-    cfg = engine_config_for(scenario, cast(TwinResult, SimpleNamespace(site=site, gateways=gateways)))
-    changes = {k: v for k, v in (("step_s", step_s), ("allowed_lateness_s", lateness_s), ("window_s", window_s))
-               if v is not None}
+    cfg = engine_config_for(
+        scenario, cast("TwinResult", SimpleNamespace(site=site, gateways=gateways))
+    )
+    changes = {
+        k: v
+        for k, v in (("step_s", step_s), ("allowed_lateness_s", lateness_s), ("window_s", window_s))
+        if v is not None
+    }
     return replace(cfg, **changes) if changes else cfg  # type: ignore[arg-type]

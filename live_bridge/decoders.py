@@ -20,11 +20,14 @@ benchmarks use them so that what goes through bleak is a real payload.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 MIBEACON_UUID = "0000fe95-0000-1000-8000-00805f9b34fb"
 EDDYSTONE_UUID = "0000feaa-0000-1000-8000-00805f9b34fb"
@@ -100,7 +103,7 @@ def decode_mibeacon(data: bytes, address: str, bindkeys: Mapping[str, bytes]) ->
     if fc & FC_MAC:
         if len(data) < i + 6:
             raise DecodeError("mibeacon: truncated MAC")
-        mac_rev = data[i:i + 6]
+        mac_rev = data[i : i + 6]
         i += 6
     mac = _mac_from_reversed(mac_rev) if mac_rev else norm_mac(address)
     if fc & FC_CAPABILITY:
@@ -123,11 +126,12 @@ def decode_mibeacon(data: bytes, address: str, bindkeys: Mapping[str, bytes]) ->
             raise DecodeError("mibeacon: truncated encrypted payload")
         if not mac_rev:
             mac_rev = bytes.fromhex(mac.replace(":", ""))[::-1]
-        ext = body[-(EXT_COUNTER_LEN + MIC_LEN):-MIC_LEN]
+        ext = body[-(EXT_COUNTER_LEN + MIC_LEN) : -MIC_LEN]
         nonce = mac_rev + data[2:5] + ext
         try:
             body = AESCCM(key, tag_length=MIC_LEN).decrypt(
-                nonce, body[:-(EXT_COUNTER_LEN + MIC_LEN)] + body[-MIC_LEN:], CCM_AAD)
+                nonce, body[: -(EXT_COUNTER_LEN + MIC_LEN)] + body[-MIC_LEN:], CCM_AAD
+            )
         except InvalidTag:
             raise DecodeError("mibeacon: MIC check failed (wrong bindkey?)") from None
         # 32-bit frame counter: extended counter (high 3 bytes) and the frame counter byte.
@@ -141,7 +145,7 @@ def _parse_objects(body: bytes, out: Decoded) -> None:
     while j + 3 <= len(body):
         otype, olen = struct.unpack_from("<HB", body, j)
         j += 3
-        value = body[j:j + olen]
+        value = body[j : j + olen]
         if len(value) < olen:
             raise DecodeError("mibeacon: truncated object")
         j += olen
@@ -155,23 +159,36 @@ def _parse_objects(body: bytes, out: Decoded) -> None:
         raise DecodeError("mibeacon: trailing bytes after objects")
 
 
-def build_mibeacon(mac: str, counter: int, *, pid: int = 0x0AF2, battery: int | None = None,
-                   motion: int | None = None, bindkey: bytes | None = None, ext_counter: int = 0,
-                   include_mac: bool = True) -> bytes:
+def build_mibeacon(
+    mac: str,
+    counter: int,
+    *,
+    pid: int = 0x0AF2,
+    battery: int | None = None,
+    motion: int | None = None,
+    bindkey: bytes | None = None,
+    ext_counter: int = 0,
+    include_mac: bool = True,
+) -> bytes:
     """A v5 MiBeacon frame (encrypted when a bindkey is given)."""
     objects = b""
     if battery is not None:
         objects += struct.pack("<HBB", OBJ_BATTERY, 1, battery)
     if motion is not None:
-        objects += (struct.pack("<HBI", OBJ_NO_MOTION, 4, 60) if motion == 0
-                    else struct.pack("<HBB", OBJ_MOTION, 1, 1))
+        objects += (
+            struct.pack("<HBI", OBJ_NO_MOTION, 4, 60)
+            if motion == 0
+            else struct.pack("<HBB", OBJ_MOTION, 1, 1)
+        )
     fc = (5 << 12) | (FC_OBJECT if objects else 0) | (FC_MAC if include_mac else 0)
     mac_rev = bytes.fromhex(mac.replace(":", ""))[::-1]
     head = struct.pack("<HHB", fc | (FC_ENCRYPTED if bindkey else 0), pid, counter & 0xFF)
     frame = head + (mac_rev if include_mac else b"")
     if bindkey and objects:
         ext = (ext_counter & 0xFFFFFF).to_bytes(3, "little")
-        sealed = AESCCM(bindkey, tag_length=MIC_LEN).encrypt(mac_rev + head[2:5] + ext, objects, CCM_AAD)
+        sealed = AESCCM(bindkey, tag_length=MIC_LEN).encrypt(
+            mac_rev + head[2:5] + ext, objects, CCM_AAD
+        )
         return frame + sealed[:-MIC_LEN] + ext + sealed[-MIC_LEN:]
     return frame + objects
 
@@ -189,7 +206,11 @@ def decode_ibeacon(data: bytes) -> Decoded:
 
 
 def build_ibeacon(uuid: str, major: int, minor: int, power: int = -59) -> bytes:
-    return b"\x02\x15" + bytes.fromhex(uuid.replace("-", "")) + struct.pack(">HHb", major, minor, power)
+    return (
+        b"\x02\x15"
+        + bytes.fromhex(uuid.replace("-", ""))
+        + struct.pack(">HHb", major, minor, power)
+    )
 
 
 def decode_eddystone(data: bytes, address: str) -> Decoded:
@@ -201,13 +222,21 @@ def decode_eddystone(data: bytes, address: str) -> Decoded:
         if len(data) < 18:
             raise DecodeError("eddystone-uid: expected 18+ bytes")
         tx0 = struct.unpack_from("b", data, 1)[0]
-        return Decoded("eddystone-uid", f"eddystone:{data[2:12].hex()}:{data[12:18].hex()}", tx_power=tx0 - 41.0)
+        return Decoded(
+            "eddystone-uid",
+            f"eddystone:{data[2:12].hex()}:{data[12:18].hex()}",
+            tx_power=tx0 - 41.0,
+        )
     if kind == 0x20:
         if len(data) != 14 or data[1] != 0:
             raise DecodeError("eddystone-tlm: expected 14 bytes, version 0 (unencrypted)")
         mv, temp_raw, adv_cnt, sec_cnt = struct.unpack_from(">HhII", data, 2)
-        out = Decoded("eddystone-tlm", norm_mac(address), seq=adv_cnt & 0x7FFFFFFF,
-                      extra={"battery_mv": mv, "temp_c": temp_raw / 256.0, "uptime_s": sec_cnt / 10.0})
+        out = Decoded(
+            "eddystone-tlm",
+            norm_mac(address),
+            seq=adv_cnt & 0x7FFFFFFF,
+            extra={"battery_mv": mv, "temp_c": temp_raw / 256.0, "uptime_s": sec_cnt / 10.0},
+        )
         if mv:
             pct = (mv - TLM_EMPTY_MV) * 100 // (TLM_FULL_MV - TLM_EMPTY_MV)
             out.battery = int(min(max(pct, 0), 100))
@@ -221,7 +250,12 @@ def decode_eddystone(data: bytes, address: str) -> Decoded:
         if len(data) < 3:
             raise DecodeError("eddystone-url: expected 3+ bytes")
         tx0 = struct.unpack_from("b", data, 1)[0]
-        return Decoded("eddystone-url", norm_mac(address), tx_power=tx0 - 41.0, extra={"url_hex": data[2:].hex()})
+        return Decoded(
+            "eddystone-url",
+            norm_mac(address),
+            tx_power=tx0 - 41.0,
+            extra={"url_hex": data[2:].hex()},
+        )
     raise DecodeError(f"eddystone: unknown frame type 0x{kind:02x}")
 
 
@@ -230,7 +264,9 @@ def build_eddystone_uid(namespace: bytes, instance: bytes, tx0: int = -18) -> by
 
 
 def build_eddystone_tlm(battery_mv: int, temp_c: float, adv_cnt: int, uptime_s: float) -> bytes:
-    return b"\x20\x00" + struct.pack(">HhII", battery_mv, round(temp_c * 256), adv_cnt, round(uptime_s * 10))
+    return b"\x20\x00" + struct.pack(
+        ">HhII", battery_mv, round(temp_c * 256), adv_cnt, round(uptime_s * 10)
+    )
 
 
 def build_eddystone_eid(eid: bytes, tx0: int = -18) -> bytes:
@@ -240,8 +276,12 @@ def build_eddystone_eid(eid: bytes, tx0: int = -18) -> bytes:
 # -- dispatch -------------------------------------------------------------------------
 
 
-def decode(address: str, manufacturer_data: Mapping[int, bytes], service_data: Mapping[str, bytes],
-           bindkeys: Mapping[str, bytes] | None = None) -> Decoded:
+def decode(
+    address: str,
+    manufacturer_data: Mapping[int, bytes],
+    service_data: Mapping[str, bytes],
+    bindkeys: Mapping[str, bytes] | None = None,
+) -> Decoded:
     """The first decoder that recognises the advertisement, else the raw fallback.
 
     Raises DecodeError when a frame claims a format but breaks it: the gateway counts
@@ -255,7 +295,9 @@ def decode(address: str, manufacturer_data: Mapping[int, bytes], service_data: M
         return decode_ibeacon(apple)
     if EDDYSTONE_UUID in services:
         return decode_eddystone(services[EDDYSTONE_UUID], address)
-    extra: dict[str, float | int | str] = {f"svc:{k[4:8] if k.endswith('-0000-1000-8000-00805f9b34fb') else k}": v.hex()
-                                           for k, v in sorted(services.items())}
+    extra: dict[str, float | int | str] = {
+        f"svc:{k[4:8] if k.endswith('-0000-1000-8000-00805f9b34fb') else k}": v.hex()
+        for k, v in sorted(services.items())
+    }
     extra.update({f"mfr:{cid:04x}": v.hex() for cid, v in sorted(manufacturer_data.items())})
     return Decoded("raw", norm_mac(address), extra=extra)

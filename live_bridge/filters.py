@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from live_bridge.decoders import norm_mac, norm_uuid
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 
 @dataclass(frozen=True)
@@ -23,23 +26,37 @@ class AdvertFilter:
     manufacturer_ids: frozenset[int] = frozenset()
 
     @classmethod
-    def build(cls, addresses: Iterable[str] = (), service_uuids: Iterable[str] = (),
-              manufacturer_ids: Iterable[int] = ()) -> AdvertFilter:
-        return cls(frozenset(norm_mac(a) for a in addresses), frozenset(norm_uuid(u) for u in service_uuids),
-                   frozenset(int(m) for m in manufacturer_ids))
+    def build(
+        cls,
+        addresses: Iterable[str] = (),
+        service_uuids: Iterable[str] = (),
+        manufacturer_ids: Iterable[int] = (),
+    ) -> AdvertFilter:
+        return cls(
+            frozenset(norm_mac(a) for a in addresses),
+            frozenset(norm_uuid(u) for u in service_uuids),
+            frozenset(int(m) for m in manufacturer_ids),
+        )
 
     @property
     def empty(self) -> bool:
         return not (self.addresses or self.service_uuids or self.manufacturer_ids)
 
-    def accepts(self, address: str, manufacturer_data: Mapping[int, bytes], service_data: Mapping[str, bytes]) -> bool:
+    def accepts(
+        self,
+        address: str,
+        manufacturer_data: Mapping[int, bytes],
+        service_data: Mapping[str, bytes],
+    ) -> bool:
         if self.empty:
             return True
         if self.addresses and norm_mac(address) in self.addresses:
             return True
         if self.manufacturer_ids and not self.manufacturer_ids.isdisjoint(manufacturer_data):
             return True
-        return bool(self.service_uuids) and any(norm_uuid(u) in self.service_uuids for u in service_data)
+        return bool(self.service_uuids) and any(
+            norm_uuid(u) in self.service_uuids for u in service_data
+        )
 
 
 def privacy_hash(device_id: str, salt: bytes) -> str:

@@ -18,9 +18,8 @@ import queue
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import paho.mqtt.client as paho
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -30,6 +29,12 @@ from live_bridge.filters import AdvertFilter, privacy_hash
 from live_bridge.mqtt import BrokerUrl, make_client
 from live_bridge.spool import FullPolicy, Spool
 from live_bridge.wire import Advert, Batch, GatewayStatus, batch_topic, encode_batch, status_topic
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from bleak.backends.device import BLEDevice
+    from bleak.backends.scanner import AdvertisementData
 
 log = logging.getLogger("tagtwin.gateway")
 MAX_REMEMBERED_ADDRESSES = 100_000
@@ -41,28 +46,34 @@ class _Cfg(BaseModel):
 
 class ScanConfig(_Cfg):
     mode: Literal["active", "passive"] = "active"
-    adapter: str | None = Field(None, description="BlueZ adapter, e.g. hci0; default: the system's")
-    duty_on_s: float | None = Field(None, gt=0, description="scan this long, then pause; unset: continuous")
-    duty_off_s: float = Field(0.0, ge=0)
-    backoff_min_s: float = Field(1.0, gt=0)
-    backoff_max_s: float = Field(30.0, gt=0)
-    watchdog_s: float = Field(120.0, gt=0, description="restart the scanner after this long without adverts")
+    adapter: str | None = Field(
+        default=None, description="BlueZ adapter, e.g. hci0; default: the system's"
+    )
+    duty_on_s: float | None = Field(
+        default=None, gt=0, description="scan this long, then pause; unset: continuous"
+    )
+    duty_off_s: float = Field(default=0.0, ge=0)
+    backoff_min_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    watchdog_s: float = Field(
+        default=120.0, gt=0, description="restart the scanner after this long without adverts"
+    )
 
 
 class BatchConfig(_Cfg):
-    max_age_s: float = Field(0.5, gt=0, le=60)
-    max_size: int = Field(200, ge=1, le=10_000)
+    max_age_s: float = Field(default=0.5, gt=0, le=60)
+    max_size: int = Field(default=200, ge=1, le=10_000)
 
 
 class MqttConfig(_Cfg):
-    max_inflight: int = Field(20, ge=1, le=1000)
-    keepalive_s: int = Field(30, ge=5)
-    heartbeat_s: float = Field(10.0, gt=0)
+    max_inflight: int = Field(default=20, ge=1, le=1000)
+    keepalive_s: int = Field(default=30, ge=5)
+    heartbeat_s: float = Field(default=10.0, gt=0)
 
 
 class SpoolConfig(_Cfg):
     path: Path = Path("gateway-spool.sqlite")
-    max_mb: float = Field(64.0, gt=0)
+    max_mb: float = Field(default=64.0, gt=0)
     full_policy: FullPolicy = "drop-oldest"
 
 
@@ -85,7 +96,9 @@ class PrivacyConfig(_Cfg):
 
 class GatewayConfig(_Cfg):
     id: str = Field(pattern=r"^[A-Za-z0-9._-]+$", max_length=64)
-    key_hex: str = Field(min_length=32, description="HMAC key shared with the server, hex (>= 16 bytes)")
+    key_hex: str = Field(
+        min_length=32, description="HMAC key shared with the server, hex (>= 16 bytes)"
+    )
     broker: str = "mqtt://127.0.0.1:1883"
     scan: ScanConfig = ScanConfig()
     batch: BatchConfig = BatchConfig()
@@ -93,7 +106,9 @@ class GatewayConfig(_Cfg):
     spool: SpoolConfig = SpoolConfig()
     filter: FilterConfig = FilterConfig()
     privacy: PrivacyConfig = PrivacyConfig()
-    bindkeys: dict[str, str] = Field(default_factory=dict, description="MAC -> 32 hex chars MiBeacon bindkey")
+    bindkeys: dict[str, str] = Field(
+        default_factory=dict, description="MAC -> 32 hex chars MiBeacon bindkey"
+    )
 
     @field_validator("key_hex")
     @classmethod
@@ -138,8 +153,13 @@ def load_gateway_config(path: Path | str) -> GatewayConfig:
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(path, [f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                                 for e in exc.errors()]) from None
+        raise ConfigError(
+            path,
+            [
+                f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            ],
+        ) from None
 
 
 class Gateway:
@@ -148,11 +168,14 @@ class Gateway:
     def __init__(self, config: GatewayConfig, client: paho.Client | None = None) -> None:
         self.config = config
         self.key = config.key
-        self.filter = AdvertFilter.build(config.filter.addresses, config.filter.service_uuids,
-                                         config.filter.manufacturer_ids)
+        self.filter = AdvertFilter.build(
+            config.filter.addresses, config.filter.service_uuids, config.filter.manufacturer_ids
+        )
         self.bindkeys = {norm_mac(m): bytes.fromhex(k) for m, k in config.bindkeys.items()}
         self.salt = bytes.fromhex(config.privacy.salt_hex) if config.privacy.enabled else None
-        self.spool = Spool(config.spool.path, int(config.spool.max_mb * 2**20), config.spool.full_policy)
+        self.spool = Spool(
+            config.spool.path, int(config.spool.max_mb * 2**20), config.spool.full_policy
+        )
         self.topic = batch_topic(config.id)
         self.counters: Counter[str] = Counter()
         self._pending: list[Advert] = []
@@ -165,7 +188,9 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connected = False
         self.last_advert = time.monotonic()
-        self.client = client or make_client(f"tagtwin-gw-{config.id}", BrokerUrl.parse(config.broker))
+        self.client = client or make_client(
+            f"tagtwin-gw-{config.id}", BrokerUrl.parse(config.broker)
+        )
         offline = GatewayStatus(gw=config.id, state="offline").model_dump_json().encode()
         self.client.will_set(status_topic(config.id), offline, qos=1, retain=True)
         self.client.on_connect = self._on_connect
@@ -180,22 +205,46 @@ class Gateway:
             with contextlib.suppress(RuntimeError):  # loop closed during shutdown
                 self._loop.call_soon_threadsafe(self._wake.set)
 
-    def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: object,
-                    properties: object = None) -> None:
+    def _on_connect(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        _flags: object,
+        reason: object,
+        _properties: object = None,
+    ) -> None:
         self._notify("connect", 0 if not getattr(reason, "is_failure", False) else 1)
 
-    def _on_disconnect(self, client: paho.Client, userdata: object, flags: object, reason: object,
-                       properties: object = None) -> None:
+    def _on_disconnect(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        _flags: object,
+        _reason: object,
+        _properties: object = None,
+    ) -> None:
         self._notify("disconnect")
 
-    def _on_publish(self, client: paho.Client, userdata: object, mid: int, reason: object,
-                    properties: object = None) -> None:
+    def _on_publish(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        mid: int,
+        _reason: object,
+        _properties: object = None,
+    ) -> None:
         self._notify("ack", mid)
 
     # -- input ------------------------------------------------------------------------
 
-    def on_advertisement(self, address: str, rssi: float, manufacturer_data: Mapping[int, bytes],
-                         service_data: Mapping[str, bytes], t: float | None = None) -> None:
+    def on_advertisement(
+        self,
+        address: str,
+        rssi: float,
+        manufacturer_data: Mapping[int, bytes],
+        service_data: Mapping[str, bytes],
+        t: float | None = None,
+    ) -> None:
         """One advertisement from the radio: filter, decode, queue for the next batch."""
         self.counters["scanned"] += 1
         self.last_advert = time.monotonic()
@@ -216,8 +265,19 @@ class Gateway:
             # EID frames from the same address, so its battery belongs to that identity.
             d.dev = self._frame_owner[address]
         dev = privacy_hash(d.dev, self.salt) if self.salt is not None else d.dev
-        self.add(Advert(t=time.time() if t is None else t, dev=dev, rssi=rssi, fmt=d.fmt,  # type: ignore[arg-type]
-                        bat=d.battery, mot=d.motion, seq=d.seq, tx=d.tx_power, extra=d.extra or None))
+        self.add(
+            Advert(
+                t=time.time() if t is None else t,
+                dev=dev,
+                rssi=rssi,
+                fmt=d.fmt,  # type: ignore[arg-type]
+                bat=d.battery,
+                mot=d.motion,
+                seq=d.seq,
+                tx=d.tx_power,
+                extra=d.extra or None,
+            )
+        )
 
     def add(self, advert: Advert) -> None:
         if not self._pending:
@@ -233,8 +293,12 @@ class Gateway:
         """Seal the pending adverts into a signed batch in the spool, then send what fits."""
         if not self._pending:
             return
-        batch = Batch(gw=self.config.id, seq=self.spool.next_seq(), sent=time.time() if now is None else now,
-                      ads=self._pending)
+        batch = Batch(
+            gw=self.config.id,
+            seq=self.spool.next_seq(),
+            sent=time.time() if now is None else now,
+            ads=self._pending,
+        )
         self._pending = []
         if self.spool.put(self.topic, encode_batch(batch, self.key)):
             self.counters["batches"] += 1
@@ -283,8 +347,12 @@ class Gateway:
         return c
 
     def _publish_status(self, state: Literal["online", "offline"]) -> None:
-        msg = GatewayStatus(gw=self.config.id, state=state, t=time.time(), counters=self.status_counters())
-        self.client.publish(status_topic(self.config.id), msg.model_dump_json().encode(), qos=1, retain=True)
+        msg = GatewayStatus(
+            gw=self.config.id, state=state, t=time.time(), counters=self.status_counters()
+        )
+        self.client.publish(
+            status_topic(self.config.id), msg.model_dump_json().encode(), qos=1, retain=True
+        )
 
     @property
     def idle(self) -> bool:
@@ -320,7 +388,9 @@ class Gateway:
         """Flush, wait up to ``drain_s`` for acks, say offline, disconnect."""
         self.flush()
         deadline = time.monotonic() + drain_s
-        while self.connected and (self.spool.rows or self._inflight) and time.monotonic() < deadline:
+        while (
+            self.connected and (self.spool.rows or self._inflight) and time.monotonic() < deadline
+        ):
             self.pump()
             await asyncio.sleep(0.01)
         if self.connected:
@@ -344,22 +414,30 @@ class BleakSource:
 
     def _scanner(self) -> object:
         from bleak import BleakScanner
-        from bleak.assigned_numbers import AdvertisementDataType
         from bleak.args.bluez import OrPattern
+        from bleak.assigned_numbers import AdvertisementDataType
 
-        def on_adv(device: object, adv: object) -> None:
-            self.gateway.on_advertisement(device.address, adv.rssi, adv.manufacturer_data,  # type: ignore[attr-defined]
-                                          adv.service_data)  # type: ignore[attr-defined]
+        def on_adv(device: BLEDevice, adv: AdvertisementData) -> None:
+            self.gateway.on_advertisement(
+                device.address, adv.rssi, adv.manufacturer_data, adv.service_data
+            )
 
         kwargs: dict[str, object] = {"scanning_mode": self.cfg.mode}
         if self.cfg.adapter:
             kwargs["bluez"] = {"adapter": self.cfg.adapter}
         if self.cfg.mode == "passive":
             f = self.gateway.config.filter
-            patterns = [OrPattern(0, AdvertisementDataType.SERVICE_DATA_UUID16, bytes.fromhex(u[4:8])[::-1])
-                        for u in (f.service_uuids or ["fe95", "feaa"]) if len(u) == 4 or u.endswith("-0000-1000-8000-00805f9b34fb")]
-            patterns += [OrPattern(0, AdvertisementDataType.MANUFACTURER_SPECIFIC_DATA, m.to_bytes(2, "little"))
-                         for m in (f.manufacturer_ids or [0x004C])]
+            patterns = [
+                OrPattern(0, AdvertisementDataType.SERVICE_DATA_UUID16, bytes.fromhex(u[4:8])[::-1])
+                for u in (f.service_uuids or ["fe95", "feaa"])
+                if len(u) == 4 or u.endswith("-0000-1000-8000-00805f9b34fb")
+            ]
+            patterns += [
+                OrPattern(
+                    0, AdvertisementDataType.MANUFACTURER_SPECIFIC_DATA, m.to_bytes(2, "little")
+                )
+                for m in (f.manufacturer_ids or [0x004C])
+            ]
             bluez = dict(kwargs.get("bluez", {}))  # type: ignore[call-overload]
             bluez["or_patterns"] = patterns
             kwargs["bluez"] = bluez
@@ -390,7 +468,11 @@ class BleakSource:
 
     async def _scan_period(self, stop: asyncio.Event) -> None:
         """Until stop, the end of the duty-cycle on-time, or the watchdog fires."""
-        end = time.monotonic() + self.cfg.duty_on_s if self.cfg.duty_on_s is not None else float("inf")
+        end = (
+            time.monotonic() + self.cfg.duty_on_s
+            if self.cfg.duty_on_s is not None
+            else float("inf")
+        )
         while not stop.is_set() and time.monotonic() < end:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), min(1.0, max(end - time.monotonic(), 0.01)))

@@ -29,7 +29,9 @@ class BrokerUrl:
 
 
 def make_client(client_id: str, broker: BrokerUrl, clean_session: bool = True) -> paho.Client:
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session
+    )
     if broker.username:
         client.username_pw_set(broker.username, broker.password)
     client.reconnect_delay_set(min_delay=1, max_delay=30)

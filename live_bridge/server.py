@@ -23,12 +23,10 @@ import math
 import queue
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
-from numpy.typing import NDArray
 
 from engine.contract import UNKNOWN, IdTable, sightings_from_columns
 from engine.localize import METHOD_WLS
@@ -40,6 +38,7 @@ from live_bridge.wire import (
     DEADLETTER_TOPIC,
     EVENTS_TOPIC,
     POSITIONS_TOPIC,
+    REPLAY_WINDOW,
     SERVER_STATUS_TOPIC,
     Advert,
     DeadLetter,
@@ -48,11 +47,16 @@ from live_bridge.wire import (
     verify_and_parse,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    import paho.mqtt.client as paho
+    from numpy.typing import NDArray
+
 log = logging.getLogger("tagtwin.serve")
 
 Outgoing = tuple[str, bytes, bool]  # topic, payload, retain
 ClockMode = Literal["wall", "event"]
-REPLAY_WINDOW = 4096
 ORIGIN_MARGIN_S = 60.0  # event times may precede the first batch's by this much
 SEQ_MASK = 0x7FFFFFFF  # the sighting contract's seq is int32
 
@@ -60,13 +64,16 @@ SEQ_MASK = 0x7FFFFFFF  # the sighting contract's seq is int32
 class EventSink(Protocol):
     """Turns closed-window fixes into events; the rules engine plugs in here."""
 
-    def on_fixes(self, fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...],
-                 origin: float) -> list[Event]: ...
+    def on_fixes(
+        self, fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float
+    ) -> list[Event]: ...
 
 
 class NullSink:
-    def on_fixes(self, fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...],
-                 origin: float) -> list[Event]:
+    def on_fixes(
+        self, fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float
+    ) -> list[Event]:
+        del fixes, devices, zone_names, origin  # nothing to report
         return []
 
 
@@ -76,8 +83,9 @@ class ZoneChangeSink:
     def __init__(self) -> None:
         self.last = np.zeros(0, np.int32)
 
-    def on_fixes(self, fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...],
-                 origin: float) -> list[Event]:
+    def on_fixes(
+        self, fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float
+    ) -> list[Event]:
         if len(fixes) == 0:
             return []
         n = int(fixes["device"].max()) + 1
@@ -92,9 +100,17 @@ class ZoneChangeSink:
         events = []
         for i in np.flatnonzero((zone != prev) & (prev != -2)):  # changes only: few rows
             j = order[i]
-            events.append(Event(t=float(fixes["t"][j]) + origin, kind="zone-change", dev=devices.ids[int(dev[i])],
-                                detail={"from": zone_names[prev[i]] if prev[i] >= 0 else None,
-                                        "to": zone_names[zone[i]] if zone[i] >= 0 else None}))
+            events.append(
+                Event(
+                    t=float(fixes["t"][j]) + origin,
+                    kind="zone-change",
+                    dev=devices.ids[int(dev[i])],
+                    detail={
+                        "from": zone_names[prev[i]] if prev[i] >= 0 else None,
+                        "to": zone_names[zone[i]] if zone[i] >= 0 else None,
+                    },
+                )
+            )
         return events
 
 
@@ -121,9 +137,16 @@ class ReplayGuard:
 class ServerCore:
     """Verification, dedup, engine feeding and output formatting, without IO."""
 
-    def __init__(self, config: EngineConfig, keys: dict[str, bytes], clock: ClockMode = "wall",
-                 sink: EventSink | None = None, adapters: Iterable[str] = (),
-                 tx_power_default: float | None = None) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        keys: dict[str, bytes],
+        *,
+        clock: ClockMode = "wall",
+        sink: EventSink | None = None,
+        adapters: Iterable[str] = (),
+        tx_power_default: float | None = None,
+    ) -> None:
         self.engine = Engine(config)
         self.config = config
         self.keys = keys
@@ -132,11 +155,15 @@ class ServerCore:
         self.adapters = set(adapters)
         self.gateways = IdTable(list(config.gateways.ids))
         self.devices = IdTable()
-        self.tx_default = config.default_tx_power_1m_dbm if tx_power_default is None else tx_power_default
+        self.tx_default = (
+            config.default_tx_power_1m_dbm if tx_power_default is None else tx_power_default
+        )
         self.origin: float | None = None
         self.guards: dict[str, ReplayGuard] = {}
         self.counters: Counter[str] = Counter()
-        self.ingest_log: deque[tuple[float, float]] = deque(maxlen=100_000)  # (arrival, newest event t)
+        self.ingest_log: deque[tuple[float, float]] = deque(
+            maxlen=100_000
+        )  # (arrival, newest event t)
 
     # -- input ------------------------------------------------------------------------
 
@@ -182,9 +209,15 @@ class ServerCore:
             device=devs,
             rssi=np.fromiter((a.rssi for a in ads), np.float32, len(ads)),
             channel=np.fromiter((a.ch for a in ads), np.uint8, len(ads)),
-            battery=np.fromiter((UNKNOWN if a.bat is None else a.bat for a in ads), np.int8, len(ads)),
-            motion=np.fromiter((UNKNOWN if a.mot is None else a.mot for a in ads), np.int8, len(ads)),
-            seq=np.fromiter((UNKNOWN if a.seq is None else a.seq & SEQ_MASK for a in ads), np.int32, len(ads)),
+            battery=np.fromiter(
+                (UNKNOWN if a.bat is None else a.bat for a in ads), np.int8, len(ads)
+            ),
+            motion=np.fromiter(
+                (UNKNOWN if a.mot is None else a.mot for a in ads), np.int8, len(ads)
+            ),
+            seq=np.fromiter(
+                (UNKNOWN if a.seq is None else a.seq & SEQ_MASK for a in ads), np.int32, len(ads)
+            ),
         )
         self._learn_tx_power(devs, ads)
         self.engine.ingest(rows)
@@ -224,26 +257,46 @@ class ServerCore:
         names = self.config.zones.names
         dev_ids = self.devices.lookup(fixes["device"])
         positions = [
-            {"t": round(float(f["t"]) + self.origin, 3), "dev": str(d), "x": round(float(f["x"]), 3),
-             "y": round(float(f["y"]), 3), "r90": round(float(f["r90"]), 3),
-             "zone": names[f["zone"]] if f["zone"] != NO_ZONE else None, "n_gw": int(f["n_gateways"]),
-             "method": "wls" if f["method"] == METHOD_WLS else "centroid",
-             "bat": None if f["battery"] == UNKNOWN else int(f["battery"]),
-             "mot": None if f["motion"] == UNKNOWN else int(f["motion"])}
+            {
+                "t": round(float(f["t"]) + self.origin, 3),
+                "dev": str(d),
+                "x": round(float(f["x"]), 3),
+                "y": round(float(f["y"]), 3),
+                "r90": round(float(f["r90"]), 3),
+                "zone": names[f["zone"]] if f["zone"] != NO_ZONE else None,
+                "n_gw": int(f["n_gateways"]),
+                "method": "wls" if f["method"] == METHOD_WLS else "centroid",
+                "bat": None if f["battery"] == UNKNOWN else int(f["battery"]),
+                "mot": None if f["motion"] == UNKNOWN else int(f["motion"]),
+            }
             for f, d in zip(fixes, dev_ids, strict=True)
             if np.isfinite(f["x"])
         ]
-        return json.dumps({"v": 1, "t": now, "positions": positions}, separators=(",", ":")).encode()
+        return json.dumps(
+            {"v": 1, "t": now, "positions": positions}, separators=(",", ":")
+        ).encode()
 
-    def _dead_letter(self, topic: str, body: bytes, reason: str, detail: str, now: float) -> Outgoing:
+    def _dead_letter(
+        self, topic: str, body: bytes, reason: str, detail: str, now: float
+    ) -> Outgoing:
         self.counters[f"rejected: {reason}"] += 1
-        msg = DeadLetter(t=now, topic=topic[:200], reason=reason, detail=detail,
-                         payload_head=body[:200].decode("latin-1"))
+        msg = DeadLetter(
+            t=now,
+            topic=topic[:200],
+            reason=reason,
+            detail=detail,
+            payload_head=body[:200].decode("latin-1"),
+        )
         return DEADLETTER_TOPIC, msg.model_dump_json().encode(), False
 
     def status(self) -> dict[str, object]:
-        return {"v": 1, "counters": dict(sorted(self.counters.items())), "engine": self.engine.counters.as_dict(),
-                "devices": len(self.devices), "origin": self.origin}
+        return {
+            "v": 1,
+            "counters": dict(sorted(self.counters.items())),
+            "engine": self.engine.counters.as_dict(),
+            "devices": len(self.devices),
+            "origin": self.origin,
+        }
 
 
 def subscriptions(adapters: Iterable[str]) -> list[str]:
@@ -255,12 +308,15 @@ def subscriptions(adapters: Iterable[str]) -> list[str]:
     return subs
 
 
-def serve(core: ServerCore, broker_url: str, stop: object | None = None, status_every_s: float = 5.0,
-          ready: object | None = None) -> None:
+def serve(
+    core: ServerCore,
+    broker_url: str,
+    stop: object | None = None,
+    status_every_s: float = 5.0,
+    ready: object | None = None,
+) -> None:
     """Run the core against a broker until ``stop`` (a threading.Event) is set."""
     import threading
-
-    import paho.mqtt.client as paho
 
     from live_bridge.mqtt import BrokerUrl, make_client
 
@@ -270,14 +326,16 @@ def serve(core: ServerCore, broker_url: str, stop: object | None = None, status_
     client = make_client(f"tagtwin-serve-{int(time.time() * 1000) % 10**9}", broker)
     client.will_set(SERVER_STATUS_TOPIC, b'{"v":1,"state":"offline"}', qos=1, retain=True)
 
-    def on_connect(c: paho.Client, u: object, f: object, reason: object, p: object = None) -> None:
+    def on_connect(
+        c: paho.Client, _u: object, _f: object, _reason: object, _p: object = None
+    ) -> None:
         for sub in subscriptions(core.adapters):
             c.subscribe(sub, qos=1)
         if isinstance(ready, threading.Event):
             ready.set()
 
-    def on_message(c: paho.Client, u: object, msg: paho.MQTTMessage) -> None:
-        inbox.put((msg.topic, msg.payload, time.time()))
+    def on_message(_c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
+        inbox.put((msg.topic, bytes(msg.payload), time.time()))
 
     client.on_connect = on_connect
     client.on_message = on_message
@@ -308,7 +366,11 @@ def serve(core: ServerCore, broker_url: str, stop: object | None = None, status_
         if core.origin is not None and core.clock == "event":
             for topic, payload, retain in core.tick(time.time()):
                 client.publish(topic, payload, qos=1, retain=retain)
-        client.publish(SERVER_STATUS_TOPIC, json.dumps(core.status() | {"state": "offline"}).encode(),
-                       qos=1, retain=True).wait_for_publish(2)
+        client.publish(
+            SERVER_STATUS_TOPIC,
+            json.dumps(core.status() | {"state": "offline"}).encode(),
+            qos=1,
+            retain=True,
+        ).wait_for_publish(2)
         client.disconnect()
         client.loop_stop()

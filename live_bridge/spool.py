@@ -15,22 +15,28 @@ When full (``max_bytes`` of payload) the policy decides, and a counter records i
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 FullPolicy = Literal["drop-oldest", "drop-newest"]
 
 
 class Spool:
-    def __init__(self, path: Path | str, max_bytes: int = 64 * 2**20, full_policy: FullPolicy = "drop-oldest") -> None:
+    def __init__(
+        self, path: Path | str, max_bytes: int = 64 * 2**20, full_policy: FullPolicy = "drop-oldest"
+    ) -> None:
         self.path = str(path)
         self.max_bytes = max_bytes
         self.full_policy = full_policy
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS batches (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                        "topic TEXT NOT NULL, payload BLOB NOT NULL, size INTEGER NOT NULL)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS batches (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "topic TEXT NOT NULL, payload BLOB NOT NULL, size INTEGER NOT NULL)"
+        )
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
         row = self.db.execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM batches").fetchone()
         self.bytes, self.rows = int(row[0]), int(row[1])
@@ -51,7 +57,9 @@ class Spool:
                 self.dropped += 1
                 return False
             self._evict(self.bytes + size - self.max_bytes)
-        self.db.execute("INSERT INTO batches (topic, payload, size) VALUES (?, ?, ?)", (topic, payload, size))
+        self.db.execute(
+            "INSERT INTO batches (topic, payload, size) VALUES (?, ?, ?)", (topic, payload, size)
+        )
         self.bytes += size
         self.rows += 1
         return True
@@ -71,11 +79,18 @@ class Spool:
 
     def peek(self, after_id: int, limit: int) -> list[tuple[int, str, bytes]]:
         """Up to ``limit`` stored batches with id > after_id, oldest first."""
-        return [(int(r[0]), str(r[1]), bytes(r[2])) for r in self.db.execute(
-            "SELECT id, topic, payload FROM batches WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))]
+        return [
+            (int(r[0]), str(r[1]), bytes(r[2]))
+            for r in self.db.execute(
+                "SELECT id, topic, payload FROM batches WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            )
+        ]
 
     def ack(self, row_id: int) -> None:
-        row = self.db.execute("DELETE FROM batches WHERE id = ? RETURNING size", (row_id,)).fetchone()
+        row = self.db.execute(
+            "DELETE FROM batches WHERE id = ? RETURNING size", (row_id,)
+        ).fetchone()
         if row is not None:
             self.bytes -= int(row[0])
             self.rows -= 1

@@ -13,11 +13,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -62,8 +65,11 @@ class Broker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            ["mosquitto", "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_port(self.port)
 
     def stop(self) -> None:
@@ -76,11 +82,15 @@ class Broker:
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Broker]:
     if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed (tests/system-packages.txt; ./run test installs it)")
+        pytest.skip(
+            "mosquitto is not installed (tests/system-packages.txt; ./run test installs it)"
+        )
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_inflight_messages 0\nmax_queued_messages 100000\n")
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_inflight_messages 0\nmax_queued_messages 100000\n"
+    )
     broker = Broker(conf, port)
     broker.start()
     try:
@@ -105,8 +115,14 @@ class FakeBluez:
     def add_adapter(self, name: str) -> str:
         return str(self._mock("/", "org.bluez.Mock").AddAdapter(name, f"tagtwin-{name}"))  # type: ignore[attr-defined]
 
-    def advertise(self, adapter: str, mac: str, rssi: int, manufacturer: dict[int, bytes] | None = None,
-                  service: dict[str, bytes] | None = None) -> None:
+    def advertise(
+        self,
+        adapter: str,
+        mac: str,
+        rssi: int,
+        manufacturer: dict[int, bytes] | None = None,
+        service: dict[str, bytes] | None = None,
+    ) -> None:
         """One advertisement as BlueZ reports it: RSSI, ManufacturerData, ServiceData."""
         import dbus
 
@@ -115,42 +131,55 @@ class FakeBluez:
             # The template's AddDevice types the empty ManufacturerData/ServiceData as
             # arrays of dicts (bleak logs one error for that InterfacesAdded); every
             # advertisement below sets both as the dicts BlueZ sends, which repairs them.
-            self.device_paths[key] = str(self._mock("/", "org.bluez.Mock").AddDevice(adapter, mac, "tag"))  # type: ignore[attr-defined]
+            self.device_paths[key] = str(
+                self._mock("/", "org.bluez.Mock").AddDevice(adapter, mac, "tag")
+            )  # type: ignore[attr-defined]
         props = {
             "RSSI": dbus.Int16(rssi),
             "ManufacturerData": dbus.Dictionary(
-                {dbus.UInt16(k): dbus.Array(v, signature="y") for k, v in (manufacturer or {}).items()},
-                signature="qv"),
+                {
+                    dbus.UInt16(k): dbus.Array(v, signature="y")
+                    for k, v in (manufacturer or {}).items()
+                },
+                signature="qv",
+            ),
             "ServiceData": dbus.Dictionary(
-                {k: dbus.Array(v, signature="y") for k, v in (service or {}).items()}, signature="sv"),
+                {k: dbus.Array(v, signature="y") for k, v in (service or {}).items()},
+                signature="sv",
+            ),
         }
         self._mock(self.device_paths[key], "org.freedesktop.DBus.Mock").UpdateProperties(  # type: ignore[attr-defined]
-            "org.bluez.Device1", props)
+            "org.bluez.Device1", props
+        )
 
 
 @pytest.fixture
 def fake_bluez(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBluez]:
     if shutil.which("dbus-daemon") is None:
         pytest.skip("dbus-daemon is not installed (Debian package dbus)")
-    try:
-        import dbus
-        import dbusmock  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"dbus-python / python-dbusmock not importable: {exc}")
+    dbus = pytest.importorskip("dbus", reason="dbus-python is not installed (test extra)")
+    pytest.importorskip("dbusmock", reason="python-dbusmock is not installed (test extra)")
     sock_dir = tmp_path / "bus"
     sock_dir.mkdir()
     conf = tmp_path / "bus.conf"
     conf.write_text(BUS_CONFIG.format(dir=sock_dir))
-    daemon = subprocess.Popen(["dbus-daemon", f"--config-file={conf}", "--print-address=1", "--nofork"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    daemon = subprocess.Popen(
+        ["dbus-daemon", f"--config-file={conf}", "--print-address=1", "--nofork"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     mock = None
     try:
         assert daemon.stdout is not None
         address = daemon.stdout.readline().strip()
         monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
-        mock = subprocess.Popen([sys.executable, "-m", "dbusmock", "--system", "--template", "bluez5"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env=os.environ | {"DBUS_SYSTEM_BUS_ADDRESS": address})
+        mock = subprocess.Popen(
+            [sys.executable, "-m", "dbusmock", "--system", "--template", "bluez5"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=os.environ | {"DBUS_SYSTEM_BUS_ADDRESS": address},
+        )
         bus = dbus.bus.BusConnection(address)
         deadline = time.monotonic() + 10
         while not bus.name_has_owner("org.bluez"):

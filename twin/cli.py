@@ -154,6 +154,10 @@ def schema(out: Annotated[Path | None, typer.Option(help="write here instead of 
 
 # -- live bridge (imports are lazy: bleak and paho load only for these commands) -------
 
+BROKER = "mqtt://127.0.0.1:1883"
+BrokerOpt = Annotated[str, typer.Option("--broker", help="mqtt://host:port")]
+KeysOpt = Annotated[Path, typer.Option("--keys", help="keys.toml: [keys] gateway = hex key")]
+
 
 def _bridge_config_error(exc: Exception) -> typer.Exit:
     path = getattr(exc, "path", "")
@@ -193,15 +197,21 @@ def gateway(
 
 @app.command()
 def serve(
-    broker: Annotated[str, typer.Option("--broker", help="mqtt://host:port")] = "mqtt://127.0.0.1:1883",
-    scenario: Annotated[Path, typer.Option("--scenario", help="site plan and gateway positions")] = DEMO_SCENARIO,
-    keys: Annotated[Path, typer.Option("--keys", help="keys.toml: [keys] gateway = hex")] = Path("keys.toml"),
-    clock: Annotated[str, typer.Option(help="wall: windows close as time passes; event: by event time only")] = "wall",
+    *,
+    broker: BrokerOpt = BROKER,
+    scenario: Annotated[
+        Path, typer.Option("--scenario", help="site plan and gateway positions")
+    ] = DEMO_SCENARIO,
+    keys: KeysOpt = Path("keys.toml"),
+    clock: Annotated[
+        str, typer.Option(help="wall: windows close as time passes; event: by event time only")
+    ] = "wall",
     adapters: Annotated[str, typer.Option(help="comma list: theengs, espresense")] = "",
     events: Annotated[str, typer.Option(help="event sink: none or zone-change")] = "zone-change",
     step: Annotated[float | None, typer.Option(help="override engine step_s")] = None,
-    lateness: Annotated[float | None, typer.Option(help="override engine allowed_lateness_s")] = None,
+    lateness: Annotated[float | None, typer.Option(help="override allowed_lateness_s")] = None,
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    status_every: Annotated[float, typer.Option(help="seconds between status messages")] = 5.0,
 ) -> None:
     """Verify gateway batches from MQTT, feed the engine, publish positions and events."""
     import signal
@@ -237,14 +247,16 @@ def serve(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if duration is not None:
         threading.Timer(duration, stop.set).start()
-    run_server(core, broker, stop)
+    run_server(core, broker, stop, status_every_s=status_every)
     sys.stderr.write(json.dumps(core.status(), sort_keys=True, default=str) + "\n")
 
 
 @app.command()
 def keys(
-    scenario: Annotated[Path, typer.Argument(help="scenario whose gateways get keys")] = DEMO_SCENARIO,
-    out: Annotated[Path, typer.Option(help="keys.toml to write (refuses to overwrite)")] = Path("keys.toml"),
+    scenario: Annotated[Path, typer.Argument(help="scenario with the gateways")] = DEMO_SCENARIO,
+    out: Annotated[Path, typer.Option(help="keys.toml to write (never overwritten)")] = Path(
+        "keys.toml"
+    ),
 ) -> None:
     """Write a keys.toml with a fresh random HMAC key per gateway of a scenario."""
     from live_bridge.config import new_keys_toml
@@ -263,10 +275,11 @@ def keys(
 
 @app.command("twin-publish")
 def twin_publish(
+    *,
     scenario: Annotated[Path, typer.Argument(help="scenario TOML file")] = DEMO_SCENARIO,
-    broker: Annotated[str, typer.Option("--broker")] = "mqtt://127.0.0.1:1883",
-    keys: Annotated[Path, typer.Option("--keys")] = Path("keys.toml"),
-    realtime: Annotated[bool, typer.Option(help="pace by simpy.rt instead of as fast as possible")] = False,
+    broker: BrokerOpt = BROKER,
+    keys: KeysOpt = Path("keys.toml"),
+    realtime: Annotated[bool, typer.Option(help="pace by simpy.rt, not flat out")] = False,
     speed: Annotated[float, typer.Option(help="real-time factor when --realtime")] = 1.0,
     duration: Annotated[float | None, typer.Option(help="override duration_s")] = None,
 ) -> None:
@@ -290,8 +303,8 @@ def twin_publish(
 @app.command()
 def record(
     out: Annotated[Path, typer.Argument(help="capture file (JSON lines) to write")],
-    broker: Annotated[str, typer.Option("--broker")] = "mqtt://127.0.0.1:1883",
-    topic: Annotated[list[str] | None, typer.Option(help="topic filter(s); default: gateway batches")] = None,
+    broker: BrokerOpt = BROKER,
+    topic: Annotated[list[str] | None, typer.Option(help="topic filters; default: batches")] = None,
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
 ) -> None:
     """Record what arrives on the broker to a capture file."""
@@ -303,14 +316,14 @@ def record(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    n = run_record(broker, out, topic, duration, stop)
+    n = run_record(broker, out, topics=topic, duration_s=duration, stop=stop)
     console.print(f"recorded {n} messages to {out}")
 
 
 @app.command()
 def replay(
     capture: Annotated[Path, typer.Argument(help="capture file from `tagtwin record`")],
-    broker: Annotated[str, typer.Option("--broker")] = "mqtt://127.0.0.1:1883",
+    broker: BrokerOpt = BROKER,
     speed: Annotated[float, typer.Option(help="x recorded pace; 0 = as fast as possible")] = 1.0,
 ) -> None:
     """Publish a capture again, at recorded pace or faster."""
@@ -325,11 +338,14 @@ def replay(
 
 
 @app.command("wire-schema")
-def wire_schema(out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None) -> None:
+def wire_schema(
+    out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None,
+    markdown: Annotated[bool, typer.Option(help="the whole docs/wire-format.md")] = False,
+) -> None:
     """Print the JSON Schema of the live bridge's MQTT messages (generated from the code)."""
-    from live_bridge.wire import json_schemas
+    from live_bridge.wire import json_schemas, wire_format_markdown
 
-    text = json.dumps(json_schemas(), indent=2) + "\n"
+    text = wire_format_markdown() if markdown else json.dumps(json_schemas(), indent=2) + "\n"
     if out:
         out.write_text(text)
     else:
