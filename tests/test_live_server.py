@@ -326,3 +326,20 @@ def test_positions_json_matches_model():
     body = next(b for t, b, _ in out if t == POSITIONS_TOPIC)
     PositionBatch.model_validate_json(body)
     assert time.time() > 0
+
+
+def test_keys_command_writes_one_key_per_gateway_and_never_overwrites(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from twin.cli import DEMO_SCENARIO, app
+
+    out = tmp_path / "keys.toml"
+    first = CliRunner().invoke(app, ["keys", str(DEMO_SCENARIO), "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    keys = load_keys(out)
+    assert len(keys) == 10
+    assert all(len(k) == 32 for k in keys.values())
+    assert len(set(keys.values())) == 10
+    again = CliRunner().invoke(app, ["keys", str(DEMO_SCENARIO), "--out", str(out)])
+    assert again.exit_code == 2
+    assert load_keys(out) == keys
