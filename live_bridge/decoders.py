@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+BASE_UUID_SUFFIX = "-0000-1000-8000-00805f9b34fb"  # Bluetooth base UUID: 16-bit ids live here
 MIBEACON_UUID = "0000fe95-0000-1000-8000-00805f9b34fb"
 EDDYSTONE_UUID = "0000feaa-0000-1000-8000-00805f9b34fb"
 APPLE_COMPANY_ID = 0x004C
@@ -78,7 +79,7 @@ class Decoded:
 def norm_uuid(uuid: str) -> str:
     """Full lower-case 128-bit form of a 16-bit ('fe95') or full UUID string."""
     u = uuid.lower()
-    return f"0000{u}-0000-1000-8000-00805f9b34fb" if len(u) == 4 else u
+    return f"0000{u}{BASE_UUID_SUFFIX}" if len(u) == 4 else u
 
 
 def norm_mac(addr: str) -> str:
@@ -296,7 +297,7 @@ def decode(
     if EDDYSTONE_UUID in services:
         return decode_eddystone(services[EDDYSTONE_UUID], address)
     extra: dict[str, float | int | str] = {
-        f"svc:{k[4:8] if k.endswith('-0000-1000-8000-00805f9b34fb') else k}": v.hex()
+        f"svc:{k[4:8] if k.endswith(BASE_UUID_SUFFIX) else k}": v.hex()
         for k, v in sorted(services.items())
     }
     extra.update({f"mfr:{cid:04x}": v.hex() for cid, v in sorted(manufacturer_data.items())})

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 import paho.mqtt.client as paho
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from live_bridge.decoders import DecodeError, decode, norm_mac
+from live_bridge.decoders import BASE_UUID_SUFFIX, DecodeError, decode, norm_mac, norm_uuid
 from live_bridge.filters import AdvertFilter, privacy_hash
 from live_bridge.mqtt import BrokerUrl, make_client
 from live_bridge.spool import FullPolicy, Spool
@@ -57,6 +57,9 @@ class ScanConfig(_Cfg):
     backoff_max_s: float = Field(default=30.0, gt=0)
     watchdog_s: float = Field(
         default=120.0, gt=0, description="restart the scanner after this long without adverts"
+    )
+    duplicate_data: bool = Field(
+        default=True, description="active mode: ask BlueZ for repeated packets too"
     )
 
 
@@ -412,25 +415,25 @@ class BleakSource:
         self.gateway = gateway
         self.cfg = gateway.config.scan
 
-    def _scanner(self) -> object:
-        from bleak import BleakScanner
+    def scanner_kwargs(self) -> dict[str, object]:
+        """BleakScanner arguments: mode, adapter, and BlueZ filters or monitor patterns."""
         from bleak.args.bluez import OrPattern
         from bleak.assigned_numbers import AdvertisementDataType
 
-        def on_adv(device: BLEDevice, adv: AdvertisementData) -> None:
-            self.gateway.on_advertisement(
-                device.address, adv.rssi, adv.manufacturer_data, adv.service_data
-            )
-
-        kwargs: dict[str, object] = {"scanning_mode": self.cfg.mode}
+        bluez: dict[str, object] = {}
         if self.cfg.adapter:
-            kwargs["bluez"] = {"adapter": self.cfg.adapter}
-        if self.cfg.mode == "passive":
+            bluez["adapter"] = self.cfg.adapter
+        if self.cfg.mode == "active":
+            # Report every packet, not only changed ones (BlueZ still merges identical
+            # consecutive reports into one D-Bus property change).
+            bluez["filters"] = {"DuplicateData": self.cfg.duplicate_data}
+        else:
             f = self.gateway.config.filter
+            uuids = [norm_uuid(u) for u in (f.service_uuids or ["fe95", "feaa"])]
             patterns = [
                 OrPattern(0, AdvertisementDataType.SERVICE_DATA_UUID16, bytes.fromhex(u[4:8])[::-1])
-                for u in (f.service_uuids or ["fe95", "feaa"])
-                if len(u) == 4 or u.endswith("-0000-1000-8000-00805f9b34fb")
+                for u in uuids
+                if u.endswith(BASE_UUID_SUFFIX)
             ]
             patterns += [
                 OrPattern(
@@ -438,10 +441,19 @@ class BleakSource:
                 )
                 for m in (f.manufacturer_ids or [0x004C])
             ]
-            bluez = dict(kwargs.get("bluez", {}))  # type: ignore[call-overload]
             bluez["or_patterns"] = patterns
-            kwargs["bluez"] = bluez
-        return BleakScanner(on_adv, **kwargs)  # type: ignore[arg-type]
+        kwargs: dict[str, object] = {"scanning_mode": self.cfg.mode, "bluez": bluez}
+        return kwargs
+
+    def _scanner(self) -> object:
+        from bleak import BleakScanner
+
+        def on_adv(device: BLEDevice, adv: AdvertisementData) -> None:
+            self.gateway.on_advertisement(
+                device.address, adv.rssi, adv.manufacturer_data, adv.service_data
+            )
+
+        return BleakScanner(on_adv, **self.scanner_kwargs())  # type: ignore[arg-type]
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = self.cfg.backoff_min_s

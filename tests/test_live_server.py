@@ -343,3 +343,34 @@ def test_keys_command_writes_one_key_per_gateway_and_never_overwrites(tmp_path: 
     again = CliRunner().invoke(app, ["keys", str(DEMO_SCENARIO), "--out", str(out)])
     assert again.exit_code == 2
     assert load_keys(out) == keys
+
+
+def test_passive_scanning_monitor_patterns_follow_the_filter(tmp_path: Path):
+    """BlueZ passive scanning only reports what an advertisement monitor matches."""
+    from live_bridge.gateway import BleakSource
+
+    cfg = GatewayConfig(
+        id="gw-a",
+        key_hex=KEY.hex(),
+        spool={"path": tmp_path / "g.sqlite"},
+        scan={"mode": "passive", "adapter": "hci1"},
+        filter={
+            "service_uuids": ["fe95", "0000feaa-0000-1000-8000-00805f9b34fb"],
+            "manufacturer_ids": [0x004C],
+        },
+    )
+    gw = Gateway(cfg)
+    kw = BleakSource(gw).scanner_kwargs()
+    gw.spool.close()
+    bluez = kw["bluez"]
+    assert kw["scanning_mode"] == "passive"
+    assert bluez["adapter"] == "hci1"
+    assert [(p.ad_data_type, p.content_of_pattern) for p in bluez["or_patterns"]] == [
+        (0x16, b"\x95\xfe"),
+        (0x16, b"\xaa\xfe"),
+        (0xFF, b"\x4c\x00"),
+    ]
+    active = GatewayConfig(id="gw-b", key_hex=KEY.hex(), spool={"path": tmp_path / "h.sqlite"})
+    gw2 = Gateway(active)
+    assert BleakSource(gw2).scanner_kwargs()["bluez"] == {"filters": {"DuplicateData": True}}
+    gw2.spool.close()
