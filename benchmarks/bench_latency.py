@@ -43,7 +43,6 @@ from live_bridge.wire import POSITIONS_TOPIC, SERVER_STATUS_TOPIC, batch_topic, 
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "demo.toml"
-STEP_S, LATENESS_S = 0.1, 0.05
 N_TAGS = 200
 BATCH_EVERY_S = 0.02
 
@@ -134,7 +133,9 @@ def publisher(url: str) -> object:
     return client
 
 
-def start_server(url: str, keys: dict[str, bytes], tmp: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    url: str, keys: dict[str, bytes], tmp: Path, step: float, lateness: float
+) -> subprocess.Popen[bytes]:
     keys_file = tmp / "keys.toml"
     keys_file.write_text("[keys]\n" + "".join(f'"{g}" = "{k.hex()}"\n' for g, k in keys.items()))
     tagtwin = str(Path(sys.executable).parent / "tagtwin")
@@ -149,9 +150,9 @@ def start_server(url: str, keys: dict[str, bytes], tmp: Path) -> subprocess.Pope
             "--keys",
             str(keys_file),
             "--step",
-            str(STEP_S),
+            str(step),
             "--lateness",
-            str(LATENESS_S),
+            str(lateness),
             "--events",
             "none",
             "--status-every",
@@ -272,13 +273,15 @@ def latency(
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--step", type=float, default=0.1, help="engine step_s")
+    ap.add_argument("--lateness", type=float, default=0.05, help="engine allowed_lateness_s")
     ap.add_argument("--flood-adverts", type=int, default=4000)
     ap.add_argument("--ramp-seconds", type=float, default=4.0)
     ap.add_argument("--max-rate", type=float, default=32000.0)
     args = ap.parse_args()
     site = Site()
     with broker() as url, tempfile.TemporaryDirectory() as tmp:
-        server = start_server(url, site.keys, Path(tmp))
+        server = start_server(url, site.keys, Path(tmp), args.step, args.lateness)
         try:
             listener = Listener(url)
             if not listener.status_seen.wait(60):  # the server's first status: it is subscribed
@@ -304,8 +307,8 @@ def main() -> None:
         json.dumps(
             {
                 "engine": {
-                    "step_s": STEP_S,
-                    "allowed_lateness_s": LATENESS_S,
+                    "step_s": args.step,
+                    "allowed_lateness_s": args.lateness,
                     "window_s": 4.0,
                     "gateways": len(site.gw_ids),
                     "tags": N_TAGS,

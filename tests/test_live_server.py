@@ -374,3 +374,15 @@ def test_passive_scanning_monitor_patterns_follow_the_filter(tmp_path: Path):
     gw2 = Gateway(active)
     assert BleakSource(gw2).scanner_kwargs()["bluez"] == {"filters": {"DuplicateData": True}}
     gw2.spool.close()
+
+
+def test_example_gateway_config_in_docs_is_valid():
+    example = Path(__file__).resolve().parents[1] / "docs" / "gateway.example.toml"
+    cfg = load_gateway_config(example)
+    assert cfg.scan.mode == "active"
+    assert cfg.filter.manufacturer_ids == [0x004C]
+    assert cfg.spool.full_policy == "drop-oldest"
+    defaults = GatewayConfig(id="x", key_hex=KEY.hex())
+    assert cfg.batch == defaults.batch
+    assert cfg.mqtt == defaults.mqtt
+    assert cfg.scan.model_dump(exclude={"adapter"}) == defaults.scan.model_dump(exclude={"adapter"})
