@@ -339,7 +339,8 @@ def serve(
 
     client.on_connect = on_connect
     client.on_message = on_message
-    client.connect(broker.host, broker.port, keepalive=30)
+    # Asynchronous: a server started before its broker waits for it (paho retries).
+    client.connect_async(broker.host, broker.port, keepalive=30)
     client.loop_start()
     step = core.config.step_s
     next_status = time.monotonic()

@@ -489,3 +489,59 @@ def test_twin_publisher_real_time_pacing(mosquitto):
     assert sum(len(Batch.model_validate_json(split_envelope(b)[1]).ads) for b in got) == len(
         result.sightings
     )
+
+
+def test_adapters_through_the_broker(mosquitto):
+    """Theengs and ESPresense messages reach the server through its wildcard
+    subscriptions; a room that is not a gateway of the site is dead-lettered."""
+    from live_bridge.mqtt import BrokerUrl, make_client
+
+    core = ServerCore(
+        site_engine_config(parse_scenario(ROOM)),
+        KEYS,
+        clock="wall",
+        adapters=["theengs", "espresense"],
+    )
+    stop, ready = threading.Event(), threading.Event()
+    th = threading.Thread(
+        target=serve, args=(core, mosquitto.url, stop), kwargs={"ready": ready}, daemon=True
+    )
+    th.start()
+    assert ready.wait(10)
+    time.sleep(0.2)  # subscriptions acknowledged
+    sub = Collector(mosquitto.url, [f"{TOPIC_ROOT}/deadletter"])
+    b = BrokerUrl.parse(mosquitto.url)
+    pub = make_client("adapter-test", b)
+    pub.connect(b.host, b.port)
+    pub.loop_start()
+    frame = build_mibeacon("A4:C1:38:56:53:84", 1, battery=70).hex()
+    msgs = [
+        (
+            "home/gw-1/BTtoMQTT/A4C138565384",
+            {
+                "id": "A4:C1:38:56:53:84",
+                "rssi": -70,
+                "servicedatauuid": "0xfe95",
+                "servicedata": frame,
+            },
+        ),
+        (
+            "espresense/devices/iBeacon:abc-1-2/gw-2",
+            {"id": "iBeacon:abc-1-2", "rssi": -66, "rssi@1m": -60},
+        ),
+        ("espresense/devices/iBeacon:abc-1-2/kitchen", {"id": "iBeacon:abc-1-2", "rssi": -66}),
+    ]
+    for topic, body in msgs:
+        pub.publish(topic, json.dumps(body).encode(), qos=1).wait_for_publish(5)
+    dead = sub.wait_for(f"{TOPIC_ROOT}/deadletter", 1)
+    deadline = time.monotonic() + 5
+    while core.counters["sightings"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    th.join(10)
+    pub.disconnect()
+    pub.loop_stop()
+    sub.close()
+    assert core.counters["sightings"] == 2
+    assert core.devices.ids == ["A4:C1:38:56:53:84", "iBeacon:abc-1-2"]
+    assert [json.loads(d)["reason"] for d in dead] == ["gateway not in site plan"]

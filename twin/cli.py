@@ -296,7 +296,11 @@ def twin_publish(
         key_table = load_keys(keys)
     except ConfigError as exc:
         raise _bridge_config_error(exc) from None
-    sent = publish_twin(run_twin(sc), key_table, broker, realtime=realtime, speed=speed)
+    try:
+        sent = publish_twin(run_twin(sc), key_table, broker, realtime=realtime, speed=speed)
+    except (OSError, ValueError) as exc:
+        err_console.print(f"cannot publish to {broker}: {exc}", markup=False)
+        raise typer.Exit(2) from None
     console.print(json.dumps(sent), highlight=False)
 
 
@@ -316,7 +320,11 @@ def record(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    n = run_record(broker, out, topics=topic, duration_s=duration, stop=stop)
+    try:
+        n = run_record(broker, out, topics=topic, duration_s=duration, stop=stop)
+    except (OSError, ValueError) as exc:
+        err_console.print(f"cannot record from {broker}: {exc}", markup=False)
+        raise typer.Exit(2) from None
     console.print(f"recorded {n} messages to {out}")
 
 
