@@ -17,6 +17,7 @@ event time drives them (replays of old captures, the twin as fast as possible).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -370,11 +371,13 @@ def serve(
         if core.clock == "event":
             for topic, payload, retain in core.tick(time.time()):
                 client.publish(topic, payload, qos=1, retain=retain)
-        client.publish(
+        info = client.publish(
             SERVER_STATUS_TOPIC,
             json.dumps(core.status() | {"state": "offline"}).encode(),
             qos=1,
             retain=True,
-        ).wait_for_publish(2)
+        )
+        with contextlib.suppress(RuntimeError, ValueError):  # broker gone: the will says it
+            info.wait_for_publish(2)
         client.disconnect()
         client.loop_stop()
