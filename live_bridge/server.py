@@ -255,6 +255,15 @@ class ServerCore:
             self.counters["events"] += 1
         return out
 
+    def seconds_to_next_close(self, now: float) -> float:
+        """Wall clock: how long until the next window is due to close (inf if unknown)."""
+        if self.origin is None or self.clock == "event":
+            return float("inf")
+        cfg = self.config
+        since = now - self.origin - cfg.allowed_lateness_s
+        k = math.floor(since / cfg.step_s + 1e-9) + 1
+        return max(0.0, k * cfg.step_s - since)
+
     def positions_json(self, fixes: NDArray[np.void], now: float) -> bytes:
         """A PositionBatch as JSON, built from the arrays (one dict per fix, no models)."""
         assert self.origin is not None
@@ -351,11 +360,14 @@ def serve(
     try:
         while not stop_ev.is_set():
             out: list[Outgoing] = []
+            # Wake for the next message or the next window close, whichever comes first;
+            # drain what queued meanwhile, but never past a window that is due.
+            due = core.seconds_to_next_close(time.time())
             try:
-                topic, body, arrived = inbox.get(timeout=min(step / 4, 0.05))
+                topic, body, arrived = inbox.get(timeout=max(0.001, min(due, step / 4, 0.05)))
                 out += core.handle(topic, body, arrived)
-                drain_until = time.monotonic() + min(step / 2, 0.05)
-                while time.monotonic() < drain_until:  # what queued meanwhile, briefly
+                drain_until = time.monotonic() + min(core.seconds_to_next_close(time.time()), 0.05)
+                while time.monotonic() < drain_until:
                     topic, body, arrived = inbox.get_nowait()
                     out += core.handle(topic, body, arrived)
             except queue.Empty:

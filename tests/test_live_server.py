@@ -389,3 +389,11 @@ def test_example_gateway_config_in_docs_is_valid():
     assert cfg.batch == defaults.batch
     assert cfg.mqtt == defaults.mqtt
     assert cfg.scan.model_dump(exclude={"adapter"}) == defaults.scan.model_dump(exclude={"adapter"})
+
+
+def test_seconds_to_next_close_follows_step_and_lateness():
+    core = ServerCore(site_config(step_s=0.1, allowed_lateness_s=0.05), {}, clock="wall")
+    assert core.seconds_to_next_close(T0) == float("inf")  # no origin before the first batch
+    core.origin = T0
+    assert abs(core.seconds_to_next_close(T0 + 10.0) - 0.05) < 1e-6  # window ending at 10.0
+    assert abs(core.seconds_to_next_close(T0 + 10.06) - 0.09) < 1e-6  # next: 10.1 + 0.05
