@@ -15,10 +15,8 @@ When full (``max_bytes`` of payload) the policy decides, and a counter records i
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from pathlib import Path
+from typing import Literal
 
 FullPolicy = Literal["drop-oldest", "drop-newest"]
 
@@ -28,6 +26,7 @@ class Spool:
         self, path: Path | str, max_bytes: int = 64 * 2**20, full_policy: FullPolicy = "drop-oldest"
     ) -> None:
         self.path = str(path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.full_policy = full_policy
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
