@@ -459,6 +459,34 @@ def test_cli_gateway_and_serve_processes(fake_bluez, mosquitto, tmp_path):
         ):
             time.sleep(0.05)
         assert json.loads(sub.on(status_topic("gw-0"))[-1])["state"] == "offline"
+        # Restarted, it resumes the batch sequence from its spool; SIGTERM is a clean stop.
+        seen = len(sub.on(status_topic("gw-0")))
+        gateway = subprocess.Popen(
+            [tagtwin, "gateway", "--config", str(conf)], env=env, stderr=subprocess.PIPE, text=True
+        )
+        assert sub.wait_for(status_topic("gw-0"), seen + 1, timeout=20)[seen:]
+        time.sleep(1.0)
+        for n in range(20, 30):
+            fake_bluez.advertise(
+                "hci0",
+                "A4:C1:38:56:53:84",
+                -61,
+                service={MIBEACON_UUID: build_mibeacon("A4:C1:38:56:53:84", n, battery=30)},
+            )
+            time.sleep(0.05)
+        os.kill(gateway.pid, signal.SIGTERM)
+        _, gw_err = gateway.communicate(timeout=20)
+        assert gateway.returncode == 0, gw_err
+        gw_counters = json.loads(gw_err.strip().splitlines()[-1])
+        assert gw_counters["forwarded"] >= 5
+        assert gw_counters["spool_rows"] == 0
+        assert gw_counters["inflight"] == 0
+        assert json.loads(sub.on(status_topic("gw-0"))[-1])["state"] == "offline"
+        seqs = [
+            Batch.model_validate_json(split_envelope(b)[1]).seq
+            for b in sub.on(f"{TOPIC_ROOT}/gw/gw-0/batch")
+        ]
+        assert seqs == list(range(len(seqs)))  # no sequence reused across the restart
         server_status = sub.wait_for(f"{TOPIC_ROOT}/server/status", 1)
         assert json.loads(server_status[-1])["state"] == "online"
         os.kill(server.pid, signal.SIGTERM)
@@ -466,7 +494,8 @@ def test_cli_gateway_and_serve_processes(fake_bluez, mosquitto, tmp_path):
         assert server.returncode == 0, err
         counters = json.loads(err.strip().splitlines()[-1])["counters"]
         assert counters["batches_accepted"] >= 1
-        assert counters["sightings"] >= 10
+        assert counters["sightings"] >= 15
+        assert not [k for k in counters if k.startswith("rejected")]  # the restart replayed nothing
     finally:
         sub.close()
         for proc in (gateway, server):
