@@ -268,8 +268,8 @@ class Gateway:
             # EID frames from the same address, so its battery belongs to that identity.
             d.dev = self._frame_owner[address]
         dev = privacy_hash(d.dev, self.salt) if self.salt is not None else d.dev
-        self.add(
-            Advert(
+        try:
+            advert = Advert(
                 t=time.time() if t is None else t,
                 dev=dev,
                 rssi=rssi,
@@ -280,7 +280,10 @@ class Gateway:
                 tx=d.tx_power,
                 extra=d.extra or None,
             )
-        )
+        except ValidationError as exc:  # e.g. RSSI 127, "not available" on some adapters
+            self.counters[f"invalid advert: {exc.errors()[0]['loc'][0]}"] += 1
+            return
+        self.add(advert)
 
     def add(self, advert: Advert) -> None:
         if not self._pending:

@@ -270,12 +270,14 @@ def test_gateway_core_filters_decodes_hashes(tmp_path: Path):
         {76: build_ibeacon("e5ca1ade-f007-ba11-0000-000000000000", 1, 1)},
         {},
     )
+    gw.on_advertisement("AA:BB:CC:DD:EE:01", 127, {}, {"fe95": frame}, t=T0)  # RSSI n/a
     gw.on_advertisement("AA:BB:CC:DD:EE:01", -72, {}, {"fe95": frame}, t=T0 + 1)
     gw.on_advertisement(
         "AA:BB:CC:DD:EE:01", -73, {}, {"fe95": frame}, t=T0 + 2
     )  # third: batch full
     assert gw.counters["filtered_out"] == 1
     assert gw.counters["decode_error: mibeacon: frame shorter than 5 bytes"] == 1
+    assert gw.counters["invalid advert: rssi"] == 1
     assert gw.spool.rows == 1
     assert gw.counters["batches"] == 1
     ((_, topic, body),) = gw.spool.peek(0, 10)
