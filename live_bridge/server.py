@@ -155,6 +155,7 @@ class ServerCore:
         self.sink: EventSink = sink or NullSink()
         self.adapters = set(adapters)
         self.gateways = IdTable(list(config.gateways.ids))
+        self.site_gateways = frozenset(config.gateways.ids)
         self.devices = IdTable()
         self.tx_default = (
             config.default_tx_power_1m_dbm if tx_power_default is None else tx_power_default
@@ -178,7 +179,7 @@ class ServerCore:
                 gw, ads = parse_theengs(topic, body, now)
             else:
                 raise WireError("unexpected topic", topic[:120])
-            if gw not in self.gateways._codes:
+            if gw not in self.site_gateways:
                 raise WireError("gateway not in site plan", gw[:64])
         except (WireError, AdapterError) as exc:
             return [self._dead_letter(topic, body, exc.reason, exc.detail, now)]
