@@ -84,10 +84,12 @@ class RackRows(Strict):
         for i in range(self.count):
             if self.orientation == "horizontal":
                 y = y0 + i * self.pitch_m
-                poly = [(x0, y), (x0 + self.length_m, y), (x0 + self.length_m, y + self.depth_m), (x0, y + self.depth_m)]
+                x1, y1 = x0 + self.length_m, y + self.depth_m
+                poly = [(x0, y), (x1, y), (x1, y1), (x0, y1)]
             else:
                 x = x0 + i * self.pitch_m
-                poly = [(x, y0), (x + self.depth_m, y0), (x + self.depth_m, y0 + self.length_m), (x, y0 + self.length_m)]
+                x1, y1 = x + self.depth_m, y0 + self.length_m
+                poly = [(x, y0), (x1, y0), (x1, y1), (x, y1)]
             racks.append(Rack(polygon=poly, attenuation_db=self.attenuation_db))
         return racks
 
