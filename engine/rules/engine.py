@@ -369,7 +369,7 @@ class RuleEngine:
         k = np.clip(k, cfg.min_missed, cfg.max_missed)
         return k * (self._interval(d) + cfg.jitter_s) + cfg.latency_s, k
 
-    def _event(  # noqa: PLR0917 - rule, time, tag are the event's identity; the rest by keyword
+    def _event(
         self,
         rule: str,
         t: float,
