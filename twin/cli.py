@@ -152,5 +152,34 @@ def schema(out: Annotated[Path | None, typer.Option(help="write here instead of 
         sys.stdout.write(text)
 
 
+APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def ui_command(port: int, address: str, headless: bool) -> list[str]:
+    """The `streamlit run` command line for the planner (loopback by default, no telemetry)."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP_PATH),
+        "--server.port", str(port), "--server.address", address,
+        "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false",
+    ]
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="port to serve on")] = 8501,
+    address: Annotated[str, typer.Option(help="address to bind; keep loopback unless sharing")] = (
+        "127.0.0.1"
+    ),
+    headless: Annotated[bool, typer.Option(help="do not open a browser")] = False,
+) -> None:
+    """Open the planner: compare gateway layouts and see accuracy against ground truth."""
+    import subprocess
+
+    if not APP_PATH.exists():
+        err_console.print(f"app.py not found at {APP_PATH} (the planner needs a source checkout)")
+        raise typer.Exit(2)
+    raise typer.Exit(subprocess.call(ui_command(port, address, headless)))
+
+
 def main() -> None:
     app()
