@@ -1,7 +1,7 @@
 """app.py through streamlit.testing.v1.AppTest: widgets, state, caching, no exceptions.
 
 Each test simulates with its own duration, so Streamlit's process-wide cache can never
-hand one test another test's run; twin.planner.SIMULATIONS_STARTED counts real runs.
+hand one test another test's run; twin.planner.simulations_started counts real runs.
 """
 
 from __future__ import annotations
@@ -84,10 +84,10 @@ def test_coverage_maps_view_before_a_run():
 def test_run_playback_and_view_switches_never_rerun_the_simulation():
     at = go(start(duration=20), "Run & playback")
     assert "Run the simulation" in at.info[0].value
-    before = planner.SIMULATIONS_STARTED
+    before = planner.simulations_started
     at.button(key="run").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert planner.SIMULATIONS_STARTED == before + 1
+    assert planner.simulations_started == before + 1
     assert at.success[0].value.startswith("Run finished: ")
     metrics = {m.label: m.value for m in at.metric}
     assert float(metrics["median error"].removesuffix(" m")) > 0
@@ -112,7 +112,7 @@ def test_run_playback_and_view_switches_never_rerun_the_simulation():
     go(at, "Plan & layout")
     go(at, "Run & playback")
     assert at.success[0].value.startswith("Run finished: ")
-    assert planner.SIMULATIONS_STARTED == before + 1
+    assert planner.simulations_started == before + 1
 
 
 def test_grid_layout_then_compare_two_layouts():
@@ -126,10 +126,10 @@ def test_grid_layout_then_compare_two_layouts():
     assert {r["z"] for r in at.session_state.layouts["grid 12 m"]} == {4.0}
     go(at, "Compare layouts")
     assert at.multiselect(key="compare_sel").value == ["as in scenario", "grid 12 m"]
-    before = planner.SIMULATIONS_STARTED
+    before = planner.simulations_started
     at.button(key="compare_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert planner.SIMULATIONS_STARTED == before + 2
+    assert planner.simulations_started == before + 2
     table = at.dataframe[0].value
     assert list(table.index) == ["as in scenario", "grid 12 m"]
     assert list(table["gateways"]) == [10, len(at.session_state.layouts["grid 12 m"])]
@@ -154,7 +154,7 @@ def test_grid_layout_then_compare_two_layouts():
     if planner.optional_module("engine.roi") is None:
         assert "not available in this build" in at.warning[0].value
     assert list(at.dataframe[0].value["layout"]) == ["as in scenario", "grid 12 m"]
-    assert planner.SIMULATIONS_STARTED == before + 2
+    assert planner.simulations_started == before + 2
 
 
 def test_copy_and_save_a_layout(tmp_path):

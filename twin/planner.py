@@ -44,7 +44,7 @@ MAP_CELLS_LONG_SIDE = 120
 DEFAULT_GATEWAY_COST = 150.0  # per installed gateway, used when no ROI model is present
 DEFAULT_TAG_COST = 8.0
 # Simulations started by run_view in this process: lets tests prove the app's caching.
-SIMULATIONS_STARTED = 0
+simulations_started = 0
 
 
 # -- layouts -----------------------------------------------------------------------------
@@ -340,8 +340,8 @@ def run_view(scenario: Scenario, progress: Callable[[float], None] | None = None
     from engine.evaluate import position_errors
     from twin.run import simulate
 
-    global SIMULATIONS_STARTED  # noqa: PLW0603 - a process-wide counter, read by tests
-    SIMULATIONS_STARTED += 1
+    global simulations_started  # noqa: PLW0603 - a process-wide counter, read by tests
+    simulations_started += 1
     run = simulate(scenario, progress)
     truth = run.twin.truth
     fixes = run.fixes
