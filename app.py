@@ -449,6 +449,7 @@ def main() -> None:
         float(st.session_state.duration),
         10.0,
         key="duration_input",
+        format="%.0f",
         help="shorter than the scenario's for a quick look",
     )
     names = list(st.session_state.layouts)

@@ -58,6 +58,7 @@ def floorplan(
                 name=f"zone: {role}",
                 hoverinfo="name",
                 legendgroup="zones",
+                showlegend=False,
             )
         )
     centroids = [p.centroid for p in site.zones.polygons]
@@ -126,7 +127,7 @@ def floorplan(
         height=height,
         margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
         plot_bgcolor="white",
-        legend={"orientation": "h", "y": -0.08},
+        legend={"orientation": "h", "y": -0.15, "yanchor": "top"},
         xaxis={
             "range": [minx - 1, maxx + 1],
             "title": "x (m)",
@@ -175,6 +176,9 @@ def add_map(fig: go.Figure, maps: CoverageMaps, which: str, error_map: Any = Non
         heat.update(zmin=zrange[0], zmax=zrange[1])
     fig.add_trace(heat)
     fig.data = (fig.data[-1], *fig.data[:-1])  # under the plan
+    for trace in fig.data:
+        if trace.legendgroup == "zones":  # zones as a faint tint, so the map reads through
+            trace.opacity = 0.2
     if key == "n_heard":
         fig.add_trace(
             go.Contour(
@@ -211,7 +215,7 @@ def add_frame(
     fig: go.Figure,
     frame: Mapping[str, np.ndarray],
     device_ids: Sequence[str],
-    max_circles: int = 60,
+    max_circles: int = 15,
 ) -> go.Figure:
     """True positions, estimates, the error between them, and 90 % radii for a sample."""
     n = len(frame["x"])
