@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -192,11 +193,54 @@ def view_plan(sc: Scenario) -> None:
             st.session_state.layouts[active],
             f"{sc.name}: layout “{active}”, {len(st.session_state.layouts[active])} gateways",
         )
-        st.plotly_chart(fig, width="stretch", key="plan_fig")
+        mode = st.radio(
+            "Click on the plan to", planner.CLICK_MODES, horizontal=True, key="click_mode"
+        )
+        figs.add_click_targets(fig, site())
+        event = st.plotly_chart(
+            fig,
+            width="stretch",
+            key=f"plan_fig-{st.session_state.get('click_version', 0)}",
+            on_select="rerun",
+            selection_mode="points",
+        )
+        if st.session_state.get("click_message"):
+            st.caption(st.session_state.click_message)
+        handle_click(sc, fig, event, mode)
         st.caption(
             f"{sc.description} · {sum(g.count for g in sc.tags)} tags in {len(sc.tags)} groups · "
             f"site {_extent(sc)}"
         )
+
+
+def handle_click(sc: Scenario, fig: Any, event: Any, mode: str) -> None:
+    """Apply one click on the plan to the active layout, then redraw with a fresh chart
+    (a new key clears the selection, so the same click is never applied twice)."""
+    points = event.selection.points if event is not None else []
+    if not points:
+        return
+    pt = points[0]
+    trace = fig.data[pt["curve_number"]].name
+    if trace not in ("gateways", "floor"):
+        return
+    active = st.session_state.active
+    rows = st.session_state.layouts[active]
+    gateway = rows[pt["point_index"]]["id"] if trace == "gateways" else None
+    floor = (float(pt["x"]), float(pt["y"])) if trace == "floor" else None
+    new_rows, pending, message = planner.apply_click(
+        rows,
+        mode,
+        gateway=gateway,
+        floor_xy=floor,
+        pending=st.session_state.get("click_pending"),
+        default_z=sc.gateways.defaults.z_m,
+    )
+    st.session_state.layouts[active] = new_rows
+    st.session_state.click_pending = pending
+    st.session_state.click_message = message
+    st.session_state.click_version = st.session_state.get("click_version", 0) + 1
+    st.session_state.editor_version += 1
+    st.rerun()
 
 
 def _extent(sc: Scenario) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -184,8 +185,8 @@ def test_demo_run_compare_and_screenshots(page, server):
     pg.locator('[data-testid="stMain"] [data-testid="stRadio"] label').filter(
         has_text="gateways hearing"
     ).click()
+    pg.locator(".js-plotly-plot").filter(has_text="3+ gateways boundary").wait_for()
     idle(pg)
-    assert "3+ gateways boundary" in pg.locator(".js-plotly-plot").first.inner_text()
     shot(pg, "maps")
     t0 = time.perf_counter()
     view(pg, "Run & playback")
@@ -218,6 +219,50 @@ def test_demo_run_compare_and_screenshots(page, server):
     view(pg, "ROI")
     idle(pg)
     shot(pg, "roi")
+
+    # Click on the plan to add a gateway at (20.25, 20.25), a floor click target.
+    view(pg, "Plan & layout")
+    pg.get_by_text("Click on the plan to").wait_for()
+    idle(pg)
+    plot = pg.locator(".js-plotly-plot").first
+    plot.scroll_into_view_if_needed()
+    xy = plot.evaluate(
+        """(gd) => { const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+                     const r = gd.getBoundingClientRect();
+                     return [r.left + xa._offset + xa.l2p(20.25), r.top + ya._offset + ya.l2p(20.25)]; }"""
+    )
+    pg.mouse.move(xy[0], xy[1])
+    pg.wait_for_timeout(300)
+    pg.mouse.click(xy[0], xy[1])
+    try:
+        pg.get_by_text("added gw-13 at").wait_for(timeout=20_000)
+    finally:
+        pg.screenshot(path=str(ARTIFACTS / "planner-click.png"))
+    # Plotly picks the click target nearest the pointer: (20.25, 20.25) or a neighbour.
+    added = re.search(r"added gw-13 at \(([\d.]+), ([\d.]+)\)", pg.locator("body").inner_text())
+    assert added
+    assert abs(float(added[1]) - 20.25) <= 0.6
+    assert abs(float(added[2]) - 20.25) <= 0.6
+    idle(pg)
+    assert "layout “grid 10 m”, 13 gateways" in pg.locator("body").inner_text()
+    shot(pg, "edit")
+
+    # A broken upload is refused with the file and field named.
+    pg.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+        files=[
+            {
+                "name": "broken.toml",
+                "mimeType": "application/toml",
+                "buffer": b'name = "x"\nduration_s = -5\nseed = 1\n',
+            }
+        ]
+    )
+    alert = pg.get_by_text("broken.toml cannot be used")
+    alert.wait_for()
+    text = pg.locator('[data-testid="stAlert"]').first.inner_text()
+    assert "duration_s: Input should be greater than 0" in text
+    assert "site: Field required" in text
+    no_exceptions(pg)
     print(
         "\nPLANNER_BROWSER_TIMINGS "
         + json.dumps(

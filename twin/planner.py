@@ -109,6 +109,60 @@ def clean_rows(
     return out, problems
 
 
+CLICK_MODES = ("add gateway", "move gateway", "delete gateway")
+
+
+def next_gateway_id(rows: Sequence[GatewayRow], prefix: str = "gw") -> str:
+    """``prefix-NN`` one past the highest number in use with that prefix."""
+    nums = [
+        int(r["id"].rsplit("-", 1)[1])
+        for r in rows
+        if r["id"].startswith(prefix + "-") and r["id"].rsplit("-", 1)[1].isdigit()
+    ]
+    return f"{prefix}-{max(nums, default=0) + 1:02d}"
+
+
+def apply_click(
+    rows: Sequence[GatewayRow],
+    mode: str,
+    *,
+    gateway: str | None,
+    floor_xy: tuple[float, float] | None,
+    pending: str | None,
+    default_z: float,
+) -> tuple[list[GatewayRow], str | None, str]:
+    """Edit a layout from one click on the plan: on a gateway (its id) or on the floor.
+
+    Returns the new rows, the gateway waiting to be moved (a move takes two clicks:
+    the gateway, then where it goes) and a sentence saying what happened.
+    """
+    out = [dict(r) for r in rows]
+    if mode not in CLICK_MODES:
+        raise ValueError(f"unknown click mode {mode!r}; one of {', '.join(CLICK_MODES)}")
+    if mode == "add gateway":
+        if floor_xy is None:
+            return out, None, f"{gateway} is already a gateway; click the floor to add one"
+        gid = next_gateway_id(out)
+        out.append(
+            {"id": gid, "x": round(floor_xy[0], 2), "y": round(floor_xy[1], 2), "z": default_z}
+        )
+        return out, None, f"added {gid} at ({floor_xy[0]:.1f}, {floor_xy[1]:.1f})"
+    if mode == "delete gateway":
+        if gateway is None:
+            return out, None, "click a gateway to delete it"
+        if len(out) == 1:
+            return out, None, f"{gateway} is the last gateway; a layout needs at least one"
+        return [r for r in out if r["id"] != gateway], None, f"deleted {gateway}"
+    if gateway is not None:
+        return out, gateway, f"now click where {gateway} goes"
+    if pending is None or floor_xy is None:
+        return out, None, "click a gateway first, then where it goes"
+    for r in out:
+        if r["id"] == pending:
+            r["x"], r["y"] = round(floor_xy[0], 2), round(floor_xy[1], 2)
+    return out, None, f"moved {pending} to ({floor_xy[0]:.1f}, {floor_xy[1]:.1f})"
+
+
 def outside_outline(scenario: Scenario, rows: Sequence[GatewayRow]) -> list[str]:
     """Ids of gateways placed outside the site outline (allowed, but usually a typo)."""
     if not rows:
