@@ -229,7 +229,8 @@ def test_demo_run_compare_and_screenshots(page, server):
     xy = plot.evaluate(
         """(gd) => { const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
                      const r = gd.getBoundingClientRect();
-                     return [r.left + xa._offset + xa.l2p(20.25), r.top + ya._offset + ya.l2p(20.25)]; }"""
+                     return [r.left + xa._offset + xa.l2p(20.25),
+                             r.top + ya._offset + ya.l2p(20.25)]; }"""
     )
     pg.mouse.move(xy[0], xy[1])
     pg.wait_for_timeout(300)
