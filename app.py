@@ -342,11 +342,18 @@ def events_panel(view: planner.RunView) -> None:
             "Events timeline: the rules engine (engine/rules.py) is not available in this build."
         )
         return
+    if not view.events_wired:
+        st.info(
+            "Events timeline: engine/rules.py is present, but twin.run.simulate does not attach "
+            "events to its SimulationRun yet (SimulationRun.events)."
+        )
+        return
     if not view.events:
         st.info("The rules engine raised no events in this run.")
     else:
         st.plotly_chart(figs.events_timeline(view.events), width="stretch", key="events_fig")
     if view.rule_scores:
+        st.markdown("**Precision and recall against the injected incidents**")
         st.dataframe(pd.DataFrame(view.rule_scores).T, width="stretch")
 
 

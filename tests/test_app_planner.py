@@ -515,3 +515,34 @@ def test_clicks_that_do_nothing_say_why():
         assert (rows, pending, msg) == (one, None, want)
     with pytest.raises(ValueError, match="unknown click mode"):
         planner.apply_click(one, "paint", gateway=None, floor_xy=None, pending=None, default_z=3.0)
+
+
+# -- events from the rules engine (issue 5), whatever container it uses --------------------
+
+
+def test_events_are_read_from_arrays_dataclasses_and_dicts():
+    from dataclasses import dataclass
+
+    from twin.planner_figures import events_timeline
+
+    arr = np.array(
+        [(12.0, 3, "exit_without_checkout")], dtype=[("t", "f8"), ("device", "i4"), ("rule", "U32")]
+    )
+    assert planner._as_records(arr) == [{"t": 12.0, "device": 3, "rule": "exit_without_checkout"}]
+
+    @dataclass(frozen=True)
+    class Event:
+        t: float
+        device: str
+        rule: str
+
+    evs = [Event(5.0, "tag-1", "dwell"), {"t": 9.0, "device": "tag-2", "rule": "dwell"}]
+    recs = planner._as_records(evs)
+    assert recs == [
+        {"t": 5.0, "device": "tag-1", "rule": "dwell"},
+        {"t": 9.0, "device": "tag-2", "rule": "dwell"},
+    ]
+    assert planner._as_records(None) == []
+    fig = events_timeline(recs + planner._as_records(arr))
+    assert sorted(t.name for t in fig.data) == ["dwell", "exit_without_checkout"]
+    assert list(next(t for t in fig.data if t.name == "dwell").x) == [5.0, 9.0]

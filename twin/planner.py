@@ -326,6 +326,7 @@ class RunView:
     report: dict[str, Any]
     timings_s: dict[str, float]
     events: list[dict[str, Any]] = field(default_factory=list)
+    events_wired: bool = False  # the run carried an ``events`` attribute at all
     rule_scores: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -417,6 +418,7 @@ def run_view(scenario: Scenario, progress: Callable[[float], None] | None = None
         report=json.loads(json.dumps(run.report(), default=str)),
         timings_s=dict(run.timings_s),
         events=events,
+        events_wired=hasattr(run, "events"),
         rule_scores=scores,
     )
 
