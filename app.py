@@ -25,6 +25,23 @@ ROOT = Path(__file__).resolve().parent
 SCENARIO_DIR = ROOT / "scenarios"
 VIEWS = ("Plan & layout", "Coverage maps", "Run & playback", "Compare layouts", "ROI", "Live")
 BASE_LAYOUT = "as in scenario"
+METRIC_COLUMNS = {
+    "cost": st.column_config.NumberColumn("cost", format="%.0f"),
+    "median_error_m": st.column_config.NumberColumn("median error (m)", format="%.2f"),
+    "p90_error_m": st.column_config.NumberColumn("p90 error (m)", format="%.2f"),
+    "crb_median_m": st.column_config.NumberColumn("median CRB (m)", format="%.2f"),
+    "crb_p90_m": st.column_config.NumberColumn("p90 CRB (m)", format="%.2f"),
+    **{
+        k: st.column_config.NumberColumn(label, format="percent")
+        for k, label in (
+            ("zone_accuracy", "zone accuracy"),
+            ("device_coverage", "tags located"),
+            ("r90_coverage", "truth inside r90"),
+            ("area_3plus", "floor heard by 3+"),
+            ("area_heard", "floor heard"),
+        )
+    },
+}
 
 
 # -- cached work, keyed by scenario text ---------------------------------------------------
@@ -399,7 +416,7 @@ def view_compare(sc: Scenario) -> None:
             rows.append(planner.layout_row(view, maps, gw_cost, tag_cost) | {"layout": n})
     if len(rows) >= 1:
         table = pd.DataFrame(rows).set_index("layout")
-        st.dataframe(table, width="stretch")
+        st.dataframe(table, width="stretch", column_config=METRIC_COLUMNS)
     if len(rows) >= 2:
         st.markdown(
             "**Which layout wins on what**\n\n" + "\n".join(f"- {w}" for w in planner.winners(rows))

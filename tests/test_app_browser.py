@@ -102,7 +102,7 @@ def page(server, tmp_path_factory):
             executable_path=str(CHROMIUM),
             headless=True,
             args=CHROMIUM_ARGS,
-            viewport={"width": 1500, "height": 1000},
+            viewport={"width": 1500, "height": 1900},
         )
         pg = ctx.pages[0] if ctx.pages else ctx.new_page()
         pg.set_default_timeout(90_000)

@@ -332,6 +332,8 @@ def test_winners_and_pareto_front():
     assert "hardware cost: A wins (1,000 vs 1,500 for B)" in said
     assert planner.pareto_front(rows) == ["A", "B"]  # C is dearer and worse than both
     assert planner.winners(rows[:1]) == []
+    close = [{"layout": "A", "median_error_m": 2.7851}, {"layout": "B", "median_error_m": 2.7932}]
+    assert planner.winners(close) == ["median error (m): practically even (A 2.785 m, B 2.793 m)"]
 
 
 def test_optional_modules():

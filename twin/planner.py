@@ -449,6 +449,7 @@ def _as_records(events: object) -> list[dict[str, Any]]:
 
 # -- comparing layouts -------------------------------------------------------------------
 
+NEGLIGIBLE = 0.01  # a difference under 1 % is not a win worth announcing
 # (metric, label, lower is better)
 COMPARED: tuple[tuple[str, str, bool], ...] = (
     ("median_error_m", "median error (m)", True),
@@ -500,6 +501,9 @@ def winners(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         best, runner = ordered[0], ordered[1]
         if best[0] == runner[0]:
             out.append(f"{label}: tie between {best[1]} and {runner[1]} ({_fmt(key, best[0])})")
+        elif abs(best[0] - runner[0]) <= NEGLIGIBLE * max(abs(best[0]), abs(runner[0])):
+            won, lost = _fmt(key, best[0], 3), _fmt(key, runner[0], 3)
+            out.append(f"{label}: practically even ({best[1]} {won}, {runner[1]} {lost})")
         else:
             won, lost = _fmt(key, best[0]), _fmt(key, runner[0])
             out.append(f"{label}: {best[1]} wins ({won} vs {lost} for {runner[1]})")
@@ -510,12 +514,12 @@ def _finite(v: object) -> bool:
     return isinstance(v, int | float) and math.isfinite(float(v))
 
 
-def _fmt(key: str, v: float) -> str:
+def _fmt(key: str, v: float, digits: int = 2) -> str:
     if key in ("zone_accuracy", "device_coverage", "area_3plus", "r90_coverage"):
-        return f"{v:.1%}"
+        return f"{v:.{digits - 1}%}"
     if key == "cost":
         return f"{v:,.0f}"
-    return f"{v:.2f} m"
+    return f"{v:.{digits}f} m"
 
 
 def pareto_front(rows: Sequence[Mapping[str, Any]], error_key: str = "p90_error_m") -> list[str]:
