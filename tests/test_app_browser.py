@@ -43,6 +43,7 @@ FOR_DOCS = {
     "playback": "planner-playback.png",
     "maps": "planner-maps.png",
     "compare": "planner-compare.png",
+    "edit": "planner-edit.png",
 }
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
