@@ -548,3 +548,38 @@ def test_events_are_read_from_arrays_dataclasses_and_dicts():
     fig = events_timeline(recs + planner._as_records(arr))
     assert sorted(t.name for t in fig.data) == ["dwell", "exit_without_checkout"]
     assert list(next(t for t in fig.data if t.name == "dwell").x) == [5.0, 9.0]
+
+
+@pytest.mark.integration
+def test_tagtwin_ui_serves_the_planner_on_loopback():
+    import sys
+    import urllib.request
+
+    exe = Path(sys.executable).parent / "tagtwin"
+    if not exe.exists():
+        pytest.skip("the tagtwin console script is not installed in this environment")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(exe), "ui", "--headless", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        body = b""
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/_stcore/health", timeout=2
+                ) as r:
+                    body = r.read()
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert body == b"ok"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+            assert b"<title>Streamlit</title>" in r.read()
+    finally:
+        proc.terminate()  # tagtwin ui execs streamlit: this pid is the server itself
+        assert proc.wait(15) is not None

@@ -173,12 +173,15 @@ def ui(
     headless: Annotated[bool, typer.Option(help="do not open a browser")] = False,
 ) -> None:
     """Open the planner: compare gateway layouts and see accuracy against ground truth."""
-    import subprocess
+    import os
 
     if not APP_PATH.exists():
         err_console.print(f"app.py not found at {APP_PATH} (the planner needs a source checkout)")
         raise typer.Exit(2)
-    raise typer.Exit(subprocess.call(ui_command(port, address, headless)))
+    cmd = ui_command(port, address, headless)
+    # exec, not a child process: the pid the caller holds is Streamlit's, so stopping it
+    # stops the server and no orphan is left behind.
+    os.execv(cmd[0], cmd)
 
 
 def main() -> None:
