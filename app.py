@@ -123,7 +123,9 @@ def base_scenario() -> tuple[Scenario, str] | None:
         st.session_state.layouts = {BASE_LAYOUT: rows}
         st.session_state.active = BASE_LAYOUT
         st.session_state.editor_version = 0
-        st.session_state.duration = float(sc.duration_s)
+        # Set the widget's own state (before it is drawn): a keyed widget ignores a new
+        # default value, so the new scenario's duration would not show otherwise.
+        st.session_state.duration_input = float(sc.duration_s)
     return sc, source
 
 
@@ -512,10 +514,9 @@ def main() -> None:
     sc, source = picked
     st.session_state.duration = st.sidebar.number_input(
         "simulated duration (s)",
-        10.0,
-        float(7 * 24 * 3600),
-        float(st.session_state.duration),
-        10.0,
+        min_value=10.0,
+        max_value=float(7 * 24 * 3600),
+        step=10.0,
         key="duration_input",
         format="%.0f",
         help="shorter than the scenario's for a quick look",

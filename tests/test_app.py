@@ -251,3 +251,18 @@ def test_live_view_shows_positions_from_a_real_broker(tmp_path):
             feed.close()
         broker.terminate()
         broker.wait(5)
+
+
+def test_picking_another_scenario_resets_layouts_and_duration():
+    at = start(duration=30)
+    at.button(key="grid_add").click().run()
+    assert len(at.session_state.layouts) == 2
+    at.sidebar.selectbox(key="scenario_file").set_value("large.toml").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert list(at.session_state.layouts) == ["as in scenario"]
+    assert len(at.session_state.layouts["as in scenario"]) == 54
+    assert (
+        at.sidebar.number_input(key="duration_input").value
+        == load_scenario(Path(APP).parent / "scenarios" / "large.toml").duration_s
+    )
+    assert chart_titles(at)[0].endswith("54 gateways")
