@@ -129,11 +129,13 @@ def base_scenario() -> tuple[Scenario, str] | None:
     return sc, source
 
 
-def layout_text(sc: Scenario, name: str) -> str:
-    """The scenario text of one layout at the chosen duration: the key of every cache."""
+def layout_text(sc: Scenario, name: str, timed: bool = True) -> str:
+    """The scenario text of one layout, the key of every cache: at the chosen duration for
+    runs, at the scenario's own for maps (which do not depend on it)."""
     rows = st.session_state.layouts[name]
     label = sc.name if name == BASE_LAYOUT else f"{sc.name} / {name}"
-    return planner.scenario_toml(planner.with_gateways(sc, rows, label, st.session_state.duration))
+    duration = st.session_state.duration if timed else None
+    return planner.scenario_toml(planner.with_gateways(sc, rows, label, duration))
 
 
 def add_layout(name: str, rows: list[planner.GatewayRow]) -> None:
@@ -271,7 +273,7 @@ def _extent(sc: Scenario) -> str:
 def view_maps(sc: Scenario) -> None:
     active = st.session_state.active
     text = layout_text(sc, active)
-    maps = maps_of(text)
+    maps = maps_of(layout_text(sc, active, timed=False))
     has_run = text in st.session_state.ran
     options = list(figs.MAPS) if has_run else list(figs.MAPS)[:3]
     which = st.radio("Map", options, horizontal=True, key="map_kind")
@@ -403,7 +405,7 @@ def view_compare(sc: Scenario) -> None:
     rows = []
     for col, n in zip(cols, chosen, strict=False):
         text = texts[n]
-        maps = maps_of(text)
+        maps = maps_of(layout_text(sc, n, timed=False))
         view = run_of(text, st.session_state.ran[text]) if text in st.session_state.ran else None
         err = view.error_map(maps.grid) if view is not None else None
         fig = figs.add_map(
