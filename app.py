@@ -328,28 +328,36 @@ def view_run(sc: Scenario) -> None:
     times = view.times
     left, right = st.columns([3, 1])
     with right:
-        t = (
-            st.slider(
-                "time (s)",
-                float(times[0]),
-                float(times[-1]),
-                float(times[-1]),
-                float(sc.engine.step_s),
-                key="play_t",
+        animate = st.toggle("animate (press Play on the plot)", key="animate")
+        if animate:
+            st.caption("Up to 60 fix times and 400 tags; green: true position, red x: estimate.")
+        else:
+            t = (
+                st.slider(
+                    "time (s)",
+                    float(times[0]),
+                    float(times[-1]),
+                    float(times[-1]),
+                    float(sc.engine.step_s),
+                    key="play_t",
+                )
+                if len(times) > 1
+                else float(times[0])
             )
-            if len(times) > 1
-            else float(times[0])
+            tag = st.selectbox("follow one tag", ["(none)", *view.device_ids], key="follow")
+            st.caption(
+                "Green: true position; red x: estimate; dotted: 90 % radius (a sample); "
+                "grey: error."
+            )
+    if animate:
+        fig = figs.playback_animation(site(), st.session_state.layouts[active], view)
+    else:
+        fig = figs.floorplan(
+            site(), st.session_state.layouts[active], f"t = {t:.0f} s, layout “{active}”"
         )
-        tag = st.selectbox("follow one tag", ["(none)", *view.device_ids], key="follow")
-        st.caption(
-            "Green: true position; red x: estimate; dotted: 90 % radius (a sample); grey: error."
-        )
-    fig = figs.floorplan(
-        site(), st.session_state.layouts[active], f"t = {t:.0f} s, layout “{active}”"
-    )
-    figs.add_frame(fig, view.frame(t), view.device_ids)
-    if tag and tag != "(none)":
-        figs.add_track(fig, view.track(view.device_ids.index(tag)), tag)
+        figs.add_frame(fig, view.frame(t), view.device_ids)
+        if tag and tag != "(none)":
+            figs.add_track(fig, view.track(view.device_ids.index(tag)), tag)
     with left:
         st.plotly_chart(fig, width="stretch", key="play_fig")
     st.subheader("Events")

@@ -103,6 +103,12 @@ def test_run_playback_and_view_switches_never_rerun_the_simulation():
     assert "pallet-00001 true path" in names
     if planner.optional_module("engine.rules") is None:
         assert any("not available in this build" in i.value for i in at.info)
+    at.toggle(key="animate").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert len(spec["frames"]) == 20  # one per fix time of a 20 s run
+    assert [b["label"] for b in spec["layout"]["updatemenus"][0]["buttons"]] == ["Play", "Pause"]
+    at.toggle(key="animate").set_value(False).run()
     # Switching views and coming back reuses the cached run.
     go(at, "Coverage maps")
     assert "measured error RMSE (m)" in at.radio(key="map_kind").options

@@ -281,6 +281,25 @@ def test_frame_and_track(short_run):
     assert len(tr["t"]) == int(np.sum(v.fixes["device"] == 0))
 
 
+def test_playback_animation_samples_frames_and_tags(short_run, demo):
+    from twin.planner_figures import playback_animation
+
+    rows = planner.gateway_rows(demo)
+    fig = playback_animation(
+        SiteModel.from_scenario(demo), rows, short_run, max_frames=5, max_tags=50
+    )
+    assert [f.name for f in fig.frames] == ["1", "6", "11", "15", "20"]  # indices 0, 5, 10, 14, 19
+    for frame in fig.frames:
+        true, est = frame.data
+        assert len(true.x) == len(est.x) == 50
+    last = short_run.frame(20.0)
+    keep = np.isin(
+        last["device"],
+        np.unique(short_run.fixes["device"])[np.linspace(0, 199, 50).round().astype(int)],
+    )
+    assert np.allclose(fig.frames[-1].data[1].x, last["x"][keep])
+
+
 def test_error_map_is_rmse_by_true_position(short_run):
     v = short_run
     grid = Grid(0.0, 0.0, 5.0, 8, 5)

@@ -18,7 +18,7 @@ from twin.plot import ZONE_COLOURS
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from twin.planner import CoverageMaps, GatewayRow
+    from twin.planner import CoverageMaps, GatewayRow, RunView
     from twin.site import SiteModel
 
 CIRCLE_POINTS = 24
@@ -386,5 +386,97 @@ def events_timeline(
         fig.add_vline(x=float(inc.get("t", 0.0)), line={"color": "#999999", "dash": "dot"})
     fig.update_layout(
         height=300, xaxis_title="time (s)", margin={"l": 10, "r": 10, "t": 20, "b": 10}
+    )
+    return fig
+
+
+def playback_animation(
+    site: SiteModel,
+    rows: Sequence[GatewayRow],
+    view: RunView,
+    max_frames: int = 60,
+    max_tags: int = 400,
+) -> go.Figure:
+    """The run as a plotly animation (Play/Pause and a time slider in the browser): true
+    positions and estimates of up to ``max_tags`` tags at up to ``max_frames`` fix times.
+    Frames restyle only the two moving traces, so the plan is sent once."""
+    fig = floorplan(site, rows, f"{view.name}: playback")
+    times = view.times
+    if len(times) == 0:
+        return fig
+    shown = times[np.linspace(0, len(times) - 1, min(max_frames, len(times))).round().astype(int)]
+    tags = np.unique(view.fixes["device"])
+    if len(tags) > max_tags:
+        tags = tags[np.linspace(0, len(tags) - 1, max_tags).round().astype(int)]
+
+    def points(t: float) -> tuple[go.Scatter, go.Scatter]:
+        f = view.frame(float(t))
+        keep = np.isin(f["device"].astype(int), tags)
+        names = [view.device_ids[int(d)] for d in f["device"][keep]]
+        true = go.Scatter(
+            x=f["true_x"][keep],
+            y=f["true_y"][keep],
+            mode="markers",
+            name="true",
+            marker={"size": 6, "color": "#2a9d8f"},
+            text=names,
+            hovertemplate="%{text} (true)<extra></extra>",
+        )
+        est = go.Scatter(
+            x=f["x"][keep],
+            y=f["y"][keep],
+            mode="markers",
+            name="estimate",
+            marker={"size": 7, "color": "#e76f51", "symbol": "x"},
+            text=names,
+            hovertemplate="%{text} (estimate)<extra></extra>",
+        )
+        return true, est
+
+    first = len(fig.data)
+    fig.add_traces(list(points(shown[0])))
+    fig.frames = [
+        go.Frame(data=list(points(t)), traces=[first, first + 1], name=f"{t:g}") for t in shown
+    ]
+    step_args = {
+        "mode": "immediate",
+        "frame": {"duration": 0, "redraw": False},
+        "transition": {"duration": 0},
+    }
+    fig.update_layout(
+        updatemenus=[
+            {
+                "type": "buttons",
+                "direction": "left",
+                "x": 0.0,
+                "y": 1.12,
+                "xanchor": "left",
+                "buttons": [
+                    {
+                        "label": "Play",
+                        "method": "animate",
+                        "args": [
+                            None,
+                            {
+                                "frame": {"duration": 250, "redraw": False},
+                                "fromcurrent": True,
+                                "transition": {"duration": 0},
+                            },
+                        ],
+                    },
+                    {"label": "Pause", "method": "animate", "args": [[None], step_args]},
+                ],
+            }
+        ],
+        sliders=[
+            {
+                "currentvalue": {"prefix": "t = ", "suffix": " s"},
+                "pad": {"t": 30},
+                "steps": [
+                    {"label": f"{t:g}", "method": "animate", "args": [[f"{t:g}"], step_args]}
+                    for t in shown
+                ],
+            }
+        ],
     )
     return fig
