@@ -44,6 +44,7 @@ FOR_DOCS = {
     "maps": "planner-maps.png",
     "compare": "planner-compare.png",
     "edit": "planner-edit.png",
+    "animate": "planner-animate.png",
 }
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -175,6 +176,21 @@ def test_demo_run_compare_and_screenshots(page, server):
         assert label in body
     assert "200 tags" in body
     shot(pg, "playback")
+
+    # The animated playback runs in the browser: Play moves the time slider on its own.
+    pg.get_by_text("animate (press Play on the plot)").click()
+    plot = pg.locator(".js-plotly-plot").filter(has_text="playback")
+    plot.wait_for()
+    idle(pg)
+    active_step = "(gd) => gd._fullLayout.sliders[0].active"
+    assert plot.evaluate(active_step) == 0
+    plot.locator(".updatemenu-button").filter(has_text="Play").click()
+    pg.wait_for_timeout(2000)
+    assert plot.evaluate(active_step) > 0  # frames advanced without a Streamlit rerun
+    shot(pg, "animate")
+    pg.get_by_text("animate (press Play on the plot)").click()
+    pg.locator(".js-plotly-plot").filter(has_text=f"t = {RUN_S} s").wait_for()
+    idle(pg)
 
     # View switches: the run is cached, so each is a rerun without simulating.
     t0 = time.perf_counter()

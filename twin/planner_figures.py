@@ -400,7 +400,7 @@ def playback_animation(
     """The run as a plotly animation (Play/Pause and a time slider in the browser): true
     positions and estimates of up to ``max_tags`` tags at up to ``max_frames`` fix times.
     Frames restyle only the two moving traces, so the plan is sent once."""
-    fig = floorplan(site, rows, f"{view.name}: playback")
+    fig = floorplan(site, rows, f"{view.name}: playback", height=620)
     times = view.times
     if len(times) == 0:
         return fig
@@ -444,13 +444,17 @@ def playback_animation(
         "transition": {"duration": 0},
     }
     fig.update_layout(
+        legend={"orientation": "v", "x": 1.02, "y": 1.0, "yanchor": "top"},
+        margin={"l": 10, "r": 10, "t": 40, "b": 120},
+        xaxis={"title": None},
         updatemenus=[
             {
                 "type": "buttons",
                 "direction": "left",
                 "x": 0.0,
-                "y": 1.12,
+                "y": -0.1,
                 "xanchor": "left",
+                "yanchor": "top",
                 "buttons": [
                     {
                         "label": "Play",
@@ -470,8 +474,12 @@ def playback_animation(
         ],
         sliders=[
             {
+                "x": 0.2,
+                "len": 0.8,
+                "y": -0.08,
+                "yanchor": "top",
                 "currentvalue": {"prefix": "t = ", "suffix": " s"},
-                "pad": {"t": 30},
+                "pad": {"t": 0},
                 "steps": [
                     {"label": f"{t:g}", "method": "animate", "args": [[f"{t:g}"], step_args]}
                     for t in shown
