@@ -446,11 +446,17 @@ def view_roi() -> None:
             "ROI model (engine/roi.py) is not available in this build: payback, NPV and the "
             "sensitivity table appear here once it is. Until then cost is hardware only."
         )
+    else:
+        st.info(
+            "engine/roi.py is present, but the planner is not wired to it yet "
+            "(docs/planner.md, 'Wiring after the merge'); cost below is hardware only."
+        )
     if rows:
         st.dataframe(
             pd.DataFrame(rows)[["layout", "gateways", "cost", "median_error_m", "p90_error_m"]],
             width="stretch",
             hide_index=True,
+            column_config=METRIC_COLUMNS,
         )
     else:
         st.info("Run a comparison first (Compare layouts) to cost the layouts.")

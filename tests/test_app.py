@@ -130,6 +130,12 @@ def test_grid_layout_then_compare_two_layouts():
     assert list(at.session_state.layouts) == ["as in scenario", "grid 12 m"]
     assert at.session_state.active == "grid 12 m"
     assert {r["z"] for r in at.session_state.layouts["grid 12 m"]} == {4.0}
+    # The sidebar's layout picker follows the new layout and switches back.
+    picker = at.sidebar.selectbox[1]
+    assert (picker.label, picker.value) == ("Layout", "grid 12 m")
+    picker.set_value("as in scenario").run()
+    assert at.session_state.active == "as in scenario"
+    assert chart_titles(at)[0] == "demo-warehouse: layout “as in scenario”, 10 gateways"
     go(at, "Compare layouts")
     assert at.multiselect(key="compare_sel").value == ["as in scenario", "grid 12 m"]
     before = planner.simulations_started
