@@ -602,3 +602,19 @@ def test_tagtwin_ui_serves_the_planner_on_loopback():
     finally:
         proc.terminate()  # tagtwin ui execs streamlit: this pid is the server itself
         assert proc.wait(15) is not None
+
+
+def test_a_moved_gateway_keeps_its_own_settings_and_sensitivity():
+    text = SMALL.format(walls="").replace(
+        "x = 2\ny = 5\n", "x = 2\ny = 5\nsensitivity_dbm = -60\nscan_window_ms = 30\n"
+    )
+    sc = parse_scenario(text)
+    moved = planner.with_gateways(sc, [{"id": "a", "x": 10, "y": 5, "z": 1.0}])
+    unit = moved.gateways.units[0]
+    assert (unit.x, unit.sensitivity_dbm, unit.scan_window_ms) == (10, -60, 30)
+    # -60 dBm at n = 2.5 from P_1m = -59 is reached within 10^(1/25) = 1.1 m only.
+    maps = planner.coverage_maps(moved, planner.gateway_rows(moved), cell_m=1.0)
+    xs, ys = np.meshgrid(maps.xs(), maps.ys())
+    heard = maps.n_heard == 1
+    assert heard.any()
+    assert np.all(np.hypot(xs[heard] - 10, ys[heard] - 5) <= 1.1)

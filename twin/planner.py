@@ -181,18 +181,36 @@ def with_gateways(
     duration_s: float | None = None,
 ) -> Scenario:
     """The scenario with exactly these gateways (the grid, if any, is replaced by its
-    units), optionally renamed and with a shorter or longer simulated duration."""
+    units), optionally renamed and with a shorter or longer simulated duration. A gateway
+    keeps its own scan and sensitivity settings, found by id, when it is moved."""
     data = scenario_dict(scenario)
     if duration_s is not None:
         data["duration_s"] = float(duration_s)
     gws = {k: v for k, v in data["gateways"].items() if k not in ("grid", "list")}
+    own = unit_settings(scenario)
     gws["list"] = [
-        {"id": r["id"], "x": float(r["x"]), "y": float(r["y"]), "z": float(r["z"])} for r in rows
+        {
+            **own.get(r["id"], {}),
+            "id": r["id"],
+            "x": float(r["x"]),
+            "y": float(r["y"]),
+            "z": float(r["z"]),
+        }
+        for r in rows
     ]
     data["gateways"] = gws
     if name:
         data["name"] = name
     return scenario_from_dict(data, f"<layout {name or scenario.name}>")
+
+
+def unit_settings(scenario: Scenario) -> dict[str, dict[str, float]]:
+    """Per-gateway overrides (scan window, interval, sensitivity) of listed gateways, by id."""
+    keys = ("scan_window_ms", "scan_interval_ms", "sensitivity_dbm")
+    return {
+        g.id: {k: getattr(g, k) for k in keys if getattr(g, k) is not None}
+        for g in scenario.gateways.units
+    }
 
 
 def scenario_dict(scenario: Scenario) -> dict[str, Any]:
@@ -295,7 +313,10 @@ def coverage_maps(
         - model.excess_loss_db(three_d_distance(pts, gw))
         - crossing_loss_db(site.obstacles(), centres, gw[:, :2])
     )
-    heard = rssi >= scenario.gateways.defaults.sensitivity_dbm
+    default = scenario.gateways.defaults.sensitivity_dbm
+    own = unit_settings(scenario)
+    sensitivity = np.array([own.get(r["id"], {}).get("sensitivity_dbm", default) for r in rows])
+    heard = rssi >= sensitivity[None, :]
     best = np.where(inside, rssi.max(axis=1), np.nan)
     n_heard = np.where(inside, heard.sum(axis=1), np.nan)
     crb = crlb_rmse(
