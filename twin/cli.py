@@ -406,5 +406,37 @@ def wire_schema(
         sys.stdout.write(text)
 
 
+APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def ui_command(port: int, address: str, headless: bool) -> list[str]:
+    """The `streamlit run` command line for the planner (loopback by default, no telemetry)."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP_PATH),
+        "--server.port", str(port), "--server.address", address,
+        "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false",
+    ]
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="port to serve on")] = 8501,
+    address: Annotated[str, typer.Option(help="address to bind; keep loopback unless sharing")] = (
+        "127.0.0.1"
+    ),
+    headless: Annotated[bool, typer.Option(help="do not open a browser")] = False,
+) -> None:
+    """Open the planner: compare gateway layouts and see accuracy against ground truth."""
+    import os
+
+    if not APP_PATH.exists():
+        err_console.print(f"app.py not found at {APP_PATH} (the planner needs a source checkout)")
+        raise typer.Exit(2)
+    cmd = ui_command(port, address, headless)
+    # exec, not a child process: the pid the caller holds is Streamlit's, so stopping it
+    # stops the server and no orphan is left behind.
+    os.execv(cmd[0], cmd)
+
+
 def main() -> None:
     app()
