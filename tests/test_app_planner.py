@@ -267,7 +267,11 @@ def test_run_view_keeps_fixes_truth_and_metrics(short_run):
     assert np.allclose(err, v.error_m, equal_nan=True)
     assert v.metrics["median_error_m"] == pytest.approx(float(np.nanmedian(v.error_m)), abs=1e-3)
     assert v.gateway_ids[0] == "gw-01"
-    assert v.events == []
+    # The rules engine's events reach the planner as records with tag, rule and time.
+    assert v.events_wired
+    assert v.events
+    assert all({"t", "rule", "tag"} <= set(e) for e in v.events)
+    assert all(0 <= e["t"] <= 20 for e in v.events)
 
 
 def test_frame_and_track(short_run):
