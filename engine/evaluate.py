@@ -7,6 +7,7 @@ built from it is byte-identical for the same scenario and seed.
 from __future__ import annotations
 
 import numpy as np
+import shapely
 from numpy.typing import NDArray
 
 from engine.truth import GroundTruth
@@ -65,3 +66,74 @@ def evaluate(
         "still": _quantiles(err_v[~moving]) | {"fixes": int((~moving).sum())},
     }
     return metrics
+
+
+# -- every method on one recorded track ---------------------------------------------------
+
+
+def error_summary(est_x: NDArray[np.float64], est_y: NDArray[np.float64], r90: NDArray[np.float64],
+                  true_xy: NDArray[np.float64]) -> dict[str, float]:
+    """Quantiles of the error and how often the truth fell inside the reported r90."""
+    err = np.hypot(est_x - true_xy[:, 0], est_y - true_xy[:, 1])
+    ok = np.isfinite(err)
+    return _quantiles(err[ok]) | {"r90_coverage": round(float(np.mean(err[ok] <= r90[ok])), 4)}
+
+
+def score_track_methods(
+    calibration_xy: NDArray[np.float64], calibration_rssi: NDArray[np.float64],
+    test_t: NDArray[np.float64], test_xy: NDArray[np.float64], test_rssi: NDArray[np.float64],
+    gw_xyz: NDArray[np.float64], outline: shapely.Geometry, tag_z: float = 0.3,
+    trackers: tuple[str, ...] = ("kalman", "hmm", "particle"), seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Score every estimator and tracker on one device's time-ordered RSSI rows.
+
+    The site is calibrated from the calibration walk only: a fitted log-distance model
+    for ML, the raw walk as kNN fingerprints, a surveyed radio map for the
+    probabilistic estimators and trackers, and the walk's reach as the floor plan.
+    """
+    from engine.localize import (
+        RadioMap,
+        centroid_localize,
+        fit_path_loss,
+        knn_localize,
+        radio_map_localize,
+        strongest_gateway,
+        wls_localize,
+    )
+    from engine.track import FloorPlan, GridFilter, KalmanTracker, ParticleFilter, Tracker
+
+    gw_xy = gw_xyz[:, :2]
+    bounds = tuple(float(v) for v in outline.bounds)
+    fit = fit_path_loss(calibration_xy, calibration_rssi, gw_xyz, tag_z)
+    radio_map = RadioMap.from_survey(calibration_xy, calibration_rssi, outline=outline)
+    plan = FloorPlan.from_geometry(outline, cell_m=0.1)
+    near_gw = np.sqrt(np.min(np.sum((radio_map.free_xy[:, None, :] - gw_xy[None]) ** 2, axis=2), axis=1))
+    corrected = test_rssi - fit.gateway_offset_db[None, :]
+    single = {
+        "strongest": strongest_gateway(test_rssi, gw_xy, float(np.quantile(near_gw, 0.9))),
+        "centroid": centroid_localize(test_rssi, gw_xy, fit.exponent),
+        "wls": wls_localize(corrected, gw_xyz, np.full(len(test_rssi), fit.p0_dbm), fit.exponent, fit.sigma_db,
+                            tag_z, bounds),  # type: ignore[arg-type]
+        "knn": knn_localize(test_rssi, calibration_xy, calibration_rssi, k=10),
+        "radio-map": radio_map_localize(test_rssi, radio_map),
+    }
+    out = {name: error_summary(e.x, e.y, e.r90, test_xy) for name, e in single.items()}
+    step_s = float(np.median(np.diff(test_t))) if len(test_t) > 1 else 1.0
+    made: dict[str, Tracker] = {
+        "kalman": KalmanTracker(),
+        "hmm": GridFilter(radio_map, plan, step_s=step_s, speed_mps=1.2),
+        "particle": ParticleFilter(radio_map, plan, particles=500, seed=seed),
+    }
+    device = np.zeros(1, np.int32)
+    motion = np.full(1, -1, np.int8)
+    tx = np.full(1, radio_map.tx_ref_dbm)
+    for name in trackers:
+        tr = made[name]
+        base = single["wls"] if name == "kalman" else single["radio-map"]
+        xs, ys, rs = (np.zeros(len(test_t)) for _ in range(3))
+        for i in range(len(test_t)):
+            e = tr.step(float(test_t[i]), device, test_rssi[i : i + 1], base.take(slice(i, i + 1)),  # type: ignore[arg-type]
+                        motion, tx)
+            xs[i], ys[i], rs[i] = e.x[0], e.y[0], e.r90[0]
+        out[f"track:{name}"] = error_summary(xs, ys, rs, test_xy)
+    return out

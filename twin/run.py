@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from engine.evaluate import evaluate, position_errors
-from engine.localize import ObstacleMap
+from engine.localize import ObstacleMap, RadioMap
 from engine.pipeline import Engine, EngineConfig
+from engine.track import FloorPlan
 from radio_models.environment import Grid
 from radio_models.geometry import crossing_loss_db
 from twin.scenario import Scenario
@@ -52,26 +53,54 @@ class SimulationRun:
         }
 
 
-def engine_config_for(scenario: Scenario, twin: TwinResult) -> EngineConfig:
+def engine_config_for(scenario: Scenario, twin: TwinResult, survey_db: NDArray[np.float32] | None = None) -> EngineConfig:
+    """The engine a scenario asks for. ``survey_db`` (cells, gateways) is the twin's own
+    static radio (path loss aside: walls, racks and shadowing) on the radio grid, used
+    for ``radio_map = "survey"``: what a perfect calibration walk would measure."""
     eng = scenario.engine
     exponent = eng.path_loss_exponent or scenario.radio.model.exponent
+    sigma_db = max(scenario.radio.shadowing_sigma_db, 1.0)
+    grid = Grid.covering(twin.site.outline.bounds, scenario.radio.grid_m)
     obstacle_map = None
     if eng.use_site_plan:
-        grid = Grid.covering(twin.site.outline.bounds, scenario.radio.grid_m)
         loss = crossing_loss_db(twin.site.obstacles(), grid.centres(), twin.gateways.xyz[:, :2])
         obstacle_map = ObstacleMap(grid, loss.astype(np.float32))
+    radio_map = floor_plan = None
+    if eng.localizer in ("knn", "radio-map") or eng.tracker in ("hmm", "particle"):
+        site = twin.site
+        floor_plan = FloorPlan.from_geometry(site.outline, site.racks, site.walls, cell_m=min(0.25, scenario.radio.grid_m))
+        free = floor_plan.cell_free(grid)
+        tx_ref = float(np.median(twin.tx_power_1m_dbm)) if len(twin.tx_power_1m_dbm) else -59.0
+        if eng.radio_map == "survey" and survey_db is not None:
+            base = RadioMap.from_model(grid, free, twin.gateways.xyz, exponent, sigma_db, scenario.site.tag_height_m,
+                                       tx_ref)
+            # The survey measured shadowing too: what is left is fast fading averaged over a
+            # window, about 2 dB; trackers still widen it for correlated windows.
+            radio_map = RadioMap(grid, free, (base.mean_dbm + survey_db).astype(np.float32),
+                                 np.full(len(twin.gateways.ids), 2.0), None, tx_ref, 1.5)
+        else:
+            radio_map = RadioMap.from_model(grid, free, twin.gateways.xyz, exponent, sigma_db,
+                                            scenario.site.tag_height_m, tx_ref, obstacle_map, track_inflation=1.5)
     return EngineConfig(
         gateways=twin.gateways,
         zones=twin.site.zones,
         bounds=twin.site.outline.bounds,
         path_loss_exponent=exponent,
-        sigma_db=max(scenario.radio.shadowing_sigma_db, 1.0),
+        sigma_db=sigma_db,
         tag_height_m=scenario.site.tag_height_m,
         window_s=eng.window_s,
         step_s=eng.step_s,
         allowed_lateness_s=eng.allowed_lateness_s,
         min_gateways=eng.min_gateways,
         obstacle_map=obstacle_map,
+        localizer=eng.localizer,
+        tracker=eng.tracker,
+        radio_map=radio_map,
+        floor_plan=floor_plan,
+        particles=eng.particles,
+        tracker_speed_mps=eng.tracker_speed_mps,
+        zone_hysteresis=eng.zone_hysteresis,
+        seed=int(np.random.SeedSequence(scenario.seed).generate_state(1)[0]),
     )
 
 
@@ -97,7 +126,9 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     result = twin.run(progress)
     timings["twin_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    engine = Engine(engine_config_for(scenario, result), result.tx_power_1m_dbm)
+    # The twin's static radio map, if it still exposes one (radio_models may restructure it).
+    survey = getattr(twin.radio, "static_db", None) if scenario.engine.radio_map == "survey" else None
+    engine = Engine(engine_config_for(scenario, result, survey), result.tx_power_1m_dbm)
     fixes = feed_engine(engine, result.sightings, scenario.duration_s)
     timings["engine_s"] = time.perf_counter() - t2
     metrics = evaluate(fixes, result.truth, result.site.zones, len(result.device_ids), scenario.duration_s,
