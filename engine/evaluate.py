@@ -129,7 +129,7 @@ def score_track_methods(
     tx = np.full(1, radio_map.tx_ref_dbm)
     for name in trackers:
         tr = made[name]
-        base = single["wls"] if name == "kalman" else single["radio-map"]
+        base = single["radio-map"]
         xs, ys, rs = (np.zeros(len(test_t)) for _ in range(3))
         for i in range(len(test_t)):
             e = tr.step(float(test_t[i]), device, test_rssi[i : i + 1], base.take(slice(i, i + 1)),  # type: ignore[arg-type]

@@ -46,6 +46,7 @@ METHOD_NAMES = ("wls", "centroid", "strongest", "knn", "radio-map", "kalman", "h
 # Rows solved together by the ML estimator: keeps its (rows, gateways) temporaries in
 # cache, which is worth about a factor of five over one pass on 200,000 rows.
 WLS_CHUNK_ROWS = 4096
+MAX_STEP_M = 5.0  # a Newton step longer than this is shortened (a trust region)
 
 
 @dataclass(frozen=True)
@@ -136,44 +137,40 @@ def centroid_localize(rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_
                      np.full(rows, METHOD_CENTROID, np.int8))
 
 
-def _lm_chunk(
+def _newton_chunk(
     r: FloatArray, w: FloatArray, p0: FloatArray, gx: FloatArray, gy: FloatArray, dz2: FloatArray,
     x: FloatArray, y: FloatArray, exponent: float, bounds: tuple[float, float, float, float],
     iterations: int, wall: ObstacleMap | None,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Levenberg-Marquardt on one chunk of rows; each row has its own damping.
+    """Safeguarded Newton iterations on one chunk of rows, in float32.
 
-    The hot loop is inlined on purpose: the residual and squared distances of the
-    accepted point are carried from one iteration to the next (one log10 per iteration),
-    and rows leave the working set once their step falls below 0.1 mm, so the few slow
-    rows near the floor's edge do not keep the whole chunk iterating.
+    The hot loop is inlined on purpose. Each iteration evaluates the residuals once and
+    takes a Newton step (Gauss-Newton where the Hessian is not positive definite),
+    capped at ``MAX_STEP_M`` and projected onto the floor's bounds; rows leave the
+    working set once they move less than 1 mm, so the few slow rows near the floor's
+    edge do not keep the whole chunk iterating. The cost of the end point is returned
+    so callers can compare starts (and fall back to the start if a row got worse).
     """
     minx, miny, maxx, maxy = bounds
-    five_n = 5.0 * exponent
-    k_slope = 10.0 * exponent / LN10
-
-    def evaluate(
-        xx: FloatArray, yy: FloatArray, rr: FloatArray, ww: FloatArray, pp: FloatArray,
-    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
-        dx = xx[:, None] - gx
-        dy = yy[:, None] - gy
-        d2 = dx * dx + dy * dy + dz2
-        pred = pp - five_n * np.log10(d2)
-        if wall is not None:
-            pred = pred - wall.loss_db(np.column_stack([xx, yy]))
-        res = (rr - pred) * ww
-        return dx, dy, d2, res, np.einsum("ij,ij->i", res, res)
-
-    x_out, y_out = x.copy(), y.copy()
-    dx, dy, d2, res, cost = evaluate(x, y, r, w, p0)
-    cost_out = cost.copy()
+    f32 = np.float32
+    five_n = f32(5.0 * exponent)
+    k_slope = f32(10.0 * exponent / LN10)
+    r, w, p0 = r.astype(f32), w.astype(f32), p0.astype(f32)
+    gx, gy, dz2 = gx.astype(f32), gy.astype(f32), dz2.astype(f32)
+    x_out, y_out = x.astype(f32), y.astype(f32)
+    x, y = x_out.copy(), y_out.copy()
     act = np.arange(len(x))  # rows still iterating; the working arrays below are theirs
-    lam = np.full(len(x), 1e-6)
+    ra, wa, pa = r, w, p0
     for _ in range(iterations):
-        if len(act) == 0:
-            break
+        dx = x[:, None] - gx
+        dy = y[:, None] - gy
+        d2 = dx * dx + dy * dy + dz2
+        pred = pa - five_n * np.log10(d2)
+        if wall is not None:
+            pred -= wall.loss_db(np.column_stack([x, y]))
+        res = (ra - pred) * wa
         # d(pred)/dx = -10 n / ln 10 * dx / d^2; the constant k_slope is folded in below.
-        inv = w / d2
+        inv = wa / d2
         jx = dx * inv
         jy = dy * inv
         a11 = np.einsum("ij,ij->i", jx, jx)
@@ -182,45 +179,55 @@ def _lm_chunk(
         g1 = -np.einsum("ij,ij->i", jx, res) / k_slope
         g2 = -np.einsum("ij,ij->i", jy, res) / k_slope
         # Newton's Hessian adds sum res * d2(pred): it turns the linear convergence of
-        # Gauss-Newton on large (shadowed) residuals into quadratic convergence. Where it
-        # is not positive definite the Gauss-Newton matrix is used for that row.
+        # Gauss-Newton on large (shadowed) residuals into quadratic convergence.
         rinv = res * inv / d2
         h11 = np.einsum("ij,ij->i", rinv, d2 - 2 * dx * dx) / k_slope
         h22 = np.einsum("ij,ij->i", rinv, d2 - 2 * dy * dy) / k_slope
         h12 = -2 * np.einsum("ij,ij->i", rinv, dx * dy) / k_slope
         n11, n22, n12 = a11 + h11, a22 + h22, a12 + h12
-        pd = (n11 > 0) & (n11 * n22 - n12 * n12 > 1e-9 * a11 * a22)
+        # Far from the solution the Gauss-Newton step (always a descent direction) leads;
+        # Newton takes over within a metre, where its model of the cost is good.
+        gdet = a11 * a22 - a12 * a12 + f32(1e-30)
+        near = np.hypot(a22 * g1 - a12 * g2, a11 * g2 - a12 * g1) < gdet
+        pd = near & (n11 > 0) & (n11 * n22 - n12 * n12 > 1e-6 * a11 * a22)
         a11, a22, a12 = np.where(pd, n11, a11), np.where(pd, n22, a22), np.where(pd, n12, a12)
-        b11, b22 = a11 * (1 + lam) + 1e-12, a22 * (1 + lam) + 1e-12
-        det = b11 * b22 - a12 * a12
-        sx = (b22 * g1 - a12 * g2) / det
-        sy = (b11 * g2 - a12 * g1) / det
+        det = a11 * a22 - a12 * a12 + f32(1e-30)
+        sx = (a22 * g1 - a12 * g2) / det
+        sy = (a11 * g2 - a12 * g1) / det
         # Projected step: a coordinate resting on a bound and pushed outward stays there,
         # and the other one takes its own 1-D Newton step along the bound.
         pin_x = ((x <= minx) & (sx < 0)) | ((x >= maxx) & (sx > 0))
         pin_y = ((y <= miny) & (sy < 0)) | ((y >= maxy) & (sy > 0))
-        sx = np.where(pin_y & ~pin_x, g1 / b11, np.where(pin_x, 0.0, sx))
-        sy = np.where(pin_x & ~pin_y, g2 / b22, np.where(pin_y, 0.0, sy))
-        nx = np.clip(x + sx, minx, maxx)
-        ny = np.clip(y + sy, miny, maxy)
-        ndx, ndy, nd2, nres, ncost = evaluate(nx, ny, r, w, p0)
-        better = ncost <= cost
-        moved = np.where(better, np.abs(nx - x) + np.abs(ny - y), np.inf)
-        x = np.where(better, nx, x)
-        y = np.where(better, ny, y)
-        b2 = better[:, None]
-        dx, dy, d2, res = np.where(b2, ndx, dx), np.where(b2, ndy, dy), np.where(b2, nd2, d2), np.where(b2, nres, res)
-        cost = np.where(better, ncost, cost)
-        lam = np.where(better, lam * 0.1, lam * 10.0)
-        done = (moved < 1e-3) | (lam > 1e7)
-        x_out[act], y_out[act], cost_out[act] = x, y, cost
+        sx = np.where(pin_y & ~pin_x, g1 / a11, np.where(pin_x, f32(0.0), sx))
+        sy = np.where(pin_x & ~pin_y, g2 / a22, np.where(pin_y, f32(0.0), sy))
+        scale = np.minimum(f32(1.0), f32(MAX_STEP_M) / np.maximum(np.hypot(sx, sy), f32(1e-12)))
+        nx = np.clip(x + sx * scale, minx, maxx)
+        ny = np.clip(y + sy * scale, miny, maxy)
+        moved = np.abs(nx - x) + np.abs(ny - y)
+        x, y = nx, ny
+        x_out[act], y_out[act] = x, y
+        done = ~(moved >= 1e-3)  # NaN (degenerate rows) counts as done
         if done.any():
             keep = ~done
             act = act[keep]
-            x, y, cost, lam = x[keep], y[keep], cost[keep], lam[keep]
-            dx, dy, d2, res = dx[keep], dy[keep], d2[keep], res[keep]
-            r, w, p0 = r[keep], w[keep], p0[keep]
-    return x_out, y_out, cost_out
+            x, y, ra, wa, pa = x[keep], y[keep], ra[keep], wa[keep], pa[keep]
+            if len(act) == 0:
+                break
+    xo, yo = x_out.astype(float), y_out.astype(float)
+    return xo, yo, _wls_cost(r, w, p0, gx, gy, dz2, xo, yo, exponent, wall)
+
+
+def _wls_cost(
+    r: FloatArray, w: FloatArray, p0: FloatArray, gx: FloatArray, gy: FloatArray, dz2: FloatArray,
+    x: FloatArray, y: FloatArray, exponent: float, wall: ObstacleMap | None,
+) -> FloatArray:
+    d2 = (x[:, None] - gx) ** 2 + (y[:, None] - gy) ** 2 + dz2
+    pred = p0 - 5.0 * exponent * np.log10(d2)
+    if wall is not None:
+        pred = pred - wall.loss_db(np.column_stack([x, y]))
+    res = (r - pred) * w
+    cost = np.einsum("ij,ij->i", res, res)
+    return np.asarray(np.where(np.isfinite(cost), cost, np.inf))
 
 
 def wls_localize(
@@ -237,8 +244,8 @@ def wls_localize(
 ) -> Estimates:
     """Maximum-likelihood position under log-distance path loss with Gaussian dB noise.
 
-    Minimises sum_i (RSSI_i - P0 + 10 n log10 d_i)^2 over (x, y) by Levenberg-Marquardt,
-    all rows at once in cache-sized chunks (each row has its own damping). Rows heard by
+    Minimises sum_i (RSSI_i - P0 + 10 n log10 d_i)^2 over (x, y) by safeguarded Newton
+    iterations, all rows at once in cache-sized chunks. Rows heard by
     fewer than ``min_gateways`` gateways get the weighted centroid with a wide radius
     instead. The covariance is sigma^2 (J^T J)^-1 at the solution (the Fisher
     information of Patwari et al. 2003 evaluated at the estimate).
@@ -270,11 +277,12 @@ def wls_localize(
     y = np.empty(rows)
     for lo in range(0, rows, WLS_CHUNK_ROWS):
         sl = slice(lo, lo + WLS_CHUNK_ROWS)
-        best = np.full(len(r[sl]), np.inf)
-        bx, by = np.zeros(len(best)), np.zeros(len(best))
+        # The start itself is a candidate: a row whose iterations made it worse keeps it.
+        bx, by = xy0[sl, 0].copy(), xy0[sl, 1].copy()
+        best = _wls_cost(r[sl], w[sl], p0[sl], gx, gy, dz2, bx, by, exponent, obstacle_map)
         for start in starts:
-            sx, sy, c = _lm_chunk(r[sl], w[sl], p0[sl], gx, gy, dz2, start[sl, 0].copy(), start[sl, 1].copy(),
-                                  exponent, bounds, iterations, obstacle_map)
+            sx, sy, c = _newton_chunk(r[sl], w[sl], p0[sl], gx, gy, dz2, start[sl, 0].copy(), start[sl, 1].copy(),
+                                      exponent, bounds, iterations, obstacle_map)
             take = c < best
             bx, by, best = np.where(take, sx, bx), np.where(take, sy, by), np.where(take, c, best)
         x[sl], y[sl] = bx, by
