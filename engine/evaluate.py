@@ -6,6 +6,8 @@ built from it is byte-identical for the same scenario and seed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import shapely
 from numpy.typing import NDArray
@@ -38,11 +40,73 @@ def position_errors(fixes: NDArray[np.void], truth: GroundTruth) -> NDArray[np.f
     return np.asarray(np.hypot(fixes["x"] - true_xy[:, 0], fixes["y"] - true_xy[:, 1]))
 
 
+@dataclass(frozen=True)
+class BoundSetup:
+    """What the Cramér-Rao bound needs: the gateways and the model the twin used."""
+
+    gateway_xyz: NDArray[np.float64]
+    exponent: float
+    sigma_db: float
+    tag_z: float
+
+
+@dataclass(frozen=True)
+class LatencySetup:
+    """How the engine windows: a sighting's fix appears when its first window closes."""
+
+    sighting_t: NDArray[np.float64]
+    step_s: float
+    allowed_lateness_s: float
+
+
+CDF_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def error_cdf(err: NDArray[np.float64]) -> list[list[float]]:
+    """The empirical error CDF at fixed levels, as [fraction, error_m] pairs."""
+    if len(err) == 0:
+        return []
+    q = np.quantile(err, CDF_LEVELS)
+    return [[lvl, round(float(v), 4)] for lvl, v in zip(CDF_LEVELS, q, strict=True)]
+
+
+def crb_at(true_xy: NDArray[np.float64], bound: BoundSetup) -> NDArray[np.float64]:
+    """sqrt(CRLB) at each true position with every gateway (Patwari et al. 2003)."""
+    from radio_models.crb import crlb_rmse
+
+    pts = np.column_stack([true_xy, np.full(len(true_xy), bound.tag_z)])
+    return np.asarray(crlb_rmse(pts, bound.gateway_xyz, bound.exponent, bound.sigma_db))
+
+
+def _bound_metrics(err: NDArray[np.float64], crb: NDArray[np.float64]) -> dict[str, float]:
+    ok = np.isfinite(crb) & np.isfinite(err)
+    if not ok.any():
+        return {"crb_rmse_m": float("nan"), "rmse_over_crb": float("nan")}
+    crb_rms = float(np.sqrt(np.mean(crb[ok] ** 2)))
+    rmse = float(np.sqrt(np.mean(err[ok] ** 2)))
+    return {"crb_rmse_m": round(crb_rms, 4), "rmse_over_crb": round(rmse / crb_rms, 4)}
+
+
+def latency_metrics(lat: LatencySetup) -> dict[str, float]:
+    """Event-time latency from a sighting to the first fix that uses it: the rest of its
+    window plus the allowed lateness the engine waits before closing it. (Processing time
+    is wall-clock and lives in perf.json, not in the deterministic report.)"""
+    t = np.asarray(lat.sighting_t, dtype=float)
+    if len(t) == 0:
+        return {"latency_median_s": float("nan"), "latency_p95_s": float("nan")}
+    end = (np.floor(t / lat.step_s + 1e-12) + 1) * lat.step_s
+    wait = end - t + lat.allowed_lateness_s
+    q50, q95 = np.quantile(wait, [0.5, 0.95])
+    return {"latency_median_s": round(float(q50), 4), "latency_p95_s": round(float(q95), 4)}
+
+
 def evaluate(
     fixes: NDArray[np.void], truth: GroundTruth, zones: ZoneIndex, n_devices: int, duration_s: float,
-    n_sightings: int,
+    n_sightings: int, bound: BoundSetup | None = None, latency: LatencySetup | None = None,
 ) -> dict[str, object]:
-    """The standard report metrics of one run."""
+    """The standard report metrics of one run: error quantiles and CDF, zone accuracy,
+    r90 calibration, and (given ``bound``) the Cramér-Rao bound at the true positions and
+    the ratio of the achieved RMSE to it, overall and for moving and still fixes."""
     err = position_errors(fixes, truth)
     valid = np.isfinite(err)
     err_v = err[valid]
@@ -53,18 +117,33 @@ def evaluate(
     inside90 = float(np.mean(err_v <= fixes["r90"][valid])) if len(err_v) else float("nan")
     seen = np.unique(fixes["device"])
     moving = fixes["motion"][valid] == 1
+    crb = crb_at(true_xy[valid], bound) if bound is not None else None
+
+    def part(sel: NDArray[np.bool_]) -> dict[str, object]:
+        out: dict[str, object] = {**_quantiles(err_v[sel]), "fixes": int(sel.sum())}
+        if crb is not None:
+            out |= _bound_metrics(err_v[sel], crb[sel])
+        if sel.any():
+            out["r90_coverage"] = round(float(np.mean(err_v[sel] <= fixes["r90"][valid][sel])), 4)
+        return out
+
     metrics: dict[str, object] = {
         "fixes": len(fixes),
         **_quantiles(err_v),
+        "error_cdf": error_cdf(err_v),
         "zone_accuracy": round(zone_acc, 4),
         "r90_coverage": round(inside90, 4),
         "devices_located": len(seen),
         "device_coverage": round(len(seen) / n_devices, 4) if n_devices else 0.0,
         "sightings": int(n_sightings),
         "sightings_per_sim_second": round(n_sightings / duration_s, 2),
-        "moving": _quantiles(err_v[moving]) | {"fixes": int(moving.sum())},
-        "still": _quantiles(err_v[~moving]) | {"fixes": int((~moving).sum())},
+        "moving": part(moving),
+        "still": part(~moving),
     }
+    if crb is not None:
+        metrics |= _bound_metrics(err_v, crb)
+    if latency is not None:
+        metrics |= latency_metrics(latency)
     return metrics
 
 

@@ -76,6 +76,9 @@ class EngineConfig:
             raise ValueError(f"localizer {self.localizer!r} / tracker {self.tracker!r} need a radio_map")
 
 
+# Fraction of the single-shot radius a tracker may shrink a moving tag's radius to.
+MOVING_R90_FLOOR = 0.5
+
 LOCALIZERS = ("wls", "centroid", "strongest", "knn", "radio-map")
 TRACKERS = ("none", "kalman", "hmm", "particle")
 
@@ -258,8 +261,15 @@ class Engine:
                 sl = slice(int(lo), int(hi))
                 part = est.take(sl)
                 if self.tracker is not None:
-                    part = self.tracker.step(float(row_t[lo]), row_dev[sl], matrix[sl], part, motion[sl], tx[sl])
-                    xs[sl], ys[sl], r90[sl], meth[sl] = part.x, part.y, part.r90, part.method
+                    single_r90 = part.r90
+                    part = self.tracker.step(
+                        float(row_t[lo]), row_dev[sl], matrix[sl], part, motion[sl], tx[sl])
+                    # Static shadowing floor: a tag that stays put sees the same shadowing in
+                    # every window, which no filter can average away, so its radius stays at
+                    # least the single-shot one; a moving tag samples fresh shadowing.
+                    frac = np.where(motion[sl] == 1, MOVING_R90_FLOOR, 1.0)
+                    xs[sl], ys[sl], meth[sl] = part.x, part.y, part.method
+                    r90[sl] = np.maximum(part.r90, frac * single_r90)
                 if self.hysteresis is not None:
                     zone[sl] = self.hysteresis.assign(row_dev[sl], part.x, part.y, motion[sl])
             est = Estimates(xs, ys, r90, est.n_gateways, meth)

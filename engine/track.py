@@ -311,8 +311,8 @@ class ParticleFilter:
     particles: int = 128
     accel_mps2: float = 1.0
     max_speed_mps: float = 2.0
-    still_sigma_m: float = 0.02
-    top_k: int = 8
+    still_sigma_m: float = 0.15
+    top_k: int = 12
     seed: int = 0
     pos: NDArray[np.float32] = field(init=False)
     vel: NDArray[np.float32] = field(init=False)

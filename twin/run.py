@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-from engine.evaluate import evaluate, position_errors
+from engine.evaluate import BoundSetup, LatencySetup, evaluate, position_errors
 from engine.localize import ObstacleMap, RadioMap
 from engine.pipeline import Engine, EngineConfig
 from engine.track import FloorPlan
@@ -62,7 +62,7 @@ def engine_config_for(scenario: Scenario, twin: TwinResult, survey_db: NDArray[n
     sigma_db = max(scenario.radio.shadowing_sigma_db, 1.0)
     grid = Grid.covering(twin.site.outline.bounds, scenario.radio.grid_m)
     obstacle_map = None
-    if eng.use_site_plan:
+    if eng.use_site_plan and len(twin.site.obstacles()):
         loss = crossing_loss_db(twin.site.obstacles(), grid.centres(), twin.gateways.xyz[:, :2])
         obstacle_map = ObstacleMap(grid, loss.astype(np.float32))
     radio_map = floor_plan = None
@@ -131,8 +131,13 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     engine = Engine(engine_config_for(scenario, result, survey), result.tx_power_1m_dbm)
     fixes = feed_engine(engine, result.sightings, scenario.duration_s)
     timings["engine_s"] = time.perf_counter() - t2
+    windows = max(scenario.duration_s / engine.config.step_s, 1.0)
+    timings["engine_ms_per_window"] = 1000.0 * timings["engine_s"] / windows
+    cfg = engine.config
+    bound = BoundSetup(result.gateways.xyz, cfg.path_loss_exponent, cfg.sigma_db, cfg.tag_height_m)
+    latency = LatencySetup(result.sightings["t"], cfg.step_s, cfg.allowed_lateness_s)
     metrics = evaluate(fixes, result.truth, result.site.zones, len(result.device_ids), scenario.duration_s,
-                       len(result.sightings))
+                       len(result.sightings), bound, latency)
     timings["total_s"] = time.perf_counter() - t0
     return SimulationRun(scenario, result, fixes, metrics, engine.counters.as_dict(), timings)
 
