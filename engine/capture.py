@@ -136,7 +136,7 @@ def read_gateways(path: Path | str) -> GatewayInfo:
     path = Path(path)
     table = _read_table(path, ("id",))
     _require(path, table, GATEWAY_COLUMNS)
-    ids = _strings(path, table, "id")
+    ids = [str(i) for i in _strings(path, table, "id")]
     seen: dict[str, int] = {}
     for i, ident in enumerate(ids):
         if ident in seen:
@@ -160,7 +160,7 @@ def read_capture(path: Path | str, gateways: GatewayInfo, gateways_path: Path | 
     unknown = np.flatnonzero(gw_codes == UNKNOWN)
     if len(unknown):
         i = int(unknown[0])
-        raise CaptureError(f"{path}: {_row_name(path, i)}: column 'gateway': {gw_names[i]!r} is not in {gateways_path}")
+        raise CaptureError(f"{path}: {_row_name(path, i)}: column 'gateway': {str(gw_names[i])!r} is not in {gateways_path}")
     devices = IdTable()
     out = np.zeros(len(t), SIGHTING_DTYPE)
     out["t"], out["rssi"] = t, rssi

@@ -151,7 +151,6 @@ def _newton_chunk(
     edge do not keep the whole chunk iterating. The cost of the end point is returned
     so callers can compare starts (and fall back to the start if a row got worse).
     """
-    minx, miny, maxx, maxy = bounds
     f32 = np.float32
     five_n = f32(5.0 * exponent)
     k_slope = f32(10.0 * exponent / LN10)
@@ -161,6 +160,20 @@ def _newton_chunk(
     x, y = x_out.copy(), y_out.copy()
     act = np.arange(len(x))  # rows still iterating; the working arrays below are theirs
     ra, wa, pa = r, w, p0
+    with np.errstate(invalid="ignore", divide="ignore"):  # unheard rows are NaN, by design
+        xo, yo = _newton_loop(ra, wa, pa, gx, gy, dz2, x, y, x_out, y_out, act, five_n, k_slope, bounds,
+                              iterations, wall)
+    return xo, yo, _wls_cost(r, w, p0, gx, gy, dz2, xo, yo, exponent, wall)
+
+
+def _newton_loop(
+    ra: FloatArray, wa: FloatArray, pa: FloatArray, gx: FloatArray, gy: FloatArray, dz2: FloatArray,
+    x: FloatArray, y: FloatArray, x_out: FloatArray, y_out: FloatArray, act: NDArray[np.intp],
+    five_n: np.float32, k_slope: np.float32, bounds: tuple[float, float, float, float], iterations: int,
+    wall: ObstacleMap | None,
+) -> tuple[FloatArray, FloatArray]:
+    minx, miny, maxx, maxy = bounds
+    f32 = np.float32
     for _ in range(iterations):
         dx = x[:, None] - gx
         dy = y[:, None] - gy
@@ -213,8 +226,7 @@ def _newton_chunk(
             x, y, ra, wa, pa = x[keep], y[keep], ra[keep], wa[keep], pa[keep]
             if len(act) == 0:
                 break
-    xo, yo = x_out.astype(float), y_out.astype(float)
-    return xo, yo, _wls_cost(r, w, p0, gx, gy, dz2, xo, yo, exponent, wall)
+    return x_out.astype(float), y_out.astype(float)
 
 
 def _wls_cost(

@@ -30,6 +30,7 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 from scipy import sparse
+from scipy.spatial import cKDTree
 
 from engine.localize import (
     CHI2_2DOF_90,
@@ -197,8 +198,6 @@ def walkable_transition(
     """Row-stochastic transition between cells ``xy`` for one step: a Gaussian random
     walk with per-axis spread ``sigma_m``, truncated at ``radius_sigmas`` sigmas, with
     every move that crosses a wall or a rack removed (checked on the floor plan raster)."""
-    from scipy.spatial import cKDTree
-
     radius = max(radius_sigmas * sigma_m, 1e-6)
     pairs = cKDTree(xy).query_pairs(radius, output_type="ndarray")
     a = np.r_[pairs[:, 0], pairs[:, 1]] if len(pairs) else np.zeros(0, np.intp)
@@ -234,6 +233,7 @@ class GridFilter:
     cells: NDArray[np.intp] = field(init=False)
     xy: FloatArray = field(init=False)
     transition: sparse.csr_matrix = field(init=False)
+    _tree: cKDTree = field(init=False, repr=False)
     belief: NDArray[np.float32] = field(init=False)
     t: FloatArray = field(init=False)
 
@@ -243,6 +243,7 @@ class GridFilter:
         self.cells = np.flatnonzero(keep)
         self.xy = centres[self.cells]
         self.transition = walkable_transition(self.xy, self.plan, self.speed_mps * self.step_s)
+        self._tree = cKDTree(self.xy)
         self.belief = np.zeros((0, len(self.cells)), np.float32)
         self.t = np.zeros(0)
 
@@ -272,7 +273,15 @@ class GridFilter:
         post = normalise_log(ll + np.log(prior + 1e-30))
         self.belief[device] = post
         self.t[device] = t
-        return posterior_estimates(post, self.xy, fixes.n_gateways, METHOD_HMM)
+        est = posterior_estimates(post, self.xy, fixes.n_gateways, METHOD_HMM)
+        # The mean of a belief split between two aisles can fall in the rack between
+        # them: such an estimate moves to the nearest cell a tag can occupy.
+        xy = np.column_stack([est.x, est.y])
+        bad = ~self.plan.is_free(xy)
+        if bad.any():
+            _, near = self._tree.query(xy[bad])
+            xy[bad] = self.xy[near]
+        return Estimates(xy[:, 0], xy[:, 1], est.r90, est.n_gateways, est.method)
 
 
 # -- particle filter ----------------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""Estimator and tracker selection through the engine and the scenario, and the
+regression bounds of the localization scenarios."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+
+from engine.localize import METHOD_NAMES
+from engine.pipeline import Engine, EngineConfig
+from twin.cli import _metric
+from twin.run import engine_config_for, feed_engine, simulate
+from twin.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
+from twin.sim import WarehouseTwin
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def small(name: str, **engine: object) -> Scenario:
+    sc = load_scenario(SCENARIOS / name)
+    d = sc.model_dump()
+    d["engine"] = d["engine"] | engine
+    d["duration_s"] = 8
+    d["tags"][0]["count"] = 40
+    return Scenario.model_validate(d)
+
+
+@pytest.fixture(scope="module")
+def demo_twin():
+    sc = small("demo.toml")
+    d = sc.model_dump()
+    d["tags"][1]["count"] = 10
+    sc = Scenario.model_validate(d)
+    twin = WarehouseTwin(sc)
+    return sc, twin, twin.run()
+
+
+@pytest.mark.parametrize(("localizer", "tracker"), [
+    ("wls", "none"), ("centroid", "none"), ("strongest", "none"), ("knn", "none"), ("radio-map", "none"),
+    ("wls", "kalman"), ("radio-map", "hmm"), ("wls", "particle"),
+])
+def test_every_estimator_and_tracker_runs_in_the_engine(demo_twin, localizer, tracker):
+    sc, twin, result = demo_twin
+    d = sc.model_dump()
+    d["engine"] = d["engine"] | {"localizer": localizer, "tracker": tracker, "zone_hysteresis": True,
+                                 "window_s": 1.0, "particles": 32}
+    sc2 = Scenario.model_validate(d)
+    engine = Engine(engine_config_for(sc2, result, twin.radio.static_db), result.tx_power_1m_dbm)
+    fixes = feed_engine(engine, result.sightings, sc2.duration_s)
+    assert len(fixes) > 0
+    expected = tracker if tracker != "none" else localizer
+    names = {METHOD_NAMES[m] for m in np.unique(fixes["method"])}
+    assert expected in names
+    assert np.isfinite(fixes["x"]).all() and (fixes["r90"] > 0).all()
+    if tracker in ("hmm", "particle"):
+        racks = shapely.union_all(twin.site.racks)
+        assert not shapely.contains_xy(racks, fixes["x"], fixes["y"]).any()
+
+
+def test_engine_config_rejects_unknown_choices(demo_twin):
+    sc, _, result = demo_twin
+    cfg = engine_config_for(sc, result)
+    with pytest.raises(ValueError, match="localizer 'magic'"):
+        EngineConfig(gateways=cfg.gateways, zones=cfg.zones, bounds=cfg.bounds, localizer="magic")
+    with pytest.raises(ValueError, match="need a radio_map"):
+        EngineConfig(gateways=cfg.gateways, zones=cfg.zones, bounds=cfg.bounds, tracker="particle")
+
+
+def test_scenario_names_a_bad_tracker():
+    text = (SCENARIOS / "static-open.toml").read_text().replace('localizer = "wls"', 'localizer = "wls"\ntracker = "magic"')
+    with pytest.raises(ScenarioError, match=r"engine.tracker"):
+        parse_scenario(text, "x.toml")
+
+
+def check_expected(sc: Scenario) -> dict[str, float]:
+    report = simulate(sc).report()
+    values = {}
+    for name, bound in sc.expected.items():
+        value = _metric(report, name)
+        assert value is not None, name
+        if bound.min is not None:
+            assert value >= bound.min, (name, value)
+        if bound.max is not None:
+            assert value <= bound.max, (name, value)
+        values[name] = value
+    return values
+
+
+def test_static_open_ml_is_within_the_crb_bound():
+    """Regression bounds of scenarios/static-open.toml: ML RMSE within 1.25x of the CRB."""
+    values = check_expected(load_scenario(SCENARIOS / "static-open.toml"))
+    assert values["rmse_over_crb"] <= 1.25
+
+
+@pytest.mark.slow
+def test_moving_open_tracker_beats_the_single_shot_bound():
+    values = check_expected(load_scenario(SCENARIOS / "moving-open.toml"))
+    assert values["moving.rmse_over_crb"] < 1.0
