@@ -50,15 +50,22 @@ def static_monte_carlo(rng: np.random.Generator, draws: int = 200) -> dict[str, 
     px, py = np.meshgrid(np.arange(1.0, W, 1.0), np.arange(1.0, H, 1.0))
     pts = np.column_stack([px.ravel(), py.ravel()])
     rep = np.repeat(pts, draws, axis=0)
-    est = wls_localize(rssi_at(rep, gw, rng), gw, np.full(len(rep), P0), N_EXP, SIGMA, TAG_Z, (0, 0, W, H))
+    est = wls_localize(
+        rssi_at(rep, gw, rng), gw, np.full(len(rep), P0), N_EXP, SIGMA, TAG_Z, (0, 0, W, H)
+    )
     se = ((est.x - rep[:, 0]) ** 2 + (est.y - rep[:, 1]) ** 2).reshape(len(pts), draws).mean(axis=1)
     crb = crlb_rmse(np.column_stack([pts, np.full(len(pts), TAG_Z)]), gw, N_EXP, SIGMA)
     err = np.hypot(est.x - rep[:, 0], est.y - rep[:, 1])
-    return {"points": len(pts), "draws_per_point": draws, "gateways": len(gw),
-            "ml_rmse_m": round(float(np.sqrt(se.mean())), 4), "crb_rms_m": round(float(np.sqrt(np.mean(crb**2))), 4),
-            "rmse_over_crb": round(float(np.sqrt(se.mean()) / np.sqrt(np.mean(crb**2))), 4),
-            "mean_pointwise_ratio": round(float(np.mean(np.sqrt(se) / crb)), 4),
-            "r90_coverage": round(float(np.mean(err <= est.r90)), 4)}
+    return {
+        "points": len(pts),
+        "draws_per_point": draws,
+        "gateways": len(gw),
+        "ml_rmse_m": round(float(np.sqrt(se.mean())), 4),
+        "crb_rms_m": round(float(np.sqrt(np.mean(crb**2))), 4),
+        "rmse_over_crb": round(float(np.sqrt(se.mean()) / np.sqrt(np.mean(crb**2))), 4),
+        "mean_pointwise_ratio": round(float(np.mean(np.sqrt(se) / crb)), 4),
+        "r90_coverage": round(float(np.mean(err <= est.r90)), 4),
+    }
 
 
 def walks(rng: np.random.Generator, tags: int, seconds: int, speed: float = 1.2) -> np.ndarray:
@@ -76,14 +83,20 @@ def walks(rng: np.random.Generator, tags: int, seconds: int, speed: float = 1.2)
     return out
 
 
-def moving_monte_carlo(rng: np.random.Generator, tags: int = 200, seconds: int = 120) -> dict[str, object]:
+def moving_monte_carlo(
+    rng: np.random.Generator, tags: int = 200, seconds: int = 120
+) -> dict[str, object]:
     gw = gateways()
     truth = walks(rng, tags, seconds)
     grid = Grid.covering((0, 0, W, H), 0.25)
     plan = FloorPlan.open_floor((0, 0, W, H), 0.25)
-    rmap = RadioMap.from_model(grid, plan.cell_free(grid), gw, N_EXP, SIGMA, TAG_Z, P0, track_inflation=1.0)
-    trackers: dict[str, Tracker] = {"kalman": KalmanTracker(accel_mps2=0.5),
-                                    "particle": ParticleFilter(rmap, plan, particles=256, accel_mps2=0.5, seed=3)}
+    rmap = RadioMap.from_model(
+        grid, plan.cell_free(grid), gw, N_EXP, SIGMA, TAG_Z, P0, track_inflation=1.0
+    )
+    trackers: dict[str, Tracker] = {
+        "kalman": KalmanTracker(accel_mps2=0.5),
+        "particle": ParticleFilter(rmap, plan, particles=256, accel_mps2=0.5, seed=3),
+    }
     device = np.arange(tags, dtype=np.int32)
     motion = np.ones(tags, np.int8)
     tx = np.full(tags, P0)
@@ -99,9 +112,16 @@ def moving_monte_carlo(rng: np.random.Generator, tags: int = 200, seconds: int =
         if s >= warm:
             for name, e in outs.items():
                 sq[name].append((e.x - truth[s, :, 0]) ** 2 + (e.y - truth[s, :, 1]) ** 2)
-            crb_sq.append(crlb_rmse(np.column_stack([truth[s], np.full(tags, TAG_Z)]), gw, N_EXP, SIGMA) ** 2)
+            crb_sq.append(
+                crlb_rmse(np.column_stack([truth[s], np.full(tags, TAG_Z)]), gw, N_EXP, SIGMA) ** 2
+            )
     crb_rms = float(np.sqrt(np.mean(np.concatenate(crb_sq))))
-    res: dict[str, object] = {"tags": tags, "seconds": seconds, "speed_mps": 1.2, "crb_rms_m": round(crb_rms, 4)}
+    res: dict[str, object] = {
+        "tags": tags,
+        "seconds": seconds,
+        "speed_mps": 1.2,
+        "crb_rms_m": round(crb_rms, 4),
+    }
     for name, parts in sq.items():
         rmse = float(np.sqrt(np.mean(np.concatenate(parts))))
         res[name] = {"rmse_m": round(rmse, 4), "rmse_over_crb": round(rmse / crb_rms, 4)}
@@ -110,8 +130,19 @@ def moving_monte_carlo(rng: np.random.Generator, tags: int = 200, seconds: int =
 
 def twin_figures() -> dict[str, object]:
     static = simulate(load_scenario(ROOT / "scenarios" / "static-open.toml")).metrics
-    out: dict[str, object] = {"static-open": {k: static[k] for k in (
-        "rmse_m", "crb_rmse_m", "rmse_over_crb", "median_error_m", "r90_coverage", "fixes")}}
+    out: dict[str, object] = {
+        "static-open": {
+            k: static[k]
+            for k in (
+                "rmse_m",
+                "crb_rmse_m",
+                "rmse_over_crb",
+                "median_error_m",
+                "r90_coverage",
+                "fixes",
+            )
+        }
+    }
     base = load_scenario(ROOT / "scenarios" / "moving-open.toml")
     rows = {}
     for tracker in ("none", "kalman", "particle"):
@@ -120,9 +151,14 @@ def twin_figures() -> dict[str, object]:
         m = simulate(Scenario.model_validate(d)).metrics
         mv = m["moving"]
         assert isinstance(mv, dict)
-        rows[tracker] = {"moving_rmse_m": mv["rmse_m"], "moving_crb_rmse_m": mv["crb_rmse_m"],
-                         "moving_rmse_over_crb": mv["rmse_over_crb"], "moving_r90_coverage": mv.get("r90_coverage"),
-                         "all_r90_coverage": m["r90_coverage"], "zone_accuracy": m["zone_accuracy"]}
+        rows[tracker] = {
+            "moving_rmse_m": mv["rmse_m"],
+            "moving_crb_rmse_m": mv["crb_rmse_m"],
+            "moving_rmse_over_crb": mv["rmse_over_crb"],
+            "moving_r90_coverage": mv.get("r90_coverage"),
+            "all_r90_coverage": m["r90_coverage"],
+            "zone_accuracy": m["zone_accuracy"],
+        }
     out["moving-open"] = rows
     return out
 

@@ -12,7 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import shapely
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,13 +27,19 @@ def main() -> None:
         folder = Path(sys.argv[1])
     data = load_kolakowski(folder)
     cal, test = data.calibration, data.test
-    rows = score_track_methods(cal.xy, cal.rssi, test.t, test.xy, test.rssi, data.anchor_xyz,
-                               shapely.Polygon(data.outline))
+    rows = score_track_methods(
+        cal.xy, cal.rssi, test.t, test.xy, test.rssi, data.anchor_xyz, shapely.Polygon(data.outline)
+    )
     trackers = {k: v for k, v in rows.items() if k.startswith("track:")}
     best = min(trackers, key=lambda k: trackers[k]["median_error_m"])
-    out = {"dataset": "kolakowski-flat-2021 test_robot_df (719 rows)", "methods": rows, "best_tracker": best,
-           "best_median_m": rows[best]["median_error_m"], "best_p90_m": rows[best]["p90_error_m"],
-           "targets": {"median_max_m": 0.80, "p90_max_m": 1.8, "readme_knn_median_m": 1.10}}
+    out = {
+        "dataset": "kolakowski-flat-2021 test_robot_df (719 rows)",
+        "methods": rows,
+        "best_tracker": best,
+        "best_median_m": rows[best]["median_error_m"],
+        "best_p90_m": rows[best]["p90_error_m"],
+        "targets": {"median_max_m": 0.80, "p90_max_m": 1.8, "readme_knn_median_m": 1.10},
+    }
     print(json.dumps(out, indent=2))
 
 

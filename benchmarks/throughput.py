@@ -18,15 +18,15 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import shapely  # noqa: E402
+import numpy as np
+import shapely
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.localize import Estimates, ObstacleMap, RadioMap, wls_localize  # noqa: E402
-from engine.track import FloorPlan, ParticleFilter  # noqa: E402
-from radio_models.environment import Grid  # noqa: E402
-from radio_models.geometry import Obstacles, crossing_loss_db  # noqa: E402
+from engine.localize import Estimates, ObstacleMap, RadioMap, wls_localize
+from engine.track import FloorPlan, ParticleFilter
+from radio_models.environment import Grid
+from radio_models.geometry import Obstacles, crossing_loss_db
 
 REPEATS = 3
 
@@ -65,9 +65,19 @@ def main() -> None:
     # Particle filter on the large site: 10,000 tags, each heard by its 8 loudest gateways.
     plan = FloorPlan.from_geometry(shapely.box(*bounds), racks, cell_m=0.25)
     grid = Grid.covering(bounds, 0.5)
-    loss = crossing_loss_db(Obstacles(tuple(racks), tuple(12.0 for _ in racks)), grid.centres(), gw[:, :2])
-    rmap = RadioMap.from_model(grid, plan.cell_free(grid), gw, 2.0, 4.0, 1.0,
-                               obstacle_map=ObstacleMap(grid, loss.astype(np.float32)), track_inflation=1.5)
+    loss = crossing_loss_db(
+        Obstacles(tuple(racks), tuple(12.0 for _ in racks)), grid.centres(), gw[:, :2]
+    )
+    rmap = RadioMap.from_model(
+        grid,
+        plan.cell_free(grid),
+        gw,
+        2.0,
+        4.0,
+        1.0,
+        obstacle_map=ObstacleMap(grid, loss.astype(np.float32)),
+        track_inflation=1.5,
+    )
     n_tags = 10_000
     tags = rmap.free_xy[rng.choice(len(rmap.free_xy), n_tags)]
     dd = np.sqrt(np.sum((tags[:, None, :] - gw[None, :, :2]) ** 2, axis=2) + 9.0)
@@ -76,27 +86,39 @@ def main() -> None:
     device = np.arange(n_tags, dtype=np.int32)
     motion = np.where(rng.random(n_tags) < 0.1, 1, 0).astype(np.int8)
     txp = np.full(n_tags, -59.0)
-    dummy = Estimates(tags[:, 0], tags[:, 1], np.full(n_tags, 5.0), np.full(n_tags, 8, np.int32),
-                      np.zeros(n_tags, np.int8))
+    dummy = Estimates(
+        tags[:, 0],
+        tags[:, 1],
+        np.full(n_tags, 5.0),
+        np.full(n_tags, 8, np.int32),
+        np.zeros(n_tags, np.int8),
+    )
     out = {}
     for particles in (64, 128):
         pf = ParticleFilter(rmap, plan, particles=particles, seed=1)
         t_init = best_of(lambda pf=pf: pf.step(0.0, device, heard_rssi, dummy, motion, txp), 1)
-        clock = [0.0]
 
-        def one_second(pf: ParticleFilter = pf) -> None:
+        def one_second(pf: ParticleFilter = pf, clock: list[float] = [0.0]) -> None:  # noqa: B006
             clock[0] += 1.0
             pf.step(clock[0], device, heard_rssi, dummy, motion, txp)
 
         t_step = best_of(one_second)
         out[f"particle_filter_{particles}"] = {
-            "tags": n_tags, "particles": particles, "first_step_s": round(t_init, 3),
-            "step_s": round(t_step, 3), "keeps_up_at_1_hz": bool(t_step < 1.0),
+            "tags": n_tags,
+            "particles": particles,
+            "first_step_s": round(t_init, 3),
+            "step_s": round(t_step, 3),
+            "keeps_up_at_1_hz": bool(t_step < 1.0),
             "tag_updates_per_s": round(n_tags / t_step),
         }
     result = {
-        "ml_wls": {"rows": n_ml, "gateways": 12, "seconds": round(t_ml, 3), "fixes_per_s": round(n_ml / t_ml),
-                   "target_fixes_per_s": 200_000},
+        "ml_wls": {
+            "rows": n_ml,
+            "gateways": 12,
+            "seconds": round(t_ml, 3),
+            "fixes_per_s": round(n_ml / t_ml),
+            "target_fixes_per_s": 200_000,
+        },
         **out,
         "cpu_threads": os.environ.get("OMP_NUM_THREADS"),
     }

@@ -21,8 +21,8 @@ for CSV, counting the header; 0-based row index for Parquet) and the column.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +65,7 @@ def _row_name(path: Path, index: int) -> str:
     return f"row {index}"
 
 
-def _read_table(path: Path, text_columns: tuple[str, ...]) -> pa.Table:
+def _read_table(path: Path) -> pa.Table:
     """Every column as read; CSV columns all as strings so we can say which cell is bad."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -74,8 +74,10 @@ def _read_table(path: Path, text_columns: tuple[str, ...]) -> pa.Table:
             with path.open(newline="", encoding="utf-8", errors="replace") as fh:
                 header = next(csv.reader(fh), [])
             types = {name.strip(): pa.string() for name in header}
-            return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types,
-                                                                             strings_can_be_null=False))
+            return pacsv.read_csv(
+                path,
+                convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False),
+            )
         if suffix in (".parquet", ".pq"):
             return pq.read_table(path)
     except FileNotFoundError:
@@ -95,7 +97,9 @@ def _numbers(path: Path, table: pa.Table, name: str, required: bool = True) -> F
         bad = np.flatnonzero(~np.asarray(ok.to_numpy(zero_copy_only=False), dtype=bool))
         if len(bad):
             cell = col[int(bad[0])].as_py()
-            raise CaptureError(f"{path}: {_row_name(path, int(bad[0]))}: column {name!r}: not a number: {cell!r}")
+            raise CaptureError(
+                f"{path}: {_row_name(path, int(bad[0]))}: column {name!r}: not a number: {cell!r}"
+            )
         values = pc.if_else(empty, pa.scalar(None, pa.string()), stripped)
         arr = np.asarray(pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False), dtype=float)
     elif pa.types.is_null(col.type):
@@ -107,19 +111,30 @@ def _numbers(path: Path, table: pa.Table, name: str, required: bool = True) -> F
     if required:
         missing = np.flatnonzero(~np.isfinite(arr))
         if len(missing):
-            raise CaptureError(f"{path}: {_row_name(path, int(missing[0]))}: column {name!r}: "
-                               "empty or not finite")
+            raise CaptureError(
+                f"{path}: {_row_name(path, int(missing[0]))}: column {name!r}: empty or not finite"
+            )
     return arr
 
 
 def _strings(path: Path, table: pa.Table, name: str) -> NDArray[np.str_]:
     col = table.column(name)
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_integer(col.type)
-            or pa.types.is_dictionary(col.type)):
+    if not (
+        pa.types.is_string(col.type)
+        or pa.types.is_large_string(col.type)
+        or pa.types.is_integer(col.type)
+        or pa.types.is_dictionary(col.type)
+    ):
         raise CaptureError(f"{path}: column {name!r}: expected text ids, found {col.type}")
-    values = np.asarray(pc.cast(col, pa.string()).to_numpy(zero_copy_only=False) if not pa.types.is_dictionary(col.type)
-                        else col.to_pylist(), dtype=object)
-    empty = np.flatnonzero(np.array([v is None or str(v).strip() == "" for v in values], dtype=bool))
+    values = np.asarray(
+        pc.cast(col, pa.string()).to_numpy(zero_copy_only=False)
+        if not pa.types.is_dictionary(col.type)
+        else col.to_pylist(),
+        dtype=object,
+    )
+    empty = np.flatnonzero(
+        np.array([v is None or str(v).strip() == "" for v in values], dtype=bool)
+    )
     if len(empty):
         raise CaptureError(f"{path}: {_row_name(path, int(empty[0]))}: column {name!r}: empty id")
     return np.asarray(values.astype(str))
@@ -134,22 +149,26 @@ def _require(path: Path, table: pa.Table, columns: tuple[str, ...]) -> None:
 def read_gateways(path: Path | str) -> GatewayInfo:
     """The gateway-positions file: ``id, x, y, z`` in metres."""
     path = Path(path)
-    table = _read_table(path, ("id",))
+    table = _read_table(path)
     _require(path, table, GATEWAY_COLUMNS)
     ids = [str(i) for i in _strings(path, table, "id")]
     seen: dict[str, int] = {}
     for i, ident in enumerate(ids):
         if ident in seen:
-            raise CaptureError(f"{path}: {_row_name(path, i)}: column 'id': duplicate gateway {ident!r}")
+            raise CaptureError(
+                f"{path}: {_row_name(path, i)}: column 'id': duplicate gateway {ident!r}"
+            )
         seen[ident] = i
     xyz = np.column_stack([_numbers(path, table, c) for c in ("x", "y", "z")])
     return GatewayInfo(tuple(str(i) for i in ids), xyz)
 
 
-def read_capture(path: Path | str, gateways: GatewayInfo, gateways_path: Path | str = "gateways") -> Capture:
+def read_capture(
+    path: Path | str, gateways: GatewayInfo, gateways_path: Path | str = "gateways"
+) -> Capture:
     """Read a capture (CSV or Parquet) into sighting columns, checking every cell."""
     path = Path(path)
-    table = _read_table(path, ("gateway", "device"))
+    table = _read_table(path)
     _require(path, table, CAPTURE_COLUMNS)
     t = _numbers(path, table, "time")
     rssi = _numbers(path, table, "rssi")
@@ -160,7 +179,8 @@ def read_capture(path: Path | str, gateways: GatewayInfo, gateways_path: Path | 
     unknown = np.flatnonzero(gw_codes == UNKNOWN)
     if len(unknown):
         i = int(unknown[0])
-        raise CaptureError(f"{path}: {_row_name(path, i)}: column 'gateway': {str(gw_names[i])!r} is not in {gateways_path}")
+        where = f"{path}: {_row_name(path, i)}: column 'gateway'"
+        raise CaptureError(f"{where}: {str(gw_names[i])!r} is not in {gateways_path}")
     devices = IdTable()
     out = np.zeros(len(t), SIGHTING_DTYPE)
     out["t"], out["rssi"] = t, rssi
@@ -173,8 +193,10 @@ def read_capture(path: Path | str, gateways: GatewayInfo, gateways_path: Path | 
             if name == "channel":
                 bad = np.flatnonzero(~np.isin(vals, (0, 37, 38, 39)))
                 if len(bad):
-                    raise CaptureError(f"{path}: {_row_name(path, int(bad[0]))}: column 'channel': "
-                                       f"{vals[int(bad[0])]:g} is not 0, 37, 38 or 39")
+                    raise CaptureError(
+                        f"{path}: {_row_name(path, int(bad[0]))}: column 'channel': "
+                        f"{vals[int(bad[0])]:g} is not 0, 37, 38 or 39"
+                    )
             out[name] = vals
         else:
             out[name] = default
@@ -182,9 +204,14 @@ def read_capture(path: Path | str, gateways: GatewayInfo, gateways_path: Path | 
     truth = None
     if "truth_x" in table.column_names or "truth_y" in table.column_names:
         _require(path, table, TRUTH_COLUMNS[:2])
-        tz = _numbers(path, table, "truth_z", required=False) if "truth_z" in table.column_names else \
-            np.full(len(t), np.nan)
-        truth_xyz = np.column_stack([_numbers(path, table, "truth_x"), _numbers(path, table, "truth_y"), tz])
+        tz = (
+            _numbers(path, table, "truth_z", required=False)
+            if "truth_z" in table.column_names
+            else np.full(len(t), np.nan)
+        )
+        truth_xyz = np.column_stack(
+            [_numbers(path, table, "truth_x"), _numbers(path, table, "truth_y"), tz]
+        )
     order = np.argsort(out["t"], kind="stable")
     out = out[order]
     if truth_xyz is not None:
@@ -217,7 +244,9 @@ def truth_from_samples(device: NDArray[np.integer], t: FloatArray, xy: FloatArra
     return GroundTruth.build(seg, np.zeros(0, MOVEMENT_DTYPE))
 
 
-def rows_by_window(capture: Capture, step_s: float) -> tuple[FloatArray, NDArray[np.int32], FloatArray, FloatArray]:
+def rows_by_window(
+    capture: Capture, step_s: float
+) -> tuple[FloatArray, NDArray[np.int32], FloatArray, FloatArray]:
     """Average a capture into (device, window) rows: window end times, devices, mean truth
     (x, y) and the mean RSSI matrix (rows, gateways), NaN where a gateway was silent.
     Used to turn a calibration walk into fingerprints."""
@@ -241,13 +270,23 @@ def rows_by_window(capture: Capture, step_s: float) -> tuple[FloatArray, NDArray
     return t_end.astype(float), dev, xy, matrix
 
 
-def write_capture(path: Path | str, t: FloatArray, gateway: NDArray[np.str_], device: NDArray[np.str_],
-                  rssi: FloatArray, channel: NDArray[np.integer] | None = None,
-                  truth_xyz: FloatArray | None = None) -> Path:
+def write_capture(
+    path: Path | str,
+    t: FloatArray,
+    gateway: NDArray[np.str_],
+    device: NDArray[np.str_],
+    rssi: FloatArray,
+    channel: NDArray[np.integer] | None = None,
+    truth_xyz: FloatArray | None = None,
+) -> Path:
     """Write a capture in the documented format (by suffix: .csv or .parquet)."""
     path = Path(path)
-    cols: dict[str, pa.Array] = {"time": pa.array(np.asarray(t, float)), "gateway": pa.array(np.asarray(gateway, str)),
-                                 "device": pa.array(np.asarray(device, str)), "rssi": pa.array(np.asarray(rssi, float))}
+    cols: dict[str, pa.Array] = {
+        "time": pa.array(np.asarray(t, float)),
+        "gateway": pa.array(np.asarray(gateway, str)),
+        "device": pa.array(np.asarray(device, str)),
+        "rssi": pa.array(np.asarray(rssi, float)),
+    }
     if channel is not None:
         cols["channel"] = pa.array(np.asarray(channel, np.int64))
     if truth_xyz is not None:
@@ -264,8 +303,14 @@ def write_capture(path: Path | str, t: FloatArray, gateway: NDArray[np.str_], de
 
 def write_gateways(path: Path | str, gateways: GatewayInfo) -> Path:
     path = Path(path)
-    table = pa.table({"id": list(gateways.ids), "x": gateways.xyz[:, 0], "y": gateways.xyz[:, 1],
-                      "z": gateways.xyz[:, 2]})
+    table = pa.table(
+        {
+            "id": list(gateways.ids),
+            "x": gateways.xyz[:, 0],
+            "y": gateways.xyz[:, 1],
+            "z": gateways.xyz[:, 2],
+        }
+    )
     if path.suffix.lower() == ".csv":
         pacsv.write_csv(table, path)
     else:
@@ -285,6 +330,13 @@ def kolakowski_capture(folder: Path, out_dir: Path, fmt: str = "csv") -> dict[st
     for name, track in (("calibration", data.calibration), ("test", data.test)):
         row, g = np.nonzero(~np.isnan(track.rssi))
         truth = np.column_stack([track.xy[row], np.full(len(row), np.nan)])
-        paths[name] = write_capture(out_dir / f"{name}.{fmt}", track.t[row], np.asarray(gw.ids)[g],
-                                    np.full(len(row), "robot-tag"), track.rssi[row, g], None, truth)
+        paths[name] = write_capture(
+            out_dir / f"{name}.{fmt}",
+            track.t[row],
+            np.asarray(gw.ids)[g],
+            np.full(len(row), "robot-tag"),
+            track.rssi[row, g],
+            None,
+            truth,
+        )
     return paths

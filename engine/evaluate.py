@@ -7,25 +7,29 @@ built from it is byte-identical for the same scenario and seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
-import shapely
-from numpy.typing import NDArray
-
 from typing import TYPE_CHECKING
 
-from engine.truth import GroundTruth
-from engine.zones import ZoneIndex
+import numpy as np
 
 if TYPE_CHECKING:
+    import shapely
+    from numpy.typing import NDArray
+
     from engine.capture import Capture
     from engine.pipeline import EngineConfig
+    from engine.truth import GroundTruth
+    from engine.zones import ZoneIndex
 
 
 def _quantiles(err: NDArray[np.float64]) -> dict[str, float]:
     if len(err) == 0:
-        return {"median_error_m": float("nan"), "p90_error_m": float("nan"),
-                "p95_error_m": float("nan"), "rmse_m": float("nan"), "mean_error_m": float("nan")}
+        return {
+            "median_error_m": float("nan"),
+            "p90_error_m": float("nan"),
+            "p95_error_m": float("nan"),
+            "rmse_m": float("nan"),
+            "mean_error_m": float("nan"),
+        }
     q50, q90, q95 = np.quantile(err, [0.5, 0.9, 0.95])
     return {
         "median_error_m": round(float(q50), 4),
@@ -107,8 +111,14 @@ def latency_metrics(lat: LatencySetup) -> dict[str, float]:
 
 
 def evaluate(
-    fixes: NDArray[np.void], truth: GroundTruth, zones: ZoneIndex, n_devices: int, duration_s: float,
-    n_sightings: int, bound: BoundSetup | None = None, latency: LatencySetup | None = None,
+    fixes: NDArray[np.void],
+    truth: GroundTruth,
+    zones: ZoneIndex,
+    n_devices: int,
+    duration_s: float,
+    n_sightings: int,
+    bound: BoundSetup | None = None,
+    latency: LatencySetup | None = None,
 ) -> dict[str, object]:
     """The standard report metrics of one run: error quantiles and CDF, zone accuracy,
     r90 calibration, and (given ``bound``) the Cramér-Rao bound at the true positions and
@@ -119,7 +129,11 @@ def evaluate(
     true_xy = truth.position_at(fixes["device"], fixes["t"])
     true_zone = zones.assign(true_xy[:, 0], true_xy[:, 1])
     in_zone = valid & (true_zone >= 0)
-    zone_acc = float(np.mean(fixes["zone"][in_zone] == true_zone[in_zone])) if in_zone.any() else float("nan")
+    zone_acc = (
+        float(np.mean(fixes["zone"][in_zone] == true_zone[in_zone]))
+        if in_zone.any()
+        else float("nan")
+    )
     inside90 = float(np.mean(err_v <= fixes["r90"][valid])) if len(err_v) else float("nan")
     seen = np.unique(fixes["device"])
     moving = fixes["motion"][valid] == 1
@@ -156,8 +170,12 @@ def evaluate(
 # -- every method on one recorded track ---------------------------------------------------
 
 
-def error_summary(est_x: NDArray[np.float64], est_y: NDArray[np.float64], r90: NDArray[np.float64],
-                  true_xy: NDArray[np.float64]) -> dict[str, float]:
+def error_summary(
+    est_x: NDArray[np.float64],
+    est_y: NDArray[np.float64],
+    r90: NDArray[np.float64],
+    true_xy: NDArray[np.float64],
+) -> dict[str, float]:
     """Quantiles of the error and how often the truth fell inside the reported r90."""
     err = np.hypot(est_x - true_xy[:, 0], est_y - true_xy[:, 1])
     ok = np.isfinite(err)
@@ -165,10 +183,16 @@ def error_summary(est_x: NDArray[np.float64], est_y: NDArray[np.float64], r90: N
 
 
 def score_track_methods(
-    calibration_xy: NDArray[np.float64], calibration_rssi: NDArray[np.float64],
-    test_t: NDArray[np.float64], test_xy: NDArray[np.float64], test_rssi: NDArray[np.float64],
-    gw_xyz: NDArray[np.float64], outline: shapely.Geometry, tag_z: float = 0.3,
-    trackers: tuple[str, ...] = ("kalman", "hmm", "particle"), seed: int = 0,
+    calibration_xy: NDArray[np.float64],
+    calibration_rssi: NDArray[np.float64],
+    test_t: NDArray[np.float64],
+    test_xy: NDArray[np.float64],
+    test_rssi: NDArray[np.float64],
+    gw_xyz: NDArray[np.float64],
+    outline: shapely.Geometry,
+    tag_z: float = 0.3,
+    trackers: tuple[str, ...] = ("kalman", "hmm", "particle"),
+    seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Score every estimator and tracker on one device's time-ordered RSSI rows.
 
@@ -188,17 +212,27 @@ def score_track_methods(
     from engine.track import FloorPlan, GridFilter, KalmanTracker, ParticleFilter, Tracker
 
     gw_xy = gw_xyz[:, :2]
-    bounds = tuple(float(v) for v in outline.bounds)
+    minx, miny, maxx, maxy = (float(v) for v in outline.bounds)
+    bounds = (minx, miny, maxx, maxy)
     fit = fit_path_loss(calibration_xy, calibration_rssi, gw_xyz, tag_z)
     radio_map = RadioMap.from_survey(calibration_xy, calibration_rssi, outline=outline)
     plan = FloorPlan.from_geometry(outline, cell_m=0.1)
-    near_gw = np.sqrt(np.min(np.sum((radio_map.free_xy[:, None, :] - gw_xy[None]) ** 2, axis=2), axis=1))
+    near_gw = np.sqrt(
+        np.min(np.sum((radio_map.free_xy[:, None, :] - gw_xy[None]) ** 2, axis=2), axis=1)
+    )
     corrected = test_rssi - fit.gateway_offset_db[None, :]
     single = {
         "strongest": strongest_gateway(test_rssi, gw_xy, float(np.quantile(near_gw, 0.9))),
         "centroid": centroid_localize(test_rssi, gw_xy, fit.exponent),
-        "wls": wls_localize(corrected, gw_xyz, np.full(len(test_rssi), fit.p0_dbm), fit.exponent, fit.sigma_db,
-                            tag_z, bounds),  # type: ignore[arg-type]
+        "wls": wls_localize(
+            corrected,
+            gw_xyz,
+            np.full(len(test_rssi), fit.p0_dbm),
+            fit.exponent,
+            fit.sigma_db,
+            tag_z,
+            bounds,
+        ),
         "knn": knn_localize(test_rssi, calibration_xy, calibration_rssi, k=10),
         "radio-map": radio_map_localize(test_rssi, radio_map),
     }
@@ -217,15 +251,23 @@ def score_track_methods(
         base = single["radio-map"]
         xs, ys, rs = (np.zeros(len(test_t)) for _ in range(3))
         for i in range(len(test_t)):
-            e = tr.step(float(test_t[i]), device, test_rssi[i : i + 1], base.take(slice(i, i + 1)),  # type: ignore[arg-type]
-                        motion, tx)
+            e = tr.step(
+                float(test_t[i]),
+                device,
+                test_rssi[i : i + 1],
+                base.take(slice(i, i + 1)),
+                motion,
+                tx,
+            )
             xs[i], ys[i], rs[i] = e.x[0], e.y[0], e.r90[0]
         out[f"track:{name}"] = error_summary(xs, ys, rs, test_xy)
     return out
 
 
 def evaluate_capture(
-    capture: Capture, config: EngineConfig, duration_s: float | None = None,
+    capture: Capture,
+    config: EngineConfig,
+    duration_s: float | None = None,
 ) -> tuple[NDArray[np.void], dict[str, object]]:
     """Replay a recorded capture through the engine (the same ``ingest``/``advance`` calls a
     live source makes, in event-time chunks) and score it against its truth columns."""
@@ -254,6 +296,14 @@ def evaluate_capture(
         tag_z = config.tag_height_m
         bound = BoundSetup(config.gateways.xyz, config.path_loss_exponent, config.sigma_db, tag_z)
         latency = LatencySetup(shifted["t"], config.step_s, config.allowed_lateness_s)
-        metrics |= evaluate(fixes, capture.truth, config.zones, len(capture.devices),
-                            duration_s or max(end, 1e-9), len(s), bound, latency)
+        metrics |= evaluate(
+            fixes,
+            capture.truth,
+            config.zones,
+            len(capture.devices),
+            duration_s or max(end, 1e-9),
+            len(s),
+            bound,
+            latency,
+        )
     return fixes, metrics

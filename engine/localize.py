@@ -18,6 +18,7 @@ The trackers in :mod:`engine.track` reuse the radio map's likelihood over time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import shapely
@@ -27,6 +28,7 @@ from scipy.spatial import cKDTree
 from radio_models.environment import Grid
 
 FloatArray = NDArray[np.float64]
+AnyArray = NDArray[Any]  # float32 or float64
 
 LN10 = np.log(10.0)
 # -2 ln(1 - 0.9): the 90 % quantile of a chi-square with 2 degrees of freedom. The 90 %
@@ -75,8 +77,10 @@ class Estimates:
         z = np.zeros(0)
         return cls(z, z.copy(), z.copy(), np.zeros(0, np.int32), np.zeros(0, np.int8))
 
-    def take(self, idx: NDArray[np.intp] | NDArray[np.bool_]) -> Estimates:
-        return Estimates(self.x[idx], self.y[idx], self.r90[idx], self.n_gateways[idx], self.method[idx])
+    def take(self, idx: NDArray[np.intp] | NDArray[np.bool_] | slice) -> Estimates:
+        return Estimates(
+            self.x[idx], self.y[idx], self.r90[idx], self.n_gateways[idx], self.method[idx]
+        )
 
 
 def r90_from_cov(var_x: FloatArray, var_y: FloatArray) -> FloatArray:
@@ -97,13 +101,22 @@ def strongest_gateway(rssi: FloatArray, gw_xy: FloatArray, r90_m: float) -> Esti
     """
     rssi = np.asarray(rssi, dtype=float)
     rows = len(rssi)
-    best = np.argmax(np.where(np.isnan(rssi), -np.inf, rssi), axis=1) if rows else np.zeros(0, np.intp)
+    best = (
+        np.argmax(np.where(np.isnan(rssi), -np.inf, rssi), axis=1) if rows else np.zeros(0, np.intp)
+    )
     xy = gw_xy[best] if rows else np.zeros((0, 2))
-    return Estimates(xy[:, 0].astype(float), xy[:, 1].astype(float), np.full(rows, float(r90_m)),
-                     n_heard(rssi), np.full(rows, METHOD_STRONGEST, np.int8))
+    return Estimates(
+        xy[:, 0].astype(float),
+        xy[:, 1].astype(float),
+        np.full(rows, float(r90_m)),
+        n_heard(rssi),
+        np.full(rows, METHOD_STRONGEST, np.int8),
+    )
 
 
-def weighted_centroid(rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_k: int = 4) -> FloatArray:
+def weighted_centroid(
+    rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_k: int = 4
+) -> FloatArray:
     """Centroid of the ``top_k`` strongest gateways, weighted by 1/d^2 from the RSSI.
 
     With RSSI = P0 - 10 n log10 d, 1/d^2 is proportional to 10^(RSSI / (5 n)); P0 cancels.
@@ -120,7 +133,9 @@ def weighted_centroid(rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_
     return np.asarray(xy)
 
 
-def centroid_localize(rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_k: int = 4) -> Estimates:
+def centroid_localize(
+    rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_k: int = 4
+) -> Estimates:
     """:func:`weighted_centroid` as an estimator. Its radius is the weighted spread of the
     gateways it averaged (the centroid can only be wrong by about that much), at least 1 m."""
     rssi = np.asarray(rssi, dtype=float)
@@ -133,14 +148,28 @@ def centroid_localize(rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_
     ref = np.nanmax(np.where(heard, rssi, np.nan), axis=1, keepdims=True)
     w = np.where(heard, 10.0 ** ((np.where(heard, rssi, -200.0) - ref) / (5.0 * exponent)), 0.0)
     spread = np.sqrt(np.sum(w * d2, axis=1) / np.maximum(w.sum(axis=1), 1e-300))
-    return Estimates(xy[:, 0], xy[:, 1], np.maximum(spread, 1.0), n_heard(rssi),
-                     np.full(rows, METHOD_CENTROID, np.int8))
+    return Estimates(
+        xy[:, 0],
+        xy[:, 1],
+        np.maximum(spread, 1.0),
+        n_heard(rssi),
+        np.full(rows, METHOD_CENTROID, np.int8),
+    )
 
 
 def _newton_chunk(
-    r: FloatArray, w: FloatArray, p0: FloatArray, gx: FloatArray, gy: FloatArray, dz2: FloatArray,
-    x: FloatArray, y: FloatArray, exponent: float, bounds: tuple[float, float, float, float],
-    iterations: int, wall: ObstacleMap | None,
+    r: FloatArray,
+    w: FloatArray,
+    p0: FloatArray,
+    gx: FloatArray,
+    gy: FloatArray,
+    dz2: FloatArray,
+    x: FloatArray,
+    y: FloatArray,
+    exponent: float,
+    bounds: tuple[float, float, float, float],
+    iterations: int,
+    wall: ObstacleMap | None,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Safeguarded Newton iterations on one chunk of rows, in float32.
 
@@ -154,24 +183,49 @@ def _newton_chunk(
     f32 = np.float32
     five_n = f32(5.0 * exponent)
     k_slope = f32(10.0 * exponent / LN10)
-    r, w, p0 = r.astype(f32), w.astype(f32), p0.astype(f32)
-    gx, gy, dz2 = gx.astype(f32), gy.astype(f32), dz2.astype(f32)
-    x_out, y_out = x.astype(f32), y.astype(f32)
-    x, y = x_out.copy(), y_out.copy()
+    r32: AnyArray = r.astype(f32)
+    w32: AnyArray = w.astype(f32)
+    p32: AnyArray = p0.astype(f32)
+    gx32: AnyArray = gx.astype(f32)
+    gy32: AnyArray = gy.astype(f32)
+    dz32: AnyArray = dz2.astype(f32)
+    x_out: AnyArray = x.astype(f32)
+    y_out: AnyArray = y.astype(f32)
     act = np.arange(len(x))  # rows still iterating; the working arrays below are theirs
-    ra, wa, pa = r, w, p0
     with np.errstate(invalid="ignore", divide="ignore"):  # unheard rows are NaN, by design
-        xo, yo = _newton_loop(ra, wa, pa, gx, gy, dz2, x, y, x_out, y_out, act, five_n, k_slope, bounds,
-                              iterations, wall)
-    return xo, yo, _wls_cost(r, w, p0, gx, gy, dz2, xo, yo, exponent, wall)
+        xo, yo = _newton_loop(
+            (r32, w32, p32),
+            (gx32, gy32, dz32),
+            x_out.copy(),
+            y_out.copy(),
+            x_out,
+            y_out,
+            act,
+            (five_n, k_slope),
+            bounds,
+            iterations,
+            wall,
+        )
+    return xo, yo, _wls_cost(r32, w32, p32, gx32, gy32, dz32, xo, yo, exponent, wall)
 
 
 def _newton_loop(
-    ra: FloatArray, wa: FloatArray, pa: FloatArray, gx: FloatArray, gy: FloatArray, dz2: FloatArray,
-    x: FloatArray, y: FloatArray, x_out: FloatArray, y_out: FloatArray, act: NDArray[np.intp],
-    five_n: np.float32, k_slope: np.float32, bounds: tuple[float, float, float, float], iterations: int,
+    rows: tuple[AnyArray, AnyArray, AnyArray],
+    gws: tuple[AnyArray, AnyArray, AnyArray],
+    x: AnyArray,
+    y: AnyArray,
+    x_out: AnyArray,
+    y_out: AnyArray,
+    act: NDArray[np.intp],
+    consts: tuple[np.float32, np.float32],
+    bounds: tuple[float, float, float, float],
+    iterations: int,
     wall: ObstacleMap | None,
 ) -> tuple[FloatArray, FloatArray]:
+    """The inner loop of :func:`_newton_chunk` (rows: rssi, weight, P0; gws: x, y, dz^2)."""
+    ra, wa, pa = rows
+    gx, gy, dz2 = gws
+    five_n, k_slope = consts
     minx, miny, maxx, maxy = bounds
     f32 = np.float32
     for _ in range(iterations):
@@ -230,8 +284,16 @@ def _newton_loop(
 
 
 def _wls_cost(
-    r: FloatArray, w: FloatArray, p0: FloatArray, gx: FloatArray, gy: FloatArray, dz2: FloatArray,
-    x: FloatArray, y: FloatArray, exponent: float, wall: ObstacleMap | None,
+    r: AnyArray,
+    w: AnyArray,
+    p0: AnyArray,
+    gx: AnyArray,
+    gy: AnyArray,
+    dz2: AnyArray,
+    x: FloatArray,
+    y: FloatArray,
+    exponent: float,
+    wall: ObstacleMap | None,
 ) -> FloatArray:
     d2 = (x[:, None] - gx) ** 2 + (y[:, None] - gy) ** 2 + dz2
     pred = p0 - 5.0 * exponent * np.log10(d2)
@@ -293,8 +355,20 @@ def wls_localize(
         bx, by = xy0[sl, 0].copy(), xy0[sl, 1].copy()
         best = _wls_cost(r[sl], w[sl], p0[sl], gx, gy, dz2, bx, by, exponent, obstacle_map)
         for start in starts:
-            sx, sy, c = _newton_chunk(r[sl], w[sl], p0[sl], gx, gy, dz2, start[sl, 0].copy(), start[sl, 1].copy(),
-                                      exponent, bounds, iterations, obstacle_map)
+            sx, sy, c = _newton_chunk(
+                r[sl],
+                w[sl],
+                p0[sl],
+                gx,
+                gy,
+                dz2,
+                start[sl, 0].copy(),
+                start[sl, 1].copy(),
+                exponent,
+                bounds,
+                iterations,
+                obstacle_map,
+            )
             take = c < best
             bx, by, best = np.where(take, sx, bx), np.where(take, sy, by), np.where(take, c, best)
         x[sl], y[sl] = bx, by
@@ -329,12 +403,17 @@ class PathLossFit:
     sigma_db: float
 
 
-def fit_path_loss(xy: FloatArray, rssi: FloatArray, gw_xyz: FloatArray, tag_z: float) -> PathLossFit:
+def fit_path_loss(
+    xy: FloatArray, rssi: FloatArray, gw_xyz: FloatArray, tag_z: float
+) -> PathLossFit:
     """Least-squares fit of a common exponent and per-gateway 1 m power to surveyed RSSI
     (the usual site calibration of the log-distance model, Rappaport eq. 4.68): one
     linear solve over every heard (point, gateway) pair."""
     heard = ~np.isnan(rssi)
-    d2 = np.sum((xy[:, None, :] - gw_xyz[None, :, :2]) ** 2, axis=2) + (gw_xyz[None, :, 2] - tag_z) ** 2
+    d2 = (
+        np.sum((xy[:, None, :] - gw_xyz[None, :, :2]) ** 2, axis=2)
+        + (gw_xyz[None, :, 2] - tag_z) ** 2
+    )
     pt, g = np.nonzero(heard)
     n_gw = rssi.shape[1]
     a = np.zeros((len(pt), n_gw + 1))
@@ -350,7 +429,11 @@ def fit_path_loss(xy: FloatArray, rssi: FloatArray, gw_xyz: FloatArray, tag_z: f
 
 
 def knn_localize(
-    rssi: FloatArray, fp_xy: FloatArray, fp_rssi: FloatArray, k: int = 10, floor_dbm: float = -100.0,
+    rssi: FloatArray,
+    fp_xy: FloatArray,
+    fp_rssi: FloatArray,
+    k: int = 10,
+    floor_dbm: float = -100.0,
 ) -> Estimates:
     """k-nearest-neighbour fingerprinting: the mean position of the ``k`` fingerprints
     closest in signal space (Euclidean in dBm, unheard gateways at ``floor_dbm``), as in
@@ -368,8 +451,13 @@ def knn_localize(
     pts = fp_xy[idx]  # (rows, k, 2)
     xy = pts.mean(axis=1)
     spread = np.quantile(np.hypot(*(pts - xy[:, None, :]).transpose(2, 0, 1)), 0.9, axis=1)
-    return Estimates(xy[:, 0], xy[:, 1], np.maximum(spread, 0.5), n_heard(rssi),
-                     np.full(rows, METHOD_KNN, np.int8))
+    return Estimates(
+        xy[:, 0],
+        xy[:, 1],
+        np.maximum(spread, 0.5),
+        n_heard(rssi),
+        np.full(rows, METHOD_KNN, np.int8),
+    )
 
 
 @dataclass(frozen=True)
@@ -409,25 +497,49 @@ class RadioMap:
 
     @classmethod
     def from_model(
-        cls, grid: Grid, free: NDArray[np.bool_], gw_xyz: FloatArray, exponent: float, sigma_db: float,
-        tag_z: float, tx_ref_dbm: float = -59.0, obstacle_map: ObstacleMap | None = None,
+        cls,
+        grid: Grid,
+        free: NDArray[np.bool_],
+        gw_xyz: FloatArray,
+        exponent: float,
+        sigma_db: float,
+        tag_z: float,
+        tx_ref_dbm: float = -59.0,
+        obstacle_map: ObstacleMap | None = None,
         track_inflation: float = 1.0,
     ) -> RadioMap:
         """Predicted mean RSSI from log-distance path loss (Rappaport eq. 4.68) minus the
         site plan's wall and rack losses (COST 231 multi-wall) where given."""
         cen = grid.centres()
-        d2 = np.sum((cen[:, None, :] - gw_xyz[None, :, :2]) ** 2, axis=2) + (gw_xyz[None, :, 2] - tag_z) ** 2
+        d2 = (
+            np.sum((cen[:, None, :] - gw_xyz[None, :, :2]) ** 2, axis=2)
+            + (gw_xyz[None, :, 2] - tag_z) ** 2
+        )
         mean = tx_ref_dbm - 5.0 * exponent * np.log10(np.maximum(d2, 0.01))
         if obstacle_map is not None:
             mean = mean - obstacle_map.loss
-        return cls(grid, np.asarray(free, bool), mean.astype(np.float32), np.full(len(gw_xyz), float(sigma_db)),
-                   None, tx_ref_dbm, track_inflation)
+        return cls(
+            grid,
+            np.asarray(free, bool),
+            mean.astype(np.float32),
+            np.full(len(gw_xyz), float(sigma_db)),
+            None,
+            tx_ref_dbm,
+            track_inflation,
+        )
 
     @classmethod
     def from_survey(
-        cls, xy: FloatArray, rssi: FloatArray, cell_m: float = 0.2, bandwidth_m: float = 0.5,
-        floor_dbm: float | None = -100.0, reach_m: float = 0.35, outline: shapely.Geometry | None = None,
-        track_inflation: float = 2.5, tx_ref_dbm: float = -59.0,
+        cls,
+        xy: FloatArray,
+        rssi: FloatArray,
+        cell_m: float = 0.2,
+        bandwidth_m: float = 0.5,
+        floor_dbm: float | None = -100.0,
+        reach_m: float = 0.35,
+        outline: shapely.Geometry | None = None,
+        track_inflation: float = 2.5,
+        tx_ref_dbm: float = -59.0,
     ) -> RadioMap:
         """A map from a calibration walk: Gaussian-kernel (Nadaraya-Watson) means of the
         surveyed RSSI around each cell. Cells farther than ``reach_m`` from any survey
@@ -474,22 +586,34 @@ class RadioMap:
         # not a measurement, and would inflate it.
         resid = np.where(heard, rssi - mean[grid.cell_index(xy)], np.nan)
         sigma = np.maximum(np.nanstd(resid, axis=0), 1.0)
-        return cls(grid, free, mean.astype(np.float32), sigma, floor_dbm, tx_ref_dbm, track_inflation)
+        return cls(
+            grid, free, mean.astype(np.float32), sigma, floor_dbm, tx_ref_dbm, track_inflation
+        )
 
-    def prepare(self, rssi: FloatArray, tx_power_dbm: FloatArray | float | None = None) -> tuple[FloatArray, FloatArray]:
+    def prepare(
+        self, rssi: FloatArray, tx_power_dbm: FloatArray | float | None = None
+    ) -> tuple[FloatArray, FloatArray]:
         """(values, weights) of each row for the likelihood: the floor stands in for
         unheard gateways when the map has one, else their weight is zero; rows from tags
         with another power are shifted onto the map's reference."""
         rssi = np.asarray(rssi, dtype=float)
         heard = ~np.isnan(rssi)
-        shift = 0.0 if tx_power_dbm is None else (self.tx_ref_dbm - np.asarray(tx_power_dbm, dtype=float))
+        shift = (
+            0.0
+            if tx_power_dbm is None
+            else (self.tx_ref_dbm - np.asarray(tx_power_dbm, dtype=float))
+        )
         shifted = rssi + (np.asarray(shift)[:, None] if np.ndim(shift) else shift)
         if self.floor_dbm is not None:
             return np.where(heard, shifted, self.floor_dbm), np.ones_like(rssi)
         return np.where(heard, shifted, 0.0), heard.astype(float)
 
     def log_likelihood(
-        self, values: FloatArray, weights: FloatArray, cells: NDArray[np.intp], inflate: float = 1.0,
+        self,
+        values: FloatArray,
+        weights: FloatArray,
+        cells: NDArray[np.intp],
+        inflate: float = 1.0,
     ) -> FloatArray:
         """log p(row | cell) up to a constant per row, shape (rows, len(cells)).
 
@@ -499,11 +623,17 @@ class RadioMap:
         m = self.mean_dbm[cells].astype(float)  # (cells, G)
         inv = 1.0 / (self.sigma_db * inflate) ** 2
         wv = weights * values * inv
-        quad = (weights * inv) @ (m * m).T - 2.0 * wv @ m.T + np.sum(wv * values, axis=1, keepdims=True)
+        quad = (
+            (weights * inv) @ (m * m).T
+            - 2.0 * wv @ m.T
+            + np.sum(wv * values, axis=1, keepdims=True)
+        )
         return np.asarray(-0.5 * quad)
 
 
-def posterior_estimates(post: FloatArray, xy: FloatArray, n_gw: NDArray[np.int32], method: int) -> Estimates:
+def posterior_estimates(
+    post: FloatArray, xy: FloatArray, n_gw: NDArray[np.int32], method: int
+) -> Estimates:
     """Mean and 90 % radius of normalised cell posteriors ``post`` (rows, cells) over
     cell centres ``xy``. The radius adds the cell's own spread (cell^2 / 12 per axis)."""
     mx = post @ xy[:, 0]
@@ -519,7 +649,10 @@ def normalise_log(ll: FloatArray) -> FloatArray:
 
 
 def radio_map_localize(
-    rssi: FloatArray, radio_map: RadioMap, tx_power_dbm: FloatArray | float | None = None, chunk_rows: int = 1024,
+    rssi: FloatArray,
+    radio_map: RadioMap,
+    tx_power_dbm: FloatArray | float | None = None,
+    chunk_rows: int = 1024,
 ) -> Estimates:
     """Bayesian single-shot fix: the posterior mean over the map's free cells with a flat
     prior, and the 90 % radius of that posterior."""
@@ -535,5 +668,9 @@ def radio_map_localize(
         sl = slice(lo, lo + chunk_rows)
         post = normalise_log(radio_map.log_likelihood(values[sl], weights[sl], cells))
         parts.append(posterior_estimates(post, xy, n_heard(rssi[sl]), METHOD_RADIO_MAP))
-    return Estimates(*(np.concatenate([getattr(p, f) for p in parts])
-                       for f in ("x", "y", "r90", "n_gateways", "method")))
+    return Estimates(
+        *(
+            np.concatenate([getattr(p, f) for p in parts])
+            for f in ("x", "y", "r90", "n_gateways", "method")
+        )
+    )

@@ -30,7 +30,14 @@ from engine.localize import (
     strongest_gateway,
     wls_localize,
 )
-from engine.track import FloorPlan, GridFilter, KalmanTracker, ParticleFilter, Tracker, ZoneHysteresis
+from engine.track import (
+    FloorPlan,
+    GridFilter,
+    KalmanTracker,
+    ParticleFilter,
+    Tracker,
+    ZoneHysteresis,
+)
 from engine.zones import NO_ZONE, ZoneIndex
 
 FloatArray = NDArray[np.float64]

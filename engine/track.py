@@ -55,8 +55,15 @@ MAX_GAP_S = 10.0  # a longer silence is treated as this long: the prior is wide 
 
 
 class Tracker(Protocol):
-    def step(self, t: float, device: IntArray, rssi: FloatArray, fixes: Estimates,
-             motion: NDArray[np.int8], tx_power: FloatArray) -> Estimates: ...
+    def step(
+        self,
+        t: float,
+        device: IntArray,
+        rssi: FloatArray,
+        fixes: Estimates,
+        motion: NDArray[np.int8],
+        tx_power: FloatArray,
+    ) -> Estimates: ...
 
 
 # -- the floor plan -------------------------------------------------------------------
@@ -73,8 +80,11 @@ class FloorPlan:
 
     @classmethod
     def from_geometry(
-        cls, outline: shapely.Geometry, racks: list[shapely.Geometry] | tuple[shapely.Geometry, ...] = (),
-        walls: list[shapely.Geometry] | tuple[shapely.Geometry, ...] = (), cell_m: float = 0.25,
+        cls,
+        outline: shapely.Geometry,
+        racks: list[shapely.Geometry] | tuple[shapely.Geometry, ...] = (),
+        walls: list[shapely.Geometry] | tuple[shapely.Geometry, ...] = (),
+        cell_m: float = 0.25,
     ) -> FloorPlan:
         grid = Grid.covering(outline.bounds, cell_m)
         cen = grid.centres()
@@ -87,7 +97,9 @@ class FloorPlan:
         return cls(grid, free)
 
     @classmethod
-    def open_floor(cls, bounds: tuple[float, float, float, float], cell_m: float = 0.25) -> FloorPlan:
+    def open_floor(
+        cls, bounds: tuple[float, float, float, float], cell_m: float = 0.25
+    ) -> FloorPlan:
         grid = Grid.covering(bounds, cell_m)
         return cls(grid, np.ones(grid.nx * grid.ny, bool))
 
@@ -142,8 +154,16 @@ class KalmanTracker:
             self.p = np.concatenate([self.p, np.zeros((n - have, 4, 4))])
             self.t = np.r_[self.t, np.full(n - have, np.nan)]
 
-    def step(self, t: float, device: IntArray, rssi: FloatArray, fixes: Estimates,
-             motion: NDArray[np.int8], tx_power: FloatArray) -> Estimates:
+    def step(
+        self,
+        t: float,
+        device: IntArray,
+        rssi: FloatArray,
+        fixes: Estimates,
+        motion: NDArray[np.int8],
+        tx_power: FloatArray,
+    ) -> Estimates:
+        del rssi, tx_power  # the Kalman filter works on fixes, not on RSSI
         if len(device) == 0:
             return fixes
         self._grow(int(device.max()) + 1)
@@ -185,15 +205,23 @@ class KalmanTracker:
             self.x[d], self.p[d], self.t[d] = xs, ps, t
         st = self.x[device]
         cov = self.p[device]
-        return Estimates(st[:, 0].copy(), st[:, 1].copy(), r90_from_cov(cov[:, 0, 0], cov[:, 1, 1]),
-                         fixes.n_gateways, np.full(len(device), METHOD_KALMAN, np.int8))
+        return Estimates(
+            st[:, 0].copy(),
+            st[:, 1].copy(),
+            r90_from_cov(cov[:, 0, 0], cov[:, 1, 1]),
+            fixes.n_gateways,
+            np.full(len(device), METHOD_KALMAN, np.int8),
+        )
 
 
 # -- grid (HMM) forward filter -----------------------------------------------------------
 
 
 def walkable_transition(
-    xy: FloatArray, plan: FloorPlan, sigma_m: float, radius_sigmas: float = 2.5,
+    xy: FloatArray,
+    plan: FloorPlan,
+    sigma_m: float,
+    radius_sigmas: float = 2.5,
 ) -> sparse.csr_matrix:
     """Row-stochastic transition between cells ``xy`` for one step: a Gaussian random
     walk with per-axis spread ``sigma_m``, truncated at ``radius_sigmas`` sigmas, with
@@ -250,26 +278,45 @@ class GridFilter:
     def _grow(self, n: int) -> None:
         have = len(self.t)
         if n > have:
-            self.belief = np.vstack([self.belief, np.full((n - have, len(self.cells)), 1.0 / len(self.cells),
-                                                          np.float32)])
+            self.belief = np.vstack(
+                [
+                    self.belief,
+                    np.full((n - have, len(self.cells)), 1.0 / len(self.cells), np.float32),
+                ]
+            )
             self.t = np.r_[self.t, np.full(n - have, np.nan)]
 
-    def step(self, t: float, device: IntArray, rssi: FloatArray, fixes: Estimates,
-             motion: NDArray[np.int8], tx_power: FloatArray) -> Estimates:
+    def step(
+        self,
+        t: float,
+        device: IntArray,
+        rssi: FloatArray,
+        fixes: Estimates,
+        motion: NDArray[np.int8],
+        tx_power: FloatArray,
+    ) -> Estimates:
         if len(device) == 0:
             return fixes
         self._grow(int(device.max()) + 1)
         prior = self.belief[device].astype(float)
         last = self.t[device]
-        steps = np.where(np.isnan(last), 0,
-                         np.clip(np.rint(np.minimum(t - np.nan_to_num(last), MAX_GAP_S) / self.step_s), 0,
-                                 self.max_steps)).astype(int)
+        steps = np.where(
+            np.isnan(last),
+            0,
+            np.clip(
+                np.rint(np.minimum(t - np.nan_to_num(last), MAX_GAP_S) / self.step_s),
+                0,
+                self.max_steps,
+            ),
+        ).astype(int)
         steps[motion == MOTION_STILL] = 0
         for k in range(1, int(steps.max(initial=0)) + 1):
             go = steps >= k
             prior[go] = (self.transition.T @ prior[go].T).T
         values, weights = self.radio_map.prepare(rssi, tx_power)
-        ll = self.radio_map.log_likelihood(values, weights, self.cells, self.radio_map.track_inflation)
+        ll = self.radio_map.log_likelihood(
+            values, weights, self.cells, self.radio_map.track_inflation
+        )
         post = normalise_log(ll + np.log(prior + 1e-30))
         self.belief[device] = post
         self.t[device] = t
@@ -287,7 +334,9 @@ class GridFilter:
 # -- particle filter ----------------------------------------------------------------------
 
 
-def systematic_resample(weights: FloatArray, rng: np.random.Generator, n: int | None = None) -> NDArray[np.intp]:
+def systematic_resample(
+    weights: FloatArray, rng: np.random.Generator, n: int | None = None
+) -> NDArray[np.intp]:
     """Systematic resampling of every row at once (Kitagawa 1996): one uniform per row,
     ``n`` (default: columns) evenly spaced pointers into the row's cumulative weights;
     returns column indices, shape (rows, n)."""
@@ -298,7 +347,9 @@ def systematic_resample(weights: FloatArray, rng: np.random.Generator, n: int | 
     u = (rng.random((rows, 1)) + np.arange(p)[None, :]) / p
     # Offsetting each row by its index turns the per-row searches into one flat search.
     off = np.arange(rows)[:, None]
-    idx = np.searchsorted((cum + off).ravel(), (np.minimum(u, 1 - 1e-12) + off).ravel(), side="right")
+    idx = np.searchsorted(
+        (cum + off).ravel(), (np.minimum(u, 1 - 1e-12) + off).ravel(), side="right"
+    )
     return np.asarray(idx.reshape(rows, p) - off * cols).clip(0, cols - 1)
 
 
@@ -346,15 +397,22 @@ class ParticleFilter:
             self.vel = np.concatenate([self.vel, np.zeros((n - have, p, 2), np.float32)])
             self.t = np.r_[self.t, np.full(n - have, np.nan)]
 
-    def _subset(self, rssi: FloatArray, tx_power: FloatArray) -> tuple[FloatArray, FloatArray, NDArray[np.intp]]:
+    def _subset(
+        self, rssi: FloatArray, tx_power: FloatArray
+    ) -> tuple[FloatArray, FloatArray, NDArray[np.intp]]:
         values, weights = self.radio_map.prepare(rssi, tx_power)
         k = min(self.top_k, rssi.shape[1])
         score = np.where(np.isnan(rssi), -np.inf, rssi)
-        gk = np.argpartition(-score, k - 1, axis=1)[:, :k] if k < rssi.shape[1] else \
-            np.broadcast_to(np.arange(k), (len(rssi), k))
+        gk = (
+            np.argpartition(-score, k - 1, axis=1)[:, :k]
+            if k < rssi.shape[1]
+            else np.broadcast_to(np.arange(k), (len(rssi), k))
+        )
         return np.take_along_axis(values, gk, 1), np.take_along_axis(weights, gk, 1), np.asarray(gk)
 
-    def _log_lik(self, values: FloatArray, weights: FloatArray, gk: NDArray[np.intp], xy: FloatArray) -> FloatArray:
+    def _log_lik(
+        self, values: FloatArray, weights: FloatArray, gk: NDArray[np.intp], xy: FloatArray
+    ) -> FloatArray:
         rm = self.radio_map
         cells = rm.grid.cell_index(xy.reshape(-1, 2)).reshape(xy.shape[:2])
         m = rm.mean_dbm[cells[:, :, None], gk[:, None, :]]  # (rows, P, k)
@@ -364,14 +422,23 @@ class ParticleFilter:
     def _initialise(self, values: FloatArray, weights: FloatArray) -> FloatArray:
         """Particles drawn from the single-shot radio-map posterior over free cells."""
         rm = self.radio_map
-        post = normalise_log(rm.log_likelihood(values, weights, self._init_cells, rm.track_inflation))
+        post = normalise_log(
+            rm.log_likelihood(values, weights, self._init_cells, rm.track_inflation)
+        )
         pick = systematic_resample(post, self.rng, self.particles)
         centre = rm.grid.centres()[self._init_cells[pick]]
         jittered = centre + (self.rng.random(centre.shape) - 0.5) * rm.grid.cell_m * 0.5
         return np.asarray(np.where(self.plan.is_free(jittered)[..., None], jittered, centre))
 
-    def step(self, t: float, device: IntArray, rssi: FloatArray, fixes: Estimates,
-             motion: NDArray[np.int8], tx_power: FloatArray) -> Estimates:
+    def step(
+        self,
+        t: float,
+        device: IntArray,
+        rssi: FloatArray,
+        fixes: Estimates,
+        motion: NDArray[np.int8],
+        tx_power: FloatArray,
+    ) -> Estimates:
         if len(device) == 0:
             return fixes
         self._grow(int(device.max()) + 1)
@@ -418,8 +485,13 @@ class ParticleFilter:
             near = np.argmin(np.sum((pos[bad] - est[bad, None, :]) ** 2, axis=2), axis=1)
             est[bad] = pos[bad][np.arange(int(bad.sum())), near]
         cell_var = self.radio_map.grid.cell_m**2 / 12.0
-        return Estimates(est[:, 0], est[:, 1], r90_from_cov(vx + cell_var, vy + cell_var), fixes.n_gateways,
-                         np.full(len(device), METHOD_PARTICLE, np.int8))
+        return Estimates(
+            est[:, 0],
+            est[:, 1],
+            r90_from_cov(vx + cell_var, vy + cell_var),
+            fixes.n_gateways,
+            np.full(len(device), METHOD_PARTICLE, np.int8),
+        )
 
 
 # -- zones with hysteresis ------------------------------------------------------------------
@@ -443,11 +515,15 @@ class ZoneHysteresis:
     def _grow(self, n: int) -> None:
         have = len(self.current)
         if n > have:
-            self.current = np.r_[self.current, np.full(n - have, -2, np.int32)]  # -2: never assigned
+            self.current = np.r_[
+                self.current, np.full(n - have, -2, np.int32)
+            ]  # -2: never assigned
             self.candidate = np.r_[self.candidate, np.full(n - have, NO_ZONE, np.int32)]
             self.count = np.r_[self.count, np.zeros(n - have, np.int32)]
 
-    def assign(self, device: IntArray, x: FloatArray, y: FloatArray, motion: NDArray[np.int8]) -> IntArray:
+    def assign(
+        self, device: IntArray, x: FloatArray, y: FloatArray, motion: NDArray[np.int8]
+    ) -> IntArray:
         if len(device) == 0:
             return np.zeros(0, np.int32)
         self._grow(int(device.max()) + 1)
@@ -458,8 +534,9 @@ class ZoneHysteresis:
         near = np.zeros(len(device), bool)
         for z in np.unique(cur[(cur >= 0)]):
             sel = cur == z
-            near[sel] = shapely.dwithin(self.zones.polygons[int(z)], shapely.points(x[sel], y[sel]),
-                                        self.margin_m)
+            near[sel] = shapely.dwithin(
+                self.zones.polygons[int(z)], shapely.points(x[sel], y[sel]), self.margin_m
+            )
         want = np.where(near, cur, raw)
         same_cand = want == self.candidate[device]
         cnt = np.where(same_cand, self.count[device] + 1, 1)

@@ -28,7 +28,9 @@ def grid_gateways(spacing: float = 10.0, z: float = 3.0) -> np.ndarray:
     return np.column_stack([gx.ravel(), gy.ravel(), np.full(gx.size, z)])
 
 
-def model_rssi(xy: np.ndarray, gw: np.ndarray, tag_z: float = 1.0, n: float = 2.0, p0: float = -59.0) -> np.ndarray:
+def model_rssi(
+    xy: np.ndarray, gw: np.ndarray, tag_z: float = 1.0, n: float = 2.0, p0: float = -59.0
+) -> np.ndarray:
     d2 = np.sum((xy[:, None, :] - gw[None, :, :2]) ** 2, axis=2) + (gw[None, :, 2] - tag_z) ** 2
     return p0 - 5.0 * n * np.log10(d2)
 
@@ -145,7 +147,10 @@ def test_translating_everything_translates_the_estimate(p, ox, oy, noise):
     # float32 inner loop: a position 500 m from the origin resolves to ~0.1 mm.
     assert b.x[0] - ox == pytest.approx(a.x[0], abs=5e-3)
     assert b.y[0] - oy == pytest.approx(a.y[0], abs=5e-3)
-    c1, c2 = centroid_localize(rssi, gw[:, :2], 2.0), centroid_localize(rssi, (gw + shift)[:, :2], 2.0)
+    c1, c2 = (
+        centroid_localize(rssi, gw[:, :2], 2.0),
+        centroid_localize(rssi, (gw + shift)[:, :2], 2.0),
+    )
     assert c2.x[0] - ox == pytest.approx(c1.x[0], abs=1e-6)
     assert c2.y[0] - oy == pytest.approx(c1.y[0], abs=1e-6)
 

@@ -24,8 +24,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "kolakows
 def rows() -> dict[str, dict[str, float]]:
     data = load_kolakowski(DATA)
     cal, test = data.calibration, data.test
-    return score_track_methods(cal.xy, cal.rssi, test.t, test.xy, test.rssi, data.anchor_xyz,
-                               shapely.Polygon(data.outline))
+    return score_track_methods(
+        cal.xy, cal.rssi, test.t, test.xy, test.rssi, data.anchor_xyz, shapely.Polygon(data.outline)
+    )
 
 
 def test_knn_reproduces_the_readme_baseline(rows):
@@ -42,8 +43,16 @@ def test_best_tracker_beats_the_targets(rows):
 
 
 def test_every_method_reports_a_row(rows):
-    assert set(rows) == {"strongest", "centroid", "wls", "knn", "radio-map", "track:kalman", "track:hmm",
-                         "track:particle"}
+    assert set(rows) == {
+        "strongest",
+        "centroid",
+        "wls",
+        "knn",
+        "radio-map",
+        "track:kalman",
+        "track:hmm",
+        "track:particle",
+    }
     for row in rows.values():
         assert np.isfinite(row["median_error_m"])
         assert 0.0 <= row["r90_coverage"] <= 1.0

@@ -38,15 +38,29 @@ def demo_twin():
     return sc, twin, twin.run()
 
 
-@pytest.mark.parametrize(("localizer", "tracker"), [
-    ("wls", "none"), ("centroid", "none"), ("strongest", "none"), ("knn", "none"), ("radio-map", "none"),
-    ("wls", "kalman"), ("radio-map", "hmm"), ("wls", "particle"),
-])
+@pytest.mark.parametrize(
+    ("localizer", "tracker"),
+    [
+        ("wls", "none"),
+        ("centroid", "none"),
+        ("strongest", "none"),
+        ("knn", "none"),
+        ("radio-map", "none"),
+        ("wls", "kalman"),
+        ("radio-map", "hmm"),
+        ("wls", "particle"),
+    ],
+)
 def test_every_estimator_and_tracker_runs_in_the_engine(demo_twin, localizer, tracker):
     sc, twin, result = demo_twin
     d = sc.model_dump()
-    d["engine"] = d["engine"] | {"localizer": localizer, "tracker": tracker, "zone_hysteresis": True,
-                                 "window_s": 1.0, "particles": 32}
+    d["engine"] = d["engine"] | {
+        "localizer": localizer,
+        "tracker": tracker,
+        "zone_hysteresis": True,
+        "window_s": 1.0,
+        "particles": 32,
+    }
     sc2 = Scenario.model_validate(d)
     engine = Engine(engine_config_for(sc2, result, twin.radio.static_db), result.tx_power_1m_dbm)
     fixes = feed_engine(engine, result.sightings, sc2.duration_s)
@@ -54,7 +68,8 @@ def test_every_estimator_and_tracker_runs_in_the_engine(demo_twin, localizer, tr
     expected = tracker if tracker != "none" else localizer
     names = {METHOD_NAMES[m] for m in np.unique(fixes["method"])}
     assert expected in names
-    assert np.isfinite(fixes["x"]).all() and (fixes["r90"] > 0).all()
+    assert np.isfinite(fixes["x"]).all()
+    assert (fixes["r90"] > 0).all()
     if tracker in ("hmm", "particle"):
         racks = shapely.union_all(twin.site.racks)
         assert not shapely.contains_xy(racks, fixes["x"], fixes["y"]).any()
@@ -70,7 +85,11 @@ def test_engine_config_rejects_unknown_choices(demo_twin):
 
 
 def test_scenario_names_a_bad_tracker():
-    text = (SCENARIOS / "static-open.toml").read_text().replace('localizer = "wls"', 'localizer = "wls"\ntracker = "magic"')
+    text = (
+        (SCENARIOS / "static-open.toml")
+        .read_text()
+        .replace('localizer = "wls"', 'localizer = "wls"\ntracker = "magic"')
+    )
     with pytest.raises(ScenarioError, match=r"engine.tracker"):
         parse_scenario(text, "x.toml")
 

@@ -34,9 +34,19 @@ def gateways() -> np.ndarray:
 
 def site_map(plan: FloorPlan) -> RadioMap:
     grid = Grid.covering(BOUNDS, 0.5)
-    loss = crossing_loss_db(Obstacles(tuple(RACKS), tuple(12.0 for _ in RACKS)), grid.centres(), gateways()[:, :2])
-    return RadioMap.from_model(grid, plan.cell_free(grid), gateways(), 2.0, 4.0, 1.0,
-                               obstacle_map=ObstacleMap(grid, loss.astype(np.float32)), track_inflation=1.5)
+    loss = crossing_loss_db(
+        Obstacles(tuple(RACKS), tuple(12.0 for _ in RACKS)), grid.centres(), gateways()[:, :2]
+    )
+    return RadioMap.from_model(
+        grid,
+        plan.cell_free(grid),
+        gateways(),
+        2.0,
+        4.0,
+        1.0,
+        obstacle_map=ObstacleMap(grid, loss.astype(np.float32)),
+        track_inflation=1.5,
+    )
 
 
 def model_rssi(xy: np.ndarray, gw: np.ndarray) -> np.ndarray:
@@ -45,7 +55,9 @@ def model_rssi(xy: np.ndarray, gw: np.ndarray) -> np.ndarray:
 
 
 def dummy(n: int) -> Estimates:
-    return Estimates(np.zeros(n), np.zeros(n), np.full(n, 5.0), np.full(n, 6, np.int32), np.zeros(n, np.int8))
+    return Estimates(
+        np.zeros(n), np.zeros(n), np.full(n, 5.0), np.full(n, 6, np.int32), np.zeros(n, np.int8)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +74,13 @@ def test_kalman_converges_on_a_still_tag_and_follows_a_moving_one():
     for k in range(200):
         truth = np.array([[10.0, 10.0], [2.0 + 1.0 * k, 5.0]])
         z = truth + rng.normal(0, 1.0, truth.shape)
-        fix = Estimates(z[:, 0], z[:, 1], np.full(2, np.sqrt(4.605)), np.full(2, 5, np.int32), np.zeros(2, np.int8))
+        fix = Estimates(
+            z[:, 0],
+            z[:, 1],
+            np.full(2, np.sqrt(4.605)),
+            np.full(2, 5, np.int32),
+            np.zeros(2, np.int8),
+        )
         out = kf.step(float(k), dev, np.zeros((2, 3)), fix, motion, np.full(2, -59.0))
         if k >= 30:
             moving_err.append(np.hypot(out.x[1] - truth[1, 0], out.y[1] - truth[1, 1]))
@@ -77,7 +95,9 @@ def test_floor_plan_blocks_racks_walls_and_outside(plan):
     assert not plan.is_free(np.array([[10.0, 4.6]]))[0]  # inside a rack
     assert plan.is_free(np.array([[10.0, 6.5]]))[0]  # aisle
     assert not plan.is_free(np.array([[-1.0, 5.0]]))[0]  # outside the site
-    walled = FloorPlan.from_geometry(shapely.box(*BOUNDS), walls=[shapely.LineString([(15, 0), (15, 20)])], cell_m=0.25)
+    walled = FloorPlan.from_geometry(
+        shapely.box(*BOUNDS), walls=[shapely.LineString([(15, 0), (15, 20)])], cell_m=0.25
+    )
     a = np.array([[14.0, 10.0], [14.0, 10.0]])
     b = np.array([[16.0, 10.0], [14.0, 12.0]])
     np.testing.assert_array_equal(walled.path_free(a, b), [False, True])
@@ -118,7 +138,9 @@ def test_particle_filter_never_places_a_tag_inside_a_rack(plan):
         motion = rng.choice(np.array([-1, 0, 1], np.int8), n)
         out = pf.step(float(k), dev, rssi, dummy(n), motion, np.full(n, -59.0))
         assert not shapely.contains_xy(rack_union, out.x, out.y).any()
-        assert not shapely.contains_xy(rack_union, pf.pos[:, :, 0].ravel(), pf.pos[:, :, 1].ravel()).any()
+        assert not shapely.contains_xy(
+            rack_union, pf.pos[:, :, 0].ravel(), pf.pos[:, :, 1].ravel()
+        ).any()
     err = np.hypot(out.x - truth[:, 0], out.y - truth[:, 1])
     assert np.median(err) < 3.0
 
@@ -143,17 +165,27 @@ def test_systematic_resample_keeps_the_heavy_particles():
     assert (idx[0] == 2).all()
     assert sorted(idx[1].tolist()) == [0, 1, 2, 3]
     many = systematic_resample(np.array([[0.5, 0.5]]), np.random.default_rng(0), n=10)
-    assert many.shape == (1, 10) and (many == 0).sum() == 5
+    assert many.shape == (1, 10)
+    assert (many == 0).sum() == 5
 
 
 def test_zone_hysteresis_keeps_a_still_tag_from_flapping():
-    zones = ZoneIndex.from_points([("a", "storage", [(0, 0), (10, 0), (10, 10), (0, 10)]),
-                                   ("b", "storage", [(10, 0), (20, 0), (20, 10), (10, 10)])])
+    zones = ZoneIndex.from_points(
+        [
+            ("a", "storage", [(0, 0), (10, 0), (10, 10), (0, 10)]),
+            ("b", "storage", [(10, 0), (20, 0), (20, 10), (10, 10)]),
+        ]
+    )
     hz = ZoneHysteresis(zones, margin_m=1.0, confirm=2, confirm_still=5)
     dev = np.array([0], np.int32)
     still = np.array([0], np.int8)
-    seen = [int(hz.assign(dev, np.array([x]), np.array([5.0]), still)[0]) for x in (9.5, 10.4, 9.8, 10.6, 9.9, 10.3)]
+    seen = [
+        int(hz.assign(dev, np.array([x]), np.array([5.0]), still)[0])
+        for x in (9.5, 10.4, 9.8, 10.6, 9.9, 10.3)
+    ]
     assert seen == [0] * 6  # jitter across the boundary: stays in a
     moving = np.array([1], np.int8)
-    walk = [int(hz.assign(dev, np.array([x]), np.array([5.0]), moving)[0]) for x in (12.0, 13.0, 14.0)]
+    walk = [
+        int(hz.assign(dev, np.array([x]), np.array([5.0]), moving)[0]) for x in (12.0, 13.0, 14.0)
+    ]
     assert walk == [0, 1, 1]  # a real move is confirmed after two windows

@@ -278,9 +278,9 @@ def evaluate(
             raise typer.Exit(2) from None
         fixes, metrics = evaluate_capture(cap, config)  # type: ignore[arg-type]
         if fixes_out is not None:
-            from twin.run import _table
-
             import pyarrow.parquet as pq
+
+            from twin.run import _table
 
             pq.write_table(_table(fixes, {"device": cap.devices.ids}), fixes_out)
         if cap.truth is None:

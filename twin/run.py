@@ -160,7 +160,7 @@ def write_outputs(run: SimulationRun, out_dir: Path) -> dict[str, Path]:
     """Parquet tables, report.json, summary.txt and perf.json (the only non-deterministic file)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     twin = run.twin
-    names = {"device": twin.device_ids, "gateway": twin.gateways.ids}
+    names: dict[str, list[str] | tuple[str, ...]] = {"device": twin.device_ids, "gateway": twin.gateways.ids}
     paths = {k: out_dir / f"{k}.parquet" for k in ("sightings", "truth_segments", "movements", "estimates")}
     pq.write_table(_table(twin.sightings, names), paths["sightings"])
     pq.write_table(_table(twin.truth.segments, names), paths["truth_segments"])
