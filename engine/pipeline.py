@@ -43,8 +43,18 @@ from engine.zones import NO_ZONE, ZoneIndex
 FloatArray = NDArray[np.float64]
 
 FIX_DTYPE = np.dtype(
-    [("t", "f8"), ("device", "i4"), ("x", "f8"), ("y", "f8"), ("r90", "f4"), ("zone", "i4"),
-     ("n_gateways", "i2"), ("method", "i1"), ("battery", "i1"), ("motion", "i1")]
+    [
+        ("t", "f8"),
+        ("device", "i4"),
+        ("x", "f8"),
+        ("y", "f8"),
+        ("r90", "f4"),
+        ("zone", "i4"),
+        ("n_gateways", "i2"),
+        ("method", "i1"),
+        ("battery", "i1"),
+        ("motion", "i1"),
+    ]
 )
 # Windows localized per batch: bounds memory at (windows x devices x gateways).
 WINDOWS_PER_CHUNK = 16
@@ -80,7 +90,9 @@ class EngineConfig:
             raise ValueError(f"tracker {self.tracker!r} is not one of {TRACKERS}")
         needs_map = self.localizer in ("knn", "radio-map") or self.tracker in ("hmm", "particle")
         if needs_map and self.radio_map is None:
-            raise ValueError(f"localizer {self.localizer!r} / tracker {self.tracker!r} need a radio_map")
+            raise ValueError(
+                f"localizer {self.localizer!r} / tracker {self.tracker!r} need a radio_map"
+            )
 
 
 # Fraction of the single-shot radius a tracker may shrink a moving tag's radius to.
@@ -100,8 +112,13 @@ def make_tracker(cfg: EngineConfig) -> Tracker | None:
     plan = cfg.floor_plan or FloorPlan.open_floor(cfg.bounds)
     if cfg.tracker == "hmm":
         return GridFilter(cfg.radio_map, plan, step_s=cfg.step_s, speed_mps=cfg.tracker_speed_mps)
-    return ParticleFilter(cfg.radio_map, plan, particles=cfg.particles, max_speed_mps=2 * cfg.tracker_speed_mps,
-                          seed=cfg.seed)
+    return ParticleFilter(
+        cfg.radio_map,
+        plan,
+        particles=cfg.particles,
+        max_speed_mps=2 * cfg.tracker_speed_mps,
+        seed=cfg.seed,
+    )
 
 
 @dataclass
@@ -146,7 +163,9 @@ class Engine:
         self.config = config
         self.counters = IngestCounters()
         self.state = LastKnown()
-        self.tx_power = np.asarray(tx_power_1m_dbm if tx_power_1m_dbm is not None else [], dtype=float)
+        self.tx_power = np.asarray(
+            tx_power_1m_dbm if tx_power_1m_dbm is not None else [], dtype=float
+        )
         self._buffer: list[Sightings] = []
         self._next_window = 1  # index k of the next window to close (ends at k*step)
         self.watermark = -np.inf
@@ -256,7 +275,11 @@ class Engine:
         row_t = (row_win + k_first) * cfg.step_s
         tx = self._tx_power(row_dev)
         est = self._localize(matrix, tx)
-        zone = cfg.zones.assign(est.x, est.y) if self.hysteresis is None else np.zeros(len(row_dev), np.int32)
+        zone = (
+            cfg.zones.assign(est.x, est.y)
+            if self.hysteresis is None
+            else np.zeros(len(row_dev), np.int32)
+        )
         if self.tracker is not None or self.hysteresis is not None:
             # Trackers and hysteresis carry state from one window to the next: windows go
             # in time order, the devices of one window together (rows are sorted by window).
@@ -270,7 +293,8 @@ class Engine:
                 if self.tracker is not None:
                     single_r90 = part.r90
                     part = self.tracker.step(
-                        float(row_t[lo]), row_dev[sl], matrix[sl], part, motion[sl], tx[sl])
+                        float(row_t[lo]), row_dev[sl], matrix[sl], part, motion[sl], tx[sl]
+                    )
                     # Static shadowing floor: a tag that stays put sees the same shadowing in
                     # every window, which no filter can average away, so its radius stays at
                     # least the single-shot one; a moving tag samples fresh shadowing.
@@ -315,6 +339,13 @@ class Engine:
             ref = np.maximum(rm.mean_dbm[rm.free].astype(float), floor)  # below the floor: unheard
             return knn_localize(shifted, rm.free_xy, ref, k=4, floor_dbm=floor)
         return wls_localize(
-            matrix, gw, tx, cfg.path_loss_exponent, cfg.sigma_db, cfg.tag_height_m,
-            cfg.bounds, cfg.min_gateways, obstacle_map=cfg.obstacle_map,
+            matrix,
+            gw,
+            tx,
+            cfg.path_loss_exponent,
+            cfg.sigma_db,
+            cfg.tag_height_m,
+            cfg.bounds,
+            cfg.min_gateways,
+            obstacle_map=cfg.obstacle_map,
         )

@@ -208,7 +208,7 @@ class KalmanTracker:
         return Estimates(
             st[:, 0].copy(),
             st[:, 1].copy(),
-            r90_from_cov(cov[:, 0, 0], cov[:, 1, 1]),
+            r90_from_cov(cov[:, 0, 0], cov[:, 1, 1], cov[:, 0, 1]),
             fixes.n_gateways,
             np.full(len(device), METHOD_KALMAN, np.int8),
         )
@@ -320,7 +320,9 @@ class GridFilter:
         post = normalise_log(ll + np.log(prior + 1e-30))
         self.belief[device] = post
         self.t[device] = t
-        est = posterior_estimates(post, self.xy, fixes.n_gateways, METHOD_HMM)
+        est = posterior_estimates(
+            post, self.xy, fixes.n_gateways, METHOD_HMM, self.radio_map.grid.cell_m
+        )
         # The mean of a belief split between two aisles can fall in the rack between
         # them: such an estimate moves to the nearest cell a tag can occupy.
         xy = np.column_stack([est.x, est.y])
@@ -473,6 +475,7 @@ class ParticleFilter:
         my = np.einsum("rp,rp->r", w, pos[..., 1])
         vx = np.einsum("rp,rp->r", w, (pos[..., 0] - mx[:, None]) ** 2)
         vy = np.einsum("rp,rp->r", w, (pos[..., 1] - my[:, None]) ** 2)
+        cxy = np.einsum("rp,rp->r", w, (pos[..., 0] - mx[:, None]) * (pos[..., 1] - my[:, None]))
         idx = systematic_resample(w, self.rng)
         self.pos[device] = np.take_along_axis(pos, idx[..., None], 1)
         self.vel[device] = np.take_along_axis(vel, idx[..., None], 1)
@@ -488,7 +491,7 @@ class ParticleFilter:
         return Estimates(
             est[:, 0],
             est[:, 1],
-            r90_from_cov(vx + cell_var, vy + cell_var),
+            r90_from_cov(vx + cell_var, vy + cell_var, cxy),
             fixes.n_gateways,
             np.full(len(device), METHOD_PARTICLE, np.int8),
         )
