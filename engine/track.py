@@ -52,6 +52,7 @@ IntArray = NDArray[np.int32]
 MOTION_STILL = 0
 MOTION_MOVING = 1
 MAX_GAP_S = 10.0  # a longer silence is treated as this long: the prior is wide by then
+MAX_INIT_CELLS = 4096  # cells a new tag's particle cloud is drawn over
 
 
 class Tracker(Protocol):
@@ -381,6 +382,7 @@ class ParticleFilter:
     t: FloatArray = field(init=False)
     rng: np.random.Generator = field(init=False)
     _init_cells: NDArray[np.intp] = field(init=False)
+    _init_stride: int = field(init=False)
 
     def __post_init__(self) -> None:
         p = self.particles
@@ -389,7 +391,11 @@ class ParticleFilter:
         self.t = np.zeros(0)
         self.rng = np.random.default_rng(self.seed)
         centres = self.radio_map.grid.centres()
-        self._init_cells = np.flatnonzero(self.radio_map.free & self.plan.is_free(centres))
+        cells = np.flatnonzero(self.radio_map.free & self.plan.is_free(centres))
+        # A new tag's particles come from its posterior over at most MAX_INIT_CELLS cells
+        # (every k-th free cell), then jitter over the k cells each one stands for.
+        self._init_stride = max(1, int(np.ceil(len(cells) / MAX_INIT_CELLS)))
+        self._init_cells = cells[:: self._init_stride]
 
     def _grow(self, n: int) -> None:
         have = len(self.t)
@@ -418,8 +424,10 @@ class ParticleFilter:
         rm = self.radio_map
         cells = rm.grid.cell_index(xy.reshape(-1, 2)).reshape(xy.shape[:2])
         m = rm.mean_dbm[cells[:, :, None], gk[:, None, :]]  # (rows, P, k)
-        z = (values[:, None, :] - m) / (rm.sigma_db[gk][:, None, :] * rm.track_inflation)
-        return np.asarray(-0.5 * np.einsum("rpk,rpk->rp", z * weights[:, None, :], z))
+        scale = (1.0 / (rm.sigma_db[gk] * rm.track_inflation)).astype(np.float32)[:, None, :]
+        z = (values.astype(np.float32)[:, None, :] - m) * scale
+        wz = z * weights.astype(np.float32)[:, None, :]
+        return np.asarray(np.einsum("rpk,rpk->rp", wz, z), dtype=float) * -0.5
 
     def _initialise(self, values: FloatArray, weights: FloatArray) -> FloatArray:
         """Particles drawn from the single-shot radio-map posterior over free cells."""
@@ -429,7 +437,8 @@ class ParticleFilter:
         )
         pick = systematic_resample(post, self.rng, self.particles)
         centre = rm.grid.centres()[self._init_cells[pick]]
-        jittered = centre + (self.rng.random(centre.shape) - 0.5) * rm.grid.cell_m * 0.5
+        spread = rm.grid.cell_m * max(0.5, float(np.sqrt(self._init_stride)))
+        jittered = centre + (self.rng.random(centre.shape) - 0.5) * spread
         return np.asarray(np.where(self.plan.is_free(jittered)[..., None], jittered, centre))
 
     def step(
@@ -456,19 +465,28 @@ class ParticleFilter:
             self.pos[d] = init
             self.vel[d] = 0.0
             self.t[d] = t
-        pos = self.pos[device].astype(float)
-        vel = self.vel[device].astype(float)
-        dt = np.clip(t - self.t[device], 0.0, MAX_GAP_S)[:, None, None]
-        still = (motion == MOTION_STILL)[:, None, None]
+        # float32 throughout: at 10,000 tags x 128 particles the step is memory-bound.
+        f32 = np.float32
+        pos = self.pos[device]
+        vel = self.vel[device]
+        dt = np.clip(t - self.t[device], 0.0, MAX_GAP_S).astype(f32)[:, None, None]
+        still_row = motion == MOTION_STILL
         p = self.particles
-        noise = self.rng.standard_normal((len(device), p, 2))
-        vel = np.where(still, 0.0, vel + noise * self.accel_mps2 * np.sqrt(np.maximum(dt, 1e-3)))
+        noise = self.rng.standard_normal((len(device), p, 2), dtype=f32)
+        accel = f32(self.accel_mps2) * np.sqrt(np.maximum(dt, f32(1e-3)))
+        vel = np.where(still_row[:, None, None], f32(0.0), vel + noise * accel)
         speed = np.hypot(vel[..., 0], vel[..., 1])[..., None]
-        vel = vel * np.minimum(1.0, self.max_speed_mps / np.maximum(speed, 1e-9))
-        prop = pos + vel * dt + np.where(still, noise * self.still_sigma_m, 0.0)
-        ok = self.plan.path_free(pos, prop)
+        vel = vel * np.minimum(f32(1.0), f32(self.max_speed_mps) / np.maximum(speed, f32(1e-9)))
+        jitter = np.where(still_row[:, None, None], noise * f32(self.still_sigma_m), f32(0.0))
+        prop = pos + vel * dt + jitter
+        # Still tags only jitter: checking their short moves separately keeps the number
+        # of samples along each move (one per floor-plan cell) small for most tags.
+        ok = np.empty(pos.shape[:2], bool)
+        for group in (still_row, ~still_row):
+            if group.any():
+                ok[group] = self.plan.path_free(pos[group], prop[group])
         pos = np.where(ok[..., None], prop, pos)
-        vel = np.where(ok[..., None], vel, 0.0)
+        vel = np.where(ok[..., None], vel, f32(0.0))
         ll = self._log_lik(values, weights, gk, pos)
         w = normalise_log(ll)
         mx = np.einsum("rp,rp->r", w, pos[..., 0])

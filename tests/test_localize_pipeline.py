@@ -118,3 +118,27 @@ def test_static_open_ml_is_within_the_crb_bound():
 def test_moving_open_tracker_beats_the_single_shot_bound():
     values = check_expected(load_scenario(SCENARIOS / "moving-open.toml"))
     assert values["moving.rmse_over_crb"] < 1.0
+
+
+def test_cli_evaluate_rescores_a_run_directory(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from twin.cli import app
+
+    sc = small("static-open.toml")
+    runner = CliRunner()
+    src = tmp_path / "s.toml"
+    src.write_text((SCENARIOS / "static-open.toml").read_text().replace("count = 400", "count = 40"))
+    result = runner.invoke(app, ["simulate", str(src), "--out", str(tmp_path / "run"), "--no-plot", "-q",
+                                 "--duration", str(sc.duration_s)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--json", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    again = json.loads((tmp_path / "m.json").read_text())
+    report = json.loads((tmp_path / "run" / "report.json").read_text())["metrics"]
+    for key in ("median_error_m", "p90_error_m", "rmse_over_crb", "crb_rmse_m", "r90_coverage"):
+        assert again[key] == pytest.approx(report[key], rel=1e-6)
+    assert [lvl for lvl, _ in again["error_cdf"]][:3] == [0.1, 0.2, 0.3]
+    assert runner.invoke(app, ["evaluate", str(tmp_path)]).exit_code == 2  # not a run directory
