@@ -26,6 +26,7 @@ from engine.localize import (
     RadioMap,
     centroid_localize,
     knn_localize,
+    knn_r90,
     radio_map_localize,
     strongest_gateway,
     wls_localize,
@@ -95,6 +96,7 @@ class EngineConfig:
             )
 
 
+KNN_K = 4  # neighbours for kNN on a dense (0.5 m) radio map
 # Fraction of the single-shot radius a tracker may shrink a moving tag's radius to.
 MOVING_R90_FLOOR = 0.5
 
@@ -181,6 +183,19 @@ class Engine:
             free = np.column_stack([gx.ravel(), gy.ravel()])
         nearest = np.sqrt(np.min(np.sum((free[:, None, :] - gw_xy[None]) ** 2, axis=2), axis=1))
         self._strongest_r90 = float(np.quantile(nearest, 0.9)) if len(nearest) else 10.0
+        self._knn_r90 = 0.5
+        if config.localizer == "knn" and config.radio_map is not None:
+            rm = config.radio_map
+            ref, floor = self._fingerprints()
+            self._knn_r90 = knn_r90(rm.free_xy, ref, float(np.median(rm.sigma_db)), KNN_K, floor,
+                                    np.random.default_rng(config.seed))
+
+    def _fingerprints(self) -> tuple[FloatArray, float]:
+        """The radio map's free cells as kNN fingerprints; below the floor counts as unheard."""
+        rm = self.config.radio_map
+        assert rm is not None
+        floor = rm.floor_dbm if rm.floor_dbm is not None else -100.0
+        return np.maximum(rm.mean_dbm[rm.free].astype(float), floor), floor
 
     # -- input ---------------------------------------------------------------------
 
@@ -335,9 +350,8 @@ class Engine:
                 return radio_map_localize(matrix, rm, tx)
             # Fingerprints are the map's free cells; a row is shifted onto the map's power.
             shifted = matrix + (rm.tx_ref_dbm - tx)[:, None]
-            floor = rm.floor_dbm if rm.floor_dbm is not None else -100.0
-            ref = np.maximum(rm.mean_dbm[rm.free].astype(float), floor)  # below the floor: unheard
-            return knn_localize(shifted, rm.free_xy, ref, k=4, floor_dbm=floor)
+            ref, floor = self._fingerprints()
+            return knn_localize(shifted, rm.free_xy, ref, KNN_K, floor, self._knn_r90)
         return wls_localize(
             matrix,
             gw,
