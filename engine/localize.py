@@ -321,7 +321,7 @@ def _wls_cost(
     y: AnyArray,
     exponent: float,
     wall: ObstacleMap | None,
-    five_n: float | None = None,
+    five_n: float | np.float32 | None = None,
 ) -> AnyArray:
     """Sum of squared residuals of each row at (x, y); inf where it is not finite."""
     d2 = (x[:, None] - gx) ** 2 + (y[:, None] - gy) ** 2 + dz2

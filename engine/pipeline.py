@@ -14,6 +14,7 @@ with sighting arrays and :meth:`Engine.advance` with its watermark; the engine r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 from numpy.typing import NDArray
@@ -300,7 +301,7 @@ class Engine:
             # in time order, the devices of one window together (rows are sorted by window).
             bounds = np.searchsorted(row_win, np.arange(row_win.max(initial=-1) + 2))
             xs, ys, r90, meth = est.x.copy(), est.y.copy(), est.r90.copy(), est.method.copy()
-            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            for lo, hi in pairwise(bounds):
                 if lo == hi:
                     continue
                 sl = slice(int(lo), int(hi))

@@ -24,7 +24,7 @@ into a :class:`FloorPlan`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import shapely
@@ -419,7 +419,7 @@ class ParticleFilter:
         return np.take_along_axis(values, gk, 1), np.take_along_axis(weights, gk, 1), np.asarray(gk)
 
     def _log_lik(
-        self, values: FloatArray, weights: FloatArray, gk: NDArray[np.intp], xy: FloatArray
+        self, values: FloatArray, weights: FloatArray, gk: NDArray[np.intp], xy: NDArray[Any]
     ) -> FloatArray:
         rm = self.radio_map
         cells = rm.grid.cell_index(xy.reshape(-1, 2)).reshape(xy.shape[:2])

@@ -130,11 +130,13 @@ def test_cli_evaluate_rescores_a_run_directory(tmp_path):
     sc = small("static-open.toml")
     runner = CliRunner()
     src = tmp_path / "s.toml"
-    src.write_text((SCENARIOS / "static-open.toml").read_text().replace("count = 400", "count = 40"))
-    result = runner.invoke(app, ["simulate", str(src), "--out", str(tmp_path / "run"), "--no-plot", "-q",
-                                 "--duration", str(sc.duration_s)])
+    text = (SCENARIOS / "static-open.toml").read_text()
+    src.write_text(text.replace("count = 400", "count = 40"))
+    run = str(tmp_path / "run")
+    args = ["simulate", str(src), "--out", run, "--no-plot", "-q", "--duration", str(sc.duration_s)]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--json", str(tmp_path / "m.json")])
+    result = runner.invoke(app, ["evaluate", run, "--json", str(tmp_path / "m.json")])
     assert result.exit_code == 0, result.output
     again = json.loads((tmp_path / "m.json").read_text())
     report = json.loads((tmp_path / "run" / "report.json").read_text())["metrics"]

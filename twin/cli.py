@@ -142,113 +142,44 @@ def check(
         raise typer.Exit(1)
 
 
-def _capture_config(capture_gw: object, localizer: str, tracker: str, step: float, window: float,
-                    exponent: float, sigma_db: float, tx_power: float, tag_z: float,
-                    calibration: object | None, seed: int) -> object:
-    """An engine for a recorded site: bounds from the gateways (and the calibration walk),
-    a path-loss model fitted to the walk when there is one, and its radio map."""
-    import numpy as np
-    import shapely
-
-    from engine.capture import Capture, rows_by_window
-    from engine.contract import GatewayInfo
-    from engine.localize import RadioMap, fit_path_loss
-    from engine.pipeline import EngineConfig
-    from engine.track import FloorPlan
-    from engine.zones import ZoneIndex
-    from radio_models.environment import Grid
-
-    assert isinstance(capture_gw, GatewayInfo)
-    pts = capture_gw.xyz[:, :2]
-    radio_map = None
-    plan = None
-    if isinstance(calibration, Capture) and calibration.truth_xyz is not None:
-        _, _, xy, rssi = rows_by_window(calibration, step)
-        fit = fit_path_loss(xy, rssi, capture_gw.xyz, tag_z)
-        exponent, sigma_db, tx_power = fit.exponent, fit.sigma_db, fit.p0_dbm
-        pts = np.vstack([pts, xy])
-        radio_map = RadioMap.from_survey(xy, rssi, tx_ref_dbm=tx_power)
-        plan = FloorPlan(radio_map.grid, radio_map.free)
-    minx, miny = pts.min(axis=0) - 1.0
-    maxx, maxy = pts.max(axis=0) + 1.0
-    bounds = (float(minx), float(miny), float(maxx), float(maxy))
-    if radio_map is None and (localizer in ("knn", "radio-map") or tracker in ("hmm", "particle")):
-        grid = Grid.covering(bounds, 0.5)
-        plan = FloorPlan.open_floor(bounds, 0.25)
-        radio_map = RadioMap.from_model(grid, np.ones(grid.nx * grid.ny, bool), capture_gw.xyz, exponent, sigma_db,
-                                        tag_z, tx_power, track_inflation=1.5)
-    _ = shapely
-    return EngineConfig(
-        gateways=capture_gw, zones=ZoneIndex.from_points([]), bounds=bounds, path_loss_exponent=exponent,
-        sigma_db=sigma_db, default_tx_power_1m_dbm=tx_power, tag_height_m=tag_z, window_s=window, step_s=step,
-        allowed_lateness_s=step, localizer=localizer, tracker=tracker, radio_map=radio_map, floor_plan=plan,
-        seed=seed,
-    )
-
-
-def _evaluate_run_dir(run_dir: Path, exponent: float, sigma_db: float, tag_z: float) -> dict[str, object]:
-    """Re-score a `tagtwin simulate` output directory from its Parquet files."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from engine.evaluate import BoundSetup, LatencySetup, evaluate
-    from engine.pipeline import FIX_DTYPE
-    from engine.truth import MOVEMENT_DTYPE, SEGMENT_DTYPE, GroundTruth
-    from engine.zones import ZoneIndex
-
-    def codes(col: pa.ChunkedArray) -> np.ndarray:
-        arr = col.combine_chunks()
-        return np.asarray(arr.indices if pa.types.is_dictionary(arr.type) else arr)
-
-    need = [run_dir / f for f in ("estimates.parquet", "truth_segments.parquet", "gateways.parquet",
-                                  "sightings.parquet")]
-    missing = [str(p) for p in need if not p.exists()]
-    if missing:
-        err_console.print(f"[bold red]not a run directory:[/] missing {', '.join(missing)}")
-        raise typer.Exit(2)
-    est = pq.read_table(need[0])
-    fixes = np.zeros(est.num_rows, FIX_DTYPE)
-    for name in FIX_DTYPE.names or ():
-        fixes[name] = codes(est.column(name)) if name == "device" else est.column(name).to_numpy()
-    seg_t = pq.read_table(need[1])
-    seg = np.zeros(seg_t.num_rows, SEGMENT_DTYPE)
-    for name in SEGMENT_DTYPE.names or ():
-        seg[name] = codes(seg_t.column(name)) if name == "device" else seg_t.column(name).to_numpy()
-    truth = GroundTruth.build(seg, np.zeros(0, MOVEMENT_DTYPE))
-    gw = pq.read_table(need[2])
-    gw_xyz = np.column_stack([gw.column(c).to_numpy() for c in ("x", "y", "z")])
-    sightings_t = pq.read_table(need[3], columns=["t"]).column("t").to_numpy()
-    report_path = run_dir / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    duration = float(report.get("duration_s", float(sightings_t.max(initial=1.0))))
-    step = float(np.median(np.diff(np.unique(fixes["t"])))) if len(np.unique(fixes["t"])) > 1 else 1.0
-    metrics = evaluate(fixes, truth, ZoneIndex.from_points([]), int(report.get("tags", len(np.unique(fixes["device"])))),
-                       duration, len(sightings_t), BoundSetup(gw_xyz, exponent, sigma_db, tag_z),
-                       LatencySetup(sightings_t, step, 2.0))
-    old = report.get("metrics", {})
-    if isinstance(old, dict) and "zone_accuracy" in old:
-        metrics["zone_accuracy"] = old["zone_accuracy"]  # zones are in the scenario, not the run dir
-    return metrics
+EVALUATE_ROWS = ("fixes", "median_error_m", "p90_error_m", "p95_error_m", "rmse_m", "crb_rmse_m",
+                 "rmse_over_crb", "r90_coverage", "zone_accuracy", "latency_median_s",
+                 "latency_p95_s")
 
 
 @app.command()
 def evaluate(
-    run_dir: Annotated[Path | None, typer.Argument(help="a `tagtwin simulate` output directory")] = None,
-    capture: Annotated[Path | None, typer.Option(help="recorded capture, .csv or .parquet (docs/localization.md)")] = None,
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="a `tagtwin simulate` output directory")
+    ] = None,
+    capture: Annotated[Path | None, typer.Option(help="recorded capture, .csv or .parquet")] = None,
     gateways: Annotated[Path | None, typer.Option(help="gateway positions file: id,x,y,z")] = None,
-    calibration: Annotated[Path | None, typer.Option(help="calibration walk capture with truth columns")] = None,
-    localizer: Annotated[str, typer.Option(help="wls, centroid, strongest, knn, radio-map")] = "wls",
+    calibration: Annotated[
+        Path | None, typer.Option(help="calibration walk capture with truth")
+    ] = None,
+    localizer: Annotated[
+        str, typer.Option(help="wls, centroid, strongest, knn, radio-map")
+    ] = "wls",
     tracker: Annotated[str, typer.Option(help="none, kalman, hmm, particle")] = "none",
     step: Annotated[float, typer.Option(help="seconds between fixes")] = 1.0,
     window: Annotated[float, typer.Option(help="seconds of sightings per fix")] = 1.0,
-    exponent: Annotated[float, typer.Option(help="path-loss exponent n (fitted when --calibration)")] = 2.0,
-    sigma_db: Annotated[float, typer.Option(help="shadowing sigma, dB (fitted when --calibration)")] = 4.0,
-    tx_power: Annotated[float, typer.Option(help="RSSI at 1 m, dBm (fitted when --calibration)")] = -59.0,
+    exponent: Annotated[
+        float, typer.Option(help="path-loss exponent n (fitted with --calibration)")
+    ] = 2.0,
+    sigma_db: Annotated[
+        float, typer.Option(help="shadowing sigma, dB (fitted with --calibration)")
+    ] = 4.0,
+    tx_power: Annotated[
+        float, typer.Option(help="RSSI at 1 m, dBm (fitted with --calibration)")
+    ] = -59.0,
     tag_z: Annotated[float, typer.Option(help="tag height, m")] = 1.0,
     seed: Annotated[int, typer.Option(help="seed of the particle filter")] = 0,
-    report_json: Annotated[Path | None, typer.Option("--json", help="write the metrics here")] = None,
-    fixes_out: Annotated[Path | None, typer.Option("--fixes", help="write the capture's fixes (Parquet)")] = None,
+    report_json: Annotated[
+        Path | None, typer.Option("--json", help="write the metrics here")
+    ] = None,
+    fixes_out: Annotated[
+        Path | None, typer.Option("--fixes", help="write the fixes (Parquet)")
+    ] = None,
 ) -> None:
     """Score positions against ground truth: a twin run directory, or a capture + gateway file.
 
@@ -257,12 +188,17 @@ def evaluate(
     """
     from engine.capture import CaptureError, read_capture, read_gateways
     from engine.evaluate import evaluate_capture
+    from twin.evaluation import capture_config, evaluate_run_dir
 
     if (run_dir is None) == (capture is None):
         err_console.print("give either a run directory or --capture with --gateways")
         raise typer.Exit(2)
     if run_dir is not None:
-        metrics = _evaluate_run_dir(run_dir, exponent, sigma_db, tag_z)
+        try:
+            metrics = evaluate_run_dir(run_dir, exponent, sigma_db, tag_z)
+        except FileNotFoundError as exc:
+            err_console.print(f"[bold red]cannot evaluate:[/] {exc}")
+            raise typer.Exit(2) from None
     else:
         if gateways is None:
             err_console.print("--capture needs --gateways (a file with id,x,y,z)")
@@ -271,12 +207,13 @@ def evaluate(
             gw = read_gateways(gateways)
             cap = read_capture(capture, gw, gateways)  # type: ignore[arg-type]
             cal = read_capture(calibration, gw, gateways) if calibration else None
-            config = _capture_config(gw, localizer, tracker, step, window, exponent, sigma_db, tx_power, tag_z,
-                                     cal, seed)
+            config = capture_config(
+                gw, localizer, tracker, step, window, exponent, sigma_db, tx_power, tag_z, cal, seed
+            )
         except (CaptureError, ValueError) as exc:
             err_console.print(f"[bold red]cannot evaluate:[/] {exc}", markup=True, highlight=False)
             raise typer.Exit(2) from None
-        fixes, metrics = evaluate_capture(cap, config)  # type: ignore[arg-type]
+        fixes, metrics = evaluate_capture(cap, config)
         if fixes_out is not None:
             import pyarrow.parquet as pq
 
@@ -284,14 +221,14 @@ def evaluate(
 
             pq.write_table(_table(fixes, {"device": cap.devices.ids}), fixes_out)
         if cap.truth is None:
-            err_console.print("the capture has no truth_x/truth_y columns: nothing to score against")
+            err_console.print("the capture has no truth_x/truth_y columns: nothing to score")
     table = Table(title="evaluation against ground truth")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("fixes", "median_error_m", "p90_error_m", "p95_error_m", "rmse_m", "crb_rmse_m", "rmse_over_crb",
-                "r90_coverage", "zone_accuracy", "latency_median_s", "latency_p95_s"):
-        if key in metrics:
-            table.add_row(key, f"{metrics[key]:g}" if isinstance(metrics[key], int | float) else str(metrics[key]))
+    for key in EVALUATE_ROWS:
+        value = metrics.get(key)
+        if value is not None:
+            table.add_row(key, f"{value:g}" if isinstance(value, int | float) else str(value))
     console.print(table)
     text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
     if report_json:

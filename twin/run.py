@@ -53,7 +53,9 @@ class SimulationRun:
         }
 
 
-def engine_config_for(scenario: Scenario, twin: TwinResult, survey_db: NDArray[np.float32] | None = None) -> EngineConfig:
+def engine_config_for(
+    scenario: Scenario, twin: TwinResult, survey_db: NDArray[np.float32] | None = None
+) -> EngineConfig:
     """The engine a scenario asks for. ``survey_db`` (cells, gateways) is the twin's own
     static radio (path loss aside: walls, racks and shadowing) on the radio grid, used
     for ``radio_map = "survey"``: what a perfect calibration walk would measure."""
@@ -68,19 +70,22 @@ def engine_config_for(scenario: Scenario, twin: TwinResult, survey_db: NDArray[n
     radio_map = floor_plan = None
     if eng.localizer in ("knn", "radio-map") or eng.tracker in ("hmm", "particle"):
         site = twin.site
-        floor_plan = FloorPlan.from_geometry(site.outline, site.racks, site.walls, cell_m=min(0.25, scenario.radio.grid_m))
+        floor_plan = FloorPlan.from_geometry(
+            site.outline, site.racks, site.walls, cell_m=min(0.25, scenario.radio.grid_m))
         free = floor_plan.cell_free(grid)
         tx_ref = float(np.median(twin.tx_power_1m_dbm)) if len(twin.tx_power_1m_dbm) else -59.0
+        tag_z = scenario.site.tag_height_m
         if eng.radio_map == "survey" and survey_db is not None:
-            base = RadioMap.from_model(grid, free, twin.gateways.xyz, exponent, sigma_db, scenario.site.tag_height_m,
-                                       tx_ref)
+            base = RadioMap.from_model(
+                grid, free, twin.gateways.xyz, exponent, sigma_db, tag_z, tx_ref)
             # The survey measured shadowing too: what is left is fast fading averaged over a
             # window, about 2 dB; trackers still widen it for correlated windows.
             radio_map = RadioMap(grid, free, (base.mean_dbm + survey_db).astype(np.float32),
                                  np.full(len(twin.gateways.ids), 2.0), None, tx_ref, 1.5)
         else:
-            radio_map = RadioMap.from_model(grid, free, twin.gateways.xyz, exponent, sigma_db,
-                                            scenario.site.tag_height_m, tx_ref, obstacle_map, track_inflation=1.5)
+            radio_map = RadioMap.from_model(
+                grid, free, twin.gateways.xyz, exponent, sigma_db, tag_z, tx_ref, obstacle_map,
+                track_inflation=1.5)
     return EngineConfig(
         gateways=twin.gateways,
         zones=twin.site.zones,
@@ -127,7 +132,9 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     timings["twin_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     # The twin's static radio map, if it still exposes one (radio_models may restructure it).
-    survey = getattr(twin.radio, "static_db", None) if scenario.engine.radio_map == "survey" else None
+    survey = None
+    if scenario.engine.radio_map == "survey":
+        survey = getattr(twin.radio, "static_db", None)
     engine = Engine(engine_config_for(scenario, result, survey), result.tx_power_1m_dbm)
     fixes = feed_engine(engine, result.sightings, scenario.duration_s)
     timings["engine_s"] = time.perf_counter() - t2
@@ -160,7 +167,8 @@ def write_outputs(run: SimulationRun, out_dir: Path) -> dict[str, Path]:
     """Parquet tables, report.json, summary.txt and perf.json (the only non-deterministic file)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     twin = run.twin
-    names: dict[str, list[str] | tuple[str, ...]] = {"device": twin.device_ids, "gateway": twin.gateways.ids}
+    names: dict[str, list[str] | tuple[str, ...]] = {
+        "device": twin.device_ids, "gateway": twin.gateways.ids}
     paths = {k: out_dir / f"{k}.parquet" for k in ("sightings", "truth_segments", "movements", "estimates")}
     pq.write_table(_table(twin.sightings, names), paths["sightings"])
     pq.write_table(_table(twin.truth.segments, names), paths["truth_segments"])
