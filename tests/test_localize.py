@@ -134,6 +134,28 @@ def test_permuting_gateways_changes_nothing(p, rand, noise):
         assert a.r90[0] == pytest.approx(b.r90[0], rel=1e-3, abs=1e-3)
 
 
+@settings(max_examples=20, deadline=None)
+@given(points, st.randoms(use_true_random=False))
+def test_permuting_gateways_changes_nothing_for_fingerprints(p, rand):
+    gw = grid_gateways()
+    grid = Grid.covering(BOUNDS, 1.0)
+    free = np.ones(grid.nx * grid.ny, bool)
+    rmap = RadioMap.from_model(grid, free, gw, 2.0, 4.0, 1.0)
+    rssi = model_rssi(np.array([p]), gw) + np.random.default_rng(rand.randint(0, 99)).normal(
+        0, 3, (1, len(gw))
+    )
+    perm = np.array(rand.sample(range(len(gw)), len(gw)))
+    pmap = RadioMap.from_model(grid, free, gw[perm], 2.0, 4.0, 1.0)
+    a, b = radio_map_localize(rssi, rmap), radio_map_localize(rssi[:, perm], pmap)
+    assert a.x[0] == pytest.approx(b.x[0], abs=1e-6)
+    assert a.y[0] == pytest.approx(b.y[0], abs=1e-6)
+    fp = rmap.mean_dbm.astype(float)
+    k1 = knn_localize(rssi, grid.centres(), fp, k=4)
+    k2 = knn_localize(rssi[:, perm], grid.centres(), fp[:, perm], k=4)
+    assert k1.x[0] == pytest.approx(k2.x[0], abs=1e-9)
+    assert k1.y[0] == pytest.approx(k2.y[0], abs=1e-9)
+
+
 @settings(max_examples=40, deadline=None)
 @given(points, st.floats(-500, 500), st.floats(-500, 500), st.floats(0, 2))
 def test_translating_everything_translates_the_estimate(p, ox, oy, noise):

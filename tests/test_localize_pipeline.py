@@ -75,6 +75,25 @@ def test_every_estimator_and_tracker_runs_in_the_engine(demo_twin, localizer, tr
         assert not shapely.contains_xy(racks, fixes["x"], fixes["y"]).any()
 
 
+def test_surveyed_map_beats_the_modelled_one(demo_twin):
+    """A perfect calibration walk (the twin's own shadowing) must help the radio map."""
+    sc, twin, result = demo_twin
+    errs = {}
+    for source in ("model", "survey"):
+        d = sc.model_dump()
+        d["engine"] = d["engine"] | {"localizer": "radio-map", "radio_map": source}
+        sc2 = Scenario.model_validate(d)
+        engine = Engine(
+            engine_config_for(sc2, result, twin.radio.static_db), result.tx_power_1m_dbm
+        )
+        fixes = feed_engine(engine, result.sightings, sc2.duration_s)
+        true_xy = result.truth.position_at(fixes["device"], fixes["t"])
+        errs[source] = float(
+            np.nanmedian(np.hypot(fixes["x"] - true_xy[:, 0], fixes["y"] - true_xy[:, 1]))
+        )
+    assert errs["survey"] < errs["model"]
+
+
 def test_engine_config_rejects_unknown_choices(demo_twin):
     sc, _, result = demo_twin
     cfg = engine_config_for(sc, result)
