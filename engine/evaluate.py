@@ -97,6 +97,22 @@ def _bound_metrics(err: NDArray[np.float64], crb: NDArray[np.float64]) -> dict[s
     return {"crb_rmse_m": round(crb_rms, 4), "rmse_over_crb": round(rmse / crb_rms, 4)}
 
 
+def still_zone_changes(fixes: NDArray[np.void], truth: GroundTruth) -> float:
+    """How often a tag that truly did not move changed its reported zone, per tag-hour:
+    the flapping that zone hysteresis exists to stop (0 is perfect)."""
+    if len(fixes) < 2:
+        return 0.0
+    order = np.lexsort((fixes["t"], fixes["device"]))
+    f = fixes[order]
+    same = f["device"][1:] == f["device"][:-1]
+    a = truth.position_at(f["device"][:-1], f["t"][:-1])
+    b = truth.position_at(f["device"][1:], f["t"][1:])
+    still = same & (np.hypot(a[:, 0] - b[:, 0], a[:, 1] - b[:, 1]) < 1e-6)
+    changes = still & (f["zone"][1:] != f["zone"][:-1])
+    hours = float(np.sum((f["t"][1:] - f["t"][:-1])[still])) / 3600.0
+    return round(float(changes.sum()) / hours, 3) if hours > 0 else 0.0
+
+
 def latency_metrics(lat: LatencySetup) -> dict[str, float]:
     """Event-time latency from a sighting to the first fix that uses it: the rest of its
     window plus the allowed lateness the engine waits before closing it. (Processing time
@@ -162,6 +178,7 @@ def evaluate(
     }
     if crb is not None:
         metrics |= _bound_metrics(err_v, crb)
+    metrics["still_zone_changes_per_tag_hour"] = still_zone_changes(fixes, truth)
     if latency is not None:
         metrics |= latency_metrics(latency)
     return metrics

@@ -163,3 +163,18 @@ def test_cli_evaluate_rescores_a_run_directory(tmp_path):
         assert again[key] == pytest.approx(report[key], rel=1e-6)
     assert [lvl for lvl, _ in again["error_cdf"]][:3] == [0.1, 0.2, 0.3]
     assert runner.invoke(app, ["evaluate", str(tmp_path)]).exit_code == 2  # not a run directory
+
+
+def test_zone_hysteresis_stops_still_tags_flapping(demo_twin):
+    from engine.evaluate import still_zone_changes
+
+    sc, twin, result = demo_twin
+    flaps = {}
+    for hyst in (False, True):
+        d = sc.model_dump()
+        d["engine"] = d["engine"] | {"zone_hysteresis": hyst}
+        sc2 = Scenario.model_validate(d)
+        engine = Engine(engine_config_for(sc2, result), result.tx_power_1m_dbm)
+        fixes = feed_engine(engine, result.sightings, sc2.duration_s)
+        flaps[hyst] = still_zone_changes(fixes, result.truth)
+    assert flaps[True] < 0.25 * flaps[False]
