@@ -168,7 +168,7 @@ def test_cli_evaluate_rescores_a_run_directory(tmp_path):
 def test_zone_hysteresis_stops_still_tags_flapping(demo_twin):
     from engine.evaluate import still_zone_changes
 
-    sc, twin, result = demo_twin
+    sc, _, result = demo_twin
     flaps = {}
     for hyst in (False, True):
         d = sc.model_dump()
