@@ -49,6 +49,7 @@ METHOD_NAMES = ("wls", "centroid", "strongest", "knn", "radio-map", "kalman", "h
 # cache, which is worth about a factor of five over one pass on 200,000 rows.
 WLS_CHUNK_ROWS = 4096
 MAX_STEP_M = 5.0  # a Newton step longer than this is shortened (a trust region)
+NEWTON_RADIUS_M = 2.0  # Gauss-Newton steps longer than this stay Gauss-Newton
 
 
 @dataclass(frozen=True)
@@ -242,14 +243,19 @@ def _newton_loop(
     five_n, k_slope = consts
     minx, miny, maxx, maxy = bounds
     f32 = np.float32
+    rp = ra - pa  # residual = (rssi - P0 + 5 n log10 d^2) * weight
     for _ in range(iterations):
         dx = x[:, None] - gx
         dy = y[:, None] - gy
-        d2 = dx * dx + dy * dy + dz2
-        pred = pa - five_n * np.log10(d2)
+        d2 = dx * dx
+        d2 += dy * dy
+        d2 += dz2
+        res = np.log10(d2)
+        res *= five_n
+        res += rp
         if wall is not None:
-            pred -= wall.loss_db(np.column_stack([x, y]))
-        res = (ra - pred) * wa
+            res += wall.loss_db(np.column_stack([x, y]))
+        res *= wa
         # d(pred)/dx = -10 n / ln 10 * dx / d^2; the constant k_slope is folded in below.
         inv = wa / d2
         jx = dx * inv
@@ -260,17 +266,25 @@ def _newton_loop(
         g1 = -np.einsum("ij,ij->i", jx, res) / k_slope
         g2 = -np.einsum("ij,ij->i", jy, res) / k_slope
         # Newton's Hessian adds sum res * d2(pred): it turns the linear convergence of
-        # Gauss-Newton on large (shadowed) residuals into quadratic convergence.
-        rinv = res * inv / d2
-        h11 = np.einsum("ij,ij->i", rinv, d2 - 2 * dx * dx) / k_slope
-        h22 = np.einsum("ij,ij->i", rinv, d2 - 2 * dy * dy) / k_slope
-        h12 = -2 * np.einsum("ij,ij->i", rinv, dx * dy) / k_slope
+        # Gauss-Newton on large (shadowed) residuals into quadratic convergence. With
+        # q = res / d^4: h11 = sum q (d^2 - 2 dx^2) = sum res / d^2 - 2 sum q dx^2.
+        q = res * inv
+        s0 = np.einsum("ij->i", q)
+        q /= d2
+        qx = q * dx
+        h11 = (s0 - 2 * np.einsum("ij,ij->i", qx, dx)) / k_slope
+        h12 = -2 * np.einsum("ij,ij->i", qx, dy) / k_slope
+        q *= dy
+        h22 = (s0 - 2 * np.einsum("ij,ij->i", q, dy)) / k_slope
         n11, n22, n12 = a11 + h11, a22 + h22, a12 + h12
         # Far from the solution the Gauss-Newton step (always a descent direction) leads;
-        # Newton takes over within a metre, where its model of the cost is good.
+        # Newton takes over once the step is under NEWTON_RADIUS_M, where its model of the
+        # cost is good (wider lets some noise-free rows settle on a wrong stationary point).
         gdet = a11 * a22 - a12 * a12 + f32(1e-30)
-        near = np.hypot(a22 * g1 - a12 * g2, a11 * g2 - a12 * g1) < gdet
+        gn_len = np.hypot(a22 * g1 - a12 * g2, a11 * g2 - a12 * g1) / gdet
+        near = gn_len < f32(NEWTON_RADIUS_M)
         pd = near & (n11 > 0) & (n11 * n22 - n12 * n12 > 1e-6 * a11 * a22)
+        ga11, ga22 = a11, a22  # Gauss-Newton curvatures, for steps along a bound
         a11, a22, a12 = np.where(pd, n11, a11), np.where(pd, n22, a22), np.where(pd, n12, a12)
         det = a11 * a22 - a12 * a12 + f32(1e-30)
         sx = (a22 * g1 - a12 * g2) / det
@@ -279,8 +293,8 @@ def _newton_loop(
         # and the other one takes its own 1-D Newton step along the bound.
         pin_x = ((x <= minx) & (sx < 0)) | ((x >= maxx) & (sx > 0))
         pin_y = ((y <= miny) & (sy < 0)) | ((y >= maxy) & (sy > 0))
-        sx = np.where(pin_y & ~pin_x, g1 / a11, np.where(pin_x, f32(0.0), sx))
-        sy = np.where(pin_x & ~pin_y, g2 / a22, np.where(pin_y, f32(0.0), sy))
+        sx = np.where(pin_y & ~pin_x, g1 / ga11, np.where(pin_x, f32(0.0), sx))
+        sy = np.where(pin_x & ~pin_y, g2 / ga22, np.where(pin_y, f32(0.0), sy))
         scale = np.minimum(f32(1.0), f32(MAX_STEP_M) / np.maximum(np.hypot(sx, sy), f32(1e-12)))
         nx = np.clip(x + sx * scale, minx, maxx)
         ny = np.clip(y + sy * scale, miny, maxy)
@@ -300,11 +314,15 @@ def _newton_loop(
         moved = np.abs(nx - x) + np.abs(ny - y)
         x, y = nx, ny
         x_out[act], y_out[act] = x, y
-        done = ~(moved >= 1e-3)  # NaN (degenerate rows) counts as done
+        # Converged: the step was tiny and the Gauss-Newton model agrees (a Newton step can
+        # be tiny far from the solution where its Hessian is large), or the row rests on
+        # a bound it is pushed against. NaN (degenerate rows) counts as done.
+        settled = (gn_len < 0.05) | pin_x | pin_y
+        done = ~((moved >= 1e-3) | ~settled)
         if done.any():
             keep = ~done
             act = act[keep]
-            x, y, ra, wa, pa = x[keep], y[keep], ra[keep], wa[keep], pa[keep]
+            x, y, ra, wa, pa, rp = x[keep], y[keep], ra[keep], wa[keep], pa[keep], rp[keep]
             if len(act) == 0:
                 break
     return x_out.astype(float), y_out.astype(float)
@@ -378,6 +396,7 @@ def wls_localize(
         starts += [gw_xyz[strongest[:, j], :2] + 0.5 for j in range(strongest.shape[1])]
     x = np.empty(rows)
     y = np.empty(rows)
+    fisher = np.empty((rows, 3))  # (J^T J)_xx, _yy, _xy per row, filled chunk by chunk
     for lo in range(0, rows, WLS_CHUNK_ROWS):
         sl = slice(lo, lo + WLS_CHUNK_ROWS)
         # The start itself is a candidate: a row whose iterations made it worse keeps it.
@@ -401,13 +420,19 @@ def wls_localize(
             take = c < best
             bx, by, best = np.where(take, sx, bx), np.where(take, sy, by), np.where(take, c, best)
         x[sl], y[sl] = bx, by
+        # Fisher information at the estimate, while the chunk is in cache (float32).
+        f32 = np.float32
+        dx = (bx[:, None] - gx).astype(f32)
+        dy = (by[:, None] - gy).astype(f32)
+        inv = w[sl].astype(f32) / (dx * dx + dy * dy + dz2.astype(f32))
+        jx, jy = dx * inv, dy * inv
+        fisher[sl, 0] = np.einsum("ij,ij->i", jx, jx)
+        fisher[sl, 1] = np.einsum("ij,ij->i", jy, jy)
+        fisher[sl, 2] = np.einsum("ij,ij->i", jx, jy)
 
-    dx, dy = x[:, None] - gx, y[:, None] - gy
-    d2 = dx * dx + dy * dy + dz2
-    jx, jy = -k_slope * dx / d2, -k_slope * dy / d2
-    a11 = np.sum(w * jx * jx, axis=1) + 1e-9
-    a22 = np.sum(w * jy * jy, axis=1) + 1e-9
-    a12 = np.sum(w * jx * jy, axis=1)
+    a11 = k_slope**2 * fisher[:, 0] + 1e-9
+    a22 = k_slope**2 * fisher[:, 1] + 1e-9
+    a12 = k_slope**2 * fisher[:, 2]
     det = np.maximum(a11 * a22 - a12 * a12, 1e-12)
     r90 = r90_from_cov(sigma_db**2 * a22 / det, sigma_db**2 * a11 / det, -(sigma_db**2) * a12 / det)
 
