@@ -78,9 +78,7 @@ class IdTable:
             self._codes[ident] = code
         return code
 
-    def codes(
-        self, idents: NDArray[np.str_] | list[str], register: bool = True
-    ) -> NDArray[np.int32]:
+    def codes(self, idents: NDArray[np.str_] | list[str], register: bool = True) -> NDArray[np.int32]:
         """Codes of many ids: one dict look-up per *distinct* id, not per element."""
         uniq, inverse = np.unique(np.asarray(idents, dtype=str), return_inverse=True)
         if register:
@@ -102,6 +100,4 @@ class GatewayInfo:
 
     def __post_init__(self) -> None:
         if self.xyz.shape != (len(self.ids), 3):
-            raise ValueError(
-                f"gateway positions must be ({len(self.ids)}, 3), got {self.xyz.shape}"
-            )
+            raise ValueError(f"gateway positions must be ({len(self.ids)}, 3), got {self.xyz.shape}")

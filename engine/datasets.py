@@ -16,9 +16,7 @@ from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
 
-SHARED_KOLAKOWSKI = (
-    Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "kolakowski-flat-2021"
-)
+SHARED_KOLAKOWSKI = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "kolakowski-flat-2021"
 
 
 class DatasetError(ValueError):
@@ -69,9 +67,7 @@ def _read_track(path: Path, n_anchors: int) -> RssiTrack:
             try:
                 out[r, j] = float(cell)
             except ValueError:
-                raise DatasetError(
-                    f"{path}: row {r + 2}: column {want[j]!r}: not a number: {cell!r}"
-                ) from None
+                raise DatasetError(f"{path}: row {r + 2}: column {want[j]!r}: not a number: {cell!r}") from None
     t = (out[:, 0] - out[0, 0]) / 1e9 if len(out) else out[:, 0]
     return RssiTrack(t=t, xy=out[:, [1, 3]], rssi=out[:, 4:])
 
@@ -79,9 +75,7 @@ def _read_track(path: Path, n_anchors: int) -> RssiTrack:
 def load_kolakowski(folder: Path = SHARED_KOLAKOWSKI) -> KolakowskiFlat:
     """Load anchors, outline, calibration walk and test track from the dataset folder."""
     folder = Path(folder)
-    anchors = np.genfromtxt(
-        folder / "anchors.csv", delimiter=",", names=True, dtype=None, encoding="utf-8"
-    )
+    anchors = np.genfromtxt(folder / "anchors.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
     ids = tuple(str(i) for i in anchors["id"])
     xyz = np.column_stack([anchors["x"], anchors["y"], anchors["z"]]).astype(float)
     outline = np.genfromtxt(folder / "layout.csv", delimiter=",", skip_header=1, dtype=float)

@@ -48,9 +48,7 @@ def validate(batch: Sightings, n_gateways: int, counters: IngestCounters) -> Sig
     """Keep the rows that make physical sense; count the others by reason."""
     checks = {
         "time is not finite": ~np.isfinite(batch["t"]),
-        "rssi outside -130..20 dBm": ~(
-            (batch["rssi"] >= RSSI_MIN_DBM) & (batch["rssi"] <= RSSI_MAX_DBM)
-        ),
+        "rssi outside -130..20 dBm": ~((batch["rssi"] >= RSSI_MIN_DBM) & (batch["rssi"] <= RSSI_MAX_DBM)),
         "unknown gateway": (batch["gateway"] < 0) | (batch["gateway"] >= n_gateways),
         "negative device code": batch["device"] < 0,
         "channel not 37/38/39": ~np.isin(batch["channel"], VALID_CHANNELS),
@@ -73,13 +71,8 @@ def deduplicate(batch: Sightings, counters: IngestCounters) -> Sightings:
     if len(batch) == 0:
         return batch
     exact_keys = np.stack(
-        [
-            batch["gateway"].astype(np.int64),
-            batch["device"].astype(np.int64),
-            batch["seq"].astype(np.int64),
-            batch["channel"].astype(np.int64),
-            batch["t"].view(np.int64) * (batch["seq"] == UNKNOWN),
-        ],
+        [batch["gateway"].astype(np.int64), batch["device"].astype(np.int64), batch["seq"].astype(np.int64),
+         batch["channel"].astype(np.int64), batch["t"].view(np.int64) * (batch["seq"] == UNKNOWN)],
         axis=1,
     )
     _, first = np.unique(exact_keys, axis=0, return_index=True)
@@ -90,22 +83,14 @@ def deduplicate(batch: Sightings, counters: IngestCounters) -> Sightings:
     has_seq = batch["seq"] != UNKNOWN
     keyed, loose = batch[has_seq], batch[~has_seq]
     if len(keyed):
-        keys = np.stack(
-            [
-                keyed["gateway"].astype(np.int64),
-                keyed["device"].astype(np.int64),
-                keyed["seq"].astype(np.int64),
-            ],
-            axis=1,
-        )
+        keys = np.stack([keyed["gateway"].astype(np.int64), keyed["device"].astype(np.int64),
+                         keyed["seq"].astype(np.int64)], axis=1)
         uniq, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
         inverse = inverse.reshape(-1)
         order = np.lexsort((keyed["t"], inverse))  # by group, earliest first
         starts = np.r_[0, np.cumsum(counts)[:-1]]
         merged = keyed[order[starts]].copy()
-        merged["rssi"] = (
-            np.bincount(inverse, weights=keyed["rssi"], minlength=len(uniq)) / counts
-        ).astype(np.float32)
+        merged["rssi"] = (np.bincount(inverse, weights=keyed["rssi"], minlength=len(uniq)) / counts).astype(np.float32)
         merged["channel"] = np.where(counts > 1, 0, merged["channel"])
         counters.merged_channels += len(keyed) - len(merged)
         keyed = merged

@@ -14,26 +14,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 SEGMENT_DTYPE = np.dtype(
-    [
-        ("device", "i4"),
-        ("t0", "f8"),
-        ("t1", "f8"),
-        ("x0", "f8"),
-        ("y0", "f8"),
-        ("x1", "f8"),
-        ("y1", "f8"),
-    ]
+    [("device", "i4"), ("t0", "f8"), ("t1", "f8"), ("x0", "f8"), ("y0", "f8"), ("x1", "f8"), ("y1", "f8")]
 )
 MOVEMENT_DTYPE = np.dtype(
-    [
-        ("t", "f8"),
-        ("device", "i4"),
-        ("mover", "i4"),
-        ("kind", "U6"),
-        ("x", "f8"),
-        ("y", "f8"),
-        ("zone", "i4"),
-    ]
+    [("t", "f8"), ("device", "i4"), ("mover", "i4"), ("kind", "U6"), ("x", "f8"), ("y", "f8"), ("zone", "i4")]
 )
 
 
@@ -50,9 +34,7 @@ class GroundTruth:
         mv_order = np.lexsort((movements["device"], movements["t"]))
         return cls(segments[order], movements[mv_order])
 
-    def position_at(
-        self, device: NDArray[np.integer], t: NDArray[np.floating]
-    ) -> NDArray[np.float64]:
+    def position_at(self, device: NDArray[np.integer], t: NDArray[np.floating]) -> NDArray[np.float64]:
         """True (x, y) of each ``device[i]`` at ``t[i]``; NaN where no segment covers it."""
         seg = self.segments
         device = np.asarray(device, dtype=np.int64)

@@ -22,14 +22,8 @@ class ZoneIndex:
     _prepared: bool = field(default=False, init=False, repr=False, compare=False)
 
     @classmethod
-    def from_points(
-        cls, zones: Sequence[tuple[str, str, Sequence[tuple[float, float]]]]
-    ) -> ZoneIndex:
-        names, roles, polys = (
-            zip(*[(n, r, shapely.Polygon(p)) for n, r, p in zones], strict=True)
-            if zones
-            else ((), (), ())
-        )
+    def from_points(cls, zones: Sequence[tuple[str, str, Sequence[tuple[float, float]]]]) -> ZoneIndex:
+        names, roles, polys = zip(*[(n, r, shapely.Polygon(p)) for n, r, p in zones], strict=True) if zones else ((), (), ())
         for poly in polys:
             shapely.prepare(poly)
         return cls(tuple(names), tuple(roles), tuple(polys))
