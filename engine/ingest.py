@@ -70,9 +70,15 @@ def deduplicate(batch: Sightings, counters: IngestCounters) -> Sightings:
     """
     if len(batch) == 0:
         return batch
+    # Canonical order first, so which copy survives never depends on arrival order.
+    batch = batch[np.lexsort((batch["rssi"], batch["channel"], batch["seq"], batch["device"], batch["gateway"],
+                              batch["t"]))]
+    # Without an event counter, only a byte-identical row (same time and RSSI) is a re-delivery.
+    no_seq = (batch["seq"] == UNKNOWN).astype(np.int64)
     exact_keys = np.stack(
         [batch["gateway"].astype(np.int64), batch["device"].astype(np.int64), batch["seq"].astype(np.int64),
-         batch["channel"].astype(np.int64), batch["t"].view(np.int64) * (batch["seq"] == UNKNOWN)],
+         batch["channel"].astype(np.int64), np.ascontiguousarray(batch["t"]).view(np.int64) * no_seq,
+         np.ascontiguousarray(batch["rssi"], dtype=np.float32).view(np.int32).astype(np.int64) * no_seq],
         axis=1,
     )
     _, first = np.unique(exact_keys, axis=0, return_index=True)

@@ -79,9 +79,7 @@ class Estimates:
         return cls(z, z.copy(), z.copy(), np.zeros(0, np.int32), np.zeros(0, np.int8))
 
     def take(self, idx: NDArray[np.intp] | NDArray[np.bool_] | slice) -> Estimates:
-        return Estimates(
-            self.x[idx], self.y[idx], self.r90[idx], self.n_gateways[idx], self.method[idx]
-        )
+        return Estimates(self.x[idx], self.y[idx], self.r90[idx], self.n_gateways[idx], self.method[idx])
 
 
 # 90 % radius of a 2-D Gaussian with axis spreads 1 and rho (rho <= 1), fitted to a
@@ -90,9 +88,7 @@ class Estimates:
 _R90_POLY = (0.12564623, 0.44121049, -0.06406381, 1.64771269)
 
 
-def r90_from_cov(
-    var_x: FloatArray, var_y: FloatArray, cov_xy: FloatArray | float = 0.0
-) -> FloatArray:
+def r90_from_cov(var_x: FloatArray, var_y: FloatArray, cov_xy: FloatArray | float = 0.0) -> FloatArray:
     """Radius holding 90 % of a 2-D Gaussian with this covariance: the major axis spread
     times a function of the axis ratio, so long thin ellipses are not under-covered."""
     vx, vy, c = np.asarray(var_x, float), np.asarray(var_y, float), np.asarray(cov_xy, float)
@@ -116,9 +112,7 @@ def strongest_gateway(rssi: FloatArray, gw_xy: FloatArray, r90_m: float) -> Esti
     """
     rssi = np.asarray(rssi, dtype=float)
     rows = len(rssi)
-    best = (
-        np.argmax(np.where(np.isnan(rssi), -np.inf, rssi), axis=1) if rows else np.zeros(0, np.intp)
-    )
+    best = np.argmax(np.where(np.isnan(rssi), -np.inf, rssi), axis=1) if rows else np.zeros(0, np.intp)
     xy = gw_xy[best] if rows else np.zeros((0, 2))
     return Estimates(
         xy[:, 0].astype(float),
@@ -129,9 +123,7 @@ def strongest_gateway(rssi: FloatArray, gw_xy: FloatArray, r90_m: float) -> Esti
     )
 
 
-def weighted_centroid(
-    rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_k: int = 4
-) -> FloatArray:
+def weighted_centroid(rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_k: int = 4) -> FloatArray:
     """Centroid of the ``top_k`` strongest gateways, weighted by 1/d^2 from the RSSI.
 
     With RSSI = P0 - 10 n log10 d, 1/d^2 is proportional to 10^(RSSI / (5 n)); P0 cancels.
@@ -148,9 +140,7 @@ def weighted_centroid(
     return np.asarray(xy)
 
 
-def centroid_localize(
-    rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_k: int = 4
-) -> Estimates:
+def centroid_localize(rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_k: int = 4) -> Estimates:
     """:func:`weighted_centroid` as an estimator. Its radius is the weighted spread of the
     gateways it averaged (the centroid can only be wrong by about that much), at least 1 m."""
     rssi = np.asarray(rssi, dtype=float)
@@ -244,6 +234,12 @@ def _newton_loop(
     minx, miny, maxx, maxy = bounds
     f32 = np.float32
     rp = ra - pa  # residual = (rssi - P0 + 5 n log10 d^2) * weight
+    # Lazy backtracking: the cost of the current point falls out of its residuals, so a
+    # step that made it worse is found one iteration later and replaced by the midpoint
+    # back towards the last accepted point, at no extra evaluation (Newton can otherwise
+    # oscillate between two points, and wall losses are invisible to the derivatives).
+    px, py = x.copy(), y.copy()
+    pcost = np.full(len(x), np.inf, dtype=f32)
     for _ in range(iterations):
         dx = x[:, None] - gx
         dy = y[:, None] - gy
@@ -256,6 +252,10 @@ def _newton_loop(
         if wall is not None:
             res += wall.loss_db(np.column_stack([x, y]))
         res *= wa
+        cost = np.einsum("ij,ij->i", res, res)
+        worse = cost > pcost * f32(1.0 + 1e-6)
+        better = ~worse
+        px, py, pcost = np.where(better, x, px), np.where(better, y, py), np.where(better, cost, pcost)
         # d(pred)/dx = -10 n / ln 10 * dx / d^2; the constant k_slope is folded in below.
         inv = wa / d2
         jx = dx * inv
@@ -298,31 +298,21 @@ def _newton_loop(
         scale = np.minimum(f32(1.0), f32(MAX_STEP_M) / np.maximum(np.hypot(sx, sy), f32(1e-12)))
         nx = np.clip(x + sx * scale, minx, maxx)
         ny = np.clip(y + sy * scale, miny, maxy)
-        if wall is not None:
-            # Wall losses are piecewise constant and invisible to the derivatives: a step
-            # into a rack's shadow can raise the cost. Such steps are halved (three times at
-            # most) and, if still worse, not taken.
-            cost = np.einsum("ij,ij->i", res, res)
-            for _ in range(4):
-                new = _wls_cost(ra, wa, pa, gx, gy, dz2, nx, ny, 0.0, wall, five_n)
-                worse = new > cost
-                if not worse.any():
-                    break
-                nx = np.where(worse, 0.5 * (x + nx), nx)
-                ny = np.where(worse, 0.5 * (y + ny), ny)
-            nx, ny = np.where(worse, x, nx), np.where(worse, y, ny)
+        nx = np.where(worse, f32(0.5) * (px + x), nx)
+        ny = np.where(worse, f32(0.5) * (py + y), ny)
         moved = np.abs(nx - x) + np.abs(ny - y)
         x, y = nx, ny
-        x_out[act], y_out[act] = x, y
+        x_out[act], y_out[act] = px, py
         # Converged: the step was tiny and the Gauss-Newton model agrees (a Newton step can
         # be tiny far from the solution where its Hessian is large), or the row rests on
         # a bound it is pushed against. NaN (degenerate rows) counts as done.
-        settled = (gn_len < 0.05) | pin_x | pin_y
+        settled = better & ((gn_len < 0.05) | pin_x | pin_y)
         done = ~((moved >= 1e-3) | ~settled)
         if done.any():
             keep = ~done
             act = act[keep]
             x, y, ra, wa, pa, rp = x[keep], y[keep], ra[keep], wa[keep], pa[keep], rp[keep]
+            px, py, pcost = px[keep], py[keep], pcost[keep]
             if len(act) == 0:
                 break
     return x_out.astype(float), y_out.astype(float)
@@ -349,6 +339,50 @@ def _wls_cost(
     res = (r - pred) * w
     cost = np.einsum("ij,ij->i", res, res)
     return np.asarray(np.where(np.isfinite(cost), cost, np.inf))
+
+
+def _polish(
+    r: FloatArray,
+    w: FloatArray,
+    p0: FloatArray,
+    gx: FloatArray,
+    gy: FloatArray,
+    dz2: FloatArray,
+    x: FloatArray,
+    y: FloatArray,
+    exponent: float,
+    bounds: tuple[float, float, float, float],
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """A float64 Newton step from (x, y), taken only where the Hessian is positive definite
+    and the step is short (the float32 loop has converged to within millimetres); returns
+    the new point and the Gauss-Newton sums (J^T J without the slope constant)."""
+    minx, miny, maxx, maxy = bounds
+    k_slope = 10.0 * exponent / LN10
+    dx = x[:, None] - gx
+    dy = y[:, None] - gy
+    d2 = dx * dx + dy * dy + dz2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        res = (r - p0 + 5.0 * exponent * np.log10(d2)) * w
+        inv = w / d2
+        jx, jy = dx * inv, dy * inv
+        a11 = np.einsum("ij,ij->i", jx, jx)
+        a22 = np.einsum("ij,ij->i", jy, jy)
+        a12 = np.einsum("ij,ij->i", jx, jy)
+        g1 = -np.einsum("ij,ij->i", jx, res) / k_slope
+        g2 = -np.einsum("ij,ij->i", jy, res) / k_slope
+        q = res * inv
+        s0 = q.sum(axis=1)
+        q /= d2
+        h11 = a11 + (s0 - 2 * np.einsum("ij,ij->i", q * dx, dx)) / k_slope
+        h22 = a22 + (s0 - 2 * np.einsum("ij,ij->i", q * dy, dy)) / k_slope
+        h12 = a12 - 2 * np.einsum("ij,ij->i", q * dx, dy) / k_slope
+        det = h11 * h22 - h12 * h12
+        sx = (h22 * g1 - h12 * g2) / det
+        sy = (h11 * g2 - h12 * g1) / det
+    ok = (h11 > 0) & (det > 0) & (np.hypot(sx, sy) < 0.01)
+    nx = np.where(ok, np.clip(x + np.where(ok, sx, 0.0), minx, maxx), x)
+    ny = np.where(ok, np.clip(y + np.where(ok, sy, 0.0), miny, maxy), y)
+    return nx, ny, np.column_stack([a11, a22, a12])
 
 
 def wls_localize(
@@ -419,16 +453,11 @@ def wls_localize(
             )
             take = c < best
             bx, by, best = np.where(take, sx, bx), np.where(take, sy, by), np.where(take, c, best)
+        # One Newton step in float64 polishes the float32 solution to full precision (so
+        # the answer does not depend on gateway order through float32 rounding), and its
+        # Gauss-Newton matrix is the Fisher information at the estimate.
+        bx, by, fisher[sl] = _polish(r[sl], w[sl], p0[sl], gx, gy, dz2, bx, by, exponent, bounds)
         x[sl], y[sl] = bx, by
-        # Fisher information at the estimate, while the chunk is in cache (float32).
-        f32 = np.float32
-        dx = (bx[:, None] - gx).astype(f32)
-        dy = (by[:, None] - gy).astype(f32)
-        inv = w[sl].astype(f32) / (dx * dx + dy * dy + dz2.astype(f32))
-        jx, jy = dx * inv, dy * inv
-        fisher[sl, 0] = np.einsum("ij,ij->i", jx, jx)
-        fisher[sl, 1] = np.einsum("ij,ij->i", jy, jy)
-        fisher[sl, 2] = np.einsum("ij,ij->i", jx, jy)
 
     a11 = k_slope**2 * fisher[:, 0] + 1e-9
     a22 = k_slope**2 * fisher[:, 1] + 1e-9
@@ -457,17 +486,12 @@ class PathLossFit:
     sigma_db: float
 
 
-def fit_path_loss(
-    xy: FloatArray, rssi: FloatArray, gw_xyz: FloatArray, tag_z: float
-) -> PathLossFit:
+def fit_path_loss(xy: FloatArray, rssi: FloatArray, gw_xyz: FloatArray, tag_z: float) -> PathLossFit:
     """Least-squares fit of a common exponent and per-gateway 1 m power to surveyed RSSI
     (the usual site calibration of the log-distance model, Rappaport eq. 4.68): one
     linear solve over every heard (point, gateway) pair."""
     heard = ~np.isnan(rssi)
-    d2 = (
-        np.sum((xy[:, None, :] - gw_xyz[None, :, :2]) ** 2, axis=2)
-        + (gw_xyz[None, :, 2] - tag_z) ** 2
-    )
+    d2 = np.sum((xy[:, None, :] - gw_xyz[None, :, :2]) ** 2, axis=2) + (gw_xyz[None, :, 2] - tag_z) ** 2
     pt, g = np.nonzero(heard)
     n_gw = rssi.shape[1]
     a = np.zeros((len(pt), n_gw + 1))
@@ -587,10 +611,7 @@ class RadioMap:
         """Predicted mean RSSI from log-distance path loss (Rappaport eq. 4.68) minus the
         site plan's wall and rack losses (COST 231 multi-wall) where given."""
         cen = grid.centres()
-        d2 = (
-            np.sum((cen[:, None, :] - gw_xyz[None, :, :2]) ** 2, axis=2)
-            + (gw_xyz[None, :, 2] - tag_z) ** 2
-        )
+        d2 = np.sum((cen[:, None, :] - gw_xyz[None, :, :2]) ** 2, axis=2) + (gw_xyz[None, :, 2] - tag_z) ** 2
         mean = tx_ref_dbm - 5.0 * exponent * np.log10(np.maximum(d2, 0.01))
         if obstacle_map is not None:
             mean = mean - obstacle_map.loss
@@ -662,9 +683,7 @@ class RadioMap:
         # not a measurement, and would inflate it.
         resid = np.where(heard, rssi - mean[grid.cell_index(xy)], np.nan)
         sigma = np.maximum(np.nanstd(resid, axis=0), 1.0)
-        return cls(
-            grid, free, mean.astype(np.float32), sigma, floor_dbm, tx_ref_dbm, track_inflation
-        )
+        return cls(grid, free, mean.astype(np.float32), sigma, floor_dbm, tx_ref_dbm, track_inflation)
 
     def prepare(
         self, rssi: FloatArray, tx_power_dbm: FloatArray | float | None = None
@@ -674,11 +693,7 @@ class RadioMap:
         with another power are shifted onto the map's reference."""
         rssi = np.asarray(rssi, dtype=float)
         heard = ~np.isnan(rssi)
-        shift = (
-            0.0
-            if tx_power_dbm is None
-            else (self.tx_ref_dbm - np.asarray(tx_power_dbm, dtype=float))
-        )
+        shift = 0.0 if tx_power_dbm is None else (self.tx_ref_dbm - np.asarray(tx_power_dbm, dtype=float))
         shifted = rssi + (np.asarray(shift)[:, None] if np.ndim(shift) else shift)
         if self.floor_dbm is not None:
             return np.where(heard, shifted, self.floor_dbm), np.ones_like(rssi)
@@ -699,11 +714,7 @@ class RadioMap:
         m = self.mean_dbm[cells].astype(float)  # (cells, G)
         inv = 1.0 / (self.sigma_db * inflate) ** 2
         wv = weights * values * inv
-        quad = (
-            (weights * inv) @ (m * m).T
-            - 2.0 * wv @ m.T
-            + np.sum(wv * values, axis=1, keepdims=True)
-        )
+        quad = (weights * inv) @ (m * m).T - 2.0 * wv @ m.T + np.sum(wv * values, axis=1, keepdims=True)
         return np.asarray(-0.5 * quad)
 
 
@@ -745,14 +756,7 @@ def radio_map_localize(
     for lo in range(0, rows, chunk_rows):
         sl = slice(lo, lo + chunk_rows)
         post = normalise_log(radio_map.log_likelihood(values[sl], weights[sl], cells))
-        parts.append(
-            posterior_estimates(
-                post, xy, n_heard(rssi[sl]), METHOD_RADIO_MAP, radio_map.grid.cell_m
-            )
-        )
+        parts.append(posterior_estimates(post, xy, n_heard(rssi[sl]), METHOD_RADIO_MAP, radio_map.grid.cell_m))
     return Estimates(
-        *(
-            np.concatenate([getattr(p, f) for p in parts])
-            for f in ("x", "y", "r90", "n_gateways", "method")
-        )
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("x", "y", "r90", "n_gateways", "method"))
     )

@@ -23,10 +23,10 @@ class ZoneIndex:
 
     @classmethod
     def from_points(cls, zones: Sequence[tuple[str, str, Sequence[tuple[float, float]]]]) -> ZoneIndex:
-        names, roles, polys = zip(*[(n, r, shapely.Polygon(p)) for n, r, p in zones], strict=True) if zones else ((), (), ())
+        polys = tuple(shapely.Polygon(p) for _, _, p in zones)
         for poly in polys:
             shapely.prepare(poly)
-        return cls(tuple(names), tuple(roles), tuple(polys))
+        return cls(tuple(n for n, _, _ in zones), tuple(r for _, r, _ in zones), polys)
 
     def __len__(self) -> int:
         return len(self.names)

@@ -28,19 +28,44 @@ def correlated_gaussian_field(
     noise is coloured by the square root of its spectrum. Small negative eigenvalues from
     the truncation are clipped to zero.
     """
-    ny, nx = shape
     if sigma_db <= 0:
         return np.zeros(shape)
     if decorrelation_m <= 0:
         return rng.normal(0.0, sigma_db, size=shape)
-    pad = int(np.ceil(3 * decorrelation_m / cell_m))
-    my, mx = 2 * (ny + pad), 2 * (nx + pad)
-    iy = np.minimum(np.arange(my), my - np.arange(my)) * cell_m
-    ix = np.minimum(np.arange(mx), mx - np.arange(mx)) * cell_m
-    r = np.hypot(iy[:, None], ix[None, :])
-    cov = sigma_db**2 * np.exp(-r / decorrelation_m)
-    spectrum = np.maximum(np.fft.fft2(cov).real, 0.0)
-    noise = rng.normal(size=(my, mx)) + 1j * rng.normal(size=(my, mx))
-    field = np.fft.ifft2(np.sqrt(spectrum) * noise) * np.sqrt(my * mx)
-    # Real and imaginary parts are two independent fields; one is enough.
-    return np.asarray(field.real[:ny, :nx], dtype=float)
+    return FieldSampler(shape, cell_m, sigma_db, decorrelation_m).sample(rng, 1)[0]
+
+
+class FieldSampler:
+    """Many fields with the same covariance: the spectrum is computed once, and each
+    complex FFT yields two independent fields (its real and imaginary parts)."""
+
+    def __init__(
+        self, shape: tuple[int, int], cell_m: float, sigma_db: float, decorrelation_m: float
+    ) -> None:
+        ny, nx = shape
+        self.shape = shape
+        pad = int(np.ceil(3 * decorrelation_m / cell_m))
+        my, mx = 2 * (ny + pad), 2 * (nx + pad)
+        iy = np.minimum(np.arange(my), my - np.arange(my)) * cell_m
+        ix = np.minimum(np.arange(mx), mx - np.arange(mx)) * cell_m
+        r = np.hypot(iy[:, None], ix[None, :])
+        cov = sigma_db**2 * np.exp(-r / max(decorrelation_m, 1e-9))
+        self._root = np.sqrt(np.maximum(np.fft.fft2(cov).real, 0.0)) * np.sqrt(my * mx)
+        self._m = (my, mx)
+
+    def sample(self, rng: np.random.Generator, count: int, both_parts: bool = False) -> FloatArray:
+        """``count`` fields (count, ny, nx). ``both_parts`` uses real and imaginary parts
+        of each transform (half the FFTs); the default keeps the real part only, the
+        twin's historical draw order."""
+        ny, nx = self.shape
+        out = np.empty((count, ny, nx))
+        k = 0
+        while k < count:
+            noise = rng.normal(size=self._m) + 1j * rng.normal(size=self._m)
+            field = np.fft.ifft2(self._root * noise)
+            out[k] = field.real[:ny, :nx]
+            k += 1
+            if both_parts and k < count:
+                out[k] = field.imag[:ny, :nx]
+                k += 1
+        return out

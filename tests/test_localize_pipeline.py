@@ -12,7 +12,7 @@ import shapely
 from engine.localize import METHOD_NAMES
 from engine.pipeline import Engine, EngineConfig
 from twin.cli import _metric
-from twin.run import engine_config_for, feed_engine, simulate
+from twin.run import engine_config_for, feed_engine, simulate, survey_of
 from twin.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 from twin.sim import WarehouseTwin
 
@@ -62,7 +62,7 @@ def test_every_estimator_and_tracker_runs_in_the_engine(demo_twin, localizer, tr
         "particles": 32,
     }
     sc2 = Scenario.model_validate(d)
-    engine = Engine(engine_config_for(sc2, result, twin.radio.static_db), result.tx_power_1m_dbm)
+    engine = Engine(engine_config_for(sc2, result, survey_of(twin, result)), result.tx_power_1m_dbm)
     fixes = feed_engine(engine, result.sightings, sc2.duration_s)
     assert len(fixes) > 0
     expected = tracker if tracker != "none" else localizer
@@ -84,7 +84,7 @@ def test_surveyed_map_beats_the_modelled_one(demo_twin):
         d["engine"] = d["engine"] | {"localizer": "radio-map", "radio_map": source}
         sc2 = Scenario.model_validate(d)
         engine = Engine(
-            engine_config_for(sc2, result, twin.radio.static_db), result.tx_power_1m_dbm
+            engine_config_for(sc2, result, survey_of(twin, result)), result.tx_power_1m_dbm
         )
         fixes = feed_engine(engine, result.sightings, sc2.duration_s)
         true_xy = result.truth.position_at(fixes["device"], fixes["t"])

@@ -15,7 +15,9 @@ from rich.table import Table
 
 from twin.scenario import Scenario, ScenarioError, load_scenario
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="TagTwin: a digital twin for BLE smart-tag tracking.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="TagTwin: a digital twin for BLE smart-tag tracking."
+)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -26,9 +28,10 @@ def _load(path: Path) -> Scenario:
     try:
         return load_scenario(path)
     except ScenarioError as exc:
-        err_console.print(f"[bold red]invalid scenario[/] {exc.path}")
+        err_console.print(f"[bold red]invalid scenario[/] {exc.path}", soft_wrap=True)
         for problem in exc.problems:
-            err_console.print(f"  {exc.path}: {problem}", markup=False, highlight=False)
+            # Plain lines (no wrapping) so editors and CI logs can jump to file and field.
+            print(f"{exc.path}: {problem}", file=sys.stderr)
         raise typer.Exit(2) from None
 
 
@@ -126,7 +129,8 @@ def check(
         report = run_scenario(sc).report()
         for name, bound in sc.expected.items():
             value = _metric(report, name)
-            ok = value is not None and (bound.min is None or value >= bound.min) and (bound.max is None or value <= bound.max)
+            ok = value is not None and (bound.min is None or value >= bound.min)
+            ok = ok and value is not None and (bound.max is None or value <= bound.max)
             failed |= not ok
             text = " ".join(s for s in (f">= {bound.min:g}" if bound.min is not None else "",
                                        f"<= {bound.max:g}" if bound.max is not None else "") if s)
@@ -236,6 +240,48 @@ def evaluate(
 
 
 @app.command()
+def roi(
+    scenario: Annotated[Path, typer.Argument(help="scenario with its [roi]")] = DEMO_SCENARIO,
+    report: Annotated[Path | None, typer.Option(help="a run's report.json; default: run")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the full result as JSON")] = False,
+) -> None:
+    """Payback, NPV and TCO from measured performance: base, best, worst, and what moves payback."""
+    from engine.roi import measured_from_report, roi_report
+
+    sc = _load(scenario)
+    if report is not None:
+        rep = json.loads(report.read_text())
+    else:
+        from twin.run import simulate as run_scenario
+
+        rep = run_scenario(sc).report()
+    result = roi_report(sc.roi, measured_from_report(rep))
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    cases = result["cases"]
+    assert isinstance(cases, dict)
+    table = Table(title=f"{sc.name}: return on investment over {sc.roi.horizon_months} months")
+    for col in ("case", "capex", "opex/month", "benefit/month", "payback month", "NPV", "TCO"):
+        table.add_column(col, justify="right")
+    for name in ("worst", "base", "best"):
+        c = cases[name]
+        table.add_row(name, f"{c['capex']:,.0f}", f"{c['opex_per_month']:,.0f}",
+                      f"{c['benefit_per_month']:,.0f}", str(c["payback_month"] or "never"),
+                      f"{c['npv']:,.0f}", f"{c['tco']:,.0f}")
+    console.print(table)
+    sens = Table(title=f"sensitivity: each input -/+ {sc.roi.sensitivity_pct:g} %")
+    for col in ("input", "payback low", "payback high", "NPV low", "NPV high"):
+        sens.add_column(col, justify="right")
+    rows = result["sensitivity"]
+    assert isinstance(rows, list)
+    for r in rows[:8]:
+        sens.add_row(r["input"], f"{r['payback_low']:.1f}", f"{r['payback_high']:.1f}",
+                     f"{r['npv_low']:,.0f}", f"{r['npv_high']:,.0f}")
+    console.print(sens)
+
+
+@app.command()
 def schema(out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None) -> None:
     """Print the JSON Schema of scenario files (generated from the code)."""
     text = json.dumps(Scenario.model_json_schema(by_alias=True), indent=2) + "\n"
@@ -243,6 +289,246 @@ def schema(out: Annotated[Path | None, typer.Option(help="write here instead of 
         out.write_text(text)
     else:
         sys.stdout.write(text)
+
+
+# -- live bridge (imports are lazy: bleak and paho load only for these commands) -------
+
+BROKER = "mqtt://127.0.0.1:1883"
+BrokerOpt = Annotated[str, typer.Option("--broker", help="mqtt://host:port")]
+KeysOpt = Annotated[Path, typer.Option("--keys", help="keys.toml: [keys] gateway = hex key")]
+
+
+def _bridge_config_error(exc: Exception) -> typer.Exit:
+    path = getattr(exc, "path", "")
+    for problem in getattr(exc, "problems", [str(exc)]):
+        err_console.print(f"{path}: {problem}", markup=False, highlight=False)
+    return typer.Exit(2)
+
+
+@app.command()
+def gateway(
+    config: Annotated[Path, typer.Option("--config", help="gateway.toml")] = Path("gateway.toml"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Scan BLE advertisements with bleak and publish signed batches to the broker."""
+    import asyncio
+    import logging
+    import signal
+
+    from live_bridge.gateway import ConfigError, load_gateway_config, run_gateway
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    try:
+        cfg = load_gateway_config(config)
+    except ConfigError as exc:
+        raise _bridge_config_error(exc) from None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        gw = await run_gateway(cfg, stop)
+        sys.stderr.write(json.dumps(gw.status_counters(), sort_keys=True) + "\n")
+
+    asyncio.run(main())
+
+
+@app.command()
+def serve(
+    *,
+    broker: BrokerOpt = BROKER,
+    scenario: Annotated[
+        Path, typer.Option("--scenario", help="site plan and gateway positions")
+    ] = DEMO_SCENARIO,
+    keys: KeysOpt = Path("keys.toml"),
+    clock: Annotated[
+        str, typer.Option(help="wall: windows close as time passes; event: by event time only")
+    ] = "wall",
+    adapters: Annotated[str, typer.Option(help="comma list: theengs, espresense")] = "",
+    events: Annotated[str, typer.Option(help="event sink: none or zone-change")] = "zone-change",
+    step: Annotated[float | None, typer.Option(help="override engine step_s")] = None,
+    lateness: Annotated[float | None, typer.Option(help="override allowed_lateness_s")] = None,
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    status_every: Annotated[float, typer.Option(help="seconds between status messages")] = 5.0,
+) -> None:
+    """Verify gateway batches from MQTT, feed the engine, publish positions and events."""
+    import signal
+    import threading
+
+    from live_bridge.config import load_keys, site_engine_config
+    from live_bridge.gateway import ConfigError
+    from live_bridge.mqtt import BrokerUrl
+    from live_bridge.server import NullSink, ServerCore, ZoneChangeSink
+    from live_bridge.server import serve as run_server
+
+    if clock not in ("wall", "event"):
+        err_console.print(f"--clock: expected wall or event, got {clock!r}")
+        raise typer.Exit(2)
+    chosen = [a.strip() for a in adapters.split(",") if a.strip()]
+    unknown = sorted(set(chosen) - {"theengs", "espresense"})
+    if unknown or events not in ("none", "zone-change"):
+        err_console.print(f"unknown adapter(s) {unknown} or event sink {events!r}")
+        raise typer.Exit(2)
+    try:
+        BrokerUrl.parse(broker)
+        key_table = load_keys(keys)
+    except ValueError as exc:
+        err_console.print(str(exc), markup=False)
+        raise typer.Exit(2) from None
+    except ConfigError as exc:
+        raise _bridge_config_error(exc) from None
+    cfg = site_engine_config(_load(scenario), step_s=step, lateness_s=lateness)
+    core = ServerCore(cfg, key_table, clock=clock, adapters=chosen,  # type: ignore[arg-type]
+                      sink=ZoneChangeSink() if events == "zone-change" else NullSink())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if duration is not None:
+        threading.Timer(duration, stop.set).start()
+    run_server(core, broker, stop, status_every_s=status_every)
+    sys.stderr.write(json.dumps(core.status(), sort_keys=True, default=str) + "\n")
+
+
+@app.command()
+def keys(
+    scenario: Annotated[Path, typer.Argument(help="scenario with the gateways")] = DEMO_SCENARIO,
+    out: Annotated[Path, typer.Option(help="keys.toml to write (never overwritten)")] = Path(
+        "keys.toml"
+    ),
+) -> None:
+    """Write a keys.toml with a fresh random HMAC key per gateway of a scenario."""
+    from live_bridge.config import new_keys_toml
+    from twin.sim import resolve_gateways
+    from twin.site import SiteModel
+
+    if out.exists():
+        err_console.print(f"{out}: exists; not overwriting keys")
+        raise typer.Exit(2)
+    sc = _load(scenario)
+    gws, _ = resolve_gateways(sc, SiteModel.from_scenario(sc))
+    out.write_text(new_keys_toml(list(gws.ids)))
+    out.chmod(0o600)
+    console.print(f"wrote {len(gws.ids)} keys to {out}")
+
+
+@app.command("twin-publish")
+def twin_publish(
+    *,
+    scenario: Annotated[Path, typer.Argument(help="scenario TOML file")] = DEMO_SCENARIO,
+    broker: BrokerOpt = BROKER,
+    keys: KeysOpt = Path("keys.toml"),
+    realtime: Annotated[bool, typer.Option(help="pace by simpy.rt, not flat out")] = False,
+    speed: Annotated[float, typer.Option(help="real-time factor when --realtime")] = 1.0,
+    duration: Annotated[float | None, typer.Option(help="override duration_s")] = None,
+) -> None:
+    """Simulate a scenario and publish its sightings as its gateways would."""
+    from live_bridge.config import load_keys
+    from live_bridge.gateway import ConfigError
+    from live_bridge.twin_source import publish_twin
+    from twin.sim import run_twin
+
+    sc = _load(scenario)
+    if duration is not None:
+        sc = Scenario.model_validate(sc.model_dump() | {"duration_s": duration})
+    try:
+        key_table = load_keys(keys)
+    except ConfigError as exc:
+        raise _bridge_config_error(exc) from None
+    try:
+        sent = publish_twin(run_twin(sc), key_table, broker, realtime=realtime, speed=speed)
+    except (OSError, ValueError) as exc:
+        err_console.print(f"cannot publish to {broker}: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    console.print(json.dumps(sent), highlight=False)
+
+
+@app.command()
+def record(
+    out: Annotated[Path, typer.Argument(help="capture file (JSON lines) to write")],
+    broker: BrokerOpt = BROKER,
+    topic: Annotated[list[str] | None, typer.Option(help="topic filters; default: batches")] = None,
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+) -> None:
+    """Record what arrives on the broker to a capture file."""
+    import signal
+    import threading
+
+    from live_bridge.capture import record as run_record
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        n = run_record(broker, out, topics=topic, duration_s=duration, stop=stop)
+    except (OSError, ValueError) as exc:
+        err_console.print(f"cannot record from {broker}: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    console.print(f"recorded {n} messages to {out}")
+
+
+@app.command()
+def replay(
+    capture: Annotated[Path, typer.Argument(help="capture file from `tagtwin record`")],
+    broker: BrokerOpt = BROKER,
+    speed: Annotated[float, typer.Option(help="x recorded pace; 0 = as fast as possible")] = 1.0,
+) -> None:
+    """Publish a capture again, at recorded pace or faster."""
+    from live_bridge.capture import replay as run_replay
+
+    try:
+        n = run_replay(capture, broker, speed)
+    except (OSError, ValueError) as exc:
+        err_console.print(str(exc), markup=False)
+        raise typer.Exit(2) from None
+    console.print(f"replayed {n} messages")
+
+
+@app.command("wire-schema")
+def wire_schema(
+    out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None,
+    markdown: Annotated[bool, typer.Option(help="the whole docs/wire-format.md")] = False,
+) -> None:
+    """Print the JSON Schema of the live bridge's MQTT messages (generated from the code)."""
+    from live_bridge.wire import json_schemas, wire_format_markdown
+
+    text = wire_format_markdown() if markdown else json.dumps(json_schemas(), indent=2) + "\n"
+    if out:
+        out.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def ui_command(port: int, address: str, headless: bool) -> list[str]:
+    """The `streamlit run` command line for the planner (loopback by default, no telemetry)."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP_PATH),
+        "--server.port", str(port), "--server.address", address,
+        "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false",
+    ]
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="port to serve on")] = 8501,
+    address: Annotated[str, typer.Option(help="address to bind; keep loopback unless sharing")] = (
+        "127.0.0.1"
+    ),
+    headless: Annotated[bool, typer.Option(help="do not open a browser")] = False,
+) -> None:
+    """Open the planner: compare gateway layouts and see accuracy against ground truth."""
+    import os
+
+    if not APP_PATH.exists():
+        err_console.print(f"app.py not found at {APP_PATH} (the planner needs a source checkout)")
+        raise typer.Exit(2)
+    cmd = ui_command(port, address, headless)
+    # exec, not a child process: the pid the caller holds is Streamlit's, so stopping it
+    # stops the server and no orphan is left behind.
+    os.execv(cmd[0], cmd)
 
 
 def main() -> None:

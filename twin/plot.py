@@ -28,7 +28,8 @@ def plot_floorplan(run: SimulationRun, path: Path, at_t: float | None = None) ->
     fig, ax = plt.subplots(figsize=(10, 10 * (maxy - miny + 4) / (maxx - minx + 4)), dpi=110)
     ax.add_patch(Polygon(np.asarray(site.outline.exterior.coords), closed=True, fill=False, lw=2.5, color="black"))
     for name, role, poly in zip(site.zones.names, site.zones.roles, site.zones.polygons, strict=True):
-        ax.add_patch(Polygon(np.asarray(poly.exterior.coords), closed=True, color=ZONE_COLOURS.get(role, "#f4f4f4"), alpha=0.8, lw=0))
+        colour = ZONE_COLOURS.get(role, "#f4f4f4")
+        ax.add_patch(Polygon(np.asarray(poly.exterior.coords), closed=True, color=colour, alpha=0.8, lw=0))
         c = poly.centroid
         ax.text(c.x, c.y, name, ha="center", va="center", fontsize=8, color="#555555")
     for rack in site.racks:

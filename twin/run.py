@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +21,20 @@ from engine.evaluate import BoundSetup, LatencySetup, evaluate, position_errors
 from engine.localize import ObstacleMap, RadioMap
 from engine.pipeline import Engine, EngineConfig
 from engine.track import FloorPlan
+from engine.rules import CHECKOUT_DTYPE, Event, JsonLinesSink, ListSink, RuleContext, RuleEngine
+from engine.rules.scoring import count_accuracy, score_events
 from radio_models.environment import Grid
 from radio_models.geometry import crossing_loss_db
+from radio_models.pathloss import effective_exponent
+from twin.incidents import (
+    FEED_DTYPE,
+    IncidentInjector,
+    IncidentLog,
+    checkout_rows,
+    true_zone_counts,
+)
 from twin.scenario import Scenario
-from twin.sim import TwinResult, WarehouseTwin
+from twin.sim import TwinResult, WarehouseTwin, path_loss_model
 
 FEED_CHUNK_S = 30.0  # sightings are handed to the engine 30 simulated seconds at a time
 
@@ -37,6 +47,8 @@ class SimulationRun:
     metrics: dict[str, object]
     engine_counters: dict[str, object]
     timings_s: dict[str, float] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    incidents: IncidentLog = field(default_factory=IncidentLog)
 
     def report(self) -> dict[str, object]:
         """Deterministic report: the same scenario and seed give the same bytes."""
@@ -54,13 +66,14 @@ class SimulationRun:
 
 
 def engine_config_for(
-    scenario: Scenario, twin: TwinResult, survey_db: NDArray[np.float32] | None = None
+    scenario: Scenario, twin: TwinResult, survey_mean_dbm: NDArray[np.floating] | None = None
 ) -> EngineConfig:
-    """The engine a scenario asks for. ``survey_db`` (cells, gateways) is the twin's own
-    static radio (path loss aside: walls, racks and shadowing) on the radio grid, used
-    for ``radio_map = "survey"``: what a perfect calibration walk would measure."""
+    """The engine a scenario asks for. ``survey_mean_dbm`` (cells, gateways) is the twin's
+    own mean RSSI on the radio grid (:func:`survey_of`), used for ``radio_map = "survey"``:
+    what a perfect calibration walk would measure."""
     eng = scenario.engine
-    exponent = eng.path_loss_exponent or scenario.radio.model.exponent
+    # Any path-loss family maps to the log-distance exponent a localizer assumes.
+    exponent = eng.path_loss_exponent or effective_exponent(path_loss_model(scenario))
     sigma_db = max(scenario.radio.shadowing_sigma_db, 1.0)
     grid = Grid.covering(twin.site.outline.bounds, scenario.radio.grid_m)
     obstacle_map = None
@@ -73,19 +86,16 @@ def engine_config_for(
         floor_plan = FloorPlan.from_geometry(
             site.outline, site.racks, site.walls, cell_m=min(0.25, scenario.radio.grid_m))
         free = floor_plan.cell_free(grid)
-        tx_ref = float(np.median(twin.tx_power_1m_dbm)) if len(twin.tx_power_1m_dbm) else -59.0
-        tag_z = scenario.site.tag_height_m
-        if eng.radio_map == "survey" and survey_db is not None:
-            base = RadioMap.from_model(
-                grid, free, twin.gateways.xyz, exponent, sigma_db, tag_z, tx_ref)
-            # The survey measured shadowing too: what is left is fast fading averaged over a
-            # window, about 2 dB; trackers still widen it for correlated windows.
-            radio_map = RadioMap(grid, free, (base.mean_dbm + survey_db).astype(np.float32),
+        tx_ref = reference_tx_power(twin)
+        if eng.radio_map == "survey" and survey_mean_dbm is not None:
+            # The survey measured walls and shadowing too: what is left is fast fading
+            # averaged over a window, about 2 dB; trackers still widen it for correlated windows.
+            radio_map = RadioMap(grid, free, np.asarray(survey_mean_dbm, np.float32),
                                  np.full(len(twin.gateways.ids), 2.0), None, tx_ref, 1.5)
         else:
             radio_map = RadioMap.from_model(
-                grid, free, twin.gateways.xyz, exponent, sigma_db, tag_z, tx_ref, obstacle_map,
-                track_inflation=1.5)
+                grid, free, twin.gateways.xyz, exponent, sigma_db, scenario.site.tag_height_m, tx_ref,
+                obstacle_map, track_inflation=1.5)
     return EngineConfig(
         gateways=twin.gateways,
         zones=twin.site.zones,
@@ -109,6 +119,17 @@ def engine_config_for(
     )
 
 
+def reference_tx_power(twin: TwinResult) -> float:
+    """The tag power radio maps are drawn for (the fleet's median); other tags are shifted."""
+    tx = getattr(twin, "tx_power_1m_dbm", None)
+    return float(np.median(tx)) if tx is not None and len(tx) else -59.0
+
+
+def survey_of(warehouse: WarehouseTwin, result: TwinResult) -> NDArray[np.floating]:
+    """A perfect calibration walk of the twin: its mean RSSI at every radio-grid cell."""
+    return warehouse.radio.mean_rssi_cells(reference_tx_power(result))
+
+
 def feed_engine(engine: Engine, sightings: NDArray[np.void], end_t: float) -> NDArray[np.void]:
     """Stream time-ordered sightings into an engine in event-time chunks; return all fixes."""
     out = []
@@ -122,19 +143,90 @@ def feed_engine(engine: Engine, sightings: NDArray[np.void], end_t: float) -> ND
     return np.concatenate(out)
 
 
+def rule_context_for(scenario: Scenario, twin: WarehouseTwin) -> RuleContext:
+    """The registry the rules see: device ids, their tag class (group) and its interval."""
+    return RuleContext(
+        zones=twin.site.zones,
+        device_ids=twin.fleet.ids,
+        device_class=twin.fleet.group.astype(np.int32),
+        class_names=tuple(g.name for g in scenario.tags),
+        class_interval_s=np.array([g.adv_interval_ms / 1000 for g in scenario.tags]),
+        gateway_ids=twin.gateways.ids,
+        gateway_xy=twin.gateways.xyz[:, :2].copy(),
+    )
+
+
+def feed_rules(
+    rules: RuleEngine, sightings: NDArray[np.void], fixes: NDArray[np.void], feed: NDArray[np.void],
+    *, end_t: float, step_s: float, feed_max_delay_s: float = 0.0,
+) -> None:
+    """Replay the three sources into the rule engine one engine step at a time, in event
+    time, as a live deployment would deliver them: sightings of [now - step, now), fixes
+    of windows ending by now, POS records that have *arrived* by now (the feed is complete
+    up to now - feed_max_delay_s), then advance the clock to now."""
+    sightings = sightings[np.argsort(sightings["t"], kind="stable")]
+    fixes = fixes[np.argsort(fixes["t"], kind="stable")]
+    steps = np.arange(step_s, end_t + 1e-9, step_s)
+    s_edge = np.searchsorted(sightings["t"], steps, side="left")
+    f_edge = np.searchsorted(fixes["t"], steps + 1e-9, side="right")
+    c_edge = np.searchsorted(feed["arrival"], steps, side="right")
+    co = checkout_rows(feed)
+    s0 = f0 = c0 = 0
+    for i, now in enumerate(steps.tolist()):
+        rules.observe_sightings(sightings[s0:s_edge[i]])
+        rules.process_fixes(fixes[f0:f_edge[i]])
+        rules.ingest_checkouts(co[c0:c_edge[i]], watermark=now - feed_max_delay_s)
+        rules.advance(now)
+        s0, f0, c0 = int(s_edge[i]), int(f_edge[i]), int(c_edge[i])
+    rules.observe_sightings(sightings[s0:])
+    rules.process_fixes(fixes[f0:])
+    rules.ingest_checkouts(co[c0:] if len(co) else np.zeros(0, CHECKOUT_DTYPE))
+    rules.flush(end_t)
+
+
+def rule_metrics(
+    scenario: Scenario, twin: WarehouseTwin, result: TwinResult, rules: RuleEngine,
+    *, events: list[Event], log: IncidentLog,
+) -> dict[str, object]:
+    """Rule scores for the report: per-rule precision/recall/delay, alarm rates, count accuracy."""
+    interval = {tag: float(twin.fleet.adv_interval_s[i]) for i, tag in enumerate(twin.fleet.ids)}
+    scores = score_events(events, log.records, len(twin.fleet), scenario.duration_s,
+                          interval_s=interval)
+    gone_at = np.full(len(twin.fleet), np.inf)
+    code = {tag: i for i, tag in enumerate(twin.fleet.ids)}
+    for rec in [*log.records, *log.legit_exits]:
+        if rec.kind in ("theft", "exit") and rec.tag is not None:
+            gone_at[code[rec.tag]] = rec.t
+    counts = rules.cycle_counts
+    times = sorted({c.t for c in counts})
+    truth = true_zone_counts(result.truth, result.site.zones, times, gone_at)
+    by_rule: dict[str, int] = {}
+    for ev in events:
+        by_rule[ev.rule] = by_rule.get(ev.rule, 0) + 1
+    per_rule = scores.pop("per_rule")
+    assert isinstance(per_rule, dict)
+    return {
+        **per_rule,
+        **scores,
+        "ruleset_version": scenario.rules.version,
+        "events_by_rule": dict(sorted(by_rule.items())),
+        "count_accuracy": count_accuracy([(c.t, c.zone, c.seen) for c in counts], truth),
+        "legit_exits": len(log.legit_exits),
+        "incidents_skipped": log.skipped,
+    }
+
+
 def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None) -> SimulationRun:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     twin = WarehouseTwin(scenario)
+    injector = IncidentInjector(twin, scenario)
     timings["setup_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     result = twin.run(progress)
     timings["twin_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    # The twin's static radio map, if it still exposes one (radio_models may restructure it).
-    survey = None
-    if scenario.engine.radio_map == "survey":
-        survey = getattr(twin.radio, "static_db", None)
+    survey = survey_of(twin, result) if scenario.engine.radio_map == "survey" else None
     engine = Engine(engine_config_for(scenario, result, survey), result.tx_power_1m_dbm)
     fixes = feed_engine(engine, result.sightings, scenario.duration_s)
     timings["engine_s"] = time.perf_counter() - t2
@@ -143,17 +235,28 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     cfg = engine.config
     bound = BoundSetup(result.gateways.xyz, cfg.path_loss_exponent, cfg.sigma_db, cfg.tag_height_m)
     latency = LatencySetup(result.sightings["t"], cfg.step_s, cfg.allowed_lateness_s)
+    t3 = time.perf_counter()
+    sink = ListSink()
+    rules = RuleEngine(scenario.rules, rule_context_for(scenario, twin), [sink])
+    feed = injector.log.checkout_feed()
+    max_delay = scenario.checkouts.feed_delay_s[1] if len(feed) else 0.0
+    feed_rules(rules, result.sightings, fixes, feed if len(feed) else np.zeros(0, FEED_DTYPE),
+               end_t=scenario.duration_s, step_s=scenario.engine.step_s, feed_max_delay_s=max_delay)
+    timings["rules_s"] = time.perf_counter() - t3
     metrics = evaluate(fixes, result.truth, result.site.zones, len(result.device_ids), scenario.duration_s,
                        len(result.sightings), bound, latency)
+    metrics["rules"] = rule_metrics(scenario, twin, result, rules, events=sink.events,
+                                    log=injector.log)
     timings["total_s"] = time.perf_counter() - t0
-    return SimulationRun(scenario, result, fixes, metrics, engine.counters.as_dict(), timings)
+    return SimulationRun(scenario, result, fixes, metrics, engine.counters.as_dict(), timings,
+                         sink.events, injector.log)
 
 
-def _dictionary(codes: NDArray[np.integer], ids: list[str] | tuple[str, ...]) -> pa.DictionaryArray:
+def _dictionary(codes: NDArray[np.integer], ids: Sequence[str]) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(list(ids), pa.string()))
 
 
-def _table(arr: NDArray[np.void], ids: dict[str, list[str] | tuple[str, ...]] | None = None) -> pa.Table:
+def _table(arr: NDArray[np.void], ids: dict[str, Sequence[str]] | None = None) -> pa.Table:
     cols = {}
     for name in arr.dtype.names or ():
         if ids and name in ids:
@@ -167,8 +270,7 @@ def write_outputs(run: SimulationRun, out_dir: Path) -> dict[str, Path]:
     """Parquet tables, report.json, summary.txt and perf.json (the only non-deterministic file)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     twin = run.twin
-    names: dict[str, list[str] | tuple[str, ...]] = {
-        "device": twin.device_ids, "gateway": twin.gateways.ids}
+    names: dict[str, Sequence[str]] = {"device": twin.device_ids, "gateway": twin.gateways.ids}
     paths = {k: out_dir / f"{k}.parquet" for k in ("sightings", "truth_segments", "movements", "estimates")}
     pq.write_table(_table(twin.sightings, names), paths["sightings"])
     pq.write_table(_table(twin.truth.segments, names), paths["truth_segments"])
@@ -182,6 +284,17 @@ def write_outputs(run: SimulationRun, out_dir: Path) -> dict[str, Path]:
                    "z": twin.gateways.xyz[:, 2]})
     paths["gateways"] = out_dir / "gateways.parquet"
     pq.write_table(gw, paths["gateways"])
+    paths["events"] = out_dir / "events.jsonl"
+    sink = JsonLinesSink(paths["events"])
+    sink.emit(run.events)
+    sink.close()
+    paths["incidents"] = out_dir / "incidents.json"
+    checkouts = [{"t": round(float(t), 4), "arrival": round(float(a), 4),
+                  "tag": twin.device_ids[int(d)]} for t, a, d in run.incidents.feed]
+    incidents = {"incidents": [r.to_dict() for r in run.incidents.records],
+                 "legit_exits": [r.to_dict() for r in run.incidents.legit_exits],
+                 "checkouts": checkouts}
+    paths["incidents"].write_text(json.dumps(incidents, indent=2) + "\n")
     paths["report"] = out_dir / "report.json"
     paths["report"].write_text(json.dumps(run.report(), indent=2, sort_keys=True) + "\n")
     paths["summary"] = out_dir / "summary.txt"

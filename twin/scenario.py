@@ -12,19 +12,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.roi import RoiInputs
+from engine.rules.config import RuleSet
+from radio_models.materials import DEFAULT_MATERIAL_LOSS_DB, DEFAULT_RACK_LOSS_DB
+
 Point = tuple[float, float]
 ZoneRole = Literal["storage", "packing", "checkout", "exit", "receiving", "shipping", "office", "other"]
-
-# Practitioner per-material losses at 2.4 GHz (shared/references section 1, "about
-# +-50 %"): drywall 3, glass 2, wood 4, brick 10, concrete 15, metal 25 dB.
-DEFAULT_MATERIAL_LOSS_DB: dict[str, float] = {
-    "drywall": 3.0,
-    "glass": 2.0,
-    "wood": 4.0,
-    "brick": 10.0,
-    "concrete": 15.0,
-    "metal": 25.0,
-}
 
 
 class ScenarioError(Exception):
@@ -58,7 +51,9 @@ class Wall(Strict):
 
 class Rack(Strict):
     polygon: list[Point] = Field(description="footprint, metres")
-    attenuation_db: float = Field(15.0, ge=0, le=60, description="loss of a link crossing it")
+    attenuation_db: float = Field(
+        DEFAULT_RACK_LOSS_DB, ge=0, le=60, description="loss of a link crossing it"
+    )
 
     @field_validator("polygon")
     @classmethod
@@ -75,7 +70,7 @@ class RackRows(Strict):
     depth_m: float = Field(gt=0)
     pitch_m: float = Field(gt=0, description="distance between the starts of neighbouring racks")
     orientation: Literal["horizontal", "vertical"] = "horizontal"
-    attenuation_db: float = Field(15.0, ge=0, le=60)
+    attenuation_db: float = Field(DEFAULT_RACK_LOSS_DB, ge=0, le=60)
 
     @model_validator(mode="after")
     def _pitch(self) -> RackRows:
@@ -89,10 +84,12 @@ class RackRows(Strict):
         for i in range(self.count):
             if self.orientation == "horizontal":
                 y = y0 + i * self.pitch_m
-                poly = [(x0, y), (x0 + self.length_m, y), (x0 + self.length_m, y + self.depth_m), (x0, y + self.depth_m)]
+                x1, y1 = x0 + self.length_m, y + self.depth_m
+                poly = [(x0, y), (x1, y), (x1, y1), (x0, y1)]
             else:
                 x = x0 + i * self.pitch_m
-                poly = [(x, y0), (x + self.depth_m, y0), (x + self.depth_m, y0 + self.length_m), (x, y0 + self.length_m)]
+                x1, y1 = x + self.depth_m, y0 + self.length_m
+                poly = [(x, y0), (x1, y0), (x1, y1), (x, y1)]
             racks.append(Rack(polygon=poly, attenuation_db=self.attenuation_db))
         return racks
 
@@ -138,11 +135,19 @@ class GatewayDefaults(Strict):
     scan_window_ms: float = Field(100.0, gt=0)
     scan_interval_ms: float = Field(100.0, gt=0)
     sensitivity_dbm: float = Field(-95.0, le=-40, ge=-130)
+    channel_switch_ms: float = Field(
+        0.0, ge=0, le=50, description="start of each scan window lost to retuning"
+    )
+    max_reports_per_s: float | None = Field(
+        None, gt=0, description="reports a gateway can forward per second; default: no limit"
+    )
 
     @model_validator(mode="after")
     def _window(self) -> GatewayDefaults:
         if self.scan_window_ms > self.scan_interval_ms:
             raise ValueError("scan_window_ms cannot exceed scan_interval_ms")
+        if self.channel_switch_ms >= self.scan_window_ms:
+            raise ValueError("channel_switch_ms must be shorter than scan_window_ms")
         return self
 
 
@@ -184,6 +189,12 @@ class TagGroup(Strict):
     placement: Placement = Placement()
     adv_interval_ms: float = Field(1000.0, ge=20, le=10240, description="BLE advInterval, 20 ms - 10.24 s")
     tx_power_1m_dbm: float = Field(-59.0, ge=-100, le=0, description="RSSI at 1 m")
+    adv_interval_moving_ms: float | None = Field(
+        None, ge=20, le=10240, description="advInterval while carried (motion-triggered tags)"
+    )
+    payload_bytes: int = Field(
+        37, ge=6, le=37, description="legacy PDU payload: AdvA 6 + AdvData 0-31"
+    )
     battery_pct: tuple[float, float] = Field((80.0, 100.0), description="uniform initial range")
     battery_drain_pct_per_day: float = Field(0.1, ge=0)
 
@@ -215,12 +226,76 @@ class MoverGroup(Strict):
 
 
 class LogDistanceParams(Strict):
+    """Rappaport eq. 4.68: RSSI = P0 - 10 n log10(d)."""
+
     kind: Literal["log-distance"] = "log-distance"
     exponent: float = Field(2.0, gt=0.5, le=6.0, description="path-loss exponent n")
 
 
+class ItuP1238Params(Strict):
+    """ITU-R P.1238-11 site-general model, Table 2."""
+
+    kind: Literal["itu-p1238"]
+    environment: Literal["office", "corridor", "industrial"] = "industrial"
+    los: bool = True
+    frequency_ghz: float = Field(2.44, gt=0.3, le=100)
+
+
+class ItuP1238ClassicParams(Strict):
+    """ITU-R P.1238 classic form, N = 28 residential, 30 office, 22 commercial."""
+
+    kind: Literal["itu-p1238-classic"]
+    distance_power_coefficient: float = Field(22.0, gt=5, le=60, description="N")
+    frequency_mhz: float = Field(2440.0, gt=300, le=100_000)
+
+
+class Tr38901Params(Strict):
+    """3GPP TR 38.901 Table 7.4.1-1 InH-Office or InF; condition mixed draws LoS per link."""
+
+    kind: Literal["3gpp-38.901"]
+    scenario: Literal["inh-office", "inf-sl", "inf-dl", "inf-sh", "inf-dh"] = "inf-sl"
+    condition: Literal["los", "nlos", "mixed"] = "mixed"
+    frequency_ghz: float = Field(2.44, gt=0.5, le=100)
+    d_clutter_m: float | None = Field(
+        None, gt=0, description="InF clutter size; default per scenario"
+    )
+    clutter_ratio: float | None = Field(None, gt=0, lt=1, description="InF clutter density r")
+
+
+PathLossParams = Annotated[
+    LogDistanceParams | ItuP1238Params | ItuP1238ClassicParams | Tr38901Params,
+    Field(discriminator="kind"),
+]
+
+
+class WifiParams(Strict):
+    """A Wi-Fi access point or client that occupies part of the 2.4 GHz band."""
+
+    x: float
+    y: float
+    channel: int = Field(1, ge=1, le=13)
+    power_1m_dbm: float = Field(-20.0, ge=-80, le=10, description="received power at 1 m")
+    duty_cycle: float = Field(0.3, ge=0, le=1, description="fraction of time on the air")
+
+
+class AirInterfaceParams(Strict):
+    """BLE air interface: PHY, collisions with capture, Wi-Fi interferers."""
+
+    phy: Literal["1M", "2M", "coded-s2", "coded-s8"] = "1M"
+    collisions: bool = Field(True, description="packets overlapping on one channel collide")
+    capture: bool = Field(True, description="false: any overlap destroys both packets")
+    capture_db: float = Field(
+        8.0, ge=0, le=40, description="C/I at which the stronger packet still decodes"
+    )
+
+    @property
+    def capture_threshold_db(self) -> float | None:
+        return self.capture_db if self.capture else None
+    wifi: list[WifiParams] = []
+
+
 class Radio(Strict):
-    model: Annotated[LogDistanceParams, Field(discriminator="kind")] = LogDistanceParams()
+    model: PathLossParams = Field(default_factory=LogDistanceParams)
     shadowing_sigma_db: float = Field(4.0, ge=0, le=20)
     decorrelation_m: float = Field(6.0, ge=0, le=100)
     fading: Literal["none", "rayleigh", "rician"] = "rayleigh"
@@ -229,6 +304,7 @@ class Radio(Strict):
     gateway_bias_sigma_db: float = Field(0.0, ge=0, le=10)
     grid_m: float = Field(0.5, gt=0.05, le=5.0, description="resolution of the static loss maps")
     channel_spacing_ms: float = Field(0.4, gt=0, lt=10, description="gap between the 37/38/39 packets")
+    air: AirInterfaceParams = Field(default_factory=AirInterfaceParams)
 
 
 class EngineSettings(Strict):
@@ -256,6 +332,75 @@ class EngineSettings(Strict):
     use_site_plan: bool = Field(True, description="model wall and rack losses from the site plan")
 
 
+IncidentKind = Literal["theft", "misplacement", "battery_death", "gateway_outage", "tag_removed"]
+
+
+class IncidentSpec(Strict):
+    """Ground-truth incidents the twin injects (twin/incidents.py), ``count`` of one kind."""
+
+    kind: IncidentKind
+    count: int = Field(default=1, ge=0, le=100_000)
+    window_s: tuple[float, float] | None = Field(
+        default=None, description="start times uniform in [a, b]; default: [120, duration - 120] s")
+    from_zones: list[str] = Field(
+        default_factory=list,
+        description="zone names or roles the tag comes from; default: storage, packing, shipping, "
+                    "receiving")
+    to_zone: str | None = Field(
+        default=None, description="misplacement, tag_removed: where it is set down",
+    )
+    exit_zone: str = Field(
+        default="exit", description="theft: zone name or role the tag leaves through",
+    )
+    speed_mps: float = Field(default=1.3, gt=0, le=10)
+    lead_s: float = Field(
+        default=120.0, ge=0, description="battery_death: readings fall to 0 meanwhile",
+    )
+    gateway: str | None = Field(
+        default=None, description="gateway_outage: gateway id; default: random",
+    )
+    duration_s: float = Field(
+        default=120.0, gt=0, description="gateway_outage: how long it stays down",
+    )
+    silent: bool = Field(
+        default=False, description="tag_removed: the tag is destroyed after it is dumped",
+    )
+
+    @model_validator(mode="after")
+    def _window(self) -> IncidentSpec:
+        if self.window_s is not None and not 0 <= self.window_s[0] <= self.window_s[1]:
+            raise ValueError("window_s must be [a, b] with 0 <= a <= b")
+        if self.kind in ("misplacement", "tag_removed") and self.to_zone is None:
+            raise ValueError(f"{self.kind} needs to_zone")
+        return self
+
+
+class CheckoutTraffic(Strict):
+    """Legitimate exits: tags carried out through an exit after a checkout (POS) record."""
+
+    count: int = Field(default=0, ge=0, le=100_000)
+    window_s: tuple[float, float] | None = None
+    from_zones: list[str] = Field(default_factory=list)
+    exit_zone: str = "exit"
+    speed_mps: float = Field(default=1.3, gt=0, le=10)
+    lead_s: tuple[float, float] = Field(
+        default=(20.0, 300.0), description="checkout this long before the exit (< 0: after it)",
+    )
+    feed_delay_s: tuple[float, float] = Field(
+        default=(0.0, 5.0), description="POS record reaches the engine this late",
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> CheckoutTraffic:
+        for name in ("lead_s", "feed_delay_s"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name} must be [low, high] with low <= high")
+        if self.feed_delay_s[0] < 0:
+            raise ValueError("feed_delay_s cannot be negative")
+        return self
+
+
 class Bound(Strict):
     min: float | None = None
     max: float | None = None
@@ -274,6 +419,10 @@ class Scenario(Strict):
     movers: list[MoverGroup] = []
     radio: Radio = Radio()
     engine: EngineSettings = EngineSettings()
+    incidents: list[IncidentSpec] = []
+    checkouts: CheckoutTraffic = Field(default_factory=lambda: CheckoutTraffic.model_validate({}))
+    rules: RuleSet = Field(default_factory=lambda: RuleSet.model_validate({}))
+    roi: RoiInputs = Field(default_factory=lambda: RoiInputs.model_validate({}))
     expected: dict[str, Bound] = Field(default_factory=dict, description="metric name -> bounds")
 
     @model_validator(mode="after")
@@ -296,6 +445,20 @@ class Scenario(Strict):
         ids = [g.id for g in self.gateways.units]
         if len(set(ids)) != len(ids):
             raise ValueError("gateways.list: gateway ids must be unique")
+        for i, inc in enumerate(self.incidents):
+            for stop in [*inc.from_zones, *([inc.to_zone] if inc.to_zone else []),
+                         *([inc.exit_zone] if inc.kind == "theft" else [])]:
+                if stop not in names and stop not in roles:
+                    raise ValueError(f"incidents[{i}]: {stop!r} is not a zone name or role in use")
+            if inc.gateway is not None and inc.gateway not in ids:
+                raise ValueError(f"incidents[{i}].gateway: no gateway {inc.gateway!r} in the list")
+        if self.checkouts.count:
+            for stop in [*self.checkouts.from_zones, self.checkouts.exit_zone]:
+                if stop not in names and stop not in roles:
+                    raise ValueError(f"checkouts: {stop!r} is not a zone name or role in use")
+        for zone in self.rules.exit.exit_zones:
+            if self.incidents and zone not in names and zone not in roles:
+                raise ValueError(f"rules.exit.exit_zones: {zone!r} is not a zone or role in use")
         return self
 
 

@@ -116,7 +116,8 @@ class Navigator:
             cost.append(np.full(len(a), np.hypot(dx, dy) * self.cell))
         s, d, c = np.concatenate(src), np.concatenate(dst), np.concatenate(cost)
         n = self.nx * self.ny
-        return coo_matrix((np.concatenate([c, c]), (np.concatenate([s, d]), np.concatenate([d, s]))), shape=(n, n)).tocsr()
+        both_ways = (np.concatenate([s, d]), np.concatenate([d, s]))
+        return coo_matrix((np.concatenate([c, c]), both_ways), shape=(n, n)).tocsr()
 
     def _nearest_walkable(self, xy: FloatArray) -> int:
         cand = np.flatnonzero(self.walkable)

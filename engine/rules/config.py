@@ -1,0 +1,318 @@
+"""Declarative rule sets: TOML (a scenario's ``[rules]`` table or a rules file of its own),
+validated into typed, frozen objects.
+
+A rule set carries a ``version`` string that every event repeats, so an alarm can
+always be traced to the exact parameters that raised it. A bad file never gives a
+traceback: :func:`load_rules` raises :class:`RulesError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+RULES_SCHEMA_VERSION = 1
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class RulesError(Exception):
+    """A rule set that cannot be used, with a message naming file and field."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        super().__init__("\n".join(f"{self.path}: {p}" for p in problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ZoneTransitionRule(_Strict):
+    """zone_enter / zone_exit: a zone change is accepted after ``confirm_fixes`` fixes in a row."""
+
+    enabled: bool = True
+    confirm_fixes: int = Field(
+        default=5, ge=1, le=1000, description="consecutive fixes in the new zone"
+    )
+
+
+class DwellRule(_Strict):
+    """dwell: a tag stayed in a zone longer than its limit (zone name or role -> seconds)."""
+
+    enabled: bool = True
+    limits_s: dict[str, float] = Field(default_factory=lambda: {"exit": 120.0})
+
+    @field_validator("limits_s")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        for zone, limit in v.items():
+            if not (limit > 0 and math.isfinite(limit)):
+                raise ValueError(
+                    f"limit for {zone!r} must be a positive number of seconds, got {limit}"
+                )
+        return v
+
+
+class ExitRule(_Strict):
+    """exit_without_checkout: confidence = P(zone) P(vanished) P(motion) x battery x checkout."""
+
+    enabled: bool = True
+    exit_zones: list[str] = Field(
+        default_factory=lambda: ["exit"],
+        min_length=1,
+        description="zone names or roles a tag leaves the site through",
+    )
+    candidate_probability: float = Field(
+        default=0.3, gt=0, le=1, description="P(zone) that makes a vanishing tag an exit case"
+    )
+    zone_memory_s: float = Field(
+        default=15.0, gt=0, description="time constant of the decaying max of P(zone)"
+    )
+    motion_window_s: float = Field(
+        default=30.0, gt=0, description="moving this recently counts as carried"
+    )
+    still_factor: float = Field(
+        default=0.3, ge=0, le=1, description="P(motion) factor for a tag not seen moving"
+    )
+    low_battery_pct: float = Field(
+        default=10.0, ge=0, le=100, description="at or below: silence may be a dying cell"
+    )
+    low_battery_factor: float = Field(default=0.3, ge=0, le=1)
+    checkout_before_s: float = Field(
+        default=600.0, ge=0, description="a checkout this long before the exit matches"
+    )
+    checkout_after_s: float = Field(
+        default=10.0, ge=0, description="a checkout this long after the exit matches"
+    )
+    near_miss_factor: float = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="factor when a checkout lies within twice the window but outside it",
+    )
+    exit_gateway_radius_m: float = Field(
+        default=8.0, gt=0, description="gateways this close to an exit zone cover it"
+    )
+    alarm_confidence: float = Field(default=0.5, gt=0, le=1)
+    review_confidence: float = Field(default=0.15, ge=0, le=1)
+    max_wait_s: float = Field(
+        default=120.0, gt=0, description="escalate if the checkout feed is still behind after this"
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> ExitRule:
+        if self.review_confidence > self.alarm_confidence:
+            raise ValueError("review_confidence must not exceed alarm_confidence")
+        return self
+
+
+class MissingRule(_Strict):
+    """missing_tag and cycle_count: silence longer than k advertising intervals (k adaptive)."""
+
+    enabled: bool = True
+    false_alarms_per_day_per_1000_tags: float = Field(
+        default=0.5, gt=0, lt=1e6, description="design false-alarm rate; sets alpha per advert"
+    )
+    jitter_s: float = Field(
+        default=0.010, ge=0, le=1, description="advDelay maximum added per interval"
+    )
+    latency_s: float = Field(
+        default=0.005, ge=0, le=10, description="advertisement to sighting time-stamp slack"
+    )
+    min_missed: int = Field(default=2, ge=1, le=100)
+    max_missed: int = Field(default=8, ge=1, le=1000)
+    per_gateway: bool = Field(
+        default=True, description="estimate q from per-gateway reception of tags at rest"
+    )
+    loss_floor: float = Field(
+        default=5e-5, gt=0, lt=1, description="q never below this (losses common to all gateways)"
+    )
+    min_adverts: int = Field(
+        default=20, ge=1, description="frames since the last motion before per-gateway q is used"
+    )
+    prior_adverts: float = Field(
+        default=1.0, gt=0, description="Jeffreys-like prior weight of the miss-rate estimate"
+    )
+    expected_interval_s: dict[str, float] = Field(
+        default_factory=dict, description="tag class -> advertising interval; else the registry's"
+    )
+    cycle_count_every_s: float = Field(default=300.0, gt=0)
+
+    @field_validator("expected_interval_s")
+    @classmethod
+    def _intervals(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, s in v.items():
+            if not 0.02 <= s <= 3600:
+                raise ValueError(f"expected_interval_s for {name!r} must be 0.02-3600 s, got {s}")
+        return v
+
+    @model_validator(mode="after")
+    def _order(self) -> MissingRule:
+        if self.min_missed > self.max_missed:
+            raise ValueError("min_missed must not exceed max_missed")
+        return self
+
+
+class BatteryRule(_Strict):
+    """battery_low per tag and battery_forecast per cohort (tag class)."""
+
+    enabled: bool = True
+    low_pct: float = Field(default=15.0, ge=0, le=100)
+    rearm_pct: float = Field(
+        default=25.0, ge=0, le=100, description="above this again (new cell): alert again later"
+    )
+    nominal_drain_pct_per_day: dict[str, float] = Field(
+        default_factory=dict, description="tag class -> drain used until a fit is better"
+    )
+    default_drain_pct_per_day: float = Field(default=0.1, gt=0)
+    min_fit_span_s: float = Field(
+        default=3600.0, gt=0, description="a per-tag slope needs this much history"
+    )
+    cohort_fraction: float = Field(
+        default=0.5, gt=0, le=1, description="a cohort runs out when this share is empty"
+    )
+    forecast_every_s: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> BatteryRule:
+        if self.rearm_pct < self.low_pct:
+            raise ValueError("rearm_pct must be at least low_pct")
+        return self
+
+
+class GatewayRule(_Strict):
+    """gateway_silent / gateway_degraded / gateway_recovered from each gateway's sighting rate."""
+
+    enabled: bool = True
+    silent_s: float = Field(default=10.0, gt=0)
+    bucket_s: float = Field(default=10.0, gt=0)
+    degraded_fraction: float = Field(
+        default=0.25, gt=0, lt=1, description="rate below this share of the baseline"
+    )
+    degraded_buckets: int = Field(default=3, ge=1)
+    baseline_halflife_s: float = Field(default=300.0, gt=0)
+    warmup_s: float = Field(default=60.0, ge=0)
+    min_baseline_per_s: float = Field(
+        default=1.0, ge=0, description="quieter gateways are not judged"
+    )
+
+
+class MisplacedRule(_Strict):
+    """misplaced: a still tag keeps showing up in a zone its class does not belong in."""
+
+    enabled: bool = True
+    allowed_roles: dict[str, list[str]] = Field(
+        default_factory=dict, description="tag class -> roles"
+    )
+    default_allowed_roles: list[str] = Field(
+        default_factory=lambda: ["storage", "receiving", "packing", "shipping", "checkout", "exit"]
+    )
+    time_constant_s: float = Field(default=30.0, gt=0)
+    threshold: float = Field(default=0.45, gt=0, lt=1)
+    rearm: float = Field(default=0.2, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> MisplacedRule:
+        if self.rearm >= self.threshold:
+            raise ValueError("rearm must be below threshold")
+        return self
+
+
+class RegistryRule(_Strict):
+    """unknown_tag / revoked_tag: a device that is not in the registry, or was revoked, is seen."""
+
+    enabled: bool = True
+    revoked: list[str] = []
+    alert_unknown: bool = True
+    cooldown_s: float = Field(default=3600.0, ge=0)
+
+
+class AfterHoursRule(_Strict):
+    """after_hours_movement: a tag moves outside working hours."""
+
+    enabled: bool = True
+    working_hours: list[tuple[str, str]] = Field(default_factory=lambda: [("00:00", "23:59")])
+    time_offset_s: float = Field(
+        default=0.0, description="added to event time before taking the time of day"
+    )
+    cooldown_s: float = Field(default=600.0, ge=0)
+
+    @field_validator("working_hours")
+    @classmethod
+    def _hours(cls, v: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        for start, end in v:
+            for s in (start, end):
+                if not _HHMM.match(s):
+                    raise ValueError(f"{s!r} is not a time of day HH:MM")
+        return v
+
+    def intervals_s(self) -> list[tuple[float, float]]:
+        def sec(s: str) -> float:
+            h, m = s.split(":")
+            return int(h) * 3600.0 + int(m) * 60.0
+
+        return [(sec(a), sec(b)) for a, b in self.working_hours]
+
+
+class RuleSet(_Strict):
+    """Every rule's parameters, and the version string events carry."""
+
+    version: str = Field(default="default-1", min_length=1, max_length=64)
+    schema_version: Literal[1] = 1
+    zone_transition: ZoneTransitionRule = Field(
+        default_factory=lambda: ZoneTransitionRule.model_validate({})
+    )
+    dwell: DwellRule = Field(default_factory=lambda: DwellRule.model_validate({}))
+    exit: ExitRule = Field(default_factory=lambda: ExitRule.model_validate({}))
+    missing: MissingRule = Field(default_factory=lambda: MissingRule.model_validate({}))
+    battery: BatteryRule = Field(default_factory=lambda: BatteryRule.model_validate({}))
+    gateway: GatewayRule = Field(default_factory=lambda: GatewayRule.model_validate({}))
+    misplaced: MisplacedRule = Field(default_factory=lambda: MisplacedRule.model_validate({}))
+    registry: RegistryRule = Field(default_factory=lambda: RegistryRule.model_validate({}))
+    after_hours: AfterHoursRule = Field(default_factory=lambda: AfterHoursRule.model_validate({}))
+
+
+def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    """One line per pydantic error: the dotted field path, then the message."""
+    problems = []
+    for err in exc.errors():
+        out = prefix
+        for part in err["loc"]:
+            if isinstance(part, str) and "[" in part:
+                continue  # pydantic's internal union/validator tags
+            out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
+        problems.append(f"{out or '(top level)'}: {err['msg'].removeprefix('Value error, ')}")
+    return problems
+
+
+def parse_rules(text: str, source: Path | str = "<string>") -> RuleSet:
+    """Parse a rules TOML document; a top-level ``[rules]`` table is accepted too."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RulesError(source, [f"not valid TOML: {exc}"]) from None
+    prefix = ""
+    if set(data) == {"rules"} and isinstance(data["rules"], dict):
+        data, prefix = data["rules"], "rules"
+    try:
+        return RuleSet.model_validate(data)
+    except ValidationError as exc:
+        raise RulesError(source, validation_problems(exc, prefix)) from None
+
+
+def load_rules(path: Path | str) -> RuleSet:
+    """Read and validate a rules file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError(path, [f"cannot read file: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise RulesError(path, ["not UTF-8 text"]) from None
+    return parse_rules(text, path)

@@ -1,0 +1,77 @@
+"""What the server knows of a site: the scenario's plan and gateways, and the gateway keys."""
+
+from __future__ import annotations
+
+import secrets
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
+
+from live_bridge.gateway import ConfigError
+
+if TYPE_CHECKING:
+    from engine.pipeline import EngineConfig
+    from twin.scenario import Scenario
+
+
+def load_keys(path: Path | str) -> dict[str, bytes]:
+    """keys.toml: ``[keys]`` gateway id = hex key (>= 16 bytes)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read file: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    table = data.get("keys")
+    if not isinstance(table, dict) or not table:
+        raise ConfigError(path, ["keys: expected a [keys] table of gateway id = hex key"])
+    out, problems = {}, []
+    for gw, key in table.items():
+        try:
+            raw = bytes.fromhex(key) if isinstance(key, str) else b""
+        except ValueError:
+            raw = b""
+        if len(raw) < 16:
+            problems.append(f"keys.{gw}: expected at least 32 hex characters")
+        out[gw] = raw
+    if problems:
+        raise ConfigError(path, problems)
+    return out
+
+
+def new_keys_toml(gateway_ids: list[str]) -> str:
+    """A keys file with a fresh random 32-byte key per gateway."""
+    lines = [
+        "# HMAC-SHA256 keys shared by each gateway and the server; keep this file secret.",
+        "[keys]",
+    ]
+    lines += [f'"{g}" = "{secrets.token_hex(32)}"' for g in gateway_ids]
+    return "\n".join(lines) + "\n"
+
+
+def site_engine_config(
+    scenario: Scenario,
+    step_s: float | None = None,
+    lateness_s: float | None = None,
+    window_s: float | None = None,
+) -> EngineConfig:
+    """The engine configuration a twin run of ``scenario`` would use, without running it."""
+    from dataclasses import replace
+
+    from twin.run import engine_config_for
+    from twin.sim import TwinResult, resolve_gateways
+    from twin.site import SiteModel
+
+    site = SiteModel.from_scenario(scenario)
+    gateways, _ = resolve_gateways(scenario, site)
+    cfg = engine_config_for(
+        scenario, cast("TwinResult", SimpleNamespace(site=site, gateways=gateways))
+    )
+    changes = {
+        k: v
+        for k, v in (("step_s", step_s), ("allowed_lateness_s", lateness_s), ("window_s", window_s))
+        if v is not None
+    }
+    return replace(cfg, **changes) if changes else cfg  # type: ignore[arg-type]

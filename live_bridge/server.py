@@ -1,0 +1,396 @@
+"""The server: MQTT batches in, verified, into the same sans-IO Engine, positions out.
+
+:class:`ServerCore` has no sockets (like the engine): ``handle(topic, body, now)`` and
+``tick(now)`` return the messages to publish. :func:`serve` wraps it in a paho client.
+
+Checks, in order, each rejection counted and sent to the dead-letter topic with its
+reason: envelope shape, known gateway, HMAC signature, schema, topic matches the
+signed gateway id, batch sequence not replayed (a sliding window per gateway, like
+IPsec's anti-replay window, RFC 4303 section 3.4.3, so reordering inside the window
+is accepted). Sightings are deduplicated by the engine's ingest.
+
+Time: the engine counts windows from 0, so live Unix times are shifted by an origin
+chosen at the first accepted batch. In ``wall`` clock mode windows also close as wall
+time passes (positions keep coming when a gateway goes quiet); in ``event`` mode only
+event time drives them (replays of old captures, the twin as fast as possible).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import queue
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import numpy as np
+
+from engine.contract import UNKNOWN, IdTable, sightings_from_columns
+from engine.localize import METHOD_WLS
+from engine.pipeline import Engine, EngineConfig
+from engine.zones import NO_ZONE
+from live_bridge.adapters import AdapterError, parse_espresense, parse_theengs
+from live_bridge.wire import (
+    BATCH_SUBSCRIPTION,
+    DEADLETTER_TOPIC,
+    EVENTS_TOPIC,
+    POSITIONS_TOPIC,
+    REPLAY_WINDOW,
+    SERVER_STATUS_TOPIC,
+    Advert,
+    DeadLetter,
+    Event,
+    WireError,
+    verify_and_parse,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    import paho.mqtt.client as paho
+    from numpy.typing import NDArray
+
+log = logging.getLogger("tagtwin.serve")
+
+Outgoing = tuple[str, bytes, bool]  # topic, payload, retain
+ClockMode = Literal["wall", "event"]
+ORIGIN_MARGIN_S = 60.0  # event times may precede the first batch's by this much
+SEQ_MASK = 0x7FFFFFFF  # the sighting contract's seq is int32
+
+
+class EventSink(Protocol):
+    """Turns closed-window fixes into events; the rules engine plugs in here."""
+
+    def on_fixes(
+        self, fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float
+    ) -> list[Event]: ...
+
+
+class NullSink:
+    def on_fixes(
+        self, fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float
+    ) -> list[Event]:
+        del fixes, devices, zone_names, origin  # nothing to report
+        return []
+
+
+class ZoneChangeSink:
+    """Emits ``zone-change`` when a device's fix lands in another zone than its last one."""
+
+    def __init__(self) -> None:
+        self.last = np.zeros(0, np.int32)
+
+    def on_fixes(
+        self, fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float
+    ) -> list[Event]:
+        if len(fixes) == 0:
+            return []
+        n = int(fixes["device"].max()) + 1
+        if n > len(self.last):
+            self.last = np.r_[self.last, np.full(n - len(self.last), -2, np.int32)]
+        order = np.lexsort((fixes["t"], fixes["device"]))
+        dev, zone = fixes["device"][order], fixes["zone"][order]
+        prev = self.last[dev]
+        same = np.r_[False, dev[1:] == dev[:-1]]
+        prev[same] = zone[:-1][same[1:]]  # within a device, the previous row's zone
+        self.last[dev] = zone  # rows are time-ordered per device: the last write wins
+        events = []
+        for i in np.flatnonzero((zone != prev) & (prev != -2)):  # changes only: few rows
+            j = order[i]
+            events.append(
+                Event(
+                    t=float(fixes["t"][j]) + origin,
+                    kind="zone-change",
+                    dev=devices.ids[int(dev[i])],
+                    detail={
+                        "from": zone_names[prev[i]] if prev[i] >= 0 else None,
+                        "to": zone_names[zone[i]] if zone[i] >= 0 else None,
+                    },
+                )
+            )
+        return events
+
+
+@dataclass
+class ReplayGuard:
+    """Sliding anti-replay window of batch sequence numbers for one gateway."""
+
+    highest: int = -1
+    seen: set[int] | None = None
+
+    def check_and_mark(self, seq: int) -> bool:
+        if self.seen is None:
+            self.seen = set()
+        if seq <= self.highest - REPLAY_WINDOW or seq in self.seen:
+            return False
+        self.seen.add(seq)
+        if seq > self.highest:
+            self.highest = seq
+            if len(self.seen) > 2 * REPLAY_WINDOW:
+                self.seen = {s for s in self.seen if s > self.highest - REPLAY_WINDOW}
+        return True
+
+
+class ServerCore:
+    """Verification, dedup, engine feeding and output formatting, without IO."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        keys: dict[str, bytes],
+        *,
+        clock: ClockMode = "wall",
+        sink: EventSink | None = None,
+        adapters: Iterable[str] = (),
+        tx_power_default: float | None = None,
+    ) -> None:
+        self.engine = Engine(config)
+        self.config = config
+        self.keys = keys
+        self.clock = clock
+        self.sink: EventSink = sink or NullSink()
+        self.adapters = set(adapters)
+        self.gateways = IdTable(list(config.gateways.ids))
+        self.site_gateways = frozenset(config.gateways.ids)
+        self.devices = IdTable()
+        self.tx_default = (
+            config.default_tx_power_1m_dbm if tx_power_default is None else tx_power_default
+        )
+        self.origin: float | None = None
+        self.guards: dict[str, ReplayGuard] = {}
+        self.counters: Counter[str] = Counter()
+        self._pending: list[tuple[int, list[Advert]]] = []  # (gateway code, adverts) to ingest
+
+    # -- input ------------------------------------------------------------------------
+
+    def handle(self, topic: str, body: bytes, now: float) -> list[Outgoing]:
+        """One MQTT message; returns dead letters (if rejected) and any positions it closed."""
+        self.counters["messages"] += 1
+        try:
+            if topic.startswith("tagtwin/"):
+                ads, gw = self._verify(topic, body)
+            elif topic.startswith("espresense/") and "espresense" in self.adapters:
+                gw, ads = parse_espresense(topic, body, now)
+            elif "/BTtoMQTT/" in topic and "theengs" in self.adapters:
+                gw, ads = parse_theengs(topic, body, now)
+            else:
+                raise WireError("unexpected topic", topic[:120])
+            if gw not in self.site_gateways:
+                raise WireError("gateway not in site plan", gw[:64])
+        except (WireError, AdapterError) as exc:
+            return [self._dead_letter(topic, body, exc.reason, exc.detail, now)]
+        self.counters["batches_accepted"] += 1
+        if ads:
+            self._pending.append((self.gateways.code(gw), ads))
+            self.counters["sightings"] += len(ads)
+        return []
+
+    def _verify(self, topic: str, body: bytes) -> tuple[list[Advert], str]:
+        batch = verify_and_parse(body, self.keys)
+        parts = topic.split("/")
+        if len(parts) != 5 or parts[3] != batch.gw:
+            raise WireError("topic does not match signed gateway", f"{topic[:120]} vs {batch.gw}")
+        if not self.guards.setdefault(batch.gw, ReplayGuard()).check_and_mark(batch.seq):
+            raise WireError("replayed batch sequence", f"{batch.gw} seq {batch.seq}")
+        return batch.ads, batch.gw
+
+    def flush(self) -> None:
+        """Hand every accepted advert since the last call to the engine as one array.
+
+        One ``Engine.ingest`` per drain of the inbox instead of one per message: the
+        per-call cost (validation, id look-ups) is then paid once for many batches.
+        """
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        ads = [a for _, batch_ads in pending for a in batch_ads]
+        n = len(ads)
+        t = np.fromiter((a.t for a in ads), float, n)
+        if self.origin is None:
+            self.origin = math.floor(float(t.min())) - ORIGIN_MARGIN_S
+        devs = self.devices.codes([a.dev for a in ads])
+        rows = sightings_from_columns(
+            t=t - self.origin,
+            gateway=np.repeat([g for g, _ in pending], [len(b) for _, b in pending]),
+            device=devs,
+            rssi=np.fromiter((a.rssi for a in ads), np.float32, n),
+            channel=np.fromiter((a.ch for a in ads), np.uint8, n),
+            battery=np.fromiter((UNKNOWN if a.bat is None else a.bat for a in ads), np.int8, n),
+            motion=np.fromiter((UNKNOWN if a.mot is None else a.mot for a in ads), np.int8, n),
+            seq=np.fromiter(
+                (UNKNOWN if a.seq is None else a.seq & SEQ_MASK for a in ads), np.int32, n
+            ),
+        )
+        self._learn_tx_power(devs, ads)
+        self.engine.ingest(rows)
+
+    def _learn_tx_power(self, devs: NDArray[np.int32], ads: list[Advert]) -> None:
+        """Beacons that announce their 1 m power (iBeacon, Eddystone) get it in the model."""
+        tx = self.engine.tx_power
+        if len(tx) < len(self.devices):
+            self.engine.tx_power = np.r_[tx, np.full(len(self.devices) - len(tx), self.tx_default)]
+        for code, a in zip(devs, ads, strict=True):
+            if a.tx is not None:
+                self.engine.tx_power[code] = a.tx
+
+    # -- output ---------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Outgoing]:
+        """Ingest what is pending, close the windows that are due, format the output."""
+        self.flush()
+        if self.origin is None:
+            return []
+        mark = None if self.clock == "event" else now - self.origin
+        fixes = self.engine.advance(mark)
+        if len(fixes) == 0:
+            return []
+        self.counters["positions"] += len(fixes)
+        out: list[Outgoing] = [(POSITIONS_TOPIC, self.positions_json(fixes, now), False)]
+        zone_names = self.config.zones.names
+        for ev in self.sink.on_fixes(fixes, self.devices, zone_names, self.origin):
+            out.append((EVENTS_TOPIC, ev.model_dump_json().encode(), False))
+            self.counters["events"] += 1
+        return out
+
+    def seconds_to_next_close(self, now: float) -> float:
+        """Wall clock: how long until the next window is due to close (inf if unknown)."""
+        if self.origin is None or self.clock == "event":
+            return float("inf")
+        cfg = self.config
+        since = now - self.origin - cfg.allowed_lateness_s
+        k = math.floor(since / cfg.step_s + 1e-9) + 1
+        return max(0.0, k * cfg.step_s - since)
+
+    def positions_json(self, fixes: NDArray[np.void], now: float) -> bytes:
+        """A PositionBatch as JSON, built from the arrays (one dict per fix, no models)."""
+        assert self.origin is not None
+        names = self.config.zones.names
+        dev_ids = self.devices.lookup(fixes["device"])
+        positions = [
+            {
+                "t": round(float(f["t"]) + self.origin, 3),
+                "dev": str(d),
+                "x": round(float(f["x"]), 3),
+                "y": round(float(f["y"]), 3),
+                "r90": round(float(f["r90"]), 3),
+                "zone": names[f["zone"]] if f["zone"] != NO_ZONE else None,
+                "n_gw": int(f["n_gateways"]),
+                "method": "wls" if f["method"] == METHOD_WLS else "centroid",
+                "bat": None if f["battery"] == UNKNOWN else int(f["battery"]),
+                "mot": None if f["motion"] == UNKNOWN else int(f["motion"]),
+            }
+            for f, d in zip(fixes, dev_ids, strict=True)
+            if np.isfinite(f["x"])
+        ]
+        return json.dumps(
+            {"v": 1, "t": now, "positions": positions}, separators=(",", ":")
+        ).encode()
+
+    def _dead_letter(
+        self, topic: str, body: bytes, reason: str, detail: str, now: float
+    ) -> Outgoing:
+        self.counters[f"rejected: {reason}"] += 1
+        msg = DeadLetter(
+            t=now,
+            topic=topic[:200],
+            reason=reason,
+            detail=detail,
+            payload_head=body[:200].decode("latin-1"),
+        )
+        return DEADLETTER_TOPIC, msg.model_dump_json().encode(), False
+
+    def status(self) -> dict[str, object]:
+        return {
+            "v": 1,
+            "counters": dict(sorted(self.counters.items())),
+            "engine": self.engine.counters.as_dict(),
+            "devices": len(self.devices),
+            "origin": self.origin,
+        }
+
+
+def subscriptions(adapters: Iterable[str]) -> list[str]:
+    subs = [BATCH_SUBSCRIPTION]
+    if "espresense" in adapters:
+        subs.append("espresense/devices/+/+")
+    if "theengs" in adapters:
+        subs.append("+/+/BTtoMQTT/+")
+    return subs
+
+
+def serve(
+    core: ServerCore,
+    broker_url: str,
+    stop: object | None = None,
+    status_every_s: float = 5.0,
+    ready: object | None = None,
+) -> None:
+    """Run the core against a broker until ``stop`` (a threading.Event) is set."""
+    import threading
+
+    from live_bridge.mqtt import BrokerUrl, make_client
+
+    stop_ev = stop if isinstance(stop, threading.Event) else threading.Event()
+    broker = BrokerUrl.parse(broker_url)
+    inbox: queue.SimpleQueue[tuple[str, bytes, float]] = queue.SimpleQueue()
+    client = make_client(f"tagtwin-serve-{int(time.time() * 1000) % 10**9}", broker)
+    client.will_set(SERVER_STATUS_TOPIC, b'{"v":1,"state":"offline"}', qos=1, retain=True)
+
+    def on_connect(
+        c: paho.Client, _u: object, _f: object, _reason: object, _p: object = None
+    ) -> None:
+        for sub in subscriptions(core.adapters):
+            c.subscribe(sub, qos=1)
+        if isinstance(ready, threading.Event):
+            ready.set()
+
+    def on_message(_c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
+        inbox.put((msg.topic, bytes(msg.payload), time.time()))
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    # Asynchronous: a server started before its broker waits for it (paho retries).
+    client.connect_async(broker.host, broker.port, keepalive=30)
+    client.loop_start()
+    step = core.config.step_s
+    next_status = time.monotonic()
+    try:
+        while not stop_ev.is_set():
+            out: list[Outgoing] = []
+            # Wake for the next message or the next window close, whichever comes first;
+            # drain what queued meanwhile, but never past a window that is due.
+            due = core.seconds_to_next_close(time.time())
+            try:
+                topic, body, arrived = inbox.get(timeout=max(0.001, min(due, step / 4, 0.05)))
+                out += core.handle(topic, body, arrived)
+                drain_until = time.monotonic() + min(core.seconds_to_next_close(time.time()), 0.05)
+                while time.monotonic() < drain_until:
+                    topic, body, arrived = inbox.get_nowait()
+                    out += core.handle(topic, body, arrived)
+            except queue.Empty:
+                pass
+            out += core.tick(time.time())
+            for topic, payload, retain in out:
+                client.publish(topic, payload, qos=1, retain=retain)
+            if time.monotonic() >= next_status:
+                next_status += status_every_s
+                status = core.status() | {"state": "online", "t": time.time()}
+                client.publish(SERVER_STATUS_TOPIC, json.dumps(status).encode(), qos=1, retain=True)
+    finally:
+        if core.clock == "event":
+            for topic, payload, retain in core.tick(time.time()):
+                client.publish(topic, payload, qos=1, retain=retain)
+        info = client.publish(
+            SERVER_STATUS_TOPIC,
+            json.dumps(core.status() | {"state": "offline"}).encode(),
+            qos=1,
+            retain=True,
+        )
+        with contextlib.suppress(RuntimeError, ValueError):  # broker gone: the will says it
+            info.wait_for_publish(2)
+        client.disconnect()
+        client.loop_stop()

@@ -1,0 +1,195 @@
+"""The sans-IO engine: ingest, windows, lateness, localization, state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.contract import SIGHTING_DTYPE, UNKNOWN, GatewayInfo, IdTable, sightings_from_columns
+from engine.ingest import IngestCounters, ingest
+from engine.localize import wls_localize
+from engine.pipeline import Engine, EngineConfig
+from engine.zones import ZoneIndex
+
+GW = np.array([[0, 0, 3], [20, 0, 3], [0, 20, 3], [20, 20, 3], [10, -2, 3]], dtype=float)
+BOUNDS = (-5.0, -5.0, 25.0, 25.0)
+
+
+def model_rssi(xy: np.ndarray, gw: np.ndarray = GW, p0: float = -59.0, n: float = 2.0) -> np.ndarray:
+    d = np.sqrt(((xy[:, None, :] - gw[None, :, :2]) ** 2).sum(-1) + (gw[None, :, 2] - 1.0) ** 2)
+    return p0 - 10 * n * np.log10(d)
+
+
+def test_noise_free_rssi_gives_the_true_position_to_a_centimetre() -> None:
+    pts = np.random.default_rng(0).uniform(0, 20, (500, 2))
+    est = wls_localize(model_rssi(pts), GW, np.full(500, -59.0), 2.0, 4.0, 1.0, BOUNDS)
+    assert np.max(np.hypot(est.x - pts[:, 0], est.y - pts[:, 1])) < 0.01
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(1, 19), st.floats(1, 19), st.permutations(range(5)), st.floats(-50, 50), st.floats(-50, 50))
+def test_localizer_ignores_gateway_order_and_follows_translation(x, y, perm, dx, dy) -> None:
+    pt = np.array([[x, y]])
+    noise = np.random.default_rng(int(x * 1000)).normal(0, 3, (1, 5))
+    rssi = model_rssi(pt) + noise
+    base = wls_localize(rssi, GW, np.array([-59.0]), 2.0, 4.0, 1.0, BOUNDS)
+    p = list(perm)
+    permuted = wls_localize(rssi[:, p], GW[p], np.array([-59.0]), 2.0, 4.0, 1.0, BOUNDS)
+    assert abs(base.x[0] - permuted.x[0]) < 1e-6 and abs(base.y[0] - permuted.y[0]) < 1e-6
+    shift = np.array([dx, dy, 0.0])
+    moved = wls_localize(
+        rssi,
+        GW + shift,
+        np.array([-59.0]),
+        2.0,
+        4.0,
+        1.0,
+        (BOUNDS[0] + dx, BOUNDS[1] + dy, BOUNDS[2] + dx, BOUNDS[3] + dy),
+    )
+    assert abs(moved.x[0] - base.x[0] - dx) < 1e-3 and abs(moved.y[0] - base.y[0] - dy) < 1e-3
+
+
+def test_ingest_rejects_with_reasons_and_keeps_the_rest() -> None:
+    batch = sightings_from_columns(
+        t=np.array([1.0, np.nan, 2.0, 3.0, 4.0, 0.5]),
+        gateway=np.array([0, 0, 9, 1, 1, 2]),
+        device=np.array([0, 0, 0, -3, 1, 1]),
+        rssi=np.array([-70, -70, -70, -70, 55, -60]),
+        channel=37,
+    )
+    counters = IngestCounters()
+    out = ingest(batch, n_gateways=5, counters=counters)
+    assert counters.rejected == {
+        "time is not finite": 1,
+        "unknown gateway": 1,
+        "negative device code": 1,
+        "rssi outside -130..20 dBm": 1,
+    }
+    np.testing.assert_array_equal(out["t"], [0.5, 1.0])  # sorted by event time
+    assert counters.received == 6 and counters.accepted == 2
+
+
+def test_ingest_merges_channels_of_one_event_and_drops_redeliveries() -> None:
+    batch = sightings_from_columns(
+        t=np.array([1.0, 1.0004, 1.0008, 1.0, 2.0, 2.0]),
+        gateway=np.array([0, 0, 0, 0, 0, 0]),
+        device=np.array([7, 7, 7, 7, 7, 7]),
+        rssi=np.array([-60, -62, -70, -60, -50, -51]),
+        channel=np.array([37, 38, 39, 37, 37, 37]),
+        seq=np.array([5, 5, 5, 5, UNKNOWN, UNKNOWN]),
+    )
+    counters = IngestCounters()
+    out = ingest(batch, 5, counters)
+    assert counters.duplicates == 1 and counters.merged_channels == 2
+    merged = out[out["seq"] == 5]
+    assert len(merged) == 1 and merged["t"][0] == 1.0 and merged["channel"][0] == 0
+    assert merged["rssi"][0] == pytest.approx(-64.0)
+    assert len(out[out["seq"] == UNKNOWN]) == 2  # no counter: cannot merge, both kept
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0, 100),
+            st.integers(0, 4),
+            st.integers(0, 3),
+            st.integers(-100, -40),
+            st.sampled_from([37, 38, 39]),
+            st.integers(0, 5),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    st.randoms(),
+)
+def test_ingest_output_does_not_depend_on_arrival_order(rows, rnd) -> None:
+    arr = np.array(rows)
+    cols = {
+        "t": arr[:, 0],
+        "gateway": arr[:, 1],
+        "device": arr[:, 2],
+        "rssi": arr[:, 3],
+        "channel": arr[:, 4],
+        "seq": arr[:, 5],
+    }
+    a = ingest(sightings_from_columns(**cols), 5, IngestCounters())
+    perm = rnd.sample(range(len(arr)), len(arr))
+    b = ingest(sightings_from_columns(**{k: v[perm] for k, v in cols.items()}), 5, IngestCounters())
+    key = lambda s: np.sort(s, order=["t", "gateway", "device", "seq", "channel"])  # noqa: E731
+    np.testing.assert_allclose(key(a)["rssi"], key(b)["rssi"], atol=1e-4)
+    assert len(a) == len(b)
+
+
+def _engine(**kw: object) -> Engine:
+    zones = ZoneIndex.from_points([("west", "storage", [(-5, -5), (10, -5), (10, 25), (-5, 25)])])
+    cfg = EngineConfig(gateways=GatewayInfo(tuple(f"g{i}" for i in range(5)), GW), zones=zones, bounds=BOUNDS, **kw)
+    return Engine(cfg)
+
+
+def _stream(xy: np.ndarray, t0: float, t1: float, rate_hz: float = 4.0) -> np.ndarray:
+    """Noise-free sightings of devices at fixed positions, every gateway, 4 events a second."""
+    times = np.arange(t0, t1, 1 / rate_hz)
+    rssi = model_rssi(xy)
+    dev, gw, k = np.meshgrid(np.arange(len(xy)), np.arange(len(GW)), np.arange(len(times)), indexing="ij")
+    out = np.zeros(dev.size, SIGHTING_DTYPE)
+    out["t"], out["device"], out["gateway"] = times[k.ravel()], dev.ravel(), gw.ravel()
+    out["rssi"], out["channel"], out["battery"], out["motion"] = rssi[dev.ravel(), gw.ravel()], 37, 90, 0
+    out["seq"] = k.ravel()
+    return out[np.argsort(out["t"], kind="stable")]
+
+
+def test_engine_windows_locate_and_keep_state() -> None:
+    xy = np.array([[3.0, 4.0], [15.0, 12.0]])
+    eng = _engine(window_s=2.0, step_s=1.0, allowed_lateness_s=1.0)
+    eng.ingest(_stream(xy, 0.0, 10.0))
+    fixes = eng.advance()
+    # Watermark 9.75 s, lateness 1 s: windows ending at 1..8 s are closed.
+    assert sorted(set(fixes["t"])) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    last = fixes[fixes["t"] == 8.0]
+    np.testing.assert_allclose(np.c_[last["x"], last["y"]], xy, atol=0.01)
+    np.testing.assert_array_equal(last["zone"], [0, -1])
+    assert eng.state.zone.tolist() == [0, -1] and eng.state.battery.tolist() == [90, 90]
+    assert eng.state.t.tolist() == [8.0, 8.0]
+
+
+def test_late_sightings_are_counted_not_lost_silently() -> None:
+    eng = _engine(window_s=2.0, step_s=1.0, allowed_lateness_s=0.0)
+    xy = np.array([[5.0, 5.0]])
+    eng.ingest(_stream(xy, 0.0, 10.0))
+    eng.advance()
+    late = _stream(xy, 2.0, 3.0)
+    eng.ingest(late)
+    assert eng.counters.rejected["late: window already closed"] == len(late)
+
+
+def test_chunked_feeding_equals_feeding_everything_at_once() -> None:
+    xy = np.random.default_rng(4).uniform(0, 20, (6, 2))
+    stream = _stream(xy, 0.0, 30.0)
+    stream["rssi"] += np.random.default_rng(5).normal(0, 4, len(stream)).astype(np.float32)
+    whole = _engine()
+    whole.ingest(stream)
+    all_at_once = whole.flush(30.0)
+    chunked = _engine()
+    parts = []
+    for lo in range(0, 30, 5):
+        chunked.ingest(stream[(stream["t"] >= lo) & (stream["t"] < lo + 5)])
+        parts.append(chunked.advance())
+    parts.append(chunked.flush(30.0))
+    got = np.concatenate(parts)
+    np.testing.assert_array_equal(np.sort(got, order=["t", "device"]), np.sort(all_at_once, order=["t", "device"]))
+
+
+def test_engine_rejects_foreign_dtypes() -> None:
+    with pytest.raises(TypeError, match="SIGHTING_DTYPE"):
+        _engine().ingest(np.zeros(3))
+
+
+def test_id_table_codes_are_stable() -> None:
+    table = IdTable(["a"])
+    codes = table.codes(np.array(["b", "a", "b", "c"]))
+    assert codes.tolist() == [1, 0, 1, 2]
+    assert table.lookup(codes).tolist() == ["b", "a", "b", "c"]
+    assert table.codes(["z"], register=False).tolist() == [UNKNOWN]

@@ -1,0 +1,610 @@
+"""The live bridge with real parts: mosquitto, bleak's BlueZ backend on an emulated BlueZ
+(python-dbusmock bluez5 on a private system bus), gateway and server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from live_bridge.config import site_engine_config
+from live_bridge.decoders import (
+    EDDYSTONE_UUID,
+    MIBEACON_UUID,
+    build_eddystone_tlm,
+    build_eddystone_uid,
+    build_ibeacon,
+    build_mibeacon,
+)
+from live_bridge.gateway import BleakSource, Gateway, GatewayConfig
+from live_bridge.server import ServerCore, serve
+from live_bridge.wire import POSITIONS_TOPIC, TOPIC_ROOT, Batch, split_envelope, status_topic
+from tests import live_fixtures
+from tests.live_fixtures import Collector
+from twin.scenario import parse_scenario
+
+pytestmark = pytest.mark.integration
+mosquitto = live_fixtures.mosquitto  # fixtures: a broker, an emulated BlueZ
+fake_bluez = live_fixtures.fake_bluez
+
+ROOM = """
+name = "live-room"
+duration_s = 30
+seed = 7
+[site]
+outline = [[0, 0], [12, 0], [12, 12], [0, 12]]
+[[zones]]
+name = "west"
+polygon = [[0, 0], [6, 0], [6, 12], [0, 12]]
+[[zones]]
+name = "east"
+polygon = [[6, 0], [12, 0], [12, 12], [6, 12]]
+[gateways.defaults]
+z_m = 1.0
+[[gateways.list]]
+id = "gw-0"
+x = 0
+y = 0
+[[gateways.list]]
+id = "gw-1"
+x = 12
+y = 0
+[[gateways.list]]
+id = "gw-2"
+x = 12
+y = 12
+[[gateways.list]]
+id = "gw-3"
+x = 0
+y = 12
+[[tags]]
+name = "tag"
+count = 20
+[[movers]]
+name = "picker"
+route = ["west", "east"]
+dwell_s = 2
+"""
+GW_XY = np.array([[0, 0], [12, 0], [12, 12], [0, 12]], float)
+ADAPTERS = ["hci0", "hci1", "hci2", "hci3"]
+KEYS = {f"gw-{i}": bytes([i + 1]) * 32 for i in range(4)}
+BINDKEY = bytes.fromhex("a115210eed7a88e50ad52662e732a9fb")
+
+
+def rssi(xy: tuple[float, float], g: int, tx: float = -59.0) -> int:
+    """Log-distance mean RSSI at n = 2 (shared/references section 1), as BlueZ's int16."""
+    return round(tx - 20 * np.log10(max(float(np.hypot(*(GW_XY[g] - xy))), 0.1)))
+
+
+def gateway_config(i: int, tmp: Path, broker: str, **extra: object) -> GatewayConfig:
+    return GatewayConfig.model_validate(
+        {
+            "id": f"gw-{i}",
+            "key_hex": KEYS[f"gw-{i}"].hex(),
+            "broker": broker,
+            "scan": {"adapter": ADAPTERS[i], "backoff_min_s": 0.2, "backoff_max_s": 1.0},
+            "batch": {"max_age_s": 0.2},
+            "mqtt": {"heartbeat_s": 1.0},
+            "spool": {"path": str(tmp / f"spool-{i}.sqlite")},
+            "filter": {"service_uuids": ["fe95", "feaa"], "manufacturer_ids": [0x004C]},
+            "bindkeys": {"A4:C1:38:56:53:84": BINDKEY.hex()},
+            **extra,
+        }
+    )
+
+
+def start_server(broker: str, **kw: object) -> tuple[ServerCore, threading.Event, threading.Thread]:
+    cfg = site_engine_config(parse_scenario(ROOM), **kw)  # type: ignore[arg-type]
+    core = ServerCore(cfg, KEYS, clock="wall")
+    stop, ready = threading.Event(), threading.Event()
+    th = threading.Thread(
+        target=serve, args=(core, broker, stop), kwargs={"ready": ready}, daemon=True
+    )
+    th.start()
+    assert ready.wait(10)
+    return core, stop, th
+
+
+def test_bleak_bluez_adverts_become_positions(fake_bluez, mosquitto, tmp_path):
+    """MiBeacon (encrypted), iBeacon and Eddystone through BlueZ D-Bus, bleak, four signed
+    gateways, mosquitto and the server, to positions near the truth."""
+    for name in ADAPTERS:
+        fake_bluez.add_adapter(name)
+    core, stop_server, server_thread = start_server(mosquitto.url, lateness_s=0.5)
+    sub = Collector(mosquitto.url, [POSITIONS_TOPIC, f"{TOPIC_ROOT}/gw/+/status"])
+    truth = {
+        "A4:C1:38:56:53:84": (3.0, 4.0),
+        "ibeacon:e5ca1ade-f007-ba11-0000-000000000000:7:9": (9.0, 8.0),
+        f"eddystone:{'00112233445566778899'}:{'a1a2a3a4a5a6'}": (6.5, 2.5),
+    }
+
+    async def drive() -> list[Gateway]:
+        stop = asyncio.Event()
+        gws = [Gateway(gateway_config(i, tmp_path, mosquitto.url)) for i in range(4)]
+        tasks = [asyncio.create_task(g.run(stop)) for g in gws]
+        tasks += [asyncio.create_task(BleakSource(g).run(stop)) for g in gws]
+        while not all(g.counters["scanner_starts"] for g in gws):
+            await asyncio.sleep(0.05)
+        for n in range(40):  # 4 s of adverts at 10 Hz per tag and gateway
+            for g, adapter in enumerate(ADAPTERS):
+                mi = build_mibeacon(
+                    "A4:C1:38:56:53:84", n, battery=66, bindkey=BINDKEY, ext_counter=5
+                )
+                fake_bluez.advertise(
+                    adapter,
+                    "A4:C1:38:56:53:84",
+                    rssi(truth["A4:C1:38:56:53:84"], g),
+                    service={MIBEACON_UUID: mi},
+                )
+                fake_bluez.advertise(
+                    adapter,
+                    "5C:00:00:00:00:01",
+                    rssi((9.0, 8.0), g, tx=-62),
+                    manufacturer={
+                        0x004C: build_ibeacon(
+                            "e5ca1ade-f007-ba11-0000-000000000000", 7, 9, power=-62
+                        )
+                    },
+                )
+                frame = (
+                    build_eddystone_uid(
+                        bytes.fromhex("00112233445566778899"),
+                        bytes.fromhex("a1a2a3a4a5a6"),
+                        tx0=-18,
+                    )
+                    if n % 2 == 0
+                    else build_eddystone_tlm(2900, 21.5, n, n / 10)
+                )
+                fake_bluez.advertise(
+                    adapter,
+                    "5C:00:00:00:00:02",
+                    rssi((6.5, 2.5), g),
+                    service={EDDYSTONE_UUID: frame},
+                )
+                fake_bluez.advertise(
+                    adapter, "5C:00:00:00:00:03", -40, manufacturer={0x0006: b"\x01"}
+                )  # filtered
+            await asyncio.sleep(0.1)
+        got = sub.wait_for(POSITIONS_TOPIC, 3, timeout=10)
+        assert got
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and {
+            p["dev"] for b in sub.on(POSITIONS_TOPIC) for p in json.loads(b)["positions"]
+        } < set(truth):
+            await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.gather(*tasks)
+        return gws
+
+    try:
+        gws = asyncio.run(drive())
+    finally:
+        stop_server.set()
+        server_thread.join(10)
+    positions = [p for b in sub.on(POSITIONS_TOPIC) for p in json.loads(b)["positions"]]
+    statuses = [json.loads(b) for b in sub.on(f"{TOPIC_ROOT}/gw/")]
+    sub.close()
+    assert {p["dev"] for p in positions} == set(truth)
+    for dev, (x, y) in truth.items():
+        mine = [p for p in positions if p["dev"] == dev and p["n_gw"] == 4]
+        assert mine, dev
+        err = np.median([np.hypot(p["x"] - x, p["y"] - y) for p in mine])
+        assert err < 0.6, (dev, err)
+    assert {p["bat"] for p in positions if p["dev"] == "A4:C1:38:56:53:84"} == {
+        66
+    }  # decrypted object
+    eddy = [p["bat"] for p in positions if p["dev"].startswith("eddystone:")]
+    assert set(eddy) <= {90, None}
+    assert 90 in eddy
+    for g in gws:
+        assert g.counters["filtered_out"] >= 40
+        assert g.counters["published"] == g.counters["batches"] > 0
+        assert g.spool.rows == 0
+    assert {s["state"] for s in statuses} >= {"online", "offline"}
+    beats = [
+        s["counters"] for s in statuses if s["state"] == "online" and s["counters"].get("scanned")
+    ]
+    assert beats, "no heartbeat carried scan counters"
+    assert all({"scanned", "forwarded", "spool_rows", "inflight"} <= set(c) for c in beats)
+    assert core.counters["batches_accepted"] == sum(g.counters["batches"] for g in gws)
+    assert not any(k.startswith("rejected") for k in core.counters)
+
+
+def test_scanner_survives_missing_adapter_and_duty_cycles(fake_bluez, tmp_path):
+    """An adapter that is not there yet: the scanner fails, backs off, and recovers; then
+    it scans 0.4 s in every 0.7 s, and adverts sent while it pauses are not heard."""
+    scan = {
+        "adapter": "hci2",
+        "backoff_min_s": 0.2,
+        "backoff_max_s": 1.0,
+        "duty_on_s": 0.4,
+        "duty_off_s": 0.3,
+    }
+
+    async def run() -> Gateway:
+        gw = Gateway(gateway_config(2, tmp_path, "mqtt://127.0.0.1:9", scan=scan))  # no broker
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(gw.run(stop)), asyncio.create_task(BleakSource(gw).run(stop))]
+        while gw.counters["scanner_errors"] < 2:
+            await asyncio.sleep(0.05)
+        fake_bluez.add_adapter("hci2")
+        while not gw.counters["scanner_starts"]:
+            await asyncio.sleep(0.05)
+        for n in range(30):  # 3 s: a little over four duty cycles
+            fake_bluez.advertise(
+                "hci2",
+                "A4:C1:38:56:53:84",
+                -60,
+                service={MIBEACON_UUID: build_mibeacon("A4:C1:38:56:53:84", n, battery=9)},
+            )
+            await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.gather(*tasks)
+        return gw
+
+    gw = asyncio.run(asyncio.wait_for(run(), 30))
+    assert gw.counters["scanner_errors"] >= 2
+    assert gw.counters["scanner_starts"] >= 4
+    assert 8 <= gw.counters["forwarded"] <= 24  # about 4/7 of 30 heard
+
+
+def test_store_and_forward_through_broker_outage(mosquitto, tmp_path):
+    """Batches made while the broker is down wait in the spool and arrive, in order, after."""
+    sub = Collector(mosquitto.url, [f"{TOPIC_ROOT}/gw/+/batch"])
+    cfg = gateway_config(0, tmp_path, mosquitto.url, batch={"max_age_s": 0.05, "max_size": 5})
+
+    async def run() -> Gateway:
+        gw = Gateway(cfg)
+        stop = asyncio.Event()
+        task = asyncio.create_task(gw.run(stop))
+        while not gw.connected:
+            await asyncio.sleep(0.02)
+
+        async def burst(n0: int) -> None:
+            for n in range(n0, n0 + 50):
+                gw.on_advertisement(
+                    "A4:C1:38:56:53:84",
+                    -60,
+                    {},
+                    {"fe95": build_mibeacon("A4:C1:38:56:53:84", n % 256, battery=50)},
+                    t=1e9 + n,
+                )
+                await asyncio.sleep(0.002)
+
+        await burst(0)
+        while not gw.idle:
+            await asyncio.sleep(0.02)
+        mosquitto.stop()
+        await burst(50)
+        await asyncio.sleep(0.3)
+        assert gw.spool.rows >= 5
+        assert not gw.connected
+        mosquitto.start()
+        sub.__init__(mosquitto.url, [f"{TOPIC_ROOT}/gw/+/batch"])  # resubscribe on the fresh broker
+        deadline = time.monotonic() + 20
+        while not gw.idle and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        return gw
+
+    gw = asyncio.run(run())
+    batches = [
+        Batch.model_validate_json(split_envelope(b)[1])
+        for b in sub.on(f"{TOPIC_ROOT}/gw/gw-0/batch")
+    ]
+    sub.close()
+    seqs = [b.seq for b in batches]
+    # The collector was re-created, so it holds only what arrived after the restart:
+    # everything spooled during the outage, in order, none missing.
+    assert seqs == sorted(seqs)
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))
+    frames = sorted(a.t for b in batches for a in b.ads)
+    assert frames[-1] == 1e9 + 99
+    assert len(frames) >= 50
+    assert gw.counters["connects"] == 2
+    assert gw.spool.rows == 0
+    assert gw.spool.dropped == 0
+
+
+def test_twin_through_mqtt_matches_offline_engine_and_replays(mosquitto, tmp_path):
+    """The twin published as gateways gives the positions the offline run gives; a
+    recording of it replays to the same positions on a fresh server."""
+    from engine.pipeline import Engine
+    from live_bridge.capture import read_capture, record, replay
+    from live_bridge.twin_source import publish_twin
+    from twin.run import feed_engine
+    from twin.sim import run_twin
+
+    scenario = parse_scenario(ROOM)
+    result = run_twin(scenario)
+    offline = feed_engine(
+        Engine(site_engine_config(scenario), None), result.sightings, scenario.duration_s
+    )
+
+    def run_server() -> tuple[ServerCore, threading.Event, threading.Thread, Collector]:
+        core = ServerCore(site_engine_config(scenario), KEYS, clock="event")
+        stop, ready = threading.Event(), threading.Event()
+        th = threading.Thread(
+            target=serve, args=(core, mosquitto.url, stop), kwargs={"ready": ready}, daemon=True
+        )
+        th.start()
+        assert ready.wait(10)
+        return core, stop, th, Collector(mosquitto.url, [POSITIONS_TOPIC])
+
+    capture = tmp_path / "capture.jsonl"
+    rec_stop, rec_ready = threading.Event(), threading.Event()
+    recorder = threading.Thread(
+        target=record,
+        args=(mosquitto.url, capture),
+        kwargs={"stop": rec_stop, "ready": rec_ready},
+        daemon=True,
+    )
+    recorder.start()
+    assert rec_ready.wait(10)
+    core, stop, th, sub = run_server()
+    sent = publish_twin(result, KEYS, mosquitto.url, origin=1_700_000_000.0, batch_s=0.5)
+    deadline = time.monotonic() + 20
+    while core.counters["batches_accepted"] < sent["batches"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    stop.set()
+    th.join(10)
+    rec_stop.set()
+    recorder.join(10)
+    live = [p for b in sub.on(POSITIONS_TOPIC) for p in json.loads(b)["positions"]]
+    sub.close()
+    assert core.counters["batches_accepted"] == sent["batches"]
+    assert len(read_capture(capture)) == sent["batches"]
+
+    # Same windows, same devices, same positions (event times shifted by a whole second count).
+    want = {
+        (round(float(f["t"]) + 1_700_000_000.0, 3), result.device_ids[f["device"]]): (
+            f["x"],
+            f["y"],
+        )
+        for f in offline
+        if np.isfinite(f["x"])
+    }
+    have = {(p["t"], p["dev"]): (p["x"], p["y"]) for p in live}
+    # A live server never sees the end of time: the last windows (within the allowed
+    # lateness of the newest event) stay open, where the offline run flushes them.
+    last = max(t for t, _ in have)
+    assert last >= 1_700_000_000.0 + scenario.duration_s - 3
+    want = {k: v for k, v in want.items() if k[0] <= last}
+    common = set(want) & set(have)
+    assert common == set(want)
+    diffs = [np.hypot(want[k][0] - have[k][0], want[k][1] - have[k][1]) for k in common]
+    assert max(diffs) < 0.005  # float rounding of the shifted event times, no more
+
+    core2, stop2, th2, sub2 = run_server()
+    assert replay(capture, mosquitto.url, speed=0) == sent["batches"]
+    deadline = time.monotonic() + 20
+    while core2.counters["batches_accepted"] < sent["batches"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    stop2.set()
+    th2.join(10)
+    replayed = {
+        (p["t"], p["dev"]) for b in sub2.on(POSITIONS_TOPIC) for p in json.loads(b)["positions"]
+    }
+    sub2.close()
+    assert len(replayed & set(have)) >= 0.97 * len(have)
+
+
+def test_cli_gateway_and_serve_processes(fake_bluez, mosquitto, tmp_path):
+    """`tagtwin serve` and `tagtwin gateway` as processes; the last will marks a killed
+    gateway offline; SIGTERM stops the server cleanly with its counters."""
+    fake_bluez.add_adapter("hci0")
+    scenario = tmp_path / "room.toml"
+    scenario.write_text(ROOM)
+    keys = tmp_path / "keys.toml"
+    keys.write_text("[keys]\n" + "".join(f'"{g}" = "{k.hex()}"\n' for g, k in KEYS.items()))
+    conf = tmp_path / "gateway.toml"
+    conf.write_text(
+        f'id = "gw-0"\nkey_hex = "{KEYS["gw-0"].hex()}"\nbroker = "{mosquitto.url}"\n'
+        f'[scan]\nadapter = "hci0"\nmode = "passive"\n[batch]\nmax_age_s = 0.1\n'
+        f'[spool]\npath = "{tmp_path / "spool.sqlite"}"\n[mqtt]\nheartbeat_s = 0.5\n'
+    )
+    tagtwin = str(Path(sys.executable).parent / "tagtwin")
+    env = os.environ | {"DBUS_SYSTEM_BUS_ADDRESS": fake_bluez.address}
+    sub = Collector(mosquitto.url, [f"{TOPIC_ROOT}/#"])
+    server = subprocess.Popen(
+        [
+            tagtwin,
+            "serve",
+            "--broker",
+            mosquitto.url,
+            "--scenario",
+            str(scenario),
+            "--keys",
+            str(keys),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    gateway = subprocess.Popen(
+        [tagtwin, "gateway", "--config", str(conf)], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        online = sub.wait_for(status_topic("gw-0"), 1, timeout=20)
+        assert online
+        assert json.loads(online[0])["state"] == "online"
+        time.sleep(1.0)  # the scanner registers its advertisement monitor
+        for n in range(20):
+            fake_bluez.advertise(
+                "hci0",
+                "A4:C1:38:56:53:84",
+                -61,
+                service={MIBEACON_UUID: build_mibeacon("A4:C1:38:56:53:84", n, battery=30)},
+            )
+            time.sleep(0.05)
+        batches = sub.wait_for(f"{TOPIC_ROOT}/gw/gw-0/batch", 1, timeout=10)
+        assert sum(len(Batch.model_validate_json(split_envelope(b)[1]).ads) for b in batches) >= 10
+        os.kill(gateway.pid, signal.SIGKILL)  # no goodbye: the broker publishes the last will
+        gateway.wait(10)
+        deadline = time.monotonic() + 10
+        while (
+            json.loads(sub.on(status_topic("gw-0"))[-1])["state"] != "offline"
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+        assert json.loads(sub.on(status_topic("gw-0"))[-1])["state"] == "offline"
+        # Restarted, it resumes the batch sequence from its spool; SIGTERM is a clean stop.
+        seen = len(sub.on(status_topic("gw-0")))
+        gateway = subprocess.Popen(
+            [tagtwin, "gateway", "--config", str(conf)], env=env, stderr=subprocess.PIPE, text=True
+        )
+        assert sub.wait_for(status_topic("gw-0"), seen + 1, timeout=20)[seen:]
+        time.sleep(1.0)
+        for n in range(20, 30):
+            fake_bluez.advertise(
+                "hci0",
+                "A4:C1:38:56:53:84",
+                -61,
+                service={MIBEACON_UUID: build_mibeacon("A4:C1:38:56:53:84", n, battery=30)},
+            )
+            time.sleep(0.05)
+        os.kill(gateway.pid, signal.SIGTERM)
+        _, gw_err = gateway.communicate(timeout=20)
+        assert gateway.returncode == 0, gw_err
+        gw_counters = json.loads(gw_err.strip().splitlines()[-1])
+        assert gw_counters["forwarded"] >= 5
+        assert gw_counters["spool_rows"] == 0
+        assert gw_counters["inflight"] == 0
+        assert json.loads(sub.on(status_topic("gw-0"))[-1])["state"] == "offline"
+        seqs = [
+            Batch.model_validate_json(split_envelope(b)[1]).seq
+            for b in sub.on(f"{TOPIC_ROOT}/gw/gw-0/batch")
+        ]
+        assert seqs == list(range(len(seqs)))  # no sequence reused across the restart
+        server_status = sub.wait_for(f"{TOPIC_ROOT}/server/status", 1)
+        assert json.loads(server_status[-1])["state"] == "online"
+        os.kill(server.pid, signal.SIGTERM)
+        _, err = server.communicate(timeout=15)
+        assert server.returncode == 0, err
+        counters = json.loads(err.strip().splitlines()[-1])["counters"]
+        assert counters["batches_accepted"] >= 1
+        assert counters["sightings"] >= 15
+        assert not [k for k in counters if k.startswith("rejected")]  # the restart replayed nothing
+    finally:
+        sub.close()
+        for proc in (gateway, server):
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+def test_twin_publisher_real_time_pacing(mosquitto):
+    """simpy.rt paces the batches: 3 simulated seconds at 10x take about 0.3 s."""
+    from live_bridge.twin_source import publish_twin
+    from twin.scenario import Scenario
+    from twin.sim import run_twin
+
+    short = Scenario.model_validate(parse_scenario(ROOM).model_dump() | {"duration_s": 3.0})
+    result = run_twin(short)
+    sub = Collector(mosquitto.url, [f"{TOPIC_ROOT}/gw/+/batch"])
+    t0 = time.monotonic()
+    sent = publish_twin(result, KEYS, mosquitto.url, realtime=True, speed=10.0, batch_s=0.5)
+    elapsed = time.monotonic() - t0
+    got = sub.wait_for(f"{TOPIC_ROOT}/gw/", int(sent["batches"]))
+    sub.close()
+    assert 0.28 <= elapsed < 3.0
+    assert len(got) == sent["batches"] > 0
+    assert sum(len(Batch.model_validate_json(split_envelope(b)[1]).ads) for b in got) == len(
+        result.sightings
+    )
+
+
+def test_adapters_through_the_broker(mosquitto):
+    """Theengs and ESPresense messages reach the server through its wildcard
+    subscriptions; a room that is not a gateway of the site is dead-lettered."""
+    from live_bridge.mqtt import BrokerUrl, make_client
+
+    core = ServerCore(
+        site_engine_config(parse_scenario(ROOM)),
+        KEYS,
+        clock="wall",
+        adapters=["theengs", "espresense"],
+    )
+    stop, ready = threading.Event(), threading.Event()
+    th = threading.Thread(
+        target=serve, args=(core, mosquitto.url, stop), kwargs={"ready": ready}, daemon=True
+    )
+    th.start()
+    assert ready.wait(10)
+    time.sleep(0.2)  # subscriptions acknowledged
+    sub = Collector(mosquitto.url, [f"{TOPIC_ROOT}/deadletter"])
+    b = BrokerUrl.parse(mosquitto.url)
+    pub = make_client("adapter-test", b)
+    pub.connect(b.host, b.port)
+    pub.loop_start()
+    frame = build_mibeacon("A4:C1:38:56:53:84", 1, battery=70).hex()
+    msgs = [
+        (
+            "home/gw-1/BTtoMQTT/A4C138565384",
+            {
+                "id": "A4:C1:38:56:53:84",
+                "rssi": -70,
+                "servicedatauuid": "0xfe95",
+                "servicedata": frame,
+            },
+        ),
+        (
+            "espresense/devices/iBeacon:abc-1-2/gw-2",
+            {"id": "iBeacon:abc-1-2", "rssi": -66, "rssi@1m": -60},
+        ),
+        ("espresense/devices/iBeacon:abc-1-2/kitchen", {"id": "iBeacon:abc-1-2", "rssi": -66}),
+    ]
+    for topic, body in msgs:
+        pub.publish(topic, json.dumps(body).encode(), qos=1).wait_for_publish(5)
+    dead = sub.wait_for(f"{TOPIC_ROOT}/deadletter", 1)
+    deadline = time.monotonic() + 5
+    while core.counters["sightings"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    th.join(10)
+    pub.disconnect()
+    pub.loop_stop()
+    sub.close()
+    assert core.counters["sightings"] == 2
+    assert core.devices.ids == ["A4:C1:38:56:53:84", "iBeacon:abc-1-2"]
+    assert [json.loads(d)["reason"] for d in dead] == ["gateway not in site plan"]
+
+
+def test_replay_keeps_recorded_pace_and_order(mosquitto, tmp_path):
+    """A capture replays at its recorded pace (here twice as fast), byte for byte."""
+    import base64
+
+    from live_bridge.capture import replay
+
+    capture = tmp_path / "c.jsonl"
+    lines = [json.dumps({"capture": 1, "started": 100.0})]
+    lines += [
+        json.dumps(
+            {
+                "t": 100.0 + 0.2 * i,
+                "topic": f"{TOPIC_ROOT}/gw/gw-0/batch",
+                "b64": base64.b64encode(f"m{i}".encode()).decode(),
+            }
+        )
+        for i in range(6)
+    ]
+    capture.write_text("\n".join(lines) + "\n")
+    sub = Collector(mosquitto.url, [f"{TOPIC_ROOT}/gw/+/batch"])
+    t0 = time.monotonic()
+    assert replay(capture, mosquitto.url, speed=2.0) == 6
+    elapsed = time.monotonic() - t0
+    got = sub.wait_for(f"{TOPIC_ROOT}/gw/", 6)
+    sub.close()
+    assert 0.5 <= elapsed < 3.0  # 1.0 s of recording at 2x: 0.5 s
+    assert got == [f"m{i}".encode() for i in range(6)]

@@ -1,0 +1,174 @@
+"""ROI against hand-computed cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.roi import MeasuredMetrics, RoiInputs, evaluate_case, roi_report, wilson_interval
+
+ZERO_COSTS = {
+    "tag_cost": 0,
+    "gateway_cost": 0,
+    "install_cost_per_gateway": 0,
+    "project_fixed_cost": 0,
+    "software_per_device_month": 0,
+    "cloud_per_device_month": 0,
+    "gateway_fee_per_month": 0,
+    "battery_cost": 0,
+    "battery_swap_minutes": 0,
+    "alarm_handling_minutes": 0,
+    "ramp_months": 0,
+    "inventory_value": 0,
+    "cycle_count_hours_per_month": 0,
+}
+
+
+def test_mis_pick_saving_by_hand() -> None:
+    # 20 % fewer mis-picks at $25 each on 10,000 picks a month at a 2 % mis-pick rate:
+    # 10,000 x 0.02 = 200 mis-picks; 20 % of them = 40 fewer; 40 x $25 = $1,000 a month.
+    inp = RoiInputs(
+        **ZERO_COSTS,
+        picks_per_month=10_000,
+        mis_pick_rate=0.02,
+        cost_per_mis_pick=25,
+        mis_pick_reduction_at_full_accuracy=0.2,
+    )
+    case = evaluate_case(inp, MeasuredMetrics(tags=100, gateways=4, zone_accuracy=1.0))
+    assert case.benefits["mis_picks"] == pytest.approx(1000.0)
+    # the same site where the twin measured 70 % zone accuracy saves 70 % of that
+    case70 = evaluate_case(inp, MeasuredMetrics(tags=100, gateways=4, zone_accuracy=0.7))
+    assert case70.benefits["mis_picks"] == pytest.approx(700.0)
+
+
+def test_costs_payback_and_npv_by_hand() -> None:
+    inp = RoiInputs(
+        tags=1000,
+        tag_cost=10,
+        gateway_cost=100,
+        install_cost_per_gateway=50,
+        project_fixed_cost=2000,
+        software_per_device_month=0.2,
+        cloud_per_device_month=0.05,
+        gateway_fee_per_month=5,
+        battery_life_months=10,
+        battery_cost=0.5,
+        battery_swap_minutes=1.2,
+        labor_rate_per_hour=30,
+        alarm_handling_minutes=10,
+        ramp_months=0,
+        horizon_months=24,
+        discount_rate_annual=0.12,
+        inventory_value=1_200_000,
+        shrink_rate_annual=0.02,
+        theft_share_of_shrink=0.5,
+        recovery_rate=0.5,
+        cycle_count_hours_per_month=100,
+        cycle_count_automatable=0.8,
+        picks_per_month=0,
+    )
+    m = MeasuredMetrics(
+        tags=999,
+        gateways=20,
+        theft_recall=0.9,
+        coverage=1.0,
+        count_accuracy=0.75,
+        false_alarms_per_day_per_1000_tags=0.5,
+    )
+    case = evaluate_case(inp, m)
+    # capex = 1000 x 10 + 20 x (100 + 50) + 2000 = 15,000
+    assert case.capex == pytest.approx(15_000)
+    # opex: software 200 + cloud 50 + gateways 100
+    #       + batteries 1000/10 x (0.5 + 0.02 h x 30 = 1.1) = 110
+    #       + alarms 0.5 x 1 x 30.4375 days x 10/60 h x 30 = 76.09375
+    assert case.costs["battery_swaps"] == pytest.approx(110.0)
+    assert case.costs["false_alarm_handling"] == pytest.approx(76.09375)
+    assert case.opex_per_month == pytest.approx(536.09375)
+    # benefits: theft 1.2M x 0.02 / 12 x 0.5 x 0.9 x 0.5 = 450; counts 100 x 30 x 0.8 x 0.75 = 1800
+    assert case.benefits["theft"] == pytest.approx(450.0)
+    assert case.benefits["cycle_counts"] == pytest.approx(1800.0)
+    net = 2250.0 - 536.09375
+    assert case.net_per_month == pytest.approx(net)
+    # payback: 15,000 / 1713.90625 = 8.75 months -> month 9
+    assert case.payback_month == 9
+    assert case.payback_months_exact == pytest.approx(15_000 / net)
+    r = 1.12 ** (1 / 12) - 1
+    npv = -15_000 + sum(net / (1 + r) ** k for k in range(1, 25))
+    assert case.npv == pytest.approx(npv)
+    assert case.tco == pytest.approx(15_000 + 24 * 536.09375)
+
+
+def test_ramp_delays_payback() -> None:
+    inp = RoiInputs(
+        **(ZERO_COSTS | {"project_fixed_cost": 1000, "ramp_months": 4}),
+        picks_per_month=10_000,
+        mis_pick_rate=0.02,
+        cost_per_mis_pick=25,
+        mis_pick_reduction_at_full_accuracy=0.2,
+    )
+    case = evaluate_case(inp, MeasuredMetrics(tags=1, gateways=1, zone_accuracy=1.0))
+    # months 1..: 250, 500 -> cumulative -250 after month 2, +500 after month 3
+    assert case.cumulative[:4] == pytest.approx([-1000, -750, -250, 500])
+    assert case.payback_month == 3
+
+
+def test_never_pays_back() -> None:
+    case = evaluate_case(RoiInputs(), MeasuredMetrics(tags=200, gateways=10))
+    assert case.payback_month is None
+    assert case.npv < 0
+
+
+def test_report_cases_and_sensitivity() -> None:
+    m = MeasuredMetrics(
+        tags=200,
+        gateways=11,
+        theft_recall=0.95,
+        zone_accuracy=0.7,
+        coverage=1.0,
+        count_accuracy=0.75,
+        theft_recall_low=0.8,
+        theft_recall_high=0.99,
+    )
+    rep = roi_report(RoiInputs(), m)
+    cases = rep["cases"]
+    assert cases["worst"]["npv"] < cases["base"]["npv"] < cases["best"]["npv"]
+    rows = rep["sensitivity"]
+    swings = [r["payback_swing"] for r in rows]
+    assert swings == sorted(swings, reverse=True)
+    assert rows[0]["payback_swing"] > 0
+    names = {r["input"] for r in rows}
+    assert {"theft_recall", "tag_cost", "labor_rate_per_hour"} <= names
+
+
+def test_two_layouts_differ_for_measured_reasons() -> None:
+    inp = RoiInputs()
+    a = evaluate_case(
+        inp,
+        MeasuredMetrics(
+            tags=200,
+            gateways=10,
+            theft_recall=0.95,
+            zone_accuracy=0.7,
+            coverage=1.0,
+            count_accuracy=0.75,
+        ),
+    )
+    b = evaluate_case(
+        inp,
+        MeasuredMetrics(
+            tags=200,
+            gateways=6,
+            theft_recall=0.6,
+            zone_accuracy=0.5,
+            coverage=0.97,
+            count_accuracy=0.6,
+        ),
+    )
+    assert b.capex < a.capex
+    assert b.benefit_per_month < a.benefit_per_month
+
+
+def test_wilson() -> None:
+    lo, hi = wilson_interval(23, 24)
+    assert 0.78 < lo < 0.8
+    assert 0.99 < hi <= 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)

@@ -1,0 +1,389 @@
+"""Rule engine: each rule on small synthetic streams, config parsing, sinks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.contract import sightings_from_columns
+from engine.pipeline import FIX_DTYPE
+from engine.rules import (
+    CHECKOUT_DTYPE,
+    JsonLinesSink,
+    ListSink,
+    MqttSink,
+    RuleContext,
+    RuleEngine,
+    RulesError,
+    RuleSet,
+    load_rules,
+    parse_rules,
+    read_events,
+)
+from engine.zones import ZoneIndex
+
+ZONES = ZoneIndex.from_points(
+    [
+        ("store", "storage", [(0, 0), (20, 0), (20, 20), (0, 20)]),
+        ("door", "exit", [(20, 5), (26, 5), (26, 15), (20, 15)]),
+        ("office", "office", [(0, 20), (10, 20), (10, 30), (0, 30)]),
+    ]
+)
+GW_XY = np.array([[5.0, 5.0], [15.0, 15.0], [24.0, 10.0]])
+
+
+def context(n: int = 3, intervals: tuple[float, ...] = (1.0, 10.0)) -> RuleContext:
+    return RuleContext(
+        zones=ZONES,
+        device_ids=[f"tag-{i}" for i in range(n)],
+        device_class=np.array([i % len(intervals) for i in range(n)], np.int32),
+        class_names=tuple(f"class{i}" for i in range(len(intervals))),
+        class_interval_s=np.array(intervals),
+        gateway_ids=("g0", "g1", "g2"),
+        gateway_xy=GW_XY,
+    )
+
+
+def fixes(
+    t: float,
+    device: list[int],
+    x: list[float],
+    y: list[float],
+    r90: float = 2.0,
+    motion: int = 0,
+    battery: int = 80,
+) -> np.ndarray:
+    out = np.zeros(len(device), FIX_DTYPE)
+    out["t"], out["device"], out["x"], out["y"], out["r90"] = t, device, x, y, r90
+    out["zone"] = ZONES.assign(np.array(x, float), np.array(y, float))
+    out["motion"], out["battery"], out["n_gateways"] = motion, battery, 3
+    return out
+
+
+def adverts(
+    device: int,
+    t0: float,
+    t1: float,
+    interval: float,
+    gateways: tuple[int, ...] = (0, 1, 2),
+    seq0: int = 0,
+) -> np.ndarray:
+    t = np.arange(t0, t1, interval)
+    n = len(t)
+    g = np.tile(np.array(gateways), n)
+    return sightings_from_columns(
+        t=np.repeat(t, len(gateways)),
+        gateway=g,
+        device=np.full(n * len(gateways), device),
+        rssi=np.full(n * len(gateways), -70.0),
+        channel=37,
+        seq=np.repeat(np.arange(seq0, seq0 + n), len(gateways)),
+    )
+
+
+def drive(eng: RuleEngine, sightings: np.ndarray, fix_rows: list[np.ndarray], end: float) -> list:
+    """Replay second by second like twin.run.feed_rules."""
+    events = []
+    allfix = np.concatenate(fix_rows) if fix_rows else np.zeros(0, FIX_DTYPE)
+    sightings = sightings[np.argsort(sightings["t"], kind="stable")]
+    for now in np.arange(1.0, end + 1e-9, 1.0):
+        events += eng.observe_sightings(
+            sightings[(sightings["t"] >= now - 1) & (sightings["t"] < now)]
+        )
+        events += eng.process_fixes(allfix[(allfix["t"] > now - 1) & (allfix["t"] <= now)])
+        events += eng.advance(now)
+    return events
+
+
+def rules_with(**sections: dict) -> RuleSet:
+    return RuleSet.model_validate({"version": "test-1", **sections})
+
+
+def test_zone_enter_after_confirm_fixes_and_dwell() -> None:
+    eng = RuleEngine(
+        rules_with(zone_transition={"confirm_fixes": 3}, dwell={"limits_s": {"door": 5}}), context()
+    )
+    rows = [fixes(float(t), [0], [22.0], [10.0]) for t in range(1, 12)]
+    ev = drive(eng, adverts(0, 0, 12, 1.0), rows, 11)
+    enter = [e for e in ev if e.rule == "zone_enter"]
+    assert len(enter) == 1
+    assert enter[0].t == 3.0
+    assert enter[0].zone == "door"
+    assert enter[0].ruleset_version == "test-1"
+    assert enter[0].tag == "tag-0"
+    dwell = [e for e in ev if e.rule == "dwell"]
+    assert len(dwell) == 1
+    assert dwell[0].t == pytest.approx(8.0)
+
+
+def test_missing_tag_after_k_intervals_not_for_slow_class() -> None:
+    eng = RuleEngine(rules_with(missing={"false_alarms_per_day_per_1000_tags": 1e5}), context())
+    # tag 0 advertises every 1 s until t = 60; tag 1 (10 s class) every 10 s throughout.
+    # (a lax design rate, alpha = 1.2e-3, so that 60 clean adverts give k = 2)
+    s = np.concatenate([adverts(0, 0.2, 60, 1.0), adverts(1, 0.5, 120, 10.0)])
+    ev = drive(eng, s, [], 120)
+    missing = [e for e in ev if e.rule == "missing_tag"]
+    assert [e.tag for e in missing] == ["tag-0"]
+    e = missing[0]
+    last = 59.2
+    k = e.evidence["missed_in_a_row"]
+    assert e.t == pytest.approx(last + k * 1.01 + 0.005)
+    assert e.t - last <= 3.05  # alpha 1e-3 with ~60 clean adverts: k = 2
+    assert e.severity == "alarm"
+    assert 0 < e.confidence <= 1
+
+
+def test_missing_tag_found_again() -> None:
+    eng = RuleEngine(rules_with(), context())
+    s = np.concatenate([adverts(0, 0.2, 30, 1.0), adverts(0, 50.2, 60, 1.0, seq0=50)])
+    ev = drive(eng, s, [], 60)
+    rules = [e.rule for e in ev if e.tag == "tag-0" and e.rule in ("missing_tag", "tag_found")]
+    assert rules == ["missing_tag", "tag_found"]
+    # the 20 missed frames count toward the tag's miss rate
+    assert eng.tags["n_missed"][0] == 20
+
+
+def exit_run(
+    checkout_t: float | None, watermark: float | None = None, end: float = 80.0, motion: int = 1
+) -> list:
+    eng = RuleEngine(rules_with(exit={"checkout_after_s": 5, "max_wait_s": 30}), context())
+    # tag 0 walks from the store to the door (t 1..30), then vanishes at t = 30.
+    rows = [
+        fixes(float(t), [0], [10.0 + 12.0 * t / 30], [10.0], motion=motion) for t in range(1, 31)
+    ]
+    s = adverts(0, 0.2, 30, 1.0)
+    if checkout_t is not None:
+        co = np.zeros(1, CHECKOUT_DTYPE)
+        co["t"], co["device"] = checkout_t, 0
+        eng.ingest_checkouts(co, watermark=watermark)
+    elif watermark is not None:
+        eng.ingest_checkouts(np.zeros(0, CHECKOUT_DTYPE), watermark=watermark)
+    return drive(eng, s, rows, end)
+
+
+def test_exit_without_checkout_alarm() -> None:
+    ev = exit_run(None, watermark=1e9)
+    alarm = [e for e in ev if e.rule == "exit_without_checkout"]
+    assert len(alarm) == 1
+    a = alarm[0]
+    assert a.confidence >= 0.5
+    assert a.evidence["p_motion"] == 1.0
+    assert a.zone == "door"
+    assert 30 < a.t < 40
+    assert not [e for e in ev if e.rule == "missing_tag"]
+
+
+def test_exit_with_checkout_is_legit() -> None:
+    ev = exit_run(checkout_t=10.0, watermark=1e9)
+    assert [e.rule for e in ev if e.rule.startswith("exit")] == ["exit_checked_out"]
+
+
+def test_exit_escalated_when_checkout_feed_behind() -> None:
+    ev = exit_run(None, watermark=5.0)
+    unresolved = [e for e in ev if e.rule == "exit_unresolved"]
+    assert len(unresolved) == 1
+    assert unresolved[0].evidence["reason"] == "checkout feed has not caught up"
+    assert unresolved[0].severity == "review"
+
+
+def test_still_tag_vanishing_at_door_is_not_a_theft_alarm() -> None:
+    ev = exit_run(None, watermark=1e9, motion=0)
+    assert not [e for e in ev if e.rule == "exit_without_checkout"]
+    assert [e for e in ev if e.rule in ("exit_unresolved", "missing_tag")]
+
+
+def test_gateway_silent_and_recovered() -> None:
+    eng = RuleEngine(rules_with(gateway={"warmup_s": 20, "silent_s": 5}), context(30))
+    s = np.concatenate([adverts(d, 0.1 * d, 200, 1.0) for d in range(30)])
+    down = (s["gateway"] == 2) & (s["t"] >= 100) & (s["t"] < 150)
+    ev = drive(eng, s[~down], [], 200)
+    gw = [e for e in ev if e.gateway == "g2"]
+    assert [e.rule for e in gw][:2] == ["gateway_silent", "gateway_recovered"]
+    assert gw[0].t == pytest.approx(float(s["t"][(s["gateway"] == 2) & (s["t"] < 100)].max()) + 5)
+    assert not [e for e in ev if e.gateway in ("g0", "g1")]
+
+
+def test_battery_low_with_forecast_and_cohort() -> None:
+    eng = RuleEngine(
+        rules_with(battery={"low_pct": 15, "default_drain_pct_per_day": 1.0}), context(2)
+    )
+    ev = eng.process_fixes(
+        np.concatenate(
+            [fixes(1.0, [0], [5.0], [5.0], battery=14), fixes(1.0, [1], [6.0], [5.0], battery=90)]
+        )
+    )
+    low = [e for e in ev if e.rule == "battery_low"]
+    assert len(low) == 1
+    assert low[0].tag == "tag-0"
+    # the registry's class drain is the default 1 %/day here: 14 % lasts 14 days
+    assert low[0].evidence["days_to_empty"] == pytest.approx(14.0)
+    fc = eng.battery_forecast(2.0)
+    assert {e.evidence["tag_class"] for e in fc} == {"class0", "class1"}
+
+
+def test_unknown_revoked_and_after_hours() -> None:
+    rules = rules_with(
+        registry={"revoked": ["tag-1"]},
+        after_hours={"working_hours": [["08:00", "17:00"]], "time_offset_s": 18 * 3600},
+    )
+    eng = RuleEngine(rules, context(2))
+    ev = eng.process_fixes(
+        np.concatenate(
+            [
+                fixes(1.0, [1], [5.0], [5.0]),
+                fixes(1.0, [5], [5.0], [5.0]),
+                fixes(1.0, [0], [5.0], [5.0], motion=1),
+            ]
+        )
+    )
+    by = {e.rule: e.tag for e in ev}
+    assert by["revoked_tag"] == "tag-1"
+    assert by["unknown_tag"] == "device#5"
+    assert by["after_hours_movement"] == "tag-0"
+    # cooldown: the same fixes a second later raise nothing new
+    again = eng.process_fixes(
+        np.concatenate([fixes(2.0, [1], [5.0], [5.0]), fixes(2.0, [0], [5.0], [5.0], motion=1)])
+    )
+    assert not again
+
+
+def test_misplaced_still_tag_in_forbidden_zone() -> None:
+    eng = RuleEngine(rules_with(), context())
+    ev = []
+    for t in range(1, 120):
+        ev += eng.process_fixes(fixes(float(t), [0, 2], [5.0, 5.0], [25.0, 10.0], r90=2.0))
+    mis = [e for e in ev if e.rule == "misplaced"]
+    assert [e.tag for e in mis] == ["tag-0"]
+    assert mis[0].zone == "office"
+    assert mis[0].t < 60
+
+
+def test_sinks(tmp_path) -> None:
+    path = tmp_path / "ev" / "events.jsonl"
+    jsonl, mem = JsonLinesSink(path), ListSink()
+    published: list[tuple[str, bytes]] = []
+    mqtt = MqttSink(lambda topic, payload: published.append((topic, payload)), prefix="site/a/")
+    eng = RuleEngine(rules_with(), context(2), [jsonl, mem, mqtt])
+    eng.process_fixes(fixes(1.0, [7], [5.0], [5.0]))
+    jsonl.close()
+    rows = read_events(path)
+    assert len(rows) == len(mem.events) == len(published) == 1
+    assert rows[0]["rule"] == "unknown_tag"
+    assert rows[0]["ruleset_version"] == "test-1"
+    assert published[0][0] == "site/a/alarm/unknown_tag"
+    assert json.loads(published[0][1])["tag"] == "device#7"
+    with pytest.raises(Exception, match=r"frozen|cannot assign"):
+        mem.events[0].t = 3.0  # type: ignore[misc]
+
+
+def test_bad_rows_are_counted_not_fatal() -> None:
+    eng = RuleEngine(rules_with(), context())
+    s = sightings_from_columns(
+        t=np.array([1.0, np.nan, 2.0]),
+        gateway=np.array([0, 0, 9]),
+        device=np.array([0, 0, 0]),
+        rssi=-60.0,
+        channel=37,
+    )
+    eng.observe_sightings(s)
+    assert eng.counters["rejected_rows"] == 2
+    assert eng.counters["sightings"] == 1
+    with pytest.raises(TypeError):
+        eng.ingest_checkouts(np.zeros(1, FIX_DTYPE))
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+def test_rules_file_errors_name_file_and_field(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'version = "x"\n[exit]\nalarm_confidence = 2.0\n[missing]\nmin_missed = 9\nmax_missed = 3\n'
+    )
+    with pytest.raises(RulesError) as err:
+        load_rules(bad)
+    text = str(err.value)
+    assert str(bad) in text
+    assert "exit.alarm_confidence" in text
+    assert "missing" in text
+    with pytest.raises(RulesError, match=r"rules\.dwell\.limits_s"):
+        parse_rules("[rules]\n[rules.dwell]\nlimits_s = { exit = -1 }\n", "scenario.toml")
+    with pytest.raises(RulesError, match="unknown_rule"):
+        parse_rules("[unknown_rule]\nx = 1\n")
+    with pytest.raises(RulesError, match="not valid TOML"):
+        parse_rules("version = ")
+    with pytest.raises(RulesError, match="HH:MM"):
+        parse_rules('[after_hours]\nworking_hours = [["25:00", "10:00"]]\n')
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    confirm=st.integers(-5, 2000),
+    low=st.floats(-50, 150, allow_nan=False),
+    risk=st.floats(-1, 2e6, allow_nan=False),
+    hours=st.tuples(st.integers(0, 30), st.integers(0, 70)),
+)
+def test_rule_parameter_parsing(
+    confirm: int, low: float, risk: float, hours: tuple[int, int]
+) -> None:
+    hh = f"{hours[0]:02d}:{hours[1]:02d}"
+    text = (
+        f'version = "v"\n[zone_transition]\nconfirm_fixes = {confirm}\n'
+        f"[battery]\nlow_pct = {low!r}\n"
+        f"rearm_pct = 100.0\n[missing]\nfalse_alarms_per_day_per_1000_tags = {risk!r}\n"
+        f'[after_hours]\nworking_hours = [["{hh}", "23:00"]]\n'
+    )
+    valid = (
+        1 <= confirm <= 1000
+        and 0 <= low <= 100
+        and 0 < risk < 1e6
+        and hours[0] < 24
+        and hours[1] < 60
+    )
+    if valid:
+        rs = parse_rules(text)
+        assert rs.zone_transition.confirm_fixes == confirm
+        assert rs.battery.low_pct == low
+        assert rs.after_hours.intervals_s()[0][0] == hours[0] * 3600 + hours[1] * 60
+    else:
+        with pytest.raises(RulesError) as err:
+            parse_rules(text, "r.toml")
+        assert all(
+            p.split(":")[0].split(".")[0]
+            in {"zone_transition", "battery", "missing", "after_hours"}
+            for p in err.value.problems
+        )
+
+
+def test_threshold_grows_with_miss_rate() -> None:
+    eng = RuleEngine(rules_with(), context(3))
+    eng._grow(3)
+    eng.tags["n_heard"][:3] = [10_000, 1000, 1000]
+    eng.tags["n_missed"][:3] = [0, 1, 100]
+    theta, k = eng.silence_threshold(np.arange(3))
+    assert k[0] <= k[1] < k[2]
+    assert math.isclose(theta[2], k[2] * 1.01 + 0.005)
+
+
+def test_per_gateway_miss_rate_for_tags_at_rest() -> None:
+    eng = RuleEngine(rules_with(), context(2))
+    # tag 0 heard by all 3 gateways on every frame for 100 s: q hits the floor, k = 2.
+    eng.observe_sightings(adverts(0, 0.2, 100, 1.0))
+    q = eng.miss_rate(np.array([0]))
+    assert q[0] == pytest.approx(5e-5)
+    _, k = eng.silence_threshold(np.array([0]))
+    assert k[0] == 2
+    # it moves: the per-gateway history restarts and the frame-counter estimate applies
+    eng.process_fixes(fixes(100.0, [0], [5.0], [5.0], motion=1))
+    assert eng.miss_rate(np.array([0]))[0] == pytest.approx(0.5 / 101)
+    # a gateway that went silent no longer vouches for the tag
+    eng2 = RuleEngine(rules_with(), context(2))
+    eng2.observe_sightings(adverts(0, 0.2, 100, 1.0, gateways=(0,)))
+    q_one = eng2.miss_rate(np.array([0]))[0]
+    eng2.gw_state[0] = 1
+    assert eng2.miss_rate(np.array([0]))[0] > q_one
