@@ -20,9 +20,9 @@ from numpy.typing import NDArray
 from engine.evaluate import BoundSetup, LatencySetup, evaluate, position_errors
 from engine.localize import ObstacleMap, RadioMap
 from engine.pipeline import Engine, EngineConfig
-from engine.track import FloorPlan
 from engine.rules import CHECKOUT_DTYPE, Event, JsonLinesSink, ListSink, RuleContext, RuleEngine
 from engine.rules.scoring import count_accuracy, score_events
+from engine.track import FloorPlan
 from radio_models.environment import Grid
 from radio_models.geometry import crossing_loss_db
 from radio_models.pathloss import effective_exponent
