@@ -308,7 +308,22 @@ class Radio(Strict):
 
 
 class EngineSettings(Strict):
-    localizer: Literal["wls"] = "wls"
+    localizer: Literal["wls", "centroid", "strongest", "knn", "radio-map"] = Field(
+        default="wls",
+        description="single-shot estimator (docs/localization.md): wls is maximum likelihood")
+    tracker: Literal["none", "kalman", "hmm", "particle"] = Field(
+        default="none",
+        description="fuse fixes over time; hmm and particle respect walls and racks")
+    radio_map: Literal["model", "survey"] = Field(
+        default="model",
+        description="fingerprints for knn/radio-map/hmm/particle: predicted from the path-loss "
+        "model and site plan, or a perfect calibration walk of the twin's radio (shadowing "
+        "included)")
+    particles: int = Field(default=128, ge=8, le=10_000)
+    tracker_speed_mps: float = Field(
+        default=1.5, gt=0, le=20, description="typical speed of a carried tag")
+    zone_hysteresis: bool = Field(
+        default=False, description="a tag changes zone only on repeated evidence")
     window_s: float = Field(4.0, gt=0)
     step_s: float = Field(1.0, gt=0)
     allowed_lateness_s: float = Field(2.0, ge=0)
