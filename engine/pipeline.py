@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from engine.contract import SIGHTING_DTYPE, UNKNOWN, GatewayInfo, Sightings
 from engine.ingest import IngestCounters, deduplicate, validate
 from engine.localize import (
+    CHI2_2DOF_90,
     Estimates,
     ObstacleMap,
     RadioMap,
@@ -41,6 +42,7 @@ from engine.track import (
     ZoneHysteresis,
 )
 from engine.zones import NO_ZONE, ZoneIndex
+from radio_models.crb import crlb_rmse
 
 FloatArray = NDArray[np.float64]
 
@@ -173,6 +175,9 @@ class Engine:
         self._next_window = 1  # index k of the next window to close (ends at k*step)
         self.watermark = -np.inf
         self.tracker = make_tracker(config)
+        # Gateways that have heard each device since it last moved: the static-shadowing
+        # floor of a still tag's radius is the bound over all of them (see _still_floor).
+        self._still_heard = np.zeros((0, len(config.gateways.ids)), dtype=bool)
         self.hysteresis = ZoneHysteresis(config.zones) if config.zone_hysteresis else None
         gw_xy = config.gateways.xyz[:, :2]
         # The strongest-gateway radius: 90 % of the floor is at most this far from a gateway.
@@ -190,6 +195,29 @@ class Engine:
             ref, floor = self._fingerprints()
             self._knn_r90 = knn_r90(rm.free_xy, ref, float(np.median(rm.sigma_db)), KNN_K, floor,
                                     np.random.default_rng(config.seed))
+
+    def _still_floor(
+        self, device: NDArray[np.int32], heard: NDArray[np.bool_], still: NDArray[np.bool_],
+        x: FloatArray, y: FloatArray,
+    ) -> FloatArray:
+        """The 90 % radius that static shadowing alone leaves a still tag.
+
+        Averaging windows removes fading and fills in the gateways one short window
+        missed, but not the shadowing, which is fixed in space. Its limit is the
+        Cramér-Rao bound (Patwari et al. 2003) over every gateway that has heard the tag
+        since it last moved, at sigma = the shadowing sigma. A single window's radius
+        would overstate it: in one second each scanner hears only some of a tag's packets.
+        """
+        cfg = self.config
+        if len(device) and device.max() >= len(self._still_heard):
+            grow = int(device.max()) + 1 - len(self._still_heard)
+            self._still_heard = np.vstack([self._still_heard, np.zeros((grow, heard.shape[1]), bool)])
+        union = np.where(still[:, None], self._still_heard[device] | heard, heard)
+        self._still_heard[device] = union
+        xyz = np.column_stack([x, y, np.full(len(x), cfg.tag_height_m)])
+        rmse = crlb_rmse(xyz, cfg.gateways.xyz, cfg.path_loss_exponent, cfg.sigma_db, heard=union)
+        # RMSE^2 = trace of the covariance; circular approximation as the localizers use.
+        return np.asarray(rmse * np.sqrt(CHI2_2DOF_90 / 2.0))
 
     def _fingerprints(self) -> tuple[FloatArray, float]:
         """The radio map's free cells as kNN fingerprints; below the floor counts as unheard."""
@@ -312,11 +340,13 @@ class Engine:
                         float(row_t[lo]), row_dev[sl], matrix[sl], part, motion[sl], tx[sl]
                     )
                     # Static shadowing floor: a tag that stays put sees the same shadowing in
-                    # every window, which no filter can average away, so its radius stays at
-                    # least the single-shot one; a moving tag samples fresh shadowing.
-                    frac = np.where(motion[sl] == 1, MOVING_R90_FLOOR, 1.0)
+                    # every window, which no filter can average away; a moving tag samples
+                    # fresh shadowing, so it may shrink to a fraction of the single shot.
+                    still = motion[sl] != 1
+                    floor = self._still_floor(row_dev[sl], ~np.isnan(matrix[sl]), still, part.x, part.y)
+                    floor = np.where(np.isfinite(floor), floor, single_r90)
                     xs[sl], ys[sl], meth[sl] = part.x, part.y, part.method
-                    r90[sl] = np.maximum(part.r90, frac * single_r90)
+                    r90[sl] = np.maximum(part.r90, np.where(still, floor, MOVING_R90_FLOOR * single_r90))
                 if self.hysteresis is not None:
                     zone[sl] = self.hysteresis.assign(row_dev[sl], part.x, part.y, motion[sl])
             est = Estimates(xs, ys, r90, est.n_gateways, meth)
