@@ -32,7 +32,7 @@ from live_bridge.wire import Event as WireEvent
 from radio_models.crb import crlb_rmse
 from radio_models.environment import Grid
 from radio_models.geometry import crossing_loss_db
-from radio_models.pathloss import three_d_distance
+from radio_models.pathloss import effective_exponent, three_d_distance
 from twin.scenario import Scenario, parse_scenario
 from twin.site import SiteModel
 
@@ -320,9 +320,9 @@ def coverage_maps(
     heard = rssi >= sensitivity[None, :]
     best = np.where(inside, rssi.max(axis=1), np.nan)
     n_heard = np.where(inside, heard.sum(axis=1), np.nan)
-    crb = crlb_rmse(
-        pts, gw, scenario.radio.model.exponent, max(scenario.radio.shadowing_sigma_db, 0.5), heard
-    )
+    # Any path-loss family enters the log-distance bound through its effective exponent.
+    exponent = effective_exponent(model)
+    crb = crlb_rmse(pts, gw, exponent, max(scenario.radio.shadowing_sigma_db, 0.5), heard)
     crb = np.where(inside, crb, np.nan)
     return CoverageMaps(
         grid, best.reshape(shape), n_heard.reshape(shape), crb.reshape(shape), inside.reshape(shape)

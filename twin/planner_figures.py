@@ -7,6 +7,7 @@ traces (polygons joined with None breaks), never one trace per tag.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -328,7 +329,8 @@ def add_track(fig: go.Figure, track: Mapping[str, np.ndarray], name: str) -> go.
 
 
 def cost_accuracy(rows: Sequence[Mapping[str, Any]], front: Sequence[str]) -> go.Figure:
-    """Cost against median and p90 error, one point per layout; the Pareto front is starred."""
+    """Capex (the ROI model's) against median and p90 error, one point per layout, with
+    payback and NPV on hover; the Pareto front (cost vs p90 error) is starred."""
     fig = go.Figure()
     cost = [r["cost"] for r in rows]
     names = [str(r["layout"]) for r in rows]
@@ -343,20 +345,30 @@ def cost_accuracy(rows: Sequence[Mapping[str, Any]], front: Sequence[str]) -> go
                 mode="markers+text",
                 name=label,
                 text=names,
+                customdata=[
+                    [
+                        f"{r['payback_months']:.1f} months"
+                        if math.isfinite(r.get("payback_months", math.inf))
+                        else "never",
+                        r.get("npv", math.nan),
+                    ]
+                    for r in rows
+                ],
                 textposition="top center",
                 marker={
                     "size": [16 if n in front else 10 for n in names],
                     "color": colour,
                     "symbol": ["star" if n in front else "circle" for n in names],
                 },
-                hovertemplate="%{text}<br>cost %{x:,.0f}<br>"
+                hovertemplate="%{text}<br>capex %{x:,.0f}<br>"
                 + label
-                + " %{y:.2f} m<extra></extra>",
+                + " %{y:.2f} m<br>payback %{customdata[0]}<br>NPV %{customdata[1]:,.0f}"
+                + "<extra></extra>",
             )
         )
     fig.update_layout(
         height=380,
-        xaxis_title="cost (gateways x unit cost + tags x tag cost)",
+        xaxis_title="capex (ROI model: tags, gateways and installation, project)",
         yaxis_title="position error (m)",
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
         title="cost vs accuracy (star: no other layout is cheaper and more accurate)",
@@ -378,12 +390,27 @@ def events_timeline(
                 y=[rule] * len(evs),
                 mode="markers",
                 name=rule,
-                text=[str(e.get("device", e.get("tag", ""))) for e in evs],
+                text=[str(e.get("tag") or e.get("gateway") or e.get("device") or "") for e in evs],
                 hovertemplate="%{text} at %{x:.0f} s<extra>" + rule + "</extra>",
             )
         )
-    for inc in incidents:
-        fig.add_vline(x=float(inc.get("t", 0.0)), line={"color": "#999999", "dash": "dot"})
+    # Injected incidents as dotted lines (one shape each; a layout list, not vline calls,
+    # which re-validate the figure per line).
+    fig.update_layout(
+        shapes=[
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": float(inc.get("t", 0.0)),
+                "x1": float(inc.get("t", 0.0)),
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": "#999999", "dash": "dot", "width": 1},
+            }
+            for inc in incidents
+        ]
+    )
     fig.update_layout(
         height=300, xaxis_title="time (s)", margin={"l": 10, "r": 10, "t": 20, "b": 10}
     )
