@@ -534,6 +534,14 @@ def view_compare(sc: Scenario) -> None:
         st.markdown(
             "**Which layout wins on what**\n\n" + "\n".join(f"- {w}" for w in planner.winners(rows))
         )
+        noisy = [f"{r['layout']} ({r['false_alarms']})" for r in rows if r["false_alarms"]]
+        if noisy:
+            st.warning(
+                "False alarms in the run, extrapolated to a daily rate by the ROI model: "
+                + ", ".join(noisy)
+                + f". From {st.session_state.duration:g} simulated seconds that rate is weak; "
+                "simulate longer before deciding on money."
+            )
         front = planner.pareto_front(rows)
         st.plotly_chart(figs.cost_accuracy(rows, front), width="stretch", key="cost_fig")
 
@@ -619,6 +627,11 @@ def roi_input_widgets(sc: Scenario, fleet: int) -> RoiInputs:
     return inputs
 
 
+def view_false_alarms(text: str) -> int:
+    """Unexplained alarms of a run (what the ROI model's false-alarm rate is built on)."""
+    return int(run_of(text).rule_scores.get("false_alarms") or 0)
+
+
 def _step(v: float) -> float:
     return 10 ** math.floor(math.log10(abs(v))) / 10 if v else 0.01
 
@@ -656,6 +669,14 @@ def view_roi(sc: Scenario) -> None:
     c[2].metric("capex", f"{base['capex']:,.0f}")
     c[3].metric("net / month", f"{base['net_per_month']:,.0f}")
     c[4].metric("TCO", f"{base['tco']:,.0f}")
+    fa = view_false_alarms(text)
+    if fa:
+        st.warning(
+            f"{fa} false alarm{'s' * (fa > 1)} in {st.session_state.duration:g} simulated seconds "
+            f"extrapolate to {m['false_alarms_per_day_per_1000_tags']:,.0f} per day per 1,000 "
+            "tags, and their handling cost dominates the result. A rate from so few events is "
+            "weak (docs/roi.md): simulate longer before trusting it."
+        )
     st.caption(
         f"Measured by the run ({st.session_state.duration:g} s simulated): theft recall "
         f"{m['theft_recall']:.3f}"
@@ -717,10 +738,10 @@ def view_roi(sc: Scenario) -> None:
             width="stretch",
             key="roi_items",
         )
-        st.line_chart(
-            pd.DataFrame({"cumulative cash (base)": roi["cumulative_base"]}),
-            x_label="month",
-            height=260,
+        st.plotly_chart(
+            figs.cumulative_cash(roi["cumulative_base"], base["payback_month"]),
+            width="stretch",
+            key="roi_cash",
         )
 
 

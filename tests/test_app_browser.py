@@ -244,7 +244,7 @@ def test_demo_run_compare_and_screenshots(page, server):
     t0 = time.perf_counter()
     view(pg, "ROI")
     pg.get_by_text("Best, base and worst case").wait_for()
-    pg.locator('[data-testid="stMetric"]').first.wait_for()
+    pg.locator(".js-plotly-plot").filter(has_text="cumulative cash").wait_for()
     idle(pg)
     timings["view_switch_to_roi_s"] = time.perf_counter() - t0
     no_exceptions(pg)
@@ -319,8 +319,11 @@ def test_demo_run_compare_and_screenshots(page, server):
     assert said and int(said[1]) > 0
     scores = pg.locator('[data-testid="stDataFrame"]').last
     scores.scroll_into_view_if_needed()
-    # The grid is a canvas; its values are in the accessible table Streamlit renders too.
-    cells = scores.locator('[role="gridcell"]').all_inner_texts()
+    # The grid is a canvas; its values are in the (hidden) accessible table it renders too.
+    scores.locator('[role="gridcell"]').filter(has_text="exit_without_checkout").first.wait_for(
+        state="attached"
+    )
+    cells = [c.strip() for c in scores.locator('[role="gridcell"]').all_text_contents()]
     assert "exit_without_checkout" in cells, cells[:40]
     i = cells.index("exit_without_checkout")
     row = cells[i : i + 8]  # rule, alarms, true positives, precision, incidents, detected, recall

@@ -523,6 +523,7 @@ def layout_row(view: RunView, maps: CoverageMaps, roi: Mapping[str, Any]) -> dic
         "r90_coverage": m["r90_coverage"],
         "theft_recall": measured["theft_recall"],
         "count_accuracy": measured["count_accuracy"],
+        "false_alarms": int(view.rule_scores.get("false_alarms") or 0),
         **maps.summary(),
     }
 

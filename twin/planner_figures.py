@@ -515,3 +515,40 @@ def playback_animation(
         ],
     )
     return fig
+
+
+def cumulative_cash(cumulative: Sequence[float], payback_month: int | None) -> go.Figure:
+    """The ROI model's base case: cumulative cash by month (month 0 = -capex), payback marked."""
+    months = list(range(len(cumulative)))
+    fig = go.Figure(
+        go.Scatter(
+            x=months,
+            y=list(cumulative),
+            mode="lines",
+            name="cumulative cash",
+            line={"color": "#264653"},
+            hovertemplate="month %{x}: %{y:,.0f}<extra></extra>",
+        )
+    )
+    fig.add_hline(y=0, line={"color": "#999999", "width": 1})
+    if payback_month is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[payback_month],
+                y=[cumulative[payback_month]],
+                mode="markers+text",
+                text=[f"payback, month {payback_month}"],
+                textposition="bottom right",
+                marker={"size": 10, "color": "#e76f51"},
+                name="payback",
+            )
+        )
+    fig.update_layout(
+        height=280,
+        showlegend=False,
+        xaxis_title="month",
+        yaxis_title="cumulative cash (base case)",
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        title="cumulative cash",
+    )
+    return fig
