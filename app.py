@@ -794,16 +794,8 @@ def live_positions() -> None:
         x = np.array([r["x"] for r in snap])
         y = np.array([r["y"] for r in snap])
         r90 = np.nan_to_num(np.array([r["r90"] for r in snap], dtype=float), nan=0.0)
-        frame = {
-            "x": x,
-            "y": y,
-            "r90": r90,
-            "true_x": x,
-            "true_y": y,
-            "error_m": np.zeros(len(x)),
-            "device": np.arange(len(x), dtype=float),
-        }
-        figs.add_frame(fig, frame, [r["dev"] for r in snap])
+        frame = {"x": x, "y": y, "r90": r90, "device": np.arange(len(x), dtype=float)}
+        figs.add_frame(fig, frame, [r["dev"] for r in snap], truth=False)
     left, right = st.columns([3, 2])
     left.plotly_chart(fig, width="stretch", key="live_fig")
     with right:

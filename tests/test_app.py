@@ -276,6 +276,7 @@ def test_live_view_shows_positions_and_events_from_the_real_server(tmp_path):
         est = next(t for t in spec["data"] if t.get("name") == "estimate")
         assert len(est["text"]) == n_dev
         assert all(d.startswith(("pallet-", "tote-", "forklift-")) for d in est["text"])
+        assert not {"true", "error"} & {t.get("name") for t in spec["data"]}  # no truth live
         events = at.dataframe[0].value
         assert len(events) > 0 and set(events["kind"]) == {"zone-change"}
         assert events["detail"].str.contains("from: ").all()

@@ -246,12 +246,31 @@ def add_frame(
     frame: Mapping[str, np.ndarray],
     device_ids: Sequence[str],
     max_circles: int = 15,
+    truth: bool = True,
 ) -> go.Figure:
-    """True positions, estimates, the error between them, and 90 % radii for a sample."""
+    """True positions, estimates, the error between them, and 90 % radii for a sample.
+    ``truth=False`` (the live view: no ground truth exists) draws estimates and radii only."""
     n = len(frame["x"])
     if n == 0:
         return fig
-    tx, ty, ex, ey = frame["true_x"], frame["true_y"], frame["x"], frame["y"]
+    ex, ey = frame["x"], frame["y"]
+    names = [device_ids[int(d)] for d in frame["device"]]
+    if not truth:
+        _add_radii(fig, ex, ey, frame["r90"], max_circles)
+        fig.add_trace(
+            go.Scatter(
+                x=ex,
+                y=ey,
+                mode="markers",
+                marker={"size": 7, "color": "#e76f51", "symbol": "x"},
+                name="estimate",
+                text=names,
+                customdata=frame["r90"],
+                hovertemplate="%{text}<br>r90 %{customdata:.1f} m<extra></extra>",
+            )
+        )
+        return fig
+    tx, ty = frame["true_x"], frame["true_y"]
     seg_x = np.column_stack([tx, ex, np.full(n, np.nan)]).ravel()
     seg_y = np.column_stack([ty, ey, np.full(n, np.nan)]).ravel()
     fig.add_trace(
@@ -264,19 +283,7 @@ def add_frame(
             hoverinfo="skip",
         )
     )
-    step = max(1, n // max_circles)
-    cx, cy = _circles(ex[::step], ey[::step], frame["r90"][::step])
-    fig.add_trace(
-        go.Scatter(
-            x=cx,
-            y=cy,
-            mode="lines",
-            line={"color": "#e76f51", "width": 0.8, "dash": "dot"},
-            name="90 % radius",
-            hoverinfo="skip",
-        )
-    )
-    names = [device_ids[int(d)] for d in frame["device"]]
+    _add_radii(fig, ex, ey, frame["r90"], max_circles)
     fig.add_trace(
         go.Scatter(
             x=tx,
@@ -302,6 +309,23 @@ def add_frame(
         )
     )
     return fig
+
+
+def _add_radii(
+    fig: go.Figure, x: np.ndarray, y: np.ndarray, r90: np.ndarray, max_circles: int
+) -> None:
+    step = max(1, len(x) // max_circles)
+    cx, cy = _circles(x[::step], y[::step], r90[::step])
+    fig.add_trace(
+        go.Scatter(
+            x=cx,
+            y=cy,
+            mode="lines",
+            line={"color": "#e76f51", "width": 0.8, "dash": "dot"},
+            name="90 % radius",
+            hoverinfo="skip",
+        )
+    )
 
 
 def add_track(fig: go.Figure, track: Mapping[str, np.ndarray], name: str) -> go.Figure:
