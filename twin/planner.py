@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from engine.roi import RoiInputs, measured_from_report, roi_report
+from engine.truth import GroundTruth
 from live_bridge.wire import EVENTS_TOPIC, POSITIONS_TOPIC, PositionBatch
 from live_bridge.wire import Event as WireEvent
 from radio_models.crb import crlb_rmse
@@ -332,6 +333,9 @@ def coverage_maps(
 # -- a run, reduced to what the planner shows ----------------------------------------------
 
 
+STALE_AFTER_S = 30.0  # playback keeps a tag's last-known estimate this long
+
+
 @dataclass
 class RunView:
     """A simulation run without its raw sightings: small enough to cache and pickle."""
@@ -350,6 +354,7 @@ class RunView:
     events: list[dict[str, Any]] = field(default_factory=list)  # Event.to_dict() per event
     rule_scores: dict[str, Any] = field(default_factory=dict)  # metrics["rules"]
     incidents: list[dict[str, Any]] = field(default_factory=list)  # injected, with their t
+    truth: GroundTruth | None = None  # segments: exact truth at any time, a few kB a tag
 
     def score_table(self) -> list[dict[str, Any]]:
         """Per-rule precision and recall against the injected incidents (rules the run
@@ -376,17 +381,28 @@ class RunView:
                 "error_m": empty,
             }
         tk = float(times[np.argmin(np.abs(times - t))])
-        sel = np.flatnonzero(self.fixes["t"] == tk)
+        # Each tag's newest estimate at or before tk (a tag no gateway heard in the last
+        # window keeps its last-known position for up to STALE_AFTER_S), against where the
+        # tag truly is at tk: what an operator's screen shows at that moment.
+        all_t, all_dev = self.fixes["t"], self.fixes["device"]
+        cand = np.flatnonzero((all_t <= tk) & (all_t > tk - STALE_AFTER_S))
+        order = cand[np.lexsort((all_t[cand], all_dev[cand]))]
+        dev = all_dev[order]
+        sel = order[np.r_[dev[1:] != dev[:-1], True]] if len(order) else order
         f = self.fixes[sel]
+        if self.truth is not None:
+            true = self.truth.position_at(f["device"], np.full(len(sel), tk))
+        else:
+            true = self.true_xy[sel]
         return {
-            "t": np.full(len(sel), tk),
+            "t": f["t"].astype(float),
             "device": f["device"].astype(float),
             "x": f["x"],
             "y": f["y"],
             "r90": f["r90"].astype(float),
-            "true_x": self.true_xy[sel, 0],
-            "true_y": self.true_xy[sel, 1],
-            "error_m": self.error_m[sel],
+            "true_x": true[:, 0],
+            "true_y": true[:, 1],
+            "error_m": np.hypot(f["x"] - true[:, 0], f["y"] - true[:, 1]),
         }
 
     def track(self, device: int) -> dict[str, FloatArray]:
@@ -445,6 +461,7 @@ def run_view(scenario: Scenario, progress: Callable[[float], None] | None = None
         events=[ev.to_dict() for ev in run.events],
         rule_scores=json.loads(json.dumps(scores, default=str)),
         incidents=[rec.to_dict() for rec in run.incidents.records],
+        truth=truth,
     )
 
 
