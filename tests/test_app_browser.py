@@ -123,7 +123,9 @@ def shot(pg, name: str) -> Path:
     path = ARTIFACTS / f"planner-{name}.png"
     pg.wait_for_timeout(600)  # let plotly finish its transition before the picture
     pg.screenshot(path=str(path), full_page=True)
-    if name in FOR_DOCS:
+    # The docs' screenshots are refreshed on request, so a test run leaves the tree clean:
+    #   TAGTWIN_UPDATE_DOCS=1 ./run test tests/test_app_browser.py
+    if name in FOR_DOCS and os.environ.get("TAGTWIN_UPDATE_DOCS") == "1":
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DOCS_IMG / FOR_DOCS[name])
     return path
