@@ -131,13 +131,20 @@ class MissingRule(_Strict):
         default=True, description="estimate q from per-gateway reception of tags at rest"
     )
     loss_floor: float = Field(
-        default=5e-5, gt=0, lt=1, description="q never below this (losses common to all gateways)"
+        default=5e-5, gt=0, lt=1, description="q of a tag at rest never below this"
     )
     min_adverts: int = Field(
         default=20, ge=1, description="frames since the last motion before per-gateway q is used"
     )
     prior_adverts: float = Field(
         default=1.0, gt=0, description="Jeffreys-like prior weight of the miss-rate estimate"
+    )
+    dying_battery_pct: float = Field(
+        default=5.0,
+        ge=0,
+        le=100,
+        description="a tag whose last reading is at or below this is expected to fall silent: "
+        "k = min_missed",
     )
     expected_interval_s: dict[str, float] = Field(
         default_factory=dict, description="tag class -> advertising interval; else the registry's"

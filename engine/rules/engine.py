@@ -275,6 +275,13 @@ class RuleEngine:
         self.checkout_watermark = -np.inf
         self.g_heard = np.zeros((0, n_gw), np.int32)  # (tag, gateway) distinct frames heard
         self.g_sent = np.zeros(0, np.int64)  # frames sent since the tag last moved
+        self.g_missed = np.zeros(0, np.int64)  # of those, frames no gateway heard
+        # Site-wide burst statistics from the frame counters: adverts missed in closed runs
+        # of misses (each run capped at max_missed) and how many of them followed a miss.
+        self.burst_missed = 0
+        self.burst_continued = 0
+        self._common_cache: tuple[int, float] | None = None
+        self._obs_version = 0
         self.now = -np.inf
         self._next_count_t = rules.missing.cycle_count_every_s
         self._next_forecast_t = rules.battery.forecast_every_s
@@ -297,6 +304,7 @@ class RuleEngine:
         if cap > len(self.g_sent):
             extra = cap - len(self.g_sent)
             self.g_sent = np.concatenate([self.g_sent, np.zeros(extra, np.int64)])
+            self.g_missed = np.concatenate([self.g_missed, np.zeros(extra, np.int64)])
             self.g_heard = np.vstack(
                 [self.g_heard, np.zeros((extra, self.g_heard.shape[1]), np.int32)]
             )
@@ -322,15 +330,49 @@ class RuleEngine:
         out[ok] = self._class_interval[cls[ok]]
         return out
 
+    def _q_gw(self, d: IntArray) -> FloatArray:
+        """prod_g (1 - h_g) over gateways now up: the tag's loss if gateways failed
+        independently (fading, scanner channel, sensitivity are per gateway)."""
+        g_sent = self.g_sent[d].astype(float)
+        h = (self.g_heard[d] + 0.5) / (g_sent[:, None] + 1.0)
+        up = (self.gw_state == 0).astype(float)
+        return np.asarray(np.exp(np.log1p(-np.minimum(h, 1 - 1e-12)) @ up))
+
+    def common_loss(self) -> float:
+        """q_c, the share of adverts lost at every gateway at once beyond what independent
+        per-gateway losses explain (collisions that no gateway captures, bodies, Wi-Fi):
+        pooled over tags at rest, (sum missed - sum sent x prod_g (1 - h_g) + 1/2) /
+        (sum sent + 1). Cached until new sightings arrive."""
+        if self._common_cache is not None and self._common_cache[0] == self._obs_version:
+            return self._common_cache[1]
+        n = self.tags.n
+        sent = self.g_sent[:n]
+        d = np.flatnonzero(sent >= self.rules.missing.min_adverts)
+        q_c = 0.5
+        if len(d) and self.g_heard.shape[1]:
+            s = float(sent[d].sum())
+            excess = float(self.g_missed[d].sum()) - float((self._q_gw(d) * sent[d]).sum())
+            q_c = (max(excess, 0.0) + 0.5) / (s + 1.0)
+        self._common_cache = (self._obs_version, q_c)
+        return q_c
+
+    def burst_continuation(self) -> float:
+        """rho = P(an advert is missed | the previous one was missed), pooled over the site's
+        frame counters: (misses that followed a miss + 1/2) / (misses in closed runs + 1).
+        Collisions repeat (two tags drift apart by only the 0-10 ms advDelay per event), so
+        rho is far above q and runs of misses are longer than independence predicts."""
+        return (self.burst_continued + 0.5) / (self.burst_missed + 1.0)
+
     def miss_rate(self, d: IntArray) -> FloatArray:
         """Probability q that one advertisement of the tag is heard by no gateway.
 
         From the frame counter: the posterior mean (missed + prior/2) / (sent + prior).
         That needs ~1/q clean adverts to resolve a small q, so for a tag at rest (since its
-        last motion, at least ``min_adverts`` sent) the per-gateway rates are used as well:
-        q = prod_g (1 - h_g) over gateways now up, h_g = (heard by g + 1/2) / (sent + 1),
-        i.e. fading independent across gateways (it is in the twin: one draw per gateway
-        and packet), floored at ``loss_floor`` for losses that hit every gateway at once.
+        last motion, at least ``min_adverts`` sent) the per-gateway rates are used instead:
+        q = max(prod_g (1 - h_g), loss_floor) + q_c over gateways now up,
+        h_g = (heard by g + 1/2) / (sent + 1), q_c the site's common-mode loss
+        (:meth:`common_loss`): per-gateway losses alone would say 2e-5 where collisions
+        make it ~5e-3 (docs/rules.md).
         """
         cfg = self.rules.missing
         prior = cfg.prior_adverts
@@ -339,12 +381,17 @@ class RuleEngine:
         q = (missed + prior / 2.0) / (sent + prior)
         if not cfg.per_gateway or len(d) == 0 or self.g_heard.shape[1] == 0:
             return q
-        g_sent = self.g_sent[d].astype(float)
-        h = (self.g_heard[d] + 0.5) / (g_sent[:, None] + 1.0)
-        up = (self.gw_state == 0).astype(float)
-        q_gw = np.exp(np.log1p(-np.minimum(h, 1 - 1e-12)) @ up)
-        settled = g_sent >= cfg.min_adverts
-        return np.where(settled, np.maximum(q_gw, cfg.loss_floor), q)
+        settled = self.g_sent[d] >= cfg.min_adverts
+        q_rest = np.maximum(self._q_gw(d), cfg.loss_floor) + self.common_loss()
+        return np.where(settled, np.minimum(q_rest, 1.0), q)
+
+    def silent_probability(self, d: IntArray, m: FloatArray) -> FloatArray:
+        """P(a present tag misses m adverts in a row from a given one) = q x rho^(m-1), a
+        two-state (Gilbert) loss chain with per-tag q and the site's continuation rho
+        (at least q: bursts never make a repeat less likely than a first miss)."""
+        q = np.clip(self.miss_rate(d), 1e-12, 1.0)
+        rho = np.maximum(self.burst_continuation(), q)
+        return np.asarray(q * rho ** np.maximum(m - 1.0, 0.0))
 
     def false_alarm_risk(self, d: IntArray) -> FloatArray:
         """alpha per advertisement: the design rate R (per day per 1,000 tags) spread over
@@ -364,12 +411,16 @@ class RuleEngine:
         """
         cfg = self.rules.missing
         q = np.clip(self.miss_rate(d), 1e-12, 1 - 1e-12)
+        rho = np.clip(np.maximum(self.burst_continuation(), q), 1e-12, 1 - 1e-12)
         alpha = self.false_alarm_risk(d)
-        k = np.ceil(np.log(alpha) / np.log(q) - 1e-9)  # 2.0000000000000004 is 2
-        k = np.clip(k, cfg.min_missed, cfg.max_missed)
+        # fewest k with q rho^(k-1) <= alpha; 2.0000000000000004 is 2
+        k = 1.0 + np.ceil(np.maximum(np.log(q / alpha), 0.0) / -np.log(rho) - 1e-9)
+        bat = self.tags["battery"][d]
+        dying = (bat >= 0) & (bat <= cfg.dying_battery_pct)
+        k = np.where(dying, cfg.min_missed, np.clip(k, cfg.min_missed, cfg.max_missed))
         return k * (self._interval(d) + cfg.jitter_s) + cfg.latency_s, k
 
-    def _event(  # noqa: PLR0917 - rule, time, tag are the event's identity; the rest by keyword
+    def _event(
         self,
         rule: str,
         t: float,
@@ -436,6 +487,7 @@ class RuleEngine:
         if len(rows) == 0:
             return []
         self.counters["sightings"] += len(rows)
+        self._obs_version += 1
         tg = self.tags
         dev = rows["device"].astype(np.int64)
         self._grow(int(dev.max()) + 1)
@@ -485,8 +537,20 @@ class RuleEngine:
             span_missed = np.where(fresh, last - first + 1 - count, 0)
             tg["n_missed"][dd] += gap + span_missed
             tg["n_heard"][dd] += np.where(fresh, count, 0)
-            tg["last_seq"][dd] = np.maximum(prev_seq, last)
             self.g_sent[dd] += gap + np.where(fresh, last - first + 1, 0)
+            self.g_missed[dd] += gap + span_missed
+            # Runs of misses closed by this batch (the gap before each heard frame), for the
+            # site-wide burst statistics; runs still open (a silent tag) are not counted.
+            runs = np.diff(ks) - 1
+            runs[np.diff(kd) != 0] = 0
+            fresh_row = np.repeat(fresh, count)
+            runs = np.where(fresh_row[1:], runs, 0)
+            cap = self.rules.missing.max_missed
+            all_runs = np.minimum(np.concatenate([gap, runs]), cap)
+            all_runs = all_runs[all_runs > 0]
+            self.burst_missed += int(all_runs.sum())
+            self.burst_continued += int((all_runs - 1).sum())
+            tg["last_seq"][dd] = np.maximum(prev_seq, last)
             # Per (tag, gateway): distinct frames heard (channels of one frame count once).
             cell = dev[has] * n_gw + rows["gateway"][has].astype(np.int64)
             uc = np.unique(cell * (1 << 32) + rows["seq"][has].astype(np.int64)) >> 32
@@ -566,6 +630,7 @@ class RuleEngine:
         # A moved tag has new gateways: its per-gateway reception history starts again.
         self.g_heard[d[motion == 1]] = 0
         self.g_sent[d[motion == 1]] = 0
+        self.g_missed[d[motion == 1]] = 0
         cls = tg["cls"][d]
 
         if rules.registry.enabled:
@@ -816,16 +881,21 @@ class RuleEngine:
 
     def _missing_event(self, d: int, t: float, theta: float, k: int, **extra: Any) -> Event:
         tg = self.tags
-        q = float(self.miss_rate(np.array([d]))[0])
+        dd = np.array([d])
+        q = float(self.miss_rate(dd)[0])
+        p_silent = float(self.silent_probability(dd, np.array([float(k)]))[0])
         return self._event(
             "missing_tag",
             t,
             d,
-            confidence=1.0 - q**k,
+            confidence=1.0 - p_silent,
             last_heard_t=float(tg["heard_t"][d]),
             silence_threshold_s=theta,
             missed_in_a_row=k,
             miss_rate=q,
+            burst_continuation=self.burst_continuation(),
+            p_silent_if_present=p_silent,
+            battery_pct=float(tg["battery"][d]),
             expected_interval_s=float(self._interval(np.array([d]))[0]),
             **extra,
         )
@@ -931,12 +1001,11 @@ class RuleEngine:
         """
         tg, cfg = self.tags, self.rules.exit
         p_zone = tg["pz"][d]
-        q = np.clip(self.miss_rate(d), 1e-12, 1.0)
         missed = np.floor((tg["vanish_t"][d] - tg["heard_t"][d]) / self._interval(d))
         gw_ok = 1.0
         if len(self._exit_gateways):
             gw_ok = float(np.mean(self.gw_state[self._exit_gateways] == 0))
-        p_vanish = (1.0 - q ** np.maximum(missed, 1)) * gw_ok
+        p_vanish = (1.0 - self.silent_probability(d, np.maximum(missed, 1.0))) * gw_ok
         p_motion = np.where(
             tg["exit_t"][d] - tg["moving_t"][d] <= cfg.motion_window_s, 1.0, cfg.still_factor
         )
