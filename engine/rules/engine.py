@@ -18,7 +18,7 @@ State transitions, all of them, per tag:
 
 * zone: ``cand`` counts consecutive fixes in one zone; after ``confirm_fixes`` the zone
   becomes ``conf`` (zone_exit of the old, zone_enter of the new; dwell clock restarts).
-* presence: heard -> (silent for theta = (k + 1/2) intervals) -> either
+* presence: heard -> (silent for theta = k intervals, k from the burst loss model) -> either
   *missing* (missing_tag alarm) or, when it vanished near an exit, *pending exit*.
   A pending exit becomes *exited* (checkout matched: exit_checked_out; else scored:
   exit_without_checkout alarm, exit_unresolved review, or a missing_tag fallback),
