@@ -106,7 +106,7 @@ def main() -> None:
             "alarms": len(a),
             "alarm_rules": sorted({e.rule for e in a}),
             "reviews": len(r),
-            "rho": round(rules.burst_continuation(), 4),
+            "rho1_rho2": [round(r, 4) for r in rules.burst_continuation()],
             "common_loss": round(rules.common_loss(), 5),
         })
     thousand = tag_days / 1000.0

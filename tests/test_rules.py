@@ -159,6 +159,9 @@ def exit_run(
     rows = [
         fixes(float(t), [0], [10.0 + 12.0 * t / 30], [10.0], motion=motion) for t in range(1, 31)
     ]
+    # runs of misses the site has seen, as in the demo twin: rho1 = 0.071, rho2 = 0.12
+    # (without them both keep their prior 1/2 and k is large)
+    eng.burst_missed, eng.burst_continued, eng.burst_deep = 400, 28, 3
     s = adverts(0, 0.2, 30, 1.0)
     if checkout_t is not None:
         co = np.zeros(1, CHECKOUT_DTYPE)
@@ -368,9 +371,10 @@ def test_threshold_grows_with_miss_rate() -> None:
     eng._grow(3)
     eng.tags["n_heard"][:3] = [10_000, 1000, 1000]
     eng.tags["n_missed"][:3] = [0, 1, 100]
-    eng.burst_missed, eng.burst_continued = 1000, 40  # rho ~ 0.04, as in the demo twin
+    # rho1 ~ 0.07, rho2 ~ 0.12 as in the demo twin
+    eng.burst_missed, eng.burst_continued, eng.burst_deep = 1000, 70, 8
     theta, k = eng.silence_threshold(np.arange(3))
-    assert k[0] < k[1] < k[2]
+    assert k[0] <= k[1] < k[2]  # tag 1 is a 10 s class: alpha 10 x larger
     assert math.isclose(theta[2], k[2] * 1.01 + 0.005)
 
 
@@ -407,35 +411,51 @@ def heard_frames(device: int, heard: np.ndarray, gateways: tuple[int, ...] = (0,
 
 
 def test_burst_statistics_from_frame_counters() -> None:
-    """Runs of misses are counted per closed run: isolated misses keep rho small and k low,
-    runs of misses (collisions that recur) raise rho and with it k."""
+    """Runs of misses are counted per closed run: isolated misses keep rho1 small and k low,
+    runs of misses (collisions that recur) raise rho1 and rho2 and with them k."""
     n = 2000
+    lax = rules_with(missing={"false_alarms_per_day_per_1000_tags": 1e5})  # alpha 1.16e-3
     isolated = np.ones(n, bool)
     isolated[10:n:50] = False  # 40 single misses
-    eng = RuleEngine(rules_with(), context(3))
+    eng = RuleEngine(lax, context(3))
     eng.observe_sightings(heard_frames(0, isolated))
-    assert (eng.burst_missed, eng.burst_continued) == (40, 0)
-    assert eng.burst_continuation() == pytest.approx(0.5 / 41)
+    assert (eng.burst_missed, eng.burst_continued, eng.burst_deep) == (40, 0, 0)
+    assert eng.burst_continuation() == pytest.approx((0.5 / 41, 0.5))
     # q of a tag at rest: the per-gateway product (floored) plus the site's common-mode loss,
     # here all 40 misses hit every gateway at once: q_c = (40 - 2000 x 0.02^3 + 1/2) / 2001
     q_gw = (1 - (n - 40 + 0.5) / (n + 1)) ** 3
     assert eng.common_loss() == pytest.approx((40 - n * q_gw + 0.5) / (n + 1), rel=1e-9)
     q = eng.miss_rate(np.array([0]))[0]
     assert q == pytest.approx(5e-5 + eng.common_loss(), rel=1e-9)
+    # the tag's own continuation (0 of its 40 misses followed a miss), shrunk toward the
+    # site's with the weight of 20 misses, and at least q; rho2 at least rho1
+    rho1 = max((0 + 20 * 0.5 / 41) / (40 + 20), q)
+    r1, r2 = eng.tag_continuation(np.array([0]), np.array([q]))
+    assert (r1[0], r2[0]) == pytest.approx((rho1, 0.5))
     _, k_iso = eng.silence_threshold(np.array([0]))
-    rho = 0.5 / 41
-    alpha = 0.5 / 1000 / 86_400
-    assert k_iso[0] == 1 + math.ceil(math.log(q / alpha) / -math.log(rho))
+    alpha = 1e5 / 1000 / 86_400
+    assert q * rho1 <= alpha
+    assert k_iso[0] == 2
     bursty = np.ones(n, bool)
     for start in range(10, n - 10, 50):
-        bursty[start : start + 3] = False  # 40 runs of 3: two of every three misses follow one
-    eng2 = RuleEngine(rules_with(), context(3))
+        bursty[start : start + 3] = False  # 40 runs of 3
+    eng2 = RuleEngine(lax, context(3))
     # the same frames in two batches: a run that spans the batch boundary counts once
     eng2.observe_sightings(heard_frames(0, np.where(np.arange(n) < 1011, bursty, False)))
     eng2.observe_sightings(heard_frames(0, np.where(np.arange(n) >= 1011, bursty, False)))
-    assert (eng2.burst_missed, eng2.burst_continued) == (120, 80)
+    assert (eng2.burst_missed, eng2.burst_continued, eng2.burst_deep) == (120, 80, 40)
+    assert (eng2.tags["b_missed"][0], eng2.tags["b_cont"][0], eng2.tags["b_deep"][0]) == (
+        120,
+        80,
+        40,
+    )
+    q2 = eng2.miss_rate(np.array([0]))[0]
+    r1, r2 = eng2.tag_continuation(np.array([0]), np.array([q2]))
     _, k_burst = eng2.silence_threshold(np.array([0]))
+    assert k_burst[0] == 2 + math.ceil(math.log(q2 * r1[0] / alpha) / -math.log(r2[0]))
     assert k_burst[0] > k_iso[0]
+    p = eng2.silent_probability(np.array([0, 0]), np.array([k_burst[0], k_burst[0] - 1]))
+    assert p[0] <= alpha < p[1]
     # a tag that reports a nearly empty cell is expected to fall silent: k = min_missed
     eng2.tags["battery"][0] = 3
     assert eng2.silence_threshold(np.array([0]))[1][0] == 2

@@ -126,7 +126,7 @@ class MissingRule(_Strict):
         default=0.005, ge=0, le=10, description="advertisement to sighting time-stamp slack"
     )
     min_missed: int = Field(default=2, ge=1, le=100)
-    max_missed: int = Field(default=8, ge=1, le=1000)
+    max_missed: int = Field(default=16, ge=1, le=1000)
     per_gateway: bool = Field(
         default=True, description="estimate q from per-gateway reception of tags at rest"
     )
@@ -138,6 +138,11 @@ class MissingRule(_Strict):
     )
     prior_adverts: float = Field(
         default=1.0, gt=0, description="Jeffreys-like prior weight of the miss-rate estimate"
+    )
+    burst_prior_misses: float = Field(
+        default=20.0,
+        gt=0,
+        description="weight (in misses) of the site's burst continuation in each tag's own",
     )
     dying_battery_pct: float = Field(
         default=5.0,

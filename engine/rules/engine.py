@@ -157,6 +157,9 @@ _FILL: dict[str, tuple[object, str]] = {
     "last_seq": (-1, "i8"),
     "n_heard": (0, "i8"),
     "n_missed": (0, "i8"),
+    "b_missed": (0, "i8"),  # adverts missed in the tag's closed runs of misses (capped)
+    "b_cont": (0, "i8"),  # of those, misses that followed a miss
+    "b_deep": (0, "i8"),  # and misses that followed two misses
     "missing": (False, "?"),
     "pending": (False, "?"),
     "exited": (False, "?"),
@@ -280,6 +283,7 @@ class RuleEngine:
         # of misses (each run capped at max_missed) and how many of them followed a miss.
         self.burst_missed = 0
         self.burst_continued = 0
+        self.burst_deep = 0
         self._common_cache: tuple[int, float] | None = None
         self._obs_version = 0
         self.now = -np.inf
@@ -356,12 +360,16 @@ class RuleEngine:
         self._common_cache = (self._obs_version, q_c)
         return q_c
 
-    def burst_continuation(self) -> float:
-        """rho = P(an advert is missed | the previous one was missed), pooled over the site's
-        frame counters: (misses that followed a miss + 1/2) / (misses in closed runs + 1).
-        Collisions repeat (two tags drift apart by only the 0-10 ms advDelay per event), so
-        rho is far above q and runs of misses are longer than independence predicts."""
-        return (self.burst_continued + 0.5) / (self.burst_missed + 1.0)
+    def burst_continuation(self) -> tuple[float, float]:
+        """(rho1, rho2), pooled over the site's frame counters: P(an advert is missed | the
+        previous one was) = (misses that followed a miss + 1/2) / (misses in closed runs + 1),
+        and P(missed | the previous two were), (misses after two + 1/2) / (misses after one
+        + 1). Collisions repeat (two tags drift apart by only the 0-10 ms advDelay per
+        event), so rho1 is far above q; and runs that got to two are likelier still to go
+        on (rho2 > rho1: some tags and pairs are stuck in a bad state for a while)."""
+        rho1 = (self.burst_continued + 0.5) / (self.burst_missed + 1.0)
+        rho2 = (self.burst_deep + 0.5) / (self.burst_continued + 1.0)
+        return rho1, rho2
 
     def miss_rate(self, d: IntArray) -> FloatArray:
         """Probability q that one advertisement of the tag is heard by no gateway.
@@ -385,13 +393,29 @@ class RuleEngine:
         q_rest = np.maximum(self._q_gw(d), cfg.loss_floor) + self.common_loss()
         return np.where(settled, np.minimum(q_rest, 1.0), q)
 
+    def tag_continuation(self, d: IntArray, q: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """(rho1, rho2) of each tag: its own runs of misses shrunk toward the site's
+        (:meth:`burst_continuation`) with the weight of ``burst_prior_misses`` misses;
+        rho1 at least q, rho2 at least rho1. A tag heard by one or two gateways inherits
+        their bursts, which the site-wide values average away."""
+        w = self.rules.missing.burst_prior_misses
+        tg = self.tags
+        s1, s2 = self.burst_continuation()
+        own1 = (tg["b_cont"][d] + w * s1) / (tg["b_missed"][d] + w)
+        own2 = (tg["b_deep"][d] + w * s2) / (tg["b_cont"][d] + w)
+        rho1 = np.clip(np.maximum(own1, q), 1e-12, 1 - 1e-12)
+        rho2 = np.clip(np.maximum(own2, rho1), 1e-12, 1 - 1e-12)
+        return np.asarray(rho1), np.asarray(rho2)
+
     def silent_probability(self, d: IntArray, m: FloatArray) -> FloatArray:
-        """P(a present tag misses m adverts in a row from a given one) = q x rho^(m-1), a
-        two-state (Gilbert) loss chain with per-tag q and the site's continuation rho
-        (at least q: bursts never make a repeat less likely than a first miss)."""
+        """P(a present tag misses m adverts in a row from a given one) =
+        q x rho1 x rho2^(m-2) (m >= 2): a loss chain with per-tag q and the continuations of
+        :meth:`tag_continuation`."""
         q = np.clip(self.miss_rate(d), 1e-12, 1.0)
-        rho = np.maximum(self.burst_continuation(), q)
-        return np.asarray(q * rho ** np.maximum(m - 1.0, 0.0))
+        rho1, rho2 = self.tag_continuation(d, q)
+        return np.asarray(
+            q * np.where(m >= 2, rho1, 1.0) * rho2 ** np.maximum(m - 2.0, 0.0)
+        )
 
     def false_alarm_risk(self, d: IntArray) -> FloatArray:
         """alpha per advertisement: the design rate R (per day per 1,000 tags) spread over
@@ -411,10 +435,10 @@ class RuleEngine:
         """
         cfg = self.rules.missing
         q = np.clip(self.miss_rate(d), 1e-12, 1 - 1e-12)
-        rho = np.clip(np.maximum(self.burst_continuation(), q), 1e-12, 1 - 1e-12)
+        rho1, rho2 = self.tag_continuation(d, q)
         alpha = self.false_alarm_risk(d)
-        # fewest k with q rho^(k-1) <= alpha; 2.0000000000000004 is 2
-        k = 1.0 + np.ceil(np.maximum(np.log(q / alpha), 0.0) / -np.log(rho) - 1e-9)
+        # fewest k with q rho1 rho2^(k-2) <= alpha (k >= 2); 2.0000000000000004 is 2
+        k = 2.0 + np.ceil(np.maximum(np.log(q * rho1 / alpha), 0.0) / -np.log(rho2) - 1e-9)
         bat = self.tags["battery"][d]
         dying = (bat >= 0) & (bat <= cfg.dying_battery_pct)
         k = np.where(dying, cfg.min_missed, np.clip(k, cfg.min_missed, cfg.max_missed))
@@ -547,9 +571,15 @@ class RuleEngine:
             runs = np.where(fresh_row[1:], runs, 0)
             cap = self.rules.missing.max_missed
             all_runs = np.minimum(np.concatenate([gap, runs]), cap)
-            all_runs = all_runs[all_runs > 0]
+            run_dev = np.concatenate([dd, kd[1:]])
+            has_run = all_runs > 0
+            all_runs, run_dev = all_runs[has_run], run_dev[has_run]
             self.burst_missed += int(all_runs.sum())
             self.burst_continued += int((all_runs - 1).sum())
+            self.burst_deep += int(np.maximum(all_runs - 2, 0).sum())
+            np.add.at(tg["b_missed"], run_dev, all_runs)
+            np.add.at(tg["b_cont"], run_dev, all_runs - 1)
+            np.add.at(tg["b_deep"], run_dev, np.maximum(all_runs - 2, 0))
             tg["last_seq"][dd] = np.maximum(prev_seq, last)
             # Per (tag, gateway): distinct frames heard (channels of one frame count once).
             cell = dev[has] * n_gw + rows["gateway"][has].astype(np.int64)
@@ -893,7 +923,7 @@ class RuleEngine:
             silence_threshold_s=theta,
             missed_in_a_row=k,
             miss_rate=q,
-            burst_continuation=self.burst_continuation(),
+            burst_continuation=[float(r[0]) for r in self.tag_continuation(dd, np.array([q]))],
             p_silent_if_present=p_silent,
             battery_pct=float(tg["battery"][d]),
             expected_interval_s=float(self._interval(np.array([d]))[0]),
