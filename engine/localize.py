@@ -1,19 +1,34 @@
 """Localizers: turn per-window RSSI matrices into positions, vectorized across tags.
 
 Input is always a (rows, gateways) matrix of mean RSSI with NaN where a gateway did not
-hear the tag in that window; output is (x, y) per row with an uncertainty.
+hear the tag in that window; output is :class:`Estimates`, (x, y) per row with a 90 %
+error radius. Five single-shot estimators live here, all selectable per scenario:
+
+* ``strongest``: the position of the gateway that heard the tag loudest;
+* ``centroid``: RSSI-weighted centroid of the strongest gateways;
+* ``wls`` (maximum likelihood): nonlinear least squares on the log-distance model,
+  optionally with the site plan's wall and rack losses (:class:`ObstacleMap`);
+* ``knn``: fingerprinting, the mean of the k nearest fingerprints in signal space;
+* ``radio-map``: the posterior over the cells of a probabilistic radio map
+  (:class:`RadioMap`), built from the path-loss model or from a calibration walk.
+
+The trackers in :mod:`engine.track` reuse the radio map's likelihood over time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import shapely
 from numpy.typing import NDArray
+from scipy.spatial import cKDTree
 
 from radio_models.environment import Grid
 
 FloatArray = NDArray[np.float64]
+AnyArray = NDArray[Any]  # float32 or float64
 
 LN10 = np.log(10.0)
 # -2 ln(1 - 0.9): the 90 % quantile of a chi-square with 2 degrees of freedom. The 90 %
@@ -22,6 +37,19 @@ CHI2_2DOF_90 = -2.0 * np.log(0.1)
 
 METHOD_WLS = 0
 METHOD_CENTROID = 1
+METHOD_STRONGEST = 2
+METHOD_KNN = 3
+METHOD_RADIO_MAP = 4
+METHOD_KALMAN = 5
+METHOD_HMM = 6
+METHOD_PARTICLE = 7
+METHOD_NAMES = ("wls", "centroid", "strongest", "knn", "radio-map", "kalman", "hmm", "particle")
+
+# Rows solved together by the ML estimator: keeps its (rows, gateways) temporaries in
+# cache, which is worth about a factor of five over one pass on 200,000 rows.
+WLS_CHUNK_ROWS = 4096
+MAX_STEP_M = 5.0  # a Newton step longer than this is shortened (a trust region)
+NEWTON_RADIUS_M = 2.0  # Gauss-Newton steps longer than this stay Gauss-Newton
 
 
 @dataclass(frozen=True)
@@ -45,6 +73,55 @@ class Estimates:
     n_gateways: NDArray[np.int32]
     method: NDArray[np.int8]
 
+    @classmethod
+    def empty(cls) -> Estimates:
+        z = np.zeros(0)
+        return cls(z, z.copy(), z.copy(), np.zeros(0, np.int32), np.zeros(0, np.int8))
+
+    def take(self, idx: NDArray[np.intp] | NDArray[np.bool_] | slice) -> Estimates:
+        return Estimates(self.x[idx], self.y[idx], self.r90[idx], self.n_gateways[idx], self.method[idx])
+
+
+# 90 % radius of a 2-D Gaussian with axis spreads 1 and rho (rho <= 1), fitted to a
+# Monte-Carlo of 2e6 draws at rho = 0, 0.1, ..., 1 (max error 0.005): 1.645 for a line,
+# sqrt(chi2_2(0.9)) = 2.146 for a circle.
+_R90_POLY = (0.12564623, 0.44121049, -0.06406381, 1.64771269)
+
+
+def r90_from_cov(var_x: FloatArray, var_y: FloatArray, cov_xy: FloatArray | float = 0.0) -> FloatArray:
+    """Radius holding 90 % of a 2-D Gaussian with this covariance: the major axis spread
+    times a function of the axis ratio, so long thin ellipses are not under-covered."""
+    vx, vy, c = np.asarray(var_x, float), np.asarray(var_y, float), np.asarray(cov_xy, float)
+    half = 0.5 * (vx + vy)
+    disc = np.sqrt(np.maximum(0.25 * (vx - vy) ** 2 + c * c, 0.0))
+    lam1 = np.maximum(half + disc, 0.0)
+    lam2 = np.maximum(half - disc, 0.0)
+    rho = np.sqrt(lam2 / np.maximum(lam1, 1e-300))
+    return np.asarray(np.sqrt(lam1) * np.polyval(_R90_POLY, rho))
+
+
+def n_heard(rssi: FloatArray) -> NDArray[np.int32]:
+    return np.asarray((~np.isnan(rssi)).sum(axis=1), dtype=np.int32)
+
+
+def strongest_gateway(rssi: FloatArray, gw_xy: FloatArray, r90_m: float) -> Estimates:
+    """The position of the gateway that heard each row loudest (proximity, 'cell id').
+
+    Its error is the distance to the nearest gateway, so ``r90_m`` is a property of the
+    layout (the 90 % quantile of that distance over the floor), given by the caller.
+    """
+    rssi = np.asarray(rssi, dtype=float)
+    rows = len(rssi)
+    best = np.argmax(np.where(np.isnan(rssi), -np.inf, rssi), axis=1) if rows else np.zeros(0, np.intp)
+    xy = gw_xy[best] if rows else np.zeros((0, 2))
+    return Estimates(
+        xy[:, 0].astype(float),
+        xy[:, 1].astype(float),
+        np.full(rows, float(r90_m)),
+        n_heard(rssi),
+        np.full(rows, METHOD_STRONGEST, np.int8),
+    )
+
 
 def weighted_centroid(rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_k: int = 4) -> FloatArray:
     """Centroid of the ``top_k`` strongest gateways, weighted by 1/d^2 from the RSSI.
@@ -63,6 +140,251 @@ def weighted_centroid(rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_
     return np.asarray(xy)
 
 
+def centroid_localize(rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_k: int = 4) -> Estimates:
+    """:func:`weighted_centroid` as an estimator. Its radius is the weighted spread of the
+    gateways it averaged (the centroid can only be wrong by about that much), at least 1 m."""
+    rssi = np.asarray(rssi, dtype=float)
+    rows = len(rssi)
+    if rows == 0:
+        return Estimates.empty()
+    xy = weighted_centroid(rssi, gw_xy, exponent, top_k)
+    heard = ~np.isnan(rssi)
+    d2 = np.sum((gw_xy[None, :, :] - xy[:, None, :]) ** 2, axis=2)
+    ref = np.nanmax(np.where(heard, rssi, np.nan), axis=1, keepdims=True)
+    w = np.where(heard, 10.0 ** ((np.where(heard, rssi, -200.0) - ref) / (5.0 * exponent)), 0.0)
+    spread = np.sqrt(np.sum(w * d2, axis=1) / np.maximum(w.sum(axis=1), 1e-300))
+    return Estimates(
+        xy[:, 0],
+        xy[:, 1],
+        np.maximum(spread, 1.0),
+        n_heard(rssi),
+        np.full(rows, METHOD_CENTROID, np.int8),
+    )
+
+
+def _newton_chunk(
+    r: FloatArray,
+    w: FloatArray,
+    p0: FloatArray,
+    gx: FloatArray,
+    gy: FloatArray,
+    dz2: FloatArray,
+    x: FloatArray,
+    y: FloatArray,
+    exponent: float,
+    bounds: tuple[float, float, float, float],
+    iterations: int,
+    wall: ObstacleMap | None,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Safeguarded Newton iterations on one chunk of rows, in float32.
+
+    The hot loop is inlined on purpose. Each iteration evaluates the residuals once and
+    takes a Newton step (Gauss-Newton where the Hessian is not positive definite),
+    capped at ``MAX_STEP_M`` and projected onto the floor's bounds; rows leave the
+    working set once they move less than 1 mm, so the few slow rows near the floor's
+    edge do not keep the whole chunk iterating. The cost of the end point is returned
+    so callers can compare starts (and fall back to the start if a row got worse).
+    """
+    f32 = np.float32
+    five_n = f32(5.0 * exponent)
+    k_slope = f32(10.0 * exponent / LN10)
+    r32: AnyArray = r.astype(f32)
+    w32: AnyArray = w.astype(f32)
+    p32: AnyArray = p0.astype(f32)
+    gx32: AnyArray = gx.astype(f32)
+    gy32: AnyArray = gy.astype(f32)
+    dz32: AnyArray = dz2.astype(f32)
+    x_out: AnyArray = x.astype(f32)
+    y_out: AnyArray = y.astype(f32)
+    act = np.arange(len(x))  # rows still iterating; the working arrays below are theirs
+    with np.errstate(invalid="ignore", divide="ignore"):  # unheard rows are NaN, by design
+        xo, yo = _newton_loop(
+            (r32, w32, p32),
+            (gx32, gy32, dz32),
+            x_out.copy(),
+            y_out.copy(),
+            x_out,
+            y_out,
+            act,
+            (five_n, k_slope),
+            bounds,
+            iterations,
+            wall,
+        )
+    return xo, yo, _wls_cost(r32, w32, p32, gx32, gy32, dz32, xo, yo, exponent, wall)
+
+
+def _newton_loop(
+    rows: tuple[AnyArray, AnyArray, AnyArray],
+    gws: tuple[AnyArray, AnyArray, AnyArray],
+    x: AnyArray,
+    y: AnyArray,
+    x_out: AnyArray,
+    y_out: AnyArray,
+    act: NDArray[np.intp],
+    consts: tuple[np.float32, np.float32],
+    bounds: tuple[float, float, float, float],
+    iterations: int,
+    wall: ObstacleMap | None,
+) -> tuple[FloatArray, FloatArray]:
+    """The inner loop of :func:`_newton_chunk` (rows: rssi, weight, P0; gws: x, y, dz^2)."""
+    ra, wa, pa = rows
+    gx, gy, dz2 = gws
+    five_n, k_slope = consts
+    minx, miny, maxx, maxy = bounds
+    f32 = np.float32
+    rp = ra - pa  # residual = (rssi - P0 + 5 n log10 d^2) * weight
+    # Lazy backtracking: the cost of the current point falls out of its residuals, so a
+    # step that made it worse is found one iteration later and replaced by the midpoint
+    # back towards the last accepted point, at no extra evaluation (Newton can otherwise
+    # oscillate between two points, and wall losses are invisible to the derivatives).
+    px, py = x.copy(), y.copy()
+    pcost = np.full(len(x), np.inf, dtype=f32)
+    for _ in range(iterations):
+        dx = x[:, None] - gx
+        dy = y[:, None] - gy
+        d2 = dx * dx
+        d2 += dy * dy
+        d2 += dz2
+        res = np.log10(d2)
+        res *= five_n
+        res += rp
+        if wall is not None:
+            res += wall.loss_db(np.column_stack([x, y]))
+        res *= wa
+        cost = np.einsum("ij,ij->i", res, res)
+        worse = cost > pcost * f32(1.0 + 1e-6)
+        better = ~worse
+        px, py, pcost = np.where(better, x, px), np.where(better, y, py), np.where(better, cost, pcost)
+        # d(pred)/dx = -10 n / ln 10 * dx / d^2; the constant k_slope is folded in below.
+        inv = wa / d2
+        jx = dx * inv
+        jy = dy * inv
+        a11 = np.einsum("ij,ij->i", jx, jx)
+        a22 = np.einsum("ij,ij->i", jy, jy)
+        a12 = np.einsum("ij,ij->i", jx, jy)
+        g1 = -np.einsum("ij,ij->i", jx, res) / k_slope
+        g2 = -np.einsum("ij,ij->i", jy, res) / k_slope
+        # Newton's Hessian adds sum res * d2(pred): it turns the linear convergence of
+        # Gauss-Newton on large (shadowed) residuals into quadratic convergence. With
+        # q = res / d^4: h11 = sum q (d^2 - 2 dx^2) = sum res / d^2 - 2 sum q dx^2.
+        q = res * inv
+        s0 = np.einsum("ij->i", q)
+        q /= d2
+        qx = q * dx
+        h11 = (s0 - 2 * np.einsum("ij,ij->i", qx, dx)) / k_slope
+        h12 = -2 * np.einsum("ij,ij->i", qx, dy) / k_slope
+        q *= dy
+        h22 = (s0 - 2 * np.einsum("ij,ij->i", q, dy)) / k_slope
+        n11, n22, n12 = a11 + h11, a22 + h22, a12 + h12
+        # Far from the solution the Gauss-Newton step (always a descent direction) leads;
+        # Newton takes over once the step is under NEWTON_RADIUS_M, where its model of the
+        # cost is good (wider lets some noise-free rows settle on a wrong stationary point).
+        gdet = a11 * a22 - a12 * a12 + f32(1e-30)
+        gn_len = np.hypot(a22 * g1 - a12 * g2, a11 * g2 - a12 * g1) / gdet
+        near = gn_len < f32(NEWTON_RADIUS_M)
+        pd = near & (n11 > 0) & (n11 * n22 - n12 * n12 > 1e-6 * a11 * a22)
+        ga11, ga22 = a11, a22  # Gauss-Newton curvatures, for steps along a bound
+        a11, a22, a12 = np.where(pd, n11, a11), np.where(pd, n22, a22), np.where(pd, n12, a12)
+        det = a11 * a22 - a12 * a12 + f32(1e-30)
+        sx = (a22 * g1 - a12 * g2) / det
+        sy = (a11 * g2 - a12 * g1) / det
+        # Projected step: a coordinate resting on a bound and pushed outward stays there,
+        # and the other one takes its own 1-D Newton step along the bound.
+        pin_x = ((x <= minx) & (sx < 0)) | ((x >= maxx) & (sx > 0))
+        pin_y = ((y <= miny) & (sy < 0)) | ((y >= maxy) & (sy > 0))
+        sx = np.where(pin_y & ~pin_x, g1 / ga11, np.where(pin_x, f32(0.0), sx))
+        sy = np.where(pin_x & ~pin_y, g2 / ga22, np.where(pin_y, f32(0.0), sy))
+        scale = np.minimum(f32(1.0), f32(MAX_STEP_M) / np.maximum(np.hypot(sx, sy), f32(1e-12)))
+        nx = np.clip(x + sx * scale, minx, maxx)
+        ny = np.clip(y + sy * scale, miny, maxy)
+        nx = np.where(worse, f32(0.5) * (px + x), nx)
+        ny = np.where(worse, f32(0.5) * (py + y), ny)
+        moved = np.abs(nx - x) + np.abs(ny - y)
+        x, y = nx, ny
+        x_out[act], y_out[act] = px, py
+        # Converged: the step was tiny and the Gauss-Newton model agrees (a Newton step can
+        # be tiny far from the solution where its Hessian is large), or the row rests on
+        # a bound it is pushed against. NaN (degenerate rows) counts as done.
+        settled = better & ((gn_len < 0.05) | pin_x | pin_y)
+        done = ~((moved >= 1e-3) | ~settled)
+        if done.any():
+            keep = ~done
+            act = act[keep]
+            x, y, ra, wa, pa, rp = x[keep], y[keep], ra[keep], wa[keep], pa[keep], rp[keep]
+            px, py, pcost = px[keep], py[keep], pcost[keep]
+            if len(act) == 0:
+                break
+    return x_out.astype(float), y_out.astype(float)
+
+
+def _wls_cost(
+    r: AnyArray,
+    w: AnyArray,
+    p0: AnyArray,
+    gx: AnyArray,
+    gy: AnyArray,
+    dz2: AnyArray,
+    x: AnyArray,
+    y: AnyArray,
+    exponent: float,
+    wall: ObstacleMap | None,
+    five_n: float | np.float32 | None = None,
+) -> AnyArray:
+    """Sum of squared residuals of each row at (x, y); inf where it is not finite."""
+    d2 = (x[:, None] - gx) ** 2 + (y[:, None] - gy) ** 2 + dz2
+    pred = p0 - (5.0 * exponent if five_n is None else five_n) * np.log10(d2)
+    if wall is not None:
+        pred = pred - wall.loss_db(np.column_stack([x, y]))
+    res = (r - pred) * w
+    cost = np.einsum("ij,ij->i", res, res)
+    return np.asarray(np.where(np.isfinite(cost), cost, np.inf))
+
+
+def _polish(
+    r: FloatArray,
+    w: FloatArray,
+    p0: FloatArray,
+    gx: FloatArray,
+    gy: FloatArray,
+    dz2: FloatArray,
+    x: FloatArray,
+    y: FloatArray,
+    exponent: float,
+    bounds: tuple[float, float, float, float],
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """A float64 Newton step from (x, y), taken only where the Hessian is positive definite
+    and the step is short (the float32 loop has converged to within millimetres); returns
+    the new point and the Gauss-Newton sums (J^T J without the slope constant)."""
+    minx, miny, maxx, maxy = bounds
+    k_slope = 10.0 * exponent / LN10
+    dx = x[:, None] - gx
+    dy = y[:, None] - gy
+    d2 = dx * dx + dy * dy + dz2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        res = (r - p0 + 5.0 * exponent * np.log10(d2)) * w
+        inv = w / d2
+        jx, jy = dx * inv, dy * inv
+        a11 = np.einsum("ij,ij->i", jx, jx)
+        a22 = np.einsum("ij,ij->i", jy, jy)
+        a12 = np.einsum("ij,ij->i", jx, jy)
+        g1 = -np.einsum("ij,ij->i", jx, res) / k_slope
+        g2 = -np.einsum("ij,ij->i", jy, res) / k_slope
+        q = res * inv
+        s0 = q.sum(axis=1)
+        q /= d2
+        h11 = a11 + (s0 - 2 * np.einsum("ij,ij->i", q * dx, dx)) / k_slope
+        h22 = a22 + (s0 - 2 * np.einsum("ij,ij->i", q * dy, dy)) / k_slope
+        h12 = a12 - 2 * np.einsum("ij,ij->i", q * dx, dy) / k_slope
+        det = h11 * h22 - h12 * h12
+        sx = (h22 * g1 - h12 * g2) / det
+        sy = (h11 * g2 - h12 * g1) / det
+    ok = (h11 > 0) & (det > 0) & (np.hypot(sx, sy) < 0.01)
+    nx = np.where(ok, np.clip(x + np.where(ok, sx, 0.0), minx, maxx), x)
+    ny = np.where(ok, np.clip(y + np.where(ok, sy, 0.0), miny, maxy), y)
+    return nx, ny, np.column_stack([a11, a22, a12])
+
+
 def wls_localize(
     rssi: FloatArray,
     gw_xyz: FloatArray,
@@ -72,16 +394,16 @@ def wls_localize(
     tag_z: float,
     bounds: tuple[float, float, float, float],
     min_gateways: int = 3,
-    iterations: int = 25,
+    iterations: int = 20,
     obstacle_map: ObstacleMap | None = None,
 ) -> Estimates:
     """Maximum-likelihood position under log-distance path loss with Gaussian dB noise.
 
-    Minimises sum_i (RSSI_i - P0 + 10 n log10 d_i)^2 over (x, y) by Levenberg-Marquardt,
-    all rows at once (each row has its own damping). Rows heard by fewer than
-    ``min_gateways`` gateways get the weighted centroid with a wide radius instead.
-    The covariance is sigma^2 (J^T J)^-1 at the solution (the Fisher information of
-    Patwari et al. 2003 evaluated at the estimate).
+    Minimises sum_i (RSSI_i - P0 + 10 n log10 d_i)^2 over (x, y) by safeguarded Newton
+    iterations, all rows at once in cache-sized chunks. Rows heard by
+    fewer than ``min_gateways`` gateways get the weighted centroid with a wide radius
+    instead. The covariance is sigma^2 (J^T J)^-1 at the solution (the Fisher
+    information of Patwari et al. 2003 evaluated at the estimate).
 
     With an ``obstacle_map`` the predicted RSSI also subtracts the walls and racks
     between each candidate position and each gateway (COST 231 multi-wall). That term is
@@ -92,7 +414,7 @@ def wls_localize(
     rssi = np.asarray(rssi, dtype=float)
     rows, _ = rssi.shape
     heard = ~np.isnan(rssi)
-    n_heard = heard.sum(axis=1).astype(np.int32)
+    n_rows_heard = heard.sum(axis=1).astype(np.int32)
     w = heard.astype(float)
     r = np.where(heard, rssi, 0.0)
     p0 = np.broadcast_to(np.asarray(tx_power_1m_dbm, dtype=float), (rows,))[:, None]
@@ -101,70 +423,340 @@ def wls_localize(
     minx, miny, maxx, maxy = bounds
     k_slope = 10.0 * exponent / LN10
 
-    def wall_loss(x: FloatArray, y: FloatArray) -> FloatArray | float:
-        if obstacle_map is None:
-            return 0.0
-        return obstacle_map.loss_db(np.column_stack([x, y])).astype(float)
-
-    def cost_of(x: FloatArray, y: FloatArray) -> FloatArray:
-        d2 = (x[:, None] - gx) ** 2 + (y[:, None] - gy) ** 2 + dz2
-        res = r - (p0 - 5.0 * exponent * np.log10(d2) - wall_loss(x, y))
-        return np.asarray(np.sum(w * res * res, axis=1))
-
-    def levenberg_marquardt(x: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-        lam = np.full(rows, 1e-2)
-        cost = cost_of(x, y)
-        for _ in range(iterations):
-            dx, dy = x[:, None] - gx, y[:, None] - gy
-            d2 = dx * dx + dy * dy + dz2
-            res = r - (p0 - 5.0 * exponent * np.log10(d2) - wall_loss(x, y))
-            # d(pred)/dx = -10 n / ln 10 * dx / d^2, and likewise for y.
-            jx = -k_slope * dx / d2
-            jy = -k_slope * dy / d2
-            a11 = np.sum(w * jx * jx, axis=1)
-            a22 = np.sum(w * jy * jy, axis=1)
-            a12 = np.sum(w * jx * jy, axis=1)
-            g1 = np.sum(w * jx * res, axis=1)
-            g2 = np.sum(w * jy * res, axis=1)
-            b11, b22 = a11 * (1 + lam) + 1e-9, a22 * (1 + lam) + 1e-9
-            det = b11 * b22 - a12 * a12
-            nx = np.clip(x + (b22 * g1 - a12 * g2) / det, minx, maxx)
-            ny = np.clip(y + (b11 * g2 - a12 * g1) / det, miny, maxy)
-            new_cost = cost_of(nx, ny)
-            better = new_cost < cost
-            x = np.where(better, nx, x)
-            y = np.where(better, ny, y)
-            cost = np.where(better, new_cost, cost)
-            lam = np.where(better, lam * 0.3, lam * 10.0)
-        return x, y, cost
-
     xy0 = weighted_centroid(rssi, gw_xyz[:, :2], exponent) if rows else np.zeros((0, 2))
     starts = [xy0]
     if obstacle_map is not None and rows:
         strongest = np.argsort(-np.where(heard, rssi, -np.inf), axis=1)[:, :2]
         starts += [gw_xyz[strongest[:, j], :2] + 0.5 for j in range(strongest.shape[1])]
-    x, y, best = levenberg_marquardt(xy0[:, 0].copy(), xy0[:, 1].copy())
-    for start in starts[1:]:
-        sx, sy, c = levenberg_marquardt(start[:, 0].copy(), start[:, 1].copy())
-        take = c < best
-        x, y, best = np.where(take, sx, x), np.where(take, sy, y), np.where(take, c, best)
+    x = np.empty(rows)
+    y = np.empty(rows)
+    fisher = np.empty((rows, 3))  # (J^T J)_xx, _yy, _xy per row, filled chunk by chunk
+    for lo in range(0, rows, WLS_CHUNK_ROWS):
+        sl = slice(lo, lo + WLS_CHUNK_ROWS)
+        # The start itself is a candidate: a row whose iterations made it worse keeps it.
+        bx, by = xy0[sl, 0].copy(), xy0[sl, 1].copy()
+        best = _wls_cost(r[sl], w[sl], p0[sl], gx, gy, dz2, bx, by, exponent, obstacle_map)
+        for start in starts:
+            sx, sy, c = _newton_chunk(
+                r[sl],
+                w[sl],
+                p0[sl],
+                gx,
+                gy,
+                dz2,
+                start[sl, 0].copy(),
+                start[sl, 1].copy(),
+                exponent,
+                bounds,
+                iterations,
+                obstacle_map,
+            )
+            take = c < best
+            bx, by, best = np.where(take, sx, bx), np.where(take, sy, by), np.where(take, c, best)
+        # One Newton step in float64 polishes the float32 solution to full precision (so
+        # the answer does not depend on gateway order through float32 rounding), and its
+        # Gauss-Newton matrix is the Fisher information at the estimate.
+        bx, by, fisher[sl] = _polish(r[sl], w[sl], p0[sl], gx, gy, dz2, bx, by, exponent, bounds)
+        x[sl], y[sl] = bx, by
 
-    dx, dy = x[:, None] - gx, y[:, None] - gy
-    d2 = dx * dx + dy * dy + dz2
-    jx, jy = -k_slope * dx / d2, -k_slope * dy / d2
-    a11 = np.sum(w * jx * jx, axis=1) + 1e-9
-    a22 = np.sum(w * jy * jy, axis=1) + 1e-9
-    a12 = np.sum(w * jx * jy, axis=1)
+    a11 = k_slope**2 * fisher[:, 0] + 1e-9
+    a22 = k_slope**2 * fisher[:, 1] + 1e-9
+    a12 = k_slope**2 * fisher[:, 2]
     det = np.maximum(a11 * a22 - a12 * a12, 1e-12)
-    trace_cov = sigma_db**2 * (a11 + a22) / det
-    r90 = np.sqrt(CHI2_2DOF_90 * trace_cov / 2.0)
+    r90 = r90_from_cov(sigma_db**2 * a22 / det, sigma_db**2 * a11 / det, -(sigma_db**2) * a12 / det)
 
     method = np.full(rows, METHOD_WLS, dtype=np.int8)
-    few = n_heard < min_gateways
+    few = n_rows_heard < min_gateways
     if few.any():
         x[few], y[few] = xy0[few, 0], xy0[few, 1]
         method[few] = METHOD_CENTROID
         # With one or two gateways the tag is somewhere in their range: say so.
         r90[few] = np.maximum(r90[few], 10.0)
     diag = float(np.hypot(maxx - minx, maxy - miny))
-    return Estimates(x, y, np.minimum(r90, diag), n_heard, method)
+    return Estimates(x, y, np.minimum(r90, diag), n_rows_heard, method)
+
+
+@dataclass(frozen=True)
+class PathLossFit:
+    """Log-distance parameters fitted to a calibration walk: RSSI = p0 + offset_g - 10 n log10 d."""
+
+    p0_dbm: float
+    gateway_offset_db: FloatArray
+    exponent: float
+    sigma_db: float
+
+
+def fit_path_loss(xy: FloatArray, rssi: FloatArray, gw_xyz: FloatArray, tag_z: float) -> PathLossFit:
+    """Least-squares fit of a common exponent and per-gateway 1 m power to surveyed RSSI
+    (the usual site calibration of the log-distance model, Rappaport eq. 4.68): one
+    linear solve over every heard (point, gateway) pair."""
+    heard = ~np.isnan(rssi)
+    d2 = np.sum((xy[:, None, :] - gw_xyz[None, :, :2]) ** 2, axis=2) + (gw_xyz[None, :, 2] - tag_z) ** 2
+    pt, g = np.nonzero(heard)
+    n_gw = rssi.shape[1]
+    a = np.zeros((len(pt), n_gw + 1))
+    a[np.arange(len(pt)), g] = 1.0
+    a[:, n_gw] = -5.0 * np.log10(np.maximum(d2[pt, g], 0.01))  # coefficient of n
+    sol, *_ = np.linalg.lstsq(a, rssi[pt, g], rcond=None)
+    p0 = sol[:n_gw]
+    resid = rssi[pt, g] - a @ sol
+    return PathLossFit(float(np.mean(p0)), p0 - np.mean(p0), float(sol[n_gw]), float(np.std(resid)))
+
+
+# -- fingerprinting ------------------------------------------------------------------
+
+
+def knn_localize(
+    rssi: FloatArray,
+    fp_xy: FloatArray,
+    fp_rssi: FloatArray,
+    k: int = 10,
+    floor_dbm: float = -100.0,
+    min_r90_m: float = 0.5,
+) -> Estimates:
+    """k-nearest-neighbour fingerprinting: the mean position of the ``k`` fingerprints
+    closest in signal space (Euclidean in dBm, unheard gateways at ``floor_dbm``), as in
+    RADAR (Bahl & Padmanabhan, INFOCOM 2000). The radius is the 90 % quantile of the
+    neighbours' distances from their mean, at least ``min_r90_m`` (see :func:`knn_r90`)."""
+    rssi = np.asarray(rssi, dtype=float)
+    rows = len(rssi)
+    if rows == 0:
+        return Estimates.empty()
+    q = np.where(np.isnan(rssi), floor_dbm, rssi)
+    ref = np.where(np.isnan(fp_rssi), floor_dbm, fp_rssi)
+    k = min(k, len(ref))
+    _, idx = cKDTree(ref).query(q, k=k)
+    idx = np.asarray(idx).reshape(rows, k)
+    pts = fp_xy[idx]  # (rows, k, 2)
+    xy = pts.mean(axis=1)
+    spread = np.quantile(np.hypot(*(pts - xy[:, None, :]).transpose(2, 0, 1)), 0.9, axis=1)
+    return Estimates(
+        xy[:, 0],
+        xy[:, 1],
+        np.maximum(spread, min_r90_m),
+        n_heard(rssi),
+        np.full(rows, METHOD_KNN, np.int8),
+    )
+
+
+def knn_r90(
+    fp_xy: FloatArray,
+    fp_rssi: FloatArray,
+    sigma_db: float,
+    k: int,
+    floor_dbm: float,
+    rng: np.random.Generator,
+    samples: int = 1000,
+) -> float:
+    """The 90 % error of kNN on its own database: fingerprints drawn at random, disturbed
+    by N(0, sigma^2) dB, located against the whole database. kNN has no likelihood to
+    read an uncertainty from, so this one number, a property of the map and its noise,
+    is its floor radius (as the nearest-gateway distance is for ``strongest``)."""
+    pick = rng.choice(len(fp_xy), size=min(samples, len(fp_xy)), replace=False)
+    base = np.where(np.isnan(fp_rssi[pick]), floor_dbm, fp_rssi[pick])
+    noisy = np.maximum(base + rng.normal(0.0, sigma_db, base.shape), floor_dbm)
+    est = knn_localize(noisy, fp_xy, fp_rssi, k, floor_dbm)
+    err = np.hypot(est.x - fp_xy[pick, 0], est.y - fp_xy[pick, 1])
+    return float(np.quantile(err, 0.9))
+
+
+@dataclass(frozen=True)
+class RadioMap:
+    """A probabilistic radio map: mean RSSI of every gateway at every cell of a grid,
+    with a per-gateway spread, and which cells a tag can occupy.
+
+    The likelihood of a row of RSSI at cell c is a product of Gaussians in dB,
+    N(rssi_g; mean[c, g], sigma_g^2), over the gateways that heard the tag (Roos et al.,
+    "A probabilistic approach to WLAN user location estimation", IJWIN 9(3), 2002).
+    With ``floor_dbm`` set, unheard gateways count as heard at the floor (so a map
+    that says "loud here" is penalised when the gateway stays silent), as the
+    Kolakowski baseline does; without it they are ignored.
+
+    Maps come from the path-loss model (:meth:`from_model`, what the twin knows) or from
+    a calibration walk (:meth:`from_survey`, what a site measured).
+    """
+
+    grid: Grid
+    free: NDArray[np.bool_]  # (cells,) True where a tag can be
+    mean_dbm: NDArray[np.float32]  # (cells, gateways)
+    sigma_db: FloatArray  # (gateways,)
+    floor_dbm: float | None = None
+    tx_ref_dbm: float = -59.0  # tag power the map was made for; other tags are shifted
+    # Trackers widen sigma by this factor: successive windows of one tag share their
+    # errors (the same furniture, the same shadowing), so treating them as independent
+    # would make a filter overconfident by about this much.
+    track_inflation: float = 1.0
+
+    @property
+    def free_index(self) -> NDArray[np.intp]:
+        return np.flatnonzero(self.free)
+
+    @property
+    def free_xy(self) -> FloatArray:
+        return self.grid.centres()[self.free]
+
+    @classmethod
+    def from_model(
+        cls,
+        grid: Grid,
+        free: NDArray[np.bool_],
+        gw_xyz: FloatArray,
+        exponent: float,
+        sigma_db: float,
+        tag_z: float,
+        tx_ref_dbm: float = -59.0,
+        obstacle_map: ObstacleMap | None = None,
+        track_inflation: float = 1.0,
+    ) -> RadioMap:
+        """Predicted mean RSSI from log-distance path loss (Rappaport eq. 4.68) minus the
+        site plan's wall and rack losses (COST 231 multi-wall) where given."""
+        cen = grid.centres()
+        d2 = np.sum((cen[:, None, :] - gw_xyz[None, :, :2]) ** 2, axis=2) + (gw_xyz[None, :, 2] - tag_z) ** 2
+        mean = tx_ref_dbm - 5.0 * exponent * np.log10(np.maximum(d2, 0.01))
+        if obstacle_map is not None:
+            mean = mean - obstacle_map.loss
+        return cls(
+            grid,
+            np.asarray(free, bool),
+            mean.astype(np.float32),
+            np.full(len(gw_xyz), float(sigma_db)),
+            None,
+            tx_ref_dbm,
+            track_inflation,
+        )
+
+    @classmethod
+    def from_survey(
+        cls,
+        xy: FloatArray,
+        rssi: FloatArray,
+        cell_m: float = 0.2,
+        bandwidth_m: float = 0.5,
+        floor_dbm: float | None = -100.0,
+        reach_m: float = 0.35,
+        outline: shapely.Geometry | None = None,
+        track_inflation: float = 2.5,
+        tx_ref_dbm: float = -59.0,
+    ) -> RadioMap:
+        """A map from a calibration walk: Gaussian-kernel (Nadaraya-Watson) means of the
+        surveyed RSSI around each cell. Cells farther than ``reach_m`` from any survey
+        point (or outside ``outline``) are not free: the walk shows where a tag can be.
+
+        The spread per gateway is the residual of the survey against its own map;
+        trackers widen it by ``track_inflation`` because consecutive readings of a tag are
+        correlated (see docs/localization.md, calibrating a site).
+        """
+        xy = np.asarray(xy, dtype=float)
+        rssi = np.asarray(rssi, dtype=float)
+        lo = xy.min(axis=0) - reach_m
+        hi = xy.max(axis=0) + reach_m
+        if outline is not None:
+            bx0, by0, bx1, by1 = outline.bounds
+            lo, hi = np.maximum(lo, [bx0, by0]), np.minimum(hi, [bx1, by1])
+        grid = Grid.covering((float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])), cell_m)
+        cen = grid.centres()
+        tree = cKDTree(xy)
+        near, _ = tree.query(cen, distance_upper_bound=reach_m)
+        free = np.isfinite(near)
+        if outline is not None:
+            free &= shapely.contains_xy(outline, cen[:, 0], cen[:, 1])
+        heard = ~np.isnan(rssi)
+        values = np.where(heard, rssi, 0.0 if floor_dbm is None else floor_dbm)
+        counts = heard.astype(float) if floor_dbm is None else np.ones_like(values)
+        mean = np.full((len(cen), rssi.shape[1]), np.nan)
+        # Sparse kernel sums: only survey points within 3 bandwidths of a cell count.
+        pairs = tree.query_ball_point(cen, 3.0 * bandwidth_m, return_sorted=False)
+        lens = np.fromiter((len(p) for p in pairs), dtype=np.intp, count=len(pairs))
+        cell_of = np.repeat(np.arange(len(cen)), lens)
+        pt = np.fromiter((i for p in pairs for i in p), dtype=np.intp, count=int(lens.sum()))
+        kw = np.exp(-0.5 * np.sum((xy[pt] - cen[cell_of]) ** 2, axis=1) / bandwidth_m**2)
+        num = np.zeros_like(mean)
+        den = np.zeros_like(mean)
+        for g in range(rssi.shape[1]):
+            num[:, g] = np.bincount(cell_of, weights=kw * values[pt, g], minlength=len(cen))
+            den[:, g] = np.bincount(cell_of, weights=kw * counts[pt, g], minlength=len(cen))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = num / den
+        fallback = -100.0 if floor_dbm is None else floor_dbm
+        mean = np.where(np.isfinite(mean), mean, fallback)
+        # The spread is measured on heard readings only: floor fills are a convention,
+        # not a measurement, and would inflate it.
+        resid = np.where(heard, rssi - mean[grid.cell_index(xy)], np.nan)
+        sigma = np.maximum(np.nanstd(resid, axis=0), 1.0)
+        return cls(grid, free, mean.astype(np.float32), sigma, floor_dbm, tx_ref_dbm, track_inflation)
+
+    def prepare(
+        self, rssi: FloatArray, tx_power_dbm: FloatArray | float | None = None
+    ) -> tuple[FloatArray, FloatArray]:
+        """(values, weights) of each row for the likelihood: the floor stands in for
+        unheard gateways when the map has one, else their weight is zero; rows from tags
+        with another power are shifted onto the map's reference."""
+        rssi = np.asarray(rssi, dtype=float)
+        heard = ~np.isnan(rssi)
+        shift = 0.0 if tx_power_dbm is None else (self.tx_ref_dbm - np.asarray(tx_power_dbm, dtype=float))
+        shifted = rssi + (np.asarray(shift)[:, None] if np.ndim(shift) else shift)
+        if self.floor_dbm is not None:
+            return np.where(heard, shifted, self.floor_dbm), np.ones_like(rssi)
+        return np.where(heard, shifted, 0.0), heard.astype(float)
+
+    def log_likelihood(
+        self,
+        values: FloatArray,
+        weights: FloatArray,
+        cells: NDArray[np.intp],
+        inflate: float = 1.0,
+    ) -> FloatArray:
+        """log p(row | cell) up to a constant per row, shape (rows, len(cells)).
+
+        sum_g w_g (v_g - m_cg)^2 / s_g^2 expands into two matrix products, so the whole
+        (rows x cells x gateways) sum runs in BLAS.
+        """
+        m = self.mean_dbm[cells].astype(float)  # (cells, G)
+        inv = 1.0 / (self.sigma_db * inflate) ** 2
+        wv = weights * values * inv
+        quad = (weights * inv) @ (m * m).T - 2.0 * wv @ m.T + np.sum(wv * values, axis=1, keepdims=True)
+        return np.asarray(-0.5 * quad)
+
+
+def posterior_estimates(
+    post: FloatArray, xy: FloatArray, n_gw: NDArray[np.int32], method: int, cell_m: float = 0.0
+) -> Estimates:
+    """Mean and 90 % radius of normalised cell posteriors ``post`` (rows, cells) over
+    cell centres ``xy``. The radius adds the cell's own spread (cell^2 / 12 per axis)."""
+    mx = post @ xy[:, 0]
+    my = post @ xy[:, 1]
+    cell_var = cell_m**2 / 12.0
+    vx = np.maximum(post @ (xy[:, 0] ** 2) - mx**2, 0.0) + cell_var
+    vy = np.maximum(post @ (xy[:, 1] ** 2) - my**2, 0.0) + cell_var
+    cxy = post @ (xy[:, 0] * xy[:, 1]) - mx * my
+    return Estimates(mx, my, r90_from_cov(vx, vy, cxy), n_gw, np.full(len(mx), method, np.int8))
+
+
+def normalise_log(ll: FloatArray) -> FloatArray:
+    p = np.exp(ll - ll.max(axis=1, keepdims=True))
+    return np.asarray(p / p.sum(axis=1, keepdims=True))
+
+
+def radio_map_localize(
+    rssi: FloatArray,
+    radio_map: RadioMap,
+    tx_power_dbm: FloatArray | float | None = None,
+    chunk_rows: int = 1024,
+) -> Estimates:
+    """Bayesian single-shot fix: the posterior mean over the map's free cells with a flat
+    prior, and the 90 % radius of that posterior."""
+    rssi = np.asarray(rssi, dtype=float)
+    rows = len(rssi)
+    if rows == 0:
+        return Estimates.empty()
+    cells = radio_map.free_index
+    xy = radio_map.grid.centres()[cells]
+    values, weights = radio_map.prepare(rssi, tx_power_dbm)
+    parts = []
+    for lo in range(0, rows, chunk_rows):
+        sl = slice(lo, lo + chunk_rows)
+        post = normalise_log(radio_map.log_likelihood(values[sl], weights[sl], cells))
+        parts.append(posterior_estimates(post, xy, n_heard(rssi[sl]), METHOD_RADIO_MAP, radio_map.grid.cell_m))
+    return Estimates(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("x", "y", "r90", "n_gateways", "method"))
+    )

@@ -14,20 +14,51 @@ with sighting arrays and :meth:`Engine.advance` with its watermark; the engine r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 from numpy.typing import NDArray
 
 from engine.contract import SIGHTING_DTYPE, UNKNOWN, GatewayInfo, Sightings
 from engine.ingest import IngestCounters, deduplicate, validate
-from engine.localize import Estimates, ObstacleMap, wls_localize
+from engine.localize import (
+    CHI2_2DOF_90,
+    Estimates,
+    ObstacleMap,
+    RadioMap,
+    centroid_localize,
+    knn_localize,
+    knn_r90,
+    radio_map_localize,
+    strongest_gateway,
+    wls_localize,
+)
+from engine.track import (
+    FloorPlan,
+    GridFilter,
+    KalmanTracker,
+    ParticleFilter,
+    Tracker,
+    ZoneHysteresis,
+)
 from engine.zones import NO_ZONE, ZoneIndex
+from radio_models.crb import crlb_rmse
 
 FloatArray = NDArray[np.float64]
 
 FIX_DTYPE = np.dtype(
-    [("t", "f8"), ("device", "i4"), ("x", "f8"), ("y", "f8"), ("r90", "f4"), ("zone", "i4"),
-     ("n_gateways", "i2"), ("method", "i1"), ("battery", "i1"), ("motion", "i1")]
+    [
+        ("t", "f8"),
+        ("device", "i4"),
+        ("x", "f8"),
+        ("y", "f8"),
+        ("r90", "f4"),
+        ("zone", "i4"),
+        ("n_gateways", "i2"),
+        ("method", "i1"),
+        ("battery", "i1"),
+        ("motion", "i1"),
+    ]
 )
 # Windows localized per batch: bounds memory at (windows x devices x gateways).
 WINDOWS_PER_CHUNK = 16
@@ -47,6 +78,52 @@ class EngineConfig:
     allowed_lateness_s: float = 2.0
     min_gateways: int = 3
     obstacle_map: ObstacleMap | None = None  # walls and racks of the site plan, if known
+    localizer: str = "wls"  # one of LOCALIZERS
+    tracker: str = "none"  # one of TRACKERS
+    radio_map: RadioMap | None = None  # for knn, radio-map, hmm and particle
+    floor_plan: FloorPlan | None = None  # for hmm and particle; open floor if absent
+    particles: int = 128
+    tracker_speed_mps: float = 1.5
+    zone_hysteresis: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.localizer not in LOCALIZERS:
+            raise ValueError(f"localizer {self.localizer!r} is not one of {LOCALIZERS}")
+        if self.tracker not in TRACKERS:
+            raise ValueError(f"tracker {self.tracker!r} is not one of {TRACKERS}")
+        needs_map = self.localizer in ("knn", "radio-map") or self.tracker in ("hmm", "particle")
+        if needs_map and self.radio_map is None:
+            raise ValueError(
+                f"localizer {self.localizer!r} / tracker {self.tracker!r} need a radio_map"
+            )
+
+
+KNN_K = 4  # neighbours for kNN on a dense (0.5 m) radio map
+# Fraction of the single-shot radius a tracker may shrink a moving tag's radius to.
+MOVING_R90_FLOOR = 0.5
+
+LOCALIZERS = ("wls", "centroid", "strongest", "knn", "radio-map")
+TRACKERS = ("none", "kalman", "hmm", "particle")
+
+
+def make_tracker(cfg: EngineConfig) -> Tracker | None:
+    """The tracker a config asks for (None for single-shot fixes)."""
+    if cfg.tracker == "none":
+        return None
+    if cfg.tracker == "kalman":
+        return KalmanTracker()
+    assert cfg.radio_map is not None  # checked in EngineConfig
+    plan = cfg.floor_plan or FloorPlan.open_floor(cfg.bounds)
+    if cfg.tracker == "hmm":
+        return GridFilter(cfg.radio_map, plan, step_s=cfg.step_s, speed_mps=cfg.tracker_speed_mps)
+    return ParticleFilter(
+        cfg.radio_map,
+        plan,
+        particles=cfg.particles,
+        max_speed_mps=2 * cfg.tracker_speed_mps,
+        seed=cfg.seed,
+    )
 
 
 @dataclass
@@ -91,10 +168,63 @@ class Engine:
         self.config = config
         self.counters = IngestCounters()
         self.state = LastKnown()
-        self.tx_power = np.asarray(tx_power_1m_dbm if tx_power_1m_dbm is not None else [], dtype=float)
+        self.tx_power = np.asarray(
+            tx_power_1m_dbm if tx_power_1m_dbm is not None else [], dtype=float
+        )
         self._buffer: list[Sightings] = []
         self._next_window = 1  # index k of the next window to close (ends at k*step)
         self.watermark = -np.inf
+        self.tracker = make_tracker(config)
+        # Gateways that have heard each device since it last moved: the static-shadowing
+        # floor of a still tag's radius is the bound over all of them (see _still_floor).
+        self._still_heard = np.zeros((0, len(config.gateways.ids)), dtype=bool)
+        self.hysteresis = ZoneHysteresis(config.zones) if config.zone_hysteresis else None
+        gw_xy = config.gateways.xyz[:, :2]
+        # The strongest-gateway radius: 90 % of the floor is at most this far from a gateway.
+        if config.radio_map is not None:
+            free = config.radio_map.free_xy
+        else:
+            minx, miny, maxx, maxy = config.bounds
+            gx, gy = np.meshgrid(np.linspace(minx, maxx, 40), np.linspace(miny, maxy, 40))
+            free = np.column_stack([gx.ravel(), gy.ravel()])
+        nearest = np.sqrt(np.min(np.sum((free[:, None, :] - gw_xy[None]) ** 2, axis=2), axis=1))
+        self._strongest_r90 = float(np.quantile(nearest, 0.9)) if len(nearest) else 10.0
+        self._knn_r90 = 0.5
+        if config.localizer == "knn" and config.radio_map is not None:
+            rm = config.radio_map
+            ref, floor = self._fingerprints()
+            self._knn_r90 = knn_r90(rm.free_xy, ref, float(np.median(rm.sigma_db)), KNN_K, floor,
+                                    np.random.default_rng(config.seed))
+
+    def _still_floor(
+        self, device: NDArray[np.int32], heard: NDArray[np.bool_], still: NDArray[np.bool_],
+        x: FloatArray, y: FloatArray,
+    ) -> FloatArray:
+        """The 90 % radius that static shadowing alone leaves a still tag.
+
+        Averaging windows removes fading and fills in the gateways one short window
+        missed, but not the shadowing, which is fixed in space. Its limit is the
+        Cramér-Rao bound (Patwari et al. 2003) over every gateway that has heard the tag
+        since it last moved, at sigma = the shadowing sigma. A single window's radius
+        would overstate it: in one second each scanner hears only some of a tag's packets.
+        """
+        cfg = self.config
+        if len(device) and device.max() >= len(self._still_heard):
+            grow = int(device.max()) + 1 - len(self._still_heard)
+            self._still_heard = np.vstack([self._still_heard, np.zeros((grow, heard.shape[1]), bool)])
+        union = np.where(still[:, None], self._still_heard[device] | heard, heard)
+        self._still_heard[device] = union
+        xyz = np.column_stack([x, y, np.full(len(x), cfg.tag_height_m)])
+        rmse = crlb_rmse(xyz, cfg.gateways.xyz, cfg.path_loss_exponent, cfg.sigma_db, heard=union)
+        # RMSE^2 = trace of the covariance; circular approximation as the localizers use.
+        return np.asarray(rmse * np.sqrt(CHI2_2DOF_90 / 2.0))
+
+    def _fingerprints(self) -> tuple[FloatArray, float]:
+        """The radio map's free cells as kNN fingerprints; below the floor counts as unheard."""
+        rm = self.config.radio_map
+        assert rm is not None
+        floor = rm.floor_dbm if rm.floor_dbm is not None else -100.0
+        return np.maximum(rm.mean_dbm[rm.free].astype(float), floor), floor
 
     # -- input ---------------------------------------------------------------------
 
@@ -185,22 +315,82 @@ class Engine:
         motion[row_idx[has_m]] = rows["motion"][src][has_m]
 
         row_dev = (uniq_rows % n_dev).astype(np.int32)
-        row_t = ((uniq_rows // n_dev) + k_first) * cfg.step_s
-        est = self._localize(matrix, row_dev)
+        row_win = uniq_rows // n_dev
+        row_t = (row_win + k_first) * cfg.step_s
+        tx = self._tx_power(row_dev)
+        est = self._localize(matrix, tx)
+        zone = (
+            cfg.zones.assign(est.x, est.y)
+            if self.hysteresis is None
+            else np.zeros(len(row_dev), np.int32)
+        )
+        if self.tracker is not None or self.hysteresis is not None:
+            # Trackers and hysteresis carry state from one window to the next: windows go
+            # in time order, the devices of one window together (rows are sorted by window).
+            bounds = np.searchsorted(row_win, np.arange(row_win.max(initial=-1) + 2))
+            xs, ys, r90, meth = est.x.copy(), est.y.copy(), est.r90.copy(), est.method.copy()
+            for lo, hi in pairwise(bounds):
+                if lo == hi:
+                    continue
+                sl = slice(int(lo), int(hi))
+                part = est.take(sl)
+                if self.tracker is not None:
+                    single_r90 = part.r90
+                    part = self.tracker.step(
+                        float(row_t[lo]), row_dev[sl], matrix[sl], part, motion[sl], tx[sl]
+                    )
+                    # Static shadowing floor: a tag that stays put sees the same shadowing in
+                    # every window, which no filter can average away; a moving tag samples
+                    # fresh shadowing, so it may shrink to a fraction of the single shot.
+                    still = motion[sl] != 1
+                    floor = self._still_floor(row_dev[sl], ~np.isnan(matrix[sl]), still, part.x, part.y)
+                    floor = np.where(np.isfinite(floor), floor, single_r90)
+                    xs[sl], ys[sl], meth[sl] = part.x, part.y, part.method
+                    r90[sl] = np.maximum(part.r90, np.where(still, floor, MOVING_R90_FLOOR * single_r90))
+                if self.hysteresis is not None:
+                    zone[sl] = self.hysteresis.assign(row_dev[sl], part.x, part.y, motion[sl])
+            est = Estimates(xs, ys, r90, est.n_gateways, meth)
+            if self.hysteresis is None:
+                zone = cfg.zones.assign(est.x, est.y)
         fixes = np.empty(len(uniq_rows), FIX_DTYPE)
         fixes["t"], fixes["device"] = row_t, row_dev
         fixes["x"], fixes["y"], fixes["r90"] = est.x, est.y, est.r90
-        fixes["zone"] = cfg.zones.assign(est.x, est.y)
+        fixes["zone"] = zone
         fixes["n_gateways"], fixes["method"] = est.n_gateways, est.method
         fixes["battery"], fixes["motion"] = battery, motion
         return fixes
 
-    def _localize(self, matrix: FloatArray, device: NDArray[np.int32]) -> Estimates:
-        cfg = self.config
-        tx = np.full(len(device), cfg.default_tx_power_1m_dbm)
+    def _tx_power(self, device: NDArray[np.int32]) -> FloatArray:
+        tx = np.full(len(device), self.config.default_tx_power_1m_dbm)
         known = device < len(self.tx_power)
         tx[known] = self.tx_power[device[known]]
+        return tx
+
+    def _localize(self, matrix: FloatArray, tx: FloatArray) -> Estimates:
+        """Single-shot fixes with the configured estimator."""
+        cfg = self.config
+        gw = cfg.gateways.xyz
+        if cfg.localizer == "strongest":
+            return strongest_gateway(matrix, gw[:, :2], self._strongest_r90)
+        if cfg.localizer == "centroid":
+            return centroid_localize(matrix, gw[:, :2], cfg.path_loss_exponent)
+        if cfg.localizer in ("knn", "radio-map"):
+            rm = cfg.radio_map
+            assert rm is not None  # checked in EngineConfig
+            if cfg.localizer == "radio-map":
+                return radio_map_localize(matrix, rm, tx)
+            # Fingerprints are the map's free cells; a row is shifted onto the map's power.
+            shifted = matrix + (rm.tx_ref_dbm - tx)[:, None]
+            ref, floor = self._fingerprints()
+            return knn_localize(shifted, rm.free_xy, ref, KNN_K, floor, self._knn_r90)
         return wls_localize(
-            matrix, cfg.gateways.xyz, tx, cfg.path_loss_exponent, cfg.sigma_db, cfg.tag_height_m,
-            cfg.bounds, cfg.min_gateways, obstacle_map=cfg.obstacle_map,
+            matrix,
+            gw,
+            tx,
+            cfg.path_loss_exponent,
+            cfg.sigma_db,
+            cfg.tag_height_m,
+            cfg.bounds,
+            cfg.min_gateways,
+            obstacle_map=cfg.obstacle_map,
         )

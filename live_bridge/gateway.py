@@ -273,7 +273,7 @@ class Gateway:
                 t=time.time() if t is None else t,
                 dev=dev,
                 rssi=rssi,
-                fmt=d.fmt,  # type: ignore[arg-type]
+                fmt=d.fmt,
                 bat=d.battery,
                 mot=d.motion,
                 seq=d.seq,

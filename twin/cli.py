@@ -146,6 +146,99 @@ def check(
         raise typer.Exit(1)
 
 
+EVALUATE_ROWS = ("fixes", "median_error_m", "p90_error_m", "p95_error_m", "rmse_m", "crb_rmse_m",
+                 "rmse_over_crb", "r90_coverage", "zone_accuracy", "latency_median_s",
+                 "latency_p95_s")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="a `tagtwin simulate` output directory")
+    ] = None,
+    capture: Annotated[Path | None, typer.Option(help="recorded capture, .csv or .parquet")] = None,
+    gateways: Annotated[Path | None, typer.Option(help="gateway positions file: id,x,y,z")] = None,
+    calibration: Annotated[
+        Path | None, typer.Option(help="calibration walk capture with truth")
+    ] = None,
+    localizer: Annotated[
+        str, typer.Option(help="wls, centroid, strongest, knn, radio-map")
+    ] = "wls",
+    tracker: Annotated[str, typer.Option(help="none, kalman, hmm, particle")] = "none",
+    step: Annotated[float, typer.Option(help="seconds between fixes")] = 1.0,
+    window: Annotated[float, typer.Option(help="seconds of sightings per fix")] = 1.0,
+    exponent: Annotated[
+        float, typer.Option(help="path-loss exponent n (fitted with --calibration)")
+    ] = 2.0,
+    sigma_db: Annotated[
+        float, typer.Option(help="shadowing sigma, dB (fitted with --calibration)")
+    ] = 4.0,
+    tx_power: Annotated[
+        float, typer.Option(help="RSSI at 1 m, dBm (fitted with --calibration)")
+    ] = -59.0,
+    tag_z: Annotated[float, typer.Option(help="tag height, m")] = 1.0,
+    seed: Annotated[int, typer.Option(help="seed of the particle filter")] = 0,
+    report_json: Annotated[
+        Path | None, typer.Option("--json", help="write the metrics here")
+    ] = None,
+    fixes_out: Annotated[
+        Path | None, typer.Option("--fixes", help="write the fixes (Parquet)")
+    ] = None,
+) -> None:
+    """Score positions against ground truth: a twin run directory, or a capture + gateway file.
+
+    Prints error quantiles and CDF, the Cramér-Rao bound at the true positions and the
+    ratio of the achieved RMSE to it, r90 calibration and latency.
+    """
+    from engine.capture import CaptureError, read_capture, read_gateways
+    from engine.evaluate import evaluate_capture
+    from twin.evaluation import capture_config, evaluate_run_dir
+
+    if (run_dir is None) == (capture is None):
+        err_console.print("give either a run directory or --capture with --gateways")
+        raise typer.Exit(2)
+    if run_dir is not None:
+        try:
+            metrics = evaluate_run_dir(run_dir, exponent, sigma_db, tag_z)
+        except FileNotFoundError as exc:
+            err_console.print(f"[bold red]cannot evaluate:[/] {exc}")
+            raise typer.Exit(2) from None
+    else:
+        if gateways is None:
+            err_console.print("--capture needs --gateways (a file with id,x,y,z)")
+            raise typer.Exit(2)
+        try:
+            gw = read_gateways(gateways)
+            cap = read_capture(capture, gw, gateways)  # type: ignore[arg-type]
+            cal = read_capture(calibration, gw, gateways) if calibration else None
+            config = capture_config(
+                gw, localizer, tracker, step, window, exponent, sigma_db, tx_power, tag_z, cal, seed
+            )
+        except (CaptureError, ValueError) as exc:
+            err_console.print(f"[bold red]cannot evaluate:[/] {exc}", markup=True, highlight=False)
+            raise typer.Exit(2) from None
+        fixes, metrics = evaluate_capture(cap, config)
+        if fixes_out is not None:
+            import pyarrow.parquet as pq
+
+            from twin.run import _table
+
+            pq.write_table(_table(fixes, {"device": cap.devices.ids}), fixes_out)
+        if cap.truth is None:
+            err_console.print("the capture has no truth_x/truth_y columns: nothing to score")
+    table = Table(title="evaluation against ground truth")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in EVALUATE_ROWS:
+        value = metrics.get(key)
+        if value is not None:
+            table.add_row(key, f"{value:g}" if isinstance(value, int | float) else str(value))
+    console.print(table)
+    text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+    if report_json:
+        report_json.write_text(text)
+
+
 @app.command()
 def roi(
     scenario: Annotated[Path, typer.Argument(help="scenario with its [roi]")] = DEMO_SCENARIO,
@@ -404,6 +497,38 @@ def wire_schema(
         out.write_text(text)
     else:
         sys.stdout.write(text)
+
+
+APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def ui_command(port: int, address: str, headless: bool) -> list[str]:
+    """The `streamlit run` command line for the planner (loopback by default, no telemetry)."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP_PATH),
+        "--server.port", str(port), "--server.address", address,
+        "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false",
+    ]
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="port to serve on")] = 8501,
+    address: Annotated[str, typer.Option(help="address to bind; keep loopback unless sharing")] = (
+        "127.0.0.1"
+    ),
+    headless: Annotated[bool, typer.Option(help="do not open a browser")] = False,
+) -> None:
+    """Open the planner: compare gateway layouts and see accuracy against ground truth."""
+    import os
+
+    if not APP_PATH.exists():
+        err_console.print(f"app.py not found at {APP_PATH} (the planner needs a source checkout)")
+        raise typer.Exit(2)
+    cmd = ui_command(port, address, headless)
+    # exec, not a child process: the pid the caller holds is Streamlit's, so stopping it
+    # stops the server and no orphan is left behind.
+    os.execv(cmd[0], cmd)
 
 
 def main() -> None:

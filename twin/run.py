@@ -17,11 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-from engine.evaluate import evaluate, position_errors
-from engine.localize import ObstacleMap
+from engine.evaluate import BoundSetup, LatencySetup, evaluate, position_errors
+from engine.localize import ObstacleMap, RadioMap
 from engine.pipeline import Engine, EngineConfig
 from engine.rules import CHECKOUT_DTYPE, Event, JsonLinesSink, ListSink, RuleContext, RuleEngine
 from engine.rules.scoring import count_accuracy, score_events
+from engine.track import FloorPlan
 from radio_models.environment import Grid
 from radio_models.geometry import crossing_loss_db
 from radio_models.pathloss import effective_exponent
@@ -64,28 +65,69 @@ class SimulationRun:
         }
 
 
-def engine_config_for(scenario: Scenario, twin: TwinResult) -> EngineConfig:
+def engine_config_for(
+    scenario: Scenario, twin: TwinResult, survey_mean_dbm: NDArray[np.floating] | None = None
+) -> EngineConfig:
+    """The engine a scenario asks for. ``survey_mean_dbm`` (cells, gateways) is the twin's
+    own mean RSSI on the radio grid (:func:`survey_of`), used for ``radio_map = "survey"``:
+    what a perfect calibration walk would measure."""
     eng = scenario.engine
     # Any path-loss family maps to the log-distance exponent a localizer assumes.
     exponent = eng.path_loss_exponent or effective_exponent(path_loss_model(scenario))
+    sigma_db = max(scenario.radio.shadowing_sigma_db, 1.0)
+    grid = Grid.covering(twin.site.outline.bounds, scenario.radio.grid_m)
     obstacle_map = None
-    if eng.use_site_plan:
-        grid = Grid.covering(twin.site.outline.bounds, scenario.radio.grid_m)
+    if eng.use_site_plan and len(twin.site.obstacles()):
         loss = crossing_loss_db(twin.site.obstacles(), grid.centres(), twin.gateways.xyz[:, :2])
         obstacle_map = ObstacleMap(grid, loss.astype(np.float32))
+    radio_map = floor_plan = None
+    if eng.localizer in ("knn", "radio-map") or eng.tracker in ("hmm", "particle"):
+        site = twin.site
+        floor_plan = FloorPlan.from_geometry(
+            site.outline, site.racks, site.walls, cell_m=min(0.25, scenario.radio.grid_m))
+        free = floor_plan.cell_free(grid)
+        tx_ref = reference_tx_power(twin)
+        if eng.radio_map == "survey" and survey_mean_dbm is not None:
+            # The survey measured walls and shadowing too: what is left is fast fading
+            # averaged over a window, about 2 dB; trackers still widen it for correlated windows.
+            radio_map = RadioMap(grid, free, np.asarray(survey_mean_dbm, np.float32),
+                                 np.full(len(twin.gateways.ids), 2.0), None, tx_ref, 1.5)
+        else:
+            radio_map = RadioMap.from_model(
+                grid, free, twin.gateways.xyz, exponent, sigma_db, scenario.site.tag_height_m, tx_ref,
+                obstacle_map, track_inflation=1.5)
     return EngineConfig(
         gateways=twin.gateways,
         zones=twin.site.zones,
         bounds=twin.site.outline.bounds,
         path_loss_exponent=exponent,
-        sigma_db=max(scenario.radio.shadowing_sigma_db, 1.0),
+        sigma_db=sigma_db,
         tag_height_m=scenario.site.tag_height_m,
         window_s=eng.window_s,
         step_s=eng.step_s,
         allowed_lateness_s=eng.allowed_lateness_s,
         min_gateways=eng.min_gateways,
         obstacle_map=obstacle_map,
+        localizer=eng.localizer,
+        tracker=eng.tracker,
+        radio_map=radio_map,
+        floor_plan=floor_plan,
+        particles=eng.particles,
+        tracker_speed_mps=eng.tracker_speed_mps,
+        zone_hysteresis=eng.zone_hysteresis,
+        seed=int(np.random.SeedSequence(scenario.seed).generate_state(1)[0]),
     )
+
+
+def reference_tx_power(twin: TwinResult) -> float:
+    """The tag power radio maps are drawn for (the fleet's median); other tags are shifted."""
+    tx = getattr(twin, "tx_power_1m_dbm", None)
+    return float(np.median(tx)) if tx is not None and len(tx) else -59.0
+
+
+def survey_of(warehouse: WarehouseTwin, result: TwinResult) -> NDArray[np.floating]:
+    """A perfect calibration walk of the twin: its mean RSSI at every radio-grid cell."""
+    return warehouse.radio.mean_rssi_cells(reference_tx_power(result))
 
 
 def feed_engine(engine: Engine, sightings: NDArray[np.void], end_t: float) -> NDArray[np.void]:
@@ -184,9 +226,15 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     result = twin.run(progress)
     timings["twin_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    engine = Engine(engine_config_for(scenario, result), result.tx_power_1m_dbm)
+    survey = survey_of(twin, result) if scenario.engine.radio_map == "survey" else None
+    engine = Engine(engine_config_for(scenario, result, survey), result.tx_power_1m_dbm)
     fixes = feed_engine(engine, result.sightings, scenario.duration_s)
     timings["engine_s"] = time.perf_counter() - t2
+    windows = max(scenario.duration_s / engine.config.step_s, 1.0)
+    timings["engine_ms_per_window"] = 1000.0 * timings["engine_s"] / windows
+    cfg = engine.config
+    bound = BoundSetup(result.gateways.xyz, cfg.path_loss_exponent, cfg.sigma_db, cfg.tag_height_m)
+    latency = LatencySetup(result.sightings["t"], cfg.step_s, cfg.allowed_lateness_s)
     t3 = time.perf_counter()
     sink = ListSink()
     rules = RuleEngine(scenario.rules, rule_context_for(scenario, twin), [sink])
@@ -196,7 +244,7 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
                end_t=scenario.duration_s, step_s=scenario.engine.step_s, feed_max_delay_s=max_delay)
     timings["rules_s"] = time.perf_counter() - t3
     metrics = evaluate(fixes, result.truth, result.site.zones, len(result.device_ids), scenario.duration_s,
-                       len(result.sightings))
+                       len(result.sightings), bound, latency)
     metrics["rules"] = rule_metrics(scenario, twin, result, rules, events=sink.events,
                                     log=injector.log)
     timings["total_s"] = time.perf_counter() - t0

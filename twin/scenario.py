@@ -84,10 +84,12 @@ class RackRows(Strict):
         for i in range(self.count):
             if self.orientation == "horizontal":
                 y = y0 + i * self.pitch_m
-                poly = [(x0, y), (x0 + self.length_m, y), (x0 + self.length_m, y + self.depth_m), (x0, y + self.depth_m)]
+                x1, y1 = x0 + self.length_m, y + self.depth_m
+                poly = [(x0, y), (x1, y), (x1, y1), (x0, y1)]
             else:
                 x = x0 + i * self.pitch_m
-                poly = [(x, y0), (x + self.depth_m, y0), (x + self.depth_m, y0 + self.length_m), (x, y0 + self.length_m)]
+                x1, y1 = x + self.depth_m, y0 + self.length_m
+                poly = [(x, y0), (x1, y0), (x1, y1), (x, y1)]
             racks.append(Rack(polygon=poly, attenuation_db=self.attenuation_db))
         return racks
 
@@ -306,7 +308,22 @@ class Radio(Strict):
 
 
 class EngineSettings(Strict):
-    localizer: Literal["wls"] = "wls"
+    localizer: Literal["wls", "centroid", "strongest", "knn", "radio-map"] = Field(
+        default="wls",
+        description="single-shot estimator (docs/localization.md): wls is maximum likelihood")
+    tracker: Literal["none", "kalman", "hmm", "particle"] = Field(
+        default="none",
+        description="fuse fixes over time; hmm and particle respect walls and racks")
+    radio_map: Literal["model", "survey"] = Field(
+        default="model",
+        description="fingerprints for knn/radio-map/hmm/particle: predicted from the path-loss "
+        "model and site plan, or a perfect calibration walk of the twin's radio (shadowing "
+        "included)")
+    particles: int = Field(default=128, ge=8, le=10_000)
+    tracker_speed_mps: float = Field(
+        default=1.5, gt=0, le=20, description="typical speed of a carried tag")
+    zone_hysteresis: bool = Field(
+        default=False, description="a tag changes zone only on repeated evidence")
     window_s: float = Field(4.0, gt=0)
     step_s: float = Field(1.0, gt=0)
     allowed_lateness_s: float = Field(2.0, ge=0)

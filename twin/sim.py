@@ -95,7 +95,8 @@ def resolve_gateways(scenario: Scenario, site: SiteModel) -> tuple[GatewayInfo, 
         inside = shapely.contains_xy(site.outline, gx.ravel(), gy.ravel())
         for k, (x, y) in enumerate(zip(gx.ravel()[inside], gy.ravel()[inside], strict=True)):
             ids.append(f"{cfg.grid.prefix}-{k + 1:03d}")
-            rows.append((float(x), float(y), d.z_m, d.scan_window_ms / 1000, d.scan_interval_ms / 1000, d.sensitivity_dbm))
+            scan = (d.scan_window_ms / 1000, d.scan_interval_ms / 1000, d.sensitivity_dbm)
+            rows.append((float(x), float(y), d.z_m, *scan))
     arr = np.array(rows, dtype=float).reshape(-1, 6)
     return GatewayInfo(tuple(ids), arr[:, :3].copy()), arr[:, 3:].copy()
 
@@ -449,7 +450,9 @@ class WarehouseTwin:
                 self.rest_since[trip.tags] = trip.t_drop
                 self._mean_cache[:, trip.tags] = self._mean_rssi_at_rest(trip.tags).T
 
-    def _radio_process(self, env: simpy.Environment, progress: Callable[[float], None] | None) -> simpy.events.ProcessGenerator:
+    def _radio_process(
+        self, env: simpy.Environment, progress: Callable[[float], None] | None
+    ) -> simpy.events.ProcessGenerator:
         tick = self.scenario.tick_s
         duration = self.scenario.duration_s
         while self._radio_t < duration:
@@ -478,7 +481,9 @@ class WarehouseTwin:
         zone = self.site.zones.polygons[zones[int(rng.integers(len(zones)))]]
         return self.site.random_free_points(1, rng, zone)[0]
 
-    def _timed_path(self, start: FloatArray, goal: FloatArray, t_start: float, speed: float) -> tuple[FloatArray, FloatArray]:
+    def _timed_path(
+        self, start: FloatArray, goal: FloatArray, t_start: float, speed: float
+    ) -> tuple[FloatArray, FloatArray]:
         pts = self.navigator.path(start, goal)
         legs = np.hypot(*np.diff(pts, axis=0).T)
         return t_start + np.r_[0.0, np.cumsum(legs)] / speed, pts

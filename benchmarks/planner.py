@@ -1,0 +1,77 @@
+"""What the planner costs per interaction, printed as JSON (never asserted).
+
+    .venv/bin/python benchmarks/planner.py [--full-demo]
+
+Coverage maps (demo and large sites), a demo run reduced to a RunView, the size of that
+cached view, and building the playback figure (what a slider move or a view switch
+redraws). --full-demo also times the demo at its full 600 simulated seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import time
+from pathlib import Path
+
+from twin import planner
+from twin import planner_figures as figs
+from twin.scenario import load_scenario
+from twin.site import SiteModel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, repeat: int = 1):  # type: ignore[no-untyped-def]
+    best = float("inf")
+    out = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, round(best, 4)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--full-demo", action="store_true", help="also run the demo for its full 600 s")
+    args = ap.parse_args()
+    result: dict[str, object] = {}
+    demo = load_scenario(ROOT / "scenarios" / "demo.toml")
+    large = load_scenario(ROOT / "scenarios" / "large.toml")
+    demo_site = SiteModel.from_scenario(demo)
+    rows = planner.gateway_rows(demo, demo_site)
+    maps, result["coverage_maps_demo_s"] = timed(
+        lambda: planner.coverage_maps(demo, rows, demo_site), 3
+    )
+    result["coverage_cells_demo"] = int(maps.inside.size)
+    large_site = SiteModel.from_scenario(large)
+    large_rows = planner.gateway_rows(large, large_site)
+    large_maps, result["coverage_maps_large_s"] = timed(
+        lambda: planner.coverage_maps(large, large_rows, large_site)
+    )
+    result["coverage_cells_large"] = int(large_maps.inside.size)
+    result["coverage_gateways_large"] = len(large_rows)
+    short = planner.with_gateways(demo, rows, duration_s=60)
+    view, result["demo_60s_run_view_s"] = timed(lambda: planner.run_view(short))
+    blob, result["run_view_pickle_s"] = timed(lambda: pickle.dumps(view), 3)
+    result["run_view_bytes"] = len(blob)
+    _, result["run_view_unpickle_s"] = timed(lambda: pickle.loads(blob), 3)
+
+    def playback_figure() -> object:
+        fig = figs.floorplan(demo_site, rows, "t")
+        figs.add_frame(fig, view.frame(float(view.times[-1])), view.device_ids)
+        return fig.to_json()
+
+    spec, result["playback_figure_build_s"] = timed(playback_figure, 3)
+    result["playback_figure_json_bytes"] = len(str(spec))
+    _, result["error_map_s"] = timed(lambda: view.error_map(maps.grid), 3)
+    if args.full_demo:
+        full, result["demo_600s_run_view_s"] = timed(lambda: planner.run_view(demo))
+        result["demo_600s_fixes"] = len(full.fixes)
+    print(json.dumps(result, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,570 @@
+"""Trackers: fuse a tag's fixes over time, vectorized across the tags of one window.
+
+Three filters, selectable per scenario (``[engine] tracker``):
+
+* :class:`KalmanTracker`: constant-velocity Kalman filter on the single-shot fixes
+  (Bar-Shalom, Li & Kirubarajan, *Estimation with Applications to Tracking and
+  Navigation*, 2001, section 6.3.2, the discrete white-noise-acceleration model);
+* :class:`GridFilter`: an HMM forward filter over the free cells of a radio map; the
+  transition spreads a tag's belief only to cells it can walk to (never through a wall
+  or a rack) and the emission is the radio map's likelihood of the RSSI row;
+* :class:`ParticleFilter`: the same model with particles instead of cells, which scales
+  to 10,000 tags; a particle's move that would cross a wall or enter a rack is refused.
+
+All three read the tag's motion flag where the advertisement carries one: a still tag
+gets (almost) no process noise, so noise does not walk it around. :class:`ZoneHysteresis`
+keeps a still tag from flapping between neighbouring zones.
+
+Every tracker keeps per-device arrays indexed by device code and exposes one call,
+``step(t, device, rssi, fixes, motion, tx_power)`` for the rows of one window; rows are
+distinct devices. Floor-plan constraints come from shapely geometry rasterised once
+into a :class:`FloorPlan`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import shapely
+from numpy.typing import NDArray
+from scipy import sparse
+from scipy.spatial import cKDTree
+
+from engine.localize import (
+    CHI2_2DOF_90,
+    METHOD_HMM,
+    METHOD_KALMAN,
+    METHOD_PARTICLE,
+    Estimates,
+    RadioMap,
+    normalise_log,
+    posterior_estimates,
+    r90_from_cov,
+)
+from engine.zones import NO_ZONE, ZoneIndex
+from radio_models.environment import Grid
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int32]
+
+MOTION_STILL = 0
+MOTION_MOVING = 1
+MAX_GAP_S = 10.0  # a longer silence is treated as this long: the prior is wide by then
+MAX_INIT_CELLS = 4096  # cells a new tag's particle cloud is drawn over
+
+
+class Tracker(Protocol):
+    def step(
+        self,
+        t: float,
+        device: IntArray,
+        rssi: FloatArray,
+        fixes: Estimates,
+        motion: NDArray[np.int8],
+        tx_power: FloatArray,
+    ) -> Estimates: ...
+
+
+# -- the floor plan -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FloorPlan:
+    """Where a tag can be, rasterised from shapely geometry: inside the outline, outside
+    every rack, and never on a wall. Walls are widened by a cell on each side, so that a
+    move sampled every cell cannot jump across one."""
+
+    grid: Grid
+    free: NDArray[np.bool_]  # (cells,)
+
+    @classmethod
+    def from_geometry(
+        cls,
+        outline: shapely.Geometry,
+        racks: list[shapely.Geometry] | tuple[shapely.Geometry, ...] = (),
+        walls: list[shapely.Geometry] | tuple[shapely.Geometry, ...] = (),
+        cell_m: float = 0.25,
+    ) -> FloorPlan:
+        grid = Grid.covering(outline.bounds, cell_m)
+        cen = grid.centres()
+        free = shapely.contains_xy(outline, cen[:, 0], cen[:, 1])
+        blocked = [*racks, *(shapely.buffer(w, cell_m) for w in walls)]
+        if blocked:
+            union = shapely.union_all(blocked)
+            shapely.prepare(union)
+            free &= ~shapely.intersects_xy(union, cen[:, 0], cen[:, 1])
+        return cls(grid, free)
+
+    @classmethod
+    def open_floor(
+        cls, bounds: tuple[float, float, float, float], cell_m: float = 0.25
+    ) -> FloorPlan:
+        grid = Grid.covering(bounds, cell_m)
+        return cls(grid, np.ones(grid.nx * grid.ny, bool))
+
+    def is_free(self, xy: FloatArray) -> NDArray[np.bool_]:
+        """Free cell and inside the grid (the grid clamps outside points; we do not)."""
+        g = self.grid
+        inside = (xy[..., 0] >= g.x0) & (xy[..., 0] < g.x0 + g.nx * g.cell_m)
+        inside &= (xy[..., 1] >= g.y0) & (xy[..., 1] < g.y0 + g.ny * g.cell_m)
+        idx = g.cell_index(xy.reshape(-1, 2)).reshape(xy.shape[:-1])
+        return np.asarray(inside & self.free[idx])
+
+    def path_free(self, a: FloatArray, b: FloatArray) -> NDArray[np.bool_]:
+        """Is the straight move a -> b clear? (..., 2) arrays. Samples every cell: a wall
+        band is two cells wide, so a move crossing it leaves a sample inside it."""
+        length = float(np.max(np.hypot(*(b - a).reshape(-1, 2).T), initial=0.0))
+        n = max(1, int(np.ceil(length / self.grid.cell_m)))
+        ok = self.is_free(b)
+        for k in range(1, n):
+            ok &= self.is_free(a + (b - a) * (k / n))
+        return ok
+
+    def cell_free(self, radio_grid: Grid) -> NDArray[np.bool_]:
+        """Which cells of another grid have a free centre here."""
+        return self.is_free(radio_grid.centres())
+
+
+# -- constant-velocity Kalman -----------------------------------------------------------
+
+
+@dataclass
+class KalmanTracker:
+    """Constant-velocity Kalman filter on fixes, one (x, y, vx, vy) state per device.
+
+    Process noise is the discrete white-noise acceleration model with spectral density
+    ``accel_mps2**2`` (Bar-Shalom et al. 2001, eq. 6.3.2-4); the measurement covariance
+    of a fix is circular with per-axis variance r90^2 / chi2_2(0.9), the inverse of how
+    localizers report r90. A still tag (motion flag 0) gets no acceleration noise and its
+    velocity is zeroed, so its estimate converges instead of drifting.
+    """
+
+    accel_mps2: float = 0.5
+    still_accel_mps2: float = 0.01
+    initial_speed_mps: float = 1.0
+    x: FloatArray = field(default_factory=lambda: np.zeros((0, 4)))
+    p: FloatArray = field(default_factory=lambda: np.zeros((0, 4, 4)))
+    t: FloatArray = field(default_factory=lambda: np.zeros(0))
+
+    def _grow(self, n: int) -> None:
+        have = len(self.t)
+        if n > have:
+            self.x = np.vstack([self.x, np.zeros((n - have, 4))])
+            self.p = np.concatenate([self.p, np.zeros((n - have, 4, 4))])
+            self.t = np.r_[self.t, np.full(n - have, np.nan)]
+
+    def step(
+        self,
+        t: float,
+        device: IntArray,
+        rssi: FloatArray,
+        fixes: Estimates,
+        motion: NDArray[np.int8],
+        tx_power: FloatArray,
+    ) -> Estimates:
+        del rssi, tx_power  # the Kalman filter works on fixes, not on RSSI
+        if len(device) == 0:
+            return fixes
+        self._grow(int(device.max()) + 1)
+        rvar = np.maximum(fixes.r90, 0.05) ** 2 / CHI2_2DOF_90
+        z = np.column_stack([fixes.x, fixes.y])
+        new = np.isnan(self.t[device])
+        if new.any():
+            d = device[new]
+            self.x[d] = np.column_stack([z[new], np.zeros((int(new.sum()), 2))])
+            self.p[d] = 0.0
+            self.p[d, 0, 0] = self.p[d, 1, 1] = rvar[new]
+            self.p[d, 2, 2] = self.p[d, 3, 3] = self.initial_speed_mps**2
+            self.t[d] = t
+        old = ~new
+        d = device[old]
+        if len(d):
+            dt = np.clip(t - self.t[d], 0.0, MAX_GAP_S)
+            still = motion[old] == MOTION_STILL
+            q = np.where(still, self.still_accel_mps2, self.accel_mps2) ** 2
+            xs, ps = self.x[d], self.p[d]
+            xs[still, 2:] = 0.0
+            ps[still, 2:, :] = 0.0
+            ps[still, :, 2:] = 0.0
+            f = np.tile(np.eye(4), (len(d), 1, 1))
+            f[:, 0, 2] = f[:, 1, 3] = dt
+            qm = np.zeros((len(d), 4, 4))
+            q11, q12, q22 = dt**3 / 3 * q, dt**2 / 2 * q, dt * q
+            qm[:, 0, 0] = qm[:, 1, 1] = q11
+            qm[:, 0, 2] = qm[:, 2, 0] = qm[:, 1, 3] = qm[:, 3, 1] = q12
+            qm[:, 2, 2] = qm[:, 3, 3] = q22
+            xs = np.einsum("nij,nj->ni", f, xs)
+            ps = f @ ps @ f.transpose(0, 2, 1) + qm
+            # Update with H = [I 0]: S = P[:2,:2] + R, K = P[:, :2] S^-1.
+            s = ps[:, :2, :2] + rvar[old, None, None] * np.eye(2)
+            k = ps[:, :, :2] @ np.linalg.inv(s)
+            innov = z[old] - xs[:, :2]
+            xs = xs + np.einsum("nij,nj->ni", k, innov)
+            ps = ps - k @ ps[:, :2, :]
+            self.x[d], self.p[d], self.t[d] = xs, ps, t
+        st = self.x[device]
+        cov = self.p[device]
+        return Estimates(
+            st[:, 0].copy(),
+            st[:, 1].copy(),
+            r90_from_cov(cov[:, 0, 0], cov[:, 1, 1], cov[:, 0, 1]),
+            fixes.n_gateways,
+            np.full(len(device), METHOD_KALMAN, np.int8),
+        )
+
+
+# -- grid (HMM) forward filter -----------------------------------------------------------
+
+
+def walkable_transition(
+    xy: FloatArray,
+    plan: FloorPlan,
+    sigma_m: float,
+    radius_sigmas: float = 2.5,
+) -> sparse.csr_matrix:
+    """Row-stochastic transition between cells ``xy`` for one step: a Gaussian random
+    walk with per-axis spread ``sigma_m``, truncated at ``radius_sigmas`` sigmas, with
+    every move that crosses a wall or a rack removed (checked on the floor plan raster)."""
+    radius = max(radius_sigmas * sigma_m, 1e-6)
+    pairs = cKDTree(xy).query_pairs(radius, output_type="ndarray")
+    a = np.r_[pairs[:, 0], pairs[:, 1]] if len(pairs) else np.zeros(0, np.intp)
+    b = np.r_[pairs[:, 1], pairs[:, 0]] if len(pairs) else np.zeros(0, np.intp)
+    ok = plan.path_free(xy[a], xy[b]) if len(a) else np.zeros(0, bool)
+    a, b = a[ok], b[ok]
+    w = np.exp(-0.5 * np.sum((xy[a] - xy[b]) ** 2, axis=1) / max(sigma_m, 1e-6) ** 2)
+    n = len(xy)
+    rows = np.r_[a, np.arange(n)]
+    cols = np.r_[b, np.arange(n)]
+    vals = np.r_[w, np.ones(n)]
+    mat = sparse.csr_matrix((vals, (rows, cols)), shape=(n, n))
+    norm = np.asarray(mat.sum(axis=1)).ravel()
+    return sparse.csr_matrix(sparse.diags(1.0 / norm) @ mat)
+
+
+@dataclass
+class GridFilter:
+    """HMM forward filter (the discrete Bayes filter, Thrun, Burgard & Fox,
+    *Probabilistic Robotics*, 2005, table 4.1) over the free cells of a radio map.
+
+    belief_t = normalise(lik(rssi_t | cell) * (belief_{t-1} T^m)), with T one step of a
+    walkable random walk of spread ``speed_mps * step_s`` and m the number of steps since
+    the tag's last update. A still tag skips the transition. Memory is one float32 per
+    (device, cell): meant for sites of up to a few thousand cells and tags.
+    """
+
+    radio_map: RadioMap
+    plan: FloorPlan
+    step_s: float = 1.0
+    speed_mps: float = 1.0
+    max_steps: int = 8
+    cells: NDArray[np.intp] = field(init=False)
+    xy: FloatArray = field(init=False)
+    transition: sparse.csr_matrix = field(init=False)
+    _tree: cKDTree = field(init=False, repr=False)
+    belief: NDArray[np.float32] = field(init=False)
+    t: FloatArray = field(init=False)
+
+    def __post_init__(self) -> None:
+        centres = self.radio_map.grid.centres()
+        keep = self.radio_map.free & self.plan.is_free(centres)
+        self.cells = np.flatnonzero(keep)
+        self.xy = centres[self.cells]
+        self.transition = walkable_transition(self.xy, self.plan, self.speed_mps * self.step_s)
+        self._tree = cKDTree(self.xy)
+        self.belief = np.zeros((0, len(self.cells)), np.float32)
+        self.t = np.zeros(0)
+
+    def _grow(self, n: int) -> None:
+        have = len(self.t)
+        if n > have:
+            self.belief = np.vstack(
+                [
+                    self.belief,
+                    np.full((n - have, len(self.cells)), 1.0 / len(self.cells), np.float32),
+                ]
+            )
+            self.t = np.r_[self.t, np.full(n - have, np.nan)]
+
+    def step(
+        self,
+        t: float,
+        device: IntArray,
+        rssi: FloatArray,
+        fixes: Estimates,
+        motion: NDArray[np.int8],
+        tx_power: FloatArray,
+    ) -> Estimates:
+        if len(device) == 0:
+            return fixes
+        self._grow(int(device.max()) + 1)
+        prior = self.belief[device].astype(float)
+        last = self.t[device]
+        steps = np.where(
+            np.isnan(last),
+            0,
+            np.clip(
+                np.rint(np.minimum(t - np.nan_to_num(last), MAX_GAP_S) / self.step_s),
+                0,
+                self.max_steps,
+            ),
+        ).astype(int)
+        steps[motion == MOTION_STILL] = 0
+        for k in range(1, int(steps.max(initial=0)) + 1):
+            go = steps >= k
+            prior[go] = (self.transition.T @ prior[go].T).T
+        values, weights = self.radio_map.prepare(rssi, tx_power)
+        ll = self.radio_map.log_likelihood(
+            values, weights, self.cells, self.radio_map.track_inflation
+        )
+        post = normalise_log(ll + np.log(prior + 1e-30))
+        self.belief[device] = post
+        self.t[device] = t
+        est = posterior_estimates(
+            post, self.xy, fixes.n_gateways, METHOD_HMM, self.radio_map.grid.cell_m
+        )
+        # The mean of a belief split between two aisles can fall in the rack between
+        # them: such an estimate moves to the nearest cell a tag can occupy.
+        xy = np.column_stack([est.x, est.y])
+        bad = ~self.plan.is_free(xy)
+        if bad.any():
+            _, near = self._tree.query(xy[bad])
+            xy[bad] = self.xy[near]
+        return Estimates(xy[:, 0], xy[:, 1], est.r90, est.n_gateways, est.method)
+
+
+# -- particle filter ----------------------------------------------------------------------
+
+
+def systematic_resample(
+    weights: FloatArray, rng: np.random.Generator, n: int | None = None
+) -> NDArray[np.intp]:
+    """Systematic resampling of every row at once (Kitagawa 1996): one uniform per row,
+    ``n`` (default: columns) evenly spaced pointers into the row's cumulative weights;
+    returns column indices, shape (rows, n)."""
+    rows, cols = weights.shape
+    p = cols if n is None else n
+    cum = np.cumsum(weights, axis=1)
+    cum /= cum[:, -1:]
+    u = (rng.random((rows, 1)) + np.arange(p)[None, :]) / p
+    # Offsetting each row by its index turns the per-row searches into one flat search.
+    off = np.arange(rows)[:, None]
+    idx = np.searchsorted(
+        (cum + off).ravel(), (np.minimum(u, 1 - 1e-12) + off).ravel(), side="right"
+    )
+    return np.asarray(idx.reshape(rows, p) - off * cols).clip(0, cols - 1)
+
+
+@dataclass
+class ParticleFilter:
+    """Sequential importance resampling (Gordon, Salmond & Smith, IEE Proc. F 140(2),
+    1993) on the radio map's likelihood, constrained by the floor plan.
+
+    Each particle carries a position and a velocity (constant-velocity model with
+    acceleration noise ``accel_mps2``, speed capped at ``max_speed_mps``); a proposed move
+    that would cross a wall, enter a rack or leave the site is refused and the particle
+    stops there. A still tag's particles only jitter by ``still_sigma_m``. Only the
+    ``top_k`` loudest gateways of a row enter the likelihood, which keeps a step at
+    (tags x particles x top_k) map look-ups.
+    """
+
+    radio_map: RadioMap
+    plan: FloorPlan
+    particles: int = 128
+    accel_mps2: float = 1.0
+    max_speed_mps: float = 2.0
+    still_sigma_m: float = 0.15
+    top_k: int = 12
+    seed: int = 0
+    pos: NDArray[np.float32] = field(init=False)
+    vel: NDArray[np.float32] = field(init=False)
+    t: FloatArray = field(init=False)
+    rng: np.random.Generator = field(init=False)
+    _init_cells: NDArray[np.intp] = field(init=False)
+    _init_stride: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        p = self.particles
+        self.pos = np.zeros((0, p, 2), np.float32)
+        self.vel = np.zeros((0, p, 2), np.float32)
+        self.t = np.zeros(0)
+        self.rng = np.random.default_rng(self.seed)
+        centres = self.radio_map.grid.centres()
+        cells = np.flatnonzero(self.radio_map.free & self.plan.is_free(centres))
+        # A new tag's particles come from its posterior over at most MAX_INIT_CELLS cells
+        # (every k-th free cell), then jitter over the k cells each one stands for.
+        self._init_stride = max(1, int(np.ceil(len(cells) / MAX_INIT_CELLS)))
+        self._init_cells = cells[:: self._init_stride]
+
+    def _grow(self, n: int) -> None:
+        have = len(self.t)
+        if n > have:
+            p = self.particles
+            self.pos = np.concatenate([self.pos, np.zeros((n - have, p, 2), np.float32)])
+            self.vel = np.concatenate([self.vel, np.zeros((n - have, p, 2), np.float32)])
+            self.t = np.r_[self.t, np.full(n - have, np.nan)]
+
+    def _subset(
+        self, rssi: FloatArray, tx_power: FloatArray
+    ) -> tuple[FloatArray, FloatArray, NDArray[np.intp]]:
+        values, weights = self.radio_map.prepare(rssi, tx_power)
+        k = min(self.top_k, rssi.shape[1])
+        score = np.where(np.isnan(rssi), -np.inf, rssi)
+        gk = (
+            np.argpartition(-score, k - 1, axis=1)[:, :k]
+            if k < rssi.shape[1]
+            else np.broadcast_to(np.arange(k), (len(rssi), k))
+        )
+        return np.take_along_axis(values, gk, 1), np.take_along_axis(weights, gk, 1), np.asarray(gk)
+
+    def _log_lik(
+        self, values: FloatArray, weights: FloatArray, gk: NDArray[np.intp], xy: NDArray[Any]
+    ) -> FloatArray:
+        rm = self.radio_map
+        cells = rm.grid.cell_index(xy.reshape(-1, 2)).reshape(xy.shape[:2])
+        m = rm.mean_dbm[cells[:, :, None], gk[:, None, :]]  # (rows, P, k)
+        scale = (1.0 / (rm.sigma_db[gk] * rm.track_inflation)).astype(np.float32)[:, None, :]
+        z = (values.astype(np.float32)[:, None, :] - m) * scale
+        wz = z * weights.astype(np.float32)[:, None, :]
+        return np.asarray(np.einsum("rpk,rpk->rp", wz, z), dtype=float) * -0.5
+
+    def _initialise(self, values: FloatArray, weights: FloatArray) -> FloatArray:
+        """Particles drawn from the single-shot radio-map posterior over free cells."""
+        rm = self.radio_map
+        post = normalise_log(
+            rm.log_likelihood(values, weights, self._init_cells, rm.track_inflation)
+        )
+        pick = systematic_resample(post, self.rng, self.particles)
+        centre = rm.grid.centres()[self._init_cells[pick]]
+        spread = rm.grid.cell_m * max(0.5, float(np.sqrt(self._init_stride)))
+        jittered = centre + (self.rng.random(centre.shape) - 0.5) * spread
+        return np.asarray(np.where(self.plan.is_free(jittered)[..., None], jittered, centre))
+
+    def step(
+        self,
+        t: float,
+        device: IntArray,
+        rssi: FloatArray,
+        fixes: Estimates,
+        motion: NDArray[np.int8],
+        tx_power: FloatArray,
+    ) -> Estimates:
+        if len(device) == 0:
+            return fixes
+        self._grow(int(device.max()) + 1)
+        values, weights, gk = self._subset(rssi, tx_power)
+        new = np.isnan(self.t[device])
+        if new.any():
+            d = device[new]
+            full_v, full_w = self.radio_map.prepare(rssi[new], tx_power[new])
+            init = np.empty((len(d), self.particles, 2))
+            for lo in range(0, len(d), 256):  # bounds the (rows x cells) temporaries
+                sl = slice(lo, lo + 256)
+                init[sl] = self._initialise(full_v[sl], full_w[sl])
+            self.pos[d] = init
+            self.vel[d] = 0.0
+            self.t[d] = t
+        # float32 throughout: at 10,000 tags x 128 particles the step is memory-bound.
+        f32 = np.float32
+        pos = self.pos[device]
+        vel = self.vel[device]
+        dt = np.clip(t - self.t[device], 0.0, MAX_GAP_S).astype(f32)[:, None, None]
+        still_row = motion == MOTION_STILL
+        p = self.particles
+        noise = self.rng.standard_normal((len(device), p, 2), dtype=f32)
+        accel = f32(self.accel_mps2) * np.sqrt(np.maximum(dt, f32(1e-3)))
+        vel = np.where(still_row[:, None, None], f32(0.0), vel + noise * accel)
+        speed = np.hypot(vel[..., 0], vel[..., 1])[..., None]
+        vel = vel * np.minimum(f32(1.0), f32(self.max_speed_mps) / np.maximum(speed, f32(1e-9)))
+        jitter = np.where(still_row[:, None, None], noise * f32(self.still_sigma_m), f32(0.0))
+        prop = pos + vel * dt + jitter
+        # Still tags only jitter: checking their short moves separately keeps the number
+        # of samples along each move (one per floor-plan cell) small for most tags.
+        ok = np.empty(pos.shape[:2], bool)
+        for group in (still_row, ~still_row):
+            if group.any():
+                ok[group] = self.plan.path_free(pos[group], prop[group])
+        pos = np.where(ok[..., None], prop, pos)
+        vel = np.where(ok[..., None], vel, f32(0.0))
+        ll = self._log_lik(values, weights, gk, pos)
+        w = normalise_log(ll)
+        mx = np.einsum("rp,rp->r", w, pos[..., 0])
+        my = np.einsum("rp,rp->r", w, pos[..., 1])
+        vx = np.einsum("rp,rp->r", w, (pos[..., 0] - mx[:, None]) ** 2)
+        vy = np.einsum("rp,rp->r", w, (pos[..., 1] - my[:, None]) ** 2)
+        cxy = np.einsum("rp,rp->r", w, (pos[..., 0] - mx[:, None]) * (pos[..., 1] - my[:, None]))
+        idx = systematic_resample(w, self.rng)
+        self.pos[device] = np.take_along_axis(pos, idx[..., None], 1)
+        self.vel[device] = np.take_along_axis(vel, idx[..., None], 1)
+        self.t[device] = t
+        # The estimate is the weighted mean; a mean of free positions can fall in a rack
+        # between two clusters, so it snaps to the nearest particle when it does.
+        est = np.column_stack([mx, my])
+        bad = ~self.plan.is_free(est)
+        if bad.any():
+            near = np.argmin(np.sum((pos[bad] - est[bad, None, :]) ** 2, axis=2), axis=1)
+            est[bad] = pos[bad][np.arange(int(bad.sum())), near]
+        cell_var = self.radio_map.grid.cell_m**2 / 12.0
+        return Estimates(
+            est[:, 0],
+            est[:, 1],
+            r90_from_cov(vx + cell_var, vy + cell_var, cxy),
+            fixes.n_gateways,
+            np.full(len(device), METHOD_PARTICLE, np.int8),
+        )
+
+
+# -- zones with hysteresis ------------------------------------------------------------------
+
+
+@dataclass
+class ZoneHysteresis:
+    """Zone assignment that does not flap: a device leaves its current zone only when its
+    position is more than ``margin_m`` outside that zone, and the new zone must then win
+    ``confirm`` consecutive windows (``confirm_still`` when the tag says it is still:
+    a still tag cannot have changed zone, so it takes more evidence)."""
+
+    zones: ZoneIndex
+    margin_m: float = 1.0
+    confirm: int = 2
+    confirm_still: int = 5
+    current: IntArray = field(default_factory=lambda: np.zeros(0, np.int32))
+    candidate: IntArray = field(default_factory=lambda: np.zeros(0, np.int32))
+    count: IntArray = field(default_factory=lambda: np.zeros(0, np.int32))
+
+    def _grow(self, n: int) -> None:
+        have = len(self.current)
+        if n > have:
+            self.current = np.r_[
+                self.current, np.full(n - have, -2, np.int32)
+            ]  # -2: never assigned
+            self.candidate = np.r_[self.candidate, np.full(n - have, NO_ZONE, np.int32)]
+            self.count = np.r_[self.count, np.zeros(n - have, np.int32)]
+
+    def assign(
+        self, device: IntArray, x: FloatArray, y: FloatArray, motion: NDArray[np.int8]
+    ) -> IntArray:
+        if len(device) == 0:
+            return np.zeros(0, np.int32)
+        self._grow(int(device.max()) + 1)
+        raw = self.zones.assign(x, y)
+        cur = self.current[device]
+        first = cur == -2
+        # Still within margin of the current zone: stay.
+        near = np.zeros(len(device), bool)
+        for z in np.unique(cur[(cur >= 0)]):
+            sel = cur == z
+            near[sel] = shapely.dwithin(
+                self.zones.polygons[int(z)], shapely.points(x[sel], y[sel]), self.margin_m
+            )
+        want = np.where(near, cur, raw)
+        same_cand = want == self.candidate[device]
+        cnt = np.where(same_cand, self.count[device] + 1, 1)
+        need = np.where(motion == MOTION_STILL, self.confirm_still, self.confirm)
+        switch = (want != cur) & (cnt >= need)
+        out = np.where(first, raw, np.where(switch, want, cur)).astype(np.int32)
+        self.current[device] = out
+        self.candidate[device] = want
+        self.count[device] = cnt
+        return out

@@ -1,0 +1,289 @@
+"""The planner end to end in a real browser: `streamlit run app.py` on a loopback port,
+Debian's /usr/bin/chromium driven by Playwright (no browser download), a demo run, a
+second layout, a comparison, and screenshots for docs/planner.md.
+
+Timings (page ready after a run, view switches) are printed as JSON, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from twin.cli import ui_command
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+DOCS_IMG = ROOT / "docs" / "img"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
+RUN_S = 60  # simulated seconds of the demo in this test: a quick look, as a planner would
+# Screenshots the docs use: artifact name -> docs/img name.
+FOR_DOCS = {
+    "plan": "planner-plan.png",
+    "playback": "planner-playback.png",
+    "maps": "planner-maps.png",
+    "compare": "planner-compare.png",
+    "edit": "planner-edit.png",
+    "animate": "planner-animate.png",
+}
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url}/_stcore/health not ok after {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
+    cmd = [*ui_command(port, "127.0.0.1", headless=True), "--server.fileWatcherType", "none"]
+    env = {**os.environ, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()  # the streamlit we started, by its pid
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.returncode not in (0, -15):
+            sys.stderr.write(log.read_text(errors="replace")[-4000:])
+
+
+@pytest.fixture(scope="module")
+def page(server, tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (tests/system-packages.txt lists it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1500, "height": 1900},
+        )
+        pg = ctx.pages[0] if ctx.pages else ctx.new_page()
+        pg.set_default_timeout(90_000)
+        try:
+            yield pg
+        finally:
+            ctx.close()
+
+
+def shot(pg, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"planner-{name}.png"
+    pg.wait_for_timeout(600)  # let plotly finish its transition before the picture
+    pg.screenshot(path=str(path), full_page=True)
+    if name in FOR_DOCS:
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_IMG / FOR_DOCS[name])
+    return path
+
+
+def idle(pg) -> None:
+    """Wait until Streamlit has finished the current rerun."""
+    pg.wait_for_timeout(150)
+    pg.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden")
+
+
+def view(pg, name: str) -> None:
+    pg.locator('[data-testid="stSidebar"] [data-testid="stRadio"] label').filter(
+        has_text=name
+    ).click()
+
+
+def no_exceptions(pg) -> None:
+    assert pg.locator('[data-testid="stException"]').count() == 0, pg.locator(
+        '[data-testid="stException"]'
+    ).first.inner_text()
+
+
+def test_demo_run_compare_and_screenshots(page, server):
+    pg = page
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    pg.goto(server)
+    pg.get_by_role("heading", name="TagTwin planner").wait_for()
+    pg.locator(".js-plotly-plot").first.wait_for()
+    timings["first_page_s"] = time.perf_counter() - t0
+    assert "10 gateways" in pg.locator("body").inner_text()
+
+    duration = pg.get_by_label("simulated duration (s)", exact=True)
+    duration.fill(str(RUN_S))
+    duration.press("Enter")
+    idle(pg)
+    no_exceptions(pg)
+    shot(pg, "plan")
+
+    # Run the demo and time it until the results and the playback plot are on the page.
+    view(pg, "Run & playback")
+    run_button = pg.get_by_role("button", name=f"Run simulation ({RUN_S} s simulated)")
+    run_button.wait_for()
+    t0 = time.perf_counter()
+    run_button.click()
+    pg.get_by_text("Run finished:").wait_for()
+    pg.locator(".js-plotly-plot").filter(has_text=f"t = {RUN_S} s").wait_for()
+    timings["demo_run_to_page_ready_s"] = time.perf_counter() - t0
+    idle(pg)
+    no_exceptions(pg)
+    body = pg.locator("body").inner_text()
+    for label in ("median error", "p90 error", "zone accuracy", "tags located"):
+        assert label in body
+    assert "200 tags" in body
+    shot(pg, "playback")
+
+    # The animated playback runs in the browser: Play moves the time slider on its own.
+    pg.get_by_text("animate (press Play on the plot)").click()
+    plot = pg.locator(".js-plotly-plot").filter(has_text="playback")
+    plot.wait_for()
+    idle(pg)
+    active_step = "(gd) => gd._fullLayout.sliders[0].active"
+    assert plot.evaluate(active_step) == 0
+    plot.locator(".updatemenu-button").filter(has_text="Play").click()
+    pg.wait_for_timeout(2000)
+    assert plot.evaluate(active_step) > 0  # frames advanced without a Streamlit rerun
+    shot(pg, "animate")
+    pg.get_by_text("animate (press Play on the plot)").click()
+    pg.locator(".js-plotly-plot").filter(has_text=f"t = {RUN_S} s").wait_for()
+    idle(pg)
+
+    # View switches: the run is cached, so each is a rerun without simulating.
+    t0 = time.perf_counter()
+    view(pg, "Coverage maps")
+    pg.get_by_text("floor heard by 3+ gateways").wait_for()
+    pg.locator(".js-plotly-plot").first.wait_for()
+    idle(pg)
+    timings["view_switch_to_maps_s"] = time.perf_counter() - t0
+    pg.locator('[data-testid="stMain"] [data-testid="stRadio"] label').filter(
+        has_text="gateways hearing"
+    ).click()
+    pg.locator(".js-plotly-plot").filter(has_text="3+ gateways boundary").wait_for()
+    idle(pg)
+    shot(pg, "maps")
+    t0 = time.perf_counter()
+    view(pg, "Run & playback")
+    pg.get_by_text("Run finished:").wait_for()
+    pg.locator(".js-plotly-plot").filter(has_text=f"t = {RUN_S} s").wait_for()
+    idle(pg)
+    timings["view_switch_back_to_playback_s"] = time.perf_counter() - t0
+    assert pg.get_by_role("button", name=f"Run simulation ({RUN_S} s simulated)").count() == 1
+
+    # A second layout (a 10 m grid) and the comparison.
+    view(pg, "Plan & layout")
+    pg.get_by_text("Generate a grid layout").click()
+    pg.get_by_role("button", name="Add grid layout").click()
+    pg.get_by_text("layout “grid 10 m”").first.wait_for()
+    idle(pg)
+    view(pg, "Compare layouts")
+    pg.get_by_role("button", name="Run comparison").click()
+    pg.get_by_text("Which layout wins on what").wait_for()
+    idle(pg)
+    no_exceptions(pg)
+    body = pg.locator("body").inner_text()
+    assert "hardware cost:" in body
+    assert "median error (m):" in body
+    assert "cost vs accuracy" in body
+    table = pg.locator('[data-testid="stDataFrame"]').first
+    table.wait_for()
+    assert pg.locator(".js-plotly-plot").count() == 3  # two layouts' maps and the chart
+    shot(pg, "compare")
+
+    view(pg, "ROI")
+    idle(pg)
+    shot(pg, "roi")
+
+    # Click on the plan to add a gateway at (20.25, 20.25), a floor click target.
+    view(pg, "Plan & layout")
+    pg.get_by_text("Click on the plan to").wait_for()
+    idle(pg)
+    plot = pg.locator(".js-plotly-plot").first
+    plot.scroll_into_view_if_needed()
+    xy = plot.evaluate(
+        """(gd) => { const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+                     const r = gd.getBoundingClientRect();
+                     return [r.left + xa._offset + xa.l2p(20.25),
+                             r.top + ya._offset + ya.l2p(20.25)]; }"""
+    )
+    pg.mouse.move(xy[0], xy[1])
+    pg.wait_for_timeout(300)
+    pg.mouse.click(xy[0], xy[1])
+    try:
+        pg.get_by_text("added gw-13 at").wait_for(timeout=20_000)
+    finally:
+        pg.screenshot(path=str(ARTIFACTS / "planner-click.png"))
+    # Plotly picks the click target nearest the pointer: (20.25, 20.25) or a neighbour.
+    added = re.search(r"added gw-13 at \(([\d.]+), ([\d.]+)\)", pg.locator("body").inner_text())
+    assert added
+    assert abs(float(added[1]) - 20.25) <= 0.6
+    assert abs(float(added[2]) - 20.25) <= 0.6
+    idle(pg)
+    assert "layout “grid 10 m”, 13 gateways" in pg.locator("body").inner_text()
+    shot(pg, "edit")
+
+    # A broken upload is refused with the file and field named.
+    pg.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+        files=[
+            {
+                "name": "broken.toml",
+                "mimeType": "application/toml",
+                "buffer": b'name = "x"\nduration_s = -5\nseed = 1\n',
+            }
+        ]
+    )
+    alert = pg.get_by_text("broken.toml cannot be used")
+    alert.wait_for()
+    text = pg.locator('[data-testid="stAlert"]').first.inner_text()
+    assert "duration_s: Input should be greater than 0" in text
+    assert "site: Field required" in text
+    no_exceptions(pg)
+    print(
+        "\nPLANNER_BROWSER_TIMINGS "
+        + json.dumps(
+            {k: round(v, 3) for k, v in timings.items()} | {"simulated_s": RUN_S}, sort_keys=True
+        )
+    )

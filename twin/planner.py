@@ -1,0 +1,683 @@
+"""The planner's logic, free of Streamlit: layouts, coverage maps, run views, comparisons.
+
+app.py only draws what this module computes, so everything a planner decides on (the
+maps, the metrics table, which layout wins) is tested without a browser.
+
+Coverage maps are the *expected* link budget: the scenario's path-loss family plus the
+wall and rack losses of the site plan (COST 231 multi-wall, radio_models.geometry), with
+no shadowing or fading (both are zero-mean in dB). A gateway "hears" a cell when that
+mean RSSI reaches its sensitivity. The accuracy bound is the Cramér-Rao bound of RSSI
+localization (Patwari et al. 2003, radio_models/crb.py) over the gateways that hear.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import shapely
+import tomli_w
+from numpy.typing import NDArray
+
+from radio_models.crb import crlb_rmse
+from radio_models.environment import Grid
+from radio_models.geometry import crossing_loss_db
+from radio_models.pathloss import three_d_distance
+from twin.scenario import Scenario, parse_scenario
+from twin.site import SiteModel
+
+if TYPE_CHECKING:
+    from pathlib import Path
+    from types import ModuleType
+
+FloatArray = NDArray[np.float64]
+
+# Coverage maps need no finer than ~120 cells along the long side to read well; the
+# cost is (cells x gateways) crossing tests, so this keeps the large site interactive.
+MAP_CELLS_LONG_SIDE = 120
+DEFAULT_GATEWAY_COST = 150.0  # per installed gateway, used when no ROI model is present
+DEFAULT_TAG_COST = 8.0
+# Simulations started by run_view in this process: lets tests prove the app's caching.
+simulations_started = 0
+
+
+# -- layouts -----------------------------------------------------------------------------
+
+GatewayRow = dict[str, Any]  # {"id": str, "x": float, "y": float, "z": float}
+
+
+def gateway_rows(scenario: Scenario, site: SiteModel | None = None) -> list[GatewayRow]:
+    """Every gateway the scenario places (listed ones and the grid), as editable rows."""
+    from twin.sim import resolve_gateways
+
+    info, _ = resolve_gateways(scenario, site or SiteModel.from_scenario(scenario))
+    return [
+        {"id": gid, "x": float(x), "y": float(y), "z": float(z)}
+        for gid, (x, y, z) in zip(info.ids, info.xyz, strict=True)
+    ]
+
+
+def grid_rows(
+    scenario: Scenario, spacing_m: float, height_m: float, margin_m: float = 2.0, prefix: str = "gw"
+) -> list[GatewayRow]:
+    """A regular grid layout, placed by the same rule the scenario's [gateways.grid] uses."""
+    data = scenario_dict(scenario)
+    data["gateways"] = {
+        "defaults": {**data["gateways"].get("defaults", {}), "z_m": height_m},
+        "grid": {"spacing_m": spacing_m, "margin_m": margin_m, "prefix": prefix},
+    }
+    return gateway_rows(scenario_from_dict(data, "<grid layout>"))
+
+
+def clean_rows(
+    rows: Iterable[Mapping[str, Any]], default_z: float
+) -> tuple[list[GatewayRow], list[str]]:
+    """Rows from a table editor -> typed rows and problems. Fully blank rows are dropped;
+    a row with an id but a missing coordinate is a problem naming the row and field."""
+    out: list[GatewayRow] = []
+    problems: list[str] = []
+    for i, row in enumerate(rows):
+        gid = row.get("id")
+        vals = {k: row.get(k) for k in ("x", "y", "z")}
+        missing = [
+            k for k, v in vals.items() if v is None or (isinstance(v, float) and math.isnan(v))
+        ]
+        blank_id = (
+            gid is None or (isinstance(gid, float) and math.isnan(gid)) or not str(gid).strip()
+        )
+        if blank_id and len(missing) >= 2:
+            continue
+        if blank_id:
+            problems.append(f"gateway row {i + 1}: id is empty")
+            continue
+        if "x" in missing or "y" in missing:
+            empty = " and ".join(m for m in missing if m != "z")
+            problems.append(f"gateway row {i + 1} ({gid}): {empty} is empty")
+            continue
+        z = default_z if "z" in missing else float(vals["z"])  # type: ignore[arg-type]
+        out.append({"id": str(gid).strip(), "x": float(vals["x"]), "y": float(vals["y"]), "z": z})  # type: ignore[arg-type]
+    ids = [r["id"] for r in out]
+    dupes = sorted({g for g in ids if ids.count(g) > 1})
+    if dupes:
+        problems.append(f"gateway ids must be unique; repeated: {', '.join(dupes)}")
+    return out, problems
+
+
+CLICK_MODES = ("add gateway", "move gateway", "delete gateway")
+
+
+def next_gateway_id(rows: Sequence[GatewayRow], prefix: str = "gw") -> str:
+    """``prefix-NN`` one past the highest number in use with that prefix."""
+    nums = [
+        int(r["id"].rsplit("-", 1)[1])
+        for r in rows
+        if r["id"].startswith(prefix + "-") and r["id"].rsplit("-", 1)[1].isdigit()
+    ]
+    return f"{prefix}-{max(nums, default=0) + 1:02d}"
+
+
+def apply_click(
+    rows: Sequence[GatewayRow],
+    mode: str,
+    *,
+    gateway: str | None,
+    floor_xy: tuple[float, float] | None,
+    pending: str | None,
+    default_z: float,
+) -> tuple[list[GatewayRow], str | None, str]:
+    """Edit a layout from one click on the plan: on a gateway (its id) or on the floor.
+
+    Returns the new rows, the gateway waiting to be moved (a move takes two clicks:
+    the gateway, then where it goes) and a sentence saying what happened.
+    """
+    out = [dict(r) for r in rows]
+    if mode not in CLICK_MODES:
+        raise ValueError(f"unknown click mode {mode!r}; one of {', '.join(CLICK_MODES)}")
+    if mode == "add gateway":
+        if floor_xy is None:
+            return out, None, f"{gateway} is already a gateway; click the floor to add one"
+        gid = next_gateway_id(out)
+        out.append(
+            {"id": gid, "x": round(floor_xy[0], 2), "y": round(floor_xy[1], 2), "z": default_z}
+        )
+        return out, None, f"added {gid} at ({floor_xy[0]:.1f}, {floor_xy[1]:.1f})"
+    if mode == "delete gateway":
+        if gateway is None:
+            return out, None, "click a gateway to delete it"
+        if len(out) == 1:
+            return out, None, f"{gateway} is the last gateway; a layout needs at least one"
+        return [r for r in out if r["id"] != gateway], None, f"deleted {gateway}"
+    if gateway is not None:
+        return out, gateway, f"now click where {gateway} goes"
+    if pending is None or floor_xy is None:
+        return out, None, "click a gateway first, then where it goes"
+    for r in out:
+        if r["id"] == pending:
+            r["x"], r["y"] = round(floor_xy[0], 2), round(floor_xy[1], 2)
+    return out, None, f"moved {pending} to ({floor_xy[0]:.1f}, {floor_xy[1]:.1f})"
+
+
+def outside_outline(scenario: Scenario, rows: Sequence[GatewayRow]) -> list[str]:
+    """Ids of gateways placed outside the site outline (allowed, but usually a typo)."""
+    if not rows:
+        return []
+    outline = shapely.Polygon(scenario.site.outline)
+    xs = np.array([r["x"] for r in rows], dtype=float)
+    ys = np.array([r["y"] for r in rows], dtype=float)
+    inside = shapely.intersects_xy(outline, xs, ys)
+    return [r["id"] for r, ok in zip(rows, inside, strict=True) if not ok]
+
+
+def with_gateways(
+    scenario: Scenario,
+    rows: Sequence[GatewayRow],
+    name: str | None = None,
+    duration_s: float | None = None,
+) -> Scenario:
+    """The scenario with exactly these gateways (the grid, if any, is replaced by its
+    units), optionally renamed and with a shorter or longer simulated duration. A gateway
+    keeps its own scan and sensitivity settings, found by id, when it is moved."""
+    data = scenario_dict(scenario)
+    if duration_s is not None:
+        data["duration_s"] = float(duration_s)
+    gws = {k: v for k, v in data["gateways"].items() if k not in ("grid", "list")}
+    own = unit_settings(scenario)
+    gws["list"] = [
+        {
+            **own.get(r["id"], {}),
+            "id": r["id"],
+            "x": float(r["x"]),
+            "y": float(r["y"]),
+            "z": float(r["z"]),
+        }
+        for r in rows
+    ]
+    data["gateways"] = gws
+    if name:
+        data["name"] = name
+    return scenario_from_dict(data, f"<layout {name or scenario.name}>")
+
+
+def unit_settings(scenario: Scenario) -> dict[str, dict[str, float]]:
+    """Per-gateway overrides (scan window, interval, sensitivity) of listed gateways, by id."""
+    keys = ("scan_window_ms", "scan_interval_ms", "sensitivity_dbm")
+    return {
+        g.id: {k: getattr(g, k) for k in keys if getattr(g, k) is not None}
+        for g in scenario.gateways.units
+    }
+
+
+def scenario_dict(scenario: Scenario) -> dict[str, Any]:
+    """Plain TOML-ready data of a scenario (file aliases, no None values)."""
+    return scenario.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def scenario_toml(scenario: Scenario) -> str:
+    """A scenario file for this scenario; ``parse_scenario`` reads it back to an equal object."""
+    header = f"# {scenario.name}: written by the TagTwin planner\n"
+    return header + tomli_w.dumps(scenario_dict(scenario))
+
+
+def scenario_from_dict(data: Mapping[str, Any], source: str) -> Scenario:
+    """Validate through the file path so errors read exactly as for a scenario file."""
+    return parse_scenario(tomli_w.dumps(dict(data)), source)
+
+
+def save_scenario(scenario: Scenario, path: Path) -> Path:
+    """Write the scenario as TOML, refusing to write anything that would not load back."""
+    text = scenario_toml(scenario)
+    parse_scenario(text, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- coverage maps -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CoverageMaps:
+    """Per-cell maps (ny, nx) over the site; NaN outside the outline."""
+
+    grid: Grid
+    best_rssi_dbm: FloatArray
+    n_heard: FloatArray
+    crb_m: FloatArray  # inf where fewer than 2 gateways hear (no bound exists)
+    inside: NDArray[np.bool_]
+
+    def xs(self) -> FloatArray:
+        return np.asarray(self.grid.x0 + (np.arange(self.grid.nx) + 0.5) * self.grid.cell_m, float)
+
+    def ys(self) -> FloatArray:
+        return np.asarray(self.grid.y0 + (np.arange(self.grid.ny) + 0.5) * self.grid.cell_m, float)
+
+    def summary(self) -> dict[str, float]:
+        """Area fractions and bound quantiles over the floor inside the outline."""
+        n = self.n_heard[self.inside]
+        crb = self.crb_m[self.inside]
+        finite = crb[np.isfinite(crb)]
+        return {
+            "area_3plus": round(float(np.mean(n >= 3)), 4) if n.size else 0.0,
+            "area_heard": round(float(np.mean(n >= 1)), 4) if n.size else 0.0,
+            "crb_median_m": round(float(np.median(finite)), 3) if finite.size else math.inf,
+            "crb_p90_m": round(float(np.quantile(finite, 0.9)), 3) if finite.size else math.inf,
+        }
+
+
+def map_cell_m(scenario: Scenario) -> float:
+    minx, miny, maxx, maxy = shapely.Polygon(scenario.site.outline).bounds
+    return max(scenario.radio.grid_m, max(maxx - minx, maxy - miny) / MAP_CELLS_LONG_SIDE)
+
+
+def representative_tx_power(scenario: Scenario) -> float:
+    """Count-weighted mean calibrated 1 m RSSI of the scenario's tags."""
+    counts = np.array([g.count for g in scenario.tags], dtype=float)
+    powers = np.array([g.tx_power_1m_dbm for g in scenario.tags], dtype=float)
+    return float(np.average(powers, weights=counts)) if counts.sum() > 0 else float(powers.mean())
+
+
+def coverage_maps(
+    scenario: Scenario,
+    rows: Sequence[GatewayRow],
+    site: SiteModel | None = None,
+    cell_m: float | None = None,
+) -> CoverageMaps:
+    """Best mean RSSI, gateways hearing and the CRB on a grid, vectorized over (cells, gateways)."""
+    from twin.sim import path_loss_model
+
+    site = site or SiteModel.from_scenario(scenario)
+    grid = Grid.covering(site.outline.bounds, cell_m or map_cell_m(scenario))
+    centres = grid.centres()
+    inside = shapely.intersects_xy(site.outline, centres[:, 0], centres[:, 1])
+    shape = (grid.ny, grid.nx)
+    if not rows:
+        zero = np.where(inside, 0.0, np.nan).reshape(shape)
+        return CoverageMaps(
+            grid,
+            np.full(shape, np.nan),
+            zero,
+            np.where(inside, np.inf, np.nan).reshape(shape),
+            inside.reshape(shape),
+        )
+    gw = np.array([[r["x"], r["y"], r["z"]] for r in rows], dtype=float)
+    pts = np.column_stack([centres, np.full(len(centres), scenario.site.tag_height_m)])
+    model = path_loss_model(scenario)
+    rssi = (
+        representative_tx_power(scenario)
+        - model.excess_loss_db(three_d_distance(pts, gw))
+        - crossing_loss_db(site.obstacles(), centres, gw[:, :2])
+    )
+    default = scenario.gateways.defaults.sensitivity_dbm
+    own = unit_settings(scenario)
+    sensitivity = np.array([own.get(r["id"], {}).get("sensitivity_dbm", default) for r in rows])
+    heard = rssi >= sensitivity[None, :]
+    best = np.where(inside, rssi.max(axis=1), np.nan)
+    n_heard = np.where(inside, heard.sum(axis=1), np.nan)
+    crb = crlb_rmse(
+        pts, gw, scenario.radio.model.exponent, max(scenario.radio.shadowing_sigma_db, 0.5), heard
+    )
+    crb = np.where(inside, crb, np.nan)
+    return CoverageMaps(
+        grid, best.reshape(shape), n_heard.reshape(shape), crb.reshape(shape), inside.reshape(shape)
+    )
+
+
+# -- a run, reduced to what the planner shows ----------------------------------------------
+
+
+@dataclass
+class RunView:
+    """A simulation run without its raw sightings: small enough to cache and pickle."""
+
+    name: str
+    scenario_toml: str
+    gateway_ids: list[str]
+    gateway_xyz: FloatArray
+    device_ids: list[str]
+    fixes: NDArray[np.void]
+    true_xy: FloatArray  # ground truth at each fix's (device, t)
+    error_m: FloatArray
+    metrics: dict[str, Any]
+    report: dict[str, Any]
+    timings_s: dict[str, float]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    events_wired: bool = False  # the run carried an ``events`` attribute at all
+    rule_scores: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def times(self) -> FloatArray:
+        return np.unique(self.fixes["t"])
+
+    def frame(self, t: float) -> dict[str, FloatArray]:
+        """True and estimated positions (with r90) of every tag located at fix time ``t``."""
+        times = self.times
+        if len(times) == 0:
+            empty = np.zeros(0)
+            return {
+                "t": empty,
+                "device": empty,
+                "x": empty,
+                "y": empty,
+                "r90": empty,
+                "true_x": empty,
+                "true_y": empty,
+                "error_m": empty,
+            }
+        tk = float(times[np.argmin(np.abs(times - t))])
+        sel = np.flatnonzero(self.fixes["t"] == tk)
+        f = self.fixes[sel]
+        return {
+            "t": np.full(len(sel), tk),
+            "device": f["device"].astype(float),
+            "x": f["x"],
+            "y": f["y"],
+            "r90": f["r90"].astype(float),
+            "true_x": self.true_xy[sel, 0],
+            "true_y": self.true_xy[sel, 1],
+            "error_m": self.error_m[sel],
+        }
+
+    def track(self, device: int) -> dict[str, FloatArray]:
+        """One tag over the whole run: fix times, estimates, r90 and the truth."""
+        sel = np.flatnonzero(self.fixes["device"] == device)
+        f = self.fixes[sel]
+        return {
+            "t": f["t"],
+            "x": f["x"],
+            "y": f["y"],
+            "r90": f["r90"].astype(float),
+            "true_x": self.true_xy[sel, 0],
+            "true_y": self.true_xy[sel, 1],
+            "error_m": self.error_m[sel],
+        }
+
+    def error_map(self, grid: Grid) -> FloatArray:
+        """RMSE of the measured error binned by true position, (ny, nx); NaN where no fix.
+
+        RMSE (not median) so it compares directly with the Cramér-Rao bound on RMSE.
+        """
+        ok = np.isfinite(self.error_m) & np.all(np.isfinite(self.true_xy), axis=1)
+        cells = grid.cell_index(self.true_xy[ok])
+        n = np.bincount(cells, minlength=grid.nx * grid.ny)
+        s = np.bincount(cells, weights=self.error_m[ok] ** 2, minlength=grid.nx * grid.ny)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rmse = np.where(n > 0, np.sqrt(s / np.maximum(n, 1)), np.nan)
+        return rmse.reshape(grid.ny, grid.nx)
+
+
+def run_view(scenario: Scenario, progress: Callable[[float], None] | None = None) -> RunView:
+    """Simulate with twin.run.simulate and keep only what the planner draws."""
+    from engine.evaluate import position_errors
+    from twin.run import simulate
+
+    global simulations_started  # noqa: PLW0603 - a process-wide counter, read by tests
+    simulations_started += 1
+    run = simulate(scenario, progress)
+    truth = run.twin.truth
+    fixes = run.fixes
+    true_xy = truth.position_at(fixes["device"], fixes["t"])
+    # The rules engine (issue 5) may attach events and their scores to the run; show them if so.
+    events = _as_records(getattr(run, "events", None))
+    rules = run.metrics.get("rules")
+    scores: dict[str, Any] = dict(rules) if isinstance(rules, dict) else {}
+    return RunView(
+        name=scenario.name,
+        scenario_toml=scenario_toml(scenario),
+        gateway_ids=list(run.twin.gateways.ids),
+        gateway_xyz=run.twin.gateways.xyz.copy(),
+        device_ids=list(run.twin.device_ids),
+        fixes=fixes,
+        true_xy=true_xy,
+        error_m=position_errors(fixes, truth),
+        metrics=dict(run.metrics),
+        report=json.loads(json.dumps(run.report(), default=str)),
+        timings_s=dict(run.timings_s),
+        events=events,
+        events_wired=hasattr(run, "events"),
+        rule_scores=scores,
+    )
+
+
+def _as_records(events: object) -> list[dict[str, Any]]:
+    """Events as plain dicts, whatever container the rules engine returns (structured
+    array, list of dataclasses or dicts); [] when there are none."""
+    if events is None:
+        return []
+    if isinstance(events, np.ndarray) and events.dtype.names:
+        return [
+            {
+                k: (v.item() if hasattr(v, "item") else v)
+                for k, v in zip(events.dtype.names, row, strict=True)
+            }
+            for row in events
+        ]
+    out = []
+    for ev in events if isinstance(events, Iterable) else []:
+        if isinstance(ev, Mapping):
+            out.append(dict(ev))
+        elif hasattr(ev, "__dataclass_fields__"):
+            from dataclasses import asdict
+
+            out.append(asdict(ev))
+    return out
+
+
+# -- comparing layouts -------------------------------------------------------------------
+
+NEGLIGIBLE = 0.01  # a difference under 1 % is not a win worth announcing
+# (metric, label, lower is better)
+COMPARED: tuple[tuple[str, str, bool], ...] = (
+    ("median_error_m", "median error (m)", True),
+    ("p90_error_m", "p90 error (m)", True),
+    ("zone_accuracy", "zone accuracy", False),
+    ("device_coverage", "tags located", False),
+    ("area_3plus", "floor heard by 3+ gateways", False),
+    ("crb_median_m", "median CRB (m)", True),
+    ("cost", "hardware cost", True),
+)
+
+
+def layout_row(
+    view: RunView,
+    maps: CoverageMaps,
+    gateway_cost: float,
+    tag_cost: float,
+    roi: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One line of the comparison table; cost is hardware only unless an ROI model adds more."""
+    m = view.metrics
+    n_gw = len(view.gateway_ids)
+    row: dict[str, Any] = {
+        "layout": view.name,
+        "gateways": n_gw,
+        "cost": round(n_gw * gateway_cost + len(view.device_ids) * tag_cost, 2),
+        "median_error_m": m["median_error_m"],
+        "p90_error_m": m["p90_error_m"],
+        "zone_accuracy": m["zone_accuracy"],
+        "device_coverage": m["device_coverage"],
+        "r90_coverage": m["r90_coverage"],
+        **maps.summary(),
+    }
+    if roi:
+        row.update({f"roi_{k}": v for k, v in roi.items() if isinstance(v, int | float)})
+    return row
+
+
+def winners(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Plain sentences: which layout wins on each compared metric, by how much."""
+    if len(rows) < 2:
+        return []
+    out = []
+    for key, label, lower in COMPARED:
+        vals = [(float(r[key]), str(r["layout"])) for r in rows if key in r and _finite(r[key])]
+        if len(vals) < 2:
+            continue
+        ordered = sorted(vals, key=lambda v: v[0] if lower else -v[0])
+        best, runner = ordered[0], ordered[1]
+        if best[0] == runner[0]:
+            out.append(f"{label}: tie between {best[1]} and {runner[1]} ({_fmt(key, best[0])})")
+        elif abs(best[0] - runner[0]) <= NEGLIGIBLE * max(abs(best[0]), abs(runner[0])):
+            won, lost = _fmt(key, best[0], 3), _fmt(key, runner[0], 3)
+            out.append(f"{label}: practically even ({best[1]} {won}, {runner[1]} {lost})")
+        else:
+            won, lost = _fmt(key, best[0]), _fmt(key, runner[0])
+            out.append(f"{label}: {best[1]} wins ({won} vs {lost} for {runner[1]})")
+    return out
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, int | float) and math.isfinite(float(v))
+
+
+def _fmt(key: str, v: float, digits: int = 2) -> str:
+    if key in ("zone_accuracy", "device_coverage", "area_3plus", "r90_coverage"):
+        return f"{v:.{digits - 1}%}"
+    if key == "cost":
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f} m"
+
+
+def pareto_front(rows: Sequence[Mapping[str, Any]], error_key: str = "p90_error_m") -> list[str]:
+    """Layouts no other layout beats on both cost and error: the ones worth considering."""
+    front = []
+    for r in rows:
+        dominated = any(
+            o is not r
+            and o["cost"] <= r["cost"]
+            and o[error_key] <= r[error_key]
+            and (o["cost"] < r["cost"] or o[error_key] < r[error_key])
+            for o in rows
+        )
+        if not dominated:
+            front.append(str(r["layout"]))
+    return front
+
+
+# -- optional modules from the other issues -----------------------------------------------
+
+
+def optional_module(name: str) -> ModuleType | None:
+    """The module if this build has it, else None (the app then says 'not available')."""
+    try:
+        if importlib.util.find_spec(name) is None:
+            return None
+    except ModuleNotFoundError:
+        return None
+    return importlib.import_module(name)
+
+
+# -- live view ---------------------------------------------------------------------------
+
+POSITIONS_TOPIC = "tagtwin/positions/#"
+
+
+def parse_positions(payload: bytes | bytearray | str) -> list[dict[str, Any]]:
+    """Positions from one MQTT message: a JSON object, a list of them, or
+    {"positions": [...]}; each needs device, x, y (t, r90, zone optional). Anything else
+    raises ValueError with the reason, so the panel can count and show rejections."""
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if isinstance(data, dict) and "positions" in data:
+        data = data["positions"]
+    items = data if isinstance(data, list) else [data]
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"item {i} is not an object")
+        missing = [k for k in ("device", "x", "y") if k not in item]
+        if missing:
+            raise ValueError(f"item {i} lacks {', '.join(missing)}")
+        try:
+            rec: dict[str, Any] = {
+                "device": str(item["device"]),
+                "x": float(item["x"]),
+                "y": float(item["y"]),
+                "t": float(item.get("t", math.nan)),
+                "r90": float(item.get("r90", math.nan)),
+            }
+        except (TypeError, ValueError):
+            raise ValueError(f"item {i}: x, y, t and r90 must be numbers") from None
+        if not (math.isfinite(rec["x"]) and math.isfinite(rec["y"])):
+            raise ValueError(f"item {i}: x and y must be finite")
+        if "zone" in item:
+            rec["zone"] = str(item["zone"])
+        out.append(rec)
+    return out
+
+
+class LiveFeed:
+    """Last known position per device from an MQTT positions topic (paho-mqtt).
+
+    paho's network thread calls :meth:`on_payload`; the app reads :meth:`snapshot`.
+    Bad messages are counted with their reason and never stop the feed.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.messages = 0
+        self.rejected: dict[str, int] = {}
+        self._client: Any = None
+
+    def on_payload(self, payload: bytes | bytearray | str) -> None:
+        try:
+            recs = parse_positions(payload)
+        except ValueError as exc:
+            with self._lock:
+                reason = str(exc).split(":")[0]
+                self.rejected[reason] = self.rejected.get(reason, 0) + 1
+            return
+        with self._lock:
+            self.messages += 1
+            for r in recs:
+                self.latest[r["device"]] = r
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(v) for v in self.latest.values()]
+
+    def connect(
+        self, host: str, port: int, topic: str = POSITIONS_TOPIC, timeout_s: float = 5.0
+    ) -> None:
+        """Connect and subscribe; raises ConnectionError with the broker's reason."""
+        import paho.mqtt.client as mqtt
+
+        ready = threading.Event()
+        result: dict[str, Any] = {}
+
+        def on_connect(
+            client: Any, _userdata: Any, _flags: Any, reason: Any, _props: Any = None
+        ) -> None:
+            result["reason"] = reason
+            if not reason.is_failure:
+                client.subscribe(topic, qos=1)
+            ready.set()
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        client.on_connect = on_connect
+        client.on_message = lambda _c, _u, msg: self.on_payload(msg.payload)
+        try:
+            client.connect(host, port, keepalive=30)
+        except OSError as exc:
+            raise ConnectionError(f"cannot reach broker {host}:{port}: {exc}") from None
+        client.loop_start()
+        if not ready.wait(timeout_s) or result["reason"].is_failure:
+            client.loop_stop()
+            raise ConnectionError(
+                f"broker {host}:{port} refused: {result.get('reason', 'timed out')}"
+            )
+        self._client = client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
