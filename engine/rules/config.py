@@ -226,7 +226,9 @@ class MisplacedRule(_Strict):
         default_factory=lambda: ["storage", "receiving", "packing", "shipping", "checkout", "exit"]
     )
     time_constant_s: float = Field(default=30.0, gt=0)
-    threshold: float = Field(default=0.45, gt=0, lt=1)
+    threshold: float = Field(
+        default=0.55, gt=0, lt=1, description="smoothed P(forbidden zone) that raises the alarm"
+    )
     rearm: float = Field(default=0.2, ge=0, lt=1)
 
     @model_validator(mode="after")
