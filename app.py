@@ -8,14 +8,17 @@ between views, or back to a layout already run, never simulates again.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
+from engine.roi import RoiInputs
 from twin import planner
 from twin import planner_figures as figs
 from twin.scenario import Scenario, ScenarioError, parse_scenario
@@ -26,7 +29,10 @@ SCENARIO_DIR = ROOT / "scenarios"
 VIEWS = ("Plan & layout", "Coverage maps", "Run & playback", "Compare layouts", "ROI", "Live")
 BASE_LAYOUT = "as in scenario"
 METRIC_COLUMNS = {
-    "cost": st.column_config.NumberColumn("cost", format="%.0f"),
+    "cost": st.column_config.NumberColumn("capex", format="%.0f"),
+    "opex_per_month": st.column_config.NumberColumn("opex / month", format="%.0f"),
+    "payback_months": st.column_config.NumberColumn("payback (months)", format="%.1f"),
+    "npv": st.column_config.NumberColumn("NPV", format="%.0f"),
     "median_error_m": st.column_config.NumberColumn("median error (m)", format="%.2f"),
     "p90_error_m": st.column_config.NumberColumn("p90 error (m)", format="%.2f"),
     "crb_median_m": st.column_config.NumberColumn("median CRB (m)", format="%.2f"),
@@ -39,6 +45,8 @@ METRIC_COLUMNS = {
             ("r90_coverage", "truth inside r90"),
             ("area_3plus", "floor heard by 3+"),
             ("area_heard", "floor heard"),
+            ("theft_recall", "theft recall"),
+            ("count_accuracy", "count accuracy"),
         )
     },
 }
@@ -91,6 +99,68 @@ def run_with_progress(text: str, label: str) -> planner.RunView:
     view = run_of(text, label)
     st.session_state.ran[text] = label
     return view
+
+
+# Figures are cached too (st.cache_resource: the same object, never copied or mutated
+# after it is built), keyed by the scenario texts and what the view shows, so a view
+# switch or a return to a slider position does not rebuild them. The browser still draws.
+
+
+def rows_key(rows: list[planner.GatewayRow]) -> tuple[tuple[str, float, float, float], ...]:
+    return tuple((r["id"], r["x"], r["y"], r["z"]) for r in rows)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def plan_figure(site_text: str, rows: tuple[Any, ...], title: str) -> go.Figure:
+    site_model = site_of(site_text)
+    fig = figs.floorplan(site_model, _rows(rows), title)
+    return figs.add_click_targets(fig, site_model)
+
+
+@st.cache_resource(show_spinner=False, max_entries=128)
+def map_figure(
+    site_text: str, map_text: str, run_text: str | None, which: str, title: str, height: int
+) -> go.Figure:
+    maps = maps_of(map_text)
+    err = run_of(run_text).error_map(maps.grid) if run_text is not None else None
+    rows = planner.gateway_rows(parse_scenario(map_text), site_of(map_text))
+    fig = figs.add_map(figs.floorplan(site_of(site_text), rows, title, height=height), maps, which, err)
+    if height < 520:  # the small side-by-side plans of a comparison
+        fig.update_layout(showlegend=False)
+    return fig
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def frame_figure(site_text: str, run_text: str, t: float, tag: str, title: str) -> go.Figure:
+    view = run_of(run_text)
+    rows = planner.gateway_rows(parse_scenario(run_text), site_of(run_text))
+    fig = figs.floorplan(site_of(site_text), rows, title)
+    figs.add_frame(fig, view.frame(t), view.device_ids)
+    if tag != "(none)":
+        figs.add_track(fig, view.track(view.device_ids.index(tag)), tag)
+    return fig
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def animation_figure(site_text: str, run_text: str) -> go.Figure:
+    rows = planner.gateway_rows(parse_scenario(run_text), site_of(run_text))
+    return figs.playback_animation(site_of(site_text), rows, run_of(run_text))
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def events_figure(run_text: str) -> go.Figure:
+    view = run_of(run_text)
+    return figs.events_timeline(view.events, view.incidents)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def roi_result(run_text: str, inputs_json: str) -> dict[str, Any]:
+    """engine.roi on one run's measured metrics, per run and set of inputs."""
+    return planner.roi_of(run_of(run_text), RoiInputs.model_validate_json(inputs_json))
+
+
+def _rows(rows: tuple[Any, ...]) -> list[planner.GatewayRow]:
+    return [{"id": i, "x": x, "y": y, "z": z} for i, x, y, z in rows]
 
 
 # -- state -------------------------------------------------------------------------------
@@ -209,15 +279,15 @@ def view_plan(sc: Scenario) -> None:
                 except (OSError, ScenarioError) as exc:
                     st.error(f"not written: {exc}")
     with left:
-        fig = figs.floorplan(
-            site(),
-            st.session_state.layouts[active],
-            f"{sc.name}: layout “{active}”, {len(st.session_state.layouts[active])} gateways",
+        rows = st.session_state.layouts[active]
+        fig = plan_figure(
+            st.session_state.source[1],
+            rows_key(rows),
+            f"{sc.name}: layout “{active}”, {len(rows)} gateways",
         )
         mode = st.radio(
             "Click on the plan to", planner.CLICK_MODES, horizontal=True, key="click_mode"
         )
-        figs.add_click_targets(fig, site())
         event = st.plotly_chart(
             fig,
             width="stretch",
@@ -283,12 +353,14 @@ def view_maps(sc: Scenario) -> None:
     c[1].metric("floor heard at all", f"{s['area_heard']:.1%}")
     c[2].metric("median CRB", f"{s['crb_median_m']:.2f} m")
     c[3].metric("p90 CRB", f"{s['crb_p90_m']:.2f} m")
-    err = run_of(text, st.session_state.ran[text]).error_map(maps.grid) if has_run else None
-    fig = figs.add_map(
-        figs.floorplan(site(), st.session_state.layouts[active], f"{which}, layout “{active}”"),
-        maps,
-        which or options[0],
-        err,
+    which = which or options[0]
+    fig = map_figure(
+        st.session_state.source[1],
+        layout_text(sc, active, timed=False),
+        text if has_run else None,
+        which,
+        f"{which}, layout “{active}”",
+        520,
     )
     st.plotly_chart(fig, width="stretch", key="maps_fig")
     st.caption(
@@ -349,41 +421,70 @@ def view_run(sc: Scenario) -> None:
                 "Green: true position; red x: estimate; dotted: 90 % radius (a sample); "
                 "grey: error."
             )
+    site_text = st.session_state.source[1]
     if animate:
-        fig = figs.playback_animation(site(), st.session_state.layouts[active], view)
+        fig = animation_figure(site_text, text)
     else:
-        fig = figs.floorplan(
-            site(), st.session_state.layouts[active], f"t = {t:.0f} s, layout “{active}”"
+        fig = frame_figure(
+            site_text, text, float(t), tag or "(none)", f"t = {t:.0f} s, layout “{active}”"
         )
-        figs.add_frame(fig, view.frame(t), view.device_ids)
-        if tag and tag != "(none)":
-            figs.add_track(fig, view.track(view.device_ids.index(tag)), tag)
     with left:
         st.plotly_chart(fig, width="stretch", key="play_fig")
-    st.subheader("Events")
-    events_panel(view)
+    st.subheader("Events the rules raised")
+    events_panel(view, text)
 
 
-def events_panel(view: planner.RunView) -> None:
-    """The rules' events on a timeline with precision/recall, once issue 5 provides them."""
-    if planner.optional_module("engine.rules") is None:
-        st.info(
-            "Events timeline: the rules engine (engine/rules.py) is not available in this build."
-        )
-        return
-    if not view.events_wired:
-        st.info(
-            "Events timeline: engine/rules.py is present, but twin.run.simulate does not attach "
-            "events to its SimulationRun yet (SimulationRun.events)."
-        )
-        return
-    if not view.events:
-        st.info("The rules engine raised no events in this run.")
+def events_panel(view: planner.RunView, text: str) -> None:
+    """The rules' events on a timeline (injected incidents as dotted lines) and, when the
+    scenario injects incidents, each rule's precision and recall against them."""
+    rules = view.rule_scores
+    by_rule = rules.get("events_by_rule", {})
+    st.caption(
+        f"{len(view.events):,} events from rule set “{rules.get('ruleset_version', '?')}”: "
+        + (", ".join(f"{k} {v:,}" for k, v in by_rule.items()) or "none")
+        + f" · alarms {rules.get('alarms', 0)}, reviews {rules.get('reviews', 0)}, "
+        f"false alarms {rules.get('false_alarms', 0)}"
+    )
+    if view.events:
+        st.plotly_chart(events_figure(text), width="stretch", key="events_fig")
     else:
-        st.plotly_chart(figs.events_timeline(view.events), width="stretch", key="events_fig")
-    if view.rule_scores:
-        st.markdown("**Precision and recall against the injected incidents**")
-        st.dataframe(pd.DataFrame(view.rule_scores).T, width="stretch")
+        st.info("The rules engine raised no events in this run.")
+    n_incidents = planner.injected_incidents(rules)
+    if n_incidents == 0:
+        st.info(
+            "This scenario injects no incidents, so there is nothing to score the alarms "
+            "against. Pick demo_incidents.toml (thefts, misplacements, dying batteries, "
+            "removed tags, gateway outages) to see precision and recall."
+        )
+        return
+    kinds = ", ".join(f"{v} {k}" for k, v in rules["incidents"].items() if v)
+    st.markdown(
+        f"**Precision and recall against the {n_incidents} injected incidents** ({kinds})"
+    )
+    st.dataframe(
+        pd.DataFrame(view.score_table()),
+        width="stretch",
+        hide_index=True,
+        column_config={
+            "precision": st.column_config.NumberColumn("precision", format="%.3f"),
+            "recall": st.column_config.NumberColumn("recall", format="%.3f"),
+            "median_delay_s": st.column_config.NumberColumn("median delay (s)", format="%.1f"),
+        },
+        key="scores_table",
+    )
+    count = rules.get("count_accuracy")
+    fa = rules.get("false_alarms_per_day_per_1000_tags")
+    st.caption(
+        f"count accuracy {count if count is not None else 'n/a'} · false alarms per day per "
+        f"1,000 tags {fa if fa is not None else 'n/a'} · an alarm is explained when an "
+        "incident of a kind that explains it hit the same tag or gateway within 600 s "
+        "(docs/rules.md)"
+    )
+
+
+def current_roi_inputs(sc: Scenario) -> RoiInputs:
+    """The scenario's [roi] with the edits made in the ROI view (kept across views)."""
+    return planner.roi_inputs(sc.roi, st.session_state.get("roi_changes", {}))
 
 
 def view_compare(sc: Scenario) -> None:
@@ -393,12 +494,12 @@ def view_compare(sc: Scenario) -> None:
             "Add a second layout (Plan & layout: generate a grid, or copy and edit) to compare."
         )
     chosen = st.multiselect("Layouts to compare", names, default=names[:4], key="compare_sel")
-    c1, c2 = st.columns(2)
-    gw_cost = c1.number_input(
-        "gateway unit cost", 0.0, 100_000.0, planner.DEFAULT_GATEWAY_COST, 10.0, key="gw_cost"
-    )
-    tag_cost = c2.number_input(
-        "tag unit cost", 0.0, 1_000.0, planner.DEFAULT_TAG_COST, 1.0, key="tag_cost"
+    inputs = current_roi_inputs(sc)
+    st.caption(
+        "Cost, payback and NPV come from the ROI model (engine/roi.py) on what each layout's "
+        f"run measured; inputs from the ROI view (tag {inputs.tag_cost:g}, gateway "
+        f"{inputs.gateway_cost:g} + installation {inputs.install_cost_per_gateway:g}, project "
+        f"{inputs.project_fixed_cost:,.0f}, horizon {inputs.horizon_months} months)."
     )
     texts = {n: layout_text(sc, n) for n in chosen}
     if st.button("Run comparison", type="primary", key="compare_run"):
@@ -408,71 +509,256 @@ def view_compare(sc: Scenario) -> None:
     missing = [n for n, t in texts.items() if t not in st.session_state.ran]
     if missing:
         st.info(f"Not run yet: {', '.join(missing)}. Press Run comparison.")
-    which = st.radio("Map", list(figs.MAPS), horizontal=True, key="compare_map")
+    which = st.radio("Map", list(figs.MAPS), horizontal=True, key="compare_map") or next(
+        iter(figs.MAPS)
+    )
     cols = st.columns(max(len(chosen), 1))
     rows = []
+    inputs_json = inputs.model_dump_json()
     for col, n in zip(cols, chosen, strict=False):
         text = texts[n]
-        maps = maps_of(layout_text(sc, n, timed=False))
-        view = run_of(text, st.session_state.ran[text]) if text in st.session_state.ran else None
-        err = view.error_map(maps.grid) if view is not None else None
-        fig = figs.add_map(
-            figs.floorplan(site(), st.session_state.layouts[n], n, height=380),
-            maps,
-            which or next(iter(figs.MAPS)),
-            err,
+        has_run = text in st.session_state.ran
+        map_text = layout_text(sc, n, timed=False)
+        fig = map_figure(
+            st.session_state.source[1], map_text, text if has_run else None, which, n, 380
         )
-        fig.update_layout(showlegend=False)
         col.plotly_chart(fig, width="stretch", key=f"cmp_fig_{n}")
-        if view is not None:
-            rows.append(planner.layout_row(view, maps, gw_cost, tag_cost) | {"layout": n})
+        if has_run:
+            view = run_of(text, st.session_state.ran[text])
+            roi = roi_result(text, inputs_json)
+            rows.append(planner.layout_row(view, maps_of(map_text), roi) | {"layout": n})
     if len(rows) >= 1:
         table = pd.DataFrame(rows).set_index("layout")
-        st.dataframe(table, width="stretch", column_config=METRIC_COLUMNS)
+        st.dataframe(table, width="stretch", column_config=METRIC_COLUMNS, key="compare_table")
     if len(rows) >= 2:
         st.markdown(
             "**Which layout wins on what**\n\n" + "\n".join(f"- {w}" for w in planner.winners(rows))
         )
+        noisy = [f"{r['layout']} ({r['false_alarms']})" for r in rows if r["false_alarms"]]
+        if noisy:
+            st.warning(
+                "False alarms in the run, extrapolated to a daily rate by the ROI model: "
+                + ", ".join(noisy)
+                + f". From {st.session_state.duration:g} simulated seconds that rate is weak; "
+                "simulate longer before deciding on money."
+            )
         front = planner.pareto_front(rows)
         st.plotly_chart(figs.cost_accuracy(rows, front), width="stretch", key="cost_fig")
-    st.session_state.compare_rows = rows
 
 
-def view_roi() -> None:
-    roi = planner.optional_module("engine.roi")
-    rows = st.session_state.get("compare_rows", [])
-    if roi is None:
-        st.warning(
-            "ROI model (engine/roi.py) is not available in this build: payback, NPV and the "
-            "sensitivity table appear here once it is. Until then cost is hardware only."
-        )
+ROI_GROUPS = {
+    "horizon and money": ("horizon_months", "discount_rate_annual", "ramp_months"),
+    "costs": (
+        "tags",
+        "tag_cost",
+        "gateway_cost",
+        "install_cost_per_gateway",
+        "project_fixed_cost",
+        "software_per_device_month",
+        "cloud_per_device_month",
+        "gateway_fee_per_month",
+        "battery_life_months",
+        "battery_cost",
+        "battery_swap_minutes",
+        "labor_rate_per_hour",
+        "alarm_handling_minutes",
+    ),
+    "site baseline": (
+        "inventory_value",
+        "shrink_rate_annual",
+        "theft_share_of_shrink",
+        "recovery_rate",
+        "cycle_count_hours_per_month",
+        "cycle_count_automatable",
+        "picks_per_month",
+        "mis_pick_rate",
+        "cost_per_mis_pick",
+        "mis_pick_reduction_at_full_accuracy",
+    ),
+    "cases and sensitivity": (
+        "best_benefit_factor",
+        "best_cost_factor",
+        "worst_benefit_factor",
+        "worst_cost_factor",
+        "sensitivity_pct",
+    ),
+}
+
+
+def roi_input_widgets(sc: Scenario, fleet: int) -> RoiInputs:
+    """One number input per RoiInputs field, starting at the scenario's [roi] value (the
+    documented default unless the scenario sets it); edits persist across views."""
+    base = sc.roi
+    changes: dict[str, Any] = dict(st.session_state.get("roi_changes", {}))
+    fields = RoiInputs.model_fields
+    with st.expander("ROI inputs (defaults: engine/roi.py, docs/roi.md)", expanded=False):
+        if st.button("Reset to the scenario's values", key="roi_reset"):
+            changes = {}
+            st.session_state.roi_version = st.session_state.get("roi_version", 0) + 1
+        version = st.session_state.get("roi_version", 0)
+        for group, names in ROI_GROUPS.items():
+            st.markdown(f"**{group}**")
+            cols = st.columns(4)
+            for i, name in enumerate(names):
+                info = fields[name]
+                default = getattr(base, name)
+                value = changes.get(name, default)
+                if name == "tags":
+                    value = fleet if value is None else value
+                integer = name in ("horizon_months", "ramp_months", "tags")
+                got = cols[i % 4].number_input(
+                    name.replace("_", " "),
+                    value=int(value) if integer else float(value),
+                    step=1 if integer else _step(float(value)),
+                    format=None if integer else "%g",
+                    help=(info.description or "")
+                    + f" (default {fleet if name == 'tags' and default is None else default})",
+                    key=f"roi_{name}_{version}",
+                )
+                if got != value or name in changes:
+                    changes[name] = got
+    try:
+        inputs = planner.roi_inputs(base, changes)
+    except ValueError as exc:
+        st.error(f"ROI inputs not applied: {exc}")
+        inputs = planner.roi_inputs(base, st.session_state.get("roi_changes", {}))
     else:
+        st.session_state.roi_changes = changes
+    return inputs
+
+
+def view_false_alarms(text: str) -> int:
+    """Unexplained alarms of a run (what the ROI model's false-alarm rate is built on)."""
+    return int(run_of(text).rule_scores.get("false_alarms") or 0)
+
+
+def _step(v: float) -> float:
+    return 10 ** math.floor(math.log10(abs(v))) / 10 if v else 0.01
+
+
+def view_roi(sc: Scenario) -> None:
+    active = st.session_state.active
+    text = layout_text(sc, active)
+    fleet = sum(g.count for g in sc.tags)
+    inputs = roi_input_widgets(sc, fleet)
+    if text not in st.session_state.ran:
         st.info(
-            "engine/roi.py is present, but the planner is not wired to it yet "
-            "(docs/planner.md, 'Wiring after the merge'); cost below is hardware only."
+            f"The ROI model needs what a run of layout “{active}” measures (theft recall, zone "
+            "accuracy, tags located, count accuracy, false alarms). Run it here or in Run & "
+            "playback."
         )
-    if rows:
+        if st.button(
+            f"Run simulation ({st.session_state.duration:g} s simulated)", key="roi_run"
+        ):
+            run_with_progress(text, active)
+            st.rerun()
+        return
+    roi = roi_result(text, inputs.model_dump_json())
+    cases, m = roi["cases"], roi["measured"]
+    base = cases["base"]
+    st.subheader(f"Return on investment, layout “{active}”, over {inputs.horizon_months} months")
+    c = st.columns(5)
+    pb = base["payback_month"]
+    c[0].metric(
+        "payback month",
+        str(pb) if pb is not None else "never",
+        f"{base['payback_months_exact']:.2f} months exact" if pb is not None else None,
+        delta_color="off",
+    )
+    c[1].metric("NPV", f"{base['npv']:,.0f}")
+    c[2].metric("capex", f"{base['capex']:,.0f}")
+    c[3].metric("net / month", f"{base['net_per_month']:,.0f}")
+    c[4].metric("TCO", f"{base['tco']:,.0f}")
+    fa = view_false_alarms(text)
+    if fa:
+        st.warning(
+            f"{fa} false alarm{'s' * (fa > 1)} in {st.session_state.duration:g} simulated seconds "
+            f"extrapolate to {m['false_alarms_per_day_per_1000_tags']:,.0f} per day per 1,000 "
+            "tags, and their handling cost dominates the result. A rate from so few events is "
+            "weak (docs/roi.md): simulate longer before trusting it."
+        )
+    st.caption(
+        f"Measured by the run ({st.session_state.duration:g} s simulated): theft recall "
+        f"{m['theft_recall']:.3f}"
+        + (
+            f" (Wilson {m['theft_recall_low']:.2f}-{m['theft_recall_high']:.2f})"
+            if m["theft_recall_low"] is not None
+            else " (no thefts injected: earns nothing)"
+        )
+        + f", zone accuracy {m['zone_accuracy']:.3f}, tags located {m['coverage']:.3f}, "
+        f"count accuracy {m['count_accuracy']:.3f}, false alarms "
+        f"{m['false_alarms_per_day_per_1000_tags']:g} per day per 1,000 tags; "
+        f"{m['tags']} tags, {m['gateways']} gateways."
+    )
+    table = pd.DataFrame(
+        [
+            {
+                "case": name,
+                "capex": cases[name]["capex"],
+                "opex / month": cases[name]["opex_per_month"],
+                "benefit / month": cases[name]["benefit_per_month"],
+                "payback month": cases[name]["payback_month"],
+                "payback (exact)": cases[name]["payback_months_exact"],
+                "NPV": cases[name]["npv"],
+                "TCO": cases[name]["tco"],
+            }
+            for name in ("worst", "base", "best")
+        ]
+    )
+    left, right = st.columns([3, 2])
+    with left:
+        st.markdown("**Best, base and worst case**")
         st.dataframe(
-            pd.DataFrame(rows)[["layout", "gateways", "cost", "median_error_m", "p90_error_m"]],
-            width="stretch",
+            table,
             hide_index=True,
-            column_config=METRIC_COLUMNS,
+            width="stretch",
+            key="roi_cases",
+            column_config={
+                k: st.column_config.NumberColumn(k, format="%.0f")
+                for k in ("capex", "opex / month", "benefit / month", "NPV", "TCO")
+            }
+            | {"payback (exact)": st.column_config.NumberColumn(format="%.2f")},
         )
-    else:
-        st.info("Run a comparison first (Compare layouts) to cost the layouts.")
+        st.markdown(f"**Sensitivity: each input and measured metric -/+ {inputs.sensitivity_pct:g} %**")
+        st.dataframe(
+            pd.DataFrame(roi["sensitivity"]).drop(columns=["base_payback"]),
+            hide_index=True,
+            width="stretch",
+            height=360,
+            key="roi_sensitivity",
+        )
+    with right:
+        st.markdown("**Monthly, base case at full ramp**")
+        st.dataframe(
+            pd.DataFrame(
+                [{"item": f"benefit: {k}", "per month": v} for k, v in base["benefits"].items()]
+                + [{"item": f"cost: {k}", "per month": -v} for k, v in base["costs"].items()]
+            ),
+            hide_index=True,
+            width="stretch",
+            key="roi_items",
+        )
+        st.plotly_chart(
+            figs.cumulative_cash(roi["cumulative_base"], base["payback_month"]),
+            width="stretch",
+            key="roi_cash",
+        )
 
 
-def view_live() -> None:
-    c1, c2, c3 = st.columns([2, 1, 2])
+def view_live(_sc: Scenario) -> None:
+    c1, c2 = st.columns([2, 1])
     host = c1.text_input("broker host", "127.0.0.1", key="live_host")
     port = c2.number_input("port", 1, 65535, 1883, key="live_port")
-    topic = c3.text_input("positions topic", planner.POSITIONS_TOPIC, key="live_topic")
+    st.caption(
+        f"Subscribes to what `tagtwin serve` publishes: `{planner.POSITIONS_TOPIC}` "
+        f"(PositionBatch) and `{planner.EVENTS_TOPIC}` (events), docs/wire-format.md."
+    )
     feed: planner.LiveFeed | None = st.session_state.get("feed")
     b1, b2 = st.columns(2)
     if b1.button("Connect", key="live_connect", disabled=feed is not None):
         feed = planner.LiveFeed()
         try:
-            feed.connect(host, int(port), topic)
+            feed.connect(host, int(port))
             st.session_state.feed = feed
         except ConnectionError as exc:
             st.error(str(exc))
@@ -482,8 +768,9 @@ def view_live() -> None:
         st.session_state.feed = feed = None
     if feed is None:
         st.info(
-            "Not connected. The engine publishes positions as JSON objects with device, x, y "
-            "(t, r90, zone optional), one per message or as a list."
+            "Not connected. Start the server with the same scenario, e.g. "
+            f"`tagtwin serve --scenario scenarios/{st.session_state.source[0]}`, and its "
+            "gateways (or `tagtwin twin-publish`)."
         )
         return
     live_positions()
@@ -495,8 +782,10 @@ def live_positions() -> None:
     if feed is None:
         return
     snap = feed.snapshot()
+    events = feed.recent_events()
     st.caption(
-        f"{feed.messages} messages, {len(snap)} devices; rejected: {feed.rejected or 'none'}"
+        f"{feed.messages} messages, {len(snap)} devices, {feed.events_seen} events; "
+        f"rejected: {feed.rejected or 'none'}"
     )
     fig = figs.floorplan(
         site(), st.session_state.layouts[st.session_state.active], "live positions"
@@ -504,18 +793,35 @@ def live_positions() -> None:
     if snap:
         x = np.array([r["x"] for r in snap])
         y = np.array([r["y"] for r in snap])
-        r90 = np.nan_to_num(np.array([r["r90"] for r in snap]), nan=0.0)
-        frame = {
-            "x": x,
-            "y": y,
-            "r90": r90,
-            "true_x": x,
-            "true_y": y,
-            "error_m": np.zeros(len(x)),
-            "device": np.arange(len(x), dtype=float),
-        }
-        figs.add_frame(fig, frame, [r["device"] for r in snap])
-    st.plotly_chart(fig, width="stretch", key="live_fig")
+        r90 = np.nan_to_num(np.array([r["r90"] for r in snap], dtype=float), nan=0.0)
+        frame = {"x": x, "y": y, "r90": r90, "device": np.arange(len(x), dtype=float)}
+        figs.add_frame(fig, frame, [r["dev"] for r in snap], truth=False)
+    left, right = st.columns([3, 2])
+    left.plotly_chart(fig, width="stretch", key="live_fig")
+    with right:
+        st.markdown(f"**Events** (newest first, last {planner.LIVE_EVENTS_KEPT})")
+        if events:
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {
+                            "t (UTC)": pd.to_datetime(e["t"], unit="s").strftime("%H:%M:%S.%f")[
+                                :-3
+                            ],
+                            "kind": e["kind"],
+                            "device": e["dev"],
+                            "detail": ", ".join(f"{k}: {v}" for k, v in e["detail"].items()),
+                        }
+                        for e in events
+                    ]
+                ),
+                hide_index=True,
+                width="stretch",
+                height=400,
+                key="live_events",
+            )
+        else:
+            st.caption("no events yet")
 
 
 # -- page --------------------------------------------------------------------------------
@@ -555,8 +861,8 @@ def main() -> None:
         "Coverage maps": view_maps,
         "Run & playback": view_run,
         "Compare layouts": view_compare,
-        "ROI": lambda _sc: view_roi(),
-        "Live": lambda _sc: view_live(),
+        "ROI": view_roi,
+        "Live": view_live,
     }[view](sc)
 
 

@@ -62,18 +62,17 @@ def validate(batch: Sightings, n_gateways: int, counters: IngestCounters) -> Sig
     return batch[~bad]
 
 
-def deduplicate(batch: Sightings, counters: IngestCounters) -> Sightings:
-    """Drop re-deliveries and merge the three channels of one advertising event.
+def drop_redeliveries(batch: Sightings, counters: IngestCounters) -> Sightings:
+    """Drop exact re-deliveries, returning the rest in canonical order.
 
-    Rows without an event counter (seq == UNKNOWN) cannot be matched across channels
-    and pass through unchanged (exact duplicates among them are still dropped).
+    A re-delivery has the same gateway, device, event counter and channel; without an
+    event counter (seq == UNKNOWN) only a byte-identical row (same time and RSSI) is one.
+    Canonical order first, so which copy survives never depends on arrival order.
     """
     if len(batch) == 0:
         return batch
-    # Canonical order first, so which copy survives never depends on arrival order.
     batch = batch[np.lexsort((batch["rssi"], batch["channel"], batch["seq"], batch["device"], batch["gateway"],
                               batch["t"]))]
-    # Without an event counter, only a byte-identical row (same time and RSSI) is a re-delivery.
     no_seq = (batch["seq"] == UNKNOWN).astype(np.int64)
     exact_keys = np.stack(
         [batch["gateway"].astype(np.int64), batch["device"].astype(np.int64), batch["seq"].astype(np.int64),
@@ -84,23 +83,34 @@ def deduplicate(batch: Sightings, counters: IngestCounters) -> Sightings:
     _, first = np.unique(exact_keys, axis=0, return_index=True)
     first.sort()
     counters.duplicates += len(batch) - len(first)
-    batch = batch[first]
+    return batch[first]
 
+
+def merge_channels(batch: Sightings) -> tuple[Sightings, int]:
+    """Merge the channel copies (37/38/39) of one advertising event at one gateway into one
+    sighting: mean RSSI in dB, earliest time, channel 0. Returns the rows and how many
+    copies were merged away. Rows without an event counter pass through unchanged."""
     has_seq = batch["seq"] != UNKNOWN
     keyed, loose = batch[has_seq], batch[~has_seq]
-    if len(keyed):
-        keys = np.stack([keyed["gateway"].astype(np.int64), keyed["device"].astype(np.int64),
-                         keyed["seq"].astype(np.int64)], axis=1)
-        uniq, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-        inverse = inverse.reshape(-1)
-        order = np.lexsort((keyed["t"], inverse))  # by group, earliest first
-        starts = np.r_[0, np.cumsum(counts)[:-1]]
-        merged = keyed[order[starts]].copy()
-        merged["rssi"] = (np.bincount(inverse, weights=keyed["rssi"], minlength=len(uniq)) / counts).astype(np.float32)
-        merged["channel"] = np.where(counts > 1, 0, merged["channel"])
-        counters.merged_channels += len(keyed) - len(merged)
-        keyed = merged
-    return np.concatenate([keyed, loose])
+    if len(keyed) == 0:
+        return batch, 0
+    keys = np.stack([keyed["gateway"].astype(np.int64), keyed["device"].astype(np.int64),
+                     keyed["seq"].astype(np.int64)], axis=1)
+    uniq, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    order = np.lexsort((keyed["t"], inverse))  # by group, earliest first
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    merged = keyed[order[starts]].copy()
+    merged["rssi"] = (np.bincount(inverse, weights=keyed["rssi"], minlength=len(uniq)) / counts).astype(np.float32)
+    merged["channel"] = np.where(counts > 1, 0, merged["channel"])
+    return np.concatenate([merged, loose]), len(keyed) - len(merged)
+
+
+def deduplicate(batch: Sightings, counters: IngestCounters) -> Sightings:
+    """Drop re-deliveries and merge the three channels of one advertising event."""
+    merged, n_merged = merge_channels(drop_redeliveries(batch, counters))
+    counters.merged_channels += n_merged
+    return merged
 
 
 def ingest(batch: Sightings, n_gateways: int, counters: IngestCounters) -> Sightings:

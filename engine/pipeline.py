@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.contract import SIGHTING_DTYPE, UNKNOWN, GatewayInfo, Sightings
-from engine.ingest import IngestCounters, deduplicate, validate
+from engine.ingest import IngestCounters, drop_redeliveries, merge_channels, validate
 from engine.localize import (
     CHI2_2DOF_90,
     Estimates,
@@ -161,6 +161,19 @@ class LastKnown:
         self.battery[d[known]] = fixes["battery"][known]
 
 
+def _event_key(rows: Sightings) -> NDArray[np.int64]:
+    """A hash of what identifies an advertising event at a gateway (gateway, device and
+    event counter, or the exact time when there is no counter). Collisions only make a
+    few extra rows go through deduplication again, which is harmless."""
+    t_bits = np.ascontiguousarray(rows["t"]).view(np.int64) * (rows["seq"] == UNKNOWN)
+    return (
+        rows["gateway"].astype(np.int64) * 73_856_093
+        ^ rows["device"].astype(np.int64) * 19_349_663
+        ^ rows["seq"].astype(np.int64) * 83_492_791
+        ^ t_bits
+    )
+
+
 class Engine:
     """Feed it sightings, advance its watermark, get fixes back."""
 
@@ -171,7 +184,10 @@ class Engine:
         self.tx_power = np.asarray(
             tx_power_1m_dbm if tx_power_1m_dbm is not None else [], dtype=float
         )
-        self._buffer: list[Sightings] = []
+        self._buffer: list[Sightings] = []  # ingested since the last close, raw
+        # Raw rows still needed by open windows, re-deliveries dropped, time-sorted; channel
+        # copies are merged per window, so a copy or re-delivery arriving late still matches.
+        self._clean: Sightings = np.zeros(0, SIGHTING_DTYPE)
         self._next_window = 1  # index k of the next window to close (ends at k*step)
         self.watermark = -np.inf
         self.tracker = make_tracker(config)
@@ -259,12 +275,10 @@ class Engine:
 
     def _close_until(self, last_window: int) -> NDArray[np.void]:
         cfg = self.config
-        if last_window < self._next_window or not self._buffer:
+        if last_window < self._next_window or not (self._buffer or len(self._clean)):
             self._next_window = max(self._next_window, last_window + 1)
             return np.zeros(0, FIX_DTYPE)
-        buf = np.concatenate(self._buffer)
-        buf = deduplicate(buf, self.counters)
-        buf = buf[np.argsort(buf["t"], kind="stable")]
+        buf = self._merge_new_rows()
         out = []
         k = self._next_window
         while k <= last_window:
@@ -275,10 +289,32 @@ class Engine:
             k = k_end + 1
         self._next_window = last_window + 1
         keep_from = self._next_window * cfg.step_s - cfg.window_s
-        self._buffer = [buf[buf["t"] >= keep_from]]
+        self._clean = buf[buf["t"] >= keep_from]
         fixes = np.concatenate(out) if out else np.zeros(0, FIX_DTYPE)
         self.state.update(fixes)
         return fixes
+
+    def _merge_new_rows(self) -> Sightings:
+        """The window buffer with the rows ingested since the last close merged in.
+
+        Only the new rows are checked for re-deliveries, together with the buffered rows
+        they may repeat (same gateway, device and event counter, or the same instant when
+        there is no counter); the rest of the buffer is not compared again. Channel copies
+        that join an event already buffered are counted as merged here, once.
+        """
+        new = np.concatenate(self._buffer) if self._buffer else np.zeros(0, SIGHTING_DTYPE)
+        self._buffer = []
+        clean = self._clean
+        touched = np.zeros(len(clean), dtype=bool)
+        if len(clean) and len(new):
+            touched = np.isin(_event_key(clean), _event_key(new))
+        old_rows = clean[touched]
+        fresh = drop_redeliveries(np.concatenate([old_rows, new]), self.counters)
+        _, merged_before = merge_channels(old_rows)
+        _, merged_now = merge_channels(fresh)
+        self.counters.merged_channels += merged_now - merged_before
+        buf = np.concatenate([clean[~touched], fresh])
+        return buf[np.argsort(buf["t"], kind="stable")]
 
     def _localize_windows(self, rows: Sightings, k_first: int, k_last: int) -> NDArray[np.void]:
         """Fixes for windows k_first..k_last from the sightings that fall in them."""
@@ -286,6 +322,8 @@ class Engine:
         n_gw = len(cfg.gateways.ids)
         if len(rows) == 0:
             return np.zeros(0, FIX_DTYPE)
+        rows, _ = merge_channels(rows)  # one sighting per advertising event and gateway
+        rows = rows[np.argsort(rows["t"], kind="stable")]
         per = int(np.ceil(cfg.window_s / cfg.step_s))
         # Each sighting belongs to up to `per` sliding windows: replicate its index.
         base = np.floor(rows["t"] / cfg.step_s + 1e-12).astype(np.int64) + 1

@@ -54,6 +54,11 @@ if TYPE_CHECKING:
     import paho.mqtt.client as paho
     from numpy.typing import NDArray
 
+    from engine.contract import Sightings
+    from engine.rules import Event as RuleEvent
+    from engine.rules import RuleEngine
+    from twin.scenario import Scenario
+
 log = logging.getLogger("tagtwin.serve")
 
 Outgoing = tuple[str, bytes, bool]  # topic, payload, retain
@@ -63,7 +68,9 @@ SEQ_MASK = 0x7FFFFFFF  # the sighting contract's seq is int32
 
 
 class EventSink(Protocol):
-    """Turns closed-window fixes into events; the rules engine plugs in here."""
+    """Turns sightings and closed-window fixes into events; the rules engine plugs in here."""
+
+    def on_sightings(self, rows: Sightings) -> None: ...
 
     def on_fixes(
         self, fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float
@@ -71,6 +78,9 @@ class EventSink(Protocol):
 
 
 class NullSink:
+    def on_sightings(self, rows: Sightings) -> None:
+        del rows  # positions only
+
     def on_fixes(
         self, fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float
     ) -> list[Event]:
@@ -83,6 +93,9 @@ class ZoneChangeSink:
 
     def __init__(self) -> None:
         self.last = np.zeros(0, np.int32)
+
+    def on_sightings(self, rows: Sightings) -> None:
+        del rows  # zone changes come from fixes alone
 
     def on_fixes(
         self, fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float
@@ -135,6 +148,62 @@ class ReplayGuard:
         return True
 
 
+class RulesSink:
+    """The rules engine (engine/rules) behind the server: zone, dwell, exit, missing-tag,
+    battery, gateway-health, registry and after-hours events on the events topic.
+
+    Sightings go to the rules as they are ingested (presence and gateway health need
+    them), fixes as windows close; each rule event becomes a wire Event whose ``kind`` is
+    the rule and whose ``detail`` carries position, 90 % radius, confidence, rule-set
+    version and the evidence, flattened.
+    """
+
+    def __init__(self, rules: RuleEngine) -> None:
+        self.rules = rules
+        self._held: list[RuleEvent] = []
+        self._now = 0.0
+
+    def on_sightings(self, rows: Sightings) -> None:
+        if len(rows):
+            self._held += self.rules.observe_sightings(rows)
+            self._now = max(self._now, float(rows["t"].max()))
+
+    def on_fixes(
+        self, fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float
+    ) -> list[Event]:
+        del devices, zone_names  # the rule context shares the server's registry and zones
+        events = self._held + self.rules.process_fixes(fixes)
+        self._held = []
+        if len(fixes):
+            self._now = max(self._now, float(fixes["t"].max()))
+        events += self.rules.advance(self._now)
+        return [self._wire(ev, origin) for ev in events]
+
+    @staticmethod
+    def _wire(ev: RuleEvent, origin: float) -> Event:
+        record = ev.to_dict()
+        evidence = record.pop("evidence", {})
+        detail: dict[str, float | int | str | None] = {}
+        for key, value in [*record.items(), *(evidence.items() if isinstance(evidence, dict) else ())]:
+            if key in ("rule", "t", "tag"):
+                continue
+            detail[key] = value if value is None or isinstance(value, int | float | str) else json.dumps(value)
+        return Event(t=round(ev.t + origin, 3), kind=ev.rule, dev=ev.tag, detail=detail)
+
+
+def rules_sink_for(scenario: Scenario, config: EngineConfig) -> tuple[IdTable, RulesSink]:
+    """The scenario's rule set behind a server, its fleet as the registry: the server's
+    device table starts with the fleet's ids so codes match the rules' classes."""
+    from engine.rules import RuleEngine
+    from twin.run import registry_context
+    from twin.sim import tag_ids
+
+    fleet = [tid for g in scenario.tags for tid in tag_ids(g.name, g.count)]
+    devices = IdTable(fleet)
+    context = registry_context(scenario, config.zones, config.gateways, devices.ids)
+    return devices, RulesSink(RuleEngine(scenario.rules, context, []))
+
+
 class ServerCore:
     """Verification, dedup, engine feeding and output formatting, without IO."""
 
@@ -147,6 +216,7 @@ class ServerCore:
         sink: EventSink | None = None,
         adapters: Iterable[str] = (),
         tx_power_default: float | None = None,
+        devices: IdTable | None = None,
     ) -> None:
         self.engine = Engine(config)
         self.config = config
@@ -156,7 +226,7 @@ class ServerCore:
         self.adapters = set(adapters)
         self.gateways = IdTable(list(config.gateways.ids))
         self.site_gateways = frozenset(config.gateways.ids)
-        self.devices = IdTable()
+        self.devices = devices if devices is not None else IdTable()  # may start with a registry
         self.tx_default = (
             config.default_tx_power_1m_dbm if tx_power_default is None else tx_power_default
         )
@@ -227,6 +297,7 @@ class ServerCore:
         )
         self._learn_tx_power(devs, ads)
         self.engine.ingest(rows)
+        self.sink.on_sightings(rows)
 
     def _learn_tx_power(self, devs: NDArray[np.int32], ads: list[Advert]) -> None:
         """Beacons that announce their 1 m power (iBeacon, Eddystone) get it in the model."""

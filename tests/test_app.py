@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -101,8 +100,9 @@ def test_run_playback_and_view_switches_never_rerun_the_simulation():
     at.selectbox(key="follow").set_value("pallet-00001").run()
     names = {t.get("name") for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
     assert "pallet-00001 true path" in names
-    if planner.optional_module("engine.rules") is None:
-        assert any("not available in this build" in i.value for i in at.info)
+    # The rules engine's events (the demo injects no incidents: nothing to score against).
+    assert any("events from rule set “default-1”" in c.value for c in at.caption)
+    assert any("injects no incidents" in i.value for i in at.info)
     at.toggle(key="animate").set_value(True).run()
     assert not at.exception, [e.value for e in at.exception]
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
@@ -144,29 +144,58 @@ def test_grid_layout_then_compare_two_layouts():
     assert planner.simulations_started == before + 2
     table = at.dataframe[0].value
     assert list(table.index) == ["as in scenario", "grid 12 m"]
-    assert list(table["gateways"]) == [10, len(at.session_state.layouts["grid 12 m"])]
-    assert (
-        table.loc["as in scenario", "cost"]
-        == 10 * planner.DEFAULT_GATEWAY_COST + 200 * planner.DEFAULT_TAG_COST
-    )
-    said = next(m.value for m in at.markdown if "Which layout wins on what" in m.value)
     n_grid = len(at.session_state.layouts["grid 12 m"])
     assert n_grid == 8  # 40 x 25 m, margin 2: x 2, 14, 26, 38; y 2, 14
-    assert "hardware cost: grid 12 m wins (2,800 vs 3,100 for as in scenario)" in said
+    assert list(table["gateways"]) == [10, n_grid]
+    # Cost is the ROI model's capex at its defaults: tags x 12 + gateways x (150 + 120) + 5,000.
+    assert table.loc["as in scenario", "cost"] == 200 * 12 + 10 * 270 + 5000
+    assert table.loc["grid 12 m", "cost"] == 200 * 12 + 8 * 270 + 5000
+    assert {"payback_months", "npv", "theft_recall"} <= set(table.columns)
+    said = next(m.value for m in at.markdown if "Which layout wins on what" in m.value)
+    assert "capex: grid 12 m wins (9,560 vs 10,100 for as in scenario)" in said
+    assert "NPV:" in said
     assert "cost vs accuracy (star: no other layout is cheaper and more accurate)" in chart_titles(
         at
     )
-    # A dearer gateway changes the costs without simulating again.
-    at.number_input(key="gw_cost").set_value(1000.0).run()
-    assert (
-        at.dataframe[0].value.loc["as in scenario", "cost"]
-        == 10 * 1000 + 200 * planner.DEFAULT_TAG_COST
-    )
+    cost_chart = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    assert sorted(cost_chart["data"][0]["x"]) == [9560.0, 10100.0]
+    # A dearer gateway, set in the ROI view, re-prices the comparison without simulating.
     go(at, "ROI")
-    if planner.optional_module("engine.roi") is None:
-        assert "not available in this build" in at.warning[0].value
-    assert list(at.dataframe[0].value["layout"]) == ["as in scenario", "grid 12 m"]
+    assert at.metric[0].label == "payback month"
+    at.number_input(key="roi_gateway_cost_0").set_value(1000.0).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.metric[2].value == f"{200 * 12 + 10 * 1120 + 5000:,}"  # capex
+    go(at, "Compare layouts")
+    assert at.dataframe[0].value.loc["as in scenario", "cost"] == 200 * 12 + 10 * 1120 + 5000
     assert planner.simulations_started == before + 2
+
+
+def test_roi_panel_shows_payback_npv_cases_and_sensitivity():
+    at = go(start(duration=25), "ROI")
+    assert any("The ROI model needs what a run" in i.value for i in at.info)
+    at.button(key="roi_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    metrics = {m.label: m.value for m in at.metric}
+    assert set(metrics) == {"payback month", "NPV", "capex", "net / month", "TCO"}
+    assert metrics["capex"] == f"{200 * 12 + 10 * 270 + 5000:,}"
+    cases = at.dataframe[0].value
+    assert list(cases["case"]) == ["worst", "base", "best"]
+    assert cases["capex"].is_monotonic_decreasing  # worst costs x1.2, best x0.9
+    assert metrics["capex"] == f"{cases.loc[1, 'capex']:,.0f}"
+    assert metrics["NPV"] == f"{cases.loc[1, 'NPV']:,.0f}"
+    sens = at.dataframe[1].value
+    assert len(sens) == 22 and "input" in sens.columns
+    assert sens["payback_swing"].is_monotonic_decreasing
+    # Every input is there with its documented default.
+    assert at.number_input(key="roi_horizon_months_0").value == 36
+    assert at.number_input(key="roi_tag_cost_0").value == 12.0
+    assert at.number_input(key="roi_tags_0").value == 200
+    # A longer horizon raises the NPV (the demo pays back) and changes no measurement.
+    before = planner.simulations_started
+    npv = cases.loc[1, "NPV"]
+    at.number_input(key="roi_horizon_months_0").set_value(60).run()
+    assert at.dataframe[0].value.loc[1, "NPV"] > npv
+    assert planner.simulations_started == before
 
 
 def test_copy_and_save_a_layout(tmp_path):
@@ -210,59 +239,78 @@ def test_live_view_unreachable_broker():
 
 
 @pytest.mark.integration
-def test_live_view_shows_positions_from_a_real_broker(tmp_path):
-    exe = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if exe is None:
-        pytest.skip("mosquitto is not installed (tests/system-packages.txt lists it)")
-    import paho.mqtt.client as mqtt
+def test_live_view_shows_positions_and_events_from_the_real_server(tmp_path):
+    """`tagtwin serve`'s core on a real mosquitto, fed by the twin's signed batches: the
+    Live view shows the server's positions on the plan and its zone-change events."""
+    from tests import live_fixtures
+    from tests.app_live import live_server, publish_demo
 
-    port = _free_port()
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed (tests/system-packages.txt lists it)")
+    port = live_fixtures.free_port()
     conf = tmp_path / "m.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    broker = subprocess.Popen(
-        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    broker = live_fixtures.Broker(conf, port)
+    broker.start()
+    demo = Path(APP).parent / "scenarios" / "demo.toml"
     at = go(start(), "Live")
     try:
-        time.sleep(0.3)
         at.number_input(key="live_port").set_value(port)
         at.button(key="live_connect").click().run()
         assert not at.exception
         assert not at.error, [e.value for e in at.error]
-        pub.connect("127.0.0.1", port)
-        pub.loop_start()
-        pub.publish(
-            "tagtwin/positions/demo",
-            json.dumps(
-                [
-                    {"device": "pallet-1", "x": 10, "y": 5, "r90": 2},
-                    {"device": "tote-2", "x": 20, "y": 20},
-                ]
-            ),
-            qos=1,
-        ).wait_for_publish(5)
         feed = at.session_state.feed
-        deadline = time.monotonic() + 5
-        while feed.messages < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        with live_server(broker.url, demo):
+            publish_demo(broker.url, demo, duration_s=12)
+            deadline = time.monotonic() + 20
+            while (len(feed.snapshot()) < 150 or not feed.events_seen) and (
+                time.monotonic() < deadline
+            ):
+                time.sleep(0.1)
         at.run()
-        assert any(c.value.startswith("1 messages, 2 devices") for c in at.caption)
+        assert not at.exception, [e.value for e in at.exception]
+        caption = next(c.value for c in at.caption if " devices, " in c.value)
+        n_dev = int(caption.split(" devices")[0].rsplit(" ", 1)[1])
+        assert n_dev >= 150 and "rejected: none" in caption
         spec = json.loads(at.get("plotly_chart")[0].proto.spec)
         est = next(t for t in spec["data"] if t.get("name") == "estimate")
-        assert sorted(est["text"]) == ["pallet-1", "tote-2"]
+        assert len(est["text"]) == n_dev
+        assert all(d.startswith(("pallet-", "tote-", "forklift-")) for d in est["text"])
+        assert not {"true", "error"} & {t.get("name") for t in spec["data"]}  # no truth live
+        events = at.dataframe[0].value
+        assert len(events) > 0 and set(events["kind"]) == {"zone-change"}
+        assert events["detail"].str.contains("from: ").all()
         at.button(key="live_disconnect").click().run()
         assert "feed" not in at.session_state or at.session_state.feed is None
     finally:
-        pub.loop_stop()
-        pub.disconnect()
         feed = at.session_state.feed if "feed" in at.session_state else None
         if feed is not None:
             feed.close()
-        broker.terminate()
-        broker.wait(5)
+        broker.stop()
+
+
+def test_events_timeline_with_precision_and_recall_on_the_incidents_scenario():
+    at = start()
+    at.sidebar.selectbox(key="scenario_file").set_value("demo_incidents.toml").run()
+    at.sidebar.number_input(key="duration_input").set_value(200.0).run()
+    go(at, "Run & playback")
+    at.button(key="run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    caption = next(c.value for c in at.caption if "events from rule set" in c.value)
+    assert "rule set “demo-incidents-1”" in caption and "exit_without_checkout" in caption
+    (timeline,) = [
+        json.loads(el.proto.spec) for el in at.get("plotly_chart") if el.key == "events_fig"
+    ]
+    rules = {t["name"] for t in timeline["data"]}
+    assert {"exit_without_checkout", "zone_enter"} <= rules
+    assert len(timeline["layout"]["shapes"]) > 0  # the injected incidents
+    said = next(m.value for m in at.markdown if "Precision and recall" in m.value)
+    assert "theft" in said
+    scores = at.dataframe[0].value.set_index("rule")
+    exit_row = scores.loc["exit_without_checkout"]
+    assert exit_row["incidents"] > 0
+    assert exit_row["recall"] == pytest.approx(exit_row["detected"] / exit_row["incidents"], abs=1e-3)
+    assert 0.9 <= exit_row["recall"] <= 1.0
 
 
 def test_picking_another_scenario_resets_layouts_and_duration():

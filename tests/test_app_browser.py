@@ -45,7 +45,11 @@ FOR_DOCS = {
     "compare": "planner-compare.png",
     "edit": "planner-edit.png",
     "animate": "planner-animate.png",
+    "roi": "planner-roi.png",
+    "events": "planner-events.png",
+    "live": "planner-live.png",
 }
+INCIDENTS_RUN_S = 200  # demo_incidents: thefts from t = 120 s on
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -143,7 +147,47 @@ def no_exceptions(pg) -> None:
     ).first.inner_text()
 
 
-def test_demo_run_compare_and_screenshots(page, server):
+def live_view(pg, tmp_path_factory, timings: dict[str, float]) -> None:
+    from tests import live_fixtures
+    from tests.app_live import live_server, publish_demo
+
+    if shutil.which("mosquitto") is None:
+        print("\nmosquitto is not installed: live view not checked in the browser")
+        return
+    port = live_fixtures.free_port()
+    conf = tmp_path_factory.mktemp("mosquitto") / "m.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    broker = live_fixtures.Broker(conf, port)
+    broker.start()
+    try:
+        view(pg, "Live")
+        pg.get_by_label("port").fill(str(port))
+        pg.get_by_label("port").press("Enter")
+        idle(pg)
+        pg.get_by_role("button", name="Connect", exact=True).click()
+        pg.get_by_text("0 messages, 0 devices").wait_for()
+        with live_server(broker.url, ROOT / "scenarios" / "demo.toml"):
+            t0 = time.perf_counter()
+            publish_demo(broker.url, ROOT / "scenarios" / "demo.toml", duration_s=12)
+            # The fragment refreshes every 2 s: wait for most tags and some events.
+            try:
+                pg.get_by_text(
+                    re.compile(r"\d+ messages, (1[5-9]\d|200) devices, [1-9]\d* events")
+                ).wait_for(timeout=30_000)
+            finally:
+                pg.screenshot(path=str(ARTIFACTS / "planner-live-wait.png"), full_page=True)
+            timings["live_publish_to_positions_on_page_s"] = time.perf_counter() - t0
+        # The events table (a canvas grid; its hidden accessible cells carry the text).
+        pg.get_by_text("zone-change").first.wait_for(state="attached")
+        assert "rejected: none" in pg.locator("body").inner_text()
+        shot(pg, "live")
+        pg.get_by_role("button", name="Disconnect", exact=True).click()
+        idle(pg)
+    finally:
+        broker.stop()
+
+
+def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     pg = page
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -168,13 +212,18 @@ def test_demo_run_compare_and_screenshots(page, server):
     run_button.click()
     pg.get_by_text("Run finished:").wait_for()
     pg.locator(".js-plotly-plot").filter(has_text=f"t = {RUN_S} s").wait_for()
+    pg.get_by_text("injects no incidents").wait_for()  # the last element of the page
     timings["demo_run_to_page_ready_s"] = time.perf_counter() - t0
     idle(pg)
     no_exceptions(pg)
     body = pg.locator("body").inner_text()
     for label in ("median error", "p90 error", "zone accuracy", "tags located"):
-        assert label in body
+        assert label in body, body[:3000]
     assert "200 tags" in body
+    # The rules engine's events of this run, with real counts.
+    events = re.search(r"([\d,]+) events from rule set “default-1”", body)
+    assert events and int(events[1].replace(",", "")) > 0, body[-2000:]
+    assert "injects no incidents" in body
     shot(pg, "playback")
 
     # The animated playback runs in the browser: Play moves the time slider on its own.
@@ -225,7 +274,8 @@ def test_demo_run_compare_and_screenshots(page, server):
     idle(pg)
     no_exceptions(pg)
     body = pg.locator("body").inner_text()
-    assert "hardware cost:" in body
+    assert "capex: grid 10 m wins" in body or "capex: as in scenario wins" in body
+    assert re.search(r"NPV: .+ wins \(-?[\d,]+ vs -?[\d,]+ for .+\)", body), body[-3000:]
     assert "median error (m):" in body
     assert "cost vs accuracy" in body
     table = pg.locator('[data-testid="stDataFrame"]').first
@@ -233,9 +283,28 @@ def test_demo_run_compare_and_screenshots(page, server):
     assert pg.locator(".js-plotly-plot").count() == 3  # two layouts' maps and the chart
     shot(pg, "compare")
 
+    t0 = time.perf_counter()
     view(pg, "ROI")
+    pg.get_by_text("Best, base and worst case").wait_for()
+    pg.locator(".js-plotly-plot").filter(has_text="cumulative cash").wait_for()
     idle(pg)
+    timings["view_switch_to_roi_s"] = time.perf_counter() - t0
+    no_exceptions(pg)
+    metrics = {
+        m.locator('[data-testid="stMetricLabel"]').inner_text().strip(): m.locator(
+            '[data-testid="stMetricValue"]'
+        ).inner_text()
+        for m in pg.locator('[data-testid="stMetric"]').all()
+    }
+    # The active layout's capex at the documented defaults: 200 x 12 + n x (150 + 120) + 5,000.
+    n_gw = int(re.search(r"layout “grid 10 m” · (\d+) gateways", pg.locator("body").inner_text())[1])
+    assert metrics["capex"] == f"{200 * 12 + n_gw * 270 + 5000:,}"
+    assert re.fullmatch(r"-?[\d,]+", metrics["NPV"]), metrics
+    assert re.fullmatch(r"\d+|never", metrics["payback month"]), metrics
+    assert "Sensitivity: each input and measured metric -/+ 20 %" in pg.locator("body").inner_text()
+    assert pg.locator('[data-testid="stDataFrame"]').count() >= 3  # cases, sensitivity, items
     shot(pg, "roi")
+
 
     # Click on the plan to add a gateway at (20.25, 20.25), a floor click target.
     view(pg, "Plan & layout")
@@ -264,6 +333,50 @@ def test_demo_run_compare_and_screenshots(page, server):
     idle(pg)
     assert "layout “grid 10 m”, 13 gateways" in pg.locator("body").inner_text()
     shot(pg, "edit")
+
+    # Live: the server's core (as `tagtwin serve`) on a real mosquitto, fed by the twin.
+    live_view(pg, tmp_path_factory, timings)
+
+    # The incidents scenario: events on a timeline, precision and recall per rule.
+    sidebar = pg.locator('[data-testid="stSidebar"]')
+    sidebar.locator('[data-testid="stSelectbox"]').first.click()
+    pg.get_by_role("option", name="demo_incidents.toml").click()
+    pg.get_by_text("demo_incidents.toml: demo-incidents").wait_for()
+    idle(pg)
+    duration = pg.get_by_label("simulated duration (s)", exact=True)
+    duration.fill(str(INCIDENTS_RUN_S))
+    duration.press("Enter")
+    idle(pg)
+    view(pg, "Run & playback")
+    run_button = pg.get_by_role(
+        "button", name=f"Run simulation ({INCIDENTS_RUN_S} s simulated)"
+    )
+    run_button.wait_for()
+    t0 = time.perf_counter()
+    run_button.click()
+    pg.get_by_text("Precision and recall against the").wait_for()
+    pg.locator(".js-plotly-plot").filter(has_text="exit_without_checkout").wait_for()
+    idle(pg)
+    timings["incidents_run_200s_to_page_ready_s"] = time.perf_counter() - t0
+    no_exceptions(pg)
+    body = pg.locator("body").inner_text()
+    said = re.search(r"Precision and recall against the (\d+) injected incidents", body)
+    assert said and int(said[1]) > 0
+    scores = pg.locator('[data-testid="stDataFrame"]').last
+    scores.scroll_into_view_if_needed()
+    # The grid is a canvas; its values are in the (hidden) accessible table it renders too.
+    scores.locator('[role="gridcell"]').filter(has_text="exit_without_checkout").first.wait_for(
+        state="attached"
+    )
+    cells = [c.strip() for c in scores.locator('[role="gridcell"]').all_text_contents()]
+    assert "exit_without_checkout" in cells, cells[:40]
+    i = cells.index("exit_without_checkout")
+    row = cells[i : i + 8]  # rule, alarms, true positives, precision, incidents, detected, recall
+    precision, incidents, detected, recall = float(row[3]), int(row[4]), int(row[5]), float(row[6])
+    assert incidents > 0 and 0.9 <= recall <= 1.0 and 0.9 <= precision <= 1.0
+    assert recall == pytest.approx(detected / incidents, abs=1e-3)
+    print(f"\nPLANNER_EXIT_SCORES precision {precision} recall {recall} ({detected}/{incidents})")
+    shot(pg, "events")
 
     # A broken upload is refused with the file and field named.
     pg.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(

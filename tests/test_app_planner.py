@@ -267,9 +267,9 @@ def test_run_view_keeps_fixes_truth_and_metrics(short_run):
     assert np.allclose(err, v.error_m, equal_nan=True)
     assert v.metrics["median_error_m"] == pytest.approx(float(np.nanmedian(v.error_m)), abs=1e-3)
     assert v.gateway_ids[0] == "gw-01"
-    # The rules engine's events reach the planner as records with tag, rule and time.
-    assert v.events_wired
+    # The rules engine's events reach the planner as Event.to_dict() records.
     assert v.events
+    assert all(e["severity"] in ("alarm", "review", "info") for e in v.events)
     assert all({"t", "rule", "tag"} <= set(e) for e in v.events)
     assert all(0 <= e["t"] <= 20 for e in v.events)
 
@@ -277,9 +277,19 @@ def test_run_view_keeps_fixes_truth_and_metrics(short_run):
 def test_frame_and_track(short_run):
     v = short_run
     times = v.times
-    f = v.frame(float(times[3]) + 0.2)  # snaps to the nearest fix time
-    assert np.all(f["t"] == times[3])
-    assert len(f["x"]) == int(np.sum(v.fixes["t"] == times[3]))
+    tk = float(times[3])
+    f = v.frame(tk + 0.2)  # snaps to the nearest fix time
+    # Each tag located so far appears once, at its newest fix at or before tk.
+    assert np.all(f["t"] <= tk)
+    assert len(np.unique(f["device"])) == len(f["device"])
+    assert set(f["device"].astype(int)) == set(v.fixes["device"][v.fixes["t"] <= tk].astype(int))
+    now = v.fixes[v.fixes["t"] == tk]
+    at_tk = np.isin(f["device"], now["device"])
+    assert np.allclose(np.sort(f["x"][at_tk]), np.sort(now["x"]))
+    # The truth is where the tag is at tk, so the error is what a screen shows then.
+    truth = v.truth.position_at(f["device"].astype(int), np.full(len(f["device"]), tk))
+    assert np.allclose(f["true_x"], truth[:, 0])
+    assert np.allclose(f["error_m"], np.hypot(f["x"] - truth[:, 0], f["y"] - truth[:, 1]))
     tr = v.track(0)
     assert np.all(np.diff(tr["t"]) > 0)
     assert len(tr["t"]) == int(np.sum(v.fixes["device"] == 0))
@@ -295,7 +305,10 @@ def test_playback_animation_samples_frames_and_tags(short_run, demo):
     assert [f.name for f in fig.frames] == ["1", "6", "11", "15", "20"]  # indices 0, 5, 10, 14, 19
     for frame in fig.frames:
         true, est = frame.data
-        assert len(true.x) == len(est.x) == 50
+        assert len(true.x) == len(est.x) <= 50
+        # Once every sampled tag has been located, each frame shows all of them (last known).
+        if float(frame.name) >= 6:
+            assert len(est.x) == 50
     last = short_run.frame(20.0)
     keep = np.isin(
         last["device"],
@@ -317,12 +330,37 @@ def test_error_map_is_rmse_by_true_position(short_run):
     assert np.all(np.isnan(rmse.ravel()[empty]))
 
 
-def test_layout_row_costs_hardware(short_run, demo):
+def test_layout_row_takes_cost_payback_and_npv_from_the_roi_model(short_run, demo):
+    from engine.roi import RoiInputs, evaluate_case, measured_from_report
+
     maps = planner.coverage_maps(demo, planner.gateway_rows(demo))
-    row = planner.layout_row(short_run, maps, gateway_cost=200.0, tag_cost=5.0)
+    inputs = RoiInputs(gateway_cost=200.0, tag_cost=5.0, install_cost_per_gateway=50.0)
+    roi = planner.roi_of(short_run, inputs)
+    row = planner.layout_row(short_run, maps, roi)
     assert row["gateways"] == 10
-    assert row["cost"] == 10 * 200 + 200 * 5
+    # capex = tags x tag cost + gateways x (gateway + installation) + project (docs/roi.md)
+    assert row["cost"] == 200 * 5 + 10 * (200 + 50) + 5000
+    # The same numbers `tagtwin roi` computes from the run's report.json.
+    base = evaluate_case(inputs, measured_from_report(short_run.report))
+    assert row["npv"] == pytest.approx(base.npv, abs=0.01)
+    assert row["payback_months"] == (
+        pytest.approx(base.payback_months_exact, abs=0.01)
+        if base.payback_months_exact is not None
+        else math.inf
+    )
+    assert row["zone_accuracy"] == short_run.metrics["zone_accuracy"]
     assert row["area_3plus"] == maps.summary()["area_3plus"]
+    # The demo injects no thefts: unmeasured theft recall earns nothing.
+    assert row["theft_recall"] == 0.0
+    assert len(roi["sensitivity"]) == 22
+    assert set(roi["cases"]) == {"worst", "base", "best"}
+
+
+def test_roi_inputs_keep_the_models_bounds(demo):
+    assert planner.roi_inputs(demo.roi, {}) == demo.roi
+    assert planner.roi_inputs(demo.roi, {"tag_cost": 3.0}).tag_cost == 3.0
+    with pytest.raises(ValueError, match="recovery_rate"):
+        planner.roi_inputs(demo.roi, {"recovery_rate": 1.5})
 
 
 def test_winners_and_pareto_front():
@@ -352,129 +390,130 @@ def test_winners_and_pareto_front():
     said = planner.winners(rows)
     assert "median error (m): B wins (1.50 m vs 2.00 m for A)" in said
     assert "zone accuracy: tie between A and B (80.0%)" in said
-    assert "hardware cost: A wins (1,000 vs 1,500 for B)" in said
+    assert "capex: A wins (1,000 vs 1,500 for B)" in said
     assert planner.pareto_front(rows) == ["A", "B"]  # C is dearer and worse than both
     assert planner.winners(rows[:1]) == []
     close = [{"layout": "A", "median_error_m": 2.7851}, {"layout": "B", "median_error_m": 2.7932}]
     assert planner.winners(close) == ["median error (m): practically even (A 2.785 m, B 2.793 m)"]
+    money = [
+        {"layout": "A", "npv": 60_794.0, "payback_months": 5.12},
+        {"layout": "B", "npv": -335_206.0, "payback_months": math.inf},
+    ]
+    assert planner.winners(money) == [
+        "payback (months): only A pays back within the horizon",
+        "NPV: A wins (60,794 vs -335,206 for B)",
+    ]
 
 
-def test_optional_modules():
-    assert planner.optional_module("twin.planner") is planner
-    assert planner.optional_module("engine.no_such_module") is None
-    assert planner.optional_module("no_such_package.x") is None
+# -- live feed: what `tagtwin serve` publishes ---------------------------------------------
 
 
-# -- live feed -----------------------------------------------------------------------------
+def _server_payloads(demo):
+    """A PositionBatch and a zone-change Event as the server's own code formats them."""
+    from live_bridge.config import site_engine_config
+    from live_bridge.server import ServerCore, ZoneChangeSink
+    from live_bridge.wire import EVENTS_TOPIC, POSITIONS_TOPIC
+
+    sc = planner.with_gateways(demo, planner.gateway_rows(demo), duration_s=20)
+    run = planner.run_view(sc)
+    core = ServerCore(site_engine_config(sc), {}, clock="event", sink=ZoneChangeSink())
+    core.origin = 1_700_000_000.0
+    for d in run.device_ids:
+        core.devices.code(d)
+    fixes = run.fixes
+    positions = core.positions_json(fixes[fixes["t"] == fixes["t"][0]], 1_700_000_100.0)
+    events = core.sink.on_fixes(fixes, core.devices, core.config.zones.names, core.origin)
+    return run, (POSITIONS_TOPIC, positions), [(EVENTS_TOPIC, e.model_dump_json()) for e in events]
 
 
-def test_parse_positions_forms():
-    one = planner.parse_positions(b'{"device": "t1", "x": 1, "y": 2.5, "t": 10}')
-    assert one == [{"device": "t1", "x": 1.0, "y": 2.5, "t": 10.0, "r90": one[0]["r90"]}]
-    assert math.isnan(one[0]["r90"])
-    many = planner.parse_positions(
-        json.dumps({"positions": [{"device": 1, "x": 0, "y": 0, "zone": "A"}] * 2})
-    )
-    assert [p["zone"] for p in many] == ["A", "A"]
-    for bad, reason in (
-        (b"\xff", "not JSON"),
-        ("[1]", "item 0 is not an object"),
-        ('{"device": "a", "x": 1}', "item 0 lacks y"),
-        ('{"device": "a", "x": "q", "y": 1}', "must be numbers"),
-        ('{"device": "a", "x": NaN, "y": 1}', "must be finite"),
+def test_parse_live_reads_the_servers_own_payloads(demo):
+    run, (ptopic, positions), events = _server_payloads(demo)
+    kind, recs = planner.parse_live(ptopic, positions)
+    assert kind == "positions"
+    first = run.fixes[run.fixes["t"] == run.fixes["t"][0]]
+    assert len(recs) == int(np.isfinite(first["x"]).sum()) > 100
+    assert {r["dev"] for r in recs} <= set(run.device_ids)
+    assert all(r["method"] in ("wls", "centroid") and r["r90"] > 0 for r in recs)
+    assert events, "20 s of 200 moving tags change zones"
+    kind, (ev,) = planner.parse_live(*events[0])
+    assert kind == "event" and ev["kind"] == "zone-change" and ev["dev"] in run.device_ids
+    for topic, bad, reason in (
+        (ptopic, b"\xff", "bad position batch"),
+        (ptopic, b'{"v": 1, "t": 0, "positions": [{"dev": "a"}]}', "bad position batch"),
+        (events[0][0], b'{"v": 2, "t": 0, "kind": "x"}', "bad event"),
+        ("tagtwin/v1/other", positions, "unexpected topic"),
     ):
         with pytest.raises(ValueError, match=reason):
-            planner.parse_positions(bad)
+            planner.parse_live(topic, bad)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
+    st.sampled_from(planner.LIVE_TOPICS),
     st.recursive(
         st.none() | st.booleans() | st.floats() | st.text(max_size=5),
         lambda c: (
             st.lists(c, max_size=3)
             | st.dictionaries(
-                st.sampled_from(["device", "x", "y", "t", "r90", "positions"]), c, max_size=4
+                st.sampled_from(["v", "t", "positions", "dev", "x", "y", "kind", "detail"]),
+                c,
+                max_size=4,
             )
         ),
         max_leaves=10,
-    )
+    ),
 )
-def test_parse_positions_only_ever_raises_valueerror(data):
+def test_live_feed_only_ever_counts_bad_messages(topic, data):
     feed = planner.LiveFeed()
-    feed.on_payload(json.dumps(data))
+    feed.on_message(topic, json.dumps(data))
     assert feed.messages + sum(feed.rejected.values()) == 1
+
+
+@pytest.mark.integration
+def test_live_feed_from_the_real_server_and_broker(tmp_path):
+    """The twin publishes signed batches, the server's core (as `tagtwin serve`) turns them
+    into positions and zone-change events on mosquitto, the feed shows both."""
+    from tests import live_fixtures
+    from tests.app_live import live_server, publish_demo
+
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed (tests/system-packages.txt lists it)")
+    port = live_fixtures.free_port()
+    conf = tmp_path / "m.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    broker = live_fixtures.Broker(conf, port)
+    broker.start()
+    feed = planner.LiveFeed()
+    try:
+        feed.connect("127.0.0.1", port)
+        with live_server(broker.url, DEMO) as core:
+            sent = publish_demo(broker.url, DEMO, duration_s=12)
+            deadline = time.monotonic() + 20
+            while (len(feed.snapshot()) < 150 or not feed.events_seen) and (
+                time.monotonic() < deadline
+            ):
+                time.sleep(0.1)
+        snap = feed.snapshot()
+        assert sent["batches"] > 0
+        assert len(snap) >= 150  # most of the demo's 200 tags located
+        assert all(0 <= r["x"] <= 40 and 0 <= r["y"] <= 25 for r in snap)
+        assert feed.events_seen > 0 and feed.recent_events()[0]["kind"] == "zone-change"
+        assert feed.rejected == {}
+        assert core.counters["positions"] >= len(snap)
+    finally:
+        feed.close()
+        broker.stop()
+
+
+def test_live_feed_reports_an_unreachable_broker():
+    with pytest.raises(ConnectionError, match=r"cannot reach broker 127\.0\.0\.1"):
+        planner.LiveFeed().connect("127.0.0.1", _free_port(), timeout_s=1.0)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.mark.integration
-def test_live_feed_from_a_real_broker(tmp_path):
-    exe = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if exe is None:
-        pytest.skip("mosquitto is not installed (tests/system-packages.txt lists it)")
-    import paho.mqtt.client as mqtt
-
-    port = _free_port()
-    conf = tmp_path / "m.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    broker = subprocess.Popen(
-        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    feed = planner.LiveFeed()
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                feed.connect("127.0.0.1", port, "tagtwin/positions/#")
-                break
-            except ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        pub.connect("127.0.0.1", port)
-        pub.loop_start()
-        infos = [
-            pub.publish(
-                "tagtwin/positions/site1",
-                json.dumps([{"device": "t1", "x": 1, "y": 2}, {"device": "t2", "x": 3, "y": 4}]),
-                qos=1,
-            ),
-            pub.publish("tagtwin/positions/site1", b"garbage", qos=1),
-            pub.publish(
-                "tagtwin/positions/site1",
-                json.dumps({"device": "t1", "x": 5, "y": 6, "r90": 2}),
-                qos=1,
-            ),
-            pub.publish("other/topic", json.dumps({"device": "t9", "x": 0, "y": 0}), qos=1),
-        ]
-        for info in infos:
-            info.wait_for_publish(5)
-        deadline = time.monotonic() + 5
-        while feed.messages < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        snap = {r["device"]: r for r in feed.snapshot()}
-        assert set(snap) == {"t1", "t2"}  # other/topic is not subscribed
-        assert (snap["t1"]["x"], snap["t1"]["y"], snap["t1"]["r90"]) == (5.0, 6.0, 2.0)
-        assert feed.rejected == {"not JSON": 1}
-    finally:
-        pub.loop_stop()
-        pub.disconnect()
-        feed.close()
-        broker.terminate()
-        broker.wait(5)
-
-
-def test_live_feed_reports_an_unreachable_broker():
-    with pytest.raises(ConnectionError, match=r"cannot reach broker 127\.0\.0\.1"):
-        planner.LiveFeed().connect("127.0.0.1", _free_port(), timeout_s=1.0)
 
 
 def test_ui_command_is_loopback_headless_without_telemetry():
@@ -542,35 +581,38 @@ def test_clicks_that_do_nothing_say_why():
         planner.apply_click(one, "paint", gateway=None, floor_xy=None, pending=None, default_z=3.0)
 
 
-# -- events from the rules engine (issue 5), whatever container it uses --------------------
+# -- events and their scores against injected incidents --------------------------------
 
 
-def test_events_are_read_from_arrays_dataclasses_and_dicts():
-    from dataclasses import dataclass
+@pytest.fixture(scope="module")
+def incidents_run():
+    sc = load_scenario(ROOT / "scenarios" / "demo_incidents.toml")
+    return planner.run_view(planner.with_gateways(sc, planner.gateway_rows(sc), duration_s=200))
 
+
+def test_events_and_scores_of_a_run_with_incidents(incidents_run):
     from twin.planner_figures import events_timeline
 
-    arr = np.array(
-        [(12.0, 3, "exit_without_checkout")], dtype=[("t", "f8"), ("device", "i4"), ("rule", "U32")]
+    v = incidents_run
+    rules = v.rule_scores
+    assert planner.injected_incidents(rules) == len(v.incidents) > 0
+    table = {r["rule"]: r for r in v.score_table()}
+    exit_row = table["exit_without_checkout"]
+    # Recall is detected / injected, precision true positives / alarms (docs/rules.md).
+    assert exit_row["incidents"] == rules["incidents"]["theft"] > 0
+    assert exit_row["recall"] == pytest.approx(exit_row["detected"] / exit_row["incidents"], abs=1e-4)
+    assert exit_row["precision"] == pytest.approx(
+        exit_row["true_positives"] / exit_row["alarms"], abs=1e-4
     )
-    assert planner._as_records(arr) == [{"t": 12.0, "device": 3, "rule": "exit_without_checkout"}]
-
-    @dataclass(frozen=True)
-    class Event:
-        t: float
-        device: str
-        rule: str
-
-    evs = [Event(5.0, "tag-1", "dwell"), {"t": 9.0, "device": "tag-2", "rule": "dwell"}]
-    recs = planner._as_records(evs)
-    assert recs == [
-        {"t": 5.0, "device": "tag-1", "rule": "dwell"},
-        {"t": 9.0, "device": "tag-2", "rule": "dwell"},
-    ]
-    assert planner._as_records(None) == []
-    fig = events_timeline(recs + planner._as_records(arr))
-    assert sorted(t.name for t in fig.data) == ["dwell", "exit_without_checkout"]
-    assert list(next(t for t in fig.data if t.name == "dwell").x) == [5.0, 9.0]
+    assert exit_row["recall"] >= 0.9  # the gateway over the door catches thefts
+    counted = sum(1 for e in v.events if e["rule"] == "exit_without_checkout")
+    assert exit_row["alarms"] == counted
+    fig = events_timeline(v.events, v.incidents)
+    by_name = {t.name: t for t in fig.data}
+    assert len(by_name["exit_without_checkout"].x) == counted
+    assert set(by_name) == set(rules["events_by_rule"])
+    # One dotted line per injected incident.
+    assert len(fig.layout.shapes) == len(v.incidents)
 
 
 @pytest.mark.integration

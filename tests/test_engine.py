@@ -193,3 +193,27 @@ def test_id_table_codes_are_stable() -> None:
     assert codes.tolist() == [1, 0, 1, 2]
     assert table.lookup(codes).tolist() == ["b", "a", "b", "c"]
     assert table.codes(["z"], register=False).tolist() == [UNKNOWN]
+
+
+def test_channel_copies_split_across_batches_still_merge() -> None:
+    eng = _engine(window_s=2.0, step_s=1.0, allowed_lateness_s=0.0)
+    first = sightings_from_columns(
+        t=np.array([1.0, 1.0004, 2.5]),
+        gateway=np.array([0, 0, 1]),
+        device=np.array([3, 3, 4]),
+        rssi=np.array([-60.0, -62.0, -70.0]),
+        channel=np.array([37, 38, 37]),
+        seq=np.array([7, 7, 1]),
+    )
+    eng.ingest(first)
+    closed = eng.advance()  # watermark 2.5 s: the window ending at 2 s closes, the one ending at 3 s stays open
+    assert sorted(set(closed["t"])) == [2.0]
+    assert eng.counters.merged_channels == 1
+    late_copy = sightings_from_columns(t=np.array([1.0008]), gateway=0, device=3, rssi=-70.0, channel=39, seq=7)
+    redelivery = first[:1].copy()  # QoS 1 sends the channel-37 copy again after a reconnect
+    eng.ingest(np.concatenate([late_copy, redelivery]))
+    assert eng.counters.rejected == {}  # the window ending at 3 s still takes them
+    fixes = eng.flush(3.0)
+    assert eng.counters.duplicates == 1
+    assert eng.counters.merged_channels == 2  # three copies of one event: two merged away
+    assert len(fixes[(fixes["t"] == 3.0) & (fixes["device"] == 3)]) == 1

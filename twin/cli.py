@@ -346,7 +346,9 @@ def serve(
         str, typer.Option(help="wall: windows close as time passes; event: by event time only")
     ] = "wall",
     adapters: Annotated[str, typer.Option(help="comma list: theengs, espresense")] = "",
-    events: Annotated[str, typer.Option(help="event sink: none or zone-change")] = "zone-change",
+    events: Annotated[
+        str, typer.Option(help="event sink: rules (the scenario's rule set), zone-change or none")
+    ] = "rules",
     step: Annotated[float | None, typer.Option(help="override engine step_s")] = None,
     lateness: Annotated[float | None, typer.Option(help="override allowed_lateness_s")] = None,
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
@@ -356,10 +358,11 @@ def serve(
     import signal
     import threading
 
+    from engine.contract import IdTable
     from live_bridge.config import load_keys, site_engine_config
     from live_bridge.gateway import ConfigError
     from live_bridge.mqtt import BrokerUrl
-    from live_bridge.server import NullSink, ServerCore, ZoneChangeSink
+    from live_bridge.server import EventSink, NullSink, ServerCore, ZoneChangeSink, rules_sink_for
     from live_bridge.server import serve as run_server
 
     if clock not in ("wall", "event"):
@@ -367,7 +370,7 @@ def serve(
         raise typer.Exit(2)
     chosen = [a.strip() for a in adapters.split(",") if a.strip()]
     unknown = sorted(set(chosen) - {"theengs", "espresense"})
-    if unknown or events not in ("none", "zone-change"):
+    if unknown or events not in ("none", "zone-change", "rules"):
         err_console.print(f"unknown adapter(s) {unknown} or event sink {events!r}")
         raise typer.Exit(2)
     try:
@@ -378,9 +381,14 @@ def serve(
         raise typer.Exit(2) from None
     except ConfigError as exc:
         raise _bridge_config_error(exc) from None
-    cfg = site_engine_config(_load(scenario), step_s=step, lateness_s=lateness)
+    site = _load(scenario)
+    cfg = site_engine_config(site, step_s=step, lateness_s=lateness)
+    devices: IdTable | None = None
+    sink: EventSink = ZoneChangeSink() if events == "zone-change" else NullSink()
+    if events == "rules":
+        devices, sink = rules_sink_for(site, cfg)
     core = ServerCore(cfg, key_table, clock=clock, adapters=chosen,  # type: ignore[arg-type]
-                      sink=ZoneChangeSink() if events == "zone-change" else NullSink())
+                      sink=sink, devices=devices)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

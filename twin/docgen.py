@@ -84,9 +84,13 @@ def render() -> str:
         lines += ["| field | type | default | constraints | meaning |", "| --- | --- | --- | --- | --- |"]
         for name, field in model.model_fields.items():
             key = field.alias or name
+            meaning = field.description or ""
+            if not meaning:  # a section: its class docstring says what it is
+                docs = [(m.__doc__ or "").strip().splitlines() for m in _models_in(field.annotation)]
+                meaning = "; ".join(d[0] for d in docs if d and not d[0].startswith("Usage docs"))
             lines.append(
                 f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | {_constraints(field)} | "
-                f"{field.description or ''} |"
+                f"{meaning.replace('|', '/')} |"
             )
             for sub in _models_in(field.annotation):
                 is_list = typing.get_origin(field.annotation) is list

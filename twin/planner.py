@@ -12,10 +12,10 @@ localization (Patwari et al. 2003, radio_models/crb.py) over the gateways that h
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,25 +24,27 @@ import numpy as np
 import shapely
 import tomli_w
 from numpy.typing import NDArray
+from pydantic import ValidationError
 
+from engine.roi import RoiInputs, measured_from_report, roi_report
+from engine.truth import GroundTruth
+from live_bridge.wire import EVENTS_TOPIC, POSITIONS_TOPIC, PositionBatch
+from live_bridge.wire import Event as WireEvent
 from radio_models.crb import crlb_rmse
 from radio_models.environment import Grid
 from radio_models.geometry import crossing_loss_db
-from radio_models.pathloss import three_d_distance
+from radio_models.pathloss import effective_exponent, three_d_distance
 from twin.scenario import Scenario, parse_scenario
 from twin.site import SiteModel
 
 if TYPE_CHECKING:
     from pathlib import Path
-    from types import ModuleType
 
 FloatArray = NDArray[np.float64]
 
 # Coverage maps need no finer than ~120 cells along the long side to read well; the
 # cost is (cells x gateways) crossing tests, so this keeps the large site interactive.
 MAP_CELLS_LONG_SIDE = 120
-DEFAULT_GATEWAY_COST = 150.0  # per installed gateway, used when no ROI model is present
-DEFAULT_TAG_COST = 8.0
 # Simulations started by run_view in this process: lets tests prove the app's caching.
 simulations_started = 0
 
@@ -319,9 +321,9 @@ def coverage_maps(
     heard = rssi >= sensitivity[None, :]
     best = np.where(inside, rssi.max(axis=1), np.nan)
     n_heard = np.where(inside, heard.sum(axis=1), np.nan)
-    crb = crlb_rmse(
-        pts, gw, scenario.radio.model.exponent, max(scenario.radio.shadowing_sigma_db, 0.5), heard
-    )
+    # Any path-loss family enters the log-distance bound through its effective exponent.
+    exponent = effective_exponent(model)
+    crb = crlb_rmse(pts, gw, exponent, max(scenario.radio.shadowing_sigma_db, 0.5), heard)
     crb = np.where(inside, crb, np.nan)
     return CoverageMaps(
         grid, best.reshape(shape), n_heard.reshape(shape), crb.reshape(shape), inside.reshape(shape)
@@ -329,6 +331,9 @@ def coverage_maps(
 
 
 # -- a run, reduced to what the planner shows ----------------------------------------------
+
+
+STALE_AFTER_S = 30.0  # playback keeps a tag's last-known estimate this long
 
 
 @dataclass
@@ -346,9 +351,15 @@ class RunView:
     metrics: dict[str, Any]
     report: dict[str, Any]
     timings_s: dict[str, float]
-    events: list[dict[str, Any]] = field(default_factory=list)
-    events_wired: bool = False  # the run carried an ``events`` attribute at all
-    rule_scores: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)  # Event.to_dict() per event
+    rule_scores: dict[str, Any] = field(default_factory=dict)  # metrics["rules"]
+    incidents: list[dict[str, Any]] = field(default_factory=list)  # injected, with their t
+    truth: GroundTruth | None = None  # segments: exact truth at any time, a few kB a tag
+
+    def score_table(self) -> list[dict[str, Any]]:
+        """Per-rule precision and recall against the injected incidents (rules the run
+        scored: those with a target incident kind or with alarms)."""
+        return score_rows(self.rule_scores)
 
     @property
     def times(self) -> FloatArray:
@@ -370,17 +381,28 @@ class RunView:
                 "error_m": empty,
             }
         tk = float(times[np.argmin(np.abs(times - t))])
-        sel = np.flatnonzero(self.fixes["t"] == tk)
+        # Each tag's newest estimate at or before tk (a tag no gateway heard in the last
+        # window keeps its last-known position for up to STALE_AFTER_S), against where the
+        # tag truly is at tk: what an operator's screen shows at that moment.
+        all_t, all_dev = self.fixes["t"], self.fixes["device"]
+        cand = np.flatnonzero((all_t <= tk) & (all_t > tk - STALE_AFTER_S))
+        order = cand[np.lexsort((all_t[cand], all_dev[cand]))]
+        dev = all_dev[order]
+        sel = order[np.r_[dev[1:] != dev[:-1], True]] if len(order) else order
         f = self.fixes[sel]
+        if self.truth is not None:
+            true = self.truth.position_at(f["device"], np.full(len(sel), tk))
+        else:
+            true = self.true_xy[sel]
         return {
-            "t": np.full(len(sel), tk),
+            "t": f["t"].astype(float),
             "device": f["device"].astype(float),
             "x": f["x"],
             "y": f["y"],
             "r90": f["r90"].astype(float),
-            "true_x": self.true_xy[sel, 0],
-            "true_y": self.true_xy[sel, 1],
-            "error_m": self.error_m[sel],
+            "true_x": true[:, 0],
+            "true_y": true[:, 1],
+            "error_m": np.hypot(f["x"] - true[:, 0], f["y"] - true[:, 1]),
         }
 
     def track(self, device: int) -> dict[str, FloatArray]:
@@ -422,8 +444,6 @@ def run_view(scenario: Scenario, progress: Callable[[float], None] | None = None
     truth = run.twin.truth
     fixes = run.fixes
     true_xy = truth.position_at(fixes["device"], fixes["t"])
-    # The rules engine (issue 5) may attach events and their scores to the run; show them if so.
-    events = _as_records(getattr(run, "events", None))
     rules = run.metrics.get("rules")
     scores: dict[str, Any] = dict(rules) if isinstance(rules, dict) else {}
     return RunView(
@@ -438,34 +458,41 @@ def run_view(scenario: Scenario, progress: Callable[[float], None] | None = None
         metrics=dict(run.metrics),
         report=json.loads(json.dumps(run.report(), default=str)),
         timings_s=dict(run.timings_s),
-        events=events,
-        events_wired=hasattr(run, "events"),
-        rule_scores=scores,
+        events=[ev.to_dict() for ev in run.events],
+        rule_scores=json.loads(json.dumps(scores, default=str)),
+        incidents=[rec.to_dict() for rec in run.incidents.records],
+        truth=truth,
     )
 
 
-def _as_records(events: object) -> list[dict[str, Any]]:
-    """Events as plain dicts, whatever container the rules engine returns (structured
-    array, list of dataclasses or dicts); [] when there are none."""
-    if events is None:
-        return []
-    if isinstance(events, np.ndarray) and events.dtype.names:
-        return [
+def score_rows(rules: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """metrics["rules"] as table rows: one per scored rule, with precision (share of its
+    alarms an injected incident explains), recall (share of the incidents it is meant to
+    catch that it caught) and the median delay (docs/rules.md, scoring)."""
+    rows = []
+    for rule, entry in rules.items():
+        if not isinstance(entry, dict) or "precision" not in entry:
+            continue
+        delay = entry.get("delay_s") or {}
+        rows.append(
             {
-                k: (v.item() if hasattr(v, "item") else v)
-                for k, v in zip(events.dtype.names, row, strict=True)
+                "rule": rule,
+                "alarms": entry.get("events", 0),
+                "true_positives": entry.get("true_positives", 0),
+                "precision": entry.get("precision"),
+                "incidents": entry.get("incidents"),
+                "detected": entry.get("detected"),
+                "recall": entry.get("recall"),
+                "median_delay_s": delay.get("median") if isinstance(delay, dict) else None,
             }
-            for row in events
-        ]
-    out = []
-    for ev in events if isinstance(events, Iterable) else []:
-        if isinstance(ev, Mapping):
-            out.append(dict(ev))
-        elif hasattr(ev, "__dataclass_fields__"):
-            from dataclasses import asdict
+        )
+    return rows
 
-            out.append(asdict(ev))
-    return out
+
+def injected_incidents(rules: Mapping[str, Any]) -> int:
+    """How many incidents the scenario injected (0: nothing to score against)."""
+    kinds = rules.get("incidents")
+    return int(sum(kinds.values())) if isinstance(kinds, dict) else 0
 
 
 # -- comparing layouts -------------------------------------------------------------------
@@ -479,34 +506,51 @@ COMPARED: tuple[tuple[str, str, bool], ...] = (
     ("device_coverage", "tags located", False),
     ("area_3plus", "floor heard by 3+ gateways", False),
     ("crb_median_m", "median CRB (m)", True),
-    ("cost", "hardware cost", True),
+    ("theft_recall", "theft recall", False),
+    ("cost", "capex", True),
+    ("payback_months", "payback (months)", True),
+    ("npv", "NPV", False),
 )
 
 
-def layout_row(
-    view: RunView,
-    maps: CoverageMaps,
-    gateway_cost: float,
-    tag_cost: float,
-    roi: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One line of the comparison table; cost is hardware only unless an ROI model adds more."""
+def roi_of(view: RunView, inputs: RoiInputs) -> dict[str, Any]:
+    """engine.roi on what this run measured (as ``tagtwin roi`` does from report.json):
+    worst/base/best cases, the cumulative cash of the base case and the sensitivity table."""
+    return roi_report(inputs, measured_from_report(view.report))
+
+
+def layout_row(view: RunView, maps: CoverageMaps, roi: Mapping[str, Any]) -> dict[str, Any]:
+    """One line of the comparison table. Cost is the ROI model's capex (tags, gateways and
+    their installation, the project); payback and NPV are its base case for this layout."""
     m = view.metrics
-    n_gw = len(view.gateway_ids)
-    row: dict[str, Any] = {
+    base = roi["cases"]["base"]
+    measured = roi["measured"]
+    exact = base["payback_months_exact"]
+    return {
         "layout": view.name,
-        "gateways": n_gw,
-        "cost": round(n_gw * gateway_cost + len(view.device_ids) * tag_cost, 2),
+        "gateways": len(view.gateway_ids),
+        "cost": base["capex"],
+        "opex_per_month": base["opex_per_month"],
+        "payback_months": round(exact, 2) if exact is not None else math.inf,
+        "npv": base["npv"],
         "median_error_m": m["median_error_m"],
         "p90_error_m": m["p90_error_m"],
         "zone_accuracy": m["zone_accuracy"],
         "device_coverage": m["device_coverage"],
         "r90_coverage": m["r90_coverage"],
+        "theft_recall": measured["theft_recall"],
+        "count_accuracy": measured["count_accuracy"],
+        "false_alarms": int(view.rule_scores.get("false_alarms") or 0),
         **maps.summary(),
     }
-    if roi:
-        row.update({f"roi_{k}": v for k, v in roi.items() if isinstance(v, int | float)})
-    return row
+
+
+ROI_FIELDS_SHOWN = tuple(RoiInputs.model_fields)
+
+
+def roi_inputs(base: RoiInputs, changes: Mapping[str, Any]) -> RoiInputs:
+    """The scenario's [roi] with the planner's edits, validated by the model's own bounds."""
+    return RoiInputs.model_validate(base.model_dump() | dict(changes))
 
 
 def winners(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -516,6 +560,9 @@ def winners(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     out = []
     for key, label, lower in COMPARED:
         vals = [(float(r[key]), str(r["layout"])) for r in rows if key in r and _finite(r[key])]
+        if key == "payback_months" and len(vals) < len(rows) and len(vals) == 1:
+            out.append(f"{label}: only {vals[0][1]} pays back within the horizon")
+            continue
         if len(vals) < 2:
             continue
         ordered = sorted(vals, key=lambda v: v[0] if lower else -v[0])
@@ -536,10 +583,12 @@ def _finite(v: object) -> bool:
 
 
 def _fmt(key: str, v: float, digits: int = 2) -> str:
-    if key in ("zone_accuracy", "device_coverage", "area_3plus", "r90_coverage"):
+    if key in ("zone_accuracy", "device_coverage", "area_3plus", "r90_coverage", "theft_recall"):
         return f"{v:.{digits - 1}%}"
-    if key == "cost":
+    if key in ("cost", "npv"):
         return f"{v:,.0f}"
+    if key == "payback_months":
+        return f"{v:.{digits - 1}f} months"
     return f"{v:.{digits}f} m"
 
 
@@ -559,77 +608,52 @@ def pareto_front(rows: Sequence[Mapping[str, Any]], error_key: str = "p90_error_
     return front
 
 
-# -- optional modules from the other issues -----------------------------------------------
-
-
-def optional_module(name: str) -> ModuleType | None:
-    """The module if this build has it, else None (the app then says 'not available')."""
-    try:
-        if importlib.util.find_spec(name) is None:
-            return None
-    except ModuleNotFoundError:
-        return None
-    return importlib.import_module(name)
-
-
 # -- live view ---------------------------------------------------------------------------
 
-POSITIONS_TOPIC = "tagtwin/positions/#"
+LIVE_TOPICS = (POSITIONS_TOPIC, EVENTS_TOPIC)  # what `tagtwin serve` publishes
+LIVE_EVENTS_KEPT = 200
 
 
-def parse_positions(payload: bytes | bytearray | str) -> list[dict[str, Any]]:
-    """Positions from one MQTT message: a JSON object, a list of them, or
-    {"positions": [...]}; each needs device, x, y (t, r90, zone optional). Anything else
-    raises ValueError with the reason, so the panel can count and show rejections."""
+def parse_live(topic: str, payload: bytes | bytearray | str) -> tuple[str, list[dict[str, Any]]]:
+    """One message from `tagtwin serve`, validated by the wire models the server itself uses
+    (live_bridge.wire: a PositionBatch on the positions topic, an Event on the events topic).
+
+    Returns ("positions", one dict per position) or ("event", [the event]); anything else
+    raises ValueError with a short reason, so the panel can count it and keep going."""
     try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not JSON: {exc}") from None
-    if isinstance(data, dict) and "positions" in data:
-        data = data["positions"]
-    items = data if isinstance(data, list) else [data]
-    out = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ValueError(f"item {i} is not an object")
-        missing = [k for k in ("device", "x", "y") if k not in item]
-        if missing:
-            raise ValueError(f"item {i} lacks {', '.join(missing)}")
-        try:
-            rec: dict[str, Any] = {
-                "device": str(item["device"]),
-                "x": float(item["x"]),
-                "y": float(item["y"]),
-                "t": float(item.get("t", math.nan)),
-                "r90": float(item.get("r90", math.nan)),
-            }
-        except (TypeError, ValueError):
-            raise ValueError(f"item {i}: x, y, t and r90 must be numbers") from None
-        if not (math.isfinite(rec["x"]) and math.isfinite(rec["y"])):
-            raise ValueError(f"item {i}: x and y must be finite")
-        if "zone" in item:
-            rec["zone"] = str(item["zone"])
-        out.append(rec)
-    return out
+        if topic == POSITIONS_TOPIC:
+            batch = PositionBatch.model_validate_json(payload)
+            return "positions", [p.model_dump() for p in batch.positions]
+        if topic == EVENTS_TOPIC:
+            return "event", [WireEvent.model_validate_json(payload).model_dump()]
+    except ValidationError as exc:
+        kind = "position batch" if topic == POSITIONS_TOPIC else "event"
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "message"
+        raise ValueError(f"bad {kind}: {where}: {first['msg']}") from None
+    raise ValueError(f"unexpected topic: {topic}")
 
 
 class LiveFeed:
-    """Last known position per device from an MQTT positions topic (paho-mqtt).
+    """Last known position per device and the latest events from `tagtwin serve`
+    (paho-mqtt, QoS 1, the server's positions and events topics).
 
-    paho's network thread calls :meth:`on_payload`; the app reads :meth:`snapshot`.
-    Bad messages are counted with their reason and never stop the feed.
+    paho's network thread calls :meth:`on_message`; the app reads :meth:`snapshot` and
+    :meth:`recent_events`. Bad messages are counted with their reason and never stop the feed.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.latest: dict[str, dict[str, Any]] = {}
+        self.events: deque[dict[str, Any]] = deque(maxlen=LIVE_EVENTS_KEPT)
         self.messages = 0
+        self.events_seen = 0
         self.rejected: dict[str, int] = {}
         self._client: Any = None
 
-    def on_payload(self, payload: bytes | bytearray | str) -> None:
+    def on_message(self, topic: str, payload: bytes | bytearray | str) -> None:
         try:
-            recs = parse_positions(payload)
+            kind, recs = parse_live(topic, payload)
         except ValueError as exc:
             with self._lock:
                 reason = str(exc).split(":")[0]
@@ -637,15 +661,23 @@ class LiveFeed:
             return
         with self._lock:
             self.messages += 1
-            for r in recs:
-                self.latest[r["device"]] = r
+            if kind == "event":
+                self.events.extend(recs)
+                self.events_seen += 1
+            for r in recs if kind == "positions" else ():
+                self.latest[r["dev"]] = r
 
     def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(v) for v in self.latest.values()]
 
+    def recent_events(self) -> list[dict[str, Any]]:
+        """The newest events first (up to LIVE_EVENTS_KEPT)."""
+        with self._lock:
+            return [dict(e) for e in reversed(self.events)]
+
     def connect(
-        self, host: str, port: int, topic: str = POSITIONS_TOPIC, timeout_s: float = 5.0
+        self, host: str, port: int, topics: Sequence[str] = LIVE_TOPICS, timeout_s: float = 5.0
     ) -> None:
         """Connect and subscribe; raises ConnectionError with the broker's reason."""
         import paho.mqtt.client as mqtt
@@ -658,12 +690,12 @@ class LiveFeed:
         ) -> None:
             result["reason"] = reason
             if not reason.is_failure:
-                client.subscribe(topic, qos=1)
+                client.subscribe([(t, 1) for t in topics])
             ready.set()
 
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         client.on_connect = on_connect
-        client.on_message = lambda _c, _u, msg: self.on_payload(msg.payload)
+        client.on_message = lambda _c, _u, msg: self.on_message(msg.topic, msg.payload)
         try:
             client.connect(host, port, keepalive=30)
         except OSError as exc:

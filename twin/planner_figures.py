@@ -7,6 +7,7 @@ traces (polygons joined with None breaks), never one trace per tag.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -245,12 +246,31 @@ def add_frame(
     frame: Mapping[str, np.ndarray],
     device_ids: Sequence[str],
     max_circles: int = 15,
+    truth: bool = True,
 ) -> go.Figure:
-    """True positions, estimates, the error between them, and 90 % radii for a sample."""
+    """True positions, estimates, the error between them, and 90 % radii for a sample.
+    ``truth=False`` (the live view: no ground truth exists) draws estimates and radii only."""
     n = len(frame["x"])
     if n == 0:
         return fig
-    tx, ty, ex, ey = frame["true_x"], frame["true_y"], frame["x"], frame["y"]
+    ex, ey = frame["x"], frame["y"]
+    names = [device_ids[int(d)] for d in frame["device"]]
+    if not truth:
+        _add_radii(fig, ex, ey, frame["r90"], max_circles)
+        fig.add_trace(
+            go.Scatter(
+                x=ex,
+                y=ey,
+                mode="markers",
+                marker={"size": 7, "color": "#e76f51", "symbol": "x"},
+                name="estimate",
+                text=names,
+                customdata=frame["r90"],
+                hovertemplate="%{text}<br>r90 %{customdata:.1f} m<extra></extra>",
+            )
+        )
+        return fig
+    tx, ty = frame["true_x"], frame["true_y"]
     seg_x = np.column_stack([tx, ex, np.full(n, np.nan)]).ravel()
     seg_y = np.column_stack([ty, ey, np.full(n, np.nan)]).ravel()
     fig.add_trace(
@@ -263,19 +283,7 @@ def add_frame(
             hoverinfo="skip",
         )
     )
-    step = max(1, n // max_circles)
-    cx, cy = _circles(ex[::step], ey[::step], frame["r90"][::step])
-    fig.add_trace(
-        go.Scatter(
-            x=cx,
-            y=cy,
-            mode="lines",
-            line={"color": "#e76f51", "width": 0.8, "dash": "dot"},
-            name="90 % radius",
-            hoverinfo="skip",
-        )
-    )
-    names = [device_ids[int(d)] for d in frame["device"]]
+    _add_radii(fig, ex, ey, frame["r90"], max_circles)
     fig.add_trace(
         go.Scatter(
             x=tx,
@@ -303,6 +311,23 @@ def add_frame(
     return fig
 
 
+def _add_radii(
+    fig: go.Figure, x: np.ndarray, y: np.ndarray, r90: np.ndarray, max_circles: int
+) -> None:
+    step = max(1, len(x) // max_circles)
+    cx, cy = _circles(x[::step], y[::step], r90[::step])
+    fig.add_trace(
+        go.Scatter(
+            x=cx,
+            y=cy,
+            mode="lines",
+            line={"color": "#e76f51", "width": 0.8, "dash": "dot"},
+            name="90 % radius",
+            hoverinfo="skip",
+        )
+    )
+
+
 def add_track(fig: go.Figure, track: Mapping[str, np.ndarray], name: str) -> go.Figure:
     """One tag's true path and estimated path over the run."""
     fig.add_trace(
@@ -328,7 +353,8 @@ def add_track(fig: go.Figure, track: Mapping[str, np.ndarray], name: str) -> go.
 
 
 def cost_accuracy(rows: Sequence[Mapping[str, Any]], front: Sequence[str]) -> go.Figure:
-    """Cost against median and p90 error, one point per layout; the Pareto front is starred."""
+    """Capex (the ROI model's) against median and p90 error, one point per layout, with
+    payback and NPV on hover; the Pareto front (cost vs p90 error) is starred."""
     fig = go.Figure()
     cost = [r["cost"] for r in rows]
     names = [str(r["layout"]) for r in rows]
@@ -343,20 +369,30 @@ def cost_accuracy(rows: Sequence[Mapping[str, Any]], front: Sequence[str]) -> go
                 mode="markers+text",
                 name=label,
                 text=names,
+                customdata=[
+                    [
+                        f"{r['payback_months']:.1f} months"
+                        if math.isfinite(r.get("payback_months", math.inf))
+                        else "never",
+                        r.get("npv", math.nan),
+                    ]
+                    for r in rows
+                ],
                 textposition="top center",
                 marker={
                     "size": [16 if n in front else 10 for n in names],
                     "color": colour,
                     "symbol": ["star" if n in front else "circle" for n in names],
                 },
-                hovertemplate="%{text}<br>cost %{x:,.0f}<br>"
+                hovertemplate="%{text}<br>capex %{x:,.0f}<br>"
                 + label
-                + " %{y:.2f} m<extra></extra>",
+                + " %{y:.2f} m<br>payback %{customdata[0]}<br>NPV %{customdata[1]:,.0f}"
+                + "<extra></extra>",
             )
         )
     fig.update_layout(
         height=380,
-        xaxis_title="cost (gateways x unit cost + tags x tag cost)",
+        xaxis_title="capex (ROI model: tags, gateways and installation, project)",
         yaxis_title="position error (m)",
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
         title="cost vs accuracy (star: no other layout is cheaper and more accurate)",
@@ -378,12 +414,27 @@ def events_timeline(
                 y=[rule] * len(evs),
                 mode="markers",
                 name=rule,
-                text=[str(e.get("device", e.get("tag", ""))) for e in evs],
+                text=[str(e.get("tag") or e.get("gateway") or e.get("device") or "") for e in evs],
                 hovertemplate="%{text} at %{x:.0f} s<extra>" + rule + "</extra>",
             )
         )
-    for inc in incidents:
-        fig.add_vline(x=float(inc.get("t", 0.0)), line={"color": "#999999", "dash": "dot"})
+    # Injected incidents as dotted lines (one shape each; a layout list, not vline calls,
+    # which re-validate the figure per line).
+    fig.update_layout(
+        shapes=[
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": float(inc.get("t", 0.0)),
+                "x1": float(inc.get("t", 0.0)),
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": "#999999", "dash": "dot", "width": 1},
+            }
+            for inc in incidents
+        ]
+    )
     fig.update_layout(
         height=300, xaxis_title="time (s)", margin={"l": 10, "r": 10, "t": 20, "b": 10}
     )
@@ -486,5 +537,42 @@ def playback_animation(
                 ],
             }
         ],
+    )
+    return fig
+
+
+def cumulative_cash(cumulative: Sequence[float], payback_month: int | None) -> go.Figure:
+    """The ROI model's base case: cumulative cash by month (month 0 = -capex), payback marked."""
+    months = list(range(len(cumulative)))
+    fig = go.Figure(
+        go.Scatter(
+            x=months,
+            y=list(cumulative),
+            mode="lines",
+            name="cumulative cash",
+            line={"color": "#264653"},
+            hovertemplate="month %{x}: %{y:,.0f}<extra></extra>",
+        )
+    )
+    fig.add_hline(y=0, line={"color": "#999999", "width": 1})
+    if payback_month is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[payback_month],
+                y=[cumulative[payback_month]],
+                mode="markers+text",
+                text=[f"payback, month {payback_month}"],
+                textposition="bottom right",
+                marker={"size": 10, "color": "#e76f51"},
+                name="payback",
+            )
+        )
+    fig.update_layout(
+        height=280,
+        showlegend=False,
+        xaxis_title="month",
+        yaxis_title="cumulative cash (base case)",
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        title="cumulative cash",
     )
     return fig

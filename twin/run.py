@@ -17,12 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
+from engine.contract import GatewayInfo
 from engine.evaluate import BoundSetup, LatencySetup, evaluate, position_errors
 from engine.localize import ObstacleMap, RadioMap
 from engine.pipeline import Engine, EngineConfig
 from engine.rules import CHECKOUT_DTYPE, Event, JsonLinesSink, ListSink, RuleContext, RuleEngine
 from engine.rules.scoring import count_accuracy, score_events
 from engine.track import FloorPlan
+from engine.zones import ZoneIndex
 from radio_models.environment import Grid
 from radio_models.geometry import crossing_loss_db
 from radio_models.pathloss import effective_exponent
@@ -34,7 +36,7 @@ from twin.incidents import (
     true_zone_counts,
 )
 from twin.scenario import Scenario
-from twin.sim import TwinResult, WarehouseTwin, path_loss_model
+from twin.sim import TwinResult, WarehouseTwin, path_loss_model, tag_ids
 
 FEED_CHUNK_S = 30.0  # sightings are handed to the engine 30 simulated seconds at a time
 
@@ -145,14 +147,29 @@ def feed_engine(engine: Engine, sightings: NDArray[np.void], end_t: float) -> ND
 
 def rule_context_for(scenario: Scenario, twin: WarehouseTwin) -> RuleContext:
     """The registry the rules see: device ids, their tag class (group) and its interval."""
+    return registry_context(scenario, twin.site.zones, twin.gateways, twin.fleet.ids)
+
+
+def registry_context(
+    scenario: Scenario, zones: ZoneIndex, gateways: GatewayInfo, device_ids: list[str] | None = None
+) -> RuleContext:
+    """A rule context whose registry is the scenario's tag fleet (ids as the twin names
+    them, class = tag group). ``device_ids`` may be a live IdTable's growing list that
+    starts with the fleet in that order; devices past the fleet are unregistered."""
+    fleet = [tid for g in scenario.tags for tid in tag_ids(g.name, g.count)]
+    if device_ids is None:
+        device_ids = fleet
+    if device_ids[: len(fleet)] != fleet:
+        raise ValueError("device_ids must start with the scenario's fleet, in order")
+    classes = np.repeat(np.arange(len(scenario.tags), dtype=np.int32), [g.count for g in scenario.tags])
     return RuleContext(
-        zones=twin.site.zones,
-        device_ids=twin.fleet.ids,
-        device_class=twin.fleet.group.astype(np.int32),
+        zones=zones,
+        device_ids=device_ids,
+        device_class=classes,
         class_names=tuple(g.name for g in scenario.tags),
         class_interval_s=np.array([g.adv_interval_ms / 1000 for g in scenario.tags]),
-        gateway_ids=twin.gateways.ids,
-        gateway_xy=twin.gateways.xyz[:, :2].copy(),
+        gateway_ids=gateways.ids,
+        gateway_xy=gateways.xyz[:, :2].copy(),
     )
 
 

@@ -96,11 +96,13 @@ class RackRows(Strict):
 
 class Site(Strict):
     outline: list[Point] = Field(description="outer walls, metres")
-    tag_height_m: float = Field(1.0, ge=0, le=20)
-    walls: list[Wall] = []
-    racks: list[Rack] = []
-    rack_rows: list[RackRows] = []
-    materials: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MATERIAL_LOSS_DB))
+    tag_height_m: float = Field(1.0, ge=0, le=20, description="height of tags above the floor, metres")
+    walls: list[Wall] = Field(default_factory=list, description="interior walls (polylines with a material)")
+    racks: list[Rack] = Field(default_factory=list, description="racks one by one")
+    rack_rows: list[RackRows] = Field(default_factory=list, description="blocks of parallel racks")
+    materials: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_MATERIAL_LOSS_DB), description="wall material -> loss in dB per crossing"
+    )
 
     @field_validator("outline")
     @classmethod
@@ -120,9 +122,9 @@ class Site(Strict):
 
 
 class Zone(Strict):
-    name: str = Field(min_length=1)
-    role: ZoneRole = "other"
-    polygon: list[Point]
+    name: str = Field(min_length=1, description="unique zone name")
+    role: ZoneRole = Field("other", description="what the zone is for; rules and movers select zones by role")
+    polygon: list[Point] = Field(description="outline, metres; where zones overlap the first listed wins")
 
     @field_validator("polygon")
     @classmethod
@@ -172,9 +174,9 @@ class GatewayGrid(Strict):
 class Gateways(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    defaults: GatewayDefaults = GatewayDefaults()
+    defaults: GatewayDefaults = Field(GatewayDefaults(), description="what every gateway gets unless it overrides it")
     units: list[Gateway] = Field(default_factory=list, alias="list", description="gateways one by one")
-    grid: GatewayGrid | None = None
+    grid: GatewayGrid | None = Field(None, description="a regular layout, added after the listed ones")
 
 
 class Placement(Strict):
@@ -183,10 +185,10 @@ class Placement(Strict):
 
 
 class TagGroup(Strict):
-    name: str = Field(min_length=1)
-    count: int = Field(ge=0, le=1_000_000)
-    model: str = "xiaomi-tag"
-    placement: Placement = Placement()
+    name: str = Field(min_length=1, description="group name; tag ids are <name>-<5 digits>")
+    count: int = Field(ge=0, le=1_000_000, description="number of tags in the group")
+    model: str = Field("xiaomi-tag", description="tag model label (reported, used by rules for expected intervals)")
+    placement: Placement = Field(Placement(), description="where the tags start, at rest")
     adv_interval_ms: float = Field(1000.0, ge=20, le=10240, description="BLE advInterval, 20 ms - 10.24 s")
     tx_power_1m_dbm: float = Field(-59.0, ge=-100, le=0, description="RSSI at 1 m")
     adv_interval_moving_ms: float | None = Field(
@@ -196,7 +198,7 @@ class TagGroup(Strict):
         37, ge=6, le=37, description="legacy PDU payload: AdvA 6 + AdvData 0-31"
     )
     battery_pct: tuple[float, float] = Field((80.0, 100.0), description="uniform initial range")
-    battery_drain_pct_per_day: float = Field(0.1, ge=0)
+    battery_drain_pct_per_day: float = Field(0.1, ge=0, description="linear battery drain")
 
     @field_validator("battery_pct")
     @classmethod
@@ -208,14 +210,14 @@ class TagGroup(Strict):
 
 
 class MoverGroup(Strict):
-    name: str = Field(min_length=1)
-    kind: Literal["picker", "forklift"] = "picker"
-    count: int = Field(1, ge=0, le=10_000)
-    speed_mps: float = Field(1.2, gt=0, le=10)
+    name: str = Field(min_length=1, description="group name")
+    kind: Literal["picker", "forklift"] = Field("picker", description="label; speed and load come from the fields")
+    count: int = Field(1, ge=0, le=10_000, description="number of movers in the group")
+    speed_mps: float = Field(1.2, gt=0, le=10, description="walking or driving speed")
     route: list[str] = Field(min_length=2, description="zone names or roles visited in turn")
-    items_per_trip: tuple[int, int] = (1, 3)
-    dwell_s: float = Field(20.0, ge=0)
-    start_s: float = Field(0.0, ge=0)
+    items_per_trip: tuple[int, int] = Field((1, 3), description="[low, high] items carried per leg, uniform")
+    dwell_s: float = Field(20.0, ge=0, description="time spent at each stop (half before, half after picking)")
+    start_s: float = Field(0.0, ge=0, description="when the movers start work")
 
     @field_validator("items_per_trip")
     @classmethod
@@ -296,15 +298,17 @@ class AirInterfaceParams(Strict):
 
 class Radio(Strict):
     model: PathLossParams = Field(default_factory=LogDistanceParams)
-    shadowing_sigma_db: float = Field(4.0, ge=0, le=20)
-    decorrelation_m: float = Field(6.0, ge=0, le=100)
-    fading: Literal["none", "rayleigh", "rician"] = "rayleigh"
-    rician_k_db: float = 6.0
-    channel_offset_db: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    gateway_bias_sigma_db: float = Field(0.0, ge=0, le=10)
+    shadowing_sigma_db: float = Field(4.0, ge=0, le=20, description="static log-normal shadowing per gateway")
+    decorrelation_m: float = Field(6.0, ge=0, le=100, description="Gudmundson decorrelation distance of the shadowing")
+    fading: Literal["none", "rayleigh", "rician"] = Field("rayleigh", description="per-packet fast fading")
+    rician_k_db: float = Field(6.0, description="Rician K factor (LoS / scattered power) when fading = rician")
+    channel_offset_db: tuple[float, float, float] = Field(
+        (0.0, 0.0, 0.0), description="mean RSSI offset on channels 37, 38, 39"
+    )
+    gateway_bias_sigma_db: float = Field(0.0, ge=0, le=10, description="spread of per-gateway RSSI bias")
     grid_m: float = Field(0.5, gt=0.05, le=5.0, description="resolution of the static loss maps")
     channel_spacing_ms: float = Field(0.4, gt=0, lt=10, description="gap between the 37/38/39 packets")
-    air: AirInterfaceParams = Field(default_factory=AirInterfaceParams)
+    air: AirInterfaceParams = Field(default_factory=AirInterfaceParams, description="PHY, collisions, Wi-Fi")
 
 
 class EngineSettings(Strict):
@@ -319,16 +323,16 @@ class EngineSettings(Strict):
         description="fingerprints for knn/radio-map/hmm/particle: predicted from the path-loss "
         "model and site plan, or a perfect calibration walk of the twin's radio (shadowing "
         "included)")
-    particles: int = Field(default=128, ge=8, le=10_000)
+    particles: int = Field(default=128, ge=8, le=10_000, description="particles per tag (particle tracker)")
     tracker_speed_mps: float = Field(
         default=1.5, gt=0, le=20, description="typical speed of a carried tag")
     zone_hysteresis: bool = Field(
         default=False, description="a tag changes zone only on repeated evidence")
-    window_s: float = Field(4.0, gt=0)
-    step_s: float = Field(1.0, gt=0)
-    allowed_lateness_s: float = Field(2.0, ge=0)
+    window_s: float = Field(4.0, gt=0, description="length of the sliding window one fix summarises")
+    step_s: float = Field(1.0, gt=0, description="time between fixes")
+    allowed_lateness_s: float = Field(2.0, ge=0, description="how long a window waits for late sightings")
     path_loss_exponent: float | None = Field(None, description="defaults to the radio model's")
-    min_gateways: int = Field(3, ge=1)
+    min_gateways: int = Field(3, ge=1, description="fewer gateways heard: weighted centroid with a wide radius")
     use_site_plan: bool = Field(True, description="model wall and rack losses from the site plan")
 
 
@@ -407,22 +411,24 @@ class Bound(Strict):
 
 
 class Scenario(Strict):
-    name: str = Field(min_length=1)
-    description: str = ""
-    duration_s: float = Field(gt=0, le=7 * 24 * 3600)
-    seed: int = Field(ge=0)
+    name: str = Field(min_length=1, description="scenario name, used in reports")
+    description: str = Field("", description="free text")
+    duration_s: float = Field(gt=0, le=7 * 24 * 3600, description="simulated time")
+    seed: int = Field(ge=0, description="every random draw of the run derives from it")
     tick_s: float = Field(0.5, gt=0, le=10, description="radio batch length in simulated seconds")
-    site: Site
-    zones: list[Zone] = []
-    gateways: Gateways
-    tags: list[TagGroup] = Field(min_length=1)
-    movers: list[MoverGroup] = []
-    radio: Radio = Radio()
-    engine: EngineSettings = EngineSettings()
-    incidents: list[IncidentSpec] = []
-    checkouts: CheckoutTraffic = Field(default_factory=lambda: CheckoutTraffic.model_validate({}))
-    rules: RuleSet = Field(default_factory=lambda: RuleSet.model_validate({}))
-    roi: RoiInputs = Field(default_factory=lambda: RoiInputs.model_validate({}))
+    site: Site = Field(description="outline, walls, racks")
+    zones: list[Zone] = Field(default_factory=list, description="named polygons with roles")
+    gateways: Gateways = Field(description="the gateway layout")
+    tags: list[TagGroup] = Field(min_length=1, description="the tag fleet, in groups")
+    movers: list[MoverGroup] = Field(default_factory=list, description="pickers and forklifts carrying items")
+    radio: Radio = Field(Radio(), description="propagation and air-interface models")
+    engine: EngineSettings = Field(EngineSettings(), description="localizer, tracker, windows")
+    incidents: list[IncidentSpec] = Field(default_factory=list, description="ground-truth incidents to inject")
+    checkouts: CheckoutTraffic = Field(
+        default_factory=lambda: CheckoutTraffic.model_validate({}), description="legitimate exits with a POS checkout"
+    )
+    rules: RuleSet = Field(default_factory=lambda: RuleSet.model_validate({}), description="rule set, docs/rules.md")
+    roi: RoiInputs = Field(default_factory=lambda: RoiInputs.model_validate({}), description="ROI inputs (docs/roi.md)")
     expected: dict[str, Bound] = Field(default_factory=dict, description="metric name -> bounds")
 
     @model_validator(mode="after")

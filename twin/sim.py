@@ -101,6 +101,11 @@ def resolve_gateways(scenario: Scenario, site: SiteModel) -> tuple[GatewayInfo, 
     return GatewayInfo(tuple(ids), arr[:, :3].copy()), arr[:, 3:].copy()
 
 
+def tag_ids(group_name: str, count: int) -> list[str]:
+    """The device ids of a tag group: ``<group name>-<5 digits>``, numbered from 1."""
+    return [f"{group_name}-{i + 1:05d}" for i in range(count)]
+
+
 @dataclass
 class Fleet:
     """Per-tag arrays (index = device code)."""
@@ -134,7 +139,7 @@ class Fleet:
             moving_ms = g.adv_interval_moving_ms or g.adv_interval_ms
             parts["adv_moving"].append(np.full(g.count, moving_ms / 1000))
             parts["payload"].append(np.full(g.count, g.payload_bytes))
-            ids += [f"{g.name}-{i + 1:05d}" for i in range(g.count)]
+            ids += tag_ids(g.name, g.count)
         cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
         return cls(
             ids, cat["group"].astype(np.int32), cat["xy"].reshape(-1, 2), cat["adv"], cat["tx"],
