@@ -425,13 +425,14 @@ class RuleEngine:
 
     def silence_threshold(self, d: IntArray) -> tuple[FloatArray, FloatArray]:
         """theta = k * (interval + advDelay max) + latency, k the fewest misses in a row with
-        q^k <= alpha.
+        q rho1 rho2^(k-2) <= alpha.
 
         A present tag stays silent past theta only if its next k advertisements were all
         missed (BLE Core Vol 6 Part B 4.4.2.2.1: events are advInterval + advDelay apart,
-        advDelay <= 10 ms), which happens with probability q^k if misses are independent;
-        with alpha from :meth:`false_alarm_risk` the expected false missing-tag alarms stay
-        below the design rate (a geometric tail test, per tag).
+        advDelay <= 10 ms), which happens with :meth:`silent_probability` (not q^k: losses
+        come in bursts); with alpha from :meth:`false_alarm_risk` the expected false
+        missing-tag alarms stay below the design rate. A tag that last reported a cell at or
+        below ``dying_battery_pct`` is expected to fall silent: k = min_missed.
         """
         cfg = self.rules.missing
         q = np.clip(self.miss_rate(d), 1e-12, 1 - 1e-12)
