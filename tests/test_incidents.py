@@ -92,14 +92,16 @@ def test_rules_scored_on_short_incident_run(tmp_path: Path) -> None:
     assert isinstance(rules, dict)
     ex = rules["exit_without_checkout"]
     assert ex["incidents"] == 24
-    assert ex["recall"] >= 0.9
+    assert ex["recall"] >= 0.95
     assert ex["precision"] >= 0.9
     assert rules["gateway_health"]["recall"] == 1.0
     assert rules["battery_low"]["recall"] == 1.0
-    # tags destroyed right after being carried have no at-rest history yet: k = 3-4 for them
-    assert rules["missing_tag"]["delay_intervals"]["median"] <= 3.5
+    # dying cells (they report it) are called after 2 silent intervals (1.7 median here);
+    # healthy tags destroyed right after being carried need k = 7-9, as losses common to all
+    # gateways come in bursts (docs/rules.md)
+    assert rules["missing_tag"]["delay_intervals"]["median"] <= 2.5
     assert rules["missing_tag"]["recall"] == 1.0
-    assert rules["false_alarms"] <= 1
+    assert rules["false_alarms"] == 0
     paths = write_outputs(run, tmp_path)
     lines = paths["events"].read_text().splitlines()
     assert len(lines) == len(run.events)

@@ -124,7 +124,8 @@ def test_zone_enter_after_confirm_fixes_and_dwell() -> None:
 def test_missing_tag_after_k_intervals_not_for_slow_class() -> None:
     eng = RuleEngine(rules_with(missing={"false_alarms_per_day_per_1000_tags": 1e5}), context())
     # tag 0 advertises every 1 s until t = 60; tag 1 (10 s class) every 10 s throughout.
-    # (a lax design rate, alpha = 1.2e-3, so that 60 clean adverts give k = 2)
+    # (a lax design rate, alpha = 1.2e-3; q ~ 0.5 / 61 from 60 clean adverts, and with no
+    # run of misses seen yet the burst continuation is its prior 1/2: q (1/2)^3 <= alpha, k = 4)
     s = np.concatenate([adverts(0, 0.2, 60, 1.0), adverts(1, 0.5, 120, 10.0)])
     ev = drive(eng, s, [], 120)
     missing = [e for e in ev if e.rule == "missing_tag"]
@@ -133,7 +134,9 @@ def test_missing_tag_after_k_intervals_not_for_slow_class() -> None:
     last = 59.2
     k = e.evidence["missed_in_a_row"]
     assert e.t == pytest.approx(last + k * 1.01 + 0.005)
-    assert e.t - last <= 3.05  # alpha 1e-3 with ~60 clean adverts: k = 2
+    assert k == 4
+    # q = loss floor + common-mode (0 + 1/2) / (60 + 1); p = q rho^(k - 1)
+    assert e.evidence["p_silent_if_present"] == pytest.approx((5e-5 + 0.5 / 61) * 0.5**3)
     assert e.severity == "alarm"
     assert 0 < e.confidence <= 1
 
@@ -156,6 +159,9 @@ def exit_run(
     rows = [
         fixes(float(t), [0], [10.0 + 12.0 * t / 30], [10.0], motion=motion) for t in range(1, 31)
     ]
+    # runs of misses the site has seen, as in the demo twin: rho1 = 0.071, rho2 = 0.12
+    # (without them both keep their prior 1/2 and k is large)
+    eng.burst_missed, eng.burst_continued, eng.burst_deep = 400, 28, 3
     s = adverts(0, 0.2, 30, 1.0)
     if checkout_t is not None:
         co = np.zeros(1, CHECKOUT_DTYPE)
@@ -365,19 +371,20 @@ def test_threshold_grows_with_miss_rate() -> None:
     eng._grow(3)
     eng.tags["n_heard"][:3] = [10_000, 1000, 1000]
     eng.tags["n_missed"][:3] = [0, 1, 100]
+    # rho1 ~ 0.07, rho2 ~ 0.12 as in the demo twin
+    eng.burst_missed, eng.burst_continued, eng.burst_deep = 1000, 70, 8
     theta, k = eng.silence_threshold(np.arange(3))
-    assert k[0] <= k[1] < k[2]
+    assert k[0] <= k[1] < k[2]  # tag 1 is a 10 s class: alpha 10 x larger
     assert math.isclose(theta[2], k[2] * 1.01 + 0.005)
 
 
 def test_per_gateway_miss_rate_for_tags_at_rest() -> None:
     eng = RuleEngine(rules_with(), context(2))
-    # tag 0 heard by all 3 gateways on every frame for 100 s: q hits the floor, k = 2.
+    # tag 0 heard by all 3 gateways on every frame for 100 s: the per-gateway product hits
+    # the floor; the common-mode estimate is still its prior (0 + 1/2) / (100 + 1).
     eng.observe_sightings(adverts(0, 0.2, 100, 1.0))
     q = eng.miss_rate(np.array([0]))
-    assert q[0] == pytest.approx(5e-5)
-    _, k = eng.silence_threshold(np.array([0]))
-    assert k[0] == 2
+    assert q[0] == pytest.approx(5e-5 + 0.5 / 101)
     # it moves: the per-gateway history restarts and the frame-counter estimate applies
     eng.process_fixes(fixes(100.0, [0], [5.0], [5.0], motion=1))
     assert eng.miss_rate(np.array([0]))[0] == pytest.approx(0.5 / 101)
@@ -387,3 +394,68 @@ def test_per_gateway_miss_rate_for_tags_at_rest() -> None:
     q_one = eng2.miss_rate(np.array([0]))[0]
     eng2.gw_state[0] = 1
     assert eng2.miss_rate(np.array([0]))[0] > q_one
+
+
+
+def heard_frames(device: int, heard: np.ndarray, gateways: tuple[int, ...] = (0, 1, 2)):
+    """Sightings of frame i at t = i + 0.2 s by every gateway, for the frames heard."""
+    seq = np.repeat(np.flatnonzero(heard), len(gateways))
+    return sightings_from_columns(
+        t=seq + 0.2,
+        gateway=np.tile(np.array(gateways), int(heard.sum())),
+        device=np.full(len(seq), device),
+        rssi=np.full(len(seq), -70.0),
+        channel=37,
+        seq=seq,
+    )
+
+
+def test_burst_statistics_from_frame_counters() -> None:
+    """Runs of misses are counted per closed run: isolated misses keep rho1 small and k low,
+    runs of misses (collisions that recur) raise rho1 and rho2 and with them k."""
+    n = 2000
+    lax = rules_with(missing={"false_alarms_per_day_per_1000_tags": 1e5})  # alpha 1.16e-3
+    isolated = np.ones(n, bool)
+    isolated[10:n:50] = False  # 40 single misses
+    eng = RuleEngine(lax, context(3))
+    eng.observe_sightings(heard_frames(0, isolated))
+    assert (eng.burst_missed, eng.burst_continued, eng.burst_deep) == (40, 0, 0)
+    assert eng.burst_continuation() == pytest.approx((0.5 / 41, 0.5))
+    # q of a tag at rest: the per-gateway product (floored) plus the site's common-mode loss,
+    # here all 40 misses hit every gateway at once: q_c = (40 - 2000 x 0.02^3 + 1/2) / 2001
+    q_gw = (1 - (n - 40 + 0.5) / (n + 1)) ** 3
+    assert eng.common_loss() == pytest.approx((40 - n * q_gw + 0.5) / (n + 1), rel=1e-9)
+    q = eng.miss_rate(np.array([0]))[0]
+    assert q == pytest.approx(5e-5 + eng.common_loss(), rel=1e-9)
+    # the tag's own continuation (0 of its 40 misses followed a miss), shrunk toward the
+    # site's with the weight of 20 misses, and at least q; rho2 at least rho1
+    rho1 = max((0 + 20 * 0.5 / 41) / (40 + 20), q)
+    r1, r2 = eng.tag_continuation(np.array([0]), np.array([q]))
+    assert (r1[0], r2[0]) == pytest.approx((rho1, 0.5))
+    _, k_iso = eng.silence_threshold(np.array([0]))
+    alpha = 1e5 / 1000 / 86_400
+    assert q * rho1 <= alpha
+    assert k_iso[0] == 2
+    bursty = np.ones(n, bool)
+    for start in range(10, n - 10, 50):
+        bursty[start : start + 3] = False  # 40 runs of 3
+    eng2 = RuleEngine(lax, context(3))
+    # the same frames in two batches: a run that spans the batch boundary counts once
+    eng2.observe_sightings(heard_frames(0, np.where(np.arange(n) < 1011, bursty, False)))
+    eng2.observe_sightings(heard_frames(0, np.where(np.arange(n) >= 1011, bursty, False)))
+    assert (eng2.burst_missed, eng2.burst_continued, eng2.burst_deep) == (120, 80, 40)
+    assert (eng2.tags["b_missed"][0], eng2.tags["b_cont"][0], eng2.tags["b_deep"][0]) == (
+        120,
+        80,
+        40,
+    )
+    q2 = eng2.miss_rate(np.array([0]))[0]
+    r1, r2 = eng2.tag_continuation(np.array([0]), np.array([q2]))
+    _, k_burst = eng2.silence_threshold(np.array([0]))
+    assert k_burst[0] == 2 + math.ceil(math.log(q2 * r1[0] / alpha) / -math.log(r2[0]))
+    assert k_burst[0] > k_iso[0]
+    p = eng2.silent_probability(np.array([0, 0]), np.array([k_burst[0], k_burst[0] - 1]))
+    assert p[0] <= alpha < p[1]
+    # a tag that reports a nearly empty cell is expected to fall silent: k = min_missed
+    eng2.tags["battery"][0] = 3
+    assert eng2.silence_threshold(np.array([0]))[1][0] == 2

@@ -126,18 +126,30 @@ class MissingRule(_Strict):
         default=0.005, ge=0, le=10, description="advertisement to sighting time-stamp slack"
     )
     min_missed: int = Field(default=2, ge=1, le=100)
-    max_missed: int = Field(default=8, ge=1, le=1000)
+    max_missed: int = Field(default=16, ge=1, le=1000)
     per_gateway: bool = Field(
         default=True, description="estimate q from per-gateway reception of tags at rest"
     )
     loss_floor: float = Field(
-        default=5e-5, gt=0, lt=1, description="q never below this (losses common to all gateways)"
+        default=5e-5, gt=0, lt=1, description="q of a tag at rest never below this"
     )
     min_adverts: int = Field(
         default=20, ge=1, description="frames since the last motion before per-gateway q is used"
     )
     prior_adverts: float = Field(
         default=1.0, gt=0, description="Jeffreys-like prior weight of the miss-rate estimate"
+    )
+    burst_prior_misses: float = Field(
+        default=20.0,
+        gt=0,
+        description="weight (in misses) of the site's burst continuation in each tag's own",
+    )
+    dying_battery_pct: float = Field(
+        default=5.0,
+        ge=0,
+        le=100,
+        description="a tag whose last reading is at or below this is expected to fall silent: "
+        "k = min_missed",
     )
     expected_interval_s: dict[str, float] = Field(
         default_factory=dict, description="tag class -> advertising interval; else the registry's"
@@ -214,7 +226,9 @@ class MisplacedRule(_Strict):
         default_factory=lambda: ["storage", "receiving", "packing", "shipping", "checkout", "exit"]
     )
     time_constant_s: float = Field(default=30.0, gt=0)
-    threshold: float = Field(default=0.45, gt=0, lt=1)
+    threshold: float = Field(
+        default=0.55, gt=0, lt=1, description="smoothed P(forbidden zone) that raises the alarm"
+    )
     rearm: float = Field(default=0.2, ge=0, lt=1)
 
     @model_validator(mode="after")

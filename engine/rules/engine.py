@@ -18,7 +18,7 @@ State transitions, all of them, per tag:
 
 * zone: ``cand`` counts consecutive fixes in one zone; after ``confirm_fixes`` the zone
   becomes ``conf`` (zone_exit of the old, zone_enter of the new; dwell clock restarts).
-* presence: heard -> (silent for theta = (k + 1/2) intervals) -> either
+* presence: heard -> (silent for theta = k intervals, k from the burst loss model) -> either
   *missing* (missing_tag alarm) or, when it vanished near an exit, *pending exit*.
   A pending exit becomes *exited* (checkout matched: exit_checked_out; else scored:
   exit_without_checkout alarm, exit_unresolved review, or a missing_tag fallback),
@@ -157,6 +157,9 @@ _FILL: dict[str, tuple[object, str]] = {
     "last_seq": (-1, "i8"),
     "n_heard": (0, "i8"),
     "n_missed": (0, "i8"),
+    "b_missed": (0, "i8"),  # adverts missed in the tag's closed runs of misses (capped)
+    "b_cont": (0, "i8"),  # of those, misses that followed a miss
+    "b_deep": (0, "i8"),  # and misses that followed two misses
     "missing": (False, "?"),
     "pending": (False, "?"),
     "exited": (False, "?"),
@@ -275,6 +278,14 @@ class RuleEngine:
         self.checkout_watermark = -np.inf
         self.g_heard = np.zeros((0, n_gw), np.int32)  # (tag, gateway) distinct frames heard
         self.g_sent = np.zeros(0, np.int64)  # frames sent since the tag last moved
+        self.g_missed = np.zeros(0, np.int64)  # of those, frames no gateway heard
+        # Site-wide burst statistics from the frame counters: adverts missed in closed runs
+        # of misses (each run capped at max_missed) and how many of them followed a miss.
+        self.burst_missed = 0
+        self.burst_continued = 0
+        self.burst_deep = 0
+        self._common_cache: tuple[int, float] | None = None
+        self._obs_version = 0
         self.now = -np.inf
         self._next_count_t = rules.missing.cycle_count_every_s
         self._next_forecast_t = rules.battery.forecast_every_s
@@ -297,6 +308,7 @@ class RuleEngine:
         if cap > len(self.g_sent):
             extra = cap - len(self.g_sent)
             self.g_sent = np.concatenate([self.g_sent, np.zeros(extra, np.int64)])
+            self.g_missed = np.concatenate([self.g_missed, np.zeros(extra, np.int64)])
             self.g_heard = np.vstack(
                 [self.g_heard, np.zeros((extra, self.g_heard.shape[1]), np.int32)]
             )
@@ -322,15 +334,53 @@ class RuleEngine:
         out[ok] = self._class_interval[cls[ok]]
         return out
 
+    def _q_gw(self, d: IntArray) -> FloatArray:
+        """prod_g (1 - h_g) over gateways now up: the tag's loss if gateways failed
+        independently (fading, scanner channel, sensitivity are per gateway)."""
+        g_sent = self.g_sent[d].astype(float)
+        h = (self.g_heard[d] + 0.5) / (g_sent[:, None] + 1.0)
+        up = (self.gw_state == 0).astype(float)
+        return np.asarray(np.exp(np.log1p(-np.minimum(h, 1 - 1e-12)) @ up))
+
+    def common_loss(self) -> float:
+        """q_c, the share of adverts lost at every gateway at once beyond what independent
+        per-gateway losses explain (collisions that no gateway captures, bodies, Wi-Fi):
+        pooled over tags at rest, (sum missed - sum sent x prod_g (1 - h_g) + 1/2) /
+        (sum sent + 1). Cached until new sightings arrive."""
+        if self._common_cache is not None and self._common_cache[0] == self._obs_version:
+            return self._common_cache[1]
+        n = self.tags.n
+        sent = self.g_sent[:n]
+        d = np.flatnonzero(sent >= self.rules.missing.min_adverts)
+        q_c = 0.5
+        if len(d) and self.g_heard.shape[1]:
+            s = float(sent[d].sum())
+            excess = float(self.g_missed[d].sum()) - float((self._q_gw(d) * sent[d]).sum())
+            q_c = (max(excess, 0.0) + 0.5) / (s + 1.0)
+        self._common_cache = (self._obs_version, q_c)
+        return q_c
+
+    def burst_continuation(self) -> tuple[float, float]:
+        """(rho1, rho2), pooled over the site's frame counters: P(an advert is missed | the
+        previous one was) = (misses that followed a miss + 1/2) / (misses in closed runs + 1),
+        and P(missed | the previous two were), (misses after two + 1/2) / (misses after one
+        + 1). Collisions repeat (two tags drift apart by only the 0-10 ms advDelay per
+        event), so rho1 is far above q; and runs that got to two are likelier still to go
+        on (rho2 > rho1: some tags and pairs are stuck in a bad state for a while)."""
+        rho1 = (self.burst_continued + 0.5) / (self.burst_missed + 1.0)
+        rho2 = (self.burst_deep + 0.5) / (self.burst_continued + 1.0)
+        return rho1, rho2
+
     def miss_rate(self, d: IntArray) -> FloatArray:
         """Probability q that one advertisement of the tag is heard by no gateway.
 
         From the frame counter: the posterior mean (missed + prior/2) / (sent + prior).
         That needs ~1/q clean adverts to resolve a small q, so for a tag at rest (since its
-        last motion, at least ``min_adverts`` sent) the per-gateway rates are used as well:
-        q = prod_g (1 - h_g) over gateways now up, h_g = (heard by g + 1/2) / (sent + 1),
-        i.e. fading independent across gateways (it is in the twin: one draw per gateway
-        and packet), floored at ``loss_floor`` for losses that hit every gateway at once.
+        last motion, at least ``min_adverts`` sent) the per-gateway rates are used instead:
+        q = max(prod_g (1 - h_g), loss_floor) + q_c over gateways now up,
+        h_g = (heard by g + 1/2) / (sent + 1), q_c the site's common-mode loss
+        (:meth:`common_loss`): per-gateway losses alone would say 2e-5 where collisions
+        make it ~5e-3 (docs/rules.md).
         """
         cfg = self.rules.missing
         prior = cfg.prior_adverts
@@ -339,12 +389,33 @@ class RuleEngine:
         q = (missed + prior / 2.0) / (sent + prior)
         if not cfg.per_gateway or len(d) == 0 or self.g_heard.shape[1] == 0:
             return q
-        g_sent = self.g_sent[d].astype(float)
-        h = (self.g_heard[d] + 0.5) / (g_sent[:, None] + 1.0)
-        up = (self.gw_state == 0).astype(float)
-        q_gw = np.exp(np.log1p(-np.minimum(h, 1 - 1e-12)) @ up)
-        settled = g_sent >= cfg.min_adverts
-        return np.where(settled, np.maximum(q_gw, cfg.loss_floor), q)
+        settled = self.g_sent[d] >= cfg.min_adverts
+        q_rest = np.maximum(self._q_gw(d), cfg.loss_floor) + self.common_loss()
+        return np.where(settled, np.minimum(q_rest, 1.0), q)
+
+    def tag_continuation(self, d: IntArray, q: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """(rho1, rho2) of each tag: its own runs of misses shrunk toward the site's
+        (:meth:`burst_continuation`) with the weight of ``burst_prior_misses`` misses;
+        rho1 at least q, rho2 at least rho1. A tag heard by one or two gateways inherits
+        their bursts, which the site-wide values average away."""
+        w = self.rules.missing.burst_prior_misses
+        tg = self.tags
+        s1, s2 = self.burst_continuation()
+        own1 = (tg["b_cont"][d] + w * s1) / (tg["b_missed"][d] + w)
+        own2 = (tg["b_deep"][d] + w * s2) / (tg["b_cont"][d] + w)
+        rho1 = np.clip(np.maximum(own1, q), 1e-12, 1 - 1e-12)
+        rho2 = np.clip(np.maximum(own2, rho1), 1e-12, 1 - 1e-12)
+        return np.asarray(rho1), np.asarray(rho2)
+
+    def silent_probability(self, d: IntArray, m: FloatArray) -> FloatArray:
+        """P(a present tag misses m adverts in a row from a given one) =
+        q x rho1 x rho2^(m-2) (m >= 2): a loss chain with per-tag q and the continuations of
+        :meth:`tag_continuation`."""
+        q = np.clip(self.miss_rate(d), 1e-12, 1.0)
+        rho1, rho2 = self.tag_continuation(d, q)
+        return np.asarray(
+            q * np.where(m >= 2, rho1, 1.0) * rho2 ** np.maximum(m - 2.0, 0.0)
+        )
 
     def false_alarm_risk(self, d: IntArray) -> FloatArray:
         """alpha per advertisement: the design rate R (per day per 1,000 tags) spread over
@@ -354,19 +425,24 @@ class RuleEngine:
 
     def silence_threshold(self, d: IntArray) -> tuple[FloatArray, FloatArray]:
         """theta = k * (interval + advDelay max) + latency, k the fewest misses in a row with
-        q^k <= alpha.
+        q rho1 rho2^(k-2) <= alpha.
 
         A present tag stays silent past theta only if its next k advertisements were all
         missed (BLE Core Vol 6 Part B 4.4.2.2.1: events are advInterval + advDelay apart,
-        advDelay <= 10 ms), which happens with probability q^k if misses are independent;
-        with alpha from :meth:`false_alarm_risk` the expected false missing-tag alarms stay
-        below the design rate (a geometric tail test, per tag).
+        advDelay <= 10 ms), which happens with :meth:`silent_probability` (not q^k: losses
+        come in bursts); with alpha from :meth:`false_alarm_risk` the expected false
+        missing-tag alarms stay below the design rate. A tag that last reported a cell at or
+        below ``dying_battery_pct`` is expected to fall silent: k = min_missed.
         """
         cfg = self.rules.missing
         q = np.clip(self.miss_rate(d), 1e-12, 1 - 1e-12)
+        rho1, rho2 = self.tag_continuation(d, q)
         alpha = self.false_alarm_risk(d)
-        k = np.ceil(np.log(alpha) / np.log(q) - 1e-9)  # 2.0000000000000004 is 2
-        k = np.clip(k, cfg.min_missed, cfg.max_missed)
+        # fewest k with q rho1 rho2^(k-2) <= alpha (k >= 2); 2.0000000000000004 is 2
+        k = 2.0 + np.ceil(np.maximum(np.log(q * rho1 / alpha), 0.0) / -np.log(rho2) - 1e-9)
+        bat = self.tags["battery"][d]
+        dying = (bat >= 0) & (bat <= cfg.dying_battery_pct)
+        k = np.where(dying, cfg.min_missed, np.clip(k, cfg.min_missed, cfg.max_missed))
         return k * (self._interval(d) + cfg.jitter_s) + cfg.latency_s, k
 
     def _event(
@@ -436,6 +512,7 @@ class RuleEngine:
         if len(rows) == 0:
             return []
         self.counters["sightings"] += len(rows)
+        self._obs_version += 1
         tg = self.tags
         dev = rows["device"].astype(np.int64)
         self._grow(int(dev.max()) + 1)
@@ -485,8 +562,26 @@ class RuleEngine:
             span_missed = np.where(fresh, last - first + 1 - count, 0)
             tg["n_missed"][dd] += gap + span_missed
             tg["n_heard"][dd] += np.where(fresh, count, 0)
-            tg["last_seq"][dd] = np.maximum(prev_seq, last)
             self.g_sent[dd] += gap + np.where(fresh, last - first + 1, 0)
+            self.g_missed[dd] += gap + span_missed
+            # Runs of misses closed by this batch (the gap before each heard frame), for the
+            # site-wide burst statistics; runs still open (a silent tag) are not counted.
+            runs = np.diff(ks) - 1
+            runs[np.diff(kd) != 0] = 0
+            fresh_row = np.repeat(fresh, count)
+            runs = np.where(fresh_row[1:], runs, 0)
+            cap = self.rules.missing.max_missed
+            all_runs = np.minimum(np.concatenate([gap, runs]), cap)
+            run_dev = np.concatenate([dd, kd[1:]])
+            has_run = all_runs > 0
+            all_runs, run_dev = all_runs[has_run], run_dev[has_run]
+            self.burst_missed += int(all_runs.sum())
+            self.burst_continued += int((all_runs - 1).sum())
+            self.burst_deep += int(np.maximum(all_runs - 2, 0).sum())
+            np.add.at(tg["b_missed"], run_dev, all_runs)
+            np.add.at(tg["b_cont"], run_dev, all_runs - 1)
+            np.add.at(tg["b_deep"], run_dev, np.maximum(all_runs - 2, 0))
+            tg["last_seq"][dd] = np.maximum(prev_seq, last)
             # Per (tag, gateway): distinct frames heard (channels of one frame count once).
             cell = dev[has] * n_gw + rows["gateway"][has].astype(np.int64)
             uc = np.unique(cell * (1 << 32) + rows["seq"][has].astype(np.int64)) >> 32
@@ -566,6 +661,7 @@ class RuleEngine:
         # A moved tag has new gateways: its per-gateway reception history starts again.
         self.g_heard[d[motion == 1]] = 0
         self.g_sent[d[motion == 1]] = 0
+        self.g_missed[d[motion == 1]] = 0
         cls = tg["cls"][d]
 
         if rules.registry.enabled:
@@ -816,16 +912,21 @@ class RuleEngine:
 
     def _missing_event(self, d: int, t: float, theta: float, k: int, **extra: Any) -> Event:
         tg = self.tags
-        q = float(self.miss_rate(np.array([d]))[0])
+        dd = np.array([d])
+        q = float(self.miss_rate(dd)[0])
+        p_silent = float(self.silent_probability(dd, np.array([float(k)]))[0])
         return self._event(
             "missing_tag",
             t,
             d,
-            confidence=1.0 - q**k,
+            confidence=1.0 - p_silent,
             last_heard_t=float(tg["heard_t"][d]),
             silence_threshold_s=theta,
             missed_in_a_row=k,
             miss_rate=q,
+            burst_continuation=[float(r[0]) for r in self.tag_continuation(dd, np.array([q]))],
+            p_silent_if_present=p_silent,
+            battery_pct=float(tg["battery"][d]),
             expected_interval_s=float(self._interval(np.array([d]))[0]),
             **extra,
         )
@@ -931,12 +1032,11 @@ class RuleEngine:
         """
         tg, cfg = self.tags, self.rules.exit
         p_zone = tg["pz"][d]
-        q = np.clip(self.miss_rate(d), 1e-12, 1.0)
         missed = np.floor((tg["vanish_t"][d] - tg["heard_t"][d]) / self._interval(d))
         gw_ok = 1.0
         if len(self._exit_gateways):
             gw_ok = float(np.mean(self.gw_state[self._exit_gateways] == 0))
-        p_vanish = (1.0 - q ** np.maximum(missed, 1)) * gw_ok
+        p_vanish = (1.0 - self.silent_probability(d, np.maximum(missed, 1.0))) * gw_ok
         p_motion = np.where(
             tg["exit_t"][d] - tg["moving_t"][d] <= cfg.motion_window_s, 1.0, cfg.still_factor
         )
