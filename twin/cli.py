@@ -93,21 +93,13 @@ def _metrics_table(report: dict[str, object]) -> Table:
     return table
 
 
-def _metric(report: dict[str, object], name: str) -> float | None:
-    node: object = report.get("metrics", {})
-    for part in name.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return float(node) if isinstance(node, int | float) else None
-
-
 @app.command()
 def check(
     paths: Annotated[list[Path], typer.Argument(help="scenario files or directories")],
     report_json: Annotated[Path | None, typer.Option("--json", help="also write results here")] = None,
 ) -> None:
     """Run every scenario that has [expected] bounds; exit 1 if any metric is out of bounds."""
+    from twin.run import check_bounds
     from twin.run import simulate as run_scenario
 
     files: list[Path] = []
@@ -118,7 +110,7 @@ def check(
         raise typer.Exit(2)
     table = Table(title="regression check")
     for col in ("scenario", "metric", "bound", "value", "result"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # full names in narrow CI logs
     results = []
     failed = False
     for f in files:
@@ -126,18 +118,12 @@ def check(
         if not sc.expected:
             table.add_row(f.name, "-", "-", "-", "[dim]no bounds, skipped[/]")
             continue
-        report = run_scenario(sc).report()
-        for name, bound in sc.expected.items():
-            value = _metric(report, name)
-            ok = value is not None and (bound.min is None or value >= bound.min)
-            ok = ok and value is not None and (bound.max is None or value <= bound.max)
-            failed |= not ok
-            text = " ".join(s for s in (f">= {bound.min:g}" if bound.min is not None else "",
-                                       f"<= {bound.max:g}" if bound.max is not None else "") if s)
-            shown = "missing" if value is None else f"{value:g}"
-            table.add_row(f.name, name, text, shown, "[green]ok[/]" if ok else "[bold red]REGRESSED[/]")
-            results.append({"scenario": str(f), "metric": name, "min": bound.min, "max": bound.max,
-                            "value": value, "ok": ok})
+        for r in check_bounds(sc, run_scenario(sc).report()):
+            failed |= not r.ok
+            shown = "missing" if r.value is None else f"{r.value:g}"
+            table.add_row(f.name, r.metric, r.bound_text, shown, "[green]ok[/]" if r.ok else "[bold red]REGRESSED[/]")
+            results.append({"scenario": str(f), "metric": r.metric, "min": r.min, "max": r.max,
+                            "value": r.value, "ok": r.ok})
     console.print(table)
     if report_json:
         report_json.write_text(json.dumps(results, indent=2) + "\n")

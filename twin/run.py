@@ -335,3 +335,38 @@ def summary_text(run: SimulationRun) -> str:
         f"p95 {m['p95_error_m']:.2f} m",
         f"zone accuracy: {m['zone_accuracy']:.1%}; truth inside the 90 % radius: {m['r90_coverage']:.1%}",
     ])
+
+
+@dataclass(frozen=True)
+class BoundResult:
+    """One expected-metric bound of a scenario, checked against a run's report."""
+
+    metric: str
+    min: float | None
+    max: float | None
+    value: float | None  # None: the report has no such metric
+
+    @property
+    def ok(self) -> bool:
+        v = self.value
+        return v is not None and (self.min is None or v >= self.min) and (self.max is None or v <= self.max)
+
+    @property
+    def bound_text(self) -> str:
+        parts = [f">= {self.min:g}" if self.min is not None else "", f"<= {self.max:g}" if self.max is not None else ""]
+        return " ".join(p for p in parts if p)
+
+
+def report_metric(report: dict[str, object], name: str) -> float | None:
+    """A metric of report.json's ``metrics`` by dotted name (``moving.median_error_m``)."""
+    node: object = report.get("metrics", {})
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
+
+
+def check_bounds(scenario: Scenario, report: dict[str, object]) -> list[BoundResult]:
+    """Every ``[expected]`` bound of the scenario against a run's report."""
+    return [BoundResult(name, b.min, b.max, report_metric(report, name)) for name, b in scenario.expected.items()]

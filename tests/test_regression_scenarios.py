@@ -1,0 +1,28 @@
+"""CI's regression check: every shipped scenario with [expected] bounds holds them.
+
+The same check as `tagtwin check scenarios/` (twin.run.check_bounds), run by the test
+suite so `.ci/run` fails a build when accuracy, alert quality or throughput regresses.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import SCENARIOS
+from twin.run import check_bounds, simulate
+from twin.scenario import load_scenario
+
+WITH_BOUNDS = [p for p in sorted(SCENARIOS.glob("*.toml")) if load_scenario(p).expected]
+
+
+def test_the_shipped_regression_scenarios_are_found() -> None:
+    assert {p.name for p in WITH_BOUNDS} >= {"demo.toml", "demo_incidents.toml"}
+
+
+@pytest.mark.parametrize("path", WITH_BOUNDS, ids=lambda p: p.stem)
+def test_scenario_holds_its_expected_bounds(path) -> None:
+    scenario = load_scenario(path)
+    results = check_bounds(scenario, simulate(scenario).report())
+    failed = [f"{r.metric} = {r.value} (want {r.bound_text})" for r in results if not r.ok]
+    assert not failed, f"{path.name} regressed: " + "; ".join(failed)
+    assert len(results) == len(scenario.expected)
