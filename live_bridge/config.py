@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import secrets
-import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, cast
 
+from engine.config_file import load_toml
 from live_bridge.gateway import ConfigError
 
 if TYPE_CHECKING:
@@ -18,12 +18,7 @@ if TYPE_CHECKING:
 def load_keys(path: Path | str) -> dict[str, bytes]:
     """keys.toml: ``[keys]`` gateway id = hex key (>= 16 bytes)."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(path, [f"cannot read file: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    data = load_toml(path, ConfigError)
     table = data.get("keys")
     if not isinstance(table, dict) or not table:
         raise ConfigError(path, ["keys: expected a [keys] table of gateway id = hex key"])

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import queue
 import time
-import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 import paho.mqtt.client as paho
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from engine.config_file import ConfigFileError, load_toml, validation_problems
 from live_bridge.decoders import BASE_UUID_SUFFIX, DecodeError, decode, norm_mac, norm_uuid
 from live_bridge.filters import AdvertFilter, privacy_hash
 from live_bridge.mqtt import BrokerUrl, make_client
@@ -138,31 +138,17 @@ class GatewayConfig(_Cfg):
         return bytes.fromhex(self.key_hex)
 
 
-class ConfigError(Exception):
-    def __init__(self, path: Path | str, problems: list[str]) -> None:
-        self.path, self.problems = str(path), problems
-        super().__init__("\n".join(f"{path}: {p}" for p in problems))
+class ConfigError(ConfigFileError):
+    """A gateway config or key file that cannot be used, naming file and field."""
 
 
 def load_gateway_config(path: Path | str) -> GatewayConfig:
     """Read gateway.toml; errors name the file and the field."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(path, [f"cannot read file: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    data = load_toml(path, ConfigError)
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(
-            path,
-            [
-                f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                for e in exc.errors()
-            ],
-        ) from None
+        raise ConfigError(path, validation_problems(exc)) from None
 
 
 class Gateway:

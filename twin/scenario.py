@@ -6,12 +6,12 @@ A bad file never produces a traceback: :func:`load_scenario` raises
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.config_file import ConfigFileError, parse_toml, read_text, validation_problems
 from engine.roi import RoiInputs
 from engine.rules.config import RuleSet
 from radio_models.materials import DEFAULT_MATERIAL_LOSS_DB, DEFAULT_RACK_LOSS_DB
@@ -20,13 +20,8 @@ Point = tuple[float, float]
 ZoneRole = Literal["storage", "packing", "checkout", "exit", "receiving", "shipping", "office", "other"]
 
 
-class ScenarioError(Exception):
+class ScenarioError(ConfigFileError):
     """A scenario file that cannot be used, with a message naming file and field."""
-
-    def __init__(self, path: Path | str, problems: list[str]) -> None:
-        self.path = str(path)
-        self.problems = problems
-        super().__init__("\n".join(f"{self.path}: {p}" for p in problems))
 
 
 class Strict(BaseModel):
@@ -468,41 +463,15 @@ class Scenario(Strict):
         return self
 
 
-def _format_location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + part
-    return out or "(top level)"
-
-
 def parse_scenario(text: str, source: Path | str = "<string>") -> Scenario:
     """Parse and validate scenario TOML text; errors name ``source`` and the field."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(source, [f"not valid TOML: {exc}"]) from None
+    data = parse_toml(text, source, ScenarioError)
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            # Drop pydantic's internal union tags ("function-after[...]") from the path.
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{_format_location(loc)}: {msg}")
-        raise ScenarioError(source, problems) from None
+        raise ScenarioError(source, validation_problems(exc)) from None
 
 
 def load_scenario(path: Path | str) -> Scenario:
     """Read and validate a scenario file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScenarioError(path, [f"cannot read file: {exc.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise ScenarioError(path, ["not UTF-8 text"]) from None
-    return parse_scenario(text, path)
+    return parse_scenario(read_text(path, ScenarioError), path)

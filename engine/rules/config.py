@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.config_file import ConfigFileError, parse_toml, read_text, validation_problems
+
 RULES_SCHEMA_VERSION = 1
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
-class RulesError(Exception):
+class RulesError(ConfigFileError):
     """A rule set that cannot be used, with a message naming file and field."""
-
-    def __init__(self, path: Path | str, problems: list[str]) -> None:
-        self.path = str(path)
-        self.problems = problems
-        super().__init__("\n".join(f"{self.path}: {p}" for p in problems))
 
 
 class _Strict(BaseModel):
@@ -292,25 +288,9 @@ class RuleSet(_Strict):
     after_hours: AfterHoursRule = Field(default_factory=lambda: AfterHoursRule.model_validate({}))
 
 
-def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
-    """One line per pydantic error: the dotted field path, then the message."""
-    problems = []
-    for err in exc.errors():
-        out = prefix
-        for part in err["loc"]:
-            if isinstance(part, str) and "[" in part:
-                continue  # pydantic's internal union/validator tags
-            out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
-        problems.append(f"{out or '(top level)'}: {err['msg'].removeprefix('Value error, ')}")
-    return problems
-
-
 def parse_rules(text: str, source: Path | str = "<string>") -> RuleSet:
     """Parse a rules TOML document; a top-level ``[rules]`` table is accepted too."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RulesError(source, [f"not valid TOML: {exc}"]) from None
+    data = parse_toml(text, source, RulesError)
     prefix = ""
     if set(data) == {"rules"} and isinstance(data["rules"], dict):
         data, prefix = data["rules"], "rules"
@@ -322,11 +302,4 @@ def parse_rules(text: str, source: Path | str = "<string>") -> RuleSet:
 
 def load_rules(path: Path | str) -> RuleSet:
     """Read and validate a rules file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RulesError(path, [f"cannot read file: {exc.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise RulesError(path, ["not UTF-8 text"]) from None
-    return parse_rules(text, path)
+    return parse_rules(read_text(path, RulesError), path)
