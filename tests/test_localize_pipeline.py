@@ -11,8 +11,7 @@ import shapely
 
 from engine.localize import METHOD_NAMES
 from engine.pipeline import Engine, EngineConfig
-from twin.cli import _metric
-from twin.run import engine_config_for, feed_engine, simulate, survey_of
+from twin.run import check_bounds, engine_config_for, feed_engine, simulate, survey_of
 from twin.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 from twin.sim import WarehouseTwin
 
@@ -83,14 +82,10 @@ def test_surveyed_map_beats_the_modelled_one(demo_twin):
         d = sc.model_dump()
         d["engine"] = d["engine"] | {"localizer": "radio-map", "radio_map": source}
         sc2 = Scenario.model_validate(d)
-        engine = Engine(
-            engine_config_for(sc2, result, survey_of(twin, result)), result.tx_power_1m_dbm
-        )
+        engine = Engine(engine_config_for(sc2, result, survey_of(twin, result)), result.tx_power_1m_dbm)
         fixes = feed_engine(engine, result.sightings, sc2.duration_s)
         true_xy = result.truth.position_at(fixes["device"], fixes["t"])
-        errs[source] = float(
-            np.nanmedian(np.hypot(fixes["x"] - true_xy[:, 0], fixes["y"] - true_xy[:, 1]))
-        )
+        errs[source] = float(np.nanmedian(np.hypot(fixes["x"] - true_xy[:, 0], fixes["y"] - true_xy[:, 1])))
     assert errs["survey"] < errs["model"]
 
 
@@ -114,23 +109,11 @@ def test_scenario_names_a_bad_tracker():
 
 
 def check_expected(sc: Scenario) -> dict[str, float]:
-    report = simulate(sc).report()
-    values = {}
-    for name, bound in sc.expected.items():
-        value = _metric(report, name)
-        assert value is not None, name
-        if bound.min is not None:
-            assert value >= bound.min, (name, value)
-        if bound.max is not None:
-            assert value <= bound.max, (name, value)
-        values[name] = value
-    return values
-
-
-def test_static_open_ml_is_within_the_crb_bound():
-    """Regression bounds of scenarios/static-open.toml: ML RMSE within 1.25x of the CRB."""
-    values = check_expected(load_scenario(SCENARIOS / "static-open.toml"))
-    assert values["rmse_over_crb"] <= 1.25
+    """Run the scenario, assert its [expected] bounds (as CI's regression check does), and
+    return the metric values. static-open's bounds run in tests/test_regression_scenarios.py."""
+    results = check_bounds(sc, simulate(sc).report())
+    assert all(r.ok for r in results), [(r.metric, r.value, r.bound_text) for r in results if not r.ok]
+    return {r.metric: float(r.value) for r in results if r.value is not None}
 
 
 @pytest.mark.slow
