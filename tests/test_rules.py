@@ -122,11 +122,7 @@ def test_zone_enter_after_confirm_fixes_and_dwell() -> None:
 
 
 def test_missing_tag_after_k_intervals_not_for_slow_class() -> None:
-    # the burst model alone (collision_window_s = 0: every silence may be a collision)
-    eng = RuleEngine(
-        rules_with(missing={"false_alarms_per_day_per_1000_tags": 1e5, "collision_window_s": 0}),
-        context(),
-    )
+    eng = RuleEngine(rules_with(missing={"false_alarms_per_day_per_1000_tags": 1e5}), context())
     # tag 0 advertises every 1 s until t = 60; tag 1 (10 s class) every 10 s throughout.
     # (a lax design rate, alpha = 1.2e-3; q ~ 0.5 / 61 from 60 clean adverts, and with no
     # run of misses seen yet the burst continuation is its prior 1/2: q (1/2)^3 <= alpha, k = 4)
@@ -143,41 +139,6 @@ def test_missing_tag_after_k_intervals_not_for_slow_class() -> None:
     assert e.evidence["p_silent_if_present"] == pytest.approx((5e-5 + 0.5 / 61) * 0.5**3)
     assert e.severity == "alarm"
     assert 0 < e.confidence <= 1
-
-
-def test_unexplained_silence_fast_collision_pair_waits_for_burst_k() -> None:
-    """A silence no other tag shares cannot be a collision: k from the independent
-    per-gateway losses (here the floor 5e-5: k = 2 at the default design rate). Two tags
-    whose next adverts were due within collision_window_s of each other and that both went
-    silent may be colliding: they wait for the burst k (16 here, no runs seen yet)."""
-
-    def run(offset: float | None) -> list:
-        # tags 0 and 2 (1 s class) from t = 0.2 s; tag 0 stops at 60 s, tag 2 too when
-        # offset is given (its adverts then offset s after tag 0's), else it keeps going.
-        if offset is None:
-            s = np.concatenate([adverts(0, 0.2, 60, 1.0), adverts(2, 0.7, 120, 1.0)])
-        else:
-            s = np.concatenate([adverts(0, 0.2, 60, 1.0), adverts(2, 0.2 + offset, 60, 1.0)])
-        return [e for e in drive(RuleEngine(rules_with(), context()), s, [], 120)
-                if e.rule == "missing_tag"]
-
-    alone = run(None)
-    assert [e.tag for e in alone] == ["tag-0"]
-    e = alone[0]
-    assert e.evidence["collision_explained"] is False
-    assert e.evidence["missed_in_a_row"] == 2
-    assert e.evidence["p_silent_if_present"] == pytest.approx(5e-5**2)
-    assert e.evidence["p_silent_if_present"] <= 0.5 / 1000 / 86_400
-    assert (e.t - 59.2) / 1.0 <= 3.0  # within 3 advertising intervals
-    pair = run(0.005)  # due 5 ms apart: a collision can silence both
-    assert sorted(e.tag for e in pair) == ["tag-0", "tag-2"]
-    for e in pair:
-        assert e.evidence["collision_explained"] is True
-        assert e.evidence["missed_in_a_row"] == 16
-    assert min(e.t for e in pair) == pytest.approx(59.2 + 16 * 1.01 + 0.005)
-    apart = run(0.3)  # silent together but 300 ms apart: no collision, each fast
-    assert sorted(e.tag for e in apart) == ["tag-0", "tag-2"]
-    assert all(e.evidence["missed_in_a_row"] == 2 for e in apart)
 
 
 def test_missing_tag_found_again() -> None:

@@ -140,13 +140,6 @@ class MissingRule(_Strict):
         gt=0,
         description="weight (in misses) of the site's burst continuation in each tag's own",
     )
-    collision_window_s: float = Field(
-        default=0.012,
-        ge=0,
-        le=1,
-        description="two tags whose next adverts were due this close (advDelay max + air time + "
-        "channel spacing) can have collided: a silence shared with such a tag takes the burst k",
-    )
     dying_battery_pct: float = Field(
         default=5.0,
         ge=0,

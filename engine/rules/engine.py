@@ -445,46 +445,6 @@ class RuleEngine:
         k = np.where(dying, cfg.min_missed, np.clip(k, cfg.min_missed, cfg.max_missed))
         return k * (self._interval(d) + cfg.jitter_s) + cfg.latency_s, k
 
-    def independent_threshold(self, d: IntArray) -> tuple[FloatArray, FloatArray]:
-        """theta and k for a silence no collision explains: only per-gateway losses (fading,
-        sensitivity, the scanner's channel: independent between gateways and adverts) can
-        then keep a present tag unheard, so P(k in a row) = q_i^k with q_i =
-        max(prod_g (1 - h_g), loss_floor) (:meth:`_q_gw`), and k is the fewest with
-        q_i^k <= alpha. Tags without a settled per-gateway history (moved within
-        ``min_adverts`` frames) keep the burst k of :meth:`silence_threshold`."""
-        cfg = self.rules.missing
-        theta_b, k_b = self.silence_threshold(d)
-        if not cfg.per_gateway or len(d) == 0 or self.g_heard.shape[1] == 0:
-            return theta_b, k_b
-        q_i = np.clip(np.maximum(self._q_gw(d), cfg.loss_floor), 1e-12, 1 - 1e-12)
-        alpha = self.false_alarm_risk(d)
-        k_i = np.ceil(np.log(alpha) / np.log(q_i) - 1e-9)
-        k_i = np.clip(k_i, cfg.min_missed, cfg.max_missed)
-        settled = self.g_sent[d] >= cfg.min_adverts
-        k = np.where(settled, np.minimum(k_i, k_b), k_b)
-        return k * (self._interval(d) + cfg.jitter_s) + cfg.latency_s, k
-
-    def collision_explained(self, d: IntArray, now: float) -> NDArray[np.bool_]:
-        """Whether another tag fell silent at the same instant as each tag in ``d`` and is
-        still silent. Two tags collide when their adverts overlap on air (~0.4 ms); they
-        drift apart by only their 0-10 ms advDelays per event (Core spec Vol 6 Part B
-        4.4.2.2.1), so a collision silences both for the same few events. The first advert
-        each missed was due at last heard + interval (+ 0-10 ms); if those times lie within
-        ``collision_window_s`` of each other, a collision can explain the silence. Sorted
-        search over the tags silent for at least one interval: no per-tag loop."""
-        tg, cfg = self.tags, self.rules.missing
-        n = tg.n
-        if len(d) == 0 or n == 0:
-            return np.zeros(len(d), bool)
-        heard = tg["heard_t"][:n]
-        interval = self._interval(np.arange(n))
-        quiet = np.isfinite(heard) & (now - heard >= interval + cfg.jitter_s)
-        due = np.sort(heard[quiet] + interval[quiet])
-        p = tg["heard_t"][d] + self._interval(d)
-        w = cfg.collision_window_s
-        count = np.searchsorted(due, p + w, "right") - np.searchsorted(due, p - w, "left")
-        return np.asarray(count - quiet[d].astype(np.int64) > 0)
-
     def _event(
         self,
         rule: str,
@@ -914,16 +874,9 @@ class RuleEngine:
         d = idx[watch]
         # Only tags silent for at least the smallest possible theta need their q.
         d = d[now - tg["heard_t"][d] >= self.rules.missing.min_missed * self._interval(d)]
-        # A silence another tag shares (a collision) can last a burst: the burst k. One no
-        # collision explains needs only the per-gateway, independent losses: a smaller k.
         theta, k = self.silence_threshold(d)
-        explained = np.ones(len(d), bool)
-        if self.rules.missing.collision_window_s > 0:
-            theta_i, k_i = self.independent_threshold(d)
-            explained = self.collision_explained(d, now)
-            theta, k = np.where(explained, theta, theta_i), np.where(explained, k, k_i)
         silent = now - tg["heard_t"][d] >= theta
-        d, theta, k, explained = d[silent], theta[silent], k[silent], explained[silent]
+        d, theta, k = d[silent], theta[silent], k[silent]
         if len(d):
             t_v = tg["heard_t"][d] + theta
             near_exit = cfg.enabled & (tg["pz"][d] >= cfg.candidate_probability)
@@ -951,31 +904,17 @@ class RuleEngine:
                 for j in np.flatnonzero(lost).tolist():
                     dj = int(d[j])
                     events.append(
-                        self._missing_event(
-                            dj,
-                            float(t_v[j]),
-                            float(theta[j]),
-                            int(k[j]),
-                            explained=bool(explained[j]),
-                        )
+                        self._missing_event(dj, float(t_v[j]), float(theta[j]), int(k[j]))
                     )
                 tg["missing"][d[lost]] = True
         if cfg.enabled:
             self._pending_exits(now, events)
 
-    def _missing_event(
-        self, d: int, t: float, theta: float, k: int, explained: bool = True, **extra: Any
-    ) -> Event:
-        """missing_tag with its evidence; ``explained``: another tag fell silent with it (a
-        collision could explain the silence: burst model), else independent losses only."""
+    def _missing_event(self, d: int, t: float, theta: float, k: int, **extra: Any) -> Event:
         tg = self.tags
         dd = np.array([d])
         q = float(self.miss_rate(dd)[0])
         p_silent = float(self.silent_probability(dd, np.array([float(k)]))[0])
-        if not explained and self.g_sent[d] >= self.rules.missing.min_adverts:
-            q_i = max(float(self._q_gw(dd)[0]), self.rules.missing.loss_floor)
-            p_silent = q_i**k
-            extra = {"independent_miss_rate": q_i, **extra}
         return self._event(
             "missing_tag",
             t,
@@ -987,7 +926,6 @@ class RuleEngine:
             miss_rate=q,
             burst_continuation=[float(r[0]) for r in self.tag_continuation(dd, np.array([q]))],
             p_silent_if_present=p_silent,
-            collision_explained=explained,
             battery_pct=float(tg["battery"][d]),
             expected_interval_s=float(self._interval(np.array([d]))[0]),
             **extra,
