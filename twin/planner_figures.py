@@ -19,6 +19,8 @@ from twin.plot import ZONE_COLOURS
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from numpy.typing import NDArray
+
     from twin.planner import CoverageMaps, GatewayRow, RunView
     from twin.site import SiteModel
 
@@ -258,15 +260,8 @@ def add_frame(
     if not truth:
         _add_radii(fig, ex, ey, frame["r90"], max_circles)
         fig.add_trace(
-            go.Scatter(
-                x=ex,
-                y=ey,
-                mode="markers",
-                marker={"size": 7, "color": "#e76f51", "symbol": "x"},
-                name="estimate",
-                text=names,
-                customdata=frame["r90"],
-                hovertemplate="%{text}<br>r90 %{customdata:.1f} m<extra></extra>",
+            _estimate_markers(
+                ex, ey, names, "%{text}<br>r90 %{customdata:.1f} m<extra></extra>", frame["r90"]
             )
         )
         return fig
@@ -284,31 +279,46 @@ def add_frame(
         )
     )
     _add_radii(fig, ex, ey, frame["r90"], max_circles)
+    fig.add_trace(_true_markers(tx, ty, names))
     fig.add_trace(
-        go.Scatter(
-            x=tx,
-            y=ty,
-            mode="markers",
-            marker={"size": 6, "color": "#2a9d8f"},
-            name="true",
-            text=names,
-            hovertemplate="%{text} (true)<extra></extra>",
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=ex,
-            y=ey,
-            mode="markers",
-            marker={"size": 7, "color": "#e76f51", "symbol": "x"},
-            name="estimate",
-            text=names,
-            customdata=np.column_stack([frame["error_m"], frame["r90"]]),
-            hovertemplate="%{text}<br>error %{customdata[0]:.1f} m, r90 %{customdata[1]:.1f} m"
-            "<extra></extra>",
+        _estimate_markers(
+            ex,
+            ey,
+            names,
+            "%{text}<br>error %{customdata[0]:.1f} m, r90 %{customdata[1]:.1f} m<extra></extra>",
+            np.column_stack([frame["error_m"], frame["r90"]]),
         )
     )
     return fig
+
+
+def _true_markers(x: NDArray[np.floating], y: NDArray[np.floating], names: list[str]) -> go.Scatter:
+    """True positions: green dots, as in every view that shows the truth."""
+    return go.Scatter(
+        x=x,
+        y=y,
+        mode="markers",
+        name="true",
+        marker={"size": 6, "color": "#2a9d8f"},
+        text=names,
+        hovertemplate="%{text} (true)<extra></extra>",
+    )
+
+
+def _estimate_markers(
+    x: NDArray[np.floating], y: NDArray[np.floating], names: list[str], hover: str, customdata: object = None
+) -> go.Scatter:
+    """Estimates: orange crosses; ``hover`` and ``customdata`` say what a view adds."""
+    return go.Scatter(
+        x=x,
+        y=y,
+        mode="markers",
+        name="estimate",
+        marker={"size": 7, "color": "#e76f51", "symbol": "x"},
+        text=names,
+        customdata=customdata,
+        hovertemplate=hover,
+    )
 
 
 def _add_radii(
@@ -464,23 +474,9 @@ def playback_animation(
         f = view.frame(float(t))
         keep = np.isin(f["device"].astype(int), tags)
         names = [view.device_ids[int(d)] for d in f["device"][keep]]
-        true = go.Scatter(
-            x=f["true_x"][keep],
-            y=f["true_y"][keep],
-            mode="markers",
-            name="true",
-            marker={"size": 6, "color": "#2a9d8f"},
-            text=names,
-            hovertemplate="%{text} (true)<extra></extra>",
-        )
-        est = go.Scatter(
-            x=f["x"][keep],
-            y=f["y"][keep],
-            mode="markers",
-            name="estimate",
-            marker={"size": 7, "color": "#e76f51", "symbol": "x"},
-            text=names,
-            hovertemplate="%{text} (estimate)<extra></extra>",
+        true = _true_markers(f["true_x"][keep], f["true_y"][keep], names)
+        est = _estimate_markers(
+            f["x"][keep], f["y"][keep], names, "%{text} (estimate)<extra></extra>"
         )
         return true, est
 
