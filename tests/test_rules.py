@@ -419,8 +419,8 @@ def test_burst_statistics_from_frame_counters() -> None:
     isolated[10:n:50] = False  # 40 single misses
     eng = RuleEngine(lax, context(3))
     eng.observe_sightings(heard_frames(0, isolated))
-    assert (eng.burst_missed, eng.burst_continued, eng.burst_deep) == (40, 0, 0)
-    assert eng.burst_continuation() == pytest.approx((0.5 / 41, 0.5))
+    assert (eng.burst_missed, eng.burst_continued, eng.burst_deep, eng.burst_deeper) == (40, 0, 0, 0)
+    assert eng.burst_continuation() == pytest.approx((0.5 / 41, 0.5, 0.5))
     # q of a tag at rest: the per-gateway product (floored) plus the site's common-mode loss,
     # here all 40 misses hit every gateway at once: q_c = (40 - 2000 x 0.02^3 + 1/2) / 2001
     q_gw = (1 - (n - 40 + 0.5) / (n + 1)) ** 3
@@ -428,10 +428,10 @@ def test_burst_statistics_from_frame_counters() -> None:
     q = eng.miss_rate(np.array([0]))[0]
     assert q == pytest.approx(5e-5 + eng.common_loss(), rel=1e-9)
     # the tag's own continuation (0 of its 40 misses followed a miss), shrunk toward the
-    # site's with the weight of 20 misses, and at least q; rho2 at least rho1
+    # site's with the weight of 20 misses, and at least q; each deeper one at least the last
     rho1 = max((0 + 20 * 0.5 / 41) / (40 + 20), q)
-    r1, r2 = eng.tag_continuation(np.array([0]), np.array([q]))
-    assert (r1[0], r2[0]) == pytest.approx((rho1, 0.5))
+    r1, r2, r3 = eng.tag_continuation(np.array([0]), np.array([q]))
+    assert (r1[0], r2[0], r3[0]) == pytest.approx((rho1, 0.5, 0.5))
     _, k_iso = eng.silence_threshold(np.array([0]))
     alpha = 1e5 / 1000 / 86_400
     assert q * rho1 <= alpha
@@ -443,16 +443,22 @@ def test_burst_statistics_from_frame_counters() -> None:
     # the same frames in two batches: a run that spans the batch boundary counts once
     eng2.observe_sightings(heard_frames(0, np.where(np.arange(n) < 1011, bursty, False)))
     eng2.observe_sightings(heard_frames(0, np.where(np.arange(n) >= 1011, bursty, False)))
-    assert (eng2.burst_missed, eng2.burst_continued, eng2.burst_deep) == (120, 80, 40)
-    assert (eng2.tags["b_missed"][0], eng2.tags["b_cont"][0], eng2.tags["b_deep"][0]) == (
-        120,
-        80,
-        40,
+    assert (eng2.burst_missed, eng2.burst_continued, eng2.burst_deep, eng2.burst_deeper) == (
+        120, 80, 40, 0
     )
+    assert tuple(eng2.tags[c][0] for c in ("b_missed", "b_cont", "b_deep", "b_deeper")) == (
+        120, 80, 40, 0
+    )
+    # runs of exactly 3: a run that reached 3 never went on, so rho3 is the site's small
+    # value shrunk toward nothing deeper; rho3 still at least rho2 (the tail never thins)
+    assert eng2.burst_continuation()[2] == pytest.approx(0.5 / 41)
     q2 = eng2.miss_rate(np.array([0]))[0]
-    r1, r2 = eng2.tag_continuation(np.array([0]), np.array([q2]))
+    r1, r2, r3 = eng2.tag_continuation(np.array([0]), np.array([q2]))
+    assert r3[0] == r2[0]
     _, k_burst = eng2.silence_threshold(np.array([0]))
-    assert k_burst[0] == 2 + math.ceil(math.log(q2 * r1[0] / alpha) / -math.log(r2[0]))
+    head = q2 * r1[0] * r2[0]
+    assert head > alpha
+    assert k_burst[0] == 3 + math.ceil(math.log(head / alpha) / -math.log(r3[0]))
     assert k_burst[0] > k_iso[0]
     p = eng2.silent_probability(np.array([0, 0]), np.array([k_burst[0], k_burst[0] - 1]))
     assert p[0] <= alpha < p[1]

@@ -113,7 +113,7 @@ class MissingRule(_Strict):
 
     enabled: bool = True
     false_alarms_per_day_per_1000_tags: float = Field(
-        default=0.5, gt=0, lt=1e6, description="design false-alarm rate; sets alpha per advert"
+        default=0.25, gt=0, lt=1e6, description="design false-alarm rate; sets alpha per advert"
     )
     jitter_s: float = Field(
         default=0.010, ge=0, le=1, description="advDelay maximum added per interval"

@@ -160,6 +160,7 @@ _FILL: dict[str, tuple[object, str]] = {
     "b_missed": (0, "i8"),  # adverts missed in the tag's closed runs of misses (capped)
     "b_cont": (0, "i8"),  # of those, misses that followed a miss
     "b_deep": (0, "i8"),  # and misses that followed two misses
+    "b_deeper": (0, "i8"),  # and misses that followed three or more
     "missing": (False, "?"),
     "pending": (False, "?"),
     "exited": (False, "?"),
@@ -284,6 +285,7 @@ class RuleEngine:
         self.burst_missed = 0
         self.burst_continued = 0
         self.burst_deep = 0
+        self.burst_deeper = 0
         self._common_cache: tuple[int, float] | None = None
         self._obs_version = 0
         self.now = -np.inf
@@ -360,16 +362,19 @@ class RuleEngine:
         self._common_cache = (self._obs_version, q_c)
         return q_c
 
-    def burst_continuation(self) -> tuple[float, float]:
-        """(rho1, rho2), pooled over the site's frame counters: P(an advert is missed | the
-        previous one was) = (misses that followed a miss + 1/2) / (misses in closed runs + 1),
-        and P(missed | the previous two were), (misses after two + 1/2) / (misses after one
-        + 1). Collisions repeat (two tags drift apart by only the 0-10 ms advDelay per
-        event), so rho1 is far above q; and runs that got to two are likelier still to go
-        on (rho2 > rho1: some tags and pairs are stuck in a bad state for a while)."""
+    def burst_continuation(self) -> tuple[float, float, float]:
+        """(rho1, rho2, rho3), pooled over the site's frame counters: P(an advert is missed |
+        the previous one was) = (misses that followed a miss + 1/2) / (misses in closed runs
+        + 1), P(missed | the previous two were) = (misses after two + 1/2) / (misses after
+        one + 1), and the same one level deeper for every later miss. Collisions repeat (two
+        tags drift apart by only the 0-10 ms advDelay per event), so rho1 is far above q; and
+        runs that got further are likelier still to go on (some tags and pairs are stuck in
+        a bad state for a while): on the demo twin 0.07, 0.10, then 0.17-0.2 per step, so one
+        geometric tail from the second miss on underestimated runs of 6-8 up to 20x."""
         rho1 = (self.burst_continued + 0.5) / (self.burst_missed + 1.0)
         rho2 = (self.burst_deep + 0.5) / (self.burst_continued + 1.0)
-        return rho1, rho2
+        rho3 = (self.burst_deeper + 0.5) / (self.burst_deep + 1.0)
+        return rho1, rho2, rho3
 
     def miss_rate(self, d: IntArray) -> FloatArray:
         """Probability q that one advertisement of the tag is heard by no gateway.
@@ -393,28 +398,41 @@ class RuleEngine:
         q_rest = np.maximum(self._q_gw(d), cfg.loss_floor) + self.common_loss()
         return np.where(settled, np.minimum(q_rest, 1.0), q)
 
-    def tag_continuation(self, d: IntArray, q: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """(rho1, rho2) of each tag: its own runs of misses shrunk toward the site's
+    def tag_continuation(
+        self, d: IntArray, q: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """(rho1, rho2, rho3) of each tag: its own runs of misses shrunk toward the site's
         (:meth:`burst_continuation`) with the weight of ``burst_prior_misses`` misses;
-        rho1 at least q, rho2 at least rho1. A tag heard by one or two gateways inherits
-        their bursts, which the site-wide values average away."""
+        rho1 at least q, each deeper continuation at least the one before. A tag heard by
+        one or two gateways inherits their bursts, which the site-wide values average away."""
         w = self.rules.missing.burst_prior_misses
         tg = self.tags
-        s1, s2 = self.burst_continuation()
-        own1 = (tg["b_cont"][d] + w * s1) / (tg["b_missed"][d] + w)
-        own2 = (tg["b_deep"][d] + w * s2) / (tg["b_cont"][d] + w)
-        rho1 = np.clip(np.maximum(own1, q), 1e-12, 1 - 1e-12)
-        rho2 = np.clip(np.maximum(own2, rho1), 1e-12, 1 - 1e-12)
-        return np.asarray(rho1), np.asarray(rho2)
+        site = self.burst_continuation()
+        counts = ("b_missed", "b_cont", "b_deep", "b_deeper")
+        rho: list[FloatArray] = []
+        floor = q
+        for level, s in enumerate(site):
+            own = (tg[counts[level + 1]][d] + w * s) / (tg[counts[level]][d] + w)
+            floor = np.clip(np.maximum(own, floor), 1e-12, 1 - 1e-12)
+            rho.append(np.asarray(floor))
+        return rho[0], rho[1], rho[2]
 
     def silent_probability(self, d: IntArray, m: FloatArray) -> FloatArray:
         """P(a present tag misses m adverts in a row from a given one) =
-        q x rho1 x rho2^(m-2) (m >= 2): a loss chain with per-tag q and the continuations of
+        q x rho1 x rho2 x rho3^(m-3) (the chain cut at m): per-tag q and the continuations of
         :meth:`tag_continuation`."""
         q = np.clip(self.miss_rate(d), 1e-12, 1.0)
-        rho1, rho2 = self.tag_continuation(d, q)
+        return self._chain(q, *self.tag_continuation(d, q), m)
+
+    @staticmethod
+    def _chain(
+        q: FloatArray, rho1: FloatArray, rho2: FloatArray, rho3: FloatArray, m: FloatArray
+    ) -> FloatArray:
         return np.asarray(
-            q * np.where(m >= 2, rho1, 1.0) * rho2 ** np.maximum(m - 2.0, 0.0)
+            q
+            * np.where(m >= 2, rho1, 1.0)
+            * np.where(m >= 3, rho2, 1.0)
+            * rho3 ** np.maximum(m - 3.0, 0.0)
         )
 
     def false_alarm_risk(self, d: IntArray) -> FloatArray:
@@ -425,7 +443,7 @@ class RuleEngine:
 
     def silence_threshold(self, d: IntArray) -> tuple[FloatArray, FloatArray]:
         """theta = k * (interval + advDelay max) + latency, k the fewest misses in a row with
-        q rho1 rho2^(k-2) <= alpha.
+        P(silent for k | present) <= alpha.
 
         A present tag stays silent past theta only if its next k advertisements were all
         missed (BLE Core Vol 6 Part B 4.4.2.2.1: events are advInterval + advDelay apart,
@@ -436,10 +454,13 @@ class RuleEngine:
         """
         cfg = self.rules.missing
         q = np.clip(self.miss_rate(d), 1e-12, 1 - 1e-12)
-        rho1, rho2 = self.tag_continuation(d, q)
+        rho1, rho2, rho3 = self.tag_continuation(d, q)
         alpha = self.false_alarm_risk(d)
-        # fewest k with q rho1 rho2^(k-2) <= alpha (k >= 2); 2.0000000000000004 is 2
-        k = 2.0 + np.ceil(np.maximum(np.log(q * rho1 / alpha), 0.0) / -np.log(rho2) - 1e-9)
+        # fewest k with q rho1 rho2 rho3^(k-3) <= alpha: the chain for k = 1, 2, 3, then the
+        # geometric tail solved in closed form (2.0000000000000004 is 2)
+        head = q * rho1 * rho2
+        tail = 3.0 + np.ceil(np.maximum(np.log(head / alpha), 0.0) / -np.log(rho3) - 1e-9)
+        k = np.where(q <= alpha, 1.0, np.where(q * rho1 <= alpha, 2.0, np.where(head <= alpha, 3.0, tail)))
         bat = self.tags["battery"][d]
         dying = (bat >= 0) & (bat <= cfg.dying_battery_pct)
         k = np.where(dying, cfg.min_missed, np.clip(k, cfg.min_missed, cfg.max_missed))
@@ -578,9 +599,11 @@ class RuleEngine:
             self.burst_missed += int(all_runs.sum())
             self.burst_continued += int((all_runs - 1).sum())
             self.burst_deep += int(np.maximum(all_runs - 2, 0).sum())
+            self.burst_deeper += int(np.maximum(all_runs - 3, 0).sum())
             np.add.at(tg["b_missed"], run_dev, all_runs)
             np.add.at(tg["b_cont"], run_dev, all_runs - 1)
             np.add.at(tg["b_deep"], run_dev, np.maximum(all_runs - 2, 0))
+            np.add.at(tg["b_deeper"], run_dev, np.maximum(all_runs - 3, 0))
             tg["last_seq"][dd] = np.maximum(prev_seq, last)
             # Per (tag, gateway): distinct frames heard (channels of one frame count once).
             cell = dev[has] * n_gw + rows["gateway"][has].astype(np.int64)
