@@ -465,3 +465,64 @@ def test_burst_statistics_from_frame_counters() -> None:
     # a tag that reports a nearly empty cell is expected to fall silent: k = min_missed
     eng2.tags["battery"][0] = 3
     assert eng2.silence_threshold(np.array([0]))[1][0] == 2
+
+
+def test_heavy_tail_of_long_runs_raises_k() -> None:
+    """Runs that went past 3 misses set rho3 above rho2: a tail one geometric rate from the
+    second miss on (the earlier model) would have called such a tag missing too early."""
+    n = 3000
+    lax = rules_with(missing={"false_alarms_per_day_per_1000_tags": 1e5})  # alpha 1.16e-3
+    heard = np.ones(n, bool)
+    for i, start in enumerate(range(20, n - 20, 75)):
+        heard[start : start + (6 if i % 4 == 0 else 2)] = False  # 30 runs of 2, 10 runs of 6
+    eng = RuleEngine(lax, context(3))
+    eng.observe_sightings(heard_frames(0, heard))
+    assert (eng.burst_missed, eng.burst_continued, eng.burst_deep, eng.burst_deeper) == (120, 80, 40, 30)
+    rho1, rho2, rho3 = eng.burst_continuation()
+    assert (rho1, rho2, rho3) == pytest.approx((80.5 / 121, 40.5 / 81, 30.5 / 41))
+    d = np.array([0])
+    q = eng.miss_rate(d)[0]
+    r1, r2, r3 = (float(r[0]) for r in eng.tag_continuation(d, np.array([q])))
+    assert r3 > r2
+    alpha = 1e5 / 1000 / 86_400
+    _, k = eng.silence_threshold(d)
+    assert k[0] == 3 + math.ceil(math.log(q * r1 * r2 / alpha) / -math.log(r3))
+    p = eng.silent_probability(np.array([0, 0]), np.array([k[0], k[0] - 1]))
+    assert p[0] <= alpha < p[1]
+    # the two-level chain q rho1 rho2^(k-2) would have stopped earlier
+    k_two_level = 2 + math.ceil(math.log(q * r1 / alpha) / -math.log(r2))
+    assert k_two_level < k[0]
+
+
+def test_scoring_by_hand() -> None:
+    """Precision, recall, delays in intervals split by incident kind, and the false-alarm
+    rate, on a handful of events scored by hand."""
+    from engine.rules.events import Event
+    from engine.rules.scoring import IncidentRecord, score_events
+
+    incidents = [
+        IncidentRecord("battery_death", t=100.0, t_begin=70.0, tag="a"),
+        IncidentRecord("battery_death", t=200.0, t_begin=170.0, tag="b"),
+        IncidentRecord("tag_removed", t=300.0, t_begin=290.0, tag="c", detail={"silent": True}),
+        IncidentRecord("tag_removed", t=400.0, t_begin=390.0, tag="d", detail={"silent": False}),
+    ]
+    ev = [
+        Event("missing_tag", 101.5, "v1", tag="a"),  # 1.5 intervals of 1 s
+        Event("missing_tag", 201.0, "v1", tag="b"),  # 2 intervals of 0.5 s
+        Event("missing_tag", 309.0, "v1", tag="c"),  # 9 intervals: a destroyed tag
+        Event("missing_tag", 500.0, "v1", tag="e"),  # no incident: a false alarm
+        Event("battery_low", 80.0, "v1", tag="a"),  # 20 s before the cell died
+    ]
+    s = score_events(ev, incidents, n_tags=200, duration_s=8640.0,
+                     interval_s={"a": 1.0, "b": 0.5, "c": 1.0, "d": 1.0})
+    miss = s["per_rule"]["missing_tag"]  # type: ignore[index]
+    assert (miss["events"], miss["true_positives"], miss["incidents"], miss["detected"]) == (4, 3, 3, 3)
+    assert miss["precision"] == 0.75
+    assert miss["delay_intervals"]["median"] == 2.0
+    by = miss["delay_intervals_by_incident"]
+    assert by["battery_death"] == {"median": 1.75, "p90": 1.95, "max": 2.0}
+    assert by["tag_destroyed"] == {"median": 9.0, "p90": 9.0, "max": 9.0}
+    assert s["per_rule"]["battery_low"]["delay_s"]["max"] == -20.0  # type: ignore[index]
+    # one unexplained alarm over 200 tags x 0.1 day = 0.02 thousand-tag-days
+    assert s["false_alarms"] == 1
+    assert s["false_alarms_per_day_per_1000_tags"] == 50.0

@@ -89,6 +89,12 @@ EXPLAINS: dict[str, Predicate] = {
 GROUPS = {"gateway_silent": "gateway_health", "gateway_degraded": "gateway_health"}
 
 
+def _case(rec: IncidentRecord) -> str:
+    """The incident's kind, with a silenced (destroyed) removed tag told apart: a dying cell
+    warns first, a destroyed tag just stops, and the two are detected very differently."""
+    return "tag_destroyed" if _silent_removed(rec) else rec.kind
+
+
 def _matches(ev: Event, rec: IncidentRecord, max_delay_s: float) -> bool:
     if ev.tag is not None:
         if ev.tag != rec.tag:
@@ -143,6 +149,7 @@ def score_events(
         if target is not None:
             recs = [r for r in incidents if target(r)]
             delays, delays_iv = [], []
+            by_case: dict[str, list[float]] = {}
             detected = 0
             for rec in recs:
                 hits = [alarms[i].t for i in idx if _matches(alarms[i], rec, max_delay_s)]
@@ -153,6 +160,7 @@ def score_events(
                     iv = interval_s.get(rec.tag or "") if interval_s else None
                     if rule == "missing_tag" and iv:
                         delays_iv.append(delay / iv)
+                        by_case.setdefault(_case(rec), []).append(delay / iv)
             entry |= {
                 "incidents": len(recs),
                 "detected": detected,
@@ -161,6 +169,9 @@ def score_events(
             }
             if delays_iv:
                 entry["delay_intervals"] = _stats(delays_iv)
+                entry["delay_intervals_by_incident"] = {
+                    case: _stats(v) for case, v in sorted(by_case.items())
+                }
         per_rule[rule] = entry
     false_alarms = sum(
         1 for i, e in enumerate(alarms) if e.severity == "alarm" and not explained[i]
