@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from engine.contract import sightings_from_columns
 from engine.pipeline import FIX_DTYPE
@@ -526,3 +527,30 @@ def test_scoring_by_hand() -> None:
     # one unexplained alarm over 200 tags x 0.1 day = 0.02 thousand-tag-days
     assert s["false_alarms"] == 1
     assert s["false_alarms_per_day_per_1000_tags"] == 50.0
+
+
+def test_class_design_rate_trades_false_alarms_for_speed() -> None:
+    """A class that accepts 1,000x more false alarms gets alpha 1,000x larger and, with the
+    same loss statistics, a smaller k; other classes keep the site's rate."""
+    ctx = context(4, intervals=(1.0, 1.0))
+    site = RuleEngine(rules_with(), ctx)
+    fast = RuleEngine(rules_with(missing={"false_alarms_by_class": {"class1": 250.0}}), ctx)
+    for eng in (site, fast):
+        eng._grow(4)
+        eng.tags["n_heard"][:4] = 1000
+        eng.tags["n_missed"][:4] = 10
+        eng.burst_missed, eng.burst_continued, eng.burst_deep, eng.burst_deeper = 1000, 70, 8, 2
+    d = np.arange(4)
+    assert site.false_alarm_risk(d) == pytest.approx(np.full(4, 0.25 / 1000 / 86_400))
+    alpha = fast.false_alarm_risk(d)
+    assert alpha[[0, 2]] == pytest.approx(site.false_alarm_risk(d)[[0, 2]])
+    assert alpha[[1, 3]] == pytest.approx(1000 * site.false_alarm_risk(d)[[1, 3]])
+    _, k_site = site.silence_threshold(d)
+    _, k_fast = fast.silence_threshold(d)
+    assert (k_fast[[0, 2]] == k_site[[0, 2]]).all()
+    assert (k_fast[[1, 3]] < k_site[[1, 3]]).all()
+
+
+def test_class_design_rate_must_be_positive() -> None:
+    with pytest.raises(ValidationError, match="false_alarms_by_class for 'pallet'"):
+        rules_with(missing={"false_alarms_by_class": {"pallet": 0.0}})

@@ -150,6 +150,11 @@ class MissingRule(_Strict):
     expected_interval_s: dict[str, float] = Field(
         default_factory=dict, description="tag class -> advertising interval; else the registry's"
     )
+    false_alarms_by_class: dict[str, float] = Field(
+        default_factory=dict,
+        description="tag class -> design false-alarm rate for that class (per day per 1,000 of "
+        "its tags): a class worth more can buy faster detection with more false alarms",
+    )
     cycle_count_every_s: float = Field(default=300.0, gt=0)
 
     @field_validator("expected_interval_s")
@@ -158,6 +163,14 @@ class MissingRule(_Strict):
         for name, s in v.items():
             if not 0.02 <= s <= 3600:
                 raise ValueError(f"expected_interval_s for {name!r} must be 0.02-3600 s, got {s}")
+        return v
+
+    @field_validator("false_alarms_by_class")
+    @classmethod
+    def _rates(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, r in v.items():
+            if not 0 < r < 1e6:
+                raise ValueError(f"false_alarms_by_class for {name!r} must be > 0 and < 1e6, got {r}")
         return v
 
     @model_validator(mode="after")

@@ -248,6 +248,15 @@ class RuleEngine:
         for i, name in enumerate(context.class_names):
             interval[i] = rules.missing.expected_interval_s.get(name, interval[i])
         self._class_interval = interval
+        self._class_fa_rate = np.array(
+            [
+                rules.missing.false_alarms_by_class.get(
+                    n, rules.missing.false_alarms_per_day_per_1000_tags
+                )
+                for n in context.class_names
+            ],
+            dtype=float,
+        )
         drain = np.array(
             [
                 rules.battery.nominal_drain_pct_per_day.get(
@@ -436,9 +445,13 @@ class RuleEngine:
         )
 
     def false_alarm_risk(self, d: IntArray) -> FloatArray:
-        """alpha per advertisement: the design rate R (per day per 1,000 tags) spread over
-        the adverts a tag sends in a day, alpha = R / 1000 x interval / 86,400 s."""
-        rate = self.rules.missing.false_alarms_per_day_per_1000_tags
+        """alpha per advertisement: the design rate R (per day per 1,000 tags; the class's
+        own if it has one) spread over the adverts a tag sends in a day,
+        alpha = R / 1000 x interval / 86,400 s."""
+        cls = self.tags["cls"][d]
+        rate = np.full(len(d), self.rules.missing.false_alarms_per_day_per_1000_tags)
+        ok = cls >= 0
+        rate[ok] = self._class_fa_rate[cls[ok]]
         return rate / 1000.0 * self._interval(d) / SECONDS_PER_DAY
 
     def silence_threshold(self, d: IntArray) -> tuple[FloatArray, FloatArray]:
