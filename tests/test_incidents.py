@@ -97,8 +97,8 @@ def test_rules_scored_on_short_incident_run(tmp_path: Path) -> None:
     assert rules["gateway_health"]["recall"] == 1.0
     assert rules["battery_low"]["recall"] == 1.0
     # dying cells (they report it) are called after 2 silent intervals, every one within 3;
-    # healthy tags destroyed right after being carried need k = 8-10, as losses common to
-    # all gateways come in bursts (docs/rules.md, benchmarks/jammer_evidence.py)
+    # healthy tags destroyed right after being carried need k = 7-10, as losses common to
+    # all gateways come in bursts (docs/rules.md, benchmarks/sudden_silence.py)
     assert rules["missing_tag"]["delay_intervals"]["median"] <= 2.5
     by_incident = rules["missing_tag"]["delay_intervals_by_incident"]
     assert by_incident["battery_death"]["max"] <= 3.0
