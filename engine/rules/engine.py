@@ -339,10 +339,14 @@ class RuleEngine:
         return self.ctx.zones.names[z] if z >= 0 else None
 
     def _interval(self, d: IntArray) -> FloatArray:
+        return self._per_class(d, self._class_interval, DEFAULT_INTERVAL_S)
+
+    def _per_class(self, d: IntArray, table: FloatArray, default: float) -> FloatArray:
+        """``table``'s value for each tag's class; ``default`` for devices without one."""
         cls = self.tags["cls"][d]
-        out = np.full(len(d), DEFAULT_INTERVAL_S)
+        out = np.full(len(d), default)
         ok = cls >= 0
-        out[ok] = self._class_interval[cls[ok]]
+        out[ok] = table[cls[ok]]
         return out
 
     def _q_gw(self, d: IntArray) -> FloatArray:
@@ -431,12 +435,7 @@ class RuleEngine:
         q x rho1 x rho2 x rho3^(m-3) (the chain cut at m): per-tag q and the continuations of
         :meth:`tag_continuation`."""
         q = np.clip(self.miss_rate(d), 1e-12, 1.0)
-        return self._chain(q, *self.tag_continuation(d, q), m)
-
-    @staticmethod
-    def _chain(
-        q: FloatArray, rho1: FloatArray, rho2: FloatArray, rho3: FloatArray, m: FloatArray
-    ) -> FloatArray:
+        rho1, rho2, rho3 = self.tag_continuation(d, q)
         return np.asarray(
             q
             * np.where(m >= 2, rho1, 1.0)
@@ -448,10 +447,9 @@ class RuleEngine:
         """alpha per advertisement: the design rate R (per day per 1,000 tags; the class's
         own if it has one) spread over the adverts a tag sends in a day,
         alpha = R / 1000 x interval / 86,400 s."""
-        cls = self.tags["cls"][d]
-        rate = np.full(len(d), self.rules.missing.false_alarms_per_day_per_1000_tags)
-        ok = cls >= 0
-        rate[ok] = self._class_fa_rate[cls[ok]]
+        rate = self._per_class(
+            d, self._class_fa_rate, self.rules.missing.false_alarms_per_day_per_1000_tags
+        )
         return rate / 1000.0 * self._interval(d) / SECONDS_PER_DAY
 
     def silence_threshold(self, d: IntArray) -> tuple[FloatArray, FloatArray]:
@@ -814,11 +812,8 @@ class RuleEngine:
         span = tg["bat_t1"][d] - tg["bat_t0"][d]
         with np.errstate(invalid="ignore", divide="ignore"):
             slope = (tg["bat_b0"][d] - tg["bat_b1"][d]) / span
-        cls = tg["cls"][d]
-        nominal = np.where(
-            cls >= 0,
-            self._class_drain_per_s[np.maximum(cls, 0)] if len(cls) else 0.0,
-            cfg.default_drain_pct_per_day / SECONDS_PER_DAY,
+        nominal = self._per_class(
+            d, self._class_drain_per_s, cfg.default_drain_pct_per_day / SECONDS_PER_DAY
         )
         fitted = (span >= cfg.min_fit_span_s) & (slope > 0)
         return np.where(fitted, slope, nominal)
