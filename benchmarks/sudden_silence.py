@@ -30,6 +30,7 @@ import simpy
 
 from engine.rules.engine import RuleEngine
 from engine.rules.events import ListSink
+from engine.rules.scoring import delay_stats
 from twin.incidents import FEED_DTYPE
 from twin.run import feed_rules, rule_context_for
 from twin.scenario import Scenario, load_scenario
@@ -100,14 +101,6 @@ def one_seed(scenario: str, seed: int, duration: float, deaths: int, rates: list
     return {"seed": seed, "tag_days": (len(ids) - deaths / 2) * duration / 86_400.0, "per_rate": out}
 
 
-def _stats(x: list[float]) -> dict[str, float | None]:
-    if not x:
-        return {"median": None, "p90": None, "max": None}
-    a = np.asarray(x)
-    return {"median": round(float(np.median(a)), 2), "p90": round(float(np.quantile(a, 0.9)), 2),
-            "max": round(float(a.max()), 2)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
@@ -134,7 +127,7 @@ def main() -> None:
             "design_rate_per_day_per_1000_tags": rate,
             "k_median": float(np.median(ks)),
             "k_p10_p90": [float(np.quantile(ks, 0.1)), float(np.quantile(ks, 0.9))],
-            "sudden_death_delay_intervals": _stats(delays),
+            "sudden_death_delay_intervals": delay_stats(delays),
             "within_3_intervals": round(float(np.mean(np.asarray(delays) <= 3.0)), 3) if delays else None,
             "undetected": sum(row["undetected"] for row in rows),
             "false_alarms": false,

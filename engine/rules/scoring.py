@@ -105,7 +105,8 @@ def _matches(ev: Event, rec: IncidentRecord, max_delay_s: float) -> bool:
     return rec.t_begin <= ev.t <= end + max_delay_s
 
 
-def _stats(x: Sequence[float]) -> dict[str, float | None]:
+def delay_stats(x: Sequence[float]) -> dict[str, float | None]:
+    """Median, p90 and max of a list of delays (None for each when there are none)."""
     if not x:
         return {"median": None, "p90": None, "max": None}
     a = np.asarray(x, dtype=float)
@@ -165,12 +166,12 @@ def score_events(
                 "incidents": len(recs),
                 "detected": detected,
                 "recall": round(detected / len(recs), 4) if recs else None,
-                "delay_s": _stats(delays),
+                "delay_s": delay_stats(delays),
             }
             if delays_iv:
-                entry["delay_intervals"] = _stats(delays_iv)
+                entry["delay_intervals"] = delay_stats(delays_iv)
                 entry["delay_intervals_by_incident"] = {
-                    case: _stats(v) for case, v in sorted(by_case.items())
+                    case: delay_stats(v) for case, v in sorted(by_case.items())
                 }
         per_rule[rule] = entry
     false_alarms = sum(
