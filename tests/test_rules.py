@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from engine.contract import sightings_from_columns
 from engine.pipeline import FIX_DTYPE
@@ -551,6 +550,14 @@ def test_class_design_rate_trades_false_alarms_for_speed() -> None:
     assert (k_fast[[1, 3]] < k_site[[1, 3]]).all()
 
 
-def test_class_design_rate_must_be_positive() -> None:
-    with pytest.raises(ValidationError, match="false_alarms_by_class for 'pallet'"):
-        rules_with(missing={"false_alarms_by_class": {"pallet": 0.0}})
+def test_per_class_values_are_checked_with_the_class_named() -> None:
+    text = (
+        'version = "x-1"\n[missing]\nfalse_alarms_by_class = { pallet = 0.0 }\n'
+        "expected_interval_s = { tote = 9999.0 }\n"
+    )
+    with pytest.raises(RulesError) as err:
+        parse_rules(text, "r.toml")
+    assert sorted(err.value.problems) == [
+        "missing.expected_interval_s.tote: Input should be less than or equal to 3600",
+        "missing.false_alarms_by_class.pallet: Input should be greater than 0",
+    ]

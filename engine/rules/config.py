@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -147,31 +147,15 @@ class MissingRule(_Strict):
         description="a tag whose last reading is at or below this is expected to fall silent: "
         "k = min_missed",
     )
-    expected_interval_s: dict[str, float] = Field(
+    expected_interval_s: dict[str, Annotated[float, Field(ge=0.02, le=3600)]] = Field(
         default_factory=dict, description="tag class -> advertising interval; else the registry's"
     )
-    false_alarms_by_class: dict[str, float] = Field(
+    false_alarms_by_class: dict[str, Annotated[float, Field(gt=0, lt=1e6)]] = Field(
         default_factory=dict,
         description="tag class -> design false-alarm rate for that class (per day per 1,000 of "
         "its tags): a class worth more can buy faster detection with more false alarms",
     )
     cycle_count_every_s: float = Field(default=300.0, gt=0)
-
-    @field_validator("expected_interval_s")
-    @classmethod
-    def _intervals(cls, v: dict[str, float]) -> dict[str, float]:
-        for name, s in v.items():
-            if not 0.02 <= s <= 3600:
-                raise ValueError(f"expected_interval_s for {name!r} must be 0.02-3600 s, got {s}")
-        return v
-
-    @field_validator("false_alarms_by_class")
-    @classmethod
-    def _rates(cls, v: dict[str, float]) -> dict[str, float]:
-        for name, r in v.items():
-            if not 0 < r < 1e6:
-                raise ValueError(f"false_alarms_by_class for {name!r} must be > 0 and < 1e6, got {r}")
-        return v
 
     @model_validator(mode="after")
     def _order(self) -> MissingRule:
