@@ -1,7 +1,7 @@
 """TagTwin planner: compare gateway layouts and see accuracy against ground truth.
 
-Run with ``streamlit run app.py`` or ``tagtwin ui``. The logic lives in twin/planner.py
-(tested without a browser) and the figures in twin/planner_figures.py; this file only
+Run with ``streamlit run app.py`` or ``tagtwin ui``. The logic lives in planner/backend.py
+(tested without a browser) and the figures in planner/figures.py; this file only
 wires widgets to them. Everything heavy is cached by the scenario's TOML text, so moving
 between views, or back to a layout already run, never simulates again.
 """
@@ -19,10 +19,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine.roi import RoiInputs
-from twin import planner
-from twin import planner_figures as figs
+from planner import backend
+from planner import figures as figs
+from siteplan.model import SiteModel
 from twin.scenario import Scenario, ScenarioError, parse_scenario
-from twin.site import SiteModel
 
 ROOT = Path(__file__).resolve().parent
 SCENARIO_DIR = ROOT / "scenarios"
@@ -67,13 +67,13 @@ def site() -> SiteModel:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def maps_of(text: str) -> planner.CoverageMaps:
+def maps_of(text: str) -> backend.CoverageMaps:
     sc = parse_scenario(text)
-    return planner.coverage_maps(sc, planner.gateway_rows(sc, site_of(text)), site_of(text))
+    return backend.coverage_maps(sc, backend.gateway_rows(sc, site_of(text)), site_of(text))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def run_of(text: str, _label: str = "") -> planner.RunView:
+def run_of(text: str, _label: str = "") -> backend.RunView:
     """One simulation per distinct scenario text (``_label`` is not part of the key),
     with a progress bar while it runs.
 
@@ -90,12 +90,12 @@ def run_of(text: str, _label: str = "") -> planner.RunView:
             text=f"simulating {_label}: {t:.0f} / {sc.duration_s:.0f} s",
         )
 
-    view = planner.run_view(sc, tick)
+    view = backend.run_view(sc, tick)
     slot.empty()
     return view
 
 
-def run_with_progress(text: str, label: str) -> planner.RunView:
+def run_with_progress(text: str, label: str) -> backend.RunView:
     view = run_of(text, label)
     st.session_state.ran[text] = label
     return view
@@ -106,7 +106,7 @@ def run_with_progress(text: str, label: str) -> planner.RunView:
 # switch or a return to a slider position does not rebuild them. The browser still draws.
 
 
-def rows_key(rows: list[planner.GatewayRow]) -> tuple[tuple[str, float, float, float], ...]:
+def rows_key(rows: list[backend.GatewayRow]) -> tuple[tuple[str, float, float, float], ...]:
     return tuple((r["id"], r["x"], r["y"], r["z"]) for r in rows)
 
 
@@ -123,7 +123,7 @@ def map_figure(
 ) -> go.Figure:
     maps = maps_of(map_text)
     err = run_of(run_text).error_map(maps.grid) if run_text is not None else None
-    rows = planner.gateway_rows(parse_scenario(map_text), site_of(map_text))
+    rows = backend.gateway_rows(parse_scenario(map_text), site_of(map_text))
     fig = figs.add_map(figs.floorplan(site_of(site_text), rows, title, height=height), maps, which, err)
     if height < 520:  # the small side-by-side plans of a comparison
         fig.update_layout(showlegend=False)
@@ -133,7 +133,7 @@ def map_figure(
 @st.cache_resource(show_spinner=False, max_entries=256)
 def frame_figure(site_text: str, run_text: str, t: float, tag: str, title: str) -> go.Figure:
     view = run_of(run_text)
-    rows = planner.gateway_rows(parse_scenario(run_text), site_of(run_text))
+    rows = backend.gateway_rows(parse_scenario(run_text), site_of(run_text))
     fig = figs.floorplan(site_of(site_text), rows, title)
     figs.add_frame(fig, view.frame(t), view.device_ids)
     if tag != "(none)":
@@ -143,7 +143,7 @@ def frame_figure(site_text: str, run_text: str, t: float, tag: str, title: str) 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def animation_figure(site_text: str, run_text: str) -> go.Figure:
-    rows = planner.gateway_rows(parse_scenario(run_text), site_of(run_text))
+    rows = backend.gateway_rows(parse_scenario(run_text), site_of(run_text))
     return figs.playback_animation(site_of(site_text), rows, run_of(run_text))
 
 
@@ -156,10 +156,10 @@ def events_figure(run_text: str) -> go.Figure:
 @st.cache_data(show_spinner=False, max_entries=256)
 def roi_result(run_text: str, inputs_json: str) -> dict[str, Any]:
     """engine.roi on one run's measured metrics, per run and set of inputs."""
-    return planner.roi_of(run_of(run_text), RoiInputs.model_validate_json(inputs_json))
+    return backend.roi_of(run_of(run_text), RoiInputs.model_validate_json(inputs_json))
 
 
-def _rows(rows: tuple[Any, ...]) -> list[planner.GatewayRow]:
+def _rows(rows: tuple[Any, ...]) -> list[backend.GatewayRow]:
     return [{"id": i, "x": x, "y": y, "z": z} for i, x, y, z in rows]
 
 
@@ -189,7 +189,7 @@ def base_scenario() -> tuple[Scenario, str] | None:
         return None
     if st.session_state.get("source") != (source, text):
         st.session_state.source = (source, text)
-        rows = planner.gateway_rows(sc, site_of(text))
+        rows = backend.gateway_rows(sc, site_of(text))
         st.session_state.layouts = {BASE_LAYOUT: rows}
         st.session_state.active = BASE_LAYOUT
         st.session_state.editor_version = 0
@@ -205,10 +205,10 @@ def layout_text(sc: Scenario, name: str, timed: bool = True) -> str:
     rows = st.session_state.layouts[name]
     label = sc.name if name == BASE_LAYOUT else f"{sc.name} / {name}"
     duration = st.session_state.duration if timed else None
-    return planner.scenario_toml(planner.with_gateways(sc, rows, label, duration))
+    return backend.scenario_toml(backend.with_gateways(sc, rows, label, duration))
 
 
-def add_layout(name: str, rows: list[planner.GatewayRow]) -> None:
+def add_layout(name: str, rows: list[backend.GatewayRow]) -> None:
     st.session_state.layouts[name] = rows
     st.session_state.active = name
     st.session_state.editor_version += 1
@@ -233,14 +233,14 @@ def view_plan(sc: Scenario) -> None:
                 c: st.column_config.NumberColumn(c + " (m)", format="%.1f") for c in ("x", "y", "z")
             },
         )
-        rows, problems = planner.clean_rows(edited.to_dict("records"), sc.gateways.defaults.z_m)
+        rows, problems = backend.clean_rows(edited.to_dict("records"), sc.gateways.defaults.z_m)
         if problems:
             st.error("Layout not applied:\n\n" + "\n".join(f"- {p}" for p in problems))
         elif not rows:
             st.error("Layout not applied: a layout needs at least one gateway")
         else:
             st.session_state.layouts[active] = rows
-            outside = planner.outside_outline(sc, rows)
+            outside = backend.outside_outline(sc, rows)
             if outside:
                 st.warning(f"Outside the site outline: {', '.join(outside)}")
         with st.expander("Generate a grid layout", expanded=False):
@@ -252,7 +252,7 @@ def view_plan(sc: Scenario) -> None:
             margin = c3.number_input("margin (m)", 0.0, 50.0, 2.0, 0.5, key="grid_margin")
             if st.button("Add grid layout", key="grid_add"):
                 name = f"grid {spacing:g} m"
-                add_layout(name, planner.grid_rows(sc, spacing, height, margin))
+                add_layout(name, backend.grid_rows(sc, spacing, height, margin))
                 st.rerun()
         with st.expander("Copy this layout", expanded=False):
             new_name = st.text_input("new layout name", value=f"{active} (copy)", key="copy_name")
@@ -260,12 +260,12 @@ def view_plan(sc: Scenario) -> None:
                 add_layout(new_name.strip(), [dict(r) for r in st.session_state.layouts[active]])
                 st.rerun()
         with st.expander("Save layout to a scenario file", expanded=False):
-            scenario = planner.with_gateways(
+            scenario = backend.with_gateways(
                 sc,
                 st.session_state.layouts[active],
                 sc.name if active == BASE_LAYOUT else f"{sc.name}-{active}".replace(" ", "-"),
             )
-            text = planner.scenario_toml(scenario)
+            text = backend.scenario_toml(scenario)
             st.download_button(
                 "Download TOML", text, file_name=f"{scenario.name}.toml", mime="application/toml"
             )
@@ -274,7 +274,7 @@ def view_plan(sc: Scenario) -> None:
             )
             if st.button("Write file", key="save_write"):
                 try:
-                    planner.save_scenario(scenario, Path(target))
+                    backend.save_scenario(scenario, Path(target))
                     st.success(f"wrote {target}")
                 except (OSError, ScenarioError) as exc:
                     st.error(f"not written: {exc}")
@@ -286,7 +286,7 @@ def view_plan(sc: Scenario) -> None:
             f"{sc.name}: layout “{active}”, {len(rows)} gateways",
         )
         mode = st.radio(
-            "Click on the plan to", planner.CLICK_MODES, horizontal=True, key="click_mode"
+            "Click on the plan to", backend.CLICK_MODES, horizontal=True, key="click_mode"
         )
         event = st.plotly_chart(
             fig,
@@ -318,7 +318,7 @@ def handle_click(sc: Scenario, fig: Any, event: Any, mode: str) -> None:
     rows = st.session_state.layouts[active]
     gateway = rows[pt["point_index"]]["id"] if trace == "gateways" else None
     floor = (float(pt["x"]), float(pt["y"])) if trace == "floor" else None
-    new_rows, pending, message = planner.apply_click(
+    new_rows, pending, message = backend.apply_click(
         rows,
         mode,
         gateway=gateway,
@@ -434,7 +434,7 @@ def view_run(sc: Scenario) -> None:
     events_panel(view, text)
 
 
-def events_panel(view: planner.RunView, text: str) -> None:
+def events_panel(view: backend.RunView, text: str) -> None:
     """The rules' events on a timeline (injected incidents as dotted lines) and, when the
     scenario injects incidents, each rule's precision and recall against them."""
     rules = view.rule_scores
@@ -449,7 +449,7 @@ def events_panel(view: planner.RunView, text: str) -> None:
         st.plotly_chart(events_figure(text), width="stretch", key="events_fig")
     else:
         st.info("The rules engine raised no events in this run.")
-    n_incidents = planner.injected_incidents(rules)
+    n_incidents = backend.injected_incidents(rules)
     if n_incidents == 0:
         st.info(
             "This scenario injects no incidents, so there is nothing to score the alarms "
@@ -484,7 +484,7 @@ def events_panel(view: planner.RunView, text: str) -> None:
 
 def current_roi_inputs(sc: Scenario) -> RoiInputs:
     """The scenario's [roi] with the edits made in the ROI view (kept across views)."""
-    return planner.roi_inputs(sc.roi, st.session_state.get("roi_changes", {}))
+    return backend.roi_inputs(sc.roi, st.session_state.get("roi_changes", {}))
 
 
 def view_compare(sc: Scenario) -> None:
@@ -526,13 +526,13 @@ def view_compare(sc: Scenario) -> None:
         if has_run:
             view = run_of(text, st.session_state.ran[text])
             roi = roi_result(text, inputs_json)
-            rows.append(planner.layout_row(view, maps_of(map_text), roi) | {"layout": n})
+            rows.append(backend.layout_row(view, maps_of(map_text), roi) | {"layout": n})
     if len(rows) >= 1:
         table = pd.DataFrame(rows).set_index("layout")
         st.dataframe(table, width="stretch", column_config=METRIC_COLUMNS, key="compare_table")
     if len(rows) >= 2:
         st.markdown(
-            "**Which layout wins on what**\n\n" + "\n".join(f"- {w}" for w in planner.winners(rows))
+            "**Which layout wins on what**\n\n" + "\n".join(f"- {w}" for w in backend.winners(rows))
         )
         noisy = [f"{r['layout']} ({r['false_alarms']})" for r in rows if r["false_alarms"]]
         if noisy:
@@ -542,7 +542,7 @@ def view_compare(sc: Scenario) -> None:
                 + f". From {st.session_state.duration:g} simulated seconds that rate is weak; "
                 "simulate longer before deciding on money."
             )
-        front = planner.pareto_front(rows)
+        front = backend.pareto_front(rows)
         st.plotly_chart(figs.cost_accuracy(rows, front), width="stretch", key="cost_fig")
 
 
@@ -618,10 +618,10 @@ def roi_input_widgets(sc: Scenario, fleet: int) -> RoiInputs:
                 if got != value or name in changes:
                     changes[name] = got
     try:
-        inputs = planner.roi_inputs(base, changes)
+        inputs = backend.roi_inputs(base, changes)
     except ValueError as exc:
         st.error(f"ROI inputs not applied: {exc}")
-        inputs = planner.roi_inputs(base, st.session_state.get("roi_changes", {}))
+        inputs = backend.roi_inputs(base, st.session_state.get("roi_changes", {}))
     else:
         st.session_state.roi_changes = changes
     return inputs
@@ -750,13 +750,13 @@ def view_live(_sc: Scenario) -> None:
     host = c1.text_input("broker host", "127.0.0.1", key="live_host")
     port = c2.number_input("port", 1, 65535, 1883, key="live_port")
     st.caption(
-        f"Subscribes to what `tagtwin serve` publishes: `{planner.POSITIONS_TOPIC}` "
-        f"(PositionBatch) and `{planner.EVENTS_TOPIC}` (events), docs/wire-format.md."
+        f"Subscribes to what `tagtwin serve` publishes: `{backend.POSITIONS_TOPIC}` "
+        f"(PositionBatch) and `{backend.EVENTS_TOPIC}` (events), docs/wire-format.md."
     )
-    feed: planner.LiveFeed | None = st.session_state.get("feed")
+    feed: backend.LiveFeed | None = st.session_state.get("feed")
     b1, b2 = st.columns(2)
     if b1.button("Connect", key="live_connect", disabled=feed is not None):
-        feed = planner.LiveFeed()
+        feed = backend.LiveFeed()
         try:
             feed.connect(host, int(port))
             st.session_state.feed = feed
@@ -778,7 +778,7 @@ def view_live(_sc: Scenario) -> None:
 
 @st.fragment(run_every=2.0)
 def live_positions() -> None:
-    feed: planner.LiveFeed | None = st.session_state.get("feed")
+    feed: backend.LiveFeed | None = st.session_state.get("feed")
     if feed is None:
         return
     snap = feed.snapshot()
@@ -799,7 +799,7 @@ def live_positions() -> None:
     left, right = st.columns([3, 2])
     left.plotly_chart(fig, width="stretch", key="live_fig")
     with right:
-        st.markdown(f"**Events** (newest first, last {planner.LIVE_EVENTS_KEPT})")
+        st.markdown(f"**Events** (newest first, last {backend.LIVE_EVENTS_KEPT})")
         if events:
             st.dataframe(
                 pd.DataFrame(

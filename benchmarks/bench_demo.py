@@ -30,7 +30,7 @@ def main() -> None:
         for _ in range(args.repeat):
             start = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "twin", "simulate", str(REPO / "scenarios" / "demo.toml"),
+                [sys.executable, "-m", "tagtwin", "simulate", str(REPO / "scenarios" / "demo.toml"),
                  "--out", tmp, "--quiet"],
                 check=True, capture_output=True,
             )

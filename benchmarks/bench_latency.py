@@ -51,7 +51,7 @@ class Site:
     """Tags at fixed random spots; RSSI = log-distance (n = 2) + 4 dB Gaussian shadowing."""
 
     def __init__(self, seed: int = 1) -> None:
-        from live_bridge.config import site_engine_config
+        from tagtwin.live import site_engine_config
         from twin.scenario import load_scenario
 
         cfg = site_engine_config(load_scenario(SCENARIO))
@@ -278,7 +278,7 @@ def engine_step_cost(site: Site, rate: float, step: float, lateness: float) -> d
     the floor under the latency (same site, tags and RSSI model as the MQTT runs)."""
     from engine.contract import sightings_from_columns
     from engine.pipeline import Engine
-    from live_bridge.config import site_engine_config
+    from tagtwin.live import site_engine_config
     from twin.scenario import load_scenario
 
     engine = Engine(site_engine_config(load_scenario(SCENARIO), step_s=step, lateness_s=lateness))

@@ -17,7 +17,7 @@ import numpy as np
 from engine.contract import sightings_from_columns
 from engine.pipeline import FIX_DTYPE
 from engine.rules import RuleContext, RuleEngine, RuleSet
-from engine.zones import ZoneIndex
+from siteplan.zones import ZoneIndex
 
 
 def main() -> None:

@@ -15,10 +15,10 @@ import pickle
 import time
 from pathlib import Path
 
-from twin import planner
-from twin import planner_figures as figs
+from planner import backend
+from planner import figures as figs
+from siteplan.model import SiteModel
 from twin.scenario import load_scenario
-from twin.site import SiteModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,20 +41,20 @@ def main() -> None:
     demo = load_scenario(ROOT / "scenarios" / "demo.toml")
     large = load_scenario(ROOT / "scenarios" / "large.toml")
     demo_site = SiteModel.from_scenario(demo)
-    rows = planner.gateway_rows(demo, demo_site)
+    rows = backend.gateway_rows(demo, demo_site)
     maps, result["coverage_maps_demo_s"] = timed(
-        lambda: planner.coverage_maps(demo, rows, demo_site), 3
+        lambda: backend.coverage_maps(demo, rows, demo_site), 3
     )
     result["coverage_cells_demo"] = int(maps.inside.size)
     large_site = SiteModel.from_scenario(large)
-    large_rows = planner.gateway_rows(large, large_site)
+    large_rows = backend.gateway_rows(large, large_site)
     large_maps, result["coverage_maps_large_s"] = timed(
-        lambda: planner.coverage_maps(large, large_rows, large_site)
+        lambda: backend.coverage_maps(large, large_rows, large_site)
     )
     result["coverage_cells_large"] = int(large_maps.inside.size)
     result["coverage_gateways_large"] = len(large_rows)
-    short = planner.with_gateways(demo, rows, duration_s=60)
-    view, result["demo_60s_run_view_s"] = timed(lambda: planner.run_view(short))
+    short = backend.with_gateways(demo, rows, duration_s=60)
+    view, result["demo_60s_run_view_s"] = timed(lambda: backend.run_view(short))
     blob, result["run_view_pickle_s"] = timed(lambda: pickle.dumps(view), 3)
     result["run_view_bytes"] = len(blob)
     _, result["run_view_unpickle_s"] = timed(lambda: pickle.loads(blob), 3)
@@ -68,7 +68,7 @@ def main() -> None:
     result["playback_figure_json_bytes"] = len(str(spec))
     _, result["error_map_s"] = timed(lambda: view.error_map(maps.grid), 3)
     if args.full_demo:
-        full, result["demo_600s_run_view_s"] = timed(lambda: planner.run_view(demo))
+        full, result["demo_600s_run_view_s"] = timed(lambda: backend.run_view(demo))
         result["demo_600s_fixes"] = len(full.fixes)
     print(json.dumps(result, indent=2, sort_keys=True))
 

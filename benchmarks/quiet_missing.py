@@ -27,7 +27,7 @@ from scipy.stats import chi2
 from engine.pipeline import FIX_DTYPE
 from engine.rules.engine import RuleEngine
 from engine.rules.events import ListSink
-from engine.zones import NO_ZONE
+from siteplan.zones import NO_ZONE
 from twin.incidents import FEED_DTYPE
 from twin.run import feed_rules, rule_context_for, simulate
 from twin.scenario import Scenario, load_scenario

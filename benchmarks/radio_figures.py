@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from radio_models.calibration import fit_kolakowski
+from engine.datasets import fit_kolakowski
 from radio_models.crb import crlb_map
 from radio_models.pathloss import ItuP1238, LogDistance, PathLossModel, Tr38901, three_d_distance
 from twin.scenario import load_scenario

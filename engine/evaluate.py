@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from engine.capture import Capture
     from engine.pipeline import EngineConfig
     from engine.truth import GroundTruth
-    from engine.zones import ZoneIndex
+    from siteplan.zones import ZoneIndex
 
 
 def _quantiles(err: NDArray[np.float64]) -> dict[str, float]:

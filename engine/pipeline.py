@@ -41,8 +41,8 @@ from engine.track import (
     Tracker,
     ZoneHysteresis,
 )
-from engine.zones import NO_ZONE, ZoneIndex
 from radio_models.crb import crlb_rmse
+from siteplan.zones import NO_ZONE, ZoneIndex
 
 FloatArray = NDArray[np.float64]
 

@@ -43,8 +43,8 @@ from engine.localize import (
     posterior_estimates,
     r90_from_cov,
 )
-from engine.zones import NO_ZONE, ZoneIndex
 from radio_models.environment import Grid
+from siteplan.zones import NO_ZONE, ZoneIndex
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int32]

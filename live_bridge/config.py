@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, cast
 
 from engine.config_file import load_toml
 from live_bridge.gateway import ConfigError
-
-if TYPE_CHECKING:
-    from engine.pipeline import EngineConfig
-    from twin.scenario import Scenario
 
 
 def load_keys(path: Path | str) -> dict[str, bytes]:
@@ -44,29 +38,3 @@ def new_keys_toml(gateway_ids: list[str]) -> str:
     ]
     lines += [f'"{g}" = "{secrets.token_hex(32)}"' for g in gateway_ids]
     return "\n".join(lines) + "\n"
-
-
-def site_engine_config(
-    scenario: Scenario,
-    step_s: float | None = None,
-    lateness_s: float | None = None,
-    window_s: float | None = None,
-) -> EngineConfig:
-    """The engine configuration a twin run of ``scenario`` would use, without running it."""
-    from dataclasses import replace
-
-    from twin.run import engine_config_for
-    from twin.sim import TwinResult, resolve_gateways
-    from twin.site import SiteModel
-
-    site = SiteModel.from_scenario(scenario)
-    gateways, _ = resolve_gateways(scenario, site)
-    cfg = engine_config_for(
-        scenario, cast("TwinResult", SimpleNamespace(site=site, gateways=gateways))
-    )
-    changes = {
-        k: v
-        for k, v in (("step_s", step_s), ("allowed_lateness_s", lateness_s), ("window_s", window_s))
-        if v is not None
-    }
-    return replace(cfg, **changes) if changes else cfg  # type: ignore[arg-type]

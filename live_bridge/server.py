@@ -32,7 +32,6 @@ import numpy as np
 from engine.contract import UNKNOWN, IdTable, sightings_from_columns
 from engine.localize import METHOD_WLS
 from engine.pipeline import Engine, EngineConfig
-from engine.zones import NO_ZONE
 from live_bridge.adapters import AdapterError, parse_espresense, parse_theengs
 from live_bridge.wire import (
     BATCH_SUBSCRIPTION,
@@ -47,6 +46,7 @@ from live_bridge.wire import (
     WireError,
     verify_and_parse,
 )
+from siteplan.zones import NO_ZONE
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -57,7 +57,6 @@ if TYPE_CHECKING:
     from engine.contract import Sightings
     from engine.rules import Event as RuleEvent
     from engine.rules import RuleEngine
-    from twin.scenario import Scenario
 
 log = logging.getLogger("tagtwin.serve")
 
@@ -189,19 +188,6 @@ class RulesSink:
                 continue
             detail[key] = value if value is None or isinstance(value, int | float | str) else json.dumps(value)
         return Event(t=round(ev.t + origin, 3), kind=ev.rule, dev=ev.tag, detail=detail)
-
-
-def rules_sink_for(scenario: Scenario, config: EngineConfig) -> tuple[IdTable, RulesSink]:
-    """The scenario's rule set behind a server, its fleet as the registry: the server's
-    device table starts with the fleet's ids so codes match the rules' classes."""
-    from engine.rules import RuleEngine
-    from twin.run import registry_context
-    from twin.sim import tag_ids
-
-    fleet = [tid for g in scenario.tags for tid in tag_ids(g.name, g.count)]
-    devices = IdTable(fleet)
-    context = registry_context(scenario, config.zones, config.gateways, devices.ids)
-    return devices, RulesSink(RuleEngine(scenario.rules, context, []))
 
 
 class ServerCore:

@@ -22,13 +22,9 @@ a fit on censored data underestimates n; fit where links are well above sensitiv
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 from radio_models.pathloss import three_d_distance
 
@@ -236,24 +232,3 @@ def _parametric_bootstrap(
         betas.append(b)
         sigmas.append(s)
     return np.array(betas), np.array(sigmas)
-
-
-def fit_kolakowski(
-    folder: Path | None = None,
-    tag_height_m: float = 0.3,
-    decorrelation_m: float | None = 2.0,
-    n_boot: int = 200,
-) -> Calibration:
-    """Calibrate on the Kolakowski 2021 flat (Sensors 21(18):6270): the robot's
-    calibration walk with LiDAR positions. The tag's height on the robot is not given in
-    the dataset; 0.3 m is assumed (n moves by about 0.2 between 0.1 and 0.6 m). A flat's
-    clutter decorrelates within a couple of metres, hence ``decorrelation_m`` 2 m (TR
-    38.901 gives 6-10 m for larger halls)."""
-    from engine.datasets import SHARED_KOLAKOWSKI, load_kolakowski
-
-    data = load_kolakowski(folder or SHARED_KOLAKOWSKI)
-    cal = data.calibration
-    xyz = np.column_stack([cal.xy, np.full(len(cal.xy), tag_height_m)])
-    return fit_log_distance(
-        xyz, data.anchor_xyz, cal.rssi, decorrelation_m=decorrelation_m, n_boot=n_boot
-    )

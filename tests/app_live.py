@@ -9,12 +9,12 @@ import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from live_bridge.config import site_engine_config
 from live_bridge.server import ServerCore, ZoneChangeSink, serve
-from live_bridge.twin_source import publish_twin
+from siteplan.model import SiteModel
+from tagtwin.live import site_engine_config
+from tagtwin.twin_publish import publish_twin
 from twin.scenario import Scenario, load_scenario
 from twin.sim import resolve_gateways, run_twin
-from twin.site import SiteModel
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -1,7 +1,7 @@
 """app.py through streamlit.testing.v1.AppTest: widgets, state, caching, no exceptions.
 
 Each test simulates with its own duration, so Streamlit's process-wide cache can never
-hand one test another test's run; twin.planner.simulations_started counts real runs.
+hand one test another test's run; planner.backend.simulations_started counts real runs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from twin import planner
+from planner import backend
 from twin.scenario import load_scenario
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -63,7 +63,7 @@ def test_first_page_shows_the_demo_plan():
 def test_coverage_maps_view_before_a_run():
     at = go(start(), "Coverage maps")
     labels = {m.label: m.value for m in at.metric}
-    want = planner.coverage_maps(
+    want = backend.coverage_maps(
         load_scenario(Path(APP).parent / "scenarios" / "demo.toml"),
         at.session_state.layouts["as in scenario"],
     ).summary()
@@ -83,10 +83,10 @@ def test_coverage_maps_view_before_a_run():
 def test_run_playback_and_view_switches_never_rerun_the_simulation():
     at = go(start(duration=20), "Run & playback")
     assert "Run the simulation" in at.info[0].value
-    before = planner.simulations_started
+    before = backend.simulations_started
     at.button(key="run").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert planner.simulations_started == before + 1
+    assert backend.simulations_started == before + 1
     assert at.success[0].value.startswith("Run finished: ")
     metrics = {m.label: m.value for m in at.metric}
     assert float(metrics["median error"].removesuffix(" m")) > 0
@@ -118,7 +118,7 @@ def test_run_playback_and_view_switches_never_rerun_the_simulation():
     go(at, "Plan & layout")
     go(at, "Run & playback")
     assert at.success[0].value.startswith("Run finished: ")
-    assert planner.simulations_started == before + 1
+    assert backend.simulations_started == before + 1
 
 
 def test_grid_layout_then_compare_two_layouts():
@@ -138,10 +138,10 @@ def test_grid_layout_then_compare_two_layouts():
     assert chart_titles(at)[0] == "demo-warehouse: layout “as in scenario”, 10 gateways"
     go(at, "Compare layouts")
     assert at.multiselect(key="compare_sel").value == ["as in scenario", "grid 12 m"]
-    before = planner.simulations_started
+    before = backend.simulations_started
     at.button(key="compare_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert planner.simulations_started == before + 2
+    assert backend.simulations_started == before + 2
     table = at.dataframe[0].value
     assert list(table.index) == ["as in scenario", "grid 12 m"]
     n_grid = len(at.session_state.layouts["grid 12 m"])
@@ -167,7 +167,7 @@ def test_grid_layout_then_compare_two_layouts():
     assert at.metric[2].value == f"{200 * 12 + 10 * 1120 + 5000:,}"  # capex
     go(at, "Compare layouts")
     assert at.dataframe[0].value.loc["as in scenario", "cost"] == 200 * 12 + 10 * 1120 + 5000
-    assert planner.simulations_started == before + 2
+    assert backend.simulations_started == before + 2
 
 
 def test_roi_panel_shows_payback_npv_cases_and_sensitivity():
@@ -191,11 +191,11 @@ def test_roi_panel_shows_payback_npv_cases_and_sensitivity():
     assert at.number_input(key="roi_tag_cost_0").value == 12.0
     assert at.number_input(key="roi_tags_0").value == 200
     # A longer horizon raises the NPV (the demo pays back) and changes no measurement.
-    before = planner.simulations_started
+    before = backend.simulations_started
     npv = cases.loc[1, "NPV"]
     at.number_input(key="roi_horizon_months_0").set_value(60).run()
     assert at.dataframe[0].value.loc[1, "NPV"] > npv
-    assert planner.simulations_started == before
+    assert backend.simulations_started == before
 
 
 def test_copy_and_save_a_layout(tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from twin.cli import ui_command
+from tagtwin.cli import ui_command
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"

@@ -1,4 +1,4 @@
-"""The planner's logic (twin/planner.py): layouts, scenario files, coverage maps, run views,
+"""The planner's logic (planner/backend.py): layouts, scenario files, coverage maps, run views,
 comparisons and the live feed, without a browser."""
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from planner import backend
 from radio_models.crb import crlb_rmse
 from radio_models.environment import Grid
-from twin import planner
-from twin.cli import ui_command
+from siteplan.model import SiteModel
+from tagtwin.cli import ui_command
 from twin.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 from twin.sim import resolve_gateways
-from twin.site import SiteModel
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "scenarios" / "demo.toml"
@@ -66,7 +66,7 @@ def demo():
 
 
 def test_gateway_rows_match_what_the_twin_places(demo):
-    rows = planner.gateway_rows(demo)
+    rows = backend.gateway_rows(demo)
     info, _ = resolve_gateways(demo, SiteModel.from_scenario(demo))
     assert [r["id"] for r in rows] == list(info.ids)
     assert np.allclose([[r["x"], r["y"], r["z"]] for r in rows], info.xyz)
@@ -74,7 +74,7 @@ def test_gateway_rows_match_what_the_twin_places(demo):
 
 
 def test_grid_layout_spacing_height_and_margin(demo):
-    rows = planner.grid_rows(demo, spacing_m=10.0, height_m=4.5, margin_m=2.0)
+    rows = backend.grid_rows(demo, spacing_m=10.0, height_m=4.5, margin_m=2.0)
     xs = sorted({r["x"] for r in rows})
     ys = sorted({r["y"] for r in rows})
     # 40 x 25 m, margin 2: x in 2, 12, 22, 32; y in 2, 12, 22.
@@ -86,16 +86,16 @@ def test_grid_layout_spacing_height_and_margin(demo):
 
 
 def test_scenario_toml_round_trips_the_demo(demo):
-    assert parse_scenario(planner.scenario_toml(demo)) == demo
+    assert parse_scenario(backend.scenario_toml(demo)) == demo
 
 
 def test_with_gateways_replaces_the_layout_and_duration(demo):
-    rows = planner.grid_rows(demo, 8.0, 3.0)
-    sc = planner.with_gateways(demo, rows, "grid-8", duration_s=30)
+    rows = backend.grid_rows(demo, 8.0, 3.0)
+    sc = backend.with_gateways(demo, rows, "grid-8", duration_s=30)
     assert sc.name == "grid-8"
     assert sc.duration_s == 30
     assert sc.gateways.grid is None
-    assert planner.gateway_rows(sc) == rows
+    assert backend.gateway_rows(sc) == rows
     # Everything but the gateways, name and duration is untouched.
     assert sc.site == demo.site
     assert sc.tags == demo.tags
@@ -106,11 +106,11 @@ def test_grid_scenario_is_expanded_into_units():
         '[[gateways.list]]\nid = "a"\nx = 2\ny = 5\n', "[gateways.grid]\nspacing_m = 5\n"
     )
     sc = parse_scenario(text)
-    rows = planner.gateway_rows(sc)
+    rows = backend.gateway_rows(sc)
     assert len(rows) == 4 * 2  # x 2, 7, 12, 17; y 2, 7
-    again = planner.with_gateways(sc, rows)
+    again = backend.with_gateways(sc, rows)
     assert again.gateways.grid is None
-    assert planner.gateway_rows(again) == rows
+    assert backend.gateway_rows(again) == rows
 
 
 finite = st.floats(min_value=-50, max_value=80, allow_nan=False, allow_infinity=False)
@@ -123,25 +123,25 @@ finite = st.floats(min_value=-50, max_value=80, allow_nan=False, allow_infinity=
 def test_any_layout_round_trips_through_a_file(coords):
     base = small()
     rows = [{"id": f"g{i}", "x": x, "y": y, "z": z} for i, (x, y, z) in enumerate(coords)]
-    sc = planner.with_gateways(base, rows, "edited")
-    back = parse_scenario(planner.scenario_toml(sc))
+    sc = backend.with_gateways(base, rows, "edited")
+    back = parse_scenario(backend.scenario_toml(sc))
     assert back == sc
-    assert planner.gateway_rows(back) == [{**r, "x": float(r["x"])} for r in rows]
+    assert backend.gateway_rows(back) == [{**r, "x": float(r["x"])} for r in rows]
 
 
 def test_save_scenario_writes_a_loadable_file(tmp_path, demo):
-    rows = planner.grid_rows(demo, 12.0, 3.5)
-    path = planner.save_scenario(
-        planner.with_gateways(demo, rows, "demo-grid-12"), tmp_path / "sub" / "g.toml"
+    rows = backend.grid_rows(demo, 12.0, 3.5)
+    path = backend.save_scenario(
+        backend.with_gateways(demo, rows, "demo-grid-12"), tmp_path / "sub" / "g.toml"
     )
     back = load_scenario(path)
     assert back.name == "demo-grid-12"
-    assert planner.gateway_rows(back) == rows
+    assert backend.gateway_rows(back) == rows
     assert path.read_text().startswith("# demo-grid-12: written by the TagTwin planner")
 
 
 def test_clean_rows_drops_blank_rows_and_names_problems():
-    rows, problems = planner.clean_rows(
+    rows, problems = backend.clean_rows(
         [
             {"id": "a", "x": 1, "y": 2, "z": None},
             {"id": None, "x": None, "y": None, "z": None},  # a fresh blank editor row
@@ -168,12 +168,12 @@ def test_outside_outline(demo):
         {"id": "out", "x": 45, "y": 5, "z": 3},
         {"id": "edge", "x": 40, "y": 25, "z": 3},
     ]
-    assert planner.outside_outline(demo, rows) == ["out"]
+    assert backend.outside_outline(demo, rows) == ["out"]
 
 
 def test_invalid_layout_names_the_field(demo):
     with pytest.raises(ScenarioError, match=r"gateways\.list: gateway ids must be unique"):
-        planner.with_gateways(demo, [{"id": "x", "x": 1, "y": 1, "z": 3}] * 2)
+        backend.with_gateways(demo, [{"id": "x", "x": 1, "y": 1, "z": 3}] * 2)
 
 
 # -- coverage maps -----------------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_invalid_layout_names_the_field(demo):
 
 def test_best_rssi_and_crb_match_hand_computed_values():
     sc = small()
-    maps = planner.coverage_maps(sc, [{"id": "a", "x": 2, "y": 5, "z": 1.0}], cell_m=1.0)
+    maps = backend.coverage_maps(sc, [{"id": "a", "x": 2, "y": 5, "z": 1.0}], cell_m=1.0)
     assert (maps.grid.nx, maps.grid.ny) == (20, 10)
     # Cell centre (12.5, 5.5): d = hypot(10.5, 0.5) at equal heights, n = 2.5.
     d = math.hypot(10.5, 0.5)
@@ -196,7 +196,7 @@ def test_crb_map_is_the_patwari_bound_over_the_gateways_that_hear():
     rows = [
         {"id": g, "x": x, "y": y, "z": 3.0} for g, x, y in (("a", 1, 1), ("b", 19, 1), ("c", 10, 9))
     ]
-    maps = planner.coverage_maps(sc, rows, cell_m=1.0)
+    maps = backend.coverage_maps(sc, rows, cell_m=1.0)
     pts = np.array([[4.5, 4.5, 1.0], [15.5, 7.5, 1.0]])
     gw = np.array([[r["x"], r["y"], r["z"]] for r in rows])
     want = crlb_rmse(pts, gw, exponent=2.5, sigma_db=4.0)  # all hear at this range
@@ -206,9 +206,9 @@ def test_crb_map_is_the_patwari_bound_over_the_gateways_that_hear():
 
 
 def test_a_wall_lowers_rssi_by_its_material_loss():
-    no_wall = planner.coverage_maps(small(), [{"id": "a", "x": 2, "y": 5, "z": 1.0}], cell_m=1.0)
+    no_wall = backend.coverage_maps(small(), [{"id": "a", "x": 2, "y": 5, "z": 1.0}], cell_m=1.0)
     wall = '[[site.walls]]\npoints = [[10, 0], [10, 10]]\nmaterial = "brick"\n'
-    walled = planner.coverage_maps(small(wall), [{"id": "a", "x": 2, "y": 5, "z": 1.0}], cell_m=1.0)
+    walled = backend.coverage_maps(small(wall), [{"id": "a", "x": 2, "y": 5, "z": 1.0}], cell_m=1.0)
     diff = no_wall.best_rssi_dbm - walled.best_rssi_dbm
     assert np.allclose(diff[:, :10], 0.0)
     assert np.allclose(diff[:, 10:], 10.0)  # brick, 10 dB, beyond x = 10
@@ -217,7 +217,7 @@ def test_a_wall_lowers_rssi_by_its_material_loss():
 def test_sensitivity_limits_who_hears():
     far = [{"id": "a", "x": 0, "y": 0, "z": 1.0}, {"id": "b", "x": 20, "y": 10, "z": 1.0}]
     text = SMALL.format(walls="").replace("sensitivity_dbm = -95", "sensitivity_dbm = -80")
-    maps = planner.coverage_maps(parse_scenario(text), far, cell_m=1.0)
+    maps = backend.coverage_maps(parse_scenario(text), far, cell_m=1.0)
     # -80 dBm at n = 2.5 is reached out to 10^(21/25) = 6.9 m.
     reach = 10 ** (21 / 25)
     xs, ys = np.meshgrid(maps.xs(), maps.ys())
@@ -238,8 +238,8 @@ def test_adding_a_gateway_never_makes_coverage_worse(coords, extra):
     sc = small()
     rows = [{"id": f"g{i}", "x": x, "y": y, "z": 3.0} for i, (x, y) in enumerate(coords)]
     more = [*rows, {"id": "new", "x": extra[0], "y": extra[1], "z": 3.0}]
-    a = planner.coverage_maps(sc, rows, cell_m=2.0)
-    b = planner.coverage_maps(sc, more, cell_m=2.0)
+    a = backend.coverage_maps(sc, rows, cell_m=2.0)
+    b = backend.coverage_maps(sc, more, cell_m=2.0)
     assert np.all(b.best_rssi_dbm >= a.best_rssi_dbm)
     assert np.all(b.n_heard >= a.n_heard)
     # Fisher information only grows with another receiver, so the bound only shrinks.
@@ -248,7 +248,7 @@ def test_adding_a_gateway_never_makes_coverage_worse(coords, extra):
 
 def test_map_cells_stay_bounded_on_the_large_site():
     sc = load_scenario(ROOT / "scenarios" / "large.toml")
-    assert planner.map_cell_m(sc) == pytest.approx(1.0)  # 120 m / 120 cells
+    assert backend.map_cell_m(sc) == pytest.approx(1.0)  # 120 m / 120 cells
 
 
 # -- run views and comparison --------------------------------------------------------------
@@ -256,7 +256,7 @@ def test_map_cells_stay_bounded_on_the_large_site():
 
 @pytest.fixture(scope="module")
 def short_run(demo):
-    return planner.run_view(planner.with_gateways(demo, planner.gateway_rows(demo), duration_s=20))
+    return backend.run_view(backend.with_gateways(demo, backend.gateway_rows(demo), duration_s=20))
 
 
 def test_run_view_keeps_fixes_truth_and_metrics(short_run):
@@ -296,9 +296,9 @@ def test_frame_and_track(short_run):
 
 
 def test_playback_animation_samples_frames_and_tags(short_run, demo):
-    from twin.planner_figures import playback_animation
+    from planner.figures import playback_animation
 
-    rows = planner.gateway_rows(demo)
+    rows = backend.gateway_rows(demo)
     fig = playback_animation(
         SiteModel.from_scenario(demo), rows, short_run, max_frames=5, max_tags=50
     )
@@ -333,10 +333,10 @@ def test_error_map_is_rmse_by_true_position(short_run):
 def test_layout_row_takes_cost_payback_and_npv_from_the_roi_model(short_run, demo):
     from engine.roi import RoiInputs, evaluate_case, measured_from_report
 
-    maps = planner.coverage_maps(demo, planner.gateway_rows(demo))
+    maps = backend.coverage_maps(demo, backend.gateway_rows(demo))
     inputs = RoiInputs(gateway_cost=200.0, tag_cost=5.0, install_cost_per_gateway=50.0)
-    roi = planner.roi_of(short_run, inputs)
-    row = planner.layout_row(short_run, maps, roi)
+    roi = backend.roi_of(short_run, inputs)
+    row = backend.layout_row(short_run, maps, roi)
     assert row["gateways"] == 10
     # capex = tags x tag cost + gateways x (gateway + installation) + project (docs/roi.md)
     assert row["cost"] == 200 * 5 + 10 * (200 + 50) + 5000
@@ -357,10 +357,10 @@ def test_layout_row_takes_cost_payback_and_npv_from_the_roi_model(short_run, dem
 
 
 def test_roi_inputs_keep_the_models_bounds(demo):
-    assert planner.roi_inputs(demo.roi, {}) == demo.roi
-    assert planner.roi_inputs(demo.roi, {"tag_cost": 3.0}).tag_cost == 3.0
+    assert backend.roi_inputs(demo.roi, {}) == demo.roi
+    assert backend.roi_inputs(demo.roi, {"tag_cost": 3.0}).tag_cost == 3.0
     with pytest.raises(ValueError, match="recovery_rate"):
-        planner.roi_inputs(demo.roi, {"recovery_rate": 1.5})
+        backend.roi_inputs(demo.roi, {"recovery_rate": 1.5})
 
 
 def test_winners_and_pareto_front():
@@ -387,19 +387,19 @@ def test_winners_and_pareto_front():
             "zone_accuracy": 0.7,
         },
     ]
-    said = planner.winners(rows)
+    said = backend.winners(rows)
     assert "median error (m): B wins (1.50 m vs 2.00 m for A)" in said
     assert "zone accuracy: tie between A and B (80.0%)" in said
     assert "capex: A wins (1,000 vs 1,500 for B)" in said
-    assert planner.pareto_front(rows) == ["A", "B"]  # C is dearer and worse than both
-    assert planner.winners(rows[:1]) == []
+    assert backend.pareto_front(rows) == ["A", "B"]  # C is dearer and worse than both
+    assert backend.winners(rows[:1]) == []
     close = [{"layout": "A", "median_error_m": 2.7851}, {"layout": "B", "median_error_m": 2.7932}]
-    assert planner.winners(close) == ["median error (m): practically even (A 2.785 m, B 2.793 m)"]
+    assert backend.winners(close) == ["median error (m): practically even (A 2.785 m, B 2.793 m)"]
     money = [
         {"layout": "A", "npv": 60_794.0, "payback_months": 5.12},
         {"layout": "B", "npv": -335_206.0, "payback_months": math.inf},
     ]
-    assert planner.winners(money) == [
+    assert backend.winners(money) == [
         "payback (months): only A pays back within the horizon",
         "NPV: A wins (60,794 vs -335,206 for B)",
     ]
@@ -410,12 +410,12 @@ def test_winners_and_pareto_front():
 
 def _server_payloads(demo):
     """A PositionBatch and a zone-change Event as the server's own code formats them."""
-    from live_bridge.config import site_engine_config
     from live_bridge.server import ServerCore, ZoneChangeSink
     from live_bridge.wire import EVENTS_TOPIC, POSITIONS_TOPIC
+    from tagtwin.live import site_engine_config
 
-    sc = planner.with_gateways(demo, planner.gateway_rows(demo), duration_s=20)
-    run = planner.run_view(sc)
+    sc = backend.with_gateways(demo, backend.gateway_rows(demo), duration_s=20)
+    run = backend.run_view(sc)
     core = ServerCore(site_engine_config(sc), {}, clock="event", sink=ZoneChangeSink())
     core.origin = 1_700_000_000.0
     for d in run.device_ids:
@@ -428,14 +428,14 @@ def _server_payloads(demo):
 
 def test_parse_live_reads_the_servers_own_payloads(demo):
     run, (ptopic, positions), events = _server_payloads(demo)
-    kind, recs = planner.parse_live(ptopic, positions)
+    kind, recs = backend.parse_live(ptopic, positions)
     assert kind == "positions"
     first = run.fixes[run.fixes["t"] == run.fixes["t"][0]]
     assert len(recs) == int(np.isfinite(first["x"]).sum()) > 100
     assert {r["dev"] for r in recs} <= set(run.device_ids)
     assert all(r["method"] in ("wls", "centroid") and r["r90"] > 0 for r in recs)
     assert events, "20 s of 200 moving tags change zones"
-    kind, (ev,) = planner.parse_live(*events[0])
+    kind, (ev,) = backend.parse_live(*events[0])
     assert kind == "event" and ev["kind"] == "zone-change" and ev["dev"] in run.device_ids
     for topic, bad, reason in (
         (ptopic, b"\xff", "bad position batch"),
@@ -444,12 +444,12 @@ def test_parse_live_reads_the_servers_own_payloads(demo):
         ("tagtwin/v1/other", positions, "unexpected topic"),
     ):
         with pytest.raises(ValueError, match=reason):
-            planner.parse_live(topic, bad)
+            backend.parse_live(topic, bad)
 
 
 @settings(max_examples=150, deadline=None)
 @given(
-    st.sampled_from(planner.LIVE_TOPICS),
+    st.sampled_from(backend.LIVE_TOPICS),
     st.recursive(
         st.none() | st.booleans() | st.floats() | st.text(max_size=5),
         lambda c: (
@@ -464,7 +464,7 @@ def test_parse_live_reads_the_servers_own_payloads(demo):
     ),
 )
 def test_live_feed_only_ever_counts_bad_messages(topic, data):
-    feed = planner.LiveFeed()
+    feed = backend.LiveFeed()
     feed.on_message(topic, json.dumps(data))
     assert feed.messages + sum(feed.rejected.values()) == 1
 
@@ -483,7 +483,7 @@ def test_live_feed_from_the_real_server_and_broker(tmp_path):
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     broker = live_fixtures.Broker(conf, port)
     broker.start()
-    feed = planner.LiveFeed()
+    feed = backend.LiveFeed()
     try:
         feed.connect("127.0.0.1", port)
         with live_server(broker.url, DEMO) as core:
@@ -507,7 +507,7 @@ def test_live_feed_from_the_real_server_and_broker(tmp_path):
 
 def test_live_feed_reports_an_unreachable_broker():
     with pytest.raises(ConnectionError, match=r"cannot reach broker 127\.0\.0\.1"):
-        planner.LiveFeed().connect("127.0.0.1", _free_port(), timeout_s=1.0)
+        backend.LiveFeed().connect("127.0.0.1", _free_port(), timeout_s=1.0)
 
 
 def _free_port() -> int:
@@ -537,28 +537,28 @@ ROWS = [
 
 
 def test_next_gateway_id():
-    assert planner.next_gateway_id(ROWS) == "gw-08"
-    assert planner.next_gateway_id([]) == "gw-01"
-    assert planner.next_gateway_id(ROWS, prefix="door") == "door-01"
+    assert backend.next_gateway_id(ROWS) == "gw-08"
+    assert backend.next_gateway_id([]) == "gw-01"
+    assert backend.next_gateway_id(ROWS, prefix="door") == "door-01"
 
 
 def test_click_adds_moves_and_deletes():
-    rows, pending, msg = planner.apply_click(
+    rows, pending, msg = backend.apply_click(
         ROWS, "add gateway", gateway=None, floor_xy=(3.25, 4.75), pending=None, default_z=3.5
     )
     assert rows[-1] == {"id": "gw-08", "x": 3.25, "y": 4.75, "z": 3.5}
     assert (pending, msg) == (None, "added gw-08 at (3.2, 4.8)")
     assert len(ROWS) == 3  # the input is not modified
-    rows, pending, msg = planner.apply_click(
+    rows, pending, msg = backend.apply_click(
         rows, "move gateway", gateway="gw-07", floor_xy=None, pending=None, default_z=3.0
     )
     assert (pending, msg) == ("gw-07", "now click where gw-07 goes")
-    rows, pending, msg = planner.apply_click(
+    rows, pending, msg = backend.apply_click(
         rows, "move gateway", gateway=None, floor_xy=(0.5, 2.0), pending=pending, default_z=3.0
     )
     assert rows[1] == {"id": "gw-07", "x": 0.5, "y": 2.0, "z": 3.0}
     assert (pending, msg) == (None, "moved gw-07 to (0.5, 2.0)")
-    rows, _, msg = planner.apply_click(
+    rows, _, msg = backend.apply_click(
         rows, "delete gateway", gateway="door", floor_xy=None, pending=None, default_z=3.0
     )
     assert [r["id"] for r in rows] == ["gw-01", "gw-07", "gw-08"]
@@ -573,12 +573,12 @@ def test_clicks_that_do_nothing_say_why():
         ("delete gateway", "gw-01", None, "gw-01 is the last gateway; a layout needs at least one"),
         ("move gateway", None, (1.0, 1.0), "click a gateway first, then where it goes"),
     ):
-        rows, pending, msg = planner.apply_click(
+        rows, pending, msg = backend.apply_click(
             one, mode, gateway=gw, floor_xy=xy, pending=None, default_z=3.0
         )
         assert (rows, pending, msg) == (one, None, want)
     with pytest.raises(ValueError, match="unknown click mode"):
-        planner.apply_click(one, "paint", gateway=None, floor_xy=None, pending=None, default_z=3.0)
+        backend.apply_click(one, "paint", gateway=None, floor_xy=None, pending=None, default_z=3.0)
 
 
 # -- events and their scores against injected incidents --------------------------------
@@ -587,15 +587,15 @@ def test_clicks_that_do_nothing_say_why():
 @pytest.fixture(scope="module")
 def incidents_run():
     sc = load_scenario(ROOT / "scenarios" / "demo_incidents.toml")
-    return planner.run_view(planner.with_gateways(sc, planner.gateway_rows(sc), duration_s=200))
+    return backend.run_view(backend.with_gateways(sc, backend.gateway_rows(sc), duration_s=200))
 
 
 def test_events_and_scores_of_a_run_with_incidents(incidents_run):
-    from twin.planner_figures import events_timeline
+    from planner.figures import events_timeline
 
     v = incidents_run
     rules = v.rule_scores
-    assert planner.injected_incidents(rules) == len(v.incidents) > 0
+    assert backend.injected_incidents(rules) == len(v.incidents) > 0
     table = {r["rule"]: r for r in v.score_table()}
     exit_row = table["exit_without_checkout"]
     # Recall is detected / injected, precision true positives / alarms (docs/rules.md).
@@ -655,11 +655,11 @@ def test_a_moved_gateway_keeps_its_own_settings_and_sensitivity():
         "x = 2\ny = 5\n", "x = 2\ny = 5\nsensitivity_dbm = -60\nscan_window_ms = 30\n"
     )
     sc = parse_scenario(text)
-    moved = planner.with_gateways(sc, [{"id": "a", "x": 10, "y": 5, "z": 1.0}])
+    moved = backend.with_gateways(sc, [{"id": "a", "x": 10, "y": 5, "z": 1.0}])
     unit = moved.gateways.units[0]
     assert (unit.x, unit.sensitivity_dbm, unit.scan_window_ms) == (10, -60, 30)
     # -60 dBm at n = 2.5 from P_1m = -59 is reached within 10^(1/25) = 1.1 m only.
-    maps = planner.coverage_maps(moved, planner.gateway_rows(moved), cell_m=1.0)
+    maps = backend.coverage_maps(moved, backend.gateway_rows(moved), cell_m=1.0)
     xs, ys = np.meshgrid(maps.xs(), maps.ys())
     heard = maps.n_heard == 1
     assert heard.any()

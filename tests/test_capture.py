@@ -22,7 +22,7 @@ from engine.capture import (
     write_gateways,
 )
 from engine.contract import GatewayInfo
-from twin.cli import app
+from tagtwin.cli import app
 
 DATA = Path(__file__).resolve().parent / "data" / "kolakowski"
 GW = GatewayInfo(

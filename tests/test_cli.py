@@ -13,7 +13,7 @@ DEMO = (SCENARIOS / "demo.toml").read_text()
 
 
 def tagtwin(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "twin", *args], capture_output=True, text=True, check=False)
+    return subprocess.run([sys.executable, "-m", "tagtwin", *args], capture_output=True, text=True, check=False)
 
 
 def _scenario_with_bounds(folder: Path, bounds: str) -> Path:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from tagtwin.docgen import render
 from tests.conftest import REPO
-from twin.docgen import render
 
 
 def test_scenario_reference_is_up_to_date() -> None:
     committed = (REPO / "docs" / "scenario-reference.md").read_text()
-    assert committed == render(), "regenerate: python -m twin.docgen > docs/scenario-reference.md"
+    assert committed == render(), "regenerate: python -m tagtwin.docgen > docs/scenario-reference.md"
 
 
 def test_readme_names_the_two_commands_and_ci_runs_the_test_one() -> None:

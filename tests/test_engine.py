@@ -11,7 +11,7 @@ from engine.contract import SIGHTING_DTYPE, UNKNOWN, GatewayInfo, IdTable, sight
 from engine.ingest import IngestCounters, ingest
 from engine.localize import wls_localize
 from engine.pipeline import Engine, EngineConfig
-from engine.zones import ZoneIndex
+from siteplan.zones import ZoneIndex
 
 GW = np.array([[0, 0, 3], [20, 0, 3], [0, 20, 3], [20, 20, 3], [10, -2, 3]], dtype=float)
 BOUNDS = (-5.0, -5.0, 25.0, 25.0)

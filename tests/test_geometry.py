@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.truth import SEGMENT_DTYPE, GroundTruth
-from engine.zones import NO_ZONE, ZoneIndex
 from radio_models.geometry import Obstacles, crossing_loss_db
-from twin.site import Navigator, SiteModel
+from siteplan.model import SiteModel
+from siteplan.zones import NO_ZONE, ZoneIndex
+from twin.navigation import Navigator
 
 WALL = shapely.LineString([(5, -10), (5, 10)])
 RACK = shapely.Polygon([(10, -1), (12, -1), (12, 1), (10, 1)])

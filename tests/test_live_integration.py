@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from live_bridge.config import site_engine_config
 from live_bridge.decoders import (
     EDDYSTONE_UUID,
     MIBEACON_UUID,
@@ -28,6 +27,7 @@ from live_bridge.decoders import (
 from live_bridge.gateway import BleakSource, Gateway, GatewayConfig
 from live_bridge.server import ServerCore, serve
 from live_bridge.wire import POSITIONS_TOPIC, TOPIC_ROOT, Batch, split_envelope, status_topic
+from tagtwin.live import site_engine_config
 from tests import live_fixtures
 from tests.live_fixtures import Collector
 from twin.scenario import parse_scenario
@@ -321,7 +321,7 @@ def test_twin_through_mqtt_matches_offline_engine_and_replays(mosquitto, tmp_pat
     recording of it replays to the same positions on a fresh server."""
     from engine.pipeline import Engine
     from live_bridge.capture import read_capture, record, replay
-    from live_bridge.twin_source import publish_twin
+    from tagtwin.twin_publish import publish_twin
     from twin.run import feed_engine
     from twin.sim import run_twin
 
@@ -506,7 +506,7 @@ def test_cli_gateway_and_serve_processes(fake_bluez, mosquitto, tmp_path):
 
 def test_twin_publisher_real_time_pacing(mosquitto):
     """simpy.rt paces the batches: 3 simulated seconds at 10x take about 0.3 s."""
-    from live_bridge.twin_source import publish_twin
+    from tagtwin.twin_publish import publish_twin
     from twin.scenario import Scenario
     from twin.sim import run_twin
 

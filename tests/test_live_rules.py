@@ -9,11 +9,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from live_bridge.config import site_engine_config
-from live_bridge.server import ServerCore, rules_sink_for
-from live_bridge.twin_source import twin_batches
+from live_bridge.server import ServerCore
 from live_bridge.wire import EVENTS_TOPIC, POSITIONS_TOPIC
 from live_bridge.wire import Event as WireEvent
+from tagtwin.live import rules_sink_for, site_engine_config
+from tagtwin.twin_publish import twin_batches
 from tests.conftest import shortened
 from twin.sim import WarehouseTwin
 

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from engine.contract import GatewayInfo
 from engine.pipeline import EngineConfig
-from engine.zones import ZoneIndex
 from live_bridge.config import load_keys, new_keys_toml
 from live_bridge.gateway import ConfigError, Gateway, GatewayConfig, load_gateway_config
 from live_bridge.server import ServerCore, ZoneChangeSink
@@ -30,6 +29,7 @@ from live_bridge.wire import (
     json_schemas,
     verify_and_parse,
 )
+from siteplan.zones import ZoneIndex
 
 KEY = bytes(range(32))
 GW_XYZ = np.array([[0, 0, 1.0], [12, 0, 1.0], [12, 12, 1.0], [0, 12, 1.0]])
@@ -336,7 +336,7 @@ def test_positions_json_matches_model():
 def test_keys_command_writes_one_key_per_gateway_and_never_overwrites(tmp_path: Path):
     from typer.testing import CliRunner
 
-    from twin.cli import DEMO_SCENARIO, app
+    from tagtwin.cli import DEMO_SCENARIO, app
 
     out = tmp_path / "keys.toml"
     first = CliRunner().invoke(app, ["keys", str(DEMO_SCENARIO), "--out", str(out)])

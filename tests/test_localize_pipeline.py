@@ -127,7 +127,7 @@ def test_cli_evaluate_rescores_a_run_directory(tmp_path):
 
     from typer.testing import CliRunner
 
-    from twin.cli import app
+    from tagtwin.cli import app
 
     sc = small("static-open.toml")
     runner = CliRunner()

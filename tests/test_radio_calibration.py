@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from radio_models.calibration import fit_kolakowski, fit_log_distance
+from engine.datasets import fit_kolakowski
+from radio_models.calibration import fit_log_distance
 from radio_models.environment import Grid, PacketEffects, RadioEnvironment
 from radio_models.geometry import Obstacles
 from radio_models.pathloss import LogDistance

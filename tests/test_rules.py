@@ -25,7 +25,7 @@ from engine.rules import (
     parse_rules,
     read_events,
 )
-from engine.zones import ZoneIndex
+from siteplan.zones import ZoneIndex
 
 ZONES = ZoneIndex.from_points(
     [

@@ -98,7 +98,7 @@ def test_cli_reports_bad_file_without_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "broken.toml"
     bad.write_text(DEMO_TEXT.replace("seed = 42", "seed = -1"))
     proc = subprocess.run(
-        [sys.executable, "-m", "twin", "simulate", str(bad), "--out", str(tmp_path / "o")],
+        [sys.executable, "-m", "tagtwin", "simulate", str(bad), "--out", str(tmp_path / "o")],
         capture_output=True,
         text=True,
         check=False,

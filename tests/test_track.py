@@ -19,9 +19,9 @@ from engine.track import (
     systematic_resample,
     walkable_transition,
 )
-from engine.zones import ZoneIndex
 from radio_models.environment import Grid
 from radio_models.geometry import Obstacles, crossing_loss_db
+from siteplan.zones import ZoneIndex
 
 BOUNDS = (0.0, 0.0, 30.0, 20.0)
 RACKS = [shapely.box(5, y, 25, y + 1.2) for y in (4.0, 8.0, 12.0, 16.0)]

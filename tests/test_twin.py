@@ -112,7 +112,7 @@ def test_same_seed_same_bytes_different_seed_different_bytes(tmp_path: Path) -> 
             [
                 sys.executable,
                 "-m",
-                "twin",
+                "tagtwin",
                 "simulate",
                 str(SCENARIOS / "demo.toml"),
                 "--out",

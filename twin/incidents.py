@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from engine.truth import GroundTruth
-    from engine.zones import ZoneIndex
+    from siteplan.zones import ZoneIndex
     from twin.scenario import CheckoutTraffic, IncidentSpec, Scenario
 
 INCIDENT_STREAM = 1000

@@ -24,10 +24,10 @@ from engine.pipeline import Engine, EngineConfig
 from engine.rules import CHECKOUT_DTYPE, Event, JsonLinesSink, ListSink, RuleContext, RuleEngine
 from engine.rules.scoring import count_accuracy, score_events
 from engine.track import FloorPlan
-from engine.zones import ZoneIndex
 from radio_models.environment import Grid
 from radio_models.geometry import crossing_loss_db
 from radio_models.pathloss import effective_exponent
+from siteplan.zones import ZoneIndex
 from twin.incidents import (
     FEED_DTYPE,
     IncidentInjector,

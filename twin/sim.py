@@ -34,6 +34,8 @@ from radio_models.airinterface import (
 )
 from radio_models.environment import ADVERTISING_CHANNELS, Grid, PacketEffects, RadioEnvironment
 from radio_models.pathloss import ItuP1238, ItuP1238Classic, LogDistance, PathLossModel, Tr38901
+from siteplan.model import SiteModel
+from twin.navigation import Navigator
 from twin.scenario import (
     ItuP1238ClassicParams,
     ItuP1238Params,
@@ -41,7 +43,6 @@ from twin.scenario import (
     Scenario,
     Tr38901Params,
 )
-from twin.site import Navigator, SiteModel
 
 FloatArray = NDArray[np.float64]
 

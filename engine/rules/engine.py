@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 
 from engine.contract import UNKNOWN, Sightings
 from engine.rules.events import CHECKOUT_DTYPE, Event, EventSink
-from engine.zones import NO_ZONE, ZoneIndex
+from siteplan.zones import NO_ZONE, ZoneIndex
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

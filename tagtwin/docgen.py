@@ -1,6 +1,6 @@
 """Generate docs/scenario-reference.md from the scenario models, so the docs cannot drift.
 
-    python -m twin.docgen > docs/scenario-reference.md
+    python -m tagtwin.docgen > docs/scenario-reference.md
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def render() -> str:
     lines = [
         "# Scenario reference",
         "",
-        "Generated from `twin/scenario.py` by `python -m twin.docgen`; do not edit by hand.",
+        "Generated from `twin/scenario.py` by `python -m tagtwin.docgen`; do not edit by hand.",
         "A test fails when this file and the code disagree. See docs/scenarios.md for the guide.",
         "",
     ]

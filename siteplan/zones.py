@@ -11,6 +11,10 @@ from numpy.typing import NDArray
 
 NO_ZONE = -1
 
+# One tint per zone role, shared by every drawing of a site (matplotlib and plotly).
+ZONE_COLOURS = {"storage": "#dbe9f6", "packing": "#fde7c8", "checkout": "#e6d7f2", "exit": "#f8d0d0",
+                "receiving": "#d9f0d3", "shipping": "#fff3b0", "office": "#eeeeee", "other": "#f4f4f4"}
+
 
 @dataclass(frozen=True)
 class ZoneIndex:

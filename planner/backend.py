@@ -34,8 +34,8 @@ from radio_models.crb import crlb_rmse
 from radio_models.environment import Grid
 from radio_models.geometry import crossing_loss_db
 from radio_models.pathloss import effective_exponent, three_d_distance
+from siteplan.model import SiteModel
 from twin.scenario import Scenario, parse_scenario
-from twin.site import SiteModel
 
 if TYPE_CHECKING:
     from pathlib import Path

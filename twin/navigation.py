@@ -1,4 +1,4 @@
-"""Site geometry for the twin: free floor space, obstacles for the radio, and mover paths.
+"""Mover paths for the twin over a site's free floor.
 
 Movers walk on an 8-connected grid over the free floor (inside the outline, clear of
 racks by a safety margin, never across a wall), found with Dijkstra, then straightened by
@@ -7,76 +7,17 @@ string pulling so that they walk straight down aisles instead of zig-zagging.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import shapely
 from numpy.typing import NDArray
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from engine.zones import ZoneIndex
-from radio_models.geometry import Obstacles
-from twin.scenario import Scenario
+from siteplan.model import SiteModel
 
 FloatArray = NDArray[np.float64]
 
 NAV_CELL_M = 0.5
-RACK_CLEARANCE_M = 0.3
-
-
-@dataclass
-class SiteModel:
-    """The geometry of one scenario's site, built once per run."""
-
-    outline: shapely.Polygon
-    racks: list[shapely.Polygon]
-    rack_loss_db: list[float]
-    walls: list[shapely.LineString]
-    wall_loss_db: list[float]
-    zones: ZoneIndex
-    free_space: shapely.Geometry
-    blocked: shapely.Geometry
-
-    @classmethod
-    def from_scenario(cls, scenario: Scenario) -> SiteModel:
-        site = scenario.site
-        outline = shapely.Polygon(site.outline)
-        racks_cfg = site.all_racks()
-        racks = [shapely.Polygon(r.polygon) for r in racks_cfg]
-        walls = [shapely.LineString(w.points) for w in site.walls]
-        wall_loss = [site.materials[w.material] for w in site.walls]
-        zones = ZoneIndex.from_points([(z.name, z.role, z.polygon) for z in scenario.zones])
-        rack_union = shapely.union_all(racks) if racks else shapely.Polygon()
-        free = outline.difference(rack_union)
-        blocked = shapely.union_all([rack_union.buffer(RACK_CLEARANCE_M), *[w.buffer(0.05) for w in walls]])
-        shapely.prepare(free)
-        shapely.prepare(blocked)
-        return cls(outline, racks, [r.attenuation_db for r in racks_cfg], walls, wall_loss, zones, free, blocked)
-
-    def obstacles(self) -> Obstacles:
-        return Obstacles(tuple(self.walls) + tuple(self.racks), tuple(self.wall_loss_db) + tuple(self.rack_loss_db))
-
-    def random_free_points(
-        self, count: int, rng: np.random.Generator, within: shapely.Geometry | None = None
-    ) -> FloatArray:
-        """Uniform points on free floor (inside ``within`` if given), by vectorized rejection."""
-        area = self.free_space if within is None else within.intersection(self.free_space)
-        if count == 0:
-            return np.zeros((0, 2))
-        if area.is_empty:
-            raise ValueError("no free floor space to place points in")
-        minx, miny, maxx, maxy = area.bounds
-        shapely.prepare(area)
-        out: list[FloatArray] = []
-        have = 0
-        while have < count:
-            batch = max(64, 2 * (count - have))
-            cand = np.column_stack([rng.uniform(minx, maxx, batch), rng.uniform(miny, maxy, batch)])
-            ok = cand[shapely.contains_xy(area, cand[:, 0], cand[:, 1])]
-            out.append(ok)
-            have += len(ok)
-        return np.concatenate(out)[:count]
 
 
 class Navigator:

@@ -72,7 +72,7 @@ def simulate(
     run = _run_with_progress(sc, quiet)
     paths = write_outputs(run, out)
     if plot:
-        from twin.plot import plot_floorplan
+        from tagtwin.plot import plot_floorplan
 
         paths["floorplan"] = plot_floorplan(run, out / "floorplan.png")
     wall = time.perf_counter() - started
@@ -178,7 +178,7 @@ def evaluate(
     """
     from engine.capture import CaptureError, read_capture, read_gateways
     from engine.evaluate import evaluate_capture
-    from twin.evaluation import capture_config, evaluate_run_dir
+    from tagtwin.evaluation import capture_config, evaluate_run_dir
 
     if (run_dir is None) == (capture is None):
         err_console.print("give either a run directory or --capture with --gateways")
@@ -345,11 +345,12 @@ def serve(
     import threading
 
     from engine.contract import IdTable
-    from live_bridge.config import load_keys, site_engine_config
+    from live_bridge.config import load_keys
     from live_bridge.gateway import ConfigError
     from live_bridge.mqtt import BrokerUrl
-    from live_bridge.server import EventSink, NullSink, ServerCore, ZoneChangeSink, rules_sink_for
+    from live_bridge.server import EventSink, NullSink, ServerCore, ZoneChangeSink
     from live_bridge.server import serve as run_server
+    from tagtwin.live import rules_sink_for, site_engine_config
 
     if clock not in ("wall", "event"):
         err_console.print(f"--clock: expected wall or event, got {clock!r}")
@@ -393,8 +394,8 @@ def keys(
 ) -> None:
     """Write a keys.toml with a fresh random HMAC key per gateway of a scenario."""
     from live_bridge.config import new_keys_toml
+    from siteplan.model import SiteModel
     from twin.sim import resolve_gateways
-    from twin.site import SiteModel
 
     if out.exists():
         err_console.print(f"{out}: exists; not overwriting keys")
@@ -419,7 +420,7 @@ def twin_publish(
     """Simulate a scenario and publish its sightings as its gateways would."""
     from live_bridge.config import load_keys
     from live_bridge.gateway import ConfigError
-    from live_bridge.twin_source import publish_twin
+    from tagtwin.twin_publish import publish_twin
     from twin.sim import run_twin
 
     sc = _load(scenario)

@@ -1,6 +1,6 @@
 """Plotly figures for the planner: the floor plan to scale, map overlays, playback, charts.
 
-Plotly rather than matplotlib (twin/plot.py) because planners hover over a gateway or a
+Plotly rather than matplotlib (tagtwin/plot.py) because planners hover over a gateway or a
 tag to read its id, RSSI or error. Each figure is built from arrays in a handful of
 traces (polygons joined with None breaks), never one trace per tag.
 """
@@ -14,15 +14,15 @@ import numpy as np
 import plotly.graph_objects as go
 import shapely
 
-from twin.plot import ZONE_COLOURS
+from siteplan.zones import ZONE_COLOURS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from numpy.typing import NDArray
 
-    from twin.planner import CoverageMaps, GatewayRow, RunView
-    from twin.site import SiteModel
+    from planner.backend import CoverageMaps, GatewayRow, RunView
+    from siteplan.model import SiteModel
 
 CIRCLE_POINTS = 24
 

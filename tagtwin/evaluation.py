@@ -16,8 +16,8 @@ from engine.localize import RadioMap, fit_path_loss
 from engine.pipeline import FIX_DTYPE, EngineConfig
 from engine.track import FloorPlan
 from engine.truth import MOVEMENT_DTYPE, SEGMENT_DTYPE, GroundTruth
-from engine.zones import ZoneIndex
 from radio_models.environment import Grid
+from siteplan.zones import ZoneIndex
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -13,12 +13,10 @@ import matplotlib.pyplot as plt
 import shapely
 from matplotlib.patches import Circle, Polygon
 
+from siteplan.zones import ZONE_COLOURS
+
 if TYPE_CHECKING:
     from twin.run import SimulationRun
-
-ZONE_COLOURS = {"storage": "#dbe9f6", "packing": "#fde7c8", "checkout": "#e6d7f2", "exit": "#f8d0d0",
-                "receiving": "#d9f0d3", "shipping": "#fff3b0", "office": "#eeeeee", "other": "#f4f4f4"}
-
 
 def plot_floorplan(run: SimulationRun, path: Path, at_t: float | None = None) -> Path:
     """Draw the site and, at time ``at_t`` (default: the last fix), every tag's true

@@ -1,0 +1,167 @@
+"""The site file's sections: outline, walls, racks, zones and gateway layout.
+
+These are the parts of a scenario that describe a real or planned site; engine, twin and
+live bridge all read them. Validation errors name the field (pydantic), and the callers
+turn them into one line naming the file.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from radio_models.materials import DEFAULT_MATERIAL_LOSS_DB, DEFAULT_RACK_LOSS_DB
+
+Point = tuple[float, float]
+ZoneRole = Literal["storage", "packing", "checkout", "exit", "receiving", "shipping", "office", "other"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_polygon(points: list[Point], what: str) -> list[Point]:
+    import shapely
+
+    if len(points) < 3:
+        raise ValueError(f"{what} needs at least 3 points, got {len(points)}")
+    poly = shapely.Polygon(points)
+    if not poly.is_valid or poly.area <= 0:
+        raise ValueError(f"{what} is not a simple polygon with positive area ({shapely.is_valid_reason(poly)})")
+    return points
+
+
+class Wall(Strict):
+    points: list[Point] = Field(min_length=2, description="polyline vertices in metres")
+    material: str = Field("drywall", description="key into site.materials")
+
+
+class Rack(Strict):
+    polygon: list[Point] = Field(description="footprint, metres")
+    attenuation_db: float = Field(
+        DEFAULT_RACK_LOSS_DB, ge=0, le=60, description="loss of a link crossing it"
+    )
+
+    @field_validator("polygon")
+    @classmethod
+    def _valid(cls, v: list[Point]) -> list[Point]:
+        return _check_polygon(v, "rack polygon")
+
+
+class RackRows(Strict):
+    """A block of parallel racks, the usual warehouse pattern, without listing each one."""
+
+    origin: Point = Field(description="lower-left corner of the first rack")
+    count: int = Field(ge=1, le=1000)
+    length_m: float = Field(gt=0)
+    depth_m: float = Field(gt=0)
+    pitch_m: float = Field(gt=0, description="distance between the starts of neighbouring racks")
+    orientation: Literal["horizontal", "vertical"] = "horizontal"
+    attenuation_db: float = Field(DEFAULT_RACK_LOSS_DB, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _pitch(self) -> RackRows:
+        if self.pitch_m <= self.depth_m:
+            raise ValueError("pitch_m must exceed depth_m, or the racks leave no aisle")
+        return self
+
+    def expand(self) -> list[Rack]:
+        racks = []
+        x0, y0 = self.origin
+        for i in range(self.count):
+            if self.orientation == "horizontal":
+                y = y0 + i * self.pitch_m
+                x1, y1 = x0 + self.length_m, y + self.depth_m
+                poly = [(x0, y), (x1, y), (x1, y1), (x0, y1)]
+            else:
+                x = x0 + i * self.pitch_m
+                x1, y1 = x + self.depth_m, y0 + self.length_m
+                poly = [(x, y0), (x1, y0), (x1, y1), (x, y1)]
+            racks.append(Rack(polygon=poly, attenuation_db=self.attenuation_db))
+        return racks
+
+
+class Site(Strict):
+    outline: list[Point] = Field(description="outer walls, metres")
+    tag_height_m: float = Field(1.0, ge=0, le=20, description="height of tags above the floor, metres")
+    walls: list[Wall] = Field(default_factory=list, description="interior walls (polylines with a material)")
+    racks: list[Rack] = Field(default_factory=list, description="racks one by one")
+    rack_rows: list[RackRows] = Field(default_factory=list, description="blocks of parallel racks")
+    materials: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_MATERIAL_LOSS_DB), description="wall material -> loss in dB per crossing"
+    )
+
+    @field_validator("outline")
+    @classmethod
+    def _valid(cls, v: list[Point]) -> list[Point]:
+        return _check_polygon(v, "outline")
+
+    @model_validator(mode="after")
+    def _materials_known(self) -> Site:
+        for i, wall in enumerate(self.walls):
+            if wall.material not in self.materials:
+                known = ", ".join(sorted(self.materials))
+                raise ValueError(f"walls[{i}].material {wall.material!r} is not one of: {known}")
+        return self
+
+    def all_racks(self) -> list[Rack]:
+        return [*self.racks, *(r for rows in self.rack_rows for r in rows.expand())]
+
+
+class Zone(Strict):
+    name: str = Field(min_length=1, description="unique zone name")
+    role: ZoneRole = Field("other", description="what the zone is for; rules and movers select zones by role")
+    polygon: list[Point] = Field(description="outline, metres; where zones overlap the first listed wins")
+
+    @field_validator("polygon")
+    @classmethod
+    def _valid(cls, v: list[Point]) -> list[Point]:
+        return _check_polygon(v, "zone polygon")
+
+
+class GatewayDefaults(Strict):
+    z_m: float = Field(3.0, ge=0, le=30)
+    scan_window_ms: float = Field(100.0, gt=0)
+    scan_interval_ms: float = Field(100.0, gt=0)
+    sensitivity_dbm: float = Field(-95.0, le=-40, ge=-130)
+    channel_switch_ms: float = Field(
+        0.0, ge=0, le=50, description="start of each scan window lost to retuning"
+    )
+    max_reports_per_s: float | None = Field(
+        None, gt=0, description="reports a gateway can forward per second; default: no limit"
+    )
+
+    @model_validator(mode="after")
+    def _window(self) -> GatewayDefaults:
+        if self.scan_window_ms > self.scan_interval_ms:
+            raise ValueError("scan_window_ms cannot exceed scan_interval_ms")
+        if self.channel_switch_ms >= self.scan_window_ms:
+            raise ValueError("channel_switch_ms must be shorter than scan_window_ms")
+        return self
+
+
+class Gateway(Strict):
+    id: str = Field(min_length=1)
+    x: float
+    y: float
+    z: float | None = None
+    scan_window_ms: float | None = Field(None, gt=0)
+    scan_interval_ms: float | None = Field(None, gt=0)
+    sensitivity_dbm: float | None = Field(None, le=-40, ge=-130)
+
+
+class GatewayGrid(Strict):
+    """A regular layout: one gateway every ``spacing_m`` inside the outline's bounds."""
+
+    spacing_m: float = Field(gt=0)
+    margin_m: float = Field(2.0, ge=0)
+    prefix: str = "gw"
+
+
+class Gateways(Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    defaults: GatewayDefaults = Field(GatewayDefaults(), description="what every gateway gets unless it overrides it")
+    units: list[Gateway] = Field(default_factory=list, alias="list", description="gateways one by one")
+    grid: GatewayGrid | None = Field(None, description="a regular layout, added after the listed ones")

@@ -1,0 +1,1 @@
+"""The ``tagtwin`` command line, the one entry point that ties the rooms together."""
