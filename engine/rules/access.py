@@ -9,23 +9,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from engine.rules.core import SECONDS_PER_DAY, IntArray, RuleContext, RuleCore
+from engine.rules.core import SECONDS_PER_DAY, IntArray, RuleCore
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from engine.rules.config import RuleSet
-    from engine.rules.events import Event, EventSink
+    from engine.rules.events import Event
 
 
 class AccessRules(RuleCore):
     """unknown_tag, revoked_tag, after_hours_movement."""
 
-    def __init__(
-        self, rules: RuleSet, context: RuleContext, sinks: Sequence[EventSink] = ()
-    ) -> None:
-        super().__init__(rules, context, sinks)
-        self._hours = rules.after_hours.intervals_s()
+    def _setup(self) -> None:
+        super()._setup()
+        self._hours = self.rules.after_hours.intervals_s()
 
     def _registry(self, t: float, d: IntArray, cls: NDArray[np.int32], events: list[Event]) -> None:
         tg, cfg = self.tags, self.rules.registry

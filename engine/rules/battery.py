@@ -4,38 +4,27 @@ per-class battery_forecast."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from engine.rules.core import SECONDS_PER_DAY, FloatArray, IntArray, RuleContext, RuleCore
+from engine.rules.core import SECONDS_PER_DAY, FloatArray, IntArray, RuleCore
 from engine.rules.events import Event
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from engine.rules.config import RuleSet
-    from engine.rules.events import EventSink
 
 
 class BatteryRules(RuleCore):
     """battery_low, battery_forecast."""
 
-    def __init__(
-        self, rules: RuleSet, context: RuleContext, sinks: Sequence[EventSink] = ()
-    ) -> None:
-        super().__init__(rules, context, sinks)
+    def _setup(self) -> None:
+        super()._setup()
+        cfg = self.rules.battery
         drain = np.array(
             [
-                rules.battery.nominal_drain_pct_per_day.get(
-                    n, rules.battery.default_drain_pct_per_day
-                )
-                for n in context.class_names
+                cfg.nominal_drain_pct_per_day.get(n, cfg.default_drain_pct_per_day)
+                for n in self.ctx.class_names
             ],
             dtype=float,
         )
         self._class_drain_per_s = drain / SECONDS_PER_DAY
-        self._next_forecast_t = rules.battery.forecast_every_s
+        self._next_forecast_t = cfg.forecast_every_s
 
     def _battery(self, t: float, d: IntArray, b: IntArray, events: list[Event]) -> None:
         cfg, tg = self.rules.battery, self.tags

@@ -122,7 +122,7 @@ class _Tags:
 
 class RuleCore:
     """Shared state of every rule family: rules, registry, sinks, per-tag arrays, clock,
-    counters, and the per-class advertising interval."""
+    counters, and the per-class advertising interval. Families add theirs in :meth:`_setup`."""
 
     def __init__(
         self, rules: RuleSet, context: RuleContext, sinks: Sequence[EventSink] = ()
@@ -143,6 +143,11 @@ class RuleCore:
             "events": 0,
             "rejected_rows": 0,
         }
+        self._setup()
+
+    def _setup(self) -> None:
+        """Each rule family extends this with its own state (calling ``super()._setup()``
+        first), so the families share one constructor, :class:`RuleEngine`'s."""
 
     def _grow(self, n: int) -> int:
         """Grow the per-tag state to ``n`` devices (new ones get their registry class and

@@ -4,19 +4,11 @@ against those heard within their silence threshold; each count is kept for scori
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.rules.core import RuleContext
 from engine.rules.events import Event
 from engine.rules.presence import PresenceRules
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from engine.rules.config import RuleSet
-    from engine.rules.events import EventSink
 
 MAX_LISTED = 20  # ids listed in a cycle-count event's evidence
 
@@ -34,11 +26,9 @@ class CycleCount:
 class CycleCountRules(PresenceRules):
     """cycle_count."""
 
-    def __init__(
-        self, rules: RuleSet, context: RuleContext, sinks: Sequence[EventSink] = ()
-    ) -> None:
-        super().__init__(rules, context, sinks)
-        self._next_count_t = rules.missing.cycle_count_every_s
+    def _setup(self) -> None:
+        super()._setup()
+        self._next_count_t = self.rules.missing.cycle_count_every_s
         self.cycle_counts: list[CycleCount] = []
 
     def cycle_count(self, t: float) -> list[Event]:

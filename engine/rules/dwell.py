@@ -8,25 +8,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.rules.core import RuleContext, RuleCore
+from engine.rules.core import RuleCore
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from engine.rules.config import RuleSet
-    from engine.rules.events import Event, EventSink
+    from engine.rules.events import Event
 
 
 class DwellRules(RuleCore):
     """dwell."""
 
-    def __init__(
-        self, rules: RuleSet, context: RuleContext, sinks: Sequence[EventSink] = ()
-    ) -> None:
-        super().__init__(rules, context, sinks)
-        zones = context.zones
+    def _setup(self) -> None:
+        super()._setup()
+        zones = self.ctx.zones
         self._dwell_limit = np.full(len(zones), np.inf)
-        for key, limit in rules.dwell.limits_s.items():
+        for key, limit in self.rules.dwell.limits_s.items():
             for i in zones.resolve(key):
                 self._dwell_limit[i] = limit
 

@@ -18,32 +18,28 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
-from engine.rules.core import FloatArray, IntArray, RuleContext
+from engine.rules.core import FloatArray, IntArray
 from engine.rules.events import CHECKOUT_DTYPE
 from engine.rules.geofence import ZoneRegion
 from engine.rules.presence import PresenceRules
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from engine.rules.config import RuleSet
-    from engine.rules.events import Event, EventSink
+    from engine.rules.events import Event
 
 
 class ExitRules(PresenceRules):
     """exit_checked_out, exit_without_checkout, exit_unresolved."""
 
-    def __init__(
-        self, rules: RuleSet, context: RuleContext, sinks: Sequence[EventSink] = ()
-    ) -> None:
-        super().__init__(rules, context, sinks)
+    def _setup(self) -> None:
+        super()._setup()
+        cfg, context = self.rules.exit, self.ctx
         zones = context.zones
-        self._exit_zone_ids = sorted({i for z in rules.exit.exit_zones for i in zones.resolve(z)})
+        self._exit_zone_ids = sorted({i for z in cfg.exit_zones for i in zones.resolve(z)})
         self.exit_region = ZoneRegion([zones.polygons[i] for i in self._exit_zone_ids])
         # Gateways covering the exits: their health discounts a tag's silence there.
         if self._exit_zone_ids and len(context.gateway_ids):
             d = shapely.distance(self.exit_region.geom, shapely.points(context.gateway_xy))
-            self._exit_gateways = np.flatnonzero(d <= rules.exit.exit_gateway_radius_m)
+            self._exit_gateways = np.flatnonzero(d <= cfg.exit_gateway_radius_m)
         else:
             self._exit_gateways = np.zeros(0, np.int64)
         self.checkout_watermark = -np.inf

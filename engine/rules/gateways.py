@@ -16,23 +16,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.contract import Sightings
-from engine.rules.core import RuleContext, RuleCore
+from engine.rules.core import RuleCore
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from engine.rules.config import RuleSet
-    from engine.rules.events import Event, EventSink
+    from engine.rules.events import Event
 
 
 class GatewayHealthRules(RuleCore):
     """gateway_silent, gateway_degraded, gateway_recovered."""
 
-    def __init__(
-        self, rules: RuleSet, context: RuleContext, sinks: Sequence[EventSink] = ()
-    ) -> None:
-        super().__init__(rules, context, sinks)
-        n_gw = len(context.gateway_ids)
+    def _setup(self) -> None:
+        super()._setup()
+        n_gw = len(self.ctx.gateway_ids)
         self.gw_heard_t = np.full(n_gw, np.nan)
         self.gw_baseline = np.zeros(n_gw)  # sightings per second, exponentially weighted
         self.gw_state = np.zeros(n_gw, np.int8)  # 0 ok, 1 silent, 2 degraded

@@ -18,14 +18,13 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
-from engine.rules.core import FloatArray, IntArray, RuleContext, RuleCore
+from engine.rules.core import FloatArray, IntArray, RuleCore
 from engine.zones import NO_ZONE
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from engine.rules.config import RuleSet
-    from engine.rules.events import Event, EventSink
+    from engine.rules.events import Event
 
 # -2 ln(0.1): r90 of a circular 2-D Gaussian is sigma * sqrt(CHI2_2DOF_90).
 CHI2_2DOF_90 = -2.0 * math.log(0.1)
@@ -90,17 +89,13 @@ class ZoneRegion:
 class GeofenceRules(RuleCore):
     """zone_enter, zone_exit, misplaced."""
 
-    def __init__(
-        self, rules: RuleSet, context: RuleContext, sinks: Sequence[EventSink] = ()
-    ) -> None:
-        super().__init__(rules, context, sinks)
-        zones = context.zones
+    def _setup(self) -> None:
+        super()._setup()
+        cfg, zones = self.rules.misplaced, self.ctx.zones
         # Misplacement: one forbidden region per class (zones whose role is not allowed).
         self._forbidden: list[ZoneRegion] = []
-        for name in context.class_names:
-            allowed = set(
-                rules.misplaced.allowed_roles.get(name, rules.misplaced.default_allowed_roles)
-            )
+        for name in self.ctx.class_names:
+            allowed = set(cfg.allowed_roles.get(name, cfg.default_allowed_roles))
             self._forbidden.append(
                 ZoneRegion(
                     [

@@ -19,33 +19,27 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.contract import Sightings
-from engine.rules.core import SECONDS_PER_DAY, FloatArray, IntArray, RuleContext
+from engine.rules.core import SECONDS_PER_DAY, FloatArray, IntArray
 from engine.rules.gateways import GatewayHealthRules
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from engine.rules.config import RuleSet
-    from engine.rules.events import Event, EventSink
+    from engine.rules.events import Event
 
 
 class PresenceRules(GatewayHealthRules):
     """missing_tag, tag_found, exit_case_cleared; the loss model behind the silence threshold."""
 
-    def __init__(
-        self, rules: RuleSet, context: RuleContext, sinks: Sequence[EventSink] = ()
-    ) -> None:
-        super().__init__(rules, context, sinks)
+    def _setup(self) -> None:
+        super()._setup()
+        cfg = self.rules.missing
         self._class_fa_rate = np.array(
             [
-                rules.missing.false_alarms_by_class.get(
-                    n, rules.missing.false_alarms_per_day_per_1000_tags
-                )
-                for n in context.class_names
+                cfg.false_alarms_by_class.get(n, cfg.false_alarms_per_day_per_1000_tags)
+                for n in self.ctx.class_names
             ],
             dtype=float,
         )
-        n_gw = len(context.gateway_ids)
+        n_gw = len(self.ctx.gateway_ids)
         self.g_heard = np.zeros((0, n_gw), np.int32)  # (tag, gateway) distinct frames heard
         self.g_sent = np.zeros(0, np.int64)  # frames sent since the tag last moved
         self.g_missed = np.zeros(0, np.int64)  # of those, frames no gateway heard
