@@ -397,18 +397,28 @@ def serve(
     client = make_client(f"tagtwin-serve-{int(time.time() * 1000) % 10**9}", broker)
     client.will_set(SERVER_STATUS_TOPIC, b'{"v":1,"state":"offline"}', qos=1, retain=True)
 
+    awaiting_suback: set[int] = set()
+
     def on_connect(
         c: paho.Client, _u: object, _f: object, _reason: object, _p: object = None
     ) -> None:
         for sub in subscriptions(core.adapters):
-            c.subscribe(sub, qos=1)
-        if isinstance(ready, threading.Event):
+            mid = c.subscribe(sub, qos=1)[1]
+            if mid is not None:
+                awaiting_suback.add(mid)
+
+    def on_subscribe(_c: paho.Client, _u: object, mid: int, _codes: object, _p: object = None) -> None:
+        # Ready means the broker acknowledged every subscription: from now on nothing
+        # published to them is missed.
+        awaiting_suback.discard(mid)
+        if not awaiting_suback and isinstance(ready, threading.Event):
             ready.set()
 
     def on_message(_c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
         inbox.put((msg.topic, bytes(msg.payload), time.time()))
 
     client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
     client.on_message = on_message
     # Asynchronous: a server started before its broker waits for it (paho retries).
     client.connect_async(broker.host, broker.port, keepalive=30)
