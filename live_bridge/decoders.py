@@ -1,6 +1,6 @@
 """Advertisement decoders: bytes a scanner saw -> one :class:`Decoded` record.
 
-Chosen by what the advertisement carries (shared/references section 4):
+Chosen by what the advertisement carries (docs/references.md section 4):
 
 * Xiaomi MiBeacon, service data 0xFE95: frame control (LE u16; bit 3 encrypted, 4 MAC
   included, 5 capability included, 6 object included, bits 12-15 version), product id,

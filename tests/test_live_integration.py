@@ -90,7 +90,7 @@ BINDKEY = bytes.fromhex("a115210eed7a88e50ad52662e732a9fb")
 
 
 def rssi(xy: tuple[float, float], g: int, tx: float = -59.0) -> int:
-    """Log-distance mean RSSI at n = 2 (shared/references section 1), as BlueZ's int16."""
+    """Log-distance mean RSSI at n = 2 (docs/references.md section 1), as BlueZ's int16."""
     return round(tx - 20 * np.log10(max(float(np.hypot(*(GW_XY[g] - xy))), 0.1)))
 
 

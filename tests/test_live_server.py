@@ -54,7 +54,7 @@ def site_config(**kw) -> EngineConfig:
 
 
 def rssi_at(xy: tuple[float, float], tx: float = -59.0, n: float = 2.0) -> np.ndarray:
-    """Log-distance mean RSSI (shared/references section 1) from a tag at 1 m height."""
+    """Log-distance mean RSSI (docs/references.md section 1) from a tag at 1 m height."""
     d = np.hypot(GW_XYZ[:, 0] - xy[0], GW_XYZ[:, 1] - xy[1])
     return tx - 10 * n * np.log10(np.maximum(d, 0.1))
 

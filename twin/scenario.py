@@ -135,7 +135,7 @@ class AirInterfaceParams(Strict):
     @property
     def capture_threshold_db(self) -> float | None:
         return self.capture_db if self.capture else None
-    wifi: list[WifiParams] = []
+    wifi: list[WifiParams] = Field(default_factory=list)
 
 
 class Radio(Strict):
