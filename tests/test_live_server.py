@@ -211,11 +211,19 @@ def test_adapters_theengs_and_espresense():
     assert core.handle("espresense/devices/iBeacon:e5ca/gw-c", esp.encode(), T0) == []
     core.flush()  # adverts reach the engine (and the id table) once per inbox drain
     tx = {d: core.engine.tx_power[core.devices.code(d)] for d in core.devices.ids}
+    # One id per physical tag whatever the source: ESPresense's iBeacon id is translated,
+    # so its rssi@1m (-61, the last one ingested) lands on the same device as the frame's.
     assert tx == {
         "AA:BB:CC:DD:EE:01": -59.0,  # MiBeacon: the engine's default
-        "ibeacon:e5ca1ade-f007-ba11-0000-000000000000:1:2": -65.0,  # from the iBeacon frame
-        "iBeacon:e5ca1ade-f007-ba11-0000-000000000000-1-2": -61.0,  # ESPresense rssi@1m
+        "ibeacon:e5ca1ade-f007-ba11-0000-000000000000:1:2": -61.0,
     }
+    # ESPresense's "flora:<mac>" is the same LYWSD03MMC/flower sensor a TagTwin gateway
+    # names by MAC; its battery field is mapped.
+    esp = json.dumps({"id": "flora:aabbccddee01", "mac": "aabbccddee01", "rssi": -70, "batt": 77})
+    assert core.handle("espresense/devices/flora:aabbccddee01/gw-c", esp.encode(), T0 + 1) == []
+    core.flush()
+    assert len(core.devices) == 2
+    assert core.engine.tx_power.shape[0] == 2
     bad = core.handle("espresense/devices/x/kitchen", esp.encode(), T0)
     assert json.loads(bad[0][1])["reason"] == "gateway not in site plan"
     bad = core.handle("espresense/devices/x/gw-a", b'{"id":"x","rssi":500}', T0)
@@ -271,11 +279,9 @@ def test_gateway_core_filters_decodes_hashes(tmp_path: Path):
         {},
     )
     gw.on_advertisement("AA:BB:CC:DD:EE:01", 127, {}, {"fe95": frame}, t=T0)  # RSSI n/a
-    gw.on_advertisement("AA:BB:CC:DD:EE:01", -72, {}, {"fe95": frame}, t=T0 + 1)
-    gw.on_advertisement(
-        "AA:BB:CC:DD:EE:01", -73, {}, {"fe95": frame}, t=T0 + 2
-    )  # third: batch full
+    gw.on_advertisement("AA:BB:CC:DD:EE:01", -72, {}, {"fe95": frame}, t=T0 + 1)  # third: full
     assert gw.counters["filtered_out"] == 1
+    # The broken frame is counted and still forwarded (raw, same address): never dropped.
     assert gw.counters["decode_error: mibeacon: frame shorter than 5 bytes"] == 1
     assert gw.counters["invalid advert: rssi"] == 1
     assert gw.spool.rows == 1
@@ -284,11 +290,12 @@ def test_gateway_core_filters_decodes_hashes(tmp_path: Path):
     batch = verify_and_parse(body, {"gw-a": KEY})
     assert topic == batch_topic("gw-a")
     assert batch.seq == 0
-    assert [a.bat for a in batch.ads] == [61, 61, 61]
+    assert [a.bat for a in batch.ads] == [61, None, 61]
+    assert [a.fmt for a in batch.ads] == ["mibeacon", "raw", "mibeacon"]
     assert [a.rssi for a in batch.ads] == [
         -70,
+        -71,
         -72,
-        -73,
     ]
     assert len({a.dev for a in batch.ads}) == 1
     assert batch.ads[0].dev.startswith("h:")
@@ -315,8 +322,11 @@ def test_config_errors_name_file_and_field(tmp_path: Path):
 
 
 def test_wire_format_doc_is_generated_from_code():
+    from live_bridge.wire import wire_format_markdown
+
     doc = Path(__file__).resolve().parents[1] / "docs" / "wire-format.md"
     text = doc.read_text()
+    assert text == wire_format_markdown(), "docs/wire-format.md is stale: regenerate it"
     for name, schema in json_schemas().items():
         assert json.dumps(schema, indent=2, sort_keys=True) in text, (
             f"{name} schema in docs is stale"
