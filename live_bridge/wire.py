@@ -207,7 +207,8 @@ def verify_and_parse(body: bytes, keys: dict[str, bytes]) -> Batch:
     key = keys.get(gw)
     if key is None:
         raise WireError("unknown gateway", gw[:64])
-    if not hmac.compare_digest(sign(payload, key), sig):
+    # bytes, not str: compare_digest refuses non-ASCII str, and the envelope is untrusted
+    if not hmac.compare_digest(sign(payload, key).encode(), sig.encode("latin-1")):
         raise WireError("bad signature", gw[:64])
     try:
         return Batch.model_validate_json(payload)

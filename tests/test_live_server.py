@@ -409,3 +409,12 @@ def test_seconds_to_next_close_follows_step_and_lateness():
     core.origin = T0
     assert abs(core.seconds_to_next_close(T0 + 10.0) - 0.05) < 1e-6  # window ending at 10.0
     assert abs(core.seconds_to_next_close(T0 + 10.06) - 0.09) < 1e-6  # next: 10.1 + 0.05
+
+
+def test_non_ascii_signature_is_refused_not_a_crash():
+    """Found by benchmarks/fuzz_decoders.py: a non-hex byte in the signature made
+    hmac.compare_digest raise TypeError instead of a counted 'bad signature'."""
+    body = bytearray(encode_batch(make_batch("gw-a", 0, [Advert(t=T0, dev="tag-1", rssi=-60.0)]), KEY))
+    body[20] = 0xF2
+    with pytest.raises(WireError, match="bad signature"):
+        verify_and_parse(bytes(body), {"gw-a": KEY})
