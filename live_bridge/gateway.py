@@ -401,6 +401,8 @@ class Gateway:
         c["spool_bytes"] = self.spool.bytes
         c["spool_dropped"] = self.spool.dropped
         c["inflight"] = len(self._inflight)
+        if self.resolver is not None:  # resolved / anonymous / clock corrections
+            c.update(self.resolver.counters)
         return c
 
     def _publish_status(self, state: Literal["online", "offline"]) -> None:

@@ -112,7 +112,7 @@ def test_unknown_keys_are_anonymous():
     d = _heard(r, stranger, NOW)
     assert d.dev == "anon:findhub"
     assert "eid" not in d.extra
-    assert r.counters["anonymous findhub"] == 1
+    assert r.counters["resolved findhub"] == 0
     # With no resolver at all (a Theengs gateway, a site with no keys) the same.
     assert decode("5A:00:00:00:00:02", {}, {"feaa": build_findhub(stranger)}).dev == "anon:findhub"
 
@@ -143,3 +143,40 @@ def test_server_counts_anonymous_per_zone_without_tracking():
     assert core.devices.ids == ["tag-1"]
     (key,) = [k for k in core.counters if k.startswith("anonymous findhub in ")]
     assert core.counters[key] == 1
+
+
+def test_clock_offset_found_from_one_frame():
+    from live_bridge.finding import find_clock_offset
+
+    tag_clock = 37 * ROTATION_PERIOD_S + 100  # 37 periods after provisioning
+    eid = fmdn_eid(EIK, tag_clock)
+    offset = find_clock_offset(EIK, eid, NOW, max_clock_s=64 * ROTATION_PERIOD_S)
+    assert offset is not None
+    assert abs((NOW + offset) - tag_clock) <= ROTATION_PERIOD_S  # within the same period
+    r = Resolver({"t": EIK}, clock_offsets={"t": offset}, search_periods=0)
+    assert _heard(r, eid, NOW).dev == "t"
+    assert find_clock_offset(bytes(32), eid, NOW, max_clock_s=8 * ROTATION_PERIOD_S) is None
+
+
+def test_gateway_config_resolves_findhub_tags(tmp_path):
+    from live_bridge.gateway import Gateway, GatewayConfig
+
+    cfg = GatewayConfig(
+        id="gw-a",
+        key_hex=(b"k" * 32).hex(),
+        spool={"path": tmp_path / "g.sqlite"},
+        findhub={"pallet-7": {"eik_hex": EIK.hex(), "clock_offset_s": 0}},
+        findmy={"cart-3": [bytes(range(28)).hex()]},
+        privacy={"enabled": True, "salt_hex": "00ff"},
+    )
+    gw = Gateway(cfg)
+    gw.on_advertisement("5A:00:00:00:00:01", -70, {}, {"feaa": build_findhub(fmdn_eid(EIK, int(NOW)))}, t=NOW)
+    gw.on_advertisement("5A:00:00:00:00:02", -71, {}, {"feaa": build_findhub(bytes(20))}, t=NOW)
+    devs = [a.dev for a in gw._pending]
+    assert devs[0].startswith("h:")  # the tag id, hashed like any other in privacy mode
+    assert devs[1] == "anon:findhub"  # never hashed: the server counts it per zone
+    counters = gw.status_counters()
+    assert (counters["resolved findhub"], counters["anonymous findhub"]) == (1, 1)
+    with pytest.raises(ValueError, match="28 bytes"):
+        GatewayConfig(id="g", key_hex=(b"k" * 32).hex(), findmy={"x": ["abcd"]})
+    gw.spool.close()
