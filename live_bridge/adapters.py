@@ -29,7 +29,7 @@ import re
 from pydantic import ValidationError
 
 from live_bridge.decoders import ANON_PREFIX, Decoded, decode
-from live_bridge.wire import Advert, Format
+from live_bridge.wire import Advert, Format, advert_from
 
 MAX_ID_LEN = 128
 _HEX12 = re.compile(r"^[0-9a-fA-F]{12}$")
@@ -144,17 +144,7 @@ def _theengs_decoded_only(mac: str, data: dict[str, object]) -> Decoded:
 
 def _advert(now: float, d: Decoded, rssi: float, fmt: Format, bat: int | None) -> Advert:
     try:
-        return Advert(
-            t=now,
-            dev=d.dev,
-            rssi=rssi,
-            fmt=fmt,
-            bat=bat,
-            mot=d.motion,
-            seq=d.seq,
-            tx=d.tx_power,
-            extra=d.extra or None,
-        )
+        return advert_from(d, t=now, rssi=rssi, fmt=fmt, bat=bat)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -31,7 +31,15 @@ from live_bridge.filters import AdvertFilter, privacy_hash
 from live_bridge.finding import FINDMY_KEY_LEN, Resolver
 from live_bridge.mqtt import BrokerUrl, make_client
 from live_bridge.spool import FullPolicy, Spool
-from live_bridge.wire import Advert, Batch, GatewayStatus, batch_topic, encode_batch, status_topic
+from live_bridge.wire import (
+    Advert,
+    Batch,
+    GatewayStatus,
+    advert_from,
+    batch_topic,
+    encode_batch,
+    status_topic,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -320,17 +328,7 @@ class Gateway:
         hashed = self.salt is not None and not d.dev.startswith(ANON_PREFIX)
         dev = privacy_hash(d.dev, self.salt) if hashed and self.salt is not None else d.dev
         try:
-            advert = Advert(
-                t=now,
-                dev=dev,
-                rssi=rssi,
-                fmt=d.fmt,
-                bat=d.battery,
-                mot=d.motion,
-                seq=d.seq,
-                tx=d.tx_power,
-                extra=d.extra or None,
-            )
+            advert = advert_from(d, t=now, rssi=rssi, dev=dev)
         except ValidationError as exc:  # e.g. RSSI 127, "not available" on some adapters
             self.counters[f"invalid advert: {exc.errors()[0]['loc'][0]}"] += 1
             return

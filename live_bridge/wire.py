@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from live_bridge.decoders import EXTRA_FIELDS, MIBEACON_OBJECTS
+from live_bridge.decoders import EXTRA_FIELDS, MIBEACON_OBJECTS, Decoded
 
 WIRE_VERSION: Literal[1] = 1
 TOPIC_ROOT = "tagtwin/v1"
@@ -88,6 +88,27 @@ class Advert(WireModel):
     extra: dict[str, float | int | str] | None = Field(
         default=None,
         description="decoder fields that have no sighting column (temperature, raw hex ...)",
+    )
+
+
+def advert_from(
+    d: Decoded, *, t: float, rssi: float, dev: str | None = None, fmt: str | None = None, bat: int | None = None
+) -> Advert:
+    """The wire record of a decoded advertisement; ``dev``, ``fmt`` and ``bat`` override
+    the decoder's (privacy hash, adapter name, a battery the source reported itself).
+    Raises pydantic's ValidationError for values the wire refuses (RSSI 127 ...)."""
+    return Advert.model_validate(
+        {
+            "t": t,
+            "dev": d.dev if dev is None else dev,
+            "rssi": rssi,
+            "fmt": d.fmt if fmt is None else fmt,
+            "bat": d.battery if bat is None else bat,
+            "mot": d.motion,
+            "seq": d.seq,
+            "tx": d.tx_power,
+            "extra": d.extra or None,
+        }
     )
 
 
