@@ -397,6 +397,8 @@ def test_example_gateway_config_in_docs_is_valid():
     assert cfg.scan.mode == "active"
     assert cfg.filter.manufacturer_ids == [0x004C]
     assert cfg.spool.full_policy == "drop-oldest"
+    resolver = cfg.resolver()
+    assert resolver is not None and resolver.lookup_findmy(bytes(range(28))) == "cart-03"
     defaults = GatewayConfig(id="x", key_hex=KEY.hex())
     assert cfg.batch == defaults.batch
     assert cfg.mqtt == defaults.mqtt
