@@ -11,6 +11,9 @@ cleared):
 2. r' = AES-256-ECB(EIK, block); r = r' (big-endian integer) mod n, n the SECP160R1 order;
 3. EID = x coordinate of r * G on SECP160R1, 20 bytes big-endian.
 
+GoogleFindMyTools (``FMDNCrypto/eid_generator.py``) implements the same steps; 21 EIDs
+computed with it are this module's test vectors (tests/data/vectors/fmdn_eid.json).
+
 The tag's clock counts from its provisioning, not Unix time, and drifts: each tag is
 configured with its clock offset (tag clock - Unix time, 0 for tags that run on Unix
 time), the resolver searches ``search_periods`` rotation periods either side of where

@@ -180,3 +180,13 @@ def test_gateway_config_resolves_findhub_tags(tmp_path):
     with pytest.raises(ValueError, match="28 bytes"):
         GatewayConfig(id="g", key_hex=(b"k" * 32).hex(), findmy={"x": ["abcd"]})
     gw.spool.close()
+
+
+def test_eids_match_an_independent_implementation():
+    """21 EIDs computed by GoogleFindMyTools' own generator (tests/data/README.md)."""
+    import json
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).parent / "data" / "vectors" / "fmdn_eid.json").read_text())
+    for v in data["vectors"]:
+        assert fmdn_eid(bytes.fromhex(v["eik"]), v["ts"]).hex() == v["eid"], v
