@@ -420,3 +420,49 @@ def test_non_ascii_signature_is_refused_not_a_crash():
     body[20] = 0xF2
     with pytest.raises(WireError, match="bad signature"):
         verify_and_parse(bytes(body), {"gw-a": KEY})
+
+
+@pytest.mark.parametrize(
+    ("source_id", "canonical"),
+    [
+        ("flora:a4c1380283f4", "A4:C1:38:02:83:F4"),  # ESPresense's LYWSD03MMC (0xFE95)
+        ("a4c1380283f4", "A4:C1:38:02:83:F4"),  # a bare MAC id
+        ("a4:c1:38:02:83:f4", "A4:C1:38:02:83:F4"),  # Theengs' id
+        ("known:a4c1380283f4", "A4:C1:38:02:83:F4"),
+        ("miTherm:a4c1380283f4", "A4:C1:38:02:83:F4"),
+        ("iBeacon:E5CA1ADE-F007-BA11-0000-000000000000-1-2", "ibeacon:e5ca1ade-f007-ba11-0000-000000000000:1:2"),
+        # ESPresense prints namespace byte 4 twice (BleFingerprint.cpp): 11 bytes, fixed here
+        ("eddy:0102030405050607080910-aabbccddeeff", "eddystone:01020304050607080910:aabbccddeeff"),
+        ("eddy:01020304050607080910-aabbccddeeff", "eddystone:01020304050607080910:aabbccddeeff"),
+        ("apple:findmy", "anon:findmy"),
+        ("name:front-door-tag", "name:front-door-tag"),  # a fingerprint: passed through
+        ("sd:0xfd5a-20", "sd:0xfd5a-20"),
+    ],
+)
+def test_canonical_ids_across_sources(source_id, canonical):
+    from live_bridge.adapters import canonical_id
+
+    assert canonical_id(source_id) == canonical
+
+
+def test_one_lywsd03mmc_one_device_from_all_three_sources():
+    """The issue's example: the same sensor from a TagTwin gateway, Theengs and
+    ESPresense is one device, with ESPresense's battery on it."""
+    from live_bridge.adapters import parse_espresense, parse_theengs
+    from live_bridge.decoders import build_mibeacon, decode
+
+    mac = "A4:C1:38:02:83:F4"
+    frame = build_mibeacon(mac, 5, battery=44)
+    ours = decode(mac, {}, {"fe95": frame}).dev
+    _, (theengs,) = parse_theengs(
+        "home/gw-a/BTtoMQTT/A4C1380283F4",
+        json.dumps({"id": mac, "rssi": -70, "servicedatauuid": "0xfe95", "servicedata": frame.hex()}).encode(),
+        T0,
+    )
+    _, (esp,) = parse_espresense(
+        "espresense/devices/flora:a4c1380283f4/gw-b",
+        json.dumps({"id": "flora:a4c1380283f4", "mac": "a4c1380283f4", "rssi": -72, "batt": 44}).encode(),
+        T0,
+    )
+    assert ours == theengs.dev == esp.dev == mac
+    assert theengs.bat == esp.bat == 44
