@@ -976,10 +976,13 @@ def _decode(
     if eddy is not None and eddy[:1] and eddy[0] in FINDHUB_FRAMES:
         if len(eddy) < 21:
             raise DecodeError("findhub: shorter than frame type + 20-byte EID")
-        eid = eddy[1:21]
+        # 20-byte EIDs (SECP160R1); a 34-byte frame carries the spec's optional 32-byte
+        # SECP256R1 EID, which no configured key here resolves (it stays anonymous).
+        n = 32 if len(eddy) >= 1 + 32 + 1 else 20
+        eid = eddy[1 : 1 + n]
         out = Decoded("findhub", f"findhub:{eid.hex()}", extra={"eid": eid.hex()})
-        if len(eddy) > 21:
-            out.extra["hashed_flags"] = eddy[21]
+        if len(eddy) > 1 + n:
+            out.extra["hashed_flags"] = eddy[1 + n]
         return out
     if eddy is not None:
         return decode_eddystone(eddy, address)

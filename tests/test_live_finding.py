@@ -190,3 +190,9 @@ def test_eids_match_an_independent_implementation():
     data = json.loads((Path(__file__).parent / "data" / "vectors" / "fmdn_eid.json").read_text())
     for v in data["vectors"]:
         assert fmdn_eid(bytes.fromhex(v["eik"]), v["ts"]).hex() == v["eid"], v
+
+
+def test_32_byte_eid_frame_is_read_whole_and_stays_anonymous():
+    frame = bytes([0x40]) + bytes(range(32)) + b"\x07"
+    d = decode("5A:00:00:00:00:03", {}, {"feaa": frame}, resolver=Resolver({"t": EIK}), now=NOW)
+    assert (d.fmt, d.dev) == ("findhub", "anon:findhub")
