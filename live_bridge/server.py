@@ -33,6 +33,7 @@ from engine.contract import UNKNOWN, IdTable, sightings_from_columns
 from engine.localize import METHOD_WLS
 from engine.pipeline import Engine, EngineConfig
 from live_bridge.adapters import AdapterError, parse_espresense, parse_theengs
+from live_bridge.decoders import ANON_PREFIX
 from live_bridge.wire import (
     BATCH_SUBSCRIPTION,
     DEADLETTER_TOPIC,
@@ -212,6 +213,11 @@ class ServerCore:
         self.adapters = set(adapters)
         self.gateways = IdTable(list(config.gateways.ids))
         self.site_gateways = frozenset(config.gateways.ids)
+        xyz = config.gateways.xyz
+        zone_of = config.zones.assign(xyz[:, 0], xyz[:, 1]).tolist()
+        self.gateway_zone = {
+            g: config.zones.names[z] for g, z in zip(config.gateways.ids, zone_of, strict=True) if z >= 0
+        }
         self.devices = devices if devices is not None else IdTable()  # may start with a registry
         self.tx_default = (
             config.default_tx_power_1m_dbm if tx_power_default is None else tx_power_default
@@ -240,10 +246,28 @@ class ServerCore:
         except (WireError, AdapterError) as exc:
             return [self._dead_letter(topic, body, exc.reason, exc.detail, now)]
         self.counters["batches_accepted"] += 1
+        if any(a.dev.startswith(ANON_PREFIX) for a in ads):
+            ads = self._count_anonymous(gw, ads)
         if ads:
             self._pending.append((self.gateways.code(gw), ads))
             self.counters["sightings"] += len(ads)
         return []
+
+    def _count_anonymous(self, gw: str, ads: list[Advert]) -> list[Advert]:
+        """Finding-network frames no key resolved: counted per zone, not tracked.
+
+        The zone is the one the hearing gateway stands in (one count per frame heard, so
+        a frame heard by three gateways counts in each of their zones); the device table
+        does not grow with someone else's rotating identifiers.
+        """
+        zone = self.gateway_zone.get(gw, "outside zones")
+        kept = []
+        for a in ads:
+            if a.dev.startswith(ANON_PREFIX):
+                self.counters[f"anonymous {a.dev.removeprefix(ANON_PREFIX)} in {zone}"] += 1
+            else:
+                kept.append(a)
+        return kept
 
     def _verify(self, topic: str, body: bytes) -> tuple[list[Advert], str]:
         batch = verify_and_parse(body, self.keys)
