@@ -346,6 +346,28 @@ def roi(
 
 
 @app.command()
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="sweep spec TOML (docs/sweeps.md)")],
+    out: Annotated[Path, typer.Option("--out", help="directory for runs.parquet and summary.json")] = Path(
+        "out/sweep"),
+    report_json: Annotated[Path | None, typer.Option("--json", help="also write the summary here")] = None,
+    executor: Annotated[str, typer.Option(help="dask (LocalCluster or --scheduler) or process")] = "dask",
+    scheduler: Annotated[str | None, typer.Option(help="a Dask scheduler, tcp://host:port")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="local worker processes; default: one per core")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Run scenarios × layouts × parameters × seeds; compare the variants with 95 % intervals."""
+    from tagtwin.sweep import run_sweep_command
+
+    if executor not in ("dask", "process"):
+        err_console.print(f"--executor: dask or process, not {executor!r}")
+        raise typer.Exit(2)
+    code = run_sweep_command(spec, out, report_json, executor, scheduler, workers, quiet)  # type: ignore[arg-type]
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
 def schema(out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None) -> None:
     """Print the JSON Schema of scenario files (generated from the code)."""
     text = json.dumps(Scenario.model_json_schema(by_alias=True), indent=2) + "\n"

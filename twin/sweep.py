@@ -215,7 +215,8 @@ def _validate(data: Mapping[str, Any]) -> Scenario | list[str]:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        return validation_problems(exc)
+        # A cross-field check (model validator) already names its field in the message.
+        return [p.removeprefix("(top level): ") for p in validation_problems(exc)]
 
 
 def _load_layout(path: Path, defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -243,6 +244,13 @@ def _load_layout(path: Path, defaults: Mapping[str, Any]) -> dict[str, Any]:
 def _unique_labels(paths: Sequence[str], names: Sequence[str]) -> list[str]:
     """Short labels (a scenario's name, a file's stem) unless two collide: then the paths."""
     return list(names) if len(set(names)) == len(names) else list(paths)
+
+
+def _short_names(paths: Sequence[str]) -> dict[str, str]:
+    """Each axis by its last segment (``shadowing_sigma_db``) in variant names, unless two
+    axes share it: then by the full dotted path."""
+    last = [p.replace("[", ".").replace("]", "").rsplit(".", 1)[-1] for p in paths]
+    return {p: (s if last.count(s) == 1 else p) for p, s in zip(paths, last, strict=True)}
 
 
 def parse_spec(text: str, source: Path | str = "<string>", base_dir: Path | None = None) -> SweepSpec:
@@ -306,6 +314,7 @@ def parse_spec(text: str, source: Path | str = "<string>", base_dir: Path | None
         numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
         axes.append(Axis(path, tuple(_label(v) for v in values), tuple(float(v) for v in values) if numbers else None))
     varying = {a.name for a in axes if len(a.labels) > 1}
+    short = _short_names([a.name for a in axes])
 
     variants: list[Variant] = []
     scenario_choices = list(enumerate(scenarios))
@@ -327,7 +336,7 @@ def parse_spec(text: str, source: Path | str = "<string>", base_dir: Path | None
         for path, (_, value) in zip(axis_values, picked, strict=True):
             _set_path(data, path, value)
             labels[path] = _label(value)
-        name = ", ".join(f"{k}={v}" for k, v in labels.items() if k in varying) or "base"
+        name = ", ".join(f"{short[k]}={v}" for k, v in labels.items() if k in varying) or "base"
         checked = _validate(data)
         if isinstance(checked, list):
             problems += [f"variant {name!r}: {p}" for p in checked]
