@@ -227,8 +227,9 @@ def test_summary_pairs_by_seed_and_finds_the_pareto_front() -> None:
 
 
 def test_pareto_front_drops_dominated_and_incomplete_rows() -> None:
-    rows = [{"name": "a", "cost": 1.0, "p90_error_m": 5.0}, {"name": "b", "cost": 2.0, "p90_error_m": 4.0},
-            {"name": "c", "cost": 2.0, "p90_error_m": 6.0}, {"name": "d", "cost": None, "p90_error_m": 1.0}]
+    rows: list[dict[str, object]] = [
+        {"name": "a", "cost": 1.0, "p90_error_m": 5.0}, {"name": "b", "cost": 2.0, "p90_error_m": 4.0},
+        {"name": "c", "cost": 2.0, "p90_error_m": 6.0}, {"name": "d", "cost": None, "p90_error_m": 1.0}]
     assert pareto_front(rows) == ["a", "b"]
 
 
