@@ -36,6 +36,7 @@ from radio_models.geometry import crossing_loss_db
 from radio_models.pathloss import effective_exponent, three_d_distance
 from siteplan.model import SiteModel
 from twin.scenario import Scenario, parse_scenario
+from twin.sweep import pareto_front as sweep_pareto_front
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -593,19 +594,9 @@ def _fmt(key: str, v: float, digits: int = 2) -> str:
 
 
 def pareto_front(rows: Sequence[Mapping[str, Any]], error_key: str = "p90_error_m") -> list[str]:
-    """Layouts no other layout beats on both cost and error: the ones worth considering."""
-    front = []
-    for r in rows:
-        dominated = any(
-            o is not r
-            and o["cost"] <= r["cost"]
-            and o[error_key] <= r[error_key]
-            and (o["cost"] < r["cost"] or o[error_key] < r[error_key])
-            for o in rows
-        )
-        if not dominated:
-            front.append(str(r["layout"]))
-    return front
+    """Layouts no other layout beats on both cost and error: the ones worth considering
+    (the sweep's rule, twin.sweep.pareto_front, over the comparison table's rows)."""
+    return sweep_pareto_front(rows, "cost", error_key, name_key="layout")
 
 
 # -- live view ---------------------------------------------------------------------------
