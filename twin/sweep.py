@@ -137,11 +137,12 @@ class SweepSpec:
         return len(self.variants) * len(self.seeds)
 
 
-def replicate_seeds(count: int, entropy: int) -> list[int]:
+def replicate_seeds(count: int, entropy: int, spawn_key: tuple[int, ...] = ()) -> list[int]:
     """Scenario seeds for ``count`` replicates: the spawned children of
-    ``SeedSequence(entropy)``. Seed r depends only on (entropy, r), so adding replicates
-    keeps the earlier ones and no run's seed depends on where it executes."""
-    children = np.random.SeedSequence(entropy).spawn(count)
+    ``SeedSequence(entropy, spawn_key)``. Seed r depends only on (entropy, key, r), so
+    adding replicates keeps the earlier ones and no run's seed depends on where it
+    executes; different keys give independent streams from one entropy."""
+    children = np.random.SeedSequence(entropy, spawn_key=spawn_key).spawn(count)
     return [int(c.generate_state(1, np.uint32)[0]) for c in children]
 
 
@@ -175,7 +176,7 @@ def _check_path(data: Mapping[str, Any], path: str) -> str | None:
     except ValueError:
         return f"{path!r} is not a dotted path (like radio.shadowing_sigma_db)"
     if parts[0] == "seed":
-        return "seeds are the sweep's own axis: use `seeds` (and `entropy`), not a seed override"
+        return "seeds come from the file's `seeds`/`entropy` (SeedSequence), not from an override"
     node: Any = data
     walked: list[str] = []
     for part in parts:
@@ -217,6 +218,23 @@ def _validate(data: Mapping[str, Any]) -> Scenario | list[str]:
     except ValidationError as exc:
         # A cross-field check (model validator) already names its field in the message.
         return [p.removeprefix("(top level): ") for p in validation_problems(exc)]
+
+
+def with_overrides(scenario: Scenario, table: Mapping[str, Any], where: str = "set") -> Scenario:
+    """The scenario with a table of dotted-path overrides (nested TOML tables or quoted
+    dotted keys), validated whole. Raises ValueError with one line per problem, each
+    starting with ``where`` and the path."""
+    data = _scenario_data(scenario)
+    flat = _flatten(table)
+    problems = [f"{where}.{path}: {why}" for path in flat if (why := _check_path(data, path)) is not None]
+    if problems:
+        raise ValueError("\n".join(problems))
+    for path, value in flat.items():
+        _set_path(data, path, value)
+    checked = _validate(data)
+    if isinstance(checked, list):
+        raise ValueError("\n".join(f"{where}: {p}" for p in checked))
+    return checked
 
 
 def _load_layout(path: Path, defaults: Mapping[str, Any]) -> dict[str, Any]:
