@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class ConfigFileError(Exception):
@@ -58,3 +60,14 @@ def parse_toml(text: str, source: Path | str, error: type[ConfigFileError] = Con
 def load_toml(path: Path | str, error: type[ConfigFileError] = ConfigFileError) -> dict[str, Any]:
     """Read and parse a TOML file; errors name the file."""
     return parse_toml(read_text(path, error), path, error)
+
+
+def parse_model(
+    text: str, source: Path | str, model: type[Model], error: type[ConfigFileError] = ConfigFileError
+) -> Model:
+    """TOML text validated into ``model``, or ``error`` naming ``source`` and each bad field."""
+    data = parse_toml(text, source, error)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(source, validation_problems(exc)) from None

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine.config_file import ConfigFileError, parse_toml, read_text, validation_problems
+from engine.config_file import ConfigFileError, parse_model, read_text
 from twin.scenario import Scenario, load_scenario
 from twin.sweep import replicate_seeds, with_overrides
 
@@ -99,11 +99,7 @@ def _site_ids(prefix: str, count: int) -> list[str]:
 def parse_multisite(text: str, source: Path | str = "<string>", base_dir: Path | None = None) -> MultiSite:
     """A multi-site scenario from TOML text; errors name ``source`` (or the scenario file
     at fault) and the field, one line per problem."""
-    raw = parse_toml(text, source, MultiSiteError)
-    try:
-        spec = _MultiSiteFile.model_validate(raw)
-    except ValidationError as exc:
-        raise MultiSiteError(source, validation_problems(exc)) from None
+    spec = parse_model(text, source, _MultiSiteFile, MultiSiteError)
     here = base_dir if base_dir is not None else Path(source).parent
     scenarios = [load_scenario(here / g.scenario) for g in spec.sites]  # ScenarioError names the file
     entropy = spec.entropy if spec.entropy is not None else scenarios[0].seed

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from engine.config_file import ConfigFileError, parse_toml, read_text, validation_problems
+from engine.config_file import ConfigFileError, parse_model, read_text
 from engine.roi import RoiInputs
 from engine.rules.config import RuleSet
 from siteplan.schema import Gateways, Site, Strict, Zone, ZoneRole
@@ -319,11 +319,7 @@ class Scenario(Strict):
 
 def parse_scenario(text: str, source: Path | str = "<string>") -> Scenario:
     """Parse and validate scenario TOML text; errors name ``source`` and the field."""
-    data = parse_toml(text, source, ScenarioError)
-    try:
-        return Scenario.model_validate(data)
-    except ValidationError as exc:
-        raise ScenarioError(source, validation_problems(exc)) from None
+    return parse_model(text, source, Scenario, ScenarioError)
 
 
 def load_scenario(path: Path | str) -> Scenario:

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.capture import CaptureError, read_gateways
-from engine.config_file import ConfigFileError, load_toml, parse_toml, read_text, validation_problems
+from engine.config_file import ConfigFileError, load_toml, parse_model, read_text, validation_problems
 from engine.roi import evaluate_case, measured_from_report
 from siteplan.schema import Gateways
 from twin.scenario import Scenario, load_scenario
@@ -275,11 +275,7 @@ def parse_spec(text: str, source: Path | str = "<string>", base_dir: Path | None
     """A sweep spec from TOML text: every file it names read, every path and value
     checked against the scenario model, every variant validated. Errors name ``source``
     (or the layout/scenario file at fault) and the field."""
-    raw = parse_toml(text, source, SweepError)
-    try:
-        spec = _SpecFile.model_validate(raw)
-    except ValidationError as exc:
-        raise SweepError(source, validation_problems(exc)) from None
+    spec = parse_model(text, source, _SpecFile, SweepError)
     here = base_dir if base_dir is not None else Path(source).parent
     scenario_files = [spec.scenario] if isinstance(spec.scenario, str) else list(spec.scenario)
     scenarios = [load_scenario(here / f) for f in scenario_files]  # ScenarioError names the file
