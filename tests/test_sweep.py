@@ -296,3 +296,23 @@ def test_the_command_rejects_a_bad_spec_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     proc = tagtwin("sweep", "spec.toml", "--executor", "threads", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_a_run_that_raises_is_a_row_with_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    import twin.run
+
+    spec = parse_spec(SPEC_HEAD + "[set]\nduration_s = 20\n", "s.toml")
+    real = twin.run.simulate
+
+    def flaky(scenario, progress=None):
+        if scenario.seed == spec.seeds[1]:
+            raise RuntimeError("boom")
+        return real(scenario, progress)
+
+    monkeypatch.setattr(twin.run, "simulate", flaky)
+    rows = execute(plan_runs(spec), "serial")
+    assert [r["error"] for r in rows] == ["", "RuntimeError: boom"]
+    assert math.isnan(rows[1]["median_error_m"]) and rows[0]["median_error_m"] > 0
+    summary = summarize(spec, rows)
+    assert summary["failed_runs"] == 1 and summary["variants"][0]["metrics"]["median_error_m"]["n"] == 1
+    assert runs_table(spec, rows).column("error").to_pylist() == ["", "RuntimeError: boom"]

@@ -451,14 +451,31 @@ def run_one(planned: PlannedRun) -> dict[str, Any]:
     table row. A run that fails is a row with its error, not a lost sweep."""
     from twin.run import simulate
 
-    head: dict[str, Any] = {"run": planned.run, "variant": planned.variant,
-                            "replicate": planned.replicate, "seed": planned.seed}
     try:
         report = simulate(planned.scenario).report()
-        return head | metrics_row(planned.scenario, report) | {"error": ""}
+        return _head(planned) | metrics_row(planned.scenario, report) | {"error": ""}
     except Exception as exc:  # one bad run is reported, the sweep goes on
-        return head | {k: math.nan for k, _ in METRICS} | dict.fromkeys(COUNTS, 0) | {
-            "error": f"{type(exc).__name__}: {exc}"}
+        return failed_row(planned, exc)
+
+
+def _head(planned: PlannedRun) -> dict[str, Any]:
+    return {"run": planned.run, "variant": planned.variant, "replicate": planned.replicate, "seed": planned.seed}
+
+
+def failed_row(planned: PlannedRun, exc: BaseException) -> dict[str, Any]:
+    """The row of a run that raised, or whose worker died: NaN metrics and the reason."""
+    return _head(planned) | {k: math.nan for k, _ in METRICS} | dict.fromkeys(COUNTS, 0) | {
+        "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _result(future: Any, planned: PlannedRun) -> dict[str, Any]:
+    """A finished future's row; a worker that died (a killed process, a lost Dask worker)
+    fails that run, not the sweep."""
+    try:
+        row: dict[str, Any] = future.result()
+    except Exception as exc:
+        return failed_row(planned, exc)
+    return row
 
 
 def machine_workers() -> int:
@@ -496,8 +513,9 @@ def execute(
 
         # spawn: workers start clean, as Dask's do, whatever threads this process has.
         with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for future in as_completed([pool.submit(run_one, r) for r in runs]):
-                done(future.result())
+            submitted = {pool.submit(run_one, r): r for r in runs}
+            for future in as_completed(submitted):
+                done(_result(future, submitted[future]))
     elif executor == "dask":
         _execute_dask(runs, scheduler, n, done)
     else:
@@ -530,8 +548,9 @@ def _execute_dask(
         with client:
             futures = client.map(run_one, list(runs), key=[f"tagtwin-run-{r.run}-{r.seed}" for r in runs],
                                  pure=False)
+            planned = dict(zip((f.key for f in futures), runs, strict=True))
             for future in as_completed(futures):
-                done(future.result())
+                done(_result(future, planned[future.key]))
                 future.release()
     finally:
         if cluster is not None:
