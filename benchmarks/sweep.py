@@ -76,6 +76,10 @@ def main() -> None:
         legs[executor] = {
             "wall_s": round(wall, 2),
             "runs_per_s": round(len(runs) / wall, 3),
+            # CPU seconds the runs themselves took, summed over workers: wall / (cpu / workers)
+            # is the overhead (start-up, scheduling) plus what other jobs on the machine took.
+            "run_cpu_s": round(sum(float(r.get("cpu_s", 0.0)) for r in rows), 2),
+            "wall_over_ideal": round(wall / (sum(float(r.get("cpu_s", 0.0)) for r in rows) / workers), 3),
             "failed_runs": sum(1 for r in rows if r["error"]),
             "load_1m_before": round(load_before[0], 2),
             "load_1m_after": round(os.getloadavg()[0], 2),

@@ -118,6 +118,7 @@ def run_sweep_command(
     paths = write_outputs(table, summary, out)
     perf = {"wall_s": round(wall, 3), "executor": executor, "scheduler": scheduler,
             "workers": n_workers if scheduler is None else None, "runs": len(runs),
+            "run_cpu_s": round(sum(float(r.get("cpu_s", 0.0)) for r in rows), 3),
             "load_average_1m": round(os.getloadavg()[0], 2)}
     (out / "perf.json").write_text(json.dumps(perf, indent=2) + "\n")
     if report_json is not None:

@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -451,9 +452,12 @@ def run_one(planned: PlannedRun) -> dict[str, Any]:
     table row. A run that fails is a row with its error, not a lost sweep."""
     from twin.run import simulate
 
+    cpu = time.process_time()
     try:
         report = simulate(planned.scenario).report()
-        return _head(planned) | metrics_row(planned.scenario, report) | {"error": ""}
+        row = _head(planned) | metrics_row(planned.scenario, report) | {"error": ""}
+        # CPU seconds: for perf figures only (runs_table leaves it out: it depends on the machine)
+        return row | {"cpu_s": time.process_time() - cpu}
     except Exception as exc:  # one bad run is reported, the sweep goes on
         return failed_row(planned, exc)
 
