@@ -316,3 +316,53 @@ def test_a_run_that_raises_is_a_row_with_its_reason(monkeypatch: pytest.MonkeyPa
     summary = summarize(spec, rows)
     assert summary["failed_runs"] == 1 and summary["variants"][0]["metrics"]["median_error_m"]["n"] == 1
     assert runs_table(spec, rows).column("error").to_pylist() == ["", "RuntimeError: boom"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_sweep_on_a_real_dask_cluster_gives_the_local_bytes(tmp_path: Path) -> None:
+    """`--scheduler`: a dask scheduler and two worker processes started here on loopback
+    give the same table as this process running the sweep alone."""
+    import os
+
+    from distributed import Client
+
+    from tests.conftest import REPO
+    from tests.live_fixtures import free_port
+
+    spec_text = SPEC_HEAD + '[set]\nduration_s = 20\n[axes]\nengine.tracker = ["kalman", "none"]\n'
+    (tmp_path / "spec.toml").write_text(spec_text)
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    procs = [subprocess.Popen([*dask, "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "2", "--nthreads", "1",
+             "--host", "127.0.0.1", "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+        proc = tagtwin("sweep", "spec.toml", "--scheduler", address, "--out", "cluster", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=60)
+    spec = load_spec(tmp_path / "spec.toml")
+    rows = execute(plan_runs(spec), "serial")
+    write_outputs(runs_table(spec, rows), summarize(spec, rows), tmp_path / "alone")
+    assert (tmp_path / "cluster/runs.parquet").read_bytes() == (tmp_path / "alone/runs.parquet").read_bytes()
+    assert json.loads((tmp_path / "cluster/perf.json").read_text())["scheduler"] == address
+
+
+@pytest.mark.slow  # distributed retries the connection for the 15 s timeout
+def test_an_unreachable_scheduler_is_one_line(tmp_path: Path) -> None:
+    from tests.live_fixtures import free_port
+
+    (tmp_path / "spec.toml").write_text(SPEC_HEAD + "[set]\nduration_s = 20\n")
+    proc = tagtwin("sweep", "spec.toml", "--scheduler", f"tcp://127.0.0.1:{free_port()}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "cannot reach the Dask scheduler tcp://127.0.0.1:" in proc.stderr and "Traceback" not in proc.stderr
