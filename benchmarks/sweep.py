@@ -3,7 +3,9 @@ machine's load, and whether the two tables of runs are byte-identical.
 
 The sweep is scenarios/sweeps/demo-layouts.toml with two of its layouts (the scenario's
 own 11 gateways and the 7-gateway sparse one) × shadowing 4 and 6 dB = 4 variants, and
-runs / 4 seeds each. Wall times include starting the pool or the cluster.
+runs / 4 seeds each. Wall times include starting the pool or the cluster; the start-up
+alone (workers spawned, TagTwin imported, a trivial task back) is measured first, with
+Dask's round trip per trivial task.
 
     python benchmarks/sweep.py [--runs 40] [--workers N] [--json FILE]
 """
@@ -46,6 +48,37 @@ def table_bytes(rows: list[dict[str, object]], spec: SweepSpec) -> bytes:
     return buf.getvalue()
 
 
+def _ping(_: int) -> int:
+    import twin.sweep  # noqa: F401 - what a sweep worker imports before its first run
+
+    return os.getpid()
+
+
+def startup_s(workers: int) -> dict[str, float]:
+    """Seconds from nothing to two trivial tasks done (workers started, TagTwin imported)
+    for each executor, and Dask's per-task round trip over 40 trivial tasks."""
+    import logging
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from distributed import Client, LocalCluster
+
+    start = time.perf_counter()
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_ping, range(workers)))
+        pool_s = time.perf_counter() - start
+    start = time.perf_counter()
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        client.gather(client.map(_ping, range(workers), pure=False))
+        cluster_s = time.perf_counter() - start
+        start = time.perf_counter()
+        client.gather(client.map(_ping, range(100, 140), pure=False))
+        per_task = (time.perf_counter() - start) / 40
+    return {"process_pool_start_s": round(pool_s, 2), "dask_cluster_start_s": round(cluster_s, 2),
+            "dask_ms_per_trivial_task": round(1000 * per_task, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=40, help=f"a multiple of {VARIANTS}")
@@ -66,6 +99,8 @@ def main() -> None:
     tables: dict[str, bytes] = {}
     summaries: dict[str, str] = {}
     walls: dict[str, float] = {}
+    load_before_startup = os.getloadavg()[0]
+    startup = startup_s(workers) | {"load_1m": round(load_before_startup, 2)}
     for executor in ("process", "dask"):
         load_before = os.getloadavg()
         start = time.perf_counter()
@@ -93,6 +128,7 @@ def main() -> None:
         "simulated_s_per_run": spec.variants[0].scenario.duration_s,
         "workers": workers,
         "cpus": os.cpu_count(),
+        "startup": startup,
         **legs,
         "tables_identical": tables["process"] == tables["dask"],
         "summaries_identical": summaries["process"] == summaries["dask"],
