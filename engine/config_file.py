@@ -1,60 +1,6 @@
-"""TOML configuration files into pydantic models, with errors naming the file and field.
+"""Re-export: the TOML-into-pydantic helper lives in siteplan/config_file.py (the site
+file needs it and siteplan sits below engine)."""
 
-One implementation for scenarios, rule sets, gateway configs and key files: each has its
-own error type (a subclass of :class:`ConfigFileError`) so callers can catch just theirs,
-and every problem is one line ``<file>: <dotted.field[index]>: <what is wrong>``.
-"""
+from siteplan.config_file import ConfigFileError, load_toml, parse_toml, read_text, validation_problems
 
-from __future__ import annotations
-
-import tomllib
-from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
-
-
-class ConfigFileError(Exception):
-    """A configuration file that cannot be used, with one line per problem."""
-
-    def __init__(self, path: Path | str, problems: list[str]) -> None:
-        self.path = str(path)
-        self.problems = problems
-        super().__init__("\n".join(f"{self.path}: {p}" for p in problems))
-
-
-def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
-    """One line per pydantic error: the dotted field path, then the message."""
-    problems = []
-    for err in exc.errors():
-        out = prefix
-        for part in err["loc"]:
-            if isinstance(part, str) and "[" in part:
-                continue  # pydantic's internal union/validator tags
-            out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
-        problems.append(f"{out or '(top level)'}: {err['msg'].removeprefix('Value error, ')}")
-    return problems
-
-
-def read_text(path: Path | str, error: type[ConfigFileError] = ConfigFileError) -> str:
-    """The file's text, or ``error`` saying why it cannot be read."""
-    path = Path(path)
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise error(path, [f"cannot read file: {exc.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise error(path, ["not UTF-8 text"]) from None
-
-
-def parse_toml(text: str, source: Path | str, error: type[ConfigFileError] = ConfigFileError) -> dict[str, Any]:
-    """TOML text as a dict, or ``error`` with the line and column of the mistake."""
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise error(source, [f"not valid TOML: {exc}"]) from None
-
-
-def load_toml(path: Path | str, error: type[ConfigFileError] = ConfigFileError) -> dict[str, Any]:
-    """Read and parse a TOML file; errors name the file."""
-    return parse_toml(read_text(path, error), path, error)
+__all__ = ["ConfigFileError", "load_toml", "parse_toml", "read_text", "validation_problems"]

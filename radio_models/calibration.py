@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from radio_models.environment import PacketEffects, ReportModel
 from radio_models.pathloss import three_d_distance
 
 FloatArray = NDArray[np.float64]
@@ -232,3 +233,159 @@ def _parametric_bootstrap(
         betas.append(b)
         sigmas.append(s)
     return np.array(betas), np.array(sigmas)
+
+
+# -- the variance split: slow shadowing versus per-packet fading ---------------------------
+
+
+@dataclass(frozen=True)
+class VarianceSplit:
+    """The residual variance of a fit split into a spatially correlated part (shadowing,
+    Gudmundson exponential correlation exp(-h / decorrelation)) and a white part (per
+    packet: fading, reporting), from the residuals' correlogram; 1-sigma by spatial
+    jackknife."""
+
+    shadowing_sigma_db: float
+    decorrelation_m: float
+    white_sigma_db: float
+    shadowing_se: float
+    decorrelation_se: float
+    white_se: float
+    lags_m: FloatArray  # correlogram bin centres
+    correlation: FloatArray  # empirical correlation of same-gateway residual pairs per bin
+
+
+def correlogram(
+    xy: FloatArray,
+    gi: NDArray[np.intp],
+    resid: FloatArray,
+    max_lag_m: float = 6.0,
+    bin_m: float = 0.25,
+    max_points: int = 1500,
+    seed: int = 0,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Correlation of residual pairs of one gateway against their distance: (bin centres,
+    correlation, pair counts). At most ``max_points`` samples per gateway (seeded
+    subsample) keep the pair count near a million."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    edges = np.arange(0.0, max_lag_m + bin_m, bin_m)
+    num = np.zeros(len(edges) - 1)
+    cnt = np.zeros(len(edges) - 1)
+    var = float(np.mean(resid * resid))
+    for g in np.unique(gi):
+        idx = np.flatnonzero(gi == g)
+        if len(idx) > max_points:
+            idx = np.sort(rng.choice(idx, max_points, replace=False))
+        pairs = cKDTree(xy[idx]).query_pairs(max_lag_m, output_type="ndarray")
+        if len(pairs) == 0:
+            continue
+        a, b = idx[pairs[:, 0]], idx[pairs[:, 1]]
+        h = np.hypot(*(xy[a] - xy[b]).T)
+        k = np.minimum((h / bin_m).astype(np.intp), len(num) - 1)
+        num += np.bincount(k, weights=resid[a] * resid[b], minlength=len(num))
+        cnt += np.bincount(k, minlength=len(num))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = num / cnt / var
+    return 0.5 * (edges[:-1] + edges[1:]), corr, cnt
+
+
+def _fit_exponential(lags: FloatArray, corr: FloatArray, cnt: FloatArray) -> tuple[float, float]:
+    """(share, decorrelation) of corr(h) = share exp(-h / decorrelation), least squares
+    weighted by pair counts; the share is closed-form for each trial distance."""
+    ok = (cnt >= 20) & np.isfinite(corr)
+    if ok.sum() < 3:
+        return 0.0, 1.0
+    h, c, w = lags[ok], corr[ok], cnt[ok]
+    best = (np.inf, 0.0, 1.0)
+    for dc in np.geomspace(0.1, 50.0, 240):
+        e = np.exp(-h / dc)
+        share = float(np.clip(np.sum(w * c * e) / np.sum(w * e * e), 0.0, 1.0))
+        cost = float(np.sum(w * (c - share * e) ** 2))
+        if cost < best[0]:
+            best = (cost, share, float(dc))
+    return best[1], best[2]
+
+
+def split_variance(
+    xy: FloatArray, gi: NDArray[np.intp], resid: FloatArray, blocks: int = 8, seed: int = 0
+) -> VarianceSplit:
+    """Shadowing sigma, decorrelation distance and white (per-packet) sigma from the
+    residuals of a log-distance fit at sample positions ``xy`` of gateways ``gi``.
+
+    The correlogram's exponential fit extrapolated to lag 0 is the shadowing share of
+    the variance (Gudmundson, Electron. Lett. 27(23), 1991); the rest does not repeat
+    between neighbouring samples, so it is per-packet. Uncertainty: delete-one-block
+    jackknife over ``blocks`` strips along the survey's longer axis.
+    """
+    xy = np.asarray(xy, dtype=float)
+    resid = np.asarray(resid, dtype=float)
+
+    def one(sel: NDArray[np.bool_]) -> tuple[float, float, float, FloatArray, FloatArray]:
+        lags, corr, cnt = correlogram(xy[sel], gi[sel], resid[sel], seed=seed)
+        share, dc = _fit_exponential(lags, corr, cnt)
+        var = float(np.mean(resid[sel] ** 2))
+        return float(np.sqrt(share * var)), dc, float(np.sqrt((1 - share) * var)), lags, corr
+
+    s_sig, s_dc, s_white, lags, corr = one(np.ones(len(resid), bool))
+    axis = int(np.argmax(np.ptp(xy, axis=0))) if len(xy) else 0
+    edges = np.quantile(xy[:, axis], np.linspace(0, 1, blocks + 1)) if len(xy) else np.zeros(blocks + 1)
+    block = np.clip(np.searchsorted(edges, xy[:, axis], side="right") - 1, 0, blocks - 1)
+    reps = np.array([one(block != b)[:3] for b in range(blocks)])
+    se = np.sqrt((blocks - 1) / blocks * np.sum((reps - reps.mean(axis=0)) ** 2, axis=0))
+    return VarianceSplit(s_sig, s_dc, s_white, float(se[0]), float(se[1]), float(se[2]), lags, corr)
+
+
+def rician_k_for_spread(
+    white_sigma_db: float, report: ReportModel, k_range_db: tuple[float, float] = (-10.0, 30.0)
+) -> tuple[float, float, float]:
+    """The Rician K (dB) whose reported per-packet spread (fading through the gateway's
+    reporting: modules, averaging, quantization) equals ``white_sigma_db``; returns
+    (K dB, mean of the reported fading in dB, its spread). The spread falls as K grows,
+    so bisection; a spread beyond K's range clamps to its end."""
+
+    def stats(k_db: float) -> tuple[float, float]:
+        return report.fading_stats(PacketEffects("rician", k_db), samples=100_000)
+
+    lo, hi = k_range_db
+    s_lo, s_hi = stats(lo)[1], stats(hi)[1]
+    if white_sigma_db >= s_lo:
+        k = lo
+    elif white_sigma_db <= s_hi:
+        k = hi
+    else:
+        for _ in range(24):
+            mid = 0.5 * (lo + hi)
+            if stats(mid)[1] > white_sigma_db:
+                lo = mid
+            else:
+                hi = mid
+        k = 0.5 * (lo + hi)
+    mean, spread = stats(k)
+    return float(k), mean, spread
+
+
+def survey_map_settings(xy: FloatArray, cell_m: float = 0.2) -> tuple[float, float]:
+    """Radio-map (bandwidth, reach) in metres from how densely a survey covers its area:
+    the 95th percentile distance from a cell inside the survey's hull to the nearest
+    survey point is the widest gap between neighbouring points. Reach must bridge it
+    (or the map falls into islands); the kernel should span about one gap (or it
+    follows single noisy readings). Floors: 0.35 m reach, 0.5 m bandwidth, what a
+    continuous walk with 0.5 m between passes needs (docs/localization.md)."""
+    import shapely
+    from scipy.spatial import cKDTree
+
+    xy = np.unique(np.round(np.asarray(xy, dtype=float), 2), axis=0)
+    if len(xy) < 3:
+        return 0.5, 0.35
+    hull = shapely.MultiPoint([tuple(p) for p in xy]).convex_hull
+    minx, miny, maxx, maxy = hull.bounds
+    gx, gy = np.meshgrid(np.arange(minx, maxx, cell_m) + cell_m / 2, np.arange(miny, maxy, cell_m) + cell_m / 2)
+    cells = np.column_stack([gx.ravel(), gy.ravel()])
+    if hull.area > 0:
+        cells = cells[shapely.contains_xy(hull, cells[:, 0], cells[:, 1])]
+    if len(cells) == 0:
+        return 0.5, 0.35
+    gap = float(np.quantile(cKDTree(xy).query(cells)[0], 0.95))
+    return max(0.5, round(1.0 * gap, 2)), max(0.35, round(1.25 * gap, 2))

@@ -219,3 +219,58 @@ class RadioEnvironment:
         out += mean_rssi
         out += offsets[:, None]
         return np.round(out, out=out)
+
+
+@dataclass(frozen=True)
+class ReportModel:
+    """How a gateway turns packets into reported RSSI (siteplan's ``[radio.report]``).
+
+    Each of ``receivers`` modules draws its own fading, reads in steps of
+    ``quantization_db`` and hears only at or above its sensitivity; a packet is also
+    missed with ``miss_probability`` (scan gaps, CRC errors the model does not resolve).
+    The gateway reports the mean of the modules that heard, in mW (``combine`` linear)
+    or in dB. One module, 1 dB steps, no misses is what the twin always did.
+    """
+
+    receivers: int = 1
+    combine: str = "linear"
+    quantization_db: float = 1.0
+    miss_probability: float = 0.0
+
+    def report(
+        self,
+        mean_dbm: NDArray[np.floating] | float,
+        effects: PacketEffects,
+        rng: np.random.Generator,
+        sensitivity_dbm: NDArray[np.floating] | float = -np.inf,
+    ) -> FloatArray:
+        """Reported RSSI for packets with mean RSSI ``mean_dbm`` (any shape), NaN where no
+        module heard. Sensitivity broadcasts against ``mean_dbm``."""
+        mean = np.asarray(mean_dbm, dtype=float)
+        shape = (*mean.shape, self.receivers)
+        reading = mean[..., None] + effects.fading_db(shape, rng)
+        if self.quantization_db > 0:
+            reading = np.round(reading / self.quantization_db) * self.quantization_db
+        heard = reading >= np.asarray(sensitivity_dbm, dtype=float)[..., None]
+        if self.miss_probability > 0:
+            heard &= rng.random(shape) >= self.miss_probability
+        count = heard.sum(axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if self.combine == "linear":
+                power = np.where(heard, 10 ** (reading / 10), 0.0).sum(axis=-1) / count
+                out = 10 * np.log10(power)
+            else:
+                out = np.where(heard, reading, 0.0).sum(axis=-1) / count
+        return np.where(count > 0, out, np.nan)
+
+    def fading_stats(self, effects: PacketEffects, samples: int = 400_000) -> tuple[float, float]:
+        """Mean and standard deviation (dB) of what fading and reporting add to the mean
+        RSSI, for links well above sensitivity. Drawn with a fixed seed and a uniform
+        sub-step offset (so quantization averages out): a deterministic property of the
+        model, not a random result."""
+        rng = np.random.default_rng(20_211_234)
+        step = self.quantization_db
+        offset = rng.uniform(-0.5, 0.5, samples) * step if step > 0 else np.zeros(samples)
+        model = ReportModel(self.receivers, self.combine, step, 0.0)
+        values = model.report(offset, effects, rng) - offset
+        return float(np.mean(values)), float(np.std(values))
