@@ -86,6 +86,10 @@ class EngineConfig:
     tracker_speed_mps: float = 1.5
     zone_hysteresis: bool = False
     seed: int = 0
+    # Calibrated fixed RSSI offset of each gateway (site file radio.gateway_offsets_db):
+    # subtracted from every window's RSSI before any estimator or tracker sees it, so
+    # radio maps must be built from corrected readings too.
+    gateway_offset_db: FloatArray | None = None
 
     def __post_init__(self) -> None:
         if self.localizer not in LOCALIZERS:
@@ -355,6 +359,8 @@ class Engine:
         row_dev = (uniq_rows % n_dev).astype(np.int32)
         row_win = uniq_rows // n_dev
         row_t = (row_win + k_first) * cfg.step_s
+        if cfg.gateway_offset_db is not None:
+            matrix -= cfg.gateway_offset_db[None, :]
         tx = self._tx_power(row_dev)
         est = self._localize(matrix, tx)
         zone = (

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from radio_models.environment import PacketEffects, ReportModel
+from radio_models.environment import ReportModel
 from radio_models.pathloss import three_d_distance
 
 FloatArray = NDArray[np.float64]
@@ -241,7 +241,7 @@ def _parametric_bootstrap(
 @dataclass(frozen=True)
 class VarianceSplit:
     """The residual variance of a fit split into a spatially correlated part (shadowing,
-    Gudmundson exponential correlation exp(-h / decorrelation)) and a white part (per
+    correlation falling to 1/e at the decorrelation distance) and a white part (per
     packet: fading, reporting), from the residuals' correlogram; 1-sigma by spatial
     jackknife."""
 
@@ -261,7 +261,7 @@ def correlogram(
     resid: FloatArray,
     max_lag_m: float = 6.0,
     bin_m: float = 0.25,
-    max_points: int = 1500,
+    max_points: int = 800,
     seed: int = 0,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Correlation of residual pairs of one gateway against their distance: (bin centres,
@@ -291,41 +291,48 @@ def correlogram(
     return 0.5 * (edges[:-1] + edges[1:]), corr, cnt
 
 
-def _fit_exponential(lags: FloatArray, corr: FloatArray, cnt: FloatArray) -> tuple[float, float]:
-    """(share, decorrelation) of corr(h) = share exp(-h / decorrelation), least squares
-    weighted by pair counts; the share is closed-form for each trial distance."""
-    ok = (cnt >= 20) & np.isfinite(corr)
-    if ok.sum() < 3:
-        return 0.0, 1.0
-    h, c, w = lags[ok], corr[ok], cnt[ok]
-    best = (np.inf, 0.0, 1.0)
-    for dc in np.geomspace(0.1, 50.0, 240):
-        e = np.exp(-h / dc)
-        share = float(np.clip(np.sum(w * c * e) / np.sum(w * e * e), 0.0, 1.0))
-        cost = float(np.sum(w * (c - share * e) ** 2))
-        if cost < best[0]:
-            best = (cost, share, float(dc))
-    return best[1], best[2]
+def _decorrelation(lags: FloatArray, corr: FloatArray, share: float) -> float:
+    """The lag at which the correlation first falls to share / e (Gudmundson's
+    definition of the decorrelation distance), linearly interpolated between bins."""
+    target = share / np.e
+    below = np.flatnonzero(np.isfinite(corr) & (corr <= target))
+    if share <= 0 or len(below) == 0:
+        return float(lags[-1]) if share > 0 else 0.0
+    k = int(below[0])
+    if k == 0:
+        return float(lags[0])
+    c0, c1 = corr[k - 1], corr[k]
+    return float(lags[k - 1] + (lags[k] - lags[k - 1]) * (c0 - target) / max(c0 - c1, 1e-12))
 
 
 def split_variance(
-    xy: FloatArray, gi: NDArray[np.intp], resid: FloatArray, blocks: int = 8, seed: int = 0
+    xy: FloatArray,
+    gi: NDArray[np.intp],
+    resid: FloatArray,
+    nugget_m: float = 0.1,
+    blocks: int = 6,
+    seed: int = 0,
 ) -> VarianceSplit:
     """Shadowing sigma, decorrelation distance and white (per-packet) sigma from the
     residuals of a log-distance fit at sample positions ``xy`` of gateways ``gi``.
 
-    The correlogram's exponential fit extrapolated to lag 0 is the shadowing share of
-    the variance (Gudmundson, Electron. Lett. 27(23), 1991); the rest does not repeat
-    between neighbouring samples, so it is per-packet. Uncertainty: delete-one-block
-    jackknife over ``blocks`` strips along the survey's longer axis.
+    Samples closer than ``nugget_m`` share their shadowing but not their fading, so the
+    correlation of those pairs is the shadowing share of the variance (the variogram's
+    sill minus nugget over sill); the decorrelation distance is where the correlogram
+    falls to 1/e of that share (Gudmundson, Electron. Lett. 27(23), 1991). Uncertainty:
+    delete-one-block jackknife over ``blocks`` strips along the survey's longer axis.
     """
     xy = np.asarray(xy, dtype=float)
     resid = np.asarray(resid, dtype=float)
 
     def one(sel: NDArray[np.bool_]) -> tuple[float, float, float, FloatArray, FloatArray]:
-        lags, corr, cnt = correlogram(xy[sel], gi[sel], resid[sel], seed=seed)
-        share, dc = _fit_exponential(lags, corr, cnt)
+        _, near, _ = correlogram(
+            xy[sel], gi[sel], resid[sel], max_lag_m=nugget_m, bin_m=nugget_m, max_points=6000, seed=seed
+        )
+        share = float(np.clip(np.nan_to_num(near[0]), 0.0, 1.0))
+        lags, corr, _ = correlogram(xy[sel], gi[sel], resid[sel], max_lag_m=8.0, bin_m=0.1, seed=seed)
         var = float(np.mean(resid[sel] ** 2))
+        dc = _decorrelation(lags, corr, share)
         return float(np.sqrt(share * var)), dc, float(np.sqrt((1 - share) * var)), lags, corr
 
     s_sig, s_dc, s_white, lags, corr = one(np.ones(len(resid), bool))
@@ -346,7 +353,7 @@ def rician_k_for_spread(
     so bisection; a spread beyond K's range clamps to its end."""
 
     def stats(k_db: float) -> tuple[float, float]:
-        return report.fading_stats(PacketEffects("rician", k_db), samples=100_000)
+        return report.fading_stats("rician", k_db, samples=100_000)
 
     lo, hi = k_range_db
     s_lo, s_hi = stats(lo)[1], stats(hi)[1]
@@ -367,12 +374,13 @@ def rician_k_for_spread(
 
 
 def survey_map_settings(xy: FloatArray, cell_m: float = 0.2) -> tuple[float, float]:
-    """Radio-map (bandwidth, reach) in metres from how densely a survey covers its area:
-    the 95th percentile distance from a cell inside the survey's hull to the nearest
-    survey point is the widest gap between neighbouring points. Reach must bridge it
-    (or the map falls into islands); the kernel should span about one gap (or it
-    follows single noisy readings). Floors: 0.35 m reach, 0.5 m bandwidth, what a
-    continuous walk with 0.5 m between passes needs (docs/localization.md)."""
+    """Radio-map (bandwidth, reach) in metres from how densely a survey covers its area.
+    The typical gap g is the median distance from a cell inside the survey's hull to
+    the nearest survey point (0.38 a on a square grid of spacing a, whose widest gap is
+    0.71 a): reach 2 g bridges the gaps (or the map falls into islands), bandwidth
+    1.5 g averages a few neighbouring points (or it follows single noisy readings).
+    Floors: 0.35 m reach, 0.5 m bandwidth, what a dense continuous walk needs
+    (docs/localization.md)."""
     import shapely
     from scipy.spatial import cKDTree
 
@@ -387,5 +395,5 @@ def survey_map_settings(xy: FloatArray, cell_m: float = 0.2) -> tuple[float, flo
         cells = cells[shapely.contains_xy(hull, cells[:, 0], cells[:, 1])]
     if len(cells) == 0:
         return 0.5, 0.35
-    gap = float(np.quantile(cKDTree(xy).query(cells)[0], 0.95))
-    return max(0.5, round(1.0 * gap, 2)), max(0.35, round(1.25 * gap, 2))
+    gap = float(np.median(cKDTree(xy).query(cells)[0]))
+    return max(0.5, round(1.5 * gap, 2)), max(0.35, round(2.0 * gap, 2))

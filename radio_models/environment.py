@@ -263,14 +263,29 @@ class ReportModel:
                 out = np.where(heard, reading, 0.0).sum(axis=-1) / count
         return np.where(count > 0, out, np.nan)
 
-    def fading_stats(self, effects: PacketEffects, samples: int = 400_000) -> tuple[float, float]:
+    def fading_stats(self, fading: str, rician_k_db: float = 6.0, samples: int = 200_000) -> tuple[float, float]:
         """Mean and standard deviation (dB) of what fading and reporting add to the mean
-        RSSI, for links well above sensitivity. Drawn with a fixed seed and a uniform
-        sub-step offset (so quantization averages out): a deterministic property of the
-        model, not a random result."""
+        RSSI, for links well above sensitivity. Drawn with a fixed seed (common random
+        numbers, so the result is smooth in K) and a uniform sub-step offset (so
+        quantization averages out): a deterministic property of the model."""
         rng = np.random.default_rng(20_211_234)
+        shape = (samples, self.receivers)
         step = self.quantization_db
         offset = rng.uniform(-0.5, 0.5, samples) * step if step > 0 else np.zeros(samples)
-        model = ReportModel(self.receivers, self.combine, step, 0.0)
-        values = model.report(offset, effects, rng) - offset
+        scatter = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) / np.sqrt(2)
+        if fading == "none":
+            gain = np.ones(shape)
+        elif fading == "rayleigh":
+            gain = np.abs(scatter) ** 2
+        else:  # |LoS + scatter|^2 with unit mean power
+            k = 10 ** (rician_k_db / 10)
+            gain = np.abs(np.sqrt(k / (k + 1)) + scatter / np.sqrt(k + 1)) ** 2
+        reading = offset[:, None] + 10 * np.log10(np.maximum(gain, 1e-30))
+        if step > 0:
+            reading = np.round(reading / step) * step
+        if self.combine == "linear":
+            values = 10 * np.log10(np.mean(10 ** (reading / 10), axis=1))
+        else:
+            values = np.mean(reading, axis=1)
+        values -= offset
         return float(np.mean(values)), float(np.std(values))

@@ -137,6 +137,25 @@ EVALUATE_ROWS = ("fixes", "median_error_m", "p90_error_m", "p95_error_m", "rmse_
                  "latency_p95_s")
 
 
+def _print_compare(results: dict[str, dict[str, object]]) -> None:
+    """One table: each combination overall, then each device's median / p90."""
+    devices = sorted({d for r in results.values() for d in r["devices"]})  # type: ignore[attr-defined]
+    table = Table(title="every estimator and tracker")
+    for col in ("method", "median m", "p90 m", "r90 coverage", "RMSE/CRB", *devices):
+        table.add_column(col, justify="right")
+
+    def fmt(v: object) -> str:
+        return f"{v:.2f}" if isinstance(v, int | float) else "-"
+
+    for name, r in results.items():
+        per: dict[str, dict[str, float]] = r["devices"]  # type: ignore[assignment]
+        cells = [f"{per[d]['median_error_m']:.2f} / {per[d]['p90_error_m']:.2f}" if d in per else "-"
+                 for d in devices]
+        table.add_row(name, fmt(r["median_error_m"]), fmt(r["p90_error_m"]), fmt(r["r90_coverage"]),
+                      fmt(r["rmse_over_crb"]), *cells)
+    console.print(table)
+
+
 @app.command()
 def evaluate(
     run_dir: Annotated[
@@ -162,7 +181,7 @@ def evaluate(
     tx_power: Annotated[
         float, typer.Option(help="RSSI at 1 m, dBm (fitted with --calibration)")
     ] = -59.0,
-    tag_z: Annotated[float, typer.Option(help="tag height, m")] = 1.0,
+    tag_z: Annotated[float | None, typer.Option(help="tag height, m (default: the site's, or 1)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the particle filter")] = 0,
     report_json: Annotated[
         Path | None, typer.Option("--json", help="write the metrics here")
@@ -170,6 +189,12 @@ def evaluate(
     fixes_out: Annotated[
         Path | None, typer.Option("--fixes", help="write the fixes (Parquet)")
     ] = None,
+    site: Annotated[
+        Path | None, typer.Option("--site", help="site file: plan, gateways, calibrated radio")
+    ] = None,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="every estimator/tracker combination, one table")
+    ] = False,
 ) -> None:
     """Score positions against ground truth: a twin run directory, or a capture + gateway file.
 
@@ -178,7 +203,17 @@ def evaluate(
     """
     from engine.capture import CaptureError, read_capture, read_gateways
     from engine.evaluate import evaluate_capture
-    from tagtwin.evaluation import capture_config, evaluate_run_dir
+    from engine.pipeline import EngineConfig
+    from siteplan.sitefile import SiteFileError, load_site_file
+    from tagtwin.evaluation import (
+        capture_config,
+        compare_estimators,
+        evaluate_run_dir,
+        site_capture_config,
+        site_gateways,
+    )
+
+    tag_z_given, tag_z = tag_z, (1.0 if tag_z is None else tag_z)
 
     if (run_dir is None) == (capture is None):
         err_console.print("give either a run directory or --capture with --gateways")
@@ -190,19 +225,37 @@ def evaluate(
             err_console.print(f"[bold red]cannot evaluate:[/] {exc}")
             raise typer.Exit(2) from None
     else:
-        if gateways is None:
-            err_console.print("--capture needs --gateways (a file with id,x,y,z)")
+        if gateways is None and site is None:
+            err_console.print("--capture needs --gateways (a file with id,x,y,z) or --site")
             raise typer.Exit(2)
         try:
-            gw = read_gateways(gateways)
-            cap = read_capture(capture, gw, gateways)  # type: ignore[arg-type]
-            cal = read_capture(calibration, gw, gateways) if calibration else None
-            config = capture_config(
-                gw, localizer, tracker, step, window, exponent, sigma_db, tx_power, tag_z, cal, seed
-            )
-        except (CaptureError, ValueError) as exc:
+            site_file = load_site_file(site) if site is not None else None
+            gw = read_gateways(gateways) if gateways is not None else site_gateways(site_file)  # type: ignore[arg-type]
+            gw_source = gateways or site
+            cap = read_capture(capture, gw, gw_source)  # type: ignore[arg-type]
+            cal = read_capture(calibration, gw, gw_source) if calibration else None  # type: ignore[arg-type]
+
+            def make(loc: str, trk: str) -> EngineConfig:
+                if site_file is not None:
+                    return site_capture_config(site_file, site, gw, loc, trk, step, window, tx_power,  # type: ignore[arg-type]
+                                               tag_z_given, seed, cal)
+                return capture_config(gw, loc, trk, step, window, exponent, sigma_db, tx_power,
+                                      tag_z, cal, seed)
+
+            config = make(localizer, tracker)
+        except (CaptureError, SiteFileError, ValueError) as exc:
             err_console.print(f"[bold red]cannot evaluate:[/] {exc}", markup=True, highlight=False)
             raise typer.Exit(2) from None
+        if cap.truth is None and (compare or fixes_out is None):
+            print(f"cannot evaluate: {capture} has no truth_x/truth_y (or x/y) columns: nothing to score "
+                  "against (write the fixes with --fixes instead)", file=sys.stderr)
+            raise typer.Exit(2)
+        if compare:
+            results = compare_estimators(cap, make)
+            _print_compare(results)
+            if report_json:
+                report_json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+            return
         fixes, metrics = evaluate_capture(cap, config)
         if fixes_out is not None:
             import pyarrow.parquet as pq
@@ -211,7 +264,8 @@ def evaluate(
 
             pq.write_table(_table(fixes, {"device": cap.devices.ids}), fixes_out)
         if cap.truth is None:
-            err_console.print("the capture has no truth_x/truth_y columns: nothing to score")
+            console.print(f"wrote {fixes_out}; no truth columns, so nothing scored")
+            return
     table = Table(title="evaluation against ground truth")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -223,6 +277,48 @@ def evaluate(
     text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
     if report_json:
         report_json.write_text(text)
+
+
+@app.command()
+def calibrate(
+    capture: Annotated[Path, typer.Option(help="calibration walk or point survey with truth columns")],
+    gateways: Annotated[Path, typer.Option(help="gateway positions file: id,x,y,z")],
+    out: Annotated[Path, typer.Option("--out", help="site file to write (TOML)")],
+    site: Annotated[Path | None, typer.Option("--site", help="site file whose plan to keep")] = None,
+    tag_z: Annotated[float | None, typer.Option(help="tag height, m (default: the site's)")] = None,
+    plot: Annotated[Path | None, typer.Option(help="diagnostics PNG (default: next to --out)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Fit a site's radio from a walk with truth: P0, n, per-gateway offsets, shadowing
+    and its decorrelation, fading, how gateways report; write them into a site file."""
+    from engine.capture import CaptureError, read_capture, read_gateways
+    from siteplan.sitefile import SiteFileError, dump_site_file, load_site_file
+    from tagtwin.calibrate import calibrate as run
+    from tagtwin.calibrate import diagnostics_png, survey_reference
+
+    try:
+        base = load_site_file(site) if site is not None else None
+        gw = read_gateways(gateways)
+        cap = read_capture(capture, gw, gateways)
+        if cap.truth_xyz is None:
+            raise ValueError(f"{capture}: no truth_x/truth_y (or x/y) columns: nothing to calibrate against")
+        result = run(cap, base=base, tag_z=tag_z, survey_path=survey_reference(capture, out), seed=seed)
+    except (SiteFileError, CaptureError, ValueError) as exc:
+        err_console.print(f"[bold red]cannot calibrate:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    out.write_text(dump_site_file(result.site))
+    png = diagnostics_png(result, plot or out.with_suffix(".png"))
+    if not quiet:
+        table = Table(title=f"calibration from {capture.name}")
+        for col in ("parameter", "value", "1-sigma"):
+            table.add_column(col)
+        for row in result.rows():
+            table.add_row(*row)
+        console.print(table)
+        if result.outliers:
+            console.print(f"outlier gateways (check mounting, antenna, position): {', '.join(result.outliers)}")
+        console.print(f"wrote {out} and {png}")
 
 
 @app.command()
