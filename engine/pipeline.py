@@ -116,7 +116,7 @@ def make_tracker(cfg: EngineConfig) -> Tracker | None:
     if cfg.tracker == "none":
         return None
     if cfg.tracker == "kalman":
-        return KalmanTracker()
+        return KalmanTracker(bounds=cfg.bounds)
     assert cfg.radio_map is not None  # checked in EngineConfig
     plan = cfg.floor_plan or FloorPlan.open_floor(cfg.bounds)
     if cfg.tracker == "hmm":
