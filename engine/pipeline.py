@@ -386,7 +386,7 @@ class Engine:
                     # Static shadowing floor: a tag that stays put sees the same shadowing in
                     # every window, which no filter can average away; a moving tag samples
                     # fresh shadowing, so it may shrink to a fraction of the single shot.
-                    still = motion[sl] != 1
+                    still = motion[sl] == 0  # unknown motion (captures): judged as moving
                     floor = self._still_floor(row_dev[sl], ~np.isnan(matrix[sl]), still, part.x, part.y)
                     floor = np.where(np.isfinite(floor), floor, single_r90)
                     xs[sl], ys[sl], meth[sl] = part.x, part.y, part.method

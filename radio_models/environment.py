@@ -226,8 +226,8 @@ class ReportModel:
     """How a gateway turns packets into reported RSSI (siteplan's ``[radio.report]``).
 
     Each of ``receivers`` modules draws its own fading, reads in steps of
-    ``quantization_db`` and hears only at or above its sensitivity; a packet is also
-    missed with ``miss_probability`` (scan gaps, CRC errors the model does not resolve).
+    ``quantization_db`` and hears only at or above its sensitivity; a report is also
+    lost with ``miss_probability`` (scan gaps, CRC errors the model does not resolve).
     The gateway reports the mean of the modules that heard, in mW (``combine`` linear)
     or in dB. One module, 1 dB steps, no misses is what the twin always did.
     """
@@ -252,9 +252,9 @@ class ReportModel:
         if self.quantization_db > 0:
             reading = np.round(reading / self.quantization_db) * self.quantization_db
         heard = reading >= np.asarray(sensitivity_dbm, dtype=float)[..., None]
-        if self.miss_probability > 0:
-            heard &= rng.random(shape) >= self.miss_probability
         count = heard.sum(axis=-1)
+        if self.miss_probability > 0:  # the whole report is lost, whatever the modules heard
+            count = np.where(rng.random(mean.shape) >= self.miss_probability, count, 0)
         with np.errstate(invalid="ignore", divide="ignore"):
             if self.combine == "linear":
                 power = np.where(heard, 10 ** (reading / 10), 0.0).sum(axis=-1) / count

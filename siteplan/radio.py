@@ -97,7 +97,7 @@ class GatewayReport(Strict):
     )
     quantization_db: float = Field(1.0, ge=0, le=10, description="reading step of one module; 0: exact")
     miss_probability: float = Field(
-        0.0, ge=0, lt=1, description="packets a module misses at any level (scan gaps, errors)"
+        0.0, ge=0, lt=1, description="reports lost at any level (scan gaps, errors)"
     )
 
 
@@ -110,6 +110,8 @@ class RadioUncertainty(Strict):
     shadowing_sigma_db: float = Field(0.0, ge=0)
     decorrelation_m: float = Field(0.0, ge=0)
     rician_k_db: float = Field(0.0, ge=0)
+    temporal_sigma_db: float = Field(0.0, ge=0)
+    temporal_coherence_s: float = Field(0.0, ge=0)
     gateway_offsets_db: dict[str, float] = Field(default_factory=dict, description="gateway id -> 1-sigma")
 
 
@@ -136,6 +138,10 @@ class Radio(Strict):
     grid_m: float = Field(0.5, gt=0.05, le=5.0, description="resolution of the static loss maps")
     channel_spacing_ms: float = Field(0.4, gt=0, lt=10, description="gap between the 37/38/39 packets")
     air: AirInterfaceParams = Field(default_factory=AirInterfaceParams, description="PHY, collisions, Wi-Fi")
+    temporal_sigma_db: float = Field(
+        0.0, ge=0, le=20, description="RSSI variation lasting seconds at one place (people, the carrier); "
+        "replayed walks only (tagtwin fidelity), not yet the warehouse twin")
+    temporal_coherence_s: float = Field(5.0, gt=0, le=3600, description="its coherence time")
     p0_dbm: float | None = Field(
         None, ge=-120, le=20,
         description="calibrated mean link budget at 1 m before fading (the twin's tx power "

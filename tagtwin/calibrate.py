@@ -86,8 +86,14 @@ class CalibrationResult:
             ("residual sigma, total (dB)", f"{f.sigma_db:.2f}", f"{f.sigma_se:.2f}"),
             ("shadowing sigma (dB)", f"{s.shadowing_sigma_db:.2f}", f"{s.shadowing_se:.2f}"),
             ("decorrelation distance (m)", f"{s.decorrelation_m:.2f}", f"{s.decorrelation_se:.2f}"),
+            ("temporal sigma (dB), lasting seconds", f"{s.temporal_sigma_db:.2f}", f"{s.temporal_se:.2f}"),
+            ("temporal coherence time (s)", f"{s.coherence_s:.2f}", f"{s.coherence_se:.2f}"),
             ("per-packet sigma (dB)", f"{s.white_sigma_db:.2f}", f"{s.white_se:.2f}"),
-            (f"fading ({radio.fading}), Rician K (dB)", f"{self.rician_k_db:.1f}", f"{self.k_se_db:.1f}"),
+            (
+                f"fading {radio.fading}" + (", Rician K (dB)" if radio.fading == "rician" else ""),
+                f"{self.rician_k_db:.1f}" if radio.fading == "rician" else "-",
+                f"{self.k_se_db:.1f}" if radio.fading == "rician" else "",
+            ),
             ("fading mean as reported (dB)", f"{self.fading_mean_db:.2f}", ""),
             ("per-channel offsets 37/38/39 (dB)", "/".join(f"{v:+.1f}" for v in radio.channel_offset_db), ""),
             (
@@ -127,22 +133,32 @@ def detect_report(rssi: FloatArray) -> tuple[int, str, float]:
     return 2, "linear", 1.0
 
 
-def instants(capture: Capture) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """The capture as (instants, gateways): truth (x, y, z) and RSSI (NaN: not heard),
-    one row per device and distinct time. Captures whose gateways report at the same
-    times (one advertising event heard by several) give rows with several gateways."""
-    assert capture.truth_xyz is not None
+@dataclass(frozen=True)
+class Instants:
+    """A capture as one row per device and distinct time: truth and RSSI per gateway."""
+
+    t: FloatArray
+    device: NDArray[np.int32]
+    xyz: FloatArray  # truth; z NaN where the capture has none
+    rssi: FloatArray  # (rows, gateways), NaN: not heard
+
+
+def instants(capture: Capture) -> Instants:
+    """Rows of (device, time): captures whose gateways report at the same times (one
+    advertising event heard by several) give rows with several gateways."""
     s = capture.sightings
     n_gw = len(capture.gateways.ids)
     keys = np.column_stack([s["device"].astype(float), np.round(s["t"], 4)])
-    _, row = np.unique(keys, axis=0, return_inverse=True)
+    uniq, row = np.unique(keys, axis=0, return_inverse=True)
     row = row.ravel()
-    n = int(row.max()) + 1 if len(row) else 0
-    rssi = np.full((n, n_gw), np.nan)
+    rssi = np.full((len(uniq), n_gw), np.nan)
     rssi[row, s["gateway"]] = s["rssi"]
-    xyz = np.zeros((n, 3))
-    xyz[row] = capture.truth_xyz
-    return xyz, rssi, np.bincount(row, minlength=n).astype(float)
+    xyz = np.full((len(uniq), 3), np.nan)
+    if capture.truth_xyz is not None:
+        xyz[row] = capture.truth_xyz
+    t = np.zeros(len(uniq))
+    t[row] = s["t"]
+    return Instants(t, uniq[:, 0].astype(np.int32), xyz, rssi)
 
 
 def calibrate(
@@ -161,13 +177,14 @@ def calibrate(
         raise ValueError("the calibration capture has no truth_x/truth_y columns")
     gw = capture.gateways
     z = tag_z if tag_z is not None else (base.site.tag_height_m if base is not None else 1.0)
-    xyz, rssi, _ = instants(capture)
+    rows = instants(capture)
+    xyz, rssi = rows.xyz, rows.rssi
     xyz[:, 2] = np.where(np.isfinite(xyz[:, 2]), xyz[:, 2], z)
     # 1. Fit (cluster-robust first: its residuals give the decorrelation distance the
     # bootstrap needs).
     first = fit_log_distance(xyz, gw.xyz, rssi, cluster_m=1.0)
     pi, gi = np.nonzero(np.isfinite(rssi))
-    split = split_variance(xyz[pi, :2], gi, first.residuals_db, seed=seed)
+    split = split_variance(xyz[pi, :2], gi, first.residuals_db, seed=seed, t=rows.t[pi])
     fit = fit_log_distance(
         xyz, gw.xyz, rssi, decorrelation_m=max(split.decorrelation_m, 0.1), n_boot=n_boot, seed=seed
     )
@@ -212,6 +229,8 @@ def calibrate(
         "model": {"kind": "log-distance", "exponent": round(fit.exponent, 3)},
         "shadowing_sigma_db": round(split.shadowing_sigma_db, 2),
         "decorrelation_m": round(split.decorrelation_m, 2),
+        "temporal_sigma_db": round(split.temporal_sigma_db, 2),
+        "temporal_coherence_s": round(max(split.coherence_s, 0.01), 2),
         "fading": fading,
         "rician_k_db": round(k_db, 2),
         "channel_offset_db": tuple(round(float(v), 2) for v in offsets),
@@ -226,6 +245,8 @@ def calibrate(
             exponent=round(fit.exponent_se, 3),
             shadowing_sigma_db=round(split.shadowing_se, 2),
             decorrelation_m=round(split.decorrelation_se, 2),
+            temporal_sigma_db=round(split.temporal_se, 2),
+            temporal_coherence_s=round(split.coherence_se, 2),
             rician_k_db=round(k_se, 2),
             gateway_offsets_db={g: round(float(v), 2) for g, v in zip(gw.ids, fit.gateway_offset_se, strict=True)},
         ),

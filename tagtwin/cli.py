@@ -322,6 +322,59 @@ def calibrate(
 
 
 @app.command()
+def fidelity(
+    capture: Annotated[Path, typer.Option(help="a real walk with truth columns")],
+    site: Annotated[Path, typer.Option("--site", help="calibrated site file")],
+    gateways: Annotated[Path | None, typer.Option(help="gateway positions file (default: the site's)")] = None,
+    localizer: Annotated[str, typer.Option(help="estimator for the error comparison")] = "radio-map",
+    tracker: Annotated[str, typer.Option(help="tracker for the error comparison")] = "hmm",
+    step: Annotated[float, typer.Option(help="seconds between fixes")] = 1.0,
+    window: Annotated[float, typer.Option(help="seconds of sightings per fix")] = 1.0,
+    seed: Annotated[int, typer.Option(help="seed of the twin's draws")] = 0,
+    realizations: Annotated[int, typer.Option(help="twins drawn (each its own shadowing)")] = 4,
+    plot: Annotated[Path | None, typer.Option(help="figure (default: fidelity.png next to the site)")] = None,
+    report_json: Annotated[Path | None, typer.Option("--json", help="write the comparison here")] = None,
+) -> None:
+    """Replay a real walk in the calibrated twin and compare: RSSI residuals (KS overall
+    and per distance band), reception per gateway, localization error real vs twin."""
+    from engine.capture import CaptureError, read_capture, read_gateways
+    from siteplan.sitefile import SiteFileError, load_site_file
+    from tagtwin.evaluation import site_gateways
+    from tagtwin.fidelity import fidelity as run
+    from tagtwin.fidelity import fidelity_png
+
+    try:
+        site_file = load_site_file(site)
+        gw = read_gateways(gateways) if gateways is not None else site_gateways(site_file)
+        cap = read_capture(capture, gw, gateways or site)
+        result, curves = run(cap, site_file, site, localizer=localizer, tracker=tracker, step=step,
+                             window=window, seed=seed, realizations=realizations)
+    except (CaptureError, SiteFileError, ValueError) as exc:
+        err_console.print(f"[bold red]cannot compare:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    png = fidelity_png(result, curves, plot or site.with_name("fidelity.png"))
+    table = Table(title=f"twin vs real: {capture.name}")
+    table.add_column("measure")
+    table.add_column("real", justify="right")
+    table.add_column("twin", justify="right")
+    table.add_row("KS of RSSI residuals (real: its two halves)", f"({result['ks_real_halves']:.3f})",
+                  f"{result['ks_residuals']:.3f}")
+    table.add_row("residual sd (dB)", f"{result['residual_sd_db']['real']:.2f}",
+                  f"{result['residual_sd_db']['twin']:.2f}")
+    for band, v in result["ks_by_distance"].items():
+        table.add_row(f"KS {band}", f"{v['real']} samples", f"{v['ks']:.3f}")
+    for g, v in result["reception"].items():
+        table.add_row(f"reported share {g}", f"{v['real']:.3f}", f"{v['twin']:.3f}")
+    loc = result["localization"]
+    for key in ("median_error_m", "p90_error_m"):
+        table.add_row(f"{loc['method']} {key}", f"{loc['real'][key]:.2f}", f"{loc['twin'][key]:.2f}")
+    console.print(table)
+    console.print(f"twin/real median error {loc['twin_over_real_median']:.2f}; figure {png}")
+    if report_json:
+        report_json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+
+@app.command()
 def roi(
     scenario: Annotated[Path, typer.Argument(help="scenario with its [roi]")] = DEMO_SCENARIO,
     report: Annotated[Path | None, typer.Option(help="a run's report.json; default: run")] = None,

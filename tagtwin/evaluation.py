@@ -170,7 +170,7 @@ def site_radio(site: SiteFile, gateway_ids: tuple[str, ...], tx_power: float) ->
     model = ReportModel(rep.receivers, rep.combine, rep.quantization_db, rep.miss_probability)
     mean, spread = model.fading_stats(radio.fading, radio.rician_k_db)
     channel = float(np.std(radio.channel_offset_db))
-    sigma = float(np.sqrt(radio.shadowing_sigma_db**2 + spread**2 + channel**2))
+    sigma = float(np.sqrt(radio.shadowing_sigma_db**2 + radio.temporal_sigma_db**2 + spread**2 + channel**2))
     p0 = tx_power if radio.p0_dbm is None else radio.p0_dbm + mean
     offsets = np.array([radio.gateway_offsets_db.get(g, 0.0) for g in gateway_ids])
     return SiteRadio(exponent, max(sigma, 1.0), p0, offsets)
