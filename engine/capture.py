@@ -353,3 +353,11 @@ def kolakowski_capture(folder: Path, out_dir: Path, fmt: str = "csv") -> dict[st
             truth,
         )
     return paths
+
+
+def capture_subset(capture: Capture, keep: NDArray[np.bool_]) -> Capture:
+    """The sightings ``keep`` selects, with their truth (for folds and held-out paths)."""
+    s = capture.sightings[keep]
+    truth_xyz = None if capture.truth_xyz is None else capture.truth_xyz[keep]
+    truth = None if truth_xyz is None else truth_from_samples(s["device"], s["t"], truth_xyz[:, :2])
+    return Capture(s, capture.devices, capture.gateways, truth, truth_xyz)

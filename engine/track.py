@@ -145,8 +145,9 @@ class KalmanTracker:
     Real fixes have outliers (a radio-map fix in the wrong room): a fix whose
     innovation's squared Mahalanobis distance exceeds ``gate`` (chi-square, 2 dof) has its
     covariance inflated by d^2 / gate, so it moves the track only as far as a fix at
-    the gate would (soft gating, Bar-Shalom et al. 2001 sec. 2.3.2); after
-    ``reset_after`` gated fixes in a row the track is lost and restarts at the fix. The
+    the gate would (soft gating, Bar-Shalom et al. 2001 sec. 2.3.2), and not its velocity; after
+    ``reset_after`` gated fixes in a row the track of a tag not known to be still is lost
+    and restarts at the fix. The
     state never leaves ``bounds`` (the site's): a coordinate outside is clamped and its
     velocity zeroed.
     """
@@ -220,10 +221,12 @@ class KalmanTracker:
             inflate = np.where(gated, d2 / self.gate, 1.0)
             s = ps[:, :2, :2] + (inflate * rvar[old])[:, None, None] * np.eye(2)
             k = ps[:, :, :2] @ np.linalg.inv(s)
+            k[gated, 2:, :] = 0.0  # a doubtful fix may nudge the position, never the velocity
             xs = xs + np.einsum("nij,nj->ni", k, innov)
             ps = ps - k @ ps[:, :2, :]
             self.gated[d] = np.where(gated, self.gated[d] + 1, 0)
-            lost = self.gated[d] >= self.reset_after
+            # A tag that reports itself still has not gone anywhere: no restart for it.
+            lost = (self.gated[d] >= self.reset_after) & ~still
             if lost.any():  # the fixes agree with each other, not with the track: restart
                 xs[lost] = np.column_stack([z[old][lost], np.zeros((int(lost.sum()), 2))])
                 ps[lost] = 0.0

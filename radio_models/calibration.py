@@ -402,10 +402,12 @@ def split_variance(
     edges = np.quantile(xy[:, axis], np.linspace(0, 1, blocks + 1)) if len(xy) else np.zeros(blocks + 1)
     block = np.clip(np.searchsorted(edges, xy[:, axis], side="right") - 1, 0, blocks - 1)
     reps = np.array([one(block != b)[:5] for b in range(blocks)])
-    se = np.sqrt((blocks - 1) / blocks * np.sum((reps - reps.mean(axis=0)) ** 2, axis=0))
+    with np.errstate(invalid="ignore"):
+        se = np.sqrt((blocks - 1) / blocks * np.nansum((reps - np.nanmean(reps, axis=0)) ** 2, axis=0))
+    se = np.nan_to_num(se, nan=0.0)
     return VarianceSplit(
         s_sig, s_dc, s_white, float(se[0]), float(se[1]), float(se[2]), lags, corr,
-        s_temp, s_coh, float(se[3]), float(se[4]),
+        s_temp, float(np.nan_to_num(s_coh)), float(se[3]), float(se[4]),
     )
 
 
@@ -418,7 +420,7 @@ def rician_k_for_spread(
     so bisection; a spread beyond K's range clamps to its end."""
 
     def stats(k_db: float) -> tuple[float, float]:
-        return report.fading_stats("rician", k_db, samples=100_000)
+        return report.fading_stats("rician", k_db, samples=50_000)
 
     lo, hi = k_range_db
     s_lo, s_hi = stats(lo)[1], stats(hi)[1]

@@ -290,17 +290,95 @@ def per_device_errors(
 
 
 def compare_estimators(
-    capture: Capture, make_config: Callable[[str, str], EngineConfig]
+    capture: Capture,
+    make_config: Callable[[str, str], EngineConfig],
+    combinations: tuple[tuple[str, str], ...] = COMPARE_COMBINATIONS,
 ) -> dict[str, dict[str, object]]:
     """Every estimator/tracker combination on one capture: overall metrics and per device."""
     from engine.evaluate import evaluate_capture
 
     out: dict[str, dict[str, object]] = {}
-    for localizer, tracker in COMPARE_COMBINATIONS:
+    for localizer, tracker in combinations:
         fixes, metrics = evaluate_capture(capture, make_config(localizer, tracker))
         name = localizer if tracker == "none" else f"{localizer}+{tracker}"
         out[name] = {
             k: metrics.get(k)
             for k in ("median_error_m", "p90_error_m", "rmse_m", "r90_coverage", "rmse_over_crb")
         } | {"devices": per_device_errors(fixes, capture)}
+    return out
+
+
+def time_folds(capture: Capture, folds: int, block_s: float = 120.0) -> list[NDArray[np.bool_]]:
+    """``folds`` interleaved sets of ``block_s``-long stretches of the capture (block k
+    goes to fold k mod folds): each held-out stretch is a short walk through places
+    the rest of the survey also covers, as a test walk through a surveyed site is."""
+    t = capture.sightings["t"]
+    block = np.floor((t - t.min(initial=0.0)) / block_s).astype(np.int64) % folds
+    return [block == k for k in range(folds)]
+
+
+def cross_validate(
+    survey: Capture,
+    make_config: Callable[[str, str, float, Capture], EngineConfig],
+    combinations: tuple[tuple[str, str], ...] = COMPARE_COMBINATIONS,
+    steps: tuple[float, ...] = (1.0,),
+    folds: int = 4,
+) -> dict[str, dict[str, float]]:
+    """Every combination (and fix interval) scored on the calibration data alone: each
+    fold of the survey is located with a radio map built from the other folds.
+    What a site can use to pick its tracker without ever looking at a test track."""
+    from engine.capture import capture_subset
+    from engine.evaluate import evaluate_capture, position_errors
+
+    out: dict[str, dict[str, float]] = {}
+    masks = time_folds(survey, folds)
+    for step in steps:
+        for localizer, tracker in combinations:
+            errs, cover = [], []
+            for mask in masks:
+                held, rest = capture_subset(survey, mask), capture_subset(survey, ~mask)
+                fixes, _ = evaluate_capture(held, make_config(localizer, tracker, step, rest))
+                assert held.truth is not None
+                e = position_errors(fixes, held.truth)
+                ok = np.isfinite(e)
+                errs.append(e[ok])
+                cover.append(e[ok] <= fixes["r90"][ok])
+            e_all, c_all = np.concatenate(errs), np.concatenate(cover)
+            name = (localizer if tracker == "none" else f"{localizer}+{tracker}") + f"@{step:g}s"
+            out[name] = {
+                "median_error_m": round(float(np.median(e_all)), 4),
+                "p90_error_m": round(float(np.quantile(e_all, 0.9)), 4),
+                "r90_coverage": round(float(np.mean(c_all)), 4),
+            }
+    return out
+
+
+def leave_one_path_out(
+    capture: Capture,
+    base: SiteFile,
+    site_path: Path,
+    step: float,
+    window: float,
+    seed: int = 0,
+    combinations: tuple[tuple[str, str], ...] = COMPARE_COMBINATIONS,
+) -> dict[str, dict[str, dict[str, object]]]:
+    """Each device's path held out in turn: the site calibrated (``tagtwin calibrate``)
+    on the other paths, which are also its survey, then every combination scored on the
+    held-out path. Paths are the capture's devices."""
+    from engine.capture import capture_subset
+    from tagtwin.calibrate import calibrate
+
+    if len(capture.devices) < 2:
+        raise ValueError("leaving a path out needs a capture with at least two devices (paths)")
+    out: dict[str, dict[str, dict[str, object]]] = {}
+    for code, name in enumerate(capture.devices.ids):
+        mine = capture.sightings["device"] == code
+        held, rest = capture_subset(capture, mine), capture_subset(capture, ~mine)
+        site = calibrate(rest, base=base, n_boot=20, seed=seed).site
+
+        def make(loc: str, trk: str, site: SiteFile = site, rest: Capture = rest) -> EngineConfig:
+            return site_capture_config(site, site_path, capture.gateways, loc, trk, step, window, -59.0,
+                                       None, seed, rest)
+
+        out[str(name)] = compare_estimators(held, make, combinations)
     return out
