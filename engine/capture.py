@@ -225,12 +225,12 @@ def read_capture(
 def truth_column_names(path: Path, columns: list[str]) -> tuple[str, str, str] | None:
     """The truth columns a capture uses: ``truth_x, truth_y[, truth_z]`` or, as many
     datasets name them, ``x, y[, z]``; None when it has neither (both is ambiguous)."""
-    has = [any(c in columns for c in names[:2]) for names in (TRUTH_COLUMNS, TRUTH_ALIASES)]
-    if all(has):
+    if all(c in columns for c in (*TRUTH_COLUMNS[:2], *TRUTH_ALIASES[:2])):
         raise CaptureError(f"{path}: both truth_x/truth_y and x/y columns: keep one pair")
-    if has[0]:
-        return TRUTH_COLUMNS
-    return TRUTH_ALIASES if has[1] else None
+    for names in (TRUTH_COLUMNS, TRUTH_ALIASES):
+        if any(c in columns for c in names[:2]):
+            return names
+    return None
 
 
 def truth_from_samples(device: NDArray[np.integer], t: FloatArray, xy: FloatArray) -> GroundTruth:

@@ -180,10 +180,44 @@ def site_sections(path: Path | str) -> dict[str, Any]:
 
 def dump_site_file(site: SiteFile) -> str:
     """TOML text of a site file (what ``tagtwin calibrate`` writes); parsing it gives the
-    same SiteFile back."""
-    import tomli_w
-
+    same SiteFile back. Coordinates stay on one line each, so the file reads like the
+    hand-written ones."""
     data = site.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
     # The radio section in full: a calibrated value equal to a default is still a finding.
     data["radio"] = site.radio.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return tomli_w.dumps(data)
+    return "\n".join(_toml_table(data, ())).lstrip("\n") + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    import tomli_w
+
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def _toml_table(data: dict[str, Any], path: tuple[str, ...]) -> list[str]:
+    """Scalars and inline arrays first, then sub-tables and arrays of tables."""
+    lines: list[str] = []
+    nested: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        table = isinstance(value, dict) and value and any(isinstance(v, dict | list) for v in value.values())
+        tables = isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+        if table or tables:
+            nested.append((key, value))
+        else:
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in nested:
+        sub = (*path, _toml_key(key))
+        if isinstance(value, dict):
+            lines += ["", f"[{'.'.join(sub)}]", *_toml_table(value, sub)]
+        else:
+            for item in value:
+                lines += ["", f"[[{'.'.join(sub)}]]", *_toml_table(item, sub)]
+    return lines

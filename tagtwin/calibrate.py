@@ -233,7 +233,7 @@ def calibrate(
         "temporal_coherence_s": round(max(split.coherence_s, 0.01), 2),
         "fading": fading,
         "rician_k_db": round(k_db, 2),
-        "channel_offset_db": tuple(round(float(v), 2) for v in offsets),
+        "channel_offset_db": tuple(round(float(v), 2) + 0.0 for v in offsets),
         "gateway_bias_sigma_db": 0.0,
         "p0_dbm": round(p0_twin, 2),
         "gateway_offsets_db": {g: round(float(v), 2) for g, v in zip(gw.ids, fit.gateway_offset_db, strict=True)},

@@ -319,32 +319,34 @@ def time_folds(capture: Capture, folds: int, block_s: float = 120.0) -> list[NDA
 
 def cross_validate(
     survey: Capture,
-    make_config: Callable[[str, str, float, Capture], EngineConfig],
+    make_config: Callable[[str, str, float, float, Capture], EngineConfig],
     combinations: tuple[tuple[str, str], ...] = COMPARE_COMBINATIONS,
-    steps: tuple[float, ...] = (1.0,),
+    timings: tuple[tuple[float, float], ...] = ((1.0, 1.0),),
     folds: int = 4,
+    block_s: float = 120.0,
 ) -> dict[str, dict[str, float]]:
-    """Every combination (and fix interval) scored on the calibration data alone: each
-    fold of the survey is located with a radio map built from the other folds.
-    What a site can use to pick its tracker without ever looking at a test track."""
+    """Every combination and (fix interval, window) scored on the calibration data
+    alone: each fold of the survey is located with a radio map built from the other
+    folds. What a site can use to pick its tracker without ever looking at a test track.
+    Keys are ``method@step/window``."""
     from engine.capture import capture_subset
     from engine.evaluate import evaluate_capture, position_errors
 
     out: dict[str, dict[str, float]] = {}
-    masks = time_folds(survey, folds)
-    for step in steps:
+    masks = time_folds(survey, folds, block_s)
+    parts = [(capture_subset(survey, m), capture_subset(survey, ~m)) for m in masks]
+    for step, window in timings:
         for localizer, tracker in combinations:
             errs, cover = [], []
-            for mask in masks:
-                held, rest = capture_subset(survey, mask), capture_subset(survey, ~mask)
-                fixes, _ = evaluate_capture(held, make_config(localizer, tracker, step, rest))
+            for held, rest in parts:
+                fixes, _ = evaluate_capture(held, make_config(localizer, tracker, step, window, rest))
                 assert held.truth is not None
                 e = position_errors(fixes, held.truth)
                 ok = np.isfinite(e)
                 errs.append(e[ok])
                 cover.append(e[ok] <= fixes["r90"][ok])
             e_all, c_all = np.concatenate(errs), np.concatenate(cover)
-            name = (localizer if tracker == "none" else f"{localizer}+{tracker}") + f"@{step:g}s"
+            name = (localizer if tracker == "none" else f"{localizer}+{tracker}") + f"@{step:g}/{window:g}s"
             out[name] = {
                 "median_error_m": round(float(np.median(e_all)), 4),
                 "p90_error_m": round(float(np.quantile(e_all, 0.9)), 4),
