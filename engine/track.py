@@ -100,6 +100,24 @@ class FloorPlan:
         return cls(grid, free)
 
     @classmethod
+    def from_occupancy(
+        cls,
+        brightness: FloatArray,
+        scale_m: float,
+        origin: tuple[float, float],
+        free_threshold: float = 0.5,
+    ) -> FloorPlan:
+        """From an occupancy-grid image (rows top to bottom, brightness 0..1; light is
+        free floor, the ROS map_server convention): one cell per pixel, ``origin`` the
+        image's lower-left corner in site metres."""
+        img = np.asarray(brightness, dtype=float)
+        if img.ndim != 2 or img.size == 0:
+            raise ValueError(f"an occupancy image must be a 2-D grey image, got shape {img.shape}")
+        ny, nx = img.shape
+        grid = Grid(float(origin[0]), float(origin[1]), float(scale_m), nx, ny)
+        return cls(grid, (img[::-1] > free_threshold).ravel())
+
+    @classmethod
     def open_floor(
         cls, bounds: tuple[float, float, float, float], cell_m: float = 0.25
     ) -> FloorPlan:

@@ -274,28 +274,16 @@ def correlogram(
     correlation, pair counts). At most ``max_points`` samples per gateway (seeded
     subsample) keep the pair count near a million. With times ``t``, only pairs at least
     ``min_dt_s`` apart count: what stays put, not what lasts a few seconds."""
-    from scipy.spatial import cKDTree
-
-    rng = np.random.default_rng(seed)
     edges = np.arange(0.0, max_lag_m + bin_m, bin_m)
-    num = np.zeros(len(edges) - 1)
-    cnt = np.zeros(len(edges) - 1)
     var = float(np.mean(resid * resid))
-    for g in np.unique(gi):
-        idx = np.flatnonzero(gi == g)
-        if len(idx) > max_points:
-            idx = np.sort(rng.choice(idx, max_points, replace=False))
-        pairs = cKDTree(xy[idx]).query_pairs(max_lag_m, output_type="ndarray")
-        if len(pairs) == 0:
-            continue
-        a, b = idx[pairs[:, 0]], idx[pairs[:, 1]]
-        if t is not None and min_dt_s > 0:
-            apart = np.abs(t[a] - t[b]) >= min_dt_s
-            a, b = a[apart], b[apart]
-        h = np.hypot(*(xy[a] - xy[b]).T)
-        k = np.minimum((h / bin_m).astype(np.intp), len(num) - 1)
-        num += np.bincount(k, weights=resid[a] * resid[b], minlength=len(num))
-        cnt += np.bincount(k, minlength=len(num))
+    a, b = _near_pairs(xy, gi, max_lag_m, max_points, seed)
+    if t is not None and min_dt_s > 0:
+        apart = np.abs(t[a] - t[b]) >= min_dt_s
+        a, b = a[apart], b[apart]
+    h = np.hypot(*(xy[a] - xy[b]).T)
+    k = np.minimum((h / bin_m).astype(np.intp), len(edges) - 2)
+    num = np.bincount(k, weights=resid[a] * resid[b], minlength=len(edges) - 1).astype(float)
+    cnt = np.bincount(k, minlength=len(edges) - 1).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = num / cnt / var
     return 0.5 * (edges[:-1] + edges[1:]), corr, cnt

@@ -195,6 +195,10 @@ def evaluate(
     compare: Annotated[
         bool, typer.Option("--compare", help="every estimator/tracker combination, one table")
     ] = False,
+    leave_one_out: Annotated[
+        bool, typer.Option("--leave-one-out", help="with --compare and --site: each device's path "
+                           "scored by a site calibrated on the others")
+    ] = False,
 ) -> None:
     """Score positions against ground truth: a twin run directory, or a capture + gateway file.
 
@@ -209,6 +213,7 @@ def evaluate(
         capture_config,
         compare_estimators,
         evaluate_run_dir,
+        leave_one_path_out,
         site_capture_config,
         site_gateways,
     )
@@ -250,6 +255,21 @@ def evaluate(
             print(f"cannot evaluate: {capture} has no truth_x/truth_y (or x/y) columns: nothing to score "
                   "against (write the fixes with --fixes instead)", file=sys.stderr)
             raise typer.Exit(2)
+        if compare and leave_one_out:
+            if site_file is None:
+                print("cannot evaluate: --leave-one-out needs --site (the plan to calibrate)", file=sys.stderr)
+                raise typer.Exit(2)
+            try:
+                per_path = leave_one_path_out(cap, site_file, site, step, window, seed)  # type: ignore[arg-type]
+            except ValueError as exc:
+                print(f"cannot evaluate: {exc}", file=sys.stderr)
+                raise typer.Exit(2) from None
+            for path_name, results in per_path.items():
+                console.print(f"held out: {path_name} (site calibrated on the other paths)")
+                _print_compare(results)
+            if report_json:
+                report_json.write_text(json.dumps(per_path, indent=2, sort_keys=True) + "\n")
+            return
         if compare:
             results = compare_estimators(cap, make)
             _print_compare(results)

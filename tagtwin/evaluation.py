@@ -218,6 +218,8 @@ def site_capture_config(
         loss = crossing_loss_db(plan_model.obstacles(), grid.centres(), gateways.xyz[:, :2])
         obstacle_map = ObstacleMap(grid, loss.astype(np.float32))
     plan = FloorPlan.from_geometry(plan_model.outline, plan_model.racks, plan_model.walls, cell_m=0.1)
+    if site.plan is not None and site.plan.occupancy is not None:
+        plan = occupancy_plan(site, site_path)
     radio_map = None
     if localizer in ("knn", "radio-map") or tracker in ("hmm", "particle"):
         if survey is not None and survey.truth_xyz is not None:
@@ -253,6 +255,24 @@ def site_capture_config(
         seed=seed,
         gateway_offset_db=sr.offsets_db if np.any(sr.offsets_db) else None,
     )
+
+
+def occupancy_plan(site: SiteFile, site_path: Path) -> FloorPlan:
+    """The site's occupancy-grid image (``[plan.occupancy]``) as the trackers' floor plan."""
+    import matplotlib.image
+
+    occ = site.plan.occupancy if site.plan is not None else None
+    assert occ is not None
+    path = site_path.parent / occ.image
+    try:
+        img = np.asarray(matplotlib.image.imread(path), dtype=float)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"{site_path}: plan.occupancy.image: cannot read {path}: {exc}") from None
+    if img.ndim == 3:  # colour: mean of RGB, alpha ignored
+        img = img[..., :3].mean(axis=2)
+    if img.max() > 1.0:
+        img = img / 255.0
+    return FloorPlan.from_occupancy(img, occ.scale_m, occ.origin, occ.free_threshold)
 
 
 # Every estimator alone, then each tracker on the estimator it fuses.

@@ -295,3 +295,37 @@ def test_calibrate_without_truth_says_so(walk: dict[str, Path], tmp_path: Path) 
                               "--out", str(tmp_path / "s.toml")])
     assert res.exit_code == 2 and "nothing to calibrate against" in res.output
     assert "Traceback" not in res.output
+
+
+def test_an_occupancy_image_is_the_trackers_floor_plan(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    from siteplan.sitefile import parse_site_file
+    from tagtwin.evaluation import occupancy_plan
+
+    img = np.ones((40, 60))  # 6 x 4 m at 0.1 m per pixel, light = free
+    img[:, 30:32] = 0.0  # a wall at x = 3.0-3.2 m, floor to ceiling of the image
+    img[0:10, 0:10] = 0.0  # furniture in the top-left corner: y 3-4 m, x 0-1 m
+    matplotlib.image.imsave(tmp_path / "plan.png", img, cmap="gray", vmin=0, vmax=1)
+    text = ('[site]\noutline = [[0, 0], [6, 0], [6, 4], [0, 4]]\n[gateways]\nlist = [{id = "g", x = 1, y = 1}]\n'
+            '[plan.occupancy]\nimage = "plan.png"\nscale_m = 0.1\norigin = [0.0, 0.0]\n')
+    (tmp_path / "site.toml").write_text(text)
+    site = parse_site_file(text, tmp_path / "site.toml")
+    plan = occupancy_plan(site, tmp_path / "site.toml")
+    free = plan.is_free(np.array([[1.0, 1.0], [3.1, 2.0], [0.5, 3.5], [0.5, 0.5], [5.0, 3.5]]))
+    assert free.tolist() == [True, False, False, True, True]
+    assert not plan.path_free(np.array([[2.0, 2.0]]), np.array([[4.0, 2.0]]))[0]  # no walking through it
+
+
+@pytest.mark.slow
+def test_leave_one_path_out_scores_each_path_with_a_site_calibrated_on_the_others(
+    walk: dict[str, Path], tmp_path: Path
+) -> None:
+    js = tmp_path / "loo.json"
+    res = runner.invoke(app, ["evaluate", "--capture", str(walk["walk"]), "--site", str(walk["site"]),
+                              "--compare", "--leave-one-out", "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    per_path = json.loads(js.read_text())
+    assert set(per_path) == {"walker-a", "walker-b"}
+    assert per_path["walker-a"]["radio-map"]["devices"].keys() == {"walker-a"}
+    assert per_path["walker-b"]["wls"]["median_error_m"] < 4.0
