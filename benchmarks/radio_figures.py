@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from engine.datasets import fit_kolakowski
+from engine.datasets import KOLAKOWSKI_IN_REPO, fit_kolakowski
 from radio_models.crb import crlb_map
 from radio_models.pathloss import ItuP1238, LogDistance, PathLossModel, Tr38901, three_d_distance
 from twin.scenario import load_scenario
@@ -100,10 +100,7 @@ def coverage_and_crb() -> dict[str, float]:
     }
 
 
-def calibration_figure(shared: Path) -> dict[str, object]:
-    folder = shared / "datasets" / "kolakowski-flat-2021"
-    if not folder.exists():
-        return {"kolakowski": f"skipped: {folder} not found"}
+def calibration_figure(folder: Path) -> dict[str, object]:
     from engine.datasets import load_kolakowski
 
     cal = fit_kolakowski(folder)
@@ -145,12 +142,12 @@ def calibration_figure(shared: Path) -> dict[str, object]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
-    shared = ap.parse_args().shared
+    ap.add_argument("--dataset", type=Path, default=KOLAKOWSKI_IN_REPO, help="Kolakowski 2021 folder")
+    dataset = ap.parse_args().dataset
     IMG.mkdir(parents=True, exist_ok=True)
     rssi_vs_distance()
     out: dict[str, object] = {"coverage_large": coverage_and_crb()}
-    out |= calibration_figure(shared)
+    out |= calibration_figure(dataset)
     print(json.dumps(out, indent=2))
 
 

@@ -18,7 +18,8 @@ from radio_models.calibration import Calibration, fit_log_distance
 
 FloatArray = NDArray[np.float64]
 
-SHARED_KOLAKOWSKI = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "kolakowski-flat-2021"
+# The copy that ships with the repository (tests/data/kolakowski, CC BY 4.0, with its licence).
+KOLAKOWSKI_IN_REPO = Path(__file__).resolve().parent.parent / "tests" / "data" / "kolakowski"
 
 
 class DatasetError(ValueError):
@@ -74,7 +75,7 @@ def _read_track(path: Path, n_anchors: int) -> RssiTrack:
     return RssiTrack(t=t, xy=out[:, [1, 3]], rssi=out[:, 4:])
 
 
-def load_kolakowski(folder: Path = SHARED_KOLAKOWSKI) -> KolakowskiFlat:
+def load_kolakowski(folder: Path = KOLAKOWSKI_IN_REPO) -> KolakowskiFlat:
     """Load anchors, outline, calibration walk and test track from the dataset folder."""
     folder = Path(folder)
     anchors = np.genfromtxt(folder / "anchors.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
@@ -101,7 +102,7 @@ def fit_kolakowski(
     the dataset; 0.3 m is assumed (n moves by about 0.2 between 0.1 and 0.6 m). A flat's
     clutter decorrelates within a couple of metres, hence ``decorrelation_m`` 2 m (TR
     38.901 gives 6-10 m for larger halls)."""
-    data = load_kolakowski(folder or SHARED_KOLAKOWSKI)
+    data = load_kolakowski(folder or KOLAKOWSKI_IN_REPO)
     cal = data.calibration
     xyz = np.column_stack([cal.xy, np.full(len(cal.xy), tag_height_m)])
     return fit_log_distance(

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.localize import METHOD_NAMES
+
 if TYPE_CHECKING:
     import shapely
     from numpy.typing import NDArray
@@ -179,9 +181,25 @@ def evaluate(
     if crb is not None:
         metrics |= _bound_metrics(err_v, crb)
     metrics["still_zone_changes_per_tag_hour"] = still_zone_changes(fixes, truth)
+    metrics["fix_quality"] = fix_quality(fixes)
     if latency is not None:
         metrics |= latency_metrics(latency)
     return metrics
+
+
+def fix_quality(fixes: NDArray[np.void]) -> dict[str, object]:
+    """How well determined the fixes were: the share heard by fewer than 3 gateways (a
+    2-D position from 1 or 2 ranges is under-determined, so estimators fall back to the
+    strongest gateway or a centroid) and the share made by each method."""
+    if not len(fixes):
+        return {"under_3_gateways": 0.0, "median_gateways": 0.0, "methods": {}}
+    n_gw = fixes["n_gateways"]
+    codes, counts = np.unique(fixes["method"], return_counts=True)
+    return {
+        "under_3_gateways": round(float(np.mean(n_gw < 3)), 4),
+        "median_gateways": float(np.median(n_gw)),
+        "methods": {METHOD_NAMES[int(c)]: round(int(k) / len(fixes), 4) for c, k in zip(codes, counts, strict=True)},
+    }
 
 
 # -- every method on one recorded track ---------------------------------------------------

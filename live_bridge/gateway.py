@@ -12,6 +12,8 @@ call :meth:`Gateway.on_advertisement` directly or hand over ready records.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import queue
@@ -24,11 +26,20 @@ import paho.mqtt.client as paho
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.config_file import ConfigFileError, load_toml, validation_problems
-from live_bridge.decoders import BASE_UUID_SUFFIX, DecodeError, decode, norm_mac, norm_uuid
+from live_bridge.decoders import ANON_PREFIX, BASE_UUID_SUFFIX, decode, norm_mac, norm_uuid
 from live_bridge.filters import AdvertFilter, privacy_hash
+from live_bridge.finding import FINDMY_KEY_LEN, Resolver
 from live_bridge.mqtt import BrokerUrl, make_client
 from live_bridge.spool import FullPolicy, Spool
-from live_bridge.wire import Advert, Batch, GatewayStatus, batch_topic, encode_batch, status_topic
+from live_bridge.wire import (
+    Advert,
+    Batch,
+    GatewayStatus,
+    advert_from,
+    batch_topic,
+    encode_batch,
+    status_topic,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -97,6 +108,33 @@ class PrivacyConfig(_Cfg):
         return v
 
 
+class FindHubTagConfig(_Cfg):
+    eik_hex: str = Field(
+        min_length=64, max_length=64, description="ephemeral identity key, 32 bytes hex"
+    )
+    clock_offset_s: float = Field(
+        default=0.0, description="tag clock minus Unix time at provisioning, seconds"
+    )
+    search_periods: int = Field(
+        default=2, ge=0, le=96, description="rotation periods searched either side"
+    )
+
+    @field_validator("eik_hex")
+    @classmethod
+    def _eik(cls, v: str) -> str:
+        bytes.fromhex(v)
+        return v
+
+
+def findmy_key_bytes(text: str) -> bytes:
+    """A Find My key as OpenHaystack-style tools print it (base64) or as hex."""
+    t = text.strip()
+    try:
+        return bytes.fromhex(t) if len(t) == 2 * FINDMY_KEY_LEN else base64.b64decode(t, validate=True)
+    except (ValueError, binascii.Error):
+        raise ValueError(f"find my key {t[:12]}... is neither hex nor base64") from None
+
+
 class GatewayConfig(_Cfg):
     id: str = Field(pattern=r"^[A-Za-z0-9._-]+$", max_length=64)
     key_hex: str = Field(
@@ -110,7 +148,15 @@ class GatewayConfig(_Cfg):
     filter: FilterConfig = FilterConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     bindkeys: dict[str, str] = Field(
-        default_factory=dict, description="MAC -> 32 hex chars MiBeacon bindkey"
+        default_factory=dict,
+        description="MAC -> MiBeacon bindkey: 32 hex chars (v4/v5), 24 or 32 (legacy v2/v3)",
+    )
+    findhub: dict[str, FindHubTagConfig] = Field(
+        default_factory=dict, description="tag id -> Find Hub (FMDN) identity key and clock"
+    )
+    findmy: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="tag id -> Find My advertised public keys (28 bytes, base64 or hex)",
     )
 
     @field_validator("key_hex")
@@ -129,9 +175,29 @@ class GatewayConfig(_Cfg):
     @classmethod
     def _bindkeys(cls, v: dict[str, str]) -> dict[str, str]:
         for mac, key in v.items():
-            if len(bytes.fromhex(key)) != 16:
-                raise ValueError(f"bindkey of {mac} must be 16 bytes (32 hex chars)")
+            if len(bytes.fromhex(key)) not in (12, 16):
+                raise ValueError(f"bindkey of {mac} must be 16 bytes (32 hex chars) or 12 (24)")
         return v
+
+    @field_validator("findmy")
+    @classmethod
+    def _findmy(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for tag, keys in v.items():
+            for key in keys:
+                if len(findmy_key_bytes(key)) != FINDMY_KEY_LEN:
+                    raise ValueError(f"find my key of {tag} must be 28 bytes (base64 or hex)")
+        return v
+
+    def resolver(self) -> Resolver | None:
+        """The finding-network resolver for the configured tags, if any."""
+        if not self.findhub and not self.findmy:
+            return None
+        return Resolver(
+            {t: bytes.fromhex(c.eik_hex) for t, c in self.findhub.items()},
+            {t: [findmy_key_bytes(k) for k in keys] for t, keys in self.findmy.items()},
+            clock_offsets={t: c.clock_offset_s for t, c in self.findhub.items()},
+            search_periods=max((c.search_periods for c in self.findhub.values()), default=2),
+        )
 
     @property
     def key(self) -> bytes:
@@ -161,6 +227,7 @@ class Gateway:
             config.filter.addresses, config.filter.service_uuids, config.filter.manufacturer_ids
         )
         self.bindkeys = {norm_mac(m): bytes.fromhex(k) for m, k in config.bindkeys.items()}
+        self.resolver = config.resolver()
         self.salt = bytes.fromhex(config.privacy.salt_hex) if config.privacy.enabled else None
         self.spool = Spool(
             config.spool.path, int(config.spool.max_mb * 2**20), config.spool.full_policy
@@ -240,11 +307,16 @@ class Gateway:
         if not self.filter.accepts(address, manufacturer_data, service_data):
             self.counters["filtered_out"] += 1
             return
-        try:
-            d = decode(address, manufacturer_data, service_data, self.bindkeys)
-        except DecodeError as exc:
-            self.counters[f"decode_error: {exc.reason}"] += 1
-            return
+        now = time.time() if t is None else t
+        d = decode(
+            address, manufacturer_data, service_data, self.bindkeys, resolver=self.resolver, now=now
+        )
+        if d.error is not None:  # still forwarded: counted, never a dropped sighting
+            self.counters[f"decode_error: {d.error}"] += 1
+        if "trailing_bytes" in d.extra:
+            self.counters[f"{d.fmt} trailing bytes"] += 1
+        if d.dev.startswith(ANON_PREFIX):
+            self.counters[f"anonymous {d.fmt}"] += 1
         if d.fmt in ("eddystone-uid", "eddystone-eid"):
             if len(self._frame_owner) > MAX_REMEMBERED_ADDRESSES:
                 self._frame_owner.clear()
@@ -253,19 +325,10 @@ class Gateway:
             # TLM carries no identity: an Eddystone beacon interleaves it with its UID or
             # EID frames from the same address, so its battery belongs to that identity.
             d.dev = self._frame_owner[address]
-        dev = privacy_hash(d.dev, self.salt) if self.salt is not None else d.dev
+        hashed = self.salt is not None and not d.dev.startswith(ANON_PREFIX)
+        dev = privacy_hash(d.dev, self.salt) if hashed and self.salt is not None else d.dev
         try:
-            advert = Advert(
-                t=time.time() if t is None else t,
-                dev=dev,
-                rssi=rssi,
-                fmt=d.fmt,
-                bat=d.battery,
-                mot=d.motion,
-                seq=d.seq,
-                tx=d.tx_power,
-                extra=d.extra or None,
-            )
+            advert = advert_from(d, t=now, rssi=rssi, dev=dev)
         except ValidationError as exc:  # e.g. RSSI 127, "not available" on some adapters
             self.counters[f"invalid advert: {exc.errors()[0]['loc'][0]}"] += 1
             return
@@ -336,6 +399,8 @@ class Gateway:
         c["spool_bytes"] = self.spool.bytes
         c["spool_dropped"] = self.spool.dropped
         c["inflight"] = len(self._inflight)
+        if self.resolver is not None:  # resolved / anonymous / clock corrections
+            c.update(self.resolver.counters)
         return c
 
     def _publish_status(self, state: Literal["online", "offline"]) -> None:

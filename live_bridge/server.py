@@ -33,6 +33,7 @@ from engine.contract import UNKNOWN, IdTable, sightings_from_columns
 from engine.localize import METHOD_WLS
 from engine.pipeline import Engine, EngineConfig
 from live_bridge.adapters import AdapterError, parse_espresense, parse_theengs
+from live_bridge.decoders import ANON_PREFIX
 from live_bridge.wire import (
     BATCH_SUBSCRIPTION,
     DEADLETTER_TOPIC,
@@ -212,6 +213,11 @@ class ServerCore:
         self.adapters = set(adapters)
         self.gateways = IdTable(list(config.gateways.ids))
         self.site_gateways = frozenset(config.gateways.ids)
+        xyz = config.gateways.xyz
+        zone_of = config.zones.assign(xyz[:, 0], xyz[:, 1]).tolist()
+        self.gateway_zone = {
+            g: config.zones.names[z] for g, z in zip(config.gateways.ids, zone_of, strict=True) if z >= 0
+        }
         self.devices = devices if devices is not None else IdTable()  # may start with a registry
         self.tx_default = (
             config.default_tx_power_1m_dbm if tx_power_default is None else tx_power_default
@@ -240,10 +246,28 @@ class ServerCore:
         except (WireError, AdapterError) as exc:
             return [self._dead_letter(topic, body, exc.reason, exc.detail, now)]
         self.counters["batches_accepted"] += 1
+        if any(a.dev.startswith(ANON_PREFIX) for a in ads):
+            ads = self._count_anonymous(gw, ads)
         if ads:
             self._pending.append((self.gateways.code(gw), ads))
             self.counters["sightings"] += len(ads)
         return []
+
+    def _count_anonymous(self, gw: str, ads: list[Advert]) -> list[Advert]:
+        """Finding-network frames no key resolved: counted per zone, not tracked.
+
+        The zone is the one the hearing gateway stands in (one count per frame heard, so
+        a frame heard by three gateways counts in each of their zones); the device table
+        does not grow with someone else's rotating identifiers.
+        """
+        zone = self.gateway_zone.get(gw, "outside zones")
+        kept = []
+        for a in ads:
+            if a.dev.startswith(ANON_PREFIX):
+                self.counters[f"anonymous {a.dev.removeprefix(ANON_PREFIX)} in {zone}"] += 1
+            else:
+                kept.append(a)
+        return kept
 
     def _verify(self, topic: str, body: bytes) -> tuple[list[Advert], str]:
         batch = verify_and_parse(body, self.keys)
@@ -397,18 +421,28 @@ def serve(
     client = make_client(f"tagtwin-serve-{int(time.time() * 1000) % 10**9}", broker)
     client.will_set(SERVER_STATUS_TOPIC, b'{"v":1,"state":"offline"}', qos=1, retain=True)
 
+    awaiting_suback: set[int] = set()
+
     def on_connect(
         c: paho.Client, _u: object, _f: object, _reason: object, _p: object = None
     ) -> None:
         for sub in subscriptions(core.adapters):
-            c.subscribe(sub, qos=1)
-        if isinstance(ready, threading.Event):
+            mid = c.subscribe(sub, qos=1)[1]
+            if mid is not None:
+                awaiting_suback.add(mid)
+
+    def on_subscribe(_c: paho.Client, _u: object, mid: int, _codes: object, _p: object = None) -> None:
+        # Ready means the broker acknowledged every subscription: from now on nothing
+        # published to them is missed.
+        awaiting_suback.discard(mid)
+        if not awaiting_suback and isinstance(ready, threading.Event):
             ready.set()
 
     def on_message(_c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
         inbox.put((msg.topic, bytes(msg.payload), time.time()))
 
     client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
     client.on_message = on_message
     # Asynchronous: a server started before its broker waits for it (paho retries).
     client.connect_async(broker.host, broker.port, keepalive=30)

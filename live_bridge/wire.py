@@ -19,6 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from live_bridge.decoders import EXTRA_FIELDS, MIBEACON_OBJECTS, Decoded
+
 WIRE_VERSION: Literal[1] = 1
 TOPIC_ROOT = "tagtwin/v1"
 
@@ -35,6 +37,8 @@ Format = Literal[
     "eddystone-tlm",
     "eddystone-eid",
     "eddystone-url",
+    "findhub",
+    "findmy",
     "raw",
     "twin",
     "theengs",
@@ -84,6 +88,27 @@ class Advert(WireModel):
     extra: dict[str, float | int | str] | None = Field(
         default=None,
         description="decoder fields that have no sighting column (temperature, raw hex ...)",
+    )
+
+
+def advert_from(
+    d: Decoded, *, t: float, rssi: float, dev: str | None = None, fmt: str | None = None, bat: int | None = None
+) -> Advert:
+    """The wire record of a decoded advertisement; ``dev``, ``fmt`` and ``bat`` override
+    the decoder's (privacy hash, adapter name, a battery the source reported itself).
+    Raises pydantic's ValidationError for values the wire refuses (RSSI 127 ...)."""
+    return Advert.model_validate(
+        {
+            "t": t,
+            "dev": d.dev if dev is None else dev,
+            "rssi": rssi,
+            "fmt": d.fmt if fmt is None else fmt,
+            "bat": d.battery if bat is None else bat,
+            "mot": d.motion,
+            "seq": d.seq,
+            "tx": d.tx_power,
+            "extra": d.extra or None,
+        }
     )
 
 
@@ -203,7 +228,8 @@ def verify_and_parse(body: bytes, keys: dict[str, bytes]) -> Batch:
     key = keys.get(gw)
     if key is None:
         raise WireError("unknown gateway", gw[:64])
-    if not hmac.compare_digest(sign(payload, key), sig):
+    # bytes, not str: compare_digest refuses non-ASCII str, and the envelope is untrusted
+    if not hmac.compare_digest(sign(payload, key).encode(), sig.encode("latin-1")):
         raise WireError("bad signature", gw[:64])
     try:
         return Batch.model_validate_json(payload)
@@ -277,6 +303,23 @@ TOPIC_ROWS = [
 ]
 TOPIC_TABLE = "\n".join("| " + " | ".join(row) + " |" for row in TOPIC_ROWS)
 
+DEVICE_ID_ROWS = [
+    ("tag", "TagTwin gateway and Theengs", "ESPresense id", "`dev`"),
+    ("---", "---", "---", "---"),
+    ("MiBeacon (Xiaomi sensors)", "MAC in the frame", "`flora:a4c1380283f4`, `miTherm:...`", "`A4:C1:38:02:83:F4`"),
+    ("any MAC-identified device", "its address", "`a4c1380283f4`, `known:...`, `tile:...`", "`A4:C1:38:02:83:F4`"),
+    ("iBeacon", "UUID, major, minor", "`iBeacon:<uuid>-1-2`", "`ibeacon:<uuid>:1:2`"),
+    ("Eddystone-UID", "namespace, instance", "`eddy:<ns>-<instance>`", "`eddystone:<ns>:<instance>`"),
+    ("Eddystone-EID", "the 8-byte EID", "-", "`eddystone-eid:<hex>`"),
+    ("Find Hub / Find My tag, key configured", "resolved EID or key", "-", "the site's tag id"),
+    ("Find Hub / Find My tag, no key", "-", "`apple:findmy`", "`anon:findhub`, `anon:findmy`"),
+]
+DEVICE_ID_TABLE = "\n".join("| " + " | ".join(row) + " |" for row in DEVICE_ID_ROWS)
+EXTRA_TABLE = "| name | meaning |\n| --- | --- |\n" + "\n".join(
+    f"| `{name}` | {what} |" for name, what in EXTRA_FIELDS.items()
+)
+OBJECT_LIST = ", ".join(f"0x{oid:04X} {name}" for oid, (name, _) in sorted(MIBEACON_OBJECTS.items()))
+
 WIRE_DOC_INTRO = f"""# Wire format (version {WIRE_VERSION})
 
 Generated from `live_bridge/wire.py` by `tagtwin wire-schema --markdown --out docs/wire-format.md`;
@@ -311,6 +354,32 @@ Dead-letter reasons: `malformed envelope`, `malformed json`, `schema violation`,
 `unknown gateway`, `bad signature`, `topic does not match signed gateway`,
 `replayed batch sequence`, `gateway not in site plan`, `unexpected topic`,
 `undecodable advertisement` (adapters).
+
+## Device ids: one per physical tag, whatever the source
+
+The same tag gets the same `dev` from a TagTwin gateway, a Theengs gateway (its raw
+advertisement runs through the same decoders) and ESPresense (its ids are translated
+by `live_bridge.adapters.canonical_id`):
+
+{DEVICE_ID_TABLE}
+
+ESPresense ids that name a fingerprint rather than a tag (`sd:`, `md:`, `ad:`,
+`name:`, `apple:xxxx:n`, `msft:cdp:`, aliases) are passed through unchanged; a site
+that tracks such a device names it by that id in its registry. ESPresense's `batt`
+becomes `bat`; its `temp`, `rh` and `mV` become `extra.temperature_c`,
+`extra.humidity_pct` and `extra.battery_mv`. With privacy mode on, a gateway sends
+the salted hash of the id above (`h:` + 32 hex), never for `anon:` ids.
+
+## What `extra` carries
+
+Decoder readings with no sighting column, each name carrying its unit. Only the names
+below are produced (a test checks every name a decoder emits against this list):
+
+{EXTRA_TABLE}
+
+MiBeacon objects read (object id: what; scales as xiaomi-ble reads them):
+{OBJECT_LIST}.
+Any other object id is kept as `obj_XXXX` (hex value) and counted in `objects_unread`.
 
 ## Sizes
 

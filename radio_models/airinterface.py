@@ -54,7 +54,7 @@ def aloha_survival(
     n_advertisers: int | FloatArray, air_time_s: float, period_s: float | FloatArray
 ) -> FloatArray:
     """Pure-ALOHA probability that a packet overlaps none of N-1 other advertisers with
-    event period T: (1 - 2 tau / T)^(N-1) (shared/references section 2)."""
+    event period T: (1 - 2 tau / T)^(N-1) (docs/references.md section 2)."""
     n = np.asarray(n_advertisers, dtype=float)
     return np.asarray(
         np.clip(1 - 2 * air_time_s / np.asarray(period_s, dtype=float), 0, 1) ** (n - 1),
@@ -210,7 +210,7 @@ def survives(
 ) -> NDArray[np.bool_]:
     """A packet survives a collision when nothing overlaps it, or (with capture) when its
     power exceeds the summed interference by ``capture_db``: the Core spec's co-channel
-    C/I is 21 dB, real chips capture at 6-10 dB (shared/references section 2)."""
+    C/I is 21 dB, real chips capture at 6-10 dB (docs/references.md section 2)."""
     clear = interference <= 0.0
     if capture_db is None:
         return clear

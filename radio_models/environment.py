@@ -63,7 +63,7 @@ class PacketEffects:
     Rayleigh channel is exponential with mean 1, Rician is the non-central chi-square
     with K = LoS/scatter power (Rappaport ch. 5). channel_offset_db: mean offset per
     advertising channel, measured on a public BLE 5.1 dataset as about -3/-1/+4 dB for
-    37/38/39 (shared/references section 1).
+    37/38/39 (docs/references.md section 1).
     """
 
     fading: str = "rayleigh"

@@ -2,7 +2,7 @@
 
 COST 231 (Damosso, "Digital mobile radio towards future generation systems", 1999,
 ch. 4) fitted, at about 1.8 GHz, light walls 3.4 dB, heavy walls 6.9 dB and floors
-18.3 dB. Practitioner values at 2.4 GHz (shared/references section 1, uncertain by about
+18.3 dB. Practitioner values at 2.4 GHz (docs/references.md section 1, uncertain by about
 +-50 %): drywall 3, glass 2, wood 4, brick 10, concrete 15, metal 25 dB. Racks full of
 goods are 10-30 dB as an obstruction (no standard value); 15 dB is the default.
 """

@@ -60,7 +60,7 @@ class LogDistance(PathLossModel):
     """Log-distance path loss, d0 = 1 m: PL(d) - PL(d0) = 10 n log10(d / d0).
 
     Rappaport, *Wireless Communications*, 2nd ed., eq. 4.68; (n, sigma) for 2.4 GHz
-    sites in the table after Anderson et al. 1995 (shared/references section 1).
+    sites in the table after Anderson et al. 1995 (docs/references.md section 1).
     Defaults n = 2.0, sigma = 4 dB: a factory with mostly line of sight.
     """
 
@@ -152,7 +152,7 @@ TR38901_SIGMA_DB: dict[tuple[str, bool], float] = {
     ("inf-dh", False): 4.0,
 }
 # Table 7.4.2-1 InF examples: sparse clutter (SL, SH) d_clutter 10 m, r 0.2; dense (DL,
-# DH) d_clutter 2 m, r 0.6 (shared/references section 1).
+# DH) d_clutter 2 m, r 0.6 (docs/references.md section 1).
 TR38901_CLUTTER: dict[str, tuple[float, float]] = {
     "inf-sl": (10.0, 0.2),
     "inf-sh": (10.0, 0.2),

@@ -10,7 +10,7 @@ capture, runs the steps in order and writes the site file and a diagnostics figu
 3. how gateways report (modules averaged, quantization), read off the RSSI values
    themselves, and the Rician K that makes fading through that reporting as spread as
    the per-packet part (any excess becomes per-channel offsets, shaped as measured on
-   BLE hardware: -3/-1/+4 dB, shared/references section 1);
+   BLE hardware: -3/-1/+4 dB, docs/references.md section 1);
 4. P0 corrected for the fading mean (a twin adds fading on top of its mean RSSI);
 5. reception: each gateway's sensitivity (lowest level heard) and the share of
    packets missed far above it;
@@ -42,7 +42,7 @@ from siteplan.sitefile import SiteFile
 
 FloatArray = NDArray[np.float64]
 
-# Measured per-channel mean offsets on BLE hardware, ch 37/38/39 (shared/references s. 1).
+# Measured per-channel mean offsets on BLE hardware, ch 37/38/39 (docs/references.md s. 1).
 CHANNEL_OFFSET_SHAPE_DB = np.array([-3.0, -1.0, 4.0])
 # A gateway whose offset or residual spread is this far out is flagged for a look.
 OUTLIER_OFFSET_DB = 6.0

@@ -13,13 +13,33 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from tagtwin import __version__
 from twin.scenario import Scenario, ScenarioError, load_scenario
 
+# Help is plain text: brackets such as [expected] are literal, never Rich markup.
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="TagTwin: a digital twin for BLE smart-tag tracking."
+    add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+    help="TagTwin: a digital twin and test harness for BLE smart-tag tracking.",
 )
-console = Console()
-err_console = Console(stderr=True)
+# Not a terminal (CI logs, pipes): wide enough that tables never wrap mid-word.
+_LOG_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(width=_LOG_WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"tagtwin {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """TagTwin: a digital twin and test harness for BLE smart-tag tracking."""
 
 DEMO_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "demo.toml"
 
@@ -51,16 +71,24 @@ def _run_with_progress(scenario: Scenario, quiet: bool):  # type: ignore[no-unty
 @app.command()
 def simulate(
     scenario: Annotated[Path, typer.Argument(help="scenario TOML file")] = DEMO_SCENARIO,
-    out: Annotated[Path, typer.Option("--out", help="output directory")] = Path("out/demo"),
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output directory; default out/<scenario file name>")
+    ] = None,
     duration: Annotated[float | None, typer.Option(help="override duration_s")] = None,
     seed: Annotated[int | None, typer.Option(help="override the scenario seed")] = None,
     plot: Annotated[bool, typer.Option(help="write floorplan.png")] = True,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
 ) -> None:
-    """Simulate a scenario end to end and write sightings, truth, estimates and a report."""
+    """Simulate a scenario end to end and write sightings, truth, estimates and a report.
+
+    Files a previous TagTwin run wrote into the output directory (its manifest) are removed
+    first; nothing else there is touched.
+    """
+    from tagtwin.outdir import clear_previous, write_manifest
     from twin.run import summary_text, write_outputs
 
     sc = _load(scenario)
+    out = out if out is not None else Path("out") / scenario.stem
     updates: dict[str, object] = {}
     if duration is not None:
         updates["duration_s"] = duration
@@ -70,12 +98,17 @@ def simulate(
         sc = Scenario.model_validate(sc.model_dump() | updates)
     started = time.perf_counter()
     run = _run_with_progress(sc, quiet)
+    out.mkdir(parents=True, exist_ok=True)
+    clear_previous(out)
     paths = write_outputs(run, out)
     if plot:
         from tagtwin.plot import plot_floorplan
 
         paths["floorplan"] = plot_floorplan(run, out / "floorplan.png")
+    write_manifest(out, paths.values(), __version__)
     wall = time.perf_counter() - started
+    if quiet:
+        return
     console.print(_metrics_table(run.report()))
     console.print(summary_text(run), highlight=False)
     console.print(f"wall time {wall:.1f} s; wrote {len(paths)} files to {out}/", highlight=False)
@@ -95,41 +128,87 @@ def _metrics_table(report: dict[str, object]) -> Table:
 
 @app.command()
 def check(
-    paths: Annotated[list[Path], typer.Argument(help="scenario files or directories")],
-    report_json: Annotated[Path | None, typer.Option("--json", help="also write results here")] = None,
+    paths: Annotated[list[Path], typer.Argument(help="scenario files or directories of them")],
+    report_json: Annotated[Path | None, typer.Option("--json", help="write the results as JSON to FILE")] = None,
+    junit: Annotated[
+        Path | None, typer.Option("--junit", help="write JUnit XML to FILE: one test case per bound")
+    ] = None,
+    validate_only: Annotated[
+        bool, typer.Option("--validate-only", help="only validate the files; run nothing")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
 ) -> None:
-    """Run every scenario that has [expected] bounds; exit 1 if any metric is out of bounds."""
+    """Run the [expected] bounds of every scenario given; exit 1 if any metric is out of bounds.
+
+    Exit codes: 0 all bounds hold, 1 a metric regressed, 2 a file is invalid or missing.
+    """
+    from tagtwin.checks import BoundRow, junit_xml
     from twin.run import check_bounds
     from twin.run import simulate as run_scenario
 
     files: list[Path] = []
     for p in paths:
+        if not p.exists():
+            err_console.print(f"{p}: no such file or directory", markup=False)
+            raise typer.Exit(2)
         files += sorted(p.glob("*.toml")) if p.is_dir() else [p]
     if not files:
-        err_console.print(f"no scenario files under {', '.join(map(str, paths))}")
+        err_console.print(f"no scenario files under {', '.join(map(str, paths))}", markup=False)
         raise typer.Exit(2)
-    table = Table(title="regression check")
-    for col in ("scenario", "metric", "bound", "value", "result"):
-        table.add_column(col, overflow="fold")  # full names in narrow CI logs
-    results = []
-    failed = False
-    for f in files:
-        sc = _load(f)
+    scenarios = [(f, _load(f)) for f in files]  # every file validated before anything runs
+    if validate_only:
+        if not quiet:
+            for f, sc in scenarios:
+                console.print(f"{f}: valid ({sc.name}, {len(sc.expected)} bounds)", markup=False, highlight=False)
+        return
+    rows: list[BoundRow] = []
+    for f, sc in scenarios:
         if not sc.expected:
-            table.add_row(f.name, "-", "-", "-", "[dim]no bounds, skipped[/]")
+            rows.append(BoundRow(str(f), sc.name, "-", "-", None, None, None, "skipped: no [expected] bounds", 0.0))
             continue
-        for r in check_bounds(sc, run_scenario(sc).report()):
-            failed |= not r.ok
-            shown = "missing" if r.value is None else f"{r.value:g}"
-            table.add_row(f.name, r.metric, r.bound_text, shown, "[green]ok[/]" if r.ok else "[bold red]REGRESSED[/]")
-            results.append({"scenario": str(f), "metric": r.metric, "min": r.min, "max": r.max,
-                            "value": r.value, "ok": r.ok})
-    console.print(table)
+        started = time.perf_counter()
+        results = check_bounds(sc, run_scenario(sc).report())
+        seconds = (time.perf_counter() - started) / max(len(results), 1)
+        rows += [BoundRow(str(f), sc.name, r.metric, r.bound_text, r.min, r.max, r.value,
+                          "ok" if r.ok else "REGRESSED", seconds) for r in results]
+    failed = any(r.result == "REGRESSED" for r in rows)
+    if not quiet:
+        table = Table(title="regression check")
+        for col in ("scenario", "metric", "bound", "value", "result"):
+            table.add_column(col)
+        for r in rows:
+            style = {"ok": "green", "REGRESSED": "bold red"}.get(r.result, "dim")
+            table.add_row(Path(r.file).name, r.metric, r.bound, r.value_text, f"[{style}]{r.result}[/]")
+        console.print(table)
     if report_json:
-        report_json.write_text(json.dumps(results, indent=2) + "\n")
+        results_json = [{"scenario": r.file, "metric": r.metric, "min": r.min, "max": r.max, "value": r.value,
+                         "ok": r.result == "ok"} for r in rows if r.result in ("ok", "REGRESSED")]
+        report_json.write_text(json.dumps(results_json, indent=2) + "\n")
+    if junit:
+        junit.write_text(junit_xml(rows))
     if failed:
         err_console.print("[bold red]regression:[/] at least one metric is out of bounds")
         raise typer.Exit(1)
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="scenario file to write")] = Path("scenario.toml"),
+) -> None:
+    """Write a commented starter scenario (a small store) to edit; never overwrites a file."""
+    from importlib.resources import files
+
+    if path.exists():
+        err_console.print(f"{path}: exists; not overwriting (give another file name)", markup=False)
+        raise typer.Exit(2)
+    text = files("tagtwin").joinpath("templates/starter.toml").read_text()
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        err_console.print(f"{path}: cannot write: {exc.strerror}", markup=False)
+        raise typer.Exit(2) from None
+    console.print(f"wrote {path}; next: tagtwin check {path} --validate-only, then tagtwin simulate {path}",
+                  markup=False, highlight=False)
 
 
 EVALUATE_ROWS = ("fixes", "median_error_m", "p90_error_m", "p95_error_m", "rmse_m", "crb_rmse_m",
@@ -398,7 +477,7 @@ def fidelity(
 def roi(
     scenario: Annotated[Path, typer.Argument(help="scenario with its [roi]")] = DEMO_SCENARIO,
     report: Annotated[Path | None, typer.Option(help="a run's report.json; default: run")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the full result as JSON")] = False,
+    as_json: Annotated[Path | None, typer.Option("--json", help="write the full result as JSON to FILE")] = None,
 ) -> None:
     """Payback, NPV and TCO from measured performance: base, best, worst, and what moves payback."""
     from engine.roi import measured_from_report, roi_report
@@ -412,8 +491,7 @@ def roi(
         rep = run_scenario(sc).report()
     result = roi_report(sc.roi, measured_from_report(rep))
     if as_json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-        return
+        as_json.write_text(json.dumps(result, indent=2) + "\n")
     cases = result["cases"]
     assert isinstance(cases, dict)
     table = Table(title=f"{sc.name}: return on investment over {sc.roi.horizon_months} months")

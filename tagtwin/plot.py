@@ -11,7 +11,8 @@ import numpy as np
 mpl.use("Agg")
 import matplotlib.pyplot as plt
 import shapely
-from matplotlib.patches import Circle, Polygon
+from matplotlib.lines import Line2D
+from matplotlib.patches import Circle, Patch, Polygon
 
 from siteplan.zones import ZONE_COLOURS
 
@@ -28,8 +29,10 @@ def plot_floorplan(run: SimulationRun, path: Path, at_t: float | None = None) ->
     for name, role, poly in zip(site.zones.names, site.zones.roles, site.zones.polygons, strict=True):
         colour = ZONE_COLOURS.get(role, "#f4f4f4")
         ax.add_patch(Polygon(np.asarray(poly.exterior.coords), closed=True, color=colour, alpha=0.8, lw=0))
-        c = poly.centroid
-        ax.text(c.x, c.y, name, ha="center", va="center", fontsize=8, color="#555555")
+        # Zone names in the zone's top-left corner, gateway labels beside their marker:
+        # the two never sit on one another.
+        zx0, _, _, zy1 = poly.bounds
+        ax.text(zx0 + 0.3, zy1 - 0.3, name, ha="left", va="top", fontsize=8, color="#555555", style="italic")
     for rack in site.racks:
         ax.add_patch(Polygon(np.asarray(rack.exterior.coords), closed=True, color="#8c6d46", alpha=0.9))
     for wall in site.walls:
@@ -48,7 +51,8 @@ def plot_floorplan(run: SimulationRun, path: Path, at_t: float | None = None) ->
     gw = run.twin.gateways
     ax.scatter(gw.xyz[:, 0], gw.xyz[:, 1], marker="^", s=90, color="#264653", label="gateway", zorder=5)
     for gid, (x, y, _) in zip(gw.ids, gw.xyz, strict=True):
-        ax.annotate(gid, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.annotate(gid, (x, y), textcoords="offset points", xytext=(6, -10), fontsize=7, zorder=6,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
     m = run.metrics
     ax.set_title(f"{run.scenario.name}: median error {m['median_error_m']:.2f} m, p90 {m['p90_error_m']:.2f} m "
                  f"(dashed: 90 % radius)", fontsize=10)
@@ -57,7 +61,12 @@ def plot_floorplan(run: SimulationRun, path: Path, at_t: float | None = None) ->
     ax.set_aspect("equal")
     ax.set_xlabel("x (m)")
     ax.set_ylabel("y (m)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, fontsize=8, frameon=False)
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Patch(color="#8c6d46", label="rack"), Line2D([], [], color="black", lw=2, label="wall"),
+                Line2D([], [], color="#e76f51", ls="--", lw=0.8, label="90 % radius (a sample)")]
+    roles = dict.fromkeys(site.zones.roles)
+    handles += [Patch(color=ZONE_COLOURS.get(r, "#f4f4f4"), label=f"zone: {r}") for r in roles]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=4, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)

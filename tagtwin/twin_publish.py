@@ -1,5 +1,9 @@
 """The twin as a set of gateways: its sightings published as signed batches on the
-same topics a real gateway uses, in real time (simpy.rt) or as fast as possible."""
+same topics a real gateway uses, in real time (simpy.rt) or as fast as possible.
+
+Tag groups with a ``frame`` kind other than ``twin`` go through real advertisements:
+each sighting becomes the bytes its tag sends (MiBeacon, iBeacon, Eddystone, Find Hub)
+and is decoded as a gateway decodes it (live_bridge.tag_frames)."""
 
 from __future__ import annotations
 
@@ -13,13 +17,22 @@ import simpy.rt
 
 from engine.contract import UNKNOWN
 from live_bridge.mqtt import BrokerUrl, make_client
-from live_bridge.wire import Advert, Batch, batch_topic, encode_batch
+from live_bridge.tag_frames import TagFrames
+from live_bridge.wire import Advert, Batch, advert_from, batch_topic, encode_batch
+from twin.sim import tag_ids
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from engine.contract import Sightings
+    from twin.scenario import Scenario
     from twin.sim import TwinResult
+
+
+def tag_frames_for(scenario: Scenario, device_ids: list[str], *, resolve: bool = True) -> TagFrames:
+    """The frame kind of every device of a twin run, from its scenario's tag groups."""
+    kind_of = {d: g.frame for g in scenario.tags for d in tag_ids(g.name, g.count)}
+    return TagFrames(device_ids, [kind_of.get(d, "twin") for d in device_ids], scenario.seed, resolve=resolve)
 
 
 def twin_batches(
@@ -32,8 +45,12 @@ def twin_batches(
     t0: float,
     t1: float,
     seqs: Counter[str],
+    frames: TagFrames | None = None,
 ) -> Iterator[tuple[str, bytes]]:
-    """(topic, signed body) per gateway for the sightings with t in [t0, t1)."""
+    """(topic, signed body) per gateway for the sightings with t in [t0, t1).
+
+    With ``frames``, devices whose kind is not ``twin`` are sent as their decoded
+    advertisement (fmt, battery, motion, counter and id as the decoders read them)."""
     lo, hi = np.searchsorted(sightings["t"], [t0, t1], side="left")
     rows = sightings[lo:hi]
     for g in np.unique(rows["gateway"]):
@@ -41,22 +58,23 @@ def twin_batches(
         if gw not in keys:
             continue
         mine = rows[rows["gateway"] == g]
-        ads = [
-            Advert(
-                t=origin + float(r["t"]),
-                dev=device_ids[int(r["device"])],
-                rssi=round(float(r["rssi"]), 2),
-                ch=int(r["channel"]),
-                fmt="twin",
-                bat=None if r["battery"] == UNKNOWN else int(r["battery"]),
-                mot=None if r["motion"] == UNKNOWN else int(r["motion"]),
-                seq=None if r["seq"] == UNKNOWN else int(r["seq"]),
-            )
-            for r in mine
-        ]
+        ads = [_advert(r, device_ids, origin, frames) for r in mine]
         batch = Batch(gw=gw, seq=seqs[gw], sent=origin + t1, ads=ads)
         seqs[gw] += 1
         yield batch_topic(gw), encode_batch(batch, keys[gw])
+
+
+def _advert(r: np.void, device_ids: list[str], origin: float, frames: TagFrames | None) -> Advert:
+    i = int(r["device"])
+    t = origin + float(r["t"])
+    bat = None if r["battery"] == UNKNOWN else int(r["battery"])
+    mot = None if r["motion"] == UNKNOWN else int(r["motion"])
+    seq = None if r["seq"] == UNKNOWN else int(r["seq"])
+    rssi = round(float(r["rssi"]), 2)
+    if frames is not None and frames.kinds[i] != "twin":
+        heard = advert_from(frames.heard(i, t, bat, mot, seq), t=t, rssi=rssi)
+        return heard.model_copy(update={"ch": int(r["channel"])})
+    return Advert(t=t, dev=device_ids[i], rssi=rssi, ch=int(r["channel"]), fmt="twin", bat=bat, mot=mot, seq=seq)
 
 
 def publish_twin(
@@ -72,6 +90,7 @@ def publish_twin(
 ) -> dict[str, float]:
     """Publish a finished twin run; returns counts and the origin used (Unix time of t=0)."""
     sightings = result.sightings[np.argsort(result.sightings["t"], kind="stable")]
+    frames = tag_frames_for(result.scenario, result.device_ids)
     origin = time.time() if origin is None else origin
     broker = BrokerUrl.parse(broker_url)
     client = make_client(f"tagtwin-twin-{int(time.time() * 1000) % 10**9}", broker)
@@ -100,6 +119,7 @@ def publish_twin(
                 t0=t,
                 t1=t + batch_s,
                 seqs=seqs,
+                frames=frames if frames.active else None,
             ):
                 pending.append(client.publish(topic, body, qos=1))
                 sent["batches"] += 1

@@ -37,7 +37,7 @@ def live_server(broker_url: str, scenario_path: Path) -> Iterator[ServerCore]:
         target=serve, args=(core, broker_url, stop), kwargs={"ready": ready}, daemon=True
     )
     th.start()
-    assert ready.wait(10), "server did not connect to the broker"
+    assert ready.wait(60), "server did not connect to the broker"
     try:
         yield core
     finally:

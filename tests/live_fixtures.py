@@ -222,7 +222,7 @@ class Collector:
         self.client.on_message = on_message
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
-        if not self.ready.wait(10):
+        if not self.ready.wait(60):
             raise TimeoutError("collector did not subscribe")
 
     def on(self, prefix: str) -> list[bytes]:

@@ -37,7 +37,9 @@ def test_localizer_ignores_gateway_order_and_follows_translation(x, y, perm, dx,
     base = wls_localize(rssi, GW, np.array([-59.0]), 2.0, 4.0, 1.0, BOUNDS)
     p = list(perm)
     permuted = wls_localize(rssi[:, p], GW[p], np.array([-59.0]), 2.0, 4.0, 1.0, BOUNDS)
-    assert abs(base.x[0] - permuted.x[0]) < 1e-6 and abs(base.y[0] - permuted.y[0]) < 1e-6
+    # The localizer iterates in float32: another summation order may move the last bit
+    # (2e-6 m at 12 m), so equal means within 0.1 mm.
+    assert abs(base.x[0] - permuted.x[0]) < 1e-4 and abs(base.y[0] - permuted.y[0]) < 1e-4
     shift = np.array([dx, dy, 0.0])
     moved = wls_localize(
         rssi,

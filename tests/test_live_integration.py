@@ -26,7 +26,16 @@ from live_bridge.decoders import (
 )
 from live_bridge.gateway import BleakSource, Gateway, GatewayConfig
 from live_bridge.server import ServerCore, serve
-from live_bridge.wire import POSITIONS_TOPIC, TOPIC_ROOT, Batch, split_envelope, status_topic
+from live_bridge.wire import (
+    POSITIONS_TOPIC,
+    TOPIC_ROOT,
+    Advert,
+    Batch,
+    batch_topic,
+    encode_batch,
+    split_envelope,
+    status_topic,
+)
 from tagtwin.live import site_engine_config
 from tests import live_fixtures
 from tests.live_fixtures import Collector
@@ -81,7 +90,7 @@ BINDKEY = bytes.fromhex("a115210eed7a88e50ad52662e732a9fb")
 
 
 def rssi(xy: tuple[float, float], g: int, tx: float = -59.0) -> int:
-    """Log-distance mean RSSI at n = 2 (shared/references section 1), as BlueZ's int16."""
+    """Log-distance mean RSSI at n = 2 (docs/references.md section 1), as BlueZ's int16."""
     return round(tx - 20 * np.log10(max(float(np.hypot(*(GW_XY[g] - xy))), 0.1)))
 
 
@@ -110,7 +119,7 @@ def start_server(broker: str, **kw: object) -> tuple[ServerCore, threading.Event
         target=serve, args=(core, broker, stop), kwargs={"ready": ready}, daemon=True
     )
     th.start()
-    assert ready.wait(10)
+    assert ready.wait(60)
     return core, stop, th
 
 
@@ -338,7 +347,7 @@ def test_twin_through_mqtt_matches_offline_engine_and_replays(mosquitto, tmp_pat
             target=serve, args=(core, mosquitto.url, stop), kwargs={"ready": ready}, daemon=True
         )
         th.start()
-        assert ready.wait(10)
+        assert ready.wait(60)
         return core, stop, th, Collector(mosquitto.url, [POSITIONS_TOPIC])
 
     capture = tmp_path / "capture.jsonl"
@@ -350,7 +359,7 @@ def test_twin_through_mqtt_matches_offline_engine_and_replays(mosquitto, tmp_pat
         daemon=True,
     )
     recorder.start()
-    assert rec_ready.wait(10)
+    assert rec_ready.wait(60)
     core, stop, th, sub = run_server()
     sent = publish_twin(result, KEYS, mosquitto.url, origin=1_700_000_000.0, batch_s=0.5)
     deadline = time.monotonic() + 20
@@ -419,40 +428,64 @@ def test_cli_gateway_and_serve_processes(fake_bluez, mosquitto, tmp_path):
     env = os.environ | {"DBUS_SYSTEM_BUS_ADDRESS": fake_bluez.address}
     sub = Collector(mosquitto.url, [f"{TOPIC_ROOT}/#"])
     server = subprocess.Popen(
-        [
-            tagtwin,
-            "serve",
-            "--broker",
-            mosquitto.url,
-            "--scenario",
-            str(scenario),
-            "--keys",
-            str(keys),
-        ],
+        [tagtwin, "serve", "--broker", mosquitto.url, "--scenario", str(scenario), "--keys", str(keys),
+         "--status-every", "0.2"],
         stderr=subprocess.PIPE,
         text=True,
     )
-    gateway = subprocess.Popen(
-        [tagtwin, "gateway", "--config", str(conf)], env=env, stderr=subprocess.PIPE, text=True
-    )
+    gateway = None
+
+    def server_counters() -> dict:
+        status = sub.on(f"{TOPIC_ROOT}/server/status")
+        return json.loads(status[-1]).get("counters", {}) if status else {}
+
+    def wait_server(key: str, n: int, timeout: float = 60) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and server_counters().get(key, 0) < n:
+            time.sleep(0.05)
+        return server_counters().get(key, 0) >= n
+
+    def advertise_until_forwarded(first: int, count: int, batches_before: int) -> None:
+        """Advertise frames first.. until the gateway has forwarded a batch (its scanner is
+        up: readiness, not a sleep), then the rest of ``count``."""
+        n, deadline = first, time.monotonic() + 60
+        while len(sub.on(f"{TOPIC_ROOT}/gw/gw-0/batch")) <= batches_before and time.monotonic() < deadline:
+            fake_bluez.advertise("hci0", "A4:C1:38:56:53:84", -61,
+                                 service={MIBEACON_UUID: build_mibeacon("A4:C1:38:56:53:84", n, battery=30)})
+            n += 1
+            time.sleep(0.05)
+        assert len(sub.on(f"{TOPIC_ROOT}/gw/gw-0/batch")) > batches_before, "the gateway never forwarded"
+        for k in range(n, max(n, first + count)):
+            fake_bluez.advertise("hci0", "A4:C1:38:56:53:84", -61,
+                                 service={MIBEACON_UUID: build_mibeacon("A4:C1:38:56:53:84", k, battery=30)})
+            time.sleep(0.05)
+
+    def ads_published() -> int:
+        return sum(len(Batch.model_validate_json(split_envelope(b)[1]).ads)
+                   for b in sub.on(f"{TOPIC_ROOT}/gw/gw-0/batch"))
+
     try:
-        online = sub.wait_for(status_topic("gw-0"), 1, timeout=20)
+        # Readiness of the server: a probe batch from gw-1, published until the server's
+        # status counts it, proves its subscription is in place before gw-0 starts.
+        probe_seq, deadline = 0, time.monotonic() + 60
+        while server_counters().get("batches_accepted", 0) < 1 and time.monotonic() < deadline:
+            probe = Batch(gw="gw-1", seq=probe_seq, sent=time.time(),
+                          ads=[Advert(t=time.time(), dev="probe-tag", rssi=-70.0)])
+            sub.client.publish(batch_topic("gw-1"), encode_batch(probe, KEYS["gw-1"]), qos=1)
+            probe_seq += 1
+            wait_server("batches_accepted", 1, timeout=1)
+        assert server_counters().get("batches_accepted", 0) >= 1, "the server never accepted a batch"
+        probes = server_counters()["sightings"]
+        gateway = subprocess.Popen(
+            [tagtwin, "gateway", "--config", str(conf)], env=env, stderr=subprocess.PIPE, text=True
+        )
+        online = sub.wait_for(status_topic("gw-0"), 1, timeout=60)
         assert online
         assert json.loads(online[0])["state"] == "online"
-        time.sleep(1.0)  # the scanner registers its advertisement monitor
-        for n in range(20):
-            fake_bluez.advertise(
-                "hci0",
-                "A4:C1:38:56:53:84",
-                -61,
-                service={MIBEACON_UUID: build_mibeacon("A4:C1:38:56:53:84", n, battery=30)},
-            )
-            time.sleep(0.05)
-        batches = sub.wait_for(f"{TOPIC_ROOT}/gw/gw-0/batch", 1, timeout=10)
-        assert sum(len(Batch.model_validate_json(split_envelope(b)[1]).ads) for b in batches) >= 10
+        advertise_until_forwarded(0, 20, 0)
         os.kill(gateway.pid, signal.SIGKILL)  # no goodbye: the broker publishes the last will
         gateway.wait(10)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while (
             json.loads(sub.on(status_topic("gw-0"))[-1])["state"] != "offline"
             and time.monotonic() < deadline
@@ -461,24 +494,17 @@ def test_cli_gateway_and_serve_processes(fake_bluez, mosquitto, tmp_path):
         assert json.loads(sub.on(status_topic("gw-0"))[-1])["state"] == "offline"
         # Restarted, it resumes the batch sequence from its spool; SIGTERM is a clean stop.
         seen = len(sub.on(status_topic("gw-0")))
+        batches_before = len(sub.on(f"{TOPIC_ROOT}/gw/gw-0/batch"))
         gateway = subprocess.Popen(
             [tagtwin, "gateway", "--config", str(conf)], env=env, stderr=subprocess.PIPE, text=True
         )
-        assert sub.wait_for(status_topic("gw-0"), seen + 1, timeout=20)[seen:]
-        time.sleep(1.0)
-        for n in range(20, 30):
-            fake_bluez.advertise(
-                "hci0",
-                "A4:C1:38:56:53:84",
-                -61,
-                service={MIBEACON_UUID: build_mibeacon("A4:C1:38:56:53:84", n, battery=30)},
-            )
-            time.sleep(0.05)
+        assert sub.wait_for(status_topic("gw-0"), seen + 1, timeout=60)[seen:]
+        advertise_until_forwarded(100, 10, batches_before)
         os.kill(gateway.pid, signal.SIGTERM)
-        _, gw_err = gateway.communicate(timeout=20)
+        _, gw_err = gateway.communicate(timeout=30)
         assert gateway.returncode == 0, gw_err
         gw_counters = json.loads(gw_err.strip().splitlines()[-1])
-        assert gw_counters["forwarded"] >= 5
+        assert gw_counters["forwarded"] >= 1
         assert gw_counters["spool_rows"] == 0
         assert gw_counters["inflight"] == 0
         assert json.loads(sub.on(status_topic("gw-0"))[-1])["state"] == "offline"
@@ -487,19 +513,21 @@ def test_cli_gateway_and_serve_processes(fake_bluez, mosquitto, tmp_path):
             for b in sub.on(f"{TOPIC_ROOT}/gw/gw-0/batch")
         ]
         assert seqs == list(range(len(seqs)))  # no sequence reused across the restart
-        server_status = sub.wait_for(f"{TOPIC_ROOT}/server/status", 1)
-        assert json.loads(server_status[-1])["state"] == "online"
+        # Every advert the gateways published reaches the server: wait for its counter.
+        published = ads_published()
+        assert published >= 2
+        assert wait_server("sightings", probes + published), (server_counters(), probes, published)
         os.kill(server.pid, signal.SIGTERM)
-        _, err = server.communicate(timeout=15)
+        _, err = server.communicate(timeout=30)
         assert server.returncode == 0, err
         counters = json.loads(err.strip().splitlines()[-1])["counters"]
-        assert counters["batches_accepted"] >= 1
-        assert counters["sightings"] >= 15
+        assert counters["batches_accepted"] >= 3
+        assert counters["sightings"] == probes + published
         assert not [k for k in counters if k.startswith("rejected")]  # the restart replayed nothing
     finally:
         sub.close()
         for proc in (gateway, server):
-            if proc.poll() is None:
+            if proc is not None and proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(10)
 
@@ -541,8 +569,7 @@ def test_adapters_through_the_broker(mosquitto):
         target=serve, args=(core, mosquitto.url, stop), kwargs={"ready": ready}, daemon=True
     )
     th.start()
-    assert ready.wait(10)
-    time.sleep(0.2)  # subscriptions acknowledged
+    assert ready.wait(30)  # every subscription acknowledged by the broker
     sub = Collector(mosquitto.url, [f"{TOPIC_ROOT}/deadletter"])
     b = BrokerUrl.parse(mosquitto.url)
     pub = make_client("adapter-test", b)

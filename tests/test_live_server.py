@@ -54,7 +54,7 @@ def site_config(**kw) -> EngineConfig:
 
 
 def rssi_at(xy: tuple[float, float], tx: float = -59.0, n: float = 2.0) -> np.ndarray:
-    """Log-distance mean RSSI (shared/references section 1) from a tag at 1 m height."""
+    """Log-distance mean RSSI (docs/references.md section 1) from a tag at 1 m height."""
     d = np.hypot(GW_XYZ[:, 0] - xy[0], GW_XYZ[:, 1] - xy[1])
     return tx - 10 * n * np.log10(np.maximum(d, 0.1))
 
@@ -211,11 +211,19 @@ def test_adapters_theengs_and_espresense():
     assert core.handle("espresense/devices/iBeacon:e5ca/gw-c", esp.encode(), T0) == []
     core.flush()  # adverts reach the engine (and the id table) once per inbox drain
     tx = {d: core.engine.tx_power[core.devices.code(d)] for d in core.devices.ids}
+    # One id per physical tag whatever the source: ESPresense's iBeacon id is translated,
+    # so its rssi@1m (-61, the last one ingested) lands on the same device as the frame's.
     assert tx == {
         "AA:BB:CC:DD:EE:01": -59.0,  # MiBeacon: the engine's default
-        "ibeacon:e5ca1ade-f007-ba11-0000-000000000000:1:2": -65.0,  # from the iBeacon frame
-        "iBeacon:e5ca1ade-f007-ba11-0000-000000000000-1-2": -61.0,  # ESPresense rssi@1m
+        "ibeacon:e5ca1ade-f007-ba11-0000-000000000000:1:2": -61.0,
     }
+    # ESPresense's "flora:<mac>" is the same LYWSD03MMC/flower sensor a TagTwin gateway
+    # names by MAC; its battery field is mapped.
+    esp = json.dumps({"id": "flora:aabbccddee01", "mac": "aabbccddee01", "rssi": -70, "batt": 77})
+    assert core.handle("espresense/devices/flora:aabbccddee01/gw-c", esp.encode(), T0 + 1) == []
+    core.flush()
+    assert len(core.devices) == 2
+    assert core.engine.tx_power.shape[0] == 2
     bad = core.handle("espresense/devices/x/kitchen", esp.encode(), T0)
     assert json.loads(bad[0][1])["reason"] == "gateway not in site plan"
     bad = core.handle("espresense/devices/x/gw-a", b'{"id":"x","rssi":500}', T0)
@@ -271,11 +279,9 @@ def test_gateway_core_filters_decodes_hashes(tmp_path: Path):
         {},
     )
     gw.on_advertisement("AA:BB:CC:DD:EE:01", 127, {}, {"fe95": frame}, t=T0)  # RSSI n/a
-    gw.on_advertisement("AA:BB:CC:DD:EE:01", -72, {}, {"fe95": frame}, t=T0 + 1)
-    gw.on_advertisement(
-        "AA:BB:CC:DD:EE:01", -73, {}, {"fe95": frame}, t=T0 + 2
-    )  # third: batch full
+    gw.on_advertisement("AA:BB:CC:DD:EE:01", -72, {}, {"fe95": frame}, t=T0 + 1)  # third: full
     assert gw.counters["filtered_out"] == 1
+    # The broken frame is counted and still forwarded (raw, same address): never dropped.
     assert gw.counters["decode_error: mibeacon: frame shorter than 5 bytes"] == 1
     assert gw.counters["invalid advert: rssi"] == 1
     assert gw.spool.rows == 1
@@ -284,11 +290,12 @@ def test_gateway_core_filters_decodes_hashes(tmp_path: Path):
     batch = verify_and_parse(body, {"gw-a": KEY})
     assert topic == batch_topic("gw-a")
     assert batch.seq == 0
-    assert [a.bat for a in batch.ads] == [61, 61, 61]
+    assert [a.bat for a in batch.ads] == [61, None, 61]
+    assert [a.fmt for a in batch.ads] == ["mibeacon", "raw", "mibeacon"]
     assert [a.rssi for a in batch.ads] == [
         -70,
+        -71,
         -72,
-        -73,
     ]
     assert len({a.dev for a in batch.ads}) == 1
     assert batch.ads[0].dev.startswith("h:")
@@ -315,8 +322,11 @@ def test_config_errors_name_file_and_field(tmp_path: Path):
 
 
 def test_wire_format_doc_is_generated_from_code():
+    from live_bridge.wire import wire_format_markdown
+
     doc = Path(__file__).resolve().parents[1] / "docs" / "wire-format.md"
     text = doc.read_text()
+    assert text == wire_format_markdown(), "docs/wire-format.md is stale: regenerate it"
     for name, schema in json_schemas().items():
         assert json.dumps(schema, indent=2, sort_keys=True) in text, (
             f"{name} schema in docs is stale"
@@ -387,6 +397,8 @@ def test_example_gateway_config_in_docs_is_valid():
     assert cfg.scan.mode == "active"
     assert cfg.filter.manufacturer_ids == [0x004C]
     assert cfg.spool.full_policy == "drop-oldest"
+    resolver = cfg.resolver()
+    assert resolver is not None and resolver.lookup_findmy(bytes(range(28))) == "cart-03"
     defaults = GatewayConfig(id="x", key_hex=KEY.hex())
     assert cfg.batch == defaults.batch
     assert cfg.mqtt == defaults.mqtt
@@ -399,3 +411,58 @@ def test_seconds_to_next_close_follows_step_and_lateness():
     core.origin = T0
     assert abs(core.seconds_to_next_close(T0 + 10.0) - 0.05) < 1e-6  # window ending at 10.0
     assert abs(core.seconds_to_next_close(T0 + 10.06) - 0.09) < 1e-6  # next: 10.1 + 0.05
+
+
+def test_non_ascii_signature_is_refused_not_a_crash():
+    """Found by benchmarks/fuzz_decoders.py: a non-hex byte in the signature made
+    hmac.compare_digest raise TypeError instead of a counted 'bad signature'."""
+    body = bytearray(encode_batch(make_batch("gw-a", 0, [Advert(t=T0, dev="tag-1", rssi=-60.0)]), KEY))
+    body[20] = 0xF2
+    with pytest.raises(WireError, match="bad signature"):
+        verify_and_parse(bytes(body), {"gw-a": KEY})
+
+
+@pytest.mark.parametrize(
+    ("source_id", "canonical"),
+    [
+        ("flora:a4c1380283f4", "A4:C1:38:02:83:F4"),  # ESPresense's LYWSD03MMC (0xFE95)
+        ("a4c1380283f4", "A4:C1:38:02:83:F4"),  # a bare MAC id
+        ("a4:c1:38:02:83:f4", "A4:C1:38:02:83:F4"),  # Theengs' id
+        ("known:a4c1380283f4", "A4:C1:38:02:83:F4"),
+        ("miTherm:a4c1380283f4", "A4:C1:38:02:83:F4"),
+        ("iBeacon:E5CA1ADE-F007-BA11-0000-000000000000-1-2", "ibeacon:e5ca1ade-f007-ba11-0000-000000000000:1:2"),
+        # ESPresense prints namespace byte 4 twice (BleFingerprint.cpp): 11 bytes, fixed here
+        ("eddy:0102030405050607080910-aabbccddeeff", "eddystone:01020304050607080910:aabbccddeeff"),
+        ("eddy:01020304050607080910-aabbccddeeff", "eddystone:01020304050607080910:aabbccddeeff"),
+        ("apple:findmy", "anon:findmy"),
+        ("name:front-door-tag", "name:front-door-tag"),  # a fingerprint: passed through
+        ("sd:0xfd5a-20", "sd:0xfd5a-20"),
+    ],
+)
+def test_canonical_ids_across_sources(source_id, canonical):
+    from live_bridge.adapters import canonical_id
+
+    assert canonical_id(source_id) == canonical
+
+
+def test_one_lywsd03mmc_one_device_from_all_three_sources():
+    """The issue's example: the same sensor from a TagTwin gateway, Theengs and
+    ESPresense is one device, with ESPresense's battery on it."""
+    from live_bridge.adapters import parse_espresense, parse_theengs
+    from live_bridge.decoders import build_mibeacon, decode
+
+    mac = "A4:C1:38:02:83:F4"
+    frame = build_mibeacon(mac, 5, battery=44)
+    ours = decode(mac, {}, {"fe95": frame}).dev
+    _, (theengs,) = parse_theengs(
+        "home/gw-a/BTtoMQTT/A4C1380283F4",
+        json.dumps({"id": mac, "rssi": -70, "servicedatauuid": "0xfe95", "servicedata": frame.hex()}).encode(),
+        T0,
+    )
+    _, (esp,) = parse_espresense(
+        "espresense/devices/flora:a4c1380283f4/gw-b",
+        json.dumps({"id": "flora:a4c1380283f4", "mac": "a4c1380283f4", "rssi": -72, "batt": 44}).encode(),
+        T0,
+    )
+    assert ours == theengs.dev == esp.dev == mac
+    assert theengs.bat == esp.bat == 44

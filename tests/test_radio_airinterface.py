@@ -1,5 +1,5 @@
 """The BLE air interface against published numbers: packet air time, pure-ALOHA survival
-(reference table, shared/references section 2) reproduced by the twin, and the scanner's
+(reference table, docs/references.md section 2) reproduced by the twin, and the scanner's
 catch rate scanWindow / scanInterval."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from radio_models.airinterface import (
 from twin.scenario import Scenario
 from twin.sim import WarehouseTwin
 
-# shared/references section 2: tau = 376 us, survival (1 - 2 tau / T)^(N-1)
+# docs/references.md section 2: tau = 376 us, survival (1 - 2 tau / T)^(N-1)
 ALOHA_TABLE = {
     (50, 0.105): 0.70,
     (50, 0.505): 0.93,

@@ -1,9 +1,8 @@
 """Calibration: recover known parameters from synthetic sightings, and fit the public
-Kolakowski 2021 dataset (skipped when ../shared is absent)."""
+Kolakowski 2021 dataset (the copy in tests/data/kolakowski, CC BY 4.0)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,7 @@ from radio_models.environment import Grid, PacketEffects, RadioEnvironment
 from radio_models.geometry import Obstacles
 from radio_models.pathloss import LogDistance
 
-SHARED = Path(os.environ.get("TAGTWIN_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-KOLAKOWSKI = SHARED / "datasets" / "kolakowski-flat-2021"
+KOLAKOWSKI = Path(__file__).resolve().parent / "data" / "kolakowski"
 
 
 GW = np.array(
@@ -85,9 +83,6 @@ def test_fit_rejects_bad_shapes_and_too_few_samples():
         fit_log_distance(np.ones((2, 3)), np.zeros((2, 3)), np.full((2, 2), np.nan))
 
 
-@pytest.mark.skipif(
-    not KOLAKOWSKI.exists(), reason=f"dataset not found at {KOLAKOWSKI} (set TAGTWIN_SHARED)"
-)
 def test_kolakowski_fit_is_plausible_and_uncertain():
     cal = fit_kolakowski(KOLAKOWSKI, n_boot=50)
     assert cal.n_samples > 20_000

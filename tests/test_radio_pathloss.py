@@ -22,7 +22,7 @@ from radio_models.pathloss import (
     free_space_loss_db,
 )
 
-# Hand-computed from the reference tables (shared/references section 1), e.g. P.1238
+# Hand-computed from the reference tables (docs/references.md section 1), e.g. P.1238
 # industrial LoS at 10 m, 2.4 GHz: 10*2.31*1 + 24.52 + 10*2.06*0.380211 = 55.452 dB.
 P1238_CASES = [
     # (environment, los, d, f_GHz, PL dB)

@@ -93,7 +93,7 @@ def test_mixed_los_state_follows_probability():
 
 
 def test_crlb_reference_table():
-    """shared/references section 3: 60 x 40 m hall, receivers 3 m high on a 10 m grid, tag
+    """docs/references.md section 3: 60 x 40 m hall, receivers 3 m high on a 10 m grid, tag
     at 1 m: median sqrt(CRLB) 2.9 m (n 2, sigma 4) and 3.9 m (n 2.2, sigma 6)."""
     xs, ys = np.arange(5, 60, 10.0), np.arange(5, 40, 10.0)
     gx, gy = np.meshgrid(xs, ys)

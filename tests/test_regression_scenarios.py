@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import SCENARIOS
-from twin.run import check_bounds, simulate
+from tests.conftest import REPO, SCENARIOS
+from twin.run import check_bounds, simulate, summary_text
 from twin.scenario import load_scenario
 
 WITH_BOUNDS = [p for p in sorted(SCENARIOS.glob("*.toml")) if load_scenario(p).expected]
@@ -22,7 +22,11 @@ def test_the_shipped_regression_scenarios_are_found() -> None:
 @pytest.mark.parametrize("path", WITH_BOUNDS, ids=lambda p: p.stem)
 def test_scenario_holds_its_expected_bounds(path) -> None:
     scenario = load_scenario(path)
-    results = check_bounds(scenario, simulate(scenario).report())
+    run = simulate(scenario)
+    results = check_bounds(scenario, run.report())
     failed = [f"{r.metric} = {r.value} (want {r.bound_text})" for r in results if not r.ok]
     assert not failed, f"{path.name} regressed: " + "; ".join(failed)
     assert len(results) == len(scenario.expected)
+    if path.name == "demo.toml":
+        # The README shows what `./run demo` prints: it must be what the demo prints now.
+        assert summary_text(run) in (REPO / "README.md").read_text(), "refresh README's demo output"

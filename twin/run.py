@@ -6,10 +6,13 @@ The twin is only a source: its sightings reach the engine through the same
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +56,14 @@ class SimulationRun:
     incidents: IncidentLog = field(default_factory=IncidentLog)
 
     def report(self) -> dict[str, object]:
-        """Deterministic report: the same scenario and seed give the same bytes."""
+        """Deterministic report: the same scenario and seed give the same bytes. It names
+        the tool version and the scenario's hash, so a report says what made it; wall-clock
+        facts (times, creation date) go to perf.json."""
         sc = self.scenario
         return {
+            "tool": {"name": "tagtwin", "version": tool_version()},
             "scenario": sc.name,
+            "scenario_sha256": scenario_sha256(sc),
             "seed": sc.seed,
             "duration_s": sc.duration_s,
             "tags": len(self.twin.device_ids),
@@ -65,6 +72,52 @@ class SimulationRun:
             "engine": self.engine_counters,
             "metrics": self.metrics,
         }
+
+
+def tool_version() -> str:
+    """The installed TagTwin version (pyproject.toml is its one source)."""
+    try:
+        return version("tagtwin")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def scenario_sha256(scenario: Scenario) -> str:
+    """sha256 of the validated scenario as canonical JSON: the file's content with every
+    default filled in and every command-line override applied, so two reports with the
+    same hash and seed came from the same run."""
+    return hashlib.sha256(scenario.model_dump_json(by_alias=True).encode()).hexdigest()
+
+
+def why_accuracy(metrics: dict[str, object], twin_stats: dict[str, int], n_tags: int) -> list[str]:
+    """Plain reasons a run's accuracy is what it is, from facts the run measured: too few
+    gateways per fix, tags never located, airtime lost to collisions. Empty when none of
+    them stands out."""
+    reasons: list[str] = []
+    quality = metrics.get("fix_quality")
+    if isinstance(quality, dict):
+        under = float(quality.get("under_3_gateways", 0.0))
+        if under >= 0.2:
+            reasons.append(
+                f"{under:.1%} of fixes heard fewer than 3 gateways, so their position is "
+                "under-determined (the localizer falls back to the strongest gateway or a centroid): "
+                "add gateways or place them where tags rest")
+        methods = quality.get("methods")
+        methods = methods if isinstance(methods, dict) else {}
+        fallback = sum(float(methods.get(m, 0.0)) for m in ("centroid", "strongest"))
+        if fallback >= 0.2:
+            reasons.append(f"{fallback:.1%} of fixes are centroid or strongest-gateway fallbacks")
+    located = metrics.get("devices_located")
+    if isinstance(located, int) and located < n_tags:
+        reasons.append(f"{n_tags - located} of {n_tags} tags were never located: "
+                       "no gateway heard them above its sensitivity")
+    listened = twin_stats.get("packets_listened", 0)
+    lost = twin_stats.get("lost_to_collisions", 0) + twin_stats.get("lost_to_wifi", 0)
+    if listened and lost / listened >= 0.1:
+        reasons.append(
+            f"airtime saturation: {lost / listened:.1%} of the packets gateways listened for were lost "
+            "to collisions or Wi-Fi (fewer tags per area, longer advertising intervals, or more channels)")
+    return reasons
 
 
 def engine_config_for(
@@ -264,6 +317,7 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
                        len(result.sightings), bound, latency)
     metrics["rules"] = rule_metrics(scenario, twin, result, rules, events=sink.events,
                                     log=injector.log)
+    metrics["why"] = why_accuracy(metrics, result.stats, len(result.device_ids))
     timings["total_s"] = time.perf_counter() - t0
     return SimulationRun(scenario, result, fixes, metrics, engine.counters.as_dict(), timings,
                          sink.events, injector.log)
@@ -319,7 +373,9 @@ def write_outputs(run: SimulationRun, out_dir: Path) -> dict[str, Path]:
     paths["perf"] = out_dir / "perf.json"
     perf = dict(run.timings_s)
     perf["sightings_per_wall_second"] = len(twin.sightings) / max(run.timings_s.get("twin_s", 0.0), 1e-9)
-    paths["perf"].write_text(json.dumps({k: round(v, 4) for k, v in perf.items()}, indent=2, sort_keys=True) + "\n")
+    perf_out: dict[str, object] = {k: round(v, 4) for k, v in perf.items()}
+    perf_out["created_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
+    paths["perf"].write_text(json.dumps(perf_out, indent=2, sort_keys=True) + "\n")
     return paths
 
 
@@ -334,6 +390,7 @@ def summary_text(run: SimulationRun) -> str:
         f"position error: median {m['median_error_m']:.2f} m, p90 {m['p90_error_m']:.2f} m, "
         f"p95 {m['p95_error_m']:.2f} m",
         f"zone accuracy: {m['zone_accuracy']:.1%}; truth inside the 90 % radius: {m['r90_coverage']:.1%}",
+        *(f"why: {reason}" for reason in m.get("why", [])),  # type: ignore[attr-defined]
     ])
 
 

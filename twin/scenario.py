@@ -43,6 +43,13 @@ class TagGroup(Strict):
     )
     battery_pct: tuple[float, float] = Field((80.0, 100.0), description="uniform initial range")
     battery_drain_pct_per_day: float = Field(0.1, ge=0, description="linear battery drain")
+    frame: Literal["twin", "mibeacon", "mibeacon-encrypted", "ibeacon", "eddystone", "findhub"] = Field(
+        "twin",
+        description="what the tags advertise when the twin is published as gateways (twin-publish): "
+        "'twin' sends sightings as they are; the other kinds build that advertisement and run it "
+        "through the gateway decoders with keys derived from the seed ('findhub': the identifier "
+        "rotates every 1024 s and is resolved back to the tag)",
+    )
 
     @field_validator("battery_pct")
     @classmethod

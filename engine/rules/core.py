@@ -1,0 +1,232 @@
+"""What every rule family shares: the registry (:class:`RuleContext`), the per-tag state
+arrays (:class:`_Tags`), the per-class lookup and event construction (:class:`RuleCore`).
+
+The rule families (engine/rules/presence.py, exits.py, ...) are mixins over
+:class:`RuleCore`; :class:`engine.rules.engine.RuleEngine` composes them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from engine.contract import UNKNOWN
+from engine.rules.events import Event, EventSink
+from siteplan.zones import NO_ZONE, ZoneIndex
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from engine.rules.config import RuleSet
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+DEFAULT_INTERVAL_S = 10.0  # unknown devices: assume a slow advertiser
+SECONDS_PER_DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    """What the rules know of the site and the fleet (the registry)."""
+
+    zones: ZoneIndex
+    device_ids: Sequence[str]  # code -> id; may grow (a live IdTable's list)
+    device_class: NDArray[np.int32]  # class code of each *registered* device
+    class_names: tuple[str, ...]
+    class_interval_s: FloatArray  # the registry's advertising interval per class
+    gateway_ids: tuple[str, ...]
+    gateway_xy: FloatArray
+
+    def __post_init__(self) -> None:
+        if len(self.class_interval_s) != len(self.class_names):
+            raise ValueError("class_interval_s needs one interval per class")
+        if self.gateway_xy.shape != (len(self.gateway_ids), 2):
+            raise ValueError("gateway_xy must be (gateways, 2)")
+
+
+_FILL: dict[str, tuple[object, str]] = {
+    # name: (fill value, dtype)
+    "cls": (-1, "i4"),
+    "revoked": (False, "?"),
+    "fix_t": (np.nan, "f8"),
+    "x": (np.nan, "f8"),
+    "y": (np.nan, "f8"),
+    "r90": (np.nan, "f8"),
+    "zone": (NO_ZONE, "i4"),
+    "battery": (UNKNOWN, "i2"),
+    "moving_t": (-np.inf, "f8"),
+    "pz": (0.0, "f8"),
+    "pz_t": (np.nan, "f8"),
+    "cand": (NO_ZONE, "i4"),
+    "cand_n": (0, "i4"),
+    "conf": (NO_ZONE, "i4"),
+    "zone_since": (np.nan, "f8"),
+    "dwell_done": (False, "?"),
+    "heard_t": (np.nan, "f8"),
+    "last_seq": (-1, "i8"),
+    "n_heard": (0, "i8"),
+    "n_missed": (0, "i8"),
+    "b_missed": (0, "i8"),  # adverts missed in the tag's closed runs of misses (capped)
+    "b_cont": (0, "i8"),  # of those, misses that followed a miss
+    "b_deep": (0, "i8"),  # and misses that followed two misses
+    "b_deeper": (0, "i8"),  # and misses that followed three or more
+    "missing": (False, "?"),
+    "pending": (False, "?"),
+    "exited": (False, "?"),
+    "exit_t": (np.nan, "f8"),
+    "vanish_t": (np.nan, "f8"),
+    "checkout_t": (np.nan, "f8"),
+    "bat_done": (False, "?"),
+    "bat_t0": (np.nan, "f8"),
+    "bat_b0": (np.nan, "f8"),
+    "bat_t1": (np.nan, "f8"),
+    "bat_b1": (np.nan, "f8"),
+    "misp": (0.0, "f8"),
+    "misp_t": (np.nan, "f8"),
+    "misp_done": (False, "?"),
+    "reg_t": (-np.inf, "f8"),
+    "ah_t": (-np.inf, "f8"),
+}
+
+
+@dataclass
+class _Tags:
+    """Per-device state arrays (index = device code), grown on demand."""
+
+    n: int = 0
+    a: dict[str, NDArray[np.generic]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.a = {k: np.zeros(0, dtype=dt) for k, (_, dt) in _FILL.items()}
+
+    def grow(self, n: int) -> int:
+        """Grow to ``n`` devices; returns the old size."""
+        old = self.n
+        if n > old:
+            size = max(n, 2 * old)
+            for k, (fill, dt) in _FILL.items():
+                self.a[k] = np.concatenate(
+                    [self.a[k], np.full(size - len(self.a[k]), fill, dtype=dt)]
+                )
+            self.n = n
+        return old
+
+    def __getitem__(self, k: str) -> NDArray[Any]:
+        return self.a[k]
+
+
+class RuleCore:
+    """Shared state of every rule family: rules, registry, sinks, per-tag arrays, clock,
+    counters, and the per-class advertising interval. Families add theirs in :meth:`_setup`."""
+
+    def __init__(
+        self, rules: RuleSet, context: RuleContext, sinks: Sequence[EventSink] = ()
+    ) -> None:
+        self.rules = rules
+        self.ctx = context
+        self.sinks = list(sinks)
+        self.tags = _Tags()
+        interval = context.class_interval_s.astype(float).copy()
+        for i, name in enumerate(context.class_names):
+            interval[i] = rules.missing.expected_interval_s.get(name, interval[i])
+        self._class_interval = interval
+        self.now = -np.inf
+        self.counters = {
+            "fixes": 0,
+            "sightings": 0,
+            "checkouts": 0,
+            "events": 0,
+            "rejected_rows": 0,
+        }
+        self._setup()
+
+    def _setup(self) -> None:
+        """Each rule family extends this with its own state (calling ``super()._setup()``
+        first), so the families share one constructor, :class:`RuleEngine`'s."""
+
+    def _grow(self, n: int) -> int:
+        """Grow the per-tag state to ``n`` devices (new ones get their registry class and
+        revocation); returns the old size. Families with more per-tag state extend it."""
+        old = self.tags.grow(n)
+        if n <= old:
+            return old
+        new = np.arange(old, n)
+        known = new < len(self.ctx.device_class)
+        self.tags["cls"][new[known]] = self.ctx.device_class[new[known]]
+        revoked = set(self.rules.registry.revoked)
+        if revoked:
+            ids = self.ctx.device_ids
+            self.tags["revoked"][new] = [int(c) < len(ids) and ids[int(c)] in revoked for c in new]
+        return old
+
+    def _tag_id(self, code: int) -> str:
+        ids = self.ctx.device_ids
+        return ids[code] if 0 <= code < len(ids) else f"device#{code}"
+
+    def _zone_name(self, z: int) -> str | None:
+        return self.ctx.zones.names[z] if z >= 0 else None
+
+    def _interval(self, d: IntArray) -> FloatArray:
+        return self._per_class(d, self._class_interval, DEFAULT_INTERVAL_S)
+
+    def _per_class(self, d: IntArray, table: FloatArray, default: float) -> FloatArray:
+        """``table``'s value for each tag's class; ``default`` for devices without one."""
+        cls = self.tags["cls"][d]
+        out = np.full(len(d), default)
+        ok = cls >= 0
+        out[ok] = table[cls[ok]]
+        return out
+
+    def _event(
+        self,
+        rule: str,
+        t: float,
+        d: int | None = None,
+        confidence: float = 1.0,
+        gateway: int | None = None,
+        zone: int | None = None,
+        **evidence: object,
+    ) -> Event:
+        tg = self.tags
+        if d is not None:
+            z = int(tg["zone"][d]) if zone is None else zone
+            return Event(
+                rule=rule,
+                t=float(t),
+                ruleset_version=self.rules.version,
+                tag=self._tag_id(d),
+                x=float(tg["x"][d]),
+                y=float(tg["y"][d]),
+                r90=float(tg["r90"][d]),
+                zone=self._zone_name(z),
+                confidence=float(confidence),
+                evidence=evidence,
+            )
+        gx = gy = math.nan
+        if gateway is not None:
+            gx, gy = (float(v) for v in self.ctx.gateway_xy[gateway])
+        return Event(
+            rule=rule,
+            t=float(t),
+            ruleset_version=self.rules.version,
+            gateway=self.ctx.gateway_ids[gateway] if gateway is not None else None,
+            x=gx,
+            y=gy,
+            r90=0.0 if gateway is not None else math.nan,
+            zone=self._zone_name(zone) if zone is not None else None,
+            confidence=float(confidence),
+            evidence=evidence,
+        )
+
+    def _out(self, events: list[Event]) -> list[Event]:
+        if events:
+            events.sort(key=lambda e: e.t)
+            self.counters["events"] += len(events)
+            for sink in self.sinks:
+                sink.emit(events)
+        return events

@@ -1,0 +1,358 @@
+"""Presence and missing_tag: the burst-loss model and the silence threshold.
+
+From the frame counters of the sightings (:meth:`_count_frames`): per-tag miss counts,
+per (tag, gateway) reception since the tag last moved, and the runs of misses (per tag
+and site-wide) that give the burst continuations. From these, :meth:`silence_threshold`
+gives theta, the silence after which a tag is missing with a bounded false-alarm rate.
+
+Transitions: heard -> silent for theta (:meth:`_presence`) -> *missing* (missing_tag), or,
+near an exit, *pending exit* (decided by engine/rules/exits.py), or *exited* when a
+checkout matched; any of them -> present when heard again (:meth:`_heard_again`:
+tag_found, exit_case_cleared).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from engine.contract import Sightings
+from engine.rules.core import SECONDS_PER_DAY, FloatArray, IntArray
+from engine.rules.gateways import GatewayHealthRules
+
+if TYPE_CHECKING:
+    from engine.rules.events import Event
+
+
+class PresenceRules(GatewayHealthRules):
+    """missing_tag, tag_found, exit_case_cleared; the loss model behind the silence threshold."""
+
+    def _setup(self) -> None:
+        super()._setup()
+        cfg = self.rules.missing
+        self._class_fa_rate = np.array(
+            [
+                cfg.false_alarms_by_class.get(n, cfg.false_alarms_per_day_per_1000_tags)
+                for n in self.ctx.class_names
+            ],
+            dtype=float,
+        )
+        n_gw = len(self.ctx.gateway_ids)
+        self.g_heard = np.zeros((0, n_gw), np.int32)  # (tag, gateway) distinct frames heard
+        self.g_sent = np.zeros(0, np.int64)  # frames sent since the tag last moved
+        self.g_missed = np.zeros(0, np.int64)  # of those, frames no gateway heard
+        # Site-wide burst statistics from the frame counters: adverts missed in closed runs
+        # of misses (each run capped at max_missed) and how many of them followed a miss.
+        self.burst_missed = 0
+        self.burst_continued = 0
+        self.burst_deep = 0
+        self.burst_deeper = 0
+        self._common_cache: tuple[int, float] | None = None
+        self._obs_version = 0
+
+    def _grow(self, n: int) -> int:
+        old = super()._grow(n)
+        cap = len(self.tags["cls"])
+        if cap > len(self.g_sent):
+            extra = cap - len(self.g_sent)
+            self.g_sent = np.concatenate([self.g_sent, np.zeros(extra, np.int64)])
+            self.g_missed = np.concatenate([self.g_missed, np.zeros(extra, np.int64)])
+            self.g_heard = np.vstack(
+                [self.g_heard, np.zeros((extra, self.g_heard.shape[1]), np.int32)]
+            )
+        return old
+
+    # -- sightings ----------------------------------------------------------------------
+
+    def _heard_again(self, dev: IntArray, t: FloatArray, order: NDArray[np.intp]) -> list[Event]:
+        """Last-heard times; tags that were missing, pending or exited and are heard again
+        (``order`` sorts ``t``)."""
+        tg = self.tags
+        # Newest time per device: sort by time, keep the last occurrence of each device.
+        rev_dev = dev[order][::-1]
+        u_dev, last_idx = np.unique(rev_dev, return_index=True)
+        newest = t[order][::-1][last_idx]
+        first_dev, first_idx = np.unique(dev[order], return_index=True)
+        first_t = t[order][first_idx]
+        events: list[Event] = []
+        back = u_dev[(tg["missing"][u_dev] | tg["pending"][u_dev] | tg["exited"][u_dev])]
+        if len(back):
+            tb = first_t[np.searchsorted(first_dev, back)]
+            for d, tt in zip(back.tolist(), tb.tolist(), strict=True):
+                rule = "exit_case_cleared" if tg["pending"][d] else "tag_found"
+                events.append(
+                    self._event(
+                        rule,
+                        tt,
+                        d,
+                        silent_since=float(tg["heard_t"][d]),
+                        was="pending exit"
+                        if tg["pending"][d]
+                        else ("exited" if tg["exited"][d] else "missing"),
+                    )
+                )
+            tg["missing"][back] = False
+            tg["pending"][back] = False
+            tg["exited"][back] = False
+        prev = tg["heard_t"][u_dev]
+        tg["heard_t"][u_dev] = np.fmax(prev, newest)
+        return events
+
+    def _count_frames(self, rows: Sightings, dev: IntArray) -> None:
+        """Frame counters: distinct (device, seq) pairs; gaps are missed advertisements."""
+        self._obs_version += 1
+        tg = self.tags
+        n_gw = len(self.ctx.gateway_ids)
+        has = rows["seq"] >= 0
+        if not has.any():
+            return
+        key = dev[has] * (1 << 32) + rows["seq"][has].astype(np.int64)
+        uk = np.unique(key)
+        kd, ks = uk >> 32, uk & ((1 << 32) - 1)
+        dd, start, count = np.unique(kd, return_index=True, return_counts=True)
+        first, last = ks[start], ks[start + count - 1]
+        prev_seq = tg["last_seq"][dd]
+        fresh = first > prev_seq  # counters that went backwards (reset, late rows): no gap
+        gap = np.where(fresh & (prev_seq >= 0), first - prev_seq - 1, 0)
+        span_missed = np.where(fresh, last - first + 1 - count, 0)
+        tg["n_missed"][dd] += gap + span_missed
+        tg["n_heard"][dd] += np.where(fresh, count, 0)
+        self.g_sent[dd] += gap + np.where(fresh, last - first + 1, 0)
+        self.g_missed[dd] += gap + span_missed
+        # Runs of misses closed by this batch (the gap before each heard frame), for the
+        # site-wide burst statistics; runs still open (a silent tag) are not counted.
+        runs = np.diff(ks) - 1
+        runs[np.diff(kd) != 0] = 0
+        fresh_row = np.repeat(fresh, count)
+        runs = np.where(fresh_row[1:], runs, 0)
+        cap = self.rules.missing.max_missed
+        all_runs = np.minimum(np.concatenate([gap, runs]), cap)
+        run_dev = np.concatenate([dd, kd[1:]])
+        has_run = all_runs > 0
+        all_runs, run_dev = all_runs[has_run], run_dev[has_run]
+        self.burst_missed += int(all_runs.sum())
+        self.burst_continued += int((all_runs - 1).sum())
+        self.burst_deep += int(np.maximum(all_runs - 2, 0).sum())
+        self.burst_deeper += int(np.maximum(all_runs - 3, 0).sum())
+        np.add.at(tg["b_missed"], run_dev, all_runs)
+        np.add.at(tg["b_cont"], run_dev, all_runs - 1)
+        np.add.at(tg["b_deep"], run_dev, np.maximum(all_runs - 2, 0))
+        np.add.at(tg["b_deeper"], run_dev, np.maximum(all_runs - 3, 0))
+        tg["last_seq"][dd] = np.maximum(prev_seq, last)
+        # Per (tag, gateway): distinct frames heard (channels of one frame count once).
+        cell = dev[has] * n_gw + rows["gateway"][has].astype(np.int64)
+        uc = np.unique(cell * (1 << 32) + rows["seq"][has].astype(np.int64)) >> 32
+        cells, hits = np.unique(uc, return_counts=True)
+        self.g_heard.ravel()[cells] += hits.astype(np.int32)
+
+    def _moved(self, d: IntArray) -> None:
+        """A moved tag has new gateways: its per-gateway reception history starts again."""
+        self.g_heard[d] = 0
+        self.g_sent[d] = 0
+        self.g_missed[d] = 0
+
+    # -- the loss model -----------------------------------------------------------------
+
+    def _q_gw(self, d: IntArray) -> FloatArray:
+        """prod_g (1 - h_g) over gateways now up: the tag's loss if gateways failed
+        independently (fading, scanner channel, sensitivity are per gateway)."""
+        g_sent = self.g_sent[d].astype(float)
+        h = (self.g_heard[d] + 0.5) / (g_sent[:, None] + 1.0)
+        up = (self.gw_state == 0).astype(float)
+        return np.asarray(np.exp(np.log1p(-np.minimum(h, 1 - 1e-12)) @ up))
+
+    def common_loss(self) -> float:
+        """q_c, the share of adverts lost at every gateway at once beyond what independent
+        per-gateway losses explain (collisions that no gateway captures, bodies, Wi-Fi):
+        pooled over tags at rest, (sum missed - sum sent x prod_g (1 - h_g) + 1/2) /
+        (sum sent + 1). Cached until new sightings arrive."""
+        if self._common_cache is not None and self._common_cache[0] == self._obs_version:
+            return self._common_cache[1]
+        n = self.tags.n
+        sent = self.g_sent[:n]
+        d = np.flatnonzero(sent >= self.rules.missing.min_adverts)
+        q_c = 0.5
+        if len(d) and self.g_heard.shape[1]:
+            s = float(sent[d].sum())
+            excess = float(self.g_missed[d].sum()) - float((self._q_gw(d) * sent[d]).sum())
+            q_c = (max(excess, 0.0) + 0.5) / (s + 1.0)
+        self._common_cache = (self._obs_version, q_c)
+        return q_c
+
+    def burst_continuation(self) -> tuple[float, float, float]:
+        """(rho1, rho2, rho3), pooled over the site's frame counters: P(an advert is missed |
+        the previous one was) = (misses that followed a miss + 1/2) / (misses in closed runs
+        + 1), P(missed | the previous two were) = (misses after two + 1/2) / (misses after
+        one + 1), and the same one level deeper for every later miss. Collisions repeat (two
+        tags drift apart by only the 0-10 ms advDelay per event), so rho1 is far above q; and
+        runs that got further are likelier still to go on (some tags and pairs are stuck in
+        a bad state for a while): on the demo twin 0.07, 0.10, then 0.17-0.2 per step, so one
+        geometric tail from the second miss on underestimated runs of 6-8 up to 20x."""
+        rho1 = (self.burst_continued + 0.5) / (self.burst_missed + 1.0)
+        rho2 = (self.burst_deep + 0.5) / (self.burst_continued + 1.0)
+        rho3 = (self.burst_deeper + 0.5) / (self.burst_deep + 1.0)
+        return rho1, rho2, rho3
+
+    def miss_rate(self, d: IntArray) -> FloatArray:
+        """Probability q that one advertisement of the tag is heard by no gateway.
+
+        From the frame counter: the posterior mean (missed + prior/2) / (sent + prior).
+        That needs ~1/q clean adverts to resolve a small q, so for a tag at rest (since its
+        last motion, at least ``min_adverts`` sent) the per-gateway rates are used instead:
+        q = max(prod_g (1 - h_g), loss_floor) + q_c over gateways now up,
+        h_g = (heard by g + 1/2) / (sent + 1), q_c the site's common-mode loss
+        (:meth:`common_loss`): per-gateway losses alone would say 2e-5 where collisions
+        make it ~5e-3 (docs/rules.md).
+        """
+        cfg = self.rules.missing
+        prior = cfg.prior_adverts
+        missed = self.tags["n_missed"][d].astype(float)
+        sent = missed + self.tags["n_heard"][d]
+        q = (missed + prior / 2.0) / (sent + prior)
+        if not cfg.per_gateway or len(d) == 0 or self.g_heard.shape[1] == 0:
+            return q
+        settled = self.g_sent[d] >= cfg.min_adverts
+        q_rest = np.maximum(self._q_gw(d), cfg.loss_floor) + self.common_loss()
+        return np.where(settled, np.minimum(q_rest, 1.0), q)
+
+    def tag_continuation(
+        self, d: IntArray, q: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """(rho1, rho2, rho3) of each tag: its own runs of misses shrunk toward the site's
+        (:meth:`burst_continuation`) with the weight of ``burst_prior_misses`` misses;
+        rho1 at least q, each deeper continuation at least the one before. A tag heard by
+        one or two gateways inherits their bursts, which the site-wide values average away."""
+        w = self.rules.missing.burst_prior_misses
+        tg = self.tags
+        site = self.burst_continuation()
+        counts = ("b_missed", "b_cont", "b_deep", "b_deeper")
+        rho: list[FloatArray] = []
+        floor = q
+        for level, s in enumerate(site):
+            own = (tg[counts[level + 1]][d] + w * s) / (tg[counts[level]][d] + w)
+            floor = np.clip(np.maximum(own, floor), 1e-12, 1 - 1e-12)
+            rho.append(np.asarray(floor))
+        return rho[0], rho[1], rho[2]
+
+    def silent_probability(self, d: IntArray, m: FloatArray) -> FloatArray:
+        """P(a present tag misses m adverts in a row from a given one) =
+        q x rho1 x rho2 x rho3^(m-3) (the chain cut at m): per-tag q and the continuations of
+        :meth:`tag_continuation`."""
+        q = np.clip(self.miss_rate(d), 1e-12, 1.0)
+        rho1, rho2, rho3 = self.tag_continuation(d, q)
+        return np.asarray(
+            q
+            * np.where(m >= 2, rho1, 1.0)
+            * np.where(m >= 3, rho2, 1.0)
+            * rho3 ** np.maximum(m - 3.0, 0.0)
+        )
+
+    def false_alarm_risk(self, d: IntArray) -> FloatArray:
+        """alpha per advertisement: the design rate R (per day per 1,000 tags; the class's
+        own if it has one) spread over the adverts a tag sends in a day,
+        alpha = R / 1000 x interval / 86,400 s."""
+        rate = self._per_class(
+            d, self._class_fa_rate, self.rules.missing.false_alarms_per_day_per_1000_tags
+        )
+        return rate / 1000.0 * self._interval(d) / SECONDS_PER_DAY
+
+    def silence_threshold(self, d: IntArray) -> tuple[FloatArray, FloatArray]:
+        """theta = k * (interval + advDelay max) + latency, k the fewest misses in a row with
+        P(silent for k | present) <= alpha.
+
+        A present tag stays silent past theta only if its next k advertisements were all
+        missed (BLE Core Vol 6 Part B 4.4.2.2.1: events are advInterval + advDelay apart,
+        advDelay <= 10 ms), which happens with :meth:`silent_probability` (not q^k: losses
+        come in bursts); with alpha from :meth:`false_alarm_risk` the expected false
+        missing-tag alarms stay below the design rate. A tag that last reported a cell at or
+        below ``dying_battery_pct`` is expected to fall silent: k = min_missed.
+        """
+        cfg = self.rules.missing
+        q = np.clip(self.miss_rate(d), 1e-12, 1 - 1e-12)
+        rho1, rho2, rho3 = self.tag_continuation(d, q)
+        alpha = self.false_alarm_risk(d)
+        # fewest k with q rho1 rho2 rho3^(k-3) <= alpha: the chain for k = 1, 2, 3, then the
+        # geometric tail solved in closed form (2.0000000000000004 is 2)
+        head = q * rho1 * rho2
+        tail = 3.0 + np.ceil(np.maximum(np.log(head / alpha), 0.0) / -np.log(rho3) - 1e-9)
+        k = np.where(q <= alpha, 1.0, np.where(q * rho1 <= alpha, 2.0, np.where(head <= alpha, 3.0, tail)))
+        bat = self.tags["battery"][d]
+        dying = (bat >= 0) & (bat <= cfg.dying_battery_pct)
+        k = np.where(dying, cfg.min_missed, np.clip(k, cfg.min_missed, cfg.max_missed))
+        return k * (self._interval(d) + cfg.jitter_s) + cfg.latency_s, k
+
+    # -- the clock ----------------------------------------------------------------------
+
+    def _presence(self, now: float, events: list[Event]) -> None:
+        """Tags silent past theta: near an exit -> pending exit; checked out -> exited
+        (exit_checked_out); else missing (missing_tag)."""
+        tg, cfg = self.tags, self.rules.exit
+        n = tg.n
+        if n == 0:
+            return
+        idx = np.arange(n)
+        watch = (
+            np.isfinite(tg["heard_t"][:n])
+            & ~tg["missing"][:n]
+            & ~tg["pending"][:n]
+            & ~tg["exited"][:n]
+        )
+        d = idx[watch]
+        # Only tags silent for at least the smallest possible theta need their q.
+        d = d[now - tg["heard_t"][d] >= self.rules.missing.min_missed * self._interval(d)]
+        theta, k = self.silence_threshold(d)
+        silent = now - tg["heard_t"][d] >= theta
+        d, theta, k = d[silent], theta[silent], k[silent]
+        if len(d):
+            t_v = tg["heard_t"][d] + theta
+            near_exit = cfg.enabled & (tg["pz"][d] >= cfg.candidate_probability)
+            co = tg["checkout_t"][d]
+            checked = (co >= tg["heard_t"][d] - cfg.checkout_before_s) & (
+                co <= tg["heard_t"][d] + cfg.checkout_after_s
+            )
+            pend = d[near_exit]
+            tg["pending"][pend], tg["vanish_t"][pend] = True, t_v[near_exit]
+            tg["exit_t"][pend] = np.fmax(tg["fix_t"][pend], tg["heard_t"][pend])
+            gone = ~near_exit & checked
+            for dj, tv in zip(d[gone].tolist(), t_v[gone].tolist(), strict=True):
+                events.append(
+                    self._event(
+                        "exit_checked_out",
+                        tv,
+                        dj,
+                        checkout_t=float(tg["checkout_t"][dj]),
+                        note="checked out, then left out of sight away from an exit",
+                    )
+                )
+            tg["exited"][d[gone]] = True
+            lost = ~near_exit & ~checked
+            if self.rules.missing.enabled:
+                for j in np.flatnonzero(lost).tolist():
+                    dj = int(d[j])
+                    events.append(
+                        self._missing_event(dj, float(t_v[j]), float(theta[j]), int(k[j]))
+                    )
+                tg["missing"][d[lost]] = True
+
+    def _missing_event(self, d: int, t: float, theta: float, k: int, **extra: Any) -> Event:
+        tg = self.tags
+        dd = np.array([d])
+        q = float(self.miss_rate(dd)[0])
+        p_silent = float(self.silent_probability(dd, np.array([float(k)]))[0])
+        return self._event(
+            "missing_tag",
+            t,
+            d,
+            confidence=1.0 - p_silent,
+            last_heard_t=float(tg["heard_t"][d]),
+            silence_threshold_s=theta,
+            missed_in_a_row=k,
+            miss_rate=q,
+            burst_continuation=[float(r[0]) for r in self.tag_continuation(dd, np.array([q]))],
+            p_silent_if_present=p_silent,
+            battery_pct=float(tg["battery"][d]),
+            expected_interval_s=float(self._interval(np.array([d]))[0]),
+            **extra,
+        )
