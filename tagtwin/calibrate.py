@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+from rich.table import Table
 
 from engine.capture import Capture
 from radio_models.calibration import (
@@ -73,6 +74,15 @@ class CalibrationResult:
     sample_gateway: NDArray[np.intp]
     sample_distance_m: FloatArray
     outliers: list[str] = field(default_factory=list)
+
+    def table(self, name: str) -> Table:
+        """The printed table: parameter, value, 1-sigma."""
+        table = Table(title=f"calibration from {name}")
+        for col in ("parameter", "value", "1-sigma"):
+            table.add_column(col)
+        for row in self.rows():
+            table.add_row(*row)
+        return table
 
     def rows(self) -> list[tuple[str, str, str]]:
         """(parameter, value, 1-sigma) rows of the printed table."""

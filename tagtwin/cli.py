@@ -216,25 +216,6 @@ EVALUATE_ROWS = ("fixes", "median_error_m", "p90_error_m", "p95_error_m", "rmse_
                  "latency_p95_s")
 
 
-def _print_compare(results: dict[str, dict[str, object]]) -> None:
-    """One table: each combination overall, then each device's median / p90."""
-    devices = sorted({d for r in results.values() for d in r["devices"]})  # type: ignore[attr-defined]
-    table = Table(title="every estimator and tracker")
-    for col in ("method", "median m", "p90 m", "r90 coverage", "RMSE/CRB", *devices):
-        table.add_column(col, justify="right")
-
-    def fmt(v: object) -> str:
-        return f"{v:.2f}" if isinstance(v, int | float) else "-"
-
-    for name, r in results.items():
-        per: dict[str, dict[str, float]] = r["devices"]  # type: ignore[assignment]
-        cells = [f"{per[d]['median_error_m']:.2f} / {per[d]['p90_error_m']:.2f}" if d in per else "-"
-                 for d in devices]
-        table.add_row(name, fmt(r["median_error_m"]), fmt(r["p90_error_m"]), fmt(r["r90_coverage"]),
-                      fmt(r["rmse_over_crb"]), *cells)
-    console.print(table)
-
-
 @app.command()
 def evaluate(
     run_dir: Annotated[
@@ -291,6 +272,7 @@ def evaluate(
     from tagtwin.evaluation import (
         capture_config,
         compare_estimators,
+        compare_table,
         evaluate_run_dir,
         leave_one_path_out,
         site_capture_config,
@@ -345,13 +327,13 @@ def evaluate(
                 raise typer.Exit(2) from None
             for path_name, results in per_path.items():
                 console.print(f"held out: {path_name} (site calibrated on the other paths)")
-                _print_compare(results)
+                console.print(compare_table(results))
             if report_json:
                 report_json.write_text(json.dumps(per_path, indent=2, sort_keys=True) + "\n")
             return
         if compare:
             results = compare_estimators(cap, make)
-            _print_compare(results)
+            console.print(compare_table(results))
             if report_json:
                 report_json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
             return
@@ -409,12 +391,7 @@ def calibrate(
     out.write_text(dump_site_file(result.site))
     png = diagnostics_png(result, plot or out.with_suffix(".png"))
     if not quiet:
-        table = Table(title=f"calibration from {capture.name}")
-        for col in ("parameter", "value", "1-sigma"):
-            table.add_column(col)
-        for row in result.rows():
-            table.add_row(*row)
-        console.print(table)
+        console.print(result.table(capture.name))
         if result.outliers:
             console.print(f"outlier gateways (check mounting, antenna, position): {', '.join(result.outliers)}")
         console.print(f"wrote {out} and {png}")
@@ -440,7 +417,7 @@ def fidelity(
     from siteplan.sitefile import SiteFileError, load_site_file
     from tagtwin.evaluation import site_gateways
     from tagtwin.fidelity import fidelity as run
-    from tagtwin.fidelity import fidelity_png
+    from tagtwin.fidelity import fidelity_png, fidelity_table
 
     try:
         site_file = load_site_file(site)
@@ -452,23 +429,8 @@ def fidelity(
         err_console.print(f"[bold red]cannot compare:[/] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
     png = fidelity_png(result, curves, plot or site.with_name("fidelity.png"))
-    table = Table(title=f"twin vs real: {capture.name}")
-    table.add_column("measure")
-    table.add_column("real", justify="right")
-    table.add_column("twin", justify="right")
-    table.add_row("KS of RSSI residuals (real: its two halves)", f"({result['ks_real_halves']:.3f})",
-                  f"{result['ks_residuals']:.3f}")
-    table.add_row("residual sd (dB)", f"{result['residual_sd_db']['real']:.2f}",
-                  f"{result['residual_sd_db']['twin']:.2f}")
-    for band, v in result["ks_by_distance"].items():
-        table.add_row(f"KS {band}", f"{v['real']} samples", f"{v['ks']:.3f}")
-    for g, v in result["reception"].items():
-        table.add_row(f"reported share {g}", f"{v['real']:.3f}", f"{v['twin']:.3f}")
-    loc = result["localization"]
-    for key in ("median_error_m", "p90_error_m"):
-        table.add_row(f"{loc['method']} {key}", f"{loc['real'][key]:.2f}", f"{loc['twin'][key]:.2f}")
-    console.print(table)
-    console.print(f"twin/real median error {loc['twin_over_real_median']:.2f}; figure {png}")
+    console.print(fidelity_table(result, capture.name))
+    console.print(f"twin/real median error {result['localization']['twin_over_real_median']:.2f}; figure {png}")
     if report_json:
         report_json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
 

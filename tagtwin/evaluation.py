@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from rich.table import Table
 
 from engine.capture import rows_by_window
 from engine.evaluate import BoundSetup, LatencySetup, evaluate
@@ -404,3 +405,22 @@ def leave_one_path_out(
 
         out[str(name)] = compare_estimators(held, make, combinations)
     return out
+
+
+def compare_table(results: dict[str, dict[str, object]]) -> Table:
+    """One table: each combination overall, then each device's median / p90."""
+    devices = sorted({d for r in results.values() for d in r["devices"]})  # type: ignore[attr-defined]
+    table = Table(title="every estimator and tracker")
+    for col in ("method", "median m", "p90 m", "r90 coverage", "RMSE/CRB", *devices):
+        table.add_column(col, justify="right")
+
+    def fmt(v: object) -> str:
+        return f"{v:.2f}" if isinstance(v, int | float) else "-"
+
+    for name, r in results.items():
+        per: dict[str, dict[str, float]] = r["devices"]  # type: ignore[assignment]
+        cells = [f"{per[d]['median_error_m']:.2f} / {per[d]['p90_error_m']:.2f}" if d in per else "-"
+                 for d in devices]
+        table.add_row(name, fmt(r["median_error_m"]), fmt(r["p90_error_m"]), fmt(r["r90_coverage"]),
+                      fmt(r["rmse_over_crb"]), *cells)
+    return table

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from rich.table import Table
 from scipy.stats import ks_2samp
 
 from engine.capture import Capture, truth_from_samples
@@ -188,3 +189,23 @@ def fidelity_png(result: dict[str, Any], curves: dict[str, FloatArray], path: Pa
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def fidelity_table(result: dict[str, Any], name: str) -> Table:
+    """The comparison as one table: measure, real, twin."""
+    table = Table(title=f"twin vs real: {name}")
+    table.add_column("measure")
+    table.add_column("real", justify="right")
+    table.add_column("twin", justify="right")
+    table.add_row("KS of RSSI residuals (real: its two halves)", f"({result['ks_real_halves']:.3f})",
+                  f"{result['ks_residuals']:.3f}")
+    table.add_row("residual sd (dB)", f"{result['residual_sd_db']['real']:.2f}",
+                  f"{result['residual_sd_db']['twin']:.2f}")
+    for band, v in result["ks_by_distance"].items():
+        table.add_row(f"KS {band}", f"{v['real']} samples", f"{v['ks']:.3f}")
+    for g, v in result["reception"].items():
+        table.add_row(f"reported share {g}", f"{v['real']:.3f}", f"{v['twin']:.3f}")
+    loc = result["localization"]
+    for key in ("median_error_m", "p90_error_m"):
+        table.add_row(f"{loc['method']} {key}", f"{loc['real'][key]:.2f}", f"{loc['twin'][key]:.2f}")
+    return table
