@@ -90,6 +90,7 @@ class EngineConfig:
     # subtracted from every window's RSSI before any estimator or tracker sees it, so
     # radio maps must be built from corrected readings too.
     gateway_offset_db: FloatArray | None = None
+    kalman_fix_inflation: float = 1.0  # KalmanTracker.fix_inflation
 
     def __post_init__(self) -> None:
         if self.localizer not in LOCALIZERS:
@@ -116,7 +117,7 @@ def make_tracker(cfg: EngineConfig) -> Tracker | None:
     if cfg.tracker == "none":
         return None
     if cfg.tracker == "kalman":
-        return KalmanTracker(bounds=cfg.bounds)
+        return KalmanTracker(bounds=cfg.bounds, fix_inflation=cfg.kalman_fix_inflation)
     assert cfg.radio_map is not None  # checked in EngineConfig
     plan = cfg.floor_plan or FloorPlan.open_floor(cfg.bounds)
     if cfg.tracker == "hmm":

@@ -174,6 +174,11 @@ class KalmanTracker:
     still_accel_mps2: float = 0.01
     initial_speed_mps: float = 1.0
     bounds: tuple[float, float, float, float] | None = None
+    # Successive fixes of one tag share their errors (the same shadowing, the same
+    # carrier): widen each fix by this factor so the filter does not count them as
+    # independent looks (1: the twin's independent windows; a surveyed site's map says
+    # how correlated its readings are, RadioMap.track_inflation).
+    fix_inflation: float = 1.0
     gate: float = 13.8  # chi2_2(0.999)
     reset_after: int = 3
     gated: NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, np.int32))
@@ -202,7 +207,7 @@ class KalmanTracker:
         if len(device) == 0:
             return fixes
         self._grow(int(device.max()) + 1)
-        rvar = np.maximum(fixes.r90, 0.05) ** 2 / CHI2_2DOF_90
+        rvar = (self.fix_inflation * np.maximum(fixes.r90, 0.05)) ** 2 / CHI2_2DOF_90
         z = np.column_stack([fixes.x, fixes.y])
         new = np.isnan(self.t[device])
         if new.any():
