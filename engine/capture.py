@@ -11,8 +11,8 @@ A capture is one table, CSV (with a header row) or Parquet, one sighting per row
 | channel | int | no | 37, 38, 39, or 0 when unknown (default 0) |
 | battery | int | no | percent, -1 unknown |
 | motion | int | no | 1 moving, 0 still, -1 unknown |
-| truth_x, truth_y | float | no | where the tag really was at ``time``, metres |
-| truth_z | float | no | its height, metres |
+| truth_x, truth_y | float | no | where the tag really was at ``time``, metres (or ``x, y``) |
+| truth_z | float | no | its height, metres (or ``z``) |
 
 The gateway-positions file (CSV or Parquet) has columns ``id, x, y, z`` in metres.
 Any problem raises :class:`CaptureError` naming the file, the row (1-based line number
@@ -40,6 +40,7 @@ FloatArray = NDArray[np.float64]
 CAPTURE_COLUMNS = ("time", "gateway", "device", "rssi")
 OPTIONAL_INT = {"channel": 0, "battery": UNKNOWN, "motion": UNKNOWN}
 TRUTH_COLUMNS = ("truth_x", "truth_y", "truth_z")
+TRUTH_ALIASES = ("x", "y", "z")
 GATEWAY_COLUMNS = ("id", "x", "y", "z")
 _NUMBER = r"^\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[nN]a[nN])\s*$"
 
@@ -202,15 +203,16 @@ def read_capture(
             out[name] = default
     truth_xyz = None
     truth = None
-    if "truth_x" in table.column_names or "truth_y" in table.column_names:
-        _require(path, table, TRUTH_COLUMNS[:2])
+    names = truth_column_names(path, table.column_names)
+    if names is not None:
+        _require(path, table, names[:2])
         tz = (
-            _numbers(path, table, "truth_z", required=False)
-            if "truth_z" in table.column_names
+            _numbers(path, table, names[2], required=False)
+            if names[2] in table.column_names
             else np.full(len(t), np.nan)
         )
         truth_xyz = np.column_stack(
-            [_numbers(path, table, "truth_x"), _numbers(path, table, "truth_y"), tz]
+            [_numbers(path, table, names[0]), _numbers(path, table, names[1]), tz]
         )
     order = np.argsort(out["t"], kind="stable")
     out = out[order]
@@ -218,6 +220,17 @@ def read_capture(
         truth_xyz = truth_xyz[order]
         truth = truth_from_samples(out["device"], out["t"], truth_xyz[:, :2])
     return Capture(out, devices, gateways, truth, truth_xyz)
+
+
+def truth_column_names(path: Path, columns: list[str]) -> tuple[str, str, str] | None:
+    """The truth columns a capture uses: ``truth_x, truth_y[, truth_z]`` or, as many
+    datasets name them, ``x, y[, z]``; None when it has neither (both is ambiguous)."""
+    if all(c in columns for c in (*TRUTH_COLUMNS[:2], *TRUTH_ALIASES[:2])):
+        raise CaptureError(f"{path}: both truth_x/truth_y and x/y columns: keep one pair")
+    for names in (TRUTH_COLUMNS, TRUTH_ALIASES):
+        if any(c in columns for c in names[:2]):
+            return names
+    return None
 
 
 def truth_from_samples(device: NDArray[np.integer], t: FloatArray, xy: FloatArray) -> GroundTruth:
@@ -340,3 +353,11 @@ def kolakowski_capture(folder: Path, out_dir: Path, fmt: str = "csv") -> dict[st
             truth,
         )
     return paths
+
+
+def capture_subset(capture: Capture, keep: NDArray[np.bool_]) -> Capture:
+    """The sightings ``keep`` selects, with their truth (for folds and held-out paths)."""
+    s = capture.sightings[keep]
+    truth_xyz = None if capture.truth_xyz is None else capture.truth_xyz[keep]
+    truth = None if truth_xyz is None else truth_from_samples(s["device"], s["t"], truth_xyz[:, :2])
+    return Capture(s, capture.devices, capture.gateways, truth, truth_xyz)

@@ -86,6 +86,11 @@ class EngineConfig:
     tracker_speed_mps: float = 1.5
     zone_hysteresis: bool = False
     seed: int = 0
+    # Calibrated fixed RSSI offset of each gateway (site file radio.gateway_offsets_db):
+    # subtracted from every window's RSSI before any estimator or tracker sees it, so
+    # radio maps must be built from corrected readings too.
+    gateway_offset_db: FloatArray | None = None
+    kalman_fix_inflation: float = 1.0  # KalmanTracker.fix_inflation
 
     def __post_init__(self) -> None:
         if self.localizer not in LOCALIZERS:
@@ -112,7 +117,7 @@ def make_tracker(cfg: EngineConfig) -> Tracker | None:
     if cfg.tracker == "none":
         return None
     if cfg.tracker == "kalman":
-        return KalmanTracker()
+        return KalmanTracker(bounds=cfg.bounds, fix_inflation=cfg.kalman_fix_inflation)
     assert cfg.radio_map is not None  # checked in EngineConfig
     plan = cfg.floor_plan or FloorPlan.open_floor(cfg.bounds)
     if cfg.tracker == "hmm":
@@ -355,6 +360,8 @@ class Engine:
         row_dev = (uniq_rows % n_dev).astype(np.int32)
         row_win = uniq_rows // n_dev
         row_t = (row_win + k_first) * cfg.step_s
+        if cfg.gateway_offset_db is not None:
+            matrix -= cfg.gateway_offset_db[None, :]
         tx = self._tx_power(row_dev)
         est = self._localize(matrix, tx)
         zone = (
@@ -380,7 +387,7 @@ class Engine:
                     # Static shadowing floor: a tag that stays put sees the same shadowing in
                     # every window, which no filter can average away; a moving tag samples
                     # fresh shadowing, so it may shrink to a fraction of the single shot.
-                    still = motion[sl] != 1
+                    still = motion[sl] == 0  # unknown motion (captures): judged as moving
                     floor = self._still_floor(row_dev[sl], ~np.isnan(matrix[sl]), still, part.x, part.y)
                     floor = np.where(np.isfinite(floor), floor, single_r90)
                     xs[sl], ys[sl], meth[sl] = part.x, part.y, part.method

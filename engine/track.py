@@ -31,6 +31,7 @@ import shapely
 from numpy.typing import NDArray
 from scipy import sparse
 from scipy.spatial import cKDTree
+from scipy.stats import chi2
 
 from engine.localize import (
     CHI2_2DOF_90,
@@ -53,6 +54,7 @@ MOTION_STILL = 0
 MOTION_MOVING = 1
 MAX_GAP_S = 10.0  # a longer silence is treated as this long: the prior is wide by then
 MAX_INIT_CELLS = 4096  # cells a new tag's particle cloud is drawn over
+COLLAPSE_ODDS = 1e6  # particle filter: restart when the best particle is this unlikely
 
 
 class Tracker(Protocol):
@@ -98,6 +100,24 @@ class FloorPlan:
         return cls(grid, free)
 
     @classmethod
+    def from_occupancy(
+        cls,
+        brightness: FloatArray,
+        scale_m: float,
+        origin: tuple[float, float],
+        free_threshold: float = 0.5,
+    ) -> FloorPlan:
+        """From an occupancy-grid image (rows top to bottom, brightness 0..1; light is
+        free floor, the ROS map_server convention): one cell per pixel, ``origin`` the
+        image's lower-left corner in site metres."""
+        img = np.asarray(brightness, dtype=float)
+        if img.ndim != 2 or img.size == 0:
+            raise ValueError(f"an occupancy image must be a 2-D grey image, got shape {img.shape}")
+        ny, nx = img.shape
+        grid = Grid(float(origin[0]), float(origin[1]), float(scale_m), nx, ny)
+        return cls(grid, (img[::-1] > free_threshold).ravel())
+
+    @classmethod
     def open_floor(
         cls, bounds: tuple[float, float, float, float], cell_m: float = 0.25
     ) -> FloorPlan:
@@ -139,11 +159,29 @@ class KalmanTracker:
     of a fix is circular with per-axis variance r90^2 / chi2_2(0.9), the inverse of how
     localizers report r90. A still tag (motion flag 0) gets no acceleration noise and its
     velocity is zeroed, so its estimate converges instead of drifting.
+
+    Real fixes have outliers (a radio-map fix in the wrong room): a fix whose
+    innovation's squared Mahalanobis distance exceeds ``gate`` (chi-square, 2 dof) has its
+    covariance inflated by d^2 / gate, so it moves the track only as far as a fix at
+    the gate would (soft gating, Bar-Shalom et al. 2001 sec. 2.3.2), and not its velocity; after
+    ``reset_after`` gated fixes in a row the track of a tag not known to be still is lost
+    and restarts at the fix. The
+    state never leaves ``bounds`` (the site's): a coordinate outside is clamped and its
+    velocity zeroed.
     """
 
     accel_mps2: float = 0.5
     still_accel_mps2: float = 0.01
     initial_speed_mps: float = 1.0
+    bounds: tuple[float, float, float, float] | None = None
+    # Successive fixes of one tag share their errors (the same shadowing, the same
+    # carrier): widen each fix by this factor so the filter does not count them as
+    # independent looks (1: the twin's independent windows; a surveyed site's map says
+    # how correlated its readings are, RadioMap.track_inflation).
+    fix_inflation: float = 1.0
+    gate: float = 13.8  # chi2_2(0.999)
+    reset_after: int = 3
+    gated: NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, np.int32))
     x: FloatArray = field(default_factory=lambda: np.zeros((0, 4)))
     p: FloatArray = field(default_factory=lambda: np.zeros((0, 4, 4)))
     t: FloatArray = field(default_factory=lambda: np.zeros(0))
@@ -154,6 +192,7 @@ class KalmanTracker:
             self.x = np.vstack([self.x, np.zeros((n - have, 4))])
             self.p = np.concatenate([self.p, np.zeros((n - have, 4, 4))])
             self.t = np.r_[self.t, np.full(n - have, np.nan)]
+            self.gated = np.r_[self.gated, np.zeros(n - have, np.int32)]
 
     def step(
         self,
@@ -168,7 +207,7 @@ class KalmanTracker:
         if len(device) == 0:
             return fixes
         self._grow(int(device.max()) + 1)
-        rvar = np.maximum(fixes.r90, 0.05) ** 2 / CHI2_2DOF_90
+        rvar = (self.fix_inflation * np.maximum(fixes.r90, 0.05)) ** 2 / CHI2_2DOF_90
         z = np.column_stack([fixes.x, fixes.y])
         new = np.isnan(self.t[device])
         if new.any():
@@ -198,11 +237,31 @@ class KalmanTracker:
             xs = np.einsum("nij,nj->ni", f, xs)
             ps = f @ ps @ f.transpose(0, 2, 1) + qm
             # Update with H = [I 0]: S = P[:2,:2] + R, K = P[:, :2] S^-1.
-            s = ps[:, :2, :2] + rvar[old, None, None] * np.eye(2)
-            k = ps[:, :, :2] @ np.linalg.inv(s)
             innov = z[old] - xs[:, :2]
+            s = ps[:, :2, :2] + rvar[old, None, None] * np.eye(2)
+            d2 = np.einsum("ni,nij,nj->n", innov, np.linalg.inv(s), innov)
+            gated = d2 > self.gate
+            inflate = np.where(gated, d2 / self.gate, 1.0)
+            s = ps[:, :2, :2] + (inflate * rvar[old])[:, None, None] * np.eye(2)
+            k = ps[:, :, :2] @ np.linalg.inv(s)
+            k[gated, 2:, :] = 0.0  # a doubtful fix may nudge the position, never the velocity
             xs = xs + np.einsum("nij,nj->ni", k, innov)
             ps = ps - k @ ps[:, :2, :]
+            self.gated[d] = np.where(gated, self.gated[d] + 1, 0)
+            # A tag that reports itself still has not gone anywhere: no restart for it.
+            lost = (self.gated[d] >= self.reset_after) & ~still
+            if lost.any():  # the fixes agree with each other, not with the track: restart
+                xs[lost] = np.column_stack([z[old][lost], np.zeros((int(lost.sum()), 2))])
+                ps[lost] = 0.0
+                ps[lost, 0, 0] = ps[lost, 1, 1] = rvar[old][lost]
+                ps[lost, 2, 2] = ps[lost, 3, 3] = self.initial_speed_mps**2
+                self.gated[d[lost]] = 0
+            if self.bounds is not None:
+                minx, miny, maxx, maxy = self.bounds
+                for axis, lo, hi in ((0, minx, maxx), (1, miny, maxy)):
+                    out = (xs[:, axis] < lo) | (xs[:, axis] > hi)
+                    xs[:, axis] = np.clip(xs[:, axis], lo, hi)
+                    xs[out, axis + 2] = 0.0
             self.x[d], self.p[d], self.t[d] = xs, ps, t
         st = self.x[device]
         cov = self.p[device]
@@ -383,6 +442,7 @@ class ParticleFilter:
     rng: np.random.Generator = field(init=False)
     _init_cells: NDArray[np.intp] = field(init=False)
     _init_stride: int = field(init=False)
+    restarts: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         p = self.particles
@@ -488,6 +548,18 @@ class ParticleFilter:
         pos = np.where(ok[..., None], prop, pos)
         vel = np.where(ok[..., None], vel, f32(0.0))
         ll = self._log_lik(values, weights, gk, pos)
+        # Collapse: even the best particle explains the readings worse than all but one
+        # in COLLAPSE_ODDS chance (-2 log-likelihood is chi-square with one degree per
+        # gateway used): the tag is not where the cloud is (a jump the motion model
+        # forbids, a wrong start). Those rows restart from the single-shot posterior.
+        dof = np.maximum(weights.sum(axis=1), 1.0)
+        collapsed = -2.0 * ll.max(axis=1) > chi2.isf(1.0 / COLLAPSE_ODDS, dof)
+        if collapsed.any():
+            full_v, full_w = self.radio_map.prepare(rssi[collapsed], tx_power[collapsed])
+            pos[collapsed] = self._initialise(full_v, full_w)
+            vel[collapsed] = 0.0
+            ll[collapsed] = self._log_lik(values[collapsed], weights[collapsed], gk[collapsed], pos[collapsed])
+            self.restarts += int(collapsed.sum())
         w = normalise_log(ll)
         mx = np.einsum("rp,rp->r", w, pos[..., 0])
         my = np.einsum("rp,rp->r", w, pos[..., 1])

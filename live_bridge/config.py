@@ -5,8 +5,8 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from engine.config_file import load_toml
 from live_bridge.gateway import ConfigError
+from siteplan.config_file import load_toml
 
 
 def load_keys(path: Path | str) -> dict[str, bytes]:

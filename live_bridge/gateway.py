@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Literal
 import paho.mqtt.client as paho
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from engine.config_file import ConfigFileError, load_toml, validation_problems
 from live_bridge.decoders import ANON_PREFIX, BASE_UUID_SUFFIX, decode, norm_mac, norm_uuid
 from live_bridge.filters import AdvertFilter, privacy_hash
 from live_bridge.finding import FINDMY_KEY_LEN, Resolver
@@ -40,6 +39,7 @@ from live_bridge.wire import (
     encode_batch,
     status_topic,
 )
+from siteplan.config_file import ConfigFileError, load_toml, validation_problems
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

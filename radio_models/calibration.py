@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from radio_models.environment import ReportModel
 from radio_models.pathloss import three_d_distance
 
 FloatArray = NDArray[np.float64]
@@ -232,3 +233,222 @@ def _parametric_bootstrap(
         betas.append(b)
         sigmas.append(s)
     return np.array(betas), np.array(sigmas)
+
+
+# -- the variance split: slow shadowing versus per-packet fading ---------------------------
+
+
+@dataclass(frozen=True)
+class VarianceSplit:
+    """The residual variance of a fit split into a spatially correlated part (shadowing,
+    correlation falling to 1/e at the decorrelation distance) and a white part (per
+    packet: fading, reporting), from the residuals' correlogram; 1-sigma by spatial
+    jackknife."""
+
+    shadowing_sigma_db: float
+    decorrelation_m: float
+    white_sigma_db: float
+    shadowing_se: float
+    decorrelation_se: float
+    white_se: float
+    lags_m: FloatArray  # correlogram bin centres
+    correlation: FloatArray  # empirical correlation of same-gateway residual pairs per bin
+    temporal_sigma_db: float = 0.0  # what lasts seconds at one place (people, carrier)
+    coherence_s: float = 0.0
+    temporal_se: float = 0.0
+    coherence_se: float = 0.0
+
+
+def correlogram(
+    xy: FloatArray,
+    gi: NDArray[np.intp],
+    resid: FloatArray,
+    max_lag_m: float = 6.0,
+    bin_m: float = 0.25,
+    max_points: int = 800,
+    seed: int = 0,
+    t: FloatArray | None = None,
+    min_dt_s: float = 0.0,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Correlation of residual pairs of one gateway against their distance: (bin centres,
+    correlation, pair counts). At most ``max_points`` samples per gateway (seeded
+    subsample) keep the pair count near a million. With times ``t``, only pairs at least
+    ``min_dt_s`` apart count: what stays put, not what lasts a few seconds."""
+    edges = np.arange(0.0, max_lag_m + bin_m, bin_m)
+    var = float(np.mean(resid * resid))
+    a, b = _near_pairs(xy, gi, max_lag_m, max_points, seed)
+    if t is not None and min_dt_s > 0:
+        apart = np.abs(t[a] - t[b]) >= min_dt_s
+        a, b = a[apart], b[apart]
+    h = np.hypot(*(xy[a] - xy[b]).T)
+    k = np.minimum((h / bin_m).astype(np.intp), len(edges) - 2)
+    num = np.bincount(k, weights=resid[a] * resid[b], minlength=len(edges) - 1).astype(float)
+    cnt = np.bincount(k, minlength=len(edges) - 1).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = num / cnt / var
+    return 0.5 * (edges[:-1] + edges[1:]), corr, cnt
+
+
+def _decorrelation(lags: FloatArray, corr: FloatArray, share: float) -> float:
+    """The lag at which the correlation first falls to share / e (Gudmundson's
+    definition of the decorrelation distance), linearly interpolated between bins."""
+    target = share / np.e
+    below = np.flatnonzero(np.isfinite(corr) & (corr <= target))
+    if share <= 0 or len(below) == 0:
+        return float(lags[-1]) if share > 0 else 0.0
+    k = int(below[0])
+    if k == 0:
+        return float(lags[0])
+    c0, c1 = corr[k - 1], corr[k]
+    return float(lags[k - 1] + (lags[k] - lags[k - 1]) * (c0 - target) / max(c0 - c1, 1e-12))
+
+
+def _near_pairs(
+    xy: FloatArray, gi: NDArray[np.intp], near_m: float, max_points: int, seed: int
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Same-gateway sample pairs closer than ``near_m`` (seeded subsample per gateway)."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    out_a, out_b = [], []
+    for g in np.unique(gi):
+        idx = np.flatnonzero(gi == g)
+        if len(idx) > max_points:
+            idx = np.sort(rng.choice(idx, max_points, replace=False))
+        pairs = cKDTree(xy[idx]).query_pairs(near_m, output_type="ndarray")
+        out_a.append(idx[pairs[:, 0]])
+        out_b.append(idx[pairs[:, 1]])
+    if not out_a:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
+    return np.concatenate(out_a), np.concatenate(out_b)
+
+
+def split_variance(
+    xy: FloatArray,
+    gi: NDArray[np.intp],
+    resid: FloatArray,
+    nugget_m: float = 0.1,
+    blocks: int = 6,
+    seed: int = 0,
+    t: FloatArray | None = None,
+    short_s: float = 1.0,
+    revisit_s: float = 60.0,
+) -> VarianceSplit:
+    """Shadowing sigma and decorrelation distance, a temporal part with its coherence
+    time, and the white (per-packet) sigma, from the residuals of a log-distance fit at
+    sample positions ``xy`` of gateways ``gi`` taken at times ``t``.
+
+    Samples closer than ``nugget_m`` share their shadowing but not their fading. Among
+    such pairs, those revisiting a place at least ``revisit_s`` later correlate by the
+    shadowing share of the variance (the variogram's sill minus nugget over sill); those
+    under ``short_s`` apart also share what lasts seconds (people, the carrier's body and
+    heading), which a radio map cannot learn; the rest is per packet. The decorrelation
+    distance is where the revisit correlogram falls to 1/e of the shadowing share
+    (Gudmundson, Electron. Lett. 27(23), 1991); the coherence time where the temporal
+    excess does. On the Kolakowski walk: 0.74 within a second, 0.47 after a minute.
+    Without times (or revisits) every near pair counts and there is no temporal part.
+    Uncertainty: delete-one-block jackknife over ``blocks`` strips along the survey's
+    longer axis.
+    """
+    xy = np.asarray(xy, dtype=float)
+    resid = np.asarray(resid, dtype=float)
+    times = np.zeros(len(resid)) if t is None else np.asarray(t, dtype=float)
+    dt_edges = np.geomspace(short_s, revisit_s, 9)
+
+    def one(sel: NDArray[np.bool_]) -> tuple[float, float, float, float, float, FloatArray, FloatArray]:
+        idx = np.flatnonzero(sel)
+        var = float(np.mean(resid[idx] ** 2))
+        a, b = _near_pairs(xy[idx], gi[idx], nugget_m, 6000, seed)
+        a, b = idx[a], idx[b]
+        prod = resid[a] * resid[b] / var
+        dt = np.abs(times[a] - times[b])
+        long_pairs = dt >= revisit_s
+        if t is None or long_pairs.sum() < 100:
+            share = float(np.clip(np.mean(prod) if len(prod) else 0.0, 0.0, 1.0))
+            short, coherence, ts = share, 0.0, None
+        else:
+            share = float(np.clip(np.mean(prod[long_pairs]), 0.0, 1.0))
+            short_pairs = dt < short_s
+            short = float(np.clip(np.mean(prod[short_pairs]) if short_pairs.any() else share, share, 1.0))
+            mid = (dt >= short_s) & ~long_pairs
+            k = np.clip(np.searchsorted(dt_edges, dt[mid], side="right") - 1, 0, len(dt_edges) - 2)
+            num = np.bincount(k, weights=prod[mid], minlength=len(dt_edges) - 1)
+            cnt = np.bincount(k, minlength=len(dt_edges) - 1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                excess = np.r_[short - share, num / cnt - share]
+            centres = np.r_[short_s / 2, np.sqrt(dt_edges[:-1] * dt_edges[1:])]
+            coherence = _decorrelation(centres, excess, short - share) if short > share else 0.0
+            ts = times[idx]
+        lags, corr, _ = correlogram(xy[idx], gi[idx], resid[idx], max_lag_m=8.0, bin_m=0.1, seed=seed,
+                                    t=ts, min_dt_s=revisit_s)
+        dc = _decorrelation(lags, corr, share)
+        return (float(np.sqrt(share * var)), dc, float(np.sqrt((1 - short) * var)),
+                float(np.sqrt((short - share) * var)), coherence, lags, corr)
+
+    s_sig, s_dc, s_white, s_temp, s_coh, lags, corr = one(np.ones(len(resid), bool))
+    axis = int(np.argmax(np.ptp(xy, axis=0))) if len(xy) else 0
+    edges = np.quantile(xy[:, axis], np.linspace(0, 1, blocks + 1)) if len(xy) else np.zeros(blocks + 1)
+    block = np.clip(np.searchsorted(edges, xy[:, axis], side="right") - 1, 0, blocks - 1)
+    reps = np.array([one(block != b)[:5] for b in range(blocks)])
+    with np.errstate(invalid="ignore"):
+        se = np.sqrt((blocks - 1) / blocks * np.nansum((reps - np.nanmean(reps, axis=0)) ** 2, axis=0))
+    se = np.nan_to_num(se, nan=0.0)
+    return VarianceSplit(
+        s_sig, s_dc, s_white, float(se[0]), float(se[1]), float(se[2]), lags, corr,
+        s_temp, float(np.nan_to_num(s_coh)), float(se[3]), float(se[4]),
+    )
+
+
+def rician_k_for_spread(
+    white_sigma_db: float, report: ReportModel, k_range_db: tuple[float, float] = (-10.0, 30.0)
+) -> tuple[float, float, float]:
+    """The Rician K (dB) whose reported per-packet spread (fading through the gateway's
+    reporting: modules, averaging, quantization) equals ``white_sigma_db``; returns
+    (K dB, mean of the reported fading in dB, its spread). The spread falls as K grows,
+    so bisection; a spread beyond K's range clamps to its end."""
+
+    def stats(k_db: float) -> tuple[float, float]:
+        return report.fading_stats("rician", k_db, samples=50_000)
+
+    lo, hi = k_range_db
+    s_lo, s_hi = stats(lo)[1], stats(hi)[1]
+    if white_sigma_db >= s_lo:
+        k = lo
+    elif white_sigma_db <= s_hi:
+        k = hi
+    else:
+        for _ in range(24):
+            mid = 0.5 * (lo + hi)
+            if stats(mid)[1] > white_sigma_db:
+                lo = mid
+            else:
+                hi = mid
+        k = 0.5 * (lo + hi)
+    mean, spread = stats(k)
+    return float(k), mean, spread
+
+
+def survey_map_settings(xy: FloatArray, cell_m: float = 0.2) -> tuple[float, float]:
+    """Radio-map (bandwidth, reach) in metres from how densely a survey covers its area.
+    The typical gap g is the median distance from a cell inside the survey's hull to
+    the nearest survey point (0.38 a on a square grid of spacing a, whose widest gap is
+    0.71 a): reach 2 g bridges the gaps (or the map falls into islands), bandwidth
+    1.5 g averages a few neighbouring points (or it follows single noisy readings).
+    Floors: 0.35 m reach, 0.5 m bandwidth, what a dense continuous walk needs
+    (docs/localization.md)."""
+    import shapely
+    from scipy.spatial import cKDTree
+
+    xy = np.unique(np.round(np.asarray(xy, dtype=float), 2), axis=0)
+    if len(xy) < 3:
+        return 0.5, 0.35
+    hull = shapely.MultiPoint([tuple(p) for p in xy]).convex_hull
+    minx, miny, maxx, maxy = hull.bounds
+    gx, gy = np.meshgrid(np.arange(minx, maxx, cell_m) + cell_m / 2, np.arange(miny, maxy, cell_m) + cell_m / 2)
+    cells = np.column_stack([gx.ravel(), gy.ravel()])
+    if hull.area > 0:
+        cells = cells[shapely.contains_xy(hull, cells[:, 0], cells[:, 1])]
+    if len(cells) == 0:
+        return 0.5, 0.35
+    gap = float(np.median(cKDTree(xy).query(cells)[0]))
+    return max(0.5, round(1.5 * gap, 2)), max(0.35, round(2.0 * gap, 2))

@@ -219,3 +219,73 @@ class RadioEnvironment:
         out += mean_rssi
         out += offsets[:, None]
         return np.round(out, out=out)
+
+
+@dataclass(frozen=True)
+class ReportModel:
+    """How a gateway turns packets into reported RSSI (siteplan's ``[radio.report]``).
+
+    Each of ``receivers`` modules draws its own fading, reads in steps of
+    ``quantization_db`` and hears only at or above its sensitivity; a report is also
+    lost with ``miss_probability`` (scan gaps, CRC errors the model does not resolve).
+    The gateway reports the mean of the modules that heard, in mW (``combine`` linear)
+    or in dB. One module, 1 dB steps, no misses is what the twin always did.
+    """
+
+    receivers: int = 1
+    combine: str = "linear"
+    quantization_db: float = 1.0
+    miss_probability: float = 0.0
+
+    def report(
+        self,
+        mean_dbm: NDArray[np.floating] | float,
+        effects: PacketEffects,
+        rng: np.random.Generator,
+        sensitivity_dbm: NDArray[np.floating] | float = -np.inf,
+    ) -> FloatArray:
+        """Reported RSSI for packets with mean RSSI ``mean_dbm`` (any shape), NaN where no
+        module heard. Sensitivity broadcasts against ``mean_dbm``."""
+        mean = np.asarray(mean_dbm, dtype=float)
+        shape = (*mean.shape, self.receivers)
+        reading = mean[..., None] + effects.fading_db(shape, rng)
+        if self.quantization_db > 0:
+            reading = np.round(reading / self.quantization_db) * self.quantization_db
+        heard = reading >= np.asarray(sensitivity_dbm, dtype=float)[..., None]
+        count = heard.sum(axis=-1)
+        if self.miss_probability > 0:  # the whole report is lost, whatever the modules heard
+            count = np.where(rng.random(mean.shape) >= self.miss_probability, count, 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if self.combine == "linear":
+                power = np.where(heard, 10 ** (reading / 10), 0.0).sum(axis=-1) / count
+                out = 10 * np.log10(power)
+            else:
+                out = np.where(heard, reading, 0.0).sum(axis=-1) / count
+        return np.where(count > 0, out, np.nan)
+
+    def fading_stats(self, fading: str, rician_k_db: float = 6.0, samples: int = 200_000) -> tuple[float, float]:
+        """Mean and standard deviation (dB) of what fading and reporting add to the mean
+        RSSI, for links well above sensitivity. Drawn with a fixed seed (common random
+        numbers, so the result is smooth in K) and a uniform sub-step offset (so
+        quantization averages out): a deterministic property of the model."""
+        rng = np.random.default_rng(20_211_234)
+        shape = (samples, self.receivers)
+        step = self.quantization_db
+        offset = rng.uniform(-0.5, 0.5, samples) * step if step > 0 else np.zeros(samples)
+        scatter = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) / np.sqrt(2)
+        if fading == "none":
+            gain = np.ones(shape)
+        elif fading == "rayleigh":
+            gain = np.abs(scatter) ** 2
+        else:  # |LoS + scatter|^2 with unit mean power
+            k = 10 ** (rician_k_db / 10)
+            gain = np.abs(np.sqrt(k / (k + 1)) + scatter / np.sqrt(k + 1)) ** 2
+        reading = offset[:, None] + 10 * np.log10(np.maximum(gain, 1e-30))
+        if step > 0:
+            reading = np.round(reading / step) * step
+        if self.combine == "linear":
+            values = 10 * np.log10(np.mean(10 ** (reading / 10), axis=1))
+        else:
+            values = np.mean(reading, axis=1)
+        values -= offset
+        return float(np.mean(values)), float(np.std(values))

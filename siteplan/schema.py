@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import shapely
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from radio_models.materials import DEFAULT_MATERIAL_LOSS_DB, DEFAULT_RACK_LOSS_DB
@@ -22,8 +23,6 @@ class Strict(BaseModel):
 
 
 def _check_polygon(points: list[Point], what: str) -> list[Point]:
-    import shapely
-
     if len(points) < 3:
         raise ValueError(f"{what} needs at least 3 points, got {len(points)}")
     poly = shapely.Polygon(points)
@@ -165,3 +164,29 @@ class Gateways(Strict):
     defaults: GatewayDefaults = Field(GatewayDefaults(), description="what every gateway gets unless it overrides it")
     units: list[Gateway] = Field(default_factory=list, alias="list", description="gateways one by one")
     grid: GatewayGrid | None = Field(None, description="a regular layout, added after the listed ones")
+
+    def resolve(self, outline: list[Point] | shapely.Polygon) -> tuple[list[str], list[tuple[float, ...]]]:
+        """Gateway ids and rows (x, y, z, scan window s, scan interval s, sensitivity dBm):
+        the listed ones first, then the grid's points inside ``outline``."""
+        import numpy as np
+
+        d = self.defaults
+        ids: list[str] = []
+        rows: list[tuple[float, ...]] = []
+        for g in self.units:
+            rows.append((g.x, g.y, d.z_m if g.z is None else g.z,
+                         (g.scan_window_ms or d.scan_window_ms) / 1000,
+                         (g.scan_interval_ms or d.scan_interval_ms) / 1000,
+                         d.sensitivity_dbm if g.sensitivity_dbm is None else g.sensitivity_dbm))
+            ids.append(g.id)
+        if self.grid is not None:
+            poly = outline if isinstance(outline, shapely.Polygon) else shapely.Polygon(outline)
+            minx, miny, maxx, maxy = poly.bounds
+            m, s = self.grid.margin_m, self.grid.spacing_m
+            gx, gy = np.meshgrid(np.arange(minx + m, maxx - m + 1e-9, s), np.arange(miny + m, maxy - m + 1e-9, s))
+            inside = shapely.contains_xy(poly, gx.ravel(), gy.ravel())
+            scan = (d.scan_window_ms / 1000, d.scan_interval_ms / 1000, d.sensitivity_dbm)
+            for k, (x, y) in enumerate(zip(gx.ravel()[inside], gy.ravel()[inside], strict=True)):
+                ids.append(f"{self.grid.prefix}-{k + 1:03d}")
+                rows.append((float(x), float(y), d.z_m, *scan))
+        return ids, rows

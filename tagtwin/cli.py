@@ -241,7 +241,7 @@ def evaluate(
     tx_power: Annotated[
         float, typer.Option(help="RSSI at 1 m, dBm (fitted with --calibration)")
     ] = -59.0,
-    tag_z: Annotated[float, typer.Option(help="tag height, m")] = 1.0,
+    tag_z: Annotated[float | None, typer.Option(help="tag height, m (default: the site's, or 1)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the particle filter")] = 0,
     report_json: Annotated[
         Path | None, typer.Option("--json", help="write the metrics here")
@@ -249,6 +249,16 @@ def evaluate(
     fixes_out: Annotated[
         Path | None, typer.Option("--fixes", help="write the fixes (Parquet)")
     ] = None,
+    site: Annotated[
+        Path | None, typer.Option("--site", help="site file: plan, gateways, calibrated radio")
+    ] = None,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="every estimator/tracker combination, one table")
+    ] = False,
+    leave_one_out: Annotated[
+        bool, typer.Option("--leave-one-out", help="with --compare and --site: each device's path "
+                           "scored by a site calibrated on the others")
+    ] = False,
 ) -> None:
     """Score positions against ground truth: a twin run directory, or a capture + gateway file.
 
@@ -257,7 +267,19 @@ def evaluate(
     """
     from engine.capture import CaptureError, read_capture, read_gateways
     from engine.evaluate import evaluate_capture
-    from tagtwin.evaluation import capture_config, evaluate_run_dir
+    from engine.pipeline import EngineConfig
+    from siteplan.sitefile import SiteFileError, load_site_file
+    from tagtwin.evaluation import (
+        capture_config,
+        compare_estimators,
+        compare_table,
+        evaluate_run_dir,
+        leave_one_path_out,
+        site_capture_config,
+        site_gateways,
+    )
+
+    tag_z_given, tag_z = tag_z, (1.0 if tag_z is None else tag_z)
 
     if (run_dir is None) == (capture is None):
         err_console.print("give either a run directory or --capture with --gateways")
@@ -269,19 +291,52 @@ def evaluate(
             err_console.print(f"[bold red]cannot evaluate:[/] {exc}")
             raise typer.Exit(2) from None
     else:
-        if gateways is None:
-            err_console.print("--capture needs --gateways (a file with id,x,y,z)")
+        if gateways is None and site is None:
+            err_console.print("--capture needs --gateways (a file with id,x,y,z) or --site")
             raise typer.Exit(2)
         try:
-            gw = read_gateways(gateways)
-            cap = read_capture(capture, gw, gateways)  # type: ignore[arg-type]
-            cal = read_capture(calibration, gw, gateways) if calibration else None
-            config = capture_config(
-                gw, localizer, tracker, step, window, exponent, sigma_db, tx_power, tag_z, cal, seed
-            )
-        except (CaptureError, ValueError) as exc:
+            site_file = load_site_file(site) if site is not None else None
+            gw = read_gateways(gateways) if gateways is not None else site_gateways(site_file)  # type: ignore[arg-type]
+            gw_source = gateways or site
+            cap = read_capture(capture, gw, gw_source)  # type: ignore[arg-type]
+            cal = read_capture(calibration, gw, gw_source) if calibration else None  # type: ignore[arg-type]
+
+            def make(loc: str, trk: str) -> EngineConfig:
+                if site_file is not None:
+                    return site_capture_config(site_file, site, gw, loc, trk, step, window, tx_power,  # type: ignore[arg-type]
+                                               tag_z_given, seed, cal)
+                return capture_config(gw, loc, trk, step, window, exponent, sigma_db, tx_power,
+                                      tag_z, cal, seed)
+
+            config = make(localizer, tracker)
+        except (CaptureError, SiteFileError, ValueError) as exc:
             err_console.print(f"[bold red]cannot evaluate:[/] {exc}", markup=True, highlight=False)
             raise typer.Exit(2) from None
+        if cap.truth is None and (compare or fixes_out is None):
+            print(f"cannot evaluate: {capture} has no truth_x/truth_y (or x/y) columns: nothing to score "
+                  "against (write the fixes with --fixes instead)", file=sys.stderr)
+            raise typer.Exit(2)
+        if compare and leave_one_out:
+            if site_file is None:
+                print("cannot evaluate: --leave-one-out needs --site (the plan to calibrate)", file=sys.stderr)
+                raise typer.Exit(2)
+            try:
+                per_path = leave_one_path_out(cap, site_file, site, step, window, seed)  # type: ignore[arg-type]
+            except ValueError as exc:
+                print(f"cannot evaluate: {exc}", file=sys.stderr)
+                raise typer.Exit(2) from None
+            for path_name, results in per_path.items():
+                console.print(f"held out: {path_name} (site calibrated on the other paths)")
+                console.print(compare_table(results))
+            if report_json:
+                report_json.write_text(json.dumps(per_path, indent=2, sort_keys=True) + "\n")
+            return
+        if compare:
+            results = compare_estimators(cap, make)
+            console.print(compare_table(results))
+            if report_json:
+                report_json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+            return
         fixes, metrics = evaluate_capture(cap, config)
         if fixes_out is not None:
             import pyarrow.parquet as pq
@@ -290,7 +345,8 @@ def evaluate(
 
             pq.write_table(_table(fixes, {"device": cap.devices.ids}), fixes_out)
         if cap.truth is None:
-            err_console.print("the capture has no truth_x/truth_y columns: nothing to score")
+            console.print(f"wrote {fixes_out}; no truth columns, so nothing scored")
+            return
     table = Table(title="evaluation against ground truth")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -302,6 +358,81 @@ def evaluate(
     text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
     if report_json:
         report_json.write_text(text)
+
+
+@app.command()
+def calibrate(
+    capture: Annotated[Path, typer.Option(help="calibration walk or point survey with truth columns")],
+    gateways: Annotated[Path, typer.Option(help="gateway positions file: id,x,y,z")],
+    out: Annotated[Path, typer.Option("--out", help="site file to write (TOML)")],
+    site: Annotated[Path | None, typer.Option("--site", help="site file whose plan to keep")] = None,
+    tag_z: Annotated[float | None, typer.Option(help="tag height, m (default: the site's)")] = None,
+    plot: Annotated[Path | None, typer.Option(help="diagnostics PNG (default: next to --out)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Fit a site's radio from a walk with truth: P0, n, per-gateway offsets, shadowing
+    and its decorrelation, fading, how gateways report; write them into a site file."""
+    from engine.capture import CaptureError, read_capture, read_gateways
+    from siteplan.sitefile import SiteFileError, dump_site_file, load_site_file
+    from tagtwin.calibrate import calibrate as run
+    from tagtwin.calibrate import diagnostics_png, survey_reference
+
+    try:
+        base = load_site_file(site) if site is not None else None
+        gw = read_gateways(gateways)
+        cap = read_capture(capture, gw, gateways)
+        if cap.truth_xyz is None:
+            raise ValueError(f"{capture}: no truth_x/truth_y (or x/y) columns: nothing to calibrate against")
+        result = run(cap, base=base, tag_z=tag_z, survey_path=survey_reference(capture, out), seed=seed)
+    except (SiteFileError, CaptureError, ValueError) as exc:
+        err_console.print(f"[bold red]cannot calibrate:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    out.write_text(dump_site_file(result.site))
+    png = diagnostics_png(result, plot or out.with_suffix(".png"))
+    if not quiet:
+        console.print(result.table(capture.name))
+        if result.outliers:
+            console.print(f"outlier gateways (check mounting, antenna, position): {', '.join(result.outliers)}")
+        console.print(f"wrote {out} and {png}")
+
+
+@app.command()
+def fidelity(
+    capture: Annotated[Path, typer.Option(help="a real walk with truth columns")],
+    site: Annotated[Path, typer.Option("--site", help="calibrated site file")],
+    gateways: Annotated[Path | None, typer.Option(help="gateway positions file (default: the site's)")] = None,
+    localizer: Annotated[str, typer.Option(help="estimator for the error comparison")] = "radio-map",
+    tracker: Annotated[str, typer.Option(help="tracker for the error comparison")] = "hmm",
+    step: Annotated[float, typer.Option(help="seconds between fixes")] = 1.0,
+    window: Annotated[float, typer.Option(help="seconds of sightings per fix")] = 1.0,
+    seed: Annotated[int, typer.Option(help="seed of the twin's draws")] = 0,
+    realizations: Annotated[int, typer.Option(help="twins drawn (each its own shadowing)")] = 4,
+    plot: Annotated[Path | None, typer.Option(help="figure (default: fidelity.png next to the site)")] = None,
+    report_json: Annotated[Path | None, typer.Option("--json", help="write the comparison here")] = None,
+) -> None:
+    """Replay a real walk in the calibrated twin and compare: RSSI residuals (KS overall
+    and per distance band), reception per gateway, localization error real vs twin."""
+    from engine.capture import CaptureError, read_capture, read_gateways
+    from siteplan.sitefile import SiteFileError, load_site_file
+    from tagtwin.evaluation import site_gateways
+    from tagtwin.fidelity import fidelity as run
+    from tagtwin.fidelity import fidelity_png, fidelity_table
+
+    try:
+        site_file = load_site_file(site)
+        gw = read_gateways(gateways) if gateways is not None else site_gateways(site_file)
+        cap = read_capture(capture, gw, gateways or site)
+        result, curves = run(cap, site_file, site, localizer=localizer, tracker=tracker, step=step,
+                             window=window, seed=seed, realizations=realizations)
+    except (CaptureError, SiteFileError, ValueError) as exc:
+        err_console.print(f"[bold red]cannot compare:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    png = fidelity_png(result, curves, plot or site.with_name("fidelity.png"))
+    console.print(fidelity_table(result, capture.name))
+    console.print(f"twin/real median error {result['localization']['twin_over_real_median']:.2f}; figure {png}")
+    if report_json:
+        report_json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
 
 
 @app.command()

@@ -4,11 +4,14 @@ re-scoring of a twin run directory from its Parquet files (IO lives here, not in
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from rich.table import Table
 
 from engine.capture import rows_by_window
 from engine.evaluate import BoundSetup, LatencySetup, evaluate
@@ -16,11 +19,17 @@ from engine.localize import RadioMap, fit_path_loss
 from engine.pipeline import FIX_DTYPE, EngineConfig
 from engine.track import FloorPlan
 from engine.truth import MOVEMENT_DTYPE, SEGMENT_DTYPE, GroundTruth
-from radio_models.environment import Grid
+from radio_models.environment import Grid, ReportModel
+from siteplan.radio import LogDistanceParams
+from siteplan.sitefile import SiteFile
 from siteplan.zones import ZoneIndex
+
+FloatArray = np.typing.NDArray[np.float64]
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from numpy.typing import NDArray
 
     from engine.capture import Capture
     from engine.contract import GatewayInfo
@@ -141,3 +150,285 @@ def evaluate_run_dir(
             "zone_accuracy"
         ]  # zones are in the scenario, not the run dir
     return metrics
+
+
+@dataclass(frozen=True)
+class SiteRadio:
+    """What the engine takes from a site file's radio section."""
+
+    exponent: float
+    sigma_db: float  # one reading's total spread: shadowing, fading as reported, channels
+    p0_reported_dbm: float  # mean reported RSSI at 1 m (P0 plus the fading mean)
+    offsets_db: FloatArray  # per gateway, in the order of the engine's gateways
+
+
+def site_radio(site: SiteFile, gateway_ids: tuple[str, ...], tx_power: float) -> SiteRadio:
+    """Exponent, spread, reported P0 and offsets of a site's radio section. A section
+    written by hand (no p0_dbm) keeps ``tx_power`` and the section's shadowing sigma."""
+    radio = site.radio
+    exponent = radio.model.exponent if isinstance(radio.model, LogDistanceParams) else 2.0
+    rep = radio.report
+    model = ReportModel(rep.receivers, rep.combine, rep.quantization_db, rep.miss_probability)
+    mean, spread = model.fading_stats(radio.fading, radio.rician_k_db)
+    channel = float(np.std(radio.channel_offset_db))
+    sigma = float(np.sqrt(radio.shadowing_sigma_db**2 + radio.temporal_sigma_db**2 + spread**2 + channel**2))
+    p0 = tx_power if radio.p0_dbm is None else radio.p0_dbm + mean
+    offsets = np.array([radio.gateway_offsets_db.get(g, 0.0) for g in gateway_ids])
+    return SiteRadio(exponent, max(sigma, 1.0), p0, offsets)
+
+
+def site_gateways(site: SiteFile) -> GatewayInfo:
+    from engine.contract import GatewayInfo
+
+    ids, rows = site.gateway_table()
+    return GatewayInfo(tuple(ids), np.array(rows, dtype=float).reshape(-1, 6)[:, :3].copy())
+
+
+def site_capture_config(
+    site: SiteFile,
+    site_path: Path,
+    gateways: GatewayInfo,
+    localizer: str,
+    tracker: str,
+    step: float,
+    window: float,
+    tx_power: float,
+    tag_z: float | None,
+    seed: int,
+    survey: Capture | None = None,
+) -> EngineConfig:
+    """An engine for a capture on a known site: the site's plan as bounds and floor plan
+    (HMM, particle), its walls and racks in ML, its calibrated exponent, spread, P0 and
+    per-gateway offsets in every model-based estimator, and its surveyed radio map (the
+    calibration walk named in the site file, smoothed as calibrated) when it has one."""
+    from engine.capture import read_capture
+    from engine.localize import ObstacleMap
+    from radio_models.geometry import crossing_loss_db
+    from siteplan.model import SiteModel
+
+    plan_model = SiteModel.from_scenario(site)
+    z = site.site.tag_height_m if tag_z is None else tag_z
+    sr = site_radio(site, gateways.ids, tx_power)
+    bounds = tuple(float(v) for v in plan_model.outline.bounds)
+    settings = site.radio.radio_map
+    if survey is None and settings is not None and settings.survey:
+        survey = read_capture(site_path.parent / settings.survey, gateways)
+    obstacle_map = None
+    grid = Grid.covering(bounds, 0.25)  # type: ignore[arg-type]
+    if len(plan_model.obstacles()):
+        loss = crossing_loss_db(plan_model.obstacles(), grid.centres(), gateways.xyz[:, :2])
+        obstacle_map = ObstacleMap(grid, loss.astype(np.float32))
+    plan = FloorPlan.from_geometry(plan_model.outline, plan_model.racks, plan_model.walls, cell_m=0.1)
+    if site.plan is not None and site.plan.occupancy is not None:
+        plan = occupancy_plan(site, site_path)
+    radio_map = None
+    if localizer in ("knn", "radio-map") or tracker in ("hmm", "particle"):
+        if survey is not None and survey.truth_xyz is not None:
+            _, _, xy, rssi = rows_by_window(survey, step)
+            bw = settings.bandwidth_m if settings else 0.5
+            reach = settings.reach_m if settings else 0.35
+            cell = settings.cell_m if settings else 0.2
+            radio_map = RadioMap.from_survey(
+                xy, rssi - sr.offsets_db[None, :], cell_m=cell, bandwidth_m=bw, reach_m=reach,
+                outline=plan_model.outline, tx_ref_dbm=sr.p0_reported_dbm,
+            )
+        else:
+            radio_map = RadioMap.from_model(
+                grid, plan.cell_free(grid), gateways.xyz, sr.exponent, sr.sigma_db, z,
+                sr.p0_reported_dbm, obstacle_map, track_inflation=1.5,
+            )
+    return EngineConfig(
+        gateways=gateways,
+        zones=plan_model.zones,
+        bounds=bounds,  # type: ignore[arg-type]
+        path_loss_exponent=sr.exponent,
+        sigma_db=sr.sigma_db,
+        default_tx_power_1m_dbm=sr.p0_reported_dbm,
+        tag_height_m=z,
+        window_s=window,
+        step_s=step,
+        allowed_lateness_s=step,
+        obstacle_map=obstacle_map,
+        localizer=localizer,
+        tracker=tracker,
+        radio_map=radio_map,
+        floor_plan=plan,
+        seed=seed,
+        gateway_offset_db=sr.offsets_db if np.any(sr.offsets_db) else None,
+        # A map posterior's r90 treats readings as independent; ML's comes from the site's
+        # whole spread. Widening map fixes by the square root of the map's own inflation
+        # was chosen by cross-validation on the Kolakowski calibration walk (Kalman r90
+        # coverage 0.72 -> 0.91; 1.0 is right for ML fixes: 0.93; docs/calibration.md).
+        kalman_fix_inflation=(
+            float(np.sqrt(radio_map.track_inflation))
+            if radio_map is not None and localizer in ("radio-map", "knn") else 1.0
+        ),
+    )
+
+
+def occupancy_plan(site: SiteFile, site_path: Path) -> FloorPlan:
+    """The site's occupancy-grid image (``[plan.occupancy]``) as the trackers' floor plan."""
+    import matplotlib.image
+
+    occ = site.plan.occupancy if site.plan is not None else None
+    assert occ is not None
+    path = site_path.parent / occ.image
+    try:
+        img = np.asarray(matplotlib.image.imread(path), dtype=float)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"{site_path}: plan.occupancy.image: cannot read {path}: {exc}") from None
+    if img.ndim == 3:  # colour: mean of RGB, alpha ignored
+        img = img[..., :3].mean(axis=2)
+    if img.max() > 1.0:
+        img = img / 255.0
+    return FloorPlan.from_occupancy(img, occ.scale_m, occ.origin, occ.free_threshold)
+
+
+# Every estimator alone, then each tracker on the estimator it fuses.
+COMPARE_COMBINATIONS = (
+    ("strongest", "none"),
+    ("centroid", "none"),
+    ("wls", "none"),
+    ("knn", "none"),
+    ("radio-map", "none"),
+    ("wls", "kalman"),
+    ("radio-map", "kalman"),
+    ("radio-map", "hmm"),
+    ("radio-map", "particle"),
+)
+
+
+def per_device_errors(
+    fixes: NDArray[np.void], capture: Capture
+) -> dict[str, dict[str, float]]:
+    """Median and p90 error of each device's fixes against its truth."""
+    from engine.evaluate import position_errors
+
+    assert capture.truth is not None
+    err = position_errors(fixes, capture.truth)
+    out = {}
+    for code, name in enumerate(capture.devices.ids):
+        e = err[(fixes["device"] == code) & np.isfinite(err)]
+        if len(e):
+            out[str(name)] = {
+                "median_error_m": round(float(np.median(e)), 4),
+                "p90_error_m": round(float(np.quantile(e, 0.9)), 4),
+                "fixes": len(e),
+            }
+    return out
+
+
+def compare_estimators(
+    capture: Capture,
+    make_config: Callable[[str, str], EngineConfig],
+    combinations: tuple[tuple[str, str], ...] = COMPARE_COMBINATIONS,
+) -> dict[str, dict[str, object]]:
+    """Every estimator/tracker combination on one capture: overall metrics and per device."""
+    from engine.evaluate import evaluate_capture
+
+    out: dict[str, dict[str, object]] = {}
+    for localizer, tracker in combinations:
+        fixes, metrics = evaluate_capture(capture, make_config(localizer, tracker))
+        name = localizer if tracker == "none" else f"{localizer}+{tracker}"
+        out[name] = {
+            k: metrics.get(k)
+            for k in ("median_error_m", "p90_error_m", "rmse_m", "r90_coverage", "rmse_over_crb")
+        } | {"devices": per_device_errors(fixes, capture)}
+    return out
+
+
+def time_folds(capture: Capture, folds: int, block_s: float = 120.0) -> list[NDArray[np.bool_]]:
+    """``folds`` interleaved sets of ``block_s``-long stretches of the capture (block k
+    goes to fold k mod folds): each held-out stretch is a short walk through places
+    the rest of the survey also covers, as a test walk through a surveyed site is."""
+    t = capture.sightings["t"]
+    block = np.floor((t - t.min(initial=0.0)) / block_s).astype(np.int64) % folds
+    return [block == k for k in range(folds)]
+
+
+def cross_validate(
+    survey: Capture,
+    make_config: Callable[[str, str, float, float, Capture], EngineConfig],
+    combinations: tuple[tuple[str, str], ...] = COMPARE_COMBINATIONS,
+    timings: tuple[tuple[float, float], ...] = ((1.0, 1.0),),
+    folds: int = 4,
+    block_s: float = 120.0,
+) -> dict[str, dict[str, float]]:
+    """Every combination and (fix interval, window) scored on the calibration data
+    alone: each fold of the survey is located with a radio map built from the other
+    folds. What a site can use to pick its tracker without ever looking at a test track.
+    Keys are ``method@step/window``."""
+    from engine.capture import capture_subset
+    from engine.evaluate import evaluate_capture, position_errors
+
+    out: dict[str, dict[str, float]] = {}
+    masks = time_folds(survey, folds, block_s)
+    parts = [(capture_subset(survey, m), capture_subset(survey, ~m)) for m in masks]
+    for step, window in timings:
+        for localizer, tracker in combinations:
+            errs, cover = [], []
+            for held, rest in parts:
+                fixes, _ = evaluate_capture(held, make_config(localizer, tracker, step, window, rest))
+                assert held.truth is not None
+                e = position_errors(fixes, held.truth)
+                ok = np.isfinite(e)
+                errs.append(e[ok])
+                cover.append(e[ok] <= fixes["r90"][ok])
+            e_all, c_all = np.concatenate(errs), np.concatenate(cover)
+            name = (localizer if tracker == "none" else f"{localizer}+{tracker}") + f"@{step:g}/{window:g}s"
+            out[name] = {
+                "median_error_m": round(float(np.median(e_all)), 4),
+                "p90_error_m": round(float(np.quantile(e_all, 0.9)), 4),
+                "r90_coverage": round(float(np.mean(c_all)), 4),
+            }
+    return out
+
+
+def leave_one_path_out(
+    capture: Capture,
+    base: SiteFile,
+    site_path: Path,
+    step: float,
+    window: float,
+    seed: int = 0,
+    combinations: tuple[tuple[str, str], ...] = COMPARE_COMBINATIONS,
+) -> dict[str, dict[str, dict[str, object]]]:
+    """Each device's path held out in turn: the site calibrated (``tagtwin calibrate``)
+    on the other paths, which are also its survey, then every combination scored on the
+    held-out path. Paths are the capture's devices."""
+    from engine.capture import capture_subset
+    from tagtwin.calibrate import calibrate
+
+    if len(capture.devices) < 2:
+        raise ValueError("leaving a path out needs a capture with at least two devices (paths)")
+    out: dict[str, dict[str, dict[str, object]]] = {}
+    for code, name in enumerate(capture.devices.ids):
+        mine = capture.sightings["device"] == code
+        held, rest = capture_subset(capture, mine), capture_subset(capture, ~mine)
+        site = calibrate(rest, base=base, n_boot=20, seed=seed).site
+
+        def make(loc: str, trk: str, site: SiteFile = site, rest: Capture = rest) -> EngineConfig:
+            return site_capture_config(site, site_path, capture.gateways, loc, trk, step, window, -59.0,
+                                       None, seed, rest)
+
+        out[str(name)] = compare_estimators(held, make, combinations)
+    return out
+
+
+def compare_table(results: dict[str, dict[str, object]]) -> Table:
+    """One table: each combination overall, then each device's median / p90."""
+    devices = sorted({d for r in results.values() for d in r["devices"]})  # type: ignore[attr-defined]
+    table = Table(title="every estimator and tracker")
+    for col in ("method", "median m", "p90 m", "r90 coverage", "RMSE/CRB", *devices):
+        table.add_column(col, justify="right")
+
+    def fmt(v: object) -> str:
+        return f"{v:.2f}" if isinstance(v, int | float) else "-"
+
+    for name, r in results.items():
+        per: dict[str, dict[str, float]] = r["devices"]  # type: ignore[assignment]
+        cells = [f"{per[d]['median_error_m']:.2f} / {per[d]['p90_error_m']:.2f}" if d in per else "-"
+                 for d in devices]
+        table.add_row(name, fmt(r["median_error_m"]), fmt(r["p90_error_m"]), fmt(r["r90_coverage"]),
+                      fmt(r["rmse_over_crb"]), *cells)
+    return table

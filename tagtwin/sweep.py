@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from engine.config_file import ConfigFileError
+from siteplan.config_file import ConfigFileError
 from twin.sweep import (
     Executor,
     SchedulerError,

@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine.config_file import ConfigFileError, parse_model, read_text
+from siteplan.config_file import ConfigFileError, parse_model, read_text
 from twin.scenario import Scenario, load_scenario
 from twin.sweep import replicate_seeds, with_overrides
 

@@ -7,14 +7,16 @@ A bad file never produces a traceback: :func:`load_scenario` raises
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.config_file import ConfigFileError, parse_model, read_text
 from engine.roi import RoiInputs
 from engine.rules.config import RuleSet
+from siteplan.config_file import ConfigFileError, parse_toml, read_text, validate_model
+from siteplan.radio import Radio
 from siteplan.schema import Gateways, Site, Strict, Zone, ZoneRole
+from siteplan.sitefile import SiteFileError, check_site_references, site_sections
 
 
 class ScenarioError(ConfigFileError):
@@ -74,90 +76,6 @@ class MoverGroup(Strict):
         if not 0 <= v[0] <= v[1]:
             raise ValueError("items_per_trip must be [low, high] with 0 <= low <= high")
         return v
-
-
-class LogDistanceParams(Strict):
-    """Rappaport eq. 4.68: RSSI = P0 - 10 n log10(d)."""
-
-    kind: Literal["log-distance"] = "log-distance"
-    exponent: float = Field(2.0, gt=0.5, le=6.0, description="path-loss exponent n")
-
-
-class ItuP1238Params(Strict):
-    """ITU-R P.1238-11 site-general model, Table 2."""
-
-    kind: Literal["itu-p1238"]
-    environment: Literal["office", "corridor", "industrial"] = "industrial"
-    los: bool = True
-    frequency_ghz: float = Field(2.44, gt=0.3, le=100)
-
-
-class ItuP1238ClassicParams(Strict):
-    """ITU-R P.1238 classic form, N = 28 residential, 30 office, 22 commercial."""
-
-    kind: Literal["itu-p1238-classic"]
-    distance_power_coefficient: float = Field(22.0, gt=5, le=60, description="N")
-    frequency_mhz: float = Field(2440.0, gt=300, le=100_000)
-
-
-class Tr38901Params(Strict):
-    """3GPP TR 38.901 Table 7.4.1-1 InH-Office or InF; condition mixed draws LoS per link."""
-
-    kind: Literal["3gpp-38.901"]
-    scenario: Literal["inh-office", "inf-sl", "inf-dl", "inf-sh", "inf-dh"] = "inf-sl"
-    condition: Literal["los", "nlos", "mixed"] = "mixed"
-    frequency_ghz: float = Field(2.44, gt=0.5, le=100)
-    d_clutter_m: float | None = Field(
-        None, gt=0, description="InF clutter size; default per scenario"
-    )
-    clutter_ratio: float | None = Field(None, gt=0, lt=1, description="InF clutter density r")
-
-
-PathLossParams = Annotated[
-    LogDistanceParams | ItuP1238Params | ItuP1238ClassicParams | Tr38901Params,
-    Field(discriminator="kind"),
-]
-
-
-class WifiParams(Strict):
-    """A Wi-Fi access point or client that occupies part of the 2.4 GHz band."""
-
-    x: float
-    y: float
-    channel: int = Field(1, ge=1, le=13)
-    power_1m_dbm: float = Field(-20.0, ge=-80, le=10, description="received power at 1 m")
-    duty_cycle: float = Field(0.3, ge=0, le=1, description="fraction of time on the air")
-
-
-class AirInterfaceParams(Strict):
-    """BLE air interface: PHY, collisions with capture, Wi-Fi interferers."""
-
-    phy: Literal["1M", "2M", "coded-s2", "coded-s8"] = "1M"
-    collisions: bool = Field(True, description="packets overlapping on one channel collide")
-    capture: bool = Field(True, description="false: any overlap destroys both packets")
-    capture_db: float = Field(
-        8.0, ge=0, le=40, description="C/I at which the stronger packet still decodes"
-    )
-
-    @property
-    def capture_threshold_db(self) -> float | None:
-        return self.capture_db if self.capture else None
-    wifi: list[WifiParams] = Field(default_factory=list)
-
-
-class Radio(Strict):
-    model: PathLossParams = Field(default_factory=LogDistanceParams)
-    shadowing_sigma_db: float = Field(4.0, ge=0, le=20, description="static log-normal shadowing per gateway")
-    decorrelation_m: float = Field(6.0, ge=0, le=100, description="Gudmundson decorrelation distance of the shadowing")
-    fading: Literal["none", "rayleigh", "rician"] = Field("rayleigh", description="per-packet fast fading")
-    rician_k_db: float = Field(6.0, description="Rician K factor (LoS / scattered power) when fading = rician")
-    channel_offset_db: tuple[float, float, float] = Field(
-        (0.0, 0.0, 0.0), description="mean RSSI offset on channels 37, 38, 39"
-    )
-    gateway_bias_sigma_db: float = Field(0.0, ge=0, le=10, description="spread of per-gateway RSSI bias")
-    grid_m: float = Field(0.5, gt=0.05, le=5.0, description="resolution of the static loss maps")
-    channel_spacing_ms: float = Field(0.4, gt=0, lt=10, description="gap between the 37/38/39 packets")
-    air: AirInterfaceParams = Field(default_factory=AirInterfaceParams, description="PHY, collisions, Wi-Fi")
 
 
 class EngineSettings(Strict):
@@ -262,6 +180,9 @@ class Bound(Strict):
 class Scenario(Strict):
     name: str = Field(min_length=1, description="scenario name, used in reports")
     description: str = Field("", description="free text")
+    site_file: str | None = Field(
+        None, description="site file (relative to the scenario) giving site, zones, gateways "
+        "and radio; a section the scenario also gives replaces the file's")
     duration_s: float = Field(gt=0, le=7 * 24 * 3600, description="simulated time")
     seed: int = Field(ge=0, description="every random draw of the run derives from it")
     tick_s: float = Field(0.5, gt=0, le=10, description="radio batch length in simulated seconds")
@@ -282,10 +203,8 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _cross_references(self) -> Scenario:
+        check_site_references(self.zones, self.gateways, self.radio)
         names = [z.name for z in self.zones]
-        dupes = {n for n in names if names.count(n) > 1}
-        if dupes:
-            raise ValueError(f"zone names must be unique; repeated: {sorted(dupes)}")
         roles = {z.role for z in self.zones}
         for i, group in enumerate(self.tags):
             for zone in group.placement.zones:
@@ -298,8 +217,6 @@ class Scenario(Strict):
         if not self.gateways.units and self.gateways.grid is None:
             raise ValueError("gateways: give a list, a grid, or both")
         ids = [g.id for g in self.gateways.units]
-        if len(set(ids)) != len(ids):
-            raise ValueError("gateways.list: gateway ids must be unique")
         for i, inc in enumerate(self.incidents):
             for stop in [*inc.from_zones, *([inc.to_zone] if inc.to_zone else []),
                          *([inc.exit_zone] if inc.kind == "theft" else [])]:
@@ -319,7 +236,16 @@ class Scenario(Strict):
 
 def parse_scenario(text: str, source: Path | str = "<string>") -> Scenario:
     """Parse and validate scenario TOML text; errors name ``source`` and the field."""
-    return parse_model(text, source, Scenario, ScenarioError)
+    data = parse_toml(text, source, ScenarioError)
+    if isinstance(data.get("site_file"), str):
+        path = Path(source).parent / data["site_file"]
+        try:
+            sections = site_sections(path)
+        except SiteFileError as exc:
+            raise ScenarioError(source, [f"site_file: {p}" for p in str(exc).splitlines()]) from None
+        sections.pop("plan", None)  # already turned into site and zones
+        data = {**sections, **data}
+    return validate_model(data, source, Scenario, ScenarioError)
 
 
 def load_scenario(path: Path | str) -> Scenario:

@@ -32,17 +32,12 @@ from radio_models.airinterface import (
     packet_air_time_s,
     survives,
 )
-from radio_models.environment import ADVERTISING_CHANNELS, Grid, PacketEffects, RadioEnvironment
+from radio_models.environment import ADVERTISING_CHANNELS, Grid, PacketEffects, RadioEnvironment, ReportModel
 from radio_models.pathloss import ItuP1238, ItuP1238Classic, LogDistance, PathLossModel, Tr38901
 from siteplan.model import SiteModel
+from siteplan.radio import ItuP1238ClassicParams, ItuP1238Params, LogDistanceParams, Tr38901Params
 from twin.navigation import Navigator
-from twin.scenario import (
-    ItuP1238ClassicParams,
-    ItuP1238Params,
-    LogDistanceParams,
-    Scenario,
-    Tr38901Params,
-)
+from twin.scenario import Scenario
 
 FloatArray = NDArray[np.float64]
 
@@ -78,26 +73,7 @@ def path_loss_model(scenario: Scenario) -> PathLossModel:
 def resolve_gateways(scenario: Scenario, site: SiteModel) -> tuple[GatewayInfo, FloatArray]:
     """Gateway ids and positions (listed ones first, then the grid), plus per-gateway
     (scan window s, scan interval s, sensitivity dBm) as an (M, 3) array."""
-    cfg = scenario.gateways
-    d = cfg.defaults
-    ids: list[str] = []
-    rows: list[tuple[float, float, float, float, float, float]] = []
-    for g in cfg.units:
-        rows.append((g.x, g.y, d.z_m if g.z is None else g.z,
-                     (g.scan_window_ms or d.scan_window_ms) / 1000, (g.scan_interval_ms or d.scan_interval_ms) / 1000,
-                     d.sensitivity_dbm if g.sensitivity_dbm is None else g.sensitivity_dbm))
-        ids.append(g.id)
-    if cfg.grid is not None:
-        minx, miny, maxx, maxy = site.outline.bounds
-        m, s = cfg.grid.margin_m, cfg.grid.spacing_m
-        xs = np.arange(minx + m, maxx - m + 1e-9, s)
-        ys = np.arange(miny + m, maxy - m + 1e-9, s)
-        gx, gy = np.meshgrid(xs, ys)
-        inside = shapely.contains_xy(site.outline, gx.ravel(), gy.ravel())
-        for k, (x, y) in enumerate(zip(gx.ravel()[inside], gy.ravel()[inside], strict=True)):
-            ids.append(f"{cfg.grid.prefix}-{k + 1:03d}")
-            scan = (d.scan_window_ms / 1000, d.scan_interval_ms / 1000, d.sensitivity_dbm)
-            rows.append((float(x), float(y), d.z_m, *scan))
+    ids, rows = scenario.gateways.resolve(site.outline)
     arr = np.array(rows, dtype=float).reshape(-1, 6)
     return GatewayInfo(tuple(ids), arr[:, :3].copy()), arr[:, 3:].copy()
 
@@ -213,6 +189,14 @@ class WarehouseTwin:
             gateway_bias_db=self.rng_gw.normal(0, radio.gateway_bias_sigma_db, len(self.gateways.ids))
             if radio.gateway_bias_sigma_db > 0 else np.zeros(0),
             tag_height_m=scenario.site.tag_height_m,
+        )
+        if radio.gateway_offsets_db:  # calibrated per-gateway offsets of a site file
+            self.radio.gateway_bias_db = self.radio.gateway_bias_db + np.array(
+                [radio.gateway_offsets_db.get(g, 0.0) for g in self.gateways.ids])
+        rep = radio.report
+        self.report = (
+            None if (rep.receivers, rep.quantization_db, rep.miss_probability) == (1, 1.0, 0.0)
+            else ReportModel(rep.receivers, rep.combine, rep.quantization_db, rep.miss_probability)
         )
         self.tag_z = scenario.site.tag_height_m
         air = radio.air
@@ -383,8 +367,14 @@ class WarehouseTwin:
         offsets = np.asarray(self.scenario.radio.channel_offset_db, dtype=np.float32)
         fading = self.radio.effects.fading_db((n_pkt,), self.rng_packet, np.float32)
         rssi = link_mean[li] + offsets[ch] + fading
-        rssi_q = np.round(rssi)  # receivers report integer dBm
-        audible = rssi_q >= self._sensitivity32[gw]
+        if self.report is None:
+            rssi_q = np.round(rssi)  # receivers report integer dBm
+            audible = rssi_q >= self._sensitivity32[gw]
+        else:  # a calibrated gateway: several modules, their own fading, averaged
+            rssi_q = self.report.report(
+                link_mean[li] + offsets[ch], self.radio.effects, self.rng_packet, self._sensitivity32[gw]
+            ).astype(np.float32)
+            audible = np.isfinite(rssi_q)
         self.stats["below_sensitivity"] += int(n_pkt - audible.sum())
         ok = audible
 

@@ -38,8 +38,8 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.capture import CaptureError, read_gateways
-from engine.config_file import ConfigFileError, load_toml, parse_model, read_text, validation_problems
 from engine.roi import evaluate_case, measured_from_report
+from siteplan.config_file import ConfigFileError, load_toml, parse_model, read_text, validation_problems
 from siteplan.schema import Gateways
 from twin.scenario import Scenario, load_scenario
 

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engine.config_file import ConfigFileError, parse_toml, read_text, validation_problems
+from siteplan.config_file import ConfigFileError, parse_toml, read_text, validation_problems
 
 RULES_SCHEMA_VERSION = 1
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")

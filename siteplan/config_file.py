@@ -62,12 +62,18 @@ def load_toml(path: Path | str, error: type[ConfigFileError] = ConfigFileError) 
     return parse_toml(read_text(path, error), path, error)
 
 
-def parse_model(
-    text: str, source: Path | str, model: type[Model], error: type[ConfigFileError] = ConfigFileError
+def validate_model(
+    data: dict[str, Any], source: Path | str, model: type[Model], error: type[ConfigFileError] = ConfigFileError
 ) -> Model:
-    """TOML text validated into ``model``, or ``error`` naming ``source`` and each bad field."""
-    data = parse_toml(text, source, error)
+    """Parsed TOML validated into ``model``, or ``error`` naming ``source`` and each bad field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise error(source, validation_problems(exc)) from None
+
+
+def parse_model(
+    text: str, source: Path | str, model: type[Model], error: type[ConfigFileError] = ConfigFileError
+) -> Model:
+    """TOML text validated into ``model``, or ``error`` naming ``source`` and each bad field."""
+    return validate_model(parse_toml(text, source, error), source, model, error)

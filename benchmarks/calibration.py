@@ -1,0 +1,155 @@
+"""The twin of a real site, measured on the Kolakowski 2021 flat (Sensors 21(18):6270,
+CC BY 4.0; tests/data/kolakowski):
+
+1. `tagtwin calibrate` on calibration_df.csv only (its plan: tests/data/kolakowski/site.toml);
+2. every estimator/tracker and fix interval scored by cross-validation on the
+   calibration walk alone (time blocks held out, radio map from the rest); the best
+   median is chosen there, never on the test track;
+3. every combination on the robot test track (the chosen one is the figure);
+4. fidelity: the calibration walk and the test track replayed in the calibrated twin;
+5. leave-one-path-out on a capture the calibrated twin generates (four walks).
+
+Prints one JSON object. Run: ``.venv/bin/python benchmarks/calibration.py [folder]``
+(several minutes: 144 cross-validation runs, 36 on the test track, 16 twin replays).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.capture import Capture, kolakowski_capture, read_capture, read_gateways  # noqa: E402
+from engine.contract import IdTable  # noqa: E402
+from engine.evaluate import evaluate_capture  # noqa: E402
+from engine.pipeline import EngineConfig  # noqa: E402
+from siteplan.model import SiteModel  # noqa: E402
+from siteplan.sitefile import SiteFile, dump_site_file, load_site_file  # noqa: E402
+from tagtwin.calibrate import calibrate, instants  # noqa: E402
+from tagtwin.evaluation import (  # noqa: E402
+    COMPARE_COMBINATIONS,
+    cross_validate,
+    leave_one_path_out,
+    site_capture_config,
+)
+from tagtwin.fidelity import capture_from_rows, fidelity  # noqa: E402
+from twin.walk import simulate_walk  # noqa: E402
+
+
+def twin_paths(site: SiteFile, template: Capture, paths: int, seconds: float, seed: int) -> Capture:
+    """``paths`` random-waypoint walks (0.3 m/s, 3 reports/s) through the calibrated
+    twin of the site, one device each, all in one shadowing realization."""
+    rng = np.random.default_rng(seed)
+    plan = SiteModel.from_scenario(site)
+    gw = template.gateways
+    ids, table = site.gateway_table()
+    sens = dict(zip(ids, (row[5] for row in table), strict=True))
+    sensitivity = np.array([sens.get(g, -95.0) for g in gw.ids])
+    t_all, dev_all, xyz_all, rssi_all = [], [], [], []
+    for p in range(paths):
+        stops = plan.random_free_points(12, rng, plan.outline.buffer(-0.3))
+        legs = np.linalg.norm(np.diff(stops, axis=0), axis=1)
+        s_at = np.r_[0.0, np.cumsum(legs)]
+        t = np.arange(0.0, seconds, 1 / 3)
+        s = (0.3 * t) % s_at[-1]
+        xy = np.column_stack([np.interp(s, s_at, stops[:, 0]), np.interp(s, s_at, stops[:, 1])])
+        xyz = np.column_stack([xy, np.full(len(t), site.site.tag_height_m)])
+        rssi = simulate_walk(site, gw.xyz, gw.ids, sensitivity, xyz, seed, walk=p, t=t)
+        t_all.append(t + 1000.0 * p)
+        dev_all.append(np.full(len(t), p, np.int32))
+        xyz_all.append(xyz)
+        rssi_all.append(rssi)
+    devices = IdTable([f"path-{p + 1}" for p in range(paths)])
+    shell = Capture(template.sightings[:0], devices, gw, None, None)
+    return capture_from_rows(shell, np.concatenate(t_all), np.concatenate(dev_all),
+                             np.concatenate(xyz_all), np.concatenate(rssi_all))
+
+
+def main() -> None:
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "tests" / "data" / "kolakowski"
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        files = kolakowski_capture(folder, tmp)
+        gw = read_gateways(files["gateways"])
+        cal = read_capture(files["calibration"], gw)
+        test = read_capture(files["test"], gw)
+        base = load_site_file(ROOT / "tests" / "data" / "kolakowski" / "site.toml")
+        result = calibrate(cal, base=base, survey_path="calibration.csv", n_boot=100)
+        site_path = tmp / "site.toml"
+        site_path.write_text(dump_site_file(result.site))
+        site = load_site_file(site_path)
+        radio = site.radio
+
+        # Fix intervals: the walk's own report period (one row per fix, or three averaged)
+        # and 1 s; chosen with everything else by cross-validation on the walk.
+        rows = instants(cal)
+        period = round(float(np.median(np.diff(np.unique(rows.t)))), 4)
+        timings = ((period, period), (period, 1.0), (1.0, 1.0), (1.0, 2.0))
+
+        def make(loc: str, trk: str, step: float, window: float, survey: Capture) -> EngineConfig:
+            return site_capture_config(site, site_path, gw, loc, trk, step, window, -59.0, None, 0, survey)
+
+        cv = cross_validate(cal, make, COMPARE_COMBINATIONS, timings, folds=4)
+        chosen = min(cv, key=lambda k: (cv[k]["median_error_m"], cv[k]["p90_error_m"]))
+        method, timing = chosen.split("@")
+        chosen_step, chosen_window = (float(v) for v in timing.removesuffix("s").split("/"))
+        loc, _, trk = method.partition("+")
+        trk = trk or "none"
+
+        on_test = {}
+        for step, window in timings:
+            for localizer, tracker in COMPARE_COMBINATIONS:
+                _, m = evaluate_capture(test, make(localizer, tracker, step, window, cal))
+                name = (localizer if tracker == "none" else f"{localizer}+{tracker}") + f"@{step:g}/{window:g}s"
+                on_test[name] = {k: m.get(k) for k in ("median_error_m", "p90_error_m", "r90_coverage")}
+
+        fid = {}
+        for name, cap in (("calibration_walk", cal), ("test_track", test)):
+            fid[name], _ = fidelity(cap, site, site_path, localizer=loc, tracker=trk, step=chosen_step,
+                                    window=chosen_window, seed=0, realizations=4)
+
+        twin_capture = twin_paths(site, cal, paths=4, seconds=240.0, seed=7)
+        loo = leave_one_path_out(twin_capture, base, site_path, 1.0, 1.0, seed=0,
+                                 combinations=(("wls", "none"), ("radio-map", "none"), ("radio-map", "hmm"),
+                                               ("radio-map", "particle")))
+    out = {
+        "dataset": "kolakowski-flat-2021: calibration_df (calibration), test_robot_df (scored)",
+        "calibrated": {
+            "p0_reported_dbm": round(result.fit.p0_dbm, 2), "p0_dbm": radio.p0_dbm,
+            "p0_se": radio.uncertainty.p0_db if radio.uncertainty else None,
+            "exponent": radio.model.exponent,  # type: ignore[union-attr]
+            "exponent_se": radio.uncertainty.exponent if radio.uncertainty else None,
+            "shadowing_sigma_db": radio.shadowing_sigma_db, "decorrelation_m": radio.decorrelation_m,
+            "temporal_sigma_db": radio.temporal_sigma_db, "temporal_coherence_s": radio.temporal_coherence_s,
+            "per_packet_sigma_db": round(result.split.white_sigma_db, 2),
+            "fading": radio.fading, "rician_k_db": radio.rician_k_db,
+            "channel_offset_db": radio.channel_offset_db,
+            "report": radio.report.model_dump(), "gateway_offsets_db": radio.gateway_offsets_db,
+            "radio_map": radio.radio_map.model_dump() if radio.radio_map else None,
+            "outliers": result.outliers,
+        },
+        "cross_validation_on_calibration": cv,
+        "chosen_on_calibration": chosen,
+        "test_track": on_test,
+        "chosen_on_test": on_test[chosen],
+        "targets": {"median_max_m": 0.8, "p90_max_m": 1.8, "ks_max": 0.05, "twin_error_within": 0.2},
+        "fidelity": fid,
+        "leave_one_path_out_twin": {
+            path: {k: {m: v[m] for m in ("median_error_m", "p90_error_m", "r90_coverage")} for k, v in r.items()}
+            for path, r in loo.items()
+        },
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(out, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
