@@ -185,9 +185,11 @@ class RevisingWindows:
 
     # -- output ---------------------------------------------------------------------
 
-    def advance(self, watermark: float) -> NDArray[np.void]:
-        """Close the windows the watermark allows (revision 0) and recompute the dirty ones
-        (revision + 1); returns their fixes with a ``revision`` column, in window order."""
+    def advance(self, watermark: float, revision: int | None = None) -> NDArray[np.void]:
+        """Close the windows the watermark allows and recompute the dirty ones; returns their
+        fixes with a ``revision`` column, in window order. Revisions count 0, 1, 2 ... per
+        window, or are ``revision`` when given (the backbone passes the stream sequence the
+        state covers: it only grows, across restarts too)."""
         if self._new:
             self.rows = np.concatenate([self.rows, *self._new])
             self.rows = self.rows[np.argsort(self.rows["t"], kind="stable")]
@@ -202,11 +204,11 @@ class RevisingWindows:
             todo.update(int(w) for w in k[(k >= first_new) & (k <= last)])
             self.closed_through = last
         self.dirty = set()
-        out = [self._compute(run) for run in _runs(sorted(todo), WINDOWS_PER_CHUNK)]
+        out = [self._compute(run, revision) for run in _runs(sorted(todo), WINDOWS_PER_CHUNK)]
         self._prune()
         return np.concatenate(out) if out else np.zeros(0, REVISED_FIX_DTYPE)
 
-    def _compute(self, run: tuple[int, int]) -> NDArray[np.void]:
+    def _compute(self, run: tuple[int, int], revision: int | None) -> NDArray[np.void]:
         k0, k1 = run
         lo, hi = np.searchsorted(
             self.rows["t"], [k0 * self.step - self.window - MERGE_MARGIN_S, k1 * self.step + MERGE_MARGIN_S]
@@ -219,7 +221,7 @@ class RevisingWindows:
         wins = np.rint(fixes["t"] / self.step).astype(np.int64)
         revs = np.zeros(len(fixes), np.int32)
         for w in range(k0, k1 + 1):
-            rev = self.revisions.get(w, -1) + 1
+            rev = self.revisions.get(w, -1) + 1 if revision is None else max(revision, self.revisions.get(w, -1))
             self.revisions[w] = rev
             revs[wins == w] = rev
         out["revision"] = revs

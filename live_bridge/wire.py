@@ -155,6 +155,10 @@ class Position(WireModel):
     method: Literal["wls", "centroid"]
     bat: int | None = None
     mot: int | None = None
+    rev: int = Field(
+        default=0, ge=0, description="revision of this (device, window): a higher one replaces a lower "
+        "(the backbone recomputes windows when late data arrives)",
+    )
 
 
 class PositionBatch(WireModel):
@@ -241,15 +245,30 @@ def verify_and_parse(body: bytes, keys: dict[str, bytes]) -> Batch:
     key = keys.get(gw)
     if key is None:
         raise WireError("unknown gateway", gw[:64])
+    return check_and_parse(sig, payload, gw, key)
+
+
+def verify_signed(body: bytes, gateway: str, key: bytes) -> Batch:
+    """The backbone's check: the gateway comes from the subject, so the HMAC is checked over
+    the raw payload bytes before a single byte is parsed."""
+    sig, payload = split_envelope(body)
+    batch = check_and_parse(sig, payload, gateway, key)
+    if batch.gw != gateway:
+        raise WireError("topic does not match signed gateway", f"{gateway} vs {batch.gw}")
+    return batch
+
+
+def check_and_parse(sig: str, payload: bytes, gateway: str, key: bytes) -> Batch:
+    """Constant-time HMAC check, then the schema (pydantic-core: depth-limited, strict, bounded)."""
     # bytes, not str: compare_digest refuses non-ASCII str, and the envelope is untrusted
     if not hmac.compare_digest(sign(payload, key).encode(), sig.encode("latin-1")):
-        raise WireError("bad signature", gw[:64])
+        raise WireError("bad signature", gateway[:64])
     try:
         return Batch.model_validate_json(payload)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise WireError("schema violation", f"{where}: {first['msg']}") from None
+        raise WireError("schema violation", f"{where}: {first['msg']}"[:300]) from None
 
 
 def json_schemas() -> dict[str, dict[str, object]]:
