@@ -72,6 +72,10 @@ class GatewayWatermarks:
         self.event[gateway] = max(self.event.get(gateway, -np.inf), t_max)
         self.heard[gateway] = max(self.heard.get(gateway, -np.inf), received)
 
+    def all_idle(self, now: float) -> bool:
+        """Every gateway silent for ``idle_s``: nothing more is coming for now."""
+        return bool(self.event) and all(now - h > self.idle_s for h in self.heard.values())
+
     def site_watermark(self, now: float) -> float:
         """Minimum over gateways heard within ``idle_s`` of ``now``; the maximum if all are
         idle (then nothing more is coming, close what there is). Never decreases."""

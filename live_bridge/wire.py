@@ -69,7 +69,7 @@ MAX_SEQ = 2**53 - 1  # exact in a float and in JSON everywhere
 
 
 class WireModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Advert(WireModel):
@@ -264,7 +264,7 @@ def check_and_parse(sig: str, payload: bytes, gateway: str, key: bytes) -> Batch
     if not hmac.compare_digest(sign(payload, key).encode(), sig.encode("latin-1")):
         raise WireError("bad signature", gateway[:64])
     try:
-        return Batch.model_validate_json(payload)
+        return Batch.model_validate_json(payload, strict=True)  # no string-to-number coercion
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

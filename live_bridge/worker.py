@@ -182,8 +182,10 @@ class WorkerCore:
         """Close what the site watermark allows, recompute what late data touched; ``final``
         closes everything held (the end of a replay or a test run)."""
         mark = self.marks.site_watermark(now)
-        if final and self.marks.event:
-            mark = max(mark, max(self.marks.event.values()) + self.config.allowed_lateness_s + self.config.step_s)
+        if (final or self.marks.all_idle(now)) and self.marks.event:
+            # Nothing more is coming: close every window holding a sighting (a late one revises).
+            cfg = self.config
+            mark = max(mark, max(self.marks.event.values()) + cfg.window_s + cfg.allowed_lateness_s + cfg.step_s)
         fixes = self.windows.advance(mark, revision=self.stream_seq)
         if len(fixes) == 0:
             return []
@@ -207,6 +209,8 @@ class WorkerCore:
             "counters": dict(sorted(self.counters.items())),
             "devices": len(self.devices),
             "rows_held": len(self.windows.rows),
+            "closed_through_t": None if self.windows.closed_through is None
+            else self.windows.closed_through * self.config.step_s,
         }
 
     # -- checkpoint ---------------------------------------------------------------------
@@ -341,3 +345,64 @@ async def _publish_status(nc: Client, sub: object, core: WorkerCore, state: str 
         lag = {"pending": int(info.num_pending or 0), "ack_pending": int(info.num_ack_pending or 0)}
     body = core.status() | {"state": state, "t": time.time(), "lag": lag}
     await nc.publish(out_subject(core.settings.site, "status"), json.dumps(body, default=str).encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m live_bridge.worker``: one engine worker process (what ``tagtwin serve``
+    runs in-process; the fault suite runs it as a process it can kill)."""
+    import argparse
+    import signal
+    import sys
+    from dataclasses import fields
+
+    from live_bridge.backbone import connect
+    from live_bridge.config import load_keys, site_engine_config
+    from engine.config_file import ConfigFileError
+    from twin.scenario import load_scenario
+
+    ap = argparse.ArgumentParser(prog="python -m live_bridge.worker", description=main.__doc__)
+    ap.add_argument("scenario", help="scenario or site file (gateways and plan)")
+    ap.add_argument("--nats", required=True, help="nats://host:port[,nats://...]")
+    ap.add_argument("--creds", default=None, help="NATS credentials file")
+    ap.add_argument("--keys", required=True, help="keys.toml")
+    ap.add_argument("--settings", default="{}", help="JSON object of WorkerSettings fields")
+    ap.add_argument("--replicas", type=int, default=1, help="stream replicas (3 on a 3-node cluster)")
+    ap.add_argument("--raw-max-age", type=float, default=StreamSettings.raw_max_age_s, help="raw retention, s")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    try:
+        known = {f.name for f in fields(WorkerSettings)}
+        given = json.loads(args.settings)
+        if not isinstance(given, dict) or set(given) - known:
+            raise ValueError(f"--settings: expected a JSON object with keys from {sorted(known)}")
+        settings = WorkerSettings(**given)
+        config = site_engine_config(load_scenario(args.scenario))
+        keys = load_keys(args.keys)
+    except ConfigFileError as exc:
+        print(f"{exc.path}: " + "; ".join(exc.problems), file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    streams = StreamSettings(raw_max_age_s=args.raw_max_age, replicas=args.replicas)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        nc = await connect(args.nats, name=f"tagtwin-{settings.durable}", creds=args.creds)
+        core = WorkerCore(config, keys, settings)
+        try:
+            await run_worker(core, nc, stop, streams=streams)
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
+        sys.stderr.write(json.dumps(core.status(), default=str) + "\n")
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
