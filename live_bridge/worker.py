@@ -249,12 +249,13 @@ async def open_partition(js: JetStreamContext, core: WorkerCore, streams: Stream
     The checkpoint is the truth about progress, so the consumer is (re)created to start
     right after it: a worker taking a partition over never waits for another's ack timeout.
     """
-    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectStoreConfig, StorageType
 
     s = core.settings
     await ensure_streams(js, s.site, streams)
-    with contextlib.suppress(Exception):
-        await js.create_object_store(CHECKPOINT_BUCKET)
+    with contextlib.suppress(Exception):  # exists already
+        await js.create_object_store(CHECKPOINT_BUCKET, config=ObjectStoreConfig(
+            storage=StorageType.FILE, replicas=(streams or StreamSettings()).replicas))
     blob = await object_get(js, CHECKPOINT_BUCKET, s.checkpoint_name)
     if blob is not None:
         core.restore(blob)
@@ -355,9 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     import sys
     from dataclasses import fields
 
+    from engine.config_file import ConfigFileError
     from live_bridge.backbone import connect
     from live_bridge.config import load_keys, site_engine_config
-    from engine.config_file import ConfigFileError
     from twin.scenario import load_scenario
 
     ap = argparse.ArgumentParser(prog="python -m live_bridge.worker", description=main.__doc__)
