@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from live_bridge.faults import FAULT_KINDS, Load, run_case, suite_case
+from tagtwin.worker import FAULT_SITE, site_config, worker_command
 
 COLUMNS = ("fault", "generated", "stored", "processed", "duplicates", "dead_lettered", "lost", "recovery_s",
            "positions_match", "revised_positions")
@@ -42,6 +43,7 @@ def main() -> int:
     ap.add_argument("--faults", default=",".join(k for k in FAULT_KINDS if k != "none"),
                     help=f"comma list from {', '.join(FAULT_KINDS)}")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--site", type=Path, default=FAULT_SITE, help="scenario or site file (>= 10 gateways)")
     args = ap.parse_args()
     kinds = [k.strip() for k in args.faults.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(FAULT_KINDS))
@@ -49,12 +51,13 @@ def main() -> int:
         print(f"--faults: unknown {unknown}; expected from {list(FAULT_KINDS)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.ERROR)
+    config = site_config(args.site)
     rows = []
     t0 = time.monotonic()
     for kind in kinds:
         fault, load = suite_case(kind, args.quick, Load(seed=args.seed))
         with tempfile.TemporaryDirectory(prefix=f"tagtwin-fault-{kind}-") as d:
-            result = run_case(Path(d), fault, load)
+            result = run_case(Path(d), fault, load, config=config, worker_command=worker_command(args.site))
         row = result.row() | {"at_s": fault.at_s, "down_s": fault.down_s, "duration_s": load.duration_s}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)

@@ -1,7 +1,7 @@
 """Fault injection on the backbone: real processes on loopback, counts reconciled to the unit.
 
 One case = one :class:`Fault` applied to a live run: nats-server (or a 3-node cluster),
-an engine worker *process* (``python -m live_bridge.worker``, so it can be killed -9),
+an engine worker *process* (``python -m tagtwin.worker``, so it can be killed -9),
 and real :class:`~live_bridge.gateway.Gateway` objects with their SQLite spools, each
 connected through a :class:`LinkProxy` (a TCP relay that can cut its link). The traffic
 is drawn from a seed (device positions, RSSI noise), paced in real time.
@@ -25,7 +25,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -45,7 +44,6 @@ if TYPE_CHECKING:
     from live_bridge.gateway import Gateway
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_SITE_FILE = REPO / "scenarios" / "static-open.toml"
 FAULT_KINDS = (
     "none",
     "broker-restart",
@@ -248,9 +246,9 @@ class LinkProxy:
 
 @dataclass
 class WorkerProcess:
-    """``python -m live_bridge.worker`` as a child process, killed by pid."""
+    """A worker process (``python -m tagtwin.worker SITE ...``), killed by pid."""
 
-    args: list[str]
+    command: list[str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
 
@@ -258,7 +256,7 @@ class WorkerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "live_bridge.worker", *self.args], env=env,
+            self.proc = subprocess.Popen(self.command, env=env,
                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def kill(self) -> None:
@@ -276,25 +274,26 @@ class WorkerProcess:
 
 
 class Harness:
-    """Servers, one worker process and the gateways of one case; ``run`` applies the fault."""
+    """Servers, one worker process and the gateways of one case; ``run`` applies the fault.
+
+    ``config`` is the site's engine configuration and ``worker_command`` starts a worker
+    process for the same site (tagtwin.worker.worker_command): the harness lives below the
+    CLI room, so whoever calls it loads the site."""
 
     def __init__(self, data_dir: Path, fault: Fault, load: Load | None = None, *,
-                 site_file: Path = DEFAULT_SITE_FILE, site: str = "faults", idle_s: float = 1.5,
+                 config: EngineConfig, worker_command: list[str], site: str = "faults", idle_s: float = 1.5,
                  cluster: bool | None = None) -> None:
-        from live_bridge.config import site_engine_config
-        from twin.scenario import load_scenario
-
         self.dir = data_dir
         self.fault = fault
         self.load = load or Load()
-        self.site_file = site_file
+        self.worker_command = worker_command
         self.site = site
         self.idle_s = idle_s
         self.cluster = fault.kind == "cluster-node-loss" if cluster is None else cluster
-        self.config = site_engine_config(load_scenario(site_file))
+        self.config = config
         if self.load.gateways > len(self.config.gateways.ids):
             have = len(self.config.gateways.ids)
-            raise ValueError(f"{site_file}: has {have} gateways, the load asks for {self.load.gateways}")
+            raise ValueError(f"the site has {have} gateways, the load asks for {self.load.gateways}")
         rng = np.random.default_rng(np.random.SeedSequence([self.load.seed, 1]))
         self.keys = {g: rng.bytes(32) for g in self.config.gateways.ids}
         self.servers: list[EmbeddedNats] = []
@@ -323,9 +322,9 @@ class Harness:
         keys_path = self.dir / "keys.toml"
         keys_path.write_text("[keys]\n" + "".join(f'"{g}" = "{k.hex()}"\n' for g, k in self.keys.items()))
         settings = {"site": self.site, "idle_s": self.idle_s, "status_every_s": 0.2, "checkpoint_every_s": 0.25}
-        args = [str(self.site_file), "--nats", self.urls, "--keys", str(keys_path),
+        args = ["--nats", self.urls, "--keys", str(keys_path),
                 "--settings", json.dumps(settings), "--replicas", "3" if self.cluster else "1"]
-        return WorkerProcess(args, self.dir / "worker.log")
+        return WorkerProcess([*self.worker_command, *args], self.dir / "worker.log")
 
     def _gateway_config_url(self, gid: str) -> str:
         return self.proxies[gid].url if gid in self.proxies else self.urls
@@ -537,8 +536,11 @@ def suite_case(kind: str, quick: bool, load: Load | None = None) -> tuple[Fault,
     return Fault(kind, at, down), replace(base, duration_s=duration)
 
 
-def run_case(data_dir: Path, fault: Fault, load: Load | None = None, **kw: object) -> FaultResult:
-    return asyncio.run(Harness(data_dir, fault, load, **kw).run())  # type: ignore[arg-type]
+def run_case(data_dir: Path, fault: Fault, load: Load | None, *, config: EngineConfig, worker_command: list[str],
+             **kw: object) -> FaultResult:
+    """One case end to end (its own event loop)."""
+    harness = Harness(data_dir, fault, load, config=config, worker_command=worker_command, **kw)  # type: ignore[arg-type]
+    return asyncio.run(harness.run())
 
 
 def summary(results: list[FaultResult]) -> Counter[str]:

@@ -382,6 +382,13 @@ accepted once. Batches carry no expiry on purpose (a spool may deliver hours-old
 batches after an outage); restrict who may publish on `{TOPIC_ROOT}/gw/+/batch` with
 broker ACLs (docs/live-bridge.md).
 
+On the NATS backbone (docs/reliability.md) the gateway id comes from the subject
+(`tagtwin.v1.<site>.raw.<gateway>`), so the worker checks the HMAC over the raw payload
+before it parses a byte; repeats are dropped by (gateway, `ep`, `seq`), where `ep` is the
+boot epoch a gateway's spool chose when it was created (a re-provisioned gateway starts a
+new epoch at seq 0). Every number has bounds and JSON is parsed strictly (no string to
+number coercion, no NaN or Infinity) with pydantic-core's nesting limit.
+
 Dead-letter reasons: `malformed envelope`, `malformed json`, `schema violation`,
 `unknown gateway`, `bad signature`, `topic does not match signed gateway`,
 `replayed batch sequence`, `gateway not in site plan`, `unexpected topic`,

@@ -258,7 +258,8 @@ def test_gateway_keeps_the_row_until_the_stream_acks_it(nats_server, tmp_path: P
 
 @pytest.mark.integration
 def test_twin_publish_survives_a_backbone_restart(nats_server):
-    from live_bridge.twin_source import publish_twin_nats
+    from tagtwin.twin_publish import publish_twin_nats
+
     from twin.scenario import Scenario, load_scenario
     from twin.sim import run_twin
 

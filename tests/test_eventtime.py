@@ -15,7 +15,7 @@ from engine.eventtime import (
     snapshot_bytes,
 )
 from engine.pipeline import Engine, EngineConfig
-from engine.zones import ZoneIndex
+from siteplan.zones import ZoneIndex
 
 GW_XYZ = np.array([[0, 0, 1.0], [12, 0, 1.0], [12, 12, 1.0], [0, 12, 1.0]])
 T0 = 1_700_000_000.0

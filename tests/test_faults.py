@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from live_bridge.faults import FAULT_KINDS, Fault, Load, run_case, suite_case
+from tagtwin.worker import FAULT_SITE, site_config, worker_command
 
 SHORT = Load(devices=20, duration_s=6.0)
+SITE = {"config": site_config(FAULT_SITE), "worker_command": worker_command(FAULT_SITE)}
 
 
 def check(result, generated_at_least: int = 1) -> None:
@@ -26,13 +28,13 @@ def check(result, generated_at_least: int = 1) -> None:
 
 @pytest.mark.integration
 def test_worker_killed_mid_run_loses_nothing(tmp_path: Path):
-    result = run_case(tmp_path, Fault("worker-kill", at_s=2.0, down_s=1.0), SHORT)
+    result = run_case(tmp_path, Fault("worker-kill", at_s=2.0, down_s=1.0), SHORT, **SITE)
     check(result, 2000)
 
 
 @pytest.mark.integration
 def test_link_cut_spool_replay_revises_positions_instead_of_dropping(tmp_path: Path):
-    result = run_case(tmp_path, Fault("link-cut", at_s=1.5, down_s=3.0), SHORT)
+    result = run_case(tmp_path, Fault("link-cut", at_s=1.5, down_s=3.0), SHORT, **SITE)
     check(result, 2000)
     assert result.revised_positions > 0  # the outage windows were published, then revised
 
@@ -42,4 +44,4 @@ def test_link_cut_spool_replay_revises_positions_instead_of_dropping(tmp_path: P
 @pytest.mark.parametrize("kind", [k for k in FAULT_KINDS if k != "none"])
 def test_fault_table_quick(kind: str, tmp_path: Path):
     fault, load = suite_case(kind, quick=True)
-    check(run_case(tmp_path, fault, load), 10_000)
+    check(run_case(tmp_path, fault, load, **SITE), 10_000)
