@@ -211,3 +211,30 @@ async def object_get(js: JetStreamContext, bucket: str, name: str) -> bytes | No
     except (NotFoundError, nats.js.errors.ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
         return None
     return None if res.data is None else bytes(res.data)
+
+
+def mosquitto_bridge_config(nats_mqtt_host: str, nats_mqtt_port: int, site: str, *, client_id: str = "edge-1",
+                            listener_port: int = 1883) -> str:
+    """A mosquitto edge broker that forwards gateway batches into the backbone's MQTT listener.
+
+    The NATS listener speaks MQTT 3.1.1 only (``bridge_protocol_version mqttv311``, protocol
+    level 4) and refuses mosquitto's private bridge flag (``try_private false``). Batches go
+    out at QoS 1 on ``tagtwin/v1/<site>/raw/<gateway>``; the listener PUBACKs before the
+    stream stores them, so this path is at-most-once across a backbone crash
+    (docs/reliability.md).
+    """
+    topic = mqtt_topic(raw_filter(site)).replace(">", "#")
+    return "\n".join([
+        f"listener {listener_port} 127.0.0.1",
+        "allow_anonymous true",
+        "persistence false",
+        "",
+        "connection tagtwin-backbone",
+        f"address {nats_mqtt_host}:{nats_mqtt_port}",
+        "bridge_protocol_version mqttv311",
+        "try_private false",
+        "cleansession false",
+        f"remote_clientid {client_id}",
+        f"topic {topic} out 1",
+        "",
+    ])

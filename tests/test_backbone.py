@@ -259,7 +259,6 @@ def test_gateway_keeps_the_row_until_the_stream_acks_it(nats_server, tmp_path: P
 @pytest.mark.integration
 def test_twin_publish_survives_a_backbone_restart(nats_server):
     from tagtwin.twin_publish import publish_twin_nats
-
     from twin.scenario import Scenario, load_scenario
     from twin.sim import run_twin
 
@@ -322,3 +321,125 @@ def test_mqtt_publish_through_the_nats_listener_lands_in_the_raw_stream(nats_ser
     w = asyncio.run(check())
     assert w.counters["batches"] == 5 and w.counters["processed"] == 15
     assert np.isfinite(w.marks.event["a"])
+
+
+@pytest.mark.integration
+def test_mosquitto_edge_bridge_forwards_into_the_stream(nats_server, tmp_path: Path):
+    """The documented edge config (protocol level 4, try_private false) against the real
+    listener: batches published to mosquitto end up in the raw stream and verify."""
+    import shutil
+
+    from live_bridge.backbone import mosquitto_bridge_config
+    from live_bridge.natsserver import free_port
+    from tests.live_fixtures import Broker
+
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed (tests/system-packages.txt)")
+
+    async def setup():
+        nc = await connect(nats_server.url, name="setup")
+        await ensure_streams(nc.jetstream(), SITE)
+        await nc.close()
+
+    asyncio.run(setup())
+    nats_mqtt_port = int(nats_server.mqtt_url.rsplit(":", 1)[1])
+    conf = tmp_path / "edge.conf"
+    port = free_port()
+    conf.write_text(mosquitto_bridge_config("127.0.0.1", nats_mqtt_port, SITE, listener_port=port))
+    edge = Broker(conf, port)
+    edge.start()
+    try:
+        async def stored() -> int:
+            nc = await connect(nats_server.url, name="check")
+            info = await nc.jetstream().stream_info(raw_stream(SITE))
+            await nc.close()
+            return info.state.messages
+
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="gw-edge", protocol=paho.MQTTv311)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        deadline = time.monotonic() + 30
+        seq = 0
+        # The bridge connects on its own schedule: publish until the stream has batches.
+        while asyncio.run(stored()) < 3:
+            assert time.monotonic() < deadline, "nothing arrived through the bridge"
+            body = signed("a", seq, good_ads(NOW))
+            client.publish(mqtt_topic(raw_subject(SITE, "a")), body, qos=1).wait_for_publish(5)
+            seq += 1
+            time.sleep(0.1)
+        client.disconnect()
+        client.loop_stop()
+    finally:
+        edge.stop()
+
+    async def check():
+        nc = await connect(nats_server.url, name="check")
+        sub = await nc.jetstream().pull_subscribe(raw_subject(SITE, "a"), stream=raw_stream(SITE))
+        msgs = await sub.fetch(3, timeout=10)
+        w = core()
+        for m in msgs:
+            w.handle(m.subject, m.data, m.metadata.sequence.stream, m.metadata.timestamp.timestamp())
+        await nc.close()
+        return w
+
+    w = asyncio.run(check())
+    assert w.counters["batches"] == 3 and not any(k.startswith("rejected") for k in w.counters)
+
+
+@pytest.mark.integration
+def test_cli_serve_starts_the_embedded_backbone_and_twin_publish_feeds_it(tmp_path: Path):
+    """`tagtwin serve` with no --nats: says where it listens, takes twin-publish's batches,
+    publishes positions, and stops its nats-server on SIGTERM with counters on stderr."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    repo = Path(__file__).parents[1]
+    scenario = tmp_path / "site.toml"
+    text = (repo / "scenarios" / "static-open.toml").read_text()
+    scenario.write_text(text.replace("duration_s = 12", "duration_s = 3").replace("count = 400", "count = 20"))
+    keys = tmp_path / "keys.toml"
+    keys.write_text("[keys]\n" + "".join(f'"gw-{i:03d}" = "{KEY.hex()}"\n' for i in range(1, 16)))
+    env = os.environ | {"PYTHONPATH": str(repo)}
+    cmd = [sys.executable, "-m", "tagtwin"]
+    serve = subprocess.Popen(
+        [*cmd, "serve", "--scenario", str(scenario), "--keys", str(keys), "--data-dir", str(tmp_path / "bb"),
+         "--nats-port", "0", "--mqtt-port", "0", "--status-every", "0.2", "--site", SITE],
+        stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+    )
+    try:
+        assert serve.stderr is not None
+        line = serve.stderr.readline()
+        found = re.search(r"listening on (nats://\S+) and (mqtt://\S+)", line)
+        assert found, line
+        url = found.group(1)
+
+        async def positions_after_publish():
+            nc = await connect(url, name="watch")
+            got: list[dict] = []
+            status: list[dict] = []
+            await nc.subscribe(out_subject(SITE, "positions"), cb=functools.partial(_append, got))
+            await nc.subscribe(out_subject(SITE, "status"), cb=functools.partial(_append, status))
+            pub = await asyncio.create_subprocess_exec(
+                *cmd, "twin-publish", str(scenario), "--nats", url, "--keys", str(keys), "--site", SITE,
+                env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(pub.communicate(), 120)
+            assert pub.returncode == 0, err.decode()
+            sent = json.loads(out.decode().strip().splitlines()[-1])
+            await until(lambda: sum(len(p["positions"]) for p in got) > 0, 60,
+                        f"positions (sent {sent}, last status {status[-1:]})")
+            await nc.close()
+            return sent
+
+        sent = asyncio.run(positions_after_publish())
+        assert sent["stored"] == sent["batches"] > 0
+    finally:
+        os.kill(serve.pid, signal.SIGTERM)
+        _, err = serve.communicate(timeout=60)
+    assert serve.returncode == 0, err
+    status = json.loads(err.strip().splitlines()[-1])
+    assert status["counters"]["processed"] > 0
+    assert "Traceback" not in err
