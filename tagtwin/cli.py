@@ -438,6 +438,7 @@ def serve(
     nats_port: Annotated[int, typer.Option(help="embedded backbone: NATS port (0: a free one)")] = 4222,
     mqtt_port: Annotated[int, typer.Option(help="embedded backbone: MQTT listener port (0: a free one)")] = 1883,
     raw_retention: Annotated[float, typer.Option(help="days the raw stream keeps batches")] = 7.0,
+    replicas: Annotated[int, typer.Option(help="stream and checkpoint replicas (3 on a 3-node cluster)")] = 1,
     max_skew: Annotated[float, typer.Option(help="s an event time may lead the receive clock")] = 30.0,
     scenario: Annotated[
         Path, typer.Option("--scenario", help="site plan and gateway positions")
@@ -473,7 +474,8 @@ def serve(
 
     if broker is None:
         _serve_backbone(scenario, keys, nats=nats, creds=creds, site=site, data_dir=data_dir, nats_port=nats_port,
-                        mqtt_port=mqtt_port, raw_retention_days=raw_retention, max_skew_s=max_skew, step=step,
+                        mqtt_port=mqtt_port, raw_retention_days=raw_retention, replicas=replicas,
+                        max_skew_s=max_skew, step=step,
                         lateness=lateness, duration=duration, status_every=status_every)
         return
     if clock not in ("wall", "event"):
@@ -511,7 +513,8 @@ def serve(
 
 def _serve_backbone(
     scenario: Path, keys: Path, *, nats: str | None, creds: str | None, site: str, data_dir: Path, nats_port: int,
-    mqtt_port: int, raw_retention_days: float, max_skew_s: float, step: float | None, lateness: float | None,
+    mqtt_port: int, raw_retention_days: float, replicas: int, max_skew_s: float, step: float | None,
+    lateness: float | None,
     duration: float | None, status_every: float,
 ) -> None:
     from live_bridge.backbone import StreamSettings, token
@@ -525,8 +528,8 @@ def _serve_backbone(
     try:
         token("site", site)
         key_table = load_keys(keys)
-        if raw_retention_days <= 0 or max_skew_s < 0:
-            raise ValueError("--raw-retention must be > 0 days and --max-skew >= 0 s")
+        if raw_retention_days <= 0 or max_skew_s < 0 or replicas not in (1, 3, 5):
+            raise ValueError("--raw-retention must be > 0 days, --max-skew >= 0 s, --replicas 1, 3 or 5")
     except ConfigError as exc:
         raise _bridge_config_error(exc) from None
     except ValueError as exc:
@@ -534,14 +537,14 @@ def _serve_backbone(
         raise typer.Exit(2) from None
     cfg = site_engine_config(_load(scenario), step_s=step, lateness_s=lateness)
     settings = WorkerSettings(site=site, max_skew_s=max_skew_s, status_every_s=status_every)
-    streams = StreamSettings(raw_max_age_s=raw_retention_days * 86400.0)
+    streams = StreamSettings(raw_max_age_s=raw_retention_days * 86400.0, replicas=replicas)
     try:
         status = serve_backbone(
             cfg, key_table, settings, streams, nats_url=nats, creds=creds, data_dir=data_dir, nats_port=nats_port,
             mqtt_port=mqtt_port, duration_s=duration,
             say=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True),
         )
-    except (NatsServerError, ConnectionError, OSError) as exc:
+    except (NatsServerError, ConnectionError, OSError, ValueError) as exc:  # ValueError: a stateful tracker
         err_console.print(f"backbone: {exc}", markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
     sys.stderr.write(json.dumps(status, sort_keys=True, default=str) + "\n")
