@@ -102,6 +102,7 @@ class WorkerCore:
         self.site_gateways = frozenset(config.gateways.ids)
         self.devices = IdTable()
         self.stream_seq = 0  # the newest stream sequence folded into the state
+        self.latest_received = -np.inf  # the stream clock: receive time of the newest batch handled
         self.counters: Counter[str] = Counter()
 
     # -- input ------------------------------------------------------------------------
@@ -112,6 +113,7 @@ class WorkerCore:
             self.counters["skipped: already in checkpoint"] += 1
             return []
         self.stream_seq = stream_seq
+        self.latest_received = max(self.latest_received, received)
         self.counters["messages"] += 1
         try:
             return self._handle(subject, body, received)
@@ -306,7 +308,10 @@ async def run_worker(
                 md = m.metadata
                 outbox += core.handle(m.subject, m.data, md.sequence.stream, md.timestamp.timestamp())
                 unacked.append(m)
-            outbox += core.tick(time.time())
+            # Idle gateways are judged on the stream's clock while a backlog is being worked
+            # off (the worker is behind, the gateways are not silent), on the wall clock once
+            # caught up (nothing more arrives: close what there is).
+            outbox += core.tick(core.latest_received if msgs else time.time())
             due = time.monotonic() - last_ckpt >= s.checkpoint_every_s or len(unacked) >= s.max_ack_pending // 2
             if unacked and due:
                 await _commit(js, obs, core, outbox, unacked)
