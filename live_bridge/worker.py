@@ -71,10 +71,10 @@ class WorkerSettings:
     max_message_bytes: int = MAX_BATCH_BYTES
     max_skew_s: float = 30.0  # event time may lead the receive clock by this much
     idle_s: float = 5.0  # a gateway silent this long stops holding the watermark
-    horizon_s: float = 300.0  # late data older than this behind the watermark is dead-lettered
+    horizon_s: float = 120.0  # late data older than this behind the watermark is dead-lettered
     max_ack_pending: int = 256  # in-flight batches: the backpressure bound
     fetch_batch: int = 64
-    checkpoint_every_s: float = 0.5
+    checkpoint_every_s: float = 1.0
     status_every_s: float = 2.0
     ack_wait_s: float = 30.0
 
