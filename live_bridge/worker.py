@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -92,6 +92,12 @@ class WorkerCore:
 
     def __init__(self, config: EngineConfig, keys: dict[str, bytes], settings: WorkerSettings | None = None) -> None:
         self.settings = s = settings or WorkerSettings()
+        if config.tracker != "none" or config.zone_hysteresis:
+            # A tracker carries state from window to window, so a revised window would change
+            # every later one: the backbone publishes each window's own fix (revisable).
+            log.warning("site tracker %r / zone hysteresis %s: the backbone publishes single-window fixes",
+                        config.tracker, config.zone_hysteresis)
+            config = replace(config, tracker="none", zone_hysteresis=False)
         self.config = config
         self.keys = keys
         self.engine = Engine(config)
