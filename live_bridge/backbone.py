@@ -7,6 +7,7 @@ Subjects (NATS; the MQTT listener shows each as the same path with ``/``)::
     tagtwin.v1.<site>.events            rule events
     tagtwin.v1.<site>.deadletter        what the worker refused, and why
     tagtwin.v1.<site>.status            worker status: counters, lag, watermark
+    tagtwin.v1.<site>.gateway.<gw>.status   gateway heartbeats: counters, spool rows
 
 The raw stream is the site's raw log: every batch with its gateway (the subject), its
 receive time (the stream's timestamp) and its sequence (the stream's and the batch's).
@@ -83,6 +84,11 @@ def gateway_of(subject: str, site: str) -> str | None:
 def out_subject(site: str, kind: str) -> str:
     """positions, events, deadletter, status."""
     return f"{SUBJECT_ROOT}.{token('site', site)}.{kind}"
+
+
+def gateway_status_subject(site: str, gateway: str) -> str:
+    """A gateway's heartbeat (GatewayStatus: counters, spool rows), not stored."""
+    return f"{SUBJECT_ROOT}.{token('site', site)}.gateway.{token('gateway', gateway)}.status"
 
 
 def mqtt_topic(subject: str) -> str:

@@ -26,7 +26,7 @@ import paho.mqtt.client as paho
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.config_file import ConfigFileError, load_toml, validation_problems
-from live_bridge.backbone import connect, drain_spool, raw_subject
+from live_bridge.backbone import connect, drain_spool, gateway_status_subject, raw_subject
 from live_bridge.decoders import ANON_PREFIX, BASE_UUID_SUFFIX, decode, norm_mac, norm_uuid
 from live_bridge.filters import AdvertFilter, privacy_hash
 from live_bridge.finding import FINDMY_KEY_LEN, Resolver
@@ -469,8 +469,16 @@ class Gateway:
         js = nc.jetstream()
         self.connected = True
         tick = min(self.config.batch.max_age_s / 4, 0.05)
+        status_subject = gateway_status_subject(self.config.site, self.config.id)
+        next_beat = time.monotonic()
         try:
             while not stop.is_set():
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.config.mqtt.heartbeat_s
+                    beat = GatewayStatus(gw=self.config.id, state="online", t=time.time(),
+                                         counters=self.status_counters())
+                    with contextlib.suppress(Exception):  # a heartbeat is best effort
+                        await nc.publish(status_subject, beat.model_dump_json().encode())
                 self.flush_due()
                 before = self.spool.rows
                 if before:

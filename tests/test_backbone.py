@@ -18,6 +18,7 @@ from live_bridge.backbone import (
     StreamSettings,
     connect,
     ensure_streams,
+    gateway_status_subject,
     mqtt_topic,
     out_subject,
     publish_batch,
@@ -26,7 +27,7 @@ from live_bridge.backbone import (
     token,
 )
 from live_bridge.faults import Fault
-from live_bridge.gateway import BatchConfig, Gateway, GatewayConfig, SpoolConfig
+from live_bridge.gateway import BatchConfig, Gateway, GatewayConfig, MqttConfig, SpoolConfig
 from live_bridge.natsserver import ClusterConfig, EmbeddedNats, ServerConfig
 from live_bridge.wire import Advert, Batch, encode_batch, encode_payload
 from live_bridge.worker import WorkerCore, WorkerSettings, run_worker
@@ -234,7 +235,11 @@ def test_gateway_keeps_the_row_until_the_stream_acks_it(nats_server, tmp_path: P
 
     async def main():
         cfg = GatewayConfig(id="a", key_hex=KEY.hex(), broker=nats_server.url, site=SITE,
-                            spool=SpoolConfig(path=tmp_path / "spool.sqlite"), batch=BatchConfig(max_age_s=0.05))
+                            spool=SpoolConfig(path=tmp_path / "spool.sqlite"), batch=BatchConfig(max_age_s=0.05),
+                            mqtt=MqttConfig(heartbeat_s=0.2))
+        watch = await connect(nats_server.url, name="watch")
+        beats: list[dict] = []
+        await watch.subscribe(gateway_status_subject(SITE, "a"), cb=functools.partial(_append, beats))
         gw = Gateway(cfg)
         stop = asyncio.Event()
         task = asyncio.create_task(gw.run(stop))
@@ -246,8 +251,10 @@ def test_gateway_keeps_the_row_until_the_stream_acks_it(nats_server, tmp_path: P
         js = nc.jetstream()
         await ensure_streams(js, SITE, StreamSettings())
         await until(lambda: gw.spool.rows == 0, what="the stored ack")
+        await until(lambda: any(b["counters"].get("published") == 1 for b in beats), what="a heartbeat")
         stop.set()
         await task
+        await watch.close()
         info = await js.stream_info(raw_stream(SITE))
         await nc.close()
         return gw, info
@@ -321,6 +328,42 @@ def test_mqtt_publish_through_the_nats_listener_lands_in_the_raw_stream(nats_ser
     w = asyncio.run(check())
     assert w.counters["batches"] == 5 and w.counters["processed"] == 15
     assert np.isfinite(w.marks.event["a"])
+
+
+@pytest.mark.integration
+def test_positions_are_readable_over_mqtt(nats_server):
+    """A dashboard speaking MQTT subscribes to tagtwin/v1/<site>/positions on the listener."""
+    import queue
+    import threading
+
+    port = int(nats_server.mqtt_url.rsplit(":", 1)[1])
+    got: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    subscribed = threading.Event()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="dashboard", protocol=paho.MQTTv311)
+    client.on_message = lambda _c, _u, msg: got.put(bytes(msg.payload))
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.subscribe(mqtt_topic(out_subject(SITE, "positions")), qos=1)
+    assert subscribed.wait(10)
+    w = core()
+    for i in range(10):
+        for gw in "abcd":
+            w.handle(raw_subject(SITE, gw), signed(gw, i, good_ads(NOW - 20 + i)), 1 + 4 * i + "abcd".index(gw), NOW)
+    (subject, payload), *_ = w.tick(NOW, final=True)
+
+    async def publish():
+        nc = await connect(nats_server.url, name="worker-out")
+        await nc.publish(subject, payload)
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(publish())
+    try:
+        assert json.loads(got.get(timeout=10))["positions"][0]["rev"] == 40
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 @pytest.mark.integration
