@@ -319,7 +319,7 @@ async def run_worker(
             # caught up (nothing more arrives: close what there is).
             outbox += core.tick(core.latest_received if msgs else time.time())
             due = time.monotonic() - last_ckpt >= s.checkpoint_every_s or len(unacked) >= s.max_ack_pending // 2
-            if unacked and due:
+            if (unacked or outbox) and due:  # outputs of a tick with no new input (idle close) too
                 await _commit(js, obs, core, outbox, unacked)
                 outbox, unacked = [], []
                 last_ckpt = time.monotonic()

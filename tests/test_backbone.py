@@ -472,15 +472,23 @@ def test_cli_serve_starts_the_embedded_backbone_and_twin_publish_feeds_it(tmp_pa
             out, err = await asyncio.wait_for(pub.communicate(), 120)
             assert pub.returncode == 0, err.decode()
             sent = json.loads(out.decode().strip().splitlines()[-1])
-            await until(lambda: sum(len(p["positions"]) for p in got) > 0, 60,
-                        f"positions (sent {sent}, last status {status[-1:]})")
+            try:
+                await until(lambda: sum(len(p["positions"]) for p in got) > 0, 60, "positions")
+            except AssertionError:
+                raise AssertionError(f"no positions: sent {sent}, last status {status[-1:]}, watcher connected "
+                                     f"{nc.is_connected}, stats {nc.stats}") from None
             await nc.close()
             return sent
 
-        sent = asyncio.run(positions_after_publish())
+        try:
+            sent = asyncio.run(positions_after_publish())
+        except AssertionError as exc:
+            os.kill(serve.pid, signal.SIGTERM)
+            raise AssertionError(f"{exc}\nserve stderr:\n{serve.communicate(timeout=60)[1][-3000:]}") from None
         assert sent["stored"] == sent["batches"] > 0
     finally:
-        os.kill(serve.pid, signal.SIGTERM)
+        if serve.poll() is None:
+            os.kill(serve.pid, signal.SIGTERM)
         _, err = serve.communicate(timeout=60)
     assert serve.returncode == 0, err
     status = json.loads(err.strip().splitlines()[-1])
