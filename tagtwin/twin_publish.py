@@ -176,6 +176,7 @@ async def publish_twin_nats(
 ) -> dict[str, float]:
     """Publish a finished twin run on the backbone, each batch retried until stored."""
     sightings = result.sightings[np.argsort(result.sightings["t"], kind="stable")]
+    frames = tag_frames_for(result.scenario, result.device_ids)
     origin = time.time() if origin is None else origin
     nc = await connect(nats_url, name="tagtwin-twin-publish", creds=creds)
     js = nc.jetstream()
@@ -191,6 +192,7 @@ async def publish_twin_nats(
             for subject, body in twin_batches(
                 sightings, gateway_ids=result.gateways.ids, device_ids=result.device_ids, keys=keys,
                 origin=origin, t0=t, t1=t + batch_s, seqs=seqs,
+                frames=frames if frames.active else None,
                 topic_of=lambda gw: raw_subject(site, gw), epoch=int(origin * 1000),
             ):
                 counters["batches"] += 1
