@@ -437,7 +437,9 @@ def serve(
     data_dir: Annotated[Path, typer.Option(help="embedded backbone: JetStream store")] = Path(".tagtwin/backbone"),
     nats_port: Annotated[int, typer.Option(help="embedded backbone: NATS port (0: a free one)")] = 4222,
     mqtt_port: Annotated[int, typer.Option(help="embedded backbone: MQTT listener port (0: a free one)")] = 1883,
-    raw_retention: Annotated[float, typer.Option(help="days the raw stream keeps batches")] = 7.0,
+    raw_retention: Annotated[
+        float | None, typer.Option(help="days the raw stream keeps batches (default: the site's raw_retention_days)")
+    ] = None,
     replicas: Annotated[int, typer.Option(help="stream and checkpoint replicas (3 on a 3-node cluster)")] = 1,
     max_skew: Annotated[float, typer.Option(help="s an event time may lead the receive clock")] = 30.0,
     scenario: Annotated[
@@ -513,7 +515,7 @@ def serve(
 
 def _serve_backbone(
     scenario: Path, keys: Path, *, nats: str | None, creds: str | None, site: str, data_dir: Path, nats_port: int,
-    mqtt_port: int, raw_retention_days: float, replicas: int, max_skew_s: float, step: float | None,
+    mqtt_port: int, raw_retention_days: float | None, replicas: int, max_skew_s: float, step: float | None,
     lateness: float | None,
     duration: float | None, status_every: float,
 ) -> None:
@@ -525,6 +527,9 @@ def _serve_backbone(
     from tagtwin.live import site_engine_config
     from tagtwin.worker import serve_backbone
 
+    plan = _load(scenario)
+    if raw_retention_days is None:
+        raw_retention_days = plan.site.raw_retention_days
     try:
         token("site", site)
         key_table = load_keys(keys)
@@ -535,7 +540,7 @@ def _serve_backbone(
     except ValueError as exc:
         err_console.print(str(exc), markup=False)
         raise typer.Exit(2) from None
-    cfg = site_engine_config(_load(scenario), step_s=step, lateness_s=lateness)
+    cfg = site_engine_config(plan, step_s=step, lateness_s=lateness)
     settings = WorkerSettings(site=site, max_skew_s=max_skew_s, status_every_s=status_every)
     streams = StreamSettings(raw_max_age_s=raw_retention_days * 86400.0, replicas=replicas)
     try:

@@ -442,7 +442,8 @@ def test_cli_serve_starts_the_embedded_backbone_and_twin_publish_feeds_it(tmp_pa
     repo = Path(__file__).parents[1]
     scenario = tmp_path / "site.toml"
     text = (repo / "scenarios" / "static-open.toml").read_text()
-    scenario.write_text(text.replace("duration_s = 12", "duration_s = 3").replace("count = 400", "count = 20"))
+    scenario.write_text(text.replace("duration_s = 12", "duration_s = 3").replace("count = 400", "count = 20")
+                        .replace("tag_height_m = 1.0", "tag_height_m = 1.0\nraw_retention_days = 2"))
     keys = tmp_path / "keys.toml"
     keys.write_text("[keys]\n" + "".join(f'"gw-{i:03d}" = "{KEY.hex()}"\n' for i in range(1, 16)))
     env = os.environ | {"PYTHONPATH": str(repo)}
@@ -477,15 +478,17 @@ def test_cli_serve_starts_the_embedded_backbone_and_twin_publish_feeds_it(tmp_pa
             except AssertionError:
                 raise AssertionError(f"no positions: sent {sent}, last status {status[-1:]}, watcher connected "
                                      f"{nc.is_connected}, stats {nc.stats}") from None
+            info = await nc.jetstream().stream_info(raw_stream(SITE))
             await nc.close()
-            return sent
+            return sent, info
 
         try:
-            sent = asyncio.run(positions_after_publish())
+            sent, info = asyncio.run(positions_after_publish())
         except AssertionError as exc:
             os.kill(serve.pid, signal.SIGTERM)
             raise AssertionError(f"{exc}\nserve stderr:\n{serve.communicate(timeout=60)[1][-3000:]}") from None
         assert sent["stored"] == sent["batches"] > 0
+        assert info.config.max_age == 2 * 86400  # the site's raw-data period
     finally:
         if serve.poll() is None:
             os.kill(serve.pid, signal.SIGTERM)
