@@ -321,6 +321,12 @@ class Engine:
         buf = np.concatenate([clean[~touched], fresh])
         return buf[np.argsort(buf["t"], kind="stable")]
 
+    def localize_windows(self, rows: Sightings, k_first: int, k_last: int) -> NDArray[np.void]:
+        """Fixes of windows k_first..k_last from exactly these rows, without touching the
+        window bookkeeping: what engine.eventtime recomputes revised windows with. Pure for
+        a stateless config (no tracker, no hysteresis) given rows in a canonical order."""
+        return self._localize_windows(rows, k_first, k_last)
+
     def _localize_windows(self, rows: Sightings, k_first: int, k_last: int) -> NDArray[np.void]:
         """Fixes for windows k_first..k_last from the sightings that fall in them."""
         cfg = self.config

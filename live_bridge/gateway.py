@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import paho.mqtt.client as paho
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from live_bridge.backbone import connect, drain_spool, gateway_status_subject, raw_subject
 from live_bridge.decoders import ANON_PREFIX, BASE_UUID_SUFFIX, decode, norm_mac, norm_uuid
 from live_bridge.filters import AdvertFilter, privacy_hash
 from live_bridge.finding import FINDMY_KEY_LEN, Resolver
@@ -140,7 +141,12 @@ class GatewayConfig(_Cfg):
     key_hex: str = Field(
         min_length=32, description="HMAC key shared with the server, hex (>= 16 bytes)"
     )
-    broker: str = "mqtt://127.0.0.1:1883"
+    broker: str = Field(
+        default="mqtt://127.0.0.1:1883",
+        description="mqtt://host:port (a broker), or nats://host:port[,nats://...] (the backbone: "
+        "a spool row is deleted only when the stream has stored the batch)",
+    )
+    site: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="site (backbone subjects)")
     scan: ScanConfig = ScanConfig()
     batch: BatchConfig = BatchConfig()
     mqtt: MqttConfig = MqttConfig()
@@ -168,7 +174,8 @@ class GatewayConfig(_Cfg):
     @field_validator("broker")
     @classmethod
     def _broker(cls, v: str) -> str:
-        BrokerUrl.parse(v)
+        if not v.startswith("nats://"):
+            BrokerUrl.parse(v)
         return v
 
     @field_validator("bindkeys")
@@ -232,7 +239,9 @@ class Gateway:
         self.spool = Spool(
             config.spool.path, int(config.spool.max_mb * 2**20), config.spool.full_policy
         )
-        self.topic = batch_topic(config.id)
+        self.nats = config.broker.startswith("nats://")
+        self.topic = raw_subject(config.site, config.id) if self.nats else batch_topic(config.id)
+        self.epoch = self.spool.epoch()
         self.counters: Counter[str] = Counter()
         self._pending: list[Advert] = []
         self._frame_owner: dict[str, str] = {}  # address -> Eddystone UID/EID id last seen there
@@ -244,14 +253,16 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connected = False
         self.last_advert = time.monotonic()
-        self.client = client or make_client(
-            f"tagtwin-gw-{config.id}", BrokerUrl.parse(config.broker)
-        )
-        offline = GatewayStatus(gw=config.id, state="offline").model_dump_json().encode()
-        self.client.will_set(status_topic(config.id), offline, qos=1, retain=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
+        self.client: paho.Client | None = None  # MQTT mode only; the backbone is asyncio
+        if not self.nats:
+            self.client = client or make_client(
+                f"tagtwin-gw-{config.id}", BrokerUrl.parse(config.broker)
+            )
+            offline = GatewayStatus(gw=config.id, state="offline").model_dump_json().encode()
+            self.client.will_set(status_topic(config.id), offline, qos=1, retain=True)
+            self.client.on_connect = self._on_connect
+            self.client.on_disconnect = self._on_disconnect
+            self.client.on_publish = self._on_publish
 
     # -- paho thread: only enqueue ----------------------------------------------------
 
@@ -351,6 +362,7 @@ class Gateway:
         batch = Batch(
             gw=self.config.id,
             seq=self.spool.next_seq(),
+            ep=self.epoch,
             sent=time.time() if now is None else now,
             ads=self._pending,
         )
@@ -364,7 +376,10 @@ class Gateway:
             self.flush()
 
     def pump(self) -> None:
-        """Handle acks and connection changes, then publish spooled batches up to the bound."""
+        """Handle acks and connection changes, then publish spooled batches up to the bound
+        (MQTT mode; on the backbone the publish loop in :meth:`_run_nats` does this)."""
+        if self.client is None:
+            return
         while True:
             try:
                 kind, value = self._events.get_nowait()
@@ -404,6 +419,8 @@ class Gateway:
         return c
 
     def _publish_status(self, state: Literal["online", "offline"]) -> None:
+        if self.client is None:
+            return
         msg = GatewayStatus(
             gw=self.config.id, state=state, t=time.time(), counters=self.status_counters()
         )
@@ -420,6 +437,9 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, then flush by age, pump and heartbeat until ``stop`` is set."""
+        if self.client is None:
+            await self._run_nats(stop)
+            return
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         broker = BrokerUrl.parse(self.config.broker)
@@ -441,8 +461,47 @@ class Gateway:
         finally:
             await self.shutdown()
 
+    async def _run_nats(self, stop: asyncio.Event, drain_s: float = 5.0) -> None:
+        """The backbone: seal batches by age into the spool and drain it into the stream,
+        each row deleted on its publish ack; a refusal or a missing ack keeps the row, is
+        logged and counted, and the next try waits a little (the client reconnects itself)."""
+        nc = await connect(self.config.broker, name=f"tagtwin-gw-{self.config.id}", wait_s=float("inf"))
+        js = nc.jetstream()
+        self.connected = True
+        tick = min(self.config.batch.max_age_s / 4, 0.05)
+        status_subject = gateway_status_subject(self.config.site, self.config.id)
+        next_beat = time.monotonic()
+        try:
+            while not stop.is_set():
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.config.mqtt.heartbeat_s
+                    beat = GatewayStatus(gw=self.config.id, state="online", t=time.time(),
+                                         counters=self.status_counters())
+                    with contextlib.suppress(Exception):  # a heartbeat is best effort
+                        await nc.publish(status_subject, beat.model_dump_json().encode())
+                self.flush_due()
+                before = self.spool.rows
+                if before:
+                    await drain_spool(js, self.spool, self.counters, max_inflight=self.config.mqtt.max_inflight)
+                    self.connected = nc.is_connected
+                    if self.spool.rows and self.spool.rows >= before:
+                        await asyncio.sleep(0.25)  # refused or unacked: back off before the retry
+                        continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), tick)
+            self.flush()
+            deadline = time.monotonic() + drain_s
+            while self.spool.rows and time.monotonic() < deadline:
+                await drain_spool(js, self.spool, self.counters, max_inflight=self.config.mqtt.max_inflight,
+                                  timeout=max(0.1, deadline - time.monotonic()))
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            self.spool.close()
+
     async def shutdown(self, drain_s: float = 5.0) -> None:
         """Flush, wait up to ``drain_s`` for acks, say offline, disconnect."""
+        assert self.client is not None
         self.flush()
         deadline = time.monotonic() + drain_s
         while (

@@ -349,27 +349,7 @@ class ServerCore:
     def positions_json(self, fixes: NDArray[np.void], now: float) -> bytes:
         """A PositionBatch as JSON, built from the arrays (one dict per fix, no models)."""
         assert self.origin is not None
-        names = self.config.zones.names
-        dev_ids = self.devices.lookup(fixes["device"])
-        positions = [
-            {
-                "t": round(float(f["t"]) + self.origin, 3),
-                "dev": str(d),
-                "x": round(float(f["x"]), 3),
-                "y": round(float(f["y"]), 3),
-                "r90": round(float(f["r90"]), 3),
-                "zone": names[f["zone"]] if f["zone"] != NO_ZONE else None,
-                "n_gw": int(f["n_gateways"]),
-                "method": "wls" if f["method"] == METHOD_WLS else "centroid",
-                "bat": None if f["battery"] == UNKNOWN else int(f["battery"]),
-                "mot": None if f["motion"] == UNKNOWN else int(f["motion"]),
-            }
-            for f, d in zip(fixes, dev_ids, strict=True)
-            if np.isfinite(f["x"])
-        ]
-        return json.dumps(
-            {"v": 1, "t": now, "positions": positions}, separators=(",", ":")
-        ).encode()
+        return positions_payload(fixes, self.devices, self.config.zones.names, self.origin, now)
 
     def _dead_letter(
         self, topic: str, body: bytes, reason: str, detail: str, now: float
@@ -392,6 +372,35 @@ class ServerCore:
             "devices": len(self.devices),
             "origin": self.origin,
         }
+
+
+def positions_payload(
+    fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float, now: float
+) -> bytes:
+    """A PositionBatch as JSON from fix arrays (one dict per fix, no models); fixes with a
+    ``revision`` column (engine.eventtime) carry it as ``rev``."""
+    dev_ids = devices.lookup(fixes["device"])
+    has_rev = "revision" in (fixes.dtype.names or ())
+    positions = []
+    for f, d in zip(fixes, dev_ids, strict=True):
+        if not np.isfinite(f["x"]):
+            continue
+        p = {
+            "t": round(float(f["t"]) + origin, 3),
+            "dev": str(d),
+            "x": round(float(f["x"]), 3),
+            "y": round(float(f["y"]), 3),
+            "r90": round(float(f["r90"]), 3),
+            "zone": zone_names[f["zone"]] if f["zone"] != NO_ZONE else None,
+            "n_gw": int(f["n_gateways"]),
+            "method": "wls" if f["method"] == METHOD_WLS else "centroid",
+            "bat": None if f["battery"] == UNKNOWN else int(f["battery"]),
+            "mot": None if f["motion"] == UNKNOWN else int(f["motion"]),
+        }
+        if has_rev:
+            p["rev"] = int(f["revision"])
+        positions.append(p)
+    return json.dumps({"v": 1, "t": now, "positions": positions}, separators=(",", ":")).encode()
 
 
 def subscriptions(adapters: Iterable[str]) -> list[str]:

@@ -15,6 +15,7 @@ When full (``max_bytes`` of payload) the policy decides, and a counter records i
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -47,6 +48,16 @@ class Spool:
         seq = int(row[0]) if row else 0
         self.db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('seq', ?)", (seq + 1,))
         return seq
+
+    def epoch(self) -> int:
+        """The boot epoch of this spool (ms since 1970 when it was created, persisted): a
+        re-provisioned gateway gets a new spool, so its seq restarting at 0 is not a replay."""
+        row = self.db.execute("SELECT v FROM meta WHERE k = 'epoch'").fetchone()
+        if row is not None:
+            return int(row[0])
+        epoch = time.time_ns() // 1_000_000
+        self.db.execute("INSERT INTO meta (k, v) VALUES ('epoch', ?)", (epoch,))
+        return epoch
 
     def put(self, topic: str, payload: bytes) -> bool:
         """Store a batch; False if the drop-newest policy refused it."""

@@ -17,6 +17,7 @@ import hmac
 import json
 from typing import Literal
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from live_bridge.decoders import EXTRA_FIELDS, MIBEACON_OBJECTS, Decoded
@@ -61,26 +62,32 @@ SERVER_STATUS_TOPIC = f"{TOPIC_ROOT}/server/status"
 BATCH_SUBSCRIPTION = f"{TOPIC_ROOT}/gw/+/batch"
 
 
+# Bounds every numeric field has (issue 12): no NaN/Infinity, no string-to-number coercion,
+# nothing a numpy column cannot hold. Times are Unix seconds from 2001 to 2286.
+T_MIN, T_MAX = 1e9, 1e10
+MAX_SEQ = 2**53 - 1  # exact in a float and in JSON everywhere
+
+
 class WireModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Advert(WireModel):
     """One advertisement heard by the gateway: a sighting in the engine's contract."""
 
-    t: float = Field(description="event time, Unix seconds, when the gateway heard it")
+    t: float = Field(ge=T_MIN, le=T_MAX, description="event time, Unix seconds, when the gateway heard it")
     dev: str = Field(
         min_length=1, max_length=128, description="device id (salted hash in privacy mode)"
     )
     rssi: float = Field(ge=-130, le=20, description="dBm")
     ch: int = Field(
-        default=0, description="advertising channel 37/38/39, 0 if the receiver does not say"
+        default=0, ge=0, le=39, description="advertising channel 37/38/39, 0 if the receiver does not say"
     )
     fmt: Format = Field(default="raw", description="decoder that produced this record")
     bat: int | None = Field(default=None, ge=0, le=100, description="battery percent, if carried")
     mot: int | None = Field(default=None, ge=0, le=1, description="1 moving, 0 still, if carried")
     seq: int | None = Field(
-        default=None, ge=0, description="frame counter of the advertisement, if carried"
+        default=None, ge=0, le=2**32 - 1, description="frame counter of the advertisement, if carried"
     )
     tx: float | None = Field(
         default=None, ge=-100, le=20, description="calibrated RSSI at 1 m (iBeacon, Eddystone)"
@@ -117,8 +124,13 @@ class Batch(WireModel):
 
     v: Literal[1] = Field(default=WIRE_VERSION, description="wire format version")
     gw: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
-    seq: int = Field(ge=0, description="batch sequence number, strictly increasing per gateway")
-    sent: float = Field(description="send time, Unix seconds")
+    seq: int = Field(ge=0, le=MAX_SEQ, description="batch sequence number, strictly increasing per gateway")
+    ep: int = Field(
+        default=0, ge=0, le=MAX_SEQ,
+        description="boot epoch: chosen when the gateway's spool is created, so a re-provisioned "
+        "gateway whose seq restarts at 0 is told apart from a replay",
+    )
+    sent: float = Field(ge=T_MIN, le=T_MAX, description="send time, Unix seconds")
     ads: list[Advert] = Field(max_length=100_000)
 
 
@@ -143,6 +155,10 @@ class Position(WireModel):
     method: Literal["wls", "centroid"]
     bat: int | None = None
     mot: int | None = None
+    rev: int = Field(
+        default=0, ge=0, description="revision of this (device, window): a higher one replaces a lower "
+        "(the backbone recomputes windows when late data arrives)",
+    )
 
 
 class PositionBatch(WireModel):
@@ -210,9 +226,10 @@ def split_envelope(body: bytes) -> tuple[str, bytes]:
 
 
 def peek_gateway(payload: bytes) -> str:
-    """The ``gw`` field of an unverified payload, to choose the key (parses JSON only)."""
+    """The ``gw`` field of an unverified payload, to choose the key (parses JSON only, with
+    pydantic-core's depth limit: a deeply nested payload is an error, not a RecursionError)."""
     try:
-        data = json.loads(payload)
+        data = pydantic_core.from_json(payload)
     except ValueError as exc:
         raise WireError("malformed json", str(exc)[:200]) from None
     gw = data.get("gw") if isinstance(data, dict) else None
@@ -228,15 +245,30 @@ def verify_and_parse(body: bytes, keys: dict[str, bytes]) -> Batch:
     key = keys.get(gw)
     if key is None:
         raise WireError("unknown gateway", gw[:64])
+    return check_and_parse(sig, payload, gw, key)
+
+
+def verify_signed(body: bytes, gateway: str, key: bytes) -> Batch:
+    """The backbone's check: the gateway comes from the subject, so the HMAC is checked over
+    the raw payload bytes before a single byte is parsed."""
+    sig, payload = split_envelope(body)
+    batch = check_and_parse(sig, payload, gateway, key)
+    if batch.gw != gateway:
+        raise WireError("topic does not match signed gateway", f"{gateway} vs {batch.gw}")
+    return batch
+
+
+def check_and_parse(sig: str, payload: bytes, gateway: str, key: bytes) -> Batch:
+    """Constant-time HMAC check, then the schema (pydantic-core: depth-limited, strict, bounded)."""
     # bytes, not str: compare_digest refuses non-ASCII str, and the envelope is untrusted
     if not hmac.compare_digest(sign(payload, key).encode(), sig.encode("latin-1")):
-        raise WireError("bad signature", gw[:64])
+        raise WireError("bad signature", gateway[:64])
     try:
-        return Batch.model_validate_json(payload)
+        return Batch.model_validate_json(payload, strict=True)  # no string-to-number coercion
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise WireError("schema violation", f"{where}: {first['msg']}") from None
+        raise WireError("schema violation", f"{where}: {first['msg']}"[:300]) from None
 
 
 def json_schemas() -> dict[str, dict[str, object]]:
@@ -349,6 +381,13 @@ server starts with an empty one, so a captured batch re-published then would be
 accepted once. Batches carry no expiry on purpose (a spool may deliver hours-old
 batches after an outage); restrict who may publish on `{TOPIC_ROOT}/gw/+/batch` with
 broker ACLs (docs/live-bridge.md).
+
+On the NATS backbone (docs/reliability.md) the gateway id comes from the subject
+(`tagtwin.v1.<site>.raw.<gateway>`), so the worker checks the HMAC over the raw payload
+before it parses a byte; repeats are dropped by (gateway, `ep`, `seq`), where `ep` is the
+boot epoch a gateway's spool chose when it was created (a re-provisioned gateway starts a
+new epoch at seq 0). Every number has bounds and JSON is parsed strictly (no string to
+number coercion, no NaN or Infinity) with pydantic-core's nesting limit.
 
 Dead-letter reasons: `malformed envelope`, `malformed json`, `schema violation`,
 `unknown gateway`, `bad signature`, `topic does not match signed gateway`,

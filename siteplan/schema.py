@@ -84,6 +84,9 @@ class RackRows(Strict):
 class Site(Strict):
     outline: list[Point] = Field(description="outer walls, metres")
     tag_height_m: float = Field(1.0, ge=0, le=20, description="height of tags above the floor, metres")
+    raw_retention_days: float = Field(
+        7.0, gt=0, le=3650, description="days the backbone keeps raw gateway batches (the raw stream's max age)"
+    )
     walls: list[Wall] = Field(default_factory=list, description="interior walls (polylines with a material)")
     racks: list[Rack] = Field(default_factory=list, description="racks one by one")
     rack_rows: list[RackRows] = Field(default_factory=list, description="blocks of parallel racks")

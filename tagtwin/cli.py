@@ -512,6 +512,11 @@ def schema(out: Annotated[Path | None, typer.Option(help="write here instead of 
 
 BROKER = "mqtt://127.0.0.1:1883"
 BrokerOpt = Annotated[str, typer.Option("--broker", help="mqtt://host:port")]
+NatsOpt = Annotated[
+    str | None, typer.Option("--nats", help="the backbone: nats://host:port[,...] (absent: the embedded one)")
+]
+CredsOpt = Annotated[str | None, typer.Option("--creds", help="NATS credentials file (or $TAGTWIN_NATS_CREDS)")]
+SiteOpt = Annotated[str, typer.Option("--site", help="site name on the backbone (subject token)")]
 KeysOpt = Annotated[Path, typer.Option("--keys", help="keys.toml: [keys] gateway = hex key")]
 
 
@@ -554,7 +559,20 @@ def gateway(
 @app.command()
 def serve(
     *,
-    broker: BrokerOpt = BROKER,
+    broker: Annotated[
+        str | None, typer.Option("--broker", help="mqtt://host:port: the MQTT-only server (no backbone)")
+    ] = None,
+    nats: NatsOpt = None,
+    creds: CredsOpt = None,
+    site: SiteOpt = "default",
+    data_dir: Annotated[Path, typer.Option(help="embedded backbone: JetStream store")] = Path(".tagtwin/backbone"),
+    nats_port: Annotated[int, typer.Option(help="embedded backbone: NATS port (0: a free one)")] = 4222,
+    mqtt_port: Annotated[int, typer.Option(help="embedded backbone: MQTT listener port (0: a free one)")] = 1883,
+    raw_retention: Annotated[
+        float | None, typer.Option(help="days the raw stream keeps batches (default: the site's raw_retention_days)")
+    ] = None,
+    replicas: Annotated[int, typer.Option(help="stream and checkpoint replicas (3 on a 3-node cluster)")] = 1,
+    max_skew: Annotated[float, typer.Option(help="s an event time may lead the receive clock")] = 30.0,
     scenario: Annotated[
         Path, typer.Option("--scenario", help="site plan and gateway positions")
     ] = DEMO_SCENARIO,
@@ -571,7 +589,11 @@ def serve(
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
     status_every: Annotated[float, typer.Option(help="seconds between status messages")] = 5.0,
 ) -> None:
-    """Verify gateway batches from MQTT, feed the engine, publish positions and events."""
+    """Run the engine on the backbone: verified batches in, positions and dead letters out.
+
+    With no --nats it starts its own nats-server (JetStream, MQTT listener) and stops it on
+    exit; --broker mqtt://... runs the MQTT-only server instead (adapters, rule events).
+    """
     import signal
     import threading
 
@@ -583,6 +605,12 @@ def serve(
     from live_bridge.server import serve as run_server
     from tagtwin.live import rules_sink_for, site_engine_config
 
+    if broker is None:
+        _serve_backbone(scenario, keys, nats=nats, creds=creds, site=site, data_dir=data_dir, nats_port=nats_port,
+                        mqtt_port=mqtt_port, raw_retention_days=raw_retention, replicas=replicas,
+                        max_skew_s=max_skew, step=step,
+                        lateness=lateness, duration=duration, status_every=status_every)
+        return
     if clock not in ("wall", "event"):
         err_console.print(f"--clock: expected wall or event, got {clock!r}")
         raise typer.Exit(2)
@@ -599,12 +627,12 @@ def serve(
         raise typer.Exit(2) from None
     except ConfigError as exc:
         raise _bridge_config_error(exc) from None
-    site = _load(scenario)
-    cfg = site_engine_config(site, step_s=step, lateness_s=lateness)
+    plan = _load(scenario)
+    cfg = site_engine_config(plan, step_s=step, lateness_s=lateness)
     devices: IdTable | None = None
     sink: EventSink = ZoneChangeSink() if events == "zone-change" else NullSink()
     if events == "rules":
-        devices, sink = rules_sink_for(site, cfg)
+        devices, sink = rules_sink_for(plan, cfg)
     core = ServerCore(cfg, key_table, clock=clock, adapters=chosen,  # type: ignore[arg-type]
                       sink=sink, devices=devices)
     stop = threading.Event()
@@ -614,6 +642,48 @@ def serve(
         threading.Timer(duration, stop.set).start()
     run_server(core, broker, stop, status_every_s=status_every)
     sys.stderr.write(json.dumps(core.status(), sort_keys=True, default=str) + "\n")
+
+
+def _serve_backbone(
+    scenario: Path, keys: Path, *, nats: str | None, creds: str | None, site: str, data_dir: Path, nats_port: int,
+    mqtt_port: int, raw_retention_days: float | None, replicas: int, max_skew_s: float, step: float | None,
+    lateness: float | None,
+    duration: float | None, status_every: float,
+) -> None:
+    from live_bridge.backbone import StreamSettings, token
+    from live_bridge.config import load_keys
+    from live_bridge.gateway import ConfigError
+    from live_bridge.natsserver import NatsServerError
+    from live_bridge.worker import WorkerSettings
+    from tagtwin.live import site_engine_config
+    from tagtwin.worker import serve_backbone
+
+    plan = _load(scenario)
+    if raw_retention_days is None:
+        raw_retention_days = plan.site.raw_retention_days
+    try:
+        token("site", site)
+        key_table = load_keys(keys)
+        if raw_retention_days <= 0 or max_skew_s < 0 or replicas not in (1, 3, 5):
+            raise ValueError("--raw-retention must be > 0 days, --max-skew >= 0 s, --replicas 1, 3 or 5")
+    except ConfigError as exc:
+        raise _bridge_config_error(exc) from None
+    except ValueError as exc:
+        err_console.print(str(exc), markup=False)
+        raise typer.Exit(2) from None
+    cfg = site_engine_config(plan, step_s=step, lateness_s=lateness)
+    settings = WorkerSettings(site=site, max_skew_s=max_skew_s, status_every_s=status_every)
+    streams = StreamSettings(raw_max_age_s=raw_retention_days * 86400.0, replicas=replicas)
+    try:
+        status = serve_backbone(
+            cfg, key_table, settings, streams, nats_url=nats, creds=creds, data_dir=data_dir, nats_port=nats_port,
+            mqtt_port=mqtt_port, duration_s=duration,
+            say=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True),
+        )
+    except (NatsServerError, ConnectionError, OSError, ValueError) as exc:  # ValueError: a stateful tracker
+        err_console.print(f"backbone: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    sys.stderr.write(json.dumps(status, sort_keys=True, default=str) + "\n")
 
 
 @app.command()
@@ -642,16 +712,25 @@ def keys(
 def twin_publish(
     *,
     scenario: Annotated[Path, typer.Argument(help="scenario TOML file")] = DEMO_SCENARIO,
-    broker: BrokerOpt = BROKER,
+    broker: Annotated[
+        str | None, typer.Option("--broker", help="mqtt://host:port: publish over MQTT instead of the backbone")
+    ] = None,
+    nats: Annotated[str, typer.Option("--nats", help="the backbone: nats://host:port[,...]")] = "nats://127.0.0.1:4222",
+    creds: CredsOpt = None,
+    site: SiteOpt = "default",
     keys: KeysOpt = Path("keys.toml"),
     realtime: Annotated[bool, typer.Option(help="pace by simpy.rt, not flat out")] = False,
     speed: Annotated[float, typer.Option(help="real-time factor when --realtime")] = 1.0,
     duration: Annotated[float | None, typer.Option(help="override duration_s")] = None,
 ) -> None:
-    """Simulate a scenario and publish its sightings as its gateways would."""
+    """Simulate a scenario and publish its sightings as its gateways would: on the backbone,
+    each batch retried until the stream stores it (a backbone restart is a pause)."""
+    import asyncio
+
+    from live_bridge.backbone import token
     from live_bridge.config import load_keys
     from live_bridge.gateway import ConfigError
-    from tagtwin.twin_publish import publish_twin
+    from tagtwin.twin_publish import publish_twin, publish_twin_nats
     from twin.sim import run_twin
 
     sc = _load(scenario)
@@ -662,11 +741,16 @@ def twin_publish(
     except ConfigError as exc:
         raise _bridge_config_error(exc) from None
     try:
-        sent = publish_twin(run_twin(sc), key_table, broker, realtime=realtime, speed=speed)
+        if broker is not None:
+            sent = publish_twin(run_twin(sc), key_table, broker, realtime=realtime, speed=speed)
+        else:
+            token("site", site)
+            sent = asyncio.run(publish_twin_nats(run_twin(sc), key_table, nats, site=site, creds=creds,
+                                                 realtime=realtime, speed=speed))
     except (OSError, ValueError) as exc:
-        err_console.print(f"cannot publish to {broker}: {exc}", markup=False)
+        err_console.print(f"cannot publish to {broker or nats}: {exc}", markup=False)
         raise typer.Exit(2) from None
-    console.print(json.dumps(sent), highlight=False)
+    console.print(json.dumps(sent), highlight=False, soft_wrap=True)
 
 
 @app.command()

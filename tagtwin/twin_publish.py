@@ -7,6 +7,8 @@ and is decoded as a gateway decodes it (live_bridge.tag_frames)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -16,13 +18,14 @@ import simpy
 import simpy.rt
 
 from engine.contract import UNKNOWN
+from live_bridge.backbone import PUBLISH_ERRORS, connect, publish_batch, raw_subject
 from live_bridge.mqtt import BrokerUrl, make_client
 from live_bridge.tag_frames import TagFrames
 from live_bridge.wire import Advert, Batch, advert_from, batch_topic, encode_batch
 from twin.sim import tag_ids
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from engine.contract import Sightings
     from twin.scenario import Scenario
@@ -46,6 +49,8 @@ def twin_batches(
     t1: float,
     seqs: Counter[str],
     frames: TagFrames | None = None,
+    topic_of: Callable[[str], str] = batch_topic,
+    epoch: int = 0,
 ) -> Iterator[tuple[str, bytes]]:
     """(topic, signed body) per gateway for the sightings with t in [t0, t1).
 
@@ -59,9 +64,12 @@ def twin_batches(
             continue
         mine = rows[rows["gateway"] == g]
         ads = [_advert(r, device_ids, origin, frames) for r in mine]
-        batch = Batch(gw=gw, seq=seqs[gw], sent=origin + t1, ads=ads)
+        batch = Batch(gw=gw, seq=seqs[gw], ep=epoch, sent=origin + t1, ads=ads)
         seqs[gw] += 1
-        yield batch_topic(gw), encode_batch(batch, keys[gw])
+        yield topic_of(gw), encode_batch(batch, keys[gw])
+
+
+log = logging.getLogger("tagtwin.twin_publish")
 
 
 def _advert(r: np.void, device_ids: list[str], origin: float, frames: TagFrames | None) -> Advert:
@@ -135,3 +143,67 @@ def publish_twin(
     client.disconnect()
     client.loop_stop()
     return {"origin": origin, **sent}
+
+
+async def publish_until_stored(js: object, subject: str, body: bytes, counters: Counter[str]) -> None:
+    """Publish one batch, retrying until the stream acks it: a backbone restart is a pause.
+    Re-sends are harmless (the stream's message id and the worker's dedup drop repeats)."""
+    delay = 0.1
+    while True:
+        try:
+            await publish_batch(js, subject, body)  # type: ignore[arg-type]
+            counters["stored"] += 1
+            return
+        except PUBLISH_ERRORS as exc:
+            counters[f"retried: {type(exc).__name__}"] += 1
+            log.info("batch on %s not stored yet (%s); retrying", subject, type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 2.0)
+
+
+async def publish_twin_nats(
+    result: TwinResult,
+    keys: dict[str, bytes],
+    nats_url: str,
+    *,
+    site: str = "default",
+    creds: str | None = None,
+    realtime: bool = False,
+    speed: float = 1.0,
+    batch_s: float = 0.5,
+    origin: float | None = None,
+    max_inflight: int = 64,
+) -> dict[str, float]:
+    """Publish a finished twin run on the backbone, each batch retried until stored."""
+    sightings = result.sightings[np.argsort(result.sightings["t"], kind="stable")]
+    frames = tag_frames_for(result.scenario, result.device_ids)
+    origin = time.time() if origin is None else origin
+    nc = await connect(nats_url, name="tagtwin-twin-publish", creds=creds)
+    js = nc.jetstream()
+    seqs: Counter[str] = Counter()
+    counters: Counter[str] = Counter()
+    inflight: set[asyncio.Task[None]] = set()
+    start = time.monotonic()
+    t = 0.0
+    try:
+        while t < result.scenario.duration_s:
+            if realtime:
+                await asyncio.sleep(max(0.0, start + (t + batch_s) / speed - time.monotonic()))
+            for subject, body in twin_batches(
+                sightings, gateway_ids=result.gateways.ids, device_ids=result.device_ids, keys=keys,
+                origin=origin, t0=t, t1=t + batch_s, seqs=seqs,
+                frames=frames if frames.active else None,
+                topic_of=lambda gw: raw_subject(site, gw), epoch=int(origin * 1000),
+            ):
+                counters["batches"] += 1
+                task = asyncio.create_task(publish_until_stored(js, subject, body, counters))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                if len(inflight) >= max_inflight:
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+            t += batch_s
+        if inflight:
+            await asyncio.gather(*inflight)
+    finally:
+        await nc.close()
+    return {"origin": origin, "sightings": float(len(sightings)), **{k: float(v) for k, v in counters.items()}}

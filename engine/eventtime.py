@@ -1,0 +1,287 @@
+"""Event time that survives outages: per-gateway watermarks, batch dedup, revised windows.
+
+Sans-IO like the rest of the engine: no clock is read here, the caller passes receive
+times (the backbone passes the time the stream stored a batch, so a replay from the
+stream decides exactly as the first pass did).
+
+State transitions, all in this module:
+
+* :class:`GatewayWatermarks` -- each gateway's watermark is the newest event time it
+  sent. The site watermark is the *minimum* over active gateways, so the first gateway
+  to drain a spool cannot push windows shut under the others; a gateway that has sent
+  nothing for ``idle_s`` of receive time stops holding the watermark back (idle
+  handling, as in Flink's ``withIdleness``), and holds it again when it speaks. The site
+  watermark never goes backwards. A sighting stamped more than ``max_skew_s`` after its
+  batch was received is *future*: the caller dead-letters it and it never moves a
+  watermark (one bad clock cannot make every good sighting late).
+* :class:`BatchDedup` -- a batch is identified by (gateway, boot epoch, batch seq); the
+  recent ids of each (gateway, epoch) are remembered in arrival order, so a repeat is
+  dropped, a re-provisioned gateway (new epoch, seq from 0) is accepted, and a huge seq
+  jump locks nobody out (there is no "highest seq" to fall behind).
+* :class:`RevisingWindows` -- keeps the raw sightings of the last ``horizon_s`` of event
+  time. A window closes when the site watermark passes its end by the allowed lateness
+  and is published as revision 0. A sighting that arrives after its windows closed (a
+  spool replay after an outage) marks them dirty; the next ``advance`` recomputes them
+  from all their raw rows and publishes them again with revision + 1. A window's fixes
+  depend only on the *set* of its rows (rows are put in canonical order first), so the
+  latest revision equals what a fault-free run computes. Sightings older than the
+  horizon are returned to the caller to dead-letter, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from engine.contract import SIGHTING_DTYPE, Sightings
+from engine.ingest import IngestCounters, drop_redeliveries
+from engine.pipeline import FIX_DTYPE, WINDOWS_PER_CHUNK
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from engine.pipeline import Engine
+
+REVISED_FIX_DTYPE = np.dtype([*FIX_DTYPE.descr, ("revision", "i4")])
+# Channel copies of one advertising event are merged; copies are milliseconds apart, so
+# rows this far outside a window's span are read too and every event merges the same way
+# whichever windows are computed together.
+MERGE_MARGIN_S = 1.0
+
+
+@dataclass
+class GatewayWatermarks:
+    """Per-gateway event-time watermarks and the site watermark they allow."""
+
+    idle_s: float = 5.0
+    max_skew_s: float = 30.0
+    event: dict[str, float] = field(default_factory=dict)  # newest event time per gateway
+    heard: dict[str, float] = field(default_factory=dict)  # receive time of its last batch
+    mark: float = -np.inf  # the site watermark: monotone
+
+    def future(self, t: NDArray[np.float64], received: float) -> NDArray[np.bool_]:
+        """Rows stamped beyond the allowed clock skew of their receive time."""
+        return np.asarray(t > received + self.max_skew_s)
+
+    def observe(self, gateway: str, t_max: float, received: float) -> None:
+        """A batch from ``gateway`` (future rows already removed) arrived at ``received``."""
+        self.event[gateway] = max(self.event.get(gateway, -np.inf), t_max)
+        self.heard[gateway] = max(self.heard.get(gateway, -np.inf), received)
+
+    def all_idle(self, now: float) -> bool:
+        """Every gateway silent for ``idle_s``: nothing more is coming for now."""
+        return bool(self.event) and all(now - h > self.idle_s for h in self.heard.values())
+
+    def site_watermark(self, now: float) -> float:
+        """Minimum over gateways heard within ``idle_s`` of ``now``; the maximum if all are
+        idle (then nothing more is coming, close what there is). Never decreases."""
+        if self.event:
+            active = [e for g, e in self.event.items() if now - self.heard[g] <= self.idle_s]
+            candidate = min(active) if active else max(self.event.values())
+            self.mark = max(self.mark, candidate)
+        return self.mark
+
+    def to_json(self) -> dict[str, object]:
+        return {"idle_s": self.idle_s, "max_skew_s": self.max_skew_s, "event": self.event,
+                "heard": self.heard, "mark": None if not np.isfinite(self.mark) else self.mark}
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> GatewayWatermarks:
+        mark = d.get("mark")
+        return cls(float(d["idle_s"]), float(d["max_skew_s"]),  # type: ignore[arg-type]
+                   dict(d["event"]), dict(d["heard"]),  # type: ignore[call-overload]
+                   -np.inf if mark is None else float(mark))  # type: ignore[arg-type]
+
+
+@dataclass
+class BatchDedup:
+    """Which (gateway, epoch, seq) batches were already taken, remembered in arrival order."""
+
+    remember: int = 8192  # ids per (gateway, epoch): far more than a spool replays twice
+    epochs_per_gateway: int = 4
+    recent: dict[str, dict[int, deque[int]]] = field(default_factory=dict)
+    _sets: dict[tuple[str, int], set[int]] = field(default_factory=dict, repr=False)
+
+    def first_time(self, gateway: str, epoch: int, seq: int) -> bool:
+        """True (and remembered) the first time an id is seen; False for a repeat."""
+        key = (gateway, epoch)
+        seen = self._sets.get(key)
+        if seen is None:
+            epochs = self.recent.setdefault(gateway, {})
+            if len(epochs) >= self.epochs_per_gateway:  # forget the oldest epoch
+                old = min(epochs)
+                del epochs[old]
+                self._sets.pop((gateway, old), None)
+            epochs[epoch] = deque()
+            seen = self._sets[key] = set()
+        if seq in seen:
+            return False
+        order = self.recent[gateway][epoch]
+        order.append(seq)
+        seen.add(seq)
+        if len(order) > self.remember:
+            seen.discard(order.popleft())
+        return True
+
+    def to_json(self) -> dict[str, object]:
+        return {"remember": self.remember, "epochs_per_gateway": self.epochs_per_gateway,
+                "recent": {g: {str(e): list(q) for e, q in eps.items()} for g, eps in self.recent.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> BatchDedup:
+        out = cls(int(d["remember"]), int(d["epochs_per_gateway"]))  # type: ignore[call-overload]
+        for g, eps in dict(d["recent"]).items():  # type: ignore[call-overload]
+            out.recent[g] = {int(e): deque(q) for e, q in eps.items()}
+            for e, q in out.recent[g].items():
+                out._sets[(g, e)] = set(q)
+        return out
+
+
+class RevisingWindows:
+    """Sliding windows over the raw rows of the last ``horizon_s``, closed by a watermark and
+    recomputed (revision + 1) when late rows arrive for windows already published."""
+
+    def __init__(self, engine: Engine, horizon_s: float = 300.0) -> None:
+        cfg = engine.config
+        if cfg.tracker != "none" or cfg.zone_hysteresis:
+            raise ValueError("revised windows need stateless fixes: tracker 'none', no zone hysteresis")
+        self.engine = engine
+        self.step = cfg.step_s
+        self.window = cfg.window_s
+        self.lateness = cfg.allowed_lateness_s
+        self.per = int(np.ceil(self.window / self.step))
+        self.horizon_s = horizon_s
+        self.rows: Sightings = np.zeros(0, SIGHTING_DTYPE)
+        self._new: list[Sightings] = []
+        self.closed_through: int | None = None  # last window index published
+        self.revisions: dict[int, int] = {}
+        self.dirty: set[int] = set()
+
+    # -- input ----------------------------------------------------------------------
+
+    def horizon_start(self) -> float:
+        """Rows older than this cannot be placed any more (their windows were forgotten)."""
+        if self.closed_through is None:
+            return -np.inf
+        return (self.closed_through + 1) * self.step - self.window - self.horizon_s
+
+    def add(self, rows: Sightings) -> NDArray[np.bool_]:
+        """Keep the rows inside the horizon; returns the mask of rows too old to place."""
+        too_old = rows["t"] < self.horizon_start()
+        keep = rows[~too_old]
+        if len(keep):
+            self._new.append(keep)
+            if self.closed_through is not None:
+                k = self._windows_of(keep["t"])
+                self.dirty.update(int(w) for w in np.unique(k[k <= self.closed_through]))
+        return np.asarray(too_old)
+
+    def _windows_of(self, t: NDArray[np.float64]) -> NDArray[np.int64]:
+        """Every window index each time falls in (flattened): [k*step - window, k*step)."""
+        base = np.floor(t / self.step + 1e-12).astype(np.int64) + 1
+        k = base[:, None] + np.arange(self.per)[None, :]
+        inside = np.repeat(t, self.per).reshape(k.shape) >= k * self.step - self.window
+        return k[inside]
+
+    # -- output ---------------------------------------------------------------------
+
+    def advance(self, watermark: float, revision: int | None = None) -> NDArray[np.void]:
+        """Close the windows the watermark allows and recompute the dirty ones; returns their
+        fixes with a ``revision`` column, in window order. Revisions count 0, 1, 2 ... per
+        window, or are ``revision`` when given (the backbone passes the stream sequence the
+        state covers: it only grows, across restarts too)."""
+        if self._new:
+            self.rows = np.concatenate([self.rows, *self._new])
+            self.rows = self.rows[np.argsort(self.rows["t"], kind="stable")]
+            self._new = []
+        if not np.isfinite(watermark) or len(self.rows) == 0:
+            return np.zeros(0, REVISED_FIX_DTYPE)
+        last = int(np.floor((watermark - self.lateness) / self.step + 1e-9))
+        first_new = (self.closed_through + 1) if self.closed_through is not None else -(2**62)
+        todo = set(self.dirty)
+        if last >= first_new:
+            k = np.unique(self._windows_of(self.rows["t"][self.rows["t"] < (last * self.step)]))
+            todo.update(int(w) for w in k[(k >= first_new) & (k <= last)])
+            self.closed_through = last
+        self.dirty = set()
+        out = [self._compute(run, revision) for run in _runs(sorted(todo), WINDOWS_PER_CHUNK)]
+        self._prune()
+        return np.concatenate(out) if out else np.zeros(0, REVISED_FIX_DTYPE)
+
+    def _compute(self, run: tuple[int, int], revision: int | None) -> NDArray[np.void]:
+        k0, k1 = run
+        lo, hi = np.searchsorted(
+            self.rows["t"], [k0 * self.step - self.window - MERGE_MARGIN_S, k1 * self.step + MERGE_MARGIN_S]
+        )
+        rows = drop_redeliveries(self.rows[lo:hi], IngestCounters())  # canonical order
+        fixes = self.engine.localize_windows(rows, k0, k1)
+        out = np.empty(len(fixes), REVISED_FIX_DTYPE)
+        for name in FIX_DTYPE.names or ():
+            out[name] = fixes[name]
+        wins = np.rint(fixes["t"] / self.step).astype(np.int64)
+        revs = np.zeros(len(fixes), np.int32)
+        for w in range(k0, k1 + 1):
+            rev = self.revisions.get(w, -1) + 1 if revision is None else max(revision, self.revisions.get(w, -1))
+            self.revisions[w] = rev
+            revs[wins == w] = rev
+        out["revision"] = revs
+        return out
+
+    def _prune(self) -> None:
+        start = self.horizon_start() - MERGE_MARGIN_S
+        if len(self.rows) and self.rows["t"][0] < start:
+            self.rows = self.rows[np.searchsorted(self.rows["t"], start):]
+        oldest = int(np.floor(self.horizon_start() / self.step))
+        for w in [w for w in self.revisions if w < oldest]:
+            del self.revisions[w]
+
+    # -- checkpoint -------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[dict[str, object], Sightings]:
+        rows = np.concatenate([self.rows, *self._new]) if self._new else self.rows
+        meta: dict[str, object] = {
+            "closed_through": self.closed_through,
+            "revisions": {str(k): v for k, v in self.revisions.items()},
+            "dirty": sorted(self.dirty),
+            "horizon_s": self.horizon_s,
+        }
+        return meta, rows
+
+    def restore(self, meta: dict[str, object], rows: Sightings) -> None:
+        ct = meta["closed_through"]
+        self.closed_through = None if ct is None else int(ct)  # type: ignore[call-overload]
+        self.revisions = {int(k): int(v) for k, v in dict(meta["revisions"]).items()}  # type: ignore[call-overload]
+        self.dirty = {int(k) for k in meta["dirty"]}  # type: ignore[attr-defined]
+        self.rows = rows[np.argsort(rows["t"], kind="stable")]
+        self._new = []
+
+
+def _runs(windows: list[int], longest: int) -> list[tuple[int, int]]:
+    """Consecutive window indices grouped into (first, last) runs of at most ``longest``."""
+    runs: list[tuple[int, int]] = []
+    for w in windows:
+        if runs and w == runs[-1][1] + 1 and w - runs[-1][0] < longest:
+            runs[-1] = (runs[-1][0], w)
+        else:
+            runs.append((w, w))
+    return runs
+
+
+def snapshot_bytes(meta: dict[str, object], rows: Sightings) -> bytes:
+    """One checkpoint blob: a JSON header line, then the rows' raw bytes (SIGHTING_DTYPE)."""
+    header = json.dumps({**meta, "n_rows": len(rows), "dtype": str(SIGHTING_DTYPE.descr)}).encode()
+    return header + b"\n" + np.ascontiguousarray(rows).tobytes()
+
+
+def parse_snapshot(blob: bytes) -> tuple[dict[str, object], Sightings]:
+    header, _, body = blob.partition(b"\n")
+    meta = json.loads(header)
+    if meta.pop("dtype") != str(SIGHTING_DTYPE.descr):
+        raise ValueError("checkpoint was written with another sighting layout")
+    n = int(meta.pop("n_rows"))
+    rows = np.frombuffer(body, SIGHTING_DTYPE, count=n).copy()
+    return meta, rows

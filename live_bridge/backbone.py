@@ -1,0 +1,246 @@
+"""The stream layout of the backbone and the publish side every TagTwin source shares.
+
+Subjects (NATS; the MQTT listener shows each as the same path with ``/``)::
+
+    tagtwin.v1.<site>.raw.<gateway>     signed batches, stored in stream TAGTWIN_RAW_<site>
+    tagtwin.v1.<site>.positions         position batches, revised windows included
+    tagtwin.v1.<site>.events            rule events
+    tagtwin.v1.<site>.deadletter        what the worker refused, and why
+    tagtwin.v1.<site>.status            worker status: counters, lag, watermark
+    tagtwin.v1.<site>.gateway.<gw>.status   gateway heartbeats: counters, spool rows
+
+The raw stream is the site's raw log: every batch with its gateway (the subject), its
+receive time (the stream's timestamp) and its sequence (the stream's and the batch's).
+Its retention (max age) is a site setting. Positions, events and dead letters are also
+stored (stream TAGTWIN_OUT_<site>) so a dashboard that was away can catch up. Scale-out
+partitions by site; a very large site adds a partition token before the gateway
+(``raw.<partition>.<gateway>``), which :func:`raw_filter` already allows for.
+
+Publishing (gateways, twin-publish, load-test publishers): a batch leaves its SQLite
+spool only when JetStream's publish ack says the stream stored it; the message id
+(``Nats-Msg-Id``, a hash of the signed body) lets the stream drop a re-send inside its
+duplicate window, and the worker's (gateway, epoch, seq) dedup drops any older one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import nats
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import Error as JsError
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+
+    from live_bridge.spool import Spool
+
+log = logging.getLogger("tagtwin.backbone")
+
+SUBJECT_ROOT = "tagtwin.v1"
+TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_BATCH_BYTES = 1 << 20  # the stream refuses larger messages; the worker checks again
+DUPLICATE_WINDOW_S = 120.0
+CHECKPOINT_BUCKET = "tagtwin-checkpoints"
+CREDS_ENV = "TAGTWIN_NATS_CREDS"
+
+
+def token(kind: str, value: str) -> str:
+    """A subject token (site, gateway, partition): no dots or wildcards, so it stays one token."""
+    if not TOKEN.match(value):
+        raise ValueError(f"{kind} {value!r}: a subject token may hold letters, digits, '_' and '-' only")
+    return value
+
+
+def raw_subject(site: str, gateway: str) -> str:
+    return f"{SUBJECT_ROOT}.{token('site', site)}.raw.{token('gateway', gateway)}"
+
+
+def raw_filter(site: str) -> str:
+    return f"{SUBJECT_ROOT}.{token('site', site)}.raw.>"
+
+
+def gateway_of(subject: str, site: str) -> str | None:
+    """The gateway a raw subject names (its last token), or None if it is not one of the site's."""
+    prefix = f"{SUBJECT_ROOT}.{site}.raw."
+    if not subject.startswith(prefix):
+        return None
+    gw = subject.rsplit(".", 1)[-1]
+    return gw if TOKEN.match(gw) else None
+
+
+def out_subject(site: str, kind: str) -> str:
+    """positions, events, deadletter, status."""
+    return f"{SUBJECT_ROOT}.{token('site', site)}.{kind}"
+
+
+def gateway_status_subject(site: str, gateway: str) -> str:
+    """A gateway's heartbeat (GatewayStatus: counters, spool rows), not stored."""
+    return f"{SUBJECT_ROOT}.{token('site', site)}.gateway.{token('gateway', gateway)}.status"
+
+
+def mqtt_topic(subject: str) -> str:
+    """What MQTT clients of the NATS listener see: the subject with '/' for '.'."""
+    return subject.replace(".", "/")
+
+
+def raw_stream(site: str) -> str:
+    return f"TAGTWIN_RAW_{token('site', site)}"
+
+
+def out_stream(site: str) -> str:
+    return f"TAGTWIN_OUT_{token('site', site)}"
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """Per-site stream limits: retention is the site's raw-data period."""
+
+    raw_max_age_s: float = 7 * 86400.0
+    out_max_age_s: float = 86400.0
+    raw_max_bytes: int = -1  # -1: bounded by age and the server's store only
+    replicas: int = 1  # 3 on a 3-node cluster
+
+
+async def ensure_streams(js: JetStreamContext, site: str, settings: StreamSettings | None = None) -> None:
+    """Create or update the site's raw and output streams (idempotent)."""
+    s = settings or StreamSettings()
+    configs = [
+        StreamConfig(
+            name=raw_stream(site), subjects=[raw_filter(site)], retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE, max_age=s.raw_max_age_s, max_bytes=s.raw_max_bytes,
+            max_msg_size=MAX_BATCH_BYTES, discard=DiscardPolicy.OLD, num_replicas=s.replicas,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+        StreamConfig(
+            name=out_stream(site),
+            subjects=[out_subject(site, k) for k in ("positions", "events", "deadletter")],
+            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, max_age=s.out_max_age_s,
+            discard=DiscardPolicy.OLD, num_replicas=s.replicas,
+        ),
+    ]
+    for cfg in configs:
+        try:
+            await js.add_stream(cfg)
+        except BadRequestError:  # exists with other settings: bring it to these
+            await js.update_stream(cfg)
+
+
+def creds_path(creds: str | None) -> str | None:
+    """``--creds FILE`` or $TAGTWIN_NATS_CREDS; never from a URL (design.md conventions)."""
+    return creds or os.environ.get(CREDS_ENV) or None
+
+
+async def connect(url: str, *, name: str, creds: str | None = None, wait_s: float = 30.0) -> Client:
+    """A client that reconnects for ever once connected (a backbone restart is an outage, not
+    an end) and keeps trying the first connection for ``wait_s``."""
+    kwargs: dict[str, object] = {}
+    path = creds_path(creds)
+    if path:
+        kwargs["user_credentials"] = path
+
+    async def on_error(exc: Exception) -> None:
+        log.info("nats: %s", exc)
+
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await nats.connect(
+                servers=servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+                connect_timeout=2, allow_reconnect=True, error_cb=on_error, **kwargs,
+            )
+        except (OSError, nats.errors.Error) as exc:
+            if time.monotonic() > deadline:
+                raise ConnectionError(f"cannot reach the backbone at {url}: {exc}") from None
+            await asyncio.sleep(0.25)
+
+
+def message_id(body: bytes) -> str:
+    """Nats-Msg-Id of a signed batch: the same bytes re-sent are the same message."""
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+async def publish_batch(js: JetStreamContext, subject: str, body: bytes, timeout: float = 5.0) -> int:
+    """Publish and wait for the stream's ack; returns the stream sequence (or raises)."""
+    ack = await js.publish(subject, body, timeout=timeout, headers={"Nats-Msg-Id": message_id(body)})
+    return int(ack.seq)
+
+
+PUBLISH_ERRORS = (NatsTimeoutError, NoRespondersError, JsError, ConnectionError, OSError,
+                  asyncio.TimeoutError, nats.errors.Error)
+
+
+async def drain_spool(js: JetStreamContext, spool: Spool, counters: Counter[str], *, max_inflight: int = 32,
+                      timeout: float = 5.0) -> int:
+    """Publish the spool's rows oldest first, up to ``max_inflight`` at once, deleting each
+    row only on its publish ack. Returns how many were stored; stops at the first refusal
+    or missing ack (the row stays, the reason is logged and counted) so order is kept."""
+    stored = 0
+    while True:
+        rows = spool.peek(0, max_inflight)
+        if not rows:
+            return stored
+        results = await asyncio.gather(
+            *(publish_batch(js, subject, body, timeout) for _, subject, body in rows), return_exceptions=True
+        )
+        for (row_id, subject, _), res in zip(rows, results, strict=True):
+            if isinstance(res, BaseException):
+                reason = type(res).__name__
+                counters[f"publish not acked: {reason}"] += 1
+                log.warning("batch kept in spool: publish to %s not acked (%s: %s)", subject, reason, res)
+                continue
+            spool.ack(row_id)
+            stored += 1
+            counters["published"] += 1
+        if any(isinstance(r, BaseException) for r in results):
+            return stored
+
+
+async def object_get(js: JetStreamContext, bucket: str, name: str) -> bytes | None:
+    """An object's bytes, or None if the bucket or the object does not exist yet."""
+    try:
+        obs = await js.object_store(bucket)
+        res = await obs.get(name)
+    except (NotFoundError, nats.js.errors.ObjectNotFoundError, nats.js.errors.BucketNotFoundError):
+        return None
+    return None if res.data is None else bytes(res.data)
+
+
+def mosquitto_bridge_config(nats_mqtt_host: str, nats_mqtt_port: int, site: str, *, client_id: str = "edge-1",
+                            listener_port: int = 1883) -> str:
+    """A mosquitto edge broker that forwards gateway batches into the backbone's MQTT listener.
+
+    The NATS listener speaks MQTT 3.1.1 only (``bridge_protocol_version mqttv311``, protocol
+    level 4) and refuses mosquitto's private bridge flag (``try_private false``). Batches go
+    out at QoS 1 on ``tagtwin/v1/<site>/raw/<gateway>``; the listener PUBACKs before the
+    stream stores them, so this path is at-most-once across a backbone crash
+    (docs/reliability.md).
+    """
+    topic = mqtt_topic(raw_filter(site)).replace(">", "#")
+    return "\n".join([
+        f"listener {listener_port} 127.0.0.1",
+        "allow_anonymous true",
+        "persistence false",
+        "",
+        "connection tagtwin-backbone",
+        f"address {nats_mqtt_host}:{nats_mqtt_port}",
+        "bridge_protocol_version mqttv311",
+        "try_private false",
+        "cleansession false",
+        f"remote_clientid {client_id}",
+        f"topic {topic} out 1",
+        "",
+    ])

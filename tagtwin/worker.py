@@ -1,0 +1,125 @@
+"""One engine worker as its own process, for a scenario's or site file's site.
+
+``tagtwin serve`` runs the same worker in-process; the fault suite
+(live_bridge/faults.py) starts this module so that it can kill it -9.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from engine.pipeline import EngineConfig
+from live_bridge.backbone import StreamSettings, connect
+from live_bridge.config import load_keys
+from live_bridge.natsserver import EmbeddedNats, ServerConfig, free_port
+from live_bridge.worker import WorkerCore, WorkerSettings, run_worker
+from siteplan.config_file import ConfigFileError
+from tagtwin.live import site_engine_config
+from twin.scenario import load_scenario
+
+
+def site_config(path: Path | str) -> EngineConfig:
+    """The engine configuration of a scenario or site file."""
+    return site_engine_config(load_scenario(path))
+
+
+FAULT_SITE = Path(__file__).resolve().parent.parent / "scenarios" / "static-open.toml"
+
+
+def worker_command(site_file: Path | str) -> list[str]:
+    """The command line that starts a worker process for ``site_file`` (fault harness)."""
+    return [sys.executable, "-m", "tagtwin.worker", str(site_file)]
+
+
+
+async def run_site_worker(
+    config: EngineConfig, keys: dict[str, bytes], settings: WorkerSettings, streams: StreamSettings,
+    nats_url: str, creds: str | None = None, duration_s: float | None = None,
+) -> WorkerCore:
+    """One worker until SIGINT/SIGTERM (or ``duration_s``); returns it for its status."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if duration_s is not None:
+        loop.call_later(duration_s, stop.set)
+    nc = await connect(nats_url, name=f"tagtwin-{settings.durable}", creds=creds)
+    core = WorkerCore(config, keys, settings)
+    try:
+        await run_worker(core, nc, stop, streams=streams)
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+    return core
+
+
+def serve_backbone(
+    config: EngineConfig, keys: dict[str, bytes], settings: WorkerSettings, streams: StreamSettings, *,
+    nats_url: str | None, creds: str | None, data_dir: Path, nats_port: int, mqtt_port: int,
+    duration_s: float | None, say: Callable[[str], None],
+) -> dict[str, object]:
+    """``tagtwin serve``: the embedded nats-server when no URL is given (JetStream synced on
+    every write, MQTT listener, store under ``data_dir``), one worker, both stopped on exit."""
+    server = None
+    if nats_url is None:
+        server = EmbeddedNats(ServerConfig(
+            name="tagtwin", store_dir=data_dir / "jetstream", port=nats_port or free_port(),
+            mqtt_port=mqtt_port or free_port(),
+        ))
+        server.start()
+        nats_url = server.url
+        say(f"backbone listening on {server.url} and {server.mqtt_url} (MQTT 3.1.1), "
+            f"store {server.config.store_dir}, nats-server pid {server.pid}")
+    try:
+        core = asyncio.run(run_site_worker(config, keys, settings, streams, nats_url, creds, duration_s))
+    finally:
+        if server is not None:
+            server.stop()
+    return core.status()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tagtwin.worker``: one engine worker process (what ``tagtwin serve``
+    runs in-process; the fault suite runs it as a process it can kill)."""
+    import argparse
+    from dataclasses import fields
+
+    ap = argparse.ArgumentParser(prog="python -m tagtwin.worker", description=main.__doc__)
+    ap.add_argument("scenario", help="scenario or site file (gateways and plan)")
+    ap.add_argument("--nats", required=True, help="nats://host:port[,nats://...]")
+    ap.add_argument("--creds", default=None, help="NATS credentials file")
+    ap.add_argument("--keys", required=True, help="keys.toml")
+    ap.add_argument("--settings", default="{}", help="JSON object of WorkerSettings fields")
+    ap.add_argument("--replicas", type=int, default=1, help="stream replicas (3 on a 3-node cluster)")
+    ap.add_argument("--raw-max-age", type=float, default=StreamSettings.raw_max_age_s, help="raw retention, s")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    try:
+        known = {f.name for f in fields(WorkerSettings)}
+        given = json.loads(args.settings)
+        if not isinstance(given, dict) or set(given) - known:
+            raise ValueError(f"--settings: expected a JSON object with keys from {sorted(known)}")
+        settings = WorkerSettings(**given)
+        config = site_config(args.scenario)
+        keys = load_keys(args.keys)
+    except ConfigFileError as exc:
+        print(f"{exc.path}: " + "; ".join(exc.problems), file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    streams = StreamSettings(raw_max_age_s=args.raw_max_age, replicas=args.replicas)
+    core = asyncio.run(run_site_worker(config, keys, settings, streams, args.nats, args.creds))
+    sys.stderr.write(json.dumps(core.status(), default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

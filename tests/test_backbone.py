@@ -1,0 +1,511 @@
+"""The stream backbone: embedded nats-server, the worker's poison isolation, publishers that
+delete a spool row only on the stream's ack, twin-publish across a backbone restart, and
+MQTT into the stream through the NATS listener. Real nats-server on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+
+from live_bridge.backbone import (
+    StreamSettings,
+    connect,
+    ensure_streams,
+    gateway_status_subject,
+    mqtt_topic,
+    out_subject,
+    publish_batch,
+    raw_stream,
+    raw_subject,
+    token,
+)
+from live_bridge.faults import Fault
+from live_bridge.gateway import BatchConfig, Gateway, GatewayConfig, MqttConfig, SpoolConfig
+from live_bridge.natsserver import ClusterConfig, EmbeddedNats, ServerConfig
+from live_bridge.wire import Advert, Batch, encode_batch, encode_payload
+from live_bridge.worker import WorkerCore, WorkerSettings, run_worker
+from tests.test_eventtime import engine
+
+KEY = bytes(range(32))
+SITE = "t1"
+NOW = time.time()
+
+
+def core(**kw) -> WorkerCore:
+    cfg = engine().config
+    return WorkerCore(cfg, dict.fromkeys(cfg.gateways.ids, KEY), WorkerSettings(site=SITE, **kw))
+
+
+def signed(gw: str, seq: int, ads: list[Advert], ep: int = 1) -> bytes:
+    return encode_batch(Batch(gw=gw, seq=seq, ep=ep, sent=NOW, ads=ads), KEY)
+
+
+def good_ads(t: float, n: int = 3) -> list[Advert]:
+    return [Advert(t=t, dev=f"tag{i}", rssi=-60.0 - i, ch=37, seq=int(t) % 1000) for i in range(n)]
+
+
+def reasons(out: list[tuple[str, bytes]]) -> list[str]:
+    return [json.loads(body)["reason"] for _, body in out]
+
+
+# -- sans-IO: what a message may contain ----------------------------------------------------
+
+
+def payload_with(gw: str, ad_json: str, seq: int = 9) -> bytes:
+    return (f'{{"gw":"{gw}","seq":{seq},"ep":1,"sent":{NOW},"ads":[{ad_json}]}}').encode()
+
+
+GOOD_AD = f'{{"t":{NOW},"dev":"x","rssi":-60}}'
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"[" * 1000, "malformed envelope"),  # unsigned, 1 kB of nesting: refused before parsing
+        (encode_payload(b'{"gw":"a","ads":' + b"[" * 1000 + b"]" * 1000 + b"}", KEY), "schema violation"),
+        (encode_payload(payload_with("a", f'{{"t":{NOW},"dev":"x","rssi":-60,"ch":300}}'), KEY), "schema violation"),
+        (encode_payload(payload_with("a", f'{{"t":{NOW},"dev":"x","rssi":-60,"ch":"37"}}'), KEY), "schema violation"),
+        (encode_payload(payload_with("a", '{"t":NaN,"dev":"x","rssi":-60}'), KEY), "schema violation"),
+        (encode_payload(payload_with("a", '{"t":Infinity,"dev":"x","rssi":-60}'), KEY), "schema violation"),
+        (encode_payload(payload_with("a", '{"t":1e308,"dev":"x","rssi":-60}'), KEY), "schema violation"),
+        (encode_payload(payload_with("a", GOOD_AD, seq=2**62), KEY), "schema violation"),
+        (encode_payload(payload_with("a", GOOD_AD), b"wrong key 123456"), "bad signature"),
+        (encode_payload(payload_with("b", GOOD_AD), KEY), "topic does not match signed gateway"),
+        (b"x" * (2 << 20), "oversized"),
+    ],
+    ids=["deep-unsigned", "deep-signed", "ch-300", "ch-string", "t-nan", "t-inf", "t-1e308", "seq-2^62",
+         "bad-sig", "other-gateway", "oversized"],
+)
+def test_poison_is_dead_lettered_and_good_traffic_keeps_flowing(body, reason):
+    w = core()
+    out = w.handle(raw_subject(SITE, "a"), body, 1, NOW)
+    assert reasons(out) == [reason]
+    assert w.counters[f"rejected: {reason}"] == 1
+    for i in range(20):  # the same worker then serves good traffic
+        for gw in "abcd":
+            w.handle(raw_subject(SITE, gw), signed(gw, i, good_ads(NOW - 30 + i)), 2 + 4 * i + "abcd".index(gw), NOW)
+    assert w.counters["processed"] == 20 * 4 * 3
+    assert w.tick(NOW)  # positions come out
+
+
+def test_unknown_subject_and_gateway_are_dead_lettered():
+    w = core()
+    assert reasons(w.handle("tagtwin.v1.other.raw.a", signed("a", 0, good_ads(NOW)), 1, NOW)) == ["unexpected subject"]
+    assert reasons(w.handle(raw_subject(SITE, "zz"), signed("zz", 0, good_ads(NOW)), 2, NOW)) == ["unknown gateway"]
+
+
+def test_future_sightings_are_dead_lettered_and_never_move_the_watermark():
+    w = core(max_skew_s=30)
+    for i in range(10):
+        for gw in "abcd":
+            w.handle(raw_subject(SITE, gw), signed(gw, i, good_ads(NOW - 20 + i)), 1 + 4 * i + "abcd".index(gw), NOW)
+    w.tick(NOW)
+    mark = w.marks.mark
+    ahead = [Advert(t=NOW + 3600, dev="liar", rssi=-50.0)] + good_ads(NOW - 9)
+    out = w.handle(raw_subject(SITE, "a"), signed("a", 100, ahead), 1000, NOW)
+    assert reasons(out) == ["future event time"]
+    assert w.counters["dead_lettered: future event time"] == 1
+    w.tick(NOW)
+    assert w.marks.mark <= NOW - 9  # the hour-ahead advert moved nothing
+    assert mark <= w.marks.mark
+    processed = w.counters["processed"]
+    for gw in "abcd":  # good traffic after it is not late
+        w.handle(raw_subject(SITE, gw), signed(gw, 200, good_ads(NOW - 5)), 2000 + "abcd".index(gw), NOW)
+    assert w.counters["processed"] == processed + 12
+    assert not any(k.startswith("dead_lettered: older") for k in w.counters)
+
+
+def test_replays_seq_jumps_and_reprovisioning():
+    w = core()
+    body = signed("a", 5, good_ads(NOW))
+    w.handle(raw_subject(SITE, "a"), body, 1, NOW)
+    w.handle(raw_subject(SITE, "a"), body, 2, NOW)  # the same batch stored twice
+    assert w.counters["duplicates"] == 3 and w.counters["processed"] == 3
+    w.handle(raw_subject(SITE, "a"), signed("a", 2**50, good_ads(NOW)), 3, NOW)  # a jump ...
+    w.handle(raw_subject(SITE, "a"), signed("a", 6, good_ads(NOW)), 4, NOW)  # ... locks nobody out
+    w.handle(raw_subject(SITE, "a"), signed("a", 0, good_ads(NOW), ep=2), 5, NOW)  # re-provisioned
+    assert w.counters["processed"] == 12
+    w.handle(raw_subject(SITE, "a"), signed("a", 7, good_ads(NOW)), 5, NOW)  # seq already covered
+    assert w.counters["skipped: already in checkpoint"] == 1
+
+
+def test_checkpoint_round_trip_resumes_exactly():
+    a = core()
+    for i in range(8):
+        a.handle(raw_subject(SITE, "a"), signed("a", i, good_ads(NOW - 20 + i)), i + 1, NOW)
+    b = core()
+    b.restore(a.checkpoint())
+    assert b.stream_seq == 8 and b.counters == a.counters
+    for w in (a, b):
+        w.handle(raw_subject(SITE, "a"), signed("a", 3, good_ads(NOW)), 9, NOW)  # a repeat: dropped by both
+    assert a.counters == b.counters
+    assert [p for _, p in a.tick(NOW, final=True)] != []
+    assert json.loads(b.tick(NOW, final=True)[0][1])["positions"] == json.loads(
+        core_restored_positions(a))["positions"]
+
+
+def core_restored_positions(a: WorkerCore) -> bytes:
+    c = core()
+    c.restore(a.checkpoint())
+    c.windows.closed_through = None  # recompute everything the checkpoint holds
+    return c.tick(NOW, final=True)[0][1]
+
+
+def test_server_config_renders_jetstream_sync_mqtt_and_routes(tmp_path: Path):
+    cfg = ServerConfig(name="n1", store_dir=tmp_path / "js", port=4222, http_port=8222, mqtt_port=1883,
+                       cluster=ClusterConfig("c", 6222, ["nats-route://127.0.0.1:6223"]))
+    cfg.extra.append("# tls {} would go here")
+    text = cfg.render()
+    assert "sync_interval: always" in text and '"127.0.0.1:1883"' in text
+    assert 'routes: ["nats-route://127.0.0.1:6223"]' in text and text.endswith("# tls {} would go here\n")
+    with pytest.raises(ValueError, match="subject token"):
+        token("gateway", "gw.1")
+    assert mqtt_topic(raw_subject("s", "g")) == "tagtwin/v1/s/raw/g"
+    assert Fault.parse("link-cut@10+30") == Fault("link-cut", 10, 30)
+    with pytest.raises(ValueError, match="expected one of"):
+        Fault.parse("meteor@3")
+
+
+# -- real nats-server ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path):
+    srv = EmbeddedNats.on_free_ports(tmp_path / "nats")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+async def until(cond, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.integration
+def test_worker_on_the_stream_dead_letters_poison_and_keeps_serving(nats_server):
+    async def main():
+        w = core(status_every_s=0.2)
+        nc = await connect(nats_server.url, name="worker")
+        pub = await connect(nats_server.url, name="pub")
+        js = pub.jetstream()
+        dead: list[dict] = []
+        positions: list[dict] = []
+        await pub.subscribe(out_subject(SITE, "deadletter"), cb=functools.partial(_append, dead))
+        await pub.subscribe(out_subject(SITE, "positions"), cb=functools.partial(_append, positions))
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_worker(w, nc, stop, ready=ready))
+        await ready.wait()
+        await publish_batch(js, raw_subject(SITE, "a"), b"[" * 1000)
+        await publish_batch(js, raw_subject(SITE, "a"), encode_payload(
+            payload_with("a", f'{{"t":{NOW},"dev":"x","rssi":-60,"ch":300}}'), KEY))
+        for i in range(10):
+            for gw in "abcd":
+                await publish_batch(js, raw_subject(SITE, gw), signed(gw, i, good_ads(NOW - 15 + i)))
+        await until(lambda: w.counters["processed"] == 120 and len(dead) == 2 and positions, what="worker")
+        stop.set()
+        await task
+        info = await js.stream_info(raw_stream(SITE))
+        await nc.close()
+        await pub.close()
+        return dead, info
+
+    dead, info = asyncio.run(main())
+    assert sorted(d["reason"] for d in dead) == ["malformed envelope", "schema violation"]
+    assert info.state.messages == 42  # the raw log keeps everything, poison included
+
+
+async def _append(into: list, msg) -> None:
+    into.append(json.loads(msg.data))
+
+
+@pytest.mark.integration
+def test_gateway_keeps_the_row_until_the_stream_acks_it(nats_server, tmp_path: Path):
+    """No stream for the subject yet: the publish is refused, the row stays and the reason is
+    counted; once the stream exists the same row is stored and only then deleted."""
+
+    async def main():
+        cfg = GatewayConfig(id="a", key_hex=KEY.hex(), broker=nats_server.url, site=SITE,
+                            spool=SpoolConfig(path=tmp_path / "spool.sqlite"), batch=BatchConfig(max_age_s=0.05),
+                            mqtt=MqttConfig(heartbeat_s=0.2))
+        watch = await connect(nats_server.url, name="watch")
+        beats: list[dict] = []
+        await watch.subscribe(gateway_status_subject(SITE, "a"), cb=functools.partial(_append, beats))
+        gw = Gateway(cfg)
+        stop = asyncio.Event()
+        task = asyncio.create_task(gw.run(stop))
+        for a in good_ads(NOW):
+            gw.add(a)
+        await until(lambda: any(k.startswith("publish not acked") for k in gw.counters), what="a refusal")
+        assert gw.spool.rows == 1
+        nc = await connect(nats_server.url, name="setup")
+        js = nc.jetstream()
+        await ensure_streams(js, SITE, StreamSettings())
+        await until(lambda: gw.spool.rows == 0, what="the stored ack")
+        await until(lambda: any(b["counters"].get("published") == 1 for b in beats), what="a heartbeat")
+        stop.set()
+        await task
+        await watch.close()
+        info = await js.stream_info(raw_stream(SITE))
+        await nc.close()
+        return gw, info
+
+    gw, info = asyncio.run(main())
+    assert info.state.messages == 1 and gw.counters["published"] == 1
+
+
+@pytest.mark.integration
+def test_twin_publish_survives_a_backbone_restart(nats_server):
+    from tagtwin.twin_publish import publish_twin_nats
+    from twin.scenario import Scenario, load_scenario
+    from twin.sim import run_twin
+
+    d = load_scenario(Path(__file__).parents[1] / "scenarios" / "static-open.toml").model_dump()
+    d["duration_s"], d["tags"][0]["count"] = 4, 30
+    result = run_twin(Scenario.model_validate(d))
+    keys = dict.fromkeys(result.gateways.ids, KEY)
+
+    async def main():
+        nc = await connect(nats_server.url, name="setup")
+        await ensure_streams(nc.jetstream(), SITE)
+        pub = asyncio.create_task(publish_twin_nats(result, keys, nats_server.url, site=SITE, realtime=True,
+                                                    speed=2.0, batch_s=0.25))
+        await asyncio.sleep(0.6)
+        await asyncio.to_thread(nats_server.kill)
+        assert not pub.done()  # killed mid-publish
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(nats_server.start)
+        sent = await asyncio.wait_for(pub, 60)
+        info = await nc.jetstream().stream_info(raw_stream(SITE))
+        await nc.close()
+        return sent, info
+
+    sent, info = asyncio.run(main())
+    assert sent["stored"] == sent["batches"] > 0
+    assert info.state.messages >= sent["batches"]  # every batch stored (a re-send may repeat)
+
+
+@pytest.mark.integration
+def test_mqtt_publish_through_the_nats_listener_lands_in_the_raw_stream(nats_server):
+    """Third-party and bridged MQTT gateways: QoS 1 to the listener, stored in the stream."""
+
+    async def setup():
+        nc = await connect(nats_server.url, name="setup")
+        await ensure_streams(nc.jetstream(), SITE)
+        await nc.close()
+
+    asyncio.run(setup())
+    port = int(nats_server.mqtt_url.rsplit(":", 1)[1])
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="theengs-1", protocol=paho.MQTTv311)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    infos = [client.publish(mqtt_topic(raw_subject(SITE, "a")), signed("a", i, good_ads(NOW)), qos=1)
+             for i in range(5)]
+    for info in infos:
+        info.wait_for_publish(10)
+    client.disconnect()
+    client.loop_stop()
+
+    async def check():
+        nc = await connect(nats_server.url, name="check")
+        w = core()
+        sub = await nc.jetstream().pull_subscribe(raw_subject(SITE, "a"), stream=raw_stream(SITE))
+        msgs = await sub.fetch(5, timeout=10)
+        for m in msgs:
+            w.handle(m.subject, m.data, m.metadata.sequence.stream, m.metadata.timestamp.timestamp())
+        await nc.close()
+        return w
+
+    w = asyncio.run(check())
+    assert w.counters["batches"] == 5 and w.counters["processed"] == 15
+    assert np.isfinite(w.marks.event["a"])
+
+
+@pytest.mark.integration
+def test_positions_are_readable_over_mqtt(nats_server):
+    """A dashboard speaking MQTT subscribes to tagtwin/v1/<site>/positions on the listener."""
+    import queue
+    import threading
+
+    port = int(nats_server.mqtt_url.rsplit(":", 1)[1])
+    got: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    subscribed = threading.Event()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="dashboard", protocol=paho.MQTTv311)
+    client.on_message = lambda _c, _u, msg: got.put(bytes(msg.payload))
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.subscribe(mqtt_topic(out_subject(SITE, "positions")), qos=1)
+    assert subscribed.wait(10)
+    w = core()
+    for i in range(10):
+        for gw in "abcd":
+            w.handle(raw_subject(SITE, gw), signed(gw, i, good_ads(NOW - 20 + i)), 1 + 4 * i + "abcd".index(gw), NOW)
+    (subject, payload), *_ = w.tick(NOW, final=True)
+
+    async def publish():
+        nc = await connect(nats_server.url, name="worker-out")
+        await nc.publish(subject, payload)
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(publish())
+    try:
+        assert json.loads(got.get(timeout=10))["positions"][0]["rev"] == 40
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.mark.integration
+def test_mosquitto_edge_bridge_forwards_into_the_stream(nats_server, tmp_path: Path):
+    """The documented edge config (protocol level 4, try_private false) against the real
+    listener: batches published to mosquitto end up in the raw stream and verify."""
+    import shutil
+
+    from live_bridge.backbone import mosquitto_bridge_config
+    from live_bridge.natsserver import free_port
+    from tests.live_fixtures import Broker
+
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed (tests/system-packages.txt)")
+
+    async def setup():
+        nc = await connect(nats_server.url, name="setup")
+        await ensure_streams(nc.jetstream(), SITE)
+        await nc.close()
+
+    asyncio.run(setup())
+    nats_mqtt_port = int(nats_server.mqtt_url.rsplit(":", 1)[1])
+    conf = tmp_path / "edge.conf"
+    port = free_port()
+    conf.write_text(mosquitto_bridge_config("127.0.0.1", nats_mqtt_port, SITE, listener_port=port))
+    edge = Broker(conf, port)
+    edge.start()
+    try:
+        async def stored() -> int:
+            nc = await connect(nats_server.url, name="check")
+            info = await nc.jetstream().stream_info(raw_stream(SITE))
+            await nc.close()
+            return info.state.messages
+
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="gw-edge", protocol=paho.MQTTv311)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        deadline = time.monotonic() + 30
+        seq = 0
+        # The bridge connects on its own schedule: publish until the stream has batches.
+        while asyncio.run(stored()) < 3:
+            assert time.monotonic() < deadline, "nothing arrived through the bridge"
+            body = signed("a", seq, good_ads(NOW))
+            client.publish(mqtt_topic(raw_subject(SITE, "a")), body, qos=1).wait_for_publish(5)
+            seq += 1
+            time.sleep(0.1)
+        client.disconnect()
+        client.loop_stop()
+    finally:
+        edge.stop()
+
+    async def check():
+        nc = await connect(nats_server.url, name="check")
+        sub = await nc.jetstream().pull_subscribe(raw_subject(SITE, "a"), stream=raw_stream(SITE))
+        msgs = await sub.fetch(3, timeout=10)
+        w = core()
+        for m in msgs:
+            w.handle(m.subject, m.data, m.metadata.sequence.stream, m.metadata.timestamp.timestamp())
+        await nc.close()
+        return w
+
+    w = asyncio.run(check())
+    assert w.counters["batches"] == 3 and not any(k.startswith("rejected") for k in w.counters)
+
+
+@pytest.mark.integration
+def test_cli_serve_starts_the_embedded_backbone_and_twin_publish_feeds_it(tmp_path: Path):
+    """`tagtwin serve` with no --nats: says where it listens, takes twin-publish's batches,
+    publishes positions, and stops its nats-server on SIGTERM with counters on stderr."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    repo = Path(__file__).parents[1]
+    scenario = tmp_path / "site.toml"
+    text = (repo / "scenarios" / "static-open.toml").read_text()
+    scenario.write_text(text.replace("duration_s = 12", "duration_s = 3").replace("count = 400", "count = 20")
+                        .replace("tag_height_m = 1.0", "tag_height_m = 1.0\nraw_retention_days = 2"))
+    keys = tmp_path / "keys.toml"
+    keys.write_text("[keys]\n" + "".join(f'"gw-{i:03d}" = "{KEY.hex()}"\n' for i in range(1, 16)))
+    env = os.environ | {"PYTHONPATH": str(repo)}
+    cmd = [sys.executable, "-m", "tagtwin"]
+    serve = subprocess.Popen(
+        [*cmd, "serve", "--scenario", str(scenario), "--keys", str(keys), "--data-dir", str(tmp_path / "bb"),
+         "--nats-port", "0", "--mqtt-port", "0", "--status-every", "0.2", "--site", SITE],
+        stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+    )
+    try:
+        assert serve.stderr is not None
+        line = serve.stderr.readline()
+        found = re.search(r"listening on (nats://\S+) and (mqtt://\S+)", line)
+        assert found, line
+        url = found.group(1)
+
+        async def positions_after_publish():
+            nc = await connect(url, name="watch")
+            got: list[dict] = []
+            status: list[dict] = []
+            await nc.subscribe(out_subject(SITE, "positions"), cb=functools.partial(_append, got))
+            await nc.subscribe(out_subject(SITE, "status"), cb=functools.partial(_append, status))
+            pub = await asyncio.create_subprocess_exec(
+                *cmd, "twin-publish", str(scenario), "--nats", url, "--keys", str(keys), "--site", SITE,
+                env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(pub.communicate(), 120)
+            assert pub.returncode == 0, err.decode()
+            sent = json.loads(out.decode().strip().splitlines()[-1])
+            try:
+                await until(lambda: sum(len(p["positions"]) for p in got) > 0, 60, "positions")
+            except AssertionError:
+                raise AssertionError(f"no positions: sent {sent}, last status {status[-1:]}, watcher connected "
+                                     f"{nc.is_connected}, stats {nc.stats}") from None
+            info = await nc.jetstream().stream_info(raw_stream(SITE))
+            await nc.close()
+            return sent, info
+
+        try:
+            sent, info = asyncio.run(positions_after_publish())
+        except AssertionError as exc:
+            os.kill(serve.pid, signal.SIGTERM)
+            raise AssertionError(f"{exc}\nserve stderr:\n{serve.communicate(timeout=60)[1][-3000:]}") from None
+        assert sent["stored"] == sent["batches"] > 0
+        assert info.config.max_age == 2 * 86400  # the site's raw-data period
+    finally:
+        if serve.poll() is None:
+            os.kill(serve.pid, signal.SIGTERM)
+        _, err = serve.communicate(timeout=60)
+    assert serve.returncode == 0, err
+    status = json.loads(err.strip().splitlines()[-1])
+    assert status["counters"]["processed"] > 0
+    assert "Traceback" not in err
+
+
+def test_a_tracker_site_gets_single_window_fixes_on_the_backbone():
+    from dataclasses import replace
+
+    cfg = replace(engine().config, tracker="kalman", zone_hysteresis=True)
+    w = WorkerCore(cfg, dict.fromkeys(cfg.gateways.ids, KEY), WorkerSettings(site=SITE))
+    assert w.config.tracker == "none" and not w.config.zone_hysteresis
+    for i in range(10):
+        for gw in "abcd":
+            w.handle(raw_subject(SITE, gw), signed(gw, i, good_ads(NOW - 20 + i)), 1 + 4 * i + "abcd".index(gw), NOW)
+    assert w.tick(NOW, final=True)

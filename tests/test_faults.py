@@ -1,0 +1,47 @@
+"""The fault-injection suite (live_bridge/faults.py): real nats-server, a worker process that
+gets killed -9, gateways with SQLite spools behind links that get cut. Each case reconciles
+the counts to the unit and compares every position's latest revision with the fault-free
+answer. The default run has two short cases; the whole table is marked slow
+(benchmarks/faults.py prints it for docs/reliability.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from live_bridge.faults import FAULT_KINDS, Fault, Load, run_case, suite_case
+from tagtwin.worker import FAULT_SITE, site_config, worker_command
+
+SHORT = Load(devices=20, duration_s=6.0)
+SITE = {"config": site_config(FAULT_SITE), "worker_command": worker_command(FAULT_SITE)}
+
+
+def check(result, generated_at_least: int = 1) -> None:
+    row = result.row()
+    assert result.generated >= generated_at_least, row
+    assert result.lost == 0, row
+    assert result.processed + result.dead_lettered == result.generated, row
+    assert result.stored >= result.generated, row  # every sighting is in the raw log
+    assert result.positions > 0 and result.positions_match, row
+
+
+@pytest.mark.integration
+def test_worker_killed_mid_run_loses_nothing(tmp_path: Path):
+    result = run_case(tmp_path, Fault("worker-kill", at_s=2.0, down_s=1.0), SHORT, **SITE)
+    check(result, 2000)
+
+
+@pytest.mark.integration
+def test_link_cut_spool_replay_revises_positions_instead_of_dropping(tmp_path: Path):
+    result = run_case(tmp_path, Fault("link-cut", at_s=1.5, down_s=3.0), SHORT, **SITE)
+    check(result, 2000)
+    assert result.revised_positions > 0  # the outage windows were published, then revised
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", [k for k in FAULT_KINDS if k != "none"])
+def test_fault_table_quick(kind: str, tmp_path: Path):
+    fault, load = suite_case(kind, quick=True)
+    check(run_case(tmp_path, fault, load, **SITE), 10_000)
