@@ -38,3 +38,14 @@ def new_keys_toml(gateway_ids: list[str]) -> str:
     ]
     lines += [f'"{g}" = "{secrets.token_hex(32)}"' for g in gateway_ids]
     return "\n".join(lines) + "\n"
+
+
+def check_keys_match(keys: dict[str, bytes], gateway_ids: tuple[str, ...] | list[str], path: Path | str) -> None:
+    """ConfigError when the keys file names a gateway the site does not have (a typo, or the
+    keys of another site): such a key would let traffic in that the site never placed."""
+    known = set(gateway_ids)
+    stray = [gw for gw in keys if gw not in known]
+    if stray:
+        raise ConfigError(
+            path, [f"keys.{gw}: no gateway {gw!r} in the site (it has {len(known)} gateways)" for gw in stray]
+        )

@@ -204,6 +204,9 @@ def split_envelope(body: bytes) -> tuple[str, bytes]:
         or not body.endswith(b"}")
     ):
         raise WireError("malformed envelope", 'expected {"sig":"<hex>","batch":{...}}')
+    sig = body[len(SIG_PREFIX) : len(SIG_PREFIX) + SIG_HEX_LEN]
+    if sig.strip(b"0123456789abcdef"):
+        raise WireError("malformed envelope", "sig is not lower-case hex")
     return body[len(SIG_PREFIX) : len(SIG_PREFIX) + SIG_HEX_LEN].decode("latin-1"), body[
         PAYLOAD_START:-1
     ]

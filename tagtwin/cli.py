@@ -44,6 +44,12 @@ def _main(
 DEMO_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "demo.toml"
 
 
+def _fail(message: object, code: int = 2) -> typer.Exit:
+    """One plain line on stderr (no wrapping, no markup) and the exit code to raise."""
+    print(" ".join(str(message).split()), file=sys.stderr)
+    return typer.Exit(code)
+
+
 def _load(path: Path) -> Scenario:
     try:
         return load_scenario(path)
@@ -97,21 +103,33 @@ def simulate(
     if updates:
         sc = Scenario.model_validate(sc.model_dump() | updates)
     started = time.perf_counter()
-    run = _run_with_progress(sc, quiet)
-    out.mkdir(parents=True, exist_ok=True)
-    clear_previous(out)
-    paths = write_outputs(run, out)
-    if plot:
-        from tagtwin.plot import plot_floorplan
+    try:
+        run = _run_with_progress(sc, quiet)
+    except ScenarioError as exc:
+        for problem in exc.problems:
+            print(f"{scenario}: {problem}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        clear_previous(out)
+        paths = write_outputs(run, out)
+        if plot:
+            from tagtwin.plot import plot_floorplan
 
-        paths["floorplan"] = plot_floorplan(run, out / "floorplan.png")
-    write_manifest(out, paths.values(), __version__)
+            paths["floorplan"] = plot_floorplan(run, out / "floorplan.png")
+        write_manifest(out, paths.values(), __version__)
+    except OSError as exc:
+        raise _fail(f"{out}: cannot write the run's files: {exc.strerror or exc}") from None
     wall = time.perf_counter() - started
     if quiet:
         return
     console.print(_metrics_table(run.report()))
     console.print(summary_text(run), highlight=False)
     console.print(f"wall time {wall:.1f} s; wrote {len(paths)} files to {out}/", highlight=False)
+    if run.metrics.get("sightings") == 0:
+        print(f"{scenario}: no gateway heard any tag (tags.count, gateways.defaults.sensitivity_dbm, "
+              "tx_power_1m_dbm): nothing to localize or score", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 def _metrics_table(report: dict[str, object]) -> Table:
@@ -270,6 +288,7 @@ def evaluate(
     from engine.pipeline import EngineConfig
     from siteplan.sitefile import SiteFileError, load_site_file
     from tagtwin.evaluation import (
+        RunDirError,
         capture_config,
         compare_estimators,
         compare_table,
@@ -287,9 +306,8 @@ def evaluate(
     if run_dir is not None:
         try:
             metrics = evaluate_run_dir(run_dir, exponent, sigma_db, tag_z)
-        except FileNotFoundError as exc:
-            err_console.print(f"[bold red]cannot evaluate:[/] {exc}")
-            raise typer.Exit(2) from None
+        except (FileNotFoundError, RunDirError) as exc:
+            raise _fail(f"cannot evaluate: {exc}") from None
     else:
         if gateways is None and site is None:
             err_console.print("--capture needs --gateways (a file with id,x,y,z) or --site")
@@ -310,8 +328,7 @@ def evaluate(
 
             config = make(localizer, tracker)
         except (CaptureError, SiteFileError, ValueError) as exc:
-            err_console.print(f"[bold red]cannot evaluate:[/] {exc}", markup=True, highlight=False)
-            raise typer.Exit(2) from None
+            raise _fail(f"cannot evaluate: {exc}") from None
         if cap.truth is None and (compare or fixes_out is None):
             print(f"cannot evaluate: {capture} has no truth_x/truth_y (or x/y) columns: nothing to score "
                   "against (write the fixes with --fixes instead)", file=sys.stderr)
@@ -442,16 +459,19 @@ def roi(
     as_json: Annotated[Path | None, typer.Option("--json", help="write the full result as JSON to FILE")] = None,
 ) -> None:
     """Payback, NPV and TCO from measured performance: base, best, worst, and what moves payback."""
-    from engine.roi import measured_from_report, roi_report
+    from engine.roi import RoiReportError, measured_from_report, read_report, roi_report
 
     sc = _load(scenario)
-    if report is not None:
-        rep = json.loads(report.read_text())
-    else:
-        from twin.run import simulate as run_scenario
+    try:
+        if report is not None:
+            measured = measured_from_report(read_report(report), str(report))
+        else:
+            from twin.run import simulate as run_scenario
 
-        rep = run_scenario(sc).report()
-    result = roi_report(sc.roi, measured_from_report(rep))
+            measured = measured_from_report(run_scenario(sc).report())
+    except RoiReportError as exc:
+        raise _fail(f"cannot compute ROI: {exc}") from None
+    result = roi_report(sc.roi, measured)
     if as_json:
         as_json.write_text(json.dumps(result, indent=2) + "\n")
     cases = result["cases"]
@@ -518,7 +538,7 @@ KeysOpt = Annotated[Path, typer.Option("--keys", help="keys.toml: [keys] gateway
 def _bridge_config_error(exc: Exception) -> typer.Exit:
     path = getattr(exc, "path", "")
     for problem in getattr(exc, "problems", [str(exc)]):
-        err_console.print(f"{path}: {problem}", markup=False, highlight=False)
+        print(f"{path}: {problem}", file=sys.stderr)
     return typer.Exit(2)
 
 
@@ -576,7 +596,7 @@ def serve(
     import threading
 
     from engine.contract import IdTable
-    from live_bridge.config import load_keys
+    from live_bridge.config import check_keys_match, load_keys
     from live_bridge.gateway import ConfigError
     from live_bridge.mqtt import BrokerUrl
     from live_bridge.server import EventSink, NullSink, ServerCore, ZoneChangeSink
@@ -601,6 +621,10 @@ def serve(
         raise _bridge_config_error(exc) from None
     site = _load(scenario)
     cfg = site_engine_config(site, step_s=step, lateness_s=lateness)
+    try:
+        check_keys_match(key_table, cfg.gateways.ids, keys)
+    except ConfigError as exc:
+        raise _bridge_config_error(exc) from None
     devices: IdTable | None = None
     sink: EventSink = ZoneChangeSink() if events == "zone-change" else NullSink()
     if events == "rules":
@@ -757,5 +781,23 @@ def ui(
     os.execv(cmd[0], cmd)
 
 
+INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE (sysexits.h)
+
+
 def main() -> None:
-    app()
+    """The console script. Each known bad input is caught where it is read and named there;
+    this guard is the last resort for a bug: one line and exit 70, never a traceback
+    (TAGTWIN_DEBUG=1 shows it)."""
+    import os
+
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("TAGTWIN_DEBUG"):
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(f"tagtwin: internal error ({type(exc).__name__}: {text}); rerun with TAGTWIN_DEBUG=1 "
+              "for the traceback and please report it", file=sys.stderr)
+        sys.exit(INTERNAL_ERROR_EXIT)
