@@ -84,13 +84,16 @@ def _read_table(path: Path) -> pa.Table:
             table = pq.read_table(path)
         else:
             raise CaptureError(f"{path}: unknown format {suffix!r}; use .csv or .parquet")
-        _ = table.column_names  # decoded lazily: a non-UTF-8 header fails here, not later
+        names = table.column_names  # decoded lazily: a non-UTF-8 header fails here, not later
     except FileNotFoundError:
         raise CaptureError(f"{path}: no such file") from None
     except (OSError, pa.ArrowInvalid) as exc:
         raise CaptureError(f"{path}: cannot read: {exc}") from None
     except UnicodeDecodeError:
         raise CaptureError(f"{path}: not UTF-8 text") from None
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise CaptureError(f"{path}: columns named more than once: {repeated}")
     return table
 
 

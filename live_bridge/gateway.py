@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from live_bridge.decoders import ANON_PREFIX, BASE_UUID_SUFFIX, decode, norm_mac, norm_uuid
 from live_bridge.filters import AdvertFilter, privacy_hash
 from live_bridge.finding import FINDMY_KEY_LEN, Resolver
-from live_bridge.mqtt import BrokerUrl, make_client
+from live_bridge.mqtt import BrokerUrl, Creds, make_client
 from live_bridge.spool import FullPolicy, Spool
 from live_bridge.wire import (
     Advert,
@@ -168,7 +168,7 @@ class GatewayConfig(_Cfg):
     @field_validator("broker")
     @classmethod
     def _broker(cls, v: str) -> str:
-        BrokerUrl.parse(v)
+        BrokerUrl.parse(v, Creds())  # the scheme and host only; credentials load at connect
         return v
 
     @field_validator("bindkeys")

@@ -531,8 +531,40 @@ def schema(out: Annotated[Path | None, typer.Option(help="write here instead of 
 # -- live bridge (imports are lazy: bleak and paho load only for these commands) -------
 
 BROKER = "mqtt://127.0.0.1:1883"
-BrokerOpt = Annotated[str, typer.Option("--broker", help="mqtt://host:port")]
-KeysOpt = Annotated[Path, typer.Option("--keys", help="keys.toml: [keys] gateway = hex key")]
+BrokerOpt = Annotated[str, typer.Option("--broker", help="mqtt://host:port or mqtts://host:port (TLS)")]
+KeysOpt = Annotated[Path, typer.Option("--keys", help="keys.toml: [keys] gateway = hex key (mode 0600)")]
+CredsOpt = Annotated[
+    Path | None,
+    typer.Option("--creds", help="broker credentials file (mode 0600); else $TAGTWIN_MQTT_USERNAME/PASSWORD"),
+]
+
+
+def _broker_setup(broker: str, creds: Path | None) -> None:
+    """Check the broker URL (no secrets in it) and the credentials before anything starts;
+    the chosen credentials file is handed on through $TAGTWIN_MQTT_CREDS (a path, not a
+    secret) so every client this process makes uses it."""
+    import os
+
+    from live_bridge.mqtt import CREDS_ENV, BrokerUrl, CredsError, load_creds
+
+    try:
+        BrokerUrl.parse(broker, load_creds(creds))
+    except ValueError as exc:
+        raise _fail(exc) from None
+    except CredsError as exc:
+        raise _bridge_config_error(exc) from None
+    if creds is not None:
+        os.environ[CREDS_ENV] = str(creds)
+
+
+def _secret_file(path: Path) -> None:
+    from live_bridge.config import check_secret_file
+    from live_bridge.gateway import ConfigError
+
+    try:
+        check_secret_file(path)
+    except ConfigError as exc:
+        raise _bridge_config_error(exc) from None
 
 
 def _bridge_config_error(exc: Exception) -> typer.Exit:
@@ -544,7 +576,10 @@ def _bridge_config_error(exc: Exception) -> typer.Exit:
 
 @app.command()
 def gateway(
-    config: Annotated[Path, typer.Option("--config", help="gateway.toml")] = Path("gateway.toml"),
+    config: Annotated[Path, typer.Option("--config", help="gateway.toml (holds the key: mode 0600)")] = Path(
+        "gateway.toml"
+    ),
+    creds: CredsOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Scan BLE advertisements with bleak and publish signed batches to the broker."""
@@ -559,6 +594,8 @@ def gateway(
         cfg = load_gateway_config(config)
     except ConfigError as exc:
         raise _bridge_config_error(exc) from None
+    _secret_file(config)
+    _broker_setup(cfg.broker, creds)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -575,6 +612,7 @@ def gateway(
 def serve(
     *,
     broker: BrokerOpt = BROKER,
+    creds: CredsOpt = None,
     scenario: Annotated[
         Path, typer.Option("--scenario", help="site plan and gateway positions")
     ] = DEMO_SCENARIO,
@@ -596,9 +634,8 @@ def serve(
     import threading
 
     from engine.contract import IdTable
-    from live_bridge.config import check_keys_match, load_keys
+    from live_bridge.config import check_keys_match, load_key_ring
     from live_bridge.gateway import ConfigError
-    from live_bridge.mqtt import BrokerUrl
     from live_bridge.server import EventSink, NullSink, ServerCore, ZoneChangeSink
     from live_bridge.server import serve as run_server
     from tagtwin.live import rules_sink_for, site_engine_config
@@ -611,14 +648,13 @@ def serve(
     if unknown or events not in ("none", "zone-change", "rules"):
         err_console.print(f"unknown adapter(s) {unknown} or event sink {events!r}")
         raise typer.Exit(2)
+    _broker_setup(broker, creds)
     try:
-        BrokerUrl.parse(broker)
-        key_table = load_keys(keys)
-    except ValueError as exc:
-        err_console.print(str(exc), markup=False)
-        raise typer.Exit(2) from None
+        ring = load_key_ring(keys)
     except ConfigError as exc:
         raise _bridge_config_error(exc) from None
+    _secret_file(keys)
+    key_table = ring.signing_keys()
     site = _load(scenario)
     cfg = site_engine_config(site, step_s=step, lateness_s=lateness)
     try:
@@ -629,14 +665,14 @@ def serve(
     sink: EventSink = ZoneChangeSink() if events == "zone-change" else NullSink()
     if events == "rules":
         devices, sink = rules_sink_for(site, cfg)
-    core = ServerCore(cfg, key_table, clock=clock, adapters=chosen,  # type: ignore[arg-type]
+    core = ServerCore(cfg, ring, clock=clock, adapters=chosen,  # type: ignore[arg-type]
                       sink=sink, devices=devices)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if duration is not None:
         threading.Timer(duration, stop.set).start()
-    run_server(core, broker, stop, status_every_s=status_every)
+    run_server(core, broker, stop, status_every_s=status_every, keys_path=keys)
     sys.stderr.write(json.dumps(core.status(), sort_keys=True, default=str) + "\n")
 
 
@@ -648,7 +684,7 @@ def keys(
     ),
 ) -> None:
     """Write a keys.toml with a fresh random HMAC key per gateway of a scenario."""
-    from live_bridge.config import new_keys_toml
+    from live_bridge.config import new_keys_toml, write_secret_file
     from siteplan.model import SiteModel
     from twin.sim import resolve_gateways
 
@@ -657,9 +693,55 @@ def keys(
         raise typer.Exit(2)
     sc = _load(scenario)
     gws, _ = resolve_gateways(sc, SiteModel.from_scenario(sc))
-    out.write_text(new_keys_toml(list(gws.ids)))
-    out.chmod(0o600)
+    write_secret_file(out, new_keys_toml(list(gws.ids)))
     console.print(f"wrote {len(gws.ids)} keys to {out}")
+
+
+@app.command("rotate-key")
+def rotate_key(
+    gateway: Annotated[str, typer.Argument(help="gateway id whose key to rotate")],
+    keys: KeysOpt = Path("keys.toml"),
+    retire: Annotated[bool, typer.Option(help="end the overlap: drop the old key")] = False,
+) -> None:
+    """Give a gateway a new HMAC key; old and new are both accepted until --retire."""
+    from live_bridge.config import retire_old_key
+    from live_bridge.config import rotate_key as rotate
+    from live_bridge.gateway import ConfigError
+
+    _secret_file(keys)
+    try:
+        if retire:
+            retire_old_key(keys, gateway)
+            console.print(f"{gateway}: old key retired; only the new key verifies")
+        else:
+            new = rotate(keys, gateway)
+            # The new key goes to the gateway's own config by hand (it is printed once, to
+            # the terminal only: a secret in a log file is a leak).
+            console.print(f"{gateway}: new key {new}\nold and new are accepted until "
+                          f"`tagtwin rotate-key {gateway} --retire`", highlight=False)
+    except ConfigError as exc:
+        raise _bridge_config_error(exc) from None
+
+
+@app.command()
+def revoke(
+    keys: KeysOpt = Path("keys.toml"),
+    gateway: Annotated[str | None, typer.Option(help="gateway id to revoke (its key is deleted)")] = None,
+    tag: Annotated[str | None, typer.Option(help="device id to revoke")] = None,
+) -> None:
+    """Revoke a gateway or a tag: a running server refuses its traffic within a second,
+    with a revoked-traffic event."""
+    from live_bridge.config import revoke as run_revoke
+    from live_bridge.gateway import ConfigError
+
+    if (gateway is None) == (tag is None):
+        raise _fail("give exactly one of --gateway or --tag")
+    _secret_file(keys)
+    try:
+        run_revoke(keys, gateway=gateway, tag=tag)
+    except ConfigError as exc:
+        raise _bridge_config_error(exc) from None
+    console.print(f"revoked {'gateway' if gateway else 'tag'} {gateway or tag} in {keys}")
 
 
 @app.command("twin-publish")
@@ -667,6 +749,7 @@ def twin_publish(
     *,
     scenario: Annotated[Path, typer.Argument(help="scenario TOML file")] = DEMO_SCENARIO,
     broker: BrokerOpt = BROKER,
+    creds: CredsOpt = None,
     keys: KeysOpt = Path("keys.toml"),
     realtime: Annotated[bool, typer.Option(help="pace by simpy.rt, not flat out")] = False,
     speed: Annotated[float, typer.Option(help="real-time factor when --realtime")] = 1.0,
@@ -681,10 +764,12 @@ def twin_publish(
     sc = _load(scenario)
     if duration is not None:
         sc = Scenario.model_validate(sc.model_dump() | {"duration_s": duration})
+    _broker_setup(broker, creds)
     try:
         key_table = load_keys(keys)
     except ConfigError as exc:
         raise _bridge_config_error(exc) from None
+    _secret_file(keys)
     try:
         sent = publish_twin(run_twin(sc), key_table, broker, realtime=realtime, speed=speed)
     except (OSError, ValueError) as exc:
@@ -697,6 +782,7 @@ def twin_publish(
 def record(
     out: Annotated[Path, typer.Argument(help="capture file (JSON lines) to write")],
     broker: BrokerOpt = BROKER,
+    creds: CredsOpt = None,
     topic: Annotated[list[str] | None, typer.Option(help="topic filters; default: batches")] = None,
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
 ) -> None:
@@ -705,6 +791,8 @@ def record(
     import threading
 
     from live_bridge.capture import record as run_record
+
+    _broker_setup(broker, creds)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -721,10 +809,13 @@ def record(
 def replay(
     capture: Annotated[Path, typer.Argument(help="capture file from `tagtwin record`")],
     broker: BrokerOpt = BROKER,
+    creds: CredsOpt = None,
     speed: Annotated[float, typer.Option(help="x recorded pace; 0 = as fast as possible")] = 1.0,
 ) -> None:
     """Publish a capture again, at recorded pace or faster."""
     from live_bridge.capture import replay as run_replay
+
+    _broker_setup(broker, creds)
 
     try:
         n = run_replay(capture, broker, speed)

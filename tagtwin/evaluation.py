@@ -105,12 +105,16 @@ def read_columns(path: Path, dtype: np.dtype) -> np.ndarray:
     and the column when it is unreadable, lacks a column or holds the wrong kind of values."""
     try:
         table = pq.read_table(path)
-    except (OSError, pa.ArrowException, ValueError) as exc:
+        names = table.column_names  # decoded lazily: non-UTF-8 names fail here
+    except (OSError, pa.ArrowException, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise RunDirError(f"{path}: cannot read as Parquet: {str(exc)[:200]}") from None
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise RunDirError(f"{path}: columns named more than once: {repeated}")
     out = np.zeros(table.num_rows, dtype)
     for name in dtype.names or ():
-        if name not in table.column_names:
-            raise RunDirError(f"{path}: missing column {name!r} (have {table.column_names})")
+        if name not in names:
+            raise RunDirError(f"{path}: missing column {name!r} (have {names})")
         col = table.column(name)
         try:
             arr = col.combine_chunks()

@@ -57,3 +57,18 @@ def test_a_crash_is_told_apart_from_a_rejection() -> None:
     t = FuzzTarget("t", parse, (ValueError,))
     assert outcome(t, b"bug")[0] == "crash"
     assert outcome(t, b"x")[0] == "rejected"
+
+
+# Inputs the 100,000-case benchmark found crashing once, kept so they stay fixed.
+REGRESSIONS = [
+    ("wire.envelope", b'{"sig":"' + "\u00e9".encode("latin-1") * 64 + b'","batch":{"gw":"gw1"}}'),
+    ("gateways.csv", b"id,x,y,zx,y,z\n\n"),
+    ("gateways.csv", b"id,x,y,z,y\ngw1,0,0,2,1\n"),
+    ("capture.csv", b"time,gateway,device,rssi,truth_x,truth_y\n"),
+    ("capture.csv", b"time,gateway,device,\xa2\trssi\n0,gw1,a,-60\n"),
+]
+
+
+@pytest.mark.parametrize(("name", "data"), REGRESSIONS)
+def test_past_crashes_stay_fixed(name: str, data: bytes) -> None:
+    assert outcome(TARGETS[name], data)[0] == "rejected"
