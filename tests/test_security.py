@@ -45,10 +45,8 @@ def ads_for(n: int, prefix: str = "new", t: float = T0) -> list[Advert]:
 
 def big_forged_body(n_ads: int) -> bytes:
     """A well-formed batch of ``n_ads`` adverts (about 130 bytes each) with a wrong signature."""
-    ads = b",".join(
-        b'{"t":%.1f,"dev":"attacker-%09d-padding-padding-padding-padding-padding-padding-padding-padding","rssi":-70.0,"ch":37}' % (T0, i)
-        for i in range(n_ads)
-    )
+    pad = b"-padding" * 8
+    ads = b",".join(b'{"t":%.1f,"dev":"attacker-%09d%s","rssi":-70.0,"ch":37}' % (T0, i, pad) for i in range(n_ads))
     payload = b'{"v":1,"gw":"gw-a","seq":1,"sent":%.1f,"ads":[%s]}' % (T0, ads)
     return encode_payload(payload, b"x" * 32)
 
