@@ -519,6 +519,35 @@ def sweep(
 
 
 @app.command()
+def audit(
+    event_id: Annotated[str | None, typer.Argument(help="event id (8+ characters); omit to list the log")] = None,
+    log: Annotated[Path, typer.Option("--log", help="audit log (a run's audit.jsonl)")] = Path("out/demo/audit.jsonl"),
+) -> None:
+    """Re-derive a money-relevant event from the evidence its audit record keeps (exit 1 if it
+    does not reproduce); without an id, check the log's chain and list its events."""
+    from engine.audit import AuditError, find_event, read_audit, rederive
+
+    try:
+        if event_id is None:
+            for rec in read_audit(log):
+                ev = rec["event"]
+                print(f"{rec['id']}  {rec['kind']:<8} {ev['rule']:<22} t={ev['t']:<10g} {ev['tag']}")
+            return
+        rec = find_event(log, event_id)
+        result = rederive(rec)
+    except AuditError as exc:
+        raise _fail(exc) from None
+    ev = rec["event"]
+    evidence = rec["evidence"]
+    print(f"{rec['id']}: {rec['kind']} ({ev['rule']}) of {ev['tag']} at t={ev['t']:g}; rule set "
+          f"{rec['ruleset_version']}, model {rec['model'].get('settings_sha256')}; evidence: "
+          f"{len(evidence['sightings']['t'])} sightings, {len(evidence['fixes']['t'])} fixes")
+    if not result.reproduced:
+        raise _fail(f"NOT reproduced: {result.note}", 1)
+    print(f"reproduced: {result.note}")
+
+
+@app.command()
 def schema(out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None) -> None:
     """Print the JSON Schema of scenario files (generated from the code)."""
     text = json.dumps(Scenario.model_json_schema(by_alias=True), indent=2) + "\n"
