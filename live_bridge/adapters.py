@@ -75,7 +75,7 @@ def _json_object(body: bytes) -> dict[str, object]:
 
 def _rssi(data: dict[str, object], key: str = "rssi") -> float:
     v = data.get(key)
-    if not isinstance(v, int | float) or not -130 <= v <= 20:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not -130 <= v <= 20:
         raise AdapterError("schema violation", f"{key} missing or outside -130..20 dBm")
     return float(v)
 

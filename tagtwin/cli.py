@@ -121,12 +121,11 @@ def simulate(
     except OSError as exc:
         raise _fail(f"{out}: cannot write the run's files: {exc.strerror or exc}") from None
     wall = time.perf_counter() - started
-    if quiet:
-        return
-    console.print(_metrics_table(run.report()))
-    console.print(summary_text(run), highlight=False)
-    console.print(f"wall time {wall:.1f} s; wrote {len(paths)} files to {out}/", highlight=False)
-    if run.metrics.get("sightings") == 0:
+    if not quiet:
+        console.print(_metrics_table(run.report()))
+        console.print(summary_text(run), highlight=False)
+        console.print(f"wall time {wall:.1f} s; wrote {len(paths)} files to {out}/", highlight=False)
+    if run.metrics.get("sightings") == 0:  # an error, so --quiet prints it too
         print(f"{scenario}: no gateway heard any tag (tags.count, gateways.defaults.sensitivity_dbm, "
               "tx_power_1m_dbm): nothing to localize or score", file=sys.stderr)
         raise typer.Exit(1)

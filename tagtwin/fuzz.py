@@ -7,10 +7,12 @@ escaping is a crash. ``tests/test_fuzz.py`` runs a few thousand hypothesis cases
 every target; ``benchmarks/fuzz.py`` runs >= 100,000 seeded cases and reports crashes and
 slow cases per target.
 
-Adding a parser is one line (the decoders issue adds its decoders this way)::
-
-    register("decoder.mydecoder", lambda data: decode_mydecoder(data, FUZZ_ADDRESS), DECODER_REJECTS,
-             seeds=[build_mydecoder(...)])
+The live bridge's byte parsers (advertisement decoders, the Theengs and ESPresense
+adapters, the envelope) register in their own room, live_bridge/fuzz_targets.py, one
+line each (``register("mibeacon", parse, expected, seeds)``); every one of them runs here
+as ``live.<name>``. The parsers of files (scenario and rule TOML, keys, gateway config,
+captures, run directories, ROI reports), the signed batch schema and the whole server
+path register below, with :func:`register` here, also one line each.
 
 Inputs come from two sources: byte-level mutation of the seeds (bit flips, splices,
 hostile tokens such as ``1e999``, ``NaN``, deep nesting) and structure-aware mutation for
@@ -287,62 +289,33 @@ def _register_builtin() -> None:
     from engine.roi import RoiReportError, measured_from_report, read_report
     from engine.rules.config import RulesError, load_rules
     from live_bridge import decoders as d
-    from live_bridge.adapters import AdapterError, parse_espresense, parse_theengs
     from live_bridge.config import load_keys
+    from live_bridge.fuzz_targets import FUZZ_TARGETS
     from live_bridge.gateway import ConfigError, load_gateway_config
     from live_bridge.wire import Advert, Batch, WireError, encode_batch, encode_payload, verify_and_parse
     from tagtwin.evaluation import RunDirError, read_columns
     from twin.scenario import ScenarioError, load_scenario
 
     root = Path(__file__).resolve().parent.parent
-    bindkeys = {d.norm_mac(FUZZ_ADDRESS): FUZZ_BINDKEY}
-    mib = [
-        d.build_mibeacon(FUZZ_ADDRESS, 7, battery=80, motion=1),
-        d.build_mibeacon(FUZZ_ADDRESS, 9, battery=50, bindkey=FUZZ_BINDKEY, ext_counter=3),
-        d.build_mibeacon(FUZZ_ADDRESS, 1, include_mac=False),
-    ]
-    ibeacon = [d.build_ibeacon("e2c56db5-dffb-48d2-b060-d0f5a71096e0", 1, 2, -59)]
-    eddy = [
-        d.build_eddystone_uid(bytes(10), bytes(6)),
-        d.build_eddystone_tlm(2900, 21.5, 100, 3600.0),
-        d.build_eddystone_eid(bytes(8)),
-    ]
-    rejects_d = (d.DecodeError,)
-    register("decoder.mibeacon", lambda b: d.decode_mibeacon(b, FUZZ_ADDRESS, bindkeys), rejects_d, mib)
-    register("decoder.ibeacon", lambda b: d.decode_ibeacon(b[2:]) if b[:2] == b"\x4c\x00" else
-             d.decode_ibeacon(b), rejects_d, ibeacon)
-    register("decoder.eddystone", lambda b: d.decode_eddystone(b, FUZZ_ADDRESS), rejects_d, eddy)
-
-    def dispatch(b: bytes) -> object:
-        k = b[0] % 3 if b else 0
-        svc = {"fe95": b[1:]} if k == 0 else {"feaa": b[1:]} if k == 2 else {}
-        mfr = {d.APPLE_COMPANY_ID: b[1:]} if k == 1 else {}
-        return d.decode(FUZZ_ADDRESS, mfr, svc, bindkeys)
-
-    register("decoder.dispatch", dispatch, rejects_d,
-             [b"\x00" + mib[0], b"\x01" + ibeacon[0], b"\x02" + eddy[1]])
+    # The live bridge's byte parsers (decoders, adapters, envelope) are registered in their
+    # own room, live_bridge/fuzz_targets.py (one line each); every one of them runs here.
+    for name, t in FUZZ_TARGETS.items():
+        register(f"live.{name}", t.parse, t.expected, t.seeds,
+                 structure="json" if name in ("theengs", "espresense") else "bytes")
 
     ad = Advert(t=FUZZ_NOW, dev="ibeacon:x:1:2", rssi=-70.0, ch=37, fmt="ibeacon", bat=80, mot=0, seq=5, tx=-59.0)
     batch = Batch(gw="gw1", seq=3, sent=FUZZ_NOW, ads=[ad, ad.model_copy(update={"dev": "m", "extra": {"a": 1}})])
     keys = {"gw1": FUZZ_KEY}
-    register("wire.envelope", lambda b: verify_and_parse(b, keys), (WireError,), [encode_batch(batch, FUZZ_KEY)])
     payload = batch.model_dump_json(exclude_none=True).encode()
     register("wire.batch", lambda b: verify_and_parse(encode_payload(b, FUZZ_KEY), keys), (WireError,),
              [payload], structure="json")
 
-    theengs = [
-        json.dumps({"id": "AA:BB:CC:DD:EE:FF", "rssi": -60, "servicedatauuid": "0xfe95",
-                    "servicedata": mib[0].hex()}).encode(),
-        json.dumps({"id": "AA:BB:CC:DD:EE:01", "rssi": -70, "manufacturerdata": "4c00" + ibeacon[0].hex(),
-                    "batt": 90}).encode(),
-    ]
-    register("adapter.theengs", lambda b: parse_theengs("home/gw1/BTtoMQTT/AABBCCDDEEFF", b, FUZZ_NOW),
-             (AdapterError,), theengs, structure="json")
-    espresense = [json.dumps({"id": "irk:abc", "rssi": -65.5, "rssi@1m": -59, "distance": 2.1}).encode()]
-    register("adapter.espresense", lambda b: parse_espresense("espresense/devices/x/gw1", b, FUZZ_NOW),
-             (AdapterError,), espresense, structure="json")
+    mib = d.build_mibeacon(FUZZ_ADDRESS, 7, battery=80, motion=1)
+    theengs = json.dumps({"id": "AA:BB:CC:DD:EE:FF", "rssi": -60, "servicedatauuid": "0xfe95",
+                          "servicedata": mib.hex()}).encode()
+    espresense = json.dumps({"id": "irk:abc", "rssi": -65.5, "rssi@1m": -59, "distance": 2.1}).encode()
     register("server.handle", _server_case, (),
-             [b"\x00" + encode_batch(batch, FUZZ_KEY), b"\x01" + theengs[1], b"\x02" + espresense[0]])
+             [b"\x00" + encode_batch(batch, FUZZ_KEY), b"\x01" + theengs, b"\x02" + espresense])
 
     scenarios = [p.read_bytes() for p in sorted((root / "scenarios").glob("*.toml")) if p.stat().st_size < 4000]
     register("scenario.toml", lambda b: load_scenario(_as_file(b, ".toml")), (ScenarioError,), scenarios,

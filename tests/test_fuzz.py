@@ -27,7 +27,8 @@ def _check(name: str, data: bytes) -> None:
 
 def test_registry_covers_every_parser_the_issue_names() -> None:
     prefixes = {n.split(".")[0] for n in TARGETS}
-    assert {"decoder", "wire", "adapter", "scenario", "rules", "capture", "roi", "run", "server"} <= prefixes
+    assert {"live", "wire", "scenario", "rules", "capture", "roi", "run", "server"} <= prefixes
+    assert {"live.mibeacon", "live.theengs", "live.espresense", "live.wire-envelope"} <= set(TARGETS)
     for target in TARGETS.values():  # every seed is valid: mutations start from real input
         assert all(outcome(target, s)[0] == "accepted" for s in target.seeds), target.name
 
@@ -61,7 +62,7 @@ def test_a_crash_is_told_apart_from_a_rejection() -> None:
 
 # Inputs the 100,000-case benchmark found crashing once, kept so they stay fixed.
 REGRESSIONS = [
-    ("wire.envelope", b'{"sig":"' + "\u00e9".encode("latin-1") * 64 + b'","batch":{"gw":"gw1"}}'),
+    ("live.wire-envelope", b'{"sig":"' + "\u00e9".encode("latin-1") * 64 + b'","batch":{"gw":"gw1"}}'),
     ("gateways.csv", b"id,x,y,zx,y,z\n\n"),
     ("gateways.csv", b"id,x,y,z,y\ngw1,0,0,2,1\n"),
     ("capture.csv", b"time,gateway,device,rssi,truth_x,truth_y\n"),

@@ -162,7 +162,7 @@ def test_theengs_ibeacon_power_above_20_dbm_keeps_the_sighting_without_tx() -> N
 
 def test_theengs_overlong_id_is_a_rejection_with_reason() -> None:
     body = json.dumps({"id": "A" * 129, "rssi": -60}).encode()
-    with pytest.raises(AdapterError, match="id longer than 128"):
+    with pytest.raises(AdapterError, match="longer than 128"):
         parse_theengs("home/gw-01/BTtoMQTT/AABBCCDDEEFF", body, 1.7e9)
 
 
