@@ -94,9 +94,15 @@ class BrokerUrl:
 
 
 def make_client(client_id: str, broker: BrokerUrl, clean_session: bool = True) -> paho.Client:
-    client = paho.Client(
-        paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session
-    )
+    """A paho client for ``broker``. Over TLS (mqtts://) it speaks MQTT 5: a publish the
+    broker's ACL refuses then comes back as a PUBACK with reason 0x87 (Not authorized),
+    which the publisher sees; MQTT 3.1.1 PUBACKs it as if it were delivered."""
+    if broker.tls:
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    else:
+        client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session
+        )
     if broker.username:
         client.username_pw_set(broker.username, broker.password)
     if broker.tls:

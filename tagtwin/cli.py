@@ -725,6 +725,32 @@ def keys(
     console.print(f"wrote {len(gws.ids)} keys to {out}")
 
 
+@app.command()
+def provision(
+    scenario: Annotated[Path, typer.Argument(help="site or scenario file with the gateways")] = DEMO_SCENARIO,
+    out: Annotated[Path, typer.Option("--out", help="directory to create (never overwritten)")] = Path("site-secrets"),
+    port: Annotated[int, typer.Option(help="the broker's TLS port")] = 8883,
+    host: Annotated[list[str] | None, typer.Option(help="broker host names/addresses for its certificate")] = None,
+) -> None:
+    """Create a site's CA, broker certificate, per-gateway logins and HMAC keys, engine and
+    dashboard identities, and the broker's ACL: TLS on every hop, least privilege for each."""
+    from live_bridge.provision import provision as run_provision
+    from siteplan.model import SiteModel
+    from twin.sim import resolve_gateways
+
+    if out.exists():
+        raise _fail(f"{out}: exists; not overwriting a site's secrets")
+    sc = _load(scenario)
+    gws, _ = resolve_gateways(sc, SiteModel.from_scenario(sc))
+    hosts = tuple(host) if host else ("127.0.0.1", "localhost")
+    try:
+        result = run_provision(list(gws.ids), out, hosts=hosts, port=port, broker_host=hosts[0])
+    except OSError as exc:
+        raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
+    console.print(f"provisioned {len(result.identities)} identities in {out}/ (broker: mosquitto -c "
+                  f"{result.broker_conf}); keep {out}/ca.key offline", highlight=False)
+
+
 @app.command("rotate-key")
 def rotate_key(
     gateway: Annotated[str, typer.Argument(help="gateway id whose key to rotate")],
