@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="parser names (default: all)")
     args = ap.parse_args()
     chosen = {n: t for n, t in targets().items() if not args.only or n in args.only}
-    per = max(1, args.cases // len(chosen))
+    per = max(1, -(-args.cases // len(chosen)))  # at least --cases in all
     parsers: dict[str, object] = {}
     findings: list[dict[str, str]] = []
     started = time.perf_counter()

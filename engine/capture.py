@@ -94,6 +94,11 @@ def _read_table(path: Path) -> pa.Table:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise CaptureError(f"{path}: columns named more than once: {repeated}")
+    for name in names:  # Parquet does not check that text columns hold UTF-8; we do, once
+        try:
+            table.column(name).validate(full=True)
+        except pa.ArrowException as exc:
+            raise CaptureError(f"{path}: column {name!r}: {str(exc)[:120]}") from None
     return table
 
 

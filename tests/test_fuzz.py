@@ -73,3 +73,20 @@ REGRESSIONS = [
 @pytest.mark.parametrize(("name", "data"), REGRESSIONS)
 def test_past_crashes_stay_fixed(name: str, data: bytes) -> None:
     assert outcome(TARGETS[name], data)[0] == "rejected"
+
+
+def test_parquet_text_that_is_not_utf8_is_a_rejection() -> None:
+    """Found by the 100,000-case run: Parquet stores text unchecked, and converting an
+    invalid UTF-8 id raised pyarrow's ArrowException."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = pa.array([b"gw\xff", b"gw1"], pa.binary())
+    text = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"time": [0.5, 1.0], "gateway": text, "device": ["a", "b"], "rssi": [-60.0, -70.0]}),
+                   sink)
+    kind, exc = outcome(TARGETS["capture.parquet"], sink.getvalue())
+    assert kind == "rejected" and "'gateway'" in str(exc) and "UTF8" in str(exc)
