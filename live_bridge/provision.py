@@ -11,6 +11,8 @@ What it writes (secrets created mode 0600, in a directory of mode 0700)::
     keys.toml                      each gateway's HMAC key (the server verifies with it)
     creds/<identity>.toml          login + CA path for `--creds` (gateways, engine, dashboard)
     gateways/<gateway>.toml        a ready gateway.toml: id, HMAC key, mqtts:// broker
+    nats/nats-server.conf          the backbone's TLS listener and per-identity permissions
+                                   (issue 12's subjects; passwords in it: mode 0600)
 
 Least privilege (docs/security.md): a gateway may publish only its own batch and status
 topics and read nothing; the engine (``tagtwin serve``) reads batches and statuses (and the
@@ -155,7 +157,7 @@ def mosquitto_conf(broker_dir: Path, port: int, bind: str = "127.0.0.1") -> str:
 
 def provision(
     gateway_ids: list[str], out: Path, *, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
-    port: int = 8883, broker_host: str = "127.0.0.1",
+    port: int = 8883, broker_host: str = "127.0.0.1", site: str = "site", nats_port: int = 4222,
 ) -> Provisioned:
     """Write everything a TLS deployment of the site needs into ``out`` (which must not exist)."""
     out = Path(out)
@@ -191,4 +193,82 @@ def provision(
                           f'id = "{gw}"\nkey_hex = "{hmac_keys[gw]}"\nbroker = "mqtts://{broker_host}:{port}"\n'
                           f'# run: tagtwin gateway --config gateways/{gw}.toml --creds creds/{gw}.toml\n')
     os.chmod(out, 0o700)
-    return Provisioned(out, tuple(identities), conf, out / "ca.pem")
+    prov = Provisioned(out, tuple(identities), conf, out / "ca.pem")
+    provision_nats(prov, site, gateway_ids, nats_port)
+    return prov
+
+
+# -- the NATS backbone (issue 12's subjects: tagtwin.v1.<site>.raw.<gateway> ...) --------
+
+NATS_ROOT = "tagtwin.v1"
+
+
+def nats_permissions(site: str, gateway_ids: list[str]) -> dict[str, dict[str, dict[str, list[str]]]]:
+    """Per identity, the subjects it may publish to and subscribe to. Every identity gets
+    its own reply inbox (``_INBOX.<identity>.>``, set with nats-py's ``inbox_prefix``), so no
+    one can read another's JetStream acknowledgements or requests."""
+    root = f"{NATS_ROOT}.{site}"
+    outputs = [f"{root}.positions", f"{root}.events", f"{root}.deadletter", f"{root}.status"]
+    perms = {
+        gw: {"publish": {"allow": [f"{root}.raw.{gw}", f"{root}.gateway.{gw}.status"]},
+             "subscribe": {"allow": [f"_INBOX.{gw}.>"]}}
+        for gw in gateway_ids
+    }
+    # The engine runs durable consumers, checkpoints (KV / object store) and publishes outputs.
+    perms[ENGINE_USER] = {
+        "publish": {"allow": ["$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>", *outputs]},
+        "subscribe": {"allow": [f"_INBOX.{ENGINE_USER}.>", f"{root}.raw.>", f"{root}.gateway.*.status",
+                                "$KV.>", "$O.>"]},
+    }
+    perms[DASHBOARD_USER] = {
+        "publish": {"allow": ["$JS.API.CONSUMER.INFO.>", "$JS.API.STREAM.INFO.>"]},
+        "subscribe": {"allow": [f"_INBOX.{DASHBOARD_USER}.>", *outputs, f"{root}.gateway.*.status"]},
+    }
+    return perms
+
+
+def nats_conf(
+    broker_dir: Path, port: int, store_dir: Path, users: dict[str, str],
+    perms: dict[str, dict[str, dict[str, list[str]]]], bind: str = "127.0.0.1",
+) -> str:
+    """A nats-server config: TLS only (the site CA), JetStream syncing every write, and one
+    user per identity with :func:`nats_permissions`. JSON is valid nats-server config."""
+    import json
+
+    conf = {
+        "listen": f"{bind}:{port}",
+        "tls": {"cert_file": str(broker_dir / "broker.pem"), "key_file": str(broker_dir / "broker.key"),
+                "ca_file": str(broker_dir / "ca.pem"), "timeout": 5},
+        "jetstream": {"store_dir": str(store_dir), "sync_interval": "always"},
+        "authorization": {"users": [{"user": u, "password": pw, "permissions": perms[u]} for u, pw in users.items()]},
+    }
+    return json.dumps(conf, indent=2) + "\n"
+
+
+def provision_nats(prov: Provisioned, site: str, gateway_ids: list[str], port: int) -> Path:
+    """Add the backbone's config to a provisioned directory; the logins are the ones in
+    ``creds/`` (one identity, one password, whether it speaks MQTT or NATS)."""
+    from live_bridge.mqtt import load_creds
+
+    users = {}
+    for ident in prov.identities:
+        creds = load_creds(prov.out / "creds" / f"{ident}.toml")
+        users[ident] = creds.password or ""
+    (prov.out / "nats").mkdir(mode=0o700, exist_ok=True)
+    path = prov.out / "nats" / "nats-server.conf"
+    write_secret_file(path, nats_conf((prov.out / "broker").resolve(), port, (prov.out / "nats" / "store").resolve(),
+                                      users, nats_permissions(site, gateway_ids)))
+    return path
+
+
+def nats_options(creds_path: Path | str) -> dict[str, object]:
+    """nats-py ``connect`` keyword arguments for a provisioned identity: its login, TLS that
+    trusts the site CA, and its own reply inbox (the permissions allow no other)."""
+    import ssl
+
+    from live_bridge.mqtt import load_creds
+
+    creds = load_creds(creds_path)
+    ctx = ssl.create_default_context(cafile=creds.ca_file)
+    return {"user": creds.username, "password": creds.password, "tls": ctx,
+            "inbox_prefix": f"_INBOX.{creds.username}"}

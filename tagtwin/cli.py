@@ -729,7 +729,9 @@ def keys(
 def provision(
     scenario: Annotated[Path, typer.Argument(help="site or scenario file with the gateways")] = DEMO_SCENARIO,
     out: Annotated[Path, typer.Option("--out", help="directory to create (never overwritten)")] = Path("site-secrets"),
-    port: Annotated[int, typer.Option(help="the broker's TLS port")] = 8883,
+    port: Annotated[int, typer.Option(help="the MQTT broker's TLS port")] = 8883,
+    nats_port: Annotated[int, typer.Option(help="the NATS backbone's TLS port")] = 4222,
+    site: Annotated[str, typer.Option(help="site name in the backbone's subjects")] = "site",
     host: Annotated[list[str] | None, typer.Option(help="broker host names/addresses for its certificate")] = None,
 ) -> None:
     """Create a site's CA, broker certificate, per-gateway logins and HMAC keys, engine and
@@ -744,11 +746,12 @@ def provision(
     gws, _ = resolve_gateways(sc, SiteModel.from_scenario(sc))
     hosts = tuple(host) if host else ("127.0.0.1", "localhost")
     try:
-        result = run_provision(list(gws.ids), out, hosts=hosts, port=port, broker_host=hosts[0])
+        result = run_provision(list(gws.ids), out, hosts=hosts, port=port, broker_host=hosts[0], site=site,
+                               nats_port=nats_port)
     except OSError as exc:
         raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
-    console.print(f"provisioned {len(result.identities)} identities in {out}/ (broker: mosquitto -c "
-                  f"{result.broker_conf}); keep {out}/ca.key offline", highlight=False)
+    console.print(f"provisioned {len(result.identities)} identities in {out}/ (mosquitto -c {result.broker_conf}; "
+                  f"nats-server -c {out}/nats/nats-server.conf); keep {out}/ca.key offline", highlight=False)
 
 
 @app.command("rotate-key")

