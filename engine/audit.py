@@ -28,7 +28,7 @@ import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ class AuditContext:
     device_class: NDArray[np.int32]  # class code per registered device code
     device_ids: Sequence[str]
     step_s: float
-    feed_max_delay_s: float
+    feed_max_delay_s: float | None  # None: no checkout feed (a live server without POS records)
     model: Mapping[str, object]
 
 
@@ -209,6 +209,51 @@ class _FrozenSiteRules(RuleEngine):
         return float(a), float(b), float(c)
 
 
+class LiveAudit:
+    """The live server's audit: the last EVIDENCE_S + AFTER_S of sightings and fixes in
+    memory (columnar, pruned as time passes), and each money-relevant event the rules decide
+    written with its evidence. Attach it to the server's rule engine; feed it what the
+    rules are fed; hand it the events they return."""
+
+    def __init__(self, rules: RuleEngine, log: AuditLog, step_s: float, model: Mapping[str, object]) -> None:
+        self.log = log
+        self.recorder = SiteStateRecorder(rules)
+        rules.sinks.append(self.recorder)
+        c = rules.ctx
+        self.ctx = AuditContext(
+            ruleset=rules.rules, zones=c.zones, gateway_ids=c.gateway_ids, gateway_xy=c.gateway_xy,
+            class_names=c.class_names, class_interval_s=c.class_interval_s, device_class=c.device_class,
+            device_ids=c.device_ids, step_s=step_s, feed_max_delay_s=None, model=model,
+        )
+        self._sightings: list[NDArray[np.void]] = []
+        self._fixes: list[NDArray[np.void]] = []
+        self._newest = -math.inf
+        self.written: list[str] = []
+
+    def observe(self, sightings: NDArray[np.void] | None = None, fixes: NDArray[np.void] | None = None) -> None:
+        for rows, store in ((sightings, self._sightings), (fixes, self._fixes)):
+            if rows is not None and len(rows):
+                store.append(rows.copy())
+                self._newest = max(self._newest, float(rows["t"].max()))
+        keep_from = self._newest - EVIDENCE_S - AFTER_S
+        for store in (self._sightings, self._fixes):
+            while store and float(store[0]["t"].max()) < keep_from:
+                store.pop(0)
+
+    def record(self, events: Sequence[Event], origin: float | None = None) -> list[str]:
+        """Write the money-relevant ones among ``events``; returns their audit ids. Times in
+        the record are the engine's; ``origin`` (Unix seconds of engine time 0) goes with them."""
+        money = [e for e in events if e.rule in MONEY_RULES]
+        if not money:
+            return []
+        s = np.concatenate(self._sightings) if self._sightings else np.zeros(0, SIGHTING_DTYPE)
+        f = np.concatenate(self._fixes) if self._fixes else np.zeros(0, FIX_DTYPE)
+        ctx = replace(self.ctx, model={**self.ctx.model, "time_origin": origin})
+        ids = self.log.append(money_records(money, s, f, ctx, self.recorder.states))
+        self.written += ids
+        return ids
+
+
 # -- replay -----------------------------------------------------------------------------
 
 
@@ -239,7 +284,8 @@ def rederive(record: Mapping[str, Any]) -> Rederived:
             gateway_ids=tuple(ctx["gateway_ids"]),
             gateway_xy=np.asarray(ctx["gateway_xy"], float).reshape(-1, 2),
         )
-        step, delay = float(ctx["step_s"]), float(ctx["feed_max_delay_s"])
+        step = float(ctx["step_s"])
+        delay = None if ctx["feed_max_delay_s"] is None else float(ctx["feed_max_delay_s"])
         t_event, end = float(ev["t"]), float(record["evidence"]["to_t"])
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise AuditError(f"event {record.get('id', '?')}: record incomplete or damaged: {exc}") from None
@@ -271,7 +317,8 @@ def rederive(record: Mapping[str, Any]) -> Rederived:
 
 
 def _replay(
-    rules: RuleEngine, sightings: NDArray[np.void], fixes: NDArray[np.void], step: float, delay: float, end: float
+    rules: RuleEngine, sightings: NDArray[np.void], fixes: NDArray[np.void], step: float, delay: float | None,
+    end: float,
 ) -> list[Event]:
     """The evidence, one engine step at a time, as twin/run.py feeds a run's rules."""
     sightings = sightings[np.argsort(sightings["t"], kind="stable")]
@@ -287,7 +334,8 @@ def _replay(
     for i, now in enumerate(steps.tolist()):
         events += rules.observe_sightings(sightings[s0 : s_edge[i]])
         events += rules.process_fixes(fixes[f0 : f_edge[i]])
-        events += rules.ingest_checkouts(none, watermark=now - delay)
+        if delay is not None:
+            events += rules.ingest_checkouts(none, watermark=now - delay)
         events += rules.advance(now)
         s0, f0 = int(s_edge[i]), int(f_edge[i])
     return events

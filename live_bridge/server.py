@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     import paho.mqtt.client as paho
     from numpy.typing import NDArray
 
+    from engine.audit import LiveAudit
     from engine.contract import Sightings
     from engine.rules import Event as RuleEvent
     from engine.rules import RuleEngine
@@ -164,8 +165,9 @@ class RulesSink:
     version and the evidence, flattened.
     """
 
-    def __init__(self, rules: RuleEngine) -> None:
+    def __init__(self, rules: RuleEngine, audit: LiveAudit | None = None) -> None:
         self.rules = rules
+        self.audit = audit  # money-relevant events to the audit log, with their evidence
         self._held: list[RuleEvent] = []
         self._now = 0.0
 
@@ -173,6 +175,8 @@ class RulesSink:
         if len(rows):
             self._held += self.rules.observe_sightings(rows)
             self._now = max(self._now, float(rows["t"].max()))
+            if self.audit is not None:
+                self.audit.observe(sightings=rows)
 
     def on_fixes(
         self, fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float
@@ -183,6 +187,9 @@ class RulesSink:
         if len(fixes):
             self._now = max(self._now, float(fixes["t"].max()))
         events += self.rules.advance(self._now)
+        if self.audit is not None:
+            self.audit.observe(fixes=fixes)
+            self.audit.record(events, origin)
         return [self._wire(ev, origin) for ev in events]
 
     @staticmethod

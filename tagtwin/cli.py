@@ -656,6 +656,9 @@ def serve(
     lateness: Annotated[float | None, typer.Option(help="override allowed_lateness_s")] = None,
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
     status_every: Annotated[float, typer.Option(help="seconds between status messages")] = 5.0,
+    audit: Annotated[
+        Path | None, typer.Option(help="append money-relevant events with their evidence here (--events rules)")
+    ] = None,
 ) -> None:
     """Verify gateway batches from MQTT, feed the engine, publish positions and events."""
     import signal
@@ -692,7 +695,18 @@ def serve(
     devices: IdTable | None = None
     sink: EventSink = ZoneChangeSink() if events == "zone-change" else NullSink()
     if events == "rules":
-        devices, sink = rules_sink_for(site, cfg)
+        devices, rules_sink = rules_sink_for(site, cfg)
+        if audit is not None:
+            from engine.audit import AuditError, AuditLog, LiveAudit
+            from twin.run import model_version
+
+            try:
+                rules_sink.audit = LiveAudit(rules_sink.rules, AuditLog(audit), cfg.step_s, model_version(site))
+            except AuditError as exc:
+                raise _fail(exc) from None
+        sink = rules_sink
+    elif audit is not None:
+        raise _fail("--audit needs --events rules (the audit log holds rule events)")
     core = ServerCore(cfg, ring, clock=clock, adapters=chosen,  # type: ignore[arg-type]
                       sink=sink, devices=devices)
     stop = threading.Event()
