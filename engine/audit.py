@@ -379,7 +379,7 @@ def read_audit(path: Path | str) -> Iterator[dict[str, Any]]:
     path = Path(path)
     prev = AuditLog.GENESIS
     try:
-        fh = path.open(encoding="utf-8")
+        fh = path.open(encoding="utf-8", errors="replace")  # bad bytes fail as a bad record, by line
     except OSError as exc:
         raise AuditError(f"{path}: cannot read: {exc.strerror}") from None
     with fh:

@@ -50,6 +50,14 @@ def _fail(message: object, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _write(path: Path, text: str) -> None:
+    """Write an output file, or one line naming it and exit 2 (a missing folder, no permission)."""
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise _fail(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
 def _load(path: Path) -> Scenario:
     try:
         return load_scenario(path)
@@ -200,9 +208,9 @@ def check(
     if report_json:
         results_json = [{"scenario": r.file, "metric": r.metric, "min": r.min, "max": r.max, "value": r.value,
                          "ok": r.result == "ok"} for r in rows if r.result in ("ok", "REGRESSED")]
-        report_json.write_text(json.dumps(results_json, indent=2) + "\n")
+        _write(report_json, json.dumps(results_json, indent=2) + "\n")
     if junit:
-        junit.write_text(junit_xml(rows))
+        _write(junit, junit_xml(rows))
     if failed:
         err_console.print("[bold red]regression:[/] at least one metric is out of bounds")
         raise typer.Exit(1)
@@ -359,7 +367,10 @@ def evaluate(
 
             from twin.run import _table
 
-            pq.write_table(_table(fixes, {"device": cap.devices.ids}), fixes_out)
+            try:
+                pq.write_table(_table(fixes, {"device": cap.devices.ids}), fixes_out)
+            except OSError as exc:
+                raise _fail(f"{fixes_out}: cannot write: {exc.strerror or exc}") from None
         if cap.truth is None:
             console.print(f"wrote {fixes_out}; no truth columns, so nothing scored")
             return
@@ -373,7 +384,7 @@ def evaluate(
     console.print(table)
     text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
     if report_json:
-        report_json.write_text(text)
+        _write(report_json, text)
 
 
 @app.command()
@@ -472,7 +483,7 @@ def roi(
         raise _fail(f"cannot compute ROI: {exc}") from None
     result = roi_report(sc.roi, measured)
     if as_json:
-        as_json.write_text(json.dumps(result, indent=2) + "\n")
+        _write(as_json, json.dumps(result, indent=2) + "\n")
     cases = result["cases"]
     assert isinstance(cases, dict)
     table = Table(title=f"{sc.name}: return on investment over {sc.roi.horizon_months} months")
@@ -551,7 +562,7 @@ def schema(out: Annotated[Path | None, typer.Option(help="write here instead of 
     """Print the JSON Schema of scenario files (generated from the code)."""
     text = json.dumps(Scenario.model_json_schema(by_alias=True), indent=2) + "\n"
     if out:
-        out.write_text(text)
+        _write(out, text)
     else:
         sys.stdout.write(text)
 
@@ -735,7 +746,10 @@ def keys(
         raise typer.Exit(2)
     sc = _load(scenario)
     gws, _ = resolve_gateways(sc, SiteModel.from_scenario(sc))
-    write_secret_file(out, new_keys_toml(list(gws.ids)))
+    try:
+        write_secret_file(out, new_keys_toml(list(gws.ids)))
+    except OSError as exc:
+        raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
     console.print(f"wrote {len(gws.ids)} keys to {out}")
 
 
@@ -906,7 +920,7 @@ def wire_schema(
 
     text = wire_format_markdown() if markdown else json.dumps(json_schemas(), indent=2) + "\n"
     if out:
-        out.write_text(text)
+        _write(out, text)
     else:
         sys.stdout.write(text)
 

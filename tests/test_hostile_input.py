@@ -186,3 +186,18 @@ def test_server_keeps_going_after_hostile_theengs_messages() -> None:
         core.handle(f"home/{gw}/BTtoMQTT/AABBCCDDEEFF", body, 1.7e9)
     assert core.counters["rejected: schema violation"] >= 1
     assert core.counters["batches_accepted"] == before + 1
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["schema", "--out", "{tmp}/missing/x.json"], "cannot write"),
+        (["wire-schema", "--out", "{tmp}/missing/x.md"], "cannot write"),
+        (["replay", "{tmp}/junk.bin", "--speed", "0"], "line 1"),
+        (["audit", "--log", "{tmp}/junk.bin"], "line 1"),
+    ],
+)
+def test_unwritable_outputs_and_binary_inputs(tmp_path: Path, args: list[str], needle: str) -> None:
+    (tmp_path / "junk.bin").write_bytes(bytes(range(256)) * 4)
+    argv = [a.format(tmp=tmp_path) for a in args]
+    assert_one_clean_line(tagtwin(*argv), str(tmp_path), needle)
