@@ -426,3 +426,29 @@ def test_nats_mqtt_listener_over_tls_what_a_refused_publish_does(tmp_path: Path)
         watcher.join(30)
     assert {own.mid, forged.mid, after.mid} <= set(acks)  # all PUBACKed: MQTT 3.1.1 cannot refuse
     assert received == ["tagtwin.v1.demo.raw.gw-a"] * 2  # only its own subject was delivered
+
+
+def test_planner_live_view_reads_over_tls_as_the_dashboard(site, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The planner's live feed, as the dashboard identity over TLS, gets the positions the
+    engine identity publishes; without the TLS switch it cannot connect to the TLS port."""
+    import json
+
+    from planner.backend import LiveFeed
+
+    out, port = site
+    monkeypatch.setenv("TAGTWIN_MQTT_CREDS", str(out / "creds" / f"{DASHBOARD_USER}.toml"))
+    feed = LiveFeed()
+    feed.connect("127.0.0.1", port, tls=True, timeout_s=30)
+    engine = connected(Client(out, port, ENGINE_USER).start())
+    batch = {"v": 1, "t": 1.7e9, "positions": [{"t": 1.7e9, "dev": "t1", "x": 1.0, "y": 2.0, "r90": 1.5, "zone": None,
+                                                "n_gw": 3, "method": "wls"}]}
+    deadline = time.monotonic() + 30
+    while not feed.snapshot() and time.monotonic() < deadline:  # retry: the subscription may lag the CONNACK
+        rc = engine.publish(POSITIONS_TOPIC, json.dumps(batch).encode())
+        assert rc is not None and not rc.is_failure  # type: ignore[attr-defined]
+        time.sleep(0.2)
+    assert [p["dev"] for p in feed.snapshot()] == ["t1"]
+    feed.close()
+    engine.stop()
+    with pytest.raises(ConnectionError):
+        LiveFeed().connect("127.0.0.1", port, tls=False, timeout_s=5)
