@@ -670,12 +670,16 @@ def serve(
     audit: Annotated[
         Path | None, typer.Option(help="append money-relevant events with their evidence here (--events rules)")
     ] = None,
+    new_ids_per_minute: Annotated[
+        int, typer.Option(min=1, help="new device ids one gateway may register per minute (the fleet is known)")
+    ] = 600,
 ) -> None:
     """Verify gateway batches from MQTT, feed the engine, publish positions and events."""
     import signal
     import threading
 
     from engine.contract import IdTable
+    from engine.ingest import NewDeviceCap
     from live_bridge.config import check_keys_match, load_key_ring
     from live_bridge.gateway import ConfigError
     from live_bridge.server import EventSink, NullSink, ServerCore, ZoneChangeSink
@@ -719,7 +723,7 @@ def serve(
     elif audit is not None:
         raise _fail("--audit needs --events rules (the audit log holds rule events)")
     core = ServerCore(cfg, ring, clock=clock, adapters=chosen,  # type: ignore[arg-type]
-                      sink=sink, devices=devices)
+                      sink=sink, devices=devices, new_id_cap=NewDeviceCap(per_minute=new_ids_per_minute))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
