@@ -535,26 +535,11 @@ def audit(
 ) -> None:
     """Re-derive a money-relevant event from the evidence its audit record keeps (exit 1 if it
     does not reproduce); without an id, check the log's chain and list its events."""
-    from engine.audit import AuditError, find_event, read_audit, rederive
+    from tagtwin.audit import audit_command
 
-    try:
-        if event_id is None:
-            for rec in read_audit(log):
-                ev = rec["event"]
-                print(f"{rec['id']}  {rec['kind']:<8} {ev['rule']:<22} t={ev['t']:<10g} {ev['tag']}")
-            return
-        rec = find_event(log, event_id)
-        result = rederive(rec)
-    except AuditError as exc:
-        raise _fail(exc) from None
-    ev = rec["event"]
-    evidence = rec["evidence"]
-    print(f"{rec['id']}: {rec['kind']} ({ev['rule']}) of {ev['tag']} at t={ev['t']:g}; rule set "
-          f"{rec['ruleset_version']}, model {rec['model'].get('settings_sha256')}; evidence: "
-          f"{len(evidence['sightings']['t'])} sightings, {len(evidence['fixes']['t'])} fixes")
-    if not result.reproduced:
-        raise _fail(f"NOT reproduced: {result.note}", 1)
-    print(f"reproduced: {result.note}")
+    code = audit_command(event_id, log)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
