@@ -353,13 +353,13 @@ def evaluate(
                 console.print(f"held out: {path_name} (site calibrated on the other paths)")
                 console.print(compare_table(results))
             if report_json:
-                report_json.write_text(json.dumps(per_path, indent=2, sort_keys=True) + "\n")
+                _write(report_json, json.dumps(per_path, indent=2, sort_keys=True) + "\n")
             return
         if compare:
             results = compare_estimators(cap, make)
             console.print(compare_table(results))
             if report_json:
-                report_json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+                _write(report_json, json.dumps(results, indent=2, sort_keys=True) + "\n")
             return
         fixes, metrics = evaluate_capture(cap, config)
         if fixes_out is not None:
@@ -415,7 +415,7 @@ def calibrate(
     except (SiteFileError, CaptureError, ValueError) as exc:
         err_console.print(f"[bold red]cannot calibrate:[/] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
-    out.write_text(dump_site_file(result.site))
+    _write(out, dump_site_file(result.site))
     png = diagnostics_png(result, plot or out.with_suffix(".png"))
     if not quiet:
         console.print(result.table(capture.name))
@@ -459,7 +459,7 @@ def fidelity(
     console.print(fidelity_table(result, capture.name))
     console.print(f"twin/real median error {result['localization']['twin_over_real_median']:.2f}; figure {png}")
     if report_json:
-        report_json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        _write(report_json, json.dumps(result, indent=2, sort_keys=True) + "\n")
 
 
 @app.command()
