@@ -746,9 +746,10 @@ def view_roi(sc: Scenario) -> None:
 
 
 def view_live(_sc: Scenario) -> None:
-    c1, c2 = st.columns([2, 1])
+    c1, c2, c3 = st.columns([2, 1, 1])
     host = c1.text_input("broker host", "127.0.0.1", key="live_host")
     port = c2.number_input("port", 1, 65535, 1883, key="live_port")
+    tls = c3.checkbox("TLS (mqtts)", key="live_tls", help="login and CA from $TAGTWIN_MQTT_CREDS (docs/security.md)")
     st.caption(
         f"Subscribes to what `tagtwin serve` publishes: `{backend.POSITIONS_TOPIC}` "
         f"(PositionBatch) and `{backend.EVENTS_TOPIC}` (events), docs/wire-format.md."
@@ -758,7 +759,7 @@ def view_live(_sc: Scenario) -> None:
     if b1.button("Connect", key="live_connect", disabled=feed is not None):
         feed = backend.LiveFeed()
         try:
-            feed.connect(host, int(port))
+            feed.connect(host, int(port), tls=tls)
             st.session_state.feed = feed
         except ConnectionError as exc:
             st.error(str(exc))

@@ -138,6 +138,7 @@ def start_server(
 ) -> subprocess.Popen[bytes]:
     keys_file = tmp / "keys.toml"
     keys_file.write_text("[keys]\n" + "".join(f'"{g}" = "{k.hex()}"\n' for g, k in keys.items()))
+    keys_file.chmod(0o600)  # serve refuses keys other users can read
     tagtwin = str(Path(sys.executable).parent / "tagtwin")
     return subprocess.Popen(
         [

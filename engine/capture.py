@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from engine.contract import SIGHTING_DTYPE, UNKNOWN, GatewayInfo, IdTable, Sightings
+from engine.ingest import RSSI_MAX_DBM, RSSI_MIN_DBM
 from engine.truth import MOVEMENT_DTYPE, SEGMENT_DTYPE, GroundTruth
 
 FloatArray = NDArray[np.float64]
@@ -75,17 +76,30 @@ def _read_table(path: Path) -> pa.Table:
             with path.open(newline="", encoding="utf-8", errors="replace") as fh:
                 header = next(csv.reader(fh), [])
             types = {name.strip(): pa.string() for name in header}
-            return pacsv.read_csv(
+            table = pacsv.read_csv(
                 path,
                 convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False),
             )
-        if suffix in (".parquet", ".pq"):
-            return pq.read_table(path)
+        elif suffix in (".parquet", ".pq"):
+            table = pq.read_table(path)
+        else:
+            raise CaptureError(f"{path}: unknown format {suffix!r}; use .csv or .parquet")
+        names = table.column_names  # decoded lazily: a non-UTF-8 header fails here, not later
     except FileNotFoundError:
         raise CaptureError(f"{path}: no such file") from None
     except (OSError, pa.ArrowInvalid) as exc:
         raise CaptureError(f"{path}: cannot read: {exc}") from None
-    raise CaptureError(f"{path}: unknown format {suffix!r}; use .csv or .parquet")
+    except UnicodeDecodeError:
+        raise CaptureError(f"{path}: not UTF-8 text") from None
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise CaptureError(f"{path}: columns named more than once: {repeated}")
+    for name in names:  # Parquet does not check that text columns hold UTF-8; we do, once
+        try:
+            table.column(name).validate(full=True)
+        except pa.ArrowException as exc:
+            raise CaptureError(f"{path}: column {name!r}: {str(exc)[:120]}") from None
+    return table
 
 
 def _numbers(path: Path, table: pa.Table, name: str, required: bool = True) -> FloatArray:
@@ -171,8 +185,17 @@ def read_capture(
     path = Path(path)
     table = _read_table(path)
     _require(path, table, CAPTURE_COLUMNS)
+    if table.num_rows == 0:
+        raise CaptureError(f"{path}: no sightings (the file has a header but no rows)")
     t = _numbers(path, table, "time")
     rssi = _numbers(path, table, "rssi")
+    bad_rssi = np.flatnonzero((rssi < RSSI_MIN_DBM) | (rssi > RSSI_MAX_DBM))
+    if len(bad_rssi):
+        i = int(bad_rssi[0])
+        raise CaptureError(
+            f"{path}: {_row_name(path, i)}: column 'rssi': {rssi[i]:g} dBm is outside "
+            f"{RSSI_MIN_DBM:g}..{RSSI_MAX_DBM:g} dBm"
+        )
     gw_names = _strings(path, table, "gateway")
     dev_names = _strings(path, table, "device")
     gw_table = IdTable(list(gateways.ids))
@@ -235,10 +258,13 @@ def truth_column_names(path: Path, columns: list[str]) -> tuple[str, str, str] |
 
 def truth_from_samples(device: NDArray[np.integer], t: FloatArray, xy: FloatArray) -> GroundTruth:
     """Ground truth as straight segments between each device's consecutive truth samples."""
+    if len(device) == 0:
+        return GroundTruth.build(np.zeros(0, SEGMENT_DTYPE), np.zeros(0, MOVEMENT_DTYPE))
     order = np.lexsort((t, device))
     d, tt, p = np.asarray(device)[order], np.asarray(t)[order], np.asarray(xy)[order]
     # One sample per (device, time): repeated sightings of one instant agree on the truth.
-    keep = np.r_[True, (d[1:] != d[:-1]) | (tt[1:] != tt[:-1])]
+    keep = np.ones(len(d), bool)  # (np.r_[True, ...] would keep a phantom row when empty)
+    keep[1:] = (d[1:] != d[:-1]) | (tt[1:] != tt[:-1])
     d, tt, p = d[keep], tt[keep], p[keep]
     same = d[1:] == d[:-1]
     seg = np.zeros(int(same.sum()) + len(np.unique(d)), SEGMENT_DTYPE)

@@ -120,3 +120,46 @@ def ingest(batch: Sightings, n_gateways: int, counters: IngestCounters) -> Sight
     clean = clean[np.argsort(clean["t"], kind="stable")]
     counters.accepted += len(clean)
     return clean
+
+
+NEW_IDS_PER_GATEWAY_PER_MINUTE = 600  # a busy dock door sees a few hundred new tags a minute
+
+
+@dataclass
+class NewDeviceCap:
+    """At most ``per_minute`` *new* device ids per gateway per minute get a row in the
+    device table; sightings of further new ids are only counted, per zone of the gateway
+    that heard them, in an anonymous bucket (the ``anonymous`` status counter).
+
+    Why: device tables, tracks and rule state grow with every id ever seen, so a gateway
+    (or a stolen gateway key) announcing 99,000 made-up ids a second would otherwise grow
+    the server for good. A known id is never capped, so a resolved rotating id (the same
+    device under a new address, resolved to its stable id before it gets here) is not new.
+    Minutes are fixed windows of the caller's clock; sans-IO like the rest of the engine.
+    """
+
+    per_minute: int = NEW_IDS_PER_GATEWAY_PER_MINUTE
+    window_s: float = 60.0
+    anonymous: Counter[str] = field(default_factory=Counter)
+    refused_ids: int = 0
+    _window: dict[str, tuple[int, int]] = field(default_factory=dict)  # gateway -> (window, used)
+
+    def admit(self, gateway: str, new_ids: list[str], now: float) -> list[str]:
+        """The leading part of ``new_ids`` (distinct ids not yet in the table) that this
+        gateway may still register in the current window."""
+        window = int(now // self.window_s)
+        start, used = self._window.get(gateway, (window, 0))
+        if start != window:
+            used = 0
+        room = max(0, self.per_minute - used)
+        admitted = new_ids[:room]
+        self._window[gateway] = (window, used + len(admitted))
+        self.refused_ids += len(new_ids) - len(admitted)
+        return admitted
+
+    def count_anonymous(self, zone: str, sightings: int) -> None:
+        self.anonymous[zone] += sightings
+
+    def as_dict(self) -> dict[str, object]:
+        return {"per_minute": self.per_minute, "refused_ids": self.refused_ids,
+                "anonymous_sightings_by_zone": dict(sorted(self.anonymous.items()))}

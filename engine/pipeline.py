@@ -13,6 +13,7 @@ with sighting arrays and :meth:`Engine.advance` with its watermark; the engine r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -271,6 +272,8 @@ class Engine:
         """Close every window whose end is at least ``allowed_lateness_s`` behind the
         watermark (the newest event time seen, or the one given) and return its fixes."""
         mark = self.watermark if watermark is None else max(self.watermark, watermark)
+        if not math.isfinite(mark):  # nothing seen yet (watermark -inf): no window is due
+            return np.zeros(0, FIX_DTYPE)
         last = int(np.floor((mark - self.config.allowed_lateness_s) / self.config.step_s + 1e-9))
         return self._close_until(last)
 

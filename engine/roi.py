@@ -9,8 +9,10 @@ Everything is monthly; money is in one currency (USD by default).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -316,31 +318,81 @@ def evaluate_case(inp: RoiInputs, m: MeasuredMetrics) -> RoiCase:
     return _evaluate(inp, m)
 
 
-def measured_from_report(report: dict[str, object]) -> MeasuredMetrics:
-    """The measured metrics of a twin run's report.json (twin/run.py). A figure the run could
-    not measure (no thefts injected: no theft recall) counts as 0, so it earns nothing."""
-    metrics = report.get("metrics", {})
-    assert isinstance(metrics, dict)
-    rules = metrics.get("rules", {}) or {}
-    exit_scores = rules.get("exit_without_checkout", {}) or {}
-    recall = exit_scores.get("recall")
-    low = high = None
-    if exit_scores.get("incidents"):
-        low, high = wilson_interval(
-            int(exit_scores.get("detected", 0)), int(exit_scores["incidents"])
+class RoiReportError(ValueError):
+    """A run report that cannot feed the ROI: names the file (or ``<report>``) and the field."""
+
+
+def parse_report(data: bytes, source: str = "<report>") -> dict[str, object]:
+    """A report.json's bytes as a JSON object, or RoiReportError saying why not."""
+    try:
+        report = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RoiReportError(f"{source}: not UTF-8 text (is it a report.json?)") from None
+    except (ValueError, RecursionError) as exc:
+        raise RoiReportError(f"{source}: not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(report, dict):
+        raise RoiReportError(f"{source}: expected a JSON object, found {type(report).__name__}")
+    return report
+
+
+def read_report(path: Path | str) -> dict[str, object]:
+    """Read a run's report.json; RoiReportError names the file when it is missing or wrong."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise RoiReportError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_report(data, str(path))
+
+
+def _section(parent: dict[str, object], key: str, where: str, source: str) -> dict[str, object]:
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RoiReportError(f"{source}: {where}{key}: expected an object, found {type(value).__name__}")
+    return value
+
+
+def _figure(
+    parent: dict[str, object], key: str, where: str, source: str, hi: float = math.inf
+) -> float:
+    """A measured figure: absent or null is 0; otherwise a finite number in [0, hi]."""
+    value = parent.get(key)
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= hi:
+        raise RoiReportError(
+            f"{source}: {where}{key}: expected a number in [0, {hi:g}], found {str(value)[:40]!r}"
         )
+    return float(value)
+
+
+def measured_from_report(report: dict[str, object], source: str = "<report>") -> MeasuredMetrics:
+    """The measured metrics of a twin run's report.json (twin/run.py). A figure the run could
+    not measure (no thefts injected: no theft recall) counts as 0, so it earns nothing.
+    A field of the wrong type or out of range is a RoiReportError naming it."""
+    metrics = _section(report, "metrics", "", source)
+    rules = _section(metrics, "rules", "metrics.", source)
+    exit_scores = _section(rules, "exit_without_checkout", "metrics.rules.", source)
+    where = "metrics.rules.exit_without_checkout."
+    recall = _figure(exit_scores, "recall", where, source, 1.0)
+    low = high = None
+    incidents = int(_figure(exit_scores, "incidents", where, source, 1e9))
+    if incidents:
+        detected = int(_figure(exit_scores, "detected", where, source, incidents))
+        low, high = wilson_interval(detected, incidents)
     return MeasuredMetrics(
-        tags=int(report.get("tags", 0)),  # type: ignore[call-overload]
-        gateways=int(report.get("gateways", 0)),  # type: ignore[call-overload]
-        theft_recall=float(recall or 0.0),
-        zone_accuracy=float(metrics.get("zone_accuracy") or 0.0),
-        coverage=float(metrics.get("device_coverage") or 0.0),
-        count_accuracy=float(rules.get("count_accuracy") or 0.0),
-        false_alarms_per_day_per_1000_tags=float(
-            rules.get("false_alarms_per_day_per_1000_tags") or 0.0
+        tags=int(_figure(report, "tags", "", source, 1e9)),
+        gateways=int(_figure(report, "gateways", "", source, 1e9)),
+        theft_recall=recall,
+        zone_accuracy=_figure(metrics, "zone_accuracy", "metrics.", source, 1.0),
+        coverage=_figure(metrics, "device_coverage", "metrics.", source, 1.0),
+        count_accuracy=_figure(rules, "count_accuracy", "metrics.rules.", source, 1.0),
+        false_alarms_per_day_per_1000_tags=_figure(
+            rules, "false_alarms_per_day_per_1000_tags", "metrics.rules.", source
         ),
-        reviews_per_day_per_1000_tags=float(
-            rules.get("false_reviews_per_day_per_1000_tags") or 0.0
+        reviews_per_day_per_1000_tags=_figure(
+            rules, "false_reviews_per_day_per_1000_tags", "metrics.rules.", source
         ),
         theft_recall_low=low,
         theft_recall_high=high,

@@ -75,7 +75,7 @@ def _json_object(body: bytes) -> dict[str, object]:
 
 def _rssi(data: dict[str, object], key: str = "rssi") -> float:
     v = data.get(key)
-    if not isinstance(v, int | float) or not -130 <= v <= 20:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not -130 <= v <= 20:
         raise AdapterError("schema violation", f"{key} missing or outside -130..20 dBm")
     return float(v)
 
@@ -142,7 +142,16 @@ def _theengs_decoded_only(mac: str, data: dict[str, object]) -> Decoded:
     return d
 
 
+TX_MIN_DBM, TX_MAX_DBM = -100.0, 20.0  # Advert.tx's bounds
+
+
 def _advert(now: float, d: Decoded, rssi: float, fmt: Format, bat: int | None) -> Advert:
+    """The wire record, or AdapterError naming the field (never a pydantic error, which
+    would stop the server). A 1 m power outside what a radio can send is dropped, not the
+    sighting: real BM2 battery monitors and NRF51822 beacons announce iBeacon measured
+    power above +20 dBm; the engine's default power takes its place."""
+    if d.tx_power is not None and not TX_MIN_DBM <= d.tx_power <= TX_MAX_DBM:
+        d.tx_power = None
     try:
         return advert_from(d, t=now, rssi=rssi, fmt=fmt, bat=bat)
     except ValidationError as exc:

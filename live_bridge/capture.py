@@ -78,9 +78,12 @@ def record(
 def read_capture(path: Path) -> list[tuple[float, str, bytes]]:
     """(arrival time, topic, payload) of every message; ValueError naming line on damage."""
     out = []
-    with path.open(encoding="utf-8") as fh:
-        header = json.loads(fh.readline() or "{}")
-        if header.get("capture") != CAPTURE_VERSION:
+    with path.open(encoding="utf-8", errors="replace") as fh:  # bad bytes fail as bad JSON, by line
+        try:
+            header = json.loads(fh.readline() or "{}")
+        except ValueError:
+            header = None
+        if not isinstance(header, dict) or header.get("capture") != CAPTURE_VERSION:
             raise ValueError(f"{path}: line 1: not a version-{CAPTURE_VERSION} capture header")
         for n, line in enumerate(fh, start=2):
             try:

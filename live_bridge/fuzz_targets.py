@@ -140,5 +140,5 @@ register(
     "wire-envelope",
     _envelope,
     (WireError,),
-    (encode_batch(Batch(gw="gw-a", seq=0, sent=0.0, ads=[Advert(t=0.0, dev="x", rssi=-60.0)]), FUZZ_GW_KEY),),
+    (encode_batch(Batch(gw="gw-a", seq=0, sent=1.7e9, ads=[Advert(t=1.7e9, dev="x", rssi=-60.0)]), FUZZ_GW_KEY),),
 )

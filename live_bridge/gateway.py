@@ -29,7 +29,7 @@ from live_bridge.backbone import connect, drain_spool, gateway_status_subject, r
 from live_bridge.decoders import ANON_PREFIX, BASE_UUID_SUFFIX, decode, norm_mac, norm_uuid
 from live_bridge.filters import AdvertFilter, privacy_hash
 from live_bridge.finding import FINDMY_KEY_LEN, Resolver
-from live_bridge.mqtt import BrokerUrl, make_client
+from live_bridge.mqtt import BrokerUrl, Creds, make_client
 from live_bridge.spool import FullPolicy, Spool
 from live_bridge.wire import (
     Advert,
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tagtwin.gateway")
 MAX_REMEMBERED_ADDRESSES = 100_000
+REFUSED_RETRY_S = 30.0  # pause after the broker refuses a publish (MQTT 5 PUBACK reason)
 
 
 class _Cfg(BaseModel):
@@ -175,7 +176,7 @@ class GatewayConfig(_Cfg):
     @classmethod
     def _broker(cls, v: str) -> str:
         if not v.startswith("nats://"):
-            BrokerUrl.parse(v)
+            BrokerUrl.parse(v, Creds())  # the scheme and host only; credentials load at connect
         return v
 
     @field_validator("bindkeys")
@@ -248,6 +249,7 @@ class Gateway:
         self._pending_since = 0.0
         self._inflight: dict[int, int] = {}  # paho mid -> spool row id
         self._last_sent_row = 0
+        self._hold_until = 0.0  # after a refused publish, no sending until then
         self._events: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -297,10 +299,11 @@ class Gateway:
         _client: paho.Client,
         _userdata: object,
         mid: int,
-        _reason: object,
+        reason: object,
         _properties: object = None,
     ) -> None:
-        self._notify("ack", mid)
+        # MQTT 5 (mqtts://): a refused publish is a PUBACK with a failure reason code.
+        self._notify("refused" if getattr(reason, "is_failure", False) else "ack", mid)
 
     # -- input ------------------------------------------------------------------------
 
@@ -390,13 +393,23 @@ class Gateway:
                 if row is not None:
                     self.spool.ack(row)
                     self.counters["published"] += 1
+            elif kind == "refused":
+                row = self._inflight.pop(value, None)
+                if row is not None:
+                    # Kept in the spool and sent again after a pause: the refusal is a
+                    # configuration error (ACL, identity) someone must fix; no data is lost.
+                    self.counters["refused"] += 1
+                    self._last_sent_row = min(self._last_sent_row, row - 1)
+                    self._hold_until = time.monotonic() + REFUSED_RETRY_S
+                    log.error("broker refused the publish on %s (not authorized?); the batch stays "
+                              "in the spool, retry in %.0f s", self.topic, REFUSED_RETRY_S)
             elif kind == "connect" and value == 0:
                 self.connected = True
                 self.counters["connects"] += 1
                 self._publish_status("online")
             elif kind == "disconnect":
                 self.connected = False
-        if not self.connected:
+        if not self.connected or time.monotonic() < self._hold_until:
             return
         room = self.config.mqtt.max_inflight - len(self._inflight)
         if room <= 0:

@@ -30,10 +30,13 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 from engine.contract import UNKNOWN, IdTable, sightings_from_columns
+from engine.ingest import NewDeviceCap
 from engine.localize import METHOD_WLS
 from engine.pipeline import Engine, EngineConfig
 from live_bridge.adapters import AdapterError, parse_espresense, parse_theengs
+from live_bridge.config import KeyRing, load_key_ring
 from live_bridge.decoders import ANON_PREFIX
+from live_bridge.gateway import ConfigError
 from live_bridge.wire import (
     BATCH_SUBSCRIPTION,
     DEADLETTER_TOPIC,
@@ -45,16 +48,18 @@ from live_bridge.wire import (
     DeadLetter,
     Event,
     WireError,
-    verify_and_parse,
+    verify_signed,
 )
 from siteplan.zones import NO_ZONE
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from pathlib import Path
 
     import paho.mqtt.client as paho
     from numpy.typing import NDArray
 
+    from engine.audit import LiveAudit
     from engine.contract import Sightings
     from engine.rules import Event as RuleEvent
     from engine.rules import RuleEngine
@@ -65,6 +70,8 @@ Outgoing = tuple[str, bytes, bool]  # topic, payload, retain
 ClockMode = Literal["wall", "event"]
 ORIGIN_MARGIN_S = 60.0  # event times may precede the first batch's by this much
 SEQ_MASK = 0x7FFFFFFF  # the sighting contract's seq is int32
+MAX_MESSAGE_BYTES = 1 << 20  # larger messages are refused unread (the backbone's stream cap too)
+REVOKED_EVENT_EVERY_S = 60.0  # one revoked-traffic event per gateway or tag per minute
 
 
 class EventSink(Protocol):
@@ -158,8 +165,9 @@ class RulesSink:
     version and the evidence, flattened.
     """
 
-    def __init__(self, rules: RuleEngine) -> None:
+    def __init__(self, rules: RuleEngine, audit: LiveAudit | None = None) -> None:
         self.rules = rules
+        self.audit = audit  # money-relevant events to the audit log, with their evidence
         self._held: list[RuleEvent] = []
         self._now = 0.0
 
@@ -167,6 +175,8 @@ class RulesSink:
         if len(rows):
             self._held += self.rules.observe_sightings(rows)
             self._now = max(self._now, float(rows["t"].max()))
+            if self.audit is not None:
+                self.audit.observe(sightings=rows)
 
     def on_fixes(
         self, fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float
@@ -177,6 +187,9 @@ class RulesSink:
         if len(fixes):
             self._now = max(self._now, float(fixes["t"].max()))
         events += self.rules.advance(self._now)
+        if self.audit is not None:
+            self.audit.observe(fixes=fixes)
+            self.audit.record(events, origin)
         return [self._wire(ev, origin) for ev in events]
 
     @staticmethod
@@ -197,17 +210,22 @@ class ServerCore:
     def __init__(
         self,
         config: EngineConfig,
-        keys: dict[str, bytes],
+        keys: dict[str, bytes] | KeyRing,
         *,
         clock: ClockMode = "wall",
         sink: EventSink | None = None,
         adapters: Iterable[str] = (),
         tx_power_default: float | None = None,
         devices: IdTable | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        new_id_cap: NewDeviceCap | None = None,
     ) -> None:
         self.engine = Engine(config)
         self.config = config
-        self.keys = keys
+        self.ring = KeyRing({g: (k,) for g, k in keys.items()}) if isinstance(keys, dict) else keys
+        self.max_message_bytes = max_message_bytes
+        self.new_id_cap = new_id_cap or NewDeviceCap()
+        self._revoked_seen: dict[str, float] = {}  # gateway or tag -> last event time
         self.clock = clock
         self.sink: EventSink = sink or NullSink()
         self.adapters = set(adapters)
@@ -229,10 +247,25 @@ class ServerCore:
 
     # -- input ------------------------------------------------------------------------
 
+    @property
+    def keys(self) -> dict[str, bytes]:
+        """Each gateway's newest key (what a signer uses)."""
+        return self.ring.signing_keys()
+
+    def reload_keys(self, ring: KeyRing) -> None:
+        """A rotated or revoked keys file takes effect from the next message."""
+        self.ring = ring
+        self.counters["key reloads"] += 1
+
     def handle(self, topic: str, body: bytes, now: float) -> list[Outgoing]:
-        """One MQTT message; returns dead letters (if rejected) and any positions it closed."""
+        """One MQTT message; returns dead letters (if rejected) and any positions it closed.
+
+        Cheapest checks first: size, then (for signed batches) the topic's gateway and its
+        HMAC over the raw bytes, and only then any parsing."""
         self.counters["messages"] += 1
         try:
+            if len(body) > self.max_message_bytes:
+                raise WireError("message too large", f"{len(body)} bytes > {self.max_message_bytes}")
             if topic.startswith("tagtwin/"):
                 ads, gw = self._verify(topic, body)
             elif topic.startswith("espresense/") and "espresense" in self.adapters:
@@ -241,17 +274,28 @@ class ServerCore:
                 gw, ads = parse_theengs(topic, body, now)
             else:
                 raise WireError("unexpected topic", topic[:120])
+            if gw in self.ring.revoked_gateways:
+                raise WireError("revoked gateway", gw[:64])
             if gw not in self.site_gateways:
                 raise WireError("gateway not in site plan", gw[:64])
         except (WireError, AdapterError) as exc:
-            return [self._dead_letter(topic, body, exc.reason, exc.detail, now)]
+            out = [self._dead_letter(topic, body, exc.reason, exc.detail, now)]
+            if exc.reason == "revoked gateway":
+                out += self._revoked_event(exc.detail, "gateway", exc.detail, 1, now)
+            return out
         self.counters["batches_accepted"] += 1
+        out = []
         if any(a.dev.startswith(ANON_PREFIX) for a in ads):
             ads = self._count_anonymous(gw, ads)
+        if ads and self.ring.revoked_tags:
+            out += self._drop_revoked_tags(gw, ads, now)
+            ads = [a for a in ads if a.dev not in self.ring.revoked_tags]
+        if ads:
+            ads = self._cap_new_ids(gw, ads, now)
         if ads:
             self._pending.append((self.gateways.code(gw), ads))
             self.counters["sightings"] += len(ads)
-        return []
+        return out
 
     def _count_anonymous(self, gw: str, ads: list[Advert]) -> list[Advert]:
         """Finding-network frames no key resolved: counted per zone, not tracked.
@@ -270,13 +314,57 @@ class ServerCore:
         return kept
 
     def _verify(self, topic: str, body: bytes) -> tuple[list[Advert], str]:
-        batch = verify_and_parse(body, self.keys)
         parts = topic.split("/")
-        if len(parts) != 5 or parts[3] != batch.gw:
-            raise WireError("topic does not match signed gateway", f"{topic[:120]} vs {batch.gw}")
+        if len(parts) != 5 or parts[4] != "batch":
+            raise WireError("unexpected topic", topic[:120])
+        gw = parts[3]
+        if gw in self.ring.revoked_gateways:
+            raise WireError("revoked gateway", gw[:64])
+        ring = self.ring.keys.get(gw)
+        if ring is None:
+            raise WireError("unknown gateway", gw[:64])
+        batch = verify_signed(body, gw, ring)
         if not self.guards.setdefault(batch.gw, ReplayGuard()).check_and_mark(batch.seq):
             raise WireError("replayed batch sequence", f"{batch.gw} seq {batch.seq}")
         return batch.ads, batch.gw
+
+    def _cap_new_ids(self, gw: str, ads: list[Advert], now: float) -> list[Advert]:
+        """Register at most the cap's share of new ids; count the rest per zone, unnamed."""
+        distinct = list(dict.fromkeys(a.dev for a in ads))
+        known = self.devices.codes(distinct, register=False) != UNKNOWN
+        new = [d for d, k in zip(distinct, known, strict=True) if not k]
+        if not new:
+            return ads
+        admitted = self.new_id_cap.admit(gw, new, now)
+        for dev in admitted:
+            self.devices.code(dev)
+        if len(admitted) == len(new):
+            return ads
+        refused = set(new[len(admitted):])
+        kept = [a for a in ads if a.dev not in refused]
+        zone = self.gateway_zone.get(gw, "outside zones")  # counted as _count_anonymous counts
+        self.new_id_cap.count_anonymous(zone, len(ads) - len(kept))
+        self.counters[f"anonymous over new-id cap in {zone}"] += len(ads) - len(kept)
+        return kept
+
+    def _drop_revoked_tags(self, gw: str, ads: list[Advert], now: float) -> list[Outgoing]:
+        hits = Counter(a.dev for a in ads if a.dev in self.ring.revoked_tags)
+        out: list[Outgoing] = []
+        for tag, n in hits.items():
+            self.counters["rejected: revoked tag"] += n
+            out += self._revoked_event(tag, "tag", gw, n, now)
+        return out
+
+    def _revoked_event(self, who: str, what: str, gateway: str, n: int, now: float) -> list[Outgoing]:
+        """An event for revoked traffic, at most once a minute per gateway or tag."""
+        last = self._revoked_seen.get(who)
+        if last is not None and now - last < REVOKED_EVENT_EVERY_S:
+            return []
+        self._revoked_seen[who] = now
+        self.counters["events"] += 1
+        ev = Event(t=now, kind="revoked-traffic", dev=who if what == "tag" else None,
+                   detail={"revoked": what, "gateway": gateway[:64], "messages": n})
+        return [(EVENTS_TOPIC, ev.model_dump_json().encode(), False)]
 
     def flush(self) -> None:
         """Hand every accepted advert since the last call to the engine as one array.
@@ -370,6 +458,7 @@ class ServerCore:
             "counters": dict(sorted(self.counters.items())),
             "engine": self.engine.counters.as_dict(),
             "devices": len(self.devices),
+            "new_ids": self.new_id_cap.as_dict(),
             "origin": self.origin,
         }
 
@@ -403,6 +492,39 @@ def positions_payload(
     return json.dumps({"v": 1, "t": now, "positions": positions}, separators=(",", ":")).encode()
 
 
+class KeysWatch:
+    """Reloads a keys file into a server core when its modification time changes."""
+
+    def __init__(self, path: Path, every_s: float = 1.0) -> None:
+        self.path = path
+        self.every_s = every_s
+        self._next = time.monotonic() + every_s
+        self._stamp = self._mtime()
+
+    def _mtime(self) -> float | None:
+        try:
+            return self.path.stat().st_mtime_ns / 1e9
+        except OSError:
+            return None
+
+    def poll(self, core: ServerCore) -> bool:
+        if time.monotonic() < self._next:
+            return False
+        self._next = time.monotonic() + self.every_s
+        stamp = self._mtime()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            core.reload_keys(load_key_ring(self.path))
+        except ConfigError as exc:
+            log.error("keys file not reloaded, keeping the previous keys: %s", exc)
+            core.counters["key reload failures"] += 1
+            return False
+        log.warning("keys reloaded from %s", self.path)
+        return True
+
+
 def subscriptions(adapters: Iterable[str]) -> list[str]:
     subs = [BATCH_SUBSCRIPTION]
     if "espresense" in adapters:
@@ -418,8 +540,13 @@ def serve(
     stop: object | None = None,
     status_every_s: float = 5.0,
     ready: object | None = None,
+    keys_path: Path | None = None,
 ) -> None:
-    """Run the core against a broker until ``stop`` (a threading.Event) is set."""
+    """Run the core against a broker until ``stop`` (a threading.Event) is set.
+
+    With ``keys_path``, the keys file is re-read when it changes (checked every second):
+    a rotation or revocation (``tagtwin keys rotate``, ``tagtwin revoke``) takes effect
+    without a restart. A file that fails to load keeps the previous keys and is logged."""
     import threading
 
     from live_bridge.mqtt import BrokerUrl, make_client
@@ -458,8 +585,11 @@ def serve(
     client.loop_start()
     step = core.config.step_s
     next_status = time.monotonic()
+    keys_watch = KeysWatch(keys_path) if keys_path is not None else None
     try:
         while not stop_ev.is_set():
+            if keys_watch is not None:
+                keys_watch.poll(core)
             out: list[Outgoing] = []
             # Wake for the next message or the next window close, whichever comes first;
             # drain what queued meanwhile, but never past a window that is due.

@@ -668,10 +668,15 @@ class LiveFeed:
             return [dict(e) for e in reversed(self.events)]
 
     def connect(
-        self, host: str, port: int, topics: Sequence[str] = LIVE_TOPICS, timeout_s: float = 5.0
+        self, host: str, port: int, topics: Sequence[str] = LIVE_TOPICS, timeout_s: float = 5.0,
+        tls: bool = False,
     ) -> None:
-        """Connect and subscribe; raises ConnectionError with the broker's reason."""
-        import paho.mqtt.client as mqtt
+        """Connect and subscribe; raises ConnectionError with the broker's reason.
+
+        The login (the dashboard identity of `tagtwin provision`) comes from
+        $TAGTWIN_MQTT_CREDS or $TAGTWIN_MQTT_USERNAME/PASSWORD, as for every TagTwin
+        client; ``tls`` connects with mqtts:// (the site CA from the credentials file)."""
+        from live_bridge.mqtt import BrokerUrl, CredsError, make_client
 
         ready = threading.Event()
         result: dict[str, Any] = {}
@@ -684,12 +689,16 @@ class LiveFeed:
                 client.subscribe([(t, 1) for t in topics])
             ready.set()
 
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        try:
+            broker = BrokerUrl.parse(f"{'mqtts' if tls else 'mqtt'}://{host}:{port}")
+        except (ValueError, CredsError) as exc:
+            raise ConnectionError(str(exc)) from None
+        client = make_client(f"tagtwin-planner-{id(self)}", broker)
         client.on_connect = on_connect
         client.on_message = lambda _c, _u, msg: self.on_message(msg.topic, msg.payload)
         try:
-            client.connect(host, port, keepalive=30)
-        except OSError as exc:
+            client.connect(broker.host, broker.port, keepalive=30)
+        except OSError as exc:  # ssl.SSLError included: an untrusted or wrong certificate
             raise ConnectionError(f"cannot reach broker {host}:{port}: {exc}") from None
         client.loop_start()
         if not ready.wait(timeout_s) or result["reason"].is_failure:

@@ -7,6 +7,7 @@ and every problem is one line ``<file>: <dotted.field[index]>: <what is wrong>``
 
 from __future__ import annotations
 
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
@@ -77,3 +78,15 @@ def parse_model(
 ) -> Model:
     """TOML text validated into ``model``, or ``error`` naming ``source`` and each bad field."""
     return validate_model(parse_toml(text, source, error), source, model, error)
+
+
+def check_private(path: Path | str, error: type[ConfigFileError] = ConfigFileError) -> None:
+    """``error`` unless the file is private to its owner (no group or other permission bits):
+    keys and credentials readable by other local users are as good as published."""
+    path = Path(path)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        raise error(path, [f"cannot read file: {exc.strerror}"]) from None
+    if mode & 0o077:
+        raise error(path, [f"mode {mode:04o}: other users can read it; chmod 600 {path}"])

@@ -19,7 +19,9 @@ ZoneRole = Literal["storage", "packing", "checkout", "exit", "receiving", "shipp
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere in a site or scenario: a gateway at x = nan was accepted
+    # and silently dropped out of every distance (issue 13).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _check_polygon(points: list[Point], what: str) -> list[Point]:
@@ -162,7 +164,7 @@ class GatewayGrid(Strict):
 
 
 class Gateways(Strict):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     defaults: GatewayDefaults = Field(GatewayDefaults(), description="what every gateway gets unless it overrides it")
     units: list[Gateway] = Field(default_factory=list, alias="list", description="gateways one by one")

@@ -64,7 +64,7 @@ class SiteFile(Strict):
 
     @model_validator(mode="after")
     def _cross_references(self) -> SiteFile:
-        check_site_references(self.zones, self.gateways, self.radio)
+        check_site_references(self.zones, self.gateways, self.radio, self.site.outline)
         return self
 
     def gateway_table(self) -> tuple[list[str], list[tuple[float, ...]]]:
@@ -72,8 +72,14 @@ class SiteFile(Strict):
         return self.gateways.resolve(self.site.outline)
 
 
-def check_site_references(zones: list[Zone], gateways: Gateways, radio: Radio) -> None:
-    """Zone names unique, gateway ids unique, calibrated offsets only for known gateways."""
+GATEWAY_OUTSIDE_TOLERANCE_M = 1.0  # mounted on or just beyond the outer wall is fine
+
+
+def check_site_references(
+    zones: list[Zone], gateways: Gateways, radio: Radio, outline: list[tuple[float, float]] | None = None
+) -> None:
+    """Zone names unique, gateway ids unique, calibrated offsets only for known gateways,
+    listed gateways inside the outline (a typo of 500 for 50 was accepted silently)."""
     names = [z.name for z in zones]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -81,6 +87,13 @@ def check_site_references(zones: list[Zone], gateways: Gateways, radio: Radio) -
     ids = [g.id for g in gateways.units]
     if len(set(ids)) != len(ids):
         raise ValueError("gateways.list: gateway ids must be unique")
+    if outline is not None:
+        import shapely
+
+        poly = shapely.Polygon(outline)
+        for i, g in enumerate(gateways.units):
+            if poly.distance(shapely.Point(g.x, g.y)) > GATEWAY_OUTSIDE_TOLERANCE_M:
+                raise ValueError(f"gateways.list[{i}] ({g.id}): ({g.x:g}, {g.y:g}) is outside the site outline")
     known = set(ids)
     for key in (*radio.gateway_offsets_db, *(radio.uncertainty.gateway_offsets_db if radio.uncertainty else {})):
         if key not in known:

@@ -44,6 +44,20 @@ def _main(
 DEMO_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "demo.toml"
 
 
+def _fail(message: object, code: int = 2) -> typer.Exit:
+    """One plain line on stderr (no wrapping, no markup) and the exit code to raise."""
+    print(" ".join(str(message).split()), file=sys.stderr)
+    return typer.Exit(code)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write an output file, or one line naming it and exit 2 (a missing folder, no permission)."""
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise _fail(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
 def _load(path: Path) -> Scenario:
     try:
         return load_scenario(path)
@@ -97,21 +111,32 @@ def simulate(
     if updates:
         sc = Scenario.model_validate(sc.model_dump() | updates)
     started = time.perf_counter()
-    run = _run_with_progress(sc, quiet)
-    out.mkdir(parents=True, exist_ok=True)
-    clear_previous(out)
-    paths = write_outputs(run, out)
-    if plot:
-        from tagtwin.plot import plot_floorplan
+    try:
+        run = _run_with_progress(sc, quiet)
+    except ScenarioError as exc:
+        for problem in exc.problems:
+            print(f"{scenario}: {problem}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        clear_previous(out)
+        paths = write_outputs(run, out)
+        if plot:
+            from tagtwin.plot import plot_floorplan
 
-        paths["floorplan"] = plot_floorplan(run, out / "floorplan.png")
-    write_manifest(out, paths.values(), __version__)
+            paths["floorplan"] = plot_floorplan(run, out / "floorplan.png")
+        write_manifest(out, paths.values(), __version__)
+    except OSError as exc:
+        raise _fail(f"{out}: cannot write the run's files: {exc.strerror or exc}") from None
     wall = time.perf_counter() - started
-    if quiet:
-        return
-    console.print(_metrics_table(run.report()))
-    console.print(summary_text(run), highlight=False)
-    console.print(f"wall time {wall:.1f} s; wrote {len(paths)} files to {out}/", highlight=False)
+    if not quiet:
+        console.print(_metrics_table(run.report()))
+        console.print(summary_text(run), highlight=False)
+        console.print(f"wall time {wall:.1f} s; wrote {len(paths)} files to {out}/", highlight=False)
+    if run.metrics.get("sightings") == 0:  # an error, so --quiet prints it too
+        print(f"{scenario}: no gateway heard any tag (tags.count, gateways.defaults.sensitivity_dbm, "
+              "tx_power_1m_dbm): nothing to localize or score", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 def _metrics_table(report: dict[str, object]) -> Table:
@@ -183,9 +208,9 @@ def check(
     if report_json:
         results_json = [{"scenario": r.file, "metric": r.metric, "min": r.min, "max": r.max, "value": r.value,
                          "ok": r.result == "ok"} for r in rows if r.result in ("ok", "REGRESSED")]
-        report_json.write_text(json.dumps(results_json, indent=2) + "\n")
+        _write(report_json, json.dumps(results_json, indent=2) + "\n")
     if junit:
-        junit.write_text(junit_xml(rows))
+        _write(junit, junit_xml(rows))
     if failed:
         err_console.print("[bold red]regression:[/] at least one metric is out of bounds")
         raise typer.Exit(1)
@@ -270,6 +295,7 @@ def evaluate(
     from engine.pipeline import EngineConfig
     from siteplan.sitefile import SiteFileError, load_site_file
     from tagtwin.evaluation import (
+        RunDirError,
         capture_config,
         compare_estimators,
         compare_table,
@@ -287,9 +313,8 @@ def evaluate(
     if run_dir is not None:
         try:
             metrics = evaluate_run_dir(run_dir, exponent, sigma_db, tag_z)
-        except FileNotFoundError as exc:
-            err_console.print(f"[bold red]cannot evaluate:[/] {exc}")
-            raise typer.Exit(2) from None
+        except (FileNotFoundError, RunDirError) as exc:
+            raise _fail(f"cannot evaluate: {exc}") from None
     else:
         if gateways is None and site is None:
             err_console.print("--capture needs --gateways (a file with id,x,y,z) or --site")
@@ -310,8 +335,7 @@ def evaluate(
 
             config = make(localizer, tracker)
         except (CaptureError, SiteFileError, ValueError) as exc:
-            err_console.print(f"[bold red]cannot evaluate:[/] {exc}", markup=True, highlight=False)
-            raise typer.Exit(2) from None
+            raise _fail(f"cannot evaluate: {exc}") from None
         if cap.truth is None and (compare or fixes_out is None):
             print(f"cannot evaluate: {capture} has no truth_x/truth_y (or x/y) columns: nothing to score "
                   "against (write the fixes with --fixes instead)", file=sys.stderr)
@@ -329,13 +353,13 @@ def evaluate(
                 console.print(f"held out: {path_name} (site calibrated on the other paths)")
                 console.print(compare_table(results))
             if report_json:
-                report_json.write_text(json.dumps(per_path, indent=2, sort_keys=True) + "\n")
+                _write(report_json, json.dumps(per_path, indent=2, sort_keys=True) + "\n")
             return
         if compare:
             results = compare_estimators(cap, make)
             console.print(compare_table(results))
             if report_json:
-                report_json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+                _write(report_json, json.dumps(results, indent=2, sort_keys=True) + "\n")
             return
         fixes, metrics = evaluate_capture(cap, config)
         if fixes_out is not None:
@@ -343,7 +367,10 @@ def evaluate(
 
             from twin.run import _table
 
-            pq.write_table(_table(fixes, {"device": cap.devices.ids}), fixes_out)
+            try:
+                pq.write_table(_table(fixes, {"device": cap.devices.ids}), fixes_out)
+            except OSError as exc:
+                raise _fail(f"{fixes_out}: cannot write: {exc.strerror or exc}") from None
         if cap.truth is None:
             console.print(f"wrote {fixes_out}; no truth columns, so nothing scored")
             return
@@ -357,7 +384,7 @@ def evaluate(
     console.print(table)
     text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
     if report_json:
-        report_json.write_text(text)
+        _write(report_json, text)
 
 
 @app.command()
@@ -388,7 +415,7 @@ def calibrate(
     except (SiteFileError, CaptureError, ValueError) as exc:
         err_console.print(f"[bold red]cannot calibrate:[/] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
-    out.write_text(dump_site_file(result.site))
+    _write(out, dump_site_file(result.site))
     png = diagnostics_png(result, plot or out.with_suffix(".png"))
     if not quiet:
         console.print(result.table(capture.name))
@@ -432,7 +459,7 @@ def fidelity(
     console.print(fidelity_table(result, capture.name))
     console.print(f"twin/real median error {result['localization']['twin_over_real_median']:.2f}; figure {png}")
     if report_json:
-        report_json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        _write(report_json, json.dumps(result, indent=2, sort_keys=True) + "\n")
 
 
 @app.command()
@@ -442,18 +469,21 @@ def roi(
     as_json: Annotated[Path | None, typer.Option("--json", help="write the full result as JSON to FILE")] = None,
 ) -> None:
     """Payback, NPV and TCO from measured performance: base, best, worst, and what moves payback."""
-    from engine.roi import measured_from_report, roi_report
+    from engine.roi import RoiReportError, measured_from_report, read_report, roi_report
 
     sc = _load(scenario)
-    if report is not None:
-        rep = json.loads(report.read_text())
-    else:
-        from twin.run import simulate as run_scenario
+    try:
+        if report is not None:
+            measured = measured_from_report(read_report(report), str(report))
+        else:
+            from twin.run import simulate as run_scenario
 
-        rep = run_scenario(sc).report()
-    result = roi_report(sc.roi, measured_from_report(rep))
+            measured = measured_from_report(run_scenario(sc).report())
+    except RoiReportError as exc:
+        raise _fail(f"cannot compute ROI: {exc}") from None
+    result = roi_report(sc.roi, measured)
     if as_json:
-        as_json.write_text(json.dumps(result, indent=2) + "\n")
+        _write(as_json, json.dumps(result, indent=2) + "\n")
     cases = result["cases"]
     assert isinstance(cases, dict)
     table = Table(title=f"{sc.name}: return on investment over {sc.roi.horizon_months} months")
@@ -499,11 +529,25 @@ def sweep(
 
 
 @app.command()
+def audit(
+    event_id: Annotated[str | None, typer.Argument(help="event id (8+ characters); omit to list the log")] = None,
+    log: Annotated[Path, typer.Option("--log", help="audit log (a run's audit.jsonl)")] = Path("out/demo/audit.jsonl"),
+) -> None:
+    """Re-derive a money-relevant event from the evidence its audit record keeps (exit 1 if it
+    does not reproduce); without an id, check the log's chain and list its events."""
+    from tagtwin.audit import audit_command
+
+    code = audit_command(event_id, log)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
 def schema(out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None) -> None:
     """Print the JSON Schema of scenario files (generated from the code)."""
     text = json.dumps(Scenario.model_json_schema(by_alias=True), indent=2) + "\n"
     if out:
-        out.write_text(text)
+        _write(out, text)
     else:
         sys.stdout.write(text)
 
@@ -511,25 +555,68 @@ def schema(out: Annotated[Path | None, typer.Option(help="write here instead of 
 # -- live bridge (imports are lazy: bleak and paho load only for these commands) -------
 
 BROKER = "mqtt://127.0.0.1:1883"
-BrokerOpt = Annotated[str, typer.Option("--broker", help="mqtt://host:port")]
+BrokerOpt = Annotated[str, typer.Option("--broker", help="mqtt://host:port or mqtts://host:port (TLS)")]
 NatsOpt = Annotated[
     str | None, typer.Option("--nats", help="the backbone: nats://host:port[,...] (absent: the embedded one)")
 ]
-CredsOpt = Annotated[str | None, typer.Option("--creds", help="NATS credentials file (or $TAGTWIN_NATS_CREDS)")]
+CredsOpt = Annotated[
+    Path | None,
+    typer.Option("--creds", help="credentials file, mode 0600: a NATS .creds file for the backbone, or the "
+                 "MQTT login for --broker; else $TAGTWIN_NATS_CREDS or $TAGTWIN_MQTT_USERNAME/PASSWORD"),
+]
 SiteOpt = Annotated[str, typer.Option("--site", help="site name on the backbone (subject token)")]
-KeysOpt = Annotated[Path, typer.Option("--keys", help="keys.toml: [keys] gateway = hex key")]
+KeysOpt = Annotated[Path, typer.Option("--keys", help="keys.toml: [keys] gateway = hex key (mode 0600)")]
+
+
+def _broker_setup(broker: str, creds: Path | None) -> None:
+    """Check the broker URL (no secrets in it) and the credentials before anything starts;
+    the chosen credentials file is handed on through $TAGTWIN_MQTT_CREDS (a path, not a
+    secret) so every client this process makes uses it."""
+    import os
+
+    from live_bridge.mqtt import CREDS_ENV, BrokerUrl, CredsError, load_creds
+
+    try:
+        BrokerUrl.parse(broker, load_creds(creds))
+    except ValueError as exc:
+        raise _fail(exc) from None
+    except CredsError as exc:
+        raise _bridge_config_error(exc) from None
+    if creds is not None:
+        os.environ[CREDS_ENV] = str(creds)
+
+
+def _nats_creds(creds: Path | None) -> str | None:
+    """A NATS credentials file for the backbone client, checked like every secret file."""
+    if creds is None:
+        return None
+    _secret_file(creds)
+    return str(creds)
+
+
+def _secret_file(path: Path) -> None:
+    from live_bridge.config import check_secret_file
+    from live_bridge.gateway import ConfigError
+
+    try:
+        check_secret_file(path)
+    except ConfigError as exc:
+        raise _bridge_config_error(exc) from None
 
 
 def _bridge_config_error(exc: Exception) -> typer.Exit:
     path = getattr(exc, "path", "")
     for problem in getattr(exc, "problems", [str(exc)]):
-        err_console.print(f"{path}: {problem}", markup=False, highlight=False)
+        print(f"{path}: {problem}", file=sys.stderr)
     return typer.Exit(2)
 
 
 @app.command()
 def gateway(
-    config: Annotated[Path, typer.Option("--config", help="gateway.toml")] = Path("gateway.toml"),
+    config: Annotated[Path, typer.Option("--config", help="gateway.toml (holds the key: mode 0600)")] = Path(
+        "gateway.toml"
+    ),
+    creds: CredsOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Scan BLE advertisements with bleak and publish signed batches to the broker."""
@@ -544,6 +631,8 @@ def gateway(
         cfg = load_gateway_config(config)
     except ConfigError as exc:
         raise _bridge_config_error(exc) from None
+    _secret_file(config)
+    _broker_setup(cfg.broker, creds)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -588,6 +677,12 @@ def serve(
     lateness: Annotated[float | None, typer.Option(help="override allowed_lateness_s")] = None,
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
     status_every: Annotated[float, typer.Option(help="seconds between status messages")] = 5.0,
+    audit: Annotated[
+        Path | None, typer.Option(help="append money-relevant events with their evidence here (--events rules)")
+    ] = None,
+    new_ids_per_minute: Annotated[
+        int, typer.Option(min=1, help="new device ids one gateway may register per minute (the fleet is known)")
+    ] = 600,
 ) -> None:
     """Run the engine on the backbone: verified batches in, positions and dead letters out.
 
@@ -598,15 +693,16 @@ def serve(
     import threading
 
     from engine.contract import IdTable
-    from live_bridge.config import load_keys
+    from engine.ingest import NewDeviceCap
+    from live_bridge.config import check_keys_match, load_key_ring
     from live_bridge.gateway import ConfigError
-    from live_bridge.mqtt import BrokerUrl
     from live_bridge.server import EventSink, NullSink, ServerCore, ZoneChangeSink
     from live_bridge.server import serve as run_server
     from tagtwin.live import rules_sink_for, site_engine_config
 
     if broker is None:
-        _serve_backbone(scenario, keys, nats=nats, creds=creds, site=site, data_dir=data_dir, nats_port=nats_port,
+        _serve_backbone(scenario, keys, nats=nats, creds=_nats_creds(creds), site=site, data_dir=data_dir,
+                        nats_port=nats_port,
                         mqtt_port=mqtt_port, raw_retention_days=raw_retention, replicas=replicas,
                         max_skew_s=max_skew, step=step,
                         lateness=lateness, duration=duration, status_every=status_every)
@@ -619,28 +715,42 @@ def serve(
     if unknown or events not in ("none", "zone-change", "rules"):
         err_console.print(f"unknown adapter(s) {unknown} or event sink {events!r}")
         raise typer.Exit(2)
+    _broker_setup(broker, creds)
     try:
-        BrokerUrl.parse(broker)
-        key_table = load_keys(keys)
-    except ValueError as exc:
-        err_console.print(str(exc), markup=False)
-        raise typer.Exit(2) from None
+        ring = load_key_ring(keys)
     except ConfigError as exc:
         raise _bridge_config_error(exc) from None
+    _secret_file(keys)
+    key_table = ring.signing_keys()
     plan = _load(scenario)
     cfg = site_engine_config(plan, step_s=step, lateness_s=lateness)
+    try:
+        check_keys_match(key_table, cfg.gateways.ids, keys)
+    except ConfigError as exc:
+        raise _bridge_config_error(exc) from None
     devices: IdTable | None = None
     sink: EventSink = ZoneChangeSink() if events == "zone-change" else NullSink()
     if events == "rules":
-        devices, sink = rules_sink_for(plan, cfg)
-    core = ServerCore(cfg, key_table, clock=clock, adapters=chosen,  # type: ignore[arg-type]
-                      sink=sink, devices=devices)
+        devices, rules_sink = rules_sink_for(plan, cfg)
+        if audit is not None:
+            from engine.audit import AuditError, AuditLog, LiveAudit
+            from twin.run import model_version
+
+            try:
+                rules_sink.audit = LiveAudit(rules_sink.rules, AuditLog(audit), cfg.step_s, model_version(plan))
+            except AuditError as exc:
+                raise _fail(exc) from None
+        sink = rules_sink
+    elif audit is not None:
+        raise _fail("--audit needs --events rules (the audit log holds rule events)")
+    core = ServerCore(cfg, ring, clock=clock, adapters=chosen,  # type: ignore[arg-type]
+                      sink=sink, devices=devices, new_id_cap=NewDeviceCap(per_minute=new_ids_per_minute))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if duration is not None:
         threading.Timer(duration, stop.set).start()
-    run_server(core, broker, stop, status_every_s=status_every)
+    run_server(core, broker, stop, status_every_s=status_every, keys_path=keys)
     sys.stderr.write(json.dumps(core.status(), sort_keys=True, default=str) + "\n")
 
 
@@ -651,7 +761,7 @@ def _serve_backbone(
     duration: float | None, status_every: float,
 ) -> None:
     from live_bridge.backbone import StreamSettings, token
-    from live_bridge.config import load_keys
+    from live_bridge.config import check_keys_match, load_keys
     from live_bridge.gateway import ConfigError
     from live_bridge.natsserver import NatsServerError
     from live_bridge.worker import WorkerSettings
@@ -671,7 +781,12 @@ def _serve_backbone(
     except ValueError as exc:
         err_console.print(str(exc), markup=False)
         raise typer.Exit(2) from None
+    _secret_file(keys)
     cfg = site_engine_config(plan, step_s=step, lateness_s=lateness)
+    try:
+        check_keys_match(key_table, cfg.gateways.ids, keys)
+    except ConfigError as exc:
+        raise _bridge_config_error(exc) from None
     settings = WorkerSettings(site=site, max_skew_s=max_skew_s, status_every_s=status_every)
     streams = StreamSettings(raw_max_age_s=raw_retention_days * 86400.0, replicas=replicas)
     try:
@@ -694,7 +809,7 @@ def keys(
     ),
 ) -> None:
     """Write a keys.toml with a fresh random HMAC key per gateway of a scenario."""
-    from live_bridge.config import new_keys_toml
+    from live_bridge.config import new_keys_toml, write_secret_file
     from siteplan.model import SiteModel
     from twin.sim import resolve_gateways
 
@@ -703,9 +818,88 @@ def keys(
         raise typer.Exit(2)
     sc = _load(scenario)
     gws, _ = resolve_gateways(sc, SiteModel.from_scenario(sc))
-    out.write_text(new_keys_toml(list(gws.ids)))
-    out.chmod(0o600)
+    try:
+        write_secret_file(out, new_keys_toml(list(gws.ids)))
+    except OSError as exc:
+        raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
     console.print(f"wrote {len(gws.ids)} keys to {out}")
+
+
+@app.command()
+def provision(
+    scenario: Annotated[Path, typer.Argument(help="site or scenario file with the gateways")] = DEMO_SCENARIO,
+    out: Annotated[Path, typer.Option("--out", help="directory to create (never overwritten)")] = Path("site-secrets"),
+    port: Annotated[int, typer.Option(help="the MQTT broker's TLS port")] = 8883,
+    nats_port: Annotated[int, typer.Option(help="the NATS backbone's TLS port")] = 4222,
+    nats_mqtt_port: Annotated[int, typer.Option(help="the backbone's MQTT listener (TLS) port")] = 8884,
+    site: Annotated[str, typer.Option(help="site name in the backbone's subjects")] = "site",
+    host: Annotated[list[str] | None, typer.Option(help="broker host names/addresses for its certificate")] = None,
+) -> None:
+    """Create a site's CA, broker certificate, per-gateway logins and HMAC keys, engine and
+    dashboard identities, and the broker's ACL: TLS on every hop, least privilege for each."""
+    from live_bridge.provision import provision as run_provision
+    from siteplan.model import SiteModel
+    from twin.sim import resolve_gateways
+
+    if out.exists():
+        raise _fail(f"{out}: exists; not overwriting a site's secrets")
+    sc = _load(scenario)
+    gws, _ = resolve_gateways(sc, SiteModel.from_scenario(sc))
+    hosts = tuple(host) if host else ("127.0.0.1", "localhost")
+    try:
+        result = run_provision(list(gws.ids), out, hosts=hosts, port=port, broker_host=hosts[0], site=site,
+                               nats_port=nats_port, nats_mqtt_port=nats_mqtt_port)
+    except OSError as exc:
+        raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
+    console.print(f"provisioned {len(result.identities)} identities in {out}/ (mosquitto -c {result.broker_conf}; "
+                  f"nats-server -c {out}/nats/nats-server.conf); keep {out}/ca.key offline", highlight=False)
+
+
+@app.command("rotate-key")
+def rotate_key(
+    gateway: Annotated[str, typer.Argument(help="gateway id whose key to rotate")],
+    keys: KeysOpt = Path("keys.toml"),
+    retire: Annotated[bool, typer.Option(help="end the overlap: drop the old key")] = False,
+) -> None:
+    """Give a gateway a new HMAC key; old and new are both accepted until --retire."""
+    from live_bridge.config import retire_old_key
+    from live_bridge.config import rotate_key as rotate
+    from live_bridge.gateway import ConfigError
+
+    _secret_file(keys)
+    try:
+        if retire:
+            retire_old_key(keys, gateway)
+            console.print(f"{gateway}: old key retired; only the new key verifies")
+        else:
+            new = rotate(keys, gateway)
+            # The new key goes to the gateway's own config by hand (it is printed once, to
+            # the terminal only: a secret in a log file is a leak).
+            console.print(f"{gateway}: new key {new}\nold and new are accepted until "
+                          f"`tagtwin rotate-key {gateway} --retire`", highlight=False)
+    except ConfigError as exc:
+        raise _bridge_config_error(exc) from None
+
+
+@app.command()
+def revoke(
+    keys: KeysOpt = Path("keys.toml"),
+    gateway: Annotated[str | None, typer.Option(help="gateway id to revoke (its key is deleted)")] = None,
+    tag: Annotated[str | None, typer.Option(help="device id to revoke")] = None,
+) -> None:
+    """Revoke a gateway or a tag: a running server refuses its traffic within a second,
+    with a revoked-traffic event."""
+    from live_bridge.config import revoke as run_revoke
+    from live_bridge.gateway import ConfigError
+
+    if (gateway is None) == (tag is None):
+        raise _fail("give exactly one of --gateway or --tag")
+    _secret_file(keys)
+    try:
+        run_revoke(keys, gateway=gateway, tag=tag)
+    except ConfigError as exc:
+        raise _bridge_config_error(exc) from None
+    console.print(f"revoked {'gateway' if gateway else 'tag'} {gateway or tag} in {keys}")
 
 
 @app.command("twin-publish")
@@ -736,16 +930,19 @@ def twin_publish(
     sc = _load(scenario)
     if duration is not None:
         sc = Scenario.model_validate(sc.model_dump() | {"duration_s": duration})
+    if broker is not None:
+        _broker_setup(broker, creds)
     try:
         key_table = load_keys(keys)
     except ConfigError as exc:
         raise _bridge_config_error(exc) from None
+    _secret_file(keys)
     try:
         if broker is not None:
             sent = publish_twin(run_twin(sc), key_table, broker, realtime=realtime, speed=speed)
         else:
             token("site", site)
-            sent = asyncio.run(publish_twin_nats(run_twin(sc), key_table, nats, site=site, creds=creds,
+            sent = asyncio.run(publish_twin_nats(run_twin(sc), key_table, nats, site=site, creds=_nats_creds(creds),
                                                  realtime=realtime, speed=speed))
     except (OSError, ValueError) as exc:
         err_console.print(f"cannot publish to {broker or nats}: {exc}", markup=False)
@@ -757,6 +954,7 @@ def twin_publish(
 def record(
     out: Annotated[Path, typer.Argument(help="capture file (JSON lines) to write")],
     broker: BrokerOpt = BROKER,
+    creds: CredsOpt = None,
     topic: Annotated[list[str] | None, typer.Option(help="topic filters; default: batches")] = None,
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
 ) -> None:
@@ -765,6 +963,8 @@ def record(
     import threading
 
     from live_bridge.capture import record as run_record
+
+    _broker_setup(broker, creds)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -781,10 +981,13 @@ def record(
 def replay(
     capture: Annotated[Path, typer.Argument(help="capture file from `tagtwin record`")],
     broker: BrokerOpt = BROKER,
+    creds: CredsOpt = None,
     speed: Annotated[float, typer.Option(help="x recorded pace; 0 = as fast as possible")] = 1.0,
 ) -> None:
     """Publish a capture again, at recorded pace or faster."""
     from live_bridge.capture import replay as run_replay
+
+    _broker_setup(broker, creds)
 
     try:
         n = run_replay(capture, broker, speed)
@@ -804,7 +1007,7 @@ def wire_schema(
 
     text = wire_format_markdown() if markdown else json.dumps(json_schemas(), indent=2) + "\n"
     if out:
-        out.write_text(text)
+        _write(out, text)
     else:
         sys.stdout.write(text)
 
@@ -841,5 +1044,23 @@ def ui(
     os.execv(cmd[0], cmd)
 
 
+INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE (sysexits.h)
+
+
 def main() -> None:
-    app()
+    """The console script. Each known bad input is caught where it is read and named there;
+    this guard is the last resort for a bug: one line and exit 70, never a traceback
+    (TAGTWIN_DEBUG=1 shows it)."""
+    import os
+
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("TAGTWIN_DEBUG"):
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(f"tagtwin: internal error ({type(exc).__name__}: {text}); rerun with TAGTWIN_DEBUG=1 "
+              "for the traceback and please report it", file=sys.stderr)
+        sys.exit(INTERNAL_ERROR_EXIT)

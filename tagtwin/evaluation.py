@@ -3,7 +3,7 @@ re-scoring of a twin run directory from its Parquet files (IO lives here, not in
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,6 +17,7 @@ from engine.capture import rows_by_window
 from engine.evaluate import BoundSetup, LatencySetup, evaluate
 from engine.localize import RadioMap, fit_path_loss
 from engine.pipeline import FIX_DTYPE, EngineConfig
+from engine.roi import RoiReportError, read_report
 from engine.track import FloorPlan
 from engine.truth import MOVEMENT_DTYPE, SEGMENT_DTYPE, GroundTruth
 from radio_models.environment import Grid, ReportModel
@@ -95,15 +96,61 @@ def capture_config(
     )
 
 
+class RunDirError(ValueError):
+    """A run directory whose files cannot be scored: names the file and the column."""
+
+
+def read_columns(path: Path, dtype: np.dtype) -> np.ndarray:
+    """A run's Parquet table as a structured array of ``dtype``; RunDirError names the file
+    and the column when it is unreadable, lacks a column or holds the wrong kind of values."""
+    try:
+        table = pq.read_table(path)
+        names = table.column_names  # decoded lazily: non-UTF-8 names fail here
+    except (OSError, pa.ArrowException, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise RunDirError(f"{path}: cannot read as Parquet: {str(exc)[:200]}") from None
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise RunDirError(f"{path}: columns named more than once: {repeated}")
+    out = np.zeros(table.num_rows, dtype)
+    for name in dtype.names or ():
+        if name not in names:
+            raise RunDirError(f"{path}: missing column {name!r} (have {names})")
+        col = table.column(name)
+        try:
+            arr = col.combine_chunks()
+            if pa.types.is_dictionary(arr.type):
+                arr = arr.indices
+            if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
+                raise TypeError(str(arr.type))
+            values = np.asarray(arr.to_numpy(zero_copy_only=False))
+        except (TypeError, ValueError, pa.ArrowException) as exc:
+            raise RunDirError(
+                f"{path}: column {name!r}: expected numbers, found {col.type} ({str(exc)[:80]})"
+            ) from None
+        kind = dtype.fields[name][0] if dtype.fields else None
+        if kind is not None and kind.kind in "iu":
+            info = np.iinfo(kind)
+            as_float = values.astype(float)
+            bad = np.flatnonzero(
+                ~np.isfinite(as_float) | (as_float != np.round(as_float))
+                | (as_float < info.min) | (as_float > info.max)
+            )
+            if len(bad):
+                raise RunDirError(
+                    f"{path}: row {int(bad[0])}: column {name!r}: {values[int(bad[0])]!r} is not a {kind} value"
+                )
+        out[name] = values
+    return out
+
+
+GATEWAY_XYZ_DTYPE = np.dtype([("x", float), ("y", float), ("z", float)])
+SIGHTING_T_DTYPE = np.dtype([("t", float)])
+
+
 def evaluate_run_dir(
     run_dir: Path, exponent: float, sigma_db: float, tag_z: float
 ) -> dict[str, object]:
     """Re-score a `tagtwin simulate` output directory from its Parquet files."""
-
-    def codes(col: pa.ChunkedArray) -> np.ndarray:
-        arr = col.combine_chunks()
-        return np.asarray(arr.indices if pa.types.is_dictionary(arr.type) else arr)
-
     need = [
         run_dir / f
         for f in (
@@ -116,21 +163,34 @@ def evaluate_run_dir(
     missing = [str(p) for p in need if not p.exists()]
     if missing:
         raise FileNotFoundError(f"not a run directory: missing {', '.join(missing)}")
-    est = pq.read_table(need[0])
-    fixes = np.zeros(est.num_rows, FIX_DTYPE)
-    for name in FIX_DTYPE.names or ():
-        fixes[name] = codes(est.column(name)) if name == "device" else est.column(name).to_numpy()
-    seg_t = pq.read_table(need[1])
-    seg = np.zeros(seg_t.num_rows, SEGMENT_DTYPE)
-    for name in SEGMENT_DTYPE.names or ():
-        seg[name] = codes(seg_t.column(name)) if name == "device" else seg_t.column(name).to_numpy()
-    truth = GroundTruth.build(seg, np.zeros(0, MOVEMENT_DTYPE))
-    gw = pq.read_table(need[2])
-    gw_xyz = np.column_stack([gw.column(c).to_numpy() for c in ("x", "y", "z")])
-    sightings_t = pq.read_table(need[3], columns=["t"]).column("t").to_numpy()
+    fixes = read_columns(need[0], FIX_DTYPE)
+    if len(fixes) == 0:
+        raise RunDirError(f"{need[0]}: no fixes to score (did any gateway hear a tag?)")
+    seg = read_columns(need[1], SEGMENT_DTYPE)
+    try:
+        truth = GroundTruth.build(seg, np.zeros(0, MOVEMENT_DTYPE))
+    except (ValueError, IndexError) as exc:
+        raise RunDirError(f"{need[1]}: inconsistent truth segments: {exc}") from None
+    gw = read_columns(need[2], GATEWAY_XYZ_DTYPE)
+    gw_xyz = np.column_stack([gw["x"], gw["y"], gw["z"]])
+    sightings_t = read_columns(need[3], SIGHTING_T_DTYPE)["t"]
+    for path, table in ((need[0], fixes), (need[1], seg)):
+        bad = np.flatnonzero(table["device"] < 0)
+        if len(bad):
+            raise RunDirError(f"{path}: row {int(bad[0])}: column 'device': negative code")
     report_path = run_dir / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    duration = float(report.get("duration_s", float(sightings_t.max(initial=1.0))))
+    try:
+        report = read_report(report_path) if report_path.exists() else {}
+    except RoiReportError as exc:
+        raise RunDirError(str(exc)) from None
+    duration_v = report.get("duration_s")
+    duration = (
+        float(duration_v)
+        if isinstance(duration_v, int | float) and math.isfinite(duration_v) and duration_v > 0
+        else float(sightings_t.max(initial=1.0))
+    )
+    tags_v = report.get("tags")
+    tags = tags_v if isinstance(tags_v, int) and tags_v > 0 else len(np.unique(fixes["device"]))
     step = (
         float(np.median(np.diff(np.unique(fixes["t"])))) if len(np.unique(fixes["t"])) > 1 else 1.0
     )
@@ -138,7 +198,7 @@ def evaluate_run_dir(
         fixes,
         truth,
         ZoneIndex.from_points([]),
-        int(report.get("tags", len(np.unique(fixes["device"])))),
+        tags,
         duration,
         len(sightings_t),
         BoundSetup(gw_xyz, exponent, sigma_db, tag_z),

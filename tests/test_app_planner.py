@@ -113,12 +113,14 @@ def test_grid_scenario_is_expanded_into_units():
     assert backend.gateway_rows(again) == rows
 
 
-finite = st.floats(min_value=-50, max_value=80, allow_nan=False, allow_infinity=False)
+# Inside the 20 x 10 m outline (a scenario refuses gateways more than 1 m outside it).
+along_x = st.floats(min_value=-0.7, max_value=20.7, allow_nan=False, allow_infinity=False)
+along_y = st.floats(min_value=-0.7, max_value=10.7, allow_nan=False, allow_infinity=False)
 
 
 @settings(max_examples=30, deadline=None)
 @given(
-    st.lists(st.tuples(finite, finite, st.floats(0, 30, allow_nan=False)), min_size=1, max_size=8)
+    st.lists(st.tuples(along_x, along_y, st.floats(0, 30, allow_nan=False)), min_size=1, max_size=8)
 )
 def test_any_layout_round_trips_through_a_file(coords):
     base = small()

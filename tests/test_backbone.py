@@ -446,6 +446,7 @@ def test_cli_serve_starts_the_embedded_backbone_and_twin_publish_feeds_it(tmp_pa
                         .replace("tag_height_m = 1.0", "tag_height_m = 1.0\nraw_retention_days = 2"))
     keys = tmp_path / "keys.toml"
     keys.write_text("[keys]\n" + "".join(f'"gw-{i:03d}" = "{KEY.hex()}"\n' for i in range(1, 16)))
+    keys.chmod(0o600)  # a secret: serve refuses a keys file other users can read
     env = os.environ | {"PYTHONPATH": str(repo)}
     cmd = [sys.executable, "-m", "tagtwin"]
     serve = subprocess.Popen(

@@ -418,12 +418,14 @@ def test_cli_gateway_and_serve_processes(fake_bluez, mosquitto, tmp_path):
     scenario.write_text(ROOM)
     keys = tmp_path / "keys.toml"
     keys.write_text("[keys]\n" + "".join(f'"{g}" = "{k.hex()}"\n' for g, k in KEYS.items()))
+    keys.chmod(0o600)  # secrets must be private: serve refuses a group/world-readable keys file
     conf = tmp_path / "gateway.toml"
     conf.write_text(
         f'id = "gw-0"\nkey_hex = "{KEYS["gw-0"].hex()}"\nbroker = "{mosquitto.url}"\n'
         f'[scan]\nadapter = "hci0"\nmode = "passive"\n[batch]\nmax_age_s = 0.1\n'
         f'[spool]\npath = "{tmp_path / "spool.sqlite"}"\n[mqtt]\nheartbeat_s = 0.5\n'
     )
+    conf.chmod(0o600)
     tagtwin = str(Path(sys.executable).parent / "tagtwin")
     env = os.environ | {"DBUS_SYSTEM_BUS_ADDRESS": fake_bluez.address}
     sub = Collector(mosquitto.url, [f"{TOPIC_ROOT}/#"])

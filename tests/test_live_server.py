@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from engine.contract import GatewayInfo
 from engine.pipeline import EngineConfig
-from live_bridge.config import load_keys, new_keys_toml
+from live_bridge.config import KeyRing, load_keys, new_keys_toml
 from live_bridge.gateway import ConfigError, Gateway, GatewayConfig, load_gateway_config
 from live_bridge.server import ServerCore, ZoneChangeSink
 from live_bridge.spool import Spool
@@ -143,7 +143,7 @@ def test_server_core_locates_and_rejects_with_reasons():
         json.loads(core.handle(batch_topic("gw-a"), forged, T0)[0][1])["reason"] == "bad signature"
     )
     stranger = encode_batch(make_batch("gw-z", 0, []), KEY)
-    core.keys["gw-z"] = KEY
+    core.reload_keys(KeyRing({**core.ring.keys, "gw-z": (KEY,)}))
     assert (
         json.loads(core.handle(batch_topic("gw-z"), stranger, T0)[0][1])["reason"]
         == "gateway not in site plan"

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-from engine.contract import GatewayInfo
+from engine.audit import AuditContext, AuditLog, SiteStateRecorder, money_records
+from engine.contract import CONTRACT_VERSION, GatewayInfo
 from engine.evaluate import BoundSetup, LatencySetup, evaluate, position_errors
 from engine.localize import ObstacleMap, RadioMap
 from engine.pipeline import Engine, EngineConfig
@@ -54,6 +55,8 @@ class SimulationRun:
     timings_s: dict[str, float] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     incidents: IncidentLog = field(default_factory=IncidentLog)
+    # site-wide rule figures when each money-relevant event was decided (engine/audit.py)
+    site_states: dict[tuple[str, str | None, float], dict[str, object]] = field(default_factory=dict)
 
     def report(self) -> dict[str, object]:
         """Deterministic report: the same scenario and seed give the same bytes. It names
@@ -308,6 +311,8 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     t3 = time.perf_counter()
     sink = ListSink()
     rules = RuleEngine(scenario.rules, rule_context_for(scenario, twin), [sink])
+    site_states = SiteStateRecorder(rules)
+    rules.sinks.append(site_states)
     feed = injector.log.checkout_feed()
     max_delay = scenario.checkouts.feed_delay_s[1] if len(feed) else 0.0
     feed_rules(rules, result.sightings, fixes, feed if len(feed) else np.zeros(0, FEED_DTYPE),
@@ -320,7 +325,7 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     metrics["why"] = why_accuracy(metrics, result.stats, len(result.device_ids))
     timings["total_s"] = time.perf_counter() - t0
     return SimulationRun(scenario, result, fixes, metrics, engine.counters.as_dict(), timings,
-                         sink.events, injector.log)
+                         sink.events, injector.log, site_states.states)
 
 
 def _dictionary(codes: NDArray[np.integer], ids: Sequence[str]) -> pa.DictionaryArray:
@@ -359,6 +364,7 @@ def write_outputs(run: SimulationRun, out_dir: Path) -> dict[str, Path]:
     sink = JsonLinesSink(paths["events"])
     sink.emit(run.events)
     sink.close()
+    paths["audit"] = write_audit(run, out_dir / "audit.jsonl")
     paths["incidents"] = out_dir / "incidents.json"
     checkouts = [{"t": round(float(t), 4), "arrival": round(float(a), 4),
                   "tag": twin.device_ids[int(d)]} for t, a, d in run.incidents.feed]
@@ -377,6 +383,30 @@ def write_outputs(run: SimulationRun, out_dir: Path) -> dict[str, Path]:
     perf_out["created_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
     paths["perf"].write_text(json.dumps(perf_out, indent=2, sort_keys=True) + "\n")
     return paths
+
+
+def model_version(scenario: Scenario) -> dict[str, object]:
+    """What made the fixes an event rests on: the engine and radio settings, and a digest."""
+    settings = {"engine": scenario.engine.model_dump(mode="json"), "radio": scenario.radio.model_dump(mode="json")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return {"contract_version": CONTRACT_VERSION, "settings_sha256": digest, **settings}
+
+
+def write_audit(run: SimulationRun, path: Path) -> Path:
+    """audit.jsonl: every money-relevant event with its own copy of the evidence
+    (engine/audit.py); ``tagtwin audit EVENT_ID`` re-derives one from it."""
+    twin, sc = run.twin, run.scenario
+    ctx = registry_context(sc, twin.site.zones, twin.gateways, list(twin.device_ids))
+    audit_ctx = AuditContext(
+        ruleset=sc.rules, zones=twin.site.zones, gateway_ids=twin.gateways.ids,
+        gateway_xy=twin.gateways.xyz[:, :2], class_names=ctx.class_names, class_interval_s=ctx.class_interval_s,
+        device_class=ctx.device_class, device_ids=twin.device_ids, step_s=sc.engine.step_s,
+        feed_max_delay_s=sc.checkouts.feed_delay_s[1] if len(run.incidents.feed) else 0.0,
+        model=model_version(sc),
+    )
+    path.unlink(missing_ok=True)  # one log per run directory
+    AuditLog(path).append(money_records(run.events, twin.sightings, run.fixes, audit_ctx, run.site_states))
+    return path
 
 
 def summary_text(run: SimulationRun) -> str:

@@ -203,7 +203,7 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _cross_references(self) -> Scenario:
-        check_site_references(self.zones, self.gateways, self.radio)
+        check_site_references(self.zones, self.gateways, self.radio, self.site.outline)
         names = [z.name for z in self.zones]
         roles = {z.role for z in self.zones}
         for i, group in enumerate(self.tags):

@@ -37,7 +37,7 @@ from radio_models.pathloss import ItuP1238, ItuP1238Classic, LogDistance, PathLo
 from siteplan.model import SiteModel
 from siteplan.radio import ItuP1238ClassicParams, ItuP1238Params, LogDistanceParams, Tr38901Params
 from twin.navigation import Navigator
-from twin.scenario import Scenario
+from twin.scenario import Scenario, ScenarioError
 
 FloatArray = NDArray[np.float64]
 
@@ -81,6 +81,30 @@ def resolve_gateways(scenario: Scenario, site: SiteModel) -> tuple[GatewayInfo, 
 def tag_ids(group_name: str, count: int) -> list[str]:
     """The device ids of a tag group: ``<group name>-<5 digits>``, numbered from 1."""
     return [f"{group_name}-{i + 1:05d}" for i in range(count)]
+
+
+def floor_problems(scenario: Scenario, site: SiteModel) -> list[str]:
+    """Places the twin must put tags or people in that have no free floor (racks cover
+    them): one line per field, instead of a ValueError halfway through a run."""
+    problems = []
+
+    def empty(zone_index: int) -> bool:
+        return bool(site.zones.polygons[zone_index].intersection(site.free_space).is_empty)
+
+    for gi, g in enumerate(scenario.tags):
+        zi = [site.zones.names.index(z) for z in g.placement.zones]
+        zi += site.zones.indices_with_role(*g.placement.roles)
+        if g.count and (all(empty(i) for i in zi) if zi else site.free_space.is_empty):
+            where = ", ".join([*g.placement.zones, *g.placement.roles]) or "the site"
+            problems.append(f"tags[{gi}].placement: no free floor in {where} (racks cover it)")
+    stops = [(f"movers[{i}].route", stop) for i, m in enumerate(scenario.movers) for stop in m.route]
+    for i, inc in enumerate(scenario.incidents):
+        stops += [(f"incidents[{i}]", z) for z in [*inc.from_zones, *([inc.to_zone] if inc.to_zone else [])]]
+    for field_name, stop in stops:
+        bad = [site.zones.names[i] for i in site.zones.resolve(stop) if empty(i)]
+        if bad:
+            problems.append(f"{field_name}: zone {bad[0]!r} ({stop}) has no free floor (racks cover it)")
+    return problems
 
 
 @dataclass
@@ -175,6 +199,9 @@ class WarehouseTwin:
         self.gateways, scan = resolve_gateways(scenario, self.site)
         self.scan_window_s, self.scan_interval_s, self.sensitivity_dbm = scan.T
         self.scan_phase_s = self.rng_gw.uniform(0, self.scan_interval_s)
+        problems = floor_problems(scenario, self.site)
+        if problems:
+            raise ScenarioError(scenario.name, problems)
         self.fleet = Fleet.place(scenario, self.site, self.rng_place)
         radio = scenario.radio
         self.radio = RadioEnvironment(
