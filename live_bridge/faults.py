@@ -52,6 +52,7 @@ FAULT_KINDS = (
     "link-cut",
     "worker-kill-during-replay",
     "cluster-node-loss",
+    "duplicate-resend",
 )
 
 
@@ -106,6 +107,7 @@ class FaultResult:
     positions_match: bool = False
     revised_positions: int = 0
     positions: int = 0
+    resent: int = 0  # sightings in batches the fault published a second time
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
 
@@ -114,7 +116,7 @@ class FaultResult:
             "fault": self.fault, "generated": self.generated, "stored": self.stored,
             "processed": self.processed, "duplicates": self.duplicates, "dead_lettered": self.dead_lettered,
             "lost": self.lost, "recovery_s": round(self.recovery_s, 2), "positions_match": self.positions_match,
-            "revised_positions": self.revised_positions, "positions": self.positions,
+            "revised_positions": self.revised_positions, "positions": self.positions, "resent": self.resent,
             "dead_letter_reasons": self.dead_letter_reasons, "wall_s": round(self.wall_s, 1),
         }
 
@@ -303,6 +305,8 @@ class Harness:
         self.status_seen = asyncio.Event()
         self.worker: WorkerProcess | None = None
         self.generated = 0
+        self.resent = 0
+        self.js: object = None
 
     # -- processes ----------------------------------------------------------------------
 
@@ -360,6 +364,7 @@ class Harness:
         result = FaultResult(self.fault.kind)
         try:
             js = nc.jetstream()
+            self.js = js
             await ensure_streams(js, self.site, StreamSettings(replicas=3 if self.cluster else 1))
             await nc.subscribe(out_subject(self.site, "status"), cb=self._on_status)
             self.worker = self._worker()
@@ -392,6 +397,7 @@ class Harness:
             result.dead_letter_reasons = reasons
             result.dead_lettered = sum(reasons.values())
             result.lost = result.generated - result.processed - result.dead_lettered
+            result.resent = self.resent
             result.stored = await self._stored(js)
             live, result.revised_positions = latest_positions(await self._read(js, out_stream(self.site),
                                                                                out_subject(self.site, "positions")))
@@ -474,6 +480,11 @@ class Harness:
                 self.worker.kill()
                 await asyncio.sleep(1.0)
                 self.worker.start()
+        elif f.kind == "duplicate-resend":
+            # Batches already stored come again with new message ids (a spool restored from a
+            # backup, a gateway re-sending after the stream's duplicate window): only the
+            # worker's (gateway, epoch, seq) dedup stands between them and a double count.
+            self.resent = await self._resend(100)
         elif f.kind == "cluster-node-loss":
             self.servers[0].kill()  # stays down: two of three keep the quorum
         end = time.monotonic()
@@ -502,6 +513,22 @@ class Harness:
             await sub.unsubscribe()
         return out
 
+    async def _resend(self, n: int) -> int:
+        """Publish the first ``n`` stored batches again under fresh message ids; sightings re-sent."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        sub = await self.js.pull_subscribe(  # type: ignore[attr-defined]
+            f"tagtwin.v1.{self.site}.raw.>", stream=raw_stream(self.site),
+            config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL),
+        )
+        msgs = await sub.fetch(n, timeout=5.0)
+        await sub.unsubscribe()
+        sightings = 0
+        for i, m in enumerate(msgs):
+            await self.js.publish(m.subject, m.data, headers={"Nats-Msg-Id": f"resend-{i}"})  # type: ignore[attr-defined]
+            sightings += len(json.loads(m.data)["batch"]["ads"])
+        return sightings
+
     async def _stored(self, js: object) -> int:
         """Sightings in the raw stream (every stored batch, repeats included)."""
         n = 0
@@ -521,9 +548,9 @@ class Harness:
             s.stop()
 
 
-QUICK = {"broker-restart": 3.0, "worker-kill": 2.0, "host-reboot": 4.0, "link-cut": 6.0,
+QUICK = {"broker-restart": 3.0, "worker-kill": 2.0, "host-reboot": 4.0, "link-cut": 6.0, "duplicate-resend": 0.0,
          "worker-kill-during-replay": 6.0, "cluster-node-loss": 0.0, "none": 0.0}
-FULL = {"broker-restart": 3.0, "worker-kill": 3.0, "host-reboot": 10.0, "link-cut": 30.0,
+FULL = {"broker-restart": 3.0, "worker-kill": 3.0, "host-reboot": 10.0, "link-cut": 30.0, "duplicate-resend": 0.0,
         "worker-kill-during-replay": 30.0, "cluster-node-loss": 0.0, "none": 0.0}
 
 

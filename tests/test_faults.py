@@ -44,4 +44,8 @@ def test_link_cut_spool_replay_revises_positions_instead_of_dropping(tmp_path: P
 @pytest.mark.parametrize("kind", [k for k in FAULT_KINDS if k != "none"])
 def test_fault_table_quick(kind: str, tmp_path: Path):
     fault, load = suite_case(kind, quick=True)
-    check(run_case(tmp_path, fault, load, **SITE), 10_000)
+    result = run_case(tmp_path, fault, load, **SITE)
+    check(result, 10_000)
+    assert result.duplicates == result.resent  # every re-sent sighting dropped once, none else
+    if kind == "duplicate-resend":
+        assert result.resent > 0 and result.stored == result.generated + result.resent
