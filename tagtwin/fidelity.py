@@ -140,7 +140,7 @@ def fidelity(
             for j, g in enumerate(gw.ids)
         },
         "localization": {
-            "method": f"{localizer}+{tracker}",
+            "method": localizer if tracker == "none" else f"{localizer}+{tracker}",
             "radio_map": "survey (the twin's replay of it for the twin)" if survey is not None else "model",
             "real": real_loc,
             "twin": twin_loc,
