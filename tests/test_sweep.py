@@ -173,6 +173,24 @@ def test_a_combination_that_breaks_a_cross_reference_names_the_variant(tmp_path:
     assert any(p.startswith(expected) for p in problems), problems
 
 
+def test_a_path_another_scenario_lacks_names_that_variant() -> None:
+    text = (f'scenario = ["{SCENARIOS / "moving-open.toml"}", "{DEMO}"]\nseeds = 1\n'
+            "[set]\ngateways.grid.spacing_m = 7\n")
+    problems = spec_problems(text)
+    assert problems == ["spec.toml: variant 'scenario=demo-warehouse': gateways.grid.spacing_m: "
+                        "gateways.grid is null, not a table; cannot go into 'spacing_m'"], problems
+
+
+def test_the_digest_covers_the_files_the_spec_reads(tmp_path: Path) -> None:
+    layout = tmp_path / "six.csv"
+    layout.write_text("id,x,y,z\n" + "".join(f"g{i},{5 + 6 * i},12,3\n" for i in range(6)))
+    text = SPEC_HEAD + '[axes]\nlayouts = ["scenario", "six.csv"]\n'
+    before = parse_spec(text, tmp_path / "spec.toml").sha256
+    assert parse_spec(text, tmp_path / "spec.toml").sha256 == before
+    layout.write_text(layout.read_text().replace("g5,35,12,3", "g5,36,12,3"))
+    assert parse_spec(text, tmp_path / "spec.toml").sha256 != before
+
+
 def test_bad_layout_and_scenario_files_are_named(tmp_path: Path) -> None:
     (tmp_path / "nox.csv").write_text("id,y,z\na,1,3\n")
     (tmp_path / "bad.toml").write_text("[gateways]\nlist = [{ id = 'a', x = 'near', y = 1 }]\n")

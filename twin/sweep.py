@@ -338,20 +338,25 @@ def parse_spec(text: str, source: Path | str = "<string>", base_dir: Path | None
     for (si, sc), (layout_label, gateways), *picked in itertools.product(
         scenario_choices, layout_choices, *value_choices
     ):
-        data = _scenario_data(sc)
-        if gateways is not None:
-            data["gateways"] = copy.deepcopy(gateways)
-        for path, value in fixed.items():
-            _set_path(data, path, value)
         labels: dict[str, str] = {}
         if len(scenarios) > 1:
             labels["scenario"] = axes[0].labels[si]
         if layouts:
             labels["layout"] = layout_label
-        for path, (_, value) in zip(axis_values, picked, strict=True):
-            _set_path(data, path, value)
-            labels[path] = _label(value)
+        values = {path: value for path, (_, value) in zip(axis_values, picked, strict=True)}
+        labels |= {path: _label(value) for path, value in values.items()}
         name = ", ".join(f"{short[k]}={v}" for k, v in labels.items() if k in varying) or "base"
+        data = _scenario_data(sc)
+        if gateways is not None:
+            data["gateways"] = copy.deepcopy(gateways)
+        # Paths were checked on the first scenario; another scenario may lack one.
+        missing = [f"variant {name!r}: {path}: {why}" for path in [*fixed, *values]
+                   if (why := _check_path(data, path)) is not None]
+        if missing:
+            problems += missing
+            continue
+        for path, value in [*fixed.items(), *values.items()]:
+            _set_path(data, path, value)
         checked = _validate(data)
         if isinstance(checked, list):
             problems += [f"variant {name!r}: {p}" for p in checked]
@@ -364,8 +369,11 @@ def parse_spec(text: str, source: Path | str = "<string>", base_dir: Path | None
         seeds = list(spec.seeds)
     else:
         seeds = replicate_seeds(spec.seeds, spec.entropy if spec.entropy is not None else scenarios[0].seed)
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    return SweepSpec(spec.name, str(source), digest, tuple(axes), tuple(variants), tuple(seeds))
+    # The spec and every file it reads: the same digest means the same runs.
+    digest = hashlib.sha256(text.encode())
+    for f in [*scenario_files, *(f for f in layout_files or () if f != OWN_LAYOUT)]:
+        digest.update((here / f).read_bytes())
+    return SweepSpec(spec.name, str(source), digest.hexdigest(), tuple(axes), tuple(variants), tuple(seeds))
 
 
 def load_spec(path: Path | str) -> SweepSpec:
