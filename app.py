@@ -19,15 +19,23 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine.roi import RoiInputs
-from planner import backend
+from planner import backend, editor
 from planner import figures as figs
+from planner.layouts import BASE_LAYOUT, LayoutBook, LayoutError, layouts_file, workspace_path, workspace_root
 from siteplan.model import SiteModel
 from twin.scenario import Scenario, ScenarioError, parse_scenario
 
 ROOT = Path(__file__).resolve().parent
 SCENARIO_DIR = ROOT / "scenarios"
 VIEWS = ("Plan & layout", "Coverage maps", "Run & playback", "Compare layouts", "ROI", "Live")
-BASE_LAYOUT = "as in scenario"
+# Everything the app reads or writes besides the scenarios: $TAGTWIN_WORKSPACE or ./workspace.
+WORKSPACE_DEFAULT = ROOT / "workspace"
+plan_editor = st.components.v2.component(
+    "tagtwin_plan_editor",
+    html=editor.EDITOR_HTML,
+    css=editor.EDITOR_CSS.read_text(encoding="utf-8"),
+    js=editor.EDITOR_JS.read_text(encoding="utf-8"),
+)
 METRIC_COLUMNS = {
     "cost": st.column_config.NumberColumn("capex", format="%.0f"),
     "opex_per_month": st.column_config.NumberColumn("opex / month", format="%.0f"),
@@ -106,15 +114,10 @@ def run_with_progress(text: str, label: str) -> backend.RunView:
 # switch or a return to a slider position does not rebuild them. The browser still draws.
 
 
-def rows_key(rows: list[backend.GatewayRow]) -> tuple[tuple[str, float, float, float], ...]:
-    return tuple((r["id"], r["x"], r["y"], r["z"]) for r in rows)
-
-
-@st.cache_resource(show_spinner=False, max_entries=64)
-def plan_figure(site_text: str, rows: tuple[Any, ...], title: str) -> go.Figure:
-    site_model = site_of(site_text)
-    fig = figs.floorplan(site_model, _rows(rows), title)
-    return figs.add_click_targets(fig, site_model)
+@st.cache_data(show_spinner=False, max_entries=16)
+def site_data_of(site_text: str) -> dict[str, Any]:
+    """The building as the plan editor draws it (once per scenario)."""
+    return editor.site_data(site_of(site_text))
 
 
 @st.cache_resource(show_spinner=False, max_entries=128)
@@ -159,10 +162,6 @@ def roi_result(run_text: str, inputs_json: str) -> dict[str, Any]:
     return backend.roi_of(run_of(run_text), RoiInputs.model_validate_json(inputs_json))
 
 
-def _rows(rows: tuple[Any, ...]) -> list[backend.GatewayRow]:
-    return [{"id": i, "x": x, "y": y, "z": z} for i, x, y, z in rows]
-
-
 # -- state -------------------------------------------------------------------------------
 
 
@@ -171,7 +170,8 @@ def scenario_choices() -> dict[str, str]:
 
 
 def base_scenario() -> tuple[Scenario, str] | None:
-    """The scenario picked in the sidebar or uploaded; resets layouts when it changes."""
+    """The scenario picked in the sidebar or uploaded. Each scenario keeps its own layouts
+    for the session (and in the workspace), so switching back finds them as they were."""
     choices = scenario_choices()
     names = list(choices)
     default = names.index("demo.toml") if "demo.toml" in names else 0
@@ -189,46 +189,176 @@ def base_scenario() -> tuple[Scenario, str] | None:
         return None
     if st.session_state.get("source") != (source, text):
         st.session_state.source = (source, text)
-        rows = backend.gateway_rows(sc, site_of(text))
-        st.session_state.layouts = {BASE_LAYOUT: rows}
-        st.session_state.active = BASE_LAYOUT
-        st.session_state.editor_version = 0
+        books: dict[tuple[str, str], LayoutBook] = st.session_state.setdefault("books", {})
+        if (source, text) not in books:
+            books[(source, text)] = load_book(sc, text)
+        st.session_state.plan_message = ""
         # Set the widget's own state (before it is drawn): a keyed widget ignores a new
         # default value, so the new scenario's duration would not show otherwise.
         st.session_state.duration_input = float(sc.duration_s)
     return sc, source
 
 
+def workspace() -> Path:
+    return workspace_root(WORKSPACE_DEFAULT)
+
+
+def load_book(sc: Scenario, text: str) -> LayoutBook:
+    """The scenario's layouts: its own, plus the planner's from the workspace if saved."""
+    base = backend.gateway_rows(sc, site_of(text))
+    try:
+        path = layouts_file(workspace(), sc.name)
+        if path.exists():
+            book = LayoutBook.from_json(path.read_text(encoding="utf-8"), base, str(path))
+            st.session_state.plan_message = f"layouts of {sc.name} loaded from {path}"
+            return book
+    except (LayoutError, OSError) as exc:
+        st.session_state.load_problem = f"saved layouts not loaded: {exc}"
+    return LayoutBook(base=base)
+
+
+def book() -> LayoutBook:
+    """The layouts of the scenario on screen."""
+    return st.session_state.books[st.session_state.source]
+
+
+def save_book() -> None:
+    """Every change is kept in the workspace (layouts/<scenario>.json) at once."""
+    sc = parse_scenario(st.session_state.source[1])
+    try:
+        path = layouts_file(workspace(), sc.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(book().to_json(), encoding="utf-8")
+        st.session_state.save_problem = ""
+    except (LayoutError, OSError) as exc:
+        st.session_state.save_problem = f"layouts not saved to the workspace: {exc}"
+
+
 def layout_text(sc: Scenario, name: str, timed: bool = True) -> str:
     """The scenario text of one layout, the key of every cache: at the chosen duration for
     runs, at the scenario's own for maps (which do not depend on it)."""
-    rows = st.session_state.layouts[name]
+    rows = book().layouts[name]
     label = sc.name if name == BASE_LAYOUT else f"{sc.name} / {name}"
     duration = st.session_state.duration if timed else None
     return backend.scenario_toml(backend.with_gateways(sc, rows, label, duration))
 
 
-def add_layout(name: str, rows: list[backend.GatewayRow]) -> None:
-    st.session_state.layouts[name] = rows
-    st.session_state.active = name
-    st.session_state.editor_version += 1
+def changed(message: str) -> None:
+    """After any change to the layouts: say what happened and keep it in the workspace."""
+    if message:
+        st.session_state.plan_message = message
+    st.session_state.plan_ack = st.session_state.get("plan_ack", 0) + 1
+    save_book()
+
+
+# Callbacks run before the script, so the page (header counts, tables, maps) is drawn
+# once, from the edited layout.
+
+
+def on_plan_edit() -> None:
+    value = st.session_state.get("plan_editor") or {}
+    edit = value.get("edit") if hasattr(value, "get") else None
+    if not isinstance(edit, dict):
+        return
+    sc = parse_scenario(st.session_state.source[1])
+    xy = (edit["x"], edit["y"]) if "x" in edit and "y" in edit else None
+    try:
+        message = book().edit(
+            str(edit.get("op")), gateway=edit.get("id"), xy=xy, default_z=sc.gateways.defaults.z_m
+        )
+    except LayoutError as exc:
+        message = f"not applied: {exc}"
+    changed(message)
+
+
+def on_undo() -> None:
+    changed(book().undo())
+
+
+def on_redo() -> None:
+    changed(book().redo())
+
+
+def on_reset() -> None:
+    changed(book().reset())
+
+
+def on_pick_layout() -> None:
+    book().active = st.session_state.layout_pick
+    st.session_state.plan_message = ""
+
+
+def add_layout(name: str, rows: list[backend.GatewayRow], overwrite: bool = False) -> bool:
+    """A new named layout; a taken name is refused with a message (never overwritten
+    silently), unless ``overwrite`` (the planner confirmed)."""
+    try:
+        name = book().add(name, rows, overwrite=overwrite)
+    except LayoutError as exc:
+        st.session_state.plan_message = f"not added: {exc}"
+        st.session_state.name_taken = name.strip() if "exists" in str(exc) else ""
+        return False
+    st.session_state.name_taken = ""
+    changed(f"layout “{name}” added with {len(rows)} gateways")
+    return True
 
 
 # -- views -------------------------------------------------------------------------------
 
 
 def view_plan(sc: Scenario) -> None:
-    active = st.session_state.active
-    left, right = st.columns([3, 2])
+    b = book()
+    active = b.active
+    left, right = st.columns([13, 6])
+    with left:
+        c = st.columns([1, 1, 2, 4])
+        c[0].button("Undo", key="undo", on_click=on_undo, disabled=not b.can_undo(), width="stretch")
+        c[1].button("Redo", key="redo", on_click=on_redo, disabled=not b.can_redo(), width="stretch")
+        c[2].button(
+            "Reset to the scenario",
+            key="reset",
+            on_click=on_reset,
+            disabled=active == BASE_LAYOUT or b.rows == b.base,
+            width="stretch",
+            help="put this layout's gateways back as the scenario has them (undo brings the edits back)",
+        )
+        if active == BASE_LAYOUT:
+            c[3].caption(
+                "“as in scenario” is the scenario's own layout: an edit starts a new layout, "
+                "so the original stays to compare against."
+            )
+        plan_editor(
+            key="plan_editor",
+            data=editor.editor_data(
+                site_data_of(st.session_state.source[1]),
+                b.rows,
+                editable=True,
+                ack=st.session_state.get("plan_ack", 0),
+                default_z=sc.gateways.defaults.z_m,
+                message=st.session_state.get("plan_message", ""),
+                max_height=620,
+            ),
+            on_edit_change=on_plan_edit,
+        )
+        outside = backend.outside_outline(sc, b.rows)
+        if outside:
+            st.warning(f"Outside the site outline: {', '.join(outside)}")
+        for problem in ("save_problem", "load_problem"):
+            if st.session_state.get(problem):
+                st.warning(st.session_state[problem])
+        st.caption(
+            f"{sc.description} · {sum(g.count for g in sc.tags)} tags in {len(sc.tags)} groups · "
+            f"site {_extent(sc)} · layouts kept in {workspace()}"
+        )
     with right:
-        st.subheader(f"Gateways of layout “{active}”")
-        base = pd.DataFrame(st.session_state.layouts[active], columns=["id", "x", "y", "z"])
+        st.markdown(f"**Gateways of layout “{active}”** ({len(b.rows)})")
+        base = pd.DataFrame(b.rows, columns=["id", "x", "y", "z"])
         edited = st.data_editor(
             base,
             num_rows="dynamic",
             width="stretch",
             hide_index=True,
-            key=f"editor-{active}-{st.session_state.editor_version}",
+            height=min(38 + 35 * (len(b.rows) + 1), 420),
+            key=f"editor-{id(b)}-{active}-{b.revision}",
             column_config={
                 c: st.column_config.NumberColumn(c + " (m)", format="%.1f") for c in ("x", "y", "z")
             },
@@ -238,100 +368,81 @@ def view_plan(sc: Scenario) -> None:
             st.error("Layout not applied:\n\n" + "\n".join(f"- {p}" for p in problems))
         elif not rows:
             st.error("Layout not applied: a layout needs at least one gateway")
-        else:
-            st.session_state.layouts[active] = rows
-            outside = backend.outside_outline(sc, rows)
-            if outside:
-                st.warning(f"Outside the site outline: {', '.join(outside)}")
-        with st.expander("Generate a grid layout", expanded=False):
-            c1, c2, c3 = st.columns(3)
-            spacing = c1.number_input("spacing (m)", 2.0, 100.0, 10.0, 0.5, key="grid_spacing")
-            height = c2.number_input(
-                "height (m)", 0.5, 30.0, float(sc.gateways.defaults.z_m), 0.5, key="grid_height"
-            )
-            margin = c3.number_input("margin (m)", 0.0, 50.0, 2.0, 0.5, key="grid_margin")
-            if st.button("Add grid layout", key="grid_add"):
-                name = f"grid {spacing:g} m"
-                add_layout(name, backend.grid_rows(sc, spacing, height, margin))
-                st.rerun()
-        with st.expander("Copy this layout", expanded=False):
-            new_name = st.text_input("new layout name", value=f"{active} (copy)", key="copy_name")
-            if st.button("Copy", key="copy_add") and new_name.strip():
-                add_layout(new_name.strip(), [dict(r) for r in st.session_state.layouts[active]])
-                st.rerun()
-        with st.expander("Save layout to a scenario file", expanded=False):
-            scenario = backend.with_gateways(
-                sc,
-                st.session_state.layouts[active],
-                sc.name if active == BASE_LAYOUT else f"{sc.name}-{active}".replace(" ", "-"),
-            )
-            text = backend.scenario_toml(scenario)
-            st.download_button(
-                "Download TOML", text, file_name=f"{scenario.name}.toml", mime="application/toml"
-            )
-            target = st.text_input(
-                "or write to", value=str(SCENARIO_DIR / f"{scenario.name}.toml"), key="save_path"
-            )
-            if st.button("Write file", key="save_write"):
-                try:
-                    backend.save_scenario(scenario, Path(target))
-                    st.success(f"wrote {target}")
-                except (OSError, ScenarioError) as exc:
-                    st.error(f"not written: {exc}")
-    with left:
-        rows = st.session_state.layouts[active]
-        fig = plan_figure(
-            st.session_state.source[1],
-            rows_key(rows),
-            f"{sc.name}: layout “{active}”, {len(rows)} gateways",
-        )
-        mode = st.radio(
-            "Click on the plan to", backend.CLICK_MODES, horizontal=True, key="click_mode"
-        )
-        event = st.plotly_chart(
-            fig,
-            width="stretch",
-            key=f"plan_fig-{st.session_state.get('click_version', 0)}",
-            on_select="rerun",
-            selection_mode="points",
-        )
-        if st.session_state.get("click_message"):
-            st.caption(st.session_state.click_message)
-        handle_click(sc, fig, event, mode)
-        st.caption(
-            f"{sc.description} · {sum(g.count for g in sc.tags)} tags in {len(sc.tags)} groups · "
-            f"site {_extent(sc)}"
-        )
+        elif rows != b.rows:
+            changed(b.set_rows(rows, "edited the table"))
+            st.rerun()
+        layout_tools(sc)
 
 
-def handle_click(sc: Scenario, fig: Any, event: Any, mode: str) -> None:
-    """Apply one click on the plan to the active layout, then redraw with a fresh chart
-    (a new key clears the selection, so the same click is never applied twice)."""
-    points = event.selection.points if event is not None else []
-    if not points:
-        return
-    pt = points[0]
-    trace = fig.data[pt["curve_number"]].name
-    if trace not in ("gateways", "floor"):
-        return
-    active = st.session_state.active
-    rows = st.session_state.layouts[active]
-    gateway = rows[pt["point_index"]]["id"] if trace == "gateways" else None
-    floor = (float(pt["x"]), float(pt["y"])) if trace == "floor" else None
-    new_rows, pending, message = backend.apply_click(
-        rows,
-        mode,
-        gateway=gateway,
-        floor_xy=floor,
-        pending=st.session_state.get("click_pending"),
-        default_z=sc.gateways.defaults.z_m,
-    )
-    st.session_state.layouts[active] = new_rows
-    st.session_state.click_pending = pending
-    st.session_state.click_message = message
-    st.session_state.click_version = st.session_state.get("click_version", 0) + 1
-    st.session_state.editor_version += 1
-    st.rerun()
+def layout_tools(sc: Scenario) -> None:
+    """Grid layouts, copies under a new name, and saving a layout as a scenario file."""
+    b = book()
+    active = b.active
+    with st.expander("Generate a grid layout", expanded=False):
+        c1, c2, c3 = st.columns(3)
+        spacing = c1.number_input("spacing (m)", 2.0, 100.0, 10.0, 0.5, key="grid_spacing")
+        height = c2.number_input(
+            "height (m)", 0.5, 30.0, float(sc.gateways.defaults.z_m), 0.5, key="grid_height"
+        )
+        margin = c3.number_input("margin (m)", 0.0, 50.0, 2.0, 0.5, key="grid_margin")
+        if st.button("Add grid layout", key="grid_add"):
+            name = f"grid {spacing:g} m"
+            if name in b.layouts:
+                name = b.fresh_name(name)
+            add_layout(name, backend.grid_rows(sc, spacing, height, margin))
+            st.rerun()
+    with st.expander("Copy this layout", expanded=False):
+        new_name = st.text_input("new layout name", value=b.fresh_name(), key="copy_name")
+        taken = st.session_state.get("name_taken") == new_name.strip() and new_name.strip() in b.layouts
+        if st.button("Copy", key="copy_add"):
+            if add_layout(new_name, [dict(r) for r in b.rows]):
+                st.rerun()
+            taken = new_name.strip() in b.layouts
+        if taken:
+            st.warning(f"A layout named “{new_name.strip()}” exists.")
+            if new_name.strip() != BASE_LAYOUT and st.button(
+                f"Overwrite “{new_name.strip()}”", key="copy_overwrite"
+            ):
+                add_layout(new_name, [dict(r) for r in b.rows], overwrite=True)
+                st.rerun()
+    if active != BASE_LAYOUT:
+        with st.expander(f"Remove layout “{active}”", expanded=False):
+            st.caption("Its edits go with it; the scenario's own layout stays.")
+            if st.button(f"Remove “{active}”", key="layout_remove"):
+                b.delete_layout(active)
+                changed(f"removed layout “{active}”")
+                st.rerun()
+    with st.expander("Save layout to a scenario file", expanded=False):
+        scenario = backend.with_gateways(
+            sc,
+            b.rows,
+            sc.name if active == BASE_LAYOUT else f"{sc.name}-{active}".replace(" ", "-"),
+        )
+        text = backend.scenario_toml(scenario)
+        st.download_button(
+            "Download TOML", text, file_name=f"{scenario.name}.toml", mime="application/toml"
+        )
+        target = st.text_input(
+            "or write into the workspace as",
+            value=f"scenarios/{scenario.name}.toml",
+            key="save_path",
+            help=f"a path inside {workspace()}; nothing outside it is written",
+        )
+        try:
+            path = workspace_path(workspace(), target, ".toml")
+        except LayoutError as exc:
+            st.error(f"not written: {exc}")
+            return
+        confirm = True
+        if path.exists():
+            st.warning(f"{target} exists in the workspace.")
+            confirm = st.checkbox("overwrite it", key="save_overwrite")
+        if st.button("Write file", key="save_write", disabled=not confirm):
+            try:
+                backend.save_scenario(scenario, path)
+                st.success(f"wrote {target} in the workspace")
+            except (OSError, ScenarioError) as exc:
+                st.error(f"not written: {exc}")
 
 
 def _extent(sc: Scenario) -> str:
@@ -341,7 +452,7 @@ def _extent(sc: Scenario) -> str:
 
 
 def view_maps(sc: Scenario) -> None:
-    active = st.session_state.active
+    active = book().active
     text = layout_text(sc, active)
     maps = maps_of(layout_text(sc, active, timed=False))
     has_run = text in st.session_state.ran
@@ -374,7 +485,7 @@ def view_maps(sc: Scenario) -> None:
 
 
 def view_run(sc: Scenario) -> None:
-    active = st.session_state.active
+    active = book().active
     text = layout_text(sc, active)
     if st.button(
         f"Run simulation ({st.session_state.duration:g} s simulated)", type="primary", key="run"
@@ -488,7 +599,7 @@ def current_roi_inputs(sc: Scenario) -> RoiInputs:
 
 
 def view_compare(sc: Scenario) -> None:
-    names = list(st.session_state.layouts)
+    names = list(book().layouts)
     if len(names) < 2:
         st.info(
             "Add a second layout (Plan & layout: generate a grid, or copy and edit) to compare."
@@ -637,7 +748,7 @@ def _step(v: float) -> float:
 
 
 def view_roi(sc: Scenario) -> None:
-    active = st.session_state.active
+    active = book().active
     text = layout_text(sc, active)
     fleet = sum(g.count for g in sc.tags)
     inputs = roi_input_widgets(sc, fleet)
@@ -788,7 +899,7 @@ def live_positions() -> None:
         f"rejected: {feed.rejected or 'none'}"
     )
     fig = figs.floorplan(
-        site(), st.session_state.layouts[st.session_state.active], "live positions"
+        site(), book().rows, "live positions"
     )
     if snap:
         x = np.array([r["x"] for r in snap])
@@ -843,18 +954,13 @@ def main() -> None:
         format="%.0f",
         help="shorter than the scenario's for a quick look",
     )
-    names = list(st.session_state.layouts)
-    st.session_state.active = st.sidebar.selectbox(
-        "Layout",
-        names,
-        index=names.index(st.session_state.active),
-        key=f"active-{len(names)}-{st.session_state.active}",
-    )
+    b = book()
+    st.session_state.layout_pick = b.active  # the widget follows edits that change the layout
+    st.sidebar.selectbox("Layout", list(b.layouts), key="layout_pick", on_change=on_pick_layout)
     view = st.sidebar.radio("View", VIEWS, key="view")
     st.title("TagTwin planner")
     st.caption(
-        f"{source}: {sc.name} · layout “{st.session_state.active}” · "
-        f"{len(st.session_state.layouts[st.session_state.active])} gateways"
+        f"{source}: {sc.name} · layout “{b.active}” · {len(b.rows)} gateways"
     )
     {
         "Plan & layout": view_plan,

@@ -30,6 +30,7 @@ from engine.roi import RoiInputs, measured_from_report, roi_report
 from engine.truth import GroundTruth
 from live_bridge.wire import EVENTS_TOPIC, POSITIONS_TOPIC, PositionBatch
 from live_bridge.wire import Event as WireEvent
+from planner.layouts import GatewayRow
 from radio_models.crb import crlb_rmse
 from radio_models.environment import Grid
 from radio_models.geometry import crossing_loss_db
@@ -52,7 +53,6 @@ simulations_started = 0
 
 # -- layouts -----------------------------------------------------------------------------
 
-GatewayRow = dict[str, Any]  # {"id": str, "x": float, "y": float, "z": float}
 
 
 def gateway_rows(scenario: Scenario, site: SiteModel | None = None) -> list[GatewayRow]:
@@ -110,60 +110,6 @@ def clean_rows(
     if dupes:
         problems.append(f"gateway ids must be unique; repeated: {', '.join(dupes)}")
     return out, problems
-
-
-CLICK_MODES = ("add gateway", "move gateway", "delete gateway")
-
-
-def next_gateway_id(rows: Sequence[GatewayRow], prefix: str = "gw") -> str:
-    """``prefix-NN`` one past the highest number in use with that prefix."""
-    nums = [
-        int(r["id"].rsplit("-", 1)[1])
-        for r in rows
-        if r["id"].startswith(prefix + "-") and r["id"].rsplit("-", 1)[1].isdigit()
-    ]
-    return f"{prefix}-{max(nums, default=0) + 1:02d}"
-
-
-def apply_click(
-    rows: Sequence[GatewayRow],
-    mode: str,
-    *,
-    gateway: str | None,
-    floor_xy: tuple[float, float] | None,
-    pending: str | None,
-    default_z: float,
-) -> tuple[list[GatewayRow], str | None, str]:
-    """Edit a layout from one click on the plan: on a gateway (its id) or on the floor.
-
-    Returns the new rows, the gateway waiting to be moved (a move takes two clicks:
-    the gateway, then where it goes) and a sentence saying what happened.
-    """
-    out = [dict(r) for r in rows]
-    if mode not in CLICK_MODES:
-        raise ValueError(f"unknown click mode {mode!r}; one of {', '.join(CLICK_MODES)}")
-    if mode == "add gateway":
-        if floor_xy is None:
-            return out, None, f"{gateway} is already a gateway; click the floor to add one"
-        gid = next_gateway_id(out)
-        out.append(
-            {"id": gid, "x": round(floor_xy[0], 2), "y": round(floor_xy[1], 2), "z": default_z}
-        )
-        return out, None, f"added {gid} at ({floor_xy[0]:.1f}, {floor_xy[1]:.1f})"
-    if mode == "delete gateway":
-        if gateway is None:
-            return out, None, "click a gateway to delete it"
-        if len(out) == 1:
-            return out, None, f"{gateway} is the last gateway; a layout needs at least one"
-        return [r for r in out if r["id"] != gateway], None, f"deleted {gateway}"
-    if gateway is not None:
-        return out, gateway, f"now click where {gateway} goes"
-    if pending is None or floor_xy is None:
-        return out, None, "click a gateway first, then where it goes"
-    for r in out:
-        if r["id"] == pending:
-            r["x"], r["y"] = round(floor_xy[0], 2), round(floor_xy[1], 2)
-    return out, None, f"moved {pending} to ({floor_xy[0]:.1f}, {floor_xy[1]:.1f})"
 
 
 def outside_outline(scenario: Scenario, rows: Sequence[GatewayRow]) -> list[str]:
@@ -253,6 +199,7 @@ class CoverageMaps:
     n_heard: FloatArray
     crb_m: FloatArray  # inf where fewer than 2 gateways hear (no bound exists)
     inside: NDArray[np.bool_]
+    heard: NDArray[np.bool_]  # (ny * nx, gateways): which gateways hear each cell
 
     def xs(self) -> FloatArray:
         return np.asarray(self.grid.x0 + (np.arange(self.grid.nx) + 0.5) * self.grid.cell_m, float)
@@ -307,6 +254,7 @@ def coverage_maps(
             zero,
             np.where(inside, np.inf, np.nan).reshape(shape),
             inside.reshape(shape),
+            np.zeros((len(centres), 0), dtype=bool),
         )
     gw = np.array([[r["x"], r["y"], r["z"]] for r in rows], dtype=float)
     pts = np.column_stack([centres, np.full(len(centres), scenario.site.tag_height_m)])
@@ -327,7 +275,12 @@ def coverage_maps(
     crb = crlb_rmse(pts, gw, exponent, max(scenario.radio.shadowing_sigma_db, 0.5), heard)
     crb = np.where(inside, crb, np.nan)
     return CoverageMaps(
-        grid, best.reshape(shape), n_heard.reshape(shape), crb.reshape(shape), inside.reshape(shape)
+        grid,
+        best.reshape(shape),
+        n_heard.reshape(shape),
+        crb.reshape(shape),
+        inside.reshape(shape),
+        heard & inside[:, None],
     )
 
 

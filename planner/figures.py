@@ -149,35 +149,6 @@ def floorplan(
     return fig
 
 
-CLICK_TARGET_CELLS = 80  # invisible floor points along the long side that catch clicks
-
-
-def add_click_targets(fig: go.Figure, site: SiteModel) -> go.Figure:
-    """Invisible points on a regular grid over the floor: Plotly reports clicks on data
-    points only, so these make "click anywhere on the plan" work (trace name "floor")."""
-    minx, miny, maxx, maxy = site.outline.bounds
-    step = max(0.5, max(maxx - minx, maxy - miny) / CLICK_TARGET_CELLS)
-    xs = np.arange(minx + step / 2, maxx, step)
-    ys = np.arange(miny + step / 2, maxy, step)
-    gx, gy = (a.ravel() for a in np.meshgrid(xs, ys))
-    inside = shapely.contains_xy(site.outline, gx, gy)
-    fig.add_trace(
-        go.Scatter(
-            x=gx[inside],
-            y=gy[inside],
-            mode="markers",
-            name="floor",
-            marker={"size": 12, "opacity": 0.0, "color": "#000000"},
-            showlegend=False,
-            hovertemplate="x %{x:.1f}, y %{y:.1f}<extra>click to place</extra>",
-        )
-    )
-    # Gateways last, on top, so a click on a gateway hits the gateway.
-    gws = [t for t in fig.data if t.name == "gateways"]
-    fig.data = tuple(t for t in fig.data if t.name != "gateways") + tuple(gws)
-    return fig
-
-
 MAPS = {
     "best RSSI (dBm)": ("best_rssi_dbm", "Viridis", None),
     "gateways hearing": ("n_heard", "Blues", None),

@@ -30,6 +30,19 @@ def start(duration: float | None = None) -> AppTest:
     return at
 
 
+@pytest.fixture(autouse=True)
+def workspace(tmp_path, monkeypatch):
+    """Each test's layouts and files go to its own workspace, never the checkout."""
+    ws = tmp_path / "workspace"
+    monkeypatch.setenv("TAGTWIN_WORKSPACE", str(ws))
+    return ws
+
+
+def book(at: AppTest):
+    """The layout book of the scenario on screen."""
+    return at.session_state.books[at.session_state.source]
+
+
 def go(at: AppTest, view: str) -> AppTest:
     at.sidebar.radio(key="view").set_value(view).run()
     assert not at.exception, [e.value for e in at.exception]
@@ -50,13 +63,13 @@ def test_first_page_shows_the_demo_plan():
     assert at.title[0].value == "TagTwin planner"
     assert at.sidebar.selectbox(key="scenario_file").value == "demo.toml"
     assert at.sidebar.radio(key="view").value == "Plan & layout"
-    assert at.session_state.layouts["as in scenario"][0] == {
+    assert book(at).layouts["as in scenario"][0] == {
         "id": "gw-01",
         "x": 5.0,
         "y": 2.0,
         "z": 3.0,
     }
-    assert chart_titles(at) == ["demo-warehouse: layout “as in scenario”, 10 gateways"]
+    assert at.caption[0].value == "demo.toml: demo-warehouse · layout “as in scenario” · 10 gateways"
     assert at.sidebar.number_input(key="duration_input").value == 600.0
 
 
@@ -65,7 +78,7 @@ def test_coverage_maps_view_before_a_run():
     labels = {m.label: m.value for m in at.metric}
     want = backend.coverage_maps(
         load_scenario(Path(APP).parent / "scenarios" / "demo.toml"),
-        at.session_state.layouts["as in scenario"],
+        book(at).layouts["as in scenario"],
     ).summary()
     assert labels["floor heard by 3+ gateways"] == f"{want['area_3plus']:.1%}"
     assert labels["median CRB"] == f"{want['crb_median_m']:.2f} m"
@@ -127,15 +140,15 @@ def test_grid_layout_then_compare_two_layouts():
     at.number_input(key="grid_height").set_value(4.0)
     at.button(key="grid_add").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert list(at.session_state.layouts) == ["as in scenario", "grid 12 m"]
-    assert at.session_state.active == "grid 12 m"
-    assert {r["z"] for r in at.session_state.layouts["grid 12 m"]} == {4.0}
+    assert list(book(at).layouts) == ["as in scenario", "grid 12 m"]
+    assert book(at).active == "grid 12 m"
+    assert {r["z"] for r in book(at).layouts["grid 12 m"]} == {4.0}
     # The sidebar's layout picker follows the new layout and switches back.
     picker = at.sidebar.selectbox[1]
     assert (picker.label, picker.value) == ("Layout", "grid 12 m")
     picker.set_value("as in scenario").run()
-    assert at.session_state.active == "as in scenario"
-    assert chart_titles(at)[0] == "demo-warehouse: layout “as in scenario”, 10 gateways"
+    assert book(at).active == "as in scenario"
+    assert at.caption[0].value.endswith("layout “as in scenario” · 10 gateways")
     go(at, "Compare layouts")
     assert at.multiselect(key="compare_sel").value == ["as in scenario", "grid 12 m"]
     before = backend.simulations_started
@@ -144,7 +157,7 @@ def test_grid_layout_then_compare_two_layouts():
     assert backend.simulations_started == before + 2
     table = at.dataframe[0].value
     assert list(table.index) == ["as in scenario", "grid 12 m"]
-    n_grid = len(at.session_state.layouts["grid 12 m"])
+    n_grid = len(book(at).layouts["grid 12 m"])
     assert n_grid == 8  # 40 x 25 m, margin 2: x 2, 14, 26, 38; y 2, 14
     assert list(table["gateways"]) == [10, n_grid]
     # Cost is the ROI model's capex at its defaults: tags x 12 + gateways x (150 + 120) + 5,000.
@@ -198,27 +211,62 @@ def test_roi_panel_shows_payback_npv_cases_and_sensitivity():
     assert backend.simulations_started == before
 
 
-def test_copy_and_save_a_layout(tmp_path):
+def test_copy_refuses_a_taken_name_until_the_planner_confirms(workspace):
     at = start()
     at.text_input(key="copy_name").set_value("my layout")
     at.button(key="copy_add").click().run()
-    assert at.session_state.active == "my layout"
-    assert at.session_state.layouts["my layout"] == at.session_state.layouts["as in scenario"]
-    target = tmp_path / "saved.toml"
-    at.text_input(key="save_path").set_value(str(target))
+    assert book(at).active == "my layout"
+    assert book(at).layouts["my layout"] == book(at).layouts["as in scenario"]
+    # Saved to the workspace at once, and read back by a new session.
+    saved = workspace / "layouts" / "demo-warehouse.json"
+    assert "my layout" in saved.read_text()
+    at.text_input(key="copy_name").set_value("as in scenario")
+    at.button(key="copy_add").click().run()
+    assert "not added: “as in scenario” is the scenario's own layout" in at.session_state.plan_message
+    book(at).edit("delete", gateway="gw-01")  # "my layout" now has 9 gateways
+    at.text_input(key="copy_name").set_value("grid")
+    at.button(key="copy_add").click().run()
+    assert book(at).active == "grid"
+    at.sidebar.selectbox(key="layout_pick").set_value("as in scenario").run()
+    # The same name again is refused; the layout keeps its gateways until "Overwrite".
+    at.text_input(key="copy_name").set_value("grid")
+    at.button(key="copy_add").click().run()
+    assert not at.exception
+    assert at.warning[0].value == "A layout named “grid” exists."
+    assert len(book(at).layouts["grid"]) == 9
+    at.button(key="copy_overwrite").click().run()
+    assert len(book(at).layouts["grid"]) == 10
+    fresh = start()
+    assert set(book(fresh).layouts) == {"as in scenario", "my layout", "grid"}
+
+
+def test_save_writes_only_inside_the_workspace_and_asks_before_overwriting(workspace):
+    at = start()
+    at.text_input(key="copy_name").set_value("my layout")
+    at.button(key="copy_add").click().run()
+    at.text_input(key="save_path").set_value("mine/saved.toml").run()
     at.button(key="save_write").click().run()
     assert not at.exception
-    assert at.success[0].value == f"wrote {target}"
-    saved = load_scenario(target)
+    assert at.success[0].value == "wrote mine/saved.toml in the workspace"
+    saved = load_scenario(workspace / "mine" / "saved.toml")
     assert saved.name == "demo-warehouse-my-layout"
     assert len(saved.gateways.units) == 10
-
-
-def test_save_to_an_unwritable_place_says_why(tmp_path):
-    at = start()
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    at.text_input(key="save_path").set_value(str(blocker / "x.toml"))
+    # Again: the file exists, so writing waits for "overwrite it".
+    at.text_input(key="save_path").set_value("mine/saved.toml ").run()
+    assert at.button(key="save_write").disabled
+    at.checkbox(key="save_overwrite").check().run()
+    assert not at.button(key="save_write").disabled
+    for bad, why in (
+        ("/tmp/x.toml", "not an absolute one"),
+        ("../x.toml", "'..' is not allowed"),
+    ):
+        at.text_input(key="save_path").set_value(bad).run()
+        assert at.error[0].value.startswith(f"not written: {bad}: ")
+        assert why in at.error[0].value
+    assert not (workspace.parent / "x.toml").exists()
+    # A file where a directory should be: the OS's reason, in one line.
+    (workspace / "blocker").write_text("")
+    at.text_input(key="save_path").set_value("blocker/x.toml").run()
     at.button(key="save_write").click().run()
     assert not at.exception
     assert at.error[0].value.startswith("not written: ")
@@ -313,16 +361,19 @@ def test_events_timeline_with_precision_and_recall_on_the_incidents_scenario():
     assert 0.9 <= exit_row["recall"] <= 1.0
 
 
-def test_picking_another_scenario_resets_layouts_and_duration():
+def test_each_scenario_keeps_its_own_layouts_and_duration():
     at = start(duration=30)
     at.button(key="grid_add").click().run()
-    assert len(at.session_state.layouts) == 2
+    assert len(book(at).layouts) == 2
     at.sidebar.selectbox(key="scenario_file").set_value("large.toml").run()
     assert not at.exception, [e.value for e in at.exception]
-    assert list(at.session_state.layouts) == ["as in scenario"]
-    assert len(at.session_state.layouts["as in scenario"]) == 54
+    assert list(book(at).layouts) == ["as in scenario"]
+    assert len(book(at).layouts["as in scenario"]) == 54
     assert (
         at.sidebar.number_input(key="duration_input").value
         == load_scenario(Path(APP).parent / "scenarios" / "large.toml").duration_s
     )
-    assert chart_titles(at)[0].endswith("54 gateways")
+    assert at.caption[0].value.endswith("54 gateways")
+    at.sidebar.selectbox(key="scenario_file").set_value("demo.toml").run()
+    assert list(book(at).layouts) == ["as in scenario", "grid 10 m"]  # not discarded
+    assert book(at).active == "grid 10 m"

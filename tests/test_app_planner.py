@@ -526,61 +526,6 @@ def test_ui_command_is_loopback_headless_without_telemetry():
     assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "false"
 
 
-# -- clicks on the plan --------------------------------------------------------------------
-
-
-ROWS = [
-    {"id": "gw-01", "x": 1.0, "y": 1.0, "z": 3.0},
-    {"id": "gw-07", "x": 5.0, "y": 5.0, "z": 3.0},
-    {"id": "door", "x": 9.0, "y": 9.0, "z": 2.0},
-]
-
-
-def test_next_gateway_id():
-    assert backend.next_gateway_id(ROWS) == "gw-08"
-    assert backend.next_gateway_id([]) == "gw-01"
-    assert backend.next_gateway_id(ROWS, prefix="door") == "door-01"
-
-
-def test_click_adds_moves_and_deletes():
-    rows, pending, msg = backend.apply_click(
-        ROWS, "add gateway", gateway=None, floor_xy=(3.25, 4.75), pending=None, default_z=3.5
-    )
-    assert rows[-1] == {"id": "gw-08", "x": 3.25, "y": 4.75, "z": 3.5}
-    assert (pending, msg) == (None, "added gw-08 at (3.2, 4.8)")
-    assert len(ROWS) == 3  # the input is not modified
-    rows, pending, msg = backend.apply_click(
-        rows, "move gateway", gateway="gw-07", floor_xy=None, pending=None, default_z=3.0
-    )
-    assert (pending, msg) == ("gw-07", "now click where gw-07 goes")
-    rows, pending, msg = backend.apply_click(
-        rows, "move gateway", gateway=None, floor_xy=(0.5, 2.0), pending=pending, default_z=3.0
-    )
-    assert rows[1] == {"id": "gw-07", "x": 0.5, "y": 2.0, "z": 3.0}
-    assert (pending, msg) == (None, "moved gw-07 to (0.5, 2.0)")
-    rows, _, msg = backend.apply_click(
-        rows, "delete gateway", gateway="door", floor_xy=None, pending=None, default_z=3.0
-    )
-    assert [r["id"] for r in rows] == ["gw-01", "gw-07", "gw-08"]
-    assert msg == "deleted door"
-
-
-def test_clicks_that_do_nothing_say_why():
-    one = ROWS[:1]
-    for mode, gw, xy, want in (
-        ("add gateway", "gw-01", None, "gw-01 is already a gateway; click the floor to add one"),
-        ("delete gateway", None, (1.0, 1.0), "click a gateway to delete it"),
-        ("delete gateway", "gw-01", None, "gw-01 is the last gateway; a layout needs at least one"),
-        ("move gateway", None, (1.0, 1.0), "click a gateway first, then where it goes"),
-    ):
-        rows, pending, msg = backend.apply_click(
-            one, mode, gateway=gw, floor_xy=xy, pending=None, default_z=3.0
-        )
-        assert (rows, pending, msg) == (one, None, want)
-    with pytest.raises(ValueError, match="unknown click mode"):
-        backend.apply_click(one, "paint", gateway=None, floor_xy=None, pending=None, default_z=3.0)
-
-
 # -- events and their scores against injected incidents --------------------------------
 
 
