@@ -9,7 +9,6 @@ between views, or back to a layout already run, never simulates again.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,10 @@ import streamlit as st
 from engine.roi import RoiInputs
 from planner import backend, editor
 from planner import figures as figs
+from planner import replicates as reps
 from planner.layouts import BASE_LAYOUT, LayoutBook, LayoutError, layouts_file, workspace_path, workspace_root
+from planner.placement import Search, best_for, fewest_meeting, search_for
+from planner.requirements import WHOLE_FLOOR, Requirement, area_report, layout_meets
 from siteplan.model import SiteModel
 from twin.scenario import Scenario, ScenarioError, parse_scenario
 
@@ -80,33 +82,99 @@ def maps_of(text: str) -> backend.CoverageMaps:
     return backend.coverage_maps(sc, backend.gateway_rows(sc, site_of(text)), site_of(text))
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def run_of(text: str, _label: str = "") -> backend.RunView:
-    """One simulation per distinct scenario text (``_label`` is not part of the key),
-    with a progress bar while it runs.
+@st.cache_resource(show_spinner=False)
+def results() -> dict[tuple[str, int], reps.Replicate]:
+    """Every finished (layout text, seed) run of this server, shared by all sessions like
+    a cache: a layout already run is never simulated again."""
+    return {}
 
-    The bar is created inside the cached function (Streamlit replays a cached function's
-    elements on a hit) and emptied at the end, so a cache hit draws nothing.
-    """
-    sc = parse_scenario(text)
-    slot = st.empty()
-    bar = slot.progress(0.0, text=f"simulating {_label}")
 
-    def tick(t: float) -> None:
-        bar.progress(
-            min(t / sc.duration_s, 1.0),
-            text=f"simulating {_label}: {t:.0f} / {sc.duration_s:.0f} s",
-        )
+def seeds(sc: Scenario) -> list[int]:
+    """The seeds every layout runs with (the same for all layouts: common random numbers)."""
+    return reps.replicate_seeds(sc.seed, int(st.session_state.get("n_seeds", reps.DEFAULT_SEEDS)))
 
-    view = backend.run_view(sc, tick)
-    slot.empty()
+
+def replicates_of(text: str) -> list[reps.Replicate] | None:
+    """All seeds' runs of one layout, or None until every one has finished."""
+    store = results()
+    keys = [(text, s) for s in seeds(parse_scenario(text))]
+    return [store[k] for k in keys] if all(k in store for k in keys) else None
+
+
+def has_run(text: str) -> bool:
+    return replicates_of(text) is not None
+
+
+def run_of(text: str) -> backend.RunView:
+    """The whole run of a layout at the scenario's own seed (playback, maps, events)."""
+    view = results()[(text, parse_scenario(text).seed)].view
+    assert view is not None
     return view
 
 
-def run_with_progress(text: str, label: str) -> backend.RunView:
-    view = run_of(text, label)
-    st.session_state.ran[text] = label
-    return view
+def run_layouts(sc: Scenario, texts: dict[str, str], key: str) -> bool:
+    """Run every layout not yet run at every seed, in parallel, after checking the budget;
+    a progress bar with the time left and a Cancel button while it runs. Leaving the view
+    (any other click) stops it too: the workers are terminated at once. True when done."""
+    store = results()
+    ss = seeds(sc)
+    jobs = [
+        (text, seed, i == 0)
+        for text in dict.fromkeys(texts.values())
+        for i, seed in enumerate(ss)
+        if (text, seed) not in store
+    ]
+    if not jobs:
+        return True
+    budget = reps.estimate(sum(g.count for g in sc.tags), st.session_state.duration, len(jobs))
+    if budget.refused:
+        st.error(f"Not started: {budget.text()}: {budget.refused}.")
+        return False
+    bar = st.progress(0.0, text=f"starting {budget.text()}")
+    cancel = st.empty()
+    cancel.button("Cancel run", key=f"cancel_{key}", on_click=_cancelled)
+
+    def tick(p: reps.Progress) -> None:
+        bar.progress(p.done / p.total, text=p.text())
+
+    st.session_state.run_cancelled = False
+    found, errors = reps.run_batch(jobs, tick, budget.workers)
+    store.update(found)
+    bar.empty()
+    cancel.empty()
+    for (text, seed), why in errors.items():
+        name = next((n for n, t in texts.items() if t == text), "?")
+        st.error(f"run of “{name}” at seed {seed} failed: {why}")
+    st.session_state.last_batch = {
+        "runs": len(jobs),
+        "estimated_s": round(budget.seconds, 1),
+        "estimated_mb": round(budget.memory_mb),
+        "run_s": [round(r.elapsed_s, 2) for r in found.values()],
+    }
+    return not errors
+
+
+def _cancelled() -> None:
+    st.session_state.run_cancelled = True
+
+
+def budget_caption(sc: Scenario, texts: dict[str, str]) -> None:
+    """What a run will cost, said before it starts."""
+    ss = seeds(sc)
+    todo = sum((t, s) not in results() for t in dict.fromkeys(texts.values()) for s in ss)
+    if not todo:
+        return
+    budget = reps.estimate(sum(g.count for g in sc.tags), st.session_state.duration, todo)
+    text = (
+        f"{len(ss)} seeds per layout, shared between layouts (common random numbers). "
+        f"To run: {budget.text()}."
+    )
+    if budget.refused:
+        st.error(f"{text} Refused: {budget.refused}.")
+    else:
+        st.caption(text)
+    if st.session_state.get("run_cancelled"):
+        st.warning("The last run was cancelled; its workers were stopped.")
 
 
 # Figures are cached too (st.cache_resource: the same object, never copied or mutated
@@ -118,19 +186,6 @@ def run_with_progress(text: str, label: str) -> backend.RunView:
 def site_data_of(site_text: str) -> dict[str, Any]:
     """The building as the plan editor draws it (once per scenario)."""
     return editor.site_data(site_of(site_text))
-
-
-@st.cache_resource(show_spinner=False, max_entries=128)
-def map_figure(
-    site_text: str, map_text: str, run_text: str | None, which: str, title: str, height: int
-) -> go.Figure:
-    maps = maps_of(map_text)
-    err = run_of(run_text).error_map(maps.grid) if run_text is not None else None
-    rows = backend.gateway_rows(parse_scenario(map_text), site_of(map_text))
-    fig = figs.add_map(figs.floorplan(site_of(site_text), rows, title, height=height), maps, which, err)
-    if height < 520:  # the small side-by-side plans of a comparison
-        fig.update_layout(showlegend=False)
-    return fig
 
 
 @st.cache_resource(show_spinner=False, max_entries=256)
@@ -158,8 +213,11 @@ def events_figure(run_text: str) -> go.Figure:
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def roi_result(run_text: str, inputs_json: str) -> dict[str, Any]:
-    """engine.roi on one run's measured metrics, per run and set of inputs."""
-    return backend.roi_of(run_of(run_text), RoiInputs.model_validate_json(inputs_json))
+    """engine.roi on a layout's measured metrics (mean over the seeds; false alarms by the
+    too-little-exposure rule), per layout and set of inputs."""
+    found = replicates_of(run_text)
+    assert found is not None
+    return reps.roi_of_layout(found, RoiInputs.model_validate_json(inputs_json))
 
 
 # -- state -------------------------------------------------------------------------------
@@ -371,7 +429,64 @@ def view_plan(sc: Scenario) -> None:
         elif rows != b.rows:
             changed(b.set_rows(rows, "edited the table"))
             st.rerun()
+        auto_placement(sc)
         layout_tools(sc)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def placement_search(site_text: str, req: Requirement, spacing: float, ceiling: float | None) -> Search:
+    """Every candidate's link budget and information, once per site and requirement."""
+    sc = parse_scenario(site_text)
+    return search_for(sc, site_of(site_text), req, spacing, ceiling)
+
+
+def auto_placement(sc: Scenario) -> None:
+    """Layouts from the fast model over candidate mounting points, then verified by runs."""
+    b = book()
+    req = current_requirement()
+    with st.expander("Auto-placement", expanded=st.session_state.get("autoplace_open", False)):
+        st.caption(f"Requirement (Coverage maps view): {req.text()}.")
+        c1, c2 = st.columns(2)
+        spacing = c1.number_input("wall spacing (m)", 1.0, 20.0, 4.0, 0.5, key="auto_spacing")
+        ceiling = c2.number_input(
+            "ceiling grid (m, 0: walls only)", 0.0, 50.0, 8.0, 1.0, key="auto_ceiling"
+        )
+        goal = st.radio(
+            "find", ["fewest gateways meeting the requirement", "best layout for N gateways"],
+            key="auto_goal",
+        )
+        n = st.number_input("N", 1, 200, len(b.base), key="auto_n", disabled=goal.startswith("fewest"))
+        if st.button("Place gateways", key="auto_run", type="primary"):
+            st.session_state.autoplace_open = True
+            search = placement_search(
+                st.session_state.source[1], req, float(spacing), float(ceiling) or None
+            )
+            found = fewest_meeting(search) if goal.startswith("fewest") else best_for(search, int(n))
+            stem = "auto fewest" if goal.startswith("fewest") else f"auto best {int(n)}"
+            name = b.fresh_name(stem)
+            add_layout(name, found.rows)
+            st.session_state.plan_message = f"“{name}”: {found.note}"
+            st.session_state.auto_made = name
+            st.rerun()
+        made = st.session_state.get("auto_made")
+        if made in b.layouts:
+            st.caption(
+                f"“{made}” is a layout like any other: edit it on the plan. The fast model "
+                "predicts; twin runs measure."
+            )
+            text = layout_text(sc, made)
+            if st.button(f"Verify “{made}” with twin runs", key="auto_verify"):
+                run_layouts(sc, {made: text}, "verify")
+            found_runs = replicates_of(text)
+            if found_runs:
+                maps = maps_of(layout_text(sc, made, timed=False))
+                s = maps.summary()
+                med = reps.t_interval([r.metrics["median_error_m"] for r in found_runs])
+                st.markdown(
+                    f"Verified: median error {reps.fmt_interval(med, 'm')} over {med.n} seeds; "
+                    f"the fast model's median CRB {s['crb_median_m']:.2f} m (a bound on one fix "
+                    "from one window's RSSI; the tracker, filtering over time, can do better)."
+                )
 
 
 def layout_tools(sc: Scenario) -> None:
@@ -451,63 +566,108 @@ def _extent(sc: Scenario) -> str:
     return f"{max(xs) - min(xs):g} x {max(ys) - min(ys):g} m"
 
 
+def current_requirement() -> Requirement:
+    """The requirement as last set in the Coverage maps or Compare view (defaults before)."""
+    return st.session_state.get("requirement", Requirement())
+
+
+def requirement_widgets(sc: Scenario) -> Requirement:
+    """What "good" means, set by the planner (kept for the session, shared by all views)."""
+    zones = [z.name for z in sc.zones]
+    with st.expander("Requirement: what “good” means", expanded=False):
+        c = st.columns(5)
+        d = current_requirement()  # widgets not drawn lose their state; start from the last
+        n = c[0].number_input("gateways at least", 1, 10, d.min_gateways, key="req_n")
+        dbm = c[1].number_input("heard at (dBm) or better", -110.0, -40.0, d.at_dbm, 1.0, key="req_dbm")
+        crb = c[2].number_input("CRB per cell ≤ (m)", 0.1, 50.0, d.crb_max_m, 0.1, key="req_crb")
+        p90 = c[3].number_input("CRB p90 per area ≤ (m)", 0.1, 50.0, d.crb_p90_m, 0.1, key="req_p90")
+        share = c[4].number_input("share of cells (%)", 1.0, 100.0, d.min_share * 100, 1.0, key="req_share")
+        scope = st.multiselect(
+            "applies to",
+            [WHOLE_FLOOR, *zones],
+            default=[a for a in d.scope if a in (WHOLE_FLOOR, *zones)],
+            key="req_scope",
+        )
+    req = Requirement(int(n), float(dbm), float(crb), float(p90), float(share) / 100, tuple(scope))
+    st.session_state.requirement = req
+    return req
+
+
 def view_maps(sc: Scenario) -> None:
     active = book().active
     text = layout_text(sc, active)
-    maps = maps_of(layout_text(sc, active, timed=False))
-    has_run = text in st.session_state.ran
-    options = list(figs.MAPS) if has_run else list(figs.MAPS)[:3]
-    which = st.radio("Map", options, horizontal=True, key="map_kind")
-    s = maps.summary()
+    map_text = layout_text(sc, active, timed=False)
+    maps = maps_of(map_text)
+    ran = has_run(text)
+    req = requirement_widgets(sc)
+    options = list(editor.MAP_KINDS) if ran else list(editor.MAP_KINDS)[:4]
+    which = st.radio("Map", options, horizontal=True, key="map_kind") or options[0]
+    rows = area_report(maps, site(), req)
+    whole = rows[0]
     c = st.columns(4)
-    c[0].metric("floor heard by 3+ gateways", f"{s['area_3plus']:.1%}")
-    c[1].metric("floor heard at all", f"{s['area_heard']:.1%}")
-    c[2].metric("median CRB", f"{s['crb_median_m']:.2f} m")
-    c[3].metric("p90 CRB", f"{s['crb_p90_m']:.2f} m")
-    which = which or options[0]
-    fig = map_figure(
-        st.session_state.source[1],
-        layout_text(sc, active, timed=False),
-        text if has_run else None,
-        which,
-        f"{which}, layout “{active}”",
-        520,
-    )
-    st.plotly_chart(fig, width="stretch", key="maps_fig")
+    c[0].metric("meets the requirement", "yes" if layout_meets(rows, req) else "no")
+    c[1].metric("floor meeting it per cell", f"{whole['meets per cell']:.1%}")
+    heard_key = f"{req.min_gateways}+ at {req.at_dbm:g} dBm"
+    c[2].metric(f"floor heard by {heard_key}", f"{whole[heard_key]:.1%}")
+    c[3].metric("CRB p90, whole floor", f"{whole['CRB p90 (m)']:.2f} m")
+    err = run_of(text).error_map(maps.grid) if ran else None
+    left, right = st.columns([13, 6])
+    with left:
+        plan_editor(
+            key="maps_view",
+            data=editor.editor_data(
+                site_data_of(st.session_state.source[1]),
+                book().rows,
+                editable=False,
+                ack=0,
+                default_z=sc.gateways.defaults.z_m,
+                message=f"requirement: {req.text()}",
+                layer=editor.layer_for(maps, which, req, err),
+                max_height=620,
+                instance="maps",
+            ),
+        )
+    with right:
+        st.markdown("**Requirement by area** (* in scope)")
+        st.dataframe(
+            pd.DataFrame(rows).set_index("area"),
+            width="stretch",
+            key="req_table",
+            column_config={
+                "meets per cell": st.column_config.NumberColumn(format="percent"),
+                heard_key: st.column_config.NumberColumn(format="percent"),
+                "CRB p90 (m)": st.column_config.NumberColumn(format="%.2f"),
+            },
+        )
     st.caption(
         "Mean link budget from the scenario's path-loss model and the site plan's walls and racks "
         "(no shadowing or fading); a gateway hears a cell when that mean RSSI reaches its "
-        "sensitivity. "
-        "The Cramér-Rao bound (Patwari et al. 2003) is on RMSE; the measured map is RMSE per cell "
-        "by true position."
-        + ("" if has_run else " Run the simulation to add the measured error map.")
+        "sensitivity. The Cramér-Rao bound (Patwari et al. 2003) is on RMSE; the measured map is "
+        "RMSE per cell by true position. Colour classes are fixed, so the same colour means the "
+        "same value in every layout. Hover a cell for its value and the gateways that hear it."
+        + ("" if ran else " Run the simulation to add the measured error map.")
     )
 
 
 def view_run(sc: Scenario) -> None:
     active = book().active
     text = layout_text(sc, active)
+    budget_caption(sc, {active: text})
     if st.button(
         f"Run simulation ({st.session_state.duration:g} s simulated)", type="primary", key="run"
     ):
-        started = time.perf_counter()
-        run_with_progress(text, active)
-        st.session_state.last_run_s = time.perf_counter() - started
-    if text not in st.session_state.ran:
+        run_layouts(sc, {active: text}, "run")
+    found = replicates_of(text)
+    if found is None:
         st.info("Run the simulation to see estimates against ground truth.")
         return
-    view = run_of(text, st.session_state.ran[text])
+    view = run_of(text)
     m = view.metrics
     st.success(
-        f"Run finished: {len(view.fixes):,} fixes of {len(view.device_ids)} tags "
-        f"from {m['sightings']:,} sightings"
+        f"Run finished: {len(found)} seeds; the first (the scenario's own) has "
+        f"{len(view.fixes):,} fixes of {len(view.device_ids)} tags from {m['sightings']:,} sightings"
     )
-    c = st.columns(5)
-    c[0].metric("median error", f"{m['median_error_m']:.2f} m")
-    c[1].metric("p90 error", f"{m['p90_error_m']:.2f} m")
-    c[2].metric("zone accuracy", f"{m['zone_accuracy']:.1%}")
-    c[3].metric("truth inside r90", f"{m['r90_coverage']:.1%}")
-    c[4].metric("tags located", f"{m['device_coverage']:.1%}")
+    accuracy_metrics(found)
     times = view.times
     left, right = st.columns([3, 1])
     with right:
@@ -543,6 +703,19 @@ def view_run(sc: Scenario) -> None:
         st.plotly_chart(fig, width="stretch", key="play_fig")
     st.subheader("Events the rules raised")
     events_panel(view, text)
+
+
+def accuracy_metrics(found: list[reps.Replicate]) -> None:
+    """Each accuracy figure as the mean over the seeds with its 95 % interval."""
+    c = st.columns(len(reps.ACCURACY))
+    for col, (key, label, _lower, unit) in zip(c, reps.ACCURACY, strict=True):
+        iv = reps.t_interval([r.metrics[key] for r in found])
+        col.metric(label, reps.fmt(iv.mean, unit))
+        col.caption(
+            f"95 % CI {reps.fmt(iv.low, unit)} to {reps.fmt(iv.high, unit)}"
+            if iv.n > 1
+            else "one seed: no interval"
+        )
 
 
 def events_panel(view: backend.RunView, text: str) -> None:
@@ -593,6 +766,14 @@ def events_panel(view: backend.RunView, text: str) -> None:
     )
 
 
+CURRENCIES = ("EUR", "USD", "GBP", "CHF", "SEK", "PLN", "JPY", "units")
+
+
+def currency() -> str:
+    """The currency every money figure is labelled with (the ROI model is currency-free)."""
+    return str(st.session_state.get("currency", CURRENCIES[0]))
+
+
 def current_roi_inputs(sc: Scenario) -> RoiInputs:
     """The scenario's [roi] with the edits made in the ROI view (kept across views)."""
     return backend.roi_inputs(sc.roi, st.session_state.get("roi_changes", {}))
@@ -613,48 +794,118 @@ def view_compare(sc: Scenario) -> None:
         f"{inputs.project_fixed_cost:,.0f}, horizon {inputs.horizon_months} months)."
     )
     texts = {n: layout_text(sc, n) for n in chosen}
+    budget_caption(sc, texts)
     if st.button("Run comparison", type="primary", key="compare_run"):
-        for n, text in texts.items():
-            if text not in st.session_state.ran:
-                run_with_progress(text, n)
-    missing = [n for n, t in texts.items() if t not in st.session_state.ran]
+        run_layouts(sc, texts, "compare")
+    missing = [n for n, t in texts.items() if not has_run(t)]
     if missing:
         st.info(f"Not run yet: {', '.join(missing)}. Press Run comparison.")
-    which = st.radio("Map", list(figs.MAPS), horizontal=True, key="compare_map") or next(
-        iter(figs.MAPS)
-    )
-    cols = st.columns(max(len(chosen), 1))
-    rows = []
-    inputs_json = inputs.model_dump_json()
-    for col, n in zip(cols, chosen, strict=False):
+    req = requirement_widgets(sc)
+    kinds = list(editor.MAP_KINDS)[:4]
+    which = st.radio("Map", kinds, horizontal=True, key="compare_map") or kinds[0]
+    results: list[reps.LayoutResult] = []
+    chart_rows = []
+    site_text = st.session_state.source[1]
+    cols = st.columns(2)
+    for i, n in enumerate(chosen):
         text = texts[n]
-        has_run = text in st.session_state.ran
-        map_text = layout_text(sc, n, timed=False)
-        fig = map_figure(
-            st.session_state.source[1], map_text, text if has_run else None, which, n, 380
-        )
-        col.plotly_chart(fig, width="stretch", key=f"cmp_fig_{n}")
-        if has_run:
-            view = run_of(text, st.session_state.ran[text])
-            roi = roi_result(text, inputs_json)
-            rows.append(backend.layout_row(view, maps_of(map_text), roi) | {"layout": n})
-    if len(rows) >= 1:
-        table = pd.DataFrame(rows).set_index("layout")
-        st.dataframe(table, width="stretch", column_config=METRIC_COLUMNS, key="compare_table")
-    if len(rows) >= 2:
-        st.markdown(
-            "**Which layout wins on what**\n\n" + "\n".join(f"- {w}" for w in backend.winners(rows))
-        )
-        noisy = [f"{r['layout']} ({r['false_alarms']})" for r in rows if r["false_alarms"]]
-        if noisy:
-            st.warning(
-                "False alarms in the run, extrapolated to a daily rate by the ROI model: "
-                + ", ".join(noisy)
-                + f". From {st.session_state.duration:g} simulated seconds that rate is weak; "
-                "simulate longer before deciding on money."
+        ran = replicates_of(text)
+        maps = maps_of(layout_text(sc, n, timed=False))
+        area = area_report(maps, site(), req)
+        with cols[i % 2]:
+            st.markdown(
+                f"**{n}**: {len(book().layouts[n])} gateways · requirement "
+                f"{'met' if layout_meets(area, req) else 'not met'} · "
+                f"{area[0]['meets per cell']:.0%} of the floor meets it per cell"
             )
-        front = backend.pareto_front(rows)
-        st.plotly_chart(figs.cost_accuracy(rows, front), width="stretch", key="cost_fig")
+            plan_editor(
+                key=f"cmp_map_{i}",
+                data=editor.editor_data(
+                    site_data_of(site_text),
+                    book().layouts[n],
+                    editable=False,
+                    ack=0,
+                    default_z=sc.gateways.defaults.z_m,
+                    layer=editor.layer_for(maps, which, req),
+                    max_height=420,
+                    instance=f"cmp-{i}",
+                ),
+            )
+        if ran:
+            res = reps.layout_result(n, ran, inputs)
+            results.append(res)
+            payback = res.interval("payback_months").mean
+            chart_rows.append(
+                {
+                    "layout": n,
+                    "cost": res.capex,
+                    "median_error_m": res.interval("median_error_m").mean,
+                    "p90_error_m": res.interval("p90_error_m").mean,
+                    "payback_months": payback if math.isfinite(payback) else math.inf,
+                    "npv": res.interval("npv").mean,
+                }
+            )
+    if len(chosen) >= 2:
+        a_name = chosen[0]
+        b_name = st.selectbox("Difference map: B − A, with A = " + a_name, chosen[1:], key="diff_b")
+        diff = editor.difference_layer(
+            maps_of(layout_text(sc, a_name, timed=False)),
+            maps_of(layout_text(sc, b_name or chosen[1], timed=False)),
+            which,
+            req,
+        )
+        if diff is not None:
+            left, _ = st.columns([3, 1])
+            with left:
+                plan_editor(
+                    key="cmp_diff",
+                    data=editor.editor_data(
+                        site_data_of(site_text),
+                        book().layouts[b_name or chosen[1]],
+                        editable=False,
+                        ack=0,
+                        default_z=sc.gateways.defaults.z_m,
+                        layer=diff,
+                        max_height=480,
+                        instance="cmp-diff",
+                    ),
+                )
+    if results:
+        n_seeds = len(seeds(sc))
+        st.markdown(f"**Each layout over {n_seeds} seeds: mean (95 % interval)**")
+        st.dataframe(
+            pd.DataFrame(reps.comparison_table(results)).set_index("layout"),
+            width="stretch",
+            key="compare_table",
+        )
+        money_notes(results)
+    if len(results) >= 2:
+        st.markdown(
+            "**Which layout wins on what** (a winner only when the paired difference's 95 % "
+            "interval excludes zero)\n\n" + "\n".join(f"- {w}" for w in reps.verdicts(results))
+        )
+        st.markdown("**Paired differences, seed by seed (common random numbers)**")
+        st.dataframe(
+            pd.DataFrame(reps.differences(results)).set_index("B − A"),
+            width="stretch",
+            key="compare_diffs",
+        )
+        front = backend.pareto_front(chart_rows)
+        st.plotly_chart(figs.cost_accuracy(chart_rows, front), width="stretch", key="cost_fig")
+
+
+def money_notes(results: list[reps.LayoutResult]) -> None:
+    """Say where the money figures take false alarms from, and what the worst case costs."""
+    for r in results:
+        fa = r.money["false_alarms"]
+        if r.money["false_alarms_from_design"]:
+            worst = reps.t_interval(r.money["npv_at_upper_false_alarms"]).mean
+            st.caption(
+                f"{r.name}: false alarms {fa.count} in {fa.exposure * 1000:,.1f} tag-days: "
+                f"{fa.text()}; NPV and payback use the rules' design rate "
+                f"({reps.DESIGN_FALSE_ALARMS:g} per day per 1,000 tags) instead. At the upper "
+                f"bound NPV would be {reps.fmt(worst, 'money')}: simulate longer to narrow it."
+            )
 
 
 ROI_GROUPS = {
@@ -738,11 +989,6 @@ def roi_input_widgets(sc: Scenario, fleet: int) -> RoiInputs:
     return inputs
 
 
-def view_false_alarms(text: str) -> int:
-    """Unexplained alarms of a run (what the ROI model's false-alarm rate is built on)."""
-    return int(run_of(text).rule_scores.get("false_alarms") or 0)
-
-
 def _step(v: float) -> float:
     return 10 ** math.floor(math.log10(abs(v))) / 10 if v else 0.01
 
@@ -752,7 +998,9 @@ def view_roi(sc: Scenario) -> None:
     text = layout_text(sc, active)
     fleet = sum(g.count for g in sc.tags)
     inputs = roi_input_widgets(sc, fleet)
-    if text not in st.session_state.ran:
+    found = replicates_of(text)
+    if found is None:
+        budget_caption(sc, {active: text})
         st.info(
             f"The ROI model needs what a run of layout “{active}” measures (theft recall, zone "
             "accuracy, tags located, count accuracy, false alarms). Run it here or in Run & "
@@ -760,36 +1008,37 @@ def view_roi(sc: Scenario) -> None:
         )
         if st.button(
             f"Run simulation ({st.session_state.duration:g} s simulated)", key="roi_run"
-        ):
-            run_with_progress(text, active)
+        ) and run_layouts(sc, {active: text}, "roi"):
             st.rerun()
         return
     roi = roi_result(text, inputs.model_dump_json())
     cases, m = roi["cases"], roi["measured"]
     base = cases["base"]
     st.subheader(f"Return on investment, layout “{active}”, over {inputs.horizon_months} months")
+    res = reps.layout_result(active, found, inputs)
+    cur = currency()
     c = st.columns(5)
-    pb = base["payback_month"]
-    c[0].metric(
-        "payback month",
-        str(pb) if pb is not None else "never",
-        f"{base['payback_months_exact']:.2f} months exact" if pb is not None else None,
-        delta_color="off",
+    pb = res.interval("payback_months")
+    npv = res.interval("npv")
+    c[0].metric("payback", reps.fmt(pb.mean, "months"))
+    c[0].caption(
+        f"95 % CI {reps.fmt(pb.low, 'months')} to {reps.fmt(pb.high, 'months')}"
+        if math.isfinite(pb.low)
+        else ("never pays back within the horizon" if not math.isfinite(pb.mean) else "one seed")
     )
-    c[1].metric("NPV", f"{base['npv']:,.0f}")
-    c[2].metric("capex", f"{base['capex']:,.0f}")
-    c[3].metric("net / month", f"{base['net_per_month']:,.0f}")
-    c[4].metric("TCO", f"{base['tco']:,.0f}")
-    fa = view_false_alarms(text)
-    if fa:
-        st.warning(
-            f"{fa} false alarm{'s' * (fa > 1)} in {st.session_state.duration:g} simulated seconds "
-            f"extrapolate to {m['false_alarms_per_day_per_1000_tags']:,.0f} per day per 1,000 "
-            "tags, and their handling cost dominates the result. A rate from so few events is "
-            "weak (docs/roi.md): simulate longer before trusting it."
-        )
+    c[1].metric(f"NPV ({cur})", reps.fmt(npv.mean, "money"))
+    c[1].caption(
+        f"95 % CI {reps.fmt(npv.low, 'money')} to {reps.fmt(npv.high, 'money')} over {npv.n} seeds"
+        if math.isfinite(npv.low)
+        else "one seed: no interval"
+    )
+    c[2].metric(f"capex ({cur})", f"{base['capex']:,.0f}")
+    c[3].metric(f"net / month ({cur})", f"{base['net_per_month']:,.0f}")
+    c[4].metric(f"TCO ({cur})", f"{base['tco']:,.0f}")
+    money_notes([res])
     st.caption(
-        f"Measured by the run ({st.session_state.duration:g} s simulated): theft recall "
+        f"Measured by the runs ({len(found)} seeds of {st.session_state.duration:g} s simulated, "
+        "means): theft recall "
         f"{m['theft_recall']:.3f}"
         + (
             f" (Wilson {m['theft_recall_low']:.2f}-{m['theft_recall_high']:.2f})"
@@ -798,7 +1047,7 @@ def view_roi(sc: Scenario) -> None:
         )
         + f", zone accuracy {m['zone_accuracy']:.3f}, tags located {m['coverage']:.3f}, "
         f"count accuracy {m['count_accuracy']:.3f}, false alarms "
-        f"{m['false_alarms_per_day_per_1000_tags']:g} per day per 1,000 tags; "
+        f"{res.money['false_alarms'].text()} per day per 1,000 tags; "
         f"{m['tags']} tags, {m['gateways']} gateways."
     )
     table = pd.DataFrame(
@@ -940,7 +1189,6 @@ def live_positions() -> None:
 
 def main() -> None:
     st.set_page_config(page_title="TagTwin planner", layout="wide")
-    st.session_state.setdefault("ran", {})
     picked = base_scenario()
     if picked is None:
         return
@@ -954,6 +1202,16 @@ def main() -> None:
         format="%.0f",
         help="shorter than the scenario's for a quick look",
     )
+    st.sidebar.number_input(
+        "seeds per layout",
+        min_value=1,
+        max_value=10,
+        value=reps.DEFAULT_SEEDS,
+        key="n_seeds",
+        help="every layout runs with the same seeds (common random numbers), in parallel; "
+        "95 % intervals need 2 or more",
+    )
+    st.sidebar.selectbox("currency", CURRENCIES, key="currency")
     b = book()
     st.session_state.layout_pick = b.active  # the widget follows edits that change the layout
     st.sidebar.selectbox("Layout", list(b.layouts), key="layout_pick", on_change=on_pick_layout)

@@ -10,7 +10,7 @@ every layout and in a comparison), discrete because planners decide on threshold
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from planner.backend import CoverageMaps
     from planner.layouts import GatewayRow
+    from planner.requirements import Requirement
     from siteplan.model import SiteModel
 
 HERE = Path(__file__).resolve().parent
@@ -61,39 +62,58 @@ class Classes:
 # Shared scales (classes chosen at the thresholds planners quote).
 CLASSES: dict[str, Classes] = {
     "gateways hearing": Classes(
-        "gateways hearing", "",
+        "gateways hearing",
+        "",
         (1, 2, 3, 4, 5),
         ("#b2182b", "#ef8a62", "#fddbc7", "#d1e5f0", "#67a9cf", "#2166ac"),
-        ("0", "1", "2", "3", "4", "5+"), "#999999", "-",
+        ("0", "1", "2", "3", "4", "5+"),
+        "#999999",
+        "-",
     ),
     "best RSSI (dBm)": Classes(
-        "best RSSI", "dBm",
+        "best RSSI",
+        "dBm",
         (-95, -90, -85, -80, -75, -70),
         ("#67001f", "#d6604d", "#fddbc7", "#e0f3f8", "#92c5de", "#4393c3", "#053061"),
         ("< -95", "-95…-90", "-90…-85", "-85…-80", "-80…-75", "-75…-70", "≥ -70"),
-        "#999999", "no gateway",
+        "#999999",
+        "no gateway",
     ),
     "Cramér-Rao bound (m)": Classes(
-        "CRB", "m",
+        "CRB",
+        "m",
         (1, 2, 3, 5, 10),
         ("#1a9850", "#91cf60", "#d9ef8b", "#fee08b", "#fc8d59", "#d73027"),
-        ("< 1", "1–2", "2–3", "3–5", "5–10", "≥ 10"), "#7f0000", "no bound (< 2 heard)",
+        ("< 1", "1–2", "2–3", "3–5", "5–10", "≥ 10"),
+        "#7f0000",
+        "no bound (< 2 heard)",
     ),
     "measured error RMSE (m)": Classes(
-        "error RMSE", "m",
+        "error RMSE",
+        "m",
         (1, 2, 3, 5, 10),
         ("#1a9850", "#91cf60", "#d9ef8b", "#fee08b", "#fc8d59", "#d73027"),
-        ("< 1", "1–2", "2–3", "3–5", "5–10", "≥ 10"), "#dddddd", "no fix",
+        ("< 1", "1–2", "2–3", "3–5", "5–10", "≥ 10"),
+        "#dddddd",
+        "no fix",
     ),
     "requirement": Classes(
-        "requirement", "", (0.5,), ("#d73027", "#1a9850"), ("not met", "met"), "#dddddd", "-",
+        "requirement",
+        "",
+        (0.5,),
+        ("#d73027", "#1a9850"),
+        ("not met", "met"),
+        "#dddddd",
+        "-",
     ),
     "difference": Classes(  # B - A of a lower-is-better metric: blue is better for B
-        "B − A", "",
+        "B − A",
+        "",
         (-2, -0.5, 0.5, 2),
         ("#2166ac", "#92c5de", "#f7f7f7", "#f4a582", "#b2182b"),
         ("much better in B", "better in B", "about equal", "worse in B", "much worse in B"),
-        "#bbbbbb", "undefined",
+        "#bbbbbb",
+        "undefined",
     ),
 }
 MAP_KEYS = {
@@ -108,7 +128,9 @@ def site_data(site: SiteModel) -> dict[str, Any]:
     racks and walls, as coordinate lists in metres."""
     minx, miny, maxx, maxy = site.outline.bounds
     zones = []
-    for name, role, poly in zip(site.zones.names, site.zones.roles, site.zones.polygons, strict=True):
+    for name, role, poly in zip(
+        site.zones.names, site.zones.roles, site.zones.polygons, strict=True
+    ):
         zones.append(
             {
                 "name": name,
@@ -133,9 +155,15 @@ def _label_spots(poly: shapely.Polygon) -> list[list[float]]:
     centre = poly.centroid if poly.contains(poly.centroid) else poly.representative_point()
     minx, miny, maxx, maxy = poly.bounds
     dx, dy = min(2.5, (maxx - minx) / 4), min(1.0, (maxy - miny) / 4)
-    spots = [(centre.x, centre.y), (centre.x, maxy - dy), (centre.x, miny + dy),
-             (minx + 2 * dx, maxy - dy), (maxx - 2 * dx, maxy - dy),
-             (minx + 2 * dx, miny + dy), (maxx - 2 * dx, miny + dy)]
+    spots = [
+        (centre.x, centre.y),
+        (centre.x, maxy - dy),
+        (centre.x, miny + dy),
+        (minx + 2 * dx, maxy - dy),
+        (maxx - 2 * dx, maxy - dy),
+        (minx + 2 * dx, miny + dy),
+        (maxx - 2 * dx, miny + dy),
+    ]
     return [[round(x, 2), round(y, 2)] for x, y in spots if poly.contains(shapely.Point(x, y))] or [
         [round(centre.x, 2), round(centre.y, 2)]
     ]
@@ -161,7 +189,10 @@ def map_layer(
         None if not ok or not math.isfinite(v) else round(float(v), digits)
         for v, ok in zip(flat.tolist(), inside.tolist(), strict=True)
     ]
-    heard = [np.flatnonzero(row).tolist() if ok else [] for row, ok in zip(maps.heard, inside, strict=True)]
+    heard = [
+        np.flatnonzero(row).tolist() if ok else []
+        for row, ok in zip(maps.heard, inside, strict=True)
+    ]
     layer: dict[str, Any] = {
         "x0": maps.grid.x0,
         "y0": maps.grid.y0,
@@ -173,6 +204,7 @@ def map_layer(
         "values": shown,
         "label": classes.label + (f" ({classes.unit})" if classes.unit else ""),
         "heard": heard,
+        "legend": [[c, n] for c, n in classes.legend()],
     }
     if passed is not None:
         layer["pass"] = passed.ravel().astype(int).tolist()
@@ -189,13 +221,15 @@ def editor_data(
     message: str = "",
     layer: dict[str, Any] | None = None,
     max_height: int = 640,
+    instance: str = "plan",
 ) -> dict[str, Any]:
     """Everything one render of the editor needs. ``ack`` changes whenever Python has
     handled an edit (applied or refused), which is how the browser knows it may edit again."""
     return {
         **site,
         "gateways": [
-            {"id": r["id"], "x": float(r["x"]), "y": float(r["y"]), "z": float(r["z"])} for r in rows
+            {"id": r["id"], "x": float(r["x"]), "y": float(r["y"]), "z": float(r["z"])}
+            for r in rows
         ],
         "editable": editable,
         "ack": ack,
@@ -203,4 +237,78 @@ def editor_data(
         "message": message,
         "layer": layer,
         "max_height": max_height,
+        "instance": instance,
     }
+
+
+MAP_KINDS = (
+    "requirement (pass/fail)",
+    "gateways hearing at the requirement's dBm",
+    "best RSSI (dBm)",
+    "Cramér-Rao bound (m)",
+    "measured error RMSE (m)",
+)
+
+
+def layer_for(
+    maps: CoverageMaps,
+    kind: str,
+    req: Requirement,
+    error_map: NDArray[np.float64] | None = None,
+) -> dict[str, Any] | None:
+    """The layer of one map kind, on its shared classes; the requirement's per-cell verdict
+    rides along for hover on every kind."""
+    from planner.requirements import cell_pass, gateways_at
+
+    passed = cell_pass(maps, req)
+    if kind == "requirement (pass/fail)":
+        return map_layer(maps, passed.astype(float), CLASSES["requirement"], passed, digits=0)
+    if kind == "gateways hearing at the requirement's dBm":
+        classes = replace(CLASSES["gateways hearing"], label=f"gateways at ≥ {req.at_dbm:g} dBm")
+        return map_layer(maps, gateways_at(maps, req.at_dbm), classes, passed, digits=0)
+    if kind == "best RSSI (dBm)":
+        return map_layer(maps, maps.best_rssi_dbm, CLASSES[kind], passed)
+    if kind == "Cramér-Rao bound (m)":
+        return map_layer(maps, maps.crb_m, CLASSES[kind], passed, digits=2)
+    if kind == "measured error RMSE (m)" and error_map is not None:
+        return map_layer(maps, error_map, CLASSES[kind], passed, digits=2)
+    return None
+
+
+DIFFERENCE_OF = {  # kind -> (value in layer A/B, lower is better)
+    "gateways hearing at the requirement's dBm": True,
+    "best RSSI (dBm)": False,
+    "Cramér-Rao bound (m)": True,
+}
+
+
+def difference_layer(
+    a: CoverageMaps, b: CoverageMaps, kind: str, req: Requirement
+) -> dict[str, Any] | None:
+    """B − A of one map (same grid: the same site), coloured so blue always means "better
+    in B" whichever way the metric runs; hover shows the signed B − A value."""
+    from planner.requirements import cell_pass, gateways_at
+
+    if kind == "requirement (pass/fail)":
+        va, vb = cell_pass(a, req).astype(float), cell_pass(b, req).astype(float)
+        lower = False
+    elif kind == "gateways hearing at the requirement's dBm":
+        va, vb, lower = gateways_at(a, req.at_dbm), gateways_at(b, req.at_dbm), False
+    elif kind == "best RSSI (dBm)":
+        va, vb, lower = a.best_rssi_dbm, b.best_rssi_dbm, False
+    elif kind == "Cramér-Rao bound (m)":
+        cap = 20.0  # "no bound" counts as 20 m, so gaining or losing a bound still shows
+        va, vb = np.minimum(np.nan_to_num(a.crb_m, nan=cap, posinf=cap), cap), np.minimum(
+            np.nan_to_num(b.crb_m, nan=cap, posinf=cap), cap
+        )
+        lower = True
+    else:
+        return None
+    diff = np.where(a.inside, vb - va, np.nan)
+    oriented = diff if lower else -diff
+    layer = map_layer(a, oriented, CLASSES["difference"], digits=2)
+    layer["values"] = [
+        None if v is None else round(-v if not lower else v, 2) for v in layer["values"]
+    ]
+    layer["label"] = f"B − A, {kind}"
+    return layer

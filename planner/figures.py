@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import NDArray
 
-    from planner.backend import CoverageMaps, GatewayRow, RunView
+    from planner.backend import GatewayRow, RunView
     from siteplan.model import SiteModel
 
 CIRCLE_POINTS = 24
@@ -146,56 +146,6 @@ def floorplan(
             "zeroline": False,
         },
     )
-    return fig
-
-
-MAPS = {
-    "best RSSI (dBm)": ("best_rssi_dbm", "Viridis", None),
-    "gateways hearing": ("n_heard", "Blues", None),
-    "Cramér-Rao bound (m)": ("crb_m", "RdYlGn_r", (0.0, 10.0)),
-    "measured error RMSE (m)": ("error", "RdYlGn_r", (0.0, 10.0)),
-}
-
-
-def add_map(fig: go.Figure, maps: CoverageMaps, which: str, error_map: Any = None) -> go.Figure:
-    """Overlay one map under the plan; the gateways-hearing map outlines the 3+ area."""
-    key, scale, zrange = MAPS[which]
-    z = error_map if key == "error" else getattr(maps, key)
-    if z is None:
-        return fig
-    z = np.where(np.isfinite(z), z, np.nan if key != "crb_m" else (zrange or (0, 10))[1])
-    z = np.where(maps.inside, z, np.nan)
-    heat = go.Heatmap(
-        x=maps.xs(),
-        y=maps.ys(),
-        z=z,
-        colorscale=scale,
-        opacity=0.75,
-        name=which,
-        colorbar={"title": {"text": which, "side": "right"}, "len": 0.8},
-        hovertemplate=f"x %{{x:.1f}}, y %{{y:.1f}}<br>{which}: %{{z:.1f}}<extra></extra>",
-    )
-    if zrange:
-        heat.update(zmin=zrange[0], zmax=zrange[1])
-    fig.add_trace(heat)
-    fig.data = (fig.data[-1], *fig.data[:-1])  # under the plan
-    for trace in fig.data:
-        if trace.legendgroup == "zones":  # zones as a faint tint, so the map reads through
-            trace.opacity = 0.2
-    if key == "n_heard":
-        fig.add_trace(
-            go.Contour(
-                x=maps.xs(),
-                y=maps.ys(),
-                z=np.nan_to_num(maps.n_heard, nan=0.0),
-                contours={"start": 2.5, "end": 2.5, "size": 1, "coloring": "none"},
-                line={"color": "#d62828", "width": 2, "dash": "dash"},
-                showscale=False,
-                name="3+ gateways boundary",
-                hoverinfo="skip",
-                showlegend=True,
-            )
-        )
     return fig
 
 

@@ -146,7 +146,11 @@ class LayoutBook:
         return what + forked
 
     def edit(
-        self, op: str, *, gateway: str | None = None, xy: tuple[float, float] | None = None,
+        self,
+        op: str,
+        *,
+        gateway: str | None = None,
+        xy: tuple[float, float] | None = None,
         default_z: float = 3.0,
     ) -> str:
         rows, message = apply_edit(self.rows, op, gateway=gateway, xy=xy, default_z=default_z)
@@ -197,7 +201,9 @@ class LayoutBook:
         return json.dumps({"version": 1, "active": self.active, "layouts": own}, indent=1)
 
     @classmethod
-    def from_json(cls, text: str, base: list[GatewayRow], source: str = "layouts file") -> LayoutBook:
+    def from_json(
+        cls, text: str, base: list[GatewayRow], source: str = "layouts file"
+    ) -> LayoutBook:
         """A book saved by :meth:`to_json`; a bad file raises LayoutError naming the field."""
         try:
             data = json.loads(text)
@@ -208,12 +214,19 @@ class LayoutBook:
         layouts: dict[str, list[GatewayRow]] = {}
         for name, rows in data["layouts"].items():
             if name == BASE_LAYOUT or not isinstance(rows, list) or not rows:
-                raise LayoutError(f"{source}: layouts.{name}: expected a non-empty list of gateways")
+                raise LayoutError(
+                    f"{source}: layouts.{name}: expected a non-empty list of gateways"
+                )
             clean = []
             for i, r in enumerate(rows):
                 try:
                     clean.append(
-                        {"id": str(r["id"]), "x": float(r["x"]), "y": float(r["y"]), "z": float(r["z"])}
+                        {
+                            "id": str(r["id"]),
+                            "x": float(r["x"]),
+                            "y": float(r["y"]),
+                            "z": float(r["z"]),
+                        }
                     )
                 except (KeyError, TypeError, ValueError):
                     raise LayoutError(

@@ -12,7 +12,7 @@
 // hear it. Module-level state (mode, selection) survives Streamlit's re-renders.
 
 const NS = "http://www.w3.org/2000/svg";
-const ui = { mode: "select", selected: null, busyAck: null, busySince: 0 };
+const states = {}; // per instance (data.instance): the plan editor and each read-only map
 
 function el(name, attrs, parent) {
   const e = document.createElementNS(NS, name);
@@ -27,6 +27,7 @@ function pathOf(coords, X, Y) {
 
 export default function (component) {
   const { data, parentElement, setTriggerValue } = component;
+  const ui = (states[data.instance || "plan"] ||= { mode: "select", selected: null, busyAck: null, busySince: 0 });
   const root = parentElement.querySelector(".plan-editor");
   root.innerHTML = "";
   if (ui.busyAck !== null && data.ack !== ui.busyAck) ui.busyAck = null; // Python answered
@@ -94,6 +95,13 @@ export default function (component) {
   const readout = document.createElement("div");
   readout.className = "readout";
   root.appendChild(readout);
+  if (data.layer && data.layer.legend) {
+    const legend = document.createElement("div");
+    legend.className = "legend";
+    legend.innerHTML = `<b>${data.layer.label}</b> ` + data.layer.legend
+      .map(([c, n]) => `<span class="key"><i style="background:${c}"></i>${n}</span>`).join("");
+    root.appendChild(legend);
+  }
 
   // -- the plan: floor, layer, zones, racks, walls -------------------------------------
   el("path", { d: pathOf(data.outline, X, Y) + " Z", class: "floor" }, svg);
@@ -157,7 +165,11 @@ export default function (component) {
       el("circle", { cx: X(g.x), cy: Y(g.y), r: r * 1.6, class: "hit" }, grp); // a generous target
       const tri = `${X(g.x)},${Y(g.y) - r} ${X(g.x) - r * 0.9},${Y(g.y) + r * 0.6} ${X(g.x) + r * 0.9},${Y(g.y) + r * 0.6}`;
       el("polygon", { points: tri, class: "mark", "stroke-width": px(1.5) }, grp);
-      const t = el("text", { x: X(g.x) + r, y: Y(g.y) - r * 0.7, class: "gw-label", "font-size": px(11) }, grp);
+      const right = X(g.x) + px(14 + 6.5 * g.id.length) > W; // near the right edge: label to the left
+      const t = el("text", {
+        x: right ? X(g.x) - r : X(g.x) + r, y: Y(g.y) - r * 0.7, class: "gw-label", "font-size": px(11),
+        "text-anchor": right ? "end" : "start",
+      }, grp);
       t.textContent = g.id;
     }
   }
@@ -169,7 +181,7 @@ export default function (component) {
     delSel.textContent = ui.selected ? `Delete ${ui.selected}` : "Delete selected";
     root.classList.toggle("busy", busy);
     wrap.dataset.mode = ui.mode;
-    hint.textContent = busy ? "saving…" : {
+    hint.textContent = !editable ? "hover the plan to read a cell and the gateways that hear it" : busy ? "saving…" : {
       select: "Select: click a gateway to read it (nothing changes)",
       move: "Move: drag a gateway",
       add: "Add: click the floor",
@@ -253,6 +265,7 @@ export default function (component) {
         const heard = (layer.heard[k] || []).map((i) => data.gateways[i] ? data.gateways[i].id : "?");
         text += `<br>heard by ${heard.length}: ${heard.join(", ") || "none"}`;
         if (layer.pass) text += `<br>requirement: ${layer.pass[k] ? "met" : "NOT met"}`;
+        if (layer.extra) text += `<br>${layer.extra[k]}`;
       }
     }
     const box = wrap.getBoundingClientRect();

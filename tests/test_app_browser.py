@@ -43,6 +43,9 @@ FOR_DOCS = {
     "playback": "planner-playback.png",
     "maps": "planner-maps.png",
     "compare": "planner-compare.png",
+    "compare-table": "planner-compare-table.png",
+    "cancelled": "planner-cancel.png",
+    "autoplace": "planner-autoplace.png",
     "edit": "planner-edit.png",
     "animate": "planner-animate.png",
     "roi": "planner-roi.png",
@@ -52,6 +55,35 @@ FOR_DOCS = {
 INCIDENTS_RUN_S = 200  # demo_incidents: thefts from t = 120 s on
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
+SERVER_PID: dict[str, int] = {}  # url -> the streamlit we started
+
+
+def child_pids(pid: int) -> list[int]:
+    """The run workers a process started (spawned interpreters, not multiprocessing's
+    resource tracker, which lives as long as the server), from /proc."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            try:
+                cmd = Path(f"/proc/{kid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"spawn_main" in cmd:
+                out.append(kid)
+    return out
+
+
+def wait_for(predicate, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def _free_port() -> int:
@@ -86,7 +118,7 @@ def server(tmp_path_factory):
     }
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    SERVER_PID[url := f"http://127.0.0.1:{port}"] = proc.pid
     try:
         _wait_healthy(url, proc)
         yield url
@@ -122,9 +154,14 @@ def page(server, tmp_path_factory):
             ctx.close()
 
 
-def shot(pg, name: str) -> Path:
+def shot(pg, name: str, focus=None) -> Path:
+    """A 1440x900 picture of what the planner sees, scrolled to ``focus`` (a locator) if
+    given: Streamlit scrolls inside its main pane, so a full-page shot adds nothing."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"planner-{name}.png"
+    if focus is not None:
+        focus.first.scroll_into_view_if_needed()
+        focus.first.evaluate("(e) => e.scrollIntoView({block: 'start'})")
     pg.wait_for_timeout(600)  # let plotly finish its transition before the picture
     pg.screenshot(path=str(path), full_page=True)
     # The docs' screenshots are refreshed on request, so a test run leaves the tree clean:
@@ -306,6 +343,45 @@ def test_plan_editing_by_direct_manipulation(page, server):
     pg.get_by_text("layout “as in scenario” · 10 gateways").wait_for()
     idle(pg)
     no_exceptions(pg)
+
+    # Auto-placement: the fewest gateways meeting the requirement, as a new editable layout.
+    pg.get_by_text("Auto-placement").click()
+    t0 = time.perf_counter()
+    pg.get_by_role("button", name="Place gateways").click()
+    said = pg.get_by_text(re.compile(r"“auto fewest 1”: \d+ gateways meet the requirement"))
+    said.wait_for()
+    timings["auto_place_fewest_s"] = time.perf_counter() - t0
+    idle(pg)
+    n_auto = int(re.search(r"(\d+) gateways meet", said.inner_text())[1])
+    assert header(pg).endswith(f"layout “auto fewest 1” · {n_auto} gateways")
+    assert pg.locator(".plan-editor .gw").count() == n_auto
+    shot(pg, "autoplace")
+    pg.get_by_text("Remove layout “auto fewest 1”").click()
+    pg.get_by_role("button", name="Remove “auto fewest 1”").click()
+    pg.get_by_text("layout “as in scenario” · 10 gateways").wait_for()
+    idle(pg)
+
+    # A run states its cost first; Cancel stops it and its workers; so does leaving the view.
+    view(pg, "Run & playback")
+    pg.get_by_text(re.compile(r"3 seeds per layout, shared between layouts .* To run: 3 runs")).wait_for()
+    pid = SERVER_PID[server]
+    for leave in (False, True):
+        pg.get_by_role("button", name=re.compile(r"Run simulation \(600 s simulated\)")).click()
+        pg.get_by_text(re.compile(r"of 3 runs done|starting 3 runs")).first.wait_for()
+        assert wait_for(lambda: len(child_pids(pid)) >= 1, 30)
+        if leave:
+            view(pg, "Coverage maps")
+            pg.get_by_text("floor heard by 3+ at -90 dBm").wait_for()
+        else:
+            pg.get_by_role("button", name="Cancel run").click()
+            pg.get_by_text("The last run was cancelled; its workers were stopped.").wait_for()
+        t0 = time.perf_counter()
+        assert wait_for(lambda: not child_pids(pid), 30), child_pids(pid)
+        timings[f"{'leave' if leave else 'cancel'}_to_workers_gone_s"] = time.perf_counter() - t0
+        idle(pg)
+        if not leave:
+            shot(pg, "cancelled")
+    no_exceptions(pg)
     print("\nPLANNER_EDIT_TIMINGS " + json.dumps({k: round(v, 3) for k, v in timings.items()}))
 
 
@@ -322,6 +398,10 @@ def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     duration = pg.get_by_label("simulated duration (s)", exact=True)
     duration.fill(str(RUN_S))
     duration.press("Enter")
+    idle(pg)
+    seeds = pg.get_by_label("seeds per layout", exact=True)
+    seeds.fill("2")
+    seeds.press("Enter")
     idle(pg)
     no_exceptions(pg)
     shot(pg, "plan")
@@ -346,7 +426,7 @@ def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     events = re.search(r"([\d,]+) events from rule set “default-1”", body)
     assert events and int(events[1].replace(",", "")) > 0, body[-2000:]
     assert "injects no incidents" in body
-    shot(pg, "playback")
+    shot(pg, "playback", pg.get_by_text("Run finished:"))
 
     # The animated playback runs in the browser: Play moves the time slider on its own.
     pg.get_by_text("animate (press Play on the plot)").click()
@@ -366,16 +446,24 @@ def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     # View switches: the run is cached, so each is a rerun without simulating.
     t0 = time.perf_counter()
     view(pg, "Coverage maps")
-    pg.get_by_text("floor heard by 3+ gateways").wait_for()
-    pg.locator(".js-plotly-plot").first.wait_for()
+    pg.get_by_text("floor heard by 3+ at -90 dBm").wait_for()
+    pg.locator(".plan-editor .legend").filter(has_text="requirement").wait_for()
     idle(pg)
     timings["view_switch_to_maps_s"] = time.perf_counter() - t0
     pg.locator('[data-testid="stMain"] [data-testid="stRadio"] label').filter(
         has_text="gateways hearing"
     ).click()
-    pg.locator(".js-plotly-plot").filter(has_text="3+ gateways boundary").wait_for()
+    pg.locator(".plan-editor .legend").filter(has_text="gateways at ≥ -90 dBm").wait_for()
     idle(pg)
-    shot(pg, "maps")
+    # Hover reads the cell: its count, the gateways that hear it, the requirement there.
+    pg.mouse.move(*plan_to_page(pg, 20.0, 14.0))
+    tip = pg.locator(".plan-editor .tip").inner_text()
+    assert tip.startswith("x 20.0 m, y 14.0 m"), tip
+    heard = re.search(r"heard by (\d+): (.+)", tip)
+    assert heard and len(heard[2].split(", ")) == int(heard[1]), tip
+    assert re.search(r"requirement: (met|NOT met)", tip)
+    assert "measured error RMSE (m)" in pg.locator('[data-testid="stMain"]').inner_text()
+    shot(pg, "maps", pg.locator('[data-testid="stMain"] [data-testid="stRadio"]'))
     t0 = time.perf_counter()
     view(pg, "Run & playback")
     pg.get_by_text("Run finished:").wait_for()
@@ -396,18 +484,24 @@ def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     idle(pg)
     no_exceptions(pg)
     body = pg.locator("body").inner_text()
-    assert "capex: grid 10 m wins" in body or "capex: as in scenario wins" in body
-    assert re.search(r"NPV: .+ wins \(-?[\d,]+ vs -?[\d,]+ for .+\)", body), body[-3000:]
-    assert "median error (m):" in body
+    assert "capex: grid 10 m is cheaper" in body or "capex: as in scenario is cheaper" in body
+    assert re.search(r"NPV: (.+ wins|no significant difference between .+) \(.+95 % CI", body), body[-3000:]
+    assert re.search(r"median error: (.+ wins|no significant difference between)", body)
+    assert "Paired differences, seed by seed" in body
     assert "cost vs accuracy" in body
     table = pg.locator('[data-testid="stDataFrame"]').first
     table.wait_for()
-    assert pg.locator(".js-plotly-plot").count() == 3  # two layouts' maps and the chart
-    shot(pg, "compare")
+    assert pg.locator(".js-plotly-plot").count() == 1  # the cost chart
+    assert pg.locator(".plan-editor svg").count() == 3  # two layouts' maps and B − A
+    shot(pg, "compare", pg.get_by_text("Map", exact=True))
+    shot(pg, "compare-table", pg.get_by_text("Each layout over"))
 
     t0 = time.perf_counter()
     view(pg, "ROI")
-    pg.get_by_text("Best, base and worst case").wait_for()
+    try:
+        pg.get_by_text("Best, base and worst case").wait_for()
+    finally:
+        pg.screenshot(path=str(ARTIFACTS / "planner-roi-wait.png"), full_page=True)
     pg.locator(".js-plotly-plot").filter(has_text="cumulative cash").wait_for()
     idle(pg)
     timings["view_switch_to_roi_s"] = time.perf_counter() - t0
@@ -420,12 +514,12 @@ def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     }
     # The active layout's capex at the documented defaults: 200 x 12 + n x (150 + 120) + 5,000.
     n_gw = int(re.search(r"layout “grid 10 m” · (\d+) gateways", pg.locator("body").inner_text())[1])
-    assert metrics["capex"] == f"{200 * 12 + n_gw * 270 + 5000:,}"
-    assert re.fullmatch(r"-?[\d,]+", metrics["NPV"]), metrics
-    assert re.fullmatch(r"\d+|never", metrics["payback month"]), metrics
+    assert metrics["capex (EUR)"] == f"{200 * 12 + n_gw * 270 + 5000:,}"
+    assert re.fullmatch(r"-?[\d,]+", metrics["NPV (EUR)"]), metrics
+    assert re.fullmatch(r"[\d.]+ months|never", metrics["payback"]), metrics
     assert "Sensitivity: each input and measured metric -/+ 20 %" in pg.locator("body").inner_text()
     assert pg.locator('[data-testid="stDataFrame"]').count() >= 3  # cases, sensitivity, items
-    shot(pg, "roi")
+    shot(pg, "roi", pg.get_by_text("Return on investment, layout"))
 
 
     # Live: the server's core (as `tagtwin serve`) on a real mosquitto, fed by the twin.
@@ -470,7 +564,7 @@ def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     assert incidents > 0 and 0.9 <= recall <= 1.0 and 0.9 <= precision <= 1.0
     assert recall == pytest.approx(detected / incidents, abs=1e-3)
     print(f"\nPLANNER_EXIT_SCORES precision {precision} recall {recall} ({detected}/{incidents})")
-    shot(pg, "events")
+    shot(pg, "events", pg.get_by_text("Events the rules raised"))
 
     # A broken upload is refused with the file and field named.
     pg.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
