@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine.roi import RoiInputs
-from planner import backend, editor
+from planner import backend, editor, report
 from planner import figures as figs
 from planner import replicates as reps
 from planner.layouts import BASE_LAYOUT, LayoutBook, LayoutError, layouts_file, workspace_path, workspace_root
@@ -1050,38 +1050,19 @@ def view_roi(sc: Scenario) -> None:
         f"{res.money['false_alarms'].text()} per day per 1,000 tags; "
         f"{m['tags']} tags, {m['gateways']} gateways."
     )
-    table = pd.DataFrame(
-        [
-            {
-                "case": name,
-                "capex": cases[name]["capex"],
-                "opex / month": cases[name]["opex_per_month"],
-                "benefit / month": cases[name]["benefit_per_month"],
-                "payback month": cases[name]["payback_month"],
-                "payback (exact)": cases[name]["payback_months_exact"],
-                "NPV": cases[name]["npv"],
-                "TCO": cases[name]["tco"],
-            }
-            for name in ("worst", "base", "best")
-        ]
-    )
+    horizon = inputs.horizon_months
     left, right = st.columns([3, 2])
     with left:
         st.markdown("**Best, base and worst case**")
         st.dataframe(
-            table,
+            pd.DataFrame(report.cases_rows(roi, cur, horizon)),
             hide_index=True,
             width="stretch",
             key="roi_cases",
-            column_config={
-                k: st.column_config.NumberColumn(k, format="%.0f")
-                for k in ("capex", "opex / month", "benefit / month", "NPV", "TCO")
-            }
-            | {"payback (exact)": st.column_config.NumberColumn(format="%.2f")},
         )
         st.markdown(f"**Sensitivity: each input and measured metric -/+ {inputs.sensitivity_pct:g} %**")
         st.dataframe(
-            pd.DataFrame(roi["sensitivity"]).drop(columns=["base_payback"]),
+            pd.DataFrame(report.sensitivity_rows(roi, cur, horizon)),
             hide_index=True,
             width="stretch",
             height=360,
@@ -1090,10 +1071,7 @@ def view_roi(sc: Scenario) -> None:
     with right:
         st.markdown("**Monthly, base case at full ramp**")
         st.dataframe(
-            pd.DataFrame(
-                [{"item": f"benefit: {k}", "per month": v} for k, v in base["benefits"].items()]
-                + [{"item": f"cost: {k}", "per month": -v} for k, v in base["costs"].items()]
-            ),
+            pd.DataFrame(report.monthly_rows(roi, cur)),
             hide_index=True,
             width="stretch",
             key="roi_items",
@@ -1103,6 +1081,45 @@ def view_roi(sc: Scenario) -> None:
             width="stretch",
             key="roi_cash",
         )
+        st.download_button(
+            f"Export the report of “{active}” (HTML)",
+            layout_report(sc, active, res, roi),
+            file_name=f"{sc.name}-{active}.html".replace(" ", "-"),
+            mime="text/html",
+            key="roi_export",
+        )
+
+
+def layout_report(
+    sc: Scenario, name: str, res: reps.LayoutResult | None, roi: dict[str, Any] | None
+) -> str:
+    """One layout's self-contained HTML report (planner/report.py)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tool = version("tagtwin")
+    except PackageNotFoundError:
+        tool = "(not installed)"
+    req = current_requirement()
+    maps = maps_of(layout_text(sc, name, timed=False))
+    layer = editor.layer_for(maps, "requirement (pass/fail)", req)
+    assert layer is not None
+    return report.layout_report_html(
+        scenario_name=sc.name,
+        layout=name,
+        rows=book().layouts[name],
+        site=site_data_of(st.session_state.source[1]),
+        requirement=req,
+        areas=area_report(maps, site(), req),
+        requirement_layer=layer,
+        result=res,
+        roi=roi,
+        currency=currency(),
+        horizon=current_roi_inputs(sc).horizon_months,
+        seeds=seeds(sc),
+        duration_s=st.session_state.duration,
+        tool_version=tool,
+    )
 
 
 def view_live(_sc: Scenario) -> None:

@@ -125,3 +125,28 @@ def shapely_blocked(site, pts):
     import shapely
 
     return shapely.intersects_xy(site.blocked, pts[:, 0], pts[:, 1])
+
+
+def test_money_tables_read_never_not_none_and_the_report_is_self_contained(demo):
+    from engine.roi import MeasuredMetrics, roi_report
+    from planner import report
+
+    sc, site, rows, maps = demo
+    poor = MeasuredMetrics(tags=200, gateways=10, theft_recall=0.0, zone_accuracy=0.1, coverage=0.2,
+                           count_accuracy=0.1, false_alarms_per_day_per_1000_tags=50.0)
+    roi = roi_report(sc.roi, poor)
+    cases = report.cases_rows(roi, "EUR", 36)
+    assert {c["payback"] for c in cases} == {"never (within 36 months)"}
+    assert cases[0]["capex"].startswith("EUR ") and "−" in cases[0]["NPV"]
+    sens = report.sensitivity_rows(roi, "EUR", 36)
+    assert all("37" not in r["payback, input up"] for r in sens)
+    req = Requirement()
+    layer = editor.layer_for(maps, "requirement (pass/fail)", req)
+    page = report.layout_report_html(
+        scenario_name=sc.name, layout="as in scenario", rows=rows, site=editor.site_data(site),
+        requirement=req, areas=area_report(maps, site, req), requirement_layer=layer, result=None,
+        roi=None, currency="EUR", horizon=36, seeds=[42], duration_s=60, tool_version="0.1.0",
+    )
+    assert page.startswith("<!doctype html>") and page.count("<svg") == 2
+    assert "mounting height (m)" in page and "gw-10" in page and "storage-A" in page
+    assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing fetched
