@@ -430,7 +430,7 @@ def playback_animation(
                         "args": [
                             None,
                             {
-                                "frame": {"duration": 250, "redraw": False},
+                                "frame": {"duration": 150, "redraw": False},  # ~6.7 frames/s
                                 "fromcurrent": True,
                                 "transition": {"duration": 0},
                             },

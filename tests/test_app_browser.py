@@ -438,6 +438,23 @@ def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     plot.locator(".updatemenu-button").filter(has_text="Play").click()
     pg.wait_for_timeout(2000)
     assert plot.evaluate(active_step) > 0  # frames advanced without a Streamlit rerun
+    plot.locator(".updatemenu-button").filter(has_text="Pause").click()
+    # Scrubbing: every frame in turn by the slider's own call (Plotly.animate, no redraw),
+    # each awaited to the next paint; frames per second as the planner would see them.
+    fps = plot.evaluate(
+        """async (gd) => {
+             const names = gd._transitionData._frames.map((f) => f.name);
+             const opts = {mode: "immediate", frame: {duration: 0, redraw: false},
+                           transition: {duration: 0}};
+             const t0 = performance.now();
+             for (const n of names) {
+               await window.Plotly.animate(gd, [n], opts);
+               await new Promise((r) => requestAnimationFrame(r));
+             }
+             return names.length / ((performance.now() - t0) / 1000);
+           }"""
+    )
+    timings["playback_scrub_frames_per_s"] = fps
     shot(pg, "animate")
     pg.get_by_text("animate (press Play on the plot)").click()
     pg.locator(".js-plotly-plot").filter(has_text=f"t = {RUN_S} s").wait_for()
@@ -481,6 +498,7 @@ def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     view(pg, "Compare layouts")
     pg.get_by_role("button", name="Run comparison").click()
     pg.get_by_text("Which layout wins on what").wait_for()
+    pg.locator(".js-plotly-plot").filter(has_text="cost vs accuracy").wait_for()
     idle(pg)
     no_exceptions(pg)
     body = pg.locator("body").inner_text()
@@ -520,6 +538,13 @@ def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     assert "Sensitivity: each input and measured metric -/+ 20 %" in pg.locator("body").inner_text()
     assert pg.locator('[data-testid="stDataFrame"]').count() >= 3  # cases, sensitivity, items
     shot(pg, "roi", pg.get_by_text("Return on investment, layout"))
+    # The layout's report, exported as one self-contained HTML file.
+    with pg.expect_download() as got:
+        pg.get_by_role("button", name=re.compile(r"Export the report of “grid 10 m” \(HTML\)")).click()
+    page_html = Path(got.value.path()).read_text(encoding="utf-8")
+    assert page_html.startswith("<!doctype html>") and page_html.count("<svg") == 2
+    assert "Bill of materials" in page_html and "mounting height (m)" in page_html
+    assert re.search(r"median error</td><td>[\d.]+ m \(", page_html)
 
 
     # Live: the server's core (as `tagtwin serve`) on a real mosquitto, fed by the twin.
