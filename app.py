@@ -1060,14 +1060,6 @@ def view_roi(sc: Scenario) -> None:
             width="stretch",
             key="roi_cases",
         )
-        st.markdown(f"**Sensitivity: each input and measured metric -/+ {inputs.sensitivity_pct:g} %**")
-        st.dataframe(
-            pd.DataFrame(report.sensitivity_rows(roi, cur, horizon)),
-            hide_index=True,
-            width="stretch",
-            height=360,
-            key="roi_sensitivity",
-        )
     with right:
         st.markdown("**Monthly, base case at full ramp**")
         st.dataframe(
@@ -1088,6 +1080,14 @@ def view_roi(sc: Scenario) -> None:
             mime="text/html",
             key="roi_export",
         )
+    st.markdown(f"**Sensitivity: each input and measured metric -/+ {inputs.sensitivity_pct:g} %**")
+    st.dataframe(
+        pd.DataFrame(report.sensitivity_rows(roi, cur, horizon)),
+        hide_index=True,
+        width="stretch",
+        height=360,
+        key="roi_sensitivity",
+    )
 
 
 def layout_report(

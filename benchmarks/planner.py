@@ -1,6 +1,6 @@
 """What the planner costs per interaction, printed as JSON (never asserted).
 
-    .venv/bin/python benchmarks/planner.py [--full-demo]
+    .venv/bin/python -m benchmarks.planner [--full-demo]
 
 Coverage maps (demo and large sites), a demo run reduced to a RunView, the size of that
 cached view, building the playback figure, the plan editor's data, auto-placement, and a

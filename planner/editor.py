@@ -65,7 +65,7 @@ CLASSES: dict[str, Classes] = {
         "gateways hearing",
         "",
         (1, 2, 3, 4, 5),
-        ("#b2182b", "#ef8a62", "#fddbc7", "#d1e5f0", "#67a9cf", "#2166ac"),
+        ("#b2182b", "#ef8a62", "#fddbc7", "#92c5de", "#4393c3", "#2166ac"),
         ("0", "1", "2", "3", "4", "5+"),
         "#999999",
         "-",
@@ -189,10 +189,12 @@ def map_layer(
         None if not ok or not math.isfinite(v) else round(float(v), digits)
         for v, ok in zip(flat.tolist(), inside.tolist(), strict=True)
     ]
-    heard = [
-        np.flatnonzero(row).tolist() if ok else []
-        for row, ok in zip(maps.heard, inside, strict=True)
-    ]
+    # Per cell: the gateways that hear it, strongest first, with their mean RSSI.
+    heard = []
+    for row, rssi, ok in zip(maps.heard, maps.link_dbm, inside, strict=True):
+        hearing = np.flatnonzero(row) if ok else np.zeros(0, dtype=int)
+        hearing = hearing[np.argsort(-rssi[hearing])]
+        heard.append([[int(i), round(float(rssi[i]))] for i in hearing])
     layer: dict[str, Any] = {
         "x0": maps.grid.x0,
         "y0": maps.grid.y0,

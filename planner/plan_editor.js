@@ -262,7 +262,8 @@ export default function (component) {
       if (k !== null) {
         const v = layer.values[k];
         text += `<br>${layer.label}: ${v === null ? "—" : v}`;
-        const heard = (layer.heard[k] || []).map((i) => data.gateways[i] ? data.gateways[i].id : "?");
+        const heard = (layer.heard[k] || []).map(([i, dbm]) =>
+          `${data.gateways[i] ? data.gateways[i].id : "?"} (${dbm} dBm)`);
         text += `<br>heard by ${heard.length}: ${heard.join(", ") || "none"}`;
         if (layer.pass) text += `<br>requirement: ${layer.pass[k] ? "met" : "NOT met"}`;
         if (layer.extra) text += `<br>${layer.extra[k]}`;

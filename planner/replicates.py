@@ -330,7 +330,10 @@ def fmt_interval(iv: Interval, unit: str) -> str:
         return "never in some seeds" if unit == "months" else "n/a"
     if iv.n == 1 or not math.isfinite(iv.low):
         return f"{fmt(iv.mean, unit)} (1 seed)" if iv.n == 1 else fmt(iv.mean, unit)
-    return f"{fmt(iv.mean, unit)} ({fmt(iv.low, unit)} to {fmt(iv.high, unit)})"
+    # Errors and shares cannot leave [0, inf) and [0, 1]: the t interval of a few seeds can.
+    low = max(iv.low, 0.0) if unit in ("m", "%") else iv.low
+    high = min(iv.high, 1.0) if unit == "%" else iv.high
+    return f"{fmt(iv.mean, unit)} ({fmt(low, unit)} to {fmt(high, unit)})"
 
 
 def verdict(

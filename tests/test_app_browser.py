@@ -251,6 +251,19 @@ def plan_to_page(pg, x: float, y: float) -> tuple[float, float]:
     )
 
 
+def hover_tip(pg, x: float, y: float) -> str:
+    """The plan's tooltip at plan point (x, y), once the (re)drawn plan has answered."""
+    tip = ""
+    for nudge in (0.0, 0.3, 0.0, -0.3, 0.0):
+        pg.mouse.move(*plan_to_page(pg, x + nudge, y))
+        pg.mouse.move(*plan_to_page(pg, x, y))
+        pg.wait_for_timeout(200)
+        tip = pg.locator(".plan-editor .tip").first.inner_text()
+        if tip:
+            break
+    return tip
+
+
 def header(pg) -> str:
     return pg.locator('[data-testid="stCaptionContainer"]').first.inner_text()
 
@@ -279,8 +292,7 @@ def test_plan_editing_by_direct_manipulation(page, server):
     pg.wait_for_timeout(800)
     assert header(pg).endswith("layout “as in scenario” · 10 gateways")
     # Hover says where the pointer is, in metres.
-    pg.mouse.move(*plan_to_page(pg, 20.0, 15.0))
-    assert pg.locator(".plan-editor .tip").inner_text().startswith("x 20.0 m, y 15.0 m")
+    assert hover_tip(pg, 20.0, 15.0).startswith("x 20.0 m, y 15.0 m")
 
     # Add: the scenario's own layout stays; the edit starts "layout 1".
     pg.get_by_role("button", name="Add", exact=True).click()
@@ -473,8 +485,7 @@ def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     pg.locator(".plan-editor .legend").filter(has_text="gateways at ≥ -90 dBm").wait_for()
     idle(pg)
     # Hover reads the cell: its count, the gateways that hear it, the requirement there.
-    pg.mouse.move(*plan_to_page(pg, 20.0, 14.0))
-    tip = pg.locator(".plan-editor .tip").inner_text()
+    tip = hover_tip(pg, 20.0, 14.0)
     assert tip.startswith("x 20.0 m, y 14.0 m"), tip
     heard = re.search(r"heard by (\d+): (.+)", tip)
     assert heard and len(heard[2].split(", ")) == int(heard[1]), tip

@@ -46,6 +46,9 @@ def test_a_winner_only_when_the_paired_interval_excludes_zero():
     assert reps.verdict("payback", "months", True, never) == "payback: only A pays back in every seed"
     assert reps.fmt(math.inf, "months") == "never"
     assert reps.fmt_interval(reps.t_interval([math.inf, 4.0]), "months") == "never in some seeds"
+    # An error or a share is shown within its range even when two seeds' t interval is not.
+    assert reps.fmt_interval(reps.t_interval([0.1, 3.0]), "m").startswith("1.55 m (0.00 m to ")
+    assert reps.fmt_interval(reps.t_interval([0.5, 0.99]), "%").endswith("to 100.0%)")
 
 
 def test_budget_refuses_what_the_server_cannot_hold(monkeypatch):

@@ -61,7 +61,11 @@ def test_layers_use_shared_classes_and_hover_data(demo):
     # Class k of the count scale is "k gateways" up to 5+: one colour per count.
     assert np.array_equal(idx[inside], np.minimum(n[inside], 5).astype(int))
     k = int(np.flatnonzero(inside)[40])
-    assert layer["heard"][k] == np.flatnonzero(maps.heard[k]).tolist()
+    ids = np.flatnonzero(maps.heard[k])
+    assert sorted(i for i, _ in layer["heard"][k]) == ids.tolist()
+    dbm = [d for _, d in layer["heard"][k]]
+    assert dbm == sorted(dbm, reverse=True)  # strongest first, with its mean RSSI
+    assert dbm[0] == round(float(maps.link_dbm[k, ids].max()))
     assert layer["pass"][k] == int(cell_pass(maps, req).ravel()[k])
     # The RSSI scale is the same whatever the layout: an edge value lands in a fixed class.
     classes = editor.CLASSES["best RSSI (dBm)"]
