@@ -757,10 +757,11 @@ def events_panel(view: backend.RunView, text: str) -> None:
         key="scores_table",
     )
     count = rules.get("count_accuracy")
-    fa = rules.get("false_alarms_per_day_per_1000_tags")
+    found = replicates_of(text)
+    fa = reps.false_alarm_readings(found)[0].text() if found else "n/a"
     st.caption(
-        f"count accuracy {count if count is not None else 'n/a'} · false alarms per day per "
-        f"1,000 tags {fa if fa is not None else 'n/a'} · an alarm is explained when an "
+        f"count accuracy {count if count is not None else 'n/a'} (first seed) · false alarms "
+        f"per day per 1,000 tags, all seeds: {fa} · an alarm is explained when an "
         "incident of a kind that explains it hit the same tag or gateway within 600 s "
         "(docs/rules.md)"
     )

@@ -564,9 +564,10 @@ class LiveFeed:
             return [dict(v) for v in self.latest.values()]
 
     def recent_events(self) -> list[dict[str, Any]]:
-        """The newest events first (up to LIVE_EVENTS_KEPT)."""
+        """The newest events first by event time (up to LIVE_EVENTS_KEPT): they arrive in
+        the order the server publishes them, which late data can reorder."""
         with self._lock:
-            return [dict(e) for e in reversed(self.events)]
+            return sorted((dict(e) for e in self.events), key=lambda e: -float(e.get("t") or 0.0))
 
     def connect(
         self, host: str, port: int, topics: Sequence[str] = LIVE_TOPICS, timeout_s: float = 5.0

@@ -267,7 +267,7 @@ def add_track(fig: go.Figure, track: Mapping[str, np.ndarray], name: str) -> go.
             y=track["true_y"],
             mode="lines",
             name=f"{name} true path",
-            line={"color": "#2a9d8f", "width": 3},
+            line={"color": "#6a00a8", "width": 4},  # not the green of every tag's truth
         )
     )
     fig.add_trace(
@@ -276,8 +276,8 @@ def add_track(fig: go.Figure, track: Mapping[str, np.ndarray], name: str) -> go.
             y=track["y"],
             mode="lines+markers",
             name=f"{name} estimated",
-            line={"color": "#e76f51", "width": 1},
-            marker={"size": 4},
+            line={"color": "#111111", "width": 1.5, "dash": "dot"},  # nor the estimates' orange
+            marker={"size": 5, "color": "#111111"},
         )
     )
     return fig

@@ -373,6 +373,16 @@ def test_plan_editing_by_direct_manipulation(page, server):
     pg.get_by_text("layout “as in scenario” · 10 gateways").wait_for()
     idle(pg)
 
+    # Quick view switches (a planner clicking around): how long until the page settles.
+    t0 = time.perf_counter()
+    for name in ["Coverage maps", "Plan & layout", "Compare layouts", "Plan & layout"] * 5:
+        view(pg, name)
+        pg.wait_for_timeout(50)
+    pg.get_by_text("Gateways of layout “as in scenario”").wait_for()
+    idle(pg)
+    timings["twenty_quick_view_switches_settled_s"] = time.perf_counter() - t0
+    no_exceptions(pg)
+
     # A run states its cost first; Cancel stops it and its workers; so does leaving the view.
     view(pg, "Run & playback")
     pg.get_by_text(re.compile(r"3 seeds per layout, shared between layouts .* To run: 3 runs")).wait_for()

@@ -550,3 +550,11 @@ def test_a_moved_gateway_keeps_its_own_settings_and_sensitivity():
     heard = maps.n_heard == 1
     assert heard.any()
     assert np.all(np.hypot(xs[heard] - 10, ys[heard] - 5) <= 1.1)
+
+
+def test_live_events_newest_first_by_event_time_whatever_the_arrival_order():
+    feed = backend.LiveFeed()
+    for t in (10.0, 30.0, 20.0):  # a late one arrives last
+        body = {"v": 1, "t": t, "kind": "zone-change", "dev": "a", "detail": {"from": "x", "to": "y"}}
+        feed.on_message(backend.EVENTS_TOPIC, json.dumps(body))
+    assert [e["t"] for e in feed.recent_events()] == [30.0, 20.0, 10.0]
