@@ -88,15 +88,6 @@ CLASSES: dict[str, Classes] = {
         "#7f0000",
         "no bound (< 2 heard)",
     ),
-    "measured error RMSE (m)": Classes(
-        "error RMSE",
-        "m",
-        (1, 2, 3, 5, 10),
-        ("#1a9850", "#91cf60", "#d9ef8b", "#fee08b", "#fc8d59", "#d73027"),
-        ("< 1", "1–2", "2–3", "3–5", "5–10", "≥ 10"),
-        "#dddddd",
-        "no fix",
-    ),
     "requirement": Classes(
         "requirement",
         "",
@@ -116,11 +107,10 @@ CLASSES: dict[str, Classes] = {
         "undefined",
     ),
 }
-MAP_KEYS = {
-    "gateways hearing": "n_heard",
-    "best RSSI (dBm)": "best_rssi_dbm",
-    "Cramér-Rao bound (m)": "crb_m",
-}
+# The measured error on the bound's classes, so the two maps compare cell by cell.
+CLASSES["measured error RMSE (m)"] = replace(
+    CLASSES["Cramér-Rao bound (m)"], label="error RMSE", missing="#dddddd", missing_name="no fix"
+)
 
 
 def site_data(site: SiteModel) -> dict[str, Any]:
