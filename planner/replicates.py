@@ -8,9 +8,12 @@ B - A then carries little of the run-to-run noise, and its t interval (Student 1
 the seeds is far narrower than the two layouts' own intervals (Law & Kelton, Simulation
 Modeling and Analysis, ch. 11).
 
-The pool is a concurrent.futures process pool behind :func:`run_batch`, one function the
-sweep machinery (issue 14, Dask) can replace. Cancel terminates the pool's worker
-processes, so their memory is freed at once rather than when the current run ends.
+The pool is a concurrent.futures process pool behind :func:`run_batch`. The sweep
+machinery (twin/sweep.py, issue 14) supplies the statistics (``mean_ci``); its executor is
+not used yet because the planner needs two things it lacks: a cancel that terminates the
+workers at once (Streamlit interrupts the waiting script; ``execute``'s pool waits for
+running runs on exit), and the first seed's whole run view (for playback), where
+``run_one`` returns a metrics row. run_batch is the one place to switch when it has them.
 """
 
 from __future__ import annotations
@@ -287,9 +290,10 @@ class Interval:
 
 
 def t_interval(values: Sequence[float]) -> Interval:
-    """Mean and its 95 % Student t interval (NaN bounds from one value: no spread known).
-    Infinite values (a payback that never comes) make the interval unbounded."""
-    from scipy.stats import t
+    """Mean and its 95 % Student t interval, by the sweep's own statistics
+    (``twin.sweep.mean_ci``); NaN bounds from one value (no spread known). Infinite values
+    (a payback that never comes) make the interval unbounded."""
+    from twin.sweep import mean_ci
 
     a = np.asarray(values, dtype=float)
     n = len(a)
@@ -298,11 +302,9 @@ def t_interval(values: Sequence[float]) -> Interval:
     if not np.all(np.isfinite(a)):
         m = float(np.mean(a)) if np.all(a == a[0]) else math.nan
         return Interval(m, math.nan, math.nan, n)
-    m = float(a.mean())
-    if n == 1:
-        return Interval(m, math.nan, math.nan, 1)
-    half = float(t.ppf(0.975, n - 1)) * float(a.std(ddof=1)) / math.sqrt(n)
-    return Interval(m, m - half, m + half, n)
+    ci = mean_ci(a.tolist())
+    low, high = ci["ci95"] if ci["ci95"] is not None else (math.nan, math.nan)
+    return Interval(float(ci["mean"]), float(low), float(high), n)
 
 
 def paired(a: Sequence[float], b: Sequence[float]) -> Interval:
