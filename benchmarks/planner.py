@@ -1,10 +1,11 @@
 """What the planner costs per interaction, printed as JSON (never asserted).
 
-    .venv/bin/python benchmarks/planner.py [--full-demo]
+    .venv/bin/python -m benchmarks.planner [--full-demo]
 
 Coverage maps (demo and large sites), a demo run reduced to a RunView, the size of that
-cached view, and building the playback figure (what a slider move or a view switch
-redraws). --full-demo also times the demo at its full 600 simulated seconds.
+cached view, building the playback figure, the plan editor's data, auto-placement, and a
+batch of seeds on the process pool against the budget the app shows before it starts
+(planner.replicates.estimate). --full-demo also times the demo at its full 600 s.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import pickle
 import time
 from pathlib import Path
 
-from planner import backend
+from planner import backend, editor, placement
 from planner import figures as figs
+from planner import replicates as reps
+from planner.requirements import Requirement
 from siteplan.model import SiteModel
 from twin.scenario import load_scenario
 
@@ -67,6 +70,32 @@ def main() -> None:
     spec, result["playback_figure_build_s"] = timed(playback_figure, 3)
     result["playback_figure_json_bytes"] = len(str(spec))
     _, result["error_map_s"] = timed(lambda: view.error_map(maps.grid), 3)
+    _, result["editor_data_s"] = timed(
+        lambda: json.dumps(
+            editor.editor_data(editor.site_data(demo_site), rows, editable=True, ack=0, default_z=3.0)
+        ),
+        3,
+    )
+    req = Requirement()
+    _, result["requirement_layer_s"] = timed(
+        lambda: json.dumps(editor.layer_for(maps, "requirement (pass/fail)", req)), 3
+    )
+    search, result["placement_search_setup_s"] = timed(lambda: placement.search_for(demo, demo_site, req))
+    result["placement_candidates"] = len(search.xyz)
+    fewest, result["placement_fewest_s"] = timed(lambda: placement.fewest_meeting(search))
+    result["placement_fewest_gateways"] = len(fewest.rows)
+    _, result["placement_best_10_s"] = timed(lambda: placement.best_for(search, 10))
+    # A batch as the app runs it: one layout, the default seeds, on the pool.
+    text = backend.scenario_toml(short)
+    seeds = reps.replicate_seeds(demo.seed, reps.DEFAULT_SEEDS)
+    budget = reps.estimate(sum(g.count for g in demo.tags), 60, len(seeds))
+    t0 = time.perf_counter()
+    found, errors = reps.run_batch([(text, s, i == 0) for i, s in enumerate(seeds)], lambda _p: None)
+    result["batch_3_seeds_60s_s"] = round(time.perf_counter() - t0, 3)
+    result["batch_estimated_s"] = round(budget.seconds, 1)
+    result["batch_estimated_mb"] = round(budget.memory_mb)
+    result["batch_errors"] = len(errors)
+    result["batch_run_s"] = sorted(round(r.elapsed_s, 2) for r in found.values())
     if args.full_demo:
         full, result["demo_600s_run_view_s"] = timed(lambda: backend.run_view(demo))
         result["demo_600s_fixes"] = len(full.fixes)

@@ -26,10 +26,11 @@ import tomli_w
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
-from engine.roi import RoiInputs, measured_from_report, roi_report
+from engine.roi import RoiInputs
 from engine.truth import GroundTruth
 from live_bridge.wire import EVENTS_TOPIC, POSITIONS_TOPIC, PositionBatch
 from live_bridge.wire import Event as WireEvent
+from planner.layouts import GatewayRow
 from radio_models.crb import crlb_rmse
 from radio_models.environment import Grid
 from radio_models.geometry import crossing_loss_db
@@ -52,7 +53,6 @@ simulations_started = 0
 
 # -- layouts -----------------------------------------------------------------------------
 
-GatewayRow = dict[str, Any]  # {"id": str, "x": float, "y": float, "z": float}
 
 
 def gateway_rows(scenario: Scenario, site: SiteModel | None = None) -> list[GatewayRow]:
@@ -110,60 +110,6 @@ def clean_rows(
     if dupes:
         problems.append(f"gateway ids must be unique; repeated: {', '.join(dupes)}")
     return out, problems
-
-
-CLICK_MODES = ("add gateway", "move gateway", "delete gateway")
-
-
-def next_gateway_id(rows: Sequence[GatewayRow], prefix: str = "gw") -> str:
-    """``prefix-NN`` one past the highest number in use with that prefix."""
-    nums = [
-        int(r["id"].rsplit("-", 1)[1])
-        for r in rows
-        if r["id"].startswith(prefix + "-") and r["id"].rsplit("-", 1)[1].isdigit()
-    ]
-    return f"{prefix}-{max(nums, default=0) + 1:02d}"
-
-
-def apply_click(
-    rows: Sequence[GatewayRow],
-    mode: str,
-    *,
-    gateway: str | None,
-    floor_xy: tuple[float, float] | None,
-    pending: str | None,
-    default_z: float,
-) -> tuple[list[GatewayRow], str | None, str]:
-    """Edit a layout from one click on the plan: on a gateway (its id) or on the floor.
-
-    Returns the new rows, the gateway waiting to be moved (a move takes two clicks:
-    the gateway, then where it goes) and a sentence saying what happened.
-    """
-    out = [dict(r) for r in rows]
-    if mode not in CLICK_MODES:
-        raise ValueError(f"unknown click mode {mode!r}; one of {', '.join(CLICK_MODES)}")
-    if mode == "add gateway":
-        if floor_xy is None:
-            return out, None, f"{gateway} is already a gateway; click the floor to add one"
-        gid = next_gateway_id(out)
-        out.append(
-            {"id": gid, "x": round(floor_xy[0], 2), "y": round(floor_xy[1], 2), "z": default_z}
-        )
-        return out, None, f"added {gid} at ({floor_xy[0]:.1f}, {floor_xy[1]:.1f})"
-    if mode == "delete gateway":
-        if gateway is None:
-            return out, None, "click a gateway to delete it"
-        if len(out) == 1:
-            return out, None, f"{gateway} is the last gateway; a layout needs at least one"
-        return [r for r in out if r["id"] != gateway], None, f"deleted {gateway}"
-    if gateway is not None:
-        return out, gateway, f"now click where {gateway} goes"
-    if pending is None or floor_xy is None:
-        return out, None, "click a gateway first, then where it goes"
-    for r in out:
-        if r["id"] == pending:
-            r["x"], r["y"] = round(floor_xy[0], 2), round(floor_xy[1], 2)
-    return out, None, f"moved {pending} to ({floor_xy[0]:.1f}, {floor_xy[1]:.1f})"
 
 
 def outside_outline(scenario: Scenario, rows: Sequence[GatewayRow]) -> list[str]:
@@ -253,6 +199,8 @@ class CoverageMaps:
     n_heard: FloatArray
     crb_m: FloatArray  # inf where fewer than 2 gateways hear (no bound exists)
     inside: NDArray[np.bool_]
+    heard: NDArray[np.bool_]  # (ny * nx, gateways): which gateways hear each cell
+    link_dbm: NDArray[np.float32]  # (ny * nx, gateways): mean RSSI of each gateway per cell
 
     def xs(self) -> FloatArray:
         return np.asarray(self.grid.x0 + (np.arange(self.grid.nx) + 0.5) * self.grid.cell_m, float)
@@ -292,42 +240,82 @@ def coverage_maps(
     cell_m: float | None = None,
 ) -> CoverageMaps:
     """Best mean RSSI, gateways hearing and the CRB on a grid, vectorized over (cells, gateways)."""
-    from twin.sim import path_loss_model
-
     site = site or SiteModel.from_scenario(scenario)
-    grid = Grid.covering(site.outline.bounds, cell_m or map_cell_m(scenario))
-    centres = grid.centres()
-    inside = shapely.intersects_xy(site.outline, centres[:, 0], centres[:, 1])
-    shape = (grid.ny, grid.nx)
-    if not rows:
-        zero = np.where(inside, 0.0, np.nan).reshape(shape)
-        return CoverageMaps(
-            grid,
-            np.full(shape, np.nan),
-            zero,
-            np.where(inside, np.inf, np.nan).reshape(shape),
-            inside.reshape(shape),
-        )
-    gw = np.array([[r["x"], r["y"], r["z"]] for r in rows], dtype=float)
-    pts = np.column_stack([centres, np.full(len(centres), scenario.site.tag_height_m)])
-    model = path_loss_model(scenario)
-    rssi = (
-        representative_tx_power(scenario)
-        - model.excess_loss_db(three_d_distance(pts, gw))
-        - crossing_loss_db(site.obstacles(), centres, gw[:, :2])
-    )
+    grid, inside = map_grid(scenario, site, cell_m)
+    gw = np.array([[r["x"], r["y"], r["z"]] for r in rows], dtype=float).reshape(-1, 3)
     default = scenario.gateways.defaults.sensitivity_dbm
     own = unit_settings(scenario)
     sensitivity = np.array([own.get(r["id"], {}).get("sensitivity_dbm", default) for r in rows])
-    heard = rssi >= sensitivity[None, :]
+    return maps_from_links(scenario, grid, inside, gw, link_budget(scenario, site, grid, gw), sensitivity)
+
+
+def map_grid(
+    scenario: Scenario, site: SiteModel, cell_m: float | None = None
+) -> tuple[Grid, NDArray[np.bool_]]:
+    """The maps' grid over the site and which of its cells lie inside the outline."""
+    grid = Grid.covering(site.outline.bounds, cell_m or map_cell_m(scenario))
+    centres = grid.centres()
+    return grid, shapely.intersects_xy(site.outline, centres[:, 0], centres[:, 1])
+
+
+def link_budget(scenario: Scenario, site: SiteModel, grid: Grid, gw_xyz: FloatArray) -> FloatArray:
+    """Mean RSSI (cells, gateways) at tag height: the scenario's path loss plus the site's
+    wall and rack losses (COST 231 multi-wall), no shadowing or fading."""
+    from twin.sim import path_loss_model
+
+    centres = grid.centres()
+    if len(gw_xyz) == 0:
+        return np.zeros((len(centres), 0))
+    pts = np.column_stack([centres, np.full(len(centres), scenario.site.tag_height_m)])
+    model = path_loss_model(scenario)
+    return np.asarray(
+        representative_tx_power(scenario)
+        - model.excess_loss_db(three_d_distance(pts, gw_xyz))
+        - crossing_loss_db(site.obstacles(), centres, gw_xyz[:, :2]),
+        dtype=float,
+    )
+
+
+def maps_from_links(
+    scenario: Scenario,
+    grid: Grid,
+    inside: NDArray[np.bool_],
+    gw_xyz: FloatArray,
+    rssi: FloatArray,
+    sensitivity: FloatArray,
+) -> CoverageMaps:
+    """The maps of one set of gateways from their link budgets (so a search over many
+    candidate sets computes each candidate's link budget once)."""
+    from twin.sim import path_loss_model
+
+    shape = (grid.ny, grid.nx)
+    centres = grid.centres()
+    if len(gw_xyz) == 0:
+        return CoverageMaps(
+            grid,
+            np.full(shape, np.nan),
+            np.where(inside, 0.0, np.nan).reshape(shape),
+            np.where(inside, np.inf, np.nan).reshape(shape),
+            inside.reshape(shape),
+            np.zeros((len(centres), 0), dtype=bool),
+            np.zeros((len(centres), 0), dtype=np.float32),
+        )
+    pts = np.column_stack([centres, np.full(len(centres), scenario.site.tag_height_m)])
+    heard = rssi >= np.asarray(sensitivity, dtype=float)[None, :]
     best = np.where(inside, rssi.max(axis=1), np.nan)
     n_heard = np.where(inside, heard.sum(axis=1), np.nan)
     # Any path-loss family enters the log-distance bound through its effective exponent.
-    exponent = effective_exponent(model)
-    crb = crlb_rmse(pts, gw, exponent, max(scenario.radio.shadowing_sigma_db, 0.5), heard)
+    exponent = effective_exponent(path_loss_model(scenario))
+    crb = crlb_rmse(pts, gw_xyz, exponent, max(scenario.radio.shadowing_sigma_db, 0.5), heard)
     crb = np.where(inside, crb, np.nan)
     return CoverageMaps(
-        grid, best.reshape(shape), n_heard.reshape(shape), crb.reshape(shape), inside.reshape(shape)
+        grid,
+        best.reshape(shape),
+        n_heard.reshape(shape),
+        crb.reshape(shape),
+        inside.reshape(shape),
+        heard & inside[:, None],
+        rssi.astype(np.float32),
     )
 
 
@@ -498,99 +486,12 @@ def injected_incidents(rules: Mapping[str, Any]) -> int:
 
 # -- comparing layouts -------------------------------------------------------------------
 
-NEGLIGIBLE = 0.01  # a difference under 1 % is not a win worth announcing
-# (metric, label, lower is better)
-COMPARED: tuple[tuple[str, str, bool], ...] = (
-    ("median_error_m", "median error (m)", True),
-    ("p90_error_m", "p90 error (m)", True),
-    ("zone_accuracy", "zone accuracy", False),
-    ("device_coverage", "tags located", False),
-    ("area_3plus", "floor heard by 3+ gateways", False),
-    ("crb_median_m", "median CRB (m)", True),
-    ("theft_recall", "theft recall", False),
-    ("cost", "capex", True),
-    ("payback_months", "payback (months)", True),
-    ("npv", "NPV", False),
-)
-
-
-def roi_of(view: RunView, inputs: RoiInputs) -> dict[str, Any]:
-    """engine.roi on what this run measured (as ``tagtwin roi`` does from report.json):
-    worst/base/best cases, the cumulative cash of the base case and the sensitivity table."""
-    return roi_report(inputs, measured_from_report(view.report))
-
-
-def layout_row(view: RunView, maps: CoverageMaps, roi: Mapping[str, Any]) -> dict[str, Any]:
-    """One line of the comparison table. Cost is the ROI model's capex (tags, gateways and
-    their installation, the project); payback and NPV are its base case for this layout."""
-    m = view.metrics
-    base = roi["cases"]["base"]
-    measured = roi["measured"]
-    exact = base["payback_months_exact"]
-    return {
-        "layout": view.name,
-        "gateways": len(view.gateway_ids),
-        "cost": base["capex"],
-        "opex_per_month": base["opex_per_month"],
-        "payback_months": round(exact, 2) if exact is not None else math.inf,
-        "npv": base["npv"],
-        "median_error_m": m["median_error_m"],
-        "p90_error_m": m["p90_error_m"],
-        "zone_accuracy": m["zone_accuracy"],
-        "device_coverage": m["device_coverage"],
-        "r90_coverage": m["r90_coverage"],
-        "theft_recall": measured["theft_recall"],
-        "count_accuracy": measured["count_accuracy"],
-        "false_alarms": int(view.rule_scores.get("false_alarms") or 0),
-        **maps.summary(),
-    }
-
-
 ROI_FIELDS_SHOWN = tuple(RoiInputs.model_fields)
 
 
 def roi_inputs(base: RoiInputs, changes: Mapping[str, Any]) -> RoiInputs:
     """The scenario's [roi] with the planner's edits, validated by the model's own bounds."""
     return RoiInputs.model_validate(base.model_dump() | dict(changes))
-
-
-def winners(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Plain sentences: which layout wins on each compared metric, by how much."""
-    if len(rows) < 2:
-        return []
-    out = []
-    for key, label, lower in COMPARED:
-        vals = [(float(r[key]), str(r["layout"])) for r in rows if key in r and _finite(r[key])]
-        if key == "payback_months" and len(vals) < len(rows) and len(vals) == 1:
-            out.append(f"{label}: only {vals[0][1]} pays back within the horizon")
-            continue
-        if len(vals) < 2:
-            continue
-        ordered = sorted(vals, key=lambda v: v[0] if lower else -v[0])
-        best, runner = ordered[0], ordered[1]
-        if best[0] == runner[0]:
-            out.append(f"{label}: tie between {best[1]} and {runner[1]} ({_fmt(key, best[0])})")
-        elif abs(best[0] - runner[0]) <= NEGLIGIBLE * max(abs(best[0]), abs(runner[0])):
-            won, lost = _fmt(key, best[0], 3), _fmt(key, runner[0], 3)
-            out.append(f"{label}: practically even ({best[1]} {won}, {runner[1]} {lost})")
-        else:
-            won, lost = _fmt(key, best[0]), _fmt(key, runner[0])
-            out.append(f"{label}: {best[1]} wins ({won} vs {lost} for {runner[1]})")
-    return out
-
-
-def _finite(v: object) -> bool:
-    return isinstance(v, int | float) and math.isfinite(float(v))
-
-
-def _fmt(key: str, v: float, digits: int = 2) -> str:
-    if key in ("zone_accuracy", "device_coverage", "area_3plus", "r90_coverage", "theft_recall"):
-        return f"{v:.{digits - 1}%}"
-    if key in ("cost", "npv"):
-        return f"{v:,.0f}"
-    if key == "payback_months":
-        return f"{v:.{digits - 1}f} months"
-    return f"{v:.{digits}f} m"
 
 
 def pareto_front(rows: Sequence[Mapping[str, Any]], error_key: str = "p90_error_m") -> list[str]:
@@ -663,9 +564,10 @@ class LiveFeed:
             return [dict(v) for v in self.latest.values()]
 
     def recent_events(self) -> list[dict[str, Any]]:
-        """The newest events first (up to LIVE_EVENTS_KEPT)."""
+        """The newest events first by event time (up to LIVE_EVENTS_KEPT): they arrive in
+        the order the server publishes them, which late data can reorder."""
         with self._lock:
-            return [dict(e) for e in reversed(self.events)]
+            return sorted((dict(e) for e in self.events), key=lambda e: -float(e.get("t") or 0.0))
 
     def connect(
         self, host: str, port: int, topics: Sequence[str] = LIVE_TOPICS, timeout_s: float = 5.0,

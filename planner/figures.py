@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import NDArray
 
-    from planner.backend import CoverageMaps, GatewayRow, RunView
+    from planner.backend import GatewayRow, RunView
     from siteplan.model import SiteModel
 
 CIRCLE_POINTS = 24
@@ -149,85 +149,6 @@ def floorplan(
     return fig
 
 
-CLICK_TARGET_CELLS = 80  # invisible floor points along the long side that catch clicks
-
-
-def add_click_targets(fig: go.Figure, site: SiteModel) -> go.Figure:
-    """Invisible points on a regular grid over the floor: Plotly reports clicks on data
-    points only, so these make "click anywhere on the plan" work (trace name "floor")."""
-    minx, miny, maxx, maxy = site.outline.bounds
-    step = max(0.5, max(maxx - minx, maxy - miny) / CLICK_TARGET_CELLS)
-    xs = np.arange(minx + step / 2, maxx, step)
-    ys = np.arange(miny + step / 2, maxy, step)
-    gx, gy = (a.ravel() for a in np.meshgrid(xs, ys))
-    inside = shapely.contains_xy(site.outline, gx, gy)
-    fig.add_trace(
-        go.Scatter(
-            x=gx[inside],
-            y=gy[inside],
-            mode="markers",
-            name="floor",
-            marker={"size": 12, "opacity": 0.0, "color": "#000000"},
-            showlegend=False,
-            hovertemplate="x %{x:.1f}, y %{y:.1f}<extra>click to place</extra>",
-        )
-    )
-    # Gateways last, on top, so a click on a gateway hits the gateway.
-    gws = [t for t in fig.data if t.name == "gateways"]
-    fig.data = tuple(t for t in fig.data if t.name != "gateways") + tuple(gws)
-    return fig
-
-
-MAPS = {
-    "best RSSI (dBm)": ("best_rssi_dbm", "Viridis", None),
-    "gateways hearing": ("n_heard", "Blues", None),
-    "Cramér-Rao bound (m)": ("crb_m", "RdYlGn_r", (0.0, 10.0)),
-    "measured error RMSE (m)": ("error", "RdYlGn_r", (0.0, 10.0)),
-}
-
-
-def add_map(fig: go.Figure, maps: CoverageMaps, which: str, error_map: Any = None) -> go.Figure:
-    """Overlay one map under the plan; the gateways-hearing map outlines the 3+ area."""
-    key, scale, zrange = MAPS[which]
-    z = error_map if key == "error" else getattr(maps, key)
-    if z is None:
-        return fig
-    z = np.where(np.isfinite(z), z, np.nan if key != "crb_m" else (zrange or (0, 10))[1])
-    z = np.where(maps.inside, z, np.nan)
-    heat = go.Heatmap(
-        x=maps.xs(),
-        y=maps.ys(),
-        z=z,
-        colorscale=scale,
-        opacity=0.75,
-        name=which,
-        colorbar={"title": {"text": which, "side": "right"}, "len": 0.8},
-        hovertemplate=f"x %{{x:.1f}}, y %{{y:.1f}}<br>{which}: %{{z:.1f}}<extra></extra>",
-    )
-    if zrange:
-        heat.update(zmin=zrange[0], zmax=zrange[1])
-    fig.add_trace(heat)
-    fig.data = (fig.data[-1], *fig.data[:-1])  # under the plan
-    for trace in fig.data:
-        if trace.legendgroup == "zones":  # zones as a faint tint, so the map reads through
-            trace.opacity = 0.2
-    if key == "n_heard":
-        fig.add_trace(
-            go.Contour(
-                x=maps.xs(),
-                y=maps.ys(),
-                z=np.nan_to_num(maps.n_heard, nan=0.0),
-                contours={"start": 2.5, "end": 2.5, "size": 1, "coloring": "none"},
-                line={"color": "#d62828", "width": 2, "dash": "dash"},
-                showscale=False,
-                name="3+ gateways boundary",
-                hoverinfo="skip",
-                showlegend=True,
-            )
-        )
-    return fig
-
-
 def _circles(
     x: np.ndarray, y: np.ndarray, r: np.ndarray
 ) -> tuple[list[float | None], list[float | None]]:
@@ -346,7 +267,7 @@ def add_track(fig: go.Figure, track: Mapping[str, np.ndarray], name: str) -> go.
             y=track["true_y"],
             mode="lines",
             name=f"{name} true path",
-            line={"color": "#2a9d8f", "width": 3},
+            line={"color": "#6a00a8", "width": 4},  # not the green of every tag's truth
         )
     )
     fig.add_trace(
@@ -355,8 +276,8 @@ def add_track(fig: go.Figure, track: Mapping[str, np.ndarray], name: str) -> go.
             y=track["y"],
             mode="lines+markers",
             name=f"{name} estimated",
-            line={"color": "#e76f51", "width": 1},
-            marker={"size": 4},
+            line={"color": "#111111", "width": 1.5, "dash": "dot"},  # nor the estimates' orange
+            marker={"size": 5, "color": "#111111"},
         )
     )
     return fig
@@ -509,7 +430,7 @@ def playback_animation(
                         "args": [
                             None,
                             {
-                                "frame": {"duration": 250, "redraw": False},
+                                "frame": {"duration": 150, "redraw": False},  # ~6.7 frames/s
                                 "fromcurrent": True,
                                 "transition": {"duration": 0},
                             },

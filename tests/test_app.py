@@ -1,12 +1,13 @@
 """app.py through streamlit.testing.v1.AppTest: widgets, state, caching, no exceptions.
 
 Each test simulates with its own duration, so Streamlit's process-wide cache can never
-hand one test another test's run; planner.backend.simulations_started counts real runs.
+hand one test another test's run; planner.reps.runs_submitted counts real runs.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import time
@@ -16,6 +17,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from planner import backend
+from planner import replicates as reps
+from siteplan.model import SiteModel
 from twin.scenario import load_scenario
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -26,8 +29,22 @@ def start(duration: float | None = None) -> AppTest:
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     if duration is not None:
+        at.sidebar.number_input(key="n_seeds").set_value(2)  # the fewest with an interval
         at.sidebar.number_input(key="duration_input").set_value(duration).run()
     return at
+
+
+@pytest.fixture(autouse=True)
+def workspace(tmp_path, monkeypatch):
+    """Each test's layouts and files go to its own workspace, never the checkout."""
+    ws = tmp_path / "workspace"
+    monkeypatch.setenv("TAGTWIN_WORKSPACE", str(ws))
+    return ws
+
+
+def book(at: AppTest):
+    """The layout book of the scenario on screen."""
+    return at.session_state.books[at.session_state.source]
 
 
 def go(at: AppTest, view: str) -> AppTest:
@@ -50,46 +67,49 @@ def test_first_page_shows_the_demo_plan():
     assert at.title[0].value == "TagTwin planner"
     assert at.sidebar.selectbox(key="scenario_file").value == "demo.toml"
     assert at.sidebar.radio(key="view").value == "Plan & layout"
-    assert at.session_state.layouts["as in scenario"][0] == {
+    assert book(at).layouts["as in scenario"][0] == {
         "id": "gw-01",
         "x": 5.0,
         "y": 2.0,
         "z": 3.0,
     }
-    assert chart_titles(at) == ["demo-warehouse: layout “as in scenario”, 10 gateways"]
+    assert at.caption[0].value == "demo.toml: demo-warehouse · layout “as in scenario” · 10 gateways"
     assert at.sidebar.number_input(key="duration_input").value == 600.0
 
 
-def test_coverage_maps_view_before_a_run():
+def test_coverage_maps_view_reads_against_the_requirement():
+    from planner.requirements import Requirement, area_report
+
     at = go(start(), "Coverage maps")
     labels = {m.label: m.value for m in at.metric}
-    want = backend.coverage_maps(
-        load_scenario(Path(APP).parent / "scenarios" / "demo.toml"),
-        at.session_state.layouts["as in scenario"],
-    ).summary()
-    assert labels["floor heard by 3+ gateways"] == f"{want['area_3plus']:.1%}"
-    assert labels["median CRB"] == f"{want['crb_median_m']:.2f} m"
+    sc = load_scenario(Path(APP).parent / "scenarios" / "demo.toml")
+    maps = backend.coverage_maps(sc, book(at).layouts["as in scenario"])
+    rows = area_report(maps, SiteModel.from_scenario(sc), Requirement())
+    assert labels["floor meeting it per cell"] == f"{rows[0]['meets per cell']:.1%}"
+    assert labels["floor heard by 3+ at -90 dBm"] == f"{rows[0]['3+ at -90 dBm']:.1%}"
+    assert labels["meets the requirement"] == ("yes" if rows[0]["verdict"] == "meets" else "no")
+    table = at.dataframe[0].value
+    assert list(table.index) == ["whole floor *", *[z.name for z in sc.zones]]
     # The measured-error map is only offered after a run.
-    assert at.radio(key="map_kind").options == [
-        "best RSSI (dBm)",
-        "gateways hearing",
-        "Cramér-Rao bound (m)",
-    ]
-    at.radio(key="map_kind").set_value("gateways hearing").run()
-    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert any(t.get("name") == "3+ gateways boundary" for t in spec["data"])
+    assert "measured error RMSE (m)" not in at.radio(key="map_kind").options
+    # A looser requirement is met on more of the floor.
+    at.number_input(key="req_crb").set_value(10.0)
+    at.number_input(key="req_n").set_value(1).run()
+    assert not at.exception
+    assert at.dataframe[0].value.loc["whole floor *", "meets per cell"] > rows[0]["meets per cell"]
 
 
 def test_run_playback_and_view_switches_never_rerun_the_simulation():
     at = go(start(duration=20), "Run & playback")
     assert "Run the simulation" in at.info[0].value
-    before = backend.simulations_started
+    before = reps.runs_submitted
     at.button(key="run").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert backend.simulations_started == before + 1
-    assert at.success[0].value.startswith("Run finished: ")
+    assert reps.runs_submitted == before + 2  # two seeds
+    assert at.success[0].value.startswith("Run finished: 2 seeds")
     metrics = {m.label: m.value for m in at.metric}
     assert float(metrics["median error"].removesuffix(" m")) > 0
+    assert any(c.value.startswith("95 % CI ") and c.value.endswith(" m") for c in at.caption)
     assert metrics["tags located"].endswith("%")
     assert chart_titles(at)[0] == "t = 20 s, layout “as in scenario”"
     at.slider(key="play_t").set_value(5.0).run()
@@ -118,7 +138,7 @@ def test_run_playback_and_view_switches_never_rerun_the_simulation():
     go(at, "Plan & layout")
     go(at, "Run & playback")
     assert at.success[0].value.startswith("Run finished: ")
-    assert backend.simulations_started == before + 1
+    assert reps.runs_submitted == before + 2
 
 
 def test_grid_layout_then_compare_two_layouts():
@@ -127,33 +147,40 @@ def test_grid_layout_then_compare_two_layouts():
     at.number_input(key="grid_height").set_value(4.0)
     at.button(key="grid_add").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert list(at.session_state.layouts) == ["as in scenario", "grid 12 m"]
-    assert at.session_state.active == "grid 12 m"
-    assert {r["z"] for r in at.session_state.layouts["grid 12 m"]} == {4.0}
+    assert list(book(at).layouts) == ["as in scenario", "grid 12 m"]
+    assert book(at).active == "grid 12 m"
+    assert {r["z"] for r in book(at).layouts["grid 12 m"]} == {4.0}
     # The sidebar's layout picker follows the new layout and switches back.
-    picker = at.sidebar.selectbox[1]
+    picker = at.sidebar.selectbox(key="layout_pick")
     assert (picker.label, picker.value) == ("Layout", "grid 12 m")
     picker.set_value("as in scenario").run()
-    assert at.session_state.active == "as in scenario"
-    assert chart_titles(at)[0] == "demo-warehouse: layout “as in scenario”, 10 gateways"
+    assert book(at).active == "as in scenario"
+    assert at.caption[0].value.endswith("layout “as in scenario” · 10 gateways")
     go(at, "Compare layouts")
     assert at.multiselect(key="compare_sel").value == ["as in scenario", "grid 12 m"]
-    before = backend.simulations_started
+    before = reps.runs_submitted
     at.button(key="compare_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert backend.simulations_started == before + 2
+    assert reps.runs_submitted == before + 4  # two layouts, the same two seeds
     table = at.dataframe[0].value
     assert list(table.index) == ["as in scenario", "grid 12 m"]
-    n_grid = len(at.session_state.layouts["grid 12 m"])
+    n_grid = len(book(at).layouts["grid 12 m"])
     assert n_grid == 8  # 40 x 25 m, margin 2: x 2, 14, 26, 38; y 2, 14
     assert list(table["gateways"]) == [10, n_grid]
     # Cost is the ROI model's capex at its defaults: tags x 12 + gateways x (150 + 120) + 5,000.
-    assert table.loc["as in scenario", "cost"] == 200 * 12 + 10 * 270 + 5000
-    assert table.loc["grid 12 m", "cost"] == 200 * 12 + 8 * 270 + 5000
-    assert {"payback_months", "npv", "theft_recall"} <= set(table.columns)
+    assert table.loc["as in scenario", "capex"] == f"{200 * 12 + 10 * 270 + 5000:,}"
+    assert table.loc["grid 12 m", "capex"] == f"{200 * 12 + 8 * 270 + 5000:,}"
+    assert {"payback", "NPV", "median error", "false alarms / day / 1,000 tags"} <= set(table.columns)
+    assert all(re.fullmatch(r"\d\.\d\d m \(-?\d+\.\d\d m to \d+\.\d\d m\)", v) for v in table["median error"]), list(
+        table["median error"]
+    )
+    # 15 s of 200 tags is far too little exposure for a false-alarm rate.
+    assert all(v.startswith("too little exposure (upper bound ") for v in table["false alarms / day / 1,000 tags"])
     said = next(m.value for m in at.markdown if "Which layout wins on what" in m.value)
-    assert "capex: grid 12 m wins (9,560 vs 10,100 for as in scenario)" in said
-    assert "NPV:" in said
+    assert "capex: grid 12 m is cheaper (9,560 vs 10,100 for as in scenario" in said
+    assert re.search(r"- NPV: (.+ wins|no significant difference between) ", said), said
+    diffs = at.dataframe[1].value
+    assert list(diffs.index) == ["grid 12 m − as in scenario"]
     assert "cost vs accuracy (star: no other layout is cheaper and more accurate)" in chart_titles(
         at
     )
@@ -161,13 +188,13 @@ def test_grid_layout_then_compare_two_layouts():
     assert sorted(cost_chart["data"][0]["x"]) == [9560.0, 10100.0]
     # A dearer gateway, set in the ROI view, re-prices the comparison without simulating.
     go(at, "ROI")
-    assert at.metric[0].label == "payback month"
+    assert at.metric[0].label == "payback"
     at.number_input(key="roi_gateway_cost_0").set_value(1000.0).run()
     assert not at.exception, [e.value for e in at.exception]
-    assert at.metric[2].value == f"{200 * 12 + 10 * 1120 + 5000:,}"  # capex
+    assert (at.metric[2].label, at.metric[2].value) == ("capex (EUR)", f"{200 * 12 + 10 * 1120 + 5000:,}")
     go(at, "Compare layouts")
-    assert at.dataframe[0].value.loc["as in scenario", "cost"] == 200 * 12 + 10 * 1120 + 5000
-    assert backend.simulations_started == before + 2
+    assert at.dataframe[0].value.loc["as in scenario", "capex"] == f"{200 * 12 + 10 * 1120 + 5000:,}"
+    assert reps.runs_submitted == before + 4
 
 
 def test_roi_panel_shows_payback_npv_cases_and_sensitivity():
@@ -176,49 +203,95 @@ def test_roi_panel_shows_payback_npv_cases_and_sensitivity():
     at.button(key="roi_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
     metrics = {m.label: m.value for m in at.metric}
-    assert set(metrics) == {"payback month", "NPV", "capex", "net / month", "TCO"}
-    assert metrics["capex"] == f"{200 * 12 + 10 * 270 + 5000:,}"
+    assert set(metrics) == {"payback", "NPV (EUR)", "capex (EUR)", "net / month (EUR)", "TCO (EUR)"}
+    assert metrics["capex (EUR)"] == f"{200 * 12 + 10 * 270 + 5000:,}"
+    assert any(c.value.startswith("95 % CI ") and c.value.endswith("over 2 seeds") for c in at.caption)
     cases = at.dataframe[0].value
     assert list(cases["case"]) == ["worst", "base", "best"]
-    assert cases["capex"].is_monotonic_decreasing  # worst costs x1.2, best x0.9
-    assert metrics["capex"] == f"{cases.loc[1, 'capex']:,.0f}"
-    assert metrics["NPV"] == f"{cases.loc[1, 'NPV']:,.0f}"
-    sens = at.dataframe[1].value
-    assert len(sens) == 22 and "input" in sens.columns
-    assert sens["payback_swing"].is_monotonic_decreasing
+    capex = [eur(v) for v in cases["capex"]]
+    assert capex == sorted(capex, reverse=True)  # worst costs x1.2, best x0.9
+    assert metrics["capex (EUR)"] == f"{capex[1]:,.0f}"
+    assert all(re.fullmatch(r"[\d.]+ months|never \(within 36 months\)", p) for p in cases["payback"])
+    sens = next(d.value for d in at.dataframe if "input" in d.value.columns)
+    assert len(sens) == 22
+    assert not sens.isin(["None", "inf", "Infinity", "nan"]).any().any()
     # Every input is there with its documented default.
     assert at.number_input(key="roi_horizon_months_0").value == 36
     assert at.number_input(key="roi_tag_cost_0").value == 12.0
     assert at.number_input(key="roi_tags_0").value == 200
     # A longer horizon raises the NPV (the demo pays back) and changes no measurement.
-    before = backend.simulations_started
-    npv = cases.loc[1, "NPV"]
+    before = reps.runs_submitted
+    npv = eur(cases.loc[1, "NPV"])
     at.number_input(key="roi_horizon_months_0").set_value(60).run()
-    assert at.dataframe[0].value.loc[1, "NPV"] > npv
-    assert backend.simulations_started == before
+    assert eur(at.dataframe[0].value.loc[1, "NPV"]) > npv
+    assert reps.runs_submitted == before
+    # Another currency labels every money figure; the report exports as one HTML file.
+    at.sidebar.selectbox(key="currency").set_value("CHF").run()
+    assert at.dataframe[0].value.loc[1, "capex"].startswith("CHF ")
+    assert any(m.label == "NPV (CHF)" for m in at.metric)
 
 
-def test_copy_and_save_a_layout(tmp_path):
+def eur(text: str) -> float:
+    """A money cell ("EUR 12,120", "EUR −3,400") as a number."""
+    return float(text.split(" ", 1)[1].replace(",", "").replace("−", "-"))
+
+
+def test_copy_refuses_a_taken_name_until_the_planner_confirms(workspace):
     at = start()
     at.text_input(key="copy_name").set_value("my layout")
     at.button(key="copy_add").click().run()
-    assert at.session_state.active == "my layout"
-    assert at.session_state.layouts["my layout"] == at.session_state.layouts["as in scenario"]
-    target = tmp_path / "saved.toml"
-    at.text_input(key="save_path").set_value(str(target))
+    assert book(at).active == "my layout"
+    assert book(at).layouts["my layout"] == book(at).layouts["as in scenario"]
+    # Saved to the workspace at once, and read back by a new session.
+    saved = workspace / "layouts" / "demo-warehouse.json"
+    assert "my layout" in saved.read_text()
+    at.text_input(key="copy_name").set_value("as in scenario")
+    at.button(key="copy_add").click().run()
+    assert "not added: “as in scenario” is the scenario's own layout" in at.session_state.plan_message
+    book(at).edit("delete", gateway="gw-01")  # "my layout" now has 9 gateways
+    at.text_input(key="copy_name").set_value("grid")
+    at.button(key="copy_add").click().run()
+    assert book(at).active == "grid"
+    at.sidebar.selectbox(key="layout_pick").set_value("as in scenario").run()
+    # The same name again is refused; the layout keeps its gateways until "Overwrite".
+    at.text_input(key="copy_name").set_value("grid")
+    at.button(key="copy_add").click().run()
+    assert not at.exception
+    assert at.warning[0].value == "A layout named “grid” exists."
+    assert len(book(at).layouts["grid"]) == 9
+    at.button(key="copy_overwrite").click().run()
+    assert len(book(at).layouts["grid"]) == 10
+    fresh = start()
+    assert set(book(fresh).layouts) == {"as in scenario", "my layout", "grid"}
+
+
+def test_save_writes_only_inside_the_workspace_and_asks_before_overwriting(workspace):
+    at = start()
+    at.text_input(key="copy_name").set_value("my layout")
+    at.button(key="copy_add").click().run()
+    at.text_input(key="save_path").set_value("mine/saved.toml").run()
     at.button(key="save_write").click().run()
     assert not at.exception
-    assert at.success[0].value == f"wrote {target}"
-    saved = load_scenario(target)
+    assert at.success[0].value == "wrote mine/saved.toml in the workspace"
+    saved = load_scenario(workspace / "mine" / "saved.toml")
     assert saved.name == "demo-warehouse-my-layout"
     assert len(saved.gateways.units) == 10
-
-
-def test_save_to_an_unwritable_place_says_why(tmp_path):
-    at = start()
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    at.text_input(key="save_path").set_value(str(blocker / "x.toml"))
+    # Again: the file exists, so writing waits for "overwrite it".
+    at.text_input(key="save_path").set_value("mine/saved.toml ").run()
+    assert at.button(key="save_write").disabled
+    at.checkbox(key="save_overwrite").check().run()
+    assert not at.button(key="save_write").disabled
+    for bad, why in (
+        ("/tmp/x.toml", "not an absolute one"),
+        ("../x.toml", "'..' is not allowed"),
+    ):
+        at.text_input(key="save_path").set_value(bad).run()
+        assert at.error[0].value.startswith(f"not written: {bad}: ")
+        assert why in at.error[0].value
+    assert not (workspace.parent / "x.toml").exists()
+    # A file where a directory should be: the OS's reason, in one line.
+    (workspace / "blocker").write_text("")
+    at.text_input(key="save_path").set_value("blocker/x.toml").run()
     at.button(key="save_write").click().run()
     assert not at.exception
     assert at.error[0].value.startswith("not written: ")
@@ -313,16 +386,19 @@ def test_events_timeline_with_precision_and_recall_on_the_incidents_scenario():
     assert 0.9 <= exit_row["recall"] <= 1.0
 
 
-def test_picking_another_scenario_resets_layouts_and_duration():
+def test_each_scenario_keeps_its_own_layouts_and_duration():
     at = start(duration=30)
     at.button(key="grid_add").click().run()
-    assert len(at.session_state.layouts) == 2
+    assert len(book(at).layouts) == 2
     at.sidebar.selectbox(key="scenario_file").set_value("large.toml").run()
     assert not at.exception, [e.value for e in at.exception]
-    assert list(at.session_state.layouts) == ["as in scenario"]
-    assert len(at.session_state.layouts["as in scenario"]) == 54
+    assert list(book(at).layouts) == ["as in scenario"]
+    assert len(book(at).layouts["as in scenario"]) == 54
     assert (
         at.sidebar.number_input(key="duration_input").value
         == load_scenario(Path(APP).parent / "scenarios" / "large.toml").duration_s
     )
-    assert chart_titles(at)[0].endswith("54 gateways")
+    assert at.caption[0].value.endswith("54 gateways")
+    at.sidebar.selectbox(key="scenario_file").set_value("demo.toml").run()
+    assert list(book(at).layouts) == ["as in scenario", "grid 10 m"]  # not discarded
+    assert book(at).active == "grid 10 m"

@@ -206,3 +206,64 @@ def count_accuracy(
         return None
     err = sum(abs(seen - truth.get((t, z), 0)) for t, z, seen in counted)
     return round(max(0.0, 1.0 - err / total), 4)
+
+
+# -- rates with their uncertainty (design.md, "Interface conventions") --------------------
+
+
+def poisson_interval(count: int, exposure: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact two-sided interval of a Poisson rate, count events over ``exposure``
+    (Garwood 1936: chi-square quantiles; the lower bound is 0 when no event was seen)."""
+    from scipy.stats import chi2
+
+    if exposure <= 0:
+        return 0.0, math.inf
+    a = 1.0 - confidence
+    low = 0.0 if count == 0 else float(chi2.ppf(a / 2, 2 * count)) / 2 / exposure
+    high = float(chi2.ppf(1 - a / 2, 2 * count + 2)) / 2 / exposure
+    return low, high
+
+
+def poisson_upper(count: int, exposure: float, confidence: float = 0.95) -> float:
+    """One-sided upper bound of a Poisson rate (3.0 / exposure for no event at 95 %)."""
+    from scipy.stats import chi2
+
+    if exposure <= 0:
+        return math.inf
+    return float(chi2.ppf(confidence, 2 * count + 2)) / 2 / exposure
+
+
+@dataclass(frozen=True)
+class RateReading:
+    """A measured rate, its 95 % interval, and whether the exposure behind it was enough.
+
+    The rule (design.md): a rate whose one-sided 95 % upper bound is more than twice the
+    larger of its point value and the design rate is shown as "too little exposure (upper
+    bound X)", never as a bare figure, and must not drive a money figure on its own.
+    (With no event, the point is 0, so the exposure suffices once the upper bound is at
+    most twice the design rate.)
+    """
+
+    count: int
+    exposure: float
+    rate: float
+    low: float
+    high: float
+    upper: float  # one-sided 95 %
+    design: float
+
+    @property
+    def too_little_exposure(self) -> bool:
+        return self.upper > 2.0 * max(self.rate, self.design)
+
+    def text(self, digits: int = 2) -> str:
+        if self.too_little_exposure:
+            return f"too little exposure (upper bound {self.upper:,.{digits}f})"
+        return f"{self.rate:,.{digits}f} ({self.low:,.{digits}f}–{self.high:,.{digits}f})"
+
+
+def rate_reading(count: int, exposure: float, design: float) -> RateReading:
+    """``count`` events over ``exposure`` (e.g. thousand-tag-days) against a design rate."""
+    low, high = poisson_interval(count, exposure)
+    rate = count / exposure if exposure > 0 else math.inf
+    return RateReading(count, exposure, rate, low, high, poisson_upper(count, exposure), design)
