@@ -318,6 +318,9 @@ async def run_worker(
             # off (the worker is behind, the gateways are not silent), on the wall clock once
             # caught up (nothing more arrives: close what there is).
             outbox += core.tick(core.latest_received if msgs else time.time())
+            if outbox:  # positions go out as soon as computed (stored before the checkpoint, as before)
+                await asyncio.gather(*(js.publish(subj, payload, timeout=10) for subj, payload in outbox))
+                outbox = []
             due = time.monotonic() - last_ckpt >= s.checkpoint_every_s or len(unacked) >= s.max_ack_pending // 2
             if (unacked or outbox) and due:  # outputs of a tick with no new input (idle close) too
                 await _commit(js, obs, core, outbox, unacked)

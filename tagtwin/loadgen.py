@@ -69,7 +69,7 @@ class SiteTraffic:
         """Sightings per second at ``scale`` (whole copies plus a share of the devices)."""
         whole, part = divmod(scale, 1.0)
         per_dev = self.per_device_rate()
-        return float(whole * per_dev.sum() + per_dev[: int(round(part * len(per_dev)))].sum())
+        return float(whole * per_dev.sum() + per_dev[: round(part * len(per_dev))].sum())
 
     def select(self, gateways: list[int]) -> SiteTraffic:
         """Only the rows of these gateway codes (what one publisher sends)."""
@@ -172,7 +172,7 @@ class TickBuilder:
                     continue
                 idx = np.arange(lo, hi)
                 for k in range(copies):
-                    limit = n_dev if k + 1 <= scale else int(round((scale - k) * n_dev))
+                    limit = n_dev if k + 1 <= scale else round((scale - k) * n_dev)
                     sel = idx[tr.device[idx] < limit]
                     if len(sel) == 0:
                         continue
@@ -302,14 +302,15 @@ def _mqtt_loop(spec: PublisherSpec, reports: mp.Queue[TickReport], stop: MpEvent
     client.max_queued_messages_set(0)
     lock = threading.Lock()
     sent_at: dict[int, tuple[float, int]] = {}
-    state = {"published": 0, "acks": []}
+    acked: list[float] = []
+    state = {"published": 0}
 
     def on_publish(_c: object, _u: object, mid: int, _rc: object, _p: object) -> None:
         with lock:
             got = sent_at.pop(mid, None)
             if got is not None:
-                state["published"] += got[1]  # type: ignore[operator]
-                state["acks"].append((time.monotonic() - got[0]) * 1000)  # type: ignore[union-attr]
+                state["published"] += got[1]
+                acked.append((time.monotonic() - got[0]) * 1000)
 
     client.on_publish = on_publish
     url = BrokerUrl.parse(spec.url)
@@ -337,16 +338,17 @@ def _mqtt_loop(spec: PublisherSpec, reports: mp.Queue[TickReport], stop: MpEvent
                     else:
                         sent_at[info.mid] = (time.monotonic(), n)
             with lock:
-                acks, state["acks"] = state["acks"], []
-                published = int(state["published"])  # type: ignore[call-overload]
-            reports.put(TickReport(spec.index, generated, published, behind, errors, list(acks)[:50]))  # type: ignore[call-overload]
+                acks = acked[:50]
+                acked.clear()
+                published = state["published"]
+            reports.put(TickReport(spec.index, generated, published, behind, errors, acks))
             k += 1
         deadline = time.monotonic() + 30
         while sent_at and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         with lock:
-            published = int(state["published"])  # type: ignore[call-overload]
+            published = state["published"]
         reports.put(TickReport(spec.index, generated, published, 0.0, errors, [], done=True))
         client.loop_stop()
         client.disconnect()

@@ -33,7 +33,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,7 +128,8 @@ def _r(v: float | None, nd: int = 3) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), nd)
 
 
-def percentiles(values: list[float] | np.ndarray, weights: list[int] | np.ndarray | None = None) -> dict[str, float | None]:
+def percentiles(values: Sequence[float] | np.ndarray, weights: Sequence[int] | np.ndarray | None = None,
+                ) -> dict[str, float | None]:
     """p50/p90/p99 (weighted by repetition), None for no samples."""
     v = np.asarray(values, float)
     if weights is not None:
@@ -137,6 +138,11 @@ def percentiles(values: list[float] | np.ndarray, weights: list[int] | np.ndarra
         return {"p50": None, "p90": None, "p99": None}
     p = np.percentile(v, [50, 90, 99])
     return {"p50": round(float(p[0]), 1), "p90": round(float(p[1]), 1), "p99": round(float(p[2]), 1)}
+
+
+def weighted_percentiles(samples: Sequence[tuple[float, int]]) -> dict[str, float | None]:
+    """Percentiles of (value, count) samples: each position of a window counts once."""
+    return percentiles([v for v, _ in samples], [n for _, n in samples])
 
 
 # -- traffic ---------------------------------------------------------------------------------
@@ -189,6 +195,7 @@ class ProcInfo:
     proc: psutil.Process | None
     cpu: list[float] = field(default_factory=list)
     rss: list[float] = field(default_factory=list)
+    cpu_s: float | None = None  # user + system CPU seconds at the last sample
 
     def sample(self) -> tuple[float | None, float | None]:
         if self.proc is None:
@@ -196,6 +203,8 @@ class ProcInfo:
         try:
             c = self.proc.cpu_percent(None)
             m = self.proc.memory_info().rss / 2**20
+            times = self.proc.cpu_times()
+            self.cpu_s = times.user + times.system
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return None, None
         self.cpu.append(c)
@@ -205,7 +214,8 @@ class ProcInfo:
     def summary(self) -> dict[str, object]:
         if not self.cpu:
             return {"role": self.role}
-        return {"role": self.role, "cpu_pct_mean": round(float(np.mean(self.cpu)), 1),
+        return {"role": self.role, "cpu_s": None if self.cpu_s is None else round(self.cpu_s, 2),
+                "cpu_pct_mean": round(float(np.mean(self.cpu)), 1),
                 "cpu_pct_max": round(float(np.max(self.cpu)), 1), "rss_mb_first": round(self.rss[0], 1),
                 "rss_mb_peak": round(max(self.rss), 1), "rss_mb_last": round(self.rss[-1], 1)}
 
@@ -337,7 +347,8 @@ class LoadTest:
         o = self.o
         cfg = self.config
         load_start = os.getloadavg()
-        self.say(f"twin: {len(self.sites)} site(s) of {self.scenario.name}, loop {min(o.loop_s, self.scenario.duration_s):g} s")
+        loop = min(o.loop_s, self.scenario.duration_s)
+        self.say(f"twin: {len(self.sites)} site(s) of {self.scenario.name}, loop {loop:g} s")
         traffic = [site_traffic(self.scenario, s, i, o.loop_s) for i, s in enumerate(self.sites)]
         natural = sum(t.natural_rate for t in traffic)
         if natural <= 0:
@@ -351,7 +362,7 @@ class LoadTest:
         procs: list[ProcInfo] = [ProcInfo("controller", "controller", psutil.Process())]
         server: EmbeddedNats | None = None
         workers: dict[str, WorkerProcess] = {}
-        pubs: list[mp.process.BaseProcess] = []
+        pubs: list[Any] = []
         ctx = mp.get_context("spawn")
         reports: mp.Queue[TickReport] = ctx.Queue()
         stop_pubs = ctx.Event()
@@ -378,8 +389,9 @@ class LoadTest:
                 for s, tr in zip(self.sites, traffic, strict=True):
                     workers[s] = self._worker(data_dir, url, s, tr)
                     workers[s].start()
-                    assert workers[s].proc is not None
-                    procs.append(ProcInfo(f"worker {s}", "worker", psutil.Process(workers[s].proc.pid)))
+                    wproc = workers[s].proc
+                    assert wproc is not None
+                    procs.append(ProcInfo(f"worker {s}", "worker", psutil.Process(wproc.pid)))
                 await self._wait(lambda: all(s in self.status for s in self.sites), 90, "worker status")
                 self.say(f"workers: {len(workers)} ready")
             # publishers start a little ahead so their first tick is on time
@@ -392,8 +404,8 @@ class LoadTest:
                 pubs.append(p)
                 procs.append(ProcInfo(f"publisher {i + 1}", "publisher", psutil.Process(p.pid)))
             self.say(f"publishers: {len(pubs)} processes, {natural:,.0f} sightings/s at scale 1")
-            for p in procs:
-                p.sample()
+            for info in procs:
+                info.sample()
             fault_tasks = [asyncio.create_task(self._fault(f, server, workers, fault_log)) for f in o.faults]
             pub_state: dict[int, TickReport] = {}
             ack_ms: list[float] = []
@@ -426,17 +438,17 @@ class LoadTest:
                     "lag_batches": tot.get("lag_batches"),
                     "lag_s": self._lag_s(now),
                     "publisher_behind_s": round(max((r.behind_s for r in pub_state.values()), default=0.0), 3),
-                    "advert_to_position_ms": percentiles([a for a, _ in self.a2p], [n for _, n in self.a2p]),
-                    "close_to_position_ms": percentiles([a for a, _ in self.c2p], [n for _, n in self.c2p]),
+                    "advert_to_position_ms": weighted_percentiles(self.a2p),
+                    "close_to_position_ms": weighted_percentiles(self.c2p),
                     "publish_ack_ms": percentiles(ack_recent),
                     "load_avg_1m": round(os.getloadavg()[0], 2),
                     "cpu_pct": {}, "rss_mb": {},
                 }
-                for p in procs:
-                    c, m = p.sample()
+                for info in procs:
+                    c, m = info.sample()
                     if c is not None:
-                        row["cpu_pct"][p.name] = c
-                        row["rss_mb"][p.name] = m
+                        row["cpu_pct"][info.name] = c
+                        row["rss_mb"][info.name] = m
                 timeline.append(row)
                 self.a2p, self.c2p, ack_recent = [], [], []
                 last_t, last_gen, last_pub, last_proc = now, gen, pub, proc_n
@@ -446,8 +458,7 @@ class LoadTest:
                     step = sched.step_of(max(run_t, 0.0))
                     if step != cur_step:
                         if cur_step >= 0:
-                            verdict = self._judge_step(cur_step, sched, natural, traffic, step_marks[-1], gen, proc_n,
-                                                       now, timeline)
+                            verdict = self._judge_step(cur_step, sched, traffic, step_marks[-1], gen, proc_n, now)
                             ramp_steps.append(verdict)
                             self.say(f"ramp step {cur_step}: {verdict['offered_per_s']:,.0f}/s "
                                      f"{'PASS' if verdict['pass'] else 'FAIL: ' + verdict['failed']}")
@@ -485,8 +496,8 @@ class LoadTest:
                     await asyncio.sleep(0.25)
                 await asyncio.sleep(1.0)  # the last positions reach us
             tot = self._worker_totals()
-            for p in procs:
-                p.sample()
+            for info in procs:
+                info.sample()
         finally:
             stop_pubs.set()
             for p in pubs:
@@ -504,8 +515,7 @@ class LoadTest:
                             ramp_steps, max_pass_rate, fault_log, load_start)
 
     def _lag_s(self, now: float) -> float | None:
-        marks = [st.get("watermark") for st in self.status.values()]
-        marks = [m for m in marks if isinstance(m, int | float)]
+        marks = [float(m) for st in self.status.values() if isinstance(m := st.get("watermark"), int | float)]
         return round(now - min(marks), 2) if marks else None
 
     def _progress_line(self, row: dict[str, Any]) -> str:
@@ -516,9 +526,8 @@ class LoadTest:
                 f"{row['lag_s'] if row['lag_s'] is not None else '-'} s  p99 advert->pos {a} ms close->pos {c} ms "
                 f"load {row['load_avg_1m']}")
 
-    def _judge_step(self, step: int, sched: Schedule, natural: float, traffic: list[SiteTraffic],
-                    mark: tuple[int, float, int, int], gen: int, proc_n: int, now: float,
-                    timeline: list[dict[str, Any]]) -> dict[str, Any]:
+    def _judge_step(self, step: int, sched: Schedule, traffic: list[SiteTraffic],
+                    mark: tuple[int, float, int, int], gen: int, proc_n: int, now: float) -> dict[str, Any]:
         """A ramp step passes when its latencies meet the SLOs and the worker kept up with it."""
         _, start, gen0, proc0 = mark
         scale = sched.scale_at(step * sched.step_s) or 0.0
@@ -527,9 +536,8 @@ class LoadTest:
         lo = start + self.config.window_s
         a2p = [(v, n) for t, v, n in self.all_a2p if lo <= t <= now]
         c2p = [(v, n) for t, v, n in self.all_c2p if lo <= t <= now]
-        pa, pc = percentiles(*zip(*a2p, strict=True)) if a2p else percentiles([]), \
-            percentiles(*zip(*c2p, strict=True)) if c2p else percentiles([])
-        kept_up = (proc_n - proc0) >= 0.95 * (gen - gen0)
+        pa, pc = weighted_percentiles(a2p), weighted_percentiles(c2p)
+        kept_up = (proc_n - proc0) >= 0.9 * (gen - gen0)  # in flight at the step's edges: ~1 s
         failed = []
         for name, (bound, _kind) in self.slos.items():
             val = {"p99_advert_to_position_ms": pa["p99"], "p99_close_to_position_ms": pc["p99"]}.get(name)
@@ -553,7 +561,7 @@ class LoadTest:
 
         keys_path = data_dir / f"keys-{site}.toml"
         keys_path.write_text("[keys]\n" + "".join(f'"{g}" = "{k.hex()}"\n' for g, k in traffic.keys.items()))
-        settings = {"site": site, "status_every_s": 0.5, "checkpoint_every_s": 0.2, "idle_s": 2.0}
+        settings = {"site": site, "status_every_s": 0.5, "idle_s": 2.0}
         settings |= self.o.worker_settings
         cmd = [*worker_command(self.o.scenario), "--nats", url, "--keys", str(keys_path),
                "--settings", json.dumps(settings)]
@@ -587,8 +595,7 @@ class LoadTest:
         warm = self.t0 + cfg.window_s  # from the first window that is full
         a2p = [(v, n) for t, v, n in self.all_a2p if t >= warm]
         c2p = [(v, n) for t, v, n in self.all_c2p if t >= warm]
-        lat = percentiles(*zip(*a2p, strict=True)) if a2p else percentiles([])
-        close = percentiles(*zip(*c2p, strict=True)) if c2p else percentiles([])
+        lat, close = weighted_percentiles(a2p), weighted_percentiles(c2p)
         processed = tot.get("processed", 0)
         dead = tot.get("dead_lettered", 0)
         span = max(publish_end, 1e-6)
@@ -642,14 +649,17 @@ class LoadTest:
                                                  "publishers ended")}
         report["faults"] = fault_log
         report["processes"] = {p.name: p.summary() for p in procs}
-        report["bottleneck"] = bottleneck(procs, timeline, report)
+        worker_cpu = sum(p.cpu_s or 0.0 for p in procs if p.role == "worker")
+        # what survives a busy machine: sightings per CPU-second the worker(s) got
+        report["processed_per_worker_cpu_s"] = round(processed / worker_cpu) if worker_cpu and not o.mqtt_url else None
+        report["bottleneck"] = bottleneck(procs, timeline)
         report["machine"] = {"cores": os.cpu_count(), "load_avg_start": [round(x, 2) for x in load_start],
                              "load_avg_end": [round(x, 2) for x in os.getloadavg()]}
         report["timeline"] = timeline
         return report
 
 
-def bottleneck(procs: list[ProcInfo], timeline: list[dict[str, Any]], report: dict[str, Any]) -> dict[str, object]:
+def bottleneck(procs: list[ProcInfo], timeline: list[dict[str, Any]]) -> dict[str, object]:
     """Name the part that limits the run: a process pinned near one core, publishers behind
     their schedule, or a machine with more runnable work than cores."""
     busiest = max((p for p in procs if p.cpu), key=lambda p: float(np.percentile(p.cpu, 90)), default=None)

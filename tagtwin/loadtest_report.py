@@ -12,7 +12,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def _series(timeline: list[dict[str, Any]], key: str, sub: str | None = None) -> list[float]:
@@ -59,7 +59,10 @@ def figure_png(report: dict[str, Any]) -> bytes:
             axis.plot(t, [row.get(key, {}).get(n, float("nan")) for row in tl], label=n)
         axis.set_ylabel(unit)
         axis.legend(fontsize=7)
-    axes[3].plot(t, [100 * v for v in _series(tl, "load_avg_1m")], "k:", label="load avg x100")
+    load_axis = axes[3].twinx()
+    load_axis.plot(t, _series(tl, "load_avg_1m"), "k:", label="machine load average (1 min)")
+    load_axis.set_ylabel("load average")
+    load_axis.legend(loc="upper right", fontsize=7)
     axes[3].set_title("CPU per process")
     axes[4].set_title("Memory per process")
     axes[4].set_xlabel("run time, s")
@@ -92,7 +95,8 @@ def write_html(report: dict[str, Any], out_dir: Path) -> Path:
                         f"<td>{s['load_avg_1m']}</td><td>{'PASS' if s['pass'] else html.escape(s['failed'])}</td></tr>"
                         for s in ramp["steps"]) + \
                     f"</table><p>Highest passing rate: <b>{ramp.get('max_passing_per_s')}</b> sightings/s</p>"
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tagtwin loadtest: {html.escape(str(report.get('scenario')))}</title>
+    name = html.escape(str(report.get("scenario")))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tagtwin loadtest: {name}</title>
 <style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:2px 6px}}
 table{{border-collapse:collapse}}.pass{{color:#070}}.fail{{color:#a00;font-weight:bold}}</style></head><body>
 <h1>Load test: {html.escape(str(report.get('scenario')))} &mdash; {'PASS' if report.get('pass') else 'FAIL'}</h1>
