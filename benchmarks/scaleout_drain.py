@@ -90,7 +90,8 @@ async def drain(n: int, scenario: Path, items: list, keys: dict, total: int, t_l
 
         def closed() -> bool:
             return len(status) == len(keys) and all(
-                isinstance(c := st.get("closed_through_t"), int | float) and c >= t_last - 2.0 for st in status.values())
+                isinstance(c := st.get("closed_through_t"), int | float) and c >= t_last - 2.0
+                for st in status.values())
 
         def done() -> int:
             return sum(int(s["counters"].get("processed", 0)) + sum(
@@ -113,7 +114,8 @@ async def drain(n: int, scenario: Path, items: list, keys: dict, total: int, t_l
         drain_s = t_end - t_first
         owners = {s: st.get("partition") for s, st in status.items()}
         await nc.close()
-        return {"workers": n, "sightings": total, "processed": done(), "all_windows_closed": closed(), "drain_s": round(drain_s, 2),
+        return {"workers": n, "sightings": total, "processed": done(), "all_windows_closed": closed(),
+                "drain_s": round(drain_s, 2),
                 "sightings_per_s": round(total / drain_s), "fill_s": round(fill_s, 2),
                 "worker_cpu_pct_mean": [round(sum(c) / max(len(c), 1), 1) for c in cpu],
                 "load_avg_1m": round(sum(load) / max(len(load), 1), 2), "partitions_reporting": len(owners)}
