@@ -97,7 +97,14 @@ async def drain(n: int, scenario: Path, items: list, keys: dict, total: int, t_l
             return sum(int(s["counters"].get("processed", 0)) + sum(
                 int(v) for k, v in s["counters"].items() if k.startswith("dead_lettered")) for s in status.values())
 
+        broker = psutil.Process(server.pid)
+
+        def cpu_s(p: psutil.Process) -> float:
+            t = p.cpu_times()
+            return t.user + t.system
+
         t_first = None
+        cpu0: list[float] = []
         deadline = time.monotonic() + 900
         cpu: list[list[float]] = [[] for _ in procs]
         load = []
@@ -105,11 +112,13 @@ async def drain(n: int, scenario: Path, items: list, keys: dict, total: int, t_l
             await asyncio.sleep(0.25)
             if t_first is None and done() > 0:
                 t_first = time.monotonic()
+                cpu0 = [cpu_s(p) for p in [*procs, broker]]
             if t_first is not None and len(load) < 10_000:
                 for j, p in enumerate(procs):
                     cpu[j].append(p.cpu_percent(None))
                 load.append(os.getloadavg()[0])
         t_end = time.monotonic()
+        used = [cpu_s(p) - c for p, c in zip([*procs, broker], cpu0, strict=True)]
         assert t_first is not None
         drain_s = t_end - t_first
         owners = {s: st.get("partition") for s, st in status.items()}
@@ -118,6 +127,9 @@ async def drain(n: int, scenario: Path, items: list, keys: dict, total: int, t_l
                 "drain_s": round(drain_s, 2),
                 "sightings_per_s": round(total / drain_s), "fill_s": round(fill_s, 2),
                 "worker_cpu_pct_mean": [round(sum(c) / max(len(c), 1), 1) for c in cpu],
+                "worker_cpu_s": [round(u, 2) for u in used[:-1]], "broker_cpu_s": round(used[-1], 2),
+                # what survives a shared machine: sightings per CPU-second the workers got
+                "sightings_per_worker_cpu_s": round(total / max(sum(used[:-1]), 1e-9)),
                 "load_avg_1m": round(sum(load) / max(len(load), 1), 2), "partitions_reporting": len(owners)}
     finally:
         for w in workers:
