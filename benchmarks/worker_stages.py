@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import emit, peak_rss_mb
 
-from live_bridge.worker import WorkerCore, WorkerSettings
 from live_bridge.wire import split_envelope, verify_signed
+from live_bridge.worker import WorkerCore, WorkerSettings
 from tagtwin.live import site_engine_config
 from tagtwin.loadgen import PublisherSpec, Schedule, TickBuilder
 from tagtwin.loadtest import site_traffic
