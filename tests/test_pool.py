@@ -5,6 +5,7 @@ processed exactly once across handovers. Real nats-server, real worker processes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -80,10 +81,8 @@ class Pool:
         kv = await self.js.key_value(POOL_BUCKET)
         out = {}
         for tr in self.traffic:
-            try:
+            with contextlib.suppress(Exception):  # no owner (yet)
                 out[tr.site] = (await kv.get(f"owner.{tr.site}")).value.decode()
-            except Exception:
-                pass
         return out
 
     def processed(self, site: str) -> int:
