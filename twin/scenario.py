@@ -260,8 +260,7 @@ class Bound(Strict):
 
 
 class LoadTestSlos(Strict):
-    """Service levels ``tagtwin loadtest`` holds the pipeline to (docs/load-testing.md);
-    the command line overrides each. None: not judged."""
+    """Service levels `tagtwin loadtest` holds the pipeline to; `--slo NAME=BOUND` overrides, None skips."""
 
     p99_advert_to_position_ms: float | None = Field(
         default=None, gt=0, description="p99 advert to the first position including it; default window + "
