@@ -32,11 +32,15 @@ if __name__ == "__main__":
     ap.add_argument("--step", type=float, default=10.0, help="seconds per step")
     ap.add_argument("--publishers", type=int, default=None)
     ap.add_argument("--worker-setting", action="append", default=[], help="NAME=JSON, e.g. horizon_s=30")
+    ap.add_argument("--slo", action="append", default=[],
+                    help="NAME=BOUND or NAME=none, e.g. p99_close_to_position_ms=none (ramp on keeping up only)")
     args = ap.parse_args()
     import json
 
     settings = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.worker_setting)}
+    slos = {k: None if v == "none" else float(v) for k, _, v in (s.partition("=") for s in args.slo)}
     report = run_loadtest(LoadTestOptions(
+        slo=slos,
         scenario=args.scenario, ramp=Ramp(args.start, args.factor, args.step), publishers=args.publishers,
         worker_settings=settings, progress=lambda line: print(line, file=sys.stderr, flush=True),
     ))
