@@ -261,8 +261,8 @@ class LoadTest:
         self.seen_windows: dict[str, set[float]] = defaultdict(set)
         self.a2p: list[tuple[float, int]] = []  # (ms, positions), since the last sample
         self.c2p: list[tuple[float, int]] = []
-        self.all_a2p: list[tuple[float, float, int]] = []  # (recv time, ms, n) whole run
-        self.all_c2p: list[tuple[float, float, int]] = []
+        self.all_a2p: list[tuple[float, float, int, float]] = []  # (recv time, ms, n, window end) whole run
+        self.all_c2p: list[tuple[float, float, int, float]] = []
         self.positions = 0
         self.t0 = 0.0
 
@@ -315,8 +315,8 @@ class LoadTest:
             c2p = (recv - closing_tick) * 1000
             self.a2p.append((a2p, n))
             self.c2p.append((c2p, n))
-            self.all_a2p.append((recv, a2p, n))
-            self.all_c2p.append((recv, c2p, n))
+            self.all_a2p.append((recv, a2p, n, we))
+            self.all_c2p.append((recv, c2p, n, we))
 
     async def _on_status(self, msg: Any) -> None:
         with contextlib.suppress(ValueError, KeyError, IndexError):
@@ -534,8 +534,8 @@ class LoadTest:
         offered = sum(t.offered_at(scale) for t in traffic)
         # judge positions of windows that began inside the step (not the previous step's tail)
         lo = start + self.config.window_s
-        a2p = [(v, n) for t, v, n in self.all_a2p if lo <= t <= now]
-        c2p = [(v, n) for t, v, n in self.all_c2p if lo <= t <= now]
+        a2p = [(v, n) for t, v, n, _ in self.all_a2p if lo <= t <= now]
+        c2p = [(v, n) for t, v, n, _ in self.all_c2p if lo <= t <= now]
         pa, pc = weighted_percentiles(a2p), weighted_percentiles(c2p)
         kept_up = (proc_n - proc0) >= 0.9 * (gen - gen0)  # in flight at the step's edges: ~1 s
         failed = []
@@ -592,9 +592,12 @@ class LoadTest:
                 ack_ms: list[float], ramp_steps: list[dict[str, Any]], max_pass_rate: float | None,
                 fault_log: list[dict[str, object]], load_start: tuple[float, float, float]) -> dict[str, Any]:
         o, cfg = self.o, self.config
-        warm = self.t0 + cfg.window_s  # from the first window that is full
-        a2p = [(v, n) for t, v, n in self.all_a2p if t >= warm]
-        c2p = [(v, n) for t, v, n in self.all_c2p if t >= warm]
+        # from the first full window to the last that closed on traffic: the windows the
+        # end of the run flushes (nothing more coming) close early and are not latency
+        warm = self.t0 + cfg.window_s
+        last = self.t0 + publish_end - cfg.allowed_lateness_s
+        a2p = [(v, n) for t, v, n, we in self.all_a2p if t >= warm and we <= last]
+        c2p = [(v, n) for t, v, n, we in self.all_c2p if t >= warm and we <= last]
         lat, close = weighted_percentiles(a2p), weighted_percentiles(c2p)
         processed = tot.get("processed", 0)
         dead = tot.get("dead_lettered", 0)
