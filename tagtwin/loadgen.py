@@ -305,10 +305,15 @@ def _mqtt_loop(spec: PublisherSpec, reports: mp.Queue[TickReport], stop: MpEvent
     acked: list[float] = []
     state = {"published": 0}
 
+    early: dict[int, float] = {}  # PUBACKs that beat the bookkeeping of their publish
+
     def on_publish(_c: object, _u: object, mid: int, _rc: object, _p: object) -> None:
+        # paho calls this holding its own message lock: only our lock here, never a paho call
         with lock:
             got = sent_at.pop(mid, None)
-            if got is not None:
+            if got is None:
+                early[mid] = time.monotonic()
+            else:
                 state["published"] += got[1]
                 acked.append((time.monotonic() - got[0]) * 1000)
 
@@ -331,12 +336,18 @@ def _mqtt_loop(spec: PublisherSpec, reports: mp.Queue[TickReport], stop: MpEvent
             generated += sum(x[3] for x in items)
             behind = time.time() - (spec.t0 + b)
             for subject, _gw, body, n in items:
+                t_send = time.monotonic()
+                info = client.publish(mqtt_topic(subject), body, qos=1)  # not under our lock: see on_publish
+                if info.rc != paho.MQTT_ERR_SUCCESS:
+                    errors += 1
+                    continue
                 with lock:
-                    info = client.publish(mqtt_topic(subject), body, qos=1)
-                    if info.rc != paho.MQTT_ERR_SUCCESS:
-                        errors += 1
+                    t_ack = early.pop(info.mid, None)
+                    if t_ack is None:
+                        sent_at[info.mid] = (t_send, n)
                     else:
-                        sent_at[info.mid] = (time.monotonic(), n)
+                        state["published"] += n
+                        acked.append((t_ack - t_send) * 1000)
             with lock:
                 acks = acked[:50]
                 acked.clear()

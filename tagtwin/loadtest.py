@@ -469,8 +469,13 @@ class LoadTest:
                                 stop_pubs.set()
                         cur_step = step
                         step_marks.append((step, now, gen, proc_n))
+                if sched.duration_s is not None and run_t > sched.duration_s + 90 and not stopping:
+                    log.warning("publishers still running 90 s after the end of the load: stopping them")
+                    stopping = True
+                    stop_pubs.set()
                 done = len(pub_state) == len(pubs) and all(r.done for r in pub_state.values())
-                if done or all(not p.is_alive() for p in pubs):
+                hung = sched.duration_s is not None and run_t > sched.duration_s + 120
+                if done or all(not p.is_alive() for p in pubs) or hung:
                     for r in drain_reports(reports):
                         pub_state[r.index] = r
                     break

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from live_bridge.wire import verify_signed
+from tests import live_fixtures
 from tagtwin.loadgen import PublisherSpec, Schedule, TickBuilder, encode_gateway_batch
 from tagtwin.loadtest import Ramp, assign_publishers, percentiles, site_traffic
 from twin.scenario import load_scenario
@@ -116,3 +117,18 @@ def test_short_run_reconciles_every_sighting_and_fails_an_impossible_slo(tmp_pat
     assert "worker" in " ".join(report["processes"])
     assert (tmp_path / "html" / "index.html").read_text().count("data:image/png;base64,") == 1
     assert "SLO failed: p99_close_to_position_ms" in res.stderr
+
+
+mosquitto = live_fixtures.mosquitto  # fixture: a real broker on a free loopback port
+
+
+@pytest.mark.integration
+def test_mqtt_mode_measures_the_broker_side_only(mosquitto, tmp_path: Path):
+    out = tmp_path / "report.json"
+    res = run_cli(str(SCENARIO), "--mqtt", mosquitto.url, "--multiplier", "0.25", "--duration", "3", "--json",
+                  str(out), "--quiet")
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["published"] == report["generated"] > 1000  # every QoS 1 publish acknowledged
+    assert report["processed"] is None and report["latency_ms"] is None
+    assert set(report["slo"]) == {"p99_publish_ack_ms"} and report["publish_ack_ms"]["p50"] is not None
