@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from live_bridge.wire import verify_signed
-from tests import live_fixtures
 from tagtwin.loadgen import PublisherSpec, Schedule, TickBuilder, encode_gateway_batch
 from tagtwin.loadtest import Ramp, assign_publishers, percentiles, site_traffic
+from tests import live_fixtures
 from twin.scenario import load_scenario
 
 REPO = Path(__file__).resolve().parent.parent
