@@ -681,10 +681,11 @@ def bottleneck(procs: list[ProcInfo], timeline: list[dict[str, Any]]) -> dict[st
     if busiest is not None and float(np.percentile(busiest.cpu, 90)) >= 85:
         out["verdict"] = (f"{busiest.name} ({busiest.role}) runs at "
                           f"{out['busiest_cpu_pct_p90']}% of a core: it is CPU-bound")
+    elif load > cores:
+        slip = f"; publishers fell {behind:.1f} s behind their schedule" if behind > 1.0 else ""
+        out["verdict"] = f"the machine: load average {load:.1f} on {cores} cores (other work shares the CPUs){slip}"
     elif behind > 1.0:
         out["verdict"] = f"publishers fell {behind:.1f} s behind their schedule: the load generator is the limit"
-    elif load > cores:
-        out["verdict"] = f"the machine: load average {load:.1f} on {cores} cores (other work shares the CPUs)"
     else:
         out["verdict"] = "none: no process was CPU-bound and the machine had spare cores"
     out["max_load_avg_1m"] = load
