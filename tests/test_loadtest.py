@@ -97,10 +97,11 @@ def test_bad_options_are_one_line_errors():
 
 @pytest.mark.integration
 def test_short_run_reconciles_every_sighting_and_fails_an_impossible_slo(tmp_path: Path):
-    """One run (a few seconds of load): every generated sighting processed, both latencies
-    measured, and a bound no pipeline can meet fails with exit code 1."""
+    """One run (a few seconds of load, two sites: two streams, two workers): every generated
+    sighting processed, both latencies measured, and a bound no pipeline can meet fails
+    with exit code 1."""
     out = tmp_path / "report.json"
-    res = run_cli(str(SCENARIO), "--multiplier", "0.5", "--duration", "5", "--json", str(out),
+    res = run_cli(str(SCENARIO), "--multiplier", "0.5", "--sites", "2", "--duration", "5", "--json", str(out),
                   "--out", str(tmp_path / "html"), "--slo", "p99_close_to_position_ms=0.001")
     assert res.returncode == 1, res.stderr[-2000:]
     report = json.loads(out.read_text())
@@ -114,7 +115,8 @@ def test_short_run_reconciles_every_sighting_and_fails_an_impossible_slo(tmp_pat
     floor = report["latency_floor"]
     assert report["latency_ms"]["p50"] >= (floor["step_s"] + floor["allowed_lateness_s"]) * 1000
     assert report["positions"] > 0 and report["timeline"]
-    assert "worker" in " ".join(report["processes"])
+    assert report["sites"] == ["static-open-1", "static-open-2"] and report["workers"] == 2
+    assert sum(p["role"] == "worker" for p in report["processes"].values()) == 2
     assert (tmp_path / "html" / "index.html").read_text().count("data:image/png;base64,") == 1
     assert "SLO failed: p99_close_to_position_ms" in res.stderr
 
