@@ -91,6 +91,7 @@ class LoadTestOptions:
     nats_url: str | None = None
     mqtt_url: str | None = None
     publishers: int | None = None
+    pool: int | None = None  # N pool workers sharing the sites' partitions (live_bridge/pool.py)
     faults: list[Fault] = field(default_factory=list)
     slo: dict[str, float | None] = field(default_factory=dict)  # command-line overrides
     batch_s: float = 0.25
@@ -234,6 +235,8 @@ class LoadTest:
             raise LoadTestError("give one of --rate, --multiplier and --ramp")
         if o.sites < 1:
             raise LoadTestError("--sites must be >= 1")
+        if o.pool is not None and o.pool < 1:
+            raise LoadTestError("--pool must be >= 1")
         if o.duration_s <= 0:
             raise LoadTestError("--duration must be > 0")
         if o.nats_url and o.mqtt_url:
@@ -386,12 +389,14 @@ class LoadTest:
                     await ensure_streams(js, s, StreamSettings())
                 await nc.subscribe("tagtwin.v1.*.positions", cb=self._on_positions)
                 await nc.subscribe("tagtwin.v1.*.status", cb=self._on_status)
-                for s, tr in zip(self.sites, traffic, strict=True):
-                    workers[s] = self._worker(data_dir, url, s, tr)
-                    workers[s].start()
-                    wproc = workers[s].proc
-                    assert wproc is not None
-                    procs.append(ProcInfo(f"worker {s}", "worker", psutil.Process(wproc.pid)))
+                if o.pool:
+                    workers = self._pool_workers(data_dir, url, traffic)
+                else:
+                    workers = {s: self._worker(data_dir, url, s, tr) for s, tr in zip(self.sites, traffic, strict=True)}
+                for name, w in workers.items():
+                    w.start()
+                    assert w.proc is not None
+                    procs.append(ProcInfo(f"worker {name}", "worker", psutil.Process(w.proc.pid)))
                 await self._wait(lambda: all(s in self.status for s in self.sites), 90, "worker status")
                 self.say(f"workers: {len(workers)} ready")
             # publishers start a little ahead so their first tick is on time
@@ -572,12 +577,28 @@ class LoadTest:
                "--settings", json.dumps(settings)]
         return WorkerProcess(cmd, data_dir / f"worker-{site}.log")
 
+    def _pool_workers(self, data_dir: Path, url: str, traffic: list[SiteTraffic]) -> dict[str, WorkerProcess]:
+        """``--pool N``: N worker processes sharing every site's partition (dealt round-robin)."""
+        from tagtwin.pool_worker import pool_command
+
+        for tr in traffic:
+            (data_dir / f"keys-{tr.site}.toml").write_text(
+                "[keys]\n" + "".join(f'"{g}" = "{k.hex()}"\n' for g, k in tr.keys.items()))
+        settings = {"status_every_s": 0.5, "idle_s": 2.0} | self.o.worker_settings
+        n = self.o.pool or 1
+        return {f"w{i + 1}": WorkerProcess(pool_command(self.o.scenario, url, data_dir, self.sites, f"w{i + 1}",
+                                                        settings, min_members=n), data_dir / f"pool-w{i + 1}.log")
+                for i in range(n)}
+
     async def _fault(self, f: Fault, server: EmbeddedNats | None, workers: dict[str, WorkerProcess],
                      out: list[dict[str, object]]) -> None:
         await asyncio.sleep(max(0.0, self.t0 + f.at_s - time.time()))
         t = time.time() - self.t0
+        # with a pool, worker-kill takes out one worker: its partitions move to the others
+        # when its leases expire, and come back when it restarts
+        victims = list(workers.values())[:1] if self.o.pool and f.kind == "worker-kill" else list(workers.values())
         if f.kind in ("worker-kill", "host-reboot"):
-            for w in workers.values():
+            for w in victims:
                 w.kill()
         if f.kind in ("broker-restart", "host-reboot") and server is not None:
             server.kill()
@@ -585,7 +606,7 @@ class LoadTest:
         if f.kind in ("broker-restart", "host-reboot") and server is not None:
             await asyncio.to_thread(server.start)
         if f.kind in ("worker-kill", "host-reboot"):
-            for w in workers.values():
+            for w in victims:
                 w.start()
         out.append({"fault": f.kind, "at_s": round(t, 2), "down_s": f.down_s})
         self.say(f"fault {f.kind} at {t:.1f} s, {f.down_s:g} s down: restored")
@@ -615,7 +636,7 @@ class LoadTest:
             "natural_per_s": round(natural),
             "backbone": "mqtt " + o.mqtt_url if o.mqtt_url else ("nats " + o.nats_url if o.nats_url else "embedded"),
             "publishers": n_pub,
-            "workers": 0 if o.mqtt_url else len(self.sites),
+            "workers": 0 if o.mqtt_url else (o.pool or len(self.sites)),
             "duration_s": round(publish_end, 2),
             "offered_per_s": round(gen / span),
             "achieved_per_s": round(pub / span),
