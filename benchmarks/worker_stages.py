@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import emit, peak_rss_mb
 
 from live_bridge.wire import split_envelope, verify_signed
+from live_bridge.wire_columns import verify_columns
 from live_bridge.worker import WorkerCore, WorkerSettings
 from tagtwin.live import site_engine_config
 from tagtwin.loadgen import PublisherSpec, Schedule, TickBuilder
@@ -33,18 +34,19 @@ from twin.scenario import load_scenario
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main(scale: float, seconds: float) -> dict[str, object]:
+def main(scale: float, seconds: float, wire: int) -> dict[str, object]:
     sc = load_scenario(REPO / "scenarios" / "static-open.toml")
     tr = site_traffic(sc, "stages", 0, 12.0)
-    b = TickBuilder(PublisherSpec(0, "", "nats", [tr], Schedule(scale, seconds), 1_790_000_000.0, 0.25))
+    b = TickBuilder(PublisherSpec(0, "", "nats", [tr], Schedule(scale, seconds), 1_790_000_000.0, 0.25, wire=wire))
     items = []
     for k in range(int(seconds / 0.25)):
         items += b.build(k * 0.25, (k + 1) * 0.25, scale)
     n = sum(x[3] for x in items)
     cpu = time.process_time
     t = cpu()
+    verify = verify_columns if wire == 2 else verify_signed
     for _, gw, body, _ in items:
-        verify_signed(body, gw, tr.keys[gw])
+        verify(body, gw, tr.keys[gw])
     decode = cpu() - t
     t = cpu()
     for _, _, body, _ in items:
@@ -67,7 +69,8 @@ def main(scale: float, seconds: float) -> dict[str, object]:
     blob = core.checkpoint()
     ckpt = cpu() - t
     return {
-        "sightings": n, "tags": round(scale * len(tr.device_ids)), "batches": len(items),
+        "wire": wire, "sightings": n, "bytes_per_sighting": round(sum(len(x[2]) for x in items) / n, 1),
+        "tags": round(scale * len(tr.device_ids)), "batches": len(items),
         "wire_decode_per_cpu_s": round(n / decode), "json_loads_only_per_cpu_s": round(n / plain),
         "handle_per_cpu_s": round(n / handle), "tick_per_cpu_s": round(n / tick),
         "worker_core_per_cpu_s": round(n / (handle + tick)),
@@ -81,5 +84,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=float, default=10.0, help="copies of the scenario's 400 tags")
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--wire", type=int, choices=(1, 2), default=1, help="1: an object per advert, 2: columns")
     args = ap.parse_args()
-    emit("worker_stages", main(args.scale, args.seconds))
+    emit("worker_stages", main(args.scale, args.seconds, args.wire))

@@ -717,6 +717,7 @@ def loadtest(
     mqtt: Annotated[str | None, typer.Option("--mqtt", help="mqtt://host:port: only broker-side figures")] = None,
     publishers: Annotated[int | None, typer.Option(help="publisher processes (default: as the rate needs)")] = None,
     pool: Annotated[int | None, typer.Option(help="N pool workers share the sites (default: one a site)")] = None,
+    wire: Annotated[int, typer.Option(help="wire format the publishers send: 1 objects, 2 columns")] = 1,
     fault: Annotated[list[str] | None, typer.Option(help="KIND@T[+DOWN], e.g. broker-restart@30+3")] = None,
     slo: Annotated[list[str] | None, typer.Option(help="NAME=BOUND (none to drop one), e.g. completeness=1")] = None,
     worker_setting: Annotated[list[str] | None, typer.Option(help="worker setting NAME=VALUE (JSON value)")] = None,
@@ -745,7 +746,7 @@ def loadtest(
         options = LoadTestOptions(
             scenario=scenario, sites=sites, rate=rate, multiplier=multiplier,
             ramp=Ramp.parse(ramp) if ramp else None, duration_s=duration, nats_url=nats, mqtt_url=mqtt,
-            publishers=publishers, pool=pool, faults=[Fault.parse(f) for f in fault or []],
+            publishers=publishers, pool=pool, wire=wire, faults=[Fault.parse(f) for f in fault or []],
             slo={k: None if v is None else float(v) for k, v in pairs(slo, "--slo").items()},  # type: ignore[arg-type]
             worker_settings=pairs(worker_setting, "--worker-setting"),
             progress=None if quiet else (lambda line: print(line, file=sys.stderr, flush=True)),

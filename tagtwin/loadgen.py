@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from live_bridge.wire import encode_payload
+from live_bridge.wire_columns import encode_columns
 
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Event as MpEvent
@@ -137,6 +138,7 @@ class PublisherSpec:
     t0: float  # wall clock of run time 0 (the event time of loop time 0)
     batch_s: float
     epoch: int = 1
+    wire: int = 1  # 1: an object per advert; 2: columns (live_bridge/wire_columns.py)
 
 
 class TickBuilder:
@@ -201,9 +203,9 @@ class TickBuilder:
                     devs = [names_by_copy[int(k)][int(d)] for k, d in zip(copy[rs], tr.device[i[rs]], strict=True)]
                     n = self.batch_seq.get((tr.site, gw), 0)
                     self.batch_seq[(tr.site, gw)] = n + 1
-                    body = encode_gateway_batch(gw, n, self.spec.epoch, sent, t[rs], devs, tr.rssi[i[rs]],
-                                                tr.channel[i[rs]], tr.battery[i[rs]], tr.motion[i[rs]], seq[rs],
-                                                tr.keys[gw])
+                    encode = encode_columns if self.spec.wire == 2 else encode_gateway_batch
+                    body = encode(gw, n, self.spec.epoch, sent, t[rs], devs, tr.rssi[i[rs]], tr.channel[i[rs]],
+                                  tr.battery[i[rs]], tr.motion[i[rs]], seq[rs], tr.keys[gw])
                     out.append((raw_subject(tr.site, gw), gw, body, stop - start))
         return out
 

@@ -92,6 +92,7 @@ class LoadTestOptions:
     mqtt_url: str | None = None
     publishers: int | None = None
     pool: int | None = None  # N pool workers sharing the sites' partitions (live_bridge/pool.py)
+    wire: int = 1  # wire format version the publishers send (2: columns)
     faults: list[Fault] = field(default_factory=list)
     slo: dict[str, float | None] = field(default_factory=dict)  # command-line overrides
     batch_s: float = 0.25
@@ -235,6 +236,8 @@ class LoadTest:
             raise LoadTestError("give one of --rate, --multiplier and --ramp")
         if o.sites < 1:
             raise LoadTestError("--sites must be >= 1")
+        if o.wire not in (1, 2):
+            raise LoadTestError(f"--wire {o.wire}: wire format 1 (an object per advert) or 2 (columns)")
         if o.pool is not None and o.pool < 1:
             raise LoadTestError("--pool must be >= 1")
         if o.duration_s <= 0:
@@ -403,7 +406,8 @@ class LoadTest:
             self.t0 = time.time() + 3.0
             for i, share in enumerate(assign_publishers(traffic, n_pub)):
                 spec = PublisherSpec(i, o.mqtt_url or url or "", "mqtt" if o.mqtt_url else "nats",
-                                     [traffic[si].select(gws) for si, gws in share], sched, self.t0, o.batch_s)
+                                     [traffic[si].select(gws) for si, gws in share], sched, self.t0, o.batch_s,
+                                     wire=o.wire)
                 p = ctx.Process(target=publisher_main, args=(spec, reports, stop_pubs), daemon=True)
                 p.start()
                 pubs.append(p)
@@ -636,6 +640,7 @@ class LoadTest:
             "natural_per_s": round(natural),
             "backbone": "mqtt " + o.mqtt_url if o.mqtt_url else ("nats " + o.nats_url if o.nats_url else "embedded"),
             "publishers": n_pub,
+            "wire": o.wire,
             "workers": 0 if o.mqtt_url else (o.pool or len(self.sites)),
             "duration_s": round(publish_end, 2),
             "offered_per_s": round(gen / span),
