@@ -109,7 +109,7 @@ class Pool:
         await self.nc.close()
 
 
-async def scenario_join_and_leave(pool: Pool) -> None:
+async def scenario_join_and_leave(pool: Pool, third: bool = False) -> None:
     await pool.open()
     try:
         await pool.publish(0, 4)
@@ -123,14 +123,25 @@ async def scenario_join_and_leave(pool: Pool) -> None:
         await pool.until(spread, "the partitions to spread over w1 and w2")
         await pool.publish(4, 8)
         await pool.until(pool.all_processed, "w1 and w2 to drain the second part")
-        pool.workers["w1"].stop()  # leaves: its partitions go to w2, resumed from checkpoints
+        survivors = ["w2"]
+        if third:
+            async def three() -> bool:
+                return sorted((await pool.owners()).values()) == ["w1", "w1", "w2", "w3"]
 
-        async def all_w2() -> bool:
-            return set((await pool.owners()).values()) == {"w2"} and len(await pool.owners()) == 4
+            pool.start("w3")
+            await pool.until(three, "the partitions to spread over w1, w2 and w3")
+            await pool.publish(8, 10)
+            await pool.until(pool.all_processed, "three workers to drain their part")
+            survivors = ["w2", "w3"]
+        pool.workers["w1"].stop()  # leaves: its partitions go to the others, resumed from checkpoints
 
-        await pool.until(all_w2, "w2 to take every partition")
-        await pool.publish(8, 12)
-        await pool.until(pool.all_processed, "w2 to drain the last part")
+        async def all_survivors() -> bool:
+            owners = await pool.owners()
+            return len(owners) == 4 and sorted(set(owners.values())) == survivors
+
+        await pool.until(all_survivors, f"{survivors} to take every partition")
+        await pool.publish(10 if third else 8, 12)
+        await pool.until(pool.all_processed, "the survivors to drain the last part")
         for site, n in pool.sent.items():
             c = pool.status[site]["counters"]
             # exactly once across two handovers: nothing re-processed, nothing skipped
@@ -152,12 +163,12 @@ def test_workers_join_and_leave_while_running_and_every_sighting_is_processed_on
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_pool_on_a_three_node_cluster(tmp_path: Path):
+def test_three_workers_on_a_three_node_cluster(tmp_path: Path):
     nodes = cluster_of(tmp_path / "cluster", 3)
     start_cluster(nodes)
     try:
         urls = ",".join(n.url for n in nodes)
-        asyncio.run(scenario_join_and_leave(Pool(urls, tmp_path, replicas=3)))
+        asyncio.run(scenario_join_and_leave(Pool(urls, tmp_path, replicas=3), third=True))
     finally:
         for n in nodes:
             n.stop()
