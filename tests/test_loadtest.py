@@ -134,3 +134,19 @@ def test_mqtt_mode_measures_the_broker_side_only(mosquitto, tmp_path: Path):
     assert report["published"] == report["generated"] > 1000  # every QoS 1 publish acknowledged
     assert report["processed"] is None and report["latency_ms"] is None
     assert set(report["slo"]) == {"p99_publish_ack_ms"} and report["publish_ack_ms"]["p50"] is not None
+
+
+def test_slos_come_from_the_scenario_and_the_command_line_overrides(tmp_path: Path):
+    from tagtwin.loadtest import LoadTest, LoadTestError, LoadTestOptions
+
+    scenario = tmp_path / "site.toml"
+    scenario.write_text(SCENARIO.read_text() + "\n[loadtest.slo]\np99_close_to_position_ms = 500\n"
+                        "completeness = 0.999\n")
+    slos = LoadTest(LoadTestOptions(scenario=scenario)).slos
+    assert slos["p99_close_to_position_ms"] == (500.0, "max") and slos["completeness"] == (0.999, "min")
+    assert slos["p99_advert_to_position_ms"] == ((4.0 + 2.0 + 1.0) * 1000, "max")  # window + lateness + 1 s
+    slos = LoadTest(LoadTestOptions(scenario=scenario, slo={"completeness": 1.0,
+                                                            "p99_advert_to_position_ms": None})).slos
+    assert slos["completeness"] == (1.0, "min") and "p99_advert_to_position_ms" not in slos
+    with pytest.raises(LoadTestError, match="--slo p99_latency"):
+        LoadTest(LoadTestOptions(scenario=scenario, slo={"p99_latency": 1.0}))
