@@ -316,6 +316,7 @@ async def run_worker(
     unacked: list[Msg] = []
     outbox: list[Outgoing] = []
     last_ckpt = time.monotonic()
+    published = False  # outputs out since the last checkpoint
     next_status = time.monotonic()
     while not stop.is_set():
         try:
@@ -337,10 +338,12 @@ async def run_worker(
             if outbox:  # positions go out as soon as computed (stored before the checkpoint, as before)
                 await asyncio.gather(*(js.publish(subj, payload, timeout=10) for subj, payload in outbox))
                 outbox = []
+                published = True
             due = time.monotonic() - last_ckpt >= s.checkpoint_every_s or len(unacked) >= s.max_ack_pending // 2
-            if (unacked or outbox) and due:  # outputs of a tick with no new input (idle close) too
+            if (unacked or published) and due:  # outputs of a tick with no new input (idle close) too
                 await _commit(js, obs, core, outbox, unacked)
                 outbox, unacked = [], []
+                published = False
                 last_ckpt = time.monotonic()
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + s.status_every_s
