@@ -51,6 +51,7 @@ from live_bridge.backbone import (
 )
 from live_bridge.server import positions_payload
 from live_bridge.wire import DeadLetter, WireError, verify_signed
+from live_bridge.wire_columns import is_columns, verify_columns
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -141,28 +142,43 @@ class WorkerCore:
             raise WireError("unknown gateway", gw)
         if gw not in self.site_gateways:
             raise WireError("gateway not in site plan", gw)
-        batch = verify_signed(body, gw, key)
-        n = len(batch.ads)
+        columns = is_columns(body)
+        if columns:  # wire version 2: columns straight into numpy (live_bridge/wire_columns.py)
+            cb = verify_columns(body, gw, key)
+            epoch, batch_seq, n = cb.ep, cb.seq, len(cb.t)
+        else:
+            batch = verify_signed(body, gw, key)
+            epoch, batch_seq, n = batch.ep, batch.seq, len(batch.ads)
         self.counters["sightings_in"] += n
-        if not self.dedup.first_time(gw, batch.ep, batch.seq):
+        if not self.dedup.first_time(gw, epoch, batch_seq):
             self.counters["duplicate_batches"] += 1
             self.counters["duplicates"] += n
             return []
         self.counters["batches"] += 1
         if n == 0:
             return []
-        ads = batch.ads
-        t = np.fromiter((a.t for a in ads), float, n)
-        rows = sightings_from_columns(
-            t=t,
-            gateway=self.gateways.code(gw),
-            device=self.devices.codes([a.dev for a in ads]),
-            rssi=np.fromiter((a.rssi for a in ads), np.float32, n),
-            channel=np.fromiter((a.ch for a in ads), np.uint8, n),
-            battery=np.fromiter((UNKNOWN if a.bat is None else a.bat for a in ads), np.int8, n),
-            motion=np.fromiter((UNKNOWN if a.mot is None else a.mot for a in ads), np.int8, n),
-            seq=np.fromiter((UNKNOWN if a.seq is None else a.seq & SEQ_MASK for a in ads), np.int32, n),
-        )
+        if columns:
+            t = np.asarray(cb.t, float)
+            aseq = np.asarray(cb.aseq, np.int64)
+            rows = sightings_from_columns(
+                t=t, gateway=self.gateways.code(gw), device=self.devices.codes(cb.dev),
+                rssi=np.asarray(cb.rssi, np.float32), channel=np.asarray(cb.ch, np.uint8),
+                battery=np.asarray(cb.bat, np.int8), motion=np.asarray(cb.mot, np.int8),
+                seq=np.where(aseq >= 0, aseq & SEQ_MASK, UNKNOWN).astype(np.int32),
+            )
+        else:
+            ads = batch.ads
+            t = np.fromiter((a.t for a in ads), float, n)
+            rows = sightings_from_columns(
+                t=t,
+                gateway=self.gateways.code(gw),
+                device=self.devices.codes([a.dev for a in ads]),
+                rssi=np.fromiter((a.rssi for a in ads), np.float32, n),
+                channel=np.fromiter((a.ch for a in ads), np.uint8, n),
+                battery=np.fromiter((UNKNOWN if a.bat is None else a.bat for a in ads), np.int8, n),
+                motion=np.fromiter((UNKNOWN if a.mot is None else a.mot for a in ads), np.int8, n),
+                seq=np.fromiter((UNKNOWN if a.seq is None else a.seq & SEQ_MASK for a in ads), np.int32, n),
+            )
         out = []
         future = self.marks.future(t, received)
         if future.any():
@@ -300,6 +316,7 @@ async def run_worker(
     unacked: list[Msg] = []
     outbox: list[Outgoing] = []
     last_ckpt = time.monotonic()
+    published = False  # outputs out since the last checkpoint
     next_status = time.monotonic()
     while not stop.is_set():
         try:
@@ -318,10 +335,15 @@ async def run_worker(
             # off (the worker is behind, the gateways are not silent), on the wall clock once
             # caught up (nothing more arrives: close what there is).
             outbox += core.tick(core.latest_received if msgs else time.time())
+            if outbox:  # positions go out as soon as computed (stored before the checkpoint, as before)
+                await asyncio.gather(*(js.publish(subj, payload, timeout=10) for subj, payload in outbox))
+                outbox = []
+                published = True
             due = time.monotonic() - last_ckpt >= s.checkpoint_every_s or len(unacked) >= s.max_ack_pending // 2
-            if (unacked or outbox) and due:  # outputs of a tick with no new input (idle close) too
+            if (unacked or published) and due:  # outputs of a tick with no new input (idle close) too
                 await _commit(js, obs, core, outbox, unacked)
                 outbox, unacked = [], []
+                published = False
                 last_ckpt = time.monotonic()
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + s.status_every_s

@@ -1044,6 +1044,75 @@ def ui(
     os.execv(cmd[0], cmd)
 
 
+@app.command()
+def loadtest(
+    scenario: Annotated[Path, typer.Argument(help="scenario TOML file: its site, tags and [loadtest.slo]")],
+    rate: Annotated[float | None, typer.Option(help="sightings/s over all sites")] = None,
+    multiplier: Annotated[float | None, typer.Option(help="times the scenario's natural rate")] = None,
+    ramp: Annotated[str | None, typer.Option(help="START:FACTOR:STEP_S, raised until an SLO fails")] = None,
+    duration: Annotated[float, typer.Option(help="seconds of load (not with --ramp)")] = 30.0,
+    sites: Annotated[int, typer.Option(help="sites (one partition and worker each, own seeds)")] = 1,
+    nats: Annotated[str | None, typer.Option("--nats", help="a running backbone instead of the embedded one")] = None,
+    mqtt: Annotated[str | None, typer.Option("--mqtt", help="mqtt://host:port: only broker-side figures")] = None,
+    publishers: Annotated[int | None, typer.Option(help="publisher processes (default: as the rate needs)")] = None,
+    pool: Annotated[int | None, typer.Option(help="N pool workers share the sites (default: one a site)")] = None,
+    wire: Annotated[int, typer.Option(help="wire format the publishers send: 1 objects, 2 columns")] = 1,
+    fault: Annotated[list[str] | None, typer.Option(help="KIND@T[+DOWN], e.g. broker-restart@30+3")] = None,
+    slo: Annotated[list[str] | None, typer.Option(help="NAME=BOUND (none to drop one), e.g. completeness=1")] = None,
+    worker_setting: Annotated[list[str] | None, typer.Option(help="worker setting NAME=VALUE (JSON value)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="directory for index.html and report.json")] = None,
+    quiet: Annotated[bool, typer.Option(help="no live progress lines")] = False,
+) -> None:
+    """Load-test the pipeline with the scenario's traffic; exit 1 when an SLO fails."""
+    from live_bridge.faults import Fault
+    from live_bridge.natsserver import NatsServerError
+    from tagtwin.loadtest import LoadTestError, LoadTestOptions, Ramp, run_loadtest, write_outputs
+
+    def pairs(items: list[str] | None, what: str) -> dict[str, object]:
+        out_: dict[str, object] = {}
+        for item in items or []:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise LoadTestError(f"{what} {item!r}: expected NAME=VALUE")
+            try:
+                out_[name.strip()] = None if value.strip() == "none" else json.loads(value)
+            except ValueError:
+                raise LoadTestError(f"{what} {item!r}: the value must be JSON (a number, true, \"text\")") from None
+        return out_
+
+    try:
+        options = LoadTestOptions(
+            scenario=scenario, sites=sites, rate=rate, multiplier=multiplier,
+            ramp=Ramp.parse(ramp) if ramp else None, duration_s=duration, nats_url=nats, mqtt_url=mqtt,
+            publishers=publishers, pool=pool, wire=wire, faults=[Fault.parse(f) for f in fault or []],
+            slo={k: None if v is None else float(v) for k, v in pairs(slo, "--slo").items()},  # type: ignore[arg-type]
+            worker_settings=pairs(worker_setting, "--worker-setting"),
+            progress=None if quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
+        )
+        _load(scenario)
+        report = run_loadtest(options)
+    except (LoadTestError, ValueError, TypeError) as exc:
+        err_console.print(f"loadtest: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    except (OSError, NatsServerError, ConnectionError, TimeoutError) as exc:
+        err_console.print(f"loadtest could not run: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    for path in write_outputs(report, json_out, out):
+        err_console.print(f"wrote {path}", markup=False)
+    summary = {k: report.get(k) for k in ("offered_per_s", "achieved_per_s", "generated", "processed", "lost",
+                                          "latency_ms", "close_to_position_ms")}
+    summary["slo"] = report["slo"]
+    summary["bottleneck"] = report["bottleneck"].get("verdict")
+    if "ramp" in report:
+        summary["max_passing_per_s"] = report["ramp"]["max_passing_per_s"]
+    console.print(json.dumps(summary), highlight=False, soft_wrap=True)
+    if not report["pass"]:
+        failed = [k for k, v in report["slo"].items() if not v["pass"]]
+        err_console.print(f"SLO failed: {', '.join(failed)}", markup=False)
+        raise typer.Exit(1)
+
+
 INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE (sysexits.h)
 
 

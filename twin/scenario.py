@@ -177,6 +177,24 @@ class Bound(Strict):
     max: float | None = None
 
 
+class LoadTestSlos(Strict):
+    """Service levels `tagtwin loadtest` holds the pipeline to; `--slo NAME=BOUND` overrides, None skips."""
+
+    p99_advert_to_position_ms: float | None = Field(
+        default=None, gt=0, description="p99 advert to the first position including it; default window + "
+        "allowed lateness + 1 s")
+    p99_close_to_position_ms: float | None = Field(
+        default=250.0, gt=0, description="p99 window close (watermark past its end + lateness) to position published")
+    completeness: float | None = Field(
+        default=1.0, ge=0, le=1, description="share of generated sightings the worker processed")
+    p99_alert_delivery_ms: float | None = Field(
+        default=None, gt=0, description="p99 advert to rule event published (the backbone worker publishes none yet)")
+
+
+class LoadTestSettings(Strict):
+    slo: LoadTestSlos = Field(default_factory=lambda: LoadTestSlos.model_validate({}), description="pass/fail bounds")
+
+
 class Scenario(Strict):
     name: str = Field(min_length=1, description="scenario name, used in reports")
     description: str = Field("", description="free text")
@@ -200,6 +218,8 @@ class Scenario(Strict):
     rules: RuleSet = Field(default_factory=lambda: RuleSet.model_validate({}), description="rule set, docs/rules.md")
     roi: RoiInputs = Field(default_factory=lambda: RoiInputs.model_validate({}), description="ROI inputs (docs/roi.md)")
     expected: dict[str, Bound] = Field(default_factory=dict, description="metric name -> bounds")
+    loadtest: LoadTestSettings = Field(
+        default_factory=lambda: LoadTestSettings.model_validate({}), description="SLOs of `tagtwin loadtest`")
 
     @model_validator(mode="after")
     def _cross_references(self) -> Scenario:

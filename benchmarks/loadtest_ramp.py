@@ -1,0 +1,48 @@
+"""One engine worker through the embedded backbone: the highest rate at which the SLOs pass.
+
+``tagtwin loadtest --ramp``: the scenario's traffic (tag copies) from publisher processes,
+the rate multiplied by ``--factor`` every ``--step`` seconds until a step fails an SLO (p99
+advert-to-position, p99 window-close-to-position, the worker keeping up); no cap of its
+own. Prints the report without its timeline (per-step verdicts, per-process CPU and
+memory, machine load, the bottleneck).
+
+    .venv/bin/python benchmarks/loadtest_ramp.py [--start 2000] [--factor 1.5] [--step 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import emit
+
+from tagtwin.loadtest import LoadTestOptions, Ramp, run_loadtest
+
+REPO = Path(__file__).resolve().parents[1]
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scenario", type=Path, default=REPO / "scenarios" / "static-open.toml")
+    ap.add_argument("--start", type=float, default=2000.0, help="sightings/s of the first step")
+    ap.add_argument("--factor", type=float, default=1.5)
+    ap.add_argument("--step", type=float, default=10.0, help="seconds per step")
+    ap.add_argument("--publishers", type=int, default=None)
+    ap.add_argument("--worker-setting", action="append", default=[], help="NAME=JSON, e.g. horizon_s=30")
+    ap.add_argument("--slo", action="append", default=[],
+                    help="NAME=BOUND or NAME=none, e.g. p99_close_to_position_ms=none (ramp on keeping up only)")
+    args = ap.parse_args()
+    import json
+
+    settings = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.worker_setting)}
+    slos = {k: None if v == "none" else float(v) for k, _, v in (s.partition("=") for s in args.slo)}
+    report = run_loadtest(LoadTestOptions(
+        slo=slos,
+        scenario=args.scenario, ramp=Ramp(args.start, args.factor, args.step), publishers=args.publishers,
+        worker_settings=settings, progress=lambda line: print(line, file=sys.stderr, flush=True),
+    ))
+    report.pop("timeline")
+    emit("loadtest_ramp", report)

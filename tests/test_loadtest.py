@@ -1,0 +1,152 @@
+"""``tagtwin loadtest``: the traffic it generates is what the worker accepts and scales as
+asked; a short run through the real backbone and worker reconciles every sighting and
+judges the SLOs with the exit code CI gates on."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from live_bridge.wire import verify_signed
+from tagtwin.loadgen import PublisherSpec, Schedule, TickBuilder, encode_gateway_batch
+from tagtwin.loadtest import Ramp, assign_publishers, percentiles, site_traffic
+from tests import live_fixtures
+from twin.scenario import load_scenario
+
+REPO = Path(__file__).resolve().parent.parent
+SCENARIO = REPO / "scenarios" / "static-open.toml"
+
+
+@pytest.fixture(scope="module")
+def traffic():
+    return site_traffic(load_scenario(SCENARIO), "lt", 0, 12.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 30), rssi=st.floats(-130, 20), bat=st.integers(-1, 100), mot=st.integers(-1, 1),
+       seq=st.integers(-1, 2**31 - 1), ch=st.sampled_from([0, 37, 38, 39]))
+def test_text_encoded_batch_is_what_the_worker_verifies(n, rssi, bat, mot, seq, ch):
+    key = bytes(range(32))
+    t = 1_790_000_000.0 + np.arange(n) * 0.01
+    body = encode_gateway_batch(
+        "gw-1", 5, 1, float(t[-1]), t, [f"tag-{i}~3" for i in range(n)], np.full(n, rssi, np.float32),
+        np.full(n, ch, np.uint8), np.full(n, bat, np.int8), np.full(n, mot, np.int8), np.full(n, seq, np.int64), key)
+    batch = verify_signed(body, "gw-1", key)
+    assert len(batch.ads) == n and batch.seq == 5
+    a = batch.ads[0]
+    assert a.dev == "tag-0~3" and abs(a.rssi - rssi) <= 0.005 and a.ch == ch
+    assert a.bat == (None if bat < 0 else bat) and a.mot == (None if mot < 0 else mot)
+    assert a.seq == (None if seq < 0 else seq)
+
+
+def test_scale_is_copies_of_tags_and_every_sighting_stays_distinct(traffic):
+    spec = PublisherSpec(0, "", "nats", [traffic], Schedule(2.5, 30.0), 1_790_000_000.0, 0.5)
+    builder = TickBuilder(spec)
+    seen = set()
+    n = 0
+    for k in range(30):  # 15 s: crosses the 12 s loop boundary
+        for _subject, gw, body, count in builder.build(k * 0.5, (k + 1) * 0.5, 2.5):
+            batch = verify_signed(body, gw, traffic.keys[gw])
+            assert len(batch.ads) == count
+            n += count
+            seen |= {(gw, a.dev, a.seq, a.ch) for a in batch.ads}
+    assert len(seen) == n  # copies and loops never collide on the redelivery key
+    rate = n / 15.0
+    assert math.isclose(rate, traffic.offered_at(2.5), rel_tol=0.05)
+    assert math.isclose(traffic.offered_at(2.5), 2.5 * traffic.natural_rate, rel_tol=0.05)
+
+
+def test_publishers_share_the_gateways_evenly(traffic):
+    shares = assign_publishers([traffic], 4)
+    gws = [g for share in shares for _, gs in share for g in gs]
+    assert sorted(gws) == sorted(set(np.unique(traffic.gateway).tolist()))
+    loads = [sum(int(np.sum(traffic.gateway == g)) for _, gs in share for g in gs) for share in shares]
+    assert max(loads) < 1.5 * min(loads)
+
+
+def test_ramp_and_percentiles():
+    assert Ramp.parse("5000:1.5:10") == Ramp(5000, 1.5, 10)
+    with pytest.raises(ValueError, match="START:FACTOR:STEP_S"):
+        Ramp.parse("fast")
+    sched = Schedule(1.0, None, 2.0, 10.0)
+    assert [sched.scale_at(t) for t in (0, 9.9, 10, 35)] == [1.0, 1.0, 2.0, 8.0]  # no end of its own
+    assert percentiles([1.0, 2.0], [99, 1])["p50"] == 1.0
+    assert percentiles([])["p99"] is None
+
+
+def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "tagtwin", "loadtest", *args], check=False, capture_output=True,
+                          text=True,                           timeout=timeout, env=env, cwd=REPO)
+
+
+def test_bad_options_are_one_line_errors():
+    res = run_cli(str(SCENARIO), "--ramp", "fast", "--quiet")
+    assert res.returncode == 2 and "--ramp 'fast'" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli(str(SCENARIO), "--fault", "link-cut@3", "--quiet")
+    assert res.returncode == 2 and "loadtest injects" in res.stderr
+
+
+@pytest.mark.integration
+def test_short_run_reconciles_every_sighting_and_fails_an_impossible_slo(tmp_path: Path):
+    """One run (a few seconds of load, two sites: two streams, two workers): every generated
+    sighting processed, both latencies measured, and a bound no pipeline can meet fails
+    with exit code 1."""
+    out = tmp_path / "report.json"
+    res = run_cli(str(SCENARIO), "--multiplier", "0.5", "--sites", "2", "--duration", "5", "--json", str(out),
+                  "--out", str(tmp_path / "html"), "--slo", "p99_close_to_position_ms=0.001")
+    assert res.returncode == 1, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    for key in ("offered_per_s", "achieved_per_s", "generated", "processed", "lost", "latency_ms", "slo"):
+        assert key in report
+    assert report["generated"] > 5000
+    assert report["lost"] == 0 and report["processed"] == report["generated"]
+    assert report["slo"]["completeness"] == {"bound": 1.0, "value": 1.0, "pass": True, "kind": "min"}
+    assert report["slo"]["p99_close_to_position_ms"]["pass"] is False
+    # advert to position is bounded below by step + allowed lateness (a window closes then)
+    floor = report["latency_floor"]
+    assert report["latency_ms"]["p50"] >= (floor["step_s"] + floor["allowed_lateness_s"]) * 1000
+    assert report["positions"] > 0 and report["timeline"]
+    assert report["sites"] == ["static-open-1", "static-open-2"] and report["workers"] == 2
+    assert sum(p["role"] == "worker" for p in report["processes"].values()) == 2
+    assert (tmp_path / "html" / "index.html").read_text().count("data:image/png;base64,") == 1
+    assert "SLO failed: p99_close_to_position_ms" in res.stderr
+
+
+mosquitto = live_fixtures.mosquitto  # fixture: a real broker on a free loopback port
+
+
+@pytest.mark.integration
+def test_mqtt_mode_measures_the_broker_side_only(mosquitto, tmp_path: Path):
+    out = tmp_path / "report.json"
+    res = run_cli(str(SCENARIO), "--mqtt", mosquitto.url, "--multiplier", "0.25", "--duration", "3", "--json",
+                  str(out), "--quiet")
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["published"] == report["generated"] > 1000  # every QoS 1 publish acknowledged
+    assert report["processed"] is None and report["latency_ms"] is None
+    assert set(report["slo"]) == {"p99_publish_ack_ms"} and report["publish_ack_ms"]["p50"] is not None
+
+
+def test_slos_come_from_the_scenario_and_the_command_line_overrides(tmp_path: Path):
+    from tagtwin.loadtest import LoadTest, LoadTestError, LoadTestOptions
+
+    scenario = tmp_path / "site.toml"
+    scenario.write_text(SCENARIO.read_text() + "\n[loadtest.slo]\np99_close_to_position_ms = 500\n"
+                        "completeness = 0.999\n")
+    slos = LoadTest(LoadTestOptions(scenario=scenario)).slos
+    assert slos["p99_close_to_position_ms"] == (500.0, "max") and slos["completeness"] == (0.999, "min")
+    assert slos["p99_advert_to_position_ms"] == ((4.0 + 2.0 + 1.0) * 1000, "max")  # window + lateness + 1 s
+    slos = LoadTest(LoadTestOptions(scenario=scenario, slo={"completeness": 1.0,
+                                                            "p99_advert_to_position_ms": None})).slos
+    assert slos["completeness"] == (1.0, "min") and "p99_advert_to_position_ms" not in slos
+    with pytest.raises(LoadTestError, match="--slo p99_latency"):
+        LoadTest(LoadTestOptions(scenario=scenario, slo={"p99_latency": 1.0}))
