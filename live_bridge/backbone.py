@@ -156,16 +156,30 @@ async def connect(url: str, *, name: str, creds: str | None = None, wait_s: floa
 
     servers = [u.strip() for u in url.split(",") if u.strip()]
     deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return await nats.connect(
-                servers=servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
-                connect_timeout=2, allow_reconnect=True, error_cb=on_error, **kwargs,
-            )
-        except (OSError, nats.errors.Error) as exc:
-            if time.monotonic() > deadline:
-                raise ConnectionError(f"cannot reach the backbone at {url}: {exc}") from None
-            await asyncio.sleep(0.25)
+
+    async def say_waiting() -> None:
+        # Silence is the worst answer to an unreachable address: say so within seconds.
+        await asyncio.sleep(min(3.0, wait_s))
+        log.warning("still trying to reach the backbone at %s (giving up after %.0f s)", url, wait_s)
+
+    waiting = asyncio.create_task(say_waiting())
+    try:
+        while True:
+            try:
+                # With reconnects unlimited, nats-py retries a first connection for ever:
+                # the deadline bounds it.
+                return await asyncio.wait_for(nats.connect(
+                    servers=servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+                    connect_timeout=2, allow_reconnect=True, error_cb=on_error, **kwargs,
+                ), timeout=max(deadline - time.monotonic(), 0.1))
+            except TimeoutError:
+                raise ConnectionError(f"cannot reach the backbone at {url} (tried for {wait_s:.0f} s)") from None
+            except (OSError, nats.errors.Error) as exc:
+                if time.monotonic() > deadline:
+                    raise ConnectionError(f"cannot reach the backbone at {url}: {exc}") from None
+                await asyncio.sleep(0.25)
+    finally:
+        waiting.cancel()
 
 
 def message_id(body: bytes) -> str:

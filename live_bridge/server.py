@@ -24,6 +24,7 @@ import math
 import queue
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from engine.contract import UNKNOWN, IdTable, sightings_from_columns
 from engine.ingest import NewDeviceCap
-from engine.localize import METHOD_WLS
+from engine.localize import METHOD_NAMES
 from engine.pipeline import Engine, EngineConfig
 from live_bridge.adapters import AdapterError, parse_espresense, parse_theengs
 from live_bridge.config import KeyRing, load_key_ring
@@ -482,7 +483,7 @@ def positions_payload(
             "r90": round(float(f["r90"]), 3),
             "zone": zone_names[f["zone"]] if f["zone"] != NO_ZONE else None,
             "n_gw": int(f["n_gateways"]),
-            "method": "wls" if f["method"] == METHOD_WLS else "centroid",
+            "method": METHOD_NAMES[int(f["method"])],
             "bat": None if f["battery"] == UNKNOWN else int(f["battery"]),
             "mot": None if f["motion"] == UNKNOWN else int(f["motion"]),
         }
@@ -525,6 +526,16 @@ class KeysWatch:
         return True
 
 
+def status_line(core: ServerCore, connected: bool) -> str:
+    """One line a person can read while the server runs."""
+    c = core.counters
+    rejected = sum(v for k, v in c.items() if k.startswith("rejected"))
+    engine_rejected = core.engine.counters.as_dict().get("rejected")
+    late = engine_rejected.get("late: window already closed", 0) if isinstance(engine_rejected, dict) else 0
+    return (f"serve: {'connected' if connected else 'NOT connected to the broker'}; batches {c['batches_accepted']}, "
+            f"sightings {c['sightings']}, devices {len(core.devices)}, rejected {rejected}, late {late}")
+
+
 def subscriptions(adapters: Iterable[str]) -> list[str]:
     subs = [BATCH_SUBSCRIPTION]
     if "espresense" in adapters:
@@ -541,8 +552,11 @@ def serve(
     status_every_s: float = 5.0,
     ready: object | None = None,
     keys_path: Path | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> None:
-    """Run the core against a broker until ``stop`` (a threading.Event) is set.
+    """Run the core against a broker until ``stop`` (a threading.Event) is set. ``say``
+    gets a one-line status for people every ``status_every_s`` (the status topic gets the
+    full counters).
 
     With ``keys_path``, the keys file is re-read when it changes (checked every second):
     a rotation or revocation (``tagtwin keys rotate``, ``tagtwin revoke``) takes effect
@@ -558,10 +572,12 @@ def serve(
     client.will_set(SERVER_STATUS_TOPIC, b'{"v":1,"state":"offline"}', qos=1, retain=True)
 
     awaiting_suback: set[int] = set()
+    connected = threading.Event()
 
     def on_connect(
         c: paho.Client, _u: object, _f: object, _reason: object, _p: object = None
     ) -> None:
+        connected.set()
         for sub in subscriptions(core.adapters):
             mid = c.subscribe(sub, qos=1)[1]
             if mid is not None:
@@ -585,9 +601,15 @@ def serve(
     client.loop_start()
     step = core.config.step_s
     next_status = time.monotonic()
+    warn_at: float | None = time.monotonic() + 3.0
     keys_watch = KeysWatch(keys_path) if keys_path is not None else None
     try:
         while not stop_ev.is_set():
+            if warn_at is not None and time.monotonic() > warn_at:
+                warn_at = None
+                if not connected.is_set():  # silence is the worst answer to a wrong address
+                    log.warning("cannot reach the broker at %s:%s yet; retrying (is it running?)",
+                                broker.host, broker.port)
             if keys_watch is not None:
                 keys_watch.poll(core)
             out: list[Outgoing] = []
@@ -610,6 +632,8 @@ def serve(
                 next_status += status_every_s
                 status = core.status() | {"state": "online", "t": time.time()}
                 client.publish(SERVER_STATUS_TOPIC, json.dumps(status).encode(), qos=1, retain=True)
+                if say is not None:
+                    say(status_line(core, connected.is_set()))
     finally:
         if core.clock == "event":
             for topic, payload, retain in core.tick(time.time()):

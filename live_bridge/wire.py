@@ -152,7 +152,10 @@ class Position(WireModel):
     r90: float = Field(description="radius holding the truth 90 % of the time, metres")
     zone: str | None
     n_gw: int
-    method: Literal["wls", "centroid"]
+    method: Literal["wls", "centroid", "strongest", "knn", "radio-map", "kalman", "hmm", "particle"] = Field(
+        description="what made this position: the estimator, or the tracker that smoothed it "
+        "(engine.localize.METHOD_NAMES); centroid and strongest are fallbacks for fixes heard by too few gateways"
+    )
     bat: int | None = None
     mot: int | None = None
     rev: int = Field(

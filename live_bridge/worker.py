@@ -30,6 +30,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -296,9 +297,10 @@ async def open_partition(js: JetStreamContext, core: WorkerCore, streams: Stream
 
 async def run_worker(
     core: WorkerCore, nc: Client, stop: asyncio.Event, *, streams: StreamSettings | None = None,
-    ready: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None, on_status: Callable[[dict[str, object]], None] | None = None,
 ) -> None:
-    """Consume, compute, publish, checkpoint, ack; until ``stop``. Survives backbone restarts."""
+    """Consume, compute, publish, checkpoint, ack; until ``stop``. Survives backbone restarts.
+    ``on_status`` sees each status the worker publishes (a command prints a line of it)."""
     js = nc.jetstream()
     s = core.settings
     sub = None
@@ -347,7 +349,9 @@ async def run_worker(
                 last_ckpt = time.monotonic()
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + s.status_every_s
-                await _publish_status(nc, sub, core)
+                status = await _publish_status(nc, sub, core)
+                if on_status is not None:
+                    on_status(status)
         except Exception as exc:  # publish/checkpoint refused: keep state, retry next round
             core.counters[f"commit retried: {type(exc).__name__}"] += 1
             log.warning("commit failed, will retry: %s", exc)
@@ -372,11 +376,12 @@ async def _commit(js: JetStreamContext, obs: object, core: WorkerCore, outbox: l
     unacked.clear()
 
 
-async def _publish_status(nc: Client, sub: object, core: WorkerCore, state: str = "online") -> None:
+async def _publish_status(nc: Client, sub: object, core: WorkerCore, state: str = "online") -> dict[str, object]:
     lag: dict[str, int] = {}
     with contextlib.suppress(Exception):
         info = await sub.consumer_info()  # type: ignore[attr-defined]
         lag = {"pending": int(info.num_pending or 0), "ack_pending": int(info.num_ack_pending or 0)}
     body = core.status() | {"state": state, "t": time.time(), "lag": lag}
     await nc.publish(out_subject(core.settings.site, "status"), json.dumps(body, default=str).encode())
+    return body
 

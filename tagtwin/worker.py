@@ -42,6 +42,7 @@ def worker_command(site_file: Path | str) -> list[str]:
 async def run_site_worker(
     config: EngineConfig, keys: dict[str, bytes], settings: WorkerSettings, streams: StreamSettings,
     nats_url: str, creds: str | None = None, duration_s: float | None = None,
+    on_status: Callable[[dict[str, object]], None] | None = None,
 ) -> WorkerCore:
     """One worker until SIGINT/SIGTERM (or ``duration_s``); returns it for its status."""
     stop = asyncio.Event()
@@ -53,11 +54,23 @@ async def run_site_worker(
     nc = await connect(nats_url, name=f"tagtwin-{settings.durable}", creds=creds)
     core = WorkerCore(config, keys, settings)
     try:
-        await run_worker(core, nc, stop, streams=streams)
+        await run_worker(core, nc, stop, streams=streams, on_status=on_status)
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
     return core
+
+
+def status_line(status: dict[str, object]) -> str:
+    """One line of a worker's status for a person watching ``tagtwin serve``."""
+    counters = status.get("counters")
+    c = counters if isinstance(counters, dict) else {}
+    lag = status.get("lag")
+    pending = lag.get("pending", "?") if isinstance(lag, dict) else "?"
+    dead = sum(v for k, v in c.items() if str(k).startswith(("dead", "rejected")))
+    return (f"serve: stream seq {status.get('stream_seq')}, batches {c.get('batches', 0)}, "
+            f"sightings {c.get('processed', 0)}, positions {c.get('positions', 0)}, "
+            f"dead-lettered {dead}, backlog {pending}")
 
 
 def serve_backbone(
@@ -78,7 +91,8 @@ def serve_backbone(
         say(f"backbone listening on {server.url} and {server.mqtt_url} (MQTT 3.1.1), "
             f"store {server.config.store_dir}, nats-server pid {server.pid}")
     try:
-        core = asyncio.run(run_site_worker(config, keys, settings, streams, nats_url, creds, duration_s))
+        core = asyncio.run(run_site_worker(config, keys, settings, streams, nats_url, creds, duration_s,
+                                           on_status=lambda status: say(status_line(status))))
     finally:
         if server is not None:
             server.stop()

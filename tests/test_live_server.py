@@ -466,3 +466,13 @@ def test_one_lywsd03mmc_one_device_from_all_three_sources():
     )
     assert ours == theengs.dev == esp.dev == mac
     assert theengs.bat == esp.bat == 44
+
+
+def test_live_positions_name_every_method_the_engine_uses() -> None:
+    """A position says what made it (a Kalman site's positions say kalman, not centroid)."""
+    import typing
+
+    from engine.localize import METHOD_NAMES
+    from live_bridge.wire import Position
+
+    assert set(typing.get_args(Position.model_fields["method"].annotation)) == set(METHOD_NAMES)
