@@ -13,6 +13,7 @@ import base64
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from live_bridge.mqtt import BrokerUrl, make_client
@@ -34,8 +35,11 @@ def record(
     duration_s: float | None = None,
     stop: threading.Event | None = None,
     ready: threading.Event | None = None,
+    say: Callable[[str], None] | None = None,
+    status_every_s: float = 5.0,
 ) -> int:
-    """Append every message on ``topics`` to ``out`` until stop or duration; returns the count."""
+    """Append every message on ``topics`` to ``out`` until stop or duration; returns the
+    count. ``say`` gets a line of progress every ``status_every_s``."""
     broker = BrokerUrl.parse(broker_url)
     client = make_client(f"tagtwin-rec-{int(time.time() * 1000) % 10**9}", broker)
     stop = stop or threading.Event()
@@ -69,7 +73,17 @@ def record(
         client.on_message = on_message
         client.connect(broker.host, broker.port)
         client.loop_start()
-        stop.wait(duration_s)
+        end = None if duration_s is None else time.monotonic() + duration_s
+        while not stop.is_set():
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            if stop.wait(status_every_s if left is None else min(status_every_s, left)):
+                break
+            if say is not None:
+                state = "connected" if client.is_connected() else "NOT connected"
+                with lock:
+                    say(f"record: {count} messages to {out} ({state})")
         client.disconnect()
         client.loop_stop()
     return count

@@ -530,6 +530,18 @@ class Gateway:
         self.spool.close()
 
 
+def scanner_problem(exc: BaseException) -> str:
+    """What a scanner error means for the person at the gateway: bleak reaches the radio
+    through BlueZ over the system D-Bus, and a missing socket reads as a bare ENOENT."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, FileNotFoundError) or "org.freedesktop.DBus" in text or "dbus" in text.lower():
+        return (f"{text}: cannot reach BlueZ over the system D-Bus; is bluetoothd running "
+                "(systemctl status bluetooth) and /run/dbus/system_bus_socket present?")
+    if "org.bluez" in text and ("NotReady" in text or "No such adapter" in text or "not found" in text.lower()):
+        return f"{text}: the Bluetooth adapter is missing or powered off (bluetoothctl power on)"
+    return text
+
+
 class BleakSource:
     """Scans with bleak's BleakScanner and a detection callback; restarts with backoff.
 
@@ -597,7 +609,7 @@ class BleakSource:
                         await asyncio.wait_for(stop.wait(), self.cfg.duty_off_s)
             except Exception as exc:  # bleak raises BleakError, D-Bus and OS errors alike
                 self.gateway.counters["scanner_errors"] += 1
-                log.warning("scanner failed (%s); restarting in %.1f s", exc, backoff)
+                log.warning("scanner failed (%s); restarting in %.1f s", scanner_problem(exc), backoff)
                 with contextlib.suppress(Exception):
                     await scanner.stop()  # type: ignore[attr-defined]
                 with contextlib.suppress(TimeoutError):

@@ -474,7 +474,12 @@ def roi(
     sc = _load(scenario)
     try:
         if report is not None:
-            measured = measured_from_report(read_report(report), str(report))
+            rep = read_report(report)
+            # A report of another scenario would price this site with someone else's figures.
+            if rep.get("scenario") != sc.name:
+                raise RoiReportError(f"{report}: scenario: the report is of {rep.get('scenario')!r}, "
+                                     f"not of {sc.name!r} ({scenario})")
+            measured = measured_from_report(rep, str(report))
         else:
             from twin.run import simulate as run_scenario
 
@@ -971,7 +976,8 @@ def record(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        n = run_record(broker, out, topics=topic, duration_s=duration, stop=stop)
+        n = run_record(broker, out, topics=topic, duration_s=duration, stop=stop,
+                       say=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True))
     except (OSError, ValueError) as exc:
         err_console.print(f"cannot record from {broker}: {exc}", markup=False)
         raise typer.Exit(2) from None
