@@ -148,8 +148,14 @@ async def connect(url: str, *, name: str, creds: str | None = None, wait_s: floa
     an end) and keeps trying the first connection for ``wait_s``."""
     kwargs: dict[str, object] = {}
     path = creds_path(creds)
-    if path:
-        kwargs["user_credentials"] = path
+    if path and path.endswith(".toml"):
+        # An identity `tagtwin provision` wrote: login, the site CA (TLS) and its own reply
+        # inbox, the only one its permissions let it read (docs/security.md).
+        from live_bridge.provision import nats_options
+
+        kwargs.update(nats_options(path))
+    elif path:
+        kwargs["user_credentials"] = path  # a NATS .creds file (JWT + nkey seed)
 
     async def on_error(exc: Exception) -> None:
         log.info("nats: %s", exc)
