@@ -122,7 +122,9 @@ async def ensure_streams(js: JetStreamContext, site: str, settings: StreamSettin
             name=raw_stream(site), subjects=[raw_filter(site)], retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE, max_age=s.raw_max_age_s, max_bytes=s.raw_max_bytes,
             max_msg_size=MAX_BATCH_BYTES, discard=DiscardPolicy.OLD, num_replicas=s.replicas,
-            duplicate_window=DUPLICATE_WINDOW_S,
+            # JetStream refuses a duplicate window longer than the retention (a retention of
+            # seconds, as the retention test uses, would fail to create the stream)
+            duplicate_window=min(DUPLICATE_WINDOW_S, s.raw_max_age_s),
         ),
         StreamConfig(
             name=out_stream(site),
@@ -148,8 +150,14 @@ async def connect(url: str, *, name: str, creds: str | None = None, wait_s: floa
     an end) and keeps trying the first connection for ``wait_s``."""
     kwargs: dict[str, object] = {}
     path = creds_path(creds)
-    if path:
-        kwargs["user_credentials"] = path
+    if path and path.endswith(".toml"):
+        # An identity `tagtwin provision` wrote: login, the site CA (TLS) and its own reply
+        # inbox, the only one its permissions let it read (docs/security.md).
+        from live_bridge.provision import nats_options
+
+        kwargs.update(nats_options(path))
+    elif path:
+        kwargs["user_credentials"] = path  # a NATS .creds file (JWT + nkey seed)
 
     async def on_error(exc: Exception) -> None:
         log.info("nats: %s", exc)

@@ -264,19 +264,27 @@ def check_and_parse(sig: str, payload: bytes, gateway: str, key: bytes) -> Batch
         raise WireError("schema violation", f"{where}: {first['msg']}"[:300]) from None
 
 
-def verify_signed(body: bytes, gateway: str, keys: tuple[bytes, ...] | bytes) -> Batch:
-    """The cheap check: the gateway comes from the topic, so the HMAC is checked over the
-    raw payload bytes before a single byte is parsed (a forged 13 MB batch costs one
-    SHA-256 pass, not a JSON parse). During a key rotation a gateway has two keys; any of
-    them is accepted. Then the schema, and the signed ``gw`` must be the topic's."""
-    sig, _ = split_envelope(body[: PAYLOAD_START + 1] + b"}")  # shape checks, no copy of the payload
+def verified_payload(body: bytes, gateway: str, keys: tuple[bytes, ...] | bytes) -> memoryview:
+    """The signed payload of an envelope whose HMAC one of ``keys`` verifies, checked over
+    the raw bytes in place: nothing is parsed or copied before (a forged 13 MB batch costs
+    one SHA-256 pass). During a key rotation a gateway has two keys; either verifies.
+    Shared by every wire version's verifier (verify_signed, wire_columns.verify_columns)."""
     if len(body) <= PAYLOAD_START + 1 or not body.endswith(b"}"):
         raise WireError("malformed envelope", 'expected {"sig":"<hex>","batch":{...}}')
-    payload = memoryview(body)[PAYLOAD_START:-1]  # hashed in place: a forged batch is never copied
+    sig, _ = split_envelope(body[: PAYLOAD_START + 1] + b"}")  # the prefix's shape only
+    payload = memoryview(body)[PAYLOAD_START:-1]
     expected = sig.encode("latin-1")  # bytes: compare_digest refuses non-ASCII str
     ring = (keys,) if isinstance(keys, bytes) else keys
     if not any(hmac.compare_digest(sign(payload, k).encode(), expected) for k in ring):
         raise WireError("bad signature", gateway[:64])
+    return payload
+
+
+def verify_signed(body: bytes, gateway: str, keys: tuple[bytes, ...] | bytes) -> Batch:
+    """The cheap check (the backbone's and the MQTT server's): the gateway comes from the
+    subject or topic; :func:`verified_payload` first, then the schema (strict, bounded),
+    and the signed ``gw`` must be the subject's."""
+    payload = verified_payload(body, gateway, keys)
     try:
         batch = Batch.model_validate_json(bytes(payload), strict=True)  # no string-to-number coercion
     except ValidationError as exc:

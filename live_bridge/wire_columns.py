@@ -15,13 +15,21 @@ default (gateways, twin-publish), and ``tagtwin loadtest --wire 2`` sends versio
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
-from live_bridge.wire import MAX_SEQ, T_MAX, T_MIN, WireError, WireModel, encode_payload, sign, split_envelope
+from live_bridge.wire import (
+    MAX_SEQ,
+    T_MAX,
+    T_MIN,
+    WireError,
+    WireModel,
+    encode_payload,
+    split_envelope,
+    verified_payload,
+)
 
 COLUMNS_VERSION: Literal[2] = 2
 COLUMNS_PREFIX = b'{"v":2,'
@@ -75,13 +83,12 @@ def encode_columns(gw: str, seq: int, epoch: int, sent: float, t: np.ndarray, de
     return encode_payload(json.dumps(body, separators=(",", ":")).encode(), key)
 
 
-def verify_columns(body: bytes, gateway: str, key: bytes) -> ColumnBatch:
-    """HMAC over the raw payload first, then the strict bounded schema (as verify_signed)."""
-    sig, payload = split_envelope(body)
-    if not hmac.compare_digest(sign(payload, key), sig):
-        raise WireError("bad signature", gateway[:64])
+def verify_columns(body: bytes, gateway: str, keys: tuple[bytes, ...] | bytes) -> ColumnBatch:
+    """HMAC over the raw payload first (wire.verified_payload: in place, the key ring, bytes
+    compare), then the strict bounded schema (as verify_signed)."""
+    payload = verified_payload(body, gateway, keys)
     try:
-        batch = ColumnBatch.model_validate_json(payload, strict=True)
+        batch = ColumnBatch.model_validate_json(bytes(payload), strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

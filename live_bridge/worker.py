@@ -55,6 +55,8 @@ from live_bridge.wire import DeadLetter, WireError, verify_signed
 from live_bridge.wire_columns import is_columns, verify_columns
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
@@ -92,7 +94,10 @@ class WorkerSettings:
 class WorkerCore:
     """Verification, dedup, event time and revised windows for one site partition, no IO."""
 
-    def __init__(self, config: EngineConfig, keys: dict[str, bytes], settings: WorkerSettings | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig, keys: Mapping[str, bytes | tuple[bytes, ...]],
+        settings: WorkerSettings | None = None,
+    ) -> None:
         self.settings = s = settings or WorkerSettings()
         if config.tracker != "none" or config.zone_hysteresis:
             # A tracker carries state from window to window, so a revised window would change

@@ -767,7 +767,7 @@ def _serve_backbone(
     duration: float | None, status_every: float,
 ) -> None:
     from live_bridge.backbone import StreamSettings, token
-    from live_bridge.config import check_keys_match, load_keys
+    from live_bridge.config import check_keys_match, load_key_ring
     from live_bridge.gateway import ConfigError
     from live_bridge.natsserver import NatsServerError
     from live_bridge.worker import WorkerSettings
@@ -779,7 +779,7 @@ def _serve_backbone(
         raw_retention_days = plan.site.raw_retention_days
     try:
         token("site", site)
-        key_table = load_keys(keys)
+        ring = load_key_ring(keys)
         if raw_retention_days <= 0 or max_skew_s < 0 or replicas not in (1, 3, 5):
             raise ValueError("--raw-retention must be > 0 days, --max-skew >= 0 s, --replicas 1, 3 or 5")
     except ConfigError as exc:
@@ -790,9 +790,10 @@ def _serve_backbone(
     _secret_file(keys)
     cfg = site_engine_config(plan, step_s=step, lateness_s=lateness)
     try:
-        check_keys_match(key_table, cfg.gateways.ids, keys)
+        check_keys_match(ring.signing_keys(), cfg.gateways.ids, keys)
     except ConfigError as exc:
         raise _bridge_config_error(exc) from None
+    key_table = ring.keys  # during a rotation both keys verify (a revoked gateway has none)
     settings = WorkerSettings(site=site, max_skew_s=max_skew_s, status_every_s=status_every)
     streams = StreamSettings(raw_max_age_s=raw_retention_days * 86400.0, replicas=replicas)
     try:

@@ -314,6 +314,15 @@ def _register_builtin() -> None:
     theengs = json.dumps({"id": "AA:BB:CC:DD:EE:FF", "rssi": -60, "servicedatauuid": "0xfe95",
                           "servicedata": mib.hex()}).encode()
     espresense = json.dumps({"id": "irk:abc", "rssi": -65.5, "rssi@1m": -59, "distance": 2.1}).encode()
+    from live_bridge.wire_columns import encode_columns, verify_columns
+
+    n = 3
+    columns = encode_columns("gw1", 1, 0, FUZZ_NOW, np.full(n, FUZZ_NOW), ["a", "b", "c"], np.full(n, -60.0),
+                             np.full(n, 37), np.full(n, 80), np.zeros(n, int), np.arange(n), FUZZ_KEY)
+    body_start = columns.index(b',"batch":') + len(b',"batch":')
+    register("wire.columns", lambda b: verify_columns(encode_payload(b, FUZZ_KEY), "gw1", FUZZ_KEY), (WireError,),
+             [columns[body_start:-1]], structure="json")
+    register("wire.columns-envelope", lambda b: verify_columns(b, "gw1", FUZZ_KEY), (WireError,), [columns])
     register("server.handle", _server_case, (),
              [b"\x00" + encode_batch(batch, FUZZ_KEY), b"\x01" + theengs, b"\x02" + espresense])
 

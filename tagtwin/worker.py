@@ -12,12 +12,12 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from engine.pipeline import EngineConfig
 from live_bridge.backbone import StreamSettings, connect
-from live_bridge.config import load_keys
+from live_bridge.config import load_key_ring
 from live_bridge.natsserver import EmbeddedNats, ServerConfig, free_port
 from live_bridge.worker import WorkerCore, WorkerSettings, run_worker
 from siteplan.config_file import ConfigFileError
@@ -40,7 +40,8 @@ def worker_command(site_file: Path | str) -> list[str]:
 
 
 async def run_site_worker(
-    config: EngineConfig, keys: dict[str, bytes], settings: WorkerSettings, streams: StreamSettings,
+    config: EngineConfig, keys: Mapping[str, bytes | tuple[bytes, ...]], settings: WorkerSettings,
+    streams: StreamSettings,
     nats_url: str, creds: str | None = None, duration_s: float | None = None,
     on_status: Callable[[dict[str, object]], None] | None = None,
 ) -> WorkerCore:
@@ -74,7 +75,8 @@ def status_line(status: dict[str, object]) -> str:
 
 
 def serve_backbone(
-    config: EngineConfig, keys: dict[str, bytes], settings: WorkerSettings, streams: StreamSettings, *,
+    config: EngineConfig, keys: Mapping[str, bytes | tuple[bytes, ...]], settings: WorkerSettings,
+    streams: StreamSettings, *,
     nats_url: str | None, creds: str | None, data_dir: Path, nats_port: int, mqtt_port: int,
     duration_s: float | None, say: Callable[[str], None],
 ) -> dict[str, object]:
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--settings: expected a JSON object with keys from {sorted(known)}")
         settings = WorkerSettings(**given)
         config = site_config(args.scenario)
-        keys = load_keys(args.keys)
+        keys = load_key_ring(args.keys).keys  # new and old key during a rotation
     except ConfigFileError as exc:
         print(f"{exc.path}: " + "; ".join(exc.problems), file=sys.stderr)
         return 2

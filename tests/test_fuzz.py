@@ -63,6 +63,7 @@ def test_a_crash_is_told_apart_from_a_rejection() -> None:
 # Inputs the 100,000-case benchmark found crashing once, kept so they stay fixed.
 REGRESSIONS = [
     ("live.wire-envelope", b'{"sig":"' + "\u00e9".encode("latin-1") * 64 + b'","batch":{"gw":"gw1"}}'),
+    ("wire.columns-envelope", b'{"sig":"' + "\u00e9".encode("latin-1") * 64 + b'","batch":{"v":2,"gw":"gw1"}}'),
     ("gateways.csv", b"id,x,y,zx,y,z\n\n"),
     ("gateways.csv", b"id,x,y,z,y\ngw1,0,0,2,1\n"),
     ("capture.csv", b"time,gateway,device,rssi,truth_x,truth_y\n"),

@@ -148,8 +148,13 @@ def test_capture_rssi_out_of_range(tmp_path: Path) -> None:
 def test_serve_refuses_keys_that_match_no_gateway(tmp_path: Path) -> None:
     keys = write(tmp_path, "keys.toml", '[keys]\n"gw-01" = "' + "ab" * 32 + '"\n"gw-99" = "' + "cd" * 32 + '"\n')
     keys.chmod(0o600)
-    proc = tagtwin("serve", "--keys", str(keys), "--duration", "0.1")
-    assert_one_clean_line(proc, str(keys), "keys.gw-99", "no gateway")
+    for broker in ([], ["--broker", "mqtt://127.0.0.1:9"]):  # the backbone (default) and the MQTT-only server
+        proc = tagtwin("serve", "--keys", str(keys), "--duration", "0.1", *broker)
+        assert_one_clean_line(proc, str(keys), "keys.gw-99", "no gateway")
+    keys.chmod(0o644)
+    for broker in ([], ["--broker", "mqtt://127.0.0.1:9"]):
+        assert_one_clean_line(tagtwin("serve", "--keys", str(keys), "--duration", "0.1", *broker), str(keys),
+                              "mode 0644")
 
 
 def test_internal_errors_are_one_line_with_exit_70(tmp_path: Path) -> None:

