@@ -475,11 +475,11 @@ def roi(
     try:
         if report is not None:
             rep = read_report(report)
-            # A report of another scenario would price this site with someone else's figures.
-            if rep.get("scenario") != sc.name:
-                raise RoiReportError(f"{report}: scenario: the report is of {rep.get('scenario')!r}, "
-                                     f"not of {sc.name!r} ({scenario})")
             measured = measured_from_report(rep, str(report))
+            # A report of another scenario would price this site with someone else's figures.
+            if "scenario" in rep and rep["scenario"] != sc.name:
+                raise RoiReportError(f"{report}: scenario: the report is of {rep['scenario']!r}, "
+                                     f"not of {sc.name!r} ({scenario})")
         else:
             from twin.run import simulate as run_scenario
 

@@ -222,3 +222,10 @@ def test_unwritable_outputs_and_binary_inputs(tmp_path: Path, args: list[str], n
     (tmp_path / "junk.bin").write_bytes(bytes(range(256)) * 4)
     argv = [a.format(tmp=tmp_path) for a in args]
     assert_one_clean_line(tagtwin(*argv), str(tmp_path), needle)
+
+
+def test_roi_refuses_a_report_of_another_scenario(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"scenario": "someone-else", "metrics": {}}))
+    proc = tagtwin("roi", str(SCENARIOS / "demo.toml"), "--report", str(report))
+    assert_one_clean_line(proc, str(report), "someone-else", "demo-warehouse")
