@@ -493,8 +493,15 @@ def positions_payload(
     return json.dumps({"v": 1, "t": now, "positions": positions}, separators=(",", ":")).encode()
 
 
+class ReloadsKeys(Protocol):
+    counters: Counter[str]
+
+    def reload_keys(self, ring: KeyRing) -> None: ...
+
+
 class KeysWatch:
-    """Reloads a keys file into a server core when its modification time changes."""
+    """Reloads a keys file into a core (the MQTT server's or a backbone worker's) when its
+    modification time changes: rotation and revocation without a restart."""
 
     def __init__(self, path: Path, every_s: float = 1.0) -> None:
         self.path = path
@@ -508,7 +515,7 @@ class KeysWatch:
         except OSError:
             return None
 
-    def poll(self, core: ServerCore) -> bool:
+    def poll(self, core: ReloadsKeys) -> bool:
         if time.monotonic() < self._next:
             return False
         self._next = time.monotonic() + self.every_s

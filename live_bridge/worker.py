@@ -32,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -50,7 +51,7 @@ from live_bridge.backbone import (
     raw_filter,
     raw_stream,
 )
-from live_bridge.server import positions_payload
+from live_bridge.server import KeysWatch, positions_payload
 from live_bridge.wire import DeadLetter, WireError, verify_signed
 from live_bridge.wire_columns import is_columns, verify_columns
 
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
+
+    from live_bridge.config import KeyRing
 
 log = logging.getLogger("tagtwin.worker")
 
@@ -107,6 +110,8 @@ class WorkerCore:
             config = replace(config, tracker="none", zone_hysteresis=False)
         self.config = config
         self.keys = keys
+        self.revoked_gateways: frozenset[str] = frozenset()
+        self.revoked_tags: frozenset[str] = frozenset()
         self.engine = Engine(config)
         self.windows = RevisingWindows(self.engine, s.horizon_s)
         self.marks = GatewayWatermarks(s.idle_s, s.max_skew_s)
@@ -117,6 +122,15 @@ class WorkerCore:
         self.stream_seq = 0  # the newest stream sequence folded into the state
         self.latest_received = -np.inf  # the stream clock: receive time of the newest batch handled
         self.counters: Counter[str] = Counter()
+
+    def reload_keys(self, ring: KeyRing) -> None:
+        """A rotated or revoked keys file (tagtwin rotate-key, tagtwin revoke) takes effect
+        from the next message: old and new keys of a rotation both verify; a revoked gateway's
+        batches and a revoked tag's sightings are refused, counted and dead-lettered."""
+        self.keys = ring.keys
+        self.revoked_gateways = ring.revoked_gateways
+        self.revoked_tags = ring.revoked_tags
+        self.counters["key reloads"] += 1
 
     # -- input ------------------------------------------------------------------------
 
@@ -143,6 +157,8 @@ class WorkerCore:
         gw = gateway_of(subject, self.settings.site)
         if gw is None:
             raise WireError("unexpected subject", subject[:120])
+        if gw in self.revoked_gateways:
+            raise WireError("revoked gateway", gw)
         key = self.keys.get(gw)
         if key is None:
             raise WireError("unknown gateway", gw)
@@ -166,6 +182,7 @@ class WorkerCore:
         if columns:
             t = np.asarray(cb.t, float)
             aseq = np.asarray(cb.aseq, np.int64)
+            dev_ids = cb.dev
             rows = sightings_from_columns(
                 t=t, gateway=self.gateways.code(gw), device=self.devices.codes(cb.dev),
                 rssi=np.asarray(cb.rssi, np.float32), channel=np.asarray(cb.ch, np.uint8),
@@ -174,11 +191,12 @@ class WorkerCore:
             )
         else:
             ads = batch.ads
+            dev_ids = [a.dev for a in ads]
             t = np.fromiter((a.t for a in ads), float, n)
             rows = sightings_from_columns(
                 t=t,
                 gateway=self.gateways.code(gw),
-                device=self.devices.codes([a.dev for a in ads]),
+                device=self.devices.codes(dev_ids),
                 rssi=np.fromiter((a.rssi for a in ads), np.float32, n),
                 channel=np.fromiter((a.ch for a in ads), np.uint8, n),
                 battery=np.fromiter((UNKNOWN if a.bat is None else a.bat for a in ads), np.int8, n),
@@ -186,6 +204,14 @@ class WorkerCore:
                 seq=np.fromiter((UNKNOWN if a.seq is None else a.seq & SEQ_MASK for a in ads), np.int32, n),
             )
         out = []
+        if self.revoked_tags:
+            revoked = np.isin(np.asarray(dev_ids, dtype=object), list(self.revoked_tags))
+            if revoked.any():
+                k = int(revoked.sum())
+                self.counters["sightings of revoked tags"] += k
+                out.append(self._dead_letter(subject, body, "revoked tag", f"{k} of {n} sightings of revoked tags",
+                                             received))
+                rows, t = rows[~revoked], t[~revoked]
         future = self.marks.future(t, received)
         if future.any():
             k = int(future.sum())
@@ -303,9 +329,12 @@ async def open_partition(js: JetStreamContext, core: WorkerCore, streams: Stream
 async def run_worker(
     core: WorkerCore, nc: Client, stop: asyncio.Event, *, streams: StreamSettings | None = None,
     ready: asyncio.Event | None = None, on_status: Callable[[dict[str, object]], None] | None = None,
+    keys_path: Path | None = None,
 ) -> None:
     """Consume, compute, publish, checkpoint, ack; until ``stop``. Survives backbone restarts.
-    ``on_status`` sees each status the worker publishes (a command prints a line of it)."""
+    ``on_status`` sees each status the worker publishes (a command prints a line of it).
+    With ``keys_path`` the keys file is re-read when it changes: rotation and revocation
+    take effect within a second, with no restart."""
     js = nc.jetstream()
     s = core.settings
     sub = None
@@ -325,7 +354,10 @@ async def run_worker(
     last_ckpt = time.monotonic()
     published = False  # outputs out since the last checkpoint
     next_status = time.monotonic()
+    keys_watch = KeysWatch(keys_path) if keys_path is not None else None
     while not stop.is_set():
+        if keys_watch is not None:
+            keys_watch.poll(core)
         try:
             try:
                 msgs = await sub.fetch(s.fetch_batch, timeout=0.2)  # type: ignore[attr-defined]

@@ -799,7 +799,7 @@ def _serve_backbone(
     try:
         status = serve_backbone(
             cfg, key_table, settings, streams, nats_url=nats, creds=creds, data_dir=data_dir, nats_port=nats_port,
-            mqtt_port=mqtt_port, duration_s=duration,
+            mqtt_port=mqtt_port, duration_s=duration, keys_path=keys,
             say=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True),
         )
     except (NatsServerError, ConnectionError, OSError, ValueError) as exc:  # ValueError: a stateful tracker

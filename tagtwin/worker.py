@@ -43,7 +43,7 @@ async def run_site_worker(
     config: EngineConfig, keys: Mapping[str, bytes | tuple[bytes, ...]], settings: WorkerSettings,
     streams: StreamSettings,
     nats_url: str, creds: str | None = None, duration_s: float | None = None,
-    on_status: Callable[[dict[str, object]], None] | None = None,
+    on_status: Callable[[dict[str, object]], None] | None = None, keys_path: Path | None = None,
 ) -> WorkerCore:
     """One worker until SIGINT/SIGTERM (or ``duration_s``); returns it for its status."""
     stop = asyncio.Event()
@@ -55,7 +55,7 @@ async def run_site_worker(
     nc = await connect(nats_url, name=f"tagtwin-{settings.durable}", creds=creds)
     core = WorkerCore(config, keys, settings)
     try:
-        await run_worker(core, nc, stop, streams=streams, on_status=on_status)
+        await run_worker(core, nc, stop, streams=streams, on_status=on_status, keys_path=keys_path)
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
@@ -78,7 +78,7 @@ def serve_backbone(
     config: EngineConfig, keys: Mapping[str, bytes | tuple[bytes, ...]], settings: WorkerSettings,
     streams: StreamSettings, *,
     nats_url: str | None, creds: str | None, data_dir: Path, nats_port: int, mqtt_port: int,
-    duration_s: float | None, say: Callable[[str], None],
+    duration_s: float | None, say: Callable[[str], None], keys_path: Path | None = None,
 ) -> dict[str, object]:
     """``tagtwin serve``: the embedded nats-server when no URL is given (JetStream synced on
     every write, MQTT listener, store under ``data_dir``), one worker, both stopped on exit."""
@@ -94,7 +94,8 @@ def serve_backbone(
             f"store {server.config.store_dir}, nats-server pid {server.pid}")
     try:
         core = asyncio.run(run_site_worker(config, keys, settings, streams, nats_url, creds, duration_s,
-                                           on_status=lambda status: say(status_line(status))))
+                                           on_status=lambda status: say(status_line(status)),
+                                           keys_path=keys_path))
     finally:
         if server is not None:
             server.stop()
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     streams = StreamSettings(raw_max_age_s=args.raw_max_age, replicas=args.replicas)
-    core = asyncio.run(run_site_worker(config, keys, settings, streams, args.nats, args.creds))
+    core = asyncio.run(run_site_worker(config, keys, settings, streams, args.nats, args.creds,
+                                       keys_path=Path(args.keys)))
     sys.stderr.write(json.dumps(core.status(), default=str) + "\n")
     return 0
 

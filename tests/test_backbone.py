@@ -136,6 +136,38 @@ def test_replays_seq_jumps_and_reprovisioning():
     assert w.counters["skipped: already in checkpoint"] == 1
 
 
+def test_rotation_and_revocation_take_effect_without_a_restart(tmp_path: Path):
+    """The worker re-reads its keys file: during a rotation old and new keys verify; a
+    revoked gateway's batches and a revoked tag's sightings are refused and dead-lettered."""
+    from live_bridge.config import load_key_ring
+    from live_bridge.server import KeysWatch
+
+    new_key = bytes(range(100, 132))
+    w = core()
+    keys = tmp_path / "keys.toml"
+    keys.write_text(f'[keys]\na = ["{new_key.hex()}", "{KEY.hex()}"]\nb = "{KEY.hex()}"\n')
+    watch = KeysWatch(keys, every_s=0.0)
+    assert watch.poll(w) is False  # unchanged since the watch started
+    keys.write_text(keys.read_text() + "\n")
+    assert watch.poll(w) is True and w.counters["key reloads"] == 1
+    old_signed = signed("a", 0, good_ads(NOW))
+    new_signed = encode_batch(Batch(gw="a", seq=1, ep=1, sent=NOW, ads=good_ads(NOW + 1)), new_key)
+    assert w.handle(raw_subject(SITE, "a"), old_signed, 1, NOW) == []
+    assert w.handle(raw_subject(SITE, "a"), new_signed, 2, NOW) == []
+    assert w.counters["processed"] == 6
+    w.reload_keys(load_key_ring_with(keys, '[revoked]\ngateways = ["b"]\ntags = ["tag1"]\n', load_key_ring))
+    assert reasons(w.handle(raw_subject(SITE, "b"), signed("b", 0, good_ads(NOW)), 3, NOW)) == ["revoked gateway"]
+    out = w.handle(raw_subject(SITE, "a"), signed("a", 2, good_ads(NOW + 2)), 4, NOW)
+    assert reasons(out) == ["revoked tag"]
+    assert w.counters["sightings of revoked tags"] == 1 and w.counters["processed"] == 8
+    assert w.counters["rejected: revoked gateway"] == 1 and w.counters["rejected: revoked tag"] == 1
+
+
+def load_key_ring_with(path: Path, extra: str, load):  # type: ignore[no-untyped-def]
+    path.write_text(path.read_text() + extra)
+    return load(path)
+
+
 def test_checkpoint_round_trip_resumes_exactly():
     a = core()
     for i in range(8):
