@@ -17,7 +17,6 @@ The trackers in :mod:`engine.track` reuse the radio map's likelihood over time.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ import shapely
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
+from engine._newton import newton_rows
 from radio_models.environment import Grid
 
 FloatArray = NDArray[np.float64]
@@ -218,16 +218,6 @@ def _dot(a: AnyArray, b: AnyArray | None = None) -> AnyArray:
     return out
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``threads`` worker threads, made on first use (like BLAS's)."""
-    if threads not in _POOLS:
-        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="wls")
-    return _POOLS[threads]
-
-
 def _wls_widths(n_gateways: int) -> NDArray[np.intp]:
     return np.asarray(sorted({w for w in WLS_WIDTHS if w < n_gateways} | {n_gateways}), np.intp)
 
@@ -244,9 +234,10 @@ def _newton_chunk(
     iterations: int,
     wall: ObstacleMap | None,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Safeguarded Newton iterations on one chunk of rows, in float32.
+    """Safeguarded Newton iterations on one chunk of rows, in float32
+    (:func:`engine._newton.newton_rows`, compiled: the hot loop, inlined on purpose).
 
-    The hot loop is inlined on purpose. Each iteration evaluates the residuals once and
+    Each iteration evaluates the residuals once and
     takes a Newton step (Gauss-Newton where the Hessian is not positive definite),
     capped at ``MAX_STEP_M`` and projected onto the floor's bounds; rows leave the
     working set once they move less than 1 mm, so the few slow rows near the floor's
@@ -262,130 +253,21 @@ def _newton_chunk(
     w32: AnyArray = w.astype(f32)
     p32: AnyArray = p0.astype(f32)
     g32 = (gx.astype(f32), gy.astype(f32), dz2.astype(f32), cols)
-    x_out: AnyArray = x.astype(f32)
-    y_out: AnyArray = y.astype(f32)
-    act = np.arange(len(x))  # rows still iterating; the working arrays below are theirs
-    with np.errstate(invalid="ignore", divide="ignore"):  # unheard rows are NaN, by design
-        xo, yo = _newton_loop(
-            (r32, w32, p32),
-            g32,
-            x_out.copy(),
-            y_out.copy(),
-            x_out,
-            y_out,
-            act,
-            (five_n, k_slope),
-            bounds,
-            iterations,
-            wall,
-        )
+    if wall is not None:
+        loss, g = wall.loss, wall.grid
+        grid = np.array([g.x0, g.y0, g.cell_m, g.nx, g.ny], dtype=float)
+    else:
+        loss, grid = np.zeros((0, 0), f32), np.zeros(5)
+    def rows_major(a: AnyArray) -> AnyArray:  # the compiled loop reads a row's gateways together
+        return np.ascontiguousarray(a.T)
+
+    x32, y32 = newton_rows(
+        rows_major(r32), rows_major(w32), p32, rows_major(g32[0]), rows_major(g32[1]),
+        rows_major(g32[2]), rows_major(cols), loss, grid, x.astype(f32), y.astype(f32), five_n,
+        k_slope, np.asarray(bounds, dtype=float), iterations, f32(MAX_STEP_M), f32(NEWTON_RADIUS_M),
+    )
+    xo, yo = x32.astype(float), y32.astype(float)
     return xo, yo, _wls_cost(r32, w32, p32, g32, xo, yo, exponent, wall)
-
-
-def _newton_loop(
-    rows: tuple[AnyArray, AnyArray, AnyArray],
-    gws: tuple[AnyArray, AnyArray, AnyArray, NDArray[np.intp]],
-    x: AnyArray,
-    y: AnyArray,
-    x_out: AnyArray,
-    y_out: AnyArray,
-    act: NDArray[np.intp],
-    consts: tuple[np.float32, np.float32],
-    bounds: tuple[float, float, float, float],
-    iterations: int,
-    wall: ObstacleMap | None,
-) -> tuple[FloatArray, FloatArray]:
-    """The inner loop of :func:`_newton_chunk` (rows: rssi, weight, P0; gws: x, y, dz^2, index)."""
-    ra, wa, pa = rows
-    gx, gy, dz2, cols = gws
-    five_n, k_slope = consts
-    minx, miny, maxx, maxy = bounds
-    f32 = np.float32
-    rp = ra - pa  # residual = (rssi - P0 + 5 n log10 d^2) * weight
-    # Lazy backtracking: the cost of the current point falls out of its residuals, so a
-    # step that made it worse is found one iteration later and replaced by the midpoint
-    # back towards the last accepted point, at no extra evaluation (Newton can otherwise
-    # oscillate between two points, and wall losses are invisible to the derivatives).
-    px, py = x.copy(), y.copy()
-    pcost = np.full(len(x), np.inf, dtype=f32)
-    for _ in range(iterations):
-        dx = x - gx
-        dy = y - gy
-        d2 = dx * dx
-        d2 += dy * dy
-        d2 += dz2
-        res = np.log10(d2)
-        res *= five_n
-        res += rp
-        if wall is not None:
-            res += wall.loss_db(np.column_stack([x, y]), cols)
-        res *= wa
-        cost = _dot(res, res)
-        worse = cost > pcost * f32(1.0 + 1e-6)
-        better = ~worse
-        px, py, pcost = np.where(better, x, px), np.where(better, y, py), np.where(better, cost, pcost)
-        # d(pred)/dx = -10 n / ln 10 * dx / d^2; the constant k_slope is folded in below.
-        inv = wa / d2
-        jx = dx * inv
-        jy = dy * inv
-        a11 = _dot(jx, jx)
-        a22 = _dot(jy, jy)
-        a12 = _dot(jx, jy)
-        g1 = -_dot(jx, res) / k_slope
-        g2 = -_dot(jy, res) / k_slope
-        # Newton's Hessian adds sum res * d2(pred): it turns the linear convergence of
-        # Gauss-Newton on large (shadowed) residuals into quadratic convergence. With
-        # q = res / d^4: h11 = sum q (d^2 - 2 dx^2) = sum res / d^2 - 2 sum q dx^2.
-        q = res * inv
-        s0 = _dot(q)
-        q /= d2
-        qx = q * dx
-        h11 = (s0 - 2 * _dot(qx, dx)) / k_slope
-        h12 = -2 * _dot(qx, dy) / k_slope
-        q *= dy
-        h22 = (s0 - 2 * _dot(q, dy)) / k_slope
-        n11, n22, n12 = a11 + h11, a22 + h22, a12 + h12
-        # Far from the solution the Gauss-Newton step (always a descent direction) leads;
-        # Newton takes over once the step is under NEWTON_RADIUS_M, where its model of the
-        # cost is good (wider lets some noise-free rows settle on a wrong stationary point).
-        gdet = a11 * a22 - a12 * a12 + f32(1e-30)
-        gn_len = np.hypot(a22 * g1 - a12 * g2, a11 * g2 - a12 * g1) / gdet
-        near = gn_len < f32(NEWTON_RADIUS_M)
-        pd = near & (n11 > 0) & (n11 * n22 - n12 * n12 > 1e-6 * a11 * a22)
-        ga11, ga22 = a11, a22  # Gauss-Newton curvatures, for steps along a bound
-        a11, a22, a12 = np.where(pd, n11, a11), np.where(pd, n22, a22), np.where(pd, n12, a12)
-        det = a11 * a22 - a12 * a12 + f32(1e-30)
-        sx = (a22 * g1 - a12 * g2) / det
-        sy = (a11 * g2 - a12 * g1) / det
-        # Projected step: a coordinate resting on a bound and pushed outward stays there,
-        # and the other one takes its own 1-D Newton step along the bound.
-        pin_x = ((x <= minx) & (sx < 0)) | ((x >= maxx) & (sx > 0))
-        pin_y = ((y <= miny) & (sy < 0)) | ((y >= maxy) & (sy > 0))
-        sx = np.where(pin_y & ~pin_x, g1 / ga11, np.where(pin_x, f32(0.0), sx))
-        sy = np.where(pin_x & ~pin_y, g2 / ga22, np.where(pin_y, f32(0.0), sy))
-        scale = np.minimum(f32(1.0), f32(MAX_STEP_M) / np.maximum(np.hypot(sx, sy), f32(1e-12)))
-        nx = np.clip(x + sx * scale, minx, maxx)
-        ny = np.clip(y + sy * scale, miny, maxy)
-        nx = np.where(worse, f32(0.5) * (px + x), nx)
-        ny = np.where(worse, f32(0.5) * (py + y), ny)
-        moved = np.abs(nx - x) + np.abs(ny - y)
-        x, y = nx, ny
-        x_out[act], y_out[act] = px, py
-        # Converged: the step was tiny and the Gauss-Newton model agrees (a Newton step can
-        # be tiny far from the solution where its Hessian is large), or the row rests on
-        # a bound it is pushed against. NaN (degenerate rows) counts as done.
-        settled = better & ((gn_len < 0.05) | pin_x | pin_y)
-        done = ~((moved >= 1e-3) | ~settled)
-        if done.any():
-            keep = ~done
-            act = act[keep]
-            x, y, pa = x[keep], y[keep], pa[keep]
-            ra, wa, rp = ra[:, keep], wa[:, keep], rp[:, keep]
-            gx, gy, dz2, cols = gx[:, keep], gy[:, keep], dz2[:, keep], cols[:, keep]
-            px, py, pcost = px[keep], py[keep], pcost[keep]
-            if len(act) == 0:
-                break
-    return x_out.astype(float), y_out.astype(float)
 
 
 def _wls_cost(
@@ -498,7 +380,6 @@ def wls_localize(
     min_gateways: int = 3,
     iterations: int = 20,
     obstacle_map: ObstacleMap | None = None,
-    threads: int = 1,
 ) -> Estimates:
     """Maximum-likelihood position under log-distance path loss with Gaussian dB noise.
 
@@ -516,8 +397,8 @@ def wls_localize(
     starts from several points (the centroid and the strongest gateways) to step across
     its discontinuities; the best end point wins.
 
-    Chunks are independent: with ``threads`` > 1 they run on that many threads (numpy
-    releases the GIL in its loops), and the answer is the same bytes as on one.
+    Every row's answer depends on that row alone (see :func:`_dot`), so any split of the
+    rows, into chunks here or into device partitions (engine.parallel), gives the same bytes.
     """
     rssi = np.asarray(rssi, dtype=float)
     rows, n_gw = rssi.shape
@@ -547,8 +428,7 @@ def wls_localize(
         compact = HeardRows.from_matrix(rssi[idx], width)
         return _wls_rows(compact, p0_all[idx], gw_xyz, exponent, tag_z, bounds, iterations, obstacle_map)
 
-    results = _pool(threads).map(run, jobs) if threads > 1 and len(jobs) > 1 else map(run, jobs)
-    for (idx, _), (bx, by, fi, c0) in zip(jobs, results, strict=True):
+    for (idx, _), (bx, by, fi, c0) in zip(jobs, map(run, jobs), strict=True):
         x[idx], y[idx], fisher[idx], xy0[idx] = bx, by, fi, c0
 
     a11 = k_slope**2 * fisher[:, 0] + 1e-9
