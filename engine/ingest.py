@@ -105,11 +105,15 @@ def drop_redeliveries(batch: Sightings, counters: IngestCounters) -> Sightings:
     return batch[first]
 
 
-def merge_channels(batch: Sightings) -> tuple[Sightings, int]:
+def merge_channels(batch: Sightings, fresh: NDArray[np.bool_] | None = None) -> tuple[Sightings, int]:
     """Merge the channel copies (37/38/39) of one advertising event at one gateway into one
     sighting: mean RSSI in dB, earliest time, channel 0. Returns the rows (events in
     (gateway, device, seq) order, then the rows without an event counter) and how many
-    copies were merged away. Rows without an event counter pass through unchanged."""
+    copies were merged away. Rows without an event counter pass through unchanged.
+
+    With ``fresh`` (a mask of the rows that just arrived) the count is of the fresh
+    copies only: each fresh row that joined an event already buffered, and all but one
+    of the fresh rows of a new event, so a running total counts every copy once."""
     has_seq = batch["seq"] != UNKNOWN
     keyed, loose = batch[has_seq], batch[~has_seq]
     if len(keyed) == 0:
@@ -120,12 +124,23 @@ def merge_channels(batch: Sightings) -> tuple[Sightings, int]:
     starts = _group_starts([gw_dev, seq], order)
     counts = np.diff(np.r_[starts, len(order)])
     merged = keyed[order[starts]]
-    # Sums of float32 values in float64 are exact here, so the order they are added in
-    # does not matter: the mean is the same bits as from any other order.
-    sums = np.add.reduceat(keyed["rssi"][order].astype(np.float64), starts)
-    merged["rssi"] = (sums / counts).astype(np.float32)
-    merged["channel"] = np.where(counts > 1, 0, merged["channel"])
-    return np.concatenate([merged, loose]), len(keyed) - len(merged)
+    multi = np.flatnonzero(counts > 1)  # the few events heard on more than one channel
+    if len(multi):
+        # Sums of float32 values in float64 are exact here, so the order they are added
+        # in does not matter: the mean is the same bits as from any other order.
+        rows = order[np.repeat(counts > 1, counts)]
+        sums = np.add.reduceat(keyed["rssi"][rows].astype(np.float64), np.cumsum(counts[multi]) - counts[multi])
+        merged["rssi"][multi] = (sums / counts[multi]).astype(np.float32)
+        merged["channel"][multi] = 0
+    if fresh is None:
+        n_merged = len(keyed) - len(merged)
+    else:
+        group = np.repeat(np.arange(len(starts)), counts)  # group of each row, in sorted order
+        new = fresh[has_seq][order]
+        n_new = np.bincount(group, weights=new, minlength=len(starts))
+        n_old = counts - n_new
+        n_merged = int(np.sum(np.where(n_new > 0, n_new - (n_old == 0), 0)))
+    return np.concatenate([merged, loose]), n_merged
 
 
 def deduplicate(batch: Sightings, counters: IngestCounters) -> Sightings:

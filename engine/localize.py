@@ -54,6 +54,10 @@ WLS_CHUNK_CELLS = 65536
 WLS_WIDTHS = (2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32)
 MAX_STEP_M = 5.0  # a Newton step longer than this is shortened (a trust region)
 NEWTON_RADIUS_M = 2.0  # Gauss-Newton steps longer than this stay Gauss-Newton
+# The float32 loop settles once its Gauss-Newton step is under 5 cm; float64 Newton steps
+# up to that length then finish the job (each squares the error).
+POLISH_STEP_M = 0.05
+POLISH_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -302,7 +306,7 @@ def _polish(
     bounds: tuple[float, float, float, float],
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """A float64 Newton step from (x, y), taken only where the Hessian is positive definite
-    and the step is short (the float32 loop has converged to within millimetres); returns
+    and the step is short (the float32 loop has converged to within centimetres); returns
     the new point and the Gauss-Newton sums (J^T J without the slope constant)."""
     minx, miny, maxx, maxy = bounds
     k_slope = 10.0 * exponent / LN10
@@ -328,7 +332,15 @@ def _polish(
         det = h11 * h22 - h12 * h12
         sx = (h22 * g1 - h12 * g2) / det
         sy = (h11 * g2 - h12 * g1) / det
-    ok = (h11 > 0) & (det > 0) & (np.hypot(sx, sy) < 0.01)
+        # On a bound the step pushing outward is dropped and the other coordinate takes
+        # its own 1-D Newton step along the bound, as in the float32 loop.
+        pin_x = ((x <= minx) & (sx < 0)) | ((x >= maxx) & (sx > 0))
+        pin_y = ((y <= miny) & (sy < 0)) | ((y >= maxy) & (sy > 0))
+        free = ~pin_x & ~pin_y
+        sx = np.where(free, sx, np.where(pin_x, 0.0, g1 / h11))
+        sy = np.where(free, sy, np.where(pin_y, 0.0, g2 / h22))
+    curved = np.where(free, (h11 > 0) & (det > 0), np.where(pin_x, h22 > 0, h11 > 0))
+    ok = curved & ~(pin_x & pin_y) & (np.hypot(sx, sy) < POLISH_STEP_M)
     nx = np.where(ok, np.clip(x + np.where(ok, sx, 0.0), minx, maxx), x)
     ny = np.where(ok, np.clip(y + np.where(ok, sy, 0.0), miny, maxy), y)
     return nx, ny, np.column_stack([a11, a22, a12])
@@ -362,10 +374,12 @@ def _wls_rows(
         )
         take = c < best
         bx, by, best = np.where(take, sx, bx), np.where(take, sy, by), np.where(take, c, best)
-    # One Newton step in float64 polishes the float32 solution to full precision (so
-    # the answer does not depend on gateway order through float32 rounding), and its
-    # Gauss-Newton matrix is the Fisher information at the estimate.
-    bx, by, fisher = _polish(r, w, p0, gws, bx, by, exponent, bounds)
+    # Newton steps in float64 polish the float32 solution to full precision (so the
+    # answer does not depend on gateway order through float32 rounding: the loop stops
+    # within POLISH_STEP_M of the minimum, quadratic convergence does the rest), and the
+    # last one's Gauss-Newton matrix is the Fisher information at the estimate.
+    for _ in range(POLISH_STEPS):
+        bx, by, fisher = _polish(r, w, p0, gws, bx, by, exponent, bounds)
     return bx, by, fisher, xy0
 
 

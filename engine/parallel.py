@@ -106,8 +106,18 @@ class PartitionedEngine:
     def advance(self, watermark: float | None = None) -> NDArray[np.void]:
         """Close the windows the global watermark (the newest event time in any partition,
         or the one given) allows, in every partition; fixes by window, then device."""
+        self.start_advance(watermark)
+        return self.finish_advance()
+
+    def start_advance(self, watermark: float | None = None) -> None:
+        """:meth:`advance` in two halves, so the caller can work (apply rules to the last
+        fixes) while the workers localize; :meth:`finish_advance` returns the fixes."""
         mark = self.watermark if watermark is None else max(self.watermark, watermark)
-        return self._merge(self._ask_all("advance", mark))
+        for conn in self._conns:
+            conn.send(("advance", mark))
+
+    def finish_advance(self) -> NDArray[np.void]:
+        return self._merge(self._replies())
 
     def flush(self, end_t: float) -> NDArray[np.void]:
         return self._merge(self._ask_all("flush", end_t))
@@ -144,6 +154,9 @@ class PartitionedEngine:
     def _ask_all(self, op: str, arg: object) -> list[Any]:
         for conn in self._conns:
             conn.send((op, arg))
+        return self._replies()
+
+    def _replies(self) -> list[Any]:
         replies = [conn.recv() for conn in self._conns]
         for r in replies:
             if isinstance(r, Exception):
