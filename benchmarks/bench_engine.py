@@ -76,12 +76,13 @@ def run_baseline(traffic: Path, duration: float) -> dict[str, float]:
     sightings = np.load(traffic)
     engine = Engine(cfg, np.load(traffic.with_suffix(".tx.npy")))
     rules = RuleEngine(sc.rules, ctx, [ListSink()])
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     fixes = feed_engine(engine, sightings, duration)
     t1 = time.perf_counter()
     feed_rules(rules, sightings, fixes, np.zeros(0, FEED_DTYPE), end_t=duration, step_s=sc.engine.step_s)
     t2 = time.perf_counter()
     return {"engine_s": t1 - t0, "rules_s": t2 - t1, "wall_s": t2 - t0, "fixes": len(fixes),
+            "cpu_s": time.process_time() - c0,
             "rule_fixes": rules.counters["fixes"], "events": rules.counters["events"]}
 
 
@@ -102,8 +103,9 @@ def run_engine(traffic: Path, duration: float, workers: int) -> dict[str, float]
     rules = RuleEngine(sc.rules, ctx, [ListSink()])
     feeder = RuleFeeder(rules, step_s=sc.engine.step_s)
     n_fixes = 0
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with PartitionedEngine(cfg, np.load(traffic.with_suffix(".tx.npy")), workers) as engine:
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         edges = np.searchsorted(sightings["t"], np.arange(FEED_S, duration + FEED_S, FEED_S))
         start, done_t = 0, 0.0
         for stop in edges:
@@ -123,8 +125,12 @@ def run_engine(traffic: Path, duration: float, workers: int) -> dict[str, float]
         feeder.add(fixes=fixes)
         feeder.flush(duration)
         wall = time.perf_counter() - t0
+        cpu_main = time.process_time() - c0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, once they have exited
+    cpu_workers = (children.ru_utime + children.ru_stime) - (children0.ru_utime + children0.ru_stime)
     return {"wall_s": wall, "fixes": n_fixes, "rule_fixes": rules.counters["fixes"],
-            "events": rules.counters["events"], "jit_s": jit_s}
+            "events": rules.counters["events"], "jit_s": jit_s, "cpu_main_s": cpu_main,
+            "cpu_workers_s": cpu_workers}
 
 
 def baseline_in_subprocess(ref: str, traffic: Path, duration: float) -> dict[str, float]:
@@ -166,6 +172,10 @@ def main(duration: float, workers: int, baseline: str | None) -> dict[str, objec
         "fixes": int(new["fixes"]),
         "rule_events": int(new["events"]),
         "jit_or_cache_load_s": round(float(new["jit_s"]), 2),
+        # CPU seconds (timed part; workers over their life): what the machine's load
+        # does not change much, so the figure to compare runs on a busy machine by.
+        "cpu_s": {"main": round(float(new["cpu_main_s"]), 2), "workers": round(float(new["cpu_workers_s"]), 2)},
+        "sightings_per_cpu_s": round(n / (float(new["cpu_main_s"]) + float(new["cpu_workers_s"]))),
         "target_sightings_per_s": 1_000_000,
     }
     if old is not None:
@@ -176,6 +186,8 @@ def main(duration: float, workers: int, baseline: str | None) -> dict[str, objec
             "baseline_engine_s": round(float(old["engine_s"]), 2),
             "baseline_rules_s": round(float(old["rules_s"]), 2),
             "ratio": round(float(old["wall_s"]) / wall, 2),
+            "baseline_sightings_per_cpu_s": round(n / float(old["cpu_s"])),
+            "cpu_ratio": round(float(old["cpu_s"]) / (float(new["cpu_main_s"]) + float(new["cpu_workers_s"])), 2),
             "same_fix_count": int(old["fixes"]) == int(new["fixes"]),
         })
     out.update({
