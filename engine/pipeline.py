@@ -348,8 +348,10 @@ class Engine:
     def localize_windows(self, rows: Sightings, k_first: int, k_last: int) -> NDArray[np.void]:
         """Fixes of windows k_first..k_last from exactly these rows, without touching the
         window bookkeeping: what engine.eventtime recomputes revised windows with. Pure for
-        a stateless config (no tracker, no hysteresis) given rows in a canonical order."""
-        return self._localize_windows(rows, k_first, k_last)
+        a stateless config (no tracker, no hysteresis) given rows in a canonical order.
+        Channel copies among ``rows`` are merged here, as the engine merges its buffer."""
+        events, _ = merge_channels(rows)
+        return self._localize_windows(events[np.argsort(events["t"], kind="stable")], k_first, k_last)
 
     def _localize_windows(self, rows: Sightings, k_first: int, k_last: int) -> NDArray[np.void]:
         """Fixes for windows k_first..k_last from the (merged, time-sorted) sightings that
