@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 F32 = np.float32
 
 
-@numba.njit(cache=True, nogil=True, fastmath=False)
+@numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")  # x / 0 is inf or NaN, as in numpy
 def newton_rows(  # the hot loop, inlined on purpose
     r: NDArray[np.float32], w: NDArray[np.float32], p0: NDArray[np.float32],
     gx: NDArray[np.float32], gy: NDArray[np.float32], dz2: NDArray[np.float32],

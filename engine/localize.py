@@ -262,6 +262,7 @@ def _newton_chunk(
         grid = np.array([g.x0, g.y0, g.cell_m, g.nx, g.ny], dtype=float)
     else:
         loss, grid = np.zeros((0, 0), f32), np.zeros(5)
+
     def rows_major(a: AnyArray) -> AnyArray:  # the compiled loop reads a row's gateways together
         return np.ascontiguousarray(a.T)
 
@@ -287,7 +288,8 @@ def _wls_cost(
     """Sum of squared residuals of each row at (x, y); inf where it is not finite."""
     gx, gy, dz2, cols = gws
     d2 = (x - gx) ** 2 + (y - gy) ** 2 + dz2
-    pred = p0 - 5.0 * exponent * np.log10(d2)
+    with np.errstate(divide="ignore", invalid="ignore"):  # on a gateway at tag height: inf cost
+        pred = p0 - 5.0 * exponent * np.log10(d2)
     if wall is not None:
         pred = pred - wall.loss_db(np.column_stack([x, y]), cols)
     res = (r - pred) * w

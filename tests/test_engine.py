@@ -255,3 +255,12 @@ def test_a_rows_position_does_not_depend_on_the_other_rows_it_is_solved_with() -
     subset = wls_localize(rssi[some], GW, tx[some], 2.0, 4.0, 1.0, BOUNDS)
     for field in ("x", "y", "r90", "n_gateways", "method"):
         np.testing.assert_array_equal(getattr(subset, field), getattr(every, field)[some])
+
+
+def test_a_start_on_a_gateway_at_tag_height_is_not_an_error() -> None:
+    """Distance 0 to a gateway divides by zero in the compiled loop: inf/NaN as numpy
+    gives, never an exception (the live bridge's room scenario hit it)."""
+    gw = np.array([[5.0, 5.0, 1.0], [5.0, 5.0, 1.0], [15.0, 5.0, 1.0], [5.0, 15.0, 1.0]])
+    rssi = np.array([[-60.0, -60.0, np.nan, np.nan], [-60.0, -60.0, -80.0, -80.0]])
+    est = wls_localize(rssi, gw, np.full(2, -59.0), 2.0, 4.0, 1.0, BOUNDS)
+    assert np.all(np.isfinite(est.x)) and np.all(np.isfinite(est.y))
