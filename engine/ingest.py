@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import NDArray
 
 from engine.contract import UNKNOWN, Sightings
 
@@ -62,6 +63,23 @@ def validate(batch: Sightings, n_gateways: int, counters: IngestCounters) -> Sig
     return batch[~bad]
 
 
+def _group_starts(keys: list[NDArray[np.int64]], order: NDArray[np.intp]) -> NDArray[np.intp]:
+    """Positions in ``order`` where the tuple of ``keys`` changes (the first is 0): the
+    groups of equal keys once rows are sorted by them. One pass of comparisons instead of
+    a sort of row tuples (``np.unique(axis=0)``)."""
+    change = np.zeros(len(order), dtype=bool)
+    change[:1] = True
+    for k in keys:
+        ks = k[order]
+        change[1:] |= ks[1:] != ks[:-1]
+    return np.flatnonzero(change)
+
+
+def _pair(high: NDArray[np.integer], low: NDArray[np.integer]) -> NDArray[np.int64]:
+    """Two int32 columns as one int64 key, ordered as (high, low)."""
+    return (high.astype(np.int64) << 32) | (low.astype(np.int64) & 0xFFFFFFFF)
+
+
 def drop_redeliveries(batch: Sightings, counters: IngestCounters) -> Sightings:
     """Drop exact re-deliveries, returning the rest in canonical order.
 
@@ -74,36 +92,55 @@ def drop_redeliveries(batch: Sightings, counters: IngestCounters) -> Sightings:
     batch = batch[np.lexsort((batch["rssi"], batch["channel"], batch["seq"], batch["device"], batch["gateway"],
                               batch["t"]))]
     no_seq = (batch["seq"] == UNKNOWN).astype(np.int64)
-    exact_keys = np.stack(
-        [batch["gateway"].astype(np.int64), batch["device"].astype(np.int64), batch["seq"].astype(np.int64),
-         batch["channel"].astype(np.int64), np.ascontiguousarray(batch["t"]).view(np.int64) * no_seq,
-         np.ascontiguousarray(batch["rssi"], dtype=np.float32).view(np.int32).astype(np.int64) * no_seq],
-        axis=1,
-    )
-    _, first = np.unique(exact_keys, axis=0, return_index=True)
-    first.sort()
+    keys = [
+        _pair(batch["gateway"], batch["device"]),
+        (batch["seq"].astype(np.int64) << 8) | batch["channel"].astype(np.int64),
+        np.ascontiguousarray(batch["t"]).view(np.int64) * no_seq,
+        np.ascontiguousarray(batch["rssi"], dtype=np.float32).view(np.int32).astype(np.int64) * no_seq,
+    ]
+    # Stable sort by the keys: the first row of each group is its first in canonical order.
+    order = np.lexsort(keys[::-1])
+    first = np.sort(order[_group_starts(keys, order)])
     counters.duplicates += len(batch) - len(first)
     return batch[first]
 
 
-def merge_channels(batch: Sightings) -> tuple[Sightings, int]:
+def merge_channels(batch: Sightings, fresh: NDArray[np.bool_] | None = None) -> tuple[Sightings, int]:
     """Merge the channel copies (37/38/39) of one advertising event at one gateway into one
-    sighting: mean RSSI in dB, earliest time, channel 0. Returns the rows and how many
-    copies were merged away. Rows without an event counter pass through unchanged."""
+    sighting: mean RSSI in dB, earliest time, channel 0. Returns the rows (events in
+    (gateway, device, seq) order, then the rows without an event counter) and how many
+    copies were merged away. Rows without an event counter pass through unchanged.
+
+    With ``fresh`` (a mask of the rows that just arrived) the count is of the fresh
+    copies only: each fresh row that joined an event already buffered, and all but one
+    of the fresh rows of a new event, so a running total counts every copy once."""
     has_seq = batch["seq"] != UNKNOWN
     keyed, loose = batch[has_seq], batch[~has_seq]
     if len(keyed) == 0:
         return batch, 0
-    keys = np.stack([keyed["gateway"].astype(np.int64), keyed["device"].astype(np.int64),
-                     keyed["seq"].astype(np.int64)], axis=1)
-    uniq, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
-    order = np.lexsort((keyed["t"], inverse))  # by group, earliest first
-    starts = np.r_[0, np.cumsum(counts)[:-1]]
-    merged = keyed[order[starts]].copy()
-    merged["rssi"] = (np.bincount(inverse, weights=keyed["rssi"], minlength=len(uniq)) / counts).astype(np.float32)
-    merged["channel"] = np.where(counts > 1, 0, merged["channel"])
-    return np.concatenate([merged, loose]), len(keyed) - len(merged)
+    gw_dev = _pair(keyed["gateway"], keyed["device"])
+    seq = keyed["seq"].astype(np.int64)
+    order = np.lexsort((keyed["t"], seq, gw_dev))  # by event, earliest copy first
+    starts = _group_starts([gw_dev, seq], order)
+    counts = np.diff(np.r_[starts, len(order)])
+    merged = keyed[order[starts]]
+    multi = np.flatnonzero(counts > 1)  # the few events heard on more than one channel
+    if len(multi):
+        # Sums of float32 values in float64 are exact here, so the order they are added
+        # in does not matter: the mean is the same bits as from any other order.
+        rows = order[np.repeat(counts > 1, counts)]
+        sums = np.add.reduceat(keyed["rssi"][rows].astype(np.float64), np.cumsum(counts[multi]) - counts[multi])
+        merged["rssi"][multi] = (sums / counts[multi]).astype(np.float32)
+        merged["channel"][multi] = 0
+    if fresh is None:
+        n_merged = len(keyed) - len(merged)
+    else:
+        group = np.repeat(np.arange(len(starts)), counts)  # group of each row, in sorted order
+        new = fresh[has_seq][order]
+        n_new = np.bincount(group, weights=new, minlength=len(starts))
+        n_old = counts - n_new
+        n_merged = int(np.sum(np.where(n_new > 0, n_new - (n_old == 0), 0)))
+    return np.concatenate([merged, loose]), n_merged
 
 
 def deduplicate(batch: Sightings, counters: IngestCounters) -> Sightings:

@@ -25,6 +25,7 @@ import shapely
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
+from engine._newton import newton_rows
 from radio_models.environment import Grid
 
 FloatArray = NDArray[np.float64]
@@ -45,11 +46,18 @@ METHOD_HMM = 6
 METHOD_PARTICLE = 7
 METHOD_NAMES = ("wls", "centroid", "strongest", "knn", "radio-map", "kalman", "hmm", "particle")
 
-# Rows solved together by the ML estimator: keeps its (rows, gateways) temporaries in
-# cache, which is worth about a factor of five over one pass on 200,000 rows.
-WLS_CHUNK_ROWS = 4096
+# (rows x heard gateways) cells solved together by the ML estimator: keeps its
+# temporaries in cache, which is worth about a factor of five over one pass.
+WLS_CHUNK_CELLS = 65536
+# Widths the ML estimator's compact rows are padded to: a row heard by m gateways is
+# solved with the rows of the smallest width >= m (exact up to 8, where most rows are).
+WLS_WIDTHS = (2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32)
 MAX_STEP_M = 5.0  # a Newton step longer than this is shortened (a trust region)
 NEWTON_RADIUS_M = 2.0  # Gauss-Newton steps longer than this stay Gauss-Newton
+# The float32 loop settles once its Gauss-Newton step is under 5 cm; float64 Newton steps
+# up to that length then finish the job (each squares the error).
+POLISH_STEP_M = 0.05
+POLISH_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -59,8 +67,11 @@ class ObstacleMap:
     grid: Grid
     loss: NDArray[np.float32]
 
-    def loss_db(self, xy: FloatArray) -> NDArray[np.float32]:
-        return self.loss[self.grid.cell_index(xy)]
+    def loss_db(self, xy: FloatArray, cols: NDArray[np.intp] | None = None) -> NDArray[np.float32]:
+        """Loss from each point to every gateway (points, gateways), or to the gateways
+        ``cols`` (k, points) of each point, shaped like ``cols``."""
+        cells = self.grid.cell_index(xy)
+        return self.loss[cells] if cols is None else self.loss[cells[None, :], cols]
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,7 @@ def weighted_centroid(rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_
     """Centroid of the ``top_k`` strongest gateways, weighted by 1/d^2 from the RSSI.
 
     With RSSI = P0 - 10 n log10 d, 1/d^2 is proportional to 10^(RSSI / (5 n)); P0 cancels.
+    ``gw_xy`` is (gateways, 2), or (rows, columns, 2) for rows that carry their own gateways.
     """
     heard = ~np.isnan(rssi)
     filled = np.where(heard, rssi, -np.inf)
@@ -136,7 +148,8 @@ def weighted_centroid(rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_
     ref = np.max(vals, axis=1, keepdims=True)
     w = np.where(np.isfinite(vals), 10.0 ** ((vals - ref) / (5.0 * exponent)), 0.0)
     w_sum = np.maximum(w.sum(axis=1, keepdims=True), 1e-300)
-    xy = np.einsum("rk,rkc->rc", w, gw_xy[top]) / w_sum
+    pos = gw_xy[top] if gw_xy.ndim == 2 else np.take_along_axis(gw_xy, top[..., None], axis=1)
+    xy = np.einsum("rk,rkc->rc", w, pos) / w_sum
     return np.asarray(xy)
 
 
@@ -162,13 +175,62 @@ def centroid_localize(rssi: FloatArray, gw_xy: FloatArray, exponent: float, top_
     )
 
 
+@dataclass(frozen=True)
+class HeardRows:
+    """Rows of an RSSI matrix kept to the gateways that heard them, for the ML estimator.
+
+    A tag on a large site is heard by a handful of its gateways (about 4 of 54 on the
+    large scenario), so the solver works on arrays of those only; a row heard by fewer
+    than ``width`` gateways is padded with weight-0 entries, which add exactly nothing
+    to any sum. Arrays are (width, rows), so a sum over a row's gateways is a few
+    vector additions rather than one short reduction per row. ``cols`` are the gateway
+    indices, ascending down each column.
+    """
+
+    rssi: FloatArray  # (width, rows), 0 where padded
+    weight: FloatArray  # (width, rows), 1 heard, 0 padding
+    cols: NDArray[np.intp]  # (width, rows) gateway index
+
+    @classmethod
+    def from_matrix(cls, rssi: FloatArray, width: int) -> HeardRows:
+        heard = ~np.isnan(rssi)
+        r_i, c_i = np.nonzero(heard)  # row-major: ascending gateways within a row
+        counts = np.bincount(r_i, minlength=len(rssi))
+        pos = np.arange(len(r_i)) - np.repeat(np.cumsum(counts) - counts, counts)
+        cols = np.zeros((width, len(rssi)), np.intp)
+        weight = np.zeros((width, len(rssi)))
+        values = np.zeros((width, len(rssi)))
+        cols[pos, r_i] = c_i
+        weight[pos, r_i] = 1.0
+        values[pos, r_i] = rssi[r_i, c_i]
+        return cls(values, weight, cols)
+
+
+def _dot(a: AnyArray, b: AnyArray | None = None) -> AnyArray:
+    """Column sums of a * b (or of a) for (width, rows) arrays: one value per row.
+
+    Added gateway by gateway, in order, on purpose: numpy's own reductions (einsum,
+    sum) block the additions differently depending on the array's length, so a row's
+    sum, and through the Newton iterations its position, would depend on which other
+    rows share its chunk; here it never does, so any split of the rows (threads, device
+    partitions, chunked feeds) gives the same bytes.
+    """
+    out = a[0].copy() if b is None else a[0] * b[0]
+    tmp = np.empty_like(out)
+    for i in range(1, len(a)):
+        out += a[i] if b is None else np.multiply(a[i], b[i], out=tmp)
+    return out
+
+
+def _wls_widths(n_gateways: int) -> NDArray[np.intp]:
+    return np.asarray(sorted({w for w in WLS_WIDTHS if w < n_gateways} | {n_gateways}), np.intp)
+
+
 def _newton_chunk(
     r: FloatArray,
     w: FloatArray,
     p0: FloatArray,
-    gx: FloatArray,
-    gy: FloatArray,
-    dz2: FloatArray,
+    gws: tuple[FloatArray, FloatArray, FloatArray, NDArray[np.intp]],
     x: FloatArray,
     y: FloatArray,
     exponent: float,
@@ -176,168 +238,62 @@ def _newton_chunk(
     iterations: int,
     wall: ObstacleMap | None,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Safeguarded Newton iterations on one chunk of rows, in float32.
+    """Safeguarded Newton iterations on one chunk of rows, in float32
+    (:func:`engine._newton.newton_rows`, compiled: the hot loop, inlined on purpose).
 
-    The hot loop is inlined on purpose. Each iteration evaluates the residuals once and
+    Each iteration evaluates the residuals once and
     takes a Newton step (Gauss-Newton where the Hessian is not positive definite),
     capped at ``MAX_STEP_M`` and projected onto the floor's bounds; rows leave the
     working set once they move less than 1 mm, so the few slow rows near the floor's
     edge do not keep the whole chunk iterating. The cost of the end point is returned
     so callers can compare starts (and fall back to the start if a row got worse).
+    ``gws`` holds each row's gateways: x, y, (z - tag z)^2 and index, shape (width, rows).
     """
     f32 = np.float32
     five_n = f32(5.0 * exponent)
     k_slope = f32(10.0 * exponent / LN10)
+    gx, gy, dz2, cols = gws
     r32: AnyArray = r.astype(f32)
     w32: AnyArray = w.astype(f32)
     p32: AnyArray = p0.astype(f32)
-    gx32: AnyArray = gx.astype(f32)
-    gy32: AnyArray = gy.astype(f32)
-    dz32: AnyArray = dz2.astype(f32)
-    x_out: AnyArray = x.astype(f32)
-    y_out: AnyArray = y.astype(f32)
-    act = np.arange(len(x))  # rows still iterating; the working arrays below are theirs
-    with np.errstate(invalid="ignore", divide="ignore"):  # unheard rows are NaN, by design
-        xo, yo = _newton_loop(
-            (r32, w32, p32),
-            (gx32, gy32, dz32),
-            x_out.copy(),
-            y_out.copy(),
-            x_out,
-            y_out,
-            act,
-            (five_n, k_slope),
-            bounds,
-            iterations,
-            wall,
-        )
-    return xo, yo, _wls_cost(r32, w32, p32, gx32, gy32, dz32, xo, yo, exponent, wall)
+    g32 = (gx.astype(f32), gy.astype(f32), dz2.astype(f32), cols)
+    if wall is not None:
+        loss, g = wall.loss, wall.grid
+        grid = np.array([g.x0, g.y0, g.cell_m, g.nx, g.ny], dtype=float)
+    else:
+        loss, grid = np.zeros((0, 0), f32), np.zeros(5)
 
+    def rows_major(a: AnyArray) -> AnyArray:  # the compiled loop reads a row's gateways together
+        return np.ascontiguousarray(a.T)
 
-def _newton_loop(
-    rows: tuple[AnyArray, AnyArray, AnyArray],
-    gws: tuple[AnyArray, AnyArray, AnyArray],
-    x: AnyArray,
-    y: AnyArray,
-    x_out: AnyArray,
-    y_out: AnyArray,
-    act: NDArray[np.intp],
-    consts: tuple[np.float32, np.float32],
-    bounds: tuple[float, float, float, float],
-    iterations: int,
-    wall: ObstacleMap | None,
-) -> tuple[FloatArray, FloatArray]:
-    """The inner loop of :func:`_newton_chunk` (rows: rssi, weight, P0; gws: x, y, dz^2)."""
-    ra, wa, pa = rows
-    gx, gy, dz2 = gws
-    five_n, k_slope = consts
-    minx, miny, maxx, maxy = bounds
-    f32 = np.float32
-    rp = ra - pa  # residual = (rssi - P0 + 5 n log10 d^2) * weight
-    # Lazy backtracking: the cost of the current point falls out of its residuals, so a
-    # step that made it worse is found one iteration later and replaced by the midpoint
-    # back towards the last accepted point, at no extra evaluation (Newton can otherwise
-    # oscillate between two points, and wall losses are invisible to the derivatives).
-    px, py = x.copy(), y.copy()
-    pcost = np.full(len(x), np.inf, dtype=f32)
-    for _ in range(iterations):
-        dx = x[:, None] - gx
-        dy = y[:, None] - gy
-        d2 = dx * dx
-        d2 += dy * dy
-        d2 += dz2
-        res = np.log10(d2)
-        res *= five_n
-        res += rp
-        if wall is not None:
-            res += wall.loss_db(np.column_stack([x, y]))
-        res *= wa
-        cost = np.einsum("ij,ij->i", res, res)
-        worse = cost > pcost * f32(1.0 + 1e-6)
-        better = ~worse
-        px, py, pcost = np.where(better, x, px), np.where(better, y, py), np.where(better, cost, pcost)
-        # d(pred)/dx = -10 n / ln 10 * dx / d^2; the constant k_slope is folded in below.
-        inv = wa / d2
-        jx = dx * inv
-        jy = dy * inv
-        a11 = np.einsum("ij,ij->i", jx, jx)
-        a22 = np.einsum("ij,ij->i", jy, jy)
-        a12 = np.einsum("ij,ij->i", jx, jy)
-        g1 = -np.einsum("ij,ij->i", jx, res) / k_slope
-        g2 = -np.einsum("ij,ij->i", jy, res) / k_slope
-        # Newton's Hessian adds sum res * d2(pred): it turns the linear convergence of
-        # Gauss-Newton on large (shadowed) residuals into quadratic convergence. With
-        # q = res / d^4: h11 = sum q (d^2 - 2 dx^2) = sum res / d^2 - 2 sum q dx^2.
-        q = res * inv
-        s0 = np.einsum("ij->i", q)
-        q /= d2
-        qx = q * dx
-        h11 = (s0 - 2 * np.einsum("ij,ij->i", qx, dx)) / k_slope
-        h12 = -2 * np.einsum("ij,ij->i", qx, dy) / k_slope
-        q *= dy
-        h22 = (s0 - 2 * np.einsum("ij,ij->i", q, dy)) / k_slope
-        n11, n22, n12 = a11 + h11, a22 + h22, a12 + h12
-        # Far from the solution the Gauss-Newton step (always a descent direction) leads;
-        # Newton takes over once the step is under NEWTON_RADIUS_M, where its model of the
-        # cost is good (wider lets some noise-free rows settle on a wrong stationary point).
-        gdet = a11 * a22 - a12 * a12 + f32(1e-30)
-        gn_len = np.hypot(a22 * g1 - a12 * g2, a11 * g2 - a12 * g1) / gdet
-        near = gn_len < f32(NEWTON_RADIUS_M)
-        pd = near & (n11 > 0) & (n11 * n22 - n12 * n12 > 1e-6 * a11 * a22)
-        ga11, ga22 = a11, a22  # Gauss-Newton curvatures, for steps along a bound
-        a11, a22, a12 = np.where(pd, n11, a11), np.where(pd, n22, a22), np.where(pd, n12, a12)
-        det = a11 * a22 - a12 * a12 + f32(1e-30)
-        sx = (a22 * g1 - a12 * g2) / det
-        sy = (a11 * g2 - a12 * g1) / det
-        # Projected step: a coordinate resting on a bound and pushed outward stays there,
-        # and the other one takes its own 1-D Newton step along the bound.
-        pin_x = ((x <= minx) & (sx < 0)) | ((x >= maxx) & (sx > 0))
-        pin_y = ((y <= miny) & (sy < 0)) | ((y >= maxy) & (sy > 0))
-        sx = np.where(pin_y & ~pin_x, g1 / ga11, np.where(pin_x, f32(0.0), sx))
-        sy = np.where(pin_x & ~pin_y, g2 / ga22, np.where(pin_y, f32(0.0), sy))
-        scale = np.minimum(f32(1.0), f32(MAX_STEP_M) / np.maximum(np.hypot(sx, sy), f32(1e-12)))
-        nx = np.clip(x + sx * scale, minx, maxx)
-        ny = np.clip(y + sy * scale, miny, maxy)
-        nx = np.where(worse, f32(0.5) * (px + x), nx)
-        ny = np.where(worse, f32(0.5) * (py + y), ny)
-        moved = np.abs(nx - x) + np.abs(ny - y)
-        x, y = nx, ny
-        x_out[act], y_out[act] = px, py
-        # Converged: the step was tiny and the Gauss-Newton model agrees (a Newton step can
-        # be tiny far from the solution where its Hessian is large), or the row rests on
-        # a bound it is pushed against. NaN (degenerate rows) counts as done.
-        settled = better & ((gn_len < 0.05) | pin_x | pin_y)
-        done = ~((moved >= 1e-3) | ~settled)
-        if done.any():
-            keep = ~done
-            act = act[keep]
-            x, y, ra, wa, pa, rp = x[keep], y[keep], ra[keep], wa[keep], pa[keep], rp[keep]
-            px, py, pcost = px[keep], py[keep], pcost[keep]
-            if len(act) == 0:
-                break
-    return x_out.astype(float), y_out.astype(float)
+    x32, y32 = newton_rows(
+        rows_major(r32), rows_major(w32), p32, rows_major(g32[0]), rows_major(g32[1]),
+        rows_major(g32[2]), rows_major(cols), loss, grid, x.astype(f32), y.astype(f32), five_n,
+        k_slope, np.asarray(bounds, dtype=float), iterations, f32(MAX_STEP_M), f32(NEWTON_RADIUS_M),
+    )
+    xo, yo = x32.astype(float), y32.astype(float)
+    return xo, yo, _wls_cost(r32, w32, p32, g32, xo, yo, exponent, wall)
 
 
 def _wls_cost(
     r: AnyArray,
     w: AnyArray,
     p0: AnyArray,
-    gx: AnyArray,
-    gy: AnyArray,
-    dz2: AnyArray,
+    gws: tuple[AnyArray, AnyArray, AnyArray, NDArray[np.intp]],
     x: AnyArray,
     y: AnyArray,
     exponent: float,
     wall: ObstacleMap | None,
-    five_n: float | np.float32 | None = None,
 ) -> AnyArray:
     """Sum of squared residuals of each row at (x, y); inf where it is not finite."""
-    d2 = (x[:, None] - gx) ** 2 + (y[:, None] - gy) ** 2 + dz2
-    pred = p0 - (5.0 * exponent if five_n is None else five_n) * np.log10(d2)
+    gx, gy, dz2, cols = gws
+    d2 = (x - gx) ** 2 + (y - gy) ** 2 + dz2
+    with np.errstate(divide="ignore", invalid="ignore"):  # on a gateway at tag height: inf cost
+        pred = p0 - 5.0 * exponent * np.log10(d2)
     if wall is not None:
-        pred = pred - wall.loss_db(np.column_stack([x, y]))
+        pred = pred - wall.loss_db(np.column_stack([x, y]), cols)
     res = (r - pred) * w
-    cost = np.einsum("ij,ij->i", res, res)
+    cost = _dot(res, res)
     return np.asarray(np.where(np.isfinite(cost), cost, np.inf))
 
 
@@ -345,44 +301,88 @@ def _polish(
     r: FloatArray,
     w: FloatArray,
     p0: FloatArray,
-    gx: FloatArray,
-    gy: FloatArray,
-    dz2: FloatArray,
+    gws: tuple[FloatArray, FloatArray, FloatArray, NDArray[np.intp]],
     x: FloatArray,
     y: FloatArray,
     exponent: float,
     bounds: tuple[float, float, float, float],
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """A float64 Newton step from (x, y), taken only where the Hessian is positive definite
-    and the step is short (the float32 loop has converged to within millimetres); returns
+    and the step is short (the float32 loop has converged to within centimetres); returns
     the new point and the Gauss-Newton sums (J^T J without the slope constant)."""
     minx, miny, maxx, maxy = bounds
     k_slope = 10.0 * exponent / LN10
-    dx = x[:, None] - gx
-    dy = y[:, None] - gy
+    gx, gy, dz2, _ = gws
+    dx = x - gx
+    dy = y - gy
     d2 = dx * dx + dy * dy + dz2
     with np.errstate(invalid="ignore", divide="ignore"):
         res = (r - p0 + 5.0 * exponent * np.log10(d2)) * w
         inv = w / d2
         jx, jy = dx * inv, dy * inv
-        a11 = np.einsum("ij,ij->i", jx, jx)
-        a22 = np.einsum("ij,ij->i", jy, jy)
-        a12 = np.einsum("ij,ij->i", jx, jy)
-        g1 = -np.einsum("ij,ij->i", jx, res) / k_slope
-        g2 = -np.einsum("ij,ij->i", jy, res) / k_slope
+        a11 = _dot(jx, jx)
+        a22 = _dot(jy, jy)
+        a12 = _dot(jx, jy)
+        g1 = -_dot(jx, res) / k_slope
+        g2 = -_dot(jy, res) / k_slope
         q = res * inv
-        s0 = q.sum(axis=1)
+        s0 = _dot(q)
         q /= d2
-        h11 = a11 + (s0 - 2 * np.einsum("ij,ij->i", q * dx, dx)) / k_slope
-        h22 = a22 + (s0 - 2 * np.einsum("ij,ij->i", q * dy, dy)) / k_slope
-        h12 = a12 - 2 * np.einsum("ij,ij->i", q * dx, dy) / k_slope
+        h11 = a11 + (s0 - 2 * _dot(q * dx, dx)) / k_slope
+        h22 = a22 + (s0 - 2 * _dot(q * dy, dy)) / k_slope
+        h12 = a12 - 2 * _dot(q * dx, dy) / k_slope
         det = h11 * h22 - h12 * h12
         sx = (h22 * g1 - h12 * g2) / det
         sy = (h11 * g2 - h12 * g1) / det
-    ok = (h11 > 0) & (det > 0) & (np.hypot(sx, sy) < 0.01)
+        # On a bound the step pushing outward is dropped and the other coordinate takes
+        # its own 1-D Newton step along the bound, as in the float32 loop.
+        pin_x = ((x <= minx) & (sx < 0)) | ((x >= maxx) & (sx > 0))
+        pin_y = ((y <= miny) & (sy < 0)) | ((y >= maxy) & (sy > 0))
+        free = ~pin_x & ~pin_y
+        sx = np.where(free, sx, np.where(pin_x, 0.0, g1 / h11))
+        sy = np.where(free, sy, np.where(pin_y, 0.0, g2 / h22))
+    curved = np.where(free, (h11 > 0) & (det > 0), np.where(pin_x, h22 > 0, h11 > 0))
+    ok = curved & ~(pin_x & pin_y) & (np.hypot(sx, sy) < POLISH_STEP_M)
     nx = np.where(ok, np.clip(x + np.where(ok, sx, 0.0), minx, maxx), x)
     ny = np.where(ok, np.clip(y + np.where(ok, sy, 0.0), miny, maxy), y)
     return nx, ny, np.column_stack([a11, a22, a12])
+
+
+def _wls_rows(
+    rows: HeardRows,
+    p0: FloatArray,
+    gw_xyz: FloatArray,
+    exponent: float,
+    tag_z: float,
+    bounds: tuple[float, float, float, float],
+    iterations: int,
+    obstacle_map: ObstacleMap | None,
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """The ML estimate of one chunk of compact rows: (x, y, Gauss-Newton sums, centroid)."""
+    r, w, cols = rows.rssi, rows.weight, rows.cols
+    gws = (gw_xyz[cols, 0], gw_xyz[cols, 1], (gw_xyz[cols, 2] - tag_z) ** 2, cols)
+    filled = np.where(w > 0, r, -np.inf).T
+    xy0 = weighted_centroid(filled, gw_xyz[cols.T, :2], exponent)
+    starts = [xy0]
+    if obstacle_map is not None and r.shape[0] > 1:
+        strongest = np.take_along_axis(cols.T, np.argsort(-filled, axis=1)[:, :2], axis=1)
+        starts += [gw_xyz[strongest[:, j], :2] + 0.5 for j in range(2)]
+    # The start itself is a candidate: a row whose iterations made it worse keeps it.
+    bx, by = xy0[:, 0].copy(), xy0[:, 1].copy()
+    best = _wls_cost(r, w, p0, gws, bx, by, exponent, obstacle_map)
+    for start in starts:
+        sx, sy, c = _newton_chunk(
+            r, w, p0, gws, start[:, 0].copy(), start[:, 1].copy(), exponent, bounds, iterations, obstacle_map
+        )
+        take = c < best
+        bx, by, best = np.where(take, sx, bx), np.where(take, sy, by), np.where(take, c, best)
+    # Newton steps in float64 polish the float32 solution to full precision (so the
+    # answer does not depend on gateway order through float32 rounding: the loop stops
+    # within POLISH_STEP_M of the minimum, quadratic convergence does the rest), and the
+    # last one's Gauss-Newton matrix is the Fisher information at the estimate.
+    for _ in range(POLISH_STEPS):
+        bx, by, fisher = _polish(r, w, p0, gws, bx, by, exponent, bounds)
+    return bx, by, fisher, xy0
 
 
 def wls_localize(
@@ -400,64 +400,52 @@ def wls_localize(
     """Maximum-likelihood position under log-distance path loss with Gaussian dB noise.
 
     Minimises sum_i (RSSI_i - P0 + 10 n log10 d_i)^2 over (x, y) by safeguarded Newton
-    iterations, all rows at once in cache-sized chunks. Rows heard by
-    fewer than ``min_gateways`` gateways get the weighted centroid with a wide radius
-    instead. The covariance is sigma^2 (J^T J)^-1 at the solution (the Fisher
-    information of Patwari et al. 2003 evaluated at the estimate).
+    iterations, all rows at once in cache-sized chunks, each row over the gateways that
+    heard it (:class:`HeardRows`). Rows heard by fewer than ``min_gateways`` gateways get
+    the weighted centroid with a wide radius instead (one gateway: the site's diagonal,
+    since one distance says nothing about direction). The covariance is
+    sigma^2 (J^T J)^-1 at the solution (the Fisher information of Patwari et al. 2003
+    evaluated at the estimate).
 
     With an ``obstacle_map`` the predicted RSSI also subtracts the walls and racks
     between each candidate position and each gateway (COST 231 multi-wall). That term is
     piecewise constant, so it enters the cost but not the Jacobian, and the search
     starts from several points (the centroid and the strongest gateways) to step across
     its discontinuities; the best end point wins.
+
+    Every row's answer depends on that row alone (see :func:`_dot`), so any split of the
+    rows, into chunks here or into device partitions (engine.parallel), gives the same bytes.
     """
     rssi = np.asarray(rssi, dtype=float)
-    rows, _ = rssi.shape
-    heard = ~np.isnan(rssi)
-    n_rows_heard = heard.sum(axis=1).astype(np.int32)
-    w = heard.astype(float)
-    r = np.where(heard, rssi, 0.0)
-    p0 = np.broadcast_to(np.asarray(tx_power_1m_dbm, dtype=float), (rows,))[:, None]
-    gx, gy = gw_xyz[None, :, 0], gw_xyz[None, :, 1]
-    dz2 = (gw_xyz[None, :, 2] - tag_z) ** 2
+    rows, n_gw = rssi.shape
+    n_rows_heard = (~np.isnan(rssi)).sum(axis=1).astype(np.int32)
+    p0_all = np.broadcast_to(np.asarray(tx_power_1m_dbm, dtype=float), (rows,))
     minx, miny, maxx, maxy = bounds
     k_slope = 10.0 * exponent / LN10
+    x, y, xy0 = np.zeros(rows), np.zeros(rows), np.zeros((rows, 2))
+    fisher = np.zeros((rows, 3))  # (J^T J)_xx, _yy, _xy per row, filled chunk by chunk
+    widths = _wls_widths(n_gw)
+    width_of = widths[np.minimum(np.searchsorted(widths, n_rows_heard), len(widths) - 1)]
+    # One heard gateway: the centroid is the gateway, and no iteration can place the tag.
+    solve = n_rows_heard >= 2
+    one = n_rows_heard == 1
+    if one.any():
+        xy0[one] = gw_xyz[np.argmax(~np.isnan(rssi[one]), axis=1), :2]
+    order = np.flatnonzero(solve)
+    order = order[np.argsort(width_of[order], kind="stable")]
+    jobs: list[tuple[NDArray[np.intp], int]] = []
+    for width in np.unique(width_of[order]):
+        idx = order[width_of[order] == width]
+        step = max(1, WLS_CHUNK_CELLS // int(width))
+        jobs += [(idx[lo : lo + step], int(width)) for lo in range(0, len(idx), step)]
 
-    xy0 = weighted_centroid(rssi, gw_xyz[:, :2], exponent) if rows else np.zeros((0, 2))
-    starts = [xy0]
-    if obstacle_map is not None and rows:
-        strongest = np.argsort(-np.where(heard, rssi, -np.inf), axis=1)[:, :2]
-        starts += [gw_xyz[strongest[:, j], :2] + 0.5 for j in range(strongest.shape[1])]
-    x = np.empty(rows)
-    y = np.empty(rows)
-    fisher = np.empty((rows, 3))  # (J^T J)_xx, _yy, _xy per row, filled chunk by chunk
-    for lo in range(0, rows, WLS_CHUNK_ROWS):
-        sl = slice(lo, lo + WLS_CHUNK_ROWS)
-        # The start itself is a candidate: a row whose iterations made it worse keeps it.
-        bx, by = xy0[sl, 0].copy(), xy0[sl, 1].copy()
-        best = _wls_cost(r[sl], w[sl], p0[sl], gx, gy, dz2, bx, by, exponent, obstacle_map)
-        for start in starts:
-            sx, sy, c = _newton_chunk(
-                r[sl],
-                w[sl],
-                p0[sl],
-                gx,
-                gy,
-                dz2,
-                start[sl, 0].copy(),
-                start[sl, 1].copy(),
-                exponent,
-                bounds,
-                iterations,
-                obstacle_map,
-            )
-            take = c < best
-            bx, by, best = np.where(take, sx, bx), np.where(take, sy, by), np.where(take, c, best)
-        # One Newton step in float64 polishes the float32 solution to full precision (so
-        # the answer does not depend on gateway order through float32 rounding), and its
-        # Gauss-Newton matrix is the Fisher information at the estimate.
-        bx, by, fisher[sl] = _polish(r[sl], w[sl], p0[sl], gx, gy, dz2, bx, by, exponent, bounds)
-        x[sl], y[sl] = bx, by
+    def run(job: tuple[NDArray[np.intp], int]) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        idx, width = job
+        compact = HeardRows.from_matrix(rssi[idx], width)
+        return _wls_rows(compact, p0_all[idx], gw_xyz, exponent, tag_z, bounds, iterations, obstacle_map)
+
+    for (idx, _), (bx, by, fi, c0) in zip(jobs, map(run, jobs), strict=True):
+        x[idx], y[idx], fisher[idx], xy0[idx] = bx, by, fi, c0
 
     a11 = k_slope**2 * fisher[:, 0] + 1e-9
     a22 = k_slope**2 * fisher[:, 1] + 1e-9
@@ -466,13 +454,14 @@ def wls_localize(
     r90 = r90_from_cov(sigma_db**2 * a22 / det, sigma_db**2 * a11 / det, -(sigma_db**2) * a12 / det)
 
     method = np.full(rows, METHOD_WLS, dtype=np.int8)
+    diag = float(np.hypot(maxx - minx, maxy - miny))
     few = n_rows_heard < min_gateways
     if few.any():
         x[few], y[few] = xy0[few, 0], xy0[few, 1]
         method[few] = METHOD_CENTROID
         # With one or two gateways the tag is somewhere in their range: say so.
         r90[few] = np.maximum(r90[few], 10.0)
-    diag = float(np.hypot(maxx - minx, maxy - miny))
+    r90[~solve] = diag
     return Estimates(x, y, np.minimum(r90, diag), n_rows_heard, method)
 
 

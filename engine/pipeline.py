@@ -180,6 +180,23 @@ def _event_key(rows: Sightings) -> NDArray[np.int64]:
     )
 
 
+def _row_bytes(rows: Sightings) -> NDArray[np.void]:
+    """Each row as one opaque value, for exact set membership between row arrays."""
+    return np.ascontiguousarray(rows).view(np.dtype((np.void, rows.dtype.itemsize)))
+
+
+def _rank(keys: NDArray[np.int64], n_keys: int) -> tuple[NDArray[np.int64], NDArray[np.intp]]:
+    """``np.unique(keys, return_inverse=True)`` for keys in [0, n_keys): by a presence
+    table when that is smaller than sorting the keys would be, else by sorting."""
+    if n_keys > 4 * len(keys) + 4096:
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        return uniq, inverse.reshape(-1)
+    present = np.zeros(n_keys, dtype=bool)
+    present[keys] = True
+    rank = np.cumsum(present) - 1
+    return np.flatnonzero(present).astype(np.int64), rank[keys]
+
+
 class Engine:
     """Feed it sightings, advance its watermark, get fixes back."""
 
@@ -286,14 +303,20 @@ class Engine:
         if last_window < self._next_window or not (self._buffer or len(self._clean)):
             self._next_window = max(self._next_window, last_window + 1)
             return np.zeros(0, FIX_DTYPE)
-        buf = self._merge_new_rows()
+        buf, fresh = self._merge_new_rows()
+        # One sighting per advertising event and gateway, over everything buffered (so a
+        # copy arriving late, or straddling two chunks of windows, joins its event), with
+        # the copies that just arrived counted once.
+        events, merged_now = merge_channels(buf, fresh)
+        self.counters.merged_channels += merged_now
+        events = events[np.argsort(events["t"], kind="stable")]
         out = []
         k = self._next_window
         while k <= last_window:
             k_end = min(last_window, k + WINDOWS_PER_CHUNK - 1)
-            lo = np.searchsorted(buf["t"], k * cfg.step_s - cfg.window_s, side="left")
-            hi = np.searchsorted(buf["t"], k_end * cfg.step_s, side="left")
-            out.append(self._localize_windows(buf[lo:hi], k, k_end))
+            lo = np.searchsorted(events["t"], k * cfg.step_s - cfg.window_s, side="left")
+            hi = np.searchsorted(events["t"], k_end * cfg.step_s, side="left")
+            out.append(self._localize_windows(events[lo:hi], k, k_end))
             k = k_end + 1
         self._next_window = last_window + 1
         keep_from = self._next_window * cfg.step_s - cfg.window_s
@@ -302,13 +325,13 @@ class Engine:
         self.state.update(fixes)
         return fixes
 
-    def _merge_new_rows(self) -> Sightings:
-        """The window buffer with the rows ingested since the last close merged in.
+    def _merge_new_rows(self) -> tuple[Sightings, NDArray[np.bool_]]:
+        """The window buffer with the rows ingested since the last close merged in, and
+        which rows are new (re-checked buffered rows count as old).
 
         Only the new rows are checked for re-deliveries, together with the buffered rows
         they may repeat (same gateway, device and event counter, or the same instant when
-        there is no counter); the rest of the buffer is not compared again. Channel copies
-        that join an event already buffered are counted as merged here, once.
+        there is no counter); the rest of the buffer is not compared again.
         """
         new = np.concatenate(self._buffer) if self._buffer else np.zeros(0, SIGHTING_DTYPE)
         self._buffer = []
@@ -318,26 +341,28 @@ class Engine:
             touched = np.isin(_event_key(clean), _event_key(new))
         old_rows = clean[touched]
         fresh = drop_redeliveries(np.concatenate([old_rows, new]), self.counters)
-        _, merged_before = merge_channels(old_rows)
-        _, merged_now = merge_channels(fresh)
-        self.counters.merged_channels += merged_now - merged_before
+        # A touched row that survived deduplication is still in ``fresh``: it is old.
+        was_old = np.isin(_row_bytes(fresh), _row_bytes(old_rows)) if len(old_rows) else np.zeros(len(fresh), bool)
         buf = np.concatenate([clean[~touched], fresh])
-        return buf[np.argsort(buf["t"], kind="stable")]
+        is_new = np.r_[np.zeros(len(clean) - len(old_rows), bool), ~was_old]
+        order = np.argsort(buf["t"], kind="stable")
+        return buf[order], is_new[order]
 
     def localize_windows(self, rows: Sightings, k_first: int, k_last: int) -> NDArray[np.void]:
         """Fixes of windows k_first..k_last from exactly these rows, without touching the
         window bookkeeping: what engine.eventtime recomputes revised windows with. Pure for
-        a stateless config (no tracker, no hysteresis) given rows in a canonical order."""
-        return self._localize_windows(rows, k_first, k_last)
+        a stateless config (no tracker, no hysteresis) given rows in a canonical order.
+        Channel copies among ``rows`` are merged here, as the engine merges its buffer."""
+        events, _ = merge_channels(rows)
+        return self._localize_windows(events[np.argsort(events["t"], kind="stable")], k_first, k_last)
 
     def _localize_windows(self, rows: Sightings, k_first: int, k_last: int) -> NDArray[np.void]:
-        """Fixes for windows k_first..k_last from the sightings that fall in them."""
+        """Fixes for windows k_first..k_last from the (merged, time-sorted) sightings that
+        fall in them."""
         cfg = self.config
         n_gw = len(cfg.gateways.ids)
         if len(rows) == 0:
             return np.zeros(0, FIX_DTYPE)
-        rows, _ = merge_channels(rows)  # one sighting per advertising event and gateway
-        rows = rows[np.argsort(rows["t"], kind="stable")]
         per = int(np.ceil(cfg.window_s / cfg.step_s))
         # Each sighting belongs to up to `per` sliding windows: replicate its index.
         base = np.floor(rows["t"] / cfg.step_s + 1e-12).astype(np.int64) + 1
@@ -352,7 +377,7 @@ class Engine:
         gw = rows["gateway"][src].astype(np.int64)
         n_dev = int(dev.max()) + 1
         row_key = (win - k_first) * n_dev + dev
-        uniq_rows, row_idx = np.unique(row_key, return_inverse=True)
+        uniq_rows, row_idx = _rank(row_key, (k_last - k_first + 1) * n_dev)
         cell = row_idx * n_gw + gw
         sums = np.bincount(cell, weights=rows["rssi"][src], minlength=len(uniq_rows) * n_gw)
         counts = np.bincount(cell, minlength=len(uniq_rows) * n_gw)

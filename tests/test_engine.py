@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from engine.contract import SIGHTING_DTYPE, UNKNOWN, GatewayInfo, IdTable, sightings_from_columns
 from engine.ingest import IngestCounters, ingest
 from engine.localize import wls_localize
+from engine.parallel import PartitionedEngine
 from engine.pipeline import Engine, EngineConfig
 from siteplan.zones import ZoneIndex
 
@@ -219,3 +220,47 @@ def test_channel_copies_split_across_batches_still_merge() -> None:
     assert eng.counters.duplicates == 1
     assert eng.counters.merged_channels == 2  # three copies of one event: two merged away
     assert len(fixes[(fixes["t"] == 3.0) & (fixes["device"] == 3)]) == 1
+
+
+@pytest.mark.parametrize("tracker", ["none", "kalman"])
+def test_device_partitioned_engine_returns_the_same_bytes_as_one_engine(tracker: str) -> None:
+    xy = np.random.default_rng(6).uniform(0, 20, (9, 2))
+    stream = _stream(xy, 0.0, 20.0)
+    stream["rssi"] += np.random.default_rng(7).normal(0, 4, len(stream)).astype(np.float32)
+    stream = stream[np.random.default_rng(8).random(len(stream)) < 0.7]  # some gateways miss some events
+    one = _engine(tracker=tracker)
+    with PartitionedEngine(one.config, workers=2) as two:
+        got, want = [], []
+        for lo in range(0, 20, 5):
+            part = stream[(stream["t"] >= lo) & (stream["t"] < lo + 5)]
+            one.ingest(part)
+            two.ingest(part)
+            want.append(one.advance())
+            got.append(two.advance())
+        want.append(one.flush(20.0))
+        got.append(two.flush(20.0))
+        assert two.counters.as_dict() == one.counters.as_dict()
+    assert np.concatenate(got).tobytes() == np.concatenate(want).tobytes()
+    assert len(np.concatenate(got)) > 100
+
+
+def test_a_rows_position_does_not_depend_on_the_other_rows_it_is_solved_with() -> None:
+    rng = np.random.default_rng(9)
+    pts = rng.uniform(0, 20, (3000, 2))
+    rssi = model_rssi(pts) + rng.normal(0, 4, (3000, len(GW)))
+    rssi[rng.random(rssi.shape) < 0.3] = np.nan  # rows heard by 0..5 gateways
+    tx = np.full(3000, -59.0)
+    every = wls_localize(rssi, GW, tx, 2.0, 4.0, 1.0, BOUNDS)
+    some = np.flatnonzero(rng.random(3000) < 0.4)
+    subset = wls_localize(rssi[some], GW, tx[some], 2.0, 4.0, 1.0, BOUNDS)
+    for field in ("x", "y", "r90", "n_gateways", "method"):
+        np.testing.assert_array_equal(getattr(subset, field), getattr(every, field)[some])
+
+
+def test_a_start_on_a_gateway_at_tag_height_is_not_an_error() -> None:
+    """Distance 0 to a gateway divides by zero in the compiled loop: inf/NaN as numpy
+    gives, never an exception (the live bridge's room scenario hit it)."""
+    gw = np.array([[5.0, 5.0, 1.0], [5.0, 5.0, 1.0], [15.0, 5.0, 1.0], [5.0, 15.0, 1.0]])
+    rssi = np.array([[-60.0, -60.0, np.nan, np.nan], [-60.0, -60.0, -80.0, -80.0]])
+    est = wls_localize(rssi, gw, np.full(2, -59.0), 2.0, 4.0, 1.0, BOUNDS)
+    assert np.all(np.isfinite(est.x)) and np.all(np.isfinite(est.y))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -561,3 +562,39 @@ def test_per_class_values_are_checked_with_the_class_named() -> None:
         "missing.expected_interval_s.tote: Input should be less than or equal to 3600",
         "missing.false_alarms_by_class.pallet: Input should be greater than 0",
     ]
+
+
+def test_rule_feeder_in_chunks_gives_the_events_of_one_replay() -> None:
+    """twin.run.RuleFeeder fed as a streaming pipeline delivers (sightings as they arrive,
+    fixes a chunk late, checkouts on arrival) decides exactly what feed_rules does at once."""
+    from twin.incidents import FEED_DTYPE
+    from twin.run import RuleFeeder, feed_rules
+
+    rules = rules_with(exit={"checkout_after_s": 5, "max_wait_s": 30}, gateway={"warmup_s": 20, "silent_s": 5})
+    s = np.concatenate([adverts(0, 0.2, 30, 1.0), adverts(1, 0.3, 90, 1.0), adverts(2, 0.4, 45, 1.0)])
+    s = s[np.argsort(s["t"], kind="stable")]
+    f = np.concatenate([fixes(float(t), [0, 1], [10.0 + 12.0 * t / 30, 5.0], [10.0, 5.0], motion=1)
+                        for t in range(1, 31)] + [fixes(float(t), [1], [5.0], [5.0]) for t in range(31, 90)])
+    feed = np.zeros(1, FEED_DTYPE)
+    feed["t"], feed["arrival"], feed["device"] = 44.0, 52.0, 2
+
+    def events(run: Callable[[RuleEngine], None]) -> list[dict[str, object]]:
+        sink = ListSink()
+        run(RuleEngine(rules, context(), [sink]))
+        return [e.to_dict() for e in sink.events]
+
+    def at_once(eng: RuleEngine) -> None:
+        feed_rules(eng, s, f, feed, end_t=100.0, step_s=1.0, feed_max_delay_s=10.0)
+
+    def chunked(eng: RuleEngine) -> None:
+        feeder = RuleFeeder(eng, step_s=1.0, feed_max_delay_s=10.0)
+        for lo in range(0, 100, 20):
+            feeder.add(s[(s["t"] >= lo) & (s["t"] < lo + 20)], f[(f["t"] > lo - 20) & (f["t"] <= lo)],
+                       feed[(feed["arrival"] > lo) & (feed["arrival"] <= lo + 20)])
+            feeder.step_until(lo)
+        feeder.add(fixes=f[f["t"] > 80])
+        feeder.flush(100.0)
+
+    once = events(at_once)
+    assert once == events(chunked)
+    assert {"exit_without_checkout", "missing_tag"} & {e["rule"] for e in once}

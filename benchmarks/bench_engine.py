@@ -1,0 +1,214 @@
+"""The engine in process on the large scenario's traffic: sightings/s through ingest,
+windowed localization (the scenario's localizer and tracker) and rules, beside the
+engine of a baseline commit on the same traffic in the same run. Prints JSON.
+
+* Traffic: ``--duration`` s of scenarios/large.toml (10,000 tags, 54 gateways) from the
+  twin, made once (not timed) and saved to a temporary .npy that both runs read.
+* This engine: :class:`engine.parallel.PartitionedEngine` over ``--workers`` processes
+  (default: one per core), fed 30 s of event time at a time; the rules run in this
+  process (:class:`twin.run.RuleFeeder`, one step a second) on the previous chunk's
+  fixes while the workers localize the next.
+* Baseline: ``git archive BASELINE`` (default: main before the engine-speed work)
+  unpacked into a temporary directory and run there in a subprocess: its own
+  ``twin.run.feed_engine`` then ``feed_rules`` on the same file, one process, as that
+  code ran a simulation. Only the timed part differs; setup is excluded from both.
+
+Wall times are what an operator sees, so they depend on what else the machine runs:
+the load average is printed beside them (1 min, at start and end).
+
+Run: ``python benchmarks/bench_engine.py [--duration 60] [--workers 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = "443e180"  # main before the engine-speed branch
+FEED_S = 30.0
+
+
+def _setup(duration: float) -> tuple[Any, Any, Any]:
+    """Scenario, its engine config and rule context (a one-second twin run gives the site)."""
+    from twin.run import engine_config_for, rule_context_for
+    from twin.scenario import load_scenario
+    from twin.sim import WarehouseTwin
+
+    sc = load_scenario(ROOT / "scenarios" / "large.toml").model_copy(update={"duration_s": 1.0})
+    twin = WarehouseTwin(sc)
+    result = twin.run()
+    sc = sc.model_copy(update={"duration_s": duration})
+    return sc, engine_config_for(sc, result), rule_context_for(sc, twin)
+
+
+def make_traffic(duration: float, path: Path) -> int:
+    from twin.scenario import load_scenario
+    from twin.sim import WarehouseTwin
+
+    sc = load_scenario(ROOT / "scenarios" / "large.toml").model_copy(update={"duration_s": duration})
+    result = WarehouseTwin(sc).run()
+    np.save(path, result.sightings)
+    np.save(path.with_suffix(".tx.npy"), result.tx_power_1m_dbm)
+    return len(result.sightings)
+
+
+def run_baseline(traffic: Path, duration: float) -> dict[str, float]:
+    """The old code path, as twin.run.simulate ran it: all fixes, then all rules."""
+    from engine.pipeline import Engine
+    from engine.rules import ListSink, RuleEngine
+    from twin.incidents import FEED_DTYPE
+    from twin.run import feed_engine, feed_rules
+
+    sc, cfg, ctx = _setup(duration)
+    sightings = np.load(traffic)
+    engine = Engine(cfg, np.load(traffic.with_suffix(".tx.npy")))
+    rules = RuleEngine(sc.rules, ctx, [ListSink()])
+    c0, t0 = time.process_time(), time.perf_counter()
+    fixes = feed_engine(engine, sightings, duration)
+    t1 = time.perf_counter()
+    feed_rules(rules, sightings, fixes, np.zeros(0, FEED_DTYPE), end_t=duration, step_s=sc.engine.step_s)
+    t2 = time.perf_counter()
+    return {"engine_s": t1 - t0, "rules_s": t2 - t1, "wall_s": t2 - t0, "fixes": len(fixes),
+            "cpu_s": time.process_time() - c0,
+            "rule_fixes": rules.counters["fixes"], "events": rules.counters["events"]}
+
+
+def run_engine(traffic: Path, duration: float, workers: int) -> dict[str, float]:
+    """This engine: device partitions on worker processes, rules here, overlapped."""
+    from engine.localize import wls_localize
+    from engine.parallel import PartitionedEngine
+    from engine.rules import ListSink, RuleEngine
+    from twin.run import RuleFeeder
+
+    sc, cfg, ctx = _setup(duration)
+    sightings = np.load(traffic)
+    t_jit = time.perf_counter()  # compile (or load) the Newton loop before the workers fork
+    wls_localize(np.array([[-60.0, -62.0, -65.0] + [np.nan] * (len(cfg.gateways.ids) - 3)]),
+                 cfg.gateways.xyz, np.array([-59.0]), 2.0, 4.0, 1.0, cfg.bounds,
+                 obstacle_map=cfg.obstacle_map)
+    jit_s = time.perf_counter() - t_jit
+    rules = RuleEngine(sc.rules, ctx, [ListSink()])
+    feeder = RuleFeeder(rules, step_s=sc.engine.step_s)
+    n_fixes = 0
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with PartitionedEngine(cfg, np.load(traffic.with_suffix(".tx.npy")), workers) as engine:
+        c0, t0 = time.process_time(), time.perf_counter()
+        edges = np.searchsorted(sightings["t"], np.arange(FEED_S, duration + FEED_S, FEED_S))
+        start, done_t = 0, 0.0
+        for stop in edges:
+            chunk = sightings[start:stop]
+            start = int(stop)
+            engine.ingest(chunk)
+            engine.start_advance()
+            feeder.step_until(done_t)  # the rules work on the last fixes meanwhile
+            feeder.add(sightings=chunk)
+            fixes = engine.finish_advance()
+            n_fixes += len(fixes)
+            feeder.add(fixes=fixes)
+            if len(fixes):
+                done_t = float(fixes["t"].max())
+        fixes = engine.flush(duration)
+        n_fixes += len(fixes)
+        feeder.add(fixes=fixes)
+        feeder.flush(duration)
+        wall = time.perf_counter() - t0
+        cpu_main = time.process_time() - c0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, once they have exited
+    cpu_workers = (children.ru_utime + children.ru_stime) - (children0.ru_utime + children0.ru_stime)
+    return {"wall_s": wall, "fixes": n_fixes, "rule_fixes": rules.counters["fixes"],
+            "events": rules.counters["events"], "jit_s": jit_s, "cpu_main_s": cpu_main,
+            "cpu_workers_s": cpu_workers}
+
+
+def baseline_in_subprocess(ref: str, traffic: Path, duration: float) -> dict[str, float]:
+    """Unpack ``ref`` with git archive and run :func:`run_baseline` inside it."""
+    with tempfile.TemporaryDirectory(prefix="tagtwin-baseline-") as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True)
+        with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
+            tar.extractall(tmp, filter="data")
+        env = {**os.environ, "PYTHONPATH": tmp}
+        out = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--run-baseline", str(traffic),
+             "--duration", str(duration), "--root", tmp],
+            capture_output=True, text=True, env=env, cwd=tmp, check=False,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"baseline {ref} failed: {out.stderr.strip().splitlines()[-1:]}")
+        return dict(json.loads(out.stdout))
+
+
+def main(duration: float, workers: int, baseline: str | None) -> dict[str, object]:
+    load_start = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="tagtwin-traffic-") as tmp:
+        traffic = Path(tmp) / "large.npy"
+        n = make_traffic(duration, traffic)
+        new = run_engine(traffic, duration, workers)
+        old = baseline_in_subprocess(baseline, traffic, duration) if baseline else None
+    load_end = os.getloadavg()[0]
+    wall = float(new["wall_s"])
+    out: dict[str, object] = {
+        "benchmark": "engine_in_process",
+        "scenario": "scenarios/large.toml",
+        "site_time_s": duration,
+        "sightings": n,
+        "workers": workers,
+        "sightings_per_s": round(n / wall),
+        "fixes_per_s": round(float(new["fixes"]) / wall),
+        "rule_updates_per_s": round(float(new["rule_fixes"]) / wall),
+        "wall_s": round(wall, 2),
+        "fixes": int(new["fixes"]),
+        "rule_events": int(new["events"]),
+        "jit_or_cache_load_s": round(float(new["jit_s"]), 2),
+        # CPU seconds (timed part; workers over their life): what the machine's load
+        # does not change much, so the figure to compare runs on a busy machine by.
+        "cpu_s": {"main": round(float(new["cpu_main_s"]), 2), "workers": round(float(new["cpu_workers_s"]), 2)},
+        "sightings_per_cpu_s": round(n / (float(new["cpu_main_s"]) + float(new["cpu_workers_s"]))),
+        "target_sightings_per_s": 1_000_000,
+    }
+    if old is not None:
+        out.update({
+            "baseline": baseline,
+            "baseline_sightings_per_s": round(n / float(old["wall_s"])),
+            "baseline_wall_s": round(float(old["wall_s"]), 2),
+            "baseline_engine_s": round(float(old["engine_s"]), 2),
+            "baseline_rules_s": round(float(old["rules_s"]), 2),
+            "ratio": round(float(old["wall_s"]) / wall, 2),
+            "baseline_sightings_per_cpu_s": round(n / float(old["cpu_s"])),
+            "cpu_ratio": round(float(old["cpu_s"]) / (float(new["cpu_main_s"]) + float(new["cpu_workers_s"])), 2),
+            "same_fix_count": int(old["fixes"]) == int(new["fixes"]),
+        })
+    out.update({
+        "load": {"1min_start": round(load_start, 2), "1min_end": round(load_end, 2),
+                 "cores": os.cpu_count()},
+        "peak_rss_mb_main": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    })
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=60.0, help="site seconds of traffic")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="engine processes")
+    ap.add_argument("--baseline", default=BASELINE, help="git ref of the engine to compare ('' to skip)")
+    ap.add_argument("--run-baseline", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.run_baseline is not None:  # inside the baseline's tree, on its PYTHONPATH
+        ROOT = args.root
+        print(json.dumps(run_baseline(args.run_baseline, args.duration)))
+    else:
+        sys.path.insert(0, str(ROOT))
+        print(json.dumps(main(args.duration, args.workers, args.baseline or None), indent=2))

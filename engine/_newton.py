@@ -1,0 +1,138 @@
+"""The ML localizer's Newton iterations, compiled (numba): one row at a time, float32.
+
+The numpy version of this loop (engine.localize before this module) spent its time on
+~190 whole-array operations per iteration; compiled, a row's iteration is a few dozen
+scalar operations per heard gateway. It releases the GIL, so chunks run on threads.
+The arithmetic is the numpy loop's, operation for operation, in float32.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numpy.typing import NDArray
+
+F32 = np.float32
+
+
+@numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")  # x / 0 is inf or NaN, as in numpy
+def newton_rows(  # the hot loop, inlined on purpose
+    r: NDArray[np.float32], w: NDArray[np.float32], p0: NDArray[np.float32],
+    gx: NDArray[np.float32], gy: NDArray[np.float32], dz2: NDArray[np.float32],
+    cols: NDArray[np.intp], loss: NDArray[np.float32], grid: NDArray[np.float64],
+    x_start: NDArray[np.float32], y_start: NDArray[np.float32],
+    five_n: np.float32, k_slope: np.float32, bounds: NDArray[np.float64],
+    iterations: int, max_step: np.float32, newton_radius: np.float32,
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Safeguarded Newton iterations for each row of (rows, width) arrays.
+    ``loss`` is (cells, gateways) obstacle loss or empty; ``grid`` is (x0, y0, cell, nx, ny)."""
+    n, width = r.shape
+    x_out = x_start.copy()
+    y_out = y_start.copy()
+    minx, miny = F32(bounds[0]), F32(bounds[1])
+    maxx, maxy = F32(bounds[2]), F32(bounds[3])
+    has_wall = loss.shape[0] > 0
+    gx0, gy0, cell = F32(grid[0]), F32(grid[1]), F32(grid[2])
+    nx, ny = int(grid[3]), int(grid[4])
+    one_eps = F32(1.0 + 1e-6)
+    half, zero, one, two = F32(0.5), F32(0.0), F32(1.0), F32(2.0)
+    tiny_det, tiny_len = F32(1e-30), F32(1e-12)
+    pd_eps = F32(1e-6)
+    settle_len, move_eps = F32(0.05), F32(1e-3)
+    for j in range(n):
+        x = x_start[j]
+        y = y_start[j]
+        px, py = x, y
+        pcost = F32(np.inf)
+        pj = p0[j]
+        for _ in range(iterations):
+            c = 0
+            if has_wall:
+                ix = int((x - gx0) / cell)
+                iy = int((y - gy0) / cell)
+                ix = min(max(ix, 0), nx - 1)
+                iy = min(max(iy, 0), ny - 1)
+                c = iy * nx + ix
+            cost = zero
+            a11 = zero
+            a22 = zero
+            a12 = zero
+            g1s = zero
+            g2s = zero
+            s0 = zero
+            hxx = zero
+            hxy = zero
+            hyy = zero
+            for i in range(width):
+                dx = x - gx[j, i]
+                dy = y - gy[j, i]
+                d2 = dx * dx
+                d2 += dy * dy
+                d2 += dz2[j, i]
+                res = F32(np.log10(d2))
+                res *= five_n
+                res += r[j, i] - pj
+                if has_wall:
+                    res += loss[c, cols[j, i]]
+                wa = w[j, i]
+                res *= wa
+                cost += res * res
+                inv = wa / d2
+                jx = dx * inv
+                jy = dy * inv
+                a11 += jx * jx
+                a22 += jy * jy
+                a12 += jx * jy
+                g1s += jx * res
+                g2s += jy * res
+                q = res * inv
+                s0 += q
+                q /= d2
+                qx = q * dx
+                hxx += qx * dx
+                hxy += qx * dy
+                hyy += (q * dy) * dy
+            worse = cost > pcost * one_eps
+            better = not worse
+            if better:
+                px, py, pcost = x, y, cost
+            g1 = -g1s / k_slope
+            g2 = -g2s / k_slope
+            h11 = (s0 - two * hxx) / k_slope
+            h12 = -two * hxy / k_slope
+            h22 = (s0 - two * hyy) / k_slope
+            n11, n22, n12 = a11 + h11, a22 + h22, a12 + h12
+            gdet = a11 * a22 - a12 * a12 + tiny_det
+            gn_len = F32(np.hypot(a22 * g1 - a12 * g2, a11 * g2 - a12 * g1)) / gdet
+            near = gn_len < newton_radius
+            pd = near and (n11 > 0) and (n11 * n22 - n12 * n12 > pd_eps * a11 * a22)
+            ga11, ga22 = a11, a22
+            if pd:
+                a11, a22, a12 = n11, n22, n12
+            det = a11 * a22 - a12 * a12 + tiny_det
+            sx = (a22 * g1 - a12 * g2) / det
+            sy = (a11 * g2 - a12 * g1) / det
+            pin_x = ((x <= minx) and (sx < 0)) or ((x >= maxx) and (sx > 0))
+            pin_y = ((y <= miny) and (sy < 0)) or ((y >= maxy) and (sy > 0))
+            if pin_x:
+                sx = zero
+            elif pin_y:
+                sx = g1 / ga11
+            if pin_y:
+                sy = zero
+            elif pin_x:
+                sy = g2 / ga22
+            scale = min(one, max_step / max(F32(np.hypot(sx, sy)), tiny_len))
+            if worse:
+                nxx = half * (px + x)
+                nyy = half * (py + y)
+            else:
+                nxx = min(max(x + sx * scale, minx), maxx)
+                nyy = min(max(y + sy * scale, miny), maxy)
+            moved = abs(nxx - x) + abs(nyy - y)
+            x, y = nxx, nyy
+            x_out[j], y_out[j] = px, py
+            settled = better and ((gn_len < settle_len) or pin_x or pin_y)
+            if settled and not (moved >= move_eps):
+                break
+    return x_out, y_out

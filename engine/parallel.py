@@ -1,0 +1,169 @@
+"""The engine on several cores: one :class:`Engine` per device partition, in worker processes.
+
+Every per-device computation of the engine (windows, localization, trackers, zone
+hysteresis, last-known state) depends only on that device's sightings, so the devices
+can be split between engines that never talk to each other. Only the watermark is
+shared: each partition closes a window when the *global* watermark passes it, and
+rejects as late what the single engine would have rejected, so the partitioned engine
+returns the same fixes as one engine, in the same order (by window, then device). The
+exception is the particle tracker, whose random draws are shared across devices.
+
+Why processes and not threads: the engine is many short numpy operations, and two
+threads spend their time handing the GIL to each other (measured: two threads were
+slower than one). A worker holds its engine's state; batches go to it through a pipe
+(about 30 bytes a sighting) and fixes come back. The engines stay sans-IO; this module
+is only the plumbing that runs them side by side on one machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+from collections import Counter
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from engine.contract import SIGHTING_DTYPE, Sightings
+from engine.ingest import IngestCounters
+from engine.pipeline import FIX_DTYPE, Engine, EngineConfig
+
+
+def _serve(conn: Connection, config: EngineConfig, tx_power: NDArray[np.float64] | None) -> None:
+    """A worker: one engine, driven by (operation, argument) messages until "stop"."""
+    engine = Engine(config, tx_power)
+    failed: Exception | None = None  # from an ingest, which has no reply: told on the next call
+    while True:
+        op, arg = conn.recv()
+        try:
+            if op == "stop":
+                break
+            if op == "ingest":
+                if failed is None:
+                    engine.ingest(arg)
+                continue
+            if failed is not None:
+                raise failed
+            if op == "watermark":
+                reply: Any = engine.watermark
+            elif op == "advance":
+                reply = engine.advance(arg)
+            elif op == "flush":
+                reply = engine.flush(arg)
+            elif op == "counters":
+                reply = engine.counters
+            else:
+                raise ValueError(f"unknown operation {op!r}")
+        except Exception as exc:  # the caller re-raises it; the worker keeps serving
+            if op == "ingest":
+                failed = exc
+                continue
+            reply, failed = exc, None
+        conn.send(reply)
+    conn.close()
+
+
+class PartitionedEngine:
+    """The :class:`Engine` interface (ingest, advance, flush, counters) over ``workers``
+    engines in worker processes, devices split by ``device % workers``."""
+
+    def __init__(
+        self, config: EngineConfig, tx_power_1m_dbm: NDArray[np.float64] | None = None,
+        workers: int | None = None,
+    ) -> None:
+        self.config = config
+        self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+        methods = mp.get_all_start_methods()
+        ctx: Any = mp.get_context("fork" if "fork" in methods else "spawn")
+        self._conns: list[Connection] = []
+        self._procs: list[Any] = []
+        for _ in range(self.workers):
+            here, there = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(there, config, tx_power_1m_dbm), daemon=True)
+            proc.start()
+            there.close()
+            self._conns.append(here)
+            self._procs.append(proc)
+
+    # -- the Engine interface ---------------------------------------------------------
+
+    def ingest(self, batch: Sightings) -> None:
+        if batch.dtype != SIGHTING_DTYPE:
+            raise TypeError("sightings must use engine.contract.SIGHTING_DTYPE")
+        part = batch["device"] % self.workers  # negative codes too: validation rejects them there
+        order = np.argsort(part, kind="stable")
+        edges = np.searchsorted(part[order], np.arange(self.workers + 1))
+        for i, conn in enumerate(self._conns):
+            conn.send(("ingest", batch[order[edges[i]:edges[i + 1]]]))
+
+    @property
+    def watermark(self) -> float:
+        return max(self._ask_all("watermark", None))
+
+    def advance(self, watermark: float | None = None) -> NDArray[np.void]:
+        """Close the windows the global watermark (the newest event time in any partition,
+        or the one given) allows, in every partition; fixes by window, then device."""
+        self.start_advance(watermark)
+        return self.finish_advance()
+
+    def start_advance(self, watermark: float | None = None) -> None:
+        """:meth:`advance` in two halves, so the caller can work (apply rules to the last
+        fixes) while the workers localize; :meth:`finish_advance` returns the fixes."""
+        mark = self.watermark if watermark is None else max(self.watermark, watermark)
+        for conn in self._conns:
+            conn.send(("advance", mark))
+
+    def finish_advance(self) -> NDArray[np.void]:
+        return self._merge(self._replies())
+
+    def flush(self, end_t: float) -> NDArray[np.void]:
+        return self._merge(self._ask_all("flush", end_t))
+
+    @property
+    def counters(self) -> IngestCounters:
+        total = IngestCounters()
+        for c in self._ask_all("counters", None):
+            total.received += c.received
+            total.accepted += c.accepted
+            total.duplicates += c.duplicates
+            total.merged_channels += c.merged_channels
+            total.rejected = Counter(total.rejected) + c.rejected
+        return total
+
+    def close(self) -> None:
+        for conn, proc in zip(self._conns, self._procs, strict=True):
+            with contextlib.suppress(BrokenPipeError, OSError):  # a worker that already died
+                conn.send(("stop", None))
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+            conn.close()
+        self._conns, self._procs = [], []
+
+    def __enter__(self) -> PartitionedEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _ask_all(self, op: str, arg: object) -> list[Any]:
+        for conn in self._conns:
+            conn.send((op, arg))
+        return self._replies()
+
+    def _replies(self) -> list[Any]:
+        replies = [conn.recv() for conn in self._conns]
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return replies
+
+    @staticmethod
+    def _merge(parts: list[NDArray[np.void]]) -> NDArray[np.void]:
+        fixes = np.concatenate(parts) if parts else np.zeros(0, FIX_DTYPE)
+        return fixes[np.lexsort((fixes["device"], fixes["t"]))]
