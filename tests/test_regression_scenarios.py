@@ -29,4 +29,9 @@ def test_scenario_holds_its_expected_bounds(path) -> None:
     assert len(results) == len(scenario.expected)
     if path.name == "demo.toml":
         # The README shows what `./run demo` prints: it must be what the demo prints now.
-        assert summary_text(run) in (REPO / "README.md").read_text(), "refresh README's demo output"
+        readme = (REPO / "README.md").read_text()
+        assert summary_text(run) in readme, "refresh README's demo output"
+        metrics = run.report()["metrics"]
+        for key in ("median_error_m", "p90_error_m", "p95_error_m", "zone_accuracy", "r90_coverage"):
+            row = next(line for line in readme.splitlines() if f"│ {key} " in line)
+            assert f" {metrics[key]:g} │" in row, f"README's demo table: {row}"
