@@ -289,7 +289,15 @@ def rule_metrics(
     }
 
 
-def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None) -> SimulationRun:
+def simulate(
+    scenario: Scenario,
+    progress: Callable[[float], None] | None = None,
+    *,
+    fixes: NDArray[np.void] | None = None,
+) -> SimulationRun:
+    """The whole run. ``fixes`` given (an earlier run's ``SimulationRun.fixes`` for the same
+    scenario and seed) replaces localization and tracking: long benchmark runs keep the slow
+    part once and score rule changes on it again."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     twin = WarehouseTwin(scenario)
@@ -301,7 +309,8 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     t2 = time.perf_counter()
     survey = survey_of(twin, result) if scenario.engine.radio_map == "survey" else None
     engine = Engine(engine_config_for(scenario, result, survey), result.tx_power_1m_dbm)
-    fixes = feed_engine(engine, result.sightings, scenario.duration_s)
+    if fixes is None:
+        fixes = feed_engine(engine, result.sightings, scenario.duration_s)
     timings["engine_s"] = time.perf_counter() - t2
     windows = max(scenario.duration_s / engine.config.step_s, 1.0)
     timings["engine_ms_per_window"] = 1000.0 * timings["engine_s"] / windows
