@@ -36,7 +36,7 @@ from engine.rules.engine import RuleEngine
 from engine.rules.events import ListSink
 from siteplan.zones import NO_ZONE
 from twin.incidents import FEED_DTYPE
-from twin.run import feed_rules, rule_context_for, simulate
+from twin.run import feed_rules, rule_context_for, simulate_keeping_fixes
 from twin.scenario import Scenario, load_scenario
 from twin.sim import WarehouseTwin
 
@@ -89,14 +89,7 @@ def one_seed(
     )
     cached = False
     if full:
-        path = (Path(fixes_dir) / f"{base.name}-seed{seed}-{duration:g}s.npz") if fixes_dir else None
-        cached = path is not None and path.exists()
-        run = simulate(sc, fixes=np.load(path)["fixes"] if cached and path else None)
-        if path is not None and not cached:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez_compressed(tmp, fixes=run.fixes)
-            tmp.replace(path)
+        run, cached = simulate_keeping_fixes(sc, Path(fixes_dir) if fixes_dir else None)
         events, sightings, n = run.events, run.twin.sightings, len(run.twin.device_ids)
         k: NDArray[Any] = np.zeros(0, np.int64)
         burst: list[float] = []

@@ -26,7 +26,7 @@ from engine.evaluate import BoundSetup, LatencySetup, evaluate, position_errors
 from engine.localize import ObstacleMap, RadioMap
 from engine.pipeline import Engine, EngineConfig
 from engine.rules import CHECKOUT_DTYPE, Event, JsonLinesSink, ListSink, RuleContext, RuleEngine
-from engine.rules.scoring import count_accuracy, score_events
+from engine.rules.scoring import ScoreTally, count_accuracy, score_report, tally_events
 from engine.track import FloorPlan
 from radio_models.environment import Grid
 from radio_models.geometry import crossing_loss_db
@@ -57,6 +57,7 @@ class SimulationRun:
     incidents: IncidentLog = field(default_factory=IncidentLog)
     # site-wide rule figures when each money-relevant event was decided (engine/audit.py)
     site_states: dict[tuple[str, str | None, float], dict[str, object]] = field(default_factory=dict)
+    rule_tally: ScoreTally = field(default_factory=ScoreTally)  # the counts behind metrics["rules"]
 
     def report(self) -> dict[str, object]:
         """Deterministic report: the same scenario and seed give the same bytes. It names
@@ -257,14 +258,21 @@ def feed_rules(
     rules.flush(end_t)
 
 
+def rule_tally(
+    scenario: Scenario, twin: WarehouseTwin, events: Sequence[Event], log: IncidentLog
+) -> ScoreTally:
+    """The run's rule scoring counts; tallies of several seeds merge into one report."""
+    interval = {tag: float(twin.fleet.adv_interval_s[i]) for i, tag in enumerate(twin.fleet.ids)}
+    return tally_events(events, log.records, len(twin.fleet), scenario.duration_s,
+                        interval_s=interval)
+
+
 def rule_metrics(
     scenario: Scenario, twin: WarehouseTwin, result: TwinResult, rules: RuleEngine,
-    *, events: list[Event], log: IncidentLog,
+    *, events: list[Event], log: IncidentLog, tally: ScoreTally,
 ) -> dict[str, object]:
     """Rule scores for the report: per-rule precision/recall/delay, alarm rates, count accuracy."""
-    interval = {tag: float(twin.fleet.adv_interval_s[i]) for i, tag in enumerate(twin.fleet.ids)}
-    scores = score_events(events, log.records, len(twin.fleet), scenario.duration_s,
-                          interval_s=interval)
+    scores = score_report(tally)
     gone_at = np.full(len(twin.fleet), np.inf)
     code = {tag: i for i, tag in enumerate(twin.fleet.ids)}
     for rec in [*log.records, *log.legit_exits]:
@@ -329,12 +337,30 @@ def simulate(
     timings["rules_s"] = time.perf_counter() - t3
     metrics = evaluate(fixes, result.truth, result.site.zones, len(result.device_ids), scenario.duration_s,
                        len(result.sightings), bound, latency)
+    tally = rule_tally(scenario, twin, sink.events, injector.log)
     metrics["rules"] = rule_metrics(scenario, twin, result, rules, events=sink.events,
-                                    log=injector.log)
+                                    log=injector.log, tally=tally)
     metrics["why"] = why_accuracy(metrics, result.stats, len(result.device_ids))
     timings["total_s"] = time.perf_counter() - t0
     return SimulationRun(scenario, result, fixes, metrics, engine.counters.as_dict(), timings,
-                         sink.events, injector.log, site_states.states)
+                         sink.events, injector.log, site_states.states, tally)
+
+
+def simulate_keeping_fixes(scenario: Scenario, fixes_dir: Path | None) -> tuple[SimulationRun, bool]:
+    """:func:`simulate`, keeping the fixes (localization and tracking, the slow part) in
+    ``fixes_dir`` under the scenario's name, seed and duration and reusing them when they are
+    there, so benchmarks can rescore rule changes on long runs. Delete the directory when the
+    localizer or tracker changes. Returns the run and whether the fixes were reused."""
+    path = fixes_dir / f"{scenario.name}-seed{scenario.seed}-{scenario.duration_s:g}s.npz" if fixes_dir else None
+    if path is not None and path.exists():
+        return simulate(scenario, fixes=np.load(path)["fixes"]), True
+    run = simulate(scenario)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, fixes=run.fixes)
+        tmp.replace(path)
+    return run, False
 
 
 def _dictionary(codes: NDArray[np.integer], ids: Sequence[str]) -> pa.DictionaryArray:
