@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import shapely
 from numpy.typing import NDArray
 
 from engine.audit import AuditContext, AuditLog, SiteStateRecorder, money_records
@@ -227,6 +228,7 @@ def registry_context(
         class_interval_s=np.array([g.adv_interval_ms / 1000 for g in scenario.tags]),
         gateway_ids=gateways.ids,
         gateway_xy=gateways.xyz[:, :2].copy(),
+        site_outline=shapely.Polygon(scenario.site.outline),
     )
 
 
