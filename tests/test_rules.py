@@ -266,7 +266,7 @@ def test_misplaced_still_tag_in_forbidden_zone() -> None:
     mis = [e for e in ev if e.rule == "misplaced"]
     assert [e.tag for e in mis] == ["tag-0"]
     assert mis[0].zone == "office"
-    assert mis[0].t < 60
+    assert 60 <= mis[0].t < 80  # six 10 s looks in a row (misplaced.looks)
 
 
 def test_sinks(tmp_path) -> None:

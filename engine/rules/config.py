@@ -230,12 +230,12 @@ class MisplacedRule(_Strict):
         description="a still tag's P(forbidden zone) is averaged over looks this long",
     )
     looks: int = Field(
-        default=3, ge=1, le=1000,
+        default=6, ge=1, le=1000,
         description="looks in a row that must agree (a tracker settling after a move is not "
         "a position)",
     )
     threshold: float = Field(
-        default=0.35, gt=0, lt=1,
+        default=0.4, gt=0, lt=1,
         description="a look at or above this counts, for a tag seen going in",
     )
     threshold_by_class: dict[str, Annotated[float, Field(gt=0, lt=1)]] = Field(
@@ -244,7 +244,7 @@ class MisplacedRule(_Strict):
         "for more recall (docs/rules.md has the measured trade-off)",
     )
     entry_threshold: float = Field(
-        default=0.05, ge=0, le=1,
+        default=0.3, ge=0, le=1,
         description="entry evidence (largest P(forbidden) of the last moving fixes) that makes "
         "a tag one seen going in",
     )
