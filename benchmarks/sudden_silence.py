@@ -10,7 +10,7 @@ engine chose for the tags at the end, the delay of each death's missing_tag alar
 advertising intervals, and the alarms on tags that did not die (false alarms) per day per
 1,000 tags, for all tags and per tag class (``by_class``: a class's own design rate,
 ``missing.false_alarms_by_class``, buys its own row), each rate with its exact one-sided
-95 % bound and the too-little-exposure rule (engine.rules.scoring.rate_estimate).
+95 % bound and the too-little-exposure rule (engine.rules.scoring.rate_reading).
 Long-run false-alarm rates at the default R come from quiet_missing.py.
 Prints JSON. Usage: python benchmarks/sudden_silence.py [--seeds 1 2] [--duration S]
 [--deaths N] [--rates 0.25 10 1000] [--jobs N]
@@ -33,7 +33,7 @@ import simpy
 
 from engine.rules.engine import RuleEngine
 from engine.rules.events import ListSink
-from engine.rules.scoring import delay_stats, rate_estimate
+from engine.rules.scoring import delay_stats, rate_reading
 from twin.incidents import FEED_DTYPE
 from twin.run import feed_rules, rule_context_for
 from twin.scenario import Scenario, load_scenario
@@ -155,12 +155,12 @@ def main() -> None:
             "undetected": sum(row["undetected"] for row in rows),
             "false_alarms": false,
             "false_alarms_per_day_per_1000_tags": round(false / thousand, 1),
-            "false_alarm_rate": rate_estimate(false, thousand, rate).as_dict(),
+            "false_alarm_rate": rate_reading(false, thousand, rate).as_dict(),
             "by_class": {
                 c: {
                     "delay_intervals": delay_stats(d := [x for row in rows for x in row["delays_by_class"][c]]),
                     "within_3_intervals": round(float(np.mean(np.asarray(d) <= 3.0)), 3) if d else None,
-                    "false_alarm_rate": rate_estimate(
+                    "false_alarm_rate": rate_reading(
                         sum(row["false_alarms_by_class"][c] for row in rows),
                         sum(r["tag_days_by_class"][c] for r in runs) / 1000.0,
                         rate,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.rules.scoring import proportion_interval, rate_estimate
+from engine.rules.scoring import proportion_interval, rate_reading
 
 DAYS_PER_MONTH = 365.25 / 12
 
@@ -98,7 +98,7 @@ class MeasuredMetrics:
     false_alarms_high: float | None = None
     reviews_low: float | None = None
     reviews_high: float | None = None
-    false_alarm_rate_shown: str | None = None  # rate_estimate(...).shown: the exposure rule
+    false_alarm_rate_shown: str | None = None  # rate_reading(...).shown: the exposure rule
     reviews_rate_shown: str | None = None
 
     def at_interval_end(self, end: str) -> MeasuredMetrics:
@@ -428,8 +428,8 @@ def measured_from_report(report: dict[str, object], source: str = "<report>") ->
         detected = int(_figure(exit_scores, "detected", where, source, incidents))
         low, high = proportion_interval(detected, incidents)
     exposure = _figure(rules, "thousand_tag_days", "metrics.rules.", source)
-    fa = rate_estimate(int(_figure(rules, "false_alarms", "metrics.rules.", source, 1e12)), exposure)
-    rv = rate_estimate(int(_figure(rules, "false_reviews", "metrics.rules.", source, 1e12)), exposure)
+    fa = rate_reading(int(_figure(rules, "false_alarms", "metrics.rules.", source, 1e12)), exposure)
+    rv = rate_reading(int(_figure(rules, "false_reviews", "metrics.rules.", source, 1e12)), exposure)
     return MeasuredMetrics(
         tags=int(_figure(report, "tags", "", source, 1e9)),
         gateways=int(_figure(report, "gateways", "", source, 1e9)),
@@ -445,10 +445,10 @@ def measured_from_report(report: dict[str, object], source: str = "<report>") ->
         ),
         theft_recall_low=low,
         theft_recall_high=high,
-        false_alarms_low=fa.ci95[0] if fa.ci95 else None,
-        false_alarms_high=fa.ci95[1] if fa.ci95 else None,
-        reviews_low=rv.ci95[0] if rv.ci95 else None,
-        reviews_high=rv.ci95[1] if rv.ci95 else None,
+        false_alarms_low=fa.low if exposure > 0 else None,
+        false_alarms_high=fa.high if exposure > 0 else None,
+        reviews_low=rv.low if exposure > 0 else None,
+        reviews_high=rv.high if exposure > 0 else None,
         false_alarm_rate_shown=fa.shown if exposure > 0 else None,
         reviews_rate_shown=rv.shown if exposure > 0 else None,
     )

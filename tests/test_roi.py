@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.roi import MeasuredMetrics, RoiInputs, evaluate_case, measured_from_report, roi_report
-from engine.rules.scoring import proportion_interval, rate_estimate
+from engine.rules.scoring import proportion_interval, rate_reading
 
 ZERO_COSTS = {
     "tag_cost": 0,
@@ -192,9 +192,8 @@ def test_npv_at_both_ends_of_the_measured_intervals() -> None:
     }
     m = measured_from_report(report)
     assert (m.theft_recall_low, m.theft_recall_high) == proportion_interval(23, 24)
-    fa = rate_estimate(2, exposure)
-    assert fa.ci95 is not None
-    assert (m.false_alarms_low, m.false_alarms_high) == fa.ci95
+    fa = rate_reading(2, exposure)
+    assert (m.false_alarms_low, m.false_alarms_high) == (fa.low, fa.high)
     assert m.false_alarm_rate_shown == fa.shown
     assert fa.shown.startswith("too little exposure (upper bound 4,5")
     rep = roi_report(RoiInputs(), m)

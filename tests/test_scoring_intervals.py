@@ -19,7 +19,7 @@ from engine.rules.scoring import (
     poisson_interval,
     poisson_upper,
     proportion_interval,
-    rate_estimate,
+    rate_reading,
     score_report,
     tally_events,
 )
@@ -43,9 +43,9 @@ def test_clopper_pearson_matches_scipy_exact(kn: tuple[int, int]) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 2000))
 def test_poisson_bounds_are_the_exact_tail_points(n: int) -> None:
-    up = poisson_upper(n)
+    up = poisson_upper(n, 1.0)
     assert poisson.cdf(n, up) == pytest.approx(0.05, rel=1e-6)
-    lo, hi = poisson_interval(n)
+    lo, hi = poisson_interval(n, 1.0)
     assert poisson.cdf(n, hi) == pytest.approx(0.025, rel=1e-6)
     if n == 0:
         assert lo == 0.0
@@ -85,25 +85,25 @@ def test_median_interval_by_hand() -> None:
 
 def test_too_little_exposure_rule() -> None:
     # 0 alarms in 3,000 tag-days: upper bound 0.9986 <= 2 x the 1.0 target: shown as 0
-    r = rate_estimate(0, 3.0)
-    assert r.upper95 == pytest.approx(0.9986, abs=1e-4)
+    r = rate_reading(0, 3.0)
+    assert r.upper == pytest.approx(0.9986, abs=1e-4)
     assert r.too_little_exposure is False
     assert r.shown == "0 per day per 1,000 tags (95 % upper bound 0.999)"
     # the planner's case: 2 alarms in 600 s of 200 tags read as 1,440 per day per 1,000 tags
     exposure = 200 * 600 / 86_400 / 1000
-    r = rate_estimate(2, exposure)
-    assert r.point == pytest.approx(1440.0)
-    assert r.upper95 == pytest.approx(poisson_upper(2) / exposure, rel=1e-6)
+    r = rate_reading(2, exposure)
+    assert r.rate == pytest.approx(1440.0)
+    assert r.upper == pytest.approx(poisson_upper(2, exposure), rel=1e-6)
     assert r.too_little_exposure is True
-    assert r.shown == f"too little exposure (upper bound {poisson_upper(2) / exposure:,.0f})"
+    assert r.shown == f"too little exposure (upper bound {poisson_upper(2, exposure):,.0f})"
     # many events: the bound is within twice the point value even above the design rate
-    r = rate_estimate(100, 1.0)
-    assert r.too_little_exposure is False and r.upper95 is not None and r.upper95 < 200
+    r = rate_reading(100, 1.0)
+    assert r.too_little_exposure is False and r.upper < 200
     # one event in 1,000 tag-days: point 1, bound 4.74 > 2 x max(1, 1): too little
-    assert rate_estimate(1, 1.0).too_little_exposure is True
-    assert rate_estimate(0, 0.0).shown == "no exposure"
+    assert rate_reading(1, 1.0).too_little_exposure is True
+    assert rate_reading(0, 0.0).shown == "no exposure"
     with pytest.raises(ValueError, match="events"):
-        rate_estimate(-1, 1.0)
+        rate_reading(-1, 1.0)
 
 
 def test_seeds_pool_into_one_interval() -> None:
@@ -126,4 +126,4 @@ def test_seeds_pool_into_one_interval() -> None:
     assert rep["runs"] == 2
     assert m["false_alarms"] == 1
     assert m["false_alarm_rate"]["point"] == pytest.approx(25.0)
-    assert math.isclose(rep["false_alarm_rate"]["upper95"], round(poisson_upper(1) / 0.04, 4))  # type: ignore[index]
+    assert math.isclose(rep["false_alarm_rate"]["upper95"], round(poisson_upper(1, 0.04), 4))  # type: ignore[index]

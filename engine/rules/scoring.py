@@ -12,7 +12,7 @@ negative for warnings that precede the failure (a battery reading low before the
 Every figure carries its exact 95 % interval: Clopper-Pearson for precision and recall,
 the exact Poisson (chi-square) interval for rates with a one-sided upper bound for false
 alarms, and the order-statistic interval for a median delay. A rate from too little
-exposure is never shown bare (:func:`rate_estimate`, the rule of docs/rules.md "Scoring").
+exposure is never shown bare (:func:`rate_reading`, the rule of docs/rules.md "Scoring").
 Runs of several seeds pool their counts (:func:`tally_events`, :meth:`ScoreTally.merge`)
 before the intervals are taken.
 """
@@ -116,25 +116,10 @@ def proportion_interval(successes: int, trials: int, level: float = LEVEL) -> tu
     return lo, hi
 
 
-def poisson_interval(events: int, level: float = LEVEL) -> tuple[float, float]:
-    """Exact two-sided interval of a Poisson mean from ``events`` counts (Garwood 1936):
-    chi2(a/2; 2n)/2 and chi2(1-a/2; 2n+2)/2."""
-    a = 1.0 - level
-    lo = 0.0 if events == 0 else float(chi2.ppf(a / 2, 2 * events)) / 2
-    return lo, float(chi2.ppf(1 - a / 2, 2 * events + 2)) / 2
-
-
-def poisson_upper(events: int, level: float = LEVEL) -> float:
-    """Exact one-sided upper bound of a Poisson mean: chi2(level; 2n+2)/2 (3.00 for n = 0,
-    4.74 for n = 1 at 95 %): the largest mean that still gives n or fewer events with
-    probability 1 - level."""
-    return float(chi2.ppf(level, 2 * events + 2)) / 2
-
-
 def exposure_needed(rate: float, events: int = 0, level: float = LEVEL) -> float:
     """Exposure (in the rate's unit of exposure, e.g. thousand tag-days) at which ``events``
     events give a one-sided upper bound of ``rate``: 3.0 / rate with none, 4.74 / rate with one."""
-    return poisson_upper(events, level) / rate
+    return poisson_upper(events, 1.0, level) / rate
 
 
 def median_interval(x: Sequence[float], level: float = LEVEL) -> tuple[float, float] | None:
@@ -152,70 +137,6 @@ def median_interval(x: Sequence[float], level: float = LEVEL) -> tuple[float, fl
     if l_max < 1:
         return None
     return float(a[l_max - 1]), float(a[n - l_max])
-
-
-@dataclass(frozen=True)
-class RateEstimate:
-    """A rate with its exact intervals and how it may be shown (see :func:`rate_estimate`)."""
-
-    events: int
-    exposure: float
-    point: float | None
-    ci95: tuple[float, float] | None  # two-sided
-    upper95: float | None  # one-sided
-    design_rate: float | None
-    too_little_exposure: bool
-    shown: str
-
-    def as_dict(self) -> dict[str, object]:
-        r = 4
-        return {
-            "events": self.events,
-            "exposure": round(self.exposure, 6),
-            "point": None if self.point is None else round(self.point, r),
-            "ci95": None if self.ci95 is None else [round(v, r) for v in self.ci95],
-            "upper95": None if self.upper95 is None else round(self.upper95, r),
-            "design_rate": self.design_rate,
-            "too_little_exposure": self.too_little_exposure,
-            "shown": self.shown,
-        }
-
-
-def rate_estimate(
-    events: int,
-    exposure: float,
-    design_rate: float | None = TARGET_FALSE_ALARMS_PER_DAY_PER_1000_TAGS,
-    *,
-    unit: str = "per day per 1,000 tags",
-    level: float = LEVEL,
-) -> RateEstimate:
-    """A rate (events per unit of exposure, e.g. false alarms per thousand tag-days) with its
-    exact intervals, and how it may be shown (the too-little-exposure rule of
-    ../shared/design.md, "Interface conventions"):
-
-    its one-sided upper bound is more than twice the point value and more than twice the
-    design rate -> ``shown`` is "too little exposure (upper bound X)", never the bare figure.
-    (Zero events in 3,000 tag-days bound the rate at 1.0 and show as 0; 2 alarms in 600 s
-    of 200 tags, 1,440 per day per 1,000 tags, show as too little exposure, upper bound 4,534.)
-    ``exposure`` 0 gives no figure at all. The planner, ROI and reports all use this.
-    """
-    if events < 0:
-        raise ValueError(f"events must be >= 0, got {events}")
-    if not exposure > 0:
-        return RateEstimate(events, 0.0, None, None, None, design_rate, True, "no exposure")
-    point = events / exposure
-    lo, hi = poisson_interval(events, level)
-    upper = poisson_upper(events, level) / exposure
-    too_little = upper > 2.0 * max(point, design_rate or 0.0)
-    shown = (
-        f"too little exposure (upper bound {_fmt(upper)})"
-        if too_little
-        else f"{_fmt(point)} {unit} (95 % upper bound {_fmt(upper)})"
-    )
-    return RateEstimate(
-        events, exposure, point, (lo / exposure, hi / exposure), upper, design_rate, too_little,
-        shown,
-    )
 
 
 def _fmt(v: float) -> str:
@@ -400,7 +321,7 @@ def score_report(tally: ScoreTally) -> dict[str, object]:
             "precision": round(rt.true_positives / rt.events, 4) if rt.events else None,
             "precision_ci95": proportion_estimate(rt.true_positives, rt.events)["ci95"],
             "false_alarms": rt.false_alarms,
-            "false_alarm_rate": rate_estimate(rt.false_alarms, exposure).as_dict(),
+            "false_alarm_rate": rate_reading(rt.false_alarms, exposure).as_dict(),
         }
         if rt.incidents is not None:
             entry |= {
@@ -433,8 +354,8 @@ def score_report(tally: ScoreTally) -> dict[str, object]:
         "false_reviews_per_day_per_1000_tags": round(tally.false_reviews / exposure, 4)
         if exposure > 0
         else None,
-        "false_alarm_rate": rate_estimate(tally.false_alarms, exposure).as_dict(),
-        "false_review_rate": rate_estimate(tally.false_reviews, exposure).as_dict(),
+        "false_alarm_rate": rate_reading(tally.false_alarms, exposure).as_dict(),
+        "false_review_rate": rate_reading(tally.false_reviews, exposure).as_dict(),
         "incidents": dict(tally.incidents),
     }
 
@@ -469,13 +390,15 @@ def count_accuracy(
 
 
 # -- rates with their uncertainty (design.md, "Interface conventions") --------------------
+# The one implementation: scoring reports, the ROI, the planner and the benchmarks use these.
 
 
-def poisson_interval(count: int, exposure: float, confidence: float = 0.95) -> tuple[float, float]:
+def poisson_interval(count: int, exposure: float, confidence: float = LEVEL) -> tuple[float, float]:
     """Exact two-sided interval of a Poisson rate, count events over ``exposure``
-    (Garwood 1936: chi-square quantiles; the lower bound is 0 when no event was seen)."""
-    from scipy.stats import chi2
-
+    (Garwood 1936: chi2(a/2; 2n)/2 .. chi2(1-a/2; 2n+2)/2 per exposure; the lower bound is 0
+    when no event was seen)."""
+    if count < 0:
+        raise ValueError(f"events must be >= 0, got {count}")
     if exposure <= 0:
         return 0.0, math.inf
     a = 1.0 - confidence
@@ -484,10 +407,12 @@ def poisson_interval(count: int, exposure: float, confidence: float = 0.95) -> t
     return low, high
 
 
-def poisson_upper(count: int, exposure: float, confidence: float = 0.95) -> float:
-    """One-sided upper bound of a Poisson rate (3.0 / exposure for no event at 95 %)."""
-    from scipy.stats import chi2
-
+def poisson_upper(count: int, exposure: float, confidence: float = LEVEL) -> float:
+    """One-sided upper bound of a Poisson rate: chi2(confidence; 2n+2)/2 per exposure (3.00
+    for no event, 4.74 for one, at 95 %): the largest rate that still gives n or fewer
+    events with probability 1 - confidence."""
+    if count < 0:
+        raise ValueError(f"events must be >= 0, got {count}")
     if exposure <= 0:
         return math.inf
     return float(chi2.ppf(confidence, 2 * count + 2)) / 2 / exposure
@@ -501,7 +426,7 @@ class RateReading:
     larger of its point value and the design rate is shown as "too little exposure (upper
     bound X)", never as a bare figure, and must not drive a money figure on its own.
     (With no event, the point is 0, so the exposure suffices once the upper bound is at
-    most twice the design rate.)
+    most twice the design rate: 0 in 3,000 tag-days against 1 per day per 1,000 tags.)
     """
 
     count: int
@@ -521,8 +446,36 @@ class RateReading:
             return f"too little exposure (upper bound {self.upper:,.{digits}f})"
         return f"{self.rate:,.{digits}f} ({self.low:,.{digits}f}–{self.high:,.{digits}f})"
 
+    @property
+    def shown(self) -> str:
+        """How reports print it: 3 significant figures, the unit, the one-sided bound."""
+        if self.exposure <= 0:
+            return "no exposure"
+        if self.too_little_exposure:
+            return f"too little exposure (upper bound {_fmt(self.upper)})"
+        return f"{_fmt(self.rate)} per day per 1,000 tags (95 % upper bound {_fmt(self.upper)})"
 
-def rate_reading(count: int, exposure: float, design: float) -> RateReading:
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready (None where there was no exposure)."""
+
+        def num(v: float) -> float | None:
+            return round(v, 4) if math.isfinite(v) else None
+
+        return {
+            "events": self.count,
+            "exposure": round(self.exposure, 6),
+            "point": num(self.rate),
+            "ci95": [num(self.low), num(self.high)],
+            "upper95": num(self.upper),
+            "design_rate": self.design,
+            "too_little_exposure": self.too_little_exposure,
+            "shown": self.shown,
+        }
+
+
+def rate_reading(
+    count: int, exposure: float, design: float = TARGET_FALSE_ALARMS_PER_DAY_PER_1000_TAGS
+) -> RateReading:
     """``count`` events over ``exposure`` (e.g. thousand-tag-days) against a design rate."""
     low, high = poisson_interval(count, exposure)
     rate = count / exposure if exposure > 0 else math.inf
