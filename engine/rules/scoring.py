@@ -248,7 +248,8 @@ def tally_events(
     max_delay_s: float = 600.0,
     interval_s: Mapping[str, float] | None = None,
 ) -> ScoreTally:
-    """The counts behind :func:`score_events` for one run."""
+    """One run's counts against its incidents; :func:`score_report` turns one tally (or
+    several merged) into precision, recall, delay and rates with their intervals."""
     tally = ScoreTally(thousand_tag_days=n_tags / 1000.0 * duration_s / SECONDS_PER_DAY, runs=1)
     alarms = [e for e in events if e.severity in ("alarm", "review")]
     explained = [False] * len(alarms)
@@ -358,24 +359,6 @@ def score_report(tally: ScoreTally) -> dict[str, object]:
         "false_review_rate": rate_reading(tally.false_reviews, exposure).as_dict(),
         "incidents": dict(tally.incidents),
     }
-
-
-def score_events(
-    events: Sequence[Event],
-    incidents: Sequence[IncidentRecord],
-    n_tags: int,
-    duration_s: float,
-    *,
-    max_delay_s: float = 600.0,
-    interval_s: Mapping[str, float] | None = None,
-) -> dict[str, object]:
-    """Per-rule precision, recall and delay; false alarms and reviews per day per 1,000 tags
-    (one run; pool seeds with :func:`tally_events` and :meth:`ScoreTally.merge`)."""
-    return score_report(
-        tally_events(
-            events, incidents, n_tags, duration_s, max_delay_s=max_delay_s, interval_s=interval_s
-        )
-    )
 
 
 def count_accuracy(
