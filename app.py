@@ -1042,7 +1042,7 @@ def view_roi(sc: Scenario) -> None:
         "means): theft recall "
         f"{m['theft_recall']:.3f}"
         + (
-            f" (Wilson {m['theft_recall_low']:.2f}-{m['theft_recall_high']:.2f})"
+            f" (exact 95 % interval {m['theft_recall_low']:.2f}-{m['theft_recall_high']:.2f})"
             if m["theft_recall_low"] is not None
             else " (no thefts injected: earns nothing)"
         )

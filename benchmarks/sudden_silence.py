@@ -8,7 +8,10 @@ their packets stop colliding too), replays the sightings into the rule engine on
 design rate R (``false_alarms_per_day_per_1000_tags``) and prints, per R: the k the
 engine chose for the tags at the end, the delay of each death's missing_tag alarm in
 advertising intervals, and the alarms on tags that did not die (false alarms) per day per
-1,000 tags. Long-run false-alarm rates at the default R come from quiet_missing.py.
+1,000 tags, for all tags and per tag class (``by_class``: a class's own design rate,
+``missing.false_alarms_by_class``, buys its own row), each rate with its exact one-sided
+95 % bound and the too-little-exposure rule (engine.rules.scoring.rate_reading).
+Long-run false-alarm rates at the default R come from quiet_missing.py.
 Prints JSON. Usage: python benchmarks/sudden_silence.py [--seeds 1 2] [--duration S]
 [--deaths N] [--rates 0.25 10 1000] [--jobs N]
 """
@@ -30,7 +33,7 @@ import simpy
 
 from engine.rules.engine import RuleEngine
 from engine.rules.events import ListSink
-from engine.rules.scoring import delay_stats
+from engine.rules.scoring import delay_stats, rate_reading
 from twin.incidents import FEED_DTYPE
 from twin.run import feed_rules, rule_context_for
 from twin.scenario import Scenario, load_scenario
@@ -70,6 +73,8 @@ def one_seed(scenario: str, seed: int, duration: float, deaths: int, rates: list
     ids = twin.fleet.ids
     died_at = {ids[v]: t for v, t in zip(victims.tolist(), t_death.tolist(), strict=True)}
     interval = dict(zip(ids, twin.fleet.adv_interval_s.tolist(), strict=True))
+    ctx = rule_context_for(sc, twin)
+    class_of = {tag: ctx.class_names[int(c)] for tag, c in zip(ids, ctx.device_class.tolist(), strict=True)}
     out = []
     for rate in rates:
         rules_cfg = sc.rules.model_copy(
@@ -83,22 +88,40 @@ def one_seed(scenario: str, seed: int, duration: float, deaths: int, rates: list
         alarms = [e for e in sink.events if e.severity == "alarm"]
         first: dict[str, float] = {}
         false = 0
+        false_by_class: dict[str, int] = dict.fromkeys(ctx.class_names, 0)
         for e in alarms:
             if e.tag is not None and e.tag in died_at and e.t >= died_at[e.tag]:
                 first.setdefault(e.tag, e.t)
             else:
                 false += 1
+                if e.tag in class_of:
+                    false_by_class[class_of[e.tag]] += 1
         alive = np.ones(len(ids), bool)
         alive[victims] = False
         _, k = rules.silence_threshold(np.flatnonzero(alive))
         out.append({
             "rate": rate,
             "delays_intervals": [(first[tag] - t) / interval[tag] for tag, t in died_at.items() if tag in first],
+            "delays_by_class": {
+                c: [(first[tag] - t) / interval[tag] for tag, t in died_at.items()
+                    if tag in first and class_of[tag] == c]
+                for c in ctx.class_names
+            },
             "undetected": sum(tag not in first for tag in died_at),
             "false_alarms": false,
+            "false_alarms_by_class": false_by_class,
             "k": k.astype(int).tolist(),
         })
-    return {"seed": seed, "tag_days": (len(ids) - deaths / 2) * duration / 86_400.0, "per_rate": out}
+    tags_by_class = {c: sum(1 for tag in ids if class_of[tag] == c) for c in ctx.class_names}
+    dead_by_class = {c: sum(1 for tag in died_at if class_of[tag] == c) for c in ctx.class_names}
+    return {
+        "seed": seed,
+        "tag_days": (len(ids) - deaths / 2) * duration / 86_400.0,
+        "tag_days_by_class": {
+            c: (tags_by_class[c] - dead_by_class[c] / 2) * duration / 86_400.0 for c in ctx.class_names
+        },
+        "per_rate": out,
+    }
 
 
 def main() -> None:
@@ -132,6 +155,19 @@ def main() -> None:
             "undetected": sum(row["undetected"] for row in rows),
             "false_alarms": false,
             "false_alarms_per_day_per_1000_tags": round(false / thousand, 1),
+            "false_alarm_rate": rate_reading(false, thousand, rate).as_dict(),
+            "by_class": {
+                c: {
+                    "delay_intervals": delay_stats(d := [x for row in rows for x in row["delays_by_class"][c]]),
+                    "within_3_intervals": round(float(np.mean(np.asarray(d) <= 3.0)), 3) if d else None,
+                    "false_alarm_rate": rate_reading(
+                        sum(row["false_alarms_by_class"][c] for row in rows),
+                        sum(r["tag_days_by_class"][c] for r in runs) / 1000.0,
+                        rate,
+                    ).as_dict(),
+                }
+                for c in runs[0]["tag_days_by_class"]
+            },
         })
     print(json.dumps({
         "scenario": Path(args.scenario).name,

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.rules.scoring import proportion_interval, rate_reading
+
 DAYS_PER_MONTH = 365.25 / 12
 
 
@@ -76,7 +78,10 @@ class RoiInputs(BaseModel):
 
 @dataclass(frozen=True)
 class MeasuredMetrics:
-    """What the twin (or a pilot) measured. Recall bounds feed the best and worst cases."""
+    """What the twin (or a pilot) measured. The ``_low``/``_high`` fields are the exact 95 %
+    intervals of the measured rates (Clopper-Pearson for theft recall, Poisson for alarm
+    rates, engine.rules.scoring): NPV is reported at both ends as well as at the point, and
+    the recall bounds also feed the best and worst cases."""
 
     tags: int
     gateways: int
@@ -89,17 +94,37 @@ class MeasuredMetrics:
     battery_life_months: float | None = None
     theft_recall_low: float | None = None
     theft_recall_high: float | None = None
+    false_alarms_low: float | None = None
+    false_alarms_high: float | None = None
+    reviews_low: float | None = None
+    reviews_high: float | None = None
+    false_alarm_rate_shown: str | None = None  # rate_reading(...).shown: the exposure rule
+    reviews_rate_shown: str | None = None
 
+    def at_interval_end(self, end: str) -> MeasuredMetrics:
+        """The metrics at the ``"low"`` (worse for the site: lowest recall, most alarms) or
+        ``"high"`` end of every measured interval; a rate without an interval keeps its point."""
+        worse = end == "low"
 
-def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion (Wilson 1927)."""
-    if trials == 0:
-        return 0.0, 1.0
-    p = successes / trials
-    den = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / den
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
+        def pick(point: float, low: float | None, high: float | None, more_is_better: bool) -> float:
+            bound = low if worse == more_is_better else high
+            return point if bound is None else bound
+
+        return replace(
+            self,
+            theft_recall=pick(
+                self.theft_recall, self.theft_recall_low, self.theft_recall_high, True
+            ),
+            false_alarms_per_day_per_1000_tags=pick(
+                self.false_alarms_per_day_per_1000_tags,
+                self.false_alarms_low,
+                self.false_alarms_high,
+                False,
+            ),
+            reviews_per_day_per_1000_tags=pick(
+                self.reviews_per_day_per_1000_tags, self.reviews_low, self.reviews_high, False
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -298,8 +323,12 @@ def _case_dict(case: RoiCase) -> dict[str, object]:
 
 
 def roi_report(inp: RoiInputs, m: MeasuredMetrics) -> dict[str, object]:
-    """Base, best and worst cases, and the sensitivity table, as plain JSON-ready data."""
+    """Base, best and worst cases, NPV at the point and both ends of the measured rates'
+    95 % intervals (``npv_interval``: prices as typed, only the measurement moves), and the
+    sensitivity table, as plain JSON-ready data."""
     base = _evaluate(inp, m)
+    npv_low = _evaluate(inp, m.at_interval_end("low")).npv
+    npv_high = _evaluate(inp, m.at_interval_end("high")).npv
     worst_m = replace(m, theft_recall=m.theft_recall_low) if m.theft_recall_low is not None else m
     best_m = replace(m, theft_recall=m.theft_recall_high) if m.theft_recall_high is not None else m
     worst = _evaluate(inp, worst_m, inp.worst_benefit_factor, inp.worst_cost_factor)
@@ -308,6 +337,22 @@ def roi_report(inp: RoiInputs, m: MeasuredMetrics) -> dict[str, object]:
         "measured": asdict(m),
         "horizon_months": inp.horizon_months,
         "cases": {"worst": _case_dict(worst), "base": _case_dict(base), "best": _case_dict(best)},
+        "npv_interval": {
+            "low": round(npv_low, 2),
+            "point": round(base.npv, 2),
+            "high": round(npv_high, 2),
+            "rates": {
+                "theft_recall": [m.theft_recall_low, m.theft_recall, m.theft_recall_high],
+                "false_alarms_per_day_per_1000_tags": [
+                    m.false_alarms_low, m.false_alarms_per_day_per_1000_tags, m.false_alarms_high
+                ],
+                "reviews_per_day_per_1000_tags": [
+                    m.reviews_low, m.reviews_per_day_per_1000_tags, m.reviews_high
+                ],
+            },
+            "false_alarm_rate_shown": m.false_alarm_rate_shown,
+            "reviews_rate_shown": m.reviews_rate_shown,
+        },
         "cumulative_base": [round(c, 2) for c in base.cumulative],
         "sensitivity": sensitivity(inp, m),
     }
@@ -368,7 +413,8 @@ def _figure(
 
 
 def measured_from_report(report: dict[str, object], source: str = "<report>") -> MeasuredMetrics:
-    """The measured metrics of a twin run's report.json (twin/run.py). A figure the run could
+    """The measured metrics of a twin run's report.json (twin/run.py), with the exact 95 %
+    intervals of theft recall and of the false-alarm and review rates. A figure the run could
     not measure (no thefts injected: no theft recall) counts as 0, so it earns nothing.
     A field of the wrong type or out of range is a RoiReportError naming it."""
     metrics = _section(report, "metrics", "", source)
@@ -380,7 +426,10 @@ def measured_from_report(report: dict[str, object], source: str = "<report>") ->
     incidents = int(_figure(exit_scores, "incidents", where, source, 1e9))
     if incidents:
         detected = int(_figure(exit_scores, "detected", where, source, incidents))
-        low, high = wilson_interval(detected, incidents)
+        low, high = proportion_interval(detected, incidents)
+    exposure = _figure(rules, "thousand_tag_days", "metrics.rules.", source)
+    fa = rate_reading(int(_figure(rules, "false_alarms", "metrics.rules.", source, 1e12)), exposure)
+    rv = rate_reading(int(_figure(rules, "false_reviews", "metrics.rules.", source, 1e12)), exposure)
     return MeasuredMetrics(
         tags=int(_figure(report, "tags", "", source, 1e9)),
         gateways=int(_figure(report, "gateways", "", source, 1e9)),
@@ -396,4 +445,10 @@ def measured_from_report(report: dict[str, object], source: str = "<report>") ->
         ),
         theft_recall_low=low,
         theft_recall_high=high,
+        false_alarms_low=fa.low if exposure > 0 else None,
+        false_alarms_high=fa.high if exposure > 0 else None,
+        reviews_low=rv.low if exposure > 0 else None,
+        reviews_high=rv.high if exposure > 0 else None,
+        false_alarm_rate_shown=fa.shown if exposure > 0 else None,
+        reviews_rate_shown=rv.shown if exposure > 0 else None,
     )

@@ -500,6 +500,16 @@ def roi(
                       f"{c['benefit_per_month']:,.0f}", str(c["payback_month"] or "never"),
                       f"{c['npv']:,.0f}", f"{c['tco']:,.0f}")
     console.print(table)
+    npv = result["npv_interval"]
+    assert isinstance(npv, dict)
+    console.print(
+        f"NPV over the measured rates' 95 % intervals: {npv['low']:,.0f} (low end) .. "
+        f"{npv['point']:,.0f} (point) .. {npv['high']:,.0f} (high end)",
+        markup=False, highlight=False,
+    )
+    for label, key in (("false alarms", "false_alarm_rate_shown"), ("reviews", "reviews_rate_shown")):
+        if npv.get(key):
+            console.print(f"{label}: {npv[key]}", markup=False, highlight=False)
     sens = Table(title=f"sensitivity: each input -/+ {sc.roi.sensitivity_pct:g} %")
     for col in ("input", "payback low", "payback high", "NPV low", "NPV high"):
         sens.add_column(col, justify="right")

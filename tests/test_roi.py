@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.roi import MeasuredMetrics, RoiInputs, evaluate_case, roi_report, wilson_interval
+from engine.roi import MeasuredMetrics, RoiInputs, evaluate_case, measured_from_report, roi_report
+from engine.rules.scoring import proportion_interval, rate_reading
 
 ZERO_COSTS = {
     "tag_cost": 0,
@@ -129,9 +130,9 @@ def test_report_cases_and_sensitivity() -> None:
         theft_recall_high=0.99,
     )
     rep = roi_report(RoiInputs(), m)
-    cases = rep["cases"]
+    cases, rows = rep["cases"], rep["sensitivity"]
+    assert isinstance(cases, dict) and isinstance(rows, list)
     assert cases["worst"]["npv"] < cases["base"]["npv"] < cases["best"]["npv"]
-    rows = rep["sensitivity"]
     swings = [r["payback_swing"] for r in rows]
     assert swings == sorted(swings, reverse=True)
     assert rows[0]["payback_swing"] > 0
@@ -167,8 +168,42 @@ def test_two_layouts_differ_for_measured_reasons() -> None:
     assert b.benefit_per_month < a.benefit_per_month
 
 
-def test_wilson() -> None:
-    lo, hi = wilson_interval(23, 24)
-    assert 0.78 < lo < 0.8
-    assert 0.99 < hi <= 1.0
-    assert wilson_interval(0, 0) == (0.0, 1.0)
+def test_npv_at_both_ends_of_the_measured_intervals() -> None:
+    """A short run's report: 23 of 24 thefts caught and 2 false alarms in 600 s of 200 tags.
+    The ROI takes the Clopper-Pearson recall interval and the exact Poisson alarm-rate
+    interval from the scoring code; NPV at the low end (least recall, most alarms) < point <
+    high end, and the alarm rate is flagged as too little exposure."""
+    exposure = 200 * 600 / 86_400 / 1000
+    report = {
+        "tags": 200,
+        "gateways": 11,
+        "metrics": {
+            "zone_accuracy": 0.7,
+            "device_coverage": 1.0,
+            "rules": {
+                "exit_without_checkout": {"incidents": 24, "detected": 23, "recall": 23 / 24},
+                "count_accuracy": 0.75,
+                "false_alarms": 2,
+                "false_reviews": 0,
+                "thousand_tag_days": exposure,
+                "false_alarms_per_day_per_1000_tags": 2 / exposure,
+            },
+        },
+    }
+    m = measured_from_report(report)
+    assert (m.theft_recall_low, m.theft_recall_high) == proportion_interval(23, 24)
+    fa = rate_reading(2, exposure)
+    assert (m.false_alarms_low, m.false_alarms_high) == (fa.low, fa.high)
+    assert m.false_alarm_rate_shown == fa.shown
+    assert fa.shown.startswith("too little exposure (upper bound 4,5")
+    rep = roi_report(RoiInputs(), m)
+    npv, cases = rep["npv_interval"], rep["cases"]
+    assert isinstance(npv, dict) and isinstance(cases, dict)
+    assert npv["low"] < npv["point"] < npv["high"]
+    assert npv["point"] == cases["base"]["npv"]
+    low = m.at_interval_end("low")
+    assert low.theft_recall == m.theft_recall_low
+    assert low.false_alarms_per_day_per_1000_tags == m.false_alarms_high
+    assert npv["low"] == round(evaluate_case(RoiInputs(), low).npv, 2)
+    # no reviews, but zero events still have an interval (0 .. 3.69 / exposure)
+    assert m.reviews_low == 0.0 and m.reviews_high and m.reviews_high > 0

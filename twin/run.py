@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import shapely
 from numpy.typing import NDArray
 
 from engine.audit import AuditContext, AuditLog, SiteStateRecorder, money_records
@@ -26,7 +27,7 @@ from engine.evaluate import BoundSetup, LatencySetup, evaluate, position_errors
 from engine.localize import ObstacleMap, RadioMap
 from engine.pipeline import FIX_DTYPE, Engine, EngineConfig
 from engine.rules import CHECKOUT_DTYPE, Event, JsonLinesSink, ListSink, RuleContext, RuleEngine
-from engine.rules.scoring import count_accuracy, score_events
+from engine.rules.scoring import ScoreTally, count_accuracy, score_report, tally_events
 from engine.track import FloorPlan
 from radio_models.environment import Grid
 from radio_models.geometry import crossing_loss_db
@@ -57,6 +58,7 @@ class SimulationRun:
     incidents: IncidentLog = field(default_factory=IncidentLog)
     # site-wide rule figures when each money-relevant event was decided (engine/audit.py)
     site_states: dict[tuple[str, str | None, float], dict[str, object]] = field(default_factory=dict)
+    rule_tally: ScoreTally = field(default_factory=ScoreTally)  # the counts behind metrics["rules"]
 
     def report(self) -> dict[str, object]:
         """Deterministic report: the same scenario and seed give the same bytes. It names
@@ -226,6 +228,7 @@ def registry_context(
         class_interval_s=np.array([g.adv_interval_ms / 1000 for g in scenario.tags]),
         gateway_ids=gateways.ids,
         gateway_xy=gateways.xyz[:, :2].copy(),
+        site_outline=shapely.Polygon(scenario.site.outline),
     )
 
 
@@ -301,14 +304,21 @@ def feed_rules(
     feeder.flush(end_t)
 
 
+def rule_tally(
+    scenario: Scenario, twin: WarehouseTwin, events: Sequence[Event], log: IncidentLog
+) -> ScoreTally:
+    """The run's rule scoring counts; tallies of several seeds merge into one report."""
+    interval = {tag: float(twin.fleet.adv_interval_s[i]) for i, tag in enumerate(twin.fleet.ids)}
+    return tally_events(events, log.records, len(twin.fleet), scenario.duration_s,
+                        interval_s=interval)
+
+
 def rule_metrics(
     scenario: Scenario, twin: WarehouseTwin, result: TwinResult, rules: RuleEngine,
-    *, events: list[Event], log: IncidentLog,
+    *, events: list[Event], log: IncidentLog, tally: ScoreTally,
 ) -> dict[str, object]:
     """Rule scores for the report: per-rule precision/recall/delay, alarm rates, count accuracy."""
-    interval = {tag: float(twin.fleet.adv_interval_s[i]) for i, tag in enumerate(twin.fleet.ids)}
-    scores = score_events(events, log.records, len(twin.fleet), scenario.duration_s,
-                          interval_s=interval)
+    scores = score_report(tally)
     gone_at = np.full(len(twin.fleet), np.inf)
     code = {tag: i for i, tag in enumerate(twin.fleet.ids)}
     for rec in [*log.records, *log.legit_exits]:
@@ -333,7 +343,15 @@ def rule_metrics(
     }
 
 
-def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None) -> SimulationRun:
+def simulate(
+    scenario: Scenario,
+    progress: Callable[[float], None] | None = None,
+    *,
+    fixes: NDArray[np.void] | None = None,
+) -> SimulationRun:
+    """The whole run. ``fixes`` given (an earlier run's ``SimulationRun.fixes`` for the same
+    scenario and seed) replaces localization and tracking: long benchmark runs keep the slow
+    part once and score rule changes on it again."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     twin = WarehouseTwin(scenario)
@@ -345,7 +363,8 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     t2 = time.perf_counter()
     survey = survey_of(twin, result) if scenario.engine.radio_map == "survey" else None
     engine = Engine(engine_config_for(scenario, result, survey), result.tx_power_1m_dbm)
-    fixes = feed_engine(engine, result.sightings, scenario.duration_s)
+    if fixes is None:
+        fixes = feed_engine(engine, result.sightings, scenario.duration_s)
     timings["engine_s"] = time.perf_counter() - t2
     windows = max(scenario.duration_s / engine.config.step_s, 1.0)
     timings["engine_ms_per_window"] = 1000.0 * timings["engine_s"] / windows
@@ -364,12 +383,30 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     timings["rules_s"] = time.perf_counter() - t3
     metrics = evaluate(fixes, result.truth, result.site.zones, len(result.device_ids), scenario.duration_s,
                        len(result.sightings), bound, latency)
+    tally = rule_tally(scenario, twin, sink.events, injector.log)
     metrics["rules"] = rule_metrics(scenario, twin, result, rules, events=sink.events,
-                                    log=injector.log)
+                                    log=injector.log, tally=tally)
     metrics["why"] = why_accuracy(metrics, result.stats, len(result.device_ids))
     timings["total_s"] = time.perf_counter() - t0
     return SimulationRun(scenario, result, fixes, metrics, engine.counters.as_dict(), timings,
-                         sink.events, injector.log, site_states.states)
+                         sink.events, injector.log, site_states.states, tally)
+
+
+def simulate_keeping_fixes(scenario: Scenario, fixes_dir: Path | None) -> tuple[SimulationRun, bool]:
+    """:func:`simulate`, keeping the fixes (localization and tracking, the slow part) in
+    ``fixes_dir`` under the scenario's name, seed and duration and reusing them when they are
+    there, so benchmarks can rescore rule changes on long runs. Delete the directory when the
+    localizer or tracker changes. Returns the run and whether the fixes were reused."""
+    path = fixes_dir / f"{scenario.name}-seed{scenario.seed}-{scenario.duration_s:g}s.npz" if fixes_dir else None
+    if path is not None and path.exists():
+        return simulate(scenario, fixes=np.load(path)["fixes"]), True
+    run = simulate(scenario)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, fixes=run.fixes)
+        tmp.replace(path)
+    return run, False
 
 
 def _dictionary(codes: NDArray[np.integer], ids: Sequence[str]) -> pa.DictionaryArray:

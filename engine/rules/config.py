@@ -209,7 +209,14 @@ class GatewayRule(_Strict):
 
 
 class MisplacedRule(_Strict):
-    """misplaced: a still tag keeps showing up in a zone its class does not belong in."""
+    """misplaced: a tag carried into a zone its class does not belong in, and left there.
+
+    P(forbidden zone | fix) integrates the fix's uncertainty (r90 -> Gaussian, renormalized
+    to the site outline). Entry evidence: the largest P of the tag's last moving fixes
+    (decaying with ``entry_time_constant_s``). At rest, P is averaged over looks of
+    ``look_s``; the alarm needs ``looks`` in a row at or above ``threshold`` after entry
+    evidence of at least ``entry_threshold``, else at or above ``alone_threshold``
+    (docs/rules.md, misplaced)."""
 
     enabled: bool = True
     allowed_roles: dict[str, list[str]] = Field(
@@ -218,16 +225,47 @@ class MisplacedRule(_Strict):
     default_allowed_roles: list[str] = Field(
         default_factory=lambda: ["storage", "receiving", "packing", "shipping", "checkout", "exit"]
     )
-    time_constant_s: float = Field(default=30.0, gt=0)
-    threshold: float = Field(
-        default=0.55, gt=0, lt=1, description="smoothed P(forbidden zone) that raises the alarm"
+    look_s: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="a still tag's P(forbidden zone) is averaged over looks this long",
     )
-    rearm: float = Field(default=0.2, ge=0, lt=1)
+    looks: int = Field(
+        default=6, ge=1, le=1000,
+        description="looks in a row that must agree (a tracker settling after a move is not "
+        "a position)",
+    )
+    threshold: float = Field(
+        default=0.4, gt=0, lt=1,
+        description="a look at or above this counts, for a tag seen going in",
+    )
+    threshold_by_class: dict[str, Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=dict,
+        description="tag class -> its own threshold: higher for fewer false alarms, lower "
+        "for more recall (docs/rules.md has the measured trade-off)",
+    )
+    entry_threshold: float = Field(
+        default=0.3, ge=0, le=1,
+        description="entry evidence (largest P(forbidden) of the last moving fixes) that makes "
+        "a tag one seen going in",
+    )
+    entry_time_constant_s: float = Field(
+        default=10.0, gt=0, description="how fast entry evidence fades while the tag moves on"
+    )
+    alone_threshold: float = Field(
+        default=0.9, gt=0, le=1,
+        description="a look at or above this counts for a tag never seen going in",
+    )
+    rearm: float = Field(
+        default=0.2, ge=0, lt=1, description="a look below this re-arms the alarm (as does motion)"
+    )
 
     @model_validator(mode="after")
     def _order(self) -> MisplacedRule:
-        if self.rearm >= self.threshold:
-            raise ValueError("rearm must be below threshold")
+        lowest = min([self.threshold, *self.threshold_by_class.values()])
+        if self.rearm >= lowest:
+            raise ValueError("rearm must be below threshold (and every class's threshold)")
+        if self.alone_threshold < self.threshold:
+            raise ValueError("alone_threshold must be at least threshold")
         return self
 
 

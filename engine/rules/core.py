@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import shapely
 from numpy.typing import NDArray
 
 from engine.contract import UNKNOWN
@@ -41,6 +42,9 @@ class RuleContext:
     class_interval_s: FloatArray  # the registry's advertising interval per class
     gateway_ids: tuple[str, ...]
     gateway_xy: FloatArray
+    # The building's outline: a tag cannot rest outside it, so zone probabilities that a
+    # fix's uncertainty spreads beyond the outer walls are renormalized to it. None: unknown.
+    site_outline: shapely.Polygon | None = None
 
     def __post_init__(self) -> None:
         if len(self.class_interval_s) != len(self.class_names):
@@ -86,8 +90,12 @@ _FILL: dict[str, tuple[object, str]] = {
     "bat_b0": (np.nan, "f8"),
     "bat_t1": (np.nan, "f8"),
     "bat_b1": (np.nan, "f8"),
-    "misp": (0.0, "f8"),
-    "misp_t": (np.nan, "f8"),
+    "misp_sum": (0.0, "f8"),  # sum of P(forbidden) over the current look's still fixes
+    "misp_n": (0, "i4"),  # and how many
+    "misp_t": (np.nan, "f8"),  # when the current look began
+    "misp_run": (0, "i4"),  # looks in a row at or above the threshold
+    "misp_entry": (0.0, "f8"),  # largest P(forbidden) of the recent moving fixes, fading
+    "misp_move_t": (np.nan, "f8"),  # the last moving fix
     "misp_done": (False, "?"),
     "reg_t": (-np.inf, "f8"),
     "ah_t": (-np.inf, "f8"),

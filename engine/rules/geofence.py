@@ -5,8 +5,11 @@ Transitions, per tag:
 
 * zone: ``cand`` counts consecutive fixes in one zone; after ``confirm_fixes`` the zone
   becomes ``conf`` (zone_exit of the old, zone_enter of the new; the dwell clock restarts).
-* misplaced: armed -> alarm when the smoothed P(forbidden zone) of a still tag crosses
-  ``threshold`` -> re-armed below ``rearm``.
+* misplaced: while a tag moves, ``misp_entry`` keeps the largest P(forbidden zone | fix)
+  (the fix's Gaussian, renormalized to the site outline) of its recent fixes, fading. At
+  rest, P is averaged over looks of ``look_s``; ``misp_run`` counts looks in a row at or
+  above the threshold (the class's, if the tag was seen going in, else ``alone_threshold``);
+  armed -> alarm at ``looks`` -> re-armed when the tag moves or a look falls below ``rearm``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 # -2 ln(0.1): r90 of a circular 2-D Gaussian is sigma * sqrt(CHI2_2DOF_90).
 CHI2_2DOF_90 = -2.0 * math.log(0.1)
 MIN_SIGMA_M = 0.5
+MISPLACED_POINTS = 64  # quadrature points for P(forbidden zone): resolution 1/64
 
 
 def _gauss_points(n: int = 32) -> FloatArray:
@@ -54,17 +58,33 @@ GAUSS_POINTS = _gauss_points()
 
 
 class ZoneRegion:
-    """A union of zone polygons and the probability that an uncertain fix lies in it."""
+    """A union of zone polygons and the probability that an uncertain fix lies in it.
 
-    def __init__(self, polygons: Sequence[shapely.Polygon]) -> None:
+    ``within`` (the site outline) is where a tag can be at all: the fix's Gaussian is
+    renormalized to it, P(region | fix, inside the building) = mass in region and outline /
+    mass in outline, so a room in a corner of the building is not diluted by probability
+    mass beyond its outer walls. ``points``: how many quadrature points (resolution 1/n).
+    """
+
+    def __init__(
+        self,
+        polygons: Sequence[shapely.Polygon],
+        within: shapely.Polygon | None = None,
+        points: int = 32,
+    ) -> None:
         self.geom = shapely.union_all(list(polygons)) if polygons else shapely.Polygon()
         shapely.prepare(self.geom)
+        self.within = within
+        if within is not None:
+            shapely.prepare(within)
+        self.points = GAUSS_POINTS if points == len(GAUSS_POINTS) else _gauss_points(points)
         self.bounds = (
             self.geom.bounds if not self.geom.is_empty else (np.inf, np.inf, -np.inf, -np.inf)
         )
 
     def probability(self, x: FloatArray, y: FloatArray, r90: FloatArray) -> FloatArray:
-        """P(true position inside) for Gaussian estimates with the given 90 % radius.
+        """P(true position inside) for Gaussian estimates with the given 90 % radius
+        (conditioned on lying within the outline, if there is one).
 
         Fixes farther than 4 sigma from the region's bounding box get 0 without a test.
         """
@@ -79,10 +99,16 @@ class ZoneRegion:
         )
         if len(near) == 0:
             return out
-        px = x[near, None] + sigma[near, None] * GAUSS_POINTS[None, :, 0]
-        py = y[near, None] + sigma[near, None] * GAUSS_POINTS[None, :, 1]
-        inside = shapely.intersects_xy(self.geom, px.ravel(), py.ravel()).reshape(px.shape)
-        out[near] = inside.mean(axis=1)
+        gp = self.points
+        px = (x[near, None] + sigma[near, None] * gp[None, :, 0]).ravel()
+        py = (y[near, None] + sigma[near, None] * gp[None, :, 1]).ravel()
+        inside = shapely.intersects_xy(self.geom, px, py).reshape(len(near), -1)
+        if self.within is None:
+            out[near] = inside.mean(axis=1)
+            return out
+        feasible = shapely.intersects_xy(self.within, px, py).reshape(len(near), -1)
+        n_in = feasible.sum(axis=1)
+        out[near] = np.where(n_in > 0, (inside & feasible).sum(axis=1) / np.maximum(n_in, 1), 0.0)
         return out
 
 
@@ -102,9 +128,15 @@ class GeofenceRules(RuleCore):
                         p
                         for p, r in zip(zones.polygons, zones.roles, strict=True)
                         if r not in allowed
-                    ]
+                    ],
+                    within=self.ctx.site_outline,
+                    points=MISPLACED_POINTS,
                 )
             )
+        self._class_misp_threshold = np.array(
+            [cfg.threshold_by_class.get(n, cfg.threshold) for n in self.ctx.class_names],
+            dtype=float,
+        )
 
     def _zone_transitions(
         self, t: float, d: IntArray, z: NDArray[np.int32], events: list[Event]
@@ -158,25 +190,50 @@ class GeofenceRules(RuleCore):
         for c in np.unique(cls[cls >= 0]).tolist():
             sel = cls == c
             p[sel] = self._forbidden[c].probability(x[sel], y[sel], r90[sel])
-        prev_t = tg["misp_t"][d]
-        dt = np.where(np.isfinite(prev_t), t - np.nan_to_num(prev_t), 1.0)
-        alpha = 1.0 - np.exp(-np.minimum(dt, 5 * cfg.time_constant_s) / cfg.time_constant_s)
-        ewma = tg["misp"][d] + alpha * (p - tg["misp"][d])
-        ewma = np.where(motion == 1, 0.0, ewma)  # a carried tag is not misplaced (yet)
-        tg["misp"][d], tg["misp_t"][d] = ewma, t
-        tg["misp_done"][d[ewma < cfg.rearm]] = False
-        fire = (ewma >= cfg.threshold) & ~tg["misp_done"][d] & (cls >= 0)
+        moving = motion == 1
+        # A carried tag is not misplaced (yet): its look and run start again, it re-arms,
+        # and its entry evidence is the largest P of its recent moving fixes (fading).
+        dm, pm = d[moving], p[moving]
+        last = tg["misp_move_t"][dm]
+        fade = np.exp(-np.where(np.isfinite(last), t - np.nan_to_num(last), np.inf)
+                      / cfg.entry_time_constant_s)
+        tg["misp_entry"][dm] = np.maximum(pm, tg["misp_entry"][dm] * fade)
+        tg["misp_move_t"][dm] = t
+        tg["misp_sum"][dm], tg["misp_n"][dm], tg["misp_run"][dm] = 0.0, 0, 0
+        tg["misp_t"][dm], tg["misp_done"][dm] = t, False
+        still, ps = d[~moving], p[~moving]
+        fresh = ~np.isfinite(tg["misp_t"][still])
+        tg["misp_t"][still[fresh]] = t
+        tg["misp_sum"][still] += ps
+        tg["misp_n"][still] += 1
+        dc = still[t - tg["misp_t"][still] >= cfg.look_s]
+        if len(dc) == 0:
+            return
+        look = tg["misp_sum"][dc] / np.maximum(tg["misp_n"][dc], 1)
+        entered = tg["misp_entry"][dc] >= cfg.entry_threshold
+        threshold = np.where(
+            entered,
+            self._per_class(dc, self._class_misp_threshold, cfg.threshold),
+            cfg.alone_threshold,
+        )
+        tg["misp_run"][dc] = np.where(look >= threshold, tg["misp_run"][dc] + 1, 0)
+        tg["misp_done"][dc[look < cfg.rearm]] = False
+        tg["misp_sum"][dc], tg["misp_n"][dc], tg["misp_t"][dc] = 0.0, 0, t
+        fire = (tg["misp_run"][dc] >= cfg.looks) & ~tg["misp_done"][dc] & (tg["cls"][dc] >= 0)
         for j in np.flatnonzero(fire).tolist():
-            dj = int(d[j])
+            dj = int(dc[j])
             events.append(
                 self._event(
                     "misplaced",
                     t,
                     dj,
-                    confidence=float(ewma[j]),
-                    p_forbidden_smoothed=float(ewma[j]),
-                    p_forbidden_now=float(p[j]),
-                    tag_class=self.ctx.class_names[int(cls[j])],
+                    confidence=float(look[j]),
+                    p_forbidden_look=float(look[j]),
+                    entry_evidence=float(tg["misp_entry"][dj]),
+                    threshold=float(threshold[j]),
+                    looks_in_a_row=int(tg["misp_run"][dj]),
+                    look_s=cfg.look_s,
+                    tag_class=self.ctx.class_names[int(tg["cls"][dj])],
                 )
             )
-        tg["misp_done"][d[fire]] = True
+        tg["misp_done"][dc[fire]] = True

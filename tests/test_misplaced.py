@@ -1,0 +1,103 @@
+"""misplaced: zone probability over the fix's uncertainty (renormalized to the building),
+entry evidence, looks in a row, per-class thresholds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.rules import RuleContext, RuleEngine, RulesError, parse_rules
+from engine.rules.geofence import ZoneRegion
+from tests.test_rules import context, fixes, rules_with
+
+OUTLINE = shapely.box(0, 0, 26, 30)  # the office (0..10, 20..30) is in its north-west corner
+OFFICE = shapely.box(0, 20, 10, 30)
+
+
+def site_context(n: int = 2) -> RuleContext:
+    return dataclasses.replace(context(n), site_outline=OUTLINE)
+
+
+def run(eng: RuleEngine, track: list[tuple[float, float, int]], device: int = 0, r90: float = 6.4) -> list:
+    """Feed one fix a second: (x, y, motion) per second from t = 1."""
+    out = []
+    for i, (x, y, m) in enumerate(track, start=1):
+        out += eng.process_fixes(fixes(float(i), [device], [x], [y], r90=r90, motion=m))
+    return [e for e in out if e.rule == "misplaced"]
+
+
+def test_outline_renormalizes_a_corner_room() -> None:
+    """A fix on the building's outer corner, which is also the office's: without the outline
+    a quarter of the Gaussian is in the office; with it, all the mass that can be anywhere is."""
+    x, y, r90 = np.array([0.0]), np.array([30.0]), np.array([2.0])
+    bare = ZoneRegion([OFFICE]).probability(x, y, r90)[0]
+    within = ZoneRegion([OFFICE], within=OUTLINE, points=64).probability(x, y, r90)[0]
+    assert bare == pytest.approx(0.25, abs=0.07)
+    assert within == 1.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(-5, 31), st.floats(-5, 35), st.floats(0.3, 12))
+def test_zone_probability_is_a_probability_and_never_below_the_bare_one_in_a_corner(
+    x: float, y: float, r90: float
+) -> None:
+    """Renormalizing to the outline can only raise P for a room whose outside is all beyond
+    the outer walls or inside the building; P stays in [0, 1]."""
+    a = np.array([x]), np.array([y]), np.array([r90])
+    within = ZoneRegion([OFFICE], within=OUTLINE, points=64).probability(*a)[0]
+    bare = ZoneRegion([OFFICE], points=64).probability(*a)[0]
+    assert 0.0 <= within <= 1.0
+    assert within >= bare - 1e-12
+
+
+def test_tag_by_the_wall_does_not_fire() -> None:
+    """The issue's case: a tag at rest 1.7 m outside the office wall, its fix 0.9 m inside
+    (r90 6.4 m: P(office) about 0.6), never seen going in: ten minutes, no alarm."""
+    eng = RuleEngine(rules_with(), site_context())
+    p = eng._forbidden[0].probability(np.array([5.0]), np.array([20.9]), np.array([6.4]))[0]
+    assert 0.5 < p < 0.7
+    assert run(eng, [(5.0, 20.9, 0)] * 600) == []
+
+
+def test_tag_carried_in_and_left_fires_after_six_looks() -> None:
+    """The same resting fix after the tag was seen moving inside the office: misplaced after
+    six 10 s looks in a row, with the evidence in the event."""
+    eng = RuleEngine(rules_with(), site_context())
+    track = [(12.0 - i * 0.7, 19.0 + i * 0.6, 1) for i in range(10)]  # walked in from the store
+    track += [(5.0, 20.9, 0)] * 120
+    mis = run(eng, track)
+    assert len(mis) == 1
+    ev = mis[0]
+    assert ev.zone == "office"
+    assert ev.evidence["looks_in_a_row"] == 6
+    assert ev.evidence["entry_evidence"] >= 0.3
+    assert ev.evidence["threshold"] == 0.4
+    assert 10 + 60 <= ev.t <= 10 + 75
+    # moving again re-arms; resting again in the same place fires again only after entering
+    again = run(eng, [(5.0, 25.0, 1)] * 5 + [(5.0, 20.9, 0)] * 90)
+    assert len(again) == 1
+
+
+def test_a_deep_fix_fires_without_entry_evidence() -> None:
+    eng = RuleEngine(rules_with(), site_context())
+    mis = run(eng, [(5.0, 25.0, 0)] * 90, r90=2.0)
+    assert len(mis) == 1 and mis[0].evidence["entry_evidence"] == 0.0
+
+
+def test_class_threshold() -> None:
+    """class1 asks for 0.7: the carried-in tag at P about 0.6 fires for class0 only."""
+    eng = RuleEngine(rules_with(misplaced={"threshold_by_class": {"class1": 0.7}}), site_context())
+    track = [(5.0, 25.0, 1)] * 5 + [(5.0, 20.9, 0)] * 120
+    assert len(run(eng, track, device=0)) == 1
+    assert run(eng, track, device=1) == []
+
+
+def test_class_threshold_below_rearm_is_refused_with_the_field_named() -> None:
+    with pytest.raises(RulesError) as err:
+        parse_rules('version = "x"\n[misplaced]\nthreshold_by_class = { tote = 0.1 }\n', "r.toml")
+    assert "misplaced" in err.value.problems[0] and "rearm" in err.value.problems[0]
