@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Literal
+from typing import Literal, Protocol, TypeVar, cast
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -70,6 +70,13 @@ MAX_SEQ = 2**53 - 1  # exact in a float and in JSON everywhere
 
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class _HasGateway(Protocol):
+    gw: str
+
+
+SignedModel = TypeVar("SignedModel", bound=WireModel)
 
 
 class Advert(WireModel):
@@ -284,15 +291,21 @@ def verify_signed(body: bytes, gateway: str, keys: tuple[bytes, ...] | bytes) ->
     """The cheap check (the backbone's and the MQTT server's): the gateway comes from the
     subject or topic; :func:`verified_payload` first, then the schema (strict, bounded),
     and the signed ``gw`` must be the subject's."""
-    payload = verified_payload(body, gateway, keys)
+    return parse_verified(Batch, verified_payload(body, gateway, keys), gateway)
+
+
+def parse_verified(model: type[SignedModel], payload: bytes | memoryview, gateway: str) -> SignedModel:
+    """A verified payload into its wire model: strict (no string-to-number coercion),
+    bounded, and signed by the gateway the subject names. One schema error, one line."""
     try:
-        batch = Batch.model_validate_json(bytes(payload), strict=True)  # no string-to-number coercion
+        batch = model.model_validate_json(bytes(payload), strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise WireError("schema violation", f"{where}: {first['msg']}"[:300]) from None
-    if batch.gw != gateway:
-        raise WireError("topic does not match signed gateway", f"{gateway[:64]} vs {batch.gw}")
+    signed_gw = cast("_HasGateway", batch).gw  # Batch and ColumnBatch both sign their gateway
+    if signed_gw != gateway:
+        raise WireError("topic does not match signed gateway", f"{gateway[:64]} vs {signed_gw}")
     return batch
 
 

@@ -18,15 +18,15 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from live_bridge.wire import (
     MAX_SEQ,
     T_MAX,
     T_MIN,
-    WireError,
     WireModel,
     encode_payload,
+    parse_verified,
     split_envelope,
     verified_payload,
 )
@@ -86,13 +86,4 @@ def encode_columns(gw: str, seq: int, epoch: int, sent: float, t: np.ndarray, de
 def verify_columns(body: bytes, gateway: str, keys: tuple[bytes, ...] | bytes) -> ColumnBatch:
     """HMAC over the raw payload first (wire.verified_payload: in place, the key ring, bytes
     compare), then the strict bounded schema (as verify_signed)."""
-    payload = verified_payload(body, gateway, keys)
-    try:
-        batch = ColumnBatch.model_validate_json(bytes(payload), strict=True)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise WireError("schema violation", f"{where}: {first['msg']}"[:300]) from None
-    if batch.gw != gateway:
-        raise WireError("topic does not match signed gateway", f"{gateway} vs {batch.gw}")
-    return batch
+    return parse_verified(ColumnBatch, verified_payload(body, gateway, keys), gateway)
