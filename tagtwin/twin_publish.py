@@ -85,6 +85,30 @@ def _advert(r: np.void, device_ids: list[str], origin: float, frames: TagFrames 
     return Advert(t=t, dev=device_ids[i], rssi=rssi, ch=int(r["channel"]), fmt="twin", bat=bat, mot=mot, seq=seq)
 
 
+def run_windows(
+    result: TwinResult,
+    keys: dict[str, bytes],
+    origin: float,
+    batch_s: float,
+    *,
+    topic_of: Callable[[str], str] = batch_topic,
+    epoch: int = 0,
+) -> Iterator[tuple[float, list[tuple[str, bytes]]]]:
+    """A finished run as its gateways send it: (end of window, signed batches) for each
+    ``batch_s`` window in turn. The publishers differ only in pacing and transport."""
+    sightings = result.sightings[np.argsort(result.sightings["t"], kind="stable")]
+    frames = tag_frames_for(result.scenario, result.device_ids)
+    seqs: Counter[str] = Counter()
+    t = 0.0
+    while t < result.scenario.duration_s:
+        yield t + batch_s, list(twin_batches(
+            sightings, gateway_ids=result.gateways.ids, device_ids=result.device_ids, keys=keys,
+            origin=origin, t0=t, t1=t + batch_s, seqs=seqs, frames=frames if frames.active else None,
+            topic_of=topic_of, epoch=epoch,
+        ))
+        t += batch_s
+
+
 def publish_twin(
     result: TwinResult,
     keys: dict[str, bytes],
@@ -97,15 +121,12 @@ def publish_twin(
     max_inflight: int = 50,
 ) -> dict[str, float]:
     """Publish a finished twin run; returns counts and the origin used (Unix time of t=0)."""
-    sightings = result.sightings[np.argsort(result.sightings["t"], kind="stable")]
-    frames = tag_frames_for(result.scenario, result.device_ids)
     origin = time.time() if origin is None else origin
     broker = BrokerUrl.parse(broker_url)
     client = make_client(f"tagtwin-twin-{int(time.time() * 1000) % 10**9}", broker)
     client.max_inflight_messages_set(max_inflight)
     client.connect(broker.host, broker.port)
     client.loop_start()
-    seqs: Counter[str] = Counter()
     sent = {"batches": 0, "sightings": 0}
     pending: list[object] = []
     env: simpy.Environment = (
@@ -115,26 +136,14 @@ def publish_twin(
     )
 
     def run(env: simpy.Environment) -> simpy.events.ProcessGenerator:
-        t = 0.0
-        while t < result.scenario.duration_s:
+        for _, batches in run_windows(result, keys, origin, batch_s):
             yield env.timeout(batch_s)
-            for topic, body in twin_batches(
-                sightings,
-                gateway_ids=result.gateways.ids,
-                device_ids=result.device_ids,
-                keys=keys,
-                origin=origin,
-                t0=t,
-                t1=t + batch_s,
-                seqs=seqs,
-                frames=frames if frames.active else None,
-            ):
+            for topic, body in batches:
                 pending.append(client.publish(topic, body, qos=1))
                 sent["batches"] += 1
                 if len(pending) >= max_inflight:
                     pending.pop(0).wait_for_publish(10)  # type: ignore[attr-defined]
-            t += batch_s
-        sent["sightings"] = len(sightings)
+        sent["sightings"] = len(result.sightings)
 
     env.process(run(env))
     env.run()
@@ -175,35 +184,27 @@ async def publish_twin_nats(
     max_inflight: int = 64,
 ) -> dict[str, float]:
     """Publish a finished twin run on the backbone, each batch retried until stored."""
-    sightings = result.sightings[np.argsort(result.sightings["t"], kind="stable")]
-    frames = tag_frames_for(result.scenario, result.device_ids)
     origin = time.time() if origin is None else origin
     nc = await connect(nats_url, name="tagtwin-twin-publish", creds=creds)
     js = nc.jetstream()
-    seqs: Counter[str] = Counter()
     counters: Counter[str] = Counter()
     inflight: set[asyncio.Task[None]] = set()
     start = time.monotonic()
-    t = 0.0
     try:
-        while t < result.scenario.duration_s:
+        windows = run_windows(result, keys, origin, batch_s, topic_of=lambda gw: raw_subject(site, gw),
+                              epoch=int(origin * 1000))
+        for t_end, batches in windows:
             if realtime:
-                await asyncio.sleep(max(0.0, start + (t + batch_s) / speed - time.monotonic()))
-            for subject, body in twin_batches(
-                sightings, gateway_ids=result.gateways.ids, device_ids=result.device_ids, keys=keys,
-                origin=origin, t0=t, t1=t + batch_s, seqs=seqs,
-                frames=frames if frames.active else None,
-                topic_of=lambda gw: raw_subject(site, gw), epoch=int(origin * 1000),
-            ):
+                await asyncio.sleep(max(0.0, start + t_end / speed - time.monotonic()))
+            for subject, body in batches:
                 counters["batches"] += 1
                 task = asyncio.create_task(publish_until_stored(js, subject, body, counters))
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
                 if len(inflight) >= max_inflight:
                     await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-            t += batch_s
         if inflight:
             await asyncio.gather(*inflight)
     finally:
         await nc.close()
-    return {"origin": origin, "sightings": float(len(sightings)), **{k: float(v) for k, v in counters.items()}}
+    return {"origin": origin, "sightings": float(len(result.sightings)), **{k: float(v) for k, v in counters.items()}}
