@@ -25,7 +25,11 @@ State transitions, all in this module:
   from all their raw rows and publishes them again with revision + 1. A window's fixes
   depend only on the *set* of its rows (rows are put in canonical order first), so the
   latest revision equals what a fault-free run computes. Sightings older than the
-  horizon are returned to the caller to dead-letter, never dropped silently.
+  horizon are returned to the caller, never dropped silently: the backbone worker reads
+  their windows' rows back from the raw stream and calls :meth:`RevisingWindows.recompute`.
+  The rows held are exactly the accepted rows at or after :meth:`RevisingWindows.prune_start`,
+  so a worker can rebuild them from the raw stream (:meth:`RevisingWindows.add_history`)
+  instead of copying them into its checkpoint.
 """
 
 from __future__ import annotations
@@ -128,14 +132,17 @@ class BatchDedup:
         return True
 
     def to_json(self) -> dict[str, object]:
+        """Ids as runs ``[first, count]`` of consecutive seqs in arrival order: a gateway's
+        batches mostly arrive in order, so this stays a few numbers whatever the rate."""
         return {"remember": self.remember, "epochs_per_gateway": self.epochs_per_gateway,
-                "recent": {g: {str(e): list(q) for e, q in eps.items()} for g, eps in self.recent.items()}}
+                "runs": {g: {str(e): _seq_runs(q) for e, q in eps.items()} for g, eps in self.recent.items()}}
 
     @classmethod
     def from_json(cls, d: dict[str, object]) -> BatchDedup:
         out = cls(int(d["remember"]), int(d["epochs_per_gateway"]))  # type: ignore[call-overload]
-        for g, eps in dict(d["recent"]).items():  # type: ignore[call-overload]
-            out.recent[g] = {int(e): deque(q) for e, q in eps.items()}
+        for g, eps in dict(d["runs"]).items():  # type: ignore[call-overload]
+            out.recent[g] = {int(e): deque(q for first, n in runs for q in range(first, first + n))
+                             for e, runs in eps.items()}
             for e, q in out.recent[g].items():
                 out._sets[(g, e)] = set(q)
         return out
@@ -169,9 +176,17 @@ class RevisingWindows:
             return -np.inf
         return (self.closed_through + 1) * self.step - self.window - self.horizon_s
 
+    def prune_start(self) -> float:
+        """Rows at or after this are held (a margin below the horizon, for merging)."""
+        return self.horizon_start() - MERGE_MARGIN_S
+
     def add(self, rows: Sightings) -> NDArray[np.bool_]:
-        """Keep the rows inside the horizon; returns the mask of rows too old to place."""
+        """Keep the rows inside the horizon; returns the mask of rows too old to place here
+        (their windows are gone from memory: the caller recomputes them from the raw log).
+        Rows in the merge margin below the horizon are held too, so that what is held is
+        every accepted row from :meth:`prune_start` on, however late it came."""
         too_old = rows["t"] < self.horizon_start()
+        self.add_history(rows[too_old])
         keep = rows[~too_old]
         if len(keep):
             self._new.append(keep)
@@ -179,6 +194,28 @@ class RevisingWindows:
                 k = self._windows_of(keep["t"])
                 self.dirty.update(int(w) for w in np.unique(k[k <= self.closed_through]))
         return np.asarray(too_old)
+
+    def add_history(self, rows: Sightings) -> None:
+        """Rows read back from the raw log (a restore): held if at or after :meth:`prune_start`,
+        marking nothing dirty (their windows were published with them already)."""
+        keep = rows[rows["t"] >= self.prune_start()]
+        if len(keep):
+            self._new.append(keep)
+
+    def windows_of(self, t: NDArray[np.float64]) -> NDArray[np.int64]:
+        """The distinct windows the given event times fall in."""
+        return np.unique(self._windows_of(np.asarray(t, float)))
+
+    def span(self, windows: list[int]) -> tuple[float, float]:
+        """The event-time range of rows that computing ``windows`` reads."""
+        return (min(windows) * self.step - self.window - MERGE_MARGIN_S, max(windows) * self.step + MERGE_MARGIN_S)
+
+    def recompute(self, rows: Sightings, windows: list[int], revision: int) -> NDArray[np.void]:
+        """Fixes of ``windows`` computed from ``rows`` (every row of their span, read back from
+        the raw log), numbered ``revision``: late data older than the horizon."""
+        rows = rows[np.argsort(rows["t"], kind="stable")]
+        out = [self._compute(run, revision, rows) for run in _runs(sorted(set(windows)), WINDOWS_PER_CHUNK)]
+        return np.concatenate(out) if out else np.zeros(0, REVISED_FIX_DTYPE)
 
     def _windows_of(self, t: NDArray[np.float64]) -> NDArray[np.int64]:
         """Every window index each time falls in (flattened): [k*step - window, k*step)."""
@@ -212,12 +249,13 @@ class RevisingWindows:
         self._prune()
         return np.concatenate(out) if out else np.zeros(0, REVISED_FIX_DTYPE)
 
-    def _compute(self, run: tuple[int, int], revision: int | None) -> NDArray[np.void]:
+    def _compute(self, run: tuple[int, int], revision: int | None, source: Sightings | None = None) -> NDArray[np.void]:
         k0, k1 = run
+        held = self.rows if source is None else source  # source: rows read back from the raw log
         lo, hi = np.searchsorted(
-            self.rows["t"], [k0 * self.step - self.window - MERGE_MARGIN_S, k1 * self.step + MERGE_MARGIN_S]
+            held["t"], [k0 * self.step - self.window - MERGE_MARGIN_S, k1 * self.step + MERGE_MARGIN_S]
         )
-        rows = drop_redeliveries(self.rows[lo:hi], IngestCounters())  # canonical order
+        rows = drop_redeliveries(held[lo:hi], IngestCounters())  # canonical order
         fixes = self.engine.localize_windows(rows, k0, k1)
         out = np.empty(len(fixes), REVISED_FIX_DTYPE)
         for name in FIX_DTYPE.names or ():
@@ -232,7 +270,7 @@ class RevisingWindows:
         return out
 
     def _prune(self) -> None:
-        start = self.horizon_start() - MERGE_MARGIN_S
+        start = self.prune_start()
         if len(self.rows) and self.rows["t"][0] < start:
             self.rows = self.rows[np.searchsorted(self.rows["t"], start):]
         oldest = int(np.floor(self.horizon_start() / self.step))
@@ -258,6 +296,17 @@ class RevisingWindows:
         self.dirty = {int(k) for k in meta["dirty"]}  # type: ignore[attr-defined]
         self.rows = rows[np.argsort(rows["t"], kind="stable")]
         self._new = []
+
+
+def _seq_runs(seqs: deque[int]) -> list[list[int]]:
+    """[first, count] runs of +1 steps, in order (the inverse is a flat expansion)."""
+    runs: list[list[int]] = []
+    for q in seqs:
+        if runs and q == runs[-1][0] + runs[-1][1]:
+            runs[-1][1] += 1
+        else:
+            runs.append([q, 1])
+    return runs
 
 
 def _runs(windows: list[int], longest: int) -> list[tuple[int, int]]:

@@ -25,12 +25,14 @@ duplicate window, and the worker's (gateway, epoch, seq) dedup drops any older o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,6 +45,7 @@ from nats.js.errors import Error as JsError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
     from live_bridge.spool import Spool
@@ -81,6 +84,19 @@ def gateway_of(subject: str, site: str) -> str | None:
     return gw if TOKEN.match(gw) else None
 
 
+def third_party_filters(adapters: tuple[str, ...], theengs_base: str = "home",
+                        espresense_root: str = "espresense") -> list[str]:
+    """The subjects third-party gateways' MQTT topics become on the listener ('/' -> '.'):
+    Theengs ``<base>/<gateway>/BTtoMQTT/<MAC>``, ESPresense ``<root>/devices/<id>/<room>``.
+    They carry no site, so one site per backbone takes each base topic."""
+    out = []
+    if "theengs" in adapters:
+        out.append(f"{token('theengs base topic', theengs_base)}.*.BTtoMQTT.*")
+    if "espresense" in adapters:
+        out.append(f"{token('espresense root topic', espresense_root)}.devices.*.*")
+    return out
+
+
 def out_subject(site: str, kind: str) -> str:
     """positions, events, deadletter, status."""
     return f"{SUBJECT_ROOT}.{token('site', site)}.{kind}"
@@ -114,12 +130,15 @@ class StreamSettings:
     replicas: int = 1  # 3 on a 3-node cluster
 
 
-async def ensure_streams(js: JetStreamContext, site: str, settings: StreamSettings | None = None) -> None:
-    """Create or update the site's raw and output streams (idempotent)."""
+async def ensure_streams(js: JetStreamContext, site: str, settings: StreamSettings | None = None,
+                         extra_subjects: list[str] | None = None) -> None:
+    """Create or update the site's raw and output streams (idempotent). ``extra_subjects``
+    (third_party_filters) put third-party gateways' MQTT topics in the same raw log."""
     s = settings or StreamSettings()
     configs = [
         StreamConfig(
-            name=raw_stream(site), subjects=[raw_filter(site)], retention=RetentionPolicy.LIMITS,
+            name=raw_stream(site), subjects=[raw_filter(site), *(extra_subjects or [])],
+            retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE, max_age=s.raw_max_age_s, max_bytes=s.raw_max_bytes,
             max_msg_size=MAX_BATCH_BYTES, discard=DiscardPolicy.OLD, num_replicas=s.replicas,
             # JetStream refuses a duplicate window longer than the retention (a retention of
@@ -229,6 +248,49 @@ async def drain_spool(js: JetStreamContext, spool: Spool, counters: Counter[str]
             counters["published"] += 1
         if any(isinstance(r, BaseException) for r in results):
             return stored
+
+
+async def read_stream(js: JetStreamContext, stream: str, *, through_seq: int, start_seq: int | None = None,
+                      start_time: float | None = None, batch: int = 256,
+                      timeout: float = 5.0) -> AsyncIterator[Msg]:
+    """The stream's messages from ``start_seq`` (or the first stored at or after
+    ``start_time``, Unix seconds) through ``through_seq``, in order, by an ephemeral pull
+    consumer that acks nothing and is deleted afterwards. Messages the retention removed
+    are simply not there."""
+    import datetime
+
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    if start_seq is not None:
+        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(start_seq, 1))
+    else:
+        when = datetime.datetime.fromtimestamp(max(start_time or 0.0, 0.0), tz=datetime.UTC)
+        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=when)
+    cfg.ack_policy = AckPolicy.NONE
+    cfg.inactive_threshold = 60.0
+    cfg.mem_storage = True
+    info = await js.add_consumer(stream, cfg)
+    sub = await js.pull_subscribe_bind(info.name, stream)
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(batch, timeout=timeout)
+            except (TimeoutError, NatsTimeoutError):
+                left = await sub.consumer_info()
+                if not left.num_pending:
+                    return  # the end of what is stored (the newest wanted was removed)
+                continue
+            for m in msgs:
+                if m.metadata.sequence.stream > through_seq:
+                    return
+                yield m
+                if m.metadata.sequence.stream == through_seq:
+                    return
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, info.name)
 
 
 async def object_get(js: JetStreamContext, bucket: str, name: str) -> bytes | None:

@@ -10,8 +10,26 @@ dead letter with a reason): size cap; gateway from the subject; HMAC over the ra
 (wire.verify_signed) before any parsing; depth-limited, strict, bounded schema; then
 (gateway, boot epoch, seq) dedup; then per sighting: event time beyond the allowed skew
 of the stream's receive time is dead-lettered ("future event time") and moves no
-watermark; older than the revision horizon is dead-lettered too; the rest goes to the
-revising windows (engine.eventtime).
+watermark; the rest goes to the revising windows (engine.eventtime). Third-party
+gateways (Theengs, ESPresense, when ``WorkerSettings.adapters`` names them) arrive
+through the MQTT listener on their own topics in the same raw stream: unsigned, decoded
+by live_bridge.adapters, accepted only from gateways the site file lists, stamped with
+the stream's receive time.
+
+The raw stream is the log; the worker's memory is a view of it:
+
+* **Checkpoints refer to the stream.** A checkpoint holds the state (watermarks, dedup,
+  window revisions, devices, counters) and the stream sequence range of the raw batches
+  whose rows the revision horizon still holds -- not the rows. A restored worker reads
+  those batches back (:meth:`WorkerCore.begin_history`, verified as on first read) to
+  rebuild its rows, then resumes after the covered sequence.
+* **Late data beyond the horizon is recomputed from the stream.** Sightings older than
+  the in-memory horizon mark their windows for a *deep* recomputation: once the late
+  data settles, the worker reads back every raw batch that can hold a row of those
+  windows (from the windows' start minus the allowed skew, by receive time) and
+  publishes the windows again as revisions. Only sightings older than the raw stream's
+  retention (``raw_retention_s``) or ``max_lateness_s`` are dead-lettered, with that
+  reason. Which windows wait for a deep pass is part of the checkpoint.
 
 Delivery: the adapter publishes outputs and waits for their acks, then writes the
 checkpoint (state + the stream sequence it covers) to the JetStream object store, and
@@ -31,15 +49,16 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.contract import UNKNOWN, IdTable, sightings_from_columns
-from engine.eventtime import BatchDedup, GatewayWatermarks, RevisingWindows, parse_snapshot, snapshot_bytes
+from engine.contract import SIGHTING_DTYPE, UNKNOWN, IdTable, Sightings, sightings_from_columns
+from engine.eventtime import BatchDedup, GatewayWatermarks, RevisingWindows
 from engine.pipeline import Engine, EngineConfig
+from live_bridge.adapters import AdapterError, parse_espresense, parse_theengs
 from live_bridge.backbone import (
     CHECKPOINT_BUCKET,
     MAX_BATCH_BYTES,
@@ -48,11 +67,12 @@ from live_bridge.backbone import (
     gateway_of,
     object_get,
     out_subject,
-    raw_filter,
     raw_stream,
+    read_stream,
+    third_party_filters,
 )
 from live_bridge.server import KeysWatch, positions_payload
-from live_bridge.wire import DeadLetter, WireError, verify_signed
+from live_bridge.wire import Advert, DeadLetter, WireError, verify_signed
 from live_bridge.wire_columns import is_columns, verify_columns
 
 if TYPE_CHECKING:
@@ -61,6 +81,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
+    from numpy.typing import NDArray
 
     from live_bridge.config import KeyRing
 
@@ -68,7 +89,8 @@ log = logging.getLogger("tagtwin.worker")
 
 Outgoing = tuple[str, bytes]  # subject, payload
 SEQ_MASK = 0x7FFFFFFF  # the sighting contract's seq is int32
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the rows are referred to by stream sequence, not copied
+THIRD_PARTY = ("theengs", "espresense")
 
 
 @dataclass(frozen=True)
@@ -78,7 +100,14 @@ class WorkerSettings:
     max_message_bytes: int = MAX_BATCH_BYTES
     max_skew_s: float = 30.0  # event time may lead the receive clock by this much
     idle_s: float = 5.0  # a gateway silent this long stops holding the watermark
-    horizon_s: float = 120.0  # late data older than this behind the watermark is dead-lettered
+    horizon_s: float = 120.0  # raw rows held in memory; later data is recomputed from the stream
+    raw_retention_s: float = 7 * 86400.0  # the raw stream's max age: older rows cannot be read back
+    max_lateness_s: float | None = None  # dead-letter rows later than this behind their receive time
+    deep_settle_s: float = 1.0  # late data beyond the horizon is recomputed once it pauses this long ...
+    deep_max_wait_s: float = 10.0  # ... or this long after the first of it, whichever first
+    adapters: tuple[str, ...] = ()  # third-party formats taken from the MQTT listener: theengs, espresense
+    theengs_base: str = "home"  # Theengs Gateway's base topic: <base>/<gateway>/BTtoMQTT/<MAC>
+    espresense_root: str = "espresense"  # ESPresense's root topic: <root>/devices/<id>/<room>
     max_ack_pending: int = 256  # in-flight batches: the backpressure bound
     fetch_batch: int = 64
     checkpoint_every_s: float = 1.0
@@ -92,6 +121,41 @@ class WorkerSettings:
     @property
     def checkpoint_name(self) -> str:
         return f"{self.site}.{self.partition}"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "adapters", tuple(self.adapters))  # JSON settings give a list
+        if self.max_lateness_s is not None and self.max_lateness_s < self.horizon_s:
+            raise ValueError(f"max_lateness_s {self.max_lateness_s:g} is shorter than the horizon {self.horizon_s:g} s")
+        unknown = set(self.adapters) - set(THIRD_PARTY)
+        if unknown:
+            raise ValueError(f"adapters {sorted(unknown)}: expected some of {', '.join(THIRD_PARTY)}")
+
+
+@dataclass
+class Decoded:
+    """One raw message made into rows: its gateway, batch id (signed only) and sightings."""
+
+    gateway: str
+    rows: Sightings
+    dev_ids: list[str]
+    n: int
+    epoch: int | None = None  # None: unsigned third-party input, no batch id
+    batch_seq: int | None = None
+
+
+@dataclass
+class ReadBack:
+    """Raw batches read back from the stream, up to ``through_seq``: a history rebuild after a
+    restore, or a deep recomputation. Rows are screened as on first read; a fresh dedup
+    drops repeats (a repeat holds the same rows as its original)."""
+
+    purpose: str  # "history" | "deep"
+    through_seq: int
+    lo: float = -np.inf  # event-time span kept
+    hi: float = np.inf
+    dedup: BatchDedup = field(default_factory=BatchDedup)
+    parts: list[Sightings] = field(default_factory=list)
+    batches: int = 0
 
 
 class WorkerCore:
@@ -121,7 +185,17 @@ class WorkerCore:
         self.devices = IdTable()
         self.stream_seq = 0  # the newest stream sequence folded into the state
         self.latest_received = -np.inf  # the stream clock: receive time of the newest batch handled
+        self.first_received = np.inf  # receive time of the stream's first batch (retention check)
         self.counters: Counter[str] = Counter()
+        # Which stream sequences hold the rows in memory: per batch, its sequence and its
+        # newest row (a batch is forgotten once its newest row falls below the held span).
+        self._held_seq: list[int] = []
+        self._held_tmax: list[float] = []
+        self.history_from = 0  # a restored checkpoint's first sequence to read back (0: none)
+        # Windows older than the horizon that late data touched, waiting for a deep pass.
+        self.deep: set[int] = set()
+        self.deep_first = -np.inf  # receive time of the first and the newest late row waiting
+        self.deep_last = -np.inf
 
     def reload_keys(self, ring: KeyRing) -> None:
         """A rotated or revoked keys file (tagtwin rotate-key, tagtwin revoke) takes effect
@@ -141,6 +215,7 @@ class WorkerCore:
             return []
         self.stream_seq = stream_seq
         self.latest_received = max(self.latest_received, received)
+        self.first_received = min(self.first_received, received)
         self.counters["messages"] += 1
         try:
             return self._handle(subject, body, received)
@@ -151,12 +226,13 @@ class WorkerCore:
             return [self._dead_letter(subject, body, "internal error", f"{type(exc).__name__}: {exc}"[:300],
                                       received)]
 
-    def _handle(self, subject: str, body: bytes, received: float) -> list[Outgoing]:
+    def _decode(self, subject: str, body: bytes, received: float) -> Decoded:
+        """Verified rows of one raw message, or WireError/AdapterError with the reason."""
         if len(body) > self.settings.max_message_bytes:
             raise WireError("oversized", f"{len(body)} bytes > {self.settings.max_message_bytes}")
         gw = gateway_of(subject, self.settings.site)
         if gw is None:
-            raise WireError("unexpected subject", subject[:120])
+            return self._decode_third_party(subject, body, received)
         if gw in self.revoked_gateways:
             raise WireError("revoked gateway", gw)
         key = self.keys.get(gw)
@@ -164,73 +240,182 @@ class WorkerCore:
             raise WireError("unknown gateway", gw)
         if gw not in self.site_gateways:
             raise WireError("gateway not in site plan", gw)
-        columns = is_columns(body)
-        if columns:  # wire version 2: columns straight into numpy (live_bridge/wire_columns.py)
+        if is_columns(body):  # wire version 2: columns straight into numpy (live_bridge/wire_columns.py)
             cb = verify_columns(body, gw, key)
-            epoch, batch_seq, n = cb.ep, cb.seq, len(cb.t)
+            n = len(cb.t)
+            aseq = np.asarray(cb.aseq, np.int64)
+            rows = sightings_from_columns(
+                t=np.asarray(cb.t, float), gateway=self.gateways.code(gw), device=self.devices.codes(cb.dev),
+                rssi=np.asarray(cb.rssi, np.float32), channel=np.asarray(cb.ch, np.uint8),
+                battery=np.asarray(cb.bat, np.int8), motion=np.asarray(cb.mot, np.int8),
+                seq=np.where(aseq >= 0, aseq & SEQ_MASK, UNKNOWN).astype(np.int32),
+            )
+            return Decoded(gw, rows, list(cb.dev), n, cb.ep, cb.seq)
+        batch = verify_signed(body, gw, key)
+        return Decoded(gw, self._rows_of(gw, batch.ads), [a.dev for a in batch.ads], len(batch.ads),
+                       batch.ep, batch.seq)
+
+    def _decode_third_party(self, subject: str, body: bytes, received: float) -> Decoded:
+        """Theengs or ESPresense JSON from the MQTT listener: unsigned, so only from gateways
+        the site file lists; the stream's receive time is the event time."""
+        s = self.settings
+        topic = subject.replace(".", "/")
+        if "theengs" in s.adapters and subject.startswith(f"{s.theengs_base}.") and ".BTtoMQTT." in subject:
+            gw, ads = parse_theengs(topic, body, received)
+        elif "espresense" in s.adapters and subject.startswith(f"{s.espresense_root}.devices."):
+            gw, ads = parse_espresense(topic.replace(s.espresense_root, "espresense", 1), body, received)
         else:
-            batch = verify_signed(body, gw, key)
-            epoch, batch_seq, n = batch.ep, batch.seq, len(batch.ads)
+            raise WireError("unexpected subject", subject[:120])
+        if gw in self.revoked_gateways:
+            raise WireError("revoked gateway", gw[:64])
+        if gw not in self.site_gateways:
+            raise WireError("gateway not in site plan", gw[:64])
+        return Decoded(gw, self._rows_of(gw, ads), [a.dev for a in ads], len(ads))
+
+    def _rows_of(self, gw: str, ads: list[Advert]) -> Sightings:
+        n = len(ads)
+        return sightings_from_columns(
+            t=np.fromiter((a.t for a in ads), float, n),
+            gateway=self.gateways.code(gw),
+            device=self.devices.codes([a.dev for a in ads]),
+            rssi=np.fromiter((a.rssi for a in ads), np.float32, n),
+            channel=np.fromiter((a.ch for a in ads), np.uint8, n),
+            battery=np.fromiter((UNKNOWN if a.bat is None else a.bat for a in ads), np.int8, n),
+            motion=np.fromiter((UNKNOWN if a.mot is None else a.mot for a in ads), np.int8, n),
+            seq=np.fromiter((UNKNOWN if a.seq is None else a.seq & SEQ_MASK for a in ads), np.int32, n),
+        )
+
+    def _screen(self, d: Decoded, received: float) -> tuple[Sightings, int, int]:
+        """The rows kept: revoked tags' and future sightings removed (as many returned)."""
+        rows = d.rows
+        revoked_n = 0
+        if self.revoked_tags:
+            revoked = np.isin(np.asarray(d.dev_ids, dtype=object), list(self.revoked_tags))
+            revoked_n = int(revoked.sum())
+            rows = rows[~revoked]
+        future = self.marks.future(rows["t"], received)
+        return rows[~future], revoked_n, int(future.sum())
+
+    def _handle(self, subject: str, body: bytes, received: float) -> list[Outgoing]:
+        d = self._decode(subject, body, received)
+        n = d.n
         self.counters["sightings_in"] += n
-        if not self.dedup.first_time(gw, epoch, batch_seq):
+        if d.epoch is None:
+            self.counters["sightings_in: unsigned third-party"] += n
+        if d.epoch is not None and not self.dedup.first_time(d.gateway, d.epoch, d.batch_seq or 0):
             self.counters["duplicate_batches"] += 1
             self.counters["duplicates"] += n
             return []
         self.counters["batches"] += 1
         if n == 0:
             return []
-        if columns:
-            t = np.asarray(cb.t, float)
-            aseq = np.asarray(cb.aseq, np.int64)
-            dev_ids = cb.dev
-            rows = sightings_from_columns(
-                t=t, gateway=self.gateways.code(gw), device=self.devices.codes(cb.dev),
-                rssi=np.asarray(cb.rssi, np.float32), channel=np.asarray(cb.ch, np.uint8),
-                battery=np.asarray(cb.bat, np.int8), motion=np.asarray(cb.mot, np.int8),
-                seq=np.where(aseq >= 0, aseq & SEQ_MASK, UNKNOWN).astype(np.int32),
-            )
-        else:
-            ads = batch.ads
-            dev_ids = [a.dev for a in ads]
-            t = np.fromiter((a.t for a in ads), float, n)
-            rows = sightings_from_columns(
-                t=t,
-                gateway=self.gateways.code(gw),
-                device=self.devices.codes(dev_ids),
-                rssi=np.fromiter((a.rssi for a in ads), np.float32, n),
-                channel=np.fromiter((a.ch for a in ads), np.uint8, n),
-                battery=np.fromiter((UNKNOWN if a.bat is None else a.bat for a in ads), np.int8, n),
-                motion=np.fromiter((UNKNOWN if a.mot is None else a.mot for a in ads), np.int8, n),
-                seq=np.fromiter((UNKNOWN if a.seq is None else a.seq & SEQ_MASK for a in ads), np.int32, n),
-            )
+        rows, revoked_n, future_n = self._screen(d, received)
         out = []
-        if self.revoked_tags:
-            revoked = np.isin(np.asarray(dev_ids, dtype=object), list(self.revoked_tags))
-            if revoked.any():
-                k = int(revoked.sum())
-                self.counters["sightings of revoked tags"] += k
-                out.append(self._dead_letter(subject, body, "revoked tag", f"{k} of {n} sightings of revoked tags",
-                                             received))
-                rows, t = rows[~revoked], t[~revoked]
-        future = self.marks.future(t, received)
-        if future.any():
-            k = int(future.sum())
-            self.counters["dead_lettered: future event time"] += k
+        if revoked_n:
+            self.counters["sightings of revoked tags"] += revoked_n
+            out.append(self._dead_letter(subject, body, "revoked tag", f"{revoked_n} of {n} sightings of revoked tags",
+                                         received))
+        if future_n:
+            self.counters["dead_lettered: future event time"] += future_n
             out.append(self._dead_letter(subject, body, "future event time",
-                                         f"{k} of {n} sightings more than {self.marks.max_skew_s:g} s "
+                                         f"{future_n} of {n} sightings more than {self.marks.max_skew_s:g} s "
                                          "ahead of the receive time", received))
-            rows = rows[~future]
+        beyond, reason = self._beyond_reach(rows["t"], received)
+        if beyond.any():
+            k = int(beyond.sum())
+            self.counters[f"dead_lettered: {reason}"] += k
+            out.append(self._dead_letter(subject, body, reason, f"{k} of {n} sightings", received))
+            rows = rows[~beyond]
         too_old = self.windows.add(rows)
-        if too_old.any():
-            k = int(too_old.sum())
-            self.counters["dead_lettered: older than revision horizon"] += k
-            out.append(self._dead_letter(subject, body, "older than revision horizon",
-                                         f"{k} of {n} sightings", received))
-        placed = rows[~too_old]
-        self.counters["processed"] += len(placed)
+        if too_old.any():  # behind the horizon: their windows are recomputed from the stream
+            self.counters["late beyond horizon: recomputed from stream"] += int(too_old.sum())
+            self.deep.update(int(w) for w in self.windows.windows_of(rows["t"][too_old]))
+            if not np.isfinite(self.deep_first):
+                self.deep_first = received
+            self.deep_last = max(self.deep_last, received)
+        self.counters["processed"] += len(rows)
         if len(rows):
-            self.marks.observe(gw, float(rows["t"].max()), received)
+            self._held_seq.append(self.stream_seq)
+            self._held_tmax.append(float(rows["t"].max()))
+            self.marks.observe(d.gateway, float(rows["t"].max()), received)
         return out
+
+    def _beyond_reach(self, t: NDArray[np.float64], received: float) -> tuple[NDArray[np.bool_], str]:
+        """Rows behind the in-memory horizon that cannot be recomputed: later than
+        ``max_lateness_s`` behind their receive time (the site's choice), or so old that the
+        raw stream may have dropped their windows' neighbours (a neighbour was received at
+        most the allowed skew before the row's time; the stream keeps ``raw_retention_s``,
+        and has dropped nothing while its first batch is younger than that)."""
+        s = self.settings
+        old = t < self.windows.horizon_start()
+        late = old & (t < received - (np.inf if s.max_lateness_s is None else s.max_lateness_s))
+        expired = self.first_received < received - s.raw_retention_s
+        gone = old & expired & (t - self.marks.max_skew_s < received - s.raw_retention_s)
+        return late | gone, "beyond max lateness" if late.any() else "older than raw retention"
+
+    # -- reading the raw stream back ----------------------------------------------------
+
+    def begin_history(self) -> ReadBack | None:
+        """After :meth:`restore`: the read-back that rebuilds the held rows (batches from
+        ``history_from`` through the checkpoint's sequence), or None if nothing is held."""
+        if not self.history_from or self.history_from > self.stream_seq:
+            return None
+        return ReadBack("history", self.stream_seq, lo=self.windows.prune_start())
+
+    def deep_due(self, now: float) -> ReadBack | None:
+        """A deep recomputation, once late data beyond the horizon has paused for
+        ``deep_settle_s`` of receive time (or waited ``deep_max_wait_s``); None otherwise.
+        Its rows are read from the stream starting at :meth:`deep_start_time`."""
+        s = self.settings
+        if not self.deep or not (now - self.deep_last >= s.deep_settle_s or now - self.deep_first >= s.deep_max_wait_s):
+            return None
+        lo, hi = self.windows.span(sorted(self.deep))
+        return ReadBack("deep", self.stream_seq, lo=lo, hi=hi)
+
+    def deep_start_time(self, rb: ReadBack) -> float:
+        """The receive time from which the stream can hold rows of the deep windows: a row's
+        event time leads its batch's receive time by at most the allowed skew."""
+        return rb.lo - self.marks.max_skew_s
+
+    def read_back(self, rb: ReadBack, subject: str, body: bytes, stream_seq: int, received: float) -> None:
+        """One raw batch read back: decoded and screened as on first read, nothing counted."""
+        if stream_seq > rb.through_seq:
+            return
+        try:
+            d = self._decode(subject, body, received)
+        except (WireError, AdapterError, ValueError):
+            return  # dead-lettered on first read
+        if d.epoch is not None and not rb.dedup.first_time(d.gateway, d.epoch, d.batch_seq or 0):
+            return
+        rows, _, _ = self._screen(d, received)
+        rows = rows[(rows["t"] >= rb.lo) & (rows["t"] <= rb.hi)]
+        rows = rows[~self._beyond_reach(rows["t"], received)[0]]
+        if len(rows):
+            rb.parts.append(rows)
+            if rb.purpose == "history":
+                self._held_seq.append(stream_seq)
+                self._held_tmax.append(float(rows["t"].max()))
+        rb.batches += 1
+
+    def end_read_back(self, rb: ReadBack, now: float) -> list[Outgoing]:
+        """History: the rows are held again. Deep: the windows are published as revisions
+        numbered with the stream sequence the read covered."""
+        rows = np.concatenate(rb.parts) if rb.parts else np.zeros(0, SIGHTING_DTYPE)
+        self.counters[f"read back: {rb.purpose} batches"] += rb.batches
+        if rb.purpose == "history":
+            self.windows.add_history(rows)
+            self.history_from = 0
+            return []
+        windows = sorted(self.deep)
+        self.deep = set()
+        self.deep_first = self.deep_last = -np.inf
+        fixes = self.windows.recompute(rows, windows, revision=rb.through_seq)
+        self.counters["deep recomputations"] += 1
+        if len(fixes) == 0:
+            return []
+        self.counters["positions"] += len(fixes)
+        names = self.config.zones.names
+        return [(out_subject(self.settings.site, "positions"), positions_payload(fixes, self.devices, names, 0.0, now))]
 
     # -- output -----------------------------------------------------------------------
 
@@ -271,29 +456,51 @@ class WorkerCore:
 
     # -- checkpoint ---------------------------------------------------------------------
 
+    def held_from(self) -> int:
+        """The first stream sequence whose rows the windows still hold (0: none held)."""
+        if not self._held_seq:
+            return 0
+        seq, tmax = np.asarray(self._held_seq, np.int64), np.asarray(self._held_tmax, float)
+        keep = tmax >= self.windows.prune_start()
+        self._held_seq, self._held_tmax = seq[keep].tolist(), tmax[keep].tolist()
+        return int(seq[keep].min()) if keep.any() else 0
+
     def checkpoint(self) -> bytes:
-        meta, rows = self.windows.snapshot()
+        """The state and the stream range of the rows held, as JSON: no rows, so its size
+        does not grow with the sighting rate."""
+        meta, _ = self.windows.snapshot()
         header = {
             "version": CHECKPOINT_VERSION,
             "stream_seq": self.stream_seq,
+            "history": {"from_seq": self.held_from(), "through_seq": self.stream_seq},
             "windows": meta,
+            "deep": sorted(self.deep),
+            "first_received": self.first_received if np.isfinite(self.first_received) else None,
             "watermarks": self.marks.to_json(),
             "dedup": self.dedup.to_json(),
             "devices": list(self.devices.ids),
             "counters": dict(self.counters),
         }
-        return snapshot_bytes(header, rows)
+        return json.dumps(header, separators=(",", ":")).encode()
 
     def restore(self, blob: bytes) -> None:
-        header, rows = parse_snapshot(blob)
+        """State from a checkpoint; the held rows come back with :meth:`begin_history`."""
+        header = json.loads(blob.partition(b"\n")[0])
         if header.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"checkpoint version {header.get('version')!r}, expected {CHECKPOINT_VERSION}")
-        self.stream_seq = int(header["stream_seq"])  # type: ignore[call-overload]
-        self.windows.restore(dict(header["windows"]), rows)  # type: ignore[call-overload]
-        self.marks = GatewayWatermarks.from_json(dict(header["watermarks"]))  # type: ignore[call-overload]
-        self.dedup = BatchDedup.from_json(dict(header["dedup"]))  # type: ignore[call-overload]
-        self.devices = IdTable(list(header["devices"]))  # type: ignore[call-overload]
-        self.counters = Counter(dict(header["counters"]))  # type: ignore[call-overload]
+        self.stream_seq = int(header["stream_seq"])
+        self.windows.restore(dict(header["windows"]), np.zeros(0, SIGHTING_DTYPE))
+        self.marks = GatewayWatermarks.from_json(dict(header["watermarks"]))
+        self.dedup = BatchDedup.from_json(dict(header["dedup"]))
+        self.devices = IdTable(list(header["devices"]))
+        self.counters = Counter(dict(header["counters"]))
+        self.history_from = int(header["history"]["from_seq"])
+        self._held_seq, self._held_tmax = [], []
+        self.deep = {int(w) for w in header["deep"]}
+        first = header["first_received"]
+        self.first_received = np.inf if first is None else float(first)
+        if self.deep:  # a deep pass was waiting: run it as soon as the worker is back
+            self.deep_first = self.deep_last = -np.inf
 
 
 # -- the NATS adapter -------------------------------------------------------------------------
@@ -308,20 +515,27 @@ async def open_partition(js: JetStreamContext, core: WorkerCore, streams: Stream
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectStoreConfig, StorageType
 
     s = core.settings
-    await ensure_streams(js, s.site, streams)
+    third_party = third_party_filters(s.adapters, s.theengs_base, s.espresense_root)
+    await ensure_streams(js, s.site, streams, extra_subjects=third_party)
     with contextlib.suppress(Exception):  # exists already
         await js.create_object_store(CHECKPOINT_BUCKET, config=ObjectStoreConfig(
             storage=StorageType.FILE, replicas=(streams or StreamSettings()).replicas))
     blob = await object_get(js, CHECKPOINT_BUCKET, s.checkpoint_name)
     if blob is not None:
         core.restore(blob)
+        rb = core.begin_history()
+        if rb is not None:  # the held rows, read back from the raw log
+            async for m in read_stream(js, raw_stream(s.site), start_seq=core.history_from, through_seq=rb.through_seq):
+                core.read_back(rb, m.subject, m.data, m.metadata.sequence.stream, m.metadata.timestamp.timestamp())
+            core.end_read_back(rb, time.time())
         log.info("resumed from checkpoint at stream seq %d", core.stream_seq)
     with contextlib.suppress(Exception):
         await js.delete_consumer(raw_stream(s.site), s.durable)
+    # No filter: the raw stream holds the site's signed subjects and its third-party topics.
     await js.add_consumer(raw_stream(s.site), ConsumerConfig(
         durable_name=s.durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
         opt_start_seq=core.stream_seq + 1, max_ack_pending=s.max_ack_pending, ack_wait=s.ack_wait_s,
-        filter_subject=raw_filter(s.site), max_deliver=-1,
+        max_deliver=-1,
     ))
     return await js.pull_subscribe_bind(s.durable, raw_stream(s.site))
 
@@ -373,7 +587,15 @@ async def run_worker(
             # Idle gateways are judged on the stream's clock while a backlog is being worked
             # off (the worker is behind, the gateways are not silent), on the wall clock once
             # caught up (nothing more arrives: close what there is).
-            outbox += core.tick(core.latest_received if msgs else time.time())
+            now = core.latest_received if msgs else time.time()
+            outbox += core.tick(now)
+            rb = core.deep_due(now)
+            if rb is not None:  # late data beyond the horizon: its windows from the raw log
+                async for m in read_stream(js, raw_stream(s.site), start_time=core.deep_start_time(rb),
+                                           through_seq=rb.through_seq):
+                    core.read_back(rb, m.subject, m.data, m.metadata.sequence.stream,
+                                   m.metadata.timestamp.timestamp())
+                outbox += core.end_read_back(rb, now)
             if outbox:  # positions go out as soon as computed (stored before the checkpoint, as before)
                 await asyncio.gather(*(js.publish(subj, payload, timeout=10) for subj, payload in outbox))
                 outbox = []

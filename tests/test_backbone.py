@@ -168,26 +168,53 @@ def load_key_ring_with(path: Path, extra: str, load):  # type: ignore[no-untyped
     return load(path)
 
 
-def test_checkpoint_round_trip_resumes_exactly():
+def restored(blob: bytes, log: list[tuple[str, bytes, int, float]]) -> WorkerCore:
+    """A worker from a checkpoint, its held rows read back from ``log`` (the raw stream)."""
+    w = core()
+    w.restore(blob)
+    rb = w.begin_history()
+    if rb is not None:
+        for subject, body, seq, received in log:
+            if seq >= w.history_from:
+                w.read_back(rb, subject, body, seq, received)
+        w.end_read_back(rb, NOW)
+    return w
+
+
+def test_checkpoint_refers_to_the_stream_and_resumes_exactly():
     a = core()
+    log = []
     for i in range(8):
-        a.handle(raw_subject(SITE, "a"), signed("a", i, good_ads(NOW - 20 + i)), i + 1, NOW)
-    b = core()
-    b.restore(a.checkpoint())
-    assert b.stream_seq == 8 and b.counters == a.counters
+        log.append((raw_subject(SITE, "a"), signed("a", i, good_ads(NOW - 20 + i)), i + 1, NOW))
+        a.handle(*log[-1])
+    log.append((raw_subject(SITE, "a"), signed("a", 2, good_ads(NOW - 18)), 9, NOW))  # a repeat
+    a.handle(*log[-1])
+    blob = a.checkpoint()
+    header = json.loads(blob)
+    assert header["history"] == {"from_seq": 1, "through_seq": 9} and b"rows" not in blob
+    b = restored(blob, log)
+    assert b.counters.pop("read back: history batches") == 8  # the repeat dropped again
+    assert b.stream_seq == 9 and b.counters == a.counters
+    assert np.array_equal(np.sort(b.windows.snapshot()[1], order="t"), np.sort(a.windows.snapshot()[1], order="t"))
+    log.append((raw_subject(SITE, "a"), signed("a", 3, good_ads(NOW)), 10, NOW))  # a repeat: dropped by both
     for w in (a, b):
-        w.handle(raw_subject(SITE, "a"), signed("a", 3, good_ads(NOW)), 9, NOW)  # a repeat: dropped by both
+        w.handle(*log[-1])
     assert a.counters == b.counters
+    c = restored(a.checkpoint(), log)
     assert [p for _, p in a.tick(NOW, final=True)] != []
-    assert json.loads(b.tick(NOW, final=True)[0][1])["positions"] == json.loads(
-        core_restored_positions(a))["positions"]
-
-
-def core_restored_positions(a: WorkerCore) -> bytes:
-    c = core()
-    c.restore(a.checkpoint())
     c.windows.closed_through = None  # recompute everything the checkpoint holds
-    return c.tick(NOW, final=True)[0][1]
+    assert json.loads(b.tick(NOW, final=True)[0][1])["positions"] == json.loads(
+        c.tick(NOW, final=True)[0][1])["positions"]
+
+
+def test_checkpoint_size_does_not_grow_with_the_rows_held():
+    small, big = core(), core()
+    for i in range(20):
+        small.handle(raw_subject(SITE, "a"), signed("a", i, good_ads(NOW - 30 + i, 2)), i + 1, NOW)
+        big.handle(raw_subject(SITE, "a"), signed("a", i, good_ads(NOW - 30 + i, 60)), i + 1, NOW)
+    assert len(big.windows.snapshot()[1]) == 30 * len(small.windows.snapshot()[1])
+    # only the device list (60 names vs 2) differs; no rows are copied
+    assert len(big.checkpoint()) - len(small.checkpoint()) < 60 * 12
 
 
 def test_server_config_renders_jetstream_sync_mqtt_and_routes(tmp_path: Path):
