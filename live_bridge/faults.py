@@ -284,8 +284,9 @@ class Harness:
 
     def __init__(self, data_dir: Path, fault: Fault, load: Load | None = None, *,
                  config: EngineConfig, worker_command: list[str], site: str = "faults", idle_s: float = 1.5,
-                 cluster: bool | None = None) -> None:
+                 cluster: bool | None = None, worker_settings: dict[str, object] | None = None) -> None:
         self.dir = data_dir
+        self.worker_settings = worker_settings or {}
         self.fault = fault
         self.load = load or Load()
         self.worker_command = worker_command
@@ -325,7 +326,8 @@ class Harness:
     def _worker(self) -> WorkerProcess:
         keys_path = self.dir / "keys.toml"
         keys_path.write_text("[keys]\n" + "".join(f'"{g}" = "{k.hex()}"\n' for g, k in self.keys.items()))
-        settings = {"site": self.site, "idle_s": self.idle_s, "status_every_s": 0.2, "checkpoint_every_s": 0.25}
+        settings = {"site": self.site, "idle_s": self.idle_s, "status_every_s": 0.2, "checkpoint_every_s": 0.25,
+                    **self.worker_settings}
         args = ["--nats", self.urls, "--keys", str(keys_path),
                 "--settings", json.dumps(settings), "--replicas", "3" if self.cluster else "1"]
         return WorkerProcess([*self.worker_command, *args], self.dir / "worker.log")

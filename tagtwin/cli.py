@@ -715,20 +715,20 @@ def serve(
     from live_bridge.server import serve as run_server
     from tagtwin.live import rules_sink_for, site_engine_config
 
+    chosen = [a.strip() for a in adapters.split(",") if a.strip()]
+    unknown = sorted(set(chosen) - {"theengs", "espresense"})
+    if unknown or events not in ("none", "zone-change", "rules"):
+        err_console.print(f"unknown adapter(s) {unknown} or event sink {events!r}")
+        raise typer.Exit(2)
     if broker is None:
         _serve_backbone(scenario, keys, nats=nats, creds=_nats_creds(creds), site=site, data_dir=data_dir,
                         nats_port=nats_port,
                         mqtt_port=mqtt_port, raw_retention_days=raw_retention, replicas=replicas,
                         max_skew_s=max_skew, step=step,
-                        lateness=lateness, duration=duration, status_every=status_every)
+                        lateness=lateness, duration=duration, status_every=status_every, adapters=tuple(chosen))
         return
     if clock not in ("wall", "event"):
         err_console.print(f"--clock: expected wall or event, got {clock!r}")
-        raise typer.Exit(2)
-    chosen = [a.strip() for a in adapters.split(",") if a.strip()]
-    unknown = sorted(set(chosen) - {"theengs", "espresense"})
-    if unknown or events not in ("none", "zone-change", "rules"):
-        err_console.print(f"unknown adapter(s) {unknown} or event sink {events!r}")
         raise typer.Exit(2)
     _broker_setup(broker, creds)
     try:
@@ -774,7 +774,7 @@ def _serve_backbone(
     scenario: Path, keys: Path, *, nats: str | None, creds: str | None, site: str, data_dir: Path, nats_port: int,
     mqtt_port: int, raw_retention_days: float | None, replicas: int, max_skew_s: float, step: float | None,
     lateness: float | None,
-    duration: float | None, status_every: float,
+    duration: float | None, status_every: float, adapters: tuple[str, ...] = (),
 ) -> None:
     from live_bridge.backbone import StreamSettings, token
     from live_bridge.config import check_keys_match, load_key_ring
@@ -804,7 +804,9 @@ def _serve_backbone(
     except ConfigError as exc:
         raise _bridge_config_error(exc) from None
     key_table = ring.keys  # during a rotation both keys verify (a revoked gateway has none)
-    settings = WorkerSettings(site=site, max_skew_s=max_skew_s, status_every_s=status_every)
+    # Theengs / ESPresense through the MQTT listener: unsigned, from the site's gateways only
+    settings = WorkerSettings(site=site, max_skew_s=max_skew_s, status_every_s=status_every, adapters=adapters,
+                              raw_retention_s=raw_retention_days * 86400.0)
     streams = StreamSettings(raw_max_age_s=raw_retention_days * 86400.0, replicas=replicas)
     try:
         status = serve_backbone(

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         given = json.loads(args.settings)
         if not isinstance(given, dict) or set(given) - known:
             raise ValueError(f"--settings: expected a JSON object with keys from {sorted(known)}")
-        settings = WorkerSettings(**given)
+        # the worker reads late data back from the stream as long as the stream keeps it
+        settings = WorkerSettings(**({"raw_retention_s": args.raw_max_age} | given))
         config = site_config(args.scenario)
         keys = load_key_ring(args.keys).keys  # new and old key during a rotation
     except ConfigFileError as exc:

@@ -569,3 +569,67 @@ def test_a_tracker_site_gets_single_window_fixes_on_the_backbone():
         for gw in "abcd":
             w.handle(raw_subject(SITE, gw), signed(gw, i, good_ads(NOW - 20 + i)), 1 + 4 * i + "abcd".index(gw), NOW)
     assert w.tick(NOW, final=True)
+
+
+# -- late data beyond the in-memory horizon: recomputed from the stream --------------------------
+
+
+Log = list[tuple[str, bytes, int, float]]
+
+
+def run_with_cut(w: WorkerCore, cut: range, replay_at: float) -> tuple[list[bytes], Log]:
+    """Four gateways, a batch a second each for 30 s; gateway d's batches in ``cut`` are held in
+    its spool and replayed at ``replay_at``. Deep passes read back from the returned log."""
+    log: list[tuple[str, bytes, int, float]] = []
+    out: list[bytes] = []
+    t0 = NOW - 200
+    spool = []
+    for i in range(30):
+        for gw in "abcd":
+            body = signed(gw, i, good_ads(t0 + i + 0.1 * "abcd".index(gw)))
+            if gw == "d" and i in cut:
+                spool.append((raw_subject(SITE, gw), body))
+                continue
+            log.append((raw_subject(SITE, gw), body, len(log) + 1, t0 + i + 0.5))
+            w.handle(*log[-1])
+        if i == replay_at:
+            for subject, body in spool:
+                log.append((subject, body, len(log) + 1, t0 + i + 0.6))
+                w.handle(*log[-1])
+        out += [p for _, p in w.tick(t0 + i + 0.7)]
+        rb = w.deep_due(t0 + i + 0.7)
+        if rb is not None:
+            start = w.deep_start_time(rb)
+            for subject, body, seq, received in log:
+                if received >= start:
+                    w.read_back(rb, subject, body, seq, received)
+            out += [p for _, p in w.end_read_back(rb, t0 + i + 0.7)]
+    out += [p for _, p in w.tick(NOW, final=True)]
+    return out, log
+
+
+def test_late_batches_beyond_the_horizon_are_recomputed_from_the_stream():
+    from live_bridge.faults import latest_positions
+
+    w = core(horizon_s=2.0, idle_s=2.0)
+    live, _ = run_with_cut(w, range(5, 17), replay_at=20)
+    ref, _ = run_with_cut(core(horizon_s=1e9), range(0), replay_at=-1)
+    assert w.counters["late beyond horizon: recomputed from stream"] > 0
+    assert w.counters["deep recomputations"] >= 1 and not any(k.startswith("dead") for k in w.counters)
+    got, revised = latest_positions(live)
+    assert revised > 0 and got == latest_positions(ref)[0]  # the outage windows as if nothing happened
+
+
+def test_late_data_beyond_max_lateness_is_dead_lettered_with_that_reason():
+    w = core(horizon_s=2.0, idle_s=2.0, max_lateness_s=5.0)
+    run_with_cut(w, range(5, 17), replay_at=20)
+    assert w.counters["dead_lettered: beyond max lateness"] > 0
+    with pytest.raises(ValueError, match="shorter than the horizon"):
+        WorkerSettings(horizon_s=120, max_lateness_s=60)
+
+
+def test_late_data_older_than_the_raw_retention_is_dead_lettered():
+    w = core(horizon_s=2.0, idle_s=2.0, raw_retention_s=14.0, max_skew_s=1.0)
+    run_with_cut(w, range(5, 17), replay_at=26)
+    assert w.counters["dead_lettered: older than raw retention"] > 0
+    assert w.counters["late beyond horizon: recomputed from stream"] > 0  # the younger part still is

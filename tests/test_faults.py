@@ -49,3 +49,23 @@ def test_fault_table_quick(kind: str, tmp_path: Path):
     assert result.duplicates == result.resent  # every re-sent sighting dropped once, none else
     if kind == "duplicate-resend":
         assert result.resent > 0 and result.stored == result.generated + result.resent
+
+
+@pytest.mark.integration
+def test_link_cut_longer_than_the_horizon_is_recomputed_from_the_stream(tmp_path: Path):
+    """Rows older than the in-memory horizon (0.5 s) + window (4 s) + lateness (2 s) behind the
+    watermark come back from an 8 s cut: their windows are read back from the raw stream and
+    revised, none dead-lettered."""
+    import asyncio
+    from dataclasses import replace
+
+    from live_bridge.faults import Harness
+
+    harness = Harness(tmp_path, Fault("link-cut", at_s=1.5, down_s=8.0), replace(SHORT, duration_s=11.0),
+                      worker_settings={"horizon_s": 0.5}, **SITE)  # type: ignore[arg-type]
+    result = asyncio.run(harness.run())
+    check(result, 2000)
+    counters = harness.status["counters"]
+    assert isinstance(counters, dict), harness.status
+    assert counters["late beyond horizon: recomputed from stream"] > 0 and counters["deep recomputations"] >= 1
+    assert result.dead_lettered == 0 and result.revised_positions > 0
