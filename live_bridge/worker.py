@@ -219,7 +219,7 @@ class WorkerCore:
         self.counters["messages"] += 1
         try:
             return self._handle(subject, body, received)
-        except WireError as exc:
+        except (WireError, AdapterError) as exc:
             return [self._dead_letter(subject, body, exc.reason, exc.detail, received)]
         except Exception as exc:  # per-message isolation: a bug on one message ends nothing
             log.exception("message %d on %s", stream_seq, subject)

@@ -633,3 +633,75 @@ def test_late_data_older_than_the_raw_retention_is_dead_lettered():
     run_with_cut(w, range(5, 17), replay_at=26)
     assert w.counters["dead_lettered: older than raw retention"] > 0
     assert w.counters["late beyond horizon: recomputed from stream"] > 0  # the younger part still is
+
+
+# -- third-party gateways (Theengs, ESPresense) through the MQTT listener ------------------------
+
+
+def test_third_party_messages_are_unsigned_and_only_from_the_site_gateways():
+    w = core(adapters=["theengs", "espresense"])
+    theengs = json.dumps({"id": "AA:BB:CC:DD:EE:01", "rssi": -61}).encode()
+    espresense = json.dumps({"id": "aabbccddee01", "rssi": -64, "rssi@1m": -59}).encode()
+    assert w.handle("home.a.BTtoMQTT.AABBCCDDEE01", theengs, 1, NOW) == []
+    assert w.handle("espresense.devices.aabbccddee01.b", espresense, 2, NOW) == []
+    assert w.counters["sightings_in: unsigned third-party"] == 2 and w.counters["processed"] == 2
+    assert list(w.devices.ids) == ["AA:BB:CC:DD:EE:01"]  # one tag, whichever firmware heard it
+    bad = [w.handle("home.intruder.BTtoMQTT.AABBCCDDEE01", theengs, 3, NOW),
+           w.handle("espresense.devices.x.b", b"{not json", 4, NOW),
+           w.handle("espresense.devices.x.b", json.dumps({"id": "x", "rssi": 300}).encode(), 5, NOW),
+           core().handle("home.a.BTtoMQTT.AABBCCDDEE01", theengs, 1, NOW)]  # adapter not switched on
+    assert [reasons(b) for b in bad] == [["gateway not in site plan"], ["malformed json"], ["schema violation"],
+                                         ["unexpected subject"]]
+    assert w.counters["processed"] == 2
+
+
+@pytest.mark.integration
+def test_theengs_and_espresense_over_mqtt_reach_positions(nats_server):
+    """MQTT 3.1.1 publishes in each firmware's own topic and JSON, to the backbone's listener:
+    stored in the raw stream, decoded by the adapters, placed, published as positions."""
+    import threading
+
+    async def main():
+        w = core(adapters=("theengs", "espresense"), idle_s=0.5, status_every_s=0.2)
+        nc = await connect(nats_server.url, name="worker")
+        sub = await connect(nats_server.url, name="dashboard")
+        positions: list[dict] = []
+        dead: list[dict] = []
+        await sub.subscribe(out_subject(SITE, "positions"), cb=functools.partial(_append, positions))
+        await sub.subscribe(out_subject(SITE, "deadletter"), cb=functools.partial(_append, dead))
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_worker(w, nc, stop, ready=ready))
+        await ready.wait()  # streams exist with the third-party subjects
+        port = int(nats_server.mqtt_url.rsplit(":", 1)[1])
+        connected = threading.Event()
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="firmware", protocol=paho.MQTTv311)
+        client.on_connect = lambda *_: connected.set()
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        assert await asyncio.to_thread(connected.wait, 10)
+        infos = []
+        for i in range(3):
+            for gw, rssi in (("a", -55), ("b", -70)):  # Theengs Gateway: <base>/<gw>/BTtoMQTT/<MAC>
+                body = json.dumps({"id": "AA:BB:CC:DD:EE:01", "rssi": rssi + i}).encode()
+                infos.append(client.publish(f"home/{gw}/BTtoMQTT/AABBCCDDEE01", body, qos=1))
+            for gw, rssi in (("c", -75), ("d", -66)):  # ESPresense: espresense/devices/<id>/<room>
+                body = json.dumps({"id": "aabbccddee01", "rssi": rssi + i, "rssi@1m": -59}).encode()
+                infos.append(client.publish(f"espresense/devices/aabbccddee01/{gw}", body, qos=1))
+        infos.append(client.publish("espresense/devices/aabbccddee01/nowhere", b'{"id":"x","rssi":-50}', qos=1))
+        for info in infos:
+            await asyncio.to_thread(info.wait_for_publish, 10)
+        client.disconnect()
+        client.loop_stop()
+        await until(lambda: any(p["dev"] == "AA:BB:CC:DD:EE:01" for b in positions for p in b["positions"])
+                    and dead, what="positions from third-party gateways")
+        stop.set()
+        await task
+        await nc.close()
+        await sub.close()
+        return w, positions, dead
+
+    w, positions, dead = asyncio.run(main())
+    fix = next(p for b in positions for p in b["positions"] if p["dev"] == "AA:BB:CC:DD:EE:01")
+    assert fix["n_gw"] >= 2 and 0 <= fix["x"] <= 12 and 0 <= fix["y"] <= 12
+    assert w.counters["sightings_in: unsigned third-party"] == 12 and w.counters["processed"] == 12
+    assert [d["reason"] for d in dead] == ["gateway not in site plan"]
