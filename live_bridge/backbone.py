@@ -133,7 +133,8 @@ class StreamSettings:
 async def ensure_streams(js: JetStreamContext, site: str, settings: StreamSettings | None = None,
                          extra_subjects: list[str] | None = None) -> None:
     """Create or update the site's raw and output streams (idempotent). ``extra_subjects``
-    (third_party_filters) put third-party gateways' MQTT topics in the same raw log."""
+    (third_party_filters) put third-party gateways' MQTT topics in the same raw log; an
+    update keeps the subjects the stream has (a publisher's call does not drop the worker's)."""
     s = settings or StreamSettings()
     configs = [
         StreamConfig(
@@ -156,6 +157,8 @@ async def ensure_streams(js: JetStreamContext, site: str, settings: StreamSettin
         try:
             await js.add_stream(cfg)
         except BadRequestError:  # exists with other settings: bring it to these
+            have = (await js.stream_info(str(cfg.name))).config.subjects or []
+            cfg.subjects = [*(cfg.subjects or []), *(x for x in have if x not in (cfg.subjects or []))]
             await js.update_stream(cfg)
 
 

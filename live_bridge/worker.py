@@ -450,6 +450,7 @@ class WorkerCore:
             "counters": dict(sorted(self.counters.items())),
             "devices": len(self.devices),
             "rows_held": len(self.windows.rows),
+            "deep_windows_pending": len(self.deep),
             "closed_through_t": None if self.windows.closed_through is None
             else self.windows.closed_through * self.config.step_s,
         }

@@ -684,7 +684,7 @@ def serve(
     clock: Annotated[
         str, typer.Option(help="wall: windows close as time passes; event: by event time only")
     ] = "wall",
-    adapters: Annotated[str, typer.Option(help="comma list: theengs, espresense")] = "",
+    adapters: Annotated[str, typer.Option(help="comma list: theengs, espresense (on the backbone: unsigned, via its MQTT listener)")] = "",
     events: Annotated[
         str, typer.Option(help="event sink: rules (the scenario's rule set), zone-change or none")
     ] = "rules",
@@ -702,7 +702,7 @@ def serve(
     """Run the engine on the backbone: verified batches in, positions and dead letters out.
 
     With no --nats it starts its own nats-server (JetStream, MQTT listener) and stops it on
-    exit; --broker mqtt://... runs the MQTT-only server instead (adapters, rule events).
+    exit; --broker mqtt://... runs the MQTT-only server instead (rule events).
     """
     import signal
     import threading
