@@ -684,7 +684,9 @@ def serve(
     clock: Annotated[
         str, typer.Option(help="wall: windows close as time passes; event: by event time only")
     ] = "wall",
-    adapters: Annotated[str, typer.Option(help="comma list: theengs, espresense (on the backbone: unsigned, via its MQTT listener)")] = "",
+    adapters: Annotated[
+        str, typer.Option(help="comma list: theengs, espresense (on the backbone: unsigned, via its MQTT listener)")
+    ] = "",
     events: Annotated[
         str, typer.Option(help="event sink: rules (the scenario's rule set), zone-change or none")
     ] = "rules",
