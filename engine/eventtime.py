@@ -206,9 +206,14 @@ class RevisingWindows:
         """The distinct windows the given event times fall in."""
         return np.unique(self._windows_of(np.asarray(t, float)))
 
-    def span(self, windows: list[int]) -> tuple[float, float]:
-        """The event-time range of rows that computing ``windows`` reads."""
-        return (min(windows) * self.step - self.window - MERGE_MARGIN_S, max(windows) * self.step + MERGE_MARGIN_S)
+    def spans(self, windows: list[int]) -> NDArray[np.float64]:
+        """The event-time ranges (n x 2, disjoint, in order) of the rows that computing
+        ``windows`` reads: windows close together share one range."""
+        k = np.asarray(sorted(set(windows)), float)
+        lo, hi = k * self.step - self.window - MERGE_MARGIN_S, k * self.step + MERGE_MARGIN_S
+        starts = np.r_[True, lo[1:] > hi[:-1]] if len(k) else np.zeros(0, bool)
+        ends = np.r_[starts[1:], True] if len(k) else starts
+        return np.column_stack([lo[starts], hi[ends]])
 
     def recompute(self, rows: Sightings, windows: list[int], revision: int) -> NDArray[np.void]:
         """Fixes of ``windows`` computed from ``rows`` (every row of their span, read back from

@@ -153,6 +153,7 @@ class ReadBack:
     through_seq: int
     lo: float = -np.inf  # event-time span kept
     hi: float = np.inf
+    spans: NDArray[np.float64] | None = None  # deep: only rows in these ranges (n x 2) are kept
     dedup: BatchDedup = field(default_factory=BatchDedup)
     parts: list[Sightings] = field(default_factory=list)
     batches: int = 0
@@ -369,8 +370,8 @@ class WorkerCore:
         s = self.settings
         if not self.deep or not (now - self.deep_last >= s.deep_settle_s or now - self.deep_first >= s.deep_max_wait_s):
             return None
-        lo, hi = self.windows.span(sorted(self.deep))
-        return ReadBack("deep", self.stream_seq, lo=lo, hi=hi)
+        spans = self.windows.spans(sorted(self.deep))
+        return ReadBack("deep", self.stream_seq, lo=float(spans[0, 0]), hi=float(spans[-1, 1]), spans=spans)
 
     def deep_start_time(self, rb: ReadBack) -> float:
         """The receive time from which the stream can hold rows of the deep windows: a row's
@@ -389,6 +390,9 @@ class WorkerCore:
             return
         rows, _, _ = self._screen(d, received)
         rows = rows[(rows["t"] >= rb.lo) & (rows["t"] <= rb.hi)]
+        if rb.spans is not None and len(rows):  # far-apart deep windows: not the rows between them
+            i = np.searchsorted(rb.spans[:, 0], rows["t"], side="right") - 1
+            rows = rows[(i >= 0) & (rows["t"] <= rb.spans[np.maximum(i, 0), 1])]
         rows = rows[~self._beyond_reach(rows["t"], received)[0]]
         if len(rows):
             rb.parts.append(rows)

@@ -152,3 +152,10 @@ def test_batch_dedup_repeats_epochs_and_seq_jumps():
     assert d.first_time("g", 1, 0)  # forgotten after `remember` newer ids
     again = BatchDedup.from_json(d.to_json())
     assert not again.first_time("g", 1, 6) and again.first_time("g", 1, 99)
+
+
+def test_spans_of_windows_merge_neighbours_and_keep_distant_ones_apart():
+    w = RevisingWindows(engine(), horizon_s=10)  # window 4 s, step 1 s, merge margin 1 s
+    spans = w.spans([10, 11, 12, 40])
+    assert spans.tolist() == [[5.0, 13.0], [35.0, 41.0]]
+    assert w.spans([7]).tolist() == [[2.0, 8.0]]
