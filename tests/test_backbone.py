@@ -283,6 +283,32 @@ def test_worker_on_the_stream_dead_letters_poison_and_keeps_serving(nats_server)
     assert info.state.messages == 42  # the raw log keeps everything, poison included
 
 
+@pytest.mark.integration
+def test_read_stream_from_a_sequence_or_a_receive_time_through_a_sequence(nats_server):
+    """What a restore (by sequence) and a deep pass (by receive time) read back."""
+    from live_bridge.backbone import read_stream
+
+    async def main():
+        nc = await connect(nats_server.url, name="reader")
+        js = nc.jetstream()
+        await ensure_streams(js, SITE)
+        seqs = [await publish_batch(js, raw_subject(SITE, "a"), signed("a", i, good_ads(NOW))) for i in range(6)]
+        info = await js.get_msg(raw_stream(SITE), seqs[3])
+        by_seq = [m.metadata.sequence.stream async for m in read_stream(js, raw_stream(SITE), start_seq=seqs[2],
+                                                                          through_seq=seqs[4])]
+        stored_at = info.time.timestamp() if info.time else 0.0
+        by_time = [m.metadata.sequence.stream async for m in read_stream(js, raw_stream(SITE), start_time=stored_at,
+                                                                           through_seq=seqs[-1] + 100, timeout=0.5)]
+        left = (await js.stream_info(raw_stream(SITE))).state.consumer_count
+        await nc.close()
+        return seqs, by_seq, by_time, left
+
+    seqs, by_seq, by_time, left = asyncio.run(main())
+    assert by_seq == seqs[2:5]
+    assert by_time[-1] == seqs[-1] and seqs[3] in by_time and seqs[0] not in by_time  # to the end of the stream
+    assert left == 0  # the ephemeral consumers are gone
+
+
 async def _append(into: list, msg) -> None:
     into.append(json.loads(msg.data))
 

@@ -52,6 +52,7 @@ def test_fault_table_quick(kind: str, tmp_path: Path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~30 s: the cut must outlast window + lateness (6 s) + horizon
 def test_link_cut_longer_than_the_horizon_is_recomputed_from_the_stream(tmp_path: Path):
     """Rows older than the in-memory horizon (0.5 s) + window (4 s) + lateness (2 s) behind the
     watermark come back from an 8 s cut: their windows are read back from the raw stream and
