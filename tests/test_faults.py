@@ -52,17 +52,19 @@ def test_fault_table_quick(kind: str, tmp_path: Path):
 
 
 @pytest.mark.integration
-@pytest.mark.slow  # ~30 s: the cut must outlast window + lateness (6 s) + horizon
-def test_link_cut_longer_than_the_horizon_is_recomputed_from_the_stream(tmp_path: Path):
+@pytest.mark.slow  # ~30 s each: the cut must outlast window + lateness (6 s) + horizon
+@pytest.mark.parametrize("kind", ["link-cut", "worker-kill-during-replay"])
+def test_link_cut_longer_than_the_horizon_is_recomputed_from_the_stream(kind: str, tmp_path: Path):
     """Rows older than the in-memory horizon (0.5 s) + window (4 s) + lateness (2 s) behind the
     watermark come back from an 8 s cut: their windows are read back from the raw stream and
-    revised, none dead-lettered."""
+    revised, none dead-lettered; also when the worker is killed -9 during the replay (the
+    windows waiting for the deep pass are in its checkpoint)."""
     import asyncio
     from dataclasses import replace
 
     from live_bridge.faults import Harness
 
-    harness = Harness(tmp_path, Fault("link-cut", at_s=1.5, down_s=8.0), replace(SHORT, duration_s=11.0),
+    harness = Harness(tmp_path, Fault(kind, at_s=1.5, down_s=8.0), replace(SHORT, duration_s=11.0),
                       worker_settings={"horizon_s": 0.5}, **SITE)  # type: ignore[arg-type]
     result = asyncio.run(harness.run())
     check(result, 2000)
