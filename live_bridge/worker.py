@@ -131,6 +131,10 @@ class WorkerSettings:
             raise ValueError(f"adapters {sorted(unknown)}: expected some of {', '.join(THIRD_PARTY)}")
 
 
+class CheckpointVersionError(ValueError):
+    """A checkpoint this worker cannot read (written by an older version)."""
+
+
 @dataclass
 class Decoded:
     """One raw message made into rows: its gateway, batch id (signed only) and sightings."""
@@ -490,9 +494,13 @@ class WorkerCore:
 
     def restore(self, blob: bytes) -> None:
         """State from a checkpoint; the held rows come back with :meth:`begin_history`."""
-        header = json.loads(blob.partition(b"\n")[0])
-        if header.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"checkpoint version {header.get('version')!r}, expected {CHECKPOINT_VERSION}")
+        try:
+            header = json.loads(blob.partition(b"\n")[0])
+        except ValueError:
+            header = {}
+        if not isinstance(header, dict) or header.get("version") != CHECKPOINT_VERSION:
+            version = header.get("version") if isinstance(header, dict) else None
+            raise CheckpointVersionError(f"checkpoint version {version!r}, expected {CHECKPOINT_VERSION}")
         self.stream_seq = int(header["stream_seq"])
         self.windows.restore(dict(header["windows"]), np.zeros(0, SIGHTING_DTYPE))
         self.marks = GatewayWatermarks.from_json(dict(header["watermarks"]))
@@ -527,7 +535,15 @@ async def open_partition(js: JetStreamContext, core: WorkerCore, streams: Stream
             storage=StorageType.FILE, replicas=(streams or StreamSettings()).replicas))
     blob = await object_get(js, CHECKPOINT_BUCKET, s.checkpoint_name)
     if blob is not None:
-        core.restore(blob)
+        try:
+            core.restore(blob)
+        except CheckpointVersionError as exc:
+            # The raw log is the truth: rebuild the state from the stream's first batch (the
+            # dedup state comes back with it; revisions are the same sequences again).
+            log.warning("%s: rebuilding the partition's state from the raw stream", exc)
+            core.counters["checkpoint unreadable: rebuilt from the stream"] += 1
+            blob = None
+    if blob is not None:
         rb = core.begin_history()
         if rb is not None:  # the held rows, read back from the raw log
             async for m in read_stream(js, raw_stream(s.site), start_seq=core.history_from, through_seq=rb.through_seq):

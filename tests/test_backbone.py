@@ -309,6 +309,37 @@ def test_read_stream_from_a_sequence_or_a_receive_time_through_a_sequence(nats_s
     assert left == 0  # the ephemeral consumers are gone
 
 
+@pytest.mark.integration
+def test_a_checkpoint_of_an_older_version_is_rebuilt_from_the_raw_stream(nats_server):
+    """A v1 checkpoint (rows copied in) cannot be read: the worker says so and rebuilds its
+    state from the stream's first batch instead of refusing to start."""
+    from nats.js.api import ObjectStoreConfig
+
+    from live_bridge.backbone import CHECKPOINT_BUCKET
+
+    async def main():
+        w = core()
+        nc = await connect(nats_server.url, name="worker")
+        js = nc.jetstream()
+        await ensure_streams(js, SITE)
+        for i in range(5):
+            await publish_batch(js, raw_subject(SITE, "a"), signed("a", i, good_ads(NOW - 10 + i)))
+        obs = await js.create_object_store(CHECKPOINT_BUCKET, config=ObjectStoreConfig())
+        await obs.put(w.settings.checkpoint_name, b'{"version":1,"stream_seq":5,"n_rows":0}\n')
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_worker(w, nc, stop, ready=ready))
+        await until(lambda: w.counters["processed"] == 15, what="rebuilt from the stream")
+        stop.set()
+        await task
+        await nc.close()
+        return w
+
+    w = asyncio.run(main())
+    assert w.counters["checkpoint unreadable: rebuilt from the stream"] == 1 and w.counters["batches"] == 5
+    with pytest.raises(ValueError, match="checkpoint version None"):
+        core().restore(b"\x00garbage")
+
+
 async def _append(into: list, msg) -> None:
     into.append(json.loads(msg.data))
 
