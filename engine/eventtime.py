@@ -217,9 +217,13 @@ class RevisingWindows:
 
     def recompute(self, rows: Sightings, windows: list[int], revision: int) -> NDArray[np.void]:
         """Fixes of ``windows`` computed from ``rows`` (every row of their span, read back from
-        the raw log), numbered ``revision``: late data older than the horizon."""
-        rows = rows[np.argsort(rows["t"], kind="stable")]
-        out = [self._compute(run, revision, rows) for run in _runs(sorted(set(windows)), WINDOWS_PER_CHUNK)]
+        the raw log), numbered ``revision``: late data older than the horizon. The rows go to
+        a scratch instance, so the rows held here are untouched."""
+        scratch = RevisingWindows(self.engine, self.horizon_s)
+        scratch.restore({"closed_through": None, "revisions": {}, "dirty": []}, rows)
+        out = [scratch._compute(run, revision) for run in _runs(sorted(set(windows)), WINDOWS_PER_CHUNK)]
+        for w in windows:
+            self.revisions[w] = max(self.revisions.get(w, -1), revision)
         return np.concatenate(out) if out else np.zeros(0, REVISED_FIX_DTYPE)
 
     def _windows_of(self, t: NDArray[np.float64]) -> NDArray[np.int64]:
@@ -254,13 +258,12 @@ class RevisingWindows:
         self._prune()
         return np.concatenate(out) if out else np.zeros(0, REVISED_FIX_DTYPE)
 
-    def _compute(self, run: tuple[int, int], revision: int | None, source: Sightings | None = None) -> NDArray[np.void]:
+    def _compute(self, run: tuple[int, int], revision: int | None) -> NDArray[np.void]:
         k0, k1 = run
-        held = self.rows if source is None else source  # source: rows read back from the raw log
         lo, hi = np.searchsorted(
-            held["t"], [k0 * self.step - self.window - MERGE_MARGIN_S, k1 * self.step + MERGE_MARGIN_S]
+            self.rows["t"], [k0 * self.step - self.window - MERGE_MARGIN_S, k1 * self.step + MERGE_MARGIN_S]
         )
-        rows = drop_redeliveries(held[lo:hi], IngestCounters())  # canonical order
+        rows = drop_redeliveries(self.rows[lo:hi], IngestCounters())  # canonical order
         fixes = self.engine.localize_windows(rows, k0, k1)
         out = np.empty(len(fixes), REVISED_FIX_DTYPE)
         for name in FIX_DTYPE.names or ():
@@ -275,7 +278,7 @@ class RevisingWindows:
         return out
 
     def _prune(self) -> None:
-        start = self.prune_start()
+        start = self.horizon_start() - MERGE_MARGIN_S
         if len(self.rows) and self.rows["t"][0] < start:
             self.rows = self.rows[np.searchsorted(self.rows["t"], start):]
         oldest = int(np.floor(self.horizon_start() / self.step))
