@@ -107,6 +107,15 @@ def gateway_status_subject(site: str, gateway: str) -> str:
     return f"{SUBJECT_ROOT}.{token('site', site)}.gateway.{token('gateway', gateway)}.status"
 
 
+def third_party_gateway_subjects(gateway: str, theengs_base: str = "home",
+                                 espresense_root: str = "espresense") -> list[str]:
+    """The third-party subjects one gateway may publish (its own Theengs base topic, and
+    ESPresense topics whose room is the gateway): least privilege on a provisioned backbone."""
+    gw = token("gateway", gateway)
+    return [f"{token('theengs base topic', theengs_base)}.{gw}.BTtoMQTT.*",
+            f"{token('espresense root topic', espresense_root)}.devices.*.{gw}"]
+
+
 def mqtt_topic(subject: str) -> str:
     """What MQTT clients of the NATS listener see: the subject with '/' for '.'."""
     return subject.replace(".", "/")

@@ -391,7 +391,8 @@ def test_nats_mqtt_listener_over_tls_what_a_refused_publish_does(tmp_path: Path)
         async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
             received.append(msg.subject)
 
-        await nc.subscribe("tagtwin.v1.demo.raw.>", cb=on_msg)
+        for subject in ("tagtwin.v1.demo.raw.>", "home.*.BTtoMQTT.*", "espresense.devices.*.*"):
+            await nc.subscribe(subject, cb=on_msg)
         await nc.flush()
         ready.set()
         while not stop.is_set():
@@ -416,16 +417,23 @@ def test_nats_mqtt_listener_over_tls_what_a_refused_publish_does(tmp_path: Path)
         client.loop_start()
         own = client.publish("tagtwin/v1/demo/raw/gw-a", b"own", qos=1)
         forged = client.publish("tagtwin/v1/demo/raw/gw-b", b"forged", qos=1)
+        # A Theengs or ESPresense gateway may publish its own third-party topics, not another's.
+        theengs = client.publish("home/gw-a/BTtoMQTT/A4C138000001", b"{}", qos=1)
+        theengs_forged = client.publish("home/gw-b/BTtoMQTT/A4C138000001", b"{}", qos=1)
+        espresense = client.publish("espresense/devices/tag1/gw-a", b"{}", qos=1)
+        espresense_forged = client.publish("espresense/devices/tag1/gw-b", b"{}", qos=1)
         after = client.publish("tagtwin/v1/demo/raw/gw-a", b"after", qos=1)  # in order: forged would be before it
         deadline = time.monotonic() + 30
-        while (len(acks) < 3 or len(received) < 2) and time.monotonic() < deadline:
+        while (len(acks) < 7 or len(received) < 4) and time.monotonic() < deadline:
             time.sleep(0.02)
         client.disconnect()
         client.loop_stop()
         stop.set()
         watcher.join(30)
-    assert {own.mid, forged.mid, after.mid} <= set(acks)  # all PUBACKed: MQTT 3.1.1 cannot refuse
-    assert received == ["tagtwin.v1.demo.raw.gw-a"] * 2  # only its own subject was delivered
+    sent = {own, forged, theengs, theengs_forged, espresense, espresense_forged, after}
+    assert {info.mid for info in sent} <= set(acks)  # all PUBACKed: MQTT 3.1.1 cannot refuse
+    assert received == ["tagtwin.v1.demo.raw.gw-a", "home.gw-a.BTtoMQTT.A4C138000001",
+                        "espresense.devices.tag1.gw-a", "tagtwin.v1.demo.raw.gw-a"]  # only its own subjects
 
 
 def test_planner_live_view_reads_over_tls_as_the_dashboard(site, monkeypatch) -> None:  # type: ignore[no-untyped-def]
