@@ -84,6 +84,9 @@ class WorkerSettings:
     checkpoint_every_s: float = 1.0
     status_every_s: float = 2.0
     ack_wait_s: float = 30.0
+    # A spatial partition (live_bridge/cells.py) reads only its cell's gateways' subjects;
+    # empty: every subject of the site.
+    subjects: tuple[str, ...] = ()
 
     @property
     def durable(self) -> str:
@@ -122,6 +125,9 @@ class WorkerCore:
         self.stream_seq = 0  # the newest stream sequence folded into the state
         self.latest_received = -np.inf  # the stream clock: receive time of the newest batch handled
         self.counters: Counter[str] = Counter()
+        # A spatial partition publishes only the fixes it owns (engine.cells): (fixes, the
+        # rows held) -> mask. None: every fix.
+        self.publish_filter: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
     def reload_keys(self, ring: KeyRing) -> None:
         """A rotated or revoked keys file (tagtwin rotate-key, tagtwin revoke) takes effect
@@ -243,6 +249,8 @@ class WorkerCore:
             cfg = self.config
             mark = max(mark, max(self.marks.event.values()) + cfg.window_s + cfg.allowed_lateness_s + cfg.step_s)
         fixes = self.windows.advance(mark, revision=self.stream_seq)
+        if self.publish_filter is not None and len(fixes):
+            fixes = fixes[self.publish_filter(fixes, self.windows.rows)]
         if len(fixes) == 0:
             return []
         self.counters["positions"] += len(fixes)
@@ -321,7 +329,8 @@ async def open_partition(js: JetStreamContext, core: WorkerCore, streams: Stream
     await js.add_consumer(raw_stream(s.site), ConsumerConfig(
         durable_name=s.durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
         opt_start_seq=core.stream_seq + 1, max_ack_pending=s.max_ack_pending, ack_wait=s.ack_wait_s,
-        filter_subject=raw_filter(s.site), max_deliver=-1,
+        filter_subject=None if s.subjects else raw_filter(s.site), filter_subjects=list(s.subjects) or None,
+        max_deliver=-1,
     ))
     return await js.pull_subscribe_bind(s.durable, raw_stream(s.site))
 
