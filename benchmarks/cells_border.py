@@ -5,7 +5,7 @@ positions published once / by several cells / missing, and how many differ from 
 single-partition run and by how much (metres).
 
     .venv/bin/python benchmarks/cells_border.py [--scenario tests/data/cells-corridor.toml] [--seconds 120]
-        [--margins 0,6,12,auto]
+        [--margins 0,10,20,auto] [--grid 2x1]
 
 ``auto`` is the traffic's co-hearing extent (engine.cells.max_co_hearing_m): the margin
 with which every cell decides on all of a tag's sightings.
@@ -57,8 +57,7 @@ def main(args: argparse.Namespace) -> dict[str, object]:
     single = latest_by_partition(replay_cells(config, tr.keys, None, batches, "big"))
     single_cpu = time.process_time() - t
     reference = {k: v[0][2] for k, v in single.items()}
-    cells = sc.cells
-    grid = cells.grid if cells is not None else (3, 1)
+    grid = tuple(int(v) for v in args.grid.split("x")) if args.grid else (sc.cells.grid if sc.cells else (2, 1))
     runs = []
     for m in args.margins.split(","):
         margin = extent if m == "auto" else float(m)
@@ -83,5 +82,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenario", type=Path, default=REPO / "tests" / "data" / "cells-corridor.toml")
     ap.add_argument("--seconds", type=float, default=120.0)
-    ap.add_argument("--margins", default="0,6,12,auto")
+    ap.add_argument("--margins", default="0,10,20,auto")
+    ap.add_argument("--grid", default="", help="COLSxROWS (default: the scenario's [cells], else 2x1)")
     emit("cells_border", main(ap.parse_args()))
