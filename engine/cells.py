@@ -147,14 +147,7 @@ class CellPlan:
         if n == 0:
             return out
         win = np.rint(fixes["t"] / step_s).astype(np.int64)
-        # every (row, window) pair, windows [k*step - window, k*step) as engine.eventtime has them
-        per = int(np.ceil(window_s / step_s))
-        t = rows["t"]
-        base = np.floor(t / step_s + 1e-12).astype(np.int64) + 1
-        k = base[:, None] + np.arange(per)[None, :]
-        inside = t[:, None] >= k * step_s - window_s
-        r_idx = np.nonzero(inside)[0]
-        k = k[inside]
+        r_idx, k = row_windows(rows["t"], window_s, step_s)
         dev = rows["device"][r_idx].astype(np.int64)
         # key each (device, window) pair; only those of the fixes matter
         w0 = int(min(win.min(), k.min() if len(k) else win.min()))
@@ -190,6 +183,15 @@ class CellPlan:
         return mask
 
 
+def row_windows(t: NDArray[np.float64], window_s: float, step_s: float) -> tuple[NDArray[np.intp], NDArray[np.int64]]:
+    """Every (row, window) pair: window k spans [k*step - window, k*step), as in engine.eventtime."""
+    per = int(np.ceil(window_s / step_s))
+    base = np.floor(t / step_s + 1e-12).astype(np.int64) + 1
+    k = base[:, None] + np.arange(per)[None, :]
+    inside = t[:, None] >= k * step_s - window_s
+    return np.nonzero(inside)[0], k[inside]
+
+
 def co_hearing_m(rows: Sightings, gateway_xy: NDArray[np.floating], window_s: float,
                  step_s: float) -> NDArray[np.float64]:
     """Per (device, window) of ``rows``: at least the largest distance between two gateways
@@ -198,13 +200,7 @@ def co_hearing_m(rows: Sightings, gateway_xy: NDArray[np.floating], window_s: fl
     all of a tag's sightings (see the module's docstring)."""
     if len(rows) == 0:
         return np.zeros(0)
-    per = int(np.ceil(window_s / step_s))
-    t = rows["t"]
-    base = np.floor(t / step_s + 1e-12).astype(np.int64) + 1
-    k = base[:, None] + np.arange(per)[None, :]
-    inside = t[:, None] >= k * step_s - window_s
-    r_idx = np.nonzero(inside)[0]
-    k = k[inside]
+    r_idx, k = row_windows(rows["t"], window_s, step_s)
     key = rows["device"][r_idx].astype(np.int64) * (int(k.max()) - int(k.min()) + 1) + (k - k.min())
     gx = np.asarray(gateway_xy, float)[rows["gateway"][r_idx], 0]
     gy = np.asarray(gateway_xy, float)[rows["gateway"][r_idx], 1]
