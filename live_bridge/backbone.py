@@ -13,8 +13,8 @@ The raw stream is the site's raw log: every batch with its gateway (the subject)
 receive time (the stream's timestamp) and its sequence (the stream's and the batch's).
 Its retention (max age) is a site setting. Positions, events and dead letters are also
 stored (stream TAGTWIN_OUT_<site>) so a dashboard that was away can catch up. Scale-out
-partitions by site; a very large site adds a partition token before the gateway
-(``raw.<partition>.<gateway>``), which :func:`raw_filter` already allows for.
+partitions by site; a very large site is cut into cells (live_bridge/cells.py), each a
+consumer of the same raw stream filtered on its gateways' subjects.
 
 Publishing (gateways, twin-publish, load-test publishers): a batch leaves its SQLite
 spool only when JetStream's publish ack says the stream stored it; the message id
