@@ -89,13 +89,14 @@ def test_with_the_co_hearing_margin_every_window_is_published_once_and_equal_to_
     single = {k: v[0][2] for k, v in latest_by_partition(replay_cells(config, tr.keys, None, stored, SITE)).items()}
     plan = plan_cells(config, sc.cells)
     assert all(len(plan.gateways_of(c)) < len(config.gateways.ids) for c in range(len(plan)))  # it does partition
-    got = compare_to_single(single, latest_by_partition(replay_cells(config, tr.keys, plan, stored, SITE)), plan)
+    published = latest_by_partition(replay_cells(config, tr.keys, plan, stored, SITE))
+    got = compare_to_single(single, published, plan)
     assert got["windows"] > 1000
     assert got["published_once"] == got["windows"] and got["published_by_several"] == 0
     assert got["missing"] == got["extra"] == got["differ"] == 0
     # tags crossed the borders: several cells published one tag's windows, handed over
     by_tag: dict[str, set[str]] = {}
-    for (dev, _), entries in latest_by_partition(replay_cells(config, tr.keys, plan, stored, SITE)).items():
+    for (dev, _), entries in published.items():
         by_tag.setdefault(dev, set()).update(p for _, p, _ in entries)
     assert sum(len(v) > 1 for v in by_tag.values()) >= 4
     # without border gateways the cells disagree near the borders (what the margin buys)
