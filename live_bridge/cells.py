@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from engine.cells import CellPlan
-    from engine.pipeline import EngineConfig
+    from engine.pipeline import Engine, EngineConfig
 
 
 def cell_subjects(site: str, plan: CellPlan, cell: int) -> tuple[str, ...]:
@@ -50,7 +50,24 @@ def cell_worker(config: EngineConfig, keys: Mapping[str, bytes | tuple[bytes, ..
     s = replace(settings, partition=token("cell", plan.names[cell]), subjects=cell_subjects(settings.site, plan, cell))
     core = WorkerCore(config, keys, s)
     core.publish_filter = plan.owned_by(cell, core.config.window_s, core.config.step_s)
+    core.windows.engine = cast("Engine", OwnTagsEngine(core.engine, plan.home == cell))
     return core
+
+
+class OwnTagsEngine:
+    """The engine as a cell's windows see it: it localizes only the tags one of the cell's
+    own gateways heard in the rows of the windows asked for. A cell can own no other tag's
+    fix (engine.cells), and a fix depends only on its own tag's rows, so the fixes it
+    publishes are the same and the border band's other tags cost decoding, not localizing."""
+
+    def __init__(self, engine: Engine, own_gateways: np.ndarray) -> None:
+        self.engine = engine
+        self.config = engine.config
+        self.own = np.asarray(own_gateways, bool)
+
+    def localize_windows(self, rows: np.ndarray, k_first: int, k_last: int) -> np.ndarray:
+        heard = np.unique(rows["device"][self.own[rows["gateway"]]])
+        return self.engine.localize_windows(rows[np.isin(rows["device"], heard)], k_first, k_last)
 
 
 # -- the same traffic through every cell without IO: exactly-once and border figures -------
