@@ -61,13 +61,24 @@ class OwnTagsEngine:
     publishes are the same and the border band's other tags cost decoding, not localizing."""
 
     def __init__(self, engine: Engine, own_gateways: np.ndarray) -> None:
-        self.engine = engine
+        self.engine: Any = engine  # Any: the windows of another branch ask it for localize_events
         self.config = engine.config
         self.own = np.asarray(own_gateways, bool)
 
-    def localize_windows(self, rows: np.ndarray, k_first: int, k_last: int) -> np.ndarray:
+    def own_tags(self, rows: np.ndarray) -> np.ndarray:
+        """The rows of the tags one of the cell's own gateways heard (in time order still)."""
         heard = np.unique(rows["device"][self.own[rows["gateway"]]])
-        return self.engine.localize_windows(rows[np.isin(rows["device"], heard)], k_first, k_last)
+        return rows[np.isin(rows["device"], heard)]
+
+    def localize_windows(self, rows: np.ndarray, k_first: int, k_last: int) -> np.ndarray:
+        return self.engine.localize_windows(self.own_tags(rows), k_first, k_last)
+
+    def localize_events(self, events: np.ndarray, k_first: int, k_last: int) -> np.ndarray:
+        """The same for merged events (the engine-speed branch's windows call this one)."""
+        return self.engine.localize_events(self.own_tags(events), k_first, k_last)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)  # anything else the windows ask of the engine
 
 
 # -- the same traffic through every cell without IO: exactly-once and border figures -------
