@@ -211,3 +211,16 @@ def test_three_workers_share_the_cells_on_a_three_node_cluster(tmp_path: Path):
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_a_site_file_carries_the_cells_and_a_scenario_section_replaces_them(tmp_path: Path):
+    (tmp_path / "site.toml").write_text(
+        'name = "corridor"\n[site]\noutline = [[0, 0], [120, 0], [120, 12], [0, 12]]\n'
+        '[[zones]]\nname = "west"\npolygon = [[1, 1], [10, 1], [10, 11], [1, 11]]\n'
+        '[gateways.grid]\nspacing_m = 6\nmargin_m = 3\n[cells]\ngrid = [4, 1]\nmargin_m = 12\n')
+    scenario = 'name = "s"\nsite_file = "site.toml"\nduration_s = 10\nseed = 1\n[[tags]]\nname = "t"\ncount = 1\n'
+    (tmp_path / "s.toml").write_text(scenario)
+    sc = load_scenario(tmp_path / "s.toml")
+    assert sc.cells is not None and (sc.cells.grid, sc.cells.margin_m) == ((4, 1), 12.0)
+    (tmp_path / "s.toml").write_text(scenario + '[cells]\nby = "zones"\n')
+    assert load_scenario(tmp_path / "s.toml").cells.by == "zones"
