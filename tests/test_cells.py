@@ -33,7 +33,7 @@ SITE = "big"
 
 
 @cache
-def corridor(seconds: float = 30.0, t0: float = 1.7e9):  # type: ignore[no-untyped-def]
+def corridor(seconds: float = 30.0, t0: float = 1.7e9):
     sc = load_scenario(CORRIDOR)
     config = site_engine_config(sc)
     tr = site_traffic(sc, SITE, 0, seconds)
@@ -62,6 +62,7 @@ def test_cells_settings_are_checked_with_the_field_named():
     with pytest.raises(ScenarioError, match=r"cells\.grid"):
         parse_scenario(text, "corridor.toml")
     zones = parse_scenario(CORRIDOR.read_text().replace('by = "grid"', 'by = "zones"'))
+    assert zones.cells is not None
     plan = plan_cells(site_engine_config(zones), zones.cells)
     assert plan.names == ("west", "east")
     assert plan.cell_of(np.array([50.0, 70.0]), np.array([6.0, 6.0])).tolist() == [0, 1]  # nearest zone
@@ -109,7 +110,7 @@ def test_with_the_co_hearing_margin_every_window_is_published_once_and_equal_to_
 # -- on the backbone ------------------------------------------------------------------------
 
 
-async def read_positions(js, site: str) -> list[bytes]:  # type: ignore[no-untyped-def]
+async def read_positions(js, site: str) -> list[bytes]:
     """Every position batch in the site's output stream, oldest first."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -139,7 +140,7 @@ async def drain_cells(urls: str, d: Path, workers: int, replicas: int = 1) -> No
               for c in range(len(plan))}
     status: dict[str, dict] = {}
 
-    async def on_status(msg) -> None:  # type: ignore[no-untyped-def]
+    async def on_status(msg) -> None:
         body = json.loads(msg.data)
         status[body["partition"]] = body
 
@@ -164,10 +165,10 @@ async def drain_cells(urls: str, d: Path, workers: int, replicas: int = 1) -> No
             await asyncio.sleep(0.2)
         # every worker got a share of the cells (leases per cell)
         kv = await js.key_value("tagtwin-pool")
-        owners = {}
-        for p in cell_partitions(SITE, plan):
+        owners: dict[str, str] = {}
+        for part in cell_partitions(SITE, plan):
             with contextlib.suppress(Exception):
-                owners[p] = (await kv.get(f"owner.{p}")).value.decode()
+                owners[part] = bytes((await kv.get(f"owner.{part}")).value or b"").decode()
         assert sorted(set(owners.values())) == [f"w{w + 1}" for w in range(workers)], owners
     finally:
         for p in procs:
@@ -223,4 +224,5 @@ def test_a_site_file_carries_the_cells_and_a_scenario_section_replaces_them(tmp_
     sc = load_scenario(tmp_path / "s.toml")
     assert sc.cells is not None and (sc.cells.grid, sc.cells.margin_m) == ((4, 1), 12.0)
     (tmp_path / "s.toml").write_text(scenario + '[cells]\nby = "zones"\n')
-    assert load_scenario(tmp_path / "s.toml").cells.by == "zones"
+    replaced = load_scenario(tmp_path / "s.toml").cells
+    assert replaced is not None and replaced.by == "zones"
