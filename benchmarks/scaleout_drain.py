@@ -124,7 +124,7 @@ async def drain(n: int, scenario: Path, items: list, keys: dict, total: int, t_l
         cpu0: list[float] = []
         deadline = time.monotonic() + 900
         cpu: list[list[float]] = [[] for _ in procs]
-        load = []
+        load: list[float] = []
         while (done() < total or not closed()) and time.monotonic() < deadline:
             await asyncio.sleep(0.25)
             if t_first is None and done() > 0:
@@ -153,8 +153,8 @@ async def drain(n: int, scenario: Path, items: list, keys: dict, total: int, t_l
                 "sightings_per_worker_cpu_s": round(total / max(sum(used[:n]), 1e-9)),
                 "load_avg_1m": round(sum(load) / max(len(load), 1), 2), "partitions_reporting": len(owners)}
     finally:
-        for w in workers:
-            w.stop()
+        for proc in workers:
+            proc.stop()
         for server in servers:
             server.stop()
 
