@@ -106,8 +106,8 @@ def has_run(text: str) -> bool:
 
 
 def run_of(text: str) -> backend.RunView:
-    """The whole run of a layout at the scenario's own seed (playback, maps, events)."""
-    view = results()[(text, parse_scenario(text).seed)].view
+    """The whole run of a layout at the first replicate seed (playback, maps, events)."""
+    view = results()[(text, reps.replicate_seeds(parse_scenario(text).seed, 1)[0])].view
     assert view is not None
     return view
 

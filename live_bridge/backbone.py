@@ -13,8 +13,8 @@ The raw stream is the site's raw log: every batch with its gateway (the subject)
 receive time (the stream's timestamp) and its sequence (the stream's and the batch's).
 Its retention (max age) is a site setting. Positions, events and dead letters are also
 stored (stream TAGTWIN_OUT_<site>) so a dashboard that was away can catch up. Scale-out
-partitions by site; a very large site adds a partition token before the gateway
-(``raw.<partition>.<gateway>``), which :func:`raw_filter` already allows for.
+partitions by site; a very large site is cut into cells (live_bridge/cells.py), each a
+consumer of the same raw stream filtered on its gateways' subjects.
 
 Publishing (gateways, twin-publish, load-test publishers): a batch leaves its SQLite
 spool only when JetStream's publish ack says the stream stored it; the message id
@@ -263,12 +263,12 @@ async def drain_spool(js: JetStreamContext, spool: Spool, counters: Counter[str]
 
 
 async def read_stream(js: JetStreamContext, stream: str, *, through_seq: int, start_seq: int | None = None,
-                      start_time: float | None = None, batch: int = 256,
+                      start_time: float | None = None, subjects: tuple[str, ...] = (), batch: int = 256,
                       timeout: float = 5.0) -> AsyncIterator[Msg]:
     """The stream's messages from ``start_seq`` (or the first stored at or after
     ``start_time``, Unix seconds) through ``through_seq``, in order, by an ephemeral pull
-    consumer that acks nothing and is deleted afterwards. Messages the retention removed
-    are simply not there."""
+    consumer that acks nothing and is deleted afterwards; only ``subjects`` when given (a
+    spatial cell reads its own gateways). Messages the retention removed are simply not there."""
     import datetime
 
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -279,6 +279,7 @@ async def read_stream(js: JetStreamContext, stream: str, *, through_seq: int, st
         when = datetime.datetime.fromtimestamp(max(start_time or 0.0, 0.0), tz=datetime.UTC)
         cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=when)
     cfg.ack_policy = AckPolicy.NONE
+    cfg.filter_subjects = list(subjects) or None
     cfg.inactive_threshold = 60.0
     cfg.mem_storage = True
     info = await js.add_consumer(stream, cfg)

@@ -1,8 +1,8 @@
 """Scale-out: a pool of engine workers sharing a backbone's partitions.
 
 A *partition* is one site's raw stream (``TAGTWIN_RAW_<site>``) with its durable consumer
-``engine-<site>-all`` and its checkpoint; a very large site would add partitions of its
-own (docs/scaling.md). Each worker process runs a :class:`WorkerPool`: it announces
+``engine-<site>-all`` and its checkpoint; a very large site's cells are partitions of
+their own (``<site>-<cell>``, live_bridge/cells.py). Each worker process runs a :class:`WorkerPool`: it announces
 itself in the KV bucket ``tagtwin-pool`` (``member.<id>``, refreshed every heartbeat,
 gone ``lease_s`` after the last one), computes from the live members which partitions
 are its own, and holds each by a lease key ``owner.<partition>``:

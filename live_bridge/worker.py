@@ -113,6 +113,9 @@ class WorkerSettings:
     checkpoint_every_s: float = 1.0
     status_every_s: float = 2.0
     ack_wait_s: float = 30.0
+    # A spatial partition (live_bridge/cells.py) reads only its cell's gateways' subjects;
+    # empty: every subject of the site.
+    subjects: tuple[str, ...] = ()
 
     @property
     def durable(self) -> str:
@@ -201,6 +204,9 @@ class WorkerCore:
         self.deep: set[int] = set()
         self.deep_first = -np.inf  # receive time of the first and the newest late row waiting
         self.deep_last = -np.inf
+        # A spatial partition publishes only the fixes it owns (engine.cells): (fixes, the
+        # rows held) -> mask. None: every fix.
+        self.publish_filter: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
     def reload_keys(self, ring: KeyRing) -> None:
         """A rotated or revoked keys file (tagtwin rotate-key, tagtwin revoke) takes effect
@@ -436,6 +442,8 @@ class WorkerCore:
             cfg = self.config
             mark = max(mark, max(self.marks.event.values()) + cfg.window_s + cfg.allowed_lateness_s + cfg.step_s)
         fixes = self.windows.advance(mark, revision=self.stream_seq)
+        if self.publish_filter is not None and len(fixes):
+            fixes = fixes[self.publish_filter(fixes, self.windows.rows)]
         if len(fixes) == 0:
             return []
         self.counters["positions"] += len(fixes)
@@ -546,16 +554,18 @@ async def open_partition(js: JetStreamContext, core: WorkerCore, streams: Stream
     if blob is not None:
         rb = core.begin_history()
         if rb is not None:  # the held rows, read back from the raw log
-            async for m in read_stream(js, raw_stream(s.site), start_seq=core.history_from, through_seq=rb.through_seq):
+            async for m in read_stream(js, raw_stream(s.site), start_seq=core.history_from, through_seq=rb.through_seq,
+                                       subjects=s.subjects):
                 core.read_back(rb, m.subject, m.data, m.metadata.sequence.stream, m.metadata.timestamp.timestamp())
             core.end_read_back(rb, time.time())
         log.info("resumed from checkpoint at stream seq %d", core.stream_seq)
     with contextlib.suppress(Exception):
         await js.delete_consumer(raw_stream(s.site), s.durable)
-    # No filter: the raw stream holds the site's signed subjects and its third-party topics.
+    # No filter but a cell's: the raw stream holds the site's signed subjects and its third-party topics.
     await js.add_consumer(raw_stream(s.site), ConsumerConfig(
         durable_name=s.durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
         opt_start_seq=core.stream_seq + 1, max_ack_pending=s.max_ack_pending, ack_wait=s.ack_wait_s,
+        filter_subjects=list(s.subjects) or None,
         max_deliver=-1,
     ))
     return await js.pull_subscribe_bind(s.durable, raw_stream(s.site))
@@ -613,7 +623,7 @@ async def run_worker(
             rb = core.deep_due(now)
             if rb is not None:  # late data beyond the horizon: its windows from the raw log
                 async for m in read_stream(js, raw_stream(s.site), start_time=core.deep_start_time(rb),
-                                           through_seq=rb.through_seq):
+                                           through_seq=rb.through_seq, subjects=s.subjects):
                     core.read_back(rb, m.subject, m.data, m.metadata.sequence.stream,
                                    m.metadata.timestamp.timestamp())
                 outbox += core.end_read_back(rb, now)

@@ -8,23 +8,23 @@ B - A then carries little of the run-to-run noise, and its t interval (Student 1
 the seeds is far narrower than the two layouts' own intervals (Law & Kelton, Simulation
 Modeling and Analysis, ch. 11).
 
-The pool is a concurrent.futures process pool behind :func:`run_batch`. The sweep
-machinery (twin/sweep.py, issue 14) supplies the statistics (``mean_ci``); its executor is
-not used yet because the planner needs two things it lacks: a cancel that terminates the
-workers at once (Streamlit interrupts the waiting script; ``execute``'s pool waits for
-running runs on exit), and the first seed's whole run view (for playback), where
-``run_one`` returns a metrics row. run_batch is the one place to switch when it has them.
+The runs go through the sweep machinery (twin/sweep.py, issue 14), so a planner comparison
+and ``tagtwin sweep`` are one way of doing the same thing: the seeds are the sweep's
+(``replicate_seeds``: ``SeedSequence`` children of the scenario's seed, exactly the seeds a
+sweep spec of the same scenario with ``seeds = n`` runs), the jobs run on its
+:class:`~twin.sweep.RunBatch` (a process pool whose cancel terminates the workers at
+once, as the app's Cancel needs), and the intervals are its ``mean_ci``. What differs is
+the job: a run here returns the whole run view of the first seed (playback, maps) and the
+report the ROI model reads, where the sweep's ``run_one`` returns a metrics row.
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,10 +33,11 @@ from engine.roi import RoiInputs, measured_from_report, roi_report
 from engine.rules.scoring import RateReading, rate_reading
 from planner.backend import RunView, run_view, scenario_dict, scenario_from_dict, scenario_toml
 from twin.scenario import parse_scenario
+from twin.sweep import RunBatch
+from twin.sweep import replicate_seeds as sweep_seeds
 
 DEFAULT_SEEDS = 3
 runs_submitted = 0  # simulations this process handed to a pool: lets tests prove caching
-SEED_STRIDE = 7919  # seeds base, base + 7919, ...: the first is the scenario's own seed
 DESIGN_FALSE_ALARMS = 0.25  # per day per 1,000 tags: the rules' default design rate
 
 # The run budget. Cost per run ~ fixed + per tag-second, calibrated on the demo warehouse
@@ -65,8 +66,9 @@ MONEY = (("npv", "NPV", False, "money"), ("payback_months", "payback", True, "mo
 
 
 def replicate_seeds(base_seed: int, n: int) -> list[int]:
-    """The seeds every layout is run with (the same list for all: common random numbers)."""
-    return [base_seed + SEED_STRIDE * i for i in range(max(1, n))]
+    """The seeds every layout is run with (the same list for all: common random numbers):
+    the sweep's, from ``SeedSequence(base_seed)``; the first stays the same whatever ``n``."""
+    return sweep_seeds(max(1, n), base_seed)
 
 
 def reseeded(text: str, seed: int) -> str:
@@ -200,53 +202,6 @@ class Progress:
         )
 
 
-@dataclass
-class Batch:
-    """(layout, seed) jobs on a spawn-context process pool."""
-
-    jobs: Sequence[tuple[str, int, bool]]
-    workers: int
-    results: dict[JobKey, Replicate] = field(default_factory=dict)
-    errors: dict[JobKey, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self._t0 = time.monotonic()
-        # spawn: a fresh interpreter per worker, never a fork of the threaded app server.
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
-        self._pending: dict[JobKey, Future[Replicate]] = {
-            (t, s): self._pool.submit(simulate_replicate, t, s, k) for t, s, k in self.jobs
-        }
-
-    def poll(self) -> Progress:
-        for key, fut in list(self._pending.items()):
-            if fut.done():
-                del self._pending[key]
-                try:
-                    self.results[key] = fut.result()
-                except Exception as exc:  # a run that failed is reported, never ends the app
-                    self.errors[key] = f"{type(exc).__name__}: {exc}"
-        return Progress(
-            len(self.jobs) - len(self._pending), len(self.jobs), time.monotonic() - self._t0
-        )
-
-    @property
-    def finished(self) -> bool:
-        return not self._pending
-
-    def cancel(self) -> None:
-        """Stop every worker now (their memory goes with them). concurrent.futures has no
-        public terminate before Python 3.14, so the pool's own process table is used."""
-        processes = list((getattr(self._pool, "_processes", None) or {}).values())
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        for p in processes:
-            p.terminate()
-        for p in processes:
-            p.join(5)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-
-
 def run_batch(
     jobs: Sequence[tuple[str, int, bool]],
     on_progress: Callable[[Progress], None],
@@ -258,16 +213,24 @@ def run_batch(
     workers are terminated before the exception goes on."""
     global runs_submitted  # noqa: PLW0603 - a process-wide counter, read by tests
     runs_submitted += len(jobs)
-    batch = Batch(jobs, workers or workers_for(len(jobs)))
+    t0 = time.monotonic()
+    batch: RunBatch[tuple[str, int, bool], Replicate] = RunBatch(
+        jobs, _job, "process", workers=workers or workers_for(len(jobs)))
+    results: dict[JobKey, Replicate] = {}
+    errors: dict[JobKey, str] = {}
     done = False
     try:
         while True:
-            progress = batch.poll()
-            on_progress(progress)
+            for i, result in batch.poll(timeout=poll_s):
+                text, seed, _ = jobs[i]
+                if isinstance(result, BaseException):  # a run that failed is reported, never ends the app
+                    errors[(text, seed)] = f"{type(result).__name__}: {result}"
+                else:
+                    results[(text, seed)] = result
+            on_progress(Progress(batch.done, len(jobs), time.monotonic() - t0))
             if batch.finished:
                 done = True
-                return batch.results, batch.errors
-            time.sleep(poll_s)
+                return results, errors
     finally:
         if done:
             batch.close()

@@ -195,3 +195,22 @@ class Gateways(Strict):
                 ids.append(f"{self.grid.prefix}-{k + 1:03d}")
                 rows.append((float(x), float(y), d.z_m, *scan))
         return ids, rows
+
+
+class Cells(Strict):
+    """Spatial partitions of one very large site (engine/cells.py, docs/scaling.md): each
+    cell a partition on the backbone with its own worker, consumer and checkpoint."""
+
+    by: Literal["grid", "zones"] = Field("grid", description="a grid over the site's bounds, or one cell per zone")
+    grid: tuple[int, int] = Field((2, 1), description="by = 'grid': columns x rows")
+    margin_m: float = Field(
+        30.0, ge=0, le=10_000,
+        description="a gateway this close to a cell is read by it too (a border gateway); exact when no two "
+        "gateways hearing one tag in one window stand farther apart")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not (1 <= v[0] <= 63 and 1 <= v[1] <= 63 and v[0] * v[1] <= 63):
+            raise ValueError(f"grid {list(v)}: columns and rows >= 1, at most 63 cells")
+        return v

@@ -28,9 +28,9 @@ from pydantic import Field, ValidationError, model_validator
 
 from siteplan.config_file import ConfigFileError, parse_toml, read_text, validation_problems
 from siteplan.radio import Radio
-from siteplan.schema import Gateways, Point, Site, Strict, Zone
+from siteplan.schema import Cells, Gateways, Point, Site, Strict, Zone
 
-SITE_SECTIONS = ("site", "zones", "gateways", "radio", "plan")
+SITE_SECTIONS = ("site", "zones", "gateways", "radio", "cells", "plan")
 GEOJSON_KINDS = ("outline", "wall", "rack", "zone")
 
 
@@ -60,6 +60,8 @@ class SiteFile(Strict):
     zones: list[Zone] = Field(default_factory=list, description="named polygons with roles")
     gateways: Gateways = Field(description="the gateway layout")
     radio: Radio = Field(default_factory=Radio, description="propagation, calibrated values, reporting")
+    cells: Cells | None = Field(
+        None, description="spatial partitions of a very large site on the backbone (docs/scaling.md); none: one")
     plan: PlanSources | None = Field(None, description="plan from GeoJSON or an occupancy image")
 
     @model_validator(mode="after")

@@ -374,3 +374,16 @@ def drain_reports(reports: mp.Queue[TickReport]) -> list[TickReport]:
             out.append(reports.get_nowait())
         except queue.Empty:
             return out
+
+
+def stored_batches(traffic: SiteTraffic, seconds: float, t0: float, batch_s: float = 0.5
+                   ) -> list[tuple[str, str, bytes, int, float]]:
+    """``seconds`` of one site's traffic as the batches its gateways would have stored, in
+    time order: (subject, gateway, body, sightings, receive time), event time 0 at ``t0``
+    (pre-filled streams in tests and benchmarks)."""
+    b = TickBuilder(PublisherSpec(0, "", "nats", [traffic], Schedule(1.0, seconds), t0, batch_s))
+    out = []
+    for k in range(int(seconds / batch_s)):
+        for subject, gw, body, n in b.build(k * batch_s, (k + 1) * batch_s, 1.0):
+            out.append((subject, gw, body, n, t0 + (k + 1) * batch_s))
+    return out

@@ -15,6 +15,7 @@ from engine.roi import RoiInputs
 from planner import backend
 from planner import replicates as reps
 from twin.scenario import load_scenario
+from twin.sweep import replicate_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +81,9 @@ def two_layouts():
 def test_layouts_share_seeds_and_money_ignores_too_little_exposure(two_layouts):
     sc, runs = two_layouts
     a, b = runs["A"], runs["B"]
-    assert [r.seed for r in a] == [r.seed for r in b] == [sc.seed, sc.seed + reps.SEED_STRIDE]
+    # the sweep's seeds: SeedSequence children of the scenario's seed, as `tagtwin sweep` runs them
+    assert [r.seed for r in a] == [r.seed for r in b] == replicate_seeds(2, sc.seed)
+    assert reps.replicate_seeds(sc.seed, 3)[:2] == replicate_seeds(2, sc.seed)  # more seeds keep the first
     assert a[0].view is not None and a[1].view is None  # the whole run of the first seed only
     assert a[0].metrics != a[1].metrics  # another seed is another run
     inputs = RoiInputs()

@@ -384,3 +384,28 @@ def test_an_unreachable_scheduler_is_one_line(tmp_path: Path) -> None:
     proc = tagtwin("sweep", "spec.toml", "--scheduler", f"tcp://127.0.0.1:{free_port()}", cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "cannot reach the Dask scheduler tcp://127.0.0.1:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _square_or_fail(x: int) -> int:
+    if x == 3:
+        raise ValueError("three")
+    return x * x
+
+
+@pytest.mark.parametrize("executor", ["serial", "process"])
+def test_a_run_batch_returns_each_job_or_its_exception_and_a_cancel_leaves_no_workers(executor: str) -> None:
+    """RunBatch, what both `tagtwin sweep` and the planner run on."""
+    import multiprocessing as mp
+
+    from twin.sweep import RunBatch
+
+    batch: RunBatch[int, int] = RunBatch([1, 2, 3, 4], _square_or_fail, executor, workers=2)  # type: ignore[arg-type]
+    got: dict[int, object] = {}
+    while not batch.finished:
+        got |= dict(batch.poll(timeout=1.0))
+    batch.close()
+    assert [got[i] for i in (0, 1, 3)] == [1, 4, 16] and isinstance(got[2], ValueError)
+    assert batch.done == 4
+    slow = RunBatch(list(range(50)), _square_or_fail, executor, workers=2)  # type: ignore[arg-type]
+    slow.cancel()
+    assert slow.finished and slow.poll() == [] and mp.active_children() == []

@@ -15,7 +15,7 @@ from engine.roi import RoiInputs
 from engine.rules.config import RuleSet
 from siteplan.config_file import ConfigFileError, parse_toml, read_text, validate_model
 from siteplan.radio import Radio
-from siteplan.schema import Gateways, Site, Strict, Zone, ZoneRole
+from siteplan.schema import Cells, Gateways, Site, Strict, Zone, ZoneRole
 from siteplan.sitefile import SiteFileError, check_site_references, site_sections
 
 
@@ -218,6 +218,8 @@ class Scenario(Strict):
     rules: RuleSet = Field(default_factory=lambda: RuleSet.model_validate({}), description="rule set, docs/rules.md")
     roi: RoiInputs = Field(default_factory=lambda: RoiInputs.model_validate({}), description="ROI inputs (docs/roi.md)")
     expected: dict[str, Bound] = Field(default_factory=dict, description="metric name -> bounds")
+    cells: Cells | None = Field(
+        None, description="spatial partitions of a very large site on the backbone (docs/scaling.md); none: one")
     loadtest: LoadTestSettings = Field(
         default_factory=lambda: LoadTestSettings.model_validate({}), description="SLOs of `tagtwin loadtest`")
 

@@ -13,13 +13,16 @@ Per variant the summary gives the mean and a 95 % Student-t confidence interval 
 metric over its seeds, the paired difference to the base variant (the first value of
 every axis) with its own interval, and the Pareto front of cost against p90 error.
 
-The functions here are the machinery; ``tagtwin sweep`` (tagtwin/sweep.py) is the command
-and the planner reuses :func:`run_scenario_seeds` and :func:`summarize` for multi-seed runs.
+The functions here are the machinery; ``tagtwin sweep`` (tagtwin/sweep.py) is the command,
+and the planner (planner/replicates.py) runs its layouts x seeds on the same
+:class:`RunBatch` with the seeds of :func:`replicate_seeds` and the intervals of
+:func:`mean_ci`.
 The spec format is documented in docs/sweeps.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -30,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -65,6 +68,8 @@ COST_KEY, ACCURACY_KEY = "cost", "p90_error_m"  # the Pareto front's two axes
 LAYOUT_AXIS = "layouts"  # the one reserved key of [axes]: gateway layout files
 OWN_LAYOUT = "scenario"  # in axes.layouts: the scenario's own gateways
 Executor = Literal["dask", "process", "serial"]
+J = TypeVar("J")
+R = TypeVar("R")
 
 
 class SweepError(ConfigFileError):
@@ -480,19 +485,143 @@ def failed_row(planned: PlannedRun, exc: BaseException) -> dict[str, Any]:
         "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _result(future: Any, planned: PlannedRun) -> dict[str, Any]:
-    """A finished future's row; a worker that died (a killed process, a lost Dask worker)
-    fails that run, not the sweep."""
-    try:
-        row: dict[str, Any] = future.result()
-    except Exception as exc:
-        return failed_row(planned, exc)
-    return row
-
-
 def machine_workers() -> int:
     """One worker process per core this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class SchedulerError(RuntimeError):
+    """The Dask scheduler named by --scheduler cannot be reached."""
+
+
+class RunBatch(Generic[J, R]):
+    """Jobs running on a process pool, a Dask cluster or in this process, polled without
+    blocking: ``tagtwin sweep`` waits on it (:func:`execute`) and the planner polls it
+    between redraws of its progress bar. ``fn`` must be a module-level function (it is
+    pickled to the workers). ``cancel`` ends the workers at once, their memory with them
+    (the planner's Cancel button, a user leaving the view); ``close`` waits for them.
+
+    ``dask``: a LocalCluster of ``workers`` single-threaded processes, or the cluster at
+    ``scheduler`` (tcp://host:port); ``process``: a spawn-context process pool (fresh
+    interpreters, never a fork of a threaded app server); ``serial``: one job per poll,
+    in this process (tests, debugging)."""
+
+    def __init__(self, jobs: Sequence[J], fn: Callable[[J], R], executor: Executor = "process", *,
+                 scheduler: str | None = None, workers: int | None = None) -> None:
+        self.jobs = list(jobs)
+        self.fn = fn
+        self.executor = executor
+        self.workers = max(1, min(workers or machine_workers(), max(len(self.jobs), 1)))
+        self._pending: dict[Any, int] = {}  # future (or job index, serial) -> job index
+        self._todo = list(range(len(self.jobs)))  # serial: what is left
+        self._pool: Any = None
+        self._cluster: Any = None
+        self._client: Any = None
+        if executor == "serial":
+            return
+        if executor == "process":
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pending = {self._pool.submit(fn, job): i for i, job in enumerate(self.jobs)}
+        elif executor == "dask":
+            self._start_dask(scheduler)
+        else:
+            raise ValueError(f"unknown executor {executor!r}: dask, process or serial")
+
+    def _start_dask(self, scheduler: str | None) -> None:
+        import logging
+        import uuid
+
+        from distributed import Client, LocalCluster
+
+        if scheduler is None:
+            self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                         host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+            self._client = Client(self._cluster)
+        else:
+            try:
+                self._client = Client(scheduler, timeout="15s")
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise SchedulerError(f"cannot reach the Dask scheduler {scheduler}: {exc}") from None
+        batch = uuid.uuid4().hex[:12]
+        futures = self._client.map(self.fn, self.jobs, key=[f"tagtwin-{batch}-{i}" for i in range(len(self.jobs))],
+                                   pure=False)
+        self._pending = {f: i for i, f in enumerate(futures)}
+
+    @property
+    def finished(self) -> bool:
+        return not self._pending and not self._todo if self.executor == "serial" else not self._pending
+
+    @property
+    def done(self) -> int:
+        return len(self.jobs) - (len(self._todo) if self.executor == "serial" else len(self._pending))
+
+    def poll(self, timeout: float = 0.0) -> list[tuple[int, R | BaseException]]:
+        """The jobs finished since the last poll, waiting up to ``timeout`` s for the first:
+        (job index, its result, or the exception it raised or its worker died of)."""
+        if self.executor == "serial":
+            if not self._todo:
+                return []
+            i = self._todo.pop(0)
+            try:
+                return [(i, self.fn(self.jobs[i]))]
+            except Exception as exc:
+                return [(i, exc)]
+        if not self._pending:
+            return []
+        if self.executor == "process":
+            from concurrent.futures import FIRST_COMPLETED
+            from concurrent.futures import wait as wait_futures
+
+            finished, _ = wait_futures(list(self._pending), timeout=timeout, return_when=FIRST_COMPLETED)
+        else:
+            from distributed import wait as wait_dask
+
+            with contextlib.suppress(TimeoutError):
+                wait_dask(list(self._pending), timeout=max(timeout, 0.001), return_when="FIRST_COMPLETED")
+            finished = {f for f in self._pending if f.done()}
+        out: list[tuple[int, R | BaseException]] = []
+        for future in finished:
+            i = self._pending.pop(future)
+            try:
+                out.append((i, future.result()))
+            except Exception as exc:  # a run that raised, a killed process, a lost Dask worker
+                out.append((i, exc))
+            if self.executor == "dask":
+                future.release()  # type: ignore[attr-defined]
+        return sorted(out, key=lambda x: x[0])
+
+    def cancel(self) -> None:
+        """Stop every worker now. concurrent.futures has no public terminate before Python
+        3.14, so the pool's own process table is used; a LocalCluster is closed (its worker
+        processes end), a remote cluster's futures cancelled."""
+        self._todo = []
+        if self._pool is not None:
+            processes = list((getattr(self._pool, "_processes", None) or {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for p in processes:
+                p.terminate()
+            for p in processes:
+                p.join(5)
+            self._pool = None
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.cancel(list(self._pending), force=True)
+        self._pending = {}
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
 
 
 def execute(
@@ -503,78 +632,25 @@ def execute(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every planned run and return their rows in run order, whatever order they
-    finished in. ``dask``: a LocalCluster of ``workers`` single-threaded processes, or the
-    cluster at ``scheduler`` (tcp://host:port); ``process``: a plain process pool;
-    ``serial``: this process (tests, debugging)."""
-    total = len(runs)
-    n = max(1, min(workers or machine_workers(), total))
+    """Run every planned run (:class:`RunBatch` with :func:`run_one`) and return their rows
+    in run order, whatever order they finished in; a run whose worker died is a failed row."""
     rows: list[dict[str, Any]] = []
-
-    def done(row: dict[str, Any]) -> None:
-        rows.append(row)
-        if progress is not None:
-            progress(len(rows), total)
-
-    if executor == "serial":
-        for planned in runs:
-            done(run_one(planned))
-    elif executor == "process":
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        # spawn: workers start clean, as Dask's do, whatever threads this process has.
-        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
-            submitted = {pool.submit(run_one, r): r for r in runs}
-            for future in as_completed(submitted):
-                done(_result(future, submitted[future]))
-    elif executor == "dask":
-        _execute_dask(runs, scheduler, n, done)
-    else:
-        raise ValueError(f"unknown executor {executor!r}: dask, process or serial")
-    return sorted(rows, key=lambda r: int(r["run"]))
-
-
-class SchedulerError(RuntimeError):
-    """The Dask scheduler named by --scheduler cannot be reached."""
-
-
-def _execute_dask(
-    runs: Sequence[PlannedRun], scheduler: str | None, workers: int, done: Callable[[dict[str, Any]], None]
-) -> None:
-    import logging
-
-    from distributed import Client, LocalCluster, as_completed
-
-    cluster = None
+    batch: RunBatch[PlannedRun, dict[str, Any]] = RunBatch(runs, run_one, executor, scheduler=scheduler,
+                                                            workers=workers)
+    ok = False
     try:
-        if scheduler is None:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address=None, silence_logs=logging.ERROR)
-            client = Client(cluster)
-        else:
-            try:
-                client = Client(scheduler, timeout="15s")
-            except (OSError, TimeoutError, ValueError) as exc:
-                raise SchedulerError(f"cannot reach the Dask scheduler {scheduler}: {exc}") from None
-        with client:
-            futures = client.map(run_one, list(runs), key=[f"tagtwin-run-{r.run}-{r.seed}" for r in runs],
-                                 pure=False)
-            planned = dict(zip((f.key for f in futures), runs, strict=True))
-            for future in as_completed(futures):
-                done(_result(future, planned[future.key]))
-                future.release()
+        while not batch.finished:
+            for i, result in batch.poll(timeout=1.0):
+                rows.append(failed_row(runs[i], result) if isinstance(result, BaseException) else result)
+                if progress is not None:
+                    progress(len(rows), len(runs))
+        ok = True
     finally:
-        if cluster is not None:
-            cluster.close()
-
-
-def run_scenario_seeds(
-    scenario: Scenario, seeds: Sequence[int], executor: Executor = "serial", **kwargs: Any
-) -> list[dict[str, Any]]:
-    """One scenario at several seeds (the planner's multi-seed run): its rows in seed order."""
-    runs = [PlannedRun(i, 0, i, s, scenario.model_copy(update={"seed": s})) for i, s in enumerate(seeds)]
-    return execute(runs, executor, **kwargs)
+        if ok:
+            batch.close()
+        else:
+            batch.cancel()
+    return sorted(rows, key=lambda r: int(r["run"]))
 
 
 # -- the table and the statistics --------------------------------------------------------
