@@ -69,3 +69,64 @@ class FieldSampler:
                 out[k] = field.imag[:ny, :nx]
                 k += 1
         return out
+
+
+class TemporalVariation:
+    """The slow, time-correlated part of a link's RSSI (people walking by, the carrier's
+    body, doors): per (gateway, tag) link a stationary Gauss-Markov process, the
+    Ornstein-Uhlenbeck process sampled exactly at the packets' times,
+
+        x(t + dt) = rho x(t) + sqrt(1 - rho^2) sigma w,   rho = exp(-dt / coherence_s),
+
+    so x has variance sigma^2 and correlation exp(-|dt| / coherence_s): Gudmundson's
+    exponential decorrelation (1991) in time instead of distance. ``tagtwin calibrate``
+    fits sigma and the coherence time from readings repeated at one place.
+
+    State is one float per link; a tag's first packet draws its links from the
+    stationary distribution. ``offsets`` takes the events of a tick in time order and
+    returns (gateways, events) offsets in dB.
+    """
+
+    def __init__(self, sigma_db: float, coherence_s: float, n_gateways: int, rng: np.random.Generator) -> None:
+        if sigma_db < 0 or coherence_s <= 0:
+            raise ValueError(f"temporal variation needs sigma >= 0 and coherence > 0, got {sigma_db}, {coherence_s}")
+        self.sigma_db = float(sigma_db)
+        self.coherence_s = float(coherence_s)
+        self.rng = rng
+        self.state = np.zeros((n_gateways, 0))
+        self.last_t = np.zeros(0)
+
+    def _grow(self, n_tags: int) -> None:
+        have = len(self.last_t)
+        if n_tags > have:
+            self.state = np.hstack([self.state, np.zeros((self.state.shape[0], n_tags - have))])
+            self.last_t = np.r_[self.last_t, np.full(n_tags - have, np.nan)]
+
+    def offsets(self, tags: NDArray[np.integer], t: FloatArray) -> FloatArray:
+        """Offsets (gateways, events) of events ``tags`` at times ``t`` (sorted). A tag
+        with several events in one call is advanced once per event, in order: the loop
+        runs over the largest number of events one tag has, not over events."""
+        tags = np.asarray(tags, dtype=np.int64)
+        t = np.asarray(t, dtype=float)
+        out = np.empty((self.state.shape[0], len(tags)))
+        if len(tags) == 0:
+            return out
+        self._grow(int(tags.max()) + 1)
+        order = np.argsort(tags, kind="stable")  # events of one tag together, in time order
+        st = tags[order]
+        first = np.r_[True, st[1:] != st[:-1]]
+        start = np.maximum.accumulate(np.where(first, np.arange(len(st)), 0))
+        rank = np.empty(len(tags), np.int64)
+        rank[order] = np.arange(len(st)) - start
+        for k in range(int(rank.max()) + 1):
+            ev = np.flatnonzero(rank == k)
+            tg = tags[ev]
+            dt = t[ev] - self.last_t[tg]
+            fresh = ~np.isfinite(dt)
+            rho = np.where(fresh, 0.0, np.exp(-np.maximum(np.nan_to_num(dt), 0.0) / self.coherence_s))
+            noise = self.rng.standard_normal((self.state.shape[0], len(ev)))
+            new = rho * self.state[:, tg] + np.sqrt(1.0 - rho**2) * self.sigma_db * noise
+            self.state[:, tg] = new
+            self.last_t[tg] = t[ev]
+            out[:, ev] = new
+        return out

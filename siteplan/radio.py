@@ -140,7 +140,7 @@ class Radio(Strict):
     air: AirInterfaceParams = Field(default_factory=AirInterfaceParams, description="PHY, collisions, Wi-Fi")
     temporal_sigma_db: float = Field(
         0.0, ge=0, le=20, description="RSSI variation lasting seconds at one place (people, the carrier); "
-        "replayed walks only (tagtwin fidelity), not yet the warehouse twin")
+        "a Gauss-Markov process per link in time (radio_models.shadowing.TemporalVariation)")
     temporal_coherence_s: float = Field(5.0, gt=0, le=3600, description="its coherence time")
     p0_dbm: float | None = Field(
         None, ge=-120, le=20,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from radio_models.crb import crlb_map, crlb_rmse, crlb_rmse_slopes
 from radio_models.environment import Grid, PacketEffects, RadioEnvironment
@@ -157,3 +159,45 @@ def test_fast_fading_distribution(fading):
         exact = ncx2.cdf(gain * 2 * (k + 1), 2, 2 * k)
     assert np.max(np.abs(ecdf - exact)) < 0.005
     assert gain.mean() == pytest.approx(1.0, abs=0.01)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sigma=st.floats(0.5, 8.0),
+    coherence=st.floats(0.3, 30.0),
+    lag=st.floats(0.05, 40.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_temporal_variation_has_its_variance_and_exponential_time_correlation(sigma, coherence, lag, seed):
+    """Each link is stationary with variance sigma^2 and correlation exp(-lag / coherence)
+    between two of its packets, whether they come in one call or two (4,000 tags x 3
+    gateways: the correlation's standard error is about (1 - rho^2) / 110 < 0.01)."""
+    from radio_models.shadowing import TemporalVariation
+
+    rng = np.random.default_rng(seed)
+    tags = 4000
+    process = TemporalVariation(sigma, coherence, 3, rng)
+    ids = np.arange(tags)
+    start = rng.uniform(0, 5, tags)
+    # Half the tags get both packets in one call (interleaved in time), half in two calls.
+    both = ids < tags // 2
+    ev_tag = np.r_[ids[both], ids[both]]
+    ev_t = np.r_[start[both], start[both] + lag]
+    order = np.argsort(ev_t, kind="stable")
+    out = np.empty((3, len(ev_t)))
+    out[:, order] = process.offsets(ev_tag[order], ev_t[order])
+    a1, b1 = out[:, : both.sum()], out[:, both.sum():]
+    a2 = process.offsets(ids[~both], start[~both])
+    b2 = process.offsets(ids[~both], start[~both] + lag)
+    a, b = np.hstack([a1, a2]).ravel(), np.hstack([b1, b2]).ravel()
+    rho = float(np.exp(-lag / coherence))
+    assert np.std(a) == pytest.approx(sigma, rel=0.08)
+    assert np.std(b) == pytest.approx(sigma, rel=0.08)
+    assert np.corrcoef(a, b)[0, 1] == pytest.approx(rho, abs=0.06)
+
+
+def test_temporal_variation_rejects_bad_parameters():
+    from radio_models.shadowing import TemporalVariation
+
+    with pytest.raises(ValueError, match="coherence"):
+        TemporalVariation(2.0, 0.0, 3, np.random.default_rng(0))

@@ -150,3 +150,30 @@ def test_sink_streams_instead_of_keeping():
     result = twin.run()
     assert len(result.sightings) == 0
     assert sum(len(c) for c in chunks) == result.stats["sightings"] > 0
+
+
+def test_the_warehouse_twin_draws_the_sites_temporal_variation():
+    """With temporal_sigma_db set, each link's RSSI gains a slow Gauss-Markov part: the
+    same events (same seed, no fading, no shadowing) differ from a run without it by
+    sigma, and consecutive packets of one link (about 1 s apart) share it as
+    exp(-dt / coherence) says. A site without it draws exactly as before."""
+    radio = ('[radio]\nfading = "none"\nshadowing_sigma_db = 0.0\nair = {{ collisions = false }}\n'
+             "temporal_sigma_db = {sigma}\ntemporal_coherence_s = 8.0\n")
+    plain = WarehouseTwin(scenario(radio.format(sigma=0.0))).run().sightings
+    slow = WarehouseTwin(scenario(radio.format(sigma=4.0))).run().sightings
+    assert WarehouseTwin(scenario(radio.format(sigma=0.0))).temporal is None
+    key = ["device", "seq", "gateway"]
+    a = np.sort(plain[[*key, "rssi", "t"]], order=key)
+    b = np.sort(slow[[*key, "rssi", "t"]], order=key)
+    _, ia, ib = np.intersect1d(a[key], b[key], return_indices=True)
+    assert len(ia) > 3000
+    diff = b["rssi"][ib] - a["rssi"][ia]
+    assert np.std(diff) == pytest.approx(4.0, rel=0.15)
+    # Consecutive packets of one link: correlation near exp(-dt / 8 s).
+    link = b[ib]
+    same = (link["device"][1:] == link["device"][:-1]) & (link["gateway"][1:] == link["gateway"][:-1])
+    same &= link["seq"][1:] == link["seq"][:-1] + 1
+    dt = np.median(link["t"][1:][same] - link["t"][:-1][same])
+    rho = np.corrcoef(diff[:-1][same], diff[1:][same])[0, 1]
+    assert rho == pytest.approx(np.exp(-dt / 8.0), abs=0.1)
+    assert rho > 0.7

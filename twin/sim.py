@@ -34,6 +34,7 @@ from radio_models.airinterface import (
 )
 from radio_models.environment import ADVERTISING_CHANNELS, Grid, PacketEffects, RadioEnvironment, ReportModel
 from radio_models.pathloss import ItuP1238, ItuP1238Classic, LogDistance, PathLossModel, Tr38901
+from radio_models.shadowing import TemporalVariation
 from siteplan.model import SiteModel
 from siteplan.radio import ItuP1238ClassicParams, ItuP1238Params, LogDistanceParams, Tr38901Params
 from twin.navigation import Navigator
@@ -189,7 +190,7 @@ class WarehouseTwin:
         """``sink`` receives each tick's sightings instead of the run keeping them all
         (an hour of a large site is more sightings than fit in memory)."""
         self.scenario = scenario
-        streams = np.random.SeedSequence(scenario.seed).spawn(7)
+        streams = np.random.SeedSequence(scenario.seed).spawn(8)  # children 0-6 as before 7 existed
         self.rng_place, self.rng_radio_static, self.rng_adv, self.rng_packet, self.rng_movers, self.rng_gw = (
             np.random.default_rng(s) for s in streams[:6]
         )
@@ -216,6 +217,13 @@ class WarehouseTwin:
             gateway_bias_db=self.rng_gw.normal(0, radio.gateway_bias_sigma_db, len(self.gateways.ids))
             if radio.gateway_bias_sigma_db > 0 else np.zeros(0),
             tag_height_m=scenario.site.tag_height_m,
+        )
+        # The slow part of a link's RSSI that a calibration walk measures (temporal_sigma_db
+        # over temporal_coherence_s); its own stream, so a site without it draws as before.
+        self.temporal = (
+            TemporalVariation(radio.temporal_sigma_db, radio.temporal_coherence_s, len(self.gateways.ids),
+                              np.random.default_rng(streams[7]))
+            if radio.temporal_sigma_db > 0 else None
         )
         if radio.gateway_offsets_db:  # calibrated per-gateway offsets of a site file
             self.radio.gateway_bias_db = self.radio.gateway_bias_db + np.array(
@@ -362,6 +370,8 @@ class WarehouseTwin:
             xyz = np.column_stack([xy, np.full(len(carried), self.tag_z)])
             tx = self.fleet.tx_power_1m_dbm[ev_tag[carried]]
             mean[:, carried] = self.radio.mean_rssi(xyz, tx).T
+        if self.temporal is not None:
+            mean = mean + self.temporal.offsets(ev_tag, ev_t).astype(np.float32)
 
         # 2. Prune. Gateway-major order: links come out grouped by gateway, each group in
         # time order, which is what the collision step needs.

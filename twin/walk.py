@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 
 from radio_models.environment import ADVERTISING_CHANNELS, Grid, PacketEffects, RadioEnvironment, ReportModel
 from radio_models.pathloss import LogDistance
+from radio_models.shadowing import TemporalVariation
 from siteplan.model import SiteModel
 from siteplan.radio import LogDistanceParams
 from siteplan.sitefile import SiteFile
@@ -80,18 +81,11 @@ def simulate_walk(
 def temporal_process(
     t: FloatArray, n_gateways: int, sigma_db: float, coherence_s: float, rng: np.random.Generator
 ) -> FloatArray:
-    """A Gauss-Markov (AR(1)) process per gateway over the walk's instants (time-sorted),
-    stationary with ``sigma_db`` and correlation exp(-dt / coherence_s)."""
+    """The site's slow variation (radio_models.shadowing.TemporalVariation, as the
+    warehouse twin draws it) for one walk's instants, (instants, gateways)."""
     t = np.asarray(t, dtype=float)
     order = np.argsort(t, kind="stable")
-    ts = t[order]
-    rho = np.exp(-np.diff(ts, prepend=ts[:1]) / coherence_s) if len(ts) else ts
-    out = np.empty((len(ts), n_gateways))
-    state = rng.normal(0.0, sigma_db, n_gateways)
-    noise = rng.normal(0.0, 1.0, (len(ts), n_gateways))
-    for k in range(len(ts)):  # a recursion over time; one walk is thousands of instants
-        state = rho[k] * state + np.sqrt(1.0 - rho[k] ** 2) * sigma_db * noise[k]
-        out[k] = state
-    result = np.empty_like(out)
-    result[order] = out
-    return result
+    process = TemporalVariation(sigma_db, coherence_s, n_gateways, rng)
+    out = np.empty((len(t), n_gateways))
+    out[order] = process.offsets(np.zeros(len(t), np.int64), t[order]).T
+    return out
