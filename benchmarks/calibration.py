@@ -35,6 +35,9 @@ from siteplan.sitefile import SiteFile, dump_site_file, load_site_file  # noqa: 
 from tagtwin.calibrate import calibrate, instants  # noqa: E402
 from tagtwin.evaluation import (  # noqa: E402
     COMPARE_COMBINATIONS,
+    Candidate,
+    candidates,
+    choose_tracking,
     cross_validate,
     leave_one_path_out,
     site_capture_config,
@@ -89,32 +92,45 @@ def main() -> None:
         radio = site.radio
 
         # Fix intervals: the walk's own report period (one row per fix, or three averaged)
-        # and 1 s; chosen with everything else by cross-validation on the walk.
+        # and 1 s; the HMM and particle filter also with each motion speed and likelihood
+        # widening. Everything is chosen and tuned by cross-validation on the walk.
         rows = instants(cal)
         period = round(float(np.median(np.diff(np.unique(rows.t)))), 4)
         timings = ((period, period), (period, 1.0), (1.0, 1.0), (1.0, 2.0))
+        methods = candidates(timings, COMPARE_COMBINATIONS, tuned_timings=((period, 1.0), (1.0, 1.0)))
 
-        def make(loc: str, trk: str, step: float, window: float, survey: Capture) -> EngineConfig:
-            return site_capture_config(site, site_path, gw, loc, trk, step, window, -59.0, None, 0, survey)
+        def make(c: Candidate, survey: Capture) -> EngineConfig:
+            return site_capture_config(site, site_path, gw, c.localizer, c.tracker, c.step_s, c.window_s,
+                                       -59.0, None, 0, survey, tuning=c.tuning())
 
-        cv = cross_validate(cal, make, COMPARE_COMBINATIONS, timings, folds=4)
-        chosen = min(cv, key=lambda k: (cv[k]["median_error_m"], cv[k]["p90_error_m"]))
-        method, timing = chosen.split("@")
-        chosen_step, chosen_window = (float(v) for v in timing.removesuffix("s").split("/"))
-        loc, _, trk = method.partition("+")
-        trk = trk or "none"
+        cv_started = time.perf_counter()
+        cv = cross_validate(cal, make, methods, folds=4)
+        cv_wall = time.perf_counter() - cv_started
+        best, tuning = choose_tracking(cv, methods)
+        chosen = best.name
+        assert site.radio.radio_map is not None
+        site = site.model_copy(update={"radio": radio.model_copy(update={
+            "radio_map": site.radio.radio_map.model_copy(update={"tuning": tuning})})})
+        site_path.write_text(dump_site_file(site))
+        site = load_site_file(site_path)
+        loc, trk, chosen_step, chosen_window = best.localizer, best.tracker, best.step_s, best.window_s
 
         on_test = {}
-        for step, window in timings:
-            for localizer, tracker in COMPARE_COMBINATIONS:
-                _, m = evaluate_capture(test, make(localizer, tracker, step, window, cal))
-                name = (localizer if tracker == "none" else f"{localizer}+{tracker}") + f"@{step:g}/{window:g}s"
-                on_test[name] = {k: m.get(k) for k in ("median_error_m", "p90_error_m", "r90_coverage")}
+        for c in methods:
+            scale = cv[c.name]["r90_scale"] if c.tracker in ("hmm", "particle") else 1.0
+            cfg = site_capture_config(site, site_path, gw, c.localizer, c.tracker, c.step_s, c.window_s, -59.0,
+                                      None, 0, cal, tuning=c.tuning(scale))
+            _, m = evaluate_capture(test, cfg)
+            on_test[c.name] = {k: m.get(k) for k in ("median_error_m", "p90_error_m", "r90_coverage")}
 
-        fid = {}
+        # The twin of this site (shadowing conditioned on the survey), and of a site
+        # like it (fresh fields each draw), for both walks.
+        fid: dict[str, dict[str, object]] = {}
         for name, cap in (("calibration_walk", cal), ("test_track", test)):
-            fid[name], _ = fidelity(cap, site, site_path, localizer=loc, tracker=trk, step=chosen_step,
-                                    window=chosen_window, seed=0, realizations=4)
+            for kind, condition in (("this_site", True), ("a_site_like_it", False)):
+                fid.setdefault(name, {})[kind], _ = fidelity(
+                    cap, site, site_path, localizer=loc, tracker=trk, step=chosen_step, window=chosen_window,
+                    seed=0, realizations=4, condition=condition)
 
         twin_capture = twin_paths(site, cal, paths=4, seconds=240.0, seed=7)
         loo = leave_one_path_out(twin_capture, base, site_path, 1.0, 1.0, seed=0,
@@ -137,7 +153,9 @@ def main() -> None:
             "outliers": result.outliers,
         },
         "cross_validation_on_calibration": cv,
+        "cross_validation_wall_s": round(cv_wall, 1),
         "chosen_on_calibration": chosen,
+        "tuning": [t.model_dump() for t in tuning],
         "test_track": on_test,
         "chosen_on_test": on_test[chosen],
         "targets": {"median_max_m": 0.8, "p90_max_m": 1.8, "ks_max": 0.05, "twin_error_within": 0.2},

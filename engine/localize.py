@@ -575,6 +575,11 @@ class RadioMap:
     # errors (the same furniture, the same shadowing), so treating them as independent
     # would make a filter overconfident by about this much.
     track_inflation: float = 1.0
+    # Share of reports a gateway loses at any level (a site's calibrated
+    # radio.report.miss_probability). With a floor, an unheard gateway then costs a cell
+    # at most -log(miss_probability): "not heard" is either "too far" or a lost report,
+    # and log(p + (1 - p) g) >= max(log p, log g). 0: the floor's full Gaussian penalty.
+    miss_probability: float = 0.0
 
     @property
     def free_index(self) -> NDArray[np.intp]:
@@ -702,9 +707,21 @@ class RadioMap:
         """
         m = self.mean_dbm[cells].astype(float)  # (cells, G)
         inv = 1.0 / (self.sigma_db * inflate) ** 2
+        unheard = None
+        if self.floor_dbm is not None and self.miss_probability > 0:
+            unheard = (weights > 0) & (values == self.floor_dbm)
+            weights = np.where(unheard, 0.0, weights)
         wv = weights * values * inv
         quad = (weights * inv) @ (m * m).T - 2.0 * wv @ m.T + np.sum(wv * values, axis=1, keepdims=True)
+        if unheard is not None:  # the same capped penalty for every row: one more product
+            penalty = np.minimum((self.floor_dbm - m) ** 2 * inv, self.miss_cap)  # (cells, G)
+            quad += unheard.astype(float) @ penalty.T
         return np.asarray(-0.5 * quad)
+
+    @property
+    def miss_cap(self) -> float:
+        """The largest -2 log-likelihood an unheard gateway can cost a cell."""
+        return float(-2.0 * np.log(self.miss_probability)) if self.miss_probability > 0 else np.inf
 
 
 def posterior_estimates(

@@ -92,6 +92,9 @@ class EngineConfig:
     # radio maps must be built from corrected readings too.
     gateway_offset_db: FloatArray | None = None
     kalman_fix_inflation: float = 1.0  # KalmanTracker.fix_inflation
+    # Factor on a tracker's r90, chosen so it covers 90 % of errors on held-out survey
+    # walks (tagtwin.evaluation.choose_tracking); 1 leaves it as the filter computes it.
+    tracker_r90_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.localizer not in LOCALIZERS:
@@ -425,7 +428,8 @@ class Engine:
                     floor = self._still_floor(row_dev[sl], ~np.isnan(matrix[sl]), still, part.x, part.y)
                     floor = np.where(np.isfinite(floor), floor, single_r90)
                     xs[sl], ys[sl], meth[sl] = part.x, part.y, part.method
-                    r90[sl] = np.maximum(part.r90, np.where(still, floor, MOVING_R90_FLOOR * single_r90))
+                    r90[sl] = cfg.tracker_r90_scale * np.maximum(
+                        part.r90, np.where(still, floor, MOVING_R90_FLOOR * single_r90))
                 if self.hysteresis is not None:
                     zone[sl] = self.hysteresis.assign(row_dev[sl], part.x, part.y, motion[sl])
             est = Estimates(xs, ys, r90, est.n_gateways, meth)

@@ -487,6 +487,10 @@ class ParticleFilter:
         scale = (1.0 / (rm.sigma_db[gk] * rm.track_inflation)).astype(np.float32)[:, None, :]
         z = (values.astype(np.float32)[:, None, :] - m) * scale
         wz = z * weights.astype(np.float32)[:, None, :]
+        if rm.floor_dbm is not None and rm.miss_probability > 0:  # a lost report costs at most this
+            unheard = (values == rm.floor_dbm)[:, None, :]
+            z2 = np.where(unheard, np.minimum(z * z, np.float32(rm.miss_cap)), z * z)
+            return np.asarray(np.einsum("rpk,rk->rp", z2, weights.astype(np.float32)), dtype=float) * -0.5
         return np.asarray(np.einsum("rpk,rpk->rp", wz, z), dtype=float) * -0.5
 
     def _initialise(self, values: FloatArray, weights: FloatArray) -> FloatArray:

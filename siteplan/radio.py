@@ -115,6 +115,22 @@ class RadioUncertainty(Strict):
     gateway_offsets_db: dict[str, float] = Field(default_factory=dict, description="gateway id -> 1-sigma")
 
 
+class TrackerTuning(Strict):
+    """One estimator/tracker at one fix interval and window, as cross-validation on the
+    calibration walk tuned it (tagtwin.evaluation.choose_tracking): the motion model's
+    speed, how much the tracker widens the map's likelihood, and the factor that makes
+    its r90 cover 90 % of held-out errors."""
+
+    localizer: str = Field(description="estimator, as evaluate --localizer")
+    tracker: str = Field("none", description="tracker, as evaluate --tracker")
+    step_s: float = Field(gt=0, le=60, description="fix interval")
+    window_s: float = Field(gt=0, le=60, description="window of readings per fix")
+    speed_mps: float = Field(1.5, gt=0, le=10, description="HMM / particle motion model speed")
+    inflation: float | None = Field(None, gt=0, le=20, description="likelihood widening; none: the map's own")
+    r90_scale: float = Field(1.0, gt=0, le=20, description="factor on the tracker's r90 (HMM, particle)")
+    chosen: bool = Field(False, description="the combination cross-validation ranked first")
+
+
 class RadioMapSettings(Strict):
     """A surveyed radio map: the calibration walk (a capture with truth, path relative
     to the site file) and the kernel smoothing chosen from its point spacing."""
@@ -123,6 +139,8 @@ class RadioMapSettings(Strict):
     bandwidth_m: float = Field(0.5, gt=0, le=20, description="Gaussian kernel bandwidth")
     reach_m: float = Field(0.35, gt=0, le=50, description="cells farther from any survey point are not free")
     cell_m: float = Field(0.2, gt=0.02, le=5, description="map cell size")
+    tuning: list[TrackerTuning] = Field(
+        default_factory=list, description="trackers tuned by cross-validation on the survey")
 
 
 class Radio(Strict):

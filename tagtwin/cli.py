@@ -435,6 +435,8 @@ def fidelity(
     window: Annotated[float, typer.Option(help="seconds of sightings per fix")] = 1.0,
     seed: Annotated[int, typer.Option(help="seed of the twin's draws")] = 0,
     realizations: Annotated[int, typer.Option(help="twins drawn (each its own shadowing)")] = 4,
+    condition: Annotated[bool, typer.Option(
+        help="condition the twin's shadowing on the site's survey (this site, not one like it)")] = True,
     plot: Annotated[Path | None, typer.Option(help="figure (default: fidelity.png next to the site)")] = None,
     report_json: Annotated[Path | None, typer.Option("--json", help="write the comparison here")] = None,
 ) -> None:
@@ -451,7 +453,7 @@ def fidelity(
         gw = read_gateways(gateways) if gateways is not None else site_gateways(site_file)
         cap = read_capture(capture, gw, gateways or site)
         result, curves = run(cap, site_file, site, localizer=localizer, tracker=tracker, step=step,
-                             window=window, seed=seed, realizations=realizations)
+                             window=window, seed=seed, realizations=realizations, condition=condition)
     except (CaptureError, SiteFileError, ValueError) as exc:
         err_console.print(f"[bold red]cannot compare:[/] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None

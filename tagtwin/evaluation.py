@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,7 +21,7 @@ from engine.roi import RoiReportError, read_report
 from engine.track import FloorPlan
 from engine.truth import MOVEMENT_DTYPE, SEGMENT_DTYPE, GroundTruth
 from radio_models.environment import Grid, ReportModel
-from siteplan.radio import LogDistanceParams
+from siteplan.radio import LogDistanceParams, TrackerTuning
 from siteplan.sitefile import SiteFile
 from siteplan.zones import ZoneIndex
 
@@ -256,11 +256,14 @@ def site_capture_config(
     tag_z: float | None,
     seed: int,
     survey: Capture | None = None,
+    tuning: TrackerTuning | None = None,
 ) -> EngineConfig:
     """An engine for a capture on a known site: the site's plan as bounds and floor plan
     (HMM, particle), its walls and racks in ML, its calibrated exponent, spread, P0 and
     per-gateway offsets in every model-based estimator, and its surveyed radio map (the
-    calibration walk named in the site file, smoothed as calibrated) when it has one."""
+    calibration walk named in the site file, smoothed as calibrated) when it has one.
+    A tracker the site file's cross-validation tuned (``radio_map.tuning``, or
+    ``tuning`` given here) gets its motion speed, likelihood widening and r90 factor."""
     from engine.capture import read_capture
     from engine.localize import ObstacleMap
     from radio_models.geometry import crossing_loss_db
@@ -292,11 +295,24 @@ def site_capture_config(
                 xy, rssi - sr.offsets_db[None, :], cell_m=cell, bandwidth_m=bw, reach_m=reach,
                 outline=plan_model.outline, tx_ref_dbm=sr.p0_reported_dbm,
             )
+            # A fix of one window of length ``window`` loses a gateway's every report in it
+            # with the calibrated miss probability per report, to the power of the reports.
+            reports = max(1.0, window / max(step_period(survey), 1e-3))
+            radio_map = replace(radio_map, miss_probability=site.radio.report.miss_probability ** reports)
         else:
             radio_map = RadioMap.from_model(
                 grid, plan.cell_free(grid), gateways.xyz, sr.exponent, sr.sigma_db, z,
                 sr.p0_reported_dbm, obstacle_map, track_inflation=1.5,
             )
+    if tuning is None and settings is not None:
+        tuning = next((c for c in settings.tuning if c.localizer == localizer and c.tracker == tracker
+                       and math.isclose(c.step_s, step, rel_tol=1e-3)
+                       and math.isclose(c.window_s, window, rel_tol=1e-3)), None)
+    speed, r90_scale = 1.5, 1.0
+    if tuning is not None and tracker in ("hmm", "particle"):
+        speed, r90_scale = tuning.speed_mps, tuning.r90_scale
+        if tuning.inflation is not None and radio_map is not None:
+            radio_map = replace(radio_map, track_inflation=tuning.inflation)
     return EngineConfig(
         gateways=gateways,
         zones=plan_model.zones,
@@ -314,6 +330,8 @@ def site_capture_config(
         radio_map=radio_map,
         floor_plan=plan,
         seed=seed,
+        tracker_speed_mps=speed,
+        tracker_r90_scale=r90_scale,
         gateway_offset_db=sr.offsets_db if np.any(sr.offsets_db) else None,
         # A map posterior's r90 treats readings as independent; ML's comes from the site's
         # whole spread. Widening map fixes by the square root of the map's own inflation
@@ -324,6 +342,15 @@ def site_capture_config(
             if radio_map is not None and localizer in ("radio-map", "knn") else 1.0
         ),
     )
+
+
+def step_period(capture: Capture) -> float:
+    """The median time between a device's reports (its reporting period)."""
+    s = capture.sightings
+    t = np.unique(np.column_stack([s["device"].astype(float), np.round(s["t"], 4)]), axis=0)
+    same = t[1:, 0] == t[:-1, 0]
+    gaps = np.diff(t[:, 1])[same]
+    return float(np.median(gaps)) if len(gaps) else 1.0
 
 
 def occupancy_plan(site: SiteFile, site_path: Path) -> FloorPlan:
@@ -406,42 +433,136 @@ def time_folds(capture: Capture, folds: int, block_s: float = 120.0) -> list[NDA
     return [block == k for k in range(folds)]
 
 
+def held_out_walks(capture: Capture, keep: NDArray[np.bool_], block_s: float = 120.0) -> Capture:
+    """The sightings ``keep`` selects, each ``block_s`` stretch of each device as a walk
+    of its own (its own device): a tracker starts every held-out walk afresh, as it
+    starts a real one, instead of carrying its belief across the jump between two
+    stretches minutes apart."""
+    from engine.capture import Capture, truth_from_samples
+    from engine.contract import IdTable
+
+    s = capture.sightings[keep].copy()
+    assert capture.truth_xyz is not None
+    xyz = capture.truth_xyz[keep]
+    block = np.floor((s["t"] - capture.sightings["t"].min(initial=0.0)) / block_s).astype(np.int64)
+    pairs, code = np.unique(np.column_stack([s["device"].astype(np.int64), block]), axis=0, return_inverse=True)
+    s["device"] = code.ravel()
+    names = IdTable([f"{capture.devices.ids[int(d)]}/{int(b) * block_s:g}s" for d, b in pairs])
+    return Capture(s, names, capture.gateways, truth_from_samples(s["device"], s["t"], xyz[:, :2]), xyz)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to locate tags that cross-validation can rank: estimator, tracker, fix
+    interval and window, and for the HMM and particle filter their motion speed and
+    likelihood widening (None: the map's own, RadioMap.track_inflation)."""
+
+    localizer: str
+    tracker: str
+    step_s: float
+    window_s: float
+    speed_mps: float = 1.5
+    inflation: float | None = None
+
+    @property
+    def name(self) -> str:
+        base = self.localizer if self.tracker == "none" else f"{self.localizer}+{self.tracker}"
+        if self.tracker in ("hmm", "particle") and (self.speed_mps != 1.5 or self.inflation is not None):
+            base += f"[{self.speed_mps:g} m/s" + (f", x{self.inflation:g}" if self.inflation else "") + "]"
+        return f"{base}@{self.step_s:.4g}/{self.window_s:.4g}s"
+
+    def tuning(self, r90_scale: float = 1.0, chosen: bool = False) -> TrackerTuning:
+        return TrackerTuning(localizer=self.localizer, tracker=self.tracker, step_s=self.step_s,
+                             window_s=self.window_s, speed_mps=self.speed_mps, inflation=self.inflation,
+                             r90_scale=round(r90_scale, 3), chosen=chosen)
+
+
+# Motion speeds and likelihood widenings tried for the map trackers (HMM, particle):
+# walking pace to a brisk walk; from readings counted as independent to the map default.
+TRACKER_SPEEDS_MPS = (0.6, 1.0, 1.5)
+TRACKER_INFLATIONS = (1.0, 1.6, 2.5)
+
+
+def candidates(
+    timings: tuple[tuple[float, float], ...],
+    combinations: tuple[tuple[str, str], ...] = COMPARE_COMBINATIONS,
+    tuned_timings: tuple[tuple[float, float], ...] = (),
+) -> tuple[Candidate, ...]:
+    """Every estimator/tracker combination at every (fix interval, window), and at
+    ``tuned_timings`` the HMM and particle filter with each motion speed and widening."""
+    out = [Candidate(loc, trk, step, window) for step, window in timings for loc, trk in combinations]
+    for step, window in tuned_timings:
+        for loc, trk in combinations:
+            if trk in ("hmm", "particle"):
+                out += [Candidate(loc, trk, step, window, v, f)
+                        for v in TRACKER_SPEEDS_MPS for f in TRACKER_INFLATIONS
+                        if (v, f) != (1.5, None)]
+    return tuple(dict.fromkeys(out))
+
+
+def target_ratio(median_m: float, p90_m: float, target_median_m: float, target_p90_m: float) -> float:
+    """How far a method is from the site's accuracy target, on its worse side: above 1
+    misses it. Ranking by it picks the method with the most margin on both median and
+    p90, rather than the best median with a p90 that misses."""
+    return max(median_m / target_median_m, p90_m / target_p90_m)
+
+
 def cross_validate(
     survey: Capture,
-    make_config: Callable[[str, str, float, float, Capture], EngineConfig],
-    combinations: tuple[tuple[str, str], ...] = COMPARE_COMBINATIONS,
-    timings: tuple[tuple[float, float], ...] = ((1.0, 1.0),),
+    make_config: Callable[[Candidate, Capture], EngineConfig],
+    methods: tuple[Candidate, ...],
     folds: int = 4,
     block_s: float = 120.0,
+    target_median_m: float = 0.8,
+    target_p90_m: float = 1.8,
 ) -> dict[str, dict[str, float]]:
-    """Every combination and (fix interval, window) scored on the calibration data
-    alone: each fold of the survey is located with a radio map built from the other
-    folds. What a site can use to pick its tracker without ever looking at a test track.
-    Keys are ``method@step/window``."""
+    """Every candidate scored on the calibration data alone: each fold's stretches are
+    walked afresh (``held_out_walks``) and located with a radio map built from the other
+    folds. Returns median, p90 and r90 coverage of the pooled held-out errors, the
+    factor on r90 that would cover 90 % of them (``r90_scale``), and ``target_ratio``.
+    What a site can use to pick and tune its tracker without looking at a test track."""
     from engine.capture import capture_subset
     from engine.evaluate import evaluate_capture, position_errors
 
     out: dict[str, dict[str, float]] = {}
     masks = time_folds(survey, folds, block_s)
-    parts = [(capture_subset(survey, m), capture_subset(survey, ~m)) for m in masks]
-    for step, window in timings:
-        for localizer, tracker in combinations:
-            errs, cover = [], []
-            for held, rest in parts:
-                fixes, _ = evaluate_capture(held, make_config(localizer, tracker, step, window, rest))
-                assert held.truth is not None
-                e = position_errors(fixes, held.truth)
-                ok = np.isfinite(e)
-                errs.append(e[ok])
-                cover.append(e[ok] <= fixes["r90"][ok])
-            e_all, c_all = np.concatenate(errs), np.concatenate(cover)
-            name = (localizer if tracker == "none" else f"{localizer}+{tracker}") + f"@{step:g}/{window:g}s"
-            out[name] = {
-                "median_error_m": round(float(np.median(e_all)), 4),
-                "p90_error_m": round(float(np.quantile(e_all, 0.9)), 4),
-                "r90_coverage": round(float(np.mean(c_all)), 4),
-            }
+    parts = [(held_out_walks(survey, m, block_s), capture_subset(survey, ~m)) for m in masks]
+    for cand in methods:
+        errs, radius = [], []
+        for held, rest in parts:
+            fixes, _ = evaluate_capture(held, make_config(cand, rest))
+            assert held.truth is not None
+            e = position_errors(fixes, held.truth)
+            ok = np.isfinite(e)
+            errs.append(e[ok])
+            radius.append(fixes["r90"][ok].astype(float))
+        e_all, r_all = np.concatenate(errs), np.concatenate(radius)
+        median, p90 = float(np.median(e_all)), float(np.quantile(e_all, 0.9))
+        out[cand.name] = {
+            "median_error_m": round(median, 4),
+            "p90_error_m": round(p90, 4),
+            "r90_coverage": round(float(np.mean(e_all <= r_all)), 4),
+            "r90_scale": round(float(np.quantile(e_all / np.maximum(r_all, 1e-6), 0.9)), 4),
+            "target_ratio": round(target_ratio(median, p90, target_median_m, target_p90_m), 4),
+        }
     return out
+
+
+def choose_tracking(
+    cv: dict[str, dict[str, float]], methods: tuple[Candidate, ...]
+) -> tuple[Candidate, list[TrackerTuning]]:
+    """The candidate with the lowest target ratio in cross-validation, and for each
+    estimator/tracker/timing its best motion speed and widening, with the r90 factor
+    cross-validation measured for it (for the site file's ``radio_map.tuning``)."""
+    best = min(methods, key=lambda c: (cv[c.name]["target_ratio"], cv[c.name]["median_error_m"]))
+    per: dict[tuple[str, str, float, float], Candidate] = {}
+    for c in methods:
+        key = (c.localizer, c.tracker, c.step_s, c.window_s)
+        if key not in per or cv[c.name]["target_ratio"] < cv[per[key].name]["target_ratio"]:
+            per[key] = c
+    tuning = [c.tuning(cv[c.name]["r90_scale"] if c.tracker in ("hmm", "particle") else 1.0, c == best)
+              for c in per.values() if c.tracker != "none"]
+    return best, tuning
 
 
 def leave_one_path_out(

@@ -26,7 +26,7 @@ from engine.evaluate import evaluate_capture
 from siteplan.sitefile import SiteFile
 from tagtwin.calibrate import instants
 from tagtwin.evaluation import site_capture_config, site_radio
-from twin.walk import simulate_walk
+from twin.walk import SurveyReadings, simulate_walk
 
 FloatArray = NDArray[np.float64]
 DISTANCE_BANDS_M = ((0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, np.inf))
@@ -46,13 +46,23 @@ def capture_from_rows(
     return Capture(s, template.devices, template.gateways, truth, xyz[r])
 
 
-def _replay(capture: Capture, site: SiteFile, sensitivity: FloatArray, seed: int, walk: int) -> Capture:
-    """``capture``'s walk replayed in the twin whose shadowing ``seed`` draws."""
+def survey_readings(capture: Capture, site: SiteFile) -> SurveyReadings:
+    """A survey capture as the readings the twin conditions its shadowing on."""
+    rows = instants(capture)
+    xyz = rows.xyz.copy()
+    xyz[:, 2] = np.where(np.isfinite(xyz[:, 2]), xyz[:, 2], site.site.tag_height_m)
+    return SurveyReadings(xyz, rows.rssi, rows.t)
+
+
+def _replay(capture: Capture, site: SiteFile, sensitivity: FloatArray, seed: int, walk: int,
+            survey: SurveyReadings | None = None) -> Capture:
+    """``capture``'s walk replayed in the twin whose shadowing ``seed`` draws (conditioned
+    on ``survey`` when given)."""
     rows = instants(capture)
     xyz = rows.xyz.copy()
     xyz[:, 2] = np.where(np.isfinite(xyz[:, 2]), xyz[:, 2], site.site.tag_height_m)
     gw = capture.gateways
-    rssi = simulate_walk(site, gw.xyz, gw.ids, sensitivity, xyz, seed, walk=walk, t=rows.t)
+    rssi = simulate_walk(site, gw.xyz, gw.ids, sensitivity, xyz, seed, walk=walk, t=rows.t, survey=survey)
     return capture_from_rows(capture, rows.t, rows.device, xyz, rssi)
 
 
@@ -67,13 +77,17 @@ def fidelity(
     window: float = 1.0,
     seed: int = 0,
     realizations: int = 4,
+    condition: bool = True,
 ) -> tuple[dict[str, Any], dict[str, FloatArray]]:
     """The comparison as JSON-ready numbers, and the arrays the plot draws.
 
     The twin is drawn ``realizations`` times (each its own shadowing fields). Where the
     site file names its survey walk, each twin also replays the survey and builds its
     radio map from that, as the real site's map comes from the real survey: the twin's
-    localization error is then what the twin predicts a calibrated site would get."""
+    localization error is then what the twin predicts a calibrated site would get.
+    With ``condition`` (and a survey), the twin's shadowing is conditioned on what the
+    survey measured (twin.walk.condition_on_survey): the twin of this site, not of a
+    site like it, whose error would vary from one draw of the fields to the next."""
     from engine.capture import read_capture
     from engine.evaluate import position_errors
 
@@ -113,9 +127,11 @@ def fidelity(
     real_res, real_d = residuals(capture)
     real_loc, real_err = errors(capture, survey)
     twin_res, twin_d, twin_err, twin_rec = [], [], [], []
+    measured = survey_readings(survey, site) if survey is not None and condition else None
     for r in range(realizations):
-        twin = _replay(capture, site, sensitivity, seed + r, walk=0)
-        twin_survey = _replay(survey, site, sensitivity, seed + r, walk=1) if survey is not None else None
+        twin = _replay(capture, site, sensitivity, seed + r, walk=0, survey=measured)
+        twin_survey = (_replay(survey, site, sensitivity, seed + r, walk=1, survey=measured)
+                       if survey is not None else None)
         res, d = residuals(twin)
         twin_res.append(res)
         twin_d.append(d)
@@ -131,6 +147,7 @@ def fidelity(
     }
     out: dict[str, Any] = {
         "realizations": realizations,
+        "conditioned_on_survey": measured is not None,
         "ks_residuals": round(float(ks_2samp(real_res, t_res).statistic), 4),
         "ks_real_halves": round(float(ks_2samp(real_res[half], real_res[~half]).statistic), 4),
         "residual_sd_db": {"real": round(float(np.std(real_res)), 2), "twin": round(float(np.std(t_res)), 2)},

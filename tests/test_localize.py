@@ -186,3 +186,34 @@ def test_r90_is_calibrated_on_the_model():
     est = wls_localize(rssi, gw, np.full(len(xy), -59.0), 2.0, 2.0, 1.0, BOUNDS)
     inside = np.mean(np.hypot(est.x - xy[:, 0], est.y - xy[:, 1]) <= est.r90)
     assert 0.85 <= inside <= 0.95
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    miss=st.floats(1e-4, 0.5),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_an_unheard_gateway_costs_a_cell_at_most_the_log_of_the_miss_probability(miss: float, seed: int) -> None:
+    """With a calibrated miss probability, an unheard gateway's term is the floor's
+    Gaussian penalty capped at -log(miss): the BLAS form equals the term-by-term sum."""
+    from dataclasses import replace
+
+    from engine.localize import RadioMap
+    from radio_models.environment import Grid
+
+    rng = np.random.default_rng(seed)
+    grid = Grid(0.0, 0.0, 1.0, 6, 5)
+    n_gw = 4
+    mean = rng.uniform(-90, -40, (30, n_gw)).astype(np.float32)
+    base = RadioMap(grid, np.ones(30, bool), mean, rng.uniform(2, 6, n_gw), -100.0, -59.0, 2.0)
+    rm = replace(base, miss_probability=miss)
+    rssi = rng.uniform(-90, -40, (7, n_gw))
+    rssi[rng.random((7, n_gw)) < 0.4] = np.nan
+    values, weights = rm.prepare(rssi)
+    cells = np.arange(30)
+    got = rm.log_likelihood(values, weights, cells, 1.5)
+    z2 = ((values[:, None, :] - mean[None].astype(float)) / (rm.sigma_db * 1.5)) ** 2
+    capped = np.where(np.isnan(rssi)[:, None, :], np.minimum(z2, -2 * np.log(miss)), z2)
+    np.testing.assert_allclose(got, -0.5 * capped.sum(axis=2), rtol=1e-6, atol=1e-6)
+    plain = base.log_likelihood(values, weights, cells, 1.5)
+    np.testing.assert_allclose(plain, -0.5 * z2.sum(axis=2), rtol=1e-6, atol=1e-6)  # no miss: unchanged

@@ -9,6 +9,8 @@ is the same RadioEnvironment the warehouse twin builds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -46,6 +48,57 @@ def walk_environment(
     )
 
 
+@dataclass(frozen=True)
+class SurveyReadings:
+    """What a site's survey measured (truth positions, reported RSSI per gateway, NaN
+    unheard, and instant times), for a twin of that very site rather than of a site
+    like it."""
+
+    xyz: FloatArray
+    rssi: FloatArray
+    t: FloatArray
+
+
+def condition_on_survey(
+    env: RadioEnvironment, site: SiteFile, survey: SurveyReadings, p0_dbm: float, rng: np.random.Generator
+) -> None:
+    """Condition the twin's static shadowing on what the survey measured (conditional
+    simulation by the residual method, Journel & Huijbregts 1978, ch. V.B): per grid
+    cell and gateway, the survey's mean discrepancy from the twin's mean d is an
+    estimate of the cell's shadowing with noise variance v = per-packet^2 / readings +
+    temporal^2 / passes (a pass: readings less than two coherence times apart), so
+
+        S_cond = S + w (d - e),   w = sigma_s^2 / (sigma_s^2 + v),   e ~ N(0, v),
+
+    which keeps S's variance where the survey saw nothing and pins it to the survey
+    where it saw a lot. Cells are treated as independent (the grid is a quarter of the
+    decorrelation distance), which is what makes this a few array operations."""
+    radio = site.radio
+    rep = radio.report
+    fading_mean, fading_sd = ReportModel(rep.receivers, rep.combine, rep.quantization_db).fading_stats(
+        radio.fading, radio.rician_k_db)
+    packet_var = fading_sd**2 + float(np.var(radio.channel_offset_db))
+    mean = env.mean_rssi(survey.xyz, np.full(len(survey.xyz), p0_dbm)) + fading_mean
+    d = survey.rssi - mean
+    cell = env.grid.cell_index(survey.xyz[:, :2])
+    n_cells, n_gw = env.static_db.shape
+    heard = np.isfinite(d)
+    order = np.lexsort((survey.t, cell))
+    new_pass = np.r_[True, (cell[order][1:] != cell[order][:-1])
+                     | (np.diff(survey.t[order]) > 2 * radio.temporal_coherence_s)]
+    passes = np.bincount(cell[order][new_pass], minlength=n_cells).astype(float)
+    for g in range(n_gw):
+        h = heard[:, g]
+        n = np.bincount(cell[h], minlength=n_cells).astype(float)
+        total = np.bincount(cell[h], weights=d[h, g], minlength=n_cells)
+        seen = n > 0
+        v = packet_var / np.maximum(n, 1.0) + radio.temporal_sigma_db**2 / np.maximum(passes, 1.0)
+        w = np.where(seen, radio.shadowing_sigma_db**2 / (radio.shadowing_sigma_db**2 + v), 0.0)
+        e = rng.normal(0.0, 1.0, n_cells) * np.sqrt(v)
+        step = w * (np.where(seen, total / np.maximum(n, 1.0), 0.0) - e)
+        env.static_db[:, g] += step.astype(np.float32)
+
+
 def simulate_walk(
     site: SiteFile,
     gateway_xyz: FloatArray,
@@ -56,17 +109,22 @@ def simulate_walk(
     tx_power_dbm: float | None = None,
     walk: int = 0,
     t: FloatArray | None = None,
+    survey: SurveyReadings | None = None,
 ) -> FloatArray:
     """Reported RSSI (instants, gateways) of a tag at ``xyz`` (one row per instant the
     real walk had), NaN where the gateway did not report. ``seed`` draws the site's
     shadowing fields, so two walks with one seed cross the same site (a survey and a
     test track); ``walk`` numbers the walks, whose channels, fading and misses are
     independent. With instant times ``t``, the site's temporal part is added too.
+    With the site's ``survey``, the shadowing is conditioned on it (this site, not one
+    like it: ``condition_on_survey``).
     """
     static_seed, packet_seed = np.random.SeedSequence(seed).spawn(2)
     env = walk_environment(site, gateway_xyz, gateway_ids, np.random.default_rng(static_seed))
     rng = np.random.default_rng(packet_seed.spawn(walk + 1)[walk])
     p0 = site.radio.p0_dbm if site.radio.p0_dbm is not None else (-59.0 if tx_power_dbm is None else tx_power_dbm)
+    if survey is not None:
+        condition_on_survey(env, site, survey, p0, np.random.default_rng(static_seed.spawn(1)[0]))
     mean = env.mean_rssi(xyz, np.full(len(xyz), p0))
     if site.radio.temporal_sigma_db > 0 and t is not None:
         mean += temporal_process(t, mean.shape[1], site.radio.temporal_sigma_db,
