@@ -32,18 +32,13 @@ sys.path.insert(0, str(ROOT))
 from engine.capture import Capture, kolakowski_capture, read_capture, read_gateways  # noqa: E402
 from engine.contract import IdTable  # noqa: E402
 from engine.evaluate import evaluate_capture  # noqa: E402
-from engine.pipeline import EngineConfig  # noqa: E402
 from siteplan.model import SiteModel  # noqa: E402
 from siteplan.sitefile import SiteFile, dump_site_file, load_site_file  # noqa: E402
-from tagtwin.calibrate import calibrate, instants  # noqa: E402
+from tagtwin.calibrate import calibrate  # noqa: E402
 from tagtwin.evaluation import (  # noqa: E402
-    COMPARE_COMBINATIONS,
-    Candidate,
-    candidates,
-    choose_tracking,
-    cross_validate,
     leave_one_path_out,
     site_capture_config,
+    tune_tracking,
 )
 from tagtwin.fidelity import capture_from_rows, fidelity  # noqa: E402
 from twin.walk import simulate_walk  # noqa: E402
@@ -94,26 +89,15 @@ def main() -> None:
         site = load_site_file(site_path)
         radio = site.radio
 
-        # Fix intervals: the walk's own report period (one row per fix, or three averaged)
-        # and 1 s; the HMM and particle filter also with each motion speed and likelihood
-        # widening. Everything is chosen and tuned by cross-validation on the walk.
-        rows = instants(cal)
-        period = round(float(np.median(np.diff(np.unique(rows.t)))), 4)
-        timings = ((period, period), (period, 1.0), (1.0, 1.0), (1.0, 2.0))
-        methods = candidates(timings, COMPARE_COMBINATIONS, tuned_timings=((period, 1.0), (1.0, 1.0)))
-
-        def make(c: Candidate, survey: Capture) -> EngineConfig:
-            return site_capture_config(site, site_path, gw, c.localizer, c.tracker, c.step_s, c.window_s,
-                                       -59.0, None, 0, survey, tuning=c.tuning())
-
+        # Every estimator/tracker at the walk's own report period and at 1 s, the HMM and
+        # particle filter also with each motion speed and likelihood widening: chosen and
+        # tuned by cross-validation on the walk (docs/calibration.md section 4).
         cv_started = time.perf_counter()
-        cv = cross_validate(cal, make, methods, folds=4)
+        site, best, cv, methods = tune_tracking(site, site_path, cal, gw, folds=4)
         cv_wall = time.perf_counter() - cv_started
-        best, tuning = choose_tracking(cv, methods)
-        chosen = best.name
         assert site.radio.radio_map is not None
-        site = site.model_copy(update={"radio": radio.model_copy(update={
-            "radio_map": site.radio.radio_map.model_copy(update={"tuning": tuning})})})
+        tuning = site.radio.radio_map.tuning
+        chosen = best.name
         site_path.write_text(dump_site_file(site))
         site = load_site_file(site_path)
         loc, trk, chosen_step, chosen_window = best.localizer, best.tracker, best.step_s, best.window_s

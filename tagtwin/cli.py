@@ -396,10 +396,16 @@ def calibrate(
     tag_z: Annotated[float | None, typer.Option(help="tag height, m (default: the site's)")] = None,
     plot: Annotated[Path | None, typer.Option(help="diagnostics PNG (default: next to --out)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    choose_tracker: Annotated[bool, typer.Option(
+        help="also choose and tune the tracker by cross-validation on the walk (minutes)")] = False,
+    target_median: Annotated[float, typer.Option(help="accuracy target for --choose-tracker: median, m")] = 0.8,
+    target_p90: Annotated[float, typer.Option(help="accuracy target for --choose-tracker: p90, m")] = 1.8,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Fit a site's radio from a walk with truth: P0, n, per-gateway offsets, shadowing
-    and its decorrelation, fading, how gateways report; write them into a site file."""
+    and its decorrelation, fading, how gateways report; write them into a site file.
+    With --choose-tracker, also rank every estimator/tracker by cross-validation on the
+    walk and write the tuning (speed, widening, r90 factor) that evaluate --site uses."""
     from engine.capture import CaptureError, read_capture, read_gateways
     from siteplan.sitefile import SiteFileError, dump_site_file, load_site_file
     from tagtwin.calibrate import calibrate as run
@@ -412,15 +418,26 @@ def calibrate(
         if cap.truth_xyz is None:
             raise ValueError(f"{capture}: no truth_x/truth_y (or x/y) columns: nothing to calibrate against")
         result = run(cap, base=base, tag_z=tag_z, survey_path=survey_reference(capture, out), seed=seed)
+        site_file = result.site
+        if choose_tracker:
+            from tagtwin.evaluation import tune_tracking
+
+            site_file, best, cv, _ = tune_tracking(site_file, out, cap, gw, target_median_m=target_median,
+                                                   target_p90_m=target_p90)
     except (SiteFileError, CaptureError, ValueError) as exc:
         err_console.print(f"[bold red]cannot calibrate:[/] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
-    _write(out, dump_site_file(result.site))
+    _write(out, dump_site_file(site_file))
     png = diagnostics_png(result, plot or out.with_suffix(".png"))
     if not quiet:
         console.print(result.table(capture.name))
         if result.outliers:
             console.print(f"outlier gateways (check mounting, antenna, position): {', '.join(result.outliers)}")
+        if choose_tracker:
+            score = cv[best.name]
+            console.print(f"tracker chosen by cross-validation on the walk: {best.name} "
+                          f"(median {score['median_error_m']:.2f} m, p90 {score['p90_error_m']:.2f} m, "
+                          f"r90 x{score['r90_scale']:.2f})")
         console.print(f"wrote {out} and {png}")
 
 

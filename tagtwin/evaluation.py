@@ -565,6 +565,41 @@ def choose_tracking(
     return best, tuning
 
 
+def tune_tracking(
+    site: SiteFile,
+    site_path: Path,
+    survey: Capture,
+    gateways: GatewayInfo,
+    *,
+    folds: int = 4,
+    target_median_m: float = 0.8,
+    target_p90_m: float = 1.8,
+) -> tuple[SiteFile, Candidate, dict[str, dict[str, float]], tuple[Candidate, ...]]:
+    """Choose and tune a site's tracker on its survey (``tagtwin calibrate
+    --choose-tracker``, benchmarks/calibration.py): every candidate at the survey's own
+    report period and at 1 s, cross-validated; returns the site with the tuning in
+    ``radio.radio_map.tuning``, the chosen candidate, the cross-validation table and the
+    candidates."""
+    if site.radio.radio_map is None:
+        raise ValueError("the site file has no radio_map section: calibrate it on a survey first")
+    period = round(step_period(survey), 4)
+    timings = ((period, period), (period, 1.0), (1.0, 1.0), (1.0, 2.0))
+    methods = candidates(timings, COMPARE_COMBINATIONS, tuned_timings=((period, 1.0), (1.0, 1.0)))
+
+    def make(c: Candidate, rest: Capture) -> EngineConfig:
+        return site_capture_config(site, site_path, gateways, c.localizer, c.tracker, c.step_s, c.window_s,
+                                   -59.0, None, 0, rest, tuning=c.tuning())
+
+    cv = cross_validate(survey, make, methods, folds=folds, target_median_m=target_median_m,
+                        target_p90_m=target_p90_m)
+    best, tuning = choose_tracking(cv, methods)
+    radio = site.radio
+    assert radio.radio_map is not None
+    tuned = site.model_copy(update={"radio": radio.model_copy(update={
+        "radio_map": radio.radio_map.model_copy(update={"tuning": tuning})})})
+    return SiteFile.model_validate(tuned.model_dump(by_alias=True)), best, cv, methods
+
+
 def leave_one_path_out(
     capture: Capture,
     base: SiteFile,

@@ -38,8 +38,11 @@ def test_rician_k_is_recovered_from_the_spread_it_makes(k_db: float, receivers: 
     report = ReportModel(receivers, "linear", 1.0)
     spread = report.fading_stats("rician", k_db)[1]
     k_back, mean, spread_back = rician_k_for_spread(spread, report)
-    assert k_back == pytest.approx(k_db, abs=0.6)
     assert spread_back == pytest.approx(spread, abs=0.05)
+    # K is identifiable where the spread changes with it: at low K through two averaged
+    # modules the spread is nearly flat (K -4 dB: 0.04 dB of spread per dB of K), and another K makes it.
+    slope = abs(report.fading_stats("rician", k_db + 0.5)[1] - report.fading_stats("rician", k_db - 0.5)[1])
+    assert k_back == pytest.approx(k_db, abs=max(0.6, 0.05 / max(slope, 1e-3)))
     assert mean < 0  # fading lowers the mean of dB readings (Jensen)
 
 
@@ -415,3 +418,27 @@ def test_a_twin_conditioned_on_a_survey_has_the_surveyed_sites_shadowing() -> No
     assert np.corrcoef(a, b)[0, 1] > 0.85
     assert np.corrcoef(real.static_db[inside].ravel(), before[inside].ravel())[0, 1] < 0.3
     np.testing.assert_array_equal(twin.static_db[outside], before[outside])
+
+
+@pytest.mark.slow
+def test_calibrate_choose_tracker_writes_the_tuning_evaluate_uses(walk: dict[str, Path], tmp_path: Path) -> None:
+    """`tagtwin calibrate --choose-tracker` ranks every candidate on the walk, writes one
+    tuning per tracker and timing (at most one chosen: the winner may be an estimator
+    alone), and `evaluate --site`'s engine picks an HMM's tuning up from the file."""
+    out = tmp_path / "site.toml"
+    res = runner.invoke(app, ["calibrate", "--capture", str(walk["walk"]), "--gateways", str(walk["gateways"]),
+                              "--site", str(walk["site"]), "--out", str(out), "--choose-tracker"])
+    assert res.exit_code == 0, res.output
+    assert "tracker chosen by cross-validation" in res.output
+    site = load_site_file(out)
+    assert site.radio.radio_map is not None
+    tuning = site.radio.radio_map.tuning
+    assert sum(t.chosen for t in tuning) <= 1 and tuning
+    assert {t.tracker for t in tuning} == {"kalman", "hmm", "particle"}
+    assert all(t.r90_scale > 0 for t in tuning)
+    from tagtwin.evaluation import site_capture_config
+
+    hmm = next(t for t in tuning if t.tracker == "hmm")
+    cfg = site_capture_config(site, out, read_gateways(walk["gateways"]), hmm.localizer, "hmm", hmm.step_s,
+                              hmm.window_s, -59.0, None, 0)
+    assert (cfg.tracker_speed_mps, cfg.tracker_r90_scale) == (hmm.speed_mps, hmm.r90_scale)
