@@ -162,7 +162,10 @@ class RevisingWindows:
         self.lateness = cfg.allowed_lateness_s
         self.per = int(np.ceil(self.window / self.step))
         self.horizon_s = horizon_s
-        self.rows: Sightings = np.zeros(0, SIGHTING_DTYPE)
+        # The rows, time-sorted, live in _store[_lo:_hi]: rows are appended at the end and
+        # pruned from the front without copying the whole horizon at every advance.
+        self._store: Sightings = np.zeros(0, SIGHTING_DTYPE)
+        self._lo = self._hi = 0
         self._new: list[Sightings] = []
         self.closed_through: int | None = None  # last window index published
         self.revisions: dict[int, int] = {}
@@ -191,7 +194,8 @@ class RevisingWindows:
         if len(keep):
             self._new.append(keep)
             if self.closed_through is not None:
-                k = self._windows_of(keep["t"])
+                # Only a row before the end of the last closed window can touch it.
+                k = self._windows_of(keep["t"][keep["t"] < (self.closed_through + 1) * self.step])
                 self.dirty.update(int(w) for w in np.unique(k[k <= self.closed_through]))
         return np.asarray(too_old)
 
@@ -241,8 +245,7 @@ class RevisingWindows:
         window, or are ``revision`` when given (the backbone passes the stream sequence the
         state covers: it only grows, across restarts too)."""
         if self._new:
-            self.rows = np.concatenate([self.rows, *self._new])
-            self.rows = self.rows[np.argsort(self.rows["t"], kind="stable")]
+            self._append(np.concatenate(self._new))
             self._new = []
         if not np.isfinite(watermark) or len(self.rows) == 0:
             return np.zeros(0, REVISED_FIX_DTYPE)
@@ -250,7 +253,10 @@ class RevisingWindows:
         first_new = (self.closed_through + 1) if self.closed_through is not None else -(2**62)
         todo = set(self.dirty)
         if last >= first_new:
-            k = np.unique(self._windows_of(self.rows["t"][self.rows["t"] < (last * self.step)]))
+            # Rows before the first new window's start belong to closed windows only.
+            t = self.rows["t"]
+            lo, hi = np.searchsorted(t, [first_new * self.step - self.window, last * self.step])
+            k = np.unique(self._windows_of(_last_per_step(t[lo:hi], self.step)))
             todo.update(int(w) for w in k[(k >= first_new) & (k <= last)])
             self.closed_through = last
         self.dirty = set()
@@ -280,7 +286,7 @@ class RevisingWindows:
     def _prune(self) -> None:
         start = self.horizon_start() - MERGE_MARGIN_S
         if len(self.rows) and self.rows["t"][0] < start:
-            self.rows = self.rows[np.searchsorted(self.rows["t"], start):]
+            self._lo += int(np.searchsorted(self.rows["t"], start))
         oldest = int(np.floor(self.horizon_start() / self.step))
         for w in [w for w in self.revisions if w < oldest]:
             del self.revisions[w]
@@ -288,7 +294,7 @@ class RevisingWindows:
     # -- checkpoint -------------------------------------------------------------------
 
     def snapshot(self) -> tuple[dict[str, object], Sightings]:
-        rows = np.concatenate([self.rows, *self._new]) if self._new else self.rows
+        rows = np.concatenate([self.rows, *self._new]) if self._new else self.rows.copy()
         meta: dict[str, object] = {
             "closed_through": self.closed_through,
             "revisions": {str(k): v for k, v in self.revisions.items()},
@@ -304,6 +310,48 @@ class RevisingWindows:
         self.dirty = {int(k) for k in meta["dirty"]}  # type: ignore[attr-defined]
         self.rows = rows[np.argsort(rows["t"], kind="stable")]
         self._new = []
+
+    # -- the row store ------------------------------------------------------------------
+
+    @property
+    def rows(self) -> Sightings:
+        """The raw rows held, sorted by event time (stable in arrival order)."""
+        return self._store[self._lo:self._hi]
+
+    @rows.setter
+    def rows(self, rows: Sightings) -> None:
+        self._store = np.array(rows, SIGHTING_DTYPE)
+        self._lo, self._hi = 0, len(rows)
+
+    def _append(self, new: Sightings) -> None:
+        """Merge ``new`` into the sorted rows: the same order as a stable sort of the old
+        rows followed by the new ones, but only the tail the new rows reach is touched."""
+        new = new[np.argsort(new["t"], kind="stable")]
+        t = self.rows["t"]
+        cut = self._lo + int(np.searchsorted(t, new["t"][0], side="right"))
+        tail = self._store[cut:self._hi]
+        if len(tail):  # late rows: merge them into the tail (old rows first at equal times)
+            at = np.searchsorted(tail["t"], new["t"], side="right")
+            new = np.insert(tail, at, new)
+        need = cut + len(new)
+        if need > len(self._store):  # compact to the front, with room to grow
+            keep = self._store[self._lo:cut]
+            store = np.empty(max(2 * (len(keep) + len(new)), 1024), SIGHTING_DTYPE)
+            store[:len(keep)] = keep
+            self._store, self._lo, cut = store, 0, len(keep)
+            need = cut + len(new)
+        self._store[cut:need] = new
+        self._hi = need
+
+
+def _last_per_step(t: NDArray[np.float64], step: float) -> NDArray[np.float64]:
+    """The last of the sorted times ``t`` in each step they fall in: the windows of those
+    times are the windows of all of them (a later time in the same step is inside at
+    least every window an earlier one is), from one row a step instead of every row."""
+    if len(t) == 0:
+        return t
+    base = np.floor(t / step + 1e-12)
+    return t[np.r_[np.flatnonzero(base[1:] != base[:-1]), len(t) - 1]]
 
 
 def _seq_runs(seqs: deque[int]) -> list[list[int]]:
