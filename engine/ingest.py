@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from engine._order import lexsort_by_time
 from engine.contract import UNKNOWN, Sightings
 
 RSSI_MIN_DBM = -130.0
@@ -86,11 +87,13 @@ def drop_redeliveries(batch: Sightings, counters: IngestCounters) -> Sightings:
     A re-delivery has the same gateway, device, event counter and channel; without an
     event counter (seq == UNKNOWN) only a byte-identical row (same time and RSSI) is one.
     Canonical order first, so which copy survives never depends on arrival order.
+    Rows are grouped by a hash of that key first: only the rows whose hash is shared
+    (re-deliveries, and the rare collision) go through the exact comparison.
     """
     if len(batch) == 0:
         return batch
-    batch = batch[np.lexsort((batch["rssi"], batch["channel"], batch["seq"], batch["device"], batch["gateway"],
-                              batch["t"]))]
+    batch = batch[lexsort_by_time(batch["t"], batch["gateway"], batch["device"], batch["seq"], batch["channel"],
+                                  batch["rssi"])]
     no_seq = (batch["seq"] == UNKNOWN).astype(np.int64)
     keys = [
         _pair(batch["gateway"], batch["device"]),
@@ -98,11 +101,36 @@ def drop_redeliveries(batch: Sightings, counters: IngestCounters) -> Sightings:
         np.ascontiguousarray(batch["t"]).view(np.int64) * no_seq,
         np.ascontiguousarray(batch["rssi"], dtype=np.float32).view(np.int32).astype(np.int64) * no_seq,
     ]
+    candidates = _shared_hash(keys)
+    if candidates is None:
+        return batch
+    sub = [k[candidates] for k in keys]
     # Stable sort by the keys: the first row of each group is its first in canonical order.
-    order = np.lexsort(keys[::-1])
-    first = np.sort(order[_group_starts(keys, order)])
-    counters.duplicates += len(batch) - len(first)
-    return batch[first]
+    order = np.lexsort(sub[::-1])
+    keep = np.ones(len(batch), dtype=bool)
+    keep[candidates] = False
+    keep[candidates[order[_group_starts(sub, order)]]] = True
+    counters.duplicates += len(batch) - int(keep.sum())
+    return batch[keep]
+
+
+def _shared_hash(keys: list[NDArray[np.int64]]) -> NDArray[np.intp] | None:
+    """Indices of the rows whose hash of ``keys`` another row shares (a superset of the
+    rows whose keys another row shares), or None when every hash is distinct."""
+    h = np.zeros(len(keys[0]), np.int64)
+    for k, mult in zip(keys, _HASH_MULTIPLIERS, strict=False):
+        h ^= k * mult
+        h ^= h >> 29
+    s = np.sort(h)
+    shared = s[1:][s[1:] == s[:-1]]
+    if len(shared) == 0:
+        return None
+    return np.flatnonzero(np.isin(h, shared))
+
+
+# Odd 64-bit multipliers (splitmix64's) that spread the key bits over the hash.
+_HASH_MULTIPLIERS = (np.int64(-7046029254386353131), np.int64(-4658895280553007687),
+                     np.int64(-7723592293110705685), np.int64(6700417 * 2 + 1))
 
 
 def merge_channels(batch: Sightings, fresh: NDArray[np.bool_] | None = None) -> tuple[Sightings, int]:
@@ -141,6 +169,32 @@ def merge_channels(batch: Sightings, fresh: NDArray[np.bool_] | None = None) -> 
         n_old = counts - n_new
         n_merged = int(np.sum(np.where(n_new > 0, n_new - (n_old == 0), 0)))
     return np.concatenate([merged, loose]), n_merged
+
+
+def merge_channels_by_time(batch: Sightings, fresh: NDArray[np.bool_] | None = None) -> tuple[Sightings, int]:
+    """:func:`merge_channels`, its events then sorted by time (stable): the same rows in
+    the same order, without sorting every row by event. Only the rows whose hash of
+    (gateway, device, seq) another row shares (the events heard on several channels, and
+    the rare collision) go through :func:`merge_channels`; the rest are single events."""
+    has_seq = batch["seq"] != UNKNOWN
+    keyed_at = np.flatnonzero(has_seq)
+    candidates = _shared_hash([_pair(batch["gateway"][keyed_at], batch["device"][keyed_at]),
+                               batch["seq"][keyed_at].astype(np.int64)])
+    n_merged = 0
+    if candidates is None:
+        events = batch
+    else:
+        multi = np.zeros(len(batch), dtype=bool)
+        multi[keyed_at[candidates]] = True
+        merged, n_merged = merge_channels(batch[multi], None if fresh is None else fresh[multi])
+        events = np.concatenate([batch[~multi], merged])  # merged has no loose rows
+        has_seq = events["seq"] != UNKNOWN
+    # merge_channels' order, then by time: at equal times the events by (gateway, device,
+    # seq), then the rows without an event counter in their order here.
+    loose = (~has_seq).astype(np.float64)
+    order = lexsort_by_time(events["t"], loose, events["gateway"] * has_seq, events["device"] * has_seq,
+                            events["seq"] * has_seq, np.arange(len(events)) * loose)
+    return events[order], n_merged
 
 
 def deduplicate(batch: Sightings, counters: IngestCounters) -> Sightings:

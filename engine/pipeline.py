@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.contract import SIGHTING_DTYPE, UNKNOWN, GatewayInfo, Sightings
-from engine.ingest import IngestCounters, drop_redeliveries, merge_channels, validate
+from engine.ingest import IngestCounters, drop_redeliveries, merge_channels_by_time, validate
 from engine.localize import (
     CHI2_2DOF_90,
     Estimates,
@@ -310,9 +310,8 @@ class Engine:
         # One sighting per advertising event and gateway, over everything buffered (so a
         # copy arriving late, or straddling two chunks of windows, joins its event), with
         # the copies that just arrived counted once.
-        events, merged_now = merge_channels(buf, fresh)
+        events, merged_now = merge_channels_by_time(buf, fresh)
         self.counters.merged_channels += merged_now
-        events = events[np.argsort(events["t"], kind="stable")]
         out = []
         k = self._next_window
         while k <= last_window:
@@ -356,8 +355,7 @@ class Engine:
         window bookkeeping: what engine.eventtime recomputes revised windows with. Pure for
         a stateless config (no tracker, no hysteresis) given rows in a canonical order.
         Channel copies among ``rows`` are merged here, as the engine merges its buffer."""
-        events, _ = merge_channels(rows)
-        return self._localize_windows(events[np.argsort(events["t"], kind="stable")], k_first, k_last)
+        return self._localize_windows(merge_channels_by_time(rows)[0], k_first, k_last)
 
     def _localize_windows(self, rows: Sightings, k_first: int, k_last: int) -> NDArray[np.void]:
         """Fixes for windows k_first..k_last from the (merged, time-sorted) sightings that
