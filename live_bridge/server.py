@@ -467,30 +467,39 @@ class ServerCore:
 def positions_payload(
     fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float, now: float
 ) -> bytes:
-    """A PositionBatch as JSON from fix arrays (one dict per fix, no models); fixes with a
-    ``revision`` column (engine.eventtime) carry it as ``rev``."""
-    dev_ids = devices.lookup(fixes["device"])
-    has_rev = "revision" in (fixes.dtype.names or ())
-    positions = []
-    for f, d in zip(fixes, dev_ids, strict=True):
-        if not np.isfinite(f["x"]):
-            continue
-        p = {
-            "t": round(float(f["t"]) + origin, 3),
-            "dev": str(d),
-            "x": round(float(f["x"]), 3),
-            "y": round(float(f["y"]), 3),
-            "r90": round(float(f["r90"]), 3),
-            "zone": zone_names[f["zone"]] if f["zone"] != NO_ZONE else None,
-            "n_gw": int(f["n_gateways"]),
-            "method": METHOD_NAMES[int(f["method"])],
-            "bat": None if f["battery"] == UNKNOWN else int(f["battery"]),
-            "mot": None if f["motion"] == UNKNOWN else int(f["motion"]),
-        }
-        if has_rev:
-            p["rev"] = int(f["revision"])
-        positions.append(p)
-    return json.dumps({"v": 1, "t": now, "positions": positions}, separators=(",", ":")).encode()
+    """A PositionBatch as JSON from fix arrays; fixes with a ``revision`` column
+    (engine.eventtime) carry it as ``rev``. Written column by column: the bytes
+    ``json.dumps`` gives for one dict per fix (same key order, floats rounded by Python's
+    ``round`` and printed by ``repr``), without a dict or a numpy scalar per fix."""
+    fixes = fixes[np.isfinite(fixes["x"])]
+    if len(fixes) == 0:
+        return json.dumps({"v": 1, "t": now, "positions": []}, separators=(",", ":")).encode()
+    ids = devices.ids
+    quote = json.encoder.encode_basestring_ascii  # what json.dumps writes a str with
+
+    def numbers(col: NDArray[np.float64], add: float | None = None) -> list[str]:
+        vals = [round(v, 3) for v in col.tolist()] if add is None else [round(v + add, 3) for v in col.tolist()]
+        return [json.dumps(v) for v in vals] if not np.isfinite(col).all() else list(map(float.__repr__, vals))
+
+    def small_ints(col: NDArray[np.integer]) -> list[str]:
+        return [str(v) for v in col.tolist()]
+
+    zones = [quote(z) for z in zone_names]
+    zone = [zones[z] if z != NO_ZONE else "null" for z in fixes["zone"].tolist()]
+    method = [quote(m) for m in METHOD_NAMES]
+    bat = ["null" if v == UNKNOWN else str(v) for v in fixes["battery"].tolist()]
+    mot = ["null" if v == UNKNOWN else str(v) for v in fixes["motion"].tolist()]
+    cols = [numbers(fixes["t"], origin), [quote(str(ids[d])) for d in fixes["device"].tolist()],
+            numbers(fixes["x"]), numbers(fixes["y"]), numbers(fixes["r90"]), zone,
+            small_ints(fixes["n_gateways"]), [method[m] for m in fixes["method"].tolist()], bat, mot]
+    keys = ["t", "dev", "x", "y", "r90", "zone", "n_gw", "method", "bat", "mot"]
+    if "revision" in (fixes.dtype.names or ()):
+        cols.append(small_ints(fixes["revision"]))
+        keys.append("rev")
+    template = "{" + ",".join(f'"{k}":%s' for k in keys) + "}"
+    positions = ",".join([template % row for row in zip(*cols, strict=True)])
+    head = json.dumps({"v": 1, "t": now}, separators=(",", ":"))[:-1]
+    return f'{head},"positions":[{positions}]}}'.encode()
 
 
 class ReloadsKeys(Protocol):
