@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from engine._order import lexsort_by_time
+from engine._order import compress_rows, concat_rows, lexsort_by_time, shared_keys, take_rows
 from engine.contract import UNKNOWN, Sightings
 
 RSSI_MIN_DBM = -130.0
@@ -61,7 +61,7 @@ def validate(batch: Sightings, n_gateways: int, counters: IngestCounters) -> Sig
         if fresh.any():
             counters.rejected[reason] += int(fresh.sum())
         bad |= mask
-    return batch[~bad]
+    return compress_rows(batch, ~bad)
 
 
 def _group_starts(keys: list[NDArray[np.int64]], order: NDArray[np.intp]) -> NDArray[np.intp]:
@@ -92,8 +92,8 @@ def drop_redeliveries(batch: Sightings, counters: IngestCounters) -> Sightings:
     """
     if len(batch) == 0:
         return batch
-    batch = batch[lexsort_by_time(batch["t"], batch["gateway"], batch["device"], batch["seq"], batch["channel"],
-                                  batch["rssi"])]
+    batch = take_rows(batch, lexsort_by_time(batch["t"], batch["gateway"], batch["device"], batch["seq"],
+                                             batch["channel"], batch["rssi"]))
     no_seq = (batch["seq"] == UNKNOWN).astype(np.int64)
     keys = [
         _pair(batch["gateway"], batch["device"]),
@@ -111,7 +111,7 @@ def drop_redeliveries(batch: Sightings, counters: IngestCounters) -> Sightings:
     keep[candidates] = False
     keep[candidates[order[_group_starts(sub, order)]]] = True
     counters.duplicates += len(batch) - int(keep.sum())
-    return batch[keep]
+    return compress_rows(batch, keep)
 
 
 def _shared_hash(keys: list[NDArray[np.int64]]) -> NDArray[np.intp] | None:
@@ -121,11 +121,8 @@ def _shared_hash(keys: list[NDArray[np.int64]]) -> NDArray[np.intp] | None:
     for k, mult in zip(keys, _HASH_MULTIPLIERS, strict=False):
         h ^= k * mult
         h ^= h >> 29
-    s = np.sort(h)
-    shared = s[1:][s[1:] == s[:-1]]
-    if len(shared) == 0:
-        return None
-    return np.flatnonzero(np.isin(h, shared))
+    shared = shared_keys(h)
+    return np.flatnonzero(shared) if shared.any() else None
 
 
 # Odd 64-bit multipliers (splitmix64's) that spread the key bits over the hash.
@@ -143,7 +140,7 @@ def merge_channels(batch: Sightings, fresh: NDArray[np.bool_] | None = None) -> 
     copies only: each fresh row that joined an event already buffered, and all but one
     of the fresh rows of a new event, so a running total counts every copy once."""
     has_seq = batch["seq"] != UNKNOWN
-    keyed, loose = batch[has_seq], batch[~has_seq]
+    keyed, loose = compress_rows(batch, has_seq), compress_rows(batch, ~has_seq)
     if len(keyed) == 0:
         return batch, 0
     gw_dev = _pair(keyed["gateway"], keyed["device"])
@@ -151,7 +148,7 @@ def merge_channels(batch: Sightings, fresh: NDArray[np.bool_] | None = None) -> 
     order = np.lexsort((keyed["t"], seq, gw_dev))  # by event, earliest copy first
     starts = _group_starts([gw_dev, seq], order)
     counts = np.diff(np.r_[starts, len(order)])
-    merged = keyed[order[starts]]
+    merged = take_rows(keyed, order[starts])
     multi = np.flatnonzero(counts > 1)  # the few events heard on more than one channel
     if len(multi):
         # Sums of float32 values in float64 are exact here, so the order they are added
@@ -168,7 +165,7 @@ def merge_channels(batch: Sightings, fresh: NDArray[np.bool_] | None = None) -> 
         n_new = np.bincount(group, weights=new, minlength=len(starts))
         n_old = counts - n_new
         n_merged = int(np.sum(np.where(n_new > 0, n_new - (n_old == 0), 0)))
-    return np.concatenate([merged, loose]), n_merged
+    return concat_rows([merged, loose], batch.dtype), n_merged
 
 
 def merge_channels_by_time(batch: Sightings, fresh: NDArray[np.bool_] | None = None) -> tuple[Sightings, int]:
@@ -186,15 +183,15 @@ def merge_channels_by_time(batch: Sightings, fresh: NDArray[np.bool_] | None = N
     else:
         multi = np.zeros(len(batch), dtype=bool)
         multi[keyed_at[candidates]] = True
-        merged, n_merged = merge_channels(batch[multi], None if fresh is None else fresh[multi])
-        events = np.concatenate([batch[~multi], merged])  # merged has no loose rows
+        merged, n_merged = merge_channels(compress_rows(batch, multi), None if fresh is None else fresh[multi])
+        events = concat_rows([compress_rows(batch, ~multi), merged], batch.dtype)  # merged has no loose rows
         has_seq = events["seq"] != UNKNOWN
     # merge_channels' order, then by time: at equal times the events by (gateway, device,
     # seq), then the rows without an event counter in their order here.
     loose = (~has_seq).astype(np.float64)
     order = lexsort_by_time(events["t"], loose, events["gateway"] * has_seq, events["device"] * has_seq,
                             events["seq"] * has_seq, np.arange(len(events)) * loose)
-    return events[order], n_merged
+    return take_rows(events, order), n_merged
 
 
 def deduplicate(batch: Sightings, counters: IngestCounters) -> Sightings:
