@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine._order import compress_rows, concat_rows, take_rows
 from engine.contract import SIGHTING_DTYPE, Sightings
 from engine.ingest import IngestCounters, drop_redeliveries
 from engine.pipeline import FIX_DTYPE, WINDOWS_PER_CHUNK
@@ -189,8 +190,8 @@ class RevisingWindows:
         Rows in the merge margin below the horizon are held too, so that what is held is
         every accepted row from :meth:`prune_start` on, however late it came."""
         too_old = rows["t"] < self.horizon_start()
-        self.add_history(rows[too_old])
-        keep = rows[~too_old]
+        self.add_history(compress_rows(rows, too_old))
+        keep = compress_rows(rows, ~too_old)
         if len(keep):
             self._new.append(keep)
             if self.closed_through is not None:
@@ -202,7 +203,7 @@ class RevisingWindows:
     def add_history(self, rows: Sightings) -> None:
         """Rows read back from the raw log (a restore): held if at or after :meth:`prune_start`,
         marking nothing dirty (their windows were published with them already)."""
-        keep = rows[rows["t"] >= self.prune_start()]
+        keep = compress_rows(rows, rows["t"] >= self.prune_start())
         if len(keep):
             self._new.append(keep)
 
@@ -228,7 +229,7 @@ class RevisingWindows:
         out = [scratch._compute(run, revision) for run in _runs(sorted(set(windows)), WINDOWS_PER_CHUNK)]
         for w in windows:
             self.revisions[w] = max(self.revisions.get(w, -1), revision)
-        return np.concatenate(out) if out else np.zeros(0, REVISED_FIX_DTYPE)
+        return concat_rows(out, REVISED_FIX_DTYPE)
 
     def _windows_of(self, t: NDArray[np.float64]) -> NDArray[np.int64]:
         """Every window index each time falls in (flattened): [k*step - window, k*step)."""
@@ -245,7 +246,7 @@ class RevisingWindows:
         window, or are ``revision`` when given (the backbone passes the stream sequence the
         state covers: it only grows, across restarts too)."""
         if self._new:
-            self._append(np.concatenate(self._new))
+            self._append(concat_rows(self._new, SIGHTING_DTYPE))
             self._new = []
         if not np.isfinite(watermark) or len(self.rows) == 0:
             return np.zeros(0, REVISED_FIX_DTYPE)
@@ -262,7 +263,7 @@ class RevisingWindows:
         self.dirty = set()
         out = [self._compute(run, revision) for run in _runs(sorted(todo), WINDOWS_PER_CHUNK)]
         self._prune()
-        return np.concatenate(out) if out else np.zeros(0, REVISED_FIX_DTYPE)
+        return concat_rows(out, REVISED_FIX_DTYPE)
 
     def _compute(self, run: tuple[int, int], revision: int | None) -> NDArray[np.void]:
         k0, k1 = run
@@ -294,7 +295,7 @@ class RevisingWindows:
     # -- checkpoint -------------------------------------------------------------------
 
     def snapshot(self) -> tuple[dict[str, object], Sightings]:
-        rows = np.concatenate([self.rows, *self._new]) if self._new else self.rows.copy()
+        rows = concat_rows([self.rows, *self._new], SIGHTING_DTYPE)
         meta: dict[str, object] = {
             "closed_through": self.closed_through,
             "revisions": {str(k): v for k, v in self.revisions.items()},
@@ -308,7 +309,7 @@ class RevisingWindows:
         self.closed_through = None if ct is None else int(ct)  # type: ignore[call-overload]
         self.revisions = {int(k): int(v) for k, v in dict(meta["revisions"]).items()}  # type: ignore[call-overload]
         self.dirty = {int(k) for k in meta["dirty"]}  # type: ignore[attr-defined]
-        self.rows = rows[np.argsort(rows["t"], kind="stable")]
+        self.rows = take_rows(rows, np.argsort(rows["t"], kind="stable"))
         self._new = []
 
     # -- the row store ------------------------------------------------------------------
@@ -320,28 +321,40 @@ class RevisingWindows:
 
     @rows.setter
     def rows(self, rows: Sightings) -> None:
-        self._store = np.array(rows, SIGHTING_DTYPE)
+        self._store = concat_rows([rows], SIGHTING_DTYPE)
         self._lo, self._hi = 0, len(rows)
 
     def _append(self, new: Sightings) -> None:
         """Merge ``new`` into the sorted rows: the same order as a stable sort of the old
         rows followed by the new ones, but only the tail the new rows reach is touched."""
-        new = new[np.argsort(new["t"], kind="stable")]
+        new = take_rows(new, np.argsort(new["t"], kind="stable"))
         t = self.rows["t"]
         cut = self._lo + int(np.searchsorted(t, new["t"][0], side="right"))
         tail = self._store[cut:self._hi]
         if len(tail):  # late rows: merge them into the tail (old rows first at equal times)
             at = np.searchsorted(tail["t"], new["t"], side="right")
-            new = np.insert(tail, at, new)
+            # Where each row goes in the merged tail: new rows after the old ones at their time.
+            pos_new = at + np.arange(len(new))
+            old_at = np.ones(len(tail) + len(new), dtype=bool)
+            old_at[pos_new] = False
+            merged = np.empty(len(old_at), np.intp)
+            merged[old_at] = np.arange(len(tail))
+            merged[pos_new] = len(tail) + np.arange(len(new))
+            new = take_rows(concat_rows([tail, new], SIGHTING_DTYPE), merged)
         need = cut + len(new)
         if need > len(self._store):  # compact to the front, with room to grow
             keep = self._store[self._lo:cut]
             store = np.empty(max(2 * (len(keep) + len(new)), 1024), SIGHTING_DTYPE)
-            store[:len(keep)] = keep
+            _raw(store)[:len(keep)] = _raw(keep)
             self._store, self._lo, cut = store, 0, len(keep)
             need = cut + len(new)
-        self._store[cut:need] = new
+        _raw(self._store)[cut:need] = _raw(new)
         self._hi = need
+
+
+def _raw(rows: Sightings) -> NDArray[np.void]:
+    """The rows' bytes as one opaque value each: copied without numpy's per-field loop."""
+    return rows.view(np.dtype((np.void, rows.dtype.itemsize)))
 
 
 def _last_per_step(t: NDArray[np.float64], step: float) -> NDArray[np.float64]:

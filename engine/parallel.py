@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from engine._order import concat_rows, take_rows
 from engine.contract import SIGHTING_DTYPE, Sightings
 from engine.ingest import IngestCounters
 from engine.pipeline import FIX_DTYPE, Engine, EngineConfig
@@ -97,7 +98,7 @@ class PartitionedEngine:
         order = np.argsort(part, kind="stable")
         edges = np.searchsorted(part[order], np.arange(self.workers + 1))
         for i, conn in enumerate(self._conns):
-            conn.send(("ingest", batch[order[edges[i]:edges[i + 1]]]))
+            conn.send(("ingest", take_rows(batch, order[edges[i]:edges[i + 1]])))
 
     @property
     def watermark(self) -> float:
@@ -165,5 +166,5 @@ class PartitionedEngine:
 
     @staticmethod
     def _merge(parts: list[NDArray[np.void]]) -> NDArray[np.void]:
-        fixes = np.concatenate(parts) if parts else np.zeros(0, FIX_DTYPE)
-        return fixes[np.lexsort((fixes["device"], fixes["t"]))]
+        fixes = concat_rows(parts, FIX_DTYPE)
+        return take_rows(fixes, np.lexsort((fixes["device"], fixes["t"])))

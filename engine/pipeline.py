@@ -20,6 +20,7 @@ from itertools import pairwise
 import numpy as np
 from numpy.typing import NDArray
 
+from engine._order import compress_rows, concat_rows, take_rows
 from engine.contract import SIGHTING_DTYPE, UNKNOWN, GatewayInfo, Sightings
 from engine.ingest import IngestCounters, drop_redeliveries, merge_channels_by_time, validate
 from engine.localize import (
@@ -280,7 +281,7 @@ class Engine:
         late = good["t"] < oldest_open
         if late.any():
             self.counters.rejected["late: window already closed"] += int(late.sum())
-            good = good[~late]
+            good = compress_rows(good, ~late)
         self.counters.accepted += len(good)
         if len(good):
             self._buffer.append(good)
@@ -322,8 +323,8 @@ class Engine:
             k = k_end + 1
         self._next_window = last_window + 1
         keep_from = self._next_window * cfg.step_s - cfg.window_s
-        self._clean = buf[buf["t"] >= keep_from]
-        fixes = np.concatenate(out) if out else np.zeros(0, FIX_DTYPE)
+        self._clean = buf[np.searchsorted(buf["t"], keep_from):]  # buf is time-sorted
+        fixes = concat_rows(out, FIX_DTYPE)
         self.state.update(fixes)
         return fixes
 
@@ -335,20 +336,20 @@ class Engine:
         they may repeat (same gateway, device and event counter, or the same instant when
         there is no counter); the rest of the buffer is not compared again.
         """
-        new = np.concatenate(self._buffer) if self._buffer else np.zeros(0, SIGHTING_DTYPE)
+        new = concat_rows(self._buffer, SIGHTING_DTYPE)
         self._buffer = []
         clean = self._clean
         touched = np.zeros(len(clean), dtype=bool)
         if len(clean) and len(new):
             touched = np.isin(_event_key(clean), _event_key(new))
-        old_rows = clean[touched]
-        fresh = drop_redeliveries(np.concatenate([old_rows, new]), self.counters)
+        old_rows = compress_rows(clean, touched)
+        fresh = drop_redeliveries(concat_rows([old_rows, new], SIGHTING_DTYPE), self.counters)
         # A touched row that survived deduplication is still in ``fresh``: it is old.
         was_old = np.isin(_row_bytes(fresh), _row_bytes(old_rows)) if len(old_rows) else np.zeros(len(fresh), bool)
-        buf = np.concatenate([clean[~touched], fresh])
+        buf = concat_rows([compress_rows(clean, ~touched), fresh], SIGHTING_DTYPE)
         is_new = np.r_[np.zeros(len(clean) - len(old_rows), bool), ~was_old]
         order = np.argsort(buf["t"], kind="stable")
-        return buf[order], is_new[order]
+        return take_rows(buf, order), is_new[order]
 
     def localize_windows(self, rows: Sightings, k_first: int, k_last: int) -> NDArray[np.void]:
         """Fixes of windows k_first..k_last from exactly these rows, without touching the
