@@ -43,26 +43,39 @@ def _less(k0: NDArray[np.generic], k1: NDArray[np.generic], k2: NDArray[np.gener
     return c < 0
 
 
+INSERTION_RUN = 24  # longer runs of equal times are left to np.lexsort
+
+
 @numba.njit(cache=True, nogil=True)
 def sort_ties(order: NDArray[np.intp], t: NDArray[np.float64], k0: NDArray[np.generic], k1: NDArray[np.generic],
-              k2: NDArray[np.generic], k3: NDArray[np.generic], k4: NDArray[np.generic]) -> None:
-    """In place: within each run of equal ``t[order]``, a stable sort of ``order`` by the
-    keys k0..k4 (compared in that order)."""
+              k2: NDArray[np.generic], k3: NDArray[np.generic], k4: NDArray[np.generic]) -> NDArray[np.bool_]:
+    """In place: within each run of equal ``t[order]`` of at most INSERTION_RUN rows, a
+    stable insertion sort of ``order`` by the keys k0..k4 (compared in that order).
+    Returns which positions of ``order`` lie in longer runs, left as they were (live
+    captures stamp many rows with one millisecond, where this would be quadratic)."""
     n = len(order)
+    long_run = np.zeros(n, np.bool_)
     i = 0
     while i < n:
         ti = t[order[i]]
         j = i + 1
         while j < n and t[order[j]] == ti:
             j += 1
-        for a in range(i + 1, j):
-            cur = order[a]
-            b = a - 1
-            while b >= i and _less(k0, k1, k2, k3, k4, cur, order[b]):
-                order[b + 1] = order[b]
-                b -= 1
-            order[b + 1] = cur
+        if j - i > INSERTION_RUN:
+            for a in range(i + 1, j):  # already in order (rows kept canonical): nothing to do
+                if _less(k0, k1, k2, k3, k4, order[a], order[a - 1]):
+                    long_run[i:j] = True
+                    break
+        else:
+            for a in range(i + 1, j):
+                cur = order[a]
+                b = a - 1
+                while b >= i and _less(k0, k1, k2, k3, k4, cur, order[b]):
+                    order[b + 1] = order[b]
+                    b -= 1
+                order[b + 1] = cur
         i = j
+    return long_run
 
 
 @numba.njit(cache=True, nogil=True)
@@ -99,7 +112,11 @@ def lexsort_by_time(t: NDArray[np.float64], *keys: NDArray[np.generic]) -> NDArr
         ts = t[order]
         if bool(np.any(ts[1:] == ts[:-1])):
             padded = [np.ascontiguousarray(k) for k in keys] + [np.zeros(len(t), np.int8)] * (5 - len(keys))
-            sort_ties(order, np.ascontiguousarray(t, dtype=np.float64), *padded)
+            long_run = sort_ties(order, np.ascontiguousarray(t, dtype=np.float64), *padded)
+            if long_run.any():  # by time first, so each run stays where it is
+                at = np.flatnonzero(long_run)
+                sub = order[at]
+                order[at] = sub[np.lexsort([k[sub] for k in keys[::-1]] + [t[sub]])]
     return order
 
 

@@ -43,7 +43,7 @@ import numpy as np
 
 from engine._order import compress_rows, concat_rows, take_rows
 from engine.contract import SIGHTING_DTYPE, Sightings
-from engine.ingest import IngestCounters, drop_redeliveries
+from engine.ingest import IngestCounters, canonical_order, drop_redeliveries
 from engine.pipeline import FIX_DTYPE, WINDOWS_PER_CHUNK
 
 if TYPE_CHECKING:
@@ -309,7 +309,7 @@ class RevisingWindows:
         self.closed_through = None if ct is None else int(ct)  # type: ignore[call-overload]
         self.revisions = {int(k): int(v) for k, v in dict(meta["revisions"]).items()}  # type: ignore[call-overload]
         self.dirty = {int(k) for k in meta["dirty"]}  # type: ignore[attr-defined]
-        self.rows = take_rows(rows, np.argsort(rows["t"], kind="stable"))
+        self.rows = take_rows(rows, canonical_order(rows))
         self._new = []
 
     # -- the row store ------------------------------------------------------------------
@@ -325,22 +325,14 @@ class RevisingWindows:
         self._lo, self._hi = 0, len(rows)
 
     def _append(self, new: Sightings) -> None:
-        """Merge ``new`` into the sorted rows: the same order as a stable sort of the old
-        rows followed by the new ones, but only the tail the new rows reach is touched."""
-        new = take_rows(new, np.argsort(new["t"], kind="stable"))
+        """Merge ``new`` into the rows, kept in canonical order (drop_redeliveries' order:
+        time, gateway, device, seq, channel, rssi; arrival order among equal rows), so
+        recomputing a window finds its rows already sorted. Only the tail the new rows
+        reach is sorted again."""
         t = self.rows["t"]
-        cut = self._lo + int(np.searchsorted(t, new["t"][0], side="right"))
-        tail = self._store[cut:self._hi]
-        if len(tail):  # late rows: merge them into the tail (old rows first at equal times)
-            at = np.searchsorted(tail["t"], new["t"], side="right")
-            # Where each row goes in the merged tail: new rows after the old ones at their time.
-            pos_new = at + np.arange(len(new))
-            old_at = np.ones(len(tail) + len(new), dtype=bool)
-            old_at[pos_new] = False
-            merged = np.empty(len(old_at), np.intp)
-            merged[old_at] = np.arange(len(tail))
-            merged[pos_new] = len(tail) + np.arange(len(new))
-            new = take_rows(concat_rows([tail, new], SIGHTING_DTYPE), merged)
+        cut = self._lo + int(np.searchsorted(t, new["t"].min(), side="left"))
+        new = concat_rows([self._store[cut:self._hi], new], SIGHTING_DTYPE)
+        new = take_rows(new, canonical_order(new))
         need = cut + len(new)
         if need > len(self._store):  # compact to the front, with room to grow
             keep = self._store[self._lo:cut]

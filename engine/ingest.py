@@ -81,6 +81,12 @@ def _pair(high: NDArray[np.integer], low: NDArray[np.integer]) -> NDArray[np.int
     return (high.astype(np.int64) << 32) | (low.astype(np.int64) & 0xFFFFFFFF)
 
 
+def canonical_order(rows: Sightings) -> NDArray[np.intp]:
+    """The order rows are deduplicated in: time, gateway, device, seq, channel, rssi;
+    stable, so identical rows keep their arrival order."""
+    return lexsort_by_time(rows["t"], rows["gateway"], rows["device"], rows["seq"], rows["channel"], rows["rssi"])
+
+
 def drop_redeliveries(batch: Sightings, counters: IngestCounters) -> Sightings:
     """Drop exact re-deliveries, returning the rest in canonical order.
 
@@ -92,8 +98,7 @@ def drop_redeliveries(batch: Sightings, counters: IngestCounters) -> Sightings:
     """
     if len(batch) == 0:
         return batch
-    batch = take_rows(batch, lexsort_by_time(batch["t"], batch["gateway"], batch["device"], batch["seq"],
-                                             batch["channel"], batch["rssi"]))
+    batch = take_rows(batch, canonical_order(batch))
     no_seq = (batch["seq"] == UNKNOWN).astype(np.int64)
     keys = [
         _pair(batch["gateway"], batch["device"]),
