@@ -79,13 +79,22 @@ class IdTable:
         return code
 
     def codes(self, idents: NDArray[np.str_] | list[str], register: bool = True) -> NDArray[np.int32]:
-        """Codes of many ids: one dict look-up per *distinct* id, not per element."""
-        uniq, inverse = np.unique(np.asarray(idents, dtype=str), return_inverse=True)
-        if register:
-            table = np.array([self.code(str(u)) for u in uniq], dtype=np.int32)
-        else:
-            table = np.array([self._codes.get(str(u), UNKNOWN) for u in uniq], dtype=np.int32)
-        return table[inverse.reshape(-1)] if len(uniq) else np.zeros(0, dtype=np.int32)
+        """Codes of many ids: a dict look-up per element (no sort of the strings); new ids
+        are registered in sorted order, as ``np.unique`` would list them."""
+        names = idents.tolist() if isinstance(idents, np.ndarray) else list(idents)
+        if not all(type(s) is str for s in names):
+            names = [str(s) for s in names]
+        get = self._codes.get
+        found = [get(s) for s in names]
+        if None in found:
+            new = sorted({s for s, c in zip(names, found, strict=True) if c is None})
+            if register:
+                for s in new:
+                    self.code(s)
+                found = [get(s) for s in names]
+            else:
+                found = [UNKNOWN if c is None else c for c in found]
+        return np.array(found, dtype=np.int32) if found else np.zeros(0, dtype=np.int32)
 
     def lookup(self, codes: NDArray[np.integer]) -> NDArray[np.str_]:
         return np.asarray(self.ids, dtype=str)[np.asarray(codes)]
