@@ -37,13 +37,14 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine._order import compress_rows, concat_rows, take_rows
 from engine.contract import SIGHTING_DTYPE, Sightings
-from engine.ingest import IngestCounters, canonical_order, drop_redeliveries
+from engine.ingest import IngestCounters, canonical_order, drop_redeliveries, merge_channels_by_time
 from engine.pipeline import FIX_DTYPE, WINDOWS_PER_CHUNK
 
 if TYPE_CHECKING:
@@ -169,6 +170,7 @@ class RevisingWindows:
         self._lo = self._hi = 0
         self._new: list[Sightings] = []
         self.closed_through: int | None = None  # last window index published
+        self.events = EventSlices(self.step, MERGE_MARGIN_S)  # merged events, reused across windows
         self.revisions: dict[int, int] = {}
         self.dirty: set[int] = set()
 
@@ -246,7 +248,9 @@ class RevisingWindows:
         window, or are ``revision`` when given (the backbone passes the stream sequence the
         state covers: it only grows, across restarts too)."""
         if self._new:
-            self._append(concat_rows(self._new, SIGHTING_DTYPE))
+            new = concat_rows(self._new, SIGHTING_DTYPE)
+            self._append(new)
+            self.events.invalidate(new["t"])
             self._new = []
         if not np.isfinite(watermark) or len(self.rows) == 0:
             return np.zeros(0, REVISED_FIX_DTYPE)
@@ -267,11 +271,8 @@ class RevisingWindows:
 
     def _compute(self, run: tuple[int, int], revision: int | None) -> NDArray[np.void]:
         k0, k1 = run
-        lo, hi = np.searchsorted(
-            self.rows["t"], [k0 * self.step - self.window - MERGE_MARGIN_S, k1 * self.step + MERGE_MARGIN_S]
-        )
-        rows = drop_redeliveries(self.rows[lo:hi], IngestCounters())  # canonical order
-        fixes = self.engine.localize_windows(rows, k0, k1)
+        events = self.events.between(self.rows, k0 * self.step - self.window, k1 * self.step)
+        fixes = self.engine.localize_events(events, k0, k1)
         out = np.empty(len(fixes), REVISED_FIX_DTYPE)
         for name in FIX_DTYPE.names or ():
             out[name] = fixes[name]
@@ -288,6 +289,8 @@ class RevisingWindows:
         start = self.horizon_start() - MERGE_MARGIN_S
         if len(self.rows) and self.rows["t"][0] < start:
             self._lo += int(np.searchsorted(self.rows["t"], start))
+        if self.closed_through is not None:  # steps no window still open reads
+            self.events.forget_before((self.closed_through + 1) * self.step - self.window)
         oldest = int(np.floor(self.horizon_start() / self.step))
         for w in [w for w in self.revisions if w < oldest]:
             del self.revisions[w]
@@ -311,6 +314,7 @@ class RevisingWindows:
         self.dirty = {int(k) for k in meta["dirty"]}  # type: ignore[attr-defined]
         self.rows = take_rows(rows, canonical_order(rows))
         self._new = []
+        self.events = EventSlices(self.step, MERGE_MARGIN_S)
 
     # -- the row store ------------------------------------------------------------------
 
@@ -342,6 +346,48 @@ class RevisingWindows:
             need = cut + len(new)
         _raw(self._store)[cut:need] = _raw(new)
         self._hi = need
+
+
+class EventSlices:
+    """The held rows as events (re-deliveries dropped, channel copies merged, by time), one
+    step of event time at a time, each computed once and read by every window over it.
+
+    Step j holds the events whose time (earliest copy) is in [j*step, (j+1)*step), made
+    from the rows within ``margin`` of that span, so an event whose copies straddle a
+    step boundary merges as it would from any wider span (copies are milliseconds
+    apart). Rows added near a step make it stale; it is made again when next read.
+    Recomputing every window from its raw rows did this work about six times a row.
+    """
+
+    def __init__(self, step: float, margin: float) -> None:
+        self.step = step
+        self.margin = margin
+        self.reach = int(np.ceil(margin / step)) + 1  # steps a row's margin can touch
+        self.cached: dict[int, Sightings] = {}
+
+    def invalidate(self, t: NDArray[np.float64]) -> None:
+        if not self.cached or len(t) == 0:
+            return
+        for j in np.unique(np.floor(t / self.step)).astype(np.int64).tolist():
+            for i in range(j - self.reach, j + self.reach + 1):
+                self.cached.pop(i, None)
+
+    def forget_before(self, t: float) -> None:
+        first = int(np.floor(t / self.step))
+        for j in [j for j in self.cached if j < first]:
+            del self.cached[j]
+
+    def between(self, rows: Sightings, t0: float, t1: float) -> Sightings:
+        """Events of the steps covering [t0, t1) from the time-sorted ``rows``."""
+        j0, j1 = int(np.floor(t0 / self.step)), int(np.ceil(t1 / self.step)) - 1
+        missing = [j for j in range(j0, j1 + 1) if j not in self.cached]
+        for a, b in _runs(missing, 1 << 30):
+            lo, hi = np.searchsorted(rows["t"], [a * self.step - self.margin, (b + 1) * self.step + self.margin])
+            events, _ = merge_channels_by_time(drop_redeliveries(rows[lo:hi], IngestCounters()))
+            edges = np.searchsorted(events["t"], np.arange(a, b + 2) * self.step)
+            for j, (e0, e1) in zip(range(a, b + 1), pairwise(edges.tolist()), strict=True):
+                self.cached[j] = events[e0:e1]
+        return concat_rows([self.cached[j] for j in range(j0, j1 + 1)], SIGHTING_DTYPE)
 
 
 def _raw(rows: Sightings) -> NDArray[np.void]:

@@ -358,6 +358,11 @@ class Engine:
         Channel copies among ``rows`` are merged here, as the engine merges its buffer."""
         return self._localize_windows(merge_channels_by_time(rows)[0], k_first, k_last)
 
+    def localize_events(self, events: Sightings, k_first: int, k_last: int) -> NDArray[np.void]:
+        """:meth:`localize_windows` from rows already merged into events and sorted by
+        time (``merge_channels_by_time``), for callers that keep merged events."""
+        return self._localize_windows(events, k_first, k_last)
+
     def _localize_windows(self, rows: Sightings, k_first: int, k_last: int) -> NDArray[np.void]:
         """Fixes for windows k_first..k_last from the (merged, time-sorted) sightings that
         fall in them."""
