@@ -1,0 +1,154 @@
+"""The engine's fast paths against plain references: tie sorts, hashed dedup and merge,
+cached window events, column-wise position JSON and id codes (same bytes, same order)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine._order import INSERTION_RUN, lexsort_by_time
+from engine.contract import UNKNOWN, GatewayInfo, IdTable, sightings_from_columns
+from engine.eventtime import REVISED_FIX_DTYPE, RevisingWindows
+from engine.ingest import IngestCounters, drop_redeliveries, merge_channels_by_time
+from engine.localize import METHOD_NAMES
+from engine.pipeline import Engine, EngineConfig
+from live_bridge.server import positions_payload
+from siteplan.zones import NO_ZONE, ZoneIndex
+
+GW_XYZ = np.array([[0, 0, 1.0], [12, 0, 1.0], [12, 12, 1.0], [0, 12, 1.0]])
+
+
+def rows_from(draw_rows: list[tuple[int, int, int, int, int, int, int]]):
+    """Sightings from small integer tuples: many equal times, keys and re-deliveries."""
+    a = np.array(draw_rows, dtype=np.int64).reshape(-1, 7)
+    t, gw, dev, seq, ch, rssi, bat = a.T
+    return sightings_from_columns(t=t / 8.0, gateway=gw, device=dev, rssi=(-60.0 - rssi).astype(np.float32),
+                                  channel=np.array([37, 38, 39])[ch], seq=np.where(seq == 3, UNKNOWN, seq),
+                                  battery=bat)
+
+
+ROWS = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(0, 2), st.integers(0, 3),
+                          st.integers(0, 2), st.integers(0, 2), st.integers(-1, 1)), max_size=120)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2), st.integers(-1, 1), st.floats(-2, 2, width=32)),
+                max_size=4 * INSERTION_RUN))
+def test_lexsort_by_time_is_numpys_lexsort(rows) -> None:
+    a = np.array(rows, dtype=float).reshape(-1, 4)
+    t, k1, k2, k3 = a[:, 0], a[:, 1].astype(np.int32), a[:, 2].astype(np.int64), a[:, 3].astype(np.float32)
+    assert np.array_equal(lexsort_by_time(t, k1, k2, k3), np.lexsort((k3, k2, k1, t)))
+
+
+def reference_events(batch):
+    """The documented rules, row by row: canonical order, first copy of a re-delivery
+    kept, channel copies of one event merged (mean RSSI, earliest copy), then by time."""
+    order = np.lexsort((batch["rssi"], batch["channel"], batch["seq"], batch["device"], batch["gateway"], batch["t"]))
+    seen, kept = set(), []
+    for r in batch[order]:
+        key = (r["gateway"], r["device"], r["seq"], r["channel"]) + (
+            (r["t"], r["rssi"]) if r["seq"] == UNKNOWN else ())
+        if key not in seen:
+            seen.add(key)
+            kept.append(r)
+    groups: dict[tuple[int, int, int], list] = {}
+    loose = []
+    for r in kept:
+        if r["seq"] == UNKNOWN:
+            loose.append(r.copy())
+        else:
+            groups.setdefault((int(r["gateway"]), int(r["device"]), int(r["seq"])), []).append(r)
+    events = []
+    for key in sorted(groups):
+        copies = sorted(groups[key], key=lambda r: r["t"])  # stable: canonical among equal times
+        first = copies[0].copy()
+        if len(copies) > 1:
+            first["rssi"] = np.float32(sum(float(c["rssi"]) for c in copies) / len(copies))
+            first["channel"] = 0
+        events.append(first)
+    out = np.array(events + loose, dtype=batch.dtype)
+    return out[np.argsort(out["t"], kind="stable")], len(batch) - len(kept)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ROWS)
+def test_hashed_dedup_and_merge_follow_the_row_by_row_rules(rows) -> None:
+    batch = rows_from(rows)
+    counters = IngestCounters()
+    events, _ = merge_channels_by_time(drop_redeliveries(batch, counters))
+    expected, dropped = reference_events(batch)
+    assert events.tobytes() == expected.tobytes()
+    assert counters.duplicates == dropped
+
+
+def small_engine() -> Engine:
+    zones = ZoneIndex.from_points([("all", "storage", [(-1, -1), (13, -1), (13, 13), (-1, 13)])])
+    return Engine(EngineConfig(gateways=GatewayInfo(("a", "b", "c", "d"), GW_XYZ), zones=zones,
+                               bounds=(0, 0, 12, 12)))
+
+
+def test_windows_from_cached_events_equal_windows_from_all_rows() -> None:
+    """Closing one window per tick, with late rows, re-deliveries and channel copies that
+    straddle step boundaries, gives each window's fixes as computed from all its rows."""
+    rng = np.random.default_rng(3)
+    n = 6000
+    t = np.sort(rng.uniform(0, 30, n))
+    dev, gw = rng.integers(0, 5, n), rng.integers(0, 4, n)
+    xy = np.array([[3, 3], [6, 9], [10, 2], [1, 11], [7, 7]])[dev]
+    rssi = (-59 - 20 * np.log10(np.hypot(*(xy - GW_XYZ[gw, :2]).T) + 0.5) + rng.normal(0, 2, n))
+    rows = sightings_from_columns(t=t, gateway=gw, device=dev, rssi=rssi.astype(np.float32), channel=37,
+                                  seq=np.arange(n), battery=rng.integers(-1, 100, n))
+    copies = rows[rng.choice(n, 800, replace=False)].copy()
+    copies["channel"], copies["t"] = 38, copies["t"] + 0.004  # some cross a step boundary
+    copies["rssi"] -= 1.5
+    redelivered = rows[rng.choice(n, 300, replace=False)]
+    everything = np.concatenate([rows, copies, redelivered])
+    arrival = everything[np.argsort(everything["t"] + rng.exponential(0.3, len(everything))
+                                    + 3.0 * (rng.random(len(everything)) < 0.03))]  # 3 % arrive 3 s late
+    windows = RevisingWindows(small_engine(), horizon_s=60)
+    latest = {}
+    for part in np.array_split(arrival, 120):
+        windows.add(part)
+        for f in windows.advance(float(part["t"].max())):
+            latest[(int(f["device"]), float(f["t"]))] = f
+    for f in windows.advance(40.0):
+        latest[(int(f["device"]), float(f["t"]))] = f
+    reference = small_engine()
+    clean = drop_redeliveries(everything, IngestCounters())
+    expected = reference.localize_windows(clean, 1, 33)
+    got = np.array(sorted(latest.values(), key=lambda f: (f["t"], f["device"])), dtype=REVISED_FIX_DTYPE)
+    assert len(got) == len(expected)
+    for name in expected.dtype.names or ():
+        assert np.array_equal(got[name], expected[name], equal_nan=True), name
+
+
+def test_positions_payload_is_json_dumps_of_one_dict_per_fix() -> None:
+    rng = np.random.default_rng(0)
+    devices = IdTable(["tag-1", 'odd "id" \u00e9', "tag-3"])
+    zones = ("dock", "zone \u00fc")
+    fixes = np.zeros(40, REVISED_FIX_DTYPE)
+    fixes["t"], fixes["device"] = rng.uniform(0, 1e9, 40), rng.integers(0, 3, 40)
+    fixes["x"], fixes["y"], fixes["r90"] = rng.normal(0, 30, 40), rng.normal(0, 30, 40), rng.uniform(0, 5, 40)
+    fixes["x"][3], fixes["x"][4], fixes["y"][5], fixes["r90"][6] = np.nan, -0.0, 0.0004, np.inf
+    fixes["zone"], fixes["n_gateways"] = rng.integers(-1, 2, 40), rng.integers(0, 9, 40)
+    fixes["method"], fixes["battery"] = rng.integers(0, len(METHOD_NAMES), 40), rng.integers(-1, 101, 40)
+    fixes["motion"], fixes["revision"] = rng.integers(-1, 2, 40), rng.integers(0, 10**6, 40)
+    expected = {"v": 1, "t": 12.5, "positions": [
+        {"t": round(float(f["t"]) + 7.0, 3), "dev": devices.ids[int(f["device"])], "x": round(float(f["x"]), 3),
+         "y": round(float(f["y"]), 3), "r90": round(float(f["r90"]), 3),
+         "zone": zones[f["zone"]] if f["zone"] != NO_ZONE else None, "n_gw": int(f["n_gateways"]),
+         "method": METHOD_NAMES[int(f["method"])], "bat": None if f["battery"] == UNKNOWN else int(f["battery"]),
+         "mot": None if f["motion"] == UNKNOWN else int(f["motion"]), "rev": int(f["revision"])}
+        for f in fixes if np.isfinite(f["x"])]}
+    got = positions_payload(fixes, devices, zones, 7.0, 12.5)
+    assert got == json.dumps(expected, separators=(",", ":")).encode()
+
+
+def test_id_codes_register_new_ids_in_sorted_order() -> None:
+    table = IdTable(["b"])
+    assert table.codes(np.array(["d", "b", "a", "d"])).tolist() == [2, 0, 1, 2]
+    assert table.codes(["zz", "a"], register=False).tolist() == [UNKNOWN, 1]
+    assert table.ids == ["b", "a", "d"]
