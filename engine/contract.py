@@ -82,11 +82,10 @@ class IdTable:
         """Codes of many ids: a dict look-up per element (no sort of the strings); new ids
         are registered in sorted order, as ``np.unique`` would list them."""
         names = idents.tolist() if isinstance(idents, np.ndarray) else list(idents)
-        if not all(type(s) is str for s in names):
-            names = [str(s) for s in names]
         get = self._codes.get
-        found = [get(s) for s in names]
+        found = [get(s) for s in names]  # ids are str: anything else is not found here
         if None in found:
+            names = [str(s) for s in names]
             new = sorted({s for s, c in zip(names, found, strict=True) if c is None})
             if register:
                 for s in new:
