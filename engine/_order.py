@@ -1,10 +1,5 @@
-"""Moving and sorting sighting rows fast: ties of a time sort broken by more keys
-(compiled, numba), and copies of packed structured rows as raw bytes.
-
-numpy copies a packed structured array (SIGHTING_DTYPE: 27 bytes, unaligned fields)
-field by field, element by element: indexing, masking, ``copy`` and ``concatenate``
-cost 60-200 ns a row. ``np.take``, ``np.compress`` and copies of a void view of the
-same bytes cost 6-16 ns. The bytes are the same.
+"""Sorting kernels for ingest, compiled (numba): ties of a time sort broken by more keys,
+and keys shared by more than one row.
 
 Sightings arrive nearly sorted by time, and the rows that share a time are few (one
 advertising event heard by a handful of gateways), so a stable sort by time followed by
@@ -119,20 +114,3 @@ def lexsort_by_time(t: NDArray[np.float64], *keys: NDArray[np.generic]) -> NDArr
                 order[at] = sub[np.lexsort([k[sub] for k in keys[::-1]] + [t[sub]])]
     return order
 
-
-def take_rows(rows: NDArray[np.void], idx: NDArray[np.integer]) -> NDArray[np.void]:
-    """``rows[idx]`` for integer indices, as raw bytes."""
-    return np.take(rows, idx)
-
-
-def compress_rows(rows: NDArray[np.void], mask: NDArray[np.bool_]) -> NDArray[np.void]:
-    """``rows[mask]`` for a boolean mask, as raw bytes."""
-    return np.compress(mask, rows)
-
-
-def concat_rows(parts: list[NDArray[np.void]], dtype: np.dtype[np.void]) -> NDArray[np.void]:
-    """``np.concatenate(parts)`` of arrays of ``dtype``, as raw bytes."""
-    raw = np.dtype((np.void, dtype.itemsize))
-    if not parts:
-        return np.zeros(0, dtype)
-    return np.concatenate([np.ascontiguousarray(p).view(raw) for p in parts]).view(dtype)

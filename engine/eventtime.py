@@ -42,8 +42,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine._order import compress_rows, concat_rows, take_rows
-from engine.contract import SIGHTING_DTYPE, Sightings
+from engine.contract import SIGHTING_DTYPE, Sightings, compress_rows, concat_rows, take_rows
 from engine.ingest import IngestCounters, canonical_order, drop_redeliveries, merge_channels_by_time
 from engine.pipeline import FIX_DTYPE, WINDOWS_PER_CHUNK
 

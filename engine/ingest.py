@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from engine._order import compress_rows, concat_rows, lexsort_by_time, shared_keys, take_rows
-from engine.contract import UNKNOWN, Sightings
+from engine._order import lexsort_by_time, shared_keys
+from engine.contract import UNKNOWN, Sightings, compress_rows, concat_rows, take_rows
 
 RSSI_MIN_DBM = -130.0
 RSSI_MAX_DBM = 20.0

@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from engine._order import concat_rows, take_rows
-from engine.contract import SIGHTING_DTYPE, Sightings
+from engine.contract import SIGHTING_DTYPE, Sightings, concat_rows, take_rows
 from engine.ingest import IngestCounters
 from engine.pipeline import FIX_DTYPE, Engine, EngineConfig
 

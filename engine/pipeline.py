@@ -20,8 +20,7 @@ from itertools import pairwise
 import numpy as np
 from numpy.typing import NDArray
 
-from engine._order import compress_rows, concat_rows, take_rows
-from engine.contract import SIGHTING_DTYPE, UNKNOWN, GatewayInfo, Sightings
+from engine.contract import SIGHTING_DTYPE, UNKNOWN, GatewayInfo, Sightings, compress_rows, concat_rows, take_rows
 from engine.ingest import IngestCounters, drop_redeliveries, merge_channels_by_time, validate
 from engine.localize import (
     CHI2_2DOF_90,

@@ -22,7 +22,7 @@ import shapely
 from numpy.typing import NDArray
 
 from engine.audit import AuditContext, AuditLog, SiteStateRecorder, money_records
-from engine.contract import CONTRACT_VERSION, SIGHTING_DTYPE, GatewayInfo
+from engine.contract import CONTRACT_VERSION, SIGHTING_DTYPE, GatewayInfo, concat_rows, take_rows
 from engine.evaluate import BoundSetup, LatencySetup, evaluate, position_errors
 from engine.localize import ObstacleMap, RadioMap
 from engine.pipeline import FIX_DTYPE, Engine, EngineConfig
@@ -254,9 +254,9 @@ class RuleFeeder:
         feed: NDArray[np.void] | None = None,
     ) -> None:
         if sightings is not None and len(sightings):
-            self._sightings = np.concatenate([self._sightings, sightings])
+            self._sightings = concat_rows([self._sightings, sightings], SIGHTING_DTYPE)
         if fixes is not None and len(fixes):
-            self._fixes = np.concatenate([self._fixes, fixes])
+            self._fixes = concat_rows([self._fixes, fixes], FIX_DTYPE)
         if feed is not None and len(feed):
             self._feed = np.concatenate([self._feed, feed])
 
@@ -267,8 +267,8 @@ class RuleFeeder:
             return
         # The same arithmetic as np.arange(step_s, end, step_s): start + i * step.
         steps = self.step_s + np.arange(self._next, last + 1) * self.step_s
-        sightings = self._sightings[np.argsort(self._sightings["t"], kind="stable")]
-        fixes = self._fixes[np.argsort(self._fixes["t"], kind="stable")]
+        sightings = take_rows(self._sightings, np.argsort(self._sightings["t"], kind="stable"))
+        fixes = take_rows(self._fixes, np.argsort(self._fixes["t"], kind="stable"))
         s_edge = np.searchsorted(sightings["t"], steps, side="left")
         f_edge = np.searchsorted(fixes["t"], steps + 1e-9, side="right")
         c_edge = np.searchsorted(self._feed["arrival"], steps, side="right")
