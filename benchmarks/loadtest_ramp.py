@@ -31,6 +31,7 @@ if __name__ == "__main__":
     ap.add_argument("--factor", type=float, default=1.5)
     ap.add_argument("--step", type=float, default=10.0, help="seconds per step")
     ap.add_argument("--publishers", type=int, default=None)
+    ap.add_argument("--wire", type=int, choices=(1, 2), default=1, help="1: an object per advert, 2: columns")
     ap.add_argument("--worker-setting", action="append", default=[], help="NAME=JSON, e.g. horizon_s=30")
     ap.add_argument("--slo", action="append", default=[],
                     help="NAME=BOUND or NAME=none, e.g. p99_close_to_position_ms=none (ramp on keeping up only)")
@@ -42,6 +43,7 @@ if __name__ == "__main__":
     report = run_loadtest(LoadTestOptions(
         slo=slos,
         scenario=args.scenario, ramp=Ramp(args.start, args.factor, args.step), publishers=args.publishers,
+        wire=args.wire,
         worker_settings=settings, progress=lambda line: print(line, file=sys.stderr, flush=True),
     ))
     report.pop("timeline")
