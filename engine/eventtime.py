@@ -297,7 +297,7 @@ class RevisingWindows:
     # -- checkpoint -------------------------------------------------------------------
 
     def snapshot(self) -> tuple[dict[str, object], Sightings]:
-        rows = concat_rows([self.rows, *self._new], SIGHTING_DTYPE)
+        rows = concat_rows([self.rows, *self._new], SIGHTING_DTYPE) if self._new else self.rows
         meta: dict[str, object] = {
             "closed_through": self.closed_through,
             "revisions": {str(k): v for k, v in self.revisions.items()},
@@ -319,7 +319,7 @@ class RevisingWindows:
 
     @property
     def rows(self) -> Sightings:
-        """The raw rows held, sorted by event time (stable in arrival order)."""
+        """The raw rows held, in canonical order (by event time first; see _append)."""
         return self._store[self._lo:self._hi]
 
     @rows.setter
