@@ -153,10 +153,15 @@ class RevisingWindows:
     """Sliding windows over the raw rows of the last ``horizon_s``, closed by a watermark and
     recomputed (revision + 1) when late rows arrive for windows already published."""
 
+    # Only the dirty windows are recomputed here, so a window's fixes must depend on its own
+    # rows alone; engine.timeline.RevisedTimeline runs trackers and rules over every later one.
+    STATEFUL = False
+
     def __init__(self, engine: Engine, horizon_s: float = 300.0) -> None:
         cfg = engine.config
-        if cfg.tracker != "none" or cfg.zone_hysteresis:
-            raise ValueError("revised windows need stateless fixes: tracker 'none', no zone hysteresis")
+        if engine.stateful and not self.STATEFUL:
+            raise ValueError("revised windows need stateless fixes: tracker 'none', no zone hysteresis "
+                             "(engine.timeline.RevisedTimeline runs trackers)")
         self.engine = engine
         self.step = cfg.step_s
         self.window = cfg.window_s
@@ -246,11 +251,7 @@ class RevisingWindows:
         fixes with a ``revision`` column, in window order. Revisions count 0, 1, 2 ... per
         window, or are ``revision`` when given (the backbone passes the stream sequence the
         state covers: it only grows, across restarts too)."""
-        if self._new:
-            new = concat_rows(self._new, SIGHTING_DTYPE)
-            self._append(new)
-            self.events.invalidate(new["t"])
-            self._new = []
+        self._merge_new()
         if not np.isfinite(watermark) or len(self.rows) == 0:
             return np.zeros(0, REVISED_FIX_DTYPE)
         last = int(np.floor((watermark - self.lateness) / self.step + 1e-9))
@@ -267,6 +268,14 @@ class RevisingWindows:
         out = [self._compute(run, revision) for run in _runs(sorted(todo), WINDOWS_PER_CHUNK)]
         self._prune()
         return concat_rows(out, REVISED_FIX_DTYPE)
+
+    def _merge_new(self) -> None:
+        """The rows added since the last advance joined to the held ones (canonical order)."""
+        if self._new:
+            new = concat_rows(self._new, SIGHTING_DTYPE)
+            self._append(new)
+            self.events.invalidate(new["t"])
+            self._new = []
 
     def _compute(self, run: tuple[int, int], revision: int | None) -> NDArray[np.void]:
         k0, k1 = run

@@ -13,6 +13,7 @@ with sighting arrays and :meth:`Engine.advance` with its watermark; the engine r
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -267,6 +268,29 @@ class Engine:
         assert rm is not None
         floor = rm.floor_dbm if rm.floor_dbm is not None else -100.0
         return np.maximum(rm.mean_dbm[rm.free].astype(float), floor), floor
+
+    @property
+    def stateful(self) -> bool:
+        """A tracker or zone hysteresis: a window's fixes depend on the windows before it."""
+        return self.tracker is not None or self.hysteresis is not None
+
+    def tracking_state(self) -> dict[str, object]:
+        """A copy of what carries from one window to the next (tracker, zone hysteresis, the
+        gateways that heard each still tag): :meth:`set_tracking_state` goes back to it, so
+        the backbone can run the tracker again from before a window late data revised."""
+        parts: dict[str, object] = {"still_heard": self._still_heard.copy()}
+        for name, obj in (("tracker", self.tracker), ("hysteresis", self.hysteresis)):
+            if obj is not None:
+                parts[name] = {k: copy.deepcopy(getattr(obj, k)) for k in type(obj).STATE}  # type: ignore[union-attr]
+        return parts
+
+    def set_tracking_state(self, state: dict[str, object]) -> None:
+        """Back to a :meth:`tracking_state` (which stays untouched)."""
+        self._still_heard = np.array(state["still_heard"], copy=True)
+        for name, obj in (("tracker", self.tracker), ("hysteresis", self.hysteresis)):
+            if obj is not None:
+                for k, v in dict(state[name]).items():  # type: ignore[call-overload]
+                    setattr(obj, k, copy.deepcopy(v))
 
     # -- input ---------------------------------------------------------------------
 

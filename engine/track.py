@@ -24,7 +24,7 @@ into a :class:`FloorPlan`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import shapely
@@ -170,6 +170,8 @@ class KalmanTracker:
     velocity zeroed.
     """
 
+    STATE: ClassVar[tuple[str, ...]] = ('x', 'p', 't', 'gated')  # what Engine.tracking_state copies
+
     accel_mps2: float = 0.5
     still_accel_mps2: float = 0.01
     initial_speed_mps: float = 1.0
@@ -313,6 +315,8 @@ class GridFilter:
     (device, cell): meant for sites of up to a few thousand cells and tags.
     """
 
+    STATE: ClassVar[tuple[str, ...]] = ('belief', 't')  # what Engine.tracking_state copies
+
     radio_map: RadioMap
     plan: FloorPlan
     step_s: float = 1.0
@@ -427,6 +431,8 @@ class ParticleFilter:
     ``top_k`` loudest gateways of a row enter the likelihood, which keeps a step at
     (tags x particles x top_k) map look-ups.
     """
+
+    STATE: ClassVar[tuple[str, ...]] = ('pos', 'vel', 't', 'rng', 'restarts')  # what Engine.tracking_state copies
 
     radio_map: RadioMap
     plan: FloorPlan
@@ -600,6 +606,8 @@ class ZoneHysteresis:
     position is more than ``margin_m`` outside that zone, and the new zone must then win
     ``confirm`` consecutive windows (``confirm_still`` when the tag says it is still:
     a still tag cannot have changed zone, so it takes more evidence)."""
+
+    STATE: ClassVar[tuple[str, ...]] = ('current', 'candidate', 'count')  # what Engine.tracking_state copies
 
     zones: ZoneIndex
     margin_m: float = 1.0

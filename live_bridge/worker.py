@@ -43,21 +43,24 @@ complete.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.contract import SIGHTING_DTYPE, UNKNOWN, IdTable, Sightings, sightings_from_columns
-from engine.eventtime import BatchDedup, GatewayWatermarks, RevisingWindows
+from engine.eventtime import BatchDedup, GatewayWatermarks
 from engine.pipeline import Engine, EngineConfig
+from engine.rules.feeder import RuleFeeder
+from engine.timeline import EventRevision, RevisedTimeline
 from live_bridge.adapters import AdapterError, parse_espresense, parse_theengs
 from live_bridge.backbone import (
     CHECKPOINT_BUCKET,
@@ -66,6 +69,7 @@ from live_bridge.backbone import (
     ensure_streams,
     gateway_of,
     object_get,
+    out_stream,
     out_subject,
     raw_stream,
     read_stream,
@@ -83,6 +87,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from numpy.typing import NDArray
 
+    from engine.rules import RuleEngine
     from live_bridge.config import KeyRing
 
 log = logging.getLogger("tagtwin.worker")
@@ -171,27 +176,25 @@ class WorkerCore:
 
     def __init__(
         self, config: EngineConfig, keys: Mapping[str, bytes | tuple[bytes, ...]],
-        settings: WorkerSettings | None = None,
+        settings: WorkerSettings | None = None, *, rules: RuleEngine | None = None, devices: IdTable | None = None,
     ) -> None:
+        """``rules``: the site's rule engine (tagtwin.live.site_rules), whose registry is
+        ``devices`` (a table that starts with the site's fleet); None publishes positions only."""
         self.settings = s = settings or WorkerSettings()
-        if config.tracker != "none" or config.zone_hysteresis:
-            # A tracker carries state from window to window, so a revised window would change
-            # every later one: the backbone publishes each window's own fix (revisable).
-            log.warning("site tracker %r / zone hysteresis %s: the backbone publishes single-window fixes",
-                        config.tracker, config.zone_hysteresis)
-            config = replace(config, tracker="none", zone_hysteresis=False)
         self.config = config
         self.keys = keys
         self.revoked_gateways: frozenset[str] = frozenset()
         self.revoked_tags: frozenset[str] = frozenset()
         self.engine = Engine(config)
-        self.windows = RevisingWindows(self.engine, s.horizon_s)
+        feeder = None if rules is None else RuleFeeder(rules, step_s=config.step_s)
+        self.windows = RevisedTimeline(self.engine, s.horizon_s, feeder)
         self.marks = GatewayWatermarks(s.idle_s, s.max_skew_s)
         self.dedup = BatchDedup()
         self.gateways = IdTable(list(config.gateways.ids))
         self.site_gateways = frozenset(config.gateways.ids)
-        self.devices = IdTable()
+        self.devices = devices if devices is not None else IdTable()
         self.stream_seq = 0  # the newest stream sequence folded into the state
+        self.out_seq = 0  # the newest output-stream sequence of what this worker published
         self.latest_received = -np.inf  # the stream clock: receive time of the newest batch handled
         self.first_received = np.inf  # receive time of the stream's first batch (retention check)
         self.counters: Counter[str] = Counter()
@@ -359,6 +362,10 @@ class WorkerCore:
         and has dropped nothing while its first batch is younger than that)."""
         s = self.settings
         old = t < self.windows.horizon_start()
+        if self.engine.stateful:
+            # A tracker's later windows were computed from the state this row would change,
+            # and that state is kept only inside the horizon: no deep pass for a tracked site.
+            return old, "older than revision horizon (tracked site)"
         late = old & (t < received - (np.inf if s.max_lateness_s is None else s.max_lateness_s))
         expired = self.first_received < received - s.raw_retention_s
         gone = old & expired & (t - self.marks.max_skew_s < received - s.raw_retention_s)
@@ -444,11 +451,25 @@ class WorkerCore:
         fixes = self.windows.advance(mark, revision=self.stream_seq)
         if self.publish_filter is not None and len(fixes):
             fixes = fixes[self.publish_filter(fixes, self.windows.rows)]
-        if len(fixes) == 0:
-            return []
-        self.counters["positions"] += len(fixes)
-        names = self.config.zones.names
-        return [(out_subject(self.settings.site, "positions"), positions_payload(fixes, self.devices, names, 0.0, now))]
+        out: list[Outgoing] = []
+        if len(fixes):
+            self.counters["positions"] += len(fixes)
+            names = self.config.zones.names
+            out.append((out_subject(self.settings.site, "positions"),
+                        positions_payload(fixes, self.devices, names, 0.0, now)))
+        events = self.windows.take_events()
+        if events:
+            self.counters["events"] += sum(not e.retracted for e in events)
+            self.counters["events retracted"] += sum(e.retracted for e in events)
+            out.append((out_subject(self.settings.site, "events"), events_payload(events, now)))
+        return out
+
+    def recall_events(self, payload: bytes) -> None:
+        """An events message this worker published after its checkpoint (read back from the
+        output stream on restart): the next revision confirms, corrects or retracts it."""
+        for e in json.loads(payload).get("events", []):
+            self.windows.note_published(str(e["key"]), float(e["window"]),
+                                        None if e.get("retracted") else e.get("event"))
 
     def _dead_letter(self, subject: str, body: bytes, reason: str, detail: str, now: float) -> Outgoing:
         self.counters[f"rejected: {reason}"] += 1
@@ -497,7 +518,12 @@ class WorkerCore:
             "dedup": self.dedup.to_json(),
             "devices": list(self.devices.ids),
             "counters": dict(self.counters),
+            "out_seq": self.out_seq,
         }
+        if self.windows.runs_rules or self.engine.stateful:
+            timeline, state = self.windows.snapshot_timeline()
+            header["timeline"] = timeline
+            header["timeline_state"] = base64.b64encode(state).decode()
         return json.dumps(header, separators=(",", ":")).encode()
 
     def restore(self, blob: bytes) -> None:
@@ -513,8 +539,13 @@ class WorkerCore:
         self.windows.restore(dict(header["windows"]), np.zeros(0, SIGHTING_DTYPE))
         self.marks = GatewayWatermarks.from_json(dict(header["watermarks"]))
         self.dedup = BatchDedup.from_json(dict(header["dedup"]))
-        self.devices = IdTable(list(header["devices"]))
+        saved = list(header["devices"])
+        if saved[: len(self.devices)] != self.devices.ids[: len(saved)]:
+            raise ValueError("checkpoint device table does not start with this worker's registry")
+        for dev in saved[len(self.devices):]:  # in place: the rules' registry is this list
+            self.devices.code(str(dev))
         self.counters = Counter(dict(header["counters"]))
+        self.out_seq = int(header.get("out_seq", 0))
         self.history_from = int(header["history"]["from_seq"])
         self._held_seq, self._held_tmax = [], []
         self.deep = {int(w) for w in header["deep"]}
@@ -522,6 +553,20 @@ class WorkerCore:
         self.first_received = np.inf if first is None else float(first)
         if self.deep:  # a deep pass was waiting: run it as soon as the worker is back
             self.deep_first = self.deep_last = -np.inf
+        if "timeline" in header:  # after the rows come back, the next close recomputes from it
+            self.windows.restore_timeline(dict(header["timeline"]), base64.b64decode(str(header["timeline_state"])))
+
+
+def events_payload(events: list[EventRevision], now: float) -> bytes:
+    """Rule events as published on ``tagtwin.v1.<site>.events`` (docs/reliability.md, "Rule
+    events"): per event its identity ``key``, the ``window`` (end time) that decided it, the
+    revision ``rev`` and the ``event`` (engine.rules Event as a dict), or ``retracted``."""
+    records = [
+        {"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "retracted": True} if e.retracted
+        else {"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "event": e.event}
+        for e in events
+    ]
+    return json.dumps({"v": 1, "t": now, "events": records}, separators=(",", ":")).encode()
 
 
 # -- the NATS adapter -------------------------------------------------------------------------
@@ -559,6 +604,9 @@ async def open_partition(js: JetStreamContext, core: WorkerCore, streams: Stream
                 core.read_back(rb, m.subject, m.data, m.metadata.sequence.stream, m.metadata.timestamp.timestamp())
             core.end_read_back(rb, time.time())
         log.info("resumed from checkpoint at stream seq %d", core.stream_seq)
+        if core.windows.runs_rules:
+            recalled = await _recall_events(js, core)
+            core.counters["events messages recalled after restart"] += recalled
     with contextlib.suppress(Exception):
         await js.delete_consumer(raw_stream(s.site), s.durable)
     # No filter but a cell's: the raw stream holds the site's signed subjects and its third-party topics.
@@ -628,8 +676,7 @@ async def run_worker(
                                    m.metadata.timestamp.timestamp())
                 outbox += core.end_read_back(rb, now)
             if outbox:  # positions go out as soon as computed (stored before the checkpoint, as before)
-                await asyncio.gather(*(js.publish(subj, payload, timeout=10) for subj, payload in outbox))
-                outbox = []
+                await _publish_outputs(js, core, outbox)
                 published = True
             due = time.monotonic() - last_ckpt >= s.checkpoint_every_s or len(unacked) >= s.max_ack_pending // 2
             if (unacked or published) and due:  # outputs of a tick with no new input (idle close) too
@@ -657,13 +704,49 @@ async def run_worker(
 async def _commit(js: JetStreamContext, obs: object, core: WorkerCore, outbox: list[Outgoing],
                   unacked: list[Msg]) -> None:
     """Outputs stored, then the checkpoint, then the input acks: in that order."""
-    acks = await asyncio.gather(*(js.publish(subj, payload, timeout=10) for subj, payload in outbox))
-    del acks
-    outbox.clear()
+    await _publish_outputs(js, core, outbox)
     await obs.put(core.settings.checkpoint_name, core.checkpoint())  # type: ignore[attr-defined]
     for m in unacked:
         await m.ack()
     unacked.clear()
+
+
+async def _publish_outputs(js: JetStreamContext, core: WorkerCore, outbox: list[Outgoing]) -> None:
+    """Publish and wait for the stream's acks; the newest output sequence goes into the
+    checkpoint, so a restarted worker reads back what it published after it."""
+    acks = await asyncio.gather(*(js.publish(subj, payload, timeout=10) for subj, payload in outbox))
+    core.out_seq = max([core.out_seq, *(int(a.seq) for a in acks)])
+    outbox.clear()
+
+
+async def _recall_events(js: JetStreamContext, core: WorkerCore) -> int:
+    """Events this worker published after its checkpoint (a crash between publishing and
+    checkpointing): read back from the output stream, so the next revision can retract
+    any the restarted computation does not decide again. Returns how many messages."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    s = core.settings
+    subject = out_subject(s.site, "events")
+    info = await js.stream_info(out_stream(s.site))
+    if int(info.state.last_seq or 0) <= core.out_seq:
+        return 0
+    sub = await js.pull_subscribe(subject, stream=out_stream(s.site), config=ConsumerConfig(
+        ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=core.out_seq + 1,
+        inactive_threshold=30.0))
+    n = 0
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(256, timeout=0.5)
+            except Exception:  # a fetch timeout: nothing more
+                break
+            for m in msgs:
+                core.recall_events(m.data)
+                n += 1
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return n
 
 
 async def _publish_status(nc: Client, sub: object, core: WorkerCore, state: str = "online") -> dict[str, object]:

@@ -803,7 +803,7 @@ def _serve_backbone(
     from live_bridge.natsserver import NatsServerError
     from live_bridge.worker import WorkerSettings
     from tagtwin.live import site_engine_config
-    from tagtwin.worker import serve_backbone
+    from tagtwin.worker import serve_backbone, site_worker_core
 
     plan = _load(scenario)
     if raw_retention_days is None:
@@ -830,12 +830,13 @@ def _serve_backbone(
                               raw_retention_s=raw_retention_days * 86400.0)
     streams = StreamSettings(raw_max_age_s=raw_retention_days * 86400.0, replicas=replicas)
     try:
+        core = site_worker_core(plan, cfg, key_table, settings)
         status = serve_backbone(
-            cfg, key_table, settings, streams, nats_url=nats, creds=creds, data_dir=data_dir, nats_port=nats_port,
+            core, streams, nats_url=nats, creds=creds, data_dir=data_dir, nats_port=nats_port,
             mqtt_port=mqtt_port, duration_s=duration, keys_path=keys,
             say=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True),
         )
-    except (NatsServerError, ConnectionError, OSError, ValueError) as exc:  # ValueError: a stateful tracker
+    except (NatsServerError, ConnectionError, OSError, ValueError) as exc:
         err_console.print(f"backbone: {exc}", markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
     sys.stderr.write(json.dumps(status, sort_keys=True, default=str) + "\n")

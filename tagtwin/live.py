@@ -37,10 +37,17 @@ def site_engine_config(
     return replace(cfg, **changes) if changes else cfg  # type: ignore[arg-type]
 
 
-def rules_sink_for(scenario: Scenario, config: EngineConfig) -> tuple[IdTable, RulesSink]:
-    """The scenario's rule set behind a server, its fleet as the registry: the server's
-    device table starts with the fleet's ids so codes match the rules' classes."""
+def site_rules(scenario: Scenario, config: EngineConfig) -> tuple[IdTable, RuleEngine]:
+    """The scenario's rule set with its fleet as the registry: the device table a live
+    server or backbone worker keeps starts with the fleet's ids, so codes match the rules'
+    classes, and the rules see the devices it adds later as unregistered."""
     fleet = [tid for g in scenario.tags for tid in tag_ids(g.name, g.count)]
     devices = IdTable(fleet)
     context = registry_context(scenario, config.zones, config.gateways, devices.ids)
-    return devices, RulesSink(RuleEngine(scenario.rules, context, []))
+    return devices, RuleEngine(scenario.rules, context, [])
+
+
+def rules_sink_for(scenario: Scenario, config: EngineConfig) -> tuple[IdTable, RulesSink]:
+    """The scenario's rule set behind the MQTT server (:func:`site_rules`)."""
+    devices, rules = site_rules(scenario, config)
+    return devices, RulesSink(rules)

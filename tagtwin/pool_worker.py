@@ -28,6 +28,7 @@ from live_bridge.pool import PoolSettings, WorkerPool
 from live_bridge.worker import WorkerCore, WorkerSettings
 from siteplan.config_file import ConfigFileError
 from tagtwin.live import site_engine_config
+from tagtwin.worker import site_worker_core
 from twin.scenario import load_scenario
 
 
@@ -56,8 +57,8 @@ async def run_pool(args: argparse.Namespace) -> dict[str, object]:
     def make_core(p: str) -> WorkerCore:
         site, cell = partitions[p]
         settings = WorkerSettings(**(given | {"site": site}))
-        if plan is None or cell is None:
-            return WorkerCore(config, keys[site], settings)
+        if plan is None or cell is None:  # the whole site: its rules too
+            return site_worker_core(scenario, config, keys[site], settings)
         return cell_worker(config, keys[site], plan, cell, settings)
     streams = StreamSettings(replicas=args.replicas)
     stop = asyncio.Event()

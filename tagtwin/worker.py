@@ -21,13 +21,29 @@ from live_bridge.config import load_key_ring
 from live_bridge.natsserver import EmbeddedNats, ServerConfig, free_port
 from live_bridge.worker import WorkerCore, WorkerSettings, run_worker
 from siteplan.config_file import ConfigFileError
-from tagtwin.live import site_engine_config
-from twin.scenario import load_scenario
+from tagtwin.live import site_engine_config, site_rules
+from twin.scenario import Scenario, load_scenario
 
 
 def site_config(path: Path | str) -> EngineConfig:
     """The engine configuration of a scenario or site file."""
     return site_engine_config(load_scenario(path))
+
+
+def site_worker_core(scenario: Scenario, config: EngineConfig, keys: Mapping[str, bytes | tuple[bytes, ...]],
+                     settings: WorkerSettings) -> WorkerCore:
+    """A worker core for a scenario's site: its engine (tracker included) and its rules,
+    the fleet as the registry (rule events on the backbone)."""
+    devices, rules = site_rules(scenario, config)
+    return WorkerCore(config, keys, settings, rules=rules, devices=devices)
+
+
+def core_factory(path: Path | str) -> Callable[[Mapping[str, bytes | tuple[bytes, ...]], WorkerSettings], WorkerCore]:
+    """Worker cores for a site file, as its worker process builds them (the fault suite's
+    one-pass reference runs one)."""
+    scenario = load_scenario(path)
+    config = site_engine_config(scenario)
+    return lambda keys, settings: site_worker_core(scenario, config, keys, settings)
 
 
 FAULT_SITE = Path(__file__).resolve().parent.parent / "scenarios" / "static-open.toml"
@@ -40,12 +56,12 @@ def worker_command(site_file: Path | str) -> list[str]:
 
 
 async def run_site_worker(
-    config: EngineConfig, keys: Mapping[str, bytes | tuple[bytes, ...]], settings: WorkerSettings,
-    streams: StreamSettings,
+    core: WorkerCore, streams: StreamSettings,
     nats_url: str, creds: str | None = None, duration_s: float | None = None,
     on_status: Callable[[dict[str, object]], None] | None = None, keys_path: Path | None = None,
 ) -> WorkerCore:
     """One worker until SIGINT/SIGTERM (or ``duration_s``); returns it for its status."""
+    settings = core.settings
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -53,7 +69,6 @@ async def run_site_worker(
     if duration_s is not None:
         loop.call_later(duration_s, stop.set)
     nc = await connect(nats_url, name=f"tagtwin-{settings.durable}", creds=creds)
-    core = WorkerCore(config, keys, settings)
     try:
         await run_worker(core, nc, stop, streams=streams, on_status=on_status, keys_path=keys_path)
     finally:
@@ -75,8 +90,7 @@ def status_line(status: dict[str, object]) -> str:
 
 
 def serve_backbone(
-    config: EngineConfig, keys: Mapping[str, bytes | tuple[bytes, ...]], settings: WorkerSettings,
-    streams: StreamSettings, *,
+    core: WorkerCore, streams: StreamSettings, *,
     nats_url: str | None, creds: str | None, data_dir: Path, nats_port: int, mqtt_port: int,
     duration_s: float | None, say: Callable[[str], None], keys_path: Path | None = None,
 ) -> dict[str, object]:
@@ -93,7 +107,7 @@ def serve_backbone(
         say(f"backbone listening on {server.url} and {server.mqtt_url} (MQTT 3.1.1), "
             f"store {server.config.store_dir}, nats-server pid {server.pid}")
     try:
-        core = asyncio.run(run_site_worker(config, keys, settings, streams, nats_url, creds, duration_s,
+        core = asyncio.run(run_site_worker(core, streams, nats_url, creds, duration_s,
                                            on_status=lambda status: say(status_line(status)),
                                            keys_path=keys_path))
     finally:
@@ -125,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--settings: expected a JSON object with keys from {sorted(known)}")
         # the worker reads late data back from the stream as long as the stream keeps it
         settings = WorkerSettings(**({"raw_retention_s": args.raw_max_age} | given))
-        config = site_config(args.scenario)
+        scenario = load_scenario(args.scenario)
         keys = load_key_ring(args.keys).keys  # new and old key during a rotation
+        core = site_worker_core(scenario, site_engine_config(scenario), keys, settings)
     except ConfigFileError as exc:
         print(f"{exc.path}: " + "; ".join(exc.problems), file=sys.stderr)
         return 2
@@ -134,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     streams = StreamSettings(raw_max_age_s=args.raw_max_age, replicas=args.replicas)
-    core = asyncio.run(run_site_worker(config, keys, settings, streams, args.nats, args.creds,
-                                       keys_path=Path(args.keys)))
+    core = asyncio.run(run_site_worker(core, streams, args.nats, args.creds, keys_path=Path(args.keys)))
     sys.stderr.write(json.dumps(core.status(), default=str) + "\n")
     return 0
 

@@ -616,18 +616,6 @@ def test_cli_serve_starts_the_embedded_backbone_and_twin_publish_feeds_it(tmp_pa
     assert "Traceback" not in err
 
 
-def test_a_tracker_site_gets_single_window_fixes_on_the_backbone():
-    from dataclasses import replace
-
-    cfg = replace(engine().config, tracker="kalman", zone_hysteresis=True)
-    w = WorkerCore(cfg, dict.fromkeys(cfg.gateways.ids, KEY), WorkerSettings(site=SITE))
-    assert w.config.tracker == "none" and not w.config.zone_hysteresis
-    for i in range(10):
-        for gw in "abcd":
-            w.handle(raw_subject(SITE, gw), signed(gw, i, good_ads(NOW - 20 + i)), 1 + 4 * i + "abcd".index(gw), NOW)
-    assert w.tick(NOW, final=True)
-
-
 # -- late data beyond the in-memory horizon: recomputed from the stream --------------------------
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import shapely
 
-from engine.rules.events import CHECKOUT_DTYPE
+from engine.rules.feeder import FEED_DTYPE
 from engine.rules.scoring import IncidentRecord
 from twin.sim import WarehouseTwin, _Trip
 
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 INCIDENT_STREAM = 1000
 DEFAULT_FROM_ROLES = ("storage", "packing", "shipping", "receiving")
 DOOR_INSET_M = 0.3
-# POS records: event time, arrival time at the engine, device code.
-FEED_DTYPE = np.dtype([("t", "f8"), ("arrival", "f8"), ("device", "i4")])
 
 
 @dataclass
@@ -243,13 +241,6 @@ class IncidentInjector:
             )
         )
         yield from self._kill_at(env, tag, t_eff)
-
-
-def checkout_rows(feed: NDArray[np.void]) -> NDArray[np.void]:
-    """POS feed rows in the engine's checkout dtype."""
-    out = np.zeros(len(feed), CHECKOUT_DTYPE)
-    out["t"], out["device"] = feed["t"], feed["device"]
-    return out
 
 
 def true_zone_counts(

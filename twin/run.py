@@ -22,11 +22,12 @@ import shapely
 from numpy.typing import NDArray
 
 from engine.audit import AuditContext, AuditLog, SiteStateRecorder, money_records
-from engine.contract import CONTRACT_VERSION, SIGHTING_DTYPE, GatewayInfo, concat_rows, take_rows
+from engine.contract import CONTRACT_VERSION, GatewayInfo
 from engine.evaluate import BoundSetup, LatencySetup, evaluate, position_errors
 from engine.localize import ObstacleMap, RadioMap
-from engine.pipeline import FIX_DTYPE, Engine, EngineConfig
-from engine.rules import CHECKOUT_DTYPE, Event, JsonLinesSink, ListSink, RuleContext, RuleEngine
+from engine.pipeline import Engine, EngineConfig
+from engine.rules import Event, JsonLinesSink, ListSink, RuleContext, RuleEngine
+from engine.rules.feeder import RuleFeeder, feed_rules  # noqa: F401  (twin.run.RuleFeeder, as before)
 from engine.rules.scoring import ScoreTally, count_accuracy, score_report, tally_events
 from engine.track import FloorPlan
 from radio_models.environment import Grid
@@ -37,7 +38,6 @@ from twin.incidents import (
     FEED_DTYPE,
     IncidentInjector,
     IncidentLog,
-    checkout_rows,
     true_zone_counts,
 )
 from twin.scenario import Scenario
@@ -230,78 +230,6 @@ def registry_context(
         gateway_xy=gateways.xyz[:, :2].copy(),
         site_outline=shapely.Polygon(scenario.site.outline),
     )
-
-
-class RuleFeeder:
-    """Replays the three sources into the rule engine one engine step at a time, in event
-    time, as a live deployment would deliver them, while they arrive: at each step
-    ``now``, sightings of [now - step, now), fixes of windows ending by now, POS records
-    that have *arrived* by now (the feed is complete up to now - feed_max_delay_s), then
-    the clock advances to now. Give it data with :meth:`add` in event-time order and let
-    it step with :meth:`step_until` once every source is complete up to that time."""
-
-    def __init__(self, rules: RuleEngine, *, step_s: float, feed_max_delay_s: float = 0.0) -> None:
-        self.rules = rules
-        self.step_s = step_s
-        self.feed_max_delay_s = feed_max_delay_s
-        self._sightings = np.zeros(0, SIGHTING_DTYPE)
-        self._fixes = np.zeros(0, FIX_DTYPE)
-        self._feed = np.zeros(0, FEED_DTYPE)
-        self._next = 0  # index i of the next step, now = step_s + i * step_s
-
-    def add(
-        self, sightings: NDArray[np.void] | None = None, fixes: NDArray[np.void] | None = None,
-        feed: NDArray[np.void] | None = None,
-    ) -> None:
-        if sightings is not None and len(sightings):
-            self._sightings = concat_rows([self._sightings, sightings], SIGHTING_DTYPE)
-        if fixes is not None and len(fixes):
-            self._fixes = concat_rows([self._fixes, fixes], FIX_DTYPE)
-        if feed is not None and len(feed):
-            self._feed = np.concatenate([self._feed, feed])
-
-    def step_until(self, t: float) -> None:
-        """Every step with now <= t (and the data it covers) goes to the rules."""
-        last = int(np.floor((t + 1e-9) / self.step_s)) - 1
-        if last < self._next:
-            return
-        # The same arithmetic as np.arange(step_s, end, step_s): start + i * step.
-        steps = self.step_s + np.arange(self._next, last + 1) * self.step_s
-        sightings = take_rows(self._sightings, np.argsort(self._sightings["t"], kind="stable"))
-        fixes = take_rows(self._fixes, np.argsort(self._fixes["t"], kind="stable"))
-        s_edge = np.searchsorted(sightings["t"], steps, side="left")
-        f_edge = np.searchsorted(fixes["t"], steps + 1e-9, side="right")
-        c_edge = np.searchsorted(self._feed["arrival"], steps, side="right")
-        co = checkout_rows(self._feed)
-        s0 = f0 = c0 = 0
-        for i, now in enumerate(steps.tolist()):
-            self.rules.observe_sightings(sightings[s0:s_edge[i]])
-            self.rules.process_fixes(fixes[f0:f_edge[i]])
-            self.rules.ingest_checkouts(co[c0:c_edge[i]], watermark=now - self.feed_max_delay_s)
-            self.rules.advance(now)
-            s0, f0, c0 = int(s_edge[i]), int(f_edge[i]), int(c_edge[i])
-        self._sightings, self._fixes, self._feed = sightings[s0:], fixes[f0:], self._feed[c0:]
-        self._next = last + 1
-
-    def flush(self, end_t: float) -> None:
-        """End of input: the steps up to ``end_t``, whatever is left, then the rules' flush."""
-        self.step_until(end_t)
-        co = checkout_rows(self._feed)
-        self.rules.observe_sightings(self._sightings)
-        self.rules.process_fixes(self._fixes)
-        self.rules.ingest_checkouts(co if len(co) else np.zeros(0, CHECKOUT_DTYPE))
-        self.rules.flush(end_t)
-        self._sightings, self._fixes, self._feed = self._sightings[:0], self._fixes[:0], self._feed[:0]
-
-
-def feed_rules(
-    rules: RuleEngine, sightings: NDArray[np.void], fixes: NDArray[np.void], feed: NDArray[np.void],
-    *, end_t: float, step_s: float, feed_max_delay_s: float = 0.0,
-) -> None:
-    """A whole run's sources into the rule engine at once (:class:`RuleFeeder`)."""
-    feeder = RuleFeeder(rules, step_s=step_s, feed_max_delay_s=feed_max_delay_s)
-    feeder.add(sightings, fixes, feed)
-    feeder.flush(end_t)
 
 
 def rule_tally(

@@ -7,6 +7,7 @@ The rule families (engine/rules/presence.py, exits.py, ...) are mixins over
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -152,6 +153,23 @@ class RuleCore:
             "rejected_rows": 0,
         }
         self._setup()
+
+    # What a rule engine is configured with, or derives from it once: not decisions, so
+    # :meth:`state` leaves them out (anything else is state, copied).
+    _NOT_STATE = frozenset({
+        "rules", "ctx", "sinks", "_class_interval", "_hours", "_class_drain_per_s", "_dwell_limit",
+        "_exit_zone_ids", "exit_region", "_exit_gateways", "_forbidden", "_class_misp_threshold", "_class_fa_rate",
+    })
+
+    def state(self) -> dict[str, object]:
+        """A deep copy of everything decided so far (per-tag arrays, clocks, gateway
+        buckets, counters): :meth:`load_state` goes back to it, so late data can be
+        decided again from the step before it (engine/timeline.py)."""
+        return copy.deepcopy({k: v for k, v in vars(self).items() if k not in self._NOT_STATE})
+
+    def load_state(self, state: dict[str, object]) -> None:
+        """Back to a :meth:`state` (which stays untouched, so it can be loaded again)."""
+        vars(self).update(copy.deepcopy(state))
 
     def _setup(self) -> None:
         """Each rule family extends this with its own state (calling ``super()._setup()``

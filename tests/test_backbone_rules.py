@@ -1,0 +1,267 @@
+"""Rule events and trackers on the backbone (engine/timeline.py, live_bridge/worker.py).
+
+The demo site (Kalman tracker, zone hysteresis, its rules) as its gateways would send a
+short twin run: the worker's positions equal the in-process engine's for the same
+traffic; a link cut whose spools replay late, and a worker crash between publishing and
+checkpointing in the middle of it, end with the same latest revision of every position and
+of every rule event as the fault-free run. Then the events subject on a real nats-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.contract import UNKNOWN, IdTable, sightings_from_columns
+from engine.pipeline import Engine
+from live_bridge.backbone import connect, mqtt_topic, out_subject, publish_batch, raw_subject
+from live_bridge.faults import latest_positions
+from live_bridge.natsserver import EmbeddedNats
+from live_bridge.server import positions_payload
+from live_bridge.wire import verify_signed
+from live_bridge.worker import WorkerCore, WorkerSettings, run_worker
+from tagtwin.live import site_engine_config
+from tagtwin.twin_publish import run_windows
+from tagtwin.worker import site_worker_core
+from twin.scenario import load_scenario
+from twin.sim import WarehouseTwin
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = 1_790_000_000.0
+SITE = "demo"
+Message = tuple[str, bytes, float]  # subject, signed body, stream receive time
+
+
+@functools.cache
+def demo(seconds: float = 24.0):  # type: ignore[no-untyped-def]
+    sc = load_scenario(ROOT / "scenarios" / "demo.toml")
+    sc = sc.model_copy(update={"duration_s": seconds})
+    result = WarehouseTwin(sc).run()
+    cfg = site_engine_config(sc)
+    keys = {g: bytes(range(32)) for g in cfg.gateways.ids}
+    windows = [(T0 + end, batches) for end, batches in run_windows(result, keys, T0, 0.5)]
+    return sc, cfg, keys, windows
+
+
+def make_core(horizon_s: float = 120.0) -> WorkerCore:
+    sc, cfg, keys, _ = demo()
+    return site_worker_core(sc, cfg, keys, WorkerSettings(site=SITE, horizon_s=horizon_s))
+
+
+def gateway(topic: str) -> str:
+    return topic.split("/")[-2]  # tagtwin/gw/<gateway>/batch
+
+
+def fault_free() -> Iterator[tuple[float, list[tuple[str, bytes]]]]:
+    yield from demo()[3]
+
+
+def link_cut(cut_from: float = 6.0, cut_to: float = 16.0) -> Iterator[tuple[float, list[tuple[str, bytes]]]]:
+    """Half the gateways' batches of (cut_from, cut_to] held in their spools, then replayed."""
+    _, cfg, _, windows = demo()
+    cut = set(cfg.gateways.ids[: len(cfg.gateways.ids) // 2])
+    held: list[tuple[str, bytes]] = []
+    for end, batches in windows:
+        keep = []
+        for topic, body in batches:
+            (held if gateway(topic) in cut and cut_from < end - T0 <= cut_to else keep).append((topic, body))
+        if end - T0 > cut_to and held:
+            keep, held = held + keep, []
+        yield end, keep
+
+
+def messages(order: Callable[[], Iterator[tuple[float, list[tuple[str, bytes]]]]]) -> list[list[Message]]:
+    """Per receive tick, the messages the stream stored then."""
+    return [[(raw_subject(SITE, gateway(t)), body, end) for t, body in batches] for end, batches in order()]
+
+
+def run(core: WorkerCore, ticks: list[list[Message]], first_seq: int = 1) -> list[tuple[str, bytes]]:
+    """Handle every message (stream sequences from ``first_seq``), tick after each receive time."""
+    out: list[tuple[str, bytes]] = []
+    seq = first_seq
+    for tick in ticks:
+        for subject, body, received in tick:
+            out += core.handle(subject, body, seq, received)
+            seq += 1
+        if tick:
+            out += core.tick(tick[-1][2])
+    return out
+
+
+def latest_events(out: list[tuple[str, bytes]]) -> tuple[dict[str, dict], int, int]:
+    """key -> event of its highest revision (retracted ones dropped), as a consumer keeps them;
+    and how many records were revisions and retractions."""
+    best: dict[str, dict] = {}
+    revised = retracted = 0
+    for subject, payload in out:
+        if not subject.endswith(".events"):
+            continue
+        for e in json.loads(payload)["events"]:
+            if e["key"] in best:
+                revised += 1
+            retracted += bool(e.get("retracted"))
+            if e["key"] not in best or e["rev"] >= best[e["key"]]["rev"]:
+                best[e["key"]] = e
+    return {k: e["event"] for k, e in best.items() if not e.get("retracted")}, revised, retracted
+
+
+def positions(out: list[tuple[str, bytes]]) -> tuple[dict, int]:
+    return latest_positions(p for s, p in out if s.endswith(".positions"))
+
+
+@functools.cache
+def reference() -> tuple[dict, dict]:
+    core = make_core()
+    out = run(core, messages(fault_free))
+    out += core.tick(time.time(), final=True)
+    return positions(out)[0], latest_events(out)[0]
+
+
+def in_process_positions(device_ids: list[str]) -> dict:
+    """The same decoded sightings through one in-process Engine (times from 0, as a twin run)."""
+    _, cfg, keys, windows = demo()
+    code = {d: i for i, d in enumerate(device_ids)}
+    parts = []
+    for _, batches in windows:
+        for topic, body in batches:
+            ads = verify_signed(body, gateway(topic), keys[gateway(topic)]).ads
+            parts.append(sightings_from_columns(
+                t=np.array([a.t for a in ads]) - T0, gateway=cfg.gateways.ids.index(gateway(topic)),
+                device=np.array([code[a.dev] for a in ads], np.int32),
+                rssi=np.array([a.rssi for a in ads], np.float32), channel=np.array([a.ch for a in ads], np.uint8),
+                battery=np.array([UNKNOWN if a.bat is None else a.bat for a in ads], np.int8),
+                motion=np.array([UNKNOWN if a.mot is None else a.mot for a in ads], np.int8),
+                seq=np.array([UNKNOWN if a.seq is None else a.seq for a in ads], np.int32)))
+    rows = np.concatenate(parts)
+    engine = Engine(cfg)
+    engine.ingest(rows[np.argsort(rows["t"], kind="stable")])
+    fixes = np.concatenate([engine.advance(), engine.flush(float(rows["t"].max()) + 10.0)])
+    return latest_positions([positions_payload(fixes, IdTable(device_ids), cfg.zones.names, T0, 0.0)])[0]
+
+
+def test_demo_positions_on_the_backbone_equal_the_in_process_engine():
+    sc, cfg, _, _ = demo()
+    assert cfg.tracker == "kalman" and cfg.zone_hysteresis  # what the old backbone refused to run
+    core = make_core()
+    out = run(core, messages(fault_free))
+    out += core.tick(time.time(), final=True)
+    live, revised = positions(out)
+    assert len(live) > 3000 and revised == 0
+    assert live == in_process_positions(list(core.devices.ids))
+    events, _, _ = latest_events(out)
+    assert {e["rule"] for e in events.values()} >= {"zone_enter"}
+    assert core.devices.ids[: len(sc.tags[0].name)]  # the fleet first: codes match the rules' registry
+
+
+def test_late_spool_replay_revises_tracked_positions_and_events_to_the_fault_free_answer():
+    want_positions, want_events = reference()
+    core = make_core()
+    out = run(core, messages(link_cut))
+    out += core.tick(time.time(), final=True)
+    live, revised = positions(out)
+    events, revisions, retracted = latest_events(out)
+    assert revised > 100  # the tracker's later windows were revised too, not only the late ones
+    assert revisions > 0
+    assert live == want_positions
+    assert events == want_events
+    del retracted
+
+
+def test_a_crash_between_publishing_and_checkpointing_leaves_no_phantom_event():
+    """Checkpoint during the cut; the worker publishes more windows and events from the
+    partial data, then dies before its next checkpoint. The restarted worker works the
+    rest off as one backlog (one fetch, one tick), so it never decides those partial events
+    again: it reads them back (recall_events, what run_worker does from the output stream
+    after the checkpoint's sequence) and retracts or corrects them."""
+    want_positions, want_events = reference()
+    ticks = messages(link_cut)
+    at = next(i for i, tick in enumerate(ticks) if tick and tick[0][2] - T0 > 8.0)
+    crash = next(i for i, tick in enumerate(ticks) if tick and tick[0][2] - T0 > 16.0)
+    first = make_core()
+    consumer = run(first, ticks[:at])
+    blob = first.checkpoint()
+    seq = 1 + sum(len(t) for t in ticks[:at])
+    after = run(first, ticks[at:crash], seq)  # published, then the crash
+    consumer += after
+    second = make_core()
+    second.restore(blob)
+    for subject, payload in after:
+        if subject.endswith(".events"):
+            second.recall_events(payload)
+    backlog = [[m for tick in ticks[at:] for m in tick]]
+    consumer += run(second, backlog, seq)
+    consumer += second.tick(time.time(), final=True)
+    assert positions(consumer)[0] == want_positions
+    assert latest_events(consumer)[0] == want_events
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path):
+    srv = EmbeddedNats.on_free_ports(tmp_path / "nats")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+async def _collect(into: list, msg) -> None:  # type: ignore[no-untyped-def]
+    into.append(json.loads(msg.data))
+
+
+@pytest.mark.integration
+def test_rule_events_on_their_subject_and_over_mqtt(nats_server):
+    """The worker on a real stream publishes rule events on tagtwin.v1.<site>.events, stored
+    in the output stream; an MQTT dashboard reads them on tagtwin/v1/<site>/events."""
+    import queue
+    import threading
+
+    import paho.mqtt.client as paho
+
+    port = int(nats_server.mqtt_url.rsplit(":", 1)[1])
+    got: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    subscribed = threading.Event()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="dashboard", protocol=paho.MQTTv311)
+    client.on_message = lambda _c, _u, msg: got.put(bytes(msg.payload))
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.subscribe(mqtt_topic(out_subject(SITE, "events")), qos=1)
+    assert subscribed.wait(10)
+
+    async def main() -> list[dict]:
+        core = make_core()
+        nc = await connect(nats_server.url, name="worker")
+        pub = await connect(nats_server.url, name="pub")
+        js = pub.jetstream()
+        events: list[dict] = []
+        await pub.subscribe(out_subject(SITE, "events"), cb=functools.partial(_collect, events))
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_worker(core, nc, stop, ready=ready))
+        await ready.wait()
+        for tick in messages(fault_free)[:24]:
+            for subject, body, _ in tick:
+                await publish_batch(js, subject, body)
+        deadline = time.monotonic() + 60
+        while not events:
+            assert time.monotonic() < deadline, "no rule events from the worker"
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        await nc.close()
+        await pub.close()
+        return events
+
+    try:
+        events = asyncio.run(main())
+        records = [e for msg in events for e in msg["events"]]
+        assert records and all({"key", "window", "rev", "event"} <= set(r) for r in records)
+        assert json.loads(got.get(timeout=10))["events"][0]["key"] == records[0]["key"]
+    finally:
+        client.disconnect()
+        client.loop_stop()
