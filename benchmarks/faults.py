@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from live_bridge.faults import FAULT_KINDS, Load, run_case, suite_case
-from tagtwin.worker import FAULT_SITE, site_config, worker_command
+from tagtwin.worker import FAULT_SITE, core_factory, site_config, worker_command
 
 COLUMNS = ("fault", "generated", "stored", "processed", "duplicates", "dead_lettered", "lost", "recovery_s",
-           "positions_match", "revised_positions")
+           "positions_match", "revised_positions", "events_match", "events", "revised_events")
 
 
 def table(rows: list[dict[str, object]]) -> str:
@@ -52,12 +52,14 @@ def main() -> int:
         return 2
     logging.basicConfig(level=logging.ERROR)
     config = site_config(args.site)
+    make_core = core_factory(args.site)
     rows = []
     t0 = time.monotonic()
     for kind in kinds:
         fault, load = suite_case(kind, args.quick, Load(seed=args.seed))
         with tempfile.TemporaryDirectory(prefix=f"tagtwin-fault-{kind}-") as d:
-            result = run_case(Path(d), fault, load, config=config, worker_command=worker_command(args.site))
+            result = run_case(Path(d), fault, load, config=config, worker_command=worker_command(args.site),
+                              make_core=make_core)
         row = result.row() | {"at_s": fault.at_s, "down_s": fault.down_s, "duration_s": load.duration_s}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
@@ -65,7 +67,7 @@ def main() -> int:
     print(f"\n{len(rows)} faults in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    return 0 if all(r["lost"] == 0 and r["positions_match"] for r in rows) else 1
+    return 0 if all(r["lost"] == 0 and r["positions_match"] and r["events_match"] for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -202,6 +202,9 @@ class RevisedTimeline(RevisingWindows):
             for ev in self._sink.events:
                 record = ev.to_dict()
                 record["t"] = round(float(record["t"]) + origin, 3)  # type: ignore[arg-type]
+                # A device's code is the order the worker first heard it in, which a replay
+                # changes: the tag id says who it is.
+                record["evidence"].pop("device_code", None)  # type: ignore[attr-defined]
                 key = event_key(record)
                 n = 2
                 while key in new_events:  # the same identity twice: number the repeats

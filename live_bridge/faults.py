@@ -12,7 +12,9 @@ batches the worker dropped as repeats), dead-lettered (with reason), and lost =
 generated - processed - dead-lettered, which must be 0. ``positions_match`` compares the
 latest revision of every (device, window) position the worker published with the same
 sightings run through the same :class:`~live_bridge.worker.WorkerCore` in one pass
-without IO (the fault-free answer: the engine is deterministic, so equal means equal).
+without IO (the fault-free answer: the engine is deterministic, so equal means equal);
+``events_match`` does the same for the rule events on the events subject: the latest
+revision of every event (retracted ones dropped) equals the fault-free run's event set.
 
 ``tagtwin loadtest --fault KIND@T`` (issue 14) reuses :class:`Fault` and :class:`Harness`.
 """
@@ -27,6 +29,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,10 +41,13 @@ from live_bridge.natsserver import LOOPBACK, EmbeddedNats, cluster_of, start_clu
 from live_bridge.wire import Advert, Batch, encode_batch
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from nats.aio.client import Client
 
     from engine.pipeline import EngineConfig
     from live_bridge.gateway import Gateway
+    from live_bridge.worker import WorkerCore, WorkerSettings
 
 REPO = Path(__file__).resolve().parent.parent
 FAULT_KINDS = (
@@ -107,6 +113,9 @@ class FaultResult:
     positions_match: bool = False
     revised_positions: int = 0
     positions: int = 0
+    events_match: bool = False
+    events: int = 0  # rule events in the latest revision (retracted ones dropped)
+    revised_events: int = 0  # event records that revised or retracted an earlier one
     resent: int = 0  # sightings in batches the fault published a second time
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
@@ -116,7 +125,9 @@ class FaultResult:
             "fault": self.fault, "generated": self.generated, "stored": self.stored,
             "processed": self.processed, "duplicates": self.duplicates, "dead_lettered": self.dead_lettered,
             "lost": self.lost, "recovery_s": round(self.recovery_s, 2), "positions_match": self.positions_match,
-            "revised_positions": self.revised_positions, "positions": self.positions, "resent": self.resent,
+            "revised_positions": self.revised_positions, "positions": self.positions,
+            "events_match": self.events_match, "events": self.events, "revised_events": self.revised_events,
+            "resent": self.resent,
             "dead_letter_reasons": self.dead_letter_reasons, "wall_s": round(self.wall_s, 1),
         }
 
@@ -153,13 +164,17 @@ def traffic(config: EngineConfig, load: Load) -> dict[str, list[Advert]]:
     return out
 
 
-def reference_positions(config: EngineConfig, keys: dict[str, bytes], adverts: dict[str, list[Advert]],
-                        site: str) -> dict[tuple[str, float], tuple[object, ...]]:
-    """The fault-free answer: every advert through one WorkerCore in one pass, no IO."""
-    from live_bridge.backbone import raw_subject
-    from live_bridge.worker import WorkerCore, WorkerSettings
+CoreFactory = Callable[[dict[str, bytes], "WorkerSettings"], "WorkerCore"]
 
-    core = WorkerCore(config, keys, WorkerSettings(site=site, horizon_s=1e9))
+
+def reference_outputs(make_core: CoreFactory, keys: dict[str, bytes], adverts: dict[str, list[Advert]],
+                      site: str) -> tuple[dict[tuple[str, float], tuple[object, ...]], dict[str, object]]:
+    """The fault-free answer: every advert through one WorkerCore in one pass, no IO; its
+    positions and rule events (latest revisions)."""
+    from live_bridge.backbone import raw_subject
+    from live_bridge.worker import WorkerSettings
+
+    core = make_core(keys, WorkerSettings(site=site, horizon_s=1e9))
     seq = 0
     for gw, ads in adverts.items():
         for i in range(0, len(ads), 5000):
@@ -167,7 +182,26 @@ def reference_positions(config: EngineConfig, keys: dict[str, bytes], adverts: d
             seq += 1
             body = encode_batch(Batch(gw=gw, seq=i, ep=1, sent=part[-1].t, ads=part), keys[gw])
             core.handle(raw_subject(site, gw), body, seq, part[-1].t)
-    return latest_positions(payload for _, payload in core.tick(time.time(), final=True))[0]
+    out = core.tick(time.time(), final=True)
+    positions = latest_positions(p for subject, p in out if subject.endswith(".positions"))[0]
+    return positions, latest_events(p for subject, p in out if subject.endswith(".events"))[0]
+
+
+def latest_events(payloads: Iterable[bytes]) -> tuple[dict[str, object], int]:
+    """Event key -> the event of its highest revision, retracted ones dropped (what a consumer
+    that keeps the latest revision holds), and how many records revised or retracted one.
+    Equal revisions: the later record wins (the stream's order)."""
+    best: dict[str, dict[str, object]] = {}
+    revised = 0
+    for payload in payloads:
+        for e in json.loads(payload)["events"]:
+            key = e["key"]
+            if key in best:
+                revised += 1
+                if int(e["rev"]) < int(best[key]["rev"]):  # type: ignore[call-overload]
+                    continue
+            best[key] = e
+    return {k: e["event"] for k, e in best.items() if not e.get("retracted")}, revised
 
 
 def latest_positions(payloads: object) -> tuple[dict[tuple[str, float], tuple[object, ...]], int]:
@@ -284,7 +318,8 @@ class Harness:
 
     def __init__(self, data_dir: Path, fault: Fault, load: Load | None = None, *,
                  config: EngineConfig, worker_command: list[str], site: str = "faults", idle_s: float = 1.5,
-                 cluster: bool | None = None, worker_settings: dict[str, object] | None = None) -> None:
+                 cluster: bool | None = None, worker_settings: dict[str, object] | None = None,
+                 make_core: CoreFactory | None = None) -> None:
         self.dir = data_dir
         self.worker_settings = worker_settings or {}
         self.fault = fault
@@ -294,6 +329,8 @@ class Harness:
         self.idle_s = idle_s
         self.cluster = fault.kind == "cluster-node-loss" if cluster is None else cluster
         self.config = config
+        # The worker core the worker process runs (its rules included), for the one-pass reference.
+        self.make_core: CoreFactory = make_core or _positions_only(config)
         if self.load.gateways > len(self.config.gateways.ids):
             have = len(self.config.gateways.ids)
             raise ValueError(f"the site has {have} gateways, the load asks for {self.load.gateways}")
@@ -403,8 +440,14 @@ class Harness:
             result.stored = await self._stored(js)
             live, result.revised_positions = latest_positions(await self._read(js, out_stream(self.site),
                                                                                out_subject(self.site, "positions")))
+            events, result.revised_events = latest_events(await self._read(js, out_stream(self.site),
+                                                                            out_subject(self.site, "events")))
+            want_positions, want_events = reference_outputs(self.make_core, self.keys, adverts, self.site)
             result.positions = len(live)
-            result.positions_match = live == reference_positions(self.config, self.keys, adverts, self.site)
+            result.positions_match = live == want_positions
+            result.events = len(events)
+            result.events_match = events == want_events
+            self.event_sets = (events, want_events)
         finally:
             await self._teardown(nc)
         result.wall_s = time.monotonic() - wall0
@@ -574,4 +617,10 @@ def run_case(data_dir: Path, fault: Fault, load: Load | None, *, config: EngineC
 
 def summary(results: list[FaultResult]) -> Counter[str]:
     return Counter({"cases": len(results), "lost": sum(r.lost for r in results),
-                    "mismatched": sum(not r.positions_match for r in results)})
+                    "mismatched": sum(not (r.positions_match and r.events_match) for r in results)})
+
+
+def _positions_only(config: EngineConfig) -> CoreFactory:
+    from live_bridge.worker import WorkerCore
+
+    return lambda keys, settings: WorkerCore(config, keys, settings)

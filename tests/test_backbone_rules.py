@@ -22,7 +22,7 @@ import pytest
 from engine.contract import UNKNOWN, IdTable, sightings_from_columns
 from engine.pipeline import Engine
 from live_bridge.backbone import connect, mqtt_topic, out_subject, publish_batch, raw_subject
-from live_bridge.faults import latest_positions
+from live_bridge.faults import latest_events, latest_positions
 from live_bridge.natsserver import EmbeddedNats
 from live_bridge.server import positions_payload
 from live_bridge.wire import verify_signed
@@ -95,21 +95,10 @@ def run(core: WorkerCore, ticks: list[list[Message]], first_seq: int = 1) -> lis
     return out
 
 
-def latest_events(out: list[tuple[str, bytes]]) -> tuple[dict[str, dict], int, int]:
-    """key -> event of its highest revision (retracted ones dropped), as a consumer keeps them;
-    and how many records were revisions and retractions."""
-    best: dict[str, dict] = {}
-    revised = retracted = 0
-    for subject, payload in out:
-        if not subject.endswith(".events"):
-            continue
-        for e in json.loads(payload)["events"]:
-            if e["key"] in best:
-                revised += 1
-            retracted += bool(e.get("retracted"))
-            if e["key"] not in best or e["rev"] >= best[e["key"]]["rev"]:
-                best[e["key"]] = e
-    return {k: e["event"] for k, e in best.items() if not e.get("retracted")}, revised, retracted
+def events_of(out: list[tuple[str, bytes]]) -> tuple[dict[str, object], int]:
+    """Latest revision of every rule event (live_bridge.faults.latest_events), and how many
+    records revised or retracted one."""
+    return latest_events(p for s, p in out if s.endswith(".events"))
 
 
 def positions(out: list[tuple[str, bytes]]) -> tuple[dict, int]:
@@ -121,7 +110,7 @@ def reference() -> tuple[dict, dict]:
     core = make_core()
     out = run(core, messages(fault_free))
     out += core.tick(time.time(), final=True)
-    return positions(out)[0], latest_events(out)[0]
+    return positions(out)[0], events_of(out)[0]
 
 
 def in_process_positions(device_ids: list[str]) -> dict:
@@ -155,8 +144,8 @@ def test_demo_positions_on_the_backbone_equal_the_in_process_engine():
     live, revised = positions(out)
     assert len(live) > 3000 and revised == 0
     assert live == in_process_positions(list(core.devices.ids))
-    events, _, _ = latest_events(out)
-    assert {e["rule"] for e in events.values()} >= {"zone_enter"}
+    events, _ = events_of(out)
+    assert {e["rule"] for e in events.values()} >= {"zone_enter"}  # type: ignore[index]
     assert core.devices.ids[: len(sc.tags[0].name)]  # the fleet first: codes match the rules' registry
 
 
@@ -166,12 +155,11 @@ def test_late_spool_replay_revises_tracked_positions_and_events_to_the_fault_fre
     out = run(core, messages(link_cut))
     out += core.tick(time.time(), final=True)
     live, revised = positions(out)
-    events, revisions, retracted = latest_events(out)
+    events, revisions = events_of(out)
     assert revised > 100  # the tracker's later windows were revised too, not only the late ones
     assert revisions > 0
     assert live == want_positions
     assert events == want_events
-    del retracted
 
 
 def test_a_crash_between_publishing_and_checkpointing_leaves_no_phantom_event():
@@ -199,7 +187,7 @@ def test_a_crash_between_publishing_and_checkpointing_leaves_no_phantom_event():
     consumer += run(second, backlog, seq)
     consumer += second.tick(time.time(), final=True)
     assert positions(consumer)[0] == want_positions
-    assert latest_events(consumer)[0] == want_events
+    assert events_of(consumer)[0] == want_events
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The fault-injection suite (live_bridge/faults.py): real nats-server, a worker process that
 gets killed -9, gateways with SQLite spools behind links that get cut. Each case reconciles
 the counts to the unit and compares every position's latest revision with the fault-free
-answer. The default run has two short cases; the whole table is marked slow
+answer, and every rule event's too. The default run has two short cases; the whole table is marked slow
 (benchmarks/faults.py prints it for docs/reliability.md)."""
 
 from __future__ import annotations
@@ -11,19 +11,23 @@ from pathlib import Path
 import pytest
 
 from live_bridge.faults import FAULT_KINDS, Fault, Load, run_case, suite_case
-from tagtwin.worker import FAULT_SITE, site_config, worker_command
+from tagtwin.worker import FAULT_SITE, core_factory, site_config, worker_command
 
 SHORT = Load(devices=20, duration_s=6.0)
-SITE = {"config": site_config(FAULT_SITE), "worker_command": worker_command(FAULT_SITE)}
+SITE = {"config": site_config(FAULT_SITE), "worker_command": worker_command(FAULT_SITE),
+        "make_core": core_factory(FAULT_SITE)}
 
 
-def check(result, generated_at_least: int = 1) -> None:
+def check(result, generated_at_least: int = 1, events: bool = True) -> None:
     row = result.row()
     assert result.generated >= generated_at_least, row
     assert result.lost == 0, row
     assert result.processed + result.dead_lettered == result.generated, row
     assert result.stored >= result.generated, row  # every sighting is in the raw log
     assert result.positions > 0 and result.positions_match, row
+    assert result.events > 0, row
+    # the rules' events, latest revisions (late data beyond the horizon revises positions only)
+    assert result.events_match or not events, row
 
 
 @pytest.mark.integration
@@ -67,7 +71,7 @@ def test_link_cut_longer_than_the_horizon_is_recomputed_from_the_stream(kind: st
     harness = Harness(tmp_path, Fault(kind, at_s=1.5, down_s=8.0), replace(SHORT, duration_s=11.0),
                       worker_settings={"horizon_s": 0.5}, **SITE)  # type: ignore[arg-type]
     result = asyncio.run(harness.run())
-    check(result, 2000)
+    check(result, 2000, events=False)
     counters = harness.status["counters"]
     assert isinstance(counters, dict), harness.status
     assert counters["late beyond horizon: recomputed from stream"] > 0 and counters["deep recomputations"] >= 1
