@@ -102,7 +102,8 @@ def test_short_run_reconciles_every_sighting_and_fails_an_impossible_slo(tmp_pat
     with exit code 1."""
     out = tmp_path / "report.json"
     res = run_cli(str(SCENARIO), "--multiplier", "0.5", "--sites", "2", "--duration", "5", "--json", str(out),
-                  "--out", str(tmp_path / "html"), "--slo", "p99_close_to_position_ms=0.001")
+                  "--out", str(tmp_path / "html"), "--slo", "p99_close_to_position_ms=0.001",
+                  "--slo", "p99_alert_delivery_ms=60000")
     assert res.returncode == 1, res.stderr[-2000:]
     report = json.loads(out.read_text())
     for key in ("offered_per_s", "achieved_per_s", "generated", "processed", "lost", "latency_ms", "slo"):
@@ -115,6 +116,9 @@ def test_short_run_reconciles_every_sighting_and_fails_an_impossible_slo(tmp_pat
     floor = report["latency_floor"]
     assert report["latency_ms"]["p50"] >= (floor["step_s"] + floor["allowed_lateness_s"]) * 1000
     assert report["positions"] > 0 and report["timeline"]
+    # rule events come from the backbone too: their delivery is measured like positions'
+    assert report["events"] > 0 and report["alert_delivery_ms"]["p50"] is not None
+    assert report["slo"]["p99_alert_delivery_ms"]["value"] == report["alert_delivery_ms"]["p99"]
     assert report["sites"] == ["static-open-1", "static-open-2"] and report["workers"] == 2
     assert sum(p["role"] == "worker" for p in report["processes"].values()) == 2
     assert (tmp_path / "html" / "index.html").read_text().count("data:image/png;base64,") == 1

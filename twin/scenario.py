@@ -188,7 +188,8 @@ class LoadTestSlos(Strict):
     completeness: float | None = Field(
         default=1.0, ge=0, le=1, description="share of generated sightings the worker processed")
     p99_alert_delivery_ms: float | None = Field(
-        default=None, gt=0, description="p99 advert to rule event published (the backbone worker publishes none yet)")
+        default=None, gt=0, description="p99 window close (watermark past the deciding window's end + "
+        "lateness) to a rule event's first record received")
 
 
 class LoadTestSettings(Strict):
