@@ -101,7 +101,7 @@ def test_short_run_reconciles_every_sighting_and_fails_an_impossible_slo(tmp_pat
     sighting processed, both latencies measured, and a bound no pipeline can meet fails
     with exit code 1."""
     out = tmp_path / "report.json"
-    res = run_cli(str(SCENARIO), "--multiplier", "0.5", "--sites", "2", "--duration", "5", "--json", str(out),
+    res = run_cli(str(SCENARIO), "--multiplier", "0.5", "--sites", "2", "--duration", "8", "--json", str(out),
                   "--out", str(tmp_path / "html"), "--slo", "p99_close_to_position_ms=0.001",
                   "--slo", "p99_alert_delivery_ms=60000")
     assert res.returncode == 1, res.stderr[-2000:]
