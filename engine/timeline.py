@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from engine.rules.events import Event
     from engine.rules.feeder import RuleFeeder
 
+STATE_EVERY = 8  # windows: one saved state per this many, beyond the newest ones
 ORIGIN_GRID_S = 60.0  # the rules' clock starts on a whole minute, one minute before the first row
 
 
@@ -242,6 +243,15 @@ class RevisedTimeline(RevisingWindows):
         older = [k for k in self.states if k < first]
         keep_from = max(older) if older else None
         for k in [k for k in self.states if keep_from is not None and k < keep_from]:
+            del self.states[k]
+        # Older copies thinned to one per STATE_EVERY windows: late data a few windows back
+        # is the common case; further back, recomputing a few more windows costs less memory.
+        recent = (self.closed_through or 0) - STATE_EVERY
+        newest_of: dict[int, int] = {}
+        for k in self.states:
+            if k < recent and k != keep_from:
+                newest_of[k // STATE_EVERY] = max(newest_of.get(k // STATE_EVERY, k), k)
+        for k in [k for k in self.states if k < recent and k != keep_from and newest_of[k // STATE_EVERY] != k]:
             del self.states[k]
         for k in [k for k in self.digests if k < first]:
             del self.digests[k]

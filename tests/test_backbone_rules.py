@@ -253,3 +253,20 @@ def test_rule_events_on_their_subject_and_over_mqtt(nats_server):
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def test_a_checkpoint_state_loads_arrays_and_rule_state_only():
+    """The saved state is a pickle: it loads numpy arrays, generators and the rules' own
+    classes, and refuses anything else (a checkpoint bucket writer cannot run code)."""
+    import os
+    import pickle
+
+    from engine.timeline import load_state_pickle
+
+    core = make_core()
+    run(core, messages(fault_free)[:12])
+    _, blob = core.windows.snapshot_timeline()
+    tracking, rules = load_state_pickle(blob)  # type: ignore[misc]
+    assert "tracker" in tracking and rules is not None
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        load_state_pickle(pickle.dumps(os.system))
