@@ -85,7 +85,7 @@ def status_line(status: dict[str, object]) -> str:
     pending = lag.get("pending", "?") if isinstance(lag, dict) else "?"
     dead = sum(v for k, v in c.items() if str(k).startswith(("dead", "rejected")))
     return (f"serve: stream seq {status.get('stream_seq')}, batches {c.get('batches', 0)}, "
-            f"sightings {c.get('processed', 0)}, positions {c.get('positions', 0)}, "
+            f"sightings {c.get('processed', 0)}, positions {c.get('positions', 0)}, events {c.get('events', 0)}, "
             f"dead-lettered {dead}, backlog {pending}")
 
 
