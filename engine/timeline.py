@@ -37,15 +37,13 @@ import numpy as np
 from engine.eventtime import REVISED_FIX_DTYPE, RevisingWindows
 from engine.ingest import IngestCounters, drop_redeliveries
 from engine.pipeline import FIX_DTYPE, WINDOWS_PER_CHUNK
+from engine.rules.events import ListSink
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from numpy.typing import NDArray
 
     from engine.contract import Sightings
     from engine.pipeline import Engine
-    from engine.rules.events import Event
     from engine.rules.feeder import RuleFeeder
 
 STATE_EVERY = 8  # windows: one saved state per this many, beyond the newest ones
@@ -67,19 +65,6 @@ class EventRevision:
         return self.event is None
 
 
-class _Collect:
-    """The rules' sink: events of the step being run."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def emit(self, events: Sequence[Event]) -> None:
-        self.events.extend(events)
-
-    def close(self) -> None:
-        return None
-
-
 def event_key(record: dict[str, object]) -> str:
     """An event's identity: rule, what it is about (tag, else gateway, else zone), event time."""
     about = record.get("tag") or record.get("gateway") or record.get("zone") or ""
@@ -95,7 +80,7 @@ class RevisedTimeline(RevisingWindows):
         super().__init__(engine, horizon_s)
         self.stateful = engine.stateful  # (a cell worker wraps the engine later: ask now)
         self.feeder = feeder
-        self._sink = _Collect()
+        self._sink = ListSink()  # the events of the step being run
         if feeder is not None:
             feeder.rules.sinks.append(self._sink)
         self.origin: float | None = None  # absolute time of the rules' t = 0

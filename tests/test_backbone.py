@@ -5,6 +5,7 @@ MQTT into the stream through the NATS listener. Real nats-server on free loopbac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import time
@@ -446,13 +447,15 @@ def test_mqtt_publish_through_the_nats_listener_lands_in_the_raw_stream(nats_ser
     assert np.isfinite(w.marks.event["a"])
 
 
-@pytest.mark.integration
-def test_positions_are_readable_over_mqtt(nats_server):
-    """A dashboard speaking MQTT subscribes to tagtwin/v1/<site>/positions on the listener."""
+@contextlib.contextmanager
+def mqtt_dashboard(server: EmbeddedNats, topic: str):
+    """An MQTT 3.1.1 client of the backbone's listener subscribed to ``topic``: yields the
+    queue its messages land in (subscription acknowledged first)."""
     import queue
     import threading
 
-    port = int(nats_server.mqtt_url.rsplit(":", 1)[1])
+    assert server.mqtt_url is not None
+    port = int(server.mqtt_url.rsplit(":", 1)[1])
     got: queue.SimpleQueue[bytes] = queue.SimpleQueue()
     subscribed = threading.Event()
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="dashboard", protocol=paho.MQTTv311)
@@ -460,8 +463,24 @@ def test_positions_are_readable_over_mqtt(nats_server):
     client.on_subscribe = lambda *_: subscribed.set()
     client.connect("127.0.0.1", port)
     client.loop_start()
-    client.subscribe(mqtt_topic(out_subject(SITE, "positions")), qos=1)
-    assert subscribed.wait(10)
+    try:
+        client.subscribe(topic, qos=1)
+        assert subscribed.wait(10)
+        yield got
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.mark.integration
+def test_positions_are_readable_over_mqtt(nats_server):
+    """A dashboard speaking MQTT subscribes to tagtwin/v1/<site>/positions on the listener."""
+    with mqtt_dashboard(nats_server, mqtt_topic(out_subject(SITE, "positions"))) as got:
+        _publish_positions(nats_server)
+        assert json.loads(got.get(timeout=10))["positions"][0]["rev"] == 40
+
+
+def _publish_positions(nats_server) -> None:
     w = core()
     for i in range(10):
         for gw in "abcd":
@@ -475,11 +494,6 @@ def test_positions_are_readable_over_mqtt(nats_server):
         await nc.close()
 
     asyncio.run(publish())
-    try:
-        assert json.loads(got.get(timeout=10))["positions"][0]["rev"] == 40
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 @pytest.mark.integration

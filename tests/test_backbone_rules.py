@@ -23,13 +23,14 @@ from engine.contract import UNKNOWN, IdTable, sightings_from_columns
 from engine.pipeline import Engine
 from live_bridge.backbone import connect, mqtt_topic, out_subject, publish_batch, raw_subject
 from live_bridge.faults import latest_events, latest_positions
-from live_bridge.natsserver import EmbeddedNats
 from live_bridge.server import positions_payload
 from live_bridge.wire import verify_signed
 from live_bridge.worker import WorkerCore, WorkerSettings, run_worker
 from tagtwin.live import site_engine_config
 from tagtwin.twin_publish import run_windows
 from tagtwin.worker import site_worker_core
+from tests import test_backbone
+from tests.test_backbone import mqtt_dashboard
 from twin.scenario import load_scenario
 from twin.sim import WarehouseTwin
 
@@ -40,7 +41,7 @@ Message = tuple[str, bytes, float]  # subject, signed body, stream receive time
 
 
 @functools.cache
-def demo(seconds: float = 24.0):  # type: ignore[no-untyped-def]
+def demo(seconds: float = 24.0):
     sc = load_scenario(ROOT / "scenarios" / "demo.toml")
     sc = sc.model_copy(update={"duration_s": seconds})
     result = WarehouseTwin(sc).run()
@@ -69,7 +70,7 @@ def link_cut(cut_from: float = 6.0, cut_to: float = 16.0) -> Iterator[tuple[floa
     cut = set(cfg.gateways.ids[: len(cfg.gateways.ids) // 2])
     held: list[tuple[str, bytes]] = []
     for end, batches in windows:
-        keep = []
+        keep: list[tuple[str, bytes]] = []
         for topic, body in batches:
             (held if gateway(topic) in cut and cut_from < end - T0 <= cut_to else keep).append((topic, body))
         if end - T0 > cut_to and held:
@@ -190,15 +191,10 @@ def test_a_crash_between_publishing_and_checkpointing_leaves_no_phantom_event():
     assert events_of(consumer)[0] == want_events
 
 
-@pytest.fixture
-def nats_server(tmp_path: Path):
-    srv = EmbeddedNats.on_free_ports(tmp_path / "nats")
-    srv.start()
-    yield srv
-    srv.stop()
+nats_server = test_backbone.nats_server  # fixture: a real nats-server on free loopback ports
 
 
-async def _collect(into: list, msg) -> None:  # type: ignore[no-untyped-def]
+async def _collect(into: list, msg) -> None:
     into.append(json.loads(msg.data))
 
 
@@ -206,22 +202,6 @@ async def _collect(into: list, msg) -> None:  # type: ignore[no-untyped-def]
 def test_rule_events_on_their_subject_and_over_mqtt(nats_server):
     """The worker on a real stream publishes rule events on tagtwin.v1.<site>.events, stored
     in the output stream; an MQTT dashboard reads them on tagtwin/v1/<site>/events."""
-    import queue
-    import threading
-
-    import paho.mqtt.client as paho
-
-    port = int(nats_server.mqtt_url.rsplit(":", 1)[1])
-    got: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-    subscribed = threading.Event()
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="dashboard", protocol=paho.MQTTv311)
-    client.on_message = lambda _c, _u, msg: got.put(bytes(msg.payload))
-    client.on_subscribe = lambda *_: subscribed.set()
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    client.subscribe(mqtt_topic(out_subject(SITE, "events")), qos=1)
-    assert subscribed.wait(10)
-
     async def main() -> list[dict]:
         core = make_core()
         nc = await connect(nats_server.url, name="worker")
@@ -245,14 +225,11 @@ def test_rule_events_on_their_subject_and_over_mqtt(nats_server):
         await pub.close()
         return events
 
-    try:
+    with mqtt_dashboard(nats_server, mqtt_topic(out_subject(SITE, "events"))) as got:
         events = asyncio.run(main())
         records = [e for msg in events for e in msg["events"]]
         assert records and all({"key", "window", "rev", "event"} <= set(r) for r in records)
         assert json.loads(got.get(timeout=10))["events"][0]["key"] == records[0]["key"]
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def test_a_checkpoint_state_loads_arrays_and_rule_state_only():
@@ -266,7 +243,8 @@ def test_a_checkpoint_state_loads_arrays_and_rule_state_only():
     core = make_core()
     run(core, messages(fault_free)[:12])
     _, blob = core.windows.snapshot_timeline()
-    tracking, rules = load_state_pickle(blob)  # type: ignore[misc]
-    assert "tracker" in tracking and rules is not None
+    state = load_state_pickle(blob)
+    assert isinstance(state, tuple)
+    assert "tracker" in state[0] and state[1] is not None
     with pytest.raises(pickle.UnpicklingError, match="not allowed"):
         load_state_pickle(pickle.dumps(os.system))
