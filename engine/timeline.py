@@ -88,7 +88,8 @@ class RevisedTimeline(RevisingWindows):
         # (tracking, rules) state after window k, for the last window of each computed run.
         self.states: dict[int, tuple[dict[str, object], dict[str, object] | None]] = {}
         self.digests: dict[int, bytes] = {}  # window -> digest of the fixes last handed out
-        self.published: dict[str, tuple[int, str]] = {}  # event key -> (window, its JSON) last handed out
+        # event key -> (window, digest of its JSON) last handed out
+        self.published: dict[str, tuple[int, str]] = {}
         self.events_out: list[EventRevision] = []  # filled by advance, taken by the caller
         self._rev = 0
 
@@ -203,9 +204,10 @@ class RevisedTimeline(RevisingWindows):
         """Events decided from k_from on: new or changed ones out, vanished ones retracted."""
         old = {key: v for key, v in self.published.items() if v[0] >= k_from}
         for key, (k, text) in new.items():
-            if old.get(key, (None, None))[1] != text:
+            digest = _digest(text)
+            if old.get(key, (None, None))[1] != digest:
                 self.events_out.append(EventRevision(key, k * self.step, revision, json.loads(text)))
-            self.published[key] = (k, text)
+            self.published[key] = (k, digest)
         for key in old.keys() - new.keys():
             k = old[key][0]
             self.events_out.append(EventRevision(key, k * self.step, revision, None))
@@ -218,7 +220,7 @@ class RevisedTimeline(RevisingWindows):
         if event is None:
             self.published.pop(key, None)
         else:
-            self.published[key] = (k, json.dumps(event, sort_keys=True))
+            self.published[key] = (k, _digest(json.dumps(event, sort_keys=True)))
         self.dirty.add(k)
 
     def _prune(self) -> None:
@@ -275,6 +277,10 @@ class RevisedTimeline(RevisingWindows):
             self.states[int(oldest)] = state  # type: ignore[call-overload,assignment]
             if self.closed_through is not None and self.closed_through > int(oldest):  # type: ignore[call-overload]
                 self.dirty.add(int(oldest) + 1)  # type: ignore[call-overload]
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 def _with_revision(fixes: NDArray[np.void], revision: int) -> NDArray[np.void]:
