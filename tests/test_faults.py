@@ -6,6 +6,7 @@ answer, and every rule event's too. The default run has two short cases; the who
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,16 @@ def test_link_cut_longer_than_the_horizon_is_recomputed_from_the_stream(kind: st
     assert isinstance(counters, dict), harness.status
     assert counters["late beyond horizon: recomputed from stream"] > 0 and counters["deep recomputations"] >= 1
     assert result.dead_lettered == 0 and result.revised_positions > 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow  # ~20 s: the demo's tracker and rules in a worker process, a link cut replayed
+def test_a_tracked_site_link_cut_revises_tracked_positions_and_events(tmp_path: Path):
+    """The demo site (Kalman tracker, zone hysteresis, its rules) on real processes: half the
+    gateways cut for 3 s, their spools replayed; the latest revision of every tracked
+    position and every rule event equals the one-pass run of the same worker core."""
+    demo = FAULT_SITE.parent / "demo.toml"
+    result = run_case(tmp_path, Fault("link-cut", at_s=2.0, down_s=3.0), replace(SHORT, duration_s=8.0),
+                      config=site_config(demo), worker_command=worker_command(demo), make_core=core_factory(demo))
+    check(result, 2000)
+    assert result.revised_positions > 0
