@@ -548,11 +548,19 @@ class Harness:
                                   inactive_threshold=30.0),
         )
         out: list[bytes] = []
+        deadline = time.monotonic() + 60.0
         while True:
             try:
                 msgs = await sub.fetch(500, timeout=1.0)
             except Exception:
-                break
+                # A fetch that times out is the end only when the consumer has nothing pending:
+                # on a cluster that just lost a node, a fetch can time out mid-stream.
+                pending = 1
+                with contextlib.suppress(Exception):
+                    pending = int((await sub.consumer_info()).num_pending or 0)
+                if pending == 0 or time.monotonic() > deadline:
+                    break
+                continue
             out += [m.data for m in msgs]
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
