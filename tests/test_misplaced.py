@@ -123,19 +123,22 @@ def test_openings_are_the_zone_edges_no_wall_covers() -> None:
 
 def test_carried_through_the_door_fires_at_a_lower_look() -> None:
     """Set down inside the door's wall where the localizer puts it near the wall (P about
-    0.4, below the entry tier's 0.5): the track passed the doorway, so looks at 0.3 count."""
+    0.4, below the entry tier's 0.5): the track passed the doorway, so twelve looks in a row
+    at 0.3 fire."""
     eng = RuleEngine(rules_with(), walled_context())
     rest = (4.0, 19.0)
     p = eng._forbidden[0].probability(np.array([rest[0]]), np.array([rest[1]]), np.array([6.4]))[0]
     assert 0.3 < p < 0.5
     track = [(1.5, 8.0 + i, 1) for i in range(11)]  # up the west aisle to the door
-    mis = run(eng, track + [(rest[0], rest[1], 0)] * 120)
+    mis = run(eng, track + [(rest[0], rest[1], 0)] * 200)
     assert len(mis) == 1
     ev = mis[0].evidence
     assert ev["opening_evidence"] >= 0.4 and ev["threshold"] == 0.3
+    assert ev["looks_in_a_row"] == 12
+    assert 11 + 120 <= mis[0].t <= 11 + 140
     # without walls the same track is not evidence of a doorway: the entry tier's 0.5 holds
     open_floor = RuleEngine(rules_with(), site_context())
-    assert run(open_floor, track + [(rest[0], rest[1], 0)] * 120) == []
+    assert run(open_floor, track + [(rest[0], rest[1], 0)] * 200) == []
 
 
 def test_set_down_outside_the_wall_far_from_the_door_does_not_fire() -> None:

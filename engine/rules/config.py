@@ -276,6 +276,11 @@ class MisplacedRule(_Strict):
         default=0.3, gt=0, lt=1,
         description="a look at or above this counts for a tag seen carried through a doorway",
     )
+    opening_looks: int = Field(
+        default=12, ge=1, le=1000,
+        description="looks in a row at or above opening_look_threshold that fire: more than "
+        "``looks``, since a weak look must outlast the tracker settling after the carry",
+    )
 
     @model_validator(mode="after")
     def _order(self) -> MisplacedRule:

@@ -99,6 +99,7 @@ _FILL: dict[str, tuple[object, str]] = {
     "misp_run": (0, "i4"),  # looks in a row at or above the threshold
     "misp_entry": (0.0, "f8"),  # largest P(forbidden) of the recent moving fixes, fading
     "misp_move_t": (np.nan, "f8"),  # the last moving fix
+    "misp_run_door": (0, "i4"),  # looks in a row at or above the doorway tier's threshold
     "misp_door": (0.0, "f8"),  # largest P(near an opening of a walled forbidden zone), fading
     "misp_done": (False, "?"),
     "reg_t": (-np.inf, "f8"),

@@ -6,10 +6,13 @@ Transitions, per tag:
 * zone: ``cand`` counts consecutive fixes in one zone; after ``confirm_fixes`` the zone
   becomes ``conf`` (zone_exit of the old, zone_enter of the new; the dwell clock restarts).
 * misplaced: while a tag moves, ``misp_entry`` keeps the largest P(forbidden zone | fix)
-  (the fix's Gaussian, renormalized to the site outline) of its recent fixes, fading. At
-  rest, P is averaged over looks of ``look_s``; ``misp_run`` counts looks in a row at or
-  above the threshold (the class's, if the tag was seen going in, else ``alone_threshold``);
-  armed -> alarm at ``looks`` -> re-armed when the tag moves or a look falls below ``rearm``.
+  (the fix's Gaussian, renormalized to the site outline) of its recent fixes, fading, and
+  ``misp_door`` the largest P(within ``opening_reach_m`` of a doorway of a walled forbidden
+  zone). At rest, P is averaged over looks of ``look_s``; ``misp_run`` counts looks in a row
+  at or above the threshold (the class's, if the tag was seen going in, else
+  ``alone_threshold``), ``misp_run_door`` looks at or above ``opening_look_threshold`` for a
+  tag seen passing a doorway; armed -> alarm at ``looks`` (or ``opening_looks``) -> re-armed
+  when the tag moves or a look falls below ``rearm``.
 """
 
 from __future__ import annotations
@@ -237,6 +240,7 @@ class GeofenceRules(RuleCore):
         tg["misp_door"][dm] = np.maximum(door[moving], tg["misp_door"][dm] * fade_door)
         tg["misp_move_t"][dm] = t
         tg["misp_sum"][dm], tg["misp_n"][dm], tg["misp_run"][dm] = 0.0, 0, 0
+        tg["misp_run_door"][dm] = 0
         tg["misp_t"][dm], tg["misp_done"][dm] = t, False
         still, ps = d[~moving], p[~moving]
         fresh = ~np.isfinite(tg["misp_t"][still])
@@ -254,13 +258,15 @@ class GeofenceRules(RuleCore):
             self._per_class(dc, self._class_misp_threshold, cfg.threshold),
             cfg.alone_threshold,
         )
-        threshold = np.where(
-            through_door, np.minimum(threshold, cfg.opening_look_threshold), threshold
-        )
         tg["misp_run"][dc] = np.where(look >= threshold, tg["misp_run"][dc] + 1, 0)
+        weak = through_door & (look >= cfg.opening_look_threshold)
+        tg["misp_run_door"][dc] = np.where(weak, tg["misp_run_door"][dc] + 1, 0)
         tg["misp_done"][dc[look < cfg.rearm]] = False
         tg["misp_sum"][dc], tg["misp_n"][dc], tg["misp_t"][dc] = 0.0, 0, t
-        fire = (tg["misp_run"][dc] >= cfg.looks) & ~tg["misp_done"][dc] & (tg["cls"][dc] >= 0)
+        strong = tg["misp_run"][dc] >= cfg.looks
+        by_door = ~strong & (tg["misp_run_door"][dc] >= cfg.opening_looks)
+        threshold = np.where(by_door, cfg.opening_look_threshold, threshold)
+        fire = (strong | by_door) & ~tg["misp_done"][dc] & (tg["cls"][dc] >= 0)
         for j in np.flatnonzero(fire).tolist():
             dj = int(dc[j])
             events.append(
@@ -273,7 +279,9 @@ class GeofenceRules(RuleCore):
                     entry_evidence=float(tg["misp_entry"][dj]),
                     opening_evidence=float(tg["misp_door"][dj]),
                     threshold=float(threshold[j]),
-                    looks_in_a_row=int(tg["misp_run"][dj]),
+                    looks_in_a_row=int(
+                        tg["misp_run_door"][dj] if by_door[j] else tg["misp_run"][dj]
+                    ),
                     look_s=cfg.look_s,
                     tag_class=self.ctx.class_names[int(tg["cls"][dj])],
                 )
