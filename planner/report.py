@@ -59,8 +59,10 @@ def npv_interval_rows(roi: Mapping[str, Any], currency: str) -> list[dict[str, s
     rates = iv["rates"]
     ends = (("low end of the 95 % intervals", 0), ("point value", 1), ("high end", 2))
 
-    def share(v: float | None) -> str:
-        return "not measured" if v is None else f"{v:.3f}"
+    recall_measured = any(v is not None for v in rates["theft_recall"][::2])
+
+    def share(v: float | None) -> str:  # no thefts injected: no interval, the point earns 0
+        return f"{v:.3f}" if v is not None and recall_measured else "not measured"
 
     def rate(v: float | None) -> str:
         return "not measured" if v is None else f"{v:,.2f}"
