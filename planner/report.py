@@ -268,6 +268,8 @@ def layout_report_html(
                 else "."
             )
             + f" Money in {e(currency)}.</p>",
+            "<h3>NPV at the measured rates' 95 % intervals</h3>",
+            _table(npv_interval_rows(roi, currency)),
             "<h3>Cases</h3>",
             _table(cases_rows(roi, currency, horizon)),
             "<h3>Sensitivity</h3>",

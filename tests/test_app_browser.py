@@ -585,6 +585,8 @@ def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     page_html = Path(got.value.path()).read_text(encoding="utf-8")
     assert page_html.startswith("<!doctype html>") and page_html.count("<svg") == 2
     assert "Bill of materials" in page_html and "mounting height (m)" in page_html
+    assert "NPV at the measured rates' 95 % intervals" in page_html
+    assert cells[cells.index("point value") + 1] in page_html  # the view's point NPV
     assert re.search(r"median error</td><td>[\d.]+ m \(", page_html)
 
 
