@@ -151,3 +151,23 @@ def test_set_down_outside_the_wall_far_from_the_door_does_not_fire() -> None:
     assert 0.3 < p < 0.5
     assert eng._doorways[0].probability(np.array([12.0]), np.array([24.0]), np.array([6.4]))[0] < 0.05
     assert run(eng, track + [rest] * 300) == []
+
+
+def test_the_twin_and_live_context_carry_the_site_walls_and_the_office_door() -> None:
+    """registry_context (used by the twin and `tagtwin serve`) passes the site file's walls:
+    on demo_incidents the office's only opening is its door, x = 37-40 at y = 18."""
+    from pathlib import Path
+
+    from siteplan.model import SiteModel
+    from twin.run import registry_context
+    from twin.scenario import load_scenario
+    from twin.sim import resolve_gateways
+
+    sc = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "demo_incidents.toml")
+    site = SiteModel.from_scenario(sc)
+    ctx = registry_context(sc, site.zones, resolve_gateways(sc, site)[0])
+    assert len(ctx.site_walls) == 1
+    office = site.zones.polygons[site.zones.resolve("office")[0]]
+    door = openings(office, ctx.site_walls, ctx.site_outline)
+    assert door is not None and door.length == pytest.approx(2.9, abs=0.05)
+    assert door.bounds == pytest.approx((37.05, 18.0, 39.95, 18.0), abs=0.01)
