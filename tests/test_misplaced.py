@@ -106,6 +106,7 @@ def test_class_threshold_below_rearm_is_refused_with_the_field_named() -> None:
 
 # The office walled on its two inner sides, its door the first 3 m of the south side.
 WALLS = (shapely.LineString([(10, 30), (10, 20), (3, 20)]),)
+DOORWAY = {"opening_tier": True}  # the doorway tier is a site's choice, off by default
 
 
 def walled_context(n: int = 2) -> RuleContext:
@@ -125,7 +126,7 @@ def test_carried_through_the_door_fires_at_a_lower_look() -> None:
     """Set down inside the door's wall where the localizer puts it near the wall (P about
     0.4, below the entry tier's 0.5): the track passed the doorway, so twelve looks in a row
     at 0.3 fire."""
-    eng = RuleEngine(rules_with(), walled_context())
+    eng = RuleEngine(rules_with(misplaced=DOORWAY), walled_context())
     rest = (4.0, 19.0)
     p = eng._forbidden[0].probability(np.array([rest[0]]), np.array([rest[1]]), np.array([6.4]))[0]
     assert 0.3 < p < 0.5
@@ -137,14 +138,17 @@ def test_carried_through_the_door_fires_at_a_lower_look() -> None:
     assert ev["looks_in_a_row"] == 12
     assert 11 + 120 <= mis[0].t <= 11 + 140
     # without walls the same track is not evidence of a doorway: the entry tier's 0.5 holds
-    open_floor = RuleEngine(rules_with(), site_context())
+    open_floor = RuleEngine(rules_with(misplaced=DOORWAY), site_context())
+    # and the tier is off unless a site turns it on
+    off = RuleEngine(rules_with(), walled_context())
+    assert run(off, track + [(rest[0], rest[1], 0)] * 200) == []
     assert run(open_floor, track + [(rest[0], rest[1], 0)] * 200) == []
 
 
 def test_set_down_outside_the_wall_far_from_the_door_does_not_fire() -> None:
     """A tote brought along the office's east wall and set down beside it, its fix inside
     the office: it never passed the doorway, so only the entry tier (0.5) applies."""
-    eng = RuleEngine(rules_with(), walled_context())
+    eng = RuleEngine(rules_with(misplaced=DOORWAY), walled_context())
     track = [(20.0 - i, 24.0, 1) for i in range(9)]  # from the east, along y = 24
     rest = (10.5, 24.0, 0)
     p = eng._forbidden[0].probability(np.array([10.5]), np.array([24.0]), np.array([6.4]))[0]

@@ -258,6 +258,12 @@ class MisplacedRule(_Strict):
     rearm: float = Field(
         default=0.2, ge=0, lt=1, description="a look below this re-arms the alarm (as does motion)"
     )
+    opening_tier: bool = Field(
+        default=False,
+        description="let a tag seen carried through a walled forbidden zone's doorway fire at "
+        "opening_look_threshold: more recall, and more false alarms (off: docs/rules.md has "
+        "the measured price)",
+    )
     opening_reach_m: float = Field(
         default=3.0, gt=0, le=50,
         description="a walled forbidden zone's openings (its boundary that is neither an "
@@ -269,8 +275,7 @@ class MisplacedRule(_Strict):
     )
     opening_threshold: float = Field(
         default=0.4, ge=0, le=1,
-        description="opening evidence that makes a tag one seen carried through a doorway "
-        "(1: never)",
+        description="opening evidence that makes a tag one seen carried through a doorway",
     )
     opening_look_threshold: float = Field(
         default=0.3, gt=0, lt=1,

@@ -252,7 +252,7 @@ class GeofenceRules(RuleCore):
             return
         look = tg["misp_sum"][dc] / np.maximum(tg["misp_n"][dc], 1)
         entered = tg["misp_entry"][dc] >= cfg.entry_threshold
-        through_door = tg["misp_door"][dc] >= cfg.opening_threshold
+        through_door = cfg.opening_tier & (tg["misp_door"][dc] >= cfg.opening_threshold)
         threshold = np.where(
             entered,
             self._per_class(dc, self._class_misp_threshold, cfg.threshold),
