@@ -1037,6 +1037,25 @@ def view_roi(sc: Scenario) -> None:
     c[3].metric(f"net / month ({cur})", f"{base['net_per_month']:,.0f}")
     c[4].metric(f"TCO ({cur})", f"{base['tco']:,.0f}")
     money_notes([res])
+    st.markdown("**NPV at the measured rates' 95 % intervals** (prices as typed)")
+    st.dataframe(
+        pd.DataFrame(report.npv_interval_rows(roi, cur)),
+        hide_index=True,
+        width="stretch",
+        key="roi_npv_interval",
+    )
+    st.caption(
+        "The same model on the seeds' mean measurements, with theft recall, false alarms and "
+        "reviews moved to each end of their exact 95 % intervals (Clopper-Pearson, Poisson; "
+        "the seeds' counts pooled). False alarms at the point: "
+        f"{roi['npv_interval']['false_alarm_rate_shown']}"
+        + (
+            f"; NPV uses the design rate ({reps.DESIGN_FALSE_ALARMS:g}) instead"
+            if res.money["false_alarms_from_design"]
+            else ""
+        )
+        + "."
+    )
     st.caption(
         f"Measured by the runs ({len(found)} seeds of {st.session_state.duration:g} s simulated, "
         "means): theft recall "

@@ -8,13 +8,15 @@ and battery (no position: exit and misplacement rules stay idle) through the sam
 several seeds. Every missing_tag alarm is false. Also prints the empirical rate of runs of
 k or more missed adverts (no gateway heard the frame), the quantity k is chosen against.
 Prints JSON. Usage: python benchmarks/quiet_missing.py [--seeds 1 2 3] [--duration S] [--jobs N]
-[--full [--fixes-dir DIR]] [--progress FILE]
+[--full [--fixes-dir DIR]] [--progress FILE [--resume]]
 
 ``--fixes-dir`` keeps each seed's fixes (localization and tracking, the slow part) in DIR and
 reuses them when the same scenario, seed and duration come again, so a rule change can be
 scored again on thousands of tag-days in minutes. Delete DIR when the localizer or tracker
 changes. ``--progress`` appends each seed's result as one JSON line when it finishes, so a
-run cut short still says what it reached. ``--fixes-only`` (with ``--fixes-dir``) reruns
+run cut short still says what it reached, and ``--resume`` (with the same ``--progress``)
+skips the seeds it holds and pools them in: a long run is extended or finished in pieces.
+``--fixes-only`` (with ``--fixes-dir``) reruns
 only the rules that read positions alone (misplaced, zones, dwell, battery_low, registry,
 after hours) on the kept fixes, without the twin: a change to those rules is rescored on
 thousands of tag-days in minutes. The rules that need sightings (missing_tag, exits,
@@ -178,6 +180,22 @@ def one_seed(
     return out
 
 
+def done_seeds(progress: Path, seeds: list[int]) -> dict[int, dict[str, Any]]:
+    """The asked-for seeds a progress file already holds (its last line for each)."""
+    if not progress.exists():
+        return {}
+    wanted, out = set(seeds), {}
+    for n, line in enumerate(progress.read_text().splitlines(), start=1):
+        try:
+            row = json.loads(line)
+            seed = int(row["seed"])
+        except (ValueError, KeyError, TypeError):
+            raise SystemExit(f"{progress}: line {n}: not a seed's result") from None
+        if seed in wanted:
+            out[seed] = row
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -190,14 +208,23 @@ def main() -> None:
     ap.add_argument("--progress", help="append each seed's result to this file as a JSON line")
     ap.add_argument("--fixes-only", action="store_true",
                     help="with --fixes-dir: only the position rules, on the kept fixes")
+    ap.add_argument("--resume", action="store_true",
+                    help="with --progress: skip the seeds the progress file already has and "
+                    "pool them into the result (one progress file per mode and duration)")
     args = ap.parse_args()
     if args.fixes_only and not args.fixes_dir:
         ap.error("--fixes-only needs --fixes-dir")
+    if args.resume and not args.progress:
+        ap.error("--resume needs --progress")
     wall = time.perf_counter()
+    done = done_seeds(Path(args.progress), args.seeds) if args.resume else {}
+    todo = [s for s in args.seeds if s not in done]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        runs = list(pool.map(one_seed, repeat(args.scenario), args.seeds, repeat(args.duration),
-                             repeat(args.full), repeat(args.fixes_dir), repeat(args.progress),
-                             repeat(args.fixes_only)))
+        fresh = list(pool.map(one_seed, repeat(args.scenario), todo, repeat(args.duration),
+                              repeat(args.full), repeat(args.fixes_dir), repeat(args.progress),
+                              repeat(args.fixes_only)))
+    by_seed = done | {r["seed"]: r for r in fresh}
+    runs = [by_seed[s] for s in args.seeds]
     tag_days = sum(r["tag_days"] for r in runs)
     alarms = [a | {"seed": r["seed"]} for r in runs for a in r["alarms"]]
     sent_all = sum(r["sent"] for r in runs)
@@ -225,6 +252,15 @@ def main() -> None:
         },
         "runs_ge_k": {str(k + 1): int(ge_all[k]) for k in range(MAX_RUN)},
         "alarm_details": alarms,
+        "alarms_by_rule": {
+            rule: sum(a["rule"] == rule for a in alarms) for rule in sorted({a["rule"] for a in alarms})
+        },
+        "upper95_per_rule": {
+            rule: round(float(chi2.ppf(0.95, 2 * n + 2)) / 2 / thousand, 2)
+            for rule, n in [("any rule with none", 0)]
+            + [(r, sum(a["rule"] == r for a in alarms)) for r in sorted({a["rule"] for a in alarms})]
+        },
+        "seeds_resumed": len(args.seeds) - len(todo),
         "pipeline": "position rules on kept fixes" if args.fixes_only
         else "full" if args.full else "sightings and stand-in fixes",
         "burst_continuation_range": [

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from engine.roi import RoiInputs, measured_from_report, roi_report
-from engine.rules.scoring import RateReading, rate_reading
+from engine.rules.scoring import RateReading, proportion_interval, rate_reading
 from planner.backend import RunView, run_view, scenario_dict, scenario_from_dict, scenario_toml
 from twin.scenario import parse_scenario
 from twin.sweep import RunBatch
@@ -473,9 +473,13 @@ def differences(results: Sequence[LayoutResult]) -> list[dict[str, str]]:
 
 def roi_of_layout(found: Sequence[Replicate], inputs: RoiInputs) -> dict[str, Any]:
     """The ROI model's full report (cases, cash, sensitivity) on the seeds' mean measured
-    metrics, false alarms and reviews taken as in :func:`roi_per_seed`."""
+    metrics, false alarms and reviews taken as in :func:`roi_per_seed`. The rates' 95 %
+    intervals (NPV is reported at both ends, ``npv_interval``) pool the seeds' counts: theft
+    recall over all thefts, false alarms and reviews over all the tag-days."""
     alarms, reviews = false_alarm_readings(found)
     ms = [measured_from_report(r.report) for r in found]
+    thefts, caught = pooled_thefts(found)
+    recall_low, recall_high = proportion_interval(caught, thefts) if thefts else (None, None)
 
     def mean(attr: str) -> float:
         return float(np.mean([getattr(m, attr) for m in ms]))
@@ -492,5 +496,26 @@ def roi_of_layout(found: Sequence[Replicate], inputs: RoiInputs) -> dict[str, An
         reviews_per_day_per_1000_tags=DESIGN_FALSE_ALARMS
         if reviews.too_little_exposure
         else reviews.rate,
+        theft_recall_low=recall_low,
+        theft_recall_high=recall_high,
+        false_alarms_low=alarms.low,
+        false_alarms_high=alarms.high,
+        reviews_low=reviews.low,
+        reviews_high=reviews.high,
+        false_alarm_rate_shown=alarms.shown,
+        reviews_rate_shown=reviews.shown,
     )
     return roi_report(inputs, measured)
+
+
+def pooled_thefts(found: Sequence[Replicate]) -> tuple[int, int]:
+    """Thefts injected and thefts alarmed, summed over the seeds' reports."""
+    thefts = caught = 0
+    for r in found:
+        metrics = r.report.get("metrics", {})
+        rules = metrics.get("rules", {}) if isinstance(metrics, dict) else {}
+        exit_scores = rules.get("exit_without_checkout", {}) if isinstance(rules, dict) else {}
+        if isinstance(exit_scores, dict):
+            thefts += int(exit_scores.get("incidents", 0) or 0)
+            caught += int(exit_scores.get("detected", 0) or 0)
+    return thefts, caught

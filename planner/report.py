@@ -50,6 +50,39 @@ def cases_rows(roi: Mapping[str, Any], currency: str, horizon: int) -> list[dict
     ]
 
 
+def npv_interval_rows(roi: Mapping[str, Any], currency: str) -> list[dict[str, str]]:
+    """NPV at the low end (worse for the site: least theft recall, most alarms and reviews),
+    the point and the high end of the measured rates' 95 % intervals, with the rates used
+    (engine.roi.roi_report's ``npv_interval``); prices stay as typed, only what was measured
+    moves."""
+    iv = roi["npv_interval"]
+    rates = iv["rates"]
+    ends = (("low end of the 95 % intervals", 0), ("point value", 1), ("high end", 2))
+
+    recall_measured = any(v is not None for v in rates["theft_recall"][::2])
+
+    def share(v: float | None) -> str:  # no thefts injected: no interval, the point earns 0
+        return f"{v:.3f}" if v is not None and recall_measured else "not measured"
+
+    def rate(v: float | None) -> str:
+        return "not measured" if v is None else f"{v:,.2f}"
+
+    # ``rates`` lists each interval as [low, point, high]; the NPV's low end takes the
+    # low recall but the *high* alarm and review rates.
+    return [
+        {
+            "at": label,
+            "NPV": money(iv[("low", "point", "high")[i]], currency),
+            "theft recall": share(rates["theft_recall"][i]),
+            "false alarms / day / 1,000 tags": rate(
+                rates["false_alarms_per_day_per_1000_tags"][2 - i]
+            ),
+            "reviews / day / 1,000 tags": rate(rates["reviews_per_day_per_1000_tags"][2 - i]),
+        }
+        for label, i in ends
+    ]
+
+
 def sensitivity_rows(roi: Mapping[str, Any], currency: str, horizon: int) -> list[dict[str, str]]:
     """The tornado table: each input moved down and up, payback and NPV at each end."""
     return [
@@ -235,6 +268,8 @@ def layout_report_html(
                 else "."
             )
             + f" Money in {e(currency)}.</p>",
+            "<h3>NPV at the measured rates' 95 % intervals</h3>",
+            _table(npv_interval_rows(roi, currency)),
             "<h3>Cases</h3>",
             _table(cases_rows(roi, currency, horizon)),
             "<h3>Sensitivity</h3>",

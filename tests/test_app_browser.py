@@ -557,6 +557,26 @@ def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     assert re.fullmatch(r"-?[\d,]+", metrics["NPV (EUR)"]), metrics
     assert re.fullmatch(r"[\d.]+ months|never", metrics["payback"]), metrics
     assert "Sensitivity: each input and measured metric -/+ 20 %" in pg.locator("body").inner_text()
+    # NPV at the point value and at both ends of the measured rates' 95 % intervals.
+    assert "NPV at the measured rates' 95 % intervals" in pg.locator("body").inner_text()
+    pg.locator('[role="gridcell"]').filter(has_text="point value").first.wait_for(state="attached")
+    cells = [c.strip() for c in pg.locator('[role="gridcell"]').all_text_contents()]
+
+    def money_cell(label: str, offset: int) -> float:
+        text = cells[cells.index(label) + offset]
+        m = re.fullmatch(r"EUR (−?)([\d,]+)", text)
+        assert m, (label, text)
+        return (-1 if m[1] else 1) * float(m[2].replace(",", ""))
+
+    ends = ("low end of the 95 % intervals", "point value", "high end")
+    low, point, high = (money_cell(end, 1) for end in ends)
+    assert low < point <= high, (low, point, high)
+    # The demo injects no thefts: its recall reads "not measured" and only the alarm rates
+    # move, from the upper bound (too little exposure in 60 s) to the lower.
+    assert {cells[cells.index(end) + 2] for end in ends} == {"not measured"}
+    alarms = [float(cells[cells.index(end) + 3].replace(",", "")) for end in ends]
+    assert alarms[0] > alarms[1] >= alarms[2] >= 0.0, alarms
+    print(f"\nPLANNER_NPV_INTERVAL low {low:,.0f} point {point:,.0f} high {high:,.0f}")
     assert pg.locator('[data-testid="stDataFrame"]').count() >= 3  # cases, sensitivity, items
     shot(pg, "roi", pg.get_by_text("Return on investment, layout"))
     # The layout's report, exported as one self-contained HTML file.
@@ -565,6 +585,8 @@ def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     page_html = Path(got.value.path()).read_text(encoding="utf-8")
     assert page_html.startswith("<!doctype html>") and page_html.count("<svg") == 2
     assert "Bill of materials" in page_html and "mounting height (m)" in page_html
+    assert "NPV at the measured rates' 95 % intervals" in page_html
+    assert cells[cells.index("point value") + 1] in page_html  # the view's point NPV
     assert re.search(r"median error</td><td>[\d.]+ m \(", page_html)
 
 

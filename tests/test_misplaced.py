@@ -1,5 +1,6 @@
 """misplaced: zone probability over the fix's uncertainty (renormalized to the building),
-entry evidence, looks in a row, per-class thresholds."""
+entry evidence, evidence of passing a walled zone's doorway, looks in a row, per-class
+thresholds."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.rules import RuleContext, RuleEngine, RulesError, parse_rules
-from engine.rules.geofence import ZoneRegion
+from engine.rules.geofence import ZoneRegion, openings
 from tests.test_rules import context, fixes, rules_with
 
 OUTLINE = shapely.box(0, 0, 26, 30)  # the office (0..10, 20..30) is in its north-west corner
@@ -101,3 +102,76 @@ def test_class_threshold_below_rearm_is_refused_with_the_field_named() -> None:
     with pytest.raises(RulesError) as err:
         parse_rules('version = "x"\n[misplaced]\nthreshold_by_class = { tote = 0.1 }\n', "r.toml")
     assert "misplaced" in err.value.problems[0] and "rearm" in err.value.problems[0]
+
+
+# The office walled on its two inner sides, its door the first 3 m of the south side.
+WALLS = (shapely.LineString([(10, 30), (10, 20), (3, 20)]),)
+DOORWAY = {"opening_tier": True}  # the doorway tier is a site's choice, off by default
+
+
+def walled_context(n: int = 2) -> RuleContext:
+    return dataclasses.replace(context(n), site_outline=OUTLINE, site_walls=WALLS)
+
+
+def test_openings_are_the_zone_edges_no_wall_covers() -> None:
+    gap = openings(OFFICE, WALLS, OUTLINE)
+    assert gap is not None
+    assert gap.length == pytest.approx(3.0, abs=0.11)
+    assert gap.distance(shapely.Point(1.5, 20)) < 1e-9
+    assert openings(OFFICE, (), OUTLINE) is None  # no walls known: open on every side
+    assert openings(shapely.box(12, 2, 20, 10), WALLS, OUTLINE) is None  # open floor
+
+
+def test_carried_through_the_door_fires_at_a_lower_look() -> None:
+    """Set down inside the door's wall where the localizer puts it near the wall (P about
+    0.4, below the entry tier's 0.5): the track passed the doorway, so twelve looks in a row
+    at 0.3 fire."""
+    eng = RuleEngine(rules_with(misplaced=DOORWAY), walled_context())
+    rest = (4.0, 19.0)
+    p = eng._forbidden[0].probability(np.array([rest[0]]), np.array([rest[1]]), np.array([6.4]))[0]
+    assert 0.3 < p < 0.5
+    track = [(1.5, 8.0 + i, 1) for i in range(11)]  # up the west aisle to the door
+    mis = run(eng, track + [(rest[0], rest[1], 0)] * 200)
+    assert len(mis) == 1
+    ev = mis[0].evidence
+    assert ev["opening_evidence"] >= 0.4 and ev["threshold"] == 0.3
+    assert ev["looks_in_a_row"] == 12
+    assert 11 + 120 <= mis[0].t <= 11 + 140
+    # without walls the same track is not evidence of a doorway: the entry tier's 0.5 holds
+    open_floor = RuleEngine(rules_with(misplaced=DOORWAY), site_context())
+    # and the tier is off unless a site turns it on
+    off = RuleEngine(rules_with(), walled_context())
+    assert run(off, track + [(rest[0], rest[1], 0)] * 200) == []
+    assert run(open_floor, track + [(rest[0], rest[1], 0)] * 200) == []
+
+
+def test_set_down_outside_the_wall_far_from_the_door_does_not_fire() -> None:
+    """A tote brought along the office's east wall and set down beside it, its fix inside
+    the office: it never passed the doorway, so only the entry tier (0.5) applies."""
+    eng = RuleEngine(rules_with(misplaced=DOORWAY), walled_context())
+    track = [(20.0 - i, 24.0, 1) for i in range(9)]  # from the east, along y = 24
+    rest = (10.5, 24.0, 0)
+    p = eng._forbidden[0].probability(np.array([10.5]), np.array([24.0]), np.array([6.4]))[0]
+    assert 0.3 < p < 0.5
+    assert eng._doorways[0].probability(np.array([12.0]), np.array([24.0]), np.array([6.4]))[0] < 0.05
+    assert run(eng, track + [rest] * 300) == []
+
+
+def test_the_twin_and_live_context_carry_the_site_walls_and_the_office_door() -> None:
+    """registry_context (used by the twin and `tagtwin serve`) passes the site file's walls:
+    on demo_incidents the office's only opening is its door, x = 37-40 at y = 18."""
+    from pathlib import Path
+
+    from siteplan.model import SiteModel
+    from twin.run import registry_context
+    from twin.scenario import load_scenario
+    from twin.sim import resolve_gateways
+
+    sc = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "demo_incidents.toml")
+    site = SiteModel.from_scenario(sc)
+    ctx = registry_context(sc, site.zones, resolve_gateways(sc, site)[0])
+    assert len(ctx.site_walls) == 1
+    office = site.zones.polygons[site.zones.resolve("office")[0]]
+    door = openings(office, ctx.site_walls, ctx.site_outline)
+    assert door is not None and door.length == pytest.approx(2.9, abs=0.05)
+    assert door.bounds == pytest.approx((37.05, 18.0, 39.95, 18.0), abs=0.01)

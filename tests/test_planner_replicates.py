@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from engine.roi import RoiInputs
-from planner import backend
+from engine.rules.scoring import rate_reading
+from planner import backend, report
 from planner import replicates as reps
 from twin.scenario import load_scenario
 from twin.sweep import replicate_seeds
@@ -102,6 +103,22 @@ def test_layouts_share_seeds_and_money_ignores_too_little_exposure(two_layouts):
     assert said[0].startswith("capex: B is cheaper (")
     assert len(said) == 1 + len(reps.ACCURACY) + len(reps.MONEY)
     assert reps.differences(res)[0]["B − A"] == "B − A"
+
+
+def test_npv_at_both_ends_of_the_pooled_rate_intervals(two_layouts):
+    _, runs = two_layouts
+    a = runs["A"]
+    roi = reps.roi_of_layout(a, RoiInputs())
+    iv = roi["npv_interval"]
+    alarms, _ = reps.false_alarm_readings(a)
+    # The intervals pool both seeds' tag-days (not the first seed's alone).
+    assert iv["rates"]["false_alarms_per_day_per_1000_tags"][2] == alarms.high
+    assert alarms.high < rate_reading(a[0].false_alarms, a[0].thousand_tag_days).high
+    assert iv["low"] < iv["point"] <= iv["high"]
+    rows = report.npv_interval_rows(roi, "EUR")
+    assert [r["at"] for r in rows] == ["low end of the 95 % intervals", "point value", "high end"]
+    assert rows[1]["NPV"] == report.money(iv["point"], "EUR")
+    assert rows[0]["false alarms / day / 1,000 tags"] == f"{alarms.high:,.2f}"
 
 
 def test_cancel_ends_the_workers_and_frees_their_memory():

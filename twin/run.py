@@ -229,6 +229,7 @@ def registry_context(
         gateway_ids=gateways.ids,
         gateway_xy=gateways.xyz[:, :2].copy(),
         site_outline=shapely.Polygon(scenario.site.outline),
+        site_walls=tuple(shapely.LineString(w.points) for w in scenario.site.walls),
     )
 
 

@@ -258,6 +258,34 @@ class MisplacedRule(_Strict):
     rearm: float = Field(
         default=0.2, ge=0, lt=1, description="a look below this re-arms the alarm (as does motion)"
     )
+    opening_tier: bool = Field(
+        default=False,
+        description="let a tag seen carried through a walled forbidden zone's doorway fire at "
+        "opening_look_threshold: more recall, and more false alarms (off: docs/rules.md has "
+        "the measured price)",
+    )
+    opening_reach_m: float = Field(
+        default=3.0, gt=0, le=50,
+        description="a walled forbidden zone's openings (its boundary that is neither an "
+        "interior wall nor the outline): a moving fix's probability of lying within this "
+        "distance of one is evidence the tag was carried through it",
+    )
+    opening_time_constant_s: float = Field(
+        default=30.0, gt=0, description="how fast opening evidence fades while the tag moves on"
+    )
+    opening_threshold: float = Field(
+        default=0.4, ge=0, le=1,
+        description="opening evidence that makes a tag one seen carried through a doorway",
+    )
+    opening_look_threshold: float = Field(
+        default=0.3, gt=0, lt=1,
+        description="a look at or above this counts for a tag seen carried through a doorway",
+    )
+    opening_looks: int = Field(
+        default=12, ge=1, le=1000,
+        description="looks in a row at or above opening_look_threshold that fire: more than "
+        "``looks``, since a weak look must outlast the tracker settling after the carry",
+    )
 
     @model_validator(mode="after")
     def _order(self) -> MisplacedRule:
@@ -266,6 +294,8 @@ class MisplacedRule(_Strict):
             raise ValueError("rearm must be below threshold (and every class's threshold)")
         if self.alone_threshold < self.threshold:
             raise ValueError("alone_threshold must be at least threshold")
+        if self.rearm >= self.opening_look_threshold:
+            raise ValueError("rearm must be below opening_look_threshold")
         return self
 
 

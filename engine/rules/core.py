@@ -46,6 +46,9 @@ class RuleContext:
     # The building's outline: a tag cannot rest outside it, so zone probabilities that a
     # fix's uncertainty spreads beyond the outer walls are renormalized to it. None: unknown.
     site_outline: shapely.Polygon | None = None
+    # Interior walls: a walled zone is entered only through its openings (misplaced reads
+    # them). Empty: walls unknown, every zone open on every side.
+    site_walls: tuple[shapely.LineString, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.class_interval_s) != len(self.class_names):
@@ -97,6 +100,8 @@ _FILL: dict[str, tuple[object, str]] = {
     "misp_run": (0, "i4"),  # looks in a row at or above the threshold
     "misp_entry": (0.0, "f8"),  # largest P(forbidden) of the recent moving fixes, fading
     "misp_move_t": (np.nan, "f8"),  # the last moving fix
+    "misp_run_door": (0, "i4"),  # looks in a row at or above the doorway tier's threshold
+    "misp_door": (0.0, "f8"),  # largest P(near an opening of a walled forbidden zone), fading
     "misp_done": (False, "?"),
     "reg_t": (-np.inf, "f8"),
     "ah_t": (-np.inf, "f8"),

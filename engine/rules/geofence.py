@@ -6,10 +6,13 @@ Transitions, per tag:
 * zone: ``cand`` counts consecutive fixes in one zone; after ``confirm_fixes`` the zone
   becomes ``conf`` (zone_exit of the old, zone_enter of the new; the dwell clock restarts).
 * misplaced: while a tag moves, ``misp_entry`` keeps the largest P(forbidden zone | fix)
-  (the fix's Gaussian, renormalized to the site outline) of its recent fixes, fading. At
-  rest, P is averaged over looks of ``look_s``; ``misp_run`` counts looks in a row at or
-  above the threshold (the class's, if the tag was seen going in, else ``alone_threshold``);
-  armed -> alarm at ``looks`` -> re-armed when the tag moves or a look falls below ``rearm``.
+  (the fix's Gaussian, renormalized to the site outline) of its recent fixes, fading, and
+  ``misp_door`` the largest P(within ``opening_reach_m`` of a doorway of a walled forbidden
+  zone). At rest, P is averaged over looks of ``look_s``; ``misp_run`` counts looks in a row
+  at or above the threshold (the class's, if the tag was seen going in, else
+  ``alone_threshold``), ``misp_run_door`` looks at or above ``opening_look_threshold`` for a
+  tag seen passing a doorway; armed -> alarm at ``looks`` (or ``opening_looks``) -> re-armed
+  when the tag moves or a look falls below ``rearm``.
 """
 
 from __future__ import annotations
@@ -112,6 +115,30 @@ class ZoneRegion:
         return out
 
 
+WALL_TOLERANCE_M = 0.05  # a zone edge this close to a wall runs along it
+
+
+def openings(
+    zone: shapely.Polygon,
+    walls: Sequence[shapely.LineString],
+    outline: shapely.Polygon | None,
+) -> shapely.Geometry | None:
+    """The doorways of a walled zone: its boundary where it runs along neither an interior
+    wall nor the building's outline. None for a zone with no interior wall on its boundary
+    (open floor: entered from any side, so passing its edge says nothing more than being in
+    it)."""
+    if not walls:
+        return None
+    wall_band = shapely.union_all(list(walls)).buffer(WALL_TOLERANCE_M)
+    if zone.boundary.intersection(wall_band).length <= 2 * WALL_TOLERANCE_M:
+        return None
+    solid = wall_band if outline is None else wall_band.union(
+        outline.exterior.buffer(WALL_TOLERANCE_M)
+    )
+    gaps = zone.boundary.difference(solid)
+    return None if gaps.is_empty else gaps
+
+
 class GeofenceRules(RuleCore):
     """zone_enter, zone_exit, misplaced."""
 
@@ -119,17 +146,24 @@ class GeofenceRules(RuleCore):
         super()._setup()
         cfg, zones = self.rules.misplaced, self.ctx.zones
         # Misplacement: one forbidden region per class (zones whose role is not allowed).
+        # And the doorways of the walled ones, widened by the reach: a tag carried into a
+        # walled room passes one, a tag set down outside its wall does not.
         self._forbidden: list[ZoneRegion] = []
+        self._doorways: list[ZoneRegion] = []
+        outline, walls = self.ctx.site_outline, self.ctx.site_walls
         for name in self.ctx.class_names:
             allowed = set(cfg.allowed_roles.get(name, cfg.default_allowed_roles))
+            banned = [
+                p for p, r in zip(zones.polygons, zones.roles, strict=True) if r not in allowed
+            ]
             self._forbidden.append(
+                ZoneRegion(banned, within=outline, points=MISPLACED_POINTS)
+            )
+            gaps = [g for g in (openings(p, walls, outline) for p in banned) if g is not None]
+            self._doorways.append(
                 ZoneRegion(
-                    [
-                        p
-                        for p, r in zip(zones.polygons, zones.roles, strict=True)
-                        if r not in allowed
-                    ],
-                    within=self.ctx.site_outline,
+                    [g.buffer(cfg.opening_reach_m) for g in gaps],
+                    within=outline,
                     points=MISPLACED_POINTS,
                 )
             )
@@ -187,19 +221,26 @@ class GeofenceRules(RuleCore):
     ) -> None:
         cfg, tg = self.rules.misplaced, self.tags
         p = np.zeros(len(d))
+        moving = motion == 1
+        door = np.zeros(len(d))
         for c in np.unique(cls[cls >= 0]).tolist():
             sel = cls == c
             p[sel] = self._forbidden[c].probability(x[sel], y[sel], r90[sel])
-        moving = motion == 1
-        # A carried tag is not misplaced (yet): its look and run start again, it re-arms,
-        # and its entry evidence is the largest P of its recent moving fixes (fading).
+            mv = sel & moving
+            door[mv] = self._doorways[c].probability(x[mv], y[mv], r90[mv])
+        # A carried tag is not misplaced (yet): its look and run start again, it re-arms;
+        # its entry evidence is the largest P of its recent moving fixes, and its opening
+        # evidence the largest P of being near a doorway of a walled forbidden zone (fading).
         dm, pm = d[moving], p[moving]
         last = tg["misp_move_t"][dm]
-        fade = np.exp(-np.where(np.isfinite(last), t - np.nan_to_num(last), np.inf)
-                      / cfg.entry_time_constant_s)
+        gap = np.where(np.isfinite(last), t - np.nan_to_num(last), np.inf)
+        fade = np.exp(-gap / cfg.entry_time_constant_s)
         tg["misp_entry"][dm] = np.maximum(pm, tg["misp_entry"][dm] * fade)
+        fade_door = np.exp(-gap / cfg.opening_time_constant_s)
+        tg["misp_door"][dm] = np.maximum(door[moving], tg["misp_door"][dm] * fade_door)
         tg["misp_move_t"][dm] = t
         tg["misp_sum"][dm], tg["misp_n"][dm], tg["misp_run"][dm] = 0.0, 0, 0
+        tg["misp_run_door"][dm] = 0
         tg["misp_t"][dm], tg["misp_done"][dm] = t, False
         still, ps = d[~moving], p[~moving]
         fresh = ~np.isfinite(tg["misp_t"][still])
@@ -211,15 +252,21 @@ class GeofenceRules(RuleCore):
             return
         look = tg["misp_sum"][dc] / np.maximum(tg["misp_n"][dc], 1)
         entered = tg["misp_entry"][dc] >= cfg.entry_threshold
+        through_door = cfg.opening_tier & (tg["misp_door"][dc] >= cfg.opening_threshold)
         threshold = np.where(
             entered,
             self._per_class(dc, self._class_misp_threshold, cfg.threshold),
             cfg.alone_threshold,
         )
         tg["misp_run"][dc] = np.where(look >= threshold, tg["misp_run"][dc] + 1, 0)
+        weak = through_door & (look >= cfg.opening_look_threshold)
+        tg["misp_run_door"][dc] = np.where(weak, tg["misp_run_door"][dc] + 1, 0)
         tg["misp_done"][dc[look < cfg.rearm]] = False
         tg["misp_sum"][dc], tg["misp_n"][dc], tg["misp_t"][dc] = 0.0, 0, t
-        fire = (tg["misp_run"][dc] >= cfg.looks) & ~tg["misp_done"][dc] & (tg["cls"][dc] >= 0)
+        strong = tg["misp_run"][dc] >= cfg.looks
+        by_door = ~strong & (tg["misp_run_door"][dc] >= cfg.opening_looks)
+        threshold = np.where(by_door, cfg.opening_look_threshold, threshold)
+        fire = (strong | by_door) & ~tg["misp_done"][dc] & (tg["cls"][dc] >= 0)
         for j in np.flatnonzero(fire).tolist():
             dj = int(dc[j])
             events.append(
@@ -230,8 +277,11 @@ class GeofenceRules(RuleCore):
                     confidence=float(look[j]),
                     p_forbidden_look=float(look[j]),
                     entry_evidence=float(tg["misp_entry"][dj]),
+                    opening_evidence=float(tg["misp_door"][dj]),
                     threshold=float(threshold[j]),
-                    looks_in_a_row=int(tg["misp_run"][dj]),
+                    looks_in_a_row=int(
+                        tg["misp_run_door"][dj] if by_door[j] else tg["misp_run"][dj]
+                    ),
                     look_s=cfg.look_s,
                     tag_class=self.ctx.class_names[int(tg["cls"][dj])],
                 )
