@@ -163,7 +163,8 @@ class RuleCore:
     # :meth:`state` leaves them out (anything else is state, copied).
     _NOT_STATE = frozenset({
         "rules", "ctx", "sinks", "_class_interval", "_hours", "_class_drain_per_s", "_dwell_limit",
-        "_exit_zone_ids", "exit_region", "_exit_gateways", "_forbidden", "_class_misp_threshold", "_class_fa_rate",
+        "_exit_zone_ids", "exit_region", "_exit_gateways", "_forbidden", "_doorways", "_class_misp_threshold",
+        "_class_fa_rate",
     })
 
     def state(self) -> dict[str, object]:
