@@ -246,11 +246,13 @@ class RevisingWindows:
 
     # -- output ---------------------------------------------------------------------
 
-    def advance(self, watermark: float, revision: int | None = None) -> NDArray[np.void]:
+    def advance(self, watermark: float, revision: int | None = None, prune: bool = True) -> NDArray[np.void]:
         """Close the windows the watermark allows and recompute the dirty ones; returns their
         fixes with a ``revision`` column, in window order. Revisions count 0, 1, 2 ... per
         window, or are ``revision`` when given (the backbone passes the stream sequence the
-        state covers: it only grows, across restarts too)."""
+        state covers: it only grows, across restarts too). With ``prune=False`` the rows of
+        the windows just computed are still held until :meth:`prune` (a spatial cell decides
+        which fixes it owns from them: a close can reach past the horizon)."""
         self._merge_new()
         if not np.isfinite(watermark) or len(self.rows) == 0:
             return np.zeros(0, REVISED_FIX_DTYPE)
@@ -266,7 +268,8 @@ class RevisingWindows:
             self.closed_through = last
         self.dirty = set()
         out = [self._compute(run, revision) for run in _runs(sorted(todo), WINDOWS_PER_CHUNK)]
-        self._prune()
+        if prune:
+            self._prune()
         return concat_rows(out, REVISED_FIX_DTYPE)
 
     def _merge_new(self) -> None:
@@ -292,6 +295,10 @@ class RevisingWindows:
             revs[wins == w] = rev
         out["revision"] = revs
         return out
+
+    def prune(self) -> None:
+        """Let go of the rows and revisions behind the horizon (after ``advance(prune=False)``)."""
+        self._prune()
 
     def _prune(self) -> None:
         start = self.horizon_start() - MERGE_MARGIN_S

@@ -106,12 +106,13 @@ class RevisedTimeline(RevisingWindows):
 
     # -- output -------------------------------------------------------------------------
 
-    def advance(self, watermark: float, revision: int | None = None) -> NDArray[np.void]:
+    def advance(self, watermark: float, revision: int | None = None, prune: bool = True) -> NDArray[np.void]:
         """Close what the watermark allows; recompute from the earliest dirty window on, the
         tracker and the rules included. Returns the fixes of every window whose fixes
-        changed (``revision`` column); rule events go to :attr:`events_out`."""
+        changed (``revision`` column); rule events go to :attr:`events_out`. ``prune`` as
+        in :meth:`RevisingWindows.advance`."""
         if not self.stateful and self.feeder is None:
-            return super().advance(watermark, revision)
+            return super().advance(watermark, revision, prune)
         self._merge_new()
         if not np.isfinite(watermark) or len(self.rows) == 0:
             return np.zeros(0, REVISED_FIX_DTYPE)
@@ -143,7 +144,8 @@ class RevisedTimeline(RevisingWindows):
             revision = self._rev
         out = self._run(k_from, last, revision)
         self.closed_through = max(last, self.closed_through if self.closed_through is not None else last)
-        self._prune()
+        if prune:
+            self._prune()
         return out
 
     def _run(self, k_from: int, last: int, revision: int) -> NDArray[np.void]:

@@ -432,6 +432,8 @@ class WorkerCore:
         self.deep_first = self.deep_last = -np.inf
         fixes = self.windows.recompute(rows, windows, revision=rb.through_seq)
         self.counters["deep recomputations"] += 1
+        if self.publish_filter is not None and len(fixes):  # a cell: only its own, decided on the rows read back
+            fixes = fixes[self.publish_filter(fixes, rows)]
         if len(fixes) == 0:
             return []
         self.counters["positions"] += len(fixes)
@@ -448,9 +450,13 @@ class WorkerCore:
             # Nothing more is coming: close every window holding a sighting (a late one revises).
             cfg = self.config
             mark = max(mark, max(self.marks.event.values()) + cfg.window_s + cfg.allowed_lateness_s + cfg.step_s)
-        fixes = self.windows.advance(mark, revision=self.stream_seq)
-        if self.publish_filter is not None and len(fixes):
-            fixes = fixes[self.publish_filter(fixes, self.windows.rows)]
+        if self.publish_filter is None:
+            fixes = self.windows.advance(mark, revision=self.stream_seq)
+        else:  # ownership is decided on the rows of the windows just computed, before they are let go
+            fixes = self.windows.advance(mark, revision=self.stream_seq, prune=False)
+            if len(fixes):
+                fixes = fixes[self.publish_filter(fixes, self.windows.rows)]
+            self.windows.prune()
         out: list[Outgoing] = []
         if len(fixes):
             self.counters["positions"] += len(fixes)
@@ -488,9 +494,21 @@ class WorkerCore:
             "devices": len(self.devices),
             "rows_held": len(self.windows.rows),
             "deep_windows_pending": len(self.deep),
+            "windows_open": self.windows_open(),
             "closed_through_t": None if self.windows.closed_through is None
             else self.windows.closed_through * self.config.step_s,
         }
+
+    def windows_open(self) -> int:
+        """Windows from the first not yet closed through the last holding a sighting (as of the
+        last tick): 0 once every gateway is idle. At a stop they wait in the checkpoint for
+        whoever holds the partition next."""
+        w = self.windows
+        if len(w.rows) == 0:
+            return 0
+        last = int(w.windows_of(w.rows["t"][-1:]).max())  # rows are in event-time order
+        first = int(w.windows_of(w.rows["t"][:1]).min()) if w.closed_through is None else w.closed_through + 1
+        return max(0, last - first + 1)
 
     # -- checkpoint ---------------------------------------------------------------------
 
@@ -696,7 +714,7 @@ async def run_worker(
     # Stopping: what is computed gets published and covered, so a restart repeats nothing.
     with contextlib.suppress(Exception):
         outbox += core.tick(time.time())
-        if unacked or outbox:
+        if unacked or outbox or published:  # an idle close published since the last checkpoint too
             await _commit(js, obs, core, outbox, unacked)
         await _publish_status(nc, sub, core, state="offline")
 

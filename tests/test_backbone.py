@@ -764,3 +764,31 @@ def test_theengs_and_espresense_over_mqtt_reach_positions(nats_server):
     assert fix["n_gw"] >= 2 and 0 <= fix["x"] <= 12 and 0 <= fix["y"] <= 12
     assert w.counters["sightings_in: unsigned third-party"] == 12 and w.counters["processed"] == 12
     assert [d["reason"] for d in dead] == ["gateway not in site plan"]
+
+
+@pytest.mark.integration
+def test_a_stop_right_after_an_idle_close_checkpoints_it(nats_server):
+    """An idle close published since the last checkpoint, with every input acked already: the
+    checkpoint the stop writes covers it, so the next holder does not publish it again."""
+    from live_bridge.backbone import CHECKPOINT_BUCKET, object_get
+
+    async def main():
+        # every round with input checkpoints (max_ack_pending 2), a timed checkpoint never comes
+        w = core(idle_s=0.5, checkpoint_every_s=3600.0, max_ack_pending=2)
+        nc = await connect(nats_server.url, name="worker")
+        js = nc.jetstream()
+        await ensure_streams(js, SITE)
+        for i in range(5):
+            await publish_batch(js, raw_subject(SITE, "a"), signed("a", i, good_ads(NOW - 10 + i)))
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_worker(w, nc, stop))
+        await until(lambda: w.counters["processed"] == 15 and w.counters["positions"] > 0 and w.windows_open() == 0,
+                    what="the idle close")
+        stop.set()
+        await task
+        blob = await object_get(js, CHECKPOINT_BUCKET, w.settings.checkpoint_name)
+        await nc.close()
+        return w, json.loads(blob or b"{}")
+
+    w, checkpoint = asyncio.run(main())
+    assert checkpoint["windows"]["closed_through"] == w.windows.closed_through is not None

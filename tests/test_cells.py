@@ -19,9 +19,17 @@ from hypothesis import strategies as st
 from engine.cells import CellPlan, border_distance, max_co_hearing_m, plan_cells
 from engine.contract import sightings_from_columns
 from live_bridge.backbone import StreamSettings, connect, ensure_streams, out_stream, out_subject, publish_batch
-from live_bridge.cells import cell_partitions, compare_to_single, latest_by_partition, replay_cells
+from live_bridge.cells import (
+    cell_partitions,
+    cell_subjects,
+    cell_worker,
+    compare_to_single,
+    latest_by_partition,
+    replay_cells,
+)
 from live_bridge.faults import WorkerProcess
 from live_bridge.natsserver import EmbeddedNats, cluster_of, start_cluster
+from live_bridge.worker import WorkerSettings
 from tagtwin.live import site_engine_config
 from tagtwin.loadgen import stored_batches
 from tagtwin.loadtest import site_traffic
@@ -107,6 +115,61 @@ def test_with_the_co_hearing_margin_every_window_is_published_once_and_equal_to_
     assert none["within_10_m_of_a_border"]["differ_share"] > none["farther_than_10_m"]["differ_share"]
 
 
+def positions_of(out: list[tuple[str, bytes]]) -> list[bytes]:
+    return [payload for subject, payload in out if subject.endswith(".positions")]
+
+
+def test_a_cell_handed_over_with_a_short_horizon_still_publishes_each_window_once():
+    """A cell's lease moves mid-stream: the first worker checkpoints with a deep pass pending
+    (a border gateway's batches of seconds 5-10 arrive 10 s late, beyond the 2 s horizon),
+    the next restores, reads its held batches back (its own gateways only), runs the deep
+    pass, takes the rest and closes on idleness. The idle close reaches past the horizon, so
+    ownership must be decided on the rows of the windows just computed, before they are let
+    go; a deep pass publishes only the cell's own fixes."""
+    sc, config, tr, batches = corridor()
+    plan = plan_cells(config, sc.cells)
+    stored = [(s, b, r) for s, _, b, _, r in batches]
+    single = {k: v[0][2] for k, v in latest_by_partition(replay_cells(config, tr.keys, None, stored, SITE)).items()}
+    t0, late_gw = batches[0][4], plan.border_gateways()[0]
+    is_late = [gw == late_gw and t0 + 5 <= r < t0 + 10 for _, gw, _, _, r in batches]
+    on_time = [m for m, late in zip(stored, is_late, strict=True) if not late]
+    at = next(i for i, m in enumerate(on_time) if m[2] >= t0 + 20)
+    late = [(s, b, on_time[at - 1][2]) for (s, b, _), lt in zip(stored, is_late, strict=True) if lt]
+    stream = [(s, b, seq, r) for seq, (s, b, r) in enumerate(on_time[:at] + late + on_time[at:], start=1)]
+    handover_seq = at + len(late)  # right after the late batches: their deep pass is in the checkpoint
+    published: dict[str, list[bytes]] = {}
+    for c in range(len(plan)):
+        subjects = set(cell_subjects(SITE, plan, c))
+        log = [m for m in stream if m[0] in subjects]
+        reads_late = any(m[0].endswith(f".{late_gw}") for m in log)
+        first, second = (cell_worker(config, tr.keys, plan, c, WorkerSettings(site=SITE, horizon_s=2.0))
+                         for _ in range(2))
+        out: list[bytes] = []
+
+        def read_back(w, rb, start, log=log, out=out) -> None:
+            for subject, body, seq, received in log:
+                if start(seq, received):
+                    w.read_back(rb, subject, body, seq, received)
+            out += positions_of(w.end_read_back(rb, received))
+
+        for subject, body, seq, received in log:
+            w = first if seq <= handover_seq else second
+            if w is second and second.stream_seq == 0:  # the lease moved
+                second.restore(first.checkpoint())
+                history = second.begin_history()
+                assert bool(second.deep) == reads_late and history is not None
+                read_back(second, history, lambda q, r, w=second: q >= w.history_from)
+            w.handle(subject, body, seq, received)
+            out += positions_of(w.tick(received))
+            if (rb := w.deep_due(received)) is not None:
+                read_back(w, rb, lambda q, r, w=w, rb=rb: r >= w.deep_start_time(rb))
+        out += positions_of(second.tick(log[-1][3] + 60.0))  # every gateway idle: all windows close
+        assert second.windows_open() == 0 and (second.counters["deep recomputations"] >= 1) == reads_late
+        published[plan.names[c]] = out
+    got = compare_to_single(single, latest_by_partition(published), plan)
+    assert got["missing"] == got["extra"] == got["differ"] == got["published_by_several"] == 0, got
+
+
 # -- on the backbone ------------------------------------------------------------------------
 
 
@@ -153,9 +216,10 @@ async def drain_cells(urls: str, d: Path, workers: int, replicas: int = 1) -> No
             procs.append(WorkerProcess(cmd, d / f"w{w + 1}.log"))
             procs[-1].start()
 
-        def done() -> bool:
+        def done() -> bool:  # every sighting processed and every window closed (the gateways idle)
             return len(status) == len(plan) and all(
-                int(status[p]["counters"].get("processed", 0)) == n for p, n in expect.items())
+                int(status[p]["counters"].get("processed", 0)) == n and status[p].get("windows_open") == 0
+                for p, n in expect.items())
 
         deadline = time.monotonic() + 180
         while not done():
@@ -172,7 +236,7 @@ async def drain_cells(urls: str, d: Path, workers: int, replicas: int = 1) -> No
         assert sorted(set(owners.values())) == [f"w{w + 1}" for w in range(workers)], owners
     finally:
         for p in procs:
-            p.stop()  # publishes and checkpoints what it computed: every window closes
+            p.stop()  # publishes and checkpoints what it computed
     bodies = await read_positions(js, SITE)
     await nc.close()
     stored = [(s, b, r) for s, _, b, _, r in batches]
