@@ -104,7 +104,7 @@ def main() -> None:
 
         on_test = {}
         for c in methods:
-            scale = cv[c.name]["r90_scale"] if c.tracker in ("hmm", "particle") else 1.0
+            scale = cv[c.name]["r90_scale"] if c.calibrated_r90 else 1.0
             cfg = site_capture_config(site, site_path, gw, c.localizer, c.tracker, c.step_s, c.window_s, -59.0,
                                       None, 0, cal, tuning=c.tuning(scale))
             _, m = evaluate_capture(test, cfg)
