@@ -174,11 +174,13 @@ def sightings(rssi: np.ndarray) -> np.ndarray:
 def test_engine_holds_a_smoothed_fix_until_its_lag_has_passed(tracker):
     _, rssi = walk(5, 20)
     gateways = GatewayInfo(tuple(f"g{i}" for i in range(len(GW))), GW)
-    cfg = EngineConfig(gateways=gateways, zones=ZoneIndex.from_points([]), bounds=BOUNDS, window_s=1.0, step_s=1.0, allowed_lateness_s=0.0, localizer="radio-map",
-                       tracker=tracker, radio_map=MAP, floor_plan=PLAN, tracker_speed_mps=1.0)
+    cfg = EngineConfig(gateways=gateways, zones=ZoneIndex.from_points([]), bounds=BOUNDS, window_s=1.0,
+                       step_s=1.0, allowed_lateness_s=0.0, localizer="radio-map", tracker=tracker,
+                       radio_map=MAP, floor_plan=PLAN, tracker_speed_mps=1.0)
     rows = sightings(rssi)
     plain, lagged = Engine(cfg), Engine(EngineConfig(**{**cfg.__dict__, "smoother_lag_s": 3.0}))
-    out_plain, out_lag = [], []
+    out_plain: list[np.ndarray] = []
+    out_lag: list[np.ndarray] = []
     for k in range(20):
         sel = rows[(rows["t"] >= k) & (rows["t"] < k + 1)]
         for eng, out in ((plain, out_plain), (lagged, out_lag)):
@@ -198,3 +200,17 @@ def test_engine_holds_a_smoothed_fix_until_its_lag_has_passed(tracker):
     assert not np.allclose(a["x"], b["x"])  # smoothed, not the filter's
     assert np.all(b["r90"] > 0)
     assert lagged.state.t[0] == plain.state.t[0] == 20.0  # the flush released the last ones
+
+
+def test_a_scenario_asks_for_a_smoother_only_with_a_tracker_that_has_one():
+    from pydantic import ValidationError
+
+    from twin.scenario import EngineSettings
+
+    assert EngineSettings().smoother_lag_s == 0.0  # defaults: the filter, as before
+    assert EngineSettings(tracker="hmm", smoother_lag_s=2.0).smoother_lag_s == 2.0
+    with pytest.raises(ValidationError, match="smoother_lag_s needs tracker kalman or hmm"):
+        EngineSettings(tracker="particle", smoother_lag_s=2.0)
+    with pytest.raises(ValueError, match="smoother_lag_s"):
+        EngineConfig(gateways=GatewayInfo(("g",), GW[:1]), zones=ZoneIndex.from_points([]), bounds=BOUNDS,
+                     tracker="none", smoother_lag_s=1.0)
