@@ -830,8 +830,9 @@ class FixedLagKalmanSmoother(KalmanTracker):
         P^s_k = P_k + C_k (P^s_{k+1} - P-_{k+1}) C_k^T,
 
     from the last fix within the lag back to t, over the stored filtered and predicted
-    moments (F the still-aware transition the filter used). A restart breaks the chain:
-    nothing after it smooths what came before. Smoothed positions are kept in bounds.
+    moments (F the still-aware transition the filter used). A restart or a gated fix
+    breaks the chain: nothing from it on smooths what came before (a gated update is not
+    the Gaussian posterior RTS assumes). Smoothed positions are kept in bounds.
     """
 
     lag_s: float = 2.0
@@ -876,7 +877,10 @@ class FixedLagKalmanSmoother(KalmanTracker):
             self._pp = np.concatenate([self._pp, np.zeros((extra, k, 4, 4))])
             self._f = np.concatenate([self._f, np.zeros((extra, k, 4, 4))])
         had, xp, pp, f = self.last_prediction
-        starts = ~had.copy()
+        # A new track, a restart or a gated fix starts a chain. The gated update zeroes
+        # the velocity gain, so its moments are not the posterior RTS assumes: carried
+        # back, a doubtful fix would drag the earlier positions towards it.
+        starts = ~had | (self.gated[device] > 0)
         if len(self.last_restart):
             starts[np.flatnonzero(had)[self.last_restart]] = True
         s = ring.next_slots(device)

@@ -262,6 +262,11 @@ def test_evaluate_site_compare_and_fidelity(walk: dict[str, Path], tmp_path: Pat
     assert {"wls", "radio-map+hmm", "radio-map+particle", "wls+kalman"} <= set(table)
     assert set(table["radio-map+hmm"]["devices"]) == {"walker-a", "walker-b"}
     assert table["radio-map+hmm"]["median_error_m"] < 2.0
+    # The fixed-lag smoothers are listed, their fixes later by the lag.
+    for name in ("radio-map+hmm", "radio-map+kalman"):
+        lagged = table[f"{name}+lag2s"]
+        assert lagged["latency_median_s"] == pytest.approx(table[name]["latency_median_s"] + 2.0)
+        assert lagged["median_error_m"] < 2.0
     fid = tmp_path / "fid.json"
     res = runner.invoke(app, ["fidelity", "--capture", str(walk["walk"]), "--site", str(out), "--json", str(fid),
                               "--realizations", "2", "--plot", str(tmp_path / "fid.png")])

@@ -214,3 +214,45 @@ def test_a_scenario_asks_for_a_smoother_only_with_a_tracker_that_has_one():
     with pytest.raises(ValueError, match="smoother_lag_s"):
         EngineConfig(gateways=GatewayInfo(("g",), GW[:1]), zones=ZoneIndex.from_points([]), bounds=BOUNDS,
                      tracker="none", smoother_lag_s=1.0)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), steps=st.integers(2, 15))
+def test_kalman_smoother_over_the_whole_track_is_the_textbook_rts(seed, steps):
+    """With a lag longer than the track, every estimate is the fixed-interval RTS
+    smoother (Särkkä 2013, theorem 8.2), written out here step by step."""
+    from engine.localize import CHI2_2DOF_90
+
+    rng = np.random.default_rng(seed)
+    truth = np.column_stack([2 + 0.4 * np.arange(steps), 3 + 0.2 * np.arange(steps)])
+    z = truth + rng.normal(0, 0.3, truth.shape)  # never gated: the textbook has no gate
+    r90 = 1.5
+    smoother = FixedLagKalmanSmoother(lag_s=100.0, step_s=1.0)
+    one = np.zeros(1, np.int32)
+    for k in range(steps):
+        fix = Estimates(z[k : k + 1, 0], z[k : k + 1, 1], np.full(1, r90), np.full(1, 4, np.int32),
+                        np.zeros(1, np.int8))
+        smoother.step(float(k), one, np.zeros((1, 1)), fix, np.ones(1, np.int8), np.zeros(1))
+    done = smoother.finish()
+    got = np.column_stack([done.est.x, done.est.y])[np.argsort(done.t)]
+
+    r = r90**2 / CHI2_2DOF_90
+    f = np.eye(4)
+    f[0, 2] = f[1, 3] = 1.0
+    q = 0.5**2 * np.array([[1 / 3, 0, 1 / 2, 0], [0, 1 / 3, 0, 1 / 2], [1 / 2, 0, 1, 0], [0, 1 / 2, 0, 1]])
+    h = np.eye(2, 4)
+    xs, ps, xp, pp = [np.r_[z[0], 0, 0]], [np.diag([r, r, 1.0, 1.0])], [None], [None]
+    for k in range(1, steps):
+        x_pred, p_pred = f @ xs[-1], f @ ps[-1] @ f.T + q
+        gain = p_pred @ h.T @ np.linalg.inv(h @ p_pred @ h.T + r * np.eye(2))
+        xs.append(x_pred + gain @ (z[k] - h @ x_pred))
+        ps.append(p_pred - gain @ h @ p_pred)
+        xp.append(x_pred)
+        pp.append(p_pred)
+    sm = [xs[-1]]
+    p_s = ps[-1]
+    for k in range(steps - 2, -1, -1):
+        c = ps[k] @ f.T @ np.linalg.inv(pp[k + 1])
+        sm.insert(0, xs[k] + c @ (sm[0] - xp[k + 1]))
+        p_s = ps[k] + c @ (p_s - pp[k + 1]) @ c.T
+    np.testing.assert_allclose(got, np.array(sm)[:, :2], atol=1e-6)
