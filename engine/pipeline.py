@@ -299,7 +299,8 @@ class Engine:
         """A copy of what carries from one window to the next (tracker, zone hysteresis, the
         gateways that heard each still tag): :meth:`set_tracking_state` goes back to it, so
         the backbone can run the tracker again from before a window late data revised."""
-        parts: dict[str, object] = {"still_heard": self._still_heard.copy()}
+        parts: dict[str, object] = {"still_heard": self._still_heard.copy(),
+                                    "held": (self._held.copy(), self._held_lower.copy())}
         for name, obj in (("tracker", self.tracker), ("hysteresis", self.hysteresis)):
             if obj is not None:
                 parts[name] = {k: copy.deepcopy(getattr(obj, k)) for k in type(obj).STATE}  # type: ignore[union-attr]
@@ -308,6 +309,9 @@ class Engine:
     def set_tracking_state(self, state: dict[str, object]) -> None:
         """Back to a :meth:`tracking_state` (which stays untouched)."""
         self._still_heard = np.array(state["still_heard"], copy=True)
+        held: tuple[NDArray[np.void], FloatArray] = state.get(  # type: ignore[assignment]
+            "held", (np.zeros(0, FIX_DTYPE), np.zeros(0)))
+        self._held, self._held_lower = held[0].copy(), held[1].copy()
         for name, obj in (("tracker", self.tracker), ("hysteresis", self.hysteresis)):
             if obj is not None:
                 for k, v in dict(state[name]).items():  # type: ignore[call-overload]

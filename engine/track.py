@@ -726,8 +726,36 @@ class LagBuffer:
         return np.column_stack([s, order]), later.sum(axis=1).astype(np.int32)
 
 
+class LagRelease:
+    """What both fixed-lag smoothers share: the ring, the queue of final estimates, and
+    writing a step's entries (a slot still waiting is made final before it is reused)."""
+
+    lag_s: float
+    _ring: LagBuffer
+    _done: list[Smoothed]
+
+    def _finalise(self, d: IntArray, s: NDArray[np.int64]) -> None:
+        raise NotImplementedError
+
+    def _slots(self, device: IntArray, t: float, starts: NDArray[np.bool_], n_gateways: NDArray[np.int32]
+               ) -> NDArray[np.int64]:
+        s = self._ring.next_slots(device)
+        clash = self._ring.pending[device, s]
+        if clash.any():  # never with slots > lag / step; kept safe: finalise before reuse
+            self._finalise(device[clash].astype(np.int32), s[clash])
+        return self._ring.write(device, t, starts, n_gateways)
+
+    def smoothed(self) -> Smoothed:
+        out, self._done = Smoothed.concat(self._done), []
+        return out
+
+    def finish(self) -> Smoothed:
+        self._finalise(*self._ring.due(np.inf, self.lag_s))
+        return self.smoothed()
+
+
 @dataclass
-class FixedLagGridSmoother(GridFilter):
+class FixedLagGridSmoother(LagRelease, GridFilter):
     """The HMM's fixed-lag smoother: the posterior of each fix time t given the readings
     up to t + ``lag_s`` (forward-backward, Rabiner, Proc. IEEE 77(2), 1989, eqs. 24-27;
     fixed-lag form: Särkkä, *Bayesian Filtering and Smoothing*, 2013, ch. 8 and 12).
@@ -739,6 +767,8 @@ class FixedLagGridSmoother(GridFilter):
     the filter's one); the backward pass runs over every due row at once. An estimate
     leaves ``lag_s`` after its window closed; lag 0 is the filter itself.
     """
+
+    STATE: ClassVar[tuple[str, ...]] = (*GridFilter.STATE, "_ring", "_alpha", "_lik", "_steps", "_done")
 
     lag_s: float = 2.0
     _ring: LagBuffer = field(init=False, repr=False)
@@ -779,11 +809,7 @@ class FixedLagGridSmoother(GridFilter):
             self._alpha = np.concatenate([self._alpha, np.zeros(shape, np.float32)])
             self._lik = np.concatenate([self._lik, np.zeros(shape, np.float32)])
             self._steps = np.vstack([self._steps, np.zeros((extra, ring.slots), np.int32)])
-        s = ring.next_slots(device)
-        clash = ring.pending[device, s]
-        if clash.any():  # never with slots > lag / step; kept safe: finalise before reuse
-            self._finalise(device[clash].astype(np.int32), s[clash])
-        s = ring.write(device, t, first, fixes.n_gateways)
+        s = self._slots(device, t, first, fixes.n_gateways)
         self._alpha[device, s] = post
         self._lik[device, s] = np.exp(ll - ll.max(axis=1, keepdims=True))
         self._steps[device, s] = steps
@@ -811,17 +837,9 @@ class FixedLagGridSmoother(GridFilter):
         self._done.append(Smoothed(d, self._ring.t[d, s].copy(), self._estimate(gamma, self._ring.n_gateways[d, s])))
         self._ring.pending[d, s] = False
 
-    def smoothed(self) -> Smoothed:
-        out, self._done = Smoothed.concat(self._done), []
-        return out
-
-    def finish(self) -> Smoothed:
-        self._finalise(*self._ring.due(np.inf, self.lag_s))
-        return self.smoothed()
-
 
 @dataclass
-class FixedLagKalmanSmoother(KalmanTracker):
+class FixedLagKalmanSmoother(LagRelease, KalmanTracker):
     """The Kalman filter's fixed-lag Rauch-Tung-Striebel smoother (Rauch, Tung &
     Striebel, AIAA J. 3(8), 1965; Särkkä 2013, theorem 8.2): for each fix time t the
     state given the fixes up to t + ``lag_s``, by the RTS backward recursion
@@ -834,6 +852,8 @@ class FixedLagKalmanSmoother(KalmanTracker):
     breaks the chain: nothing from it on smooths what came before (a gated update is not
     the Gaussian posterior RTS assumes). Smoothed positions are kept in bounds.
     """
+
+    STATE: ClassVar[tuple[str, ...]] = (*KalmanTracker.STATE, "_ring", "_xf", "_pf", "_xp", "_pp", "_f", "_done")
 
     lag_s: float = 2.0
     step_s: float = 1.0
@@ -883,11 +903,7 @@ class FixedLagKalmanSmoother(KalmanTracker):
         starts = ~had | (self.gated[device] > 0)
         if len(self.last_restart):
             starts[np.flatnonzero(had)[self.last_restart]] = True
-        s = ring.next_slots(device)
-        clash = ring.pending[device, s]
-        if clash.any():  # never with slots > lag / step; kept safe: finalise before reuse
-            self._finalise(device[clash].astype(np.int32), s[clash])
-        s = ring.write(device, t, starts, fixes.n_gateways)
+        s = self._slots(device, t, starts, fixes.n_gateways)
         self._xf[device, s] = self.x[device]
         self._pf[device, s] = self.p[device]
         self._xp[device[had], s[had]] = xp
@@ -922,14 +938,6 @@ class FixedLagKalmanSmoother(KalmanTracker):
         )
         self._done.append(Smoothed(d, self._ring.t[d, s].copy(), est))
         self._ring.pending[d, s] = False
-
-    def smoothed(self) -> Smoothed:
-        out, self._done = Smoothed.concat(self._done), []
-        return out
-
-    def finish(self) -> Smoothed:
-        self._finalise(*self._ring.due(np.inf, self.lag_s))
-        return self.smoothed()
 
 
 # -- zones with hysteresis ------------------------------------------------------------------
