@@ -36,10 +36,14 @@ from engine.localize import (
     wls_localize,
 )
 from engine.track import (
+    FixedLagGridSmoother,
+    FixedLagKalmanSmoother,
+    FixedLagSmoother,
     FloorPlan,
     GridFilter,
     KalmanTracker,
     ParticleFilter,
+    Smoothed,
     Tracker,
     ZoneHysteresis,
 )
@@ -96,12 +100,17 @@ class EngineConfig:
     # Factor on a tracker's r90, chosen so it covers 90 % of errors on held-out survey
     # walks (tagtwin.evaluation.choose_tracking); 1 leaves it as the filter computes it.
     tracker_r90_scale: float = 1.0
+    # Fixed-lag smoothing (kalman, hmm): each fix is the estimate given the readings up
+    # to this many seconds after its window, and leaves that much later (0: the filter).
+    smoother_lag_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.localizer not in LOCALIZERS:
             raise ValueError(f"localizer {self.localizer!r} is not one of {LOCALIZERS}")
         if self.tracker not in TRACKERS:
             raise ValueError(f"tracker {self.tracker!r} is not one of {TRACKERS}")
+        if self.smoother_lag_s < 0 or (self.smoother_lag_s > 0 and self.tracker not in ("kalman", "hmm")):
+            raise ValueError(f"smoother_lag_s {self.smoother_lag_s}: a lag >= 0, for tracker kalman or hmm")
         needs_map = self.localizer in ("knn", "radio-map") or self.tracker in ("hmm", "particle")
         if needs_map and self.radio_map is None:
             raise ValueError(
@@ -121,11 +130,18 @@ def make_tracker(cfg: EngineConfig) -> Tracker | None:
     """The tracker a config asks for (None for single-shot fixes)."""
     if cfg.tracker == "none":
         return None
+    lag = cfg.smoother_lag_s
     if cfg.tracker == "kalman":
+        if lag > 0:
+            return FixedLagKalmanSmoother(bounds=cfg.bounds, fix_inflation=cfg.kalman_fix_inflation,
+                                          lag_s=lag, step_s=cfg.step_s)
         return KalmanTracker(bounds=cfg.bounds, fix_inflation=cfg.kalman_fix_inflation)
     assert cfg.radio_map is not None  # checked in EngineConfig
     plan = cfg.floor_plan or FloorPlan.open_floor(cfg.bounds)
     if cfg.tracker == "hmm":
+        if lag > 0:
+            return FixedLagGridSmoother(cfg.radio_map, plan, step_s=cfg.step_s,
+                                        speed_mps=cfg.tracker_speed_mps, lag_s=lag)
         return GridFilter(cfg.radio_map, plan, step_s=cfg.step_s, speed_mps=cfg.tracker_speed_mps)
     return ParticleFilter(
         cfg.radio_map,
@@ -218,6 +234,11 @@ class Engine:
         self._next_window = 1  # index k of the next window to close (ends at k*step)
         self.watermark = -np.inf
         self.tracker = make_tracker(config)
+        # A fixed-lag smoother's fixes wait here until it has made them final (_release).
+        self._smoother: FixedLagSmoother | None = (
+            self.tracker if isinstance(self.tracker, FixedLagGridSmoother | FixedLagKalmanSmoother) else None)
+        self._held = np.zeros(0, FIX_DTYPE)
+        self._held_lower = np.zeros(0)  # each held fix's r90 floor, before the r90 scale
         # Gateways that have heard each device since it last moved: the static-shadowing
         # floor of a still tag's radius is the bound over all of them (see _still_floor).
         self._still_heard = np.zeros((0, len(config.gateways.ids)), dtype=bool)
@@ -278,7 +299,8 @@ class Engine:
         """A copy of what carries from one window to the next (tracker, zone hysteresis, the
         gateways that heard each still tag): :meth:`set_tracking_state` goes back to it, so
         the backbone can run the tracker again from before a window late data revised."""
-        parts: dict[str, object] = {"still_heard": self._still_heard.copy()}
+        parts: dict[str, object] = {"still_heard": self._still_heard.copy(),
+                                    "held": (self._held.copy(), self._held_lower.copy())}
         for name, obj in (("tracker", self.tracker), ("hysteresis", self.hysteresis)):
             if obj is not None:
                 parts[name] = {k: copy.deepcopy(getattr(obj, k)) for k in type(obj).STATE}  # type: ignore[union-attr]
@@ -287,6 +309,9 @@ class Engine:
     def set_tracking_state(self, state: dict[str, object]) -> None:
         """Back to a :meth:`tracking_state` (which stays untouched)."""
         self._still_heard = np.array(state["still_heard"], copy=True)
+        held: tuple[NDArray[np.void], FloatArray] = state.get(  # type: ignore[assignment]
+            "held", (np.zeros(0, FIX_DTYPE), np.zeros(0)))
+        self._held, self._held_lower = held[0].copy(), held[1].copy()
         for name, obj in (("tracker", self.tracker), ("hysteresis", self.hysteresis)):
             if obj is not None:
                 for k, v in dict(state[name]).items():  # type: ignore[call-overload]
@@ -322,8 +347,45 @@ class Engine:
         return self._close_until(last)
 
     def flush(self, end_t: float) -> NDArray[np.void]:
-        """Close every window ending at or before ``end_t`` (end of a run or a replay)."""
-        return self._close_until(int(np.floor(end_t / self.config.step_s + 1e-9)))
+        """Close every window ending at or before ``end_t`` (end of a run or a replay);
+        a smoother's waiting fixes leave with what it has seen."""
+        fixes = self._close_until(int(np.floor(end_t / self.config.step_s + 1e-9)))
+        if self._smoother is None:
+            return fixes
+        rest = self._release(np.zeros(0, FIX_DTYPE), np.zeros(0), self._smoother.finish())
+        self.state.update(rest)
+        return np.concatenate([fixes, rest])
+
+    def _release(self, fixes: NDArray[np.void], lower: FloatArray, done: Smoothed) -> NDArray[np.void]:
+        """Hold a smoother's new fixes; return the held ones it made final, with its
+        smoothed position and r90 (scaled and floored as the filter's), zones re-assigned."""
+        cfg = self.config
+        held = np.concatenate([self._held, fixes])
+        low = np.r_[self._held_lower, lower]
+
+        def key(t: FloatArray, device: NDArray[np.int32]) -> NDArray[np.int64]:
+            return np.rint(t / cfg.step_s).astype(np.int64) * (1 << 32) + device.astype(np.int64)
+
+        kd = key(done.t, done.device)
+        order = np.argsort(kd, kind="stable")
+        kh = key(held["t"], held["device"])
+        pos = np.minimum(np.searchsorted(kd[order], kh), max(len(kd) - 1, 0))
+        hit = kd[order][pos] == kh if len(kd) else np.zeros(len(held), bool)
+        out = held[hit]
+        src = order[pos[hit]]
+        out["x"], out["y"] = done.est.x[src], done.est.y[src]
+        out["r90"] = cfg.tracker_r90_scale * np.maximum(done.est.r90[src], low[hit])
+        out = out[np.argsort(out["t"], kind="stable")]
+        if self.hysteresis is None:
+            out["zone"] = cfg.zones.assign(out["x"], out["y"])
+        else:  # one call per fix time: hysteresis takes distinct devices in time order
+            edges = np.flatnonzero(np.diff(out["t"])) + 1
+            for g in np.split(np.arange(len(out)), edges):
+                if len(g):
+                    out["zone"][g] = self.hysteresis.assign(
+                        out["device"][g], out["x"][g], out["y"][g], out["motion"][g])
+        self._held, self._held_lower = held[~hit], low[~hit]
+        return out
 
     def _close_until(self, last_window: int) -> NDArray[np.void]:
         cfg = self.config
@@ -438,6 +500,7 @@ class Engine:
             # in time order, the devices of one window together (rows are sorted by window).
             bounds = np.searchsorted(row_win, np.arange(row_win.max(initial=-1) + 2))
             xs, ys, r90, meth = est.x.copy(), est.y.copy(), est.r90.copy(), est.method.copy()
+            lower = np.zeros(len(xs))
             for lo, hi in pairwise(bounds):
                 if lo == hi:
                     continue
@@ -455,9 +518,9 @@ class Engine:
                     floor = self._still_floor(row_dev[sl], ~np.isnan(matrix[sl]), still, part.x, part.y)
                     floor = np.where(np.isfinite(floor), floor, single_r90)
                     xs[sl], ys[sl], meth[sl] = part.x, part.y, part.method
-                    r90[sl] = cfg.tracker_r90_scale * np.maximum(
-                        part.r90, np.where(still, floor, MOVING_R90_FLOOR * single_r90))
-                if self.hysteresis is not None:
+                    lower[sl] = np.where(still, floor, MOVING_R90_FLOOR * single_r90)
+                    r90[sl] = cfg.tracker_r90_scale * np.maximum(part.r90, lower[sl])
+                if self.hysteresis is not None and self._smoother is None:
                     zone[sl] = self.hysteresis.assign(row_dev[sl], part.x, part.y, motion[sl])
             est = Estimates(xs, ys, r90, est.n_gateways, meth)
             if self.hysteresis is None:
@@ -468,6 +531,8 @@ class Engine:
         fixes["zone"] = zone
         fixes["n_gateways"], fixes["method"] = est.n_gateways, est.method
         fixes["battery"], fixes["motion"] = battery, motion
+        if self._smoother is not None:
+            return self._release(fixes, lower, self._smoother.smoothed())
         return fixes
 
     def _tx_power(self, device: NDArray[np.int32]) -> FloatArray:

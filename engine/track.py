@@ -183,6 +183,11 @@ class KalmanTracker:
     fix_inflation: float = 1.0
     gate: float = 13.8  # chi2_2(0.999)
     reset_after: int = 3
+    # The last step's prediction for the rows that had a track (mask over the rows,
+    # x-, P-, F_eff) and which of those restarted: what a fixed-lag smoother records.
+    last_prediction: tuple[NDArray[np.bool_], FloatArray, FloatArray, FloatArray] = field(
+        default_factory=lambda: (np.zeros(0, bool), np.zeros((0, 4)), np.zeros((0, 4, 4)), np.zeros((0, 4, 4))))
+    last_restart: NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
     gated: NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, np.int32))
     x: FloatArray = field(default_factory=lambda: np.zeros((0, 4)))
     p: FloatArray = field(default_factory=lambda: np.zeros((0, 4, 4)))
@@ -212,6 +217,8 @@ class KalmanTracker:
         rvar = (self.fix_inflation * np.maximum(fixes.r90, 0.05)) ** 2 / CHI2_2DOF_90
         z = np.column_stack([fixes.x, fixes.y])
         new = np.isnan(self.t[device])
+        self.last_prediction = (~new, np.zeros((0, 4)), np.zeros((0, 4, 4)), np.zeros((0, 4, 4)))
+        self.last_restart = np.zeros(0, bool)
         if new.any():
             d = device[new]
             self.x[d] = np.column_stack([z[new], np.zeros((int(new.sum()), 2))])
@@ -238,6 +245,10 @@ class KalmanTracker:
             qm[:, 2, 2] = qm[:, 3, 3] = q22
             xs = np.einsum("nij,nj->ni", f, xs)
             ps = f @ ps @ f.transpose(0, 2, 1) + qm
+            # The prediction as a smoother needs it: x- = F_eff x, with F_eff = F Z where
+            # Z zeroes a still tag's velocity (FixedLagKalmanSmoother, the RTS gain).
+            f[still, :, 2:] = 0.0
+            self.last_prediction = (old, xs.copy(), ps.copy(), f)
             # Update with H = [I 0]: S = P[:2,:2] + R, K = P[:, :2] S^-1.
             innov = z[old] - xs[:, :2]
             s = ps[:, :2, :2] + rvar[old, None, None] * np.eye(2)
@@ -252,6 +263,7 @@ class KalmanTracker:
             self.gated[d] = np.where(gated, self.gated[d] + 1, 0)
             # A tag that reports itself still has not gone anywhere: no restart for it.
             lost = (self.gated[d] >= self.reset_after) & ~still
+            self.last_restart = lost.copy()
             if lost.any():  # the fixes agree with each other, not with the track: restart
                 xs[lost] = np.column_stack([z[old][lost], np.zeros((int(lost.sum()), 2))])
                 ps[lost] = 0.0
@@ -361,6 +373,19 @@ class GridFilter:
     ) -> Estimates:
         if len(device) == 0:
             return fixes
+        post, _, _ = self._forward(t, device, rssi, motion, tx_power)
+        return self._estimate(post, fixes.n_gateways)
+
+    def _forward(
+        self,
+        t: float,
+        device: IntArray,
+        rssi: FloatArray,
+        motion: NDArray[np.int8],
+        tx_power: FloatArray,
+    ) -> tuple[FloatArray, FloatArray, IntArray]:
+        """One forward step: the rows' posteriors, log-likelihoods and the number of
+        transition steps applied since each device's last update."""
         self._grow(int(device.max()) + 1)
         prior = self.belief[device].astype(float)
         last = self.t[device]
@@ -384,9 +409,11 @@ class GridFilter:
         post = normalise_log(ll + np.log(prior + 1e-30))
         self.belief[device] = post
         self.t[device] = t
-        est = posterior_estimates(
-            post, self.xy, fixes.n_gateways, METHOD_HMM, self.radio_map.grid.cell_m
-        )
+        return post, ll, steps.astype(np.int32)
+
+    def _estimate(self, post: FloatArray, n_gateways: NDArray[np.int32]) -> Estimates:
+        """Posterior mean and r90 of cell posteriors, a mean in a rack moved to a free cell."""
+        est = posterior_estimates(post, self.xy, n_gateways, METHOD_HMM, self.radio_map.grid.cell_m)
         # The mean of a belief split between two aisles can fall in the rack between
         # them: such an estimate moves to the nearest cell a tag can occupy.
         xy = np.column_stack([est.x, est.y])
@@ -595,6 +622,322 @@ class ParticleFilter:
             fixes.n_gateways,
             np.full(len(device), METHOD_PARTICLE, np.int8),
         )
+
+
+# -- fixed-lag smoothers ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Smoothed:
+    """Estimates a fixed-lag smoother has made final: each row is one device at one
+    earlier fix time ``t`` (the time of the window it smooths, not the time it left)."""
+
+    device: IntArray
+    t: FloatArray
+    est: Estimates
+
+    @classmethod
+    def concat(cls, parts: list[Smoothed]) -> Smoothed:
+        if not parts:
+            return cls(np.zeros(0, np.int32), np.zeros(0), Estimates.empty())
+        e = [p.est for p in parts]
+        return cls(
+            np.concatenate([p.device for p in parts]).astype(np.int32),
+            np.concatenate([p.t for p in parts]),
+            Estimates(*(np.concatenate([getattr(x, f) for x in e]) for f in ("x", "y", "r90", "n_gateways", "method"))),
+        )
+
+
+class FixedLagSmoother(Tracker, Protocol):
+    """A tracker whose ``step`` returns the filter's estimates and which also makes, for
+    each device and fix time t, the estimate given the readings up to t + ``lag_s``."""
+
+    lag_s: float
+
+    def smoothed(self) -> Smoothed: ...  # what became final since the last call
+
+    def finish(self) -> Smoothed: ...  # end of the stream: every estimate still waiting
+
+
+LAG_EPS_S = 1e-6  # fix times are multiples of the step; this absorbs their rounding
+
+
+@dataclass
+class LagBuffer:
+    """The last ``slots`` entries of each device for a fixed-lag smoother: their times,
+    which still wait for readings up to t + lag, and whether an entry starts a new
+    chain (a new track or a restart: nothing before it is linked to it)."""
+
+    slots: int
+    t: FloatArray = field(init=False)
+    pending: NDArray[np.bool_] = field(init=False)
+    starts: NDArray[np.bool_] = field(init=False)
+    n_gateways: NDArray[np.int32] = field(init=False)
+    head: NDArray[np.int64] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.t = np.zeros((0, self.slots))
+        self.pending = np.zeros((0, self.slots), bool)
+        self.starts = np.zeros((0, self.slots), bool)
+        self.n_gateways = np.zeros((0, self.slots), np.int32)
+        self.head = np.zeros(0, np.int64)
+
+    def grow(self, n: int) -> bool:
+        have = len(self.head)
+        if n <= have:
+            return False
+        k = self.slots
+        self.t = np.vstack([self.t, np.full((n - have, k), np.nan)])
+        self.pending = np.vstack([self.pending, np.zeros((n - have, k), bool)])
+        self.starts = np.vstack([self.starts, np.zeros((n - have, k), bool)])
+        self.n_gateways = np.vstack([self.n_gateways, np.zeros((n - have, k), np.int32)])
+        self.head = np.r_[self.head, np.zeros(n - have, np.int64)]
+        return True
+
+    def next_slots(self, device: IntArray) -> NDArray[np.int64]:
+        return np.asarray(self.head[device] % self.slots)
+
+    def write(
+        self, device: IntArray, t: float, starts: NDArray[np.bool_], n_gateways: NDArray[np.int32]
+    ) -> NDArray[np.int64]:
+        s = self.next_slots(device)
+        self.t[device, s] = t
+        self.pending[device, s] = True
+        self.starts[device, s] = starts
+        self.n_gateways[device, s] = n_gateways
+        self.head[device] += 1
+        return s
+
+    def due(self, t_now: float, lag_s: float) -> tuple[IntArray, NDArray[np.int64]]:
+        """Entries whose lag has passed at ``t_now``; inf: all that wait."""
+        d, s = np.nonzero(self.pending & (self.t + lag_s <= t_now + LAG_EPS_S))
+        return d.astype(np.int32), s.astype(np.int64)
+
+    def chains(self, d: IntArray, s: NDArray[np.int64], lag_s: float) -> tuple[NDArray[np.int64], IntArray]:
+        """For entries (d, s): the slots of the entry itself, then of the device's later
+        entries up to t + lag in time order, stopping before a new chain; and how many
+        later ones there are. Shape (rows, slots + 1), (rows,)."""
+        t_row = self.t[d]  # (rows, slots)
+        tj = self.t[d, s][:, None]
+        later = (t_row > tj + LAG_EPS_S) & (t_row <= tj + lag_s + LAG_EPS_S)
+        broken = np.where(later & self.starts[d], t_row, np.inf).min(axis=1, initial=np.inf)
+        later &= t_row < broken[:, None]
+        order = np.argsort(np.where(later, t_row, np.inf), axis=1, kind="stable")
+        return np.column_stack([s, order]), later.sum(axis=1).astype(np.int32)
+
+
+class LagRelease:
+    """What both fixed-lag smoothers share: the ring, the queue of final estimates, and
+    writing a step's entries (a slot still waiting is made final before it is reused)."""
+
+    lag_s: float
+    _ring: LagBuffer
+    _done: list[Smoothed]
+
+    def _finalise(self, d: IntArray, s: NDArray[np.int64]) -> None:
+        raise NotImplementedError
+
+    def _slots(self, device: IntArray, t: float, starts: NDArray[np.bool_], n_gateways: NDArray[np.int32]
+               ) -> NDArray[np.int64]:
+        s = self._ring.next_slots(device)
+        clash = self._ring.pending[device, s]
+        if clash.any():  # never with slots > lag / step; kept safe: finalise before reuse
+            self._finalise(device[clash].astype(np.int32), s[clash])
+        return self._ring.write(device, t, starts, n_gateways)
+
+    def smoothed(self) -> Smoothed:
+        out, self._done = Smoothed.concat(self._done), []
+        return out
+
+    def finish(self) -> Smoothed:
+        self._finalise(*self._ring.due(np.inf, self.lag_s))
+        return self.smoothed()
+
+
+@dataclass
+class FixedLagGridSmoother(LagRelease, GridFilter):
+    """The HMM's fixed-lag smoother: the posterior of each fix time t given the readings
+    up to t + ``lag_s`` (forward-backward, Rabiner, Proc. IEEE 77(2), 1989, eqs. 24-27;
+    fixed-lag form: Särkkä, *Bayesian Filtering and Smoothing*, 2013, ch. 8 and 12).
+
+    gamma_t ∝ alpha_t * beta_t, where alpha_t is the forward filter's posterior (the
+    GridFilter's belief) and beta_t = T^{m_{t+1}} (lik_{t+1} * beta_{t+1}), beta = 1 at
+    the last reading within the lag. Each device keeps its last ceil(lag / step) + 2
+    posteriors and likelihoods (memory: that many floats per device and cell, besides
+    the filter's one); the backward pass runs over every due row at once. An estimate
+    leaves ``lag_s`` after its window closed; lag 0 is the filter itself.
+    """
+
+    STATE: ClassVar[tuple[str, ...]] = (*GridFilter.STATE, "_ring", "_alpha", "_lik", "_steps", "_done")
+
+    lag_s: float = 2.0
+    _ring: LagBuffer = field(init=False, repr=False)
+    _alpha: NDArray[np.float32] = field(init=False, repr=False)
+    _lik: NDArray[np.float32] = field(init=False, repr=False)
+    _steps: NDArray[np.int32] = field(init=False, repr=False)
+    _done: list[Smoothed] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        k = int(np.ceil(self.lag_s / self.step_s - 1e-9)) + 2
+        self._ring = LagBuffer(k)
+        n = len(self.cells)
+        self._alpha = np.zeros((0, k, n), np.float32)
+        self._lik = np.zeros((0, k, n), np.float32)
+        self._steps = np.zeros((0, k), np.int32)
+        self._done = []
+
+    def step(
+        self,
+        t: float,
+        device: IntArray,
+        rssi: FloatArray,
+        fixes: Estimates,
+        motion: NDArray[np.int8],
+        tx_power: FloatArray,
+    ) -> Estimates:
+        if len(device) == 0:
+            return fixes
+        known = device < len(self.t)
+        first = np.ones(len(device), bool)
+        first[known] = np.isnan(self.t[device[known]])
+        post, ll, steps = self._forward(t, device, rssi, motion, tx_power)
+        ring = self._ring
+        if ring.grow(int(device.max()) + 1):
+            extra = len(ring.head) - len(self._alpha)
+            shape = (extra, ring.slots, len(self.cells))
+            self._alpha = np.concatenate([self._alpha, np.zeros(shape, np.float32)])
+            self._lik = np.concatenate([self._lik, np.zeros(shape, np.float32)])
+            self._steps = np.vstack([self._steps, np.zeros((extra, ring.slots), np.int32)])
+        s = self._slots(device, t, first, fixes.n_gateways)
+        self._alpha[device, s] = post
+        self._lik[device, s] = np.exp(ll - ll.max(axis=1, keepdims=True))
+        self._steps[device, s] = steps
+        self._finalise(*ring.due(t, self.lag_s))
+        return self._estimate(post, fixes.n_gateways)
+
+    def _finalise(self, d: IntArray, s: NDArray[np.int64]) -> None:
+        if len(d) == 0:
+            return
+        seq, n = self._ring.chains(d, s, self.lag_s)
+        beta = np.ones((len(d), len(self.cells)))
+        for o in range(int(n.max(initial=0)), 0, -1):
+            act = np.flatnonzero(n >= o)
+            da, cur = d[act], seq[act, o]
+            v = self._lik[da, cur].astype(float) * beta[act]
+            m = self._steps[da, cur]
+            for k in range(1, int(m.max(initial=0)) + 1):
+                go = m >= k
+                v[go] = (self.transition @ v[go].T).T
+            beta[act] = v / np.maximum(v.max(axis=1, keepdims=True), 1e-300)
+        gamma = self._alpha[d, s].astype(float) * beta
+        total = gamma.sum(axis=1, keepdims=True)
+        # A row whose product vanished (the readings ahead contradict the filter): keep the filter's.
+        gamma = np.where(total > 0, gamma / np.where(total > 0, total, 1.0), self._alpha[d, s])
+        self._done.append(Smoothed(d, self._ring.t[d, s].copy(), self._estimate(gamma, self._ring.n_gateways[d, s])))
+        self._ring.pending[d, s] = False
+
+
+@dataclass
+class FixedLagKalmanSmoother(LagRelease, KalmanTracker):
+    """The Kalman filter's fixed-lag Rauch-Tung-Striebel smoother (Rauch, Tung &
+    Striebel, AIAA J. 3(8), 1965; Särkkä 2013, theorem 8.2): for each fix time t the
+    state given the fixes up to t + ``lag_s``, by the RTS backward recursion
+
+        C_k = P_k F_{k+1}^T (P-_{k+1})^-1,  x^s_k = x_k + C_k (x^s_{k+1} - x-_{k+1}),
+        P^s_k = P_k + C_k (P^s_{k+1} - P-_{k+1}) C_k^T,
+
+    from the last fix within the lag back to t, over the stored filtered and predicted
+    moments (F the still-aware transition the filter used). A restart or a gated fix
+    breaks the chain: nothing from it on smooths what came before (a gated update is not
+    the Gaussian posterior RTS assumes). Smoothed positions are kept in bounds.
+    """
+
+    STATE: ClassVar[tuple[str, ...]] = (*KalmanTracker.STATE, "_ring", "_xf", "_pf", "_xp", "_pp", "_f", "_done")
+
+    lag_s: float = 2.0
+    step_s: float = 1.0
+    _ring: LagBuffer = field(init=False, repr=False)
+    _xf: FloatArray = field(init=False, repr=False)
+    _pf: FloatArray = field(init=False, repr=False)
+    _xp: FloatArray = field(init=False, repr=False)
+    _pp: FloatArray = field(init=False, repr=False)
+    _f: FloatArray = field(init=False, repr=False)
+    _done: list[Smoothed] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        k = int(np.ceil(self.lag_s / self.step_s - 1e-9)) + 2
+        self._ring = LagBuffer(k)
+        self._xf = np.zeros((0, k, 4))
+        self._pf = np.zeros((0, k, 4, 4))
+        self._xp = np.zeros((0, k, 4))
+        self._pp = np.zeros((0, k, 4, 4))
+        self._f = np.zeros((0, k, 4, 4))
+        self._done = []
+
+    def step(
+        self,
+        t: float,
+        device: IntArray,
+        rssi: FloatArray,
+        fixes: Estimates,
+        motion: NDArray[np.int8],
+        tx_power: FloatArray,
+    ) -> Estimates:
+        if len(device) == 0:
+            return fixes
+        est = super().step(t, device, rssi, fixes, motion, tx_power)
+        ring = self._ring
+        if ring.grow(int(device.max()) + 1):
+            extra = len(ring.head) - len(self._xf)
+            k = ring.slots
+            self._xf = np.concatenate([self._xf, np.zeros((extra, k, 4))])
+            self._pf = np.concatenate([self._pf, np.zeros((extra, k, 4, 4))])
+            self._xp = np.concatenate([self._xp, np.zeros((extra, k, 4))])
+            self._pp = np.concatenate([self._pp, np.zeros((extra, k, 4, 4))])
+            self._f = np.concatenate([self._f, np.zeros((extra, k, 4, 4))])
+        had, xp, pp, f = self.last_prediction
+        # A new track, a restart or a gated fix starts a chain. The gated update zeroes
+        # the velocity gain, so its moments are not the posterior RTS assumes: carried
+        # back, a doubtful fix would drag the earlier positions towards it.
+        starts = ~had | (self.gated[device] > 0)
+        if len(self.last_restart):
+            starts[np.flatnonzero(had)[self.last_restart]] = True
+        s = self._slots(device, t, starts, fixes.n_gateways)
+        self._xf[device, s] = self.x[device]
+        self._pf[device, s] = self.p[device]
+        self._xp[device[had], s[had]] = xp
+        self._pp[device[had], s[had]] = pp
+        self._f[device[had], s[had]] = f
+        self._finalise(*ring.due(t, self.lag_s))
+        return est
+
+    def _finalise(self, d: IntArray, s: NDArray[np.int64]) -> None:
+        if len(d) == 0:
+            return
+        seq, n = self._ring.chains(d, s, self.lag_s)
+        last = seq[np.arange(len(d)), n]
+        xs, ps = self._xf[d, last].copy(), self._pf[d, last].copy()
+        for o in range(int(n.max(initial=0)), 0, -1):
+            act = np.flatnonzero(n >= o)
+            da, prev, cur = d[act], seq[act, o - 1], seq[act, o]
+            pf, xf = self._pf[da, prev], self._xf[da, prev]
+            pp = self._pp[da, cur] + 1e-9 * np.eye(4)
+            gain = np.linalg.solve(pp, self._f[da, cur] @ pf).transpose(0, 2, 1)  # P F^T (P-)^-1
+            xs[act] = xf + np.einsum("nij,nj->ni", gain, xs[act] - self._xp[da, cur])
+            ps[act] = pf + gain @ (ps[act] - self._pp[da, cur]) @ gain.transpose(0, 2, 1)
+        if self.bounds is not None:
+            minx, miny, maxx, maxy = self.bounds
+            xs[:, 0] = np.clip(xs[:, 0], minx, maxx)
+            xs[:, 1] = np.clip(xs[:, 1], miny, maxy)
+        est = Estimates(
+            xs[:, 0].copy(), xs[:, 1].copy(),
+            r90_from_cov(ps[:, 0, 0], ps[:, 1, 1], ps[:, 0, 1]),
+            self._ring.n_gateways[d, s].copy(),
+            np.full(len(d), METHOD_KALMAN, np.int8),
+        )
+        self._done.append(Smoothed(d, self._ring.t[d, s].copy(), est))
+        self._ring.pending[d, s] = False
 
 
 # -- zones with hysteresis ------------------------------------------------------------------

@@ -118,8 +118,9 @@ class RadioUncertainty(Strict):
 class TrackerTuning(Strict):
     """One estimator/tracker at one fix interval and window, as cross-validation on the
     calibration walk tuned it (tagtwin.evaluation.choose_tracking): the motion model's
-    speed, how much the tracker widens the map's likelihood, and the factor that makes
-    its r90 cover 90 % of held-out errors."""
+    speed, how much the tracker widens the map's likelihood, the lag of its fixed-lag
+    smoother if it has one, and the factor that makes its r90 cover 90 % of held-out
+    errors."""
 
     localizer: str = Field(description="estimator, as evaluate --localizer")
     tracker: str = Field("none", description="tracker, as evaluate --tracker")
@@ -127,7 +128,8 @@ class TrackerTuning(Strict):
     window_s: float = Field(gt=0, le=60, description="window of readings per fix")
     speed_mps: float = Field(1.5, gt=0, le=10, description="HMM / particle motion model speed")
     inflation: float | None = Field(None, gt=0, le=20, description="likelihood widening; none: the map's own")
-    r90_scale: float = Field(1.0, gt=0, le=20, description="factor on the tracker's r90 (HMM, particle)")
+    r90_scale: float = Field(1.0, gt=0, le=20, description="factor on the tracker's r90 (HMM, particle, smoothers)")
+    smoother_lag_s: float = Field(0.0, ge=0, le=60, description="fixed-lag smoother's lag (kalman, hmm); 0: the filter")
     chosen: bool = Field(False, description="the combination cross-validation ranked first")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -255,6 +256,8 @@ def evaluate(
         str, typer.Option(help="wls, centroid, strongest, knn, radio-map")
     ] = "wls",
     tracker: Annotated[str, typer.Option(help="none, kalman, hmm, particle")] = "none",
+    smoother_lag: Annotated[float, typer.Option(
+        help="kalman, hmm: fixed-lag smoother, seconds of readings after each fix it waits for")] = 0.0,
     step: Annotated[float, typer.Option(help="seconds between fixes")] = 1.0,
     window: Annotated[float, typer.Option(help="seconds of sightings per fix")] = 1.0,
     exponent: Annotated[
@@ -326,14 +329,15 @@ def evaluate(
             cap = read_capture(capture, gw, gw_source)  # type: ignore[arg-type]
             cal = read_capture(calibration, gw, gw_source) if calibration else None  # type: ignore[arg-type]
 
-            def make(loc: str, trk: str) -> EngineConfig:
+            def make(loc: str, trk: str, lag: float = 0.0) -> EngineConfig:
                 if site_file is not None:
                     return site_capture_config(site_file, site, gw, loc, trk, step, window, tx_power,  # type: ignore[arg-type]
-                                               tag_z_given, seed, cal)
-                return capture_config(gw, loc, trk, step, window, exponent, sigma_db, tx_power,
-                                      tag_z, cal, seed)
+                                               tag_z_given, seed, cal, smoother_lag_s=lag)
+                cfg = capture_config(gw, loc, trk, step, window, exponent, sigma_db, tx_power,
+                                     tag_z, cal, seed)
+                return dataclasses.replace(cfg, smoother_lag_s=lag) if lag > 0 else cfg
 
-            config = make(localizer, tracker)
+            config = make(localizer, tracker, smoother_lag)
         except (CaptureError, SiteFileError, ValueError) as exc:
             raise _fail(f"cannot evaluate: {exc}") from None
         if cap.truth is None and (compare or fixes_out is None):

@@ -257,13 +257,16 @@ def site_capture_config(
     seed: int,
     survey: Capture | None = None,
     tuning: TrackerTuning | None = None,
+    smoother_lag_s: float = 0.0,
 ) -> EngineConfig:
     """An engine for a capture on a known site: the site's plan as bounds and floor plan
     (HMM, particle), its walls and racks in ML, its calibrated exponent, spread, P0 and
     per-gateway offsets in every model-based estimator, and its surveyed radio map (the
     calibration walk named in the site file, smoothed as calibrated) when it has one.
     A tracker the site file's cross-validation tuned (``radio_map.tuning``, or
-    ``tuning`` given here) gets its motion speed, likelihood widening and r90 factor."""
+    ``tuning`` given here) gets its motion speed, likelihood widening and r90 factor;
+    ``smoother_lag_s`` > 0 asks for the tracker's fixed-lag smoother (Kalman, HMM),
+    tuned as the site file's entry with that lag says."""
     from engine.capture import read_capture
     from engine.localize import ObstacleMap
     from radio_models.geometry import crossing_loss_db
@@ -307,12 +310,17 @@ def site_capture_config(
     if tuning is None and settings is not None:
         tuning = next((c for c in settings.tuning if c.localizer == localizer and c.tracker == tracker
                        and math.isclose(c.step_s, step, rel_tol=1e-3)
-                       and math.isclose(c.window_s, window, rel_tol=1e-3)), None)
+                       and math.isclose(c.window_s, window, rel_tol=1e-3)
+                       and math.isclose(c.smoother_lag_s, smoother_lag_s, abs_tol=1e-6)), None)
     speed, r90_scale = 1.5, 1.0
     if tuning is not None and tracker in ("hmm", "particle"):
         speed, r90_scale = tuning.speed_mps, tuning.r90_scale
         if tuning.inflation is not None and radio_map is not None:
             radio_map = replace(radio_map, track_inflation=tuning.inflation)
+    if tuning is not None:
+        smoother_lag_s = tuning.smoother_lag_s
+        if smoother_lag_s > 0:  # a smoother's r90 is calibrated on held-out errors, Kalman's too
+            r90_scale = tuning.r90_scale
     return EngineConfig(
         gateways=gateways,
         zones=plan_model.zones,
@@ -332,6 +340,7 @@ def site_capture_config(
         seed=seed,
         tracker_speed_mps=speed,
         tracker_r90_scale=r90_scale,
+        smoother_lag_s=smoother_lag_s,
         gateway_offset_db=sr.offsets_db if np.any(sr.offsets_db) else None,
         # A map posterior's r90 treats readings as independent; ML's comes from the site's
         # whole spread. Widening map fixes by the square root of the map's own inflation
@@ -405,21 +414,30 @@ def per_device_errors(
     return out
 
 
+# Fixed-lag smoothers --compare also runs (seconds of lag; latency grows by as much).
+COMPARE_SMOOTHED = (("radio-map", "kalman", 2.0), ("radio-map", "hmm", 2.0))
+
+
 def compare_estimators(
     capture: Capture,
-    make_config: Callable[[str, str], EngineConfig],
+    make_config: Callable[[str, str, float], EngineConfig],
     combinations: tuple[tuple[str, str], ...] = COMPARE_COMBINATIONS,
+    smoothed: tuple[tuple[str, str, float], ...] = COMPARE_SMOOTHED,
 ) -> dict[str, dict[str, object]]:
-    """Every estimator/tracker combination on one capture: overall metrics and per device."""
+    """Every estimator/tracker combination on one capture, then the fixed-lag smoothers
+    ``smoothed`` (``make_config(localizer, tracker, lag_s)``): overall metrics, latency
+    and per device."""
     from engine.evaluate import evaluate_capture
 
     out: dict[str, dict[str, object]] = {}
-    for localizer, tracker in combinations:
-        fixes, metrics = evaluate_capture(capture, make_config(localizer, tracker))
+    for localizer, tracker, lag in (*((loc, trk, 0.0) for loc, trk in combinations), *smoothed):
+        fixes, metrics = evaluate_capture(capture, make_config(localizer, tracker, lag))
         name = localizer if tracker == "none" else f"{localizer}+{tracker}"
+        name += f"+lag{lag:g}s" if lag > 0 else ""
         out[name] = {
             k: metrics.get(k)
-            for k in ("median_error_m", "p90_error_m", "rmse_m", "r90_coverage", "rmse_over_crb")
+            for k in ("median_error_m", "p90_error_m", "rmse_m", "r90_coverage", "rmse_over_crb",
+                      "latency_median_s")
         } | {"devices": per_device_errors(fixes, capture)}
     return out
 
@@ -463,33 +481,50 @@ class Candidate:
     window_s: float
     speed_mps: float = 1.5
     inflation: float | None = None
+    lag_s: float = 0.0  # fixed-lag smoother (kalman, hmm); 0: the filter
 
     @property
     def name(self) -> str:
         base = self.localizer if self.tracker == "none" else f"{self.localizer}+{self.tracker}"
         if self.tracker in ("hmm", "particle") and (self.speed_mps != 1.5 or self.inflation is not None):
             base += f"[{self.speed_mps:g} m/s" + (f", x{self.inflation:g}" if self.inflation else "") + "]"
+        if self.lag_s > 0:
+            base += f"+lag{self.lag_s:g}s"
         return f"{base}@{self.step_s:.4g}/{self.window_s:.4g}s"
+
+    @property
+    def calibrated_r90(self) -> bool:
+        """Whether its r90 takes the factor cross-validation measures (the map trackers'
+        and every smoother's; the Kalman filter keeps its own fix widening)."""
+        return self.tracker in ("hmm", "particle") or self.lag_s > 0
 
     def tuning(self, r90_scale: float = 1.0, chosen: bool = False) -> TrackerTuning:
         return TrackerTuning(localizer=self.localizer, tracker=self.tracker, step_s=self.step_s,
                              window_s=self.window_s, speed_mps=self.speed_mps, inflation=self.inflation,
-                             r90_scale=round(r90_scale, 3), chosen=chosen)
+                             r90_scale=round(r90_scale, 3), smoother_lag_s=self.lag_s, chosen=chosen)
 
 
 # Motion speeds and likelihood widenings tried for the map trackers (HMM, particle):
 # walking pace to a brisk walk; from readings counted as independent to the map default.
 TRACKER_SPEEDS_MPS = (0.6, 1.0, 1.5)
 TRACKER_INFLATIONS = (1.0, 1.6, 2.5)
+# Fixed-lag smoothers' lags tried (seconds), and the HMM widenings tried with them: x2.5
+# only as the default (1.5 m/s), which keeps the candidates and the benchmark's time
+# down (on Kolakowski the x2.5 filters rank 35th and below in cross-validation).
+SMOOTHER_LAGS_S = (1.0, 2.0, 4.0)
+SMOOTHER_INFLATIONS = (1.0, 1.6)
 
 
 def candidates(
     timings: tuple[tuple[float, float], ...],
     combinations: tuple[tuple[str, str], ...] = COMPARE_COMBINATIONS,
     tuned_timings: tuple[tuple[float, float], ...] = (),
+    lags_s: tuple[float, ...] = (),
 ) -> tuple[Candidate, ...]:
     """Every estimator/tracker combination at every (fix interval, window), and at
-    ``tuned_timings`` the HMM and particle filter with each motion speed and widening."""
+    ``tuned_timings`` the HMM and particle filter with each motion speed and widening,
+    and the Kalman and HMM fixed-lag smoothers at each lag in ``lags_s`` (the HMM's
+    with each speed and ``SMOOTHER_INFLATIONS``)."""
     out = [Candidate(loc, trk, step, window) for step, window in timings for loc, trk in combinations]
     for step, window in tuned_timings:
         for loc, trk in combinations:
@@ -497,6 +532,15 @@ def candidates(
                 out += [Candidate(loc, trk, step, window, v, f)
                         for v in TRACKER_SPEEDS_MPS for f in TRACKER_INFLATIONS
                         if (v, f) != (1.5, None)]
+    for step, window in tuned_timings:
+        for loc, trk in combinations:
+            for lag in lags_s:
+                if trk == "kalman":
+                    out.append(Candidate(loc, trk, step, window, lag_s=lag))
+                elif trk == "hmm":
+                    out += [Candidate(loc, trk, step, window, v, f, lag)
+                            for v in TRACKER_SPEEDS_MPS for f in (None, *SMOOTHER_INFLATIONS)
+                            if f is not None or v == 1.5]
     return tuple(dict.fromkeys(out))
 
 
@@ -552,15 +596,15 @@ def choose_tracking(
     cv: dict[str, dict[str, float]], methods: tuple[Candidate, ...]
 ) -> tuple[Candidate, list[TrackerTuning]]:
     """The candidate with the lowest target ratio in cross-validation, and for each
-    estimator/tracker/timing its best motion speed and widening, with the r90 factor
+    estimator/tracker/timing/smoother lag its best motion speed and widening, with the r90 factor
     cross-validation measured for it (for the site file's ``radio_map.tuning``)."""
     best = min(methods, key=lambda c: (cv[c.name]["target_ratio"], cv[c.name]["median_error_m"]))
-    per: dict[tuple[str, str, float, float], Candidate] = {}
+    per: dict[tuple[str, str, float, float, float], Candidate] = {}
     for c in methods:
-        key = (c.localizer, c.tracker, c.step_s, c.window_s)
+        key = (c.localizer, c.tracker, c.step_s, c.window_s, c.lag_s)
         if key not in per or cv[c.name]["target_ratio"] < cv[per[key].name]["target_ratio"]:
             per[key] = c
-    tuning = [c.tuning(cv[c.name]["r90_scale"] if c.tracker in ("hmm", "particle") else 1.0, c == best)
+    tuning = [c.tuning(cv[c.name]["r90_scale"] if c.calibrated_r90 else 1.0, c == best)
               for c in per.values() if c.tracker != "none"]
     return best, tuning
 
@@ -574,17 +618,19 @@ def tune_tracking(
     folds: int = 4,
     target_median_m: float = 0.8,
     target_p90_m: float = 1.8,
+    lags_s: tuple[float, ...] = SMOOTHER_LAGS_S,
 ) -> tuple[SiteFile, Candidate, dict[str, dict[str, float]], tuple[Candidate, ...]]:
     """Choose and tune a site's tracker on its survey (``tagtwin calibrate
     --choose-tracker``, benchmarks/calibration.py): every candidate at the survey's own
-    report period and at 1 s, cross-validated; returns the site with the tuning in
-    ``radio.radio_map.tuning``, the chosen candidate, the cross-validation table and the
-    candidates."""
+    report period and at 1 s, with fixed-lag smoothers at ``lags_s``, cross-validated;
+    returns the site with the tuning in ``radio.radio_map.tuning``, the chosen candidate,
+    the cross-validation table and the candidates."""
     if site.radio.radio_map is None:
         raise ValueError("the site file has no radio_map section: calibrate it on a survey first")
     period = round(step_period(survey), 4)
     timings = ((period, period), (period, 1.0), (1.0, 1.0), (1.0, 2.0))
-    methods = candidates(timings, COMPARE_COMBINATIONS, tuned_timings=((period, 1.0), (1.0, 1.0)))
+    methods = candidates(timings, COMPARE_COMBINATIONS, tuned_timings=((period, 1.0), (1.0, 1.0)),
+                         lags_s=lags_s)
 
     def make(c: Candidate, rest: Capture) -> EngineConfig:
         return site_capture_config(site, site_path, gateways, c.localizer, c.tracker, c.step_s, c.window_s,
@@ -608,6 +654,7 @@ def leave_one_path_out(
     window: float,
     seed: int = 0,
     combinations: tuple[tuple[str, str], ...] = COMPARE_COMBINATIONS,
+    smoothed: tuple[tuple[str, str, float], ...] = COMPARE_SMOOTHED,
 ) -> dict[str, dict[str, dict[str, object]]]:
     """Each device's path held out in turn: the site calibrated (``tagtwin calibrate``)
     on the other paths, which are also its survey, then every combination scored on the
@@ -623,11 +670,11 @@ def leave_one_path_out(
         held, rest = capture_subset(capture, mine), capture_subset(capture, ~mine)
         site = calibrate(rest, base=base, n_boot=20, seed=seed).site
 
-        def make(loc: str, trk: str, site: SiteFile = site, rest: Capture = rest) -> EngineConfig:
+        def make(loc: str, trk: str, lag: float, site: SiteFile = site, rest: Capture = rest) -> EngineConfig:
             return site_capture_config(site, site_path, capture.gateways, loc, trk, step, window, -59.0,
-                                       None, seed, rest)
+                                       None, seed, rest, smoother_lag_s=lag)
 
-        out[str(name)] = compare_estimators(held, make, combinations)
+        out[str(name)] = compare_estimators(held, make, combinations, smoothed)
     return out
 
 
@@ -635,7 +682,7 @@ def compare_table(results: dict[str, dict[str, object]]) -> Table:
     """One table: each combination overall, then each device's median / p90."""
     devices = sorted({d for r in results.values() for d in r["devices"]})  # type: ignore[attr-defined]
     table = Table(title="every estimator and tracker")
-    for col in ("method", "median m", "p90 m", "r90 coverage", "RMSE/CRB", *devices):
+    for col in ("method", "median m", "p90 m", "r90 coverage", "RMSE/CRB", "latency s", *devices):
         table.add_column(col, justify="right")
 
     def fmt(v: object) -> str:
@@ -646,5 +693,5 @@ def compare_table(results: dict[str, dict[str, object]]) -> Table:
         cells = [f"{per[d]['median_error_m']:.2f} / {per[d]['p90_error_m']:.2f}" if d in per else "-"
                  for d in devices]
         table.add_row(name, fmt(r["median_error_m"]), fmt(r["p90_error_m"]), fmt(r["r90_coverage"]),
-                      fmt(r["rmse_over_crb"]), *cells)
+                      fmt(r["rmse_over_crb"]), fmt(r.get("latency_median_s")), *cells)
     return table

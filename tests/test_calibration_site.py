@@ -262,6 +262,11 @@ def test_evaluate_site_compare_and_fidelity(walk: dict[str, Path], tmp_path: Pat
     assert {"wls", "radio-map+hmm", "radio-map+particle", "wls+kalman"} <= set(table)
     assert set(table["radio-map+hmm"]["devices"]) == {"walker-a", "walker-b"}
     assert table["radio-map+hmm"]["median_error_m"] < 2.0
+    # The fixed-lag smoothers are listed, their fixes later by the lag.
+    for name in ("radio-map+hmm", "radio-map+kalman"):
+        lagged = table[f"{name}+lag2s"]
+        assert lagged["latency_median_s"] == pytest.approx(table[name]["latency_median_s"] + 2.0)
+        assert lagged["median_error_m"] < 2.0
     fid = tmp_path / "fid.json"
     res = runner.invoke(app, ["fidelity", "--capture", str(walk["walk"]), "--site", str(out), "--json", str(fid),
                               "--realizations", "2", "--plot", str(tmp_path / "fid.png")])
@@ -343,6 +348,7 @@ def test_cross_validation_walks_held_out_stretches_afresh_and_calibrates_tracker
     from tagtwin.calibrate import calibrate
     from tagtwin.evaluation import (
         Candidate,
+        candidates,
         choose_tracking,
         cross_validate,
         held_out_walks,
@@ -386,6 +392,22 @@ def test_cross_validation_walks_held_out_stretches_afresh_and_calibrates_tracker
     assert cfg.tracker_r90_scale == tuning[0].r90_scale and cfg.tracker_speed_mps == tuning[0].speed_mps
     plain = site_capture_config(load_site_file(path), path, gw, "radio-map", "hmm", 0.5, 1.0, -59.0, None, 0)
     assert plain.tracker_r90_scale == 1.0 and plain.tracker_speed_mps == 1.5
+    # A fixed-lag smoother is a candidate of its own, with its own r90 factor, and the
+    # site file's entry for it applies only when that lag is asked for.
+    smooth = Candidate("radio-map", "hmm", 1.0, 1.0, 0.6, 1.6, lag_s=2.0)
+    assert smooth in candidates(((1.0, 1.0),), tuned_timings=((1.0, 1.0),), lags_s=(2.0,))
+    cv_all = cv | cross_validate(cap, make, (smooth,), folds=2, block_s=60.0)
+    _, tuning = choose_tracking(cv_all, (*methods, smooth))
+    entry = next(t for t in tuning if t.smoother_lag_s == 2.0)
+    assert entry.r90_scale == pytest.approx(cv_all[smooth.name]["r90_scale"], abs=1e-3)
+    tuned = site.model_copy(update={"radio": site.radio.model_copy(update={
+        "radio_map": site.radio.radio_map.model_copy(update={"tuning": tuning})})})
+    path.write_text(dump_site_file(tuned))
+    lagged = site_capture_config(load_site_file(path), path, gw, "radio-map", "hmm", 1.0, 1.0, -59.0, None, 0,
+                                 smoother_lag_s=2.0)
+    assert (lagged.smoother_lag_s, lagged.tracker_r90_scale) == (2.0, entry.r90_scale)
+    filt = site_capture_config(load_site_file(path), path, gw, "radio-map", "hmm", 1.0, 1.0, -59.0, None, 0)
+    assert filt.smoother_lag_s == 0.0
 
 
 def test_a_twin_conditioned_on_a_survey_has_the_surveyed_sites_shadowing() -> None:

@@ -174,6 +174,7 @@ def engine_config_for(
         floor_plan=floor_plan,
         particles=eng.particles,
         tracker_speed_mps=eng.tracker_speed_mps,
+        smoother_lag_s=eng.smoother_lag_s,
         zone_hysteresis=eng.zone_hysteresis,
         seed=int(np.random.SeedSequence(scenario.seed).generate_state(1)[0]),
     )

@@ -7,9 +7,9 @@ A bad file never produces a traceback: :func:`load_scenario` raises
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from engine.roi import RoiInputs
 from engine.rules.config import RuleSet
@@ -93,6 +93,9 @@ class EngineSettings(Strict):
     particles: int = Field(default=128, ge=8, le=10_000, description="particles per tag (particle tracker)")
     tracker_speed_mps: float = Field(
         default=1.5, gt=0, le=20, description="typical speed of a carried tag")
+    smoother_lag_s: float = Field(
+        default=0.0, ge=0, le=60, description="kalman, hmm: fixed-lag smoother, each fix waits this "
+        "long for the readings after it (latency = window + lag); 0: the filter")
     zone_hysteresis: bool = Field(
         default=False, description="a tag changes zone only on repeated evidence")
     window_s: float = Field(4.0, gt=0, description="length of the sliding window one fix summarises")
@@ -101,6 +104,21 @@ class EngineSettings(Strict):
     path_loss_exponent: float | None = Field(None, description="defaults to the radio model's")
     min_gateways: int = Field(3, ge=1, description="fewer gateways heard: weighted centroid with a wide radius")
     use_site_plan: bool = Field(True, description="model wall and rack losses from the site plan")
+
+    @model_serializer(mode="wrap")
+    def _without_a_zero_lag(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """No lag is not written: a scenario without a smoother dumps (and hashes,
+        report.json's scenario_sha256) exactly as before the setting existed."""
+        data: dict[str, Any] = handler(self)
+        if self.smoother_lag_s == 0:
+            data.pop("smoother_lag_s", None)
+        return data
+
+    @model_validator(mode="after")
+    def _smoother_has_a_tracker(self) -> EngineSettings:
+        if self.smoother_lag_s > 0 and self.tracker not in ("kalman", "hmm"):
+            raise ValueError(f"smoother_lag_s needs tracker kalman or hmm, not {self.tracker!r}")
+        return self
 
 
 IncidentKind = Literal["theft", "misplacement", "battery_death", "gateway_outage", "tag_removed"]
