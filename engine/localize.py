@@ -193,17 +193,57 @@ class HeardRows:
 
     @classmethod
     def from_matrix(cls, rssi: FloatArray, width: int) -> HeardRows:
-        heard = ~np.isnan(rssi)
-        r_i, c_i = np.nonzero(heard)  # row-major: ascending gateways within a row
-        counts = np.bincount(r_i, minlength=len(rssi))
-        pos = np.arange(len(r_i)) - np.repeat(np.cumsum(counts) - counts, counts)
-        cols = np.zeros((width, len(rssi)), np.intp)
-        weight = np.zeros((width, len(rssi)))
-        values = np.zeros((width, len(rssi)))
-        cols[pos, r_i] = c_i
+        return cls.from_heard(Heard.from_matrix(rssi), np.arange(len(rssi)), width)
+
+    @classmethod
+    def from_heard(cls, heard: Heard, rows: NDArray[np.intp], width: int) -> HeardRows:
+        """The rows ``rows`` of ``heard``, each padded to ``width``."""
+        counts = heard.counts[rows]
+        first = np.cumsum(counts) - counts
+        r_i = np.repeat(np.arange(len(rows)), counts)
+        pos = np.arange(len(r_i)) - np.repeat(first, counts)
+        entry = np.repeat(heard.start[rows], counts) + pos
+        cols = np.zeros((width, len(rows)), np.intp)
+        weight = np.zeros((width, len(rows)))
+        values = np.zeros((width, len(rows)))
+        cols[pos, r_i] = heard.col[entry]
         weight[pos, r_i] = 1.0
-        values[pos, r_i] = rssi[r_i, c_i]
+        values[pos, r_i] = heard.rssi[entry]
         return cls(values, weight, cols)
+
+
+@dataclass(frozen=True)
+class Heard:
+    """The heard cells of a (rows, gateways) RSSI matrix, row by row with ascending
+    gateways (the order of ``np.nonzero``): what the engine's windows produce directly,
+    so the ML estimator never needs the mostly-NaN dense matrix."""
+
+    n_rows: int
+    n_gateways: int
+    row: NDArray[np.intp]  # (cells,) row of each heard cell, ascending
+    col: NDArray[np.intp]  # (cells,) its gateway
+    rssi: FloatArray  # (cells,) its mean RSSI
+
+    @classmethod
+    def from_matrix(cls, rssi: FloatArray) -> Heard:
+        r_i, c_i = np.nonzero(~np.isnan(rssi))
+        return cls(rssi.shape[0], rssi.shape[1], r_i, c_i, rssi[r_i, c_i])
+
+    @property
+    def counts(self) -> NDArray[np.intp]:
+        """Gateways heard by each row."""
+        return np.bincount(self.row, minlength=self.n_rows)
+
+    @property
+    def start(self) -> NDArray[np.intp]:
+        """Index of each row's first cell."""
+        return np.searchsorted(self.row, np.arange(self.n_rows))
+
+    def matrix(self) -> FloatArray:
+        """The dense matrix, NaN where a gateway did not hear the row."""
+        out = np.full((self.n_rows, self.n_gateways), np.nan)
+        out[self.row, self.col] = self.rssi
+        return out
 
 
 def _dot(a: AnyArray, b: AnyArray | None = None) -> AnyArray:
@@ -416,9 +456,29 @@ def wls_localize(
     Every row's answer depends on that row alone (see :func:`_dot`), so any split of the
     rows, into chunks here or into device partitions (engine.parallel), gives the same bytes.
     """
-    rssi = np.asarray(rssi, dtype=float)
-    rows, n_gw = rssi.shape
-    n_rows_heard = (~np.isnan(rssi)).sum(axis=1).astype(np.int32)
+    return wls_localize_heard(
+        Heard.from_matrix(np.asarray(rssi, dtype=float)), gw_xyz, tx_power_1m_dbm, exponent, sigma_db,
+        tag_z, bounds, min_gateways, iterations, obstacle_map,
+    )
+
+
+def wls_localize_heard(
+    heard: Heard,
+    gw_xyz: FloatArray,
+    tx_power_1m_dbm: FloatArray,
+    exponent: float,
+    sigma_db: float,
+    tag_z: float,
+    bounds: tuple[float, float, float, float],
+    min_gateways: int = 3,
+    iterations: int = 20,
+    obstacle_map: ObstacleMap | None = None,
+) -> Estimates:
+    """:func:`wls_localize` of the rows given by their heard cells."""
+    rows, n_gw = heard.n_rows, heard.n_gateways
+    counts = heard.counts
+    row_start = heard.start
+    n_rows_heard = counts.astype(np.int32)
     p0_all = np.broadcast_to(np.asarray(tx_power_1m_dbm, dtype=float), (rows,))
     minx, miny, maxx, maxy = bounds
     k_slope = 10.0 * exponent / LN10
@@ -430,7 +490,7 @@ def wls_localize(
     solve = n_rows_heard >= 2
     one = n_rows_heard == 1
     if one.any():
-        xy0[one] = gw_xyz[np.argmax(~np.isnan(rssi[one]), axis=1), :2]
+        xy0[one] = gw_xyz[heard.col[row_start[one]], :2]
     order = np.flatnonzero(solve)
     order = order[np.argsort(width_of[order], kind="stable")]
     jobs: list[tuple[NDArray[np.intp], int]] = []
@@ -441,7 +501,7 @@ def wls_localize(
 
     def run(job: tuple[NDArray[np.intp], int]) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
         idx, width = job
-        compact = HeardRows.from_matrix(rssi[idx], width)
+        compact = HeardRows.from_heard(heard, idx, width)
         return _wls_rows(compact, p0_all[idx], gw_xyz, exponent, tag_z, bounds, iterations, obstacle_map)
 
     for (idx, _), (bx, by, fi, c0) in zip(jobs, map(run, jobs), strict=True):
