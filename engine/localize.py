@@ -18,6 +18,7 @@ The trackers in :mod:`engine.track` reuse the radio map's likelihood over time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -229,15 +230,15 @@ class Heard:
         r_i, c_i = np.nonzero(~np.isnan(rssi))
         return cls(rssi.shape[0], rssi.shape[1], r_i, c_i, rssi[r_i, c_i])
 
-    @property
+    @cached_property
     def counts(self) -> NDArray[np.intp]:
         """Gateways heard by each row."""
         return np.bincount(self.row, minlength=self.n_rows)
 
-    @property
+    @cached_property
     def start(self) -> NDArray[np.intp]:
         """Index of each row's first cell."""
-        return np.searchsorted(self.row, np.arange(self.n_rows))
+        return np.cumsum(self.counts) - self.counts
 
     def matrix(self) -> FloatArray:
         """The dense matrix, NaN where a gateway did not hear the row."""
