@@ -267,11 +267,31 @@ def _wls_widths(n_gateways: int) -> NDArray[np.intp]:
     return np.asarray(sorted({w for w in WLS_WIDTHS if w < n_gateways} | {n_gateways}), np.intp)
 
 
+@dataclass(frozen=True)
+class _Float32Rows:
+    """One chunk's compact rows in float32, as (width, rows) for the numpy costs and
+    row-major for the compiled loop (which reads a row's gateways together); made once
+    and shared by every start."""
+
+    r: AnyArray
+    w: AnyArray
+    p0: AnyArray
+    gws: tuple[AnyArray, AnyArray, AnyArray, NDArray[np.intp]]
+    major: tuple[AnyArray, ...]  # r, w, gx, gy, dz2, cols, row-major
+
+    @classmethod
+    def of(cls, r: FloatArray, w: FloatArray, p0: FloatArray,
+           gws: tuple[FloatArray, FloatArray, FloatArray, NDArray[np.intp]]) -> _Float32Rows:
+        f32 = np.float32
+        gx, gy, dz2, cols = gws
+        r32, w32 = r.astype(f32), w.astype(f32)
+        g32 = (gx.astype(f32), gy.astype(f32), dz2.astype(f32), cols)
+        major = tuple(np.ascontiguousarray(a.T) for a in (r32, w32, *g32))
+        return cls(r32, w32, p0.astype(f32), g32, major)
+
+
 def _newton_chunk(
-    r: FloatArray,
-    w: FloatArray,
-    p0: FloatArray,
-    gws: tuple[FloatArray, FloatArray, FloatArray, NDArray[np.intp]],
+    rows: _Float32Rows,
     x: FloatArray,
     y: FloatArray,
     exponent: float,
@@ -288,32 +308,22 @@ def _newton_chunk(
     working set once they move less than 1 mm, so the few slow rows near the floor's
     edge do not keep the whole chunk iterating. The cost of the end point is returned
     so callers can compare starts (and fall back to the start if a row got worse).
-    ``gws`` holds each row's gateways: x, y, (z - tag z)^2 and index, shape (width, rows).
     """
     f32 = np.float32
     five_n = f32(5.0 * exponent)
     k_slope = f32(10.0 * exponent / LN10)
-    gx, gy, dz2, cols = gws
-    r32: AnyArray = r.astype(f32)
-    w32: AnyArray = w.astype(f32)
-    p32: AnyArray = p0.astype(f32)
-    g32 = (gx.astype(f32), gy.astype(f32), dz2.astype(f32), cols)
     if wall is not None:
         loss, g = wall.loss, wall.grid
         grid = np.array([g.x0, g.y0, g.cell_m, g.nx, g.ny], dtype=float)
     else:
         loss, grid = np.zeros((0, 0), f32), np.zeros(5)
-
-    def rows_major(a: AnyArray) -> AnyArray:  # the compiled loop reads a row's gateways together
-        return np.ascontiguousarray(a.T)
-
+    r_m, w_m, gx_m, gy_m, dz2_m, cols_m = rows.major
     x32, y32 = newton_rows(
-        rows_major(r32), rows_major(w32), p32, rows_major(g32[0]), rows_major(g32[1]),
-        rows_major(g32[2]), rows_major(cols), loss, grid, x.astype(f32), y.astype(f32), five_n,
+        r_m, w_m, rows.p0, gx_m, gy_m, dz2_m, cols_m, loss, grid, x.astype(f32), y.astype(f32), five_n,
         k_slope, np.asarray(bounds, dtype=float), iterations, f32(MAX_STEP_M), f32(NEWTON_RADIUS_M),
     )
     xo, yo = x32.astype(float), y32.astype(float)
-    return xo, yo, _wls_cost(r32, w32, p32, g32, xo, yo, exponent, wall)
+    return xo, yo, _wls_cost(rows.r, rows.w, rows.p0, rows.gws, xo, yo, exponent, wall)
 
 
 def _wls_cost(
@@ -411,9 +421,10 @@ def _wls_rows(
     # The start itself is a candidate: a row whose iterations made it worse keeps it.
     bx, by = xy0[:, 0].copy(), xy0[:, 1].copy()
     best = _wls_cost(r, w, p0, gws, bx, by, exponent, obstacle_map)
+    rows32 = _Float32Rows.of(r, w, p0, gws)
     for start in starts:
         sx, sy, c = _newton_chunk(
-            r, w, p0, gws, start[:, 0].copy(), start[:, 1].copy(), exponent, bounds, iterations, obstacle_map
+            rows32, start[:, 0].copy(), start[:, 1].copy(), exponent, bounds, iterations, obstacle_map
         )
         take = c < best
         bx, by, best = np.where(take, sx, bx), np.where(take, sy, by), np.where(take, c, best)
