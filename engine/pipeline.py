@@ -419,10 +419,10 @@ class Engine:
         # Newest battery and motion flag per row (rows are time-sorted, last write wins).
         battery = np.full(len(uniq_rows), UNKNOWN, np.int8)
         motion = np.full(len(uniq_rows), UNKNOWN, np.int8)
-        has_b = rows["battery"][src] != UNKNOWN
-        battery[row_idx[has_b]] = rows["battery"][src][has_b]
-        has_m = rows["motion"][src] != UNKNOWN
-        motion[row_idx[has_m]] = rows["motion"][src][has_m]
+        b_src, m_src = rows["battery"][src], rows["motion"][src]
+        has_b, has_m = b_src != UNKNOWN, m_src != UNKNOWN
+        battery[row_idx[has_b]] = b_src[has_b]
+        motion[row_idx[has_m]] = m_src[has_m]
 
         row_dev = (uniq_rows % n_dev).astype(np.int32)
         row_win = uniq_rows // n_dev
