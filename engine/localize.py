@@ -18,6 +18,7 @@ The trackers in :mod:`engine.track` reuse the radio map's likelihood over time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -193,17 +194,57 @@ class HeardRows:
 
     @classmethod
     def from_matrix(cls, rssi: FloatArray, width: int) -> HeardRows:
-        heard = ~np.isnan(rssi)
-        r_i, c_i = np.nonzero(heard)  # row-major: ascending gateways within a row
-        counts = np.bincount(r_i, minlength=len(rssi))
-        pos = np.arange(len(r_i)) - np.repeat(np.cumsum(counts) - counts, counts)
-        cols = np.zeros((width, len(rssi)), np.intp)
-        weight = np.zeros((width, len(rssi)))
-        values = np.zeros((width, len(rssi)))
-        cols[pos, r_i] = c_i
+        return cls.from_heard(Heard.from_matrix(rssi), np.arange(len(rssi)), width)
+
+    @classmethod
+    def from_heard(cls, heard: Heard, rows: NDArray[np.intp], width: int) -> HeardRows:
+        """The rows ``rows`` of ``heard``, each padded to ``width``."""
+        counts = heard.counts[rows]
+        first = np.cumsum(counts) - counts
+        r_i = np.repeat(np.arange(len(rows)), counts)
+        pos = np.arange(len(r_i)) - np.repeat(first, counts)
+        entry = np.repeat(heard.start[rows], counts) + pos
+        cols = np.zeros((width, len(rows)), np.intp)
+        weight = np.zeros((width, len(rows)))
+        values = np.zeros((width, len(rows)))
+        cols[pos, r_i] = heard.col[entry]
         weight[pos, r_i] = 1.0
-        values[pos, r_i] = rssi[r_i, c_i]
+        values[pos, r_i] = heard.rssi[entry]
         return cls(values, weight, cols)
+
+
+@dataclass(frozen=True)
+class Heard:
+    """The heard cells of a (rows, gateways) RSSI matrix, row by row with ascending
+    gateways (the order of ``np.nonzero``): what the engine's windows produce directly,
+    so the ML estimator never needs the mostly-NaN dense matrix."""
+
+    n_rows: int
+    n_gateways: int
+    row: NDArray[np.intp]  # (cells,) row of each heard cell, ascending
+    col: NDArray[np.intp]  # (cells,) its gateway
+    rssi: FloatArray  # (cells,) its mean RSSI
+
+    @classmethod
+    def from_matrix(cls, rssi: FloatArray) -> Heard:
+        r_i, c_i = np.nonzero(~np.isnan(rssi))
+        return cls(rssi.shape[0], rssi.shape[1], r_i, c_i, rssi[r_i, c_i])
+
+    @cached_property
+    def counts(self) -> NDArray[np.intp]:
+        """Gateways heard by each row."""
+        return np.bincount(self.row, minlength=self.n_rows)
+
+    @cached_property
+    def start(self) -> NDArray[np.intp]:
+        """Index of each row's first cell."""
+        return np.cumsum(self.counts) - self.counts
+
+    def matrix(self) -> FloatArray:
+        """The dense matrix, NaN where a gateway did not hear the row."""
+        out = np.full((self.n_rows, self.n_gateways), np.nan)
+        out[self.row, self.col] = self.rssi
+        return out
 
 
 def _dot(a: AnyArray, b: AnyArray | None = None) -> AnyArray:
@@ -226,11 +267,31 @@ def _wls_widths(n_gateways: int) -> NDArray[np.intp]:
     return np.asarray(sorted({w for w in WLS_WIDTHS if w < n_gateways} | {n_gateways}), np.intp)
 
 
+@dataclass(frozen=True)
+class _Float32Rows:
+    """One chunk's compact rows in float32, as (width, rows) for the numpy costs and
+    row-major for the compiled loop (which reads a row's gateways together); made once
+    and shared by every start."""
+
+    r: AnyArray
+    w: AnyArray
+    p0: AnyArray
+    gws: tuple[AnyArray, AnyArray, AnyArray, NDArray[np.intp]]
+    major: tuple[AnyArray, ...]  # r, w, gx, gy, dz2, cols, row-major
+
+    @classmethod
+    def of(cls, r: FloatArray, w: FloatArray, p0: FloatArray,
+           gws: tuple[FloatArray, FloatArray, FloatArray, NDArray[np.intp]]) -> _Float32Rows:
+        f32 = np.float32
+        gx, gy, dz2, cols = gws
+        r32, w32 = r.astype(f32), w.astype(f32)
+        g32 = (gx.astype(f32), gy.astype(f32), dz2.astype(f32), cols)
+        major = tuple(np.ascontiguousarray(a.T) for a in (r32, w32, *g32))
+        return cls(r32, w32, p0.astype(f32), g32, major)
+
+
 def _newton_chunk(
-    r: FloatArray,
-    w: FloatArray,
-    p0: FloatArray,
-    gws: tuple[FloatArray, FloatArray, FloatArray, NDArray[np.intp]],
+    rows: _Float32Rows,
     x: FloatArray,
     y: FloatArray,
     exponent: float,
@@ -247,32 +308,22 @@ def _newton_chunk(
     working set once they move less than 1 mm, so the few slow rows near the floor's
     edge do not keep the whole chunk iterating. The cost of the end point is returned
     so callers can compare starts (and fall back to the start if a row got worse).
-    ``gws`` holds each row's gateways: x, y, (z - tag z)^2 and index, shape (width, rows).
     """
     f32 = np.float32
     five_n = f32(5.0 * exponent)
     k_slope = f32(10.0 * exponent / LN10)
-    gx, gy, dz2, cols = gws
-    r32: AnyArray = r.astype(f32)
-    w32: AnyArray = w.astype(f32)
-    p32: AnyArray = p0.astype(f32)
-    g32 = (gx.astype(f32), gy.astype(f32), dz2.astype(f32), cols)
     if wall is not None:
         loss, g = wall.loss, wall.grid
         grid = np.array([g.x0, g.y0, g.cell_m, g.nx, g.ny], dtype=float)
     else:
         loss, grid = np.zeros((0, 0), f32), np.zeros(5)
-
-    def rows_major(a: AnyArray) -> AnyArray:  # the compiled loop reads a row's gateways together
-        return np.ascontiguousarray(a.T)
-
+    r_m, w_m, gx_m, gy_m, dz2_m, cols_m = rows.major
     x32, y32 = newton_rows(
-        rows_major(r32), rows_major(w32), p32, rows_major(g32[0]), rows_major(g32[1]),
-        rows_major(g32[2]), rows_major(cols), loss, grid, x.astype(f32), y.astype(f32), five_n,
+        r_m, w_m, rows.p0, gx_m, gy_m, dz2_m, cols_m, loss, grid, x.astype(f32), y.astype(f32), five_n,
         k_slope, np.asarray(bounds, dtype=float), iterations, f32(MAX_STEP_M), f32(NEWTON_RADIUS_M),
     )
     xo, yo = x32.astype(float), y32.astype(float)
-    return xo, yo, _wls_cost(r32, w32, p32, g32, xo, yo, exponent, wall)
+    return xo, yo, _wls_cost(rows.r, rows.w, rows.p0, rows.gws, xo, yo, exponent, wall)
 
 
 def _wls_cost(
@@ -370,9 +421,10 @@ def _wls_rows(
     # The start itself is a candidate: a row whose iterations made it worse keeps it.
     bx, by = xy0[:, 0].copy(), xy0[:, 1].copy()
     best = _wls_cost(r, w, p0, gws, bx, by, exponent, obstacle_map)
+    rows32 = _Float32Rows.of(r, w, p0, gws)
     for start in starts:
         sx, sy, c = _newton_chunk(
-            r, w, p0, gws, start[:, 0].copy(), start[:, 1].copy(), exponent, bounds, iterations, obstacle_map
+            rows32, start[:, 0].copy(), start[:, 1].copy(), exponent, bounds, iterations, obstacle_map
         )
         take = c < best
         bx, by, best = np.where(take, sx, bx), np.where(take, sy, by), np.where(take, c, best)
@@ -416,9 +468,29 @@ def wls_localize(
     Every row's answer depends on that row alone (see :func:`_dot`), so any split of the
     rows, into chunks here or into device partitions (engine.parallel), gives the same bytes.
     """
-    rssi = np.asarray(rssi, dtype=float)
-    rows, n_gw = rssi.shape
-    n_rows_heard = (~np.isnan(rssi)).sum(axis=1).astype(np.int32)
+    return wls_localize_heard(
+        Heard.from_matrix(np.asarray(rssi, dtype=float)), gw_xyz, tx_power_1m_dbm, exponent, sigma_db,
+        tag_z, bounds, min_gateways, iterations, obstacle_map,
+    )
+
+
+def wls_localize_heard(
+    heard: Heard,
+    gw_xyz: FloatArray,
+    tx_power_1m_dbm: FloatArray,
+    exponent: float,
+    sigma_db: float,
+    tag_z: float,
+    bounds: tuple[float, float, float, float],
+    min_gateways: int = 3,
+    iterations: int = 20,
+    obstacle_map: ObstacleMap | None = None,
+) -> Estimates:
+    """:func:`wls_localize` of the rows given by their heard cells."""
+    rows, n_gw = heard.n_rows, heard.n_gateways
+    counts = heard.counts
+    row_start = heard.start
+    n_rows_heard = counts.astype(np.int32)
     p0_all = np.broadcast_to(np.asarray(tx_power_1m_dbm, dtype=float), (rows,))
     minx, miny, maxx, maxy = bounds
     k_slope = 10.0 * exponent / LN10
@@ -430,7 +502,7 @@ def wls_localize(
     solve = n_rows_heard >= 2
     one = n_rows_heard == 1
     if one.any():
-        xy0[one] = gw_xyz[np.argmax(~np.isnan(rssi[one]), axis=1), :2]
+        xy0[one] = gw_xyz[heard.col[row_start[one]], :2]
     order = np.flatnonzero(solve)
     order = order[np.argsort(width_of[order], kind="stable")]
     jobs: list[tuple[NDArray[np.intp], int]] = []
@@ -441,7 +513,7 @@ def wls_localize(
 
     def run(job: tuple[NDArray[np.intp], int]) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
         idx, width = job
-        compact = HeardRows.from_matrix(rssi[idx], width)
+        compact = HeardRows.from_heard(heard, idx, width)
         return _wls_rows(compact, p0_all[idx], gw_xyz, exponent, tag_z, bounds, iterations, obstacle_map)
 
     for (idx, _), (bx, by, fi, c0) in zip(jobs, map(run, jobs), strict=True):

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
 import numpy as np
 from numpy.typing import NDArray
 
+from engine._heard import heard_cells
 from engine.contract import SIGHTING_DTYPE, UNKNOWN, GatewayInfo, Sightings, compress_rows, concat_rows, take_rows
 from engine.ingest import IngestCounters, drop_redeliveries, merge_channels_by_time, validate
 from engine.localize import (
     CHI2_2DOF_90,
     Estimates,
+    Heard,
     ObstacleMap,
     RadioMap,
     centroid_localize,
@@ -33,7 +35,7 @@ from engine.localize import (
     knn_r90,
     radio_map_localize,
     strongest_gateway,
-    wls_localize,
+    wls_localize_heard,
 )
 from engine.track import (
     FixedLagGridSmoother,
@@ -470,26 +472,29 @@ class Engine:
         n_dev = int(dev.max()) + 1
         row_key = (win - k_first) * n_dev + dev
         uniq_rows, row_idx = _rank(row_key, (k_last - k_first + 1) * n_dev)
-        cell = row_idx * n_gw + gw
-        sums = np.bincount(cell, weights=rows["rssi"][src], minlength=len(uniq_rows) * n_gw)
-        counts = np.bincount(cell, minlength=len(uniq_rows) * n_gw)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            matrix = (sums / counts).reshape(len(uniq_rows), n_gw)
+        # Mean RSSI of each heard (row, gateway) cell (engine._heard, the bits of a dense
+        # bincount); the dense matrix is made only for the estimators and trackers that
+        # read it, not for the ML estimator, which works on the ~4 heard gateways of a
+        # row out of the site's dozens.
+        heard = Heard(len(uniq_rows), n_gw, *heard_cells(
+            row_idx.astype(np.intp), gw, rows["rssi"][src].astype(np.float64), len(uniq_rows)))
         # Newest battery and motion flag per row (rows are time-sorted, last write wins).
         battery = np.full(len(uniq_rows), UNKNOWN, np.int8)
         motion = np.full(len(uniq_rows), UNKNOWN, np.int8)
-        has_b = rows["battery"][src] != UNKNOWN
-        battery[row_idx[has_b]] = rows["battery"][src][has_b]
-        has_m = rows["motion"][src] != UNKNOWN
-        motion[row_idx[has_m]] = rows["motion"][src][has_m]
+        b_src, m_src = rows["battery"][src], rows["motion"][src]
+        has_b, has_m = b_src != UNKNOWN, m_src != UNKNOWN
+        battery[row_idx[has_b]] = b_src[has_b]
+        motion[row_idx[has_m]] = m_src[has_m]
 
         row_dev = (uniq_rows % n_dev).astype(np.int32)
         row_win = uniq_rows // n_dev
         row_t = (row_win + k_first) * cfg.step_s
         if cfg.gateway_offset_db is not None:
-            matrix -= cfg.gateway_offset_db[None, :]
+            heard = replace(heard, rssi=heard.rssi - cfg.gateway_offset_db[heard.col])
+        dense = cfg.localizer != "wls" or self.tracker is not None
+        matrix = heard.matrix() if dense else np.zeros((0, n_gw))
         tx = self._tx_power(row_dev)
-        est = self._localize(matrix, tx)
+        est = self._localize(matrix, tx, heard)
         zone = (
             cfg.zones.assign(est.x, est.y)
             if self.hysteresis is None
@@ -541,8 +546,9 @@ class Engine:
         tx[known] = self.tx_power[device[known]]
         return tx
 
-    def _localize(self, matrix: FloatArray, tx: FloatArray) -> Estimates:
-        """Single-shot fixes with the configured estimator."""
+    def _localize(self, matrix: FloatArray, tx: FloatArray, heard: Heard) -> Estimates:
+        """Single-shot fixes with the configured estimator (``matrix`` is ``heard`` dense,
+        or empty for the ML estimator, which reads ``heard``)."""
         cfg = self.config
         gw = cfg.gateways.xyz
         if cfg.localizer == "strongest":
@@ -558,8 +564,8 @@ class Engine:
             shifted = matrix + (rm.tx_ref_dbm - tx)[:, None]
             ref, floor = self._fingerprints()
             return knn_localize(shifted, rm.free_xy, ref, KNN_K, floor, self._knn_r90)
-        return wls_localize(
-            matrix,
+        return wls_localize_heard(
+            heard,
             gw,
             tx,
             cfg.path_loss_exponent,

@@ -1,5 +1,6 @@
 """The engine's fast paths against plain references: tie sorts, hashed dedup and merge,
-cached window events, column-wise position JSON and id codes (same bytes, same order)."""
+cached window events, column-wise position JSON, id codes and the windows' heard cells
+(same bytes, same order)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine._heard import heard_cells
 from engine._order import INSERTION_RUN, lexsort_by_time
 from engine.contract import UNKNOWN, GatewayInfo, IdTable, sightings_from_columns
 from engine.eventtime import REVISED_FIX_DTYPE, RevisingWindows
 from engine.ingest import IngestCounters, drop_redeliveries, merge_channels_by_time
-from engine.localize import METHOD_NAMES
+from engine.localize import METHOD_NAMES, Heard
 from engine.pipeline import Engine, EngineConfig
 from live_bridge.server import positions_payload
 from siteplan.zones import NO_ZONE, ZoneIndex
@@ -152,3 +154,24 @@ def test_id_codes_register_new_ids_in_sorted_order() -> None:
     assert table.codes(np.array(["d", "b", "a", "d"])).tolist() == [2, 0, 1, 2]
     assert table.codes(["zz", "a"], register=False).tolist() == [UNKNOWN, 1]
     assert table.ids == ["b", "a", "d"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 4), st.floats(-100, -40)), max_size=200),
+       st.integers(0, 3))
+def test_heard_cells_are_the_dense_bincount_means(readings, extra_rows) -> None:
+    """Means by (row, gateway) equal a dense bincount's sums over counts, bit for bit, in
+    np.nonzero order; rows nobody heard have no cells."""
+    a = np.array(readings, dtype=float).reshape(-1, 3)
+    row, gw, rssi = a[:, 0].astype(np.intp), a[:, 1].astype(np.int64), a[:, 2]
+    n_rows, n_gw = int(row.max(initial=-1)) + 1 + extra_rows, 5
+    cell = row * n_gw + gw
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dense = (np.bincount(cell, weights=rssi, minlength=n_rows * n_gw)
+                 / np.bincount(cell, minlength=n_rows * n_gw)).reshape(n_rows, n_gw)
+    r_i, c_i, mean = heard_cells(row, gw, rssi, n_rows)
+    want_r, want_c = np.nonzero(~np.isnan(dense))
+    assert np.array_equal(r_i, want_r) and np.array_equal(c_i, want_c)
+    assert mean.tobytes() == dense[want_r, want_c].tobytes()
+    assert np.array_equal(Heard(n_rows, n_gw, r_i, c_i, mean).matrix(), dense, equal_nan=True)
+
