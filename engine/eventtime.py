@@ -81,6 +81,17 @@ class GatewayWatermarks:
         """Every gateway silent for ``idle_s``: nothing more is coming for now."""
         return bool(self.event) and all(now - h > self.idle_s for h in self.heard.values())
 
+    def idle_clock(self, now: float) -> float:
+        """The site's event time now, while every gateway is idle (-inf otherwise): the newest
+        sighting's time plus the receive time since the newest batch, i.e. the site's clock
+        taken to run on at the receive clock's rate through a total silence. Relative to
+        the stream's own times, so a gateway clock offset or a replay of old event times
+        does not move it by the offset. The rules' clock follows it (live_bridge.worker),
+        so silence alarms fire during a site-wide outage; the site watermark does not."""
+        if not self.all_idle(now):
+            return -np.inf
+        return max(self.event.values()) + (now - max(self.heard.values()))
+
     def site_watermark(self, now: float) -> float:
         """Minimum over gateways heard within ``idle_s`` of ``now``; the maximum if all are
         idle (then nothing more is coming, close what there is). Never decreases."""

@@ -168,9 +168,11 @@ CoreFactory = Callable[[dict[str, bytes], "WorkerSettings"], "WorkerCore"]
 
 
 def reference_outputs(make_core: CoreFactory, keys: dict[str, bytes], adverts: dict[str, list[Advert]],
-                      site: str) -> tuple[dict[tuple[str, float], tuple[object, ...]], dict[str, object]]:
+                      site: str) -> tuple[dict[tuple[str, float], tuple[object, ...]], dict[str, object], float]:
     """The fault-free answer: every advert through one WorkerCore in one pass, no IO; its
-    positions and rule events (latest revisions)."""
+    positions, rule events (latest revisions) and the end of the last window it closed
+    (rule steps after it are the live worker's idle clock once the traffic stops: see
+    :func:`latest_events`' ``through``)."""
     from live_bridge.backbone import raw_subject
     from live_bridge.worker import WorkerSettings
 
@@ -184,17 +186,24 @@ def reference_outputs(make_core: CoreFactory, keys: dict[str, bytes], adverts: d
             core.handle(raw_subject(site, gw), body, seq, part[-1].t)
     out = core.tick(time.time(), final=True)
     positions = latest_positions(p for subject, p in out if subject.endswith(".positions"))[0]
-    return positions, latest_events(p for subject, p in out if subject.endswith(".events"))[0]
+    closed = core.windows.closed_through
+    closed_t = -np.inf if closed is None else closed * core.config.step_s
+    return positions, latest_events(p for subject, p in out if subject.endswith(".events"))[0], closed_t
 
 
-def latest_events(payloads: Iterable[bytes]) -> tuple[dict[str, object], int]:
+def latest_events(payloads: Iterable[bytes], through: float = np.inf) -> tuple[dict[str, object], int]:
     """Event key -> the event of its highest revision, retracted ones dropped (what a consumer
     that keeps the latest revision holds), and how many records revised or retracted one.
-    Equal revisions: the later record wins (the stream's order)."""
+    Equal revisions: the later record wins (the stream's order). Records of rule steps
+    after ``through`` are left out: when a run's traffic ends the site falls silent, and the
+    live worker's rules go on deciding on the receive clock (missing_tag, gateway_silent)
+    what a one-pass reference, which stops at its last window, never decides."""
     best: dict[str, dict[str, object]] = {}
     revised = 0
     for payload in payloads:
         for e in json.loads(payload)["events"]:
+            if float(e["window"]) > through + 1e-6:
+                continue
             key = e["key"]
             if key in best:
                 revised += 1
@@ -440,9 +449,10 @@ class Harness:
             result.stored = await self._stored(js)
             live, result.revised_positions = latest_positions(await self._read(js, out_stream(self.site),
                                                                                out_subject(self.site, "positions")))
+            want_positions, want_events, closed_t = reference_outputs(self.make_core, self.keys, adverts, self.site)
             events, result.revised_events = latest_events(await self._read(js, out_stream(self.site),
-                                                                            out_subject(self.site, "events")))
-            want_positions, want_events = reference_outputs(self.make_core, self.keys, adverts, self.site)
+                                                                            out_subject(self.site, "events")),
+                                                          through=closed_t)
             result.positions = len(live)
             result.positions_match = live == want_positions
             result.events = len(events)

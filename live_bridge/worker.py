@@ -110,6 +110,10 @@ class WorkerSettings:
     max_lateness_s: float | None = None  # dead-letter rows later than this behind their receive time
     deep_settle_s: float = 1.0  # late data beyond the horizon is recomputed once it pauses this long ...
     deep_max_wait_s: float = 10.0  # ... or this long after the first of it, whichever first
+    # During a total silence (every gateway idle) the rules' clock runs on the receive
+    # clock, at most this far past the newest sighting (None: half the horizon, so the
+    # spool replay of the silent period can still be placed and revise what it decided).
+    idle_rules_reach_s: float | None = None
     adapters: tuple[str, ...] = ()  # third-party formats taken from the MQTT listener: theengs, espresense
     theengs_base: str = "home"  # Theengs Gateway's base topic: <base>/<gateway>/BTtoMQTT/<MAC>
     espresense_root: str = "espresense"  # ESPresense's root topic: <root>/devices/<id>/<room>
@@ -449,7 +453,17 @@ class WorkerCore:
         if (final or self.marks.all_idle(now)) and self.marks.event:
             # Nothing more is coming: close every window holding a sighting (a late one revises).
             cfg = self.config
-            mark = max(mark, max(self.marks.event.values()) + cfg.window_s + cfg.allowed_lateness_s + cfg.step_s)
+            newest = max(self.marks.event.values())
+            mark = max(mark, newest + cfg.window_s + cfg.allowed_lateness_s + cfg.step_s)
+            if not final and self.windows.runs_rules:
+                # The whole site is silent (power cut, network down): the rules' clock runs
+                # on the receive clock, window + allowed lateness behind it, so gateway_silent
+                # and missing_tag fire during the outage. Empty windows close; the spool
+                # replay dirties them and the timeline re-runs them from the state before,
+                # retracting what the data contradicts. The site watermark stays put.
+                s = self.settings
+                reach = s.horizon_s / 2 if s.idle_rules_reach_s is None else s.idle_rules_reach_s
+                mark = max(mark, min(self.marks.idle_clock(now), newest + reach) - cfg.window_s)
         if self.publish_filter is None:
             fixes = self.windows.advance(mark, revision=self.stream_seq)
         else:  # ownership is decided on the rows of the windows just computed, before they are let go

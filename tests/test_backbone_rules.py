@@ -254,3 +254,96 @@ def test_a_checkpoint_state_loads_arrays_and_rule_state_only():
     assert "tracker" in state[0] and state[1] is not None
     with pytest.raises(pickle.UnpicklingError, match="not allowed"):
         load_state_pickle(pickle.dumps(os.system))
+
+
+# -- a silent site: every gateway down ------------------------------------------------------
+
+OUTAGE = (66.0, 88.0)  # every gateway's batches of this span held in its spool; > silent_s, after warmup
+
+
+def silent_site(cut: tuple[float, float] | None) -> list[tuple[float, list[Message]]]:
+    """Per receive tick of a 90 s demo run, its time and the messages stored then: during
+    ``cut`` none (the spools hold them), then all of them at once with the next tick."""
+    _, _, _, windows = demo(90.0)
+    out: list[tuple[float, list[Message]]] = []
+    held: list[Message] = []
+    for end, batches in windows:
+        msgs = [(raw_subject(SITE, gateway(t)), body, end) for t, body in batches]
+        if cut is not None and cut[0] < end - T0 <= cut[1]:
+            held += msgs
+            msgs = []
+        elif held:
+            msgs, held = [(s, b, end) for s, b, _ in held] + msgs, []
+        out.append((end, msgs))
+    return out
+
+
+def run_clocked(core: WorkerCore, ticks: list[tuple[float, list[Message]]],
+                first_seq: int = 1) -> list[list[tuple[str, bytes]]]:
+    """Handle each tick's messages and tick at its receive time, messages or not (the
+    worker's loop ticks on the wall clock while nothing arrives); the outputs per tick."""
+    per_tick = []
+    seq = first_seq
+    for now, msgs in ticks:
+        out = []
+        for subject, body, received in msgs:
+            out += core.handle(subject, body, seq, received)
+            seq += 1
+        per_tick.append(out + core.tick(now))
+    return per_tick
+
+
+def silent_core() -> WorkerCore:
+    sc, cfg, keys, _ = demo(90.0)
+    return site_worker_core(sc, cfg, keys, WorkerSettings(site=SITE, horizon_s=120.0))
+
+
+def test_a_silent_site_gets_its_alarms_during_the_outage_and_the_replay_retracts_them():
+    """Every gateway goes quiet for 22 s (longer than gateway_silent's 10 s): the rules'
+    clock runs on the receive clock, so gateway_silent is published during the silence.
+    The spools then replay the silent period: the timeline re-runs those windows from the
+    state before them, retracts the alarms the data contradicts, and the latest revision
+    of every event and position equals the fault-free run's."""
+    _, cfg, _, _ = demo(90.0)
+    ref_core = silent_core()
+    ref = [m for tick in run_clocked(ref_core, silent_site(None)) for m in tick]
+    ref += ref_core.tick(time.time(), final=True)
+    want_events, _ = events_of(ref)
+    assert not any(str(k).startswith("gateway_silent/") for k in want_events)  # the gateways were alive
+
+    core = silent_core()
+    per_tick = run_clocked(core, silent_site(OUTAGE))
+    during = [m for (now, _), out in zip(silent_site(OUTAGE), per_tick, strict=True)
+              if OUTAGE[0] < now - T0 <= OUTAGE[1] for m in out]
+    alarms = [e for s, p in during if s.endswith(".events") for e in json.loads(p)["events"]
+              if e["key"].startswith("gateway_silent/")]
+    assert {a["event"]["gateway"] for a in alarms} == set(cfg.gateways.ids)  # every gateway, during the outage
+    assert all(OUTAGE[0] < a["window"] - T0 <= OUTAGE[1] for a in alarms)
+    out = [m for tick in per_tick for m in tick] + core.tick(time.time(), final=True)
+    events, revisions = events_of(out)
+    retracted = {e["key"] for s, p in out if s.endswith(".events") for e in json.loads(p)["events"]
+                 if e.get("retracted")}
+    assert {a["key"] for a in alarms} <= retracted and revisions > 0
+    assert events == want_events
+    assert positions(out)[0] == positions(ref)[0]
+    # Deterministic: the same stream and the same tick times give the same bytes. The site
+    # watermark itself did not move on the idle clock (only the rules' windows did).
+    again, ticks = silent_core(), silent_site(OUTAGE)
+    ends = sum(now - T0 <= OUTAGE[1] for now, _ in ticks)
+    first = run_clocked(again, ticks[:ends])
+    assert again.marks.mark - T0 <= OUTAGE[0] + 1.0
+    assert again.windows.closed_through * cfg.step_s - T0 > OUTAGE[1] - 10.0
+    assert first + run_clocked(again, ticks[ends:], 1 + sum(len(m) for _, m in ticks[:ends])) == per_tick
+
+
+def test_the_idle_clock_runs_at_most_half_the_horizon_past_the_newest_sighting():
+    """A wall clock far from the stream's event times (a replay of old data, a test) moves
+    the rules at most ``idle_rules_reach_s`` (default: half the horizon) past the newest
+    sighting, so the silent period's replay can still be placed and revise it."""
+    core = silent_core()
+    run_clocked(core, silent_site(None)[:40])
+    newest = max(core.marks.event.values())
+    core.tick(newest + 30 * 86400.0)
+    assert core.windows.closed_through is not None
+    closed_t = core.windows.closed_through * core.config.step_s
+    assert newest + 50.0 <= closed_t <= newest + 60.0

@@ -140,6 +140,20 @@ def test_site_watermark_is_the_slowest_active_gateway_and_idle_ones_stop_holding
     assert again == wm
 
 
+def test_idle_clock_runs_on_the_receive_clock_only_while_every_gateway_is_idle():
+    """Event times 7 days behind the receive clock (a gateway clock offset, a replay of old
+    data): the idle clock counts from the newest sighting, not from the receive time."""
+    wm = GatewayWatermarks(idle_s=5, max_skew_s=30)
+    lag = 7 * 86400.0
+    wm.observe("a", T0 + 10, received=T0 + lag + 11)
+    wm.observe("b", T0 + 9, received=T0 + lag + 12)
+    assert wm.idle_clock(T0 + lag + 16) == -np.inf  # b spoke 4 s ago
+    assert wm.idle_clock(T0 + lag + 30) == T0 + 10 + 18  # the newest sighting, 18 s of silence on
+    assert wm.site_watermark(T0 + lag + 30) == T0 + 10  # the site watermark does not follow it
+    wm.observe("b", T0 + 29, received=T0 + lag + 31)
+    assert wm.idle_clock(T0 + lag + 31) == -np.inf
+
+
 def test_batch_dedup_repeats_epochs_and_seq_jumps():
     d = BatchDedup(remember=4)
     assert d.first_time("g", 1, 0)
