@@ -298,6 +298,14 @@ def silent_core() -> WorkerCore:
     return site_worker_core(sc, cfg, keys, WorkerSettings(site=SITE, horizon_s=120.0))
 
 
+@functools.cache
+def silent_reference() -> list[tuple[str, bytes]]:
+    """The fault-free 90 s run's outputs, ticked at the same receive times."""
+    core = silent_core()
+    out = [m for tick in run_clocked(core, silent_site(None)) for m in tick]
+    return out + core.tick(time.time(), final=True)
+
+
 def test_a_silent_site_gets_its_alarms_during_the_outage_and_the_replay_retracts_them():
     """Every gateway goes quiet for 22 s (longer than gateway_silent's 10 s): the rules'
     clock runs on the receive clock, so gateway_silent is published during the silence.
@@ -305,9 +313,7 @@ def test_a_silent_site_gets_its_alarms_during_the_outage_and_the_replay_retracts
     state before them, retracts the alarms the data contradicts, and the latest revision
     of every event and position equals the fault-free run's."""
     _, cfg, _, _ = demo(90.0)
-    ref_core = silent_core()
-    ref = [m for tick in run_clocked(ref_core, silent_site(None)) for m in tick]
-    ref += ref_core.tick(time.time(), final=True)
+    ref = silent_reference()
     want_events, _ = events_of(ref)
     assert not any(str(k).startswith("gateway_silent/") for k in want_events)  # the gateways were alive
 
@@ -347,3 +353,28 @@ def test_the_idle_clock_runs_at_most_half_the_horizon_past_the_newest_sighting()
     assert core.windows.closed_through is not None
     closed_t = core.windows.closed_through * core.config.step_s
     assert newest + 50.0 <= closed_t <= newest + 60.0
+
+
+def test_a_worker_restarted_during_a_silent_site_retracts_the_alarms_it_inherited():
+    """The worker checkpoints mid-outage (after the alarms went out), a new worker restores
+    it, reads its rows back from the raw log and goes on: the replay retracts the
+    inherited alarms and the latest revision is the fault-free run's."""
+    ref = silent_reference()
+    ticks = silent_site(OUTAGE)
+    at = sum(now - T0 <= OUTAGE[1] - 1.0 for now, _ in ticks)
+    first = silent_core()
+    consumer = [m for tick in run_clocked(first, ticks[:at]) for m in tick]
+    assert any(p for s, p in consumer if s.endswith(".events") and b"gateway_silent/" in p)
+    blob = first.checkpoint()
+    second = silent_core()
+    second.restore(blob)
+    rb = second.begin_history()
+    assert rb is not None
+    stored = [m for _, msgs in ticks[:at] for m in msgs]
+    for i, (subject, body, received) in enumerate(stored[second.history_from - 1: rb.through_seq]):
+        second.read_back(rb, subject, body, second.history_from + i, received)
+    second.end_read_back(rb, ticks[at - 1][0])
+    consumer += [m for tick in run_clocked(second, ticks[at:], 1 + len(stored)) for m in tick]
+    consumer += second.tick(time.time(), final=True)
+    assert events_of(consumer)[0] == events_of(ref)[0]
+    assert positions(consumer)[0] == positions(ref)[0]
