@@ -206,8 +206,12 @@ def test_roi_panel_shows_payback_npv_cases_and_sensitivity():
     assert set(metrics) == {"payback", "NPV (EUR)", "capex (EUR)", "net / month (EUR)", "TCO (EUR)"}
     assert metrics["capex (EUR)"] == f"{200 * 12 + 10 * 270 + 5000:,}"
     assert any(c.value.startswith("95 % CI ") and c.value.endswith("over 2 seeds") for c in at.caption)
-    cases = at.dataframe[0].value
+    cases = next(d.value for d in at.dataframe if "case" in d.value.columns)
     assert list(cases["case"]) == ["worst", "base", "best"]
+    # NPV at the low end, the point and the high end of the measured rates' intervals.
+    npv_at = next(d.value for d in at.dataframe if "at" in d.value.columns)
+    low, point, high = (eur(v) for v in npv_at["NPV"])
+    assert low <= point <= high and low < high
     capex = [eur(v) for v in cases["capex"]]
     assert capex == sorted(capex, reverse=True)  # worst costs x1.2, best x0.9
     assert metrics["capex (EUR)"] == f"{capex[1]:,.0f}"
@@ -223,11 +227,11 @@ def test_roi_panel_shows_payback_npv_cases_and_sensitivity():
     before = reps.runs_submitted
     npv = eur(cases.loc[1, "NPV"])
     at.number_input(key="roi_horizon_months_0").set_value(60).run()
-    assert eur(at.dataframe[0].value.loc[1, "NPV"]) > npv
+    assert eur(next(d.value for d in at.dataframe if "case" in d.value.columns).loc[1, "NPV"]) > npv
     assert reps.runs_submitted == before
     # Another currency labels every money figure; the report exports as one HTML file.
     at.sidebar.selectbox(key="currency").set_value("CHF").run()
-    assert at.dataframe[0].value.loc[1, "capex"].startswith("CHF ")
+    assert next(d.value for d in at.dataframe if "case" in d.value.columns).loc[1, "capex"].startswith("CHF ")
     assert any(m.label == "NPV (CHF)" for m in at.metric)
 
 

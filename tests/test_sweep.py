@@ -406,6 +406,7 @@ def test_a_run_batch_returns_each_job_or_its_exception_and_a_cancel_leaves_no_wo
     batch.close()
     assert [got[i] for i in (0, 1, 3)] == [1, 4, 16] and isinstance(got[2], ValueError)
     assert batch.done == 4
+    others = set(mp.active_children())  # other tests' pools (the planner keeps one) are not ours
     slow = RunBatch(list(range(50)), _square_or_fail, executor, workers=2)  # type: ignore[arg-type]
     slow.cancel()
-    assert slow.finished and slow.poll() == [] and mp.active_children() == []
+    assert slow.finished and slow.poll() == [] and set(mp.active_children()) <= others
