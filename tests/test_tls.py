@@ -422,7 +422,7 @@ def test_nats_mqtt_listener_over_tls_what_a_refused_publish_does(tmp_path: Path)
         theengs_forged = client.publish("home/gw-b/BTtoMQTT/A4C138000001", b"{}", qos=1)
         espresense = client.publish("espresense/devices/tag1/gw-a", b"{}", qos=1)
         espresense_forged = client.publish("espresense/devices/tag1/gw-b", b"{}", qos=1)
-        after = client.publish("tagtwin/v1/demo/raw/gw-a", b"after", qos=1)  # in order: forged would be before it
+        after = client.publish("tagtwin/v1/demo/raw/gw-a", b"after", qos=1)  # forged ones would arrive by then
         deadline = time.monotonic() + 30
         while (len(acks) < 7 or len(received) < 4) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -432,8 +432,9 @@ def test_nats_mqtt_listener_over_tls_what_a_refused_publish_does(tmp_path: Path)
         watcher.join(30)
     sent = {own, forged, theengs, theengs_forged, espresense, espresense_forged, after}
     assert {info.mid for info in sent} <= set(acks)  # all PUBACKed: MQTT 3.1.1 cannot refuse
-    assert received == ["tagtwin.v1.demo.raw.gw-a", "home.gw-a.BTtoMQTT.A4C138000001",
-                        "espresense.devices.tag1.gw-a", "tagtwin.v1.demo.raw.gw-a"]  # only its own subjects
+    # Only its own subjects were delivered (the listener keeps no order across subjects).
+    assert sorted(received) == sorted(["tagtwin.v1.demo.raw.gw-a", "home.gw-a.BTtoMQTT.A4C138000001",
+                                       "espresense.devices.tag1.gw-a", "tagtwin.v1.demo.raw.gw-a"])
 
 
 def test_planner_live_view_reads_over_tls_as_the_dashboard(site, monkeypatch) -> None:  # type: ignore[no-untyped-def]
