@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.eventtime import REVISED_FIX_DTYPE, RevisingWindows
+from engine.eventtime import MERGE_MARGIN_S, REVISED_FIX_DTYPE, RevisingWindows
 from engine.ingest import IngestCounters, drop_redeliveries
 from engine.pipeline import FIX_DTYPE, WINDOWS_PER_CHUNK
 from engine.rules.events import ListSink
@@ -76,8 +76,18 @@ class RevisedTimeline(RevisingWindows):
 
     STATEFUL = True
 
-    def __init__(self, engine: Engine, horizon_s: float = 300.0, feeder: RuleFeeder | None = None) -> None:
+    def __init__(self, engine: Engine, horizon_s: float = 300.0, feeder: RuleFeeder | None = None,
+                 state_horizon_s: float | None = None) -> None:
+        """``state_horizon_s``: how far back (event time behind the last closed window) saved
+        states are kept, thinned, beyond the rows of ``horizon_s``: late data that far back
+        is recomputed from rows read back from the raw log (:meth:`splice`). None: the
+        rows horizon."""
         super().__init__(engine, horizon_s)
+        self.state_horizon_s = max(horizon_s, horizon_s if state_horizon_s is None else state_horizon_s)
+        # True while the chain reaches back to the first computed window (no state dropped
+        # yet): a rerun from before every saved state starts from the initial state.
+        self.chain_complete = True
+        self.rows_state: int | None = None  # the saved state a rerun from the rows held starts at
         self.stateful = engine.stateful  # (a cell worker wraps the engine later: ask now)
         self.feeder = feeder
         self._sink = ListSink()  # the events of the step being run
@@ -133,9 +143,11 @@ class RevisedTimeline(RevisingWindows):
         if before:
             k_from = max(before) + 1
             tracking, rules = self.states[k_from - 1]
+        elif self.chain_complete or not self.states:
+            tracking, rules = self._initial
         else:
-            tracking, rules = self._initial if not self.states else self.states[min(self.states)]
-            k_from = k_from if not self.states else min(self.states) + 1
+            tracking, rules = self.states[min(self.states)]
+            k_from = min(self.states) + 1
         self.engine.set_tracking_state(tracking)
         if self.feeder is not None and rules is not None:
             self.feeder.restore(rules)
@@ -230,9 +242,16 @@ class RevisedTimeline(RevisingWindows):
         # The first window whose rows are all still held: revisions start there at the earliest.
         first = int(np.ceil((self.horizon_start() + self.window) / self.step - 1e-9))
         older = [k for k in self.states if k < first]
-        keep_from = max(older) if older else None
+        self.rows_state = max(older) if older else None  # what a rerun from the rows held starts at
+        # Beyond the rows, states back to the state horizon: a deep pass reads the rows back
+        # from the raw log and reruns from one of them.
+        reach = int(np.ceil((self.state_horizon_s - self.horizon_s) / self.step))
+        first_state = first - max(reach, 0)
+        oldest = [k for k in self.states if k < first_state]
+        keep_from = max(oldest) if oldest else None
         for k in [k for k in self.states if keep_from is not None and k < keep_from]:
             del self.states[k]
+            self.chain_complete = False
         # Older copies thinned to one per STATE_EVERY windows: late data a few windows back
         # is the common case; further back, recomputing a few more windows costs less memory.
         recent = (self.closed_through or 0) - STATE_EVERY
@@ -242,10 +261,39 @@ class RevisedTimeline(RevisingWindows):
                 newest_of[k // STATE_EVERY] = max(newest_of.get(k // STATE_EVERY, k), k)
         for k in [k for k in self.states if k < recent and k != keep_from and newest_of[k // STATE_EVERY] != k]:
             del self.states[k]
-        for k in [k for k in self.digests if k < first]:
-            del self.digests[k]
-        for key in [key for key, (k, _) in self.published.items() if k < first]:
-            del self.published[key]
+        # What was handed out, as far back as a rerun can start (to diff and retract against).
+        since = min(self.states) if self.states and not self.chain_complete else None
+        if since is not None:
+            for k in [k for k in self.digests if k <= since]:
+                del self.digests[k]
+            for key in [key for key, (k, _) in self.published.items() if k <= since]:
+                del self.published[key]
+
+    # -- late data beyond the rows horizon ------------------------------------------------
+
+    def restart_window(self, k: int) -> int | None:
+        """The first window a rerun for late data in window ``k`` computes (from the saved
+        state before it), or None when no saved state reaches back that far."""
+        before = [j for j in self.states if j < k]
+        if before:
+            return max(before) + 1
+        return k if self.chain_complete else None
+
+    def state_floor(self) -> float:
+        """Event time from which late rows can still be recomputed (a saved state precedes
+        their windows, and their merge-margin neighbours are read back from after it)."""
+        if self.chain_complete or not self.states:
+            return -np.inf
+        return min(self.states) * self.step + MERGE_MARGIN_S
+
+    def splice(self, rows: Sightings, first_dirty: int) -> None:
+        """Rows older than those held, read back from the raw log (every accepted row from
+        the restart window's span up to :meth:`prune_start`): held until the next advance,
+        which reruns from the state before ``first_dirty`` through the latest window and
+        lets them go again."""
+        if len(rows):
+            self._new.append(rows)
+        self.dirty.add(first_dirty)
 
     # -- checkpoint ---------------------------------------------------------------------
 
@@ -254,13 +302,21 @@ class RevisedTimeline(RevisingWindows):
         revision against) and the state before the oldest revisable window (pickled, read
         back only by :func:`load_state_pickle`)."""
         oldest = min(self.states) if self.states else None
+        # The oldest state (deep passes rerun from it) and the one the rows held start from
+        # (a restore reruns from it); the states between are rebuilt by the next rerun.
+        rows_state = self.rows_state
+        kept = sorted({k for k in (oldest, rows_state) if k is not None and k in self.states})
         meta: dict[str, object] = {
-            "origin": self.origin, "rev": self._rev, "state_window": oldest,
+            "origin": self.origin, "rev": self._rev, "state_window": oldest, "state_windows": kept,
+            "rows_state": rows_state if rows_state in self.states else oldest,
+            "chain_complete": self.chain_complete,
             "digests": {str(k): v.hex() for k, v in self.digests.items()},
             "published": {key: [k, text] for key, (k, text) in self.published.items()},
         }
-        state = self.states[oldest] if oldest is not None else self._initial
-        return meta, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        if not kept:
+            return meta, pickle.dumps(self._initial, protocol=pickle.HIGHEST_PROTOCOL)
+        states = [self.states[k] for k in kept]
+        return meta, pickle.dumps(states, protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore_timeline(self, meta: dict[str, object], state_blob: bytes) -> None:
         """After :meth:`restore`: the next advance recomputes from the saved state on and
@@ -270,15 +326,23 @@ class RevisedTimeline(RevisingWindows):
         self._rev = int(meta.get("rev", 0))  # type: ignore[call-overload]
         self.digests = {int(k): bytes.fromhex(v) for k, v in dict(meta["digests"]).items()}  # type: ignore[call-overload]
         self.published = {key: (int(k), str(text)) for key, (k, text) in dict(meta["published"]).items()}  # type: ignore[call-overload]
-        oldest = meta.get("state_window")
+        self.chain_complete = bool(meta.get("chain_complete", False))
         state = load_state_pickle(state_blob)
+        if "state_windows" in meta:
+            kept = [int(k) for k in meta["state_windows"]]  # type: ignore[attr-defined]
+        else:  # written before the state horizon: one state, the oldest
+            old = meta.get("state_window")
+            kept, state = ([], state) if old is None else ([int(old)], [state])  # type: ignore[call-overload]
         self.states = {}
-        if oldest is None:
+        if not kept:
             self._initial = state  # type: ignore[assignment]
-        else:
-            self.states[int(oldest)] = state  # type: ignore[call-overload,assignment]
-            if self.closed_through is not None and self.closed_through > int(oldest):  # type: ignore[call-overload]
-                self.dirty.add(int(oldest) + 1)  # type: ignore[call-overload]
+            return
+        if not isinstance(state, list) or len(state) != len(kept):
+            raise ValueError("checkpoint timeline states do not match their windows")
+        self.states = dict(zip(kept, state, strict=True))  # type: ignore[arg-type]
+        rows_state = int(meta.get("rows_state", kept[-1]))  # type: ignore[call-overload]
+        if self.closed_through is not None and self.closed_through > rows_state:
+            self.dirty.add(rows_state + 1)
 
 
 def _digest(text: str) -> str:

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.contract import SIGHTING_DTYPE, UNKNOWN, IdTable, Sightings, sightings_from_columns
-from engine.eventtime import BatchDedup, GatewayWatermarks
+from engine.eventtime import MERGE_MARGIN_S, BatchDedup, GatewayWatermarks
 from engine.pipeline import Engine, EngineConfig
 from engine.rules.feeder import RuleFeeder
 from engine.timeline import EventRevision, RevisedTimeline
@@ -106,6 +106,9 @@ class WorkerSettings:
     max_skew_s: float = 30.0  # event time may lead the receive clock by this much
     idle_s: float = 5.0  # a gateway silent this long stops holding the watermark
     horizon_s: float = 120.0  # raw rows held in memory; later data is recomputed from the stream
+    # A tracked or ruled site keeps saved tracker/rules states (thinned) this far back: late
+    # data up to it is rerun from the stream; older rows are dead-lettered.
+    state_horizon_s: float = 1800.0
     raw_retention_s: float = 7 * 86400.0  # the raw stream's max age: older rows cannot be read back
     max_lateness_s: float | None = None  # dead-letter rows later than this behind their receive time
     deep_settle_s: float = 1.0  # late data beyond the horizon is recomputed once it pauses this long ...
@@ -191,7 +194,7 @@ class WorkerCore:
         self.revoked_tags: frozenset[str] = frozenset()
         self.engine = Engine(config)
         feeder = None if rules is None else RuleFeeder(rules, step_s=config.step_s)
-        self.windows = RevisedTimeline(self.engine, s.horizon_s, feeder)
+        self.windows = RevisedTimeline(self.engine, s.horizon_s, feeder, state_horizon_s=s.state_horizon_s)
         self.marks = GatewayWatermarks(s.idle_s, s.max_skew_s)
         self.dedup = BatchDedup()
         self.gateways = IdTable(list(config.gateways.ids))
@@ -358,7 +361,13 @@ class WorkerCore:
             self.marks.observe(d.gateway, float(rows["t"].max()), received)
         return out
 
-    def _beyond_reach(self, t: NDArray[np.float64], received: float) -> tuple[NDArray[np.bool_], str]:
+    @property
+    def reruns(self) -> bool:
+        """A tracked or ruled site: late data reruns the timeline from a saved state."""
+        return self.engine.stateful or self.windows.runs_rules
+
+    def _beyond_reach(self, t: NDArray[np.float64], received: float,
+                      first_read: bool = True) -> tuple[NDArray[np.bool_], str]:
         """Rows behind the in-memory horizon that cannot be recomputed: later than
         ``max_lateness_s`` behind their receive time (the site's choice), or so old that the
         raw stream may have dropped their windows' neighbours (a neighbour was received at
@@ -366,13 +375,21 @@ class WorkerCore:
         and has dropped nothing while its first batch is younger than that)."""
         s = self.settings
         old = t < self.windows.horizon_start()
-        if self.engine.stateful:
-            # A tracker's later windows were computed from the state this row would change,
-            # and that state is kept only inside the horizon: no deep pass for a tracked site.
-            return old, "older than revision horizon (tracked site)"
         late = old & (t < received - (np.inf if s.max_lateness_s is None else s.max_lateness_s))
         expired = self.first_received < received - s.raw_retention_s
         gone = old & expired & (t - self.marks.max_skew_s < received - s.raw_retention_s)
+        if self.reruns:
+            # A tracker's or the rules' later windows were computed from a state this row would
+            # change: it is rerun from a saved state before it, kept back to the state horizon.
+            # The limit depends on the row and its receive time only (a read-back drops the same
+            # rows), with a margin so that a saved state always precedes it (docs/reliability.md).
+            limit = received + self.marks.max_skew_s - max(s.state_horizon_s, s.horizon_s) + MERGE_MARGIN_S
+            beyond = old & (t < limit)
+            if first_read:
+                beyond |= old & (t < self.windows.state_floor())
+            if beyond.any() and not (late | gone).any():
+                return beyond, "older than state horizon"
+            late |= beyond
         return late | gone, "beyond max lateness" if late.any() else "older than raw retention"
 
     # -- reading the raw stream back ----------------------------------------------------
@@ -391,7 +408,16 @@ class WorkerCore:
         s = self.settings
         if not self.deep or not (now - self.deep_last >= s.deep_settle_s or now - self.deep_first >= s.deep_max_wait_s):
             return None
-        spans = self.windows.spans(sorted(self.deep))
+        w = self.windows
+        if self.reruns:
+            # Every row from the saved state before the first late window up to the rows held
+            # (those are not read again): the rerun goes from that state to the latest window.
+            first = min(self.deep)
+            start = w.restart_window(first)
+            start = first if start is None else start
+            lo = start * w.step - w.window - MERGE_MARGIN_S
+            return ReadBack("deep", self.stream_seq, lo=lo, hi=float(np.nextafter(w.prune_start(), -np.inf)))
+        spans = w.spans(sorted(self.deep))
         return ReadBack("deep", self.stream_seq, lo=float(spans[0, 0]), hi=float(spans[-1, 1]), spans=spans)
 
     def deep_start_time(self, rb: ReadBack) -> float:
@@ -414,7 +440,7 @@ class WorkerCore:
         if rb.spans is not None and len(rows):  # far-apart deep windows: not the rows between them
             i = np.searchsorted(rb.spans[:, 0], rows["t"], side="right") - 1
             rows = rows[(i >= 0) & (rows["t"] <= rb.spans[np.maximum(i, 0), 1])]
-        rows = rows[~self._beyond_reach(rows["t"], received)[0]]
+        rows = rows[~self._beyond_reach(rows["t"], received, first_read=False)[0]]
         if len(rows):
             rb.parts.append(rows)
             if rb.purpose == "history":
@@ -434,6 +460,10 @@ class WorkerCore:
         windows = sorted(self.deep)
         self.deep = set()
         self.deep_first = self.deep_last = -np.inf
+        if self.reruns:  # tracker and rules rerun from the state before, positions and events revised
+            self.windows.splice(rows, windows[0])
+            self.counters["deep recomputations"] += 1
+            return self.tick(now)
         fixes = self.windows.recompute(rows, windows, revision=rb.through_seq)
         self.counters["deep recomputations"] += 1
         if self.publish_filter is not None and len(fixes):  # a cell: only its own, decided on the rows read back
