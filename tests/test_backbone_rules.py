@@ -475,3 +475,28 @@ def test_rows_older_than_the_state_horizon_are_dead_lettered_with_that_reason():
     assert core.counters["dead_lettered: older than state horizon"] > 0
     assert any(s.endswith(".deadletter") and b"older than state horizon" in p for s, p in out)
     assert core.counters["late beyond horizon: recomputed from stream"] > 0  # the younger part still is
+
+
+def test_a_stateless_site_with_rules_gets_its_events_revised_by_the_deep_pass():
+    """The demo's site without a tracker or hysteresis (fixes per window) still runs rules,
+    whose state carries: the deep pass reruns them too, so a cut longer than the rows
+    horizon ends with the fault-free run's events, not only its positions."""
+    import dataclasses
+
+    sc, cfg, keys, _ = demo()
+    plain = dataclasses.replace(cfg, tracker="none", zone_hysteresis=False)
+
+    def stateless(horizon_s: float) -> WorkerCore:
+        return site_worker_core(sc, plain, keys, WorkerSettings(site=SITE, horizon_s=horizon_s))
+
+    ref_core = stateless(120.0)
+    assert not ref_core.engine.stateful and ref_core.windows.runs_rules
+    ref = run(ref_core, messages(fault_free)) + ref_core.tick(time.time(), final=True)
+    core = stateless(5.0)
+    out = run_deep(core, messages(link_cut)) + core.tick(time.time(), final=True)
+    assert core.counters["deep recomputations"] >= 1
+    assert not any(k.startswith(("dead", "rejected")) for k in core.counters), core.counters
+    events, revisions = events_of(out)
+    assert revisions > 0
+    assert events == events_of(ref)[0]
+    assert positions(out)[0] == positions(ref)[0]
