@@ -27,9 +27,14 @@ The raw stream is the log; the worker's memory is a view of it:
   the in-memory horizon mark their windows for a *deep* recomputation: once the late
   data settles, the worker reads back every raw batch that can hold a row of those
   windows (from the windows' start minus the allowed skew, by receive time) and
-  publishes the windows again as revisions. Only sightings older than the raw stream's
-  retention (``raw_retention_s``) or ``max_lateness_s`` are dead-lettered, with that
-  reason. Which windows wait for a deep pass is part of the checkpoint.
+  publishes the windows again as revisions. On a tracked or ruled site (a tracker, zone
+  hysteresis or rules) the deep pass reads back every row from the saved timeline state
+  before the first late window up to the rows held, and reruns tracker and rules from
+  that state to the latest window (engine.timeline, ``state_horizon_s``): positions and
+  rule events are revised. Only sightings older than the raw stream's retention
+  (``raw_retention_s``), ``max_lateness_s`` or, on such a site, the state horizon are
+  dead-lettered, with that reason. Which windows wait for a deep pass is part of the
+  checkpoint.
 
 Delivery: the adapter publishes outputs and waits for their acks, then writes the
 checkpoint (state + the stream sequence it covers) to the JetStream object store, and
