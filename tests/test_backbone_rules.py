@@ -462,6 +462,8 @@ def test_a_worker_restored_mid_replay_reruns_from_the_oldest_saved_state():
         if second.history_from <= seq:
             second.read_back(rb, subject, body, seq, received)
     second.end_read_back(rb, ticks[at - 1][-1][2])
+    again = json.loads(second.checkpoint())["timeline"]  # a checkpoint before any close keeps both
+    assert (again["state_windows"], again["rows_state"]) == (meta["state_windows"], meta["rows_state"])
     consumer += run_deep(second, ticks[at:], 1 + len(log), log=log)
     consumer += second.tick(time.time(), final=True)
     assert not any(k.startswith(("dead", "rejected")) for k in second.counters), second.counters
