@@ -339,7 +339,7 @@ class RevisedTimeline(RevisingWindows):
             return
         if not isinstance(state, list) or len(state) != len(kept):
             raise ValueError("checkpoint timeline states do not match their windows")
-        self.states = dict(zip(kept, state, strict=True))  # type: ignore[arg-type]
+        self.states = dict(zip(kept, state, strict=True))
         rows_state = int(meta.get("rows_state", kept[-1]))  # type: ignore[call-overload]
         self.rows_state = rows_state  # (a checkpoint before the next prune keeps it again)
         if self.closed_through is not None and self.closed_through > rows_state:
