@@ -219,6 +219,9 @@ class WorkerCore:
         self.deep: set[int] = set()
         self.deep_first = -np.inf  # receive time of the first and the newest late row waiting
         self.deep_last = -np.inf
+        # Batches whose oldest rows were dead-lettered for want of a saved state before them:
+        # stream sequence -> the event time below which they were (a read-back drops the same).
+        self.floor_cut: dict[int, float] = {}
         # A spatial partition publishes only the fixes it owns (engine.cells): (fixes, the
         # rows held) -> mask. None: every fix.
         self.publish_filter: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
@@ -372,7 +375,7 @@ class WorkerCore:
         return self.engine.stateful or self.windows.runs_rules
 
     def _beyond_reach(self, t: NDArray[np.float64], received: float,
-                      first_read: bool = True) -> tuple[NDArray[np.bool_], str]:
+                      seq: int | None = None) -> tuple[NDArray[np.bool_], str]:
         """Rows behind the in-memory horizon that cannot be recomputed: later than
         ``max_lateness_s`` behind their receive time (the site's choice), or so old that the
         raw stream may have dropped their windows' neighbours (a neighbour was received at
@@ -386,12 +389,11 @@ class WorkerCore:
         if self.reruns:
             # A tracker's or the rules' later windows were computed from a state this row would
             # change: it is rerun from a saved state before it, kept back to the state horizon.
-            # The limit depends on the row and its receive time only (a read-back drops the same
-            # rows), with a margin so that a saved state always precedes it (docs/reliability.md).
-            limit = received + self.marks.max_skew_s - max(s.state_horizon_s, s.horizon_s) + MERGE_MARGIN_S
-            beyond = old & (t < limit)
-            if first_read:
-                beyond |= old & (t < self.windows.state_floor())
+            # A read-back drops what the first read dropped: the floor used is kept per batch.
+            floor = self.windows.state_floor() if seq is None else self.floor_cut.get(seq, -np.inf)
+            beyond = old & (t < floor)
+            if seq is None and beyond.any():
+                self.floor_cut[self.stream_seq] = floor
             if beyond.any() and not (late | gone).any():
                 return beyond, "older than state horizon"
             late |= beyond
@@ -445,7 +447,7 @@ class WorkerCore:
         if rb.spans is not None and len(rows):  # far-apart deep windows: not the rows between them
             i = np.searchsorted(rb.spans[:, 0], rows["t"], side="right") - 1
             rows = rows[(i >= 0) & (rows["t"] <= rb.spans[np.maximum(i, 0), 1])]
-        rows = rows[~self._beyond_reach(rows["t"], received, first_read=False)[0]]
+        rows = rows[~self._beyond_reach(rows["t"], received, seq=stream_seq)[0]]
         if len(rows):
             rb.parts.append(rows)
             if rb.purpose == "history":
@@ -570,6 +572,15 @@ class WorkerCore:
         self._held_seq, self._held_tmax = seq[keep].tolist(), tmax[keep].tolist()
         return int(seq[keep].min()) if keep.any() else 0
 
+    def _floor_cuts(self) -> list[list[float]]:
+        """The state-floor cuts a read-back can still meet: a rerun reads from the oldest
+        saved state's window on, so older cuts drop nothing it reads."""
+        w = self.windows
+        if w.states and not w.chain_complete:
+            reach = (min(w.states) + 1) * w.step - w.window - MERGE_MARGIN_S
+            self.floor_cut = {q: f for q, f in self.floor_cut.items() if f > reach}
+        return [[q, f] for q, f in sorted(self.floor_cut.items())]
+
     def checkpoint(self) -> bytes:
         """The state and the stream range of the rows held, as JSON: no rows, so its size
         does not grow with the sighting rate."""
@@ -580,6 +591,7 @@ class WorkerCore:
             "history": {"from_seq": self.held_from(), "through_seq": self.stream_seq},
             "windows": meta,
             "deep": sorted(self.deep),
+            "floor_cut": self._floor_cuts(),
             "first_received": self.first_received if np.isfinite(self.first_received) else None,
             "watermarks": self.marks.to_json(),
             "dedup": self.dedup.to_json(),
@@ -616,6 +628,7 @@ class WorkerCore:
         self.history_from = int(header["history"]["from_seq"])
         self._held_seq, self._held_tmax = [], []
         self.deep = {int(w) for w in header["deep"]}
+        self.floor_cut = {int(q): float(f) for q, f in header.get("floor_cut", [])}
         first = header["first_received"]
         self.first_received = np.inf if first is None else float(first)
         if self.deep:  # a deep pass was waiting: run it as soon as the worker is back

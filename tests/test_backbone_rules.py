@@ -472,7 +472,7 @@ def test_a_worker_restored_mid_replay_reruns_from_the_oldest_saved_state():
 
 
 def test_rows_older_than_the_state_horizon_are_dead_lettered_with_that_reason():
-    core = deep_core(horizon_s=2.0, state_horizon_s=9.0, max_skew_s=0.5)
+    core = deep_core(horizon_s=2.0, state_horizon_s=4.0)
     out = run_deep(core, messages(link_cut))
     assert core.counters["dead_lettered: older than state horizon"] > 0
     assert any(s.endswith(".deadletter") and b"older than state horizon" in p for s, p in out)
