@@ -148,6 +148,11 @@ class RevisedTimeline(RevisingWindows):
         else:
             tracking, rules = self.states[min(self.states)]
             k_from = min(self.states) + 1
+        # States saved at k_from or later were decided without the data that dirtied them;
+        # this run's chunks need not end where an earlier run's did, so drop them all here
+        # or a later re-run could restore one.
+        for k in [k for k in self.states if k >= k_from]:
+            del self.states[k]
         self.engine.set_tracking_state(tracking)
         if self.feeder is not None and rules is not None:
             self.feeder.restore(rules)
