@@ -64,8 +64,11 @@ def fault_free() -> Iterator[tuple[float, list[tuple[str, bytes]]]]:
     yield from demo()[3]
 
 
-def link_cut(cut_from: float = 6.0, cut_to: float = 16.0) -> Iterator[tuple[float, list[tuple[str, bytes]]]]:
-    """Half the gateways' batches of (cut_from, cut_to] held in their spools, then replayed."""
+def link_cut(cut_from: float = 6.0, cut_to: float = 16.0,
+             per_tick: int | None = None) -> Iterator[tuple[float, list[tuple[str, bytes]]]]:
+    """Half the gateways' batches of (cut_from, cut_to] held in their spools, then replayed:
+    all at once, or ``per_tick`` batches a tick, oldest first, as a real spool drains (each
+    tick's late data then revises from a later window than the last)."""
     _, cfg, _, windows = demo()
     cut = set(cfg.gateways.ids[: len(cfg.gateways.ids) // 2])
     held: list[tuple[str, bytes]] = []
@@ -74,25 +77,14 @@ def link_cut(cut_from: float = 6.0, cut_to: float = 16.0) -> Iterator[tuple[floa
         for topic, body in batches:
             (held if gateway(topic) in cut and cut_from < end - T0 <= cut_to else keep).append((topic, body))
         if end - T0 > cut_to and held:
-            keep, held = held + keep, []
-        yield end, keep
-
-
-def staggered_link_cut(cut_from: float = 6.0, cut_to: float = 16.0,
-                       per_tick: int = 10) -> Iterator[tuple[float, list[tuple[str, bytes]]]]:
-    """As :func:`link_cut`, but the spools drain a few batches a tick, oldest first, as a
-    real spool replay does: each tick's late data revises from a later window than the last."""
-    _, cfg, _, windows = demo()
-    cut = set(cfg.gateways.ids[: len(cfg.gateways.ids) // 2])
-    held: list[tuple[str, bytes]] = []
-    for end, batches in windows:
-        keep: list[tuple[str, bytes]] = []
-        for topic, body in batches:
-            (held if gateway(topic) in cut and cut_from < end - T0 <= cut_to else keep).append((topic, body))
-        if end - T0 > cut_to and held:
-            keep, held = held[:per_tick] + keep, held[per_tick:]
+            n = len(held) if per_tick is None else per_tick
+            keep, held = held[:n] + keep, held[n:]
         yield end, keep
     assert not held, "the demo ended before the spools drained"
+
+
+def staggered_link_cut() -> Iterator[tuple[float, list[tuple[str, bytes]]]]:
+    return link_cut(per_tick=10)
 
 
 def messages(order: Callable[[], Iterator[tuple[float, list[tuple[str, bytes]]]]]) -> list[list[Message]]:
