@@ -605,6 +605,9 @@ class RunBatch(Generic[J, R]):
                 p.terminate()
             for p in processes:
                 p.join(5)
+                if p.is_alive():  # still starting up on a loaded machine: no second chance
+                    p.kill()
+                    p.join(5)
             self._pool = None
         if self._client is not None:
             with contextlib.suppress(Exception):
