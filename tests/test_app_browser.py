@@ -56,6 +56,8 @@ INCIDENTS_RUN_S = 200  # demo_incidents: thefts from t = 120 s on
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 SERVER_PID: dict[str, int] = {}  # url -> the streamlit we started
+SERVER_LOG: dict[str, Path] = {}  # url -> its log, quoted when the page shows a dialog
+CONSOLE: list[str] = []  # the browser's console, quoted when the page shows a dialog
 
 
 def child_pids(pid: int) -> list[int]:
@@ -119,6 +121,7 @@ def server(tmp_path_factory):
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     SERVER_PID[url := f"http://127.0.0.1:{port}"] = proc.pid
+    SERVER_LOG[url] = log
     try:
         _wait_healthy(url, proc)
         yield url
@@ -148,6 +151,7 @@ def page(server, tmp_path_factory):
         )
         pg = ctx.pages[0] if ctx.pages else ctx.new_page()
         pg.set_default_timeout(90_000)
+        pg.on("console", lambda m: CONSOLE.append(f"{m.type}: {m.text}"[:300]))
         try:
             yield pg
         finally:
@@ -179,9 +183,42 @@ def idle(pg) -> None:
 
 
 def view(pg, name: str) -> None:
-    pg.locator('[data-testid="stSidebar"] [data-testid="stRadio"] label').filter(
+    """Choose a view in the sidebar. If Streamlit has lost its websocket (its own
+    "Connection error" dialog, every widget disabled), say so with the browser console and
+    the server log, wait for Streamlit to reconnect, reload the page once if it does not
+    (as a planner would), and fail with that evidence if the view still cannot be chosen.
+    CI saw this once on a loaded machine (the radio stayed disabled for 90 s)."""
+    label = pg.locator('[data-testid="stSidebar"] [data-testid="stRadio"] label').filter(
         has_text=name
-    ).click()
+    )
+    for attempt in ("click", "after reconnect", "after reload"):
+        try:
+            label.click(timeout=30_000)
+            return
+        except Exception:
+            evidence = page_evidence(pg, f"view {name!r} could not be chosen ({attempt})")
+            sys.stderr.write(evidence + "\n")
+            if attempt == "after reload":
+                raise AssertionError(evidence) from None
+            if attempt == "after reconnect":
+                pg.reload()
+                pg.locator('[data-testid="stSidebar"] [data-testid="stRadio"]').first.wait_for()
+
+
+def page_evidence(pg, what: str) -> str:
+    """What the page and the server say, for a failure that is not the app's own assertion."""
+    dialog = pg.locator('[data-testid="stDialog"]')
+    try:
+        said = dialog.first.inner_text(timeout=2_000) if dialog.count() else "(no dialog)"
+    except Exception as exc:  # the dialog closed while we read it
+        said = f"(dialog unreadable: {exc})"
+    log = next(iter(SERVER_LOG.values()), None)
+    server_log = log.read_text(errors="replace")[-3000:] if log else ""
+    return (
+        f"{what}; Streamlit shows: {said!r}\nbrowser console (last 30):\n"
+        + "\n".join(CONSOLE[-30:])
+        + f"\nstreamlit log (tail):\n{server_log}"
+    )
 
 
 def no_exceptions(pg) -> None:
