@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine._heard import heard_cells
+from engine._order import member_of
 from engine.contract import SIGHTING_DTYPE, UNKNOWN, GatewayInfo, Sightings, compress_rows, concat_rows, take_rows
 from engine.ingest import IngestCounters, drop_redeliveries, merge_channels_by_time, validate
 from engine.localize import (
@@ -428,11 +429,15 @@ class Engine:
         clean = self._clean
         touched = np.zeros(len(clean), dtype=bool)
         if len(clean) and len(new):
-            touched = np.isin(_event_key(clean), _event_key(new))
+            touched = member_of(_event_key(clean), _event_key(new))
         old_rows = compress_rows(clean, touched)
         fresh = drop_redeliveries(concat_rows([old_rows, new], SIGHTING_DTYPE), self.counters)
-        # A touched row that survived deduplication is still in ``fresh``: it is old.
-        was_old = np.isin(_row_bytes(fresh), _row_bytes(old_rows)) if len(old_rows) else np.zeros(len(fresh), bool)
+        # A touched row that survived deduplication is still in ``fresh``: it is old. Only
+        # rows with an old row's event key can be one, so only those are compared whole.
+        was_old = np.zeros(len(fresh), bool)
+        if len(old_rows):
+            maybe = np.flatnonzero(member_of(_event_key(fresh), _event_key(old_rows)))
+            was_old[maybe] = np.isin(_row_bytes(take_rows(fresh, maybe)), _row_bytes(old_rows))
         buf = concat_rows([compress_rows(clean, ~touched), fresh], SIGHTING_DTYPE)
         is_new = np.r_[np.zeros(len(clean) - len(old_rows), bool), ~was_old]
         order = np.argsort(buf["t"], kind="stable")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine._heard import heard_cells
-from engine._order import INSERTION_RUN, lexsort_by_time
+from engine._order import INSERTION_RUN, lexsort_by_time, member_of
 from engine.contract import UNKNOWN, GatewayInfo, IdTable, sightings_from_columns
 from engine.eventtime import REVISED_FIX_DTYPE, RevisingWindows
 from engine.ingest import IngestCounters, drop_redeliveries, merge_channels_by_time
@@ -175,3 +175,11 @@ def test_heard_cells_are_the_dense_bincount_means(readings, extra_rows) -> None:
     assert mean.tobytes() == dense[want_r, want_c].tobytes()
     assert np.array_equal(Heard(n_rows, n_gw, r_i, c_i, mean).matrix(), dense, equal_nan=True)
 
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-5, 5), max_size=60),
+       st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-5, 5), max_size=60))
+def test_member_of_is_numpys_isin(a: list[int], b: list[int]) -> None:
+    a_arr, b_arr = np.array(a, np.int64), np.array(b, np.int64)
+    np.testing.assert_array_equal(member_of(a_arr, b_arr), np.isin(a_arr, b_arr))
