@@ -53,7 +53,9 @@ class PointLookup:
             self.clearance = np.full(len(gx), np.inf)
             self.state = np.zeros(len(gx), np.int8)
             return
-        dist = shapely.distance(geom.boundary, shapely.points(gx, gy))
+        ends = [shapely.get_coordinates(line) for line in shapely.get_parts(geom.boundary)]
+        segments = np.vstack([np.hstack([c[:-1], c[1:]]) for c in ends if len(c) > 1])
+        dist = _distance_to_segments(gx, gy, segments)
         self.clearance = dist - cell * math.sqrt(0.5) - self.tol
         inside = shapely.intersects_xy(geom, gx, gy)
         self.state = np.where(self.clearance > 0, inside, _MIXED).astype(np.int8)
@@ -79,6 +81,26 @@ class PointLookup:
         y = np.ascontiguousarray(y, dtype=float)
         return _cell_states(x, y, self.x0, self.y0, self.inv, self.nx, self.ny, self.state,
                             self.clearance, np.ascontiguousarray(radius, dtype=float))
+
+
+@numba.njit(cache=True, nogil=True)
+def _distance_to_segments(
+    x: NDArray[np.float64], y: NDArray[np.float64], segments: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """Distance from each point to the nearest of the segments (x0, y0, x1, y1)."""
+    out = np.full(len(x), np.inf)
+    for s in range(len(segments)):
+        ax, ay, bx, by = segments[s, 0], segments[s, 1], segments[s, 2], segments[s, 3]
+        dx, dy = bx - ax, by - ay
+        length2 = dx * dx + dy * dy
+        for i in range(len(x)):
+            u = 0.0
+            if length2 > 0:
+                u = min(max(((x[i] - ax) * dx + (y[i] - ay) * dy) / length2, 0.0), 1.0)
+            ex, ey = x[i] - (ax + u * dx), y[i] - (ay + u * dy)
+            d = math.sqrt(ex * ex + ey * ey)
+            out[i] = min(out[i], d)
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
