@@ -163,6 +163,10 @@ class ZoneIndex:
         """One lookup grid per zone, made on first use."""
         return tuple(PointLookup(p) for p in self.polygons)
 
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled without the lookup grids (derived, and rebuilt in milliseconds)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_lookups"}
+
     def indices_with_role(self, *roles: str) -> list[int]:
         return [i for i, r in enumerate(self.roles) if r in roles]
 

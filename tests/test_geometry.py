@@ -176,3 +176,15 @@ def test_zone_probability_equals_testing_every_point(
         n_in = feasible.sum(axis=1)
         want = np.where(n_in > 0, (inside & feasible).sum(axis=1) / np.maximum(n_in, 1), 0.0)
     np.testing.assert_array_equal(region.probability(x, y, r90), want)
+
+
+def test_zone_index_pickles_without_its_lookup_grids() -> None:
+    import pickle
+
+    zones = ZoneIndex.from_points([("a", "storage", [(0, 0), (10, 0), (10, 10), (0, 10)])])
+    x, y = np.array([1.0, 10.0, 20.0]), np.array([1.0, 5.0, 1.0])
+    before = zones.assign(x, y)
+    blob = pickle.dumps(zones)
+    assert len(blob) < 2_000  # the grids (derived) stay behind
+    np.testing.assert_array_equal(pickle.loads(blob).assign(x, y), before)
+    np.testing.assert_array_equal(before, [0, 0, NO_ZONE])
