@@ -53,6 +53,10 @@ class PointLookup:
             self.clearance = np.full(len(gx), np.inf)
             self.state = np.zeros(len(gx), np.int8)
             return
+        if geom.geom_type not in ("Polygon", "MultiPolygon"):  # points, lines, collections
+            self.clearance = np.full(len(gx), -np.inf)  # every point goes to shapely
+            self.state = np.full(len(gx), _MIXED, np.int8)
+            return
         ends = [shapely.get_coordinates(line) for line in shapely.get_parts(geom.boundary)]
         segments = np.vstack([np.hstack([c[:-1], c[1:]]) for c in ends if len(c) > 1])
         dist = _distance_to_segments(gx, gy, segments)

@@ -188,3 +188,15 @@ def test_zone_index_pickles_without_its_lookup_grids() -> None:
     assert len(blob) < 2_000  # the grids (derived) stay behind
     np.testing.assert_array_equal(pickle.loads(blob).assign(x, y), before)
     np.testing.assert_array_equal(before, [0, 0, NO_ZONE])
+
+
+@pytest.mark.parametrize("geom", [
+    shapely.GeometryCollection([shapely.box(0, 0, 1, 1), shapely.LineString([(2, 2), (3, 3)])]),
+    shapely.Point(1, 1), shapely.LineString([(0, 0), (3, 3)]), shapely.Polygon([(0, 0), (1, 0), (2, 0)]),
+])
+def test_point_lookup_of_points_lines_and_collections_asks_shapely(geom: shapely.Geometry) -> None:
+    from siteplan.zones import PointLookup
+
+    xy = np.array([[0.5, 0.5], [2.5, 2.5], [1.0, 1.0], [5.0, 5.0], [1.5, 1.5], [1.0, 0.0]])
+    lookup = PointLookup(geom)
+    np.testing.assert_array_equal(lookup(xy[:, 0], xy[:, 1]), shapely.intersects_xy(geom, xy[:, 0], xy[:, 1]))
