@@ -217,4 +217,5 @@ def test_window_cells_are_the_replicated_windows(rows, k_first, n_windows, step_
         return
     assert got[0] == want[0]
     for g, w in zip(got[1:], want[1:], strict=True):
-        assert g.dtype == w.dtype and g.tobytes() == w.tobytes()
+        g_arr, w_arr = np.asarray(g), np.asarray(w)
+        assert g_arr.dtype == w_arr.dtype and g_arr.tobytes() == w_arr.tobytes()
