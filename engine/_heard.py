@@ -63,3 +63,80 @@ def heard_cells(
         out_mean[m] = total / count
         m += 1
     return out_row[:m], out_col[:m], out_mean[:m]
+
+
+@numba.njit(cache=True, nogil=True)
+def window_cells(
+    t: NDArray[np.float64], device: NDArray[np.int32], gateway: NDArray[np.int32], rssi: NDArray[np.float32],
+    battery: NDArray[np.int8], motion: NDArray[np.int8], k_first: int, k_last: int, step: float,
+    window: float, per: int, unknown: int,
+) -> tuple[int, NDArray[np.int64], NDArray[np.intp], NDArray[np.intp], NDArray[np.float64],
+           NDArray[np.int8], NDArray[np.int8]]:
+    """The engine's sliding windows k_first..k_last over time-sorted sightings, in one
+    pass and without the (sightings x windows) index arrays: each window row (window,
+    device) as its key (window - k_first) * n_dev + device, ascending, then the heard
+    cells of :func:`heard_cells` and each row's newest battery and motion reading.
+
+    A sighting at t belongs to windows floor(t / step) + 1 ... + per whose start
+    k * step - window it is not before; its readings go in sighting order, then window
+    order, as the numpy replication of engine.pipeline added them, so the means are the
+    same bits. Returns n_dev = 0 with empty arrays when nothing falls in the windows, and
+    n_dev = -1 when the (window, device) key space is too sparse for a presence table
+    (the caller ranks the keys by sorting instead)."""
+    n = len(t)
+    m = 0
+    max_dev = -1
+    for i in range(n):
+        base = np.int64(np.floor(t[i] / step + 1e-12)) + 1
+        for j in range(per):
+            w = base + j
+            if w >= k_first and w <= k_last and t[i] >= w * step - window:
+                m += 1
+                max_dev = max(max_dev, device[i])
+    empty_i8 = np.zeros(0, np.int8)
+    if m == 0:
+        return (0, np.zeros(0, np.int64), np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0),
+                empty_i8, empty_i8)
+    n_dev = np.int64(max_dev) + 1
+    n_keys = (k_last - k_first + 1) * n_dev
+    if n_keys > 4 * m + 4096:
+        return (-1, np.zeros(0, np.int64), np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0),
+                empty_i8, empty_i8)
+    rank = np.full(n_keys, -1, np.int64)
+    for i in range(n):
+        base = np.int64(np.floor(t[i] / step + 1e-12)) + 1
+        for j in range(per):
+            w = base + j
+            if w >= k_first and w <= k_last and t[i] >= w * step - window:
+                rank[(w - k_first) * n_dev + device[i]] = 0
+    n_rows = 0
+    for k in range(n_keys):
+        if rank[k] == 0:
+            rank[k] = n_rows
+            n_rows += 1
+    keys = np.empty(n_rows, np.int64)
+    for k in range(n_keys):
+        if rank[k] >= 0:
+            keys[rank[k]] = k
+    row = np.empty(m, np.intp)
+    gw = np.empty(m, np.int64)
+    value = np.empty(m, np.float64)
+    bat = np.full(n_rows, unknown, np.int8)
+    mot = np.full(n_rows, unknown, np.int8)
+    e = 0
+    for i in range(n):
+        base = np.int64(np.floor(t[i] / step + 1e-12)) + 1
+        for j in range(per):
+            w = base + j
+            if w >= k_first and w <= k_last and t[i] >= w * step - window:
+                r = rank[(w - k_first) * n_dev + device[i]]
+                row[e] = r
+                gw[e] = gateway[i]
+                value[e] = rssi[i]
+                if battery[i] != unknown:
+                    bat[r] = battery[i]
+                if motion[i] != unknown:
+                    mot[r] = motion[i]
+                e += 1
+    cell_row, cell_col, cell_mean = heard_cells(row, gw, value, n_rows)
+    return int(n_dev), keys, cell_row, cell_col, cell_mean, bat, mot

@@ -1,5 +1,5 @@
 """Sorting kernels for ingest, compiled (numba): ties of a time sort broken by more keys,
-and keys shared by more than one row.
+keys shared by more than one row, and set membership of keys.
 
 Sightings arrive nearly sorted by time, and the rows that share a time are few (one
 advertising event heard by a handful of gateways), so a stable sort by time followed by
@@ -96,6 +96,33 @@ def shared_keys(h: NDArray[np.int64]) -> NDArray[np.bool_]:
     out = np.empty(n, np.bool_)
     for i in range(n):
         out[i] = count[slot[i]] > 1
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def member_of(a: NDArray[np.int64], b: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """``np.isin(a, b)`` for int64 values: an open-addressing hash table of ``b`` probed
+    with each value of ``a`` (no sort of either)."""
+    size = 16
+    while size < 2 * len(b):
+        size *= 2
+    mask = size - 1
+    keys = np.empty(size, np.int64)
+    used = np.zeros(size, np.bool_)
+    for i in range(len(b)):
+        v = b[i]
+        j = (v ^ (v >> 31)) & mask
+        while used[j] and keys[j] != v:
+            j = (j + 1) & mask
+        keys[j] = v
+        used[j] = True
+    out = np.empty(len(a), np.bool_)
+    for i in range(len(a)):
+        v = a[i]
+        j = (v ^ (v >> 31)) & mask
+        while used[j] and keys[j] != v:
+            j = (j + 1) & mask
+        out[i] = used[j]
     return out
 
 

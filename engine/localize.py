@@ -432,8 +432,18 @@ def _wls_rows(
     # answer does not depend on gateway order through float32 rounding: the loop stops
     # within POLISH_STEP_M of the minimum, quadratic convergence does the rest), and the
     # last one's Gauss-Newton matrix is the Fisher information at the estimate.
-    for _ in range(POLISH_STEPS):
-        bx, by, fisher = _polish(r, w, p0, gws, bx, by, exponent, bounds)
+    x_in, y_in = bx, by
+    bx, by, fisher = _polish(r, w, p0, gws, bx, by, exponent, bounds)
+    for _ in range(POLISH_STEPS - 1):
+        # A step is a function of the row and its point alone: a row the last step left
+        # where it was would come out of this one the same, so only the moved rows go on.
+        moved = np.flatnonzero((bx != x_in) | (by != y_in))
+        if len(moved) == 0:
+            break
+        x_in, y_in = bx.copy(), by.copy()
+        sub = (gws[0][:, moved], gws[1][:, moved], gws[2][:, moved], gws[3][:, moved])
+        mx, my, mf = _polish(r[:, moved], w[:, moved], p0[moved], sub, bx[moved], by[moved], exponent, bounds)
+        bx[moved], by[moved], fisher[moved] = mx, my, mf
     return bx, by, fisher, xy0
 
 

@@ -21,7 +21,8 @@ from itertools import pairwise
 import numpy as np
 from numpy.typing import NDArray
 
-from engine._heard import heard_cells
+from engine._heard import heard_cells, window_cells
+from engine._order import member_of
 from engine.contract import SIGHTING_DTYPE, UNKNOWN, GatewayInfo, Sightings, compress_rows, concat_rows, take_rows
 from engine.ingest import IngestCounters, drop_redeliveries, merge_channels_by_time, validate
 from engine.localize import (
@@ -217,6 +218,33 @@ def _rank(keys: NDArray[np.int64], n_keys: int) -> tuple[NDArray[np.int64], NDAr
     present[keys] = True
     rank = np.cumsum(present) - 1
     return np.flatnonzero(present).astype(np.int64), rank[keys]
+
+
+def _window_cells_sorted(
+    rows: Sightings, k_first: int, k_last: int, step_s: float, window_s: float, per: int,
+) -> tuple[int, NDArray[np.int64], NDArray[np.intp], NDArray[np.intp], FloatArray, NDArray[np.int8],
+           NDArray[np.int8]]:
+    """:func:`engine._heard.window_cells` with the window rows ranked by np.unique, for
+    device codes too sparse for its presence table: each sighting's index replicated over
+    its windows, in numpy."""
+    base = np.floor(rows["t"] / step_s + 1e-12).astype(np.int64) + 1
+    win = (base[:, None] + np.arange(per)[None, :]).ravel()
+    src = np.repeat(np.arange(len(rows)), per)
+    ok = (win >= k_first) & (win <= k_last) & (rows["t"][src] >= win * step_s - window_s)
+    win, src = win[ok], src[ok]
+    dev = rows["device"][src].astype(np.int64)
+    n_dev = int(dev.max()) + 1
+    uniq_rows, row_idx = _rank((win - k_first) * n_dev + dev, (k_last - k_first + 1) * n_dev)
+    cells = heard_cells(row_idx.astype(np.intp), rows["gateway"][src].astype(np.int64),
+                        rows["rssi"][src].astype(np.float64), len(uniq_rows))
+    # Newest battery and motion flag per row (rows are time-sorted, last write wins).
+    battery = np.full(len(uniq_rows), UNKNOWN, np.int8)
+    motion = np.full(len(uniq_rows), UNKNOWN, np.int8)
+    b_src, m_src = rows["battery"][src], rows["motion"][src]
+    has_b, has_m = b_src != UNKNOWN, m_src != UNKNOWN
+    battery[row_idx[has_b]] = b_src[has_b]
+    motion[row_idx[has_m]] = m_src[has_m]
+    return n_dev, uniq_rows, *cells, battery, motion
 
 
 class Engine:
@@ -428,11 +456,15 @@ class Engine:
         clean = self._clean
         touched = np.zeros(len(clean), dtype=bool)
         if len(clean) and len(new):
-            touched = np.isin(_event_key(clean), _event_key(new))
+            touched = member_of(_event_key(clean), _event_key(new))
         old_rows = compress_rows(clean, touched)
         fresh = drop_redeliveries(concat_rows([old_rows, new], SIGHTING_DTYPE), self.counters)
-        # A touched row that survived deduplication is still in ``fresh``: it is old.
-        was_old = np.isin(_row_bytes(fresh), _row_bytes(old_rows)) if len(old_rows) else np.zeros(len(fresh), bool)
+        # A touched row that survived deduplication is still in ``fresh``: it is old. Only
+        # rows with an old row's event key can be one, so only those are compared whole.
+        was_old = np.zeros(len(fresh), bool)
+        if len(old_rows):
+            maybe = np.flatnonzero(member_of(_event_key(fresh), _event_key(old_rows)))
+            was_old[maybe] = np.isin(_row_bytes(take_rows(fresh, maybe)), _row_bytes(old_rows))
         buf = concat_rows([compress_rows(clean, ~touched), fresh], SIGHTING_DTYPE)
         is_new = np.r_[np.zeros(len(clean) - len(old_rows), bool), ~was_old]
         order = np.argsort(buf["t"], kind="stable")
@@ -458,33 +490,21 @@ class Engine:
         if len(rows) == 0:
             return np.zeros(0, FIX_DTYPE)
         per = int(np.ceil(cfg.window_s / cfg.step_s))
-        # Each sighting belongs to up to `per` sliding windows: replicate its index.
-        base = np.floor(rows["t"] / cfg.step_s + 1e-12).astype(np.int64) + 1
-        win = (base[:, None] + np.arange(per)[None, :]).ravel()
-        src = np.repeat(np.arange(len(rows)), per)
-        t_src = rows["t"][src]
-        ok = (win >= k_first) & (win <= k_last) & (t_src >= win * cfg.step_s - cfg.window_s)
-        win, src = win[ok], src[ok]
-        if len(win) == 0:
+        # Each sighting belongs to up to `per` sliding windows. The window rows (window,
+        # device), the mean RSSI of each heard (row, gateway) cell (the bits of a dense
+        # bincount) and each row's newest battery and motion come from one compiled pass
+        # (engine._heard.window_cells); the dense matrix is made only for the estimators
+        # and trackers that read it, not for the ML estimator, which works on the ~4
+        # heard gateways of a row out of the site's dozens.
+        n_dev, uniq_rows, cell_row, cell_col, cell_rssi, battery, motion = window_cells(
+            rows["t"], rows["device"], rows["gateway"], rows["rssi"], rows["battery"], rows["motion"],
+            k_first, k_last, cfg.step_s, cfg.window_s, per, UNKNOWN)
+        if n_dev == 0:
             return np.zeros(0, FIX_DTYPE)
-        dev = rows["device"][src].astype(np.int64)
-        gw = rows["gateway"][src].astype(np.int64)
-        n_dev = int(dev.max()) + 1
-        row_key = (win - k_first) * n_dev + dev
-        uniq_rows, row_idx = _rank(row_key, (k_last - k_first + 1) * n_dev)
-        # Mean RSSI of each heard (row, gateway) cell (engine._heard, the bits of a dense
-        # bincount); the dense matrix is made only for the estimators and trackers that
-        # read it, not for the ML estimator, which works on the ~4 heard gateways of a
-        # row out of the site's dozens.
-        heard = Heard(len(uniq_rows), n_gw, *heard_cells(
-            row_idx.astype(np.intp), gw, rows["rssi"][src].astype(np.float64), len(uniq_rows)))
-        # Newest battery and motion flag per row (rows are time-sorted, last write wins).
-        battery = np.full(len(uniq_rows), UNKNOWN, np.int8)
-        motion = np.full(len(uniq_rows), UNKNOWN, np.int8)
-        b_src, m_src = rows["battery"][src], rows["motion"][src]
-        has_b, has_m = b_src != UNKNOWN, m_src != UNKNOWN
-        battery[row_idx[has_b]] = b_src[has_b]
-        motion[row_idx[has_m]] = m_src[has_m]
+        if n_dev < 0:  # device codes too sparse for a presence table: rank by sorting
+            n_dev, uniq_rows, cell_row, cell_col, cell_rssi, battery, motion = _window_cells_sorted(
+                rows, k_first, k_last, cfg.step_s, cfg.window_s, per)
+        heard = Heard(len(uniq_rows), n_gw, cell_row, cell_col, cell_rssi)
 
         row_dev = (uniq_rows % n_dev).astype(np.int32)
         row_win = uniq_rows // n_dev

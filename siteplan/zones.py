@@ -1,10 +1,14 @@
-"""Zone assignment: which named polygon each position falls in, vectorized with shapely."""
+"""Zone assignment: which named polygon each position falls in, vectorized with shapely
+and a lookup grid (:class:`PointLookup`) that answers most points without it."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
+import numba
 import numpy as np
 import shapely
 from numpy.typing import NDArray
@@ -14,7 +18,118 @@ NO_ZONE = -1
 # One tint per zone role, shared by every drawing of a site (matplotlib and plotly).
 ZONE_COLOURS = {"storage": "#dbe9f6", "packing": "#fde7c8", "checkout": "#e6d7f2", "exit": "#f8d0d0",
                 "receiving": "#d9f0d3", "shipping": "#fff3b0", "office": "#eeeeee", "other": "#f4f4f4"}
+# Cells of a lookup grid: enough that few points fall in cells an edge crosses, few
+# enough that building one (a shapely distance per cell) stays in the milliseconds.
+LOOKUP_CELLS = 16_384
+_MIXED = 2  # a lookup cell an edge passes near: its points go to shapely
 
+
+class PointLookup:
+    """``shapely.intersects_xy(geom, x, y)`` (boundary points inside), the same answers,
+    mostly from a grid: a cell whose centre lies farther from the boundary than the
+    cell's half-diagonal is wholly inside or wholly outside, so its points need no test;
+    points in the other cells (within about a cell of an edge) go to shapely.
+
+    ``clearance`` is how far every point of each cell is from the boundary, less a
+    tolerance, so callers can settle a whole disc of points at once
+    (:meth:`disc_side`). Both carry a margin of ``tol`` beyond the cell, which covers the
+    rounding of mapping a point to its cell."""
+
+    def __init__(self, geom: shapely.Geometry, max_cells: int = LOOKUP_CELLS) -> None:
+        self.geom = geom
+        shapely.prepare(geom)
+        minx, miny, maxx, maxy = geom.bounds if not geom.is_empty else (0.0, 0.0, 0.0, 0.0)
+        w, h = maxx - minx, maxy - miny
+        scale = max(abs(minx), abs(miny), abs(maxx), abs(maxy), 1.0)
+        self.tol = 1e-9 * scale
+        cell = max(math.sqrt(max(w * h, 1e-12) / max_cells), max(w, h) / max_cells, 1e-6 * scale)
+        # Two cells past the far edge: a point on it maps inside the grid whatever the rounding.
+        self.nx, self.ny = int(w / cell) + 2, int(h / cell) + 2
+        self.x0, self.y0, self.cell, self.inv = minx, miny, cell, 1.0 / cell
+        cx = minx + (np.arange(self.nx) + 0.5) * cell
+        cy = miny + (np.arange(self.ny) + 0.5) * cell
+        gx, gy = (a.ravel() for a in np.meshgrid(cx, cy))  # row-major: index iy * nx + ix
+        if geom.is_empty:
+            self.clearance = np.full(len(gx), np.inf)
+            self.state = np.zeros(len(gx), np.int8)
+            return
+        if geom.geom_type not in ("Polygon", "MultiPolygon"):  # points, lines, collections
+            self.clearance = np.full(len(gx), -np.inf)  # every point goes to shapely
+            self.state = np.full(len(gx), _MIXED, np.int8)
+            return
+        ends = [shapely.get_coordinates(line) for line in shapely.get_parts(geom.boundary)]
+        segments = np.vstack([np.hstack([c[:-1], c[1:]]) for c in ends if len(c) > 1])
+        dist = _distance_to_segments(gx, gy, segments)
+        self.clearance = dist - cell * math.sqrt(0.5) - self.tol
+        inside = shapely.intersects_xy(geom, gx, gy)
+        self.state = np.where(self.clearance > 0, inside, _MIXED).astype(np.int8)
+
+    def __call__(self, x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.bool_]:
+        shape = np.shape(x)
+        x = np.ascontiguousarray(x, dtype=float).ravel()
+        y = np.ascontiguousarray(y, dtype=float).ravel()
+        st = _cell_states(x, y, self.x0, self.y0, self.inv, self.nx, self.ny, self.state,
+                          self.clearance, np.zeros(0))
+        out = st == 1
+        mixed = np.flatnonzero(st == _MIXED)
+        if len(mixed):
+            out[mixed] = shapely.intersects_xy(self.geom, x[mixed], y[mixed])
+        return out.reshape(shape)
+
+    def disc_side(
+        self, x: NDArray[np.float64], y: NDArray[np.float64], radius: NDArray[np.float64]
+    ) -> NDArray[np.int8]:
+        """1 where every point within ``radius`` of (x, y) is inside, 0 where every one is
+        outside, 2 where the disc may cross the boundary (or (x, y) is off the grid)."""
+        x = np.ascontiguousarray(x, dtype=float)
+        y = np.ascontiguousarray(y, dtype=float)
+        return _cell_states(x, y, self.x0, self.y0, self.inv, self.nx, self.ny, self.state,
+                            self.clearance, np.ascontiguousarray(radius, dtype=float))
+
+
+@numba.njit(cache=True, nogil=True)
+def _distance_to_segments(
+    x: NDArray[np.float64], y: NDArray[np.float64], segments: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """Distance from each point to the nearest of the segments (x0, y0, x1, y1)."""
+    out = np.full(len(x), np.inf)
+    for s in range(len(segments)):
+        ax, ay, bx, by = segments[s, 0], segments[s, 1], segments[s, 2], segments[s, 3]
+        dx, dy = bx - ax, by - ay
+        length2 = dx * dx + dy * dy
+        for i in range(len(x)):
+            u = 0.0
+            if length2 > 0:
+                u = min(max(((x[i] - ax) * dx + (y[i] - ay) * dy) / length2, 0.0), 1.0)
+            ex, ey = x[i] - (ax + u * dx), y[i] - (ay + u * dy)
+            d = math.sqrt(ex * ex + ey * ey)
+            out[i] = min(out[i], d)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _cell_states(
+    x: NDArray[np.float64], y: NDArray[np.float64], x0: float, y0: float, inv: float, nx: int, ny: int,
+    state: NDArray[np.int8], clearance: NDArray[np.float64], radius: NDArray[np.float64],
+) -> NDArray[np.int8]:
+    """The state of each point's cell (0 off the grid or NaN); with ``radius`` (one per
+    point), that of the disc around it: the cell's, if the disc stays clear of every edge,
+    else mixed. Off the grid, a disc is mixed."""
+    n = len(x)
+    discs = len(radius) > 0
+    out = np.empty(n, np.int8)
+    for i in range(n):
+        fx = np.floor((x[i] - x0) * inv)
+        fy = np.floor((y[i] - y0) * inv)
+        if not (fx >= 0 and fx < nx and fy >= 0 and fy < ny):  # NaN too
+            out[i] = _MIXED if discs else 0
+            continue
+        c = int(fy) * nx + int(fx)
+        if discs and not clearance[c] > radius[i]:
+            out[i] = _MIXED
+        else:
+            out[i] = state[c]
+    return out
 
 @dataclass(frozen=True)
 class ZoneIndex:
@@ -43,9 +158,18 @@ class ZoneIndex:
         # Few zones, many points: loop over zones, vectorize over points. Reverse order so
         # the first-listed zone wins where zones overlap.
         for i in reversed(range(len(self.polygons))):
-            inside = shapely.intersects_xy(self.polygons[i], x, y)
+            inside = self._lookups[i](x, y)
             out[inside] = i
         return out
+
+    @cached_property
+    def _lookups(self) -> tuple[PointLookup, ...]:
+        """One lookup grid per zone, made on first use."""
+        return tuple(PointLookup(p) for p in self.polygons)
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled without the lookup grids (derived, and rebuilt in milliseconds)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_lookups"}
 
     def indices_with_role(self, *roles: str) -> list[int]:
         return [i for i, r in enumerate(self.roles) if r in roles]

@@ -10,8 +10,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine._heard import heard_cells
-from engine._order import INSERTION_RUN, lexsort_by_time
+from engine._heard import heard_cells, window_cells
+from engine._order import INSERTION_RUN, lexsort_by_time, member_of
 from engine.contract import UNKNOWN, GatewayInfo, IdTable, sightings_from_columns
 from engine.eventtime import REVISED_FIX_DTYPE, RevisingWindows
 from engine.ingest import IngestCounters, drop_redeliveries, merge_channels_by_time
@@ -175,3 +175,47 @@ def test_heard_cells_are_the_dense_bincount_means(readings, extra_rows) -> None:
     assert mean.tobytes() == dense[want_r, want_c].tobytes()
     assert np.array_equal(Heard(n_rows, n_gw, r_i, c_i, mean).matrix(), dense, equal_nan=True)
 
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-5, 5), max_size=60),
+       st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-5, 5), max_size=60))
+def test_member_of_is_numpys_isin(a: list[int], b: list[int]) -> None:
+    a_arr, b_arr = np.array(a, np.int64), np.array(b, np.int64)
+    np.testing.assert_array_equal(member_of(a_arr, b_arr), np.isin(a_arr, b_arr))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 80), st.integers(0, 3), st.integers(0, 4), st.floats(-100, -40, width=32),
+                          st.integers(-1, 100), st.integers(-1, 1)), max_size=150),
+       st.integers(0, 12), st.integers(0, 6), st.sampled_from([(1.0, 4.0), (0.5, 1.75), (1.0, 1.0), (2.0, 3.0)]),
+       st.sampled_from([1, 1000, 10**7]))
+def test_window_cells_are_the_replicated_windows(rows, k_first, n_windows, step_window, spread) -> None:
+    """The compiled window pass equals the numpy replication it replaced (ranked by
+    sorting), bit for bit, also for window lengths that are not a multiple of the step;
+    device codes spread far apart take the sorting path."""
+    from engine.pipeline import _window_cells_sorted
+
+    a = np.array(rows, dtype=float).reshape(-1, 6)
+    a = a[np.argsort(a[:, 0], kind="stable")]
+    step, window = step_window
+    sightings = sightings_from_columns(t=a[:, 0] / 8.0, gateway=a[:, 1].astype(np.int64),
+                                       device=a[:, 2].astype(np.int64) * spread, rssi=a[:, 3].astype(np.float32),
+                                       battery=a[:, 4].astype(np.int64), motion=a[:, 5].astype(np.int64))
+    per = int(np.ceil(window / step))
+    k_last = k_first + n_windows
+    got = window_cells(sightings["t"], sightings["device"], sightings["gateway"], sightings["rssi"],
+                       sightings["battery"], sightings["motion"], k_first, k_last, step, window, per, UNKNOWN)
+    if got[0] == 0:  # nothing in these windows
+        base = np.floor(sightings["t"] / step + 1e-12).astype(np.int64) + 1
+        assert not any(k_first <= b + j <= k_last and t >= (b + j) * step - window
+                       for b, t in zip(base, sightings["t"], strict=True) for j in range(per))
+        return
+    want = _window_cells_sorted(sightings, k_first, k_last, step, window, per)
+    if got[0] < 0:
+        assert spread > 1  # only sparse codes leave the presence table
+        return
+    assert got[0] == want[0]
+    for g, w in zip(got[1:], want[1:], strict=True):
+        g_arr, w_arr = np.asarray(g), np.asarray(w)
+        assert g_arr.dtype == w_arr.dtype and g_arr.tobytes() == w_arr.tobytes()

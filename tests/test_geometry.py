@@ -101,3 +101,102 @@ def test_random_free_points_avoid_racks(demo_scenario) -> None:
     assert shapely.contains_xy(site.outline, pts[:, 0], pts[:, 1]).all()
     with pytest.raises(ValueError, match="no free floor"):
         site.random_free_points(1, np.random.default_rng(0), site.racks[0].buffer(-0.1))
+
+
+# -- the zone lookup grid (siteplan.zones.PointLookup) answers as shapely does ----------
+
+def _shapes() -> st.SearchStrategy[shapely.Geometry]:
+    """Polygons with holes, slanted edges and several parts: unions of boxes, a buffered
+    zigzag, and a triangle with a hole; all within about 20 m of the origin."""
+    box = st.tuples(coord, coord, st.floats(0.1, 15), st.floats(0.1, 15)).map(
+        lambda b: shapely.box(b[0], b[1], b[0] + b[2], b[1] + b[3]))
+    boxes = st.lists(box, min_size=1, max_size=4).map(shapely.union_all)
+    zigzag = st.lists(st.tuples(coord, coord), min_size=2, max_size=6).map(
+        lambda pts: shapely.LineString(pts).buffer(1.5))
+    holed = st.tuples(coord, coord, st.floats(2, 15)).map(
+        lambda t: shapely.Polygon([(t[0], t[1]), (t[0] + t[2], t[1]), (t[0], t[1] + t[2])]).difference(
+            shapely.Point(t[0] + t[2] / 4, t[1] + t[2] / 4).buffer(t[2] / 10)))
+    return st.one_of(boxes, zigzag, holed).filter(lambda g: not g.is_empty)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_shapes(), st.lists(st.tuples(coord, coord), max_size=50), st.integers(16, 4096))
+def test_point_lookup_matches_shapely(geom: shapely.Geometry, pts: list[tuple[float, float]], cells: int) -> None:
+    from siteplan.zones import PointLookup
+
+    # Random points, every vertex, points along the edges and beside them, and NaN.
+    xy = np.array(pts, float).reshape(-1, 2)
+    verts = shapely.get_coordinates(geom.boundary)
+    along = shapely.get_coordinates(shapely.line_interpolate_point(
+        geom.boundary, np.linspace(0, 1, 97), normalized=True))
+    nudge = np.nextafter(along, np.inf)
+    xy = np.vstack([xy, verts, along, nudge, np.nextafter(along, -np.inf), [[np.nan, 0.0], [0.0, np.nan]]])
+    lookup = PointLookup(geom, max_cells=cells)
+    got = lookup(xy[:, 0], xy[:, 1])
+    np.testing.assert_array_equal(got, shapely.intersects_xy(geom, xy[:, 0], xy[:, 1]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(_shapes(), coord, coord, st.floats(0.0, 10.0))
+def test_point_lookup_disc_side_holds_for_the_whole_disc(geom: shapely.Geometry, x: float, y: float, r: float) -> None:
+    from siteplan.zones import PointLookup
+
+    lookup = PointLookup(geom, max_cells=256)
+    side = int(lookup.disc_side(np.array([x]), np.array([y]), np.array([r]))[0])
+    if side == 2:
+        return  # undecided: the caller tests the points
+    ang = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    rr = np.r_[0.0, np.full(64, r), np.full(64, r / 2)]
+    px = x + rr * np.r_[0.0, np.cos(ang), np.cos(ang)]
+    py = y + rr * np.r_[0.0, np.sin(ang), np.sin(ang)]
+    assert (shapely.intersects_xy(geom, px, py) == bool(side)).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(_shapes(), st.lists(st.tuples(coord, coord, st.floats(0.0, 30.0)), min_size=1, max_size=30),
+       st.booleans())
+def test_zone_probability_equals_testing_every_point(
+    geom: shapely.Geometry, fixes: list[tuple[float, float, float]], outline: bool,
+) -> None:
+    """ZoneRegion.probability settles whole discs from the lookup grid: the same numbers as
+    testing each quadrature point with shapely."""
+    from engine.rules.geofence import CHI2_2DOF_90, MIN_SIGMA_M, MISPLACED_POINTS, ZoneRegion
+
+    within = shapely.box(-15, -15, 15, 15) if outline else None
+    region = ZoneRegion([geom], within=within, points=MISPLACED_POINTS)
+    x, y, r90 = (np.array(c, float) for c in zip(*fixes, strict=True))
+    sigma = np.maximum(r90 / np.sqrt(CHI2_2DOF_90), MIN_SIGMA_M)
+    px = (x[:, None] + sigma[:, None] * region.points[None, :, 0]).ravel()
+    py = (y[:, None] + sigma[:, None] * region.points[None, :, 1]).ravel()
+    inside = shapely.intersects_xy(region.geom, px, py).reshape(len(x), -1)
+    if within is None:
+        want = inside.mean(axis=1)
+    else:
+        feasible = shapely.intersects_xy(within, px, py).reshape(len(x), -1)
+        n_in = feasible.sum(axis=1)
+        want = np.where(n_in > 0, (inside & feasible).sum(axis=1) / np.maximum(n_in, 1), 0.0)
+    np.testing.assert_array_equal(region.probability(x, y, r90), want)
+
+
+def test_zone_index_pickles_without_its_lookup_grids() -> None:
+    import pickle
+
+    zones = ZoneIndex.from_points([("a", "storage", [(0, 0), (10, 0), (10, 10), (0, 10)])])
+    x, y = np.array([1.0, 10.0, 20.0]), np.array([1.0, 5.0, 1.0])
+    before = zones.assign(x, y)
+    blob = pickle.dumps(zones)
+    assert len(blob) < 2_000  # the grids (derived) stay behind
+    np.testing.assert_array_equal(pickle.loads(blob).assign(x, y), before)
+    np.testing.assert_array_equal(before, [0, 0, NO_ZONE])
+
+
+@pytest.mark.parametrize("geom", [
+    shapely.GeometryCollection([shapely.box(0, 0, 1, 1), shapely.LineString([(2, 2), (3, 3)])]),
+    shapely.Point(1, 1), shapely.LineString([(0, 0), (3, 3)]), shapely.Polygon([(0, 0), (1, 0), (2, 0)]),
+])
+def test_point_lookup_of_points_lines_and_collections_asks_shapely(geom: shapely.Geometry) -> None:
+    from siteplan.zones import PointLookup
+
+    xy = np.array([[0.5, 0.5], [2.5, 2.5], [1.0, 1.0], [5.0, 5.0], [1.5, 1.5], [1.0, 0.0]])
+    lookup = PointLookup(geom)
+    np.testing.assert_array_equal(lookup(xy[:, 0], xy[:, 1]), shapely.intersects_xy(geom, xy[:, 0], xy[:, 1]))

@@ -601,3 +601,21 @@ def test_rule_feeder_in_chunks_gives_the_events_of_one_replay() -> None:
     once = events(at_once)
     assert once == events(chunked)
     assert {"exit_without_checkout", "missing_tag"} & {e["rule"] for e in once}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 20), st.integers(0, 2**31 - 1))
+def test_independent_loss_kernel_is_the_product_over_gateways_up(n_tags: int, n_gw: int, seed: int) -> None:
+    """The compiled per-tag loss prod_g (1 - h_g) over gateways up equals the matrix form
+    it replaced, to rounding (it adds the logs gateway by gateway, BLAS in blocks)."""
+    from engine.rules.presence import _independent_loss
+
+    rng = np.random.default_rng(seed)
+    sent = rng.integers(0, 5000, n_tags).astype(np.int64)
+    heard = np.minimum(rng.integers(0, 5000, (n_tags, n_gw)) * rng.integers(0, 2, (n_tags, n_gw)),
+                       sent[:, None]).astype(np.int32)
+    up = rng.random(n_gw) < 0.8
+    d = rng.integers(0, n_tags, 2 * n_tags).astype(np.int64)
+    h = (heard[d] + 0.5) / (sent[d][:, None] + 1.0)
+    want = np.exp(np.log1p(-np.minimum(h, 1 - 1e-12)) @ up.astype(float))
+    np.testing.assert_allclose(_independent_loss(heard, sent, d, up), want, rtol=1e-12, atol=0)

@@ -108,6 +108,25 @@ _FILL: dict[str, tuple[object, str]] = {
 }
 
 
+def sorted_runs(sorted_values: NDArray[Any]) -> tuple[NDArray[Any], NDArray[np.intp], NDArray[np.intp]]:
+    """``np.unique(a, return_index=True, return_counts=True)`` of an already sorted array
+    without NaN, in one linear pass (np.unique sorts again, with a stable sort when it
+    returns indices): the distinct values, where each run starts, and its length."""
+    n = len(sorted_values)
+    edge = np.ones(n, dtype=bool)
+    np.not_equal(sorted_values[1:], sorted_values[:-1], out=edge[1:])
+    starts = np.flatnonzero(edge)
+    return sorted_values[starts], starts, np.diff(np.r_[starts, n])
+
+
+def is_sorted(a: NDArray[Any], strictly: bool = False) -> bool:
+    """Whether ``a`` is ascending (for a float array: and holds no NaN)."""
+    if len(a) < 2:
+        return not np.isnan(a).any() if a.dtype.kind == "f" else True
+    step = a[1:] > a[:-1] if strictly else a[1:] >= a[:-1]
+    return bool(step.all()) and not (a.dtype.kind == "f" and np.isnan(a[0]))
+
+
 @dataclass
 class _Tags:
     """Per-device state arrays (index = device code), grown on demand."""

@@ -63,6 +63,7 @@ import numpy as np
 
 from engine.rules.access import AccessRules
 from engine.rules.battery import BatteryRules
+from engine.rules.core import is_sorted, sorted_runs
 from engine.rules.counts import CycleCountRules
 from engine.rules.dwell import DwellRules
 from engine.rules.exits import ExitRules
@@ -99,8 +100,8 @@ class RuleEngine(ExitRules, CycleCountRules, GeofenceRules, DwellRules, BatteryR
         dev = rows["device"].astype(np.int64)
         self._grow(int(dev.max()) + 1)
         t = rows["t"].astype(float)
-        order = np.argsort(t, kind="stable")
-        events = self._heard_again(dev, t, order)
+        order = np.arange(len(t)) if is_sorted(t) else np.argsort(t, kind="stable")
+        events = self._heard_again(dev, t)
         self._count_frames(rows, dev)
         self._count_gateway_sightings(rows, t, order)
         return self._out(events)
@@ -111,17 +112,27 @@ class RuleEngine(ExitRules, CycleCountRules, GeofenceRules, DwellRules, BatteryR
         """Apply the position rules to a batch of fixes (any order, any mix of times)."""
         if len(fixes) == 0:
             return []
-        fixes = fixes[np.argsort(fixes["t"], kind="stable")]
+        if not is_sorted(fixes["t"]):
+            fixes = fixes[np.argsort(fixes["t"], kind="stable")]
         self.counters["fixes"] += len(fixes)
         self._grow(int(fixes["device"].max()) + 1)
-        times, starts = np.unique(fixes["t"], return_index=True)
+        t_all, d_all = fixes["t"], fixes["device"].astype(np.int64)
+        if is_sorted(t_all):  # no NaN: equal times are runs
+            times, starts, _ = sorted_runs(t_all)
+        else:
+            times, starts = np.unique(t_all, return_index=True)
         bounds = [*starts.tolist(), len(fixes)]
+        # The engine gives each time's fixes by ascending device, each device once: then
+        # a step's rows are already what the deduplication below would make of them.
+        ascending = d_all[1:] > d_all[:-1]
+        ascending[starts[1:] - 1] = True
+        each_once = bool(ascending.all())
         events: list[Event] = []
         for i, t in enumerate(times.tolist()):  # one iteration per window time, not per row
             rows = fixes[bounds[i] : bounds[i + 1]]
-            d_all = rows["device"].astype(np.int64)
-            _, last = np.unique(d_all[::-1], return_index=True)
-            rows = rows[::-1][last]  # one fix per device and time: the last given
+            if not each_once:
+                _, last = np.unique(d_all[bounds[i] : bounds[i + 1]][::-1], return_index=True)
+                rows = rows[::-1][last]  # one fix per device and time (by device): the last given
             self._step(t, rows, events)
         return self._out(events)
 

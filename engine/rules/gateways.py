@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.contract import Sightings
-from engine.rules.core import RuleCore
+from engine.rules.core import RuleCore, sorted_runs
 
 if TYPE_CHECKING:
     from engine.rules.events import Event
@@ -41,11 +41,9 @@ class GatewayHealthRules(RuleCore):
         """Newest time and counts per time bucket of each gateway (``order`` sorts ``t``)."""
         n_gw = len(self.ctx.gateway_ids)
         gw = rows["gateway"].astype(np.int64)
-        rev_gw = gw[order][::-1]
-        ug, gi = np.unique(rev_gw, return_index=True)
-        self.gw_heard_t[ug] = np.fmax(self.gw_heard_t[ug], t[order][::-1][gi])
+        np.fmax.at(self.gw_heard_t, gw, t)  # newest time per gateway (max: any order)
         bucket = np.floor(t / self.rules.gateway.bucket_s).astype(np.int64)
-        for b in np.unique(bucket).tolist():
+        for b in sorted_runs(bucket[order])[0].tolist():
             if b < self._gw_next_bucket:
                 continue  # bucket already judged: a late row, counted in rejected_rows
             counts = np.bincount(gw[bucket == b], minlength=n_gw)

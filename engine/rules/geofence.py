@@ -18,6 +18,7 @@ Transitions, per tag:
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,7 +26,7 @@ import shapely
 from numpy.typing import NDArray
 
 from engine.rules.core import FloatArray, IntArray, RuleCore
-from siteplan.zones import NO_ZONE
+from siteplan.zones import NO_ZONE, PointLookup
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -84,6 +85,17 @@ class ZoneRegion:
         self.bounds = (
             self.geom.bounds if not self.geom.is_empty else (np.inf, np.inf, -np.inf, -np.inf)
         )
+        # Every quadrature point lies within sigma * reach of the fix (one part in 1e9
+        # more covers the rounding of placing it).
+        self.reach = float(np.hypot(self.points[:, 0], self.points[:, 1]).max()) * (1 + 1e-9)
+
+    @cached_property
+    def _inside(self) -> PointLookup:
+        return PointLookup(self.geom)
+
+    @cached_property
+    def _feasible(self) -> PointLookup | None:
+        return None if self.within is None else PointLookup(self.within)
 
     def probability(self, x: FloatArray, y: FloatArray, r90: FloatArray) -> FloatArray:
         """P(true position inside) for Gaussian estimates with the given 90 % radius
@@ -102,14 +114,25 @@ class ZoneRegion:
         )
         if len(near) == 0:
             return out
+        # A fix whose points all lie on one side of every boundary needs no point test:
+        # wholly outside the region, P = 0; wholly inside it (and the outline), P = 1.
+        radius = sigma[near] * self.reach + self._inside.tol
+        side = self._inside.disc_side(x[near], y[near], radius)
+        whole = side == 1
+        if self._feasible is not None:
+            whole &= self._feasible.disc_side(x[near], y[near], radius) == 1
+        out[near[whole]] = 1.0
+        near = near[(side != 0) & ~whole]
+        if len(near) == 0:
+            return out
         gp = self.points
         px = (x[near, None] + sigma[near, None] * gp[None, :, 0]).ravel()
         py = (y[near, None] + sigma[near, None] * gp[None, :, 1]).ravel()
-        inside = shapely.intersects_xy(self.geom, px, py).reshape(len(near), -1)
-        if self.within is None:
+        inside = self._inside(px, py).reshape(len(near), -1)
+        if self._feasible is None:
             out[near] = inside.mean(axis=1)
             return out
-        feasible = shapely.intersects_xy(self.within, px, py).reshape(len(near), -1)
+        feasible = self._feasible(px, py).reshape(len(near), -1)
         n_in = feasible.sum(axis=1)
         out[near] = np.where(n_in > 0, (inside & feasible).sum(axis=1) / np.maximum(n_in, 1), 0.0)
         return out

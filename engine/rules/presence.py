@@ -15,15 +15,38 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numba
 import numpy as np
 from numpy.typing import NDArray
 
 from engine.contract import Sightings
-from engine.rules.core import SECONDS_PER_DAY, FloatArray, IntArray
+from engine.rules.core import SECONDS_PER_DAY, FloatArray, IntArray, sorted_runs
 from engine.rules.gateways import GatewayHealthRules
 
 if TYPE_CHECKING:
     from engine.rules.events import Event
+
+
+@numba.njit(cache=True, nogil=True)
+def _independent_loss(
+    heard: NDArray[np.int32], sent: NDArray[np.int64], d: NDArray[np.int64], up: NDArray[np.bool_],
+) -> NDArray[np.float64]:
+    """exp(sum over gateways up of log(1 - min(h_g, 1 - 1e-12))) for each tag of ``d``,
+    h_g = (heard by g + 1/2) / (sent + 1), added gateway by gateway. A tag hears a few of
+    the site's gateways: the others share one h_g, so one log serves them all. (As a
+    matrix product this was a BLAS call per step, slow on a busy machine.)"""
+    out = np.empty(len(d))
+    for i in range(len(d)):
+        tag = d[i]
+        s1 = float(sent[tag]) + 1.0
+        unheard = np.log1p(-min(0.5 / s1, 1 - 1e-12))
+        acc = 0.0
+        for g in range(len(up)):
+            if up[g]:
+                k = heard[tag, g]
+                acc += unheard if k == 0 else np.log1p(-min((k + 0.5) / s1, 1 - 1e-12))
+        out[i] = np.exp(acc)
+    return out
 
 
 class PresenceRules(GatewayHealthRules):
@@ -66,20 +89,17 @@ class PresenceRules(GatewayHealthRules):
 
     # -- sightings ----------------------------------------------------------------------
 
-    def _heard_again(self, dev: IntArray, t: FloatArray, order: NDArray[np.intp]) -> list[Event]:
+    def _heard_again(self, dev: IntArray, t: FloatArray) -> list[Event]:
         """Last-heard times; tags that were missing, pending or exited and are heard again
-        (``order`` sorts ``t``)."""
+        (rows in any order)."""
         tg = self.tags
-        # Newest time per device: sort by time, keep the last occurrence of each device.
-        rev_dev = dev[order][::-1]
-        u_dev, last_idx = np.unique(rev_dev, return_index=True)
-        newest = t[order][::-1][last_idx]
-        first_dev, first_idx = np.unique(dev[order], return_index=True)
-        first_t = t[order][first_idx]
         events: list[Event] = []
-        back = u_dev[(tg["missing"][u_dev] | tg["pending"][u_dev] | tg["exited"][u_dev])]
-        if len(back):
-            tb = first_t[np.searchsorted(first_dev, back)]
+        gone = tg["missing"][dev] | tg["pending"][dev] | tg["exited"][dev]
+        if gone.any():
+            # Each returning device once, by code, at its earliest sighting of the batch.
+            back, inverse = np.unique(dev[gone], return_inverse=True)
+            tb = np.full(len(back), np.inf)
+            np.minimum.at(tb, inverse.reshape(-1), t[gone])
             for d, tt in zip(back.tolist(), tb.tolist(), strict=True):
                 rule = "exit_case_cleared" if tg["pending"][d] else "tag_found"
                 events.append(
@@ -96,8 +116,8 @@ class PresenceRules(GatewayHealthRules):
             tg["missing"][back] = False
             tg["pending"][back] = False
             tg["exited"][back] = False
-        prev = tg["heard_t"][u_dev]
-        tg["heard_t"][u_dev] = np.fmax(prev, newest)
+        # Newest time per device (max is exact, so the order of the updates does not matter).
+        np.fmax.at(tg["heard_t"], dev, t)
         return events
 
     def _count_frames(self, rows: Sightings, dev: IntArray) -> None:
@@ -109,9 +129,9 @@ class PresenceRules(GatewayHealthRules):
         if not has.any():
             return
         key = dev[has] * (1 << 32) + rows["seq"][has].astype(np.int64)
-        uk = np.unique(key)
+        uk = sorted_runs(np.sort(key))[0]
         kd, ks = uk >> 32, uk & ((1 << 32) - 1)
-        dd, start, count = np.unique(kd, return_index=True, return_counts=True)
+        dd, start, count = sorted_runs(kd)
         first, last = ks[start], ks[start + count - 1]
         prev_seq = tg["last_seq"][dd]
         fresh = first > prev_seq  # counters that went backwards (reset, late rows): no gap
@@ -143,8 +163,8 @@ class PresenceRules(GatewayHealthRules):
         tg["last_seq"][dd] = np.maximum(prev_seq, last)
         # Per (tag, gateway): distinct frames heard (channels of one frame count once).
         cell = dev[has] * n_gw + rows["gateway"][has].astype(np.int64)
-        uc = np.unique(cell * (1 << 32) + rows["seq"][has].astype(np.int64)) >> 32
-        cells, hits = np.unique(uc, return_counts=True)
+        uc = sorted_runs(np.sort(cell * (1 << 32) + rows["seq"][has].astype(np.int64)))[0] >> 32
+        cells, _, hits = sorted_runs(uc)
         self.g_heard.ravel()[cells] += hits.astype(np.int32)
 
     def _moved(self, d: IntArray) -> None:
@@ -158,10 +178,7 @@ class PresenceRules(GatewayHealthRules):
     def _q_gw(self, d: IntArray) -> FloatArray:
         """prod_g (1 - h_g) over gateways now up: the tag's loss if gateways failed
         independently (fading, scanner channel, sensitivity are per gateway)."""
-        g_sent = self.g_sent[d].astype(float)
-        h = (self.g_heard[d] + 0.5) / (g_sent[:, None] + 1.0)
-        up = (self.gw_state == 0).astype(float)
-        return np.asarray(np.exp(np.log1p(-np.minimum(h, 1 - 1e-12)) @ up))
+        return _independent_loss(self.g_heard, self.g_sent, np.asarray(d, np.int64), self.gw_state == 0)
 
     def common_loss(self) -> float:
         """q_c, the share of adverts lost at every gateway at once beyond what independent
