@@ -41,6 +41,7 @@ from engine.localize import (
 from engine.track import (
     FixedLagGridSmoother,
     FixedLagKalmanSmoother,
+    FixedLagParticleSmoother,
     FixedLagSmoother,
     FloorPlan,
     GridFilter,
@@ -103,7 +104,7 @@ class EngineConfig:
     # Factor on a tracker's r90, chosen so it covers 90 % of errors on held-out survey
     # walks (tagtwin.evaluation.choose_tracking); 1 leaves it as the filter computes it.
     tracker_r90_scale: float = 1.0
-    # Fixed-lag smoothing (kalman, hmm): each fix is the estimate given the readings up
+    # Fixed-lag smoothing (kalman, hmm, particle): each fix is the estimate given the readings up
     # to this many seconds after its window, and leaves that much later (0: the filter).
     smoother_lag_s: float = 0.0
 
@@ -112,8 +113,8 @@ class EngineConfig:
             raise ValueError(f"localizer {self.localizer!r} is not one of {LOCALIZERS}")
         if self.tracker not in TRACKERS:
             raise ValueError(f"tracker {self.tracker!r} is not one of {TRACKERS}")
-        if self.smoother_lag_s < 0 or (self.smoother_lag_s > 0 and self.tracker not in ("kalman", "hmm")):
-            raise ValueError(f"smoother_lag_s {self.smoother_lag_s}: a lag >= 0, for tracker kalman or hmm")
+        if self.smoother_lag_s < 0 or (self.smoother_lag_s > 0 and self.tracker == "none"):
+            raise ValueError(f"smoother_lag_s {self.smoother_lag_s}: a lag >= 0, for tracker kalman, hmm or particle")
         needs_map = self.localizer in ("knn", "radio-map") or self.tracker in ("hmm", "particle")
         if needs_map and self.radio_map is None:
             raise ValueError(
@@ -146,6 +147,10 @@ def make_tracker(cfg: EngineConfig) -> Tracker | None:
             return FixedLagGridSmoother(cfg.radio_map, plan, step_s=cfg.step_s,
                                         speed_mps=cfg.tracker_speed_mps, lag_s=lag)
         return GridFilter(cfg.radio_map, plan, step_s=cfg.step_s, speed_mps=cfg.tracker_speed_mps)
+    if lag > 0:
+        return FixedLagParticleSmoother(cfg.radio_map, plan, particles=cfg.particles,
+                                        max_speed_mps=2 * cfg.tracker_speed_mps, seed=cfg.seed,
+                                        lag_s=lag, step_s=cfg.step_s)
     return ParticleFilter(
         cfg.radio_map,
         plan,
@@ -266,7 +271,9 @@ class Engine:
         self.tracker = make_tracker(config)
         # A fixed-lag smoother's fixes wait here until it has made them final (_release).
         self._smoother: FixedLagSmoother | None = (
-            self.tracker if isinstance(self.tracker, FixedLagGridSmoother | FixedLagKalmanSmoother) else None)
+            self.tracker
+            if isinstance(self.tracker, FixedLagGridSmoother | FixedLagKalmanSmoother | FixedLagParticleSmoother)
+            else None)
         self._held = np.zeros(0, FIX_DTYPE)
         self._held_lower = np.zeros(0)  # each held fix's r90 floor, before the r90 scale
         # Gateways that have heard each device since it last moved: the static-shadowing

@@ -476,6 +476,8 @@ class ParticleFilter:
     _init_cells: NDArray[np.intp] = field(init=False)
     _init_stride: int = field(init=False)
     restarts: int = field(init=False, default=0)
+    # The last step's (moved cloud, weights, resampling parents, rows started afresh).
+    last_cloud: tuple[Any, ...] = field(init=False, default=(), repr=False)
 
     def __post_init__(self) -> None:
         p = self.particles
@@ -598,17 +600,24 @@ class ParticleFilter:
             ll[collapsed] = self._log_lik(values[collapsed], weights[collapsed], gk[collapsed], pos[collapsed])
             self.restarts += int(collapsed.sum())
         w = normalise_log(ll)
+        idx = systematic_resample(w, self.rng)
+        # What a fixed-lag smoother by ancestry records: the moved cloud, its weights, each
+        # resampled particle's parent, and the rows that started afresh (new or restarted).
+        self.last_cloud = (pos, w, idx, new | collapsed)
+        self.pos[device] = np.take_along_axis(pos, idx[..., None], 1)
+        self.vel[device] = np.take_along_axis(vel, idx[..., None], 1)
+        self.t[device] = t
+        return self._cloud_estimate(w, pos, fixes.n_gateways)
+
+    def _cloud_estimate(self, w: FloatArray, pos: NDArray[Any], n_gateways: NDArray[np.int32]) -> Estimates:
+        """Weighted mean and r90 of weighted clouds ``pos`` (rows, P, 2). The mean of free
+        positions can fall in a rack between two clusters: it snaps to the nearest
+        particle when it does."""
         mx = np.einsum("rp,rp->r", w, pos[..., 0])
         my = np.einsum("rp,rp->r", w, pos[..., 1])
         vx = np.einsum("rp,rp->r", w, (pos[..., 0] - mx[:, None]) ** 2)
         vy = np.einsum("rp,rp->r", w, (pos[..., 1] - my[:, None]) ** 2)
         cxy = np.einsum("rp,rp->r", w, (pos[..., 0] - mx[:, None]) * (pos[..., 1] - my[:, None]))
-        idx = systematic_resample(w, self.rng)
-        self.pos[device] = np.take_along_axis(pos, idx[..., None], 1)
-        self.vel[device] = np.take_along_axis(vel, idx[..., None], 1)
-        self.t[device] = t
-        # The estimate is the weighted mean; a mean of free positions can fall in a rack
-        # between two clusters, so it snaps to the nearest particle when it does.
         est = np.column_stack([mx, my])
         bad = ~self.plan.is_free(est)
         if bad.any():
@@ -619,8 +628,8 @@ class ParticleFilter:
             est[:, 0],
             est[:, 1],
             r90_from_cov(vx + cell_var, vy + cell_var, cxy),
-            fixes.n_gateways,
-            np.full(len(device), METHOD_PARTICLE, np.int8),
+            n_gateways,
+            np.full(len(w), METHOD_PARTICLE, np.int8),
         )
 
 
@@ -937,6 +946,88 @@ class FixedLagKalmanSmoother(LagRelease, KalmanTracker):
             np.full(len(d), METHOD_KALMAN, np.int8),
         )
         self._done.append(Smoothed(d, self._ring.t[d, s].copy(), est))
+        self._ring.pending[d, s] = False
+
+
+@dataclass
+class FixedLagParticleSmoother(LagRelease, ParticleFilter):
+    """The particle filter's fixed-lag smoother by resampled ancestry (Kitagawa, JCGS
+    5(1), 1996, section 4.1; Doucet & Johansen, *A tutorial on particle filtering and
+    smoothing*, 2009, section 5.1, the fixed-lag approximation p(x_t | y_1:t+L) ~
+    p(x_t | y_1:T)): the particles alive at t + ``lag_s`` carry, through their resampling
+    ancestry, the positions their ancestors had at t; their weights at t + lag on those
+    ancestral positions are the smoothed cloud at t.
+
+    Each device keeps its last ceil(lag / step) + 2 moved clouds, weights and resampling
+    parents (P positions, a weight and a parent each per slot). Degeneracy bounds the lag
+    that pays off: each resampling step leaves fewer distinct ancestors, so the lag is
+    a few steps (Doucet & Johansen, ibid.). A new track or a restart of the cloud breaks
+    the chain (its particles have no ancestors before it). The filter's draws are
+    untouched: lag 0 is the filter itself.
+    """
+
+    STATE: ClassVar[tuple[str, ...]] = (*ParticleFilter.STATE, "_ring", "_cloud", "_weight", "_parent", "_done")
+
+    lag_s: float = 2.0
+    step_s: float = 1.0
+    _ring: LagBuffer = field(init=False, repr=False)
+    _cloud: NDArray[np.float32] = field(init=False, repr=False)
+    _weight: NDArray[np.float32] = field(init=False, repr=False)
+    _parent: NDArray[np.int32] = field(init=False, repr=False)
+    _done: list[Smoothed] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        k = int(np.ceil(self.lag_s / self.step_s - 1e-9)) + 2
+        p = self.particles
+        self._ring = LagBuffer(k)
+        self._cloud = np.zeros((0, k, p, 2), np.float32)
+        self._weight = np.zeros((0, k, p), np.float32)
+        self._parent = np.zeros((0, k, p), np.int32)
+        self._done = []
+
+    def step(
+        self,
+        t: float,
+        device: IntArray,
+        rssi: FloatArray,
+        fixes: Estimates,
+        motion: NDArray[np.int8],
+        tx_power: FloatArray,
+    ) -> Estimates:
+        if len(device) == 0:
+            return fixes
+        est = super().step(t, device, rssi, fixes, motion, tx_power)
+        pos, w, parent, fresh = self.last_cloud
+        ring = self._ring
+        if ring.grow(int(device.max()) + 1):
+            extra = len(ring.head) - len(self._cloud)
+            k, p = ring.slots, self.particles
+            self._cloud = np.concatenate([self._cloud, np.zeros((extra, k, p, 2), np.float32)])
+            self._weight = np.concatenate([self._weight, np.zeros((extra, k, p), np.float32)])
+            self._parent = np.concatenate([self._parent, np.zeros((extra, k, p), np.int32)])
+        s = self._slots(device, t, fresh, fixes.n_gateways)
+        self._cloud[device, s] = pos
+        self._weight[device, s] = w
+        self._parent[device, s] = parent
+        self._finalise(*ring.due(t, self.lag_s))
+        return est
+
+    def _finalise(self, d: IntArray, s: NDArray[np.int64]) -> None:
+        if len(d) == 0:
+            return
+        seq, n = self._ring.chains(d, s, self.lag_s)
+        rows = np.arange(len(d))
+        w = self._weight[d, seq[rows, n]].astype(float)
+        # ancestor[r, j]: the index, at the entry's own time, of particle j's ancestor.
+        ancestor = np.broadcast_to(np.arange(self.particles), w.shape).copy()
+        for o in range(int(n.max(initial=0)), 0, -1):
+            act = np.flatnonzero(n >= o)
+            ancestor[act] = np.take_along_axis(self._parent[d[act], seq[act, o - 1]], ancestor[act], 1)
+        pos = np.take_along_axis(self._cloud[d, s], ancestor[..., None], 1)
+        w /= w.sum(axis=1, keepdims=True)
+        self._done.append(Smoothed(d, self._ring.t[d, s].copy(),
+                                   self._cloud_estimate(w, pos, self._ring.n_gateways[d, s].copy())))
         self._ring.pending[d, s] = False
 
 

@@ -257,7 +257,7 @@ def evaluate(
     ] = "wls",
     tracker: Annotated[str, typer.Option(help="none, kalman, hmm, particle")] = "none",
     smoother_lag: Annotated[float, typer.Option(
-        help="kalman, hmm: fixed-lag smoother, seconds of readings after each fix it waits for")] = 0.0,
+        help="kalman, hmm, particle: fixed-lag smoother, seconds of readings after each fix it waits for")] = 0.0,
     step: Annotated[float, typer.Option(help="seconds between fixes")] = 1.0,
     window: Annotated[float, typer.Option(help="seconds of sightings per fix")] = 1.0,
     exponent: Annotated[

@@ -265,7 +265,7 @@ def site_capture_config(
     calibration walk named in the site file, smoothed as calibrated) when it has one.
     A tracker the site file's cross-validation tuned (``radio_map.tuning``, or
     ``tuning`` given here) gets its motion speed, likelihood widening and r90 factor;
-    ``smoother_lag_s`` > 0 asks for the tracker's fixed-lag smoother (Kalman, HMM),
+    ``smoother_lag_s`` > 0 asks for the tracker's fixed-lag smoother (Kalman, HMM, particle),
     tuned as the site file's entry with that lag says."""
     from engine.capture import read_capture
     from engine.localize import ObstacleMap
@@ -481,7 +481,7 @@ class Candidate:
     window_s: float
     speed_mps: float = 1.5
     inflation: float | None = None
-    lag_s: float = 0.0  # fixed-lag smoother (kalman, hmm); 0: the filter
+    lag_s: float = 0.0  # fixed-lag smoother (kalman, hmm, particle); 0: the filter
 
     @property
     def name(self) -> str:

@@ -1,4 +1,5 @@
-"""Fixed-lag smoothers (engine/track.py): at lag 0 they are the filter; every fix time
+"""Fixed-lag smoothers (engine/track.py: Kalman RTS, HMM forward-backward, particle
+ancestry): at lag 0 they are the filter; every fix time
 leaves exactly once, with a normalised posterior; an estimate never uses readings past
 its lag; on walks with known truth they do not do worse than the filter on average; and
 through the engine a smoothed fix leaves only once its lag has passed."""
@@ -16,9 +17,11 @@ from engine.pipeline import Engine, EngineConfig
 from engine.track import (
     FixedLagGridSmoother,
     FixedLagKalmanSmoother,
+    FixedLagParticleSmoother,
     FloorPlan,
     GridFilter,
     KalmanTracker,
+    ParticleFilter,
     Smoothed,
 )
 from radio_models.environment import Grid
@@ -58,7 +61,10 @@ def walk(seed: int, steps: int, devices: int = 2) -> tuple[np.ndarray, np.ndarra
     return truth, rssi
 
 
-def run(tracker: GridFilter | KalmanTracker, rssi: np.ndarray) -> tuple[np.ndarray, Smoothed]:
+SMOOTHERS = FixedLagGridSmoother | FixedLagKalmanSmoother | FixedLagParticleSmoother
+
+
+def run(tracker: GridFilter | KalmanTracker | ParticleFilter, rssi: np.ndarray) -> tuple[np.ndarray, Smoothed]:
     """Step a tracker through every row; the filter's estimates (steps, devices, 2) and,
     for a smoother, everything it released (finish included)."""
     steps, devices, _ = rssi.shape
@@ -71,9 +77,9 @@ def run(tracker: GridFilter | KalmanTracker, rssi: np.ndarray) -> tuple[np.ndarr
         single = radio_map_localize(rssi[k], MAP, tx)
         est = tracker.step(float(k), dev, rssi[k], single, motion, tx)
         filt[k] = np.column_stack([est.x, est.y])
-        if isinstance(tracker, FixedLagGridSmoother | FixedLagKalmanSmoother):
+        if isinstance(tracker, SMOOTHERS):
             released.append(tracker.smoothed())
-    if isinstance(tracker, FixedLagGridSmoother | FixedLagKalmanSmoother):
+    if isinstance(tracker, SMOOTHERS):
         released.append(tracker.finish())
     return filt, Smoothed.concat(released)
 
@@ -84,25 +90,34 @@ def as_grid(done: Smoothed, steps: int, devices: int) -> np.ndarray:
     return out
 
 
-def make(kind: str, lag: float) -> GridFilter | KalmanTracker:
+def make(kind: str, lag: float, seed: int = 0) -> GridFilter | KalmanTracker | ParticleFilter:
     if kind == "hmm":
         return FixedLagGridSmoother(MAP, PLAN, step_s=1.0, speed_mps=1.0, lag_s=lag)
+    if kind == "particle":
+        return FixedLagParticleSmoother(MAP, PLAN, seed=seed, lag_s=lag, step_s=1.0)
     return FixedLagKalmanSmoother(bounds=BOUNDS, lag_s=lag, step_s=1.0)
 
 
+def plain(kind: str, seed: int = 0) -> GridFilter | KalmanTracker | ParticleFilter:
+    if kind == "hmm":
+        return GridFilter(MAP, PLAN, step_s=1.0, speed_mps=1.0)
+    if kind == "particle":
+        return ParticleFilter(MAP, PLAN, seed=seed)
+    return KalmanTracker(bounds=BOUNDS)
+
+
 @settings(max_examples=8, deadline=None)
-@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["hmm", "kalman"]))
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["hmm", "kalman", "particle"]))
 def test_at_lag_zero_the_smoother_is_the_filter(seed, kind):
     _, rssi = walk(seed, 12)
-    filt, _ = run(GridFilter(MAP, PLAN, step_s=1.0, speed_mps=1.0) if kind == "hmm" else
-                  KalmanTracker(bounds=BOUNDS), rssi)
-    own_filter, done = run(make(kind, 0.0), rssi)
+    filt, _ = run(plain(kind, seed), rssi)
+    own_filter, done = run(make(kind, 0.0, seed), rssi)
     np.testing.assert_allclose(own_filter, filt, atol=1e-9)  # the smoother's filter is untouched
     np.testing.assert_allclose(as_grid(done, 12, 2), filt, atol=1e-4)  # float32 posteriors
 
 
 @settings(max_examples=8, deadline=None)
-@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["hmm", "kalman"]),
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["hmm", "kalman", "particle"]),
        lag=st.sampled_from([1.0, 2.0, 3.0]))
 def test_every_fix_time_leaves_once_and_never_uses_readings_past_its_lag(seed, kind, lag):
     steps = 10
@@ -142,7 +157,7 @@ def test_smoothed_posterior_is_normalised():
     assert np.all(rows >= 0)
 
 
-@pytest.mark.parametrize("kind", ["hmm", "kalman"])
+@pytest.mark.parametrize("kind", ["hmm", "kalman", "particle"])
 def test_smoother_does_not_do_worse_than_the_filter_on_known_walks(kind):
     """Seeded walks with known truth: the mean error of the lag-2 s smoother is at most
     the filter's (it is lower: the readings ahead say where a moving tag went)."""
@@ -170,7 +185,7 @@ def sightings(rssi: np.ndarray) -> np.ndarray:
     return rows
 
 
-@pytest.mark.parametrize("tracker", ["hmm", "kalman"])
+@pytest.mark.parametrize("tracker", ["hmm", "kalman", "particle"])
 def test_engine_holds_a_smoothed_fix_until_its_lag_has_passed(tracker):
     _, rssi = walk(5, 20)
     gateways = GatewayInfo(tuple(f"g{i}" for i in range(len(GW))), GW)
@@ -212,8 +227,9 @@ def test_a_scenario_asks_for_a_smoother_only_with_a_tracker_that_has_one():
     lagged = EngineSettings(tracker="hmm", smoother_lag_s=2.0)
     assert lagged.model_dump()["smoother_lag_s"] == 2.0
     assert EngineSettings.model_validate(lagged.model_dump()) == lagged
-    with pytest.raises(ValidationError, match="smoother_lag_s needs tracker kalman or hmm"):
-        EngineSettings(tracker="particle", smoother_lag_s=2.0)
+    assert EngineSettings(tracker="particle", smoother_lag_s=2.0).smoother_lag_s == 2.0
+    with pytest.raises(ValidationError, match="smoother_lag_s needs tracker kalman, hmm or particle"):
+        EngineSettings(tracker="none", smoother_lag_s=2.0)
     with pytest.raises(ValueError, match="smoother_lag_s"):
         EngineConfig(gateways=GatewayInfo(("g",), GW[:1]), zones=ZoneIndex.from_points([]), bounds=BOUNDS,
                      tracker="none", smoother_lag_s=1.0)
@@ -282,13 +298,14 @@ def test_a_gated_outlier_does_not_drag_the_smoothed_past():
     assert err[:8].max() < 0.6, err
 
 
-def test_a_tracking_state_round_trip_replays_the_smoother_exactly():
+@pytest.mark.parametrize("tracker", ["hmm", "particle"])
+def test_a_tracking_state_round_trip_replays_the_smoother_exactly(tracker):
     """Engine.tracking_state / set_tracking_state (the backbone's rewind) cover a
     smoother's ring and the fixes the engine holds for it."""
     _, rssi = walk(9, 16)
     gateways = GatewayInfo(tuple(f"g{i}" for i in range(len(GW))), GW)
     cfg = EngineConfig(gateways=gateways, zones=ZoneIndex.from_points([]), bounds=BOUNDS, window_s=1.0,
-                       step_s=1.0, allowed_lateness_s=0.0, localizer="radio-map", tracker="hmm",
+                       step_s=1.0, allowed_lateness_s=0.0, localizer="radio-map", tracker=tracker,
                        radio_map=MAP, floor_plan=PLAN, tracker_speed_mps=1.0, smoother_lag_s=3.0)
     rows = sightings(rssi)
     eng = Engine(cfg)

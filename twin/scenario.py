@@ -94,7 +94,7 @@ class EngineSettings(Strict):
     tracker_speed_mps: float = Field(
         default=1.5, gt=0, le=20, description="typical speed of a carried tag")
     smoother_lag_s: float = Field(
-        default=0.0, ge=0, le=60, description="kalman, hmm: fixed-lag smoother, each fix waits this "
+        default=0.0, ge=0, le=60, description="kalman, hmm, particle: fixed-lag smoother, each fix waits this "
         "long for the readings after it (latency = window + lag); 0: the filter")
     zone_hysteresis: bool = Field(
         default=False, description="a tag changes zone only on repeated evidence")
@@ -116,8 +116,8 @@ class EngineSettings(Strict):
 
     @model_validator(mode="after")
     def _smoother_has_a_tracker(self) -> EngineSettings:
-        if self.smoother_lag_s > 0 and self.tracker not in ("kalman", "hmm"):
-            raise ValueError(f"smoother_lag_s needs tracker kalman or hmm, not {self.tracker!r}")
+        if self.smoother_lag_s > 0 and self.tracker not in ("kalman", "hmm", "particle"):
+            raise ValueError(f"smoother_lag_s needs tracker kalman, hmm or particle, not {self.tracker!r}")
         return self
 
 
