@@ -404,6 +404,12 @@ def calibrate(
         help="also choose and tune the tracker by cross-validation on the walk (minutes)")] = False,
     target_median: Annotated[float, typer.Option(help="accuracy target for --choose-tracker: median, m")] = 0.8,
     target_p90: Annotated[float, typer.Option(help="accuracy target for --choose-tracker: p90, m")] = 1.8,
+    track_length: Annotated[float, typer.Option(
+        help="--choose-tracker: length of the walk the target is judged on, s (ranks by how often "
+        "held-out walks that long meet both targets)")] = 360.0,
+    rank_by: Annotated[str, typer.Option(
+        help="--choose-tracker: meet_share (that share) or target_ratio (pooled errors' worse ratio)")]
+    = "meet_share",
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Fit a site's radio from a walk with truth: P0, n, per-gateway offsets, shadowing
@@ -427,7 +433,8 @@ def calibrate(
             from tagtwin.evaluation import tune_tracking
 
             site_file, best, cv, _ = tune_tracking(site_file, out, cap, gw, target_median_m=target_median,
-                                                   target_p90_m=target_p90)
+                                                   target_p90_m=target_p90, track_s=track_length,
+                                                   criterion=rank_by)
     except (SiteFileError, CaptureError, ValueError) as exc:
         err_console.print(f"[bold red]cannot calibrate:[/] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
@@ -441,6 +448,7 @@ def calibrate(
             score = cv[best.name]
             console.print(f"tracker chosen by cross-validation on the walk: {best.name} "
                           f"(median {score['median_error_m']:.2f} m, p90 {score['p90_error_m']:.2f} m, "
+                          f"{score['track_meet_share']:.0%} of {track_length:g} s walks meet both targets, "
                           f"r90 x{score['r90_scale']:.2f})")
         console.print(f"wrote {out} and {png}")
 
@@ -456,6 +464,8 @@ def fidelity(
     window: Annotated[float, typer.Option(help="seconds of sightings per fix")] = 1.0,
     seed: Annotated[int, typer.Option(help="seed of the twin's draws")] = 0,
     realizations: Annotated[int, typer.Option(help="twins drawn (each its own shadowing)")] = 4,
+    smoother_lag: Annotated[float, typer.Option(
+        help="kalman, hmm, particle: compare the fixed-lag smoother with this lag, seconds")] = 0.0,
     condition: Annotated[bool, typer.Option(
         help="condition the twin's shadowing on the site's survey (this site, not one like it)")] = True,
     plot: Annotated[Path | None, typer.Option(help="figure (default: fidelity.png next to the site)")] = None,
@@ -474,7 +484,8 @@ def fidelity(
         gw = read_gateways(gateways) if gateways is not None else site_gateways(site_file)
         cap = read_capture(capture, gw, gateways or site)
         result, curves = run(cap, site_file, site, localizer=localizer, tracker=tracker, step=step,
-                             window=window, seed=seed, realizations=realizations, condition=condition)
+                             window=window, seed=seed, realizations=realizations, condition=condition,
+                             smoother_lag_s=smoother_lag)
     except (CaptureError, SiteFileError, ValueError) as exc:
         err_console.print(f"[bold red]cannot compare:[/] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None

@@ -78,6 +78,7 @@ def fidelity(
     seed: int = 0,
     realizations: int = 4,
     condition: bool = True,
+    smoother_lag_s: float = 0.0,
 ) -> tuple[dict[str, Any], dict[str, FloatArray]]:
     """The comparison as JSON-ready numbers, and the arrays the plot draws.
 
@@ -87,7 +88,9 @@ def fidelity(
     localization error is then what the twin predicts a calibrated site would get.
     With ``condition`` (and a survey), the twin's shadowing is conditioned on what the
     survey measured (twin.walk.condition_on_survey): the twin of this site, not of a
-    site like it, whose error would vary from one draw of the fields to the next."""
+    site like it, whose error would vary from one draw of the fields to the next.
+    ``smoother_lag_s`` > 0 compares the tracker's fixed-lag smoother (tuned as the site
+    file's entry with that lag), on the real walk and on the twin's alike."""
     from engine.capture import read_capture
     from engine.evaluate import position_errors
 
@@ -118,7 +121,7 @@ def fidelity(
 
     def errors(cap: Capture, map_survey: Capture | None) -> tuple[dict[str, Any], FloatArray]:
         cfg = site_capture_config(site, site_path, gw, localizer, tracker, step, window, -59.0, None, seed,
-                                  map_survey)
+                                  map_survey, smoother_lag_s=smoother_lag_s)
         fixes, metrics = evaluate_capture(cap, cfg)
         assert cap.truth is not None
         keep = ("median_error_m", "p90_error_m", "r90_coverage")
@@ -157,7 +160,8 @@ def fidelity(
             for j, g in enumerate(gw.ids)
         },
         "localization": {
-            "method": localizer if tracker == "none" else f"{localizer}+{tracker}",
+            "method": (localizer if tracker == "none" else f"{localizer}+{tracker}")
+            + (f"+lag{smoother_lag_s:g}s" if smoother_lag_s > 0 else ""),
             "radio_map": "survey (the twin's replay of it for the twin)" if survey is not None else "model",
             "real": real_loc,
             "twin": twin_loc,

@@ -269,9 +269,11 @@ def test_evaluate_site_compare_and_fidelity(walk: dict[str, Path], tmp_path: Pat
         assert lagged["median_error_m"] < 2.0
     fid = tmp_path / "fid.json"
     res = runner.invoke(app, ["fidelity", "--capture", str(walk["walk"]), "--site", str(out), "--json", str(fid),
-                              "--realizations", "2", "--plot", str(tmp_path / "fid.png")])
+                              "--realizations", "2", "--plot", str(tmp_path / "fid.png"), "--smoother-lag", "2"])
     assert res.exit_code == 0, res.output
     f = json.loads(fid.read_text())
+    assert f["localization"]["method"] == "radio-map+hmm+lag2s"  # the smoother on real and twin alike
+    assert f["localization"]["twin"]["median_error_m"] < 2.0
     assert f["ks_residuals"] < 0.1  # the twin replays a walk of the twin it was calibrated on
     assert set(f["reception"]) == {"g1", "g2", "g3", "g4", "g5"}
 
@@ -464,3 +466,52 @@ def test_calibrate_choose_tracker_writes_the_tuning_evaluate_uses(walk: dict[str
     cfg = site_capture_config(site, out, read_gateways(walk["gateways"]), hmm.localizer, "hmm", hmm.step_s,
                               hmm.window_s, -59.0, None, 0)
     assert (cfg.tracker_speed_mps, cfg.tracker_r90_scale) == (hmm.speed_mps, hmm.r90_scale)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    walks=st.lists(st.lists(st.floats(0.0, 4.0), min_size=1, max_size=12), min_size=1, max_size=7),
+    k=st.integers(1, 4),
+)
+def test_track_meet_share_is_the_share_of_walk_combinations_meeting_both_targets(walks, k):
+    """Against a brute force over every combination of k distinct walks."""
+    import itertools
+
+    from tagtwin.evaluation import track_meet_share
+
+    arrays = [np.array(w) for w in walks]
+    got = track_meet_share(arrays, k, 0.8, 1.8)
+    k_eff = min(k, len(arrays))
+    meets = []
+    for combo in itertools.combinations(range(len(arrays)), k_eff):
+        e = np.concatenate([arrays[j] for j in combo])
+        meets.append(bool(np.median(e) <= 0.8 and np.quantile(e, 0.9) <= 1.8))
+    assert got["track_meet_share"] == pytest.approx(np.mean(meets), abs=1e-4)
+    assert got["track_median_q05_m"] <= got["track_median_q50_m"] <= got["track_median_q95_m"]
+    assert got["track_p90_q05_m"] <= got["track_p90_q50_m"] <= got["track_p90_q95_m"]
+    drawn = track_meet_share(arrays, k, 0.8, 1.8, max_tracks=3, seed=1)  # drawn, not enumerated
+    assert 0.0 <= drawn["track_meet_share"] <= 1.0
+    assert drawn == track_meet_share(arrays, k, 0.8, 1.8, max_tracks=3, seed=1)
+
+
+def test_meet_share_tells_apart_methods_whose_pooled_errors_are_the_same():
+    """Two methods with the very same pooled errors (so the same pooled target ratio): one
+    spreads its errors evenly over its walks, the other has good walks and bad walks.
+    A 3-walk track of the first meets the target every time; of the second, about half;
+    ranking by the meet share picks the first whichever comes first."""
+    from tagtwin.evaluation import Candidate, choose_tracking, target_ratio, track_meet_share
+
+    errors = np.linspace(0.0, 2.0, 12 * 50)
+    even = [errors[i::12] for i in range(12)]  # every walk spans the whole range
+    lumpy = [errors[50 * i:50 * (i + 1)] for i in range(12)]  # walk i: the i-th twelfth
+    pooled = (float(np.median(errors)), float(np.quantile(errors, 0.9)))
+    assert np.array_equal(np.sort(np.concatenate(even)), np.sort(np.concatenate(lumpy)))
+    a, b = track_meet_share(even, 3, 1.1, 1.9), track_meet_share(lumpy, 3, 1.1, 1.9)
+    assert a["track_meet_share"] == 1.0 and b["track_meet_share"] < 0.6
+    ratio = target_ratio(*pooled, 1.1, 1.9)
+    first, second = Candidate("radio-map", "none", 1.0, 1.0), Candidate("radio-map", "hmm", 1.0, 1.0)
+    base = {"median_error_m": pooled[0], "p90_error_m": pooled[1], "target_ratio": ratio, "r90_scale": 1.0}
+    for lumpy_one, even_one in ((first, second), (second, first)):
+        cv = {lumpy_one.name: base | b, even_one.name: base | a}
+        assert choose_tracking(cv, (first, second))[0] == even_one
+        assert choose_tracking(cv, (first, second), "target_ratio")[0] == first  # a tie: the first
