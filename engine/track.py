@@ -740,8 +740,29 @@ class LagRelease:
     writing a step's entries (a slot still waiting is made final before it is reused)."""
 
     lag_s: float
+    step_s: float
     _ring: LagBuffer
+    _stores: tuple[str, ...]
     _done: list[Smoothed]
+
+    def _start_ring(self, **stores: tuple[tuple[int, ...], type]) -> None:
+        """A ring of ceil(lag / step) + 2 entries per device (every fix within the lag, the
+        one it smooths, one spare) and the per-entry arrays ``stores``: name = (shape of
+        one entry, dtype), each stored as (devices, slots, *shape)."""
+        k = int(np.ceil(self.lag_s / self.step_s - 1e-9)) + 2
+        self._ring = LagBuffer(k)
+        for name, (shape, dtype) in stores.items():
+            setattr(self, name, np.zeros((0, k, *shape), dtype))
+        self._stores = tuple(stores)
+        self._done = []
+
+    def _grow_ring(self, device: IntArray) -> None:
+        """Room for ``device`` in the ring and in every per-entry array."""
+        if self._ring.grow(int(device.max()) + 1):
+            for name in self._stores:
+                a = getattr(self, name)
+                extra = len(self._ring.head) - len(a)
+                setattr(self, name, np.concatenate([a, np.zeros((extra, *a.shape[1:]), a.dtype)]))
 
     def _finalise(self, d: IntArray, s: NDArray[np.int64]) -> None:
         raise NotImplementedError
@@ -788,13 +809,8 @@ class FixedLagGridSmoother(LagRelease, GridFilter):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        k = int(np.ceil(self.lag_s / self.step_s - 1e-9)) + 2
-        self._ring = LagBuffer(k)
         n = len(self.cells)
-        self._alpha = np.zeros((0, k, n), np.float32)
-        self._lik = np.zeros((0, k, n), np.float32)
-        self._steps = np.zeros((0, k), np.int32)
-        self._done = []
+        self._start_ring(_alpha=((n,), np.float32), _lik=((n,), np.float32), _steps=((), np.int32))
 
     def step(
         self,
@@ -811,18 +827,12 @@ class FixedLagGridSmoother(LagRelease, GridFilter):
         first = np.ones(len(device), bool)
         first[known] = np.isnan(self.t[device[known]])
         post, ll, steps = self._forward(t, device, rssi, motion, tx_power)
-        ring = self._ring
-        if ring.grow(int(device.max()) + 1):
-            extra = len(ring.head) - len(self._alpha)
-            shape = (extra, ring.slots, len(self.cells))
-            self._alpha = np.concatenate([self._alpha, np.zeros(shape, np.float32)])
-            self._lik = np.concatenate([self._lik, np.zeros(shape, np.float32)])
-            self._steps = np.vstack([self._steps, np.zeros((extra, ring.slots), np.int32)])
+        self._grow_ring(device)
         s = self._slots(device, t, first, fixes.n_gateways)
         self._alpha[device, s] = post
         self._lik[device, s] = np.exp(ll - ll.max(axis=1, keepdims=True))
         self._steps[device, s] = steps
-        self._finalise(*ring.due(t, self.lag_s))
+        self._finalise(*self._ring.due(t, self.lag_s))
         return self._estimate(post, fixes.n_gateways)
 
     def _finalise(self, d: IntArray, s: NDArray[np.int64]) -> None:
@@ -875,14 +885,8 @@ class FixedLagKalmanSmoother(LagRelease, KalmanTracker):
     _done: list[Smoothed] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        k = int(np.ceil(self.lag_s / self.step_s - 1e-9)) + 2
-        self._ring = LagBuffer(k)
-        self._xf = np.zeros((0, k, 4))
-        self._pf = np.zeros((0, k, 4, 4))
-        self._xp = np.zeros((0, k, 4))
-        self._pp = np.zeros((0, k, 4, 4))
-        self._f = np.zeros((0, k, 4, 4))
-        self._done = []
+        self._start_ring(_xf=((4,), np.float64), _pf=((4, 4), np.float64), _xp=((4,), np.float64),
+                         _pp=((4, 4), np.float64), _f=((4, 4), np.float64))
 
     def step(
         self,
@@ -896,15 +900,7 @@ class FixedLagKalmanSmoother(LagRelease, KalmanTracker):
         if len(device) == 0:
             return fixes
         est = super().step(t, device, rssi, fixes, motion, tx_power)
-        ring = self._ring
-        if ring.grow(int(device.max()) + 1):
-            extra = len(ring.head) - len(self._xf)
-            k = ring.slots
-            self._xf = np.concatenate([self._xf, np.zeros((extra, k, 4))])
-            self._pf = np.concatenate([self._pf, np.zeros((extra, k, 4, 4))])
-            self._xp = np.concatenate([self._xp, np.zeros((extra, k, 4))])
-            self._pp = np.concatenate([self._pp, np.zeros((extra, k, 4, 4))])
-            self._f = np.concatenate([self._f, np.zeros((extra, k, 4, 4))])
+        self._grow_ring(device)
         had, xp, pp, f = self.last_prediction
         # A new track, a restart or a gated fix starts a chain. The gated update zeroes
         # the velocity gain, so its moments are not the posterior RTS assumes: carried
@@ -918,7 +914,7 @@ class FixedLagKalmanSmoother(LagRelease, KalmanTracker):
         self._xp[device[had], s[had]] = xp
         self._pp[device[had], s[had]] = pp
         self._f[device[had], s[had]] = f
-        self._finalise(*ring.due(t, self.lag_s))
+        self._finalise(*self._ring.due(t, self.lag_s))
         return est
 
     def _finalise(self, d: IntArray, s: NDArray[np.int64]) -> None:
@@ -978,13 +974,8 @@ class FixedLagParticleSmoother(LagRelease, ParticleFilter):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        k = int(np.ceil(self.lag_s / self.step_s - 1e-9)) + 2
         p = self.particles
-        self._ring = LagBuffer(k)
-        self._cloud = np.zeros((0, k, p, 2), np.float32)
-        self._weight = np.zeros((0, k, p), np.float32)
-        self._parent = np.zeros((0, k, p), np.int32)
-        self._done = []
+        self._start_ring(_cloud=((p, 2), np.float32), _weight=((p,), np.float32), _parent=((p,), np.int32))
 
     def step(
         self,
@@ -999,18 +990,12 @@ class FixedLagParticleSmoother(LagRelease, ParticleFilter):
             return fixes
         est = super().step(t, device, rssi, fixes, motion, tx_power)
         pos, w, parent, fresh = self.last_cloud
-        ring = self._ring
-        if ring.grow(int(device.max()) + 1):
-            extra = len(ring.head) - len(self._cloud)
-            k, p = ring.slots, self.particles
-            self._cloud = np.concatenate([self._cloud, np.zeros((extra, k, p, 2), np.float32)])
-            self._weight = np.concatenate([self._weight, np.zeros((extra, k, p), np.float32)])
-            self._parent = np.concatenate([self._parent, np.zeros((extra, k, p), np.int32)])
+        self._grow_ring(device)
         s = self._slots(device, t, fresh, fixes.n_gateways)
         self._cloud[device, s] = pos
         self._weight[device, s] = w
         self._parent[device, s] = parent
-        self._finalise(*ring.due(t, self.lag_s))
+        self._finalise(*self._ring.due(t, self.lag_s))
         return est
 
     def _finalise(self, d: IntArray, s: NDArray[np.int64]) -> None:
