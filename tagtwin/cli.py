@@ -420,7 +420,12 @@ def calibrate(
     from siteplan.sitefile import SiteFileError, dump_site_file, load_site_file
     from tagtwin.calibrate import calibrate as run
     from tagtwin.calibrate import diagnostics_png, survey_reference
+    from tagtwin.evaluation import CRITERIA
 
+    if rank_by not in CRITERIA or not track_length > 0:
+        err_console.print(f"[bold red]cannot calibrate:[/] --rank-by {rank_by!r} --track-length {track_length:g}: "
+                          f"rank by one of {', '.join(CRITERIA)}, over a length > 0 s", markup=True, highlight=False)
+        raise typer.Exit(2)
     try:
         base = load_site_file(site) if site is not None else None
         gw = read_gateways(gateways)

@@ -305,6 +305,10 @@ def test_calibrate_without_truth_says_so(walk: dict[str, Path], tmp_path: Path) 
                               "--out", str(tmp_path / "s.toml")])
     assert res.exit_code == 2 and "nothing to calibrate against" in res.output
     assert "Traceback" not in res.output
+    res = runner.invoke(app, ["calibrate", "--capture", str(walk["walk"]), "--gateways", str(walk["gateways"]),
+                              "--out", str(tmp_path / "s.toml"), "--choose-tracker", "--rank-by", "best"])
+    assert res.exit_code == 2 and "rank by one of meet_share, target_ratio" in res.output
+    assert res.output.count("\n") == 1 and not (tmp_path / "s.toml").exists()  # said at once, nothing written
 
 
 def test_an_occupancy_image_is_the_trackers_floor_plan(tmp_path: Path) -> None:
