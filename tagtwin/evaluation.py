@@ -415,7 +415,7 @@ def per_device_errors(
 
 
 # Fixed-lag smoothers --compare also runs (seconds of lag; latency grows by as much).
-COMPARE_SMOOTHED = (("radio-map", "kalman", 2.0), ("radio-map", "hmm", 2.0))
+COMPARE_SMOOTHED = (("radio-map", "kalman", 2.0), ("radio-map", "hmm", 2.0), ("radio-map", "particle", 2.0))
 
 
 def compare_estimators(
