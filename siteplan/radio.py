@@ -129,7 +129,8 @@ class TrackerTuning(Strict):
     speed_mps: float = Field(1.5, gt=0, le=10, description="HMM / particle motion model speed")
     inflation: float | None = Field(None, gt=0, le=20, description="likelihood widening; none: the map's own")
     r90_scale: float = Field(1.0, gt=0, le=20, description="factor on the tracker's r90 (HMM, particle, smoothers)")
-    smoother_lag_s: float = Field(0.0, ge=0, le=60, description="fixed-lag smoother's lag (kalman, hmm, particle); 0: the filter")
+    smoother_lag_s: float = Field(
+        0.0, ge=0, le=60, description="fixed-lag smoother's lag (kalman, hmm, particle); 0: the filter")
     chosen: bool = Field(False, description="the combination cross-validation ranked first")
 
 
