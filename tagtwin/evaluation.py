@@ -612,6 +612,8 @@ def cross_validate(
     target_median_m: float = 0.8,
     target_p90_m: float = 1.8,
     track_s: float = TRACK_S,
+    masks: list[NDArray[np.bool_]] | None = None,
+    walks_out: dict[str, list[FloatArray]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Every candidate scored on the calibration data alone: each fold's stretches are
     walked afresh (``held_out_walks``) and located with a radio map built from the other
@@ -619,12 +621,15 @@ def cross_validate(
     factor on r90 that would cover 90 % of them (``r90_scale``), ``target_ratio``, and
     how often a track of ``track_s`` (held-out walks put together) meets both targets,
     with the spread of such a track's median and p90 (``track_meet_share``).
-    What a site can use to pick and tune its tracker without looking at a test track."""
+    What a site can use to pick and tune its tracker without looking at a test track.
+    ``masks`` replaces the interleaved folds (each mask: the sightings held out);
+    ``walks_out`` receives each candidate's errors per held-out walk, in time order."""
     from engine.capture import capture_subset
     from engine.evaluate import evaluate_capture, position_errors
 
     out: dict[str, dict[str, float]] = {}
-    masks = time_folds(survey, folds, block_s)
+    if masks is None:
+        masks = time_folds(survey, folds, block_s)
     parts = [(held_out_walks(survey, m, block_s), capture_subset(survey, ~m)) for m in masks]
     per_track = max(1, round(track_s / block_s))
     for cand in methods:
@@ -636,7 +641,11 @@ def cross_validate(
             ok = np.isfinite(e)
             errs.append(e[ok])
             radius.append(fixes["r90"][ok].astype(float))
-            walks += [e[ok & (fixes["device"] == d)] for d in range(len(held.devices))]
+            for d in range(len(held.devices)):
+                sel = np.flatnonzero(ok & (fixes["device"] == d))
+                walks.append(e[sel[np.argsort(fixes["t"][sel], kind="stable")]])
+        if walks_out is not None:
+            walks_out[cand.name] = walks
         e_all, r_all = np.concatenate(errs), np.concatenate(radius)
         median, p90 = float(np.median(e_all)), float(np.quantile(e_all, 0.9))
         out[cand.name] = {
