@@ -47,4 +47,5 @@ if __name__ == "__main__":
         worker_settings=settings, progress=lambda line: print(line, file=sys.stderr, flush=True),
     ))
     report.pop("timeline")
+    report["load"] = report.pop("machine")  # cores and load averages (emit's "machine" is the CPU type)
     emit("loadtest_ramp", report)

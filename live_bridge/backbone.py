@@ -306,6 +306,83 @@ async def read_stream(js: JetStreamContext, stream: str, *, through_seq: int, st
             await js.delete_consumer(stream, info.name)
 
 
+class PullFeed:
+    """A durable pull consumer kept fed, so that messages arrive while the worker computes.
+
+    ``PullSubscription.fetch(n, timeout)`` waits until ``n`` messages came or the timeout
+    passed (a partial batch is a lingering pull request that the server ends only at its
+    expiry), and nothing is requested while the caller computes: at a gateway's pace of
+    a few batches a second, each message waited up to the whole timeout in the fetch.
+    Here pull requests of ``batch`` messages stay outstanding (a new one goes out once
+    fewer than half of what was asked is left), the server delivers into a local queue
+    as messages are stored, and :meth:`take` returns whatever has arrived, waiting only
+    when nothing has. Each request ends when filled or at its expiry (the server's 408
+    says how many it did not deliver); if neither messages nor statuses come for longer
+    than an expiry (a reconnect drops the server's requests), the count starts again.
+    The server's ``max_ack_pending`` still bounds what is delivered and not acked.
+    """
+
+    def __init__(self, nc: Client, stream: str, durable: str, *, batch: int = 256, expires_s: float = 1.0,
+                 api_prefix: str = "$JS.API") -> None:
+        self.nc = nc
+        self.next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self.batch = batch
+        self.expires_s = expires_s
+        self.inbox = nc.new_inbox()
+        self.asked = 0  # messages the outstanding requests may still deliver
+        self.last_heard = time.monotonic()
+        self.requests = 0
+        self._got: list[Msg] = []
+        self._arrived = asyncio.Event()
+        self._sub: object | None = None
+
+    async def start(self) -> PullFeed:
+        self._sub = await self.nc.subscribe(self.inbox, cb=self._on_msg)
+        return self
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+            self._sub = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self.last_heard = time.monotonic()
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is None:  # a stored message
+            self.asked -= 1
+            self._got.append(msg)
+            self._arrived.set()
+        elif status == "408":  # a request expired: what it did not deliver
+            pending = int((msg.headers or {}).get("Nats-Pending-Messages", "0") or 0)
+            self.asked = max(0, self.asked - pending) if pending else 0
+        elif status in ("409", "400"):  # consumer deleted or changed, leader change, too many requests
+            self.asked = 0
+        # 100 (heartbeat) and 404 (no messages, only for no_wait) say nothing about the count
+
+    async def _request(self) -> None:
+        if time.monotonic() - self.last_heard > self.expires_s + 1.0:
+            self.asked = 0  # nothing heard for longer than a request lives: requests lost (reconnect)
+            self.last_heard = time.monotonic()
+        if self.asked < self.batch // 2:
+            body = f'{{"batch":{self.batch},"expires":{int(self.expires_s * 1e9)}}}'.encode()
+            await self.nc.publish(self.next_subject, body, reply=self.inbox)
+            self.asked += self.batch
+            self.requests += 1
+
+    async def take(self, timeout: float) -> list[Msg]:
+        """What has arrived (waiting up to ``timeout`` when nothing has), in stream order."""
+        await self._request()
+        if not self._got:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+        got, self._got = self._got, []
+        if got:
+            await self._request()
+        return got
+
+
 async def object_get(js: JetStreamContext, bucket: str, name: str) -> bytes | None:
     """An object's bytes, or None if the bucket or the object does not exist yet."""
     try:

@@ -471,9 +471,20 @@ def positions_payload(
     (engine.eventtime) carry it as ``rev``. Written column by column: the bytes
     ``json.dumps`` gives for one dict per fix (same key order, floats rounded by Python's
     ``round`` and printed by ``repr``), without a dict or a numpy scalar per fix."""
+    return positions_payloads(fixes, devices, zone_names, origin, now, max_bytes=None)[0]
+
+
+def positions_payloads(
+    fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float, now: float,
+    max_bytes: int | None,
+) -> list[bytes]:
+    """:func:`positions_payload` cut into PositionBatches of at most ``max_bytes`` each (None:
+    one): the backbone refuses a message over its limit (1 MiB), and a busy site's window
+    is larger than that (7,200 tags make ~1 MB), so a single message would be refused on
+    every retry. Fixes stay in their order; each message is a whole PositionBatch."""
     fixes = fixes[np.isfinite(fixes["x"])]
     if len(fixes) == 0:
-        return json.dumps({"v": 1, "t": now, "positions": []}, separators=(",", ":")).encode()
+        return [json.dumps({"v": 1, "t": now, "positions": []}, separators=(",", ":")).encode()]
     ids = devices.ids
     quote = json.encoder.encode_basestring_ascii  # what json.dumps writes a str with
 
@@ -497,9 +508,20 @@ def positions_payload(
         cols.append(small_ints(fixes["revision"]))
         keys.append("rev")
     template = "{" + ",".join(f'"{k}":%s' for k in keys) + "}"
-    positions = ",".join([template % row for row in zip(*cols, strict=True)])
+    rows = [template % row for row in zip(*cols, strict=True)]
     head = json.dumps({"v": 1, "t": now}, separators=(",", ":"))[:-1]
-    return f'{head},"positions":[{positions}]}}'.encode()
+    if max_bytes is None:
+        return [f'{head},"positions":[{",".join(rows)}]}}'.encode()]
+    # cut where the running size (each row plus its comma; ASCII, so characters are bytes)
+    # would pass the limit less the envelope
+    room = max_bytes - len(head) - len(',"positions":[]}')
+    ends = np.cumsum(np.fromiter((len(r) + 1 for r in rows), np.int64, len(rows)))
+    out, start, used = [], 0, 0
+    while start < len(rows):
+        stop = max(start + 1, int(np.searchsorted(ends, used + room, side="right")))
+        out.append(f'{head},"positions":[{",".join(rows[start:stop])}]}}'.encode())
+        used, start = int(ends[stop - 1]), stop
+    return out
 
 
 class ReloadsKeys(Protocol):

@@ -70,6 +70,7 @@ from live_bridge.adapters import AdapterError, parse_espresense, parse_theengs
 from live_bridge.backbone import (
     CHECKPOINT_BUCKET,
     MAX_BATCH_BYTES,
+    PullFeed,
     StreamSettings,
     ensure_streams,
     gateway_of,
@@ -77,10 +78,11 @@ from live_bridge.backbone import (
     out_stream,
     out_subject,
     raw_stream,
+    raw_subject,
     read_stream,
     third_party_filters,
 )
-from live_bridge.server import KeysWatch, positions_payload
+from live_bridge.server import KeysWatch, positions_payloads
 from live_bridge.wire import Advert, DeadLetter, WireError, verify_signed
 from live_bridge.wire_columns import is_columns, verify_columns
 
@@ -99,6 +101,9 @@ log = logging.getLogger("tagtwin.worker")
 
 Outgoing = tuple[str, bytes]  # subject, payload
 SEQ_MASK = 0x7FFFFFFF  # the sighting contract's seq is int32
+# An output message's size cap: the streams refuse messages over MAX_BATCH_BYTES, and a
+# busy site's window of positions (or a burst of rule events) is larger than that.
+MAX_OUTPUT_BYTES = MAX_BATCH_BYTES // 2
 CHECKPOINT_VERSION = 2  # 2: the rows are referred to by stream sequence, not copied
 THIRD_PARTY = ("theengs", "espresense")
 
@@ -125,6 +130,10 @@ class WorkerSettings:
     adapters: tuple[str, ...] = ()  # third-party formats taken from the MQTT listener: theengs, espresense
     theengs_base: str = "home"  # Theengs Gateway's base topic: <base>/<gateway>/BTtoMQTT/<MAC>
     espresense_root: str = "espresense"  # ESPresense's root topic: <root>/devices/<id>/<room>
+    # Compute a window as soon as its rows are in (the site watermark past its end by the
+    # merge margin) and hold its outputs until the allowed lateness has passed, when they
+    # go out: the close publishes what is ready instead of starting the computation then.
+    early_close: bool = True
     max_ack_pending: int = 256  # in-flight batches: the backpressure bound
     fetch_batch: int = 64
     checkpoint_every_s: float = 1.0
@@ -222,6 +231,11 @@ class WorkerCore:
         # Batches whose oldest rows were dead-lettered for want of a saved state before them:
         # stream sequence -> the event time below which they were (a read-back drops the same).
         self.floor_cut: dict[int, float] = {}
+        # Early close: windows computed, not yet due (their messages; events in order), and
+        # the last window whose outputs went out (None: none yet).
+        self.held: dict[int, tuple[int, list[Outgoing]]] = {}  # window -> (positions, their messages)
+        self.held_events: list[EventRevision] = []
+        self.released_through: int | None = None
         # A spatial partition publishes only the fixes it owns (engine.cells): (fixes, the
         # rows held) -> mask. None: every fix.
         self.publish_filter: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
@@ -478,8 +492,7 @@ class WorkerCore:
         if len(fixes) == 0:
             return []
         self.counters["positions"] += len(fixes)
-        names = self.config.zones.names
-        return [(out_subject(self.settings.site, "positions"), positions_payload(fixes, self.devices, names, 0.0, now))]
+        return self._positions_out(fixes, now)
 
     # -- output -----------------------------------------------------------------------
 
@@ -501,25 +514,56 @@ class WorkerCore:
                 s = self.settings
                 reach = s.horizon_s / 2 if s.idle_rules_reach_s is None else s.idle_rules_reach_s
                 mark = max(mark, min(self.marks.idle_clock(now), newest + reach) - cfg.window_s)
+        # Early close: compute every window whose rows are in (the watermark past its end by
+        # the merge margin: the rows its last events merge with); publish when it is due.
+        early = self.settings.early_close and not final and self.config.allowed_lateness_s > MERGE_MARGIN_S
+        horizon = mark + self.config.allowed_lateness_s - MERGE_MARGIN_S if early else mark
         if self.publish_filter is None:
-            fixes = self.windows.advance(mark, revision=self.stream_seq)
+            fixes = self.windows.advance(horizon, revision=self.stream_seq)
         else:  # ownership is decided on the rows of the windows just computed, before they are let go
-            fixes = self.windows.advance(mark, revision=self.stream_seq, prune=False)
+            fixes = self.windows.advance(horizon, revision=self.stream_seq, prune=False)
             if len(fixes):
                 fixes = fixes[self.publish_filter(fixes, self.windows.rows)]
             self.windows.prune()
-        out: list[Outgoing] = []
-        if len(fixes):
-            self.counters["positions"] += len(fixes)
-            names = self.config.zones.names
-            out.append((out_subject(self.settings.site, "positions"),
-                        positions_payload(fixes, self.devices, names, 0.0, now)))
-        events = self.windows.take_events()
+        n, out, events = self._release(fixes, self.windows.take_events(), mark, now)
+        self.counters["positions"] += n
         if events:
             self.counters["events"] += sum(not e.retracted for e in events)
             self.counters["events retracted"] += sum(e.retracted for e in events)
-            out.append((out_subject(self.settings.site, "events"), events_payload(events, now)))
+            subject = out_subject(self.settings.site, "events")
+            out += [(subject, body) for body in events_payloads(events, now, MAX_OUTPUT_BYTES)]
         return out
+
+    def _release(self, fixes: NDArray[np.void], events: list[EventRevision], mark: float, now: float,
+                 ) -> tuple[int, list[Outgoing], list[EventRevision]]:
+        """What goes out now: outputs of windows the site watermark closes (end + allowed
+        lateness passed) and revisions of windows already out; the rest is held, a window's
+        newer computation replacing the one held. Positions are written as messages when
+        computed, so a close only sends them: (positions, their messages, events)."""
+        step = self.config.step_s
+        due = int(np.floor((mark - self.config.allowed_lateness_s) / step + 1e-9)) if np.isfinite(mark) else None
+        out_through = self.released_through
+        if due is not None and (out_through is None or due > out_through):
+            out_through = due
+        if out_through is None:
+            out_through = -(2**62)
+        wins = np.rint(fixes["t"] / step).astype(np.int64) if len(fixes) else np.zeros(0, np.int64)
+        for k in np.unique(wins).tolist():  # a window computed again replaces the one held
+            part = fixes[wins == k]
+            self.held[k] = (len(part), self._positions_out(part, now))
+        ready = [self.held.pop(k) for k in sorted(k for k in self.held if k <= out_through)]
+        self.held_events += events
+        go = [e for e in self.held_events if np.rint(e.step_t / step) <= out_through]
+        self.held_events = [e for e in self.held_events if np.rint(e.step_t / step) > out_through]
+        if due is not None:
+            self.released_through = out_through
+        return sum(n for n, _ in ready), [m for _, msgs in ready for m in msgs], go
+
+    def _positions_out(self, fixes: NDArray[np.void], now: float) -> list[Outgoing]:
+        """Positions messages of at most MAX_OUTPUT_BYTES each."""
+        subject = out_subject(self.settings.site, "positions")
+        bodies = positions_payloads(fixes, self.devices, self.config.zones.names, 0.0, now, MAX_OUTPUT_BYTES)
+        return [(subject, body) for body in bodies]
 
     def recall_events(self, payload: bytes) -> None:
         """An events message this worker published after its checkpoint (read back from the
@@ -546,9 +590,19 @@ class WorkerCore:
             "rows_held": len(self.windows.rows),
             "deep_windows_pending": len(self.deep),
             "windows_open": self.windows_open(),
-            "closed_through_t": None if self.windows.closed_through is None
+            "closed_through_t": None if self.published_through is None
+            else self.published_through * self.config.step_s,
+            "computed_through_t": None if self.windows.closed_through is None
             else self.windows.closed_through * self.config.step_s,
         }
+
+    @property
+    def published_through(self) -> int | None:
+        """The last window whose outputs went out (the last closed one, with early close)."""
+        closed = self.windows.closed_through
+        if self.released_through is None or closed is None:
+            return closed
+        return min(closed, self.released_through)
 
     def windows_open(self) -> int:
         """Windows from the first not yet closed through the last holding a sighting (as of the
@@ -558,7 +612,8 @@ class WorkerCore:
         if len(w.rows) == 0:
             return 0
         last = int(w.windows_of(w.rows["t"][-1:]).max())  # rows are in event-time order
-        first = int(w.windows_of(w.rows["t"][:1]).min()) if w.closed_through is None else w.closed_through + 1
+        done = self.published_through
+        first = int(w.windows_of(w.rows["t"][:1]).min()) if done is None else done + 1
         return max(0, last - first + 1)
 
     # -- checkpoint ---------------------------------------------------------------------
@@ -599,11 +654,28 @@ class WorkerCore:
             "counters": dict(self.counters),
             "out_seq": self.out_seq,
         }
+        timeline: dict[str, object] | None = None
         if self.windows.runs_rules or self.engine.stateful:
             timeline, state = self.windows.snapshot_timeline()
             header["timeline"] = timeline
             header["timeline_state"] = base64.b64encode(state).decode()
+        self._unreleased_in_checkpoint(meta, timeline)
         return json.dumps(header, separators=(",", ":")).encode()
+
+    def _unreleased_in_checkpoint(self, windows: dict[str, object], timeline: dict[str, object] | None) -> None:
+        """Early close: windows computed but held (not yet due) are written as not handed
+        out, so a worker restored from this checkpoint computes and publishes them again:
+        marked dirty, their fixes' digests and their events' records dropped."""
+        done, computed = self.released_through, self.windows.closed_through
+        if done is None or computed is None or computed <= done:
+            return
+        dirty = {int(k) for k in windows["dirty"]}  # type: ignore[attr-defined]
+        windows["dirty"] = sorted(dirty | set(range(done + 1, computed + 1)))
+        if timeline is not None:
+            digests = dict(timeline["digests"])  # type: ignore[call-overload]
+            timeline["digests"] = {k: v for k, v in digests.items() if int(k) <= done}
+            published = dict(timeline["published"])  # type: ignore[call-overload]
+            timeline["published"] = {key: v for key, v in published.items() if int(v[0]) <= done}
 
     def restore(self, blob: bytes) -> None:
         """State from a checkpoint; the held rows come back with :meth:`begin_history`."""
@@ -637,16 +709,60 @@ class WorkerCore:
             self.windows.restore_timeline(dict(header["timeline"]), base64.b64decode(str(header["timeline_state"])))
 
 
-def events_payload(events: list[EventRevision], now: float) -> bytes:
+def events_payloads(events: list[EventRevision], now: float, max_bytes: int | None) -> list[bytes]:
     """Rule events as published on ``tagtwin.v1.<site>.events`` (docs/reliability.md, "Rule
     events"): per event its identity ``key``, the ``window`` (end time) that decided it, the
-    revision ``rev`` and the ``event`` (engine.rules Event as a dict), or ``retracted``."""
+    revision ``rev`` and the ``event`` (engine.rules Event as a dict), or ``retracted``. Cut
+    into messages of at most ``max_bytes`` (None: one), events in their order: a burst
+    (every tag of a large site entering its zone at start) can pass the backbone's limit."""
     records = [
-        {"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "retracted": True} if e.retracted
-        else {"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "event": e.event}
+        json.dumps({"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "retracted": True} if e.retracted
+                   else {"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "event": e.event},
+                   separators=(",", ":"))
         for e in events
     ]
-    return json.dumps({"v": 1, "t": now, "events": records}, separators=(",", ":")).encode()
+    head = json.dumps({"v": 1, "t": now}, separators=(",", ":"))[:-1] + ',"events":['
+    room = None if max_bytes is None else max_bytes - len(head) - 2
+    out: list[bytes] = []
+    part: list[str] = []
+    size = 0
+    for r in records:
+        n = len(r.encode()) + 1
+        if part and room is not None and size + n > room:
+            out.append((head + ",".join(part) + "]}").encode())
+            part, size = [], 0
+        part.append(r)
+        size += n
+    out.append((head + ",".join(part) + "]}").encode())
+    return out
+
+
+def warm_up(core: WorkerCore, seconds: float = 8.0) -> float:
+    """Run a throwaway core (built like the real one, never used again) over a few seconds
+    of made-up traffic, every gateway hearing two tags, through handle and every window's
+    close: the compiled kernels load and the lazy imports happen here, not in the first
+    live close (which otherwise takes ~100 ms more). Returns the seconds it took."""
+    from live_bridge.wire_columns import encode_columns
+
+    started = time.perf_counter()
+    t0 = 1_000_000_000.0
+    seq = 0
+    for k in range(int(seconds * 4)):
+        sent = t0 + (k + 1) * 0.25
+        for g, gw in enumerate(core.config.gateways.ids):
+            key = core.keys.get(gw)
+            if key is None:
+                continue
+            key = key[0] if isinstance(key, tuple) else key
+            t = sent - 0.25 + np.array([0.05, 0.1, 0.15])
+            body = encode_columns(gw, k, 1, sent, t, ["warm-up-1", "warm-up-2", "warm-up-1"],
+                                  np.array([-60.0 - g, -70.0 - g, -61.0 - g]), np.array([37, 38, 39]),
+                                  np.array([-1, 90, -1]), np.array([-1, 0, -1]), np.array([k, k, k + 1]), key)
+            seq += 1
+            core.handle(raw_subject(core.settings.site, gw), body, seq, sent)
+        core.tick(sent)
+    core.tick(t0 + seconds, final=True)
+    return time.perf_counter() - started
 
 
 # -- the NATS adapter -------------------------------------------------------------------------
@@ -699,6 +815,110 @@ async def open_partition(js: JetStreamContext, core: WorkerCore, streams: Stream
     return await js.pull_subscribe_bind(s.durable, raw_stream(s.site))
 
 
+class LoopClock:
+    """Wall time the worker's loop spends per stage (waiting for input, handling it,
+    closing windows, committing), totals and the longest, since the last status: where a
+    window's close-to-position time goes, published with the status."""
+
+    STAGES = ("wait", "handle", "close", "publish", "commit")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.total: dict[str, float] = dict.fromkeys(self.STAGES, 0.0)
+        self.longest: dict[str, float] = dict.fromkeys(self.STAGES, 0.0)
+        self.closes = 0
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.total[stage] += seconds
+        self.longest[stage] = max(self.longest[stage], seconds)
+
+    def take(self) -> dict[str, object]:
+        out: dict[str, object] = {k: {"total": round(self.total[k] * 1000, 1), "max": round(self.longest[k] * 1000, 1)}
+                                  for k in self.STAGES}
+        out["closes"] = self.closes
+        self.reset()
+        return out
+
+
+class Outputs:
+    """Outputs published without waiting for their acks, so that the loop goes back to its
+    input while the stream stores them; a commit takes those sent so far and
+    :meth:`settle` waits for every ack before the checkpoint (sending again what was
+    refused), keeping the order outputs, checkpoint, input acks."""
+
+    def __init__(self, js: JetStreamContext, core: WorkerCore) -> None:
+        self.js = js
+        self.core = core
+        self.inflight: list[tuple[Outgoing, asyncio.Future[object]]] = []
+
+    def send(self, items: list[Outgoing]) -> None:
+        for item in items:
+            self.inflight.append((item, asyncio.ensure_future(self.js.publish(item[0], item[1], timeout=10))))
+
+    def take(self) -> list[tuple[Outgoing, asyncio.Future[object]]]:
+        """The publishes in flight, for the commit that covers them."""
+        out, self.inflight = self.inflight, []
+        return out
+
+    async def settle(self, sent: list[tuple[Outgoing, asyncio.Future[object]]]) -> None:
+        """Every output of ``sent`` acknowledged, the newest output sequence noted; refused
+        ones are sent again (the next commit waits for them) and the first refusal raised."""
+        if not sent:
+            return
+        results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+        failed = [item for (item, _), r in zip(sent, results, strict=True) if isinstance(r, BaseException)]
+        seqs = [int(r.seq) for r in results if not isinstance(r, BaseException)]  # type: ignore[attr-defined]
+        self.core.out_seq = max([self.core.out_seq, *seqs])
+        if failed:
+            self.send(failed)
+            raise next(r for r in results if isinstance(r, BaseException))
+
+
+class Commits:
+    """Checkpoints stored while the loop goes on: the state is serialized at once (it covers
+    the input handled so far and the outputs sent so far), then in a task the outputs'
+    acks are awaited, the checkpoint stored and the input acked, in that order. One at a
+    time; a refused one hands its input back to the next (which covers it, later)."""
+
+    def __init__(self, outputs: Outputs, obs: object, core: WorkerCore) -> None:
+        self.outputs = outputs
+        self.obs = obs
+        self.core = core
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def start(self, unacked: list[Msg]) -> None:
+        """Commit what ``unacked`` holds (emptied; refilled if the commit is refused)."""
+        blob = self.core.checkpoint()
+        batch = unacked[:]
+        unacked.clear()
+        self.task = asyncio.create_task(self._store(self.outputs.take(), blob, batch, unacked))
+
+    async def _store(self, sent: list[tuple[Outgoing, asyncio.Future[object]]], blob: bytes, batch: list[Msg],
+                     unacked: list[Msg]) -> None:
+        try:
+            await self.outputs.settle(sent)
+            await self.obs.put(self.core.settings.checkpoint_name, blob)  # type: ignore[attr-defined]
+        except Exception as exc:  # refused: the next commit covers these messages
+            self.core.counters[f"commit retried: {type(exc).__name__}"] += 1
+            log.warning("commit failed, will retry: %s", exc)
+            unacked[:0] = batch
+            return
+        for m in batch:
+            await m.ack()
+
+    async def wait(self) -> None:
+        if self.task is not None:
+            with contextlib.suppress(Exception):
+                await self.task
+            self.task = None
+
+
 async def run_worker(
     core: WorkerCore, nc: Client, stop: asyncio.Event, *, streams: StreamSettings | None = None,
     ready: asyncio.Event | None = None, on_status: Callable[[dict[str, object]], None] | None = None,
@@ -707,7 +927,14 @@ async def run_worker(
     """Consume, compute, publish, checkpoint, ack; until ``stop``. Survives backbone restarts.
     ``on_status`` sees each status the worker publishes (a command prints a line of it).
     With ``keys_path`` the keys file is re-read when it changes: rotation and revocation
-    take effect within a second, with no restart."""
+    take effect within a second, with no restart.
+
+    The loop never waits on the backbone while there is work: input keeps arriving during
+    a close (:class:`live_bridge.backbone.PullFeed`), outputs go out without waiting for
+    their acks (:class:`Outputs`), and a checkpoint is taken right after a close's outputs
+    went out -- the next close is a step away -- or when overdue, and stored while the
+    loop goes on (:class:`Commits`). With early close (``WorkerSettings.early_close``) a
+    window is computed once its rows are in and its outputs wait for its close."""
     js = nc.jetstream()
     s = core.settings
     sub = None
@@ -720,6 +947,10 @@ async def run_worker(
     if sub is None:
         return
     obs = await js.object_store(CHECKPOINT_BUCKET)
+    feed = await PullFeed(nc, raw_stream(s.site), s.durable, batch=min(s.fetch_batch, s.max_ack_pending)).start()
+    outputs = Outputs(js, core)
+    commits = Commits(outputs, obs, core)
+    clock = LoopClock()
     if ready is not None:
         ready.set()
     unacked: list[Msg] = []
@@ -728,75 +959,75 @@ async def run_worker(
     published = False  # outputs out since the last checkpoint
     next_status = time.monotonic()
     keys_watch = KeysWatch(keys_path) if keys_path is not None else None
-    while not stop.is_set():
-        if keys_watch is not None:
-            keys_watch.poll(core)
-        try:
+    try:
+        while not stop.is_set():
+            if keys_watch is not None:
+                keys_watch.poll(core)
             try:
-                msgs = await sub.fetch(s.fetch_batch, timeout=0.2)  # type: ignore[attr-defined]
-            except Exception as exc:  # a fetch timeout, or the backbone restarting
-                msgs = []
-                if not isinstance(exc, asyncio.TimeoutError | TimeoutError) and "Timeout" not in type(exc).__name__:
-                    log.info("fetch: %s", exc)
-                    await asyncio.sleep(0.2)
-            for m in msgs:
-                md = m.metadata
-                outbox += core.handle(m.subject, m.data, md.sequence.stream, md.timestamp.timestamp())
-                unacked.append(m)
-            # Idle gateways are judged on the stream's clock while a backlog is being worked
-            # off (the worker is behind, the gateways are not silent), on the wall clock once
-            # caught up (nothing more arrives: close what there is).
-            now = core.latest_received if msgs else time.time()
-            outbox += core.tick(now)
-            rb = core.deep_due(now)
-            if rb is not None:  # late data beyond the horizon: its windows from the raw log
-                async for m in read_stream(js, raw_stream(s.site), start_time=core.deep_start_time(rb),
-                                           through_seq=rb.through_seq, subjects=s.subjects):
-                    core.read_back(rb, m.subject, m.data, m.metadata.sequence.stream,
-                                   m.metadata.timestamp.timestamp())
-                outbox += core.end_read_back(rb, now)
-            if outbox:  # positions go out as soon as computed (stored before the checkpoint, as before)
-                await _publish_outputs(js, core, outbox)
-                published = True
-            due = time.monotonic() - last_ckpt >= s.checkpoint_every_s or len(unacked) >= s.max_ack_pending // 2
-            if (unacked or published) and due:  # outputs of a tick with no new input (idle close) too
-                await _commit(js, obs, core, outbox, unacked)
-                outbox, unacked = [], []
-                published = False
-                last_ckpt = time.monotonic()
-            if time.monotonic() >= next_status:
-                next_status = time.monotonic() + s.status_every_s
-                status = await _publish_status(nc, sub, core)
-                if on_status is not None:
-                    on_status(status)
-        except Exception as exc:  # publish/checkpoint refused: keep state, retry next round
-            core.counters[f"commit retried: {type(exc).__name__}"] += 1
-            log.warning("commit failed, will retry: %s", exc)
-            await asyncio.sleep(0.25)
-    # Stopping: what is computed gets published and covered, so a restart repeats nothing.
-    with contextlib.suppress(Exception):
-        outbox += core.tick(time.time())
-        if unacked or outbox or published:  # an idle close published since the last checkpoint too
-            await _commit(js, obs, core, outbox, unacked)
-        await _publish_status(nc, sub, core, state="offline")
-
-
-async def _commit(js: JetStreamContext, obs: object, core: WorkerCore, outbox: list[Outgoing],
-                  unacked: list[Msg]) -> None:
-    """Outputs stored, then the checkpoint, then the input acks: in that order."""
-    await _publish_outputs(js, core, outbox)
-    await obs.put(core.settings.checkpoint_name, core.checkpoint())  # type: ignore[attr-defined]
-    for m in unacked:
-        await m.ack()
-    unacked.clear()
-
-
-async def _publish_outputs(js: JetStreamContext, core: WorkerCore, outbox: list[Outgoing]) -> None:
-    """Publish and wait for the stream's acks; the newest output sequence goes into the
-    checkpoint, so a restarted worker reads back what it published after it."""
-    acks = await asyncio.gather(*(js.publish(subj, payload, timeout=10) for subj, payload in outbox))
-    core.out_seq = max([core.out_seq, *(int(a.seq) for a in acks)])
-    outbox.clear()
+                t0 = time.monotonic()
+                msgs = await feed.take(timeout=0.2)
+                t1 = time.monotonic()
+                for m in msgs:
+                    md = m.metadata
+                    outbox += core.handle(m.subject, m.data, md.sequence.stream, md.timestamp.timestamp())
+                    unacked.append(m)
+                t2 = time.monotonic()
+                # Idle gateways are judged on the stream's clock while a backlog is being worked
+                # off (the worker is behind, the gateways are not silent), on the wall clock once
+                # caught up (nothing more arrives: close what there is).
+                now = core.latest_received if msgs else time.time()
+                positions = core.counters["positions"]
+                outbox += core.tick(now)
+                rb = core.deep_due(now)
+                if rb is not None:  # late data beyond the horizon: its windows from the raw log
+                    async for m in read_stream(js, raw_stream(s.site), start_time=core.deep_start_time(rb),
+                                               through_seq=rb.through_seq, subjects=s.subjects):
+                        core.read_back(rb, m.subject, m.data, m.metadata.sequence.stream,
+                                       m.metadata.timestamp.timestamp())
+                    outbox += core.end_read_back(rb, now)
+                closed = core.counters["positions"] > positions
+                t3 = time.monotonic()
+                if outbox:  # out as soon as computed; acknowledged before the checkpoint
+                    outputs.send(outbox)
+                    outbox = []
+                    published = True
+                    await asyncio.sleep(0)  # the publishes written to the socket now
+                t4 = time.monotonic()
+                since = t4 - last_ckpt
+                due = (since >= s.checkpoint_every_s and (closed or since >= 2 * s.checkpoint_every_s)) \
+                    or len(unacked) >= s.max_ack_pending // 2
+                if (unacked or published or outputs.inflight) and due and not commits.busy:
+                    commits.start(unacked)  # outputs of a tick with no new input (idle close) too
+                    published = False
+                    last_ckpt = time.monotonic()
+                t5 = time.monotonic()
+                clock.add("wait", t1 - t0)
+                clock.add("handle", t2 - t1)
+                clock.add("close", t3 - t2)
+                clock.add("publish", t4 - t3)
+                clock.add("commit", t5 - t4)
+                clock.closes += closed
+                if time.monotonic() >= next_status:
+                    next_status = time.monotonic() + s.status_every_s
+                    status = await _publish_status(nc, sub, core, loop=clock.take())
+                    if on_status is not None:
+                        on_status(status)
+            except Exception as exc:  # publish/checkpoint refused: keep state, retry next round
+                core.counters[f"commit retried: {type(exc).__name__}"] += 1
+                log.warning("commit failed, will retry: %s", exc)
+                await asyncio.sleep(0.25)
+        # Stopping: what is computed gets published and covered, so a restart repeats nothing.
+        with contextlib.suppress(Exception):
+            await commits.wait()
+            outbox += core.tick(time.time())
+            if outbox:
+                outputs.send(outbox)
+            if unacked or published or outputs.inflight:  # an idle close published since the last checkpoint too
+                commits.start(unacked)
+                await commits.wait()
+            await _publish_status(nc, sub, core, state="offline")
+    finally:
+        await feed.stop()
 
 
 async def _recall_events(js: JetStreamContext, core: WorkerCore) -> int:
@@ -829,12 +1060,15 @@ async def _recall_events(js: JetStreamContext, core: WorkerCore) -> int:
     return n
 
 
-async def _publish_status(nc: Client, sub: object, core: WorkerCore, state: str = "online") -> dict[str, object]:
+async def _publish_status(nc: Client, sub: object, core: WorkerCore, state: str = "online",
+                          loop: dict[str, object] | None = None) -> dict[str, object]:
     lag: dict[str, int] = {}
     with contextlib.suppress(Exception):
         info = await sub.consumer_info()  # type: ignore[attr-defined]
         lag = {"pending": int(info.num_pending or 0), "ack_pending": int(info.num_ack_pending or 0)}
     body = core.status() | {"state": state, "t": time.time(), "lag": lag}
+    if loop is not None:  # wall ms per stage of the loop since the last status (LoopClock)
+        body["loop_ms"] = loop
     await nc.publish(out_subject(core.settings.site, "status"), json.dumps(body, default=str).encode())
     return body
 

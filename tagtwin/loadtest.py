@@ -269,13 +269,18 @@ class LoadTest:
         self.slos = self._slos()
         # state filled while running
         self.status: dict[str, dict[str, Any]] = {}
-        self.seen_windows: dict[str, set[float]] = defaultdict(set)
+        # per site, window end -> the revision of its first positions and their devices: a
+        # window's first revision may come in several messages (the backbone's message size
+        # limit), each counted at its own receive time; later revisions and repeats are not
+        self.seen_windows: dict[str, dict[float, tuple[object, set[str] | None]]] = defaultdict(dict)
         self.a2p: list[tuple[float, int]] = []  # (ms, positions), since the last sample
         self.c2p: list[tuple[float, int]] = []
         self.all_a2p: list[tuple[float, float, int, float]] = []  # (recv time, ms, n, window end) whole run
         self.all_c2p: list[tuple[float, float, int, float]] = []
         self.positions = 0
         self.seen_events: set[tuple[str, str]] = set()
+        # per site, the worker loop's wall ms per stage (live_bridge.worker.LoopClock) since the last sample
+        self.loop_ms: dict[str, dict[str, Any]] = {}
         # (receive time, close to alert ms, event time to alert ms, window end, severity)
         self.all_alerts: list[tuple[float, float, float, float, str]] = []
         self.t0 = 0.0
@@ -309,19 +314,24 @@ class LoadTest:
         recv = time.time()
         site = msg.subject.split(".")[2]
         try:
-            body = json.loads(msg.data)
-            ends = np.array([p["t"] for p in body["positions"]], float)
-        except (ValueError, KeyError, TypeError):
-            return
-        if len(ends) == 0:
+            positions = json.loads(msg.data)["positions"]
+            ends = [float(p["t"]) for p in positions]
+            revs = [p.get("rev", 0) for p in positions]
+            devs = [str(p["dev"]) for p in positions]
+        except (ValueError, KeyError, TypeError, AttributeError):
             return
         cfg = self.config
-        uniq, counts = np.unique(ends, return_counts=True)
+        fresh: dict[float, int] = defaultdict(int)
         seen = self.seen_windows[site]
-        for we, n in zip(uniq.tolist(), counts.tolist(), strict=True):
-            if we in seen:  # a revision or a repeat after a restart: not a first position
+        for we, rev, dev in zip(ends, revs, devs, strict=True):
+            first = seen.get(we)
+            if first is None:
+                first = seen[we] = (rev, set())
+            if rev != first[0] or first[1] is None or dev in first[1]:  # a revision, or a repeat
                 continue
-            seen.add(we)
+            first[1].add(dev)
+            fresh[we] += 1
+        for we, n in fresh.items():
             self.positions += n
             a2p = (recv - (we - cfg.step_s)) * 1000
             c2p = (recv - self._closing_tick(we)) * 1000
@@ -329,6 +339,13 @@ class LoadTest:
             self.c2p.append((c2p, n))
             self.all_a2p.append((recv, a2p, n, we))
             self.all_c2p.append((recv, c2p, n, we))
+
+    def _forget_devices(self, before: float) -> None:
+        """Windows that ended before ``before`` keep their first revision, not their devices
+        (the controller's memory stays flat; their messages have all arrived)."""
+        for seen in self.seen_windows.values():
+            for we in [we for we, (_, devs) in seen.items() if devs is not None and we < before]:
+                seen[we] = (seen[we][0], None)
 
     def _closing_tick(self, window_end: float) -> float:
         """The publisher tick whose batch let a window close (its end + allowed lateness)."""
@@ -355,9 +372,12 @@ class LoadTest:
                                         (recv - float(ev["t"])) * 1000, we, str(ev.get("severity", ""))))
 
     async def _on_status(self, msg: Any) -> None:
-        with contextlib.suppress(ValueError, KeyError, IndexError):
+        with contextlib.suppress(ValueError, KeyError, IndexError, TypeError, AttributeError):
             body = json.loads(msg.data)
             self.status[str(body["site"])] = body
+            loop = body.get("loop_ms")
+            if isinstance(loop, dict):  # the worker's loop stages since its last status: summed per sample
+                add_loop_ms(self.loop_ms.setdefault(str(body["site"]), {}), loop)
 
     def _worker_totals(self) -> dict[str, int]:
         tot: dict[str, int] = defaultdict(int)
@@ -458,6 +478,7 @@ class LoadTest:
             stopping = False
             while True:
                 await asyncio.sleep(o.sample_s)
+                self._forget_devices(time.time() - 60.0)
                 for r in drain_reports(reports):
                     pub_state[r.index] = r
                     ack_ms += r.ack_ms
@@ -482,8 +503,10 @@ class LoadTest:
                     "close_to_position_ms": weighted_percentiles(self.c2p),
                     "publish_ack_ms": percentiles(ack_recent),
                     "load_avg_1m": round(os.getloadavg()[0], 2),
+                    "worker_loop_ms": self.loop_ms,
                     "cpu_pct": {}, "rss_mb": {},
                 }
+                self.loop_ms = {}
                 for info in procs:
                     c, m = info.sample()
                     if c is not None:
@@ -723,11 +746,33 @@ class LoadTest:
         worker_cpu = sum(p.cpu_s or 0.0 for p in procs if p.role == "worker")
         # what survives a busy machine: sightings per CPU-second the worker(s) got
         report["processed_per_worker_cpu_s"] = round(processed / worker_cpu) if worker_cpu and not o.mqtt_url else None
+        report["worker_loop_ms"] = loop_totals(timeline)
         report["bottleneck"] = bottleneck(procs, timeline)
         report["machine"] = {"cores": os.cpu_count(), "load_avg_start": [round(x, 2) for x in load_start],
                              "load_avg_end": [round(x, 2) for x in os.getloadavg()]}
         report["timeline"] = timeline
         return report
+
+
+def loop_totals(timeline: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per site, the worker loop's wall ms per stage over the run (live_bridge.worker.LoopClock):
+    total, longest, and the number of closes: where the close-to-position time went."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in timeline:
+        for site, stages in (row.get("worker_loop_ms") or {}).items():
+            add_loop_ms(out.setdefault(site, {}), stages)
+    return out
+
+
+def add_loop_ms(acc: dict[str, Any], stages: dict[str, Any]) -> None:
+    """``stages`` (stage -> {total, max} ms, and a count of closes) added into ``acc``."""
+    for stage, v in stages.items():
+        if isinstance(v, dict):
+            a = acc.setdefault(stage, {"total": 0.0, "max": 0.0})
+            a["total"] = round(a["total"] + float(v["total"]), 1)
+            a["max"] = max(a["max"], float(v["max"]))
+        elif isinstance(v, int | float):
+            acc[stage] = acc.get(stage, 0) + v
 
 
 def bottleneck(procs: list[ProcInfo], timeline: list[dict[str, Any]]) -> dict[str, object]:

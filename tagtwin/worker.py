@@ -19,7 +19,7 @@ from engine.pipeline import EngineConfig
 from live_bridge.backbone import StreamSettings, connect
 from live_bridge.config import load_key_ring
 from live_bridge.natsserver import EmbeddedNats, ServerConfig, free_port
-from live_bridge.worker import WorkerCore, WorkerSettings, run_worker
+from live_bridge.worker import WorkerCore, WorkerSettings, run_worker, warm_up
 from siteplan.config_file import ConfigFileError
 from tagtwin.live import site_engine_config, site_rules
 from twin.scenario import Scenario, load_scenario
@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = WorkerSettings(**({"raw_retention_s": args.raw_max_age} | given))
         scenario = load_scenario(args.scenario)
         keys = load_key_ring(args.keys).keys  # new and old key during a rotation
-        core = site_worker_core(scenario, site_engine_config(scenario), keys, settings)
+        config = site_engine_config(scenario)
+        core = site_worker_core(scenario, config, keys, settings)
+        warm_up(site_worker_core(scenario, config, keys, settings))  # before the first live close, not in it
     except ConfigFileError as exc:
         print(f"{exc.path}: " + "; ".join(exc.problems), file=sys.stderr)
         return 2

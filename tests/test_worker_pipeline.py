@@ -1,0 +1,286 @@
+"""The worker's IO loop under a busy site's load: outputs cut under the backbone's message
+limit (a window of 8,000 tags is ~1.2 MB of positions, which the stream refuses), and a
+pull feed that keeps delivering while the worker computes. Real nats-server on free
+loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.contract import UNKNOWN, IdTable
+from engine.eventtime import REVISED_FIX_DTYPE
+from engine.localize import METHOD_NAMES
+from engine.timeline import EventRevision
+from live_bridge.backbone import (
+    MAX_BATCH_BYTES,
+    PullFeed,
+    connect,
+    ensure_streams,
+    out_subject,
+    publish_batch,
+    raw_stream,
+    raw_subject,
+)
+from live_bridge.natsserver import EmbeddedNats
+from live_bridge.server import positions_payload, positions_payloads
+from live_bridge.wire import Advert
+from live_bridge.worker import MAX_OUTPUT_BYTES, events_payloads, run_worker
+from tests.test_backbone import SITE, core, signed
+
+
+def fixes_of(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    f = np.zeros(n, REVISED_FIX_DTYPE)
+    f["t"], f["device"] = 1.7e9 + rng.integers(0, 5, n), rng.integers(0, 50, n)
+    f["x"], f["y"], f["r90"] = rng.normal(0, 30, n), rng.normal(0, 30, n), rng.uniform(0, 5, n)
+    f["x"][:: max(1, n // 7)] = np.nan  # unlocalized rows are left out, as before
+    f["zone"], f["n_gateways"] = rng.integers(-1, 1, n), rng.integers(0, 9, n)
+    f["method"], f["battery"] = rng.integers(0, len(METHOD_NAMES), n), rng.integers(-1, 101, n)
+    f["motion"], f["revision"] = rng.integers(-1, 2, n), rng.integers(0, 10**6, n)
+    f["battery"][:1] = UNKNOWN
+    return f
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 400), st.integers(300, 20_000), st.integers(0, 3))
+def test_positions_are_cut_under_the_limit_and_lose_nothing(n, max_bytes, seed):
+    fixes = fixes_of(n, seed)
+    devices = IdTable([f"tag-{i:05d}" for i in range(50)])
+    whole = positions_payload(fixes, devices, ("floor",), 0.0, 5.0)
+    parts = positions_payloads(fixes, devices, ("floor",), 0.0, 5.0, max_bytes)
+    assert positions_payloads(fixes, devices, ("floor",), 0.0, 5.0, None) == [whole]
+    got = [json.loads(p) for p in parts]
+    assert all(len(p) <= max_bytes for p in parts if len(json.loads(p)["positions"]) > 1)  # one fix always fits
+    assert [q for g in got for q in g["positions"]] == json.loads(whole)["positions"]
+    assert all(g["v"] == 1 and g["t"] == 5.0 for g in got)
+    if len(whole) <= max_bytes:
+        assert parts == [whole]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 200), st.integers(200, 8_000))
+def test_events_are_cut_under_the_limit_and_keep_their_order(n, max_bytes):
+    events = [EventRevision(f"zone_enter|tag-{i}|{i}", 1.7e9 + i, i, None if i % 5 == 0 else
+                            {"rule": "zone_enter", "t": 1.7e9 + i, "tag": f"tag-{i}", "detail": "x" * (i % 90)})
+              for i in range(n)]
+    whole = events_payloads(events, 3.0, None)
+    parts = events_payloads(events, 3.0, max_bytes)
+    assert len(whole) == 1
+    assert [r for p in parts for r in json.loads(p)["events"]] == json.loads(whole[0])["events"]
+    assert all(len(p) <= max_bytes for p in parts if len(json.loads(p)["events"]) > 1)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path):
+    srv = EmbeddedNats.on_free_ports(tmp_path / "nats")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+async def _append(out: list, msg) -> None:
+    out.append(msg.data)
+
+
+async def until(cond, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.integration
+def test_a_window_over_the_message_limit_is_published_in_parts(nats_server):
+    """8,000 tags heard in one window: ~1.2 MB of positions. One message would be refused
+    by the stream on every retry and the worker would publish nothing more; cut in parts,
+    every tag's position arrives and the worker goes on to the next windows."""
+    tags = 8000
+    t0 = time.time() - 30
+
+    def ads(t: float) -> list[Advert]:
+        return [Advert(t=t + (i % 100) / 1000, dev=f"tag-{i:05d}", rssi=-60.0 - i % 20, ch=37, seq=i)
+                for i in range(tags)]
+
+    async def main():
+        w = core(status_every_s=0.2)
+        nc = await connect(nats_server.url, name="worker")
+        pub = await connect(nats_server.url, name="pub")
+        js = pub.jetstream()
+        await ensure_streams(js, SITE)
+        got: list[bytes] = []
+        await pub.subscribe(out_subject(SITE, "positions"), cb=functools.partial(_append, got))
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_worker(w, nc, stop, ready=ready))
+        await ready.wait()
+        for i, t in enumerate((t0, t0 + 1.0, t0 + 6.0)):  # the third batch closes the first windows
+            for gw in "abcd":
+                await publish_batch(js, raw_subject(SITE, gw), signed(gw, i, ads(t)), timeout=30)
+        await until(lambda: w.counters["positions"] >= tags, what="a window of 8,000 positions")
+        await until(lambda: sum(len(json.loads(b)["positions"]) for b in got) >= w.counters["positions"],
+                    what="every position received")
+        stop.set()
+        await task
+        await nc.close()
+        await pub.close()
+        return w, got
+
+    w, got = asyncio.run(main())
+    assert not any(k.startswith("commit retried") for k in w.counters), dict(w.counters)
+    assert len(got) > 2 and max(len(b) for b in got) <= MAX_OUTPUT_BYTES < MAX_BATCH_BYTES
+    first = min(p["t"] for b in got for p in json.loads(b)["positions"])
+    assert len({p["dev"] for b in got for p in json.loads(b)["positions"] if p["t"] == first}) == tags
+
+
+@pytest.mark.integration
+def test_the_pull_feed_delivers_while_the_caller_computes_and_across_expiries(nats_server):
+    """Messages stored while the caller is busy (a blocking close) are there, in order, at
+    its next take; requests that expired with nothing to deliver are replaced."""
+    async def main():
+        nc = await connect(nats_server.url, name="feed")
+        js = nc.jetstream()
+        await ensure_streams(js, SITE)
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        await js.add_consumer(raw_stream(SITE), ConsumerConfig(durable_name="d", ack_policy=AckPolicy.EXPLICIT,
+                                                               max_ack_pending=64))
+        feed = await PullFeed(nc, raw_stream(SITE), "d", batch=16, expires_s=0.3).start()
+        seqs = [await publish_batch(js, raw_subject(SITE, "a"), signed("a", i, [])) for i in range(5)]
+        taken = []
+        while len(taken) < 5:
+            taken += await feed.take(timeout=5.0)
+        time.sleep(0.5)  # busy: a blocking close; the outstanding request expires meanwhile
+        for m in taken:
+            await m.ack()
+        later = [await publish_batch(js, raw_subject(SITE, "a"), signed("a", 5 + i, [])) for i in range(40)]
+        more = []
+        while len(more) < 40:
+            got = await feed.take(timeout=5.0)
+            assert got, "the feed stopped delivering"
+            more += got
+            for m in got:
+                await m.ack()
+        await feed.stop()
+        await nc.close()
+        return seqs, later, taken, more, feed.requests
+
+    seqs, later, taken, more, requests = asyncio.run(main())
+    assert [m.metadata.sequence.stream for m in taken] == seqs
+    assert [m.metadata.sequence.stream for m in more] == later  # 40 > the batch of 16: several requests
+    assert requests >= 3
+
+
+# -- early close: computed when the rows are in, published when due ---------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+T_START = 1_790_000_000.0
+
+
+@functools.cache
+def site_ticks(seconds: float = 14.0, scale: float = 0.5) -> tuple[object, list[list[tuple[str, bytes, float]]]]:
+    """static-open's twin traffic as 0.25 s publisher ticks: (subject, body, receive time)."""
+    from tagtwin.loadgen import PublisherSpec, Schedule, TickBuilder
+    from tagtwin.loadtest import site_traffic
+    from twin.scenario import load_scenario
+
+    sc = load_scenario(REPO / "scenarios" / "static-open.toml")
+    tr = site_traffic(sc, "early", 0, 12.0)
+    b = TickBuilder(PublisherSpec(0, "", "nats", [tr], Schedule(scale, seconds), T_START, 0.25, wire=2))
+    ticks = [[(subj, body, T_START + (k + 1) * 0.25) for subj, _, body, _ in b.build(k * 0.25, (k + 1) * 0.25, scale)]
+             for k in range(int(seconds / 0.25))]
+    return (sc, tr), ticks
+
+
+def site_core(early: bool):
+    from live_bridge.worker import WorkerSettings
+    from tagtwin.live import site_engine_config
+    from tagtwin.worker import site_worker_core
+
+    (sc, tr), _ = site_ticks()
+    return site_worker_core(sc, site_engine_config(sc), tr.keys, WorkerSettings(site="early", early_close=early))
+
+
+def first_out(outputs: list[list[tuple[str, bytes]]]) -> list[set[tuple[str, float]]]:
+    """Per tick, the (device, window end) positions published for the first time."""
+    seen: set[tuple[str, float]] = set()
+    out = []
+    for tick in outputs:
+        new = {(p["dev"], p["t"]) for subj, body in tick if subj.endswith(".positions")
+               for p in json.loads(body)["positions"]} - seen
+        seen |= new
+        out.append(new)
+    return out
+
+
+def run_ticks(w, ticks, seq0: int = 0) -> list[list[tuple[str, bytes]]]:
+    outs, seq = [], seq0
+    for tick in ticks:
+        for subject, body, received in tick:
+            seq += 1
+            w.handle(subject, body, seq, received)
+        outs.append(w.tick(tick[-1][2]))
+    return outs
+
+
+def test_early_close_publishes_the_same_outputs_at_the_same_ticks():
+    """Computing a window when its rows are in and publishing it when due changes neither
+    what is published nor when: per tick the same new positions, and the same positions
+    and rule events in the end."""
+    from live_bridge.faults import latest_events, latest_positions
+
+    _, ticks = site_ticks()
+    early, late = site_core(True), site_core(False)
+    e_out, l_out = run_ticks(early, ticks), run_ticks(late, ticks)
+    assert early.windows.closed_through > late.windows.closed_through  # computed ahead ...
+    assert early.held  # ... and held
+    assert first_out(e_out) == first_out(l_out)  # published at the same ticks
+    e_out.append(early.tick(ticks[-1][-1][2], final=True))
+    l_out.append(late.tick(ticks[-1][-1][2], final=True))
+    payloads = {name: [(s, b) for tick in outs for s, b in tick] for name, outs in (("e", e_out), ("l", l_out))}
+    pos = {n: latest_positions(b for s, b in p if s.endswith(".positions"))[0] for n, p in payloads.items()}
+    ev = {n: latest_events(b for s, b in p if s.endswith(".events"))[0] for n, p in payloads.items()}
+    assert len(pos["l"]) > 1000 and pos["e"] == pos["l"]
+    assert ev["e"] == ev["l"] and ev["l"]
+
+
+def test_a_checkpoint_with_held_windows_publishes_them_after_a_restore():
+    """A crash after a checkpoint taken while windows were computed but held: the restored
+    worker publishes them (nothing lost), and ends with the same positions and events."""
+    from live_bridge.faults import latest_events, latest_positions
+
+    _, ticks = site_ticks()
+    cut = 30
+    a = site_core(True)
+    before = run_ticks(a, ticks[:cut])
+    assert a.held and a.windows.closed_through > a.released_through
+    blob = a.checkpoint()  # then the worker dies: its held windows never went out
+    log = [(s, b, i + 1, r) for i, (s, b, r) in enumerate(x for tick in ticks[:cut] for x in tick)]
+    b = site_core(True)
+    b.restore(blob)
+    rb = b.begin_history()
+    assert rb is not None
+    for subject, body, seq, received in log:
+        if seq >= b.history_from:
+            b.read_back(rb, subject, body, seq, received)
+    b.end_read_back(rb, ticks[cut - 1][-1][2])
+    after = run_ticks(b, ticks[cut:], seq0=len(log))
+    after.append(b.tick(ticks[-1][-1][2], final=True))
+    ref = site_core(False)
+    r_out = run_ticks(ref, ticks)
+    r_out.append(ref.tick(ticks[-1][-1][2], final=True))
+    got = [(s, p) for tick in before + after for s, p in tick]
+    want = [(s, p) for tick in r_out for s, p in tick]
+    got_pos = latest_positions(p for s, p in got if s.endswith(".positions"))[0]
+    want_pos = latest_positions(p for s, p in want if s.endswith(".positions"))[0]
+    assert set(got_pos) == set(want_pos)  # every window's positions, the held ones included
+    assert got_pos == want_pos
+    assert latest_events(p for s, p in got if s.endswith(".events"))[0] == \
+        latest_events(p for s, p in want if s.endswith(".events"))[0]
