@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.contract import SIGHTING_DTYPE, UNKNOWN, IdTable, Sightings, sightings_from_columns
-from engine.eventtime import MERGE_MARGIN_S, BatchDedup, GatewayWatermarks
+from engine.eventtime import MERGE_MARGIN_S, REVISED_FIX_DTYPE, BatchDedup, GatewayWatermarks
 from engine.pipeline import Engine, EngineConfig
 from engine.rules.feeder import RuleFeeder
 from engine.timeline import EventRevision, RevisedTimeline
@@ -499,6 +499,31 @@ class WorkerCore:
     def tick(self, now: float, final: bool = False) -> list[Outgoing]:
         """Close what the site watermark allows, recompute what late data touched; ``final``
         closes everything held (the end of a replay or a test run)."""
+        mark = self._site_mark(now, final)
+        # Early close: compute every window whose rows are in (the watermark past its end by
+        # the merge margin: the rows its last events merge with); publish when it is due.
+        early = self.settings.early_close and not final and self.config.allowed_lateness_s > MERGE_MARGIN_S
+        horizon = mark + self.config.allowed_lateness_s - MERGE_MARGIN_S if early else mark
+        if self.publish_filter is None:
+            fixes = self.windows.advance(horizon, revision=self.stream_seq)
+        else:  # ownership is decided on the rows of the windows just computed, before they are let go
+            fixes = self.windows.advance(horizon, revision=self.stream_seq, prune=False)
+            if len(fixes):
+                fixes = fixes[self.publish_filter(fixes, self.windows.rows)]
+            self.windows.prune()
+        return self._outputs(*self._release(fixes, self.windows.take_events(), mark, now), now)
+
+    def release_due(self, now: float) -> list[Outgoing]:
+        """Early close: the held outputs of the windows the site watermark closes now,
+        computing nothing, so that they go out before the next computation starts (the
+        batch that makes a window due usually lets the next one be computed)."""
+        if not self.held and not self.held_events:
+            return []
+        return self._outputs(*self._release(np.zeros(0, REVISED_FIX_DTYPE), [], self._site_mark(now), now), now)
+
+    def _site_mark(self, now: float, final: bool = False) -> float:
+        """The site watermark, moved on when nothing more is coming (every gateway idle, or
+        ``final``) so that every window holding a sighting closes."""
         mark = self.marks.site_watermark(now)
         if (final or self.marks.all_idle(now)) and self.marks.event:
             # Nothing more is coming: close every window holding a sighting (a late one revises).
@@ -514,18 +539,10 @@ class WorkerCore:
                 s = self.settings
                 reach = s.horizon_s / 2 if s.idle_rules_reach_s is None else s.idle_rules_reach_s
                 mark = max(mark, min(self.marks.idle_clock(now), newest + reach) - cfg.window_s)
-        # Early close: compute every window whose rows are in (the watermark past its end by
-        # the merge margin: the rows its last events merge with); publish when it is due.
-        early = self.settings.early_close and not final and self.config.allowed_lateness_s > MERGE_MARGIN_S
-        horizon = mark + self.config.allowed_lateness_s - MERGE_MARGIN_S if early else mark
-        if self.publish_filter is None:
-            fixes = self.windows.advance(horizon, revision=self.stream_seq)
-        else:  # ownership is decided on the rows of the windows just computed, before they are let go
-            fixes = self.windows.advance(horizon, revision=self.stream_seq, prune=False)
-            if len(fixes):
-                fixes = fixes[self.publish_filter(fixes, self.windows.rows)]
-            self.windows.prune()
-        n, out, events = self._release(fixes, self.windows.take_events(), mark, now)
+        return mark
+
+    def _outputs(self, n: int, out: list[Outgoing], events: list[EventRevision], now: float) -> list[Outgoing]:
+        """Released positions' messages (``n`` positions) and the events' messages, counted."""
         self.counters["positions"] += n
         if events:
             self.counters["events"] += sum(not e.retracted for e in events)
@@ -977,6 +994,13 @@ async def run_worker(
                 # caught up (nothing more arrives: close what there is).
                 now = core.latest_received if msgs else time.time()
                 positions = core.counters["positions"]
+                outbox += core.release_due(now)
+                if outbox:  # what is due goes out before the next window is computed
+                    outputs.send(outbox)
+                    outbox = []
+                    published = True
+                    await asyncio.sleep(0)  # the publishes queued for the socket ...
+                    await nc.flush(timeout=5)  # ... and written before the loop computes again
                 outbox += core.tick(now)
                 rb = core.deep_due(now)
                 if rb is not None:  # late data beyond the horizon: its windows from the raw log
