@@ -36,10 +36,11 @@ The raw stream is the log; the worker's memory is a view of it:
   dead-lettered, with that reason. Which windows wait for a deep pass is part of the
   checkpoint.
 
-Delivery: the adapter publishes outputs and waits for their acks, then writes the
-checkpoint (state + the stream sequence it covers) to the JetStream object store, and
-only then acks the input messages. A restarted worker (or another one) loads the
-checkpoint and resumes at the next stream sequence; anything at or below it is skipped.
+Delivery: the adapter publishes outputs as they are due; a commit waits for their acks,
+then writes the checkpoint (state + the stream sequence it covers) to the JetStream
+object store, and only then acks the input messages (in a task, while the loop goes on).
+A restarted worker (or another one) loads the checkpoint and resumes at the next stream
+sequence; anything at or below it is skipped.
 A position's revision is the stream sequence of the newest batch its computation saw, so
 revisions only grow, across restarts and workers alike, and the highest is the most
 complete.
