@@ -34,7 +34,7 @@ from live_bridge.natsserver import EmbeddedNats
 from live_bridge.server import positions_payload, positions_payloads
 from live_bridge.wire import Advert
 from live_bridge.worker import MAX_OUTPUT_BYTES, events_payloads, run_worker
-from tests.test_backbone import SITE, core, signed
+from tests.test_backbone import SITE, core, signed, until
 
 
 def fixes_of(n: int, seed: int = 0) -> np.ndarray:
@@ -80,26 +80,17 @@ def test_events_are_cut_under_the_limit_and_keep_their_order(n, max_bytes):
 
 
 @pytest.fixture
-def nats_server(tmp_path: Path):
-    srv = EmbeddedNats.on_free_ports(tmp_path / "nats")
-    srv.start()
-    yield srv
-    srv.stop()
+def backbone(tmp_path: Path):
+    with EmbeddedNats.on_free_ports(tmp_path / "nats") as srv:
+        yield srv
 
 
 async def _append(out: list, msg) -> None:
     out.append(msg.data)
 
 
-async def until(cond, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.integration
-def test_a_window_over_the_message_limit_is_published_in_parts(nats_server):
+def test_a_window_over_the_message_limit_is_published_in_parts(backbone):
     """8,000 tags heard in one window: ~1.2 MB of positions. One message would be refused
     by the stream on every retry and the worker would publish nothing more; cut in parts,
     every tag's position arrives and the worker goes on to the next windows."""
@@ -112,8 +103,8 @@ def test_a_window_over_the_message_limit_is_published_in_parts(nats_server):
 
     async def main():
         w = core(status_every_s=0.2)
-        nc = await connect(nats_server.url, name="worker")
-        pub = await connect(nats_server.url, name="pub")
+        nc = await connect(backbone.url, name="worker")
+        pub = await connect(backbone.url, name="pub")
         js = pub.jetstream()
         await ensure_streams(js, SITE)
         got: list[bytes] = []
@@ -124,9 +115,9 @@ def test_a_window_over_the_message_limit_is_published_in_parts(nats_server):
         for i, t in enumerate((t0, t0 + 1.0, t0 + 6.0)):  # the third batch closes the first windows
             for gw in "abcd":
                 await publish_batch(js, raw_subject(SITE, gw), signed(gw, i, ads(t)), timeout=30)
-        await until(lambda: w.counters["positions"] >= tags, what="a window of 8,000 positions")
+        await until(lambda: w.counters["positions"] >= tags, timeout=60, what="a window of 8,000 positions")
         await until(lambda: sum(len(json.loads(b)["positions"]) for b in got) >= w.counters["positions"],
-                    what="every position received")
+                    timeout=60, what="every position received")
         stop.set()
         await task
         await nc.close()
@@ -141,11 +132,11 @@ def test_a_window_over_the_message_limit_is_published_in_parts(nats_server):
 
 
 @pytest.mark.integration
-def test_the_pull_feed_delivers_while_the_caller_computes_and_across_expiries(nats_server):
+def test_the_pull_feed_delivers_while_the_caller_computes_and_across_expiries(backbone):
     """Messages stored while the caller is busy (a blocking close) are there, in order, at
     its next take; requests that expired with nothing to deliver are replaced."""
     async def main():
-        nc = await connect(nats_server.url, name="feed")
+        nc = await connect(backbone.url, name="feed")
         js = nc.jetstream()
         await ensure_streams(js, SITE)
         from nats.js.api import AckPolicy, ConsumerConfig
