@@ -87,6 +87,9 @@ class RevisedTimeline(RevisingWindows):
         # True while the chain reaches back to the first computed window (no state dropped
         # yet): a rerun from before every saved state starts from the initial state.
         self.chain_complete = True
+        # The first window ever computed: a rerun from the initial state starts there (the
+        # first advance can close several windows in one chunk, saving a state after the last).
+        self.first_window: int | None = None
         self.rows_state: int | None = None  # the saved state a rerun from the rows held starts at
         self.stateful = engine.stateful  # (a cell worker wraps the engine later: ask now)
         self.feeder = feeder
@@ -131,6 +134,8 @@ class RevisedTimeline(RevisingWindows):
             k_from = int(np.floor(self.rows["t"][0] / self.step + 1e-12)) + 1
             if last < k_from:
                 return np.zeros(0, REVISED_FIX_DTYPE)
+            if self.first_window is None:
+                self.first_window = k_from
             if self.origin is None:
                 self.origin = (np.floor(self.rows["t"][0] / ORIGIN_GRID_S) - 1) * ORIGIN_GRID_S
         else:
@@ -145,6 +150,8 @@ class RevisedTimeline(RevisingWindows):
             tracking, rules = self.states[k_from - 1]
         elif self.chain_complete or not self.states:
             tracking, rules = self._initial
+            if self.chain_complete and self.first_window is not None:
+                k_from = min(k_from, self.first_window)  # the initial state is the one before it
         else:
             tracking, rules = self.states[min(self.states)]
             k_from = min(self.states) + 1
@@ -282,7 +289,9 @@ class RevisedTimeline(RevisingWindows):
         before = [j for j in self.states if j < k]
         if before:
             return max(before) + 1
-        return k if self.chain_complete else None
+        if not self.chain_complete:
+            return None
+        return k if self.first_window is None else min(k, self.first_window)
 
     def state_floor(self) -> float:
         """Event time from which late rows can still be recomputed (a saved state precedes
@@ -315,6 +324,7 @@ class RevisedTimeline(RevisingWindows):
             "origin": self.origin, "rev": self._rev, "state_window": oldest, "state_windows": kept,
             "rows_state": rows_state if rows_state in self.states else oldest,
             "chain_complete": self.chain_complete,
+            "first_window": self.first_window,
             "digests": {str(k): v.hex() for k, v in self.digests.items()},
             "published": {key: [k, text] for key, (k, text) in self.published.items()},
         }
@@ -332,6 +342,8 @@ class RevisedTimeline(RevisingWindows):
         self.digests = {int(k): bytes.fromhex(v) for k, v in dict(meta["digests"]).items()}  # type: ignore[call-overload]
         self.published = {key: (int(k), str(text)) for key, (k, text) in dict(meta["published"]).items()}  # type: ignore[call-overload]
         self.chain_complete = bool(meta.get("chain_complete", False))
+        first = meta.get("first_window")
+        self.first_window = None if first is None else int(first)  # type: ignore[call-overload]
         state = load_state_pickle(state_blob)
         if "state_windows" in meta:
             kept = [int(k) for k in meta["state_windows"]]  # type: ignore[attr-defined]

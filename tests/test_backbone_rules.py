@@ -187,6 +187,24 @@ def test_a_spool_draining_over_many_ticks_revises_to_the_fault_free_answer():
     assert events == want_events
 
 
+@pytest.mark.parametrize("early", [False, True])
+def test_late_rows_in_the_first_chunk_rerun_from_the_first_window(early):
+    """A worker that starts behind closes its first windows in one chunk (one state saved,
+    after the last); a late batch for a window inside that chunk reruns from the initial
+    state, which is the state before the *first* window (it used to restart at the late
+    window from the initial state: the tracker's positions went wrong from there)."""
+    want_positions, want_events = reference()
+    ticks = messages(fault_free)
+    first = [m for tick in ticks[:16] for m in tick]  # 8 s of batches in one go
+    late = next(i for i, m in enumerate(first) if m[2] - T0 > 5.0)  # one gateway's batch of ~5 s
+    held = first.pop(late)
+    core = site_worker_core(*demo()[:3], WorkerSettings(site=SITE, early_close=early))
+    out = run(core, [first, [held], *ticks[16:]])
+    out += core.tick(time.time(), final=True)
+    assert positions(out)[0] == want_positions
+    assert events_of(out)[0] == want_events
+
+
 def test_a_crash_between_publishing_and_checkpointing_leaves_no_phantom_event():
     """Checkpoint during the cut; the worker publishes more windows and events from the
     partial data, then dies before its next checkpoint. The restarted worker works the
