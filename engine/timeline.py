@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.eventtime import MERGE_MARGIN_S, REVISED_FIX_DTYPE, RevisingWindows
+from engine.eventtime import MERGE_MARGIN_S, REVISED_FIX_DTYPE, RevisingWindows, sorted_search
 from engine.ingest import IngestCounters, drop_redeliveries
 from engine.pipeline import FIX_DTYPE, WINDOWS_PER_CHUNK
 from engine.rules.events import ListSink
@@ -184,7 +184,7 @@ class RevisedTimeline(RevisingWindows):
             wins = np.rint(fixes["t"] / self.step).astype(np.int64)
             bounds = np.searchsorted(wins, np.arange(k0, k1 + 2))  # fixes come in window order
             if self.feeder is not None:
-                lo, hi = np.searchsorted(self.rows["t"], [(k0 - 1) * self.step, k1 * self.step])
+                lo, hi = sorted_search(self.rows["t"], [(k0 - 1) * self.step, k1 * self.step])
                 rows = drop_redeliveries(self.rows[lo:hi], IngestCounters())  # canonical order
                 self._feed_rules(rows, fixes, k0, k1, new_events)
             for i, k in enumerate(range(k0, k1 + 1)):
