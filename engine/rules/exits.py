@@ -41,8 +41,9 @@ class ExitRules(PresenceRules):
         polygons = [zones.polygons[i] for i in self._exit_zone_ids]
         self.exit_region = ZoneRegion(polygons, within=context.site_outline)
         # A carried tag's reach before its next advertisement: carry speed x its class's
-        # interval (unregistered devices: none). One region per distinct reach, built once.
-        self._carry_reach_m = np.round(cfg.carry_speed_mps * context.class_interval_s, 2)
+        # interval (as missing_tag takes it; unregistered devices: none). One region per
+        # distinct reach, built once.
+        self._carry_reach_m = np.round(cfg.carry_speed_mps * self._class_interval, 2)
         self._reach_regions = {
             float(r): ZoneRegion(
                 [shapely.union_all(polygons).buffer(float(r))], within=context.site_outline
