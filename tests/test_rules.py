@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
 
 import numpy as np
 import pytest
+import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -619,3 +621,64 @@ def test_independent_loss_kernel_is_the_product_over_gateways_up(n_tags: int, n_
     h = (heard[d] + 0.5) / (sent[d][:, None] + 1.0)
     want = np.exp(np.log1p(-np.minimum(h, 1 - 1e-12)) @ up.astype(float))
     np.testing.assert_allclose(_independent_loss(heard, sent, d, up), want, rtol=1e-12, atol=0)
+
+
+def carry_run(
+    path: Callable[[float], tuple[float, float]],
+    motion: int = 1,
+    r90: float = 2.0,
+    outline: bool = False,
+    **exit_cfg: float,
+) -> list:
+    """Tag 0 (1 s class) carried along ``path`` for t = 1..30, then silent; no checkout."""
+    ctx = context()
+    if outline:  # the door zone's east edge (x = 26) is the building's outer wall
+        ctx = dataclasses.replace(ctx, site_outline=shapely.box(0, 0, 26, 30))
+    eng = RuleEngine(rules_with(exit={"checkout_after_s": 5, **exit_cfg}), ctx)
+    rows = [fixes(float(t), [0], [path(t)[0]], [path(t)[1]], r90=r90, motion=motion) for t in range(1, 31)]
+    eng.burst_missed, eng.burst_continued, eng.burst_deep = 400, 28, 3  # as in exit_run
+    eng.ingest_checkouts(np.zeros(0, CHECKOUT_DTYPE), watermark=1e9)
+    return drive(eng, adverts(0, 0.2, 30, 1.0), rows, 80)
+
+
+def exit_rules(ev: list) -> list[str]:
+    return [e.rule for e in ev if e.rule in ("exit_without_checkout", "exit_unresolved", "missing_tag")]
+
+
+def test_exit_evidence_at_the_outer_wall_is_renormalized_to_the_building() -> None:
+    # Fixes pinned to the outer wall at the door (as a localizer clips them): half of each
+    # fix's Gaussian lies outside the building, where the tag cannot be before it leaves.
+    def at_door(t: float) -> tuple[float, float]:
+        return 26.0, 10.0
+
+    inside = carry_run(at_door, r90=3.0, outline=True, carry_speed_mps=0.0)
+    alarm = [e for e in inside if e.rule == "exit_without_checkout"]
+    assert len(alarm) == 1
+    assert alarm[0].evidence["p_zone"] > 0.9
+    # Without the outline the same fixes put only about half their mass in the zone.
+    plain = carry_run(at_door, r90=3.0, outline=False, carry_speed_mps=0.0)
+    p_plain = [e.evidence["p_zone"] for e in plain if e.rule.startswith("exit_")]
+    assert len(p_plain) == 1
+    assert 0.4 < p_plain[0] < 0.6
+
+
+def test_carried_tag_that_vanishes_within_reach_of_the_exit_is_an_exit() -> None:
+    # The last fixes lie 1 m short of the exit zone (x = 20), sharp (r90 0.5 m): carried
+    # at 1.5 m/s, the tag reaches the zone before its next advert (1 s later).
+    def short_of_door(t: float) -> tuple[float, float]:
+        return min(5.0 + 0.5 * t, 19.0), 10.0
+
+    assert exit_rules(carry_run(short_of_door, r90=0.5)) == ["exit_without_checkout"]
+    # A still tag cannot cover the metre, and without a carry speed neither can a moving one.
+    assert exit_rules(carry_run(short_of_door, r90=0.5, motion=0)) == ["missing_tag"]
+    assert exit_rules(carry_run(short_of_door, r90=0.5, carry_speed_mps=0.0)) == ["missing_tag"]
+
+
+def test_tag_carried_past_the_door_and_away_is_missing_not_an_exit() -> None:
+    # In the door zone until t = 18, then carried back into the store at 1.3 m/s: last
+    # within reach of the zone at t = 20, silent 10 s later 16 m from it. Evidence that old
+    # says nothing of where the tag is (with a 15 s memory this was an exit case).
+    def past_door(t: float) -> tuple[float, float]:
+        return (22.0, 10.0) if t <= 18 else (22.0 - 1.3 * (t - 18.0), 10.0)
+
+    assert exit_rules(carry_run(past_door)) == ["missing_tag"]

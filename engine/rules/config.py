@@ -68,10 +68,16 @@ class ExitRule(_Strict):
         default=0.3, gt=0, le=1, description="P(zone) that makes a vanishing tag an exit case"
     )
     zone_memory_s: float = Field(
-        default=15.0, gt=0, description="time constant of the decaying max of P(zone)"
+        default=5.0, gt=0, description="time constant of the decaying max of P(zone)"
     )
     motion_window_s: float = Field(
         default=30.0, gt=0, description="moving this recently counts as carried"
+    )
+    carry_speed_mps: float = Field(
+        default=1.5,
+        ge=0,
+        description="a moving tag may reach an exit zone at this speed before its next "
+        "advertisement (0: fixes count only inside the zone)",
     )
     still_factor: float = Field(
         default=0.3, ge=0, le=1, description="P(motion) factor for a tag not seen moving"

@@ -35,7 +35,22 @@ class ExitRules(PresenceRules):
         cfg, context = self.rules.exit, self.ctx
         zones = context.zones
         self._exit_zone_ids = sorted({i for z in cfg.exit_zones for i in zones.resolve(z)})
-        self.exit_region = ZoneRegion([zones.polygons[i] for i in self._exit_zone_ids])
+        # Renormalized to the outline: a tag carried to the door is inside the building until
+        # it leaves, so the half of a door fix's Gaussian beyond the outer wall is no evidence
+        # against the exit zone (it held P(zone) at about 0.5 for a fix at the door).
+        polygons = [zones.polygons[i] for i in self._exit_zone_ids]
+        self.exit_region = ZoneRegion(polygons, within=context.site_outline)
+        # A carried tag's reach before its next advertisement: carry speed x its class's
+        # interval (as missing_tag takes it; unregistered devices: none). One region per
+        # distinct reach, built once.
+        self._carry_reach_m = np.round(cfg.carry_speed_mps * self._class_interval, 2)
+        self._reach_regions = {
+            float(r): ZoneRegion(
+                [shapely.union_all(polygons).buffer(float(r))], within=context.site_outline
+            )
+            for r in np.unique(self._carry_reach_m)
+            if r > 0 and polygons
+        }
         # Gateways covering the exits: their health discounts a tag's silence there.
         if self._exit_zone_ids and len(context.gateway_ids):
             d = shapely.distance(self.exit_region.geom, shapely.points(context.gateway_xy))
@@ -72,9 +87,18 @@ class ExitRules(PresenceRules):
     def _exit_evidence(
         self, t: float, d: IntArray, x: FloatArray, y: FloatArray, r90: FloatArray
     ) -> None:
-        """``pz``: the decaying max over recent fixes of P(position inside an exit zone)."""
+        """``pz``: the decaying max over recent fixes of P(the tag is in an exit zone by its
+        next advertisement): P(position inside an exit zone) for a still tag; for a moving
+        one (carried), P(position within its carry reach of one)."""
         tg, cfg = self.tags, self.rules.exit
         p = self.exit_region.probability(x, y, r90)
+        reach = np.where(
+            tg["moving_t"][d] == t, self._per_class(d, self._carry_reach_m, 0.0), 0.0
+        )
+        for r, region in self._reach_regions.items():
+            sel = np.flatnonzero(reach == r)
+            if len(sel):
+                p[sel] = region.probability(x[sel], y[sel], r90[sel])
         prev_t = tg["pz_t"][d]
         decay = np.where(
             np.isfinite(prev_t),
