@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import engine_variant
 from numpy.typing import NDArray
 from scipy.stats import chi2
 
-from _common import engine_variant
 from engine.contract import SIGHTING_DTYPE
 from engine.pipeline import FIX_DTYPE
 from engine.rules.engine import RuleEngine

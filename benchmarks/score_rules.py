@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from _common import engine_variant
+
 from engine.rules.scoring import ScoreTally, score_report
 from twin.run import simulate_keeping_fixes
 from twin.scenario import Scenario, load_scenario
