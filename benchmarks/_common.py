@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: peak memory and JSON output."""
+"""Helpers shared by the benchmark scripts: peak memory, JSON output, engine variants."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import json
 import platform
 import resource
 import sys
-from typing import Any
+import tomllib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from twin.scenario import Scenario
 
 
 def peak_rss_mb() -> float:
@@ -19,3 +24,32 @@ def emit(name: str, figures: dict[str, Any]) -> None:
     out = {"benchmark": name, **figures, "python": platform.python_version(), "machine": platform.machine()}
     json.dump(out, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
+
+
+def engine_variant(scenario: Scenario, overrides: Sequence[str]) -> Scenario:
+    """The scenario with ``[engine]`` settings replaced, each ``KEY=VALUE`` (the value read as
+    a TOML scalar, else as a string), renamed after them: fixes kept under the scenario's
+    name (twin.run.simulate_keeping_fixes) then never stand in for another engine's."""
+    if not overrides:
+        return scenario
+    engine = scenario.engine.model_dump()
+    keys = sorted(type(scenario.engine).model_fields)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or key not in keys:
+            raise SystemExit(f"--engine {item!r}: want KEY=VALUE with KEY one of {keys}")
+        try:
+            engine[key] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            engine[key] = text
+    from pydantic import ValidationError
+
+    from twin.scenario import Scenario as _Scenario
+
+    name = "+".join([scenario.name, *overrides])
+    try:
+        return _Scenario.model_validate(scenario.model_dump() | {"name": name, "engine": engine})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SystemExit(f"--engine {' '.join(overrides)}: {where}: {first['msg']}") from None

@@ -8,7 +8,7 @@ and battery (no position: exit and misplacement rules stay idle) through the sam
 several seeds. Every missing_tag alarm is false. Also prints the empirical rate of runs of
 k or more missed adverts (no gateway heard the frame), the quantity k is chosen against.
 Prints JSON. Usage: python benchmarks/quiet_missing.py [--seeds 1 2 3] [--duration S] [--jobs N]
-[--full [--fixes-dir DIR]] [--progress FILE [--resume]]
+[--full [--fixes-dir DIR]] [--progress FILE [--resume]] [--engine KEY=VALUE ...]
 
 ``--fixes-dir`` keeps each seed's fixes (localization and tracking, the slow part) in DIR and
 reuses them when the same scenario, seed and duration come again, so a rule change can be
@@ -20,7 +20,9 @@ skips the seeds it holds and pools them in: a long run is extended or finished i
 only the rules that read positions alone (misplaced, zones, dwell, battery_low, registry,
 after hours) on the kept fixes, without the twin: a change to those rules is rescored on
 thousands of tag-days in minutes. The rules that need sightings (missing_tag, exits,
-gateways) are off in that mode and come from the full run.
+gateways) are off in that mode and come from the full run. ``--engine`` replaces one of the
+scenario's [engine] settings (repeatable; e.g. ``localizer=radio-map``, ``radio_map=survey``)
+and names the kept fixes after it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import engine_variant
 from numpy.typing import NDArray
 from scipy.stats import chi2
 
@@ -108,15 +111,16 @@ def positions_only(sc: Scenario, fixes_dir: str) -> tuple[list[Any], int]:
 def one_seed(
     scenario: str, seed: int, duration: float, full: bool = False,
     fixes_dir: str | None = None, progress: str | None = None, fixes_only: bool = False,
+    engine: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """One quiet run: the twin's sightings for ``duration`` s replayed into a rule engine,
     or with ``full`` the whole pipeline (localization, tracking, every rule), or with
     ``fixes_only`` the position rules on kept fixes."""
     t0 = time.perf_counter()
     base = load_scenario(Path(scenario))
-    sc = Scenario.model_validate(
+    sc = engine_variant(Scenario.model_validate(
         base.model_dump() | {"seed": seed, "duration_s": duration, "incidents": []}
-    )
+    ), engine)
     cached = False
     if fixes_only:
         assert fixes_dir is not None
@@ -211,6 +215,8 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true",
                     help="with --progress: skip the seeds the progress file already has and "
                     "pool them into the result (one progress file per mode and duration)")
+    ap.add_argument("--engine", action="append", default=[], metavar="KEY=VALUE",
+                    help="replace one [engine] setting of the scenario (repeatable)")
     args = ap.parse_args()
     if args.fixes_only and not args.fixes_dir:
         ap.error("--fixes-only needs --fixes-dir")
@@ -222,7 +228,7 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         fresh = list(pool.map(one_seed, repeat(args.scenario), todo, repeat(args.duration),
                               repeat(args.full), repeat(args.fixes_dir), repeat(args.progress),
-                              repeat(args.fixes_only)))
+                              repeat(args.fixes_only), repeat(tuple(args.engine))))
     by_seed = done | {r["seed"]: r for r in fresh}
     runs = [by_seed[s] for s in args.seeds]
     tag_days = sum(r["tag_days"] for r in runs)
@@ -232,7 +238,7 @@ def main() -> None:
     ks = [k for r in runs for k in r["k"]]
     thousand = tag_days / 1000.0
     out = {
-        "scenario": load_scenario(Path(args.scenario)).name,
+        "scenario": engine_variant(load_scenario(Path(args.scenario)), args.engine).name,
         "seeds": args.seeds,
         "duration_s": args.duration,
         "tags": runs[0]["tags"],

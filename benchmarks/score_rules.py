@@ -4,7 +4,11 @@ intervals (Clopper-Pearson, Poisson; engine.rules.scoring), and false alarms per
 1,000 tags on the plain demo (no incidents), shown under the too-little-exposure rule.
 Prints JSON.
 Usage: python benchmarks/score_rules.py [--seeds 42 7 1 2] [--quiet-duration S] [--fixes-dir DIR]
-(``--fixes-dir``: keep and reuse each run's fixes, twin.run.simulate_keeping_fixes.)
+[--scenario FILE] [--engine KEY=VALUE ...]
+(``--fixes-dir``: keep and reuse each run's fixes, twin.run.simulate_keeping_fixes, keyed by the
+scenario's name, seed and duration; ``--scenario``: another incident scenario than
+demo_incidents; ``--engine``: replace its [engine] settings, e.g. ``--engine
+localizer=radio-map --engine radio_map=survey`` for a site with a calibration survey.)
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+from _common import engine_variant
 
 from engine.rules.scoring import ScoreTally, score_report
 from twin.run import simulate_keeping_fixes
@@ -37,12 +43,20 @@ def main() -> None:
         help="seconds of the no-incident run (0: skip it)",
     )
     ap.add_argument("--fixes-dir", help="keep and reuse each run's fixes here")
+    ap.add_argument(
+        "--scenario", default=str(ROOT / "scenarios" / "demo_incidents.toml"),
+        help="the incident scenario (default demo_incidents)",
+    )
+    ap.add_argument(
+        "--engine", action="append", default=[], metavar="KEY=VALUE",
+        help="replace one [engine] setting of the scenarios (repeatable)",
+    )
     args = ap.parse_args()
     wall = time.perf_counter()
     fixes_dir = Path(args.fixes_dir) if args.fixes_dir else None
     out: dict[str, object] = {}
     pooled = ScoreTally()
-    inc = load_scenario(ROOT / "scenarios" / "demo_incidents.toml")
+    inc = engine_variant(load_scenario(Path(args.scenario)), args.engine)
     for seed in args.seeds:
         run, _ = simulate_keeping_fixes(
             Scenario.model_validate(inc.model_dump() | {"seed": seed}), fixes_dir
@@ -71,7 +85,7 @@ def main() -> None:
         **rep,
     }
     if args.quiet_duration > 0:
-        quiet = load_scenario(ROOT / "scenarios" / "demo.toml")
+        quiet = engine_variant(load_scenario(ROOT / "scenarios" / "demo.toml"), args.engine)
         run, _ = simulate_keeping_fixes(
             Scenario.model_validate(quiet.model_dump() | {"duration_s": args.quiet_duration}),
             fixes_dir,
