@@ -289,3 +289,25 @@ def polish_step(
         ok[j] = curved and not (pin_x and pin_y)
         fisher[j, 0], fisher[j, 1], fisher[j, 2] = a11, a22, a12
     return sx_out, sy_out, ok, fisher
+
+
+@numba.njit(cache=True, nogil=True)
+def compact_rows(
+    start: NDArray[np.intp], counts: NDArray[np.intp], col: NDArray[np.intp], rssi: NDArray[np.float64],
+    rows: NDArray[np.intp], width: int,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.intp]]:
+    """engine.localize.HeardRows.from_heard: the heard cells of ``rows`` as (width, rows)
+    RSSI, weight (1 heard, 0 padding) and gateway arrays, zero-padded."""
+    n = len(rows)
+    values = np.zeros((width, n))
+    weight = np.zeros((width, n))
+    cols = np.zeros((width, n), np.intp)
+    for j in range(n):
+        lo = start[rows[j]]
+        if counts[rows[j]] > width:
+            raise ValueError("a row is heard by more gateways than the width")
+        for i in range(counts[rows[j]]):
+            values[i, j] = rssi[lo + i]
+            weight[i, j] = 1.0
+            cols[i, j] = col[lo + i]
+    return values, weight, cols

@@ -26,7 +26,7 @@ import shapely
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
-from engine._newton import cost_from_log, newton_rows, polish_step, squared_distances
+from engine._newton import compact_rows, cost_from_log, newton_rows, polish_step, squared_distances
 from radio_models.environment import Grid
 
 FloatArray = NDArray[np.float64]
@@ -199,17 +199,8 @@ class HeardRows:
     @classmethod
     def from_heard(cls, heard: Heard, rows: NDArray[np.intp], width: int) -> HeardRows:
         """The rows ``rows`` of ``heard``, each padded to ``width``."""
-        counts = heard.counts[rows]
-        first = np.cumsum(counts) - counts
-        r_i = np.repeat(np.arange(len(rows)), counts)
-        pos = np.arange(len(r_i)) - np.repeat(first, counts)
-        entry = np.repeat(heard.start[rows], counts) + pos
-        cols = np.zeros((width, len(rows)), np.intp)
-        weight = np.zeros((width, len(rows)))
-        values = np.zeros((width, len(rows)))
-        cols[pos, r_i] = heard.col[entry]
-        weight[pos, r_i] = 1.0
-        values[pos, r_i] = heard.rssi[entry]
+        values, weight, cols = compact_rows(heard.start, heard.counts, heard.col, heard.rssi,
+                                            np.asarray(rows, np.intp), width)
         return cls(values, weight, cols)
 
 
