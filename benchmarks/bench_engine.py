@@ -6,8 +6,9 @@ engine of a baseline commit on the same traffic in the same run. Prints JSON.
   twin, made once (not timed) and saved to a temporary .npy that both runs read.
 * This engine: :class:`engine.parallel.PartitionedEngine` over ``--workers`` processes
   (default: one per core), fed 30 s of event time at a time; the rules run in this
-  process (:class:`twin.run.RuleFeeder`, one step a second) on the previous chunk's
-  fixes while the workers localize the next.
+  process (:class:`engine.rules.feeder.RuleFeeder`, one step a second) on each group of
+  16 windows' fixes as the workers send it (``finish_advance_parts``), while they
+  localize the next group.
 * Baseline: ``git archive BASELINE`` (default: main before the engine-speed work)
   unpacked into a temporary directory and run there in a subprocess: its own
   ``twin.run.feed_engine`` then ``feed_rules`` on the same file, one process, as that
@@ -120,14 +121,16 @@ def run_engine(traffic: Path, duration: float, workers: int) -> dict[str, float]
             chunk = sightings[start:stop]
             start = int(stop)
             engine.ingest(chunk)
-            engine.start_advance()
-            feeder.step_until(done_t)  # the rules work on the last fixes meanwhile
+            engine.start_advance(parts=True)
             feeder.add(sightings=chunk)
-            fixes = engine.finish_advance()
-            n_fixes += len(fixes)
-            feeder.add(fixes=fixes)
-            if len(fixes):
-                done_t = float(fixes["t"].max())
+            # Each group of windows as the workers finish it: the rules work on it while
+            # they compute the next, so only the last group's rules wait at the end.
+            for fixes in engine.finish_advance_parts():
+                n_fixes += len(fixes)
+                feeder.add(fixes=fixes)
+                if len(fixes):
+                    done_t = float(fixes["t"].max())
+                feeder.step_until(done_t)
         fixes = engine.flush(duration)
         n_fixes += len(fixes)
         feeder.add(fixes=fixes)

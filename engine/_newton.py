@@ -10,6 +10,9 @@ point better than the best so far: a worse point's step is never taken (the loop
 back towards the best point), and on the large scenario about half of all iterations are
 worse points (rows whose minimum lies on the edge of an obstacle-map cell backtrack
 towards it), so this saves their derivative sums without changing a bit of the answer.
+The cost of such a point is not even finished: a sum of squares only grows, so once its
+partial sum passes the best cost the point is known to be worse (a quarter of the
+logarithms on the large scenario are skipped so, again with the same answer).
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ def newton_rows(  # the hot loop, inlined on purpose
                 iy = min(max(iy, 0), ny - 1)
                 c = iy * nx + ix
             cost = zero
+            # A sum of squares only grows: once it passes the bar the point is worse,
+            # whatever the remaining terms (whose logarithms are then not computed).
+            bar = pcost * one_eps
             for i in range(width):
                 dx = x - gx[j, i]
                 dy = y - gy[j, i]
@@ -78,7 +84,9 @@ def newton_rows(  # the hot loop, inlined on purpose
                 res *= w[j, i]
                 cost += res * res
                 dxs[i], dys[i], d2s[i], ress[i] = dx, dy, d2, res
-            worse = cost > pcost * one_eps
+                if cost > bar:
+                    break
+            worse = cost > bar
             if worse:
                 # A worse point's step is never taken: halve back towards the best point
                 # without the derivatives (most iterations of rows that end on the edge
@@ -151,3 +159,155 @@ def newton_rows(  # the hot loop, inlined on purpose
             if settled and not (moved >= move_eps):
                 break
     return x_out, y_out
+
+
+# -- the float64 cost and polish around the loop ------------------------------------------
+# engine.localize evaluates each start's end point and polishes the winner in float64. Its
+# logarithms stay numpy's (np.log10 has its own SIMD code, whose last bits differ from the
+# C library's that numba calls), so these kernels do the arithmetic around them, operation
+# for operation as the numpy expressions did, in one pass instead of a dozen: the squared
+# distances before the logarithm, and the cost or the Newton step after it. Sums over a
+# row's gateways are added in gateway order, on purpose: numpy's own reductions (einsum,
+# sum) block the additions differently depending on the array's length, so a row's sum,
+# and through the iterations its position, would depend on which other rows share its
+# chunk; added in order it never does, so any split of the rows gives the same bytes.
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def squared_distances(
+    gx: NDArray[np.floating], gy: NDArray[np.floating], dz2: NDArray[np.floating],
+    x: NDArray[np.float64], y: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """(x - gx)^2 + (y - gy)^2 + dz2 for (width, rows) gateway arrays and (rows,) points."""
+    width, n = gx.shape
+    out = np.empty((width, n))
+    for i in range(width):
+        for j in range(n):
+            dx = x[j] - gx[i, j]
+            dy = y[j] - gy[i, j]
+            out[i, j] = dx * dx + dy * dy + dz2[i, j]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _clamped_index(f: float, n: np.intp) -> np.intp:
+    """np.clip(f.astype(np.intp), 0, n - 1) for one value, including numpy's x86 answer
+    for NaN, infinities and values beyond int64 (the smallest int64, so 0)."""
+    if f >= 0.0 and f < 9.2e18:
+        return min(np.intp(f), n - 1)
+    return np.intp(0)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def cost_from_log(
+    r: NDArray[np.floating], w: NDArray[np.floating], p0: NDArray[np.floating], log_d2: NDArray[np.float64],
+    five_n: float, x: NDArray[np.float64], y: NDArray[np.float64], cols: NDArray[np.intp],
+    loss: NDArray[np.float32], grid: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """Sum of squared residuals of each row given log10 of its squared distances; inf where
+    it is not finite. ``loss`` (cells, gateways) is the obstacle loss or empty, ``grid`` its
+    (x0, y0, cell, nx, ny), cells found as radio_models.environment.Grid.cell_index does."""
+    width, n = r.shape
+    has_wall = loss.shape[0] > 0
+    x0, y0, cell = grid[0], grid[1], grid[2]
+    nx, ny = np.intp(grid[3]), np.intp(grid[4])
+    out = np.empty(n)
+    for j in range(n):
+        c = np.intp(0)
+        if has_wall:
+            c = _clamped_index((y[j] - y0) / cell, ny) * nx + _clamped_index((x[j] - x0) / cell, nx)
+        total = 0.0
+        for i in range(width):
+            pred = p0[j] - five_n * log_d2[i, j]
+            if has_wall:
+                pred = pred - loss[c, cols[i, j]]
+            res = (r[i, j] - pred) * w[i, j]
+            if i == 0:
+                total = res * res
+            else:
+                total += res * res
+        out[j] = total if np.isfinite(total) else np.inf
+    return out
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def polish_step(
+    r: NDArray[np.float64], w: NDArray[np.float64], p0: NDArray[np.float64], log_d2: NDArray[np.float64],
+    d2: NDArray[np.float64], gx: NDArray[np.float64], gy: NDArray[np.float64], five_n: float,
+    k_slope: float, x: NDArray[np.float64], y: NDArray[np.float64], bounds: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_], NDArray[np.float64]]:
+    """engine.localize._polish after its logarithm: each row's Newton step (sx, sy),
+    whether it may be taken (curved, not pinned on both axes; the caller adds the length
+    test), and the Gauss-Newton sums (a11, a22, a12)."""
+    width, n = r.shape
+    minx, miny, maxx, maxy = bounds[0], bounds[1], bounds[2], bounds[3]
+    sx_out = np.empty(n)
+    sy_out = np.empty(n)
+    ok = np.empty(n, np.bool_)
+    fisher = np.empty((n, 3))
+    for j in range(n):
+        a11 = a22 = a12 = ds1 = ds2 = s0 = hxx = hyy = hxy = 0.0
+        for i in range(width):
+            dx = x[j] - gx[i, j]
+            dy = y[j] - gy[i, j]
+            res = (r[i, j] - p0[j] + five_n * log_d2[i, j]) * w[i, j]
+            inv = w[i, j] / d2[i, j]
+            jx = dx * inv
+            jy = dy * inv
+            q = res * inv
+            q2 = q / d2[i, j]
+            if i == 0:
+                a11, a22, a12 = jx * jx, jy * jy, jx * jy
+                ds1, ds2, s0 = jx * res, jy * res, q
+                hxx, hyy, hxy = (q2 * dx) * dx, (q2 * dy) * dy, (q2 * dx) * dy
+            else:
+                a11 += jx * jx
+                a22 += jy * jy
+                a12 += jx * jy
+                ds1 += jx * res
+                ds2 += jy * res
+                s0 += q
+                hxx += (q2 * dx) * dx
+                hyy += (q2 * dy) * dy
+                hxy += (q2 * dx) * dy
+        g1 = -ds1 / k_slope
+        g2 = -ds2 / k_slope
+        h11 = a11 + (s0 - 2.0 * hxx) / k_slope
+        h22 = a22 + (s0 - 2.0 * hyy) / k_slope
+        h12 = a12 - 2.0 * hxy / k_slope
+        det = h11 * h22 - h12 * h12
+        sx = (h22 * g1 - h12 * g2) / det
+        sy = (h11 * g2 - h12 * g1) / det
+        pin_x = ((x[j] <= minx) and (sx < 0)) or ((x[j] >= maxx) and (sx > 0))
+        pin_y = ((y[j] <= miny) and (sy < 0)) or ((y[j] >= maxy) and (sy > 0))
+        free = not pin_x and not pin_y
+        if not free:
+            sx = 0.0 if pin_x else g1 / h11
+            sy = 0.0 if pin_y else g2 / h22
+        curved = ((h11 > 0) and (det > 0)) if free else ((h22 > 0) if pin_x else (h11 > 0))
+        sx_out[j], sy_out[j] = sx, sy
+        ok[j] = curved and not (pin_x and pin_y)
+        fisher[j, 0], fisher[j, 1], fisher[j, 2] = a11, a22, a12
+    return sx_out, sy_out, ok, fisher
+
+
+@numba.njit(cache=True, nogil=True)
+def compact_rows(
+    start: NDArray[np.intp], counts: NDArray[np.intp], col: NDArray[np.intp], rssi: NDArray[np.float64],
+    rows: NDArray[np.intp], width: int,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.intp]]:
+    """engine.localize.HeardRows.from_heard: the heard cells of ``rows`` as (width, rows)
+    RSSI, weight (1 heard, 0 padding) and gateway arrays, zero-padded."""
+    n = len(rows)
+    values = np.zeros((width, n))
+    weight = np.zeros((width, n))
+    cols = np.zeros((width, n), np.intp)
+    for j in range(n):
+        lo = start[rows[j]]
+        if counts[rows[j]] > width:
+            raise ValueError("a row is heard by more gateways than the width")
+        for i in range(counts[rows[j]]):
+            values[i, j] = rssi[lo + i]
+            weight[i, j] = 1.0
+            cols[i, j] = col[lo + i]
+    return values, weight, cols

@@ -26,7 +26,7 @@ import shapely
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
-from engine._newton import newton_rows
+from engine._newton import compact_rows, cost_from_log, newton_rows, polish_step, squared_distances
 from radio_models.environment import Grid
 
 FloatArray = NDArray[np.float64]
@@ -199,17 +199,8 @@ class HeardRows:
     @classmethod
     def from_heard(cls, heard: Heard, rows: NDArray[np.intp], width: int) -> HeardRows:
         """The rows ``rows`` of ``heard``, each padded to ``width``."""
-        counts = heard.counts[rows]
-        first = np.cumsum(counts) - counts
-        r_i = np.repeat(np.arange(len(rows)), counts)
-        pos = np.arange(len(r_i)) - np.repeat(first, counts)
-        entry = np.repeat(heard.start[rows], counts) + pos
-        cols = np.zeros((width, len(rows)), np.intp)
-        weight = np.zeros((width, len(rows)))
-        values = np.zeros((width, len(rows)))
-        cols[pos, r_i] = heard.col[entry]
-        weight[pos, r_i] = 1.0
-        values[pos, r_i] = heard.rssi[entry]
+        values, weight, cols = compact_rows(heard.start, heard.counts, heard.col, heard.rssi,
+                                            np.asarray(rows, np.intp), width)
         return cls(values, weight, cols)
 
 
@@ -245,22 +236,6 @@ class Heard:
         out = np.full((self.n_rows, self.n_gateways), np.nan)
         out[self.row, self.col] = self.rssi
         return out
-
-
-def _dot(a: AnyArray, b: AnyArray | None = None) -> AnyArray:
-    """Column sums of a * b (or of a) for (width, rows) arrays: one value per row.
-
-    Added gateway by gateway, in order, on purpose: numpy's own reductions (einsum,
-    sum) block the additions differently depending on the array's length, so a row's
-    sum, and through the Newton iterations its position, would depend on which other
-    rows share its chunk; here it never does, so any split of the rows (threads, device
-    partitions, chunked feeds) gives the same bytes.
-    """
-    out = a[0].copy() if b is None else a[0] * b[0]
-    tmp = np.empty_like(out)
-    for i in range(1, len(a)):
-        out += a[i] if b is None else np.multiply(a[i], b[i], out=tmp)
-    return out
 
 
 def _wls_widths(n_gateways: int) -> NDArray[np.intp]:
@@ -312,11 +287,7 @@ def _newton_chunk(
     f32 = np.float32
     five_n = f32(5.0 * exponent)
     k_slope = f32(10.0 * exponent / LN10)
-    if wall is not None:
-        loss, g = wall.loss, wall.grid
-        grid = np.array([g.x0, g.y0, g.cell_m, g.nx, g.ny], dtype=float)
-    else:
-        loss, grid = np.zeros((0, 0), f32), np.zeros(5)
+    loss, grid = _wall_arrays(wall)
     r_m, w_m, gx_m, gy_m, dz2_m, cols_m = rows.major
     x32, y32 = newton_rows(
         r_m, w_m, rows.p0, gx_m, gy_m, dz2_m, cols_m, loss, grid, x.astype(f32), y.astype(f32), five_n,
@@ -338,14 +309,20 @@ def _wls_cost(
 ) -> AnyArray:
     """Sum of squared residuals of each row at (x, y); inf where it is not finite."""
     gx, gy, dz2, cols = gws
-    d2 = (x - gx) ** 2 + (y - gy) ** 2 + dz2
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):  # on a gateway at tag height: inf cost
-        pred = p0 - 5.0 * exponent * np.log10(d2)
-    if wall is not None:
-        pred = pred - wall.loss_db(np.column_stack([x, y]), cols)
-    res = (r - pred) * w
-    cost = _dot(res, res)
-    return np.asarray(np.where(np.isfinite(cost), cost, np.inf))
+        log_d2 = np.log10(squared_distances(gx, gy, dz2, x, y))
+    loss, grid = _wall_arrays(wall)
+    return cost_from_log(r, w, p0, log_d2, 5.0 * exponent, x, y, cols, loss, grid)
+
+
+def _wall_arrays(wall: ObstacleMap | None) -> tuple[NDArray[np.float32], FloatArray]:
+    """The obstacle map as the compiled kernels take it: loss (cells, gateways) and the
+    grid as (x0, y0, cell, nx, ny); empty without walls."""
+    if wall is None:
+        return np.zeros((0, 0), np.float32), np.zeros(5)
+    g = wall.grid
+    return wall.loss, np.array([g.x0, g.y0, g.cell_m, g.nx, g.ny], dtype=float)
 
 
 def _polish(
@@ -364,39 +341,16 @@ def _polish(
     minx, miny, maxx, maxy = bounds
     k_slope = 10.0 * exponent / LN10
     gx, gy, dz2, _ = gws
-    dx = x - gx
-    dy = y - gy
-    d2 = dx * dx + dy * dy + dz2
     with np.errstate(invalid="ignore", divide="ignore"):
-        res = (r - p0 + 5.0 * exponent * np.log10(d2)) * w
-        inv = w / d2
-        jx, jy = dx * inv, dy * inv
-        a11 = _dot(jx, jx)
-        a22 = _dot(jy, jy)
-        a12 = _dot(jx, jy)
-        g1 = -_dot(jx, res) / k_slope
-        g2 = -_dot(jy, res) / k_slope
-        q = res * inv
-        s0 = _dot(q)
-        q /= d2
-        h11 = a11 + (s0 - 2 * _dot(q * dx, dx)) / k_slope
-        h22 = a22 + (s0 - 2 * _dot(q * dy, dy)) / k_slope
-        h12 = a12 - 2 * _dot(q * dx, dy) / k_slope
-        det = h11 * h22 - h12 * h12
-        sx = (h22 * g1 - h12 * g2) / det
-        sy = (h11 * g2 - h12 * g1) / det
+        d2 = squared_distances(gx, gy, dz2, x, y)
         # On a bound the step pushing outward is dropped and the other coordinate takes
-        # its own 1-D Newton step along the bound, as in the float32 loop.
-        pin_x = ((x <= minx) & (sx < 0)) | ((x >= maxx) & (sx > 0))
-        pin_y = ((y <= miny) & (sy < 0)) | ((y >= maxy) & (sy > 0))
-        free = ~pin_x & ~pin_y
-        sx = np.where(free, sx, np.where(pin_x, 0.0, g1 / h11))
-        sy = np.where(free, sy, np.where(pin_y, 0.0, g2 / h22))
-    curved = np.where(free, (h11 > 0) & (det > 0), np.where(pin_x, h22 > 0, h11 > 0))
-    ok = curved & ~(pin_x & pin_y) & (np.hypot(sx, sy) < POLISH_STEP_M)
+        # its own 1-D Newton step along the bound, as in the float32 loop (the kernel).
+        sx, sy, curved, fisher = polish_step(
+            r, w, p0, np.log10(d2), d2, gx, gy, 5.0 * exponent, k_slope, x, y, np.asarray(bounds, dtype=float))
+        ok = curved & (np.hypot(sx, sy) < POLISH_STEP_M)
     nx = np.where(ok, np.clip(x + np.where(ok, sx, 0.0), minx, maxx), x)
     ny = np.where(ok, np.clip(y + np.where(ok, sy, 0.0), miny, maxy), y)
-    return nx, ny, np.column_stack([a11, a22, a12])
+    return nx, ny, fisher
 
 
 def _wls_rows(
@@ -475,7 +429,8 @@ def wls_localize(
     starts from several points (the centroid and the strongest gateways) to step across
     its discontinuities; the best end point wins.
 
-    Every row's answer depends on that row alone (see :func:`_dot`), so any split of the
+    Every row's answer depends on that row alone (sums over a row's gateways are added in
+    gateway order, never blocked by numpy across rows), so any split of the
     rows, into chunks here or into device partitions (engine.parallel), gives the same bytes.
     """
     return wls_localize_heard(

@@ -21,6 +21,7 @@ import contextlib
 import multiprocessing as mp
 import os
 from collections import Counter
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -47,6 +48,11 @@ def _serve(conn: Connection, config: EngineConfig, tx_power: NDArray[np.float64]
                 continue
             if failed is not None:
                 raise failed
+            if op == "advance_parts":  # each group of windows as it is done, then None
+                for part in engine.advance_parts(arg):
+                    conn.send(part)
+                conn.send(None)
+                continue
             if op == "watermark":
                 reply: Any = engine.watermark
             elif op == "advance":
@@ -107,15 +113,41 @@ class PartitionedEngine:
         self.start_advance(watermark)
         return self.finish_advance()
 
-    def start_advance(self, watermark: float | None = None) -> None:
+    def start_advance(self, watermark: float | None = None, parts: bool = False) -> None:
         """:meth:`advance` in two halves, so the caller can work (apply rules to the last
-        fixes) while the workers localize; :meth:`finish_advance` returns the fixes."""
+        fixes) while the workers localize; :meth:`finish_advance` returns the fixes, or
+        with ``parts`` :meth:`finish_advance_parts` yields them a group of windows at a
+        time (``Engine.advance_parts``), so the caller can use each group while the
+        workers compute the next."""
         mark = self.watermark if watermark is None else max(self.watermark, watermark)
         for conn in self._conns:
-            conn.send(("advance", mark))
+            conn.send(("advance_parts" if parts else "advance", mark))
 
     def finish_advance(self) -> NDArray[np.void]:
         return self._merge(self._replies())
+
+    def finish_advance_parts(self) -> Iterator[NDArray[np.void]]:
+        """After ``start_advance(parts=True)``: the fixes of each group of windows, merged
+        over the workers, in time order; together :meth:`finish_advance`'s fixes. Every
+        partition closes the same windows in the same groups (a partition without rows
+        closes none), so the i-th group of each worker covers the same windows. Run it
+        to its end before calling this engine again."""
+        open_conns = list(self._conns)
+        failure: Exception | None = None
+        while open_conns:
+            parts, still = [], []
+            for conn in open_conns:
+                reply = conn.recv()
+                if isinstance(reply, Exception):
+                    failure = failure or reply  # the worker's parts end there
+                elif reply is not None:
+                    parts.append(reply)
+                    still.append(conn)
+            open_conns = still
+            if parts and failure is None:
+                yield self._merge(parts)
+        if failure is not None:
+            raise failure
 
     def flush(self, end_t: float) -> NDArray[np.void]:
         return self._merge(self._ask_all("flush", end_t))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
@@ -377,11 +378,7 @@ class Engine:
     def advance(self, watermark: float | None = None) -> NDArray[np.void]:
         """Close every window whose end is at least ``allowed_lateness_s`` behind the
         watermark (the newest event time seen, or the one given) and return its fixes."""
-        mark = self.watermark if watermark is None else max(self.watermark, watermark)
-        if not math.isfinite(mark):  # nothing seen yet (watermark -inf): no window is due
-            return np.zeros(0, FIX_DTYPE)
-        last = int(np.floor((mark - self.config.allowed_lateness_s) / self.config.step_s + 1e-9))
-        return self._close_until(last)
+        return concat_rows(list(self.advance_parts(watermark)), FIX_DTYPE)
 
     def flush(self, end_t: float) -> NDArray[np.void]:
         """Close every window ending at or before ``end_t`` (end of a run or a replay);
@@ -424,31 +421,46 @@ class Engine:
         self._held, self._held_lower = held[~hit], low[~hit]
         return out
 
+    def advance_parts(self, watermark: float | None = None) -> Iterator[NDArray[np.void]]:
+        """:meth:`advance`, its fixes yielded a group of windows (``WINDOWS_PER_CHUNK``) at a
+        time, in time order, each as soon as it is computed: a caller can use the first
+        group's fixes (apply rules to them) while the next are computed elsewhere
+        (engine.parallel). The groups concatenated are :meth:`advance`'s fixes. Run it to
+        its end before calling the engine again."""
+        mark = self.watermark if watermark is None else max(self.watermark, watermark)
+        if not math.isfinite(mark):  # nothing seen yet (watermark -inf): no window is due
+            return
+        yield from self._close_parts(
+            int(np.floor((mark - self.config.allowed_lateness_s) / self.config.step_s + 1e-9)))
+
     def _close_until(self, last_window: int) -> NDArray[np.void]:
+        return concat_rows(list(self._close_parts(last_window)), FIX_DTYPE)
+
+    def _close_parts(self, last_window: int) -> Iterator[NDArray[np.void]]:
+        """Close the windows up to ``last_window``, a group of windows at a time. The
+        window bookkeeping is settled before the first group is computed."""
         cfg = self.config
         if last_window < self._next_window or not (self._buffer or len(self._clean)):
             self._next_window = max(self._next_window, last_window + 1)
-            return np.zeros(0, FIX_DTYPE)
+            return
         buf, fresh = self._merge_new_rows()
         # One sighting per advertising event and gateway, over everything buffered (so a
         # copy arriving late, or straddling two chunks of windows, joins its event), with
         # the copies that just arrived counted once.
         events, merged_now = merge_channels_by_time(buf, fresh)
         self.counters.merged_channels += merged_now
-        out = []
         k = self._next_window
+        self._next_window = last_window + 1
+        keep_from = self._next_window * cfg.step_s - cfg.window_s
+        self._clean = buf[np.searchsorted(buf["t"], keep_from):]  # buf is time-sorted
         while k <= last_window:
             k_end = min(last_window, k + WINDOWS_PER_CHUNK - 1)
             lo = np.searchsorted(events["t"], k * cfg.step_s - cfg.window_s, side="left")
             hi = np.searchsorted(events["t"], k_end * cfg.step_s, side="left")
-            out.append(self._localize_windows(events[lo:hi], k, k_end))
+            fixes = self._localize_windows(events[lo:hi], k, k_end)
+            self.state.update(fixes)  # in time order, so the same as once over them all
+            yield fixes
             k = k_end + 1
-        self._next_window = last_window + 1
-        keep_from = self._next_window * cfg.step_s - cfg.window_s
-        self._clean = buf[np.searchsorted(buf["t"], keep_from):]  # buf is time-sorted
-        fixes = concat_rows(out, FIX_DTYPE)
-        self.state.update(fixes)
-        return fixes
 
     def _merge_new_rows(self) -> tuple[Sightings, NDArray[np.bool_]]:
         """The window buffer with the rows ingested since the last close merged in, and

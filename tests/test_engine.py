@@ -244,6 +244,33 @@ def test_device_partitioned_engine_returns_the_same_bytes_as_one_engine(tracker:
     assert len(np.concatenate(got)) > 100
 
 
+def test_fixes_in_groups_of_windows_are_the_fixes_of_advance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """advance_parts, on one engine and over worker processes, yields advance's fixes a
+    group of windows at a time (3 here, so 5 s of traffic makes several groups)."""
+    monkeypatch.setattr("engine.pipeline.WINDOWS_PER_CHUNK", 3)  # before the workers fork
+    xy = np.random.default_rng(16).uniform(0, 20, (9, 2))
+    stream = _stream(xy, 0.0, 20.0)
+    stream["rssi"] += np.random.default_rng(17).normal(0, 4, len(stream)).astype(np.float32)
+    one, grouped = _engine(), _engine()
+    with PartitionedEngine(one.config, workers=2) as two:
+        want, got_one, got_two, groups = [], [], [], 0
+        for lo in range(0, 20, 5):
+            part = stream[(stream["t"] >= lo) & (stream["t"] < lo + 5)]
+            for eng in (one, grouped, two):
+                eng.ingest(part)
+            want.append(one.advance())
+            got_one += list(grouped.advance_parts())
+            two.start_advance(parts=True)
+            parts = list(two.finish_advance_parts())
+            groups += len(parts)
+            assert all(len(np.unique(p["t"])) <= 3 for p in parts)
+            got_two += parts
+        assert groups > 4
+    for got in (got_one, got_two):
+        assert np.concatenate(got).tobytes() == np.concatenate(want).tobytes()
+    assert np.array_equal(grouped.state.x, one.state.x, equal_nan=True)
+
+
 def test_a_rows_position_does_not_depend_on_the_other_rows_it_is_solved_with() -> None:
     rng = np.random.default_rng(9)
     pts = rng.uniform(0, 20, (3000, 2))
