@@ -47,12 +47,13 @@ from engine.rules.events import ListSink
 from siteplan.model import SiteModel
 from siteplan.zones import NO_ZONE
 from twin.incidents import FEED_DTYPE
-from twin.run import feed_rules, registry_context, rule_context_for, simulate_keeping_fixes
+from twin.run import feed_rules, load_fixes, registry_context, rule_context_for, simulate_keeping_fixes
 from twin.scenario import Scenario, load_scenario
 from twin.sim import WarehouseTwin, resolve_gateways
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_RUN = 12
+HEARD_TABLE_MAX = 200_000_000  # cells (bytes) of heard_frames' table before it sorts instead
 
 
 def standin_fixes(sightings: NDArray[np.void], step_s: float) -> NDArray[np.void]:
@@ -76,8 +77,7 @@ def standin_fixes(sightings: NDArray[np.void], step_s: float) -> NDArray[np.void
 
 def miss_runs(sightings: NDArray[np.void]) -> tuple[int, NDArray[np.int64]]:
     """Frames sent (first to last heard, per device) and closed runs of >= k missed frames."""
-    key = np.unique(sightings["device"].astype(np.int64) * (1 << 32) + sightings["seq"])
-    dev, seq = key >> 32, key & ((1 << 32) - 1)
+    dev, seq = heard_frames(sightings)
     same = dev[1:] == dev[:-1]
     gaps = (seq[1:] - seq[:-1] - 1)[same]
     start = np.flatnonzero(np.r_[True, ~same])
@@ -87,12 +87,31 @@ def miss_runs(sightings: NDArray[np.void]) -> tuple[int, NDArray[np.int64]]:
     return sent, ge
 
 
+def heard_frames(sightings: NDArray[np.void]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Each (device, frame counter) heard at least once, sorted by device then counter:
+    what ``np.unique`` of the pairs gives, by marking a (device, counter) table when it
+    is small (the twin's counters start at 0), 10x faster than sorting millions of rows."""
+    if len(sightings) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    dev = sightings["device"].astype(np.int64)
+    seq = sightings["seq"].astype(np.int64)
+    lo, width = int(seq.min()), int(seq.max() - seq.min()) + 1
+    rows = int(dev.max()) + 1
+    if dev.min() < 0 or rows * width > HEARD_TABLE_MAX:
+        key = np.unique(dev * (1 << 32) + seq)
+        return key >> 32, key & ((1 << 32) - 1)
+    table = np.zeros(rows * width, bool)
+    table[dev * width + (seq - lo)] = True
+    flat = np.flatnonzero(table)
+    return flat // width, flat % width + lo
+
+
 def positions_only(sc: Scenario, fixes_dir: str) -> tuple[list[Any], int]:
     """The rules that read fixes alone, on one seed's kept fixes (no twin run)."""
     path = Path(fixes_dir) / f"{sc.name}-seed{sc.seed}-{sc.duration_s:g}s.npz"
     if not path.exists():
         raise SystemExit(f"{path}: no kept fixes for seed {sc.seed} (run with --full first)")
-    fixes = np.load(path)["fixes"]
+    fixes = load_fixes(path)
     off = {"enabled": False}
     rules_cfg = sc.rules.model_copy(update={
         "missing": sc.rules.missing.model_copy(update=off),
@@ -140,7 +159,7 @@ def one_seed(
                 f.write(json.dumps(out) + "\n")
         return out
     if full:
-        run, cached = simulate_keeping_fixes(sc, Path(fixes_dir) if fixes_dir else None)
+        run, cached = simulate_keeping_fixes(sc, Path(fixes_dir) if fixes_dir else None, score=False)
         events, sightings, n = run.events, run.twin.sightings, len(run.twin.device_ids)
         k: NDArray[Any] = np.zeros(0, np.int64)
         burst: list[float] = []
