@@ -20,7 +20,7 @@ from twin.run import load_fixes, save_fixes, simulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import quiet_missing  # noqa: E402
+import quiet_missing
 
 
 def _by_sorting(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
