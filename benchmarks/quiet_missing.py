@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
@@ -135,7 +136,7 @@ def one_seed(
     """One quiet run: the twin's sightings for ``duration`` s replayed into a rule engine,
     or with ``full`` the whole pipeline (localization, tracking, every rule), or with
     ``fixes_only`` the position rules on kept fixes."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     base = load_scenario(Path(scenario))
     sc = engine_variant(Scenario.model_validate(
         base.model_dump() | {"seed": seed, "duration_s": duration, "incidents": []}
@@ -152,7 +153,7 @@ def one_seed(
             "reviews": sum(e.severity == "review" for e in events),
             "sent": 0, "ge": [0] * MAX_RUN, "k": [], "burst_continuation": [],
             "common_loss": float("nan"),
-            "fixes_reused": True, "wall_s": round(time.perf_counter() - t0, 1),
+            "fixes_reused": True, **_costs(t0, c0),
         }
         if progress:
             with open(progress, "a") as f:
@@ -195,12 +196,19 @@ def one_seed(
         "burst_continuation": burst,
         "common_loss": common,
         "fixes_reused": cached,
-        "wall_s": round(time.perf_counter() - t0, 1),
+        **_costs(t0, c0),
     }
     if progress:
         with open(progress, "a") as f:
             f.write(json.dumps(out) + "\n")
     return out
+
+
+def _costs(t0: float, c0: float) -> dict[str, Any]:
+    """A seed's wall and CPU seconds and the machine's 1-minute load when it ended: on a
+    shared machine the wall time says more about the others' work than about this run."""
+    return {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
+            "load": round(os.getloadavg()[0], 1)}
 
 
 def done_seeds(progress: Path, seeds: list[int]) -> dict[int, dict[str, Any]]:
@@ -217,6 +225,13 @@ def done_seeds(progress: Path, seeds: list[int]) -> dict[int, dict[str, Any]]:
         if seed in wanted:
             out[seed] = row
     return out
+
+
+def _spread(values: list[float]) -> dict[str, float] | None:
+    """Count, min, median and max of per-seed figures (None when no seed has them)."""
+    if not values:
+        return None
+    return {"seeds": len(values), "min": min(values), "median": round(float(np.median(values)), 2), "max": max(values)}
 
 
 def main() -> None:
@@ -250,6 +265,7 @@ def main() -> None:
                               repeat(args.fixes_only), repeat(tuple(args.engine))))
     by_seed = done | {r["seed"]: r for r in fresh}
     runs = [by_seed[s] for s in args.seeds]
+    fresh_runs = [r for r in runs if not r.get("fixes_reused")]
     tag_days = sum(r["tag_days"] for r in runs)
     alarms = [a | {"seed": r["seed"]} for r in runs for a in r["alarms"]]
     sent_all = sum(r["sent"] for r in runs)
@@ -293,6 +309,11 @@ def main() -> None:
             for j in range(3)
         ] if not (args.full or args.fixes_only) else None,
         "wall_s": round(time.perf_counter() - wall, 1),
+        # per seed run from scratch (not on kept fixes); rows written before cpu_s and
+        # load were kept have wall_s only
+        "cpu_s_per_seed": _spread([r["cpu_s"] for r in fresh_runs if "cpu_s" in r]),
+        "wall_s_per_seed": _spread([r["wall_s"] for r in fresh_runs]),
+        "load_at_seed_end": _spread([r["load"] for r in fresh_runs if "load" in r]),
     }
     print(json.dumps(out, indent=2))
 

@@ -106,3 +106,15 @@ def test_a_run_without_scores_has_the_same_fixes_and_events(demo_scenario) -> No
     assert bare.twin.sightings.tobytes() == scored.twin.sightings.tobytes()
     as_json = [json.dumps([e.to_dict() for e in r.events], sort_keys=True) for r in (scored, bare)]
     assert as_json[0] == as_json[1]
+
+
+def test_a_seed_row_says_its_cost_and_a_resumed_run_skips_it(tmp_path: Path) -> None:
+    progress = tmp_path / "progress.jsonl"
+    scenario = str(Path(__file__).resolve().parents[1] / "scenarios" / "demo.toml")
+    row = quiet_missing.one_seed(scenario, 5, 20.0, progress=str(progress))
+    assert row["cpu_s"] >= 0 and row["wall_s"] >= 0 and row["load"] >= 0
+    assert row["tag_days"] == pytest.approx(200 * 20 / 86_400)
+    done = quiet_missing.done_seeds(progress, [4, 5, 6])
+    assert list(done) == [5] and done[5] == json.loads(json.dumps(row))
+    assert quiet_missing._spread([3.0, 1.0, 2.0]) == {"seeds": 3, "min": 1.0, "median": 2.0, "max": 3.0}
+    assert quiet_missing._spread([]) is None
