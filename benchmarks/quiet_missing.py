@@ -44,7 +44,8 @@ from scipy.stats import chi2
 from engine.contract import SIGHTING_DTYPE
 from engine.pipeline import FIX_DTYPE
 from engine.rules.engine import RuleEngine
-from engine.rules.events import ListSink
+from engine.rules.events import RULE_SEVERITY, ListSink
+from engine.rules.scoring import rate_reading
 from siteplan.model import SiteModel
 from siteplan.zones import NO_ZONE
 from twin.incidents import FEED_DTYPE
@@ -227,6 +228,29 @@ def done_seeds(progress: Path, seeds: list[int]) -> dict[int, dict[str, Any]]:
     return out
 
 
+# Alarm rules a mode does not run: --fixes-only has no sightings; the sightings-only run
+# has no positions (its stand-in fixes carry motion and battery).
+SIGHTING_RULES = ("missing_tag", "exit_without_checkout", "gateway_silent", "gateway_degraded")
+POSITION_RULES = ("misplaced", "exit_without_checkout")
+
+
+def every_alarm_rule(
+    alarms: list[dict[str, Any]], thousand_tag_days: float, off: tuple[str, ...] = ()
+) -> dict[str, dict[str, object]]:
+    """Each alarm rule's false alarms per day per 1,000 tags with its exact one-sided 95 %
+    upper bound and the too-little-exposure verdict (engine.rules.scoring.rate_reading),
+    rules with none included; the rules this mode did not run say so instead."""
+    out: dict[str, dict[str, object]] = {}
+    for rule in sorted(r for r, sev in RULE_SEVERITY.items() if sev == "alarm"):
+        if rule in off:
+            out[rule] = {"ran": False}
+            continue
+        reading = rate_reading(sum(a["rule"] == rule for a in alarms), thousand_tag_days)
+        out[rule] = {"ran": True, **reading.as_dict(),
+                     "below_1_per_day_per_1000_tags": reading.upper < 1.0}
+    return out
+
+
 def _spread(values: list[float]) -> dict[str, float] | None:
     """Count, min, median and max of per-seed figures (None when no seed has them)."""
     if not values:
@@ -301,6 +325,9 @@ def main() -> None:
             for rule, n in [("any rule with none", 0)]
             + [(r, sum(a["rule"] == r for a in alarms)) for r in sorted({a["rule"] for a in alarms})]
         },
+        "every_alarm_rule": every_alarm_rule(
+            alarms, thousand, off=SIGHTING_RULES if args.fixes_only
+            else () if args.full else POSITION_RULES),
         "seeds_resumed": len(args.seeds) - len(todo),
         "pipeline": "position rules on kept fixes" if args.fixes_only
         else "full" if args.full else "sightings and stand-in fixes",

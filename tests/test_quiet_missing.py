@@ -118,3 +118,16 @@ def test_a_seed_row_says_its_cost_and_a_resumed_run_skips_it(tmp_path: Path) -> 
     assert list(done) == [5] and done[5] == json.loads(json.dumps(row))
     assert quiet_missing._spread([3.0, 1.0, 2.0]) == {"seeds": 3, "min": 1.0, "median": 2.0, "max": 3.0}
     assert quiet_missing._spread([]) is None
+
+
+def test_every_alarm_rule_gets_its_one_sided_bound_even_with_no_alarm() -> None:
+    alarms = [{"rule": "misplaced"}] * 15
+    table = quiet_missing.every_alarm_rule(alarms, 0.9167, off=quiet_missing.SIGHTING_RULES)
+    assert {"misplaced", "missing_tag", "battery_low", "after_hours_movement"} <= set(table)
+    assert table["misplaced"]["events"] == 15 and table["misplaced"]["upper95"] == pytest.approx(25.2, abs=0.05)
+    assert table["battery_low"]["events"] == 0 and table["battery_low"]["upper95"] == pytest.approx(3.27, abs=0.01)
+    assert table["missing_tag"] == {"ran": False}
+    # 0 in 3,000 tag-days is the exposure the issue asks for: upper bound 0.9986 < 1
+    three = quiet_missing.every_alarm_rule([], 3.0)
+    assert three["gateway_silent"]["below_1_per_day_per_1000_tags"] is True
+    assert quiet_missing.every_alarm_rule([], 2.9)["gateway_silent"]["below_1_per_day_per_1000_tags"] is False
