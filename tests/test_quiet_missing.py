@@ -1,6 +1,6 @@
-"""The long quiet run's speed-ups change no output: kept fixes read back byte for byte (new and
-old file format), heard frames equal the sort they replace, and a run without scores has the
-same fixes and events."""
+"""The long quiet run's speed-ups change no output: kept fixes read back byte for byte (and as
+np.load reads every kept run), heard frames equal the sort they replace, and a run without
+scores has the same fixes and events."""
 
 from __future__ import annotations
 
@@ -88,14 +88,16 @@ def test_fixes_kept_in_the_earlier_format_still_load(tmp_path: Path) -> None:
     assert load_fixes(path).tobytes() == fixes.tobytes()
 
 
-def test_shuffled_columns_are_smaller_than_the_rows_compressed(tmp_path: Path) -> None:
-    fixes = np.zeros(20_000, FIX_DTYPE)  # fixes as a run makes them: 1 s steps, slow drift
-    fixes["t"] = np.repeat(np.arange(100.0), 200)
-    fixes["device"] = np.tile(np.arange(200), 100)
-    fixes["x"] = fixes["device"] * 0.5 + np.random.default_rng(1).normal(0, 1, len(fixes))
+def test_kept_fixes_read_as_every_kept_run_before(tmp_path: Path) -> None:
+    fixes = _fixes(300)
     save_fixes(tmp_path / "new.npz", fixes)
-    np.savez_compressed(tmp_path / "old.npz", fixes=fixes)
-    assert (tmp_path / "new.npz").stat().st_size < (tmp_path / "old.npz").stat().st_size
+    assert np.load(tmp_path / "new.npz")["fixes"].tobytes() == fixes.tobytes()
+
+
+def test_a_file_without_fixes_is_refused_naming_it(tmp_path: Path) -> None:
+    np.savez(tmp_path / "other.npz", rows=np.zeros(3))
+    with pytest.raises(ValueError, match=r"other\.npz: no 'fixes' array \(entries: rows\)"):
+        load_fixes(tmp_path / "other.npz")
 
 
 def test_a_run_without_scores_has_the_same_fixes_and_events(demo_scenario) -> None:

@@ -346,40 +346,26 @@ def simulate_keeping_fixes(
 
 
 def save_fixes(path: Path, fixes: NDArray[np.void]) -> None:
-    """Keep fixes in an ``.npz``: each column byte-shuffled (byte j of every value together,
-    as HDF5's shuffle filter and Blosc do) and deflated at level 1, which on an hour of the
-    demo is 4x faster to write and a third smaller than ``np.savez_compressed`` of the rows.
-    The entry ``dtype`` (no rows) carries the row type; written to a temporary name first, so
-    a run cut short leaves no half file."""
+    """Keep fixes as ``np.savez_compressed(path, fixes=...)`` would, readable by
+    ``np.load(path)["fixes"]`` like every kept run before, but deflated at level 1: half the
+    CPU of the default level 6 for 10 % more bytes (an hour of the demo: 1.6 s and 38 MB
+    against 3.0 s and 34 MB). Written to a temporary name first, so a run cut short leaves
+    no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        for name, arr in [("dtype", np.zeros(0, fixes.dtype))] + [
-            (f"col_{name}", _shuffled(fixes[name])) for name in fixes.dtype.names or ()
-        ]:
-            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, arr, allow_pickle=False)
+    with (zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf,
+          zf.open("fixes.npy", "w", force_zip64=True) as f):
+        np.lib.format.write_array(f, np.ascontiguousarray(fixes), allow_pickle=False)
     tmp.replace(path)
 
 
 def load_fixes(path: Path) -> NDArray[np.void]:
-    """Fixes kept by :func:`save_fixes`, or by ``np.savez_compressed(path, fixes=...)``
-    (the earlier format: kept runs stay usable)."""
+    """Fixes kept by :func:`save_fixes` (or ``np.savez_compressed(path, fixes=...)``)."""
     with np.load(path, allow_pickle=False) as npz:
-        if "fixes" in npz.files:
-            return npz["fixes"]
-        dtype = npz["dtype"].dtype
-        out = np.empty(npz[f"col_{dtype.names[0]}"].shape[1] if dtype.names else 0, dtype)
-        for name in dtype.names or ():
-            col = npz[f"col_{name}"]
-            out[name] = np.ascontiguousarray(col.T).view(dtype[name]).reshape(-1)
-        return out
-
-
-def _shuffled(column: NDArray[np.generic]) -> NDArray[np.uint8]:
-    """(itemsize, n) bytes: row j holds byte j of every value, so deflate sees long runs."""
-    raw = np.ascontiguousarray(column).view(np.uint8).reshape(len(column), column.dtype.itemsize)
-    return np.ascontiguousarray(raw.T)
+        if "fixes" not in npz.files:
+            raise ValueError(f"{path}: no 'fixes' array (entries: {', '.join(npz.files)})")
+        fixes: NDArray[np.void] = npz["fixes"]
+        return fixes
 
 
 def _dictionary(codes: NDArray[np.integer], ids: Sequence[str]) -> pa.DictionaryArray:
