@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
@@ -43,16 +44,18 @@ from scipy.stats import chi2
 from engine.contract import SIGHTING_DTYPE
 from engine.pipeline import FIX_DTYPE
 from engine.rules.engine import RuleEngine
-from engine.rules.events import ListSink
+from engine.rules.events import RULE_SEVERITY, ListSink
+from engine.rules.scoring import rate_reading
 from siteplan.model import SiteModel
 from siteplan.zones import NO_ZONE
 from twin.incidents import FEED_DTYPE
-from twin.run import feed_rules, registry_context, rule_context_for, simulate_keeping_fixes
+from twin.run import feed_rules, load_fixes, registry_context, rule_context_for, simulate_keeping_fixes
 from twin.scenario import Scenario, load_scenario
 from twin.sim import WarehouseTwin, resolve_gateways
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_RUN = 12
+HEARD_TABLE_MAX = 200_000_000  # cells (bytes) of heard_frames' table before it sorts instead
 
 
 def standin_fixes(sightings: NDArray[np.void], step_s: float) -> NDArray[np.void]:
@@ -76,8 +79,7 @@ def standin_fixes(sightings: NDArray[np.void], step_s: float) -> NDArray[np.void
 
 def miss_runs(sightings: NDArray[np.void]) -> tuple[int, NDArray[np.int64]]:
     """Frames sent (first to last heard, per device) and closed runs of >= k missed frames."""
-    key = np.unique(sightings["device"].astype(np.int64) * (1 << 32) + sightings["seq"])
-    dev, seq = key >> 32, key & ((1 << 32) - 1)
+    dev, seq = heard_frames(sightings)
     same = dev[1:] == dev[:-1]
     gaps = (seq[1:] - seq[:-1] - 1)[same]
     start = np.flatnonzero(np.r_[True, ~same])
@@ -87,12 +89,31 @@ def miss_runs(sightings: NDArray[np.void]) -> tuple[int, NDArray[np.int64]]:
     return sent, ge
 
 
+def heard_frames(sightings: NDArray[np.void]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Each (device, frame counter) heard at least once, sorted by device then counter:
+    what ``np.unique`` of the pairs gives, by marking a (device, counter) table when it
+    is small (the twin's counters start at 0), 10x faster than sorting millions of rows."""
+    if len(sightings) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    dev = sightings["device"].astype(np.int64)
+    seq = sightings["seq"].astype(np.int64)
+    lo, width = int(seq.min()), int(seq.max() - seq.min()) + 1
+    rows = int(dev.max()) + 1
+    if dev.min() < 0 or rows * width > HEARD_TABLE_MAX:
+        key = np.unique(dev * (1 << 32) + seq)
+        return key >> 32, key & ((1 << 32) - 1)
+    table = np.zeros(rows * width, bool)
+    table[dev * width + (seq - lo)] = True
+    flat = np.flatnonzero(table)
+    return flat // width, flat % width + lo
+
+
 def positions_only(sc: Scenario, fixes_dir: str) -> tuple[list[Any], int]:
     """The rules that read fixes alone, on one seed's kept fixes (no twin run)."""
     path = Path(fixes_dir) / f"{sc.name}-seed{sc.seed}-{sc.duration_s:g}s.npz"
     if not path.exists():
         raise SystemExit(f"{path}: no kept fixes for seed {sc.seed} (run with --full first)")
-    fixes = np.load(path)["fixes"]
+    fixes = load_fixes(path)
     off = {"enabled": False}
     rules_cfg = sc.rules.model_copy(update={
         "missing": sc.rules.missing.model_copy(update=off),
@@ -116,7 +137,7 @@ def one_seed(
     """One quiet run: the twin's sightings for ``duration`` s replayed into a rule engine,
     or with ``full`` the whole pipeline (localization, tracking, every rule), or with
     ``fixes_only`` the position rules on kept fixes."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     base = load_scenario(Path(scenario))
     sc = engine_variant(Scenario.model_validate(
         base.model_dump() | {"seed": seed, "duration_s": duration, "incidents": []}
@@ -133,14 +154,14 @@ def one_seed(
             "reviews": sum(e.severity == "review" for e in events),
             "sent": 0, "ge": [0] * MAX_RUN, "k": [], "burst_continuation": [],
             "common_loss": float("nan"),
-            "fixes_reused": True, "wall_s": round(time.perf_counter() - t0, 1),
+            "fixes_reused": True, **_costs(t0, c0),
         }
         if progress:
             with open(progress, "a") as f:
                 f.write(json.dumps(out) + "\n")
         return out
     if full:
-        run, cached = simulate_keeping_fixes(sc, Path(fixes_dir) if fixes_dir else None)
+        run, cached = simulate_keeping_fixes(sc, Path(fixes_dir) if fixes_dir else None, score=False)
         events, sightings, n = run.events, run.twin.sightings, len(run.twin.device_ids)
         k: NDArray[Any] = np.zeros(0, np.int64)
         burst: list[float] = []
@@ -176,12 +197,19 @@ def one_seed(
         "burst_continuation": burst,
         "common_loss": common,
         "fixes_reused": cached,
-        "wall_s": round(time.perf_counter() - t0, 1),
+        **_costs(t0, c0),
     }
     if progress:
         with open(progress, "a") as f:
             f.write(json.dumps(out) + "\n")
     return out
+
+
+def _costs(t0: float, c0: float) -> dict[str, Any]:
+    """A seed's wall and CPU seconds and the machine's 1-minute load when it ended: on a
+    shared machine the wall time says more about the others' work than about this run."""
+    return {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
+            "load": round(os.getloadavg()[0], 1)}
 
 
 def done_seeds(progress: Path, seeds: list[int]) -> dict[int, dict[str, Any]]:
@@ -198,6 +226,36 @@ def done_seeds(progress: Path, seeds: list[int]) -> dict[int, dict[str, Any]]:
         if seed in wanted:
             out[seed] = row
     return out
+
+
+# Alarm rules a mode does not run: --fixes-only has no sightings; the sightings-only run
+# has no positions (its stand-in fixes carry motion and battery).
+SIGHTING_RULES = ("missing_tag", "exit_without_checkout", "gateway_silent", "gateway_degraded")
+POSITION_RULES = ("misplaced", "exit_without_checkout")
+
+
+def every_alarm_rule(
+    alarms: list[dict[str, Any]], thousand_tag_days: float, off: tuple[str, ...] = ()
+) -> dict[str, dict[str, object]]:
+    """Each alarm rule's false alarms per day per 1,000 tags with its exact one-sided 95 %
+    upper bound and the too-little-exposure verdict (engine.rules.scoring.rate_reading),
+    rules with none included; the rules this mode did not run say so instead."""
+    out: dict[str, dict[str, object]] = {}
+    for rule in sorted(r for r, sev in RULE_SEVERITY.items() if sev == "alarm"):
+        if rule in off:
+            out[rule] = {"ran": False}
+            continue
+        reading = rate_reading(sum(a["rule"] == rule for a in alarms), thousand_tag_days)
+        out[rule] = {"ran": True, **reading.as_dict(),
+                     "below_1_per_day_per_1000_tags": reading.upper < 1.0}
+    return out
+
+
+def _spread(values: list[float]) -> dict[str, float] | None:
+    """Count, min, median and max of per-seed figures (None when no seed has them)."""
+    if not values:
+        return None
+    return {"seeds": len(values), "min": min(values), "median": round(float(np.median(values)), 2), "max": max(values)}
 
 
 def main() -> None:
@@ -231,6 +289,7 @@ def main() -> None:
                               repeat(args.fixes_only), repeat(tuple(args.engine))))
     by_seed = done | {r["seed"]: r for r in fresh}
     runs = [by_seed[s] for s in args.seeds]
+    fresh_runs = [r for r in runs if not r.get("fixes_reused")]
     tag_days = sum(r["tag_days"] for r in runs)
     alarms = [a | {"seed": r["seed"]} for r in runs for a in r["alarms"]]
     sent_all = sum(r["sent"] for r in runs)
@@ -266,6 +325,9 @@ def main() -> None:
             for rule, n in [("any rule with none", 0)]
             + [(r, sum(a["rule"] == r for a in alarms)) for r in sorted({a["rule"] for a in alarms})]
         },
+        "every_alarm_rule": every_alarm_rule(
+            alarms, thousand, off=SIGHTING_RULES if args.fixes_only
+            else () if args.full else POSITION_RULES),
         "seeds_resumed": len(args.seeds) - len(todo),
         "pipeline": "position rules on kept fixes" if args.fixes_only
         else "full" if args.full else "sightings and stand-in fixes",
@@ -274,6 +336,11 @@ def main() -> None:
             for j in range(3)
         ] if not (args.full or args.fixes_only) else None,
         "wall_s": round(time.perf_counter() - wall, 1),
+        # per seed run from scratch (not on kept fixes); rows written before cpu_s and
+        # load were kept have wall_s only
+        "cpu_s_per_seed": _spread([r["cpu_s"] for r in fresh_runs if "cpu_s" in r]),
+        "wall_s_per_seed": _spread([r["wall_s"] for r in fresh_runs]),
+        "load_at_seed_end": _spread([r["load"] for r in fresh_runs if "load" in r]),
     }
     print(json.dumps(out, indent=2))
 
