@@ -18,6 +18,8 @@ from siteplan.zones import ZoneIndex
 FloatArray = NDArray[np.float64]
 
 RACK_CLEARANCE_M = 0.3
+# Walls are lines in the site file; on the floor they keep this much either side clear.
+WALL_HALF_THICKNESS_M = 0.05
 
 
 class HasSitePlan(Protocol):
@@ -54,13 +56,28 @@ class SiteModel:
         zones = ZoneIndex.from_points([(z.name, z.role, z.polygon) for z in scenario.zones])
         rack_union = shapely.union_all(racks) if racks else shapely.Polygon()
         free = outline.difference(rack_union)
-        blocked = shapely.union_all([rack_union.buffer(RACK_CLEARANCE_M), *[w.buffer(0.05) for w in walls]])
+        wall_space = [w.buffer(WALL_HALF_THICKNESS_M) for w in walls]
+        blocked = shapely.union_all([rack_union.buffer(RACK_CLEARANCE_M), *wall_space])
         shapely.prepare(free)
         shapely.prepare(blocked)
         return cls(outline, racks, [r.attenuation_db for r in racks_cfg], walls, wall_loss, zones, free, blocked)
 
     def obstacles(self) -> Obstacles:
         return Obstacles(tuple(self.walls) + tuple(self.racks), tuple(self.wall_loss_db) + tuple(self.rack_loss_db))
+
+    def within_reach(self, point: FloatArray, radius_m: float) -> shapely.Geometry:
+        """The disc of ``radius_m`` around ``point``, less the walls and whatever lies behind one.
+
+        Why: a mover sets an item down within arm's reach, on its own side of a wall; the disc
+        alone reached through the office wall and put tags in a room no one carried them into.
+        A disc no wall touches is returned as the disc itself, so draws there stay as they were."""
+        disc = shapely.Point(point).buffer(radius_m)
+        walls = shapely.union_all([w.buffer(WALL_HALF_THICKNESS_M) for w in self.walls])
+        if walls.is_empty or not disc.intersects(walls):
+            return disc
+        cut = disc.intersection(self.free_space).difference(walls)
+        here = shapely.Point(point)
+        return min(getattr(cut, "geoms", [cut]), key=here.distance)
 
     def random_free_points(
         self, count: int, rng: np.random.Generator, within: shapely.Geometry | None = None

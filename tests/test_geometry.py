@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from engine.truth import SEGMENT_DTYPE, GroundTruth
 from radio_models.geometry import Obstacles, crossing_loss_db
-from siteplan.model import SiteModel
+from siteplan.model import WALL_HALF_THICKNESS_M, SiteModel
 from siteplan.zones import NO_ZONE, ZoneIndex
 from twin.navigation import Navigator
 
@@ -200,3 +200,29 @@ def test_point_lookup_of_points_lines_and_collections_asks_shapely(geom: shapely
     xy = np.array([[0.5, 0.5], [2.5, 2.5], [1.0, 1.0], [5.0, 5.0], [1.5, 1.5], [1.0, 0.0]])
     lookup = PointLookup(geom)
     np.testing.assert_array_equal(lookup(xy[:, 0], xy[:, 1]), shapely.intersects_xy(geom, xy[:, 0], xy[:, 1]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    x=st.floats(0.2, 9.8), y=st.floats(0.2, 9.8).filter(lambda v: abs(v - 5.0) > 0.1), radius=st.floats(0.3, 3.0)
+)
+def test_within_reach_stays_on_the_points_side_of_a_wall(x: float, y: float, radius: float) -> None:
+    """A wall across the whole room at y = 5: the reach of a point never crosses it, and a reach
+    no wall cuts is the plain disc (so draws there stay as they were)."""
+    site = _walled_room()
+    reach = site.within_reach(np.array([x, y]), radius)
+    pts = site.random_free_points(200, np.random.default_rng(1), reach)
+    assert len(pts) == 200
+    assert ((pts[:, 1] > 5.0) == (y > 5.0)).all()
+    assert np.hypot(pts[:, 0] - x, pts[:, 1] - y).max() <= radius + 1e-9
+    if abs(y - 5.0) > radius + 0.05:
+        assert reach.equals(shapely.Point(x, y).buffer(radius))
+
+
+def _walled_room() -> SiteModel:
+    outline = shapely.box(0, 0, 10, 10)
+    wall = shapely.LineString([(0, 5), (10, 5)])
+    free = outline
+    return SiteModel(
+        outline, [], [], [wall], [3.0], ZoneIndex.from_points([]), free, wall.buffer(WALL_HALF_THICKNESS_M)
+    )

@@ -43,6 +43,8 @@ from twin.scenario import Scenario, ScenarioError
 FloatArray = NDArray[np.float64]
 
 SECONDS_PER_DAY = 86_400.0
+# How far from its stop a mover sets a carried item down (on its side of any wall).
+DROP_REACH_M = 1.5
 # Fading upper tail ignored when pruning out-of-range links: a Rayleigh power gain
 # exceeds +10 dB with probability e^-10 = 4.5e-5, so links whose mean RSSI is more than
 # this far below sensitivity are skipped without drawing a packet.
@@ -542,7 +544,7 @@ class WarehouseTwin:
             if k and len(candidates):
                 nearest = np.argsort(np.hypot(*(self.xy[candidates] - here).T), kind="stable")[:k]
                 tags = np.sort(candidates[nearest])
-                drop = self.site.random_free_points(len(tags), rng, shapely.Point(goal).buffer(1.5))
+                drop = self.site.random_free_points(len(tags), rng, self.site.within_reach(goal, DROP_REACH_M))
                 self._plan_trip(_Trip(tags, path_t, path_xy, t_pick, t_drop, drop), mover_id)
             if t_drop - env.now > 0:
                 yield env.timeout(t_drop - env.now)
