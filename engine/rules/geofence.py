@@ -248,12 +248,13 @@ class GeofenceRules(RuleCore):
         p = np.zeros(len(d))
         moving = motion == 1
         door = np.zeros(len(d))
+        # P(doorway): of moving fixes (passing it), and with the tier of the still fixes of
+        # tags seen passing one (resting at it); no other tag's looks read it.
+        passed = cfg.opening_tier & (tg["misp_door"][d] >= cfg.opening_threshold)
         for c in np.unique(cls[cls >= 0]).tolist():
             sel = cls == c
             p[sel] = self._forbidden[c].probability(x[sel], y[sel], r90[sel])
-            # P(doorway): of moving fixes (passing it), and with the tier of still ones too
-            # (resting at it).
-            at = sel if cfg.opening_tier else sel & moving
+            at = sel & (moving | passed)
             door[at] = self._doorways[c].probability(x[at], y[at], r90[at])
         # A carried tag is not misplaced (yet): its look and run start again, it re-arms;
         # its entry evidence is the largest P of its recent moving fixes, and its opening
