@@ -221,8 +221,10 @@ class MisplacedRule(_Strict):
     to the site outline). Entry evidence: the largest P of the tag's last moving fixes
     (decaying with ``entry_time_constant_s``). At rest, P is averaged over looks of
     ``look_s``; the alarm needs ``looks`` in a row at or above ``threshold`` after entry
-    evidence of at least ``entry_threshold``, else at or above ``alone_threshold``
-    (docs/rules.md, misplaced)."""
+    evidence of at least ``entry_threshold`` (or, with ``opening_tier``, opening evidence of at
+    least ``opening_threshold``), else at or above ``alone_threshold``; with ``opening_tier``,
+    a tag carried through a doorway and resting at it also fires after ``opening_looks`` at
+    or above ``opening_look_threshold`` (docs/rules.md, misplaced)."""
 
     enabled: bool = True
     allowed_roles: dict[str, list[str]] = Field(
@@ -241,7 +243,7 @@ class MisplacedRule(_Strict):
         "a position)",
     )
     threshold: float = Field(
-        default=0.5, gt=0, lt=1,
+        default=0.55, gt=0, lt=1,
         description="a look at or above this counts, for a tag seen going in",
     )
     threshold_by_class: dict[str, Annotated[float, Field(gt=0, lt=1)]] = Field(
@@ -259,16 +261,17 @@ class MisplacedRule(_Strict):
     )
     alone_threshold: float = Field(
         default=0.9, gt=0, le=1,
-        description="a look at or above this counts for a tag never seen going in",
+        description="a look at or above this counts for a tag never seen going in (neither "
+        "entry nor, with opening_tier, opening evidence)",
     )
     rearm: float = Field(
         default=0.2, ge=0, lt=1, description="a look below this re-arms the alarm (as does motion)"
     )
     opening_tier: bool = Field(
-        default=False,
-        description="let a tag seen carried through a walled forbidden zone's doorway fire at "
-        "opening_look_threshold: more recall, and more false alarms (off: docs/rules.md has "
-        "the measured price)",
+        default=True,
+        description="a tag seen carried through a walled forbidden zone's doorway counts as "
+        "seen going in, and one resting at that doorway fires at opening_look_threshold "
+        "(docs/rules.md has the measured price of each)",
     )
     opening_reach_m: float = Field(
         default=3.0, gt=0, le=50,
@@ -283,14 +286,20 @@ class MisplacedRule(_Strict):
         default=0.4, ge=0, le=1,
         description="opening evidence that makes a tag one seen carried through a doorway",
     )
+    opening_rest_threshold: float = Field(
+        default=0.4, ge=0, le=1,
+        description="a look's mean P(within opening_reach_m of a doorway) at or above this: "
+        "the tag rests at the doorway it was carried through, not beside a wall away from it",
+    )
     opening_look_threshold: float = Field(
-        default=0.3, gt=0, lt=1,
-        description="a look at or above this counts for a tag seen carried through a doorway",
+        default=0.25, gt=0, lt=1,
+        description="a look at or above this (and at the doorway) counts for a tag seen "
+        "carried through a doorway",
     )
     opening_looks: int = Field(
-        default=12, ge=1, le=1000,
-        description="looks in a row at or above opening_look_threshold that fire: more than "
-        "``looks``, since a weak look must outlast the tracker settling after the carry",
+        default=6, ge=1, le=1000,
+        description="looks in a row at the doorway, at or above opening_look_threshold, that "
+        "fire",
     )
 
     @model_validator(mode="after")

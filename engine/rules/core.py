@@ -102,6 +102,7 @@ _FILL: dict[str, tuple[object, str]] = {
     "misp_move_t": (np.nan, "f8"),  # the last moving fix
     "misp_run_door": (0, "i4"),  # looks in a row at or above the doorway tier's threshold
     "misp_door": (0.0, "f8"),  # largest P(near an opening of a walled forbidden zone), fading
+    "misp_rest_door": (0.0, "f8"),  # sum of P(near an opening) over the current look's still fixes
     "misp_done": (False, "?"),
     "reg_t": (-np.inf, "f8"),
     "ah_t": (-np.inf, "f8"),

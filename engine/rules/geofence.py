@@ -8,11 +8,13 @@ Transitions, per tag:
 * misplaced: while a tag moves, ``misp_entry`` keeps the largest P(forbidden zone | fix)
   (the fix's Gaussian, renormalized to the site outline) of its recent fixes, fading, and
   ``misp_door`` the largest P(within ``opening_reach_m`` of a doorway of a walled forbidden
-  zone). At rest, P is averaged over looks of ``look_s``; ``misp_run`` counts looks in a row
-  at or above the threshold (the class's, if the tag was seen going in, else
-  ``alone_threshold``), ``misp_run_door`` looks at or above ``opening_look_threshold`` for a
-  tag seen passing a doorway; armed -> alarm at ``looks`` (or ``opening_looks``) -> re-armed
-  when the tag moves or a look falls below ``rearm``.
+  zone). At rest, P and P(doorway) are averaged over looks of ``look_s``; ``misp_run``
+  counts looks in a row at or above the threshold (the class's, if the tag was seen going
+  in: entry evidence, or with ``opening_tier`` opening evidence; else ``alone_threshold``),
+  ``misp_run_door`` looks at or above ``opening_look_threshold`` whose P(doorway) is at or
+  above ``opening_rest_threshold``, for a tag seen passing a doorway (it rests at the door
+  it came through); armed -> alarm at ``looks`` (or ``opening_looks``) -> re-armed when the
+  tag moves or a look falls below ``rearm``.
 """
 
 from __future__ import annotations
@@ -246,11 +248,14 @@ class GeofenceRules(RuleCore):
         p = np.zeros(len(d))
         moving = motion == 1
         door = np.zeros(len(d))
+        # P(doorway): of moving fixes (passing it), and with the tier of the still fixes of
+        # tags seen passing one (resting at it); no other tag's looks read it.
+        passed = cfg.opening_tier & (tg["misp_door"][d] >= cfg.opening_threshold)
         for c in np.unique(cls[cls >= 0]).tolist():
             sel = cls == c
             p[sel] = self._forbidden[c].probability(x[sel], y[sel], r90[sel])
-            mv = sel & moving
-            door[mv] = self._doorways[c].probability(x[mv], y[mv], r90[mv])
+            at = sel & (moving | passed)
+            door[at] = self._doorways[c].probability(x[at], y[at], r90[at])
         # A carried tag is not misplaced (yet): its look and run start again, it re-arms;
         # its entry evidence is the largest P of its recent moving fixes, and its opening
         # evidence the largest P of being near a doorway of a walled forbidden zone (fading).
@@ -263,29 +268,36 @@ class GeofenceRules(RuleCore):
         tg["misp_door"][dm] = np.maximum(door[moving], tg["misp_door"][dm] * fade_door)
         tg["misp_move_t"][dm] = t
         tg["misp_sum"][dm], tg["misp_n"][dm], tg["misp_run"][dm] = 0.0, 0, 0
-        tg["misp_run_door"][dm] = 0
+        tg["misp_run_door"][dm], tg["misp_rest_door"][dm] = 0, 0.0
         tg["misp_t"][dm], tg["misp_done"][dm] = t, False
         still, ps = d[~moving], p[~moving]
         fresh = ~np.isfinite(tg["misp_t"][still])
         tg["misp_t"][still[fresh]] = t
         tg["misp_sum"][still] += ps
+        tg["misp_rest_door"][still] += door[~moving]
         tg["misp_n"][still] += 1
         dc = still[t - tg["misp_t"][still] >= cfg.look_s]
         if len(dc) == 0:
             return
         look = tg["misp_sum"][dc] / np.maximum(tg["misp_n"][dc], 1)
-        entered = tg["misp_entry"][dc] >= cfg.entry_threshold
+        look_door = tg["misp_rest_door"][dc] / np.maximum(tg["misp_n"][dc], 1)
         through_door = cfg.opening_tier & (tg["misp_door"][dc] >= cfg.opening_threshold)
+        entered = (tg["misp_entry"][dc] >= cfg.entry_threshold) | through_door
         threshold = np.where(
             entered,
             self._per_class(dc, self._class_misp_threshold, cfg.threshold),
             cfg.alone_threshold,
         )
         tg["misp_run"][dc] = np.where(look >= threshold, tg["misp_run"][dc] + 1, 0)
-        weak = through_door & (look >= cfg.opening_look_threshold)
+        weak = (
+            through_door
+            & (look >= cfg.opening_look_threshold)
+            & (look_door >= cfg.opening_rest_threshold)
+        )
         tg["misp_run_door"][dc] = np.where(weak, tg["misp_run_door"][dc] + 1, 0)
         tg["misp_done"][dc[look < cfg.rearm]] = False
         tg["misp_sum"][dc], tg["misp_n"][dc], tg["misp_t"][dc] = 0.0, 0, t
+        tg["misp_rest_door"][dc] = 0.0
         strong = tg["misp_run"][dc] >= cfg.looks
         by_door = ~strong & (tg["misp_run_door"][dc] >= cfg.opening_looks)
         threshold = np.where(by_door, cfg.opening_look_threshold, threshold)
@@ -301,6 +313,7 @@ class GeofenceRules(RuleCore):
                     p_forbidden_look=float(look[j]),
                     entry_evidence=float(tg["misp_entry"][dj]),
                     opening_evidence=float(tg["misp_door"][dj]),
+                    p_doorway_look=float(look_door[j]),
                     threshold=float(threshold[j]),
                     looks_in_a_row=int(
                         tg["misp_run_door"][dj] if by_door[j] else tg["misp_run"][dj]
