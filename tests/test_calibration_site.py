@@ -414,6 +414,29 @@ def test_cross_validation_walks_held_out_stretches_afresh_and_calibrates_tracker
     assert (lagged.smoother_lag_s, lagged.tracker_r90_scale) == (2.0, entry.r90_scale)
     filt = site_capture_config(load_site_file(path), path, gw, "radio-map", "hmm", 1.0, 1.0, -59.0, None, 0)
     assert filt.smoother_lag_s == 0.0
+    assert filt.tracker_offset_sigma_db == 0.0
+    # The longer HMM smoothers and the shared-offset emission: candidates at the long
+    # timing, tuned in the site file, built by the engine with that offset.
+    from engine.pipeline import make_tracker
+    from engine.track import FixedLagGridSmoother
+
+    offset = Candidate("radio-map", "hmm", 1.0, 1.0, 0.6, 2.5, lag_s=8.0, offset_sigma_db=4.0)
+    assert offset in candidates(((1.0, 1.0),), long_timings=((1.0, 1.0),))
+    assert offset not in candidates(((1.0, 1.0),), lags_s=(8.0,))
+    assert "offset 4 dB" in offset.name and "lag8s" in offset.name
+    cv_all |= cross_validate(cap, make, (offset,), folds=2, block_s=60.0)
+    _, tuning = choose_tracking(cv_all, (*methods, smooth, offset))
+    entry = next(t for t in tuning if t.smoother_lag_s == 8.0)
+    assert entry.offset_sigma_db == 4.0
+    tuned = site.model_copy(update={"radio": site.radio.model_copy(update={
+        "radio_map": site.radio.radio_map.model_copy(update={"tuning": tuning})})})
+    path.write_text(dump_site_file(tuned))
+    long = site_capture_config(load_site_file(path), path, gw, "radio-map", "hmm", 1.0, 1.0, -59.0, None, 0,
+                               smoother_lag_s=8.0)
+    assert (long.tracker_offset_sigma_db, long.radio_map.track_inflation) == (4.0, 2.5)  # type: ignore[union-attr]
+    tracker = make_tracker(long)
+    assert isinstance(tracker, FixedLagGridSmoother)
+    assert (tracker.offset_sigma_db, tracker.lag_s) == (4.0, 8.0)
 
 
 def test_a_twin_conditioned_on_a_survey_has_the_surveyed_sites_shadowing() -> None:
