@@ -287,11 +287,18 @@ def site_capture_config(
     plan = FloorPlan.from_geometry(plan_model.outline, plan_model.racks, plan_model.walls, cell_m=0.1)
     if site.plan is not None and site.plan.occupancy is not None:
         plan = occupancy_plan(site, site_path)
+    if tuning is None and settings is not None:
+        tuning = next((c for c in settings.tuning if c.localizer == localizer and c.tracker == tracker
+                       and math.isclose(c.step_s, step, rel_tol=1e-3)
+                       and math.isclose(c.window_s, window, rel_tol=1e-3)
+                       and math.isclose(c.smoother_lag_s, smoother_lag_s, abs_tol=1e-6)), None)
     radio_map = None
     if localizer in ("knn", "radio-map") or tracker in ("hmm", "particle"):
         if survey is not None and survey.truth_xyz is not None:
             _, _, xy, rssi = rows_by_window(survey, step)
             bw = settings.bandwidth_m if settings else 0.5
+            if tuning is not None and tuning.map_bandwidth_m is not None:
+                bw = tuning.map_bandwidth_m
             reach = settings.reach_m if settings else 0.35
             cell = settings.cell_m if settings else 0.2
             radio_map = RadioMap.from_survey(
@@ -307,11 +314,6 @@ def site_capture_config(
                 grid, plan.cell_free(grid), gateways.xyz, sr.exponent, sr.sigma_db, z,
                 sr.p0_reported_dbm, obstacle_map, track_inflation=1.5,
             )
-    if tuning is None and settings is not None:
-        tuning = next((c for c in settings.tuning if c.localizer == localizer and c.tracker == tracker
-                       and math.isclose(c.step_s, step, rel_tol=1e-3)
-                       and math.isclose(c.window_s, window, rel_tol=1e-3)
-                       and math.isclose(c.smoother_lag_s, smoother_lag_s, abs_tol=1e-6)), None)
     speed, r90_scale, offset_sigma = 1.5, 1.0, 0.0
     if tuning is not None and tracker in ("hmm", "particle"):
         speed, r90_scale = tuning.speed_mps, tuning.r90_scale
@@ -485,6 +487,7 @@ class Candidate:
     inflation: float | None = None
     lag_s: float = 0.0  # fixed-lag smoother (kalman, hmm, particle); 0: the filter
     offset_sigma_db: float = 0.0  # HMM: shared-offset spread integrated out of the emission
+    bandwidth_m: float | None = None  # radio map kernel bandwidth; None: the site's
 
     @property
     def name(self) -> str:
@@ -493,6 +496,8 @@ class Candidate:
                                                     or self.offset_sigma_db > 0):
             base += (f"[{self.speed_mps:g} m/s" + (f", x{self.inflation:g}" if self.inflation else "")
                      + (f", offset {self.offset_sigma_db:g} dB" if self.offset_sigma_db > 0 else "") + "]")
+        if self.bandwidth_m is not None:
+            base += f"(map {self.bandwidth_m:g} m)"
         if self.lag_s > 0:
             base += f"+lag{self.lag_s:g}s"
         return f"{base}@{self.step_s:.4g}/{self.window_s:.4g}s"
@@ -507,7 +512,8 @@ class Candidate:
         return TrackerTuning(localizer=self.localizer, tracker=self.tracker, step_s=self.step_s,
                              window_s=self.window_s, speed_mps=self.speed_mps, inflation=self.inflation,
                              r90_scale=round(r90_scale, 3), smoother_lag_s=self.lag_s,
-                             offset_sigma_db=self.offset_sigma_db, chosen=chosen)
+                             offset_sigma_db=self.offset_sigma_db, map_bandwidth_m=self.bandwidth_m,
+                             chosen=chosen)
 
 
 # Motion speeds and likelihood widenings tried for the map trackers (HMM, particle):
@@ -533,6 +539,10 @@ PARTICLE_SMOOTHER_VARIANTS: tuple[tuple[float, float | None], ...] = ((1.5, None
 LONG_SMOOTHER_LAGS_S = (4.0, 8.0, 16.0)
 LONG_SMOOTHER_VARIANTS: tuple[tuple[float, float], ...] = ((0.6, 1.6), (0.6, 2.5), (1.0, 1.6), (1.0, 2.5))
 OFFSET_SIGMAS_DB = (0.0, 4.0)
+# Radio map bandwidths tried with them, as factors on the site's (chosen from the survey's
+# spacing): kernel bandwidth chosen by cross-validation (Härdle, *Applied Nonparametric
+# Regression*, 1990, ch. 5), here by the tracking it gives.
+LONG_SMOOTHER_BANDWIDTH_FACTORS = (1.0, 1.5)
 
 
 def candidates(
@@ -541,6 +551,7 @@ def candidates(
     tuned_timings: tuple[tuple[float, float], ...] = (),
     lags_s: tuple[float, ...] = (),
     long_timings: tuple[tuple[float, float], ...] = (),
+    site_bandwidth_m: float = 0.5,
 ) -> tuple[Candidate, ...]:
     """Every estimator/tracker combination at every (fix interval, window), and at
     ``tuned_timings`` the HMM and particle filter with each motion speed and widening,
@@ -548,7 +559,8 @@ def candidates(
     HMM's with each speed and ``SMOOTHER_INFLATIONS``, the particle filter's
     ``PARTICLE_SMOOTHER_VARIANTS``); at ``long_timings`` also the HMM smoothers at
     ``LONG_SMOOTHER_LAGS_S`` with ``LONG_SMOOTHER_VARIANTS``, each with every
-    ``OFFSET_SIGMAS_DB``."""
+    ``OFFSET_SIGMAS_DB`` and radio map bandwidth (``LONG_SMOOTHER_BANDWIDTH_FACTORS`` times
+    ``site_bandwidth_m``; the site's own is written as None)."""
     out = [Candidate(loc, trk, step, window) for step, window in timings for loc, trk in combinations]
     for step, window in tuned_timings:
         for loc, trk in combinations:
@@ -570,7 +582,9 @@ def candidates(
     for step, window in long_timings:
         for loc, trk in combinations:
             if trk == "hmm":
-                out += [Candidate(loc, trk, step, window, v, f, lag, tau) for lag in LONG_SMOOTHER_LAGS_S
+                out += [Candidate(loc, trk, step, window, v, f, lag, tau,
+                                  None if k == 1.0 else round(k * site_bandwidth_m, 3))
+                        for k in LONG_SMOOTHER_BANDWIDTH_FACTORS for lag in LONG_SMOOTHER_LAGS_S
                         for v, f in LONG_SMOOTHER_VARIANTS for tau in OFFSET_SIGMAS_DB]
     return tuple(dict.fromkeys(out))
 
@@ -745,7 +759,8 @@ def tune_tracking(
     period = round(step_period(survey), 4)
     timings = ((period, period), (period, 1.0), (1.0, 1.0), (1.0, 2.0))
     methods = candidates(timings, COMPARE_COMBINATIONS, tuned_timings=((period, 1.0), (1.0, 1.0)),
-                         lags_s=lags_s, long_timings=((1.0, 1.0),) if lags_s else ())
+                         lags_s=lags_s, long_timings=((1.0, 1.0),) if lags_s else (),
+                         site_bandwidth_m=site.radio.radio_map.bandwidth_m)
 
     def make(c: Candidate, rest: Capture) -> EngineConfig:
         return site_capture_config(site, site_path, gateways, c.localizer, c.tracker, c.step_s, c.window_s,

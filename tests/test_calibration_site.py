@@ -437,6 +437,18 @@ def test_cross_validation_walks_held_out_stretches_afresh_and_calibrates_tracker
     tracker = make_tracker(long)
     assert isinstance(tracker, FixedLagGridSmoother)
     assert (tracker.offset_sigma_db, tracker.lag_s) == (4.0, 8.0)
+    # A map bandwidth chosen with the tracker is the map that entry's engine uses.
+    bw = site.radio.radio_map.bandwidth_m
+    wide = Candidate("radio-map", "hmm", 1.0, 1.0, 0.6, 2.5, 8.0, 4.0, bandwidth_m=1.5 * bw)
+    assert wide in candidates(((1.0, 1.0),), long_timings=((1.0, 1.0),), site_bandwidth_m=bw)
+    assert wide.tuning().map_bandwidth_m == 1.5 * bw and offset.tuning().map_bandwidth_m is None
+    a = site_capture_config(site, path, gw, "radio-map", "hmm", 1.0, 1.0, -59.0, None, 0, cap,
+                            tuning=wide.tuning())
+    b = site_capture_config(site, path, gw, "radio-map", "hmm", 1.0, 1.0, -59.0, None, 0, cap,
+                            tuning=offset.tuning())
+    assert a.radio_map is not None and b.radio_map is not None
+    np.testing.assert_array_equal(a.radio_map.free, b.radio_map.free)  # the same reach
+    assert not np.allclose(a.radio_map.mean_dbm, b.radio_map.mean_dbm)
 
 
 def test_a_twin_conditioned_on_a_survey_has_the_surveyed_sites_shadowing() -> None:
