@@ -422,6 +422,24 @@ def per_device_errors(
 COMPARE_SMOOTHED = (("radio-map", "kalman", 2.0), ("radio-map", "hmm", 2.0), ("radio-map", "particle", 2.0))
 
 
+def compare_smoothed(
+    site: SiteFile | None, step: float, window: float, lag_s: float = 0.0
+) -> tuple[tuple[str, str, float], ...]:
+    """The fixed-lag smoothers ``evaluate --compare`` lists: the three at 2 s, each tracker at
+    ``lag_s`` when one is asked for (``--smoother-lag``), and every smoother the site file's
+    cross-validation tuned for this fix interval and window, at its own lag (so a site's
+    chosen 16 s smoother, with its offset and map, is in the table)."""
+    out = list(COMPARE_SMOOTHED)
+    if lag_s > 0:
+        out += [(loc, trk, lag_s) for loc, trk, _ in COMPARE_SMOOTHED]
+    settings = site.radio.radio_map if site is not None else None
+    if settings is not None:
+        out += [(t.localizer, t.tracker, t.smoother_lag_s) for t in settings.tuning
+                if t.smoother_lag_s > 0 and math.isclose(t.step_s, step, rel_tol=1e-3)
+                and math.isclose(t.window_s, window, rel_tol=1e-3)]
+    return tuple(dict.fromkeys(out))
+
+
 def compare_estimators(
     capture: Capture,
     make_config: Callable[[str, str, float], EngineConfig],

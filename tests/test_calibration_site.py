@@ -437,6 +437,14 @@ def test_cross_validation_walks_held_out_stretches_afresh_and_calibrates_tracker
     tracker = make_tracker(long)
     assert isinstance(tracker, FixedLagGridSmoother)
     assert (tracker.offset_sigma_db, tracker.lag_s) == (4.0, 8.0)
+    # evaluate --compare lists the site's tuned smoothers at their own lags, and --smoother-lag's.
+    from tagtwin.evaluation import COMPARE_SMOOTHED, compare_smoothed
+
+    listed = compare_smoothed(load_site_file(path), 1.0, 1.0)
+    assert ("radio-map", "hmm", 8.0) in listed and ("radio-map", "hmm", 2.0) in listed
+    assert ("radio-map", "hmm", 8.0) not in compare_smoothed(load_site_file(path), 0.5, 1.0)
+    assert ("radio-map", "kalman", 16.0) in compare_smoothed(None, 1.0, 1.0, 16.0)
+    assert compare_smoothed(None, 1.0, 1.0) == COMPARE_SMOOTHED
     # A map bandwidth chosen with the tracker is the map that entry's engine uses.
     bw = site.radio.radio_map.bandwidth_m
     wide = Candidate("radio-map", "hmm", 1.0, 1.0, 0.6, 2.5, 8.0, 4.0, bandwidth_m=1.5 * bw)
