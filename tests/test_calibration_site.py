@@ -492,7 +492,7 @@ def test_a_twin_conditioned_on_a_survey_has_the_surveyed_sites_shadowing() -> No
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # 196 candidates (150 took 430 s at load 10 on 2 cores)
+@pytest.mark.timeout(1800)  # 196 candidates: 400 s at load 1.3-5 on 2 cores (150: 430 s at load 10)
 def test_calibrate_choose_tracker_writes_the_tuning_evaluate_uses(walk: dict[str, Path], tmp_path: Path) -> None:
     """`tagtwin calibrate --choose-tracker` ranks every candidate on the walk, writes one
     tuning per tracker and timing (at most one chosen: the winner may be an estimator
