@@ -4,7 +4,9 @@ CC BY 4.0; tests/data/kolakowski):
 1. `tagtwin calibrate` on calibration_df.csv only (its plan: tests/data/kolakowski/site.toml);
 2. every estimator/tracker, fix interval and window, the HMM and particle filter's
    motion speed and likelihood widening, and the Kalman, HMM and particle fixed-lag
-   smoothers (lags 1, 2, 4 s), scored by cross-validation on the calibration
+   smoothers (lags 1, 2, 4 s), and at 1 s fixes the HMM smoothers at lags 4, 8, 16 s, with
+   and without a shared per-window offset integrated out of the emission, on the site's
+   radio map and on one 1.5 times smoother, scored by cross-validation on the calibration
    walk alone (time blocks held out and walked afresh, radio map from the rest); the
    candidate whose 6-minute tracks (three held-out walks) most often meet both the
    0.8 m and 1.8 m targets is chosen there, never on the test track (the earlier rule,
@@ -17,8 +19,8 @@ CC BY 4.0; tests/data/kolakowski):
 5. leave-one-path-out on a capture the calibrated twin generates (four walks).
 
 Prints one JSON object. Run: ``.venv/bin/python benchmarks/calibration.py [folder]``
-(about 14 minutes at load 5-6 on 2 cores: 504 cross-validation runs of 126 candidates,
-126 on the test track, 32 twin replays).
+(about 30 minutes at load 7-9 on 2 cores: 784 cross-validation runs of 196 candidates,
+196 on the test track, 32 twin replays).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ flat, calibration_df.csv only; the test track is not read): for a few methods,
    highest meet share.
 
 Prints one JSON object. Run: ``.venv/bin/python benchmarks/calibration_checks.py``
-(a few minutes on 2 cores).
+(about ten minutes on 2 loaded cores).
 """
 
 from __future__ import annotations
@@ -64,6 +64,12 @@ def main() -> None:
             Candidate("radio-map", "particle", 1.0, 1.0),
             Candidate("radio-map", "particle", 1.0, 1.0, lag_s=2.0),
             Candidate("radio-map", "hmm", 1.0, 1.0, 1.5, 1.6, 4.0),
+            # Session 4's first four by meet share, and the pooled ratio's choice.
+            Candidate("radio-map", "hmm", 1.0, 1.0, 0.6, 2.5, 16.0, 4.0, 0.75),
+            Candidate("radio-map", "hmm", 1.0, 1.0, 0.6, 2.5, 16.0, 0.0, 0.75),
+            Candidate("radio-map", "hmm", 1.0, 1.0, 0.6, 1.6, 16.0, 4.0, 0.75),
+            Candidate("radio-map", "hmm", 1.0, 1.0, 0.6, 2.5, 16.0, 4.0),
+            Candidate("radio-map", "hmm", 1.0, 1.0, 0.6, 1.6, 16.0),
         )
 
         def make(c: Candidate, rest: Capture) -> EngineConfig:

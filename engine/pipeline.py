@@ -108,6 +108,9 @@ class EngineConfig:
     # Fixed-lag smoothing (kalman, hmm, particle): each fix is the estimate given the readings up
     # to this many seconds after its window, and leaves that much later (0: the filter).
     smoother_lag_s: float = 0.0
+    # HMM: spread of an offset shared by all gateways of a window, integrated out of its
+    # emission (engine.track.common_offset_log_likelihood); 0: the map's own likelihood.
+    tracker_offset_sigma_db: float = 0.0
 
     def __post_init__(self) -> None:
         if self.localizer not in LOCALIZERS:
@@ -145,9 +148,10 @@ def make_tracker(cfg: EngineConfig) -> Tracker | None:
     plan = cfg.floor_plan or FloorPlan.open_floor(cfg.bounds)
     if cfg.tracker == "hmm":
         if lag > 0:
-            return FixedLagGridSmoother(cfg.radio_map, plan, step_s=cfg.step_s,
-                                        speed_mps=cfg.tracker_speed_mps, lag_s=lag)
-        return GridFilter(cfg.radio_map, plan, step_s=cfg.step_s, speed_mps=cfg.tracker_speed_mps)
+            return FixedLagGridSmoother(cfg.radio_map, plan, step_s=cfg.step_s, speed_mps=cfg.tracker_speed_mps,
+                                        offset_sigma_db=cfg.tracker_offset_sigma_db, lag_s=lag)
+        return GridFilter(cfg.radio_map, plan, step_s=cfg.step_s, speed_mps=cfg.tracker_speed_mps,
+                          offset_sigma_db=cfg.tracker_offset_sigma_db)
     if lag > 0:
         return FixedLagParticleSmoother(cfg.radio_map, plan, particles=cfg.particles,
                                         max_speed_mps=2 * cfg.tracker_speed_mps, seed=cfg.seed,

@@ -291,6 +291,41 @@ class KalmanTracker:
 # -- grid (HMM) forward filter -----------------------------------------------------------
 
 
+def common_offset_log_likelihood(
+    radio_map: RadioMap,
+    values: FloatArray,
+    weights: FloatArray,
+    cells: NDArray[np.intp],
+    inflate: float,
+    offset_sigma_db: float,
+) -> FloatArray:
+    """The radio map's log-likelihood with one unknown offset b ~ N(0, tau^2) shared by
+    every gateway that heard a row, integrated out (``offset_sigma_db`` = tau; 0: the
+    map's own likelihood). What shifts every reading of a window alike (the carrier's
+    body, the tag's orientation, its battery) then costs a cell nothing, and a cell is
+    judged by the shape of the row across gateways.
+
+    Heard residuals r = v - m_c are N(0, S + tau^2 1 1^T), S = diag(s_g^2); by the
+    Sherman-Morrison formula (Sherman & Morrison, Ann. Math. Stat. 21(1), 1950)
+        r^T (S + tau^2 1 1^T)^-1 r = r^T S^-1 r - tau^2 (1^T S^-1 r)^2 / (1 + tau^2 1^T S^-1 1),
+    and the determinant depends on which gateways were heard, not on the cell: a
+    constant per row. Unheard gateways (the map's floor) keep their own term. The
+    shared-offset sums are two more matrix products (rows x cells), as the map's are.
+    """
+    ll = radio_map.log_likelihood(values, weights, cells, inflate)
+    if offset_sigma_db <= 0:
+        return ll
+    w = weights
+    if radio_map.floor_dbm is not None:
+        w = np.where(values == radio_map.floor_dbm, 0.0, weights)
+    wi = w / (radio_map.sigma_db * inflate) ** 2  # (rows, G)
+    m = radio_map.mean_dbm[cells].astype(float)  # (cells, G)
+    s = np.sum(wi * values, axis=1, keepdims=True) - wi @ m.T  # 1^T S^-1 r per row and cell
+    tau2 = offset_sigma_db**2
+    return np.asarray(ll + 0.5 * tau2 * s**2 / (1.0 + tau2 * wi.sum(axis=1, keepdims=True)))
+
+
+
 def walkable_transition(
     xy: FloatArray,
     plan: FloorPlan,
@@ -334,6 +369,9 @@ class GridFilter:
     step_s: float = 1.0
     speed_mps: float = 1.0
     max_steps: int = 8
+    # Spread of an offset shared by every gateway of a window, integrated out of the
+    # emission (common_offset_log_likelihood); 0: the map's own likelihood.
+    offset_sigma_db: float = 0.0
     cells: NDArray[np.intp] = field(init=False)
     xy: FloatArray = field(init=False)
     transition: sparse.csr_matrix = field(init=False)
@@ -403,8 +441,8 @@ class GridFilter:
             go = steps >= k
             prior[go] = (self.transition.T @ prior[go].T).T
         values, weights = self.radio_map.prepare(rssi, tx_power)
-        ll = self.radio_map.log_likelihood(
-            values, weights, self.cells, self.radio_map.track_inflation
+        ll = common_offset_log_likelihood(
+            self.radio_map, values, weights, self.cells, self.radio_map.track_inflation, self.offset_sigma_db
         )
         post = normalise_log(ll + np.log(prior + 1e-30))
         self.belief[device] = post

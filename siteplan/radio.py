@@ -119,7 +119,8 @@ class TrackerTuning(Strict):
     """One estimator/tracker at one fix interval and window, as cross-validation on the
     calibration walk tuned it (tagtwin.evaluation.choose_tracking): the motion model's
     speed, how much the tracker widens the map's likelihood, the lag of its fixed-lag
-    smoother if it has one, and the factor that makes its r90 cover 90 % of held-out
+    smoother if it has one, the HMM's shared-offset spread, the radio map's bandwidth
+    if cross-validation chose another than the site's, and the factor that makes its r90 cover 90 % of held-out
     errors."""
 
     localizer: str = Field(description="estimator, as evaluate --localizer")
@@ -131,6 +132,10 @@ class TrackerTuning(Strict):
     r90_scale: float = Field(1.0, gt=0, le=20, description="factor on the tracker's r90 (HMM, particle, smoothers)")
     smoother_lag_s: float = Field(
         0.0, ge=0, le=60, description="fixed-lag smoother's lag (kalman, hmm, particle); 0: the filter")
+    offset_sigma_db: float = Field(
+        0.0, ge=0, le=30, description="HMM: spread of an offset shared by a window's gateways, integrated out")
+    map_bandwidth_m: float | None = Field(
+        None, gt=0, le=20, description="radio map kernel bandwidth for this entry; none: the site's")
     chosen: bool = Field(False, description="the combination cross-validation ranked first")
 
 

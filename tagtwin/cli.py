@@ -301,6 +301,7 @@ def evaluate(
         RunDirError,
         capture_config,
         compare_estimators,
+        compare_smoothed,
         compare_table,
         evaluate_run_dir,
         leave_one_path_out,
@@ -360,7 +361,7 @@ def evaluate(
                 _write(report_json, json.dumps(per_path, indent=2, sort_keys=True) + "\n")
             return
         if compare:
-            results = compare_estimators(cap, make)
+            results = compare_estimators(cap, make, smoothed=compare_smoothed(site_file, step, window, smoother_lag))
             console.print(compare_table(results))
             if report_json:
                 _write(report_json, json.dumps(results, indent=2, sort_keys=True) + "\n")

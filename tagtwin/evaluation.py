@@ -287,11 +287,18 @@ def site_capture_config(
     plan = FloorPlan.from_geometry(plan_model.outline, plan_model.racks, plan_model.walls, cell_m=0.1)
     if site.plan is not None and site.plan.occupancy is not None:
         plan = occupancy_plan(site, site_path)
+    if tuning is None and settings is not None:
+        tuning = next((c for c in settings.tuning if c.localizer == localizer and c.tracker == tracker
+                       and math.isclose(c.step_s, step, rel_tol=1e-3)
+                       and math.isclose(c.window_s, window, rel_tol=1e-3)
+                       and math.isclose(c.smoother_lag_s, smoother_lag_s, abs_tol=1e-6)), None)
     radio_map = None
     if localizer in ("knn", "radio-map") or tracker in ("hmm", "particle"):
         if survey is not None and survey.truth_xyz is not None:
             _, _, xy, rssi = rows_by_window(survey, step)
             bw = settings.bandwidth_m if settings else 0.5
+            if tuning is not None and tuning.map_bandwidth_m is not None:
+                bw = tuning.map_bandwidth_m
             reach = settings.reach_m if settings else 0.35
             cell = settings.cell_m if settings else 0.2
             radio_map = RadioMap.from_survey(
@@ -307,14 +314,10 @@ def site_capture_config(
                 grid, plan.cell_free(grid), gateways.xyz, sr.exponent, sr.sigma_db, z,
                 sr.p0_reported_dbm, obstacle_map, track_inflation=1.5,
             )
-    if tuning is None and settings is not None:
-        tuning = next((c for c in settings.tuning if c.localizer == localizer and c.tracker == tracker
-                       and math.isclose(c.step_s, step, rel_tol=1e-3)
-                       and math.isclose(c.window_s, window, rel_tol=1e-3)
-                       and math.isclose(c.smoother_lag_s, smoother_lag_s, abs_tol=1e-6)), None)
-    speed, r90_scale = 1.5, 1.0
+    speed, r90_scale, offset_sigma = 1.5, 1.0, 0.0
     if tuning is not None and tracker in ("hmm", "particle"):
         speed, r90_scale = tuning.speed_mps, tuning.r90_scale
+        offset_sigma = tuning.offset_sigma_db if tracker == "hmm" else 0.0
         if tuning.inflation is not None and radio_map is not None:
             radio_map = replace(radio_map, track_inflation=tuning.inflation)
     if tuning is not None:
@@ -341,6 +344,7 @@ def site_capture_config(
         tracker_speed_mps=speed,
         tracker_r90_scale=r90_scale,
         smoother_lag_s=smoother_lag_s,
+        tracker_offset_sigma_db=offset_sigma,
         gateway_offset_db=sr.offsets_db if np.any(sr.offsets_db) else None,
         # A map posterior's r90 treats readings as independent; ML's comes from the site's
         # whole spread. Widening map fixes by the square root of the map's own inflation
@@ -418,6 +422,24 @@ def per_device_errors(
 COMPARE_SMOOTHED = (("radio-map", "kalman", 2.0), ("radio-map", "hmm", 2.0), ("radio-map", "particle", 2.0))
 
 
+def compare_smoothed(
+    site: SiteFile | None, step: float, window: float, lag_s: float = 0.0
+) -> tuple[tuple[str, str, float], ...]:
+    """The fixed-lag smoothers ``evaluate --compare`` lists: the three at 2 s, each tracker at
+    ``lag_s`` when one is asked for (``--smoother-lag``), and every smoother the site file's
+    cross-validation tuned for this fix interval and window, at its own lag (so a site's
+    chosen 16 s smoother, with its offset and map, is in the table)."""
+    out = list(COMPARE_SMOOTHED)
+    if lag_s > 0:
+        out += [(loc, trk, lag_s) for loc, trk, _ in COMPARE_SMOOTHED]
+    settings = site.radio.radio_map if site is not None else None
+    if settings is not None:
+        out += [(t.localizer, t.tracker, t.smoother_lag_s) for t in settings.tuning
+                if t.smoother_lag_s > 0 and math.isclose(t.step_s, step, rel_tol=1e-3)
+                and math.isclose(t.window_s, window, rel_tol=1e-3)]
+    return tuple(dict.fromkeys(out))
+
+
 def compare_estimators(
     capture: Capture,
     make_config: Callable[[str, str, float], EngineConfig],
@@ -482,12 +504,18 @@ class Candidate:
     speed_mps: float = 1.5
     inflation: float | None = None
     lag_s: float = 0.0  # fixed-lag smoother (kalman, hmm, particle); 0: the filter
+    offset_sigma_db: float = 0.0  # HMM: shared-offset spread integrated out of the emission
+    bandwidth_m: float | None = None  # radio map kernel bandwidth; None: the site's
 
     @property
     def name(self) -> str:
         base = self.localizer if self.tracker == "none" else f"{self.localizer}+{self.tracker}"
-        if self.tracker in ("hmm", "particle") and (self.speed_mps != 1.5 or self.inflation is not None):
-            base += f"[{self.speed_mps:g} m/s" + (f", x{self.inflation:g}" if self.inflation else "") + "]"
+        if self.tracker in ("hmm", "particle") and (self.speed_mps != 1.5 or self.inflation is not None
+                                                    or self.offset_sigma_db > 0):
+            base += (f"[{self.speed_mps:g} m/s" + (f", x{self.inflation:g}" if self.inflation else "")
+                     + (f", offset {self.offset_sigma_db:g} dB" if self.offset_sigma_db > 0 else "") + "]")
+        if self.bandwidth_m is not None:
+            base += f"(map {self.bandwidth_m:g} m)"
         if self.lag_s > 0:
             base += f"+lag{self.lag_s:g}s"
         return f"{base}@{self.step_s:.4g}/{self.window_s:.4g}s"
@@ -501,7 +529,9 @@ class Candidate:
     def tuning(self, r90_scale: float = 1.0, chosen: bool = False) -> TrackerTuning:
         return TrackerTuning(localizer=self.localizer, tracker=self.tracker, step_s=self.step_s,
                              window_s=self.window_s, speed_mps=self.speed_mps, inflation=self.inflation,
-                             r90_scale=round(r90_scale, 3), smoother_lag_s=self.lag_s, chosen=chosen)
+                             r90_scale=round(r90_scale, 3), smoother_lag_s=self.lag_s,
+                             offset_sigma_db=self.offset_sigma_db, map_bandwidth_m=self.bandwidth_m,
+                             chosen=chosen)
 
 
 # Motion speeds and likelihood widenings tried for the map trackers (HMM, particle):
@@ -518,6 +548,19 @@ SMOOTHER_INFLATIONS = (1.0, 1.6)
 # about ten HMM steps, so fewer variants).
 PARTICLE_SMOOTHER_VARIANTS: tuple[tuple[float, float | None], ...] = ((1.5, None), (0.6, None), (1.5, 1.6),
                                                                       (0.6, 1.6))
+# Longer HMM smoothing, at ``long_timings`` only (1 s fixes of 1 s windows: at 1/3 s fixes of
+# 1 s windows each reading enters three fixes, which smoothing compounds): lags up to 16 s
+# (the fixed-lag smoother with a lag as long as a walk is the whole forward-backward
+# smoother), the slower speeds and wider likelihoods, each without and with a shared
+# per-window offset integrated out of the emission (engine.track.common_offset_log_likelihood;
+# 4 dB: 2, 4 and 8 dB did alike on the Kolakowski calibration walk).
+LONG_SMOOTHER_LAGS_S = (4.0, 8.0, 16.0)
+LONG_SMOOTHER_VARIANTS: tuple[tuple[float, float], ...] = ((0.6, 1.6), (0.6, 2.5), (1.0, 1.6), (1.0, 2.5))
+OFFSET_SIGMAS_DB = (0.0, 4.0)
+# Radio map bandwidths tried with them, as factors on the site's (chosen from the survey's
+# spacing): kernel bandwidth chosen by cross-validation (Härdle, *Applied Nonparametric
+# Regression*, 1990, ch. 5), here by the tracking it gives.
+LONG_SMOOTHER_BANDWIDTH_FACTORS = (1.0, 1.5)
 
 
 def candidates(
@@ -525,12 +568,17 @@ def candidates(
     combinations: tuple[tuple[str, str], ...] = COMPARE_COMBINATIONS,
     tuned_timings: tuple[tuple[float, float], ...] = (),
     lags_s: tuple[float, ...] = (),
+    long_timings: tuple[tuple[float, float], ...] = (),
+    site_bandwidth_m: float = 0.5,
 ) -> tuple[Candidate, ...]:
     """Every estimator/tracker combination at every (fix interval, window), and at
     ``tuned_timings`` the HMM and particle filter with each motion speed and widening,
     and the Kalman, HMM and particle fixed-lag smoothers at each lag in ``lags_s`` (the
     HMM's with each speed and ``SMOOTHER_INFLATIONS``, the particle filter's
-    ``PARTICLE_SMOOTHER_VARIANTS``)."""
+    ``PARTICLE_SMOOTHER_VARIANTS``); at ``long_timings`` also the HMM smoothers at
+    ``LONG_SMOOTHER_LAGS_S`` with ``LONG_SMOOTHER_VARIANTS``, each with every
+    ``OFFSET_SIGMAS_DB`` and radio map bandwidth (``LONG_SMOOTHER_BANDWIDTH_FACTORS`` times
+    ``site_bandwidth_m``; the site's own is written as None)."""
     out = [Candidate(loc, trk, step, window) for step, window in timings for loc, trk in combinations]
     for step, window in tuned_timings:
         for loc, trk in combinations:
@@ -549,6 +597,13 @@ def candidates(
                             if f is not None or v == 1.5]
                 elif trk == "particle":
                     out += [Candidate(loc, trk, step, window, v, f, lag) for v, f in PARTICLE_SMOOTHER_VARIANTS]
+    for step, window in long_timings:
+        for loc, trk in combinations:
+            if trk == "hmm":
+                out += [Candidate(loc, trk, step, window, v, f, lag, tau,
+                                  None if k == 1.0 else round(k * site_bandwidth_m, 3))
+                        for k in LONG_SMOOTHER_BANDWIDTH_FACTORS for lag in LONG_SMOOTHER_LAGS_S
+                        for v, f in LONG_SMOOTHER_VARIANTS for tau in OFFSET_SIGMAS_DB]
     return tuple(dict.fromkeys(out))
 
 
@@ -722,7 +777,8 @@ def tune_tracking(
     period = round(step_period(survey), 4)
     timings = ((period, period), (period, 1.0), (1.0, 1.0), (1.0, 2.0))
     methods = candidates(timings, COMPARE_COMBINATIONS, tuned_timings=((period, 1.0), (1.0, 1.0)),
-                         lags_s=lags_s)
+                         lags_s=lags_s, long_timings=((1.0, 1.0),) if lags_s else (),
+                         site_bandwidth_m=site.radio.radio_map.bandwidth_m)
 
     def make(c: Candidate, rest: Capture) -> EngineConfig:
         return site_capture_config(site, site_path, gateways, c.localizer, c.tracker, c.step_s, c.window_s,

@@ -414,6 +414,49 @@ def test_cross_validation_walks_held_out_stretches_afresh_and_calibrates_tracker
     assert (lagged.smoother_lag_s, lagged.tracker_r90_scale) == (2.0, entry.r90_scale)
     filt = site_capture_config(load_site_file(path), path, gw, "radio-map", "hmm", 1.0, 1.0, -59.0, None, 0)
     assert filt.smoother_lag_s == 0.0
+    assert filt.tracker_offset_sigma_db == 0.0
+    # The longer HMM smoothers and the shared-offset emission: candidates at the long
+    # timing, tuned in the site file, built by the engine with that offset.
+    from engine.pipeline import make_tracker
+    from engine.track import FixedLagGridSmoother
+
+    offset = Candidate("radio-map", "hmm", 1.0, 1.0, 0.6, 2.5, lag_s=8.0, offset_sigma_db=4.0)
+    assert offset in candidates(((1.0, 1.0),), long_timings=((1.0, 1.0),))
+    assert offset not in candidates(((1.0, 1.0),), lags_s=(8.0,))
+    assert "offset 4 dB" in offset.name and "lag8s" in offset.name
+    cv_all |= cross_validate(cap, make, (offset,), folds=2, block_s=60.0)
+    _, tuning = choose_tracking(cv_all, (*methods, smooth, offset))
+    entry = next(t for t in tuning if t.smoother_lag_s == 8.0)
+    assert entry.offset_sigma_db == 4.0
+    tuned = site.model_copy(update={"radio": site.radio.model_copy(update={
+        "radio_map": site.radio.radio_map.model_copy(update={"tuning": tuning})})})
+    path.write_text(dump_site_file(tuned))
+    long = site_capture_config(load_site_file(path), path, gw, "radio-map", "hmm", 1.0, 1.0, -59.0, None, 0,
+                               smoother_lag_s=8.0)
+    assert (long.tracker_offset_sigma_db, long.radio_map.track_inflation) == (4.0, 2.5)  # type: ignore[union-attr]
+    tracker = make_tracker(long)
+    assert isinstance(tracker, FixedLagGridSmoother)
+    assert (tracker.offset_sigma_db, tracker.lag_s) == (4.0, 8.0)
+    # evaluate --compare lists the site's tuned smoothers at their own lags, and --smoother-lag's.
+    from tagtwin.evaluation import COMPARE_SMOOTHED, compare_smoothed
+
+    listed = compare_smoothed(load_site_file(path), 1.0, 1.0)
+    assert ("radio-map", "hmm", 8.0) in listed and ("radio-map", "hmm", 2.0) in listed
+    assert ("radio-map", "hmm", 8.0) not in compare_smoothed(load_site_file(path), 0.5, 1.0)
+    assert ("radio-map", "kalman", 16.0) in compare_smoothed(None, 1.0, 1.0, 16.0)
+    assert compare_smoothed(None, 1.0, 1.0) == COMPARE_SMOOTHED
+    # A map bandwidth chosen with the tracker is the map that entry's engine uses.
+    bw = site.radio.radio_map.bandwidth_m
+    wide = Candidate("radio-map", "hmm", 1.0, 1.0, 0.6, 2.5, 8.0, 4.0, bandwidth_m=1.5 * bw)
+    assert wide in candidates(((1.0, 1.0),), long_timings=((1.0, 1.0),), site_bandwidth_m=bw)
+    assert wide.tuning().map_bandwidth_m == 1.5 * bw and offset.tuning().map_bandwidth_m is None
+    a = site_capture_config(site, path, gw, "radio-map", "hmm", 1.0, 1.0, -59.0, None, 0, cap,
+                            tuning=wide.tuning())
+    b = site_capture_config(site, path, gw, "radio-map", "hmm", 1.0, 1.0, -59.0, None, 0, cap,
+                            tuning=offset.tuning())
+    assert a.radio_map is not None and b.radio_map is not None
+    np.testing.assert_array_equal(a.radio_map.free, b.radio_map.free)  # the same reach
+    assert not np.allclose(a.radio_map.mean_dbm, b.radio_map.mean_dbm)
 
 
 def test_a_twin_conditioned_on_a_survey_has_the_surveyed_sites_shadowing() -> None:
@@ -449,7 +492,7 @@ def test_a_twin_conditioned_on_a_survey_has_the_surveyed_sites_shadowing() -> No
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # 150 candidates: 430 s at load 10 on 2 cores
+@pytest.mark.timeout(1800)  # 196 candidates: 400 s at load 1.3-5 on 2 cores (150: 430 s at load 10)
 def test_calibrate_choose_tracker_writes_the_tuning_evaluate_uses(walk: dict[str, Path], tmp_path: Path) -> None:
     """`tagtwin calibrate --choose-tracker` ranks every candidate on the walk, writes one
     tuning per tracker and timing (at most one chosen: the winner may be an estimator
