@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import logging
 import time
@@ -865,26 +866,48 @@ async def open_partition(js: JetStreamContext, core: WorkerCore, streams: Stream
 class LoopClock:
     """Wall time the worker's loop spends per stage (waiting for input, handling it,
     closing windows, committing), totals and the longest, since the last status: where a
-    window's close-to-position time goes, published with the status."""
+    window's close-to-position time goes, published with the status. Also the slowest
+    iteration since the last status, with what the loop did in it (windows computed,
+    positions out, checkpoint taken, deep pass, Python's garbage collector): the load
+    test lines it up with the windows whose positions came late."""
 
     STAGES = ("wait", "handle", "close", "publish", "commit")
 
     def __init__(self) -> None:
+        self.gc_s = 0.0  # garbage-collector pauses, summed (gc.callbacks)
+        self._gc_start = 0.0
         self.reset()
 
     def reset(self) -> None:
         self.total: dict[str, float] = dict.fromkeys(self.STAGES, 0.0)
         self.longest: dict[str, float] = dict.fromkeys(self.STAGES, 0.0)
         self.closes = 0
+        self.slowest: dict[str, object] | None = None
 
     def add(self, stage: str, seconds: float) -> None:
         self.total[stage] += seconds
         self.longest[stage] = max(self.longest[stage], seconds)
 
+    def iteration(self, stages: dict[str, float], **did: object) -> None:
+        """One pass of the loop (stage -> seconds) and what it did: kept if the slowest."""
+        busy = sum(v for k, v in stages.items() if k != "wait")
+        if self.slowest is None or busy * 1000 > float(self.slowest["ms"]):  # type: ignore[arg-type]
+            self.slowest = {"ms": round(busy * 1000, 1), "t": round(time.time(), 3),
+                            "stages": {k: round(v * 1000, 1) for k, v in stages.items()}, **did}
+
+    def on_gc(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        elif self._gc_start:
+            self.gc_s += time.perf_counter() - self._gc_start
+            self._gc_start = 0.0
+
     def take(self) -> dict[str, object]:
         out: dict[str, object] = {k: {"total": round(self.total[k] * 1000, 1), "max": round(self.longest[k] * 1000, 1)}
                                   for k in self.STAGES}
         out["closes"] = self.closes
+        if self.slowest is not None:
+            out["slowest"] = self.slowest
         self.reset()
         return out
 
@@ -1006,6 +1029,7 @@ async def run_worker(
     outputs = Outputs(js, core)
     commits = Commits(outputs, obs, core)
     clock = LoopClock()
+    gc.callbacks.append(clock.on_gc)
     if ready is not None:
         ready.set()
     unacked: list[Msg] = []
@@ -1020,6 +1044,7 @@ async def run_worker(
                 keys_watch.poll(core)
             try:
                 t0 = time.monotonic()
+                gc0, computed0 = clock.gc_s, core.windows.closed_through
                 msgs = await feed.take(timeout=0.2)
                 t1 = time.monotonic()
                 for m in msgs:
@@ -1042,6 +1067,7 @@ async def run_worker(
                     await asyncio.sleep(0)  # the publishes queued for the socket ...
                     await nc.flush(timeout=5)  # ... and written before the loop computes again
                 outbox += core.tick(now)
+                positions_released = core.counters["positions"] - positions
                 rb = core.deep_due(now)
                 if rb is not None:  # late data beyond the horizon: its windows from the raw log
                     async for m in read_stream(js, raw_stream(s.site), start_time=core.deep_start_time(rb),
@@ -1060,11 +1086,21 @@ async def run_worker(
                 since = t4 - last_ckpt
                 due = (since >= s.checkpoint_every_s and (closed or since >= 2 * s.checkpoint_every_s)) \
                     or len(unacked) >= s.max_ack_pending // 2
+                checkpointed = False
                 if (unacked or published or outputs.inflight) and due and not commits.busy:
                     commits.start(unacked)  # outputs of a tick with no new input (idle close) too
                     published = False
                     last_ckpt = time.monotonic()
+                    checkpointed = True
                 t5 = time.monotonic()
+                computed1 = core.windows.closed_through
+                clock.iteration(
+                    {"wait": t1 - t0, "handle": t2 - t1, "close": t3 - t2, "publish": t4 - t3, "commit": t5 - t4},
+                    msgs=len(msgs), windows_computed=0 if computed1 is None else computed1 - (computed0 or computed1),
+                    computed_through_t=None if computed1 is None else computed1 * core.config.step_s,
+                    positions_released=positions_released, positions_after=core.counters["positions"] - positions,
+                    deep=rb is not None, checkpoint=checkpointed, gc_ms=round((clock.gc_s - gc0) * 1000, 1),
+                    behind=core.stream_pending)
                 clock.add("wait", t1 - t0)
                 clock.add("handle", t2 - t1)
                 clock.add("close", t3 - t2)
@@ -1091,6 +1127,8 @@ async def run_worker(
                 await commits.wait()
             await _publish_status(nc, sub, core, state="offline")
     finally:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(clock.on_gc)
         await feed.stop()
 
 

@@ -22,8 +22,10 @@ time of an event's first record minus the moment the window that decided it coul
 receive time minus the event's own time (when its condition became true).
 
 Completeness is processed / generated sightings once the run has drained; ``lost`` is
-generated - processed - dead-lettered. ``--mqtt URL`` sends to a user's broker, where only
-broker-side figures (acked rate, PUBACK latency) can be measured.
+generated - processed - dead-lettered - ``unprocessed``, where ``unprocessed`` counts the
+sightings the stream stored (acknowledged to a publisher) that the worker had not yet
+processed when the drain timed out (``drained`` false): a backlog, not a loss.
+``--mqtt URL`` sends to a user's broker, where only broker-side figures (acked rate, PUBACK latency) can be measured.
 """
 
 from __future__ import annotations
@@ -281,6 +283,8 @@ class LoadTest:
         self.seen_events: set[tuple[str, str]] = set()
         # per site, the worker loop's wall ms per stage (live_bridge.worker.LoopClock) since the last sample
         self.loop_ms: dict[str, dict[str, Any]] = {}
+        self.slow_loops: list[dict[str, Any]] = []  # per worker status, its loop's slowest iteration
+        self.drained = True  # False: the drain timed out with sightings still in the stream
         # (receive time, close to alert ms, event time to alert ms, window end, severity)
         self.all_alerts: list[tuple[float, float, float, float, str]] = []
         self.t0 = 0.0
@@ -378,6 +382,8 @@ class LoadTest:
             loop = body.get("loop_ms")
             if isinstance(loop, dict):  # the worker's loop stages since its last status: summed per sample
                 add_loop_ms(self.loop_ms.setdefault(str(body["site"]), {}), loop)
+                if isinstance(loop.get("slowest"), dict):  # its slowest iteration, with what it did
+                    self.slow_loops.append({"site": str(body["site"]), **loop["slowest"]})
 
     def _worker_totals(self) -> dict[str, int]:
         tot: dict[str, int] = defaultdict(int)
@@ -562,6 +568,7 @@ class LoadTest:
 
                 while not drained() and time.monotonic() < deadline:
                     await asyncio.sleep(0.25)
+                self.drained = drained()
                 await asyncio.sleep(1.0)  # the last positions reach us
             tot = self._worker_totals()
             for info in procs:
@@ -688,6 +695,7 @@ class LoadTest:
         alert_close = percentiles([c for c, _, _ in alerts])
         processed = tot.get("processed", 0)
         dead = tot.get("dead_lettered", 0)
+        unprocessed = reconcile(gen, pub, processed, dead, self.drained)["unprocessed"]
         span = max(publish_end, 1e-6)
         report: dict[str, Any] = {
             "scenario": self.scenario.name,
@@ -712,7 +720,10 @@ class LoadTest:
         else:
             report |= {
                 "processed": processed, "dead_lettered": dead, "duplicates": tot.get("duplicates", 0),
-                "lost": gen - processed - dead, "positions": self.positions,
+                # stored in the stream (acknowledged to a publisher) and not yet processed when
+                # the drain timed out: a backlog the worker had not worked off, not a loss
+                "unprocessed": unprocessed, "drained": self.drained,
+                "lost": gen - processed - dead - unprocessed, "positions": self.positions,
                 "latency_ms": lat, "close_to_position_ms": close, "publish_ack_ms": percentiles(ack_ms),
                 "events": len(self.seen_events), "alarms": sum(sev == "alarm" for *_, sev in self.all_alerts),
                 "alert_delivery_ms": alert_close,
@@ -750,8 +761,38 @@ class LoadTest:
         report["bottleneck"] = bottleneck(procs, timeline)
         report["machine"] = {"cores": os.cpu_count(), "load_avg_start": [round(x, 2) for x in load_start],
                              "load_avg_end": [round(x, 2) for x in os.getloadavg()]}
+        report["close_to_position_by_window"] = self._by_window(warm, last)
         report["timeline"] = timeline
         return report
+
+    def _by_window(self, warm: float, last: float) -> dict[str, Any]:
+        """Per window judged (end time from the run's start), its positions and close->position
+        ms; the slowest windows beside the worker loop's slowest iteration that ended before
+        their positions arrived (live_bridge.worker.LoopClock): what the loop did then."""
+        rows: dict[float, list[float]] = {}
+        for recv, c2p, n, we in self.all_c2p:
+            if recv >= warm and we <= last:
+                r = rows.setdefault(we, [0.0, c2p, recv])
+                r[0] += n
+                r[1], r[2] = max(r[1], c2p), max(r[2], recv)
+        windows = [[round(we - self.t0, 2), int(n), round(c2p, 1)] for we, (n, c2p, _) in sorted(rows.items())]
+        slowest = []
+        for end, (count, worst, arrived) in sorted(rows.items(), key=lambda kv: -kv[1][1])[:8]:
+            loops = [s for s in self.slow_loops if float(s["t"]) <= arrived + 0.05]
+            loop = max(loops, key=lambda s: float(s["t"])) if loops else None
+            if loop is not None:
+                loop = {**loop, "t": round(float(loop["t"]) - self.t0, 2)}
+            slowest.append({"window_end_s": round(end - self.t0, 2), "positions": int(count), "close_to_position_ms":
+                            round(worst, 1), "received_s": round(arrived - self.t0, 2), "worker_loop": loop})
+        return {"windows": windows, "slowest": slowest}
+
+
+def reconcile(generated: int, published: int, processed: int, dead: int, drained: bool) -> dict[str, int]:
+    """Where the generated sightings went. After a drain that timed out, what the stream
+    stored (acknowledged to a publisher) and the worker had not processed is
+    ``unprocessed`` (a backlog still in the stream); ``lost`` is the rest of the shortfall."""
+    unprocessed = 0 if drained else max(0, published - processed - dead)
+    return {"unprocessed": unprocessed, "lost": generated - processed - dead - unprocessed}
 
 
 def loop_totals(timeline: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -767,6 +808,8 @@ def loop_totals(timeline: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def add_loop_ms(acc: dict[str, Any], stages: dict[str, Any]) -> None:
     """``stages`` (stage -> {total, max} ms, and a count of closes) added into ``acc``."""
     for stage, v in stages.items():
+        if stage == "slowest":  # one iteration's record, not a stage
+            continue
         if isinstance(v, dict):
             a = acc.setdefault(stage, {"total": 0.0, "max": 0.0})
             a["total"] = round(a["total"] + float(v["total"]), 1)

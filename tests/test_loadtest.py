@@ -88,6 +88,17 @@ def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str
                           text=True,                           timeout=timeout, env=env, cwd=REPO)
 
 
+def test_a_drain_timeout_reports_the_backlog_as_unprocessed_not_lost():
+    from tagtwin.loadtest import reconcile
+
+    assert reconcile(1000, 1000, 1000, 0, True) == {"unprocessed": 0, "lost": 0}
+    # the drain timed out with 300 stored sightings not yet processed: a backlog, not a loss
+    assert reconcile(1000, 1000, 690, 10, False) == {"unprocessed": 300, "lost": 0}
+    # 50 never stored (refused or never acknowledged): those are lost whether drained or not
+    assert reconcile(1000, 950, 690, 10, False) == {"unprocessed": 250, "lost": 50}
+    assert reconcile(1000, 950, 940, 10, True) == {"unprocessed": 0, "lost": 50}
+
+
 def test_bad_options_are_one_line_errors():
     res = run_cli(str(SCENARIO), "--ramp", "fast", "--quiet")
     assert res.returncode == 2 and "--ramp 'fast'" in res.stderr and "Traceback" not in res.stderr
@@ -110,6 +121,11 @@ def test_short_run_reconciles_every_sighting_and_fails_an_impossible_slo(tmp_pat
         assert key in report
     assert report["generated"] > 5000
     assert report["lost"] == 0 and report["processed"] == report["generated"]
+    assert report["drained"] is True and report["unprocessed"] == 0
+    by_window = report["close_to_position_by_window"]  # every judged window, the slowest with the worker's loop
+    assert len(by_window["windows"]) >= 3 and by_window["slowest"]
+    assert sum(n for _, n, _ in by_window["windows"]) <= report["positions"]
+    assert any(s["worker_loop"] and "stages" in s["worker_loop"] for s in by_window["slowest"])
     assert report["slo"]["completeness"] == {"bound": 1.0, "value": 1.0, "pass": True, "kind": "min"}
     assert report["slo"]["p99_close_to_position_ms"]["pass"] is False
     # advert to position is bounded below by step + allowed lateness (a window closes then)
