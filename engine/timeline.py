@@ -294,8 +294,10 @@ class RevisedTimeline(RevisingWindows):
         # The copies kept beyond the newest windows are packed: a rules state is mostly per-tag
         # arrays still at their initial fill (5 MB at 7,600 tags packs to ~75 kB), and one is
         # kept per STATE_EVERY windows back to the state horizon (30 min: ~230 of them).
+        # Only in blocks already complete (a block's newest state is final then): packed once.
+        done = (recent // STATE_EVERY) * STATE_EVERY
         for k, st in self.states.items():
-            if k < recent and not isinstance(st, PackedState):
+            if k < done and not isinstance(st, PackedState):
                 self.states[k] = pack_state(st)
         # What was handed out, as far back as a rerun can start (to diff and retract against).
         since = min(self.states) if self.states and not self.chain_complete else None
