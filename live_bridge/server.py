@@ -487,8 +487,8 @@ def decimals3(values: list[float]) -> list[str]:
     digits) is the decimal itself without its trailing zeros (one kept after the point;
     -0.0 stays "-0.0")."""
     out = []
-    for text in ["%.3f" % v for v in values]:
-        text = text.rstrip("0")
+    for fixed in [f"{v:.3f}" for v in values]:
+        text = fixed.rstrip("0")
         out.append(text + "0" if text[-1] == "." else text)
     return out
 
