@@ -4,6 +4,7 @@ judges the SLOs with the exit code CI gates on."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
@@ -97,6 +98,21 @@ def test_a_drain_timeout_reports_the_backlog_as_unprocessed_not_lost():
     # 50 never stored (refused or never acknowledged): those are lost whether drained or not
     assert reconcile(1000, 950, 690, 10, False) == {"unprocessed": 250, "lost": 50}
     assert reconcile(1000, 950, 940, 10, True) == {"unprocessed": 0, "lost": 50}
+
+
+def test_only_windows_that_closed_on_traffic_are_judged():
+    """A window whose closing tick (end + allowed lateness, up to the next 0.25 s tick) is
+    after the last tick of traffic closes when the gateways fall idle, ~idle_s later: it
+    is left out, whatever the publishers' finishing time."""
+    from tagtwin.loadtest import closed_on_traffic, last_traffic_tick
+
+    assert last_traffic_tick(60.31, 0.25, 60.0) == 60.0  # a fixed run: its duration
+    assert last_traffic_tick(30.6, 0.25, None) == 30.25  # a ramp: the tick before the one that found the end
+    judged = functools.partial(closed_on_traffic, lateness=2.0, t0=100.0, batch_s=0.25, last_tick=160.0)
+    assert judged(100.0 + 57.27)  # closes at tick 59.5: on traffic
+    assert judged(100.0 + 58.0)  # closes at tick 60.0, the last one with traffic
+    # end + lateness 60.27: its closing tick 60.5 never came, though 58.27 <= 60.31 - 2
+    assert not judged(100.0 + 58.27)
 
 
 def test_bad_options_are_one_line_errors():
