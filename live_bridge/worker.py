@@ -1024,6 +1024,12 @@ async def run_worker(
             await asyncio.sleep(0.5)
     if sub is None:
         return
+    # What exists now (modules, compiled kernels, the warm-up, the restored state) lives as
+    # long as the worker: out of the collector's sight, so that a full collection (which
+    # walked ~180,000 such objects: 165 ms, 376 ms at load 9, in the middle of a close)
+    # looks only at what the loop makes.
+    gc.collect()
+    gc.freeze()
     obs = await js.object_store(CHECKPOINT_BUCKET)
     feed = await PullFeed(nc, raw_stream(s.site), s.durable, batch=min(s.fetch_batch, s.max_ack_pending)).start()
     outputs = Outputs(js, core)
