@@ -726,9 +726,7 @@ class WorkerCore:
         """State from a checkpoint (as :meth:`checkpoint` wrote it, or zlib-compressed as the
         worker stores it); the held rows come back with :meth:`begin_history`."""
         try:
-            if blob[:1] != b"{":
-                blob = zlib.decompress(blob)
-            header = json.loads(blob.partition(b"\n")[0])
+            header = json.loads(checkpoint_bytes(blob).partition(b"\n")[0])
         except (ValueError, zlib.error):
             header = {}
         if not isinstance(header, dict) or header.get("version") != CHECKPOINT_VERSION:
@@ -755,6 +753,12 @@ class WorkerCore:
             self.deep_first = self.deep_last = -np.inf
         if "timeline" in header:  # after the rows come back, the next close recomputes from it
             self.windows.restore_timeline(dict(header["timeline"]), base64.b64decode(str(header["timeline_state"])))
+
+
+def checkpoint_bytes(stored: bytes) -> bytes:
+    """A checkpoint as :meth:`WorkerCore.checkpoint` wrote it, from the bytes in the object
+    store (zlib-compressed by the worker; a JSON one is returned as it is)."""
+    return stored if stored[:1] == b"{" else zlib.decompress(stored)
 
 
 def events_payloads(events: list[EventRevision], now: float, max_bytes: int | None) -> list[bytes]:
