@@ -92,6 +92,45 @@ def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizo
     }
 
 
+def pause(scale: float, behind: float, pause_s: float, after: float) -> dict[str, object]:
+    """A worker ``behind`` seconds behind its stream, working the backlog off a second of
+    batches per loop pass, meets a delivery pause of ``pause_s`` (the ack-pending bound
+    reached while a commit is stored): its loop ticks once with no input. Judged on the
+    wall clock (main until session 4) every gateway looks idle and the windows close up to
+    half the horizon ahead; judged on the stream's clock (``WorkerCore.loop_clock``) nothing
+    moves. Then ``after`` seconds more of the backlog: CPU and windows computed per pass."""
+    sc = load_scenario(REPO / "scenarios" / "static-open.toml")
+    tr = site_traffic(sc, "pause", 0, 12.0)
+    seconds = 8.0 + after
+    b = TickBuilder(PublisherSpec(0, "", "nats", [tr], Schedule(scale, seconds), T0, 0.25, wire=2))
+    batches = [b.build(k * 0.25, (k + 1) * 0.25, scale) for k in range(int(seconds / 0.25))]
+    out: dict[str, object] = {}
+    for judged in ("wall clock", "stream clock"):
+        core = site_worker_core(sc, site_engine_config(sc), tr.keys, WorkerSettings(site="pause", idle_s=2.0))
+        cpu = time.process_time
+        seq = 0
+        passes: list[tuple[int, int | None, int]] = []
+        for k, items in enumerate(batches):
+            recv = T0 + (k + 1) * 0.25
+            for _, gw, body, _ in items:
+                seq += 1
+                core.handle(raw_subject("pause", gw), body, seq, recv, pending=int(behind * 60))
+            if k % 4 != 3:
+                continue  # a loop pass takes a second of batches (64 messages)
+            before, t = core.windows.closed_through, cpu()
+            core.release_due(recv)
+            core.tick(recv)
+            if k == int(8 / 0.25) - 1:  # then delivery pauses: a pass with no input
+                wall = recv + behind + pause_s
+                core.tick(wall if judged == "wall clock" else core.loop_clock(wall, got_input=False, held_back=True))
+            if k >= int(8 / 0.25) - 1:
+                first = None if before is None else before + 1 - round(T0)
+                passes.append((round((cpu() - t) * 1000), first, (core.windows.closed_through or 0) - round(T0)))
+        out[judged] = {"passes [cpu ms, first new window, closed through] (s from start)": passes,
+                       "cpu_s": round(sum(p[0] for p in passes) / 1000, 2)}
+    return out
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", type=float, default=18.0, help="copies of the scenario's 400 tags (18: ~85,000/s)")
@@ -99,5 +138,9 @@ if __name__ == "__main__":
     ap.add_argument("--backlog-at", type=float, default=12.0, help="seconds of traffic before the worker falls behind")
     ap.add_argument("--backlog", type=float, default=12.0, help="seconds of batches handled with no close between")
     ap.add_argument("--horizon", type=float, default=120.0, help="the worker's rows horizon, s")
+    ap.add_argument("--pause", action="store_true", help="instead: a delivery pause while behind, both clocks")
     args = ap.parse_args()
-    emit("worker_catchup", main(args.scale, args.seconds, args.backlog_at, args.backlog, args.horizon))
+    if args.pause:
+        emit("worker_catchup_pause", pause(args.scale, behind=10.0, pause_s=3.0, after=args.seconds))
+    else:
+        emit("worker_catchup", main(args.scale, args.seconds, args.backlog_at, args.backlog, args.horizon))
