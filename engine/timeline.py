@@ -356,6 +356,9 @@ class RevisedTimeline(RevisingWindows):
         }
         if not kept:
             return meta, dump_states([self._initial])
+        for k in kept:  # packed once, kept packed: the next checkpoint reuses the bytes
+            if not isinstance(self.states[k], PackedState):
+                self.states[k] = pack_state(self.states[k])  # type: ignore[arg-type]
         return meta, dump_states([self.states[k] for k in kept])
 
     def restore_timeline(self, meta: dict[str, object], state_blob: bytes) -> None:
