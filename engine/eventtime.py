@@ -389,15 +389,24 @@ class EventSlices:
     def __init__(self, step: float, margin: float) -> None:
         self.step = step
         self.margin = margin
-        self.reach = int(np.ceil(margin / step)) + 1  # steps a row's margin can touch
         self.cached: dict[int, Sightings] = {}
 
     def invalidate(self, t: NDArray[np.float64]) -> None:
+        """Forget the steps whose rows span (``[j*step - margin, (j+1)*step + margin)``) holds
+        one of the times ``t``: steps floor((t - margin)/step) .. floor((t + margin)/step),
+        widened by a millionth of a step against rounding. One step either side more (as
+        before) threw away, at every batch, the step just computed: each window made its
+        previous step's events again, twice the merging of a steady close."""
         if not self.cached or len(t) == 0:
             return
-        for j in np.unique(np.floor(t / self.step)).astype(np.int64).tolist():
-            for i in range(j - self.reach, j + self.reach + 1):
-                self.cached.pop(i, None)
+        eps = 1e-6
+        lo = np.floor((t - self.margin) / self.step - eps).astype(np.int64)
+        hi = np.floor((t + self.margin) / self.step + eps).astype(np.int64)
+        width = hi - lo  # a few steps at most
+        for d in np.unique(width).tolist():
+            for a in np.unique(lo[width == d]).tolist():
+                for i in range(a, a + d + 1):
+                    self.cached.pop(i, None)
 
     def forget_before(self, t: float) -> None:
         first = int(np.floor(t / self.step))

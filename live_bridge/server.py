@@ -474,6 +474,25 @@ def positions_payload(
     return positions_payloads(fixes, devices, zone_names, origin, now, max_bytes=None)[0]
 
 
+# Below this magnitude a value to 3 decimals has at most 15 significant digits, which a
+# double holds exactly enough that no shorter decimal maps to it (DBL_DIG), and repr()
+# uses no exponent.
+DECIMALS_FAST_BELOW = 1e12
+
+
+def decimals3(values: list[float]) -> list[str]:
+    """``repr(round(v, 3))`` for finite ``|v| < DECIMALS_FAST_BELOW``, at half the cost:
+    ``'%.3f'`` rounds the exact binary value correctly to 3 decimals as ``round`` does,
+    and the shortest repr of the double nearest that decimal (at most 15 significant
+    digits) is the decimal itself without its trailing zeros (one kept after the point;
+    -0.0 stays "-0.0")."""
+    out = []
+    for fixed in [f"{v:.3f}" for v in values]:
+        text = fixed.rstrip("0")
+        out.append(text + "0" if text[-1] == "." else text)
+    return out
+
+
 def positions_payloads(
     fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float, now: float,
     max_bytes: int | None,
@@ -489,7 +508,11 @@ def positions_payloads(
     quote = json.encoder.encode_basestring_ascii  # what json.dumps writes a str with
 
     def numbers(col: NDArray[np.float64], add: float | None = None) -> list[str]:
-        vals = [round(v, 3) for v in col.tolist()] if add is None else [round(v + add, 3) for v in col.tolist()]
+        if add is not None:
+            col = col + add  # the same IEEE sum as Python's v + add
+        if np.isfinite(col).all() and (len(col) == 0 or float(np.abs(col).max()) < DECIMALS_FAST_BELOW):
+            return decimals3(col.tolist())
+        vals = [round(v, 3) for v in col.tolist()]
         return [json.dumps(v) for v in vals] if not np.isfinite(col).all() else list(map(float.__repr__, vals))
 
     def small_ints(col: NDArray[np.integer]) -> list[str]:

@@ -1163,8 +1163,8 @@ def loadtest(
         raise typer.Exit(2) from None
     for path in write_outputs(report, json_out, out):
         err_console.print(f"wrote {path}", markup=False)
-    summary = {k: report.get(k) for k in ("offered_per_s", "achieved_per_s", "generated", "processed", "lost",
-                                          "latency_ms", "close_to_position_ms")}
+    summary = {k: report.get(k) for k in ("offered_per_s", "achieved_per_s", "generated", "processed", "unprocessed",
+                                          "lost", "latency_ms", "close_to_position_ms")}
     summary["slo"] = report["slo"]
     summary["bottleneck"] = report["bottleneck"].get("verdict")
     if "ramp" in report:

@@ -81,8 +81,8 @@ def write_html(report: dict[str, Any], out_dir: Path) -> Path:
         f"<td>{html.escape(str(v.get('note', '')))}</td></tr>"
         for k, v in report.get("slo", {}).items()
     )
-    keys = ("offered_per_s", "achieved_per_s", "generated", "published", "processed", "dead_lettered", "lost",
-            "latency_ms", "close_to_position_ms", "publish_ack_ms", "latency_floor", "publishers", "workers",
+    keys = ("offered_per_s", "achieved_per_s", "generated", "published", "processed", "dead_lettered", "unprocessed",
+            "lost", "latency_ms", "close_to_position_ms", "publish_ack_ms", "latency_floor", "publishers", "workers",
             "backbone", "machine")
     facts = "".join(f"<tr><td>{k}</td><td>{html.escape(str(report.get(k)))}</td></tr>" for k in keys if k in report)
     ramp = report.get("ramp")

@@ -771,6 +771,7 @@ def test_a_stop_right_after_an_idle_close_checkpoints_it(nats_server):
     """An idle close published since the last checkpoint, with every input acked already: the
     checkpoint the stop writes covers it, so the next holder does not publish it again."""
     from live_bridge.backbone import CHECKPOINT_BUCKET, object_get
+    from live_bridge.worker import checkpoint_bytes
 
     async def main():
         # every round with input checkpoints (max_ack_pending 2), a timed checkpoint never comes
@@ -788,7 +789,7 @@ def test_a_stop_right_after_an_idle_close_checkpoints_it(nats_server):
         await task
         blob = await object_get(js, CHECKPOINT_BUCKET, w.settings.checkpoint_name)
         await nc.close()
-        return w, json.loads(blob or b"{}")
+        return w, json.loads(checkpoint_bytes(blob) if blob else b"{}")
 
     w, checkpoint = asyncio.run(main())
     assert checkpoint["windows"]["closed_through"] == w.windows.closed_through is not None

@@ -286,12 +286,12 @@ def test_a_checkpoint_state_loads_arrays_and_rule_state_only():
     import os
     import pickle
 
-    from engine.timeline import load_state_pickle
+    from engine.timeline import load_state_pickle, load_states
 
     core = make_core()
     run(core, messages(fault_free)[:12])
     meta, blob = core.windows.snapshot_timeline()
-    states = load_state_pickle(blob)  # the oldest saved state and the one the rows held start from
+    states = load_states(blob)  # the oldest saved state and the one the rows held start from
     assert isinstance(states, list) and len(states) == len(meta["state_windows"]) >= 1  # type: ignore[arg-type]
     state = states[-1]
     assert isinstance(state, tuple)

@@ -149,6 +149,18 @@ def test_positions_payload_is_json_dumps_of_one_dict_per_fix() -> None:
     assert got == json.dumps(expected, separators=(",", ":")).encode()
 
 
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(st.floats(-1e12, 1e12, allow_nan=False, exclude_min=True, exclude_max=True),
+                          st.sampled_from([-0.0, 0.0, 0.0005, -0.0005, 0.0015, 2.675, 1e-320, 999999.9995,
+                                           999999999999.9995, 70368744.177664875])),
+                max_size=50))
+def test_decimals3_is_repr_of_round_to_three_places(values) -> None:
+    """The positions writer's fast number format is ``repr(round(v, 3))`` exactly."""
+    from live_bridge.server import decimals3
+
+    assert decimals3(values) == [repr(round(v, 3)) for v in values]
+
+
 def test_id_codes_register_new_ids_in_sorted_order() -> None:
     table = IdTable(["b"])
     assert table.codes(np.array(["d", "b", "a", "d"])).tolist() == [2, 0, 1, 2]

@@ -173,3 +173,41 @@ def test_spans_of_windows_merge_neighbours_and_keep_distant_ones_apart():
     spans = w.spans([10, 11, 12, 40])
     assert spans.tolist() == [[5.0, 13.0], [35.0, 41.0]]
     assert w.spans([7]).tolist() == [[2.0, 8.0]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 12), st.floats(0.25, 2.0))
+def test_event_slices_fed_in_batches_equal_one_pass_over_every_row(seed, batches, step):
+    """The cached steps of merged events, invalidated by each batch of rows (in any order, late
+    ones included), equal the steps made from every row at once: a row only makes stale the
+    steps whose margin-widened span holds it, and every such step is made again."""
+    from engine.eventtime import MERGE_MARGIN_S, EventSlices
+    from engine.ingest import canonical_order
+
+    rng = np.random.default_rng(seed)
+    n = 400
+    # advertising events, each heard on up to 3 channels ms apart; half of them straddle a step boundary
+    base = T0 + np.where(rng.random(n // 4) < 0.5, rng.uniform(0, 12, n // 4),
+                         rng.integers(0, int(12 / step), n // 4) * step - rng.uniform(0, 0.004, n // 4))
+    t = np.concatenate([base + k * 0.0015 for k in range(4)])
+    rows = sightings_from_columns(t=t, gateway=np.tile(rng.integers(0, 4, n // 4), 4),
+                                  device=np.tile(np.arange(n // 4) % 7, 4),
+                                  rssi=rng.normal(-70, 5, n).astype(np.float32),
+                                  channel=np.repeat([37, 38, 39, 37], n // 4),
+                                  seq=np.tile(np.arange(n // 4), 4))
+    # batches in time order, as gateways send them; a fifth of the rows arrive in a later batch
+    part = np.minimum(((t - T0) / 12 * batches).astype(np.int64), batches - 1)
+    late = rng.random(n) < 0.2
+    part[late] = np.minimum(part[late] + rng.integers(2, 6, int(late.sum())), batches - 1)
+    held = rows[:0]
+    cache = EventSlices(step, MERGE_MARGIN_S)
+    for b in range(batches):
+        new = rows[part == b]
+        held = np.concatenate([held, new])
+        held = held[canonical_order(held)]
+        cache.invalidate(new["t"])
+        cache.between(held, T0 - 2, T0 + 14)  # every step made, as windows computed
+    fresh = EventSlices(step, MERGE_MARGIN_S)
+    for lo in np.arange(T0 - 2, T0 + 14, step):
+        got, want = cache.between(held, lo, lo + step), fresh.between(held, lo, lo + step)
+        assert got.tobytes() == want.tobytes()

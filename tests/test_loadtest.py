@@ -4,6 +4,7 @@ judges the SLOs with the exit code CI gates on."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
@@ -88,6 +89,32 @@ def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str
                           text=True,                           timeout=timeout, env=env, cwd=REPO)
 
 
+def test_a_drain_timeout_reports_the_backlog_as_unprocessed_not_lost():
+    from tagtwin.loadtest import reconcile
+
+    assert reconcile(1000, 1000, 1000, 0, True) == {"unprocessed": 0, "lost": 0}
+    # the drain timed out with 300 stored sightings not yet processed: a backlog, not a loss
+    assert reconcile(1000, 1000, 690, 10, False) == {"unprocessed": 300, "lost": 0}
+    # 50 never stored (refused or never acknowledged): those are lost whether drained or not
+    assert reconcile(1000, 950, 690, 10, False) == {"unprocessed": 250, "lost": 50}
+    assert reconcile(1000, 950, 940, 10, True) == {"unprocessed": 0, "lost": 50}
+
+
+def test_only_windows_that_closed_on_traffic_are_judged():
+    """A window whose closing tick (end + allowed lateness, up to the next 0.25 s tick) is
+    after the last tick of traffic closes when the gateways fall idle, ~idle_s later: it
+    is left out, whatever the publishers' finishing time."""
+    from tagtwin.loadtest import closed_on_traffic, last_traffic_tick
+
+    assert last_traffic_tick(60.31, 0.25, 60.0) == 60.0  # a fixed run: its duration
+    assert last_traffic_tick(30.6, 0.25, None) == 30.25  # a ramp: the tick before the one that found the end
+    judged = functools.partial(closed_on_traffic, lateness=2.0, t0=100.0, batch_s=0.25, last_tick=160.0)
+    assert judged(100.0 + 57.27)  # closes at tick 59.5: on traffic
+    assert judged(100.0 + 58.0)  # closes at tick 60.0, the last one with traffic
+    # end + lateness 60.27: its closing tick 60.5 never came, though 58.27 <= 60.31 - 2
+    assert not judged(100.0 + 58.27)
+
+
 def test_bad_options_are_one_line_errors():
     res = run_cli(str(SCENARIO), "--ramp", "fast", "--quiet")
     assert res.returncode == 2 and "--ramp 'fast'" in res.stderr and "Traceback" not in res.stderr
@@ -110,6 +137,11 @@ def test_short_run_reconciles_every_sighting_and_fails_an_impossible_slo(tmp_pat
         assert key in report
     assert report["generated"] > 5000
     assert report["lost"] == 0 and report["processed"] == report["generated"]
+    assert report["drained"] is True and report["unprocessed"] == 0
+    by_window = report["close_to_position_by_window"]  # every judged window, the slowest with the worker's loop
+    assert len(by_window["windows"]) >= 3 and by_window["slowest"]
+    assert sum(n for _, n, _ in by_window["windows"]) <= report["positions"]
+    assert any(s["worker_loop"] and "stages" in s["worker_loop"] for s in by_window["slowest"])
     assert report["slo"]["completeness"] == {"bound": 1.0, "value": 1.0, "pass": True, "kind": "min"}
     assert report["slo"]["p99_close_to_position_ms"]["pass"] is False
     # advert to position is bounded below by step + allowed lateness (a window closes then)

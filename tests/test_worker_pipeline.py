@@ -275,3 +275,79 @@ def test_a_checkpoint_with_held_windows_publishes_them_after_a_restore():
     assert got_pos == want_pos
     assert latest_events(p for s, p in got if s.endswith(".events"))[0] == \
         latest_events(p for s, p in want if s.endswith(".events"))[0]
+
+
+def test_a_backlog_of_windows_is_computed_in_one_pass_equal_to_one_by_one():
+    """A worker that is behind (many seconds of batches handled, no tick between) computes
+    every window they close in one tick, and publishes what a worker ticking after every
+    batch publishes: the same latest positions and rule events. The rules are stepped
+    through the backlog with their buffers sorted once per run of windows, not once a
+    window (a run of k windows used to sort up to k windows' rows k times)."""
+    from live_bridge.faults import latest_events, latest_positions
+
+    _, ticks = site_ticks()
+    steady, behind = site_core(True), site_core(True)
+    s_out = run_ticks(steady, ticks)
+    s_out.append(steady.tick(ticks[-1][-1][2], final=True))
+    cut = 24  # the first ticks as usual, then a backlog of the rest in one go
+    b_out = run_ticks(behind, ticks[:cut])
+    before = behind.windows.closed_through
+    calls = []
+    step_until = behind.windows.feeder.step_until
+
+    def counted(t, **kw):
+        calls.append(t)
+        return step_until(t, **kw)
+
+    behind.windows.feeder.step_until = counted
+    seq = sum(len(t) for t in ticks[:cut])
+    for tick in ticks[cut:]:
+        for subject, body, received in tick:
+            seq += 1
+            behind.handle(subject, body, seq, received)
+    b_out.append(behind.release_due(ticks[-1][-1][2]) + behind.tick(ticks[-1][-1][2]))
+    assert before is not None
+    caught_up = behind.windows.closed_through - before
+    assert caught_up >= 8  # many windows in one tick ...
+    assert len(calls) <= -(-caught_up // 16) + 1  # ... the rules stepped once per run of 16
+    behind.windows.feeder.step_until = step_until
+    b_out.append(behind.tick(ticks[-1][-1][2], final=True))
+    flat = {n: [(s, b) for tick in outs for s, b in tick] for n, outs in (("s", s_out), ("b", b_out))}
+    pos = {n: latest_positions(b for s, b in p if s.endswith(".positions"))[0] for n, p in flat.items()}
+    ev = {n: latest_events(b for s, b in p if s.endswith(".events"))[0] for n, p in flat.items()}
+    assert len(pos["s"]) > 1000 and pos["b"] == pos["s"]
+    assert ev["s"] and ev["b"] == ev["s"]
+
+
+def test_a_worker_behind_judges_idle_gateways_on_the_stream_clock():
+    """While the stream still holds messages behind the newest one handled (or holds delivery
+    back for acks), a pause in delivery is not a silent site: the loop's clock stays on the
+    stream's receive times and no window is closed ahead of the data. On the wall clock
+    the same pause closed windows up to half the horizon past the newest sighting, and
+    every later batch reran them (the cold-start backlog that never cleared)."""
+    _, ticks = site_ticks()
+    w = site_core(True)
+    seq = 0
+    for tick in ticks[:24]:
+        for subject, body, received in tick:
+            seq += 1
+            w.handle(subject, body, seq, received, pending=500)  # far behind the stream
+        w.tick(tick[-1][2])
+    newest = w.latest_received
+    wall = newest + 40.0  # delivery paused (a commit holding acks), the wall clock ran on
+    assert w.loop_clock(wall, got_input=False) == newest
+    assert w.loop_clock(wall, got_input=False, held_back=True) == newest
+    w.tick(w.loop_clock(wall, got_input=False))
+    assert w.windows.closed_through * w.config.step_s <= newest + w.config.allowed_lateness_s
+    ahead = site_core(True)  # the old judgement: the wall clock
+    seq = 0
+    for tick in ticks[:24]:
+        for subject, body, received in tick:
+            seq += 1
+            ahead.handle(subject, body, seq, received)
+        ahead.tick(tick[-1][2])
+    ahead.tick(wall)
+    assert ahead.windows.closed_through * ahead.config.step_s > newest + 20.0
+    subject, body, received = ticks[24][0]
+    w.handle(subject, body, seq + 1, received, pending=0)  # caught up: a real silence runs on the wall clock
+    assert w.loop_clock(wall, got_input=False) == wall

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal, Protocol
+from typing import IO, Literal, Protocol, cast
 
 import numpy as np
 
@@ -50,6 +50,14 @@ RULE_SEVERITY: dict[str, Severity] = {
 
 def _clean(value: object) -> object:
     """JSON-safe evidence values: numpy scalars to Python, NaN to None, floats rounded."""
+    kind = type(value)  # the plain types first: a burst of events (every tag's zone entry) calls this ~15 times each
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        number = cast("float", value)
+        return None if not math.isfinite(number) else round(number, 4)
+    if kind is dict:
+        return {str(k): _clean(v) for k, v in cast("dict[object, object]", value).items()}
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float):

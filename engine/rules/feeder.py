@@ -9,6 +9,7 @@ so a caller that learns of late data can go back to the step before it and step 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -62,8 +63,10 @@ class RuleFeeder:
         if feed is not None and len(feed):
             self._feed = np.concatenate([self._feed, feed])
 
-    def step_until(self, t: float) -> None:
-        """Every step with now <= t (and the data it covers) goes to the rules."""
+    def step_until(self, t: float, on_step: Callable[[int], None] | None = None) -> None:
+        """Every step with now <= t (and the data it covers) goes to the rules; ``on_step(i)``
+        after step i (now = step_s + i * step_s), so that a caller stepping many windows in
+        one call (sorting the buffers once) still tells each step's events apart."""
         last = int(np.floor((t + 1e-9) / self.step_s)) - 1
         if last < self._next:
             return
@@ -81,6 +84,8 @@ class RuleFeeder:
             self.rules.process_fixes(fixes[f0:f_edge[i]])
             self.rules.ingest_checkouts(co[c0:c_edge[i]], watermark=now - self.feed_max_delay_s)
             self.rules.advance(now)
+            if on_step is not None:
+                on_step(self._next + i)
             s0, f0, c0 = int(s_edge[i]), int(f_edge[i]), int(c_edge[i])
         self._sightings, self._fixes, self._feed = sightings[s0:], fixes[f0:], self._feed[c0:]
         self._next = last + 1

@@ -1,0 +1,146 @@
+"""A worker that is behind: CPU per window when it catches up, against keeping up, in process.
+
+The load test's traffic (static-open's twin, ``--scale`` copies of its 400 tags, 0.25 s
+gateway batches, wire 2) through :class:`live_bridge.worker.WorkerCore` with the site's
+rules, as the worker runs it (``handle`` per batch; ``release_due`` + ``tick`` after each
+0.25 s tick). From ``--backlog-at`` seconds on, ``--backlog`` seconds of batches are
+handled with no tick between (a worker behind its stream), then one tick computes every
+window they close. Printed: CPU ms of a steady close (one window) and of the catch-up
+close, per window; the saved timeline states (how many, packed or not, their bytes) and
+the checkpoint's size at the end (as serialized, and compressed as the worker stores
+it). Timed with the process's CPU clock, so the figures hold on a busy machine.
+
+    .venv/bin/python benchmarks/worker_catchup.py [--scale 18] [--seconds 40] [--backlog 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import zlib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+from _common import emit, peak_rss_mb
+
+from engine.timeline import PackedState
+from live_bridge.backbone import raw_subject
+from live_bridge.worker import WorkerSettings
+from tagtwin.live import site_engine_config
+from tagtwin.loadgen import PublisherSpec, Schedule, TickBuilder
+from tagtwin.loadtest import site_traffic
+from tagtwin.worker import site_worker_core
+from twin.scenario import load_scenario
+
+REPO = Path(__file__).resolve().parents[1]
+T0 = 1_790_000_000.0
+
+
+def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizon: float) -> dict[str, object]:
+    sc = load_scenario(REPO / "scenarios" / "static-open.toml")
+    tr = site_traffic(sc, "catchup", 0, 12.0)
+    b = TickBuilder(PublisherSpec(0, "", "nats", [tr], Schedule(scale, seconds), T0, 0.25, wire=2))
+    core = site_worker_core(sc, site_engine_config(sc), tr.keys, WorkerSettings(site="catchup", horizon_s=horizon))
+    cpu = time.process_time
+    skip = range(int(backlog_at / 0.25), int((backlog_at + backlog) / 0.25))
+    seq, n, handle = 0, 0, 0.0
+    steady: list[float] = []
+    catch_up: list[tuple[int, float]] = []
+    for k in range(int(seconds / 0.25)):
+        recv = T0 + (k + 1) * 0.25
+        items = b.build(k * 0.25, (k + 1) * 0.25, scale)
+        n += sum(x[3] for x in items)
+        t = cpu()
+        for _, gw, body, _ in items:
+            seq += 1
+            core.handle(raw_subject("catchup", gw), body, seq, recv)
+        handle += cpu() - t
+        if k in skip:
+            continue
+        before = core.windows.closed_through
+        t = cpu()
+        core.release_due(recv)
+        core.tick(recv)
+        spent = cpu() - t
+        done = (core.windows.closed_through or 0) - (before or 0) if before is not None else 0
+        if k >= int(8 / 0.25) and done == 1:  # past the first windows (the rules' zone-entry burst)
+            steady.append(spent)
+        elif done > 1:
+            catch_up.append((done, spent))
+    w = core.windows
+    packed = [s for s in w.states.values() if isinstance(s, PackedState)]
+    blob = core.checkpoint()
+    per_window = [spent / done for done, spent in catch_up if done >= 4]
+    return {
+        "sightings_per_s": round(n / seconds), "tags": round(scale * len(tr.device_ids)),
+        "handle_cpu_us_per_sighting": round(handle / n * 1e6, 2),
+        "steady_close_cpu_ms": {"median": round(float(np.median(steady)) * 1000, 1),
+                                "p90": round(float(np.percentile(steady, 90)) * 1000, 1), "closes": len(steady)},
+        "catch_up_closes": [{"windows": done, "cpu_ms": round(spent * 1000, 1),
+                             "cpu_ms_per_window": round(spent / done * 1000, 1)} for done, spent in catch_up],
+        "catch_up_over_steady_per_window": round(float(np.mean(per_window)) / float(np.median(steady)), 3)
+        if per_window and steady else None,
+        "saved_states": {"count": len(w.states), "packed": len(packed),
+                         "packed_bytes": sum(len(p.blob) for p in packed)},
+        "checkpoint_bytes": len(blob),
+        "checkpoint_stored_bytes": len(zlib.compress(blob, 1)),  # as run_worker stores it
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def pause(scale: float, behind: float, pause_s: float, after: float) -> dict[str, object]:
+    """A worker ``behind`` seconds behind its stream, working the backlog off a second of
+    batches per loop pass, meets a delivery pause of ``pause_s`` (the ack-pending bound
+    reached while a commit is stored): its loop ticks once with no input. Judged on the
+    wall clock (main until session 4) every gateway looks idle and the windows close up to
+    half the horizon ahead; judged on the stream's clock (``WorkerCore.loop_clock``) nothing
+    moves. Then ``after`` seconds more of the backlog: CPU and windows computed per pass."""
+    sc = load_scenario(REPO / "scenarios" / "static-open.toml")
+    tr = site_traffic(sc, "pause", 0, 12.0)
+    seconds = 8.0 + after
+    b = TickBuilder(PublisherSpec(0, "", "nats", [tr], Schedule(scale, seconds), T0, 0.25, wire=2))
+    batches = [b.build(k * 0.25, (k + 1) * 0.25, scale) for k in range(int(seconds / 0.25))]
+    out: dict[str, object] = {}
+    for judged in ("wall clock", "stream clock"):
+        core = site_worker_core(sc, site_engine_config(sc), tr.keys, WorkerSettings(site="pause", idle_s=2.0))
+        cpu = time.process_time
+        seq = 0
+        passes: list[tuple[int, int | None, int]] = []
+        for k, items in enumerate(batches):
+            recv = T0 + (k + 1) * 0.25
+            for _, gw, body, _ in items:
+                seq += 1
+                core.handle(raw_subject("pause", gw), body, seq, recv, pending=int(behind * 60))
+            if k % 4 != 3:
+                continue  # a loop pass takes a second of batches (64 messages)
+            before, t = core.windows.closed_through, cpu()
+            core.release_due(recv)
+            core.tick(recv)
+            if k == int(8 / 0.25) - 1:  # then delivery pauses: a pass with no input
+                wall = recv + behind + pause_s
+                core.tick(wall if judged == "wall clock" else core.loop_clock(wall, got_input=False, held_back=True))
+            if k >= int(8 / 0.25) - 1:
+                first = None if before is None else before + 1 - round(T0)
+                passes.append((round((cpu() - t) * 1000), first, (core.windows.closed_through or 0) - round(T0)))
+        out[judged] = {"passes [cpu ms, first new window, closed through] (s from start)": passes,
+                       "cpu_s": round(sum(p[0] for p in passes) / 1000, 2)}
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", type=float, default=18.0, help="copies of the scenario's 400 tags (18: ~85,000/s)")
+    ap.add_argument("--seconds", type=float, default=40.0)
+    ap.add_argument("--backlog-at", type=float, default=12.0, help="seconds of traffic before the worker falls behind")
+    ap.add_argument("--backlog", type=float, default=12.0, help="seconds of batches handled with no close between")
+    ap.add_argument("--horizon", type=float, default=120.0, help="the worker's rows horizon, s")
+    ap.add_argument("--pause", action="store_true", help="instead: a delivery pause while behind, both clocks")
+    args = ap.parse_args()
+    if args.pause:
+        emit("worker_catchup_pause", pause(args.scale, behind=10.0, pause_s=3.0, after=args.seconds))
+    else:
+        emit("worker_catchup", main(args.scale, args.seconds, args.backlog_at, args.backlog, args.horizon))
