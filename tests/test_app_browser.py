@@ -516,6 +516,10 @@ def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     timings["playback_scrub_frames_per_s"] = fps
     shot(pg, "animate")
     pg.get_by_text("animate (press Play on the plot)").click()
+    # The animated plot (its Play button) leaves as the static one arrives; for a moment
+    # both can be in the page, and both name the last frame, so wait for each in turn.
+    plays = pg.locator(".js-plotly-plot").filter(has=pg.locator(".updatemenu-button"))
+    plays.first.wait_for(state="detached")
     pg.locator(".js-plotly-plot").filter(has_text=f"t = {RUN_S} s").wait_for()
     idle(pg)
 
