@@ -509,7 +509,7 @@ def roi(
     as_json: Annotated[Path | None, typer.Option("--json", help="write the full result as JSON to FILE")] = None,
 ) -> None:
     """Payback, NPV and TCO from measured performance: base, best, worst, and what moves payback."""
-    from engine.roi import RoiReportError, measured_from_report, read_report, roi_report
+    from engine.roi import DESIGN_FALSE_ALARMS, RoiReportError, measured_from_report, read_report, roi_report
 
     sc = _load(scenario)
     try:
@@ -547,9 +547,12 @@ def roi(
         f"{npv['point']:,.0f} (point) .. {npv['high']:,.0f} (high end)",
         markup=False, highlight=False,
     )
-    for label, key in (("false alarms", "false_alarm_rate_shown"), ("reviews", "reviews_rate_shown")):
+    for label, key, flag in (("false alarms", "false_alarm_rate_shown", "false_alarms_from_design"),
+                             ("reviews", "reviews_rate_shown", "reviews_from_design")):
         if npv.get(key):
-            console.print(f"{label}: {npv[key]}", markup=False, highlight=False)
+            design = (f"; NPV's point uses the design rate ({DESIGN_FALSE_ALARMS:g} per day per 1,000 "
+                      "tags) instead" if npv.get(flag) else "")
+            console.print(f"{label}: {npv[key]}{design}", markup=False, highlight=False)
     sens = Table(title=f"sensitivity: each input -/+ {sc.roi.sensitivity_pct:g} %")
     for col in ("input", "payback low", "payback high", "NPV low", "NPV high"):
         sens.add_column(col, justify="right")
