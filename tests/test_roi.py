@@ -189,22 +189,7 @@ def test_npv_at_both_ends_of_the_measured_intervals() -> None:
     interval from the scoring code; NPV at the low end (least recall, most alarms) < point <
     high end, and the alarm rate is flagged as too little exposure."""
     exposure = 200 * 600 / 86_400 / 1000
-    report = {
-        "tags": 200,
-        "gateways": 11,
-        "metrics": {
-            "zone_accuracy": 0.7,
-            "device_coverage": 1.0,
-            "rules": {
-                "exit_without_checkout": {"incidents": 24, "detected": 23, "recall": 23 / 24},
-                "count_accuracy": 0.75,
-                "false_alarms": 2,
-                "false_reviews": 0,
-                "thousand_tag_days": exposure,
-                "false_alarms_per_day_per_1000_tags": 2 / exposure,
-            },
-        },
-    }
+    report = short_run_report()
     m = measured_from_report(report)
     assert (m.theft_recall_low, m.theft_recall_high) == proportion_interval(23, 24)
     fa = rate_reading(2, exposure, DESIGN_FALSE_ALARMS)

@@ -442,6 +442,9 @@ def test_a_thin_false_alarm_rate_prices_npv_at_the_design_rate_and_says_so() -> 
     assert v["npv_at_design_false_alarms"] == 2
     assert v["npv_note"].startswith(f"NPV prices false alarms at the design rate ({DESIGN_FALSE_ALARMS:g} per")
     assert "in 2 of 2 runs" in v["npv_note"]
+    # the variant's pooled rate (4 alarms in 1,200 s of 200 tags) is shown by the exposure rule
+    assert v["false_alarm_rate"]["events"] == 4 and v["false_alarm_rate"]["too_little_exposure"] is True
+    assert v["false_alarm_rate"]["shown"].startswith("too little exposure (upper bound")
     from rich.console import Console
 
     console = Console(width=250, record=True)

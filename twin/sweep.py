@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine.capture import CaptureError, read_gateways
 from engine.roi import DESIGN_FALSE_ALARMS, evaluate_case, measured_from_report
+from engine.rules.scoring import rate_reading
 from siteplan.config_file import ConfigFileError, load_toml, parse_model, read_text, validation_problems
 from siteplan.schema import Gateways
 from twin.scenario import Scenario, load_scenario
@@ -460,6 +461,7 @@ def metrics_row(scenario: Scenario, report: Mapping[str, Any]) -> dict[str, floa
         "alarms": int(rules.get("alarms") or 0),
         "false_alarms": int(rules.get("false_alarms") or 0),
         "npv_at_design_false_alarms": int(measured.false_alarms_from_design or measured.reviews_from_design),
+        "thousand_tag_days": _number(rules.get("thousand_tag_days")),  # the false alarms' exposure
     }
     return row
 
@@ -486,7 +488,7 @@ def _head(planned: PlannedRun) -> dict[str, Any]:
 def failed_row(planned: PlannedRun, exc: BaseException) -> dict[str, Any]:
     """The row of a run that raised, or whose worker died: NaN metrics and the reason."""
     return _head(planned) | {k: math.nan for k, _ in METRICS} | dict.fromkeys(COUNTS, 0) | {
-        "error": f"{type(exc).__name__}: {exc}"}
+        "thousand_tag_days": math.nan, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def machine_workers() -> int:
@@ -685,6 +687,7 @@ def runs_table(spec: SweepSpec, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
         cols[key] = pa.array([float(r[key]) for r in rows], pa.float64())
     for key in COUNTS:
         cols[key] = pa.array([int(r[key]) for r in rows], pa.int64())
+    cols["thousand_tag_days"] = pa.array([float(r["thousand_tag_days"]) for r in rows], pa.float64())
     cols["error"] = pa.array([r["error"] for r in rows], pa.string())
     return pa.table(cols)
 
@@ -746,12 +749,17 @@ def summarize(spec: SweepSpec, rows: Sequence[Mapping[str, Any]]) -> dict[str, A
         mine = by_variant.get(v.index, {})
         metrics = {k: mean_ci(float(r[k]) for r in mine.values()) for k, _ in METRICS}
         from_design = sum(int(r.get("npv_at_design_false_alarms", 0)) for r in mine.values())
+        exposure = sum(float(r["thousand_tag_days"]) for r in mine.values()
+                       if math.isfinite(float(r.get("thousand_tag_days", math.nan))))
         entry: dict[str, Any] = {
             "variant": v.index, "name": v.name, "values": v.labels,
             "runs": len(spec.seeds), "failed": len(spec.seeds) - len(mine),
             "metrics": metrics,
             # design.md's too-little-exposure rule: how many runs' NPV used the design rate
             "npv_at_design_false_alarms": from_design,
+            # pooled over the variant's runs, shown by the exposure rule (design.md), never bare
+            "false_alarm_rate": rate_reading(sum(int(r.get("false_alarms", 0)) for r in mine.values()),
+                                             exposure, DESIGN_FALSE_ALARMS).as_dict() if exposure > 0 else None,
         }
         if from_design:
             entry["npv_note"] = (
