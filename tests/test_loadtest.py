@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -264,6 +265,40 @@ def test_mqtt_mode_measures_the_broker_side_only(mosquitto, tmp_path: Path):
     assert report["published"] == report["generated"] > 1000  # every QoS 1 publish acknowledged
     assert report["processed"] is None and report["latency_ms"] is None
     assert set(report["slo"]) == {"p99_publish_ack_ms"} and report["publish_ack_ms"]["p50"] is not None
+
+
+@pytest.mark.integration
+def test_mqtt_mode_logs_in_with_creds(tmp_path: Path):
+    """``--creds FILE`` as serve and twin-publish take it (design.md): a broker that refuses
+    anonymous clients takes the load test's publishers with the file's login."""
+    import shutil
+
+    if shutil.which("mosquitto") is None or shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto is not installed (tests/system-packages.txt)")
+    passwd = tmp_path / "passwd"
+    passwd.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "lt", "s3cret"], check=True, capture_output=True)
+    passwd.chmod(0o600)
+    port = live_fixtures.free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
+                    "persistence false\nmax_inflight_messages 0\nmax_queued_messages 100000\n"
+                    + ("user root\n" if os.geteuid() == 0 else ""))  # as root it would drop to a user
+    creds = tmp_path / "lt.toml"
+    creds.write_text('username = "lt"\npassword = "s3cret"\n')
+    creds.chmod(0o600)
+    broker = live_fixtures.Broker(conf, port)
+    broker.start()
+    try:
+        out = tmp_path / "report.json"
+        res = run_cli(str(SCENARIO), "--mqtt", f"mqtt://127.0.0.1:{port}", "--creds", str(creds),
+                      "--multiplier", "0.1", "--duration", "2", "--json", str(out), "--quiet")
+    finally:
+        broker.stop()
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["published"] == report["generated"] > 0  # every QoS 1 publish acknowledged
+    assert "s3cret" not in out.read_text()
 
 
 def test_slos_come_from_the_scenario_and_the_command_line_overrides(tmp_path: Path):
