@@ -10,6 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.roi import (
     DESIGN_FALSE_ALARMS,
@@ -267,3 +269,14 @@ def test_tagtwin_roi_says_the_point_uses_the_design_rate(tmp_path: Path) -> None
     line = next(x for x in out.stdout.splitlines() if x.startswith("false alarms:"))
     assert line.startswith("false alarms: too little exposure (upper bound 4,5")
     assert f"NPV's point uses the design rate ({DESIGN_FALSE_ALARMS:g} per day per 1,000 tags)" in line
+
+
+@settings(max_examples=200, deadline=None)
+@given(count=st.integers(0, 500), exposure=st.floats(1e-5, 1e4), design=st.floats(0.01, 10))
+def test_a_priced_rate_is_the_point_or_the_design_rate_inside_its_interval(
+    count: int, exposure: float, design: float
+) -> None:
+    reading = rate_reading(count, exposure, design)
+    low, point, high = reading.priced()
+    assert low <= point <= high
+    assert point == (design if reading.too_little_exposure else reading.rate)
