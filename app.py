@@ -752,10 +752,16 @@ def events_panel(view: backend.RunView, text: str) -> None:
         column_config={
             "precision": st.column_config.NumberColumn("precision", format="%.3f"),
             "recall": st.column_config.NumberColumn("recall", format="%.3f"),
-            "median_delay_s": st.column_config.NumberColumn("median delay (s)", format="%.1f"),
+            "median_delay_s": st.column_config.NumberColumn(
+                backend.DELAY_COLUMN, format="%.1f", help=backend.NEGATIVE_DELAY_NOTE
+            ),
+            "delay_note": st.column_config.TextColumn("delay note"),
         },
         key="scores_table",
     )
+    early = backend.negative_delay_caption(rules)
+    if early:
+        st.caption(early)
     count = rules.get("count_accuracy")
     found = replicates_of(text)
     fa = reps.false_alarm_readings(found)[0].text() if found else "n/a"

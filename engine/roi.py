@@ -16,9 +16,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.rules.config import MissingRule
 from engine.rules.scoring import proportion_interval, rate_reading
 
 DAYS_PER_MONTH = 365.25 / 12
+# The rules' default design false-alarm rate (per day per 1,000 tags): what money assumes when a
+# measured rate rests on too little exposure (RateReading.priced, design.md).
+DESIGN_FALSE_ALARMS = MissingRule().false_alarms_per_day_per_1000_tags
 
 
 class RoiInputs(BaseModel):
@@ -100,6 +104,9 @@ class MeasuredMetrics:
     reviews_high: float | None = None
     false_alarm_rate_shown: str | None = None  # rate_reading(...).shown: the exposure rule
     reviews_rate_shown: str | None = None
+    # True when the point above is the design rate: the measured one had too little exposure
+    false_alarms_from_design: bool = False
+    reviews_from_design: bool = False
 
     def at_interval_end(self, end: str) -> MeasuredMetrics:
         """The metrics at the ``"low"`` (worse for the site: lowest recall, most alarms) or
@@ -352,6 +359,8 @@ def roi_report(inp: RoiInputs, m: MeasuredMetrics) -> dict[str, object]:
             },
             "false_alarm_rate_shown": m.false_alarm_rate_shown,
             "reviews_rate_shown": m.reviews_rate_shown,
+            "false_alarms_from_design": m.false_alarms_from_design,
+            "reviews_from_design": m.reviews_from_design,
         },
         "cumulative_base": [round(c, 2) for c in base.cumulative],
         "sensitivity": sensitivity(inp, m),
@@ -412,9 +421,12 @@ def _figure(
     return float(value)
 
 
-def measured_from_report(report: dict[str, object], source: str = "<report>") -> MeasuredMetrics:
+def measured_from_report(
+    report: dict[str, object], source: str = "<report>", design: float = DESIGN_FALSE_ALARMS
+) -> MeasuredMetrics:
     """The measured metrics of a twin run's report.json (twin/run.py), with the exact 95 %
-    intervals of theft recall and of the false-alarm and review rates. A figure the run could
+    intervals of theft recall and of the false-alarm and review rates; a rate from too little
+    exposure is priced at the ``design`` rate (RateReading.priced). A figure the run could
     not measure (no thefts injected: no theft recall) counts as 0, so it earns nothing.
     A field of the wrong type or out of range is a RoiReportError naming it."""
     metrics = _section(report, "metrics", "", source)
@@ -428,8 +440,23 @@ def measured_from_report(report: dict[str, object], source: str = "<report>") ->
         detected = int(_figure(exit_scores, "detected", where, source, incidents))
         low, high = proportion_interval(detected, incidents)
     exposure = _figure(rules, "thousand_tag_days", "metrics.rules.", source)
-    fa = rate_reading(int(_figure(rules, "false_alarms", "metrics.rules.", source, 1e12)), exposure)
-    rv = rate_reading(int(_figure(rules, "false_reviews", "metrics.rules.", source, 1e12)), exposure)
+    # Rates are priced by the too-little-exposure rule (RateReading.priced): a short run's
+    # extrapolated false-alarm rate never drives NPV alone. Without an exposure, the report's
+    # own figure (0 when absent) stands and has no interval.
+    alarm_rates = [
+        _figure(rules, "false_alarms_per_day_per_1000_tags", "metrics.rules.", source),
+        _figure(rules, "false_reviews_per_day_per_1000_tags", "metrics.rules.", source),
+    ]
+    priced: list[tuple[float | None, float, float | None, str | None, bool]] = []
+    for count_key, point in zip(("false_alarms", "false_reviews"), alarm_rates, strict=True):
+        if exposure <= 0:
+            priced.append((None, point, None, None, False))
+            continue
+        reading = rate_reading(
+            int(_figure(rules, count_key, "metrics.rules.", source, 1e12)), exposure, design
+        )
+        priced.append((*reading.priced(), reading.shown, reading.too_little_exposure))
+    fa, rv = priced
     return MeasuredMetrics(
         tags=int(_figure(report, "tags", "", source, 1e9)),
         gateways=int(_figure(report, "gateways", "", source, 1e9)),
@@ -437,18 +464,16 @@ def measured_from_report(report: dict[str, object], source: str = "<report>") ->
         zone_accuracy=_figure(metrics, "zone_accuracy", "metrics.", source, 1.0),
         coverage=_figure(metrics, "device_coverage", "metrics.", source, 1.0),
         count_accuracy=_figure(rules, "count_accuracy", "metrics.rules.", source, 1.0),
-        false_alarms_per_day_per_1000_tags=_figure(
-            rules, "false_alarms_per_day_per_1000_tags", "metrics.rules.", source
-        ),
-        reviews_per_day_per_1000_tags=_figure(
-            rules, "false_reviews_per_day_per_1000_tags", "metrics.rules.", source
-        ),
+        false_alarms_per_day_per_1000_tags=fa[1],
+        reviews_per_day_per_1000_tags=rv[1],
         theft_recall_low=low,
         theft_recall_high=high,
-        false_alarms_low=fa.low if exposure > 0 else None,
-        false_alarms_high=fa.high if exposure > 0 else None,
-        reviews_low=rv.low if exposure > 0 else None,
-        reviews_high=rv.high if exposure > 0 else None,
-        false_alarm_rate_shown=fa.shown if exposure > 0 else None,
-        reviews_rate_shown=rv.shown if exposure > 0 else None,
+        false_alarms_low=fa[0],
+        false_alarms_high=fa[2],
+        reviews_low=rv[0],
+        reviews_high=rv[2],
+        false_alarm_rate_shown=fa[3],
+        reviews_rate_shown=rv[3],
+        false_alarms_from_design=fa[4],
+        reviews_from_design=rv[4],
     )

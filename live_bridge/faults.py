@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -72,19 +73,58 @@ class Fault:
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
-            raise ValueError(f"fault {self.kind!r}: expected one of {', '.join(FAULT_KINDS)}")
-        if not (self.at_s >= 0 and self.down_s >= 0):
-            raise ValueError(f"fault {self.kind}: time and duration must be >= 0")
+            raise ValueError(f"KIND {self.kind!r}: expected one of {', '.join(FAULT_KINDS)}")
+        for name, value in (("T", self.at_s), ("DOWN", self.down_s)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} {value!r}: expected a time >= 0")
 
     @classmethod
     def parse(cls, text: str) -> Fault:
-        """``KIND@T`` or ``KIND@T+DOWN`` (seconds), as ``--fault`` takes it."""
-        kind, _, when = text.partition("@")
+        """``KIND@T`` or ``KIND@T+DOWN``, as ``--fault`` takes it; T (default 4 s) and DOWN
+        (default 3 s) are times as :func:`parse_seconds` reads them: ``broker-restart@30s``,
+        ``link-cut@10+30``, ``worker-kill@1.5m+500ms``. A bad one is a ValueError naming the
+        option and the field."""
+        kind, at_sign, when = text.partition("@")
+        at, _, down = when.partition("+")
         try:
-            at, _, down = when.partition("+")
-            return cls(kind.strip(), float(at) if at else 4.0, float(down) if down else 3.0)
+            if at_sign and not at.strip():
+                raise ValueError("T '': expected a time such as 30, 30s, 500ms or 2m")
+            return cls(kind.strip(), parse_seconds(at, "T") if at_sign else 4.0,
+                       parse_seconds(down, "DOWN") if down.strip() else 3.0)
         except ValueError as exc:
             raise ValueError(f"--fault {text!r}: {exc}") from None
+
+    def text(self) -> str:
+        """The ``--fault`` text that parses back to this fault exactly."""
+        return f"{self.kind}@{seconds_text(self.at_s)}+{seconds_text(self.down_s)}"
+
+
+# suffix -> seconds per unit; a bare number is seconds. Longest suffix first ("ms" before "s").
+TIME_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0))
+
+
+def seconds_text(value: float) -> str:
+    """``value`` seconds as text :func:`parse_seconds` reads back exactly (no '+', which
+    separates a fault's T from its DOWN)."""
+    return repr(float(value)).replace("e+", "e") + "s"
+
+
+def parse_seconds(text: str, field_name: str) -> float:
+    """A time in seconds from ``30``, ``30s``, ``1.5s``, ``500ms`` or ``2m`` (minutes): a finite
+    number >= 0 with an optional unit; ValueError naming ``field_name`` otherwise."""
+    raw = text.strip()
+    number, scale = raw, 1.0
+    for suffix, factor in TIME_UNITS:
+        if raw.lower().endswith(suffix):
+            number, scale = raw[: -len(suffix)], factor
+            break
+    try:
+        value = float(number) * scale
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0) or number.strip() != number or not number:
+        raise ValueError(f"{field_name} {text!r}: expected a time >= 0 such as 30, 30s, 500ms or 2m")
+    return value
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from engine.roi import RoiInputs
+from engine.rules.scoring import NEGATIVE_DELAY_NOTE
 from engine.truth import GroundTruth
 from live_bridge.wire import EVENTS_TOPIC, POSITIONS_TOPIC, PositionBatch
 from live_bridge.wire import Event as WireEvent
@@ -454,15 +455,22 @@ def run_view(scenario: Scenario, progress: Callable[[float], None] | None = None
     )
 
 
+# The delay column's title says what a negative delay is, so a bare −26 s never reads as an
+# error (issue 18; the scoring code's note, docs/rules.md "Negative delays are warnings").
+DELAY_COLUMN = "median delay (s; < 0: warned before the incident)"
+
+
 def score_rows(rules: Mapping[str, Any]) -> list[dict[str, Any]]:
     """metrics["rules"] as table rows: one per scored rule, with precision (share of its
     alarms an injected incident explains), recall (share of the incidents it is meant to
-    catch that it caught) and the median delay (docs/rules.md, scoring)."""
+    catch that it caught), the median delay (docs/rules.md, scoring) and, for a rule whose
+    alarms came before the incidents they warn of, a note saying so."""
     rows = []
     for rule, entry in rules.items():
         if not isinstance(entry, dict) or "precision" not in entry:
             continue
         delay = entry.get("delay_s") or {}
+        early = int(entry.get("negative_delays") or 0)
         rows.append(
             {
                 "rule": rule,
@@ -473,9 +481,26 @@ def score_rows(rules: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "detected": entry.get("detected"),
                 "recall": entry.get("recall"),
                 "median_delay_s": delay.get("median") if isinstance(delay, dict) else None,
+                "delay_note": f"{early} of {entry.get('detected') or 0} before the incident: "
+                "a warning, counted as detected"
+                if early
+                else "",
             }
         )
     return rows
+
+
+def negative_delay_caption(rules: Mapping[str, Any]) -> str | None:
+    """A line under the scores naming the rules with negative delays and why (the scoring
+    code's own note), or None when no delay is negative."""
+    early = [
+        rule
+        for rule, entry in rules.items()
+        if isinstance(entry, dict) and int(entry.get("negative_delays") or 0) > 0
+    ]
+    if not early:
+        return None
+    return f"Negative delays ({', '.join(early)}): {NEGATIVE_DELAY_NOTE}."
 
 
 def injected_incidents(rules: Mapping[str, Any]) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.roi import RoiInputs, measured_from_report, roi_report
+from engine.roi import DESIGN_FALSE_ALARMS, RoiInputs, measured_from_report, roi_report
 from engine.rules.scoring import RateReading, proportion_interval, rate_reading
 from planner.backend import RunView, run_view, scenario_dict, scenario_from_dict, scenario_toml
 from twin.scenario import parse_scenario
@@ -38,7 +38,6 @@ from twin.sweep import replicate_seeds as sweep_seeds
 
 DEFAULT_SEEDS = 3
 runs_submitted = 0  # simulations this process handed to a pool: lets tests prove caching
-DESIGN_FALSE_ALARMS = 0.25  # per day per 1,000 tags: the rules' default design rate
 
 # The run budget. Cost per run ~ fixed + per tag-second, calibrated on the demo warehouse
 # (benchmarks/planner.py prints the measured figures beside these estimates).
@@ -362,8 +361,7 @@ def roi_per_seed(
     rate when the exposure suffices and at the design rate when it does not (so a rate from
     too little exposure never drives NPV alone); plus NPV at the rates' upper bounds."""
     alarms, reviews = false_alarm_readings(reps, design)
-    fa = design if alarms.too_little_exposure else alarms.rate
-    fr = design if reviews.too_little_exposure else reviews.rate
+    fa, fr = alarms.priced()[1], reviews.priced()[1]
     npv, payback, pessimistic = [], [], []
     for r in reps:
         m = replace(
@@ -477,6 +475,7 @@ def roi_of_layout(found: Sequence[Replicate], inputs: RoiInputs) -> dict[str, An
     intervals (NPV is reported at both ends, ``npv_interval``) pool the seeds' counts: theft
     recall over all thefts, false alarms and reviews over all the tag-days."""
     alarms, reviews = false_alarm_readings(found)
+    (fa_low, fa, fa_high), (fr_low, fr, fr_high) = alarms.priced(), reviews.priced()
     ms = [measured_from_report(r.report) for r in found]
     thefts, caught = pooled_thefts(found)
     recall_low, recall_high = proportion_interval(caught, thefts) if thefts else (None, None)
@@ -490,20 +489,18 @@ def roi_of_layout(found: Sequence[Replicate], inputs: RoiInputs) -> dict[str, An
         zone_accuracy=mean("zone_accuracy"),
         coverage=mean("coverage"),
         count_accuracy=mean("count_accuracy"),
-        false_alarms_per_day_per_1000_tags=DESIGN_FALSE_ALARMS
-        if alarms.too_little_exposure
-        else alarms.rate,
-        reviews_per_day_per_1000_tags=DESIGN_FALSE_ALARMS
-        if reviews.too_little_exposure
-        else reviews.rate,
+        false_alarms_per_day_per_1000_tags=fa,
+        reviews_per_day_per_1000_tags=fr,
         theft_recall_low=recall_low,
         theft_recall_high=recall_high,
-        false_alarms_low=alarms.low,
-        false_alarms_high=alarms.high,
-        reviews_low=reviews.low,
-        reviews_high=reviews.high,
+        false_alarms_low=fa_low,
+        false_alarms_high=fa_high,
+        reviews_low=fr_low,
+        reviews_high=fr_high,
         false_alarm_rate_shown=alarms.shown,
         reviews_rate_shown=reviews.shown,
+        false_alarms_from_design=alarms.too_little_exposure,
+        reviews_from_design=reviews.too_little_exposure,
     )
     return roi_report(inputs, measured)
 

@@ -509,7 +509,7 @@ def roi(
     as_json: Annotated[Path | None, typer.Option("--json", help="write the full result as JSON to FILE")] = None,
 ) -> None:
     """Payback, NPV and TCO from measured performance: base, best, worst, and what moves payback."""
-    from engine.roi import RoiReportError, measured_from_report, read_report, roi_report
+    from engine.roi import DESIGN_FALSE_ALARMS, RoiReportError, measured_from_report, read_report, roi_report
 
     sc = _load(scenario)
     try:
@@ -547,9 +547,12 @@ def roi(
         f"{npv['point']:,.0f} (point) .. {npv['high']:,.0f} (high end)",
         markup=False, highlight=False,
     )
-    for label, key in (("false alarms", "false_alarm_rate_shown"), ("reviews", "reviews_rate_shown")):
+    for label, key, flag in (("false alarms", "false_alarm_rate_shown", "false_alarms_from_design"),
+                             ("reviews", "reviews_rate_shown", "reviews_from_design")):
         if npv.get(key):
-            console.print(f"{label}: {npv[key]}", markup=False, highlight=False)
+            design = (f"; NPV's point uses the design rate ({DESIGN_FALSE_ALARMS:g} per day per 1,000 "
+                      "tags) instead" if npv.get(flag) else "")
+            console.print(f"{label}: {npv[key]}{design}", markup=False, highlight=False)
     sens = Table(title=f"sensitivity: each input -/+ {sc.roi.sensitivity_pct:g} %")
     for col in ("input", "payback low", "payback high", "NPV low", "NPV high"):
         sens.add_column(col, justify="right")
@@ -1120,17 +1123,33 @@ def loadtest(
     publishers: Annotated[int | None, typer.Option(help="publisher processes (default: as the rate needs)")] = None,
     pool: Annotated[int | None, typer.Option(help="N pool workers share the sites (default: one a site)")] = None,
     wire: Annotated[int, typer.Option(help="wire format the publishers send: 1 objects, 2 columns")] = 1,
-    fault: Annotated[list[str] | None, typer.Option(help="KIND@T[+DOWN], e.g. broker-restart@30+3")] = None,
+    fault: Annotated[list[str] | None, typer.Option(
+        help="KIND@T[+DOWN]; times as 30, 30s, 500ms or 2m, e.g. broker-restart@30s+3s")] = None,
     slo: Annotated[list[str] | None, typer.Option(help="NAME=BOUND (none to drop one), e.g. completeness=1")] = None,
     worker_setting: Annotated[list[str] | None, typer.Option(help="worker setting NAME=VALUE (JSON value)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="directory for index.html and report.json")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="directory for index.html, report.json, perf.json")] = None,
     quiet: Annotated[bool, typer.Option(help="no live progress lines")] = False,
+    creds: CredsOpt = None,
 ) -> None:
     """Load-test the pipeline with the scenario's traffic; exit 1 when an SLO fails."""
+    import os
+
+    from live_bridge.backbone import CREDS_ENV as NATS_CREDS_ENV
+
+    # Credentials as serve and twin-publish take them (design.md): --creds or the environment,
+    # handed to every process this run starts through the environment (a path, not a secret).
+    if mqtt is not None:
+        _broker_setup(mqtt, creds)
+    elif creds is not None:
+        if nats is None:
+            err_console.print("loadtest: --creds needs --nats or --mqtt (the embedded backbone has no login)",
+                              markup=False)
+            raise typer.Exit(2)
+        os.environ[NATS_CREDS_ENV] = str(_nats_creds(creds))
     from live_bridge.faults import Fault
     from live_bridge.natsserver import NatsServerError
-    from tagtwin.loadtest import LoadTestError, LoadTestOptions, Ramp, run_loadtest, write_outputs
+    from tagtwin.loadtest import LoadTestError, LoadTestOptions, Ramp, parse_slos, run_loadtest, write_outputs
 
     def pairs(items: list[str] | None, what: str) -> dict[str, object]:
         out_: dict[str, object] = {}
@@ -1149,7 +1168,7 @@ def loadtest(
             scenario=scenario, sites=sites, rate=rate, multiplier=multiplier,
             ramp=Ramp.parse(ramp) if ramp else None, duration_s=duration, nats_url=nats, mqtt_url=mqtt,
             publishers=publishers, pool=pool, wire=wire, faults=[Fault.parse(f) for f in fault or []],
-            slo={k: None if v is None else float(v) for k, v in pairs(slo, "--slo").items()},  # type: ignore[arg-type]
+            slo=parse_slos(slo or []),
             worker_settings=pairs(worker_setting, "--worker-setting"),
             progress=None if quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
         )

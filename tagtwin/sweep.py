@@ -72,7 +72,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_column("Pareto", justify="center")
     for v in summary["variants"]:
         name = v["name"] + (f" ({v['failed']} failed)" if v["failed"] else "")
-        cells = [_cell(v["metrics"][k], fmt) for k, _, fmt in SHOWN]
+        cells = [_cell(v["metrics"][k], fmt) + ("*" if k == "npv" and v.get("npv_note") else "")
+                 for k, _, fmt in SHOWN]
         diff = "base" if v["variant"] == 0 else _diff(v["vs_base"]["p90_error_m"], "{:.2f}")
         table.add_row(name, *cells, diff, "✓" if v["name"] in front else "")
     return table
@@ -124,6 +125,9 @@ def run_sweep_command(
     if report_json is not None:
         report_json.write_text(summary_json(summary))
     console.print(summary_table(summary))
+    for v in summary["variants"]:
+        if v.get("npv_note"):
+            console.print(f"* {v['name']}: {v['npv_note']}", markup=False, highlight=False)
     console.print(f"Pareto front (cost vs p90 error): {', '.join(summary['pareto']['front']) or '-'}",
                   highlight=False)
     console.print(f"{len(runs)} runs in {wall:.1f} s ({where}); wrote {paths['runs']} and {paths['summary']}",

@@ -673,6 +673,11 @@ def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     assert incidents > 0 and 0.9 <= recall <= 1.0 and 0.9 <= precision <= 1.0
     assert recall == pytest.approx(detected / incidents, abs=1e-3)
     print(f"\nPLANNER_EXIT_SCORES precision {precision} recall {recall} ({detected}/{incidents})")
+    # Issue 18: a negative delay (battery_low warns before the cell dies) is not left bare:
+    # the delay column's title says what it means, and a note column is beside it.
+    headers = [h.strip() for h in scores.locator('[role="columnheader"]').all_text_contents()]
+    assert "median delay (s; < 0: warned before the incident)" in headers, headers
+    assert "delay note" in headers, headers
     shot(pg, "events", pg.get_by_text("Events the rules raised"))
 
     # A broken upload is refused with the file and field named.

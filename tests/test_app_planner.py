@@ -561,3 +561,26 @@ def test_live_events_newest_first_by_event_time_whatever_the_arrival_order():
         body = {"v": 1, "t": t, "kind": "zone-change", "dev": "a", "detail": {"from": "x", "to": "y"}}
         feed.on_message(backend.EVENTS_TOPIC, json.dumps(body))
     assert [e["t"] for e in feed.recent_events()] == [30.0, 20.0, 10.0]
+
+
+def test_a_negative_delay_is_explained_where_the_planner_shows_it():
+    """Issue 18: battery_low's median delay of about -26 s sat bare in the planner's table.
+    The column title says what a negative delay is; a rule with one gets a note and a line
+    under the table carrying the scoring code's explanation."""
+    from engine.rules.scoring import NEGATIVE_DELAY_NOTE
+
+    rules = {
+        "battery_low": {"events": 8, "true_positives": 8, "precision": 1.0, "incidents": 8,
+                        "detected": 8, "recall": 1.0, "delay_s": {"median": -26.75},
+                        "negative_delays": 8, "negative_delay_note": NEGATIVE_DELAY_NOTE},
+        "missing_tag": {"events": 9, "true_positives": 9, "precision": 1.0, "incidents": 9,
+                        "detected": 9, "recall": 1.0, "delay_s": {"median": 2.1}},
+    }
+    rows = {r["rule"]: r for r in backend.score_rows(rules)}
+    assert rows["battery_low"]["median_delay_s"] == -26.75
+    assert rows["battery_low"]["delay_note"] == "8 of 8 before the incident: a warning, counted as detected"
+    assert rows["missing_tag"]["delay_note"] == ""
+    assert "before the incident" in backend.DELAY_COLUMN
+    caption = backend.negative_delay_caption(rules)
+    assert caption == f"Negative delays (battery_low): {NEGATIVE_DELAY_NOTE}."
+    assert backend.negative_delay_caption({"missing_tag": rules["missing_tag"]}) is None

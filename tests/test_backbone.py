@@ -396,7 +396,13 @@ def test_twin_publish_survives_a_backbone_restart(nats_server):
         await ensure_streams(nc.jetstream(), SITE)
         pub = asyncio.create_task(publish_twin_nats(result, keys, nats_server.url, site=SITE, realtime=True,
                                                     speed=2.0, batch_s=0.25))
-        await asyncio.sleep(0.6)
+        # Kill once the stream has acknowledged a first batch (not after a fixed sleep, which on
+        # a busy machine could come before the first publish): the kill then lands mid-publish.
+        js, deadline = nc.jetstream(), time.monotonic() + 60
+        while (before := (await js.stream_info(raw_stream(SITE))).state.messages) < 1:
+            assert not pub.done(), "the publisher ended before a batch was stored"
+            assert time.monotonic() < deadline, "timed out waiting for the first stored batch"
+            await asyncio.sleep(0.02)
         await asyncio.to_thread(nats_server.kill)
         assert not pub.done()  # killed mid-publish
         await asyncio.sleep(1.0)
@@ -404,10 +410,10 @@ def test_twin_publish_survives_a_backbone_restart(nats_server):
         sent = await asyncio.wait_for(pub, 60)
         info = await nc.jetstream().stream_info(raw_stream(SITE))
         await nc.close()
-        return sent, info
+        return sent, info, before
 
-    sent, info = asyncio.run(main())
-    assert sent["stored"] == sent["batches"] > 0
+    sent, info, before = asyncio.run(main())
+    assert sent["stored"] == sent["batches"] > before  # batches were still to come at the kill
     assert info.state.messages >= sent["batches"]  # every batch stored (a re-send may repeat)
 
 

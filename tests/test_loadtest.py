@@ -7,6 +7,8 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +18,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from live_bridge.faults import FAULT_KINDS, Fault, parse_seconds
 from live_bridge.wire import verify_signed
 from tagtwin.loadgen import PublisherSpec, Schedule, TickBuilder, encode_gateway_batch
-from tagtwin.loadtest import Ramp, assign_publishers, percentiles, site_traffic
+from tagtwin.loadtest import (
+    SLO_NAMES,
+    LoadTestError,
+    Ramp,
+    assign_publishers,
+    parse_slos,
+    percentiles,
+    site_traffic,
+    slo_text,
+)
 from tests import live_fixtures
 from twin.scenario import load_scenario
 
@@ -115,11 +127,85 @@ def test_only_windows_that_closed_on_traffic_are_judged():
     assert not judged(100.0 + 58.27)
 
 
-def test_bad_options_are_one_line_errors():
+def test_bad_options_are_one_line_errors(tmp_path: Path):
     res = run_cli(str(SCENARIO), "--ramp", "fast", "--quiet")
     assert res.returncode == 2 and "--ramp 'fast'" in res.stderr and "Traceback" not in res.stderr
     res = run_cli(str(SCENARIO), "--fault", "link-cut@3", "--quiet")
     assert res.returncode == 2 and "loadtest injects" in res.stderr
+    res = run_cli(str(SCENARIO), "--fault", "broker-restart@30x", "--quiet")
+    assert res.returncode == 2 and "--fault 'broker-restart@30x': T '30x': expected a time" in res.stderr
+    res = run_cli(str(SCENARIO), "--slo", "completeness=all", "--quiet")
+    assert res.returncode == 2 and "completeness: expected a number >= 0 or none" in res.stderr
+    # --creds as serve and twin-publish take it: checked before anything starts
+    res = run_cli(str(SCENARIO), "--creds", str(tmp_path / "x.creds"), "--quiet")
+    assert res.returncode == 2 and "--creds needs --nats or --mqtt" in res.stderr
+    loose = tmp_path / "loose.creds"
+    loose.write_text("-----BEGIN NATS USER JWT-----\n")
+    loose.chmod(0o644)
+    res = run_cli(str(SCENARIO), "--nats", "nats://127.0.0.1:1", "--creds", str(loose), "--quiet")
+    assert res.returncode == 2 and str(loose) in res.stderr and "Traceback" not in res.stderr
+    for r in (res,):
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+# -- the option parsers: round trips and errors that name the field --------------------------
+
+TIMES = st.floats(0, 1e9, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(FAULT_KINDS), at=TIMES, down=TIMES)
+def test_a_fault_parses_back_from_its_text(kind: str, at: float, down: float):
+    fault = Fault(kind, at, down)
+    assert Fault.parse(fault.text()) == fault
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.floats(1e-6, 1e9), factor=st.floats(1.0001, 100), step=st.floats(1e-6, 1e6))
+def test_a_ramp_parses_back_from_its_text(start: float, factor: float, step: float):
+    ramp = Ramp(start, factor, step)
+    assert Ramp.parse(ramp.text()) == ramp
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(SLO_NAMES), st.none() | st.floats(0, 1e12)))
+def test_slos_parse_back_from_their_text(slos: dict[str, float | None]):
+    assert parse_slos([slo_text(k, v) for k, v in slos.items()]) == slos
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=30))
+def test_any_option_text_is_a_value_or_a_one_line_error_naming_the_option(text: str):
+    for parse, option in ((Fault.parse, "--fault"), (Ramp.parse, "--ramp"), (lambda t: parse_slos([t]), "--slo")):
+        try:
+            parse(text)
+        except ValueError as exc:  # LoadTestError is a ValueError
+            assert str(exc).startswith(option) and "\n" not in str(exc).strip()
+
+
+def test_times_take_a_unit_and_errors_name_the_field():
+    """The issue's own example, ``--fault broker-restart@30s``, and the units accepted."""
+    assert Fault.parse("broker-restart@30s") == Fault("broker-restart", 30.0, 3.0)
+    assert Fault.parse("link-cut@10+30") == Fault("link-cut", 10.0, 30.0)
+    assert Fault.parse("worker-kill@1.5m+500ms") == Fault("worker-kill", 90.0, 0.5)
+    assert Fault.parse("worker-kill") == Fault("worker-kill", 4.0, 3.0)
+    assert [parse_seconds(t, "T") for t in ("30", "30s", "30S", "2m", "250ms", "1e1s")] == [30, 30, 30, 120, 0.25, 10]
+    for text, field in (("broker-restart@", "T ''"), ("broker-restart@-1s", "T '-1s'"),
+                        ("broker-restart@3+xs", "DOWN 'xs'"), ("broker-restart@infs", "T 'infs'"),
+                        ("meteor@3", "KIND 'meteor'")):
+        with pytest.raises(ValueError, match="^" + re.escape(f"--fault '{text}': {field}")):
+            Fault.parse(text)
+    assert Ramp.parse("5000:1.5:10s") == Ramp(5000, 1.5, 10)
+    for text, field in (("x:1.5:10", "START 'x'"), ("5000:1:10", "FACTOR '1'"), ("5000:2:0", "STEP_S '0'"),
+                        ("5000:2:10q", "STEP_S '10q'")):
+        with pytest.raises(LoadTestError, match="^" + re.escape(f"--ramp '{text}': {field}")):
+            Ramp.parse(text)
+    with pytest.raises(LoadTestError, match=r"^--slo p99_latency: expected one of"):
+        parse_slos(["p99_latency=3"])
+    with pytest.raises(LoadTestError, match=r"^--slo 'completeness': expected NAME=BOUND"):
+        parse_slos(["completeness"])
+    assert parse_slos(["p99_publish_ack_ms=100", "completeness = none"]) == {
+        "p99_publish_ack_ms": 100.0, "completeness": None}
 
 
 @pytest.mark.integration
@@ -154,6 +240,13 @@ def test_short_run_reconciles_every_sighting_and_fails_an_impossible_slo(tmp_pat
     assert report["sites"] == ["static-open-1", "static-open-2"] and report["workers"] == 2
     assert sum(p["role"] == "worker" for p in report["processes"].values()) == 2
     assert (tmp_path / "html" / "index.html").read_text().count("data:image/png;base64,") == 1
+    # what made it (design.md): tool version, scenario hash, seed; the wall clock in perf.json
+    scenario = load_scenario(SCENARIO)
+    from twin.run import scenario_sha256, tool_version
+
+    assert report["tool"] == {"name": "tagtwin", "version": tool_version()}
+    assert report["scenario_sha256"] == scenario_sha256(scenario) and report["seed"] == scenario.seed
+    assert json.loads((tmp_path / "html" / "perf.json").read_text())["created_utc"].startswith("20")
     assert "SLO failed: p99_close_to_position_ms" in res.stderr
 
 
@@ -163,13 +256,49 @@ mosquitto = live_fixtures.mosquitto  # fixture: a real broker on a free loopback
 @pytest.mark.integration
 def test_mqtt_mode_measures_the_broker_side_only(mosquitto, tmp_path: Path):
     out = tmp_path / "report.json"
+    # --slo p99_publish_ack_ms (docs/load-testing.md) is the bound --mqtt judges
     res = run_cli(str(SCENARIO), "--mqtt", mosquitto.url, "--multiplier", "0.25", "--duration", "3", "--json",
-                  str(out), "--quiet")
+                  str(out), "--quiet", "--slo", "p99_publish_ack_ms=60000")
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads(out.read_text())
+    assert report["slo"]["p99_publish_ack_ms"]["bound"] == 60000.0
     assert report["published"] == report["generated"] > 1000  # every QoS 1 publish acknowledged
     assert report["processed"] is None and report["latency_ms"] is None
     assert set(report["slo"]) == {"p99_publish_ack_ms"} and report["publish_ack_ms"]["p50"] is not None
+
+
+@pytest.mark.integration
+def test_mqtt_mode_logs_in_with_creds(tmp_path: Path):
+    """``--creds FILE`` as serve and twin-publish take it (design.md): a broker that refuses
+    anonymous clients takes the load test's publishers with the file's login."""
+    import shutil
+
+    if shutil.which("mosquitto") is None or shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto is not installed (tests/system-packages.txt)")
+    passwd = tmp_path / "passwd"
+    passwd.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "lt", "s3cret"], check=True, capture_output=True)
+    passwd.chmod(0o600)
+    port = live_fixtures.free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
+                    "persistence false\nmax_inflight_messages 0\nmax_queued_messages 100000\n"
+                    + ("user root\n" if os.geteuid() == 0 else ""))  # as root it would drop to a user
+    creds = tmp_path / "lt.toml"
+    creds.write_text('username = "lt"\npassword = "s3cret"\n')
+    creds.chmod(0o600)
+    broker = live_fixtures.Broker(conf, port)
+    broker.start()
+    try:
+        out = tmp_path / "report.json"
+        res = run_cli(str(SCENARIO), "--mqtt", f"mqtt://127.0.0.1:{port}", "--creds", str(creds),
+                      "--multiplier", "0.1", "--duration", "2", "--json", str(out), "--quiet")
+    finally:
+        broker.stop()
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["published"] == report["generated"] > 0  # every QoS 1 publish acknowledged
+    assert "s3cret" not in out.read_text()
 
 
 def test_slos_come_from_the_scenario_and_the_command_line_overrides(tmp_path: Path):
@@ -186,3 +315,7 @@ def test_slos_come_from_the_scenario_and_the_command_line_overrides(tmp_path: Pa
     assert slos["completeness"] == (1.0, "min") and "p99_advert_to_position_ms" not in slos
     with pytest.raises(LoadTestError, match="--slo p99_latency"):
         LoadTest(LoadTestOptions(scenario=scenario, slo={"p99_latency": 1.0}))
+    # --mqtt judges the broker-side bound alone, as docs/load-testing.md says --slo sets it
+    slos = LoadTest(LoadTestOptions(scenario=scenario, mqtt_url="mqtt://127.0.0.1:1883",
+                                    slo={"p99_publish_ack_ms": 100.0})).slos
+    assert slos == {"p99_publish_ack_ms": (100.0, "max")}

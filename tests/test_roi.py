@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
 
-from engine.roi import MeasuredMetrics, RoiInputs, evaluate_case, measured_from_report, roi_report
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.roi import (
+    DESIGN_FALSE_ALARMS,
+    MeasuredMetrics,
+    RoiInputs,
+    evaluate_case,
+    measured_from_report,
+    roi_report,
+)
 from engine.rules.scoring import proportion_interval, rate_reading
+from tests.conftest import SCENARIOS
 
 ZERO_COSTS = {
     "tag_cost": 0,
@@ -174,26 +191,12 @@ def test_npv_at_both_ends_of_the_measured_intervals() -> None:
     interval from the scoring code; NPV at the low end (least recall, most alarms) < point <
     high end, and the alarm rate is flagged as too little exposure."""
     exposure = 200 * 600 / 86_400 / 1000
-    report = {
-        "tags": 200,
-        "gateways": 11,
-        "metrics": {
-            "zone_accuracy": 0.7,
-            "device_coverage": 1.0,
-            "rules": {
-                "exit_without_checkout": {"incidents": 24, "detected": 23, "recall": 23 / 24},
-                "count_accuracy": 0.75,
-                "false_alarms": 2,
-                "false_reviews": 0,
-                "thousand_tag_days": exposure,
-                "false_alarms_per_day_per_1000_tags": 2 / exposure,
-            },
-        },
-    }
+    report = short_run_report()
     m = measured_from_report(report)
     assert (m.theft_recall_low, m.theft_recall_high) == proportion_interval(23, 24)
-    fa = rate_reading(2, exposure)
-    assert (m.false_alarms_low, m.false_alarms_high) == (fa.low, fa.high)
+    fa = rate_reading(2, exposure, DESIGN_FALSE_ALARMS)
+    # the interval, widened to hold the design rate that prices the point (too little exposure)
+    assert (m.false_alarms_low, m.false_alarms_high) == (DESIGN_FALSE_ALARMS, fa.high)
     assert m.false_alarm_rate_shown == fa.shown
     assert fa.shown.startswith("too little exposure (upper bound 4,5")
     rep = roi_report(RoiInputs(), m)
@@ -207,3 +210,73 @@ def test_npv_at_both_ends_of_the_measured_intervals() -> None:
     assert npv["low"] == round(evaluate_case(RoiInputs(), low).npv, 2)
     # no reviews, but zero events still have an interval (0 .. 3.69 / exposure)
     assert m.reviews_low == 0.0 and m.reviews_high and m.reviews_high > 0
+
+
+def short_run_report(false_alarms: int = 2, seconds: float = 600.0, tags: int = 200) -> dict[str, object]:
+    """Issue 18's case: a short run's alarms extrapolated to a daily rate (2 in 600 s of 200
+    tags is 1,440 per day per 1,000 tags)."""
+    exposure = tags * seconds / 86_400 / 1000
+    return {
+        "tags": tags,
+        "gateways": 11,
+        "metrics": {
+            "zone_accuracy": 0.7,
+            "device_coverage": 1.0,
+            "rules": {
+                "exit_without_checkout": {"incidents": 24, "detected": 23, "recall": 23 / 24},
+                "count_accuracy": 0.75,
+                "false_alarms": false_alarms,
+                "false_reviews": 0,
+                "thousand_tag_days": exposure,
+                "false_alarms_per_day_per_1000_tags": false_alarms / exposure,
+                "false_reviews_per_day_per_1000_tags": 0.0,
+            },
+        },
+    }
+
+
+def test_a_rate_from_too_little_exposure_never_drives_the_point_npv() -> None:
+    """design.md's rule, one code path (RateReading.priced): 2 alarms in 600 s are priced at
+    the design rate, flagged, and the interval widened to hold it; the bare 1,440 per day
+    would have made NPV negative."""
+    report = short_run_report()
+    m = measured_from_report(report)
+    assert m.false_alarms_from_design and m.reviews_from_design
+    assert m.false_alarms_per_day_per_1000_tags == DESIGN_FALSE_ALARMS
+    assert m.false_alarms_low is not None and m.false_alarms_high is not None
+    assert m.false_alarms_low <= DESIGN_FALSE_ALARMS <= m.false_alarms_high
+    bare = replace(m, false_alarms_per_day_per_1000_tags=1440.0)
+    assert evaluate_case(RoiInputs(), bare).npv < 0 < evaluate_case(RoiInputs(), m).npv
+    rep = roi_report(RoiInputs(), m)
+    iv = rep["npv_interval"]
+    assert isinstance(iv, dict)
+    assert iv["false_alarms_from_design"] is True
+    assert iv["low"] < iv["point"] < iv["high"]
+    # enough exposure (200 alarms in 50 thousand tag-days: 4 per day, upper 4.5): the measured point
+    long = measured_from_report(short_run_report(200, 86_400 * 250.0))
+    assert not long.false_alarms_from_design
+    assert long.false_alarms_per_day_per_1000_tags == pytest.approx(4.0)
+
+
+def test_tagtwin_roi_says_the_point_uses_the_design_rate(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(short_run_report()))
+    out = subprocess.run(
+        [sys.executable, "-m", "tagtwin", "roi", str(SCENARIOS / "demo.toml"), "--report", str(path)],
+        check=False, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
+    )
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("false alarms:"))
+    assert line.startswith("false alarms: too little exposure (upper bound 4,5")
+    assert f"NPV's point uses the design rate ({DESIGN_FALSE_ALARMS:g} per day per 1,000 tags)" in line
+
+
+@settings(max_examples=200, deadline=None)
+@given(count=st.integers(0, 500), exposure=st.floats(1e-5, 1e4), design=st.floats(0.01, 10))
+def test_a_priced_rate_is_the_point_or_the_design_rate_inside_its_interval(
+    count: int, exposure: float, design: float
+) -> None:
+    reading = rate_reading(count, exposure, design)
+    low, point, high = reading.priced()
+    assert low <= point <= high
+    assert point == (design if reading.too_little_exposure else reading.rate)

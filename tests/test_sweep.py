@@ -415,3 +415,39 @@ def test_a_run_batch_returns_each_job_or_its_exception_and_a_cancel_leaves_no_wo
     while not set(mp.active_children()) <= others and time.monotonic() < deadline:
         time.sleep(0.05)
     assert set(mp.active_children()) <= others
+
+
+def test_a_thin_false_alarm_rate_prices_npv_at_the_design_rate_and_says_so() -> None:
+    """Issue 18's case through a sweep's row: 2 alarms in 600 s of 200 tags (1,440 per day per
+    1,000 tags if extrapolated) price NPV at the design rate, the row flags it, the summary
+    and the terminal table say so."""
+    from engine.roi import DESIGN_FALSE_ALARMS, evaluate_case, measured_from_report
+    from tagtwin.sweep import summary_table
+    from tests.test_roi import short_run_report
+    from twin.scenario import load_scenario
+    from twin.sweep import metrics_row
+
+    scenario = load_scenario(DEMO)
+    report = short_run_report()
+    row = metrics_row(scenario, report)
+    assert row["npv_at_design_false_alarms"] == 1 and row["false_alarms"] == 2
+    m = measured_from_report(report)
+    assert m.false_alarms_per_day_per_1000_tags == DESIGN_FALSE_ALARMS
+    assert row["npv"] == evaluate_case(scenario.roi, m).npv > 0
+    spec = parse_spec(f'scenario = "{DEMO}"\nseeds = 2\n', "s.toml")
+    rows = [{"run": r.run, "variant": r.variant, "replicate": r.replicate, "seed": r.seed, "error": ""} | row
+            for r in plan_runs(spec)]
+    summary = summarize(spec, rows)
+    v = summary["variants"][0]
+    assert v["npv_at_design_false_alarms"] == 2
+    assert v["npv_note"].startswith(f"NPV prices false alarms at the design rate ({DESIGN_FALSE_ALARMS:g} per")
+    assert "in 2 of 2 runs" in v["npv_note"]
+    # the variant's pooled rate (4 alarms in 1,200 s of 200 tags) is shown by the exposure rule
+    assert v["false_alarm_rate"]["events"] == 4 and v["false_alarm_rate"]["too_little_exposure"] is True
+    assert v["false_alarm_rate"]["shown"].startswith("too little exposure (upper bound")
+    from rich.console import Console
+
+    console = Console(width=250, record=True)
+    console.print(summary_table(summary))
+    assert "*" in console.export_text()
+    assert runs_table(spec, rows).column("npv_at_design_false_alarms").to_pylist() == [1, 1]

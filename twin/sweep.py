@@ -41,7 +41,8 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.capture import CaptureError, read_gateways
-from engine.roi import evaluate_case, measured_from_report
+from engine.roi import DESIGN_FALSE_ALARMS, evaluate_case, measured_from_report
+from engine.rules.scoring import rate_reading
 from siteplan.config_file import ConfigFileError, load_toml, parse_model, read_text, validation_problems
 from siteplan.schema import Gateways
 from twin.scenario import Scenario, load_scenario
@@ -63,7 +64,8 @@ METRICS: tuple[tuple[str, bool], ...] = (
     ("opex_per_month", True),
     ("npv", False),
 )
-COUNTS = ("tags", "gateways", "sightings", "fixes", "incidents", "alarms")
+COUNTS = ("tags", "gateways", "sightings", "fixes", "incidents", "alarms", "false_alarms",
+          "npv_at_design_false_alarms")  # last: 1 when the run's rate had too little exposure
 COST_KEY, ACCURACY_KEY = "cost", "p90_error_m"  # the Pareto front's two axes
 LAYOUT_AXIS = "layouts"  # the one reserved key of [axes]: gateway layout files
 OWN_LAYOUT = "scenario"  # in axes.layouts: the scenario's own gateways
@@ -438,7 +440,8 @@ def metrics_row(scenario: Scenario, report: Mapping[str, Any]) -> dict[str, floa
     quality, and cost and NPV from the scenario's [roi] on what the run measured."""
     m = report["metrics"]
     rules = m.get("rules") or {}
-    case = evaluate_case(scenario.roi, measured_from_report(dict(report)))
+    measured = measured_from_report(dict(report))  # the too-little-exposure rule prices alarms
+    case = evaluate_case(scenario.roi, measured)
     incidents = rules.get("incidents") or {}
     row: dict[str, float | int] = {
         "median_error_m": _number(m.get("median_error_m")),
@@ -456,6 +459,9 @@ def metrics_row(scenario: Scenario, report: Mapping[str, Any]) -> dict[str, floa
         "fixes": int(m.get("fixes") or 0),
         "incidents": int(sum(incidents.values())) if isinstance(incidents, dict) else 0,
         "alarms": int(rules.get("alarms") or 0),
+        "false_alarms": int(rules.get("false_alarms") or 0),
+        "npv_at_design_false_alarms": int(measured.false_alarms_from_design or measured.reviews_from_design),
+        "thousand_tag_days": _number(rules.get("thousand_tag_days")),  # the false alarms' exposure
     }
     return row
 
@@ -482,7 +488,7 @@ def _head(planned: PlannedRun) -> dict[str, Any]:
 def failed_row(planned: PlannedRun, exc: BaseException) -> dict[str, Any]:
     """The row of a run that raised, or whose worker died: NaN metrics and the reason."""
     return _head(planned) | {k: math.nan for k, _ in METRICS} | dict.fromkeys(COUNTS, 0) | {
-        "error": f"{type(exc).__name__}: {exc}"}
+        "thousand_tag_days": math.nan, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def machine_workers() -> int:
@@ -681,6 +687,7 @@ def runs_table(spec: SweepSpec, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
         cols[key] = pa.array([float(r[key]) for r in rows], pa.float64())
     for key in COUNTS:
         cols[key] = pa.array([int(r[key]) for r in rows], pa.int64())
+    cols["thousand_tag_days"] = pa.array([float(r["thousand_tag_days"]) for r in rows], pa.float64())
     cols["error"] = pa.array([r["error"] for r in rows], pa.string())
     return pa.table(cols)
 
@@ -741,11 +748,24 @@ def summarize(spec: SweepSpec, rows: Sequence[Mapping[str, Any]]) -> dict[str, A
     for v in spec.variants:
         mine = by_variant.get(v.index, {})
         metrics = {k: mean_ci(float(r[k]) for r in mine.values()) for k, _ in METRICS}
+        from_design = sum(int(r.get("npv_at_design_false_alarms", 0)) for r in mine.values())
+        exposure = sum(float(r["thousand_tag_days"]) for r in mine.values()
+                       if math.isfinite(float(r.get("thousand_tag_days", math.nan))))
         entry: dict[str, Any] = {
             "variant": v.index, "name": v.name, "values": v.labels,
             "runs": len(spec.seeds), "failed": len(spec.seeds) - len(mine),
             "metrics": metrics,
+            # design.md's too-little-exposure rule: how many runs' NPV used the design rate
+            "npv_at_design_false_alarms": from_design,
+            # pooled over the variant's runs, shown by the exposure rule (design.md), never bare
+            "false_alarm_rate": rate_reading(sum(int(r.get("false_alarms", 0)) for r in mine.values()),
+                                             exposure, DESIGN_FALSE_ALARMS).as_dict() if exposure > 0 else None,
         }
+        if from_design:
+            entry["npv_note"] = (
+                f"NPV prices false alarms at the design rate ({DESIGN_FALSE_ALARMS:g} per day per "
+                f"1,000 tags) in {from_design} of {len(mine)} runs: too little exposure to use "
+                "the measured rate")
         if v.index != 0:
             shared = sorted(set(mine) & set(base))
             entry["vs_base"] = {

@@ -438,6 +438,16 @@ class RateReading:
             return f"too little exposure (upper bound {_fmt(self.upper)})"
         return f"{_fmt(self.rate)} per day per 1,000 tags (95 % upper bound {_fmt(self.upper)})"
 
+    def priced(self) -> tuple[float, float, float]:
+        """(low, point, high) for a money figure: the point and its 95 % interval when the
+        exposure suffices. With too little exposure the design rate is the point, since such a
+        rate must not drive money alone (2 alarms in 600 s of 200 tags is 1,440 per day per
+        1,000 tags), and the interval is widened to hold it, so low <= point <= high.
+        The one place this substitution is made: ROI, sweeps and the planner call it."""
+        if not self.too_little_exposure:
+            return self.low, self.rate, self.high
+        return min(self.low, self.design), self.design, max(self.high, self.design)
+
     def as_dict(self) -> dict[str, object]:
         """JSON-ready (None where there was no exposure)."""
 
