@@ -381,32 +381,39 @@ def _wls_rows(
     gws = (gw_xyz[cols, 0], gw_xyz[cols, 1], (gw_xyz[cols, 2] - tag_z) ** 2, cols)
     filled = np.where(w > 0, r, -np.inf).T
     xy0 = weighted_centroid(filled, gw_xyz[cols.T, :2], exponent)
+    gateway_starts = obstacle_map is not None and r.shape[0] > 1
+    gated = gateway_starts and gateway_starts_above > 0
     starts = [xy0]
-    if obstacle_map is not None and r.shape[0] > 1:
+    if gateway_starts and not gated:
         strongest = np.take_along_axis(cols.T, np.argsort(-filled, axis=1)[:, :2], axis=1)
         starts += [gw_xyz[strongest[:, j], :2] + 0.5 for j in range(2)]
     # The start itself is a candidate: a row whose iterations made it worse keeps it.
     bx, by = xy0[:, 0].copy(), xy0[:, 1].copy()
     best = _wls_cost(r, w, p0, gws, bx, by, exponent, obstacle_map)
     rows32 = _Float32Rows.of(r, w, p0, gws)
-    for k, start in enumerate(starts):
-        if k > 0 and gateway_starts_above > 0:
-            # Only rows the centroid's start left with a poor fit try the gateways' starts.
-            poor = np.flatnonzero(best > gateway_starts_above * w.sum(axis=0))
-            sx, sy, c = _newton_chunk(
-                rows32.take(poor), start[poor, 0], start[poor, 1], exponent, bounds, iterations, obstacle_map,
-                cell_edges,
-            )
-            take = c < best[poor]
-            bx[poor], by[poor] = np.where(take, sx, bx[poor]), np.where(take, sy, by[poor])
-            best[poor] = np.where(take, c, best[poor])
-            continue
+    for start in starts:
         sx, sy, c = _newton_chunk(
             rows32, start[:, 0].copy(), start[:, 1].copy(), exponent, bounds, iterations, obstacle_map,
             cell_edges,
         )
         take = c < best
         bx, by, best = np.where(take, sx, bx), np.where(take, sy, by), np.where(take, c, best)
+    if gated:
+        # Only rows the centroid's start left with a poor fit try the strongest gateways'
+        # starts (each row's gateways sorted on its own: the same starts as ungated).
+        bar = gateway_starts_above * w.sum(axis=0)
+        poor = np.flatnonzero(best > bar)
+        strongest = np.take_along_axis(cols.T[poor], np.argsort(-filled[poor], axis=1)[:, :2], axis=1)
+        for j in range(2):
+            still = best[poor] > bar[poor]
+            poor, strongest = poor[still], strongest[still]
+            start = gw_xyz[strongest[:, j], :2] + 0.5
+            sx, sy, c = _newton_chunk(
+                rows32.take(poor), start[:, 0], start[:, 1], exponent, bounds, iterations, obstacle_map, cell_edges,
+            )
+            take = c < best[poor]
+            bx[poor], by[poor] = np.where(take, sx, bx[poor]), np.where(take, sy, by[poor])
+            best[poor] = np.where(take, c, best[poor])
     # Newton steps in float64 polish the float32 solution to full precision (so the
     # answer does not depend on gateway order through float32 rounding: the loop stops
     # within POLISH_STEP_M of the minimum, quadratic convergence does the rest), and the
