@@ -392,3 +392,45 @@ def compact_rows(
             weight[i, j] = 1.0
             cols[i, j] = col[lo + i]
     return values, weight, cols
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_rows(
+    cols: NDArray[np.intp], r: NDArray[np.float64], w: NDArray[np.float64], gw_xyz: NDArray[np.float64],
+    tag_z: float,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
+           NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32],
+           NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32],
+           NDArray[np.intp]]:
+    """engine.localize._wls_rows's per-chunk arrays in one pass over (width, rows) compact
+    rows: each cell's gateway x, y and (z - tag_z)^2, the gateways' (rows, width, 2) plane
+    positions, and the float32 copies the Newton loop reads, (width, rows) and row-major
+    (r, w, x, y, dz2, then the gateway columns row-major). The same values as the numpy
+    gathers and ``astype`` they replace."""
+    width, n = cols.shape
+    gx = np.empty((width, n))
+    gy = np.empty((width, n))
+    dz2 = np.empty((width, n))
+    gxy = np.empty((n, width, 2))
+    f32 = np.empty((5, width, n), np.float32)
+    major = np.empty((5, n, width), np.float32)
+    cols_major = np.empty((n, width), np.intp)
+    for i in range(width):
+        for j in range(n):
+            c = cols[i, j]
+            x = gw_xyz[c, 0]
+            y = gw_xyz[c, 1]
+            dz = gw_xyz[c, 2] - tag_z
+            d = dz * dz
+            gx[i, j], gy[i, j], dz2[i, j] = x, y, d
+            gxy[j, i, 0], gxy[j, i, 1] = x, y
+            f32[0, i, j] = np.float32(r[i, j])
+            f32[1, i, j] = np.float32(w[i, j])
+            f32[2, i, j] = np.float32(x)
+            f32[3, i, j] = np.float32(y)
+            f32[4, i, j] = np.float32(d)
+            for k in range(5):
+                major[k, j, i] = f32[k, i, j]
+            cols_major[j, i] = c
+    return (gx, gy, dz2, gxy, f32[0], f32[1], f32[2], f32[3], f32[4], major[0], major[1], major[2], major[3],
+            major[4], cols_major)

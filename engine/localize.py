@@ -26,7 +26,14 @@ import shapely
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
-from engine._newton import compact_rows, cost_from_log, newton_rows, polish_step, squared_distances
+from engine._newton import (
+    compact_rows,
+    cost_from_log,
+    gather_rows,
+    newton_rows,
+    polish_step,
+    squared_distances,
+)
 from radio_models.environment import Grid
 
 FloatArray = NDArray[np.float64]
@@ -246,23 +253,13 @@ def _wls_widths(n_gateways: int) -> NDArray[np.intp]:
 class _Float32Rows:
     """One chunk's compact rows in float32, as (width, rows) for the numpy costs and
     row-major for the compiled loop (which reads a row's gateways together); made once
-    and shared by every start."""
+    (:func:`engine._newton.gather_rows`) and shared by every start."""
 
     r: AnyArray
     w: AnyArray
     p0: AnyArray
     gws: tuple[AnyArray, AnyArray, AnyArray, NDArray[np.intp]]
     major: tuple[AnyArray, ...]  # r, w, gx, gy, dz2, cols, row-major
-
-    @classmethod
-    def of(cls, r: FloatArray, w: FloatArray, p0: FloatArray,
-           gws: tuple[FloatArray, FloatArray, FloatArray, NDArray[np.intp]]) -> _Float32Rows:
-        f32 = np.float32
-        gx, gy, dz2, cols = gws
-        r32, w32 = r.astype(f32), w.astype(f32)
-        g32 = (gx.astype(f32), gy.astype(f32), dz2.astype(f32), cols)
-        major = tuple(np.ascontiguousarray(a.T) for a in (r32, w32, *g32))
-        return cls(r32, w32, p0.astype(f32), g32, major)
 
     def take(self, idx: NDArray[np.intp]) -> _Float32Rows:
         """The rows ``idx`` only."""
@@ -378,9 +375,12 @@ def _wls_rows(
     ``gateway_starts_above`` > 0: the starts after the centroid's run only for rows whose
     best cost so far is above it per heard gateway (dB^2)."""
     r, w, cols = rows.rssi, rows.weight, rows.cols
-    gws = (gw_xyz[cols, 0], gw_xyz[cols, 1], (gw_xyz[cols, 2] - tag_z) ** 2, cols)
+    gathered = gather_rows(cols, r, w, np.asarray(gw_xyz, dtype=float), float(tag_z))
+    gx, gy, dz2, gw_plane, r32, w32, gx32, gy32, dz2_32 = gathered[:9]
+    major = gathered[9:]
+    gws = (gx, gy, dz2, cols)
     filled = np.where(w > 0, r, -np.inf).T
-    xy0 = weighted_centroid(filled, gw_xyz[cols.T, :2], exponent)
+    xy0 = weighted_centroid(filled, gw_plane, exponent)
     gateway_starts = obstacle_map is not None and r.shape[0] > 1
     gated = gateway_starts and gateway_starts_above > 0
     starts = [xy0]
@@ -390,7 +390,7 @@ def _wls_rows(
     # The start itself is a candidate: a row whose iterations made it worse keeps it.
     bx, by = xy0[:, 0].copy(), xy0[:, 1].copy()
     best = _wls_cost(r, w, p0, gws, bx, by, exponent, obstacle_map)
-    rows32 = _Float32Rows.of(r, w, p0, gws)
+    rows32 = _Float32Rows(r32, w32, p0.astype(np.float32), (gx32, gy32, dz2_32, cols), major)
     for start in starts:
         sx, sy, c = _newton_chunk(
             rows32, start[:, 0].copy(), start[:, 1].copy(), exponent, bounds, iterations, obstacle_map,
