@@ -252,3 +252,25 @@ def test_wls_cell_edge_search_is_per_row_and_as_accurate_as_the_default():
     err, err0 = np.hypot(x - xy[:, 0], y - xy[:, 1]), np.hypot(x0 - xy[:, 0], y0 - xy[:, 1])
     assert not np.array_equal(x, x0)  # it is another search
     assert np.median(err) <= 1.02 * np.median(err0) and np.quantile(err, 0.9) <= 1.02 * np.quantile(err0, 0.9)
+
+
+def test_wls_search_settings_are_off_by_default_and_reach_the_engine():
+    """Left at their defaults the settings are not written (scenario hashes unchanged);
+    set, they reach the engine's config."""
+    from pathlib import Path
+
+    from twin.run import engine_config_for
+    from twin.scenario import EngineSettings, load_scenario
+    from twin.sim import WarehouseTwin
+
+    assert "wls_cell_edges" not in EngineSettings().model_dump()
+    assert "wls_gateway_starts_above" not in EngineSettings().model_dump()
+    on = EngineSettings(wls_cell_edges=True, wls_gateway_starts_above=3)
+    assert on.model_dump()["wls_cell_edges"] is True and on.model_dump()["wls_gateway_starts_above"] == 3
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        EngineSettings(wls_gateway_starts_above=-1)
+    demo = load_scenario(Path(__file__).parents[1] / "scenarios" / "demo.toml")
+    demo = demo.model_copy(update={"duration_s": 1.0, "engine": demo.engine.model_copy(
+        update={"wls_cell_edges": True, "wls_gateway_starts_above": 3.0})})
+    cfg = engine_config_for(demo, WarehouseTwin(demo).run())
+    assert cfg.wls_cell_edges and cfg.wls_gateway_starts_above == 3.0
