@@ -44,10 +44,10 @@ def newton_rows(  # the hot loop, inlined on purpose
     it, which creeps towards the cell edge the step crossed (the loss jumps there) over
     the rest of the iterations; the trial is first the point just across that edge
     (``EDGE_INSET_M`` into the other cell), then the edge itself (as far inside the best
-    point's cell). A best point already on that edge whose step crosses
-    it again slides along the edge: the crossing component is dropped and the other
-    coordinate takes its own 1-D Newton step, exactly as on the floor's bounds, and the
-    row settles there as it does on a bound."""
+    point's cell). A best point already on that edge whose step crosses it again slides
+    along the edge: the crossing component is dropped and the other coordinate takes its
+    own 1-D Gauss-Newton step, as on the floor's bounds, and the row settles there as it
+    does on a bound."""
     n, width = r.shape
     x_out = x_start.copy()
     y_out = y_start.copy()
@@ -109,8 +109,8 @@ def newton_rows(  # the hot loop, inlined on purpose
                     break
             worse = cost > bar
             if worse and cell_edges and has_wall and pix >= 0 and (ix != pix or iy != piy):
-                # The step left the best point's cell for a worse one: go to the edge it
-                # crossed (the first one along the step), just inside the best cell.
+                # The step left the best point's cell for a worse point: find the edge it
+                # crossed first, then try just across it, then just inside the best cell.
                 ddx, ddy = x - px, y - py
                 t = one
                 cx, cy = 0, 0
