@@ -17,12 +17,19 @@ engine of a baseline commit on the same traffic in the same run. Prints JSON.
 Wall times are what an operator sees, so they depend on what else the machine runs:
 the load average is printed beside them (1 min, at start and end).
 
+The fixes and the rule events are digested (SHA-256 of the fixes' bytes in the order the
+workers return them, and of the events' JSON): a change that must not move positions
+keeps both. ``--wls-cell-edges`` and ``--wls-gateway-starts-above K`` run this engine
+with the opt-in ML search settings of the same names (docs/scaling.md); the baseline
+keeps its own.
+
 Run: ``python benchmarks/bench_engine.py [--duration 60] [--workers 2]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -43,8 +50,9 @@ FEED_S = 30.0
 WARM_S = 6.0  # site seconds run once, untimed, to load the compiled kernels
 
 
-def _setup(duration: float) -> tuple[Any, Any, Any]:
-    """Scenario, its engine config and rule context (a one-second twin run gives the site)."""
+def _setup(duration: float, search: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
+    """Scenario, its engine config and rule context (a one-second twin run gives the site);
+    ``search`` overrides [engine] settings (the opt-in ML search)."""
     from twin.run import engine_config_for, rule_context_for
     from twin.scenario import load_scenario
     from twin.sim import WarehouseTwin
@@ -53,6 +61,8 @@ def _setup(duration: float) -> tuple[Any, Any, Any]:
     twin = WarehouseTwin(sc)
     result = twin.run()
     sc = sc.model_copy(update={"duration_s": duration})
+    if search:
+        sc = sc.model_copy(update={"engine": sc.engine.model_copy(update=search)})
     return sc, engine_config_for(sc, result), rule_context_for(sc, twin)
 
 
@@ -88,14 +98,14 @@ def run_baseline(traffic: Path, duration: float) -> dict[str, float]:
             "rule_fixes": rules.counters["fixes"], "events": rules.counters["events"]}
 
 
-def run_engine(traffic: Path, duration: float, workers: int) -> dict[str, float]:
+def run_engine(traffic: Path, duration: float, workers: int, search: dict[str, Any] | None = None) -> dict[str, Any]:
     """This engine: device partitions on worker processes, rules here, overlapped."""
     from engine.parallel import PartitionedEngine
     from engine.pipeline import Engine
     from engine.rules import ListSink, RuleEngine
     from twin.run import RuleFeeder
 
-    sc, cfg, ctx = _setup(duration)
+    sc, cfg, ctx = _setup(duration, search)
     sightings = np.load(traffic)
     tx_power = np.load(traffic.with_suffix(".tx.npy"))
     # Compile (or load) every compiled kernel, and build the zone lookup grids, before the
@@ -109,9 +119,11 @@ def run_engine(traffic: Path, duration: float, workers: int) -> dict[str, float]
     warm_feeder.add(sightings=warm, fixes=warm_fixes)
     warm_feeder.flush(WARM_S)
     jit_s = time.perf_counter() - t_jit
-    rules = RuleEngine(sc.rules, ctx, [ListSink()])
+    sink = ListSink()
+    rules = RuleEngine(sc.rules, ctx, [sink])
     feeder = RuleFeeder(rules, step_s=sc.engine.step_s)
     n_fixes = 0
+    returned: list[Any] = []  # digested after the timed part
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with PartitionedEngine(cfg, tx_power, workers) as engine:
         c0, t0 = time.process_time(), time.perf_counter()
@@ -127,21 +139,28 @@ def run_engine(traffic: Path, duration: float, workers: int) -> dict[str, float]
             # they compute the next, so only the last group's rules wait at the end.
             for fixes in engine.finish_advance_parts():
                 n_fixes += len(fixes)
+                returned.append(fixes)
                 feeder.add(fixes=fixes)
                 if len(fixes):
                     done_t = float(fixes["t"].max())
                 feeder.step_until(done_t)
         fixes = engine.flush(duration)
         n_fixes += len(fixes)
+        returned.append(fixes)
         feeder.add(fixes=fixes)
         feeder.flush(duration)
         wall = time.perf_counter() - t0
         cpu_main = time.process_time() - c0
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, once they have exited
+    fix_digest = hashlib.sha256()
+    for fixes in returned:
+        fix_digest.update(fixes.tobytes())
     cpu_workers = (children.ru_utime + children.ru_stime) - (children0.ru_utime + children0.ru_stime)
     return {"wall_s": wall, "fixes": n_fixes, "rule_fixes": rules.counters["fixes"],
             "events": rules.counters["events"], "jit_s": jit_s, "cpu_main_s": cpu_main,
-            "cpu_workers_s": cpu_workers}
+            "cpu_workers_s": cpu_workers, "fixes_sha256": fix_digest.hexdigest(),
+            "events_sha256": hashlib.sha256(
+                json.dumps([e.to_dict() for e in sink.events], sort_keys=True).encode()).hexdigest()}
 
 
 def baseline_in_subprocess(ref: str, traffic: Path, duration: float) -> dict[str, float]:
@@ -161,12 +180,14 @@ def baseline_in_subprocess(ref: str, traffic: Path, duration: float) -> dict[str
         return dict(json.loads(out.stdout))
 
 
-def main(duration: float, workers: int, baseline: str | None) -> dict[str, object]:
+def main(
+    duration: float, workers: int, baseline: str | None, search: dict[str, Any] | None = None
+) -> dict[str, object]:
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="tagtwin-traffic-") as tmp:
         traffic = Path(tmp) / "large.npy"
         n = make_traffic(duration, traffic)
-        new = run_engine(traffic, duration, workers)
+        new = run_engine(traffic, duration, workers, search)
         old = baseline_in_subprocess(baseline, traffic, duration) if baseline else None
     load_end = os.getloadavg()[0]
     wall = float(new["wall_s"])
@@ -182,6 +203,9 @@ def main(duration: float, workers: int, baseline: str | None) -> dict[str, objec
         "wall_s": round(wall, 2),
         "fixes": int(new["fixes"]),
         "rule_events": int(new["events"]),
+        "fixes_sha256": new["fixes_sha256"][:16],
+        "rule_events_sha256": new["events_sha256"][:16],
+        "wls_search": search or "default",
         "jit_or_cache_load_s": round(float(new["jit_s"]), 2),
         # CPU seconds (timed part; workers over their life): what the machine's load
         # does not change much, so the figure to compare runs on a busy machine by.
@@ -214,6 +238,9 @@ if __name__ == "__main__":
     ap.add_argument("--duration", type=float, default=60.0, help="site seconds of traffic")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="engine processes")
     ap.add_argument("--baseline", default=BASELINE, help="git ref of the engine to compare ('' to skip)")
+    ap.add_argument("--wls-cell-edges", action="store_true", help="[engine] wls_cell_edges = true")
+    ap.add_argument("--wls-gateway-starts-above", type=float, default=0.0,
+                    help="[engine] wls_gateway_starts_above (sigma^2; 0: the default, always)")
     ap.add_argument("--run-baseline", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -222,4 +249,9 @@ if __name__ == "__main__":
         print(json.dumps(run_baseline(args.run_baseline, args.duration)))
     else:
         sys.path.insert(0, str(ROOT))
-        print(json.dumps(main(args.duration, args.workers, args.baseline or None), indent=2))
+        search: dict[str, Any] = {}
+        if args.wls_cell_edges:
+            search["wls_cell_edges"] = True
+        if args.wls_gateway_starts_above:
+            search["wls_gateway_starts_above"] = args.wls_gateway_starts_above
+        print(json.dumps(main(args.duration, args.workers, args.baseline or None, search or None), indent=2))

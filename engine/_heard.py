@@ -82,8 +82,17 @@ def window_cells(
     order, as the numpy replication of engine.pipeline added them, so the means are the
     same bits. Returns n_dev = 0 with empty arrays when nothing falls in the windows, and
     n_dev = -1 when the (window, device) key space is too sparse for a presence table
-    (the caller ranks the keys by sorting instead)."""
+    (the caller ranks the keys by sorting instead). Sightings in time order (as the
+    engine passes them) go through :func:`_windows_in_time_order`, window by window."""
     n = len(t)
+    in_order = True
+    for i in range(1, n):
+        if not (t[i] >= t[i - 1]):
+            in_order = False
+            break
+    if in_order:
+        return _windows_in_time_order(
+            t, device, gateway, rssi, battery, motion, k_first, k_last, step, window, per, unknown)
     m = 0
     max_dev = -1
     for i in range(n):
@@ -140,3 +149,117 @@ def window_cells(
                 e += 1
     cell_row, cell_col, cell_mean = heard_cells(row, gw, value, n_rows)
     return int(n_dev), keys, cell_row, cell_col, cell_mean, bat, mot
+
+
+@numba.njit(cache=True, nogil=True)
+def _windows_in_time_order(
+    t: NDArray[np.float64], device: NDArray[np.int32], gateway: NDArray[np.int32], rssi: NDArray[np.float32],
+    battery: NDArray[np.int8], motion: NDArray[np.int8], k_first: int, k_last: int, step: float,
+    window: float, per: int, unknown: int,
+) -> tuple[int, NDArray[np.int64], NDArray[np.intp], NDArray[np.intp], NDArray[np.float64],
+           NDArray[np.int8], NDArray[np.int8]]:
+    """:func:`window_cells` for sightings in time order: a window's sightings are then one contiguous run (its
+    membership test is monotone in t), so each window is done on its own run, whose
+    per-device tables stay in cache, instead of by one pass over all (window, sighting)
+    readings and a counting sort of all of them. Same rows, cells and bits: rows by
+    window then device, a row's cells by gateway, a cell's readings added in sighting
+    order, a row's newest battery and motion."""
+    n = len(t)
+    base = np.empty(n, np.int64)
+    for i in range(n):
+        base[i] = np.int64(np.floor(t[i] / step + 1e-12)) + 1
+    # Each window's run [first, stop): its readings number m, its devices are below n_dev.
+    n_win = k_last - k_first + 1
+    first = np.zeros(max(n_win, 0), np.int64)
+    stop = np.zeros(max(n_win, 0), np.int64)
+    lo = 0
+    hi = 0
+    m = 0
+    max_dev = -1
+    seen = 0
+    for w in range(k_first, k_last + 1):
+        edge = w * step - window
+        while hi < n and base[hi] <= w:
+            hi += 1
+        while lo < hi and not (base[lo] >= w - per + 1 and t[lo] >= edge):
+            lo += 1
+        first[w - k_first], stop[w - k_first] = lo, hi
+        m += hi - lo
+        for i in range(max(lo, seen), hi):  # each sighting of a window once
+            max_dev = max(max_dev, device[i])
+        seen = max(seen, hi)
+    empty_i8 = np.zeros(0, np.int8)
+    if m == 0:
+        return (0, np.zeros(0, np.int64), np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0),
+                empty_i8, empty_i8)
+    n_dev = np.int64(max_dev) + 1
+    if n_win * n_dev > 4 * m + 4096:
+        return (-1, np.zeros(0, np.int64), np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0),
+                empty_i8, empty_i8)
+    keys = np.empty(m, np.int64)
+    cell_row = np.empty(m, np.intp)
+    cell_col = np.empty(m, np.intp)
+    cell_mean = np.empty(m, np.float64)
+    bat = np.empty(m, np.int8)
+    mot = np.empty(m, np.int8)
+    count = np.zeros(n_dev, np.int64)
+    fill = np.zeros(n_dev, np.int64)
+    order = np.empty(n, np.int64)
+    n_rows = 0
+    n_cells = 0
+    for w in range(k_first, k_last + 1):
+        lo, hi = first[w - k_first], stop[w - k_first]
+        if lo == hi:
+            continue
+        for i in range(lo, hi):
+            count[device[i]] += 1
+        pos = 0
+        for d in range(n_dev):  # rows by ascending device
+            if count[d] > 0:
+                fill[d] = pos
+                pos += count[d]
+        for i in range(lo, hi):  # stable: a device's readings keep sighting order
+            d = device[i]
+            order[fill[d]] = i
+            fill[d] += 1
+        a = 0
+        while a < pos:
+            d = device[order[a]]
+            end = a + count[d]
+            count[d] = 0
+            b_r = unknown
+            m_r = unknown
+            for q in range(a, end):  # the row's newest battery and motion
+                v = order[q]
+                if battery[v] != unknown:
+                    b_r = battery[v]
+                if motion[v] != unknown:
+                    m_r = motion[v]
+            for q in range(a + 1, end):  # stable insertion sort by gateway
+                v = order[q]
+                g = gateway[v]
+                r = q - 1
+                while r >= a and gateway[order[r]] > g:
+                    order[r + 1] = order[r]
+                    r -= 1
+                order[r + 1] = v
+            q = a
+            while q < end:
+                g = gateway[order[q]]
+                total = 0.0
+                k = 0
+                while q < end and gateway[order[q]] == g:
+                    total += np.float64(rssi[order[q]])
+                    k += 1
+                    q += 1
+                cell_row[n_cells] = n_rows
+                cell_col[n_cells] = g
+                cell_mean[n_cells] = total / k
+                n_cells += 1
+            keys[n_rows] = (w - k_first) * n_dev + d
+            bat[n_rows] = b_r
+            mot[n_rows] = m_r
+            n_rows += 1
+            a = end
+    return (int(n_dev), keys[:n_rows], cell_row[:n_cells], cell_col[:n_cells], cell_mean[:n_cells],
+            bat[:n_rows].copy(), mot[:n_rows].copy())

@@ -22,6 +22,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 F32 = np.float32
+# cell_edges: how far inside its obstacle cell a point put on the cell's edge is (a point
+# exactly on an edge belongs to the cell above or right of it).
+EDGE_INSET_M = 1e-3
 
 
 @numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")  # x / 0 is inf or NaN, as in numpy
@@ -31,10 +34,20 @@ def newton_rows(  # the hot loop, inlined on purpose
     cols: NDArray[np.intp], loss: NDArray[np.float32], grid: NDArray[np.float64],
     x_start: NDArray[np.float32], y_start: NDArray[np.float32],
     five_n: np.float32, k_slope: np.float32, bounds: NDArray[np.float64],
-    iterations: int, max_step: np.float32, newton_radius: np.float32,
+    iterations: int, max_step: np.float32, newton_radius: np.float32, cell_edges: bool = False,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """Safeguarded Newton iterations for each row of (rows, width) arrays.
-    ``loss`` is (cells, gateways) obstacle loss or empty; ``grid`` is (x0, y0, cell, nx, ny)."""
+    ``loss`` is (cells, gateways) obstacle loss or empty; ``grid`` is (x0, y0, cell, nx, ny).
+
+    ``cell_edges`` (off by default; the default path's arithmetic is unchanged by it): a
+    worse point in another obstacle cell than the best point is not halved back towards
+    it, which creeps towards the cell edge the step crossed (the loss jumps there) over
+    the rest of the iterations; the trial is first the point just across that edge
+    (``EDGE_INSET_M`` into the other cell), then the edge itself (as far inside the best
+    point's cell). A best point already on that edge whose step crosses it again slides
+    along the edge: the crossing component is dropped and the other coordinate takes its
+    own 1-D Gauss-Newton step, as on the floor's bounds, and the row settles there as it
+    does on a bound."""
     n, width = r.shape
     x_out = x_start.copy()
     y_out = y_start.copy()
@@ -48,6 +61,7 @@ def newton_rows(  # the hot loop, inlined on purpose
     tiny_det, tiny_len = F32(1e-30), F32(1e-12)
     pd_eps = F32(1e-6)
     settle_len, move_eps = F32(0.05), F32(1e-3)
+    inset = F32(EDGE_INSET_M)
     dxs = np.empty(width, np.float32)  # one row's terms, kept between the cost and its derivatives
     dys = np.empty(width, np.float32)
     d2s = np.empty(width, np.float32)
@@ -58,8 +72,15 @@ def newton_rows(  # the hot loop, inlined on purpose
         px, py = x, y
         pcost = F32(np.inf)
         pj = p0[j]
+        # cell_edges: the best point's cell, the edge each axis is held on (-1 low, +1
+        # high, 0 free) and the best point's gradient and Gauss-Newton diagonal.
+        pix, piy = -1, -1
+        ex_dir, ey_dir = 0, 0
+        pg1, pg2, pa11, pa22 = zero, zero, one, one
+        across = False  # the point just across the edge was tried since the last best point
         for _ in range(iterations):
             c = 0
+            ix, iy = 0, 0
             if has_wall:
                 ix = int((x - gx0) / cell)
                 iy = int((y - gy0) / cell)
@@ -87,6 +108,53 @@ def newton_rows(  # the hot loop, inlined on purpose
                 if cost > bar:
                     break
             worse = cost > bar
+            if worse and cell_edges and has_wall and pix >= 0 and (ix != pix or iy != piy):
+                # The step left the best point's cell for a worse point: find the edge it
+                # crossed first, then try just across it, then just inside the best cell.
+                ddx, ddy = x - px, y - py
+                t = one
+                cx, cy = 0, 0
+                if ix != pix and ddx != zero:
+                    side = 1 if ix > pix else 0
+                    tx = (gx0 + F32(pix + side) * cell - px) / ddx
+                    if tx < t:
+                        t, cx, cy = tx, 2 * side - 1, 0
+                if iy != piy and ddy != zero:
+                    side = 1 if iy > piy else 0
+                    ty = (gy0 + F32(piy + side) * cell - py) / ddy
+                    if ty < t:
+                        t, cx, cy = ty, 0, 2 * side - 1
+                length = F32(np.hypot(ddx, ddy))
+                back = inset / max(length, tiny_len)
+                if not across and t + back < one:
+                    # First the other side, just across the edge (the first point the
+                    # halvings would not reach): a better point there is taken as any is.
+                    across = True
+                    x, y = px + ddx * (t + back), py + ddy * (t + back)
+                    x_out[j], y_out[j] = px, py
+                    continue
+                if t - back > back:
+                    # Far enough from the edge: the trial is the edge point.
+                    x, y = px + ddx * (t - back), py + ddy * (t - back)
+                    x_out[j], y_out[j] = px, py
+                    continue
+                # Already on that edge: hold the crossing axis there and slide along it.
+                if cx != 0:
+                    ex_dir = cx
+                if cy != 0:
+                    ey_dir = cy
+                if ex_dir != 0 and ey_dir != 0:
+                    break  # held in a corner of its cell
+                sx = zero if ex_dir != 0 else pg1 / pa11
+                sy = zero if ey_dir != 0 else pg2 / pa22
+                scale = min(one, max_step / max(F32(np.hypot(sx, sy)), tiny_len))
+                nxx = min(max(px + sx * scale, minx), maxx)
+                nyy = min(max(py + sy * scale, miny), maxy)
+                if abs(nxx - px) + abs(nyy - py) < move_eps:
+                    break  # settled on the edge
+                x, y = nxx, nyy
+                x_out[j], y_out[j] = px, py
+                continue
             if worse:
                 # A worse point's step is never taken: halve back towards the best point
                 # without the derivatives (most iterations of rows that end on the edge
@@ -96,6 +164,14 @@ def newton_rows(  # the hot loop, inlined on purpose
                 x, y = nxx, nyy
                 x_out[j], y_out[j] = px, py
                 continue
+            if cell_edges and has_wall:
+                # An edge stays held while the best point slides along it.
+                if ix != pix or x != px:
+                    ex_dir = 0
+                if iy != piy or y != py:
+                    ey_dir = 0
+                pix, piy = ix, iy
+                across = False
             px, py, pcost = x, y, cost
             a11 = zero
             a22 = zero
@@ -141,6 +217,11 @@ def newton_rows(  # the hot loop, inlined on purpose
             sy = (a11 * g2 - a12 * g1) / det
             pin_x = ((x <= minx) and (sx < 0)) or ((x >= maxx) and (sx > 0))
             pin_y = ((y <= miny) and (sy < 0)) or ((y >= maxy) and (sy > 0))
+            if cell_edges:
+                pg1, pg2, pa11, pa22 = g1, g2, ga11, ga22
+                # An edge held from before: a step across it again slides along it.
+                pin_x = pin_x or (ex_dir != 0 and sx * F32(ex_dir) > 0)
+                pin_y = pin_y or (ey_dir != 0 and sy * F32(ey_dir) > 0)
             if pin_x:
                 sx = zero
             elif pin_y:
@@ -311,3 +392,45 @@ def compact_rows(
             weight[i, j] = 1.0
             cols[i, j] = col[lo + i]
     return values, weight, cols
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_rows(
+    cols: NDArray[np.intp], r: NDArray[np.float64], w: NDArray[np.float64], gw_xyz: NDArray[np.float64],
+    tag_z: float,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
+           NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32],
+           NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32],
+           NDArray[np.intp]]:
+    """engine.localize._wls_rows's per-chunk arrays in one pass over (width, rows) compact
+    rows: each cell's gateway x, y and (z - tag_z)^2, the gateways' (rows, width, 2) plane
+    positions, and the float32 copies the Newton loop reads, (width, rows) and row-major
+    (r, w, x, y, dz2, then the gateway columns row-major). The same values as the numpy
+    gathers and ``astype`` they replace."""
+    width, n = cols.shape
+    gx = np.empty((width, n))
+    gy = np.empty((width, n))
+    dz2 = np.empty((width, n))
+    gxy = np.empty((n, width, 2))
+    f32 = np.empty((5, width, n), np.float32)
+    major = np.empty((5, n, width), np.float32)
+    cols_major = np.empty((n, width), np.intp)
+    for i in range(width):
+        for j in range(n):
+            c = cols[i, j]
+            x = gw_xyz[c, 0]
+            y = gw_xyz[c, 1]
+            dz = gw_xyz[c, 2] - tag_z
+            d = dz * dz
+            gx[i, j], gy[i, j], dz2[i, j] = x, y, d
+            gxy[j, i, 0], gxy[j, i, 1] = x, y
+            f32[0, i, j] = np.float32(r[i, j])
+            f32[1, i, j] = np.float32(w[i, j])
+            f32[2, i, j] = np.float32(x)
+            f32[3, i, j] = np.float32(y)
+            f32[4, i, j] = np.float32(d)
+            for k in range(5):
+                major[k, j, i] = f32[k, i, j]
+            cols_major[j, i] = c
+    return (gx, gy, dz2, gxy, f32[0], f32[1], f32[2], f32[3], f32[4], major[0], major[1], major[2], major[3],
+            major[4], cols_major)

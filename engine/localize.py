@@ -26,7 +26,14 @@ import shapely
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
-from engine._newton import compact_rows, cost_from_log, newton_rows, polish_step, squared_distances
+from engine._newton import (
+    compact_rows,
+    cost_from_log,
+    gather_rows,
+    newton_rows,
+    polish_step,
+    squared_distances,
+)
 from radio_models.environment import Grid
 
 FloatArray = NDArray[np.float64]
@@ -246,7 +253,7 @@ def _wls_widths(n_gateways: int) -> NDArray[np.intp]:
 class _Float32Rows:
     """One chunk's compact rows in float32, as (width, rows) for the numpy costs and
     row-major for the compiled loop (which reads a row's gateways together); made once
-    and shared by every start."""
+    (:func:`engine._newton.gather_rows`) and shared by every start."""
 
     r: AnyArray
     w: AnyArray
@@ -254,15 +261,12 @@ class _Float32Rows:
     gws: tuple[AnyArray, AnyArray, AnyArray, NDArray[np.intp]]
     major: tuple[AnyArray, ...]  # r, w, gx, gy, dz2, cols, row-major
 
-    @classmethod
-    def of(cls, r: FloatArray, w: FloatArray, p0: FloatArray,
-           gws: tuple[FloatArray, FloatArray, FloatArray, NDArray[np.intp]]) -> _Float32Rows:
-        f32 = np.float32
-        gx, gy, dz2, cols = gws
-        r32, w32 = r.astype(f32), w.astype(f32)
-        g32 = (gx.astype(f32), gy.astype(f32), dz2.astype(f32), cols)
-        major = tuple(np.ascontiguousarray(a.T) for a in (r32, w32, *g32))
-        return cls(r32, w32, p0.astype(f32), g32, major)
+    def take(self, idx: NDArray[np.intp]) -> _Float32Rows:
+        """The rows ``idx`` only."""
+        gx, gy, dz2, cols = self.gws
+        return _Float32Rows(self.r[:, idx], self.w[:, idx], self.p0[idx],
+                            (gx[:, idx], gy[:, idx], dz2[:, idx], cols[:, idx]),
+                            tuple(np.ascontiguousarray(a[idx]) for a in self.major))
 
 
 def _newton_chunk(
@@ -273,6 +277,7 @@ def _newton_chunk(
     bounds: tuple[float, float, float, float],
     iterations: int,
     wall: ObstacleMap | None,
+    cell_edges: bool = False,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Safeguarded Newton iterations on one chunk of rows, in float32
     (:func:`engine._newton.newton_rows`, compiled: the hot loop, inlined on purpose).
@@ -292,6 +297,7 @@ def _newton_chunk(
     x32, y32 = newton_rows(
         r_m, w_m, rows.p0, gx_m, gy_m, dz2_m, cols_m, loss, grid, x.astype(f32), y.astype(f32), five_n,
         k_slope, np.asarray(bounds, dtype=float), iterations, f32(MAX_STEP_M), f32(NEWTON_RADIUS_M),
+        cell_edges,
     )
     xo, yo = x32.astype(float), y32.astype(float)
     return xo, yo, _wls_cost(rows.r, rows.w, rows.p0, rows.gws, xo, yo, exponent, wall)
@@ -362,26 +368,52 @@ def _wls_rows(
     bounds: tuple[float, float, float, float],
     iterations: int,
     obstacle_map: ObstacleMap | None,
+    cell_edges: bool = False,
+    gateway_starts_above: float = 0.0,
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-    """The ML estimate of one chunk of compact rows: (x, y, Gauss-Newton sums, centroid)."""
+    """The ML estimate of one chunk of compact rows: (x, y, Gauss-Newton sums, centroid).
+    ``gateway_starts_above`` > 0: the starts after the centroid's run only for rows whose
+    best cost so far is above it per heard gateway (dB^2)."""
     r, w, cols = rows.rssi, rows.weight, rows.cols
-    gws = (gw_xyz[cols, 0], gw_xyz[cols, 1], (gw_xyz[cols, 2] - tag_z) ** 2, cols)
+    gathered = gather_rows(cols, r, w, np.asarray(gw_xyz, dtype=float), float(tag_z))
+    gx, gy, dz2, gw_plane, r32, w32, gx32, gy32, dz2_32 = gathered[:9]
+    major = gathered[9:]
+    gws = (gx, gy, dz2, cols)
     filled = np.where(w > 0, r, -np.inf).T
-    xy0 = weighted_centroid(filled, gw_xyz[cols.T, :2], exponent)
+    xy0 = weighted_centroid(filled, gw_plane, exponent)
+    gateway_starts = obstacle_map is not None and r.shape[0] > 1
+    gated = gateway_starts and gateway_starts_above > 0
     starts = [xy0]
-    if obstacle_map is not None and r.shape[0] > 1:
+    if gateway_starts and not gated:
         strongest = np.take_along_axis(cols.T, np.argsort(-filled, axis=1)[:, :2], axis=1)
         starts += [gw_xyz[strongest[:, j], :2] + 0.5 for j in range(2)]
     # The start itself is a candidate: a row whose iterations made it worse keeps it.
     bx, by = xy0[:, 0].copy(), xy0[:, 1].copy()
     best = _wls_cost(r, w, p0, gws, bx, by, exponent, obstacle_map)
-    rows32 = _Float32Rows.of(r, w, p0, gws)
+    rows32 = _Float32Rows(r32, w32, p0.astype(np.float32), (gx32, gy32, dz2_32, cols), major)
     for start in starts:
         sx, sy, c = _newton_chunk(
-            rows32, start[:, 0].copy(), start[:, 1].copy(), exponent, bounds, iterations, obstacle_map
+            rows32, start[:, 0].copy(), start[:, 1].copy(), exponent, bounds, iterations, obstacle_map,
+            cell_edges,
         )
         take = c < best
         bx, by, best = np.where(take, sx, bx), np.where(take, sy, by), np.where(take, c, best)
+    if gated:
+        # Only rows the centroid's start left with a poor fit try the strongest gateways'
+        # starts (each row's gateways sorted on its own: the same starts as ungated).
+        bar = gateway_starts_above * w.sum(axis=0)
+        poor = np.flatnonzero(best > bar)
+        strongest = np.take_along_axis(cols.T[poor], np.argsort(-filled[poor], axis=1)[:, :2], axis=1)
+        for j in range(2):
+            still = best[poor] > bar[poor]
+            poor, strongest = poor[still], strongest[still]
+            start = gw_xyz[strongest[:, j], :2] + 0.5
+            sx, sy, c = _newton_chunk(
+                rows32.take(poor), start[:, 0], start[:, 1], exponent, bounds, iterations, obstacle_map, cell_edges,
+            )
+            take = c < best[poor]
+            bx[poor], by[poor] = np.where(take, sx, bx[poor]), np.where(take, sy, by[poor])
+            best[poor] = np.where(take, c, best[poor])
     # Newton steps in float64 polish the float32 solution to full precision (so the
     # answer does not depend on gateway order through float32 rounding: the loop stops
     # within POLISH_STEP_M of the minimum, quadratic convergence does the rest), and the
@@ -412,6 +444,8 @@ def wls_localize(
     min_gateways: int = 3,
     iterations: int = 20,
     obstacle_map: ObstacleMap | None = None,
+    cell_edges: bool = False,
+    gateway_starts_above: float = 0.0,
 ) -> Estimates:
     """Maximum-likelihood position under log-distance path loss with Gaussian dB noise.
 
@@ -427,7 +461,11 @@ def wls_localize(
     between each candidate position and each gateway (COST 231 multi-wall). That term is
     piecewise constant, so it enters the cost but not the Jacobian, and the search
     starts from several points (the centroid and the strongest gateways) to step across
-    its discontinuities; the best end point wins.
+    its discontinuities; the best end point wins. ``cell_edges`` (off by default) lets the
+    Newton loop jump to the edge of an obstacle cell and slide along it instead of creeping
+    towards it (:func:`engine._newton.newton_rows`); ``gateway_starts_above`` > 0 (dB^2 per
+    heard gateway; 0 by default) runs the gateways' starts only for rows whose centroid
+    start ended with a worse fit than that. Both change positions (docs/scaling.md).
 
     Every row's answer depends on that row alone (sums over a row's gateways are added in
     gateway order, never blocked by numpy across rows), so any split of the
@@ -435,7 +473,7 @@ def wls_localize(
     """
     return wls_localize_heard(
         Heard.from_matrix(np.asarray(rssi, dtype=float)), gw_xyz, tx_power_1m_dbm, exponent, sigma_db,
-        tag_z, bounds, min_gateways, iterations, obstacle_map,
+        tag_z, bounds, min_gateways, iterations, obstacle_map, cell_edges, gateway_starts_above,
     )
 
 
@@ -450,6 +488,8 @@ def wls_localize_heard(
     min_gateways: int = 3,
     iterations: int = 20,
     obstacle_map: ObstacleMap | None = None,
+    cell_edges: bool = False,
+    gateway_starts_above: float = 0.0,
 ) -> Estimates:
     """:func:`wls_localize` of the rows given by their heard cells."""
     rows, n_gw = heard.n_rows, heard.n_gateways
@@ -479,7 +519,8 @@ def wls_localize_heard(
     def run(job: tuple[NDArray[np.intp], int]) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
         idx, width = job
         compact = HeardRows.from_heard(heard, idx, width)
-        return _wls_rows(compact, p0_all[idx], gw_xyz, exponent, tag_z, bounds, iterations, obstacle_map)
+        return _wls_rows(compact, p0_all[idx], gw_xyz, exponent, tag_z, bounds, iterations, obstacle_map,
+                         cell_edges, gateway_starts_above)
 
     for (idx, _), (bx, by, fi, c0) in zip(jobs, map(run, jobs), strict=True):
         x[idx], y[idx], fisher[idx], xy0[idx] = bx, by, fi, c0

@@ -89,6 +89,12 @@ class EngineConfig:
     allowed_lateness_s: float = 2.0
     min_gateways: int = 3
     obstacle_map: ObstacleMap | None = None  # walls and racks of the site plan, if known
+    # wls with an obstacle map: the Newton loop jumps to obstacle-cell edges and slides
+    # along them instead of creeping towards them (engine._newton.newton_rows); off by default.
+    wls_cell_edges: bool = False
+    # wls with an obstacle map: the strongest gateways' starts only for rows whose centroid
+    # start leaves a mean squared residual above this many sigma_db^2 (0: always).
+    wls_gateway_starts_above: float = 0.0
     localizer: str = "wls"  # one of LOCALIZERS
     tracker: str = "none"  # one of TRACKERS
     radio_map: RadioMap | None = None  # for knn, radio-map, hmm and particle
@@ -617,4 +623,6 @@ class Engine:
             cfg.bounds,
             cfg.min_gateways,
             obstacle_map=cfg.obstacle_map,
+            cell_edges=cfg.wls_cell_edges,
+            gateway_starts_above=cfg.wls_gateway_starts_above * cfg.sigma_db**2,
         )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.localize import (
     METHOD_CENTROID,
     METHOD_WLS,
+    ObstacleMap,
     RadioMap,
     centroid_localize,
     fit_path_loss,
@@ -18,7 +20,7 @@ from engine.localize import (
     strongest_gateway,
     wls_localize,
 )
-from radio_models.environment import Grid
+from radio_models.environment import Grid, Obstacles, crossing_loss_db
 
 BOUNDS = (0.0, 0.0, 40.0, 30.0)
 
@@ -217,3 +219,58 @@ def test_an_unheard_gateway_costs_a_cell_at_most_the_log_of_the_miss_probability
     np.testing.assert_allclose(got, -0.5 * capped.sum(axis=2), rtol=1e-6, atol=1e-6)
     plain = base.log_likelihood(values, weights, cells, 1.5)
     np.testing.assert_allclose(plain, -0.5 * z2.sum(axis=2), rtol=1e-6, atol=1e-6)  # no miss: unchanged
+
+
+def _racked_site() -> tuple[np.ndarray, ObstacleMap]:
+    """The test floor with four racks (12 dB each) and its 1 m obstacle map."""
+    gw = grid_gateways()
+    grid = Grid.covering(BOUNDS, 1.0)
+    racks = Obstacles(tuple(shapely.box(5, y, 35, y + 1.2) for y in (6.0, 12.0, 18.0, 24.0)), (12.0,) * 4)
+    return gw, ObstacleMap(grid, crossing_loss_db(racks, grid.centres(), gw[:, :2]).astype(np.float32))
+
+
+def test_wls_cell_edge_search_is_per_row_and_as_accurate_as_the_default():
+    """The opt-in search (cell edges, gateway starts only for poor fits): each row's
+    answer depends on that row alone, and its errors on noisy racked-site rows are no
+    worse than the default search's (which it replaces only where asked)."""
+    gw, wall = _racked_site()
+    rng = np.random.default_rng(3)
+    xy = rng.uniform([1.0, 1.0], [39.0, 29.0], (3000, 2))
+    rssi = model_rssi(xy, gw) - wall.loss_db(xy) + rng.normal(0, 4.0, (len(xy), len(gw)))
+    p0 = np.full(len(xy), -59.0)
+
+    def solve(rows: np.ndarray, **opt: float) -> tuple[np.ndarray, np.ndarray]:
+        est = wls_localize(rssi[rows], gw, p0[rows], 2.0, 4.0, 1.0, BOUNDS, obstacle_map=wall, **opt)
+        return est.x, est.y
+
+    opt = {"cell_edges": True, "gateway_starts_above": 3 * 4.0**2}
+    everything = np.arange(len(xy))
+    x, y = solve(everything, **opt)
+    halves = [solve(part, **opt) for part in (everything[1::2], everything[::2])]
+    assert np.array_equal(x[1::2], halves[0][0]) and np.array_equal(y[::2], halves[1][1])
+    x0, y0 = solve(everything)
+    err, err0 = np.hypot(x - xy[:, 0], y - xy[:, 1]), np.hypot(x0 - xy[:, 0], y0 - xy[:, 1])
+    assert not np.array_equal(x, x0)  # it is another search
+    assert np.median(err) <= 1.02 * np.median(err0) and np.quantile(err, 0.9) <= 1.02 * np.quantile(err0, 0.9)
+
+
+def test_wls_search_settings_are_off_by_default_and_reach_the_engine():
+    """Left at their defaults the settings are not written (scenario hashes unchanged);
+    set, they reach the engine's config."""
+    from pathlib import Path
+
+    from twin.run import engine_config_for
+    from twin.scenario import EngineSettings, load_scenario
+    from twin.sim import WarehouseTwin
+
+    assert "wls_cell_edges" not in EngineSettings().model_dump()
+    assert "wls_gateway_starts_above" not in EngineSettings().model_dump()
+    on = EngineSettings(wls_cell_edges=True, wls_gateway_starts_above=3)
+    assert on.model_dump()["wls_cell_edges"] is True and on.model_dump()["wls_gateway_starts_above"] == 3
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        EngineSettings(wls_gateway_starts_above=-1)
+    demo = load_scenario(Path(__file__).parents[1] / "scenarios" / "demo.toml")
+    demo = demo.model_copy(update={"duration_s": 1.0, "engine": demo.engine.model_copy(
+        update={"wls_cell_edges": True, "wls_gateway_starts_above": 3.0})})
+    cfg = engine_config_for(demo, WarehouseTwin(demo).run())
+    assert cfg.wls_cell_edges and cfg.wls_gateway_starts_above == 3.0

@@ -169,6 +169,8 @@ def engine_config_for(
         allowed_lateness_s=eng.allowed_lateness_s,
         min_gateways=eng.min_gateways,
         obstacle_map=obstacle_map,
+        wls_cell_edges=eng.wls_cell_edges,
+        wls_gateway_starts_above=eng.wls_gateway_starts_above,
         localizer=eng.localizer,
         tracker=eng.tracker,
         radio_map=radio_map,

@@ -104,14 +104,29 @@ class EngineSettings(Strict):
     path_loss_exponent: float | None = Field(None, description="defaults to the radio model's")
     min_gateways: int = Field(3, ge=1, description="fewer gateways heard: weighted centroid with a wide radius")
     use_site_plan: bool = Field(True, description="model wall and rack losses from the site plan")
+    wls_cell_edges: bool = Field(
+        default=False,
+        description="wls with the site plan: a Newton step into a worse obstacle-map cell tries the point "
+        "just across the cell edge, then the edge itself, and slides along it instead of creeping towards it "
+        "(fewer iterations; changes positions; docs/scaling.md)")
+    wls_gateway_starts_above: float = Field(
+        default=0.0, ge=0,
+        description="wls with the site plan: try the two strongest gateways as further starts only for rows "
+        "whose start at the centroid ends with a mean squared residual above this many sigma^2 (0: always; "
+        "3 halves the Newton work on the large scenario; changes positions; docs/scaling.md)")
 
     @model_serializer(mode="wrap")
     def _without_a_zero_lag(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """No lag is not written: a scenario without a smoother dumps (and hashes,
-        report.json's scenario_sha256) exactly as before the setting existed."""
+        """No lag is not written, nor the wls search settings at their defaults: a scenario
+        without them dumps (and hashes, report.json's scenario_sha256) exactly as before
+        the settings existed."""
         data: dict[str, Any] = handler(self)
         if self.smoother_lag_s == 0:
             data.pop("smoother_lag_s", None)
+        if not self.wls_cell_edges:
+            data.pop("wls_cell_edges", None)
+        if self.wls_gateway_starts_above == 0:
+            data.pop("wls_gateway_starts_above", None)
         return data
 
     @model_validator(mode="after")
