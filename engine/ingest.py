@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from engine._order import lexsort_by_time, shared_keys
+from engine._canonical import order_by_time, sorted_by_time
+from engine._order import shared_keys
 from engine.contract import UNKNOWN, Sightings, compress_rows, concat_rows, take_rows
 
 RSSI_MIN_DBM = -130.0
@@ -81,10 +82,21 @@ def _pair(high: NDArray[np.integer], low: NDArray[np.integer]) -> NDArray[np.int
     return (high.astype(np.int64) << 32) | (low.astype(np.int64) & 0xFFFFFFFF)
 
 
-def canonical_order(rows: Sightings) -> NDArray[np.intp]:
+def _canonical_keys(rows: Sightings) -> tuple[NDArray[np.float64], *tuple[NDArray[np.generic], ...]]:
+    return rows["t"], rows["gateway"], rows["device"], rows["seq"], rows["channel"], rows["rssi"]
+
+
+def canonical_order(rows: Sightings, sorted_runs: int | None = None) -> NDArray[np.intp]:
     """The order rows are deduplicated in: time, gateway, device, seq, channel, rssi;
-    stable, so identical rows keep their arrival order."""
-    return lexsort_by_time(rows["t"], rows["gateway"], rows["device"], rows["seq"], rows["channel"], rows["rssi"])
+    stable, so identical rows keep their arrival order. One pass when the rows are in
+    that order already (the worker's held rows are); with ``sorted_runs=s``, rows 0..s
+    and s..n are each ordered and then merged (held rows, then a new batch)."""
+    return order_by_time(*_canonical_keys(rows), sorted_runs=sorted_runs)
+
+
+def in_canonical_order(rows: Sightings) -> bool:
+    """Whether :func:`canonical_order` would leave ``rows`` as they are."""
+    return sorted_by_time(*_canonical_keys(rows))
 
 
 def drop_redeliveries(batch: Sightings, counters: IngestCounters) -> Sightings:
@@ -98,7 +110,10 @@ def drop_redeliveries(batch: Sightings, counters: IngestCounters) -> Sightings:
     """
     if len(batch) == 0:
         return batch
-    batch = take_rows(batch, canonical_order(batch))
+    # Held rows are in canonical order, and so is a slice of them: no sort, only a copy
+    # (as a sort made: never a view of the caller's rows).
+    in_order = in_canonical_order(batch)
+    batch = concat_rows([batch], batch.dtype) if in_order else take_rows(batch, canonical_order(batch))
     no_seq = (batch["seq"] == UNKNOWN).astype(np.int64)
     keys = [
         _pair(batch["gateway"], batch["device"]),
@@ -183,6 +198,7 @@ def merge_channels_by_time(batch: Sightings, fresh: NDArray[np.bool_] | None = N
     candidates = _shared_hash([_pair(batch["gateway"][keyed_at], batch["device"][keyed_at]),
                                batch["seq"][keyed_at].astype(np.int64)])
     n_merged = 0
+    single = len(batch)  # rows 0..single are single events in the batch's order
     if candidates is None:
         events = batch
     else:
@@ -190,12 +206,15 @@ def merge_channels_by_time(batch: Sightings, fresh: NDArray[np.bool_] | None = N
         multi[keyed_at[candidates]] = True
         merged, n_merged = merge_channels(compress_rows(batch, multi), None if fresh is None else fresh[multi])
         events = concat_rows([compress_rows(batch, ~multi), merged], batch.dtype)  # merged has no loose rows
+        single = len(events) - len(merged)
         has_seq = events["seq"] != UNKNOWN
     # merge_channels' order, then by time: at equal times the events by (gateway, device,
-    # seq), then the rows without an event counter in their order here.
+    # seq), then the rows without an event counter in their order here. Rows in canonical
+    # order (as drop_redeliveries returns them) are, but for the merged events, in this
+    # order already: those few are sorted and merged in.
     loose = (~has_seq).astype(np.float64)
-    order = lexsort_by_time(events["t"], loose, events["gateway"] * has_seq, events["device"] * has_seq,
-                            events["seq"] * has_seq, np.arange(len(events)) * loose)
+    order = order_by_time(events["t"], loose, events["gateway"] * has_seq, events["device"] * has_seq,
+                          events["seq"] * has_seq, np.arange(len(events)) * loose, sorted_runs=single)
     return take_rows(events, order), n_merged
 
 
