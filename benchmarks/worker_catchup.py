@@ -9,6 +9,9 @@ window they close. Printed: CPU ms of a steady close (one window) and of the cat
 close, per window; the saved timeline states (how many, packed or not, their bytes) and
 the checkpoint's size at the end (as serialized, and compressed as the worker stores
 it). Timed with the process's CPU clock, so the figures hold on a busy machine.
+Also the process's resident memory every 10 s of traffic, with the rows held and the row
+store's capacity: run past ``--horizon`` to see whether memory stays flat once the horizon
+has filled (the row store reuses its buffer; a short horizon shows it in a short run).
 
     .venv/bin/python benchmarks/worker_catchup.py [--scale 18] [--seconds 40] [--backlog 12]
 """
@@ -16,6 +19,7 @@ it). Timed with the process's CPU clock, so the figures hold on a busy machine.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import zlib
@@ -49,6 +53,7 @@ def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizo
     skip = range(int(backlog_at / 0.25), int((backlog_at + backlog) / 0.25))
     seq, n, handle = 0, 0, 0.0
     steady: list[float] = []
+    memory: list[list[float]] = []
     catch_up: list[tuple[int, float]] = []
     for k in range(int(seconds / 0.25)):
         recv = T0 + (k + 1) * 0.25
@@ -67,6 +72,8 @@ def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizo
         core.tick(recv)
         spent = cpu() - t
         done = (core.windows.closed_through or 0) - (before or 0) if before is not None else 0
+        if (k + 1) % 40 == 0:  # every 10 s of traffic
+            memory.append([(k + 1) * 0.25, round(rss_mb(), 1), len(core.windows.rows), len(core.windows._store)])
         if k >= int(8 / 0.25) and done == 1:  # past the first windows (the rules' zone-entry burst)
             steady.append(spent)
         elif done > 1:
@@ -89,7 +96,14 @@ def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizo
         "checkpoint_bytes": len(blob),
         "checkpoint_stored_bytes": len(zlib.compress(blob, 1)),  # as run_worker stores it
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "memory [s, rss MB, rows held, row store capacity]": memory,
     }
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, MiB (Linux /proc)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def pause(scale: float, behind: float, pause_s: float, after: float) -> dict[str, object]:

@@ -807,9 +807,10 @@ def warm_up(core: WorkerCore, seconds: float = 8.0) -> float:
                 continue
             key = key[0] if isinstance(key, tuple) else key
             t = sent - 0.25 + np.array([0.05, 0.1, 0.15])
+            # warm-up-1's event heard on two channels: the channel merge's kernels load too
             body = encode_columns(gw, k, 1, sent, t, ["warm-up-1", "warm-up-2", "warm-up-1"],
                                   np.array([-60.0 - g, -70.0 - g, -61.0 - g]), np.array([37, 38, 39]),
-                                  np.array([-1, 90, -1]), np.array([-1, 0, -1]), np.array([k, k, k + 1]), key)
+                                  np.array([-1, 90, -1]), np.array([-1, 0, -1]), np.array([k, k, k]), key)
             seq += 1
             core.handle(raw_subject(core.settings.site, gw), body, seq, sent)
         core.tick(sent)
