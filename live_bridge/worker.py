@@ -243,6 +243,11 @@ class WorkerCore:
         # the last window whose outputs went out (None: none yet).
         self.held: dict[int, tuple[int, list[Outgoing]]] = {}  # window -> (positions, their messages)
         self.held_events: list[EventRevision] = []
+        # The live loop sends a close's positions before it writes that close's events as
+        # JSON (a start burst of ~10,000 zone entries takes ~100-200 ms to write): True makes
+        # tick/release_due keep the released events here for event_messages().
+        self.defer_event_messages = False
+        self.unsent_events: list[tuple[list[EventRevision], float]] = []
         self.released_through: int | None = None
         # A spatial partition publishes only the fixes it owns (engine.cells): (fixes, the
         # rows held) -> mask. None: every fix.
@@ -575,8 +580,21 @@ class WorkerCore:
         if events:
             self.counters["events"] += sum(not e.retracted for e in events)
             self.counters["events retracted"] += sum(e.retracted for e in events)
-            subject = out_subject(self.settings.site, "events")
-            out += [(subject, body) for body in events_payloads(events, now, MAX_OUTPUT_BYTES)]
+            if self.defer_event_messages:
+                self.unsent_events.append((events, now))
+            else:
+                out += self._event_messages(events, now)
+        return out
+
+    def _event_messages(self, events: list[EventRevision], now: float) -> list[Outgoing]:
+        subject = out_subject(self.settings.site, "events")
+        return [(subject, body) for body in events_payloads(events, now, MAX_OUTPUT_BYTES)]
+
+    def event_messages(self) -> list[Outgoing]:
+        """The messages of the events released since the last call (``defer_event_messages``),
+        in the order they were released: the same messages tick/release_due return otherwise."""
+        out = [m for events, now in self.unsent_events for m in self._event_messages(events, now)]
+        self.unsent_events = []
         return out
 
     def _release(self, fixes: NDArray[np.void], events: list[EventRevision], mark: float, now: float,
@@ -1038,6 +1056,7 @@ async def run_worker(
     obs = await js.object_store(CHECKPOINT_BUCKET)
     feed = await PullFeed(nc, raw_stream(s.site), s.durable, batch=min(s.fetch_batch, s.max_ack_pending)).start()
     outputs = Outputs(js, core)
+    core.defer_event_messages = True  # positions out first, then the events' JSON (event_messages)
     commits = Commits(outputs, obs, core)
     clock = LoopClock()
     gc.callbacks.append(clock.on_gc)
@@ -1077,6 +1096,10 @@ async def run_worker(
                     published = True
                     await asyncio.sleep(0)  # the publishes queued for the socket ...
                     await nc.flush(timeout=5)  # ... and written before the loop computes again
+                events_out = core.event_messages()  # their events: written as JSON once positions are out
+                if events_out:
+                    outputs.send(events_out)
+                    published = True
                 outbox += core.tick(now)
                 positions_released = core.counters["positions"] - positions
                 rb = core.deep_due(now)
@@ -1093,6 +1116,10 @@ async def run_worker(
                     outbox = []
                     published = True
                     await asyncio.sleep(0)  # the publishes written to the socket now
+                events_out = core.event_messages()
+                if events_out:
+                    outputs.send(events_out)
+                    published = True
                 t4 = time.monotonic()
                 since = t4 - last_ckpt
                 due = (since >= s.checkpoint_every_s and (closed or since >= 2 * s.checkpoint_every_s)) \
@@ -1131,6 +1158,7 @@ async def run_worker(
         with contextlib.suppress(Exception):
             await commits.wait()
             outbox += core.tick(time.time())
+            outbox += core.event_messages()
             if outbox:
                 outputs.send(outbox)
             if unacked or published or outputs.inflight:  # an idle close published since the last checkpoint too
