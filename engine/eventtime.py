@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.contract import SIGHTING_DTYPE, Sightings, compress_rows, concat_rows, take_rows
-from engine.ingest import IngestCounters, canonical_order, drop_redeliveries, merge_channels_by_time
+from engine.ingest import IngestCounters, canonical_order, drop_redeliveries, merge_channels_by_time, with_partners
 from engine.pipeline import FIX_DTYPE, WINDOWS_PER_CHUNK
 
 if TYPE_CHECKING:
@@ -433,8 +433,10 @@ class EventSlices:
         j0, j1 = int(np.floor(t0 / self.step)), int(np.ceil(t1 / self.step)) - 1
         missing = [j for j in range(j0, j1 + 1) if j not in self.cached]
         for a, b in _runs(missing, 1 << 30):
-            lo, hi = sorted_search(rows["t"], [a * self.step - self.margin, (b + 1) * self.step + self.margin])
-            events, _ = merge_channels_by_time(drop_redeliveries(rows[lo:hi], IngestCounters()))
+            lo, c0, c1, hi = sorted_search(rows["t"], [a * self.step - self.margin, a * self.step,
+                                                       (b + 1) * self.step, (b + 1) * self.step + self.margin])
+            span = with_partners(rows[lo:hi], c0 - lo, c1 - lo)  # the margins' rows these merge with
+            events, _ = merge_channels_by_time(drop_redeliveries(span, IngestCounters()))
             edges = np.searchsorted(events["t"], np.arange(a, b + 2) * self.step)
             for j, (e0, e1) in zip(range(a, b + 1), pairwise(edges.tolist()), strict=True):
                 self.cached[j] = events[e0:e1]

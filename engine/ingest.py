@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine._canonical import order_by_time, sorted_by_time
-from engine._order import shared_keys
+from engine._order import member_of, shared_keys
 from engine.contract import UNKNOWN, Sightings, compress_rows, concat_rows, take_rows
 
 RSSI_MIN_DBM = -130.0
@@ -148,6 +148,35 @@ def _shared_hash(keys: list[NDArray[np.int64]]) -> NDArray[np.intp] | None:
 # Odd 64-bit multipliers (splitmix64's) that spread the key bits over the hash.
 _HASH_MULTIPLIERS = (np.int64(-7046029254386353131), np.int64(-4658895280553007687),
                      np.int64(-7723592293110705685), np.int64(6700417 * 2 + 1))
+
+
+def _event_hash(rows: Sightings) -> NDArray[np.int64]:
+    """A hash of each row's advertising event (gateway, device, seq)."""
+    h = _pair(rows["gateway"], rows["device"]) * _HASH_MULTIPLIERS[0]
+    h ^= h >> 29
+    h ^= rows["seq"].astype(np.int64) * _HASH_MULTIPLIERS[1]
+    return h ^ (h >> 29)
+
+
+def with_partners(rows: Sightings, lo: int, hi: int) -> Sightings:
+    """Rows lo..hi, with the rows outside them that may share an advertising event with one
+    of them (same gateway, device and seq: its channel copies and re-deliveries; by hash,
+    so a rare collision adds a row, never drops one), in their order.
+
+    Deduplicating and merging these gives the same events with times in rows lo..hi's
+    span as all of ``rows`` would, when ``rows`` are sorted by time and lo..hi is a span of
+    times: an event's copies are all kept together, and an event none of whose copies is
+    inside the span has its time outside it (rows without an event counter are only
+    ever duplicates of rows with the same time). Most of a margin-widened span is margin."""
+    if lo <= 0 and hi >= len(rows):
+        return rows
+    outside = np.ones(len(rows), dtype=bool)
+    outside[lo:hi] = False
+    keep = ~outside
+    side = np.flatnonzero(outside & (rows["seq"] != UNKNOWN))
+    if len(side) and hi > lo:
+        keep[side[member_of(_event_hash(take_rows(rows, side)), _event_hash(rows[lo:hi]))]] = True
+    return compress_rows(rows, keep)
 
 
 def merge_channels(batch: Sightings, fresh: NDArray[np.bool_] | None = None) -> tuple[Sightings, int]:

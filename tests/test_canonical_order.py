@@ -12,7 +12,13 @@ from engine import eventtime
 from engine._order import lexsort_by_time
 from engine.contract import UNKNOWN, GatewayInfo, sightings_from_columns
 from engine.eventtime import RevisingWindows
-from engine.ingest import IngestCounters, canonical_order, drop_redeliveries, merge_channels_by_time
+from engine.ingest import (
+    IngestCounters,
+    canonical_order,
+    drop_redeliveries,
+    merge_channels_by_time,
+    with_partners,
+)
 from engine.pipeline import Engine, EngineConfig
 from siteplan.zones import ZoneIndex
 
@@ -102,3 +108,19 @@ def test_row_store_holds_what_a_full_sort_of_every_batch_held(batches) -> None:
             assert windows.rows.tobytes() == held.tobytes()
     finally:
         eventtime.STORE_MIN_ROWS = small
+
+
+@settings(max_examples=300, deadline=None)
+@given(ROWS, st.integers(0, 40), st.integers(0, 40))
+def test_a_spans_events_from_it_and_its_partners_equal_those_from_the_whole_margin(rows, a, b) -> None:
+    """EventSlices: a step's events from its rows and the margins' rows sharing an event
+    with them are the step's events from every row of the margin-widened span."""
+    held = sorted_before(rows_from(rows))  # times 0..5 s in 1/8 s, copies and re-deliveries
+    t0, t1 = min(a, b) / 8.0, max(a, b) / 8.0 + 0.0625
+
+    def step_events(span):
+        events, _ = merge_channels_by_time(drop_redeliveries(span, IngestCounters()))
+        return events[(events["t"] >= t0) & (events["t"] < t1)]
+
+    lo, hi = np.searchsorted(held["t"], [t0, t1])
+    assert step_events(with_partners(held, int(lo), int(hi))).tobytes() == step_events(held).tobytes()
