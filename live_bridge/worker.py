@@ -785,10 +785,13 @@ def events_payloads(events: list[EventRevision], now: float, max_bytes: int | No
     revision ``rev`` and the ``event`` (engine.rules Event as a dict), or ``retracted``. Cut
     into messages of at most ``max_bytes`` (None: one), events in their order: a burst
     (every tag of a large site entering its zone at start) can pass the backbone's limit."""
+    # The event's keys sorted (at every level), as its digest's text and the records read
+    # back from the stream have them; the envelope's in this order.
     records = [
-        json.dumps({"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "retracted": True} if e.retracted
-                   else {"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "event": e.event},
-                   separators=(",", ":"))
+        json.dumps({"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "retracted": True},
+                   separators=(",", ":")) if e.retracted
+        else (f'{{"key":{json.dumps(e.key)},"window":{json.dumps(round(e.step_t, 3))},"rev":{json.dumps(e.revision)},'
+              f'"event":{json.dumps(e.event, sort_keys=True, separators=(",", ":"))}}}')
         for e in events
     ]
     head = json.dumps({"v": 1, "t": now}, separators=(",", ":"))[:-1] + ',"events":['

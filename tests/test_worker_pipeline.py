@@ -105,6 +105,32 @@ def test_events_are_cut_under_the_limit_and_keep_their_order(n, max_bytes):
     assert all(len(p) <= max_bytes for p in parts if len(json.loads(p)["events"]) > 1)
 
 
+JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(-1e9, 1e9), st.text(max_size=4))
+JSON_VALUE = st.recursive(JSON_LEAF, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                              st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+                          max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.dictionaries(st.text(max_size=5), JSON_VALUE, max_size=6)), max_size=8))
+def test_events_are_written_as_the_parsed_sorted_text_was(events):
+    """The timeline hands out each event as its record, not its sorted text parsed again:
+    the messages are the bytes the parsed text gave (keys sorted at every level)."""
+    revs = [EventRevision(f"k{i}", 1.7e9 + i / 3, i, e) for i, e in enumerate(events)]
+    parsed = [EventRevision(r.key, r.step_t, r.revision,
+                            None if r.event is None else json.loads(json.dumps(r.event, sort_keys=True)))
+              for r in revs]
+
+    def as_before(e: EventRevision) -> str:
+        return json.dumps({"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "retracted": True}
+                          if e.retracted else
+                          {"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "event": e.event},
+                          separators=(",", ":"))
+
+    head = json.dumps({"v": 1, "t": 3.0}, separators=(",", ":"))[:-1] + ',"events":['
+    assert events_payloads(revs, 3.0, None) == [(head + ",".join(map(as_before, parsed)) + "]}").encode()]
+
+
 @pytest.fixture
 def backbone(tmp_path: Path):
     with EmbeddedNats.on_free_ports(tmp_path / "nats") as srv:
