@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import emit
 
-from tagtwin.loadtest import LoadTestOptions, Ramp, run_loadtest
+from tagtwin.loadtest import LoadTestError, LoadTestOptions, Ramp, parse_slos, run_loadtest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,10 @@ if __name__ == "__main__":
     import json
 
     settings = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.worker_setting)}
-    slos = {k: None if v == "none" else float(v) for k, _, v in (s.partition("=") for s in args.slo)}
+    try:
+        slos = parse_slos(args.slo)
+    except LoadTestError as exc:
+        ap.error(str(exc))
 
     def ramp(start: float, factor: float) -> dict[str, object]:
         report = run_loadtest(LoadTestOptions(
