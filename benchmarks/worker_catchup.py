@@ -6,9 +6,14 @@ rules, as the worker runs it (``handle`` per batch; ``release_due`` + ``tick`` a
 0.25 s tick). From ``--backlog-at`` seconds on, ``--backlog`` seconds of batches are
 handled with no tick between (a worker behind its stream), then one tick computes every
 window they close. Printed: CPU ms of a steady close (one window) and of the catch-up
-close, per window; the saved timeline states (how many, packed or not, their bytes) and
-the checkpoint's size at the end (as serialized, and compressed as the worker stores
-it). Timed with the process's CPU clock, so the figures hold on a busy machine.
+close, per window; of each of the first 12 closes (after the worker's warm-up: a cold
+start's first windows, where the rules decide an event for every tag); the saved
+timeline states (how many, packed or not, their bytes) and the checkpoint's size at the
+end (as serialized, and compressed as the worker stores it). Timed with the process's
+CPU clock, so the figures hold on a busy machine.
+Also the process's resident memory every 10 s of traffic, with the rows held and the row
+store's capacity: run past ``--horizon`` to see whether memory stays flat once the horizon
+has filled (the row store reuses its buffer; a short horizon shows it in a short run).
 
     .venv/bin/python benchmarks/worker_catchup.py [--scale 18] [--seconds 40] [--backlog 12]
 """
@@ -16,6 +21,7 @@ it). Timed with the process's CPU clock, so the figures hold on a busy machine.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import zlib
@@ -29,7 +35,7 @@ from _common import emit, peak_rss_mb
 
 from engine.timeline import PackedState
 from live_bridge.backbone import raw_subject
-from live_bridge.worker import WorkerSettings
+from live_bridge.worker import WorkerCore, WorkerSettings, warm_up
 from tagtwin.live import site_engine_config
 from tagtwin.loadgen import PublisherSpec, Schedule, TickBuilder
 from tagtwin.loadtest import site_traffic
@@ -44,11 +50,17 @@ def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizo
     sc = load_scenario(REPO / "scenarios" / "static-open.toml")
     tr = site_traffic(sc, "catchup", 0, 12.0)
     b = TickBuilder(PublisherSpec(0, "", "nats", [tr], Schedule(scale, seconds), T0, 0.25, wire=2))
-    core = site_worker_core(sc, site_engine_config(sc), tr.keys, WorkerSettings(site="catchup", horizon_s=horizon))
+    def make_core() -> WorkerCore:
+        return site_worker_core(sc, site_engine_config(sc), tr.keys, WorkerSettings(site="catchup", horizon_s=horizon))
+
+    warm_up(make_core())  # as the worker does before its first live close: kernels loaded
+    core = make_core()
     cpu = time.process_time
     skip = range(int(backlog_at / 0.25), int((backlog_at + backlog) / 0.25))
+    first: list[list[float]] = []
     seq, n, handle = 0, 0, 0.0
     steady: list[float] = []
+    memory: list[list[float]] = []
     catch_up: list[tuple[int, float]] = []
     for k in range(int(seconds / 0.25)):
         recv = T0 + (k + 1) * 0.25
@@ -67,6 +79,10 @@ def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizo
         core.tick(recv)
         spent = cpu() - t
         done = (core.windows.closed_through or 0) - (before or 0) if before is not None else 0
+        if done == 1 and len(first) < 12:
+            first.append([(k + 1) * 0.25, round(spent * 1000)])
+        if (k + 1) % 40 == 0:  # every 10 s of traffic
+            memory.append([(k + 1) * 0.25, round(rss_mb(), 1), len(core.windows.rows), len(core.windows._store)])
         if k >= int(8 / 0.25) and done == 1:  # past the first windows (the rules' zone-entry burst)
             steady.append(spent)
         elif done > 1:
@@ -80,6 +96,7 @@ def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizo
         "handle_cpu_us_per_sighting": round(handle / n * 1e6, 2),
         "steady_close_cpu_ms": {"median": round(float(np.median(steady)) * 1000, 1),
                                 "p90": round(float(np.percentile(steady, 90)) * 1000, 1), "closes": len(steady)},
+        "first_closes [s, cpu ms]": first,
         "catch_up_closes": [{"windows": done, "cpu_ms": round(spent * 1000, 1),
                              "cpu_ms_per_window": round(spent / done * 1000, 1)} for done, spent in catch_up],
         "catch_up_over_steady_per_window": round(float(np.mean(per_window)) / float(np.median(steady)), 3)
@@ -89,7 +106,14 @@ def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizo
         "checkpoint_bytes": len(blob),
         "checkpoint_stored_bytes": len(zlib.compress(blob, 1)),  # as run_worker stores it
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "memory [s, rss MB, rows held, row store capacity]": memory,
     }
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, MiB (Linux /proc)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def pause(scale: float, behind: float, pause_s: float, after: float) -> dict[str, object]:

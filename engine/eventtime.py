@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.contract import SIGHTING_DTYPE, Sightings, compress_rows, concat_rows, take_rows
-from engine.ingest import IngestCounters, canonical_order, drop_redeliveries, merge_channels_by_time
+from engine.ingest import IngestCounters, canonical_order, drop_redeliveries, merge_channels_by_time, with_partners
 from engine.pipeline import FIX_DTYPE, WINDOWS_PER_CHUNK
 
 if TYPE_CHECKING:
@@ -57,6 +57,9 @@ REVISED_FIX_DTYPE = np.dtype([*FIX_DTYPE.descr, ("revision", "i4")])
 # rows this far outside a window's span are read too and every event merges the same way
 # whichever windows are computed together.
 MERGE_MARGIN_S = 1.0
+STORE_FILL = 0.75  # the row store grows when its live rows would fill more than this of it
+STORE_GROWTH = 1.5  # and then to this many times the live rows
+STORE_MIN_ROWS = 1024
 
 
 @dataclass
@@ -359,18 +362,30 @@ class RevisingWindows:
         """Merge ``new`` into the rows, kept in canonical order (drop_redeliveries' order:
         time, gateway, device, seq, channel, rssi; arrival order among equal rows), so
         recomputing a window finds its rows already sorted. Only the tail the new rows
-        reach is sorted again."""
+        reach is touched: the new rows are sorted on their own and merged into it.
+
+        The buffer keeps its size once the horizon has filled: pruned rows leave room at
+        the front, and when the end is reached the live rows move back to the front of the
+        same buffer. It grows (by half) only when the live rows would fill more than
+        ``STORE_FILL`` of it, and a new buffer is written whole at once, so the process's
+        memory is what the buffer holds, not a slow climb as fresh pages are touched."""
         t = self.rows["t"]
         cut = self._lo + sorted_search(t, [new["t"].min()])[0]
-        new = concat_rows([self._store[cut:self._hi], new], SIGHTING_DTYPE)
-        new = take_rows(new, canonical_order(new))
+        tail = self._store[cut:self._hi]
+        new = concat_rows([tail, new], SIGHTING_DTYPE)
+        new = take_rows(new, canonical_order(new, sorted_runs=len(tail)))
+        if cut + len(new) > len(self._store):
+            live = cut - self._lo
+            if live + len(new) <= STORE_FILL * len(self._store):  # room at the front: reuse it
+                raw = _raw(self._store)
+                raw[:live] = raw[self._lo:cut]  # numpy copies overlapping ranges correctly
+            else:
+                store = np.empty(max(int(STORE_GROWTH * (live + len(new))), STORE_MIN_ROWS), SIGHTING_DTYPE)
+                store.view(np.uint8)[live * store.itemsize:] = 0  # touched now, not while it fills
+                _raw(store)[:live] = _raw(self._store[self._lo:cut])
+                self._store = store
+            self._lo, cut = 0, live
         need = cut + len(new)
-        if need > len(self._store):  # compact to the front, with room to grow
-            keep = self._store[self._lo:cut]
-            store = np.empty(max(2 * (len(keep) + len(new)), 1024), SIGHTING_DTYPE)
-            _raw(store)[:len(keep)] = _raw(keep)
-            self._store, self._lo, cut = store, 0, len(keep)
-            need = cut + len(new)
         _raw(self._store)[cut:need] = _raw(new)
         self._hi = need
 
@@ -418,8 +433,10 @@ class EventSlices:
         j0, j1 = int(np.floor(t0 / self.step)), int(np.ceil(t1 / self.step)) - 1
         missing = [j for j in range(j0, j1 + 1) if j not in self.cached]
         for a, b in _runs(missing, 1 << 30):
-            lo, hi = sorted_search(rows["t"], [a * self.step - self.margin, (b + 1) * self.step + self.margin])
-            events, _ = merge_channels_by_time(drop_redeliveries(rows[lo:hi], IngestCounters()))
+            lo, c0, c1, hi = sorted_search(rows["t"], [a * self.step - self.margin, a * self.step,
+                                                       (b + 1) * self.step, (b + 1) * self.step + self.margin])
+            span = with_partners(rows[lo:hi], c0 - lo, c1 - lo)  # the margins' rows these merge with
+            events, _ = merge_channels_by_time(drop_redeliveries(span, IngestCounters()))
             edges = np.searchsorted(events["t"], np.arange(a, b + 2) * self.step)
             for j, (e0, e1) in zip(range(a, b + 1), pairwise(edges.tolist()), strict=True):
                 self.cached[j] = events[e0:e1]

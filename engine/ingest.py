@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from engine._order import lexsort_by_time, shared_keys
+from engine._canonical import order_by_time, sorted_by_time
+from engine._order import member_of, shared_keys
 from engine.contract import UNKNOWN, Sightings, compress_rows, concat_rows, take_rows
 
 RSSI_MIN_DBM = -130.0
@@ -81,10 +82,21 @@ def _pair(high: NDArray[np.integer], low: NDArray[np.integer]) -> NDArray[np.int
     return (high.astype(np.int64) << 32) | (low.astype(np.int64) & 0xFFFFFFFF)
 
 
-def canonical_order(rows: Sightings) -> NDArray[np.intp]:
+def _canonical_keys(rows: Sightings) -> tuple[NDArray[np.float64], *tuple[NDArray[np.generic], ...]]:
+    return rows["t"], rows["gateway"], rows["device"], rows["seq"], rows["channel"], rows["rssi"]
+
+
+def canonical_order(rows: Sightings, sorted_runs: int | None = None) -> NDArray[np.intp]:
     """The order rows are deduplicated in: time, gateway, device, seq, channel, rssi;
-    stable, so identical rows keep their arrival order."""
-    return lexsort_by_time(rows["t"], rows["gateway"], rows["device"], rows["seq"], rows["channel"], rows["rssi"])
+    stable, so identical rows keep their arrival order. One pass when the rows are in
+    that order already (the worker's held rows are); with ``sorted_runs=s``, rows 0..s
+    and s..n are each ordered and then merged (held rows, then a new batch)."""
+    return order_by_time(*_canonical_keys(rows), sorted_runs=sorted_runs)
+
+
+def in_canonical_order(rows: Sightings) -> bool:
+    """Whether :func:`canonical_order` would leave ``rows`` as they are."""
+    return sorted_by_time(*_canonical_keys(rows))
 
 
 def drop_redeliveries(batch: Sightings, counters: IngestCounters) -> Sightings:
@@ -98,7 +110,10 @@ def drop_redeliveries(batch: Sightings, counters: IngestCounters) -> Sightings:
     """
     if len(batch) == 0:
         return batch
-    batch = take_rows(batch, canonical_order(batch))
+    # Held rows are in canonical order, and so is a slice of them: no sort, only a copy
+    # (as a sort made: never a view of the caller's rows).
+    in_order = in_canonical_order(batch)
+    batch = concat_rows([batch], batch.dtype) if in_order else take_rows(batch, canonical_order(batch))
     no_seq = (batch["seq"] == UNKNOWN).astype(np.int64)
     keys = [
         _pair(batch["gateway"], batch["device"]),
@@ -133,6 +148,35 @@ def _shared_hash(keys: list[NDArray[np.int64]]) -> NDArray[np.intp] | None:
 # Odd 64-bit multipliers (splitmix64's) that spread the key bits over the hash.
 _HASH_MULTIPLIERS = (np.int64(-7046029254386353131), np.int64(-4658895280553007687),
                      np.int64(-7723592293110705685), np.int64(6700417 * 2 + 1))
+
+
+def _event_hash(rows: Sightings) -> NDArray[np.int64]:
+    """A hash of each row's advertising event (gateway, device, seq)."""
+    h = _pair(rows["gateway"], rows["device"]) * _HASH_MULTIPLIERS[0]
+    h ^= h >> 29
+    h ^= rows["seq"].astype(np.int64) * _HASH_MULTIPLIERS[1]
+    return h ^ (h >> 29)
+
+
+def with_partners(rows: Sightings, lo: int, hi: int) -> Sightings:
+    """Rows lo..hi, with the rows outside them that may share an advertising event with one
+    of them (same gateway, device and seq: its channel copies and re-deliveries; by hash,
+    so a rare collision adds a row, never drops one), in their order.
+
+    Deduplicating and merging these gives the same events with times in rows lo..hi's
+    span as all of ``rows`` would, when ``rows`` are sorted by time and lo..hi is a span of
+    times: an event's copies are all kept together, and an event none of whose copies is
+    inside the span has its time outside it (rows without an event counter are only
+    ever duplicates of rows with the same time). Most of a margin-widened span is margin."""
+    if lo <= 0 and hi >= len(rows):
+        return rows
+    outside = np.ones(len(rows), dtype=bool)
+    outside[lo:hi] = False
+    keep = ~outside
+    side = np.flatnonzero(outside & (rows["seq"] != UNKNOWN))
+    if len(side) and hi > lo:
+        keep[side[member_of(_event_hash(take_rows(rows, side)), _event_hash(rows[lo:hi]))]] = True
+    return compress_rows(rows, keep)
 
 
 def merge_channels(batch: Sightings, fresh: NDArray[np.bool_] | None = None) -> tuple[Sightings, int]:
@@ -183,6 +227,7 @@ def merge_channels_by_time(batch: Sightings, fresh: NDArray[np.bool_] | None = N
     candidates = _shared_hash([_pair(batch["gateway"][keyed_at], batch["device"][keyed_at]),
                                batch["seq"][keyed_at].astype(np.int64)])
     n_merged = 0
+    single = len(batch)  # rows 0..single are single events in the batch's order
     if candidates is None:
         events = batch
     else:
@@ -190,12 +235,15 @@ def merge_channels_by_time(batch: Sightings, fresh: NDArray[np.bool_] | None = N
         multi[keyed_at[candidates]] = True
         merged, n_merged = merge_channels(compress_rows(batch, multi), None if fresh is None else fresh[multi])
         events = concat_rows([compress_rows(batch, ~multi), merged], batch.dtype)  # merged has no loose rows
+        single = len(events) - len(merged)
         has_seq = events["seq"] != UNKNOWN
     # merge_channels' order, then by time: at equal times the events by (gateway, device,
-    # seq), then the rows without an event counter in their order here.
+    # seq), then the rows without an event counter in their order here. Rows in canonical
+    # order (as drop_redeliveries returns them) are, but for the merged events, in this
+    # order already: those few are sorted and merged in.
     loose = (~has_seq).astype(np.float64)
-    order = lexsort_by_time(events["t"], loose, events["gateway"] * has_seq, events["device"] * has_seq,
-                            events["seq"] * has_seq, np.arange(len(events)) * loose)
+    order = order_by_time(events["t"], loose, events["gateway"] * has_seq, events["device"] * has_seq,
+                          events["seq"] * has_seq, np.arange(len(events)) * loose, sorted_runs=single)
     return take_rows(events, order), n_merged
 
 

@@ -55,7 +55,8 @@ ORIGIN_GRID_S = 60.0  # the rules' clock starts on a whole minute, one minute be
 @dataclass(frozen=True)
 class EventRevision:
     """One rule event as published: its identity, the window step that decided it (end of
-    that window, absolute time), the revision, and the event (None: retracted)."""
+    that window, absolute time), the revision, and the event (None: retracted; a plain
+    JSON-safe dict, published with its keys sorted)."""
 
     key: str
     step_t: float
@@ -183,7 +184,7 @@ class RevisedTimeline(RevisingWindows):
     def _run(self, k_from: int, last: int, revision: int) -> NDArray[np.void]:
         """Windows k_from..last in runs, the rules one step per window; what changed out."""
         changed: list[NDArray[np.void]] = []
-        new_events: dict[str, tuple[int, str]] = {}
+        new_events: dict[str, tuple[int, str, dict[str, object]]] = {}
         for k0 in range(k_from, last + 1, WINDOWS_PER_CHUNK):
             k1 = min(last, k0 + WINDOWS_PER_CHUNK - 1)
             # the windows' merged events, as RevisingWindows computes them (cached per step)
@@ -207,7 +208,7 @@ class RevisedTimeline(RevisingWindows):
         return np.concatenate(changed) if changed else np.zeros(0, REVISED_FIX_DTYPE)
 
     def _feed_rules(self, rows: Sightings, fixes: NDArray[np.void], k0: int, k1: int,
-                    new_events: dict[str, tuple[int, str]]) -> None:
+                    new_events: dict[str, tuple[int, str, dict[str, object]]]) -> None:
         """Rule steps k0..k1: each window's sightings and fixes, then the clock to its end.
         One ``step_until`` for the whole run (its buffers sorted once, not once a window:
         a run of k windows cost k sorts of up to k windows' rows), each step's events
@@ -237,22 +238,24 @@ class RevisedTimeline(RevisingWindows):
                 while key in new_events:  # the same identity twice: number the repeats
                     key = f"{event_key(record)}#{n}"
                     n += 1
-                new_events[key] = (k, json.dumps(record, sort_keys=True))
+                new_events[key] = (k, json.dumps(record, sort_keys=True), record)
             self._sink.events.clear()
 
         self._sink.events.clear()
         self.feeder.step_until(k1 * self.step - origin, on_step=credit)
         self._sink.events.clear()
 
-    def _diff_events(self, k_from: int, new: dict[str, tuple[int, str]], revision: int) -> None:
-        """Events decided from k_from on: new or changed ones out, vanished ones retracted."""
+    def _diff_events(self, k_from: int, new: dict[str, tuple[int, str, dict[str, object]]], revision: int) -> None:
+        """Events decided from k_from on: new or changed ones out, vanished ones retracted.
+        An event goes out as the record its text was written from (not the text parsed
+        again: a start burst is ~10,000 of them); the writer sorts its keys as the text's."""
         old = {key: v for key, v in self.published.items() if v[0] >= k_from}
-        for key, (k, text) in new.items():
+        for key, (k, text, record) in new.items():
             digest = _digest(text)
             if old.get(key, (None, None))[1] != digest:
-                self.events_out.append(EventRevision(key, k * self.step, revision, json.loads(text)))
+                self.events_out.append(EventRevision(key, k * self.step, revision, record))
             self.published[key] = (k, digest)
-        for key in old.keys() - new.keys():
+        for key in [key for key in old if key not in new]:  # in published order: a set's order is the hash seed's
             k = old[key][0]
             self.events_out.append(EventRevision(key, k * self.step, revision, None))
             del self.published[key]

@@ -23,6 +23,7 @@ import logging
 import math
 import queue
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -493,6 +494,26 @@ def decimals3(values: list[float]) -> list[str]:
     return out
 
 
+_QUOTED_IDS: dict[int, tuple[weakref.ref[IdTable], list[str]]] = {}
+
+
+def quoted_ids(devices: IdTable) -> list[str]:
+    """Each device id as json.dumps writes it, kept per table: ids are only ever appended
+    (IdTable.code), so a window's positions quote only the ids registered since the last."""
+    quote = json.encoder.encode_basestring_ascii
+    held = _QUOTED_IDS.get(id(devices))
+    if held is None or held[0]() is not devices:
+        for key in [k for k, (ref, _) in _QUOTED_IDS.items() if ref() is None]:
+            del _QUOTED_IDS[key]
+        held = _QUOTED_IDS[id(devices)] = (weakref.ref(devices), [])
+    quoted = held[1]
+    if quoted and quoted[-1] != quote(str(devices.ids[len(quoted) - 1])):  # not appended to: start again
+        quoted.clear()
+    if len(quoted) < len(devices.ids):
+        quoted += [quote(str(d)) for d in devices.ids[len(quoted):]]
+    return quoted
+
+
 def positions_payloads(
     fixes: NDArray[np.void], devices: IdTable, zone_names: tuple[str, ...], origin: float, now: float,
     max_bytes: int | None,
@@ -504,7 +525,6 @@ def positions_payloads(
     fixes = fixes[np.isfinite(fixes["x"])]
     if len(fixes) == 0:
         return [json.dumps({"v": 1, "t": now, "positions": []}, separators=(",", ":")).encode()]
-    ids = devices.ids
     quote = json.encoder.encode_basestring_ascii  # what json.dumps writes a str with
 
     def numbers(col: NDArray[np.float64], add: float | None = None) -> list[str]:
@@ -515,17 +535,33 @@ def positions_payloads(
         vals = [round(v, 3) for v in col.tolist()]
         return [json.dumps(v) for v in vals] if not np.isfinite(col).all() else list(map(float.__repr__, vals))
 
-    def small_ints(col: NDArray[np.integer]) -> list[str]:
-        return [str(v) for v in col.tolist()]
+    def few_numbers(col: NDArray[np.float64], add: float) -> list[str]:
+        """numbers() of a column of few distinct values (a window's fix times): each written once."""
+        values, at = np.unique(col, return_inverse=True)
+        return by_code(numbers(values, add), at)
+
+    def by_code(texts: list[str], codes: NDArray[np.integer]) -> list[str]:
+        """texts[c] for each code, without a Python loop over the rows."""
+        table = np.empty(len(texts), dtype=object)
+        table[:] = texts
+        return table[codes].tolist()
+
+    def small_ints(col: NDArray[np.integer], null: int | None = None) -> list[str]:
+        """str of each value (``null``: that value as JSON null), from a table of the range."""
+        if len(col) == 0:
+            return []
+        lo, hi = int(col.min()), int(col.max())
+        if hi - lo > 4096:
+            return ["null" if v == null else str(v) for v in col.tolist()]
+        return by_code(["null" if v == null else str(v) for v in range(lo, hi + 1)], col.astype(np.int64) - lo)
 
     zones = [quote(z) for z in zone_names]
     zone = [zones[z] if z != NO_ZONE else "null" for z in fixes["zone"].tolist()]
     method = [quote(m) for m in METHOD_NAMES]
-    bat = ["null" if v == UNKNOWN else str(v) for v in fixes["battery"].tolist()]
-    mot = ["null" if v == UNKNOWN else str(v) for v in fixes["motion"].tolist()]
-    cols = [numbers(fixes["t"], origin), [quote(str(ids[d])) for d in fixes["device"].tolist()],
+    cols = [few_numbers(fixes["t"], origin), by_code(quoted_ids(devices), fixes["device"]),
             numbers(fixes["x"]), numbers(fixes["y"]), numbers(fixes["r90"]), zone,
-            small_ints(fixes["n_gateways"]), [method[m] for m in fixes["method"].tolist()], bat, mot]
+            small_ints(fixes["n_gateways"]), by_code(method, fixes["method"]), small_ints(fixes["battery"], UNKNOWN),
+            small_ints(fixes["motion"], UNKNOWN)]
     keys = ["t", "dev", "x", "y", "r90", "zone", "n_gw", "method", "bat", "mot"]
     if "revision" in (fixes.dtype.names or ()):
         cols.append(small_ints(fixes["revision"]))

@@ -243,6 +243,11 @@ class WorkerCore:
         # the last window whose outputs went out (None: none yet).
         self.held: dict[int, tuple[int, list[Outgoing]]] = {}  # window -> (positions, their messages)
         self.held_events: list[EventRevision] = []
+        # The live loop sends a close's positions before it writes that close's events as
+        # JSON (a start burst of ~10,000 zone entries takes ~100-200 ms to write): True makes
+        # tick/release_due keep the released events here for event_messages().
+        self.defer_event_messages = False
+        self.unsent_events: list[tuple[list[EventRevision], float]] = []
         self.released_through: int | None = None
         # A spatial partition publishes only the fixes it owns (engine.cells): (fixes, the
         # rows held) -> mask. None: every fix.
@@ -575,8 +580,21 @@ class WorkerCore:
         if events:
             self.counters["events"] += sum(not e.retracted for e in events)
             self.counters["events retracted"] += sum(e.retracted for e in events)
-            subject = out_subject(self.settings.site, "events")
-            out += [(subject, body) for body in events_payloads(events, now, MAX_OUTPUT_BYTES)]
+            if self.defer_event_messages:
+                self.unsent_events.append((events, now))
+            else:
+                out += self._event_messages(events, now)
+        return out
+
+    def _event_messages(self, events: list[EventRevision], now: float) -> list[Outgoing]:
+        subject = out_subject(self.settings.site, "events")
+        return [(subject, body) for body in events_payloads(events, now, MAX_OUTPUT_BYTES)]
+
+    def event_messages(self) -> list[Outgoing]:
+        """The messages of the events released since the last call (``defer_event_messages``),
+        in the order they were released: the same messages tick/release_due return otherwise."""
+        out = [m for events, now in self.unsent_events for m in self._event_messages(events, now)]
+        self.unsent_events = []
         return out
 
     def _release(self, fixes: NDArray[np.void], events: list[EventRevision], mark: float, now: float,
@@ -767,10 +785,13 @@ def events_payloads(events: list[EventRevision], now: float, max_bytes: int | No
     revision ``rev`` and the ``event`` (engine.rules Event as a dict), or ``retracted``. Cut
     into messages of at most ``max_bytes`` (None: one), events in their order: a burst
     (every tag of a large site entering its zone at start) can pass the backbone's limit."""
+    # The event's keys sorted (at every level), as its digest's text and the records read
+    # back from the stream have them; the envelope's in this order.
     records = [
-        json.dumps({"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "retracted": True} if e.retracted
-                   else {"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "event": e.event},
-                   separators=(",", ":"))
+        json.dumps({"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "retracted": True},
+                   separators=(",", ":")) if e.retracted
+        else (f'{{"key":{json.dumps(e.key)},"window":{json.dumps(round(e.step_t, 3))},"rev":{json.dumps(e.revision)},'
+              f'"event":{json.dumps(e.event, sort_keys=True, separators=(",", ":"))}}}')
         for e in events
     ]
     head = json.dumps({"v": 1, "t": now}, separators=(",", ":"))[:-1] + ',"events":['
@@ -807,9 +828,10 @@ def warm_up(core: WorkerCore, seconds: float = 8.0) -> float:
                 continue
             key = key[0] if isinstance(key, tuple) else key
             t = sent - 0.25 + np.array([0.05, 0.1, 0.15])
+            # warm-up-1's event heard on two channels: the channel merge's kernels load too
             body = encode_columns(gw, k, 1, sent, t, ["warm-up-1", "warm-up-2", "warm-up-1"],
                                   np.array([-60.0 - g, -70.0 - g, -61.0 - g]), np.array([37, 38, 39]),
-                                  np.array([-1, 90, -1]), np.array([-1, 0, -1]), np.array([k, k, k + 1]), key)
+                                  np.array([-1, 90, -1]), np.array([-1, 0, -1]), np.array([k, k, k]), key)
             seq += 1
             core.handle(raw_subject(core.settings.site, gw), body, seq, sent)
         core.tick(sent)
@@ -1037,6 +1059,7 @@ async def run_worker(
     obs = await js.object_store(CHECKPOINT_BUCKET)
     feed = await PullFeed(nc, raw_stream(s.site), s.durable, batch=min(s.fetch_batch, s.max_ack_pending)).start()
     outputs = Outputs(js, core)
+    core.defer_event_messages = True  # positions out first, then the events' JSON (event_messages)
     commits = Commits(outputs, obs, core)
     clock = LoopClock()
     gc.callbacks.append(clock.on_gc)
@@ -1076,6 +1099,10 @@ async def run_worker(
                     published = True
                     await asyncio.sleep(0)  # the publishes queued for the socket ...
                     await nc.flush(timeout=5)  # ... and written before the loop computes again
+                events_out = core.event_messages()  # their events: written as JSON once positions are out
+                if events_out:
+                    outputs.send(events_out)
+                    published = True
                 outbox += core.tick(now)
                 positions_released = core.counters["positions"] - positions
                 rb = core.deep_due(now)
@@ -1092,6 +1119,10 @@ async def run_worker(
                     outbox = []
                     published = True
                     await asyncio.sleep(0)  # the publishes written to the socket now
+                events_out = core.event_messages()
+                if events_out:
+                    outputs.send(events_out)
+                    published = True
                 t4 = time.monotonic()
                 since = t4 - last_ckpt
                 due = (since >= s.checkpoint_every_s and (closed or since >= 2 * s.checkpoint_every_s)) \
@@ -1130,6 +1161,7 @@ async def run_worker(
         with contextlib.suppress(Exception):
             await commits.wait()
             outbox += core.tick(time.time())
+            outbox += core.event_messages()
             if outbox:
                 outputs.send(outbox)
             if unacked or published or outputs.inflight:  # an idle close published since the last checkpoint too

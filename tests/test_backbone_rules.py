@@ -544,3 +544,23 @@ def test_a_stateless_site_with_rules_gets_its_events_revised_by_the_deep_pass():
     assert revisions > 0
     assert events == events_of(ref)[0]
     assert positions(out)[0] == positions(ref)[0]
+
+
+def test_deferred_event_messages_are_the_messages_a_tick_returns():
+    """The live loop sends a close's positions, then writes its events (defer_event_messages):
+    the same messages in the same order as a tick that writes both."""
+    ticks = messages(fault_free)
+    plain = run(make_core(), ticks)
+    core = make_core()
+    core.defer_event_messages = True
+    deferred: list[tuple[str, bytes]] = []
+    seq = 1
+    for tick in ticks:
+        for subject, body, received in tick:
+            deferred += core.handle(subject, body, seq, received)
+            seq += 1
+        if tick:
+            deferred += core.release_due(tick[-1][2]) + core.event_messages()
+            deferred += core.tick(tick[-1][2]) + core.event_messages()
+    assert any(s.endswith(".events") for s, _ in plain)
+    assert deferred == plain

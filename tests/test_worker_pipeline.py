@@ -66,6 +66,32 @@ def test_positions_are_cut_under_the_limit_and_lose_nothing(n, max_bytes, seed):
         assert parts == [whole]
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([3.0, 4.0, 1e9 + 0.0005]), st.integers(0, 5),
+                          st.one_of(st.floats(-1e3, 1e3), st.just(float("nan"))), st.integers(-1, 100),
+                          st.integers(-1, 1), st.integers(0, 40)), max_size=60),
+       st.integers(0, 3))
+def test_positions_are_json_dumps_of_each_fix_as_the_ids_table_grows(rows, added):
+    """A window's positions (few distinct times, small-int columns written from tables, ids
+    quoted once per table and appended as the table grows) are json.dumps of each fix."""
+    devices = IdTable(["tag-0", 'odd "id" \u00e9', "tag-2"])
+    positions_payloads(np.zeros(1, REVISED_FIX_DTYPE), devices, ("dock",), 0.0, 1.0, None)  # quotes 3 ids
+    for i in range(added + 3):
+        devices.code(f"new-\u00fc-{i}")
+    fixes = np.zeros(len(rows), REVISED_FIX_DTYPE)
+    for j, (t, d, x, bat, mot, ngw) in enumerate(rows):
+        fixes[j]["t"], fixes[j]["device"], fixes[j]["x"], fixes[j]["y"] = t, d, x, 2.5
+        fixes[j]["battery"], fixes[j]["motion"], fixes[j]["n_gateways"], fixes[j]["revision"] = bat, mot, ngw, 7
+    expected = {"v": 1, "t": 2.0, "positions": [
+        {"t": round(float(f["t"]) + 0.5, 3), "dev": devices.ids[int(f["device"])], "x": round(float(f["x"]), 3),
+         "y": 2.5, "r90": 0.0, "zone": "dock", "n_gw": int(f["n_gateways"]), "method": METHOD_NAMES[0],
+         "bat": None if f["battery"] == UNKNOWN else int(f["battery"]),
+         "mot": None if f["motion"] == UNKNOWN else int(f["motion"]), "rev": 7}
+        for f in fixes if np.isfinite(f["x"])]}
+    got = positions_payloads(fixes, devices, ("dock",), 0.5, 2.0, None)
+    assert got == [json.dumps(expected, separators=(",", ":")).encode()]
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 200), st.integers(200, 8_000))
 def test_events_are_cut_under_the_limit_and_keep_their_order(n, max_bytes):
@@ -77,6 +103,32 @@ def test_events_are_cut_under_the_limit_and_keep_their_order(n, max_bytes):
     assert len(whole) == 1
     assert [r for p in parts for r in json.loads(p)["events"]] == json.loads(whole[0])["events"]
     assert all(len(p) <= max_bytes for p in parts if len(json.loads(p)["events"]) > 1)
+
+
+JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(-1e9, 1e9), st.text(max_size=4))
+JSON_VALUE = st.recursive(JSON_LEAF, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                              st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+                          max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.dictionaries(st.text(max_size=5), JSON_VALUE, max_size=6)), max_size=8))
+def test_events_are_written_as_the_parsed_sorted_text_was(events):
+    """The timeline hands out each event as its record, not its sorted text parsed again:
+    the messages are the bytes the parsed text gave (keys sorted at every level)."""
+    revs = [EventRevision(f"k{i}", 1.7e9 + i / 3, i, e) for i, e in enumerate(events)]
+    parsed = [EventRevision(r.key, r.step_t, r.revision,
+                            None if r.event is None else json.loads(json.dumps(r.event, sort_keys=True)))
+              for r in revs]
+
+    def as_before(e: EventRevision) -> str:
+        return json.dumps({"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "retracted": True}
+                          if e.retracted else
+                          {"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "event": e.event},
+                          separators=(",", ":"))
+
+    head = json.dumps({"v": 1, "t": 3.0}, separators=(",", ":"))[:-1] + ',"events":['
+    assert events_payloads(revs, 3.0, None) == [(head + ",".join(map(as_before, parsed)) + "]}").encode()]
 
 
 @pytest.fixture
