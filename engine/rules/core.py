@@ -245,17 +245,17 @@ class RuleCore:
         zone: int | None = None,
         **evidence: object,
     ) -> Event:
-        tg = self.tags
         if d is not None:
-            z = int(tg["zone"][d]) if zone is None else zone
+            tg = self.tags.a  # .item: the Python number without a numpy scalar between (every zone entry of a burst)
+            z = tg["zone"].item(d) if zone is None else zone
             return Event(
                 rule=rule,
                 t=float(t),
                 ruleset_version=self.rules.version,
                 tag=self._tag_id(d),
-                x=float(tg["x"][d]),
-                y=float(tg["y"][d]),
-                r90=float(tg["r90"][d]),
+                x=tg["x"].item(d),
+                y=tg["y"].item(d),
+                r90=tg["r90"].item(d),
                 zone=self._zone_name(z),
                 confidence=float(confidence),
                 evidence=evidence,

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.contract import compress_rows
 from engine.rules.access import AccessRules
 from engine.rules.battery import BatteryRules
 from engine.rules.core import is_sorted, sorted_runs
@@ -92,8 +93,9 @@ class RuleEngine(ExitRules, CycleCountRules, GeofenceRules, DwellRules, BatteryR
             & (rows["gateway"] < n_gw)
             & np.isfinite(rows["t"])
         )
-        self.counters["rejected_rows"] += int((~ok).sum())
-        rows = rows[ok]
+        if not ok.all():  # (masking packed rows copies them field by field: only when needed)
+            self.counters["rejected_rows"] += int((~ok).sum())
+            rows = compress_rows(rows, ok)
         if len(rows) == 0:
             return []
         self.counters["sightings"] += len(rows)

@@ -16,6 +16,7 @@ import numpy as np
 
 from engine.contract import SIGHTING_DTYPE, concat_rows, take_rows
 from engine.pipeline import FIX_DTYPE
+from engine.rules.core import is_sorted
 from engine.rules.events import CHECKOUT_DTYPE
 
 if TYPE_CHECKING:
@@ -33,6 +34,15 @@ def checkout_rows(feed: NDArray[np.void]) -> NDArray[np.void]:
     out = np.zeros(len(feed), CHECKOUT_DTYPE)
     out["t"], out["device"] = feed["t"], feed["device"]
     return out
+
+
+def _by_time(rows: NDArray[np.void]) -> NDArray[np.void]:
+    """Rows stably sorted by time; rows already in order (no NaN) as they are, not copied:
+    a stable sort would leave them so, and the sightings arrive in order (a copy of half a
+    minute of a large site's sightings at every step cost the rules a fifth of their time)."""
+    if is_sorted(rows["t"]):
+        return rows
+    return take_rows(rows, np.argsort(rows["t"], kind="stable"))
 
 
 class RuleFeeder:
@@ -72,8 +82,7 @@ class RuleFeeder:
             return
         # The same arithmetic as np.arange(step_s, end, step_s): start + i * step.
         steps = self.step_s + np.arange(self._next, last + 1) * self.step_s
-        sightings = take_rows(self._sightings, np.argsort(self._sightings["t"], kind="stable"))
-        fixes = take_rows(self._fixes, np.argsort(self._fixes["t"], kind="stable"))
+        sightings, fixes = _by_time(self._sightings), _by_time(self._fixes)
         s_edge = np.searchsorted(sightings["t"], steps, side="left")
         f_edge = np.searchsorted(fixes["t"], steps + 1e-9, side="right")
         c_edge = np.searchsorted(self._feed["arrival"], steps, side="right")

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.contract import Sightings
-from engine.rules.core import SECONDS_PER_DAY, FloatArray, IntArray, sorted_runs
+from engine.rules.core import SECONDS_PER_DAY, FloatArray, IntArray
 from engine.rules.gateways import GatewayHealthRules
 
 if TYPE_CHECKING:
@@ -47,6 +47,80 @@ def _independent_loss(
                 acc += unheard if k == 0 else np.log1p(-min((k + 0.5) / s1, 1 - 1e-12))
         out[i] = np.exp(acc)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_sorted_frames(
+    keys: NDArray[np.int64], last_seq: NDArray[np.int64], n_missed: NDArray[np.int64],
+    n_heard: NDArray[np.int64], g_sent: NDArray[np.int64], g_missed: NDArray[np.int64],
+    b_missed: NDArray[np.int64], b_cont: NDArray[np.int64], b_deep: NDArray[np.int64],
+    b_deeper: NDArray[np.int64], cap: int,
+) -> tuple[int, int, int, int]:
+    """Frame counters from sorted keys device << 32 | seq (repeats: one frame heard by
+    several gateways or channels). Per device: the frames it sent since its last counted one
+    (``first`` after ``last_seq``; counters that went backwards, a reset or late rows, add
+    nothing), how many no gateway heard, and each closed run of misses (the gap before a heard
+    frame), capped at ``cap``, into the tag's and the site's burst counts (returned: missed,
+    continued, deep, deeper)."""
+    site = np.zeros(4, np.int64)
+    n = len(keys)
+    i = 0
+    while i < n:
+        tag = keys[i] >> 32
+        # this device's distinct frames: keys[i:j]
+        j = i
+        count = 0
+        prev_key = -1
+        while j < n and (keys[j] >> 32) == tag:
+            if keys[j] != prev_key:
+                count += 1
+                prev_key = keys[j]
+            j += 1
+        first = keys[i] & 0xFFFFFFFF
+        last = keys[j - 1] & 0xFFFFFFFF
+        before = last_seq[tag]
+        if first > before:
+            gap = first - before - 1 if before >= 0 else 0
+            span_missed = last - first + 1 - count
+            n_missed[tag] += gap + span_missed
+            n_heard[tag] += count
+            g_sent[tag] += gap + last - first + 1
+            g_missed[tag] += gap + span_missed
+            # the gap before the first frame, then each gap between distinct frames
+            run = gap
+            seen = first
+            k = i
+            while True:
+                run = min(run, cap)
+                if run > 0:
+                    b_missed[tag] += run
+                    b_cont[tag] += run - 1
+                    b_deep[tag] += max(run - 2, 0)
+                    b_deeper[tag] += max(run - 3, 0)
+                    site[0] += run
+                    site[1] += run - 1
+                    site[2] += max(run - 2, 0)
+                    site[3] += max(run - 3, 0)
+                while k < j and (keys[k] & 0xFFFFFFFF) == seen:
+                    k += 1
+                if k == j:
+                    break
+                nxt = keys[k] & 0xFFFFFFFF
+                run = nxt - seen - 1
+                seen = nxt
+        last_seq[tag] = max(before, last)
+        i = j
+    return site[0], site[1], site[2], site[3]
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_sorted_cells(keys: NDArray[np.int64], heard: NDArray[np.int32]) -> None:
+    """``heard[cell] += distinct frames`` from sorted keys cell << 32 | seq."""
+    prev = -1
+    for i in range(len(keys)):
+        if keys[i] != prev:
+            heard[keys[i] >> 32] += 1
+            prev = keys[i]
 
 
 class PresenceRules(GatewayHealthRules):
@@ -128,44 +202,23 @@ class PresenceRules(GatewayHealthRules):
         has = rows["seq"] >= 0
         if not has.any():
             return
-        key = dev[has] * (1 << 32) + rows["seq"][has].astype(np.int64)
-        uk = sorted_runs(np.sort(key))[0]
-        kd, ks = uk >> 32, uk & ((1 << 32) - 1)
-        dd, start, count = sorted_runs(kd)
-        first, last = ks[start], ks[start + count - 1]
-        prev_seq = tg["last_seq"][dd]
-        fresh = first > prev_seq  # counters that went backwards (reset, late rows): no gap
-        gap = np.where(fresh & (prev_seq >= 0), first - prev_seq - 1, 0)
-        span_missed = np.where(fresh, last - first + 1 - count, 0)
-        tg["n_missed"][dd] += gap + span_missed
-        tg["n_heard"][dd] += np.where(fresh, count, 0)
-        self.g_sent[dd] += gap + np.where(fresh, last - first + 1, 0)
-        self.g_missed[dd] += gap + span_missed
-        # Runs of misses closed by this batch (the gap before each heard frame), for the
-        # site-wide burst statistics; runs still open (a silent tag) are not counted.
-        runs = np.diff(ks) - 1
-        runs[np.diff(kd) != 0] = 0
-        fresh_row = np.repeat(fresh, count)
-        runs = np.where(fresh_row[1:], runs, 0)
-        cap = self.rules.missing.max_missed
-        all_runs = np.minimum(np.concatenate([gap, runs]), cap)
-        run_dev = np.concatenate([dd, kd[1:]])
-        has_run = all_runs > 0
-        all_runs, run_dev = all_runs[has_run], run_dev[has_run]
-        self.burst_missed += int(all_runs.sum())
-        self.burst_continued += int((all_runs - 1).sum())
-        self.burst_deep += int(np.maximum(all_runs - 2, 0).sum())
-        self.burst_deeper += int(np.maximum(all_runs - 3, 0).sum())
-        np.add.at(tg["b_missed"], run_dev, all_runs)
-        np.add.at(tg["b_cont"], run_dev, all_runs - 1)
-        np.add.at(tg["b_deep"], run_dev, np.maximum(all_runs - 2, 0))
-        np.add.at(tg["b_deeper"], run_dev, np.maximum(all_runs - 3, 0))
-        tg["last_seq"][dd] = np.maximum(prev_seq, last)
+        seq = rows["seq"][has].astype(np.int64)
+        dev = dev[has]
+        # One pass over the sorted (device, seq) keys: per-tag counts, and the runs of
+        # misses closed by this batch for the site-wide burst statistics (integers: the
+        # same sums in any order).
+        bursts = _count_sorted_frames(
+            np.sort(dev * (1 << 32) + seq), tg["last_seq"], tg["n_missed"], tg["n_heard"],
+            self.g_sent, self.g_missed, tg["b_missed"], tg["b_cont"], tg["b_deep"], tg["b_deeper"],
+            self.rules.missing.max_missed,
+        )
+        self.burst_missed += int(bursts[0])
+        self.burst_continued += int(bursts[1])
+        self.burst_deep += int(bursts[2])
+        self.burst_deeper += int(bursts[3])
         # Per (tag, gateway): distinct frames heard (channels of one frame count once).
-        cell = dev[has] * n_gw + rows["gateway"][has].astype(np.int64)
-        uc = sorted_runs(np.sort(cell * (1 << 32) + rows["seq"][has].astype(np.int64)))[0] >> 32
-        cells, _, hits = sorted_runs(uc)
-        self.g_heard.ravel()[cells] += hits.astype(np.int32)
+        cell = dev * n_gw + rows["gateway"][has].astype(np.int64)
+        _count_sorted_cells(np.sort(cell * (1 << 32) + seq), self.g_heard.reshape(-1))
 
     def _moved(self, d: IntArray) -> None:
         """A moved tag has new gateways: its per-gateway reception history starts again."""
