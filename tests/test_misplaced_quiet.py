@@ -54,7 +54,7 @@ def _plain(rules: RuleSet, f: np.ndarray, end_t: float) -> list[tuple[str | None
 
 @settings(max_examples=10, deadline=None)
 @given(st.lists(st.integers(0, 10_000), min_size=1, max_size=3),
-       st.sampled_from([{}, {"threshold": 0.7}, {"opening_tier": False}, {"alone_threshold": 0.6}]))
+       st.sampled_from([{}, {"threshold": 0.7}, {"opening_tier": False}, {"alone_threshold": 0.75}]))
 def test_side_by_side_replay_of_the_tags_that_can_fire_is_the_plain_replay(
     seeds: list[int], settings_: dict
 ) -> None:
