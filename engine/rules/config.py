@@ -243,7 +243,7 @@ class MisplacedRule(_Strict):
         "a position)",
     )
     threshold: float = Field(
-        default=0.65, gt=0, lt=1,
+        default=0.55, gt=0, lt=1,
         description="a look at or above this counts, for a tag seen going in",
     )
     threshold_by_class: dict[str, Annotated[float, Field(gt=0, lt=1)]] = Field(
