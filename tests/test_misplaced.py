@@ -121,24 +121,23 @@ def test_a_deep_fix_fires_without_entry_evidence() -> None:
     assert len(mis) == 1 and mis[0].evidence["entry_evidence"] == 0.0
 
 
-def test_a_tag_never_seen_going_in_fires_at_looks_of_0_7() -> None:
-    """A tag that appeared at rest 3 m inside the office (P 0.79), never seen moving near
-    it: ``alone_threshold`` 0.7 fires on it (issue 18, session 5: the quiet demo's 3,000
-    tag-days raise no alarm from this tier, and it finds the incidents' tags set down in the
-    office whose carry the tracker did not see). A fix at P 0.67 (1.5 m inside) does not."""
+def test_a_tag_never_seen_going_in_does_not_fire_on_looks_of_0_79() -> None:
+    """Fresh seed 35's totes and quiet seed 610's: resting from the start by the building's
+    wall, 3-5 m outside the office, their fixes 5-7 m off inside it (P 0.7-0.78), never seen
+    moving near it. ``alone_threshold`` stays 0.9 (0.7 fired on them and bought nothing on
+    fresh seeds, docs/rules.md); a fix deeper still fires (the test above)."""
     eng = RuleEngine(rules_with(), site_context())
     p = eng._forbidden[0].probability(np.array([6.0]), np.array([23.0]), np.array([6.4]))[0]
     assert 0.7 < p < 0.9
-    mis = run(eng, [(6.0, 23.0, 0)] * 120)
-    assert len(mis) == 1 and mis[0].evidence["threshold"] == 0.7
-    assert mis[0].evidence["entry_evidence"] == 0.0
-    assert run(RuleEngine(rules_with(), site_context()), [(5.0, 21.5, 0)] * 120) == []
+    assert run(eng, [(6.0, 23.0, 0)] * 120) == []
+    lowered = RuleEngine(rules_with(misplaced={"alone_threshold": 0.7}), site_context())
+    assert len(run(lowered, [(6.0, 23.0, 0)] * 120)) == 1
 
 
 def test_class_threshold() -> None:
-    """class1 asks for 0.7: the carried-in tag at P about 0.67 fires for class0 only."""
+    """class1 asks for 0.7: the carried-in tag at P about 0.6 fires for class0 only."""
     eng = RuleEngine(rules_with(misplaced={"threshold_by_class": {"class1": 0.7}}), site_context())
-    track = [(5.0, 25.0, 1)] * 5 + [(5.0, 21.5, 0)] * 120
+    track = [(5.0, 25.0, 1)] * 5 + [(5.0, 20.9, 0)] * 120
     assert len(run(eng, track, device=0)) == 1
     assert run(eng, track, device=1) == []
 

@@ -260,7 +260,7 @@ class MisplacedRule(_Strict):
         default=10.0, gt=0, description="how fast entry evidence fades while the tag moves on"
     )
     alone_threshold: float = Field(
-        default=0.7, gt=0, le=1,
+        default=0.9, gt=0, le=1,
         description="a look at or above this counts for a tag never seen going in (neither "
         "entry nor, with opening_tier, opening evidence)",
     )
