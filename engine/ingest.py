@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine._canonical import order_by_time, sorted_by_time
-from engine._order import member_of, shared_keys
+from engine._order import lexsort_by_time, member_of, shared_keys
 from engine.contract import UNKNOWN, Sightings, compress_rows, concat_rows, take_rows
 
 RSSI_MIN_DBM = -130.0
@@ -112,8 +112,12 @@ def drop_redeliveries(batch: Sightings, counters: IngestCounters) -> Sightings:
         return batch
     # Held rows are in canonical order, and so is a slice of them: no sort, only a copy
     # (as a sort made: never a view of the caller's rows).
+    # Out of order: the sort itself (canonical_order would check the order a second time).
     in_order = in_canonical_order(batch)
-    batch = concat_rows([batch], batch.dtype) if in_order else take_rows(batch, canonical_order(batch))
+    if in_order:
+        batch = concat_rows([batch], batch.dtype)
+    else:
+        batch = take_rows(batch, lexsort_by_time(*_canonical_keys(batch)))
     no_seq = (batch["seq"] == UNKNOWN).astype(np.int64)
     keys = [
         _pair(batch["gateway"], batch["device"]),
@@ -134,14 +138,19 @@ def drop_redeliveries(batch: Sightings, counters: IngestCounters) -> Sightings:
     return compress_rows(batch, keep)
 
 
-def _shared_hash(keys: list[NDArray[np.int64]]) -> NDArray[np.intp] | None:
-    """Indices of the rows whose hash of ``keys`` another row shares (a superset of the
-    rows whose keys another row shares), or None when every hash is distinct."""
+def _hash(keys: list[NDArray[np.int64]]) -> NDArray[np.int64]:
+    """A hash of each row's tuple of ``keys`` (at most four)."""
     h = np.zeros(len(keys[0]), np.int64)
     for k, mult in zip(keys, _HASH_MULTIPLIERS, strict=False):
         h ^= k * mult
         h ^= h >> 29
-    shared = shared_keys(h)
+    return h
+
+
+def _shared_hash(keys: list[NDArray[np.int64]]) -> NDArray[np.intp] | None:
+    """Indices of the rows whose hash of ``keys`` another row shares (a superset of the
+    rows whose keys another row shares), or None when every hash is distinct."""
+    shared = shared_keys(_hash(keys))
     return np.flatnonzero(shared) if shared.any() else None
 
 
@@ -152,10 +161,7 @@ _HASH_MULTIPLIERS = (np.int64(-7046029254386353131), np.int64(-46588952805530076
 
 def _event_hash(rows: Sightings) -> NDArray[np.int64]:
     """A hash of each row's advertising event (gateway, device, seq)."""
-    h = _pair(rows["gateway"], rows["device"]) * _HASH_MULTIPLIERS[0]
-    h ^= h >> 29
-    h ^= rows["seq"].astype(np.int64) * _HASH_MULTIPLIERS[1]
-    return h ^ (h >> 29)
+    return _hash([_pair(rows["gateway"], rows["device"]), rows["seq"].astype(np.int64)])
 
 
 def with_partners(rows: Sightings, lo: int, hi: int) -> Sightings:
