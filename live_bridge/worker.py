@@ -1069,6 +1069,13 @@ async def run_worker(
     outbox: list[Outgoing] = []
     last_ckpt = time.monotonic()
     published = False  # outputs out since the last checkpoint
+
+    def send_events() -> bool:
+        """The rule events of what was just sent, written as JSON once positions are out."""
+        events_out = core.event_messages()
+        if events_out:
+            outputs.send(events_out)
+        return bool(events_out)
     next_status = time.monotonic()
     keys_watch = KeysWatch(keys_path) if keys_path is not None else None
     try:
@@ -1099,9 +1106,7 @@ async def run_worker(
                     published = True
                     await asyncio.sleep(0)  # the publishes queued for the socket ...
                     await nc.flush(timeout=5)  # ... and written before the loop computes again
-                events_out = core.event_messages()  # their events: written as JSON once positions are out
-                if events_out:
-                    outputs.send(events_out)
+                if send_events():
                     published = True
                 outbox += core.tick(now)
                 positions_released = core.counters["positions"] - positions
@@ -1119,9 +1124,7 @@ async def run_worker(
                     outbox = []
                     published = True
                     await asyncio.sleep(0)  # the publishes written to the socket now
-                events_out = core.event_messages()
-                if events_out:
-                    outputs.send(events_out)
+                if send_events():
                     published = True
                 t4 = time.monotonic()
                 since = t4 - last_ckpt
