@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import emit
 
-from tagtwin.loadtest import LoadTestError, LoadTestOptions, Ramp, parse_slos, run_loadtest
+from tagtwin.loadtest import LoadTestError, LoadTestOptions, Ramp, parse_settings, parse_slos, run_loadtest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,13 +45,18 @@ if __name__ == "__main__":
     ap.add_argument("--slo", action="append", default=[],
                     help="NAME=BOUND or NAME=none, e.g. p99_close_to_position_ms=none (ramp on keeping up only)")
     args = ap.parse_args()
-    import json
 
-    settings = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.worker_setting)}
     try:
+        settings = parse_settings(args.worker_setting)
         slos = parse_slos(args.slo)
     except LoadTestError as exc:
         ap.error(str(exc))
+    for option, factor in (("--factor", args.factor), ("--refine", args.refine)):
+        try:  # the --ramp checks: a factor > 1 (or the ramp never ends), a start and step > 0
+            if factor is not None:
+                Ramp.parse(f"{args.start!r}:{factor!r}:{args.step!r}")
+        except LoadTestError as exc:
+            ap.error(f"{option} {factor}: {exc}")
 
     def ramp(start: float, factor: float) -> dict[str, object]:
         report = run_loadtest(LoadTestOptions(

@@ -1149,19 +1149,15 @@ def loadtest(
         os.environ[NATS_CREDS_ENV] = str(_nats_creds(creds))
     from live_bridge.faults import Fault
     from live_bridge.natsserver import NatsServerError
-    from tagtwin.loadtest import LoadTestError, LoadTestOptions, Ramp, parse_slos, run_loadtest, write_outputs
-
-    def pairs(items: list[str] | None, what: str) -> dict[str, object]:
-        out_: dict[str, object] = {}
-        for item in items or []:
-            name, sep, value = item.partition("=")
-            if not sep:
-                raise LoadTestError(f"{what} {item!r}: expected NAME=VALUE")
-            try:
-                out_[name.strip()] = None if value.strip() == "none" else json.loads(value)
-            except ValueError:
-                raise LoadTestError(f"{what} {item!r}: the value must be JSON (a number, true, \"text\")") from None
-        return out_
+    from tagtwin.loadtest import (
+        LoadTestError,
+        LoadTestOptions,
+        Ramp,
+        parse_settings,
+        parse_slos,
+        run_loadtest,
+        write_outputs,
+    )
 
     try:
         options = LoadTestOptions(
@@ -1169,7 +1165,7 @@ def loadtest(
             ramp=Ramp.parse(ramp) if ramp else None, duration_s=duration, nats_url=nats, mqtt_url=mqtt,
             publishers=publishers, pool=pool, wire=wire, faults=[Fault.parse(f) for f in fault or []],
             slo=parse_slos(slo or []),
-            worker_settings=pairs(worker_setting, "--worker-setting"),
+            worker_settings=parse_settings(worker_setting or []),
             progress=None if quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
         )
         _load(scenario)

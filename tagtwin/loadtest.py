@@ -108,6 +108,21 @@ class Ramp:
         return f"{self.start!r}:{self.factor!r}:{seconds_text(self.step_s)}"
 
 
+def parse_settings(items: Sequence[str], what: str = "--worker-setting") -> dict[str, object]:
+    """``NAME=JSON`` items (``none`` for None). A bad item is a LoadTestError naming it, also
+    one nested too deep for the JSON parser (RecursionError, which is not a ValueError)."""
+    out: dict[str, object] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise LoadTestError(f"{what} {item!r}: expected NAME=VALUE")
+        try:
+            out[name.strip()] = None if value.strip() == "none" else json.loads(value)
+        except (ValueError, RecursionError):
+            raise LoadTestError(f"{what} {item!r}: the value must be JSON (a number, true, \"text\")") from None
+    return out
+
+
 def parse_slos(items: Sequence[str]) -> dict[str, float | None]:
     """``--slo NAME=BOUND`` items (``none`` drops a bound the scenario sets): NAME one of
     SLO_NAMES, BOUND a finite number >= 0. A bad item is a LoadTestError naming it."""

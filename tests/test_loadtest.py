@@ -26,6 +26,7 @@ from tagtwin.loadtest import (
     LoadTestError,
     Ramp,
     assign_publishers,
+    parse_settings,
     parse_slos,
     percentiles,
     site_traffic,
@@ -176,7 +177,8 @@ def test_slos_parse_back_from_their_text(slos: dict[str, float | None]):
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=30))
 def test_any_option_text_is_a_value_or_a_one_line_error_naming_the_option(text: str):
-    for parse, option in ((Fault.parse, "--fault"), (Ramp.parse, "--ramp"), (lambda t: parse_slos([t]), "--slo")):
+    for parse, option in ((Fault.parse, "--fault"), (Ramp.parse, "--ramp"), (lambda t: parse_slos([t]), "--slo"),
+                          (lambda t: parse_settings([t]), "--worker-setting")):
         try:
             parse(text)
         except ValueError as exc:  # LoadTestError is a ValueError
@@ -206,6 +208,25 @@ def test_times_take_a_unit_and_errors_name_the_field():
         parse_slos(["completeness"])
     assert parse_slos(["p99_publish_ack_ms=100", "completeness = none"]) == {
         "p99_publish_ack_ms": 100.0, "completeness": None}
+
+
+def test_worker_settings_are_json_and_a_too_deep_one_is_a_one_line_error():
+    """JSON nested past the parser's recursion limit raises RecursionError, not ValueError:
+    it must still be the option's one-line error, not a traceback."""
+    assert parse_settings(["horizon_s=30", "name=\"a\"", "x = none"]) == {"horizon_s": 30, "name": "a", "x": None}
+    for item in ("horizon_s", "horizon_s=thirty", "deep=" + "[" * 100_000):
+        with pytest.raises(LoadTestError, match=r"^--worker-setting "):
+            parse_settings([item])
+
+
+def test_the_ramp_benchmark_refuses_a_ramp_that_never_ends():
+    """``loadtest_ramp.py --refine 1`` would ramp at a constant rate forever: a one-line error."""
+    done = subprocess.run([sys.executable, "benchmarks/loadtest_ramp.py", "--refine", "1"], check=False,
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("loadtest_ramp.py: error: --refine 1.0: ")
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.integration
