@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.contract import copy_id
 from live_bridge.wire import encode_payload
 from live_bridge.wire_columns import encode_columns
-from twin.sim import copy_id
 
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Event as MpEvent

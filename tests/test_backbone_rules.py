@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.contract import UNKNOWN, IdTable, sightings_from_columns
+from engine.contract import UNKNOWN, IdTable, copy_id, sightings_from_columns
 from engine.pipeline import Engine
 from live_bridge.backbone import connect, mqtt_topic, out_subject, publish_batch, raw_subject
 from live_bridge.faults import latest_events, latest_positions
@@ -33,7 +33,7 @@ from tests import test_backbone
 from tests.test_backbone import mqtt_dashboard
 from twin.run import registry_ids
 from twin.scenario import load_scenario
-from twin.sim import WarehouseTwin, copy_id
+from twin.sim import WarehouseTwin
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_790_000_000.0

@@ -23,7 +23,7 @@ import shapely
 from numpy.typing import NDArray
 
 from engine.audit import AuditContext, AuditLog, SiteStateRecorder, money_records
-from engine.contract import CONTRACT_VERSION, GatewayInfo
+from engine.contract import CONTRACT_VERSION, GatewayInfo, copy_id
 from engine.evaluate import BoundSetup, LatencySetup, evaluate, position_errors
 from engine.localize import ObstacleMap, RadioMap
 from engine.pipeline import Engine, EngineConfig
@@ -42,7 +42,7 @@ from twin.incidents import (
     true_zone_counts,
 )
 from twin.scenario import Scenario
-from twin.sim import TwinResult, WarehouseTwin, copy_id, path_loss_model, tag_ids
+from twin.sim import TwinResult, WarehouseTwin, path_loss_model, tag_ids
 
 FEED_CHUNK_S = 30.0  # sightings are handed to the engine 30 simulated seconds at a time
 

@@ -86,12 +86,6 @@ def tag_ids(group_name: str, count: int) -> list[str]:
     return [f"{group_name}-{i + 1:05d}" for i in range(count)]
 
 
-def copy_id(device_id: str, copy: int) -> str:
-    """The id of copy ``copy`` of a device, as a load test multiplies a site's traffic:
-    ``<id>~<copy>``; copy 0 is the device itself."""
-    return device_id if copy == 0 else f"{device_id}~{copy}"
-
-
 def floor_problems(scenario: Scenario, site: SiteModel) -> list[str]:
     """Places the twin must put tags or people in that have no free floor (racks cover
     them): one line per field, instead of a ValueError halfway through a run."""
