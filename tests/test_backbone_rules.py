@@ -612,5 +612,8 @@ def test_a_load_tests_tag_copies_are_registered_tags_and_a_stranger_still_alarms
         fleet = len(ids) // registered
         assert ids[2 * fleet + 5] == copy_id(ids[5], 2) and classes[2 * fleet + 5] == classes[5]
         assert core.devices.ids[: len(ids)] == ids
+        again = site_worker_core(sc, cfg, keys, WorkerSettings(site=SITE, registered_copies=registered))
+        again.restore(core.checkpoint())  # the saved device table starts with the extended registry
+        assert again.devices.ids == core.devices.ids
     else:  # the fleet only: every copy seen is an unknown tag
         assert len(copies) > 10
