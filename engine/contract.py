@@ -54,6 +54,13 @@ def sightings_from_columns(**columns: NDArray[np.generic] | float | int) -> Sigh
     return out
 
 
+def copy_id(device_id: str, copy: int) -> str:
+    """The id of copy ``copy`` of a device, as a load test multiplies a site's traffic
+    (tagtwin/loadgen.py) and the registry names the copies it knows (twin.run.registry_ids):
+    ``<id>~<copy>``; copy 0 is the device itself."""
+    return device_id if copy == 0 else f"{device_id}~{copy}"
+
+
 @dataclass
 class IdTable:
     """A growing, order-preserving map between string ids and integer codes."""

@@ -147,6 +147,10 @@ class WorkerSettings:
     # A spatial partition (live_bridge/cells.py) reads only its cell's gateways' subjects;
     # empty: every subject of the site.
     subjects: tuple[str, ...] = ()
+    # A load test multiplies the site's tags into copies <tag>~k (tagtwin/loadgen.py): the
+    # registry holds copies k < this too, with their tag's class, as a site that size knows
+    # its tags (1: the fleet only; every copy would alarm unknown_tag).
+    registered_copies: int = 1
 
     @property
     def durable(self) -> str:

@@ -12,9 +12,9 @@ from engine.pipeline import EngineConfig
 from engine.rules import RuleEngine
 from live_bridge.server import RulesSink
 from siteplan.model import SiteModel
-from twin.run import engine_config_for, registry_context
+from twin.run import engine_config_for, registry_context, registry_ids
 from twin.scenario import Scenario
-from twin.sim import TwinResult, resolve_gateways, tag_ids
+from twin.sim import TwinResult, resolve_gateways
 
 
 def site_engine_config(
@@ -37,13 +37,14 @@ def site_engine_config(
     return replace(cfg, **changes) if changes else cfg  # type: ignore[arg-type]
 
 
-def site_rules(scenario: Scenario, config: EngineConfig) -> tuple[IdTable, RuleEngine]:
+def site_rules(scenario: Scenario, config: EngineConfig, copies: int = 1) -> tuple[IdTable, RuleEngine]:
     """The scenario's rule set with its fleet as the registry: the device table a live
     server or backbone worker keeps starts with the fleet's ids, so codes match the rules'
-    classes, and the rules see the devices it adds later as unregistered."""
-    fleet = [tid for g in scenario.tags for tid in tag_ids(g.name, g.count)]
-    devices = IdTable(fleet)
-    context = registry_context(scenario, config.zones, config.gateways, devices.ids)
+    classes, and the rules see the devices it adds later as unregistered. ``copies`` > 1
+    registers a load test's copies of the fleet too (twin.run.registry_ids): a real site
+    at that rate knows its tags, so they must not all alarm as unknown."""
+    devices = IdTable(registry_ids(scenario, copies)[0])
+    context = registry_context(scenario, config.zones, config.gateways, devices.ids, copies)
     return devices, RuleEngine(scenario.rules, context, [])
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.contract import copy_id
 from live_bridge.wire import encode_payload
 from live_bridge.wire_columns import encode_columns
 
@@ -82,10 +83,6 @@ class SiteTraffic:
                                                              for g in gateways})
 
 
-def device_name(base: str, copy: int) -> str:
-    return base if copy == 0 else f"{base}~{copy}"
-
-
 def encode_gateway_batch(gw: str, batch_seq: int, epoch: int, sent: float, t: NDArray[np.float64],
                          devices: list[str], rssi: NDArray[np.float32], channel: NDArray[np.uint8],
                          battery: NDArray[np.int8], motion: NDArray[np.int8], seq: NDArray[np.int64],
@@ -124,6 +121,10 @@ class Schedule:
             return self.base_scale if t < self.duration_s else None
         return self.base_scale * self.factor ** math.floor(t / self.step_s)
 
+    def copies(self) -> int | None:
+        """How many copies of each device the run sends at most (None: a ramp, unbounded)."""
+        return max(1, math.ceil(self.base_scale - 1e-9)) if self.duration_s is not None else None
+
     def step_of(self, t: float) -> int:
         return 0 if self.duration_s is not None else math.floor(t / self.step_s)
 
@@ -153,7 +154,7 @@ class TickBuilder:
     def _names(self, site_index: int, copy: int) -> list[str]:
         key = (site_index, copy)
         if key not in self.names:
-            self.names[key] = [device_name(d, copy) for d in self.spec.traffic[site_index].device_ids]
+            self.names[key] = [copy_id(d, copy) for d in self.spec.traffic[site_index].device_ids]
         return self.names[key]
 
     def build(self, a: float, b: float, scale: float) -> list[tuple[str, str, bytes, int]]:

@@ -323,6 +323,7 @@ class LoadTest:
             if o.mqtt_url:
                 raise LoadTestError("--fault needs the backbone (no faults against --mqtt)")
         self.say = o.progress or (lambda _s: None)
+        self.copies: int | None = None  # copies of each tag the run sends at most (run())
         base = self.scenario.name.replace(" ", "-")
         self.sites = [f"{base}-{i + 1}" if o.sites > 1 else base for i in range(o.sites)]
         for s in self.sites:
@@ -480,6 +481,7 @@ class LoadTest:
         if natural <= 0:
             raise LoadTestError(f"{o.scenario}: the twin made no sightings")
         sched = self.schedule(natural)
+        self.copies = sched.copies()
         peak = (o.rate or (o.multiplier or 1.0) * natural) if o.ramp is None else None
         n_gw = sum(len(np.unique(t.gateway)) for t in traffic)
         n_pub = o.publishers or (max(2, os.cpu_count() or 2) if peak is None
@@ -695,12 +697,17 @@ class LoadTest:
                 raise TimeoutError(f"gave up waiting for {what} after {timeout:g} s")
             await asyncio.sleep(0.05)
 
+    def _copy_settings(self) -> dict[str, Any]:
+        """The site registers the tag copies the run sends (a real site at that rate knows
+        its tags); a ramp's copies are unbounded, so it registers the fleet only."""
+        return {} if self.copies is None else {"registered_copies": self.copies}
+
     def _worker(self, data_dir: Path, url: str, site: str, traffic: SiteTraffic) -> WorkerProcess:
         from tagtwin.worker import worker_command
 
         keys_path = data_dir / f"keys-{site}.toml"
         keys_path.write_text("[keys]\n" + "".join(f'"{g}" = "{k.hex()}"\n' for g, k in traffic.keys.items()))
-        settings = {"site": site, "status_every_s": 0.5, "idle_s": 2.0}
+        settings = {"site": site, "status_every_s": 0.5, "idle_s": 2.0} | self._copy_settings()
         settings |= self.o.worker_settings
         cmd = [*worker_command(self.o.scenario), "--nats", url, "--keys", str(keys_path),
                "--settings", json.dumps(settings)]
@@ -713,7 +720,7 @@ class LoadTest:
         for tr in traffic:
             (data_dir / f"keys-{tr.site}.toml").write_text(
                 "[keys]\n" + "".join(f'"{g}" = "{k.hex()}"\n' for g, k in tr.keys.items()))
-        settings = {"status_every_s": 0.5, "idle_s": 2.0} | self.o.worker_settings
+        settings = {"status_every_s": 0.5, "idle_s": 2.0} | self._copy_settings() | self.o.worker_settings
         n = self.o.pool or 1
         return {f"w{i + 1}": WorkerProcess(pool_command(self.o.scenario, url, data_dir, self.sites, f"w{i + 1}",
                                                         settings, min_members=n), data_dir / f"pool-w{i + 1}.log")

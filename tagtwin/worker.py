@@ -34,7 +34,7 @@ def site_worker_core(scenario: Scenario, config: EngineConfig, keys: Mapping[str
                      settings: WorkerSettings) -> WorkerCore:
     """A worker core for a scenario's site: its engine (tracker included) and its rules,
     the fleet as the registry (rule events on the backbone)."""
-    devices, rules = site_rules(scenario, config)
+    devices, rules = site_rules(scenario, config, settings.registered_copies)
     return WorkerCore(config, keys, settings, rules=rules, devices=devices)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.contract import UNKNOWN, IdTable, sightings_from_columns
+from engine.contract import UNKNOWN, IdTable, copy_id, sightings_from_columns
 from engine.pipeline import Engine
 from live_bridge.backbone import connect, mqtt_topic, out_subject, publish_batch, raw_subject
 from live_bridge.faults import latest_events, latest_positions
@@ -31,6 +31,7 @@ from tagtwin.twin_publish import run_windows
 from tagtwin.worker import site_worker_core
 from tests import test_backbone
 from tests.test_backbone import mqtt_dashboard
+from twin.run import registry_ids
 from twin.scenario import load_scenario
 from twin.sim import WarehouseTwin
 
@@ -564,3 +565,55 @@ def test_deferred_event_messages_are_the_messages_a_tick_returns():
             deferred += core.tick(tick[-1][2]) + core.event_messages()
     assert any(s.endswith(".events") for s, _ in plain)
     assert deferred == plain
+
+
+def with_copies(copies: int, stranger: str) -> list[list[Message]]:
+    """The demo's first 8 s as a load test sends it at scale ``copies`` (tagtwin/loadgen.py):
+    every sighting once per copy id, plus one device no registry knows, in each batch."""
+    from tagtwin.loadgen import encode_gateway_batch
+
+    _, _, keys, windows = demo()
+    ticks = []
+    for end, batches in windows:
+        if end - T0 > 8.0:
+            break
+        tick = []
+        for topic, body in batches:
+            gw = gateway(topic)
+            b = verify_signed(body, gw, keys[gw])
+            ads = [*b.ads, b.ads[0].model_copy(update={"dev": stranger})] if b.ads else []
+            devs = [copy_id(a.dev, k) if a.dev != stranger else a.dev for k in range(copies) for a in ads]
+            rows = [a for _ in range(copies) for a in ads]
+
+            def col(f: str, default: float, dt: type, rows: list = rows) -> np.ndarray:
+                return np.array([default if getattr(a, f) is None else getattr(a, f) for a in rows], dt)
+
+            signed = encode_gateway_batch(
+                gw, b.seq, b.ep, b.sent, col("t", 0, np.float64), devs, col("rssi", 0, np.float32),
+                col("ch", 0, np.uint8), col("bat", -1, np.int8), col("mot", -1, np.int8), col("seq", -1, np.int64),
+                keys[gw])
+            tick.append((raw_subject(SITE, gw), signed, end))
+        ticks.append(tick)
+    return ticks
+
+
+@pytest.mark.parametrize("registered", [1, 3])
+def test_a_load_tests_tag_copies_are_registered_tags_and_a_stranger_still_alarms(registered):
+    sc, cfg, keys, _ = demo()
+    core = site_worker_core(sc, cfg, keys, WorkerSettings(site=SITE, registered_copies=registered))
+    out = run(core, with_copies(3, "stranger-tag"))
+    events: list[dict] = list(events_of(out)[0].values())  # type: ignore[arg-type]
+    unknown = {str(e["tag"]) for e in events if e["rule"] == "unknown_tag"}
+    copies = {d for d in unknown if "~" in d}
+    assert "stranger-tag" in unknown
+    if registered == 3:
+        assert not copies, f"copies alarmed as unknown: {sorted(copies)[:5]}"
+        ids, classes = registry_ids(sc, registered)  # copy k of fleet tag i: code k * fleet + i, its class
+        fleet = len(ids) // registered
+        assert ids[2 * fleet + 5] == copy_id(ids[5], 2) and classes[2 * fleet + 5] == classes[5]
+        assert core.devices.ids[: len(ids)] == ids
+        again = site_worker_core(sc, cfg, keys, WorkerSettings(site=SITE, registered_copies=registered))
+        again.restore(core.checkpoint())  # the saved device table starts with the extended registry
+        assert again.devices.ids == core.devices.ids
+    else:  # the fleet only: every copy seen is an unknown tag
+        assert len(copies) > 10

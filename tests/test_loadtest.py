@@ -92,6 +92,9 @@ def test_ramp_and_percentiles():
         Ramp.parse("fast")
     sched = Schedule(1.0, None, 2.0, 10.0)
     assert [sched.scale_at(t) for t in (0, 9.9, 10, 35)] == [1.0, 1.0, 2.0, 8.0]  # no end of its own
+    # the copies the site registers (live_bridge WorkerSettings.registered_copies): all a run sends
+    assert sched.copies() is None and Schedule(2.5, 30.0).copies() == 3 and Schedule(0.4, 30.0).copies() == 1
+    assert Schedule(3.0, 30.0).copies() == 3
     assert percentiles([1.0, 2.0], [99, 1])["p50"] == 1.0
     assert percentiles([])["p99"] is None
 

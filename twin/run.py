@@ -23,7 +23,7 @@ import shapely
 from numpy.typing import NDArray
 
 from engine.audit import AuditContext, AuditLog, SiteStateRecorder, money_records
-from engine.contract import CONTRACT_VERSION, GatewayInfo
+from engine.contract import CONTRACT_VERSION, GatewayInfo, copy_id
 from engine.evaluate import BoundSetup, LatencySetup, evaluate, position_errors
 from engine.localize import ObstacleMap, RadioMap
 from engine.pipeline import Engine, EngineConfig
@@ -212,18 +212,29 @@ def rule_context_for(scenario: Scenario, twin: WarehouseTwin) -> RuleContext:
     return registry_context(scenario, twin.site.zones, twin.gateways, twin.fleet.ids)
 
 
+def registry_ids(scenario: Scenario, copies: int = 1) -> tuple[list[str], NDArray[np.int32]]:
+    """The registered device ids and their class codes (tag group): the scenario's fleet,
+    then, for a load test that multiplies it (tagtwin/loadgen.py), copy k = 1..copies-1 of
+    every fleet tag in fleet order, each with its original's class."""
+    fleet = [tid for g in scenario.tags for tid in tag_ids(g.name, g.count)]
+    classes = np.repeat(np.arange(len(scenario.tags), dtype=np.int32), [g.count for g in scenario.tags])
+    ids = fleet + [copy_id(tid, k) for k in range(1, copies) for tid in fleet]
+    return ids, np.tile(classes, max(1, copies))
+
+
 def registry_context(
-    scenario: Scenario, zones: ZoneIndex, gateways: GatewayInfo, device_ids: list[str] | None = None
+    scenario: Scenario, zones: ZoneIndex, gateways: GatewayInfo, device_ids: list[str] | None = None,
+    copies: int = 1,
 ) -> RuleContext:
     """A rule context whose registry is the scenario's tag fleet (ids as the twin names
-    them, class = tag group). ``device_ids`` may be a live IdTable's growing list that
-    starts with the fleet in that order; devices past the fleet are unregistered."""
-    fleet = [tid for g in scenario.tags for tid in tag_ids(g.name, g.count)]
+    them, class = tag group), extended by ``copies`` - 1 load-test copies of it
+    (:func:`registry_ids`). ``device_ids`` may be a live IdTable's growing list that
+    starts with the registry in that order; devices past it are unregistered."""
+    registry, classes = registry_ids(scenario, copies)
     if device_ids is None:
-        device_ids = fleet
-    if device_ids[: len(fleet)] != fleet:
-        raise ValueError("device_ids must start with the scenario's fleet, in order")
-    classes = np.repeat(np.arange(len(scenario.tags), dtype=np.int32), [g.count for g in scenario.tags])
+        device_ids = registry
+    if device_ids[: len(registry)] != registry:
+        raise ValueError("device_ids must start with the registry (the scenario's fleet, then its copies), in order")
     return RuleContext(
         zones=zones,
         device_ids=device_ids,
