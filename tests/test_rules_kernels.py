@@ -32,9 +32,8 @@ r90s = st.one_of(st.floats(0.0, 40.0), st.just(float("nan")), st.just(float("inf
 def test_region_probability_equals_the_regions_own(
     geom: shapely.Geometry, fixes: list[tuple[float, float, float]], outline: bool, on_edges: bool,
 ) -> None:
-    """exits.region_probability asks ZoneRegion.probability only for fixes with a quadrature
-    point in the region's box: every fix gets the same number as asking for all of them."""
-    from engine.rules.exits import region_probability
+    """ZoneRegion.probability runs the point test only for fixes with a quadrature point in
+    the region's box: every fix gets the same number as without that screen."""
     from engine.rules.geofence import ZoneRegion
 
     region = ZoneRegion([geom], within=shapely.box(-25, -25, 25, 25) if outline else None)
@@ -49,8 +48,8 @@ def test_region_probability_equals_the_regions_own(
     y = np.r_[y, 0.0, np.nan]
     r90 = np.r_[r90, 5.0, 5.0]
     with np.errstate(over="ignore", invalid="ignore"):  # r90 = inf places points at inf
-        want = region.probability(x, y, r90)
-        np.testing.assert_array_equal(region_probability(region, x, y, r90), want)
+        want = region._probability(x, y, r90, screen=False)
+        np.testing.assert_array_equal(region.probability(x, y, r90), want)
 
 
 def _count_frames_numpy(eng: Any, rows: Any, dev: Any) -> None:

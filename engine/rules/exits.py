@@ -12,66 +12,19 @@ leaves the tag *exited*.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
-import numba
 import numpy as np
 import shapely
 from numpy.typing import NDArray
 
 from engine.rules.core import FloatArray, IntArray
 from engine.rules.events import CHECKOUT_DTYPE
-from engine.rules.geofence import CHI2_2DOF_90, MIN_SIGMA_M, ZoneRegion
+from engine.rules.geofence import ZoneRegion
 from engine.rules.presence import PresenceRules
 
 if TYPE_CHECKING:
     from engine.rules.events import Event
-
-
-@numba.njit(cache=True, nogil=True)
-def _points_near_box(
-    x: NDArray[np.float64], y: NDArray[np.float64], sigma: NDArray[np.float64],
-    points: NDArray[np.float64], box: NDArray[np.float64], reach: float,
-) -> NDArray[np.bool_]:
-    """For each fix, whether any of its quadrature points (x + sigma * point) lies in the
-    box (minx, miny, maxx, maxy); False for NaN. Every point lies within sigma * reach of
-    the fix, so a fix farther than that from the box needs no look at its points."""
-    out = np.zeros(len(x), np.bool_)
-    for i in range(len(x)):
-        r = sigma[i] * reach
-        if x[i] + r < box[0] or x[i] - r > box[2] or y[i] + r < box[1] or y[i] - r > box[3]:
-            continue
-        for k in range(len(points)):
-            px = x[i] + sigma[i] * points[k, 0]
-            py = y[i] + sigma[i] * points[k, 1]
-            if box[0] <= px <= box[2] and box[1] <= py <= box[3]:
-                out[i] = True
-                break
-    return out
-
-
-def region_probability(region: ZoneRegion, x: FloatArray, y: FloatArray, r90: FloatArray) -> FloatArray:
-    """``region.probability(x, y, r90)``, the same numbers, asked only for the fixes one of
-    whose quadrature points falls within the region's bounding box: for every other fix
-    every point is outside the region (and the answer is exactly 0). A small exit zone's
-    lookup grid covers only its box, so the rest of a fix's disc up to 4 sigma away went
-    point by point through the quadrature (32 points per fix; 6 in 7 of them gave 0 on
-    the large scenario). Each fix's probability depends on that fix alone."""
-    out = np.zeros(len(x))
-    if region.geom.is_empty or len(x) == 0:
-        return out
-    sigma = np.maximum(np.nan_to_num(r90, nan=10.0) / math.sqrt(CHI2_2DOF_90), MIN_SIGMA_M)
-    minx, miny, maxx, maxy = region.bounds
-    # The box widened past the rounding of placing a point (region.reach covers its length).
-    margin = 1e-6 * max(abs(minx), abs(miny), abs(maxx), abs(maxy), 1.0)
-    box = np.array([minx - margin, miny - margin, maxx + margin, maxy + margin])
-    ask = np.flatnonzero(_points_near_box(
-        np.ascontiguousarray(x, dtype=float), np.ascontiguousarray(y, dtype=float), sigma,
-        np.ascontiguousarray(region.points, dtype=float), box, region.reach))
-    if len(ask):
-        out[ask] = region.probability(x[ask], y[ask], r90[ask])
-    return out
 
 
 class ExitRules(PresenceRules):
@@ -144,11 +97,11 @@ class ExitRules(PresenceRules):
         # Each fix once, from its own region (a fix's probability depends on it alone).
         still = ~np.isin(reach, list(self._reach_regions))
         p = np.zeros(len(d))
-        p[still] = region_probability(self.exit_region, x[still], y[still], r90[still])
+        p[still] = self.exit_region.probability(x[still], y[still], r90[still])
         for r, region in self._reach_regions.items():
             sel = np.flatnonzero(reach == r)
             if len(sel):
-                p[sel] = region_probability(region, x[sel], y[sel], r90[sel])
+                p[sel] = region.probability(x[sel], y[sel], r90[sel])
         prev_t = tg["pz_t"][d]
         decay = np.where(
             np.isfinite(prev_t),
