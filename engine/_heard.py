@@ -16,6 +16,20 @@ import numpy as np
 from numpy.typing import NDArray
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _sort_by_gateway(order: NDArray[np.int64], gateway: NDArray[np.integer], lo: int, hi: int) -> None:
+    """Stable insertion sort of order[lo:hi] by gateway, in place: a row's readings are few
+    and arrive nearly sorted, and equal gateways keep their order (the cell means' sums)."""
+    for a in range(lo + 1, hi):
+        v = order[a]
+        g = gateway[v]
+        b = a - 1
+        while b >= lo and gateway[order[b]] > g:
+            order[b + 1] = order[b]
+            b -= 1
+        order[b + 1] = v
+
+
 @numba.njit(cache=True, nogil=True)
 def heard_cells(
     row: NDArray[np.intp], gateway: NDArray[np.int64], rssi: NDArray[np.float64], n_rows: int,
@@ -33,16 +47,8 @@ def heard_cells(
         r = row[i]
         order[fill[r]] = i
         fill[r] += 1
-    for r in range(n_rows):  # stable insertion sort of each row's readings by gateway
-        lo, hi = start[r], start[r + 1]
-        for a in range(lo + 1, hi):
-            v = order[a]
-            g = gateway[v]
-            b = a - 1
-            while b >= lo and gateway[order[b]] > g:
-                order[b + 1] = order[b]
-                b -= 1
-            order[b + 1] = v
+    for r in range(n_rows):  # each row's readings by gateway
+        _sort_by_gateway(order, gateway, start[r], start[r + 1])
     out_row = np.empty(n, np.intp)
     out_col = np.empty(n, np.intp)
     out_mean = np.empty(n, np.float64)
@@ -235,14 +241,7 @@ def _windows_in_time_order(
                     b_r = battery[v]
                 if motion[v] != unknown:
                     m_r = motion[v]
-            for q in range(a + 1, end):  # stable insertion sort by gateway
-                v = order[q]
-                g = gateway[v]
-                r = q - 1
-                while r >= a and gateway[order[r]] > g:
-                    order[r + 1] = order[r]
-                    r -= 1
-                order[r + 1] = v
+            _sort_by_gateway(order, gateway, a, end)
             q = a
             while q < end:
                 g = gateway[order[q]]
