@@ -560,13 +560,14 @@ def simple_kriging(
     scale = max(float(decorrelation_m), 1e-9)
     var = float(sigma_db) ** 2
 
+    from scipy.linalg import cho_factor, cho_solve
+    from scipy.spatial.distance import cdist
+
     def cov(a: FloatArray, b: FloatArray) -> FloatArray:
-        h = np.sqrt(np.maximum(np.sum(a * a, 1)[:, None] + np.sum(b * b, 1)[None, :] - 2.0 * a @ b.T, 0.0))
-        return np.asarray(var * np.exp(-h / scale))
+        return np.asarray(var * np.exp(-cdist(a, b) / scale))
 
     k = cov(xy, xy)
     k[np.diag_indices_from(k)] += v + 1e-9 * var  # jitter: exact points stay solvable
-    from scipy.linalg import cho_factor, cho_solve
 
     alpha = cho_solve(cho_factor(k, lower=True), y)
     out = np.empty(len(targets))
