@@ -214,7 +214,8 @@ def shadowing_correction_db(scenario: Scenario, warehouse: WarehouseTwin, model:
     rs = scenario.radio
     walk = calibration_walk(
         radio, warehouse.site, warehouse.sensitivity_dbm, model.tx_ref_dbm, scenario.seed,
-        warehouse.report, (rs.temporal_sigma_db, rs.temporal_coherence_s))
+        warehouse.report, (rs.temporal_sigma_db, rs.temporal_coherence_s), scenario.engine.walk_spacing_m,
+        scenario.engine.walk_stop_s)
     stops, n_gw, n_read = walk.rssi.shape
     rep = rs.report
     mean, var = censored_link_means(

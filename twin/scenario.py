@@ -96,6 +96,11 @@ class EngineSettings(Strict):
         "wls, knn and the model radio map predict with (docs/calibration.md): none; walk, a simulated "
         "calibration walk of the twin (a reference tag stopped a few seconds every ~1 m of walkable floor) "
         "kriged over the grid; survey, the twin's exact mean RSSI (an oracle: what a perfect walk would give)")
+    walk_spacing_m: float = Field(
+        default=1.0, gt=0, le=10, description="shadowing_map = walk: distance between the walk's stops (rounded "
+        "to whole cells of [radio] grid_m)")
+    walk_stop_s: float = Field(
+        default=3.0, gt=0, le=600, description="shadowing_map = walk: seconds at each stop (a reading every 0.1 s)")
     particles: int = Field(default=128, ge=8, le=10_000, description="particles per tag (particle tracker)")
     tracker_speed_mps: float = Field(
         default=1.5, gt=0, le=20, description="typical speed of a carried tag")
@@ -135,6 +140,9 @@ class EngineSettings(Strict):
             data.pop("wls_gateway_starts_above", None)
         if self.shadowing_map == "none":
             data.pop("shadowing_map", None)
+        for key, default in (("walk_spacing_m", 1.0), ("walk_stop_s", 3.0)):
+            if data.get(key) == default:
+                data.pop(key, None)
         return data
 
     @model_validator(mode="after")

@@ -149,11 +149,10 @@ def temporal_process(
     return out
 
 
-# A calibration walk of the warehouse twin: a surveyor stops WALK_STOP_S at every
-# WALK_SPACING_M (rounded to whole radio-grid cells) of walkable floor with a reference tag
-# advertising every WALK_ADV_INTERVAL_S, so each gateway hears it about 30 times a stop.
-WALK_SPACING_M = 1.25
-WALK_STOP_S = 3.0
+# A calibration walk of the warehouse twin: a surveyor stops stop_s (default 3 s) at every
+# spacing_m (default 1 m, rounded to whole radio-grid cells) of walkable floor with a
+# reference tag advertising every WALK_ADV_INTERVAL_S, so each gateway hears it about 30
+# times a stop.
 WALK_ADV_INTERVAL_S = 0.1
 WALK_MOVE_S = 2.0  # between stops: the temporal variation (if any) decorrelates meanwhile
 WALK_STREAM = 8  # SeedSequence(scenario seed) child; the warehouse twin uses 0-7
@@ -172,7 +171,7 @@ class CalibrationWalk:
     tx_power_dbm: float
 
 
-def walk_stops(site: SiteModel, grid: Grid, spacing_m: float = WALK_SPACING_M) -> NDArray[np.intp]:
+def walk_stops(site: SiteModel, grid: Grid, spacing_m: float = 1.0) -> NDArray[np.intp]:
     """Radio-grid cells a surveyor stops at: every k-th cell (k cells ~ ``spacing_m``) in x
     and y whose centre is inside the outline and clear of racks and walls (the movers'
     walkable floor, siteplan's ``blocked``)."""
@@ -196,6 +195,8 @@ def calibration_walk(
     seed: int,
     report: ReportModel | None = None,
     temporal: tuple[float, float] | None = None,
+    spacing_m: float = 1.0,
+    stop_s: float = 3.0,
 ) -> CalibrationWalk:
     """A surveyor's walk through the twin's own radio: mean RSSI (path loss, walls and
     racks, shadowing, gateway offsets) plus, per reading, a channel, the channel's offset,
@@ -204,14 +205,14 @@ def calibration_walk(
     quiet (no collisions: a walk is made out of hours). Draws come from
     ``SeedSequence(seed)``'s child WALK_STREAM, so the walk is deterministic per scenario."""
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(WALK_STREAM + 1)[WALK_STREAM])
-    cells = walk_stops(site, radio.grid)
+    cells = walk_stops(site, radio.grid, spacing_m)
     xy = radio.grid.centres()[cells]
-    n_read = max(1, round(WALK_STOP_S / WALK_ADV_INTERVAL_S))
+    n_read = max(1, round(stop_s / WALK_ADV_INTERVAL_S))
     n_stop, n_gw = len(cells), radio.n_gateways
     xyz = np.column_stack([xy, np.full(n_stop, radio.tag_height_m)])
     mean = np.repeat(radio.mean_rssi(xyz, np.full(n_stop, tx_power_dbm))[:, :, None], n_read, axis=2)
     if temporal is not None and temporal[0] > 0:
-        t = (np.arange(n_stop)[:, None] * (WALK_STOP_S + WALK_MOVE_S)
+        t = (np.arange(n_stop)[:, None] * (stop_s + WALK_MOVE_S)
              + np.arange(n_read)[None, :] * WALK_ADV_INTERVAL_S).ravel()
         slow = temporal_process(t, n_gw, temporal[0], temporal[1], rng)  # (instants, gateways)
         mean += slow.reshape(n_stop, n_read, n_gw).transpose(0, 2, 1)
