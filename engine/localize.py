@@ -66,6 +66,8 @@ NEWTON_RADIUS_M = 2.0  # Gauss-Newton steps longer than this stay Gauss-Newton
 # up to that length then finish the job (each squares the error).
 POLISH_STEP_M = 0.05
 POLISH_STEPS = 3
+# wls_warm_start: a row with a warm start also tries the centroid's (else the warm start alone).
+WARM_KEEPS_CENTROID = True
 
 
 @dataclass(frozen=True)
@@ -370,10 +372,13 @@ def _wls_rows(
     obstacle_map: ObstacleMap | None,
     cell_edges: bool = False,
     gateway_starts_above: float = 0.0,
+    warm: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """The ML estimate of one chunk of compact rows: (x, y, Gauss-Newton sums, centroid).
     ``gateway_starts_above`` > 0: the starts after the centroid's run only for rows whose
-    best cost so far is above it per heard gateway (dB^2)."""
+    best cost so far is above it per heard gateway (dB^2). ``warm`` (rows, 2), NaN where a
+    row has none: a row with a warm start tries it after the centroid instead of the two
+    strongest gateways."""
     r, w, cols = rows.rssi, rows.weight, rows.cols
     gathered = gather_rows(cols, r, w, np.asarray(gw_xyz, dtype=float), float(tag_z))
     gx, gy, dz2, gw_plane, r32, w32, gx32, gy32, dz2_32 = gathered[:9]
@@ -383,21 +388,42 @@ def _wls_rows(
     xy0 = weighted_centroid(filled, gw_plane, exponent)
     gateway_starts = obstacle_map is not None and r.shape[0] > 1
     gated = gateway_starts and gateway_starts_above > 0
-    starts = [xy0]
+    warmed = gateway_starts and not gated and warm is not None
+    # Each start: its points, for all rows (None) or for the rows given.
+    starts: list[tuple[FloatArray, NDArray[np.intp] | None]] = [(xy0, None)]
     if gateway_starts and not gated:
         strongest = np.take_along_axis(cols.T, np.argsort(-filled, axis=1)[:, :2], axis=1)
-        starts += [gw_xyz[strongest[:, j], :2] + 0.5 for j in range(2)]
+        gw_starts = [gw_xyz[strongest[:, j], :2] + 0.5 for j in range(2)]
+        starts += [(gw_starts[0], None), (gw_starts[1], None)]
+        if warmed:
+            # A row with a warm start tries it instead of the strongest gateways' starts
+            # (and without WARM_KEEPS_CENTROID instead of the centroid's too); a row
+            # without one tries the same starts as ever, in the same order.
+            assert warm is not None
+            has = np.isfinite(warm[:, 0]) & np.isfinite(warm[:, 1])
+            cold = np.flatnonzero(~has)
+            first = (xy0, None) if WARM_KEEPS_CENTROID else (xy0[cold], cold)
+            starts = [first, (np.where(has[:, None], warm, gw_starts[0]), None), (gw_starts[1][cold], cold)]
     # The start itself is a candidate: a row whose iterations made it worse keeps it.
     bx, by = xy0[:, 0].copy(), xy0[:, 1].copy()
     best = _wls_cost(r, w, p0, gws, bx, by, exponent, obstacle_map)
     rows32 = _Float32Rows(r32, w32, p0.astype(np.float32), (gx32, gy32, dz2_32, cols), major)
-    for start in starts:
-        sx, sy, c = _newton_chunk(
-            rows32, start[:, 0].copy(), start[:, 1].copy(), exponent, bounds, iterations, obstacle_map,
-            cell_edges,
-        )
-        take = c < best
-        bx, by, best = np.where(take, sx, bx), np.where(take, sy, by), np.where(take, c, best)
+    for start, only in starts:
+        if only is None:
+            sx, sy, c = _newton_chunk(
+                rows32, start[:, 0].copy(), start[:, 1].copy(), exponent, bounds, iterations, obstacle_map,
+                cell_edges,
+            )
+            take = c < best
+            bx, by, best = np.where(take, sx, bx), np.where(take, sy, by), np.where(take, c, best)
+        elif len(only):
+            sx, sy, c = _newton_chunk(
+                rows32.take(only), start[:, 0].copy(), start[:, 1].copy(), exponent, bounds, iterations,
+                obstacle_map, cell_edges,
+            )
+            take = c < best[only]
+            bx[only], by[only] = np.where(take, sx, bx[only]), np.where(take, sy, by[only])
+            best[only] = np.where(take, c, best[only])
     if gated:
         # Only rows the centroid's start left with a poor fit try the strongest gateways'
         # starts (each row's gateways sorted on its own: the same starts as ungated).
@@ -490,8 +516,11 @@ def wls_localize_heard(
     obstacle_map: ObstacleMap | None = None,
     cell_edges: bool = False,
     gateway_starts_above: float = 0.0,
+    warm_xy: FloatArray | None = None,
 ) -> Estimates:
-    """:func:`wls_localize` of the rows given by their heard cells."""
+    """:func:`wls_localize` of the rows given by their heard cells. ``warm_xy`` (rows, 2),
+    NaN where a row has none: warm starts that replace the strongest gateways' starts
+    (``EngineConfig.wls_warm_start``; changes positions)."""
     rows, n_gw = heard.n_rows, heard.n_gateways
     counts = heard.counts
     row_start = heard.start
@@ -520,7 +549,7 @@ def wls_localize_heard(
         idx, width = job
         compact = HeardRows.from_heard(heard, idx, width)
         return _wls_rows(compact, p0_all[idx], gw_xyz, exponent, tag_z, bounds, iterations, obstacle_map,
-                         cell_edges, gateway_starts_above)
+                         cell_edges, gateway_starts_above, None if warm_xy is None else warm_xy[idx])
 
     for (idx, _), (bx, by, fi, c0) in zip(jobs, map(run, jobs), strict=True):
         x[idx], y[idx], fisher[idx], xy0[idx] = bx, by, fi, c0

@@ -1,0 +1,132 @@
+"""The opt-in warm start of the ML localizer (EngineConfig.wls_warm_start): a tag's fix
+before each aligned block of windows replaces the strongest gateways' Newton starts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+
+from engine.contract import SIGHTING_DTYPE, GatewayInfo
+from engine.localize import ObstacleMap
+from engine.parallel import PartitionedEngine
+from engine.pipeline import WINDOWS_PER_CHUNK, Engine, EngineConfig
+from radio_models.environment import Grid, Obstacles, crossing_loss_db
+from siteplan.zones import ZoneIndex
+
+BOUNDS = (0.0, 0.0, 40.0, 30.0)
+DURATION_S = 40.0
+
+
+def _site() -> tuple[np.ndarray, ObstacleMap]:
+    """A 40 x 30 m floor, 12 gateways on a 10 m grid, four 12 dB racks, its 1 m obstacle map."""
+    gx, gy = np.meshgrid(np.arange(5, 40, 10.0), np.arange(5, 30, 10.0))
+    gw = np.column_stack([gx.ravel(), gy.ravel(), np.full(gx.size, 3.0)])
+    grid = Grid.covering(BOUNDS, 1.0)
+    racks = Obstacles(tuple(shapely.box(5, y, 35, y + 1.2) for y in (6.0, 12.0, 18.0, 24.0)), (12.0,) * 4)
+    return gw, ObstacleMap(grid, crossing_loss_db(racks, grid.centres(), gw[:, :2]).astype(np.float32))
+
+
+def _config(**kw: object) -> EngineConfig:
+    gw, wall = _site()
+    zones = ZoneIndex.from_points([("all", "storage", [(0, 0), (40, 0), (40, 30), (0, 30)])])
+    return EngineConfig(gateways=GatewayInfo(tuple(f"g{i}" for i in range(len(gw))), gw), zones=zones,
+                        bounds=BOUNDS, sigma_db=4.0, obstacle_map=wall, **kw)  # type: ignore[arg-type]
+
+
+def _traffic(n_tags: int = 60, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy sightings (4 dB) of still tags, one advert a second, each gateway hearing
+    70 % of them; and the tags' true positions."""
+    gw, wall = _site()
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform([1.0, 1.0], [39.0, 29.0], (n_tags, 2))
+    d = np.sqrt(((xy[:, None, :] - gw[None, :, :2]) ** 2).sum(-1) + (gw[None, :, 2] - 1.0) ** 2)
+    mean = -59.0 - 20.0 * np.log10(d) - wall.loss_db(xy)
+    times = np.arange(0.0, DURATION_S, 1.0)
+    tag, g, k = np.meshgrid(np.arange(n_tags), np.arange(len(gw)), np.arange(len(times)), indexing="ij")
+    out = np.zeros(tag.size, SIGHTING_DTYPE)
+    out["t"] = times[k.ravel()] + 0.01 * tag.ravel() / n_tags
+    out["device"], out["gateway"], out["seq"], out["channel"] = tag.ravel(), g.ravel(), k.ravel(), 37
+    out["rssi"] = (mean[tag.ravel(), g.ravel()] + rng.normal(0, 4.0, tag.size)).astype(np.float32)
+    out["battery"], out["motion"] = 90, 0
+    out = out[rng.random(len(out)) < 0.7]
+    return out[np.argsort(out["t"], kind="stable")], xy
+
+
+def _run(engine: Engine | PartitionedEngine, traffic: np.ndarray, feed_s: float) -> np.ndarray:
+    out = []
+    for lo in np.arange(0.0, DURATION_S, feed_s):
+        engine.ingest(traffic[(traffic["t"] >= lo) & (traffic["t"] < lo + feed_s)])
+        out.append(engine.advance())
+    out.append(engine.flush(DURATION_S))
+    return np.concatenate(out)
+
+
+def test_warm_starts_do_not_depend_on_feeding_or_partitions() -> None:
+    """Blocks are aligned to the window index, and each device's starts come from its own
+    fixes: any batching, and devices split over worker processes, give the same bytes."""
+    traffic, _ = _traffic()
+    cfg = _config(wls_warm_start=True)
+    want = _run(Engine(cfg), traffic, 5.0)
+    assert _run(Engine(cfg), traffic, 7.0).tobytes() == want.tobytes()
+    with PartitionedEngine(cfg, workers=2) as two:
+        assert _run(two, traffic, 3.0).tobytes() == want.tobytes()
+
+
+def test_the_first_block_is_the_default_and_later_blocks_are_warm() -> None:
+    """Before a device has a fix (the first block of windows) its starts are the default's,
+    so are its fixes, bit for bit; after it, the warm start changes the search."""
+    traffic, _ = _traffic()
+    warm, cold = _run(Engine(_config(wls_warm_start=True)), traffic, 5.0), _run(Engine(_config()), traffic, 5.0)
+    first = warm["t"] < WINDOWS_PER_CHUNK  # windows 1..15 end before 16 s
+    assert first.any() and np.array_equal(warm["t"], cold["t"])
+    assert warm[first].tobytes() == cold[first].tobytes()
+    assert not np.array_equal(warm["x"][~first], cold["x"][~first])
+
+
+def test_warm_starts_are_as_accurate_as_the_default_with_fewer_solves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On noisy racked-site traffic the warm start's errors are no worse than the default's
+    (within 3 %), with fewer Newton row solves."""
+    import engine.localize as localize
+
+    traffic, xy = _traffic(n_tags=120, seed=9)
+    newton = localize.newton_rows
+    solves = {"n": 0}
+
+    def counted(*args: object) -> object:
+        solves["n"] += len(args[0])  # type: ignore[arg-type]
+        return newton(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(localize, "newton_rows", counted)
+    errors, counts = [], []
+    for cfg in (_config(), _config(wls_warm_start=True)):
+        solves["n"] = 0
+        fixes = _run(Engine(cfg), traffic, 10.0)
+        late = fixes[fixes["t"] >= 2 * WINDOWS_PER_CHUNK]
+        errors.append(np.hypot(late["x"] - xy[late["device"], 0], late["y"] - xy[late["device"], 1]))
+        counts.append(solves["n"])
+    (e0, e1), (n0, n1) = errors, counts
+    assert n1 < 0.85 * n0  # the first block (15 of 40 windows) starts cold
+    assert np.median(e1) <= 1.03 * np.median(e0) and np.quantile(e1, 0.9) <= 1.03 * np.quantile(e0, 0.9)
+
+
+def test_warm_state_is_part_of_the_tracking_state() -> None:
+    """The backbone's revision runs windows again from a saved tracking state: with warm
+    starts that state holds them, so a rerun from it gives the same fixes after the engine
+    has moved on to later blocks (where, without it, those windows would start cold)."""
+    traffic, _ = _traffic(n_tags=20)
+    rows = traffic[(traffic["t"] >= 14.0) & (traffic["t"] < 26.0)]
+    assert Engine(_config(wls_warm_start=True)).stateful and not Engine(_config()).stateful
+    reruns = []
+    for restore in (True, False):
+        eng = Engine(_config(wls_warm_start=True))
+        eng.ingest(traffic[traffic["t"] < 20.0])
+        eng.advance()  # windows up to 17: the block of windows 16-31 has begun
+        saved = eng.tracking_state()
+        first = eng.localize_windows(rows, 18, 21)
+        eng.ingest(traffic[traffic["t"] >= 20.0])
+        eng.flush(DURATION_S)  # on to the next block
+        if restore:
+            eng.set_tracking_state(saved)
+        reruns.append(eng.localize_windows(rows, 18, 21).tobytes() == first.tobytes())
+    assert reruns == [True, False]
