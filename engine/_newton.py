@@ -434,3 +434,48 @@ def gather_rows(
             cols_major[j, i] = c
     return (gx, gy, dz2, gxy, f32[0], f32[1], f32[2], f32[3], f32[4], major[0], major[1], major[2], major[3],
             major[4], cols_major)
+
+
+@numba.njit(cache=True, nogil=True)
+def _same_row(start: NDArray[np.intp], counts: NDArray[np.intp], col: NDArray[np.intp], rssi_bits: NDArray[np.int64],
+              p0_bits: NDArray[np.int64], a: int, b: int) -> bool:
+    if counts[a] != counts[b] or p0_bits[a] != p0_bits[b]:
+        return False
+    for i in range(counts[a]):
+        if col[start[a] + i] != col[start[b] + i] or rssi_bits[start[a] + i] != rssi_bits[start[b] + i]:
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def first_equal_rows(
+    start: NDArray[np.intp], counts: NDArray[np.intp], col: NDArray[np.intp], rssi_bits: NDArray[np.int64],
+    p0_bits: NDArray[np.int64], use: NDArray[np.bool_],
+) -> NDArray[np.intp]:
+    """For each row of heard cells (``start``, ``counts`` into ``col`` and the bits of its
+    RSSI means) with ``use``: the first row with the same gateways, the same RSSI bits and
+    the same bits of P0 (itself if none); other rows map to themselves. An
+    open-addressing table of row hashes, rows compared whole where hashes meet."""
+    n = len(counts)
+    out = np.arange(n)
+    size = 16
+    while size < 2 * np.count_nonzero(use):
+        size *= 2
+    mask = size - 1
+    table = np.full(size, -1, np.int64)
+    for r in range(n):
+        if not use[r]:
+            continue
+        h = p0_bits[r] * np.int64(0x9E3779B97F4A7C15) + counts[r]
+        for i in range(start[r], start[r] + counts[r]):
+            h = (h ^ (h >> 29)) * np.int64(0xBF58476D1CE4E5B9) + col[i]
+            h = (h ^ (h >> 31)) * np.int64(0x94D049BB133111EB) + rssi_bits[i]
+        j = (h ^ (h >> 32)) & mask
+        while table[j] >= 0:
+            if _same_row(start, counts, col, rssi_bits, p0_bits, table[j], r):
+                out[r] = table[j]
+                break
+            j = (j + 1) & mask
+        if out[r] == r:
+            table[j] = r
+    return out

@@ -32,6 +32,7 @@ from engine.localize import (
     Heard,
     ObstacleMap,
     RadioMap,
+    SolvedRows,
     centroid_localize,
     knn_localize,
     knn_r90,
@@ -295,6 +296,9 @@ class Engine:
         # floor of a still tag's radius is the bound over all of them (see _still_floor).
         self._still_heard = np.zeros((0, len(config.gateways.ids)), dtype=bool)
         self.hysteresis = ZoneHysteresis(config.zones) if config.zone_hysteresis else None
+        # The ML estimator's rows of its last call with their answers: equal rows later take
+        # them (same bits) instead of being solved again.
+        self._solved = SolvedRows.empty()
         # wls_warm_start: each device's newest fix (x, y, window index), and the block of
         # windows now being closed with the fixes that were newest when it began.
         self._warm: dict[str, object] = {"block": -1, "last": np.zeros((0, 3)), "start": np.zeros((0, 3))}
@@ -675,4 +679,5 @@ class Engine:
             cell_edges=cfg.wls_cell_edges,
             gateway_starts_above=cfg.wls_gateway_starts_above * cfg.sigma_db**2,
             warm_xy=warm,
+            solved=self._solved,
         )

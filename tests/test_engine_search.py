@@ -1,5 +1,6 @@
-"""The opt-in warm start of the ML localizer (EngineConfig.wls_warm_start): a tag's fix
-before each aligned block of windows replaces the strongest gateways' Newton starts."""
+"""The ML localizer's work across windows: rows equal to rows already solved take their
+answers (always on: the same bytes), and the opt-in warm start (EngineConfig.wls_warm_start):
+a tag's fix before each aligned block of windows replaces the strongest gateways' starts."""
 
 from __future__ import annotations
 
@@ -130,3 +131,54 @@ def test_warm_state_is_part_of_the_tracking_state() -> None:
             eng.set_tracking_state(saved)
         reruns.append(eng.localize_windows(rows, 18, 21).tobytes() == first.tobytes())
     assert reruns == [True, False]
+
+
+def test_rows_equal_to_solved_rows_take_their_answers_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows with the same gateways, RSSI means and P0 as a row already solved (in the same
+    call, or kept from the last one in SolvedRows) take its answer without a solve: the
+    same bytes as solving every row, with fewer rows solved."""
+    import engine.localize as localize
+    from engine.localize import Heard, SolvedRows, wls_localize_heard
+
+    gw, wall = _site()
+    rng = np.random.default_rng(11)
+    newton = localize.newton_rows
+    solved_rows = {"n": 0}
+
+    def counted(*args: object) -> object:
+        solved_rows["n"] += len(args[0])  # type: ignore[arg-type]
+        return newton(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(localize, "newton_rows", counted)
+
+    def call(rows: int) -> tuple[Heard, np.ndarray]:
+        """Rows heard by 1-4 gateways with whole-dB means from a small set, so many repeat."""
+        n = rng.integers(1, 5, rows)
+        cols = [np.sort(rng.choice(len(gw), k, replace=False)) for k in n]
+        cols = [c if rng.random() < 0.5 else np.arange(k) for c, k in zip(cols, n, strict=True)]
+        rssi = [rng.integers(-80, -76, len(c)).astype(float) for c in cols]
+        heard = Heard(rows, len(gw), np.repeat(np.arange(rows), n), np.concatenate(cols), np.concatenate(rssi))
+        return heard, rng.choice([-59.0, -60.0], rows)
+
+    memo = SolvedRows.empty()
+    got: list[bytes] = []
+    want: list[bytes] = []
+    counts: list[int] = []
+    for _ in range(3):
+        heard, p0 = call(400)
+        for solved, out in ((memo, got), (None, want)):
+            solved_rows["n"] = 0
+            est = wls_localize_heard(heard, gw, p0, 2.0, 4.0, 1.0, BOUNDS, obstacle_map=wall, solved=solved)
+            out.append(np.concatenate([est.x, est.y, est.r90]).tobytes())
+            counts.append(solved_rows["n"])
+    assert got == want
+    assert len(memo.counts) > 0
+    assert counts[0] == counts[1] and counts[2] < counts[3] and counts[4] < counts[5]  # the kept rows served
+    # Within a call too: each row solved alone (no other row to repeat) gives the same bytes.
+    heard, p0 = call(60)
+    together = wls_localize_heard(heard, gw, p0, 2.0, 4.0, 1.0, BOUNDS, obstacle_map=wall)
+    alone = [wls_localize_heard(Heard(1, len(gw), np.zeros(k, np.intp), heard.col[a:a + k], heard.rssi[a:a + k]),
+                                gw, p0[i:i + 1], 2.0, 4.0, 1.0, BOUNDS, obstacle_map=wall)
+             for i, (a, k) in enumerate(zip(heard.start.tolist(), heard.counts.tolist(), strict=True))]
+    assert np.concatenate([e.x for e in alone]).tobytes() == together.x.tobytes()
+    assert np.concatenate([e.r90 for e in alone]).tobytes() == together.r90.tobytes()
