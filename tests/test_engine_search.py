@@ -182,3 +182,20 @@ def test_rows_equal_to_solved_rows_take_their_answers_bit_for_bit(monkeypatch: p
              for i, (a, k) in enumerate(zip(heard.start.tolist(), heard.counts.tolist(), strict=True))]
     assert np.concatenate([e.x for e in alone]).tobytes() == together.x.tobytes()
     assert np.concatenate([e.r90 for e in alone]).tobytes() == together.r90.tobytes()
+
+
+def test_warm_start_setting_is_off_by_default_and_reaches_the_engine() -> None:
+    """Left off, the scenario setting is not written (scenario hashes unchanged); set, it
+    reaches the engine's config."""
+    from pathlib import Path
+
+    from twin.run import engine_config_for
+    from twin.scenario import EngineSettings, load_scenario
+    from twin.sim import WarehouseTwin
+
+    assert "wls_warm_start" not in EngineSettings().model_dump()
+    assert EngineSettings(wls_warm_start=True).model_dump()["wls_warm_start"] is True
+    demo = load_scenario(Path(__file__).parents[1] / "scenarios" / "demo.toml")
+    demo = demo.model_copy(update={"duration_s": 1.0, "engine": demo.engine.model_copy(
+        update={"wls_warm_start": True})})
+    assert engine_config_for(demo, WarehouseTwin(demo).run()).wls_warm_start
