@@ -538,6 +538,17 @@ class Engine:
         n_gw = len(cfg.gateways.ids)
         if len(rows) == 0:
             return np.zeros(0, FIX_DTYPE)
+        if self._warm_starts_on and k_first // WINDOWS_PER_CHUNK != k_last // WINDOWS_PER_CHUNK:
+            # Warm starts come block by block (aligned groups of windows), whoever chunks
+            # the windows (engine.timeline reruns them from a saved state).
+            parts, k = [], k_first
+            while k <= k_last:
+                k_end = min(k_last, (k // WINDOWS_PER_CHUNK + 1) * WINDOWS_PER_CHUNK - 1)
+                lo = np.searchsorted(rows["t"], k * cfg.step_s - cfg.window_s, side="left")
+                hi = np.searchsorted(rows["t"], k_end * cfg.step_s, side="left")
+                parts.append(self._localize_windows(rows[lo:hi], k, k_end))
+                k = k_end + 1
+            return concat_rows(parts, FIX_DTYPE)
         per = int(np.ceil(cfg.window_s / cfg.step_s))
         # Each sighting belongs to up to `per` sliding windows. The window rows (window,
         # device), the mean RSSI of each heard (row, gateway) cell (the bits of a dense

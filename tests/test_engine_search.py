@@ -74,6 +74,18 @@ def test_warm_starts_do_not_depend_on_feeding_or_partitions() -> None:
         assert _run(two, traffic, 3.0).tobytes() == want.tobytes()
 
 
+def test_windows_recomputed_in_any_chunks_get_the_same_warm_starts() -> None:
+    """engine.timeline reruns windows in chunks of its own: a chunk across blocks is done
+    block by block, so chunks of 7 windows and one chunk of all give the same fixes."""
+    traffic, _ = _traffic(n_tags=20)
+    cfg = _config(wls_warm_start=True)
+    whole = Engine(cfg).localize_windows(traffic, 1, 40)
+    eng = Engine(cfg)
+    chunks = np.concatenate([eng.localize_windows(traffic, k, min(k + 6, 40)) for k in range(1, 41, 7)])
+    assert chunks.tobytes() == whole.tobytes()
+    assert whole.tobytes() != Engine(_config()).localize_windows(traffic, 1, 40).tobytes()
+
+
 def test_the_first_block_is_the_default_and_later_blocks_are_warm() -> None:
     """Before a device has a fix (the first block of windows) its starts are the default's,
     so are its fixes, bit for bit; after it, the warm start changes the search."""
