@@ -63,6 +63,22 @@ def _run(engine: Engine | PartitionedEngine, traffic: np.ndarray, feed_s: float)
     return np.concatenate(out)
 
 
+@pytest.fixture
+def newton_solves(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts the rows the Newton loop solves (``["n"]``, reset it to count anew)."""
+    import engine.localize as localize
+
+    newton = localize.newton_rows
+    solves = {"n": 0}
+
+    def counted(*args: object) -> object:
+        solves["n"] += len(args[0])  # type: ignore[arg-type]
+        return newton(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(localize, "newton_rows", counted)
+    return solves
+
+
 def test_warm_starts_do_not_depend_on_feeding_or_partitions() -> None:
     """Blocks are aligned to the window index, and each device's starts come from its own
     fixes: any batching, and devices split over worker processes, give the same bytes."""
@@ -97,20 +113,11 @@ def test_the_first_block_is_the_default_and_later_blocks_are_warm() -> None:
     assert not np.array_equal(warm["x"][~first], cold["x"][~first])
 
 
-def test_warm_starts_are_as_accurate_as_the_default_with_fewer_solves(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_warm_starts_are_as_accurate_as_the_default_with_fewer_solves(newton_solves: dict[str, int]) -> None:
     """On noisy racked-site traffic the warm start's errors are no worse than the default's
     (within 3 %), with fewer Newton row solves."""
-    import engine.localize as localize
-
     traffic, xy = _traffic(n_tags=120, seed=9)
-    newton = localize.newton_rows
-    solves = {"n": 0}
-
-    def counted(*args: object) -> object:
-        solves["n"] += len(args[0])  # type: ignore[arg-type]
-        return newton(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(localize, "newton_rows", counted)
+    solves = newton_solves
     errors, counts = [], []
     for cfg in (_config(), _config(wls_warm_start=True)):
         solves["n"] = 0
@@ -145,23 +152,15 @@ def test_warm_state_is_part_of_the_tracking_state() -> None:
     assert reruns == [True, False]
 
 
-def test_rows_equal_to_solved_rows_take_their_answers_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rows_equal_to_solved_rows_take_their_answers_bit_for_bit(newton_solves: dict[str, int]) -> None:
     """Rows with the same gateways, RSSI means and P0 as a row already solved (in the same
     call, or kept from the last one in SolvedRows) take its answer without a solve: the
     same bytes as solving every row, with fewer rows solved."""
-    import engine.localize as localize
     from engine.localize import Heard, SolvedRows, wls_localize_heard
 
     gw, wall = _site()
     rng = np.random.default_rng(11)
-    newton = localize.newton_rows
-    solved_rows = {"n": 0}
-
-    def counted(*args: object) -> object:
-        solved_rows["n"] += len(args[0])  # type: ignore[arg-type]
-        return newton(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(localize, "newton_rows", counted)
+    solved_rows = newton_solves
 
     def call(rows: int) -> tuple[Heard, np.ndarray]:
         """Rows heard by 1-4 gateways with whole-dB means from a small set, so many repeat."""
