@@ -351,20 +351,25 @@ class Engine:
 
     @property
     def stateful(self) -> bool:
-        """A tracker or zone hysteresis: a window's fixes depend on the windows before it."""
+        """A tracker, zone hysteresis or warm starts: a window's fixes depend on the windows
+        before it."""
         return self.tracker is not None or self.hysteresis is not None or self._warm_starts_on
 
     @property
     def _warm_starts_on(self) -> bool:
-        return self.config.wls_warm_start and self.config.localizer == "wls"
+        """wls_warm_start where it acts: the ML estimator with an obstacle map (whose
+        strongest-gateway starts it replaces)."""
+        cfg = self.config
+        return cfg.wls_warm_start and cfg.localizer == "wls" and cfg.obstacle_map is not None
 
     def tracking_state(self) -> dict[str, object]:
         """A copy of what carries from one window to the next (tracker, zone hysteresis, the
         gateways that heard each still tag): :meth:`set_tracking_state` goes back to it, so
         the backbone can run the tracker again from before a window late data revised."""
         parts: dict[str, object] = {"still_heard": self._still_heard.copy(),
-                                    "held": (self._held.copy(), self._held_lower.copy()),
-                                    "warm": copy.deepcopy(self._warm)}
+                                    "held": (self._held.copy(), self._held_lower.copy())}
+        if self._warm_starts_on:
+            parts["warm"] = copy.deepcopy(self._warm)
         for name, obj in (("tracker", self.tracker), ("hysteresis", self.hysteresis)):
             if obj is not None:
                 parts[name] = {k: copy.deepcopy(getattr(obj, k)) for k in type(obj).STATE}  # type: ignore[union-attr]
