@@ -436,16 +436,6 @@ def gather_rows(
             major[4], cols_major)
 
 
-@numba.njit(cache=True, nogil=True)
-def _same_row(start: NDArray[np.intp], counts: NDArray[np.intp], col: NDArray[np.intp], rssi_bits: NDArray[np.int64],
-              p0_bits: NDArray[np.int64], a: int, b: int) -> bool:
-    if counts[a] != counts[b] or p0_bits[a] != p0_bits[b]:
-        return False
-    for i in range(counts[a]):
-        if col[start[a] + i] != col[start[b] + i] or rssi_bits[start[a] + i] != rssi_bits[start[b] + i]:
-            return False
-    return True
-
 
 @numba.njit(cache=True, nogil=True)
 def first_equal_rows(
@@ -455,14 +445,18 @@ def first_equal_rows(
     """For each row of heard cells (``start``, ``counts`` into ``col`` and the bits of its
     RSSI means) with ``use``: the first row with the same gateways, the same RSSI bits and
     the same bits of P0 (itself if none); other rows map to themselves. An
-    open-addressing table of row hashes, rows compared whole where hashes meet."""
+    open-addressing table of row hashes; rows are compared whole where hashes are equal."""
     n = len(counts)
     out = np.arange(n)
+    used = 0
+    for r in range(n):
+        used += use[r]
     size = 16
-    while size < 2 * np.count_nonzero(use):
+    while size < 2 * used:
         size *= 2
     mask = size - 1
     table = np.full(size, -1, np.int64)
+    hashes = np.zeros(size, np.int64)
     for r in range(n):
         if not use[r]:
             continue
@@ -472,10 +466,18 @@ def first_equal_rows(
             h = (h ^ (h >> 31)) * np.int64(0x94D049BB133111EB) + rssi_bits[i]
         j = (h ^ (h >> 32)) & mask
         while table[j] >= 0:
-            if _same_row(start, counts, col, rssi_bits, p0_bits, table[j], r):
-                out[r] = table[j]
-                break
+            if hashes[j] == h:
+                o = table[j]
+                same = counts[o] == counts[r] and p0_bits[o] == p0_bits[r]
+                for i in range(counts[r] if same else 0):
+                    if col[start[o] + i] != col[start[r] + i] or rssi_bits[start[o] + i] != rssi_bits[start[r] + i]:
+                        same = False
+                        break
+                if same:
+                    out[r] = o
+                    break
             j = (j + 1) & mask
         if out[r] == r:
             table[j] = r
+            hashes[j] = h
     return out
