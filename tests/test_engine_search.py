@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.contract import SIGHTING_DTYPE, GatewayInfo
 from engine.localize import ObstacleMap
@@ -210,3 +212,29 @@ def test_warm_start_setting_is_off_by_default_and_reaches_the_engine() -> None:
     demo = demo.model_copy(update={"duration_s": 1.0, "engine": demo.engine.model_copy(
         update={"wls_warm_start": True})})
     assert engine_config_for(demo, WarehouseTwin(demo).run()).wls_warm_start
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.integers(0, 3), max_size=3), st.sampled_from([-59.0, -60.0, -0.0, 0.0]),
+                          st.booleans()), max_size=40),
+       st.integers(0, 3))
+def test_first_equal_rows_is_the_first_row_with_the_same_content(rows: list, value: int) -> None:
+    """Each used row maps to the first used row with the same gateways, RSSI bits and P0
+    bits (-0.0 and 0.0 are different bits); unused rows map to themselves."""
+    from engine._newton import first_equal_rows
+
+    counts = np.array([len(c) for c, _, _ in rows], np.intp)
+    col = np.array([g for c, _, _ in rows for g in c], np.intp)
+    rssi = np.array([float(-70 - (g + value) % 2) for c, _, _ in rows for g in c])
+    p0 = np.array([p for _, p, _ in rows])
+    use = np.array([u for _, _, u in rows], bool)
+    got = first_equal_rows(np.cumsum(counts) - counts, counts, col, rssi.view(np.int64), p0.view(np.int64), use)
+    first: dict[tuple[object, ...], int] = {}
+    at = 0
+    for r, (c, p, u) in enumerate(rows):
+        key = (tuple(c), tuple(rssi[at:at + len(c)].view(np.int64).tolist()), float(np.float64(p).view(np.int64)))
+        at += len(c)
+        if not u:
+            assert got[r] == r
+            continue
+        assert got[r] == first.setdefault(key, r)
