@@ -39,39 +39,59 @@ import numpy as np
 from engine.eventtime import MERGE_MARGIN_S, REVISED_FIX_DTYPE, RevisingWindows, sorted_search
 from engine.ingest import IngestCounters, drop_redeliveries
 from engine.pipeline import FIX_DTYPE, WINDOWS_PER_CHUNK
-from engine.rules.events import ListSink
+from engine.rules.events import ListSink, clean, events_json
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from engine.contract import Sightings
     from engine.pipeline import Engine
+    from engine.rules.events import Event
     from engine.rules.feeder import RuleFeeder
 
 STATE_EVERY = 8  # windows: one saved state per this many, beyond the newest ones
+# Evidence a published event leaves out: a device's code is the order this worker first heard it in.
+DROPPED_EVIDENCE = frozenset({"device_code"})
 ORIGIN_GRID_S = 60.0  # the rules' clock starts on a whole minute, one minute before the first row
 
 
 @dataclass(frozen=True)
 class EventRevision:
     """One rule event as published: its identity, the window step that decided it (end of
-    that window, absolute time), the revision, and the event (None: retracted; a plain
-    JSON-safe dict, published with its keys sorted)."""
+    that window, absolute time), the revision, and the event's record as compact JSON with
+    its keys sorted at every level (:func:`engine.rules.events.event_json`; None: retracted),
+    written once when the event is decided and copied into the messages as it is."""
 
     key: str
     step_t: float
     revision: int
-    event: dict[str, object] | None
+    text: str | None
 
     @property
     def retracted(self) -> bool:
-        return self.event is None
+        return self.text is None
+
+    @property
+    def event(self) -> dict[str, object] | None:
+        """The record as a dict (parsed from its text; None: retracted)."""
+        return None if self.text is None else json.loads(self.text)
 
 
-def event_key(record: dict[str, object]) -> str:
-    """An event's identity: rule, what it is about (tag, else gateway, else zone), event time."""
-    about = record.get("tag") or record.get("gateway") or record.get("zone") or ""
-    return f"{record['rule']}/{about}/{float(record['t']):.3f}"  # type: ignore[arg-type]
+def absolute_times(events: list[Event], origin: float) -> list[float]:
+    """Events' times as published: ``round(float(t) + origin, 3)`` of each record's time
+    (rounded to 4 decimals). With a numpy ``origin`` that is numpy's rounding (scaled, to
+    the nearest even), one array operation for them all, which rounds as the scalar does."""
+    cleaned = [clean(ev.t) for ev in events]
+    if type(origin) is np.float64 and all(type(t) is float for t in cleaned):
+        return np.round(np.array(cleaned, dtype=np.float64) + origin, 3).tolist()
+    return [round(float(t) + origin, 3) for t in cleaned]  # type: ignore[arg-type]
+
+
+def event_key(ev: Event, t: float) -> str:
+    """An event's identity: rule, what it is about (tag, else gateway, else zone; as its
+    record has them), event time ``t`` (absolute, as published)."""
+    about = clean(ev.tag) or clean(ev.gateway) or clean(ev.zone) or ""
+    return f"{clean(ev.rule)}/{about}/{t:.3f}"
 
 
 class RevisedTimeline(RevisingWindows):
@@ -184,7 +204,7 @@ class RevisedTimeline(RevisingWindows):
     def _run(self, k_from: int, last: int, revision: int) -> NDArray[np.void]:
         """Windows k_from..last in runs, the rules one step per window; what changed out."""
         changed: list[NDArray[np.void]] = []
-        new_events: dict[str, tuple[int, str, dict[str, object]]] = {}
+        new_events: dict[str, tuple[int, str, str]] = {}
         for k0 in range(k_from, last + 1, WINDOWS_PER_CHUNK):
             k1 = min(last, k0 + WINDOWS_PER_CHUNK - 1)
             # the windows' merged events, as RevisingWindows computes them (cached per step)
@@ -208,7 +228,7 @@ class RevisedTimeline(RevisingWindows):
         return np.concatenate(changed) if changed else np.zeros(0, REVISED_FIX_DTYPE)
 
     def _feed_rules(self, rows: Sightings, fixes: NDArray[np.void], k0: int, k1: int,
-                    new_events: dict[str, tuple[int, str, dict[str, object]]]) -> None:
+                    new_events: dict[str, tuple[int, str, str]]) -> None:
         """Rule steps k0..k1: each window's sightings and fixes, then the clock to its end.
         One ``step_until`` for the whole run (its buffers sorted once, not once a window:
         a run of k windows cost k sorts of up to k windows' rows), each step's events
@@ -227,33 +247,35 @@ class RevisedTimeline(RevisingWindows):
 
         def credit(i: int) -> None:
             k = k0 + bisect.bisect_left(ends, i)
-            for ev in self._sink.events:
-                record = ev.to_dict()
-                record["t"] = round(float(record["t"]) + origin, 3)  # type: ignore[arg-type]
-                # A device's code is the order the worker first heard it in, which a replay
-                # changes: the tag id says who it is.
-                record["evidence"].pop("device_code", None)  # type: ignore[attr-defined]
-                key = event_key(record)
+            events = self._sink.events
+            # Each record as Event.to_dict makes it, its time absolute, and without the
+            # device's code: that is the order the worker first heard it in, which a replay
+            # changes (the tag id says who it is). Written as JSON once: the digest takes the
+            # spaced text, the messages the compact one.
+            times = absolute_times(events, origin)
+            for ev, t, (spaced, compact) in zip(events, times, events_json(events, times, DROPPED_EVIDENCE),
+                                                strict=True):
+                key = first = event_key(ev, t)
                 n = 2
                 while key in new_events:  # the same identity twice: number the repeats
-                    key = f"{event_key(record)}#{n}"
+                    key = f"{first}#{n}"
                     n += 1
-                new_events[key] = (k, json.dumps(record, sort_keys=True), record)
-            self._sink.events.clear()
+                new_events[key] = (k, spaced, compact)
+            events.clear()
 
         self._sink.events.clear()
         self.feeder.step_until(k1 * self.step - origin, on_step=credit)
         self._sink.events.clear()
 
-    def _diff_events(self, k_from: int, new: dict[str, tuple[int, str, dict[str, object]]], revision: int) -> None:
+    def _diff_events(self, k_from: int, new: dict[str, tuple[int, str, str]], revision: int) -> None:
         """Events decided from k_from on: new or changed ones out, vanished ones retracted.
-        An event goes out as the record its text was written from (not the text parsed
-        again: a start burst is ~10,000 of them); the writer sorts its keys as the text's."""
+        Each is handed out as its compact text (the messages copy it as it is); the digest
+        is of its spaced text, as checkpoints and :meth:`note_published` have it."""
         old = {key: v for key, v in self.published.items() if v[0] >= k_from}
-        for key, (k, text, record) in new.items():
-            digest = _digest(text)
+        for key, (k, spaced, compact) in new.items():
+            digest = _digest(spaced)
             if old.get(key, (None, None))[1] != digest:
-                self.events_out.append(EventRevision(key, k * self.step, revision, record))
+                self.events_out.append(EventRevision(key, k * self.step, revision, compact))
             self.published[key] = (k, digest)
         for key in [key for key in old if key not in new]:  # in published order: a set's order is the hash seed's
             k = old[key][0]

@@ -67,6 +67,7 @@ import numpy as np
 from engine.contract import SIGHTING_DTYPE, UNKNOWN, IdTable, Sightings, sightings_from_columns
 from engine.eventtime import MERGE_MARGIN_S, REVISED_FIX_DTYPE, BatchDedup, GatewayWatermarks
 from engine.pipeline import Engine, EngineConfig
+from engine.rules.events import json_scalar
 from engine.rules.feeder import RuleFeeder
 from engine.timeline import EventRevision, RevisedTimeline
 from live_bridge.adapters import AdapterError, parse_espresense, parse_theengs
@@ -789,13 +790,13 @@ def events_payloads(events: list[EventRevision], now: float, max_bytes: int | No
     revision ``rev`` and the ``event`` (engine.rules Event as a dict), or ``retracted``. Cut
     into messages of at most ``max_bytes`` (None: one), events in their order: a burst
     (every tag of a large site entering its zone at start) can pass the backbone's limit."""
-    # The event's keys sorted (at every level), as its digest's text and the records read
-    # back from the stream have them; the envelope's in this order.
+    # The event's text as the timeline wrote it (keys sorted at every level, compact); the
+    # envelope's keys in this order.
     records = [
         json.dumps({"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "retracted": True},
-                   separators=(",", ":")) if e.retracted
-        else (f'{{"key":{json.dumps(e.key)},"window":{json.dumps(round(e.step_t, 3))},"rev":{json.dumps(e.revision)},'
-              f'"event":{json.dumps(e.event, sort_keys=True, separators=(",", ":"))}}}')
+                   separators=(",", ":")) if e.text is None
+        else f'{{"key":{json_scalar(e.key)},"window":{json_scalar(round(e.step_t, 3))},"rev":{json_scalar(e.revision)},'
+             f'"event":{e.text}}}'
         for e in events
     ]
     head = json.dumps({"v": 1, "t": now}, separators=(",", ":"))[:-1] + ',"events":['
@@ -804,7 +805,7 @@ def events_payloads(events: list[EventRevision], now: float, max_bytes: int | No
     part: list[str] = []
     size = 0
     for r in records:
-        n = len(r.encode()) + 1
+        n = (len(r) if r.isascii() else len(r.encode())) + 1
         if part and room is not None and size + n > room:
             out.append((head + ",".join(part) + "]}").encode())
             part, size = [], 0

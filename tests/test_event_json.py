@@ -1,0 +1,105 @@
+"""The fast event writer (engine.rules.events.events_json) writes what the reference does:
+the record of Event.to_dict through json.dumps with sorted keys, both separators, for
+arbitrary events (unicode ids, NaN and infinities, numpy scalars, nested evidence)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.rules.events import RULE_SEVERITY, Event, JsonLinesSink, event_json, events_json, json_scalar
+from engine.timeline import absolute_times
+
+FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-1e6, 1e6),
+                   st.floats(-1e6, 1e6).map(np.float64), st.floats(-1e3, 1e3, width=32).map(np.float32))
+NUMBERS = st.one_of(FLOATS, st.integers(-(2**70), 2**70), st.booleans(), st.integers(-1000, 1000).map(np.int64),
+                    st.booleans().map(np.bool_))
+LEAVES = st.one_of(st.none(), NUMBERS, st.text(max_size=6))
+VALUES = st.recursive(LEAVES, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.lists(inner, max_size=3).map(tuple),
+    st.dictionaries(st.one_of(st.text(max_size=3), st.integers(0, 9)), inner, max_size=3)), max_leaves=10)
+NAMES = st.one_of(st.none(), st.text(max_size=12))
+EVIDENCE = st.one_of(
+    st.dictionaries(st.text(max_size=8), VALUES, max_size=5),
+    st.dictionaries(st.sampled_from(["fixes_in_zone", "previous", "device_code", "stayed_s"]), LEAVES, max_size=4),
+    st.dictionaries(st.one_of(st.text(max_size=3), st.integers(0, 5)), LEAVES, max_size=3),  # keys cleaned to str
+)
+
+
+@st.composite
+def events(draw: st.DrawFn) -> Event:
+    """Events as the rules make them, and with numpy scalars where floats belong."""
+    fields: dict[str, Any] = {
+        "rule": draw(st.sampled_from(sorted(RULE_SEVERITY))), "t": draw(FLOATS),
+        "ruleset_version": draw(st.text(max_size=8)),
+        "tag": draw(NAMES), "x": draw(FLOATS), "y": draw(FLOATS), "r90": draw(FLOATS), "zone": draw(NAMES),
+        "gateway": draw(NAMES), "confidence": draw(st.one_of(FLOATS, st.integers(0, 1))), "evidence": draw(EVIDENCE)}
+    return Event(**fields)
+
+
+def reference(ev: Event, t: float | None = None, drop: tuple[str, ...] = ()) -> tuple[str, str]:
+    record = ev.to_dict()
+    if t is not None:
+        record["t"] = t
+    for k in drop:
+        record["evidence"].pop(k, None)  # type: ignore[attr-defined]
+    return json.dumps(record, sort_keys=True), json.dumps(record, sort_keys=True, separators=(",", ":"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(events(), max_size=6))
+def test_events_are_written_as_to_dict_and_json_dumps_write_them(evs):
+    assert events_json(evs) == [reference(ev) for ev in evs]
+    assert [event_json(ev) for ev in evs] == [reference(ev) for ev in evs]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(events(), max_size=6), st.data())
+def test_a_time_in_place_of_the_events_and_dropped_evidence(evs, data):
+    times = data.draw(st.lists(st.one_of(st.floats(-1e10, 1e10), st.floats(-1e10, 1e10).map(np.float64)),
+                               min_size=len(evs), max_size=len(evs)))
+    drop = ("device_code", "previous")
+    assert events_json(evs, times, drop) == [reference(ev, t, drop) for ev, t in zip(evs, times, strict=True)]
+
+
+def test_a_burst_of_zone_entries_is_the_reference_text():
+    """The cold start's burst: one rule, one evidence key set, many tags (cached per call)."""
+    evs = [Event("zone_enter", 1234.5 + i / 7, "rs-1", tag=f"pallet-{i:05d}~3", x=12.345678 + i / 3, y=-3.21 * i,
+                 r90=2.5 + i / 11, zone="aisle-ü", evidence={"fixes_in_zone": 2, "previous": None if i % 2 else "dock"})
+           for i in range(300)]
+    assert events_json(evs, None, ("device_code",)) == [reference(ev) for ev in evs]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(), st.integers(-(2**80), 2**80), st.booleans(), st.floats(), st.floats().map(np.float64),
+                st.none()))
+def test_json_scalar_is_json_dumps(value):
+    assert json_scalar(value) == json.dumps(value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.floats(0, 1e5), st.floats(-10, 10)), max_size=30),
+       st.floats(1e8, 2e9).map(lambda o: np.floor(o / 60) * 60))
+def test_absolute_times_round_as_each_event_alone(ts, origin):
+    """Numpy's rounding of the array is the scalar's: the times (and keys) of the record
+    path, ``round(float(record_t) + origin, 3)``, for a numpy origin and a Python one."""
+    evs = [Event("zone_enter", t, "v") for t in ts]
+    for o in (np.float64(origin), float(origin)):
+        expected = [round(float(ev.to_dict()["t"]) + o, 3) for ev in evs]  # type: ignore[arg-type]
+        got = absolute_times(evs, o)
+        assert got == expected
+        assert [f"{t:.3f}" for t in got] == [f"{t:.3f}" for t in expected]
+
+
+def test_the_json_lines_sink_writes_the_reference_lines(tmp_path):
+    evs = [Event("zone_enter", 1.5, "v", tag="é", x=float("nan"), evidence={"n": np.int64(3), "p": [1.23456, None]}),
+           Event("gateway_silent", 2.0, "v", gateway="gw-1", r90=0.0)]
+    sink = JsonLinesSink(tmp_path / "events.jsonl")
+    sink.emit(evs)
+    sink.close()
+    assert (tmp_path / "events.jsonl").read_text() == "".join(json.dumps(ev.to_dict(), sort_keys=True) + "\n"
+                                                              for ev in evs)
