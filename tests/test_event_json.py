@@ -5,6 +5,7 @@ arbitrary events (unicode ids, NaN and infinities, numpy scalars, nested evidenc
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,15 @@ from hypothesis import strategies as st
 
 from engine.rules.events import RULE_SEVERITY, Event, JsonLinesSink, event_json, events_json, json_scalar
 from engine.timeline import absolute_times
+from live_bridge.backbone import raw_subject
+from live_bridge.worker import WorkerCore, WorkerSettings
+from tagtwin.live import site_engine_config
+from tagtwin.loadgen import PublisherSpec, Schedule, TickBuilder
+from tagtwin.loadtest import site_traffic
+from tagtwin.worker import site_worker_core
+from twin.scenario import load_scenario
 
+REPO = Path(__file__).resolve().parents[1]
 FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-1e6, 1e6),
                    st.floats(-1e6, 1e6).map(np.float64), st.floats(-1e3, 1e3, width=32).map(np.float32))
 NUMBERS = st.one_of(FLOATS, st.integers(-(2**70), 2**70), st.booleans(), st.integers(-1000, 1000).map(np.int64),
@@ -103,3 +112,34 @@ def test_the_json_lines_sink_writes_the_reference_lines(tmp_path):
     sink.close()
     assert (tmp_path / "events.jsonl").read_text() == "".join(json.dumps(ev.to_dict(), sort_keys=True) + "\n"
                                                               for ev in evs)
+
+
+
+def test_a_restored_worker_rounds_event_times_as_before_its_checkpoint():
+    """The rules' origin comes back from a checkpoint as the numpy float the first advance
+    computed: as a Python float, about 1 in 20 event times rounded to another millisecond,
+    so a restored worker decided those events under other keys."""
+    sc = load_scenario(REPO / "scenarios" / "static-open.toml")
+    tr = site_traffic(sc, "o", 0, 12.0)
+    t0 = 1_790_000_000.0
+    b = TickBuilder(PublisherSpec(0, "", "nats", [tr], Schedule(0.2, 5.0), t0, 0.25, wire=2))
+
+    def core() -> WorkerCore:
+        return site_worker_core(sc, site_engine_config(sc), tr.keys, WorkerSettings(site="o"))
+
+    first = core()
+    seq = 0
+    for k in range(20):
+        for _, gw, body, _ in b.build(k * 0.25, (k + 1) * 0.25, 0.2):
+            seq += 1
+            first.handle(raw_subject("o", gw), body, seq, t0 + (k + 1) * 0.25)
+        first.tick(t0 + (k + 1) * 0.25)
+    origin = first.windows.origin
+    assert type(origin) is np.float64
+    restored = core()
+    restored.restore(first.checkpoint())
+    assert type(restored.windows.origin) is np.float64
+    assert restored.windows.origin == origin
+    evs = [Event("unknown_tag", round(0.0005 + i * 0.0131, 4), "v") for i in range(400)]
+    assert absolute_times(evs, restored.windows.origin) == absolute_times(evs, origin)
+    assert absolute_times(evs, float(origin)) != absolute_times(evs, origin)  # what a Python float did
