@@ -81,7 +81,7 @@ def absolute_times(events: list[Event], origin: float) -> list[float]:
     """Events' times as published: ``round(float(t) + origin, 3)`` of each record's time
     (rounded to 4 decimals). With a numpy ``origin`` that is numpy's rounding (scaled, to
     the nearest even), one array operation for them all, which rounds as the scalar does."""
-    cleaned = [clean(ev.t) for ev in events]
+    cleaned = [round(t, 4) if type(t) is float and t - t == 0.0 else clean(t) for t in (ev.t for ev in events)]
     if type(origin) is np.float64 and all(type(t) is float for t in cleaned):
         return np.round(np.array(cleaned, dtype=np.float64) + origin, 3).tolist()
     return [round(float(t) + origin, 3) for t in cleaned]  # type: ignore[arg-type]
@@ -90,8 +90,16 @@ def absolute_times(events: list[Event], origin: float) -> list[float]:
 def event_key(ev: Event, t: float) -> str:
     """An event's identity: rule, what it is about (tag, else gateway, else zone; as its
     record has them), event time ``t`` (absolute, as published)."""
-    about = clean(ev.tag) or clean(ev.gateway) or clean(ev.zone) or ""
-    return f"{clean(ev.rule)}/{about}/{t:.3f}"
+    tag: object = ev.tag
+    gateway: object = ev.gateway
+    zone: object = ev.zone
+    rule: object = ev.rule
+    if not (type(rule) is str and type(tag) in _NAMES and type(gateway) in _NAMES and type(zone) in _NAMES):
+        tag, gateway, zone, rule = clean(tag), clean(gateway), clean(zone), clean(rule)  # as the record holds them
+    return f"{rule}/{tag or gateway or zone or ''}/{t:.3f}"
+
+
+_NAMES = (str, type(None))  # the types a record holds names in as they are
 
 
 class RevisedTimeline(RevisingWindows):
@@ -272,11 +280,12 @@ class RevisedTimeline(RevisingWindows):
         Each is handed out as its compact text (the messages copy it as it is); the digest
         is of its spaced text, as checkpoints and :meth:`note_published` have it."""
         old = {key: v for key, v in self.published.items() if v[0] >= k_from}
+        published, out, step = self.published, self.events_out, self.step
         for key, (k, spaced, compact) in new.items():
             digest = _digest(spaced)
-            if old.get(key, (None, None))[1] != digest:
-                self.events_out.append(EventRevision(key, k * self.step, revision, compact))
-            self.published[key] = (k, digest)
+            if key not in old or old[key][1] != digest:
+                out.append(EventRevision(key, k * step, revision, compact))
+            published[key] = (k, digest)
         for key in [key for key in old if key not in new]:  # in published order: a set's order is the hash seed's
             k = old[key][0]
             self.events_out.append(EventRevision(key, k * self.step, revision, None))

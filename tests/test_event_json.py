@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.rules.events import RULE_SEVERITY, Event, JsonLinesSink, event_json, events_json, json_scalar
-from engine.timeline import absolute_times
+from engine.timeline import absolute_times, event_key
 from live_bridge.backbone import raw_subject
 from live_bridge.worker import WorkerCore, WorkerSettings
 from tagtwin.live import site_engine_config
@@ -143,3 +143,13 @@ def test_a_restored_worker_rounds_event_times_as_before_its_checkpoint():
     evs = [Event("unknown_tag", round(0.0005 + i * 0.0131, 4), "v") for i in range(400)]
     assert absolute_times(evs, restored.windows.origin) == absolute_times(evs, origin)
     assert absolute_times(evs, float(origin)) != absolute_times(evs, origin)  # what a Python float did
+
+
+@settings(max_examples=200, deadline=None)
+@given(events(), st.floats(-1e10, 1e10))
+def test_an_event_key_is_the_records(ev, t):
+    """The identity the timeline gives an event: rule, tag else gateway else zone, time,
+    as the record (Event.to_dict) holds them."""
+    record = ev.to_dict()
+    about = record.get("tag") or record.get("gateway") or record.get("zone") or ""
+    assert event_key(ev, t) == f"{record['rule']}/{about}/{t:.3f}"
