@@ -621,8 +621,13 @@ class WorkerCore:
             self.held[k] = (len(part), self._positions_out(part, now))
         ready = [self.held.pop(k) for k in sorted(k for k in self.held if k <= out_through)]
         self.held_events += events
-        go = [e for e in self.held_events if np.rint(e.step_t / step) <= out_through]
-        self.held_events = [e for e in self.held_events if np.rint(e.step_t / step) > out_through]
+        go: list[EventRevision] = []
+        # The held events are looked through only when some can have become due (a burst holds
+        # ~17,000 of them, and release_due runs after every batch of input).
+        if events or self.released_through is None or out_through > self.released_through:
+            go = [e for e in self.held_events if round(e.step_t / step) <= out_through]
+            if go:
+                self.held_events = [e for e in self.held_events if round(e.step_t / step) > out_through]
         if due is not None:
             self.released_through = out_through
         return sum(n for n, _ in ready), [m for _, msgs in ready for m in msgs], go
@@ -1081,6 +1086,16 @@ async def run_worker(
         if events_out:
             outputs.send(events_out)
         return bool(events_out)
+
+    async def release(now: float) -> bool:
+        """Held outputs the site watermark made due: positions sent and written to the socket,
+        then their events. True if anything went out."""
+        due = core.release_due(now)
+        if due:
+            outputs.send(due)
+            await asyncio.sleep(0)
+            await nc.flush(timeout=5)
+        return send_events() or bool(due)
     next_status = time.monotonic()
     keys_watch = KeysWatch(keys_path) if keys_path is not None else None
     try:
@@ -1092,11 +1107,17 @@ async def run_worker(
                 gc0, computed0 = clock.gc_s, core.windows.closed_through
                 msgs = await feed.take(timeout=0.2)
                 t1 = time.monotonic()
-                for m in msgs:
+                for i, m in enumerate(msgs, 1):
                     md = m.metadata
                     outbox += core.handle(m.subject, m.data, md.sequence.stream, md.timestamp.timestamp(),
                                           pending=md.num_pending)
                     unacked.append(m)
+                    # A window this batch made due goes out now, not after the rest of the fetch
+                    # (up to a second of traffic when catching up): judged on the stream's clock,
+                    # as the loop's own release below.
+                    if i < len(msgs) and (core.held or core.held_events) \
+                            and await release(core.loop_clock(time.time(), got_input=True)):
+                        published = True
                 t2 = time.monotonic()
                 # Idle gateways are judged on the stream's clock while a backlog is being worked
                 # off (the worker is behind, the gateways are not silent), on the wall clock once
