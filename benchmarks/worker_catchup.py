@@ -7,7 +7,9 @@ rules, as the worker runs it (``handle`` per batch; ``release_due`` + ``tick`` a
 handled with no tick between (a worker behind its stream), then one tick computes every
 window they close. Printed: CPU ms of a steady close (one window) and of the catch-up
 close, per window; of each of the first 12 closes (after the worker's warm-up: a cold
-start's first windows, where the rules decide an event for every tag); the saved
+start's first windows, where the rules decide an event for every tag), and what they cost
+beyond steady closes per rule event (``burst``); the site registers the copies sent,
+as ``tagtwin loadtest --rate`` does; the saved
 timeline states (how many, packed or not, their bytes) and the checkpoint's size at the
 end (as serialized, and compressed as the worker stores it). Timed with the process's
 CPU clock, so the figures hold on a busy machine.
@@ -51,13 +53,15 @@ def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizo
     tr = site_traffic(sc, "catchup", 0, 12.0)
     b = TickBuilder(PublisherSpec(0, "", "nats", [tr], Schedule(scale, seconds), T0, 0.25, wire=2))
     def make_core() -> WorkerCore:
-        return site_worker_core(sc, site_engine_config(sc), tr.keys, WorkerSettings(site="catchup", horizon_s=horizon))
+        return site_worker_core(sc, site_engine_config(sc), tr.keys, WorkerSettings(
+            site="catchup", horizon_s=horizon, registered_copies=b.spec.schedule.copies() or 1))
 
     warm_up(make_core())  # as the worker does before its first live close: kernels loaded
     core = make_core()
     cpu = time.process_time
     skip = range(int(backlog_at / 0.25), int((backlog_at + backlog) / 0.25))
     first: list[list[float]] = []
+    first_events: list[int] = []  # rule events each of the first closes released
     seq, n, handle = 0, 0, 0.0
     steady: list[float] = []
     memory: list[list[float]] = []
@@ -74,13 +78,15 @@ def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizo
         if k in skip:
             continue
         before = core.windows.closed_through
+        events = core.counters["events"]
         t = cpu()
         core.release_due(recv)
-        core.tick(recv)
+        core.tick(recv)  # (with the events' messages: a live loop writes them right after)
         spent = cpu() - t
         done = (core.windows.closed_through or 0) - (before or 0) if before is not None else 0
         if done == 1 and len(first) < 12:
             first.append([(k + 1) * 0.25, round(spent * 1000)])
+            first_events.append(core.counters["events"] - events)
         if (k + 1) % 40 == 0:  # every 10 s of traffic
             memory.append([(k + 1) * 0.25, round(rss_mb(), 1), len(core.windows.rows), len(core.windows._store)])
         if k >= int(8 / 0.25) and done == 1:  # past the first windows (the rules' zone-entry burst)
@@ -91,12 +97,19 @@ def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizo
     packed = [s for s in w.states.values() if isinstance(s, PackedState)]
     blob = core.checkpoint()
     per_window = [spent / done for done, spent in catch_up if done >= 4]
+    # The cold start's burst (every tag enters its zone in the first windows): what the first
+    # closes cost beyond a steady close, per rule event they decided and wrote.
+    burst_events = sum(first_events)
+    burst_extra = sum(ms for _, ms in first) - len(first) * float(np.median(steady)) * 1000 if steady else None
     return {
         "sightings_per_s": round(n / seconds), "tags": round(scale * len(tr.device_ids)),
         "handle_cpu_us_per_sighting": round(handle / n * 1e6, 2),
         "steady_close_cpu_ms": {"median": round(float(np.median(steady)) * 1000, 1),
                                 "p90": round(float(np.percentile(steady, 90)) * 1000, 1), "closes": len(steady)},
         "first_closes [s, cpu ms]": first,
+        "burst": {"events": burst_events, "extra_cpu_ms": None if burst_extra is None else round(burst_extra),
+                  "cpu_us_per_event": None if burst_extra is None or not burst_events
+                  else round(burst_extra / burst_events * 1000, 1)},
         "catch_up_closes": [{"windows": done, "cpu_ms": round(spent * 1000, 1),
                              "cpu_ms_per_window": round(spent / done * 1000, 1)} for done, spent in catch_up],
         "catch_up_over_steady_per_window": round(float(np.mean(per_window)) / float(np.median(steady)), 3)
