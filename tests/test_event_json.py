@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -153,3 +154,28 @@ def test_an_event_key_is_the_records(ev, t):
     record = ev.to_dict()
     about = record.get("tag") or record.get("gateway") or record.get("zone") or ""
     assert event_key(ev, t) == f"{record['rule']}/{about}/{t:.3f}"
+
+
+def test_an_events_constructor_is_its_fields():
+    """Event's own __init__ (one dict update, not a setattr per field) takes the dataclass's
+    fields, in order, with their defaults; an event stays frozen, equal and hashable."""
+    import dataclasses
+    import inspect
+    import math
+
+    params = list(inspect.signature(Event.__init__).parameters.values())[1:]
+    fields = dataclasses.fields(Event)
+    assert [p.name for p in params] == [f.name for f in fields]
+    for p, f in zip(params, fields, strict=True):
+        if f.default is not dataclasses.MISSING:
+            assert p.default == f.default or (math.isnan(p.default) and math.isnan(f.default))
+        elif f.default_factory is not dataclasses.MISSING:
+            assert p.default is None and Event("dwell", 1.0, "v").evidence == f.default_factory()
+        else:
+            assert p.default is inspect.Parameter.empty
+    a = Event("zone_enter", 1.0, "v", tag="t", evidence={"n": 1})
+    assert a == Event("zone_enter", 1.0, "v", tag="t", evidence={"n": 1}) and a.x != a.x
+    assert dataclasses.replace(a, tag="u").tag == "u" and dataclasses.asdict(a)["evidence"] == {"n": 1}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.tag = "u"  # type: ignore[misc]
+    assert Event("dwell", 1.0, "v").evidence is not Event("dwell", 1.0, "v").evidence

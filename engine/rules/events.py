@@ -216,7 +216,7 @@ def _reference_json(ev: Event, t: float | None, drop: Collection[str]) -> tuple[
     return json.dumps(record, sort_keys=True), json.dumps(record, sort_keys=True, separators=(",", ":"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Event:
     """One decision of one rule. ``t`` is event time (when the condition became true)."""
 
@@ -231,6 +231,15 @@ class Event:
     gateway: str | None = None
     confidence: float = 1.0
     evidence: Mapping[str, object] = field(default_factory=dict)
+
+    def __init__(self, rule: str, t: float, ruleset_version: str, tag: str | None = None, x: float = math.nan,
+                 y: float = math.nan, r90: float = math.nan, zone: str | None = None, gateway: str | None = None,
+                 confidence: float = 1.0, evidence: Mapping[str, object] | None = None) -> None:
+        """The fields above, set in one call: the generated frozen __init__ sets each through
+        object.__setattr__, which was half of an event's making in a burst (~17,000 of them).
+        tests/test_event_json.py holds this signature to the fields and their defaults."""
+        self.__dict__.update(rule=rule, t=t, ruleset_version=ruleset_version, tag=tag, x=x, y=y, r90=r90, zone=zone,
+                             gateway=gateway, confidence=confidence, evidence={} if evidence is None else evidence)
 
     @property
     def severity(self) -> Severity:
