@@ -31,7 +31,7 @@ import io
 import json
 import pickle
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -136,6 +136,7 @@ class RevisedTimeline(RevisingWindows):
         # event key -> (window, digest of its JSON) last handed out
         self.published: dict[str, tuple[int, str]] = {}
         self.events_out: list[EventRevision] = []  # filled by advance, taken by the caller
+        self.rules_pending: PendingRules | None = None  # rule steps an advance deferred
         self._rev = 0
 
     @property
@@ -156,13 +157,17 @@ class RevisedTimeline(RevisingWindows):
 
     # -- output -------------------------------------------------------------------------
 
-    def advance(self, watermark: float, revision: int | None = None, prune: bool = True) -> NDArray[np.void]:
+    def advance(self, watermark: float, revision: int | None = None, prune: bool = True,
+                defer_rules: bool = False) -> NDArray[np.void]:
         """Close what the watermark allows; recompute from the earliest dirty window on, the
         tracker and the rules included. Returns the fixes of every window whose fixes
         changed (``revision`` column); rule events go to :attr:`events_out`. ``prune`` as
-        in :meth:`RevisingWindows.advance`."""
+        in :meth:`RevisingWindows.advance`. ``defer_rules``: the rule steps of these windows
+        (and the prune) wait for :meth:`finish_rules`, so their positions can go out first;
+        anything that reads or reruns the timeline finishes them before (this does)."""
         if not self.stateful and self.feeder is None:
             return super().advance(watermark, revision, prune)
+        self.finish_rules()
         self._merge_new()
         if not np.isfinite(watermark) or len(self.rows) == 0:
             return np.zeros(0, REVISED_FIX_DTYPE)
@@ -203,16 +208,37 @@ class RevisedTimeline(RevisingWindows):
         if revision is None:
             self._rev += 1
             revision = self._rev
-        out = self._run(k_from, last, revision)
+        out = self._run(k_from, last, revision, defer_rules and self.feeder is not None)
         self.closed_through = max(last, self.closed_through if self.closed_through is not None else last)
-        if prune:
+        if self.rules_pending is not None:
+            self.rules_pending.prune = prune
+        elif prune:
             self._prune()
         return out
 
-    def _run(self, k_from: int, last: int, revision: int) -> NDArray[np.void]:
-        """Windows k_from..last in runs, the rules one step per window; what changed out."""
+    def finish_rules(self) -> None:
+        """The rule steps an ``advance(defer_rules=True)`` left, in window order: each chunk's
+        saved state completed with the rules', the events diffed into :attr:`events_out`,
+        then the prune it put off. The same steps, states and events as without deferral."""
+        pending, self.rules_pending = self.rules_pending, None
+        if pending is None:
+            return
+        assert self.feeder is not None
+        new_events: dict[str, tuple[int, str, str]] = {}
+        for rows, fixes, k0, k1, tracking in pending.chunks:
+            self._feed_rules(rows, fixes, k0, k1, new_events)
+            self.states[k1] = (tracking, self.feeder.state())
+        self._diff_events(pending.k_from, new_events, pending.revision)
+        if pending.prune:
+            self._prune()
+
+    def _run(self, k_from: int, last: int, revision: int, defer_rules: bool = False) -> NDArray[np.void]:
+        """Windows k_from..last in runs, the rules one step per window; what changed out.
+        ``defer_rules``: each chunk's rows (shifted to the rules' clock), fixes and tracking
+        state are kept for :meth:`finish_rules` instead."""
         changed: list[NDArray[np.void]] = []
         new_events: dict[str, tuple[int, str, str]] = {}
+        pending = PendingRules(k_from, revision) if defer_rules else None
         for k0 in range(k_from, last + 1, WINDOWS_PER_CHUNK):
             k1 = min(last, k0 + WINDOWS_PER_CHUNK - 1)
             # the windows' merged events, as RevisingWindows computes them (cached per step)
@@ -223,15 +249,21 @@ class RevisedTimeline(RevisingWindows):
             if self.feeder is not None:
                 lo, hi = sorted_search(self.rows["t"], [(k0 - 1) * self.step, k1 * self.step])
                 rows = drop_redeliveries(self.rows[lo:hi], IngestCounters())  # canonical order
-                self._feed_rules(rows, fixes, k0, k1, new_events)
+                if pending is not None:  # copied now: the row store reuses its buffer
+                    pending.chunks.append((rows.copy(), fixes.copy(), k0, k1, self.engine.tracking_state()))
+                else:
+                    self._feed_rules(rows, fixes, k0, k1, new_events)
             for i, k in enumerate(range(k0, k1 + 1)):
                 part = fixes[bounds[i]:bounds[i + 1]]
                 digest = hashlib.blake2b(np.ascontiguousarray(part).tobytes(), digest_size=16).digest()
                 if self.digests.get(k) != digest and len(part):
                     self.digests[k] = digest
                     changed.append(_with_revision(part, revision))
-            self.states[k1] = self._state()
-        if self.feeder is not None:
+            if pending is None:
+                self.states[k1] = self._state()
+        if pending is not None:
+            self.rules_pending = pending
+        elif self.feeder is not None:
             self._diff_events(k_from, new_events, revision)
         return np.concatenate(changed) if changed else np.zeros(0, REVISED_FIX_DTYPE)
 
@@ -294,6 +326,7 @@ class RevisedTimeline(RevisingWindows):
     def note_published(self, key: str, step_t: float, event: dict[str, object] | None) -> None:
         """An event record seen on the output stream after the checkpoint this state came
         from (published before a crash): the next revision retracts or confirms it."""
+        self.finish_rules()
         k = int(np.rint(step_t / self.step))
         if event is None:
             self.published.pop(key, None)
@@ -365,6 +398,7 @@ class RevisedTimeline(RevisingWindows):
         the restart window's span up to :meth:`prune_start`): held until the next advance,
         which reruns from the state before ``first_dirty`` through the latest window and
         lets them go again."""
+        self.finish_rules()
         if len(rows):
             self._new.append(rows)
         self.dirty.add(first_dirty)
@@ -375,6 +409,7 @@ class RevisedTimeline(RevisingWindows):
         """What a checkpoint needs beyond the rows: what was handed out (to diff the next
         revision against) and the state before the oldest revisable window (packed states,
         read back only by :func:`load_states`)."""
+        self.finish_rules()
         oldest = min(self.states) if self.states else None
         # The oldest state (deep passes rerun from it) and the one the rows held start from
         # (a restore reruns from it); the states between are rebuilt by the next rerun.
@@ -427,6 +462,18 @@ class RevisedTimeline(RevisingWindows):
 
 
 State = tuple[dict[str, object], dict[str, object] | None]  # (tracking, rules) after a window
+
+
+@dataclass
+class PendingRules:
+    """The rule steps of an advance that localized its windows first: per chunk its rows,
+    fixes, first and last window and the tracking state after it; the run's first window
+    and revision; whether the prune waits too."""
+
+    k_from: int
+    revision: int
+    chunks: list[tuple[Sightings, NDArray[np.void], int, int, dict[str, object]]] = field(default_factory=list)
+    prune: bool = True
 
 
 @dataclass(frozen=True)
