@@ -123,6 +123,113 @@ def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizo
     }
 
 
+def loop(scale: float, seconds: float, per_message: bool, share: float = 1.0) -> dict[str, object]:
+    """The worker's loop (live_bridge.worker.run_worker) replayed on one core of its own:
+    batches arrive at their receive times; a virtual clock advances by the CPU each step
+    takes (handle, release_due, the events' JSON, tick, checkpoint) and waits for input
+    when idle; fetches of up to 64 messages. Close-to-position per window is the virtual
+    time its positions were released minus its closing tick (as the load test measures it,
+    without the network and the other processes). ``per_message``: release_due between the
+    messages of a fetch and each window's rule step after its positions went out (the loop
+    since this session), or only after the fetch, the rules in the close (before).
+    ``share``: the part of a core the worker gets while busy (a live run's publishers,
+    nats-server and controller share the machine's two cores): each step's wall time is
+    its CPU / share."""
+    import gc
+    import json
+    import math
+
+    sc = load_scenario(REPO / "scenarios" / "static-open.toml")
+    tr = site_traffic(sc, "loop", 0, 12.0)
+    # Publisher ticks 0.1 s off the whole seconds the windows end on, as a live run's start
+    # falls: a window is due with the tick that carries its end + allowed lateness (on the
+    # whole second itself, that tick's rows all precede it and the next tick makes it due).
+    t0 = T0 + 0.1
+    b = TickBuilder(PublisherSpec(0, "", "nats", [tr], Schedule(scale, seconds), t0, 0.25, wire=2))
+    config = site_engine_config(sc)
+
+    def make_core() -> WorkerCore:
+        return site_worker_core(sc, config, tr.keys, WorkerSettings(
+            site="loop", registered_copies=b.spec.schedule.copies() or 1))
+
+    items = [(t0 + (k + 1) * 0.25, raw_subject("loop", gw), body, n)
+             for k in range(int(seconds / 0.25)) for _, gw, body, n in b.build(k * 0.25, (k + 1) * 0.25, scale)]
+    arrivals = [(recv, subject, body) for recv, subject, body, _ in items]
+    warm_up(make_core())
+    core = make_core()
+    core.defer_event_messages = True
+    deferred = per_message and hasattr(core, "finish_rules")  # this session's loop: rule steps after positions
+    core.defer_rules = deferred
+    gc.collect()
+    gc.freeze()  # as run_worker does
+    cpu = time.process_time
+    released: dict[float, float] = {}
+    v = t0
+    last_ckpt = v
+
+    busy = 0.0
+
+    def timed(f: object, *args: object) -> object:
+        nonlocal v, busy
+        t = cpu()
+        out = f(*args)  # type: ignore[operator]
+        v += (cpu() - t) / share
+        busy += cpu() - t
+        return out
+
+    def note(out: object) -> None:
+        for subject, body in out:  # type: ignore[attr-defined]
+            if subject.endswith(".positions"):
+                for p in json.loads(body)["positions"]:
+                    released.setdefault(float(p["t"]), v)
+
+    i = 0
+    while i < len(arrivals):
+        v = max(v, arrivals[i][0])  # idle until the next batch arrives
+        arrived = i
+        while arrived < len(arrivals) and arrivals[arrived][0] <= v:
+            arrived += 1
+        fetch = arrivals[i:min(arrived, i + 64)]
+        before = core.counters["positions"]
+        for j, (recv, subject, body) in enumerate(fetch, 1):
+            timed(core.handle, subject, body, i + j, recv, arrived - i - j)
+            if per_message and j < len(fetch) and (core.held or core.held_events):
+                note(timed(core.release_due, core.loop_clock(v, got_input=True)))
+                timed(core.event_messages)
+        i += len(fetch)
+        now = core.loop_clock(v, got_input=True)
+        note(timed(core.release_due, now))
+        timed(core.event_messages)
+        if deferred:
+            note(timed(core.finish_rules, now))
+            timed(core.event_messages)
+        note(timed(core.tick, now))
+        timed(core.event_messages)
+        pending = deferred and core.windows.rules_pending is not None
+        closed = core.counters["positions"] > before
+        if (v - last_ckpt >= 1.0 and closed and not pending) or v - last_ckpt >= 2.0:
+            if pending:
+                note(timed(core.finish_rules, now, True))
+                timed(core.event_messages)
+            timed(core.checkpoint)
+            last_ckpt = v
+    lateness = config.allowed_lateness_s
+
+    def closing_tick(we: float) -> float:
+        return t0 + math.ceil((we + lateness - t0) / 0.25 - 1e-9) * 0.25
+
+    judged = sorted(we for we in released if we >= t0 + config.window_s and closing_tick(we) <= t0 + seconds)
+    c2p = [(round(we - t0, 2), round((released[we] - closing_tick(we)) * 1000)) for we in judged]
+    ms = np.array([x for _, x in c2p], float)
+    return {"sightings_per_s": round(sum(n for *_, n in items) / seconds),
+            "worker_cpu_share": round(busy / seconds, 3),  # of the one core
+            "release": "per message" if per_message else "per fetch", "core_share": share,
+            "close_to_position_ms": {"p50": round(float(np.percentile(ms, 50))),
+                                     "p99": round(float(np.percentile(ms, 99))), "max": round(float(ms.max())),
+                                     "windows_over_250": int((ms > 250).sum()), "windows": len(ms)},
+            "by_window [s, ms]": c2p}
+
+
 def rss_mb() -> float:
     """Resident memory of this process now, MiB (Linux /proc)."""
     pages = int(Path("/proc/self/statm").read_text().split()[1])
@@ -176,8 +283,13 @@ if __name__ == "__main__":
     ap.add_argument("--backlog", type=float, default=12.0, help="seconds of batches handled with no close between")
     ap.add_argument("--horizon", type=float, default=120.0, help="the worker's rows horizon, s")
     ap.add_argument("--pause", action="store_true", help="instead: a delivery pause while behind, both clocks")
+    ap.add_argument("--loop", choices=("per-message", "per-fetch"),
+                    help="instead: the worker's loop replayed on a core of its own, close-to-position per window")
+    ap.add_argument("--share", type=float, default=1.0, help="--loop: the part of a core the worker gets when busy")
     args = ap.parse_args()
-    if args.pause:
+    if args.loop:
+        emit("worker_catchup_loop", loop(args.scale, args.seconds, args.loop == "per-message", args.share))
+    elif args.pause:
         emit("worker_catchup_pause", pause(args.scale, behind=10.0, pause_s=3.0, after=args.seconds))
     else:
         emit("worker_catchup", main(args.scale, args.seconds, args.backlog_at, args.backlog, args.horizon))
