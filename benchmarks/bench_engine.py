@@ -19,9 +19,9 @@ the load average is printed beside them (1 min, at start and end).
 
 The fixes and the rule events are digested (SHA-256 of the fixes' bytes in the order the
 workers return them, and of the events' JSON): a change that must not move positions
-keeps both. ``--wls-cell-edges`` and ``--wls-gateway-starts-above K`` run this engine
-with the opt-in ML search settings of the same names (docs/scaling.md); the baseline
-keeps its own.
+keeps both. ``--wls-cell-edges``, ``--wls-gateway-starts-above K`` and ``--wls-warm-start``
+run this engine with the opt-in ML search settings of the same names (docs/scaling.md);
+the baseline keeps its own.
 
 Run: ``python benchmarks/bench_engine.py [--duration 60] [--workers 2]``.
 """
@@ -241,6 +241,8 @@ if __name__ == "__main__":
     ap.add_argument("--wls-cell-edges", action="store_true", help="[engine] wls_cell_edges = true")
     ap.add_argument("--wls-gateway-starts-above", type=float, default=0.0,
                     help="[engine] wls_gateway_starts_above (sigma^2; 0: the default, always)")
+    ap.add_argument("--wls-warm-start", action="store_true",
+                    help="[engine] wls_warm_start = true (the tag's fix before each block of windows as a start)")
     ap.add_argument("--run-baseline", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -254,4 +256,6 @@ if __name__ == "__main__":
             search["wls_cell_edges"] = True
         if args.wls_gateway_starts_above:
             search["wls_gateway_starts_above"] = args.wls_gateway_starts_above
+        if args.wls_warm_start:
+            search["wls_warm_start"] = True
         print(json.dumps(main(args.duration, args.workers, args.baseline or None, search or None), indent=2))

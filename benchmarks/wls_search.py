@@ -2,8 +2,9 @@
 p90, mean), row solves and CPU of one engine, paired on the same traffic. Prints JSON,
 one line per variant.
 
-A variant is ``default`` or a ``+``-joined list of ``edges`` ([engine] wls_cell_edges)
-and ``startsK`` (wls_gateway_starts_above = K), e.g. ``edges+starts3``. Each runs a fresh
+A variant is ``default`` or a ``+``-joined list of ``edges`` ([engine] wls_cell_edges),
+``warm`` (EngineConfig.wls_warm_start) and ``startsK`` (wls_gateway_starts_above = K),
+e.g. ``edges+starts3``. Each runs a fresh
 engine (``twin.run.feed_engine``) over the same twin run; ``fixes_sha256`` tells whether
 positions moved. CPU is process time, so compare variants of the same run (the machine's
 load, printed, inflates it).
@@ -31,14 +32,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def settings_of(variant: str) -> dict[str, Any]:
     """EngineConfig fields of a variant name."""
-    out: dict[str, Any] = {"wls_cell_edges": False, "wls_gateway_starts_above": 0.0}
+    out: dict[str, Any] = {"wls_cell_edges": False, "wls_gateway_starts_above": 0.0, "wls_warm_start": False}
     for part in variant.split("+"):
         if part == "edges":
             out["wls_cell_edges"] = True
+        elif part == "warm":
+            out["wls_warm_start"] = True
         elif part.startswith("starts"):
             out["wls_gateway_starts_above"] = float(part.removeprefix("starts"))
         elif part != "default":
-            raise SystemExit(f"unknown variant part {part!r}: use default, edges or startsK")
+            raise SystemExit(f"unknown variant part {part!r}: use default, edges, warm or startsK")
     return out
 
 

@@ -7,7 +7,9 @@ rules, as the worker runs it (``handle`` per batch; ``release_due`` + ``tick`` a
 handled with no tick between (a worker behind its stream), then one tick computes every
 window they close. Printed: CPU ms of a steady close (one window) and of the catch-up
 close, per window; of each of the first 12 closes (after the worker's warm-up: a cold
-start's first windows, where the rules decide an event for every tag); the saved
+start's first windows, where the rules decide an event for every tag), and what they cost
+beyond steady closes per rule event (``burst``); the site registers the copies sent,
+as ``tagtwin loadtest --rate`` does; the saved
 timeline states (how many, packed or not, their bytes) and the checkpoint's size at the
 end (as serialized, and compressed as the worker stores it). Timed with the process's
 CPU clock, so the figures hold on a busy machine.
@@ -51,13 +53,15 @@ def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizo
     tr = site_traffic(sc, "catchup", 0, 12.0)
     b = TickBuilder(PublisherSpec(0, "", "nats", [tr], Schedule(scale, seconds), T0, 0.25, wire=2))
     def make_core() -> WorkerCore:
-        return site_worker_core(sc, site_engine_config(sc), tr.keys, WorkerSettings(site="catchup", horizon_s=horizon))
+        return site_worker_core(sc, site_engine_config(sc), tr.keys, WorkerSettings(
+            site="catchup", horizon_s=horizon, registered_copies=b.spec.schedule.copies() or 1))
 
     warm_up(make_core())  # as the worker does before its first live close: kernels loaded
     core = make_core()
     cpu = time.process_time
     skip = range(int(backlog_at / 0.25), int((backlog_at + backlog) / 0.25))
     first: list[list[float]] = []
+    first_events: list[int] = []  # rule events each of the first closes released
     seq, n, handle = 0, 0, 0.0
     steady: list[float] = []
     memory: list[list[float]] = []
@@ -74,13 +78,15 @@ def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizo
         if k in skip:
             continue
         before = core.windows.closed_through
+        events = core.counters["events"]
         t = cpu()
         core.release_due(recv)
-        core.tick(recv)
+        core.tick(recv)  # (with the events' messages: a live loop writes them right after)
         spent = cpu() - t
         done = (core.windows.closed_through or 0) - (before or 0) if before is not None else 0
         if done == 1 and len(first) < 12:
             first.append([(k + 1) * 0.25, round(spent * 1000)])
+            first_events.append(core.counters["events"] - events)
         if (k + 1) % 40 == 0:  # every 10 s of traffic
             memory.append([(k + 1) * 0.25, round(rss_mb(), 1), len(core.windows.rows), len(core.windows._store)])
         if k >= int(8 / 0.25) and done == 1:  # past the first windows (the rules' zone-entry burst)
@@ -91,12 +97,19 @@ def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizo
     packed = [s for s in w.states.values() if isinstance(s, PackedState)]
     blob = core.checkpoint()
     per_window = [spent / done for done, spent in catch_up if done >= 4]
+    # The cold start's burst (every tag enters its zone in the first windows): what the first
+    # closes cost beyond a steady close, per rule event they decided and wrote.
+    burst_events = sum(first_events)
+    burst_extra = sum(ms for _, ms in first) - len(first) * float(np.median(steady)) * 1000 if steady else None
     return {
         "sightings_per_s": round(n / seconds), "tags": round(scale * len(tr.device_ids)),
         "handle_cpu_us_per_sighting": round(handle / n * 1e6, 2),
         "steady_close_cpu_ms": {"median": round(float(np.median(steady)) * 1000, 1),
                                 "p90": round(float(np.percentile(steady, 90)) * 1000, 1), "closes": len(steady)},
         "first_closes [s, cpu ms]": first,
+        "burst": {"events": burst_events, "extra_cpu_ms": None if burst_extra is None else round(burst_extra),
+                  "cpu_us_per_event": None if burst_extra is None or not burst_events
+                  else round(burst_extra / burst_events * 1000, 1)},
         "catch_up_closes": [{"windows": done, "cpu_ms": round(spent * 1000, 1),
                              "cpu_ms_per_window": round(spent / done * 1000, 1)} for done, spent in catch_up],
         "catch_up_over_steady_per_window": round(float(np.mean(per_window)) / float(np.median(steady)), 3)
@@ -108,6 +121,113 @@ def main(scale: float, seconds: float, backlog_at: float, backlog: float, horizo
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "memory [s, rss MB, rows held, row store capacity]": memory,
     }
+
+
+def loop(scale: float, seconds: float, per_message: bool, share: float = 1.0) -> dict[str, object]:
+    """The worker's loop (live_bridge.worker.run_worker) replayed on one core of its own:
+    batches arrive at their receive times; a virtual clock advances by the CPU each step
+    takes (handle, release_due, the events' JSON, tick, checkpoint) and waits for input
+    when idle; fetches of up to 64 messages. Close-to-position per window is the virtual
+    time its positions were released minus its closing tick (as the load test measures it,
+    without the network and the other processes). ``per_message``: release_due between the
+    messages of a fetch and each window's rule step after its positions went out (the loop
+    since this session), or only after the fetch, the rules in the close (before).
+    ``share``: the part of a core the worker gets while busy (a live run's publishers,
+    nats-server and controller share the machine's two cores): each step's wall time is
+    its CPU / share."""
+    import gc
+    import json
+    import math
+
+    sc = load_scenario(REPO / "scenarios" / "static-open.toml")
+    tr = site_traffic(sc, "loop", 0, 12.0)
+    # Publisher ticks 0.1 s off the whole seconds the windows end on, as a live run's start
+    # falls: a window is due with the tick that carries its end + allowed lateness (on the
+    # whole second itself, that tick's rows all precede it and the next tick makes it due).
+    t0 = T0 + 0.1
+    b = TickBuilder(PublisherSpec(0, "", "nats", [tr], Schedule(scale, seconds), t0, 0.25, wire=2))
+    config = site_engine_config(sc)
+
+    def make_core() -> WorkerCore:
+        return site_worker_core(sc, config, tr.keys, WorkerSettings(
+            site="loop", registered_copies=b.spec.schedule.copies() or 1))
+
+    items = [(t0 + (k + 1) * 0.25, raw_subject("loop", gw), body, n)
+             for k in range(int(seconds / 0.25)) for _, gw, body, n in b.build(k * 0.25, (k + 1) * 0.25, scale)]
+    arrivals = [(recv, subject, body) for recv, subject, body, _ in items]
+    warm_up(make_core())
+    core = make_core()
+    core.defer_event_messages = True
+    deferred = per_message and hasattr(core, "finish_rules")  # this session's loop: rule steps after positions
+    core.defer_rules = deferred
+    gc.collect()
+    gc.freeze()  # as run_worker does
+    cpu = time.process_time
+    released: dict[float, float] = {}
+    v = t0
+    last_ckpt = v
+
+    busy = 0.0
+
+    def timed(f: object, *args: object) -> object:
+        nonlocal v, busy
+        t = cpu()
+        out = f(*args)  # type: ignore[operator]
+        v += (cpu() - t) / share
+        busy += cpu() - t
+        return out
+
+    def note(out: object) -> None:
+        for subject, body in out:  # type: ignore[attr-defined]
+            if subject.endswith(".positions"):
+                for p in json.loads(body)["positions"]:
+                    released.setdefault(float(p["t"]), v)
+
+    i = 0
+    while i < len(arrivals):
+        v = max(v, arrivals[i][0])  # idle until the next batch arrives
+        arrived = i
+        while arrived < len(arrivals) and arrivals[arrived][0] <= v:
+            arrived += 1
+        fetch = arrivals[i:min(arrived, i + 64)]
+        before = core.counters["positions"]
+        for j, (recv, subject, body) in enumerate(fetch, 1):
+            timed(core.handle, subject, body, i + j, recv, arrived - i - j)
+            if per_message and j < len(fetch) and (core.held or core.held_events):
+                note(timed(core.release_due, core.loop_clock(v, got_input=True)))
+                timed(core.event_messages)
+        i += len(fetch)
+        now = core.loop_clock(v, got_input=True)
+        note(timed(core.release_due, now))
+        timed(core.event_messages)
+        if deferred:
+            note(timed(core.finish_rules, now))
+            timed(core.event_messages)
+        note(timed(core.tick, now))
+        timed(core.event_messages)
+        pending = deferred and core.windows.rules_pending is not None
+        closed = core.counters["positions"] > before
+        if (v - last_ckpt >= 1.0 and closed and not pending) or v - last_ckpt >= 2.0:
+            if pending:
+                note(timed(core.finish_rules, now, True))
+                timed(core.event_messages)
+            timed(core.checkpoint)
+            last_ckpt = v
+    lateness = config.allowed_lateness_s
+
+    def closing_tick(we: float) -> float:
+        return t0 + math.ceil((we + lateness - t0) / 0.25 - 1e-9) * 0.25
+
+    judged = sorted(we for we in released if we >= t0 + config.window_s and closing_tick(we) <= t0 + seconds)
+    c2p = [(round(we - t0, 2), round((released[we] - closing_tick(we)) * 1000)) for we in judged]
+    ms = np.array([x for _, x in c2p], float)
+    return {"sightings_per_s": round(sum(n for *_, n in items) / seconds),
+            "worker_cpu_share": round(busy / seconds, 3),  # of the one core
+            "release": "per message" if per_message else "per fetch", "core_share": share,
+            "close_to_position_ms": {"p50": round(float(np.percentile(ms, 50))),
+                                     "p99": round(float(np.percentile(ms, 99))), "max": round(float(ms.max())),
+                                     "windows_over_250": int((ms > 250).sum()), "windows": len(ms)},
+            "by_window [s, ms]": c2p}
 
 
 def rss_mb() -> float:
@@ -163,8 +283,13 @@ if __name__ == "__main__":
     ap.add_argument("--backlog", type=float, default=12.0, help="seconds of batches handled with no close between")
     ap.add_argument("--horizon", type=float, default=120.0, help="the worker's rows horizon, s")
     ap.add_argument("--pause", action="store_true", help="instead: a delivery pause while behind, both clocks")
+    ap.add_argument("--loop", choices=("per-message", "per-fetch"),
+                    help="instead: the worker's loop replayed on a core of its own, close-to-position per window")
+    ap.add_argument("--share", type=float, default=1.0, help="--loop: the part of a core the worker gets when busy")
     args = ap.parse_args()
-    if args.pause:
+    if args.loop:
+        emit("worker_catchup_loop", loop(args.scale, args.seconds, args.loop == "per-message", args.share))
+    elif args.pause:
         emit("worker_catchup_pause", pause(args.scale, behind=10.0, pause_s=3.0, after=args.seconds))
     else:
         emit("worker_catchup", main(args.scale, args.seconds, args.backlog_at, args.backlog, args.horizon))

@@ -434,3 +434,50 @@ def gather_rows(
             cols_major[j, i] = c
     return (gx, gy, dz2, gxy, f32[0], f32[1], f32[2], f32[3], f32[4], major[0], major[1], major[2], major[3],
             major[4], cols_major)
+
+
+
+@numba.njit(cache=True, nogil=True)
+def first_equal_rows(
+    start: NDArray[np.intp], counts: NDArray[np.intp], col: NDArray[np.intp], rssi_bits: NDArray[np.int64],
+    p0_bits: NDArray[np.int64], use: NDArray[np.bool_],
+) -> NDArray[np.intp]:
+    """For each row of heard cells (``start``, ``counts`` into ``col`` and the bits of its
+    RSSI means) with ``use``: the first row with the same gateways, the same RSSI bits and
+    the same bits of P0 (itself if none); other rows map to themselves. An
+    open-addressing table of row hashes; rows are compared whole where hashes are equal."""
+    n = len(counts)
+    out = np.arange(n)
+    used = 0
+    for r in range(n):
+        used += use[r]
+    size = 16
+    while size < 2 * used:
+        size *= 2
+    mask = size - 1
+    table = np.full(size, -1, np.int64)
+    hashes = np.zeros(size, np.int64)
+    for r in range(n):
+        if not use[r]:
+            continue
+        h = p0_bits[r] * np.int64(0x9E3779B97F4A7C15) + counts[r]
+        for i in range(start[r], start[r] + counts[r]):
+            h = (h ^ (h >> 29)) * np.int64(0xBF58476D1CE4E5B9) + col[i]
+            h = (h ^ (h >> 31)) * np.int64(0x94D049BB133111EB) + rssi_bits[i]
+        j = (h ^ (h >> 32)) & mask
+        while table[j] >= 0:
+            if hashes[j] == h:
+                o = table[j]
+                same = counts[o] == counts[r] and p0_bits[o] == p0_bits[r]
+                for i in range(counts[r] if same else 0):
+                    if col[start[o] + i] != col[start[r] + i] or rssi_bits[start[o] + i] != rssi_bits[start[r] + i]:
+                        same = False
+                        break
+                if same:
+                    out[r] = o
+                    break
+            j = (j + 1) & mask
+        if out[r] == r:
+            table[j] = r
+            hashes[j] = h
+    return out

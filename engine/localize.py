@@ -29,6 +29,7 @@ from scipy.spatial import cKDTree
 from engine._newton import (
     compact_rows,
     cost_from_log,
+    first_equal_rows,
     gather_rows,
     newton_rows,
     polish_step,
@@ -66,6 +67,10 @@ NEWTON_RADIUS_M = 2.0  # Gauss-Newton steps longer than this stay Gauss-Newton
 # up to that length then finish the job (each squares the error).
 POLISH_STEP_M = 0.05
 POLISH_STEPS = 3
+# Rows heard by at most this many gateways are looked up among the rows already solved
+# (wls_localize_heard): on the large scenario 41 % of those heard by two and 8 % of those
+# heard by three repeat an earlier row exactly, rows heard by more almost never.
+REPEAT_MAX_GATEWAYS = 3
 
 
 @dataclass(frozen=True)
@@ -370,10 +375,13 @@ def _wls_rows(
     obstacle_map: ObstacleMap | None,
     cell_edges: bool = False,
     gateway_starts_above: float = 0.0,
+    warm: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """The ML estimate of one chunk of compact rows: (x, y, Gauss-Newton sums, centroid).
     ``gateway_starts_above`` > 0: the starts after the centroid's run only for rows whose
-    best cost so far is above it per heard gateway (dB^2)."""
+    best cost so far is above it per heard gateway (dB^2). ``warm`` (rows, 2), NaN where a
+    row has none: a row with a warm start tries it after the centroid instead of the two
+    strongest gateways."""
     r, w, cols = rows.rssi, rows.weight, rows.cols
     gathered = gather_rows(cols, r, w, np.asarray(gw_xyz, dtype=float), float(tag_z))
     gx, gy, dz2, gw_plane, r32, w32, gx32, gy32, dz2_32 = gathered[:9]
@@ -383,21 +391,42 @@ def _wls_rows(
     xy0 = weighted_centroid(filled, gw_plane, exponent)
     gateway_starts = obstacle_map is not None and r.shape[0] > 1
     gated = gateway_starts and gateway_starts_above > 0
-    starts = [xy0]
+    warmed = gateway_starts and not gated and warm is not None
+    # Each start: its points, for all rows (None) or for the rows given.
+    starts: list[tuple[FloatArray, NDArray[np.intp] | None]] = [(xy0, None)]
     if gateway_starts and not gated:
         strongest = np.take_along_axis(cols.T, np.argsort(-filled, axis=1)[:, :2], axis=1)
-        starts += [gw_xyz[strongest[:, j], :2] + 0.5 for j in range(2)]
+        gw_starts = [gw_xyz[strongest[:, j], :2] + 0.5 for j in range(2)]
+        starts += [(gw_starts[0], None), (gw_starts[1], None)]
+        if warmed:
+            # A row with a warm start tries it after the centroid's instead of the strongest
+            # gateways' two; a row without one tries the same starts as ever, in the same
+            # order. (The warm start alone, without the centroid's, was less accurate on
+            # the demo and lost more misplaced incidents: docs/scaling.md.)
+            assert warm is not None
+            has = np.isfinite(warm[:, 0]) & np.isfinite(warm[:, 1])
+            cold = np.flatnonzero(~has)
+            starts = [(xy0, None), (np.where(has[:, None], warm, gw_starts[0]), None), (gw_starts[1][cold], cold)]
     # The start itself is a candidate: a row whose iterations made it worse keeps it.
     bx, by = xy0[:, 0].copy(), xy0[:, 1].copy()
     best = _wls_cost(r, w, p0, gws, bx, by, exponent, obstacle_map)
     rows32 = _Float32Rows(r32, w32, p0.astype(np.float32), (gx32, gy32, dz2_32, cols), major)
-    for start in starts:
-        sx, sy, c = _newton_chunk(
-            rows32, start[:, 0].copy(), start[:, 1].copy(), exponent, bounds, iterations, obstacle_map,
-            cell_edges,
-        )
-        take = c < best
-        bx, by, best = np.where(take, sx, bx), np.where(take, sy, by), np.where(take, c, best)
+    for start, only in starts:
+        if only is None:
+            sx, sy, c = _newton_chunk(
+                rows32, start[:, 0].copy(), start[:, 1].copy(), exponent, bounds, iterations, obstacle_map,
+                cell_edges,
+            )
+            take = c < best
+            bx, by, best = np.where(take, sx, bx), np.where(take, sy, by), np.where(take, c, best)
+        elif len(only):
+            sx, sy, c = _newton_chunk(
+                rows32.take(only), start[:, 0].copy(), start[:, 1].copy(), exponent, bounds, iterations,
+                obstacle_map, cell_edges,
+            )
+            take = c < best[only]
+            bx[only], by[only] = np.where(take, sx, bx[only]), np.where(take, sy, by[only])
+            best[only] = np.where(take, c, best[only])
     if gated:
         # Only rows the centroid's start left with a poor fit try the strongest gateways'
         # starts (each row's gateways sorted on its own: the same starts as ungated).
@@ -431,6 +460,57 @@ def _wls_rows(
         mx, my, mf = _polish(r[:, moved], w[:, moved], p0[moved], sub, bx[moved], by[moved], exponent, bounds)
         bx[moved], by[moved], fisher[moved] = mx, my, mf
     return bx, by, fisher, xy0
+
+
+def _starts(counts: NDArray[np.intp]) -> NDArray[np.intp]:
+    """Index of each row's first cell, rows laid end to end."""
+    return np.cumsum(counts) - counts
+
+
+def _cells_of(counts: NDArray[np.intp], rows: NDArray[np.intp]) -> NDArray[np.intp]:
+    """The cells of ``rows``, rows laid end to end by ``counts``, in row order."""
+    n = counts[rows]
+    return np.repeat(_starts(counts)[rows], n) + (np.arange(int(n.sum())) - np.repeat(_starts(n), n))
+
+
+@dataclass
+class SolvedRows:
+    """Rows the ML estimator solved in its last call, by content (heard gateways, the bits
+    of their RSSI means and of P0), with their answers: :func:`wls_localize_heard` gives a
+    later row equal to one of them its answer without solving it. An engine keeps one per
+    estimator setting (the answers depend on them)."""
+
+    counts: NDArray[np.intp]
+    col: NDArray[np.intp]
+    rssi_bits: NDArray[np.int64]
+    p0_bits: NDArray[np.int64]
+    x: FloatArray
+    y: FloatArray
+    fisher: FloatArray
+    xy0: FloatArray
+
+    @classmethod
+    def empty(cls) -> SolvedRows:
+        z = np.zeros(0, np.intp)
+        b = np.zeros(0, np.int64)
+        return cls(z, z.copy(), b, b.copy(), np.zeros(0), np.zeros(0), np.zeros((0, 3)), np.zeros((0, 2)))
+
+    def keep(
+        self, hit: NDArray[np.intp], rows: NDArray[np.intp], counts: NDArray[np.intp], col: NDArray[np.intp],
+        rssi_bits: NDArray[np.int64], p0_bits: NDArray[np.int64], x: FloatArray, y: FloatArray,
+        fisher: FloatArray, xy0: FloatArray,
+    ) -> None:
+        """Become the rows ``hit`` of these that a call used, then the rows ``rows`` it
+        solved (of cells ``col``, ``rssi_bits`` laid out by ``counts``)."""
+        old_cells = _cells_of(self.counts, hit)
+        take = _cells_of(counts, rows)
+        self.counts = np.r_[self.counts[hit], counts[rows]]
+        self.col = np.r_[self.col[old_cells], col[take]]
+        self.rssi_bits = np.r_[self.rssi_bits[old_cells], rssi_bits[take]]
+        self.p0_bits = np.r_[self.p0_bits[hit], p0_bits[rows]]
+        self.x, self.y = np.r_[self.x[hit], x[rows]], np.r_[self.y[hit], y[rows]]
+        self.fisher = np.concatenate([self.fisher[hit], fisher[rows]])
+        self.xy0 = np.concatenate([self.xy0[hit], xy0[rows]])
 
 
 def wls_localize(
@@ -490,8 +570,14 @@ def wls_localize_heard(
     obstacle_map: ObstacleMap | None = None,
     cell_edges: bool = False,
     gateway_starts_above: float = 0.0,
+    warm_xy: FloatArray | None = None,
+    solved: SolvedRows | None = None,
 ) -> Estimates:
-    """:func:`wls_localize` of the rows given by their heard cells."""
+    """:func:`wls_localize` of the rows given by their heard cells. ``warm_xy`` (rows, 2),
+    NaN where a row has none: warm starts that replace the strongest gateways' starts
+    (``EngineConfig.wls_warm_start``; changes positions). ``solved``: the rows of the last
+    call with the same settings and their answers, which rows equal to them take (and
+    which this call replaces with its own)."""
     rows, n_gw = heard.n_rows, heard.n_gateways
     counts = heard.counts
     row_start = heard.start
@@ -508,7 +594,24 @@ def wls_localize_heard(
     one = n_rows_heard == 1
     if one.any():
         xy0[one] = gw_xyz[heard.col[row_start[one]], :2]
-    order = np.flatnonzero(solve)
+    # Rows with the same heard gateways, RSSI means and P0 as an earlier row, of this call
+    # or in ``solved`` (a still tag heard by the same two gateways in consecutive windows:
+    # RSSI readings are whole dB) have that row's answer, bit for bit (each row's depends
+    # on that row alone): they are solved once. Not with warm starts (a row's own).
+    rssi_bits = np.ascontiguousarray(heard.rssi, np.float64).view(np.int64)
+    p0_bits = np.ascontiguousarray(p0_all).view(np.int64)
+    lookup = solve & (n_rows_heard <= REPEAT_MAX_GATEWAYS)
+    memo = solved if warm_xy is None else None
+    before = SolvedRows.empty() if memo is None else memo
+    m = len(before.counts)
+    same = np.arange(rows)  # each row's first equal row; negative: a row of ``before``
+    if warm_xy is None:
+        all_counts = np.r_[before.counts, counts]
+        same = first_equal_rows(_starts(all_counts), all_counts, np.r_[before.col, heard.col],
+                                np.r_[before.rssi_bits, rssi_bits], np.r_[before.p0_bits, p0_bits],
+                                np.r_[np.ones(m, bool), lookup])[m:] - m
+    own = same == np.arange(rows)
+    order = np.flatnonzero(solve & own)
     order = order[np.argsort(width_of[order], kind="stable")]
     jobs: list[tuple[NDArray[np.intp], int]] = []
     for width in np.unique(width_of[order]):
@@ -520,10 +623,19 @@ def wls_localize_heard(
         idx, width = job
         compact = HeardRows.from_heard(heard, idx, width)
         return _wls_rows(compact, p0_all[idx], gw_xyz, exponent, tag_z, bounds, iterations, obstacle_map,
-                         cell_edges, gateway_starts_above)
+                         cell_edges, gateway_starts_above, None if warm_xy is None else warm_xy[idx])
 
     for (idx, _), (bx, by, fi, c0) in zip(jobs, map(run, jobs), strict=True):
         x[idx], y[idx], fisher[idx], xy0[idx] = bx, by, fi, c0
+    inside = np.flatnonzero(solve & ~own & (same >= 0))  # equal to a row solved above
+    src = same[inside]
+    x[inside], y[inside], fisher[inside], xy0[inside] = x[src], y[src], fisher[src], xy0[src]
+    kept = np.flatnonzero(solve & (same < 0))  # equal to a row of the last call
+    at = same[kept] + m
+    x[kept], y[kept], fisher[kept], xy0[kept] = before.x[at], before.y[at], before.fisher[at], before.xy0[at]
+    if memo is not None:
+        memo.keep(np.unique(at), np.flatnonzero(lookup & own), counts, heard.col, rssi_bits, p0_bits, x, y, fisher,
+                  xy0)
 
     a11 = k_slope**2 * fisher[:, 0] + 1e-9
     a22 = k_slope**2 * fisher[:, 1] + 1e-9

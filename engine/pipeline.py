@@ -32,6 +32,7 @@ from engine.localize import (
     Heard,
     ObstacleMap,
     RadioMap,
+    SolvedRows,
     centroid_localize,
     knn_localize,
     knn_r90,
@@ -95,6 +96,10 @@ class EngineConfig:
     # wls with an obstacle map: the strongest gateways' starts only for rows whose centroid
     # start leaves a mean squared residual above this many sigma_db^2 (0: always).
     wls_gateway_starts_above: float = 0.0
+    # wls with an obstacle map: a tag's fix before each block of WINDOWS_PER_CHUNK windows
+    # (aligned to the window index) replaces the strongest gateways' starts for the tag's
+    # rows in that block (one warm start instead of two); off by default: changes positions.
+    wls_warm_start: bool = False
     localizer: str = "wls"  # one of LOCALIZERS
     tracker: str = "none"  # one of TRACKERS
     radio_map: RadioMap | None = None  # for knn, radio-map, hmm and particle
@@ -291,6 +296,12 @@ class Engine:
         # floor of a still tag's radius is the bound over all of them (see _still_floor).
         self._still_heard = np.zeros((0, len(config.gateways.ids)), dtype=bool)
         self.hysteresis = ZoneHysteresis(config.zones) if config.zone_hysteresis else None
+        # The ML estimator's rows of its last call with their answers: equal rows later take
+        # them (same bits) instead of being solved again.
+        self._solved = SolvedRows.empty()
+        # wls_warm_start: each device's newest fix (x, y, window index), and the block of
+        # windows now being closed with the fixes that were newest when it began.
+        self._warm: dict[str, object] = {"block": -1, "last": np.zeros((0, 3)), "start": np.zeros((0, 3))}
         gw_xy = config.gateways.xyz[:, :2]
         # The strongest-gateway radius: 90 % of the floor is at most this far from a gateway.
         if config.radio_map is not None:
@@ -340,8 +351,16 @@ class Engine:
 
     @property
     def stateful(self) -> bool:
-        """A tracker or zone hysteresis: a window's fixes depend on the windows before it."""
-        return self.tracker is not None or self.hysteresis is not None
+        """A tracker, zone hysteresis or warm starts: a window's fixes depend on the windows
+        before it."""
+        return self.tracker is not None or self.hysteresis is not None or self._warm_starts_on
+
+    @property
+    def _warm_starts_on(self) -> bool:
+        """wls_warm_start where it acts: the ML estimator with an obstacle map (whose
+        strongest-gateway starts it replaces)."""
+        cfg = self.config
+        return cfg.wls_warm_start and cfg.localizer == "wls" and cfg.obstacle_map is not None
 
     def tracking_state(self) -> dict[str, object]:
         """A copy of what carries from one window to the next (tracker, zone hysteresis, the
@@ -349,6 +368,8 @@ class Engine:
         the backbone can run the tracker again from before a window late data revised."""
         parts: dict[str, object] = {"still_heard": self._still_heard.copy(),
                                     "held": (self._held.copy(), self._held_lower.copy())}
+        if self._warm_starts_on:
+            parts["warm"] = copy.deepcopy(self._warm)
         for name, obj in (("tracker", self.tracker), ("hysteresis", self.hysteresis)):
             if obj is not None:
                 parts[name] = {k: copy.deepcopy(getattr(obj, k)) for k in type(obj).STATE}  # type: ignore[union-attr]
@@ -360,6 +381,8 @@ class Engine:
         held: tuple[NDArray[np.void], FloatArray] = state.get(  # type: ignore[assignment]
             "held", (np.zeros(0, FIX_DTYPE), np.zeros(0)))
         self._held, self._held_lower = held[0].copy(), held[1].copy()
+        if "warm" in state:
+            self._warm = copy.deepcopy(state["warm"])  # type: ignore[arg-type]
         for name, obj in (("tracker", self.tracker), ("hysteresis", self.hysteresis)):
             if obj is not None:
                 for k, v in dict(state[name]).items():  # type: ignore[call-overload]
@@ -465,6 +488,8 @@ class Engine:
         self._clean = buf[np.searchsorted(buf["t"], keep_from):]  # buf is time-sorted
         while k <= last_window:
             k_end = min(last_window, k + WINDOWS_PER_CHUNK - 1)
+            if self._warm_starts_on:  # groups within one aligned block (its warm starts)
+                k_end = min(k_end, (k // WINDOWS_PER_CHUNK + 1) * WINDOWS_PER_CHUNK - 1)
             lo = np.searchsorted(events["t"], k * cfg.step_s - cfg.window_s, side="left")
             hi = np.searchsorted(events["t"], k_end * cfg.step_s, side="left")
             fixes = self._localize_windows(events[lo:hi], k, k_end)
@@ -518,6 +543,17 @@ class Engine:
         n_gw = len(cfg.gateways.ids)
         if len(rows) == 0:
             return np.zeros(0, FIX_DTYPE)
+        if self._warm_starts_on and k_first // WINDOWS_PER_CHUNK != k_last // WINDOWS_PER_CHUNK:
+            # Warm starts come block by block (aligned groups of windows), whoever chunks
+            # the windows (engine.timeline reruns them from a saved state).
+            parts, k = [], k_first
+            while k <= k_last:
+                k_end = min(k_last, (k // WINDOWS_PER_CHUNK + 1) * WINDOWS_PER_CHUNK - 1)
+                lo = np.searchsorted(rows["t"], k * cfg.step_s - cfg.window_s, side="left")
+                hi = np.searchsorted(rows["t"], k_end * cfg.step_s, side="left")
+                parts.append(self._localize_windows(rows[lo:hi], k, k_end))
+                k = k_end + 1
+            return concat_rows(parts, FIX_DTYPE)
         per = int(np.ceil(cfg.window_s / cfg.step_s))
         # Each sighting belongs to up to `per` sliding windows. The window rows (window,
         # device), the mean RSSI of each heard (row, gateway) cell (the bits of a dense
@@ -543,7 +579,10 @@ class Engine:
         dense = cfg.localizer != "wls" or self.tracker is not None
         matrix = heard.matrix() if dense else np.zeros((0, n_gw))
         tx = self._tx_power(row_dev)
-        est = self._localize(matrix, tx, heard)
+        warm = self._warm_starts(row_dev, row_win + k_first) if self._warm_starts_on else None
+        est = self._localize(matrix, tx, heard, warm)
+        if warm is not None:
+            self._keep_warm(row_dev, row_win + k_first, est)
         zone = (
             cfg.zones.assign(est.x, est.y)
             if self.hysteresis is None
@@ -595,7 +634,37 @@ class Engine:
         tx[known] = self.tx_power[device[known]]
         return tx
 
-    def _localize(self, matrix: FloatArray, tx: FloatArray, heard: Heard) -> Estimates:
+    def _warm_starts(self, device: NDArray[np.int32], window: NDArray[np.int64]) -> FloatArray:
+        """Each row's warm start (NaN: none): its device's newest fix when the row's block
+        of windows began, if that fix is from the block before. Rows of an older block
+        (windows recomputed out of order) start cold."""
+        out = np.full((len(device), 2), np.nan)
+        if len(device) == 0:
+            return out
+        block = int(window.max()) // WINDOWS_PER_CHUNK
+        last: FloatArray = self._warm["last"]  # type: ignore[assignment]
+        if block != self._warm["block"]:  # a new block: the fixes newest now are its starts
+            self._warm["block"], self._warm["start"] = block, last.copy()
+        start: FloatArray = self._warm["start"]  # type: ignore[assignment]
+        rows = np.flatnonzero((window // WINDOWS_PER_CHUNK == block) & (device < len(start)))
+        fresh = start[device[rows], 2] >= block * WINDOWS_PER_CHUNK - WINDOWS_PER_CHUNK
+        rows = rows[fresh]
+        out[rows] = start[device[rows], :2]
+        return out
+
+    def _keep_warm(self, device: NDArray[np.int32], window: NDArray[np.int64], est: Estimates) -> None:
+        """Each device's newest fix (rows are by window, then device), for later blocks."""
+        last: FloatArray = self._warm["last"]  # type: ignore[assignment]
+        if len(device) and int(device.max()) >= len(last):
+            grow = np.full((int(device.max()) + 1 - len(last), 3), np.nan)
+            last = np.vstack([last, grow])
+        order = np.argsort(device, kind="stable")
+        newest = order[np.r_[device[order][1:] != device[order][:-1], True]] if len(order) else order
+        ok = newest[np.isfinite(est.x[newest]) & np.isfinite(est.y[newest])]
+        last[device[ok], 0], last[device[ok], 1], last[device[ok], 2] = est.x[ok], est.y[ok], window[ok]
+        self._warm["last"] = last
+
+    def _localize(self, matrix: FloatArray, tx: FloatArray, heard: Heard, warm: FloatArray | None = None) -> Estimates:
         """Single-shot fixes with the configured estimator (``matrix`` is ``heard`` dense,
         or empty for the ML estimator, which reads ``heard``)."""
         cfg = self.config
@@ -625,4 +694,6 @@ class Engine:
             obstacle_map=cfg.obstacle_map,
             cell_edges=cfg.wls_cell_edges,
             gateway_starts_above=cfg.wls_gateway_starts_above * cfg.sigma_db**2,
+            warm_xy=warm,
+            solved=self._solved,
         )

@@ -31,7 +31,7 @@ import io
 import json
 import pickle
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,39 +39,67 @@ import numpy as np
 from engine.eventtime import MERGE_MARGIN_S, REVISED_FIX_DTYPE, RevisingWindows, sorted_search
 from engine.ingest import IngestCounters, drop_redeliveries
 from engine.pipeline import FIX_DTYPE, WINDOWS_PER_CHUNK
-from engine.rules.events import ListSink
+from engine.rules.events import ListSink, clean, events_json
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from engine.contract import Sightings
     from engine.pipeline import Engine
+    from engine.rules.events import Event
     from engine.rules.feeder import RuleFeeder
 
 STATE_EVERY = 8  # windows: one saved state per this many, beyond the newest ones
+# Evidence a published event leaves out: a device's code is the order this worker first heard it in.
+DROPPED_EVIDENCE = frozenset({"device_code"})
 ORIGIN_GRID_S = 60.0  # the rules' clock starts on a whole minute, one minute before the first row
 
 
 @dataclass(frozen=True)
 class EventRevision:
     """One rule event as published: its identity, the window step that decided it (end of
-    that window, absolute time), the revision, and the event (None: retracted; a plain
-    JSON-safe dict, published with its keys sorted)."""
+    that window, absolute time), the revision, and the event's record as compact JSON with
+    its keys sorted at every level (:func:`engine.rules.events.event_json`; None: retracted),
+    written once when the event is decided and copied into the messages as it is."""
 
     key: str
     step_t: float
     revision: int
-    event: dict[str, object] | None
+    text: str | None
 
     @property
     def retracted(self) -> bool:
-        return self.event is None
+        return self.text is None
+
+    @property
+    def event(self) -> dict[str, object] | None:
+        """The record as a dict (parsed from its text; None: retracted)."""
+        return None if self.text is None else json.loads(self.text)
 
 
-def event_key(record: dict[str, object]) -> str:
-    """An event's identity: rule, what it is about (tag, else gateway, else zone), event time."""
-    about = record.get("tag") or record.get("gateway") or record.get("zone") or ""
-    return f"{record['rule']}/{about}/{float(record['t']):.3f}"  # type: ignore[arg-type]
+def absolute_times(events: list[Event], origin: float) -> list[float]:
+    """Events' times as published: ``round(float(t) + origin, 3)`` of each record's time
+    (rounded to 4 decimals). With a numpy ``origin`` that is numpy's rounding (scaled, to
+    the nearest even), one array operation for them all, which rounds as the scalar does."""
+    cleaned = [round(t, 4) if type(t) is float and t - t == 0.0 else clean(t) for t in (ev.t for ev in events)]
+    if type(origin) is np.float64 and all(type(t) is float for t in cleaned):
+        return np.round(np.array(cleaned, dtype=np.float64) + origin, 3).tolist()
+    return [round(float(t) + origin, 3) for t in cleaned]  # type: ignore[arg-type]
+
+
+def event_key(ev: Event, t: float) -> str:
+    """An event's identity: rule, what it is about (tag, else gateway, else zone; as its
+    record has them), event time ``t`` (absolute, as published)."""
+    tag: object = ev.tag
+    gateway: object = ev.gateway
+    zone: object = ev.zone
+    rule: object = ev.rule
+    if not (type(rule) is str and type(tag) in _NAMES and type(gateway) in _NAMES and type(zone) in _NAMES):
+        tag, gateway, zone, rule = clean(tag), clean(gateway), clean(zone), clean(rule)  # as the record holds them
+    return f"{rule}/{tag or gateway or zone or ''}/{t:.3f}"
+
+
+_NAMES = (str, type(None))  # the types a record holds names in as they are
 
 
 class RevisedTimeline(RevisingWindows):
@@ -108,6 +136,7 @@ class RevisedTimeline(RevisingWindows):
         # event key -> (window, digest of its JSON) last handed out
         self.published: dict[str, tuple[int, str]] = {}
         self.events_out: list[EventRevision] = []  # filled by advance, taken by the caller
+        self.rules_pending: PendingRules | None = None  # rule steps an advance deferred
         self._rev = 0
 
     @property
@@ -128,13 +157,17 @@ class RevisedTimeline(RevisingWindows):
 
     # -- output -------------------------------------------------------------------------
 
-    def advance(self, watermark: float, revision: int | None = None, prune: bool = True) -> NDArray[np.void]:
+    def advance(self, watermark: float, revision: int | None = None, prune: bool = True,
+                defer_rules: bool = False) -> NDArray[np.void]:
         """Close what the watermark allows; recompute from the earliest dirty window on, the
         tracker and the rules included. Returns the fixes of every window whose fixes
         changed (``revision`` column); rule events go to :attr:`events_out`. ``prune`` as
-        in :meth:`RevisingWindows.advance`."""
+        in :meth:`RevisingWindows.advance`. ``defer_rules``: the rule steps of these windows
+        (and the prune) wait for :meth:`finish_rules`, so their positions can go out first;
+        anything that reads or reruns the timeline finishes them before (this does)."""
         if not self.stateful and self.feeder is None:
             return super().advance(watermark, revision, prune)
+        self.finish_rules()
         self._merge_new()
         if not np.isfinite(watermark) or len(self.rows) == 0:
             return np.zeros(0, REVISED_FIX_DTYPE)
@@ -175,16 +208,37 @@ class RevisedTimeline(RevisingWindows):
         if revision is None:
             self._rev += 1
             revision = self._rev
-        out = self._run(k_from, last, revision)
+        out = self._run(k_from, last, revision, defer_rules and self.feeder is not None)
         self.closed_through = max(last, self.closed_through if self.closed_through is not None else last)
-        if prune:
+        if self.rules_pending is not None:
+            self.rules_pending.prune = prune
+        elif prune:
             self._prune()
         return out
 
-    def _run(self, k_from: int, last: int, revision: int) -> NDArray[np.void]:
-        """Windows k_from..last in runs, the rules one step per window; what changed out."""
+    def finish_rules(self) -> None:
+        """The rule steps an ``advance(defer_rules=True)`` left, in window order: each chunk's
+        saved state completed with the rules', the events diffed into :attr:`events_out`,
+        then the prune it put off. The same steps, states and events as without deferral."""
+        pending, self.rules_pending = self.rules_pending, None
+        if pending is None:
+            return
+        assert self.feeder is not None
+        new_events: dict[str, tuple[int, str, str]] = {}
+        for rows, fixes, k0, k1, tracking in pending.chunks:
+            self._feed_rules(rows, fixes, k0, k1, new_events)
+            self.states[k1] = (tracking, self.feeder.state())
+        self._diff_events(pending.k_from, new_events, pending.revision)
+        if pending.prune:
+            self._prune()
+
+    def _run(self, k_from: int, last: int, revision: int, defer_rules: bool = False) -> NDArray[np.void]:
+        """Windows k_from..last in runs, the rules one step per window; what changed out.
+        ``defer_rules``: each chunk's rows (shifted to the rules' clock), fixes and tracking
+        state are kept for :meth:`finish_rules` instead."""
         changed: list[NDArray[np.void]] = []
-        new_events: dict[str, tuple[int, str, dict[str, object]]] = {}
+        new_events: dict[str, tuple[int, str, str]] = {}
+        pending = PendingRules(k_from, revision) if defer_rules else None
         for k0 in range(k_from, last + 1, WINDOWS_PER_CHUNK):
             k1 = min(last, k0 + WINDOWS_PER_CHUNK - 1)
             # the windows' merged events, as RevisingWindows computes them (cached per step)
@@ -195,20 +249,26 @@ class RevisedTimeline(RevisingWindows):
             if self.feeder is not None:
                 lo, hi = sorted_search(self.rows["t"], [(k0 - 1) * self.step, k1 * self.step])
                 rows = drop_redeliveries(self.rows[lo:hi], IngestCounters())  # canonical order
-                self._feed_rules(rows, fixes, k0, k1, new_events)
+                if pending is not None:  # copied now: the row store reuses its buffer
+                    pending.chunks.append((rows.copy(), fixes.copy(), k0, k1, self.engine.tracking_state()))
+                else:
+                    self._feed_rules(rows, fixes, k0, k1, new_events)
             for i, k in enumerate(range(k0, k1 + 1)):
                 part = fixes[bounds[i]:bounds[i + 1]]
                 digest = hashlib.blake2b(np.ascontiguousarray(part).tobytes(), digest_size=16).digest()
                 if self.digests.get(k) != digest and len(part):
                     self.digests[k] = digest
                     changed.append(_with_revision(part, revision))
-            self.states[k1] = self._state()
-        if self.feeder is not None:
+            if pending is None:
+                self.states[k1] = self._state()
+        if pending is not None:
+            self.rules_pending = pending
+        elif self.feeder is not None:
             self._diff_events(k_from, new_events, revision)
         return np.concatenate(changed) if changed else np.zeros(0, REVISED_FIX_DTYPE)
 
     def _feed_rules(self, rows: Sightings, fixes: NDArray[np.void], k0: int, k1: int,
-                    new_events: dict[str, tuple[int, str, dict[str, object]]]) -> None:
+                    new_events: dict[str, tuple[int, str, str]]) -> None:
         """Rule steps k0..k1: each window's sightings and fixes, then the clock to its end.
         One ``step_until`` for the whole run (its buffers sorted once, not once a window:
         a run of k windows cost k sorts of up to k windows' rows), each step's events
@@ -227,34 +287,37 @@ class RevisedTimeline(RevisingWindows):
 
         def credit(i: int) -> None:
             k = k0 + bisect.bisect_left(ends, i)
-            for ev in self._sink.events:
-                record = ev.to_dict()
-                record["t"] = round(float(record["t"]) + origin, 3)  # type: ignore[arg-type]
-                # A device's code is the order the worker first heard it in, which a replay
-                # changes: the tag id says who it is.
-                record["evidence"].pop("device_code", None)  # type: ignore[attr-defined]
-                key = event_key(record)
+            events = self._sink.events
+            # Each record as Event.to_dict makes it, its time absolute, and without the
+            # device's code: that is the order the worker first heard it in, which a replay
+            # changes (the tag id says who it is). Written as JSON once: the digest takes the
+            # spaced text, the messages the compact one.
+            times = absolute_times(events, origin)
+            for ev, t, (spaced, compact) in zip(events, times, events_json(events, times, DROPPED_EVIDENCE),
+                                                strict=True):
+                key = first = event_key(ev, t)
                 n = 2
                 while key in new_events:  # the same identity twice: number the repeats
-                    key = f"{event_key(record)}#{n}"
+                    key = f"{first}#{n}"
                     n += 1
-                new_events[key] = (k, json.dumps(record, sort_keys=True), record)
-            self._sink.events.clear()
+                new_events[key] = (k, spaced, compact)
+            events.clear()
 
         self._sink.events.clear()
         self.feeder.step_until(k1 * self.step - origin, on_step=credit)
         self._sink.events.clear()
 
-    def _diff_events(self, k_from: int, new: dict[str, tuple[int, str, dict[str, object]]], revision: int) -> None:
+    def _diff_events(self, k_from: int, new: dict[str, tuple[int, str, str]], revision: int) -> None:
         """Events decided from k_from on: new or changed ones out, vanished ones retracted.
-        An event goes out as the record its text was written from (not the text parsed
-        again: a start burst is ~10,000 of them); the writer sorts its keys as the text's."""
+        Each is handed out as its compact text (the messages copy it as it is); the digest
+        is of its spaced text, as checkpoints and :meth:`note_published` have it."""
         old = {key: v for key, v in self.published.items() if v[0] >= k_from}
-        for key, (k, text, record) in new.items():
-            digest = _digest(text)
-            if old.get(key, (None, None))[1] != digest:
-                self.events_out.append(EventRevision(key, k * self.step, revision, record))
-            self.published[key] = (k, digest)
+        published, out, step = self.published, self.events_out, self.step
+        for key, (k, spaced, compact) in new.items():
+            digest = _digest(spaced)
+            if key not in old or old[key][1] != digest:
+                out.append(EventRevision(key, k * step, revision, compact))
+            published[key] = (k, digest)
         for key in [key for key in old if key not in new]:  # in published order: a set's order is the hash seed's
             k = old[key][0]
             self.events_out.append(EventRevision(key, k * self.step, revision, None))
@@ -263,6 +326,7 @@ class RevisedTimeline(RevisingWindows):
     def note_published(self, key: str, step_t: float, event: dict[str, object] | None) -> None:
         """An event record seen on the output stream after the checkpoint this state came
         from (published before a crash): the next revision retracts or confirms it."""
+        self.finish_rules()
         k = int(np.rint(step_t / self.step))
         if event is None:
             self.published.pop(key, None)
@@ -334,6 +398,7 @@ class RevisedTimeline(RevisingWindows):
         the restart window's span up to :meth:`prune_start`): held until the next advance,
         which reruns from the state before ``first_dirty`` through the latest window and
         lets them go again."""
+        self.finish_rules()
         if len(rows):
             self._new.append(rows)
         self.dirty.add(first_dirty)
@@ -344,6 +409,7 @@ class RevisedTimeline(RevisingWindows):
         """What a checkpoint needs beyond the rows: what was handed out (to diff the next
         revision against) and the state before the oldest revisable window (packed states,
         read back only by :func:`load_states`)."""
+        self.finish_rules()
         oldest = min(self.states) if self.states else None
         # The oldest state (deep passes rerun from it) and the one the rows held start from
         # (a restore reruns from it); the states between are rebuilt by the next rerun.
@@ -368,7 +434,10 @@ class RevisedTimeline(RevisingWindows):
         """After :meth:`restore`: the next advance recomputes from the saved state on and
         hands out only what differs from what was handed out before."""
         origin = meta.get("origin")
-        self.origin = None if origin is None else float(origin)  # type: ignore[arg-type]
+        # numpy's, as the first advance computed it: a Python float rounds the events' times
+        # to the millisecond differently (correctly rounded, not scaled), ~1 in 20 of them
+        # (absolute_times), so a restored worker would decide events under other keys.
+        self.origin = None if origin is None else np.float64(origin)  # type: ignore[arg-type]
         self._rev = int(meta.get("rev", 0))  # type: ignore[call-overload]
         self.digests = {int(k): bytes.fromhex(v) for k, v in dict(meta["digests"]).items()}  # type: ignore[call-overload]
         self.published = {key: (int(k), str(text)) for key, (k, text) in dict(meta["published"]).items()}  # type: ignore[call-overload]
@@ -393,6 +462,18 @@ class RevisedTimeline(RevisingWindows):
 
 
 State = tuple[dict[str, object], dict[str, object] | None]  # (tracking, rules) after a window
+
+
+@dataclass
+class PendingRules:
+    """The rule steps of an advance that localized its windows first: per chunk its rows,
+    fixes, first and last window and the tracking state after it; the run's first window
+    and revision; whether the prune waits too."""
+
+    k_from: int
+    revision: int
+    chunks: list[tuple[Sightings, NDArray[np.void], int, int, dict[str, object]]] = field(default_factory=list)
+    prune: bool = True
 
 
 @dataclass(frozen=True)

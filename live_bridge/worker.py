@@ -67,6 +67,7 @@ import numpy as np
 from engine.contract import SIGHTING_DTYPE, UNKNOWN, IdTable, Sightings, sightings_from_columns
 from engine.eventtime import MERGE_MARGIN_S, REVISED_FIX_DTYPE, BatchDedup, GatewayWatermarks
 from engine.pipeline import Engine, EngineConfig
+from engine.rules.events import json_scalar
 from engine.rules.feeder import RuleFeeder
 from engine.timeline import EventRevision, RevisedTimeline
 from live_bridge.adapters import AdapterError, parse_espresense, parse_theengs
@@ -252,6 +253,11 @@ class WorkerCore:
         # tick/release_due keep the released events here for event_messages().
         self.defer_event_messages = False
         self.unsent_events: list[tuple[list[EventRevision], float]] = []
+        # The live loop also runs a window's rule step after its positions went out (a cold
+        # start's burst decides an event for every tag in one step, ~0.3 CPU-s at 17,000
+        # tags, which held up the positions of the window due next): True makes tick only
+        # localize (engine.timeline advance(defer_rules=True)) and finish_rules run the rules.
+        self.defer_rules = False
         self.released_through: int | None = None
         # A spatial partition publishes only the fixes it owns (engine.cells): (fixes, the
         # rows held) -> mask. None: every fix.
@@ -542,13 +548,26 @@ class WorkerCore:
         early = self.settings.early_close and not final and self.config.allowed_lateness_s > MERGE_MARGIN_S
         horizon = mark + self.config.allowed_lateness_s - MERGE_MARGIN_S if early else mark
         if self.publish_filter is None:
-            fixes = self.windows.advance(horizon, revision=self.stream_seq)
+            fixes = self.windows.advance(horizon, revision=self.stream_seq, defer_rules=self.defer_rules and not final)
         else:  # ownership is decided on the rows of the windows just computed, before they are let go
             fixes = self.windows.advance(horizon, revision=self.stream_seq, prune=False)
             if len(fixes):
                 fixes = fixes[self.publish_filter(fixes, self.windows.rows)]
             self.windows.prune()
         return self._outputs(*self._release(fixes, self.windows.take_events(), mark, now), now)
+
+    def finish_rules(self, now: float, force: bool = False) -> list[Outgoing]:
+        """The rule steps tick deferred (``defer_rules``), once the windows they are for have
+        gone out (or ``force``: a checkpoint is due): their events released as tick's are."""
+        pending = self.windows.rules_pending
+        if pending is None:
+            return []
+        last = pending.chunks[-1][3] if pending.chunks else None
+        if not force and last is not None and (self.released_through is None or last > self.released_through):
+            return []
+        self.windows.finish_rules()
+        no_fixes = np.zeros(0, REVISED_FIX_DTYPE)
+        return self._outputs(*self._release(no_fixes, self.windows.take_events(), self._site_mark(now), now), now)
 
     def release_due(self, now: float) -> list[Outgoing]:
         """Early close: the held outputs of the windows the site watermark closes now,
@@ -620,8 +639,13 @@ class WorkerCore:
             self.held[k] = (len(part), self._positions_out(part, now))
         ready = [self.held.pop(k) for k in sorted(k for k in self.held if k <= out_through)]
         self.held_events += events
-        go = [e for e in self.held_events if np.rint(e.step_t / step) <= out_through]
-        self.held_events = [e for e in self.held_events if np.rint(e.step_t / step) > out_through]
+        go: list[EventRevision] = []
+        # The held events are looked through only when some can have become due (a burst holds
+        # ~17,000 of them, and release_due runs after every batch of input).
+        if events or self.released_through is None or out_through > self.released_through:
+            go = [e for e in self.held_events if round(e.step_t / step) <= out_through]
+            if go:
+                self.held_events = [e for e in self.held_events if round(e.step_t / step) > out_through]
         if due is not None:
             self.released_through = out_through
         return sum(n for n, _ in ready), [m for _, msgs in ready for m in msgs], go
@@ -705,7 +729,10 @@ class WorkerCore:
 
     def checkpoint(self) -> bytes:
         """The state and the stream range of the rows held, as JSON: no rows, so its size
-        does not grow with the sighting rate."""
+        does not grow with the sighting rate. Deferred rule steps must have run
+        (:meth:`finish_rules` with ``force``: their events sent before the checkpoint)."""
+        if self.windows.rules_pending is not None:
+            raise RuntimeError("checkpoint with rule steps pending: finish_rules(force=True), their events sent, first")
         meta, _ = self.windows.snapshot()
         header = {
             "version": CHECKPOINT_VERSION,
@@ -789,13 +816,13 @@ def events_payloads(events: list[EventRevision], now: float, max_bytes: int | No
     revision ``rev`` and the ``event`` (engine.rules Event as a dict), or ``retracted``. Cut
     into messages of at most ``max_bytes`` (None: one), events in their order: a burst
     (every tag of a large site entering its zone at start) can pass the backbone's limit."""
-    # The event's keys sorted (at every level), as its digest's text and the records read
-    # back from the stream have them; the envelope's in this order.
+    # The event's text as the timeline wrote it (keys sorted at every level, compact); the
+    # envelope's keys in this order.
     records = [
         json.dumps({"key": e.key, "window": round(e.step_t, 3), "rev": e.revision, "retracted": True},
-                   separators=(",", ":")) if e.retracted
-        else (f'{{"key":{json.dumps(e.key)},"window":{json.dumps(round(e.step_t, 3))},"rev":{json.dumps(e.revision)},'
-              f'"event":{json.dumps(e.event, sort_keys=True, separators=(",", ":"))}}}')
+                   separators=(",", ":")) if e.text is None
+        else f'{{"key":{json_scalar(e.key)},"window":{json_scalar(round(e.step_t, 3))},"rev":{json_scalar(e.revision)},'
+             f'"event":{e.text}}}'
         for e in events
     ]
     head = json.dumps({"v": 1, "t": now}, separators=(",", ":"))[:-1] + ',"events":['
@@ -804,7 +831,7 @@ def events_payloads(events: list[EventRevision], now: float, max_bytes: int | No
     part: list[str] = []
     size = 0
     for r in records:
-        n = len(r.encode()) + 1
+        n = (len(r) if r.isascii() else len(r.encode())) + 1
         if part and room is not None and size + n > room:
             out.append((head + ",".join(part) + "]}").encode())
             part, size = [], 0
@@ -1064,6 +1091,7 @@ async def run_worker(
     feed = await PullFeed(nc, raw_stream(s.site), s.durable, batch=min(s.fetch_batch, s.max_ack_pending)).start()
     outputs = Outputs(js, core)
     core.defer_event_messages = True  # positions out first, then the events' JSON (event_messages)
+    core.defer_rules = True  # a window's rule step after its positions (finish_rules)
     commits = Commits(outputs, obs, core)
     clock = LoopClock()
     gc.callbacks.append(clock.on_gc)
@@ -1080,6 +1108,16 @@ async def run_worker(
         if events_out:
             outputs.send(events_out)
         return bool(events_out)
+
+    async def release(now: float) -> bool:
+        """Held outputs the site watermark made due: positions sent and written to the socket,
+        then their events. True if anything went out."""
+        due = core.release_due(now)
+        if due:
+            outputs.send(due)
+            await asyncio.sleep(0)
+            await nc.flush(timeout=5)
+        return send_events() or bool(due)
     next_status = time.monotonic()
     keys_watch = KeysWatch(keys_path) if keys_path is not None else None
     try:
@@ -1091,18 +1129,24 @@ async def run_worker(
                 gc0, computed0 = clock.gc_s, core.windows.closed_through
                 msgs = await feed.take(timeout=0.2)
                 t1 = time.monotonic()
-                for m in msgs:
+                positions = core.counters["positions"]  # (released between the messages too)
+                for i, m in enumerate(msgs, 1):
                     md = m.metadata
                     outbox += core.handle(m.subject, m.data, md.sequence.stream, md.timestamp.timestamp(),
                                           pending=md.num_pending)
                     unacked.append(m)
+                    # A window this batch made due goes out now, not after the rest of the fetch
+                    # (up to a second of traffic when catching up): judged on the stream's clock,
+                    # as the loop's own release below.
+                    if i < len(msgs) and (core.held or core.held_events) \
+                            and await release(core.loop_clock(time.time(), got_input=True)):
+                        published = True
                 t2 = time.monotonic()
                 # Idle gateways are judged on the stream's clock while a backlog is being worked
                 # off (the worker is behind, the gateways are not silent), on the wall clock once
                 # caught up (nothing more arrives: close what there is).
                 now = core.loop_clock(time.time(), got_input=bool(msgs),
                                       held_back=len(unacked) + commits.acks_pending >= s.max_ack_pending)
-                positions = core.counters["positions"]
                 outbox += core.release_due(now)
                 if outbox:  # what is due goes out before the next window is computed
                     outputs.send(outbox)
@@ -1110,6 +1154,10 @@ async def run_worker(
                     published = True
                     await asyncio.sleep(0)  # the publishes queued for the socket ...
                     await nc.flush(timeout=5)  # ... and written before the loop computes again
+                if send_events():
+                    published = True
+                # The rule steps of windows that went out (the next tick would run them anyway).
+                outbox += core.finish_rules(now)
                 if send_events():
                     published = True
                 outbox += core.tick(now)
@@ -1132,10 +1180,14 @@ async def run_worker(
                     published = True
                 t4 = time.monotonic()
                 since = t4 - last_ckpt
-                due = (since >= s.checkpoint_every_s and (closed or since >= 2 * s.checkpoint_every_s)) \
-                    or len(unacked) >= s.max_ack_pending // 2
+                overdue = since >= 2 * s.checkpoint_every_s or len(unacked) >= s.max_ack_pending // 2
+                due = (since >= s.checkpoint_every_s and closed and core.windows.rules_pending is None) or overdue
                 checkpointed = False
                 if (unacked or published or outputs.inflight) and due and not commits.busy:
+                    if core.windows.rules_pending is not None:  # (overdue) the rule steps run now, their events out
+                        outputs.send(core.finish_rules(now, force=True))
+                        send_events()
+                        published = True
                     commits.start(unacked)  # outputs of a tick with no new input (idle close) too
                     published = False
                     last_ckpt = time.monotonic()
@@ -1168,6 +1220,7 @@ async def run_worker(
         with contextlib.suppress(Exception):
             await commits.wait()
             outbox += core.tick(time.time())
+            outbox += core.finish_rules(time.time(), force=True)
             outbox += core.event_messages()
             if outbox:
                 outputs.send(outbox)

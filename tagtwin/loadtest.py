@@ -62,6 +62,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("tagtwin.loadtest")
 
 PUBLISHER_CAPACITY = 40_000.0  # sightings/s per publisher: it used ~1 CPU-s per 190k in the ramp, so room to spare
+# A ramp has no last step, so the copies its sites register (WorkerSettings.registered_copies)
+# are those it sends up to this rate at its busiest site: five times what one worker passed
+# through the backbone here (~200,000/s), the issue's target for the engine in process on
+# both cores. Past it a ramp's new copies alarm unknown_tag (the report's "alarms").
+RAMP_REGISTERED_PER_SITE_S = 1_000_000.0
 LOADTEST_FAULTS = ("none", "broker-restart", "worker-kill", "host-reboot")
 SLO_NAMES = ("p99_advert_to_position_ms", "p99_close_to_position_ms", "completeness", "p99_alert_delivery_ms",
              "p99_publish_ack_ms")  # the last is the one --mqtt judges (broker-side only)
@@ -69,6 +74,19 @@ SLO_NAMES = ("p99_advert_to_position_ms", "p99_close_to_position_ms", "completen
 
 class LoadTestError(ValueError):
     """Bad options: one line naming the option."""
+
+
+def registered_copies(sched: Schedule, traffic: list[SiteTraffic]) -> int:
+    """Copies of each tag (``<tag>~k``, k below this) the sites register, as a real site at
+    that rate knows its tags: all a fixed-rate run sends; for a ramp, all it sends up to
+    :data:`RAMP_REGISTERED_PER_SITE_S` at its busiest site (no fewer than its first step's).
+    Registered copies that are never sent cost the worker only their ids (no rule state)."""
+    fixed = sched.copies()
+    if fixed is not None:
+        return fixed
+    busiest = max((t.natural_rate for t in traffic), default=0.0)
+    ceiling = math.ceil(RAMP_REGISTERED_PER_SITE_S / busiest - 1e-9) if busiest > 0 else 1
+    return max(1, ceiling, math.ceil(sched.base_scale - 1e-9))
 
 
 @dataclass(frozen=True)
@@ -323,7 +341,7 @@ class LoadTest:
             if o.mqtt_url:
                 raise LoadTestError("--fault needs the backbone (no faults against --mqtt)")
         self.say = o.progress or (lambda _s: None)
-        self.copies: int | None = None  # copies of each tag the run sends at most (run())
+        self.copies: int | None = None  # copies of each tag the sites register (run(): registered_copies)
         base = self.scenario.name.replace(" ", "-")
         self.sites = [f"{base}-{i + 1}" if o.sites > 1 else base for i in range(o.sites)]
         for s in self.sites:
@@ -481,7 +499,7 @@ class LoadTest:
         if natural <= 0:
             raise LoadTestError(f"{o.scenario}: the twin made no sightings")
         sched = self.schedule(natural)
-        self.copies = sched.copies()
+        self.copies = registered_copies(sched, traffic)
         peak = (o.rate or (o.multiplier or 1.0) * natural) if o.ramp is None else None
         n_gw = sum(len(np.unique(t.gateway)) for t in traffic)
         n_pub = o.publishers or (max(2, os.cpu_count() or 2) if peak is None
@@ -699,7 +717,7 @@ class LoadTest:
 
     def _copy_settings(self) -> dict[str, Any]:
         """The site registers the tag copies the run sends (a real site at that rate knows
-        its tags); a ramp's copies are unbounded, so it registers the fleet only."""
+        its tags): :func:`registered_copies`."""
         return {} if self.copies is None else {"registered_copies": self.copies}
 
     def _worker(self, data_dir: Path, url: str, site: str, traffic: SiteTraffic) -> WorkerProcess:
@@ -812,6 +830,7 @@ class LoadTest:
                 "lost": gen - processed - dead - unprocessed, "positions": self.positions,
                 "latency_ms": lat, "close_to_position_ms": close, "publish_ack_ms": percentiles(ack_ms),
                 "events": len(self.seen_events), "alarms": sum(sev == "alarm" for *_, sev in self.all_alerts),
+                "registered_copies": self.copies,
                 "alert_delivery_ms": alert_close,
                 "event_time_to_alert_ms": percentiles([e for _, e, _ in alerts]),
                 "latency_floor": {"window_s": cfg.window_s, "step_s": cfg.step_s,

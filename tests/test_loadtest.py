@@ -29,6 +29,7 @@ from tagtwin.loadtest import (
     parse_settings,
     parse_slos,
     percentiles,
+    registered_copies,
     site_traffic,
     slo_text,
 )
@@ -103,6 +104,21 @@ def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
     return subprocess.run([sys.executable, "-m", "tagtwin", "loadtest", *args], check=False, capture_output=True,
                           text=True,                           timeout=timeout, env=env, cwd=REPO)
+
+
+def test_a_ramp_registers_the_copies_it_sends_up_to_a_million_a_second_per_site(traffic):
+    """A fixed rate registers the copies it sends; a ramp, having no last step, those it
+    sends up to RAMP_REGISTERED_PER_SITE_S (a real site at that rate knows its tags)."""
+    from tagtwin.loadtest import RAMP_REGISTERED_PER_SITE_S
+
+    natural = traffic.natural_rate
+    assert registered_copies(Schedule(2.5, 30.0), [traffic]) == 3
+    ramp = Schedule(5000 / natural, None, 1.5, 10.0)
+    copies = registered_copies(ramp, [traffic])
+    steps = [ramp.scale_at(10.0 * i) or 0.0 for i in range(40)]
+    sent = [math.ceil(s - 1e-9) for s in steps if s * natural <= RAMP_REGISTERED_PER_SITE_S]
+    assert len(sent) > 10 and max(sent) <= copies == math.ceil(RAMP_REGISTERED_PER_SITE_S / natural - 1e-9)
+    assert registered_copies(Schedule(3e6 / natural, None, 2.0, 10.0), [traffic]) == math.ceil(3e6 / natural - 1e-9)
 
 
 def test_a_drain_timeout_reports_the_backlog_as_unprocessed_not_lost():
@@ -272,6 +288,22 @@ def test_short_run_reconciles_every_sighting_and_fails_an_impossible_slo(tmp_pat
     assert report["scenario_sha256"] == scenario_sha256(scenario) and report["seed"] == scenario.seed
     assert json.loads((tmp_path / "html" / "perf.json").read_text())["created_utc"].startswith("20")
     assert "SLO failed: p99_close_to_position_ms" in res.stderr
+
+
+@pytest.mark.integration
+def test_a_ramps_tag_copies_are_registered_tags(tmp_path: Path):
+    """A ramp's copies (here 5 of each tag from its first step) are the site's registered
+    tags: no unknown_tag alarm per copy. The impossible SLO ends it after its first step."""
+    out = tmp_path / "report.json"
+    res = run_cli(str(SCENARIO), "--ramp", "20000:1.5:4", "--wire", "2", "--json", str(out), "--quiet",
+                  "--slo", "p99_close_to_position_ms=0.001")
+    assert res.returncode == 1, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    natural = report["natural_per_s"]
+    assert report["registered_copies"] == math.ceil(1e6 / natural - 1e-9)
+    assert report["ramp"]["steps"] and report["events"] > 400  # every tag copy entered its zone
+    assert report["alarms"] == 0, report["alarms"]
+    assert report["lost"] == 0
 
 
 mosquitto = live_fixtures.mosquitto  # fixture: a real broker on a free loopback port

@@ -185,6 +185,7 @@ def engine_config_for(
         obstacle_map=obstacle_map,
         wls_cell_edges=eng.wls_cell_edges,
         wls_gateway_starts_above=eng.wls_gateway_starts_above,
+        wls_warm_start=eng.wls_warm_start,
         localizer=eng.localizer,
         tracker=eng.tracker,
         radio_map=radio_map,

@@ -125,6 +125,10 @@ class EngineSettings(Strict):
         description="wls with the site plan: try the two strongest gateways as further starts only for rows "
         "whose start at the centroid ends with a mean squared residual above this many sigma^2 (0: always; "
         "3 halves the Newton work on the large scenario; changes positions; docs/scaling.md)")
+    wls_warm_start: bool = Field(
+        default=False,
+        description="wls with the site plan: a tag's fix before each block of 16 windows replaces the strongest "
+        "gateways' Newton starts for its rows in that block (fewer solves; changes positions; docs/scaling.md)")
 
     @model_serializer(mode="wrap")
     def _without_a_zero_lag(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -143,6 +147,8 @@ class EngineSettings(Strict):
         for key, default in (("walk_spacing_m", 1.0), ("walk_stop_s", 3.0)):
             if data.get(key) == default:
                 data.pop(key, None)
+        if not self.wls_warm_start:
+            data.pop("wls_warm_start", None)
         return data
 
     @model_validator(mode="after")
