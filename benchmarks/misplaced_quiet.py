@@ -14,9 +14,11 @@ Prints JSON: misplaced alarms, false alarms per day per 1,000 tags with the exac
 95 % Poisson bound and the too-little-exposure verdict (engine.rules.scoring.rate_reading),
 each alarm's evidence, wall time and load.
 Usage: python benchmarks/misplaced_quiet.py --fixes-dir DIR --seeds 101 102 ... [--duration 7200]
-[--scenario scenarios/demo.toml] [--misplaced KEY=VALUE ...] [--jobs N] [--side-by-side 30]
+[--scenario scenarios/demo.toml] [--misplaced KEY=VALUE ...] [--engine KEY=VALUE ...] [--jobs N]
+[--side-by-side 30]
 (``--misplaced``: replace one of the scenario's [rules.misplaced] settings, e.g.
-``threshold=0.6``; repeatable.)
+``threshold=0.6``; repeatable. ``--engine``: the [engine] settings the fixes were kept with,
+as given to quiet_missing.py --engine, which names the kept fixes after them.)
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ import json
 import os
 import time
 import tomllib
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import engine_variant
 from numpy.typing import NDArray
 
 from engine.rules.config import RuleSet
@@ -118,8 +122,10 @@ def replay_side_by_side(
     return out
 
 
-def _scenario(path: str, seed: int, duration: float) -> Scenario:
-    base = load_scenario(Path(path))
+def _scenario(path: str, seed: int, duration: float, engine: Sequence[str] = ()) -> Scenario:
+    """The quiet scenario at this seed and length; ``engine`` replaces [engine] settings and
+    names the kept fixes after them, as quiet_missing.py --engine does."""
+    base = engine_variant(load_scenario(Path(path)), engine)
     return Scenario.model_validate(base.model_dump() | {"seed": seed, "duration_s": duration, "incidents": []})
 
 
@@ -130,10 +136,11 @@ def _context(sc: Scenario) -> RuleContext:
 
 
 def seed_candidates(
-    scenario: str, seed: int, duration: float, fixes_dir: str, overrides: dict[str, Any]
+    scenario: str, seed: int, duration: float, fixes_dir: str, overrides: dict[str, Any],
+    engine_settings: Sequence[str] = (),
 ) -> tuple[NDArray[np.void], float]:
     """One seed's kept fixes, only the tags that can fire; and its tag-days."""
-    sc = _scenario(scenario, seed, duration)
+    sc = _scenario(scenario, seed, duration, engine_settings)
     path = Path(fixes_dir) / f"{sc.name}-seed{seed}-{duration:g}s.npz"
     if not path.exists():
         raise SystemExit(f"{path}: no kept fixes for seed {seed} (run quiet_missing.py --full first)")
@@ -162,6 +169,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=7200.0)
     ap.add_argument("--scenario", default=str(ROOT / "scenarios" / "demo.toml"))
     ap.add_argument("--misplaced", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--engine", action="append", default=[], metavar="KEY=VALUE",
+                    help="the [engine] settings the kept fixes were made with (quiet_missing.py --engine)")
     ap.add_argument("--jobs", type=int, default=1, help="processes reading the kept fixes")
     ap.add_argument("--side-by-side", type=int, default=30,
                     help="seeds replayed together in one rule engine (memory: ~1 GB per 30)")
@@ -170,9 +179,9 @@ def main() -> None:
     wall = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         got = list(pool.map(seed_candidates, repeat(args.scenario), args.seeds, repeat(args.duration),
-                            repeat(args.fixes_dir), repeat(overrides)))
+                            repeat(args.fixes_dir), repeat(overrides), repeat(args.engine)))
     read_s = time.perf_counter() - wall
-    sc = _scenario(args.scenario, args.seeds[0], args.duration)
+    sc = _scenario(args.scenario, args.seeds[0], args.duration, args.engine)
     rules = misplaced_only(sc.rules, overrides)
     t0 = time.perf_counter()
     ctx, k = _context(sc), max(args.side_by_side, 1)

@@ -251,7 +251,10 @@ def test_the_localizer_of_demo_incidents_models_the_office_wall() -> None:
     from twin.sim import WarehouseTwin
 
     base = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "demo_incidents.toml")
-    sc = Scenario.model_validate(base.model_dump() | {"duration_s": 2.0, "incidents": []})
+    # the site plan's losses alone: demo_incidents adds its calibration walk's shadowing map
+    # on top (tests/test_shadowing_map.py)
+    engine = base.engine.model_dump() | {"shadowing_map": "none"}
+    sc = Scenario.model_validate(base.model_dump() | {"duration_s": 2.0, "incidents": [], "engine": engine})
     twin = WarehouseTwin(sc)
     cfg = engine_config_for(sc, twin.run())
     assert cfg.obstacle_map is not None

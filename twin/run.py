@@ -31,6 +31,7 @@ from engine.rules import Event, JsonLinesSink, ListSink, RuleContext, RuleEngine
 from engine.rules.feeder import RuleFeeder, feed_rules  # noqa: F401  (twin.run.RuleFeeder, as before)
 from engine.rules.scoring import ScoreTally, count_accuracy, score_report, tally_events
 from engine.track import FloorPlan
+from radio_models.calibration import censored_link_means, simple_kriging
 from radio_models.environment import Grid
 from radio_models.geometry import crossing_loss_db
 from radio_models.pathloss import effective_exponent
@@ -42,8 +43,10 @@ from twin.incidents import (
     true_zone_counts,
 )
 from twin.scenario import Scenario
-from twin.sim import TwinResult, WarehouseTwin, path_loss_model, tag_ids
+from twin.sim import Fleet, TwinResult, WarehouseTwin, path_loss_model, tag_ids
+from twin.walk import calibration_walk
 
+FloatArray = NDArray[np.float64]
 FEED_CHUNK_S = 30.0  # sightings are handed to the engine 30 simulated seconds at a time
 
 
@@ -127,11 +130,14 @@ def why_accuracy(metrics: dict[str, object], twin_stats: dict[str, int], n_tags:
 
 
 def engine_config_for(
-    scenario: Scenario, twin: TwinResult, survey_mean_dbm: NDArray[np.floating] | None = None
+    scenario: Scenario, twin: TwinResult, survey_mean_dbm: NDArray[np.floating] | None = None,
+    warehouse: WarehouseTwin | None = None,
 ) -> EngineConfig:
     """The engine a scenario asks for. ``survey_mean_dbm`` (cells, gateways) is the twin's
     own mean RSSI on the radio grid (:func:`survey_of`), used for ``radio_map = "survey"``:
-    what a perfect calibration walk would measure."""
+    what a perfect calibration walk would measure. ``warehouse`` is the twin whose radio a
+    ``shadowing_map`` is made of (by default the scenario's own, built here: its radio
+    depends on the seed alone, so a live server gets the map a run gets)."""
     eng = scenario.engine
     # Any path-loss family maps to the log-distance exponent a localizer assumes.
     exponent = eng.path_loss_exponent or effective_exponent(path_loss_model(scenario))
@@ -141,6 +147,14 @@ def engine_config_for(
     if eng.use_site_plan and len(twin.site.obstacles()):
         loss = crossing_loss_db(twin.site.obstacles(), grid.centres(), twin.gateways.xyz[:, :2])
         obstacle_map = ObstacleMap(grid, loss.astype(np.float32))
+    if eng.shadowing_map != "none":
+        base = obstacle_map or ObstacleMap(grid, np.zeros((len(grid.centres()), len(twin.gateways.ids)), np.float32))
+        warehouse = warehouse or WarehouseTwin(scenario)
+        model = RadioMap.from_model(
+            grid, np.ones(len(base.loss), bool), twin.gateways.xyz, exponent, sigma_db, scenario.site.tag_height_m,
+            reference_tx_power(warehouse.fleet), base)
+        correction = shadowing_correction_db(scenario, warehouse, model)
+        obstacle_map = ObstacleMap(grid, (base.loss + correction).astype(np.float32))
     radio_map = floor_plan = None
     if eng.localizer in ("knn", "radio-map") or eng.tracker in ("hmm", "particle"):
         site = twin.site
@@ -184,7 +198,42 @@ def engine_config_for(
     )
 
 
-def reference_tx_power(twin: TwinResult) -> float:
+def shadowing_correction_db(scenario: Scenario, warehouse: WarehouseTwin, model: RadioMap) -> FloatArray:
+    """What to add to the localizer's obstacle losses (cells, gateways) so that its
+    predicted mean RSSI, ``model`` (log-distance plus the site plan's losses, the
+    localizer's own prediction), becomes the site's: ``model - measured``. With
+    ``shadowing_map = "survey"`` the measurement is the twin's exact mean (an oracle);
+    with ``"walk"`` it is a calibration walk of the twin (twin.walk.calibration_walk):
+    each stop's link means, fitted from censored readings, minus the model there, kriged
+    over the grid with the site's shadowing sigma and decorrelation distance, so the
+    correction shrinks to 0 far from the walk (radio_models.calibration)."""
+    radio = warehouse.radio
+    if radio.grid != model.grid:
+        raise ValueError(f"the twin's radio grid {radio.grid} is not the localizer's {model.grid}")
+    if scenario.engine.shadowing_map == "survey":
+        return np.asarray(model.mean_dbm - radio.mean_rssi_cells(model.tx_ref_dbm), dtype=float)
+    rs = scenario.radio
+    walk = calibration_walk(
+        radio, warehouse.site, warehouse.sensitivity_dbm, model.tx_ref_dbm, scenario.seed,
+        warehouse.report, (rs.temporal_sigma_db, rs.temporal_coherence_s), scenario.engine.walk_spacing_m,
+        scenario.engine.walk_stop_s)
+    stops, n_gw, n_read = walk.rssi.shape
+    rep = rs.report
+    mean, var = censored_link_means(
+        walk.rssi.reshape(stops * n_gw, n_read), walk.channel.reshape(stops * n_gw, n_read),
+        np.repeat(walk.sensitivity_dbm[None, :], stops, axis=0).ravel(), radio.effects.fading_table_db.astype(float),
+        np.asarray(radio.effects.channel_offset_db), rep.quantization_db, rep.miss_probability)
+    resid = mean.reshape(stops, n_gw) - model.mean_dbm[walk.cells]
+    var = var.reshape(stops, n_gw)
+    centres = model.grid.centres()
+    field = np.column_stack([
+        simple_kriging(walk.xy, resid[:, g], var[:, g], centres, rs.shadowing_sigma_db, rs.decorrelation_m)
+        for g in range(n_gw)
+    ])
+    return np.asarray(-field)
+
+
+def reference_tx_power(twin: TwinResult | Fleet) -> float:
     """The tag power radio maps are drawn for (the fleet's median); other tags are shifted."""
     tx = getattr(twin, "tx_power_1m_dbm", None)
     return float(np.median(tx)) if tx is not None and len(tx) else -59.0
@@ -309,7 +358,7 @@ def simulate(
     timings["twin_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     survey = survey_of(twin, result) if scenario.engine.radio_map == "survey" else None
-    engine = Engine(engine_config_for(scenario, result, survey), result.tx_power_1m_dbm)
+    engine = Engine(engine_config_for(scenario, result, survey, twin), result.tx_power_1m_dbm)
     if fixes is None:
         fixes = feed_engine(engine, result.sightings, scenario.duration_s)
     timings["engine_s"] = time.perf_counter() - t2

@@ -90,6 +90,17 @@ class EngineSettings(Strict):
         description="fingerprints for knn/radio-map/hmm/particle: predicted from the path-loss "
         "model and site plan, or a perfect calibration walk of the twin's radio (shadowing "
         "included)")
+    shadowing_map: Literal["none", "walk", "survey"] = Field(
+        default="none",
+        description="per-(cell, gateway) shadowing correction added to the site plan's obstacle losses, which "
+        "wls, knn and the model radio map predict with (docs/calibration.md): none; walk, a simulated "
+        "calibration walk of the twin (a reference tag stopped a few seconds every ~1 m of walkable floor) "
+        "kriged over the grid; survey, the twin's exact mean RSSI (an oracle: what a perfect walk would give)")
+    walk_spacing_m: float = Field(
+        default=1.0, gt=0, le=10, description="shadowing_map = walk: distance between the walk's stops (rounded "
+        "to whole cells of [radio] grid_m)")
+    walk_stop_s: float = Field(
+        default=3.0, gt=0, le=600, description="shadowing_map = walk: seconds at each stop (a reading every 0.1 s)")
     particles: int = Field(default=128, ge=8, le=10_000, description="particles per tag (particle tracker)")
     tracker_speed_mps: float = Field(
         default=1.5, gt=0, le=20, description="typical speed of a carried tag")
@@ -121,7 +132,7 @@ class EngineSettings(Strict):
 
     @model_serializer(mode="wrap")
     def _without_a_zero_lag(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """No lag is not written, nor the wls search settings at their defaults: a scenario
+        """No lag is not written, nor the wls search settings or the shadowing map at their defaults: a scenario
         without them dumps (and hashes, report.json's scenario_sha256) exactly as before
         the settings existed."""
         data: dict[str, Any] = handler(self)
@@ -131,6 +142,11 @@ class EngineSettings(Strict):
             data.pop("wls_cell_edges", None)
         if self.wls_gateway_starts_above == 0:
             data.pop("wls_gateway_starts_above", None)
+        if self.shadowing_map == "none":
+            data.pop("shadowing_map", None)
+        for key, default in (("walk_spacing_m", 1.0), ("walk_stop_s", 3.0)):
+            if data.get(key) == default:
+                data.pop(key, None)
         if not self.wls_warm_start:
             data.pop("wls_warm_start", None)
         return data

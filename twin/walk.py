@@ -129,7 +129,7 @@ def simulate_walk(
     if site.radio.temporal_sigma_db > 0 and t is not None:
         mean += temporal_process(t, mean.shape[1], site.radio.temporal_sigma_db,
                                  site.radio.temporal_coherence_s, rng)
-    channel = rng.integers(0, len(ADVERTISING_CHANNELS), size=mean.shape)
+    channel = np.asarray(rng.integers(0, len(ADVERTISING_CHANNELS), size=mean.shape), dtype=np.intp)
     mean = mean + np.asarray(site.radio.channel_offset_db)[channel]
     rep = site.radio.report
     model = ReportModel(rep.receivers, rep.combine, rep.quantization_db, rep.miss_probability)
@@ -147,3 +147,81 @@ def temporal_process(
     out = np.empty((len(t), n_gateways))
     out[order] = process.offsets(np.zeros(len(t), np.int64), t[order]).T
     return out
+
+
+# A calibration walk of the warehouse twin: a surveyor stops stop_s (default 3 s) at every
+# spacing_m (default 1 m, rounded to whole radio-grid cells) of walkable floor with a
+# reference tag advertising every WALK_ADV_INTERVAL_S, so each gateway hears it about 30
+# times a stop.
+WALK_ADV_INTERVAL_S = 0.1
+WALK_MOVE_S = 2.0  # between stops: the temporal variation (if any) decorrelates meanwhile
+WALK_STREAM = 8  # SeedSequence(scenario seed) child; the warehouse twin uses 0-7
+
+
+@dataclass(frozen=True)
+class CalibrationWalk:
+    """What a calibration walk recorded: stop positions (radio-grid cell centres), and
+    per stop, gateway and advertisement the reported RSSI (NaN unheard) and channel index."""
+
+    xy: FloatArray  # (stops, 2)
+    cells: NDArray[np.intp]  # (stops,) radio-grid cell of each stop
+    rssi: FloatArray  # (stops, gateways, readings)
+    channel: NDArray[np.intp]  # (stops, gateways, readings), 0-2 for channels 37-39
+    sensitivity_dbm: FloatArray  # (gateways,)
+    tx_power_dbm: float
+
+
+def walk_stops(site: SiteModel, grid: Grid, spacing_m: float = 1.0) -> NDArray[np.intp]:
+    """Radio-grid cells a surveyor stops at: every k-th cell (k cells ~ ``spacing_m``) in x
+    and y whose centre is inside the outline and clear of racks and walls (the movers'
+    walkable floor, siteplan's ``blocked``)."""
+    import shapely
+
+    k = max(1, round(spacing_m / grid.cell_m))
+    iy, ix = np.divmod(np.arange(grid.nx * grid.ny), grid.nx)
+    on_lattice = (ix % k == k // 2) & (iy % k == k // 2)
+    cells = np.flatnonzero(on_lattice)
+    xy = grid.centres()[cells]
+    ok = shapely.contains_xy(site.outline, xy[:, 0], xy[:, 1])
+    ok &= ~shapely.intersects_xy(site.blocked, xy[:, 0], xy[:, 1])
+    return np.asarray(cells[ok], dtype=np.intp)
+
+
+def calibration_walk(
+    radio: RadioEnvironment,
+    site: SiteModel,
+    sensitivity_dbm: FloatArray,
+    tx_power_dbm: float,
+    seed: int,
+    report: ReportModel | None = None,
+    temporal: tuple[float, float] | None = None,
+    spacing_m: float = 1.0,
+    stop_s: float = 3.0,
+) -> CalibrationWalk:
+    """A surveyor's walk through the twin's own radio: mean RSSI (path loss, walls and
+    racks, shadowing, gateway offsets) plus, per reading, a channel, the channel's offset,
+    fast fading, the gateway's reporting (1 dB steps, or ``report``) and its sensitivity;
+    ``temporal`` (sigma dB, coherence s) adds the site's slow variation. The floor is
+    quiet (no collisions: a walk is made out of hours). Draws come from
+    ``SeedSequence(seed)``'s child WALK_STREAM, so the walk is deterministic per scenario."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(WALK_STREAM + 1)[WALK_STREAM])
+    cells = walk_stops(site, radio.grid, spacing_m)
+    xy = radio.grid.centres()[cells]
+    n_read = max(1, round(stop_s / WALK_ADV_INTERVAL_S))
+    n_stop, n_gw = len(cells), radio.n_gateways
+    xyz = np.column_stack([xy, np.full(n_stop, radio.tag_height_m)])
+    mean = np.repeat(radio.mean_rssi(xyz, np.full(n_stop, tx_power_dbm))[:, :, None], n_read, axis=2)
+    if temporal is not None and temporal[0] > 0:
+        t = (np.arange(n_stop)[:, None] * (stop_s + WALK_MOVE_S)
+             + np.arange(n_read)[None, :] * WALK_ADV_INTERVAL_S).ravel()
+        slow = temporal_process(t, n_gw, temporal[0], temporal[1], rng)  # (instants, gateways)
+        mean += slow.reshape(n_stop, n_read, n_gw).transpose(0, 2, 1)
+    channel = np.asarray(rng.integers(0, len(ADVERTISING_CHANNELS), size=mean.shape), dtype=np.intp)
+    mean += np.asarray(radio.effects.channel_offset_db)[channel]
+    sens = np.asarray(sensitivity_dbm, dtype=float)
+    if report is None:
+        reading = np.round(mean + radio.effects.fading_db(mean.shape, rng))
+        rssi = np.where(reading >= sens[None, :, None], reading, np.nan)
+    else:
+        rssi = report.report(mean, radio.effects, rng, sens[None, :, None])
+    return CalibrationWalk(xy, cells, rssi, channel, sens, float(tx_power_dbm))
