@@ -460,10 +460,11 @@ def first_equal_rows(
     for r in range(n):
         if not use[r]:
             continue
-        h = p0_bits[r] * np.int64(0x9E3779B97F4A7C15) + counts[r]
+        # splitmix64-style mixing; the constants written as signed int64 so plain numpy takes them
+        h = p0_bits[r] * np.int64(-0x61C8864680B583EB) + counts[r]
         for i in range(start[r], start[r] + counts[r]):
-            h = (h ^ (h >> 29)) * np.int64(0xBF58476D1CE4E5B9) + col[i]
-            h = (h ^ (h >> 31)) * np.int64(0x94D049BB133111EB) + rssi_bits[i]
+            h = (h ^ (h >> 29)) * np.int64(-0x40A7B892E31B1A47) + col[i]
+            h = (h ^ (h >> 31)) * np.int64(-0x6B2FB644ECCEEE15) + rssi_bits[i]
         j = (h ^ (h >> 32)) & mask
         while table[j] >= 0:
             if hashes[j] == h:

@@ -378,7 +378,10 @@ class RevisedTimeline(RevisingWindows):
 
     def restart_window(self, k: int) -> int | None:
         """The first window a rerun for late data in window ``k`` computes (from the saved
-        state before it), or None when no saved state reaches back that far."""
+        state before it), or None when no saved state reaches back that far. Deferred rule
+        steps are finished first: their prune decides which saved states remain, and the
+        splice that follows (which finishes them too) must find the state chosen here."""
+        self.finish_rules()
         before = [j for j in self.states if j < k]
         if before:
             return max(before) + 1

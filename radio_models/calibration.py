@@ -498,7 +498,10 @@ def censored_link_means(
     hi_edge = np.where(heard, rssi + half - offsets[ch], 0.0)
     lo_edge = np.where(heard, rssi - half - offsets[ch], 0.0)
     n_unheard = (~heard).sum(axis=1).astype(float)
-    sens = np.asarray(sensitivity_dbm, dtype=float) - half
+    sens = np.asarray(sensitivity_dbm, dtype=float)
+    if quantization_db > 0:  # heard when the *reported* (rounded) value reaches sensitivity
+        sens = np.ceil(sens / quantization_db - 1e-9) * quantization_db
+    sens = sens - half
 
     def cdf(y: FloatArray) -> FloatArray:
         return np.interp(y, table, probs, left=0.0, right=1.0)

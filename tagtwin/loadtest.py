@@ -67,6 +67,7 @@ PUBLISHER_CAPACITY = 40_000.0  # sightings/s per publisher: it used ~1 CPU-s per
 # through the backbone here (~200,000/s), the target for the engine in process on
 # both cores. Past it a ramp's new copies alarm unknown_tag (the report's "alarms").
 RAMP_REGISTERED_PER_SITE_S = 1_000_000.0
+RAMP_REGISTERED_IDS_MAX = 1_000_000  # registered tag ids a site holds at most for a ramp
 LOADTEST_FAULTS = ("none", "broker-restart", "worker-kill", "host-reboot")
 SLO_NAMES = ("p99_advert_to_position_ms", "p99_close_to_position_ms", "completeness", "p99_alert_delivery_ms",
              "p99_publish_ack_ms")  # the last is the one --mqtt judges (broker-side only)
@@ -86,6 +87,10 @@ def registered_copies(sched: Schedule, traffic: list[SiteTraffic]) -> int:
         return fixed
     busiest = max((t.natural_rate for t in traffic), default=0.0)
     ceiling = math.ceil(RAMP_REGISTERED_PER_SITE_S / busiest - 1e-9) if busiest > 0 else 1
+    # a slow-advertising fleet would need millions of ids per worker to reach that rate:
+    # register at most RAMP_REGISTERED_IDS_MAX ids a site (later copies raise unknown_tag)
+    tags = max((len(t.device_ids) for t in traffic), default=1)
+    ceiling = min(ceiling, max(1, RAMP_REGISTERED_IDS_MAX // max(tags, 1)))
     return max(1, ceiling, math.ceil(sched.base_scale - 1e-9))
 
 

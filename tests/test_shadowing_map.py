@@ -149,3 +149,33 @@ def test_the_walk_puts_a_still_tag_by_the_office_wall_on_its_own_side(demo_scena
     assert in_office.any()
     assert (fix_x["walk"][in_office] < OFFICE_WALL_X).any()
     assert np.mean(fix_x["walk"] - xy[by_wall, 0]) < np.mean(fix_x["none"] - xy[by_wall, 0]) - 1.0
+
+
+
+WALK_LINE = 'shadowing_map = "walk"\n'
+RECEIVERS_2 = "[radio.report]\nreceivers = 2\n\n[engine]"
+
+
+@pytest.mark.parametrize(
+    ("edits", "field"),
+    [
+        ([], None),  # the demo's own walk loads
+        ([(WALK_LINE, WALK_LINE + "walk_stop_s = 61\n")], "walk_stop_s"),
+        ([(WALK_LINE, WALK_LINE + "walk_spacing_m = 0.25\n"), ("grid_m = 0.5", "grid_m = 0.1")], "walk_spacing_m"),
+        ([("[engine]", RECEIVERS_2)], "receivers"),
+        ([("[engine]", RECEIVERS_2), (WALK_LINE, 'shadowing_map = "survey"\n')], None),
+    ],
+)
+def test_a_walk_the_fit_cannot_take_is_refused_at_load(edits: list[tuple[str, str]], field: str | None) -> None:
+    """Too long a stop, too many stops for the kriging's dense system, or averaged receivers
+    (the censored fit reads one receiver's fades) name the field at load, not at run time."""
+    text = (SCENARIOS / "demo.toml").read_text()
+    for old, new in edits:
+        assert text.count(old) == 1
+        text = text.replace(old, new)
+    if field is None:
+        parse_scenario(text, "walk.toml")
+        return
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(text, "walk.toml")
+    assert field in str(info.value) and "walk.toml" in str(info.value)

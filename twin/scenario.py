@@ -100,7 +100,7 @@ class EngineSettings(Strict):
         default=1.0, gt=0, le=10, description="shadowing_map = walk: distance between the walk's stops (rounded "
         "to whole cells of [radio] grid_m)")
     walk_stop_s: float = Field(
-        default=3.0, gt=0, le=600, description="shadowing_map = walk: seconds at each stop (a reading every 0.1 s)")
+        default=3.0, gt=0, le=60, description="shadowing_map = walk: seconds at each stop (a reading every 0.1 s)")
     particles: int = Field(default=128, ge=8, le=10_000, description="particles per tag (particle tracker)")
     tracker_speed_mps: float = Field(
         default=1.5, gt=0, le=20, description="typical speed of a carried tag")
@@ -251,6 +251,9 @@ class LoadTestSettings(Strict):
     slo: LoadTestSlos = Field(default_factory=lambda: LoadTestSlos.model_validate({}), description="pass/fail bounds")
 
 
+MAX_WALK_STOPS = 5_000  # the kriging solves a dense stops x stops system per gateway (200 MB at 5,000)
+
+
 class Scenario(Strict):
     name: str = Field(min_length=1, description="scenario name, used in reports")
     description: str = Field("", description="free text")
@@ -309,7 +312,27 @@ class Scenario(Strict):
         for zone in self.rules.exit.exit_zones:
             if self.incidents and zone not in names and zone not in roles:
                 raise ValueError(f"rules.exit.exit_zones: {zone!r} is not a zone or role in use")
+        if self.engine.shadowing_map == "walk":
+            self._check_walk()
         return self
+
+    def _check_walk(self) -> None:
+        """A calibration walk the fit can take: one receiver's fading (the censored fit
+        reads single fades on the reporting grid), and few enough stops for the kriging's
+        dense (stops x stops) system per gateway."""
+        if self.radio.report.receivers > 1:
+            raise ValueError(
+                f"engine.shadowing_map: the walk's fit reads one receiver's fading, but radio.report.receivers = "
+                f"{self.radio.report.receivers} averages several (use 1, or shadowing_map = \"survey\")")
+        spacing = max(1, round(self.engine.walk_spacing_m / self.radio.grid_m)) * self.radio.grid_m
+        xs, ys = zip(*self.site.outline, strict=True)
+        area = 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs))))  # shoelace
+        stops = area / spacing**2
+        if stops > MAX_WALK_STOPS:
+            raise ValueError(
+                f"engine.walk_spacing_m: about {stops:,.0f} walk stops {spacing:g} m apart on this site, more than "
+                f"the kriging holds ({MAX_WALK_STOPS:,}); give a walk_spacing_m of at least "
+                f"{(area / MAX_WALK_STOPS) ** 0.5:.1f}")
 
 
 def parse_scenario(text: str, source: Path | str = "<string>") -> Scenario:
