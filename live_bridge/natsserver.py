@@ -121,8 +121,11 @@ class EmbeddedNats:
 
     def __init__(self, config: ServerConfig, log_path: Path | None = None) -> None:
         self.config = config
+        self.chosen_ports: set[str] = set()  # ports picked here (free_port), not given: see start()
+        self.bound_once = False
         if config.http_port is None:
             config.http_port = free_port(config.host)
+            self.chosen_ports.add("http_port")
         self.conf_path = config.store_dir.parent / f"{config.name}.conf"
         self.log_path = log_path or config.store_dir.parent / f"{config.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -140,7 +143,10 @@ class EmbeddedNats:
             port=port or free_port(),
             mqtt_port=(mqtt_port or free_port()) if mqtt else None,
         )
-        return cls(cfg)
+        srv = cls(cfg)
+        srv.chosen_ports |= {"port"} if port is None else set()
+        srv.chosen_ports |= {"mqtt_port"} if mqtt and mqtt_port is None else set()
+        return srv
 
     @property
     def url(self) -> str:
@@ -171,8 +177,23 @@ class EmbeddedNats:
             )
 
     def start(self, timeout: float = 30.0, wait_jetstream: bool = True) -> None:
-        self.spawn()
-        self.wait_ready(timeout, wait_jetstream)
+        """Spawn and wait until ready. On the first start, a port picked here that another
+        process took between free_port() and the server's bind (an ephemeral client port,
+        say) is picked again, up to three tries; once bound, ports never change (clients
+        and restarts keep the same URLs)."""
+        for attempt in range(3):
+            self.spawn()
+            try:
+                self.wait_ready(timeout, wait_jetstream)
+            except NatsServerError as exc:
+                taken = "address already in use" in str(exc)
+                if attempt == 2 or self.bound_once or not self.chosen_ports or not taken:
+                    raise
+                for name in sorted(self.chosen_ports):
+                    setattr(self.config, name, free_port(self.config.host))
+                continue
+            self.bound_once = True
+            return
 
     def wait_ready(self, timeout: float = 30.0, wait_jetstream: bool = True) -> None:
         """Until /healthz says ok (with JetStream ready when asked), or NatsServerError."""

@@ -29,7 +29,7 @@ from live_bridge.backbone import (
 )
 from live_bridge.faults import Fault
 from live_bridge.gateway import BatchConfig, Gateway, GatewayConfig, MqttConfig, SpoolConfig
-from live_bridge.natsserver import ClusterConfig, EmbeddedNats, ServerConfig
+from live_bridge.natsserver import ClusterConfig, EmbeddedNats, NatsServerError, ServerConfig
 from live_bridge.wire import Advert, Batch, encode_batch, encode_payload
 from live_bridge.worker import WorkerCore, WorkerSettings, run_worker
 from tests.test_eventtime import engine
@@ -242,6 +242,30 @@ def nats_server(tmp_path: Path):
     srv.start()
     yield srv
     srv.stop()
+
+
+@pytest.mark.integration
+def test_a_picked_port_taken_before_the_bind_is_picked_again(tmp_path: Path) -> None:
+    """free_port() closes its probe socket, so another process can take the port before
+    nats-server binds it (it failed CI once): the server picks its own ports again; a port
+    the caller gave is never changed, and the error names the taken address."""
+    import socket
+
+    srv = EmbeddedNats.on_free_ports(tmp_path / "a")
+    taken = srv.config.mqtt_port
+    assert taken is not None
+    with socket.socket() as holder:
+        holder.bind((srv.config.host, taken))
+        holder.listen()
+        srv.start()
+        try:
+            assert srv.config.mqtt_port != taken and srv.running
+        finally:
+            srv.stop()
+        given = EmbeddedNats.on_free_ports(tmp_path / "b", mqtt_port=taken)
+        with pytest.raises(NatsServerError, match="address already in use"):
+            given.start()
+        given.stop()
 
 
 async def until(cond, timeout: float = 30.0, what: str = "condition") -> None:
