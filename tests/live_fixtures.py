@@ -198,16 +198,14 @@ def fake_bluez(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake
 class Collector:
     """A paho subscriber that keeps (topic, payload) of everything on its filters."""
 
-    def __init__(self, url: str, topics: list[str], client_id: str | None = None, clean_session: bool = True) -> None:
-        """``client_id`` with ``clean_session`` false: a persistent session, which a broker with
-        persistence keeps (subscriptions and queued QoS 1 messages) across its restart."""
+    def __init__(self, url: str, topics: list[str]) -> None:
         from live_bridge.mqtt import BrokerUrl, make_client
 
         self.messages: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
         self.ready = threading.Event()
         broker = BrokerUrl.parse(url)
-        self.client = make_client(client_id or f"collector-{id(self)}", broker, clean_session=clean_session)
+        self.client = make_client(f"collector-{id(self)}", broker)
 
         def on_connect(c, u, f, reason, p=None):  # type: ignore[no-untyped-def]
             c.subscribe([(t, 1) for t in topics])
