@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import shapely
 from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from engine.roi import RoiInputs
@@ -325,8 +326,7 @@ class Scenario(Strict):
                 f"engine.shadowing_map: the walk's fit reads one receiver's fading, but radio.report.receivers = "
                 f"{self.radio.report.receivers} averages several (use 1, or shadowing_map = \"survey\")")
         spacing = max(1, round(self.engine.walk_spacing_m / self.radio.grid_m)) * self.radio.grid_m
-        xs, ys = zip(*self.site.outline, strict=True)
-        area = 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs))))  # shoelace
+        area = shapely.Polygon(self.site.outline).area  # as siteplan.schema checks the outline
         stops = area / spacing**2
         if stops > MAX_WALK_STOPS:
             raise ValueError(
