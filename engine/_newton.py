@@ -17,14 +17,108 @@ logarithms on the large scenario are skipped so, again with the same answer).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core.extending import intrinsic
 from numpy.typing import NDArray
 
 F32 = np.float32
 # cell_edges: how far inside its obstacle cell a point put on the cell's edge is (a point
 # exactly on an edge belongs to the cell above or right of it).
 EDGE_INSET_M = 1e-3
+
+
+# -- log10f, inline -------------------------------------------------------------------------
+# The float32 loop's logarithm was a call into the C library's log10f: on glibc (2.28 on)
+# that is fdlibm's e_log10f.c scaffolding (exponent split, float32 products with log10(2)
+# in two parts) around logf, which is Arm's optimized-routines logf (a 16-entry table of
+# 1/c and log(c), a degree-3 polynomial in double; Szabolcs Nagy, glibc
+# sysdeps/ieee754/flt-32/e_logf.c), whose x86-64 build with FMA runs on CPUs that have
+# it. The same operations written here, with the same table and coefficients and the same
+# fused multiply-adds, give the same bits for every float32 input (checked on all 2^32
+# bit patterns against this machine's glibc 2.36 log10f: docs/scaling.md, ninth round;
+# zeros, negatives, subnormals, infinities and NaN still go to the library), without two
+# calls per term. It also makes the loop's bits the same on CPUs without FMA and on other
+# C libraries, where log10f itself differs.
+_LOGF_TABLE_HEX = (  # (1/c, log c) for the 16 subintervals of [0x1.66p-1, 0x1.66p0)
+    "0x1.661ec79f8f3bep+0 -0x1.57bf7808caadep-2 0x1.571ed4aaf883dp+0 -0x1.2bef0a7c06ddbp-2 "
+    "0x1.49539f0f010b0p+0 -0x1.01eae7f513a67p-2 0x1.3c995b0b80385p+0 -0x1.b31d8a68224e9p-3 "
+    "0x1.30d190c8864a5p+0 -0x1.6574f0ac07758p-3 0x1.25e227b0b8ea0p+0 -0x1.1aa2bc79c8100p-3 "
+    "0x1.1bb4a4a1a343fp+0 -0x1.a4e76ce8c0e5ep-4 0x1.12358f08ae5bap+0 -0x1.1973c5a611cccp-4 "
+    "0x1.0953f419900a7p+0 -0x1.252f438e10c1ep-5 0x1.0000000000000p+0 0x0.0p+0 "
+    "0x1.e608cfd9a47acp-1 0x1.aa5aa5df25984p-5 0x1.ca4b31f026aa0p-1 0x1.c5e53aa362eb4p-4 "
+    "0x1.b2036576afce6p-1 0x1.526e57720db08p-3 0x1.9c2d163a1aa2dp-1 0x1.bc2860d224770p-3 "
+    "0x1.886e6037841edp-1 0x1.1058bc8a07ee1p-2 0x1.767dcf5534862p-1 0x1.4043057b6ee09p-2"
+)
+LOGF_TABLE = np.array([float.fromhex(v) for v in _LOGF_TABLE_HEX.split()]).reshape(16, 2)
+_LN2 = float.fromhex("0x1.62e42fefa39efp-1")
+_LOGF_A0 = float.fromhex("-0x1.00ea348b88334p-2")
+_LOGF_A1 = float.fromhex("0x1.5575b0be00b6ap-2")
+_LOGF_A2 = float.fromhex("-0x1.ffffef20a4123p-2")
+# fdlibm e_log10f.c: log10(2) as hi + lo, and 1/ln(10), in float32
+_LOG10_2HI = np.uint32(0x3E9A2080).view(np.float32)
+_LOG10_2LO = np.uint32(0x355427DB).view(np.float32)
+_IVLN10 = np.uint32(0x3EDE5BD9).view(np.float32)
+
+
+def _fma_codegen(_ctx: Any, builder: Any, _sig: Any, args: Any) -> Any:
+    return builder.fma(*args)
+
+
+def _f32_bits_codegen(_ctx: Any, builder: Any, _sig: Any, args: Any) -> Any:
+    return builder.bitcast(args[0], ir.IntType(32))
+
+
+def _bits_f32_codegen(_ctx: Any, builder: Any, _sig: Any, args: Any) -> Any:
+    return builder.bitcast(args[0], ir.FloatType())
+
+
+def _fma_typer(_ctx: Any, _a: Any, _b: Any, _c: Any) -> Any:
+    return types.float64(types.float64, types.float64, types.float64), _fma_codegen
+
+
+def _f32_bits_typer(_ctx: Any, _x: Any) -> Any:
+    return types.int32(types.float32), _f32_bits_codegen
+
+
+def _bits_f32_typer(_ctx: Any, _i: Any) -> Any:
+    return types.float32(types.int32), _bits_f32_codegen
+
+
+# a * b + c rounded once (llvm.fma: the FMA instruction, or an exact emulation without it)
+_fma: Any = intrinsic(_fma_typer)
+# the bits of a float32 as an int32, and back
+_f32_bits: Any = intrinsic(_f32_bits_typer)
+_bits_f32: Any = intrinsic(_bits_f32_typer)
+
+
+@numba.njit(inline="always", nogil=True)
+def log10f(v: np.float32) -> np.float32:
+    """glibc's log10f(v), bit for bit, inline (see above)."""
+    hx = _f32_bits(v)
+    if hx < 0x00800000 or hx > 0x7F7FFFFF:  # zero, subnormal, negative, inf, NaN: rare
+        return np.float32(np.log10(v))
+    # e_log10f.c: v = 2^(k + i) * m, m in [1, 2) (k >= 0) or [0.5, 1) (k < 0)
+    k = (hx >> 23) - 127
+    i = 1 if k < 0 else 0
+    y = np.float32(k + i)
+    ix = (hx & 0x7FFFFF) | ((0x7F - i) << 23)
+    # e_logf.c on m: m = 2^kk z, z near 1/c of table row t
+    tmp = ix - 0x3F330000
+    t = (tmp >> 19) & 15
+    kk = tmp >> 23
+    z = np.float64(_bits_f32(np.int32(ix - (tmp & np.int32(-0x800000)))))
+    r = _fma(z, LOGF_TABLE[t, 0], -1.0)
+    y0 = _fma(np.float64(kk), _LN2, LOGF_TABLE[t, 1])
+    p = _fma(r, _LOGF_A1, _LOGF_A2)
+    r2 = r * r
+    p = _fma(r2, _LOGF_A0, p)
+    log_m = np.float32(_fma(r2, p, r + y0))
+    return log_m * _IVLN10 + y * _LOG10_2LO + y * _LOG10_2HI
 
 
 @numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")  # x / 0 is inf or NaN, as in numpy
@@ -97,7 +191,7 @@ def newton_rows(  # the hot loop, inlined on purpose
                 d2 = dx * dx
                 d2 += dy * dy
                 d2 += dz2[j, i]
-                res = F32(np.log10(d2))
+                res = log10f(d2)
                 res *= five_n
                 res += r[j, i] - pj
                 if has_wall:
