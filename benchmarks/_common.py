@@ -53,3 +53,34 @@ def engine_variant(scenario: Scenario, overrides: Sequence[str]) -> Scenario:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise SystemExit(f"--engine {' '.join(overrides)}: {where}: {first['msg']}") from None
+
+
+def setting(flag: str, item: str) -> tuple[str, Any]:
+    """One ``KEY=VALUE`` of a command-line override, the value read as a TOML scalar (else a
+    string)."""
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise SystemExit(f"{flag} {item!r}: want KEY=VALUE")
+    try:
+        return key, tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, text
+
+
+def misplaced_variant(scenario: Scenario, overrides: Sequence[str]) -> Scenario:
+    """The scenario with ``[rules.misplaced]`` settings replaced (``KEY=VALUE`` each). The
+    name stays: the rules do not change the fixes, so kept fixes are reused."""
+    if not overrides:
+        return scenario
+    rules = scenario.rules.model_dump()
+    rules["misplaced"] = rules["misplaced"] | dict(setting("--misplaced", s) for s in overrides)
+    from pydantic import ValidationError
+
+    from twin.scenario import Scenario as _Scenario
+
+    try:
+        return _Scenario.model_validate(scenario.model_dump() | {"rules": rules})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SystemExit(f"--misplaced {' '.join(overrides)}: {where}: {first['msg']}") from None

@@ -28,7 +28,6 @@ import dataclasses
 import json
 import os
 import time
-import tomllib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import engine_variant
+from _common import engine_variant, setting
 from numpy.typing import NDArray
 
 from engine.rules.config import RuleSet
@@ -137,29 +136,35 @@ def _context(sc: Scenario) -> RuleContext:
 
 def seed_candidates(
     scenario: str, seed: int, duration: float, fixes_dir: str, overrides: dict[str, Any],
-    engine_settings: Sequence[str] = (),
+    engine_settings: Sequence[str] = (), keep_dir: str | None = None,
 ) -> tuple[NDArray[np.void], float]:
-    """One seed's kept fixes, only the tags that can fire; and its tag-days."""
+    """One seed's kept fixes, only the tags that can fire; and its tag-days.
+
+    With ``keep_dir``, the candidates are kept there, named after the floor they were
+    chosen at, and read back by a later replay whose lowest look is at least that floor
+    (a superset of its candidates: the extra tags cannot fire, so the replay stays exact).
+    """
     sc = _scenario(scenario, seed, duration, engine_settings)
     path = Path(fixes_dir) / f"{sc.name}-seed{seed}-{duration:g}s.npz"
+    rules = misplaced_only(sc.rules, overrides)
+    floor = lowest_look(rules)
+    n_tags = sum(g.count for g in sc.tags)
+    tag_days = n_tags * duration / 86_400.0
+    if keep_dir is not None:
+        kept = sorted(Path(keep_dir).glob(f"{path.stem}-floor*.npy"))
+        usable = [k for k in kept if float(k.stem.rsplit("-floor", 1)[1]) <= floor]
+        if usable:
+            return np.load(usable[0]), tag_days
     if not path.exists():
         raise SystemExit(f"{path}: no kept fixes for seed {seed} (run quiet_missing.py --full first)")
-    rules = misplaced_only(sc.rules, overrides)
     engine = RuleEngine(rules, _context(sc))
     fixes = load_fixes(path)
     engine._grow(len(engine.ctx.device_ids))
-    n_tags = sum(g.count for g in sc.tags)
-    return candidates(fixes, engine, lowest_look(rules)), n_tags * duration / 86_400.0
-
-
-def _setting(item: str) -> tuple[str, Any]:
-    key, sep, text = item.partition("=")
-    if not sep:
-        raise SystemExit(f"--misplaced {item!r}: want KEY=VALUE")
-    try:
-        return key, tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return key, text
+    got = candidates(fixes, engine, floor)
+    if keep_dir is not None:
+        Path(keep_dir).mkdir(parents=True, exist_ok=True)
+        np.save(Path(keep_dir) / f"{path.stem}-floor{floor:g}.npy", got)
+    return got, tag_days
 
 
 def main() -> None:
@@ -172,14 +177,17 @@ def main() -> None:
     ap.add_argument("--engine", action="append", default=[], metavar="KEY=VALUE",
                     help="the [engine] settings the kept fixes were made with (quiet_missing.py --engine)")
     ap.add_argument("--jobs", type=int, default=1, help="processes reading the kept fixes")
+    ap.add_argument("--keep-candidates", default=None, metavar="DIR",
+                    help="keep each seed's candidate fixes here and reuse them (replays in seconds)")
     ap.add_argument("--side-by-side", type=int, default=30,
                     help="seeds replayed together in one rule engine (memory: ~1 GB per 30)")
     args = ap.parse_args()
-    overrides = dict(_setting(s) for s in args.misplaced)
+    overrides = dict(setting("--misplaced", s) for s in args.misplaced)
     wall = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         got = list(pool.map(seed_candidates, repeat(args.scenario), args.seeds, repeat(args.duration),
-                            repeat(args.fixes_dir), repeat(overrides), repeat(args.engine)))
+                            repeat(args.fixes_dir), repeat(overrides), repeat(args.engine),
+                            repeat(args.keep_candidates)))
     read_s = time.perf_counter() - wall
     sc = _scenario(args.scenario, args.seeds[0], args.duration, args.engine)
     rules = misplaced_only(sc.rules, overrides)

@@ -4,7 +4,7 @@ intervals (Clopper-Pearson, Poisson; engine.rules.scoring), and false alarms per
 1,000 tags on the plain demo (no incidents), shown under the too-little-exposure rule.
 Prints JSON.
 Usage: python benchmarks/score_rules.py [--seeds 42 7 1 2] [--quiet-duration S] [--fixes-dir DIR]
-[--scenario FILE] [--engine KEY=VALUE ...]
+[--scenario FILE] [--engine KEY=VALUE ...] [--misplaced KEY=VALUE ...]
 (``--fixes-dir``: keep and reuse each run's fixes, twin.run.simulate_keeping_fixes, keyed by the
 scenario's name, seed and duration; ``--scenario``: another incident scenario than
 demo_incidents; ``--engine``: replace its [engine] settings, e.g. ``--engine
@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from _common import engine_variant
+from _common import engine_variant, misplaced_variant
 
 from engine.rules.scoring import ScoreTally, score_report
 from twin.run import simulate_keeping_fixes
@@ -51,12 +51,16 @@ def main() -> None:
         "--engine", action="append", default=[], metavar="KEY=VALUE",
         help="replace one [engine] setting of the scenarios (repeatable)",
     )
+    ap.add_argument(
+        "--misplaced", action="append", default=[], metavar="KEY=VALUE",
+        help="replace one [rules.misplaced] setting (repeatable; kept fixes are reused)",
+    )
     args = ap.parse_args()
     wall = time.perf_counter()
     fixes_dir = Path(args.fixes_dir) if args.fixes_dir else None
     out: dict[str, object] = {}
     pooled = ScoreTally()
-    inc = engine_variant(load_scenario(Path(args.scenario)), args.engine)
+    inc = misplaced_variant(engine_variant(load_scenario(Path(args.scenario)), args.engine), args.misplaced)
     for seed in args.seeds:
         run, _ = simulate_keeping_fixes(
             Scenario.model_validate(inc.model_dump() | {"seed": seed}), fixes_dir
@@ -85,7 +89,9 @@ def main() -> None:
         **rep,
     }
     if args.quiet_duration > 0:
-        quiet = engine_variant(load_scenario(ROOT / "scenarios" / "demo.toml"), args.engine)
+        quiet = misplaced_variant(
+            engine_variant(load_scenario(ROOT / "scenarios" / "demo.toml"), args.engine), args.misplaced
+        )
         run, _ = simulate_keeping_fixes(
             Scenario.model_validate(quiet.model_dump() | {"duration_s": args.quiet_duration}),
             fixes_dir,

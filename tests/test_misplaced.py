@@ -268,3 +268,56 @@ def test_the_localizer_of_demo_incidents_models_the_office_wall() -> None:
     assert loss_out[gw["gw-09"]] == 0.0
     # the twin's own radio charges the same walls
     assert np.array_equal(twin.radio.walls_db, cfg.obstacle_map.loss)
+
+
+def test_entry_evidence_arms_the_rule_only_for_entry_rest_s_of_rest() -> None:
+    """Quiet demo seeds 1126-1147 (issue 18, session 7): tags set down by the office wall
+    whose looks crept over 0.55 15-38 minutes after the carry that gave them entry
+    evidence. After ``entry_rest_s`` at rest the carry no longer counts: a look of 0.67
+    fires only for a tag still within it (a real misplacement fires after six looks)."""
+    default = RuleEngine(rules_with(), site_context())
+    wait = int(default.rules.misplaced.entry_rest_s) + 100
+    track = [(5.0, 27.0, 1)] * 5  # moving deep inside: entry evidence 1
+    track += [(5.0, 19.5, 0)] * wait  # at rest, looks about 0.43: below the threshold
+    track += [(5.0, 21.5, 0)] * 120  # the fix settles inside: looks about 0.67
+    assert run(default, track) == []
+    assert default.tags["misp_entry"][0] >= 0.3  # the evidence is there, only too old
+    forever = RuleEngine(rules_with(misplaced={"entry_rest_s": float("inf")}), site_context())
+    mis = run(forever, track)
+    assert len(mis) == 1 and mis[0].evidence["threshold"] == 0.55
+    # a carry re-arms it: moving again and resting at 0.67 fires after six looks
+    again = RuleEngine(rules_with(), site_context())
+    later = track + [(5.0, 27.0, 1)] * 5 + [(5.0, 21.5, 0)] * 90
+    assert len(run(again, later)) == 1
+
+
+def test_a_walled_room_is_entered_through_its_door_not_where_a_track_grazes_its_wall() -> None:
+    """A tote brought along the office's north side from the east, its moving fixes wandering
+    1 m inside the east wall (entry evidence 0.57) far from the door (P(door) under 0.05),
+    set down outside that wall where its fix reads P(office) 0.57: passing through a wall is
+    not an entry, so it does not fire; it did before (and does with the setting off)."""
+    track = [(16.0 - i, 24.0, 1) for i in range(8)]  # to (9, 24), 1 m inside the east wall
+    rest = [(9.0, 24.0, 0)] * 200
+    eng = RuleEngine(rules_with(), walled_context())
+    assert eng._doorways[0].probability(np.array([9.0]), np.array([24.0]), np.array([6.4]))[0] < 0.05
+    assert run(eng, track + rest) == []
+    assert eng.tags["misp_entry"][0] >= 0.3 and eng.tags["misp_door"][0] < 0.4
+    old = RuleEngine(rules_with(misplaced={"walled_entry_through_doorway": False}), walled_context())
+    assert len(run(old, track + rest)) == 1
+    # an open-floor room (no walls known) is entered anywhere: the same track fires
+    assert len(run(RuleEngine(rules_with(), site_context()), track + rest)) == 1
+
+
+def test_carried_through_the_door_and_left_inside_fires() -> None:
+    """Up the west aisle, through the door and 1.5-3 m in, set down where the fix reads
+    P(office) 0.67 and P(door) 0.35 (not at the door): both entry and opening evidence, so
+    the 0.55 tier fires after six looks, as before."""
+    eng = RuleEngine(rules_with(), walled_context())
+    track = [(1.5, 8.0 + i, 1) for i in range(11)]  # up the west aisle to the door
+    track += [(2.0, 21.0, 1), (3.0, 23.0, 1)]  # through it
+    mis = run(eng, track + [(5.0, 21.5, 0)] * 120)
+    assert len(mis) == 1
+    ev = mis[0].evidence
+    assert ev["threshold"] == 0.55 and ev["entry_evidence"] >= 0.3 and ev["opening_evidence"] >= 0.4
+    assert ev["p_doorway_look"] < 0.4
+    assert 13 + 60 <= mis[0].t <= 13 + 75

@@ -224,7 +224,9 @@ class MisplacedRule(_Strict):
     evidence of at least ``entry_threshold`` (or, with ``opening_tier``, opening evidence of at
     least ``opening_threshold``), else at or above ``alone_threshold``; with ``opening_tier``,
     a tag carried through a doorway and resting at it also fires after ``opening_looks`` at
-    or above ``opening_look_threshold`` (docs/rules.md, misplaced)."""
+    or above ``opening_look_threshold``. The carry's evidence arms these tiers for
+    ``entry_rest_s`` of rest; with ``walled_entry_through_doorway``, a class whose forbidden
+    zones are all walled needs both entry and opening evidence (docs/rules.md, misplaced)."""
 
     enabled: bool = True
     allowed_roles: dict[str, list[str]] = Field(
@@ -258,6 +260,18 @@ class MisplacedRule(_Strict):
     )
     entry_time_constant_s: float = Field(
         default=10.0, gt=0, description="how fast entry evidence fades while the tag moves on"
+    )
+    entry_rest_s: float = Field(
+        default=300.0, gt=0,
+        description="entry and opening evidence arm the lower tiers for this long after the "
+        "tag comes to rest (longer than a misplaced tag's alarm takes; inf: for ever); after "
+        "it, the tag is judged as one never seen going in until it moves again",
+    )
+    walled_entry_through_doorway: bool = Field(
+        default=True,
+        description="for a class whose forbidden zones are all walled: a tag counts as seen "
+        "going in only with both entry evidence (moving fixes inside) and opening evidence "
+        "(moving fixes at a doorway), since a walled room is entered through its door",
     )
     alone_threshold: float = Field(
         default=0.9, gt=0, le=1,

@@ -184,6 +184,7 @@ class RuleCore:
     _NOT_STATE = frozenset({
         "rules", "ctx", "sinks", "_class_interval", "_hours", "_class_drain_per_s", "_dwell_limit",
         "_exit_zone_ids", "exit_region", "_exit_gateways", "_forbidden", "_doorways", "_class_misp_threshold",
+        "_class_misp_walled",
         "_class_fa_rate",
         "_carry_reach_m", "_reach_regions",
     })

@@ -14,7 +14,9 @@ Transitions, per tag:
   ``misp_run_door`` looks at or above ``opening_look_threshold`` whose P(doorway) is at or
   above ``opening_rest_threshold``, for a tag seen passing a doorway (it rests at the door
   it came through); armed -> alarm at ``looks`` (or ``opening_looks``) -> re-armed when the
-  tag moves or a look falls below ``rearm``.
+  tag moves or a look falls below ``rearm``. The carry's evidence counts for
+  ``entry_rest_s`` of rest only; for a class whose forbidden zones are all walled, seen
+  going in needs both entry and opening evidence (``walled_entry_through_doorway``).
 """
 
 from __future__ import annotations
@@ -212,6 +214,7 @@ class GeofenceRules(RuleCore):
         # And the doorways of the walled ones, widened by the reach: a tag carried into a
         # walled room passes one, a tag set down outside its wall does not.
         self._forbidden: list[ZoneRegion] = []
+        self._class_misp_walled: list[bool] = []
         self._doorways: list[ZoneRegion] = []
         outline, walls = self.ctx.site_outline, self.ctx.site_walls
         for name in self.ctx.class_names:
@@ -222,7 +225,10 @@ class GeofenceRules(RuleCore):
             self._forbidden.append(
                 ZoneRegion(banned, within=outline, points=MISPLACED_POINTS)
             )
-            gaps = [g for g in (openings(p, walls, outline) for p in banned) if g is not None]
+            found = [openings(p, walls, outline) for p in banned]
+            gaps = [g for g in found if g is not None]
+            # Every forbidden zone of the class walled: it is entered through a doorway only.
+            self._class_misp_walled.append(bool(banned) and len(gaps) == len(banned))
             self._doorways.append(
                 ZoneRegion(
                     [g.buffer(cfg.opening_reach_m) for g in gaps],
@@ -319,8 +325,22 @@ class GeofenceRules(RuleCore):
             return
         look = tg["misp_sum"][dc] / np.maximum(tg["misp_n"][dc], 1)
         look_door = tg["misp_rest_door"][dc] / np.maximum(tg["misp_n"][dc], 1)
-        through_door = cfg.opening_tier & (tg["misp_door"][dc] >= cfg.opening_threshold)
-        entered = (tg["misp_entry"][dc] >= cfg.entry_threshold) | through_door
+        # Evidence of the carry arms the lower tiers for entry_rest_s of rest only: a tag at
+        # rest for longer is judged as one never seen going in (a later carry re-arms).
+        recent = t - tg["misp_move_t"][dc] <= cfg.entry_rest_s
+        through_door = (
+            cfg.opening_tier & (tg["misp_door"][dc] >= cfg.opening_threshold) & recent
+        )
+        inside = (tg["misp_entry"][dc] >= cfg.entry_threshold) & recent
+        if cfg.walled_entry_through_doorway:
+            # A walled room is entered through a doorway: for a class whose forbidden zones
+            # are all walled, moving fixes inside it count only with the doorway passed, and
+            # passing the doorway counts only with moving fixes inside (else it is the aisle
+            # past the door; the doorway tier judges a tag that rests at the door).
+            walled = np.array([*self._class_misp_walled, False])[tg["cls"][dc]]
+            entered = np.where(walled, inside & through_door, inside | through_door)
+        else:
+            entered = inside | through_door
         threshold = np.where(
             entered,
             self._per_class(dc, self._class_misp_threshold, cfg.threshold),
