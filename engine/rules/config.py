@@ -225,8 +225,8 @@ class MisplacedRule(_Strict):
     least ``opening_threshold``), else at or above ``alone_threshold``; with ``opening_tier``,
     a tag carried through a doorway and resting at it also fires after ``opening_looks`` at
     or above ``opening_look_threshold``. The carry's evidence arms these tiers for
-    ``entry_rest_s`` of rest; with ``walled_entry_through_doorway``, a class whose forbidden
-    zones are all walled needs both entry and opening evidence (docs/rules.md, misplaced)."""
+    ``entry_rest_s`` of rest; for a class whose forbidden zones are all walled,
+    ``walled_seen_going_in`` names the evidence that counts (docs/rules.md, misplaced)."""
 
     enabled: bool = True
     allowed_roles: dict[str, list[str]] = Field(
@@ -267,11 +267,12 @@ class MisplacedRule(_Strict):
         "tag comes to rest (longer than a misplaced tag's alarm takes; inf: for ever); after "
         "it, the tag is judged as one never seen going in until it moves again",
     )
-    walled_entry_through_doorway: bool = Field(
-        default=True,
-        description="for a class whose forbidden zones are all walled: a tag counts as seen "
-        "going in only with both entry evidence (moving fixes inside) and opening evidence "
-        "(moving fixes at a doorway), since a walled room is entered through its door",
+    walled_seen_going_in: Literal["either", "both", "entry", "opening"] = Field(
+        default="both",
+        description="for a class whose forbidden zones are all walled (entered through a "
+        "doorway that borders an aisle), the evidence of the carry that makes a tag one seen "
+        "going in: entry (moving fixes inside), opening (moving fixes at a doorway), both, or "
+        "either (docs/rules.md has the measured price of each)",
     )
     alone_threshold: float = Field(
         default=0.9, gt=0, le=1,

@@ -16,7 +16,7 @@ Transitions, per tag:
   it came through); armed -> alarm at ``looks`` (or ``opening_looks``) -> re-armed when the
   tag moves or a look falls below ``rearm``. The carry's evidence counts for
   ``entry_rest_s`` of rest only; for a class whose forbidden zones are all walled, seen
-  going in needs both entry and opening evidence (``walled_entry_through_doorway``).
+  going in reads the evidence ``walled_seen_going_in`` names.
 """
 
 from __future__ import annotations
@@ -332,15 +332,15 @@ class GeofenceRules(RuleCore):
             cfg.opening_tier & (tg["misp_door"][dc] >= cfg.opening_threshold) & recent
         )
         inside = (tg["misp_entry"][dc] >= cfg.entry_threshold) & recent
-        if cfg.walled_entry_through_doorway:
-            # A walled room is entered through a doorway: for a class whose forbidden zones
-            # are all walled, moving fixes inside it count only with the doorway passed, and
-            # passing the doorway counts only with moving fixes inside (else it is the aisle
-            # past the door; the doorway tier judges a tag that rests at the door).
+        entered = inside | through_door
+        if cfg.walled_seen_going_in != "either":
+            # A walled room is entered through a doorway, and its doorway borders an aisle:
+            # for a class whose forbidden zones are all walled, which evidence of the carry
+            # makes a tag one seen going in (the doorway tier still judges one resting at
+            # the door it passed).
             walled = np.array([*self._class_misp_walled, False])[tg["cls"][dc]]
-            entered = np.where(walled, inside & through_door, inside | through_door)
-        else:
-            entered = inside | through_door
+            judged = {"both": inside & through_door, "entry": inside, "opening": through_door}
+            entered = np.where(walled, judged[cfg.walled_seen_going_in], entered)
         threshold = np.where(
             entered,
             self._per_class(dc, self._class_misp_threshold, cfg.threshold),
