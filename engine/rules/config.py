@@ -268,7 +268,7 @@ class MisplacedRule(_Strict):
         "it, the tag is judged as one never seen going in until it moves again",
     )
     walled_seen_going_in: Literal["either", "both", "entry", "opening"] = Field(
-        default="both",
+        default="entry",
         description="for a class whose forbidden zones are all walled (entered through a "
         "doorway that borders an aisle), the evidence of the carry that makes a tag one seen "
         "going in: entry (moving fixes inside), opening (moving fixes at a doorway), both, or "
