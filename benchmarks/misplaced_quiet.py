@@ -15,8 +15,10 @@ Prints JSON: misplaced alarms, false alarms per day per 1,000 tags with the exac
 each alarm's evidence, wall time and load.
 Usage: python benchmarks/misplaced_quiet.py --fixes-dir DIR --seeds 101 102 ... [--duration 7200]
 [--scenario scenarios/demo.toml] [--misplaced KEY=VALUE ...] [--engine KEY=VALUE ...] [--jobs N]
-[--side-by-side 30]
-(``--misplaced``: replace one of the scenario's [rules.misplaced] settings, e.g.
+[--side-by-side 30] [--keep-candidates DIR]
+(``--keep-candidates``: keep each seed's candidate fixes in DIR and read them back in later
+replays whose lowest look is at least the one they were chosen at: 180 seeds replay in
+about 35 s instead of reading 6 GB of kept fixes again; ``--misplaced``: replace one of the scenario's [rules.misplaced] settings, e.g.
 ``threshold=0.6``; repeatable. ``--engine``: the [engine] settings the fixes were kept with,
 as given to quiet_missing.py --engine, which names the kept fixes after them.)
 """

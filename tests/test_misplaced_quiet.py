@@ -78,3 +78,29 @@ def _same_alarms(seeds: list[int], settings_: dict) -> list[list[tuple[str | Non
     got = [[(e.tag, e.t) for j, e in together if j == i] for i in range(len(runs))]
     assert got == plain
     return plain
+
+
+def test_kept_candidates_are_reused_only_by_a_replay_they_cover(tmp_path: Path) -> None:
+    """--keep-candidates: a seed's candidates kept at the rule's lowest look (0.25) stand in
+    for its kept fixes in a later replay whose lowest look is at least that, never in one
+    that can fire lower (its candidates may be more)."""
+    import pytest
+
+    from twin.run import save_fixes
+
+    fixes_dir, keep = tmp_path / "fixes", tmp_path / "keep"
+    sc = misplaced_quiet._scenario(str(misplaced_quiet.ROOT / "scenarios" / "demo.toml"), 7, 60.0)
+    f = _run(3)
+    f["x"] += 30.0  # about the demo's office (32..40, 18..25)
+    f["y"] = np.clip(f["y"] - 5.0, 0.0, 25.0)
+    source = fixes_dir / f"{sc.name}-seed7-60s.npz"
+    save_fixes(source, f)
+    args = (str(misplaced_quiet.ROOT / "scenarios" / "demo.toml"), 7, 60.0, str(fixes_dir))
+    first, tag_days = misplaced_quiet.seed_candidates(*args, {}, (), str(keep))
+    assert [p.name for p in keep.iterdir()] == [f"{sc.name}-seed7-60s-floor0.25.npy"]
+    assert len(first) > 0 and tag_days == pytest.approx(200 * 60 / 86_400)
+    source.unlink()
+    again, _ = misplaced_quiet.seed_candidates(*args, {"threshold": 0.6}, (), str(keep))
+    assert np.array_equal(again, first)
+    with pytest.raises(SystemExit, match="no kept fixes"):
+        misplaced_quiet.seed_candidates(*args, {"opening_look_threshold": 0.22}, (), str(keep))
