@@ -19,8 +19,9 @@ Usage: python benchmarks/misplaced_quiet.py --fixes-dir DIR --seeds 101 102 ... 
 (``--keep-candidates``: keep each seed's candidate fixes in DIR and read them back in later
 replays whose lowest look is at least the one they were chosen at: 180 seeds replay in
 about 35 s instead of reading 6 GB of kept fixes again; ``--misplaced``: replace one of the
-scenario's [rules.misplaced] settings, e.g. ``threshold=0.6``; repeatable. ``--engine``: the [engine] settings the fixes were kept with,
-as given to quiet_missing.py --engine, which names the kept fixes after them.)
+scenario's [rules.misplaced] settings, e.g. ``threshold=0.6``; repeatable. ``--engine``: the
+[engine] settings the fixes were kept with, as given to quiet_missing.py --engine, which names
+the kept fixes after them.)
 """
 
 from __future__ import annotations
