@@ -939,6 +939,7 @@ class LoopClock:
         self.total: dict[str, float] = dict.fromkeys(self.STAGES, 0.0)
         self.longest: dict[str, float] = dict.fromkeys(self.STAGES, 0.0)
         self.closes = 0
+        self.checkpoints = 0
         self.slowest: dict[str, object] | None = None
 
     def add(self, stage: str, seconds: float) -> None:
@@ -963,6 +964,7 @@ class LoopClock:
         out: dict[str, object] = {k: {"total": round(self.total[k] * 1000, 1), "max": round(self.longest[k] * 1000, 1)}
                                   for k in self.STAGES}
         out["closes"] = self.closes
+        out["checkpoints"] = self.checkpoints
         if self.slowest is not None:
             out["slowest"] = self.slowest
         self.reset()
@@ -1231,6 +1233,7 @@ async def run_worker(
                 clock.add("publish", t4 - t3)
                 clock.add("commit", t5 - t4)
                 clock.closes += closed
+                clock.checkpoints += checkpointed
                 if time.monotonic() >= next_status:
                     next_status = time.monotonic() + s.status_every_s
                     status = await _publish_status(nc, sub, core, loop=clock.take())
