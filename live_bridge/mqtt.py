@@ -21,11 +21,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from siteplan.config_file import ConfigFileError, check_private, load_toml, validation_problems
 
 CREDS_ENV = "TAGTWIN_MQTT_CREDS"
+SESSION_EXPIRY_S = 7 * 24 * 3600  # MQTT 5: how long the broker keeps a persistent session of a client away
 USERNAME_ENV, PASSWORD_ENV, CA_ENV = "TAGTWIN_MQTT_USERNAME", "TAGTWIN_MQTT_PASSWORD", "TAGTWIN_MQTT_CA"
 
 
@@ -109,3 +112,15 @@ def make_client(client_id: str, broker: BrokerUrl, clean_session: bool = True) -
         client.tls_set(ca_certs=broker.ca_file, certfile=broker.cert_file, keyfile=broker.key_file)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     return client
+
+
+def session_connect_args(broker: BrokerUrl, persistent: bool) -> dict[str, object]:
+    """Keyword arguments for ``connect``/``connect_async`` of a :func:`make_client` client.
+    MQTT 3.1.1 asks for a persistent session with the client's ``clean_session`` flag (set
+    by make_client); MQTT 5 (mqtts://) asks at connect, with clean start off and a session
+    expiry (without one the broker drops the session when the client goes)."""
+    if not (persistent and broker.tls):
+        return {}
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = SESSION_EXPIRY_S
+    return {"clean_start": False, "properties": props}

@@ -7,7 +7,8 @@ What it writes (secrets created mode 0600, in a directory of mode 0700)::
     broker/broker.pem, broker.key  the broker's TLS certificate (for --host names/addresses)
     broker/passwd                  one login per identity (PBKDF2-SHA512, mosquitto's $7$ form)
     broker/acl                     what each identity may publish and read
-    broker/mosquitto.conf          a TLS-only listener using the three files above
+    broker/mosquitto.conf          a TLS-only listener using the three files above; sessions
+                                   kept in broker/store/ across a restart
     keys.toml                      each gateway's HMAC key (the server verifies with it)
     creds/<identity>.toml          login + CA path for `--creds` (gateways, engine, dashboard)
     gateways/<gateway>.toml        a ready gateway.toml: id, HMAC key, mqtts:// broker
@@ -153,7 +154,18 @@ def mosquitto_conf(broker_dir: Path, port: int, bind: str = "127.0.0.1") -> str:
         "allow_anonymous false",
         f"password_file {broker_dir / 'passwd'}",
         f"acl_file {broker_dir / 'acl'}",
-        "persistence false",
+        # The server's persistent session (tagtwin serve) and what is queued for it survive a
+        # broker restart: without this, batches the gateways' spools drain before the server
+        # is back are acknowledged to no one and lost (docs/live-bridge.md, store and forward).
+        # Written on a clean stop and every minute; the directory must be writable by the user
+        # mosquitto runs as (it drops root for user mosquitto unless told `user root`).
+        "persistence true",
+        f"persistence_location {broker_dir / 'store'}/",
+        "autosave_interval 60",
+        # Queued for the server while it is away: 1,000 batches (mosquitto's default) is 20 s
+        # of ten busy gateways; 256 MB is about 10,000 full batches.
+        "max_queued_messages 100000",
+        "max_queued_bytes 268435456",
         "",
     ])
 
@@ -167,7 +179,7 @@ def provision(
     out = Path(out)
     out.mkdir(mode=0o700, parents=True)
     broker_dir = out / "broker"
-    for sub in ("broker", "creds", "gateways"):
+    for sub in ("broker", "broker/store", "creds", "gateways"):
         (out / sub).mkdir(mode=0o700)
     ca_key, ca_cert = make_ca()
     ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM).decode()

@@ -650,22 +650,35 @@ def serve(
     ready: object | None = None,
     keys_path: Path | None = None,
     say: Callable[[str], None] | None = None,
+    client_id: str | None = None,
 ) -> None:
     """Run the core against a broker until ``stop`` (a threading.Event) is set. ``say``
     gets a one-line status for people every ``status_every_s`` (the status topic gets the
     full counters).
+
+    With ``client_id`` (``tagtwin serve`` gives ``tagtwin-serve-<site>``) the server keeps a
+    persistent MQTT session: while it is away (restarting, or reconnecting after a broker
+    restart) the broker queues the batches the gateways publish for it. Without one, the
+    gateways' spools would drain into a broker with no subscriber the moment they reconnect
+    first, and those batches, acknowledged and deleted from the spools, would be lost. A
+    broker restart keeps the session only with ``persistence true`` (docs/live-bridge.md).
+    Without ``client_id``: a clean session under a fresh id (tools and tests that want only
+    what is published from now on).
 
     With ``keys_path``, the keys file is re-read when it changes (checked every second):
     a rotation or revocation (``tagtwin keys rotate``, ``tagtwin revoke``) takes effect
     without a restart. A file that fails to load keeps the previous keys and is logged."""
     import threading
 
-    from live_bridge.mqtt import BrokerUrl, make_client
+    from live_bridge.mqtt import BrokerUrl, make_client, session_connect_args
 
     stop_ev = stop if isinstance(stop, threading.Event) else threading.Event()
     broker = BrokerUrl.parse(broker_url)
     inbox: queue.SimpleQueue[tuple[str, bytes, float]] = queue.SimpleQueue()
-    client = make_client(f"tagtwin-serve-{int(time.time() * 1000) % 10**9}", broker)
+    if client_id is None:
+        client = make_client(f"tagtwin-serve-{int(time.time() * 1000) % 10**9}", broker)
+    else:
+        client = make_client(client_id, broker, clean_session=False)
     client.will_set(SERVER_STATUS_TOPIC, b'{"v":1,"state":"offline"}', qos=1, retain=True)
 
     awaiting_suback: set[int] = set()
@@ -694,7 +707,8 @@ def serve(
     client.on_subscribe = on_subscribe
     client.on_message = on_message
     # Asynchronous: a server started before its broker waits for it (paho retries).
-    client.connect_async(broker.host, broker.port, keepalive=30)
+    client.connect_async(broker.host, broker.port, keepalive=30,
+                         **session_connect_args(broker, client_id is not None))  # type: ignore[arg-type]
     client.loop_start()
     step = core.config.step_s
     next_status = time.monotonic()

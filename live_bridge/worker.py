@@ -939,6 +939,7 @@ class LoopClock:
         self.total: dict[str, float] = dict.fromkeys(self.STAGES, 0.0)
         self.longest: dict[str, float] = dict.fromkeys(self.STAGES, 0.0)
         self.closes = 0
+        self.checkpoints = 0
         self.slowest: dict[str, object] | None = None
 
     def add(self, stage: str, seconds: float) -> None:
@@ -963,6 +964,7 @@ class LoopClock:
         out: dict[str, object] = {k: {"total": round(self.total[k] * 1000, 1), "max": round(self.longest[k] * 1000, 1)}
                                   for k in self.STAGES}
         out["closes"] = self.closes
+        out["checkpoints"] = self.checkpoints
         if self.slowest is not None:
             out["slowest"] = self.slowest
         self.reset()
@@ -1001,6 +1003,32 @@ class Outputs:
         if failed:
             self.send(failed)
             raise next(r for r in results if isinstance(r, BaseException))
+
+
+@dataclass
+class CheckpointSchedule:
+    """When :func:`run_worker` takes a checkpoint, on its monotonic clock: right after a
+    close once ``every_s`` less half a step has passed since the last one (closes come a
+    step apart, so waiting for the whole interval would often wait a step more), else when
+    overdue (twice the interval with no close) or when the input awaiting its ack reaches
+    half the backpressure bound. The rule steps a close deferred do not put it off: the
+    checkpoint runs them (their events are held until their windows are due, as ever). With
+    early close the next window's are pending at every close, so waiting for none pending
+    left every checkpoint to the overdue path, at twice the interval."""
+
+    every_s: float
+    step_s: float
+    max_ack_pending: int
+    last: float
+
+    def due(self, now: float, *, closed: bool, unacked: int) -> bool:
+        since = now - self.last
+        if since >= 2 * self.every_s or unacked >= self.max_ack_pending // 2:
+            return True
+        return closed and since >= self.every_s - self.step_s / 2
+
+    def taken(self, now: float) -> None:
+        self.last = now
 
 
 class Commits:
@@ -1067,8 +1095,8 @@ async def run_worker(
     The loop never waits on the backbone while there is work: input keeps arriving during
     a close (:class:`live_bridge.backbone.PullFeed`), outputs go out without waiting for
     their acks (:class:`Outputs`), and a checkpoint is taken right after a close's outputs
-    went out -- the next close is a step away -- or when overdue, and stored while the
-    loop goes on (:class:`Commits`). With early close (``WorkerSettings.early_close``) a
+    went out -- the next close is a step away -- or when overdue (:class:`CheckpointSchedule`),
+    and stored while the loop goes on (:class:`Commits`). With early close (``WorkerSettings.early_close``) a
     window is computed once its rows are in and its outputs wait for its close."""
     js = nc.jetstream()
     s = core.settings
@@ -1099,7 +1127,7 @@ async def run_worker(
         ready.set()
     unacked: list[Msg] = []
     outbox: list[Outgoing] = []
-    last_ckpt = time.monotonic()
+    schedule = CheckpointSchedule(s.checkpoint_every_s, core.config.step_s, s.max_ack_pending, time.monotonic())
     published = False  # outputs out since the last checkpoint
 
     def send_events() -> bool:
@@ -1179,18 +1207,16 @@ async def run_worker(
                 if send_events():
                     published = True
                 t4 = time.monotonic()
-                since = t4 - last_ckpt
-                overdue = since >= 2 * s.checkpoint_every_s or len(unacked) >= s.max_ack_pending // 2
-                due = (since >= s.checkpoint_every_s and closed and core.windows.rules_pending is None) or overdue
                 checkpointed = False
-                if (unacked or published or outputs.inflight) and due and not commits.busy:
-                    if core.windows.rules_pending is not None:  # (overdue) the rule steps run now, their events out
+                if (unacked or published or outputs.inflight) and not commits.busy \
+                        and schedule.due(t4, closed=closed, unacked=len(unacked)):
+                    if core.windows.rules_pending is not None:  # deferred rule steps run now (events held till due)
                         outputs.send(core.finish_rules(now, force=True))
                         send_events()
                         published = True
                     commits.start(unacked)  # outputs of a tick with no new input (idle close) too
                     published = False
-                    last_ckpt = time.monotonic()
+                    schedule.taken(time.monotonic())
                     checkpointed = True
                 t5 = time.monotonic()
                 computed1 = core.windows.closed_through
@@ -1207,6 +1233,7 @@ async def run_worker(
                 clock.add("publish", t4 - t3)
                 clock.add("commit", t5 - t4)
                 clock.closes += closed
+                clock.checkpoints += checkpointed
                 if time.monotonic() >= next_status:
                     next_status = time.monotonic() + s.status_every_s
                     status = await _publish_status(nc, sub, core, loop=clock.take())

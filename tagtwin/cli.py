@@ -810,7 +810,7 @@ def serve(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if duration is not None:
         threading.Timer(duration, stop.set).start()
-    run_server(core, broker, stop, status_every_s=status_every, keys_path=keys,
+    run_server(core, broker, stop, status_every_s=status_every, keys_path=keys, client_id=f"tagtwin-serve-{site}",
                say=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True))
     sys.stderr.write(json.dumps(core.status(), sort_keys=True, default=str) + "\n")
 

@@ -929,7 +929,7 @@ def reconcile(generated: int, published: int, processed: int, dead: int, drained
 
 def loop_totals(timeline: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per site, the worker loop's wall ms per stage over the run (live_bridge.worker.LoopClock):
-    total, longest, and the number of closes: where the close-to-position time went."""
+    total, longest, the numbers of closes and checkpoints: where the close-to-position time went."""
     out: dict[str, dict[str, Any]] = {}
     for row in timeline:
         for site, stages in (row.get("worker_loop_ms") or {}).items():
@@ -938,7 +938,7 @@ def loop_totals(timeline: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def add_loop_ms(acc: dict[str, Any], stages: dict[str, Any]) -> None:
-    """``stages`` (stage -> {total, max} ms, and a count of closes) added into ``acc``."""
+    """``stages`` (stage -> {total, max} ms, and counts of closes and checkpoints) added into ``acc``."""
     for stage, v in stages.items():
         if stage == "slowest":  # one iteration's record, not a stage
             continue

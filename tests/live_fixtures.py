@@ -38,6 +38,22 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
 """
 
 
+def broker_conf(port: int, persist_dir: Path | None = None) -> str:
+    """mosquitto's config for the tests. With ``persist_dir`` the broker keeps sessions
+    (subscriptions, queued QoS 1 messages) and retained messages across a restart: it
+    writes them there when stopped (SIGTERM) and reads them back on start. Run as root,
+    mosquitto drops to user ``mosquitto``, which cannot write into pytest's private
+    tmp_path (it logs the failure and keeps nothing), so it is told to stay root."""
+    conf = (
+        f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+        "max_inflight_messages 0\nmax_queued_messages 100000\n"
+    )
+    if persist_dir is None:
+        return conf + "persistence false\n"
+    conf += f"persistence true\npersistence_location {persist_dir}/\n"
+    return conf + ("user root\n" if os.geteuid() == 0 else "")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,6 +75,7 @@ class Broker:
     conf: Path
     port: int
     proc: subprocess.Popen[bytes] | None = None
+    store: Path | None = None  # persistence_location, when the broker persists
 
     @property
     def url(self) -> str:
@@ -70,7 +87,7 @@ class Broker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_port(self.port)
+        wait_port(self.port, 30)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -79,24 +96,35 @@ class Broker:
         self.proc = None
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Broker]:
+def _broker(tmp_path: Path, persist: bool) -> Iterator[Broker]:
     if shutil.which("mosquitto") is None:
         pytest.skip(
             "mosquitto is not installed (tests/system-packages.txt; ./run test installs it)"
         )
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_inflight_messages 0\nmax_queued_messages 100000\n"
-    )
-    broker = Broker(conf, port)
+    store = None
+    if persist:
+        store = tmp_path / "mosquitto-store"
+        store.mkdir()
+    conf.write_text(broker_conf(port, store))
+    broker = Broker(conf, port, store=store)
     broker.start()
     try:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Broker]:
+    yield from _broker(tmp_path, persist=False)
+
+
+@pytest.fixture
+def persistent_mosquitto(tmp_path: Path) -> Iterator[Broker]:
+    """A broker that keeps sessions and queued messages across its restart (stop, start)."""
+    yield from _broker(tmp_path, persist=True)
 
 
 @dataclass
@@ -181,7 +209,7 @@ def fake_bluez(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake
             env=os.environ | {"DBUS_SYSTEM_BUS_ADDRESS": address},
         )
         bus = dbus.bus.BusConnection(address)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # python -m dbusmock imports for seconds on a loaded machine
         while not bus.name_has_owner("org.bluez"):
             if time.monotonic() > deadline:
                 raise TimeoutError("dbusmock bluez5 did not come up")
@@ -198,14 +226,19 @@ def fake_bluez(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake
 class Collector:
     """A paho subscriber that keeps (topic, payload) of everything on its filters."""
 
-    def __init__(self, url: str, topics: list[str]) -> None:
+    def __init__(
+        self, url: str, topics: list[str], client_id: str | None = None, clean_session: bool = True
+    ) -> None:
+        """``client_id`` with ``clean_session`` false: a persistent session, as the MQTT
+        server keeps (``live_bridge.server.serve``): the broker queues QoS 1 messages for it
+        while it is away, and keeps them across its own restart when it persists."""
         from live_bridge.mqtt import BrokerUrl, make_client
 
         self.messages: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
         self.ready = threading.Event()
         broker = BrokerUrl.parse(url)
-        self.client = make_client(f"collector-{id(self)}", broker)
+        self.client = make_client(client_id or f"collector-{id(self)}", broker, clean_session=clean_session)
 
         def on_connect(c, u, f, reason, p=None):  # type: ignore[no-untyped-def]
             c.subscribe([(t, 1) for t in topics])

@@ -473,3 +473,45 @@ def test_rule_steps_run_after_their_positions_decide_the_same_outputs():
     deferred = _run_static_open(True)
     assert len(plain[0]) > 10_000 and len(plain[1]) >= 1_200
     assert plain == deferred
+
+
+def test_checkpoints_come_at_the_interval_after_closes_not_at_twice_it():
+    """run_worker's CheckpointSchedule on static-open's traffic, ticked as the loop ticks a
+    worker core (early close and deferred rule steps, so the next window's rule steps are
+    pending at every close): once the interval (1 s, one step) is up, the next close takes
+    a checkpoint. Waiting for no rule step pending left them all to the overdue path: 2 s."""
+    from live_bridge.worker import CheckpointSchedule
+
+    _, ticks = site_ticks(10.0)
+    w = site_core(True)
+    w.defer_event_messages = True
+    w.defer_rules = True
+    s = w.settings
+    schedule = CheckpointSchedule(s.checkpoint_every_s, w.config.step_s, s.max_ack_pending, T_START)
+    closes, taken, unacked, seq = [], [], 0, 0
+    for tick in ticks:
+        now = tick[-1][2]
+        positions = w.counters["positions"]
+        for subject, body, received in tick:
+            seq += 1
+            unacked += 1
+            w.handle(subject, body, seq, received)
+            w.release_due(now)
+        w.release_due(now)
+        w.event_messages()
+        w.finish_rules(now)
+        w.tick(now)
+        w.event_messages()
+        closed = w.counters["positions"] > positions
+        closes += [now] * closed
+        if schedule.due(now, closed=closed, unacked=unacked):
+            w.finish_rules(now, force=True)  # as the loop does before a checkpoint
+            w.event_messages()
+            w.checkpoint()
+            schedule.taken(now)
+            taken.append(now)
+            unacked = 0
+    assert len(closes) >= 6 and max(np.diff(closes)) <= w.config.step_s + 1e-6
+    assert set(closes) <= set(taken)  # the interval is a step: every close
+    after_first_close = taken[taken.index(closes[0]):]  # (before it: the overdue path, 2 s)
+    assert max(np.diff(after_first_close)) <= s.checkpoint_every_s + 1e-6
