@@ -39,8 +39,8 @@ EDGE_INSET_M = 1e-3
 # 1/c and log(c), a degree-3 polynomial in double; Szabolcs Nagy, glibc
 # sysdeps/ieee754/flt-32/e_logf.c), whose x86-64 build with FMA runs on CPUs that have
 # it. The same operations written here, with the same table and coefficients and the same
-# fused multiply-adds, give the same bits for every float32 input (checked on all 2^32
-# bit patterns against this machine's glibc 2.36 log10f: docs/scaling.md, ninth round;
+# fused multiply-adds, give the same bits for every float32 input (checked on all 2^31
+# non-negative float32s against this machine's glibc 2.36 log10f: docs/scaling.md, ninth round;
 # zeros, negatives, subnormals, infinities and NaN still go to the library), without two
 # calls per term. It also makes the loop's bits the same on CPUs without FMA and on other
 # C libraries, where log10f itself differs.

@@ -344,3 +344,12 @@ def test_carried_through_the_door_and_left_inside_fires() -> None:
     assert ev["threshold"] == 0.55 and ev["entry_evidence"] >= 0.3 and ev["opening_evidence"] >= 0.4
     assert ev["p_doorway_look"] < 0.4
     assert 13 + 60 <= mis[0].t <= 13 + 75
+
+
+def test_an_entry_rest_too_short_for_the_looks_is_refused_naming_the_field() -> None:
+    """With look_s 60 and six looks the entry tier's quickest alarm needs six minutes of
+    rest: entry_rest_s 300 would silently leave only the alone tier, so it is refused."""
+    with pytest.raises(RulesError) as err:
+        parse_rules("[misplaced]\nlook_s = 60\nentry_rest_s = 300\n", "site.toml")
+    assert "entry_rest_s" in str(err.value) and "site.toml" in str(err.value)
+    assert parse_rules("[misplaced]\nlook_s = 60\nentry_rest_s = 421\n").misplaced.entry_rest_s == 421

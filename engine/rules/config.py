@@ -276,17 +276,18 @@ class MisplacedRule(_Strict):
     )
     alone_threshold: float = Field(
         default=0.9, gt=0, le=1,
-        description="a look at or above this counts for a tag never seen going in (neither "
-        "entry nor, with opening_tier, opening evidence)",
+        description="a look at or above this counts for a tag not seen going in (no carry "
+        "evidence that counts, see walled_seen_going_in, or its carry ended more than "
+        "entry_rest_s ago)",
     )
     rearm: float = Field(
         default=0.2, ge=0, lt=1, description="a look below this re-arms the alarm (as does motion)"
     )
     opening_tier: bool = Field(
         default=True,
-        description="a tag seen carried through a walled forbidden zone's doorway counts as "
-        "seen going in, and one resting at that doorway fires at opening_look_threshold "
-        "(docs/rules.md has the measured price of each)",
+        description="a tag seen carried through a walled forbidden zone's doorway and resting "
+        "at it fires at opening_look_threshold; the doorway also counts as seen going in "
+        "where walled_seen_going_in says so (docs/rules.md has the measured price of each)",
     )
     opening_reach_m: float = Field(
         default=3.0, gt=0, le=50,
@@ -326,6 +327,15 @@ class MisplacedRule(_Strict):
             raise ValueError("alone_threshold must be at least threshold")
         if self.rearm >= self.opening_look_threshold:
             raise ValueError("rearm must be below opening_look_threshold")
+        # The quickest alarm of a lower tier ends its last look about max(looks,
+        # opening_looks) x look_s after the tag came to rest; one look more of margin.
+        quickest = (max(self.looks, self.opening_looks) + 1) * self.look_s
+        if self.entry_rest_s <= quickest:
+            raise ValueError(
+                f"entry_rest_s ({self.entry_rest_s:g} s) must exceed (max(looks, opening_looks) "
+                f"+ 1) x look_s ({quickest:g} s): shorter, the entry and doorway tiers could "
+                "never fire"
+            )
         return self
 
 
