@@ -684,7 +684,9 @@ def serve(
     first, and those batches, acknowledged and deleted from the spools, would be lost. A
     broker restart keeps the session only with ``persistence true`` (docs/live-bridge.md).
     Without ``client_id``: a clean session under a fresh id (tools and tests that want only
-    what is published from now on).
+    what is published from now on). A session another client takes over (a second server
+    with the same id) ends the run with :class:`SessionTakenOverError` rather than taking it
+    back every second, each server getting part of the batches.
 
     With ``keys_path``, the keys file is re-read when it changes (checked every second):
     a rotation or revocation (``tagtwin keys rotate``, ``tagtwin revoke``) takes effect
