@@ -17,17 +17,18 @@ Usage: python benchmarks/misplaced_quiet.py --fixes-dir DIR --seeds 101 102 ... 
 [--scenario scenarios/demo.toml] [--misplaced KEY=VALUE ...] [--engine KEY=VALUE ...] [--jobs N]
 [--side-by-side 30] [--keep-candidates DIR]
 (``--keep-candidates``: keep each seed's candidate fixes in DIR and read them back in later
-replays whose lowest look is at least the one they were chosen at: 180 seeds replay in
-about 35 s instead of reading 6 GB of kept fixes again; ``--misplaced``: replace one of the
-scenario's [rules.misplaced] settings, e.g. ``threshold=0.6``; repeatable. ``--engine``: the
-[engine] settings the fixes were kept with, as given to quiet_missing.py --engine, which names
-the kept fixes after them.)
+replays with the same forbidden zones whose lowest look is at least the one they were chosen
+at: 180 seeds replay in about 35 s instead of reading 6 GB of kept fixes again;
+``--misplaced``: replace one of the scenario's [rules.misplaced] settings, e.g.
+``threshold=0.6``; repeatable. ``--engine``: the [engine] settings the fixes were kept with,
+as given to quiet_missing.py --engine, which names the kept fixes after them.)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -137,15 +138,26 @@ def _context(sc: Scenario) -> RuleContext:
     return registry_context(sc, site.zones, gateways)
 
 
+def forbidden_key(sc: Scenario, rules: RuleSet) -> str:
+    """A short hash of what the forbidden regions are built from (the rule's allowed roles,
+    the zones, the outline): candidates kept under one key are valid only for replays with
+    the same forbidden zones (``--misplaced allowed_roles=...`` changes them)."""
+    cfg = rules.misplaced
+    parts = {"allowed_roles": cfg.allowed_roles, "default_allowed_roles": cfg.default_allowed_roles,
+             "zones": [(z.role, z.polygon) for z in sc.zones], "outline": sc.site.outline}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def seed_candidates(
     scenario: str, seed: int, duration: float, fixes_dir: str, overrides: dict[str, Any],
     engine_settings: Sequence[str] = (), keep_dir: str | None = None,
 ) -> tuple[NDArray[np.void], float]:
     """One seed's kept fixes, only the tags that can fire; and its tag-days.
 
-    With ``keep_dir``, the candidates are kept there, named after the floor they were
-    chosen at, and read back by a later replay whose lowest look is at least that floor
-    (a superset of its candidates: the extra tags cannot fire, so the replay stays exact).
+    With ``keep_dir``, the candidates are kept there, named after the forbidden zones
+    (:func:`forbidden_key`) and the floor they were chosen at, and read back by a later
+    replay with the same forbidden zones whose lowest look is at least that floor (a
+    superset of its candidates: the extra tags cannot fire, so the replay stays exact).
     """
     sc = _scenario(scenario, seed, duration, engine_settings)
     path = Path(fixes_dir) / f"{sc.name}-seed{seed}-{duration:g}s.npz"
@@ -153,8 +165,9 @@ def seed_candidates(
     floor = lowest_look(rules)
     n_tags = sum(g.count for g in sc.tags)
     tag_days = n_tags * duration / 86_400.0
+    kept_stem = f"{path.stem}-zones{forbidden_key(sc, rules)}"
     if keep_dir is not None:
-        kept = sorted(Path(keep_dir).glob(f"{path.stem}-floor*.npy"))
+        kept = sorted(Path(keep_dir).glob(f"{kept_stem}-floor*.npy"))
         usable = [k for k in kept if float(k.stem.rsplit("-floor", 1)[1]) <= floor]
         if usable:
             return np.load(usable[0]), tag_days
@@ -166,7 +179,11 @@ def seed_candidates(
     got = candidates(fixes, engine, floor)
     if keep_dir is not None:
         Path(keep_dir).mkdir(parents=True, exist_ok=True)
-        np.save(Path(keep_dir) / f"{path.stem}-floor{floor:g}.npy", got)
+        target = Path(keep_dir) / f"{kept_stem}-floor{floor:g}.npy"
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")  # a replay cut short leaves no half file
+        with tmp.open("wb") as f:
+            np.save(f, got)
+        tmp.replace(target)
     return got, tag_days
 
 

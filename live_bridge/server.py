@@ -633,13 +633,34 @@ def status_line(core: ServerCore, connected: bool) -> str:
             f"sightings {c['sightings']}, devices {len(core.devices)}, rejected {rejected}, late {late}")
 
 
+# The topic filter each adapter subscribes to (every adapter the server knows).
+ADAPTER_SUBSCRIPTIONS = {"espresense": "espresense/devices/+/+", "theengs": "+/+/BTtoMQTT/+"}
+
+
 def subscriptions(adapters: Iterable[str]) -> list[str]:
-    subs = [BATCH_SUBSCRIPTION]
-    if "espresense" in adapters:
-        subs.append("espresense/devices/+/+")
-    if "theengs" in adapters:
-        subs.append("+/+/BTtoMQTT/+")
-    return subs
+    chosen = set(adapters)
+    return [BATCH_SUBSCRIPTION, *(sub for name, sub in ADAPTER_SUBSCRIPTIONS.items() if name in chosen)]
+
+
+def stale_subscriptions(adapters: Iterable[str]) -> list[str]:
+    """Filters a persistent session may still hold from a run with other adapters: the
+    broker keeps a session's subscriptions, so without an unsubscribe their messages would
+    keep coming and be dead-lettered as unexpected topics."""
+    wanted = set(subscriptions(adapters))
+    return [sub for sub in ADAPTER_SUBSCRIPTIONS.values() if sub not in wanted]
+
+
+class SessionTakenOverError(RuntimeError):
+    """Another client connected with this server's client id (a second server for the
+    same site): the broker gives the session to the newest connection."""
+
+
+# A takeover, seen from the client that loses it: MQTT 5 says so (reason 0x8E); MQTT 3.1.1
+# only closes the connection, so repeated closes soon after connecting stand for it.
+SESSION_TAKEN_OVER = 0x8E
+TAKEOVER_CLOSES = 3
+TAKEOVER_WINDOW_S = 30.0
+TAKEOVER_SHORT_S = 10.0
 
 
 def serve(
@@ -663,7 +684,9 @@ def serve(
     first, and those batches, acknowledged and deleted from the spools, would be lost. A
     broker restart keeps the session only with ``persistence true`` (docs/live-bridge.md).
     Without ``client_id``: a clean session under a fresh id (tools and tests that want only
-    what is published from now on).
+    what is published from now on). A session another client takes over (a second server
+    with the same id) ends the run with :class:`SessionTakenOverError` rather than taking it
+    back every second, each server getting part of the batches.
 
     With ``keys_path``, the keys file is re-read when it changes (checked every second):
     a rotation or revocation (``tagtwin keys rotate``, ``tagtwin revoke``) takes effect
@@ -683,11 +706,17 @@ def serve(
 
     awaiting_suback: set[int] = set()
     connected = threading.Event()
+    connected_at = [0.0]
+    short_closes: list[float] = []
+    taken_over: list[str] = []
 
     def on_connect(
         c: paho.Client, _u: object, _f: object, _reason: object, _p: object = None
     ) -> None:
         connected.set()
+        connected_at[0] = time.monotonic()
+        for sub in stale_subscriptions(core.adapters):
+            c.unsubscribe(sub)
         for sub in subscriptions(core.adapters):
             mid = c.subscribe(sub, qos=1)[1]
             if mid is not None:
@@ -703,7 +732,25 @@ def serve(
     def on_message(_c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
         inbox.put((msg.topic, bytes(msg.payload), time.time()))
 
+    def on_disconnect(c: paho.Client, _u: object, _f: object, reason: object, _p: object = None) -> None:
+        connected.clear()
+        if client_id is None or stop_ev.is_set():
+            return
+        now = time.monotonic()
+        if now - connected_at[0] < TAKEOVER_SHORT_S:
+            short_closes.append(now)
+        recent = [t for t in short_closes if now - t < TAKEOVER_WINDOW_S]
+        code = getattr(reason, "value", reason)
+        if code == SESSION_TAKEN_OVER or len(recent) >= TAKEOVER_CLOSES:
+            why = ("reason 0x8E, session taken over" if code == SESSION_TAKEN_OVER
+                   else f"the broker closed it {len(recent)} times within {TAKEOVER_WINDOW_S:.0f} s of connecting")
+            taken_over.append(f"another client took over the MQTT session {client_id!r} ({why}): is a second "
+                              "`tagtwin serve` running for this site? Give each server its own --session")
+            stop_ev.set()
+            c.disconnect()  # no reconnect: flapping would split the batches between the two
+
     client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
     # Asynchronous: a server started before its broker waits for it (paho retries).
@@ -746,6 +793,9 @@ def serve(
                 if say is not None:
                     say(status_line(core, connected.is_set()))
     finally:
+        if taken_over:  # the session is the other server's now: publish nothing in its name
+            client.loop_stop()
+            raise SessionTakenOverError(taken_over[0])
         if core.clock == "event":
             for topic, payload, retain in core.tick(time.time()):
                 client.publish(topic, payload, qos=1, retain=retain)

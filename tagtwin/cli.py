@@ -711,7 +711,12 @@ def serve(
     ] = None,
     nats: NatsOpt = None,
     creds: CredsOpt = None,
-    site: SiteOpt = "default",
+    site: Annotated[str | None, typer.Option(
+        "--site", help="site name: the backbone's subject token (default: default); with --broker the MQTT "
+        "session is tagtwin-serve-<site> (default: the scenario's name)")] = None,
+    session: Annotated[str | None, typer.Option(
+        "--session", help="--broker: the persistent MQTT session's client id (default: tagtwin-serve-<site>); "
+        "two servers on one broker need two")] = None,
     data_dir: Annotated[Path, typer.Option(help="embedded backbone: JetStream store")] = Path(".tagtwin/backbone"),
     nats_port: Annotated[int, typer.Option(help="embedded backbone: NATS port (0: a free one)")] = 4222,
     mqtt_port: Annotated[int, typer.Option(help="embedded backbone: MQTT listener port (0: a free one)")] = 1883,
@@ -756,7 +761,7 @@ def serve(
     from engine.ingest import NewDeviceCap
     from live_bridge.config import check_keys_match, load_key_ring
     from live_bridge.gateway import ConfigError
-    from live_bridge.server import EventSink, NullSink, ServerCore, ZoneChangeSink
+    from live_bridge.server import EventSink, NullSink, ServerCore, SessionTakenOverError, ZoneChangeSink
     from live_bridge.server import serve as run_server
     from tagtwin.live import rules_sink_for, site_engine_config
 
@@ -766,7 +771,7 @@ def serve(
         err_console.print(f"unknown adapter(s) {unknown} or event sink {events!r}")
         raise typer.Exit(2)
     if broker is None:
-        _serve_backbone(scenario, keys, nats=nats, creds=_nats_creds(creds), site=site, data_dir=data_dir,
+        _serve_backbone(scenario, keys, nats=nats, creds=_nats_creds(creds), site=site or "default", data_dir=data_dir,
                         nats_port=nats_port,
                         mqtt_port=mqtt_port, raw_retention_days=raw_retention, replicas=replicas,
                         max_skew_s=max_skew, step=step,
@@ -810,8 +815,14 @@ def serve(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if duration is not None:
         threading.Timer(duration, stop.set).start()
-    run_server(core, broker, stop, status_every_s=status_every, keys_path=keys, client_id=f"tagtwin-serve-{site}",
-               say=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True))
+    try:
+        run_server(core, broker, stop, status_every_s=status_every, keys_path=keys,
+                   client_id=session or f"tagtwin-serve-{site or plan.name}",
+                   say=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True))
+    except SessionTakenOverError as exc:
+        err_console.print(f"serve: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.stderr.write(json.dumps(core.status(), sort_keys=True, default=str) + "\n")
+        raise typer.Exit(1) from None
     sys.stderr.write(json.dumps(core.status(), sort_keys=True, default=str) + "\n")
 
 

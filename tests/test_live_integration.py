@@ -721,3 +721,77 @@ def test_replay_keeps_recorded_pace_and_order(mosquitto, tmp_path):
     sub.close()
     assert 0.5 <= elapsed < 3.0  # 1.0 s of recording at 2x: 0.5 s
     assert got == [f"m{i}".encode() for i in range(6)]
+
+
+def _serve_in_thread(core: ServerCore, url: str, session: str) -> tuple[threading.Event, threading.Thread, list]:
+    stop, ready, raised = threading.Event(), threading.Event(), []
+
+    def run() -> None:
+        try:
+            serve(core, url, stop, ready=ready, client_id=session)
+        except Exception as exc:  # the test inspects what serve raised
+            raised.append(exc)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    assert ready.wait(60), "server did not subscribe"
+    return stop, th, raised
+
+
+def test_a_second_server_with_the_same_session_stops_one_instead_of_flapping(mosquitto):
+    """Two servers under one client id take the session from each other on every
+    reconnect; one of them stops with SessionTakenOverError naming the id, the other keeps it."""
+    from live_bridge.server import SessionTakenOverError
+
+    session = "tagtwin-serve-twice"
+    cores = [ServerCore(site_engine_config(parse_scenario(ROOM)), KEYS, clock="wall") for _ in range(2)]
+    first = _serve_in_thread(cores[0], mosquitto.url, session)
+    second = _serve_in_thread(cores[1], mosquitto.url, session)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and first[1].is_alive() and second[1].is_alive():
+            time.sleep(0.1)
+        stopped = [s for s in (first, second) if not s[1].is_alive()]
+        assert len(stopped) == 1, "the two servers kept taking the session from each other"
+        (exc,) = stopped[0][2]
+        assert isinstance(exc, SessionTakenOverError)
+        assert session in str(exc)
+        time.sleep(3)  # the survivor is no longer kicked: it stays up
+        assert [s for s in (first, second) if s[1].is_alive()]
+    finally:
+        for stop, th, _ in (first, second):
+            stop.set()
+            th.join(60)
+    assert not [exc for _, _, raised in (first, second) for exc in raised if not isinstance(exc, SessionTakenOverError)]
+
+
+def test_a_session_drops_the_adapter_subscriptions_of_an_earlier_run(mosquitto):
+    """The broker keeps a persistent session's subscriptions: a server started without
+    --adapters after one with espresense must not keep receiving (and dead-lettering)
+    ESPresense messages. One publisher at QoS 1: the ESPresense message would arrive
+    before the batch-topic one the test waits for."""
+    from live_bridge.mqtt import BrokerUrl, make_client
+
+    session = "tagtwin-serve-adapters"
+    cfg = site_engine_config(parse_scenario(ROOM))
+    stop, th, _ = _serve_in_thread(ServerCore(cfg, KEYS, clock="wall", adapters=["espresense"]), mosquitto.url,
+                                   session)
+    stop.set()
+    th.join(60)
+    core = ServerCore(cfg, KEYS, clock="wall")
+    stop, th, raised = _serve_in_thread(core, mosquitto.url, session)
+    try:
+        pub = make_client("adapter-pub", BrokerUrl.parse(mosquitto.url))
+        pub.connect("127.0.0.1", mosquitto.port)
+        pub.loop_start()
+        pub.publish("espresense/devices/aa/gw-0", b'{"rssi": -60}', qos=1).wait_for_publish(30)
+        pub.publish(f"{TOPIC_ROOT}/gw/nobody/batch", b"not a batch", qos=1).wait_for_publish(30)
+        asyncio.run(until(lambda: core.counters["messages"] >= 1 and any(
+            k.startswith("rejected") for k in core.counters), "the batch topic's message"))
+        pub.loop_stop()
+        pub.disconnect()
+    finally:
+        stop.set()
+        th.join(60)
+    assert core.counters["messages"] == 1, dict(core.counters)
+    assert not raised

@@ -84,8 +84,11 @@ def test_kept_candidates_are_reused_only_by_a_replay_they_cover(tmp_path: Path) 
     """--keep-candidates: a seed's candidates kept at the rule's lowest look (0.25) stand in
     for its kept fixes in a later replay whose lowest look is at least that, never in one
     that can fire lower (its candidates may be more)."""
+    from typing import get_args
+
     import pytest
 
+    from siteplan.schema import ZoneRole
     from twin.run import save_fixes
 
     fixes_dir, keep = tmp_path / "fixes", tmp_path / "keep"
@@ -97,10 +100,14 @@ def test_kept_candidates_are_reused_only_by_a_replay_they_cover(tmp_path: Path) 
     save_fixes(source, f)
     args = (str(misplaced_quiet.ROOT / "scenarios" / "demo.toml"), 7, 60.0, str(fixes_dir))
     first, tag_days = misplaced_quiet.seed_candidates(*args, {}, (), str(keep))
-    assert [p.name for p in keep.iterdir()] == [f"{sc.name}-seed7-60s-floor0.25.npy"]
+    key = misplaced_quiet.forbidden_key(sc, misplaced_quiet.misplaced_only(sc.rules))
+    assert [p.name for p in keep.iterdir()] == [f"{sc.name}-seed7-60s-zones{key}-floor0.25.npy"]
     assert len(first) > 0 and tag_days == pytest.approx(200 * 60 / 86_400)
     source.unlink()
     again, _ = misplaced_quiet.seed_candidates(*args, {"threshold": 0.6}, (), str(keep))
     assert np.array_equal(again, first)
     with pytest.raises(SystemExit, match="no kept fixes"):
         misplaced_quiet.seed_candidates(*args, {"opening_look_threshold": 0.22}, (), str(keep))
+    # other forbidden zones (every role allowed by default): other candidates, so not these
+    with pytest.raises(SystemExit, match="no kept fixes"):
+        misplaced_quiet.seed_candidates(*args, {"default_allowed_roles": list(get_args(ZoneRole))}, (), str(keep))

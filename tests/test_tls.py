@@ -261,6 +261,24 @@ def test_cli_provision_and_serve_over_tls_with_no_secret_in_argv(tmp_path: Path)
             k.hex() for k in _keys(out).values())]
         assert not any(s and s in cmdline for s in secrets_on_disk)
         dash.stop()
+        # A second server for the same scenario takes the session (tagtwin-serve-<scenario name>)
+        # over; the two would take it from each other every second (mosquitto 2.0.11 closes
+        # the older connection with no DISCONNECT 0x8E): one of them stops with one line,
+        # exit 1, and the other keeps the session.
+        second = subprocess.Popen(server.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            deadline = time.monotonic() + 90
+            while server.poll() is None and second.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            stopped = [p for p in (server, second) if p.poll() is not None]
+            assert len(stopped) == 1, "the two servers kept taking the session from each other"
+            assert stopped[0].wait() == 1
+            said = stopped[0].stderr.read()
+            assert "took over the MQTT session 'tagtwin-serve-demo-warehouse'" in said, said[-3000:]
+            assert "Traceback" not in said
+        finally:
+            second.terminate()
+            second.wait(30)
     finally:
         if server is not None:
             server.terminate()

@@ -476,10 +476,11 @@ def test_rule_steps_run_after_their_positions_decide_the_same_outputs():
 
 
 def test_checkpoints_come_at_the_interval_after_closes_not_at_twice_it():
-    """run_worker's CheckpointSchedule on static-open's traffic, ticked as the loop ticks a
-    worker core (early close and deferred rule steps, so the next window's rule steps are
-    pending at every close): once the interval (1 s, one step) is up, the next close takes
-    a checkpoint. Waiting for no rule step pending left them all to the overdue path: 2 s."""
+    """CheckpointSchedule alone, on static-open's traffic through a worker core ticked as
+    run_worker ticks it (early close and deferred rule steps, so the next window's rule
+    steps are pending at every close): once the interval (1 s, one step) is up, the next
+    close takes a checkpoint. This drives the schedule, not run_worker's own condition
+    around it: test_run_worker_checkpoints_at_about_every_close_on_live_traffic does."""
     from live_bridge.worker import CheckpointSchedule
 
     _, ticks = site_ticks(10.0)
@@ -515,3 +516,48 @@ def test_checkpoints_come_at_the_interval_after_closes_not_at_twice_it():
     assert set(closes) <= set(taken)  # the interval is a step: every close
     after_first_close = taken[taken.index(closes[0]):]  # (before it: the overdue path, 2 s)
     assert max(np.diff(after_first_close)) <= s.checkpoint_every_s + 1e-6
+
+
+@pytest.mark.integration
+def test_run_worker_checkpoints_at_about_every_close_on_live_traffic(backbone):
+    """The real loop (run_worker on a real nats-server) fed static-open's traffic as it
+    happens, for 12 s: with early close the next window's rule steps are pending at every
+    close, and a checkpoint still follows nearly every close (interval 1 s = one step).
+    The rule before (a checkpoint after a close only with no rule step pending) left them
+    all to the overdue path: one per two closes. Counted by the loop's own clock
+    (loop_ms.checkpoints, loop_ms.closes in its status)."""
+    from live_bridge.worker import WorkerSettings
+    from tagtwin.live import site_engine_config
+    from tagtwin.loadgen import PublisherSpec, Schedule, TickBuilder
+    from tagtwin.worker import site_worker_core
+
+    (sc, tr), _ = site_ticks()
+    seconds, tick_s = 12.0, 0.25
+    settings = WorkerSettings(site="early", early_close=True, status_every_s=0.5)
+    w = site_worker_core(sc, site_engine_config(sc), tr.keys, settings)
+    loops: list[dict] = []
+
+    async def main() -> None:
+        nc = await connect(backbone.url, name="worker")
+        pub = await connect(backbone.url, name="pub")
+        js = pub.jetstream()
+        await ensure_streams(js, "early")
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_worker(w, nc, stop, ready=ready, on_status=lambda s: loops.append(s["loop_ms"])))
+        await ready.wait()
+        t0 = time.time()
+        b = TickBuilder(PublisherSpec(0, "", "nats", [tr], Schedule(0.5, seconds), t0, tick_s, wire=2))
+        for k in range(int(seconds / tick_s)):
+            await asyncio.sleep(max(0.0, t0 + (k + 1) * tick_s - time.time()))
+            for subj, _, body, _ in b.build(k * tick_s, (k + 1) * tick_s, 0.5):
+                await publish_batch(js, subj, body, timeout=30)
+        stop.set()
+        await task
+        await nc.close()
+        await pub.close()
+
+    asyncio.run(main())
+    closes = sum(int(x["closes"]) for x in loops)
+    checkpoints = sum(int(x["checkpoints"]) for x in loops)
+    assert closes >= 8, loops
+    assert checkpoints >= 0.7 * closes, (closes, checkpoints)  # the rule before: about 0.5
