@@ -711,8 +711,12 @@ def serve(
     taken_over: list[str] = []
 
     def on_connect(
-        c: paho.Client, _u: object, _f: object, _reason: object, _p: object = None
+        c: paho.Client, _u: object, _f: object, reason: object, _p: object = None
     ) -> None:
+        if getattr(reason, "is_failure", False):
+            # Refused (bad login, not authorized): nothing was established, so it is not a
+            # session taken over; paho tries again and the status line says NOT connected.
+            return
         connected.set()
         connected_at[0] = time.monotonic()
         for sub in stale_subscriptions(core.adapters):
@@ -733,8 +737,9 @@ def serve(
         inbox.put((msg.topic, bytes(msg.payload), time.time()))
 
     def on_disconnect(c: paho.Client, _u: object, _f: object, reason: object, _p: object = None) -> None:
+        was_connected = connected.is_set()
         connected.clear()
-        if client_id is None or stop_ev.is_set():
+        if client_id is None or stop_ev.is_set() or not was_connected:
             return
         now = time.monotonic()
         if now - connected_at[0] < TAKEOVER_SHORT_S:

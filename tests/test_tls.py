@@ -592,3 +592,46 @@ def test_raw_batches_older_than_the_retention_are_deleted(tmp_path: Path) -> Non
     assert stored == 1
     assert left == 0, f"still {left} after {waited:.1f} s"
     assert waited >= 1.0  # not before it was old enough
+
+
+def test_a_refused_login_is_not_taken_for_a_session_takeover(tmp_path: Path) -> None:
+    """A server whose password the broker refuses keeps retrying and says NOT connected; it
+    must not stop with "took over the MQTT session" (refused connects are not closes of an
+    established session). Waits for 24 status lines (12 s at 0.5 s: paho's 1, 2, 4, 8 s
+    retries make four refusals, more than the takeover rule's three closes)."""
+    from tests.conftest import SCENARIOS
+
+    port = free_port()
+    out = tmp_path / "demo-site"
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
+    prov = subprocess.run([sys.executable, "-m", "tagtwin", "provision", str(SCENARIOS / "demo.toml"), "--out",
+                           str(out), "--port", str(port)], capture_output=True, text=True, env=env, check=False)
+    assert prov.returncode == 0, prov.stderr
+    conf = out / "broker" / "mosquitto.conf"
+    if os.geteuid() == 0:
+        conf.write_text(conf.read_text() + "user root\n")
+    good = out / "creds" / f"{ENGINE_USER}.toml"
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text(good.read_text().replace(load_creds(good).password or "", "not-the-password"))
+    wrong.chmod(0o600)
+    with running(["mosquitto", "-c", str(conf)], port):
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tagtwin", "serve", "--broker", f"mqtts://127.0.0.1:{port}", "--creds", str(wrong),
+             "--keys", str(out / "keys.toml"), "--scenario", str(SCENARIOS / "demo.toml"), "--status-every", "0.5"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        lines: list[str] = []
+        stderr = server.stderr
+        assert stderr is not None
+        reader = threading.Thread(target=lambda: lines.extend(iter(stderr.readline, "")), daemon=True)
+        reader.start()
+        try:
+            deadline = time.monotonic() + 120
+            while (server.poll() is None and sum("NOT connected" in x for x in lines) < 24
+                   and time.monotonic() < deadline):
+                time.sleep(0.1)
+            assert server.poll() is None, "".join(lines)[-3000:]
+            assert sum("NOT connected" in x for x in lines) >= 24, "".join(lines)[-3000:]
+            assert not any("took over" in x for x in lines)
+        finally:
+            server.terminate()
+            server.wait(30)
