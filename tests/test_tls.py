@@ -221,13 +221,10 @@ def test_a_gateway_keeps_its_spool_when_its_publishes_are_refused(site, tmp_path
     assert Spool(tmp_path / "spool.sqlite").rows >= 1  # still spooled: sent again once the login is fixed
 
 
-def test_cli_provision_and_serve_over_tls_with_no_secret_in_argv(tmp_path: Path) -> None:
-    """`tagtwin provision` for the demo site, mosquitto from its config, `tagtwin serve` over
-    TLS as the engine identity: its retained status reaches the dashboard identity, and no
-    password or key is in the server's command line (/proc/PID/cmdline)."""
-    import json
-    import sys
-
+def _provision_demo_site(tmp_path: Path) -> tuple[Path, int, Path, dict[str, str]]:
+    """`tagtwin provision` for the demo site on a free port: its directory, the port, the
+    broker's config (run as root: told to stay root, to read its 0600 files) and the
+    environment for `python -m tagtwin`."""
     from tests.conftest import SCENARIOS
 
     port = free_port()
@@ -239,6 +236,19 @@ def test_cli_provision_and_serve_over_tls_with_no_secret_in_argv(tmp_path: Path)
     conf = out / "broker" / "mosquitto.conf"
     if os.geteuid() == 0:
         conf.write_text(conf.read_text() + "user root\n")
+    return out, port, conf, env
+
+
+def test_cli_provision_and_serve_over_tls_with_no_secret_in_argv(tmp_path: Path) -> None:
+    """`tagtwin provision` for the demo site, mosquitto from its config, `tagtwin serve` over
+    TLS as the engine identity: its retained status reaches the dashboard identity, and no
+    password or key is in the server's command line (/proc/PID/cmdline)."""
+    import json
+    import sys
+
+    from tests.conftest import SCENARIOS
+
+    out, port, conf, env = _provision_demo_site(tmp_path)
     broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = None
     try:
@@ -601,15 +611,7 @@ def test_a_refused_login_is_not_taken_for_a_session_takeover(tmp_path: Path) -> 
     retries make four refusals, more than the takeover rule's three closes)."""
     from tests.conftest import SCENARIOS
 
-    port = free_port()
-    out = tmp_path / "demo-site"
-    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
-    prov = subprocess.run([sys.executable, "-m", "tagtwin", "provision", str(SCENARIOS / "demo.toml"), "--out",
-                           str(out), "--port", str(port)], capture_output=True, text=True, env=env, check=False)
-    assert prov.returncode == 0, prov.stderr
-    conf = out / "broker" / "mosquitto.conf"
-    if os.geteuid() == 0:
-        conf.write_text(conf.read_text() + "user root\n")
+    out, port, conf, env = _provision_demo_site(tmp_path)
     good = out / "creds" / f"{ENGINE_USER}.toml"
     wrong = tmp_path / "wrong.toml"
     wrong.write_text(good.read_text().replace(load_creds(good).password or "", "not-the-password"))
