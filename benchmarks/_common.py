@@ -35,24 +35,12 @@ def engine_variant(scenario: Scenario, overrides: Sequence[str]) -> Scenario:
     engine = scenario.engine.model_dump()
     keys = sorted(type(scenario.engine).model_fields)
     for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or key not in keys:
+        if "=" not in item or item.partition("=")[0] not in keys:
             raise SystemExit(f"--engine {item!r}: want KEY=VALUE with KEY one of {keys}")
-        try:
-            engine[key] = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            engine[key] = text
-    from pydantic import ValidationError
-
-    from twin.scenario import Scenario as _Scenario
-
+        key, value = setting("--engine", item)
+        engine[key] = value
     name = "+".join([scenario.name, *overrides])
-    try:
-        return _Scenario.model_validate(scenario.model_dump() | {"name": name, "engine": engine})
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise SystemExit(f"--engine {' '.join(overrides)}: {where}: {first['msg']}") from None
+    return _validated("--engine", overrides, scenario.model_dump() | {"name": name, "engine": engine})
 
 
 def setting(flag: str, item: str) -> tuple[str, Any]:
@@ -74,13 +62,18 @@ def misplaced_variant(scenario: Scenario, overrides: Sequence[str]) -> Scenario:
         return scenario
     rules = scenario.rules.model_dump()
     rules["misplaced"] = rules["misplaced"] | dict(setting("--misplaced", s) for s in overrides)
+    return _validated("--misplaced", overrides, scenario.model_dump() | {"rules": rules})
+
+
+def _validated(flag: str, overrides: Sequence[str], data: dict[str, Any]) -> Scenario:
+    """The scenario ``data`` describes, or a one-line exit naming the flag and the field."""
     from pydantic import ValidationError
 
     from twin.scenario import Scenario as _Scenario
 
     try:
-        return _Scenario.model_validate(scenario.model_dump() | {"rules": rules})
+        return _Scenario.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise SystemExit(f"--misplaced {' '.join(overrides)}: {where}: {first['msg']}") from None
+        raise SystemExit(f"{flag} {' '.join(overrides)}: {where}: {first['msg']}") from None
