@@ -12,7 +12,7 @@ from engine.pipeline import EngineConfig
 from engine.rules import RuleEngine
 from live_bridge.server import RulesSink
 from siteplan.model import SiteModel
-from twin.run import engine_config_for, registry_context, registry_ids
+from twin.run import engine_config_for, registry_context, registry_ids, rest_map_for
 from twin.scenario import Scenario
 from twin.sim import TwinResult, resolve_gateways
 
@@ -44,7 +44,8 @@ def site_rules(scenario: Scenario, config: EngineConfig, copies: int = 1) -> tup
     registers a load test's copies of the fleet too (twin.run.registry_ids): a real site
     at that rate knows its tags, so they must not all alarm as unknown."""
     devices = IdTable(registry_ids(scenario, copies)[0])
-    context = registry_context(scenario, config.zones, config.gateways, devices.ids, copies)
+    context = registry_context(scenario, config.zones, config.gateways, devices.ids, copies,
+                               rest_map=rest_map_for(scenario, config, copies=copies))
     return devices, RuleEngine(scenario.rules, context, [])
 
 

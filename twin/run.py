@@ -29,6 +29,7 @@ from engine.localize import ObstacleMap, RadioMap
 from engine.pipeline import Engine, EngineConfig
 from engine.rules import Event, JsonLinesSink, ListSink, RuleContext, RuleEngine
 from engine.rules.feeder import RuleFeeder, feed_rules  # noqa: F401  (twin.run.RuleFeeder, as before)
+from engine.rules.rest import RestMap
 from engine.rules.scoring import ScoreTally, count_accuracy, score_report, tally_events
 from engine.track import FloorPlan
 from radio_models.calibration import censored_link_means, simple_kriging
@@ -257,9 +258,44 @@ def feed_engine(engine: Engine, sightings: NDArray[np.void], end_t: float) -> ND
     return np.concatenate(out)
 
 
-def rule_context_for(scenario: Scenario, twin: WarehouseTwin) -> RuleContext:
-    """The registry the rules see: device ids, their tag class (group) and its interval."""
-    return registry_context(scenario, twin.site.zones, twin.gateways, twin.fleet.ids)
+def rule_context_for(scenario: Scenario, twin: WarehouseTwin, config: EngineConfig | None = None) -> RuleContext:
+    """The registry the rules see: device ids, their tag class (group) and its interval;
+    with the engine's ``config``, the radio map the misplaced rule's rest check reads."""
+    rest = rest_map_for(scenario, config, twin) if config is not None else None
+    return registry_context(scenario, twin.site.zones, twin.gateways, twin.fleet.ids, rest_map=rest)
+
+
+def rest_map_for(
+    scenario: Scenario, config: EngineConfig, warehouse: WarehouseTwin | None = None, copies: int = 1,
+) -> RestMap | None:
+    """The misplaced rule's view of the localizer's radio map (engine/rules/rest.py): the
+    mean RSSI the engine predicts on its radio grid (log-distance, the site plan's losses
+    and the walk's shadowing map: ``config``'s own obstacle map) over the cells inside
+    the outline, and the receiver model of the scenario's gateways (sensitivity, fading,
+    channel offsets, reporting step). None when the rule does not use it."""
+    rule = scenario.rules.misplaced
+    if not (rule.enabled and rule.rest_check):
+        return None
+    warehouse = warehouse or WarehouseTwin(scenario)
+    grid = config.obstacle_map.grid if config.obstacle_map is not None else Grid.covering(
+        warehouse.site.outline.bounds, scenario.radio.grid_m)
+    centres = grid.centres()
+    free = shapely.contains_xy(warehouse.site.outline, centres[:, 0], centres[:, 1])
+    tx_ref = reference_tx_power(warehouse.fleet)
+    model = RadioMap.from_model(grid, free, config.gateways.xyz, config.path_loss_exponent, config.sigma_db,
+                                config.tag_height_m, tx_ref, config.obstacle_map)
+    tx = np.tile(np.repeat([g.tx_power_1m_dbm for g in scenario.tags], [g.count for g in scenario.tags]),
+                 max(1, copies)).astype(float)
+    effects = warehouse.radio.effects
+    report = scenario.radio.report
+    return RestMap(
+        cell_xy=centres[free], mean_dbm=model.mean_dbm[free], tx_ref_dbm=tx_ref, device_tx_dbm=tx,
+        sensitivity_dbm=np.asarray(warehouse.sensitivity_dbm, dtype=float),
+        fading_quantiles_db=np.asarray(effects.fading_table_db, dtype=float),
+        channel_offset_db=np.asarray(effects.channel_offset_db, dtype=float),
+        quantization_db=report.quantization_db, miss_probability=max(report.miss_probability, 0.02),
+        map_sigma_db=rule.rest_map_sigma_db,
+    )
 
 
 def registry_ids(scenario: Scenario, copies: int = 1) -> tuple[list[str], NDArray[np.int32]]:
@@ -274,7 +310,7 @@ def registry_ids(scenario: Scenario, copies: int = 1) -> tuple[list[str], NDArra
 
 def registry_context(
     scenario: Scenario, zones: ZoneIndex, gateways: GatewayInfo, device_ids: list[str] | None = None,
-    copies: int = 1,
+    copies: int = 1, rest_map: RestMap | None = None,
 ) -> RuleContext:
     """A rule context whose registry is the scenario's tag fleet (ids as the twin names
     them, class = tag group), extended by ``copies`` - 1 load-test copies of it
@@ -295,6 +331,7 @@ def registry_context(
         gateway_xy=gateways.xyz[:, :2].copy(),
         site_outline=shapely.Polygon(scenario.site.outline),
         site_walls=tuple(shapely.LineString(w.points) for w in scenario.site.walls),
+        rest_map=rest_map,
     )
 
 
@@ -369,7 +406,7 @@ def simulate(
     latency = LatencySetup(result.sightings["t"], cfg.step_s, cfg.allowed_lateness_s)
     t3 = time.perf_counter()
     sink = ListSink()
-    rules = RuleEngine(scenario.rules, rule_context_for(scenario, twin), [sink])
+    rules = RuleEngine(scenario.rules, rule_context_for(scenario, twin, engine.config), [sink])
     site_states = SiteStateRecorder(rules)
     rules.sinks.append(site_states)
     feed = injector.log.checkout_feed()

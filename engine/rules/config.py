@@ -318,6 +318,31 @@ class MisplacedRule(_Strict):
         "fire",
     )
 
+    rest_check: bool = Field(
+        default=True,
+        description="a resting tag fires only if its rest's mean RSSI per gateway (every advert "
+        "heard since it stopped, censoring the unheard) puts it in a forbidden zone with "
+        "probability at least rest_threshold on the localizer's radio map; a tag by a wall is "
+        "not a tag in the room (engine/rules/rest.py; needs the map, which a scenario's runs "
+        "and servers build)",
+    )
+    rest_threshold: float = Field(
+        default=0.8, gt=0, lt=1,
+        description="rest_check: P(forbidden zone) from the rest's link means at or above this "
+        "fires (seen so far: quiet alarms by the office wall 0.00-0.54, tags misplaced in it "
+        "0.97-1.0; docs/rules.md)",
+    )
+    rest_min_adverts: int = Field(
+        default=20, ge=1, le=100_000,
+        description="rest_check: adverts heard since the tag stopped before the check decides "
+        "(fewer: the look alone decides, as without the check)",
+    )
+    rest_map_sigma_db: float = Field(
+        default=2.0, gt=0, le=20,
+        description="rest_check: how far the radio map's mean may be from the site's on one "
+        "link (the walk map's error is about 1-1.5 dB by the office; docs/rules.md)",
+    )
+
     @model_validator(mode="after")
     def _order(self) -> MisplacedRule:
         lowest = min([self.threshold, *self.threshold_by_class.values()])

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from engine.rules.config import RuleSet
+    from engine.rules.rest import RestMap
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -49,6 +50,9 @@ class RuleContext:
     # Interior walls: a walled zone is entered only through its openings (misplaced reads
     # them). Empty: walls unknown, every zone open on every side.
     site_walls: tuple[shapely.LineString, ...] = ()
+    # The localizer's radio map and receiver model, for the misplaced rule's rest check
+    # (engine/rules/rest.py). None: the check is off (the look alone decides).
+    rest_map: RestMap | None = None
 
     def __post_init__(self) -> None:
         if len(self.class_interval_s) != len(self.class_names):
@@ -104,6 +108,7 @@ _FILL: dict[str, tuple[object, str]] = {
     "misp_door": (0.0, "f8"),  # largest P(near an opening of a walled forbidden zone), fading
     "misp_rest_door": (0.0, "f8"),  # sum of P(near an opening) over the current look's still fixes
     "misp_done": (False, "?"),
+    "rest_t": (-np.inf, "f8"),  # the tag's last motion (a moving advert or fix): its rest began after it
     "reg_t": (-np.inf, "f8"),
     "ah_t": (-np.inf, "f8"),
 }
@@ -184,7 +189,7 @@ class RuleCore:
     _NOT_STATE = frozenset({
         "rules", "ctx", "sinks", "_class_interval", "_hours", "_class_drain_per_s", "_dwell_limit",
         "_exit_zone_ids", "exit_region", "_exit_gateways", "_forbidden", "_doorways", "_class_misp_threshold",
-        "_class_misp_walled",
+        "_class_misp_walled", "_rest_cells",
         "_class_fa_rate",
         "_carry_reach_m", "_reach_regions",
     })

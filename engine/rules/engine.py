@@ -105,6 +105,8 @@ class RuleEngine(ExitRules, CycleCountRules, GeofenceRules, DwellRules, BatteryR
         order = np.arange(len(t)) if is_sorted(t) else np.argsort(t, kind="stable")
         events = self._heard_again(dev, t)
         self._count_frames(rows, dev)
+        if self.rules.misplaced.enabled:
+            self._rest_observe(rows, dev)
         self._count_gateway_sightings(rows, t, order)
         return self._out(events)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numba
 import numpy as np
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 CHI2_2DOF_90 = -2.0 * math.log(0.1)
 MIN_SIGMA_M = 0.5
 MISPLACED_POINTS = 64  # quadrature points for P(forbidden zone): resolution 1/64
+REST_SETTLE_S = 2.0  # sightings this soon after a tag's last motion are not yet its rest
 
 
 def _gauss_points(n: int = 32) -> FloatArray:
@@ -236,10 +237,74 @@ class GeofenceRules(RuleCore):
                     points=MISPLACED_POINTS,
                 )
             )
+        # The rest check: which of the radio map's cells each class may not rest in, and
+        # per (tag, gateway) the sums of what was heard since the tag's last motion.
+        rest = self.ctx.rest_map
+        self._rest_cells: list[NDArray[np.bool_]] = []
+        if rest is not None and cfg.rest_check:
+            for region in self._forbidden:
+                inside = shapely.contains_xy(region.geom, rest.cell_xy[:, 0], rest.cell_xy[:, 1])
+                self._rest_cells.append(np.asarray(inside, dtype=bool))
+        n_gw = len(self.ctx.gateway_ids)
+        self.rest_sums = np.zeros((0, n_gw, 2))  # adverts heard, sum of their RSSI - channel offset
         self._class_misp_threshold = np.array(
             [cfg.threshold_by_class.get(n, cfg.threshold) for n in self.ctx.class_names],
             dtype=float,
         )
+
+    def _grow(self, n: int) -> int:
+        old = super()._grow(n)
+        if self._rest_cells and n > len(self.rest_sums):
+            grown = np.zeros((len(self.tags["rest_t"]), *self.rest_sums.shape[1:]))
+            grown[: len(self.rest_sums)] = self.rest_sums
+            self.rest_sums = grown
+        return old
+
+    def _rest_moved(self, d: IntArray, t: FloatArray) -> None:
+        """Tags ``d`` moved at ``t``: a rest after it starts from nothing."""
+        if not self._rest_cells or len(d) == 0:
+            return
+        rest_t = self.tags["rest_t"]
+        later = t > rest_t[d]
+        d, t = d[later], t[later]
+        np.maximum.at(rest_t, d, t)
+        self.rest_sums[d] = 0.0
+
+    def _rest_observe(self, rows: NDArray[np.void], dev: IntArray) -> None:
+        """Add still sightings heard after their tag's last motion (plus REST_SETTLE_S) to
+        its per-gateway sums; a moving one restarts the tag's rest."""
+        if not self._rest_cells:
+            return
+        t = rows["t"].astype(float)
+        moving = rows["motion"] == 1
+        self._rest_moved(dev[moving], t[moving])
+        keep = ~moving & (t > self.tags["rest_t"][dev] + REST_SETTLE_S) & np.isfinite(rows["rssi"])
+        if not keep.any():
+            return
+        d, g = dev[keep], rows["gateway"][keep].astype(np.int64)
+        ch = rows["channel"][keep].astype(np.int64) - 37
+        offsets = np.asarray(self.ctx.rest_map.channel_offset_db, dtype=float)  # type: ignore[union-attr]
+        known = (ch >= 0) & (ch < len(offsets))
+        value = rows["rssi"][keep].astype(float) - np.where(known, offsets[np.clip(ch, 0, len(offsets) - 1)], 0.0)
+        flat = self.rest_sums.reshape(-1, 2)
+        at = d * self.rest_sums.shape[1] + g
+        np.add.at(flat[:, 0], at, 1.0)
+        np.add.at(flat[:, 1], at, value)
+
+    def _rest_probability(self, d: int, c: int) -> float:
+        """P(tag ``d`` of class ``c`` rests in a forbidden zone) from its rest's link
+        means; NaN when it has not been heard often enough since it stopped."""
+        rest = self.ctx.rest_map
+        if rest is None or not self._rest_cells or d >= len(self.rest_sums):
+            return math.nan
+        sums = self.rest_sums[d]
+        sent = float(sums[:, 0].max())  # the best link hears (nearly) every advert
+        if sent < self.rules.misplaced.rest_min_adverts:
+            return math.nan
+        gateways = np.arange(len(sums))
+        mean, var = rest.link_means(sums[:, 0], sums[:, 1], np.full(len(sums), sent), gateways)
+        w = rest.cell_posterior(mean, var, d)
+        return float(w[self._rest_cells[c]].sum())
 
     def _zone_transitions(
         self, t: float, d: IntArray, z: NDArray[np.int32], events: list[Event]
@@ -311,6 +376,7 @@ class GeofenceRules(RuleCore):
         fade_door = np.exp(-gap / cfg.opening_time_constant_s)
         tg["misp_door"][dm] = np.maximum(door[moving], tg["misp_door"][dm] * fade_door)
         tg["misp_move_t"][dm] = t
+        self._rest_moved(dm, np.full(len(dm), t))
         tg["misp_sum"][dm], tg["misp_n"][dm], tg["misp_run"][dm] = 0.0, 0, 0
         tg["misp_run_door"][dm], tg["misp_rest_door"][dm] = 0, 0.0
         tg["misp_t"][dm], tg["misp_done"][dm] = t, False
@@ -360,8 +426,16 @@ class GeofenceRules(RuleCore):
         by_door = ~strong & (tg["misp_run_door"][dc] >= cfg.opening_looks)
         threshold = np.where(by_door, cfg.opening_look_threshold, threshold)
         fire = (strong | by_door) & ~tg["misp_done"][dc] & (tg["cls"][dc] >= 0)
+        p_rest = np.full(len(dc), np.nan)
+        if self._rest_cells:
+            # A tag by a wall is not a tag in the room: where its rest has been heard
+            # often enough, the rest's link means must place it in the forbidden zone too.
+            for j in np.flatnonzero(fire).tolist():
+                p_rest[j] = self._rest_probability(int(dc[j]), int(tg["cls"][dc[j]]))
+            fire &= ~(p_rest < cfg.rest_threshold)  # NaN (too few adverts yet): the look decides
         for j in np.flatnonzero(fire).tolist():
             dj = int(dc[j])
+            rest: dict[str, Any] = {"p_forbidden_rest": round(float(p_rest[j]), 4)} if np.isfinite(p_rest[j]) else {}
             events.append(
                 self._event(
                     "misplaced",
@@ -378,6 +452,7 @@ class GeofenceRules(RuleCore):
                     ),
                     look_s=cfg.look_s,
                     tag_class=self.ctx.class_names[int(tg["cls"][dj])],
+                    **rest,
                 )
             )
         tg["misp_done"][dc[fire]] = True
