@@ -10,6 +10,11 @@ fixes' P(forbidden zone) over ``look_s``) at or above the lowest threshold it ca
 side by side under distinct device codes in one rule engine (exact too: the rule keeps no
 state across tags). ``tests/test_misplaced.py`` checks both against the plain replay.
 
+The rule's rest check (engine/rules/rest.py) reads the sightings, which kept fixes do not
+hold: it is not applied here, and it can only remove alarms, so these are an upper bound on
+the whole rule's (``quiet_missing.py --full --fixes-dir DIR`` reruns the twin and every rule
+on the kept fixes, about 30 CPU-s a seed, and applies it).
+
 Prints JSON: misplaced alarms, false alarms per day per 1,000 tags with the exact one-sided
 95 % Poisson bound and the too-little-exposure verdict (engine.rules.scoring.rate_reading),
 each alarm's evidence, wall time and load.
@@ -230,6 +235,7 @@ def main() -> None:
         "tag_days": round(tag_days, 2),
         "misplaced_settings": rules.misplaced.model_dump(),
         "overrides": overrides,
+        "rest_check": "not applied (no sightings): alarms are an upper bound on the whole rule's",
         "candidate_tags_per_seed": [len(np.unique(f["device"])) for f, _ in got],
         "misplaced": {**reading.as_dict(), "below_1_per_day_per_1000_tags": reading.upper < 1.0},
         "alarms": [

@@ -19,7 +19,8 @@ skips the seeds it holds and pools them in: a long run is extended or finished i
 ``--fixes-only`` (with ``--fixes-dir``) reruns
 only the rules that read positions alone (misplaced, zones, dwell, battery_low, registry,
 after hours) on the kept fixes, without the twin: a change to those rules is rescored on
-thousands of tag-days in minutes. The rules that need sightings (missing_tag, exits,
+thousands of tag-days in minutes (misplaced without its rest check, which reads sightings:
+an upper bound on its alarms). The rules that need sightings (missing_tag, exits,
 gateways) are off in that mode and come from the full run. ``--engine`` replaces one of the
 scenario's [engine] settings (repeatable; e.g. ``localizer=radio-map``, ``radio_map=survey``)
 and names the kept fixes after it.
@@ -329,7 +330,8 @@ def main() -> None:
             alarms, thousand, off=SIGHTING_RULES if args.fixes_only
             else () if args.full else POSITION_RULES),
         "seeds_resumed": len(args.seeds) - len(todo),
-        "pipeline": "position rules on kept fixes" if args.fixes_only
+        "pipeline": "position rules on kept fixes (no sightings: misplaced without its rest check, "
+        "an upper bound)" if args.fixes_only
         else "full" if args.full else "sightings and stand-in fixes",
         "burst_continuation_range": [
             [min(r["burst_continuation"][j] for r in runs), max(r["burst_continuation"][j] for r in runs)]
