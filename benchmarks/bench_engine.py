@@ -63,7 +63,8 @@ def _setup(duration: float, search: dict[str, Any] | None = None) -> tuple[Any, 
     sc = sc.model_copy(update={"duration_s": duration})
     if search:
         sc = sc.model_copy(update={"engine": sc.engine.model_copy(update=search)})
-    return sc, engine_config_for(sc, result), rule_context_for(sc, twin)
+    cfg = engine_config_for(sc, result)
+    return sc, cfg, rule_context_for(sc, twin, cfg)  # with the misplaced rule's rest map, as a run has
 
 
 def make_traffic(duration: float, path: Path) -> int:

@@ -132,7 +132,7 @@ def pipeline(duration_s: float, workers: int) -> dict[str, object]:
     cfg = engine_config_for(sc, probe.run())
     events = CountingEvents()
     with PartitionedEngine(cfg, probe.fleet.tx_power_1m_dbm, workers) as engine:
-        feeder = RuleFeeder(RuleEngine(sc.rules, rule_context_for(sc, probe), [events]),
+        feeder = RuleFeeder(RuleEngine(sc.rules, rule_context_for(sc, probe, cfg), [events]),
                             step_s=sc.engine.step_s)
         sink = PipelineSink(engine, feeder)
         twin = WarehouseTwin(sc, sink=sink)

@@ -241,7 +241,7 @@ class GeofenceRules(RuleCore):
         # per (tag, gateway) the sums of what was heard since the tag's last motion.
         rest = self.ctx.rest_map
         self._rest_cells: list[NDArray[np.bool_]] = []
-        if rest is not None and cfg.rest_check:
+        if rest is not None and cfg.rest_check and any(not r.geom.is_empty for r in self._forbidden):
             for region in self._forbidden:
                 inside = shapely.contains_xy(region.geom, rest.cell_xy[:, 0], rest.cell_xy[:, 1])
                 self._rest_cells.append(np.asarray(inside, dtype=bool))
