@@ -369,10 +369,13 @@ def test_live_view_shows_positions_and_events_from_the_real_server(tmp_path):
 def test_events_timeline_with_precision_and_recall_on_the_incidents_scenario():
     at = start()
     at.sidebar.selectbox(key="scenario_file").set_value("demo_incidents.toml").run()
+    at.sidebar.number_input(key="n_seeds").set_value(2)  # the fewest with an interval, as start() sets
     at.sidebar.number_input(key="duration_input").set_value(200.0).run()
     go(at, "Run & playback")
+    before = reps.runs_submitted
     at.button(key="run").click().run()
     assert not at.exception, [e.value for e in at.exception]
+    assert reps.runs_submitted == before + 2
     caption = next(c.value for c in at.caption if "events from rule set" in c.value)
     assert "rule set “demo-incidents-1”" in caption and "exit_without_checkout" in caption
     (timeline,) = [

@@ -158,6 +158,12 @@ def page(server, tmp_path_factory):
             ctx.close()
 
 
+SETTLED = """() => [...document.querySelectorAll(".js-plotly-plot")].every(
+        (gd) => gd._fullLayout && !gd._transitioning && !(gd._transitionData?._frameQueue?.length))
+    && document.getAnimations().every(
+        (a) => a.playState !== "running" || a.effect?.getComputedTiming().endTime === Infinity)"""
+
+
 def shot(pg, name: str, focus=None) -> Path:
     """A 1440x900 picture of what the planner sees, scrolled to ``focus`` (a locator) if
     given: Streamlit scrolls inside its main pane, so a full-page shot adds nothing."""
@@ -166,8 +172,10 @@ def shot(pg, name: str, focus=None) -> Path:
     if focus is not None:
         focus.first.scroll_into_view_if_needed()
         focus.first.evaluate("(e) => e.scrollIntoView({block: 'start'})")
-    pg.wait_for_timeout(600)  # let plotly finish its transition before the picture
-    pg.screenshot(path=str(path), full_page=True)
+    # Every plot drawn and none animating, no CSS transition under way: then the picture
+    # (finite CSS animations that start meanwhile are finished by the screenshot itself).
+    pg.wait_for_function(SETTLED, polling="raf")
+    pg.screenshot(path=str(path), full_page=True, animations="disabled")
     # The docs' screenshots are refreshed on request, so a test run leaves the tree clean:
     #   TAGTWIN_UPDATE_DOCS=1 ./run test tests/test_app_browser.py
     if name in FOR_DOCS and os.environ.get("TAGTWIN_UPDATE_DOCS") == "1":
@@ -495,8 +503,8 @@ def test_demo_run_compare_and_screenshots(page, server, tmp_path_factory):
     active_step = "(gd) => gd._fullLayout.sliders[0].active"
     assert plot.evaluate(active_step) == 0
     plot.locator(".updatemenu-button").filter(has_text="Play").click()
-    pg.wait_for_timeout(2000)
-    assert plot.evaluate(active_step) > 0  # frames advanced without a Streamlit rerun
+    # Frames advance without a Streamlit rerun: the slider leaves step 0 on its own.
+    assert wait_for(lambda: plot.evaluate(active_step) > 0, 30), plot.evaluate(active_step)
     plot.locator(".updatemenu-button").filter(has_text="Pause").click()
     # Scrubbing: every frame in turn by the slider's own call (Plotly.animate, no redraw),
     # each awaited to the next paint; frames per second as the planner would see them.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.conftest import SCENARIOS
@@ -12,8 +13,15 @@ from tests.conftest import SCENARIOS
 DEMO = (SCENARIOS / "demo.toml").read_text()
 
 
-def tagtwin(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tagtwin", *args], capture_output=True, text=True, check=False)
+def tagtwin(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tagtwin", *args], capture_output=True, text=True, check=False,
+                          cwd=cwd)
+
+
+def side_by_side(*commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+    """Independent commands, two at a time (the 2-core machine's second core would idle)."""
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda args: tagtwin(*args), commands))
 
 
 def _scenario_with_bounds(folder: Path, bounds: str) -> Path:
@@ -72,8 +80,9 @@ def test_version_matches_the_installed_distribution() -> None:
 
 
 def test_help_keeps_bracketed_words() -> None:
-    assert "[expected]" in tagtwin("check", "--help").stdout
-    assert "[keys]" in tagtwin("serve", "--help").stdout
+    check, serve = side_by_side(("check", "--help"), ("serve", "--help"))
+    assert "[expected]" in check.stdout
+    assert "[keys]" in serve.stdout
 
 
 def test_init_writes_a_starter_that_runs_and_never_overwrites(tmp_path: Path) -> None:
@@ -86,12 +95,14 @@ def test_init_writes_a_starter_that_runs_and_never_overwrites(tmp_path: Path) ->
     scenario = load_scenario(path)
     assert len(scenario.gateways.units) >= 4 and scenario.tags
     path.write_text(path.read_text() + "# mine\n")
-    again = tagtwin("init", str(path))
+    # A second init, and a run of the starter (the default output directory is named after
+    # the scenario file), side by side.
+    with ThreadPoolExecutor(2) as pool:
+        again_ = pool.submit(tagtwin, "init", str(path))
+        run_ = pool.submit(tagtwin, "simulate", "store.toml", "--duration", "20", "--quiet", cwd=tmp_path)
+        again, run = again_.result(), run_.result()
     assert again.returncode == 2 and "not overwriting" in again.stderr
     assert path.read_text().endswith("# mine\n")
-    # The default output directory is named after the scenario file.
-    run = subprocess.run([sys.executable, "-m", "tagtwin", "simulate", "store.toml", "--duration", "20", "--quiet"],
-                         capture_output=True, text=True, check=False, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout == ""  # --quiet prints nothing but errors
     report = json.loads((tmp_path / "out" / "store" / "report.json").read_text())
@@ -127,17 +138,17 @@ def test_check_junit_and_validate_only(tmp_path: Path) -> None:
 
     _scenario_with_bounds(tmp_path, "median_error_m = { max = 0.01 }\nzone_accuracy = { min = 0.0 }\n")
     junit = tmp_path / "check.xml"
-    proc = tagtwin("check", str(tmp_path / "short.toml"), "--junit", str(junit))
+    bad = tmp_path / "bad.toml"
+    bad.write_text(DEMO.replace("seed = 42", "seed = -1"))
+    proc, valid, invalid = side_by_side(("check", str(tmp_path / "short.toml"), "--junit", str(junit)),
+                                        ("check", str(tmp_path / "short.toml"), "--validate-only"),
+                                        ("check", str(bad), "--validate-only"))
     assert proc.returncode == 1
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None and suite.get("tests") == "2" and suite.get("failures") == "1"
     failed = [c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None]
     assert failed == ["median_error_m"]
-    valid = tagtwin("check", str(tmp_path / "short.toml"), "--validate-only")
     assert valid.returncode == 0 and "valid" in valid.stdout
-    bad = tmp_path / "bad.toml"
-    bad.write_text(DEMO.replace("seed = 42", "seed = -1"))
-    invalid = tagtwin("check", str(bad), "--validate-only")
     assert invalid.returncode == 2 and f"{bad}: seed" in invalid.stderr and "Traceback" not in invalid.stderr
 
 

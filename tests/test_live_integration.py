@@ -741,6 +741,7 @@ def _serve_in_thread(core: ServerCore, url: str, session: str) -> tuple[threadin
 def test_a_second_server_with_the_same_session_stops_one_instead_of_flapping(mosquitto):
     """Two servers under one client id take the session from each other on every
     reconnect; one of them stops with SessionTakenOverError naming the id, the other keeps it."""
+    from live_bridge.mqtt import BrokerUrl, make_client
     from live_bridge.server import SessionTakenOverError
 
     session = "tagtwin-serve-twice"
@@ -756,7 +757,25 @@ def test_a_second_server_with_the_same_session_stops_one_instead_of_flapping(mos
         (exc,) = stopped[0][2]
         assert isinstance(exc, SessionTakenOverError)
         assert session in str(exc)
-        time.sleep(3)  # the survivor is no longer kicked: it stays up
+        # The survivor is no longer kicked: once the other has stopped it (re)connects and
+        # handles, one by one, messages published after that (its persistent session queues
+        # them while it reconnects), and is still running.
+        survivor = cores[0] if first[1].is_alive() else cores[1]
+        pub = make_client("takeover-pub", BrokerUrl.parse(mosquitto.url))
+        pub.connect("127.0.0.1", mosquitto.port)
+        pub.loop_start()
+        try:
+            seen = survivor.counters["messages"]
+            for n in range(1, 4):
+                pub.publish(f"{TOPIC_ROOT}/gw/nobody/batch", b"not a batch", qos=1).wait_for_publish(30)
+
+                def handled(n: int = n) -> bool:
+                    return survivor.counters["messages"] >= seen + n
+
+                asyncio.run(until(handled, "the survivor to handle a message published after the other stopped"))
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
         assert [s for s in (first, second) if s[1].is_alive()]
     finally:
         for stop, th, _ in (first, second):

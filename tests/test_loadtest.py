@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -148,21 +149,27 @@ def test_only_windows_that_closed_on_traffic_are_judged():
 
 
 def test_bad_options_are_one_line_errors(tmp_path: Path):
-    res = run_cli(str(SCENARIO), "--ramp", "fast", "--quiet")
-    assert res.returncode == 2 and "--ramp 'fast'" in res.stderr and "Traceback" not in res.stderr
-    res = run_cli(str(SCENARIO), "--fault", "link-cut@3", "--quiet")
-    assert res.returncode == 2 and "loadtest injects" in res.stderr
-    res = run_cli(str(SCENARIO), "--fault", "broker-restart@30x", "--quiet")
-    assert res.returncode == 2 and "--fault 'broker-restart@30x': T '30x': expected a time" in res.stderr
-    res = run_cli(str(SCENARIO), "--slo", "completeness=all", "--quiet")
-    assert res.returncode == 2 and "completeness: expected a number >= 0 or none" in res.stderr
-    # --creds as serve and twin-publish take it: checked before anything starts
-    res = run_cli(str(SCENARIO), "--creds", str(tmp_path / "x.creds"), "--quiet")
-    assert res.returncode == 2 and "--creds needs --nats or --mqtt" in res.stderr
     loose = tmp_path / "loose.creds"
     loose.write_text("-----BEGIN NATS USER JWT-----\n")
     loose.chmod(0o644)
-    res = run_cli(str(SCENARIO), "--nats", "nats://127.0.0.1:1", "--creds", str(loose), "--quiet")
+    cases = [
+        ("--ramp", "fast"),
+        ("--fault", "link-cut@3"),
+        ("--fault", "broker-restart@30x"),
+        ("--slo", "completeness=all"),
+        ("--creds", str(tmp_path / "x.creds")),  # as serve and twin-publish take it: checked before anything starts
+        ("--nats", "nats://127.0.0.1:1", "--creds", str(loose)),
+    ]
+    # Independent commands, run side by side (the 2-core machine's second core would idle).
+    with ThreadPoolExecutor(2) as pool:
+        ramp, link_cut, bad_time, slo, creds, loose_creds = pool.map(
+            lambda args: run_cli(str(SCENARIO), *args, "--quiet"), cases)
+    assert ramp.returncode == 2 and "--ramp 'fast'" in ramp.stderr and "Traceback" not in ramp.stderr
+    assert link_cut.returncode == 2 and "loadtest injects" in link_cut.stderr
+    assert bad_time.returncode == 2 and "--fault 'broker-restart@30x': T '30x': expected a time" in bad_time.stderr
+    assert slo.returncode == 2 and "completeness: expected a number >= 0 or none" in slo.stderr
+    assert creds.returncode == 2 and "--creds needs --nats or --mqtt" in creds.stderr
+    res = loose_creds
     assert res.returncode == 2 and str(loose) in res.stderr and "Traceback" not in res.stderr
     for r in (res,):
         assert len(r.stderr.strip().splitlines()) == 1

@@ -607,8 +607,9 @@ def test_raw_batches_older_than_the_retention_are_deleted(tmp_path: Path) -> Non
 def test_a_refused_login_is_not_taken_for_a_session_takeover(tmp_path: Path) -> None:
     """A server whose password the broker refuses keeps retrying and says NOT connected; it
     must not stop with "took over the MQTT session" (refused connects are not closes of an
-    established session). Waits for 24 status lines (12 s at 0.5 s: paho's 1, 2, 4, 8 s
-    retries make four refusals, more than the takeover rule's three closes)."""
+    established session). Waits for four refusals in the broker's own log (paho retries
+    after 1, 2, 4 s), more than the takeover rule's three closes, then for two more status
+    lines (0.5 s apart): by then the server has read the fourth refusal."""
     from tests.conftest import SCENARIOS
 
     out, port, conf, env = _provision_demo_site(tmp_path)
@@ -616,6 +617,13 @@ def test_a_refused_login_is_not_taken_for_a_session_takeover(tmp_path: Path) -> 
     wrong = tmp_path / "wrong.toml"
     wrong.write_text(good.read_text().replace(load_creds(good).password or "", "not-the-password"))
     wrong.chmod(0o600)
+    broker_log = tmp_path / "mosquitto.log"
+    conf.write_text(conf.read_text() + f"log_dest file {broker_log}\nlog_type notice\n")
+
+    def refusals() -> int:
+        text = broker_log.read_text(errors="replace") if broker_log.exists() else ""
+        return text.count("disconnected, not authorised")
+
     with running(["mosquitto", "-c", str(conf)], port):
         server = subprocess.Popen(
             [sys.executable, "-m", "tagtwin", "serve", "--broker", f"mqtts://127.0.0.1:{port}", "--creds", str(wrong),
@@ -626,13 +634,19 @@ def test_a_refused_login_is_not_taken_for_a_session_takeover(tmp_path: Path) -> 
         assert stderr is not None
         reader = threading.Thread(target=lambda: lines.extend(iter(stderr.readline, "")), daemon=True)
         reader.start()
+        def not_connected() -> int:
+            return sum("NOT connected" in x for x in lines)
+
         try:
             deadline = time.monotonic() + 120
-            while (server.poll() is None and sum("NOT connected" in x for x in lines) < 24
-                   and time.monotonic() < deadline):
+            while server.poll() is None and refusals() < 4 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            read_by = not_connected() + 2
+            while server.poll() is None and not_connected() < read_by and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert server.poll() is None, "".join(lines)[-3000:]
-            assert sum("NOT connected" in x for x in lines) >= 24, "".join(lines)[-3000:]
+            assert refusals() >= 4, broker_log.read_text(errors="replace")[-3000:]
+            assert not_connected() >= read_by, "".join(lines)[-3000:]
             assert not any("took over" in x for x in lines)
         finally:
             server.terminate()
