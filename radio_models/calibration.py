@@ -457,6 +457,16 @@ def survey_map_settings(xy: FloatArray, cell_m: float = 0.2) -> tuple[float, flo
 # -- a calibration walk's shadowing map: link means from censored readings, kriged ---------
 
 
+def reported_sensitivity_dbm(sensitivity_dbm: FloatArray, quantization_db: float) -> FloatArray:
+    """The lowest *reported* value a gateway passes: a reading is rounded to
+    ``quantization_db`` steps before the sensitivity test, so a link is heard when its
+    rounded value reaches sensitivity (the step above it, for a sensitivity between steps)."""
+    sens = np.asarray(sensitivity_dbm, dtype=float)
+    if quantization_db > 0:
+        return np.asarray(np.ceil(sens / quantization_db - 1e-9) * quantization_db)
+    return sens
+
+
 def censored_link_means(
     rssi: FloatArray,
     channel: NDArray[np.intp],
@@ -498,10 +508,7 @@ def censored_link_means(
     hi_edge = np.where(heard, rssi + half - offsets[ch], 0.0)
     lo_edge = np.where(heard, rssi - half - offsets[ch], 0.0)
     n_unheard = (~heard).sum(axis=1).astype(float)
-    sens = np.asarray(sensitivity_dbm, dtype=float)
-    if quantization_db > 0:  # heard when the *reported* (rounded) value reaches sensitivity
-        sens = np.ceil(sens / quantization_db - 1e-9) * quantization_db
-    sens = sens - half
+    sens = reported_sensitivity_dbm(sensitivity_dbm, quantization_db) - half
 
     def cdf(y: FloatArray) -> FloatArray:
         return np.interp(y, table, probs, left=0.0, right=1.0)

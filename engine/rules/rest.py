@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from radio_models.calibration import reported_sensitivity_dbm
+
 FloatArray = NDArray[np.float64]
 
 MU_GRID_DB = np.arange(-130.0, 0.0 + 1e-9, 0.25)  # candidate link means, dBm
@@ -87,10 +89,9 @@ class RestMap:
             return mean, var
         n, sent = n[some], sent[some]
         r_bar = np.asarray(total, dtype=float)[some] / n
-        sens = self.sensitivity_dbm[np.asarray(gateway)[some]]
         q = float(self.quantization_db)
-        if q > 0:  # heard when the reported (rounded) value reaches sensitivity
-            sens = np.ceil(sens / q - 1e-9) * q - 0.5 * q
+        # heard when the reported (rounded) value reaches sensitivity: the unrounded edge
+        sens = reported_sensitivity_dbm(self.sensitivity_dbm[np.asarray(gateway)[some]], q) - 0.5 * q
         mu = MU_GRID_DB[None, :]
         p_h = np.zeros((len(n), len(MU_GRID_DB)))
         e1 = np.zeros_like(p_h)
