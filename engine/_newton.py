@@ -102,9 +102,16 @@ def log10f(v: np.float32) -> np.float32:
     hx = _f32_bits(v)
     if hx < 0x00800000 or hx > 0x7F7FFFFF:  # zero, subnormal, negative, inf, NaN: rare
         return np.float32(np.log10(v))
+    return _log10f_normal(hx)
+
+
+@numba.njit(inline="always", nogil=True)
+def _log10f_normal(hx: np.int32) -> np.float32:
+    """log10f of the positive normal float32 whose bits are ``hx``, without a branch (so a
+    loop of them vectorizes); other inputs give some finite or NaN value, never a trap."""
     # e_log10f.c: v = 2^(k + i) * m, m in [1, 2) (k >= 0) or [0.5, 1) (k < 0)
     k = (hx >> 23) - 127
-    i = 1 if k < 0 else 0
+    i = np.int32(1) if k < 0 else np.int32(0)
     y = np.float32(k + i)
     ix = (hx & 0x7FFFFF) | ((0x7F - i) << 23)
     # e_logf.c on m: m = 2^kk z, z near 1/c of table row t
@@ -119,6 +126,19 @@ def log10f(v: np.float32) -> np.float32:
     p = _fma(r2, _LOGF_A0, p)
     log_m = np.float32(_fma(r2, p, r + y0))
     return log_m * _IVLN10 + y * _LOG10_2LO + y * _LOG10_2HI
+
+
+@numba.njit(inline="always", nogil=True)
+def hypotf(a: np.float32, b: np.float32) -> np.float32:
+    """glibc's hypotf (2.35 on, sysdeps/ieee754/flt-32/e_hypotf.c): the root of the
+    exact float64 sum of squares, rounded to float32; inf if either is infinite. Inline,
+    so a loop of them vectorizes, and the same bits on any C library (the same as this
+    machine's glibc 2.36 on 80 M random pairs; tests/test_engine_fastpaths.py)."""
+    if np.isinf(a) or np.isinf(b):
+        return np.float32(np.inf)
+    da = np.float64(a)
+    db = np.float64(b)
+    return np.float32(np.sqrt(da * da + db * db))
 
 
 @numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")  # x / 0 is inf or NaN, as in numpy
@@ -218,7 +238,7 @@ def newton_rows(  # the hot loop, inlined on purpose
                     ty = (gy0 + F32(piy + side) * cell - py) / ddy
                     if ty < t:
                         t, cx, cy = ty, 0, 2 * side - 1
-                length = F32(np.hypot(ddx, ddy))
+                length = hypotf(ddx, ddy)
                 back = inset / max(length, tiny_len)
                 if not across and t + back < one:
                     # First the other side, just across the edge (the first point the
@@ -241,7 +261,7 @@ def newton_rows(  # the hot loop, inlined on purpose
                     break  # held in a corner of its cell
                 sx = zero if ex_dir != 0 else pg1 / pa11
                 sy = zero if ey_dir != 0 else pg2 / pa22
-                scale = min(one, max_step / max(F32(np.hypot(sx, sy)), tiny_len))
+                scale = min(one, max_step / max(hypotf(sx, sy), tiny_len))
                 nxx = min(max(px + sx * scale, minx), maxx)
                 nyy = min(max(py + sy * scale, miny), maxy)
                 if abs(nxx - px) + abs(nyy - py) < move_eps:
@@ -300,7 +320,7 @@ def newton_rows(  # the hot loop, inlined on purpose
             h22 = (s0 - two * hyy) / k_slope
             n11, n22, n12 = a11 + h11, a22 + h22, a12 + h12
             gdet = a11 * a22 - a12 * a12 + tiny_det
-            gn_len = F32(np.hypot(a22 * g1 - a12 * g2, a11 * g2 - a12 * g1)) / gdet
+            gn_len = hypotf(a22 * g1 - a12 * g2, a11 * g2 - a12 * g1) / gdet
             near = gn_len < newton_radius
             pd = near and (n11 > 0) and (n11 * n22 - n12 * n12 > pd_eps * a11 * a22)
             ga11, ga22 = a11, a22
@@ -324,7 +344,7 @@ def newton_rows(  # the hot loop, inlined on purpose
                 sy = zero
             elif pin_x:
                 sy = g2 / ga22
-            scale = min(one, max_step / max(F32(np.hypot(sx, sy)), tiny_len))
+            scale = min(one, max_step / max(hypotf(sx, sy), tiny_len))
             nxx = min(max(x + sx * scale, minx), maxx)
             nyy = min(max(y + sy * scale, miny), maxy)
             moved = abs(nxx - x) + abs(nyy - y)
@@ -334,6 +354,223 @@ def newton_rows(  # the hot loop, inlined on purpose
             if settled and not (moved >= move_eps):
                 break
     return x_out, y_out
+
+
+# -- the same loop across rows, vectorized ---------------------------------------------------
+# newton_rows works on one row at a time, and its terms are a handful of scalar operations
+# (a row is heard by 2 to 10 gateways). newton_rows_lanes runs the same iterations for
+# LANES rows side by side, each row in a lane: every step is a loop over the lanes with no
+# branch, which LLVM's loop vectorizer turns into SIMD instructions (8 float32 or 4 float64
+# lanes on AVX2). Each lane does exactly the scalar loop's operations in the scalar loop's
+# order, so every row's answer is the same bits (tests/test_engine_fastpaths.py holds the
+# two to each other). What differs is the work: a lane evaluates the whole cost and the
+# derivatives at every point (the scalar loop stops a worse point's cost early and skips its
+# derivatives), and a lane whose row settles takes the next row at once.
+LANES = 64  # rows side by side; 32 and 128 were slower on the large scenario's rows
+
+
+@numba.njit(inline="always", nogil=True)
+def _lane_take_row(
+    j: int, lane: int, r: NDArray[np.float32], w: NDArray[np.float32], gx: NDArray[np.float32],
+    gy: NDArray[np.float32], dz2: NDArray[np.float32], cols: NDArray[np.intp], rows: NDArray[np.float32],
+    col_rows: NDArray[np.intp],
+) -> None:
+    """Row ``j``'s terms into lane ``lane`` of the (6, width, LANES) lane buffers."""
+    for i in range(r.shape[1]):
+        rows[0, i, lane] = r[j, i]
+        rows[1, i, lane] = w[j, i]
+        rows[2, i, lane] = gx[j, i]
+        rows[3, i, lane] = gy[j, i]
+        rows[4, i, lane] = dz2[j, i]
+        col_rows[i, lane] = cols[j, i]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def newton_rows_lanes(  # one kernel, on purpose (as newton_rows)
+    r: NDArray[np.float32], w: NDArray[np.float32], p0: NDArray[np.float32],
+    gx: NDArray[np.float32], gy: NDArray[np.float32], dz2: NDArray[np.float32],
+    cols: NDArray[np.intp], loss: NDArray[np.float32], grid: NDArray[np.float64],
+    x_start: NDArray[np.float32], y_start: NDArray[np.float32],
+    five_n: np.float32, k_slope: np.float32, bounds: NDArray[np.float64],
+    iterations: int, max_step: np.float32, newton_radius: np.float32,
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """:func:`newton_rows` (without ``cell_edges``), LANES rows at a time: the same bits."""
+    n, width = r.shape
+    x_out = x_start.copy()
+    y_out = y_start.copy()
+    minx, miny = F32(bounds[0]), F32(bounds[1])
+    maxx, maxy = F32(bounds[2]), F32(bounds[3])
+    has_wall = loss.shape[0] > 0
+    gx0, gy0, cell = F32(grid[0]), F32(grid[1]), F32(grid[2])
+    nx, ny = int(grid[3]), int(grid[4])
+    one_eps = F32(1.0 + 1e-6)
+    half, zero, one, two = F32(0.5), F32(0.0), F32(1.0), F32(2.0)
+    tiny_det, tiny_len = F32(1e-30), F32(1e-12)
+    pd_eps = F32(1e-6)
+    settle_len, move_eps = F32(0.05), F32(1e-3)
+    lanes = LANES
+    row = np.full(lanes, -1, np.int64)  # each lane's row; -1: none left
+    iters = np.zeros(lanes, np.int64)
+    # Each lane's point (x, y), best point (px, py), its cost and the row's P0; then the
+    # scratch of one iteration: the cost, its bar, the logarithm, the obstacle loss, and
+    # the derivative sums (a11, a22, a12, g1, g2, s0, hxx, hxy, hyy).
+    st = np.zeros((19, lanes), np.float32)
+    lx, ly, lpx, lpy, lpc, lpj = st[0], st[1], st[2], st[3], st[4], st[5]
+    cost, bar, lg, lossv = st[6], st[7], st[8], st[9]
+    a11, a22, a12, g1s, g2s, s0, hxx, hxy, hyy = st[10], st[11], st[12], st[13], st[14], st[15], st[16], st[17], st[18]
+    rows = np.zeros((5, width, lanes), np.float32)  # the lanes' rows: r, w, gx, gy, dz2
+    rows[4] = one  # an empty lane's distance stays a normal number (no slow logarithm)
+    col_rows = np.zeros((width, lanes), np.intp)
+    terms = np.zeros((4, width, lanes), np.float32)  # dx, dy, d2, weighted residual
+    alive = np.zeros(lanes, np.bool_)  # the cost so far is within the bar
+    flag = np.zeros(lanes, np.bool_)
+    cidx = np.zeros(lanes, np.intp)
+    nxt = 0
+    active = 0
+    for lane in range(min(lanes, n)):
+        _lane_take_row(nxt, lane, r, w, gx, gy, dz2, cols, rows, col_rows)
+        row[lane] = nxt
+        lx[lane], ly[lane], lpx[lane], lpy[lane] = x_start[nxt], y_start[nxt], x_start[nxt], y_start[nxt]
+        lpc[lane], lpj[lane] = F32(np.inf), p0[nxt]
+        nxt += 1
+        active += 1
+    while active > 0:
+        for lane in range(lanes):
+            ix = min(max(int((lx[lane] - gx0) / cell), 0), nx - 1)
+            iy = min(max(int((ly[lane] - gy0) / cell), 0), ny - 1)
+            cidx[lane] = iy * nx + ix if has_wall else 0
+            bar[lane] = lpc[lane] * one_eps
+            cost[lane] = zero
+            alive[lane] = True
+        for i in range(width):
+            slow = 0
+            for lane in range(lanes):
+                dx = lx[lane] - rows[2, i, lane]
+                dy = ly[lane] - rows[3, i, lane]
+                d2 = dx * dx
+                d2 += dy * dy
+                d2 += rows[4, i, lane]
+                terms[0, i, lane], terms[1, i, lane], terms[2, i, lane] = dx, dy, d2
+                hx = _f32_bits(d2)
+                flag[lane] = (hx < 0x00800000) | (hx > 0x7F7FFFFF)
+                lg[lane] = _log10f_normal(hx)
+            for lane in range(lanes):
+                slow += flag[lane]
+            if slow:  # zero, subnormal, inf or NaN distances: the library's logarithm
+                for lane in range(lanes):
+                    if flag[lane]:
+                        lg[lane] = np.float32(np.log10(terms[2, i, lane]))
+            if has_wall:  # a gather (not vectorized), apart so the loop below is
+                for lane in range(lanes):
+                    lossv[lane] = loss[cidx[lane], col_rows[i, lane]]
+            for lane in range(lanes):
+                res = lg[lane] * five_n
+                res += rows[0, i, lane] - lpj[lane]
+                if has_wall:
+                    res += lossv[lane]
+                res *= rows[1, i, lane]
+                terms[3, i, lane] = res
+                # The scalar loop stops adding once the sum passes the bar: so does a lane.
+                total = cost[lane] + res * res
+                ok = alive[lane]
+                cost[lane] = total if ok else cost[lane]
+                alive[lane] = ok and not (cost[lane] > bar[lane])
+        st[10:] = zero
+        for i in range(width):
+            for lane in range(lanes):
+                dx, dy, d2, res = terms[0, i, lane], terms[1, i, lane], terms[2, i, lane], terms[3, i, lane]
+                inv = rows[1, i, lane] / d2
+                jx = dx * inv
+                jy = dy * inv
+                a11[lane] += jx * jx
+                a22[lane] += jy * jy
+                a12[lane] += jx * jy
+                g1s[lane] += jx * res
+                g2s[lane] += jy * res
+                q = res * inv
+                s0[lane] += q
+                q /= d2
+                qx = q * dx
+                hxx[lane] += qx * dx
+                hxy[lane] += qx * dy
+                hyy[lane] += (q * dy) * dy
+        for lane in range(lanes):
+            # newton_rows's step from a better point, for every lane; a worse point's lane
+            # halves back instead (its step is computed and not taken).
+            x, y = lx[lane], ly[lane]
+            worse = not alive[lane]
+            g1 = -g1s[lane] / k_slope
+            g2 = -g2s[lane] / k_slope
+            h11 = (s0[lane] - two * hxx[lane]) / k_slope
+            h12 = -two * hxy[lane] / k_slope
+            h22 = (s0[lane] - two * hyy[lane]) / k_slope
+            b11, b22, b12 = a11[lane], a22[lane], a12[lane]
+            n11, n22, n12 = b11 + h11, b22 + h22, b12 + h12
+            gdet = b11 * b22 - b12 * b12 + tiny_det
+            gn_len = hypotf(b22 * g1 - b12 * g2, b11 * g2 - b12 * g1) / gdet
+            near = gn_len < newton_radius
+            pd = near and (n11 > 0) and (n11 * n22 - n12 * n12 > pd_eps * b11 * b22)
+            c11 = n11 if pd else b11
+            c22 = n22 if pd else b22
+            c12 = n12 if pd else b12
+            det = c11 * c22 - c12 * c12 + tiny_det
+            sx = (c22 * g1 - c12 * g2) / det
+            sy = (c11 * g2 - c12 * g1) / det
+            pin_x = ((x <= minx) and (sx < 0)) or ((x >= maxx) and (sx > 0))
+            pin_y = ((y <= miny) and (sy < 0)) or ((y >= maxy) and (sy > 0))
+            sx = zero if pin_x else (g1 / b11 if pin_y else sx)
+            sy = zero if pin_y else (g2 / b22 if pin_x else sy)
+            scale = min(one, max_step / max(hypotf(sx, sy), tiny_len))
+            nxx = min(max(x + sx * scale, minx), maxx)
+            nyy = min(max(y + sy * scale, miny), maxy)
+            moved = abs(nxx - x) + abs(nyy - y)
+            settled = (gn_len < settle_len) or pin_x or pin_y
+            it = iters[lane] + 1
+            iters[lane] = it
+            # Loaded before the stores, so each store is a select (vectorizable).
+            opx, opy, opc, new_cost = lpx[lane], lpy[lane], lpc[lane], cost[lane]
+            lx[lane] = half * (opx + x) if worse else nxx
+            ly[lane] = half * (opy + y) if worse else nyy
+            lpx[lane] = opx if worse else x
+            lpy[lane] = opy if worse else y
+            lpc[lane] = opc if worse else new_cost
+            flag[lane] = (it >= iterations) | ((not worse) & settled & (not (moved >= move_eps)))
+        done = 0
+        for lane in range(lanes):
+            done += flag[lane]
+        if done == 0:
+            continue
+        for lane in range(lanes):
+            if not flag[lane] or row[lane] < 0:
+                continue
+            x_out[row[lane]], y_out[row[lane]] = lpx[lane], lpy[lane]
+            if nxt < n:  # the lane takes the next row
+                _lane_take_row(nxt, lane, r, w, gx, gy, dz2, cols, rows, col_rows)
+                row[lane] = nxt
+                lx[lane], ly[lane], lpx[lane], lpy[lane] = x_start[nxt], y_start[nxt], x_start[nxt], y_start[nxt]
+                lpc[lane], lpj[lane], iters[lane] = F32(np.inf), p0[nxt], 0
+                nxt += 1
+            else:
+                row[lane] = -1
+                active -= 1
+    return x_out, y_out
+
+
+def newton_solve(
+    r: NDArray[np.float32], w: NDArray[np.float32], p0: NDArray[np.float32],
+    gx: NDArray[np.float32], gy: NDArray[np.float32], dz2: NDArray[np.float32],
+    cols: NDArray[np.intp], loss: NDArray[np.float32], grid: NDArray[np.float64],
+    x_start: NDArray[np.float32], y_start: NDArray[np.float32],
+    five_n: np.float32, k_slope: np.float32, bounds: NDArray[np.float64],
+    iterations: int, max_step: np.float32, newton_radius: np.float32, cell_edges: bool = False,
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """:func:`newton_rows`, in SIMD lanes (:func:`newton_rows_lanes`) where there are rows
+    enough to fill them: the same bits either way."""
+    args = (r, w, p0, gx, gy, dz2, cols, loss, grid, x_start, y_start, five_n, k_slope, bounds, iterations,
+            max_step, newton_radius)
+    if cell_edges or len(x_start) < LANES:
+        return newton_rows(*args, cell_edges)
+    return newton_rows_lanes(*args)
 
 
 # -- the float64 cost and polish around the loop ------------------------------------------

@@ -31,7 +31,7 @@ from engine._newton import (
     cost_from_log,
     first_equal_rows,
     gather_rows,
-    newton_rows,
+    newton_solve,
     polish_step,
     squared_distances,
 )
@@ -285,7 +285,7 @@ def _newton_chunk(
     cell_edges: bool = False,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Safeguarded Newton iterations on one chunk of rows, in float32
-    (:func:`engine._newton.newton_rows`, compiled: the hot loop, inlined on purpose).
+    (:func:`engine._newton.newton_solve`, compiled: the hot loop, inlined on purpose).
 
     Each iteration evaluates the residuals once and
     takes a Newton step (Gauss-Newton where the Hessian is not positive definite),
@@ -299,7 +299,7 @@ def _newton_chunk(
     k_slope = f32(10.0 * exponent / LN10)
     loss, grid = _wall_arrays(wall)
     r_m, w_m, gx_m, gy_m, dz2_m, cols_m = rows.major
-    x32, y32 = newton_rows(
+    x32, y32 = newton_solve(
         r_m, w_m, rows.p0, gx_m, gy_m, dz2_m, cols_m, loss, grid, x.astype(f32), y.astype(f32), five_n,
         k_slope, np.asarray(bounds, dtype=float), iterations, f32(MAX_STEP_M), f32(NEWTON_RADIUS_M),
         cell_edges,

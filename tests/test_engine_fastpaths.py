@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine._heard import heard_cells, window_cells
-from engine._newton import _bits_f32, _f32_bits, log10f
+from engine._newton import _bits_f32, _f32_bits, hypotf, log10f, newton_rows, newton_rows_lanes
 from engine._order import INSERTION_RUN, lexsort_by_time, member_of
 from engine.contract import UNKNOWN, GatewayInfo, IdTable, sightings_from_columns
 from engine.eventtime import REVISED_FIX_DTYPE, RevisingWindows
@@ -298,3 +298,103 @@ def test_inline_log10f_is_within_one_ulp_of_the_exact_logarithm() -> None:
     exact = np.log10(x[:20_000].astype(np.float64))
     ulp = np.spacing(np.abs(got)).astype(np.float64)
     assert np.all(np.abs(got.astype(np.float64) - exact) <= 2 * ulp)
+
+
+@numba.njit
+def _library_hypotf(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The C library's hypotf (numba's np.hypot on float32 calls it)."""
+    out = np.empty(len(a), np.float32)
+    for i in range(len(a)):
+        out[i] = np.hypot(a[i], b[i])
+    return out
+
+
+@numba.njit
+def _inline_hypotf(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty(len(a), np.float32)
+    for i in range(len(a)):
+        out[i] = hypotf(a[i], b[i])
+    return out
+
+
+def _random_float32s(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Random bit patterns (every sign, exponent, NaN and infinity) and special values."""
+    special = np.array([0.0, -0.0, 1e-45, 1.1754944e-38, 3.4028235e38, np.inf, -np.inf, np.nan], np.float32)
+    bits = rng.integers(0, 1 << 32, n, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    return np.concatenate([special, bits])
+
+
+@pytest.mark.skipif(
+    __import__("platform").libc_ver()[0] != "glibc"
+    or tuple(int(v) for v in __import__("platform").libc_ver()[1].split(".")[:2]) < (2, 35),
+    reason="the reference is glibc >= 2.35's hypotf (its algorithm before 2.35 rounds differently)",
+)
+def test_inline_hypotf_is_the_c_librarys_bit_for_bit() -> None:
+    """The Newton loops' inline hypotf against the library's, on random bit patterns of
+    every exponent and on pairs of close magnitudes (where rounding is closest)."""
+    rng = np.random.default_rng(16)
+    a = _random_float32s(rng, 1_000_000)
+    b = np.concatenate([np.roll(a, 3)[: len(a) // 2],
+                        (a[len(a) // 2 :] * rng.uniform(0.5, 2.0, len(a) - len(a) // 2)).astype(np.float32)])
+    got, want = _inline_hypotf(a, b), _library_hypotf(a, b)
+    same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
+    assert same.all(), (a[~same][:3], b[~same][:3])
+
+
+def test_inline_hypotf_is_within_one_ulp_of_the_exact_root() -> None:
+    """On any machine: the float64 root rounded to float32 is within one ulp."""
+    rng = np.random.default_rng(17)
+    a = rng.uniform(-1e3, 1e3, 100_000).astype(np.float32)
+    b = rng.uniform(-1e3, 1e3, 100_000).astype(np.float32)
+    exact = np.hypot(a.astype(np.float64), b.astype(np.float64))
+    got = _inline_hypotf(a, b).astype(np.float64)
+    assert np.all(np.abs(got - exact) <= np.spacing(np.abs(got).astype(np.float32)).astype(np.float64))
+
+
+def _newton_inputs(seed: int, n: int, width: int, walls: bool, iterations: int) -> tuple:
+    """Rows as engine.localize gives the Newton loop: gateways on a 40 x 30 m floor, RSSI
+    from log-distance path loss with noise, padding cells (weight 0), starts anywhere on
+    the floor, some on its bounds or on a gateway, a few NaN readings; with ``walls`` a
+    1 m obstacle grid of random losses."""
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    n_gw = 12
+    gw = np.c_[rng.uniform(0, 40, n_gw), rng.uniform(0, 30, n_gw), rng.uniform(2, 4, n_gw)]
+    cols = np.stack([rng.choice(n_gw, width, replace=False) for _ in range(n)]) if n else np.zeros((0, width), np.intp)
+    cols = cols.astype(np.intp)
+    tag = np.c_[rng.uniform(0, 40, n), rng.uniform(0, 30, n)]
+    d = np.sqrt(((tag[:, None, :] - gw[cols, :2]) ** 2).sum(-1) + (gw[cols, 2] - 1.0) ** 2)
+    r = (-59.0 - 20.0 * np.log10(d) + rng.normal(0, 4, d.shape)).astype(f32)
+    w = np.ones((n, width), f32)
+    heard = rng.integers(2, width + 1, n)
+    w[np.arange(width)[None, :] >= heard[:, None]] = 0.0
+    r[w == 0] = 0.0
+    r[rng.random(r.shape) < 0.002] = np.nan
+    x0, y0 = rng.uniform(0, 40, n).astype(f32), rng.uniform(0, 30, n).astype(f32)
+    x0[rng.random(n) < 0.1], y0[rng.random(n) < 0.1] = 0.0, 30.0  # on the bounds
+    on_gw = rng.random(n) < 0.05  # exactly on a heard gateway (dz2 0 for some)
+    x0[on_gw], y0[on_gw] = gw[cols[on_gw, 0], 0], gw[cols[on_gw, 0], 1]
+    dz2 = ((gw[cols, 2] - 1.0) ** 2).astype(f32)
+    dz2[on_gw, 0] = 0.0
+    loss = rng.uniform(0, 12, (40 * 30, n_gw)).astype(f32) if walls else np.zeros((0, 0), f32)
+    grid = np.array([0.0, 0.0, 1.0, 40, 30]) if walls else np.zeros(5)
+    return (r, w, rng.uniform(-62, -56, n).astype(f32), gw[cols, 0].astype(f32), gw[cols, 1].astype(f32), dz2,
+            cols, loss, grid, x0, y0, f32(10.0), f32(20.0 / np.log(10.0)), np.array([0.0, 0.0, 40.0, 30.0]),
+            iterations, f32(5.0), f32(2.0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 300), width=st.integers(2, 10), walls=st.booleans(),
+       iterations=st.integers(1, 20))
+def test_newton_lanes_give_the_scalar_loops_bits(seed: int, n: int, width: int, walls: bool, iterations: int) -> None:
+    """The SIMD Newton loop (rows side by side in lanes, lanes refilled as rows settle)
+    gives every row the scalar loop's answer bit for bit: including NaN readings, padding
+    cells, starts on the bounds and distances of zero (the library's logarithm). A NaN is a
+    NaN: its sign bit depends on which operand of an operation the compiler put first, in
+    either loop (and the localizer discards NaN end points)."""
+    args = _newton_inputs(seed, n, width, walls, iterations)
+    want = newton_rows(*args, False)
+    got = newton_rows_lanes(*args)
+    for g, w_ in zip(got, want, strict=True):
+        same = (g.view(np.uint32) == w_.view(np.uint32)) | (np.isnan(g) & np.isnan(w_))
+        assert same.all(), np.flatnonzero(~same)[:5]

@@ -70,14 +70,14 @@ def newton_solves(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Counts the rows the Newton loop solves (``["n"]``, reset it to count anew)."""
     import engine.localize as localize
 
-    newton = localize.newton_rows
+    newton = localize.newton_solve
     solves = {"n": 0}
 
     def counted(*args: object) -> object:
         solves["n"] += len(args[0])  # type: ignore[arg-type]
         return newton(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(localize, "newton_rows", counted)
+    monkeypatch.setattr(localize, "newton_solve", counted)
     return solves
 
 
