@@ -373,7 +373,7 @@ LANES = 64  # rows side by side; 32 and 128 were slower on the large scenario's 
 def _lane_take_row(
     j: int, lane: int, r: NDArray[np.float32], w: NDArray[np.float32], gx: NDArray[np.float32],
     gy: NDArray[np.float32], dz2: NDArray[np.float32], cols: NDArray[np.intp], rows: NDArray[np.float32],
-    col_rows: NDArray[np.intp],
+    col_rows: NDArray[np.uint64],
 ) -> None:
     """Row ``j``'s terms into lane ``lane`` of the (6, width, LANES) lane buffers."""
     for i in range(r.shape[1]):
@@ -420,11 +420,16 @@ def newton_rows_lanes(  # one kernel, on purpose (as newton_rows)
     a11, a22, a12, g1s, g2s, s0, hxx, hxy, hyy = st[10], st[11], st[12], st[13], st[14], st[15], st[16], st[17], st[18]
     rows = np.zeros((5, width, lanes), np.float32)  # the lanes' rows: r, w, gx, gy, dz2
     rows[4] = one  # an empty lane's distance stays a normal number (no slow logarithm)
-    col_rows = np.zeros((width, lanes), np.intp)
+    col_rows = np.zeros((width, lanes), np.uint64)
     terms = np.zeros((4, width, lanes), np.float32)  # dx, dy, d2, weighted residual
     alive = np.zeros(lanes, np.bool_)  # the cost so far is within the bar
     flag = np.zeros(lanes, np.bool_)
-    cidx = np.zeros(lanes, np.intp)
+    # The obstacle loss as a flat array indexed by unsigned integers (no negative-index
+    # wrap-around to check): each lane's cell row, then each cell's index.
+    loss_flat = loss.ravel()
+    n_gw = loss.shape[1]
+    cell_at = np.zeros(lanes, np.uint64)
+    at = np.zeros(lanes, np.uint64)
     nxt = 0
     active = 0
     for lane in range(min(lanes, n)):
@@ -438,7 +443,7 @@ def newton_rows_lanes(  # one kernel, on purpose (as newton_rows)
         for lane in range(lanes):
             ix = min(max(int((lx[lane] - gx0) / cell), 0), nx - 1)
             iy = min(max(int((ly[lane] - gy0) / cell), 0), ny - 1)
-            cidx[lane] = iy * nx + ix if has_wall else 0
+            cell_at[lane] = (iy * nx + ix) * n_gw if has_wall else 0
             bar[lane] = lpc[lane] * one_eps
             cost[lane] = zero
             alive[lane] = True
@@ -462,7 +467,9 @@ def newton_rows_lanes(  # one kernel, on purpose (as newton_rows)
                         lg[lane] = np.float32(np.log10(terms[2, i, lane]))
             if has_wall:  # a gather (not vectorized), apart so the loop below is
                 for lane in range(lanes):
-                    lossv[lane] = loss[cidx[lane], col_rows[i, lane]]
+                    at[lane] = cell_at[lane] + col_rows[i, lane]
+                for lane in range(lanes):
+                    lossv[lane] = loss_flat[at[lane]]
             for lane in range(lanes):
                 res = lg[lane] * five_n
                 res += rows[0, i, lane] - lpj[lane]
