@@ -31,12 +31,11 @@ import shapely
 from numpy.typing import NDArray
 
 from engine.rules.core import FloatArray, IntArray, RuleCore
+from engine.rules.events import Event
 from siteplan.zones import NO_ZONE, PointLookup
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from engine.rules.events import Event
 
 # -2 ln(0.1): r90 of a circular 2-D Gaussian is sigma * sqrt(CHI2_2DOF_90).
 CHI2_2DOF_90 = -2.0 * math.log(0.1)
@@ -315,29 +314,24 @@ class GeofenceRules(RuleCore):
         tg["cand"][d], tg["cand_n"][d] = z, n
         old = tg["conf"][d]
         change = (n >= rules.zone_transition.confirm_fixes) & (z != old)
-        for j in np.flatnonzero(change).tolist():
-            dj = int(d[j])
-            if old[j] != NO_ZONE:
-                events.append(
-                    self._event(
-                        "zone_exit",
-                        t,
-                        dj,
-                        zone=int(old[j]),
-                        stayed_s=t - float(tg["zone_since"][dj]),
-                    )
-                )
-            if z[j] != NO_ZONE:
-                events.append(
-                    self._event(
-                        "zone_enter",
-                        t,
-                        dj,
-                        zone=int(z[j]),
-                        fixes_in_zone=int(n[j]),
-                        previous=self._zone_name(int(old[j])),
-                    )
-                )
+        idx = np.flatnonzero(change)
+        if len(idx):
+            # Each changed tag's exit, then its entry: the same events as one _event call
+            # each, with the tags' columns read once (the cold start makes one per tag).
+            dj = d[idx]
+            tf, version, names, tag_id = float(t), rules.version, self.ctx.zones.names, self._tag_id
+            xs, ys, r90s = tg["x"][dj].tolist(), tg["y"][dj].tolist(), tg["r90"][dj].tolist()
+            since = tg["zone_since"][dj].tolist()
+            for k, (dk, zo, zn, nk) in enumerate(zip(dj.tolist(), old[idx].tolist(), z[idx].tolist(),
+                                                     n[idx].tolist(), strict=True)):
+                tag = tag_id(dk)
+                if zo != NO_ZONE:
+                    events.append(Event("zone_exit", tf, version, tag, xs[k], ys[k], r90s[k], names[zo],
+                                        evidence={"stayed_s": t - since[k]}))
+                if zn != NO_ZONE:
+                    events.append(Event("zone_enter", tf, version, tag, xs[k], ys[k], r90s[k], names[zn],
+                                        evidence={"fixes_in_zone": nk,
+                                                  "previous": names[zo] if zo >= 0 else None}))
         dc = d[change]
         tg["conf"][dc], tg["zone_since"][dc], tg["dwell_done"][dc] = z[change], t, False
 
