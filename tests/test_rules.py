@@ -623,6 +623,29 @@ def test_independent_loss_kernel_is_the_product_over_gateways_up(n_tags: int, n_
     np.testing.assert_allclose(_independent_loss(heard, sent, d, up), want, rtol=1e-12, atol=0)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 12), st.integers(0, 2**31 - 1), st.booleans())
+def test_independent_loss_kernel_is_the_plain_sum_bit_for_bit(n_tags: int, n_gw: int, seed: int, huge: bool) -> None:
+    """The kernel's looked-up logarithms (one per (heard, sent) pair in a call) give the
+    plain gateway-by-gateway sum's bits: many tags sharing counts, and counts past the
+    lookup's key field (2^31) computed directly."""
+    from engine.rules.presence import _independent_loss
+
+    rng = np.random.default_rng(seed)
+    sent = rng.choice([30, 31, 2**31 + 5 if huge else 32], n_tags).astype(np.int64)
+    heard = np.minimum(rng.choice([0, 0, 0, 29, 30, 31], (n_tags, n_gw)), sent[:, None]).astype(np.int32)
+    up = rng.random(n_gw) < 0.8
+    d = rng.integers(0, n_tags, 3 * n_tags).astype(np.int64)
+    want = []
+    for tag in d:
+        s1 = float(sent[tag]) + 1.0
+        acc = 0.0
+        for g in np.flatnonzero(up):
+            acc += math.log1p(-min((int(heard[tag, g]) + 0.5 if heard[tag, g] else 0.5) / s1, 1 - 1e-12))
+        want.append(math.exp(acc))
+    assert _independent_loss(heard, sent, d, up).tobytes() == np.array(want).tobytes()
+
+
 def carry_run(
     path: Callable[[float], tuple[float, float]],
     motion: int = 1,
