@@ -129,15 +129,21 @@ def run_engine(traffic: Path, duration: float, workers: int, search: dict[str, A
     with PartitionedEngine(cfg, tx_power, workers) as engine:
         c0, t0 = time.process_time(), time.perf_counter()
         edges = np.searchsorted(sightings["t"], np.arange(FEED_S, duration + FEED_S, FEED_S))
-        start, done_t = 0, 0.0
-        for stop in edges:
-            chunk = sightings[start:stop]
-            start = int(stop)
-            engine.ingest(chunk)
-            engine.start_advance(parts=True)
+        chunks = [sightings[a:b] for a, b in zip(np.r_[0, edges[:-1]], edges, strict=True)]
+        done_t = 0.0
+        engine.ingest(chunks[0])
+        engine.start_advance(parts=True)
+        for k, chunk in enumerate(chunks):
+            # The next call made now, held by the engine until the workers have sent this
+            # chunk's last group and sent to them then, before the rules use that group.
+            if k + 1 < len(chunks):
+                engine.ingest(chunks[k + 1])
+                engine.start_advance(parts=True)
+            else:
+                engine.start_flush(duration)
             feeder.add(sightings=chunk)
             # Each group of windows as the workers finish it: the rules work on it while
-            # they compute the next, so only the last group's rules wait at the end.
+            # they compute the next.
             for fixes in engine.finish_advance_parts():
                 n_fixes += len(fixes)
                 returned.append(fixes)
@@ -145,7 +151,7 @@ def run_engine(traffic: Path, duration: float, workers: int, search: dict[str, A
                 if len(fixes):
                     done_t = float(fixes["t"].max())
                 feeder.step_until(done_t)
-        fixes = engine.flush(duration)
+        fixes = engine.finish_flush()
         n_fixes += len(fixes)
         returned.append(fixes)
         feeder.add(fixes=fixes)

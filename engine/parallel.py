@@ -13,6 +13,14 @@ threads spend their time handing the GIL to each other (measured: two threads we
 slower than one). A worker holds its engine's state; batches go to it through a pipe
 (about 30 bytes a sighting) and fixes come back. The engines stay sans-IO; this module
 is only the plumbing that runs them side by side on one machine.
+
+Calls can be made ahead: ``ingest``, ``start_advance`` and ``start_flush`` while an
+advance's (or a flush's) fixes are still coming back are held here (a batch already split
+and pickled) and sent the moment the last of those fixes has been read, before the caller
+has worked on them, so the workers go straight on instead of waiting for the caller. A
+worker takes its messages in order, so the fixes are those of the same calls made one
+after the other. They are not sent earlier because a worker writing fixes does not read,
+and this process writing a batch of sightings would then wait for it forever.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import numpy as np
@@ -75,7 +84,13 @@ def _serve(conn: Connection, config: EngineConfig, tx_power: NDArray[np.float64]
 
 class PartitionedEngine:
     """The :class:`Engine` interface (ingest, advance, flush, counters) over ``workers``
-    engines in worker processes, devices split by ``device % workers``."""
+    engines in worker processes, devices split by ``device % workers``.
+
+    Besides :meth:`advance` and :meth:`flush`, each in two halves (``start_*`` sends,
+    ``finish_*`` returns the fixes) so the caller can work while the workers localize.
+    The halves pair up in order: each ``finish_*`` returns the oldest started call's
+    fixes. ``ingest`` and ``start_*`` made while fixes are outstanding are held and sent
+    as soon as those have been read (module docstring)."""
 
     def __init__(
         self, config: EngineConfig, tx_power_1m_dbm: NDArray[np.float64] | None = None,
@@ -87,6 +102,10 @@ class PartitionedEngine:
         ctx: Any = mp.get_context("fork" if "fork" in methods else "spawn")
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
+        # The reply the workers owe and this process has not read yet ("parts", "advance"
+        # or "flush"; at most one: every call after it is held), and the calls held behind it.
+        self._due: str | None = None
+        self._held: deque[tuple[str, Any]] = deque()
         for _ in range(self.workers):
             here, there = ctx.Pipe()
             proc = ctx.Process(target=_serve, args=(there, config, tx_power_1m_dbm), daemon=True)
@@ -98,11 +117,19 @@ class PartitionedEngine:
     # -- the Engine interface ---------------------------------------------------------
 
     def ingest(self, batch: Sightings) -> None:
+        """Each worker's devices' rows to it; held (split and pickled now) while fixes
+        are outstanding."""
         if batch.dtype != SIGHTING_DTYPE:
             raise TypeError("sightings must use engine.contract.SIGHTING_DTYPE")
         part = batch["device"] % self.workers  # negative codes too: validation rejects them there
-        for i, conn in enumerate(self._conns):  # a mask per worker: linear, where a sort is not
-            conn.send(("ingest", take_rows(batch, np.flatnonzero(part == i))))
+        # A mask per worker: linear, where a sort is not. Sent as each is split, so the
+        # first worker validates its rows while the next are split.
+        rows = (take_rows(batch, np.flatnonzero(part == i)) for i in range(self.workers))
+        if self._due is None:
+            for conn, mine in zip(self._conns, rows, strict=True):
+                conn.send(("ingest", mine))
+        else:
+            self._held.append(("ingest", [ForkingPickler.dumps(("ingest", mine)) for mine in rows]))
 
     @property
     def watermark(self) -> float:
@@ -119,39 +146,61 @@ class PartitionedEngine:
         fixes) while the workers localize; :meth:`finish_advance` returns the fixes, or
         with ``parts`` :meth:`finish_advance_parts` yields them a group of windows at a
         time (``Engine.advance_parts``), so the caller can use each group while the
-        workers compute the next."""
-        mark = self.watermark if watermark is None else max(self.watermark, watermark)
-        for conn in self._conns:
-            conn.send(("advance_parts" if parts else "advance", mark))
+        workers compute the next. Made while fixes are outstanding, it is held, and the
+        watermark is taken when it is sent (after the batches ingested before it)."""
+        self._submit("advance_parts" if parts else "advance", watermark)
 
     def finish_advance(self) -> NDArray[np.void]:
-        return self._merge(self._replies())
+        return self._finish("advance")
 
     def finish_advance_parts(self) -> Iterator[NDArray[np.void]]:
         """After ``start_advance(parts=True)``: the fixes of each group of windows, merged
         over the workers, in time order; together :meth:`finish_advance`'s fixes. Every
         partition closes the same windows in the same groups (a partition without rows
         closes none), so the i-th group of each worker covers the same windows. Run it
-        to its end before calling this engine again."""
-        open_conns = list(self._conns)
+        to its end before finishing the next call.
+
+        A worker sends its end marker right after its last group, so the marker is
+        usually here by the time that group is merged: the calls held behind this
+        advance are then sent before the last group is yielded, and the workers start
+        on them while the caller uses it."""
+        self._expect("advance_parts")
+        live = list(self._conns)
+        ahead: dict[Connection, Any] = {}  # a worker's next reply, read before it was needed
         failure: Exception | None = None
-        while open_conns:
+        while live:
             parts, still = [], []
-            for conn in open_conns:
-                reply = conn.recv()
+            for conn in live:
+                reply = ahead.pop(conn) if conn in ahead else conn.recv()
                 if isinstance(reply, Exception):
                     failure = failure or reply  # the worker's parts end there
                 elif reply is not None:
                     parts.append(reply)
                     still.append(conn)
-            open_conns = still
+            live = still
+            for conn in live:  # the replies already here, without waiting
+                if conn.poll(0):
+                    ahead[conn] = conn.recv()
+            if all(conn in ahead and not isinstance(ahead[conn], np.ndarray) for conn in live):
+                for conn in live:  # every worker has ended (end marker, or a failure)
+                    reply = ahead.pop(conn)
+                    failure = failure or (reply if isinstance(reply, Exception) else None)
+                live = []
+                self._done(failure)
             if parts and failure is None:
                 yield self._merge(parts)
-        if failure is not None:
-            raise failure
 
     def flush(self, end_t: float) -> NDArray[np.void]:
-        return self._merge(self._ask_all("flush", end_t))
+        self.start_flush(end_t)
+        return self.finish_flush()
+
+    def start_flush(self, end_t: float) -> None:
+        """:meth:`flush` in two halves (held while fixes are outstanding, like
+        :meth:`start_advance`); :meth:`finish_flush` returns the fixes."""
+        self._submit("flush", end_t)
+
+    def finish_flush(self) -> NDArray[np.void]:
+        return self._finish("flush")
 
     @property
     def counters(self) -> IngestCounters:
@@ -166,6 +215,8 @@ class PartitionedEngine:
 
     def close(self) -> None:
         for conn, proc in zip(self._conns, self._procs, strict=True):
+            if self._due is not None:  # it may be writing fixes nobody will read
+                proc.terminate()
             with contextlib.suppress(BrokenPipeError, OSError):  # a worker that already died
                 conn.send(("stop", None))
             proc.join(timeout=10)
@@ -173,6 +224,7 @@ class PartitionedEngine:
                 proc.terminate()
             conn.close()
         self._conns, self._procs = [], []
+        self._due, self._held = None, deque()
 
     def __enter__(self) -> PartitionedEngine:
         return self
@@ -182,7 +234,48 @@ class PartitionedEngine:
 
     # -- plumbing -----------------------------------------------------------------------
 
+    def _submit(self, op: str, arg: object) -> None:
+        """Send a call that has a reply, or hold it while another reply is outstanding."""
+        if self._due is None:
+            self._send(op, arg)
+        else:
+            self._held.append((op, arg))
+
+    def _send(self, op: str, arg: Any) -> None:
+        if op == "ingest":  # pickled when it was held
+            for conn, data in zip(self._conns, arg, strict=True):
+                conn.send_bytes(data)
+            return
+        if op in ("advance", "advance_parts"):
+            arg = self.watermark if arg is None else max(self.watermark, arg)
+        for conn in self._conns:
+            conn.send((op, arg))
+        self._due = op
+
+    def _expect(self, op: str) -> None:
+        if self._due != op:
+            raise RuntimeError(f"no {op!r} is outstanding (the oldest is {self._due!r})")
+
+    def _finish(self, op: str) -> NDArray[np.void]:
+        self._expect(op)
+        replies = [conn.recv() for conn in self._conns]
+        self._done(next((r for r in replies if isinstance(r, Exception)), None))
+        return self._merge(replies)
+
+    def _done(self, failure: Exception | None) -> None:
+        """Every worker's reply to the outstanding call has been read: send the calls held
+        behind it, up to the next that has a reply. After a failure they are dropped and
+        the failure raised (the caller hears of it, not of calls made after it)."""
+        self._due = None
+        if failure is not None:
+            self._held.clear()
+            raise failure
+        while self._held and self._due is None:
+            self._send(*self._held.popleft())
+
     def _ask_all(self, op: str, arg: object) -> list[Any]:
+        if self._due is not None:
+            raise RuntimeError(f"finish the outstanding {self._due!r} first")
         for conn in self._conns:
             conn.send((op, arg))
         return self._replies()
@@ -193,7 +286,6 @@ class PartitionedEngine:
             if isinstance(r, Exception):
                 raise r
         return replies
-
     @staticmethod
     def _merge(parts: list[NDArray[np.void]]) -> NDArray[np.void]:
         """The workers' fixes by time, then device (stable). Each worker's are in that

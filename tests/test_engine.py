@@ -298,6 +298,93 @@ def test_fixes_in_groups_of_windows_are_the_fixes_of_advance(monkeypatch: pytest
     assert np.array_equal(grouped.state.x, one.state.x, equal_nan=True)
 
 
+def _noisy_stream(seed: int) -> np.ndarray:
+    xy = np.random.default_rng(seed).uniform(0, 20, (9, 2))
+    stream = _stream(xy, 0.0, 20.0)
+    stream["rssi"] += np.random.default_rng(seed + 1).normal(0, 4, len(stream)).astype(np.float32)
+    return stream
+
+
+def test_calls_made_ahead_give_the_fixes_of_calls_made_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ingest, start_advance and start_flush made while an advance's groups are still
+    coming back are held and sent when the workers are done: the same fixes, in the same
+    groups, as the calls made one after the other, and the same counters."""
+    monkeypatch.setattr("engine.pipeline.WINDOWS_PER_CHUNK", 3)  # before the workers fork
+    stream = _noisy_stream(26)
+    feeds = [stream[(stream["t"] >= lo) & (stream["t"] < lo + 5)] for lo in range(0, 20, 5)]
+    one = _engine(tracker="kalman")
+    with PartitionedEngine(one.config, workers=2) as ahead:
+        want: list[np.ndarray] = []
+        for feed in feeds:
+            one.ingest(feed)
+            want += list(one.advance_parts())
+        want.append(one.flush(20.0))
+        got: list[np.ndarray] = []
+        ahead.ingest(feeds[0])
+        ahead.start_advance(parts=True)
+        for k in range(len(feeds)):
+            if k + 1 < len(feeds):
+                ahead.ingest(feeds[k + 1])
+                ahead.start_advance(parts=True)
+            else:
+                ahead.start_flush(20.0)
+            assert len(ahead._held) == (2 if k + 1 < len(feeds) else 1)  # held, not sent
+            got += list(ahead.finish_advance_parts())
+            assert not ahead._held  # sent once this advance's groups were read
+        got.append(ahead.finish_flush())
+        assert ahead.counters.as_dict() == one.counters.as_dict()
+    assert [len(g) for g in got] == [len(w) for w in want]
+    assert np.concatenate(got).tobytes() == np.concatenate(want).tobytes()
+
+
+def _fail_on_odd_devices(self: Engine, rows: np.ndarray, k_first: int, k_last: int) -> np.ndarray:
+    if k_first >= 6 and (rows["device"] % 2 == 1).any():
+        raise FloatingPointError(f"windows {k_first}-{k_last}")
+    return _LOCALIZE_WINDOWS(self, rows, k_first, k_last)
+
+
+_LOCALIZE_WINDOWS = Engine._localize_windows
+
+
+def test_a_worker_failure_is_raised_and_the_calls_held_behind_it_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One worker (odd devices) fails from window 7 on: its groups stop, the other's run
+    to their end, the failure reaches the caller, the ingest and advance held behind the
+    failed advance are not sent, and the workers keep serving."""
+    monkeypatch.setattr("engine.pipeline.WINDOWS_PER_CHUNK", 3)
+    monkeypatch.setattr(Engine, "_localize_windows", _fail_on_odd_devices)  # forked into the workers
+    stream = _noisy_stream(36)
+    with PartitionedEngine(_engine().config, workers=2) as two:
+        two.ingest(stream[stream["t"] < 15])
+        two.start_advance(parts=True)
+        two.ingest(stream[stream["t"] >= 15])
+        two.start_advance(parts=True)
+        groups: list[np.ndarray] = []
+        parts = two.finish_advance_parts()
+        with pytest.raises(FloatingPointError, match="windows 7-9"):
+            groups.extend(parts)  # keeps the groups yielded before the failure
+        assert len(groups) == 2 and groups[-1]["t"].max() <= 6.0  # windows 1-6, both workers
+        assert not two._held
+        with pytest.raises(RuntimeError, match="no 'advance_parts' is outstanding"):
+            next(two.finish_advance_parts())
+        assert two.counters.received == int((stream["t"] < 15).sum())  # the held ingest: not sent
+        with pytest.raises(FloatingPointError):  # still failing, now in a flush
+            two.flush(20.0)
+        assert two.watermark < 15
+
+
+def test_finishing_out_of_turn_is_refused() -> None:
+    with PartitionedEngine(_engine().config, workers=2) as two:
+        two.ingest(_noisy_stream(46))
+        two.start_advance()
+        two.start_flush(20.0)  # held behind the advance
+        with pytest.raises(RuntimeError, match="no 'flush' is outstanding"):
+            two.finish_flush()
+        with pytest.raises(RuntimeError, match="finish the outstanding 'advance' first"):
+            _ = two.watermark
+        assert len(two.finish_advance()) > 0
+        assert len(two.finish_flush()) > 0
+
+
 def test_a_rows_position_does_not_depend_on_the_other_rows_it_is_solved_with() -> None:
     rng = np.random.default_rng(9)
     pts = rng.uniform(0, 20, (3000, 2))
