@@ -14,13 +14,22 @@ slower than one). A worker holds its engine's state; batches go to it through a 
 (about 30 bytes a sighting) and fixes come back. The engines stay sans-IO; this module
 is only the plumbing that runs them side by side on one machine.
 
-Calls can be made ahead: ``ingest``, ``start_advance`` and ``start_flush`` while an
-advance's (or a flush's) fixes are still coming back are held here (a batch already split
-and pickled) and sent the moment the last of those fixes has been read, before the caller
-has worked on them, so the workers go straight on instead of waiting for the caller. A
-worker takes its messages in order, so the fixes are those of the same calls made one
-after the other. They are not sent earlier because a worker writing fixes does not read,
-and this process writing a batch of sightings would then wait for it forever.
+Calls are sent as they are made and need not wait for the replies before them: a
+worker takes its messages in order, so ``ingest`` and ``start_advance`` for the next
+feed, or ``start_flush``, made while the workers still localize the last one give the
+fixes of the same calls made one after the other, and the workers go straight on to them
+instead of waiting for the caller (who applies rules to the last fixes meanwhile). Three
+things make that safe and exact:
+
+* Each side writes through a thread of its own (:class:`_Writer`), so neither ever waits
+  for the other to read: a worker sending fixes keeps reading its messages, and this
+  process sending a batch keeps reading fixes (with plain pipes each would wait for the
+  other forever once the fixes and the batch outgrew the pipe's buffer).
+* An advance's watermark is the newest event time over *every* partition after the
+  batches before it, which only the workers know when they reach it: each writes its
+  own into shared memory and waits at a barrier for the others, instead of a round trip
+  through this process.
+* Replies are read in the order of the calls (each ``finish_*`` takes the oldest).
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import queue
+import threading
 from collections import Counter, deque
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -43,10 +54,39 @@ from engine.ingest import IngestCounters
 from engine.pipeline import FIX_DTYPE, Engine, EngineConfig
 
 
-def _serve(conn: Connection, config: EngineConfig, tx_power: NDArray[np.float64] | None) -> None:
+class _Writer:
+    """Messages (pickled) to one connection, written in order by a thread, so the one
+    sending never waits for the other end to read."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._queue: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._write, daemon=True)
+        self._thread.start()
+
+    def put(self, data: bytes | memoryview) -> None:
+        self._queue.put(data)
+
+    def send(self, message: object) -> None:
+        self._queue.put(ForkingPickler.dumps(message))
+
+    def close(self, timeout: float) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _write(self) -> None:
+        while (data := self._queue.get()) is not None:
+            with contextlib.suppress(OSError):  # the other end is gone: the reader hears of it
+                self._conn.send_bytes(data)
+
+
+def _serve(conn: Connection, config: EngineConfig, tx_power: NDArray[np.float64] | None,
+           index: int, marks: Any, barrier: Any) -> None:
     """A worker: one engine, driven by (operation, argument) messages until "stop"."""
     engine = Engine(config, tx_power)
+    out = _Writer(conn)
     failed: Exception | None = None  # from an ingest, which has no reply: told on the next call
+    workers, advances = len(marks) // 2, 0
     while True:
         op, arg = conn.recv()
         try:
@@ -56,12 +96,23 @@ def _serve(conn: Connection, config: EngineConfig, tx_power: NDArray[np.float64]
                 if failed is None:
                     engine.ingest(arg)
                 continue
+            if op in ("advance", "advance_parts"):  # every worker, even one that failed
+                # The global watermark (or the one given, if later): each worker's own,
+                # shared once all have taken the batches before this advance. Alternate
+                # halves of ``marks``, so a worker already at the next advance cannot
+                # overwrite a value another is still reading.
+                half = workers * (advances % 2)
+                advances += 1
+                marks[half + index] = engine.watermark
+                barrier.wait()
+                mark = max(marks[half:half + workers])
+                arg = mark if arg is None else max(mark, arg)
             if failed is not None:
                 raise failed
             if op == "advance_parts":  # each group of windows as it is done, then None
                 for part in engine.advance_parts(arg):
-                    conn.send(part)
-                conn.send(None)
+                    out.send(part)
+                out.send(None)
                 continue
             if op == "watermark":
                 reply: Any = engine.watermark
@@ -78,7 +129,8 @@ def _serve(conn: Connection, config: EngineConfig, tx_power: NDArray[np.float64]
                 failed = exc
                 continue
             reply, failed = exc, None
-        conn.send(reply)
+        out.send(reply)
+    out.close(timeout=10)
     conn.close()
 
 
@@ -86,11 +138,10 @@ class PartitionedEngine:
     """The :class:`Engine` interface (ingest, advance, flush, counters) over ``workers``
     engines in worker processes, devices split by ``device % workers``.
 
-    Besides :meth:`advance` and :meth:`flush`, each in two halves (``start_*`` sends,
-    ``finish_*`` returns the fixes) so the caller can work while the workers localize.
-    The halves pair up in order: each ``finish_*`` returns the oldest started call's
-    fixes. ``ingest`` and ``start_*`` made while fixes are outstanding are held and sent
-    as soon as those have been read (module docstring)."""
+    :meth:`advance` and :meth:`flush` also come in two halves (``start_*`` sends,
+    ``finish_*`` returns the fixes), so the caller can work while the workers localize
+    and make the next calls before the fixes are back (module docstring). Each
+    ``finish_*`` returns the oldest started call's fixes."""
 
     def __init__(
         self, config: EngineConfig, tx_power_1m_dbm: NDArray[np.float64] | None = None,
@@ -100,36 +151,29 @@ class PartitionedEngine:
         self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         methods = mp.get_all_start_methods()
         ctx: Any = mp.get_context("fork" if "fork" in methods else "spawn")
+        self._barrier = ctx.Barrier(self.workers)
+        marks = ctx.RawArray("d", 2 * self.workers)  # each worker's watermark at an advance
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
-        # The reply the workers owe and this process has not read yet ("parts", "advance"
-        # or "flush"; at most one: every call after it is held), and the calls held behind it.
-        self._due: str | None = None
-        self._held: deque[tuple[str, Any]] = deque()
-        for _ in range(self.workers):
+        for index in range(self.workers):
             here, there = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(there, config, tx_power_1m_dbm), daemon=True)
+            proc = ctx.Process(target=_serve, args=(there, config, tx_power_1m_dbm, index, marks, self._barrier),
+                               daemon=True)
             proc.start()
             there.close()
             self._conns.append(here)
             self._procs.append(proc)
+        self._writers = [_Writer(conn) for conn in self._conns]  # after the forks
+        self._due: deque[str] = deque()  # the calls whose replies are still to be read, oldest first
 
     # -- the Engine interface ---------------------------------------------------------
 
     def ingest(self, batch: Sightings) -> None:
-        """Each worker's devices' rows to it; held (split and pickled now) while fixes
-        are outstanding."""
         if batch.dtype != SIGHTING_DTYPE:
             raise TypeError("sightings must use engine.contract.SIGHTING_DTYPE")
         part = batch["device"] % self.workers  # negative codes too: validation rejects them there
-        # A mask per worker: linear, where a sort is not. Sent as each is split, so the
-        # first worker validates its rows while the next are split.
-        rows = (take_rows(batch, np.flatnonzero(part == i)) for i in range(self.workers))
-        if self._due is None:
-            for conn, mine in zip(self._conns, rows, strict=True):
-                conn.send(("ingest", mine))
-        else:
-            self._held.append(("ingest", [ForkingPickler.dumps(("ingest", mine)) for mine in rows]))
+        for i, writer in enumerate(self._writers):  # a mask per worker: linear, where a sort is not
+            writer.send(("ingest", take_rows(batch, np.flatnonzero(part == i))))
 
     @property
     def watermark(self) -> float:
@@ -146,9 +190,9 @@ class PartitionedEngine:
         fixes) while the workers localize; :meth:`finish_advance` returns the fixes, or
         with ``parts`` :meth:`finish_advance_parts` yields them a group of windows at a
         time (``Engine.advance_parts``), so the caller can use each group while the
-        workers compute the next. Made while fixes are outstanding, it is held, and the
-        watermark is taken when it is sent (after the batches ingested before it)."""
-        self._submit("advance_parts" if parts else "advance", watermark)
+        workers compute the next. The watermark is taken when the workers reach it
+        (after the batches ingested before this call)."""
+        self._start("advance_parts" if parts else "advance", watermark)
 
     def finish_advance(self) -> NDArray[np.void]:
         return self._finish("advance")
@@ -158,46 +202,35 @@ class PartitionedEngine:
         over the workers, in time order; together :meth:`finish_advance`'s fixes. Every
         partition closes the same windows in the same groups (a partition without rows
         closes none), so the i-th group of each worker covers the same windows. Run it
-        to its end before finishing the next call.
-
-        A worker sends its end marker right after its last group, so the marker is
-        usually here by the time that group is merged: the calls held behind this
-        advance are then sent before the last group is yielded, and the workers start
-        on them while the caller uses it."""
+        to its end before finishing the next call."""
         self._expect("advance_parts")
-        live = list(self._conns)
-        ahead: dict[Connection, Any] = {}  # a worker's next reply, read before it was needed
+        open_conns = list(self._conns)
         failure: Exception | None = None
-        while live:
+        while open_conns:
             parts, still = [], []
-            for conn in live:
-                reply = ahead.pop(conn) if conn in ahead else conn.recv()
+            for conn in open_conns:
+                reply = conn.recv()
                 if isinstance(reply, Exception):
                     failure = failure or reply  # the worker's parts end there
                 elif reply is not None:
                     parts.append(reply)
                     still.append(conn)
-            live = still
-            for conn in live:  # the replies already here, without waiting
-                if conn.poll(0):
-                    ahead[conn] = conn.recv()
-            if all(conn in ahead and not isinstance(ahead[conn], np.ndarray) for conn in live):
-                for conn in live:  # every worker has ended (end marker, or a failure)
-                    reply = ahead.pop(conn)
-                    failure = failure or (reply if isinstance(reply, Exception) else None)
-                live = []
-                self._done(failure)
+            open_conns = still
+            if not open_conns:  # read to the end: the next reply is the next call's
+                self._due.popleft()
             if parts and failure is None:
                 yield self._merge(parts)
+        if failure is not None:
+            raise failure
 
     def flush(self, end_t: float) -> NDArray[np.void]:
         self.start_flush(end_t)
         return self.finish_flush()
 
     def start_flush(self, end_t: float) -> None:
-        """:meth:`flush` in two halves (held while fixes are outstanding, like
-        :meth:`start_advance`); :meth:`finish_flush` returns the fixes."""
-        self._submit("flush", end_t)
+        """:meth:`flush` in two halves, like :meth:`start_advance`; :meth:`finish_flush`
+        returns the fixes."""
+        self._start("flush", end_t)
 
     def finish_flush(self) -> NDArray[np.void]:
         return self._finish("flush")
@@ -214,17 +247,17 @@ class PartitionedEngine:
         return total
 
     def close(self) -> None:
-        for conn, proc in zip(self._conns, self._procs, strict=True):
-            if self._due is not None:  # it may be writing fixes nobody will read
+        self._barrier.abort()  # a worker waiting for one that is gone stops waiting
+        for writer, conn, proc in zip(self._writers, self._conns, self._procs, strict=True):
+            if self._due:  # it may be writing fixes nobody will read
                 proc.terminate()
-            with contextlib.suppress(BrokenPipeError, OSError):  # a worker that already died
-                conn.send(("stop", None))
+            writer.send(("stop", None))
+            writer.close(timeout=10)
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.terminate()
             conn.close()
-        self._conns, self._procs = [], []
-        self._due, self._held = None, deque()
+        self._writers, self._conns, self._procs, self._due = [], [], [], deque()
 
     def __enter__(self) -> PartitionedEngine:
         return self
@@ -234,50 +267,26 @@ class PartitionedEngine:
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _submit(self, op: str, arg: object) -> None:
-        """Send a call that has a reply, or hold it while another reply is outstanding."""
-        if self._due is None:
-            self._send(op, arg)
-        else:
-            self._held.append((op, arg))
-
-    def _send(self, op: str, arg: Any) -> None:
-        if op == "ingest":  # pickled when it was held
-            for conn, data in zip(self._conns, arg, strict=True):
-                conn.send_bytes(data)
-            return
-        if op in ("advance", "advance_parts"):
-            arg = self.watermark if arg is None else max(self.watermark, arg)
-        for conn in self._conns:
-            conn.send((op, arg))
-        self._due = op
+    def _start(self, op: str, arg: object) -> None:
+        data = ForkingPickler.dumps((op, arg))
+        for writer in self._writers:
+            writer.put(data)
+        self._due.append(op)
 
     def _expect(self, op: str) -> None:
-        if self._due != op:
-            raise RuntimeError(f"no {op!r} is outstanding (the oldest is {self._due!r})")
+        if not self._due or self._due[0] != op:
+            raise RuntimeError(f"no {op!r} is the oldest call outstanding ({list(self._due)})")
 
     def _finish(self, op: str) -> NDArray[np.void]:
         self._expect(op)
-        replies = [conn.recv() for conn in self._conns]
-        self._done(next((r for r in replies if isinstance(r, Exception)), None))
-        return self._merge(replies)
-
-    def _done(self, failure: Exception | None) -> None:
-        """Every worker's reply to the outstanding call has been read: send the calls held
-        behind it, up to the next that has a reply. After a failure they are dropped and
-        the failure raised (the caller hears of it, not of calls made after it)."""
-        self._due = None
-        if failure is not None:
-            self._held.clear()
-            raise failure
-        while self._held and self._due is None:
-            self._send(*self._held.popleft())
+        self._due.popleft()
+        return self._merge(self._replies())
 
     def _ask_all(self, op: str, arg: object) -> list[Any]:
-        if self._due is not None:
-            raise RuntimeError(f"finish the outstanding {self._due!r} first")
-        for conn in self._conns:
-            conn.send((op, arg))
+        if self._due:
+            raise RuntimeError(f"finish the outstanding {self._due[0]!r} first")
+        self._start(op, arg)
+        self._due.popleft()
         return self._replies()
 
     def _replies(self) -> list[Any]:
@@ -286,6 +295,7 @@ class PartitionedEngine:
             if isinstance(r, Exception):
                 raise r
         return replies
+
     @staticmethod
     def _merge(parts: list[NDArray[np.void]]) -> NDArray[np.void]:
         """The workers' fixes by time, then device (stable). Each worker's are in that

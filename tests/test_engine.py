@@ -307,8 +307,8 @@ def _noisy_stream(seed: int) -> np.ndarray:
 
 def test_calls_made_ahead_give_the_fixes_of_calls_made_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     """ingest, start_advance and start_flush made while an advance's groups are still
-    coming back are held and sent when the workers are done: the same fixes, in the same
-    groups, as the calls made one after the other, and the same counters."""
+    coming back (the watermark taken by the workers when they reach it): the same fixes,
+    in the same groups, as the calls made one after the other, and the same counters."""
     monkeypatch.setattr("engine.pipeline.WINDOWS_PER_CHUNK", 3)  # before the workers fork
     stream = _noisy_stream(26)
     feeds = [stream[(stream["t"] >= lo) & (stream["t"] < lo + 5)] for lo in range(0, 20, 5)]
@@ -328,12 +328,33 @@ def test_calls_made_ahead_give_the_fixes_of_calls_made_in_turn(monkeypatch: pyte
                 ahead.start_advance(parts=True)
             else:
                 ahead.start_flush(20.0)
-            assert len(ahead._held) == (2 if k + 1 < len(feeds) else 1)  # held, not sent
             got += list(ahead.finish_advance_parts())
-            assert not ahead._held  # sent once this advance's groups were read
         got.append(ahead.finish_flush())
         assert ahead.counters.as_dict() == one.counters.as_dict()
     assert [len(g) for g in got] == [len(w) for w in want]
+    assert np.concatenate(got).tobytes() == np.concatenate(want).tobytes()
+
+
+@pytest.mark.timeout(120)
+def test_a_batch_larger_than_the_pipe_sent_while_larger_fixes_are_due_does_not_wait_forever() -> None:
+    """Both directions far beyond a pipe's buffer (about 200 kB) at once: the workers'
+    fixes of the first 40 s, and 40 s more of sightings sent before those are read."""
+    xy = np.random.default_rng(56).uniform(0, 20, (1000, 2))
+    stream = _stream(xy, 0.0, 80.0, rate_hz=1.0)
+    first, second = stream[stream["t"] < 40], stream[stream["t"] >= 40]
+    assert second.nbytes > 4 * 2**20
+    one = _engine()
+    with PartitionedEngine(one.config, workers=2) as two:
+        two.ingest(first)
+        two.start_advance()
+        two.ingest(second)
+        two.start_flush(80.0)
+        got = [two.finish_advance(), two.finish_flush()]
+    one.ingest(first)
+    want = [one.advance()]
+    one.ingest(second)
+    want.append(one.flush(80.0))
+    assert got[0].nbytes > 2**20  # half a MB or more from each worker
     assert np.concatenate(got).tobytes() == np.concatenate(want).tobytes()
 
 
@@ -346,10 +367,10 @@ def _fail_on_odd_devices(self: Engine, rows: np.ndarray, k_first: int, k_last: i
 _LOCALIZE_WINDOWS = Engine._localize_windows
 
 
-def test_a_worker_failure_is_raised_and_the_calls_held_behind_it_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_worker_failure_reaches_the_call_it_belongs_to(monkeypatch: pytest.MonkeyPatch) -> None:
     """One worker (odd devices) fails from window 7 on: its groups stop, the other's run
-    to their end, the failure reaches the caller, the ingest and advance held behind the
-    failed advance are not sent, and the workers keep serving."""
+    to their end, and the failure reaches the caller at the call it belongs to; the call
+    made ahead behind it still runs (and fails there too), and the workers keep serving."""
     monkeypatch.setattr("engine.pipeline.WINDOWS_PER_CHUNK", 3)
     monkeypatch.setattr(Engine, "_localize_windows", _fail_on_odd_devices)  # forked into the workers
     stream = _noisy_stream(36)
@@ -363,45 +384,43 @@ def test_a_worker_failure_is_raised_and_the_calls_held_behind_it_dropped(monkeyp
         with pytest.raises(FloatingPointError, match="windows 7-9"):
             groups.extend(parts)  # keeps the groups yielded before the failure
         assert len(groups) == 2 and groups[-1]["t"].max() <= 6.0  # windows 1-6, both workers
-        assert not two._held
-        with pytest.raises(RuntimeError, match="no 'advance_parts' is outstanding"):
-            next(two.finish_advance_parts())
-        assert two.counters.received == int((stream["t"] < 15).sum())  # the held ingest: not sent
-        with pytest.raises(FloatingPointError):  # still failing, now in a flush
-            two.flush(20.0)
-        assert two.watermark < 15
+        with pytest.raises(FloatingPointError, match=r"windows 1[3-9]"):
+            list(two.finish_advance_parts())
+        assert two.counters.received == len(stream)
+        assert two.watermark == stream["t"].max()
+
+
+def _fail_on_device_7(self: Engine, batch: np.ndarray) -> None:
+    if (batch["device"] == 7).any():
+        raise OverflowError("device 7")
+    _INGEST(self, batch)
+
+
+_INGEST = Engine.ingest
+
+
+def test_a_failed_ingest_is_told_at_the_next_advance_and_the_other_worker_is_not_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ingest has no reply: its failure comes with the worker's next reply. The worker
+    still takes its part in the shared watermark, so the other one is not kept waiting."""
+    monkeypatch.setattr(Engine, "ingest", _fail_on_device_7)
+    stream = _noisy_stream(66)
+    with PartitionedEngine(_engine().config, workers=2) as two:
+        two.ingest(stream[stream["t"] < 10])
+        with pytest.raises(OverflowError, match="device 7"):
+            two.advance()
+        assert two.watermark == stream["t"][stream["t"] < 10].max()  # worker 0 took its rows
 
 
 def test_finishing_out_of_turn_is_refused() -> None:
     with PartitionedEngine(_engine().config, workers=2) as two:
         two.ingest(_noisy_stream(46))
         two.start_advance()
-        two.start_flush(20.0)  # held behind the advance
-        with pytest.raises(RuntimeError, match="no 'flush' is outstanding"):
+        two.start_flush(20.0)
+        with pytest.raises(RuntimeError, match="no 'flush' is the oldest call outstanding"):
             two.finish_flush()
         with pytest.raises(RuntimeError, match="finish the outstanding 'advance' first"):
             _ = two.watermark
         assert len(two.finish_advance()) > 0
         assert len(two.finish_flush()) > 0
-
-
-def test_a_rows_position_does_not_depend_on_the_other_rows_it_is_solved_with() -> None:
-    rng = np.random.default_rng(9)
-    pts = rng.uniform(0, 20, (3000, 2))
-    rssi = model_rssi(pts) + rng.normal(0, 4, (3000, len(GW)))
-    rssi[rng.random(rssi.shape) < 0.3] = np.nan  # rows heard by 0..5 gateways
-    tx = np.full(3000, -59.0)
-    every = wls_localize(rssi, GW, tx, 2.0, 4.0, 1.0, BOUNDS)
-    some = np.flatnonzero(rng.random(3000) < 0.4)
-    subset = wls_localize(rssi[some], GW, tx[some], 2.0, 4.0, 1.0, BOUNDS)
-    for field in ("x", "y", "r90", "n_gateways", "method"):
-        np.testing.assert_array_equal(getattr(subset, field), getattr(every, field)[some])
-
-
-def test_a_start_on_a_gateway_at_tag_height_is_not_an_error() -> None:
-    """Distance 0 to a gateway divides by zero in the compiled loop: inf/NaN as numpy
-    gives, never an exception (the live bridge's room scenario hit it)."""
-    gw = np.array([[5.0, 5.0, 1.0], [5.0, 5.0, 1.0], [15.0, 5.0, 1.0], [5.0, 15.0, 1.0]])
-    rssi = np.array([[-60.0, -60.0, np.nan, np.nan], [-60.0, -60.0, -80.0, -80.0]])
-    est = wls_localize(rssi, gw, np.full(2, -59.0), 2.0, 4.0, 1.0, BOUNDS)
-    assert np.all(np.isfinite(est.x)) and np.all(np.isfinite(est.y))
