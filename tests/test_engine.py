@@ -306,14 +306,16 @@ def _noisy_stream(seed: int) -> np.ndarray:
 
 
 def test_calls_made_ahead_give_the_fixes_of_calls_made_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
-    """ingest, start_advance and start_flush made while an advance's groups are still
-    coming back (the watermark taken by the workers when they reach it): the same fixes,
-    in the same groups, as the calls made one after the other, and the same counters."""
+    """ingest (in pieces), start_advance and start_flush made while an advance's groups
+    are still coming back (the watermark taken by the workers when they reach it): the
+    same fixes, in the same groups, as one engine's calls made one after the other, and
+    the same counters."""
     monkeypatch.setattr("engine.pipeline.WINDOWS_PER_CHUNK", 3)  # before the workers fork
     stream = _noisy_stream(26)
     feeds = [stream[(stream["t"] >= lo) & (stream["t"] < lo + 5)] for lo in range(0, 20, 5)]
     one = _engine(tracker="kalman")
     with PartitionedEngine(one.config, workers=2) as ahead:
+        ahead.INGEST_PIECE_ROWS = 97  # each feed sent in pieces
         want: list[np.ndarray] = []
         for feed in feeds:
             one.ingest(feed)
