@@ -8,7 +8,10 @@ engine of a baseline commit on the same traffic in the same run. Prints JSON.
   (default: one per core), fed 30 s of event time at a time; the rules run in this
   process (:class:`engine.rules.feeder.RuleFeeder`, one step a second) on each group of
   16 windows' fixes as the workers send it (``finish_advance_parts``), while they
-  localize the next group.
+  localize the next group. The next feed's ingest and advance (at the end, the flush)
+  are handed over as soon as the current advance has started, so the workers go on to it
+  without waiting for the rules. The setup's objects are frozen (``gc.freeze``) before
+  the timed part.
 * Baseline: ``git archive BASELINE`` (default: main before the engine-speed work)
   unpacked into a temporary directory and run there in a subprocess: its own
   ``twin.run.feed_engine`` then ``feed_rules`` on the same file, one process, as that
@@ -90,6 +93,8 @@ def run_baseline(traffic: Path, duration: float) -> dict[str, float]:
     sightings = np.load(traffic)
     engine = Engine(cfg, np.load(traffic.with_suffix(".tx.npy")))
     rules = RuleEngine(sc.rules, ctx, [ListSink()])
+    gc.collect()
+    gc.freeze()  # as run_engine does: the same harness for both
     c0, t0 = time.process_time(), time.perf_counter()
     fixes = feed_engine(engine, sightings, duration)
     t1 = time.perf_counter()
