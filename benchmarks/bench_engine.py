@@ -122,6 +122,8 @@ def run_engine(traffic: Path, duration: float, workers: int, search: dict[str, A
     warm_engine = Engine(cfg, tx_power)
     warm_engine.ingest(warm)
     warm_fixes = warm_engine.flush(WARM_S)
+    odd = warm_fixes["device"] % 2 == 1  # the merge of two workers' fixes, compiled too
+    PartitionedEngine._merge([warm_fixes[~odd], warm_fixes[odd]])
     warm_feeder = RuleFeeder(RuleEngine(sc.rules, ctx, [ListSink()]), step_s=sc.engine.step_s)
     warm_feeder.add(sightings=warm, fixes=warm_fixes)
     warm_feeder.flush(WARM_S)
