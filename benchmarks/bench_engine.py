@@ -148,8 +148,8 @@ def run_engine(traffic: Path, duration: float, workers: int, search: dict[str, A
         engine.ingest(chunks[0])
         engine.start_advance(parts=True)
         for k, chunk in enumerate(chunks):
-            # The next call made now, held by the engine until the workers have sent this
-            # chunk's last group and sent to them then, before the rules use that group.
+            # The next feed's calls made now: the workers take them as soon as this feed's
+            # windows are done, without waiting for the rules on them.
             if k + 1 < len(chunks):
                 engine.ingest(chunks[k + 1])
                 engine.start_advance(parts=True)
