@@ -35,6 +35,7 @@ things make that safe and exact:
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing as mp
 import os
 import queue
@@ -136,7 +137,8 @@ def _serve(conn: Connection, config: EngineConfig, tx_power: NDArray[np.float64]
 
 class PartitionedEngine:
     """The :class:`Engine` interface (ingest, advance, flush, counters) over ``workers``
-    engines in worker processes, devices split by ``device % workers``.
+    engines in worker processes, devices split by ``device % workers``. Starting one
+    freezes the objects this process holds (``gc.freeze``, see ``__init__``).
 
     :meth:`advance` and :meth:`flush` also come in two halves (``start_*`` sends,
     ``finish_*`` returns the fixes), so the caller can work while the workers localize
@@ -154,6 +156,11 @@ class PartitionedEngine:
         self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         methods = mp.get_all_start_methods()
         ctx: Any = mp.get_context("fork" if "fork" in methods else "spawn")
+        # What this process holds now (its start-up, the site's config) outlives the
+        # engine: frozen, neither this process's cyclic collector nor the forked workers'
+        # rescans it, and the workers' collections do not copy its pages (CPython's idiom
+        # for fork without exec). A caller that made garbage may gc.collect() first.
+        gc.freeze()
         self._barrier = ctx.Barrier(self.workers)
         marks = ctx.RawArray("d", 2 * self.workers)  # each worker's watermark at an advance
         self._conns: list[Connection] = []
