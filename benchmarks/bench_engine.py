@@ -34,7 +34,10 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
+import inspect
 import json
+import math
+import multiprocessing as mp
 import os
 import resource
 import subprocess
@@ -68,6 +71,8 @@ def _setup(duration: float, search: dict[str, Any] | None = None) -> tuple[Any, 
     if search:
         sc = sc.model_copy(update={"engine": sc.engine.model_copy(update=search)})
     cfg = engine_config_for(sc, result)
+    if len(inspect.signature(rule_context_for).parameters) < 3:  # a baseline from before the rest check
+        return sc, cfg, rule_context_for(sc, twin)
     return sc, cfg, rule_context_for(sc, twin, cfg)  # with the misplaced rule's rest map, as a run has
 
 
@@ -105,6 +110,33 @@ def run_baseline(traffic: Path, duration: float) -> dict[str, float]:
             "rule_fixes": rules.counters["fixes"], "events": rules.counters["events"]}
 
 
+def _reference_cpu_s(cfg: Any, tx_power: Any, warm: Any, processes: int) -> list[float]:
+    """CPU seconds of one compiled engine over ``warm`` (the fastest of three), in each of
+    ``processes`` forked processes running at once."""
+    from engine.pipeline import Engine
+
+    def one(conn: Any) -> None:
+        best = math.inf
+        for _ in range(3):  # the fastest of three: the first pays for the fork's page copies
+            c0 = time.process_time()
+            engine = Engine(cfg, tx_power)
+            engine.ingest(warm)
+            engine.flush(WARM_S)
+            best = min(best, time.process_time() - c0)
+        conn.send(best)
+        conn.close()
+
+    ctx = mp.get_context("fork")
+    pipes = [ctx.Pipe() for _ in range(processes)]
+    procs = [ctx.Process(target=one, args=(there,)) for _, there in pipes]
+    for p in procs:
+        p.start()
+    out = [float(here.recv()) for here, _ in pipes]
+    for p in procs:
+        p.join()
+    return out
+
+
 def run_engine(traffic: Path, duration: float, workers: int, search: dict[str, Any] | None = None) -> dict[str, Any]:
     """This engine: device partitions on worker processes, rules here, overlapped."""
     from engine.parallel import PartitionedEngine
@@ -128,6 +160,12 @@ def run_engine(traffic: Path, duration: float, workers: int, search: dict[str, A
     warm_feeder.add(sightings=warm, fixes=warm_fixes)
     warm_feeder.flush(WARM_S)
     jit_s = time.perf_counter() - t_jit
+    # The machine's speed now: the same engine on the same first seconds, compiled, in one
+    # process alone and in two processes at once (as the workers run). The host's other
+    # tenants move both between runs (the load average does not show them), so a run's
+    # rate is read beside them.
+    reference = {"sightings": len(warm), "cpu_s_alone": _reference_cpu_s(cfg, tx_power, warm, 1)[0],
+                 "cpu_s_two_at_once": max(_reference_cpu_s(cfg, tx_power, warm, 2))}
     sink = ListSink()
     rules = RuleEngine(sc.rules, ctx, [sink])
     feeder = RuleFeeder(rules, step_s=sc.engine.step_s)
@@ -177,6 +215,7 @@ def run_engine(traffic: Path, duration: float, workers: int, search: dict[str, A
     cpu_workers = (children.ru_utime + children.ru_stime) - (children0.ru_utime + children0.ru_stime)
     return {"wall_s": wall, "fixes": n_fixes, "rule_fixes": rules.counters["fixes"],
             "events": rules.counters["events"], "jit_s": jit_s, "cpu_main_s": cpu_main,
+            "reference": reference,
             "cpu_workers_s": cpu_workers, "fixes_sha256": fix_digest.hexdigest(),
             "events_sha256": hashlib.sha256(
                 json.dumps([e.to_dict() for e in sink.events], sort_keys=True).encode()).hexdigest()}
@@ -231,6 +270,12 @@ def main(
         "cpu_s": {"main": round(float(new["cpu_main_s"]), 2), "workers": round(float(new["cpu_workers_s"]), 2)},
         "sightings_per_cpu_s": round(n / (float(new["cpu_main_s"]) + float(new["cpu_workers_s"]))),
         "target_sightings_per_s": 1_000_000,
+        # The machine's speed at the time (see run_engine): one engine on the first WARM_S s
+        # of the same traffic, in one process, and in each of two at once; a faster machine
+        # gives higher figures.
+        "reference_sightings_per_cpu_s": {
+            "alone": round(new["reference"]["sightings"] / new["reference"]["cpu_s_alone"]),
+            "two_at_once": round(new["reference"]["sightings"] / new["reference"]["cpu_s_two_at_once"])},
     }
     if old is not None:
         out.update({
