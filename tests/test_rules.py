@@ -646,6 +646,27 @@ def test_independent_loss_kernel_is_the_plain_sum_bit_for_bit(n_tags: int, n_gw:
     assert _independent_loss(heard, sent, d, up).tobytes() == np.array(want).tobytes()
 
 
+def test_independent_loss_kernel_with_more_distinct_pairs_than_its_table() -> None:
+    """Every tag with counts of its own (more (heard, sent) pairs than the lookup table
+    holds: it keeps half its slots and computes the rest) ends, with the plain sum's bits."""
+    from engine.rules.presence import _independent_loss
+
+    rng = np.random.default_rng(3)
+    n_tags, n_gw = 300, 40
+    sent = rng.integers(1000, 100_000, n_tags).astype(np.int64)
+    heard = rng.integers(1, 1000, (n_tags, n_gw)).astype(np.int32)  # 12,000 pairs, table 2,048
+    up = np.ones(n_gw, bool)
+    d = np.arange(n_tags, dtype=np.int64)
+    want = []
+    for tag in d:
+        s1 = float(sent[tag]) + 1.0
+        acc = 0.0
+        for g in range(n_gw):
+            acc += math.log1p(-min((int(heard[tag, g]) + 0.5) / s1, 1 - 1e-12))
+        want.append(math.exp(acc))
+    assert _independent_loss(heard, sent, d, up).tobytes() == np.array(want).tobytes()
+
+
 def carry_run(
     path: Callable[[float], tuple[float, float]],
     motion: int = 1,

@@ -46,6 +46,7 @@ def _independent_loss(
     mask = size - 1
     keys = np.full(size, -1, np.int64)  # heard << 32 | sent, or -1 for an empty slot
     logs = np.empty(size)
+    room = size // 2  # pairs still to be kept: the table stays at most half full, so a probe ends
     out = np.empty(len(d))
     for i in range(len(d)):
         tag = d[i]
@@ -65,10 +66,14 @@ def _independent_loss(
                 j = (key * np.int64(-7046029254386353131)) >> 40 & mask
                 while keys[j] != key and keys[j] != -1:
                     j = (j + 1) & mask
-                if keys[j] == -1:
-                    keys[j] = key
-                    logs[j] = np.log1p(-min((k + 0.5) / s1, 1 - 1e-12))
-                acc += logs[j]
+                if keys[j] == key:
+                    acc += logs[j]
+                    continue
+                term = np.log1p(-min((k + 0.5) / s1, 1 - 1e-12))
+                if room > 0:  # a full table keeps what it has; further pairs are computed
+                    keys[j], logs[j] = key, term
+                    room -= 1
+                acc += term
         out[i] = np.exp(acc)
     return out
 
