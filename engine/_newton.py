@@ -141,6 +141,21 @@ def hypotf(a: np.float32, b: np.float32) -> np.float32:
     return np.float32(np.sqrt(da * da + db * db))
 
 
+# The Newton loops' float32 constants, one tuple both loops unpack (so they cannot drift
+# apart): a point is worse once its cost passes the best by one part in a million; 1/2, 0,
+# 1 and 2; the floors of a determinant and of a step's length; the positive-definiteness
+# margin; the Gauss-Newton step under which a row settles, and the move under which it stops.
+LOOP_CONSTANTS = (F32(1.0 + 1e-6), F32(0.5), F32(0.0), F32(1.0), F32(2.0), F32(1e-30), F32(1e-12), F32(1e-6),
+                  F32(0.05), F32(1e-3))
+
+
+@numba.njit(inline="always", nogil=True)
+def _floor_and_grid(bounds: NDArray[np.float64], grid: NDArray[np.float64]) -> tuple[Any, ...]:
+    """The floor's bounds and the obstacle grid's origin and cell in float32, its size in cells."""
+    return (F32(bounds[0]), F32(bounds[1]), F32(bounds[2]), F32(bounds[3]), F32(grid[0]), F32(grid[1]),
+            F32(grid[2]), int(grid[3]), int(grid[4]))
+
+
 @numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")  # x / 0 is inf or NaN, as in numpy
 def newton_rows(  # the hot loop, inlined on purpose
     r: NDArray[np.float32], w: NDArray[np.float32], p0: NDArray[np.float32],
@@ -165,16 +180,9 @@ def newton_rows(  # the hot loop, inlined on purpose
     n, width = r.shape
     x_out = x_start.copy()
     y_out = y_start.copy()
-    minx, miny = F32(bounds[0]), F32(bounds[1])
-    maxx, maxy = F32(bounds[2]), F32(bounds[3])
+    minx, miny, maxx, maxy, gx0, gy0, cell, nx, ny = _floor_and_grid(bounds, grid)
     has_wall = loss.shape[0] > 0
-    gx0, gy0, cell = F32(grid[0]), F32(grid[1]), F32(grid[2])
-    nx, ny = int(grid[3]), int(grid[4])
-    one_eps = F32(1.0 + 1e-6)
-    half, zero, one, two = F32(0.5), F32(0.0), F32(1.0), F32(2.0)
-    tiny_det, tiny_len = F32(1e-30), F32(1e-12)
-    pd_eps = F32(1e-6)
-    settle_len, move_eps = F32(0.05), F32(1e-3)
+    one_eps, half, zero, one, two, tiny_det, tiny_len, pd_eps, settle_len, move_eps = LOOP_CONSTANTS
     inset = F32(EDGE_INSET_M)
     dxs = np.empty(width, np.float32)  # one row's terms, kept between the cost and its derivatives
     dys = np.empty(width, np.float32)
@@ -398,16 +406,9 @@ def newton_rows_lanes(  # one kernel, on purpose (as newton_rows)
     n, width = r.shape
     x_out = x_start.copy()
     y_out = y_start.copy()
-    minx, miny = F32(bounds[0]), F32(bounds[1])
-    maxx, maxy = F32(bounds[2]), F32(bounds[3])
+    minx, miny, maxx, maxy, gx0, gy0, cell, nx, ny = _floor_and_grid(bounds, grid)
     has_wall = loss.shape[0] > 0
-    gx0, gy0, cell = F32(grid[0]), F32(grid[1]), F32(grid[2])
-    nx, ny = int(grid[3]), int(grid[4])
-    one_eps = F32(1.0 + 1e-6)
-    half, zero, one, two = F32(0.5), F32(0.0), F32(1.0), F32(2.0)
-    tiny_det, tiny_len = F32(1e-30), F32(1e-12)
-    pd_eps = F32(1e-6)
-    settle_len, move_eps = F32(0.05), F32(1e-3)
+    one_eps, half, zero, one, two, tiny_det, tiny_len, pd_eps, settle_len, move_eps = LOOP_CONSTANTS
     lanes = LANES
     row = np.full(lanes, -1, np.int64)  # each lane's row; -1: none left
     iters = np.zeros(lanes, np.int64)
