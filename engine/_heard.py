@@ -211,6 +211,9 @@ def _windows_in_time_order(
     count = np.zeros(n_dev, np.int64)
     fill = np.zeros(n_dev, np.int64)
     order = np.empty(n, np.int64)
+    gws = np.empty(n, np.int64)  # one row's gateways, their sums and counts (a row has at most n readings)
+    totals = np.empty(n, np.float64)
+    counts = np.empty(n, np.int64)
     n_rows = 0
     n_cells = 0
     for w in range(k_first, k_last + 1):
@@ -241,19 +244,31 @@ def _windows_in_time_order(
                     b_r = battery[v]
                 if motion[v] != unknown:
                     m_r = motion[v]
-            _sort_by_gateway(order, gateway, a, end)
-            q = a
-            while q < end:
-                g = gateway[order[q]]
-                total = 0.0
-                k = 0
-                while q < end and gateway[order[q]] == g:
-                    total += np.float64(rssi[order[q]])
+            # The row's cells: each gateway's readings summed in sighting order (as a stable
+            # sort by gateway, then a sum, would), the few gateways then put in order.
+            k = 0
+            for q in range(a, end):
+                v = order[q]
+                g = gateway[v]
+                c = 0
+                while c < k and gws[c] != g:
+                    c += 1
+                if c == k:
+                    gws[k], totals[k], counts[k] = g, 0.0, 0
                     k += 1
-                    q += 1
+                totals[c] += np.float64(rssi[v])
+                counts[c] += 1
+            for c in range(1, k):  # insertion sort of the row's few gateways
+                g, tot, cnt = gws[c], totals[c], counts[c]
+                b = c - 1
+                while b >= 0 and gws[b] > g:
+                    gws[b + 1], totals[b + 1], counts[b + 1] = gws[b], totals[b], counts[b]
+                    b -= 1
+                gws[b + 1], totals[b + 1], counts[b + 1] = g, tot, cnt
+            for c in range(k):
                 cell_row[n_cells] = n_rows
-                cell_col[n_cells] = g
-                cell_mean[n_cells] = total / k
+                cell_col[n_cells] = gws[c]
+                cell_mean[n_cells] = totals[c] / counts[c]
                 n_cells += 1
             keys[n_rows] = (w - k_first) * n_dev + d
             bat[n_rows] = b_r
