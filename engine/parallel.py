@@ -81,6 +81,12 @@ class _Writer:
                 self._conn.send_bytes(data)
 
 
+# How long a worker waits at an advance for the others to reach it. They arrive within
+# moments of each other (the same calls, partitions of one site); one that never comes
+# has died, and the survivors' replies then say so instead of waiting for good.
+BARRIER_TIMEOUT_S = 600.0
+
+
 def _serve(conn: Connection, config: EngineConfig, tx_power: NDArray[np.float64] | None,
            index: int, marks: Any, barrier: Any) -> None:
     """A worker: one engine, driven by (operation, argument) messages until "stop"."""
@@ -105,7 +111,7 @@ def _serve(conn: Connection, config: EngineConfig, tx_power: NDArray[np.float64]
                 half = workers * (advances % 2)
                 advances += 1
                 marks[half + index] = engine.watermark
-                barrier.wait()
+                barrier.wait(BARRIER_TIMEOUT_S)  # a partner gone (killed): broken, told as a reply
                 mark = max(marks[half:half + workers])
                 arg = mark if arg is None else max(mark, arg)
             if failed is not None:

@@ -426,3 +426,31 @@ def test_finishing_out_of_turn_is_refused() -> None:
             _ = two.watermark
         assert len(two.finish_advance()) > 0
         assert len(two.finish_flush()) > 0
+
+
+def test_a_worker_that_died_makes_the_next_advance_fail_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed between calls (out of memory, a signal): the survivor gives up on it
+    at the advance's shared watermark and says so, and the caller gets an error instead of
+    waiting for good."""
+    import threading
+    from threading import BrokenBarrierError
+
+    monkeypatch.setattr("engine.parallel.BARRIER_TIMEOUT_S", 2.0)  # forked into the workers
+    stream = _noisy_stream(56)
+    with PartitionedEngine(_engine().config, workers=2) as two:
+        two.ingest(stream[stream["t"] < 10])
+        two._procs[1].kill()
+        two._procs[1].join(timeout=30)
+        outcome: list[BaseException] = []
+
+        def advance() -> None:
+            try:
+                two.advance()
+            except BaseException as exc:  # what the caller sees is the point
+                outcome.append(exc)
+
+        caller = threading.Thread(target=advance, daemon=True)
+        caller.start()
+        caller.join(timeout=120)
+        assert not caller.is_alive(), "the advance waited for the dead worker"
+        assert outcome and isinstance(outcome[0], (BrokenBarrierError, EOFError, ConnectionError))
