@@ -380,10 +380,13 @@ LANES = 64  # rows side by side; 32 and 128 were slower on the large scenario's 
 @numba.njit(inline="always", nogil=True)
 def _lane_take_row(
     j: int, lane: int, r: NDArray[np.float32], w: NDArray[np.float32], gx: NDArray[np.float32],
-    gy: NDArray[np.float32], dz2: NDArray[np.float32], cols: NDArray[np.intp], rows: NDArray[np.float32],
-    col_rows: NDArray[np.uint64],
+    gy: NDArray[np.float32], dz2: NDArray[np.float32], cols: NDArray[np.intp], p0: NDArray[np.float32],
+    x_start: NDArray[np.float32], y_start: NDArray[np.float32], rows: NDArray[np.float32],
+    col_rows: NDArray[np.uint64], st: NDArray[np.float32], row: NDArray[np.int64], iters: NDArray[np.int64],
 ) -> None:
-    """Row ``j``'s terms into lane ``lane`` of the (6, width, LANES) lane buffers."""
+    """Row ``j`` into lane ``lane``: its terms into the (5, width, LANES) and (width, LANES)
+    lane buffers, and the lane's state as the scalar loop starts a row (the start as point
+    and best point, no best cost yet, the row's P0, no iteration)."""
     for i in range(r.shape[1]):
         rows[0, i, lane] = r[j, i]
         rows[1, i, lane] = w[j, i]
@@ -391,6 +394,9 @@ def _lane_take_row(
         rows[3, i, lane] = gy[j, i]
         rows[4, i, lane] = dz2[j, i]
         col_rows[i, lane] = cols[j, i]
+    row[lane], iters[lane] = j, 0
+    st[0, lane], st[1, lane], st[2, lane], st[3, lane] = x_start[j], y_start[j], x_start[j], y_start[j]
+    st[4, lane], st[5, lane] = F32(np.inf), p0[j]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -434,10 +440,7 @@ def newton_rows_lanes(  # one kernel, on purpose (as newton_rows)
     nxt = 0
     active = 0
     for lane in range(min(lanes, n)):
-        _lane_take_row(nxt, lane, r, w, gx, gy, dz2, cols, rows, col_rows)
-        row[lane] = nxt
-        lx[lane], ly[lane], lpx[lane], lpy[lane] = x_start[nxt], y_start[nxt], x_start[nxt], y_start[nxt]
-        lpc[lane], lpj[lane] = F32(np.inf), p0[nxt]
+        _lane_take_row(nxt, lane, r, w, gx, gy, dz2, cols, p0, x_start, y_start, rows, col_rows, st, row, iters)
         nxt += 1
         active += 1
     while active > 0:
@@ -553,10 +556,8 @@ def newton_rows_lanes(  # one kernel, on purpose (as newton_rows)
                 continue
             x_out[row[lane]], y_out[row[lane]] = lpx[lane], lpy[lane]
             if nxt < n:  # the lane takes the next row
-                _lane_take_row(nxt, lane, r, w, gx, gy, dz2, cols, rows, col_rows)
-                row[lane] = nxt
-                lx[lane], ly[lane], lpx[lane], lpy[lane] = x_start[nxt], y_start[nxt], x_start[nxt], y_start[nxt]
-                lpc[lane], lpj[lane], iters[lane] = F32(np.inf), p0[nxt], 0
+                _lane_take_row(nxt, lane, r, w, gx, gy, dz2, cols, p0, x_start, y_start, rows, col_rows, st, row,
+                               iters)
                 nxt += 1
             else:
                 row[lane] = -1

@@ -330,8 +330,7 @@ class GeofenceRules(RuleCore):
                                         evidence={"stayed_s": t - since[k]}))
                 if zn != NO_ZONE:
                     events.append(Event("zone_enter", tf, version, tag, xs[k], ys[k], r90s[k], names[zn],
-                                        evidence={"fixes_in_zone": nk,
-                                                  "previous": names[zo] if zo >= 0 else None}))
+                                        evidence={"fixes_in_zone": nk, "previous": self._zone_name(zo)}))
         dc = d[change]
         tg["conf"][dc], tg["zone_since"][dc], tg["dwell_done"][dc] = z[change], t, False
 
