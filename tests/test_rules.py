@@ -627,13 +627,15 @@ def test_independent_loss_kernel_is_the_product_over_gateways_up(n_tags: int, n_
 @given(st.integers(1, 40), st.integers(1, 12), st.integers(0, 2**31 - 1), st.booleans())
 def test_independent_loss_kernel_is_the_plain_sum_bit_for_bit(n_tags: int, n_gw: int, seed: int, huge: bool) -> None:
     """The kernel's looked-up logarithms (one per (heard, sent) pair in a call) give the
-    plain gateway-by-gateway sum's bits: many tags sharing counts, and counts past the
-    lookup's key field (2^31) computed directly."""
+    plain gateway-by-gateway sum's bits: many tags sharing counts, and counts outside the
+    lookup's key field (past 2^31, or a negative one, which would read as an empty slot)
+    computed directly."""
     from engine.rules.presence import _independent_loss
 
     rng = np.random.default_rng(seed)
-    sent = rng.choice([30, 31, 2**31 + 5 if huge else 32], n_tags).astype(np.int64)
-    heard = np.minimum(rng.choice([0, 0, 0, 29, 30, 31], (n_tags, n_gw)), sent[:, None]).astype(np.int32)
+    sent = rng.choice([30, 31, 2**31 + 5 if huge else 32, -3], n_tags).astype(np.int64)
+    counts = rng.choice([0, 0, 0, 29, 30, 31], (n_tags, n_gw))
+    heard = np.where(sent[:, None] < 0, counts, np.minimum(counts, sent[:, None])).astype(np.int32)
     up = rng.random(n_gw) < 0.8
     d = rng.integers(0, n_tags, 3 * n_tags).astype(np.int64)
     want = []

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
     from engine.rules.events import Event
 
 
+@numba.njit(inline="always", nogil=True)
+def _log_missed(heard: int, s1: float) -> float:
+    """log(1 - min(h, 1 - 1e-12)), h = (heard + 1/2) / (sent + 1): one gateway's term."""
+    return np.log1p(-min((heard + 0.5) / s1, 1 - 1e-12))
+
+
 @numba.njit(cache=True, nogil=True)
 def _independent_loss(
     heard: NDArray[np.int32], sent: NDArray[np.int64], d: NDArray[np.int64], up: NDArray[np.bool_],
@@ -51,7 +57,8 @@ def _independent_loss(
     for i in range(len(d)):
         tag = d[i]
         s1 = float(sent[tag]) + 1.0
-        unheard = np.log1p(-min(0.5 / s1, 1 - 1e-12))
+        unheard = _log_missed(0, s1)
+        keyed = sent[tag] >= 0 and sent[tag] < 1 << 31  # the key's field: 68 years at 1 Hz
         acc = 0.0
         for g in range(len(up)):
             if up[g]:
@@ -59,8 +66,8 @@ def _independent_loss(
                 if k == 0:
                     acc += unheard
                     continue
-                if sent[tag] >= 1 << 31:  # beyond the key's field (68 years at 1 Hz)
-                    acc += np.log1p(-min((k + 0.5) / s1, 1 - 1e-12))
+                if not keyed:
+                    acc += _log_missed(k, s1)
                     continue
                 key = (np.int64(k) << 32) | sent[tag]
                 j = (key * np.int64(-7046029254386353131)) >> 40 & mask
@@ -69,7 +76,7 @@ def _independent_loss(
                 if keys[j] == key:
                     acc += logs[j]
                     continue
-                term = np.log1p(-min((k + 0.5) / s1, 1 - 1e-12))
+                term = _log_missed(k, s1)
                 if room > 0:  # a full table keeps what it has; further pairs are computed
                     keys[j], logs[j] = key, term
                     room -= 1
