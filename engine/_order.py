@@ -141,3 +141,49 @@ def lexsort_by_time(t: NDArray[np.float64], *keys: NDArray[np.generic]) -> NDArr
                 order[at] = sub[np.lexsort([k[sub] for k in keys[::-1]] + [t[sub]])]
     return order
 
+
+
+BUCKET_RUN = 32  # a bucket longer than this is sorted by numba's quicksort, not by insertion
+
+
+@numba.njit(cache=True, nogil=True)
+def _sort_by_bucket(keys: NDArray[np.int64], divisor: int, buckets: int) -> NDArray[np.int64]:
+    out = np.empty_like(keys)
+    start = np.zeros(buckets + 1, np.int64)
+    for i in range(len(keys)):
+        start[((keys[i] >> 32) // divisor) + 1] += 1
+    for b in range(buckets):
+        start[b + 1] += start[b]
+    fill = start[:-1].copy()
+    for i in range(len(keys)):  # each bucket keeps the keys' order: nearly sorted already
+        b = (keys[i] >> 32) // divisor
+        out[fill[b]] = keys[i]
+        fill[b] += 1
+    for b in range(buckets):
+        lo, hi = start[b], start[b + 1]
+        if hi - lo > BUCKET_RUN:
+            out[lo:hi].sort()
+            continue
+        for i in range(lo + 1, hi):
+            v = out[i]
+            j = i - 1
+            while j >= lo and out[j] > v:
+                out[j + 1] = out[j]
+                j -= 1
+            out[j + 1] = v
+    return out
+
+
+def sort_keys_by_device(keys: NDArray[np.int64], divisor: int = 1) -> NDArray[np.int64]:
+    """``np.sort(keys)`` for keys ``(device * divisor + k) << 32 | low`` whose devices are
+    few next to the keys (the rules' per-second counters: a batch holds a handful of
+    sightings per tag): the keys bucketed by device in one linear pass, then each short
+    bucket sorted by insertion (each tag's sightings come nearly in order). Negative keys,
+    or devices far more than the keys, take ``np.sort``."""
+    if len(keys) < 2:
+        return np.sort(keys)
+    lo, hi = int(keys.min()), int(keys.max())
+    buckets = ((hi >> 32) // divisor) + 1
+    if lo < 0 or divisor < 1 or buckets > 4 * len(keys) + 65_536:
+        return np.sort(keys)
+    return _sort_by_bucket(np.ascontiguousarray(keys, dtype=np.int64), divisor, buckets)

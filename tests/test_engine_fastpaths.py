@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from engine._heard import heard_cells, window_cells
 from engine._newton import _bits_f32, _f32_bits, hypotf, log10f, newton_rows, newton_rows_lanes
-from engine._order import INSERTION_RUN, lexsort_by_time, member_of
+from engine._order import BUCKET_RUN, INSERTION_RUN, lexsort_by_time, member_of, sort_keys_by_device
 from engine.contract import UNKNOWN, GatewayInfo, IdTable, sightings_from_columns
 from engine.eventtime import REVISED_FIX_DTYPE, RevisingWindows
 from engine.ingest import IngestCounters, drop_redeliveries, merge_channels_by_time
@@ -198,6 +198,21 @@ def test_heard_cells_are_the_dense_bincount_means(readings, extra_rows) -> None:
 def test_member_of_is_numpys_isin(a: list[int], b: list[int]) -> None:
     a_arr, b_arr = np.array(a, np.int64), np.array(b, np.int64)
     np.testing.assert_array_equal(member_of(a_arr, b_arr), np.isin(a_arr, b_arr))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 2**32 - 1)), max_size=300),
+       st.integers(1, 6), st.integers(0, 3 * BUCKET_RUN), st.booleans())
+def test_keys_sorted_by_device_are_numpys_sort(pairs: list[tuple[int, int]], divisor: int, crowd: int,
+                                               hostile: bool) -> None:
+    """Bucketed by device then insertion-sorted, or quicksorted past BUCKET_RUN keys (``crowd``
+    more keys for device 0 crosses it); negative or far-off keys take np.sort: all np.sort."""
+    high = [d for d, _ in pairs] + [0] * crowd
+    low = [s for _, s in pairs] + list(range(crowd, 0, -1))
+    keys = np.array(high, np.int64) * (1 << 32) + np.array(low, np.int64)
+    if hostile and len(keys):
+        keys[0] = -keys[0] - 1 if len(keys) % 2 else (1 << 62) + keys[0]
+    np.testing.assert_array_equal(sort_keys_by_device(keys, divisor), np.sort(keys))
 
 
 @settings(max_examples=150, deadline=None)

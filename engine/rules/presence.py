@@ -19,6 +19,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
+from engine._order import sort_keys_by_device
 from engine.contract import Sightings
 from engine.rules.core import SECONDS_PER_DAY, FloatArray, IntArray
 from engine.rules.gateways import GatewayHealthRules
@@ -244,7 +245,7 @@ class PresenceRules(GatewayHealthRules):
         # misses closed by this batch for the site-wide burst statistics (integers: the
         # same sums in any order).
         bursts = _count_sorted_frames(
-            np.sort(dev * (1 << 32) + seq), tg["last_seq"], tg["n_missed"], tg["n_heard"],
+            sort_keys_by_device(dev * (1 << 32) + seq), tg["last_seq"], tg["n_missed"], tg["n_heard"],
             self.g_sent, self.g_missed, tg["b_missed"], tg["b_cont"], tg["b_deep"], tg["b_deeper"],
             self.rules.missing.max_missed,
         )
@@ -254,7 +255,7 @@ class PresenceRules(GatewayHealthRules):
         self.burst_deeper += int(bursts[3])
         # Per (tag, gateway): distinct frames heard (channels of one frame count once).
         cell = dev * n_gw + rows["gateway"][has].astype(np.int64)
-        _count_sorted_cells(np.sort(cell * (1 << 32) + seq), self.g_heard.reshape(-1))
+        _count_sorted_cells(sort_keys_by_device(cell * (1 << 32) + seq, n_gw), self.g_heard.reshape(-1))
 
     def _moved(self, d: IntArray) -> None:
         """A moved tag has new gateways: its per-gateway reception history starts again."""
