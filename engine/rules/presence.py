@@ -436,30 +436,40 @@ class PresenceRules(GatewayHealthRules):
             tg["exited"][d[gone]] = True
             lost = ~near_exit & ~checked
             if self.rules.missing.enabled:
-                for j in np.flatnonzero(lost).tolist():
-                    dj = int(d[j])
-                    events.append(
-                        self._missing_event(dj, float(t_v[j]), float(theta[j]), int(k[j]))
-                    )
+                events += self._missing_events(d[lost], t_v[lost], theta[lost], k[lost])
                 tg["missing"][d[lost]] = True
 
     def _missing_event(self, d: int, t: float, theta: float, k: int, **extra: Any) -> Event:
+        return self._missing_events(np.array([d]), np.array([t]), np.array([theta]), np.array([k]), **extra)[0]
+
+    def _missing_events(
+        self, d: IntArray, t: FloatArray, theta: FloatArray, k: FloatArray, **extra: Any
+    ) -> list[Event]:
+        """missing_tag for each tag of ``d`` (silent since ``t``, past ``theta`` after ``k``
+        misses), its loss model's figures as evidence: computed for all at once (each tag's
+        figures are its own, so the same as one at a time)."""
         tg = self.tags
-        dd = np.array([d])
-        q = float(self.miss_rate(dd)[0])
-        p_silent = float(self.silent_probability(dd, np.array([float(k)]))[0])
-        return self._event(
-            "missing_tag",
-            t,
-            d,
-            confidence=1.0 - p_silent,
-            last_heard_t=float(tg["heard_t"][d]),
-            silence_threshold_s=theta,
-            missed_in_a_row=k,
-            miss_rate=q,
-            burst_continuation=[float(r[0]) for r in self.tag_continuation(dd, np.array([q]))],
-            p_silent_if_present=p_silent,
-            battery_pct=float(tg["battery"][d]),
-            expected_interval_s=float(self._interval(np.array([d]))[0]),
-            **extra,
-        )
+        d = np.asarray(d, np.int64)
+        k = np.asarray(k).astype(np.int64)
+        q = self.miss_rate(d)
+        p_silent = self.silent_probability(d, k.astype(float))
+        continuation = np.column_stack(self.tag_continuation(d, q)) if len(d) else np.zeros((0, 3))
+        interval = self._interval(d)
+        return [
+            self._event(
+                "missing_tag",
+                float(t[j]),
+                dj,
+                confidence=1.0 - float(p_silent[j]),
+                last_heard_t=float(tg["heard_t"][dj]),
+                silence_threshold_s=float(theta[j]),
+                missed_in_a_row=int(k[j]),
+                miss_rate=float(q[j]),
+                burst_continuation=[float(r) for r in continuation[j]],
+                p_silent_if_present=float(p_silent[j]),
+                battery_pct=float(tg["battery"][dj]),
+                expected_interval_s=float(interval[j]),
+                **extra,
+            )
+            for j, dj in enumerate(d.tolist())
+        ]
