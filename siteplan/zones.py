@@ -21,7 +21,7 @@ ZONE_COLOURS = {"storage": "#dbe9f6", "packing": "#fde7c8", "checkout": "#e6d7f2
 # Cells of a lookup grid: enough that few points fall in cells an edge crosses, few
 # enough that building one (a shapely distance per cell) stays in the milliseconds.
 LOOKUP_CELLS = 16_384
-_MIXED = 2  # a lookup cell an edge passes near: its points go to shapely
+MIXED_CELL = 2  # a lookup cell an edge passes near: its points go to shapely
 
 
 class PointLookup:
@@ -55,14 +55,20 @@ class PointLookup:
             return
         if geom.geom_type not in ("Polygon", "MultiPolygon"):  # points, lines, collections
             self.clearance = np.full(len(gx), -np.inf)  # every point goes to shapely
-            self.state = np.full(len(gx), _MIXED, np.int8)
+            self.state = np.full(len(gx), MIXED_CELL, np.int8)
             return
         ends = [shapely.get_coordinates(line) for line in shapely.get_parts(geom.boundary)]
         segments = np.vstack([np.hstack([c[:-1], c[1:]]) for c in ends if len(c) > 1])
         dist = _distance_to_segments(gx, gy, segments)
         self.clearance = dist - cell * math.sqrt(0.5) - self.tol
         inside = shapely.intersects_xy(geom, gx, gy)
-        self.state = np.where(self.clearance > 0, inside, _MIXED).astype(np.int8)
+        self.state = np.where(self.clearance > 0, inside, MIXED_CELL).astype(np.int8)
+
+    @property
+    def grid(self) -> tuple[float, float, float, int, int, NDArray[np.int8], NDArray[np.float64]]:
+        """(x0, y0, 1 / cell, nx, ny, state, clearance): the grid for compiled callers, which
+        read a cell as :func:`_cell_states` does."""
+        return self.x0, self.y0, self.inv, self.nx, self.ny, self.state, self.clearance
 
     def __call__(self, x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.bool_]:
         shape = np.shape(x)
@@ -71,7 +77,7 @@ class PointLookup:
         st = _cell_states(x, y, self.x0, self.y0, self.inv, self.nx, self.ny, self.state,
                           self.clearance, np.zeros(0))
         out = st == 1
-        mixed = np.flatnonzero(st == _MIXED)
+        mixed = np.flatnonzero(st == MIXED_CELL)
         if len(mixed):
             out[mixed] = shapely.intersects_xy(self.geom, x[mixed], y[mixed])
         return out.reshape(shape)
@@ -122,11 +128,11 @@ def _cell_states(
         fx = np.floor((x[i] - x0) * inv)
         fy = np.floor((y[i] - y0) * inv)
         if not (fx >= 0 and fx < nx and fy >= 0 and fy < ny):  # NaN too
-            out[i] = _MIXED if discs else 0
+            out[i] = MIXED_CELL if discs else 0
             continue
         c = int(fy) * nx + int(fx)
         if discs and not clearance[c] > radius[i]:
-            out[i] = _MIXED
+            out[i] = MIXED_CELL
         else:
             out[i] = state[c]
     return out
