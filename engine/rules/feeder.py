@@ -45,6 +45,13 @@ def _by_time(rows: NDArray[np.void]) -> NDArray[np.void]:
     return take_rows(rows, np.argsort(rows["t"], kind="stable"))
 
 
+def _appended(buffer: NDArray[np.void], rows: NDArray[np.void], dtype: np.dtype[np.void]) -> NDArray[np.void]:
+    """``buffer`` then ``rows``; ``rows`` itself when the buffer is empty (no copy)."""
+    if len(buffer) == 0 and rows.dtype == dtype:
+        return rows
+    return concat_rows([buffer, rows], dtype)
+
+
 class RuleFeeder:
     """Replays the three sources into the rule engine one engine step at a time, in event
     time, as a live deployment would deliver them, while they arrive: at each step
@@ -66,10 +73,13 @@ class RuleFeeder:
         self, sightings: NDArray[np.void] | None = None, fixes: NDArray[np.void] | None = None,
         feed: NDArray[np.void] | None = None,
     ) -> None:
+        """Rows to step through. Added to an empty buffer, they are kept as given, not
+        copied (a group of fixes is usually stepped through whole before the next comes):
+        a caller must leave them unchanged until their steps are done."""
         if sightings is not None and len(sightings):
-            self._sightings = concat_rows([self._sightings, sightings], SIGHTING_DTYPE)
+            self._sightings = _appended(self._sightings, sightings, SIGHTING_DTYPE)
         if fixes is not None and len(fixes):
-            self._fixes = concat_rows([self._fixes, fixes], FIX_DTYPE)
+            self._fixes = _appended(self._fixes, fixes, FIX_DTYPE)
         if feed is not None and len(feed):
             self._feed = np.concatenate([self._feed, feed])
 
