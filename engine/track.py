@@ -31,7 +31,6 @@ import shapely
 from numpy.typing import NDArray
 from scipy import sparse
 from scipy.spatial import cKDTree
-from scipy.stats import chi2
 
 from engine.localize import (
     CHI2_2DOF_90,
@@ -629,6 +628,8 @@ class ParticleFilter:
         # in COLLAPSE_ODDS chance (-2 log-likelihood is chi-square with one degree per
         # gateway used): the tag is not where the cloud is (a jump the motion model
         # forbids, a wrong start). Those rows restart from the single-shot posterior.
+        from scipy.stats import chi2  # here: scipy.stats takes ~0.5 s to import, and few runs need it
+
         dof = np.maximum(weights.sum(axis=1), 1.0)
         collapsed = -2.0 * ll.max(axis=1) > chi2.isf(1.0 / COLLAPSE_ODDS, dof)
         if collapsed.any():

@@ -513,10 +513,21 @@ def censored_link_means(
     def cdf(y: FloatArray) -> FloatArray:
         return np.interp(y, table, probs, left=0.0, right=1.0)
 
-    def loglik(idx: NDArray[np.intp], mu: FloatArray) -> FloatArray:
-        """(links, candidates) log-likelihood of links ``idx`` at candidate means ``mu``."""
-        m = mu[:, None, :]
-        p_heard = cdf(hi_edge[idx, :, None] - m) - cdf(lo_edge[idx, :, None] - m)
+    def loglik(idx: NDArray[np.intp], mu: FloatArray, shared: bool = False) -> FloatArray:
+        """(links, candidates) log-likelihood of links ``idx`` at candidate means ``mu``;
+        ``shared``: every link has the same candidates (``mu[0]``)."""
+        if shared:
+            # Readings take few values (whole dB steps less a channel's offset): the CDF at
+            # each value minus each candidate, looked up, is the same bits as computing it
+            # at every reading, and faster (a demo walk's fit: 1.0 s -> 0.7 s).
+            c = mu[0][None, :]
+            hi_vals, hi_at = np.unique(hi_edge[idx], return_inverse=True)
+            lo_vals, lo_at = np.unique(lo_edge[idx], return_inverse=True)
+            p_heard = (cdf(hi_vals[:, None] - c)[hi_at.reshape(len(idx), -1)]
+                       - cdf(lo_vals[:, None] - c)[lo_at.reshape(len(idx), -1)])
+        else:
+            m = mu[:, None, :]
+            p_heard = cdf(hi_edge[idx, :, None] - m) - cdf(lo_edge[idx, :, None] - m)
         p_heard = np.maximum((1.0 - p_miss) * p_heard, 1e-300)
         ll = np.where(heard[idx, :, None], np.log(p_heard), 0.0).sum(axis=1)
         below = np.mean([cdf(sens[idx, None] - o - mu) for o in offsets], axis=0)
@@ -530,7 +541,7 @@ def censored_link_means(
     step = 0.25
     for lo in range(0, len(some), 256):  # (links x readings x candidates) blocks stay small
         idx = some[lo : lo + 256]
-        best = coarse[np.argmax(loglik(idx, np.broadcast_to(coarse, (len(idx), len(coarse)))), axis=1)]
+        best = coarse[np.argmax(loglik(idx, np.broadcast_to(coarse, (len(idx), len(coarse))), shared=True), axis=1)]
         cand = best[:, None] + fine[None, :]
         mu = cand[np.arange(len(idx)), np.argmax(loglik(idx, cand), axis=1)]
         ll3 = loglik(idx, mu[:, None] + np.array([-step, 0.0, step])[None, :])

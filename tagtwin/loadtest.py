@@ -155,7 +155,8 @@ def parse_slos(items: Sequence[str]) -> dict[str, float | None]:
         if not sep:
             raise LoadTestError(f"--slo {item!r}: expected NAME=BOUND, e.g. completeness=1")
         if name not in SLO_NAMES:
-            raise LoadTestError(f"--slo {name}: expected one of {', '.join(SLO_NAMES)}")
+            shown = name if name.isprintable() else repr(name)  # a line break in it stays on the error's one line
+            raise LoadTestError(f"--slo {shown}: expected one of {', '.join(SLO_NAMES)}")
         if value == "none":
             out[name] = None
             continue

@@ -256,4 +256,10 @@ def test_loss_maps_equal_shapely_crossings(seed, n_walls, n_racks):
     slow = obs.link_loss_db(np.repeat(points, 4, axis=0), np.tile(anchors, (300, 1))).reshape(
         300, 4
     )
-    np.testing.assert_allclose(fast, slow, atol=1e-9)
+    # The documented exception: a link that grazes a vertex, here within float32's reach of
+    # one at this scale (seed 1210130: 0.5 um from a rack's corner), may count either way.
+    links = shapely.linestrings(np.stack([np.repeat(points, 4, axis=0), np.tile(anchors, (300, 1))], axis=1))
+    vertices = shapely.multipoints(shapely.get_coordinates(geoms))  # empty without obstacles: no distance, NaN
+    grazing = (shapely.distance(links, vertices) < 1e-4).reshape(300, 4)
+    assert grazing.mean() < 0.01
+    np.testing.assert_allclose(fast[~grazing], slow[~grazing], atol=1e-9)

@@ -15,6 +15,7 @@ from engine.pipeline import Engine
 from radio_models.calibration import censored_link_means, simple_kriging
 from radio_models.environment import PacketEffects
 from tests.conftest import SCENARIOS, shortened
+from twin import run as twin_run
 from twin.run import engine_config_for, feed_engine, scenario_sha256
 from twin.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 from twin.sim import TwinResult, WarehouseTwin
@@ -118,6 +119,7 @@ def test_the_walk_map_is_deterministic_per_seed(demo_scenario: Scenario) -> None
     assert walks[0].rssi.tobytes() != walks[2].rssi.tobytes()
     assert 0.3 < np.isfinite(walks[0].rssi).mean() < 0.7  # about half the readings: weak links are censored
     own = engine_config_for(sc, site, None, twin).obstacle_map
+    twin_run._CORRECTIONS.clear()  # the second map is computed afresh, not the first one kept
     alone = engine_config_for(sc, site).obstacle_map
     site_plan_only = shortened(demo_with(demo_scenario, shadowing_map="none"), 10.0, seed=5)
     plain = engine_config_for(site_plan_only, site).obstacle_map
@@ -125,6 +127,31 @@ def test_the_walk_map_is_deterministic_per_seed(demo_scenario: Scenario) -> None
     assert own.loss.tobytes() == alone.loss.tobytes()
     # The correction is the shadowing, a few dB, not a change of the walls.
     assert 1.0 < float(np.std(own.loss - plain.loss)) < 6.0
+
+
+def test_a_walk_map_asked_again_is_kept_read_only_and_another_seed_is_fitted_afresh(
+        demo_scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process keeps the few maps it fitted (keyed by all that the fit reads): the same
+    scenario and seed again is not fitted again, and gets the same bytes, which no caller
+    can change; another seed's walk is fitted."""
+    sc = shortened(demo_scenario, 10.0, seed=7)
+    twin = WarehouseTwin(sc)
+    site = cast("TwinResult", SimpleNamespace(site=twin.site, gateways=twin.gateways))
+    twin_run._CORRECTIONS.clear()
+    first = engine_config_for(sc, site, None, twin).obstacle_map
+    fits = []
+    monkeypatch.setattr(twin_run, "censored_link_means",
+                        lambda *a, **k: fits.append(1) or censored_link_means(*a, **k))
+    again = engine_config_for(sc, site).obstacle_map
+    assert first is not None and again is not None
+    assert again.loss.tobytes() == first.loss.tobytes() and fits == []
+    kept = next(iter(twin_run._CORRECTIONS.values()))
+    assert not kept.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        kept += 1.0
+    other = shortened(demo_scenario, 10.0, seed=8)
+    engine_config_for(other, cast("TwinResult", SimpleNamespace(site=twin.site, gateways=twin.gateways)))
+    assert fits == [1]
 
 
 def test_the_walk_puts_a_still_tag_by_the_office_wall_on_its_own_side(demo_scenario: Scenario) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -49,6 +50,12 @@ from twin.walk import calibration_walk
 
 FloatArray = NDArray[np.float64]
 FEED_CHUNK_S = 30.0  # sightings are handed to the engine 30 simulated seconds at a time
+# shadowing_correction_db's fits, keyed by a digest of every input they are a function of:
+# the walk's fit and kriging take ~1.5 s per run, and a process (a test run, the planner's
+# seeds and layouts) often needs the same scenario and seed's map again. A few, read-only.
+_CORRECTIONS: dict[bytes, FloatArray] = {}
+_CORRECTIONS_MAX = 8
+_CORRECTIONS_LOCK = threading.Lock()
 
 
 @dataclass
@@ -220,18 +227,42 @@ def shadowing_correction_db(scenario: Scenario, warehouse: WarehouseTwin, model:
         scenario.engine.walk_stop_s)
     stops, n_gw, n_read = walk.rssi.shape
     rep = rs.report
+    centres = model.grid.centres()
+    fading = radio.effects.fading_table_db.astype(float)
+    offsets = np.asarray(radio.effects.channel_offset_db, dtype=float)
+    key = _digest(walk.rssi, walk.channel, walk.sensitivity_dbm, walk.xy, walk.cells, model.mean_dbm, centres,
+                  fading, offsets, np.array([rep.quantization_db, rep.miss_probability, rs.shadowing_sigma_db,
+                                             rs.decorrelation_m], dtype=float))
+    with _CORRECTIONS_LOCK:
+        known = _CORRECTIONS.get(key)
+    if known is not None:
+        return known
     mean, var = censored_link_means(
         walk.rssi.reshape(stops * n_gw, n_read), walk.channel.reshape(stops * n_gw, n_read),
-        np.repeat(walk.sensitivity_dbm[None, :], stops, axis=0).ravel(), radio.effects.fading_table_db.astype(float),
-        np.asarray(radio.effects.channel_offset_db), rep.quantization_db, rep.miss_probability)
+        np.repeat(walk.sensitivity_dbm[None, :], stops, axis=0).ravel(), fading, offsets,
+        rep.quantization_db, rep.miss_probability)
     resid = mean.reshape(stops, n_gw) - model.mean_dbm[walk.cells]
     var = var.reshape(stops, n_gw)
-    centres = model.grid.centres()
     field = np.column_stack([
         simple_kriging(walk.xy, resid[:, g], var[:, g], centres, rs.shadowing_sigma_db, rs.decorrelation_m)
         for g in range(n_gw)
     ])
-    return np.asarray(-field)
+    correction = np.asarray(-field)
+    correction.flags.writeable = False  # shared between the runs that ask for it again
+    with _CORRECTIONS_LOCK:
+        if len(_CORRECTIONS) >= _CORRECTIONS_MAX:
+            del _CORRECTIONS[next(iter(_CORRECTIONS))]  # the oldest
+        _CORRECTIONS[key] = correction
+    return correction
+
+
+def _digest(*arrays: NDArray[np.generic]) -> bytes:
+    """A SHA-256 of arrays' dtypes, shapes and bytes (in C order)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.tobytes())  # C order whatever the array's layout
+    return h.digest()
 
 
 def reference_tx_power(twin: TwinResult | Fleet) -> float:

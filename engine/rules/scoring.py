@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.stats import beta, binom, chi2
+
+# scipy.stats is imported where a bound is computed, not here: it takes ~0.5 s, and every
+# process that loads a scenario (twin.scenario -> engine.roi -> here) would pay it.
 
 if TYPE_CHECKING:
     from engine.rules.events import Event
@@ -110,6 +112,8 @@ def proportion_interval(successes: int, trials: int, level: float = LEVEL) -> tu
         return 0.0, 1.0
     if not 0 <= successes <= trials:
         raise ValueError(f"successes {successes} outside 0..{trials}")
+    from scipy.stats import beta
+
     a = 1.0 - level
     lo = 0.0 if successes == 0 else float(beta.ppf(a / 2, successes, trials - successes + 1))
     hi = 1.0 if successes == trials else float(beta.ppf(1 - a / 2, successes + 1, trials - successes))
@@ -130,6 +134,8 @@ def median_interval(x: Sequence[float], level: float = LEVEL) -> tuple[float, fl
     if n == 0:
         return None
     a = np.sort(np.asarray(x, dtype=float))
+    from scipy.stats import binom
+
     # largest l (1-based) with P(B < l) <= (1-level)/2
     l_max = int(binom.ppf((1 - level) / 2, n, 0.5))
     while l_max > 0 and binom.cdf(l_max - 1, n, 0.5) > (1 - level) / 2:
@@ -384,6 +390,8 @@ def poisson_interval(count: int, exposure: float, confidence: float = LEVEL) -> 
         raise ValueError(f"events must be >= 0, got {count}")
     if exposure <= 0:
         return 0.0, math.inf
+    from scipy.stats import chi2
+
     a = 1.0 - confidence
     low = 0.0 if count == 0 else float(chi2.ppf(a / 2, 2 * count)) / 2 / exposure
     high = float(chi2.ppf(1 - a / 2, 2 * count + 2)) / 2 / exposure
@@ -398,6 +406,8 @@ def poisson_upper(count: int, exposure: float, confidence: float = LEVEL) -> flo
         raise ValueError(f"events must be >= 0, got {count}")
     if exposure <= 0:
         return math.inf
+    from scipy.stats import chi2
+
     return float(chi2.ppf(confidence, 2 * count + 2)) / 2 / exposure
 
 
