@@ -448,12 +448,14 @@ class PresenceRules(GatewayHealthRules):
         """missing_tag for each tag of ``d`` (silent since ``t``, past ``theta`` after ``k``
         misses), its loss model's figures as evidence: computed for all at once (each tag's
         figures are its own, so the same as one at a time)."""
+        if len(d) == 0:
+            return []
         tg = self.tags
         d = np.asarray(d, np.int64)
         k = np.asarray(k).astype(np.int64)
         q = self.miss_rate(d)
         p_silent = self.silent_probability(d, k.astype(float))
-        continuation = np.column_stack(self.tag_continuation(d, q)) if len(d) else np.zeros((0, 3))
+        continuation = np.column_stack(self.tag_continuation(d, q))
         interval = self._interval(d)
         return [
             self._event(
