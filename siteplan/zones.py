@@ -65,9 +65,9 @@ class PointLookup:
         self.state = np.where(self.clearance > 0, inside, MIXED_CELL).astype(np.int8)
 
     @property
-    def grid(self) -> tuple[float, float, float, int, int, NDArray[np.int8], NDArray[np.float64]]:
-        """(x0, y0, 1 / cell, nx, ny, state, clearance): the grid for compiled callers, which
-        read a cell as :func:`_cell_states` does."""
+    def grid(self) -> Grid:
+        """(x0, y0, 1 / cell, nx, ny, state, clearance): the grid for compiled callers
+        (:func:`cell_state`)."""
         return self.x0, self.y0, self.inv, self.nx, self.ny, self.state, self.clearance
 
     def __call__(self, x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.bool_]:
@@ -113,29 +113,42 @@ def _distance_to_segments(
     return out
 
 
+Grid = tuple[float, float, float, int, int, NDArray[np.int8], NDArray[np.float64]]  # PointLookup.grid
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def cell_state(px: float, py: float, disc: bool, radius: float, grid: Grid) -> int:
+    """The state of the point's cell in a :class:`PointLookup` grid (0 off the grid or NaN);
+    with ``disc``, that of the disc of ``radius`` around it: the cell's, if the disc stays
+    clear of every edge, else mixed. Off the grid, a disc is mixed."""
+    x0, y0, inv, nx, ny, state, clearance = grid
+    fx = np.floor((px - x0) * inv)
+    fy = np.floor((py - y0) * inv)
+    if not (fx >= 0 and fx < nx and fy >= 0 and fy < ny):  # NaN too
+        return MIXED_CELL if disc else 0
+    c = int(fy) * nx + int(fx)
+    if disc and not clearance[c] > radius:
+        return MIXED_CELL
+    return int(state[c])
+
+
 @numba.njit(cache=True, nogil=True)
 def _cell_states(
     x: NDArray[np.float64], y: NDArray[np.float64], x0: float, y0: float, inv: float, nx: int, ny: int,
     state: NDArray[np.int8], clearance: NDArray[np.float64], radius: NDArray[np.float64],
 ) -> NDArray[np.int8]:
-    """The state of each point's cell (0 off the grid or NaN); with ``radius`` (one per
-    point), that of the disc around it: the cell's, if the disc stays clear of every edge,
-    else mixed. Off the grid, a disc is mixed."""
-    n = len(x)
+    """:func:`cell_state` of each point, or with ``radius`` (one per point) of each disc."""
     discs = len(radius) > 0
-    out = np.empty(n, np.int8)
-    for i in range(n):
-        fx = np.floor((x[i] - x0) * inv)
-        fy = np.floor((y[i] - y0) * inv)
-        if not (fx >= 0 and fx < nx and fy >= 0 and fy < ny):  # NaN too
-            out[i] = MIXED_CELL if discs else 0
-            continue
-        c = int(fy) * nx + int(fx)
-        if discs and not clearance[c] > radius[i]:
-            out[i] = MIXED_CELL
-        else:
-            out[i] = state[c]
+    grid = (x0, y0, inv, nx, ny, state, clearance)
+    out = np.empty(len(x), np.int8)
+    if discs:
+        for i in range(len(x)):
+            out[i] = cell_state(x[i], y[i], True, radius[i], grid)
+    else:
+        for i in range(len(x)):
+            out[i] = cell_state(x[i], y[i], False, 0.0, grid)
     return out
+
 
 @dataclass(frozen=True)
 class ZoneIndex:

@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 
 from engine.rules.core import FloatArray, IntArray, RuleCore
 from engine.rules.events import Event
-from siteplan.zones import MIXED_CELL, NO_ZONE, PointLookup
+from siteplan.zones import MIXED_CELL, NO_ZONE, Grid, PointLookup, cell_state
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -171,8 +171,7 @@ class ZoneRegion:
 def _gauss_mass(
     x: NDArray[np.float64], y: NDArray[np.float64], r90: NDArray[np.float64], r90_per_sigma: float,
     min_sigma: float, points: NDArray[np.float64], bounds: NDArray[np.float64], reach: float, tol: float,
-    inside: tuple[float, float, float, int, int, NDArray[np.int8], NDArray[np.float64]],
-    feasible: tuple[float, float, float, int, int, NDArray[np.int8], NDArray[np.float64]],
+    inside: Grid, feasible: Grid,
     has_feasible: bool, out: NDArray[np.float64],
 ) -> NDArray[np.bool_]:
     """:meth:`ZoneRegion._probability`'s screens, disc test and point test in one pass, the
@@ -208,18 +207,18 @@ def _gauss_mass(
         if not in_box:
             continue
         radius = sigma * reach + tol
-        side = _disc_state(x[i], y[i], radius, inside)
+        side = cell_state(x[i], y[i], True, radius, inside)
         if side == 0:
             continue
-        if side == 1 and (not has_feasible or _disc_state(x[i], y[i], radius, feasible) == 1):
+        if side == 1 and (not has_feasible or cell_state(x[i], y[i], True, radius, feasible) == 1):
             out[i] = 1.0
             continue
         n_in, n_feasible = 0, 0
         for k in range(len(points)):
             px = x[i] + sigma * points[k, 0]
             py = y[i] + sigma * points[k, 1]
-            a = _point_state(px, py, inside)
-            b = _point_state(px, py, feasible) if has_feasible else 1
+            a = cell_state(px, py, False, 0.0, inside)
+            b = cell_state(px, py, False, 0.0, feasible) if has_feasible else 1
             if MIXED_CELL in (a, b):
                 edge[i] = True
                 break
@@ -233,36 +232,6 @@ def _gauss_mass(
         elif n_feasible > 0:
             out[i] = n_in / n_feasible
     return edge
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _point_state(
-    px: float, py: float, grid: tuple[float, float, float, int, int, NDArray[np.int8], NDArray[np.float64]],
-) -> int:
-    """:class:`PointLookup`'s cell state of a point (0 off the grid or NaN)."""
-    x0, y0, inv, nx, ny, state = grid[0], grid[1], grid[2], grid[3], grid[4], grid[5]
-    fx = np.floor((px - x0) * inv)
-    fy = np.floor((py - y0) * inv)
-    if not (fx >= 0 and fx < nx and fy >= 0 and fy < ny):
-        return 0
-    return int(state[int(fy) * nx + int(fx)])
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _disc_state(
-    px: float, py: float, radius: float,
-    grid: tuple[float, float, float, int, int, NDArray[np.int8], NDArray[np.float64]],
-) -> int:
-    """:meth:`PointLookup.disc_side` of one disc."""
-    x0, y0, inv, nx, ny, state, clearance = grid
-    fx = np.floor((px - x0) * inv)
-    fy = np.floor((py - y0) * inv)
-    if not (fx >= 0 and fx < nx and fy >= 0 and fy < ny):
-        return MIXED_CELL
-    c = int(fy) * nx + int(fx)
-    if not clearance[c] > radius:
-        return MIXED_CELL
-    return int(state[c])
 
 
 WALL_TOLERANCE_M = 0.05  # a zone edge this close to a wall runs along it
