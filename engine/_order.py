@@ -180,10 +180,10 @@ def sort_keys_by_device(keys: NDArray[np.int64], divisor: int = 1) -> NDArray[np
     sightings per tag): the keys bucketed by device in one linear pass, then each short
     bucket sorted by insertion (each tag's sightings come nearly in order). Negative keys,
     or devices far more than the keys, take ``np.sort``."""
-    if len(keys) < 2:
+    if len(keys) < 2 or divisor < 1:
         return np.sort(keys)
     lo, hi = int(keys.min()), int(keys.max())
     buckets = ((hi >> 32) // divisor) + 1
-    if lo < 0 or divisor < 1 or buckets > 4 * len(keys) + 65_536:
+    if lo < 0 or buckets > 4 * len(keys) + 65_536:
         return np.sort(keys)
     return _sort_by_bucket(np.ascontiguousarray(keys, dtype=np.int64), divisor, buckets)

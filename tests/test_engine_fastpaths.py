@@ -202,11 +202,12 @@ def test_member_of_is_numpys_isin(a: list[int], b: list[int]) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 2**32 - 1)), max_size=300),
-       st.integers(1, 6), st.integers(0, 3 * BUCKET_RUN), st.booleans())
+       st.integers(0, 6), st.integers(0, 3 * BUCKET_RUN), st.booleans())
 def test_keys_sorted_by_device_are_numpys_sort(pairs: list[tuple[int, int]], divisor: int, crowd: int,
                                                hostile: bool) -> None:
     """Bucketed by device then insertion-sorted, or quicksorted past BUCKET_RUN keys (``crowd``
-    more keys for device 0 crosses it); negative or far-off keys take np.sort: all np.sort."""
+    more keys for device 0 crosses it); negative or far-off keys, or a divisor of 0, take
+    np.sort: all np.sort."""
     high = [d for d, _ in pairs] + [0] * crowd
     low = [s for _, s in pairs] + list(range(crowd, 0, -1))
     keys = np.array(high, np.int64) * (1 << 32) + np.array(low, np.int64)
